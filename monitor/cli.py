@@ -1,0 +1,102 @@
+"""The `margin-monitor` command: one parser, each subcommand handled by the module that owns it.
+
+Handlers are imported lazily so `margin-monitor report` never pays for ccxt or aiomqtt.
+Every handler returns an exit code; a `UserError` becomes one line on stderr and exit 2,
+never a traceback (the brief: bad input gets a one-line error naming the field and the fix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from typing import cast
+
+from monitor import __version__
+from monitor.errors import UserError
+
+Handler = Callable[[argparse.Namespace], int]
+
+# subcommand -> "module:function"; the module owns the behaviour, this file only the words.
+_HANDLERS = {
+    "report": "monitor.commands:report_command",
+    "stress": "monitor.commands:stress_command",
+    "run": "monitor.daemon:run_command",
+    "check": "monitor.daemon:check_command",
+    "snapshot": "monitor.sources.exchange:snapshot_command",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """All subcommands and their flags, in one place for `--help`."""
+    parser = argparse.ArgumentParser(
+        prog="margin-monitor",
+        description="Watch cross-margined futures accounts; alert and act before a liquidation.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    rep = sub.add_parser("report", help="margin report of a snapshot file")
+    rep.add_argument("--snapshot", required=True, metavar="FILE", help="snapshot JSON file")
+    rep.add_argument("--json", action="store_true", help="print the JSON report")
+
+    st = sub.add_parser("stress", help="what-if prices and shocks on a snapshot file")
+    st.add_argument("--snapshot", required=True, metavar="FILE", help="snapshot JSON file")
+    st.add_argument(
+        "--shock",
+        action="append",
+        default=[],
+        metavar="PCT",
+        help="uniform move of every price, e.g. -10%% (repeatable)",
+    )
+    st.add_argument(
+        "--price",
+        action="append",
+        default=[],
+        metavar="SYMBOL=PRICE",
+        help="set one mark price, e.g. BTC/USDT:USDT=52000 (repeatable)",
+    )
+    st.add_argument("--beta", action="store_true", help="weight shocks by each position's beta")
+    st.add_argument("--json", action="store_true", help="print JSON")
+
+    run = sub.add_parser("run", help="run the daemon (no --config: the embedded sim demo)")
+    run.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    run.add_argument("--replay", metavar="FILE", help="replay a CSV of prices through the sim")
+    run.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
+    run.add_argument("--no-tui", action="store_true", help="log lines instead of the live view")
+    run.add_argument("--shard", metavar="K/N", help="run only the accounts of shard K of N")
+
+    chk = sub.add_parser("check", help="validate a configuration and say what it would run")
+    chk.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    chk.add_argument("--offline", action="store_true", help="do not connect to the exchanges")
+
+    snap = sub.add_parser("snapshot", help="write a live account as a snapshot file")
+    snap.add_argument("--config", required=True, metavar="FILE", help="TOML configuration file")
+    snap.add_argument("--account", required=True, metavar="NAME", help="account name")
+    snap.add_argument("-o", "--output", metavar="FILE", help="output file (default: stdout)")
+    return parser
+
+
+def _handler(command: str) -> Handler:
+    module_name, _, attr = _HANDLERS[command].partition(":")
+    return cast("Handler", getattr(importlib.import_module(module_name), attr))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        args = parser.parse_args(["run", *(argv or [])])
+    try:
+        return _handler(args.command)(args)
+    except UserError as exc:
+        print(f"margin-monitor: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

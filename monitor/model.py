@@ -1,0 +1,328 @@
+"""The data every part of margin-monitor agrees on: frozen, typed, free of I/O.
+
+Everything here is a value. Sources turn exchange payloads into these, the pure core
+(`margin`, `stress`, `state`, `rules`, `actions`) computes over them, sinks render them.
+Keeping them immutable is what lets the core be tested without a clock or a network,
+and lets one snapshot be shared across tasks without locks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = [
+    "STABLE_ASSETS",
+    "AccountSnapshot",
+    "BalanceUpdate",
+    "Collateral",
+    "CollateralTier",
+    "Event",
+    "MarginMode",
+    "MarginReport",
+    "Position",
+    "PositionRisk",
+    "PositionsUpdate",
+    "PriceTick",
+    "Reduction",
+    "ReductionPlan",
+    "ReductionPolicy",
+    "ShockToLiquidation",
+    "Side",
+    "SourceDown",
+    "SourceStale",
+    "SourceUp",
+    "Tier",
+    "VenueRules",
+    "rules_for_venue",
+]
+
+Side = Literal["long", "short"]
+MarginMode = Literal["cross", "isolated"]
+
+#: Assets whose price is taken not to move under a market-wide shock. A shock moves
+#: every position's mark and the price of every other (volatile) collateral asset.
+STABLE_ASSETS = frozenset({"USD", "USDT", "USDC", "BUSD", "FDUSD", "DAI", "TUSD", "USDE", "USDP"})
+
+
+@dataclass(frozen=True, slots=True)
+class Tier:
+    """One step of a venue's maintenance-margin table.
+
+    `maintenance_amount` is the cumulative deduction (Binance `cum`, Bybit "MM deduction",
+    Hyperliquid "maintenance deduction") that keeps MM continuous across tiers:
+    MM = notional × mmr − maintenance_amount for notional ≤ max_notional.
+    """
+
+    max_notional: float
+    mmr: float
+    maintenance_amount: float = 0.0
+    imr: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CollateralTier:
+    """A haircut band for a collateral asset (Bybit UTA tiered collateral value ratio).
+
+    The ratio applies marginally to the part of the balance up to `up_to`, counted in
+    asset units (`basis="amount"`, Bybit) or in report-currency value (`basis="value"`,
+    OKX/Bitget); the last band usually has `up_to = inf`.
+    """
+
+    up_to: float
+    ratio: float
+
+
+@dataclass(frozen=True, slots=True)
+class Collateral:
+    """A balance in one asset, valued in the report currency.
+
+    A positive balance is worth `amount × price × (1 − haircut)`; a negative one (and
+    margin owed in this asset) counts at `price × (1 + liability_markup)`: Binance
+    multi-assets mode's bid and ask rates are exactly this pair.
+    """
+
+    asset: str
+    amount: float
+    price: float = 1.0
+    haircut: float = 0.0
+    liability_markup: float = 0.0
+    haircut_tiers: tuple[CollateralTier, ...] = ()
+    tier_basis: Literal["amount", "value"] = "amount"
+    beta: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """One open position, with sizes always non-negative and direction in `side`.
+
+    Optional figures the venue reports (`unrealized_pnl`, `initial_margin`,
+    `maintenance_margin`) win over computed ones at the current prices; any what-if
+    price recomputes them from `tiers`/`mmr`/`leverage`.
+    """
+
+    symbol: str
+    side: Side
+    contracts: float
+    entry_price: float
+    mark_price: float
+    contract_size: float = 1.0
+    margin_mode: MarginMode = "cross"
+    leverage: float | None = None
+    settle: str | None = None
+    inverse: bool = False
+    hedged: bool = False
+    unrealized_pnl: float | None = None
+    initial_margin: float | None = None
+    maintenance_margin: float | None = None
+    mmr: float | None = None
+    tiers: tuple[Tier, ...] = ()
+    isolated_margin: float | None = None
+    beta: float = 1.0
+
+    @property
+    def sign(self) -> int:
+        """+1 for a long, −1 for a short: the factor that turns a price move into PnL."""
+        return 1 if self.side == "long" else -1
+
+    @property
+    def key(self) -> tuple[str, Side]:
+        """Identity of a position within an account (hedge mode holds both sides)."""
+        return (self.symbol, self.side)
+
+
+@dataclass(frozen=True, slots=True)
+class VenueRules:
+    """Where venues differ on the same quantities (notes/margin-math.md §0 and §5).
+
+    - `isolated_mm_on_entry`: Bybit values an isolated position's MM on its entry value.
+    - `tier_deduction`: cumulative tiers (Binance, Bybit, Hyperliquid) vs one rate for the
+      whole position with no deduction (OKX).
+    - `equality_liquidates`: Binance and Bybit liquidate when the ratio *reaches* 100 %;
+      Hyperliquid and dYdX only when equity falls strictly *below* MM.
+    """
+
+    isolated_mm_on_entry: bool = False
+    tier_deduction: bool = True
+    equality_liquidates: bool = True
+
+
+_VENUE_RULES: dict[str, VenueRules] = {
+    "bybit": VenueRules(isolated_mm_on_entry=True),
+    "okx": VenueRules(tier_deduction=False),
+    "hyperliquid": VenueRules(equality_liquidates=False),
+    "dydx": VenueRules(equality_liquidates=False),
+    "deribit": VenueRules(equality_liquidates=False),
+}
+
+
+def rules_for_venue(venue: str | None) -> VenueRules:
+    """Rules of a ccxt venue id; unknown or absent venues get the Binance conventions."""
+    if venue is None:
+        return VenueRules()
+    return _VENUE_RULES.get(venue.lower(), VenueRules())
+
+
+@dataclass(frozen=True, slots=True)
+class AccountSnapshot:
+    """Everything needed to value one account at one instant."""
+
+    account: str
+    currency: str
+    collateral: tuple[Collateral, ...]
+    positions: tuple[Position, ...]
+    venue: str | None = None
+
+    @property
+    def rules(self) -> VenueRules:
+        """The venue's conventions for this account."""
+        return rules_for_venue(self.venue)
+
+
+@dataclass(frozen=True, slots=True)
+class PositionRisk:
+    """One position's figures inside a report, in the report currency."""
+
+    symbol: str
+    side: Side
+    margin_mode: MarginMode
+    contracts: float
+    mark_price: float
+    notional: float
+    unrealized_pnl: float
+    initial_margin: float
+    maintenance_margin: float
+    margin_ratio: float | None
+    liquidation_price: float | None
+    hedged: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ShockToLiquidation:
+    """Smallest relative move of all prices that liquidates: `down` < 0 < `up`, None if none."""
+
+    down: float | None
+    up: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class MarginReport:
+    """The state of an account's cross pool, plus every position's own figures.
+
+    `margin_ratio` = maintenance_margin / margin_balance: 0 is no risk and ≥ 1 is
+    liquidation (Binance/Bybit convention); +inf when the margin balance is ≤ 0.
+    """
+
+    account: str
+    currency: str
+    wallet_balance: float
+    unrealized_pnl: float
+    margin_balance: float
+    initial_margin: float
+    maintenance_margin: float
+    margin_ratio: float
+    margin_level: float
+    free_collateral: float
+    liquidated: bool
+    positions: tuple[PositionRisk, ...]
+    shock_to_liquidation: ShockToLiquidation | None = None
+
+    @property
+    def finite_ratio(self) -> bool:
+        """False when the pool is already wiped out (ratio = +inf)."""
+        return math.isfinite(self.margin_ratio)
+
+
+# --- events: what a source tells the daemon ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PriceTick:
+    """A new mark price for one symbol (also moves collateral priced off the same asset)."""
+
+    account: str
+    symbol: str
+    mark_price: float
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class PositionsUpdate:
+    """The full set of open positions, as a reconciliation read them."""
+
+    account: str
+    positions: tuple[Position, ...]
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceUpdate:
+    """The full set of collateral balances, with prices and haircuts."""
+
+    account: str
+    collateral: tuple[Collateral, ...]
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class SourceStale:
+    """A data kind (`prices`, `positions`, `balance`) has been silent for `age` seconds."""
+
+    account: str
+    kind: str
+    age: float
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class SourceDown:
+    """The source gave up for a reason a person must fix (bad keys, permission)."""
+
+    account: str
+    reason: str
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class SourceUp:
+    """Fresh data flows again for `kind` (clears a stale or down condition)."""
+
+    account: str
+    kind: str
+    ts: float
+
+
+Event = PriceTick | PositionsUpdate | BalanceUpdate | SourceStale | SourceDown | SourceUp
+
+
+# --- what-if results: the minimal reduction the stress solver proposes ---------------------
+
+ReductionPolicy = Literal["largest_mm_contributor", "worst_pnl", "proportional"]
+
+
+@dataclass(frozen=True, slots=True)
+class Reduction:
+    """Close `contracts` of one position (reduce-only); sizes are unrounded solver output."""
+
+    symbol: str
+    side: Side
+    contracts: float
+    notional: float
+    hedged: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ReductionPlan:
+    """The smallest reduce-only quantities that bring the ratio to `target_ratio`.
+
+    `reached` is False when even closing everything the policy allows cannot get there
+    (for example a margin balance already ≤ 0); the reductions are then the best effort.
+    """
+
+    policy: ReductionPolicy
+    target_ratio: float
+    ratio_before: float
+    ratio_after: float
+    reached: bool
+    reductions: tuple[Reduction, ...]
