@@ -9,7 +9,7 @@ and lets one snapshot be shared across tasks without locks.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 __all__ = [
@@ -35,6 +35,8 @@ __all__ = [
     "SourceUp",
     "Tier",
     "VenueRules",
+    "base_asset",
+    "quote_asset",
     "rules_for_venue",
 ]
 
@@ -130,6 +132,51 @@ class Position:
     def key(self) -> tuple[str, Side]:
         """Identity of a position within an account (hedge mode holds both sides)."""
         return (self.symbol, self.side)
+
+    def settle_notional(self, price: float) -> float:
+        """Position value at `price` in the settle asset (coins for inverse contracts)."""
+        size = self.contracts * self.contract_size
+        if self.inverse:
+            return size / price if price > 0 else math.inf
+        return size * price
+
+    def at_mark(self, price: float) -> Position:
+        """The same position at another mark price.
+
+        Venue-reported PnL and margins were true at the old mark only, so they are dropped;
+        a reported figure that has no schedule behind it (no tiers, no mmr, no leverage)
+        is first turned into the rate it implies, so a what-if keeps the venue's terms.
+        """
+        if price == self.mark_price:
+            return self
+        mmr, leverage = self.mmr, self.leverage
+        notional = self.settle_notional(self.mark_price)
+        if notional > 0 and math.isfinite(notional):
+            if self.maintenance_margin is not None and not self.tiers and mmr is None:
+                mmr = self.maintenance_margin / notional
+            if self.initial_margin is not None and leverage is None and self.initial_margin > 0:
+                leverage = notional / self.initial_margin
+        return replace(
+            self,
+            mark_price=price,
+            unrealized_pnl=None,
+            maintenance_margin=None,
+            initial_margin=None,
+            mmr=mmr,
+            leverage=leverage,
+        )
+
+
+def base_asset(symbol: str) -> str:
+    """`BTC` of `BTC/USDT:USDT` (ccxt unified symbol); the symbol itself if it has no `/`."""
+    return symbol.split("/", 1)[0]
+
+
+def quote_asset(symbol: str) -> str | None:
+    """`USDT` of `BTC/USDT:USDT`; None when the symbol is not in ccxt's unified form."""
+    if "/" not in symbol:
+        return None
+    return symbol.split("/", 1)[1].split(":", 1)[0]
 
 
 @dataclass(frozen=True, slots=True)
