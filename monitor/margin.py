@@ -36,6 +36,8 @@ from monitor.model import (
     PositionRisk,
     Tier,
     VenueRules,
+    base_asset,
+    quote_asset,
 )
 
 __all__ = [
@@ -46,6 +48,7 @@ __all__ = [
     "liquidation_prices",
     "pnl_at",
     "report",
+    "surplus",
     "tier_for",
 ]
 
@@ -142,15 +145,17 @@ def _banded(amount: float, bands: Sequence[CollateralTier]) -> float:
     return value
 
 
-def asset_value(c: Collateral, equity: float) -> float:
-    """What `equity` units of the asset count for in the report currency."""
+def asset_value(c: Collateral, equity: float, price: float | None = None) -> float:
+    """What `equity` units of the asset count for in the report currency (at `price`)."""
+    if price is None:
+        price = c.price
     if equity <= 0:
-        return equity * c.price * (1.0 + c.liability_markup)
+        return equity * price * (1.0 + c.liability_markup)
     if c.haircut_tiers:
         if c.tier_basis == "value":
-            return _banded(equity * c.price, c.haircut_tiers)
-        return _banded(equity, c.haircut_tiers) * c.price
-    return equity * c.price * (1.0 - c.haircut)
+            return _banded(equity * price, c.haircut_tiers)
+        return _banded(equity, c.haircut_tiers) * price
+    return equity * price * (1.0 - c.haircut)
 
 
 def asset_breakpoints(c: Collateral) -> tuple[float, ...]:
@@ -180,9 +185,12 @@ class AssetBook:
         """Rate at which margin owed in this asset is counted (Binance ask rate)."""
         return self.collateral.price * (1.0 + self.collateral.liability_markup)
 
-    def surplus(self, pnl: float, mm: float) -> float:
+    def surplus(self, pnl: float, mm: float, price: float | None = None) -> float:
         """Margin balance minus MM contributed by this asset for the given PnL and MM."""
-        return asset_value(self.collateral, self.collateral.amount + pnl) - mm * self.ask
+        c = self.collateral
+        if price is None:
+            return asset_value(c, c.amount + pnl) - mm * self.ask
+        return asset_value(c, c.amount + pnl, price) - mm * price * (1.0 + c.liability_markup)
 
 
 def _books(snapshot: AccountSnapshot) -> dict[str, AssetBook]:
@@ -200,8 +208,10 @@ def _books(snapshot: AccountSnapshot) -> dict[str, AssetBook]:
 # --- the report ---------------------------------------------------------------------------
 
 
-def report(snapshot: AccountSnapshot) -> MarginReport:
-    """Value the account at its current prices: totals, ratios and liquidation prices."""
+def _pool(
+    snapshot: AccountSnapshot,
+) -> tuple[dict[str, AssetBook], list[tuple[float, float, float]]]:
+    """Per-asset books of the cross pool and every position's (pnl, im, mm)."""
     rules = snapshot.rules
     books = _books(snapshot)
     figures: list[tuple[float, float, float]] = []
@@ -213,7 +223,22 @@ def report(snapshot: AccountSnapshot) -> MarginReport:
             book.pnl += pnl
             book.im += im
             book.mm += mm
+    return books, figures
 
+
+def surplus(snapshot: AccountSnapshot) -> float:
+    """Margin balance − maintenance margin of the cross pool (≤ 0: at or past liquidation).
+
+    The quantity every solver drives to zero; cheaper than a report (no liquidation prices).
+    """
+    books, _ = _pool(snapshot)
+    return sum(b.surplus(b.pnl, b.mm) for b in books.values())
+
+
+def report(snapshot: AccountSnapshot) -> MarginReport:
+    """Value the account at its current prices: totals, ratios and liquidation prices."""
+    rules = snapshot.rules
+    books, figures = _pool(snapshot)
     wallet = sum(asset_value(b.collateral, b.collateral.amount) for b in books.values())
     upnl = sum(b.pnl * b.collateral.price for b in books.values())
     balance = sum(asset_value(b.collateral, b.collateral.amount + b.pnl) for b in books.values())
@@ -349,9 +374,13 @@ def _solve(
 
 
 class _Surplus:
-    """margin balance − MM of the pool as a function of one group's x, all else held."""
+    """margin balance − MM of the pool as a function of one group's x, all else held.
 
-    __slots__ = ("base", "books", "group", "rules", "settle")
+    `moving` is the collateral asset priced by the same market (BTC collateral while
+    BTC/USDT moves), which a real move takes along; every other price is held.
+    """
+
+    __slots__ = ("base", "books", "group", "moving", "rules", "settle")
 
     def __init__(
         self,
@@ -359,13 +388,16 @@ class _Surplus:
         rules: VenueRules,
         books: dict[str, AssetBook] | None,
         settle: str,
+        *,
         base: float,
+        moving: str | None = None,
     ) -> None:
         self.group = group
         self.rules = rules
         self.books = books
         self.settle = settle
         self.base = base
+        self.moving = moving
 
     def __call__(self, x: float) -> float:
         price = _price(x, self.group.inverse)
@@ -377,7 +409,11 @@ class _Surplus:
         if self.books is None:  # isolated: the position's own margin, in the settle asset
             return self.base + pnl - mm
         book = self.books[self.settle]
-        return self.base + book.surplus(book.pnl + pnl, book.mm + mm)
+        total = self.base + book.surplus(book.pnl + pnl, book.mm + mm)
+        if self.moving is not None:
+            moving = self.books[self.moving]
+            total += moving.surplus(moving.pnl, moving.mm, price)
+        return total
 
 
 def liquidation_prices(
@@ -390,11 +426,11 @@ def liquidation_prices(
     result: list[float | None] = [None] * len(snapshot.positions)
     by_symbol: dict[str, list[int]] = {}
     for i, p in enumerate(snapshot.positions):
-        if p.contracts <= 0:
+        if p.contracts <= 0 or p.mark_price <= 0:
             continue
         if p.margin_mode == "isolated":
             group = _Group((p,), p.inverse)
-            surplus = _Surplus(group, rules, None, "", isolated_margin_of(p))
+            surplus = _Surplus(group, rules, None, "", base=isolated_margin_of(p))
             x_now = _x(p.mark_price, p.inverse)
             edges = _tier_edges(group, rules)
             result[i] = _solve(surplus, group, edges, x_now)
@@ -416,10 +452,14 @@ def liquidation_prices(
         book.mm -= own_mm
         try:
             group = _Group(members, members[0].inverse)
-            surplus = _Surplus(group, rules, books, settle, pool_total - pool[settle])
+            moving = _moving_asset(members[0], snapshot.currency, books, settle)
+            base = pool_total - pool[settle] - (pool[moving] if moving else 0.0)
+            surplus = _Surplus(group, rules, books, settle, base=base, moving=moving)
             x_now = _x(members[0].mark_price, group.inverse)
             edges = _tier_edges(group, rules)
             edges.extend(_equity_edges(book, group, x_now))
+            if moving is not None:
+                edges.extend(_value_edges(books[moving]))
             lp = _solve(surplus, group, edges, x_now)
         finally:
             book.pnl += own_pnl
@@ -437,3 +477,24 @@ def _equity_edges(book: AssetBook, group: _Group, x_now: float) -> list[float]:
     price = _price(x_now, group.inverse)
     equity_now = book.collateral.amount + book.pnl + sum(pnl_at(p, price) for p in group.positions)
     return [x_now + (level - equity_now) / slope for level in asset_breakpoints(book.collateral)]
+
+
+def _moving_asset(
+    p: Position, currency: str, books: dict[str, AssetBook], settle: str
+) -> str | None:
+    """The collateral asset a linear X/<currency> market re-prices (see `with_prices`)."""
+    if p.inverse or quote_asset(p.symbol) != currency:
+        return None
+    asset = base_asset(p.symbol)
+    if asset in (settle, currency) or asset not in books:
+        return None
+    return asset
+
+
+def _value_edges(book: AssetBook) -> list[float]:
+    """Prices where value-based haircut bands of a re-priced collateral asset change slope."""
+    c = book.collateral
+    equity = c.amount + book.pnl
+    if c.tier_basis != "value" or equity <= 0:
+        return []
+    return [band.up_to / equity for band in c.haircut_tiers if math.isfinite(band.up_to)]

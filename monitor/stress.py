@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
-from monitor.margin import pnl_at, report
+from monitor.margin import pnl_at, report, surplus
 from monitor.model import (
     STABLE_ASSETS,
     AccountSnapshot,
@@ -125,11 +125,6 @@ def _first_crossing(f: Callable[[float], float], end: float, grid: int = 24) -> 
     return None
 
 
-def _surplus(snapshot: AccountSnapshot) -> float:
-    r = report(snapshot)
-    return r.margin_balance - r.maintenance_margin
-
-
 def shock_to_liquidation(
     snapshot: AccountSnapshot, beta_weighted: bool = False
 ) -> ShockToLiquidation:
@@ -141,7 +136,7 @@ def shock_to_liquidation(
     base = _without_reported(snapshot)
 
     def f(s: float) -> float:
-        return _surplus(shocked(base, s, beta_weighted))
+        return surplus(shocked(base, s, beta_weighted))
 
     down = _first_crossing(f, -1.0)
     up = _first_crossing(f, MAX_UP_SHOCK)
