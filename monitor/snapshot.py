@@ -12,7 +12,7 @@ import difflib
 import json
 import math
 from collections.abc import Mapping
-from typing import Any, Literal, cast
+from typing import Any, Literal, NoReturn, cast
 
 from monitor.errors import UserError
 from monitor.model import (
@@ -67,7 +67,7 @@ class _Reader:
             return self.path or "snapshot"
         return f"{self.path}.{key}" if self.path else key
 
-    def fail(self, message: str, key: str | None = None) -> None:
+    def fail(self, message: str, key: str | None = None) -> NoReturn:
         raise UserError(f"{self.origin}: {self.where(key)} {message}")
 
     def has(self, key: str) -> bool:
@@ -81,7 +81,7 @@ class _Reader:
             self.fail("is missing (a non-empty string)", key)
         if not isinstance(value, str) or not value.strip():
             self.fail(f"is {_kind(value)}, expected a non-empty string", key)
-        return cast("str", value)
+        return value
 
     def choice(self, key: str, options: tuple[str, ...], default: str | None = None) -> str:
         value = self.text(key, default)
@@ -95,7 +95,7 @@ class _Reader:
             return False
         if not isinstance(value, bool):
             self.fail(f"is {_kind(value)}, expected true or false", key)
-        return cast("bool", value)
+        return value
 
     def number(
         self,
