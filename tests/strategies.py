@@ -13,7 +13,7 @@ SYMBOLS = ("BTC/USDT:USDT", "ETH/USDT:USDT", "SOL/USDT:USDT", "XRP/USDT:USDT")
 
 @st.composite
 def tier_tables(draw: st.DrawFn) -> tuple[Tier, ...]:
-    """Cumulative tiers built the venues' way: cum(n) = cum(n−1) + floor(n) × (mmr(n) − mmr(n−1))."""
+    """Cumulative tiers, the venues' way: cum(n) = cum(n−1) + floor(n) × Δmmr."""
     count = draw(st.integers(min_value=1, max_value=5))
     bounds = sorted(draw(st.sets(st.integers(min_value=1, max_value=10_000), min_size=count,
                                  max_size=count)))

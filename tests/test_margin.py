@@ -6,6 +6,7 @@ shared/notes/margin-math.md. Tolerance: 0.01 % relative, as the issue asks.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -155,7 +156,7 @@ class TestBinanceUsdm:
 
     def test_tier_edges_are_continuous(self) -> None:
         """Test that MM is continuous across every bracket edge (what `cum` is for)."""
-        for lower, upper in zip(BTC_BRACKETS, BTC_BRACKETS[1:], strict=False):
+        for lower, upper in itertools.pairwise(BTC_BRACKETS):
             edge = lower.max_notional
             below = edge * lower.mmr - lower.maintenance_amount
             above = edge * upper.mmr - upper.maintenance_amount
