@@ -1,0 +1,195 @@
+"""monitor.stress: what-if prices, shocks to liquidation and the minimal reduction."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from monitor.margin import report
+from monitor.model import AccountSnapshot, Collateral, Position, Tier
+from monitor.stress import (
+    minimal_reduction,
+    reduced,
+    shock_to_liquidation,
+    shocked,
+    with_prices,
+)
+from tests.strategies import accounts
+
+TIERS = (Tier(50_000, 0.004, 0), Tier(250_000, 0.005, 50), Tier(float("inf"), 0.01, 1_300))
+
+
+def book(*positions: Position, usdt: float = 10_000, btc: float = 0.0) -> AccountSnapshot:
+    collateral = [Collateral("USDT", usdt)]
+    if btc:
+        collateral.append(Collateral("BTC", btc, price=60_000, haircut=0.05))
+    return AccountSnapshot("s", "USDT", tuple(collateral), positions, venue="binanceusdm")
+
+
+BTC_LONG = Position("BTC/USDT:USDT", "long", 1, 58_000, 60_000, leverage=10, tiers=TIERS)
+ETH_SHORT = Position("ETH/USDT:USDT", "short", 10, 3_000, 3_100, leverage=10, mmr=0.005,
+                     beta=1.5)
+
+
+class TestWithPrices:
+    def test_symbol_price_moves_same_market_collateral(self) -> None:
+        """Test that setting BTC/USDT also re-prices BTC collateral."""
+        s = with_prices(book(BTC_LONG, btc=1), {"BTC/USDT:USDT": 50_000})
+        assert s.positions[0].mark_price == 50_000
+        assert next(c for c in s.collateral if c.asset == "BTC").price == 50_000
+
+    def test_explicit_asset_price_wins(self) -> None:
+        """Test that an explicit collateral price is not overridden by the market's."""
+        s = with_prices(book(BTC_LONG, btc=1), {"BTC/USDT:USDT": 50_000, "BTC": 49_000})
+        assert next(c for c in s.collateral if c.asset == "BTC").price == 49_000
+
+    def test_reported_figures_are_recomputed_at_a_new_price(self) -> None:
+        """Test that venue-reported PnL/MM are dropped at another price, keeping their rate."""
+        p = Position("X/USDT:USDT", "long", 10, 100, 100, unrealized_pnl=0,
+                     maintenance_margin=20)
+        r = report(with_prices(book(p), {"X/USDT:USDT": 90}))
+        assert r.unrealized_pnl == pytest.approx(-100)
+        assert r.maintenance_margin == pytest.approx(18)  # the implied 2 % of 900
+
+
+class TestShock:
+    def test_stablecoins_stay_and_volatile_collateral_moves(self) -> None:
+        """Test that a −10 % shock moves BTC collateral and marks but not USDT."""
+        s = shocked(book(BTC_LONG, btc=1), -0.1)
+        prices = {c.asset: c.price for c in s.collateral}
+        assert prices == {"USDT": 1.0, "BTC": pytest.approx(54_000)}
+        assert s.positions[0].mark_price == pytest.approx(54_000)
+
+    def test_beta_weighting(self) -> None:
+        """Test that a beta-weighted shock moves each position by beta × shock."""
+        s = shocked(book(BTC_LONG, ETH_SHORT), -0.1, beta_weighted=True)
+        assert s.positions[1].mark_price == pytest.approx(3_100 * 0.85)
+
+    def test_long_liquidates_down_not_up(self) -> None:
+        """Test that a levered long has a down shock reaching ratio 1 and no up shock."""
+        s = book(BTC_LONG, usdt=8_000)
+        shock = shock_to_liquidation(s)
+        assert shock.up is None
+        assert shock.down is not None
+        assert -1 < shock.down < 0
+        assert report(shocked(s, shock.down)).margin_ratio == pytest.approx(1, abs=1e-9)
+        assert report(shocked(s, shock.down * 0.99)).margin_ratio < 1
+
+    def test_short_liquidates_up(self) -> None:
+        """Test that a levered short has an up shock and no down shock."""
+        shock = shock_to_liquidation(book(ETH_SHORT, usdt=3_000))
+        assert shock.down is None
+        assert shock.up is not None
+        assert shock.up > 0
+
+    def test_beta_doubles_sensitivity(self) -> None:
+        """Test that a beta-2 position liquidates at half the beta-weighted move."""
+        p = Position("SOL/USDT:USDT", "long", 100, 150, 150, mmr=0.01, beta=2.0)
+        s = book(p, usdt=3_000)
+        plain = shock_to_liquidation(s).down
+        weighted = shock_to_liquidation(s, beta_weighted=True).down
+        assert plain is not None
+        assert weighted is not None
+        assert weighted == pytest.approx(plain / 2, rel=1e-9)
+
+    def test_already_liquidated_is_zero(self) -> None:
+        """Test that an account past liquidation needs no move at all."""
+        p = Position("BTC/USDT:USDT", "long", 1, 60_000, 50_000, mmr=0.005)
+        shock = shock_to_liquidation(book(p, usdt=5_000))
+        assert (shock.down, shock.up) == (0.0, 0.0)
+
+    @settings(max_examples=100, deadline=None)
+    @given(accounts())
+    def test_shock_reaches_ratio_one_and_not_before(self, s: AccountSnapshot) -> None:
+        """Test that the found shocks reach ratio 1 and 99 % of them does not."""
+        assume(not report(s).liquidated)
+        shock = shock_to_liquidation(s)
+        for move in (shock.down, shock.up):
+            if move is None:
+                continue
+            assert report(shocked(s, move)).margin_ratio == pytest.approx(1, abs=1e-6)
+            assert report(shocked(s, move * 0.99)).margin_ratio < 1
+
+
+class TestMinimalReduction:
+    def test_target_already_met(self) -> None:
+        """Test that an account under target needs no reduction."""
+        plan = minimal_reduction(book(BTC_LONG, usdt=50_000), 0.5)
+        assert plan.reductions == ()
+        assert plan.reached
+
+    def test_largest_contributor_first(self) -> None:
+        """Test that the policy cuts the largest MM contributor and only as far as needed."""
+        big = Position("BTC/USDT:USDT", "long", 5, 60_000, 60_000, tiers=TIERS)
+        small = Position("ETH/USDT:USDT", "long", 10, 3_000, 3_000, mmr=0.005)
+        s = book(big, small, usdt=2_500)
+        plan = minimal_reduction(s, 0.5)
+        assert [r.symbol for r in plan.reductions] == ["BTC/USDT:USDT"]
+        assert plan.reached
+        assert plan.ratio_after == pytest.approx(0.5, abs=1e-9)
+
+    def test_worst_pnl_first(self) -> None:
+        """Test that worst_pnl starts from the most losing position."""
+        winner = Position("BTC/USDT:USDT", "long", 5, 50_000, 60_000, tiers=TIERS)
+        loser = Position("ETH/USDT:USDT", "long", 100, 3_500, 3_000, mmr=0.05)
+        plan = minimal_reduction(book(winner, loser, usdt=-45_000), 0.3, "worst_pnl")
+        assert plan.reductions[0].symbol == "ETH/USDT:USDT"
+
+    def test_priority_list_goes_first(self) -> None:
+        """Test that a user's priority list overrides the policy's order."""
+        big = Position("BTC/USDT:USDT", "long", 5, 60_000, 60_000, tiers=TIERS)
+        small = Position("ETH/USDT:USDT", "long", 100, 3_000, 3_000, mmr=0.005)
+        plan = minimal_reduction(book(big, small, usdt=4_000), 0.5,
+                                 priority=("ETH/USDT:USDT",))
+        assert plan.reductions[0].symbol == "ETH/USDT:USDT"
+
+    def test_proportional_cuts_the_same_fraction(self) -> None:
+        """Test that proportional reduces every cross position by one fraction."""
+        a = Position("BTC/USDT:USDT", "long", 5, 60_000, 60_000, tiers=TIERS)
+        b = Position("ETH/USDT:USDT", "short", 100, 3_000, 3_000, mmr=0.005)
+        plan = minimal_reduction(book(a, b, usdt=3_000), 0.5, "proportional")
+        fractions = {r.symbol: r.contracts / {"BTC/USDT:USDT": 5, "ETH/USDT:USDT": 100}[r.symbol]
+                     for r in plan.reductions}
+        assert fractions["BTC/USDT:USDT"] == pytest.approx(fractions["ETH/USDT:USDT"])
+        assert plan.ratio_after == pytest.approx(0.5, abs=1e-9)
+
+    def test_unreachable_target_is_flagged(self) -> None:
+        """Test that a wiped-out balance cannot be fixed by reducing (reached = False)."""
+        p = Position("BTC/USDT:USDT", "long", 1, 60_000, 50_000, mmr=0.005)
+        plan = minimal_reduction(book(p, usdt=5_000), 0.5)
+        assert not plan.reached
+
+    def test_hedged_pair_keeps_sides(self) -> None:
+        """Test that hedge-mode reductions name the side they reduce."""
+        long = Position("BTC/USDT:USDT", "long", 5, 60_000, 60_000, hedged=True, tiers=TIERS)
+        short = Position("BTC/USDT:USDT", "short", 1, 60_000, 60_000, hedged=True, tiers=TIERS)
+        plan = minimal_reduction(book(long, short, usdt=1_500), 0.5)
+        assert plan.reductions[0].side == "long"
+        assert plan.reductions[0].hedged
+
+    @settings(max_examples=100, deadline=None)
+    @given(accounts(), st.sampled_from(("largest_mm_contributor", "worst_pnl", "proportional")),
+           st.floats(min_value=0.2, max_value=0.95))
+    def test_minimal_and_sufficient(self, s: AccountSnapshot, policy: str,
+                                    fraction: float) -> None:
+        """Test that the reduction reaches the target and one 1 % smaller does not."""
+        r = report(s)
+        assume(r.margin_balance > 0 and r.margin_ratio > 1e-6)
+        target = r.margin_ratio * fraction
+        plan = minimal_reduction(s, target, policy)  # type: ignore[arg-type]
+        assume(plan.reached)
+        cuts = {(x.symbol, x.side): x.contracts for x in plan.reductions}
+        assert report(reduced(s, cuts)).margin_ratio <= target + 1e-12
+        smaller = {k: v * 0.99 for k, v in cuts.items()}
+        assert report(reduced(s, smaller)).margin_ratio > target
+
+    @settings(max_examples=200, deadline=None)
+    @given(accounts(), st.data())
+    def test_reduction_never_increases_mm(self, s: AccountSnapshot, data: st.DataObject) -> None:
+        """Test that closing any part of any position never increases the maintenance margin."""
+        p = data.draw(st.sampled_from(s.positions))
+        part = data.draw(st.floats(min_value=0.0, max_value=1.0)) * p.contracts
+        before = report(s).maintenance_margin
+        after = report(reduced(s, {p.key: part})).maintenance_margin
+        assert after <= before + 1e-9 * max(1.0, before)
