@@ -83,12 +83,26 @@ def _handler(command: str) -> Handler:
     return cast("Handler", getattr(importlib.import_module(module_name), attr))
 
 
+def _glue_negative_values(argv: Sequence[str]) -> list[str]:
+    """`--shock -10%` is what people type; argparse would read `-10%` as an option."""
+    out: list[str] = []
+    it = iter(argv)
+    for arg in it:
+        if arg == "--shock":
+            value = next(it, None)
+            out.append(arg if value is None else f"--shock={value}")
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     parser = build_parser()
+    argv = _glue_negative_values(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if args.command is None:
-        args = parser.parse_args(["run", *(argv or [])])
+        args = parser.parse_args(["run", *argv])
     try:
         return _handler(args.command)(args)
     except UserError as exc:

@@ -71,7 +71,7 @@ def report_command(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(report_to_dict(result))
     else:
-        _render(Console(), result, title=f"{snapshot.account} ({snapshot.venue or 'generic'})")
+        _render(_console(), result, title=f"{snapshot.account} ({snapshot.venue or 'generic'})")
     return 0
 
 
@@ -109,13 +109,18 @@ def stress_command(args: argparse.Namespace) -> int:
             }
         )
         return 0
-    console = Console()
+    console = _console()
     _render(console, base, title=f"{snapshot.account}: now")
     for s in scenarios:
         _render(console, s.report, title=f"{snapshot.account}: {s.name}")
     if weighted is not None:
         console.print(f"beta-weighted shock to liquidation: {_shock_text(weighted)}")
     return 0
+
+
+def _console() -> Console:
+    """A terminal-sized console, or a wide one when piped (so nothing is cut to '…')."""
+    return Console() if sys.stdout.isatty() else Console(width=160)
 
 
 def _print_json(data: dict[str, Any]) -> None:

@@ -60,7 +60,7 @@ class _Reader:
             if key not in known:
                 hint = difflib.get_close_matches(str(key), known, n=1)
                 fix = f" (did you mean '{hint[0]}'?)" if hint else f"; known: {', '.join(known)}"
-                self.fail(f"has unknown field '{key}'{fix}", key)
+                self.fail(f"has unknown field '{key}'{fix}")
 
     def where(self, key: str | None = None) -> str:
         if key is None:
@@ -150,7 +150,7 @@ def _kind(value: object) -> str:
     if isinstance(value, bool):
         return f"the boolean {str(value).lower()}"
     if isinstance(value, str):
-        return f"the string '{value[:40]}'"
+        return f"the string {value[:40]!r}"
     if isinstance(value, int | float):
         return f"the number {value}"
     if isinstance(value, list):
@@ -232,9 +232,9 @@ def _collateral(r: _Reader) -> Collateral:
     )
     for i, band in enumerate(bands):
         if band.ratio > 1:
-            r.fail(f"[{i}].ratio is {band.ratio:g}, expected at most 1", "haircut_tiers")
+            r.fail(f"is {band.ratio:g}, expected at most 1", f"haircut_tiers[{i}].ratio")
         if i and band.up_to <= bands[i - 1].up_to:
-            r.fail(f"[{i}].up_to must be greater than the band before it", "haircut_tiers")
+            r.fail("must be greater than the band before it", f"haircut_tiers[{i}].up_to")
     return Collateral(
         asset=r.text("asset"),
         amount=r.number("amount"),
@@ -271,9 +271,8 @@ def _position(r: _Reader) -> Position:
     for i in range(1, len(tiers)):
         if tiers[i].max_notional <= tiers[i - 1].max_notional:
             r.fail(
-                f"[{i}].max_notional must be greater than the tier before it (list tiers "
-                "in ascending order)",
-                "tiers",
+                "must be greater than the tier before it (list tiers in ascending order)",
+                f"tiers[{i}].max_notional",
             )
     return Position(
         symbol=r.text("symbol"),
