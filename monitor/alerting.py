@@ -1,0 +1,376 @@
+"""The alert pipeline: rules -> outbox -> sinks, at least once, with retries and backoff.
+
+    report / source event ──▶ rules.evaluate ──▶ store.commit(state + outbox rows) ──▶ wake
+                                                                                          │
+    sink[<name>] task: due rows ──▶ sink.deliver(batch) ──▶ delivered: delete rows        ▼
+                                                         └─ failed: attempts+1, jittered backoff
+
+The rules stay pure; this module is the asyncio shell around them (STYLE.md, sans-IO). A
+message is in SQLite before any sink sees it, so a crash between "decided" and "delivered"
+only ever produces a duplicate (receivers deduplicate on the stable message id), never a
+loss. Each sink drains its own rows, so a dead phone service never delays MQTT.
+
+Commands (acknowledge, silence, pause/resume) arrive signed (signed_commands.py) from the
+MQTT command topic or a phone's action button and are executed here, because this object
+owns the alert state; pauses go to the shared `ActionSwitches` the executor reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import random
+import time
+from collections.abc import Callable, Collection, Iterable, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import structlog
+
+from monitor import rules
+from monitor.alert_message import AlertMessage, build_message
+from monitor.model import MarginReport, SourceDown, SourceStale, SourceUp
+from monitor.rules import AlertConfig, AlertEvent, RulesState, Silence
+from monitor.signed_commands import Command, CommandRefused, verify
+from monitor.store import Store
+from monitor.switches import ActionSwitches
+
+__all__ = ["AlertPipeline", "AlertSink", "ReportObserver", "backoff"]
+
+log = structlog.get_logger("monitor.alerting")
+
+#: Longest wait between two delivery attempts of one message (seconds).
+BACKOFF_CAP = 60.0
+#: Pause length when a pause command names no duration: a pause must always end.
+DEFAULT_PAUSE = 3600.0
+#: structlog method per level, so a log-based alert rule can key on severity.
+_LOG_METHOD = {"ok": "info", "warning": "warning", "critical": "error", "emergency": "critical"}
+
+
+def backoff(attempt: int) -> float:
+    """Seconds before retry number `attempt` (1-based): full jitter, exponential, capped.
+
+    The one-line form aiomqtt v3 uses for reconnects (STYLE.md); jitter keeps many queued
+    messages from retrying in lockstep against a recovering service.
+    """
+    return min(BACKOFF_CAP, random.uniform(0, 1.5 ** min(10, attempt)))  # noqa: S311
+
+
+@runtime_checkable
+class AlertSink(Protocol):
+    """Something that delivers alert messages (MQTT, a phone channel, the console)."""
+
+    name: str
+
+    def wants(self, message: AlertMessage) -> bool:
+        """Whether this sink should get `message` at all (decided once, at enqueue time)."""
+        ...
+
+    async def deliver(self, messages: Sequence[AlertMessage]) -> Collection[str]:
+        """Deliver a batch; return the ids the far side acknowledged. Raise on total failure."""
+        ...
+
+
+@runtime_checkable
+class ReportObserver(Protocol):
+    """A sink that also shows every report (MQTT's retained state topic)."""
+
+    def observe_report(self, report: MarginReport, level: str) -> None:
+        """Take the newest report of an account; must not block."""
+        ...
+
+
+class AlertPipeline:
+    """Owns the alert state; turns reports into persisted, delivered messages.
+
+    Args:
+        store: the SQLite store (alert state, outbox, audit).
+        config: thresholds and timing.
+        sinks: where messages go; each gets its own delivery task `sink[<name>]`.
+        switches: the pause switch shared with the actions side.
+        command_secret: HMAC key for commands; None refuses every command.
+        clock: wall-clock seconds (injectable for tests).
+        action_note: what the protective action did or would do for an account, shown in
+            the message (the actions side provides it; None: nothing to say).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        config: AlertConfig,
+        sinks: Sequence[AlertSink] = (),
+        *,
+        switches: ActionSwitches | None = None,
+        command_secret: bytes | None = None,
+        clock: Callable[[], float] = time.time,
+        action_note: Callable[[str], str | None] | None = None,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.sinks = tuple(sinks)
+        self.switches = switches or ActionSwitches()
+        self.clock = clock
+        self.action_note = action_note
+        self._secret = command_secret
+        self.state: RulesState = store.load_rules_state(clock())
+        self._reports: dict[str, MarginReport] = {}
+        self._wake = {sink.name: asyncio.Event() for sink in self.sinks}
+        self._seen_requests: dict[str, float] = {}
+        self._degraded_announced = False
+
+    # --- inputs -----------------------------------------------------------------------------
+
+    def on_report(self, report: MarginReport, now: float | None = None) -> tuple[AlertEvent, ...]:
+        """Evaluate one report; persist and queue what it produced. Never blocks on a sink."""
+        now = self.clock() if now is None else now
+        self._reports[report.account] = report
+        self.state, events = rules.evaluate(self.state, report, now, self.config)
+        self._commit(events, now)
+        level = self.state.account_level(report.account)
+        for sink in self.sinks:
+            if isinstance(sink, ReportObserver):
+                sink.observe_report(report, level)
+        return events
+
+    def on_source_event(
+        self, event: SourceStale | SourceDown | SourceUp, now: float | None = None
+    ) -> tuple[AlertEvent, ...]:
+        """Stale data, a source down, a source back."""
+        now = self.clock() if now is None else now
+        self.state, events = rules.on_source_event(self.state, event, now, self.config)
+        self._commit(events, now)
+        return events
+
+    def tick(self, now: float | None = None) -> tuple[AlertEvent, ...]:
+        """Repeats, hold times and silence expiry while no data arrives."""
+        now = self.clock() if now is None else now
+        self.state, events = rules.tick(self.state, now, self.config)
+        if events:
+            self._commit(events, now)
+        return events
+
+    def level(self, account: str) -> str:
+        """The account's current highest alert level."""
+        return self.state.account_level(account)
+
+    # --- persistence and fan-out ------------------------------------------------------------
+
+    def _commit(self, events: Iterable[AlertEvent], now: float) -> None:
+        queued: list[tuple[str, str, str, Sequence[str]]] = []
+        for event in events:
+            self._log(event)
+            if not event.delivered:
+                continue
+            note = self.action_note(event.account) if self.action_note else None
+            message = build_message(event, self._reports.get(event.account), note)
+            targets = [sink.name for sink in self.sinks if sink.wants(message)]
+            queued.append((message.id, message.account, message.to_json(), targets))
+        if self.store.degraded and not self._degraded_announced:
+            self._degraded_announced = True
+            queued.append(self._store_alert(self.store.degraded, now))
+        self.store.commit(self.state, queued, now)
+        if self.store.degraded and not self._degraded_announced:
+            # The commit itself hit the disk error; announce it (now from memory).
+            self._degraded_announced = True
+            self.store.commit(self.state, [self._store_alert(self.store.degraded, now)], now)
+        if queued or self._degraded_announced:
+            for wake in self._wake.values():
+                wake.set()
+
+    def _store_alert(self, reason: str, now: float) -> tuple[str, str, str, Sequence[str]]:
+        """A message about the state store itself: the daemon is running without memory."""
+        event = AlertEvent(
+            id=f"store-{rules.episode_id('daemon/state_store', now)}.0",
+            fingerprint="daemon/state_store",
+            account="daemon",
+            rule="state_store",
+            kind="firing",
+            level="critical",
+            previous_level="ok",
+            episode=rules.episode_id("daemon/state_store", now),
+            started_at=now,
+            at=now,
+            value=None,
+            previous_value=None,
+            worst_value=None,
+            worst_level="critical",
+            detail=reason,
+        )
+        self._log(event)
+        message = build_message(event, None)
+        targets = [sink.name for sink in self.sinks if sink.wants(message)]
+        return (message.id, message.account, message.to_json(), targets)
+
+    @staticmethod
+    def _log(event: AlertEvent) -> None:
+        method = "info" if event.suppressed or event.kind == "resolved" else None
+        emit = getattr(log, method or _LOG_METHOD[event.level])
+        emit(
+            "alert",
+            id=event.id,
+            account=event.account,
+            rule=event.rule,
+            kind=event.kind,
+            level=event.level,
+            previous_level=event.previous_level,
+            value=event.value,
+            worst_value=event.worst_value,
+            duration=round(event.duration, 3),
+            detail=event.detail or None,
+            suppressed=event.suppressed,
+        )
+
+    # --- delivery ---------------------------------------------------------------------------
+
+    def start(self, tg: asyncio.TaskGroup) -> None:
+        """Start the delivery tasks (`sink[<name>]`) and the clock (`alerts.tick`) in `tg`."""
+        for sink in self.sinks:
+            tg.create_task(self.deliver_forever(sink), name=f"sink[{sink.name}]")
+        tg.create_task(self.tick_forever(), name="alerts.tick")
+
+    async def run(self) -> None:
+        """Run the delivery and tick tasks until cancelled (tests, bench)."""
+        async with asyncio.TaskGroup() as tg:
+            self.start(tg)
+
+    async def tick_forever(self, interval: float = 1.0) -> None:
+        """Call `tick` about every `interval` seconds."""
+        while True:
+            await asyncio.sleep(interval)
+            self.tick()
+
+    async def deliver_forever(self, sink: AlertSink) -> None:
+        """Drain `sink`'s outbox rows forever: deliver, acknowledge, or back off and retry."""
+        wake = self._wake[sink.name]
+        while True:
+            wake.clear()
+            now = self.clock()
+            rows = self.store.due(sink.name, now)
+            if not rows:
+                next_at = self.store.next_due_at(sink.name)
+                timeout = None if next_at is None else max(0.0, next_at - now)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), timeout)
+                continue
+            by_id = {row.message_id: row for row in rows}
+            messages = [AlertMessage.from_json(row.payload) for row in rows]
+            try:
+                acked: Collection[str] = await sink.deliver(messages)
+            except Exception as exc:  # a sink's failure is retried, never fatal
+                acked = ()
+                error = f"{type(exc).__name__}: {exc}"
+            else:
+                error = "not acknowledged"
+            done = [mid for mid in by_id if mid in acked]
+            if done:
+                self.store.delivered(sink.name, done)
+            now = self.clock()
+            for mid, row in by_id.items():
+                if mid not in acked:
+                    delay = backoff(row.attempts + 1)
+                    self.store.failed(sink.name, mid, now + delay, error)
+                    log.warning(
+                        "alert.delivery_failed",
+                        sink=sink.name,
+                        id=mid,
+                        attempt=row.attempts + 1,
+                        retry_in=round(delay, 2),
+                        error=error,
+                    )
+
+    # --- commands ---------------------------------------------------------------------------
+
+    def handle_command(self, raw: bytes | str, now: float | None = None) -> dict[str, Any]:
+        """Verify and execute a signed command; the reply says what happened or why not."""
+        now = self.clock() if now is None else now
+        if self._secret is None:
+            return self._refuse("commands are disabled: set mqtt.command_secret", now)
+        try:
+            command = verify(raw, self._secret, now)
+        except CommandRefused as exc:
+            return self._refuse(str(exc), now)
+        for request_id, until in list(self._seen_requests.items()):
+            if until <= now:
+                del self._seen_requests[request_id]
+        if command.request_id:
+            if command.request_id in self._seen_requests:
+                return self._refuse("duplicate request_id (replay)", now, command)
+            self._seen_requests[command.request_id] = max(
+                command.expires_at or 0.0, command.issued_at + 120.0
+            )
+        try:
+            reply = self.execute(command, now)
+        except CommandRefused as exc:
+            return self._refuse(str(exc), now, command)
+        self.store.audit(
+            command.account or "*",
+            "command",
+            {"action": command.action, "request_id": command.request_id, **reply},
+            now,
+        )
+        log.info("command.executed", action=command.action, account=command.account, **reply)
+        return {"ok": True, "request_id": command.request_id, **reply}
+
+    def _refuse(self, reason: str, now: float, command: Command | None = None) -> dict[str, Any]:
+        log.warning("command.refused", reason=reason)
+        account = command.account if command and command.account else "*"
+        self.store.audit(account, "command_refused", {"reason": reason}, now)
+        request_id = command.request_id if command else ""
+        return {"ok": False, "request_id": request_id, "error": reason}
+
+    def execute(self, command: Command, now: float) -> dict[str, Any]:
+        """Apply a verified command to the alert state or the action switches."""
+        account = command.account
+        if command.action == "ack":
+            if account is None:
+                raise CommandRefused("ack needs an 'account'")
+            self.state = rules.acknowledge(self.state, account, command.rule)
+            self.store.commit(self.state, (), now)
+            return {"action": "ack", "account": account, "rule": command.rule}
+        if command.action == "silence":
+            assert command.duration is not None  # verify() guarantees it
+            silence = Silence(
+                id=command.silence_id or command.request_id or f"silence-{now!r}",
+                until=now + command.duration,
+                account=account,
+                rule=command.rule,
+                up_to=command.up_to,  # type: ignore[arg-type] # verify() checked the name
+                created_by="command",
+            )
+            self.state = rules.add_silence(self.state, silence)
+            self.store.commit(self.state, (), now)
+            return {"action": "silence", "silence_id": silence.id, "until": silence.until}
+        if command.action == "unsilence":
+            if command.silence_id is None:
+                raise CommandRefused("unsilence needs a 'silence_id'")
+            self.state = rules.remove_silence(self.state, command.silence_id)
+            self.store.commit(self.state, (), now)
+            self.tick(now)  # announce what the silence was hiding
+            return {"action": "unsilence", "silence_id": command.silence_id}
+        if command.action == "pause":
+            until = now + (command.duration or DEFAULT_PAUSE)
+            self.switches.pause(account, until)
+            return {"action": "pause", "account": account, "until": until}
+        if command.action == "resume":
+            self.switches.resume(account)
+            return {"action": "resume", "account": account}
+        return {"action": "status", "accounts": self.status(now)}
+
+    def status(self, now: float) -> dict[str, Any]:
+        """Levels, silences and pauses per account, for a `status` command."""
+        accounts = sorted({a.account for a in self.state.alerts.values()} | set(self._reports))
+        out: dict[str, Any] = {}
+        for account in accounts:
+            until = self.switches.paused_until(account, now)
+            out[account] = {
+                "level": self.state.account_level(account),
+                "firing": sorted(
+                    a.rule for a in self.state.alerts.values() if a.account == account and a.firing
+                ),
+                "actions_paused_until": None if until is None or math.isinf(until) else until,
+            }
+        out["silences"] = [
+            {"id": s.id, "account": s.account, "rule": s.rule, "until": s.until, "up_to": s.up_to}
+            for s in self.state.silences
+        ]
+        return out

@@ -1,0 +1,324 @@
+"""Durable alert state, the outbox and the audit trail, in one SQLite file (WAL).
+
+Why a database at all: Alertmanager keeps alerts in memory and its users lose resolve
+notifications on restart (alertmanager #2370, notes/peers.md §2.8); freqtrade re-warns on
+every start (§2.1). Here the alert state and the messages it produced are written in ONE
+transaction before any sink sees them, so after a restart
+
+- an unchanged condition is not re-announced (the level is known),
+- a condition that arose while the daemon was down is announced (the level was ok),
+- a resolve is never lost (the alert was persisted as firing; the next report resolves it),
+- undelivered messages are delivered (their outbox rows are still there).
+
+The outbox holds one row per (message, sink) and a row is deleted only when that sink
+acknowledged, so "removed when every sink that should get it acknowledged" is simply "no row
+left". A write that fails (disk full, read-only state directory) must not kill the daemon:
+the store copies itself into memory, keeps working there, and reports `degraded` so the
+pipeline can raise an alert about it.
+
+Calls are synchronous: each is one short transaction (tens of microseconds in WAL mode with
+synchronous=NORMAL), cheaper than a thread hop, and it keeps the ordering obvious.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from monitor.rules import AlertState, RulesState, Silence
+
+__all__ = ["AuditRecord", "OutboxRow", "Store"]
+
+log = structlog.get_logger("monitor.store")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS alert_state (
+    fingerprint TEXT PRIMARY KEY,
+    account TEXT NOT NULL,
+    state TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS silence (
+    id TEXT PRIMARY KEY,
+    until REAL NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id TEXT NOT NULL,
+    sink TEXT NOT NULL,
+    account TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_error TEXT NOT NULL DEFAULT '',
+    UNIQUE (message_id, sink)
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (sink, next_attempt_at);
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    account TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    payload TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_account ON audit (account, at);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """One message waiting for one sink."""
+
+    seq: int
+    message_id: str
+    sink: str
+    account: str
+    payload: str
+    created_at: float
+    attempts: int
+    next_attempt_at: float
+    last_error: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One entry of the audit trail (an order decision, a command, a delivery problem)."""
+
+    seq: int
+    at: float
+    account: str
+    kind: str
+    payload: dict[str, Any]
+
+
+def _persisted_part(alert: AlertState) -> AlertState:
+    """What must survive a restart: everything but the last raw value, which moves per tick."""
+    return dataclasses.replace(alert, value=None)
+
+
+class Store:
+    """The state directory's `alerts.sqlite3`. Not thread-safe; one per daemon (event loop).
+
+    Args:
+        path: the database file, or None for an in-memory store (tests, `--no-state`).
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.degraded: str | None = None
+        self._saved: dict[str, AlertState] = {}
+        self._saved_silences: tuple[Silence, ...] = ()
+        try:
+            self._db = self._open(path)
+        except (sqlite3.Error, OSError) as exc:
+            self._db = self._open(None)
+            self._degrade(f"cannot open {path}: {exc}")
+
+    # --- connection ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _open(path: Path | None) -> sqlite3.Connection:
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(":memory:" if path is None else str(path), isolation_level=None)
+        if path is not None:
+            db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode is durable across process crashes (only a power loss can
+            # lose the last commits), which is the failure a daemon restart is about.
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA busy_timeout=2000")
+        db.executescript(_SCHEMA)
+        return db
+
+    def _degrade(self, reason: str) -> None:
+        """Keep going in memory; say so once, loudly."""
+        if self.degraded is None:
+            self.degraded = reason
+            log.error("store.degraded", reason=reason, path=str(self.path))
+
+    def _write(self, statements: Sequence[tuple[str, Sequence[object]]]) -> None:
+        """Run statements in one transaction; on a disk error, fall back to memory and retry."""
+        try:
+            self._transaction(statements)
+        except sqlite3.Error as exc:
+            if self.path is None or self._is_memory():
+                raise
+            self._fallback(str(exc))
+            self._transaction(statements)
+
+    def _transaction(self, statements: Sequence[tuple[str, Sequence[object]]]) -> None:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, params in statements:
+                db.execute(sql, params)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    def _is_memory(self) -> bool:
+        return any(row[2] == "" for row in self._db.execute("PRAGMA database_list"))
+
+    def _fallback(self, reason: str) -> None:
+        """Copy what the file holds into memory (reads still work when writes do not)."""
+        memory = sqlite3.connect(":memory:", isolation_level=None)
+        try:
+            self._db.backup(memory)
+        except sqlite3.Error:
+            memory.executescript(_SCHEMA)
+        self._db.close()
+        self._db = memory
+        self._degrade(f"cannot write {self.path}: {reason}; keeping alert state in memory")
+
+    def close(self) -> None:
+        """Checkpoint and close."""
+        self._db.close()
+
+    # --- alert state --------------------------------------------------------------------------
+
+    def load_rules_state(self, now: float) -> RulesState:
+        """The alert state as last committed; expired silences are dropped."""
+        alerts: dict[str, AlertState] = {}
+        for fp, body in self._db.execute("SELECT fingerprint, state FROM alert_state"):
+            alerts[fp] = AlertState(**json.loads(body))
+        silences = tuple(
+            Silence(**json.loads(body))
+            for (body,) in self._db.execute("SELECT body FROM silence WHERE until > ?", (now,))
+        )
+        self._saved = {fp: _persisted_part(a) for fp, a in alerts.items()}
+        self._saved_silences = silences
+        return RulesState(alerts=alerts, silences=silences)
+
+    def commit(
+        self,
+        state: RulesState,
+        messages: Iterable[tuple[str, str, str, Sequence[str]]] = (),
+        now: float = 0.0,
+    ) -> None:
+        """Persist the changed part of `state` and queue `messages`, atomically.
+
+        `messages` are `(message_id, account, payload_json, sinks that should get it)`.
+        Only alerts whose persisted part changed are written, so per-tick value updates
+        cost nothing.
+        """
+        statements: list[tuple[str, Sequence[object]]] = []
+        saved = dict(self._saved)
+        for fp, alert in state.alerts.items():
+            part = _persisted_part(alert)
+            if saved.get(fp) != part:
+                saved[fp] = part
+                body = json.dumps(dataclasses.asdict(part))
+                statements.append((
+                    "INSERT INTO alert_state (fingerprint, account, state) VALUES (?, ?, ?) "
+                    "ON CONFLICT (fingerprint) DO UPDATE SET state = excluded.state",
+                    (fp, alert.account, body),
+                ))
+        if state.silences != self._saved_silences:
+            statements.append(("DELETE FROM silence", ()))
+            statements.extend(
+                (
+                    "INSERT INTO silence (id, until, body) VALUES (?, ?, ?)",
+                    (s.id, s.until, json.dumps(dataclasses.asdict(s))),
+                )
+                for s in state.silences
+            )
+        for message_id, account, payload, sinks in messages:
+            statements.extend(
+                (
+                    "INSERT OR IGNORE INTO outbox (message_id, sink, account, payload, "
+                    "created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (message_id, sink, account, payload, now, now),
+                )
+                for sink in sinks
+            )
+        if statements:
+            self._write(statements)
+        self._saved = saved
+        self._saved_silences = state.silences
+
+    # --- outbox -------------------------------------------------------------------------------
+
+    def due(self, sink: str, now: float, limit: int = 100) -> list[OutboxRow]:
+        """Messages for `sink` whose next attempt is due, oldest first."""
+        rows = self._db.execute(
+            "SELECT seq, message_id, sink, account, payload, created_at, attempts, "
+            "next_attempt_at, last_error FROM outbox WHERE sink = ? AND next_attempt_at <= ? "
+            "ORDER BY seq LIMIT ?",
+            (sink, now, limit),
+        )
+        return [OutboxRow(*row) for row in rows]
+
+    def next_due_at(self, sink: str) -> float | None:
+        """When the next message for `sink` becomes due (None: nothing queued)."""
+        row = self._db.execute(
+            "SELECT MIN(next_attempt_at) FROM outbox WHERE sink = ?", (sink,)
+        ).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def pending(self, sink: str | None = None) -> list[OutboxRow]:
+        """Everything still queued (for one sink, or all), oldest first."""
+        rows = self._db.execute(
+            "SELECT seq, message_id, sink, account, payload, created_at, attempts, "
+            "next_attempt_at, last_error FROM outbox WHERE ? IS NULL OR sink = ? ORDER BY seq",
+            (sink, sink),
+        )
+        return [OutboxRow(*row) for row in rows]
+
+    def delivered(self, sink: str, message_ids: Iterable[str]) -> None:
+        """`sink` acknowledged these messages: their rows go."""
+        self._write([
+            ("DELETE FROM outbox WHERE sink = ? AND message_id = ?", (sink, mid))
+            for mid in message_ids
+        ])
+
+    def failed(self, sink: str, message_id: str, next_attempt_at: float, error: str) -> None:
+        """A delivery attempt failed; count it and schedule the next one."""
+        self._write([(
+            "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? "
+            "WHERE sink = ? AND message_id = ?",
+            (next_attempt_at, error[:500], sink, message_id),
+        )])
+
+    # --- audit trail --------------------------------------------------------------------------
+
+    def audit(self, account: str, kind: str, payload: Mapping[str, Any], at: float) -> None:
+        """Append one decision to the audit trail (order plans, sends, fills, commands)."""
+        body = json.dumps(payload, default=str, sort_keys=True)
+        self._write([
+            ("INSERT INTO audit (at, account, kind, payload) VALUES (?, ?, ?, ?)",
+             (at, account, kind, body)),
+        ])
+
+    def audit_trail(
+        self,
+        account: str | None = None,
+        kind: str | None = None,
+        since: float | None = None,
+        limit: int = 1000,
+    ) -> list[AuditRecord]:
+        """Audit entries, oldest first, filtered by account, kind and time."""
+        clauses, params = [], []
+        for clause, value in (("account = ?", account), ("kind = ?", kind), ("at >= ?", since)):
+            if value is not None:
+                clauses.append(clause)
+                params.append(value)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._db.execute(
+            f"SELECT seq, at, account, kind, payload FROM audit {where} "  # noqa: S608
+            "ORDER BY seq LIMIT ?",
+            (*params, limit),
+        )
+        return [
+            AuditRecord(seq, at, acct, knd, json.loads(body))
+            for seq, at, acct, knd, body in rows
+        ]

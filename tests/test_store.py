@@ -1,0 +1,228 @@
+"""Tests for monitor/store.py: durable alert state, outbox and audit trail in a real SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sqlite3
+from collections.abc import Collection, Sequence
+from pathlib import Path
+
+import pytest
+
+from monitor.alert_message import AlertMessage
+from monitor.alerting import AlertPipeline
+from monitor.model import MarginReport
+from monitor.rules import AlertConfig, RulesState, Silence, add_silence
+from monitor.store import Store
+
+CONFIG = AlertConfig(repeat_every=0, shock_warning=None, shock_critical=None,
+                     shock_emergency=None)
+
+
+def report(ratio: float, account: str = "acct") -> MarginReport:
+    """A report whose only meaningful figure is the ratio."""
+    return MarginReport(
+        account=account, currency="USDT", wallet_balance=1000.0, unrealized_pnl=0.0,
+        margin_balance=1000.0, initial_margin=0.0, maintenance_margin=ratio * 1000.0,
+        margin_ratio=ratio, margin_level=math.inf if ratio == 0 else 1 / ratio,
+        free_collateral=1000.0, liquidated=ratio >= 1, positions=(),
+    )
+
+
+class RecordingSink:
+    """An in-process sink that records what it was given (the pipeline is under test)."""
+
+    def __init__(self, name: str = "rec") -> None:
+        self.name = name
+        self.got: list[AlertMessage] = []
+
+    def wants(self, message: AlertMessage) -> bool:
+        """Test helper: takes everything."""
+        return True
+
+    async def deliver(self, messages: Sequence[AlertMessage]) -> Collection[str]:
+        """Test helper: records and acknowledges."""
+        self.got.extend(messages)
+        return {m.id for m in messages}
+
+
+def pipeline(path: Path, clock: list[float]) -> AlertPipeline:
+    """A pipeline on the SQLite file at `path` whose clock reads clock[0]."""
+    return AlertPipeline(Store(path), CONFIG, [RecordingSink()], clock=lambda: clock[0])
+
+
+def queued_kinds(store: Store) -> list[tuple[str, str]]:
+    """(kind, level) of every message still in the outbox."""
+    return [(m.kind, m.level) for m in
+            (AlertMessage.from_json(r.payload) for r in store.pending())]
+
+
+class TestRestart:
+    """The four restart cases of issue 4, each with a real SQLite file and a fresh Store."""
+
+    def test_unchanged_condition_not_reannounced(self, tmp_path: Path) -> None:
+        """Test that a condition firing before a restart is not announced again after it."""
+        db, clock = tmp_path / "alerts.sqlite3", [100.0]
+        first = pipeline(db, clock)
+        first.on_report(report(0.6))
+        first.store.delivered("rec", [r.message_id for r in first.store.pending()])
+        first.store.close()
+        clock[0] = 200.0
+        second = pipeline(db, clock)
+        assert second.on_report(report(0.62)) == ()
+        assert second.store.pending() == []
+        assert second.level("acct") == "warning"
+
+    def test_condition_arising_while_down_is_announced(self, tmp_path: Path) -> None:
+        """Test that a condition first seen after a restart fires."""
+        db, clock = tmp_path / "alerts.sqlite3", [100.0]
+        first = pipeline(db, clock)
+        first.on_report(report(0.2))
+        first.store.close()
+        second = pipeline(db, clock)
+        second.on_report(report(0.75))
+        assert queued_kinds(second.store) == [("firing", "critical")]
+
+    def test_resolve_never_lost(self, tmp_path: Path) -> None:
+        """Test that a condition that cleared while down is resolved after the restart."""
+        db, clock = tmp_path / "alerts.sqlite3", [100.0]
+        first = pipeline(db, clock)
+        first.on_report(report(0.9))
+        episode = first.state.alert("acct", "margin_ratio").episode
+        first.store.delivered("rec", [r.message_id for r in first.store.pending()])
+        first.store.close()
+        clock[0] = 400.0
+        second = pipeline(db, clock)
+        events = second.on_report(report(0.1))
+        assert [(e.kind, e.episode, e.duration, e.worst_value) for e in events] == [
+            ("resolved", episode, 300.0, 0.9)]
+        assert queued_kinds(second.store) == [("resolved", "ok")]
+
+    async def test_undelivered_alerts_are_delivered(self, tmp_path: Path) -> None:
+        """Test that messages queued before a crash are delivered by the next process."""
+        db, clock = tmp_path / "alerts.sqlite3", [100.0]
+        first = pipeline(db, clock)
+        first.on_report(report(0.6))
+        first.on_report(report(0.9))
+        ids = [r.message_id for r in first.store.pending()]
+        first.store.close()  # "crash" before any sink ran
+        second = pipeline(db, clock)
+        sink = second.sinks[0]
+        assert isinstance(sink, RecordingSink)
+        task = asyncio.create_task(second.deliver_forever(sink))
+        for _ in range(100):
+            if second.store.pending() == []:
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        assert [m.id for m in sink.got] == ids
+        assert second.store.pending() == []
+
+    def test_silences_and_ack_survive_restart(self, tmp_path: Path) -> None:
+        """Test that silences and acknowledgements are persisted."""
+        db = tmp_path / "alerts.sqlite3"
+        store = Store(db)
+        state = add_silence(RulesState(), Silence(id="s", until=500.0, account="acct"))
+        store.commit(state)
+        store.close()
+        assert Store(db).load_rules_state(100.0).silences == state.silences
+        assert Store(db).load_rules_state(600.0).silences == ()
+
+
+class TestOutbox:
+    """Rows per sink; removed only on acknowledgement."""
+
+    def test_rows_per_sink_and_ack(self, tmp_path: Path) -> None:
+        """Test that a message stays queued until every sink that should get it acknowledged."""
+        store = Store(tmp_path / "a.db")
+        store.commit(RulesState(), [("m1", "acct", "{}", ["mqtt", "phone"])], now=1.0)
+        assert [(r.sink, r.message_id) for r in store.pending()] == [
+            ("mqtt", "m1"), ("phone", "m1")]
+        store.delivered("mqtt", ["m1"])
+        assert [r.sink for r in store.pending()] == ["phone"]
+        store.delivered("phone", ["m1"])
+        assert store.pending() == []
+
+    def test_failed_schedules_retry(self, tmp_path: Path) -> None:
+        """Test that a failed attempt is counted and not due before its next attempt."""
+        store = Store(tmp_path / "a.db")
+        store.commit(RulesState(), [("m1", "acct", "{}", ["mqtt"])], now=1.0)
+        store.failed("mqtt", "m1", next_attempt_at=10.0, error="broker down")
+        assert store.due("mqtt", 5.0) == []
+        (row,) = store.due("mqtt", 10.0)
+        assert (row.attempts, row.last_error) == (1, "broker down")
+        assert store.next_due_at("mqtt") == 10.0
+
+    def test_same_message_queued_once(self, tmp_path: Path) -> None:
+        """Test that queuing the same message id twice keeps one row per sink."""
+        store = Store(tmp_path / "a.db")
+        for _ in range(2):
+            store.commit(RulesState(), [("m1", "acct", "{}", ["mqtt"])], now=1.0)
+        assert len(store.pending()) == 1
+
+
+class TestAudit:
+    """The audit trail engineer D writes order decisions to."""
+
+    def test_audit_and_query(self, tmp_path: Path) -> None:
+        """Test that audit entries are stored in order and filtered by account, kind and time."""
+        store = Store(tmp_path / "a.db")
+        store.audit("a", "order_planned", {"qty": 0.1}, at=1.0)
+        store.audit("b", "order_planned", {"qty": 0.2}, at=2.0)
+        store.audit("a", "order_sent", {"id": "x"}, at=3.0)
+        store.close()
+        store = Store(tmp_path / "a.db")
+        assert [r.payload for r in store.audit_trail(account="a")] == [{"qty": 0.1}, {"id": "x"}]
+        assert [r.account for r in store.audit_trail(kind="order_planned")] == ["a", "b"]
+        assert [r.kind for r in store.audit_trail(since=2.0)] == ["order_planned", "order_sent"]
+
+
+class TestDegraded:
+    """A state directory that cannot be written must not stop the daemon."""
+
+    def test_disk_full_keeps_going_in_memory(self, tmp_path: Path) -> None:
+        """Test that SQLITE_FULL switches the store to memory, keeps state and raises an alert."""
+        db, clock = tmp_path / "alerts.sqlite3", [100.0]
+        pipe = pipeline(db, clock)
+        pipe.on_report(report(0.6))
+        # Cap the file at its current size: the next write fails with "database or disk is full".
+        raw = pipe.store._db
+        pages = raw.execute("PRAGMA page_count").fetchone()[0]
+        raw.execute(f"PRAGMA max_page_count = {pages}")
+        big = "x" * 200_000
+        pipe.store.audit("acct", "note", {"blob": big}, at=1.0)
+        assert pipe.store.degraded is not None
+        assert "full" in pipe.store.degraded
+        clock[0] = 101.0
+        pipe.on_report(report(0.9))
+        kinds = [(m.rule, m.kind, m.level) for m in
+                 (AlertMessage.from_json(r.payload) for r in pipe.store.pending())]
+        assert ("margin_ratio", "firing", "warning") in kinds
+        assert ("margin_ratio", "escalated", "emergency") in kinds
+        assert ("state_store", "firing", "critical") in kinds
+
+    def test_read_only_database(self, tmp_path: Path) -> None:
+        """Test that a database that refuses writes degrades instead of raising."""
+        db = tmp_path / "alerts.sqlite3"
+        store = Store(db)
+        store._db.execute("PRAGMA query_only = 1")
+        store.commit(RulesState(), [("m1", "acct", "{}", ["mqtt"])], now=1.0)
+        assert store.degraded is not None
+        assert "readonly" in store.degraded.replace("-", "")
+        assert [r.message_id for r in store.pending()] == ["m1"]
+
+    def test_unopenable_path(self, tmp_path: Path) -> None:
+        """Test that a state path that cannot be created degrades to memory at start."""
+        blocker = tmp_path / "file"
+        blocker.write_text("not a directory")
+        store = Store(blocker / "sub" / "alerts.sqlite3")
+        assert store.degraded is not None
+        store.commit(RulesState(), [("m1", "acct", "{}", ["mqtt"])], now=1.0)
+        assert len(store.pending()) == 1
+
+    def test_memory_store_raises_real_errors(self) -> None:
+        """Test that an in-memory store does not hide programming errors."""
+        store = Store(None)
+        with pytest.raises(sqlite3.Error):
+            store._write([("INSERT INTO nowhere VALUES (1)", ())])
