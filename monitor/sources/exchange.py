@@ -1,0 +1,733 @@
+"""A live exchange account through one `ccxt.pro` instance, as a `Source` of model events.
+
+What is trusted for what (notes/ccxt.md §0, §6):
+- **mark prices** stream (`watch_mark_price` where `has` says so, else `watch_ticker`) and
+  become a `PriceTick` on every frame; a symbol whose stream is quiet for `poll_interval`
+  is read over REST instead, so prices keep flowing while the socket is dead;
+- **positions and balances** are read only over REST (`fetch_positions`, `fetch_balance`).
+  Their websocket streams are *triggers* for a debounced re-read, never the truth: ccxt's
+  watch cache wipes mark/margin fields and keeps stale `side='both'` entries (§0.3, §0.4).
+  With no stream (MEXC positions) or a failing one, the REST read runs every
+  `poll_interval`; with a healthy one, every `reconcile_every` anyway (dead-but-open
+  sockets exist, ccxt #25092);
+- **leverage tiers** are fetched per symbol, cached, refreshed every `tiers_every`;
+- the venue's own account figures are kept beside ours (`venue_check`) to expose drift.
+
+Faults: the NetworkError family retries with jittered exponential backoff; rate limits
+also slow every polling loop (`Throttle`); `InvalidNonce` resyncs the clock
+(`load_time_difference`); `AuthenticationError`/`PermissionDenied` end the source with one
+`SourceDown` and no retries, because retrying bad keys only earns an IP ban. Every data kind
+has a freshness clock; `SourceStale` when it passes `stale_after`, `SourceUp` when fresh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import ccxt.pro as ccxtpro
+import structlog
+from ccxt.base import errors as ccxt_errors
+
+from monitor import margin
+from monitor.errors import UserError
+from monitor.model import (
+    AccountSnapshot,
+    BalanceUpdate,
+    Collateral,
+    Event,
+    Position,
+    PositionsUpdate,
+    PriceTick,
+    SourceDown,
+    SourceStale,
+    SourceUp,
+    Tier,
+)
+from monitor.settings import load_settings
+from monitor.snapshot import snapshot_to_dict
+from monitor.sources.backoff import Backoff, Freshness, FreshnessChange, Throttle
+from monitor.sources.normalize import (
+    MalformedPayload,
+    VenueFigures,
+    collateral_from_ccxt,
+    mark_from_ticker,
+    positions_from_ccxt,
+    tiers_from_ccxt,
+    venue_figures,
+)
+
+__all__ = [
+    "AccountConfig",
+    "ExchangeSource",
+    "VenueCheck",
+    "build_exchange",
+    "check_account",
+    "snapshot_command",
+]
+
+log = structlog.get_logger("monitor.sources.exchange")
+
+#: Settlement currency of the account's report where it is not USDT.
+_VENUE_CURRENCY = {"hyperliquid": "USDC", "dydx": "USDC"}
+
+
+class _Secret(Protocol):
+    def get_secret_value(self) -> str: ...
+
+
+class AccountConfig(Protocol):
+    """What the source reads from an account's settings (monitor.settings.AccountSettings)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def exchange(self) -> str: ...
+    @property
+    def api_key(self) -> _Secret | None: ...
+    @property
+    def secret(self) -> _Secret | None: ...
+    @property
+    def password(self) -> _Secret | None: ...
+    @property
+    def sandbox(self) -> bool: ...
+    @property
+    def poll_interval(self) -> float: ...
+    @property
+    def stale_after(self) -> float: ...
+    @property
+    def ccxt(self) -> Mapping[str, Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class VenueCheck:
+    """Our margin ratio and the venue's, read from the same REST reconciliation.
+
+    `drift` = ours − venue's (absolute, in ratio units); `relative_drift` = drift / venue's.
+    A drift well above rounding means our model of the venue is wrong (tiers, haircuts,
+    mode) and the alerts built on it should not be trusted blindly: metrics export it.
+    """
+
+    ts: float
+    venue: VenueFigures
+    our_ratio: float
+    our_maintenance_margin: float
+    our_margin_balance: float
+
+    @property
+    def drift(self) -> float | None:
+        if self.venue.margin_ratio is None:
+            return None
+        return self.our_ratio - self.venue.margin_ratio
+
+    @property
+    def relative_drift(self) -> float | None:
+        drift = self.drift
+        if drift is None or not self.venue.margin_ratio:
+            return None
+        return drift / self.venue.margin_ratio
+
+
+# --- construction -----------------------------------------------------------------------------
+
+
+def _secret(value: _Secret | None) -> str | None:
+    return value.get_secret_value() if value is not None else None
+
+
+def build_exchange(settings: AccountConfig) -> Any:
+    """One ccxt.pro instance for the account; `settings.ccxt` is passed straight through
+    (urls, options, timeout, proxies), so testnets and local fakes need no code change."""
+    venue = settings.exchange
+    if venue not in ccxtpro.exchanges:
+        raise UserError(
+            f"accounts.{settings.name}.exchange: {venue!r} has no ccxt.pro class "
+            f"(ccxt 4.5.90); use one of ccxt.pro.exchanges, e.g. 'binanceusdm'"
+        )
+    config: dict[str, Any] = {"enableRateLimit": True}
+    key, secret, password = (_secret(settings.api_key), _secret(settings.secret),
+                             _secret(settings.password))
+    if venue == "hyperliquid":
+        # ccxt hyperliquid signs with a wallet: address and agent private key.
+        creds = {"walletAddress": key, "privateKey": secret}
+    else:
+        creds = {"apiKey": key, "secret": secret, "password": password}
+    config.update({k: v for k, v in creds.items() if v})
+    config.update(dict(settings.ccxt))
+    exchange = getattr(ccxtpro, venue)(config)
+    if settings.sandbox:
+        exchange.set_sandbox_mode(True)
+    return exchange
+
+
+def _one_line(exc: BaseException, limit: int = 240) -> str:
+    """An exception as one log-safe line (ccxt bodies can be long and multi-line)."""
+    text = " ".join(str(exc).split())
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+_AUTH_ERRORS = (ccxt_errors.AuthenticationError,)  # includes PermissionDenied, AccountSuspended
+
+
+# --- the source -------------------------------------------------------------------------------
+
+
+class ExchangeSource:
+    """A live account: `events()` yields model events until `close()` or a `SourceDown`."""
+
+    def __init__(
+        self,
+        settings: AccountConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        reconcile_every: float | None = None,
+        debounce: float = 0.05,
+        tiers_every: float = 3600.0,
+        backoff_cap: float = 30.0,
+        currency: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.name = settings.name
+        self.venue = settings.exchange
+        self.currency = currency or getattr(settings, "currency", None) or _VENUE_CURRENCY.get(
+            self.venue, "USDT"
+        )
+        self.poll_interval = float(settings.poll_interval)
+        self.stale_after = float(settings.stale_after)
+        self.reconcile_every = reconcile_every or max(
+            self.poll_interval, min(60.0, self.stale_after / 2)
+        )
+        self.debounce = debounce
+        self.tiers_every = tiers_every
+        self.backoff_cap = backoff_cap
+        self._clock = clock
+        self._monotonic = monotonic
+        self.exchange: Any = None
+        # Last good state: a rejected update never replaces these (normalize.py policy).
+        self.positions: tuple[Position, ...] = ()
+        self.collateral: tuple[Collateral, ...] = ()
+        self.marks: dict[str, float] = {}
+        self.tiers: dict[str, tuple[Tier, ...]] = {}
+        self.figures: VenueFigures | None = None
+        self.venue_check: VenueCheck | None = None
+        self.down_reason: str | None = None
+        self._tiers_at: dict[str, float] = {}
+        self._last_tick: dict[str, float] = {}
+        self._queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._dirty = asyncio.Event()
+        self._stream_ok: dict[str, bool] = {}
+        self._freshness = Freshness(self.stale_after)
+        self._throttle = Throttle()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._price_tasks: dict[str, asyncio.Task[None]] = {}
+        self._markets_ready = asyncio.Event()
+        self._closed = False
+
+    # --- public surface (monitor.sources.base.Source) ---------------------------------------
+
+    @property
+    def account(self) -> str:
+        """The configured account name, as used in every event."""
+        return self.name
+
+    async def open(self) -> Any:
+        """Create the ccxt instance (no network until the first call)."""
+        if self.exchange is None:
+            self.exchange = build_exchange(self.settings)
+        return self.exchange
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Model events of this account, until `close()`; ends after a `SourceDown`."""
+        await self.open()
+        self._start()
+        try:
+            while True:
+                event = await self._queue.get()
+                yield event
+                if isinstance(event, SourceDown):
+                    return
+        finally:
+            await self._stop_tasks()
+
+    async def fetch_snapshot(self) -> AccountSnapshot:
+        """A fresh REST read of the whole account (for `snapshot`, executors, tests)."""
+        exchange = await self.open()
+        await exchange.load_markets()
+        positions, collateral, _ = await self._read_account()
+        return self._snapshot(positions, collateral)
+
+    def snapshot(self) -> AccountSnapshot:
+        """The last good state with the latest marks (what the daemon's state holds)."""
+        positions = tuple(
+            p.at_mark(self.marks[p.symbol]) if p.symbol in self.marks else p
+            for p in self.positions
+        )
+        return self._snapshot(positions, self.collateral)
+
+    async def close(self) -> None:
+        """Stop every loop and release the ccxt sessions (ccxt: close() is required)."""
+        self._closed = True
+        await self._stop_tasks()
+        if self.exchange is not None:
+            with contextlib.suppress(Exception):
+                await self.exchange.close()
+
+    # --- the order desk (monitor.sources.base.OrderDesk): ccxt's own calls, unchanged ---------
+
+    async def _ready(self) -> Any:
+        exchange = await self.open()
+        await exchange.load_markets()
+        return exchange
+
+    async def create_order(  # noqa: PLR0917 - ccxt's positional signature, kept for drop-in use
+        self,
+        symbol: str,
+        type: str,  # ccxt's parameter name
+        side: str,
+        amount: float,
+        price: float | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Place an order through ccxt (the executor owns the money-safety checks)."""
+        exchange = await self._ready()
+        order: dict[str, Any] = await exchange.create_order(
+            symbol, type, side, amount, price, params or {}
+        )
+        return order
+
+    async def fetch_order(self, id: str, symbol: str | None = None) -> dict[str, Any]:
+        exchange = await self._ready()
+        order: dict[str, Any] = await exchange.fetch_order(id, symbol)
+        return order
+
+    async def fetch_open_orders(self, symbol: str | None = None) -> list[dict[str, Any]]:
+        exchange = await self._ready()
+        orders: list[dict[str, Any]] = await exchange.fetch_open_orders(symbol)
+        return orders
+
+    async def cancel_order(self, id: str, symbol: str | None = None) -> dict[str, Any]:
+        exchange = await self._ready()
+        order: dict[str, Any] = await exchange.cancel_order(id, symbol)
+        return order
+
+    async def fetch_positions(self, symbols: list[str] | None = None) -> list[dict[str, Any]]:
+        exchange = await self._ready()
+        rows: list[dict[str, Any]] = await exchange.fetch_positions(symbols)
+        return rows
+
+    def amount_to_precision(self, symbol: str, amount: float) -> str:
+        return str(self.exchange.amount_to_precision(symbol, amount))
+
+    def market(self, symbol: str) -> dict[str, Any]:
+        found: dict[str, Any] = self.exchange.market(symbol)
+        return found
+
+    async def __aenter__(self) -> ExchangeSource:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- tasks ----------------------------------------------------------------------------
+
+    def _spawn(self, coro: Any, label: str) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(
+            coro, name=f"source[{self.name}].{label}"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _start(self) -> None:
+        if self._tasks:
+            return
+        now = self._monotonic()
+        self._freshness.start("positions", now)
+        self._freshness.start("balance", now)
+        self._spawn(self._run(), "main")
+        self._spawn(self._watchdog(), "watchdog")
+
+    async def _stop_tasks(self) -> None:
+        tasks = list(self._tasks) + list(self._price_tasks.values())
+        self._price_tasks.clear()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+
+    def _emit(self, event: Event) -> None:
+        self._queue.put_nowait(event)
+
+    async def _run(self) -> None:
+        """Load markets (retrying), then start the streams and the reconciler."""
+        backoff = Backoff(cap=self.backoff_cap)
+        while True:
+            try:
+                await self.exchange.load_markets()
+                break
+            except Exception as exc:
+                if not await self._fault(exc, "load_markets", backoff):
+                    return
+        self._markets_ready.set()
+        has = self.exchange.has
+        private = bool(self.exchange.apiKey or getattr(self.exchange, "walletAddress", None))
+        if private and has.get("watchPositions") is True:
+            self._spawn(self._trigger_stream("positions", self.exchange.watch_positions),
+                        "positions_stream")
+        if private and has.get("watchBalance") is True:
+            self._spawn(self._trigger_stream("balance", self.exchange.watch_balance),
+                        "balance_stream")
+        self._spawn(self._price_poll(), "price_poll")
+        await self._reconcile_loop()
+
+    # --- reconciliation -------------------------------------------------------------------
+
+    def _streams_healthy(self) -> bool:
+        return bool(self._stream_ok) and all(self._stream_ok.values()) and len(
+            self._stream_ok
+        ) == 2
+
+    async def _reconcile_loop(self) -> None:
+        backoff = Backoff(cap=self.backoff_cap)
+        first = True
+        while True:
+            if not first:
+                interval = self.reconcile_every if self._streams_healthy() else self.poll_interval
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._dirty.wait(), interval * self._throttle.factor)
+                if self._dirty.is_set():
+                    await asyncio.sleep(self.debounce)  # coalesce a burst of stream events
+            first = False
+            self._dirty.clear()
+            try:
+                await self._reconcile()
+            except Exception as exc:
+                if not await self._fault(exc, "reconcile", backoff):
+                    return
+            else:
+                backoff.reset()
+                self._throttle.relax()
+
+    async def _read_account(
+        self,
+    ) -> tuple[tuple[Position, ...], tuple[Collateral, ...], VenueFigures | None]:
+        """fetch_positions + fetch_balance, normalised; raises on any bad payload."""
+        exchange = self.exchange
+        raw_positions, raw_balance = await asyncio.gather(
+            exchange.fetch_positions(), exchange.fetch_balance()
+        )
+        symbols = sorted({str(r.get("symbol")) for r in raw_positions or []
+                          if isinstance(r, dict) and r.get("symbol")})
+        await self._ensure_tiers(symbols)
+        positions = positions_from_ccxt(
+            self.venue, raw_positions, exchange.markets or {}, self.tiers, self.marks
+        )
+        prices = {k.split("/", 1)[0]: v for k, v in self.marks.items()
+                  if k.split("/", 1)[-1].startswith(self.currency)}
+        collateral = collateral_from_ccxt(self.venue, raw_balance, self.currency, prices)
+        return positions, collateral, venue_figures(self.venue, raw_balance)
+
+    async def _reconcile(self) -> None:
+        positions, collateral, figures = await self._read_account()
+        ts = self._clock()
+        now = self._monotonic()
+        self.positions, self.collateral = positions, collateral
+        for p in positions:
+            self.marks.setdefault(p.symbol, p.mark_price)
+        self._emit(PositionsUpdate(self.name, positions, ts))
+        self._emit(BalanceUpdate(self.name, collateral, ts))
+        for kind in ("positions", "balance"):
+            self._fresh(kind, now)
+        self.figures = figures
+        if figures is not None:
+            self._record_check(figures, self._snapshot(positions, collateral), ts)
+        self._sync_price_streams({p.symbol for p in positions})
+
+    def _record_check(self, figures: VenueFigures, snapshot: AccountSnapshot, ts: float) -> None:
+        ours = margin.report(snapshot)
+        self.venue_check = VenueCheck(
+            ts, figures, ours.margin_ratio, ours.maintenance_margin, ours.margin_balance
+        )
+        drift = self.venue_check.relative_drift
+        if drift is not None and math.isfinite(drift) and abs(drift) > 0.01:
+            log.warning("venue_drift", account=self.name, ours=ours.margin_ratio,
+                        venue=figures.margin_ratio, fields=figures.source_fields)
+
+    def _snapshot(
+        self, positions: tuple[Position, ...], collateral: tuple[Collateral, ...]
+    ) -> AccountSnapshot:
+        return AccountSnapshot(self.name, self.currency, collateral, positions, self.venue)
+
+    async def _ensure_tiers(self, symbols: list[str]) -> None:
+        """Load or refresh leverage tiers; a failure keeps the old ones (tiers only matter
+        for what-ifs: the venue's reported MM still drives the live ratio)."""
+        now = self._monotonic()
+        wanted = [s for s in symbols
+                  if now - self._tiers_at.get(s, -math.inf) >= self.tiers_every]
+        # OKX tiers are in contracts, not notional (margin-math §3.1): use the reported MM.
+        if not wanted or self.venue == "okx":
+            return
+        has = self.exchange.has
+        try:
+            if has.get("fetchLeverageTiers") is True:
+                table = await self.exchange.fetch_leverage_tiers(wanted)
+            elif has.get("fetchMarketLeverageTiers"):
+                table = {s: await self.exchange.fetch_market_leverage_tiers(s) for s in wanted}
+            else:
+                return
+            for symbol in wanted:
+                if symbol in table:
+                    self.tiers[symbol] = tiers_from_ccxt(self.venue, table[symbol])
+                    self._tiers_at[symbol] = now
+        except (ccxt_errors.BaseError, MalformedPayload) as exc:
+            log.warning("tiers_unavailable", account=self.name, reason=_one_line(exc))
+            for symbol in wanted:  # do not retry on every reconciliation
+                self._tiers_at[symbol] = now - self.tiers_every + self.reconcile_every
+
+    # --- streams --------------------------------------------------------------------------
+
+    async def _trigger_stream(self, kind: str, watch: Callable[[], Any]) -> None:
+        """A private stream whose messages only say "something changed: re-read"."""
+        backoff = Backoff(cap=self.backoff_cap)
+        while True:
+            try:
+                await watch()
+            except Exception as exc:
+                if self._stream_ok.get(kind, True):
+                    self._dirty.set()  # it may have missed an update (ccxt: re-fetch after drops)
+                self._stream_ok[kind] = False
+                if not await self._fault(exc, f"{kind}_stream", backoff):
+                    return
+                continue
+            self._stream_ok[kind] = True
+            backoff.reset()
+            self._dirty.set()
+
+    def _sync_price_streams(self, symbols: set[str]) -> None:
+        for symbol in list(self._price_tasks):
+            if symbol not in symbols:
+                self._price_tasks.pop(symbol).cancel()
+                self._last_tick.pop(symbol, None)
+        for symbol in symbols - set(self._price_tasks):
+            self._last_tick.setdefault(symbol, self._monotonic())
+            self._price_tasks[symbol] = asyncio.get_running_loop().create_task(
+                self._price_stream(symbol), name=f"source[{self.name}].price[{symbol}]"
+            )
+        if symbols:
+            self._freshness.start("prices", self._monotonic())
+        else:
+            self._freshness.stop("prices")
+
+    async def _price_stream(self, symbol: str) -> None:
+        exchange = self.exchange
+        watch = (exchange.watch_mark_price if exchange.has.get("watchMarkPrice") is True
+                 else exchange.watch_ticker)
+        backoff = Backoff(cap=self.backoff_cap)
+        while True:
+            try:
+                ticker = await watch(symbol)
+            except Exception as exc:
+                if not await self._fault(exc, f"price_stream[{symbol}]", backoff):
+                    return
+                continue
+            backoff.reset()
+            self._on_mark(symbol, ticker)
+
+    async def _price_poll(self) -> None:
+        """REST takes over for symbols whose stream has been quiet for `poll_interval`."""
+        exchange = self.exchange
+        fetch = (exchange.fetch_mark_price if exchange.has.get("fetchMarkPrice") is True
+                 else exchange.fetch_ticker)
+        backoff = Backoff(cap=self.backoff_cap)
+        while True:
+            await asyncio.sleep(self.poll_interval * self._throttle.factor)
+            now = self._monotonic()
+            quiet = [s for s, t in self._last_tick.items() if now - t >= self.poll_interval]
+            for symbol in quiet:
+                try:
+                    ticker = await fetch(symbol)
+                except Exception as exc:
+                    if not await self._fault(exc, f"price_poll[{symbol}]", backoff):
+                        return
+                    break
+                backoff.reset()
+                self._on_mark(symbol, ticker)
+
+    def _on_mark(self, symbol: str, ticker: object) -> None:
+        mark = mark_from_ticker(self.venue, ticker)
+        if mark is None:
+            log.warning("bad_mark", account=self.name, symbol=symbol,
+                        reason="ticker without a positive markPrice")
+            return
+        now = self._monotonic()
+        self.marks[symbol] = mark
+        if symbol in self._last_tick:
+            self._last_tick[symbol] = now
+        self._emit(PriceTick(self.name, symbol, mark, self._clock()))
+        # The prices clock is as old as the least recently priced symbol.
+        if self._last_tick and "prices" in self._freshness.last:
+            self._freshness.last["prices"] = min(self._last_tick.values())
+            if now - self._freshness.last["prices"] <= self.stale_after:
+                self._fresh("prices", self._freshness.last["prices"])
+
+    # --- freshness ------------------------------------------------------------------------
+
+    def _fresh(self, kind: str, at: float) -> None:
+        change = self._freshness.fresh(kind, at)
+        if change is not None:
+            self._announce(change)
+
+    def _announce(self, change: FreshnessChange) -> None:
+        ts = self._clock()
+        if change.stale:
+            log.warning("stale", account=self.name, kind=change.kind, age=round(change.age, 3))
+            self._emit(SourceStale(self.name, change.kind, change.age, ts))
+        else:
+            log.info("fresh", account=self.name, kind=change.kind)
+            self._emit(SourceUp(self.name, change.kind, ts))
+
+    async def _watchdog(self) -> None:
+        step = max(0.01, min(1.0, self.stale_after / 4))
+        while True:
+            await asyncio.sleep(step)
+            for change in self._freshness.check(self._monotonic()):
+                self._announce(change)
+
+    # --- faults ---------------------------------------------------------------------------
+
+    async def _fault(self, exc: Exception, where: str, backoff: Backoff) -> bool:
+        """Log one line, wait as the fault deserves; False when the source must stop."""
+        reason = _one_line(exc)
+        if isinstance(exc, _AUTH_ERRORS):
+            self._go_down(f"{self.venue} rejected the API key during {where} ({reason}); "
+                          f"check accounts.{self.name}.api_key/secret and their permissions")
+            return False
+        if isinstance(exc, ccxt_errors.ExchangeClosedByUser) or self._closed:
+            return False
+        delay = backoff.next_delay()
+        if isinstance(exc, ccxt_errors.InvalidNonce):
+            log.warning("clock_skew", account=self.name, where=where, reason=reason)
+            with contextlib.suppress(Exception):
+                await self.exchange.load_time_difference()
+        elif isinstance(exc, ccxt_errors.RateLimitExceeded | ccxt_errors.DDoSProtection):
+            self._throttle.penalise()
+            delay *= self._throttle.factor
+            log.warning("rate_limited", account=self.name, where=where, reason=reason,
+                        slowdown=self._throttle.factor)
+        elif isinstance(exc, ccxt_errors.NetworkError | ccxt_errors.BadResponse):
+            log.warning("network_error", account=self.name, where=where, reason=reason,
+                        retry_in=round(delay, 3))
+        elif isinstance(exc, MalformedPayload):
+            log.warning("rejected_update", account=self.name, where=where, reason=str(exc))
+        else:
+            # Garbage a parser choked on, or a venue error we do not know: never a crash.
+            log.warning("source_error", account=self.name, where=where, reason=reason)
+        await asyncio.sleep(min(delay, self.backoff_cap * self._throttle.factor))
+        return True
+
+    def _go_down(self, reason: str) -> None:
+        if self.down_reason is not None:
+            return
+        self.down_reason = reason
+        log.error("source_down", account=self.name, reason=reason)
+        self._emit(SourceDown(self.name, reason, self._clock()))
+        for task in list(self._tasks) + list(self._price_tasks.values()):
+            if task is not asyncio.current_task():
+                task.cancel()
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+async def _trade_permission(exchange: Any, venue: str, balance: Mapping[str, Any]) -> str:
+    """What the venue says about the key's rights, in words."""
+    info = balance.get("info")
+    if venue in {"binanceusdm", "binance"} and isinstance(info, Mapping) and "canTrade" in info:
+        return "can trade" if info["canTrade"] else "read-only (canTrade is false)"
+    if venue == "bybit":
+        answer = await exchange.privateGetV5UserQueryApi()
+        read_only = str(answer.get("result", {}).get("readOnly"))
+        return "read-only (readOnly=1)" if read_only == "1" else "can trade"
+    if venue == "okx":
+        answer = await exchange.privateGetAccountConfig()
+        perm = str((answer.get("data") or [{}])[0].get("perm", ""))
+        return "can trade" if "trade" in perm else f"read-only (perm={perm!r})"
+    return "trade permission unknown (the venue's API does not report it)"
+
+
+async def check_account(settings: AccountConfig) -> str:
+    """Connect, load markets, read balances; one line saying what the keys can do."""
+    source = ExchangeSource(settings)
+    try:
+        exchange = await source.open()
+        await exchange.load_markets()
+        balance = await exchange.fetch_balance()
+        collateral = collateral_from_ccxt(source.venue, balance, source.currency)
+        permission = await _trade_permission(exchange, source.venue, balance)
+    except ccxt_errors.AuthenticationError as exc:
+        raise UserError(f"accounts.{settings.name}: {settings.exchange} rejected the keys "
+                        f"({_one_line(exc)}); check api_key/secret/password") from None
+    except (ccxt_errors.BaseError, MalformedPayload) as exc:
+        raise UserError(f"accounts.{settings.name}: {settings.exchange} check failed "
+                        f"({_one_line(exc)})") from None
+    finally:
+        await source.close()
+    wallet = ", ".join(f"{c.asset} {c.amount:g}" for c in collateral) or "empty"
+    return (f"{settings.name}: {settings.exchange} ok, {len(exchange.markets)} markets, "
+            f"wallet {wallet}; keys {permission}")
+
+
+def _load_account(config: str, name: str) -> AccountConfig:
+    loaded = load_settings(config)
+    for account in loaded.accounts:
+        if account.name == name:
+            if account.exchange == "sim":
+                raise UserError(f"--account {name}: is a 'sim' account; snapshot reads "
+                                "live exchange accounts only")
+            return account
+    names = ", ".join(a.name for a in loaded.accounts) or "none"
+    raise UserError(f"--account {name!r} is not in {config} (accounts: {names})")
+
+
+async def _snapshot_json(settings: AccountConfig) -> dict[str, Any]:
+    source = ExchangeSource(settings)
+    try:
+        snap = await source.fetch_snapshot()
+    except ccxt_errors.AuthenticationError as exc:
+        raise UserError(f"accounts.{settings.name}: {settings.exchange} rejected the keys "
+                        f"({_one_line(exc)}); check api_key/secret/password") from None
+    except (ccxt_errors.BaseError, MalformedPayload) as exc:
+        raise UserError(f"accounts.{settings.name}: could not read the account "
+                        f"({_one_line(exc)})") from None
+    finally:
+        await source.close()
+    return snapshot_to_dict(snap)
+
+
+def snapshot_command(args: argparse.Namespace) -> int:
+    """`margin-monitor snapshot --config FILE --account NAME [-o FILE]`."""
+    account = _load_account(args.config, args.account)
+    data = asyncio.run(_snapshot_json(account))
+    text = json.dumps(data, indent=2) + "\n"
+    if args.output:
+        try:
+            with open(args.output, "w", encoding="utf-8") as fh:
+                fh.write(text)
+        except OSError as exc:
+            raise UserError(f"-o {args.output}: cannot write ({exc.strerror})") from None
+    else:
+        sys.stdout.write(text)
+    return 0

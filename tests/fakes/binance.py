@@ -1,0 +1,426 @@
+"""Fake Binance USDⓈ-M futures (ccxt id `binanceusdm`): REST + market and user-data websockets.
+
+Wire formats follow Binance's published USDⓈ-M API docs (developers.binance.com
+/docs/derivatives/usds-margined-futures): `GET /fapi/v1/exchangeInfo`, `GET /fapi/v1/time`,
+`GET /fapi/v1/leverageBracket`, `GET /fapi/v3/positionRisk`, `GET /fapi/v3/account`,
+`GET /fapi/v1/premiumIndex`, `POST|PUT /fapi/v1/listenKey`; websocket `<symbol>@markPrice@1s`
+(`markPriceUpdate`) on `/market/ws/<n>` and the user stream (`ACCOUNT_UPDATE`) on
+`/private/ws?listenKey=` (ccxt 4.5.90 rewrites `.../ws` to those, notes/ccxt.md §4).
+
+The account figures come from the fake's own state with Binance's formulas
+(notes/margin-math.md §1.1-1.2): MM = |notional| × MMR(bracket) − cum, margin balance =
+wallet balance + Σ unrealised PnL, and the venue's margin ratio is
+totalMaintMargin / totalMarginBalance.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from tests.fakes.base import Client, FakeVenue, Handler, json_response, rewrite_urls
+
+API_KEY = "fake-binance-key"
+SECRET = "fake-binance-secret"  # a loopback fake's key, not a credential
+
+#: BTCUSDT brackets from Binance's 2021-03-18 announcement (margin-math.md §1.2), cum reproduced.
+BTC_BRACKETS: list[tuple[float, float, float, int]] = [
+    # (notionalCap, maintMarginRatio, cum, initialLeverage)
+    (50_000, 0.004, 0.0, 125),
+    (250_000, 0.005, 50.0, 100),
+    (1_000_000, 0.01, 1_300.0, 50),
+    (10_000_000, 0.025, 16_300.0, 20),
+    (20_000_000, 0.05, 266_300.0, 10),
+]
+ETH_BRACKETS: list[tuple[float, float, float, int]] = [
+    (10_000, 0.005, 0.0, 100),
+    (100_000, 0.0065, 15.0, 75),
+    (500_000, 0.01, 365.0, 50),
+    (1_000_000, 0.02, 5_365.0, 25),
+]
+
+
+@dataclass
+class BinancePosition:
+    """One-way (`BOTH`) or hedge-mode position as the fake holds it; `amount` is signed."""
+
+    symbol: str
+    amount: float
+    entry: float
+    side: str = "BOTH"
+    leverage: int = 20
+
+
+@dataclass
+class BinanceAccount:
+    """The fake's truth: wallet, positions, marks and brackets per symbol."""
+
+    wallet: float = 10_000.0
+    positions: dict[tuple[str, str], BinancePosition] = field(default_factory=dict)
+    marks: dict[str, float] = field(
+        default_factory=lambda: {"BTCUSDT": 60_000.0, "ETHUSDT": 3_000.0}
+    )
+    brackets: dict[str, list[tuple[float, float, float, int]]] = field(
+        default_factory=lambda: {"BTCUSDT": BTC_BRACKETS, "ETHUSDT": ETH_BRACKETS}
+    )
+    can_trade: bool = True
+
+    def bracket(self, symbol: str, notional: float) -> tuple[float, float, float, int]:
+        for row in self.brackets[symbol]:
+            if abs(notional) <= row[0]:
+                return row
+        return self.brackets[symbol][-1]
+
+    def figures(self, pos: BinancePosition) -> dict[str, float]:
+        mark = self.marks[pos.symbol]
+        notional = pos.amount * mark
+        _, mmr, cum, _ = self.bracket(pos.symbol, notional)
+        return {
+            "mark": mark,
+            "notional": notional,
+            "upnl": pos.amount * (mark - pos.entry),
+            "mm": abs(notional) * mmr - cum,
+            "im": abs(notional) / pos.leverage,
+        }
+
+    def totals(self) -> dict[str, float]:
+        rows = [self.figures(p) for p in self.positions.values()]
+        upnl = sum(r["upnl"] for r in rows)
+        return {
+            "upnl": upnl,
+            "mm": sum(r["mm"] for r in rows),
+            "im": sum(r["im"] for r in rows),
+            "margin_balance": self.wallet + upnl,
+        }
+
+    def venue_margin_ratio(self) -> float:
+        """Binance's own figure: totalMaintMargin / totalMarginBalance (FAQ 25edcd7f...)."""
+        t = self.totals()
+        return t["mm"] / t["margin_balance"]
+
+
+class FakeBinanceUsdm(FakeVenue):
+    """Binance USDⓈ-M: the routes ccxt 4.5.90 calls for markets, positions, balance, tiers."""
+
+    venue = "binanceusdm"
+
+    def __init__(self, account: BinanceAccount | None = None) -> None:
+        self.account = account or BinanceAccount()
+        self.listen_key = "fake-listen-key-1"
+        self.time_offset_ms = 0
+        super().__init__()
+
+    def rest_routes(self) -> dict[tuple[str, str], Handler]:
+        return {
+            ("GET", "/fapi/v1/exchangeInfo"): self.exchange_info,
+            ("GET", "/fapi/v1/time"): self.server_time,
+            ("GET", "/fapi/v1/leverageBracket"): self.private(self.leverage_bracket),
+            ("GET", "/fapi/v3/positionRisk"): self.private(self.position_risk),
+            ("GET", "/fapi/v3/account"): self.private(self.account_info),
+            ("GET", "/fapi/v1/premiumIndex"): self.premium_index,
+            ("POST", "/fapi/v1/listenKey"): self.private(self.new_listen_key),
+            ("PUT", "/fapi/v1/listenKey"): self.private(self.new_listen_key),
+        }
+
+    def ws_paths(self) -> list[str]:
+        return ["/market/ws/{n}", "/public/ws/{n}", "/market/ws", "/private/ws"]
+
+    def ccxt_config(self) -> dict[str, Any]:
+        urls = rewrite_urls(_template_urls(), self.http, self.ws)
+        return {
+            "urls": {"api": urls},
+            # notes/ccxt.md §0.2: futures-only keys have no spot wallet endpoint.
+            "options": {"fetchCurrencies": False},
+            "enableRateLimit": False,
+        }
+
+    # --- auth ---------------------------------------------------------------------------
+
+    def private(self, handler: Handler) -> Handler:
+        """Binance rejects a bad key with HTTP 401 and code -2015 (error-code docs)."""
+
+        async def checked(request: web.Request) -> web.StreamResponse:
+            if request.headers.get("X-MBX-APIKEY") != API_KEY:
+                return json_response(
+                    {"code": -2015, "msg": "Invalid API-key, IP, or permissions for action."},
+                    status=401,
+                )
+            return await handler(request)
+
+        return checked
+
+    # --- REST ---------------------------------------------------------------------------
+
+    def now_ms(self) -> int:
+        return int(time.time() * 1000) + self.time_offset_ms
+
+    async def server_time(self, request: web.Request) -> web.Response:
+        return json_response({"serverTime": self.now_ms()})
+
+    async def exchange_info(self, request: web.Request) -> web.Response:
+        symbols = [_symbol_info(s) for s in self.account.marks]
+        return json_response(
+            {
+                "timezone": "UTC",
+                "serverTime": self.now_ms(),
+                "futuresType": "U_MARGINED",
+                "rateLimits": [],
+                "exchangeFilters": [],
+                "assets": [{"asset": "USDT", "marginAvailable": True, "autoAssetExchange": "0"}],
+                "symbols": symbols,
+            }
+        )
+
+    async def leverage_bracket(self, request: web.Request) -> web.Response:
+        rows = []
+        for symbol, brackets in self.account.brackets.items():
+            floor = 0.0
+            out = []
+            for i, (cap, mmr, cum, lev) in enumerate(brackets, start=1):
+                out.append(
+                    {
+                        "bracket": i,
+                        "initialLeverage": lev,
+                        "notionalCap": cap,
+                        "notionalFloor": floor,
+                        "maintMarginRatio": mmr,
+                        "cum": cum,
+                    }
+                )
+                floor = cap
+            rows.append({"symbol": symbol, "notionalCoef": 1.0, "brackets": out})
+        wanted = request.query.get("symbol")
+        if wanted:
+            rows = [r for r in rows if r["symbol"] == wanted]
+        return json_response(rows)
+
+    def position_rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for pos in self.account.positions.values():
+            f = self.account.figures(pos)
+            rows.append(
+                {
+                    "symbol": pos.symbol,
+                    "positionSide": pos.side,
+                    "positionAmt": repr(pos.amount),
+                    "entryPrice": repr(pos.entry),
+                    "breakEvenPrice": repr(pos.entry),
+                    "markPrice": repr(f["mark"]),
+                    "unRealizedProfit": repr(f["upnl"]),
+                    "liquidationPrice": "0",
+                    "isolatedMargin": "0",
+                    "notional": repr(f["notional"]),
+                    "marginAsset": "USDT",
+                    "isolatedWallet": "0",
+                    "initialMargin": repr(f["im"]),
+                    "maintMargin": repr(f["mm"]),
+                    "positionInitialMargin": repr(f["im"]),
+                    "openOrderInitialMargin": "0",
+                    "adl": 1,
+                    "bidNotional": "0",
+                    "askNotional": "0",
+                    "updateTime": self.now_ms(),
+                }
+            )
+        return rows
+
+    async def position_risk(self, request: web.Request) -> web.Response:
+        return json_response(self.position_rows())
+
+    async def account_info(self, request: web.Request) -> web.Response:
+        t = self.account.totals()
+        wallet = self.account.wallet
+        available = t["margin_balance"] - t["im"]
+        asset = {
+            "asset": "USDT",
+            "walletBalance": repr(wallet),
+            "unrealizedProfit": repr(t["upnl"]),
+            "marginBalance": repr(t["margin_balance"]),
+            "maintMargin": repr(t["mm"]),
+            "initialMargin": repr(t["im"]),
+            "positionInitialMargin": repr(t["im"]),
+            "openOrderInitialMargin": "0",
+            "crossWalletBalance": repr(wallet),
+            "crossUnPnl": repr(t["upnl"]),
+            "availableBalance": repr(available),
+            "maxWithdrawAmount": repr(available),
+            # ccxt skips assets with updateTime == 0 (notes/ccxt.md §2, issue #27997).
+            "updateTime": self.now_ms(),
+        }
+        idle = dict(asset, asset="BNB", walletBalance="0", marginBalance="0", updateTime=0)
+        return json_response(
+            {
+                "totalInitialMargin": repr(t["im"]),
+                "totalMaintMargin": repr(t["mm"]),
+                "totalWalletBalance": repr(wallet),
+                "totalUnrealizedProfit": repr(t["upnl"]),
+                "totalMarginBalance": repr(t["margin_balance"]),
+                "totalPositionInitialMargin": repr(t["im"]),
+                "totalOpenOrderInitialMargin": "0",
+                "totalCrossWalletBalance": repr(wallet),
+                "totalCrossUnPnl": repr(t["upnl"]),
+                "availableBalance": repr(available),
+                "maxWithdrawAmount": repr(available),
+                "canTrade": self.account.can_trade,
+                "assets": [asset, idle],
+                "positions": [],
+            }
+        )
+
+    async def premium_index(self, request: web.Request) -> web.Response:
+        rows = [
+            {
+                "symbol": s,
+                "markPrice": repr(m),
+                "indexPrice": repr(m),
+                "estimatedSettlePrice": repr(m),
+                "lastFundingRate": "0.0001",
+                "interestRate": "0.0001",
+                "nextFundingTime": self.now_ms() + 3_600_000,
+                "time": self.now_ms(),
+            }
+            for s, m in self.account.marks.items()
+        ]
+        wanted = request.query.get("symbol")
+        if wanted:
+            return json_response(next(r for r in rows if r["symbol"] == wanted))
+        return json_response(rows)
+
+    async def new_listen_key(self, request: web.Request) -> web.Response:
+        return json_response({"listenKey": self.listen_key})
+
+    # --- websocket ----------------------------------------------------------------------
+
+    async def on_ws_message(self, client: Client, message: Any) -> None:
+        if isinstance(message, dict) and message.get("method") == "SUBSCRIBE":
+            client.topics.update(message.get("params", []))
+            await client.socket.send_json({"result": None, "id": message.get("id")})
+
+    async def push_mark(self, symbol: str, mark: float) -> int:
+        """Move the mark and send `markPriceUpdate` to subscribers of `<symbol>@markPrice@1s`."""
+        self.account.marks[symbol] = mark
+        now = self.now_ms()
+        frame = {
+            "e": "markPriceUpdate",
+            "E": now,
+            "s": symbol,
+            "p": repr(mark),
+            "ap": repr(mark),
+            "P": repr(mark),
+            "i": repr(mark),
+            "r": "0.00010000",
+            "T": now + 3_600_000,
+        }
+        return await self.push(frame, path="/market/ws", topic=f"{symbol.lower()}@markPrice@1s")
+
+    async def set_position(
+        self, symbol: str, amount: float, entry: float, side: str = "BOTH"
+    ) -> int:
+        """Change a position and send `ACCOUNT_UPDATE` on the user stream (as a fill would)."""
+        key = (symbol, side)
+        if amount == 0:
+            self.account.positions.pop(key, None)
+        else:
+            self.account.positions[key] = BinancePosition(symbol, amount, entry, side)
+        f_upnl = 0.0 if amount == 0 else amount * (self.account.marks[symbol] - entry)
+        now = self.now_ms()
+        frame = {
+            "e": "ACCOUNT_UPDATE",
+            "E": now,
+            "T": now,
+            "a": {
+                "m": "ORDER",
+                "B": [
+                    {
+                        "a": "USDT",
+                        "wb": repr(self.account.wallet),
+                        "cw": repr(self.account.wallet),
+                        "bc": "0",
+                    }
+                ],
+                "P": [
+                    {
+                        "s": symbol,
+                        "pa": repr(amount),
+                        "ep": repr(entry),
+                        "bep": repr(entry),
+                        "cr": "0",
+                        "up": repr(f_upnl),
+                        "mt": "cross",
+                        "iw": "0",
+                        "ps": side,
+                    }
+                ],
+            },
+        }
+        return await self.push(frame, path="/private/ws")
+
+
+def _symbol_info(symbol: str) -> dict[str, Any]:
+    base = symbol.removesuffix("USDT")
+    return {
+        "symbol": symbol,
+        "pair": symbol,
+        "contractType": "PERPETUAL",
+        "deliveryDate": 4133404800000,
+        "onboardDate": 1569398400000,
+        "status": "TRADING",
+        "maintMarginPercent": "2.5000",
+        "requiredMarginPercent": "5.0000",
+        "baseAsset": base,
+        "quoteAsset": "USDT",
+        "marginAsset": "USDT",
+        "pricePrecision": 2,
+        "quantityPrecision": 3,
+        "baseAssetPrecision": 8,
+        "quotePrecision": 8,
+        "underlyingType": "COIN",
+        "underlyingSubType": [],
+        "triggerProtect": "0.0500",
+        "liquidationFee": "0.012500",
+        "marketTakeBound": "0.05",
+        "filters": [
+            {
+                "filterType": "PRICE_FILTER",
+                "minPrice": "0.10",
+                "maxPrice": "4529764",
+                "tickSize": "0.10",
+            },
+            {"filterType": "LOT_SIZE", "stepSize": "0.001", "maxQty": "1000", "minQty": "0.001"},
+            {
+                "filterType": "MARKET_LOT_SIZE",
+                "stepSize": "0.001",
+                "maxQty": "120",
+                "minQty": "0.001",
+            },
+            {"filterType": "MAX_NUM_ORDERS", "limit": 200},
+            {"filterType": "MIN_NOTIONAL", "notional": "5"},
+            {
+                "filterType": "PERCENT_PRICE",
+                "multiplierUp": "1.0500",
+                "multiplierDown": "0.9500",
+                "multiplierDecimal": "4",
+            },
+        ],
+        "orderTypes": [
+            "LIMIT",
+            "MARKET",
+            "STOP",
+            "STOP_MARKET",
+            "TAKE_PROFIT",
+            "TAKE_PROFIT_MARKET",
+            "TRAILING_STOP_MARKET",
+        ],
+        "timeInForce": ["GTC", "IOC", "FOK", "GTX"],
+    }
+
+
+def _template_urls() -> dict[str, Any]:
+    import ccxt.pro
+
+    exchange = ccxt.pro.binanceusdm()
+    urls: dict[str, Any] = exchange.urls["api"]
+    return urls
