@@ -364,9 +364,11 @@ def _solve(
             roots.append(lo)  # a jump across zero at an edge (OKX whole-position tiers)
         if slope != 0.0:
             root = x1 - f1 / slope
-            if lo <= root <= hi and root > 0:
+            if lo <= root <= hi:
                 roots.append(root)
         previous_end = f1 + slope * (hi - x1) if math.isfinite(hi) else None
+    # a root within rounding of x = 0 means "only at a price of zero" (or infinity): none
+    roots = [x for x in roots if x > x_now * 1e-9]
     if not roots:
         return None
     best = min(roots, key=lambda x: abs(math.log(x / x_now)) if x > 0 else INF)
@@ -429,6 +431,12 @@ def liquidation_prices(
         if p.contracts <= 0 or p.mark_price <= 0:
             continue
         if p.margin_mode == "isolated":
+            if not p.inverse and not (rules.isolated_mm_on_entry and p.margin_mode == "isolated"):
+                fast = _walk_linear(p, rules, k=isolated_margin_of(p), equity=0.0, rate=1.0,
+                                    ask=1.0)
+                if fast is None or not math.isnan(fast):
+                    result[i] = fast
+                    continue
             group = _Group((p,), p.inverse)
             surplus = _Surplus(group, rules, None, "", base=isolated_margin_of(p))
             x_now = _x(p.mark_price, p.inverse)
@@ -441,32 +449,70 @@ def liquidation_prices(
         return result
     pool = {a: b.surplus(b.pnl, b.mm) for a, b in books.items()}
     pool_total = sum(pool.values())
+    several_assets = len(books) > 1
     for indices in by_symbol.values():
-        members = tuple(snapshot.positions[i] for i in indices)
-        settle = members[0].settle or snapshot.currency
+        first = snapshot.positions[indices[0]]
+        settle = first.settle or snapshot.currency
         book = books[settle]
+        moving = (
+            _moving_asset(first, snapshot.currency, books, settle) if several_assets else None
+        )
+        base = pool_total - pool[settle] - (pool[moving] if moving else 0.0)
         # take this symbol's current contribution out of its settle asset's book
         own_pnl = sum(figures[i][0] for i in indices)
         own_mm = sum(figures[i][2] for i in indices)
         book.pnl -= own_pnl
         book.mm -= own_mm
         try:
-            group = _Group(members, members[0].inverse)
-            moving = _moving_asset(members[0], snapshot.currency, books, settle)
-            base = pool_total - pool[settle] - (pool[moving] if moving else 0.0)
-            surplus = _Surplus(group, rules, books, settle, base=base, moving=moving)
-            x_now = _x(members[0].mark_price, group.inverse)
-            edges = _tier_edges(group, rules)
-            edges.extend(_equity_edges(book, group, x_now))
-            if moving is not None:
-                edges.extend(_value_edges(books[moving]))
-            lp = _solve(surplus, group, edges, x_now)
+            lp = _cross_liquidation_price(snapshot, indices, book, base, moving)
         finally:
             book.pnl += own_pnl
             book.mm += own_mm
         for i in indices:
             result[i] = lp
     return result
+
+
+def _cross_liquidation_price(
+    snapshot: AccountSnapshot,
+    indices: Sequence[int],
+    book: AssetBook,
+    base: float,
+    moving: str | None,
+) -> float | None:
+    """LP of one symbol's cross positions; `book` holds every other position's share."""
+    rules = snapshot.rules
+    members = tuple(snapshot.positions[i] for i in indices)
+    first = members[0]
+    c = book.collateral
+    if len(members) == 1 and not first.inverse and moving is None and not c.haircut_tiers:
+        ask = book.ask
+        fast = _walk_linear(
+            first,
+            rules,
+            k=base - ask * book.mm,
+            equity=c.amount + book.pnl,
+            rate=c.price * (1.0 - c.haircut),
+            ask=ask,
+        )
+        if fast is None or not math.isnan(fast):
+            return fast
+    group = _Group(members, first.inverse)
+    settle = first.settle or snapshot.currency
+    surplus = _Surplus(group, rules, {settle: book, **({moving: _book_of(snapshot, moving)}
+                                                       if moving else {})},
+                       settle, base=base, moving=moving)
+    x_now = _x(first.mark_price, group.inverse)
+    edges = _tier_edges(group, rules)
+    edges.extend(_equity_edges(book, group, x_now))
+    if moving is not None:
+        edges.extend(_value_edges(_book_of(snapshot, moving)))
+    return _solve(surplus, group, edges, x_now)
+
+
+def _book_of(snapshot: AccountSnapshot, asset: str) -> AssetBook:
+    """A collateral asset's book; only used for assets no cross position settles in."""
+    return AssetBook(next(c for c in snapshot.collateral if c.asset == asset))
 
 
 def _equity_edges(book: AssetBook, group: _Group, x_now: float) -> list[float]:
@@ -498,3 +544,55 @@ def _value_edges(book: AssetBook) -> list[float]:
     if c.tier_basis != "value" or equity <= 0:
         return []
     return [band.up_to / equity for band in c.haircut_tiers if math.isfinite(band.up_to)]
+
+
+def _walk_linear(
+    p: Position, rules: VenueRules, *, k: float, equity: float, rate: float, ask: float
+) -> float | None:
+    """Closed-form LP of a lone linear position, walking tiers outward from the current one.
+
+    surplus(x) = k + rate·(equity + s·q·(x − entry)) − ask·(q·x·mmr_t − deduction_t): the
+    Binance formula, re-solved in the neighbouring tier when the answer falls outside the
+    tier it assumed (the FAQ's instruction). Monotone by construction, so the root is unique.
+    Returns NaN when the shortcut's assumptions fail (then the general solver runs).
+    """
+    q = p.contracts * p.contract_size
+    sign = p.sign
+    tiers = p.tiers
+    n = len(tiers)
+    i = 0
+    if n:
+        notional = q * p.mark_price
+        while i < n - 1 and notional > tiers[i].max_notional:
+            i += 1
+    heading = 0
+    for _ in range(n + 2):
+        if n:
+            tier = tiers[i]
+            mmr = tier.mmr
+            deduction = tier.maintenance_amount if rules.tier_deduction else 0.0
+            lo = tiers[i - 1].max_notional / q if i else 0.0
+            hi = tier.max_notional / q if i < n - 1 else math.inf
+        else:
+            mmr, deduction, lo, hi = (p.mmr or 0.0), 0.0, 0.0, math.inf
+        slope = q * (rate * sign - ask * mmr)
+        if slope * sign <= 0.0:
+            return math.nan
+        x = -(k + rate * (equity - sign * q * p.entry_price) + ask * deduction) / slope
+        if x < lo:
+            step = -1
+        elif x > hi:
+            step = 1
+        else:
+            if rate != ask and equity + sign * q * (x - p.entry_price) <= 0.0:
+                return math.nan  # the settle asset went negative: another valuation rate
+            return x if x > p.mark_price * 1e-9 else None  # ~0 is rounding: none
+        if heading and step != heading:
+            return lo if step < 0 else hi  # surplus jumps across zero at this tier edge (OKX)
+        heading = step
+        i += step
+        if i < 0:
+            return None  # the root is at a price ≤ 0: nothing liquidates
+        if i >= max(n, 1):
+            return math.nan
+    return math.nan
