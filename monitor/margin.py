@@ -464,7 +464,7 @@ def liquidation_prices(
         book.pnl -= own_pnl
         book.mm -= own_mm
         try:
-            lp = _cross_liquidation_price(snapshot, indices, book, base, moving)
+            lp = _cross_liquidation_price(snapshot, rules, indices, book, base=base, moving=moving)
         finally:
             book.pnl += own_pnl
             book.mm += own_mm
@@ -475,17 +475,17 @@ def liquidation_prices(
 
 def _cross_liquidation_price(
     snapshot: AccountSnapshot,
+    rules: VenueRules,
     indices: Sequence[int],
     book: AssetBook,
+    *,
     base: float,
     moving: str | None,
 ) -> float | None:
     """LP of one symbol's cross positions; `book` holds every other position's share."""
-    rules = snapshot.rules
-    members = tuple(snapshot.positions[i] for i in indices)
-    first = members[0]
+    first = snapshot.positions[indices[0]]
     c = book.collateral
-    if len(members) == 1 and not first.inverse and moving is None and not c.haircut_tiers:
+    if len(indices) == 1 and not first.inverse and moving is None and not c.haircut_tiers:
         ask = book.ask
         fast = _walk_linear(
             first,
@@ -497,7 +497,7 @@ def _cross_liquidation_price(
         )
         if fast is None or not math.isnan(fast):
             return fast
-    group = _Group(members, first.inverse)
+    group = _Group(tuple(snapshot.positions[i] for i in indices), first.inverse)
     settle = first.settle or snapshot.currency
     surplus = _Surplus(group, rules, {settle: book, **({moving: _book_of(snapshot, moving)}
                                                        if moving else {})},

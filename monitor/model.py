@@ -195,6 +195,7 @@ class VenueRules:
     equality_liquidates: bool = True
 
 
+_DEFAULT_RULES = VenueRules()
 _VENUE_RULES: dict[str, VenueRules] = {
     "bybit": VenueRules(isolated_mm_on_entry=True),
     "okx": VenueRules(tier_deduction=False),
@@ -207,8 +208,8 @@ _VENUE_RULES: dict[str, VenueRules] = {
 def rules_for_venue(venue: str | None) -> VenueRules:
     """Rules of a ccxt venue id; unknown or absent venues get the Binance conventions."""
     if venue is None:
-        return VenueRules()
-    return _VENUE_RULES.get(venue.lower(), VenueRules())
+        return _DEFAULT_RULES
+    return _VENUE_RULES.get(venue.lower(), _DEFAULT_RULES)
 
 
 @dataclass(frozen=True, slots=True)
