@@ -104,25 +104,48 @@ def shocked(
 # --- shock to liquidation -----------------------------------------------------------------
 
 
-def _first_crossing(f: Callable[[float], float], end: float, grid: int = 24) -> float | None:
-    """Smallest |s| on the way from 0 to `end` where f(s) ≤ 0, to `_TOLERANCE`."""
-    if f(0.0) <= 0.0:
+def _first_crossing(f: Callable[[float], float], end: float, grid: int = 13) -> float | None:
+    """Smallest |s| on the way from 0 to `end` where f(s) ≤ 0, to `_TOLERANCE`.
+
+    A geometric grid (fine near 0, where most accounts' answer lies) brackets the first
+    sign change; the Illinois variant of regula falsi then converges in a few steps on
+    these piecewise-linear curves, with bisection as a guard.
+    """
+    f_lo = f(0.0)
+    if f_lo <= 0.0:
         return 0.0
-    previous = 0.0
-    # geometric grid: fine near 0 where most accounts' answer lies, coarse far out
-    for k in range(1, grid + 1):
-        s = end * (2.0 ** (k - grid))
-        if f(s) <= 0.0:
-            lo, hi = previous, s  # f(lo) > 0 >= f(hi)
-            while abs(hi - lo) > _TOLERANCE * max(1.0, abs(hi)):
-                mid = 0.5 * (lo + hi)
-                if f(mid) <= 0.0:
-                    hi = mid
-                else:
-                    lo = mid
-            return hi
-        previous = s
+    lo = 0.0
+    for k in range(grid):
+        hi = end * (2.0 ** (k - grid + 1))
+        f_hi = f(hi)
+        if f_hi <= 0.0:
+            return _illinois(f, lo, f_lo, hi, f_hi)
+        lo, f_lo = hi, f_hi
     return None
+
+
+def _illinois(f: Callable[[float], float], lo: float, f_lo: float, hi: float,
+              f_hi: float) -> float:
+    """Root in [lo, hi] with f(lo) > 0 ≥ f(hi); returns a point where f ≤ 0."""
+    side = 0
+    for _ in range(200):
+        if abs(hi - lo) <= _TOLERANCE * max(1.0, abs(hi)):
+            break
+        mid = hi - f_hi * (hi - lo) / (f_hi - f_lo) if f_hi != f_lo else 0.5 * (lo + hi)
+        if not min(lo, hi) < mid < max(lo, hi):
+            mid = 0.5 * (lo + hi)
+        f_mid = f(mid)
+        if f_mid <= 0.0:
+            hi, f_hi = mid, f_mid
+            if side == -1:
+                f_lo *= 0.5
+            side = -1
+        else:
+            lo, f_lo = mid, f_mid
+            if side == 1:
+                f_hi *= 0.5
+            side = 1
+    return hi
 
 
 def shock_to_liquidation(
