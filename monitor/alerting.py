@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import random
 import time
@@ -117,6 +118,10 @@ class AlertPipeline:
         self._wake = {sink.name: asyncio.Event() for sink in self.sinks}
         self._seen_requests: dict[str, float] = {}
         self._degraded_announced = False
+        for sink in self.sinks:
+            if hasattr(sink, "on_connected"):
+                # A sink that reconnects (MQTT) retries its backlog at once, not after backoff.
+                sink.on_connected = functools.partial(self.retry_now, sink.name)
 
     # --- inputs -----------------------------------------------------------------------------
 
@@ -222,6 +227,13 @@ class AlertPipeline:
 
     # --- delivery ---------------------------------------------------------------------------
 
+    def retry_now(self, sink_name: str) -> None:
+        """Make `sink_name`'s queued messages due now and wake its delivery task."""
+        self.store.reschedule(sink_name, self.clock())
+        wake = self._wake.get(sink_name)
+        if wake is not None:
+            wake.set()
+
     def start(self, tg: asyncio.TaskGroup) -> None:
         """Start the delivery tasks (`sink[<name>]`) and the clock (`alerts.tick`) in `tg`."""
         for sink in self.sinks:
@@ -308,7 +320,7 @@ class AlertPipeline:
             {"action": command.action, "request_id": command.request_id, **reply},
             now,
         )
-        log.info("command.executed", action=command.action, account=command.account, **reply)
+        log.info("command.executed", account=command.account, reply=reply)
         return {"ok": True, "request_id": command.request_id, **reply}
 
     def _refuse(self, reason: str, now: float, command: Command | None = None) -> dict[str, Any]:

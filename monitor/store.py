@@ -281,6 +281,13 @@ class Store:
             for mid in message_ids
         ])
 
+    def reschedule(self, sink: str, now: float) -> None:
+        """Make every queued message of `sink` due now (it just reconnected)."""
+        self._write([
+            ("UPDATE outbox SET next_attempt_at = ? WHERE sink = ? AND next_attempt_at > ?",
+             (now, sink, now)),
+        ])
+
     def failed(self, sink: str, message_id: str, next_attempt_at: float, error: str) -> None:
         """A delivery attempt failed; count it and schedule the next one."""
         self._write([(

@@ -1,0 +1,127 @@
+"""A real mosquitto on a free 127.0.0.1 port, for tests and bench scripts.
+
+Persistence is on, so a restart keeps retained messages and the sessions of clients that
+connected with clean_session=False, exactly like a production broker restart; that is what
+lets a test prove "every alert id still arrives" across a broker restart.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+__all__ = ["MOSQUITTO", "Mosquitto", "free_port"]
+
+MOSQUITTO = os.environ.get("MOSQUITTO", "/usr/sbin/mosquitto")
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (the kernel's pick)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Mosquitto:
+    """One broker process; `start`, `stop` and `restart` keep the same port and data dir.
+
+    Args:
+        workdir: where the config, the persistence file and the log go.
+        users: username -> password; when given, anonymous access is refused.
+    """
+
+    def __init__(self, workdir: Path, users: dict[str, str] | None = None) -> None:
+        if shutil.which(MOSQUITTO) is None:
+            msg = f"mosquitto not found at {MOSQUITTO}: apt-get install -y mosquitto"
+            raise RuntimeError(msg)
+        self.workdir = workdir
+        self.host = "127.0.0.1"
+        self.port = free_port()
+        self.users = users or {}
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log(self) -> str:
+        """The broker's log so far (for failure messages)."""
+        path = self.workdir / "mosquitto.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def _config(self) -> Path:
+        lines = [
+            f"listener {self.port} {self.host}",
+            "persistence true",
+            f"persistence_location {self.workdir}/",
+            f"log_dest file {self.workdir}/mosquitto.log",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "max_queued_messages 100000",
+        ]
+        if os.geteuid() == 0:
+            # As root mosquitto drops to user `mosquitto`, which cannot read pytest's 0700
+            # temp dirs (password file, log, persistence): stay the invoking user.
+            lines.append("user root")
+        if self.users:
+            pwfile = self.workdir / "passwd"
+            pwfile.write_text("")
+            for user, password in self.users.items():
+                subprocess.run(
+                    ["/usr/bin/mosquitto_passwd", "-b", str(pwfile), user, password],
+                    check=True,
+                    capture_output=True,
+                )
+            lines += ["allow_anonymous false", f"password_file {pwfile}"]
+        else:
+            lines.append("allow_anonymous true")
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text("\n".join(lines) + "\n")
+        return conf
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start the broker and wait until it accepts TCP connections."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._proc = subprocess.Popen(
+            [MOSQUITTO, "-c", str(self._config())],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                msg = f"mosquitto exited with {self._proc.returncode}: {self.log[-2000:]}"
+                raise RuntimeError(msg)
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.02)
+        self.stop()
+        msg = f"mosquitto did not listen on {self.port} within {timeout} s"
+        raise RuntimeError(msg)
+
+    def stop(self) -> None:
+        """SIGTERM (mosquitto saves its persistence file), then SIGKILL if it hangs."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+    def restart(self) -> None:
+        """Stop and start again on the same port with the same persistence."""
+        self.stop()
+        self.start()
+
+    @property
+    def running(self) -> bool:
+        """True while the process is alive."""
+        return self._proc is not None and self._proc.poll() is None

@@ -1,0 +1,365 @@
+"""Tests for monitor/sinks/mqtt.py against a real mosquitto (tests/conftest.py `mosquitto`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import secrets
+import socket
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import aiomqtt
+import pytest
+from pydantic import SecretStr
+
+from monitor.alerting import AlertPipeline
+from monitor.model import MarginReport, PositionRisk, ShockToLiquidation
+from monitor.rules import AlertConfig
+from monitor.signed_commands import Command, envelope
+from monitor.sinks.mqtt import MqttSettings, MqttSink, discovery_configs, state_payload
+from monitor.store import Store
+from tests.mqtt_broker import Mosquitto
+
+SECRET = b"test-secret"
+CONFIG = AlertConfig(repeat_every=0)
+
+
+def report(ratio: float, account: str = "acct", balance: float = 1000.0) -> MarginReport:
+    """A report with one position and a shock to liquidation."""
+    pos = PositionRisk(
+        symbol="BTC/USDT:USDT", side="long", margin_mode="cross", contracts=1.0,
+        mark_price=60000.0, notional=60000.0, unrealized_pnl=-150.0, initial_margin=600.0,
+        maintenance_margin=ratio * balance, margin_ratio=None, liquidation_price=52000.0,
+    )
+    return MarginReport(
+        account=account, currency="USDT", wallet_balance=balance, unrealized_pnl=-150.0,
+        margin_balance=balance, initial_margin=600.0, maintenance_margin=ratio * balance,
+        margin_ratio=ratio, margin_level=math.inf if ratio == 0 else 1 / ratio,
+        free_collateral=balance - 600.0, liquidated=ratio >= 1, positions=(pos,),
+        shock_to_liquidation=ShockToLiquidation(down=-0.3, up=None),
+    )
+
+
+@pytest.fixture
+def prefix(request: pytest.FixtureRequest) -> str:
+    """A topic prefix unique to the test (aiomqtt's own test convention)."""
+    return f"mmtest-{request.node.name.replace('[', '-').rstrip(']')}-{secrets.token_hex(3)}"
+
+
+def settings_for(broker: Mosquitto, prefix: str, **extra: object) -> MqttSettings:
+    """Sink settings pointing at the fixture broker."""
+    return MqttSettings.model_validate({
+        "host": broker.host, "port": broker.port, "prefix": prefix, "timeout": 2.0,
+        "state_interval": 0.0, "discovery_prefix": f"{prefix}-ha", **extra,
+    })
+
+
+class Collector:
+    """A real subscriber that reconnects and keeps its session (clean_session=False)."""
+
+    def __init__(self, broker: Mosquitto, topics: list[str]) -> None:
+        self.broker = broker
+        self.topics = topics
+        self.messages: list[aiomqtt.Message] = []
+        self.client_id = f"collector-{secrets.token_hex(4)}"
+        self.subscribed = asyncio.Event()
+        self._arrived = asyncio.Event()
+
+    async def run(self) -> None:
+        """Receive forever, reconnecting after broker restarts."""
+        client = aiomqtt.Client(self.broker.host, self.broker.port, identifier=self.client_id,
+                                clean_session=False, timeout=2, keepalive=5)
+        while True:
+            try:
+                async with client:
+                    await client.subscribe([(t, 1) for t in self.topics])
+                    self.subscribed.set()
+                    async for message in client.messages:
+                        self.messages.append(message)
+                        self._arrived.set()
+            except aiomqtt.MqttError:
+                await asyncio.sleep(0.1)
+
+    def on(self, topic: str) -> list[aiomqtt.Message]:
+        """Messages received on exactly `topic`."""
+        return [m for m in self.messages if m.topic.value == topic]
+
+    async def wait_for(self, done: Callable[[], bool], limit: float = 10.0) -> None:
+        """Wait until `done()` holds (fails the test after `limit` seconds)."""
+        async with asyncio.timeout(limit):
+            while not done():
+                self._arrived.clear()
+                await self._arrived.wait()
+
+
+@contextlib.asynccontextmanager
+async def collecting(broker: Mosquitto, topics: list[str]) -> AsyncIterator[Collector]:
+    """A running Collector, subscribed before the block starts."""
+    collector = Collector(broker, topics)
+    task = asyncio.create_task(collector.run())
+    try:
+        async with asyncio.timeout(10):
+            await collector.subscribed.wait()
+        yield collector
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@contextlib.asynccontextmanager
+async def running(sink: MqttSink) -> AsyncIterator[MqttSink]:
+    """The sink's connection loop, connected before the block starts."""
+    task = asyncio.create_task(sink.run())
+    try:
+        async with asyncio.timeout(10):
+            await sink.wait_connected()
+        yield sink
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@contextlib.asynccontextmanager
+async def delivering(pipeline: AlertPipeline) -> AsyncIterator[AlertPipeline]:
+    """The pipeline's delivery tasks."""
+    task = asyncio.create_task(pipeline.run())
+    try:
+        yield pipeline
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+class TestPayloads:
+    """Pure payload builders."""
+
+    def test_state_payload(self) -> None:
+        """Test that the state carries the report contract plus level and percent fields."""
+        data = state_payload(report(0.62), "warning")
+        assert data["account"] == "acct"
+        assert data["margin_ratio"] == 0.62
+        assert data["margin_ratio_pct"] == 62.0
+        assert data["shock_to_liquidation_pct"] == 30.0
+        assert data["level"] == "warning"
+
+    def test_state_payload_liquidated(self) -> None:
+        """Test that an infinite ratio becomes "inf" and a null percentage, valid JSON."""
+        data = state_payload(report(math.inf), "emergency")
+        assert data["margin_ratio"] == "inf"
+        assert data["margin_ratio_pct"] is None
+        json.dumps(data, allow_nan=False)
+
+    def test_discovery(self) -> None:
+        """Test that discovery describes five sensors of one device with availability."""
+        settings = MqttSettings(prefix="mm", expire_after=120)
+        configs = dict(discovery_configs(settings, "binance main", "USDT"))
+        assert sorted(configs) == [
+            f"homeassistant/sensor/margin_monitor_binance_main_{k}/config"
+            for k in sorted(["free_collateral", "level", "margin_balance", "margin_ratio",
+                             "shock_to_liquidation"])]
+        ratio = configs["homeassistant/sensor/margin_monitor_binance_main_margin_ratio/config"]
+        assert ratio["state_topic"] == "mm/binance main/state"
+        assert ratio["availability_topic"] == "mm/status"
+        assert ratio["expire_after"] == 120
+        assert ratio["unit_of_measurement"] == "%"
+        assert ratio["device"]["identifiers"] == ["margin_monitor_binance_main"]
+        balance = configs["homeassistant/sensor/margin_monitor_binance_main_margin_balance/config"]
+        assert balance["unit_of_measurement"] == "USDT"
+
+    def test_settings_reject_wildcards_and_hide_secrets(self) -> None:
+        """Test that a prefix with a wildcard is refused and secrets do not print."""
+        with pytest.raises(ValueError, match="prefix"):
+            MqttSettings(prefix="a/#")
+        s = MqttSettings(password=SecretStr("hunter2"), command_secret=SecretStr("k"))
+        assert "hunter2" not in repr(s)
+        assert "hunter2" not in str(s.model_dump())
+
+
+class TestBroker:
+    """Topics, payloads, retain and QoS seen by a real subscriber."""
+
+    async def test_alerts_state_status(self, mosquitto: Mosquitto, prefix: str,
+                                       tmp_path: Path) -> None:
+        """Test that alerts arrive QoS 1 not retained, state and status arrive retained."""
+        sink = MqttSink(settings_for(mosquitto, prefix, discovery=False))
+        pipeline = AlertPipeline(Store(tmp_path / "a.db"), CONFIG, [sink])
+        async with collecting(mosquitto, [f"{prefix}/#"]) as sub, running(sink), \
+                delivering(pipeline):
+            pipeline.on_report(report(0.2))
+            pipeline.on_report(report(0.75))
+            await sub.wait_for(lambda: len(sub.on(f"{prefix}/acct/alert")) == 1
+                               and len(sub.on(f"{prefix}/acct/state")) >= 1)
+        (alert,) = sub.on(f"{prefix}/acct/alert")
+        assert alert.qos == 1
+        assert not alert.retain
+        body = json.loads(alert.payload)  # type: ignore[arg-type]
+        assert (body["kind"], body["level"], body["margin_ratio"]) == ("firing", "critical", 0.75)
+        assert body["positions"][0]["symbol"] == "BTC/USDT:USDT"
+        assert sub.on(f"{prefix}/status")[0].payload == b"online"
+
+        # A subscriber arriving later gets the retained state and status.
+        async with collecting(mosquitto, [f"{prefix}/#"]) as late:
+            await late.wait_for(lambda: len(late.on(f"{prefix}/acct/state")) == 1
+                                and len(late.on(f"{prefix}/status")) == 1)
+        (state,) = late.on(f"{prefix}/acct/state")
+        assert state.retain
+        assert json.loads(state.payload)["level"] == "critical"  # type: ignore[arg-type]
+        # The sink shut down cleanly: status says offline (retained).
+        assert late.on(f"{prefix}/status")[0].payload == b"offline"
+        assert late.on(f"{prefix}/acct/alert") == []
+
+    async def test_state_only_on_change_and_rate_limited(self, mosquitto: Mosquitto,
+                                                         prefix: str) -> None:
+        """Test that an unchanged report is not republished and bursts are thinned."""
+        sink = MqttSink(settings_for(mosquitto, prefix, discovery=False, state_interval=0.5))
+        topic = f"{prefix}/acct/state"
+        async with collecting(mosquitto, [topic]) as sub, running(sink):
+            sink.observe_report(report(0.3), "ok")
+            await sub.wait_for(lambda: len(sub.on(topic)) == 1)
+            sink.observe_report(report(0.3), "ok")
+            for i in range(20):
+                sink.observe_report(report(0.31 + i / 1000), "ok")
+            await sub.wait_for(lambda: len(sub.on(topic)) >= 2)
+            await asyncio.sleep(0.8)
+        ratios = [json.loads(m.payload)["margin_ratio"] for m in sub.on(topic)]  # type: ignore[arg-type]
+        assert ratios[0] == 0.3
+        assert ratios[-1] == pytest.approx(0.329)
+        assert len(ratios) <= 3
+
+    async def test_last_will_on_lost_connection(self, mosquitto: Mosquitto, prefix: str) -> None:
+        """Test that the broker publishes the retained `offline` will when the link dies."""
+        sink = MqttSink(settings_for(mosquitto, prefix, discovery=False, keepalive=5))
+        async with collecting(mosquitto, [f"{prefix}/status"]) as sub, running(sink):
+            await sub.wait_for(lambda: [m.payload for m in sub.messages] == [b"online"])
+            client = sink._client
+            assert client is not None
+            # Cut the TCP connection under paho, as a crash or a network fault would.
+            client._client.socket().shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]
+            await sub.wait_for(lambda: b"offline" in [m.payload for m in sub.messages])
+            # ... and the sink reconnects by itself and says online again.
+            await sub.wait_for(lambda: [m.payload for m in sub.messages][-1] == b"online")
+
+    async def test_home_assistant_discovery(self, mosquitto: Mosquitto, prefix: str) -> None:
+        """Test that discovery is retained and re-sent when Home Assistant comes online."""
+        sink = MqttSink(settings_for(mosquitto, prefix))
+        ha = f"{prefix}-ha"
+        async with collecting(mosquitto, [f"{ha}/sensor/#"]) as sub, running(sink):
+            sink.observe_report(report(0.3), "ok")
+            await sub.wait_for(lambda: len(sub.messages) == 5)
+            async with aiomqtt.Client(mosquitto.host, mosquitto.port) as ha_client:
+                await ha_client.publish(f"{ha}/status", "online", qos=1)
+            await sub.wait_for(lambda: len(sub.messages) == 10)
+        config = json.loads(sub.messages[0].payload)  # type: ignore[arg-type]
+        assert config["availability_topic"] == f"{prefix}/status"
+        async with collecting(mosquitto, [f"{ha}/sensor/#"]) as late:
+            await late.wait_for(lambda: len(late.messages) == 5)
+        assert all(m.retain for m in late.messages)
+
+    async def test_action_topic(self, mosquitto: Mosquitto, prefix: str) -> None:
+        """Test that publish_action reaches <prefix>/<account>/action."""
+        sink = MqttSink(settings_for(mosquitto, prefix, discovery=False))
+        topic = f"{prefix}/acct/action"
+        async with collecting(mosquitto, [topic]) as sub, running(sink):
+            sink.publish_action("acct", {"decision": "would_reduce", "qty": 0.1})
+            await sub.wait_for(lambda: len(sub.on(topic)) == 1)
+        assert json.loads(sub.on(topic)[0].payload) == {  # type: ignore[arg-type]
+            "decision": "would_reduce", "qty": 0.1}
+
+    async def test_username_password(self, tmp_path: Path, prefix: str) -> None:
+        """Test that credentials from the settings authenticate and wrong ones do not."""
+        broker = Mosquitto(tmp_path / "auth", users={"monitor": "s3cret"})
+        broker.start()
+        try:
+            good = MqttSink(settings_for(broker, prefix, username="monitor",
+                                         password="s3cret", discovery=False))
+            async with running(good):
+                assert good.connected
+            bad = MqttSink(settings_for(broker, prefix, username="monitor",
+                                        password="wrong", discovery=False))
+            task = asyncio.create_task(bad.run())
+            await asyncio.sleep(1.0)
+            assert not bad.connected
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        finally:
+            broker.stop()
+
+
+class TestCommands:
+    """Signed commands on the command topic, answered on the reply topic."""
+
+    async def send(self, broker: Mosquitto, topic: str, payload: str) -> None:
+        """Publish one command as a separate client."""
+        async with aiomqtt.Client(broker.host, broker.port) as client:
+            await client.publish(topic, payload, qos=1)
+
+    async def test_signed_commands(self, mosquitto: Mosquitto, prefix: str,
+                                   tmp_path: Path) -> None:
+        """Test that signed pause/silence work and bad or stale commands are refused."""
+        pipeline = AlertPipeline(Store(tmp_path / "a.db"), CONFIG, [], command_secret=SECRET)
+        sink = MqttSink(settings_for(mosquitto, prefix, discovery=False),
+                        command_handler=pipeline.handle_command)
+        reply = f"{prefix}/reply"
+        now = pipeline.clock()
+        async with collecting(mosquitto, [reply]) as sub, running(sink):
+            pause = Command("pause", account="acct", duration=600, request_id="r1")
+            await self.send(mosquitto, f"{prefix}/acct/command", envelope(pause, SECRET, now))
+            silence = Command("silence", account="acct", duration=3600, up_to="warning",
+                              request_id="r2")
+            await self.send(mosquitto, f"{prefix}/command", envelope(silence, SECRET, now))
+            forged = Command("resume", account="acct", request_id="r3")
+            await self.send(mosquitto, f"{prefix}/command", envelope(forged, b"guess", now))
+            old = Command("resume", account="acct", request_id="r4")
+            await self.send(mosquitto, f"{prefix}/command", envelope(old, SECRET, now - 120))
+            await self.send(mosquitto, f"{prefix}/command", "not json")
+            await sub.wait_for(lambda: len(sub.messages) == 5)
+        replies = [json.loads(m.payload) for m in sub.messages]  # type: ignore[arg-type]
+        accepted = {r["request_id"] for r in replies if r["ok"]}
+        assert accepted == {"r1", "r2"}
+        assert pipeline.switches.is_paused("acct", now + 10)
+        assert not pipeline.switches.is_paused("acct", now + 700)
+        assert pipeline.state.silences[0].up_to == "warning"
+        errors = sorted(r["error"] for r in replies if not r["ok"])
+        assert len(errors) == 3
+        assert "bad signature" in errors
+        assert any("120 s old" in e for e in errors)
+        assert any("not JSON" in e for e in errors)
+        refused = pipeline.store.audit_trail(kind="command_refused")
+        assert len(refused) == 3
+
+
+class TestBrokerRestart:
+    """At least once across a broker restart."""
+
+    @pytest.mark.timeout(60)
+    async def test_every_alert_arrives_across_restart(self, mosquitto: Mosquitto, prefix: str,
+                                                       tmp_path: Path) -> None:
+        """Test that every alert id of a burst arrives although the broker restarts midway."""
+        sink = MqttSink(settings_for(mosquitto, prefix, discovery=False))
+        pipeline = AlertPipeline(Store(tmp_path / "a.db"), CONFIG, [sink])
+        topic = f"{prefix}/+/alert"
+        sent: set[str] = set()
+        async with collecting(mosquitto, [topic]) as sub, running(sink), delivering(pipeline):
+            for i in range(400):
+                ratio = 0.9 if i % 2 == 0 else 0.1
+                sent.update(e.id for e in pipeline.on_report(report(ratio, f"a{(i // 2) % 4}"),
+                                                             now=1000.0 + i))
+                if i == 200:
+                    mosquitto.restart()
+                if i % 20 == 0:
+                    await asyncio.sleep(0)
+            assert len(sent) == 400
+
+            def got() -> set[str]:
+                return {json.loads(m.payload)["id"] for m in sub.messages}  # type: ignore[arg-type]
+
+            await sub.wait_for(lambda: got() >= sent, limit=40)
+        assert got() >= sent
+        assert pipeline.store.pending() == []
