@@ -1,0 +1,231 @@
+"""Valuing one account at given prices: position figures and the cross pool, per asset.
+
+Formulas and their sources (details and worked examples in shared/notes/margin-math.md):
+
+- Maintenance margin of a position = notional × mmr(tier) − maintenance amount (Binance USDⓈ-M
+  "Maintenance Margin = Position Notional × MMR − Maintenance Amount", FAQ b3c689c1…; Bybit
+  "Position Value × MMR − MM Deduction"; Hyperliquid "maintenance deduction"). OKX applies one
+  rate to the whole position without a deduction (`VenueRules.tier_deduction = False`).
+- Notional is valued at the mark price (Binance's example B1 uses mark notional), except for
+  Bybit isolated positions, whose MM is taken on the entry value (Bybit "Liquidation Price
+  (USDT Contract)": Position Value = Contract Size × Entry Price).
+- Per-asset equity = balance + unrealised PnL of the cross positions settled in it, worth
+  `equity × price × (1 − haircut)` when positive and `equity × price × (1 + liability_markup)`
+  when negative (Binance multi-assets: Account Equity = Σ min(assetEquity × bidRate,
+  assetEquity × askRate)); margin owed in an asset is converted at the ask side too (example
+  M1: MM in USDT × 0.99495). Tiered haircuts apply marginally per band (Bybit UTA, OKX, Bitget).
+
+Pure: no I/O, no clock. `AssetBook` is mutable scratch space private to one computation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from monitor.model import (
+    AccountSnapshot,
+    Collateral,
+    CollateralTier,
+    Position,
+    Tier,
+    VenueRules,
+)
+
+__all__ = [
+    "AssetBook",
+    "Figures",
+    "asset_breakpoints",
+    "asset_value",
+    "computed_initial_margin",
+    "computed_maintenance_margin",
+    "figures_of",
+    "isolated_margin_of",
+    "pnl_at",
+    "pool",
+    "surplus",
+    "tier_for",
+]
+
+INF = math.inf
+
+#: (unrealised PnL, initial margin, maintenance margin) of one position, in its settle asset.
+Figures = tuple[float, float, float]
+
+
+
+
+def tier_for(tiers: Sequence[Tier], notional: float) -> Tier:
+    """The tier whose bracket holds `notional` (upper bounds inclusive; beyond the last: last)."""
+    for tier in tiers:
+        if notional <= tier.max_notional:
+            return tier
+    return tiers[-1]
+
+
+def pnl_at(p: Position, price: float) -> float:
+    """Unrealised PnL at `price`, in the settle asset (coins for inverse contracts)."""
+    size = p.contracts * p.contract_size
+    if p.inverse:
+        if price <= 0:
+            return -INF if p.side == "long" else INF
+        return p.sign * size * (1.0 / p.entry_price - 1.0 / price)
+    return p.sign * size * (price - p.entry_price)
+
+
+def computed_maintenance_margin(p: Position, rules: VenueRules, price: float) -> float:
+    """MM from the venue's schedule (tiers, else flat mmr), in the settle asset."""
+    if rules.isolated_mm_on_entry and p.margin_mode == "isolated":
+        notional = p.settle_notional(p.entry_price)
+    else:
+        notional = p.settle_notional(price)
+    if p.tiers:
+        tier = tier_for(p.tiers, notional)
+        deduction = tier.maintenance_amount if rules.tier_deduction else 0.0
+        return notional * tier.mmr - deduction
+    if p.mmr is not None:
+        return notional * p.mmr
+    return 0.0
+
+
+def computed_initial_margin(p: Position, price: float) -> float:
+    """IM = notional / leverage (or the tier's IMR), in the settle asset."""
+    notional = p.settle_notional(price)
+    if p.leverage:
+        return notional / p.leverage
+    if p.tiers:
+        imr = tier_for(p.tiers, notional).imr
+        if imr is not None:
+            return notional * imr
+    return 0.0
+
+
+def isolated_margin_of(p: Position) -> float:
+    """Margin held by an isolated position: as reported, else IM at entry (Bybit: PV / lev)."""
+    if p.isolated_margin is not None:
+        return p.isolated_margin
+    if p.initial_margin is not None:
+        return p.initial_margin
+    if p.leverage:
+        return p.settle_notional(p.entry_price) / p.leverage
+    return 0.0
+
+
+def figures_of(p: Position, rules: VenueRules) -> Figures:
+    """(pnl, im, mm) at the current mark, venue-reported figures winning."""
+    pnl = p.unrealized_pnl if p.unrealized_pnl is not None else pnl_at(p, p.mark_price)
+    im = (
+        p.initial_margin
+        if p.initial_margin is not None
+        else computed_initial_margin(p, p.mark_price)
+    )
+    mm = (
+        p.maintenance_margin
+        if p.maintenance_margin is not None
+        else computed_maintenance_margin(p, rules, p.mark_price)
+    )
+    return pnl, im, mm
+
+
+# --- collateral valuation -----------------------------------------------------------------
+
+
+def _banded(amount: float, bands: Sequence[CollateralTier]) -> float:
+    """Σ over bands of (part of `amount` inside the band) × ratio, bands applied marginally."""
+    value, floor = 0.0, 0.0
+    for band in bands:
+        if amount <= floor:
+            break
+        part = min(amount, band.up_to) - floor
+        value += part * band.ratio
+        floor = band.up_to
+    return value
+
+
+def asset_value(c: Collateral, equity: float, price: float | None = None) -> float:
+    """What `equity` units of the asset count for in the report currency (at `price`)."""
+    if price is None:
+        price = c.price
+    if equity <= 0:
+        return equity * price * (1.0 + c.liability_markup)
+    if c.haircut_tiers:
+        if c.tier_basis == "value":
+            return _banded(equity * price, c.haircut_tiers)
+        return _banded(equity, c.haircut_tiers) * price
+    return equity * price * (1.0 - c.haircut)
+
+
+def asset_breakpoints(c: Collateral) -> tuple[float, ...]:
+    """Equity levels (asset units) where the valuation changes slope: zero and band edges."""
+    edges = [0.0]
+    for band in c.haircut_tiers:
+        if math.isfinite(band.up_to):
+            edges.append(band.up_to / c.price if c.tier_basis == "value" else band.up_to)
+    return tuple(edges)
+
+
+@dataclass(slots=True)
+class AssetBook:
+    """Per-asset cross-pool totals: the balance, plus the PnL and margin settled in it.
+
+    Mutable scratch space, private to one computation: it is what lets a solver move one
+    symbol's contribution in and out without re-walking every other position.
+    """
+
+    collateral: Collateral
+    pnl: float = 0.0
+    im: float = 0.0
+    mm: float = 0.0
+
+    @property
+    def ask(self) -> float:
+        """Rate at which margin owed in this asset is counted (Binance ask rate)."""
+        return self.collateral.price * (1.0 + self.collateral.liability_markup)
+
+    def surplus(self, pnl: float, mm: float, price: float | None = None) -> float:
+        """Margin balance minus MM contributed by this asset for the given PnL and MM."""
+        c = self.collateral
+        if price is None:
+            return asset_value(c, c.amount + pnl) - mm * self.ask
+        return asset_value(c, c.amount + pnl, price) - mm * price * (1.0 + c.liability_markup)
+
+
+def _books(snapshot: AccountSnapshot) -> dict[str, AssetBook]:
+    books = {c.asset: AssetBook(c) for c in snapshot.collateral}
+    for p in snapshot.positions:
+        settle = p.settle or snapshot.currency
+        if settle not in books:
+            if settle != snapshot.currency:
+                msg = f"position {p.symbol} settles in {settle}, which has no collateral price"
+                raise ValueError(msg)
+            books[settle] = AssetBook(Collateral(asset=settle, amount=0.0))
+    return books
+
+
+
+def pool(
+    snapshot: AccountSnapshot,
+) -> tuple[dict[str, AssetBook], list[Figures]]:
+    """Per-asset books of the cross pool and every position's (pnl, im, mm)."""
+    rules = snapshot.rules
+    books = _books(snapshot)
+    figures: list[Figures] = []
+    for p in snapshot.positions:
+        pnl, im, mm = figures_of(p, rules)
+        figures.append((pnl, im, mm))
+        if p.margin_mode == "cross":
+            book = books[p.settle or snapshot.currency]
+            book.pnl += pnl
+            book.im += im
+            book.mm += mm
+    return books, figures
+
+
+def surplus(snapshot: AccountSnapshot) -> float:
+    """Margin balance − maintenance margin of the cross pool (≤ 0: at or past liquidation).
+
+    The quantity every solver drives to zero; cheaper than a report (no liquidation prices).
+    """
+    books, _ = pool(snapshot)
+    return sum(b.surplus(b.pnl, b.mm) for b in books.values())
