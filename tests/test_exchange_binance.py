@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
@@ -12,6 +14,9 @@ from monitor.model import (
     Event,
     PositionsUpdate,
     PriceTick,
+    SourceDown,
+    SourceStale,
+    SourceUp,
 )
 from monitor.sources.exchange import ExchangeSource
 from tests.fakes.account import EventTap, account_for
@@ -34,18 +39,36 @@ async def fake() -> AsyncIterator[FakeBinanceUsdm]:
 def make_source(fake: FakeBinanceUsdm, key: str = API_KEY, **kw: float) -> ExchangeSource:
     account = account_for(fake, key, SECRET, poll_interval=kw.pop("poll_interval", 0.2),
                           stale_after=kw.pop("stale_after", 1.0))
-    return ExchangeSource(account, backoff_cap=0.2, reconcile_every=kw.pop("reconcile", 5.0),
+    return ExchangeSource(account, backoff_cap=0.2, reconcile_every=kw.pop("reconcile", 0.5),
                           debounce=0.02)
+
+
+@contextlib.asynccontextmanager
+async def started(
+    fake: FakeBinanceUsdm, **kw: float
+) -> AsyncIterator[tuple[ExchangeSource, EventTap]]:
+    """A running source and a tap on its events, after its first full read."""
+    source = make_source(fake, **kw)
+    tap = EventTap(source.events())
+    try:
+        await tap.wait_for(lambda e: isinstance(e, BalanceUpdate))
+        yield source, tap
+    finally:
+        await tap.stop()
+        await source.close()
 
 
 @pytest.fixture
 async def running(fake: FakeBinanceUsdm) -> AsyncIterator[tuple[ExchangeSource, EventTap]]:
-    source = make_source(fake)
-    tap = EventTap(source.events())
-    await tap.wait_for(lambda e: isinstance(e, BalanceUpdate))
-    yield source, tap
-    await tap.stop()
-    await source.close()
+    async with started(fake) as pair:
+        yield pair
+
+
+@pytest.fixture
+async def quiet(fake: FakeBinanceUsdm) -> AsyncIterator[tuple[ExchangeSource, EventTap]]:
+    """A source whose periodic REST read is 10 s away: only a stream trigger reads sooner."""
+    async with started(fake, stale_after=60.0, reconcile=10.0) as pair:
+        yield pair
 
 
 def is_positions(event: Event) -> bool:
@@ -129,3 +152,172 @@ class TestVenueAgreement:
         # The what-if path (stress.with_prices) agrees with the live path.
         moved = stress.with_prices(source.snapshot(), {ETH: 3_450.0})
         assert margin.report(moved).margin_ratio == pytest.approx(ratio)
+
+
+class TestPrivateStream:
+    async def test_position_change_triggers_reconciliation(
+        self, fake: FakeBinanceUsdm, quiet: tuple[ExchangeSource, EventTap]
+    ) -> None:
+        """Test that an ACCOUNT_UPDATE on the user stream leads to a fresh REST position read."""
+        _source, tap = quiet
+        await tap.wait_for(is_positions)
+        await fake.wait_for_client("/private/ws")
+        reads = fake.count("/fapi/v3/positionRisk")
+        mark = len(tap.seen)
+        await fake.set_position("BTCUSDT", 1.5, 59_500.0)
+        update = await tap.wait_for(
+            lambda e: isinstance(e, PositionsUpdate)
+            and any(p.symbol == BTC and p.contracts == 1.5 for p in e.positions),
+            after=mark,
+        )
+        assert isinstance(update, PositionsUpdate)
+        assert fake.count("/fapi/v3/positionRisk") > reads
+        btc = next(p for p in update.positions if p.symbol == BTC)
+        # Full REST fields, not the stream's stripped ones (notes/ccxt.md §0.3).
+        assert btc.maintenance_margin is not None
+        assert btc.mark_price == 60_000.0
+
+    async def test_closed_position_disappears(
+        self, fake: FakeBinanceUsdm, quiet: tuple[ExchangeSource, EventTap]
+    ) -> None:
+        """Test that closing a position (side 'both', amount 0) removes it, leaving no ghost."""
+        _source, tap = quiet
+        await tap.wait_for(is_positions)
+        await fake.wait_for_client("/private/ws")
+        mark = len(tap.seen)
+        await fake.set_position("ETHUSDT", 0.0, 0.0)
+        update = await tap.wait_for(
+            lambda e: isinstance(e, PositionsUpdate) and len(e.positions) == 1, after=mark
+        )
+        assert isinstance(update, PositionsUpdate)
+        assert [p.symbol for p in update.positions] == [BTC]
+
+
+class TestFaults:
+    async def test_websocket_drop_and_reconnect(
+        self, fake: FakeBinanceUsdm, running: tuple[ExchangeSource, EventTap]
+    ) -> None:
+        """Test that after the venue drops every socket, marks stream again and REST re-reads."""
+        _source, tap = running
+        await tap.wait_for(is_positions)
+        await fake.wait_for_client("/market/ws", "btcusdt@markPrice@1s")
+        await fake.wait_for_client("/private/ws")
+        reads = fake.count("/fapi/v3/positionRisk")
+        await fake.drop_websockets()
+        await asyncio.sleep(0.05)
+        await fake.wait_for_client("/market/ws", "btcusdt@markPrice@1s")
+        mark = len(tap.seen)
+        await fake.push_mark("BTCUSDT", 61_234.5)
+        await tap.wait_for(lambda e: isinstance(e, PriceTick) and e.mark_price == 61_234.5,
+                           after=mark)
+        assert fake.count("/fapi/v3/positionRisk") > reads
+
+    async def test_rate_limits_server_errors_and_timeouts(self, fake: FakeBinanceUsdm) -> None:
+        """Test that 429, 503 and a stalled request delay the read but never stop the source."""
+        fake.fail("/fapi/v3/positionRisk", 429, {"code": -1003, "msg": "Too many requests"})
+        fake.fail("/fapi/v3/positionRisk", 503, "Service Unavailable", content_type="text/plain")
+        fake.stall("/fapi/v3/positionRisk", 3.0)  # > the 2 s ccxt timeout of the account
+        source = make_source(fake)
+        tap = EventTap(source.events())
+        try:
+            update = await tap.wait_for(is_positions, within=10.0)
+            assert isinstance(update, PositionsUpdate)
+            assert len(update.positions) == 2
+            assert not any(isinstance(e, SourceDown) for e in tap.seen)
+            assert fake.count("/fapi/v3/positionRisk") >= 4
+        finally:
+            await tap.stop()
+            await source.close()
+
+    async def test_auth_failure_goes_down_once(self, fake: FakeBinanceUsdm) -> None:
+        """Test that a rejected key yields one SourceDown naming the fix, and no retry storm."""
+        source = make_source(fake, key="revoked-key")
+        tap = EventTap(source.events())
+        try:
+            down = await tap.wait_for(lambda e: isinstance(e, SourceDown))
+            assert isinstance(down, SourceDown)
+            assert "api_key" in down.reason
+            assert "revoked-key" not in down.reason
+            await asyncio.sleep(0.5)
+            requests = len(fake.requests)
+            await asyncio.sleep(0.6)
+            assert len(fake.requests) == requests
+            assert tap.done
+            assert sum(isinstance(e, SourceDown) for e in tap.seen) == 1
+        finally:
+            await tap.stop()
+            await source.close()
+
+    @pytest.mark.parametrize(
+        ("body", "content_type"),
+        [
+            ("<html>502 Bad Gateway</html>", "text/html"),
+            ('[{"symbol": "BTCUSDT", "positionAmt": "0.8", "entryP', "application/json"),
+            ('[{"symbol": "BTCUSDT", "positionSide": "BOTH", "positionAmt": "0.8", '
+             '"entryPrice": "abc", "markPrice": "60000", "notional": "48000", '
+             '"updateTime": 1}]', "application/json"),
+        ],
+        ids=["html", "truncated", "bad-number"],
+    )
+    async def test_garbage_keeps_last_good_state(
+        self, fake: FakeBinanceUsdm, running: tuple[ExchangeSource, EventTap], body: str,
+        content_type: str,
+    ) -> None:
+        """Test that garbage, truncated or malformed positions are rejected, not applied."""
+        source, tap = running
+        await tap.wait_for(is_positions)
+        good = source.positions
+        fake.fail("/fapi/v3/positionRisk", 200, body, times=3, content_type=content_type)
+        await fake.wait_for_client("/private/ws")
+        mark = len(tap.seen)
+        await fake.set_position("BTCUSDT", 0.8, 59_000.0)  # a trigger: re-read now
+        async with asyncio.timeout(5):
+            while fake.faults.get("/fapi/v3/positionRisk"):  # noqa: ASYNC110 - polls the fake
+                await asyncio.sleep(0.02)
+        assert source.positions == good
+        assert all(len(e.positions) == 2 for e in tap.seen[mark:]
+                   if isinstance(e, PositionsUpdate))
+        # ... and it recovers on the next good read.
+        await tap.wait_for(is_positions, after=mark)
+
+    async def test_garbage_websocket_frame_is_survived(
+        self, fake: FakeBinanceUsdm, running: tuple[ExchangeSource, EventTap]
+    ) -> None:
+        """Test that a non-JSON and a truncated mark frame do not stop the price stream."""
+        _source, tap = running
+        await tap.wait_for(is_positions)
+        await fake.wait_for_client("/market/ws", "btcusdt@markPrice@1s")
+        await fake.push("garbage{", path="/market/ws")
+        await fake.push('{"e":"markPriceUpdate","s":"BTCUSDT","p":', path="/market/ws")
+        await asyncio.sleep(0.1)
+        await fake.wait_for_client("/market/ws", "btcusdt@markPrice@1s")
+        mark = len(tap.seen)
+        await fake.push_mark("BTCUSDT", 62_000.0)
+        await tap.wait_for(lambda e: isinstance(e, PriceTick) and e.mark_price == 62_000.0,
+                           after=mark)
+
+
+class TestSilence:
+    async def test_silent_stream_polls_then_stale_then_fresh(
+        self, fake: FakeBinanceUsdm, running: tuple[ExchangeSource, EventTap]
+    ) -> None:
+        """Test that a silent stream hands over to REST; a REST outage is stale; recovery is up."""
+        _source, tap = running
+        await tap.wait_for(is_positions)
+        fake.silent = True
+        polls = fake.count("/fapi/v1/premiumIndex")
+        mark = len(tap.seen)
+        fake.account.marks["BTCUSDT"] = 60_500.0  # only REST can tell
+        await tap.wait_for(lambda e: isinstance(e, PriceTick) and e.mark_price == 60_500.0,
+                           after=mark)
+        assert fake.count("/fapi/v1/premiumIndex") > polls
+        fake.fail("/fapi/v1/premiumIndex", 503, "down", times=10_000, content_type="text/plain")
+        stale = await tap.wait_for(
+            lambda e: isinstance(e, SourceStale) and e.kind == "prices", within=5.0
+        )
+        assert isinstance(stale, SourceStale)
+        assert stale.age > 1.0
+        fake.clear_faults()
+        up = await tap.wait_for(lambda e: isinstance(e, SourceUp) and e.kind == "prices",
+                                within=5.0)
+        assert isinstance(up, SourceUp)

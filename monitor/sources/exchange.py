@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import math
+import re
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -152,7 +153,15 @@ def build_exchange(settings: AccountConfig) -> Any:
             f"accounts.{settings.name}.exchange: {venue!r} has no ccxt.pro class "
             f"(ccxt 4.5.90); use one of ccxt.pro.exchanges, e.g. 'binanceusdm'"
         )
-    config: dict[str, Any] = {"enableRateLimit": True}
+    config: dict[str, Any] = {
+        "enableRateLimit": True,
+        "options": {
+            # The position stream is only a trigger for our own REST read, so ccxt's REST
+            # snapshot on the first watch is a wasted call, and it delays opening the socket
+            # (updates between the first and second call are lost, notes/ccxt.md §0.3).
+            "watchPositions": {"fetchPositionsSnapshot": False, "awaitPositionsSnapshot": False},
+        },
+    }
     key, secret, password = (_secret(settings.api_key), _secret(settings.secret),
                              _secret(settings.password))
     if venue == "hyperliquid":
@@ -161,16 +170,59 @@ def build_exchange(settings: AccountConfig) -> Any:
     else:
         creds = {"apiKey": key, "secret": secret, "password": password}
     config.update({k: v for k, v in creds.items() if v})
-    config.update(dict(settings.ccxt))
+    config = _merged(config, settings.ccxt)
     exchange = getattr(ccxtpro, venue)(config)
+    _reject_non_json(exchange)
     if settings.sandbox:
         exchange.set_sandbox_mode(True)
     return exchange
 
 
+def _reject_non_json(exchange: Any) -> None:
+    """Make a 2xx answer whose body is not JSON an error (BadResponse, retried).
+
+    ccxt passes a non-JSON body (a proxy's HTML page, a truncated document) on as a string,
+    and e.g. binance `fetch_positions` then returns `[]`: garbage would read as "no
+    positions". `on_rest_response` is ccxt's own per-response hook (async exchange.fetch).
+    """
+    original = exchange.on_rest_response
+
+    def on_rest_response(  # noqa: PLR0917 - ccxt's hook signature
+        code: Any, reason: Any, url: str, method: str, headers: Any, body: Any,
+        request_headers: Any, request_body: Any,
+    ) -> Any:
+        body = original(code, reason, url, method, headers, body, request_headers, request_body)
+        if (
+            200 <= int(code) < 300
+            and isinstance(body, str)
+            and body.strip()
+            and exchange.parse_json(body) is None
+        ):
+            snippet = " ".join(body[:60].split())
+            raise ccxt_errors.BadResponse(
+                f"{exchange.id} {method} {url.split('?', 1)[0]}: HTTP {code} with a body "
+                f"that is not JSON ({snippet!r})"
+            )
+        return body
+
+    exchange.on_rest_response = on_rest_response
+
+
+def _merged(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """`extra` over `base`, merging nested tables (a user's `options` keeps our defaults)."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def _one_line(exc: BaseException, limit: int = 240) -> str:
     """An exception as one log-safe line (ccxt bodies can be long and multi-line)."""
-    text = " ".join(str(exc).split())
+    # Signed URLs carry a signature and timestamp: keep logs to the path.
+    text = re.sub(r"\?\S*", "?…", " ".join(str(exc).split()))
     if len(text) > limit:
         text = text[: limit - 1] + "…"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -205,8 +257,10 @@ class ExchangeSource:
         )
         self.poll_interval = float(settings.poll_interval)
         self.stale_after = float(settings.stale_after)
-        self.reconcile_every = reconcile_every or max(
-            self.poll_interval, min(60.0, self.stale_after / 2)
+        # A healthy stream still gets a REST read at least twice per `stale_after`, so the
+        # positions/balance clocks only go stale when reads really fail.
+        self.reconcile_every = min(
+            reconcile_every or max(self.poll_interval, 60.0), self.stale_after / 2
         )
         self.debounce = debounce
         self.tiers_every = tiers_every
@@ -402,22 +456,23 @@ class ExchangeSource:
 
     async def _reconcile_loop(self) -> None:
         backoff = Backoff(cap=self.backoff_cap)
-        first = True
+        retry_now = True  # the first read, and a retry after a failure (backoff slept)
         while True:
-            if not first:
+            if not retry_now:
                 interval = self.reconcile_every if self._streams_healthy() else self.poll_interval
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._dirty.wait(), interval * self._throttle.factor)
                 if self._dirty.is_set():
                     await asyncio.sleep(self.debounce)  # coalesce a burst of stream events
-            first = False
             self._dirty.clear()
             try:
                 await self._reconcile()
             except Exception as exc:
+                retry_now = True
                 if not await self._fault(exc, "reconcile", backoff):
                     return
             else:
+                retry_now = False
                 backoff.reset()
                 self._throttle.relax()
 
