@@ -1,8 +1,10 @@
 """Speed of the pure core: full report, all liquidation prices, shock to liquidation.
 
-Prints the median of several runs for 10 / 100 / 1 000 / 10 000 positions, and the cost of a
-single-tick update (one mark price changed, report recomputed). Targets (issue 2): a
-1 000-position report ≤ 2 ms; a single-tick update ≤ 50 µs.
+Prints the median of several runs for 10 / 100 / 1 000 / 10 000 positions: a full report
+(with every liquidation price), the pool totals alone, the liquidation prices (difference),
+shock to liquidation, a tick followed by a full report, and the incremental path the daemon
+takes on every tick (`Ledger.tick` + `Ledger.summary`). Targets (issue 2): a 1 000-position
+report ≤ 2 ms; a single-tick incremental update ≤ 50 µs.
 
     .venv/bin/python bench/engine.py [--repeat 7] [--sizes 10,100,1000,10000]
 """
@@ -17,6 +19,7 @@ import statistics
 import time
 from collections.abc import Callable
 
+from monitor.ledger import Ledger
 from monitor.margin import report, surplus
 from monitor.model import AccountSnapshot, Collateral, Position, Tier
 from monitor.stress import shock_to_liquidation, with_prices
@@ -78,7 +81,7 @@ def main() -> None:
     print(f"# {platform.python_implementation()} {platform.python_version()} on "
           f"{platform.machine()}, median of {args.repeat} runs")
     print(f"{'positions':>9} | {'report':>12} | {'surplus only':>12} | {'liq. prices':>12} | "
-          f"{'shock→liq':>12} | {'tick+report':>12}")
+          f"{'shock→liq':>12} | {'tick+report':>12} | {'ledger tick':>12}")
     for n in (int(x) for x in args.sizes.split(",")):
         s = account(n)
         full = median_time(lambda s=s: report(s), args.repeat)
@@ -91,8 +94,18 @@ def main() -> None:
             return report(with_prices(s, {symbol: price * 1.0001}))
 
         update = median_time(tick, args.repeat)
+        ledger = Ledger(s)
+        flip = [price * 1.0001, price]
+
+        def ledger_tick(ledger: Ledger = ledger, symbol: str = symbol,
+                        flip: list[float] = flip) -> object:
+            flip.reverse()
+            ledger.tick(symbol, flip[0])
+            return ledger.summary()
+
+        incremental = median_time(ledger_tick, args.repeat)
         print(f"{n:>9} | {fmt(full)} | {fmt(base)} | {fmt(full - base)} | {fmt(shock)} | "
-              f"{fmt(update)}")
+              f"{fmt(update)} | {fmt(incremental)}")
 
 
 if __name__ == "__main__":
