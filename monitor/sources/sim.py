@@ -1,0 +1,543 @@
+"""The embedded simulated venue: one cross-margined USDT account that streams and trades.
+
+What `margin-monitor run` shows with no configuration, and what tests and the protective
+actions (issue 5) run against without a network:
+
+- The book (`DEMO_BOOK`): BTC long, ETH short and SOL long on a USDT wallet, with BTC held
+  as collateral at a 5 % haircut, each market with a Binance-style tier table (cumulative
+  deduction, as notes/margin-math.md describes).
+- Mark prices from `sim_prices.ScriptedPath`: a seeded sell-off whose keyframes are solved
+  from the book itself so the margin ratio passes 0.35 → 0.6 → 0.78 → 0.88 and recovers,
+  i.e. warning → critical → emergency → resolved at the default thresholds; or from a CSV
+  (`--replay`). Streamed as `PriceTick`s at `tick_rate` per sim second, `speed` sim seconds
+  per wall second.
+- Orders through the ccxt-shaped `OrderDesk` surface (sources/base.py): reduce-only market
+  orders fill at the mark, limit and trigger (stop) orders rest until the mark crosses.
+  Like a venue: an order without `reduceOnly`, one in the direction that would grow the
+  position, or one larger than the position is rejected with `ccxt.InvalidOrder` (Binance
+  answers -2022 "ReduceOnly Order is rejected"); an amount off the market's step or below
+  its minimum is rejected too; a resent `clientOrderId` returns the existing order instead
+  of placing a second one (Binance -4015 dedups the same way). A fill realises PnL minus
+  the taker fee into the USDT wallet and is announced as a full `PositionsUpdate` and
+  `BalanceUpdate`, as a live venue's private stream would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import math
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import ccxt
+
+from monitor import margin
+from monitor.model import (
+    AccountSnapshot,
+    BalanceUpdate,
+    Collateral,
+    Event,
+    Position,
+    PositionsUpdate,
+    PriceTick,
+    Side,
+    Tier,
+    base_asset,
+)
+from monitor.settings import SimSettings
+from monitor.sources.sim_prices import Keyframe, ReplayStep, ScriptedPath
+
+__all__ = ["DEMO_BOOK", "SimBook", "SimMarket", "SimVenue", "selloff_keyframes"]
+
+_EPS = 1e-12
+
+
+@dataclass(frozen=True, slots=True)
+class SimMarket:
+    """One linear USDT perpetual of the sim, with the figures ccxt's `market()` reports."""
+
+    symbol: str
+    price0: float
+    beta: float
+    tiers: tuple[Tier, ...]
+    leverage: float
+    amount_step: float
+    min_amount: float
+
+
+@dataclass(frozen=True, slots=True)
+class SimBook:
+    """The account the sim starts from."""
+
+    currency: str
+    markets: tuple[SimMarket, ...]
+    positions: tuple[tuple[str, Side, float, float], ...]  # symbol, side, contracts, entry
+    collateral: tuple[Collateral, ...]
+
+
+# Tier tables in the shape of Binance USDⓈ-M's leverage brackets (notes/margin-math.md §1);
+# the numbers are illustrative, the cumulative deductions keep MM continuous at each edge.
+DEMO_BOOK = SimBook(
+    currency="USDT",
+    markets=(
+        SimMarket(
+            "BTC/USDT:USDT", 64000.0, 1.0,
+            (Tier(50_000, 0.004, 0), Tier(250_000, 0.005, 50),
+             Tier(1_000_000, 0.01, 1_300), Tier(10_000_000, 0.025, 16_300)),
+            leverage=10, amount_step=0.001, min_amount=0.001,
+        ),
+        SimMarket(
+            "ETH/USDT:USDT", 3400.0, 1.2,
+            (Tier(10_000, 0.005, 0), Tier(100_000, 0.0065, 15),
+             Tier(500_000, 0.01, 365), Tier(5_000_000, 0.02, 5_365)),
+            leverage=10, amount_step=0.01, min_amount=0.01,
+        ),
+        SimMarket(
+            "SOL/USDT:USDT", 140.0, 1.6,
+            (Tier(5_000, 0.01, 0), Tier(50_000, 0.015, 25),
+             Tier(250_000, 0.025, 525), Tier(2_000_000, 0.05, 6_775)),
+            leverage=5, amount_step=0.1, min_amount=0.1,
+        ),
+    ),
+    positions=(
+        ("BTC/USDT:USDT", "long", 1.5, 62000.0),
+        ("ETH/USDT:USDT", "short", 12.0, 3300.0),
+        ("SOL/USDT:USDT", "long", 400.0, 150.0),
+    ),
+    collateral=(
+        Collateral("USDT", 10_000.0),
+        Collateral("BTC", 0.25, 64000.0, haircut=0.05),
+    ),
+)
+
+# (sim seconds, target margin ratio or None for the calm start price): the sell-off script.
+_SELLOFF_SCRIPT: tuple[tuple[float, float | None], ...] = (
+    (0.0, None), (8.0, None), (20.0, 0.35), (28.0, 0.6), (36.0, 0.78),
+    (44.0, 0.88), (52.0, 0.88), (64.0, 0.3), (80.0, None),
+)  # fmt: skip
+
+
+def selloff_keyframes(book: SimBook, venue: str | None = None) -> tuple[Keyframe, ...]:
+    """Keyframes of the market factor that put `book` at each scripted margin ratio.
+
+    Solved by bisection on the book's own report, so the script crosses the alert levels
+    whatever the book holds (as long as a fall of the market hurts it).
+    """
+    frames = []
+    for t, target in _SELLOFF_SCRIPT:
+        frames.append(Keyframe(t, 1.0 if target is None else _factor_for(book, target, venue)))
+    return tuple(frames)
+
+
+def _factor_for(book: SimBook, target: float, venue: str | None) -> float:
+    lo, hi = 0.01, 1.0  # ratio(lo) >= target > ratio(hi) for a book hurt by a fall
+    for _ in range(80):
+        mid = 0.5 * (lo + hi)
+        if margin.report(_book_at(book, mid, venue)).margin_ratio >= target:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def _book_at(book: SimBook, m: float, venue: str | None) -> AccountSnapshot:
+    prices = {mk.symbol: mk.price0 * m**mk.beta for mk in book.markets}
+    markets = {mk.symbol: mk for mk in book.markets}
+    positions = tuple(
+        Position(
+            symbol, side, contracts, entry, prices[symbol],
+            leverage=markets[symbol].leverage, tiers=markets[symbol].tiers,
+            beta=markets[symbol].beta,
+        )
+        for symbol, side, contracts, entry in book.positions
+    )  # fmt: skip
+    collateral = tuple(
+        replace(c, price=prices[f"{c.asset}/{book.currency}:{book.currency}"])
+        if f"{c.asset}/{book.currency}:{book.currency}" in prices
+        else c
+        for c in book.collateral
+    )
+    return AccountSnapshot("sim", book.currency, collateral, positions, venue=venue)
+
+
+class SimVenue:
+    """The simulated venue of one account: a `TradingSource` (sources/base.py)."""
+
+    venue = "binanceusdm"  # the sim follows Binance USDⓈ-M conventions (mark value, cum tiers)
+
+    def __init__(
+        self,
+        account: str,
+        settings: SimSettings | None = None,
+        replay: Sequence[ReplayStep] | None = None,
+        book: SimBook = DEMO_BOOK,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """`replay` replaces the scripted path; `clock` stamps events and orders."""
+        self._account = account
+        self._settings = settings or SimSettings()
+        self._book = book
+        self._clock = clock
+        self._markets = {m.symbol: m for m in book.markets}
+        self._replay = tuple(replay) if replay is not None else None
+        keyframes = (
+            selloff_keyframes(book, self.venue)
+            if self._settings.scenario == "selloff"
+            else (Keyframe(0.0, 1.0),)
+        )
+        self._path = ScriptedPath(
+            [(m.symbol, m.price0, m.beta) for m in book.markets],
+            keyframes,
+            tick_rate=self._settings.tick_rate,
+            seed=self._settings.seed,
+            # 2 bp: the band from warning to liquidation is under 1 % of price for this book
+            noise=0.0002,
+        )
+        self._marks = {m.symbol: m.price0 for m in book.markets}
+        self._positions: dict[tuple[str, Side], Position] = {}
+        for symbol, side, contracts, entry in book.positions:
+            mk = self._markets[symbol]
+            self._positions[(symbol, side)] = Position(
+                symbol, side, contracts, entry, mk.price0,
+                leverage=mk.leverage, tiers=mk.tiers, beta=mk.beta,
+            )  # fmt: skip
+        self._collateral = {c.asset: c for c in book.collateral}
+        self._reprice_collateral()
+        self._orders: dict[str, dict[str, Any]] = {}
+        self._by_client_id: dict[str, str] = {}
+        self._ids = itertools.count(1)
+        # Fills are rare (one per protective step), so this never grows unboundedly.
+        self._pending: collections.deque[Event] = collections.deque()
+        self._wake = asyncio.Event()
+        self._closed = False
+        self.fills = 0
+
+    # --- Source ------------------------------------------------------------------------------
+
+    @property
+    def account(self) -> str:
+        """The configured account name."""
+        return self._account
+
+    @property
+    def keyframes_duration(self) -> float:
+        """Sim seconds the scripted scenario lasts."""
+        return self._path.duration
+
+    async def fetch_snapshot(self) -> AccountSnapshot:
+        """The account as it is now (marks, positions, balances)."""
+        return self.snapshot()
+
+    def snapshot(self) -> AccountSnapshot:
+        """Synchronous form of `fetch_snapshot`, for tests and the executor's dry runs."""
+        return AccountSnapshot(
+            self._account,
+            self._book.currency,
+            tuple(self._collateral.values()),
+            tuple(self._positions.values()),
+            venue=self.venue,
+        )
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Ticks on schedule; fill announcements as soon as they happen."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        interval = 1.0 / (self._settings.tick_rate * self._settings.speed)
+        replay = iter(self._replay) if self._replay is not None else None
+        replay_t0: float | None = None
+        step = 0
+        while not self._closed:
+            while self._pending:
+                yield self._pending.popleft()
+            if replay is not None:
+                item = next(replay, None)
+                if item is None:
+                    return  # a replay has nothing more to say: the daemon can finish
+                replay_t0 = item.ts if replay_t0 is None else replay_t0
+                due = start + (item.ts - replay_t0) / self._settings.speed
+                await self._sleep_until(loop, due)
+                prices = item.prices
+            else:
+                await self._sleep_until(loop, start + step * interval)
+                _, prices = self._path.next_prices()
+            if self._closed:
+                return
+            step += 1
+            now = self._clock()
+            for symbol, price in prices:
+                self._set_mark(symbol, price)
+                yield PriceTick(self._account, symbol, price, now)
+            self._trigger_resting(now)
+
+    async def _sleep_until(self, loop: asyncio.AbstractEventLoop, due: float) -> None:
+        """Sleep until `due`, waking early when a fill is to be announced."""
+        delay = due - loop.time()
+        if delay <= 0:
+            await asyncio.sleep(0)  # let the daemon run even when the sim is behind
+            return
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), delay)
+        except TimeoutError:
+            return
+
+    async def close(self) -> None:
+        """Stop the stream (idempotent)."""
+        self._closed = True
+        self._wake.set()
+
+    # --- OrderDesk (ccxt-shaped) ---------------------------------------------------------------
+
+    def market(self, symbol: str) -> dict[str, Any]:
+        """ccxt market structure of a sim market."""
+        mk = self._market(symbol)
+        base = base_asset(symbol)
+        return {
+            "id": symbol.split(":", 1)[0].replace("/", ""),
+            "symbol": symbol,
+            "base": base,
+            "quote": self._book.currency,
+            "settle": self._book.currency,
+            "type": "swap",
+            "swap": True,
+            "linear": True,
+            "inverse": False,
+            "contract": True,
+            "contractSize": 1.0,
+            "precision": {"amount": mk.amount_step, "price": None},
+            "limits": {"amount": {"min": mk.min_amount, "max": None}},
+            "info": {},
+        }
+
+    def amount_to_precision(self, symbol: str, amount: float) -> str:
+        """Truncate to the market's step (ccxt's TRUNCATE mode), as a string like ccxt."""
+        step = self._market(symbol).amount_step
+        steps = math.floor(amount / step + 1e-9)
+        decimals = max(0, -math.floor(math.log10(step)))
+        return f"{steps * step:.{decimals}f}"
+
+    async def fetch_positions(self, symbols: list[str] | None = None) -> list[dict[str, Any]]:
+        """Positions as ccxt position structures, read from the venue's live book."""
+        out = []
+        now = self._clock()
+        for p in self._positions.values():
+            if symbols is not None and p.symbol not in symbols:
+                continue
+            out.append(
+                {
+                    "symbol": p.symbol,
+                    "side": p.side,
+                    "contracts": p.contracts,
+                    "contractSize": p.contract_size,
+                    "entryPrice": p.entry_price,
+                    "markPrice": p.mark_price,
+                    "notional": p.contracts * p.contract_size * p.mark_price,
+                    "unrealizedPnl": margin.pnl_at(p, p.mark_price),
+                    "leverage": p.leverage,
+                    "marginMode": p.margin_mode,
+                    "hedged": p.hedged,
+                    "timestamp": int(now * 1000),
+                    "datetime": _iso(now),
+                    "info": {},
+                }
+            )
+        return out
+
+    async def create_order(  # noqa: PLR0917 - ccxt's positional signature
+        self,
+        symbol: str,
+        type: str,  # ccxt's own parameter name
+        side: str,
+        amount: float,
+        price: float | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Accept a reduce-only order, or raise the ccxt error a venue would answer with."""
+        params = dict(params or {})
+        client_id = params.get("clientOrderId")
+        if client_id is not None and str(client_id) in self._by_client_id:
+            return dict(self._orders[self._by_client_id[str(client_id)]])
+        mk = self._market(symbol)
+        if type not in ("market", "limit"):
+            raise ccxt.InvalidOrder(f"sim: order type '{type}' is not supported (market, limit)")
+        if side not in ("buy", "sell"):
+            raise ccxt.InvalidOrder(f"sim: side must be 'buy' or 'sell', not '{side}'")
+        if not (isinstance(amount, int | float) and math.isfinite(amount) and amount > 0):
+            raise ccxt.InvalidOrder(f"sim: amount must be a positive number, not {amount!r}")
+        if amount < mk.min_amount - _EPS:
+            raise ccxt.InvalidOrder(f"sim: amount {amount} is below the minimum {mk.min_amount}")
+        if abs(amount / mk.amount_step - round(amount / mk.amount_step)) > 1e-6:
+            raise ccxt.InvalidOrder(
+                f"sim: amount {amount} is not a multiple of the step {mk.amount_step}"
+            )
+        if type == "limit" and (price is None or not math.isfinite(price) or price <= 0):
+            raise ccxt.InvalidOrder("sim: a limit order needs a positive price")
+        if not params.get("reduceOnly", False):
+            raise ccxt.InvalidOrder(
+                "sim: only reduce-only orders are accepted (params={'reduceOnly': True})"
+            )
+        target = self._reduced_position(symbol, side, params.get("positionSide"))
+        if target is None:
+            raise ccxt.InvalidOrder(
+                f"sim: ReduceOnly Order is rejected: a {side} order would increase or open a "
+                f"position in {symbol}"
+            )
+        if amount > target.contracts + _EPS:
+            raise ccxt.InvalidOrder(
+                f"sim: ReduceOnly Order is rejected: amount {amount} exceeds the {target.side} "
+                f"position of {target.contracts} {symbol}"
+            )
+        trigger = _trigger_of(params)
+        now = self._clock()
+        order_id = str(next(self._ids))
+        order: dict[str, Any] = {
+            "id": order_id,
+            "clientOrderId": None if client_id is None else str(client_id),
+            "timestamp": int(now * 1000),
+            "datetime": _iso(now),
+            "lastTradeTimestamp": None,
+            "status": "open",
+            "symbol": symbol,
+            "type": type,
+            "timeInForce": "GTC" if type == "limit" else "IOC",
+            "side": side,
+            "price": price,
+            "average": None,
+            "amount": float(amount),
+            "filled": 0.0,
+            "remaining": float(amount),
+            "cost": 0.0,
+            "triggerPrice": trigger,
+            "stopPrice": trigger,
+            "reduceOnly": True,
+            "positionSide": target.side,
+            "fee": None,
+            "trades": [],
+            "info": {"positionSide": target.side.upper()},
+        }
+        self._orders[order_id] = order
+        if order["clientOrderId"] is not None:
+            self._by_client_id[order["clientOrderId"]] = order_id
+        if trigger is None and (type == "market" or self._crossed(order)):
+            self._fill(order, now)
+        return dict(order)
+
+    async def fetch_order(self, id: str, symbol: str | None = None) -> dict[str, Any]:  # ccxt name
+        """One order by id (ccxt.OrderNotFound if unknown)."""
+        order = self._orders.get(str(id))
+        if order is None or (symbol is not None and order["symbol"] != symbol):
+            raise ccxt.OrderNotFound(f"sim: order {id} not found")
+        return dict(order)
+
+    async def fetch_open_orders(self, symbol: str | None = None) -> list[dict[str, Any]]:
+        """Resting limit and untriggered stop orders."""
+        return [
+            dict(o)
+            for o in self._orders.values()
+            if o["status"] == "open" and (symbol is None or o["symbol"] == symbol)
+        ]
+
+    async def cancel_order(self, id: str, symbol: str | None = None) -> dict[str, Any]:  # ccxt name
+        """Cancel a working order; a filled or unknown one raises ccxt.OrderNotFound."""
+        order = self._orders.get(str(id))
+        if order is None or order["status"] != "open":
+            raise ccxt.OrderNotFound(f"sim: order {id} is not open")
+        order["status"] = "canceled"
+        return dict(order)
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _market(self, symbol: str) -> SimMarket:
+        mk = self._markets.get(symbol)
+        if mk is None:
+            raise ccxt.BadSymbol(f"sim: no market {symbol} (markets: {', '.join(self._markets)})")
+        return mk
+
+    def _reduced_position(self, symbol: str, side: str, position_side: object) -> Position | None:
+        """The position an order on `side` would reduce, or None if it would grow one."""
+        reduces: Side = "long" if side == "sell" else "short"
+        if position_side is not None and str(position_side).lower() not in (reduces, "both"):
+            return None
+        p = self._positions.get((symbol, reduces))
+        return p if p is not None and p.contracts > _EPS else None
+
+    def _set_mark(self, symbol: str, price: float) -> None:
+        self._marks[symbol] = price
+        for key, p in self._positions.items():
+            if p.symbol == symbol:
+                self._positions[key] = replace(p, mark_price=price)
+        self._reprice_collateral()
+
+    def _reprice_collateral(self) -> None:
+        currency = self._book.currency
+        for asset, c in self._collateral.items():
+            symbol = f"{asset}/{currency}:{currency}"
+            if asset != currency and symbol in self._marks:
+                self._collateral[asset] = replace(c, price=self._marks[symbol])
+
+    def _crossed(self, order: dict[str, Any]) -> bool:
+        mark = self._marks[order["symbol"]]
+        trigger = order["triggerPrice"]
+        if trigger is not None:
+            # a stop-loss fires when the mark moves through it against the position
+            return bool(mark <= trigger if order["side"] == "sell" else mark >= trigger)
+        limit = order["price"]
+        return bool(mark >= limit if order["side"] == "sell" else mark <= limit)
+
+    def _trigger_resting(self, now: float) -> None:
+        for order in list(self._orders.values()):
+            if order["status"] == "open" and self._crossed(order):
+                self._fill(order, now)
+
+    def _fill(self, order: dict[str, Any], now: float) -> None:
+        reduces: Side = "long" if order["side"] == "sell" else "short"
+        key = (order["symbol"], reduces)
+        p = self._positions.get(key)
+        if p is None or p.contracts <= _EPS:
+            order["status"] = "canceled"  # reduce-only with nothing left to reduce
+            return
+        qty = min(order["amount"], p.contracts)
+        fill = self._marks[order["symbol"]]
+        size = qty * p.contract_size
+        pnl = p.sign * size * (fill - p.entry_price)
+        fee = self._settings.fee_rate * size * fill
+        remaining = p.contracts - qty
+        if remaining <= _EPS:
+            del self._positions[key]
+        else:
+            self._positions[key] = replace(p, contracts=remaining)
+        wallet = self._collateral[self._book.currency]
+        self._collateral[self._book.currency] = replace(wallet, amount=wallet.amount + pnl - fee)
+        order.update(
+            status="closed",
+            filled=qty,
+            remaining=order["amount"] - qty,
+            average=fill,
+            cost=size * fill,
+            lastTradeTimestamp=int(now * 1000),
+            fee={"cost": fee, "currency": self._book.currency},
+        )
+        self.fills += 1
+        self._pending.append(PositionsUpdate(self._account, tuple(self._positions.values()), now))
+        self._pending.append(BalanceUpdate(self._account, tuple(self._collateral.values()), now))
+        self._wake.set()
+
+
+def _trigger_of(params: dict[str, Any]) -> float | None:
+    for key in ("triggerPrice", "stopPrice", "stopLossPrice"):
+        value = params.get(key)
+        if value is not None:
+            price = float(value)
+            if not (math.isfinite(price) and price > 0):
+                raise ccxt.InvalidOrder(f"sim: {key} must be a positive price, not {value!r}")
+            return price
+    return None
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
