@@ -188,8 +188,11 @@ def liquidation_prices(
         )
         base = pool_total - pool[settle] - (pool[moving] if moving else 0.0)
         # take this symbol's current contribution out of its settle asset's book
-        own_pnl = sum(figures[i][0] for i in indices)
-        own_mm = sum(figures[i][2] for i in indices)
+        if len(indices) == 1:
+            own_pnl, _, own_mm = figures[indices[0]]
+        else:
+            own_pnl = sum(figures[i][0] for i in indices)
+            own_mm = sum(figures[i][2] for i in indices)
         book.pnl -= own_pnl
         book.mm -= own_mm
         try:

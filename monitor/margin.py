@@ -52,27 +52,27 @@ def report(snapshot: AccountSnapshot) -> MarginReport:
     ratio = _ratio(total_mm, balance)
 
     liq = liquidation_prices(snapshot, books, figures)
+    # settle asset -> (price, ask): what a figure in that asset is worth in the report
+    rates = {a: (b.collateral.price, b.ask) for a, b in books.items()}
+    currency = snapshot.currency
     risks = []
     for p, (pnl, im, mm), lp in zip(snapshot.positions, figures, liq, strict=True):
-        price = books[p.settle or snapshot.currency].collateral.price
-        ask = books[p.settle or snapshot.currency].ask
-        own: float | None = None
-        if p.margin_mode == "isolated":
-            own = _ratio(mm, isolated_margin_of(p) + pnl)
+        price, ask = rates[p.settle or currency]
+        own = _ratio(mm, isolated_margin_of(p) + pnl) if p.margin_mode == "isolated" else None
         risks.append(
             PositionRisk(
-                symbol=p.symbol,
-                side=p.side,
-                margin_mode=p.margin_mode,
-                contracts=p.contracts,
-                mark_price=p.mark_price,
-                notional=p.settle_notional(p.mark_price) * price,
-                unrealized_pnl=pnl * price,
-                initial_margin=im * ask,
-                maintenance_margin=mm * ask,
-                margin_ratio=own,
-                liquidation_price=lp,
-                hedged=p.hedged,
+                p.symbol,
+                p.side,
+                p.margin_mode,
+                p.contracts,
+                p.mark_price,
+                p.settle_notional(p.mark_price) * price,
+                pnl * price,
+                im * ask,
+                mm * ask,
+                own,
+                lp,
+                p.hedged,
             )
         )
     return MarginReport(
