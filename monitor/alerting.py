@@ -32,7 +32,7 @@ from monitor import rules
 from monitor.alert_message import AlertMessage, build_message
 from monitor.model import MarginReport, SourceDown, SourceStale, SourceUp
 from monitor.rules import AlertConfig, AlertEvent, RulesState, Silence
-from monitor.signed_commands import Command, CommandRefused, verify
+from monitor.signed_commands import Command, CommandRefused, envelope, verify
 from monitor.store import Store
 from monitor.switches import ActionSwitches
 
@@ -291,6 +291,18 @@ class AlertPipeline:
                     )
 
     # --- commands ---------------------------------------------------------------------------
+
+    def sign(self, command: Command, now: float) -> str:
+        """The signed envelope of `command` (for phone buttons); needs the command secret."""
+        if self._secret is None:
+            msg = "no command secret configured"
+            raise CommandRefused(msg)
+        return envelope(command, self._secret, now)
+
+    @property
+    def can_sign(self) -> bool:
+        """True when a command secret is configured."""
+        return self._secret is not None
 
     def handle_command(self, raw: bytes | str, now: float | None = None) -> dict[str, Any]:
         """Verify and execute a signed command; the reply says what happened or why not."""

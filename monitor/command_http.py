@@ -1,0 +1,58 @@
+"""The HTTP door for signed commands: what a phone's notification button calls.
+
+ntfy's `http` action sends a request from the phone straight to a URL (ntfy docs, "Action
+buttons"), so the daemon listens on `notify.command_listen` (put it behind your reverse
+proxy or VPN) and accepts `POST /command?token=<base64url envelope>` or a raw envelope as
+the request body. The token is verified exactly like an MQTT command (HMAC, expiry, replay),
+so reaching this port is no more enough than reaching the broker.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+__all__ = ["command_app", "decode_token", "serve_commands"]
+
+log = structlog.get_logger("monitor.command_http")
+
+
+def decode_token(token: str) -> bytes:
+    """The envelope bytes of a base64url token (padding optional)."""
+    padded = token + "=" * (-len(token) % 4)
+    return base64.urlsafe_b64decode(padded.encode())
+
+
+def command_app(handler: Callable[[bytes], Mapping[str, Any]]) -> web.Application:
+    """An aiohttp app with `POST /command` calling `handler` (the pipeline's handle_command)."""
+
+    async def command(request: web.Request) -> web.Response:
+        token = request.query.get("token")
+        try:
+            raw = decode_token(token) if token else await request.read()
+        except (binascii.Error, ValueError):
+            return web.json_response({"ok": False, "error": "token is not base64url"}, status=400)
+        reply = handler(raw)
+        return web.json_response(dict(reply), status=200 if reply.get("ok") else 403)
+
+    app = web.Application(client_max_size=16 * 1024)
+    app.router.add_post("/command", command)
+    return app
+
+
+async def serve_commands(
+    handler: Callable[[bytes], Mapping[str, Any]], listen: str
+) -> web.AppRunner:
+    """Start listening on `host:port`; returns the runner (call `cleanup()` to stop)."""
+    host, _, port = listen.rpartition(":")
+    runner = web.AppRunner(command_app(handler), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host or "127.0.0.1", int(port))
+    await site.start()
+    log.info("commands.listening", listen=listen)
+    return runner
