@@ -133,7 +133,7 @@ class ConsoleSink:
             log.info(
                 "account summary",
                 account=account,
-                level=view.level,
+                alert_level=view.level,
                 margin_ratio=_num(r.margin_ratio),
                 margin_balance=round(r.margin_balance, 2),
                 free_collateral=round(r.free_collateral, 2),

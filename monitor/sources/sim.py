@@ -89,19 +89,19 @@ DEMO_BOOK = SimBook(
             "BTC/USDT:USDT", 64000.0, 1.0,
             (Tier(50_000, 0.004, 0), Tier(250_000, 0.005, 50),
              Tier(1_000_000, 0.01, 1_300), Tier(10_000_000, 0.025, 16_300)),
-            leverage=10, amount_step=0.001, min_amount=0.001,
+            leverage=20, amount_step=0.001, min_amount=0.001,
         ),
         SimMarket(
             "ETH/USDT:USDT", 3400.0, 1.2,
             (Tier(10_000, 0.005, 0), Tier(100_000, 0.0065, 15),
              Tier(500_000, 0.01, 365), Tier(5_000_000, 0.02, 5_365)),
-            leverage=10, amount_step=0.01, min_amount=0.01,
+            leverage=20, amount_step=0.01, min_amount=0.01,
         ),
         SimMarket(
             "SOL/USDT:USDT", 140.0, 1.6,
             (Tier(5_000, 0.01, 0), Tier(50_000, 0.015, 25),
              Tier(250_000, 0.025, 525), Tier(2_000_000, 0.05, 6_775)),
-            leverage=5, amount_step=0.1, min_amount=0.1,
+            leverage=10, amount_step=0.1, min_amount=0.1,
         ),
     ),
     positions=(
