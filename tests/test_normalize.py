@@ -174,6 +174,8 @@ class TestDeribit:
         assert position.inverse
         assert position.settle == "BTC"
         assert position.maintenance_margin == pytest.approx(0.002)
+        # `size` is USD: the position is worth size_currency (0.2 BTC) at the entry price.
+        assert position.settle_notional(50_000.0) == pytest.approx(0.2)
 
 
 class TestTiers:

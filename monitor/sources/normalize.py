@@ -112,6 +112,13 @@ def _hedge_side_both(row: Json, where: str) -> str:
     return "long" if amount > 0 else "short"
 
 
+def _deribit_usd_size(contracts: float, contract_size: float) -> float:
+    """Deribit futures: `size` (ccxt `contracts`) is in USD, signed ("Position size for
+    futures size in quote currency", get_positions docs), while the market's contract size
+    is 10 USD (BTC) or 1 USD (ETH); the count of contracts is |size| / contract size."""
+    return abs(contracts) / contract_size
+
+
 def _deribit_percent_units(rate: float | None) -> float | None:
     """Deribit: ccxt's margin percentages are × 100 (percent units), unlike the fractions
     of Binance/OKX/Bybit (notes/margin-math.md §6.6)."""
@@ -183,6 +190,8 @@ def _position(
     side = row.get("side")
     if venue == "dydx":
         contracts, side = _dydx_signed_contracts(contracts, side)
+    if venue == "deribit":
+        contracts = abs(contracts)  # signed USD size; the side is ccxt's `direction`
     if contracts == 0:
         return None  # a closed position (Binance reports them with positionAmt 0)
     if contracts < 0:
@@ -204,6 +213,8 @@ def _position(
         size = float(market.get("contractSize") or 1.0)
     if size <= 0:
         raise MalformedPayload(f"{where}: contractSize {size} is not positive")
+    if venue == "deribit" and market.get("inverse"):
+        contracts = _deribit_usd_size(contracts, size)
     mode = _margin_mode(venue, row, where)
     inverse = bool(market.get("inverse"))
     settle = market.get("settle") or (market.get("base") if inverse else market.get("quote"))
