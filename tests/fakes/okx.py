@@ -1,0 +1,206 @@
+"""Fake OKX v5 (ccxt id `okx`): USDT-margined swaps of a cross-margin account, REST only.
+
+Shapes follow OKX's published v5 API docs (www.okx.com/docs-v5): `GET
+/api/v5/public/instruments`, `/api/v5/public/position-tiers`, `/api/v5/public/time`,
+`/api/v5/asset/currencies`, `/api/v5/account/positions`, `/api/v5/account/balance`,
+`/api/v5/account/config`, `/api/v5/market/ticker`. Envelope `{"code": "0", "data": [...]}`;
+a bad key is code 50111.
+
+Figures follow OKX's documented rules (notes/margin-math.md §3.1): contracts × ctVal ×
+mark is the notional, one tier rate for the whole position (no deduction), adjusted
+equity = cash balance + UPL (USDT only, discount 1), `mgnRatio` = adjEq / MM.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from tests.fakes.base import FakeVenue, Handler, json_response, rewrite_urls
+
+API_KEY = "fake-okx-key"
+SECRET = "fake-okx-secret"
+PASSWORD = "fake-okx-passphrase"
+
+#: instId -> (contract value in base coin, tiers as (max contracts, mmr, max leverage)).
+INSTRUMENTS: dict[str, tuple[float, list[tuple[float, float, float]]]] = {
+    "BTC-USDT-SWAP": (0.01, [(1_000, 0.004, 100), (5_000, 0.006, 75), (20_000, 0.01, 50)]),
+    "ETH-USDT-SWAP": (0.1, [(5_000, 0.005, 100), (20_000, 0.008, 50)]),
+}
+
+
+@dataclass
+class OkxAccount:
+    """Cash balance, signed net positions in contracts, marks."""
+
+    cash: float = 5_000.0
+    positions: dict[str, tuple[float, float]] = field(
+        default_factory=lambda: {"BTC-USDT-SWAP": (50.0, 58_000.0), "ETH-USDT-SWAP": (-120.0, 3_100.0)}
+    )
+    marks: dict[str, float] = field(
+        default_factory=lambda: {"BTC-USDT-SWAP": 60_000.0, "ETH-USDT-SWAP": 3_000.0}
+    )
+    perm: str = "read_only,trade"
+
+    def figures(self, inst: str) -> dict[str, float]:
+        ct_val, tiers = INSTRUMENTS[inst]
+        pos, entry = self.positions[inst]
+        mark = self.marks[inst]
+        mmr = next((r for cap, r, _ in tiers if abs(pos) <= cap), tiers[-1][1])
+        notional = abs(pos) * ct_val * mark
+        return {
+            "notional": notional,
+            "upl": pos * ct_val * (mark - entry),
+            "mmr": notional * mmr,
+            "imr": notional / 10,
+        }
+
+    def totals(self) -> dict[str, float]:
+        rows = [self.figures(i) for i in self.positions]
+        upl = sum(r["upl"] for r in rows)
+        mm = sum(r["mmr"] for r in rows)
+        adj = self.cash + upl
+        return {"upl": upl, "mm": mm, "imr": sum(r["imr"] for r in rows), "adj_eq": adj,
+                "mgn_ratio": adj / mm}
+
+
+def ok(data: list[Any]) -> web.Response:
+    return json_response({"code": "0", "msg": "", "data": data})
+
+
+def _ms() -> str:
+    return str(int(time.time() * 1000))
+
+
+class FakeOkx(FakeVenue):
+    """OKX: markets, tiers, positions, balance, account config."""
+
+    venue = "okx"
+
+    def __init__(self, account: OkxAccount | None = None) -> None:
+        self.account = account or OkxAccount()
+        super().__init__()
+
+    def rest_routes(self) -> dict[tuple[str, str], Handler]:
+        return {
+            ("GET", "/api/v5/public/instruments"): self.instruments,
+            ("GET", "/api/v5/public/position-tiers"): self.position_tiers,
+            ("GET", "/api/v5/public/time"): self.server_time,
+            ("GET", "/api/v5/market/ticker"): self.ticker,
+            ("GET", "/api/v5/asset/currencies"): self.private(self.currencies),
+            ("GET", "/api/v5/account/positions"): self.private(self.positions),
+            ("GET", "/api/v5/account/balance"): self.private(self.balance),
+            ("GET", "/api/v5/account/config"): self.private(self.config),
+        }
+
+    def ccxt_config(self) -> dict[str, Any]:
+        import ccxt.pro
+
+        urls = rewrite_urls(ccxt.pro.okx().urls["api"], self.http, self.ws)
+        return {
+            "urls": {"api": urls},
+            "options": {"fetchMarkets": {"types": ["swap"]}},
+            "password": PASSWORD,
+            "enableRateLimit": False,
+        }
+
+    def private(self, handler: Handler) -> Handler:
+        async def checked(request: web.Request) -> web.StreamResponse:
+            if request.headers.get("OK-ACCESS-KEY") != API_KEY:
+                return json_response({"code": "50111", "msg": "Invalid OK-ACCESS-KEY", "data": []},
+                                     status=401)
+            return await handler(request)
+
+        return checked
+
+    async def server_time(self, request: web.Request) -> web.Response:
+        return ok([{"ts": _ms()}])
+
+    async def instruments(self, request: web.Request) -> web.Response:
+        if request.query.get("instType") != "SWAP":
+            return ok([])
+        rows = []
+        for inst, (ct_val, tiers) in INSTRUMENTS.items():
+            base = inst.split("-")[0]
+            rows.append({
+                "alias": "", "baseCcy": "", "category": "1", "ctMult": "1", "ctType": "linear",
+                "ctVal": repr(ct_val), "ctValCcy": base, "expTime": "", "instFamily": f"{base}-USDT",
+                "instId": inst, "instType": "SWAP", "lever": repr(tiers[0][2]), "listTime": "1611916828000",
+                "lotSz": "1", "maxLmtSz": "100000000", "maxMktSz": "10000", "minSz": "1",
+                "optType": "", "quoteCcy": "", "settleCcy": "USDT", "state": "live", "stk": "",
+                "tickSz": "0.1", "uly": f"{base}-USDT",
+            })
+        return ok(rows)
+
+    async def position_tiers(self, request: web.Request) -> web.Response:
+        family = request.query.get("instFamily") or request.query.get("uly") or ""
+        rows = []
+        for inst, (_, tiers) in INSTRUMENTS.items():
+            if family and not inst.startswith(family):
+                continue
+            floor = 0.0
+            for i, (cap, mmr, lev) in enumerate(tiers, start=1):
+                rows.append({
+                    "baseMaxLoan": "", "imr": repr(1 / lev), "instId": inst,
+                    "instFamily": inst.removesuffix("-SWAP"), "maxLever": repr(lev),
+                    "maxSz": repr(cap), "minSz": repr(floor), "mmr": repr(mmr),
+                    "optMgnFactor": "0", "quoteMaxLoan": "", "tier": str(i),
+                    "uly": inst.removesuffix("-SWAP"),
+                })
+                floor = cap
+        return ok(rows)
+
+    async def ticker(self, request: web.Request) -> web.Response:
+        inst = request.query.get("instId", "")
+        mark = self.account.marks[inst]
+        return ok([{"instType": "SWAP", "instId": inst, "last": repr(mark), "lastSz": "1",
+                    "askPx": repr(mark), "askSz": "1", "bidPx": repr(mark), "bidSz": "1",
+                    "open24h": repr(mark), "high24h": repr(mark), "low24h": repr(mark),
+                    "volCcy24h": "1", "vol24h": "1", "ts": _ms(), "sodUtc0": repr(mark),
+                    "sodUtc8": repr(mark)}])
+
+    async def currencies(self, request: web.Request) -> web.Response:
+        return ok([{"canDep": True, "canInternal": True, "canWd": True, "ccy": "USDT",
+                    "chain": "USDT-ERC20", "depQuotaFixed": "", "logoLink": "", "mainNet": False,
+                    "maxFee": "10", "maxWd": "1000000", "minDep": "1", "minFee": "1",
+                    "minWd": "2", "name": "Tether", "usedWdQuota": "0", "wdQuota": "5000000",
+                    "wdTickSz": "4"}])
+
+    async def positions(self, request: web.Request) -> web.Response:
+        rows = []
+        for inst, (pos, entry) in self.account.positions.items():
+            f = self.account.figures(inst)
+            rows.append({
+                "adl": "1", "availPos": "", "avgPx": repr(entry), "cTime": _ms(), "ccy": "USDT",
+                "imr": repr(f["imr"]), "instId": inst, "instType": "SWAP", "interest": "0",
+                "last": repr(self.account.marks[inst]), "lever": "10", "liab": "", "liabCcy": "",
+                "liqPx": "", "markPx": repr(self.account.marks[inst]), "margin": "",
+                "mgnMode": "cross", "mgnRatio": "", "mmr": repr(f["mmr"]),
+                "notionalUsd": repr(f["notional"]), "optVal": "", "pos": repr(pos), "posCcy": "",
+                "posId": str(abs(hash(inst)) % 10**9), "posSide": "net", "tradeId": "1",
+                "uTime": _ms(), "upl": repr(f["upl"]), "uplRatio": "0",
+            })
+        return ok(rows)
+
+    async def balance(self, request: web.Request) -> web.Response:
+        t = self.account.totals()
+        eq = self.account.cash + t["upl"]
+        detail = {"availBal": repr(eq - t["imr"]), "availEq": repr(eq - t["imr"]),
+                  "cashBal": repr(self.account.cash), "ccy": "USDT", "crossLiab": "0",
+                  "disEq": repr(eq), "eq": repr(eq), "eqUsd": repr(eq), "frozenBal": repr(t["imr"]),
+                  "interest": "0", "isoEq": "0", "isoLiab": "0", "liab": "0", "maxLoan": "",
+                  "mgnRatio": "", "notionalLever": "", "ordFrozen": "0", "twap": "0",
+                  "uTime": _ms(), "upl": repr(t["upl"]), "uplLiab": "0"}
+        return ok([{"adjEq": repr(t["adj_eq"]), "imr": repr(t["imr"]), "isoEq": "0",
+                    "mgnRatio": repr(t["mgn_ratio"]), "mmr": repr(t["mm"]),
+                    "notionalUsd": repr(sum(self.account.figures(i)["notional"]
+                                            for i in self.account.positions)),
+                    "ordFroz": "0", "totalEq": repr(eq), "uTime": _ms(), "details": [detail]}])
+
+    async def config(self, request: web.Request) -> web.Response:
+        return ok([{"acctLv": "2", "autoLoan": False, "ctIsoMode": "automatic",
+                    "greeksType": "PA", "level": "Lv1", "levelTmp": "", "mgnIsoMode": "automatic",
+                    "posMode": "net_mode", "uid": "1", "perm": self.account.perm}])
