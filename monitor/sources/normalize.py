@@ -141,7 +141,22 @@ def _venue_maintenance_margin(venue: str, row: Json, where: str) -> float | None
         return _info_number(row, "maintMargin", where)
     if venue == "hyperliquid":
         return None  # ccxt sets None; computed from the market's max leverage (below)
+    if venue == "bitget":
+        return _bitget_keep_margin(row, where)
     return _number(row, "maintenanceMargin", where, required=False)
+
+
+def _bitget_keep_margin(row: Json, where: str) -> float | None:
+    """Bitget: MM = position value × `keepMarginRate` (v2 all-position docs); ccxt's
+    `maintenanceMargin` adds the taker fee to the rate (closing cost), which Bitget's
+    account risk rate does not count."""
+    rate = _info_number(row, "keepMarginRate", where)
+    contracts = _number(row, "contracts", where, required=False)
+    size = _number(row, "contractSize", where, required=False) or 1.0
+    mark = _number(row, "markPrice", where, required=False)
+    if rate is None or contracts is None or mark is None:
+        return None
+    return abs(contracts) * size * mark * rate
 
 
 def _hyperliquid_mmr(market: Json) -> float | None:

@@ -38,7 +38,10 @@ class OkxAccount:
 
     cash: float = 5_000.0
     positions: dict[str, tuple[float, float]] = field(
-        default_factory=lambda: {"BTC-USDT-SWAP": (50.0, 58_000.0), "ETH-USDT-SWAP": (-120.0, 3_100.0)}
+        default_factory=lambda: {
+            "BTC-USDT-SWAP": (50.0, 58_000.0),
+            "ETH-USDT-SWAP": (-120.0, 3_100.0),
+        }
     )
     marks: dict[str, float] = field(
         default_factory=lambda: {"BTC-USDT-SWAP": 60_000.0, "ETH-USDT-SWAP": 3_000.0}
@@ -63,8 +66,13 @@ class OkxAccount:
         upl = sum(r["upl"] for r in rows)
         mm = sum(r["mmr"] for r in rows)
         adj = self.cash + upl
-        return {"upl": upl, "mm": mm, "imr": sum(r["imr"] for r in rows), "adj_eq": adj,
-                "mgn_ratio": adj / mm}
+        return {
+            "upl": upl,
+            "mm": mm,
+            "imr": sum(r["imr"] for r in rows),
+            "adj_eq": adj,
+            "mgn_ratio": adj / mm,
+        }
 
 
 def ok(data: list[Any]) -> web.Response:
@@ -110,8 +118,9 @@ class FakeOkx(FakeVenue):
     def private(self, handler: Handler) -> Handler:
         async def checked(request: web.Request) -> web.StreamResponse:
             if request.headers.get("OK-ACCESS-KEY") != API_KEY:
-                return json_response({"code": "50111", "msg": "Invalid OK-ACCESS-KEY", "data": []},
-                                     status=401)
+                return json_response(
+                    {"code": "50111", "msg": "Invalid OK-ACCESS-KEY", "data": []}, status=401
+                )
             return await handler(request)
 
         return checked
@@ -125,14 +134,34 @@ class FakeOkx(FakeVenue):
         rows = []
         for inst, (ct_val, tiers) in INSTRUMENTS.items():
             base = inst.split("-")[0]
-            rows.append({
-                "alias": "", "baseCcy": "", "category": "1", "ctMult": "1", "ctType": "linear",
-                "ctVal": repr(ct_val), "ctValCcy": base, "expTime": "", "instFamily": f"{base}-USDT",
-                "instId": inst, "instType": "SWAP", "lever": repr(tiers[0][2]), "listTime": "1611916828000",
-                "lotSz": "1", "maxLmtSz": "100000000", "maxMktSz": "10000", "minSz": "1",
-                "optType": "", "quoteCcy": "", "settleCcy": "USDT", "state": "live", "stk": "",
-                "tickSz": "0.1", "uly": f"{base}-USDT",
-            })
+            rows.append(
+                {
+                    "alias": "",
+                    "baseCcy": "",
+                    "category": "1",
+                    "ctMult": "1",
+                    "ctType": "linear",
+                    "ctVal": repr(ct_val),
+                    "ctValCcy": base,
+                    "expTime": "",
+                    "instFamily": f"{base}-USDT",
+                    "instId": inst,
+                    "instType": "SWAP",
+                    "lever": repr(tiers[0][2]),
+                    "listTime": "1611916828000",
+                    "lotSz": "1",
+                    "maxLmtSz": "100000000",
+                    "maxMktSz": "10000",
+                    "minSz": "1",
+                    "optType": "",
+                    "quoteCcy": "",
+                    "settleCcy": "USDT",
+                    "state": "live",
+                    "stk": "",
+                    "tickSz": "0.1",
+                    "uly": f"{base}-USDT",
+                }
+            )
         return ok(rows)
 
     async def position_tiers(self, request: web.Request) -> web.Response:
@@ -143,64 +172,174 @@ class FakeOkx(FakeVenue):
                 continue
             floor = 0.0
             for i, (cap, mmr, lev) in enumerate(tiers, start=1):
-                rows.append({
-                    "baseMaxLoan": "", "imr": repr(1 / lev), "instId": inst,
-                    "instFamily": inst.removesuffix("-SWAP"), "maxLever": repr(lev),
-                    "maxSz": repr(cap), "minSz": repr(floor), "mmr": repr(mmr),
-                    "optMgnFactor": "0", "quoteMaxLoan": "", "tier": str(i),
-                    "uly": inst.removesuffix("-SWAP"),
-                })
+                rows.append(
+                    {
+                        "baseMaxLoan": "",
+                        "imr": repr(1 / lev),
+                        "instId": inst,
+                        "instFamily": inst.removesuffix("-SWAP"),
+                        "maxLever": repr(lev),
+                        "maxSz": repr(cap),
+                        "minSz": repr(floor),
+                        "mmr": repr(mmr),
+                        "optMgnFactor": "0",
+                        "quoteMaxLoan": "",
+                        "tier": str(i),
+                        "uly": inst.removesuffix("-SWAP"),
+                    }
+                )
                 floor = cap
         return ok(rows)
 
     async def ticker(self, request: web.Request) -> web.Response:
         inst = request.query.get("instId", "")
         mark = self.account.marks[inst]
-        return ok([{"instType": "SWAP", "instId": inst, "last": repr(mark), "lastSz": "1",
-                    "askPx": repr(mark), "askSz": "1", "bidPx": repr(mark), "bidSz": "1",
-                    "open24h": repr(mark), "high24h": repr(mark), "low24h": repr(mark),
-                    "volCcy24h": "1", "vol24h": "1", "ts": _ms(), "sodUtc0": repr(mark),
-                    "sodUtc8": repr(mark)}])
+        return ok(
+            [
+                {
+                    "instType": "SWAP",
+                    "instId": inst,
+                    "last": repr(mark),
+                    "lastSz": "1",
+                    "askPx": repr(mark),
+                    "askSz": "1",
+                    "bidPx": repr(mark),
+                    "bidSz": "1",
+                    "open24h": repr(mark),
+                    "high24h": repr(mark),
+                    "low24h": repr(mark),
+                    "volCcy24h": "1",
+                    "vol24h": "1",
+                    "ts": _ms(),
+                    "sodUtc0": repr(mark),
+                    "sodUtc8": repr(mark),
+                }
+            ]
+        )
 
     async def currencies(self, request: web.Request) -> web.Response:
-        return ok([{"canDep": True, "canInternal": True, "canWd": True, "ccy": "USDT",
-                    "chain": "USDT-ERC20", "depQuotaFixed": "", "logoLink": "", "mainNet": False,
-                    "maxFee": "10", "maxWd": "1000000", "minDep": "1", "minFee": "1",
-                    "minWd": "2", "name": "Tether", "usedWdQuota": "0", "wdQuota": "5000000",
-                    "wdTickSz": "4"}])
+        return ok(
+            [
+                {
+                    "canDep": True,
+                    "canInternal": True,
+                    "canWd": True,
+                    "ccy": "USDT",
+                    "chain": "USDT-ERC20",
+                    "depQuotaFixed": "",
+                    "logoLink": "",
+                    "mainNet": False,
+                    "maxFee": "10",
+                    "maxWd": "1000000",
+                    "minDep": "1",
+                    "minFee": "1",
+                    "minWd": "2",
+                    "name": "Tether",
+                    "usedWdQuota": "0",
+                    "wdQuota": "5000000",
+                    "wdTickSz": "4",
+                }
+            ]
+        )
 
     async def positions(self, request: web.Request) -> web.Response:
         rows = []
         for inst, (pos, entry) in self.account.positions.items():
             f = self.account.figures(inst)
-            rows.append({
-                "adl": "1", "availPos": "", "avgPx": repr(entry), "cTime": _ms(), "ccy": "USDT",
-                "imr": repr(f["imr"]), "instId": inst, "instType": "SWAP", "interest": "0",
-                "last": repr(self.account.marks[inst]), "lever": "10", "liab": "", "liabCcy": "",
-                "liqPx": "", "markPx": repr(self.account.marks[inst]), "margin": "",
-                "mgnMode": "cross", "mgnRatio": "", "mmr": repr(f["mmr"]),
-                "notionalUsd": repr(f["notional"]), "optVal": "", "pos": repr(pos), "posCcy": "",
-                "posId": str(abs(hash(inst)) % 10**9), "posSide": "net", "tradeId": "1",
-                "uTime": _ms(), "upl": repr(f["upl"]), "uplRatio": "0",
-            })
+            rows.append(
+                {
+                    "adl": "1",
+                    "availPos": "",
+                    "avgPx": repr(entry),
+                    "cTime": _ms(),
+                    "ccy": "USDT",
+                    "imr": repr(f["imr"]),
+                    "instId": inst,
+                    "instType": "SWAP",
+                    "interest": "0",
+                    "last": repr(self.account.marks[inst]),
+                    "lever": "10",
+                    "liab": "",
+                    "liabCcy": "",
+                    "liqPx": "",
+                    "markPx": repr(self.account.marks[inst]),
+                    "margin": "",
+                    "mgnMode": "cross",
+                    "mgnRatio": "",
+                    "mmr": repr(f["mmr"]),
+                    "notionalUsd": repr(f["notional"]),
+                    "optVal": "",
+                    "pos": repr(pos),
+                    "posCcy": "",
+                    "posId": str(abs(hash(inst)) % 10**9),
+                    "posSide": "net",
+                    "tradeId": "1",
+                    "uTime": _ms(),
+                    "upl": repr(f["upl"]),
+                    "uplRatio": "0",
+                }
+            )
         return ok(rows)
 
     async def balance(self, request: web.Request) -> web.Response:
         t = self.account.totals()
         eq = self.account.cash + t["upl"]
-        detail = {"availBal": repr(eq - t["imr"]), "availEq": repr(eq - t["imr"]),
-                  "cashBal": repr(self.account.cash), "ccy": "USDT", "crossLiab": "0",
-                  "disEq": repr(eq), "eq": repr(eq), "eqUsd": repr(eq), "frozenBal": repr(t["imr"]),
-                  "interest": "0", "isoEq": "0", "isoLiab": "0", "liab": "0", "maxLoan": "",
-                  "mgnRatio": "", "notionalLever": "", "ordFrozen": "0", "twap": "0",
-                  "uTime": _ms(), "upl": repr(t["upl"]), "uplLiab": "0"}
-        return ok([{"adjEq": repr(t["adj_eq"]), "imr": repr(t["imr"]), "isoEq": "0",
-                    "mgnRatio": repr(t["mgn_ratio"]), "mmr": repr(t["mm"]),
-                    "notionalUsd": repr(sum(self.account.figures(i)["notional"]
-                                            for i in self.account.positions)),
-                    "ordFroz": "0", "totalEq": repr(eq), "uTime": _ms(), "details": [detail]}])
+        detail = {
+            "availBal": repr(eq - t["imr"]),
+            "availEq": repr(eq - t["imr"]),
+            "cashBal": repr(self.account.cash),
+            "ccy": "USDT",
+            "crossLiab": "0",
+            "disEq": repr(eq),
+            "eq": repr(eq),
+            "eqUsd": repr(eq),
+            "frozenBal": repr(t["imr"]),
+            "interest": "0",
+            "isoEq": "0",
+            "isoLiab": "0",
+            "liab": "0",
+            "maxLoan": "",
+            "mgnRatio": "",
+            "notionalLever": "",
+            "ordFrozen": "0",
+            "twap": "0",
+            "uTime": _ms(),
+            "upl": repr(t["upl"]),
+            "uplLiab": "0",
+        }
+        return ok(
+            [
+                {
+                    "adjEq": repr(t["adj_eq"]),
+                    "imr": repr(t["imr"]),
+                    "isoEq": "0",
+                    "mgnRatio": repr(t["mgn_ratio"]),
+                    "mmr": repr(t["mm"]),
+                    "notionalUsd": repr(
+                        sum(self.account.figures(i)["notional"] for i in self.account.positions)
+                    ),
+                    "ordFroz": "0",
+                    "totalEq": repr(eq),
+                    "uTime": _ms(),
+                    "details": [detail],
+                }
+            ]
+        )
 
     async def config(self, request: web.Request) -> web.Response:
-        return ok([{"acctLv": "2", "autoLoan": False, "ctIsoMode": "automatic",
-                    "greeksType": "PA", "level": "Lv1", "levelTmp": "", "mgnIsoMode": "automatic",
-                    "posMode": "net_mode", "uid": "1", "perm": self.account.perm}])
+        return ok(
+            [
+                {
+                    "acctLv": "2",
+                    "autoLoan": False,
+                    "ctIsoMode": "automatic",
+                    "greeksType": "PA",
+                    "level": "Lv1",
+                    "levelTmp": "",
+                    "mgnIsoMode": "automatic",
+                    "posMode": "net_mode",
+                    "uid": "1",
+                    "perm": self.account.perm,
+                }
+            ]
+        )

@@ -1,0 +1,297 @@
+"""Fake Bitget v2 mix (ccxt id `bitget`): USDT-M perpetuals of a classic account, REST only.
+
+Shapes follow Bitget's published v2 API docs (www.bitget.com/api-doc/contract):
+`GET /api/v2/mix/market/contracts`, `/api/v2/spot/public/coins`,
+`/api/v2/mix/market/query-position-lever`, `/api/v2/mix/market/ticker`,
+`/api/v2/mix/position/all-position`, `/api/v2/mix/account/accounts`. Envelope
+`{"code": "00000", "data": ...}`; a bad key is HTTP 400 code 40006.
+
+Figures: position MM = notional × keepMarginRate of its tier; `crossedRiskRate` =
+Σ MM / account equity, equity = wallet + unrealised PnL.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from tests.fakes.base import FakeVenue, Handler, json_response, rewrite_urls
+
+API_KEY = "fake-bitget-key"
+SECRET = "fake-bitget-secret"
+PASSWORD = "fake-bitget-passphrase"
+
+#: symbol -> tiers (end notional, keepMarginRate, leverage).
+TIERS = {
+    "BTCUSDT": [(150_000, 0.004, 125), (600_000, 0.005, 100), (1_500_000, 0.01, 50)],
+    "ETHUSDT": [(100_000, 0.005, 100), (500_000, 0.0065, 75)],
+}
+
+
+@dataclass
+class BitgetAccount:
+    wallet: float = 8_000.0
+    #: symbol -> (holdSide, size in base coin, average open price)
+    positions: dict[str, tuple[str, float, float]] = field(
+        default_factory=lambda: {
+            "BTCUSDT": ("long", 0.4, 58_000.0),
+            "ETHUSDT": ("short", 6.0, 3_100.0),
+        }
+    )
+    marks: dict[str, float] = field(
+        default_factory=lambda: {"BTCUSDT": 60_000.0, "ETHUSDT": 3_000.0}
+    )
+
+    def figures(self, symbol: str) -> dict[str, float]:
+        side, size, entry = self.positions[symbol]
+        mark = self.marks[symbol]
+        notional = size * mark
+        rate = next((r for cap, r, _ in TIERS[symbol] if notional <= cap), TIERS[symbol][-1][1])
+        sign = 1 if side == "long" else -1
+        return {
+            "notional": notional,
+            "rate": rate,
+            "mm": notional * rate,
+            "upnl": sign * size * (mark - entry),
+            "im": notional / 20,
+        }
+
+    def totals(self) -> dict[str, float]:
+        rows = [self.figures(s) for s in self.positions]
+        upnl = sum(r["upnl"] for r in rows)
+        mm = sum(r["mm"] for r in rows)
+        equity = self.wallet + upnl
+        return {
+            "upnl": upnl,
+            "mm": mm,
+            "equity": equity,
+            "risk_rate": mm / equity,
+            "im": sum(r["im"] for r in rows),
+        }
+
+
+def ok(data: Any) -> web.Response:
+    return json_response(
+        {"code": "00000", "msg": "success", "requestTime": int(time.time() * 1000), "data": data}
+    )
+
+
+class FakeBitget(FakeVenue):
+    venue = "bitget"
+
+    def __init__(self, account: BitgetAccount | None = None) -> None:
+        self.account = account or BitgetAccount()
+        super().__init__()
+
+    def rest_routes(self) -> dict[tuple[str, str], Handler]:
+        return {
+            ("GET", "/api/v2/mix/market/contracts"): self.contracts,
+            ("GET", "/api/v2/spot/public/coins"): self.coins,
+            ("GET", "/api/v2/mix/market/query-position-lever"): self.tiers,
+            ("GET", "/api/v2/mix/market/ticker"): self.ticker,
+            ("GET", "/api/v2/mix/position/all-position"): self.private(self.all_position),
+            ("GET", "/api/v2/mix/account/accounts"): self.private(self.accounts),
+            ("GET", "/api/v3/account/settings"): self.private(self.classic_account),
+        }
+
+    def ccxt_config(self) -> dict[str, Any]:
+        import ccxt.pro
+
+        urls = rewrite_urls(ccxt.pro.bitget().urls["api"], self.http, self.ws)
+        return {
+            "urls": {"api": urls},
+            "options": {"fetchMarkets": {"types": ["swap"]}, "defaultType": "swap"},
+            "password": PASSWORD,
+            "enableRateLimit": False,
+        }
+
+    def private(self, handler: Handler) -> Handler:
+        async def checked(request: web.Request) -> web.StreamResponse:
+            if request.headers.get("ACCESS-KEY") != API_KEY:
+                return json_response(
+                    {"code": "40006", "msg": "Invalid ACCESS_KEY", "requestTime": 0, "data": None},
+                    status=400,
+                )
+            return await handler(request)
+
+        return checked
+
+    async def classic_account(self, request: web.Request) -> web.Response:
+        """A classic (non-UTA) account: ccxt probes this path to pick the v2 mix API."""
+        return json_response(
+            {
+                "code": "40084",
+                "msg": "Classic account mode does not support this endpoint",
+                "requestTime": 0,
+                "data": None,
+            },
+            status=400,
+        )
+
+    async def contracts(self, request: web.Request) -> web.Response:
+        if request.query.get("productType") != "USDT-FUTURES":
+            return ok([])
+        rows = [
+            {
+                "symbol": s,
+                "baseCoin": s.removesuffix("USDT"),
+                "quoteCoin": "USDT",
+                "buyLimitPriceRatio": "0.9",
+                "sellLimitPriceRatio": "0.9",
+                "feeRateUpRatio": "0.1",
+                "makerFeeRate": "0.0002",
+                "takerFeeRate": "0.0006",
+                "openCostUpRatio": "0.1",
+                "supportMarginCoins": ["USDT"],
+                "minTradeNum": "0.001",
+                "priceEndStep": "1",
+                "volumePlace": "3",
+                "pricePlace": "1",
+                "sizeMultiplier": "0.001",
+                "symbolType": "perpetual",
+                "minTradeUSDT": "5",
+                "maxSymbolOrderNum": "200",
+                "maxProductOrderNum": "400",
+                "maxPositionNum": "150",
+                "symbolStatus": "normal",
+                "offTime": "-1",
+                "limitOpenTime": "-1",
+                "deliveryTime": "",
+                "deliveryStartTime": "",
+                "deliveryPeriod": "",
+                "launchTime": "",
+                "fundInterval": "8",
+                "minLever": "1",
+                "maxLever": "125",
+                "posLimit": "0.05",
+                "maintainTime": "",
+            }
+            for s in self.account.marks
+        ]
+        return ok(rows)
+
+    async def coins(self, request: web.Request) -> web.Response:
+        chain = {
+            "chain": "ERC20",
+            "needTag": "false",
+            "withdrawable": "true",
+            "rechargeable": "true",
+            "withdrawFee": "1",
+            "extraWithdrawFee": "0",
+            "depositConfirm": "12",
+            "withdrawConfirm": "12",
+            "minDepositAmount": "1",
+            "minWithdrawAmount": "10",
+            "browserUrl": "",
+            "contractAddress": "",
+            "withdrawStep": "0",
+            "withdrawMinScale": "4",
+            "congestion": "normal",
+        }
+        return ok([{"coinId": "2", "coin": "USDT", "transfer": "true", "chains": [chain]}])
+
+    async def tiers(self, request: web.Request) -> web.Response:
+        symbol = request.query.get("symbol", "")
+        rows, start = [], 0.0
+        for level, (end, rate, lev) in enumerate(TIERS.get(symbol, []), start=1):
+            rows.append(
+                {
+                    "symbol": symbol,
+                    "level": str(level),
+                    "startUnit": repr(start),
+                    "endUnit": repr(float(end)),
+                    "leverage": str(lev),
+                    "keepMarginRate": repr(rate),
+                }
+            )
+            start = float(end)
+        return ok(rows)
+
+    async def ticker(self, request: web.Request) -> web.Response:
+        symbol = request.query.get("symbol", "")
+        mark = self.account.marks[symbol]
+        return ok(
+            [
+                {
+                    "symbol": symbol,
+                    "lastPr": repr(mark),
+                    "askPr": repr(mark),
+                    "bidPr": repr(mark),
+                    "bidSz": "1",
+                    "askSz": "1",
+                    "high24h": repr(mark),
+                    "low24h": repr(mark),
+                    "ts": str(int(time.time() * 1000)),
+                    "change24h": "0",
+                    "baseVolume": "1",
+                    "quoteVolume": "1",
+                    "usdtVolume": "1",
+                    "openUtc": repr(mark),
+                    "changeUtc24h": "0",
+                    "indexPrice": repr(mark),
+                    "fundingRate": "0.0001",
+                    "holdingAmount": "1",
+                    "deliveryStartTime": None,
+                    "deliveryTime": None,
+                    "deliveryStatus": "",
+                    "open24h": repr(mark),
+                    "markPrice": repr(mark),
+                }
+            ]
+        )
+
+    async def all_position(self, request: web.Request) -> web.Response:
+        rows = []
+        for symbol, (side, size, entry) in self.account.positions.items():
+            f = self.account.figures(symbol)
+            rows.append(
+                {
+                    "marginCoin": "USDT",
+                    "symbol": symbol,
+                    "holdSide": side,
+                    "openDelegateSize": "0",
+                    "marginSize": repr(f["im"]),
+                    "available": repr(size),
+                    "locked": "0",
+                    "total": repr(size),
+                    "leverage": "20",
+                    "achievedProfits": "0",
+                    "openPriceAvg": repr(entry),
+                    "marginMode": "crossed",
+                    "posMode": "one_way_mode",
+                    "unrealizedPL": repr(f["upnl"]),
+                    "liquidationPrice": "0",
+                    "keepMarginRate": repr(f["rate"]),
+                    "markPrice": repr(self.account.marks[symbol]),
+                    "marginRatio": "0",
+                    "cTime": str(int(time.time() * 1000)),
+                }
+            )
+        return ok(rows)
+
+    async def accounts(self, request: web.Request) -> web.Response:
+        t = self.account.totals()
+        return ok(
+            [
+                {
+                    "marginCoin": "USDT",
+                    "locked": "0",
+                    "available": repr(t["equity"] - t["im"]),
+                    "crossedMaxAvailable": repr(t["equity"] - t["im"]),
+                    "isolatedMaxAvailable": "0",
+                    "maxTransferOut": repr(t["equity"] - t["im"]),
+                    "accountEquity": repr(t["equity"]),
+                    "usdtEquity": repr(t["equity"]),
+                    "btcEquity": "0",
+                    "crossedRiskRate": repr(t["risk_rate"]),
+                    "unrealizedPL": repr(t["upnl"]),
+                    "coupon": "0",
+                    "crossedUnrealizedPL": repr(t["upnl"]),
+                    "isolatedUnrealizedPL": "0",
+                    "assetMode": "single",
+                }
+            ]
+        )
