@@ -170,6 +170,11 @@ def build_exchange(settings: AccountConfig) -> Any:
     else:
         creds = {"apiKey": key, "secret": secret, "password": password}
     config.update({k: v for k, v in creds.items() if v})
+    if venue == "hyperliquid":
+        # ccxt 4.5.90 hyperliquid.initialize_client() signs and sends `approveBuilderFee`
+        # (0.01 % to ccxt's builder) and `setReferrer` on first use when a private key is
+        # set. A monitor must not change the user's account: mark both as done.
+        config["options"].update(builderFee=False, approvedBuilderFee=True, refSet=True)
     config = _merged(config, settings.ccxt)
     exchange = getattr(ccxtpro, venue)(config)
     _reject_non_json(exchange)
