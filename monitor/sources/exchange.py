@@ -79,6 +79,7 @@ log = structlog.get_logger("monitor.sources.exchange")
 
 #: Settlement currency of the account's report where it is not USDT.
 _VENUE_CURRENCY = {"hyperliquid": "USDC", "dydx": "USDC"}
+_TIERS_IN_CONTRACTS = frozenset({"okx", "mexc"})
 
 
 class _Secret(Protocol):
@@ -492,6 +493,7 @@ class ExchangeSource:
         symbols = sorted({str(r.get("symbol")) for r in raw_positions or []
                           if isinstance(r, dict) and r.get("symbol")})
         await self._ensure_tiers(symbols)
+        await self._fill_marks(raw_positions)
         positions = positions_from_ccxt(
             self.venue, raw_positions, exchange.markets or {}, self.tiers, self.marks
         )
@@ -499,6 +501,21 @@ class ExchangeSource:
                   if k.split("/", 1)[-1].startswith(self.currency)}
         collateral = collateral_from_ccxt(self.venue, raw_balance, self.currency, prices)
         return positions, collateral, venue_figures(self.venue, raw_balance)
+
+    async def _fill_marks(self, rows: object) -> None:
+        """Read the mark of positions whose rows carry none (MEXC, dYdX) and that no
+        stream has priced yet: a position without a mark cannot be valued."""
+        if not isinstance(rows, list):
+            return
+        missing = {str(r["symbol"]) for r in rows if isinstance(r, dict) and r.get("symbol")
+                   and r.get("markPrice") is None and r["symbol"] not in self.marks}
+        exchange = self.exchange
+        fetch = (exchange.fetch_mark_price if exchange.has.get("fetchMarkPrice") is True
+                 else exchange.fetch_ticker)
+        for symbol in sorted(missing):
+            mark = mark_from_ticker(self.venue, await fetch(symbol))
+            if mark is not None:
+                self.marks[symbol] = mark
 
     async def _reconcile(self) -> None:
         positions, collateral, figures = await self._read_account()
@@ -537,8 +554,9 @@ class ExchangeSource:
         now = self._monotonic()
         wanted = [s for s in symbols
                   if now - self._tiers_at.get(s, -math.inf) >= self.tiers_every]
-        # OKX tiers are in contracts, not notional (margin-math §3.1): use the reported MM.
-        if not wanted or self.venue == "okx":
+        # OKX and MEXC tiers are in contracts, not notional (margin-math §3.1; MEXC
+        # riskIncrVol): the reported MM (OKX) or the base rate (MEXC) is used instead.
+        if not wanted or self.venue in _TIERS_IN_CONTRACTS:
             return
         has = self.exchange.has
         try:

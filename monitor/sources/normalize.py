@@ -159,6 +159,20 @@ def _bitget_keep_margin(row: Json, where: str) -> float | None:
     return abs(contracts) * size * mark * rate
 
 
+def _mexc_base_mmr(market: Json) -> float | None:
+    """MEXC: positions carry no maintenance figure and the risk tiers are in contracts;
+    the contract's base `maintenanceMarginRate` (contract/detail docs) is the rate of the
+    first risk level, which is where all but very large positions sit."""
+    info = market.get("info")
+    if not isinstance(info, Mapping):
+        return None
+    try:
+        rate = float(info.get("maintenanceMarginRate"))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return rate if 0 < rate < 1 else None
+
+
 def _hyperliquid_mmr(market: Json) -> float | None:
     """Hyperliquid: MM rate = 1 / (2 × max leverage) ("margining" docs; margin-math §4.1)."""
     limits = market.get("limits")
@@ -240,6 +254,8 @@ def _position(
                                              required=False))
     elif venue == "hyperliquid":
         mmr = _hyperliquid_mmr(market)
+    elif venue == "mexc" and mm is None:
+        mmr = _mexc_base_mmr(market)
     isolated_margin = None
     if mode == "isolated":
         isolated_margin = _number(row, "positionMargin", where, required=False)
@@ -562,14 +578,18 @@ def mark_from_ticker(venue: str, ticker: object) -> float | None:
     """The mark price of a ccxt ticker or mark-price structure, or None if it has none.
 
     Hyperliquid's `parse_ticker` leaves `markPrice` unset (close = midPx, last = price);
-    the mark is `info.markPx` (notes/ccxt.md §1).
+    the mark is `info.markPx` (notes/ccxt.md §1). MEXC's contract ticker calls the mark
+    `fairPrice` ("fair price", contract ticker docs), which ccxt does not map either.
     """
     if not isinstance(ticker, Mapping):
         return None
     value = ticker.get("markPrice")
     if value is None and isinstance(ticker.get("info"), Mapping):
         info = ticker["info"]
-        value = info.get("markPx", info.get("markPrice"))
+        for key in ("markPx", "markPrice", "fairPrice"):
+            if info.get(key) is not None:
+                value = info[key]
+                break
     try:
         mark = float(value) if value is not None else None
     except (TypeError, ValueError):
