@@ -173,6 +173,31 @@ def _mexc_base_mmr(market: Json) -> float | None:
     return rate if 0 < rate < 1 else None
 
 
+def _weex_size_in_base(contract_size: float) -> float:
+    """WEEX: position `size` is already in the base coin (ccxt derives the entry price as
+    openValue / size, which only holds in base units), yet ccxt attaches the market's
+    `contractVal` as contractSize; the size of one unit is therefore 1."""
+    del contract_size
+    return 1.0
+
+
+def _max_leverage_mmr(market: Json) -> float | None:
+    """A venue that reports no maintenance figure, rate or tiers (WEEX through ccxt):
+    estimate MMR as half the initial margin rate at max leverage, 1 / (2 × max leverage).
+    This is Hyperliquid's documented rule and matches the first tier of Binance (125x,
+    0.4 %), Bybit (100x, 0.5 %) and Bitget (125x, 0.4 %); without it the ratio would read
+    0, a false all-clear."""
+    limits = market.get("limits")
+    lev = None
+    if isinstance(limits, Mapping) and isinstance(limits.get("leverage"), Mapping):
+        lev = limits["leverage"].get("max")
+    try:
+        lev_f = float(lev) if lev is not None else 0.0
+    except (TypeError, ValueError):
+        return None
+    return 1.0 / (2.0 * lev_f) if lev_f > 0 else None
+
+
 def _hyperliquid_mmr(market: Json) -> float | None:
     """Hyperliquid: MM rate = 1 / (2 × max leverage) ("margining" docs; margin-math §4.1)."""
     limits = market.get("limits")
@@ -244,6 +269,8 @@ def _position(
         raise MalformedPayload(f"{where}: contractSize {size} is not positive")
     if venue == "deribit" and market.get("inverse"):
         contracts = _deribit_usd_size(contracts, size)
+    if venue == "weex":
+        size = _weex_size_in_base(size)
     mode = _margin_mode(venue, row, where)
     inverse = bool(market.get("inverse"))
     settle = market.get("settle") or (market.get("base") if inverse else market.get("quote"))
@@ -256,6 +283,8 @@ def _position(
         mmr = _hyperliquid_mmr(market)
     elif venue == "mexc" and mm is None:
         mmr = _mexc_base_mmr(market)
+    if mm is None and mmr is None and not tiers.get(symbol):
+        mmr = _max_leverage_mmr(market)
     isolated_margin = None
     if mode == "isolated":
         isolated_margin = _number(row, "positionMargin", where, required=False)

@@ -34,8 +34,10 @@ class BingxAccount:
     balance: float = 6_000.0
     #: symbol -> (positionSide LONG/SHORT, amount, avgPrice)
     positions: dict[str, tuple[str, float, float]] = field(
-        default_factory=lambda: {"BTC-USDT": ("LONG", 0.2, 58_000.0),
-                                 "ETH-USDT": ("SHORT", 3.0, 3_100.0)}
+        default_factory=lambda: {
+            "BTC-USDT": ("LONG", 0.2, 58_000.0),
+            "ETH-USDT": ("SHORT", 3.0, 3_100.0),
+        }
     )
     marks: dict[str, float] = field(
         default_factory=lambda: {"BTC-USDT": 60_000.0, "ETH-USDT": 3_000.0}
@@ -43,8 +45,7 @@ class BingxAccount:
 
 
 def ok(data: Any) -> web.Response:
-    return json_response({"code": 0, "msg": "", "timestamp": int(time.time() * 1000),
-                          "data": data})
+    return json_response({"code": 0, "msg": "", "timestamp": int(time.time() * 1000), "data": data})
 
 
 class FakeBingx(FakeVenue):
@@ -69,14 +70,37 @@ class FakeBingx(FakeVenue):
         import ccxt.pro
 
         urls = rewrite_urls(ccxt.pro.bingx().urls["api"], self.http, self.ws)
-        return {"urls": {"api": urls}, "options": {"defaultType": "swap"},
-                "enableRateLimit": False}
+        return {"urls": {"api": urls}, "options": {"defaultType": "swap"}, "enableRateLimit": False}
+
+    # --- what a test compares against (the venue's own view) ------------------------------
+
+    def expected_positions(self) -> dict[str, tuple[str, float]]:
+        return {
+            f"{s.split('-')[0]}/USDT:USDT": (side.lower(), amount)
+            for s, (side, amount, _) in self.account.positions.items()
+        }
+
+    def wallet(self) -> float:
+        return self.account.balance
+
+    def margin_ratio(self) -> float:
+        """BingX publishes no account ratio: MM from its own tier table (value × rate −
+        maintAmount) over balance + UPnL, the Binance-style rule its tiers describe."""
+        mm = 0.0
+        for symbol in self.account.positions:
+            value = self.figures(symbol)["value"]
+            tiers = TIERS[symbol]
+            _, rate, amount, _ = next((t for t in tiers if value <= t[0]), tiers[-1])
+            mm += value * rate - amount
+        upnl = sum(self.figures(s)["upnl"] for s in self.account.positions)
+        return mm / (self.account.balance + upnl)
 
     def private(self, handler: Handler) -> Handler:
         async def checked(request: web.Request) -> web.StreamResponse:
             if request.headers.get("X-BX-APIKEY") != API_KEY:
-                return json_response({"code": 100413, "msg": "Incorrect apiKey",
-                                      "timestamp": 0, "data": {}})
+                return json_response(
+                    {"code": 100413, "msg": "Incorrect apiKey", "timestamp": 0, "data": {}}
+                )
             return await handler(request)
 
         return checked
@@ -88,21 +112,61 @@ class FakeBingx(FakeVenue):
         return ok({"symbols": []})
 
     async def coins(self, request: web.Request) -> web.Response:
-        return ok([{"coin": "USDT", "name": "USDT", "networkList": [
-            {"name": "Tether", "network": "ERC20", "isDefault": True, "minConfirm": 12,
-             "withdrawEnable": True, "depositEnable": True, "withdrawFee": "1",
-             "withdrawMax": "1000000", "withdrawMin": "10", "depositMin": "1"}]}])
+        return ok(
+            [
+                {
+                    "coin": "USDT",
+                    "name": "USDT",
+                    "networkList": [
+                        {
+                            "name": "Tether",
+                            "network": "ERC20",
+                            "isDefault": True,
+                            "minConfirm": 12,
+                            "withdrawEnable": True,
+                            "depositEnable": True,
+                            "withdrawFee": "1",
+                            "withdrawMax": "1000000",
+                            "withdrawMin": "10",
+                            "depositMin": "1",
+                        }
+                    ],
+                }
+            ]
+        )
 
     async def contracts(self, request: web.Request) -> web.Response:
-        return ok([{
-            "contractId": str(i), "symbol": s, "size": "0.0001", "quantityPrecision": 4,
-            "pricePrecision": 1, "feeRate": 0.0005, "makerFeeRate": 0.0002,
-            "takerFeeRate": 0.0005, "tradeMinLimit": 0, "tradeMinQuantity": 0.0001,
-            "tradeMinUSDT": 2, "maxLongLeverage": 150, "maxShortLeverage": 150,
-            "currency": "USDT", "asset": s.split("-")[0], "status": 1, "apiStateOpen": "true",
-            "apiStateClose": "true", "ensureTrigger": True, "triggerFeeRate": "0.0002",
-            "brokerState": True, "launchTime": 1586275200000, "maintainTime": 0, "offTime": 0,
-        } for i, s in enumerate(self.account.marks, start=1)])
+        return ok(
+            [
+                {
+                    "contractId": str(i),
+                    "symbol": s,
+                    "size": "0.0001",
+                    "quantityPrecision": 4,
+                    "pricePrecision": 1,
+                    "feeRate": 0.0005,
+                    "makerFeeRate": 0.0002,
+                    "takerFeeRate": 0.0005,
+                    "tradeMinLimit": 0,
+                    "tradeMinQuantity": 0.0001,
+                    "tradeMinUSDT": 2,
+                    "maxLongLeverage": 150,
+                    "maxShortLeverage": 150,
+                    "currency": "USDT",
+                    "asset": s.split("-")[0],
+                    "status": 1,
+                    "apiStateOpen": "true",
+                    "apiStateClose": "true",
+                    "ensureTrigger": True,
+                    "triggerFeeRate": "0.0002",
+                    "brokerState": True,
+                    "launchTime": 1586275200000,
+                    "maintainTime": 0,
+                    "offTime": 0,
+                }
+                for i, s in enumerate(self.account.marks, start=1)
+            ]
+        )
 
     def figures(self, symbol: str) -> dict[str, float]:
         side, amount, entry = self.account.positions[symbol]
@@ -115,34 +179,68 @@ class FakeBingx(FakeVenue):
         rows = []
         for symbol, (side, amount, entry) in self.account.positions.items():
             f = self.figures(symbol)
-            rows.append({
-                "positionId": str(abs(hash(symbol)) % 10**12), "symbol": symbol,
-                "currency": "USDT", "positionAmt": repr(amount), "availableAmt": repr(amount),
-                "positionSide": side, "isolated": False, "avgPrice": repr(entry),
-                "initialMargin": repr(f["im"]), "margin": repr(f["im"]), "leverage": 10,
-                "unrealizedProfit": repr(f["upnl"]), "realisedProfit": "0",
-                "liquidationPrice": 0, "pnlRatio": "0", "maxMarginReduction": "0",
-                "riskRate": "0", "markPrice": repr(self.account.marks[symbol]),
-                "positionValue": repr(f["value"]), "onlyOnePosition": True,
-                "updateTime": int(time.time() * 1000),
-            })
+            rows.append(
+                {
+                    "positionId": str(abs(hash(symbol)) % 10**12),
+                    "symbol": symbol,
+                    "currency": "USDT",
+                    "positionAmt": repr(amount),
+                    "availableAmt": repr(amount),
+                    "positionSide": side,
+                    "isolated": False,
+                    "avgPrice": repr(entry),
+                    "initialMargin": repr(f["im"]),
+                    "margin": repr(f["im"]),
+                    "leverage": 10,
+                    "unrealizedProfit": repr(f["upnl"]),
+                    "realisedProfit": "0",
+                    "liquidationPrice": 0,
+                    "pnlRatio": "0",
+                    "maxMarginReduction": "0",
+                    "riskRate": "0",
+                    "markPrice": repr(self.account.marks[symbol]),
+                    "positionValue": repr(f["value"]),
+                    "onlyOnePosition": True,
+                    "updateTime": int(time.time() * 1000),
+                }
+            )
         return ok(rows)
 
     async def user_balance(self, request: web.Request) -> web.Response:
         upnl = sum(self.figures(s)["upnl"] for s in self.account.positions)
         im = sum(self.figures(s)["im"] for s in self.account.positions)
         equity = self.account.balance + upnl
-        return ok([{"userId": "1", "asset": "USDT", "balance": repr(self.account.balance),
-                    "equity": repr(equity), "unrealizedProfit": repr(upnl),
-                    "realisedProfit": "0", "availableMargin": repr(equity - im),
-                    "usedMargin": repr(im), "freezedMargin": "0", "shortUid": "1"}])
+        return ok(
+            [
+                {
+                    "userId": "1",
+                    "asset": "USDT",
+                    "balance": repr(self.account.balance),
+                    "equity": repr(equity),
+                    "unrealizedProfit": repr(upnl),
+                    "realisedProfit": "0",
+                    "availableMargin": repr(equity - im),
+                    "usedMargin": repr(im),
+                    "freezedMargin": "0",
+                    "shortUid": "1",
+                }
+            ]
+        )
 
     async def tiers(self, request: web.Request) -> web.Response:
         symbol = request.query.get("symbol", "")
         rows, floor = [], 0.0
         for i, (cap, rate, amount, lev) in enumerate(TIERS.get(symbol, []), start=1):
-            rows.append({"tier": f"Tier {i}", "symbol": symbol, "minPositionVal": repr(floor),
-                         "maxPositionVal": repr(float(cap)), "maxLeverage": str(lev),
-                         "maintMarginRatio": f"{rate:.6f}", "maintAmount": f"{amount:.6f}"})
+            rows.append(
+                {
+                    "tier": f"Tier {i}",
+                    "symbol": symbol,
+                    "minPositionVal": repr(floor),
+                    "maxPositionVal": repr(float(cap)),
+                    "maxLeverage": str(lev),
+                    "maintMarginRatio": f"{rate:.6f}",
+                    "maintAmount": f"{amount:.6f}",
+                }
+            )
             floor = float(cap)
         return ok(rows)

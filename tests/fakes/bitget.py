@@ -108,6 +108,20 @@ class FakeBitget(FakeVenue):
             "enableRateLimit": False,
         }
 
+    # --- what a test compares against (the venue's own view) ------------------------------
+
+    def expected_positions(self) -> dict[str, tuple[str, float]]:
+        return {
+            f"{s.removesuffix('USDT')}/USDT:USDT": (side, size)
+            for s, (side, size, _) in self.account.positions.items()
+        }
+
+    def wallet(self) -> float:
+        return self.account.wallet
+
+    def margin_ratio(self) -> float:
+        return self.account.totals()["risk_rate"]
+
     def private(self, handler: Handler) -> Handler:
         async def checked(request: web.Request) -> web.StreamResponse:
             if request.headers.get("ACCESS-KEY") != API_KEY:

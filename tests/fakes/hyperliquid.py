@@ -79,6 +79,21 @@ class FakeHyperliquid(FakeVenue):
             "enableRateLimit": False,
         }
 
+    # --- what a test compares against (the venue's own view) ------------------------------
+
+    def expected_positions(self) -> dict[str, tuple[str, float]]:
+        return {
+            f"{c}/USDC:USDC": ("long" if size > 0 else "short", abs(size))
+            for c, (size, _) in self.account.positions.items()
+        }
+
+    def wallet(self) -> float:
+        return self.account.raw_usd
+
+    def margin_ratio(self) -> float:
+        t = self.account.totals()
+        return t["mm"] / t["value"]
+
     async def info(self, request: web.Request) -> web.Response:
         body = json.loads(await request.text())
         kind = body.get("type")

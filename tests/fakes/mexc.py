@@ -91,6 +91,24 @@ class FakeMexc(FakeVenue):
             "enableRateLimit": False,
         }
 
+    # --- what a test compares against (the venue's own view) ------------------------------
+
+    def expected_positions(self) -> dict[str, tuple[str, float]]:
+        return {
+            f"{s.split('_')[0]}/USDT:USDT": (
+                "long" if kind == 1 else "short",
+                vol * CONTRACTS[s][0],
+            )
+            for s, (kind, vol, _) in self.account.positions.items()
+        }
+
+    def wallet(self) -> float:
+        return self.account.cash
+
+    def margin_ratio(self) -> float:
+        rows = [self.account.figures(s) for s in self.account.positions]
+        return sum(r["mm"] for r in rows) / (self.account.cash + sum(r["upnl"] for r in rows))
+
     def private(self, handler: Handler) -> Handler:
         async def checked(request: web.Request) -> web.StreamResponse:
             if request.headers.get("ApiKey") != API_KEY:

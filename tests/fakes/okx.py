@@ -115,6 +115,25 @@ class FakeOkx(FakeVenue):
             "enableRateLimit": False,
         }
 
+    # --- what a test compares against (the venue's own view) ------------------------------
+
+    def expected_positions(self) -> dict[str, tuple[str, float]]:
+        """Unified symbol -> (side, size in base coin)."""
+        return {
+            f"{inst.split('-')[0]}/USDT:USDT": (
+                "long" if pos > 0 else "short",
+                abs(pos) * INSTRUMENTS[inst][0],
+            )
+            for inst, (pos, _) in self.account.positions.items()
+        }
+
+    def wallet(self) -> float:
+        return self.account.cash
+
+    def margin_ratio(self) -> float:
+        """OKX reports equity / MM (`mgnRatio`); ours is its inverse (margin-math §0)."""
+        return 1 / self.account.totals()["mgn_ratio"]
+
     def private(self, handler: Handler) -> Handler:
         async def checked(request: web.Request) -> web.StreamResponse:
             if request.headers.get("OK-ACCESS-KEY") != API_KEY:
