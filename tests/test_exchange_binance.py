@@ -321,3 +321,16 @@ class TestSilence:
         up = await tap.wait_for(lambda e: isinstance(e, SourceUp) and e.kind == "prices",
                                 within=5.0)
         assert isinstance(up, SourceUp)
+
+
+class TestRestart:
+    async def test_down_source_reports_again_when_restarted(self, fake: FakeBinanceUsdm) -> None:
+        """Test that iterating events() again after a SourceDown reports the fault again."""
+        source = make_source(fake, key="revoked-key")
+        try:
+            for _ in range(2):
+                async with asyncio.timeout(5):
+                    seen = [e async for e in source.events()]
+                assert isinstance(seen[-1], SourceDown)
+        finally:
+            await source.close()

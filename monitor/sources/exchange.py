@@ -413,6 +413,8 @@ class ExchangeSource:
     def _start(self) -> None:
         if self._tasks:
             return
+        # A restart after SourceDown (the daemon reads again later) reports anew.
+        self.down_reason = None
         now = self._monotonic()
         self._freshness.start("positions", now)
         self._freshness.start("balance", now)

@@ -1,0 +1,174 @@
+"""`margin-monitor snapshot` and the live part of `check`, against loopback fake venues.
+
+The configuration is a real TOML file read by monitor.settings, with the fake's URLs in the
+account's `ccxt` table and the keys in the environment (never in the file).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from monitor import margin
+from monitor.cli import main
+from monitor.errors import UserError
+from monitor.settings import load_settings
+from monitor.snapshot import parse_snapshot
+from monitor.sources.exchange import check_account
+from tests.fakes import binance, bybit
+from tests.fakes.base import FakeVenue
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return (
+            "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+        )
+    raise TypeError(type(value))
+
+
+def write_config(path: Path, name: str, fake: FakeVenue) -> Path:
+    """One live account pointed at the fake; `ccxt` as an inline table."""
+    path.write_text(
+        "[[accounts]]\n"
+        f"name = {json.dumps(name)}\n"
+        f"exchange = {json.dumps(fake.venue)}\n"
+        "poll_interval = 1.0\n"
+        "stale_after = 10.0\n"
+        f"ccxt = {_toml_value(fake.ccxt_config())}\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def set_keys(monkeypatch: pytest.MonkeyPatch, name: str, key: str, secret: str) -> None:
+    prefix = f"MARGIN_MONITOR__ACCOUNTS__{name.upper()}__"
+    monkeypatch.setenv(prefix + "API_KEY", key)
+    monkeypatch.setenv(prefix + "SECRET", secret)
+
+
+@pytest.fixture
+async def binance_fake() -> AsyncIterator[binance.FakeBinanceUsdm]:
+    fake = binance.FakeBinanceUsdm()
+    fake.account.positions[("BTCUSDT", "BOTH")] = binance.BinancePosition("BTCUSDT", 0.5, 59_000.0)
+    async with fake:
+        yield fake
+
+
+class TestSnapshotCommand:
+    async def test_writes_a_snapshot_the_report_reads(
+        self,
+        binance_fake: binance.FakeBinanceUsdm,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """Test that `snapshot -o FILE` writes the live account in the snapshot contract."""
+        config = write_config(tmp_path / "live.toml", "main", binance_fake)
+        set_keys(monkeypatch, "main", binance.API_KEY, binance.SECRET)
+        out = tmp_path / "snap.json"
+        args = ["snapshot", "--config", str(config), "--account", "main", "-o", str(out)]
+        code = await asyncio.to_thread(main, args)
+        assert code == 0
+        data = json.loads(out.read_text(encoding="utf-8"))
+        snapshot = parse_snapshot(data, str(out))
+        assert snapshot.venue == "binanceusdm"
+        (position,) = snapshot.positions
+        assert (position.symbol, position.side, position.contracts) == (
+            "BTC/USDT:USDT",
+            "long",
+            0.5,
+        )
+        assert margin.report(snapshot).margin_ratio == pytest.approx(
+            binance_fake.account.venue_margin_ratio(), rel=1e-4
+        )
+        assert binance.SECRET not in out.read_text(encoding="utf-8")
+
+    async def test_unknown_account_is_one_line(
+        self,
+        binance_fake: binance.FakeBinanceUsdm,
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """Test that a wrong --account name is a one-line error listing the accounts."""
+        config = write_config(tmp_path / "live.toml", "main", binance_fake)
+        args = ["snapshot", "--config", str(config), "--account", "nope"]
+        code = await asyncio.to_thread(main, args)
+        assert code == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1
+        assert "'nope'" in err
+        assert "main" in err
+
+    async def test_rejected_keys_are_one_line(
+        self,
+        binance_fake: binance.FakeBinanceUsdm,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """Test that rejected keys give exit 2 and one line naming the fix, not a traceback."""
+        config = write_config(tmp_path / "live.toml", "main", binance_fake)
+        set_keys(monkeypatch, "main", "wrong", "wrong")
+        args = ["snapshot", "--config", str(config), "--account", "main"]
+        code = await asyncio.to_thread(main, args)
+        assert code == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1
+        assert "rejected the keys" in err
+        assert "wrong" not in err.split("(")[0]
+
+
+class TestCheckAccount:
+    async def test_binance_keys_can_trade_or_not(
+        self,
+        binance_fake: binance.FakeBinanceUsdm,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """Test that check reads Binance's canTrade and reports the wallet."""
+        config = write_config(tmp_path / "live.toml", "main", binance_fake)
+        set_keys(monkeypatch, "main", binance.API_KEY, binance.SECRET)
+        account = load_settings(config).accounts[0]
+        line = await check_account(account)
+        assert "keys can trade" in line
+        assert "USDT 10000" in line
+        binance_fake.account.can_trade = False
+        assert "read-only" in await check_account(account)
+
+    async def test_bybit_read_only_key(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Test that check reads Bybit's readOnly flag from /v5/user/query-api."""
+        async with bybit.FakeBybit() as fake:
+            fake.account.read_only = True
+            config = write_config(tmp_path / "live.toml", "uta", fake)
+            set_keys(monkeypatch, "uta", bybit.API_KEY, bybit.SECRET)
+            account = load_settings(config).accounts[0]
+            line = await check_account(account)
+        assert "read-only (readOnly=1)" in line
+
+    async def test_bad_keys_raise_user_error(
+        self,
+        binance_fake: binance.FakeBinanceUsdm,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """Test that rejected keys are a UserError naming the settings to fix."""
+        config = write_config(tmp_path / "live.toml", "main", binance_fake)
+        set_keys(monkeypatch, "main", "wrong", "wrong")
+        account = load_settings(config).accounts[0]
+        with pytest.raises(UserError, match="api_key/secret"):
+            await check_account(account)
