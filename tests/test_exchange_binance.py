@@ -20,7 +20,13 @@ from monitor.model import (
 )
 from monitor.sources.exchange import ExchangeSource
 from tests.fakes.account import EventTap, account_for
-from tests.fakes.binance import API_KEY, SECRET, BinancePosition, FakeBinanceUsdm
+from tests.fakes.binance import (
+    API_KEY,
+    SECRET,
+    BinancePosition,
+    FakeBinanceUsdm,
+    use_production_errors,
+)
 
 BTC = "BTC/USDT:USDT"
 ETH = "ETH/USDT:USDT"
@@ -333,4 +339,23 @@ class TestRestart:
                     seen = [e async for e in source.events()]
                 assert isinstance(seen[-1], SourceDown)
         finally:
+            await source.close()
+
+
+class TestClockSkew:
+    async def test_invalid_nonce_resyncs_time(self, fake: FakeBinanceUsdm) -> None:
+        """Test that -1021 (timestamp outside recvWindow) resyncs the clock and recovers."""
+        source = make_source(fake)
+        exchange = await source.open()
+        use_production_errors(exchange)
+        fake.time_offset_ms = 2_500
+        fake.fail("/fapi/v3/account", 400, {"code": -1021, "msg": "Timestamp for this request "
+                                            "is outside of the recvWindow."})
+        tap = EventTap(source.events())
+        try:
+            await tap.wait_for(lambda e: isinstance(e, BalanceUpdate), within=5.0)
+            assert fake.count("/fapi/v1/time") >= 1
+            assert exchange.options["timeDifference"] < -2_000  # the venue runs 2.5 s ahead
+        finally:
+            await tap.stop()
             await source.close()

@@ -424,3 +424,12 @@ def _template_urls() -> dict[str, Any]:
     exchange = ccxt.pro.binanceusdm()
     urls: dict[str, Any] = exchange.urls["api"]
     return urls
+
+
+def use_production_errors(exchange: Any) -> None:
+    """Map Binance error codes as on fapi.binance.com (notes/ccxt.md §0.6).
+
+    ccxt picks the code table by URL prefix, so on 127.0.0.1 `-2019` would arrive as a
+    plain ExchangeError; order tests (engineer D) and the clock-skew test need the real map.
+    """
+    exchange.get_exceptions_by_url = lambda url, kind: exchange.exceptions["linear"].get(kind, {})
