@@ -190,8 +190,11 @@ class AccountLoop:
                 # the last report skipped the shock solve: refresh it once it is due
                 due = self._shock_at + self.shock_interval - asyncio.get_running_loop().time()
                 timeout = max(0.0, due)
+            # asyncio.timeout, not wait_for: 3.11's wait_for can sit on a cancelled inner
+            # task at shutdown, which kept the TaskGroup from ever finishing.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.dirty.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self.dirty.wait()
             self.dirty.clear()
             await self.recompute()
 
@@ -287,17 +290,20 @@ async def run_daemon(
     duration: float | None = None,
     replay: Sequence[ReplayStep] | None = None,
     sources: Sequence[Source] | None = None,
+    finite: bool | None = None,
     clock: Clock = time.time,
     handle_signals: bool = True,
 ) -> list[AccountLoop]:
     """Run until SIGINT/SIGTERM, `duration` seconds, or the end of every finite source.
 
-    `sources` overrides `open_source` (tests feed their own). Returns the account loops,
-    whose counters say what happened.
+    `sources` overrides `open_source` (tests feed their own); `finite` says the sources end
+    by themselves (default: when replaying). Returns the account loops, whose counters say
+    what happened.
     """
     if sources is None:
         sources = [open_source(a, replay) for a in accounts]
-    finite = replay is not None
+    if finite is None:
+        finite = replay is not None
     loops = [
         AccountLoop(
             src, sinks, settings.alerts, settings.shock_interval, clock=clock, finite=finite

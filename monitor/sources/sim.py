@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import math
 import time
@@ -281,10 +282,9 @@ class SimVenue:
             await asyncio.sleep(0)  # let the daemon run even when the sim is behind
             return
         self._wake.clear()
-        try:
-            await asyncio.wait_for(self._wake.wait(), delay)
-        except TimeoutError:
-            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._wake.wait()
 
     async def close(self) -> None:
         """Stop the stream (idempotent)."""
