@@ -65,7 +65,8 @@ class Notifier:
     def notify(self, *fields: str) -> bool:
         """Send `fields` (`"READY=1"`, `"STATUS=…"`) as one datagram; False if not sent.
 
-        Never raises: a supervisor that went away must not take the daemon down with it.
+        Never raises and never blocks: a supervisor that went away or stopped reading must
+        not take the daemon down with it.
         """
         if not self.address:
             return False
@@ -75,6 +76,9 @@ class Notifier:
         payload = "\n".join(f.replace("\n", " ") for f in fields).encode()
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                # Never block the event loop: a unix datagram queue holds ~10 messages, and
+                # a supervisor that stopped reading would otherwise freeze the daemon here.
+                sock.setblocking(False)
                 sock.connect(target)
                 sock.sendall(payload)
         except OSError as exc:

@@ -82,6 +82,16 @@ class TestNotifier:
         assert notifier.enabled
         assert not notifier.status("still here")
 
+    def test_full_queue_does_not_block(
+        self, notify_socket: tuple[str, socket.socket]
+    ) -> None:
+        """Test that a supervisor that stopped reading makes sends fail fast, not hang."""
+        path, _sock = notify_socket
+        notifier = Notifier(path)
+        results = [notifier.watchdog() for _ in range(200)]
+        assert results[0]
+        assert not all(results)
+
     def test_newlines_in_status_cannot_inject_fields(
         self, notify_socket: tuple[str, socket.socket]
     ) -> None:
