@@ -25,7 +25,7 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -272,8 +272,14 @@ def open_source(account: AccountSettings, replay: Sequence[ReplayStep] | None = 
     return source
 
 
-def build_sinks(settings: Settings, tui: bool) -> list[Sink]:
-    """Every consumer of reports. Alerts (issue 4), metrics (6), actions (5) join here."""
+def build_sinks(
+    settings: Settings, tui: bool, sources: Mapping[str, Source] | None = None
+) -> list[Sink]:
+    """Every consumer of reports. Alerts (issue 4), metrics (6), actions (5) join here.
+
+    `sources` maps account names to their sources: the order desks (sources/base.py
+    `OrderDesk`) that protective actions trade through; empty for `check`.
+    """
     sinks: list[Sink] = [ConsoleSink(live=tui)]
     return sinks
 
@@ -400,8 +406,13 @@ def run_command(args: argparse.Namespace) -> int:
     if not accounts:
         log.warning("no account in this shard; nothing to run", shard=args.shard)
         return 0
-    sinks = build_sinks(settings, tui)
-    asyncio.run(run_daemon(settings, accounts, sinks, duration=args.duration, replay=replay))
+    sources = [open_source(a, replay) for a in accounts]
+    sinks = build_sinks(settings, tui, {s.account: s for s in sources})
+    asyncio.run(
+        run_daemon(
+            settings, accounts, sinks, duration=args.duration, replay=replay, sources=sources
+        )
+    )
     return 0
 
 
