@@ -5,28 +5,136 @@ log shippers index (structlog's best-practice doc: log to stdout, let the superv
 handle it). Tracebacks never include frame locals: `dict_tracebacks` and the rich console
 renderer both dump locals by default, which would print API keys held in local variables
 (notes/ecosystem.md §5, verified).
+
+Libraries log through the standard library (ccxt, aiomqtt's `mqtt` logger, Apprise,
+aiohttp); their records go through the same renderer via one stdout handler with
+structlog's `ProcessorFormatter` (structlog docs, "Standard library logging"), so a
+journal holds one format and every line passes the redaction below.
+
+**Redaction.** Whatever a library decides to log (a request URL with a token, an exception
+quoting a header), the configured secrets must never reach the output. The last step of
+the pipeline replaces every configured secret (every `SecretStr` of the settings, see
+`secrets_of`) in the *rendered line*, in its raw, JSON-escaped and repr-escaped spellings,
+so no renderer, traceback or foreign record can route around it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
-from typing import Literal, TextIO
+import threading
+from collections.abc import Iterable
+from typing import Any, Literal, TextIO
+from urllib.parse import parse_qsl, urlsplit
 
 import structlog
+from pydantic import BaseModel, SecretStr
 
-__all__ = ["Format", "configure"]
+__all__ = ["REDACTED", "Format", "Redactor", "configure", "secrets_of", "set_secrets"]
+
+#: What a secret is replaced with in every log line.
+REDACTED = "[REDACTED]"
+#: Shorter values are not redacted: replacing "ab" everywhere would garble every line, and
+#: a secret that short is not protected by redaction anyway.
+MIN_SECRET_LENGTH = 4
+#: Library loggers that are chatty at INFO about routine requests.
+_QUIET_LOGGERS = ("aiohttp.access",)
+
+
+class Redactor:
+    """Replaces configured secrets in rendered log lines (a structlog processor)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # a reload swaps secrets while threads may log
+        self._needles: tuple[str, ...] = ()
+
+    def set(self, secrets: Iterable[str]) -> None:
+        """The secrets to hide from now on (replaces the previous set)."""
+        needles: set[str] = set()
+        for secret in secrets:
+            for form in _spellings(secret):
+                if len(form) >= MIN_SECRET_LENGTH:
+                    needles.add(form)
+        with self._lock:
+            # longest first, so a secret that contains another is replaced whole
+            self._needles = tuple(sorted(needles, key=len, reverse=True))
+
+    def redact(self, text: str) -> str:
+        """`text` with every secret replaced by `REDACTED`."""
+        for needle in self._needles:
+            if needle in text:
+                text = text.replace(needle, REDACTED)
+        return text
+
+    def __call__(self, logger: Any, method_name: str, line: Any) -> Any:
+        """The pipeline's last step: runs on the rendered string."""
+        del logger, method_name
+        return self.redact(line) if isinstance(line, str) else line
+
+
+def _spellings(secret: str) -> Iterable[str]:
+    """The secret as it may appear in a line: raw, inside JSON, inside a repr, and the
+    credential parts of a URL secret (an Apprise URL's password, token path or query)."""
+    yield secret
+    yield json.dumps(secret)[1:-1]
+    yield repr(secret)[1:-1]
+    if "://" in secret:
+        parts = urlsplit(secret)
+        if parts.password:
+            yield parts.password
+        for segment in parts.path.split("/"):
+            if len(segment) >= 8:  # tokens and private topics; short segments are words
+                yield segment
+        for _key, value in parse_qsl(parts.query):
+            if len(value) >= 8:
+                yield value
+
+
+def secrets_of(settings: object) -> list[str]:
+    """Every `SecretStr` value anywhere in a settings object (models, lists, dicts)."""
+    found: list[str] = []
+
+    def walk(value: object) -> None:
+        if isinstance(value, SecretStr):
+            secret = value.get_secret_value()
+            if secret:
+                found.append(secret)
+        elif isinstance(value, BaseModel):
+            for name in type(value).model_fields:
+                walk(getattr(value, name))
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list | tuple | set | frozenset):
+            for item in value:
+                walk(item)
+
+    walk(settings)
+    return found
+
+
+_REDACTOR = Redactor()
+
+
+def set_secrets(secrets: Iterable[str]) -> None:
+    """Replace the secrets being redacted (a config reload) without reconfiguring."""
+    _REDACTOR.set(secrets)
 
 Format = Literal["auto", "json", "console"]
 
 
 def configure(
-    level: str = "info", fmt: Format = "auto", stream: TextIO | None = None
+    level: str = "info",
+    fmt: Format = "auto",
+    stream: TextIO | None = None,
+    secrets: Iterable[str] = (),
 ) -> Literal["json", "console"]:
-    """Configure structlog for the process; returns the format chosen.
+    """Configure structlog and the stdlib root logger; returns the format chosen.
 
     `auto` picks the console renderer when `stream` is a terminal, JSON otherwise.
-    Safe to call again (tests, a config reload): the last call wins.
+    `secrets` are redacted from every line (see `secrets_of`). Safe to call again (tests,
+    a config reload): the last call wins, and the root logger keeps one handler.
     """
     out: TextIO = stream if stream is not None else _CurrentStdout()  # type: ignore[assignment]
     chosen: Literal["json", "console"]
@@ -34,6 +142,7 @@ def configure(
         chosen = "console" if out.isatty() else "json"
     else:
         chosen = fmt
+    _REDACTOR.set(secrets)
     renderer: structlog.typing.Processor
     if chosen == "json":
         renderer = structlog.processors.JSONRenderer()
@@ -47,18 +156,38 @@ def configure(
             exception_formatter=structlog.dev.RichTracebackFormatter(show_locals=False)
         )
         tracebacks = []
+    shared: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+    handler = logging.StreamHandler(out)
+    handler.set_name("margin-monitor")
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                *tracebacks,
+                renderer,
+                _REDACTOR,  # last: on the rendered line, whatever produced it
+            ],
+        )
+    )
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if old.get_name() == "margin-monitor":
+            root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(numeric)
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            *tracebacks,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
-        ),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=False,
     )
     return chosen
