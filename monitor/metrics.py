@@ -66,6 +66,7 @@ __all__ = [
     "AccountHealth",
     "MetricsSettings",
     "MetricsSink",
+    "build_metrics_sink",
     "outbox_depth_of",
     "record_action",
     "record_alerts_sent",
@@ -463,3 +464,36 @@ def outbox_depth_of(pending: Callable[[], Iterable[Any]]) -> Callable[[], Mappin
         return dict(Tally(row.sink for row in pending()))
 
     return depth
+
+
+def build_metrics_sink(
+    settings: MetricsSettings,
+    accounts: Mapping[str, float],
+    sinks: Iterable[object] = (),
+    sources: Mapping[str, object] | None = None,
+) -> MetricsSink:
+    """The metrics sink wired to what the daemon built, found by what they expose.
+
+    The outbox depth comes from the alert sink's store (`.pipeline.store.pending`), the venue
+    drift from every source that keeps a `venue_check` (sources/exchange.py), so this module
+    imports neither.
+    """
+    depth = None
+    for sink in sinks:
+        store = getattr(getattr(sink, "pipeline", None), "store", None)
+        if store is not None and callable(getattr(store, "pending", None)):
+            depth = outbox_depth_of(store.pending)
+    metrics = MetricsSink(settings, accounts, outbox_depth=depth)
+    for name, source in (sources or {}).items():
+        if hasattr(source, "venue_check"):
+            metrics.watch_drift(name, _drift_of(source))
+    return metrics
+
+
+def _drift_of(source: object) -> Drift:
+    def drift() -> float | None:
+        check = getattr(source, "venue_check", None)
+        value = getattr(check, "drift", None)
+        return float(value) if isinstance(value, int | float) else None
+
+    return drift

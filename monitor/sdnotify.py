@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import structlog
 
-__all__ = ["Notifier", "watchdog_interval", "watchdog_loop"]
+__all__ = ["Notifier", "ProgressProbe", "watchdog_interval", "watchdog_loop"]
 
 log = structlog.get_logger("monitor.sdnotify")
 
@@ -113,6 +113,46 @@ def _status(text: str | None) -> Sequence[str]:
 
 
 Probe = Callable[[], str | None]
+
+
+class ProgressProbe:
+    """Liveness of a worker loop: wedged when it has work but does none for `limit` s.
+
+    Idle is healthy (an account with no price change has nothing to recompute); what is not
+    healthy is work waiting (`busy()` true) while the count of work done (`done()`) stays
+    the same, which is what a stuck `recompute[<account>]` task looks like from outside.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        busy: Callable[[], bool],
+        done: Callable[[], int],
+        limit: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.__name__ = name
+        self.busy = busy
+        self.done = done
+        self.limit = limit
+        self.clock = clock
+        self._count = done()
+        self._stuck_since: float | None = None
+
+    def __call__(self) -> str | None:
+        """None while progressing or idle; a reason once stuck for longer than `limit`."""
+        now = self.clock()
+        count = self.done()
+        if count != self._count or not self.busy():
+            self._count = count
+            self._stuck_since = None
+            return None
+        if self._stuck_since is None:
+            self._stuck_since = now
+        stuck = now - self._stuck_since
+        if stuck > self.limit:
+            return f"{self.__name__} has had work waiting for {stuck:.0f} s without progress"
+        return None
 
 
 async def watchdog_loop(

@@ -23,6 +23,7 @@ from monitor.metrics import (
     REGISTRY,
     MetricsSettings,
     MetricsSink,
+    build_metrics_sink,
     outbox_depth_of,
     record_action,
     record_alerts_sent,
@@ -205,6 +206,42 @@ class TestExposition:
         assert got[("margin_monitor_venue_drift_ratio", (("account", "main"),))] == 0.0125
         assert got[("margin_monitor_outbox_depth", (("sink", "mqtt"),))] == 2
         assert got[("margin_monitor_outbox_depth", (("sink", "phone"),))] == 1
+
+    async def test_builder_finds_outbox_and_venue_checks(self) -> None:
+        """Test that the builder wires the alert sink's outbox and each source's venue check."""
+
+        class Check:
+            drift = -0.002
+
+        class Source:
+            venue_check: Check | None = None
+
+        class Store:
+            def pending(self) -> list[OutboxRow]:
+                return [OutboxRow(1, "m1", "mqtt", "main", "{}", 0.0, 0, 0.0, "")]
+
+        class Alerts:
+            class pipeline:  # mimics the attribute path alerts.pipeline.store
+                store = Store()
+
+        live, sim = Source(), object()
+        metrics = build_metrics_sink(
+            MetricsSettings(), {"main": 30.0, "demo": 30.0}, [Alerts()],
+            {"main": live, "demo": sim},
+        )  # fmt: skip
+        async with asyncio.TaskGroup() as tg:
+            await metrics.start(tg)
+        try:
+            before = samples(metrics.exposition().decode())
+            live.venue_check = Check()
+            after = samples(metrics.exposition().decode())
+        finally:
+            await metrics.close()
+        drift = ("margin_monitor_venue_drift_ratio", (("account", "main"),))
+        assert drift not in before  # no reconciliation yet: nothing to compare
+        assert after[drift] == -0.002
+        assert ("margin_monitor_venue_drift_ratio", (("account", "demo"),)) not in after
+        assert after[("margin_monitor_outbox_depth", (("sink", "mqtt"),))] == 1
 
     async def test_closed_sink_is_unregistered(self) -> None:
         """Test that after close the sink's account gauges leave the registry."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor.sdnotify import Notifier, watchdog_interval, watchdog_loop
+from monitor.sdnotify import Notifier, ProgressProbe, watchdog_interval, watchdog_loop
 
 
 @pytest.fixture
@@ -182,3 +182,29 @@ class TestWatchdogLoop:
         task.cancel()
         assert now["t"] > 10  # the loop did run several rounds
         assert _drain(sock) == []
+
+
+class TestProgressProbe:
+    def test_idle_is_healthy_busy_without_progress_is_not(self) -> None:
+        """Test that only work waiting without progress past the limit counts as wedged."""
+        now = {"t": 0.0}
+        state = {"busy": False, "done": 0}
+        probe = ProgressProbe(
+            "recompute[main]",
+            busy=lambda: state["busy"],
+            done=lambda: state["done"],
+            limit=10.0,
+            clock=lambda: now["t"],
+        )
+        now["t"] = 100.0
+        assert probe() is None  # idle for 100 s: nothing to do is fine
+        state["busy"] = True
+        assert probe() is None
+        now["t"] = 105.0
+        assert probe() is None  # stuck 5 s < 10 s
+        now["t"] = 111.0
+        assert probe() == "recompute[main] has had work waiting for 11 s without progress"
+        state["done"] = 1  # it recomputed: healthy again, and the clock restarts
+        assert probe() is None
+        now["t"] = 115.0
+        assert probe() is None
