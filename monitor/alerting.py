@@ -36,7 +36,7 @@ from monitor.signed_commands import Command, CommandRefused, envelope, verify
 from monitor.store import Store
 from monitor.switches import ActionSwitches
 
-__all__ = ["AlertPipeline", "AlertSink", "ReportObserver", "backoff"]
+__all__ = ["AlertPipeline", "AlertSink", "ReportObserver", "backoff", "raise_if_cancelling"]
 
 log = structlog.get_logger("monitor.alerting")
 
@@ -55,6 +55,18 @@ def backoff(attempt: int) -> float:
     messages from retrying in lockstep against a recovering service.
     """
     return min(BACKOFF_CAP, random.uniform(0, 1.5 ** min(10, attempt)))  # noqa: S311
+
+
+def raise_if_cancelling() -> None:
+    """Re-raise a cancellation that was swallowed on the way here.
+
+    Python 3.11's `asyncio.wait_for` (aiomqtt 2.x uses it for every acknowledgement) loses
+    a cancellation that arrives as the awaited future completes (CPython gh-86296, fixed in
+    3.12); the request count stays set, so checking it at safe points restores shutdown.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 @runtime_checkable
@@ -255,6 +267,7 @@ class AlertPipeline:
         """Drain `sink`'s outbox rows forever: deliver, acknowledge, or back off and retry."""
         wake = self._wake[sink.name]
         while True:
+            raise_if_cancelling()
             wake.clear()
             now = self.clock()
             rows = self.store.due(sink.name, now)

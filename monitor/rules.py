@@ -60,6 +60,7 @@ __all__ = [
     "fingerprint",
     "level_rank",
     "on_source_event",
+    "ratio_level",
     "remove_silence",
     "shock_fraction",
     "stale_rule",
@@ -284,6 +285,14 @@ def _worse(rule: str, a: float | None, b: float | None) -> float | None:
     if b is None:
         return a
     return min(a, b) if rule == RULE_SHOCK else max(a, b)
+
+
+def ratio_level(ratio: float, current: Level, config: AlertConfig) -> Level:
+    """The margin-ratio level after `ratio`, with hysteresis (no hold_for, no lifecycle).
+
+    For displays that only need "which level is this account at" (the console view).
+    """
+    return _target_level(ratio, current, config.ratio_thresholds(), config.band)
 
 
 def shock_fraction(report: MarginReport) -> float | None:

@@ -15,7 +15,7 @@ import aiomqtt
 import pytest
 from pydantic import SecretStr
 
-from monitor.alerting import AlertPipeline
+from monitor.alerting import AlertPipeline, raise_if_cancelling
 from monitor.model import MarginReport, PositionRisk, ShockToLiquidation
 from monitor.rules import AlertConfig
 from monitor.signed_commands import Command, envelope
@@ -66,6 +66,7 @@ class Collector:
         self.messages: list[aiomqtt.Message] = []
         self.client_id = f"collector-{secrets.token_hex(4)}"
         self.subscribed = asyncio.Event()
+        self.stopping = False
         self._arrived = asyncio.Event()
 
     async def run(self) -> None:
@@ -76,11 +77,14 @@ class Collector:
             try:
                 async with client:
                     await client.subscribe([(t, 1) for t in self.topics])
+                    raise_if_cancelling()
                     self.subscribed.set()
                     async for message in client.messages:
                         self.messages.append(message)
                         self._arrived.set()
             except aiomqtt.MqttError:
+                if self.stopping:
+                    raise asyncio.CancelledError from None  # aiomqtt masked our cancel
                 await asyncio.sleep(0.1)
 
     def on(self, topic: str) -> list[aiomqtt.Message]:
@@ -105,6 +109,7 @@ async def collecting(broker: Mosquitto, topics: list[str]) -> AsyncIterator[Coll
             await collector.subscribed.wait()
         yield collector
     finally:
+        collector.stopping = True
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

@@ -33,51 +33,21 @@ import secrets
 import socket
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import aiomqtt
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from monitor import __version__
 from monitor.alert_message import AlertMessage, finite_or_str
-from monitor.alerting import backoff
+from monitor.alert_settings import MqttSettings
+from monitor.alerting import backoff, raise_if_cancelling
 from monitor.model import MarginReport
 from monitor.rules import shock_fraction
 
 __all__ = ["MqttSettings", "MqttSink", "discovery_configs", "state_payload"]
 
 log = structlog.get_logger("monitor.sinks.mqtt")
-
-
-class MqttSettings(BaseModel):
-    """The `[mqtt]` section. Credentials are secrets: env or `$CREDENTIALS_DIRECTORY`."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    host: str = "127.0.0.1"
-    port: int = Field(1883, ge=1, le=65535)
-    username: str | None = None
-    password: SecretStr | None = None
-    tls: bool = False
-    tls_ca_file: Path | None = None
-    tls_cert_file: Path | None = None
-    tls_key_file: Path | None = None
-    tls_insecure: bool = False
-    client_id: str | None = Field(
-        None, description="unique per process; default margin-monitor-<host>-<pid>-<random>"
-    )
-    prefix: str = Field("margin-monitor", pattern=r"^[^#+]+$")
-    keepalive: int = Field(30, ge=5, le=3600)
-    timeout: float = Field(5.0, gt=0, le=120, description="seconds per broker operation")
-    state_interval: float = Field(1.0, ge=0, description="min seconds between state publishes")
-    discovery: bool = True
-    discovery_prefix: str = "homeassistant"
-    expire_after: int = Field(180, ge=0, description="HA marks sensors unavailable after this")
-    command_secret: SecretStr | None = Field(
-        None, description="HMAC-SHA256 key for commands; unset: commands are refused"
-    )
 
 
 def _object_id(account: str) -> str:
@@ -89,7 +59,7 @@ def state_payload(report: MarginReport, level: str) -> dict[str, Any]:
     """The retained state: the DESIGN.md JSON report plus level and convenience fields."""
     from monitor.snapshot import report_to_dict  # noqa: PLC0415 - keeps import cost lazy
 
-    data = _strict_json(report_to_dict(report))
+    data: dict[str, Any] = _strict_json(report_to_dict(report))
     shock = shock_fraction(report)
     ratio = report.margin_ratio
     data["level"] = level
@@ -195,6 +165,7 @@ class MqttSink:
         self.reply_topic = f"{settings.prefix}/reply"
         self.on_connected: Callable[[], None] | None = None
         self._client: aiomqtt.Client | None = None
+        self._stopping = False
         self._connected = asyncio.Event()
         self._reports: dict[str, tuple[MarginReport, str]] = {}
         self._published: dict[str, tuple[str, float]] = {}
@@ -284,18 +255,30 @@ class MqttSink:
         """Connect, serve, reconnect with backoff; forever (until cancelled)."""
         client = self._make_client()  # inside the loop: aiomqtt #335
         attempt = 0
+        self._stopping = False
         while True:
             error: Exception | None = None
             try:
                 async with client:
                     attempt = 0
-                    await self._session(client)
-            # The session's TaskGroup wraps a lost connection in an ExceptionGroup.
-            except* aiomqtt.MqttError as group:
-                error = group.exceptions[0]
+                    try:
+                        await self._session(client)
+                    except asyncio.CancelledError:
+                        self._stopping = True
+                        raise
+            except aiomqtt.MqttError as exc:
+                error = exc
+            except Exception as exc:  # a bug here must not take the daemon's TaskGroup down
+                log.exception("mqtt.session_failed")
+                error = exc
             finally:
                 self._client = None
                 self._connected.clear()
+            if self._stopping:
+                # aiomqtt's __aexit__ can turn our cancellation into "Operation timed out"
+                # while it waits for the DISCONNECT ack: never swallow a shutdown.
+                raise asyncio.CancelledError
+            raise_if_cancelling()
             attempt += 1
             delay = backoff(attempt)
             log.warning(
@@ -321,11 +304,16 @@ class MqttSink:
         if self.on_connected is not None:
             self.on_connected()
         self._state_wake.set()
+        raise_if_cancelling()
+        # Plain tasks rather than a nested TaskGroup: on Python 3.11 a TaskGroup that aborts
+        # on a lost connection can leave this (reconnecting) task marked as cancelling.
+        tasks = [
+            asyncio.create_task(self._receive(client), name="mqtt.receive"),
+            asyncio.create_task(self._publish_states(client), name="mqtt.state"),
+            asyncio.create_task(self._publish_actions(client), name="mqtt.action"),
+        ]
         try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._receive(client), name="mqtt.receive")
-                tg.create_task(self._publish_states(client), name="mqtt.state")
-                tg.create_task(self._publish_actions(client), name="mqtt.action")
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         except asyncio.CancelledError:
             # A clean shutdown sends DISCONNECT, which suppresses the will: say offline here.
             with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
@@ -334,6 +322,14 @@ class MqttSink:
                     self.settings.timeout,
                 )
             raise
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for task in done:
+            exc = task.exception()
+            if exc is not None:
+                raise exc
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:

@@ -26,13 +26,12 @@ import math
 import time
 import urllib.parse
 from collections.abc import Callable, Collection, Sequence
-from typing import Literal
 
 import apprise
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from monitor.alert_message import AlertMessage
+from monitor.alert_settings import NotifyChannel, NotifySettings
 from monitor.rules import RULE_MARGIN, RULE_SHOCK, RULE_SOURCE_DOWN, level_rank
 from monitor.signed_commands import Command
 
@@ -47,8 +46,6 @@ __all__ = [
 
 log = structlog.get_logger("monitor.sinks.notify")
 
-MinLevel = Literal["warning", "critical", "emergency"]
-
 _NTFY_PRIORITY = {"emergency": "max", "critical": "high", "warning": "default", "ok": "low"}
 _NOTIFY_TYPE = {
     "emergency": apprise.NotifyType.FAILURE,
@@ -56,45 +53,6 @@ _NOTIFY_TYPE = {
     "warning": apprise.NotifyType.WARNING,
     "ok": apprise.NotifyType.SUCCESS,
 }
-
-
-class NotifyChannel(BaseModel):
-    """One `[[notify.channels]]` entry."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    url: SecretStr = Field(description="any Apprise URL (it usually holds a token: secret)")
-    min_level: MinLevel = "warning"
-    send_resolved: bool = True
-    min_interval: float = Field(5.5, ge=0, description="seconds between two sends; bursts merge")
-    timeout: float = Field(15.0, gt=0)
-
-    @field_validator("url")
-    @classmethod
-    def _apprise_url(cls, url: SecretStr) -> SecretStr:
-        if apprise.Apprise.instantiate(url.get_secret_value()) is None:
-            msg = "is not an Apprise URL Apprise can load (see appriseit.com/services)"
-            raise ValueError(msg)
-        return url
-
-
-class NotifySettings(BaseModel):
-    """The `[notify]` section."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    channels: list[NotifyChannel] = Field(default_factory=list)
-    command_url: str | None = Field(
-        None,
-        description="public URL of the daemon's command endpoint, for ntfy buttons "
-        "(e.g. https://monitor.example.org/command); unset: no buttons",
-    )
-    command_listen: str | None = Field(
-        None, description="host:port the command endpoint listens on, e.g. 127.0.0.1:8765"
-    )
-    token_ttl: float = Field(3600.0, gt=0, le=7 * 86400, description="button validity, s")
-    silence_for: float = Field(3600.0, gt=0, description="what the Silence button silences, s")
 
 
 def ntfy_priority(level: str) -> str:

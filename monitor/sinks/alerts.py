@@ -1,0 +1,170 @@
+"""The daemon's alert consumer: reports and source events in, the alert pipeline running.
+
+This is the one object `daemon.build_sinks` adds for issue 4. It owns the pipeline
+(alerting.py: rules -> SQLite outbox -> sinks), the MQTT connection, the phone channels and
+the HTTP command endpoint, and starts their tasks in the daemon's TaskGroup:
+`sink[mqtt]`, `sink[notify[<channel>]]`, `mqtt` (connection), `alerts.tick`.
+
+At shutdown the daemon's tasks are already cancelled when `close` runs, so `close` drains
+what is still queued (the final resolve of a demo run, for instance) over a short-lived
+connection, bounded by `DRAIN_LIMIT`, and only then closes the store; whatever does not make
+it stays in the outbox and goes out on the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import structlog
+from aiohttp import web
+
+from monitor.alert_settings import MqttSettings, NotifySettings
+from monitor.alerting import AlertPipeline, AlertSink
+from monitor.command_http import serve_commands
+from monitor.model import AccountSnapshot, Event, MarginReport, SourceDown, SourceStale, SourceUp
+from monitor.rules import AlertConfig
+from monitor.store import Store
+from monitor.switches import ActionSwitches
+
+if TYPE_CHECKING:
+    from monitor.sinks.mqtt import MqttSink
+    from monitor.sinks.notify import NotifySink
+
+__all__ = ["DRAIN_LIMIT", "AlertsSink", "build_alerts_sink"]
+
+log = structlog.get_logger("monitor.sinks.alerts")
+
+#: Seconds `close` waits for the outbox to empty before leaving the rest for the next start.
+DRAIN_LIMIT = 5.0
+
+
+class AlertsSink:
+    """A `sinks.base.Sink` that feeds the alert pipeline.
+
+    Args:
+        pipeline: the alert pipeline (its sinks are MQTT and the phone channels).
+        mqtt: the MQTT sink whose connection loop this starts (None: no MQTT).
+        command_listen: host:port of the HTTP command endpoint (None: off).
+    """
+
+    name = "alerts"
+
+    def __init__(
+        self,
+        pipeline: AlertPipeline,
+        mqtt: MqttSink | None = None,
+        command_listen: str | None = None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.mqtt = mqtt
+        self.command_listen = command_listen
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def switches(self) -> ActionSwitches:
+        """The pause switch the actions side reads (issue 5)."""
+        return self.pipeline.switches
+
+    async def start(self, tg: asyncio.TaskGroup) -> None:
+        """Start delivery, the clock, the MQTT connection and the command endpoint."""
+        self.pipeline.start(tg)
+        if self.mqtt is not None:
+            tg.create_task(self.mqtt.run(), name="mqtt")
+        if self.command_listen is not None and self.pipeline.can_sign:
+            self._runner = await serve_commands(self.pipeline.handle_command, self.command_listen)
+
+    async def on_report(
+        self, account: str, report: MarginReport, snapshot: AccountSnapshot, now: float
+    ) -> None:
+        """Evaluate the rules on the newest report."""
+        del account, snapshot
+        self.pipeline.on_report(report, now)
+
+    async def on_event(self, event: Event) -> None:
+        """Stale, down and up events have their own alerts; ticks are ignored here."""
+        if isinstance(event, SourceStale | SourceDown | SourceUp):
+            self.pipeline.on_source_event(event)
+
+    async def on_level(
+        self, account: str, level: str, previous: str, report: MarginReport, now: float
+    ) -> None:
+        """Nothing: the pipeline runs the full lifecycle itself (it saw the same report)."""
+        del account, level, previous, report, now
+
+    async def close(self) -> None:
+        """Drain the outbox (bounded), stop the command endpoint, close the store."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self.pipeline.store.pending():
+            await self._drain()
+        self.pipeline.store.close()
+
+    async def _drain(self) -> None:
+        tasks = []
+        if self.mqtt is not None:
+            tasks.append(asyncio.create_task(self.mqtt.run(), name="mqtt.drain"))
+        for sink in self.pipeline.sinks:
+            self.pipeline.retry_now(sink.name)
+            tasks.append(
+                asyncio.create_task(self.pipeline.deliver_forever(sink), name=f"drain[{sink.name}]")
+            )
+        try:
+            for _ in range(int(DRAIN_LIMIT / 0.05)):
+                if not self.pipeline.store.pending():
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        left = len(self.pipeline.store.pending())
+        if left:
+            log.warning("alerts.undelivered_at_shutdown", messages=left)
+
+
+def build_alerts_sink(
+    state_dir: Path,
+    alerts: AlertConfig,
+    mqtt: MqttSettings | None,
+    notify: NotifySettings | None,
+    *,
+    clock: Callable[[], float] = time.time,
+    action_note: Callable[[str], str | None] | None = None,
+) -> AlertsSink:
+    """Wire the store, the pipeline, MQTT and the phone channels from the settings."""
+    notify = notify or NotifySettings.model_validate({})
+    secret = None
+    if mqtt is not None and mqtt.command_secret is not None:
+        secret = mqtt.command_secret.get_secret_value().encode()
+    store = Store(state_dir / "alerts.sqlite3")
+    sinks: list[AlertSink] = []
+    mqtt_sink = None
+    if mqtt is not None:
+        from monitor.sinks.mqtt import MqttSink  # noqa: PLC0415 - aiomqtt only when configured
+
+        mqtt_sink = MqttSink(mqtt, clock=clock)
+        sinks.append(mqtt_sink)
+    channel_sinks: list[NotifySink] = []
+    if notify.channels:
+        from monitor.sinks.notify import NotifySink  # noqa: PLC0415 - Apprise: ~150 ms import
+
+        channel_sinks = [
+            NotifySink(c, token_ttl=notify.token_ttl, silence_for=notify.silence_for, clock=clock)
+            for c in notify.channels
+        ]
+        sinks.extend(channel_sinks)
+    pipeline = AlertPipeline(
+        store, alerts, sinks, command_secret=secret, clock=clock, action_note=action_note
+    )
+    if mqtt_sink is not None:
+        mqtt_sink.command_handler = pipeline.handle_command
+    if secret is not None and notify.command_url:
+        for channel_sink in channel_sinks:
+            # Buttons only when the daemon can sign them and the phone can reach the endpoint.
+            channel_sink.command_url = notify.command_url
+            channel_sink.sign = pipeline.sign
+    return AlertsSink(pipeline, mqtt_sink, notify.command_listen)
