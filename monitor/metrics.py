@@ -90,11 +90,11 @@ class MetricsSettings(BaseModel):
 
     enabled: bool = False
     host: str = Field(
-        "127.0.0.1",
+        default="127.0.0.1",
         description="bind address; loopback by default (the figures describe your money). "
         "Use 0.0.0.0 in a container, behind its network",
     )
-    port: int = Field(9464, ge=0, le=65535, description="0 picks a free port (tests)")
+    port: int = Field(default=9464, ge=0, le=65535, description="0 picks a free port (tests)")
 
 
 # --- process-wide metrics: incremented where the thing happens -------------------------------

@@ -51,6 +51,7 @@ from pydantic_settings import (
 )
 
 from monitor.errors import UserError
+from monitor.metrics import MetricsSettings
 from monitor.rules import AlertConfig
 
 __all__ = [
@@ -230,6 +231,7 @@ class Settings(BaseSettings):
     )
     accounts: list[AccountSettings] = Field(default_factory=_demo_accounts, min_length=1)
     alerts: AlertsSettings = Field(default_factory=_default_alerts)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)  # issue 6: /metrics
 
     @field_validator("accounts")
     @classmethod
