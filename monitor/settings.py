@@ -50,8 +50,8 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from monitor.alert_settings import MqttSettings, NotifySettings
 from monitor.errors import UserError
-from monitor.metrics import MetricsSettings
 from monitor.rules import AlertConfig
 
 __all__ = [
@@ -231,7 +231,8 @@ class Settings(BaseSettings):
     )
     accounts: list[AccountSettings] = Field(default_factory=_demo_accounts, min_length=1)
     alerts: AlertsSettings = Field(default_factory=_default_alerts)
-    metrics: MetricsSettings = Field(default_factory=MetricsSettings)  # issue 6: /metrics
+    mqtt: MqttSettings | None = None  # issue 4: unset = no MQTT (sinks/mqtt.py)
+    notify: NotifySettings | None = None  # issue 4: unset = no phone channels
 
     @field_validator("accounts")
     @classmethod
