@@ -30,6 +30,7 @@ import structlog
 
 from monitor import rules
 from monitor.alert_message import AlertMessage, build_message
+from monitor.metrics import record_alerts_sent
 from monitor.model import MarginReport, SourceDown, SourceStale, SourceUp
 from monitor.rules import AlertConfig, AlertEvent, RulesState, Silence
 from monitor.signed_commands import Command, CommandRefused, envelope, verify
@@ -289,6 +290,7 @@ class AlertPipeline:
             done = [mid for mid in by_id if mid in acked]
             if done:
                 self.store.delivered(sink.name, done)
+                record_alerts_sent(sink.name, len(done))  # issue 6: margin_monitor_alerts_sent
             now = self.clock()
             for mid, row in by_id.items():
                 if mid not in acked:
