@@ -35,6 +35,7 @@ from monitor import logs, margin, stress
 from monitor.errors import UserError
 from monitor.model import MarginReport, SourceDown
 from monitor.rules import Level, ratio_level
+from monitor.sdnotify import Notifier, ProgressProbe, watchdog_interval, watchdog_loop
 from monitor.settings import AccountSettings, AlertsSettings, Settings, load_settings
 from monitor.sinks.alerts import build_alerts_sink
 from monitor.sinks.base import Sink
@@ -274,6 +275,13 @@ def build_sinks(
         build_alerts_sink(settings.state_dir, settings.alerts.to_config(), settings.mqtt,
                           settings.notify)
     )  # fmt: skip
+    if settings.metrics.enabled:
+        # issue 6: Prometheus /metrics and /healthz (prometheus-client only when enabled)
+        from monitor.metrics import build_metrics_sink  # noqa: PLC0415
+
+        watched = {a.name: a.stale_after for a in settings.accounts
+                   if sources is None or a.name in sources}  # fmt: skip
+        sinks.append(build_metrics_sink(settings.metrics, watched, sinks, sources))
     return sinks
 
 
@@ -292,12 +300,19 @@ async def run_daemon(
     finite: bool | None = None,
     clock: Clock = time.time,
     handle_signals: bool = True,
+    notifier: Notifier | None = None,
+    reload: Callable[[], Sequence[AccountSettings]] | None = None,
 ) -> list[AccountLoop]:
     """Run until SIGINT/SIGTERM, `duration` seconds, or the end of every finite source.
 
     `sources` overrides `open_source` (tests feed their own); `finite` says the sources end
     by themselves (default: when replaying). Returns the account loops, whose counters say
     what happened.
+
+    Service lifecycle (issue 6): `notifier` gets READY=1 once the tasks run (not when the
+    exchanges answer), WATCHDOG=1 only while the loop and every recompute make progress,
+    STOPPING=1 at shutdown. `reload` (SIGHUP) re-reads the accounts: new ones start, removed
+    ones stop, changed ones restart; everything else keeps running.
     """
     if sources is None:
         sources = [open_source(a, replay) for a in accounts]
@@ -314,6 +329,14 @@ async def run_daemon(
     signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
+    hup = asyncio.Event()
+    if handle_signals and reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, hup.set)
+        signals = (*signals, signal.SIGHUP)
+    configured = {a.name: a for a in accounts}
+    running: dict[str, tuple[asyncio.Task[None], ...]] = {}
+    probes: dict[str, ProgressProbe] = {}
+    interval = watchdog_interval() if notifier is not None else None
     log.info(
         "daemon starting",
         accounts=[s.account for s in sources],
@@ -325,14 +348,44 @@ async def run_daemon(
         async with asyncio.TaskGroup() as tg:
             for sink in sinks:
                 await sink.start(tg)
-            for account_loop in loops:
+
+            def launch(account_loop: AccountLoop) -> None:
                 name = account_loop.account
-                tg.create_task(account_loop.run_source(), name=f"source[{name}]")
-                tg.create_task(account_loop.run_recompute(), name=f"recompute[{name}]")
+                running[name] = (
+                    tg.create_task(account_loop.run_source(), name=f"source[{name}]"),
+                    tg.create_task(account_loop.run_recompute(), name=f"recompute[{name}]"),
+                )
+                probes[name] = ProgressProbe(
+                    f"recompute[{name}]", account_loop.dirty.is_set,
+                    lambda: account_loop.recomputes, max(1.0, interval or 0.0),
+                )  # fmt: skip
+
+            for account_loop in loops:
+                launch(account_loop)
             tg.create_task(_watch(stop, loops, duration, finite), name="shutdown")
+            if reload is not None:
+                tg.create_task(
+                    _reload_on_hup(hup, reload, configured, loops, running, probes, launch,
+                                   lambda a: AccountLoop(open_source(a), sinks, settings.alerts,
+                                                         settings.shock_interval, clock=clock),
+                                   sinks, notifier),
+                    name="reload",
+                )  # fmt: skip
+            if notifier is not None:
+                if interval is not None:
+
+                    def recomputes_alive() -> str | None:
+                        return next((r for p in list(probes.values()) if (r := p())), None)
+
+                    tg.create_task(
+                        watchdog_loop(notifier, interval, [recomputes_alive]), name="watchdog"
+                    )
+                notifier.ready(_status(loops))
     except* _Shutdown:
         pass
     finally:
+        if notifier is not None:
+            notifier.stopping("stopping: closing sources, flushing alerts")
         for sig in signals:
             loop.remove_signal_handler(sig)
         for src in sources:
@@ -373,6 +426,69 @@ async def _watch(
     raise _Shutdown
 
 
+def _status(loops: Sequence[AccountLoop]) -> str:
+    """The line `systemctl status` shows."""
+    return f"watching {len(loops)} account(s): {', '.join(lp.account for lp in loops)}"[:200]
+
+
+async def _reload_on_hup(  # noqa: PLR0917 - the daemon's own state, passed once
+    hup: asyncio.Event,
+    reload: Callable[[], Sequence[AccountSettings]],
+    configured: dict[str, AccountSettings],
+    loops: list[AccountLoop],
+    running: dict[str, tuple[asyncio.Task[None], ...]],
+    probes: dict[str, ProgressProbe],
+    launch: Callable[[AccountLoop], None],
+    make_loop: Callable[[AccountSettings], AccountLoop],
+    sinks: Sequence[Sink],
+    notifier: Notifier | None,
+) -> None:
+    """Task `reload`: on SIGHUP re-read the accounts; add, remove and restart only those
+    that changed. A bad file keeps the running configuration (one error line)."""
+    while True:
+        await hup.wait()
+        hup.clear()
+        if notifier is not None:
+            notifier.reloading("reloading configuration")
+        try:
+            wanted = {a.name: a for a in reload()}
+        except UserError as exc:
+            log.error("reload failed; keeping the running configuration", error=str(exc))
+            wanted = dict(configured)
+        gone = [n for n in configured if wanted.get(n) != configured[n]]
+        for name in gone:
+            account_loop = next(lp for lp in loops if lp.account == name)
+            tasks = running.pop(name, ())
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            probes.pop(name, None)
+            loops.remove(account_loop)
+            del configured[name]
+            try:
+                await account_loop.source.close()
+            except Exception as exc:
+                log.error("source close failed", account=name, error=_one_line(exc))
+        for name, account in wanted.items():
+            if name not in configured:
+                try:
+                    account_loop = make_loop(account)
+                except UserError as exc:
+                    log.error("account not started", account=name, error=str(exc))
+                    continue
+                configured[name] = account
+                loops.append(account_loop)
+                launch(account_loop)
+        for sink in sinks:
+            set_accounts = getattr(sink, "set_accounts", None)
+            if set_accounts is not None:
+                set_accounts({name: a.stale_after for name, a in configured.items()})
+        log.info("configuration reloaded", accounts=sorted(configured),
+                 restarted=sorted(n for n in gone if n in configured))  # fmt: skip
+        if notifier is not None:
+            notifier.ready(_status(loops))
+
+
 async def _all_done(loops: Sequence[AccountLoop]) -> None:
     for account_loop in loops:
         await account_loop.source_done.wait()
@@ -395,18 +511,45 @@ def run_command(args: argparse.Namespace) -> int:
             raise UserError("--replay runs sim accounts only; remove the live accounts or --replay")
         replay = load_replay(args.replay, [m.symbol for m in DEMO_BOOK.markets])
     tui = not args.no_tui and sys.stdout.isatty()
-    logs.configure()
+    logs.configure(secrets=logs.secrets_of(settings))  # issue 6: redact every secret
     if not accounts:
         log.warning("no account in this shard; nothing to run", shard=args.shard)
         return 0
     sources = [open_source(a, replay) for a in accounts]
     sinks = build_sinks(settings, tui, {s.account: s for s in sources})
-    asyncio.run(
-        run_daemon(
-            settings, accounts, sinks, duration=args.duration, replay=replay, sources=sources
-        )
-    )
+
+    def reload_accounts() -> list[AccountSettings]:
+        fresh = load_settings(args.config)
+        logs.set_secrets(logs.secrets_of(fresh))
+        return select_shard(fresh.accounts, args.shard)
+
+    try:
+        asyncio.run(
+            run_daemon(
+                settings, accounts, sinks, duration=args.duration, replay=replay,
+                sources=sources, notifier=Notifier(),
+                reload=reload_accounts if replay is None else None,
+            )
+        )  # fmt: skip
+    except BaseExceptionGroup as group:
+        # a UserError raised inside the TaskGroup (a sink that cannot start, say the metrics
+        # port is taken) is still one line, not a traceback
+        error = _first_user_error(group)
+        if error is None:
+            raise
+        raise error from None
     return 0
+
+
+def _first_user_error(group: BaseExceptionGroup[BaseException]) -> UserError | None:
+    for exc in group.exceptions:
+        if isinstance(exc, UserError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first_user_error(exc)
+            if found is not None:
+                return found
+    return None
 
 
 def check_command(args: argparse.Namespace) -> int:

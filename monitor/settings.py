@@ -52,6 +52,7 @@ from pydantic_settings import (
 
 from monitor.alert_settings import MqttSettings, NotifySettings
 from monitor.errors import UserError
+from monitor.metrics import MetricsSettings
 from monitor.rules import AlertConfig
 
 __all__ = [
@@ -231,6 +232,7 @@ class Settings(BaseSettings):
     )
     accounts: list[AccountSettings] = Field(default_factory=_demo_accounts, min_length=1)
     alerts: AlertsSettings = Field(default_factory=_default_alerts)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)  # issue 6: /metrics
     mqtt: MqttSettings | None = None  # issue 4: unset = no MQTT (sinks/mqtt.py)
     notify: NotifySettings | None = None  # issue 4: unset = no phone channels
 
