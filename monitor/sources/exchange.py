@@ -291,7 +291,7 @@ class ExchangeSource:
         self._throttle = Throttle()
         self._tasks: set[asyncio.Task[None]] = set()
         self._price_tasks: dict[str, asyncio.Task[None]] = {}
-        self._markets_ready = asyncio.Event()
+        self._drifting = False
         self._closed = False
 
     # --- public surface (monitor.sources.base.Source) ---------------------------------------
@@ -443,7 +443,6 @@ class ExchangeSource:
             except Exception as exc:
                 if not await self._fault(exc, "load_markets", backoff):
                     return
-        self._markets_ready.set()
         has = self.exchange.has
         private = bool(self.exchange.apiKey or getattr(self.exchange, "walletAddress", None))
         if private and has.get("watchPositions") is True:
@@ -541,9 +540,12 @@ class ExchangeSource:
             ts, figures, ours.margin_ratio, ours.maintenance_margin, ours.margin_balance
         )
         drift = self.venue_check.relative_drift
-        if drift is not None and math.isfinite(drift) and abs(drift) > 0.01:
-            log.warning("venue_drift", account=self.name, ours=ours.margin_ratio,
-                        venue=figures.margin_ratio, fields=figures.source_fields)
+        drifting = drift is not None and math.isfinite(drift) and abs(drift) > 0.01
+        if drifting != self._drifting:  # log the transitions, not every reconciliation
+            self._drifting = drifting
+            log.warning("venue_drift" if drifting else "venue_drift_gone", account=self.name,
+                        ours=ours.margin_ratio, venue=figures.margin_ratio,
+                        fields=figures.source_fields)
 
     def _snapshot(
         self, positions: tuple[Position, ...], collateral: tuple[Collateral, ...]
