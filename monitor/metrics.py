@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -348,7 +349,7 @@ class MetricsSink:
             await runner.cleanup()
             raise UserError(
                 f"metrics: cannot listen on {self.settings.host}:{self.settings.port} "
-                f"({exc.strerror or exc}); pick another metrics.port or stop the other process"
+                f"({_reason(exc)}); pick another metrics.port or stop the other process"
             ) from None
         self._runner = runner
         server = getattr(site, "_server", None)
@@ -437,6 +438,11 @@ class _Families:
 
     def families(self) -> Iterator[GaugeMetricFamily]:
         yield from self._by_name.values()
+
+
+def _reason(exc: OSError) -> str:
+    """`address already in use`, not asyncio's "error while attempting to bind on ..."."""
+    return os.strerror(exc.errno).lower() if exc.errno else str(exc)
 
 
 def _safe(drift: Drift | None) -> float | None:
