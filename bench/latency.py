@@ -132,8 +132,10 @@ def _pct(values: list[float], q: float) -> float:
 
 def _line(name: str, values: list[float]) -> str:
     ms = [v * 1000 for v in values]
-    return (f"{name:<8} n={len(ms):>6}  p50={statistics.median(ms):.3f} ms  "
-            f"p99={_pct(ms, 0.99):.3f} ms  max={max(ms):.3f} ms")
+    return (
+        f"{name:<8} n={len(ms):>6}  p50={statistics.median(ms):.3f} ms  "
+        f"p99={_pct(ms, 0.99):.3f} ms  max={max(ms):.3f} ms"
+    )
 
 
 async def main(frames: int) -> None:

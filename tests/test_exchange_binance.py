@@ -43,10 +43,16 @@ async def fake() -> AsyncIterator[FakeBinanceUsdm]:
 
 
 def make_source(fake: FakeBinanceUsdm, key: str = API_KEY, **kw: float) -> ExchangeSource:
-    account = account_for(fake, key, SECRET, poll_interval=kw.pop("poll_interval", 0.2),
-                          stale_after=kw.pop("stale_after", 1.0))
-    return ExchangeSource(account, backoff_cap=0.2, reconcile_every=kw.pop("reconcile", 0.5),
-                          debounce=0.02)
+    account = account_for(
+        fake,
+        key,
+        SECRET,
+        poll_interval=kw.pop("poll_interval", 0.2),
+        stale_after=kw.pop("stale_after", 1.0),
+    )
+    return ExchangeSource(
+        account, backoff_cap=0.2, reconcile_every=kw.pop("reconcile", 0.5), debounce=0.02
+    )
 
 
 @contextlib.asynccontextmanager
@@ -107,7 +113,10 @@ class TestInitialSnapshot:
         await tap.wait_for(is_positions)
         eth = {p.symbol: p for p in source.positions}[ETH]
         assert [(t.max_notional, t.mmr, t.maintenance_amount) for t in eth.tiers[:3]] == [
-            (10_000.0, 0.005, 0.0), (100_000.0, 0.0065, 15.0), (500_000.0, 0.01, 365.0)]
+            (10_000.0, 0.005, 0.0),
+            (100_000.0, 0.0065, 15.0),
+            (500_000.0, 0.01, 365.0),
+        ]
 
 
 class TestVenueAgreement:
@@ -134,8 +143,9 @@ class TestVenueAgreement:
         await fake.wait_for_client("/market/ws", "btcusdt@markPrice@1s")
         mark = len(tap.seen)
         await fake.push_mark("BTCUSDT", 70_000.0)  # 0.8 × 70,000 = 56,000 > 50,000 cap
-        tick = await tap.wait_for(lambda e: isinstance(e, PriceTick) and e.mark_price == 70_000.0,
-                                  after=mark)
+        tick = await tap.wait_for(
+            lambda e: isinstance(e, PriceTick) and e.mark_price == 70_000.0, after=mark
+        )
         assert isinstance(tick, PriceTick)
         assert tick.symbol == BTC
         after = margin.report(source.snapshot()).margin_ratio
@@ -172,8 +182,10 @@ class TestPrivateStream:
         mark = len(tap.seen)
         await fake.set_position("BTCUSDT", 1.5, 59_500.0)
         update = await tap.wait_for(
-            lambda e: isinstance(e, PositionsUpdate)
-            and any(p.symbol == BTC and p.contracts == 1.5 for p in e.positions),
+            lambda e: (
+                isinstance(e, PositionsUpdate)
+                and any(p.symbol == BTC and p.contracts == 1.5 for p in e.positions)
+            ),
             after=mark,
         )
         assert isinstance(update, PositionsUpdate)
@@ -214,8 +226,9 @@ class TestFaults:
         await fake.wait_for_client("/market/ws", "btcusdt@markPrice@1s")
         mark = len(tap.seen)
         await fake.push_mark("BTCUSDT", 61_234.5)
-        await tap.wait_for(lambda e: isinstance(e, PriceTick) and e.mark_price == 61_234.5,
-                           after=mark)
+        await tap.wait_for(
+            lambda e: isinstance(e, PriceTick) and e.mark_price == 61_234.5, after=mark
+        )
         assert fake.count("/fapi/v3/positionRisk") > reads
 
     async def test_rate_limits_server_errors_and_timeouts(self, fake: FakeBinanceUsdm) -> None:
@@ -259,14 +272,20 @@ class TestFaults:
         [
             ("<html>502 Bad Gateway</html>", "text/html"),
             ('[{"symbol": "BTCUSDT", "positionAmt": "0.8", "entryP', "application/json"),
-            ('[{"symbol": "BTCUSDT", "positionSide": "BOTH", "positionAmt": "0.8", '
-             '"entryPrice": "abc", "markPrice": "60000", "notional": "48000", '
-             '"updateTime": 1}]', "application/json"),
+            (
+                '[{"symbol": "BTCUSDT", "positionSide": "BOTH", "positionAmt": "0.8", '
+                '"entryPrice": "abc", "markPrice": "60000", "notional": "48000", '
+                '"updateTime": 1}]',
+                "application/json",
+            ),
         ],
         ids=["html", "truncated", "bad-number"],
     )
     async def test_garbage_keeps_last_good_state(
-        self, fake: FakeBinanceUsdm, running: tuple[ExchangeSource, EventTap], body: str,
+        self,
+        fake: FakeBinanceUsdm,
+        running: tuple[ExchangeSource, EventTap],
+        body: str,
         content_type: str,
     ) -> None:
         """Test that garbage, truncated or malformed positions are rejected, not applied."""
@@ -281,8 +300,7 @@ class TestFaults:
             while fake.faults.get("/fapi/v3/positionRisk"):  # noqa: ASYNC110 - polls the fake
                 await asyncio.sleep(0.02)
         assert source.positions == good
-        assert all(len(e.positions) == 2 for e in tap.seen[mark:]
-                   if isinstance(e, PositionsUpdate))
+        assert all(len(e.positions) == 2 for e in tap.seen[mark:] if isinstance(e, PositionsUpdate))
         # ... and it recovers on the next good read.
         await tap.wait_for(is_positions, after=mark)
 
@@ -299,8 +317,9 @@ class TestFaults:
         await fake.wait_for_client("/market/ws", "btcusdt@markPrice@1s")
         mark = len(tap.seen)
         await fake.push_mark("BTCUSDT", 62_000.0)
-        await tap.wait_for(lambda e: isinstance(e, PriceTick) and e.mark_price == 62_000.0,
-                           after=mark)
+        await tap.wait_for(
+            lambda e: isinstance(e, PriceTick) and e.mark_price == 62_000.0, after=mark
+        )
 
 
 class TestSilence:
@@ -314,8 +333,9 @@ class TestSilence:
         polls = fake.count("/fapi/v1/premiumIndex")
         mark = len(tap.seen)
         fake.account.marks["BTCUSDT"] = 60_500.0  # only REST can tell
-        await tap.wait_for(lambda e: isinstance(e, PriceTick) and e.mark_price == 60_500.0,
-                           after=mark)
+        await tap.wait_for(
+            lambda e: isinstance(e, PriceTick) and e.mark_price == 60_500.0, after=mark
+        )
         assert fake.count("/fapi/v1/premiumIndex") > polls
         fake.fail("/fapi/v1/premiumIndex", 503, "down", times=10_000, content_type="text/plain")
         stale = await tap.wait_for(
@@ -324,8 +344,9 @@ class TestSilence:
         assert isinstance(stale, SourceStale)
         assert stale.age > 1.0
         fake.clear_faults()
-        up = await tap.wait_for(lambda e: isinstance(e, SourceUp) and e.kind == "prices",
-                                within=5.0)
+        up = await tap.wait_for(
+            lambda e: isinstance(e, SourceUp) and e.kind == "prices", within=5.0
+        )
         assert isinstance(up, SourceUp)
 
 
@@ -349,8 +370,11 @@ class TestClockSkew:
         exchange = await source.open()
         use_production_errors(exchange)
         fake.time_offset_ms = 2_500
-        fake.fail("/fapi/v3/account", 400, {"code": -1021, "msg": "Timestamp for this request "
-                                            "is outside of the recvWindow."})
+        fake.fail(
+            "/fapi/v3/account",
+            400,
+            {"code": -1021, "msg": "Timestamp for this request is outside of the recvWindow."},
+        )
         tap = EventTap(source.events())
         try:
             await tap.wait_for(lambda e: isinstance(e, BalanceUpdate), within=5.0)
@@ -359,3 +383,23 @@ class TestClockSkew:
         finally:
             await tap.stop()
             await source.close()
+
+
+class TestManyAccounts:
+    async def test_a_failing_account_does_not_disturb_another(self, fake: FakeBinanceUsdm) -> None:
+        """Test that one account going down leaves a second account's stream running."""
+        bad = make_source(fake, key="revoked-key")
+        async with started(fake) as (_good, tap):
+            bad_tap = EventTap(bad.events())
+            try:
+                await bad_tap.wait_for(lambda e: isinstance(e, SourceDown))
+                await fake.wait_for_client("/market/ws", "btcusdt@markPrice@1s")
+                mark = len(tap.seen)
+                await fake.push_mark("BTCUSDT", 60_123.0)
+                tick = await tap.wait_for(lambda e: isinstance(e, PriceTick), after=mark)
+                assert isinstance(tick, PriceTick)
+                assert tick.account != "revoked"
+                assert not any(isinstance(e, SourceDown) for e in tap.seen)
+            finally:
+                await bad_tap.stop()
+                await bad.close()

@@ -86,7 +86,10 @@ class TestInitialSnapshot:
         await tap.wait_for(is_positions)
         eth = {p.symbol: p for p in source.positions}[ETH]
         assert [(t.max_notional, t.mmr, t.maintenance_amount) for t in eth.tiers] == [
-            (100_000.0, 0.01, 0.0), (500_000.0, 0.015, 500.0), (1_000_000.0, 0.02, 3_000.0)]
+            (100_000.0, 0.01, 0.0),
+            (500_000.0, 0.015, 500.0),
+            (1_000_000.0, 0.02, 3_000.0),
+        ]
 
 
 class TestVenueAgreement:
@@ -114,8 +117,9 @@ class TestVenueAgreement:
         await fake.wait_for_client("/v5/public", "tickers.ETHUSDT")
         mark = len(tap.seen)
         await fake.push_mark("ETHUSDT", 3_500.0)  # 30 × 3,500 = 105,000 > 100,000
-        await tap.wait_for(lambda e: isinstance(e, PriceTick) and e.mark_price == 3_500.0,
-                           after=mark)
+        await tap.wait_for(
+            lambda e: isinstance(e, PriceTick) and e.mark_price == 3_500.0, after=mark
+        )
         ratio = margin.report(source.snapshot()).margin_ratio
         venue = fake.account.totals()["mm_rate"]
         assert close(ratio, venue)
@@ -131,9 +135,12 @@ class TestPrivateStream:
             mark = len(tap.seen)
             await fake.set_position("BTCUSDT", "Buy", 1.25, 58_400.0)
             update = await tap.wait_for(
-                lambda e: isinstance(e, PositionsUpdate)
-                and any(p.symbol == BTC and p.contracts == 1.25 for p in e.positions),
-                after=mark, within=3.0,
+                lambda e: (
+                    isinstance(e, PositionsUpdate)
+                    and any(p.symbol == BTC and p.contracts == 1.25 for p in e.positions)
+                ),
+                after=mark,
+                within=3.0,
             )
             assert isinstance(update, PositionsUpdate)
 
@@ -152,13 +159,23 @@ class TestFaults:
         await fake.wait_for_client("/v5/private", "position")
         mark = len(tap.seen)
         await fake.push_mark("BTCUSDT", 60_777.0)
-        await tap.wait_for(lambda e: isinstance(e, PriceTick) and e.mark_price == 60_777.0,
-                           after=mark)
+        await tap.wait_for(
+            lambda e: isinstance(e, PriceTick) and e.mark_price == 60_777.0, after=mark
+        )
 
     async def test_rate_limit_and_server_error(self, fake: FakeBybit) -> None:
         """Test that retCode 10006 and an HTTP 502 delay the read but never stop the source."""
-        fake.fail("/v5/position/list", 200, {"retCode": 10006, "retMsg": "Too many visits!",
-                                              "result": {}, "retExtInfo": {}, "time": 1})
+        fake.fail(
+            "/v5/position/list",
+            200,
+            {
+                "retCode": 10006,
+                "retMsg": "Too many visits!",
+                "result": {},
+                "retExtInfo": {},
+                "time": 1,
+            },
+        )
         fake.fail("/v5/position/list", 502, "Bad Gateway", content_type="text/plain")
         async with started(fake) as (source, tap):
             await tap.wait_for(is_positions, within=8.0)
@@ -182,8 +199,9 @@ class TestFaults:
         source, tap = running
         await tap.wait_for(is_positions)
         good = source.collateral
-        fake.fail("/v5/account/wallet-balance", 200, '{"retCode":0,"result":{"list":[{"tot',
-                  times=2)
+        fake.fail(
+            "/v5/account/wallet-balance", 200, '{"retCode":0,"result":{"list":[{"tot', times=2
+        )
         mark = len(tap.seen)
         async with asyncio.timeout(5):
             while fake.faults.get("/v5/account/wallet-balance"):  # noqa: ASYNC110 - polls the fake
@@ -202,8 +220,9 @@ class TestSilence:
         fake.silent = True
         mark = len(tap.seen)
         fake.account.marks["BTCUSDT"] = 59_100.0
-        await tap.wait_for(lambda e: isinstance(e, PriceTick) and e.mark_price == 59_100.0,
-                           after=mark)
+        await tap.wait_for(
+            lambda e: isinstance(e, PriceTick) and e.mark_price == 59_100.0, after=mark
+        )
         fake.fail("/v5/market/tickers", 503, "down", times=10_000, content_type="text/plain")
         await tap.wait_for(lambda e: isinstance(e, SourceStale) and e.kind == "prices")
         fake.clear_faults()

@@ -40,11 +40,22 @@ def risk_row(
 ) -> dict[str, Any]:
     """One `/fapi/v3/positionRisk` row (Binance USDⓈ-M docs), numbers ours."""
     notional = str(float(amount) * float(mark))
-    row = {"symbol": "BTCUSDT", "positionSide": "BOTH", "positionAmt": amount,
-           "entryPrice": entry, "markPrice": mark, "unRealizedProfit": "0",
-           "liquidationPrice": "0", "isolatedMargin": "0", "notional": notional,
-           "marginAsset": "USDT", "isolatedWallet": "0", "initialMargin": "10",
-           "maintMargin": "1.5", "updateTime": 1722161166529}
+    row = {
+        "symbol": "BTCUSDT",
+        "positionSide": "BOTH",
+        "positionAmt": amount,
+        "entryPrice": entry,
+        "markPrice": mark,
+        "unRealizedProfit": "0",
+        "liquidationPrice": "0",
+        "isolatedMargin": "0",
+        "notional": notional,
+        "marginAsset": "USDT",
+        "isolatedWallet": "0",
+        "initialMargin": "10",
+        "maintMargin": "1.5",
+        "updateTime": 1722161166529,
+    }
     row.update(extra)
     return row
 
@@ -66,23 +77,66 @@ class TestBinancePositions:
 
         pro = ccxt.pro.binanceusdm()
         pro.markets, pro.markets_by_id = binance.markets, binance.markets_by_id
-        row = {"s": "BTCUSDT", "ep": "60000", "cr": "0", "up": "-5", "mt": "cross", "iw": "0",
-               "ps": "BOTH"}
+        row = {
+            "s": "BTCUSDT",
+            "ep": "60000",
+            "cr": "0",
+            "up": "-5",
+            "mt": "cross",
+            "iw": "0",
+            "ps": "BOTH",
+        }
         short = pro.parse_ws_position(dict(row, pa="-0.25"))
         closed = pro.parse_ws_position(dict(row, pa="0"))
         assert closed["side"] == "both"
-        (position,) = positions_from_ccxt("binanceusdm", [short, closed], binance.markets,
-                                          marks={"BTC/USDT:USDT": 60_020.0})
+        (position,) = positions_from_ccxt(
+            "binanceusdm", [short, closed], binance.markets, marks={"BTC/USDT:USDT": 60_020.0}
+        )
         assert position.side == "short"
         assert position.contracts == 0.25
         assert position.mark_price == 60_020.0
 
     def test_side_both_with_size_takes_the_sign(self, binance: Any) -> None:
         """Test that a cached 'both' entry that still has a size reads its sign from `pa`."""
-        row = {"symbol": "BTC/USDT:USDT", "contracts": 0.3, "side": "both",
-               "entryPrice": 60_000.0, "markPrice": 60_100.0, "info": {"pa": "-0.3"}}
+        row = {
+            "symbol": "BTC/USDT:USDT",
+            "contracts": 0.3,
+            "side": "both",
+            "entryPrice": 60_000.0,
+            "markPrice": 60_100.0,
+            "info": {"pa": "-0.3"},
+        }
         (position,) = positions_from_ccxt("binanceusdm", [row], binance.markets)
         assert position.side == "short"
+
+    def test_hedge_mode_keeps_both_legs(self, binance: Any) -> None:
+        """Test that hedge mode's LONG and SHORT legs of one symbol stay two positions."""
+        binance.options["leverageBrackets"] = {"BTC/USDT:USDT": [["0", "0.004"]]}
+        rows = [
+            binance.parse_position_risk(risk_row("0.5", positionSide="LONG")),
+            binance.parse_position_risk(risk_row("-0.2", positionSide="SHORT")),
+        ]
+        legs = positions_from_ccxt("binanceusdm", rows, binance.markets)
+        assert [(p.side, p.contracts, p.hedged) for p in legs] == [
+            ("long", 0.5, True),
+            ("short", 0.2, True),
+        ]
+
+    def test_isolated_margin_is_the_isolated_wallet(self, binance: Any) -> None:
+        """Test that an isolated position carries its own margin (isolatedWallet, no PnL)."""
+        binance.options["leverageBrackets"] = {"BTC/USDT:USDT": [["0", "0.004"]]}
+        row = risk_row(
+            "0.5",
+            isolatedMargin="520",
+            isolatedWallet="480",
+            unRealizedProfit="40",
+            marginType="isolated",
+        )
+        (position,) = positions_from_ccxt(
+            "binanceusdm", [binance.parse_position_risk(row)], binance.markets
+        )
+        assert position.margin_mode == "isolated"
+        assert position.isolated_margin == 480.0
 
     @pytest.mark.parametrize(
         ("change", "field"),
@@ -103,8 +157,9 @@ class TestBinancePositions:
         with pytest.raises(MalformedPayload, match="listed twice"):
             positions_from_ccxt("binanceusdm", [good, good], binance.markets)
         with pytest.raises(MalformedPayload, match="not in the venue's markets"):
-            positions_from_ccxt("binanceusdm", [dict(good, symbol="DOGE/USDT:USDT")],
-                                binance.markets)
+            positions_from_ccxt(
+                "binanceusdm", [dict(good, symbol="DOGE/USDT:USDT")], binance.markets
+            )
         with pytest.raises(MalformedPayload, match="expected a list"):
             positions_from_ccxt("binanceusdm", "garbage", binance.markets)
 
@@ -112,21 +167,38 @@ class TestBinancePositions:
 class TestBinanceBalance:
     def test_wallet_excludes_pnl_and_keeps_update_time_zero(self, binance: Any) -> None:
         """Test that the wallet is walletBalance, and an asset with updateTime 0 is kept."""
-        account = {"totalMaintMargin": "12.5", "totalMarginBalance": "1100",
-                   "assets": [
-                       {"asset": "USDT", "walletBalance": "1000", "marginBalance": "1100",
-                        "unrealizedProfit": "100", "availableBalance": "900",
-                        "initialMargin": "50", "updateTime": 1722161166529},
-                       {"asset": "USDC", "walletBalance": "250", "marginBalance": "250",
-                        "unrealizedProfit": "0", "availableBalance": "250",
-                        "initialMargin": "0", "updateTime": 0},
-                   ]}
+        account = {
+            "totalMaintMargin": "12.5",
+            "totalMarginBalance": "1100",
+            "assets": [
+                {
+                    "asset": "USDT",
+                    "walletBalance": "1000",
+                    "marginBalance": "1100",
+                    "unrealizedProfit": "100",
+                    "availableBalance": "900",
+                    "initialMargin": "50",
+                    "updateTime": 1722161166529,
+                },
+                {
+                    "asset": "USDC",
+                    "walletBalance": "250",
+                    "marginBalance": "250",
+                    "unrealizedProfit": "0",
+                    "availableBalance": "250",
+                    "initialMargin": "0",
+                    "updateTime": 0,
+                },
+            ],
+        }
         balance = binance.parse_balance_custom(account, "linear")
         assert balance["USDT"]["total"] == 1100.0  # ccxt: marginBalance, PnL included
         assert "USDC" not in balance  # ccxt drops updateTime == 0 (issue #27997)
         collateral = collateral_from_ccxt("binanceusdm", balance, "USDT")
         assert [(c.asset, c.amount, c.price) for c in collateral] == [
-            ("USDT", 1000.0, 1.0), ("USDC", 250.0, 1.0)]
+            ("USDT", 1000.0, 1.0),
+            ("USDC", 250.0, 1.0),
+        ]
         figures = venue_figures("binanceusdm", balance)
         assert figures is not None
         assert figures.margin_ratio == pytest.approx(12.5 / 1100)
@@ -144,15 +216,28 @@ class TestDydx:
     def test_signed_contracts(self) -> None:
         """Test that dYdX's negative `contracts` for a short becomes a positive short."""
         exchange = ccxt.dydx()
-        market = {"symbol": "BTC/USD:USDC", "id": "BTC-USD", "settle": "USDC", "quote": "USD",
-                  "inverse": False, "contractSize": 1.0}
-        raw = {"market": "BTC-USD", "status": "OPEN", "side": "SHORT", "size": "0.407",
-               "entryPrice": "118692.0", "unrealizedPnl": "-57.2",
-               "createdAt": "2025-07-14T07:53:55.631Z"}
+        market = {
+            "symbol": "BTC/USD:USDC",
+            "id": "BTC-USD",
+            "settle": "USDC",
+            "quote": "USD",
+            "inverse": False,
+            "contractSize": 1.0,
+        }
+        raw = {
+            "market": "BTC-USD",
+            "status": "OPEN",
+            "side": "SHORT",
+            "size": "0.407",
+            "entryPrice": "118692.0",
+            "unrealizedPnl": "-57.2",
+            "createdAt": "2025-07-14T07:53:55.631Z",
+        }
         parsed = exchange.parse_position(raw, market)
         assert parsed["contracts"] == pytest.approx(-0.407)  # the quirk, as ccxt returns it
-        (position,) = positions_from_ccxt("dydx", [parsed], {market["symbol"]: market},
-                                          marks={"BTC/USD:USDC": 118_800.0})
+        (position,) = positions_from_ccxt(
+            "dydx", [parsed], {market["symbol"]: market}, marks={"BTC/USD:USDC": 118_800.0}
+        )
         assert position.side == "short"
         assert position.contracts == pytest.approx(0.407)
 
@@ -161,12 +246,28 @@ class TestDeribit:
     def test_percent_units_and_inverse(self) -> None:
         """Test that Deribit's percent-unit MM rate becomes a fraction on an inverse position."""
         exchange = ccxt.deribit()
-        market = {"symbol": "BTC/USD:BTC", "id": "BTC-PERPETUAL", "settle": "BTC",
-                  "base": "BTC", "quote": "USD", "inverse": True, "contractSize": 10.0}
-        raw = {"instrument_name": "BTC-PERPETUAL", "direction": "buy", "size": 10000,
-               "size_currency": 0.2, "average_price": 50_000.0, "mark_price": 50_500.0,
-               "initial_margin": 0.004, "maintenance_margin": 0.002,
-               "floating_profit_loss": 0.00198, "leverage": 50, "kind": "future"}
+        market = {
+            "symbol": "BTC/USD:BTC",
+            "id": "BTC-PERPETUAL",
+            "settle": "BTC",
+            "base": "BTC",
+            "quote": "USD",
+            "inverse": True,
+            "contractSize": 10.0,
+        }
+        raw = {
+            "instrument_name": "BTC-PERPETUAL",
+            "direction": "buy",
+            "size": 10000,
+            "size_currency": 0.2,
+            "average_price": 50_000.0,
+            "mark_price": 50_500.0,
+            "initial_margin": 0.004,
+            "maintenance_margin": 0.002,
+            "floating_profit_loss": 0.00198,
+            "leverage": 50,
+            "kind": "future",
+        }
         parsed = exchange.parse_position(raw, market)
         assert parsed["maintenanceMarginPercentage"] == pytest.approx(1.0)  # percent units
         (position,) = positions_from_ccxt("deribit", [parsed], {market["symbol"]: market})
@@ -181,31 +282,62 @@ class TestDeribit:
 class TestTiers:
     def test_binance_cum_is_kept(self, binance: Any) -> None:
         """Test that Binance's cum from `info` becomes the tier's maintenance amount."""
-        raw = {"symbol": "BTCUSDT", "brackets": [
-            {"bracket": 1, "initialLeverage": 125, "notionalCap": 50000, "notionalFloor": 0,
-             "maintMarginRatio": 0.004, "cum": 0.0},
-            {"bracket": 2, "initialLeverage": 100, "notionalCap": 250000,
-             "notionalFloor": 50000, "maintMarginRatio": 0.005, "cum": 50.0}]}
+        raw = {
+            "symbol": "BTCUSDT",
+            "brackets": [
+                {
+                    "bracket": 1,
+                    "initialLeverage": 125,
+                    "notionalCap": 50000,
+                    "notionalFloor": 0,
+                    "maintMarginRatio": 0.004,
+                    "cum": 0.0,
+                },
+                {
+                    "bracket": 2,
+                    "initialLeverage": 100,
+                    "notionalCap": 250000,
+                    "notionalFloor": 50000,
+                    "maintMarginRatio": 0.005,
+                    "cum": 50.0,
+                },
+            ],
+        }
         rows = binance.parse_market_leverage_tiers(raw)
         assert tiers_from_ccxt("binanceusdm", rows) == (
-            Tier(50_000.0, 0.004, 0.0, 1 / 125), Tier(250_000.0, 0.005, 50.0, 1 / 100))
+            Tier(50_000.0, 0.004, 0.0, 1 / 125),
+            Tier(250_000.0, 0.005, 50.0, 1 / 100),
+        )
 
     def test_missing_deduction_is_computed(self) -> None:
         """Test that a venue without a deduction field gets the cumulative rule's value."""
         exchange = ccxt.bybit()
         market = {"symbol": "BTC/USDT:USDT", "id": "BTCUSDT", "settle": "USDT"}
         raw = [
-            {"id": 1, "symbol": "BTCUSDT", "riskLimitValue": "200000",
-             "maintenanceMargin": "0.005", "initialMargin": "0.01", "maxLeverage": "100"},
-            {"id": 2, "symbol": "BTCUSDT", "riskLimitValue": "400000",
-             "maintenanceMargin": "0.01", "initialMargin": "0.02", "maxLeverage": "50"},
+            {
+                "id": 1,
+                "symbol": "BTCUSDT",
+                "riskLimitValue": "200000",
+                "maintenanceMargin": "0.005",
+                "initialMargin": "0.01",
+                "maxLeverage": "100",
+            },
+            {
+                "id": 2,
+                "symbol": "BTCUSDT",
+                "riskLimitValue": "400000",
+                "maintenanceMargin": "0.01",
+                "initialMargin": "0.02",
+                "maxLeverage": "50",
+            },
         ]
         rows = exchange.parse_market_leverage_tiers(raw, market)
         tiers = tiers_from_ccxt("bybit", rows)
         assert tiers[1].maintenance_amount == pytest.approx(200_000 * (0.01 - 0.005))
         # Continuity at the boundary is the point of the deduction.
-        assert 200_000 * tiers[0].mmr == pytest.approx(200_000 * tiers[1].mmr
-                                                       - tiers[1].maintenance_amount)
+        assert 200_000 * tiers[0].mmr == pytest.approx(
+            200_000 * tiers[1].mmr - tiers[1].maintenance_amount
+        )
 
     def test_bad_rate_is_rejected(self) -> None:
         """Test that a maintenance rate that is not a fraction is refused."""
@@ -218,8 +350,10 @@ class TestMarks:
         """Test that Hyperliquid's ticker (no unified markPrice) yields info.markPx."""
         exchange = ccxt.hyperliquid()
         market = {"symbol": "ETH/USDC:USDC", "id": "ETH", "baseName": "ETH", "swap": True}
-        ticker = exchange.parse_ticker({"prevDayPx": "3400.5", "markPx": "3464.7",
-                                        "midPx": "3465.05", "oraclePx": "3460.1"}, market)
+        ticker = exchange.parse_ticker(
+            {"prevDayPx": "3400.5", "markPx": "3464.7", "midPx": "3465.05", "oraclePx": "3460.1"},
+            market,
+        )
         assert ticker["markPrice"] is None
         assert mark_from_ticker("hyperliquid", ticker) == 3464.7
 
