@@ -1,0 +1,104 @@
+"""Fuzz snapshot parsing, payload normalisation and config loading with >= 100 000 inputs.
+
+    .venv/bin/python bench/fuzz.py                  # 40k snapshot + 40k normalize + 20k config
+    .venv/bin/python bench/fuzz.py --scale 0.1      # a quick 10k run
+
+Inputs come from tests/faults/fuzz_targets.py with the known crashers included (`harsh`).
+A "crash" is anything other than the documented rejection (UserError / MalformedPayload with
+a one-line message); crashes are counted and grouped by the line that raised, not shrunk, so
+one run gives every figure. Exit status 1 if any crash was seen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from hypothesis import HealthCheck, Phase, given, settings
+
+from tests.faults.fuzz_targets import BadRejection, ConfigChecker, targets
+
+COUNTS = {"snapshot": 40_000, "normalize": 40_000, "config": 20_000}
+
+
+def run(
+    name: str, count: int
+) -> tuple[collections.Counter[str], dict[str, tuple[int, str]], float]:
+    strategy, check = targets(harsh=True)[name]
+    checker = ConfigChecker() if name == "config" else None
+    outcomes: collections.Counter[str] = collections.Counter()
+    crashes: dict[str, tuple[int, str]] = {}
+
+    @settings(
+        max_examples=count,
+        database=None,
+        deadline=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(strategy)
+    def one(data: Any) -> None:
+        try:
+            outcomes[(checker or check)(data)] += 1
+        except Exception as exc:
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            where = f"{type(exc).__name__} at {Path(frame.filename).name}:{frame.lineno}"
+            if isinstance(exc, BadRejection):
+                where = "rejection whose message is not one line"
+            seen, example = crashes.get(where, (0, f"{str(exc)[:160]!r} on {repr(data)[:160]}"))
+            crashes[where] = (seen + 1, example)
+            outcomes["crash"] += 1
+
+    start = time.perf_counter()
+    try:
+        one()
+    finally:
+        if checker is not None:
+            checker.close()
+    return outcomes, crashes, time.perf_counter() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every count")
+    parser.add_argument("--only", choices=sorted(COUNTS), action="append")
+    args = parser.parse_args()
+    total = 0
+    total_crashes = 0
+    print(
+        f"{'target':<10} {'inputs':>8} {'accepted':>9} {'rejected':>9} {'crashes':>8} "
+        f"{'seconds':>8}"
+    )
+    details: list[str] = []
+    for name, base in COUNTS.items():
+        if args.only and name not in args.only:
+            continue
+        outcomes, crashes, seconds = run(name, max(1, int(base * args.scale)))
+        n = sum(outcomes.values())
+        total += n
+        total_crashes += outcomes["crash"]
+        print(
+            f"{name:<10} {n:>8} {outcomes['accepted']:>9} {outcomes['rejected']:>9} "
+            f"{outcomes['crash']:>8} {seconds:>8.1f}",
+            flush=True,
+        )
+        details += [
+            f"  {name}: {count} x {where}: {example}"
+            for where, (count, example) in sorted(crashes.items())
+        ]
+    print(f"{'total':<10} {total:>8} {'':>9} {'':>9} {total_crashes:>8}")
+    if details:
+        print("crashes by raising line (count x where: first example):")
+        print("\n".join(details))
+    return 1 if total_crashes else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
