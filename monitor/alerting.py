@@ -229,7 +229,7 @@ class AlertPipeline:
             account=event.account,
             rule=event.rule,
             kind=event.kind,
-            level=event.level,
+            alert_level=event.level,  # `level` is structlog's own key (log severity)
             previous_level=event.previous_level,
             value=event.value,
             worst_value=event.worst_value,

@@ -7,15 +7,21 @@ lets a test prove "every alert id still arrives" across a broker restart.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-__all__ = ["MOSQUITTO", "Mosquitto", "free_port"]
+import aiomqtt
+
+__all__ = ["MOSQUITTO", "Collector", "Mosquitto", "collecting", "free_port"]
 
 MOSQUITTO = os.environ.get("MOSQUITTO", "/usr/sbin/mosquitto")
 
@@ -125,3 +131,63 @@ class Mosquitto:
     def running(self) -> bool:
         """True while the process is alive."""
         return self._proc is not None and self._proc.poll() is None
+
+
+class Collector:
+    """A real subscriber that reconnects and keeps its session (clean_session=False)."""
+
+    def __init__(self, broker: Mosquitto, topics: list[str]) -> None:
+        self.broker = broker
+        self.topics = topics
+        self.messages: list[aiomqtt.Message] = []
+        self.client_id = f"collector-{secrets.token_hex(4)}"
+        self.subscribed = asyncio.Event()
+        self.stopping = False
+        self._arrived = asyncio.Event()
+
+    async def run(self) -> None:
+        """Receive forever, reconnecting after broker restarts."""
+        client = aiomqtt.Client(self.broker.host, self.broker.port, identifier=self.client_id,
+                                clean_session=False, timeout=2, keepalive=5)
+        while True:
+            try:
+                async with client:
+                    await client.subscribe([(t, 1) for t in self.topics])
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise asyncio.CancelledError  # a cancel lost in aiomqtt (3.11)
+                    self.subscribed.set()
+                    async for message in client.messages:
+                        self.messages.append(message)
+                        self._arrived.set()
+            except aiomqtt.MqttError:
+                if self.stopping:
+                    raise asyncio.CancelledError from None  # aiomqtt masked our cancel
+                await asyncio.sleep(0.1)
+
+    def on(self, topic: str) -> list[aiomqtt.Message]:
+        """Messages received on exactly `topic`."""
+        return [m for m in self.messages if m.topic.value == topic]
+
+    async def wait_for(self, done: Callable[[], bool], limit: float = 10.0) -> None:
+        """Wait until `done()` holds (fails the test after `limit` seconds)."""
+        async with asyncio.timeout(limit):
+            while not done():
+                self._arrived.clear()
+                await self._arrived.wait()
+
+
+@contextlib.asynccontextmanager
+async def collecting(broker: Mosquitto, topics: list[str]) -> AsyncIterator[Collector]:
+    """A running Collector, subscribed before the block starts."""
+    collector = Collector(broker, topics)
+    task = asyncio.create_task(collector.run())
+    try:
+        async with asyncio.timeout(10):
+            await collector.subscribed.wait()
+        yield collector
+    finally:
+        collector.stopping = True
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -8,20 +8,20 @@ import json
 import math
 import secrets
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiomqtt
 import pytest
 from pydantic import SecretStr
 
-from monitor.alerting import AlertPipeline, raise_if_cancelling
+from monitor.alerting import AlertPipeline
 from monitor.model import MarginReport, PositionRisk, ShockToLiquidation
 from monitor.rules import AlertConfig
 from monitor.signed_commands import Command, envelope
 from monitor.sinks.mqtt import MqttSettings, MqttSink, discovery_configs, state_payload
 from monitor.store import Store
-from tests.mqtt_broker import Mosquitto
+from tests.mqtt_broker import Mosquitto, collecting
 
 SECRET = b"test-secret"
 CONFIG = AlertConfig(repeat_every=0)
@@ -55,64 +55,6 @@ def settings_for(broker: Mosquitto, prefix: str, **extra: object) -> MqttSetting
         "host": broker.host, "port": broker.port, "prefix": prefix, "timeout": 2.0,
         "state_interval": 0.0, "discovery_prefix": f"{prefix}-ha", **extra,
     })
-
-
-class Collector:
-    """A real subscriber that reconnects and keeps its session (clean_session=False)."""
-
-    def __init__(self, broker: Mosquitto, topics: list[str]) -> None:
-        self.broker = broker
-        self.topics = topics
-        self.messages: list[aiomqtt.Message] = []
-        self.client_id = f"collector-{secrets.token_hex(4)}"
-        self.subscribed = asyncio.Event()
-        self.stopping = False
-        self._arrived = asyncio.Event()
-
-    async def run(self) -> None:
-        """Receive forever, reconnecting after broker restarts."""
-        client = aiomqtt.Client(self.broker.host, self.broker.port, identifier=self.client_id,
-                                clean_session=False, timeout=2, keepalive=5)
-        while True:
-            try:
-                async with client:
-                    await client.subscribe([(t, 1) for t in self.topics])
-                    raise_if_cancelling()
-                    self.subscribed.set()
-                    async for message in client.messages:
-                        self.messages.append(message)
-                        self._arrived.set()
-            except aiomqtt.MqttError:
-                if self.stopping:
-                    raise asyncio.CancelledError from None  # aiomqtt masked our cancel
-                await asyncio.sleep(0.1)
-
-    def on(self, topic: str) -> list[aiomqtt.Message]:
-        """Messages received on exactly `topic`."""
-        return [m for m in self.messages if m.topic.value == topic]
-
-    async def wait_for(self, done: Callable[[], bool], limit: float = 10.0) -> None:
-        """Wait until `done()` holds (fails the test after `limit` seconds)."""
-        async with asyncio.timeout(limit):
-            while not done():
-                self._arrived.clear()
-                await self._arrived.wait()
-
-
-@contextlib.asynccontextmanager
-async def collecting(broker: Mosquitto, topics: list[str]) -> AsyncIterator[Collector]:
-    """A running Collector, subscribed before the block starts."""
-    collector = Collector(broker, topics)
-    task = asyncio.create_task(collector.run())
-    try:
-        async with asyncio.timeout(10):
-            await collector.subscribed.wait()
-        yield collector
-    finally:
-        collector.stopping = True
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 @contextlib.asynccontextmanager

@@ -45,29 +45,39 @@ DRAIN_LIMIT = 5.0
 class AlertsSink:
     """A `sinks.base.Sink` that feeds the alert pipeline.
 
+    The pipeline (and its SQLite store) is built on first use, so `margin-monitor check`,
+    which only lists the sinks, never creates a state file.
+
     Args:
-        pipeline: the alert pipeline (its sinks are MQTT and the phone channels).
+        make_pipeline: builds the alert pipeline (its sinks are MQTT and phone channels).
         mqtt: the MQTT sink whose connection loop this starts (None: no MQTT).
         command_listen: host:port of the HTTP command endpoint (None: off).
+        switches: the pause switch the actions side reads (issue 5); the pipeline's
+            pause/resume commands write it.
     """
 
     name = "alerts"
 
     def __init__(
         self,
-        pipeline: AlertPipeline,
+        make_pipeline: Callable[[], AlertPipeline],
         mqtt: MqttSink | None = None,
         command_listen: str | None = None,
+        switches: ActionSwitches | None = None,
     ) -> None:
-        self.pipeline = pipeline
+        self._make_pipeline = make_pipeline
+        self._pipeline: AlertPipeline | None = None
         self.mqtt = mqtt
         self.command_listen = command_listen
+        self.switches = switches or ActionSwitches()
         self._runner: web.AppRunner | None = None
 
     @property
-    def switches(self) -> ActionSwitches:
-        """The pause switch the actions side reads (issue 5)."""
-        return self.pipeline.switches
+    def pipeline(self) -> AlertPipeline:
+        """The alert pipeline, built (and its store opened) on first use."""
+        if self._pipeline is None:
+            self._pipeline = self._make_pipeline()
+        return self._pipeline
 
     async def start(self, tg: asyncio.TaskGroup) -> None:
         """Start delivery, the clock, the MQTT connection and the command endpoint."""
@@ -97,6 +107,8 @@ class AlertsSink:
 
     async def close(self) -> None:
         """Drain the outbox (bounded), stop the command endpoint, close the store."""
+        if self._pipeline is None:
+            return
         if self._runner is not None:
             await self._runner.cleanup()
         if self.pipeline.store.pending():
@@ -140,14 +152,12 @@ def build_alerts_sink(
     secret = None
     if mqtt is not None and mqtt.command_secret is not None:
         secret = mqtt.command_secret.get_secret_value().encode()
-    store = Store(state_dir / "alerts.sqlite3")
-    sinks: list[AlertSink] = []
+    switches = ActionSwitches()
     mqtt_sink = None
     if mqtt is not None:
         from monitor.sinks.mqtt import MqttSink  # noqa: PLC0415 - aiomqtt only when configured
 
         mqtt_sink = MqttSink(mqtt, clock=clock)
-        sinks.append(mqtt_sink)
     channel_sinks: list[NotifySink] = []
     if notify.channels:
         from monitor.sinks.notify import NotifySink  # noqa: PLC0415 - Apprise: ~150 ms import
@@ -156,15 +166,26 @@ def build_alerts_sink(
             NotifySink(c, token_ttl=notify.token_ttl, silence_for=notify.silence_for, clock=clock)
             for c in notify.channels
         ]
-        sinks.extend(channel_sinks)
-    pipeline = AlertPipeline(
-        store, alerts, sinks, command_secret=secret, clock=clock, action_note=action_note
-    )
-    if mqtt_sink is not None:
-        mqtt_sink.command_handler = pipeline.handle_command
-    if secret is not None and notify.command_url:
-        for channel_sink in channel_sinks:
-            # Buttons only when the daemon can sign them and the phone can reach the endpoint.
-            channel_sink.command_url = notify.command_url
-            channel_sink.sign = pipeline.sign
-    return AlertsSink(pipeline, mqtt_sink, notify.command_listen)
+    command_url = notify.command_url
+
+    def make_pipeline() -> AlertPipeline:
+        sinks: list[AlertSink] = [*([mqtt_sink] if mqtt_sink else []), *channel_sinks]
+        pipeline = AlertPipeline(
+            Store(state_dir / "alerts.sqlite3"),
+            alerts,
+            sinks,
+            switches=switches,
+            command_secret=secret,
+            clock=clock,
+            action_note=action_note,
+        )
+        if mqtt_sink is not None:
+            mqtt_sink.command_handler = pipeline.handle_command
+        if secret is not None and command_url:
+            for channel_sink in channel_sinks:
+                # Buttons only when the daemon can sign them and the phone can reach them.
+                channel_sink.command_url = command_url
+                channel_sink.sign = pipeline.sign
+        return pipeline
+
+    return AlertsSink(make_pipeline, mqtt_sink, notify.command_listen, switches)
