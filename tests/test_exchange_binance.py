@@ -403,3 +403,22 @@ class TestManyAccounts:
             finally:
                 await bad_tap.stop()
                 await bad.close()
+
+
+class TestMultiAssets:
+    async def test_btc_collateral_is_priced_and_streamed(self, fake: FakeBinanceUsdm) -> None:
+        """Test that BTC collateral with no BTC position gets a mark read, then streamed ticks."""
+        fake.account.positions.pop(("BTCUSDT", "BOTH"))
+        fake.account.assets["BTC"] = 0.1
+        async with started(fake) as (source, tap):
+            balance = next(e for e in reversed(tap.seen) if isinstance(e, BalanceUpdate))
+            btc = next(c for c in balance.collateral if c.asset == "BTC")
+            assert (btc.amount, btc.price) == (0.1, 60_000.0)
+            await fake.wait_for_client("/market/ws", "btcusdt@markPrice@1s")
+            mark = len(tap.seen)
+            await fake.push_mark("BTCUSDT", 50_000.0)
+            await tap.wait_for(
+                lambda e: isinstance(e, PriceTick) and e.mark_price == 50_000.0, after=mark
+            )
+            moved = next(c for c in source.snapshot().collateral if c.asset == "BTC")
+            assert moved.price == 50_000.0

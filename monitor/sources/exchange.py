@@ -63,8 +63,10 @@ from monitor.sources.normalize import (
     mark_from_ticker,
     positions_from_ccxt,
     tiers_from_ccxt,
+    unpriced_assets,
     venue_figures,
 )
+from monitor.stress import with_prices
 
 __all__ = [
     "AccountConfig",
@@ -292,6 +294,7 @@ class ExchangeSource:
         self._tasks: set[asyncio.Task[None]] = set()
         self._price_tasks: dict[str, asyncio.Task[None]] = {}
         self._drifting = False
+        self._collateral_symbols: set[str] = set()
         self._closed = False
 
     # --- public surface (monitor.sources.base.Source) ---------------------------------------
@@ -328,12 +331,9 @@ class ExchangeSource:
         return self._snapshot(positions, collateral)
 
     def snapshot(self) -> AccountSnapshot:
-        """The last good state with the latest marks (what the daemon's state holds)."""
-        positions = tuple(
-            p.at_mark(self.marks[p.symbol]) if p.symbol in self.marks else p
-            for p in self.positions
-        )
-        return self._snapshot(positions, self.collateral)
+        """The last good state at the latest marks (what the daemon's state holds): marks
+        move positions and collateral priced off the same asset (stress.with_prices)."""
+        return with_prices(self._snapshot(self.positions, self.collateral), self.marks)
 
     async def close(self) -> None:
         """Stop every loop and release the ccxt sessions (ccxt: close() is required)."""
@@ -498,10 +498,53 @@ class ExchangeSource:
         positions = positions_from_ccxt(
             self.venue, raw_positions, exchange.markets or {}, self.tiers, self.marks
         )
-        prices = {k.split("/", 1)[0]: v for k, v in self.marks.items()
-                  if k.split("/", 1)[-1].startswith(self.currency)}
-        collateral = collateral_from_ccxt(self.venue, raw_balance, self.currency, prices)
+        await self._price_collateral(raw_balance)
+        collateral = collateral_from_ccxt(
+            self.venue, raw_balance, self.currency, self._asset_prices()
+        )
         return positions, collateral, venue_figures(self.venue, raw_balance)
+
+    def _asset_prices(self) -> dict[str, float]:
+        """Asset -> price in the report currency, from the marks of `ASSET/<currency>` pairs."""
+        return {k.split("/", 1)[0]: v for k, v in self.marks.items()
+                if k.split("/", 1)[-1].startswith(self.currency)}
+
+    def _price_symbol(self, asset: str) -> str | None:
+        """The market that prices a collateral asset: the linear perpetual, else spot."""
+        markets = self.exchange.markets or {}
+        for symbol in (f"{asset}/{self.currency}:{self.currency}", f"{asset}/{self.currency}"):
+            if symbol in markets:
+                return symbol
+        return None
+
+    async def _price_collateral(self, balance: object) -> None:
+        """Read a price for volatile collateral (Binance multi-assets BTC, say) and keep it
+        streaming, so its value moves with the market like a position's mark does."""
+        for asset in unpriced_assets(self.venue, balance, self.currency, self._asset_prices()):
+            symbol = self._price_symbol(asset)
+            if symbol is None:
+                continue  # collateral_from_ccxt rejects it with the reason
+            mark = self._mark_of(symbol, await self._fetch_price(symbol))
+            if mark is not None:
+                self.marks[symbol] = mark
+                self._collateral_symbols.add(symbol)
+
+    async def _fetch_price(self, symbol: str) -> object:
+        """One REST price read: the mark price endpoint where the venue has one."""
+        exchange = self.exchange
+        if exchange.has.get("fetchMarkPrice") is True and exchange.market(symbol).get("contract"):
+            return await exchange.fetch_mark_price(symbol)
+        return await exchange.fetch_ticker(symbol)
+
+    def _mark_of(self, symbol: str, ticker: object) -> float | None:
+        """The mark of a contract; a spot pair (collateral pricing) has none, so its last."""
+        mark = mark_from_ticker(self.venue, ticker)
+        markets = self.exchange.markets or {}
+        if mark is None and isinstance(ticker, dict) and not markets.get(symbol, {}).get(
+            "contract", True
+        ):
+            mark = mark_from_ticker(self.venue, {"markPrice": ticker.get("last")})
+        return mark
 
     async def _fill_marks(self, rows: object) -> None:
         """Read the mark of positions whose rows carry none (MEXC, dYdX) and that no
@@ -510,11 +553,8 @@ class ExchangeSource:
             return
         missing = {str(r["symbol"]) for r in rows if isinstance(r, dict) and r.get("symbol")
                    and r.get("markPrice") is None and r["symbol"] not in self.marks}
-        exchange = self.exchange
-        fetch = (exchange.fetch_mark_price if exchange.has.get("fetchMarkPrice") is True
-                 else exchange.fetch_ticker)
         for symbol in sorted(missing):
-            mark = mark_from_ticker(self.venue, await fetch(symbol))
+            mark = self._mark_of(symbol, await self._fetch_price(symbol))
             if mark is not None:
                 self.marks[symbol] = mark
 
@@ -532,7 +572,7 @@ class ExchangeSource:
         self.figures = figures
         if figures is not None:
             self._record_check(figures, self._snapshot(positions, collateral), ts)
-        self._sync_price_streams({p.symbol for p in positions})
+        self._sync_price_streams({p.symbol for p in positions} | self._collateral_symbols)
 
     def _record_check(self, figures: VenueFigures, snapshot: AccountSnapshot, ts: float) -> None:
         ours = margin.report(snapshot)
@@ -615,7 +655,9 @@ class ExchangeSource:
 
     async def _price_stream(self, symbol: str) -> None:
         exchange = self.exchange
-        watch = (exchange.watch_mark_price if exchange.has.get("watchMarkPrice") is True
+        contract = bool((exchange.markets or {}).get(symbol, {}).get("contract", True))
+        watch = (exchange.watch_mark_price
+                 if contract and exchange.has.get("watchMarkPrice") is True
                  else exchange.watch_ticker)
         backoff = Backoff(cap=self.backoff_cap)
         while True:
@@ -630,9 +672,6 @@ class ExchangeSource:
 
     async def _price_poll(self) -> None:
         """REST takes over for symbols whose stream has been quiet for `poll_interval`."""
-        exchange = self.exchange
-        fetch = (exchange.fetch_mark_price if exchange.has.get("fetchMarkPrice") is True
-                 else exchange.fetch_ticker)
         backoff = Backoff(cap=self.backoff_cap)
         while True:
             await asyncio.sleep(self.poll_interval * self._throttle.factor)
@@ -640,7 +679,7 @@ class ExchangeSource:
             quiet = [s for s, t in self._last_tick.items() if now - t >= self.poll_interval]
             for symbol in quiet:
                 try:
-                    ticker = await fetch(symbol)
+                    ticker = await self._fetch_price(symbol)
                 except Exception as exc:
                     if not await self._fault(exc, f"price_poll[{symbol}]", backoff):
                         return
@@ -649,7 +688,7 @@ class ExchangeSource:
                 self._on_mark(symbol, ticker)
 
     def _on_mark(self, symbol: str, ticker: object) -> None:
-        mark = mark_from_ticker(self.venue, ticker)
+        mark = self._mark_of(symbol, ticker)
         if mark is None:
             log.warning("bad_mark", account=self.name, symbol=symbol,
                         reason="ticker without a positive markPrice")

@@ -33,6 +33,7 @@ __all__ = [
     "mark_from_ticker",
     "positions_from_ccxt",
     "tiers_from_ccxt",
+    "unpriced_assets",
     "venue_figures",
 ]
 
@@ -501,6 +502,33 @@ def _float(value: object, key: str) -> float:
     return number
 
 
+def _wallets(venue: str, balance: object) -> list[tuple[str, float, float | None]]:
+    """(asset, wallet amount, price the venue implies or None) of a fetch_balance() result."""
+    if not isinstance(balance, Mapping):
+        raise MalformedPayload(f"{venue} balance: expected a dict, got {type(balance).__name__}")
+    info = balance.get("info")
+    reader = _WALLETS.get(venue)
+    if venue == "bitget":
+        return list(_bitget_wallets(info))
+    if reader is not None and isinstance(info, Mapping):
+        return list(reader(info))
+    total = balance.get("total")
+    if not isinstance(total, Mapping):
+        raise MalformedPayload(f"{venue} balance: field 'total' is missing")
+    return [(str(k), _float(v, f"total.{k}"), None) for k, v in total.items() if v is not None]
+
+
+def unpriced_assets(
+    venue: str, balance: object, currency: str, prices: Mapping[str, float] | None = None
+) -> list[str]:
+    """Volatile collateral assets that neither the venue nor `prices` values yet (Binance
+    multi-assets BTC, say): the source must read a price for them before valuing."""
+    return sorted(
+        {asset for asset, amount, venue_price in _wallets(venue, balance)
+         if amount != 0 and _asset_price(asset, currency, venue_price, prices or {}) is None}
+    )
+
+
 def collateral_from_ccxt(
     venue: str,
     balance: object,
@@ -514,22 +542,8 @@ def collateral_from_ccxt(
     A volatile asset with no price from the venue or from `prices` is rejected rather than
     valued at a guess.
     """
-    if not isinstance(balance, Mapping):
-        raise MalformedPayload(f"{venue} balance: expected a dict, got {type(balance).__name__}")
-    info = balance.get("info")
-    reader = _WALLETS.get(venue)
-    if venue == "bitget":
-        wallets = list(_bitget_wallets(info))
-    elif reader is not None and isinstance(info, Mapping):
-        wallets = list(reader(info))
-    else:
-        total = balance.get("total")
-        if not isinstance(total, Mapping):
-            raise MalformedPayload(f"{venue} balance: field 'total' is missing")
-        wallets = [(str(k), _float(v, f"total.{k}"), None) for k, v in total.items()
-                   if v is not None]
     out: dict[str, Collateral] = {}
-    for asset, amount, venue_price in wallets:
+    for asset, amount, venue_price in _wallets(venue, balance):
         if amount == 0:
             continue
         price = _asset_price(asset, currency, venue_price, prices or {})

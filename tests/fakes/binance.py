@@ -67,6 +67,8 @@ class BinanceAccount:
         default_factory=lambda: {"BTCUSDT": BTC_BRACKETS, "ETHUSDT": ETH_BRACKETS}
     )
     can_trade: bool = True
+    #: Other wallet assets (multi-assets mode collateral), asset -> wallet balance.
+    assets: dict[str, float] = field(default_factory=dict)
 
     def bracket(self, symbol: str, notional: float) -> tuple[float, float, float, int]:
         for row in self.brackets[symbol]:
@@ -251,6 +253,20 @@ class FakeBinanceUsdm(FakeVenue):
             "updateTime": self.now_ms(),
         }
         idle = dict(asset, asset="BNB", walletBalance="0", marginBalance="0", updateTime=0)
+        extra = [
+            dict(
+                asset,
+                asset=name,
+                walletBalance=repr(amount),
+                marginBalance=repr(amount),
+                unrealizedProfit="0",
+                maintMargin="0",
+                initialMargin="0",
+                crossWalletBalance=repr(amount),
+                crossUnPnl="0",
+            )
+            for name, amount in self.account.assets.items()
+        ]
         return json_response(
             {
                 "totalInitialMargin": repr(t["im"]),
@@ -265,7 +281,7 @@ class FakeBinanceUsdm(FakeVenue):
                 "availableBalance": repr(available),
                 "maxWithdrawAmount": repr(available),
                 "canTrade": self.account.can_trade,
-                "assets": [asset, idle],
+                "assets": [asset, idle, *extra],
                 "positions": [],
             }
         )
