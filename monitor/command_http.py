@@ -25,7 +25,8 @@ log = structlog.get_logger("monitor.command_http")
 def decode_token(token: str) -> bytes:
     """The envelope bytes of a base64url token (padding optional)."""
     padded = token + "=" * (-len(token) % 4)
-    return base64.urlsafe_b64decode(padded.encode())
+    # validate=True: stray characters are an error, not silently dropped (b64decode's default).
+    return base64.b64decode(padded.encode(), altchars=b"-_", validate=True)
 
 
 def command_app(handler: Callable[[bytes], Mapping[str, Any]]) -> web.Application:

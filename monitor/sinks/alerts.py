@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
@@ -71,12 +71,31 @@ class AlertsSink:
         self.command_listen = command_listen
         self.switches = switches or ActionSwitches()
         self._runner: web.AppRunner | None = None
+        self._action_note: Callable[[str], str | None] | None = None
+
+    def record_action(self, account: str, kind: str, payload: Mapping[str, Any], at: float) -> None:
+        """Audit a protective-action decision and publish it on `<prefix>/<account>/action`.
+
+        For the actions side (issue 5): the SQLite audit trail is the durable record (query
+        it with `pipeline.store.audit_trail(...)`); the MQTT topic is the live feed.
+        """
+        self.pipeline.store.audit(account, kind, payload, at)
+        if self.mqtt is not None:
+            self.mqtt.publish_action(account, {"kind": kind, "at": at, **payload})
+
+    def set_action_note(self, note: Callable[[str], str | None]) -> None:
+        """What the protective action did or would do for an account, shown in alerts."""
+        self._action_note = note
+        if self._pipeline is not None:
+            self._pipeline.action_note = note
 
     @property
     def pipeline(self) -> AlertPipeline:
         """The alert pipeline, built (and its store opened) on first use."""
         if self._pipeline is None:
             self._pipeline = self._make_pipeline()
+            if self._action_note is not None:
+                self._pipeline.action_note = self._action_note
         return self._pipeline
 
     async def start(self, tg: asyncio.TaskGroup) -> None:
