@@ -488,9 +488,15 @@ class ExchangeSource:
     ) -> tuple[tuple[Position, ...], tuple[Collateral, ...], VenueFigures | None]:
         """fetch_positions + fetch_balance, normalised; raises on any bad payload."""
         exchange = self.exchange
-        raw_positions, raw_balance = await asyncio.gather(
-            exchange.fetch_positions(), exchange.fetch_balance()
+        # Read together (less skew between the two), but never leave a failed half's
+        # sibling un-awaited: its own error would surface later as "never retrieved".
+        results: tuple[Any, ...] = await asyncio.gather(
+            exchange.fetch_positions(), exchange.fetch_balance(), return_exceptions=True
         )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        raw_positions, raw_balance = results
         symbols = sorted({str(r.get("symbol")) for r in raw_positions or []
                           if isinstance(r, dict) and r.get("symbol")})
         await self._ensure_tiers(symbols)
