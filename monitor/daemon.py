@@ -275,13 +275,18 @@ def build_sinks(
         build_alerts_sink(settings.state_dir, settings.alerts.to_config(), settings.mqtt,
                           settings.notify)
     )  # fmt: skip
-    if settings.metrics.enabled:
-        # issue 6: Prometheus /metrics and /healthz (prometheus-client only when enabled)
+    if settings.metrics.enabled or settings.heartbeat.url is not None:
+        # issue 6: Prometheus /metrics and /healthz; the heartbeat pings only while the
+        # metrics sink's freshness says every account is seen (it tracks it either way)
+        from monitor.heartbeat import HeartbeatSink  # noqa: PLC0415
         from monitor.metrics import build_metrics_sink  # noqa: PLC0415
 
         watched = {a.name: a.stale_after for a in settings.accounts
                    if sources is None or a.name in sources}  # fmt: skip
-        sinks.append(build_metrics_sink(settings.metrics, watched, sinks, sources))
+        health = build_metrics_sink(settings.metrics, watched, sinks, sources)
+        sinks.append(health)
+        if settings.heartbeat.url is not None:
+            sinks.append(HeartbeatSink(settings.heartbeat, health.blind))
     return sinks
 
 

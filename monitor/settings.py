@@ -52,6 +52,7 @@ from pydantic_settings import (
 
 from monitor.alert_settings import MqttSettings, NotifySettings
 from monitor.errors import UserError
+from monitor.heartbeat import HeartbeatSettings
 from monitor.metrics import MetricsSettings
 from monitor.rules import AlertConfig
 
@@ -233,6 +234,7 @@ class Settings(BaseSettings):
     accounts: list[AccountSettings] = Field(default_factory=_demo_accounts, min_length=1)
     alerts: AlertsSettings = Field(default_factory=_default_alerts)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)  # issue 6: /metrics
+    heartbeat: HeartbeatSettings = Field(default_factory=HeartbeatSettings)  # issue 6
     mqtt: MqttSettings | None = None  # issue 4: unset = no MQTT (sinks/mqtt.py)
     notify: NotifySettings | None = None  # issue 4: unset = no phone channels
 

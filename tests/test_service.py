@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,7 @@ SECRETS = {
     "mqtt__command_secret": "hmac-command-secret-41f9b2",
 }
 ENV_SECRET = "mqtt-password-from-env-93ad"
+PING_TOKEN = "5d1f0c7e-ping-token-b2"  # checked absent from every log line
 
 
 class NotifyListener:
@@ -94,7 +96,13 @@ def retained(broker: Mosquitto, topic: str) -> str:
 
 
 def write_config(
-    path: Path, broker: Mosquitto, *, prefix: str, metrics_port: int, accounts: list[str]
+    path: Path,
+    broker: Mosquitto,
+    *,
+    prefix: str,
+    metrics_port: int,
+    accounts: list[str],
+    heartbeat: str | None = None,
 ) -> None:
     """A config with metrics on `metrics_port`, MQTT to `broker`, and calm sim accounts."""
     lines = [
@@ -109,10 +117,37 @@ def write_config(
         'username = "monitor"',
         "discovery = false",
     ]
+    if heartbeat is not None:
+        lines += ["[heartbeat]", f'url = "{heartbeat}"', "interval = 0.3"]
     for name in accounts:
         lines += ["[[accounts]]", f'name = "{name}"', 'exchange = "sim"',
                   'sim = { scenario = "calm" }']  # fmt: skip
     path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def ping_service() -> Iterator[tuple[str, list[str]]]:
+    """A dead-man's-switch service on 127.0.0.1: (base URL, paths pinged so far)."""
+    pings: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            pings.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"OK")
+
+        def log_message(self, format: str, *args: object) -> None:
+            del format, args
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", pings
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.fixture
@@ -126,14 +161,21 @@ def notify(tmp_path: Path) -> Iterator[NotifyListener]:
 
 class TestService:
     def test_notify_metrics_reload_and_clean_stop(
-        self, tmp_path: Path, mosquitto: Mosquitto, notify: NotifyListener
+        self,
+        tmp_path: Path,
+        mosquitto: Mosquitto,
+        notify: NotifyListener,
+        ping_service: tuple[str, list[str]],
     ) -> None:
-        """Test READY/WATCHDOG, /metrics and /healthz, SIGHUP, SIGTERM -> exit 0 + offline."""
+        """Test READY/WATCHDOG, metrics, health, heartbeat, SIGHUP, SIGTERM -> exit 0 + offline."""
         assert CONSOLE_SCRIPT.exists(), f"{CONSOLE_SCRIPT}: install the package (pip install -e .)"
         prefix = f"mm-test-{uuid.uuid4().hex[:8]}"
         port = free_port()
         config = tmp_path / "config.toml"
-        write_config(config, mosquitto, prefix=prefix, metrics_port=port, accounts=["demo"])
+        ping_base, pings = ping_service
+        heartbeat = f"{ping_base}/ping/{PING_TOKEN}"
+        write_config(config, mosquitto, prefix=prefix, metrics_port=port, accounts=["demo"],
+                     heartbeat=heartbeat)  # fmt: skip
         creds = tmp_path / "credentials"
         creds.mkdir()
         for name, value in SECRETS.items():
@@ -168,11 +210,12 @@ class TestService:
                 assert (f"margin_monitor_{metric}", "demo") in names
             assert ("margin_monitor_events_total", "demo") in names
             wait_for("status online", lambda: retained(mosquitto, f"{prefix}/status") == "online")
+            wait_for("2 heartbeat pings", lambda: len(pings) >= 2, timeout=10)
+            assert set(pings) == {f"/ping/{PING_TOKEN}"}
 
             # SIGHUP: a second account joins without a restart, and is vouched for
-            write_config(
-                config, mosquitto, prefix=prefix, metrics_port=port, accounts=["demo", "second"]
-            )
+            write_config(config, mosquitto, prefix=prefix, metrics_port=port,
+                         accounts=["demo", "second"], heartbeat=heartbeat)  # fmt: skip
             proc.send_signal(signal.SIGHUP)
             wait_for("READY after reload", lambda: notify.count("READY=1") >= 2)
             wait_for(
@@ -199,7 +242,7 @@ class TestService:
         events = [json.loads(line)["event"] for line in lines]
         assert "daemon stopped" in events
         assert "configuration reloaded" in events
-        for secret in [*SECRETS.values(), ENV_SECRET]:
+        for secret in [*SECRETS.values(), ENV_SECRET, PING_TOKEN]:
             assert secret not in logs
 
     def test_broken_reload_keeps_running(
