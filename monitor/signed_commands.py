@@ -5,8 +5,9 @@ send one (DESIGN.md "Alerts"). Every command is an envelope
 
     {"body": "<JSON text of the command>", "ts": <unix seconds>, "sig": "<hex>"}
 
-with `sig = HMAC-SHA256(secret, f"{ts}\\n{body}")`. The body travels as a string so the
-signature covers exactly the bytes that were signed (no JSON canonicalisation to agree on).
+with `sig = HMAC-SHA256(secret, f"{int(ts)}\\n{body}")` in hex. Whole unix seconds, so a
+shell script can sign with `date +%s` and `openssl dgst -sha256 -hmac`. The body travels as a
+string so the signature covers exactly the bytes that were signed (no JSON canonicalisation).
 A command is refused when the signature is wrong, when `ts` is more than `max_age` (60 s)
 old or in the future (replay), or when its body has an `expires_at` that has passed; that
 last form is the token inside a phone notification's action button, valid for longer than a
@@ -75,14 +76,14 @@ class Command:
 
 
 def signature(secret: bytes, ts: float, body: str) -> str:
-    """Hex HMAC-SHA256 over the timestamp and the body."""
-    return hmac.new(secret, f"{ts!r}\n{body}".encode(), hashlib.sha256).hexdigest()
+    """Hex HMAC-SHA256 over the timestamp (whole seconds) and the body."""
+    return hmac.new(secret, f"{int(ts)}\n{body}".encode(), hashlib.sha256).hexdigest()
 
 
 def envelope(command: Command, secret: bytes, ts: float) -> str:
     """The signed wire form of `command`, as sent on the command topic or in a button."""
     body = command.to_body()
-    return json.dumps({"body": body, "ts": ts, "sig": signature(secret, ts, body)})
+    return json.dumps({"body": body, "ts": int(ts), "sig": signature(secret, ts, body)})
 
 
 def _field(data: dict[str, Any], key: str, kind: type, default: object = None) -> Any:

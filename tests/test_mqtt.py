@@ -276,7 +276,7 @@ class TestCommands:
         errors = sorted(r["error"] for r in replies if not r["ok"])
         assert len(errors) == 3
         assert "bad signature" in errors
-        assert any("120 s old" in e for e in errors)
+        assert any("s old (limit 60 s)" in e for e in errors)
         assert any("not JSON" in e for e in errors)
         refused = pipeline.store.audit_trail(kind="command_refused")
         assert len(refused) == 3

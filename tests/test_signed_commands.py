@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 
 import pytest
 
@@ -81,3 +82,18 @@ class TestVerify:
         raw = json.dumps({"body": text, "ts": 100.0, "sig": signature(KEY, 100.0, text)})
         with pytest.raises(CommandRefused, match=reason):
             verify(raw, KEY, now=100.0)
+
+
+class TestInterop:
+    """Signing without Python."""
+
+    def test_openssl_signature_verifies(self) -> None:
+        """Test that `openssl dgst -hmac` over "<ts>\\n<body>" produces an accepted command."""
+        body = '{"action":"status","request_id":"sh"}'
+        out = subprocess.run(
+            ["openssl", "dgst", "-sha256", "-hmac", KEY.decode(), "-hex"],
+            input=f"100\n{body}".encode(), capture_output=True, check=True,
+        ).stdout.decode()
+        sig = out.strip().split()[-1]
+        raw = json.dumps({"body": body, "ts": 100, "sig": sig})
+        assert verify(raw, KEY, now=101.0).request_id == "sh"
