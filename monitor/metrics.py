@@ -486,14 +486,23 @@ def build_metrics_sink(
     """
     depth = None
     for sink in sinks:
-        store = getattr(getattr(sink, "pipeline", None), "store", None)
-        if store is not None and callable(getattr(store, "pending", None)):
-            depth = outbox_depth_of(store.pending)
+        # looked up on the class: the alert sink builds its pipeline (and opens the store)
+        # lazily on first use, and `check` must never open it (sinks/alerts.py)
+        if hasattr(type(sink), "pipeline"):
+            depth = outbox_depth_of(_pending_of(sink))
     metrics = MetricsSink(settings, accounts, outbox_depth=depth)
     for name, source in (sources or {}).items():
         if hasattr(source, "venue_check"):
             metrics.watch_drift(name, _drift_of(source))
     return metrics
+
+
+def _pending_of(sink: object) -> Callable[[], Iterable[Any]]:
+    def pending() -> Iterable[Any]:
+        rows: Iterable[Any] = sink.pipeline.store.pending()  # type: ignore[attr-defined]
+        return rows
+
+    return pending
 
 
 def _drift_of(source: object) -> Drift:

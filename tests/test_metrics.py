@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -38,6 +39,8 @@ from monitor.model import (
     SourceStale,
     SourceUp,
 )
+from monitor.settings import AlertsSettings
+from monitor.sinks.alerts import build_alerts_sink
 from monitor.store import OutboxRow
 
 SNAPSHOT = AccountSnapshot(
@@ -220,15 +223,23 @@ class TestExposition:
             def pending(self) -> list[OutboxRow]:
                 return [OutboxRow(1, "m1", "mqtt", "main", "{}", 0.0, 0, 0.0, "")]
 
-        class Alerts:
-            class pipeline:  # mimics the attribute path alerts.pipeline.store
-                store = Store()
+        class Pipeline:
+            store = Store()
 
-        live, sim = Source(), object()
+        class Alerts:
+            opened = 0
+
+            @property
+            def pipeline(self) -> type[Pipeline]:  # lazy, like sinks/alerts.py
+                self.opened += 1
+                return Pipeline
+
+        live, sim, alerts = Source(), object(), Alerts()
         metrics = build_metrics_sink(
-            MetricsSettings(), {"main": 30.0, "demo": 30.0}, [Alerts()],
+            MetricsSettings(), {"main": 30.0, "demo": 30.0}, [alerts],
             {"main": live, "demo": sim},
         )  # fmt: skip
+        assert alerts.opened == 0  # building (e.g. for `check`) never opens the store
         async with asyncio.TaskGroup() as tg:
             await metrics.start(tg)
         try:
@@ -262,6 +273,17 @@ class TestExposition:
         assert ALERTS_SENT.labels(sink="phone")._value.get() == sent0 + 3
         assert ACTIONS.labels(account="main", outcome="dry_run")._value.get() == act0 + 1
         assert EVENTS  # the counters share one registry with the gauges
+
+    async def test_audited_actions_are_counted_by_outcome(self, tmp_path: Path) -> None:
+        """Test that an action decision audited through the alert sink counts by outcome."""
+        sink = build_alerts_sink(tmp_path, AlertsSettings().to_config(), None, None)
+        key = {"account": "main", "outcome": "would_reduce"}
+        before = REGISTRY.get_sample_value("margin_monitor_actions_total", key) or 0.0
+        try:
+            sink.record_action("main", "would_reduce", {"symbol": "BTC/USDT:USDT"}, 0.0)
+        finally:
+            await sink.close()
+        assert REGISTRY.get_sample_value("margin_monitor_actions_total", key) == before + 1
 
     @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
     async def test_promtool_accepts_the_exposition(

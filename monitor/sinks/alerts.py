@@ -25,6 +25,7 @@ from aiohttp import web
 from monitor.alert_settings import MqttSettings, NotifySettings
 from monitor.alerting import AlertPipeline, AlertSink
 from monitor.command_http import serve_commands
+from monitor.metrics import record_action as record_action_metric
 from monitor.model import AccountSnapshot, Event, MarginReport, SourceDown, SourceStale, SourceUp
 from monitor.rules import AlertConfig
 from monitor.store import Store
@@ -80,6 +81,7 @@ class AlertsSink:
         it with `pipeline.store.audit_trail(...)`); the MQTT topic is the live feed.
         """
         self.pipeline.store.audit(account, kind, payload, at)
+        record_action_metric(account, kind)  # issue 6: margin_monitor_actions_total
         if self.mqtt is not None:
             self.mqtt.publish_action(account, {"kind": kind, "at": at, **payload})
 
