@@ -1,0 +1,286 @@
+"""Throughput of the daemon's tick path: 1 000 accounts x 20 positions x 1 tick/s each, one core.
+
+    .venv/bin/python bench/throughput.py [--accounts 1000] [--positions 20] [--seconds 20]
+        [--shock-interval 1.0] [--path daemon|ledger]
+
+`--path daemon` (default) runs the real `monitor.daemon.run_daemon`: per account the
+`source[..]` task folds every tick with `state.apply` and the `recompute[..]` task takes a
+coalesced `margin.report` (plus `stress.assess` every `--shock-interval` s). That is what the
+daemon does today; it does not use `monitor.ledger.Ledger` yet. `--path ledger` measures the
+O(1) alternative the Ledger allows: `Ledger.tick` + `Ledger.summary` per tick (the
+threshold check) and the full report coalesced, in the same loop structure.
+
+Each fake source emits its account's ticks in small batches on a schedule (so offered load is
+exactly accounts x positions ticks/s); the process is pinned to one CPU. Printed: offered and
+absorbed events/s, recomputes/s, backlog (ticks generated but not yet in a report; bounded
+if coalescing works), tick->report latency percentiles over every tick, loop lag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import math
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from monitor import margin
+from monitor.daemon import run_daemon
+from monitor.ledger import Ledger
+from monitor.model import (
+    AccountSnapshot,
+    Collateral,
+    Event,
+    MarginReport,
+    Position,
+    PriceTick,
+    Tier,
+)
+from monitor.settings import load_settings
+
+TIERS = (Tier(50_000, 0.004, 0), Tier(250_000, 0.005, 50), Tier(1_000_000, 0.01, 1_300),
+         Tier(math.inf, 0.05, 266_300))
+BATCH_PERIOD = 0.25  # s between a source's wake-ups; each wake-up emits positions/4 ticks
+
+
+def book(name: str, n: int, rng: random.Random) -> AccountSnapshot:
+    positions = []
+    notional = 0.0
+    for i in range(n):
+        price = rng.uniform(1, 50_000)
+        size = rng.uniform(1_000, 50_000) / price
+        notional += size * price
+        positions.append(Position(f"S{i}/USDT:USDT", rng.choice(("long", "short")), size,
+                                  price, price, leverage=20, tiers=TIERS))
+    return AccountSnapshot(name, "USDT", (Collateral("USDT", notional / 4),), tuple(positions),
+                           venue="binanceusdm")
+
+
+class Probe:
+    """Shared counters: when each not-yet-reported tick was made, per account."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, list[float]] = {}
+        self.latencies: list[float] = []
+        self.generated = 0
+        self.reports = 0
+        self.backlog: list[int] = []
+        self.lags: list[float] = []
+
+    def reset(self) -> None:
+        """Forget the warm-up (start-up reads, first shock solves)."""
+        self.latencies.clear()
+        self.backlog.clear()
+        self.lags.clear()
+        self.generated = 0
+        self.reports = 0
+
+    def made(self, account: str, t: float) -> None:
+        self.pending[account].append(t)
+        self.generated += 1
+
+    def reported(self, account: str) -> None:
+        now = time.monotonic()
+        pending = self.pending[account]
+        self.latencies.extend(now - t for t in pending)
+        pending.clear()
+        self.reports += 1
+
+
+class TickSource:
+    """A `Source` that emits `positions` ticks/s on a fixed schedule (random walk)."""
+
+    def __init__(self, snapshot: AccountSnapshot, probe: Probe, rng: random.Random) -> None:
+        self.snapshot = snapshot
+        self.probe = probe
+        self.rng = rng
+        self._marks = [p.mark_price for p in snapshot.positions]
+        self._symbols = [p.symbol for p in snapshot.positions]
+        probe.pending[snapshot.account] = []
+
+    @property
+    def account(self) -> str:
+        return self.snapshot.account
+
+    async def fetch_snapshot(self) -> AccountSnapshot:
+        return self.snapshot
+
+    async def events(self) -> AsyncIterator[Event]:
+        per_batch = max(1, round(len(self._symbols) * BATCH_PERIOD))
+        loop = asyncio.get_running_loop()
+        due = loop.time() + self.rng.uniform(0, BATCH_PERIOD)
+        i = 0
+        while True:
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            due += BATCH_PERIOD
+            for _ in range(per_batch):
+                k = i % len(self._symbols)
+                i += 1
+                self._marks[k] *= 1 + self.rng.gauss(0, 0.0005)
+                # stamped with when the venue sent it, so loop lag counts as latency
+                sent = due - BATCH_PERIOD
+                self.probe.made(self.account, sent)
+                yield PriceTick(self.account, self._symbols[k], self._marks[k], sent)
+
+    async def close(self) -> None:
+        return None
+
+
+class ProbeSink:
+    """The only sink: marks every pending tick of the account as reported."""
+
+    name = "probe"
+
+    def __init__(self, probe: Probe) -> None:
+        self.probe = probe
+
+    async def start(self, tg: asyncio.TaskGroup) -> None:
+        return None
+
+    async def on_report(self, account: str, report: MarginReport, snapshot: AccountSnapshot,
+                        now: float) -> None:
+        self.probe.reported(account)
+
+    async def on_event(self, event: Event) -> None:
+        return None
+
+    async def on_level(self, *args: Any) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+async def ledger_path(sources: list[TickSource], probe: Probe, seconds: float) -> int:
+    """Ledger.tick + summary per tick, full report coalesced; same task structure."""
+    recomputes = 0
+
+    async def account(src: TickSource) -> None:
+        nonlocal recomputes
+        ledger = Ledger(src.snapshot)
+        dirty = asyncio.Event()
+
+        async def recompute() -> None:
+            nonlocal recomputes
+            while True:
+                await dirty.wait()
+                dirty.clear()
+                margin.report(ledger.snapshot())
+                recomputes += 1
+                probe.reported(src.account)
+
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(recompute(), name=f"recompute[{src.account}]")
+            async for event in src.events():
+                assert isinstance(event, PriceTick)
+                if ledger.tick(event.symbol, event.mark_price):
+                    ledger.summary()  # what a threshold rule reads at once
+                    dirty.set()
+
+    tasks = [asyncio.create_task(account(s), name=f"source[{s.account}]") for s in sources]
+    await asyncio.sleep(seconds)
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return recomputes
+
+
+async def lag_monitor(probe: Probe) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        t = loop.time()
+        await asyncio.sleep(0.1)
+        probe.lags.append(loop.time() - t - 0.1)
+
+
+async def warm_up(probe: Probe, seconds: float, marks: dict[str, float]) -> None:
+    await asyncio.sleep(seconds)
+    probe.reset()
+    marks["t"] = time.perf_counter()
+    marks["cpu"] = time.process_time()
+
+
+async def backlog_monitor(probe: Probe) -> None:
+    while True:
+        await asyncio.sleep(0.5)
+        probe.backlog.append(sum(len(v) for v in probe.pending.values()))
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    rng = random.Random(7)
+    probe = Probe()
+    sources = [TickSource(book(f"acct{i:04d}", args.positions, rng), probe, rng)
+               for i in range(args.accounts)]
+    marks: dict[str, float] = {}
+    aux = [asyncio.create_task(lag_monitor(probe)), asyncio.create_task(backlog_monitor(probe)),
+           asyncio.create_task(warm_up(probe, args.warmup, marks))]
+    total = args.seconds + args.warmup
+    if args.path == "daemon":
+        with tempfile.TemporaryDirectory() as tmp:
+            settings = load_settings(None, state_dir=tmp, shock_interval=args.shock_interval)
+            loops = await run_daemon(settings, settings.accounts, [ProbeSink(probe)],
+                                     duration=total, sources=sources,
+                                     handle_signals=False)
+        shocks = sum(lp.shock_solves for lp in loops)
+    else:
+        await ledger_path(sources, probe, total)
+        shocks = 0
+    wall = time.perf_counter() - marks["t"]
+    cpu = time.process_time() - marks["cpu"]
+    lags = probe.lags
+    for t in aux:
+        t.cancel()
+    lat = [x * 1000 for x in probe.latencies]
+    offered = args.accounts * args.positions
+    print(f"path={args.path} accounts={args.accounts} positions={args.positions} "
+          f"seconds={args.seconds:g} shock_interval={args.shock_interval:g}")
+    print(f"offered {offered:,} ticks/s; absorbed (folded into state) "
+          f"{probe.generated / wall:,.0f}/s; reports {probe.reports / wall:,.0f}/s "
+          f"(coalescing {probe.generated / max(1, probe.reports):.1f} ticks/report); shock "
+          f"solves {shocks / (wall + args.warmup):,.0f}/s; CPU {cpu / wall:.0%} of one core")
+    print(f"backlog (ticks not yet in a report), sampled every 0.5 s: "
+          f"median {statistics.median(probe.backlog):,.0f}, max {max(probe.backlog):,}, "
+          f"last 5 {probe.backlog[-5:]}")
+    print(f"tick->report latency over {len(lat):,} ticks: p50 {pct(lat, 0.5):.2f} ms, "
+          f"p90 {pct(lat, 0.9):.2f} ms, p99 {pct(lat, 0.99):.2f} ms, max {max(lat):.2f} ms")
+    print(f"event-loop lag: p50 {pct(lags, 0.5) * 1000:.1f} ms, "
+          f"p99 {pct(lags, 0.99) * 1000:.1f} ms, max {max(lags) * 1000:.1f} ms")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--accounts", type=int, default=1000)
+    parser.add_argument("--positions", type=int, default=20)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds not measured")
+    parser.add_argument("--shock-interval", type=float, default=1.0)
+    parser.add_argument("--path", choices=("daemon", "ledger"), default="daemon")
+    args = parser.parse_args()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    print(f"machine: {platform.processor() or platform.machine()}, python "
+          f"{platform.python_version()}, pinned to CPU {sorted(os.sched_getaffinity(0))}")
+    asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    main()
