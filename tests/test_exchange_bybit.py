@@ -227,3 +227,41 @@ class TestSilence:
         await tap.wait_for(lambda e: isinstance(e, SourceStale) and e.kind == "prices")
         fake.clear_faults()
         await tap.wait_for(lambda e: isinstance(e, SourceUp) and e.kind == "prices")
+
+    async def test_failing_reads_make_positions_stale_then_fresh(
+        self, fake: FakeBybit, running: tuple[ExchangeSource, EventTap]
+    ) -> None:
+        """Test that REST reads failing past stale_after raise stale positions, then clear."""
+        _source, tap = running
+        await tap.wait_for(is_positions)
+        fake.fail("/v5/position/list", 503, "down", times=10_000, content_type="text/plain")
+        stale = await tap.wait_for(lambda e: isinstance(e, SourceStale) and e.kind == "positions")
+        assert isinstance(stale, SourceStale)
+        assert stale.age > 1.0
+        fake.clear_faults()
+        await tap.wait_for(lambda e: isinstance(e, SourceUp) and e.kind == "positions")
+
+
+class TestTiers:
+    async def test_tiers_are_refreshed(self, fake: FakeBybit) -> None:
+        """Test that cached risk tiers are read again once `tiers_every` has passed."""
+        account = account_for(fake, API_KEY, SECRET, poll_interval=0.1, stale_after=1.0)
+        source = ExchangeSource(account, backoff_cap=0.2, reconcile_every=0.1, tiers_every=0.3)
+        tap = EventTap(source.events())
+        try:
+            await tap.wait_for(is_positions)
+            first = fake.count("/v5/market/risk-limit")
+            assert first >= 1
+            fake.account.tiers["ETHUSDT"] = [(100_000, 0.012, 0.0, 50), (500_000, 0.02, 800.0, 25)]
+            async with asyncio.timeout(5):
+                while fake.count("/v5/market/risk-limit") <= first:  # noqa: ASYNC110 - polls the fake
+                    await asyncio.sleep(0.05)
+            await tap.wait_for(
+                lambda e: (
+                    isinstance(e, PositionsUpdate)
+                    and any(p.symbol == ETH and p.tiers[0].mmr == 0.012 for p in e.positions)
+                )
+            )
+        finally:
+            await tap.stop()
+            await source.close()
