@@ -82,14 +82,23 @@ async def sampler(every: float, rows: list[dict[str, float]], start: float) -> N
         await asyncio.sleep(every)
         now_cpu, now_wall = time.process_time(), time.perf_counter()
         total, sockets = fds()
-        row = {"min": (now_wall - start) / 60, "rss": rss_mb(),
-               "cpu": (now_cpu - cpu) / (now_wall - wall), "tasks": len(asyncio.all_tasks()),
-               "fds": total, "sockets": sockets, "recomputes": len(RECOMPUTE_MS)}
+        row = {
+            "min": (now_wall - start) / 60,
+            "rss": rss_mb(),
+            "cpu": (now_cpu - cpu) / (now_wall - wall),
+            "tasks": len(asyncio.all_tasks()),
+            "fds": total,
+            "sockets": sockets,
+            "recomputes": len(RECOMPUTE_MS),
+        }
         cpu, wall = now_cpu, now_wall
         rows.append(row)
-        print(f"  t={row['min']:6.2f} min  RSS {row['rss']:6.1f} MB  CPU {row['cpu']:5.1%}  "
-              f"tasks {row['tasks']:4.0f}  fds {row['fds']:3.0f}  sockets {row['sockets']:2.0f}  "
-              f"recomputes {row['recomputes']:,.0f}", flush=True)
+        print(
+            f"  t={row['min']:6.2f} min  RSS {row['rss']:6.1f} MB  CPU {row['cpu']:5.1%}  "
+            f"tasks {row['tasks']:4.0f}  fds {row['fds']:3.0f}  sockets {row['sockets']:2.0f}  "
+            f"recomputes {row['recomputes']:,.0f}",
+            flush=True,
+        )
 
 
 def slope_mb_per_hour(rows: list[dict[str, float]]) -> float:
@@ -107,38 +116,61 @@ async def main_async(args: argparse.Namespace) -> None:
     daemon.margin.report = timed(daemon.margin.report)  # type: ignore[method-assign]
     daemon.stress.assess = timed(daemon.stress.assess)  # type: ignore[method-assign]
     with tempfile.TemporaryDirectory() as tmp:
-        accounts = [{"name": f"soak{i:03d}", "exchange": "sim",
-                     "sim": {"seed": i, "scenario": "calm", "tick_rate": 10.0}}
-                    for i in range(args.accounts)]
+        accounts = [
+            {
+                "name": f"soak{i:03d}",
+                "exchange": "sim",
+                "sim": {"seed": i, "scenario": "calm", "tick_rate": 10.0},
+            }
+            for i in range(args.accounts)
+        ]
         settings = load_settings(None, state_dir=tmp, accounts=accounts)
         sinks = [build_alerts_sink(Path(tmp), settings.alerts.to_config(), None, None)]
         sources = [SimVenue(a.name, a.sim) for a in settings.accounts]
         rows: list[dict[str, float]] = []
         start = time.perf_counter()
-        print(f"soak: {args.accounts} sim accounts for {args.minutes:g} min; RSS before start "
-              f"{rss_mb():.1f} MB", flush=True)
+        print(
+            f"soak: {args.accounts} sim accounts for {args.minutes:g} min; RSS before start "
+            f"{rss_mb():.1f} MB",
+            flush=True,
+        )
         task = asyncio.create_task(sampler(args.sample, rows, start))
-        await daemon.run_daemon(settings, settings.accounts, sinks, sources=sources,
-                                duration=args.minutes * 60, handle_signals=False)
+        await daemon.run_daemon(
+            settings,
+            settings.accounts,
+            sinks,
+            sources=sources,
+            duration=args.minutes * 60,
+            handle_signals=False,
+        )
         task.cancel()
+
     def at(minute: float) -> str:
         near = [r for r in rows if r["min"] >= minute - args.sample / 120]
-        return f"{near[0]['rss']:.1f} MB" if near and rows[-1]["min"] >= minute - 0.01 \
-            else "not run"
+        return (
+            f"{near[0]['rss']:.1f} MB" if near and rows[-1]["min"] >= minute - 0.01 else "not run"
+        )
+
     first = rows[0] if rows else {}
-    print(f"RSS: start {first.get('rss', float('nan')):.1f} MB, 5 min {at(5)}, 30 min {at(30)}, "
-          f"end {rows[-1]['rss']:.1f} MB; growth {slope_mb_per_hour(rows):+.2f} MB/h "
-          f"(least squares after minute 1)")
+    print(
+        f"RSS: start {first.get('rss', float('nan')):.1f} MB, 5 min {at(5)}, 30 min {at(30)}, "
+        f"end {rows[-1]['rss']:.1f} MB; growth {slope_mb_per_hour(rows):+.2f} MB/h "
+        f"(least squares after minute 1)"
+    )
     cpu = [r["cpu"] for r in rows]
     print(f"CPU share: median {statistics.median(cpu):.1%}, max {max(cpu):.1%}")
-    print(f"recompute (margin.report / stress.assess wall time) over {len(RECOMPUTE_MS):,}: "
-          f"p50 {pct(RECOMPUTE_MS, 0.5):.3f} ms, p99 {pct(RECOMPUTE_MS, 0.99):.3f} ms, "
-          f"max {max(RECOMPUTE_MS):.3f} ms")
+    print(
+        f"recompute (margin.report / stress.assess wall time) over {len(RECOMPUTE_MS):,}: "
+        f"p50 {pct(RECOMPUTE_MS, 0.5):.3f} ms, p99 {pct(RECOMPUTE_MS, 0.99):.3f} ms, "
+        f"max {max(RECOMPUTE_MS):.3f} ms"
+    )
     t = [r["tasks"] for r in rows]
     s = [r["sockets"] for r in rows]
     f = [r["fds"] for r in rows]
-    print(f"tasks first/last/max {t[0]:.0f}/{t[-1]:.0f}/{max(t):.0f}; fds {f[0]:.0f}/{f[-1]:.0f}/"
-          f"{max(f):.0f}; sockets {s[0]:.0f}/{s[-1]:.0f}/{max(s):.0f}")
+    print(
+        f"tasks first/last/max {t[0]:.0f}/{t[-1]:.0f}/{max(t):.0f}; fds {f[0]:.0f}/{f[-1]:.0f}/"
+        f"{max(f):.0f}; sockets {s[0]:.0f}/{s[-1]:.0f}/{max(s):.0f}"
+    )
 
 
 def main() -> None:

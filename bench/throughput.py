@@ -51,8 +51,12 @@ from monitor.model import (
 )
 from monitor.settings import load_settings
 
-TIERS = (Tier(50_000, 0.004, 0), Tier(250_000, 0.005, 50), Tier(1_000_000, 0.01, 1_300),
-         Tier(math.inf, 0.05, 266_300))
+TIERS = (
+    Tier(50_000, 0.004, 0),
+    Tier(250_000, 0.005, 50),
+    Tier(1_000_000, 0.01, 1_300),
+    Tier(math.inf, 0.05, 266_300),
+)
 BATCH_PERIOD = 0.25  # s between a source's wake-ups; each wake-up emits positions/4 ticks
 
 
@@ -63,10 +67,20 @@ def book(name: str, n: int, rng: random.Random) -> AccountSnapshot:
         price = rng.uniform(1, 50_000)
         size = rng.uniform(1_000, 50_000) / price
         notional += size * price
-        positions.append(Position(f"S{i}/USDT:USDT", rng.choice(("long", "short")), size,
-                                  price, price, leverage=20, tiers=TIERS))
-    return AccountSnapshot(name, "USDT", (Collateral("USDT", notional / 4),), tuple(positions),
-                           venue="binanceusdm")
+        positions.append(
+            Position(
+                f"S{i}/USDT:USDT",
+                rng.choice(("long", "short")),
+                size,
+                price,
+                price,
+                leverage=20,
+                tiers=TIERS,
+            )
+        )
+    return AccountSnapshot(
+        name, "USDT", (Collateral("USDT", notional / 4),), tuple(positions), venue="binanceusdm"
+    )
 
 
 class Probe:
@@ -150,8 +164,9 @@ class ProbeSink:
     async def start(self, tg: asyncio.TaskGroup) -> None:
         return None
 
-    async def on_report(self, account: str, report: MarginReport, snapshot: AccountSnapshot,
-                        now: float) -> None:
+    async def on_report(
+        self, account: str, report: MarginReport, snapshot: AccountSnapshot, now: float
+    ) -> None:
         self.probe.reported(account)
 
     async def on_event(self, event: Event) -> None:
@@ -227,18 +242,28 @@ def pct(values: list[float], q: float) -> float:
 async def main_async(args: argparse.Namespace) -> None:
     rng = random.Random(7)
     probe = Probe()
-    sources = [TickSource(book(f"acct{i:04d}", args.positions, rng), probe, rng)
-               for i in range(args.accounts)]
+    sources = [
+        TickSource(book(f"acct{i:04d}", args.positions, rng), probe, rng)
+        for i in range(args.accounts)
+    ]
     marks: dict[str, float] = {}
-    aux = [asyncio.create_task(lag_monitor(probe)), asyncio.create_task(backlog_monitor(probe)),
-           asyncio.create_task(warm_up(probe, args.warmup, marks))]
+    aux = [
+        asyncio.create_task(lag_monitor(probe)),
+        asyncio.create_task(backlog_monitor(probe)),
+        asyncio.create_task(warm_up(probe, args.warmup, marks)),
+    ]
     total = args.seconds + args.warmup
     if args.path == "daemon":
         with tempfile.TemporaryDirectory() as tmp:
             settings = load_settings(None, state_dir=tmp, shock_interval=args.shock_interval)
-            loops = await run_daemon(settings, settings.accounts, [ProbeSink(probe)],
-                                     duration=total, sources=sources,
-                                     handle_signals=False)
+            loops = await run_daemon(
+                settings,
+                settings.accounts,
+                [ProbeSink(probe)],
+                duration=total,
+                sources=sources,
+                handle_signals=False,
+            )
         shocks = sum(lp.shock_solves for lp in loops)
     else:
         await ledger_path(sources, probe, total)
@@ -250,19 +275,29 @@ async def main_async(args: argparse.Namespace) -> None:
         t.cancel()
     lat = [x * 1000 for x in probe.latencies]
     offered = args.accounts * args.positions
-    print(f"path={args.path} accounts={args.accounts} positions={args.positions} "
-          f"seconds={args.seconds:g} shock_interval={args.shock_interval:g}")
-    print(f"offered {offered:,} ticks/s; absorbed (folded into state) "
-          f"{probe.generated / wall:,.0f}/s; reports {probe.reports / wall:,.0f}/s "
-          f"(coalescing {probe.generated / max(1, probe.reports):.1f} ticks/report); shock "
-          f"solves {shocks / (wall + args.warmup):,.0f}/s; CPU {cpu / wall:.0%} of one core")
-    print(f"backlog (ticks not yet in a report), sampled every 0.5 s: "
-          f"median {statistics.median(probe.backlog):,.0f}, max {max(probe.backlog):,}, "
-          f"last 5 {probe.backlog[-5:]}")
-    print(f"tick->report latency over {len(lat):,} ticks: p50 {pct(lat, 0.5):.2f} ms, "
-          f"p90 {pct(lat, 0.9):.2f} ms, p99 {pct(lat, 0.99):.2f} ms, max {max(lat):.2f} ms")
-    print(f"event-loop lag: p50 {pct(lags, 0.5) * 1000:.1f} ms, "
-          f"p99 {pct(lags, 0.99) * 1000:.1f} ms, max {max(lags) * 1000:.1f} ms")
+    print(
+        f"path={args.path} accounts={args.accounts} positions={args.positions} "
+        f"seconds={args.seconds:g} shock_interval={args.shock_interval:g}"
+    )
+    print(
+        f"offered {offered:,} ticks/s; absorbed (folded into state) "
+        f"{probe.generated / wall:,.0f}/s; reports {probe.reports / wall:,.0f}/s "
+        f"(coalescing {probe.generated / max(1, probe.reports):.1f} ticks/report); shock "
+        f"solves {shocks / (wall + args.warmup):,.0f}/s; CPU {cpu / wall:.0%} of one core"
+    )
+    print(
+        f"backlog (ticks not yet in a report), sampled every 0.5 s: "
+        f"median {statistics.median(probe.backlog):,.0f}, max {max(probe.backlog):,}, "
+        f"last 5 {probe.backlog[-5:]}"
+    )
+    print(
+        f"tick->report latency over {len(lat):,} ticks: p50 {pct(lat, 0.5):.2f} ms, "
+        f"p90 {pct(lat, 0.9):.2f} ms, p99 {pct(lat, 0.99):.2f} ms, max {max(lat):.2f} ms"
+    )
+    print(
+        f"event-loop lag: p50 {pct(lags, 0.5) * 1000:.1f} ms, "
+        f"p99 {pct(lags, 0.99) * 1000:.1f} ms, max {max(lags) * 1000:.1f} ms"
+    )
 
 
 def main() -> None:
@@ -277,8 +312,10 @@ def main() -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-    print(f"machine: {platform.processor() or platform.machine()}, python "
-          f"{platform.python_version()}, pinned to CPU {sorted(os.sched_getaffinity(0))}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, python "
+        f"{platform.python_version()}, pinned to CPU {sorted(os.sched_getaffinity(0))}"
+    )
     asyncio.run(main_async(args))
 
 
