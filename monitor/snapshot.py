@@ -60,7 +60,7 @@ class _Reader:
             if key not in known:
                 hint = difflib.get_close_matches(str(key), known, n=1)
                 fix = f" (did you mean '{hint[0]}'?)" if hint else f"; known: {', '.join(known)}"
-                self.fail(f"has unknown field '{key}'{fix}")
+                self.fail(f"has unknown field {_quoted(key)}{fix}")
 
     def where(self, key: str | None = None) -> str:
         if key is None:
@@ -117,7 +117,10 @@ class _Reader:
             return math.inf
         if isinstance(value, bool) or not isinstance(value, int | float):
             self.fail(f"is {_kind(value)}, expected a number", key)
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # a JSON integer of hundreds of digits
+            self.fail("is an integer too large for a float, expected a realistic number", key)
         if math.isnan(number) or (math.isinf(number) and not allow_inf):
             self.fail(f"is {value}, expected a finite number", key)
         if positive and number <= 0:
@@ -156,6 +159,14 @@ def _kind(value: object) -> str:
     if isinstance(value, list):
         return "a list"
     return "an object"
+
+
+def _quoted(key: object) -> str:
+    """A key as typed, quoted; control characters escaped so the error stays one line."""
+    text = str(key)[:60]
+    if text.isprintable():
+        return f"'{text}'"
+    return repr(text)
 
 
 def _fmt(number: float) -> str:
