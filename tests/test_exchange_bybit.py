@@ -265,3 +265,18 @@ class TestTiers:
         finally:
             await tap.stop()
             await source.close()
+
+
+class TestCollateral:
+    async def test_uta_coins_priced_by_usd_value(self, fake: FakeBybit) -> None:
+        """Test that a UTA coin is first priced by usdValue/equity (before any mark is known)
+        and that a coin switched off as collateral is skipped."""
+        fake.account.coins["BTC"] = (0.05, 61_000.0, True)
+        fake.account.coins["DOGE"] = (1_000.0, 0.1, False)
+        async with started(fake) as (_source, tap):
+            first = await tap.wait_for(lambda e: isinstance(e, BalanceUpdate))
+            assert isinstance(first, BalanceUpdate)
+            by_asset = {c.asset: c for c in first.collateral}
+        assert set(by_asset) == {"USDT", "BTC"}
+        assert by_asset["BTC"].amount == 0.05
+        assert by_asset["BTC"].price == pytest.approx(61_000.0)

@@ -66,6 +66,8 @@ class BybitAccount:
         default_factory=lambda: {"BTCUSDT": BTC_TIERS, "ETHUSDT": ETH_TIERS}
     )
     read_only: bool = False
+    #: Other collateral coins: coin -> (wallet balance, USD price, collateral switch on).
+    coins: dict[str, tuple[float, float, bool]] = field(default_factory=dict)
 
     def tier(self, symbol: str, value: float) -> tuple[float, float, float, float]:
         for row in self.tiers[symbol]:
@@ -303,6 +305,21 @@ class FakeBybit(FakeVenue):
             "marginCollateral": True,
             "spotHedgingQty": "0",
         }
+        others = [
+            dict(
+                coin,
+                coin=name,
+                equity=repr(amount),
+                usdValue=repr(amount * price),
+                walletBalance=repr(amount),
+                unrealisedPnl="0",
+                totalPositionIM="0",
+                totalPositionMM="0",
+                collateralSwitch=switch,
+                marginCollateral=switch,
+            )
+            for name, (amount, price, switch) in self.account.coins.items()
+        ]
         account = {
             "accountType": "UNIFIED",
             "totalEquity": repr(wallet + t["upnl"]),
@@ -315,7 +332,7 @@ class FakeBybit(FakeVenue):
             "accountIMRate": repr(t["im_rate"]),
             "accountMMRate": repr(t["mm_rate"]),
             "accountLTV": "0",
-            "coin": [coin],
+            "coin": [coin, *others],
         }
         return ok({"list": [account]})
 
