@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
@@ -85,3 +86,27 @@ class NotifySettings(BaseModel):
     )
     token_ttl: float = Field(3600.0, gt=0, le=7 * 86400, description="button validity, s")
     silence_for: float = Field(3600.0, gt=0, description="what the Silence button silences, s")
+
+    @field_validator("command_url")
+    @classmethod
+    def _absolute_url(cls, url: str | None) -> str | None:
+        if url is None:
+            return url
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            msg = (
+                f"'{url}' must be an absolute http(s) URL, e.g. https://monitor.example.org/command"
+            )
+            raise ValueError(msg)
+        return url
+
+    @field_validator("command_listen")
+    @classmethod
+    def _host_port(cls, listen: str | None) -> str | None:
+        if listen is None:
+            return listen
+        host, sep, port = listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            msg = f"'{listen}' must be host:port, e.g. 127.0.0.1:8765"
+            raise ValueError(msg)
+        return listen
