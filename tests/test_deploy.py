@@ -8,6 +8,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,33 @@ def _json_list(text: str) -> list[str]:
     return [str(v) for v in value]
 
 
+CHECK_JSONSCHEMA = Path(sys.executable).parent / "check-jsonschema"
+
+
+def check_compose_schema(path: Path) -> subprocess.CompletedProcess[str]:
+    """check-jsonschema with the compose-spec schema it ships (no network)."""
+    return subprocess.run(
+        [str(CHECK_JSONSCHEMA), "--builtin-schema", "vendor.compose-spec", str(path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
 class TestCompose:
+    def test_valid_against_the_compose_spec(self) -> None:
+        """Test that compose.yaml validates against the official compose-spec JSON schema."""
+        result = check_compose_schema(DEPLOY / "compose.yaml")
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    def test_schema_check_would_catch_a_typo(self, tmp_path: Path) -> None:
+        """Test that the schema check can fail: a misspelt service key is rejected."""
+        broken = tmp_path / "compose.yaml"
+        broken.write_text(
+            (DEPLOY / "compose.yaml").read_text().replace("depends_on:", "depend_on:")
+        )
+        result = check_compose_schema(broken)
+        assert result.returncode != 0
+        assert "depend_on" in result.stdout + result.stderr
+
     def test_services_and_ordering(self) -> None:
         """Test that the daemon waits for a healthy broker and restarts on its own."""
         services = compose()["services"]
