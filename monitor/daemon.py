@@ -37,6 +37,7 @@ from monitor.model import MarginReport, SourceDown
 from monitor.rules import Level, ratio_level
 from monitor.sdnotify import Notifier, ProgressProbe, watchdog_interval, watchdog_loop
 from monitor.settings import AccountSettings, AlertsSettings, Settings, load_settings
+from monitor.sinks.actions import build_actions_sink
 from monitor.sinks.alerts import build_alerts_sink
 from monitor.sinks.base import Sink
 from monitor.sinks.console import ConsoleSink
@@ -271,10 +272,13 @@ def build_sinks(
     `OrderDesk`) that protective actions trade through; empty for `check`.
     """
     sinks: list[Sink] = [ConsoleSink(live=tui)]
-    sinks.append(
-        build_alerts_sink(settings.state_dir, settings.alerts.to_config(), settings.mqtt,
-                          settings.notify)
-    )  # fmt: skip
+    actions = build_actions_sink(settings, sources)  # issue 5: protective orders
+    alerts = build_alerts_sink(settings.state_dir, settings.alerts.to_config(), settings.mqtt,
+                               settings.notify, action_note=actions.note if actions else None)
+    sinks.append(alerts)
+    if actions is not None:
+        actions.attach(alerts)
+        sinks.append(actions)
     if settings.metrics.enabled or settings.heartbeat.url is not None:
         # issue 6: Prometheus /metrics and /healthz; the heartbeat pings only while the
         # metrics sink's freshness says every account is seen (it tracks it either way)

@@ -50,6 +50,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from monitor.action_settings import ActionsSettings
 from monitor.alert_settings import MqttSettings, NotifySettings
 from monitor.errors import UserError
 from monitor.heartbeat import HeartbeatSettings
@@ -237,6 +238,7 @@ class Settings(BaseSettings):
     heartbeat: HeartbeatSettings = Field(default_factory=HeartbeatSettings)  # issue 6
     mqtt: MqttSettings | None = None  # issue 4: unset = no MQTT (sinks/mqtt.py)
     notify: NotifySettings | None = None  # issue 4: unset = no phone channels
+    actions: ActionsSettings = Field(default_factory=ActionsSettings)  # issue 5: dry run
 
     @field_validator("accounts")
     @classmethod

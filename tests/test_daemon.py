@@ -46,6 +46,8 @@ name = "demo"
 exchange = "sim"
 [accounts.sim]
 speed = 25
+[actions]
+simulated = false  # the plain alert ladder; tests/test_executor.py runs the demo with actions
 """
 
 

@@ -1,0 +1,160 @@
+"""The daemon's protective-action consumer: reports in, one executor task per account.
+
+`on_report` is awaited inline on the account's recompute task, so it only hands the newest
+report to the account's own task (`sink[actions[<account>]]`) and returns; the step (fresh
+read, plan, orders, confirmation) runs there. Like the recompute loop, a burst of reports
+costs one step: the task always takes the newest report, never a backlog.
+
+Audit records go to the alert store (engineer B's `Store.audit`) and the MQTT action topic
+(`<prefix>/<account>/action`); the pause switch is the alert pipeline's (`ActionSwitches`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from monitor.executor import Executor
+from monitor.model import AccountSnapshot, Event, MarginReport
+from monitor.sources.base import OrderDesk, Source
+
+if TYPE_CHECKING:
+    from monitor.settings import Settings
+    from monitor.sinks.alerts import AlertsSink
+
+__all__ = ["ActionsSink", "build_actions_sink"]
+
+log = structlog.get_logger("monitor.sinks.actions")
+
+
+class ActionsSink:
+    """A `sinks.base.Sink` running one `Executor` per protected account."""
+
+    name = "actions"
+
+    def __init__(self, executors: Mapping[str, Executor]) -> None:
+        self.executors = dict(executors)
+        self._latest: dict[str, tuple[MarginReport, float]] = {}
+        self._wake = {name: asyncio.Event() for name in self.executors}
+        self._notes: dict[str, str] = {}
+
+    def attach(self, alerts: AlertsSink | None) -> None:
+        """Use the alert side's store (audit), MQTT (action topic) and pause switch."""
+        if alerts is None:
+            return
+
+        def audit(account: str, kind: str, payload: Mapping[str, Any], at: float) -> None:
+            # the pipeline (and its store) is built on first use, so look it up per call
+            alerts.pipeline.store.audit(account, kind, payload, at)
+
+        for ex in self.executors.values():
+            ex.switches = alerts.switches
+            ex.audit_hook = audit
+            if alerts.mqtt is not None:
+                ex.publish_hook = alerts.mqtt.publish_action
+
+    def note(self, account: str) -> str | None:
+        """What the actions side did or would do, for the alert message (alerting.py)."""
+        ex = self.executors.get(account)
+        if ex is None:
+            return None
+        if account in self._notes:
+            return self._notes[account]
+        plan = ex.last_plan
+        if plan is None or not plan.orders:
+            return None
+        verb = "reducing" if ex.live else "would reduce (dry run)"
+        legs = ", ".join(f"{o.side} {o.amount:g} {o.symbol}" for o in plan.orders)
+        return f"{verb}: {legs}"
+
+    def _alert(self, account: str, text: str) -> None:
+        self._notes[account] = text
+
+    async def start(self, tg: asyncio.TaskGroup) -> None:
+        """One task per protected account."""
+        for account, ex in self.executors.items():
+            ex.alert_hook = self._alert
+            tg.create_task(self._run(account, ex), name=f"sink[actions[{account}]]")
+
+    async def _run(self, account: str, ex: Executor) -> None:
+        wake = self._wake[account]
+        while True:
+            await wake.wait()
+            wake.clear()
+            rep, now = self._latest[account]
+            try:
+                await ex.on_report(rep, now)
+            except Exception:  # a broken step must not end protection for good
+                log.exception("actions.step_failed", account=account)
+
+    async def on_report(
+        self, account: str, report: MarginReport, snapshot: AccountSnapshot, now: float
+    ) -> None:
+        """Hand the newest report to the account's task if it may call for a step."""
+        del snapshot  # the executor never acts on the streamed view: it re-reads
+        ex = self.executors.get(account)
+        if ex is None or not ex.wants(report, now):
+            return
+        self._latest[account] = (report, now)
+        self._wake[account].set()
+
+    async def on_event(self, event: Event) -> None:
+        """Nothing: fills show up in the next report."""
+        del event
+
+    async def on_level(
+        self, account: str, level: str, previous: str, report: MarginReport, now: float
+    ) -> None:
+        """Nothing: the action level is a ratio, checked on every report."""
+        del account, level, previous, report, now
+
+    async def close(self) -> None:
+        """Release every writer lock."""
+        for ex in self.executors.values():
+            ex.close()
+
+
+def build_actions_sink(
+    settings: Settings,
+    sources: Mapping[str, Source] | None,
+    *,
+    clock: Callable[[], float] = time.time,
+) -> ActionsSink | None:
+    """Executors for the accounts `[actions]` covers whose source can take orders.
+
+    An account acts for real only when `actions.enabled = true`, or when it is on the
+    built-in sim and `actions.simulated` is left on (fake money, the demo); every other
+    account runs dry: it plans and audits "would have".
+    """
+    if not sources:
+        return None
+    actions = settings.actions
+    alerts = settings.alerts
+    thresholds = {"warning": alerts.warning, "critical": alerts.critical,
+                  "emergency": alerts.emergency}  # fmt: skip
+    executors: dict[str, Executor] = {}
+    for account in settings.accounts:
+        source = sources.get(account.name)
+        if source is None or not actions.covers(account.name):
+            continue
+        if not isinstance(source, OrderDesk):
+            log.info("actions.no_order_desk", account=account.name)
+            continue
+        venue: Any = getattr(source, "venue", None)
+        live = actions.enabled or (account.is_sim and actions.simulated)
+        executors[account.name] = Executor(
+            account.name,
+            source,
+            source.fetch_snapshot,
+            settings=actions,
+            action_ratio=actions.action_ratio(thresholds),
+            state_dir=settings.state_dir,
+            live=live,
+            venue="sim" if account.is_sim else (venue if isinstance(venue, str) else None),
+            clock=clock,
+        )
+    return ActionsSink(executors) if executors else None
