@@ -123,6 +123,10 @@ class AlertPipeline:
         self.config = config
         self.sinks = tuple(sinks)
         self.switches = switches or ActionSwitches()
+        # Pauses survive a restart: reload them, then persist every change.
+        for account, until in store.load_pauses(clock()).items():
+            self.switches.pause(account, until)
+        self.switches.on_change = store.save_pause
         self.clock = clock
         self.action_note = action_note
         self._secret = command_secret

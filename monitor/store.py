@@ -70,6 +70,10 @@ CREATE TABLE IF NOT EXISTS audit (
     payload TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audit_account ON audit (account, at);
+CREATE TABLE IF NOT EXISTS action_pause (
+    account TEXT PRIMARY KEY,
+    until REAL NOT NULL
+);
 """
 
 
@@ -218,11 +222,13 @@ class Store:
             if saved.get(fp) != part:
                 saved[fp] = part
                 body = json.dumps(dataclasses.asdict(part))
-                statements.append((
-                    "INSERT INTO alert_state (fingerprint, account, state) VALUES (?, ?, ?) "
-                    "ON CONFLICT (fingerprint) DO UPDATE SET state = excluded.state",
-                    (fp, alert.account, body),
-                ))
+                statements.append(
+                    (
+                        "INSERT INTO alert_state (fingerprint, account, state) VALUES (?, ?, ?) "
+                        "ON CONFLICT (fingerprint) DO UPDATE SET state = excluded.state",
+                        (fp, alert.account, body),
+                    )
+                )
         if state.silences != self._saved_silences:
             statements.append(("DELETE FROM silence", ()))
             statements.extend(
@@ -276,35 +282,76 @@ class Store:
 
     def delivered(self, sink: str, message_ids: Iterable[str]) -> None:
         """`sink` acknowledged these messages: their rows go."""
-        self._write([
-            ("DELETE FROM outbox WHERE sink = ? AND message_id = ?", (sink, mid))
-            for mid in message_ids
-        ])
+        self._write(
+            [
+                ("DELETE FROM outbox WHERE sink = ? AND message_id = ?", (sink, mid))
+                for mid in message_ids
+            ]
+        )
 
     def reschedule(self, sink: str, now: float) -> None:
         """Make every queued message of `sink` due now (it just reconnected)."""
-        self._write([
-            ("UPDATE outbox SET next_attempt_at = ? WHERE sink = ? AND next_attempt_at > ?",
-             (now, sink, now)),
-        ])
+        self._write(
+            [
+                (
+                    "UPDATE outbox SET next_attempt_at = ? WHERE sink = ? AND next_attempt_at > ?",
+                    (now, sink, now),
+                ),
+            ]
+        )
 
     def failed(self, sink: str, message_id: str, next_attempt_at: float, error: str) -> None:
         """A delivery attempt failed; count it and schedule the next one."""
-        self._write([(
-            "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? "
-            "WHERE sink = ? AND message_id = ?",
-            (next_attempt_at, error[:500], sink, message_id),
-        )])
+        self._write(
+            [
+                (
+                    "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, "
+                    "last_error = ? WHERE sink = ? AND message_id = ?",
+                    (next_attempt_at, error[:500], sink, message_id),
+                )
+            ]
+        )
+
+    # --- pauses of protective actions -------------------------------------------------------
+
+    def save_pause(self, account: str | None, until: float | None) -> None:
+        """Persist a pause (`until` None: lifted; account None: the global pause or, when
+        lifting, every pause), so a restart never silently resumes paused actions."""
+        key = account or "*"
+        if until is None:
+            # resume(None) lifts every pause, resume(account) only that account's
+            self._write(
+                [("DELETE FROM action_pause WHERE ? IS NULL OR account = ?", (account, key))]
+            )
+        else:
+            self._write(
+                [
+                    (
+                        "INSERT INTO action_pause (account, until) VALUES (?, ?) "
+                        "ON CONFLICT (account) DO UPDATE SET until = excluded.until",
+                        (key, until),
+                    )
+                ]
+            )
+
+    def load_pauses(self, now: float) -> dict[str | None, float]:
+        """Pauses still running at `now` (key None: the global pause)."""
+        rows = self._db.execute("SELECT account, until FROM action_pause WHERE until > ?", (now,))
+        return {(None if acct == "*" else acct): until for acct, until in rows}
 
     # --- audit trail --------------------------------------------------------------------------
 
     def audit(self, account: str, kind: str, payload: Mapping[str, Any], at: float) -> None:
         """Append one decision to the audit trail (order plans, sends, fills, commands)."""
         body = json.dumps(payload, default=str, sort_keys=True)
-        self._write([
-            ("INSERT INTO audit (at, account, kind, payload) VALUES (?, ?, ?, ?)",
-             (at, account, kind, body)),
-        ])
+        self._write(
+            [
+                (
+                    "INSERT INTO audit (at, account, kind, payload) VALUES (?, ?, ?, ?)",
+                    (at, account, kind, body),
+                ),
+            ]
+        )
 
     def audit_trail(
         self,
@@ -326,6 +373,5 @@ class Store:
             (*params, limit),
         )
         return [
-            AuditRecord(seq, at, acct, knd, json.loads(body))
-            for seq, at, acct, knd, body in rows
+            AuditRecord(seq, at, acct, knd, json.loads(body)) for seq, at, acct, knd, body in rows
         ]

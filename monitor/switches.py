@@ -30,13 +30,13 @@ class ActionSwitches:
 
     def __init__(self, on_change: Callable[[str | None, float | None], None] | None = None):
         self._until: dict[str, float] = {}
-        self._on_change = on_change
+        self.on_change = on_change
 
     def pause(self, account: str | None, until: float = math.inf) -> None:
         """Pause actions for `account` (None: every account) until `until`."""
         self._until[account or ALL] = until
-        if self._on_change is not None:
-            self._on_change(account, until)
+        if self.on_change is not None:
+            self.on_change(account, until)
 
     def resume(self, account: str | None) -> None:
         """Resume `account` (None: lift the global pause and every per-account pause)."""
@@ -44,8 +44,8 @@ class ActionSwitches:
             self._until.clear()
         else:
             self._until.pop(account, None)
-        if self._on_change is not None:
-            self._on_change(account, None)
+        if self.on_change is not None:
+            self.on_change(account, None)
 
     def is_paused(self, account: str, now: float) -> bool:
         """True while a global or per-account pause covers `now`."""

@@ -208,11 +208,11 @@ class TestEndToEnd:
             "MARGIN_MONITOR__MQTT__PREFIX": prefix,
             "MARGIN_MONITOR__MQTT__DISCOVERY_PREFIX": f"{prefix}-ha",
             "MARGIN_MONITOR__STATE_DIR": str(tmp_path / "state"),
-            "MARGIN_MONITOR__ACCOUNTS__DEMO__SIM__SPEED": "16",
+            "MARGIN_MONITOR__ACCOUNTS__DEMO__SIM__SPEED": "8",
         }
         async with collecting(mosquitto, [f"{prefix}/#"]) as sub:
             proc = await asyncio.create_subprocess_exec(
-                str(script), "run", "--config", str(config), "--no-tui", "--duration", "7",
+                str(script), "run", "--config", str(config), "--no-tui", "--duration", "12",
                 env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
             output, _ = await asyncio.wait_for(proc.communicate(), 60)
             assert proc.returncode == 0, output.decode()[-3000:]

@@ -162,6 +162,27 @@ class TestOutbox:
         assert len(store.pending()) == 1
 
 
+class TestPauses:
+    """Paused protective actions survive a restart."""
+
+    def test_pause_survives_restart(self, tmp_path: Path) -> None:
+        """Test that a pause set through the pipeline's switches is back after a restart."""
+        db, clock = tmp_path / "alerts.sqlite3", [100.0]
+        first = pipeline(db, clock)
+        first.switches.pause("acct", 500.0)
+        first.switches.pause(None, 150.0)
+        first.store.close()
+        second = pipeline(db, clock)
+        assert second.switches.is_paused("acct", 400.0)
+        assert second.switches.is_paused("other", 120.0)
+        second.switches.resume("acct")
+        second.store.close()
+        clock[0] = 200.0
+        third = pipeline(db, clock)
+        assert not third.switches.is_paused("acct", 201.0)
+        assert third.store.load_pauses(200.0) == {}
+
+
 class TestAudit:
     """The audit trail engineer D writes order decisions to."""
 
