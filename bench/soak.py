@@ -75,7 +75,9 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-async def sampler(every: float, rows: list[dict[str, float]], start: float) -> None:
+async def sampler(
+    every: float, rows: list[dict[str, float]], start: float, *, once: bool = False
+) -> None:
     cpu = time.process_time()
     wall = time.perf_counter()
     while True:
@@ -85,7 +87,7 @@ async def sampler(every: float, rows: list[dict[str, float]], start: float) -> N
         row = {
             "min": (now_wall - start) / 60,
             "rss": rss_mb(),
-            "cpu": (now_cpu - cpu) / (now_wall - wall),
+            "cpu": rows[-1]["cpu"] if once and rows else (now_cpu - cpu) / (now_wall - wall),
             "tasks": len(asyncio.all_tasks()),
             "fds": total,
             "sockets": sockets,
@@ -93,6 +95,8 @@ async def sampler(every: float, rows: list[dict[str, float]], start: float) -> N
         }
         cpu, wall = now_cpu, now_wall
         rows.append(row)
+        if once:
+            return
         print(
             f"  t={row['min']:6.2f} min  RSS {row['rss']:6.1f} MB  CPU {row['cpu']:5.1%}  "
             f"tasks {row['tasks']:4.0f}  fds {row['fds']:3.0f}  sockets {row['sockets']:2.0f}  "
@@ -144,6 +148,9 @@ async def main_async(args: argparse.Namespace) -> None:
             handle_signals=False,
         )
         task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await sampler(0.0, rows, start, once=True)  # the end of the run is a sample too
+        print(f"  t={rows[-1]['min']:6.2f} min  RSS {rows[-1]['rss']:6.1f} MB (end)")
 
     def at(minute: float) -> str:
         near = [r for r in rows if r["min"] >= minute - args.sample / 120]
