@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import math
 import random
@@ -145,8 +146,15 @@ class AlertPipeline:
     def on_report(self, report: MarginReport, now: float | None = None) -> tuple[AlertEvent, ...]:
         """Evaluate one report; persist and queue what it produced. Never blocks on a sink."""
         now = self.clock() if now is None else now
-        self._reports[report.account] = report
         self.state, events = rules.evaluate(self.state, report, now, self.config)
+        previous = self._reports.get(report.account)
+        if report.shock_to_liquidation is None and previous is not None:
+            # The shock solve is throttled (settings.shock_interval): messages and the
+            # retained state show the last one computed rather than nothing.
+            report = dataclasses.replace(
+                report, shock_to_liquidation=previous.shock_to_liquidation
+            )
+        self._reports[report.account] = report
         self._commit(events, now)
         level = self.state.account_level(report.account)
         for sink in self.sinks:

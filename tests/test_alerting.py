@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 import os
@@ -16,7 +17,7 @@ from structlog.testing import capture_logs
 
 from monitor.alert_message import AlertMessage
 from monitor.alerting import BACKOFF_CAP, AlertPipeline, backoff
-from monitor.model import MarginReport
+from monitor.model import MarginReport, ShockToLiquidation
 from monitor.rules import AlertConfig
 from monitor.signed_commands import Command, envelope
 from monitor.store import Store
@@ -134,6 +135,21 @@ class TestDelivery:
         assert [(e["log_level"], e["kind"], e["alert_level"]) for e in logs] == [
             ("warning", "firing", "warning"), ("error", "escalated", "critical"),
             ("critical", "escalated", "emergency"), ("info", "resolved", "ok")]
+
+
+class TestReports:
+    """What the pipeline keeps of the reports it sees."""
+
+    def test_last_shock_is_kept(self, tmp_path: Path) -> None:
+        """Test that a report without a shock solve is shown with the last one computed."""
+        pipeline = AlertPipeline(Store(tmp_path / "a.db"), CONFIG, [FlakySink()])
+        with_shock = dataclasses.replace(report(0.2), shock_to_liquidation=ShockToLiquidation(
+            down=-0.3, up=None))
+        pipeline.on_report(with_shock, now=1.0)
+        pipeline.on_report(report(0.6), now=2.0)
+        (row,) = pipeline.store.pending()
+        message = AlertMessage.from_json(row.payload)
+        assert (message.margin_ratio, message.shock_down) == (0.6, -0.3)
 
 
 class TestCommands:
