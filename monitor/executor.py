@@ -306,6 +306,8 @@ class Executor:
     def wants(self, rep: MarginReport, now: float) -> bool:
         """Cheap pre-check on the daemon's report: is a step worth a fresh read?"""
         ratio = rep.margin_ratio
+        if self.state.pending:
+            return True  # an order from before a crash or timeout must be looked up first
         if ratio < self.policy.action_ratio:
             if self.state.episode is not None and ratio <= self.policy.target_ratio:
                 self._close_episode(rep, now)
@@ -422,7 +424,11 @@ class Executor:
                 order.symbol, "market", order.side, order.amount, None, params
             )
         except _TRANSPORT as exc:
-            found = await self._lookup(cid, order.symbol)
+            try:
+                found = await self._lookup(cid, order.symbol)
+            except ccxt.BaseError as lookup_error:
+                log.warning("actions.lookup_failed", client_id=cid, error=str(lookup_error))
+                found = None
             if found is None:
                 self._record("unconfirmed", {**payload, "error": f"{type(exc).__name__}: {exc}"})
                 self._raise_alert(

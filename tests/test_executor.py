@@ -1,0 +1,420 @@
+"""Tests for the protective-order executor (monitor/executor.py) and its daemon consumer.
+
+Exchange cases go through the REAL ccxt `create_order` path: an `ExchangeSource` pointed at
+engineer C's fake Binance USDⓈ-M server with the order routes of tests/fakes/binance_orders.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from monitor.action_settings import ActionsSettings
+from monitor.daemon import build_sinks, run_daemon
+from monitor.executor import AccountLock, Executor
+from monitor.margin import report
+from monitor.model import MarginReport
+from monitor.settings import SimSettings, load_settings
+from monitor.sources.exchange import ExchangeSource
+from monitor.sources.sim import DEMO_BOOK, SimVenue, selloff_keyframes
+from monitor.store import Store
+from monitor.switches import ActionSwitches
+from tests.fakes.account import account_for
+from tests.fakes.binance import (
+    API_KEY,
+    SECRET,
+    BinancePosition,
+    FakeBinanceUsdm,
+    use_production_errors,
+)
+from tests.fakes.binance_orders import BinanceOrders, install_orders
+
+BTC = "BTC/USDT:USDT"
+ORDER = "/fapi/v1/order"
+
+
+class Trail:
+    """Collects audit records and alerts the executor emits."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, dict[str, Any]]] = []
+        self.alerts: list[str] = []
+
+    def audit(self, account: str, kind: str, payload: Mapping[str, Any], at: float) -> None:
+        del account, at
+        self.records.append((kind.removeprefix("action."), dict(payload)))
+
+    def alert(self, account: str, text: str) -> None:
+        del account
+        self.alerts.append(text)
+
+    def kinds(self) -> list[str]:
+        return [k for k, _ in self.records]
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [p for k, p in self.records if k == kind]
+
+
+@pytest.fixture
+async def venue() -> AsyncIterator[tuple[FakeBinanceUsdm, BinanceOrders]]:
+    fake = FakeBinanceUsdm()
+    fake.account.wallet = 700.0  # 2 BTC long at 60k: MM 550, ratio 0.786
+    fake.account.positions[("BTCUSDT", "BOTH")] = BinancePosition("BTCUSDT", 2.0, 60_000.0)
+    book = install_orders(fake)
+    async with fake:
+        yield fake, book
+
+
+async def _source(fake: FakeBinanceUsdm, timeout_ms: int = 2000) -> ExchangeSource:
+    account = account_for(fake, API_KEY, SECRET)
+    account.ccxt["timeout"] = timeout_ms
+    src = ExchangeSource(account)
+    await src.fetch_snapshot()  # load markets
+    use_production_errors(src.exchange)  # ccxt.md §0.6: -2022 as InvalidOrder, not ExchangeError
+    return src
+
+
+def _executor(
+    src: Any,
+    state_dir: Path,
+    trail: Trail,
+    *,
+    live: bool = True,
+    venue: str | None = "binanceusdm",
+    switches: ActionSwitches | None = None,
+    **settings: Any,
+) -> Executor:
+    base: dict[str, Any] = {"max_fraction_per_step": 1.0, "cooldown": 0.0, "order_timeout": 0.5,
+                            "min_order_interval": 0.0}  # fmt: skip
+    base.update(settings)
+    return Executor(
+        "acct", src, src.fetch_snapshot, settings=ActionsSettings(**base), action_ratio=0.7,
+        state_dir=state_dir, live=live, venue=venue, switches=switches,
+        audit=trail.audit, alert=trail.alert,
+    )  # fmt: skip
+
+
+async def _report(src: Any) -> MarginReport:
+    return report(await src.fetch_snapshot())
+
+
+class TestBinanceOneWay:
+    """Binance USDⓈ-M one-way mode through ccxt's create_order."""
+
+    async def test_fill_brings_the_ratio_to_target(
+        self, venue: tuple[FakeBinanceUsdm, BinanceOrders], tmp_path: Path
+    ) -> None:
+        """Test that a critical account gets one reduce-only market order and ends at target."""
+        fake, book = venue
+        src = await _source(fake)
+        trail = Trail()
+        try:
+            ex = _executor(src, tmp_path, trail)
+            plan = await ex.on_report(await _report(src), 1_000.0)
+            assert plan is not None
+            (sent,) = book.received
+            assert sent["reduceOnly"] == "true"
+            assert sent["side"] == "SELL"
+            assert sent["type"] == "MARKET"
+            assert "positionSide" not in sent
+            assert float(sent["quantity"]) <= 2.0
+            assert sent["newClientOrderId"] == trail.of("sent")[0]["client_id"]
+            assert trail.kinds() == ["planned", "sent", "filled", "result"]
+            result = trail.of("result")[0]
+            assert result["improved"] is True
+            assert result["reached"] is True
+            assert (await _report(src)).margin_ratio <= 0.4
+        finally:
+            await src.close()
+
+    async def test_acts_on_the_fresh_read_not_the_stale_report(
+        self, venue: tuple[FakeBinanceUsdm, BinanceOrders], tmp_path: Path
+    ) -> None:
+        """Test that a position shrunk since the report is re-read and never over-sold."""
+        fake, book = venue
+        src = await _source(fake)
+        trail = Trail()
+        try:
+            stale = await _report(src)
+            fake.account.positions[("BTCUSDT", "BOTH")].amount = 0.5  # closed by hand meanwhile
+            fake.account.wallet = 120.0  # still critical on the fresh read
+            await _executor(src, tmp_path, trail).on_report(stale, 1_000.0)
+            (sent,) = book.received
+            assert float(sent["quantity"]) <= 0.5
+        finally:
+            await src.close()
+
+    async def test_partial_fill_is_cancelled_after_the_timeout(
+        self, venue: tuple[FakeBinanceUsdm, BinanceOrders], tmp_path: Path
+    ) -> None:
+        """Test that a half-filled order is cancelled at order_timeout and audited as partial."""
+        fake, book = venue
+        book.fill_fraction = 0.5
+        src = await _source(fake)
+        trail = Trail()
+        try:
+            await _executor(src, tmp_path, trail, order_timeout=0.3).on_report(
+                await _report(src), 1_000.0
+            )
+            (partial,) = trail.of("partial")
+            assert partial["status"] == "canceled"
+            assert 0 < partial["filled"] < partial["amount"]
+            assert fake.count(ORDER) >= 1
+            assert [o["status"] for o in book.orders.values()] == ["CANCELED"]
+            assert len(book.received) == 1  # never topped up by a second order in the step
+        finally:
+            await src.close()
+
+    async def test_rejection_alerts_and_halts_without_retry(
+        self, venue: tuple[FakeBinanceUsdm, BinanceOrders], tmp_path: Path
+    ) -> None:
+        """Test that a venue rejection becomes an alert and the next report sends nothing."""
+        fake, book = venue
+        book.reject = (-2019, "Margin is insufficient.")
+        src = await _source(fake)
+        trail = Trail()
+        try:
+            ex = _executor(src, tmp_path, trail)
+            await ex.on_report(await _report(src), 1_000.0)
+            (rejected,) = trail.of("rejected")
+            assert "InsufficientFunds" in rejected["error"]
+            assert any("rejected by the venue" in a for a in trail.alerts)
+            await ex.on_report(await _report(src), 1_010.0)
+            assert len(book.received) == 1
+            assert trail.of("skipped")[-1]["reason"].startswith("halted")
+        finally:
+            await src.close()
+
+    async def test_reduce_only_rejection_maps_to_invalid_order(
+        self, venue: tuple[FakeBinanceUsdm, BinanceOrders], tmp_path: Path
+    ) -> None:
+        """Test that Binance -2022 (reduce-only rejected) is audited as InvalidOrder."""
+        fake, book = venue
+        book.reject = (-2022, "ReduceOnly Order is rejected.")
+        src = await _source(fake)
+        trail = Trail()
+        try:
+            await _executor(src, tmp_path, trail).on_report(await _report(src), 1_000.0)
+            assert "InvalidOrder" in trail.of("rejected")[0]["error"]
+        finally:
+            await src.close()
+
+    async def test_timeout_after_accept_then_restart_sends_no_second_order(
+        self, venue: tuple[FakeBinanceUsdm, BinanceOrders], tmp_path: Path
+    ) -> None:
+        """Test that a lost answer is found by client id on restart and never re-sent."""
+        fake, book = venue
+        book.lose_response = True  # the venue fills, the answer never comes back in time
+        book.lose_for = 1.5
+        src = await _source(fake, timeout_ms=300)
+        trail = Trail()
+        first = _executor(src, tmp_path, trail)
+        try:
+            step = asyncio.create_task(first.on_report(await _report(src), 1_000.0))
+            await book.arrived.wait()
+            fake.fail(ORDER, 500, "", times=5)  # and every lookup by client id fails as well
+            fake.fail("/fapi/v1/openOrders", 500, "", times=5)
+            await step
+        finally:
+            first.close()
+        assert trail.kinds() == ["planned", "sent", "unconfirmed"]
+        assert any("not re-sent" in a for a in trail.alerts)
+        book.lose_response = False
+        fake.clear_faults()
+        trail2 = Trail()
+        try:
+            restarted = _executor(src, tmp_path, trail2)
+            await restarted.on_report(await _report(src), 2_000.0)
+            restarted.close()
+            posts = [r for r in book.received if "newClientOrderId" in r]
+            cids = [r["newClientOrderId"] for r in posts]
+            assert len(cids) == len(set(cids))  # the same client id never went out twice
+            assert len(posts) == 1
+            assert trail2.of("recovered")[0]["status"] == "closed"
+            assert (await _report(src)).margin_ratio <= 0.4
+        finally:
+            await src.close()
+
+
+class TestBinanceHedgeMode:
+    async def test_hedged_legs_carry_position_side_without_reduce_only(
+        self, tmp_path: Path
+    ) -> None:
+        """Test that hedge mode sends positionSide LONG (ccxt drops reduceOnly, -1106)."""
+        fake = FakeBinanceUsdm()
+        fake.account.wallet = 800.0
+        fake.account.positions[("BTCUSDT", "LONG")] = BinancePosition("BTCUSDT", 2.0, 60_000.0,
+                                                                      side="LONG")  # fmt: skip
+        fake.account.positions[("BTCUSDT", "SHORT")] = BinancePosition("BTCUSDT", -0.3, 60_000.0,
+                                                                       side="SHORT")  # fmt: skip
+        book = install_orders(fake)
+        trail = Trail()
+        async with fake:
+            src = await _source(fake)
+            try:
+                await _executor(src, tmp_path, trail).on_report(await _report(src), 1_000.0)
+            finally:
+                await src.close()
+        assert book.received
+        for sent in book.received:
+            assert "reduceOnly" not in sent
+            assert sent["positionSide"] == ("LONG" if sent["side"] == "SELL" else "SHORT")
+        assert trail.of("result")[0]["improved"] is True
+
+
+class TestSwitchesAndLock:
+    async def test_dry_run_sends_nothing(
+        self, venue: tuple[FakeBinanceUsdm, BinanceOrders], tmp_path: Path
+    ) -> None:
+        """Test that actions.enabled = false audits 'would_have' and sends no order."""
+        fake, book = venue
+        src = await _source(fake)
+        trail = Trail()
+        try:
+            await _executor(src, tmp_path, trail, live=False).on_report(await _report(src), 1_000.0)
+        finally:
+            await src.close()
+        assert book.received == []
+        (would,) = trail.of("would_have")
+        assert "dry run" in would["reason"]
+
+    @pytest.mark.parametrize("how", ["file", "account_file", "command", "config"])
+    async def test_kill_switches_stop_orders(
+        self, venue: tuple[FakeBinanceUsdm, BinanceOrders], tmp_path: Path, how: str
+    ) -> None:
+        """Test that the PAUSE file, the pause command and the config switch each stop orders."""
+        fake, book = venue
+        switches = ActionSwitches()
+        extra: dict[str, Any] = {}
+        if how == "file":
+            (tmp_path / "PAUSE").touch()
+        elif how == "account_file":
+            (tmp_path / "PAUSE.acct").touch()
+        elif how == "command":
+            switches.pause("acct", until=5_000.0)
+        else:
+            extra["paused"] = True
+        src = await _source(fake)
+        trail = Trail()
+        try:
+            await _executor(src, tmp_path, trail, switches=switches, **extra).on_report(
+                await _report(src), 1_000.0
+            )
+        finally:
+            await src.close()
+        assert book.received == []
+        assert trail.of("would_have")[0]["reason"].startswith(("kill switch", "paused"))
+
+    async def test_two_instances_only_one_acts(
+        self, venue: tuple[FakeBinanceUsdm, BinanceOrders], tmp_path: Path
+    ) -> None:
+        """Test that a second executor on the same account and state dir sends nothing."""
+        fake, book = venue
+        src = await _source(fake)
+        one, two = Trail(), Trail()
+        try:
+            first = _executor(src, tmp_path, one)
+            assert first.lock.acquire()
+            second = _executor(src, tmp_path, two)
+            rep = await _report(src)
+            await asyncio.gather(second.on_report(rep, 1_000.0), first.on_report(rep, 1_000.0))
+            assert len(book.received) == 1
+            assert "writer lock" in two.of("skipped")[0]["reason"]
+            first.close()
+            second.close()
+        finally:
+            await src.close()
+
+    def test_lock_is_respected_across_processes(self, tmp_path: Path) -> None:
+        """Test that a lock held by another process makes acquire() fail, and frees on exit."""
+        path = tmp_path / "actions" / "acct.lock"
+        path.parent.mkdir()
+        holder = subprocess.Popen(
+            [sys.executable, "-c",
+             "import fcntl,os,sys,time;fd=os.open(sys.argv[1],os.O_RDWR|os.O_CREAT);"
+             "fcntl.flock(fd,fcntl.LOCK_EX);print('held',flush=True);sys.stdin.read()",
+             str(path)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            assert holder.stdout is not None
+            assert holder.stdout.readline().strip() == "held"
+            assert not AccountLock(path).acquire()
+        finally:
+            assert holder.stdin is not None
+            holder.stdin.close()
+            holder.wait(timeout=5)
+        lock = AccountLock(path)
+        assert lock.acquire()
+        assert path.read_text().strip() == str(os.getpid())
+        lock.release()
+
+
+class TestSim:
+    async def test_sim_fills_and_audits_to_the_store(self, tmp_path: Path) -> None:
+        """Test that the sim venue fills the reduce-only order and the store keeps the trail."""
+        m = selloff_keyframes(DEMO_BOOK)[4].m  # the sell-off's critical keyframe
+        book = replace(DEMO_BOOK, markets=tuple(replace(mk, price0=mk.price0 * m**mk.beta)
+                                                for mk in DEMO_BOOK.markets))  # fmt: skip
+        sim = SimVenue("demo", SimSettings(scenario="calm"), book=book)
+        store = Store(tmp_path / "audit.sqlite3")
+        ex = Executor("demo", sim, sim.fetch_snapshot, settings=ActionsSettings(cooldown=0),
+                      action_ratio=0.5, state_dir=tmp_path, live=True, venue="sim",
+                      audit=store.audit)  # fmt: skip
+        rep = report(sim.snapshot())
+        assert rep.margin_ratio >= 0.5
+        await ex.on_report(rep, 1_000.0)
+        assert sim.fills >= 1
+        kinds = [r.kind for r in store.audit_trail("demo")]
+        assert kinds[:2] == ["action.planned", "action.sent"]
+        assert "action.filled" in kinds
+        assert report(sim.snapshot()).margin_ratio < rep.margin_ratio
+        store.close()
+
+
+class TestDaemonDemo:
+    async def test_demo_shows_warning_critical_reduction_and_resolve(self, tmp_path: Path) -> None:
+        """Test that the built-in demo with actions on goes critical, reduces, and resolves."""
+        settings = load_settings(
+            None, state_dir=tmp_path,
+            accounts=[{"name": "demo", "exchange": "sim", "sim": {"speed": 20}}],
+        )  # fmt: skip
+        assert settings.actions.enabled is False  # live venues stay dry by default
+        sources = {a.name: SimVenue(a.name, a.sim) for a in settings.accounts}
+        sinks = build_sinks(settings, tui=False, sources=sources)
+        levels: list[str] = []
+
+        class Levels:
+            name = "levels"
+
+            async def start(self, tg: asyncio.TaskGroup) -> None: ...
+            async def on_report(self, *a: object) -> None: ...
+            async def on_event(self, event: object) -> None: ...
+            async def on_level(self, account: str, level: str, *a: object) -> None:
+                levels.append(level)
+
+            async def close(self) -> None: ...
+
+        await asyncio.wait_for(
+            run_daemon(settings, settings.accounts, [*sinks, Levels()],
+                       sources=list(sources.values()), duration=4.5, handle_signals=False),
+            30,
+        )  # fmt: skip
+        store = Store(tmp_path / "alerts.sqlite3")
+        kinds = [r.kind for r in store.audit_trail("demo")]
+        store.close()
+        assert levels[:2] == ["warning", "critical"]
+        assert "emergency" not in levels  # the reduction kept the account out of it
+        assert levels[-1] == "ok"
+        assert sources["demo"].fills >= 1
+        assert "action.filled" in kinds
+        assert "action.resolved" in kinds
+        assert kinds.index("action.filled") < kinds.index("action.resolved")
