@@ -39,9 +39,13 @@ class Mosquitto:
     Args:
         workdir: where the config, the persistence file and the log go.
         users: username -> password; when given, anonymous access is refused.
+        tls: serve MQTT over TLS with a fresh self-signed certificate for 127.0.0.1
+            (`ca_file` is what a client must trust).
     """
 
-    def __init__(self, workdir: Path, users: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, workdir: Path, users: dict[str, str] | None = None, tls: bool = False
+    ) -> None:
         if shutil.which(MOSQUITTO) is None:
             msg = f"mosquitto not found at {MOSQUITTO}: apt-get install -y mosquitto"
             raise RuntimeError(msg)
@@ -49,6 +53,8 @@ class Mosquitto:
         self.host = "127.0.0.1"
         self.port = free_port()
         self.users = users or {}
+        self.tls = tls
+        self.ca_file = workdir / "server.crt"
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -84,6 +90,16 @@ class Mosquitto:
             lines += ["allow_anonymous false", f"password_file {pwfile}"]
         else:
             lines.append("allow_anonymous true")
+        if self.tls:
+            key = self.workdir / "server.key"
+            if not self.ca_file.exists():
+                subprocess.run(
+                    ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                     "-keyout", str(key), "-out", str(self.ca_file), "-subj", "/CN=127.0.0.1",
+                     "-addext", "subjectAltName=IP:127.0.0.1"],
+                    check=True, capture_output=True,
+                )  # fmt: skip
+            lines += [f"certfile {self.ca_file}", f"keyfile {key}"]
         conf = self.workdir / "mosquitto.conf"
         conf.write_text("\n".join(lines) + "\n")
         return conf

@@ -239,6 +239,29 @@ class TestBroker:
             broker.stop()
 
 
+class TestTls:
+    """MQTT over TLS with the settings' CA file."""
+
+    async def test_tls_connects_and_verifies(self, tmp_path: Path, prefix: str) -> None:
+        """Test that the sink connects over TLS trusting the CA file, and not without it."""
+        broker = Mosquitto(tmp_path / "tls", tls=True)
+        broker.start()
+        try:
+            good = MqttSink(settings_for(broker, prefix, tls=True, tls_ca_file=broker.ca_file,
+                                         discovery=False))
+            async with running(good):
+                assert good.connected
+            untrusted = MqttSink(settings_for(broker, prefix, tls=True, discovery=False))
+            task = asyncio.create_task(untrusted.run())
+            await asyncio.sleep(1.0)
+            assert not untrusted.connected
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        finally:
+            broker.stop()
+
+
 class TestCommands:
     """Signed commands on the command topic, answered on the reply topic."""
 
