@@ -266,7 +266,7 @@ class Executor:
 
     # --- reporting ----------------------------------------------------------------------------
 
-    def _record(self, kind: str, payload: Mapping[str, Any], now: float | None = None) -> None:
+    def record(self, kind: str, payload: Mapping[str, Any], now: float | None = None) -> None:
         at = self.clock() if now is None else now
         body = {"kind": kind, "account": self.account, "live": self.live, **payload}
         if self.state.episode is not None:
@@ -277,11 +277,11 @@ class Executor:
         if self.publish_hook is not None:
             self.publish_hook(self.account, body)
 
-    def _skip(self, reason: str, now: float, **extra: Any) -> None:
+    def skip(self, reason: str, now: float, **extra: Any) -> None:
         """Audit a skipped step once per distinct reason (not on every tick)."""
         if reason != self._last_skip:
             self._last_skip = reason
-            self._record("skipped", {"reason": reason, **extra}, now)
+            self.record("skipped", {"reason": reason, **extra}, now)
 
     def _raise_alert(self, text: str) -> None:
         log.error("actions.alert", account=self.account, text=text)
@@ -316,7 +316,7 @@ class Executor:
         return not (last is not None and now - last < self.policy.cooldown)
 
     def _close_episode(self, rep: MarginReport, now: float) -> None:
-        self._record("resolved", {"ratio": rep.margin_ratio, "steps": self.state.step}, now)
+        self.record("resolved", {"ratio": rep.margin_ratio, "steps": self.state.step}, now)
         self.state.episode = None
         self.state.step = 0
         self.state.halted = None
@@ -332,18 +332,18 @@ class Executor:
 
     async def _step(self, now: float) -> ActionPlan | None:
         if not self.lock.acquire():
-            self._skip("another instance holds the writer lock for this account", now,
+            self.skip("another instance holds the writer lock for this account", now,
                        lock=str(self.lock.path))  # fmt: skip
             return None
         if self.state.halted is not None:
-            self._skip(f"halted: {self.state.halted}", now)
+            self.skip(f"halted: {self.state.halted}", now)
             return None
         if self.state.pending and not await self._settle_pending(now):
             return None
         try:
             fresh: AccountSnapshot = await self.fresh_read()
         except Exception as exc:  # any failed read means: do not act
-            self._skip(f"fresh read failed: {type(exc).__name__}: {exc}", now)
+            self.skip(f"fresh read failed: {type(exc).__name__}: {exc}", now)
             return None
         fresh_report = report(fresh)
         markets = {}
@@ -357,11 +357,11 @@ class Executor:
                              current=fresh_report)  # fmt: skip
         except UnsafePlan as exc:
             self._raise_alert(f"protective plan refused (would increase exposure): {exc}")
-            self._record("refused", {"reason": str(exc)}, now)
+            self.record("refused", {"reason": str(exc)}, now)
             return None
         self.last_plan = plan
         if not plan.orders:
-            self._skip(plan.reason, now, decision=plan.decision, ratio=plan.ratio_before,
+            self.skip(plan.reason, now, decision=plan.decision, ratio=plan.ratio_before,
                        flags=[asdict(f) for f in plan.flags])  # fmt: skip
             if plan.flags:
                 self._raise_alert(plan.reason)
@@ -371,14 +371,14 @@ class Executor:
             self.state.step = 0
         self.state.step += 1
         self._last_skip = None
-        self._record("planned", _plan_payload(plan, self.state.step), now)
+        self.record("planned", _plan_payload(plan, self.state.step), now)
         if plan.flags:
             self._raise_alert("; ".join(f"{f.symbol} {f.side}: {f.reason}" for f in plan.flags))
         paused = self.pause_reason(now)
         if not self.live or paused is not None:
             why = paused or "dry run: actions.enabled = false"
             for leg, order in enumerate(plan.orders):
-                self._record("would_have", {**_order_payload(order), "reason": why,
+                self.record("would_have", {**_order_payload(order), "reason": why,
                                             "leg": leg, "step": self.state.step}, now)  # fmt: skip
             self._advance(plan, now)
             return plan
@@ -418,7 +418,7 @@ class Executor:
         await self._rate_limit()
         payload = {**_order_payload(order), "client_id": cid, "leg": leg,
                    "step": self.state.step, "params": params}  # fmt: skip
-        self._record("sent", payload)
+        self.record("sent", payload)
         try:
             placed = await self.desk.create_order(
                 order.symbol, "market", order.side, order.amount, None, params
@@ -430,7 +430,7 @@ class Executor:
                 log.warning("actions.lookup_failed", client_id=cid, error=str(lookup_error))
                 found = None
             if found is None:
-                self._record("unconfirmed", {**payload, "error": f"{type(exc).__name__}: {exc}"})
+                self.record("unconfirmed", {**payload, "error": f"{type(exc).__name__}: {exc}"})
                 self._raise_alert(
                     f"order {cid} on {order.symbol}: no answer from the venue ({exc}); "
                     "not re-sent, it will be looked up by client id before the next step"
@@ -441,7 +441,7 @@ class Executor:
             self.state.pending.remove(pending)
             self.state.halted = f"{order.symbol}: venue rejected the order ({type(exc).__name__})"
             self._save()
-            self._record("rejected", {**payload, "error": f"{type(exc).__name__}: {exc}"})
+            self.record("rejected", {**payload, "error": f"{type(exc).__name__}: {exc}"})
             self._raise_alert(
                 f"protective order on {order.symbol} rejected by the venue: "
                 f"{type(exc).__name__}: {exc}. Actions for this account are halted until the "
@@ -461,12 +461,12 @@ class Executor:
         body = {**payload, "order_id": final.get("id"), "status": status, "filled": filled,
                 "average": final.get("average")}  # fmt: skip
         if filled >= order.amount * (1 - 1e-9):
-            self._record("filled", body)
+            self.record("filled", body)
             return "filled"
         if filled > 0:
-            self._record("partial", body)
+            self.record("partial", body)
             return "partial"
-        self._record("not_filled", body)
+        self.record("not_filled", body)
         return "not_filled"
 
     async def _follow(self, placed: Mapping[str, Any], symbol: str) -> Mapping[str, Any]:
@@ -511,15 +511,15 @@ class Executor:
             try:
                 found = await self._lookup(cid, symbol)
             except ccxt.BaseError as exc:
-                self._skip(f"cannot look up pending order {cid}: {exc}", now)
+                self.skip(f"cannot look up pending order {cid}: {exc}", now)
                 return False
             if found is not None:
                 final = await self._follow(found, symbol)
-                self._record("recovered", {"client_id": cid, "symbol": symbol,
+                self.record("recovered", {"client_id": cid, "symbol": symbol,
                                            "status": final.get("status"),
                                            "filled": final.get("filled")}, now)  # fmt: skip
             else:
-                self._record("pending_absent", {"client_id": cid, "symbol": symbol}, now)
+                self.record("pending_absent", {"client_id": cid, "symbol": symbol}, now)
             self.state.pending.remove(pending)
             self._save()
         return True
@@ -529,10 +529,10 @@ class Executor:
         try:
             after = report(await self.fresh_read()).margin_ratio
         except Exception as exc:  # the step is done; only the check failed
-            self._record("unverified", {"error": str(exc)})
+            self.record("unverified", {"error": str(exc)})
             return
         improved = after < plan.ratio_before
-        self._record("result", {"ratio_before": plan.ratio_before, "ratio_after": after,
+        self.record("result", {"ratio_before": plan.ratio_before, "ratio_after": after,
                                 "improved": improved, "target": plan.target_ratio,
                                 "reached": after <= plan.target_ratio})  # fmt: skip
         if not improved:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from monitor.backstop import StopBackstop
 from monitor.executor import Executor
 from monitor.model import AccountSnapshot, Event, MarginReport
 from monitor.sources.base import OrderDesk, Source
@@ -36,8 +37,11 @@ class ActionsSink:
 
     name = "actions"
 
-    def __init__(self, executors: Mapping[str, Executor]) -> None:
+    def __init__(
+        self, executors: Mapping[str, Executor], backstops: Mapping[str, StopBackstop] | None = None
+    ) -> None:
         self.executors = dict(executors)
+        self.backstops = dict(backstops or {})
         self._latest: dict[str, tuple[MarginReport, float]] = {}
         self._wake = {name: asyncio.Event() for name in self.executors}
         self._notes: dict[str, str] = {}
@@ -90,6 +94,12 @@ class ActionsSink:
                 await ex.on_report(rep, now)
             except Exception:  # a broken step must not end protection for good
                 log.exception("actions.step_failed", account=account)
+            backstop = self.backstops.get(account)
+            if backstop is not None:
+                try:
+                    await backstop.maintain(rep, now)
+                except Exception:  # the venue refused or vanished: retried on the next report
+                    log.exception("actions.backstop_failed", account=account)
 
     async def on_report(
         self, account: str, report: MarginReport, snapshot: AccountSnapshot, now: float
@@ -97,7 +107,7 @@ class ActionsSink:
         """Hand the newest report to the account's task if it may call for a step."""
         del snapshot  # the executor never acts on the streamed view: it re-reads
         ex = self.executors.get(account)
-        if ex is None or not ex.wants(report, now):
+        if ex is None or not (ex.wants(report, now) or account in self.backstops):
             return
         self._latest[account] = (report, now)
         self._wake[account].set()
@@ -157,4 +167,9 @@ def build_actions_sink(
             venue="sim" if account.is_sim else (venue if isinstance(venue, str) else None),
             clock=clock,
         )
-    return ActionsSink(executors) if executors else None
+    backstops = {
+        name: StopBackstop(ex, actions.stop_loss)
+        for name, ex in executors.items()
+        if actions.stop_loss.enabled
+    }
+    return ActionsSink(executors, backstops) if executors else None
