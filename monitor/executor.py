@@ -478,14 +478,31 @@ class Executor:
                 with contextlib.suppress(ccxt.OrderNotFound, ccxt.InvalidOrder):
                     order = await self.desk.cancel_order(str(order["id"]), symbol)
                 with contextlib.suppress(ccxt.BaseError):
-                    order = await self.desk.fetch_order(str(order["id"]), symbol)
+                    order = await self._fetch_order(str(order["id"]), symbol)
                 break
             await asyncio.sleep(_POLL)
             try:
-                order = await self.desk.fetch_order(str(order["id"]), symbol)
+                order = await self._fetch_order(str(order["id"]), symbol)
             except ccxt.BaseError as exc:
                 log.warning("actions.fetch_order_failed", error=str(exc))
         return order
+
+    def _query_params(self) -> dict[str, Any]:
+        """Extra ccxt params an order query needs on this venue.
+
+        Bybit UTA: ccxt's fetch_order refuses without `acknowledged` (it only sees the last
+        500 orders, `/v5/order/realtime`), which is fine for an order placed seconds ago.
+        """
+        return {"acknowledged": True} if self.venue == "bybit" else {}
+
+    async def _fetch_order(self, order_id: str, symbol: str) -> dict[str, Any]:
+        exchange = getattr(self.desk, "exchange", None)
+        if exchange is not None and self._query_params():
+            found: dict[str, Any] = await exchange.fetch_order(
+                order_id, symbol, self._query_params()
+            )
+            return found
+        return await self.desk.fetch_order(order_id, symbol)
 
     async def _lookup(self, cid: str, symbol: str) -> dict[str, Any] | None:
         """Find an order by client id: open orders first, then the venue's own lookup."""
@@ -495,11 +512,12 @@ class Executor:
                     return o
         exchange = getattr(self.desk, "exchange", None)
         if exchange is not None:
-            # Binance: GET /fapi/v1/order?origClientOrderId=; Bybit: orderLinkId (ccxt maps
-            # the unified `clientOrderId` param on both).
+            # Binance: GET /fapi/v1/order?origClientOrderId= (ccxt maps `clientOrderId`);
+            # Bybit: GET /v5/order/realtime?orderLinkId= (passed through as is).
+            key = "orderLinkId" if self.venue == "bybit" else "clientOrderId"
             with contextlib.suppress(ccxt.OrderNotFound):
                 found: dict[str, Any] = await exchange.fetch_order(
-                    "", symbol, {"clientOrderId": cid}
+                    "", symbol, {key: cid, **self._query_params()}
                 )
                 return found
         return None

@@ -36,6 +36,11 @@ from tests.fakes.binance import (
     use_production_errors,
 )
 from tests.fakes.binance_orders import BinanceOrders, install_orders
+from tests.fakes.bybit import API_KEY as BYBIT_KEY
+from tests.fakes.bybit import SECRET as BYBIT_SECRET
+from tests.fakes.bybit import BybitPosition, FakeBybit
+from tests.fakes.bybit_orders import BybitOrders
+from tests.fakes.bybit_orders import install_orders as install_bybit_orders
 
 BTC = "BTC/USDT:USDT"
 ORDER = "/fapi/v1/order"
@@ -418,3 +423,93 @@ class TestDaemonDemo:
         assert "action.filled" in kinds
         assert "action.resolved" in kinds
         assert kinds.index("action.filled") < kinds.index("action.resolved")
+
+
+@pytest.fixture
+async def bybit() -> AsyncIterator[tuple[FakeBybit, BybitOrders, ExchangeSource]]:
+    fake = FakeBybit()
+    fake.account.wallet = 1_000.0  # 2 BTC long at 60k: MM 600 (0.5 % tier), ratio 0.6
+    fake.account.positions[("BTCUSDT", 0)] = BybitPosition("BTCUSDT", "Buy", 2.0, 60_000.0)
+    book = install_bybit_orders(fake)
+    async with fake:
+        src = ExchangeSource(account_for(fake, BYBIT_KEY, BYBIT_SECRET))
+        await src.fetch_snapshot()
+        try:
+            yield fake, book, src
+        finally:
+            await src.close()
+
+
+class TestBybit:
+    """Bybit v5 (UTA) through ccxt's create_order: orderLinkId, reduceOnly, positionIdx."""
+
+    async def test_fill_with_order_link_id(
+        self, bybit: tuple[FakeBybit, BybitOrders, ExchangeSource], tmp_path: Path
+    ) -> None:
+        """Test that Bybit gets reduceOnly + orderLinkId and the fill is followed to 'closed'."""
+        _, book, src = bybit
+        trail = Trail()
+        ex = _executor(src, tmp_path, trail, venue="bybit", fee_rate=0.00055)  # Bybit's taker fee
+        ex.policy = replace(ex.policy, action_ratio=0.5)
+        await ex.on_report(await _report(src), 1_000.0)
+        (sent,) = book.received
+        assert sent["reduceOnly"] is True
+        assert sent["side"] == "Sell"
+        assert sent["orderType"] == "Market"
+        assert sent["orderLinkId"] == trail.of("sent")[0]["client_id"]
+        assert trail.of("filled")[0]["status"] == "closed"
+        assert (await _report(src)).margin_ratio <= 0.4
+
+    async def test_rejection_is_an_alert_not_a_retry(
+        self, bybit: tuple[FakeBybit, BybitOrders, ExchangeSource], tmp_path: Path
+    ) -> None:
+        """Test that Bybit 110017 (reduce-only qty) is audited, alerted and not retried."""
+        _, book, src = bybit
+        book.reject = (110017, "current position is zero, cannot fix reduce-only order qty")
+        trail = Trail()
+        ex = _executor(src, tmp_path, trail, venue="bybit")
+        ex.policy = replace(ex.policy, action_ratio=0.5)
+        await ex.on_report(await _report(src), 1_000.0)
+        await ex.on_report(await _report(src), 1_010.0)
+        assert len(book.received) == 1
+        assert trail.of("rejected")
+        assert trail.alerts
+
+    async def test_lost_answer_is_found_by_order_link_id(
+        self, bybit: tuple[FakeBybit, BybitOrders, ExchangeSource], tmp_path: Path
+    ) -> None:
+        """Test that after a timeout the order is found by orderLinkId and not re-sent."""
+        fake, book, src = bybit
+        book.lose_response = True  # filled at the venue, the answer comes after the timeout
+        src.exchange.timeout = 300
+        trail = Trail()
+        ex = _executor(src, tmp_path, trail, venue="bybit")
+        ex.policy = replace(ex.policy, action_ratio=0.5)
+        await ex.on_report(await _report(src), 1_000.0)
+        assert len(book.received) == 1
+        assert trail.kinds() == ["planned", "sent", "filled", "result"]
+        assert trail.of("filled")[0]["order_id"] == next(iter(book.orders))
+        assert fake.count("/v5/order/realtime") >= 1  # found by orderLinkId, not re-sent
+
+    async def test_hedge_mode_uses_position_idx(self, tmp_path: Path) -> None:
+        """Test that a hedge-mode long is closed with positionIdx 1 and no reduceOnly flag."""
+        fake = FakeBybit()
+        fake.account.wallet = 1_000.0
+        fake.account.positions[("BTCUSDT", 1)] = BybitPosition("BTCUSDT", "Buy", 2.0, 60_000.0,
+                                                               idx=1)  # fmt: skip
+        book = install_bybit_orders(fake)
+        trail = Trail()
+        async with fake:
+            src = ExchangeSource(account_for(fake, BYBIT_KEY, BYBIT_SECRET))
+            try:
+                snap = await src.fetch_snapshot()
+                assert snap.positions[0].hedged
+                ex = _executor(src, tmp_path, trail, venue="bybit")
+                ex.policy = replace(ex.policy, action_ratio=0.5)
+                await ex.on_report(report(snap), 1_000.0)
+            finally:
+                await src.close()
+        (sent,) = book.received
+        assert sent["positionIdx"] == 1
+        assert "reduceOnly" not in sent
+        assert trail.of("filled")
