@@ -323,9 +323,14 @@ class Executor:
         self._last_skip = None
         self._save()
 
+    @property
+    def busy(self) -> bool:
+        """True while a step runs (a report arriving now is dropped, not queued)."""
+        return self._busy.locked()
+
     async def on_report(self, rep: MarginReport, now: float) -> ActionPlan | None:
         """Take one protective step if `rep` calls for it; None when no step ran."""
-        if not self.wants(rep, now) or self._busy.locked():
+        if not self.wants(rep, now) or self.busy:
             return None
         async with self._busy:
             return await self._step(now)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +54,7 @@ class BinanceOrders:
     lose_response: bool = False
     lose_for: float = 3.0
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    arrived_at: float = 0.0  # perf_counter() when the last order reached the handler (bench)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1000))
 
     @property
@@ -64,6 +66,7 @@ class BinanceOrders:
     async def new_order(self, request: web.Request) -> web.Response:
         p = dict(await request.post())
         params = {k: str(v) for k, v in p.items()}
+        self.arrived_at = time.perf_counter()
         self.received.append(params)
         self.arrived.set()
         if self.reject is not None:
