@@ -149,9 +149,9 @@ class ProgressProbe:
             return None
         if self._stuck_since is None:
             self._stuck_since = now
-        stuck = now - self._stuck_since
-        if stuck > self.limit:
-            return f"{self.__name__} has had work waiting for {stuck:.0f} s without progress"
+        if now - self._stuck_since > self.limit:
+            # a stable text: the watchdog logs a reason once, not on every round
+            return f"{self.__name__} has had work waiting for over {self.limit:g} s"
         return None
 
 

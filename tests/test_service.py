@@ -7,6 +7,8 @@ a real mosquitto (tests/conftest.py) stands in for the user's broker.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -25,6 +27,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from monitor.daemon import run_daemon
+from monitor.model import AccountSnapshot, Event, MarginReport
+from monitor.sdnotify import Notifier
+from monitor.settings import load_settings
 from tests.mqtt_broker import Mosquitto, free_port
 
 CONSOLE_SCRIPT = Path(sys.executable).parent / "margin-monitor"
@@ -43,6 +49,7 @@ class NotifyListener:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.messages: list[str] = []
+        self.times: list[float] = []  # time.monotonic() of each message
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.bind(str(path))
         self._sock.settimeout(0.1)
@@ -53,12 +60,15 @@ class NotifyListener:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self.messages.append(self._sock.recv(4096).decode())
+                message = self._sock.recv(4096).decode()
+                self.times.append(time.monotonic())
+                self.messages.append(message)
             except TimeoutError:
                 continue
 
-    def count(self, field: str) -> int:
-        return sum(field in m.splitlines() for m in list(self.messages))
+    def count(self, field: str, since: float = 0.0) -> int:
+        pairs = list(zip(self.times, self.messages, strict=False))
+        return sum(field in m.splitlines() for t, m in pairs if t >= since)
 
     def close(self) -> None:
         self._stop.set()
@@ -295,3 +305,61 @@ class TestService:
             f"margin-monitor: metrics: cannot listen on 127.0.0.1:{taken} "
             "(address already in use); pick another metrics.port or stop the other process"
         ]
+
+
+class WedgedSink:
+    """A sink whose third report never returns: the recompute task is stuck inside it."""
+
+    name = "wedged"
+
+    def __init__(self) -> None:
+        self.reports = 0
+        self.stuck_at: float | None = None
+
+    async def start(self, tg: asyncio.TaskGroup) -> None:
+        del tg
+
+    async def on_report(
+        self, account: str, report: MarginReport, snapshot: AccountSnapshot, now: float
+    ) -> None:
+        del account, report, snapshot, now
+        self.reports += 1
+        if self.reports == 3:
+            self.stuck_at = time.monotonic()
+            await asyncio.Event().wait()  # a hang, e.g. a blocking call that never returns
+
+    async def on_event(self, event: Event) -> None:
+        del event
+
+    async def on_level(
+        self, account: str, level: str, previous: str, report: MarginReport, now: float
+    ) -> None:
+        del account, level, previous, report, now
+
+    async def close(self) -> None:
+        pass
+
+
+class TestWatchdog:
+    async def test_a_wedged_recompute_stops_the_pings(
+        self, tmp_path: Path, notify: NotifyListener, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Test that the daemon pings while recomputing and stops once a recompute hangs."""
+        monkeypatch.setenv("WATCHDOG_USEC", "200000")  # a ping every 0.1 s
+        monkeypatch.delenv("WATCHDOG_PID", raising=False)
+        settings = load_settings(None, state_dir=tmp_path)
+        sink = WedgedSink()
+        daemon = asyncio.create_task(
+            run_daemon(settings, settings.accounts, [sink], handle_signals=False,
+                       notifier=Notifier(str(notify.path)))
+        )  # fmt: skip
+        await asyncio.sleep(3.5)
+        daemon.cancel()  # what systemd's SIGABRT would do; not a clean stop (it is stuck)
+        with contextlib.suppress(asyncio.CancelledError):
+            await daemon
+        assert sink.stuck_at is not None
+        assert notify.count("READY=1") == 1
+        assert notify.count("WATCHDOG=1") >= 1  # pinged before the hang
+        # the probe allows 1 s of waiting work without progress, then the pings stop
+        assert notify.count("WATCHDOG=1", since=sink.stuck_at + 1.5) == 0
+        wait_for("STOPPING=1", lambda: notify.count("STOPPING=1") == 1, timeout=5)
