@@ -101,6 +101,7 @@ class TestAnalyze:
         assert d["NotifyAccess"] == ["main"]
         assert d["WatchdogSec"] == ["30s"]
         assert d["Restart"] == ["on-failure"]
+        assert d["RestartPreventExitStatus"] == ["2"]  # cli.py: a UserError exits 2
         assert d["DynamicUser"] == ["yes"]
         assert d["StateDirectory"][0].startswith("margin-monitor")
         assert d["ConfigurationDirectory"] == ["margin-monitor"]
