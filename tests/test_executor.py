@@ -7,6 +7,7 @@ engineer C's fake Binance USDⓈ-M server with the order routes of tests/fakes/b
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -41,6 +42,7 @@ from tests.fakes.bybit import SECRET as BYBIT_SECRET
 from tests.fakes.bybit import BybitPosition, FakeBybit
 from tests.fakes.bybit_orders import BybitOrders
 from tests.fakes.bybit_orders import install_orders as install_bybit_orders
+from tests.mqtt_broker import Mosquitto, collecting
 
 BTC = "BTC/USDT:USDT"
 ORDER = "/fapi/v1/order"
@@ -386,11 +388,16 @@ class TestSim:
 
 
 class TestDaemonDemo:
-    async def test_demo_shows_warning_critical_reduction_and_resolve(self, tmp_path: Path) -> None:
-        """Test that the built-in demo with actions on goes critical, reduces, and resolves."""
+    async def test_demo_shows_warning_critical_reduction_and_resolve(
+        self, tmp_path: Path, mosquitto: Mosquitto
+    ) -> None:
+        """Test that the demo with actions on goes critical, reduces, resolves, on MQTT too."""
+        prefix = f"mmtest-actions-{os.getpid()}"
         settings = load_settings(
             None, state_dir=tmp_path,
             accounts=[{"name": "demo", "exchange": "sim", "sim": {"speed": 20}}],
+            mqtt={"host": mosquitto.host, "port": mosquitto.port, "prefix": prefix,
+                  "timeout": 2.0},
         )  # fmt: skip
         assert settings.actions.enabled is False  # live venues stay dry by default
         sources = {a.name: SimVenue(a.name, a.sim) for a in settings.accounts}
@@ -408,11 +415,15 @@ class TestDaemonDemo:
 
             async def close(self) -> None: ...
 
-        await asyncio.wait_for(
-            run_daemon(settings, settings.accounts, [*sinks, Levels()],
-                       sources=list(sources.values()), duration=4.5, handle_signals=False),
-            30,
-        )  # fmt: skip
+        async with collecting(mosquitto, [f"{prefix}/demo/action"]) as mqtt:
+            await asyncio.wait_for(
+                run_daemon(settings, settings.accounts, [*sinks, Levels()],
+                           sources=list(sources.values()), duration=4.5,
+                           handle_signals=False),
+                30,
+            )  # fmt: skip
+            published = [json.loads(m.payload) for m in mqtt.messages]  # type: ignore[arg-type]
+        assert [p["kind"] for p in published][:3] == ["planned", "sent", "filled"]
         store = Store(tmp_path / "alerts.sqlite3")
         kinds = [r.kind for r in store.audit_trail("demo")]
         store.close()
