@@ -463,7 +463,9 @@ async def _reload_on_hup(  # noqa: PLR0917 - the daemon's own state, passed once
             wanted = {a.name: a for a in reload()}
         except UserError as exc:
             log.error("reload failed; keeping the running configuration", error=str(exc))
-            wanted = dict(configured)
+            if notifier is not None:
+                notifier.ready(_status(loops))
+            continue
         gone = [n for n in configured if wanted.get(n) != configured[n]]
         for name in gone:
             account_loop = next(lp for lp in loops if lp.account == name)

@@ -285,6 +285,7 @@ class TestService:
         failed = [json.loads(x) for x in out.decode().splitlines() if "reload failed" in x]
         assert len(failed) == 1
         assert "accounts[0].exchange: 'simm' is not a ccxt exchange id" in failed[0]["error"]
+        assert '"configuration reloaded"' not in out.decode()  # nothing was changed
 
     def test_metrics_port_taken_is_one_line(self, tmp_path: Path, mosquitto: Mosquitto) -> None:
         """Test that a taken metrics port ends the start with one stderr line and exit 2."""
