@@ -493,7 +493,8 @@ async def _reload_on_hup(  # noqa: PLR0917 - the daemon's own state, passed once
         for sink in sinks:
             set_accounts = getattr(sink, "set_accounts", None)
             if set_accounts is not None:
-                set_accounts({name: a.stale_after for name, a in configured.items()})
+                set_accounts({name: a.stale_after for name, a in configured.items()},
+                             sources={lp.account: lp.source for lp in loops})  # fmt: skip
         log.info("configuration reloaded", accounts=sorted(configured),
                  restarted=sorted(n for n in gone if n in configured))  # fmt: skip
         if notifier is not None:

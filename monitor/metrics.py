@@ -210,9 +210,12 @@ class MetricsSink:
 
     # --- configuration ---------------------------------------------------------------------
 
-    def set_accounts(self, accounts: Mapping[str, float]) -> None:
+    def set_accounts(
+        self, accounts: Mapping[str, float], sources: Mapping[str, object] | None = None
+    ) -> None:
         """The accounts to vouch for (start, SIGHUP reload): new ones start blind, removed
-        ones disappear from `/metrics` and `/healthz`."""
+        ones disappear from `/metrics` and `/healthz`. `sources` (name -> source) exports
+        the venue drift of those that keep a `venue_check`."""
         for name in list(self.accounts):
             if name not in accounts:
                 del self.accounts[name]
@@ -227,6 +230,9 @@ class MetricsSink:
                 self.accounts[name] = AccountHealth(stale_after)
             else:
                 health.stale_after = stale_after
+        for name, source in (sources or {}).items():
+            if name in self.accounts and hasattr(source, "venue_check"):
+                self.watch_drift(name, _drift_of(source))
 
     def watch_drift(self, account: str, drift: Drift) -> None:
         """Export `drift()` (our ratio − the venue's) for `account` at each scrape."""
@@ -498,9 +504,7 @@ def build_metrics_sink(
         if hasattr(type(sink), "pipeline"):
             depth = outbox_depth_of(_pending_of(sink))
     metrics = MetricsSink(settings, accounts, outbox_depth=depth)
-    for name, source in (sources or {}).items():
-        if hasattr(source, "venue_check"):
-            metrics.watch_drift(name, _drift_of(source))
+    metrics.set_accounts(accounts, sources)
     return metrics
 
 

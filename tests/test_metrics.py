@@ -181,6 +181,22 @@ class TestExposition:
         assert total is not None
         assert total - sum0 == pytest.approx(0.03)
 
+    async def test_reload_adds_drift_of_new_live_sources(
+        self, sink: tuple[MetricsSink, FakeClock]
+    ) -> None:
+        """Test that an account added by a reload exports its source's venue drift."""
+        metrics, _clock = sink
+
+        class Check:
+            drift = 0.004
+
+        class Source:
+            venue_check = Check()
+
+        metrics.set_accounts({"main": 30.0, "added": 30.0}, sources={"added": Source()})
+        got = samples(metrics.exposition().decode())
+        assert got[("margin_monitor_venue_drift_ratio", (("account", "added"),))] == 0.004
+
     async def test_removed_account_disappears(self, sink: tuple[MetricsSink, FakeClock]) -> None:
         """Test that an account dropped by a reload is no longer exported."""
         metrics, _clock = sink
