@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -23,8 +24,10 @@ from monitor.actions import (
     round_up,
     stop_price,
 )
+from monitor.errors import UserError
 from monitor.margin import report
 from monitor.model import AccountSnapshot, Collateral, Position, Tier
+from monitor.settings import load_settings
 from monitor.stress import minimal_reduction, reduced
 from tests.strategies import accounts
 
@@ -327,3 +330,32 @@ class TestProperties:
             if last.amount - step > 0:
                 less = (*plan.orders[:-1], replace(last, amount=last.amount - step))
                 assert _ratio_after(snap, less) > policy.target_ratio * (1 + 1e-9)
+
+
+class TestSettingsSection:
+    """The `[actions]` section through the real loader: one-line errors naming the field."""
+
+    @pytest.mark.parametrize(
+        ("toml", "message"),
+        [
+            ("action_level = 0.5\ntarget_ratio = 0.6", "actions: target_ratio 0.6 must be below"),
+            ('policy = "biggest"', "actions.policy"),
+            ("enabeld = true", "did you mean 'enabled'"),
+            ("max_fraction_per_step = 0", "actions.max_fraction_per_step"),
+        ],
+    )
+    def test_bad_values_are_one_line_errors(self, tmp_path: Path, toml: str, message: str) -> None:
+        """Test that a bad [actions] value is one UserError line naming the field."""
+        path = tmp_path / "bad.toml"
+        path.write_text(f"[actions]\n{toml}\n")
+        with pytest.raises(UserError) as err:
+            load_settings(path)
+        assert message in str(err.value)
+        assert "\n" not in str(err.value)
+
+    def test_defaults_are_safe(self) -> None:
+        """Test that with no section live venues run dry and the sim demo acts."""
+        actions = load_settings(None).actions
+        assert actions.enabled is False
+        assert actions.simulated is True
+        assert actions.stop_loss.enabled is False
