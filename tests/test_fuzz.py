@@ -38,7 +38,7 @@ def config_checker() -> Iterator[ConfigChecker]:
 
 class TestSnapshotParsing:
     @FUZZ
-    @given(snapshot_inputs(harsh=False))
+    @given(snapshot_inputs(harsh=True))
     def test_accepts_or_rejects_in_one_line(self, data: object) -> None:
         """Test that parse_snapshot accepts (then reports and round-trips) or says one line."""
         assert check_snapshot(data) in ("accepted", "rejected")
