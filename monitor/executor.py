@@ -78,6 +78,8 @@ FreshRead = Callable[[], Any]  # async () -> AccountSnapshot
 #: ccxt's precisionMode values (ccxt/base/decimal_to_precision.py).
 _DECIMAL_PLACES = 2
 _SIGNIFICANT_DIGITS = 3
+#: Least seconds before re-reading the venue after a step that could send nothing.
+_QUIET = 5.0
 #: Seconds between two fetch_order polls while waiting for a fill.
 _POLL = 0.02
 #: Venue answers that are decisions about the order, not transport trouble: never retried.
@@ -240,6 +242,8 @@ class Executor:
         self.state = self._load()
         self._last_order_at = -math.inf
         self._last_skip: str | None = None
+        self._last_alert: str | None = None
+        self._quiet_until = -math.inf
         self._busy = asyncio.Lock()
         self.last_plan: ActionPlan | None = None
         self.orders_sent = 0
@@ -284,6 +288,9 @@ class Executor:
             self.record("skipped", {"reason": reason, **extra}, now)
 
     def _raise_alert(self, text: str) -> None:
+        if text == self._last_alert:
+            return  # the same condition again: one alert, not one per report
+        self._last_alert = text
         log.error("actions.alert", account=self.account, text=text)
         if self.alert_hook is not None:
             self.alert_hook(self.account, text)
@@ -306,6 +313,8 @@ class Executor:
     def wants(self, rep: MarginReport, now: float) -> bool:
         """Cheap pre-check on the daemon's report: is a step worth a fresh read?"""
         ratio = rep.margin_ratio
+        if now < self._quiet_until:
+            return False  # the last step could do nothing: do not re-read the venue per tick
         if self.state.pending:
             return True  # an order from before a crash or timeout must be looked up first
         if ratio < self.policy.action_ratio:
@@ -321,6 +330,7 @@ class Executor:
         self.state.step = 0
         self.state.halted = None
         self._last_skip = None
+        self._last_alert = None
         self._save()
 
     @property
@@ -344,11 +354,13 @@ class Executor:
             self.skip(f"halted: {self.state.halted}", now)
             return None
         if self.state.pending and not await self._settle_pending(now):
+            self._quiet(now)
             return None
         try:
             fresh: AccountSnapshot = await self.fresh_read()
         except Exception as exc:  # any failed read means: do not act
             self.skip(f"fresh read failed: {type(exc).__name__}: {exc}", now)
+            self._quiet(now)
             return None
         fresh_report = report(fresh)
         markets = {}
@@ -370,6 +382,8 @@ class Executor:
                        flags=[asdict(f) for f in plan.flags])  # fmt: skip
             if plan.flags:
                 self._raise_alert(plan.reason)
+            if plan.decision in ("nothing", "daily_cap"):
+                self._quiet(now)
             return plan
         if self.state.episode is None:
             self.state.episode = f"{int(now * 1000):x}"
@@ -398,6 +412,10 @@ class Executor:
         if filled_any:
             await self._confirm(plan)
         return plan
+
+    def _quiet(self, now: float) -> None:
+        """No new fresh read for a while: the venue must not be polled on every tick."""
+        self._quiet_until = now + max(self.policy.cooldown, _QUIET)
 
     def _advance(self, plan: ActionPlan, now: float) -> None:
         history = self.state.history.after(plan.notional, now)

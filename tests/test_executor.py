@@ -250,6 +250,31 @@ class TestBinanceOneWay:
         finally:
             await src.close()
 
+    async def test_position_below_minimum_is_flagged_once_not_polled(
+        self, venue: tuple[FakeBinanceUsdm, BinanceOrders], tmp_path: Path
+    ) -> None:
+        """Test that an unreducible position raises one alert and is not re-read every tick."""
+        fake, book = venue
+        fake.account.positions[("BTCUSDT", "BOTH")].amount = 0.0005  # below minQty 0.001
+        fake.account.wallet = 0.15
+        src = await _source(fake)
+        trail = Trail()
+        try:
+            ex = _executor(src, tmp_path, trail)
+            rep = await _report(src)
+            assert rep.margin_ratio >= 0.7
+            reads = fake.count("/fapi/v3/positionRisk")
+            plan = await ex.on_report(rep, 1_000.0)
+            assert plan is not None
+            assert plan.flags
+            assert await ex.on_report(rep, 1_001.0) is None  # quiet: no second fresh read
+            assert fake.count("/fapi/v3/positionRisk") == reads + 1
+            assert book.received == []
+            assert len(trail.alerts) == 1
+            assert "minimum" in trail.alerts[0]
+        finally:
+            await src.close()
+
 
 class TestBinanceHedgeMode:
     async def test_hedged_legs_carry_position_side_without_reduce_only(
