@@ -99,6 +99,10 @@ class ActionHistory:
     last_step_at: float | None = None
     day: int = 0  # days since the epoch (UTC) that `spent_today` belongs to
     spent_today: float = 0.0
+    #: An episode is open: it started at the action level and lasts until the target is
+    #: reached, so a capped first step is followed by more (after the cooldown) even once the
+    #: ratio is back under the action level (hysteresis between level and target).
+    in_episode: bool = False
 
     def spent_on(self, now: float) -> float:
         """Notional already reduced on the UTC day of `now`."""
@@ -106,7 +110,7 @@ class ActionHistory:
 
     def after(self, notional: float, now: float) -> ActionHistory:
         """The history once a step of `notional` was taken at `now`."""
-        return ActionHistory(now, int(now // _DAY), self.spent_on(now) + notional)
+        return ActionHistory(now, int(now // _DAY), self.spent_on(now) + notional, True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +212,7 @@ def plan_step(
         return ActionPlan(snapshot.account, decision, reason, ratio, ratio,
                           policy.target_ratio, ratio <= policy.target_ratio)  # fmt: skip
 
-    if ratio < policy.action_ratio:
+    if ratio < policy.action_ratio and not history.in_episode:
         return idle(
             "below_level", f"ratio {ratio:.4f} is below the action level {policy.action_ratio:g}"
         )

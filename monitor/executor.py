@@ -178,7 +178,9 @@ class _State:
 
     @property
     def history(self) -> ActionHistory:
-        return ActionHistory(self.last_step_at, self.day, self.spent_today)
+        return ActionHistory(
+            self.last_step_at, self.day, self.spent_today, in_episode=self.episode is not None
+        )
 
 
 class Executor:
@@ -317,9 +319,10 @@ class Executor:
             return False  # the last step could do nothing: do not re-read the venue per tick
         if self.state.pending:
             return True  # an order from before a crash or timeout must be looked up first
-        if ratio < self.policy.action_ratio:
-            if self.state.episode is not None and ratio <= self.policy.target_ratio:
-                self._close_episode(rep, now)
+        if self.state.episode is not None and ratio <= self.policy.target_ratio:
+            self._close_episode(rep, now)  # back at the target: the episode is over
+            return False
+        if ratio < self.policy.action_ratio and self.state.episode is None:
             return False
         last = self.state.last_step_at
         return not (last is not None and now - last < self.policy.cooldown)

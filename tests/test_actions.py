@@ -151,6 +151,16 @@ class TestPlanTable:
         assert not plan.orders
         assert plan.reached
 
+    def test_open_episode_continues_below_the_level(self) -> None:
+        """Test that under the action level but over target, only an open episode acts."""
+        snap = _account(_long_btc(2.0), wallet=1_000.0)
+        assert 0.4 < report(snap).margin_ratio < 0.7
+        assert plan_step(snap, _policy(), MARKETS, ActionHistory(), 0.0).decision == "below_level"
+        going = ActionHistory(last_step_at=-100.0, in_episode=True)
+        plan = plan_step(snap, _policy(), MARKETS, going, 0.0)
+        assert plan.decision == "act"
+        assert plan.reached
+
     def test_min_amount_raises_a_small_cut(self) -> None:
         """Test that a cut below the market minimum is raised to the minimum when it fits."""
         eth = Position(ETH, "long", 10.0, 3_000, 3_000, leverage=20, mmr=0.01)

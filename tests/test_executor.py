@@ -142,6 +142,32 @@ class TestBinanceOneWay:
         finally:
             await src.close()
 
+    async def test_capped_steps_continue_until_the_target(
+        self, venue: tuple[FakeBinanceUsdm, BinanceOrders], tmp_path: Path
+    ) -> None:
+        """Test that capped steps go on below the action level until the target, then stop."""
+        fake, book = venue
+        src = await _source(fake)
+        trail = Trail()
+        try:
+            ex = _executor(src, tmp_path, trail, max_fraction_per_step=0.25, cooldown=10.0)
+            now = 1_000.0
+            await ex.on_report(await _report(src), now)
+            assert 0.4 < (await _report(src)).margin_ratio < 0.7  # under the level, over target
+            assert await ex.on_report(await _report(src), now + 5) is None  # cooldown
+            for _ in range(6):
+                now += 10
+                await ex.on_report(await _report(src), now)
+            assert (await _report(src)).margin_ratio <= 0.4
+            assert 2 <= len(book.received) <= 6
+            assert trail.kinds()[-1] == "resolved"
+            held = 2.0
+            for sent in book.received:
+                assert float(sent["quantity"]) <= 0.25 * held + 1e-9
+                held -= float(sent["quantity"])
+        finally:
+            await src.close()
+
     async def test_acts_on_the_fresh_read_not_the_stale_report(
         self, venue: tuple[FakeBinanceUsdm, BinanceOrders], tmp_path: Path
     ) -> None:
