@@ -24,6 +24,7 @@ import statistics
 import sys
 import tempfile
 import time
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,20 @@ async def sampler(
         )
 
 
+async def trace_growth(top: int) -> None:
+    """With --trace N: the N source lines whose live allocations grew most after minute 1."""
+    tracemalloc.start(8)
+    await asyncio.sleep(60)
+    first = tracemalloc.take_snapshot()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        stats = tracemalloc.take_snapshot().compare_to(first, "lineno")
+        print(f"tracemalloc: top {top} growth since minute 1")
+        for stat in stats[:top]:
+            print(f"  {stat}")
+
+
 def slope_mb_per_hour(rows: list[dict[str, float]]) -> float:
     pts = [(r["min"], r["rss"]) for r in rows if r["min"] >= 1.0]
     if len(pts) < 3:
@@ -139,6 +154,7 @@ async def main_async(args: argparse.Namespace) -> None:
             flush=True,
         )
         task = asyncio.create_task(sampler(args.sample, rows, start))
+        traced = asyncio.create_task(trace_growth(args.trace)) if args.trace else None
         await daemon.run_daemon(
             settings,
             settings.accounts,
@@ -149,6 +165,9 @@ async def main_async(args: argparse.Namespace) -> None:
         )
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+        if traced is not None:
+            traced.cancel()
+            await asyncio.gather(traced, return_exceptions=True)
         await sampler(0.0, rows, start, once=True)  # the end of the run is a sample too
         print(f"  t={rows[-1]['min']:6.2f} min  RSS {rows[-1]['rss']:6.1f} MB (end)")
 
@@ -185,6 +204,9 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--accounts", type=int, default=100)
     parser.add_argument("--sample", type=float, default=30.0, help="seconds between samples")
+    parser.add_argument(
+        "--trace", type=int, default=0, metavar="N", help="print N top tracemalloc growths"
+    )
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     asyncio.run(main_async(args))
