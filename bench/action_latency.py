@@ -92,7 +92,7 @@ async def _loop(fake: FakeBinanceUsdm, book: BinanceOrders, *, snapshot: Account
 
     def audit(account: str, kind: str, payload: Mapping[str, Any], at: float) -> None:
         del account, payload, at
-        if kind == "action.result":
+        if kind == "result":
             done.set()
 
     ex.audit_hook = audit

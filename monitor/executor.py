@@ -279,7 +279,9 @@ class Executor:
             body.setdefault("episode", self.state.episode)
         log.info(f"actions.{kind}", **{k: v for k, v in body.items() if k != "kind"})
         if self.audit_hook is not None:
-            self.audit_hook(self.account, f"action.{kind}", body, at)
+            # the daemon wires the alert sink's record_action: audit trail, MQTT action topic
+            # and margin_monitor_actions_total{outcome} in one call (sinks/alerts.py)
+            self.audit_hook(self.account, kind, body, at)
         if self.publish_hook is not None:
             self.publish_hook(self.account, body)
 

@@ -57,7 +57,7 @@ class Trail:
 
     def audit(self, account: str, kind: str, payload: Mapping[str, Any], at: float) -> None:
         del account, at
-        self.records.append((kind.removeprefix("action."), dict(payload)))
+        self.records.append((kind, dict(payload)))
 
     def alert(self, account: str, text: str) -> None:
         del account
@@ -432,8 +432,8 @@ class TestSim:
         await ex.on_report(rep, 1_000.0)
         assert sim.fills >= 1
         kinds = [r.kind for r in store.audit_trail("demo")]
-        assert kinds[:2] == ["action.planned", "action.sent"]
-        assert "action.filled" in kinds
+        assert kinds[:2] == ["planned", "sent"]
+        assert "filled" in kinds
         assert report(sim.snapshot()).margin_ratio < rep.margin_ratio
         store.close()
 
@@ -482,9 +482,9 @@ class TestDaemonDemo:
         assert "emergency" not in levels  # the reduction kept the account out of it
         assert levels[-1] == "ok"
         assert sources["demo"].fills >= 1
-        assert "action.filled" in kinds
-        assert "action.resolved" in kinds
-        assert kinds.index("action.filled") < kinds.index("action.resolved")
+        assert "filled" in kinds
+        assert "resolved" in kinds
+        assert kinds.index("filled") < kinds.index("resolved")
 
 
 @pytest.fixture

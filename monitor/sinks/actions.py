@@ -47,19 +47,17 @@ class ActionsSink:
         self._notes: dict[str, str] = {}
 
     def attach(self, alerts: AlertsSink | None) -> None:
-        """Use the alert side's store (audit), MQTT (action topic) and pause switch."""
+        """Use the alert side's audit trail + MQTT action topic, notes and pause switch.
+
+        `AlertsSink.record_action` writes the store's audit trail, publishes on
+        `<prefix>/<account>/action` and counts `margin_monitor_actions_total` (engineer B).
+        """
         if alerts is None:
             return
-
-        def audit(account: str, kind: str, payload: Mapping[str, Any], at: float) -> None:
-            # the pipeline (and its store) is built on first use, so look it up per call
-            alerts.pipeline.store.audit(account, kind, payload, at)
-
+        alerts.set_action_note(self.note)
         for ex in self.executors.values():
             ex.switches = alerts.switches
-            ex.audit_hook = audit
-            if alerts.mqtt is not None:
-                ex.publish_hook = alerts.mqtt.publish_action
+            ex.audit_hook = alerts.record_action
 
     def note(self, account: str) -> str | None:
         """What the actions side did or would do, for the alert message (alerting.py)."""
