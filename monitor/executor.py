@@ -255,7 +255,9 @@ class Executor:
     def _load(self) -> _State:
         try:
             data = json.loads(self._state_path.read_text())
-            return _State(**data)
+            # A halt is a decision about this run; restarting the daemon is how a person
+            # clears it after fixing the cause (the rejection is in the audit trail).
+            return _State(**{**data, "halted": None})
         except FileNotFoundError:
             return _State()
         except (ValueError, TypeError) as exc:
@@ -404,7 +406,7 @@ class Executor:
             for leg, order in enumerate(plan.orders):
                 self.record("would_have", {**_order_payload(order), "reason": why,
                                             "leg": leg, "step": self.state.step}, now)  # fmt: skip
-            self._advance(plan, now)
+            self._advance(plan, now, sent=False)
             return plan
         prove_reduce_only(fresh, plan.orders)  # the plan's own check, once more, explicitly
         filled_any = False
@@ -422,8 +424,9 @@ class Executor:
         """No new fresh read for a while: the venue must not be polled on every tick."""
         self._quiet_until = now + max(self.policy.cooldown, _QUIET)
 
-    def _advance(self, plan: ActionPlan, now: float) -> None:
-        history = self.state.history.after(plan.notional, now)
+    def _advance(self, plan: ActionPlan, now: float, *, sent: bool = True) -> None:
+        """Start the cooldown; only orders really sent count against the daily cap."""
+        history = self.state.history.after(plan.notional if sent else 0.0, now)
         self.state.last_step_at = history.last_step_at
         self.state.day = history.day
         self.state.spent_today = history.spent_today
@@ -473,7 +476,7 @@ class Executor:
             self._raise_alert(
                 f"protective order on {order.symbol} rejected by the venue: "
                 f"{type(exc).__name__}: {exc}. Actions for this account are halted until the "
-                "ratio recovers or a person resumes them."
+                "ratio is back at the target or the daemon is restarted."
             )
             return "rejected"
         self.orders_sent += 1

@@ -209,7 +209,7 @@ class TestBinanceOneWay:
     async def test_rejection_alerts_and_halts_without_retry(
         self, venue: tuple[FakeBinanceUsdm, BinanceOrders], tmp_path: Path
     ) -> None:
-        """Test that a venue rejection becomes an alert and the next report sends nothing."""
+        """Test that a rejection alerts, halts the next reports, and a restart clears it."""
         fake, book = venue
         book.reject = (-2019, "Margin is insufficient.")
         src = await _source(fake)
@@ -223,6 +223,11 @@ class TestBinanceOneWay:
             await ex.on_report(await _report(src), 1_010.0)
             assert len(book.received) == 1
             assert trail.of("skipped")[-1]["reason"].startswith("halted")
+            ex.close()
+            restarted = _executor(src, tmp_path, Trail())  # a person fixed it and restarted
+            await restarted.on_report(await _report(src), 1_020.0)
+            assert len(book.received) == 2
+            restarted.close()
         finally:
             await src.close()
 
