@@ -422,9 +422,12 @@ class ConfigChecker:
     def __init__(self) -> None:
         fd, self.path = tempfile.mkstemp(suffix=".toml", prefix="fuzz-config-")
         os.close(fd)
-        for name in list(os.environ):
-            if name.startswith("MARGIN_MONITOR__") or name == "CREDENTIALS_DIRECTORY":
-                del os.environ[name]
+        # the environment would override the file; put it back in close()
+        self._saved = {
+            name: os.environ.pop(name)
+            for name in list(os.environ)
+            if name.startswith("MARGIN_MONITOR__") or name == "CREDENTIALS_DIRECTORY"
+        }
 
     def __call__(self, text: str) -> str:
         with open(self.path, "w", encoding="utf-8", errors="surrogatepass") as fh:
@@ -438,6 +441,7 @@ class ConfigChecker:
 
     def close(self) -> None:
         os.unlink(self.path)
+        os.environ.update(self._saved)
 
 
 def check_config(text: str) -> str:
