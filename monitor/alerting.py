@@ -171,6 +171,30 @@ class AlertPipeline:
         self._commit(events, now)
         return events
 
+    def raise_action_alert(
+        self, account: str, text: str, now: float | None = None
+    ) -> tuple[AlertEvent, ...]:
+        """A venue rejected a protective order: fire `<account>/action_rejected` (issue 5 §4).
+
+        Through the outbox like every alert, so MQTT and the phone channels get it at least
+        once; raising it again in the same episode sends nothing new.
+        """
+        now = self.clock() if now is None else now
+        self.state, events = rules.on_action_rejected(self.state, account, text, now, self.config)
+        self._commit(events, now)
+        return events
+
+    def resolve_action_alert(
+        self, account: str, now: float | None = None
+    ) -> tuple[AlertEvent, ...]:
+        """The rejection episode is over (back at target): resolve it. Cheap when not firing."""
+        if not self.state.alert(account, rules.RULE_ACTION_REJECTED).firing:
+            return ()
+        now = self.clock() if now is None else now
+        self.state, events = rules.on_action_resolved(self.state, account, now, self.config)
+        self._commit(events, now)
+        return events
+
     def tick(self, now: float | None = None) -> tuple[AlertEvent, ...]:
         """Repeats, hold times and silence expiry while no data arrives."""
         now = self.clock() if now is None else now

@@ -227,6 +227,8 @@ class Executor:
         self.audit_hook = audit
         self.publish_hook = publish
         self.alert_hook = alert
+        #: called once per venue rejection (account, text); the daemon raises an alert
+        self.reject_hook: Alert | None = None
         self.clock = clock
         self.policy = ActionPolicy(
             action_ratio=action_ratio,
@@ -473,11 +475,15 @@ class Executor:
             self.state.halted = f"{order.symbol}: venue rejected the order ({type(exc).__name__})"
             self._save()
             self.record("rejected", {**payload, "error": f"{type(exc).__name__}: {exc}"})
-            self._raise_alert(
+            text = (
                 f"protective order on {order.symbol} rejected by the venue: "
                 f"{type(exc).__name__}: {exc}. Actions for this account are halted until the "
                 "ratio is back at the target or the daemon is restarted."
             )
+            self._raise_alert(text)
+            if self.reject_hook is not None:
+                # an `action_rejected` alert through the outbox (sinks/actions.py)
+                self.reject_hook(self.account, text)
             return "rejected"
         self.orders_sent += 1
         final = await self._follow(placed, order.symbol)

@@ -43,6 +43,7 @@ from monitor.model import MarginReport, SourceDown, SourceStale, SourceUp
 
 __all__ = [
     "LEVELS",
+    "RULE_ACTION_REJECTED",
     "RULE_MARGIN",
     "RULE_SHOCK",
     "RULE_SOURCE_DOWN",
@@ -59,6 +60,8 @@ __all__ = [
     "evaluate",
     "fingerprint",
     "level_rank",
+    "on_action_rejected",
+    "on_action_resolved",
     "on_source_event",
     "ratio_level",
     "remove_silence",
@@ -76,6 +79,8 @@ AlertKind = Literal["firing", "escalated", "deescalated", "repeat", "resolved"]
 RULE_MARGIN = "margin_ratio"
 RULE_SHOCK = "shock_to_liquidation"
 RULE_SOURCE_DOWN = "source_down"
+#: A venue refused a protective order (issue 5 §4): an alert, never a retry loop.
+RULE_ACTION_REJECTED = "action_rejected"
 _THRESHOLD_RULES = (RULE_MARGIN, RULE_SHOCK)
 
 
@@ -124,6 +129,7 @@ class AlertConfig:
     shock_band: float = 0.01
     stale_level: Level = "warning"
     source_down_level: Level = "critical"
+    action_rejected_level: Level = "critical"
 
     def ratio_thresholds(self) -> tuple[float | None, float | None, float | None]:
         """Entry thresholds of warning, critical, emergency on the margin ratio."""
@@ -568,6 +574,35 @@ def on_source_event(
             alert = state.alert(account, rule)
             if alert.firing:
                 changed[alert.fingerprint] = _advance(alert, "ok", None, now, config)
+    return _finish(state, changed, now)
+
+
+def on_action_rejected(
+    state: RulesState, account: str, detail: str, now: float, config: AlertConfig
+) -> tuple[RulesState, tuple[AlertEvent, ...]]:
+    """A venue rejected a protective order: `<account>/action_rejected` fires.
+
+    One episode per rejection stretch: raising it again while it fires only updates the
+    detail (and repeats on `repeat_every` like any alert), so a person hears about a refused
+    protective order once, not once per report (issue 5 §4).
+    """
+    alert = state.alert(account, RULE_ACTION_REJECTED)
+    changed = {
+        alert.fingerprint: _advance(
+            alert, config.action_rejected_level, None, now, config, detail=detail
+        )
+    }
+    return _finish(state, changed, now)
+
+
+def on_action_resolved(
+    state: RulesState, account: str, now: float, config: AlertConfig
+) -> tuple[RulesState, tuple[AlertEvent, ...]]:
+    """The executor's episode ended (back at the target): resolve `action_rejected`."""
+    alert = state.alert(account, RULE_ACTION_REJECTED)
+    if not alert.firing:
+        return state, ()
+    changed = {alert.fingerprint: _advance(alert, "ok", None, now, config)}
     return _finish(state, changed, now)
 
 

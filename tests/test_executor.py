@@ -19,11 +19,17 @@ from typing import Any
 import pytest
 
 from monitor.action_settings import ActionsSettings
+from monitor.alert_message import AlertMessage
+from monitor.alert_settings import MqttSettings
+from monitor.alerting import AlertPipeline
 from monitor.daemon import build_sinks, run_daemon
 from monitor.executor import AccountLock, Executor
 from monitor.margin import report
 from monitor.model import MarginReport
+from monitor.rules import AlertConfig
 from monitor.settings import SimSettings, load_settings
+from monitor.sinks.actions import ActionsSink
+from monitor.sinks.alerts import AlertsSink, build_alerts_sink
 from monitor.sources.exchange import ExchangeSource
 from monitor.sources.sim import DEMO_BOOK, SimVenue, selloff_keyframes
 from monitor.store import Store
@@ -419,6 +425,123 @@ class TestSwitchesAndLock:
         assert lock.acquire()
         assert path.read_text().strip() == str(os.getpid())
         lock.release()
+
+
+class _Held:
+    """An alert sink that never acknowledges: what reaches the outbox stays visible there."""
+
+    name = "held"
+
+    def wants(self, message: AlertMessage) -> bool:
+        """Test helper: takes everything."""
+        return True
+
+    async def deliver(self, messages: object) -> set[str]:
+        """Test helper: acknowledges nothing."""
+        return set()
+
+
+async def _serve(*sinks: Any) -> None:
+    """Run sinks' tasks until cancelled, as the daemon's TaskGroup does."""
+    async with asyncio.TaskGroup() as tg:
+        for sink in sinks:
+            await sink.start(tg)
+
+
+async def _until(condition: Any, limit: float = 10.0) -> None:
+    for _ in range(int(limit / 0.02)):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not reached")
+
+
+class TestRejectionAlert:
+    """A venue rejection through the daemon's sinks: an alert via the outbox, no retry."""
+
+    async def _feed(self, actions: ActionsSink, src: ExchangeSource, now: float) -> None:
+        snapshot = await src.fetch_snapshot()
+        await actions.on_report("acct", report(snapshot), snapshot, now)
+
+    async def test_rejection_is_one_action_rejected_alert_in_the_outbox(
+        self, venue: tuple[FakeBinanceUsdm, BinanceOrders], tmp_path: Path
+    ) -> None:
+        """Test that a rejection queues one action_rejected alert, sends no retry, resolves."""
+        fake, book = venue
+        book.reject = (-2019, "Margin is insufficient.")
+        src = await _source(fake)
+        store = Store(tmp_path / "alerts.sqlite3")
+        alerts = AlertsSink(lambda: AlertPipeline(store, AlertConfig(), [_Held()]))
+        ex = _executor(src, tmp_path, Trail())
+        actions = ActionsSink({"acct": ex})
+        actions.attach(alerts)
+        runner = asyncio.create_task(_serve(actions))
+
+        def queued() -> list[tuple[str, str, str]]:
+            messages = [AlertMessage.from_json(r.payload) for r in store.pending()]
+            return [(m.rule, m.kind, m.detail) for m in messages]
+
+        try:
+            await self._feed(actions, src, 1_000.0)
+            await _until(lambda: store.audit_trail(kind="rejected"))
+            for i in range(3):  # more critical reports: halted, skipped, never re-sent
+                await self._feed(actions, src, 1_010.0 + i)
+                await _until(lambda: ex.state.last_step_at == 1_000.0 and not ex.busy
+                             and not actions._wake["acct"].is_set())  # fmt: skip
+            assert store.audit_trail(kind="skipped")[-1].payload["reason"].startswith("halted")
+            assert len(book.received) == 1
+            ((rule, kind, detail),) = queued()
+            assert (rule, kind) == ("action_rejected", "firing")
+            assert "InsufficientFunds" in detail
+            assert actions.note("acct") == detail  # the action line of other alerts says so
+            fake.account.wallet = 10_000.0  # a person added margin: back under the target
+            await self._feed(actions, src, 1_100.0)
+            assert [(r, k) for r, k, _ in queued()] == [
+                ("action_rejected", "firing"), ("action_rejected", "resolved")]
+            assert len(book.received) == 1
+        finally:
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+            await actions.close()
+            store.close()
+            await src.close()
+
+    async def test_rejection_alert_reaches_mqtt(
+        self, venue: tuple[FakeBinanceUsdm, BinanceOrders], tmp_path: Path,
+        mosquitto: Mosquitto,
+    ) -> None:
+        """Test that the action_rejected alert is published on the alert topic (real broker)."""
+        fake, book = venue
+        book.reject = (-2022, "ReduceOnly Order is rejected.")
+        src = await _source(fake)
+        prefix = f"mmtest-rejected-{os.getpid()}"
+        mqtt = MqttSettings.model_validate({"host": mosquitto.host, "port": mosquitto.port,
+                                            "prefix": prefix, "timeout": 2.0})  # fmt: skip
+        alerts = build_alerts_sink(tmp_path, AlertConfig(), mqtt, None)
+        actions = ActionsSink({"acct": _executor(src, tmp_path, Trail())})
+        actions.attach(alerts)
+        try:
+            async with collecting(mosquitto, [f"{prefix}/acct/alert"]) as sub:
+                runner = asyncio.create_task(_serve(alerts, actions))
+                try:
+                    await self._feed(actions, src, 1_000.0)
+                    await _until(lambda: sub.messages)
+                    await self._feed(actions, src, 1_010.0)
+                    await _until(lambda: alerts.pipeline.store.audit_trail(kind="skipped"))
+                    await _until(lambda: not alerts.pipeline.store.pending())
+                finally:
+                    runner.cancel()
+                    await asyncio.gather(runner, return_exceptions=True)
+                got = [json.loads(m.payload) for m in sub.messages]  # type: ignore[arg-type]
+            assert {(g["rule"], g["kind"], g["level"]) for g in got} == {
+                ("action_rejected", "firing", "critical")}
+            assert len({g["id"] for g in got}) == 1
+            assert "InvalidOrder" in got[0]["detail"]
+            assert len(book.received) == 1
+        finally:
+            await actions.close()
+            await alerts.close()
+            await src.close()
 
 
 class TestSim:

@@ -230,6 +230,29 @@ class TestSourceAlerts:
         assert [(e.rule, e.kind) for e in ev] == [("source_down", "resolved")]
 
 
+class TestActionRejected:
+    """A venue refusing a protective order (issue 5 §4)."""
+
+    def test_one_alert_per_rejection_episode(self) -> None:
+        """Test that a rejection fires once, a second one is quiet, and the end resolves it."""
+        config = AlertConfig(repeat_every=0)
+        state, ev = rules.on_action_rejected(RulesState(), "a", "InsufficientFunds", 0.0, config)
+        assert [(e.fingerprint, e.kind, e.level, e.detail) for e in ev] == [
+            ("a/action_rejected", "firing", "critical", "InsufficientFunds")]
+        state, ev = rules.on_action_rejected(state, "a", "InsufficientFunds again", 5.0, config)
+        assert ev == ()
+        state, ev = rules.on_action_resolved(state, "a", 9.0, config)
+        assert [(e.kind, e.duration) for e in ev] == [("resolved", 9.0)]
+        assert not state.alert("a", rules.RULE_ACTION_REJECTED).firing
+        assert rules.on_action_resolved(state, "a", 10.0, config) == (state, ())
+
+    def test_not_inhibited_by_a_margin_emergency(self) -> None:
+        """Test that a refused protective order is heard even while the account is at emergency."""
+        state, _ = run_path([0.1, 0.95])
+        _, ev = rules.on_action_rejected(state, "acct", "reduce-only rejected", 3.0, NO_REPEAT)
+        assert [(e.rule, e.delivered) for e in ev] == [("action_rejected", True)]
+
+
 class TestSuppression:
     """Inhibition, silences and acknowledgement."""
 

@@ -45,19 +45,28 @@ class ActionsSink:
         self._latest: dict[str, tuple[MarginReport, float]] = {}
         self._wake = {name: asyncio.Event() for name in self.executors}
         self._notes: dict[str, str] = {}
+        self._alerts: AlertsSink | None = None
 
     def attach(self, alerts: AlertsSink | None) -> None:
         """Use the alert side's audit trail + MQTT action topic, notes and pause switch.
 
         `AlertsSink.record_action` writes the store's audit trail, publishes on
         `<prefix>/<account>/action` and counts `margin_monitor_actions_total` (engineer B).
+        A venue rejection becomes an `action_rejected` alert (issue 5 §4).
         """
         if alerts is None:
             return
+        self._alerts = alerts
         alerts.set_action_note(self.note)
         for ex in self.executors.values():
-            ex.switches = alerts.switches
-            ex.audit_hook = alerts.record_action
+            self._wire(ex)
+
+    def _wire(self, ex: Executor) -> None:
+        ex.alert_hook = self._alert
+        if self._alerts is not None:
+            ex.switches = self._alerts.switches
+            ex.audit_hook = self._alerts.record_action
+            ex.reject_hook = self._rejected
 
     def note(self, account: str) -> str | None:
         """What the actions side did or would do, for the alert message (alerting.py)."""
@@ -75,6 +84,24 @@ class ActionsSink:
 
     def _alert(self, account: str, text: str) -> None:
         self._notes[account] = text
+
+    def _rejected(self, account: str, text: str) -> None:
+        """A venue refused a protective order: an alert through the outbox, not a retry."""
+        self._notes[account] = text
+        if self._alerts is not None:
+            self._alerts.raise_action_alert(account, text)
+
+    def _resolve_rejection(self, account: str, ex: Executor, report: MarginReport) -> None:
+        """End the `action_rejected` alert once the executor's episode is over.
+
+        `Executor.wants` closes the episode when the ratio is back at the target; a ratio
+        under the target also ends it (a restart can leave no episode behind).
+        """
+        if self._alerts is None or ex.busy:
+            return
+        over = ex.state.episode is None or report.margin_ratio <= ex.policy.target_ratio
+        if over and self._alerts.resolve_action_alert(account):
+            self._notes.pop(account, None)
 
     async def start(self, tg: asyncio.TaskGroup) -> None:
         """One task per protected account."""
@@ -105,7 +132,11 @@ class ActionsSink:
         """Hand the newest report to the account's task if it may call for a step."""
         del snapshot  # the executor never acts on the streamed view: it re-reads
         ex = self.executors.get(account)
-        if ex is None or not (ex.wants(report, now) or account in self.backstops):
+        if ex is None:
+            return
+        wanted = ex.wants(report, now)  # may close the episode (back at the target)
+        self._resolve_rejection(account, ex, report)
+        if not (wanted or account in self.backstops):
             return
         self._latest[account] = (report, now)
         self._wake[account].set()

@@ -85,6 +85,14 @@ class AlertsSink:
         if self.mqtt is not None:
             self.mqtt.publish_action(account, {"kind": kind, "at": at, **payload})
 
+    def raise_action_alert(self, account: str, text: str, now: float | None = None) -> None:
+        """A venue rejected a protective order: an `action_rejected` alert (issue 5 §4)."""
+        self.pipeline.raise_action_alert(account, text, now)
+
+    def resolve_action_alert(self, account: str, now: float | None = None) -> bool:
+        """End the account's `action_rejected` alert; True when one was firing."""
+        return bool(self.pipeline.resolve_action_alert(account, now))
+
     def set_action_note(self, note: Callable[[str], str | None]) -> None:
         """What the protective action did or would do for an account, shown in alerts."""
         self._action_note = note
