@@ -490,11 +490,19 @@ async def _reload_on_hup(  # noqa: PLR0917 - the daemon's own state, passed once
                 configured[name] = account
                 loops.append(account_loop)
                 launch(account_loop)
+        current = {lp.account: lp.source for lp in loops}
         for sink in sinks:
             set_accounts = getattr(sink, "set_accounts", None)
             if set_accounts is not None:
                 set_accounts({name: a.stale_after for name, a in configured.items()},
-                             sources={lp.account: lp.source for lp in loops})  # fmt: skip
+                             sources=current)  # fmt: skip
+            reload_accounts = getattr(sink, "reload_accounts", None)
+            if reload_accounts is not None:
+                # protective actions follow: executors for added/restarted accounts
+                try:
+                    await reload_accounts(dict(configured), current)
+                except Exception as exc:
+                    log.error("sink reload failed", sink=sink.name, error=_one_line(exc))
         log.info("configuration reloaded", accounts=sorted(configured),
                  restarted=sorted(n for n in gone if n in configured))  # fmt: skip
         if notifier is not None:

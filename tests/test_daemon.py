@@ -17,7 +17,9 @@ import pytest
 
 from monitor.daemon import (
     AccountLoop,
+    build_sinks,
     classify_level,
+    open_source,
     parse_shard,
     run_daemon,
     select_shard,
@@ -34,6 +36,8 @@ from monitor.model import (
     SourceDown,
 )
 from monitor.settings import AccountSettings, AlertsSettings, Settings, load_settings
+from monitor.sinks.actions import ActionsSink
+from monitor.sources.sim import SimVenue
 
 ROOT = Path(__file__).resolve().parent.parent
 EXE = Path(sys.executable).with_name("margin-monitor")
@@ -220,6 +224,62 @@ class TestResilience:
         reached = [level for _, level in recorder.levels]
         assert reached[:3] == ["warning", "critical", "emergency"]
         assert reached[-1] == "ok"
+
+
+async def _until(condition: Any, limit: float = 20.0) -> None:
+    for _ in range(int(limit / 0.05)):
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not reached")
+
+
+class TestReloadActions:
+    async def test_sighup_attaches_restarts_and_drops_executors(self, tmp_path: Path) -> None:
+        """Test that SIGHUP gives added accounts an executor, restarts changed ones, drops gone."""
+        settings = load_settings(None, state_dir=tmp_path, accounts=[{"name": "a"}])
+        first = settings.accounts[0]
+        added = AccountSettings.model_validate({"name": "b", "sim": {"speed": 100}})
+        changed = AccountSettings.model_validate({"name": "a", "sim": {"seed": 8}})
+        plan = [[first, added], [changed, added], [changed]]
+        sources = [open_source(first)]
+        sinks = build_sinks(settings, tui=False, sources={first.name: sources[0]})
+        actions = next(s for s in sinks if isinstance(s, ActionsSink))
+
+        def reload() -> list[AccountSettings]:
+            return plan.pop(0)
+
+        def task_names() -> set[str]:
+            return {t.get_name() for t in asyncio.all_tasks() if not t.done()}
+
+        async def drive() -> None:
+            try:
+                await _until(lambda: "sink[actions[a]]" in task_names())
+                old_a = actions.executors["a"]
+                os.kill(os.getpid(), signal.SIGHUP)  # b joins: it gets an executor that acts
+                await _until(lambda: "b" in actions.executors)
+                assert "sink[actions[b]]" in task_names()
+                await _until(lambda: actions.executors["b"].orders_sent >= 1)
+                desk = actions.executors["b"].desk
+                assert isinstance(desk, SimVenue)
+                assert desk.fills >= 1
+                os.kill(os.getpid(), signal.SIGHUP)  # a changed: restarted on its new source
+                await _until(lambda: actions.executors.get("a", old_a) is not old_a)
+                assert not old_a.lock.held
+                assert actions.executors["a"].desk is not old_a.desk
+                old_b = actions.executors["b"]
+                os.kill(os.getpid(), signal.SIGHUP)  # b removed: its executor and lock go
+                await _until(lambda: "b" not in actions.executors)
+                assert not old_b.lock.held
+                assert "sink[actions[b]]" not in task_names()
+            finally:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        driver = asyncio.create_task(drive())
+        await asyncio.wait_for(
+            run_daemon(settings, settings.accounts, sinks, sources=sources, reload=reload), 60
+        )
+        await driver  # re-raises an assertion of the driver
 
 
 class TestClassifyLevel:

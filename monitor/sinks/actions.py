@@ -24,8 +24,13 @@ from monitor.model import AccountSnapshot, Event, MarginReport
 from monitor.sources.base import OrderDesk, Source
 
 if TYPE_CHECKING:
-    from monitor.settings import Settings
+    from monitor.settings import AccountSettings, Settings
     from monitor.sinks.alerts import AlertsSink
+
+#: Builds the executor (and stop backstop) of one account, None when it is not protected.
+MakeExecutor = Callable[
+    ["AccountSettings", Source], "tuple[Executor, StopBackstop | None] | None"
+]
 
 __all__ = ["ActionsSink", "build_actions_sink"]
 
@@ -38,14 +43,22 @@ class ActionsSink:
     name = "actions"
 
     def __init__(
-        self, executors: Mapping[str, Executor], backstops: Mapping[str, StopBackstop] | None = None
+        self,
+        executors: Mapping[str, Executor],
+        backstops: Mapping[str, StopBackstop] | None = None,
+        *,
+        make: MakeExecutor | None = None,
     ) -> None:
+        """`make` builds the executor of an account a SIGHUP reload adds or restarts."""
         self.executors = dict(executors)
         self.backstops = dict(backstops or {})
+        self._make = make
         self._latest: dict[str, tuple[MarginReport, float]] = {}
         self._wake = {name: asyncio.Event() for name in self.executors}
         self._notes: dict[str, str] = {}
         self._alerts: AlertsSink | None = None
+        self._tg: asyncio.TaskGroup | None = None
+        self._tasks: dict[str, asyncio.Task[None]] = {}
 
     def attach(self, alerts: AlertsSink | None) -> None:
         """Use the alert side's audit trail + MQTT action topic, notes and pause switch.
@@ -105,9 +118,57 @@ class ActionsSink:
 
     async def start(self, tg: asyncio.TaskGroup) -> None:
         """One task per protected account."""
+        self._tg = tg
         for account, ex in self.executors.items():
-            ex.alert_hook = self._alert
-            tg.create_task(self._run(account, ex), name=f"sink[actions[{account}]]")
+            self._launch(account, ex)
+
+    def _launch(self, account: str, ex: Executor) -> None:
+        assert self._tg is not None
+        ex.alert_hook = self._alert
+        self._wake.setdefault(account, asyncio.Event())
+        self._tasks[account] = self._tg.create_task(
+            self._run(account, ex), name=f"sink[actions[{account}]]"
+        )
+
+    async def reload_accounts(
+        self, accounts: Mapping[str, AccountSettings], sources: Mapping[str, Source]
+    ) -> None:
+        """SIGHUP (issue 6 §5): follow the accounts the daemon now runs.
+
+        An executor whose account is gone, or whose source was restarted (a changed
+        account), stops and releases its writer lock; accounts without one get a fresh
+        executor on their current source (it reloads its state file, so a pending order is
+        still looked up by client id before anything is sent).
+        """
+        for name, ex in list(self.executors.items()):
+            current: object = sources.get(name)
+            if current is ex.desk:
+                continue
+            task = self._tasks.pop(name, None)
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            ex.close()
+            del self.executors[name]
+            self.backstops.pop(name, None)
+            self._latest.pop(name, None)
+            self._wake.pop(name, None)
+            log.info("actions.executor_stopped", account=name)
+        if self._make is None or self._tg is None:
+            return
+        for name, source in sources.items():
+            if name in self.executors or name not in accounts:
+                continue
+            built = self._make(accounts[name], source)
+            if built is None:
+                continue
+            ex, backstop = built
+            self.executors[name] = ex
+            if backstop is not None:
+                self.backstops[name] = backstop
+            self._wire(ex)
+            self._launch(name, ex)
+            log.info("actions.executor_started", account=name, live=ex.live)
 
     async def _run(self, account: str, ex: Executor) -> None:
         wake = self._wake[account]
@@ -175,17 +236,18 @@ def build_actions_sink(
     alerts = settings.alerts
     thresholds = {"warning": alerts.warning, "critical": alerts.critical,
                   "emergency": alerts.emergency}  # fmt: skip
-    executors: dict[str, Executor] = {}
-    for account in settings.accounts:
-        source = sources.get(account.name)
-        if source is None or not actions.covers(account.name):
-            continue
+
+    def make(
+        account: AccountSettings, source: Source
+    ) -> tuple[Executor, StopBackstop | None] | None:
+        if not actions.covers(account.name):
+            return None
         if not isinstance(source, OrderDesk):
             log.info("actions.no_order_desk", account=account.name)
-            continue
+            return None
         venue: Any = getattr(source, "venue", None)
         live = actions.enabled or (account.is_sim and actions.simulated)
-        executors[account.name] = Executor(
+        ex = Executor(
             account.name,
             source,
             source.fetch_snapshot,
@@ -196,9 +258,16 @@ def build_actions_sink(
             venue="sim" if account.is_sim else (venue if isinstance(venue, str) else None),
             clock=clock,
         )
-    backstops = {
-        name: StopBackstop(ex, actions.stop_loss)
-        for name, ex in executors.items()
-        if actions.stop_loss.enabled
-    }
-    return ActionsSink(executors, backstops) if executors else None
+        return ex, StopBackstop(ex, actions.stop_loss) if actions.stop_loss.enabled else None
+
+    executors: dict[str, Executor] = {}
+    backstops: dict[str, StopBackstop] = {}
+    for account in settings.accounts:
+        source = sources.get(account.name)
+        built = None if source is None else make(account, source)
+        if built is not None:
+            executors[account.name], backstop = built
+            if backstop is not None:
+                backstops[account.name] = backstop
+    # kept even with no executor yet: a SIGHUP reload may add a protected account
+    return ActionsSink(executors, backstops, make=make)
