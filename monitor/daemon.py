@@ -62,6 +62,9 @@ log = structlog.get_logger("monitor.daemon")
 
 Clock = Callable[[], float]
 
+#: Seconds the final settle (end of --duration or of a replay) may take before stopping anyway.
+SETTLE_LIMIT = 5.0
+
 
 # --- sharding --------------------------------------------------------------------------------
 
@@ -429,10 +432,28 @@ async def _watch(
             task.cancel()
     reason = "signal" if stop.is_set() else "replay finished" if finite else "duration"
     if reason != "signal":
-        for account_loop in loops:
-            await account_loop.settle()
+        await _settle_all(loops)
     log.info("daemon stopping", reason=reason)
     raise _Shutdown
+
+
+async def _settle_all(loops: Sequence[AccountLoop]) -> None:
+    """Final reports of every account, at most `SETTLE_LIMIT` seconds in all.
+
+    A sink stuck inside `on_report` holds the account's recompute lock, and an unbounded
+    settle would then never let the daemon stop; past the limit it stops without them.
+    """
+    tasks = {
+        asyncio.create_task(lp.settle(), name=f"settle[{lp.account}]"): lp.account for lp in loops
+    }
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=SETTLE_LIMIT)
+    for task in pending:
+        task.cancel()
+    if pending:
+        log.warning("settle timed out; stopping without the final report",
+                    accounts=sorted(tasks[t] for t in pending), limit=SETTLE_LIMIT)  # fmt: skip
 
 
 def _status(loops: Sequence[AccountLoop]) -> str:

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
+from monitor import daemon
 from monitor.daemon import (
     AccountLoop,
     build_sinks,
@@ -196,6 +198,30 @@ class TestResilience:
         assert loops[0].events == 100
         assert recorder.reports
         assert len(recorder.events) == 100
+
+    async def test_stuck_sink_does_not_block_the_final_settle(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Test that a sink blocking in on_report bounds the final settle and it is logged."""
+
+        class Stuck(_Recorder):
+            name = "stuck"
+
+            async def on_report(self, *args: Any) -> None:
+                await asyncio.Event().wait()  # never returns (until cancelled)
+
+        monkeypatch.setattr(daemon, "SETTLE_LIMIT", 0.3)
+        stuck = Stuck()
+        with capture_logs() as logs:
+            loops = await asyncio.wait_for(
+                run_daemon(_settings(), [], [stuck], sources=[_Burst(20, chunk=5)],
+                           finite=True, handle_signals=False, duration=30),
+                20,
+            )  # fmt: skip
+        assert loops[0].events == 20
+        (timed_out,) = [e for e in logs if e["event"].startswith("settle timed out")]
+        assert timed_out["accounts"] == ["burst"]
+        assert stuck.closed
 
     async def test_failing_source_reports_down_and_retries(self) -> None:
         """Test that a source failure becomes a SourceDown event, then the source is read again."""
