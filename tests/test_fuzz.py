@@ -87,11 +87,6 @@ class TestNormalisation:
         with pytest.raises(MalformedPayload, match="markPrice"):
             positions_from_ccxt("binanceusdm", [row], MARKETS)
 
-    @pytest.mark.xfail(
-        strict=True,
-        raises=OverflowError,
-        reason="normalize.py _number: float(int) overflows past 1e308",
-    )
     def test_integer_beyond_float_range(self) -> None:
         """Test that a 400-digit integer tier bound is MalformedPayload, not OverflowError."""
         rows = [{"maxNotional": 10**400, "maintenanceMarginRate": 0.004}]

@@ -71,7 +71,7 @@ def _number(row: Json, key: str, where: str, *, required: bool = True) -> float 
         return None
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise MalformedPayload(f"{where}: field {key!r} = {value!r} is not a number") from None
     if not math.isfinite(number):
         raise MalformedPayload(f"{where}: field {key!r} = {value!r} is not finite")
@@ -169,7 +169,7 @@ def _mexc_base_mmr(market: Json) -> float | None:
         return None
     try:
         rate = float(info.get("maintenanceMarginRate"))  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return rate if 0 < rate < 1 else None
 
@@ -194,7 +194,7 @@ def _max_leverage_mmr(market: Json) -> float | None:
         lev = limits["leverage"].get("max")
     try:
         lev_f = float(lev) if lev is not None else 0.0
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return 1.0 / (2.0 * lev_f) if lev_f > 0 else None
 
@@ -210,7 +210,7 @@ def _hyperliquid_mmr(market: Json) -> float | None:
         lev = info.get("maxLeverage")
     try:
         lev_f = float(lev) if lev is not None else 0.0
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return 1.0 / (2.0 * lev_f) if lev_f > 0 else None
 
@@ -265,7 +265,10 @@ def _position(
         raise MalformedPayload(f"{where}: no positive mark price (markPrice={mark}, entry={entry})")
     size = _number(row, "contractSize", where, required=False)
     if size is None:
-        size = float(market.get("contractSize") or 1.0)
+        try:
+            size = float(market.get("contractSize") or 1.0)
+        except (TypeError, ValueError, OverflowError):
+            raise MalformedPayload(f"{where}: market contractSize is not a number") from None
     if size <= 0:
         raise MalformedPayload(f"{where}: contractSize {size} is not positive")
     if venue == "deribit" and market.get("inverse"):
@@ -495,7 +498,7 @@ _WALLETS = {
 def _float(value: object, key: str) -> float:
     try:
         number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise MalformedPayload(f"balance field {key!r} = {value!r} is not a number") from None
     if not math.isfinite(number):
         raise MalformedPayload(f"balance field {key!r} = {value!r} is not finite")
@@ -635,7 +638,7 @@ def mark_from_ticker(venue: str, ticker: object) -> float | None:
                 break
     try:
         mark = float(value) if value is not None else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     if mark is None or not math.isfinite(mark) or mark <= 0:
         return None
