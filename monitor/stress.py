@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
-from monitor.margin import pnl_at, report, surplus
+from monitor.margin import pnl_at, report
 from monitor.model import (
     STABLE_ASSETS,
     AccountSnapshot,
@@ -27,6 +27,7 @@ from monitor.model import (
     base_asset,
     quote_asset,
 )
+from monitor.valuation import surplus_at
 
 __all__ = [
     "MAX_UP_SHOCK",
@@ -89,16 +90,22 @@ def shocked(
     report currency and stablecoins stay put. Prices are floored at zero.
     """
     positions = tuple(
-        p.at_mark(p.mark_price * max(0.0, 1.0 + (p.beta if beta_weighted else 1.0) * shock))
+        p.at_mark(p.mark_price * _factor(p.beta if beta_weighted else 1.0, shock))
         for p in snapshot.positions
     )
     collateral = tuple(
-        replace(c, price=c.price * max(0.0, 1.0 + _collateral_beta(c, snapshot.currency) * shock))
+        replace(c, price=c.price * _factor(_collateral_beta(c, snapshot.currency), shock))
         if _collateral_beta(c, snapshot.currency) != 0.0
         else c
         for c in snapshot.collateral
     )
     return replace(snapshot, positions=positions, collateral=collateral)
+
+
+def _factor(beta: float, shock: float) -> float:
+    """Price multiplier of a `shock` for a `beta`; floored just above zero (a price of 0
+    would make inverse contracts' value infinite)."""
+    return max(1e-9, 1.0 + beta * shock)
 
 
 # --- shock to liquidation -----------------------------------------------------------------
@@ -157,9 +164,20 @@ def shock_to_liquidation(
     liquidates (a fully hedged or unlevered book).
     """
     base = _without_reported(snapshot)
+    marks = [(p.mark_price, p.beta if beta_weighted else 1.0) for p in base.positions]
+    moving = [
+        (c.asset, c.price, _collateral_beta(c, base.currency))
+        for c in base.collateral
+        if _collateral_beta(c, base.currency) != 0.0
+    ]
 
     def f(s: float) -> float:
-        return surplus(shocked(base, s, beta_weighted))
+        # the same figures as surplus(shocked(base, s, beta_weighted)), without new objects
+        return surplus_at(
+            base,
+            [mark * _factor(beta, s) for mark, beta in marks],
+            {asset: price * _factor(beta, s) for asset, price, beta in moving},
+        )
 
     down = _first_crossing(f, -1.0)
     up = _first_crossing(f, MAX_UP_SHOCK)

@@ -196,3 +196,22 @@ class TestMinimalReduction:
         before = report(s).maintenance_margin
         after = report(reduced(s, {p.key: part})).maintenance_margin
         assert after <= before + 1e-9 * max(1.0, before)
+
+
+class TestSurplusAt:
+    @settings(max_examples=200, deadline=None)
+    @given(accounts(), st.floats(min_value=-0.99, max_value=3.0), st.booleans())
+    def test_equals_the_surplus_of_the_shocked_account(self, s: AccountSnapshot, move: float,
+                                                       weighted: bool) -> None:
+        """Test that the shock solver's fast evaluation equals re-pricing the account."""
+        from monitor.margin import surplus
+        from monitor.stress import _factor, _without_reported
+        from monitor.valuation import surplus_at
+
+        base = _without_reported(s)
+        marks = [p.mark_price * _factor(p.beta if weighted else 1.0, move)
+                 for p in base.positions]
+        moved = shocked(base, move, beta_weighted=weighted)
+        prices = {c.asset: c.price for c in moved.collateral}
+        expected = surplus(moved)
+        assert surplus_at(base, marks, prices) == pytest.approx(expected, rel=1e-9, abs=1e-6)
