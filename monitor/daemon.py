@@ -48,6 +48,7 @@ from monitor.state import AccountState, apply, initial_state
 
 __all__ = [
     "AccountLoop",
+    "actions_mode",
     "build_sinks",
     "check_command",
     "classify_level",
@@ -615,7 +616,7 @@ def check_command(args: argparse.Namespace) -> int:
     out.write(f"sinks: {', '.join(s.name for s in build_sinks(settings, tui=False))}\n")
     out.write(f"accounts ({len(settings.accounts)}):\n")
     for account in settings.accounts:
-        out.write(f"  - {_describe(account)}\n")
+        out.write(f"  - {_describe(account)}; actions: {actions_mode(settings, account)}\n")
     failures = 0
     live = [acct for acct in settings.accounts if not acct.is_sim]
     if live and not args.offline:
@@ -630,6 +631,30 @@ def check_command(args: argparse.Namespace) -> int:
                 line = f"{account.name}: FAILED: {exc}"
             out.write(f"  check {line}\n")
     return 1 if failures else 0
+
+
+def actions_mode(settings: Settings, account: AccountSettings) -> str:
+    """What protective actions do for `account`: off, paused, simulated, live or dry-run.
+
+    The same decision `sinks/actions.build_actions_sink` and the executor's switches make,
+    said before anything runs (a PAUSE command over MQTT lives in the state store and only
+    shows in the daemon's `status` reply).
+    """
+    actions = settings.actions
+    if not actions.covers(account.name):
+        return "off (not in actions.accounts)"
+    if actions.paused:
+        return "paused (actions.paused = true: plans and audits, sends nothing)"
+    from monitor.executor import kill_switch_file  # noqa: PLC0415 - ccxt: heavy import
+
+    pause_file = kill_switch_file(settings.state_dir, account.name)
+    if pause_file is not None:
+        return f"paused ({pause_file} exists: plans and audits, sends nothing)"
+    if account.is_sim and actions.simulated:
+        return "simulated (reduce-only orders on the sim venue, fake money)"
+    if actions.enabled:
+        return "live (reduce-only orders are sent to the venue)"
+    return "dry-run (actions.enabled = false: plans and audits 'would have', sends nothing)"
 
 
 def _describe(account: AccountSettings) -> str:

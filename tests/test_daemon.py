@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -20,6 +21,7 @@ from monitor import daemon
 from monitor.daemon import (
     AccountLoop,
     build_sinks,
+    check_command,
     classify_level,
     open_source,
     parse_shard,
@@ -437,6 +439,48 @@ class TestCheckCommand:
         assert "practice: sim (scenario selloff, seed 42" in out
         assert "warning 0.5, critical 0.7, emergency 0.85" in out
         assert "sinks: console" in out
+
+    @pytest.mark.parametrize(
+        ("actions", "pause_file", "expected"),
+        [
+            ("", None, {"practice": "simulated", "main": "dry-run", "other": "off"}),
+            ("enabled = true", None, {"practice": "simulated", "main": "live", "other": "off"}),
+            ("enabled = true", "PAUSE.main",
+             {"practice": "simulated", "main": "paused", "other": "off"}),
+            ("enabled = true\npaused = true", None,
+             {"practice": "paused", "main": "paused", "other": "off"}),
+            ("simulated = false", "PAUSE",
+             {"practice": "paused", "main": "paused", "other": "off"}),
+            ("simulated = false", None, {"practice": "dry-run", "main": "dry-run", "other": "off"}),
+        ],
+    )  # fmt: skip
+    def test_prints_each_accounts_action_mode(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str], actions: str,
+        pause_file: str | None, expected: dict[str, str],
+    ) -> None:
+        """Test that `check` says per account whether actions are live/dry-run/paused/simulated."""
+        config = tmp_path / "c.toml"
+        config.write_text(
+            f'state_dir = "{tmp_path}"\n'
+            '[[accounts]]\nname = "practice"\nexchange = "sim"\n'
+            '[[accounts]]\nname = "main"\nexchange = "binanceusdm"\n'
+            'api_key = "key-do-not-print"\nsecret = "secret-do-not-print"\n'
+            '[[accounts]]\nname = "other"\nexchange = "bybit"\n'
+            f'[actions]\naccounts = ["practice", "main"]\n{actions}\n'
+        )
+        if pause_file is not None:
+            (tmp_path / pause_file).touch()
+        args = argparse.Namespace(config=config, offline=True)
+        assert check_command(args) == 0
+        out = capsys.readouterr().out
+        modes = {
+            line.split(":", 1)[0].removeprefix("  - "): line.rsplit("; actions: ", 1)[1].split()[0]
+            for line in out.splitlines() if "; actions: " in line
+        }  # fmt: skip
+        assert modes == expected
+        assert "do-not-print" not in out
+        if pause_file is not None:
+            assert str(tmp_path / pause_file) in out
 
     def test_bad_config_exits_2(self, tmp_path: Path) -> None:
         """Test that `check` on a bad config prints one line and exits 2."""
