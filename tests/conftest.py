@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 from tests.mqtt_broker import Mosquitto
+
+# CI (CI=true) draws the same examples on every run, so a submission is judged on a suite
+# that a developer can reproduce exactly with `CI=true make test`; locally, examples vary and
+# keep finding new cases (the failing ones are kept in .hypothesis/ and replayed first).
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 @pytest.fixture(scope="session")
