@@ -86,6 +86,8 @@ def _solve(
         span = hi - lo if math.isfinite(hi) else max(lo, x_now, 1e-12)
         x1 = lo + span / 3.0
         x2 = lo + 2.0 * span / 3.0
+        if not x1 < x2:
+            continue  # two edges within rounding of each other: no room for a root between
         f1, f2 = surplus(x1), surplus(x2)
         slope = (f2 - f1) / (x2 - x1)
         f_lo = f1 - slope * (x1 - lo)
@@ -289,6 +291,8 @@ def _walk_linear(
     Returns NaN when the shortcut's assumptions fail (then the general solver runs).
     """
     q = p.contracts * p.contract_size
+    if not 0.0 < q < math.inf:
+        return math.nan  # sizes that underflow to 0 (or overflow): the general solver copes
     sign = p.sign
     tiers = p.tiers
     n = len(tiers)

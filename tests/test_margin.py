@@ -420,6 +420,18 @@ class TestEdges:
         assert lp == pytest.approx(50_000)
 
 
+    def test_degenerate_sizes_and_edges_do_not_crash(self) -> None:
+        """Test that a size underflowing to 0 and tier edges within rounding give a report."""
+        tiny = Position("X/USDT:USDT", "long", 1e-300, 1.0, 1.0, contract_size=1e-300,
+                        tiers=(Tier(10, 0.01), Tier(INF, 0.02, 0.1)))
+        close = (Tier(1e300, 0.01), Tier(1.0000000000000002e300, 0.02, 0.1), Tier(INF, 0.03, 0.2))
+        pair = (Position("Y/USDT:USDT", "long", 1.0, 1.0, 1.0, hedged=True, tiers=close),
+                Position("Y/USDT:USDT", "short", 1.0, 1.0, 1.0, hedged=True, tiers=close))
+        for held in ((tiny,), pair):
+            r = report(account(*held, wallet=100))
+            assert r.margin_ratio >= 0
+
+
 class TestProperties:
     @settings(max_examples=300, deadline=None)
     @given(accounts())
