@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from monitor.model import AccountSnapshot, Position, base_asset, quote_asset
+from monitor.model import AccountSnapshot, Position, priced_collateral
 from monitor.valuation import AssetBook, figures_of, pool
 
 __all__ = ["Ledger", "Summary"]
@@ -57,9 +57,8 @@ class Ledger:
         # the collateral asset a X/<currency> market re-prices (as `stress.with_prices` does)
         self._moving: dict[str, str] = {}
         for symbol in {p.symbol for p in snapshot.positions}:
-            asset = base_asset(symbol)
-            if (quote_asset(symbol) == snapshot.currency and asset != snapshot.currency
-                    and asset in books):
+            asset = priced_collateral(symbol, snapshot.currency)
+            if asset is not None and asset in books:
                 self._moving[symbol] = asset
 
     def tick(self, symbol: str, price: float) -> bool:

@@ -14,7 +14,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from monitor.model import AccountSnapshot, Position, VenueRules, base_asset, quote_asset
+from monitor.model import AccountSnapshot, Position, VenueRules, priced_collateral
 from monitor.valuation import (
     AssetBook,
     Figures,
@@ -263,10 +263,8 @@ def _moving_asset(
     p: Position, currency: str, books: dict[str, AssetBook], settle: str
 ) -> str | None:
     """The collateral asset a linear X/<currency> market re-prices (see `with_prices`)."""
-    if p.inverse or quote_asset(p.symbol) != currency:
-        return None
-    asset = base_asset(p.symbol)
-    if asset in (settle, currency) or asset not in books:
+    asset = None if p.inverse else priced_collateral(p.symbol, currency)
+    if asset is None or asset == settle or asset not in books:
         return None
     return asset
 

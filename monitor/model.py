@@ -36,6 +36,7 @@ __all__ = [
     "Tier",
     "VenueRules",
     "base_asset",
+    "priced_collateral",
     "quote_asset",
     "rules_for_venue",
 ]
@@ -149,6 +150,14 @@ class Position:
         """
         if price == self.mark_price:
             return self
+        return replace(self.scheduled(), mark_price=price)
+
+    def scheduled(self) -> Position:
+        """The same position valued only from its schedule (tiers, mmr, leverage).
+
+        Venue-reported figures become the rates they imply at the current mark, so every
+        what-if (another price, a smaller size) recomputes on the venue's own terms.
+        """
         mmr, leverage = self.mmr, self.leverage
         notional = self.settle_notional(self.mark_price)
         if notional > 0 and math.isfinite(notional):
@@ -158,7 +167,6 @@ class Position:
                 leverage = notional / self.initial_margin
         return replace(
             self,
-            mark_price=price,
             unrealized_pnl=None,
             maintenance_margin=None,
             initial_margin=None,
@@ -170,6 +178,19 @@ class Position:
 def base_asset(symbol: str) -> str:
     """`BTC` of `BTC/USDT:USDT` (ccxt unified symbol); the symbol itself if it has no `/`."""
     return symbol.split("/", 1)[0]
+
+
+def priced_collateral(symbol: str, currency: str) -> str | None:
+    """The collateral asset whose price a mark of `symbol` also sets, if any.
+
+    A linear market quoted in the report currency prices its base asset: a BTC/USDT:USDT
+    mark is what BTC collateral of a USDT account is worth. One place for this rule, shared
+    by the state machine, the what-ifs, the ledger and the liquidation solver.
+    """
+    if "/" not in symbol or quote_asset(symbol) != currency:
+        return None
+    asset = base_asset(symbol)
+    return None if asset == currency else asset
 
 
 def quote_asset(symbol: str) -> str | None:

@@ -33,8 +33,7 @@ from monitor.model import (
     Event,
     PositionsUpdate,
     PriceTick,
-    base_asset,
-    quote_asset,
+    priced_collateral,
 )
 
 __all__ = ["KINDS", "AccountState", "DataKind", "apply", "initial_state"]
@@ -112,13 +111,8 @@ def _apply_tick(state: AccountState, tick: PriceTick) -> tuple[AccountState, boo
             p.at_mark(tick.mark_price) if p.symbol == tick.symbol else p for p in positions
         )
     collateral = snapshot.collateral
-    asset = base_asset(tick.symbol)
-    if (
-        "/" in tick.symbol
-        and quote_asset(tick.symbol) == snapshot.currency
-        and asset != snapshot.currency
-        and any(c.asset == asset for c in collateral)
-    ):
+    asset = priced_collateral(tick.symbol, snapshot.currency)
+    if asset is not None and any(c.asset == asset for c in collateral):
         relevant = True
         collateral = tuple(
             replace(c, price=tick.mark_price)

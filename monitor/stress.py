@@ -24,8 +24,7 @@ from monitor.model import (
     ReductionPolicy,
     ShockToLiquidation,
     Side,
-    base_asset,
-    quote_asset,
+    priced_collateral,
 )
 from monitor.valuation import surplus_at
 
@@ -61,8 +60,9 @@ def with_prices(snapshot: AccountSnapshot, prices: Mapping[str, float]) -> Accou
         return snapshot
     asset_prices = {k: v for k, v in prices.items() if "/" not in k}
     for symbol, price in prices.items():
-        if "/" in symbol and quote_asset(symbol) == snapshot.currency:
-            asset_prices.setdefault(base_asset(symbol), price)
+        asset = priced_collateral(symbol, snapshot.currency)
+        if asset is not None:
+            asset_prices.setdefault(asset, price)
     positions = tuple(
         p.at_mark(prices[p.symbol]) if p.symbol in prices else p for p in snapshot.positions
     )
@@ -186,15 +186,7 @@ def shock_to_liquidation(
 
 def _without_reported(snapshot: AccountSnapshot) -> AccountSnapshot:
     """Venue figures hold at one price only; a move recomputes everything from schedules."""
-    positions = tuple(_schedule_only(p) for p in snapshot.positions)
-    return replace(snapshot, positions=positions)
-
-
-def _schedule_only(p: Position) -> Position:
-    # at_mark drops reported figures (keeping the rates they imply) when the price changes;
-    # a round trip through another price does the same at the current one.
-    probe = p.at_mark(p.mark_price * 2.0 if p.mark_price > 0 else 1.0)
-    return replace(probe, mark_price=p.mark_price)
+    return replace(snapshot, positions=tuple(p.scheduled() for p in snapshot.positions))
 
 
 def assess(snapshot: AccountSnapshot) -> MarginReport:
@@ -225,7 +217,7 @@ def reduced(
         settle = p.settle or snapshot.currency
         kept = p.contracts - cut
         fraction = kept / p.contracts
-        schedule = _schedule_only(p)
+        schedule = p.scheduled()
         pnl_now = p.unrealized_pnl if p.unrealized_pnl is not None else pnl_at(p, p.mark_price)
         fee = fee_rate * p.settle_notional(p.mark_price) * (cut / p.contracts)
         settle_delta[settle] = settle_delta.get(settle, 0.0) + pnl_now * (1 - fraction) - fee
