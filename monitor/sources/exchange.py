@@ -30,7 +30,7 @@ import math
 import re
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -795,21 +795,28 @@ async def _trade_permission(exchange: Any, venue: str, balance: Mapping[str, Any
     return "trade permission unknown (the venue's API does not report it)"
 
 
-async def check_account(settings: AccountConfig) -> str:
-    """Connect, load markets, read balances; one line saying what the keys can do."""
-    source = ExchangeSource(settings)
+@contextlib.contextmanager
+def _as_user_error(settings: AccountConfig, failure: str) -> Iterator[None]:
+    """Exchange errors of a one-shot CLI command as the one line a person reads."""
     try:
-        exchange = await source.open()
-        await exchange.load_markets()
-        balance = await exchange.fetch_balance()
-        collateral = collateral_from_ccxt(source.venue, balance, source.currency)
-        permission = await _trade_permission(exchange, source.venue, balance)
+        yield
     except ccxt_errors.AuthenticationError as exc:
         raise UserError(f"accounts.{settings.name}: {settings.exchange} rejected the keys "
                         f"({_one_line(exc)}); check api_key/secret/password") from None
     except (ccxt_errors.BaseError, MalformedPayload) as exc:
-        raise UserError(f"accounts.{settings.name}: {settings.exchange} check failed "
-                        f"({_one_line(exc)})") from None
+        raise UserError(f"accounts.{settings.name}: {failure} ({_one_line(exc)})") from None
+
+
+async def check_account(settings: AccountConfig) -> str:
+    """Connect, load markets, read balances; one line saying what the keys can do."""
+    source = ExchangeSource(settings)
+    try:
+        with _as_user_error(settings, f"{settings.exchange} check failed"):
+            exchange = await source.open()
+            await exchange.load_markets()
+            balance = await exchange.fetch_balance()
+            collateral = collateral_from_ccxt(source.venue, balance, source.currency)
+            permission = await _trade_permission(exchange, source.venue, balance)
     finally:
         await source.close()
     wallet = ", ".join(f"{c.asset} {c.amount:g}" for c in collateral) or "empty"
@@ -832,13 +839,8 @@ def _load_account(config: str, name: str) -> AccountConfig:
 async def _snapshot_json(settings: AccountConfig) -> dict[str, Any]:
     source = ExchangeSource(settings)
     try:
-        snap = await source.fetch_snapshot()
-    except ccxt_errors.AuthenticationError as exc:
-        raise UserError(f"accounts.{settings.name}: {settings.exchange} rejected the keys "
-                        f"({_one_line(exc)}); check api_key/secret/password") from None
-    except (ccxt_errors.BaseError, MalformedPayload) as exc:
-        raise UserError(f"accounts.{settings.name}: could not read the account "
-                        f"({_one_line(exc)})") from None
+        with _as_user_error(settings, "could not read the account"):
+            snap = await source.fetch_snapshot()
     finally:
         await source.close()
     return snapshot_to_dict(snap)
