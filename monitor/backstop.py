@@ -27,12 +27,12 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import ccxt
 import structlog
 
 from monitor.action_settings import StopLossSettings
 from monitor.actions import PlannedOrder, closing_side, stop_price
 from monitor.model import MarginReport, PositionRisk, Side
+from monitor.venue_errors import catching
 
 if TYPE_CHECKING:
     from monitor.executor import Executor
@@ -148,7 +148,7 @@ class StopBackstop:
         stop = self.stops.pop(key)
         if self._blocked(now, "cancel_stop", {"symbol": key[0], "client_id": stop.client_id}):
             return 0
-        with contextlib.suppress(ccxt.OrderNotFound):  # triggered or cancelled by hand
+        with contextlib.suppress(*catching("OrderNotFound")):  # triggered or cancelled by hand
             await self._cancel(stop.order_id, key[0])
         self.cancelled += 1
         body = {"symbol": key[0], "side": key[1], "client_id": stop.client_id, "reason": why}
@@ -191,7 +191,7 @@ class StopBackstop:
             placed = await self.ex.desk.create_order(
                 r.symbol, "market", closing_side(r.side), order.amount, None, params
             )
-        except ccxt.BaseError as exc:
+        except catching("BaseError") as exc:
             self.ex.record("stop_rejected", {**payload, "error": f"{type(exc).__name__}: {exc}"},
                             now)  # fmt: skip
             return changes

@@ -39,7 +39,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import ccxt
 import structlog
 
 from monitor.action_settings import ActionsSettings
@@ -59,6 +58,7 @@ from monitor.margin import report
 from monitor.model import AccountSnapshot, MarginReport
 from monitor.sources.base import OrderDesk
 from monitor.switches import ActionSwitches
+from monitor.venue_errors import catching
 
 __all__ = [
     "AccountLock",
@@ -83,8 +83,12 @@ _QUIET = 5.0
 #: Seconds between two fetch_order polls while waiting for a fill.
 _POLL = 0.02
 #: Venue answers that are decisions about the order, not transport trouble: never retried.
-_REJECTIONS = (ccxt.InsufficientFunds, ccxt.InvalidOrder, ccxt.BadRequest, ccxt.ExchangeError)
-_TRANSPORT = (ccxt.RequestTimeout, ccxt.NetworkError, TimeoutError)
+_REJECTIONS = ("InsufficientFunds", "InvalidOrder", "BadRequest", "ExchangeError")
+
+
+def _transport() -> tuple[type[BaseException], ...]:
+    """Errors that leave an order's fate unknown (timeout, lost answer): look it up."""
+    return (*catching("RequestTimeout", "NetworkError"), TimeoutError)
 
 
 class LockHeld(Exception):
@@ -456,10 +460,10 @@ class Executor:
             placed = await self.desk.create_order(
                 order.symbol, "market", order.side, order.amount, None, params
             )
-        except _TRANSPORT as exc:
+        except _transport() as exc:
             try:
                 found = await self._lookup(cid, order.symbol)
-            except ccxt.BaseError as lookup_error:
+            except catching("BaseError") as lookup_error:
                 log.warning("actions.lookup_failed", client_id=cid, error=str(lookup_error))
                 found = None
             if found is None:
@@ -470,7 +474,7 @@ class Executor:
                 )
                 return "unconfirmed"
             placed = found
-        except _REJECTIONS as exc:
+        except catching(*_REJECTIONS) as exc:
             self.state.pending.remove(pending)
             self.state.halted = f"{order.symbol}: venue rejected the order ({type(exc).__name__})"
             self._save()
@@ -512,15 +516,15 @@ class Executor:
         deadline = time.monotonic() + self.settings.order_timeout
         while order.get("status") not in ("closed", "canceled", "expired", "rejected"):
             if time.monotonic() >= deadline:
-                with contextlib.suppress(ccxt.OrderNotFound, ccxt.InvalidOrder):
+                with contextlib.suppress(*catching("OrderNotFound", "InvalidOrder")):
                     order = await self.desk.cancel_order(str(order["id"]), symbol)
-                with contextlib.suppress(ccxt.BaseError):
+                with contextlib.suppress(*catching("BaseError")):
                     order = await self._fetch_order(str(order["id"]), symbol)
                 break
             await asyncio.sleep(_POLL)
             try:
                 order = await self._fetch_order(str(order["id"]), symbol)
-            except ccxt.BaseError as exc:
+            except catching("BaseError") as exc:
                 log.warning("actions.fetch_order_failed", error=str(exc))
         return order
 
@@ -543,7 +547,7 @@ class Executor:
 
     async def _lookup(self, cid: str, symbol: str) -> dict[str, Any] | None:
         """Find an order by client id: open orders first, then the venue's own lookup."""
-        with contextlib.suppress(ccxt.BaseError):
+        with contextlib.suppress(*catching("BaseError")):
             for o in await self.desk.fetch_open_orders(symbol):
                 if o.get("clientOrderId") == cid:
                     return o
@@ -552,7 +556,7 @@ class Executor:
             # Binance: GET /fapi/v1/order?origClientOrderId= (ccxt maps `clientOrderId`);
             # Bybit: GET /v5/order/realtime?orderLinkId= (passed through as is).
             key = "orderLinkId" if self.venue == "bybit" else "clientOrderId"
-            with contextlib.suppress(ccxt.OrderNotFound):
+            with contextlib.suppress(*catching("OrderNotFound")):
                 found: dict[str, Any] = await exchange.fetch_order(
                     "", symbol, {key: cid, **self._query_params()}
                 )
@@ -565,7 +569,7 @@ class Executor:
             cid, symbol = str(pending["client_id"]), str(pending["symbol"])
             try:
                 found = await self._lookup(cid, symbol)
-            except ccxt.BaseError as exc:
+            except catching("BaseError") as exc:
                 self.skip(f"cannot look up pending order {cid}: {exc}", now)
                 return False
             if found is not None:

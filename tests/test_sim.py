@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import ccxt
 import pytest
 
-from monitor import margin
+from monitor import margin, venue_errors
 from monitor.errors import UserError
 from monitor.model import BalanceUpdate, Event, PositionsUpdate, PriceTick
 from monitor.settings import SimSettings
@@ -178,17 +177,17 @@ class TestOrders:
     async def test_rejections(
         self, symbol: str, side: str, amount: float, params: dict[str, object], match: str
     ) -> None:
-        """Test that orders a venue would refuse raise ccxt.InvalidOrder and change nothing."""
+        """Test that orders a venue would refuse raise InvalidOrder and change nothing."""
         venue = SimVenue("demo", FAST)
         before = venue.snapshot()
-        with pytest.raises(ccxt.InvalidOrder, match=match):
+        with pytest.raises(venue_errors.InvalidOrder, match=match):
             await venue.create_order(symbol, "market", side, amount, None, params)
         assert venue.snapshot() == before
         assert await venue.fetch_open_orders() == []
 
     async def test_unknown_symbol(self) -> None:
-        """Test that an unknown market raises ccxt.BadSymbol."""
-        with pytest.raises(ccxt.BadSymbol):
+        """Test that an unknown market raises venue_errors.BadSymbol."""
+        with pytest.raises(venue_errors.BadSymbol):
             await SimVenue("demo").create_order("XRP/USDT:USDT", "market", "sell", 1, None, {})
 
     async def test_client_order_id_dedups(self) -> None:
@@ -230,9 +229,9 @@ class TestOrders:
         assert order["status"] == "open"
         cancelled = await venue.cancel_order(order["id"], BTC)
         assert cancelled["status"] == "canceled"
-        with pytest.raises(ccxt.OrderNotFound):
+        with pytest.raises(venue_errors.OrderNotFound):
             await venue.cancel_order(order["id"], BTC)
-        with pytest.raises(ccxt.OrderNotFound):
+        with pytest.raises(venue_errors.OrderNotFound):
             await venue.fetch_order("999")
 
     async def test_fetch_positions_is_ccxt_shaped(self) -> None:

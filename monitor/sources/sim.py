@@ -14,7 +14,8 @@ actions (issue 5) run against without a network:
 - Orders through the ccxt-shaped `OrderDesk` surface (sources/base.py): reduce-only market
   orders fill at the mark, limit and trigger (stop) orders rest until the mark crosses.
   Like a venue: an order without `reduceOnly`, one in the direction that would grow the
-  position, or one larger than the position is rejected with `ccxt.InvalidOrder` (Binance
+  position, or one larger than the position is rejected with `InvalidOrder` (ccxt's class name, from
+  monitor/venue_errors.py, so a sim-only daemon never imports ccxt; Binance
   answers -2022 "ReduceOnly Order is rejected"); an amount off the market's step or below
   its minimum is rejected too; a resent `clientOrderId` returns the existing order instead
   of placing a second one (Binance -4015 dedups the same way). A fill realises PnL minus
@@ -35,8 +36,6 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-import ccxt
-
 from monitor import margin
 from monitor.model import (
     AccountSnapshot,
@@ -52,6 +51,7 @@ from monitor.model import (
 )
 from monitor.settings import SimSettings
 from monitor.sources.sim_prices import Keyframe, ReplayStep, ScriptedPath
+from monitor.venue_errors import BadSymbol, InvalidOrder, OrderNotFound
 
 __all__ = ["DEMO_BOOK", "SimBook", "SimMarket", "SimVenue", "selloff_keyframes"]
 
@@ -364,31 +364,31 @@ class SimVenue:
             return dict(self._orders[self._by_client_id[str(client_id)]])
         mk = self._market(symbol)
         if type not in ("market", "limit"):
-            raise ccxt.InvalidOrder(f"sim: order type '{type}' is not supported (market, limit)")
+            raise InvalidOrder(f"sim: order type '{type}' is not supported (market, limit)")
         if side not in ("buy", "sell"):
-            raise ccxt.InvalidOrder(f"sim: side must be 'buy' or 'sell', not '{side}'")
+            raise InvalidOrder(f"sim: side must be 'buy' or 'sell', not '{side}'")
         if not (isinstance(amount, int | float) and math.isfinite(amount) and amount > 0):
-            raise ccxt.InvalidOrder(f"sim: amount must be a positive number, not {amount!r}")
+            raise InvalidOrder(f"sim: amount must be a positive number, not {amount!r}")
         if amount < mk.min_amount - _EPS:
-            raise ccxt.InvalidOrder(f"sim: amount {amount} is below the minimum {mk.min_amount}")
+            raise InvalidOrder(f"sim: amount {amount} is below the minimum {mk.min_amount}")
         if abs(amount / mk.amount_step - round(amount / mk.amount_step)) > 1e-6:
-            raise ccxt.InvalidOrder(
+            raise InvalidOrder(
                 f"sim: amount {amount} is not a multiple of the step {mk.amount_step}"
             )
         if type == "limit" and (price is None or not math.isfinite(price) or price <= 0):
-            raise ccxt.InvalidOrder("sim: a limit order needs a positive price")
+            raise InvalidOrder("sim: a limit order needs a positive price")
         if not params.get("reduceOnly", False):
-            raise ccxt.InvalidOrder(
+            raise InvalidOrder(
                 "sim: only reduce-only orders are accepted (params={'reduceOnly': True})"
             )
         target = self._reduced_position(symbol, side, params.get("positionSide"))
         if target is None:
-            raise ccxt.InvalidOrder(
+            raise InvalidOrder(
                 f"sim: ReduceOnly Order is rejected: a {side} order would increase or open a "
                 f"position in {symbol}"
             )
         if amount > target.contracts + _EPS:
-            raise ccxt.InvalidOrder(
+            raise InvalidOrder(
                 f"sim: ReduceOnly Order is rejected: amount {amount} exceeds the {target.side} "
                 f"position of {target.contracts} {symbol}"
             )
@@ -431,7 +431,7 @@ class SimVenue:
         """One order by id (ccxt.OrderNotFound if unknown)."""
         order = self._orders.get(str(id))
         if order is None or (symbol is not None and order["symbol"] != symbol):
-            raise ccxt.OrderNotFound(f"sim: order {id} not found")
+            raise OrderNotFound(f"sim: order {id} not found")
         return dict(order)
 
     async def fetch_open_orders(self, symbol: str | None = None) -> list[dict[str, Any]]:
@@ -446,7 +446,7 @@ class SimVenue:
         """Cancel a working order; a filled or unknown one raises ccxt.OrderNotFound."""
         order = self._orders.get(str(id))
         if order is None or order["status"] != "open":
-            raise ccxt.OrderNotFound(f"sim: order {id} is not open")
+            raise OrderNotFound(f"sim: order {id} is not open")
         order["status"] = "canceled"
         return dict(order)
 
@@ -455,7 +455,7 @@ class SimVenue:
     def _market(self, symbol: str) -> SimMarket:
         mk = self._markets.get(symbol)
         if mk is None:
-            raise ccxt.BadSymbol(f"sim: no market {symbol} (markets: {', '.join(self._markets)})")
+            raise BadSymbol(f"sim: no market {symbol} (markets: {', '.join(self._markets)})")
         return mk
 
     def _reduced_position(self, symbol: str, side: str, position_side: object) -> Position | None:
@@ -534,7 +534,7 @@ def _trigger_of(params: dict[str, Any]) -> float | None:
         if value is not None:
             price = float(value)
             if not (math.isfinite(price) and price > 0):
-                raise ccxt.InvalidOrder(f"sim: {key} must be a positive price, not {value!r}")
+                raise InvalidOrder(f"sim: {key} must be a positive price, not {value!r}")
             return price
     return None
 
