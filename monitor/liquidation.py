@@ -27,6 +27,8 @@ from monitor.valuation import (
 __all__ = ["liquidation_prices"]
 
 INF = math.inf
+_NAN = math.nan
+_UNSEEN: tuple[float, float, float, float, float] = (_NAN,) * 5
 
 
 # A position's value is linear in x = price (linear contracts) or x = 1/price (inverse
@@ -157,7 +159,10 @@ def liquidation_prices(
     """Liquidation price of every position (cross ones share one price per symbol)."""
     rules = snapshot.rules
     result: list[float | None] = [None] * len(snapshot.positions)
-    by_symbol: dict[str, list[int]] = {}
+    # cross positions by symbol: `first_of` for all, `shared` only for symbols held twice
+    # (hedge mode), so the usual one-position-per-symbol book builds no list per symbol
+    first_of: dict[str, int] = {}
+    shared: dict[str, list[int]] = {}
     for i, p in enumerate(snapshot.positions):
         if p.contracts <= 0 or p.mark_price <= 0:
             continue
@@ -174,20 +179,41 @@ def liquidation_prices(
             edges = _tier_edges(group, rules)
             result[i] = _solve(surplus, group, edges, x_now)
         else:
-            by_symbol.setdefault(p.symbol, []).append(i)
+            j = first_of.setdefault(p.symbol, i)
+            if j != i:
+                shared.setdefault(p.symbol, [j]).append(i)
 
-    if not by_symbol:
+    if not first_of:
         return result
     pool = {a: b.surplus(b.pnl, b.mm) for a, b in books.items()}
     pool_total = sum(pool.values())
     several_assets = len(books) > 1
-    for indices in by_symbol.values():
-        first = snapshot.positions[indices[0]]
-        settle = first.settle or snapshot.currency
+    # The common case, a lone linear position per symbol settling in a flat-haircut asset,
+    # is the closed form; its per-asset terms are the same for every such symbol, so they
+    # are computed once here rather than by moving each symbol out of the book and back.
+    closed: dict[str, tuple[float, float, float, float, float] | None] = {}
+    positions, currency = snapshot.positions, snapshot.currency
+    for symbol, at in first_of.items():
+        first = positions[at]
+        settle = first.settle or currency
         book = books[settle]
-        moving = (
-            _moving_asset(first, snapshot.currency, books, settle) if several_assets else None
-        )
+        moving = _moving_asset(first, currency, books, settle) if several_assets else None
+        indices = shared.get(symbol)
+        if indices is None:
+            if not first.inverse and moving is None:
+                terms = closed.get(settle, _UNSEEN)
+                if terms is _UNSEEN:
+                    terms = closed[settle] = _closed_terms(book, pool_total - pool[settle])
+                if terms is not None:
+                    k, equity, rate, ask, book_mm = terms
+                    own_pnl, _, own_mm = figures[at]
+                    lp = _walk_linear(
+                        first, rules, k - ask * (book_mm - own_mm), equity - own_pnl, rate, ask
+                    )
+                    if lp is None or not math.isnan(lp):  # the closed form held
+                        result[at] = lp
+                        continue
+            indices = [at]
         base = pool_total - pool[settle] - (pool[moving] if moving else 0.0)
         # take this symbol's current contribution out of its settle asset's book
         if len(indices) == 1:
@@ -207,6 +233,17 @@ def liquidation_prices(
     return result
 
 
+def _closed_terms(
+    book: AssetBook, base: float
+) -> tuple[float, float, float, float, float] | None:
+    """(k, equity, rate, ask, mm) of `_walk_linear` for a settle asset, with the book's
+    whole PnL and MM still in; None when its haircut is banded (no single rate)."""
+    c = book.collateral
+    if c.haircut_tiers:
+        return None
+    return base, c.amount + book.pnl, c.price * (1.0 - c.haircut), book.ask, book.mm
+
+
 def _cross_liquidation_price(
     snapshot: AccountSnapshot,
     rules: VenueRules,
@@ -216,21 +253,11 @@ def _cross_liquidation_price(
     base: float,
     moving: str | None,
 ) -> float | None:
-    """LP of one symbol's cross positions; `book` holds every other position's share."""
+    """LP of one symbol's cross positions; `book` holds every other position's share.
+
+    The lone-linear closed form is tried by the caller (`liquidation_prices`); here the
+    group is solved piecewise."""
     first = snapshot.positions[indices[0]]
-    c = book.collateral
-    if len(indices) == 1 and not first.inverse and moving is None and not c.haircut_tiers:
-        ask = book.ask
-        fast = _walk_linear(
-            first,
-            rules,
-            k=base - ask * book.mm,
-            equity=c.amount + book.pnl,
-            rate=c.price * (1.0 - c.haircut),
-            ask=ask,
-        )
-        if fast is None or not math.isnan(fast):
-            return fast
     group = _Group(tuple(snapshot.positions[i] for i in indices), first.inverse)
     settle = first.settle or snapshot.currency
     surplus = _Surplus(group, rules, {settle: book, **({moving: _book_of(snapshot, moving)}
@@ -278,8 +305,8 @@ def _value_edges(book: AssetBook) -> list[float]:
     return [band.up_to / equity for band in c.haircut_tiers if math.isfinite(band.up_to)]
 
 
-def _walk_linear(
-    p: Position, rules: VenueRules, *, k: float, equity: float, rate: float, ask: float
+def _walk_linear(  # noqa: PLR0917 - positional: it runs once per position per report
+    p: Position, rules: VenueRules, k: float, equity: float, rate: float, ask: float
 ) -> float | None:
     """Closed-form LP of a lone linear position, walking tiers outward from the current one.
 
@@ -289,44 +316,56 @@ def _walk_linear(
     Returns NaN when the shortcut's assumptions fail (then the general solver runs).
     """
     q = p.contracts * p.contract_size
-    if not 0.0 < q < math.inf:
-        return math.nan  # sizes that underflow to 0 (or overflow): the general solver copes
-    sign = p.sign
+    if not 0.0 < q < INF:
+        return _NAN  # sizes that underflow to 0 (or overflow): the general solver copes
+    sign = 1 if p.side == "long" else -1
     tiers = p.tiers
     n = len(tiers)
-    i = 0
-    if n:
-        notional = q * p.mark_price
-        while i < n - 1 and notional > tiers[i].max_notional:
-            i += 1
-    heading = 0
-    for _ in range(n + 2):
-        if n:
-            tier = tiers[i]
-            mmr = tier.mmr
-            deduction = tier.maintenance_amount if rules.tier_deduction else 0.0
-            lo = tiers[i - 1].max_notional / q if i else 0.0
-            hi = tier.max_notional / q if i < n - 1 else math.inf
-        else:
-            mmr, deduction, lo, hi = (p.mmr or 0.0), 0.0, 0.0, math.inf
-        slope = q * (rate * sign - ask * mmr)
+    # every tier's line shares these terms: surplus(x) = k0 + rate·s·q·x − ask·(q·x·mmr − d)
+    k0 = k + rate * (equity - sign * q * p.entry_price)
+    rate_s = rate * sign
+    if not n:
+        slope = q * (rate_s - ask * (p.mmr or 0.0))
         if slope * sign <= 0.0:
-            return math.nan
-        x = -(k + rate * (equity - sign * q * p.entry_price) + ask * deduction) / slope
-        if x < lo:
-            step = -1
-        elif x > hi:
-            step = 1
+            return _NAN
+        x = -k0 / slope
+        return None if x < 0.0 else _settled(x, p, q, sign, equity, rate, ask)
+    deduct = rules.tier_deduction
+    i = 0
+    notional = q * p.mark_price
+    while i < n - 1 and notional > tiers[i].max_notional:
+        i += 1
+    heading = 0
+    last = n - 1
+    for _ in range(n + 2):
+        tier = tiers[i]
+        slope = q * (rate_s - ask * tier.mmr)
+        if slope * sign <= 0.0:
+            return _NAN
+        x = -(k0 + (ask * tier.maintenance_amount if deduct else 0.0)) / slope
+        value = x * q  # notional at the candidate root, compared with the tier's bracket
+        if value < (tiers[i - 1].max_notional if i else 0.0):
+            if not i:
+                return None  # the root is at a price ≤ 0: nothing liquidates
+            if heading > 0:  # surplus jumps across zero at this tier edge (OKX)
+                return tiers[i - 1].max_notional / q
+            heading = -1
+            i -= 1
+        elif i < last and value > tier.max_notional:
+            if heading < 0:
+                return tier.max_notional / q
+            heading = 1
+            i += 1
         else:
-            if rate != ask and equity + sign * q * (x - p.entry_price) <= 0.0:
-                return math.nan  # the settle asset went negative: another valuation rate
-            return x if x > p.mark_price * 1e-9 else None  # ~0 is rounding: none
-        if heading and step != heading:
-            return lo if step < 0 else hi  # surplus jumps across zero at this tier edge (OKX)
-        heading = step
-        i += step
-        if i < 0:
-            return None  # the root is at a price ≤ 0: nothing liquidates
-        if i >= max(n, 1):
-            return math.nan
-    return math.nan
+            return _settled(x, p, q, sign, equity, rate, ask)
+    return _NAN
+
+
+def _settled(  # noqa: PLR0917 - the walk's locals, passed on its hot path
+    x: float, p: Position, q: float, sign: int, equity: float, rate: float, ask: float
+) -> float | None:
+    """The walk's root, unless the settle asset went negative there (another valuation
+    rate applies: NaN sends the general solver) or it is ~0 (rounding: no price)."""
+    if rate != ask and equity + sign * q * (x - p.entry_price) <= 0.0:
+        return _NAN
+    return x if x > p.mark_price * 1e-9 else None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Literal, NamedTuple
 
 __all__ = [
     "STABLE_ASSETS",
@@ -249,9 +249,13 @@ class AccountSnapshot:
         return rules_for_venue(self.venue)
 
 
-@dataclass(frozen=True, slots=True)
-class PositionRisk:
-    """One position's figures inside a report, in the report currency."""
+class PositionRisk(NamedTuple):
+    """One position's figures inside a report, in the report currency.
+
+    A NamedTuple, not a frozen dataclass like the rest: a report builds one per position,
+    and a frozen dataclass's `__init__` (one `object.__setattr__` per field) was 1.1 ms of
+    a 4 ms 1 000-position report (issue 7's 2 ms target). Just as immutable and typed.
+    """
 
     symbol: str
     side: Side

@@ -78,9 +78,12 @@ def pnl_at(p: Position, price: float) -> float:
 def computed_maintenance_margin(p: Position, rules: VenueRules, price: float) -> float:
     """MM from the venue's schedule (tiers, else flat mmr), in the settle asset."""
     if rules.isolated_mm_on_entry and p.margin_mode == "isolated":
-        notional = p.settle_notional(p.entry_price)
-    else:
-        notional = p.settle_notional(price)
+        return _maintenance_on(p, rules, p.settle_notional(p.entry_price))
+    return _maintenance_on(p, rules, p.settle_notional(price))
+
+
+def _maintenance_on(p: Position, rules: VenueRules, notional: float) -> float:
+    """MM of the schedule for a position worth `notional` (settle asset)."""
     if p.tiers:
         tier = tier_for(p.tiers, notional)
         deduction = tier.maintenance_amount if rules.tier_deduction else 0.0
@@ -92,7 +95,11 @@ def computed_maintenance_margin(p: Position, rules: VenueRules, price: float) ->
 
 def computed_initial_margin(p: Position, price: float) -> float:
     """IM = notional / leverage (or the tier's IMR), in the settle asset."""
-    notional = p.settle_notional(price)
+    return _initial_on(p, p.settle_notional(price))
+
+
+def _initial_on(p: Position, notional: float) -> float:
+    """IM of the schedule for a position worth `notional` (settle asset)."""
     if p.leverage:
         return notional / p.leverage
     if p.tiers:
@@ -114,18 +121,21 @@ def isolated_margin_of(p: Position) -> float:
 
 
 def figures_of(p: Position, rules: VenueRules) -> Figures:
-    """(pnl, im, mm) at the current mark, venue-reported figures winning."""
-    pnl = p.unrealized_pnl if p.unrealized_pnl is not None else pnl_at(p, p.mark_price)
-    im = (
-        p.initial_margin
-        if p.initial_margin is not None
-        else computed_initial_margin(p, p.mark_price)
-    )
-    mm = (
-        p.maintenance_margin
-        if p.maintenance_margin is not None
-        else computed_maintenance_margin(p, rules, p.mark_price)
-    )
+    """(pnl, im, mm) at the current mark, venue-reported figures winning.
+
+    Runs once per position per report and per tick: the notional is computed once for
+    both margins (the entry-priced Bybit isolated MM aside), not once per figure.
+    """
+    mark = p.mark_price
+    notional = p.settle_notional(mark)
+    pnl = p.unrealized_pnl if p.unrealized_pnl is not None else pnl_at(p, mark)
+    im = p.initial_margin if p.initial_margin is not None else _initial_on(p, notional)
+    mm = p.maintenance_margin
+    if mm is None:
+        if rules.isolated_mm_on_entry and p.margin_mode == "isolated":
+            mm = computed_maintenance_margin(p, rules, mark)
+        else:
+            mm = _maintenance_on(p, rules, notional)
     return pnl, im, mm
 
 
