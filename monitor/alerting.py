@@ -155,7 +155,7 @@ class AlertPipeline:
                 report, shock_to_liquidation=previous.shock_to_liquidation
             )
         self._reports[report.account] = report
-        self._commit(events, now)
+        self._commit(events, now, (report.account,))
         level = self.state.account_level(report.account)
         for sink in self.sinks:
             if isinstance(sink, ReportObserver):
@@ -209,7 +209,10 @@ class AlertPipeline:
 
     # --- persistence and fan-out ------------------------------------------------------------
 
-    def _commit(self, events: Iterable[AlertEvent], now: float) -> None:
+    def _commit(
+        self, events: Iterable[AlertEvent], now: float, accounts: Iterable[str] | None = None
+    ) -> None:
+        """Persist and queue; `accounts`: the only accounts whose alerts changed (a report)."""
         queued: list[tuple[str, str, str, Sequence[str]]] = []
         for event in events:
             self._log(event)
@@ -222,7 +225,7 @@ class AlertPipeline:
         if self.store.degraded and not self._degraded_announced:
             self._degraded_announced = True
             queued.append(self._store_alert(self.store.degraded, now))
-        self.store.commit(self.state, queued, now)
+        self.store.commit(self.state, queued, now, accounts)
         if self.store.degraded and not self._degraded_announced:
             # The commit itself hit the disk error; announce it (now from memory).
             self._degraded_announced = True

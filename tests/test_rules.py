@@ -386,3 +386,59 @@ class TestProperties:
         _, events = run_path([0.6] * length, config)
         repeats = [e.at for e in events if e.kind == "repeat"]
         assert repeats == [float(every * k) for k in range(1, (length - 1) // every + 1)]
+
+
+class TestAccountIndex:
+    """The per-account index that keeps a report O(its own alerts)."""
+
+    _steps = st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b", "c"]),
+            st.sampled_from(["report", "stale", "down", "up", "tick", "ack", "rejected"]),
+            st.floats(0.0, 1.2),
+        ),
+        max_size=40,
+    )
+
+    @settings(max_examples=150, deadline=None)
+    @given(_steps)
+    def test_index_matches_alerts(self, steps: list[tuple[str, str, float]]) -> None:
+        """Test that after any mix of operations the index lists exactly each account's alerts
+        and the per-account views agree with a scan of every alert."""
+        config = AlertConfig(repeat_every=5.0)
+        state = RulesState()
+        for i, (account, op, x) in enumerate(steps):
+            now = float(i)
+            if op == "report":
+                state, _ = rules.evaluate(state, report(x, account, shock=x / 10), now, config)
+            elif op == "stale":
+                state, _ = rules.on_source_event(
+                    state, SourceStale(account, "prices", 30.0, now), now, config
+                )
+            elif op == "down":
+                state, _ = rules.on_source_event(state, SourceDown(account, "x", now), now, config)
+            elif op == "up":
+                state, _ = rules.on_source_event(
+                    state, SourceUp(account, "prices", now), now, config
+                )
+            elif op == "tick":
+                state, _ = rules.tick(state, now, config)
+            elif op == "ack":
+                state = rules.acknowledge(state, account)
+            else:
+                state, _ = rules.on_action_rejected(state, account, "InvalidOrder", now, config)
+            scanned: dict[str, set[str]] = {}
+            for fp, alert in state.alerts.items():
+                scanned.setdefault(alert.account, set()).add(fp)
+            assert {a: set(fps) for a, fps in state.index.items()} == scanned
+            for name in ("a", "b", "c"):
+                brute = [a.level for a in state.alerts.values() if a.account == name]
+                assert state.account_level(name) == max(brute, key=rules.level_rank, default="ok")
+
+    def test_rebuilt_when_not_given(self) -> None:
+        """Test that a state built from stored alerts (no index) indexes them itself."""
+        state, _ = rules.evaluate(RulesState(), report(0.9, "a"), 0.0, NO_REPEAT)
+        state, _ = rules.evaluate(state, report(0.6, "b"), 1.0, NO_REPEAT)
+        loaded = RulesState(alerts=dict(state.alerts))
+        assert dict(loaded.index) == {"a": state.index["a"], "b": state.index["b"]}
+        assert loaded == state  # the index is not part of equality

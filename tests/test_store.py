@@ -130,6 +130,25 @@ class TestRestart:
         assert Store(db).load_rules_state(600.0).silences == ()
 
 
+    def test_many_accounts_each_persisted(self, tmp_path: Path) -> None:
+        """Test that with reports of many accounts interleaved (each committing only its own
+        alerts) the file holds every account's latest persisted state after a restart."""
+        db, clock = tmp_path / "alerts.sqlite3", [100.0]
+        first = pipeline(db, clock)
+        for step, ratio in enumerate((0.2, 0.6, 0.75, 0.9, 0.55)):
+            for i in range(12):
+                clock[0] = 100.0 + step * 10 + i
+                first.on_report(report(ratio if i % 3 else 0.1, account=f"acct{i}"))
+        expected = dict(first.state.alerts)
+        first.store.close()
+        second = pipeline(db, clock)
+        for fp, alert in expected.items():
+            stored = second.state.alerts[fp]
+            assert (stored.level, stored.episode, stored.worst_value) == (
+                alert.level, alert.episode, alert.worst_value), fp
+        assert {second.level(f"acct{i}") for i in range(12)} == {"ok", "warning"}
+
+
 class TestOutbox:
     """Rows per sink; removed only on acknowledgement."""
 
