@@ -1,17 +1,23 @@
 """The daemon: sources in, reports out, one TaskGroup, clean stop on a signal.
 
 Per account two named tasks (aiomqtt's habit, STYLE.md): `source[<account>]` folds every
-event into the account's state the moment it arrives (`state.apply`, microseconds), and
-`recompute[<account>]` turns the *latest* state into a report. The two meet at a dirty flag
-and an `asyncio.Event`, never a queue: when events come faster than reports can be
-computed, the state keeps only the newest value of each price and the next report is taken
-from it, so a burst costs one recompute, not a backlog (DESIGN.md, "one event in, at most
-one recompute out"). `AccountLoop.events` vs `.recomputes` shows it working.
+event into the account's view the moment it arrives, and `recompute[<account>]` turns the
+*latest* view into a report. A mark-price tick goes into a `Ledger` (O(positions of that
+symbol), no frozen copy of the snapshot), whose margin ratio is checked against the alert
+thresholds on every tick: a threshold crossed toward danger, or a level left, reports to
+the sinks in the same callback, never after a coalescing delay. Everything else meets the
+recompute task at a dirty flag and an `asyncio.Event`, never a queue: when events come
+faster than reports can be computed, the report is taken from the newest figures, so a
+burst costs one recompute, not a backlog (DESIGN.md, "one event in, at most one recompute
+out"). `AccountLoop.events` vs `.recomputes` shows it working.
 
 Reports go to `Sink`s (sinks/base.py) built in `build_sinks`; alerts, metrics and protective
-actions plug in there. The shock-to-liquidation solve costs ~30x a plain report, so it is
-refreshed at most every `settings.shock_interval` seconds per account (reports in between
-carry `shock_to_liquidation=None`), and always for the last state before the loop idles.
+actions plug in there. The shock-to-liquidation solve costs ~30x a plain report, so the
+solves of all accounts share one CPU budget (`SHOCK_CPU_SHARE` of a core, task `shocks`,
+monitor/shock_schedule.py): an account is solved at most every `settings.shock_interval`
+seconds and only when its figures changed, nearest to danger first, never older than
+`SHOCK_MAX_AGE` (reports in between carry `shock_to_liquidation=None`), and always for the
+last state before the daemon stops (issue 7: 1 000 accounts x 20 positions on one core).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -33,10 +40,12 @@ import structlog
 
 from monitor import logs, margin, stress
 from monitor.errors import UserError
-from monitor.model import MarginReport, SourceDown
-from monitor.rules import Level, ratio_level
+from monitor.ledger import Ledger
+from monitor.model import BalanceUpdate, Event, MarginReport, PositionsUpdate, PriceTick, SourceDown
+from monitor.rules import Level, level_rank, ratio_level, shock_fraction
 from monitor.sdnotify import Notifier, ProgressProbe, watchdog_interval, watchdog_loop
 from monitor.settings import AccountSettings, AlertsSettings, Settings, load_settings
+from monitor.shock_schedule import ShockClaim, ShockScheduler
 from monitor.sinks.actions import build_actions_sink
 from monitor.sinks.alerts import build_alerts_sink
 from monitor.sinks.base import Sink
@@ -48,6 +57,7 @@ from monitor.state import AccountState, apply, initial_state
 
 __all__ = [
     "AccountLoop",
+    "ShockSolver",
     "actions_mode",
     "build_sinks",
     "check_command",
@@ -65,6 +75,12 @@ Clock = Callable[[], float]
 
 #: Seconds the final settle (end of --duration or of a replay) may take before stopping anyway.
 SETTLE_LIMIT = 5.0
+#: Shock solves of all accounts together take at most this share of one core on average
+#: (issue 7: 1 000 accounts each solved every second needed more than a core).
+SHOCK_CPU_SHARE = 0.25
+#: ... but no changing account's shock figure gets older than this (seconds, or
+#: shock_interval if longer), budget or not.
+SHOCK_MAX_AGE = 60.0
 
 
 # --- sharding --------------------------------------------------------------------------------
@@ -113,8 +129,62 @@ def classify_level(ratio: float, previous: str, alerts: AlertsSettings) -> str:
 # --- one account -----------------------------------------------------------------------------
 
 
+class ShockSolver:
+    """Task `shocks`: runs the shock solves `ShockScheduler.pick` hands out, one at a time.
+
+    A solve runs as the account's own recompute (`AccountLoop.recompute(shock=True)`), so
+    it also delivers the account's newest report; between solves the task yields, and it
+    sleeps while the budget is spent, so ticks always get through.
+    """
+
+    def __init__(self, scheduler: ShockScheduler) -> None:
+        self.scheduler = scheduler
+        self.wake = asyncio.Event()
+        self.loops: dict[str, AccountLoop] = {}
+
+    def add(self, account_loop: AccountLoop) -> ShockClaim:
+        """Serve `account_loop` (a restarted account replaces its predecessor)."""
+        self.loops[account_loop.account] = account_loop
+        return self.scheduler.register(account_loop.account)
+
+    def remove(self, account_loop: AccountLoop) -> None:
+        """Stop serving `account_loop` (removed by a reload)."""
+        if self.loops.get(account_loop.account) is account_loop:
+            del self.loops[account_loop.account]
+        self.scheduler.forget(account_loop.account, account_loop.claim)
+
+    async def run(self) -> None:
+        """Pick, solve, repeat; wait for a change, a due time or budget when there is none."""
+        loop = asyncio.get_running_loop()
+        while True:
+            claims, wait = self.scheduler.pick(loop.time())
+            if not claims:
+                if self.scheduler.tokens <= 0:
+                    await asyncio.sleep(wait or 0.0)  # budget spent: changes cannot help
+                    continue
+                self.wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await self.wake.wait()
+                continue
+            for claim in claims:
+                account_loop = self.loops.get(claim.account)
+                # solved inline meanwhile, or removed by a reload: nothing to do
+                if account_loop is not None and account_loop.claim is claim and claim.changed:
+                    await account_loop.recompute(shock=True)
+                await asyncio.sleep(0)  # ticks first, then the next solve
+
+
 class AccountLoop:
-    """One account's state, its latest report, and the two tasks that keep them current."""
+    """One account's state, its latest report, and the two tasks that keep them current.
+
+    Per tick (issue 7): the mark goes into a `Ledger` (O(positions of that symbol)), whose
+    margin ratio is checked against the alert thresholds at once; crossing one toward
+    danger, or leaving the current level, reports to the sinks right there, in the same
+    callback as the tick, never after a coalescing delay. Every other change only sets
+    `dirty`, and `recompute[<account>]` reports the latest state once per wake-up. Shock
+    solves come from the `ShockSolver`'s shared budget.
+    """
 
     def __init__(
         self,
@@ -125,8 +195,12 @@ class AccountLoop:
         *,
         clock: Clock = time.time,
         finite: bool = False,
+        shocks: ShockSolver | None = None,
+        urgent_ratios: Sequence[float] = (),
     ) -> None:
-        """`finite`: the source ends by itself (a replay), and then the daemon may stop."""
+        """`finite`: the source ends by itself (a replay), and then the daemon may stop.
+        `shocks`: the process's shared shock budget (a private one, never run, without).
+        `urgent_ratios`: more ratios whose crossing reports at once (the action level)."""
         self.account = source.account
         self.source = source
         self.sinks = tuple(sinks)
@@ -134,33 +208,63 @@ class AccountLoop:
         self.shock_interval = shock_interval
         self.clock = clock
         self.finite = finite
+        #: positions and balances as of the last full read; the latest marks are in `ledger`
         self.state: AccountState | None = None
+        self.ledger: Ledger | None = None
         self.report: MarginReport | None = None
         self.level = "ok"
         self.events = 0
         self.recomputes = 0
         self.shock_solves = 0
+        self.urgent_reports = 0
         self.dirty = asyncio.Event()
         self.source_done = asyncio.Event()
-        self._shock_at = -math.inf
-        self._shock_stale = False
+        self._config = alerts.to_config()
+        self._thresholds = sorted(
+            {t for t in (*self._config.ratio_thresholds(), *urgent_ratios) if t is not None}
+        )
+        if shocks is None:
+            shocks = ShockSolver(ShockScheduler(shock_interval, self._config))
+        self.shocks = shocks
+        self.claim = shocks.add(self)
+        # a tick whose ratio leaves [_alarm_lo, _alarm_hi) reports at once (see _alarm)
+        self._alarm_lo = -math.inf
+        self._alarm_hi = self._thresholds[0] if self._thresholds else math.inf
+        self._version = 0  # bumped by every change of the figures
+        self._reported = -1  # the version the last report was computed from
         self._lock = asyncio.Lock()
+        # bound once: a getattr per sink per tick was measurable at 20 000 ticks/s
+        self._on_event = tuple((sink.name, sink.on_event) for sink in self.sinks)
 
     async def run_source(self) -> None:
         """Task `source[<account>]`: fresh read, then fold events in; retry after failures."""
         attempt = 0
+        on_event = self._on_event
         while True:
             try:
                 snapshot = await self.source.fetch_snapshot()
-                self.state = initial_state(snapshot, self.clock())
-                self.dirty.set()
+                if self._rebuild(initial_state(snapshot, self.clock())):
+                    await self._report_now()
                 attempt = 0
                 async for event in self.source.events():
                     self.events += 1
-                    await self._tell("on_event", event)
-                    self.state, changed = apply(self.state, event)
-                    if changed:
-                        self.dirty.set()
+                    for name, call in on_event:
+                        try:
+                            await call(event)
+                        except Exception as exc:  # a broken sink must not stop the loop
+                            log.error("sink failed", sink=name, call="on_event",
+                                      error=_one_line(exc))  # fmt: skip
+                    if type(event) is PriceTick:
+                        ledger = self.ledger
+                        if (
+                            ledger is not None
+                            and event.account == self.account
+                            and ledger.tick(event.symbol, event.mark_price)
+                            and self._changed()
+                        ):
+                            await self._report_now()
+                    elif self._fold(event):
+                        await self._report_now()
             except Exception as exc:  # one account's failure never stops the others
                 attempt += 1
                 reason = _one_line(exc)
@@ -177,57 +281,138 @@ class AccountLoop:
             log.warning("source stream ended; reconnecting", account=self.account)
             await asyncio.sleep(random.uniform(0, 1.5 ** min(10, attempt)))  # noqa: S311
 
+    def _fold(self, event: Event) -> bool:
+        """A full read of positions or balances: fold it in, rebuild the ledger on a change.
+
+        True when the sinks must hear of it now (see `_changed`).
+        """
+        state = self.state
+        if state is None or not isinstance(event, PositionsUpdate | BalanceUpdate):
+            return False
+        if self.ledger is not None:
+            # the update replaces one kind wholesale; the other keeps the latest marks
+            state = replace(state, snapshot=self.ledger.snapshot())
+        state, changed = apply(state, event)
+        if not changed:
+            self.state = state
+            return False
+        return self._rebuild(state)
+
+    def _rebuild(self, state: AccountState) -> bool:
+        """A new base after a full read: the ledger starts over from it (no drift)."""
+        self.state = state
+        try:
+            self.ledger = Ledger(state.snapshot)
+        except Exception as exc:  # a core bug on odd data must not stop the monitor
+            self.ledger = None
+            log.error("recompute failed", account=self.account, error=_one_line(exc))
+            return False
+        return self._changed()
+
+    def _changed(self) -> bool:
+        """Bookkeeping after the figures changed; True when the sinks must hear of it now.
+
+        The ledger's ratio (O(assets)) is held against the alert thresholds on every change:
+        at or past the next threshold above the last reported ratio (toward danger), or
+        below the exit of the current level (hysteresis), is news that cannot wait for the
+        coalesced report. Everything else only sets `dirty`.
+        """
+        self._version += 1
+        self.dirty.set()
+        claim = self.claim
+        if not claim.changed:
+            claim.changed = True
+            self.shocks.wake.set()
+        assert self.ledger is not None
+        ratio = claim.ratio = self.ledger.ratio()
+        if ratio >= self._alarm_hi:
+            claim.urgent = True  # fresh shock figures for an account heading into danger
+            self.shocks.wake.set()
+            return True
+        return ratio < self._alarm_lo
+
+    async def _report_now(self) -> None:
+        self.urgent_reports += 1
+        await self.recompute(shock=False)  # the shock solve follows from the budget
+
+    def _alarm(self, ratio: float, level: str) -> None:
+        """The ratio band in which a change is not urgent, after a report of `ratio`.
+
+        Below: the exit of `level` (its threshold minus the band: rules.ratio_level). Above:
+        the first threshold above `ratio`, which is at most the entry of the next level.
+        """
+        rank = level_rank(level)
+        entry = self._config.ratio_thresholds()[rank - 1] if rank else None
+        self._alarm_lo = -math.inf if entry is None else entry - self._config.band
+        self._alarm_hi = next((t for t in self._thresholds if t > ratio), math.inf)
+
     async def run_recompute(self) -> None:
         """Task `recompute[<account>]`: one report per wake-up, on the latest state."""
         while True:
-            timeout = None
-            if self._shock_stale:
-                # the last report skipped the shock solve: refresh it once it is due
-                due = self._shock_at + self.shock_interval - asyncio.get_running_loop().time()
-                timeout = max(0.0, due)
-            # asyncio.timeout, not wait_for: 3.11's wait_for can sit on a cancelled inner
-            # task at shutdown, which kept the TaskGroup from ever finishing.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self.dirty.wait()
+            await self.dirty.wait()
             self.dirty.clear()
             await self.recompute()
 
-    async def recompute(self, force_shock: bool = False) -> MarginReport | None:
-        """Report on the current state; tells the sinks. Never raises (logs instead)."""
+    async def recompute(
+        self, force_shock: bool = False, *, shock: bool | None = None
+    ) -> MarginReport | None:
+        """Report on the current state; tells the sinks. Never raises (logs instead).
+
+        `shock`: True solves the shock to liquidation, False does not, None (default) solves
+        when the shared budget grants it inline (`ShockScheduler.grant`). Without a shock
+        solve, a state already reported is not reported again.
+        """
+        if force_shock:
+            shock = True
         async with self._lock:
-            state = self.state
-            if state is None:
+            ledger = self.ledger
+            if ledger is None:
                 return None
             loop_now = asyncio.get_running_loop().time()
-            solve = force_shock or loop_now - self._shock_at >= self.shock_interval
+            scheduler = self.shocks.scheduler
+            claim = self.claim
+            if shock is None:
+                shock = scheduler.grant(claim, loop_now)
+            version = self._version
+            if not shock and version == self._reported:
+                return self.report  # an urgent report or a shock solve already covered it
+            snapshot = ledger.snapshot()
             try:
-                if solve:
-                    report = stress.assess(state.snapshot)
-                    self._shock_at = loop_now
+                if shock:
+                    started = time.thread_time()
+                    try:
+                        report = stress.assess(snapshot)
+                    except Exception:
+                        # charged and marked done all the same: no retry storm on bad data
+                        scheduler.solved(claim, loop_now, None, time.thread_time() - started)
+                        raise
+                    cpu = time.thread_time() - started
+                    scheduler.solved(claim, loop_now, shock_fraction(report), cpu)
                     self.shock_solves += 1
                 else:
-                    report = margin.report(state.snapshot)
+                    report = margin.report(snapshot)
             except Exception as exc:  # a core bug on odd data must not stop the monitor
                 log.error("recompute failed", account=self.account, error=_one_line(exc))
                 return None
-            self._shock_stale = not solve
+            self._reported = version
             self.recomputes += 1
             self.report = report
+            previous = self.level
+            level = ratio_level(report.margin_ratio, cast("Level", previous), self._config)
+            self.level = level
+            self._alarm(report.margin_ratio, level)
             now = self.clock()
-            await self._tell("on_report", self.account, report, state.snapshot, now)
-            level = classify_level(report.margin_ratio, self.level, self.alerts)
-            if level != self.level:
-                previous, self.level = self.level, level
+            await self._tell("on_report", self.account, report, snapshot, now)
+            if level != previous:
                 _log_level(self.account, level, previous, report)
                 await self._tell("on_level", self.account, level, previous, report, now)
             return report
 
     async def settle(self) -> None:
         """Bring the report up to the final state (shock included) before stopping."""
-        if self.dirty.is_set() or self._shock_stale:
+        if self._version != self._reported or self.claim.changed:
             self.dirty.clear()
-            await self.recompute(force_shock=True)
+            await self.recompute(shock=True)
 
     async def _tell(self, method: str, *args: Any) -> None:
         for sink in self.sinks:
@@ -298,6 +483,17 @@ def build_sinks(
     return sinks
 
 
+def _action_ratios(settings: Settings, account: str) -> tuple[float, ...]:
+    """The ratio at which protective actions step in, if they cover `account`: crossing it
+    must reach the actions sink at once, like an alert threshold (tick→order, issue 7)."""
+    actions, alerts = settings.actions, settings.alerts
+    if not actions.covers(account):
+        return ()
+    thresholds = {"warning": alerts.warning, "critical": alerts.critical,
+                  "emergency": alerts.emergency}  # fmt: skip
+    return (actions.action_ratio(thresholds),)
+
+
 class _Shutdown(Exception):
     """Raised inside the TaskGroup to stop every task (the TaskGroup way to cancel all)."""
 
@@ -331,12 +527,18 @@ async def run_daemon(
         sources = [open_source(a, replay) for a in accounts]
     if finite is None:
         finite = replay is not None
+    # one shock budget for every account of the process (monitor/shock_schedule.py)
+    shocks = ShockSolver(
+        ShockScheduler(settings.shock_interval, settings.alerts.to_config(),
+                       share=SHOCK_CPU_SHARE, max_age=SHOCK_MAX_AGE)
+    )  # fmt: skip
     loops = [
         AccountLoop(
-            src, sinks, settings.alerts, settings.shock_interval, clock=clock, finite=finite
+            src, sinks, settings.alerts, settings.shock_interval, clock=clock, finite=finite,
+            shocks=shocks, urgent_ratios=_action_ratios(settings, src.account),
         )
         for src in sources
-    ]
+    ]  # fmt: skip
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
@@ -375,12 +577,16 @@ async def run_daemon(
 
             for account_loop in loops:
                 launch(account_loop)
+            tg.create_task(shocks.run(), name="shocks")
             tg.create_task(_watch(stop, loops, duration, finite), name="shutdown")
             if reload is not None:
                 tg.create_task(
                     _reload_on_hup(hup, reload, configured, loops, running, probes, launch,
                                    lambda a: AccountLoop(open_source(a), sinks, settings.alerts,
-                                                         settings.shock_interval, clock=clock),
+                                                         settings.shock_interval, clock=clock,
+                                                         shocks=shocks,
+                                                         urgent_ratios=_action_ratios(
+                                                             settings, a.name)),
                                    sinks, notifier),
                     name="reload",
                 )  # fmt: skip
@@ -497,6 +703,7 @@ async def _reload_on_hup(  # noqa: PLR0917 - the daemon's own state, passed once
             await asyncio.gather(*tasks, return_exceptions=True)
             probes.pop(name, None)
             loops.remove(account_loop)
+            account_loop.shocks.remove(account_loop)
             del configured[name]
             try:
                 await account_loop.source.close()
