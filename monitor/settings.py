@@ -132,6 +132,41 @@ class AccountSettings(Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _credentials(self) -> AccountSettings:
+        """A live account needs the keys its venue signs private reads with.
+
+        Without them the daemon starts, then every positions read fails: the user learns
+        it from a `source_down` alert after walking away, or never. ccxt's own
+        `requiredCredentials` says which; a Hyperliquid agent key (`secret`) is only for
+        orders, reading needs the wallet address alone. Keys may also come through the
+        account's `ccxt` table, the environment or $CREDENTIALS_DIRECTORY (all merged
+        before this runs).
+        """
+        if self.is_sim:
+            return self
+        import ccxt  # noqa: PLC0415 - already imported by _known_exchange for live venues
+
+        required = getattr(ccxt, self.exchange)().requiredCredentials
+        ours = {"apiKey": "api_key", "secret": "secret", "password": "password",
+                "walletAddress": "api_key"}  # fmt: skip
+        for credential, field_name in ours.items():
+            if not required.get(credential):
+                continue
+            value = getattr(self, field_name)
+            if (value is not None and value.get_secret_value()) or self.ccxt.get(credential):
+                continue
+            what = {"walletAddress": "wallet address", "password": "API passphrase"}.get(
+                credential, field_name
+            )
+            file = f"accounts__{_env_key(self.name)}__{field_name}"
+            raise ValueError(
+                f"{field_name} is not set: {self.exchange} needs its {what} to read positions; "
+                f"set {field_name} here, MARGIN_MONITOR__{file.upper()} in the environment, "
+                f"or the credential file {file} ($CREDENTIALS_DIRECTORY)"
+            )
+        return self
+
     @property
     def is_sim(self) -> bool:
         """True for the embedded simulated venue."""

@@ -29,6 +29,8 @@ EXPECTED: dict[str, str] = {
     "bad_sim_scenario": "accounts[0].sim.scenario: Input should be 'selloff' or 'calm'",
     "duplicate_account": "account name 'main' is used twice",
     "invalid_toml": "invalid TOML",
+    "missing_credentials": "accounts[0]: api_key is not set: binanceusdm needs its api_key",
+    "missing_secret": "accounts[0]: secret is not set: bybit needs its secret",
     "missing_account_name": "accounts[0].name is required",
     "negative_stale_after": "accounts[0].stale_after: Input should be greater than 0",
     "no_accounts": "accounts: List should have at least 1 item",
@@ -46,14 +48,6 @@ EXPECTED: dict[str, str] = {
     "wrong_type_accounts": "accounts: Input should be a valid list",
     "wrong_type_api_key": "accounts[0].api_key: Input should be a valid string",
     "wrong_type_poll_interval": "accounts[0].poll_interval: Input should be a valid number",
-}
-
-# Bad configurations the loader still accepts today: strict xfail, so the day the check lands
-# these turn into failures that ask for a move into EXPECTED (with the real message).
-NOT_YET_REJECTED: dict[str, str] = {
-    "missing_credentials": "settings.py: a non-sim account without api_key/secret passes "
-    "`check --offline` (reported as 'not set')",
-    "missing_secret": "settings.py: api_key without secret passes `check --offline`",
 }
 
 SECRETS = ("123456789012345", "s3cr3t-never-printed", "k-never-printed", "mytopic-never-printed")
@@ -77,7 +71,7 @@ class TestCorpus:
     def test_every_file_is_listed(self) -> None:
         """Test that every config/bad file has an expected error (no silent additions)."""
         stems = {p.stem for p in BAD.glob("*.toml")}
-        assert stems == set(EXPECTED) | set(NOT_YET_REJECTED)
+        assert stems == set(EXPECTED)
         assert len(stems) >= 20
 
     @pytest.mark.parametrize("stem", sorted(EXPECTED))
@@ -89,19 +83,6 @@ class TestCorpus:
         assert err.startswith(f"margin-monitor: {stem}.toml: ")
         assert EXPECTED[stem] in err
         assert not any(secret in err for secret in SECRETS)
-
-    @pytest.mark.parametrize(
-        "stem",
-        [
-            pytest.param(s, marks=pytest.mark.xfail(strict=True, reason=r))
-            for s, r in sorted(NOT_YET_REJECTED.items())
-        ],
-    )
-    def test_not_yet_rejected(self, stem: str, capsys: pytest.CaptureFixture[str]) -> None:
-        """Test that the file is refused with exit 2 (known gap: strict xfail until fixed)."""
-        code, err = _check(BAD / f"{stem}.toml", capsys)
-        assert code == 2
-        assert err.count("\n") == 1
 
 
 class TestCommandLine:

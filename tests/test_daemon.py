@@ -59,8 +59,12 @@ simulated = false  # the plain alert ladder; tests/test_executor.py runs the dem
 """
 
 
-def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def _cli(
+    *args: str, timeout: float = 60, keys: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The installed entry point, with only the `MARGIN_MONITOR__` variables in `keys`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MARGIN_MONITOR__")}
+    env |= keys or {}
     return subprocess.run(
         [str(EXE), *args], capture_output=True, text=True, timeout=timeout, env=env, check=False
     )
@@ -431,9 +435,20 @@ class TestRunCommand:
 
 class TestCheckCommand:
     def test_prints_what_would_run(self) -> None:
-        """Test that `check` lists accounts, thresholds and sinks of the example config."""
-        result = _cli("check", "--config", str(ROOT / "config" / "example.toml"), "--offline")
+        """Test that `check` lists accounts, thresholds and sinks of the example config.
+
+        The example keeps its keys out of the file, as its header says: they come from the
+        environment; without them `check` refuses it (tests/test_bad_configs.py).
+        """
+        example = str(ROOT / "config" / "example.toml")
+        keys = {"MARGIN_MONITOR__ACCOUNTS__MAIN__API_KEY": "key-do-not-print",
+                "MARGIN_MONITOR__ACCOUNTS__MAIN__SECRET": "secret-do-not-print"}  # fmt: skip
+        result = _cli("check", "--config", example, "--offline", keys=keys)
         assert result.returncode == 0, result.stderr
+        assert "do-not-print" not in result.stdout + result.stderr
+        refused = _cli("check", "--config", example, "--offline")
+        assert refused.returncode == 2
+        assert "accounts[0]: api_key is not set" in refused.stderr
         out = result.stdout
         assert "main: binanceusdm (production" in out
         assert "practice: sim (scenario selloff, seed 42" in out
@@ -466,6 +481,7 @@ class TestCheckCommand:
             '[[accounts]]\nname = "main"\nexchange = "binanceusdm"\n'
             'api_key = "key-do-not-print"\nsecret = "secret-do-not-print"\n'
             '[[accounts]]\nname = "other"\nexchange = "bybit"\n'
+            'api_key = "key-do-not-print"\nsecret = "secret-do-not-print"\n'
             f'[actions]\naccounts = ["practice", "main"]\n{actions}\n'
         )
         if pause_file is not None:

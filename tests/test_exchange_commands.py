@@ -100,10 +100,12 @@ class TestSnapshotCommand:
         self,
         binance_fake: binance.FakeBinanceUsdm,
         tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str],
     ) -> None:
         """Test that a wrong --account name is a one-line error listing the accounts."""
         config = write_config(tmp_path / "live.toml", "main", binance_fake)
+        set_keys(monkeypatch, "main", binance.API_KEY, binance.SECRET)
         args = ["snapshot", "--config", str(config), "--account", "nope"]
         code = await asyncio.to_thread(main, args)
         assert code == 2

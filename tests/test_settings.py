@@ -40,6 +40,7 @@ LIVE = """
 name = "main"
 exchange = "binanceusdm"
 api_key = "from-file"
+secret = "secret-from-file"
 poll_interval = 7
 [accounts.ccxt]
 timeout = 5000
@@ -59,9 +60,11 @@ class TestDefaults:
         demo = Path(__file__).parent.parent / "config" / "demo.toml"
         assert load_settings(demo) == load_settings(None)
 
-    def test_example_toml_is_valid(self) -> None:
-        """Test that the shipped example configuration validates."""
+    def test_example_toml_is_valid(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Test that the shipped example validates once its keys come from the environment."""
         example = Path(__file__).parent.parent / "config" / "example.toml"
+        monkeypatch.setenv("MARGIN_MONITOR__ACCOUNTS__MAIN__API_KEY", "k")
+        monkeypatch.setenv("MARGIN_MONITOR__ACCOUNTS__MAIN__SECRET", SECRET)
         names = [a.name for a in load_settings(example).accounts]
         assert names == ["main", "practice"]
 
@@ -100,12 +103,14 @@ class TestSources:
         """Test that MARGIN_MONITOR__ACCOUNTS__MAIN__* overrides that account only."""
         monkeypatch.setenv("MARGIN_MONITOR__ACCOUNTS__MAIN__API_KEY", "from-env")
         monkeypatch.setenv("MARGIN_MONITOR__ACCOUNTS__MAIN__POLL_INTERVAL", "2.5")
-        text = LIVE + '\n[[accounts]]\nname = "other"\nexchange = "bybit"\n'
-        accounts = load_settings(_write(tmp_path, text)).accounts
+        other = '[[accounts]]\nname = "other"\nexchange = "bybit"\napi_key = "o"\nsecret = "s"\n'
+        accounts = load_settings(_write(tmp_path, LIVE + "\n" + other)).accounts
         assert accounts[0].api_key is not None
         assert accounts[0].api_key.get_secret_value() == "from-env"
         assert accounts[0].poll_interval == 2.5
-        assert accounts[1].api_key is None
+        assert accounts[1].api_key is not None
+        assert accounts[1].api_key.get_secret_value() == "o"
+        assert accounts[1].poll_interval == 5.0
 
     def test_credentials_directory(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """Test that systemd credentials fill secrets and sections, trailing newline stripped."""
@@ -223,6 +228,66 @@ class TestErrors:
         with pytest.raises(UserError, match=r"\(and 1 more problem\)$"):
             load_settings(path)
 
+
+
+class TestCredentials:
+    """A live account is refused at load time when its venue's signing keys are missing."""
+
+    @pytest.mark.parametrize(
+        ("exchange", "keys", "missing"),
+        [
+            ("binanceusdm", {}, "api_key"),
+            ("binanceusdm", {"api_key": "k"}, "secret"),
+            ("bybit", {"secret": SECRET}, "api_key"),
+            ("okx", {"api_key": "k", "secret": SECRET}, "password"),
+            ("bitget", {"api_key": "k", "secret": SECRET, "password": ""}, "password"),
+            ("hyperliquid", {"secret": SECRET}, "api_key"),
+        ],
+    )  # fmt: skip
+    def test_missing_key_is_named(
+        self, tmp_path: Path, exchange: str, keys: dict[str, str], missing: str
+    ) -> None:
+        """Test that the error names the missing key, the venue and all three ways to give it."""
+        lines = "".join(f'{k} = "{v}"\n' for k, v in keys.items())
+        path = _write(tmp_path, f'[[accounts]]\nname = "Desk-1"\nexchange = "{exchange}"\n{lines}')
+        with pytest.raises(UserError) as info:
+            load_settings(path)
+        message = str(info.value)
+        assert f"accounts[0]: {missing} is not set: {exchange} needs its" in message
+        assert f"MARGIN_MONITOR__ACCOUNTS__DESK_1__{missing.upper()}" in message
+        assert f"accounts__desk_1__{missing}" in message
+        assert "\n" not in message
+        assert SECRET not in message
+
+    def test_hyperliquid_reads_with_the_wallet_address_alone(self, tmp_path: Path) -> None:
+        """Test that a Hyperliquid account without an agent key (read-only) is accepted."""
+        path = _write(tmp_path, '[[accounts]]\nname = "hl"\nexchange = "hyperliquid"\n'
+                      'api_key = "0x0000000000000000000000000000000000000001"\n')  # fmt: skip
+        assert load_settings(path).accounts[0].secret is None
+
+    def test_keys_from_every_source_are_accepted(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Test that the ccxt table, the environment and credential files all satisfy it."""
+        creds = tmp_path / "creds"
+        creds.mkdir()
+        (creds / "accounts__c__secret").write_text(SECRET + "\n")
+        monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+        monkeypatch.setenv("MARGIN_MONITOR__ACCOUNTS__C__API_KEY", "from-env")
+        text = (
+            '[[accounts]]\nname = "t"\nexchange = "bybit"\n'
+            '[accounts.ccxt]\napiKey = "k"\nsecret = "s"\n'
+            '[[accounts]]\nname = "c"\nexchange = "okx"\npassword = "p"\n'
+        )
+        accounts = load_settings(_write(tmp_path, text)).accounts
+        assert [a.name for a in accounts] == ["t", "c"]
+        assert accounts[1].secret is not None
+        assert accounts[1].secret.get_secret_value() == SECRET
+
+    def test_sim_needs_no_keys(self, tmp_path: Path) -> None:
+        """Test that the embedded simulated venue is never asked for keys."""
+        path = _write(tmp_path, '[[accounts]]\nname = "s"\nexchange = "sim"\n')
+        assert load_settings(path).accounts[0].api_key is None
 
 class TestSecrets:
     def test_secret_not_in_repr_or_dump(
