@@ -82,6 +82,8 @@ _SIGNIFICANT_DIGITS = 3
 _QUIET = 5.0
 #: Seconds between two fetch_order polls while waiting for a fill.
 _POLL = 0.02
+#: Clock skew allowed between this host and the venue when judging a request's lifetime.
+_SKEW = 1.0
 #: Venue answers that are decisions about the order, not transport trouble: never retried.
 _REJECTIONS = ("InsufficientFunds", "InvalidOrder", "BadRequest", "ExchangeError")
 
@@ -449,10 +451,11 @@ class Executor:
         assert self.state.episode is not None
         cid = client_order_id(self.account, self.state.episode, self.state.step, leg, self.venue)
         params = order_params(order, self.venue, cid)
-        pending = {"client_id": cid, "symbol": order.symbol, "amount": order.amount}
+        await self._rate_limit()
+        pending = {"client_id": cid, "symbol": order.symbol, "amount": order.amount,
+                   "sent_at": self.clock()}  # fmt: skip
         self.state.pending.append(pending)
         self._save()  # write-ahead: a crash after the send still knows the id
-        await self._rate_limit()
         payload = {**_order_payload(order), "client_id": cid, "leg": leg,
                    "step": self.state.step, "params": params}  # fmt: skip
         self.record("sent", payload)
@@ -577,11 +580,32 @@ class Executor:
                 self.record("recovered", {"client_id": cid, "symbol": symbol,
                                            "status": final.get("status"),
                                            "filled": final.get("filled")}, now)  # fmt: skip
+            elif self.clock() - float(pending.get("sent_at") or 0.0) < self._in_flight_for():
+                # Not at the venue YET: a request the client timed out on is still executed
+                # if it lands within its signature window (fault matrix, issue 7 §5).
+                self.skip(f"pending order {cid} not found yet; it may still reach the venue",
+                          now, client_id=cid)  # fmt: skip
+                return False
             else:
                 self.record("pending_absent", {"client_id": cid, "symbol": symbol}, now)
             self.state.pending.remove(pending)
             self._save()
         return True
+
+    def _in_flight_for(self) -> float:
+        """Seconds after sending during which an unanswered order may still be executed.
+
+        The venue accepts a signed request until `recvWindow` after its timestamp (Binance,
+        Bybit; Binance: a 5xx means "execution status is UNKNOWN and could have been a
+        success"), so "not found" proves nothing before that. Without a window, ccxt's
+        timeout bounds the request's life. The sim answers in-process: no window.
+        """
+        exchange = getattr(self.desk, "exchange", None)
+        if exchange is None:
+            return 0.0
+        options = getattr(exchange, "options", None) or {}
+        window_ms = options.get("recvWindow") or getattr(exchange, "timeout", 0) or 0
+        return float(window_ms) / 1000.0 + _SKEW
 
     async def _confirm(self, plan: ActionPlan) -> None:
         """Re-read and check the ratio really improved (a fill at a bad price may not)."""
