@@ -11,12 +11,22 @@ Current-All-Algo-Open-Orders; error-code page):
 - `-1106 Parameter 'reduceOnly' sent when not required.`: reduceOnly in hedge mode;
 - `-4061 Order's position side does not match user's setting.`;
 - `-2013 Order does not exist.` (query), `-2011 Unknown order sent.` (cancel);
-- `-4015 Client order id is not valid.`: a newClientOrderId already used by an open order.
+- `-4015 Client order id is not valid.`: a newClientOrderId already used by an open order;
+- `-1021 Timestamp for this request is outside of the recvWindow.`: an order reaching the
+  engine more than `recvWindow` (default 5 000 ms) after its `timestamp` (General Info,
+  "Timing security"), so a late order can be executed only within its window.
 
 Behaviour switches (`BinanceOrders` attributes): `reject` answers the next order with a
 Binance error, `fill_fraction` < 1 leaves a market order partially filled until cancelled,
 `lose_response` accepts and fills an order but answers only after `lose_for` seconds (the
-client times out: "accepted, answer lost").
+client times out: "accepted, answer lost"), `late` holds the next order, received in full,
+`late` seconds before the matching engine sees it (the client times out meanwhile and the
+order is executed all the same: Binance, "HTTP 5XX ... the execution status is UNKNOWN").
+
+Ground truth for the fault matrix (issue 7: "0 duplicate orders by client id, 0 orders that
+increase a position"): every order is also recorded in `seen` with the position the venue
+held when it arrived, before the order was applied, and whether it was accepted; the
+answers still held back by `lose_response` are in `unanswered`.
 """
 
 from __future__ import annotations
@@ -32,11 +42,42 @@ from aiohttp import web
 from tests.fakes.base import json_response
 from tests.fakes.binance import BinancePosition, FakeBinanceUsdm
 
-__all__ = ["BinanceOrders", "install_orders"]
+__all__ = ["BinanceOrders", "OrderSeen", "install_orders"]
 
 
 def _error(code: int, msg: str, status: int = 400) -> web.Response:
     return json_response({"code": code, "msg": msg}, status=status)
+
+
+@dataclass(frozen=True)
+class OrderSeen:
+    """One order as the venue saw it on arrival, judged against the position held then."""
+
+    client_id: str
+    symbol: str
+    side: str
+    position_side: str
+    quantity: float
+    position_before: float  # signed amount of the position the order targets (0: none)
+    accepted: bool
+    error: int | None = None
+    reduce_only: bool = False
+
+    @property
+    def increases(self) -> bool:
+        """True when the order opens or grows a position (whether or not it was accepted)."""
+        if self.position_side == "BOTH":
+            if self.position_before == 0:
+                # one-way mode, flat: an order opens a position unless it is reduce-only,
+                # then it asks to close more than is held (`oversize`)
+                return not self.reduce_only
+            return (self.side == "BUY") == (self.position_before > 0)
+        return (self.side == "BUY") == (self.position_side == "LONG")
+
+    @property
+    def oversize(self) -> bool:
+        """True when a closing order is larger than the position it closes."""
+        return not self.increases and self.quantity > abs(self.position_before) + 1e-12
 
 
 @dataclass
@@ -53,8 +94,11 @@ class BinanceOrders:
     fill_fraction: float = 1.0
     lose_response: bool = False
     lose_for: float = 3.0
+    late: float = 0.0
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     arrived_at: float = 0.0  # perf_counter() when the last order reached the handler (bench)
+    seen: list[OrderSeen] = field(default_factory=list)
+    unanswered: set[str] = field(default_factory=set)  # accepted, answer held by lose_response
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1000))
 
     @property
@@ -66,40 +110,74 @@ class BinanceOrders:
     async def new_order(self, request: web.Request) -> web.Response:
         p = dict(await request.post())
         params = {k: str(v) for k, v in p.items()}
+        if self.late:
+            delay, self.late = self.late, 0.0
+            await asyncio.sleep(delay)  # queued past the client's timeout, then executed
         self.arrived_at = time.perf_counter()
         self.received.append(params)
+        position_side = params.get("positionSide", "BOTH")
+        held = self.fake.account.positions.get((params.get("symbol", ""), position_side))
+        before = 0.0 if held is None else held.amount  # read before anything is applied
         self.arrived.set()
+        cid = params.get("newClientOrderId", f"fake{next(self._ids)}")
+        answer = self._place(params, cid)
+        error = answer if isinstance(answer, tuple) else None
+        code = None if error is None else error[0]
+        seen = OrderSeen(
+            client_id=cid,
+            symbol=params.get("symbol", ""),
+            side=params.get("side", ""),
+            position_side=position_side,
+            quantity=float(params.get("quantity") or 0.0),
+            position_before=before,
+            accepted=code is None,
+            error=code,
+            reduce_only=params.get("reduceOnly") == "true",
+        )
+        self.seen.append(seen)
+        if error is not None:
+            return _error(*error)
+        assert isinstance(answer, dict)
+        await self._announce(answer["symbol"], position_side)
+        if self.lose_response:
+            self.unanswered.add(cid)
+            try:
+                await asyncio.sleep(self.lose_for)
+            finally:
+                self.unanswered.discard(cid)
+        return json_response(answer)
+
+    def _place(self, params: dict[str, str], cid: str) -> dict[str, Any] | tuple[int, str]:
+        """Validate and fill an order: the order row, or a Binance (code, msg) error."""
         if self.reject is not None:
-            code, msg = self.reject
-            self.reject = None
-            return _error(code, msg)
+            rejection, self.reject = self.reject, None
+            return rejection
+        stamp, window = params.get("timestamp"), params.get("recvWindow") or "5000"
+        if stamp is not None and self.fake.now_ms() - int(stamp) > int(window):
+            return (-1021, "Timestamp for this request is outside of the recvWindow.")
         symbol, side = params["symbol"], params["side"]
         qty = float(params["quantity"])
         reduce_only = params.get("reduceOnly") == "true"
         position_side = params.get("positionSide", "BOTH")
         if self.hedge_mode:
             if reduce_only:
-                return _error(-1106, "Parameter 'reduceOnly' sent when not required.")
+                return (-1106, "Parameter 'reduceOnly' sent when not required.")
             if position_side == "BOTH":
-                return _error(-4061, "Order's position side does not match user's setting.")
+                return (-4061, "Order's position side does not match user's setting.")
         elif position_side != "BOTH":
-            return _error(-4061, "Order's position side does not match user's setting.")
-        cid = params.get("newClientOrderId", f"fake{next(self._ids)}")
+            return (-4061, "Order's position side does not match user's setting.")
         if any(o["clientOrderId"] == cid and o["status"] == "NEW" for o in self.orders.values()):
-            return _error(-4015, "Client order id is not valid.")
+            return (-4015, "Client order id is not valid.")
         pos = self._position_reduced(symbol, side, position_side)
         closing = reduce_only or position_side != "BOTH"
         if closing and (pos is None or qty > abs(pos.amount) + 1e-12):
-            return _error(-2022, "ReduceOnly Order is rejected.")
+            return (-2022, "ReduceOnly Order is rejected.")
         if not closing:
-            return _error(-2019, "Margin is insufficient.")  # this fake only closes
+            return (-2019, "Margin is insufficient.")  # this fake only closes
         order = self._order_row(params, cid, qty, position_side)
         self.orders[order["orderId"]] = order
         self._fill(order, qty * self.fill_fraction)
-        await self._announce(symbol, position_side)
-        if self.lose_response:
-            await asyncio.sleep(self.lose_for)
-        return json_response(order)
+        return order
 
     def _position_reduced(
         self, symbol: str, side: str, position_side: str
@@ -250,6 +328,29 @@ class BinanceOrders:
                 if o["algoStatus"] == "NEW"
                 and (symbol is None or o["symbol"] == symbol)]  # fmt: skip
         return json_response(rows)
+
+    # --- ground truth for the fault matrix -------------------------------------------------
+
+    @property
+    def duplicates(self) -> int:
+        """Orders accepted under a client id the venue had already accepted once."""
+        accepted = [o.client_id for o in self.seen if o.accepted]
+        return len(accepted) - len(set(accepted))
+
+    @property
+    def resent_refused(self) -> int:
+        """Re-sends the venue refused as a duplicate client id (-4015): not orders."""
+        return sum(1 for o in self.seen if o.error == -4015)
+
+    @property
+    def increasing(self) -> int:
+        """Orders that would open or grow a position, judged at their arrival."""
+        return sum(1 for o in self.seen if o.increases)
+
+    @property
+    def oversized(self) -> int:
+        """Closing orders larger than the position held at their arrival."""
+        return sum(1 for o in self.seen if o.oversize)
 
     @property
     def working_stops(self) -> list[dict[str, Any]]:
