@@ -158,79 +158,99 @@ def liquidation_prices(
 ) -> list[float | None]:
     """Liquidation price of every position (cross ones share one price per symbol)."""
     rules = snapshot.rules
-    result: list[float | None] = [None] * len(snapshot.positions)
-    # cross positions by symbol: `first_of` for all, `shared` only for symbols held twice
-    # (hedge mode), so the usual one-position-per-symbol book builds no list per symbol
-    first_of: dict[str, int] = {}
-    shared: dict[str, list[int]] = {}
-    for i, p in enumerate(snapshot.positions):
-        if p.contracts <= 0 or p.mark_price <= 0:
-            continue
-        if p.margin_mode == "isolated":
-            if not p.inverse and not (rules.isolated_mm_on_entry and p.margin_mode == "isolated"):
-                fast = _walk_linear(p, rules, k=isolated_margin_of(p), equity=0.0, rate=1.0,
-                                    ask=1.0)
-                if fast is None or not math.isnan(fast):
-                    result[i] = fast
-                    continue
-            group = _Group((p,), p.inverse)
-            surplus = _Surplus(group, rules, None, "", base=isolated_margin_of(p))
-            x_now = _x(p.mark_price, p.inverse)
-            edges = _tier_edges(group, rules)
-            result[i] = _solve(surplus, group, edges, x_now)
-        else:
-            j = first_of.setdefault(p.symbol, i)
-            if j != i:
-                shared.setdefault(p.symbol, [j]).append(i)
-
-    if not first_of:
-        return result
+    positions, currency = snapshot.positions, snapshot.currency
+    result: list[float | None] = [None] * len(positions)
     pool = {a: b.surplus(b.pnl, b.mm) for a, b in books.items()}
     pool_total = sum(pool.values())
     several_assets = len(books) > 1
+    # Symbols held twice (hedge mode) are solved together after the pass; found up front
+    # so the usual book, one position per symbol, takes one pass (issue 7: 2 ms at 1 000).
+    shared = _shared_symbols(positions)
     # The common case, a lone linear position per symbol settling in a flat-haircut asset,
     # is the closed form; its per-asset terms are the same for every such symbol, so they
     # are computed once here rather than by moving each symbol out of the book and back.
     closed: dict[str, tuple[float, float, float, float, float] | None] = {}
-    positions, currency = snapshot.positions, snapshot.currency
-    for symbol, at in first_of.items():
-        first = positions[at]
+    for i, p in enumerate(positions):
+        if p.contracts <= 0 or p.mark_price <= 0:
+            continue
+        if p.margin_mode == "isolated":
+            result[i] = _isolated_price(p, rules)
+            continue
+        if shared and p.symbol in shared:
+            continue
+        settle = p.settle or currency
+        moving = _moving_asset(p, currency, books, settle) if several_assets else None
+        if not p.inverse and moving is None:
+            terms = closed.get(settle, _UNSEEN)
+            if terms is _UNSEEN:
+                terms = closed[settle] = _closed_terms(books[settle], pool_total - pool[settle])
+            if terms is not None:
+                k, equity, rate, ask, book_mm = terms
+                own_pnl, _, own_mm = figures[i]
+                lp = _walk_linear(
+                    p, rules, k - ask * (book_mm - own_mm), equity - own_pnl, rate, ask
+                )
+                if lp is None or not math.isnan(lp):  # the closed form held
+                    result[i] = lp
+                    continue
+        result[i] = _group_price(snapshot, books, figures, [i], pool, moving)
+    for indices in shared.values():
+        first = positions[indices[0]]
         settle = first.settle or currency
-        book = books[settle]
         moving = _moving_asset(first, currency, books, settle) if several_assets else None
-        indices = shared.get(symbol)
-        if indices is None:
-            if not first.inverse and moving is None:
-                terms = closed.get(settle, _UNSEEN)
-                if terms is _UNSEEN:
-                    terms = closed[settle] = _closed_terms(book, pool_total - pool[settle])
-                if terms is not None:
-                    k, equity, rate, ask, book_mm = terms
-                    own_pnl, _, own_mm = figures[at]
-                    lp = _walk_linear(
-                        first, rules, k - ask * (book_mm - own_mm), equity - own_pnl, rate, ask
-                    )
-                    if lp is None or not math.isnan(lp):  # the closed form held
-                        result[at] = lp
-                        continue
-            indices = [at]
-        base = pool_total - pool[settle] - (pool[moving] if moving else 0.0)
-        # take this symbol's current contribution out of its settle asset's book
-        if len(indices) == 1:
-            own_pnl, _, own_mm = figures[indices[0]]
-        else:
-            own_pnl = sum(figures[i][0] for i in indices)
-            own_mm = sum(figures[i][2] for i in indices)
-        book.pnl -= own_pnl
-        book.mm -= own_mm
-        try:
-            lp = _cross_liquidation_price(snapshot, rules, indices, book, base=base, moving=moving)
-        finally:
-            book.pnl += own_pnl
-            book.mm += own_mm
+        lp = _group_price(snapshot, books, figures, indices, pool, moving)
         for i in indices:
             result[i] = lp
     return result
+
+
+def _shared_symbols(positions: Sequence[Position]) -> dict[str, list[int]]:
+    """Symbols with more than one open cross position (hedge mode), to their indices."""
+    if len({p.symbol for p in positions}) == len(positions):
+        return {}
+    by_symbol: dict[str, list[int]] = {}
+    for i, p in enumerate(positions):
+        if p.contracts > 0 and p.mark_price > 0 and p.margin_mode != "isolated":
+            by_symbol.setdefault(p.symbol, []).append(i)
+    return {symbol: indices for symbol, indices in by_symbol.items() if len(indices) > 1}
+
+
+def _isolated_price(p: Position, rules: VenueRules) -> float | None:
+    """LP of an isolated position: its own margin + PnL against its own MM."""
+    if not p.inverse and not rules.isolated_mm_on_entry:
+        fast = _walk_linear(p, rules, k=isolated_margin_of(p), equity=0.0, rate=1.0, ask=1.0)
+        if fast is None or not math.isnan(fast):
+            return fast
+    group = _Group((p,), p.inverse)
+    surplus = _Surplus(group, rules, None, "", base=isolated_margin_of(p))
+    return _solve(surplus, group, _tier_edges(group, rules), _x(p.mark_price, p.inverse))
+
+
+def _group_price(  # noqa: PLR0917 - liquidation_prices' locals, on its rare path
+    snapshot: AccountSnapshot,
+    books: dict[str, AssetBook],
+    figures: Sequence[Figures],
+    indices: Sequence[int],
+    pool: dict[str, float],
+    moving: str | None,
+) -> float | None:
+    """LP of one symbol's cross positions by the piecewise solver (no closed form)."""
+    first = snapshot.positions[indices[0]]
+    settle = first.settle or snapshot.currency
+    book = books[settle]
+    base = sum(pool.values()) - pool[settle] - (pool[moving] if moving else 0.0)
+    # take this symbol's current contribution out of its settle asset's book
+    own_pnl = sum(figures[i][0] for i in indices)
+    own_mm = sum(figures[i][2] for i in indices)
+    book.pnl -= own_pnl
+    book.mm -= own_mm
+    try:
+        return _cross_liquidation_price(
+            snapshot, snapshot.rules, indices, book, base=base, moving=moving
+        )
+    finally:
+        book.pnl += own_pnl
+        book.mm += own_mm
 
 
 def _closed_terms(
@@ -322,6 +342,7 @@ def _walk_linear(  # noqa: PLR0917 - positional: it runs once per position per r
     tiers = p.tiers
     n = len(tiers)
     # every tier's line shares these terms: surplus(x) = k0 + rate·s·q·x − ask·(q·x·mmr − d)
+    # (in the notional v = q·x: k0 + rate·s·v − ask·(v·mmr − d))
     k0 = k + rate * (equity - sign * q * p.entry_price)
     rate_s = rate * sign
     if not n:
@@ -333,31 +354,39 @@ def _walk_linear(  # noqa: PLR0917 - positional: it runs once per position per r
     deduct = rules.tier_deduction
     i = 0
     notional = q * p.mark_price
-    while i < n - 1 and notional > tiers[i].max_notional:
+    last = n - 1
+    while i < last and notional > tiers[i].max_notional:
         i += 1
     heading = 0
-    last = n - 1
+    # brackets of tier i: (floor, ceiling] of the notional, compared with the root's
+    floor = tiers[i - 1].max_notional if i else 0.0
     for _ in range(n + 2):
         tier = tiers[i]
-        slope = q * (rate_s - ask * tier.mmr)
-        if slope * sign <= 0.0:
+        # solved for the notional q·x, which the tier's bracket bounds: q cancels out
+        per_notional = rate_s - ask * tier.mmr
+        if per_notional * sign <= 0.0:
             return _NAN
-        x = -(k0 + (ask * tier.maintenance_amount if deduct else 0.0)) / slope
-        value = x * q  # notional at the candidate root, compared with the tier's bracket
-        if value < (tiers[i - 1].max_notional if i else 0.0):
+        value = -(k0 + (ask * tier.maintenance_amount if deduct else 0.0)) / per_notional
+        if value < floor:
             if not i:
                 return None  # the root is at a price ≤ 0: nothing liquidates
             if heading > 0:  # surplus jumps across zero at this tier edge (OKX)
-                return tiers[i - 1].max_notional / q
+                return floor / q
             heading = -1
             i -= 1
+            floor = tiers[i - 1].max_notional if i else 0.0
         elif i < last and value > tier.max_notional:
             if heading < 0:
                 return tier.max_notional / q
             heading = 1
+            floor = tier.max_notional
             i += 1
         else:
-            return _settled(x, p, q, sign, equity, rate, ask)
+            # _settled, inlined (once per position per report)
+            x = value / q
+            if rate != ask and equity + sign * q * (x - p.entry_price) <= 0.0:
+                return _NAN
+            return x if x > p.mark_price * 1e-9 else None
     return _NAN
 
 

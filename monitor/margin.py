@@ -55,24 +55,36 @@ def report(snapshot: AccountSnapshot) -> MarginReport:
     # settle asset -> (price, ask): what a figure in that asset is worth in the report
     rates = {a: (b.collateral.price, b.ask) for a, b in books.items()}
     currency = snapshot.currency
+    # `tuple.__new__` is what PositionRisk(...) runs, minus its Python-level `__new__`:
+    # a report builds one per position (issue 7: 1 000 positions in 2 ms)
+    make = tuple.__new__
     risks = []
     for p, (pnl, im, mm), lp in zip(snapshot.positions, figures, liq, strict=True):
         price, ask = rates[p.settle or currency]
         own = _ratio(mm, isolated_margin_of(p) + pnl) if p.margin_mode == "isolated" else None
+        mark = p.mark_price
+        size = p.contracts * p.contract_size
+        if p.inverse:  # Position.settle_notional, inlined
+            notional = size / mark if mark > 0 else INF
+        else:
+            notional = size * mark
         risks.append(
-            PositionRisk(
-                p.symbol,
-                p.side,
-                p.margin_mode,
-                p.contracts,
-                p.mark_price,
-                p.settle_notional(p.mark_price) * price,
-                pnl * price,
-                im * ask,
-                mm * ask,
-                own,
-                lp,
-                p.hedged,
+            make(
+                PositionRisk,
+                (
+                    p.symbol,
+                    p.side,
+                    p.margin_mode,
+                    p.contracts,
+                    mark,
+                    notional * price,
+                    pnl * price,
+                    im * ask,
+                    mm * ask,
+                    own,
+                    lp,
+                    p.hedged,
+                ),
             )
         )
     return MarginReport(

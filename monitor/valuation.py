@@ -220,13 +220,40 @@ def pool(
 ) -> tuple[dict[str, AssetBook], list[Figures]]:
     """Per-asset books of the cross pool and every position's (pnl, im, mm)."""
     rules = snapshot.rules
+    currency = snapshot.currency
+    deduct = rules.tier_deduction
+    on_entry = rules.isolated_mm_on_entry
     books = _books(snapshot)
     figures: list[Figures] = []
     for p in snapshot.positions:
-        pnl, im, mm = figures_of(p, rules)
+        if (
+            p.inverse
+            or p.unrealized_pnl is not None
+            or p.initial_margin is not None
+            or p.maintenance_margin is not None
+            or (on_entry and p.margin_mode == "isolated")
+        ):
+            pnl, im, mm = figures_of(p, rules)
+        else:
+            # `figures_of` of a linear position valued from its schedule, inlined: this
+            # loop runs once per position per report (issue 7: 1 000 positions in 2 ms)
+            size = p.contracts * p.contract_size
+            mark = p.mark_price
+            notional = size * mark
+            pnl = (mark - p.entry_price) * size if p.side == "long" else (
+                p.entry_price - mark) * size  # fmt: skip
+            tiers = p.tiers
+            if tiers:
+                for tier in tiers:
+                    if notional <= tier.max_notional:
+                        break
+                mm = notional * tier.mmr - (tier.maintenance_amount if deduct else 0.0)
+            else:
+                mm = notional * p.mmr if p.mmr is not None else 0.0
+            im = notional / p.leverage if p.leverage else _initial_on(p, notional)
         figures.append((pnl, im, mm))
         if p.margin_mode == "cross":
-            book = books[p.settle or snapshot.currency]
+            book = books[p.settle or currency]
             book.pnl += pnl
             book.im += im
             book.mm += mm
