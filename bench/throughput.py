@@ -2,9 +2,14 @@
 
     taskset -c 0 .venv/bin/python bench/throughput.py [--accounts 1000] [--positions 20]
         [--seconds 20] [--warmup 3] [--shock-interval 1.0] [--path daemon|ledger]
+        [--sinks real|probe]
 
 `--path daemon` (default) runs the real `monitor.daemon.run_daemon` with these sources and
-one probe sink: per account the `source[..]` task puts every tick into the account's
+the sinks `margin-monitor run` builds (`daemon.build_sinks`: the console summary and the
+real alerts pipeline, rules -> SQLite store/outbox in a temporary state dir; no MQTT broker
+or phone channel is configured, as in the default settings), followed by one probe sink
+that stamps the report; `--sinks probe` leaves the real sinks out (the figure before issue 7
+asked for the honest one). Per account the `source[..]` task puts every tick into the account's
 `Ledger` and checks the ratio against the alert thresholds (an urgent report on a crossing;
 none happen in this book), the `recompute[..]` task takes a coalesced `margin.report` per
 wake-up, and the `shocks` task runs `stress.assess` for the accounts the shared shock
@@ -42,7 +47,7 @@ import structlog
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from monitor import margin
-from monitor.daemon import run_daemon
+from monitor.daemon import build_sinks, run_daemon
 from monitor.ledger import Ledger
 from monitor.model import (
     AccountSnapshot,
@@ -54,6 +59,7 @@ from monitor.model import (
     Tier,
 )
 from monitor.settings import load_settings
+from monitor.sinks.base import Sink
 
 TIERS = (
     Tier(50_000, 0.004, 0),
@@ -275,10 +281,14 @@ async def main_async(args: argparse.Namespace) -> None:
     if args.path == "daemon":
         with tempfile.TemporaryDirectory() as tmp:
             settings = load_settings(None, state_dir=tmp, shock_interval=args.shock_interval)
+            sinks: list[Sink] = []
+            if args.sinks == "real":
+                sinks = build_sinks(settings, False, {s.account: s for s in sources})
+            sinks.append(ProbeSink(probe))  # last: a report is stamped after the real sinks
             await run_daemon(
                 settings,
                 settings.accounts,
-                [ProbeSink(probe)],
+                sinks,
                 duration=total,
                 sources=sources,
                 handle_signals=False,
@@ -292,7 +302,8 @@ async def main_async(args: argparse.Namespace) -> None:
     lat = [x * 1000 for x in probe.latencies]
     offered = args.accounts * args.positions
     print(
-        f"path={args.path} accounts={args.accounts} positions={args.positions} "
+        f"path={args.path} sinks={args.sinks if args.path == 'daemon' else '-'} "
+        f"accounts={args.accounts} positions={args.positions} "
         f"seconds={args.seconds:g} shock_interval={args.shock_interval:g}"
     )
     print(
@@ -324,6 +335,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds not measured")
     parser.add_argument("--shock-interval", type=float, default=1.0)
     parser.add_argument("--path", choices=("daemon", "ledger"), default="daemon")
+    parser.add_argument(
+        "--sinks", choices=("real", "probe"), default="real",
+        help="daemon path: the real sinks (alerts pipeline) + probe, or the probe alone",
+    )
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     if hasattr(os, "sched_setaffinity"):
