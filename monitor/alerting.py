@@ -148,7 +148,11 @@ class AlertPipeline:
         now = self.clock() if now is None else now
         self.state, events = rules.evaluate(self.state, report, now, self.config)
         previous = self._reports.get(report.account)
-        if report.shock_to_liquidation is None and previous is not None:
+        if (
+            report.shock_to_liquidation is None
+            and previous is not None
+            and previous.shock_to_liquidation is not None
+        ):
             # The shock solve is throttled (settings.shock_interval): messages and the
             # retained state show the last one computed rather than nothing.
             report = dataclasses.replace(

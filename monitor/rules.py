@@ -455,7 +455,8 @@ def _step_threshold(
             held = replace(alert, pending_level=target, pending_since=since)
             # Not yet entered: the value still moves, the level and episode do not.
             return _advance(held, alert.level, value, now, config)
-    alert = replace(alert, pending_level="ok", pending_since=None)
+    if alert.pending_level != "ok" or alert.pending_since is not None:
+        alert = replace(alert, pending_level="ok", pending_since=None)
     threshold = _threshold_of(alert.rule, target, config)
     return _advance(alert, target, value, now, config, threshold=threshold)
 

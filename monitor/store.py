@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import operator
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -106,6 +107,13 @@ class AuditRecord:
 def _persisted_part(alert: AlertState) -> AlertState:
     """What must survive a restart: everything but the last raw value, which moves per tick."""
     return dataclasses.replace(alert, value=None)
+
+
+# every field of `_persisted_part`, read at C speed: comparing these is how `commit` tells
+# that only the value moved without building the part (a replace per report, issue 7)
+_persisted_fields = operator.attrgetter(
+    *(f.name for f in dataclasses.fields(AlertState) if f.name != "value")
+)
 
 
 class Store:
@@ -231,8 +239,11 @@ class Store:
             if seen.get(fp) is alert:
                 continue
             seen[fp] = alert
+            before = saved.get(fp)
+            if before is not None and _persisted_fields(before) == _persisted_fields(alert):
+                continue
             part = _persisted_part(alert)
-            if saved.get(fp) != part:
+            if before != part:
                 saved[fp] = part
                 body = json.dumps(dataclasses.asdict(part))
                 statements.append(
