@@ -658,12 +658,37 @@ def tick(
         if wanted is not None and alert.account not in wanted:
             continue
         if alert.rule in _THRESHOLD_RULES and alert.value is not None:
+            if _quiet(alert, config):
+                continue  # nothing to repeat or hold: stepping it again changes nothing
             changed[fp] = _step_threshold(alert, alert.value, now, config)
         elif alert.firing:
             changed[fp] = _advance(alert, alert.level, alert.value, now, config)
     if not changed and not any(now >= s.until for s in state.silences):
         return state, ()
     return _finish(state, changed, now)
+
+
+def _quiet(alert: AlertState, config: AlertConfig) -> bool:
+    """True for a threshold alert at ok, outside any episode and hold, whose last value sits
+    below every entry threshold: stepping it again with that value changes nothing.
+
+    Most of the daemon's alerts at any time (one margin and one shock alert per account,
+    issue 7: 1 000 accounts): `tick` skips them instead of rebuilding every one each second.
+    """
+    value = alert.value
+    if (
+        value is None
+        or alert.level != "ok"
+        or alert.episode
+        or alert.pending_level != "ok"
+        or alert.pending_since is not None
+    ):
+        return False
+    if alert.rule == RULE_MARGIN:
+        scaled, thresholds, band = value, config.ratio_thresholds(), config.band
+    else:
+        scaled, thresholds, band = -value, config.shock_thresholds(), config.shock_band
+    return _target_level(scaled, "ok", thresholds, band) == "ok"
 
 
 def add_silence(state: RulesState, silence: Silence) -> RulesState:
