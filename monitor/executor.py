@@ -369,8 +369,7 @@ class Executor:
             self.skip(f"halted: {self.state.halted}", now)
             return None
         if self.state.pending and not await self._settle_pending(now):
-            self._quiet(now)
-            return None
+            return None  # _settle_pending chose how long to wait before the next lookup
         try:
             fresh: AccountSnapshot = await self.fresh_read()
         except Exception as exc:  # any failed read means: do not act
@@ -428,9 +427,10 @@ class Executor:
             await self._confirm(plan)
         return plan
 
-    def _quiet(self, now: float) -> None:
+    def _quiet(self, now: float, seconds: float | None = None) -> None:
         """No new fresh read for a while: the venue must not be polled on every tick."""
-        self._quiet_until = now + max(self.policy.cooldown, _QUIET)
+        self._quiet_until = now + (max(self.policy.cooldown, _QUIET) if seconds is None
+                                   else seconds)  # fmt: skip
 
     def _advance(self, plan: ActionPlan, now: float, *, sent: bool = True) -> None:
         """Start the cooldown; only orders really sent count against the daily cap."""
@@ -574,23 +574,32 @@ class Executor:
                 found = await self._lookup(cid, symbol)
             except catching("BaseError") as exc:
                 self.skip(f"cannot look up pending order {cid}: {exc}", now)
+                self._quiet(now)
                 return False
             if found is not None:
                 final = await self._follow(found, symbol)
                 self.record("recovered", {"client_id": cid, "symbol": symbol,
                                            "status": final.get("status"),
                                            "filled": final.get("filled")}, now)  # fmt: skip
-            elif self.clock() - float(pending.get("sent_at") or 0.0) < self._in_flight_for():
+            elif (left := self._in_flight_left(pending)) > 0:
                 # Not at the venue YET: a request the client timed out on is still executed
-                # if it lands within its signature window (fault matrix, issue 7 §5).
+                # if it lands within its signature window (fault matrix, issue 7 §5). Look
+                # again when the window closes, not a full quiet period later: protection
+                # waits on this answer.
                 self.skip(f"pending order {cid} not found yet; it may still reach the venue",
                           now, client_id=cid)  # fmt: skip
+                self._quiet(now, min(left, max(self.policy.cooldown, _QUIET)))
                 return False
             else:
                 self.record("pending_absent", {"client_id": cid, "symbol": symbol}, now)
             self.state.pending.remove(pending)
             self._save()
         return True
+
+    def _in_flight_left(self, pending: Mapping[str, Any]) -> float:
+        """Seconds until a pending order can no longer reach the venue (<= 0: it cannot)."""
+        sent_at = float(pending.get("sent_at") or 0.0)
+        return sent_at + self._in_flight_for() - self.clock()
 
     def _in_flight_for(self) -> float:
         """Seconds after sending during which an unanswered order may still be executed.

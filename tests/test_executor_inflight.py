@@ -85,3 +85,32 @@ class TestOrderInFlight:
         finally:
             ex.close()
             await src.close()
+
+    async def test_next_lookup_comes_when_the_window_closes(
+        self, venue: tuple[FakeBinanceUsdm, BinanceOrders], tmp_path: Path
+    ) -> None:
+        """Test that a pending order not found yet is looked up again once its window closes.
+
+        Not a full quiet period (5 s) later: protection waits on that answer.
+        """
+        fake, book = venue
+        src = await _source(fake)
+        src.exchange.options["recvWindow"] = 1_000  # in flight for 1 s + 1 s of skew
+        fake.fail(ORDER, 502, "")
+        trail = Trail()
+        ex = _executor(src, tmp_path, trail)
+        try:
+            await ex.on_report(await _report(src), 1_000.0)
+            assert trail.kinds() == ["planned", "sent", "unconfirmed"]
+            await ex.on_report(await _report(src), 1_000.1)  # not found yet: wait ~1.9 s
+            assert trail.kinds()[-1] == "skipped"
+            assert await ex.on_report(await _report(src), 1_001.0) is None  # still waiting
+            assert len(trail.kinds()) == 4
+            await asyncio.sleep(2.5)  # the window has closed
+            await ex.on_report(await _report(src), 1_002.3)  # < 1 000.1 + 5 s of quiet
+            assert "pending_absent" in trail.kinds()
+            (order,) = book.seen  # the next step's order went out at once
+            assert order.client_id != trail.of("sent")[0]["client_id"]
+        finally:
+            ex.close()
+            await src.close()
