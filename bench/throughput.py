@@ -46,7 +46,7 @@ import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from monitor import margin
+from monitor import daemon, margin
 from monitor.daemon import build_sinks, run_daemon
 from monitor.ledger import Ledger
 from monitor.model import (
@@ -279,6 +279,8 @@ async def main_async(args: argparse.Namespace) -> None:
     ]
     total = args.seconds + args.warmup + 0.5
     if args.path == "daemon":
+        if args.report_spacing is not None:
+            daemon.REPORT_SPACING = args.report_spacing
         with tempfile.TemporaryDirectory() as tmp:
             settings = load_settings(None, state_dir=tmp, shock_interval=args.shock_interval)
             sinks: list[Sink] = []
@@ -304,7 +306,8 @@ async def main_async(args: argparse.Namespace) -> None:
     print(
         f"path={args.path} sinks={args.sinks if args.path == 'daemon' else '-'} "
         f"accounts={args.accounts} positions={args.positions} "
-        f"seconds={args.seconds:g} shock_interval={args.shock_interval:g}"
+        f"seconds={args.seconds:g} shock_interval={args.shock_interval:g} "
+        f"report_spacing={daemon.REPORT_SPACING:g}"
     )
     print(
         f"offered {offered:,} ticks/s; absorbed (folded into state) "
@@ -335,6 +338,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds not measured")
     parser.add_argument("--shock-interval", type=float, default=1.0)
     parser.add_argument("--path", choices=("daemon", "ledger"), default="daemon")
+    parser.add_argument(
+        "--report-spacing", type=float, default=None,
+        help="daemon path: override monitor.daemon.REPORT_SPACING (0: a report per wake-up)",
+    )
     parser.add_argument(
         "--sinks", choices=("real", "probe"), default="real",
         help="daemon path: the real sinks (alerts pipeline) + probe, or the probe alone",
