@@ -6,8 +6,12 @@ proxy); a persistent subscriber collects alert ids. Every row asserts: 0 alerts 
 traceback, no secret in the logs; the blind row also that `stale` arrives within
 `stale_after + 1 s`. The table is printed at the end (`pytest -s` shows it).
 
-Protective actions (0 duplicate orders by client id, 0 orders increasing a position) are not
-in this matrix: monitor/actions.py and monitor/executor.py have not landed (issue 5).
+`TestActions` runs the same daemon with `[actions] enabled = true` against the fake's order
+routes and asserts on what the venue itself saw (tests/fakes/binance_orders.py `OrderSeen`):
+0 orders accepted twice under one client id, 0 orders that would open or grow a position,
+0 closing orders larger than the position, 0 'ghosts' (an order the daemon gave up as absent
+that the venue executed after all), no exception logged. `FAULT_MATRIX_KILLS` sets the
+number of SIGKILLs in the kill rows (default 4; the issue's figure is 10).
 """
 
 from __future__ import annotations
@@ -24,10 +28,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.harness import SELL_OFF, Rig, Row, table
+from tests.faults.harness import SELL_OFF, Rig, Row, Unreliable, table
 
 pytestmark = pytest.mark.timeout(90)
 ROWS: list[Row] = []
+#: Steps of the pressing market after the sell-off in the rows with actions (0.25 s each).
+PRESS = 40
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -43,6 +49,17 @@ def _check(row: Row) -> None:
     assert row.lost == 0
     assert row.tracebacks == 0
     assert row.secrets == 0
+
+
+def _check_orders(row: Row) -> None:
+    """The issue-7 order assertions, on what the venue saw."""
+    _check(row)
+    assert row.orders, "the sell-off made the daemon send no protective order"
+    assert row.dup == 0, "an order was accepted twice under one client id"
+    assert row.incr == 0, "an order would have opened or grown a position"
+    assert row.over == 0, "a closing order was larger than the position it closed"
+    assert row.errors == 0, "the daemon logged an exception"
+    assert row.ghosts == 0, "an order the daemon gave up as absent was executed after all"
 
 
 async def _episode(rig: Rig, between: object = None) -> None:
@@ -168,6 +185,101 @@ class TestMatrix:
             await rig.settle(15)
             await rig.kill(2)
             _check(rig.row(f"SIGKILL x{kills} + restart", restarts=done, note="(-9 = killed)"))
+
+
+class TestActions:
+    """The same daemon with `[actions] enabled = true` against the fake's order routes."""
+
+    async def test_baseline_with_actions(self, tmp_path: Path) -> None:
+        """Test that the sell-off makes the daemon reduce, once per client id, only reducing."""
+        async with Rig(tmp_path, actions=True) as rig:
+            rig.start()
+            await rig.wait_streaming()
+            await rig.sell_off(press=PRESS)
+            await rig.settle()
+            await rig.kill(2)
+            _check_orders(rig.row("actions: none (baseline)"))
+
+    @pytest.mark.timeout(150)
+    async def test_rest_errors_with_actions(self, tmp_path: Path) -> None:
+        """Test that 20 % REST faults, the order routes included, never double or grow an order."""
+        async with Rig(tmp_path, actions=True) as rig:
+            assert rig.venue_proxy is not None
+            faults = Unreliable(0.2, random.Random(11))
+            faults.install(rig)
+
+            async def slow(i: int) -> None:
+                rig.venue_proxy.set_mode("latency" if i % 8 == 3 else "pass", latency=0.15)  # type: ignore[union-attr]
+
+            rig.start()
+            await rig.wait_streaming()
+            await rig.sell_off(between=slow, press=3 * PRESS)  # faults slow the steps down
+            # Until each scripted fault has hit an order POST (each costs the daemon up to its
+            # in-flight window, 6 s), and 2 s more for the last order to settle.
+            await rig.press(until=lambda: not faults.order_script, most=2 * PRESS)
+            await rig.press(most=8)
+            faults.rate = 0.0
+            faults.order_script.clear()
+            await rig.settle()
+            await rig.kill(2)
+            share = faults.faults / max(1, faults.requests)
+            row = rig.row(
+                "actions: REST 429/5xx/timeout 20 %",
+                note=f"{faults.faults} of {faults.requests} requests faulted ({share:.0%}); "
+                f"order POSTs hit: {faults.orders_hit}",
+            )
+            _check_orders(row)
+            assert set(faults.orders_hit) == {"429", "5xx", "late", "lost"}, "a fault kind missed"
+
+    async def test_sigkill_with_order_in_flight(self, tmp_path: Path) -> None:
+        """Test that SIGKILLs, half of them with an order in flight, never double or grow one."""
+        rng = random.Random(7)
+        kills = int(os.environ.get("FAULT_MATRIX_KILLS", "4"))
+        async with Rig(tmp_path, actions=True) as rig:
+            book = rig.orders
+            assert book is not None
+            # Every order is filled but answered only after ccxt's 1.5 s timeout, so the
+            # daemon cannot have seen the fill when it is killed on the order's arrival.
+            book.lose_response = True
+            book.lose_for = 3.0
+            marks = iter(SELL_OFF)
+
+            async def step() -> None:
+                await rig.venue.push_mark("BTCUSDT", next(marks, None) or rig.pressed_mark())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(book.arrived.wait(), 0.25)
+
+            rig.start()
+            await rig.wait_streaming()
+            landed = 0
+            for k in range(kills):
+                book.arrived.clear()
+                if k % 2 == 0:  # kill the moment the venue has the order
+                    while not book.arrived.is_set():
+                        await step()
+                else:  # anywhere
+                    for _ in range(rng.randint(1, 4)):
+                        mark = next(marks, None) or rig.pressed_mark()
+                        await rig.venue.push_mark("BTCUSDT", mark)
+                        await asyncio.sleep(0.25)
+                    await asyncio.sleep(rng.uniform(0, 0.25))
+                await rig.kill()
+                landed += bool(rig.unseen_orders())
+                rig.start()  # same state dir: the pending order is looked up, not re-sent
+                await rig.wait_streaming()
+            book.arrived.clear()
+            for _ in range(12):  # the last run settles its pending order and acts again
+                await step()
+            await rig.settle(15)
+            await rig.kill(2)
+            row = rig.row(
+                f"actions: SIGKILL x{kills}, order in flight",
+                restarts=kills,
+                note=f"{landed} kills with an order in flight",
+            )
+            _check_orders(row)
+            assert rig.exit_codes.count(-9) == kills
+            assert landed >= (3 if kills >= 10 else 2), "too few kills with an order in flight"
 
 
 class TestStateDir:
