@@ -352,42 +352,55 @@ def _walk_linear(  # noqa: PLR0917 - positional: it runs once per position per r
         x = -k0 / slope
         return None if x < 0.0 else _settled(x, p, q, sign, equity, rate, ask)
     deduct = rules.tier_deduction
-    i = 0
-    notional = q * p.mark_price
     last = n - 1
+    notional = q * p.mark_price
+    i = 0
     while i < last and notional > tiers[i].max_notional:
         i += 1
-    heading = 0
-    # brackets of tier i: (floor, ceiling] of the notional, compared with the root's
+    # each tier's line is solved for the notional v = q·x, which its bracket (floor, ceiling]
+    # bounds; from the current tier the walk only ever heads one way, so each way is a loop
+    tier = tiers[i]
+    per_notional = rate_s - ask * tier.mmr
+    if per_notional * sign <= 0.0:
+        return _NAN
+    value = -(k0 + (ask * tier.maintenance_amount if deduct else 0.0)) / per_notional
     floor = tiers[i - 1].max_notional if i else 0.0
-    for _ in range(n + 2):
-        tier = tiers[i]
-        # solved for the notional q·x, which the tier's bracket bounds: q cancels out
-        per_notional = rate_s - ask * tier.mmr
-        if per_notional * sign <= 0.0:
-            return _NAN
-        value = -(k0 + (ask * tier.maintenance_amount if deduct else 0.0)) / per_notional
-        if value < floor:
+    if value < floor:
+        while True:  # the root lies below tier i
             if not i:
                 return None  # the root is at a price ≤ 0: nothing liquidates
-            if heading > 0:  # surplus jumps across zero at this tier edge (OKX)
-                return floor / q
-            heading = -1
+            ceiling = floor
             i -= 1
+            tier = tiers[i]
+            per_notional = rate_s - ask * tier.mmr
+            if per_notional * sign <= 0.0:
+                return _NAN
+            value = -(k0 + (ask * tier.maintenance_amount if deduct else 0.0)) / per_notional
             floor = tiers[i - 1].max_notional if i else 0.0
-        elif i < last and value > tier.max_notional:
-            if heading < 0:
-                return tier.max_notional / q
-            heading = 1
+            if value < floor:
+                continue
+            if value > ceiling:  # surplus jumps across zero at this tier edge (OKX)
+                return ceiling / q
+            break
+    elif i < last and value > tier.max_notional:
+        while True:  # the root lies above tier i
             floor = tier.max_notional
             i += 1
-        else:
-            # _settled, inlined (once per position per report)
-            x = value / q
-            if rate != ask and equity + sign * q * (x - p.entry_price) <= 0.0:
+            tier = tiers[i]
+            per_notional = rate_s - ask * tier.mmr
+            if per_notional * sign <= 0.0:
                 return _NAN
-            return x if x > p.mark_price * 1e-9 else None
-    return _NAN
+            value = -(k0 + (ask * tier.maintenance_amount if deduct else 0.0)) / per_notional
+            if value < floor:  # surplus jumps across zero at this tier edge (OKX)
+                return floor / q
+            if i < last and value > tier.max_notional:
+                continue
+            break
+    # _settled, inlined (once per position per report)
+    x = value / q
+    if rate != ask and equity + sign * q * (x - p.entry_price) <= 0.0:
+        return _NAN
+    return x if x > p.mark_price * 1e-9 else None
 
 
 def _settled(  # noqa: PLR0917 - the walk's locals, passed on its hot path
