@@ -467,8 +467,11 @@ class ExchangeSource:
         while True:
             if not retry_now:
                 interval = self.reconcile_every if self._streams_healthy() else self.poll_interval
+                # Not asyncio.wait_for: on 3.11 it drops a cancel that lands as the trigger
+                # arrives (cpython#86296) and shutdown hung (fault matrix, issue 7).
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._dirty.wait(), interval * self._throttle.factor)
+                    async with asyncio.timeout(interval * self._throttle.factor):
+                        await self._dirty.wait()
                 if self._dirty.is_set():
                     await asyncio.sleep(self.debounce)  # coalesce a burst of stream events
             self._dirty.clear()
