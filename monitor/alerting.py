@@ -318,8 +318,9 @@ class AlertPipeline:
             if not rows:
                 next_at = self.store.next_due_at(sink.name)
                 timeout = None if next_at is None else max(0.0, next_at - now)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), timeout)
+                with contextlib.suppress(TimeoutError):  # not wait_for: cpython#86296
+                    async with asyncio.timeout(timeout):
+                        await wake.wait()
                 continue
             by_id = {row.message_id: row for row in rows}
             messages = [AlertMessage.from_json(row.payload) for row in rows]

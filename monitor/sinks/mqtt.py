@@ -381,8 +381,9 @@ class MqttSink:
                 )
                 self._published[account] = (body, now)
             if soonest is not None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._state_wake.wait(), soonest)
+                with contextlib.suppress(TimeoutError):  # not wait_for: cpython#86296
+                    async with asyncio.timeout(soonest):
+                        await self._state_wake.wait()
                 self._state_wake.set()
 
     async def _publish_actions(self, client: aiomqtt.Client) -> None:
