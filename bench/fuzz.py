@@ -46,6 +46,9 @@ def run(
             if isinstance(exc, BadRejection):
                 where = "rejection whose message is not one line"
             seen, example = crashes.get(where, (0, f"{str(exc)[:160]!r} on {repr(data)[:160]}"))
+            if not seen:  # the first of its kind, whole, at once: a long run may be cut off
+                print(f"{name}: new crash {where}: {exc!r} on {data!r}", file=sys.stderr)
+                traceback.print_exception(exc, limit=-4, file=sys.stderr)
             crashes[where] = (seen + 1, example)
             outcomes["crash"] += 1
 

@@ -86,7 +86,7 @@ class _Reader:
     def choice(self, key: str, options: tuple[str, ...], default: str | None = None) -> str:
         value = self.text(key, default)
         if value not in options:
-            self.fail(f"is '{value}', expected one of: {', '.join(options)}", key)
+            self.fail(f"is {_quoted(value)}, expected one of: {', '.join(options)}", key)
         return value
 
     def flag(self, key: str) -> bool:

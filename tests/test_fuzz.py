@@ -67,6 +67,16 @@ class TestSnapshotParsing:
             parse_snapshot(data, "cr.json")
         assert "\r" not in str(info.value)
 
+    def test_control_character_in_a_choice(self) -> None:
+        """Test that a side holding a line break is echoed escaped (found by bench/fuzz.py)."""
+        position = {"symbol": "BTC/USDT:USDT", "side": "a\nb", "contracts": 1, "mark_price": 1}
+        data = {"account": "a", "currency": "USDT", "positions": [position], "collateral": []}
+        with pytest.raises(UserError) as info:
+            parse_snapshot(data, "nl.json")
+        message = str(info.value)
+        assert "\n" not in message
+        assert "positions[0].side is 'a\\nb', expected one of: long, short" in message
+
 
 class TestNormalisation:
     @FUZZ
