@@ -11,24 +11,14 @@ routes, as in tests/test_executor.py (whose helpers these tests reuse).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
-
-from tests.fakes.binance import BinancePosition, FakeBinanceUsdm
-from tests.fakes.binance_orders import BinanceOrders, install_orders
+from tests import test_executor
+from tests.fakes.binance import FakeBinanceUsdm
+from tests.fakes.binance_orders import BinanceOrders
 from tests.test_executor import ORDER, Trail, _executor, _report, _source
 
-
-@pytest.fixture
-async def venue() -> AsyncIterator[tuple[FakeBinanceUsdm, BinanceOrders]]:
-    fake = FakeBinanceUsdm()
-    fake.account.wallet = 700.0  # 2 BTC long at 60k: MM 550, ratio 0.786
-    fake.account.positions[("BTCUSDT", "BOTH")] = BinancePosition("BTCUSDT", 2.0, 60_000.0)
-    book = install_orders(fake)
-    async with fake:
-        yield fake, book
+venue = test_executor.venue  # the same account: 2 BTC long at 60k, ratio 0.786
 
 
 class TestOrderInFlight:
