@@ -28,7 +28,7 @@ import argparse
 import asyncio
 import contextlib
 import json
-import logging
+import os
 import random
 import statistics
 import sys
@@ -38,10 +38,10 @@ from pathlib import Path
 
 import aiomqtt
 import ccxt.async_support as ccxt_async
-import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from monitor import logs
 from monitor.daemon import run_daemon
 from monitor.settings import load_settings
 from monitor.sinks.alerts import build_alerts_sink
@@ -208,8 +208,10 @@ def main() -> None:
     parser.add_argument("--poll", type=float, default=5.0, help="REST poll period, s")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    logging.getLogger().setLevel(logging.WARNING)
+    # the daemon's own logging (monitor.logs: JSON lines, redaction), as `margin-monitor run`
+    # configures it, but to /dev/null rather than between the figures
+    devnull = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+    logs.configure(level="info", fmt="json", stream=devnull)
     asyncio.run(main_async(args))
 
 
