@@ -170,7 +170,8 @@ def liquidation_prices(
     # is the closed form; its per-asset terms are the same for every such symbol, so they
     # are computed once here rather than by moving each symbol out of the book and back.
     closed: dict[str, tuple[float, float, float, float, float] | None] = {}
-    for i, p in enumerate(positions):
+    isnan = math.isnan
+    for i, (p, (own_pnl, _, own_mm)) in enumerate(zip(positions, figures, strict=True)):
         if p.contracts <= 0 or p.mark_price <= 0:
             continue
         if p.margin_mode == "isolated":
@@ -186,11 +187,10 @@ def liquidation_prices(
                 terms = closed[settle] = _closed_terms(books[settle], pool_total - pool[settle])
             if terms is not None:
                 k, equity, rate, ask, book_mm = terms
-                own_pnl, _, own_mm = figures[i]
                 lp = _walk_linear(
                     p, rules, k - ask * (book_mm - own_mm), equity - own_pnl, rate, ask
                 )
-                if lp is None or not math.isnan(lp):  # the closed form held
+                if lp is None or not isnan(lp):  # the closed form held
                     result[i] = lp
                     continue
         result[i] = _group_price(snapshot, books, figures, [i], pool, moving)
