@@ -46,7 +46,7 @@ import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from monitor import daemon, margin
+from monitor import margin
 from monitor.daemon import build_sinks, run_daemon
 from monitor.ledger import Ledger
 from monitor.model import (
@@ -58,7 +58,7 @@ from monitor.model import (
     PriceTick,
     Tier,
 )
-from monitor.settings import load_settings
+from monitor.settings import Settings, load_settings
 from monitor.sinks.base import Sink
 
 TIERS = (
@@ -279,10 +279,11 @@ async def main_async(args: argparse.Namespace) -> None:
     ]
     total = args.seconds + args.warmup + 0.5
     if args.path == "daemon":
-        if args.report_spacing is not None:
-            daemon.REPORT_SPACING = args.report_spacing
         with tempfile.TemporaryDirectory() as tmp:
-            settings = load_settings(None, state_dir=tmp, shock_interval=args.shock_interval)
+            spacing = {} if args.report_spacing is None else {"report_spacing": args.report_spacing}
+            settings = load_settings(
+                None, state_dir=tmp, shock_interval=args.shock_interval, **spacing
+            )
             sinks: list[Sink] = []
             if args.sinks == "real":
                 sinks = build_sinks(settings, False, {s.account: s for s in sources})
@@ -307,7 +308,8 @@ async def main_async(args: argparse.Namespace) -> None:
         f"path={args.path} sinks={args.sinks if args.path == 'daemon' else '-'} "
         f"accounts={args.accounts} positions={args.positions} "
         f"seconds={args.seconds:g} shock_interval={args.shock_interval:g} "
-        f"report_spacing={daemon.REPORT_SPACING:g}"
+        f"report_spacing={'-' if args.report_spacing is None else args.report_spacing} "
+        f"(default {Settings.model_fields['report_spacing'].default:g})"
     )
     print(
         f"offered {offered:,} ticks/s; absorbed (folded into state) "
@@ -340,7 +342,7 @@ def main() -> None:
     parser.add_argument("--path", choices=("daemon", "ledger"), default="daemon")
     parser.add_argument(
         "--report-spacing", type=float, default=None,
-        help="daemon path: override monitor.daemon.REPORT_SPACING (0: a report per wake-up)",
+        help="daemon path: the report_spacing setting (0: a report per wake-up)",
     )
     parser.add_argument(
         "--sinks", choices=("real", "probe"), default="real",

@@ -10,7 +10,8 @@ recompute task at a dirty flag and an `asyncio.Event`, never a queue: when event
 faster than reports can be computed, the report is taken from the newest figures, so a
 burst costs one recompute, not a backlog (DESIGN.md, "one event in, at most one recompute
 out"). `AccountLoop.events` vs `.recomputes` shows it working. A coalesced report follows
-the account's previous report by at least `REPORT_SPACING` seconds: without it, a thousand
+the account's previous report by at least `settings.report_spacing` seconds (default
+0.5; a threshold crossing reports at once, see `AccountLoop._changed`): without it, a thousand
 accounts whose ticks arrive a few at a time asked for a full report (every liquidation
 price, the alert rules, the store) per handful of ticks, more than a core at 20 000 ticks/s
 (issue 7), and a venue streaming each symbol's mark separately would ask for one per tick.
@@ -89,9 +90,6 @@ SHOCK_MAX_AGE = 60.0
 #: whose urgent report may have queued I/O (an alert's MQTT publish, an order) that would
 #: otherwise wait behind the solve (issue 7: tick -> alert p99 <= 10 ms).
 SOLVE_AFTER_WAKE = 0.002
-#: Seconds between an account's reports when nothing urgent happened (a threshold crossing
-#: reports at once, see `AccountLoop._changed`); the ticks in between fold into its Ledger.
-REPORT_SPACING = 0.5
 
 
 # --- sharding --------------------------------------------------------------------------------
@@ -217,7 +215,7 @@ class AccountLoop:
         `shocks`: the process's shared shock budget (a private one, never run, without).
         `urgent_ratios`: more ratios whose crossing reports at once (the action level).
         `report_spacing`: least seconds from a report to the next coalesced one
-        (`run_daemon` passes `REPORT_SPACING`)."""
+        (`run_daemon` passes `settings.report_spacing`)."""
         self.account = source.account
         self.source = source
         self.sinks = tuple(sinks)
@@ -561,7 +559,7 @@ async def run_daemon(
         AccountLoop(
             src, sinks, settings.alerts, settings.shock_interval, clock=clock, finite=finite,
             shocks=shocks, urgent_ratios=_action_ratios(settings, src.account),
-            report_spacing=REPORT_SPACING,
+            report_spacing=settings.report_spacing,
         )
         for src in sources
     ]  # fmt: skip
@@ -613,7 +611,7 @@ async def run_daemon(
                                                          shocks=shocks,
                                                          urgent_ratios=_action_ratios(
                                                              settings, a.name),
-                                                         report_spacing=REPORT_SPACING),
+                                                         report_spacing=settings.report_spacing),
                                    sinks, notifier),
                     name="reload",
                 )  # fmt: skip

@@ -267,6 +267,12 @@ class Settings(BaseSettings):
         description="minimum seconds between shock-to-liquidation solves per account "
         "(the solve costs ~30x a plain report); 0 = on every recompute",
     )
+    report_spacing: float = Field(
+        0.5,
+        ge=0,
+        description="least seconds between an account's coalesced reports; a threshold "
+        "crossing reports at once regardless, checked on every tick; 0 = a report per change",
+    )
     accounts: list[AccountSettings] = Field(default_factory=_demo_accounts, min_length=1)
     alerts: AlertsSettings = Field(default_factory=_default_alerts)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)  # issue 6: /metrics

@@ -7,11 +7,13 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from monitor import margin
 from monitor.daemon import AccountLoop, ShockSolver, run_daemon
+from monitor.errors import UserError
 from monitor.ledger import Ledger
 from monitor.model import (
     AccountSnapshot,
@@ -223,3 +225,34 @@ class TestSharedShockBudget:
         solved = [r.account for r in recorder.reports if r.shock_to_liquidation is not None]
         assert solved[0] == "danger"
         assert sorted(solved) == sorted(b.account for b in books)  # each once: nothing moved
+
+
+class _Paced(_Script):
+    """Ticks 10 ms apart that cross nothing: only the coalesced report can carry them."""
+
+    async def events(self) -> AsyncIterator[Event]:
+        for event in self.script:
+            yield event
+            await asyncio.sleep(0.01)
+
+
+class TestReportSpacing:
+    async def test_setting_spaces_coalesced_reports(self) -> None:
+        """Test that `report_spacing` bounds the reports of a steady stream, 0 does not."""
+        counts: dict[float, int] = {}
+        for spacing in (0.0, 0.25):
+            recorder = _Recorder()
+            ticks = [_tick(59_000.0 + i) for i in range(100)]  # ratio ~0.02 throughout
+            source = _Paced(recorder, list(ticks), _book())
+            loop = await _run(source, recorder, report_spacing=spacing)
+            assert loop.urgent_reports == 0
+            assert recorder.reports[-1].positions[0].mark_price == 59_099.0  # none lost
+            counts[spacing] = len(recorder.reports)
+        # ~1 s of ticks: one report per wake-up unspaced, at most ~1 per 0.25 s spaced
+        assert counts[0.25] <= 8
+        assert counts[0.0] >= 4 * counts[0.25]
+
+    def test_negative_spacing_is_refused(self) -> None:
+        """Test that a negative spacing is a one-line settings error naming the field."""
+        with pytest.raises(UserError, match=r"report_spacing: Input should be greater than"):
+            load_settings(None, report_spacing=-1)
