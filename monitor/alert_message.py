@@ -149,9 +149,9 @@ _FLOAT_FIELDS = (
 )
 
 
-
 _FIELDS = tuple(f.name for f in fields(AlertMessage))
 _LINE_FIELDS = tuple(f.name for f in fields(PositionLine))
+
 
 def build_message(
     event: AlertEvent, report: MarginReport | None, action: str | None = None

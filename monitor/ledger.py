@@ -21,8 +21,7 @@ from its snapshot whenever positions or balances are re-read (`Ledger(snapshot)`
 from __future__ import annotations
 
 import math
-import operator
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 from monitor.model import AccountSnapshot, Position, priced_collateral
 from monitor.valuation import (
@@ -35,20 +34,6 @@ from monitor.valuation import (
 )
 
 __all__ = ["Ledger", "Summary"]
-
-# A moved position is rebuilt field by field: `dataclasses.replace` re-reads the dataclass
-# fields and goes through keyword arguments, ~6 µs for Position's 18 fields, which made
-# `snapshot()` half the cost of a 20-position report in the daemon (issue 7 throughput).
-_POSITION_FIELDS = tuple(f.name for f in fields(Position))
-_position_values = operator.attrgetter(*_POSITION_FIELDS)
-_MARK = _POSITION_FIELDS.index("mark_price")
-
-
-def _at_mark(p: Position, price: float) -> Position:
-    """`replace(p, mark_price=price)`, faster (p is schedule-only, see `Position.scheduled`)."""
-    values = list(_position_values(p))
-    values[_MARK] = price
-    return Position(*values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +159,7 @@ class Ledger:
         for i in self._moved:
             scheduled = self._scheduled[i]
             assert scheduled is not None  # set by the tick that moved it
-            positions[i] = _at_mark(scheduled, self._marks[i])
+            positions[i] = scheduled.repriced(self._marks[i])  # schedule-only already
         self._moved.clear()
         self._snapshot = AccountSnapshot(
             base.account, base.currency, collateral, tuple(positions), base.venue

@@ -9,7 +9,8 @@ and lets one snapshot be shared across tasks without locks.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+import operator
+from dataclasses import dataclass, fields, replace
 from typing import Literal, NamedTuple
 
 __all__ = [
@@ -150,7 +151,16 @@ class Position:
         """
         if price == self.mark_price:
             return self
-        return replace(self.scheduled(), mark_price=price)
+        return self.scheduled().repriced(price)
+
+    def repriced(self, price: float) -> Position:
+        """`replace(self, mark_price=price)`, field by field: `replace` re-reads the fields
+        and goes through keyword arguments (~6 µs for 18 fields), and the Ledger re-prices
+        every moved position per report (issue 7 throughput). Figures are kept as they are:
+        for a what-if use `at_mark`."""
+        values = list(_position_values(self))
+        values[_MARK] = price
+        return Position(*values)
 
     def scheduled(self) -> Position:
         """The same position valued only from its schedule (tiers, mmr, leverage).
@@ -231,6 +241,10 @@ def rules_for_venue(venue: str | None) -> VenueRules:
     if venue is None:
         return _DEFAULT_RULES
     return _VENUE_RULES.get(venue.lower(), _DEFAULT_RULES)
+
+
+_position_values = operator.attrgetter(*(f.name for f in fields(Position)))
+_MARK = [f.name for f in fields(Position)].index("mark_price")
 
 
 @dataclass(frozen=True, slots=True)

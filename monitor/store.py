@@ -246,17 +246,15 @@ class Store:
             before = saved.get(fp)
             if before is not None and _persisted_fields(before) == _persisted_fields(alert):
                 continue
-            part = _persisted_part(alert)
-            if before != part:
-                saved[fp] = part
-                body = json.dumps({name: getattr(part, name) for name in _STATE_FIELDS})
-                statements.append(
-                    (
-                        "INSERT INTO alert_state (fingerprint, account, state) VALUES (?, ?, ?) "
-                        "ON CONFLICT (fingerprint) DO UPDATE SET state = excluded.state",
-                        (fp, alert.account, body),
-                    )
+            part = saved[fp] = _persisted_part(alert)  # differs from `before`: checked above
+            body = json.dumps({name: getattr(part, name) for name in _STATE_FIELDS})
+            statements.append(
+                (
+                    "INSERT INTO alert_state (fingerprint, account, state) VALUES (?, ?, ?) "
+                    "ON CONFLICT (fingerprint) DO UPDATE SET state = excluded.state",
+                    (fp, alert.account, body),
                 )
+            )
         if state.silences != self._saved_silences:
             statements.append(("DELETE FROM silence", ()))
             statements.extend(

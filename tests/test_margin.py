@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -23,6 +24,7 @@ from monitor.model import (
     VenueRules,
 )
 from monitor.stress import with_prices
+from monitor.valuation import figures_of, pool
 from tests.strategies import accounts, positions
 
 REL = 1e-4  # 0.01 %
@@ -443,6 +445,20 @@ class TestProperties:
                 continue
             at = report(with_prices(s, {p.symbol: p.liquidation_price}))
             assert at.margin_ratio == pytest.approx(1.0, abs=1e-9)
+
+    @settings(max_examples=300, deadline=None)
+    @given(accounts(), st.sampled_from((None, "binanceusdm", "bybit", "okx", "hyperliquid")))
+    def test_inlined_figures_equal_the_canonical_ones(
+        self, s: AccountSnapshot, venue: str | None
+    ) -> None:
+        """Test that the hot loops' inlined copies (valuation.pool's schedule-only figures,
+        report's notional) equal `figures_of` and `Position.settle_notional` exactly."""
+        s = replace(s, venue=venue)
+        _, figures = pool(s)
+        assert figures == [figures_of(p, s.rules) for p in s.positions]
+        for p, risk in zip(s.positions, report(s).positions, strict=True):
+            if (p.settle or s.currency) == s.currency:
+                assert risk.notional == p.settle_notional(p.mark_price)
 
     @settings(max_examples=300, deadline=None)
     @given(accounts(), st.floats(min_value=0.0, max_value=0.5))
