@@ -93,6 +93,21 @@ class SimSettings(Section):
     fee_rate: float = Field(default=0.0005, ge=0, le=0.01)  # taker fee on fills
 
 
+#: ccxt credentials that sign orders only: reading positions works without them.
+_ORDER_ONLY_CREDENTIALS = frozenset({"privateKey"})
+
+
+def ccxt_credentials(exchange: str) -> dict[str, str]:
+    """ccxt's name for each credential -> the account setting that fills it.
+
+    One place for both the ccxt instance (sources/exchange.py) and the load-time check:
+    a Hyperliquid account signs with a wallet, its address in `api_key` and the agent's
+    private key in `secret`."""
+    if exchange == "hyperliquid":
+        return {"walletAddress": "api_key", "privateKey": "secret"}
+    return {"apiKey": "api_key", "secret": "secret", "password": "password"}
+
+
 class AccountSettings(Section):
     """One watched account: a ccxt exchange id with its keys, or `sim`."""
 
@@ -148,10 +163,8 @@ class AccountSettings(Section):
         import ccxt  # noqa: PLC0415 - already imported by _known_exchange for live venues
 
         required = getattr(ccxt, self.exchange)().requiredCredentials
-        ours = {"apiKey": "api_key", "secret": "secret", "password": "password",
-                "walletAddress": "api_key"}  # fmt: skip
-        for credential, field_name in ours.items():
-            if not required.get(credential):
+        for credential, field_name in ccxt_credentials(self.exchange).items():
+            if not required.get(credential) or credential in _ORDER_ONLY_CREDENTIALS:
                 continue
             value = getattr(self, field_name)
             if (value is not None and value.get_secret_value()) or self.ccxt.get(credential):

@@ -53,7 +53,7 @@ from monitor.model import (
     SourceUp,
     Tier,
 )
-from monitor.settings import load_settings
+from monitor.settings import ccxt_credentials, load_settings
 from monitor.snapshot import snapshot_to_dict
 from monitor.sources.backoff import Backoff, Freshness, FreshnessChange, Throttle
 from monitor.sources.normalize import (
@@ -165,14 +165,10 @@ def build_exchange(settings: AccountConfig) -> Any:
             "watchPositions": {"fetchPositionsSnapshot": False, "awaitPositionsSnapshot": False},
         },
     }
-    key, secret, password = (_secret(settings.api_key), _secret(settings.secret),
-                             _secret(settings.password))
-    if venue == "hyperliquid":
-        # ccxt hyperliquid signs with a wallet: address and agent private key.
-        creds = {"walletAddress": key, "privateKey": secret}
-    else:
-        creds = {"apiKey": key, "secret": secret, "password": password}
-    config.update({k: v for k, v in creds.items() if v})
+    for credential, field_name in ccxt_credentials(venue).items():
+        value = _secret(getattr(settings, field_name))
+        if value:
+            config[credential] = value
     if venue == "hyperliquid":
         # ccxt 4.5.90 hyperliquid.initialize_client() signs and sends `approveBuilderFee`
         # (0.01 % to ccxt's builder) and `setReferrer` on first use when a private key is
