@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import hashlib
 import math
+import os
 import random
 import signal
 import sys
@@ -80,6 +81,8 @@ Clock = Callable[[], float]
 
 #: Seconds the final settle (end of --duration or of a replay) may take before stopping anyway.
 SETTLE_LIMIT = 5.0
+#: Seconds the process gives leftover tasks to end once the daemon has stopped.
+STOP_GRACE = 5.0
 #: Shock solves of all accounts together take at most this share of one core on average
 #: (issue 7: 1 000 accounts each solved every second needed more than a core).
 SHOCK_CPU_SHARE = 0.25
@@ -763,6 +766,28 @@ async def _reload_on_hup(  # noqa: PLR0917 - the daemon's own state, passed once
             notifier.ready(_status(loops))
 
 
+async def stop_leftover_tasks(grace: float) -> list[str]:
+    """Cancel every other task and wait up to `grace` seconds; those still running, named.
+
+    The daemon's own tasks end with its TaskGroup; what is left here was started by a
+    library (ccxt, aiohttp, aiomqtt) or swallowed its cancellation (Python 3.11's
+    `wait_for`, cpython#86296, hung the fault matrix's shutdown once). Named with where
+    each is suspended, so the log says which one."""
+    current = asyncio.current_task()
+    others = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+    if not others:
+        return []
+    for task in others:
+        task.cancel()
+    _, pending = await asyncio.wait(others, timeout=grace)
+    stuck = []
+    for task in pending:
+        frames = task.get_stack(limit=1)
+        where = f" at {frames[0].f_code.co_filename}:{frames[0].f_lineno}" if frames else ""
+        stuck.append(f"{task.get_name()}{where}")
+    return sorted(stuck)
+
+
 async def _all_done(loops: Sequence[AccountLoop]) -> None:
     for account_loop in loops:
         await account_loop.source_done.wait()
@@ -797,14 +822,29 @@ def run_command(args: argparse.Namespace) -> int:
         logs.set_secrets(logs.secrets_of(fresh))
         return select_shard(fresh.accounts, args.shard)
 
-    try:
-        asyncio.run(
-            run_daemon(
+    async def main() -> None:
+        failed = False
+        try:
+            await run_daemon(
                 settings, accounts, sinks, duration=args.duration, replay=replay,
                 sources=sources, notifier=Notifier(),
                 reload=reload_accounts if replay is None else None,
-            )
-        )  # fmt: skip
+            )  # fmt: skip
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            stuck = await stop_leftover_tasks(STOP_GRACE)
+            if stuck:
+                # asyncio.run would wait for them forever, and systemd's stop with it: the
+                # state is already on disk (write-ahead), so the process leaves without them
+                log.error("shutdown: tasks did not stop; exiting without them", tasks=stuck)
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(1 if failed else 0)
+
+    try:
+        asyncio.run(main())
     except BaseExceptionGroup as group:
         # a UserError raised inside the TaskGroup (a sink that cannot start, say the metrics
         # port is taken) is still one line, not a traceback

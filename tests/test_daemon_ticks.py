@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from monitor import margin
-from monitor.daemon import AccountLoop, ShockSolver, run_daemon
+from monitor.daemon import AccountLoop, ShockSolver, run_daemon, stop_leftover_tasks
 from monitor.errors import UserError
 from monitor.ledger import Ledger
 from monitor.model import (
@@ -256,3 +256,39 @@ class TestReportSpacing:
         """Test that a negative spacing is a one-line settings error naming the field."""
         with pytest.raises(UserError, match=r"report_spacing: Input should be greater than"):
             load_settings(None, report_spacing=-1)
+
+
+class TestStopLeftoverTasks:
+    async def test_a_task_that_swallows_its_cancel_is_named_not_waited_for(self) -> None:
+        """Test that shutdown cancels leftovers, waits `grace`, and names the stubborn one."""
+        stubborn_done = asyncio.Event()
+
+        async def stubborn() -> None:
+            while True:
+                try:
+                    await asyncio.sleep(10)
+                except asyncio.CancelledError:
+                    if stubborn_done.is_set():
+                        raise
+                    # swallowed: what 3.11's wait_for can do to a caller's cancel
+
+        async def polite() -> None:
+            await asyncio.sleep(10)
+
+        tasks = [asyncio.create_task(stubborn(), name="stubborn"),
+                 asyncio.create_task(polite(), name="polite")]  # fmt: skip
+        await asyncio.sleep(0)
+        try:
+            stuck = await stop_leftover_tasks(0.2)
+            assert len(stuck) == 1
+            assert stuck[0].startswith("stubborn at ")
+            assert "test_daemon_ticks.py" in stuck[0]
+            assert tasks[1].cancelled()
+        finally:
+            stubborn_done.set()  # now it ends on the next cancel
+            tasks[0].cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def test_nothing_left_returns_at_once(self) -> None:
+        """Test that with no other task there is no wait."""
+        assert await stop_leftover_tasks(5.0) == []
