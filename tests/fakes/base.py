@@ -10,6 +10,7 @@ Scenario controls, shared by every venue (engineers D/E/F add order routes with
 - `fail(path, status, body, times)`: the next `times` requests to `path` get that response
   (429, 5xx, an auth error body, garbage or a truncated JSON document);
 - `stall(path, seconds, times)`: hold the next requests long enough for a client timeout;
+- `late(path, seconds, times)`: answer as of arrival, delivered late (a read in flight);
 - `push(frame, path=...)`: send a websocket frame to every client on a path;
 - `drop_websockets()`: close every websocket (the client sees a dropped connection);
 - `silent = True`: stop pushing websocket frames without closing anything (a dead stream).
@@ -38,6 +39,7 @@ class Fault:
     times: int
     delay: float = 0.0
     content_type: str = "application/json"
+    late: bool = False  # answer computed on arrival, delivered `delay` seconds later
 
 
 @dataclass
@@ -143,6 +145,12 @@ class FakeVenue:
         """Hold the next `times` requests to `path` for `seconds` (a client timeout)."""
         self.faults.setdefault(path, []).append(Fault(200, "{}", times, seconds))
 
+    def late(self, path: str, seconds: float, times: int = 1) -> None:
+        """Answer the next `times` requests to `path` as the venue was when they arrived,
+        but `seconds` later (a slow network): the answer is older than what streams
+        meanwhile."""
+        self.faults.setdefault(path, []).append(Fault(200, "", times, seconds, late=True))
+
     def clear_faults(self) -> None:
         self.faults.clear()
 
@@ -198,7 +206,13 @@ class FakeVenue:
             fault.times -= 1
             if fault.times <= 0:
                 queue.pop(0)
-            if fault.delay:
+            if fault.late:
+                handler = self._routes.get((request.method, path))
+                if handler is not None:
+                    answer = await handler(request)
+                    await asyncio.sleep(fault.delay)
+                    return answer
+            elif fault.delay:
                 await asyncio.sleep(fault.delay)
             else:
                 return web.Response(
