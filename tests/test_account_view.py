@@ -206,3 +206,38 @@ class TestFreshness:
         last = recorder.reports[-1]
         assert last.positions[0].mark_price == 59_000.0
         assert last.margin_ratio == pytest.approx(fake.account.venue_margin_ratio(), rel=1e-9)
+
+
+class TestTornRead:
+    async def test_fill_between_the_two_requests_is_read_again(self) -> None:
+        """Test that a fill landing between a read's positions and balance answers (a pair
+        the venue never had) is detected and read again, so no emitted read mixes them."""
+        fake = FakeBinanceUsdm()
+        fake.account.wallet = 1_000.0
+        fake.account.marks["BTCUSDT"] = 50_000.0
+        fake.account.positions[("BTCUSDT", "BOTH")] = BinancePosition("BTCUSDT", 1.0, 50_700.0)
+        books: list[tuple[float, float]] = [(1.0, 1_000.0)]  # (BTC amount, wallet) history
+        done = False
+
+        def fill() -> None:  # the first of the two answers is out: the book changes now
+            nonlocal done
+            if done:
+                return
+            done = True
+            pos = fake.account.positions[("BTCUSDT", "BOTH")]
+            fake.account.wallet += 0.2 * (50_000.0 - pos.entry) - 0.0005 * 0.2 * 50_000.0
+            pos.amount = 0.8
+            books.append((pos.amount, fake.account.wallet))
+
+        async with fake:
+            source = source_for(fake)
+            try:
+                fake.after("/fapi/v3/positionRisk", fill)
+                fake.after("/fapi/v3/account", fill)
+                snapshot = await source.fetch_snapshot()
+            finally:
+                await source.close()
+        assert done
+        assert fake.count("/fapi/v3/positionRisk") == 2  # the torn pair was read again
+        (btc,) = snapshot.positions
+        assert (btc.contracts, snapshot.collateral[0].amount) == books[-1]

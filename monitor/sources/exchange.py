@@ -62,6 +62,7 @@ from monitor.sources.normalize import (
     mark_from_ticker,
     positions_from_ccxt,
     tiers_from_ccxt,
+    torn_read,
     unpriced_assets,
     venue_figures,
 )
@@ -81,6 +82,9 @@ log = structlog.get_logger("monitor.sources.exchange")
 #: Settlement currency of the account's report where it is not USDT.
 _VENUE_CURRENCY = {"hyperliquid": "USDC", "dydx": "USDC"}
 _TIERS_IN_CONTRACTS = frozenset({"okx", "mexc"})
+#: Re-reads of a read whose positions and balance answers saw different books (a fill
+#: between them) before the reconciliation fails and backs off (normalize.torn_read).
+_TORN_RETRIES = 2
 
 
 class _Secret(Protocol):
@@ -498,15 +502,25 @@ class ExchangeSource:
     ) -> tuple[tuple[Position, ...], tuple[Collateral, ...], VenueFigures | None]:
         """fetch_positions + fetch_balance, normalised; raises on any bad payload."""
         exchange = self.exchange
-        # Read together (less skew between the two), but never leave a failed half's
-        # sibling un-awaited: its own error would surface later as "never retrieved".
-        results: tuple[Any, ...] = await asyncio.gather(
-            exchange.fetch_positions(), exchange.fetch_balance(), return_exceptions=True
-        )
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-        raw_positions, raw_balance = results
+        for attempt in range(_TORN_RETRIES + 1):
+            # Read together (less skew between the two), but never leave a failed half's
+            # sibling un-awaited: its own error would surface later as "never retrieved".
+            results: tuple[Any, ...] = await asyncio.gather(
+                exchange.fetch_positions(), exchange.fetch_balance(), return_exceptions=True
+            )
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+            raw_positions, raw_balance = results
+            if not torn_read(self.venue, raw_positions, raw_balance):
+                break
+            # a fill landed between the two answers: that pair is no state the venue had
+            log.info("torn_read", account=self.name, attempt=attempt + 1)
+        else:
+            raise ccxt_errors.BadResponse(
+                f"{self.venue}: positions and balance disagreed on {_TORN_RETRIES + 1} reads "
+                "in a row (fills between the two requests); reading again later"
+            )
         symbols = sorted({str(r.get("symbol")) for r in raw_positions or []
                           if isinstance(r, dict) and r.get("symbol")})
         await self._ensure_tiers(symbols)
@@ -813,8 +827,14 @@ class ExchangeSource:
 
 async def _trade_permission(exchange: Any, venue: str, balance: Mapping[str, Any]) -> str:
     """What the venue says about the key's rights, in words."""
+    if venue == "binanceusdm":
+        # v3 account answers no longer carry canTrade; Futures Account Configuration does
+        # (GET /fapi/v1/accountConfig, USDⓈ-M docs)
+        config = await exchange.fapiPrivateGetAccountConfig()
+        if isinstance(config, Mapping) and "canTrade" in config:
+            return "can trade" if config["canTrade"] else "read-only (canTrade is false)"
     info = balance.get("info")
-    if venue in {"binanceusdm", "binance"} and isinstance(info, Mapping) and "canTrade" in info:
+    if venue == "binance" and isinstance(info, Mapping) and "canTrade" in info:
         return "can trade" if info["canTrade"] else "read-only (canTrade is false)"
     if venue == "bybit":
         answer = await exchange.privateGetV5UserQueryApi()
