@@ -32,7 +32,7 @@ import structlog
 from monitor import rules
 from monitor.alert_message import AlertMessage, build_message
 from monitor.metrics import record_alerts_sent
-from monitor.model import MarginReport, SourceDown, SourceStale, SourceUp
+from monitor.model import MarginReport, ModelDrift, SourceDown, SourceStale, SourceUp
 from monitor.rules import AlertConfig, AlertEvent, RulesState, Silence
 from monitor.signed_commands import Command, CommandRefused, envelope, verify
 from monitor.store import Store
@@ -172,6 +172,14 @@ class AlertPipeline:
         """Stale data, a source down, a source back."""
         now = self.clock() if now is None else now
         self.state, events = rules.on_source_event(self.state, event, now, self.config)
+        self._commit(events, now)
+        return events
+
+    def on_model_drift(self, event: ModelDrift, now: float | None = None) -> tuple[AlertEvent, ...]:
+        """Our ratio and the venue's drifted apart (or agree again): `model_drift`, through
+        the outbox like every alert."""
+        now = self.clock() if now is None else now
+        self.state, events = rules.on_model_drift(self.state, event, now, self.config)
         self._commit(events, now)
         return events
 
