@@ -29,6 +29,7 @@ from monitor.valuation import (
     Figures,
     computed_initial_margin,
     computed_maintenance_margin,
+    margin_ratio,
     pnl_at,
     pool,
 )
@@ -54,8 +55,8 @@ class Summary:
 class Ledger:
     """Per-position figures and per-asset sums of one account, updated tick by tick."""
 
-    __slots__ = ("_books", "_by_symbol", "_figures", "_marks", "_moved", "_moving",
-                 "_scheduled", "_snapshot")
+    __slots__ = ("_books", "_by_symbol", "_exposed", "_figures", "_marks", "_moved",
+                 "_moving", "_scheduled", "_snapshot")
 
     def __init__(self, snapshot: AccountSnapshot) -> None:
         books, figures = pool(snapshot)
@@ -63,6 +64,8 @@ class Ledger:
         self._books: dict[str, AssetBook] = books
         self._figures: list[Figures] = figures
         self._marks = [p.mark_price for p in snapshot.positions]
+        # positions never change between two reads: an empty cross pool stays empty
+        self._exposed = any(p.margin_mode == "cross" for p in snapshot.positions)
         # schedule-only twins, made on a position's first move (most accounts never move
         # every position between two full reads)
         self._scheduled: list[Position | None] = [None] * len(snapshot.positions)
@@ -126,7 +129,7 @@ class Ledger:
         for book in self._books.values():
             balance += book.surplus(book.pnl, 0.0)
             mm += book.mm * book.ask
-        return mm / balance if balance > 0 else math.inf
+        return margin_ratio(mm, balance, exposed=self._exposed)
 
     def summary(self) -> Summary:
         """Margin balance, IM, MM and ratio of the cross pool at the latest ticks."""
@@ -138,8 +141,7 @@ class Ledger:
             ask = book.ask
             im += book.im * ask
             mm += book.mm * ask
-        ratio = mm / balance if balance > 0 else math.inf
-        return Summary(balance, im, mm, ratio)
+        return Summary(balance, im, mm, margin_ratio(mm, balance, exposed=self._exposed))
 
     def snapshot(self) -> AccountSnapshot:
         """The account at the latest ticks, for a full report.

@@ -298,7 +298,8 @@ class MarginReport:
     """The state of an account's cross pool, plus every position's own figures.
 
     `margin_ratio` = maintenance_margin / margin_balance: 0 is no risk and ≥ 1 is
-    liquidation (Binance/Bybit convention); +inf when the margin balance is ≤ 0.
+    liquidation (Binance/Bybit convention); +inf when the margin balance is ≤ 0 under an
+    open cross position; 0 when nothing is open in the cross pool (`valuation.margin_ratio`).
     """
 
     account: str
@@ -403,8 +404,9 @@ class Reduction:
 class ReductionPlan:
     """The smallest reduce-only quantities that bring the ratio to `target_ratio`.
 
-    `reached` is False when even closing everything the policy allows cannot get there
-    (for example a margin balance already ≤ 0); the reductions are then the best effort.
+    `reached` is False when even closing everything the policy allows cannot get there; the
+    reductions are then the best effort. Closing every cross position leaves no MM, hence
+    ratio 0, so a wiped-out balance (ratio +inf) is reached only by closing it all.
     """
 
     policy: ReductionPolicy

@@ -42,6 +42,7 @@ __all__ = [
     "computed_maintenance_margin",
     "figures_of",
     "isolated_margin_of",
+    "margin_ratio",
     "pnl_at",
     "pool",
     "surplus",
@@ -55,6 +56,19 @@ INF = math.inf
 Figures = tuple[float, float, float]
 
 
+def margin_ratio(mm: float, balance: float, *, exposed: bool = False) -> float:
+    """Maintenance margin / margin balance, the one rule every surface reads (issue 19).
+
+    `exposed`: a position is open in this pool. A pool with nothing open and no MM owed has
+    nothing to liquidate, whatever its balance: ratio 0 (Binance multi-assets FAQ, example
+    M1: "No positions ... margin ratio 0"), so an empty cross pool (isolated positions only,
+    or nothing open) never reads as liquidated. A balance ≤ 0 under an open position or
+    owed MM is +inf (past liquidation; also when the position's MM schedule is unknown),
+    never a division error.
+    """
+    if balance > 0.0:
+        return mm / balance if mm > 0.0 else 0.0
+    return INF if exposed or mm > 0.0 else 0.0
 
 
 def tier_for(tiers: Sequence[Tier], notional: float) -> Tier:

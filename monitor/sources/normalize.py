@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from monitor.model import STABLE_ASSETS, Collateral, MarginMode, Position, Side, Tier
+from monitor.valuation import margin_ratio
 
 __all__ = [
     "MalformedPayload",
@@ -580,7 +581,7 @@ def venue_figures(venue: str, balance: object) -> VenueFigures | None:
         if venue in {"binanceusdm", "binance"} and isinstance(info, Mapping):
             mm = _float(info["totalMaintMargin"], "totalMaintMargin")
             mb = _float(info["totalMarginBalance"], "totalMarginBalance")
-            return VenueFigures(venue, mm / mb if mb > 0 else math.inf, mm, mb,
+            return VenueFigures(venue, margin_ratio(mm, mb), mm, mb,
                                 "totalMaintMargin/totalMarginBalance")
         if venue == "bybit" and isinstance(info, Mapping):
             account = _rows(info["result"]["list"])[0]
@@ -605,7 +606,7 @@ def venue_figures(venue: str, balance: object) -> VenueFigures | None:
         if venue == "hyperliquid" and isinstance(info, Mapping):
             mm = _float(info["crossMaintenanceMarginUsed"], "crossMaintenanceMarginUsed")
             value = _float(info["crossMarginSummary"]["accountValue"], "accountValue")
-            return VenueFigures(venue, mm / value if value > 0 else math.inf, mm, value,
+            return VenueFigures(venue, margin_ratio(mm, value), mm, value,
                                 "crossMaintenanceMarginUsed/accountValue")
         if venue == "bitget" and isinstance(info, list) and info:
             rate = info[0].get("crossedRiskRate")
