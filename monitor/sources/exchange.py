@@ -503,11 +503,16 @@ class ExchangeSource:
         positions = positions_from_ccxt(
             self.venue, raw_positions, exchange.markets or {}, self.tiers, self.marks
         )
-        await self._price_collateral(raw_balance)
-        collateral = collateral_from_ccxt(
-            self.venue, raw_balance, self.currency, self._asset_prices()
-        )
+        collateral = await self.collateral_of(raw_balance)
         return positions, collateral, venue_figures(self.venue, raw_balance)
+
+    async def collateral_of(self, balance: object) -> tuple[Collateral, ...]:
+        """The wallet of a `fetch_balance()` valued in the report currency: the one
+        collateral-pricing rule of `run`, `snapshot` and `check` (issue 19). Volatile
+        collateral (Binance multi-assets BTC, say) is priced by its market, the linear
+        perpetual else spot (`_price_symbol`), and keeps streaming once priced."""
+        await self._price_collateral(balance)
+        return collateral_from_ccxt(self.venue, balance, self.currency, self._asset_prices())
 
     def _asset_prices(self) -> dict[str, float]:
         """Asset -> price in the report currency, from the marks of `ASSET/<currency>` pairs."""
@@ -814,11 +819,14 @@ async def check_account(settings: AccountConfig) -> str:
             exchange = await source.open()
             await exchange.load_markets()
             balance = await exchange.fetch_balance()
-            collateral = collateral_from_ccxt(source.venue, balance, source.currency)
+            collateral = await source.collateral_of(balance)
             permission = await _trade_permission(exchange, source.venue, balance)
     finally:
         await source.close()
-    wallet = ", ".join(f"{c.asset} {c.amount:g}" for c in collateral) or "empty"
+    wallet = ", ".join(
+        f"{c.asset} {c.amount:g}" + ("" if c.price == 1.0 else f" @ {c.price:g} {source.currency}")
+        for c in collateral
+    ) or "empty"
     return (f"{settings.name}: {settings.exchange} ok, {len(exchange.markets)} markets, "
             f"wallet {wallet}; keys {permission}")
 

@@ -553,7 +553,8 @@ def collateral_from_ccxt(
         price = _asset_price(asset, currency, venue_price, prices or {})
         if price is None:
             raise MalformedPayload(f"{venue} balance: no price for {asset} in {currency}; "
-                                   f"it needs a {asset}/{currency} market")
+                                   f"it needs a {asset}/{currency}:{currency} or "
+                                   f"{asset}/{currency} market")
         prev = out.get(asset)
         out[asset] = Collateral(asset, amount + (prev.amount if prev else 0.0), price)
     return tuple(out.values())
