@@ -103,7 +103,9 @@ class Position:
 
     Optional figures the venue reports (`unrealized_pnl`, `initial_margin`,
     `maintenance_margin`) win over computed ones at the current prices; any what-if
-    price recomputes them from `tiers`/`mmr`/`leverage`.
+    price recomputes them from `tiers`/`mmr`/`leverage`. `liquidation_fee` is the taker
+    fee rate this position pays when liquidated, where it differs from the venue's
+    default (`VenueRules.liquidation_fee`; a VIP fee tier, say).
     """
 
     symbol: str
@@ -124,6 +126,7 @@ class Position:
     tiers: tuple[Tier, ...] = ()
     isolated_margin: float | None = None
     beta: float = 1.0
+    liquidation_fee: float | None = None
 
     @property
     def sign(self) -> int:
@@ -219,17 +222,28 @@ class VenueRules:
       whole position with no deduction (OKX).
     - `equality_liquidates`: Binance and Bybit liquidate when the ratio *reaches* 100 %;
       Hyperliquid and dYdX only when equity falls strictly *below* MM.
+    - `liquidation_fee`: the taker fee rate the venue charges at liquidation and counts in
+      its liquidation condition on top of the maintenance rate (issue 19). OKX: margin
+      ratio = equity / (maintenance margin + liquidation fees), isolated "(Margin balance
+      + PnL) / (Face value × |Contracts| × Mark price × (Tiered MMR + fee rate))"; Gate:
+      "Liquidation Price = (Entry Price ± Margin / Contract Multiplier / Size) /
+      [1 ± (Maintenance Margin Ratio + Taker Rate)]" (docs/margin-edges.md). The figure is
+      the venues' base-tier perpetual taker fee (ccxt 4.5.90 `fees.swap.taker`: 0.05 %);
+      a position's own `liquidation_fee` wins. Binance, Bybit, Hyperliquid: no such term.
     """
 
     isolated_mm_on_entry: bool = False
     tier_deduction: bool = True
     equality_liquidates: bool = True
+    liquidation_fee: float = 0.0
 
 
 _DEFAULT_RULES = VenueRules()
 _VENUE_RULES: dict[str, VenueRules] = {
     "bybit": VenueRules(isolated_mm_on_entry=True),
-    "okx": VenueRules(tier_deduction=False),
+    "okx": VenueRules(tier_deduction=False, liquidation_fee=0.0005),
+    "gate": VenueRules(liquidation_fee=0.0005),
+    "gateio": VenueRules(liquidation_fee=0.0005),
     "hyperliquid": VenueRules(equality_liquidates=False),
     "dydx": VenueRules(equality_liquidates=False),
     "deribit": VenueRules(equality_liquidates=False),
