@@ -68,6 +68,17 @@ async def binance_fake() -> AsyncIterator[binance.FakeBinanceUsdm]:
         yield fake
 
 
+@pytest.fixture
+def multi_assets(
+    binance_fake: binance.FakeBinanceUsdm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """The config of a Binance multi-assets account holding 0.1 BTC (mark 61,250)."""
+    binance_fake.account.assets["BTC"] = 0.1
+    binance_fake.account.marks["BTCUSDT"] = 61_250.0
+    set_keys(monkeypatch, "main", binance.API_KEY, binance.SECRET)
+    return write_config(tmp_path / "live.toml", "main", binance_fake)
+
+
 class TestSnapshotCommand:
     async def test_writes_a_snapshot_the_report_reads(
         self,
@@ -151,18 +162,11 @@ class TestCheckAccount:
         assert "read-only" in await check_account(account)
 
     async def test_multi_assets_collateral_is_priced_as_run_prices_it(
-        self,
-        binance_fake: binance.FakeBinanceUsdm,
-        tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str],
+        self, multi_assets: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
         """Test that `check` prices BTC collateral by BTC/USDT:USDT (no spot market), as
         `snapshot` and `run` do (issue 19: one collateral-pricing rule for all three)."""
-        binance_fake.account.assets["BTC"] = 0.1
-        binance_fake.account.marks["BTCUSDT"] = 61_250.0
-        config = write_config(tmp_path / "live.toml", "main", binance_fake)
-        set_keys(monkeypatch, "main", binance.API_KEY, binance.SECRET)
+        config, tmp_path = multi_assets, multi_assets.parent
         code = await asyncio.to_thread(main, ["check", "--config", str(config)])
         out = capsys.readouterr().out
         assert code == 0, out
