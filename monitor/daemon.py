@@ -47,7 +47,7 @@ import structlog
 from monitor import logs, margin, stress
 from monitor.errors import UserError
 from monitor.ledger import Ledger
-from monitor.model import BalanceUpdate, Event, MarginReport, PositionsUpdate, PriceTick, SourceDown
+from monitor.model import AccountUpdate, Event, MarginReport, PriceTick, SourceDown
 from monitor.rules import Level, level_rank, ratio_level, shock_fraction
 from monitor.sdnotify import Notifier, ProgressProbe, watchdog_interval, watchdog_loop
 from monitor.settings import AccountSettings, AlertsSettings, Settings, load_settings
@@ -262,8 +262,9 @@ class AccountLoop:
         on_event = self._on_event
         while True:
             try:
+                sent = self.clock()  # the read's values are at least this new
                 snapshot = await self.source.fetch_snapshot()
-                if self._rebuild(initial_state(snapshot, self.clock())):
+                if self._rebuild(initial_state(snapshot, sent)):
                     await self._report_now()
                 attempt = 0
                 async for event in self.source.events():
@@ -279,7 +280,7 @@ class AccountLoop:
                         if (
                             ledger is not None
                             and event.account == self.account
-                            and ledger.tick(event.symbol, event.mark_price)
+                            and ledger.tick(event.symbol, event.mark_price, event.ts)
                             and self._changed()
                         ):
                             await self._report_now()
@@ -302,19 +303,23 @@ class AccountLoop:
             await asyncio.sleep(random.uniform(0, 1.5 ** min(10, attempt)))  # noqa: S311
 
     def _fold(self, event: Event) -> bool:
-        """A full read of positions or balances: fold it in, rebuild the ledger on a change.
+        """A whole read (positions, balances, their marks): fold it in at once, rebuild the
+        ledger on a change. Never half of it: a report between a read's positions and its
+        balance showed a ratio the venue never had (issue 11).
 
         True when the sinks must hear of it now (see `_changed`).
         """
         state = self.state
-        if state is None or not isinstance(event, PositionsUpdate | BalanceUpdate):
+        if state is None or not isinstance(event, AccountUpdate):
             return False
         if self.ledger is not None:
-            # the update replaces one kind wholesale; the other keeps the latest marks
-            state = replace(state, snapshot=self.ledger.snapshot())
+            # the latest ticks, with their times: newer marks than the read's are kept
+            state = replace(state, snapshot=self.ledger.snapshot(), marks=self.ledger.marks())
         state, changed = apply(state, event)
         if not changed:
             self.state = state
+            if self.ledger is not None:
+                self.ledger.hold(state.marks)
             return False
         return self._rebuild(state)
 
@@ -322,7 +327,7 @@ class AccountLoop:
         """A new base after a full read: the ledger starts over from it (no drift)."""
         self.state = state
         try:
-            self.ledger = Ledger(state.snapshot)
+            self.ledger = Ledger(state.snapshot, state.marks)
         except Exception as exc:  # a core bug on odd data must not stop the monitor
             self.ledger = None
             log.error("recompute failed", account=self.account, error=_one_line(exc))

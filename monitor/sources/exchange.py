@@ -42,11 +42,10 @@ from monitor import margin
 from monitor.errors import UserError
 from monitor.model import (
     AccountSnapshot,
-    BalanceUpdate,
+    AccountUpdate,
     Collateral,
     Event,
     Position,
-    PositionsUpdate,
     PriceTick,
     SourceDown,
     SourceStale,
@@ -63,6 +62,7 @@ from monitor.sources.normalize import (
     mark_from_ticker,
     positions_from_ccxt,
     tiers_from_ccxt,
+    torn_read,
     unpriced_assets,
     venue_figures,
 )
@@ -82,6 +82,9 @@ log = structlog.get_logger("monitor.sources.exchange")
 #: Settlement currency of the account's report where it is not USDT.
 _VENUE_CURRENCY = {"hyperliquid": "USDC", "dydx": "USDC"}
 _TIERS_IN_CONTRACTS = frozenset({"okx", "mexc"})
+#: Re-reads of a read whose positions and balance answers saw different books (a fill
+#: between them) before the reconciliation fails and backs off (normalize.torn_read).
+_TORN_RETRIES = 2
 
 
 class _Secret(Protocol):
@@ -232,6 +235,17 @@ def _one_line(exc: BaseException, limit: int = 240) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def _venue_time(ticker: object, received: float) -> float:
+    """When the venue says the price was true (ccxt `timestamp`, ms), else when it arrived.
+
+    Never later than its arrival: a venue clock running ahead must not make one price
+    outrank every later one (docs/account-view.md)."""
+    stamp = ticker.get("timestamp") if isinstance(ticker, Mapping) else None
+    if isinstance(stamp, int | float) and math.isfinite(stamp) and stamp > 0:
+        return min(float(stamp) / 1000.0, received)
+    return received
+
+
 _AUTH_ERRORS = (ccxt_errors.AuthenticationError,)  # includes PermissionDenied, AccountSuspended
 
 
@@ -276,6 +290,7 @@ class ExchangeSource:
         self.positions: tuple[Position, ...] = ()
         self.collateral: tuple[Collateral, ...] = ()
         self.marks: dict[str, float] = {}
+        self._mark_at: dict[str, float] = {}  # symbol -> time of `marks[symbol]`
         self.tiers: dict[str, tuple[Tier, ...]] = {}
         self.figures: VenueFigures | None = None
         self.venue_check: VenueCheck | None = None
@@ -487,15 +502,25 @@ class ExchangeSource:
     ) -> tuple[tuple[Position, ...], tuple[Collateral, ...], VenueFigures | None]:
         """fetch_positions + fetch_balance, normalised; raises on any bad payload."""
         exchange = self.exchange
-        # Read together (less skew between the two), but never leave a failed half's
-        # sibling un-awaited: its own error would surface later as "never retrieved".
-        results: tuple[Any, ...] = await asyncio.gather(
-            exchange.fetch_positions(), exchange.fetch_balance(), return_exceptions=True
-        )
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-        raw_positions, raw_balance = results
+        for attempt in range(_TORN_RETRIES + 1):
+            # Read together (less skew between the two), but never leave a failed half's
+            # sibling un-awaited: its own error would surface later as "never retrieved".
+            results: tuple[Any, ...] = await asyncio.gather(
+                exchange.fetch_positions(), exchange.fetch_balance(), return_exceptions=True
+            )
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+            raw_positions, raw_balance = results
+            if not torn_read(self.venue, raw_positions, raw_balance):
+                break
+            # a fill landed between the two answers: that pair is no state the venue had
+            log.info("torn_read", account=self.name, attempt=attempt + 1)
+        else:
+            raise ccxt_errors.BadResponse(
+                f"{self.venue}: positions and balance disagreed on {_TORN_RETRIES + 1} reads "
+                "in a row (fills between the two requests); reading again later"
+            )
         symbols = sorted({str(r.get("symbol")) for r in raw_positions or []
                           if isinstance(r, dict) and r.get("symbol")})
         await self._ensure_tiers(symbols)
@@ -534,9 +559,8 @@ class ExchangeSource:
             symbol = self._price_symbol(asset)
             if symbol is None:
                 continue  # collateral_from_ccxt rejects it with the reason
-            mark = self._mark_of(symbol, await self._fetch_price(symbol))
-            if mark is not None:
-                self.marks[symbol] = mark
+            ticker = await self._fetch_price(symbol)
+            if self._hold_mark(symbol, ticker) is not None:
                 self._collateral_symbols.add(symbol)
 
     async def _fetch_price(self, symbol: str) -> object:
@@ -564,25 +588,46 @@ class ExchangeSource:
         missing = {str(r["symbol"]) for r in rows if isinstance(r, dict) and r.get("symbol")
                    and r.get("markPrice") is None and r["symbol"] not in self.marks}
         for symbol in sorted(missing):
-            mark = self._mark_of(symbol, await self._fetch_price(symbol))
-            if mark is not None:
-                self.marks[symbol] = mark
+            self._hold_mark(symbol, await self._fetch_price(symbol))
+
+    def _hold_mark(self, symbol: str, ticker: object) -> tuple[float, float] | None:
+        """The price of a ticker and its time (venue timestamp, else now), kept as the
+        symbol's mark unless a newer one is held; None when it has no usable price."""
+        mark = self._mark_of(symbol, ticker)
+        if mark is None:
+            return None
+        at = _venue_time(ticker, self._clock())
+        if at >= self._mark_at.get(symbol, -math.inf):
+            self.marks[symbol] = mark
+            self._mark_at[symbol] = at
+        return mark, at
 
     async def _reconcile(self) -> None:
+        """One REST read, emitted as ONE `AccountUpdate` stamped with the time it was sent:
+        positions, balances and their marks reach the daemon together (issue 11), and a
+        mark streamed while the read was in flight stays newer than the read's."""
+        sent = self._clock()
         positions, collateral, figures = await self._read_account()
-        ts = self._clock()
         now = self._monotonic()
         self.positions, self.collateral = positions, collateral
         for p in positions:
-            self.marks.setdefault(p.symbol, p.mark_price)
-        self._emit(PositionsUpdate(self.name, positions, ts))
-        self._emit(BalanceUpdate(self.name, collateral, ts))
+            if self._mark_at.get(p.symbol, -math.inf) <= sent:
+                self.marks[p.symbol] = p.mark_price
+                self._mark_at[p.symbol] = sent
+        # the prices this read valued things at: its own position marks, and the marks
+        # its collateral was priced with
+        priced = {s: self.marks[s] for s in self._collateral_symbols if s in self.marks}
+        priced.update((p.symbol, p.mark_price) for p in positions)
+        marks = tuple(sorted(priced.items()))
+        used = {p.symbol for p in positions} | self._collateral_symbols
+        venue_ratio = figures.margin_ratio if figures is not None else None
+        self._emit(AccountUpdate(self.name, positions, collateral, sent, marks, venue_ratio))
         for kind in ("positions", "balance"):
             self._fresh(kind, now)
         self.figures = figures
         if figures is not None:
-            self._record_check(figures, self._snapshot(positions, collateral), ts)
-        self._sync_price_streams({p.symbol for p in positions} | self._collateral_symbols)
+            self._record_check(figures, self._snapshot(positions, collateral), sent)
+        self._sync_price_streams(used)
 
     def _record_check(self, figures: VenueFigures, snapshot: AccountSnapshot, ts: float) -> None:
         ours = margin.report(snapshot)
@@ -698,16 +743,18 @@ class ExchangeSource:
                 self._on_mark(symbol, ticker)
 
     def _on_mark(self, symbol: str, ticker: object) -> None:
-        mark = self._mark_of(symbol, ticker)
-        if mark is None:
+        held = self._hold_mark(symbol, ticker)
+        if held is None:
             log.warning("bad_mark", account=self.name, symbol=symbol,
                         reason="ticker without a positive markPrice")
             return
+        mark, at = held
         now = self._monotonic()
-        self.marks[symbol] = mark
         if symbol in self._last_tick:
             self._last_tick[symbol] = now
-        self._emit(PriceTick(self.name, symbol, mark, self._clock()))
+        # the daemon applies the ordering rule too (state.apply, Ledger.tick): it holds
+        # marks from reads this source's cache never saw (the first snapshot)
+        self._emit(PriceTick(self.name, symbol, mark, at))
         # The prices clock is as old as the least recently priced symbol.
         if self._last_tick and "prices" in self._freshness.last:
             self._freshness.last["prices"] = min(self._last_tick.values())
@@ -785,8 +832,14 @@ class ExchangeSource:
 
 async def _trade_permission(exchange: Any, venue: str, balance: Mapping[str, Any]) -> str:
     """What the venue says about the key's rights, in words."""
+    if venue == "binanceusdm":
+        # v3 account answers no longer carry canTrade; Futures Account Configuration does
+        # (GET /fapi/v1/accountConfig, USDⓈ-M docs)
+        config = await exchange.fapiPrivateGetAccountConfig()
+        if isinstance(config, Mapping) and "canTrade" in config:
+            return "can trade" if config["canTrade"] else "read-only (canTrade is false)"
     info = balance.get("info")
-    if venue in {"binanceusdm", "binance"} and isinstance(info, Mapping) and "canTrade" in info:
+    if venue == "binance" and isinstance(info, Mapping) and "canTrade" in info:
         return "can trade" if info["canTrade"] else "read-only (canTrade is false)"
     if venue == "bybit":
         answer = await exchange.privateGetV5UserQueryApi()

@@ -34,6 +34,7 @@ __all__ = [
     "mark_from_ticker",
     "positions_from_ccxt",
     "tiers_from_ccxt",
+    "torn_read",
     "unpriced_assets",
     "venue_figures",
 ]
@@ -617,6 +618,38 @@ def venue_figures(venue: str, balance: object) -> VenueFigures | None:
     except (KeyError, IndexError, TypeError, MalformedPayload):
         return None
     return None
+
+
+def torn_read(venue: str, positions: object, balance: object) -> bool:
+    """True when a positions answer and a balance answer of one read saw different books.
+
+    The two are separate requests; a fill landing between them pairs new positions with the
+    old wallet (or the reverse): a state the venue never had (issue 11). Binance's
+    `GET /fapi/v3/account` lists every open position's `positionAmt` too (Account
+    Information V3, USDⓈ-M docs), so the two answers must agree on them. Venues whose
+    balance answer names no positions cannot be checked here (False).
+    """
+    if venue not in {"binanceusdm", "binance"} or not isinstance(balance, Mapping):
+        return False
+    info = balance.get("info")
+    if not isinstance(info, Mapping) or not isinstance(info.get("positions"), list):
+        return False
+    try:
+        in_balance = {
+            (str(r["symbol"]), str(r.get("positionSide", "BOTH"))): float(r["positionAmt"])
+            for r in info["positions"]
+            if isinstance(r, Mapping) and float(r.get("positionAmt") or 0.0) != 0.0
+        }
+        in_positions = {
+            (str(r["info"]["symbol"]), str(r["info"].get("positionSide", "BOTH"))):
+                float(r["info"]["positionAmt"])
+            for r in (positions if isinstance(positions, list) else [])
+            if isinstance(r, Mapping) and isinstance(r.get("info"), Mapping)
+            and float(r["info"].get("positionAmt") or 0.0) != 0.0
+        }
+    except (KeyError, TypeError, ValueError):
+        return False  # the normalisers name a malformed field; this check only compares
+    return in_balance != in_positions
 
 
 # --- prices ---------------------------------------------------------------------------------

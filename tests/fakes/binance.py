@@ -122,6 +122,7 @@ class FakeBinanceUsdm(FakeVenue):
             ("GET", "/fapi/v1/leverageBracket"): self.private(self.leverage_bracket),
             ("GET", "/fapi/v3/positionRisk"): self.private(self.position_risk),
             ("GET", "/fapi/v3/account"): self.private(self.account_info),
+            ("GET", "/fapi/v1/accountConfig"): self.private(self.account_config),
             ("GET", "/fapi/v1/premiumIndex"): self.premium_index,
             ("POST", "/fapi/v1/listenKey"): self.private(self.new_listen_key),
             ("PUT", "/fapi/v1/listenKey"): self.private(self.new_listen_key),
@@ -233,6 +234,8 @@ class FakeBinanceUsdm(FakeVenue):
         return json_response(self.position_rows())
 
     async def account_info(self, request: web.Request) -> web.Response:
+        """Account Information V3 (USDⓈ-M docs, GET /fapi/v3/account): totals, assets and
+        every open position's amount and margins; no `canTrade` (that is accountConfig's)."""
         t = self.account.totals()
         wallet = self.account.wallet
         available = t["margin_balance"] - t["im"]
@@ -280,9 +283,39 @@ class FakeBinanceUsdm(FakeVenue):
                 "totalCrossUnPnl": repr(t["upnl"]),
                 "availableBalance": repr(available),
                 "maxWithdrawAmount": repr(available),
-                "canTrade": self.account.can_trade,
                 "assets": [asset, idle, *extra],
-                "positions": [],
+                "positions": [
+                    {
+                        "symbol": pos.symbol,
+                        "positionSide": pos.side,
+                        "positionAmt": repr(pos.amount),
+                        "unrealizedProfit": repr(f["upnl"]),
+                        "isolatedMargin": "0",
+                        "notional": repr(f["notional"]),
+                        "isolatedWallet": "0",
+                        "initialMargin": repr(f["im"]),
+                        "maintMargin": repr(f["mm"]),
+                        "updateTime": self.now_ms(),
+                    }
+                    for pos in self.account.positions.values()
+                    for f in (self.account.figures(pos),)
+                ],
+            }
+        )
+
+    async def account_config(self, request: web.Request) -> web.Response:
+        """Futures Account Configuration (USDⓈ-M docs, GET /fapi/v1/accountConfig): where
+        the v3 API states whether the key's account can trade."""
+        return json_response(
+            {
+                "feeTier": 0,
+                "canTrade": self.account.can_trade,
+                "canDeposit": True,
+                "canWithdraw": True,
+                "dualSidePosition": any(side != "BOTH" for _, side in self.account.positions),
+                "updateTime": 0,
+                "multiAssetsMargin": bool(self.account.assets),
+                "tradeGroupId": -1,
             }
         )
 
