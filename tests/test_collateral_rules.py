@@ -22,7 +22,9 @@ from monitor.sources.collateral_rules import (
     rules_to_dict,
 )
 from monitor.sources.exchange import ExchangeSource
+from tests.fakes import bybit
 from tests.fakes.account import EventTap, account_for
+from tests.fakes.base import FakeVenue
 from tests.fakes.binance import API_KEY, SECRET, BinanceAccount, BinancePosition, FakeBinanceUsdm
 
 BTC = "BTC/USDT:USDT"
@@ -95,22 +97,34 @@ class TestApplyRules:
 
 
 @contextlib.asynccontextmanager
+async def watching(
+    fake: FakeVenue, key: str, secret: str, state_dir: Path | None = None
+) -> AsyncIterator[tuple[ExchangeSource, EventTap]]:
+    """A source on a running fake venue, after its first full read."""
+    settings = account_for(fake, key, secret, poll_interval=0.2, stale_after=5.0)
+    source = ExchangeSource(settings, backoff_cap=0.2, reconcile_every=0.5, debounce=0.02,
+                            state_dir=state_dir)
+    tap = EventTap(source.events())
+    try:
+        await tap.wait_for(lambda e: isinstance(e, BalanceUpdate))
+        yield source, tap
+    finally:
+        await tap.stop()
+        await source.close()
+
+
+@contextlib.asynccontextmanager
 async def running(
     account: BinanceAccount, state_dir: Path | None = None, fake: FakeBinanceUsdm | None = None
 ) -> AsyncIterator[tuple[FakeBinanceUsdm, ExchangeSource, EventTap]]:
-    """A fake venue holding `account`, a source on it, and its first full read."""
-    venue = fake or FakeBinanceUsdm(account)
+    """A fake Binance holding `account` (or `fake`, already running) and a source on it."""
     async with contextlib.AsyncExitStack() as stack:
         if fake is None:
-            await stack.enter_async_context(venue)
-        settings = account_for(venue, API_KEY, SECRET, poll_interval=0.2, stale_after=5.0)
-        source = ExchangeSource(settings, backoff_cap=0.2, reconcile_every=0.5, debounce=0.02,
-                                state_dir=state_dir)
-        stack.push_async_callback(source.close)
-        tap = EventTap(source.events())
-        stack.push_async_callback(tap.stop)
-        await tap.wait_for(lambda e: isinstance(e, BalanceUpdate))
-        yield venue, source, tap
+            fake = FakeBinanceUsdm(account)
+            await stack.enter_async_context(fake)
+        source, tap = await stack.enter_async_context(
+            watching(fake, API_KEY, SECRET, state_dir))
+        yield fake, source, tap
 
 
 def example_m1() -> BinanceAccount:
@@ -240,6 +254,55 @@ class TestBinanceMultiAssets:
             assert {c.asset for c in source.collateral} == {"USDT"}
             assert fake.count("/fapi/v1/assetIndex") == 0
             assert ours(source) == pytest.approx(fake.account.venue_margin_ratio(), rel=REL)
+
+
+def uta_btc_eth() -> bybit.BybitAccount:
+    """Bybit UTA cross: 10,000 USDT + 1.5 BTC (ratio 0.95 up to 1 BTC, 0.9 beyond) + 10 ETH
+    (0.9), long 4 BTCUSDT @ 60,000; coin prices follow their USDT marks."""
+    account = bybit.BybitAccount(
+        wallet=10_000.0,
+        coins={"BTC": (1.5, None, True), "ETH": (10.0, None, True), "DOGE": (5_000.0, 0.1, False)},
+        collateral_tiers={"USDT": [(None, 1.0)], "BTC": [(1.0, 0.95), (None, 0.9)],
+                          "ETH": [(None, 0.9)], "DOGE": [(None, 0.8)]},
+    )
+    account.positions[("BTCUSDT", 0)] = bybit.BybitPosition("BTCUSDT", "Buy", 4.0, 60_000.0)
+    return account
+
+
+class TestBybitUta:
+    async def test_tiered_ratios_match_account_mm_rate_across_a_fall(self) -> None:
+        """Test that with BTC and ETH collateral our ratio equals accountMMRate within 0.01 %
+        before and after BTC −20 % (USDT equity turns negative: no ratio applies to it)."""
+        async with (
+            bybit.FakeBybit(uta_btc_eth()) as fake,
+            watching(fake, bybit.API_KEY, bybit.SECRET) as (source, tap),
+        ):
+            assert source.collateral_rules.mode == "multi_assets"
+            btc = next(c for c in source.collateral if c.asset == "BTC")
+            assert [(t.up_to, t.ratio) for t in btc.haircut_tiers] == [(1.0, 0.95),
+                                                                       (math.inf, 0.9)]
+            assert "DOGE" not in {c.asset for c in source.collateral}  # switched off
+            venue = fake.account.totals()["mm_rate"]
+            assert ours(source) == pytest.approx(venue, rel=REL)
+            # 10,000 + (0.95 + 0.5 × 0.9) × 60,000 + 10 × 0.9 × 3,000 = 121,000 USD
+            assert margin.report(source.snapshot()).margin_balance == pytest.approx(121_000.0)
+
+            await fake.wait_for_client("/v5/public", "tickers.BTCUSDT")
+            seen = len(tap.seen)
+            await fake.push_mark("BTCUSDT", 48_000.0)
+            await tap.wait_for(
+                lambda e: isinstance(e, PriceTick) and e.mark_price == 48_000.0, after=seen
+            )
+            assert fake.account.wallet + fake.account.totals()["upnl"] < 0
+            after = ours(source)
+            assert after == pytest.approx(fake.account.totals()["mm_rate"], rel=REL)
+            assert after > 1.5 * venue
+            seen = len(tap.seen)
+            await tap.wait_for(lambda e: isinstance(e, BalanceUpdate), after=seen)
+            check = source.venue_check
+            assert check is not None
+            assert check.relative_drift is not None
+            assert abs(check.relative_drift) < REL
 
 
 class TestReaderSchedule:

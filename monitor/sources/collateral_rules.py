@@ -18,6 +18,15 @@ engine already values haircuts (`Collateral.haircut`, `liability_markup`, banded
   ratio is the venue's own. In Single-Asset Mode only stablecoin margin assets (USDT, USDC,
   …) back contracts, so a BTC balance is not margin at all and is dropped.
 
+- **Bybit UTA.** `GET /v5/account/info` (`privateGetV5AccountInfo`) `marginMode`:
+  REGULAR_MARGIN (cross) or ISOLATED_MARGIN value collateral by ratio, PORTFOLIO_MARGIN is
+  portfolio margin. `GET /v5/spot-margin-trade/collateral` (`publicGetV5SpotMarginTradeCollateral`,
+  docs v5/spot-margin-uta/tier-collateral-ratio) publishes each coin's tiered collateral
+  ratios in coin units ("" = infinity), applied marginally to a positive balance; a negative
+  balance counts in full (Help "Assets-Collateral-Value-Ratio-List-UTA", margin-math §2.2).
+  `GET /v5/account/collateral-info` (`privateGetV5AccountCollateralInfo`) says per coin
+  whether the platform (`marginCollateral`) and the user (`collateralSwitch`) let it count.
+
 Rules change rarely: they are re-read every `every` seconds (default an hour) and kept in
 `<state_dir>/collateral/<account>.json`, so a restart values the account at once from the
 last read. A failed read keeps the last rules (or the cached ones) and says so in the log;
@@ -165,8 +174,49 @@ async def _binance(exchange: Any, now: float) -> CollateralRules:
     return CollateralRules(exchange.id, "multi_assets", assets, now)
 
 
+def _bybit_result(answer: object, where: str) -> Mapping[str, Any]:
+    result = answer.get("result") if isinstance(answer, Mapping) else None
+    if not isinstance(result, Mapping):
+        raise MalformedPayload(f"{where}: field 'result' is missing")
+    return result
+
+
+def _bybit_bands(row: Mapping[str, Any], where: str) -> tuple[CollateralTier, ...]:
+    bands = []
+    for band in _rows(row.get("collateralRatioList"), where):
+        cap = band.get("maxQty")
+        bands.append(CollateralTier(
+            math.inf if cap in ("", None) else _fraction(band, "maxQty", where),
+            min(_fraction(band, "collateralRatio", where), 1.0),
+        ))
+    return tuple(sorted(bands, key=lambda b: b.up_to))
+
+
+async def _bybit(exchange: Any, now: float) -> CollateralRules:
+    """UTA margin mode, per-coin switches and tiered collateral ratios (module docstring)."""
+    info = _bybit_result(await exchange.privateGetV5AccountInfo(), "bybit account info")
+    if info.get("marginMode") == "PORTFOLIO_MARGIN":
+        return CollateralRules(exchange.id, "portfolio", {}, now)
+    switches: dict[str, bool] = {}
+    answer = await exchange.privateGetV5AccountCollateralInfo()
+    for row in _rows(_bybit_result(answer, "bybit collateral-info").get("list"),
+                     "bybit collateral-info"):
+        on = all(row.get(k) in (True, "true") for k in ("marginCollateral", "collateralSwitch"))
+        switches[str(row.get("currency"))] = on
+    assets: dict[str, AssetRule] = {}
+    answer = await exchange.publicGetV5SpotMarginTradeCollateral()
+    for row in _rows(_bybit_result(answer, "bybit collateral").get("list"), "bybit collateral"):
+        coin = str(row.get("currency"))
+        assets[coin] = AssetRule(coin, haircut_tiers=_bybit_bands(row, f"bybit collateral {coin}"),
+                                 collateral=switches.get(coin, True))
+    for coin, on in switches.items():
+        if coin not in assets:
+            assets[coin] = AssetRule(coin, collateral=on)
+    return CollateralRules(exchange.id, "multi_assets", assets, now)
+
+
 Reader = Callable[[Any, float], Awaitable[CollateralRules]]
-_READERS: dict[str, Reader] = {"binanceusdm": _binance}
+_READERS: dict[str, Reader] = {"binanceusdm": _binance, "bybit": _bybit}
 
 
 # --- the cache file -----------------------------------------------------------------------
