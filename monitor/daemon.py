@@ -469,8 +469,13 @@ def _log_level(account: str, level: str, previous: str, report: MarginReport) ->
 # --- wiring ----------------------------------------------------------------------------------
 
 
-def open_source(account: AccountSettings, replay: Sequence[ReplayStep] | None = None) -> Source:
-    """The source of one configured account (the sim, or a live ccxt account)."""
+def open_source(
+    account: AccountSettings,
+    replay: Sequence[ReplayStep] | None = None,
+    state_dir: Path | None = None,
+) -> Source:
+    """The source of one configured account (the sim, or a live ccxt account); `state_dir`
+    keeps the venue's collateral rules across restarts (issue 12)."""
     if account.is_sim:
         return SimVenue(account.name, account.sim, replay=replay)
     try:
@@ -479,7 +484,7 @@ def open_source(account: AccountSettings, replay: Sequence[ReplayStep] | None = 
         raise UserError(
             f"accounts.{account.name}: live exchanges are not available in this build ({exc})"
         ) from None
-    source: Source = ExchangeSource(account)
+    source: Source = ExchangeSource(account, state_dir=state_dir)
     return source
 
 
@@ -555,9 +560,10 @@ async def run_daemon(
     ones stop, changed ones restart; everything else keeps running.
     """
     if sources is None:
-        sources = [open_source(a, replay) for a in accounts]
+        sources = [open_source(a, replay, settings.state_dir) for a in accounts]
     if finite is None:
         finite = replay is not None
+    state_dir = settings.state_dir
     # one shock budget for every account of the process (monitor/shock_schedule.py)
     shocks = ShockSolver(
         ShockScheduler(settings.shock_interval, settings.alerts.to_config(),
@@ -614,7 +620,8 @@ async def run_daemon(
             if reload is not None:
                 tg.create_task(
                     _reload_on_hup(hup, reload, configured, loops, running, probes, launch,
-                                   lambda a: AccountLoop(open_source(a), sinks, settings.alerts,
+                                   lambda a: AccountLoop(open_source(a, None, state_dir),
+                                                         sinks, settings.alerts,
                                                          settings.shock_interval, clock=clock,
                                                          shocks=shocks,
                                                          urgent_ratios=_action_ratios(
@@ -819,7 +826,7 @@ def run_command(args: argparse.Namespace) -> int:
     if not accounts:
         log.warning("no account in this shard; nothing to run", shard=args.shard)
         return 0
-    sources = [open_source(a, replay) for a in accounts]
+    sources = [open_source(a, replay, settings.state_dir) for a in accounts]
     sinks = build_sinks(settings, tui, {s.account: s for s in sources})
 
     def reload_accounts() -> list[AccountSettings]:

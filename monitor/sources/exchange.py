@@ -32,6 +32,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import ccxt.pro as ccxtpro
@@ -55,6 +56,7 @@ from monitor.model import (
 from monitor.settings import ccxt_credentials, load_settings
 from monitor.snapshot import snapshot_to_dict
 from monitor.sources.backoff import Backoff, Freshness, FreshnessChange, Throttle
+from monitor.sources.collateral_rules import CollateralRulesReader
 from monitor.sources.normalize import (
     MalformedPayload,
     VenueFigures,
@@ -266,6 +268,8 @@ class ExchangeSource:
         tiers_every: float = 3600.0,
         backoff_cap: float = 30.0,
         currency: str | None = None,
+        state_dir: Path | None = None,
+        collateral_rules_every: float = 3600.0,
     ) -> None:
         self.settings = settings
         self.name = settings.name
@@ -307,6 +311,10 @@ class ExchangeSource:
         self._drifting = False
         self._collateral_symbols: set[str] = set()
         self._closed = False
+        # Venue haircuts for cross-collateral (issue 12), cached in the state directory.
+        self.collateral_rules = CollateralRulesReader(
+            self.name, self.venue, state_dir, every=collateral_rules_every, clock=clock
+        )
 
     # --- public surface (monitor.sources.base.Source) ---------------------------------------
 
@@ -537,7 +545,10 @@ class ExchangeSource:
         collateral (Binance multi-assets BTC, say) is priced by its market, the linear
         perpetual else spot (`_price_symbol`), and keeps streaming once priced."""
         await self._price_collateral(balance)
-        return collateral_from_ccxt(self.venue, balance, self.currency, self._asset_prices())
+        collateral = collateral_from_ccxt(self.venue, balance, self.currency, self._asset_prices())
+        # The venue's own collateral rules (haircuts, Multi-Assets / UTA switches, issue 12).
+        await self.collateral_rules.refresh(self.exchange)
+        return self.collateral_rules.apply(collateral, self.currency)
 
     def _asset_prices(self) -> dict[str, float]:
         """Asset -> price in the report currency, from the marks of `ASSET/<currency>` pairs."""
