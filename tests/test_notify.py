@@ -259,7 +259,7 @@ class TestDelivery:
         assert again is not None
         late = again.split("; ")[0].split(", ")[2].split("token=")[1]
         reply = pipeline.handle_command(decode_token(late), now=100.0 + 3601)
-        assert reply == {"ok": False, "request_id": "", "error": "token expired"}
+        assert reply == {"ok": False, "request_id": "e.2:ack", "error": "token expired"}
 
     async def test_json_and_burst_merge(self, tmp_path: Path) -> None:
         """Test that a burst is merged into few sends and no alert is dropped."""
