@@ -175,6 +175,18 @@ class TestRender:
         assert body.index("EMERGENCY main") < body.index("CRITICAL alt") < body.index("WARNING")
 
 
+    def test_news_still_true_leads(self) -> None:
+        """Test that open alerts lead and an episode resolved in the same batch follows it."""
+        title, body = render([
+            message(id="e.1"),
+            message(id="e.2", kind="resolved", level="ok", value=0.3, at=610.0),
+            message(id="c", account="alt", fingerprint="alt/margin_ratio", level="critical",
+                    value=0.75)])
+        assert title == "CRITICAL alt: margin ratio 75.0 % (+2 more)"
+        assert body.index("CRITICAL alt") < body.index("EMERGENCY main") < body.index(
+            "RESOLVED main")
+
+
 class TestChannel:
     """Channel settings and routing by level."""
 

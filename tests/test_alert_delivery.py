@@ -1,0 +1,195 @@
+"""Alerts on time and truthful, end to end (issue 14): a real mosquitto, a local HTTP receiver
+behind a real Apprise `json://` URL, and the alert sink built by the same factory as `run`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from structlog.testing import capture_logs
+
+from monitor import daemon
+from monitor.alert_settings import MqttSettings, NotifySettings
+from monitor.alerting import AlertPipeline
+from monitor.sinks.alerts import DRAIN_CAP, AlertsSink, build_alerts_sink
+from monitor.sinks.notify import NotifySink
+from monitor.store import Store
+from tests.mqtt_broker import Mosquitto, collecting
+from tests.test_mqtt import prefix, settings_for
+from tests.test_notify import MARGIN_ONLY, Receiver, channel, delivering, receiver, report
+
+__all__ = ["prefix"]  # the fixture, shared with test_mqtt
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def titles(rec: Receiver) -> list[str]:
+    """The titles the receiver got, in arrival order."""
+    return [json.loads(body)["title"] for _, _, body in rec.requests]
+
+
+def notify_settings(port: int, **extra: object) -> NotifySettings:
+    """One `json://` channel at the local receiver."""
+    return NotifySettings.model_validate({"channels": [
+        {"name": "phone", "url": f"json://127.0.0.1:{port}/hook", "timeout": 2, **extra}]})
+
+
+@contextlib.asynccontextmanager
+async def started(sink: AlertsSink) -> AsyncIterator[asyncio.Task[None]]:
+    """The sink's tasks in a TaskGroup, cancelled at the end the way the daemon stops."""
+
+    async def group() -> None:
+        async with asyncio.TaskGroup() as tg:
+            await sink.start(tg)
+
+    task = asyncio.create_task(group())
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+class TestPacing:
+    """A phone channel that may send once per `min_interval`."""
+
+    async def test_escalation_leaves_at_first_allowed_moment(self, tmp_path: Path) -> None:
+        """Test that an escalation queued during the pacing wait goes in the next send."""
+        async with receiver() as rec:
+            sink = NotifySink(channel(f"json://127.0.0.1:{rec.port}/hook", min_interval=1.5))
+            pipeline = AlertPipeline(Store(tmp_path / "a.db"), MARGIN_ONLY, [sink])
+            async with delivering(pipeline):
+                pipeline.on_report(report(0.55))
+                await rec.wait(1)
+                sent = time.monotonic()
+                await asyncio.sleep(0.2)
+                pipeline.on_report(report(0.75))  # waits out the pacing
+                await asyncio.sleep(0.3)
+                pipeline.on_report(report(0.9))  # fired while the channel still waits
+                fired = time.monotonic()
+                await rec.wait(2)
+                arrived = time.monotonic()
+        assert arrived - fired <= 1.5  # one pacing interval at most, not two
+        assert arrived - sent >= 1.4  # the pacing still holds
+        assert titles(rec)[1] == "EMERGENCY main: margin ratio 90.0 % (+1 more)"
+        assert len(rec.requests) == 2
+
+    async def test_resolved_news_says_so_in_the_title(self, tmp_path: Path) -> None:
+        """Test that an emergency already resolved when it leaves is titled as resolved."""
+        async with receiver() as rec:
+            sink = NotifySink(channel(f"json://127.0.0.1:{rec.port}/hook", min_interval=1.0))
+            pipeline = AlertPipeline(Store(tmp_path / "a.db"), MARGIN_ONLY, [sink])
+            async with delivering(pipeline):
+                pipeline.on_report(report(0.55), now=1000.0)
+                await rec.wait(1)
+                pipeline.on_report(report(0.9), now=1000.2)
+                pipeline.on_report(report(0.3), now=1000.4)
+                await rec.wait(2)
+        body = json.loads(rec.requests[1][2])
+        assert body["title"] == (
+            "RESOLVED main: margin ratio back to normal "
+            "(was EMERGENCY: margin ratio 90.0 %) (+1 more)"
+        )
+        assert body["message"].index("EMERGENCY main") < body["message"].index("RESOLVED main")
+
+
+class TestShutdown:
+    """Stopping with alerts still queued, as `margin-monitor run` does on SIGTERM."""
+
+    async def test_status_online_then_offline_once(self, mosquitto: Mosquitto, prefix: str,
+                                                   tmp_path: Path) -> None:
+        """Test that the status topic reads online ... offline and nothing follows offline."""
+        async with receiver() as rec, collecting(mosquitto, [f"{prefix}/#"]) as sub:
+            sink = build_alerts_sink(tmp_path, MARGIN_ONLY, settings_for(mosquitto, prefix),
+                                     notify_settings(rec.port, min_interval=1.0))
+            async with started(sink):
+                assert sink.mqtt is not None
+                async with asyncio.timeout(10):
+                    await sink.mqtt.wait_connected()
+                sink.pipeline.on_report(report(0.55, account="acct"))
+                await rec.wait(1)
+                sink.pipeline.on_report(report(0.9, account="acct"))  # queued: pacing
+                await asyncio.sleep(0.05)
+            assert sink.pipeline.store.pending("notify[phone]")  # still queued at the stop
+            await sink.close()
+            await sub.wait_for(lambda: any(m.payload == b"offline"
+                                           for m in sub.on(f"{prefix}/status")))
+            await asyncio.sleep(0.3)  # anything published after offline would arrive now
+        status = [m.payload for m in sub.on(f"{prefix}/status")]
+        assert status == [b"online", b"offline"]
+        topics = [m.topic.value for m in sub.messages]
+        assert topics[-1] == f"{prefix}/status"  # offline is the last word
+        assert f"{prefix}/acct/state" in topics
+        assert len(rec.requests) == 2  # the queued emergency went out during the drain
+
+    async def test_no_phone_alert_left_at_clean_stop(self, tmp_path: Path) -> None:
+        """Test that the drain waits out the pacing so every queued phone alert is sent."""
+        async with receiver() as rec:
+            sink = build_alerts_sink(tmp_path, MARGIN_ONLY, None,
+                                     notify_settings(rec.port, min_interval=2.5))
+            async with started(sink):
+                sink.pipeline.on_report(report(0.55))
+                await rec.wait(1)
+                sink.pipeline.on_report(report(0.75))
+                sink.pipeline.on_report(report(0.9))
+                await asyncio.sleep(0.05)
+            assert len(sink.pipeline.store.pending()) == 2
+            budget = sink.drain_budget()
+            assert 2.0 < budget <= DRAIN_CAP
+            began = time.monotonic()
+            with capture_logs() as logs:
+                await sink.close()
+            took = time.monotonic() - began
+        assert len(rec.requests) == 2
+        assert titles(rec)[1] == "EMERGENCY main: margin ratio 90.0 % (+1 more)"
+        assert took < budget
+        assert not [e for e in logs if e["event"] == "alerts.undelivered_at_shutdown"]
+
+    async def test_says_what_stays_queued(self, tmp_path: Path) -> None:
+        """Test that alerts the drain cannot deliver are named in the log and kept."""
+        async with receiver() as rec:
+            rec.status = 500
+            sink = build_alerts_sink(tmp_path, MARGIN_ONLY, None, notify_settings(rec.port))
+            async with started(sink):
+                (event,) = sink.pipeline.on_report(report(0.9))
+                await rec.wait(1)
+            with capture_logs() as logs:
+                await sink.close()
+        (left,) = [e for e in logs if e["event"] == "alerts.undelivered_at_shutdown"]
+        assert left["sinks"] == {"notify[phone]": 1}
+        assert left["ids"] == {"notify[phone]": [event.id]}
+        again = Store(tmp_path / "alerts.sqlite3")
+        assert [r.message_id for r in again.pending()] == [event.id]
+        again.close()
+
+    def test_drain_cap_fits_systemd_stop_timeout(self) -> None:
+        """Test that the drain cap plus the leftover-task grace fits TimeoutStopSec."""
+        for unit in ("margin-monitor.service", "margin-monitor@.service"):
+            text = (ROOT / "systemd" / unit).read_text()
+            match = re.search(r"^TimeoutStopSec=(\d+)s?$", text, re.MULTILINE)
+            assert match is not None, unit
+            assert float(match.group(1)) >= DRAIN_CAP + daemon.STOP_GRACE + 5.0
+
+
+class TestConnecting:
+    """The first alert after a start, while the broker session is still connecting."""
+
+    async def test_first_alert_waits_for_the_session(self, mosquitto: Mosquitto, prefix: str,
+                                                     tmp_path: Path) -> None:
+        """Test that an alert raised before the session is up arrives with no failure logged."""
+        mqtt: MqttSettings = settings_for(mosquitto, prefix)
+        async with collecting(mosquitto, [f"{prefix}/+/alert"]) as sub:
+            sink = build_alerts_sink(tmp_path, MARGIN_ONLY, mqtt, None)
+            with capture_logs() as logs:
+                (event,) = sink.pipeline.on_report(report(0.9, account="acct"))
+                async with started(sink):
+                    await sub.wait_for(lambda: len(sub.messages) == 1)
+                await sink.close()
+        assert json.loads(sub.messages[0].payload)["id"] == event.id  # type: ignore[arg-type]
+        assert not [e for e in logs if e["event"] == "alert.delivery_failed"]
