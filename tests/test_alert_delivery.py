@@ -13,11 +13,18 @@ from pathlib import Path
 
 from structlog.testing import capture_logs
 
-from monitor import daemon
+from monitor import daemon, margin
+from monitor.alert_message import AlertMessage
 from monitor.alert_settings import MqttSettings, NotifySettings
 from monitor.alerting import AlertPipeline
+from monitor.daemon import build_sinks, run_daemon
+from monitor.model import AccountSnapshot
+from monitor.settings import load_settings
+from monitor.sinks.actions import ActionsSink
 from monitor.sinks.alerts import DRAIN_CAP, AlertsSink, build_alerts_sink
 from monitor.sinks.notify import NotifySink
+from monitor.sources.sim import DEMO_BOOK, SimVenue
+from monitor.sources.sim_prices import ReplayStep
 from monitor.store import Store
 from tests.mqtt_broker import Mosquitto, collecting
 from tests.test_mqtt import prefix, settings_for
@@ -193,3 +200,88 @@ class TestConnecting:
                 await sink.close()
         assert json.loads(sub.messages[0].payload)["id"] == event.id  # type: ignore[arg-type]
         assert not [e for e in logs if e["event"] == "alert.delivery_failed"]
+
+
+class TestActionState:
+    """The `action` every alert carries, in the demo sell-off with actions in dry run."""
+
+    async def test_each_alert_tells_the_action_state_of_its_moment(
+        self, mosquitto: Mosquitto, prefix: str, tmp_path: Path
+    ) -> None:
+        """Test that escalations carry the dry-run plan and resolves no stale 'would reduce'."""
+        settings = load_settings(
+            None, state_dir=tmp_path,
+            accounts=[{"name": "demo", "exchange": "sim", "sim": {"speed": 20}}],
+            actions={"simulated": False},  # the sim account runs dry, like a live default
+            mqtt={"host": mosquitto.host, "port": mosquitto.port, "prefix": prefix,
+                  "timeout": 2.0},
+        )  # fmt: skip
+        sources = {a.name: SimVenue(a.name, a.sim) for a in settings.accounts}
+        sinks = build_sinks(settings, tui=False, sources=sources)
+        async with collecting(mosquitto, [f"{prefix}/demo/alert"]) as sub:
+            await asyncio.wait_for(
+                run_daemon(settings, settings.accounts, sinks, sources=list(sources.values()),
+                           duration=4.5, handle_signals=False),
+                30,
+            )
+            await sub.wait_for(lambda: any(json.loads(m.payload)["kind"] == "resolved"  # type: ignore[arg-type]
+                                           and json.loads(m.payload)["rule"] == "margin_ratio"  # type: ignore[arg-type]
+                                           for m in sub.messages))
+            alerts = [json.loads(m.payload) for m in sub.messages]  # type: ignore[arg-type]
+        action_ratio = 0.70  # actions.action_level "critical" of the default ladder
+        assert alerts
+        for a in alerts:
+            assert a["action"] is not None  # configured (dry run) is never "not configured"
+            assert "(dry run)" in a["action"]
+            if a["kind"] == "resolved":
+                assert "would reduce" not in a["action"]
+            if a["margin_ratio"] >= action_ratio and a["kind"] != "resolved":
+                assert a["action"].startswith(("would reduce (dry run): sell ",
+                                               "episode open (dry run): step 1 would have"))
+            if a["margin_ratio"] < action_ratio and a["kind"] == "firing":
+                assert a["action"].startswith("none needed (dry run)")
+        assert any(a["margin_ratio"] >= action_ratio for a in alerts)
+
+    async def test_escalation_plan_and_resolve_state(self, tmp_path: Path) -> None:
+        """Test that the escalation carries the dry-run plan and the resolve the state after."""
+        settings = load_settings(
+            None, state_dir=tmp_path,
+            accounts=[{"name": "demo", "exchange": "sim"}],
+            actions={"simulated": False},
+            mqtt={"host": "127.0.0.1", "port": 9, "timeout": 1.0},  # queues; never started
+        )  # fmt: skip
+        crash = [ReplayStep(0.0, tuple((m.symbol, m.price0 * 0.856**m.beta)
+                                       for m in DEMO_BOOK.markets))]  # fmt: skip
+        venue = SimVenue("demo", settings.accounts[0].sim, replay=crash)
+        calm = SimVenue("demo").snapshot()
+        sinks = build_sinks(settings, tui=False, sources={"demo": venue})
+        alerts = next(s for s in sinks if isinstance(s, AlertsSink))
+        actions = next(s for s in sinks if isinstance(s, ActionsSink))
+
+        async def tell(snapshot: AccountSnapshot, now: float) -> None:
+            rep = margin.report(snapshot)
+            for sink in sinks:  # in the daemon's order (AccountLoop._tell)
+                await sink.on_report("demo", rep, snapshot, now)
+
+        def actions_of_queue() -> list[tuple[str, str | None]]:
+            rows = alerts.pipeline.store.pending("mqtt")
+            return [(m.kind, m.action) for m in map(AlertMessage.from_json,
+                                                    (r.payload for r in rows))]
+
+        await tell(calm, 1000.0)
+        await tell(venue.snapshot(), 1001.0)
+        (fired,) = actions_of_queue()
+        assert fired[0] == "firing"
+        assert fired[1] is not None
+        assert fired[1].startswith("would reduce (dry run): sell ")
+        assert "reduce-only, toward 40.0%" in fired[1]
+        await actions.executors["demo"].on_report(margin.report(venue.snapshot()), 1001.5)
+        assert actions.executors["demo"].state.episode is not None  # the dry-run step ran
+        await tell(calm, 1002.0)
+        _, resolved = actions_of_queue()
+        assert resolved[0] == "resolved"
+        assert resolved[1] == "none needed (dry run): acts at margin ratio 70.0%, now 6.8%"
+        await alerts.close()
+        for sink in sinks:
+            if isinstance(sink, ActionsSink):
+                await sink.close()
