@@ -18,6 +18,7 @@ in the log, and goes out on the next start.
 from __future__ import annotations
 
 import asyncio
+import collections
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -32,7 +33,7 @@ from monitor.alerting import AlertPipeline, AlertSink
 from monitor.command_http import serve_commands
 from monitor.metrics import record_action as record_action_metric
 from monitor.model import AccountSnapshot, Event, MarginReport, SourceDown, SourceStale, SourceUp
-from monitor.rules import AlertConfig
+from monitor.rules import AlertConfig, AlertState, level_rank
 from monitor.store import Store
 from monitor.switches import ActionSwitches
 
@@ -48,6 +49,8 @@ log = structlog.get_logger("monitor.sinks.alerts")
 #: STOP_GRACE (5 s) for leftover tasks, minus 5 s for closing sources and the store
 #: (tests/test_sinks_alerts.py holds this against systemd/*.service).
 DRAIN_CAP = 20.0
+#: How many protective-action decisions the live screen lists.
+RECENT_ACTIONS = 5
 #: Shortest drain: an MQTT publish to a live broker, with room to spare.
 DRAIN_LIMIT = 2.0
 
@@ -82,6 +85,10 @@ class AlertsSink:
         self.switches = switches or ActionSwitches()
         self._runner: web.AppRunner | None = None
         self._mqtt_task: asyncio.Task[None] | None = None
+        #: the newest protective-action decisions (at, account, kind, text), for the screen
+        self.recent_actions: collections.deque[tuple[float, str, str, str]] = (
+            collections.deque(maxlen=RECENT_ACTIONS)
+        )
         self._action_note: Callable[[str], str | None] | None = None
 
     def record_action(self, account: str, kind: str, payload: Mapping[str, Any], at: float) -> None:
@@ -91,9 +98,21 @@ class AlertsSink:
         it with `pipeline.store.audit_trail(...)`); the MQTT topic is the live feed.
         """
         self.pipeline.store.audit(account, kind, payload, at)
+        self.recent_actions.append((at, account, kind, _action_text(payload)))
         record_action_metric(account, kind)  # issue 6: margin_monitor_actions_total
         if self.mqtt is not None:
             self.mqtt.publish_action(account, {"kind": kind, "at": at, **payload})
+
+    def active_alerts(self) -> list[AlertState]:
+        """Every firing alert, worst first (the level MQTT and Home Assistant show)."""
+        if self._pipeline is None:
+            return []
+        firing = [a for a in self._pipeline.state.alerts.values() if a.firing]
+        return sorted(firing, key=lambda a: (-level_rank(a.level), a.started_at))
+
+    def account_level(self, account: str) -> str:
+        """The account's worst alert level, all rules (what its MQTT state says)."""
+        return "ok" if self._pipeline is None else self._pipeline.level(account)
 
     def raise_action_alert(self, account: str, text: str, now: float | None = None) -> None:
         """A venue rejected a protective order: an `action_rejected` alert (issue 5 §4)."""
@@ -217,6 +236,18 @@ class AlertsSink:
             ids={name: ids[:20] for name, ids in sorted(by_sink.items())},
             note="kept in the outbox; delivered on the next start",
         )
+
+
+def _action_text(payload: Mapping[str, Any]) -> str:
+    """One short line of an action audit record (order legs, or the reason)."""
+    orders = payload.get("orders")
+    legs = orders if isinstance(orders, list) else [payload]
+    if all(isinstance(o, Mapping) and "side" in o and "symbol" in o for o in legs) and legs:
+        return ", ".join(f"{o['side']} {o.get('amount', '')} {o['symbol']}" for o in legs)
+    for key in ("reason", "error", "status"):
+        if key in payload:
+            return str(payload[key])[:120]
+    return ""
 
 
 def build_alerts_sink(
