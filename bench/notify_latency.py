@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import platform
 import random
 import statistics
@@ -30,17 +29,17 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import structlog
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.alert_latency import ACCOUNT, percentile
+from bench.alert_latency import ACCOUNT, log_to_devnull, percentile
 from monitor.margin import report
 from monitor.model import MarginReport
 from monitor.settings import load_settings
 from monitor.sinks.alerts import AlertsSink, build_alerts_sink
 from tests.mqtt_broker import Mosquitto
+from tests.test_notify import serving
 
 #: Mark prices of the bench account (10 BTC long on 10 000 USDT, mmr 1 %).
 WARNING_PRICE = 9_170.0  # ratio 0.54
@@ -80,21 +79,26 @@ class Receiver:
 
 async def measure(samples: int, interval: float, workdir: Path) -> dict[str, list[float]]:
     """Latencies (s) of idle and busy escalations."""
-    broker = Mosquitto(workdir / "broker")
-    broker.start()
     receiver = Receiver()
     app = web.Application()
     app.router.add_post("/hook", receiver.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    broker = Mosquitto(workdir / "broker")
+    broker.start()
+    try:
+        async with serving(app) as base:
+            return await _measure(samples, interval, workdir, broker, receiver, base)
+    finally:
+        broker.stop()
+
+
+async def _measure(  # noqa: PLR0917 - the scenario's own fixtures, passed once
+    samples: int, interval: float, workdir: Path, broker: Mosquitto, receiver: Receiver, base: str
+) -> dict[str, list[float]]:
     settings = load_settings(
         None,
         state_dir=workdir / "state",
         mqtt={"host": broker.host, "port": broker.port, "prefix": "bench"},
-        notify={"channels": [{"name": "phone", "url": f"json://127.0.0.1:{port}/hook",
+        notify={"channels": [{"name": "phone", "url": f"{base.replace('http', 'json', 1)}/hook",
                               "min_interval": interval}]},
     )  # fmt: skip
     sink: AlertsSink = build_alerts_sink(
@@ -132,8 +136,6 @@ async def measure(samples: int, interval: float, workdir: Path) -> dict[str, lis
         with contextlib.suppress(asyncio.CancelledError):
             await group
         await sink.close()
-        await runner.cleanup()
-        broker.stop()
     return out
 
 
@@ -143,11 +145,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=40)
     parser.add_argument("--interval", type=float, default=5.5, help="channel min_interval (s)")
     args = parser.parse_args()
-    devnull = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
-    structlog.configure(
-        processors=[structlog.processors.add_log_level, structlog.processors.JSONRenderer()],
-        logger_factory=structlog.PrintLoggerFactory(devnull),
-    )
+    log_to_devnull()
     with tempfile.TemporaryDirectory() as tmp:
         result = asyncio.run(measure(args.samples, args.interval, Path(tmp)))
     print(f"python {platform.python_version()}, {platform.machine()}, Apprise json:// to a local "

@@ -46,21 +46,20 @@ def notify_settings(port: int, **extra: object) -> NotifySettings:
         {"name": "phone", "url": f"json://127.0.0.1:{port}/hook", "timeout": 2, **extra}]})
 
 
-@contextlib.asynccontextmanager
-async def started(sink: AlertsSink) -> AsyncIterator[asyncio.Task[None]]:
-    """The sink's tasks in a TaskGroup, cancelled at the end the way the daemon stops."""
+class _Stop(Exception):
+    """Ends the TaskGroup the way the daemon's `_Shutdown` does."""
 
-    async def group() -> None:
+
+@contextlib.asynccontextmanager
+async def started(sink: AlertsSink) -> AsyncIterator[None]:
+    """The sink's tasks in a TaskGroup, stopped at the end as the daemon stops them."""
+    try:
         async with asyncio.TaskGroup() as tg:
             await sink.start(tg)
-
-    task = asyncio.create_task(group())
-    try:
-        yield task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+            yield
+            raise _Stop
+    except* _Stop:
+        pass
 
 
 class TestPacing:
