@@ -38,7 +38,14 @@ from monitor.signed_commands import Command, CommandRefused, envelope, verify
 from monitor.store import Store
 from monitor.switches import ActionSwitches
 
-__all__ = ["AlertPipeline", "AlertSink", "ReportObserver", "backoff", "raise_if_cancelling"]
+__all__ = [
+    "AlertPipeline",
+    "AlertSink",
+    "PacedSink",
+    "ReportObserver",
+    "backoff",
+    "raise_if_cancelling",
+]
 
 log = structlog.get_logger("monitor.alerting")
 
@@ -83,6 +90,20 @@ class AlertSink(Protocol):
 
     async def deliver(self, messages: Sequence[AlertMessage]) -> Collection[str]:
         """Deliver a batch; return the ids the far side acknowledged. Raise on total failure."""
+        ...
+
+
+@runtime_checkable
+class PacedSink(Protocol):
+    """A sink that can only take a batch at certain moments (a paced channel, a session).
+
+    `deliver_forever` awaits `ready()` BEFORE it picks the batch, so everything that became
+    due while the sink was not ready (an escalation during a phone channel's pacing wait)
+    leaves in the first batch the sink can take, not one round later (issue 14 §1).
+    """
+
+    async def ready(self) -> None:
+        """Return once a batch given now would be sent at once."""
         ...
 
 
@@ -322,6 +343,11 @@ class AlertPipeline:
                     async with asyncio.timeout(timeout):
                         await wake.wait()
                 continue
+            if isinstance(sink, PacedSink):
+                await sink.ready()
+                rows = self.store.due(sink.name, self.clock())  # what queued while waiting
+                if not rows:
+                    continue
             by_id = {row.message_id: row for row in rows}
             messages = [AlertMessage.from_json(row.payload) for row in rows]
             try:
@@ -371,7 +397,7 @@ class AlertPipeline:
         try:
             command = verify(raw, self._secret, now)
         except CommandRefused as exc:
-            return self._refuse(str(exc), now)
+            return self._refuse(str(exc), now, request_id=exc.request_id)
         for request_id, until in list(self._seen_requests.items()):
             if until <= now:
                 del self._seen_requests[request_id]
@@ -394,11 +420,13 @@ class AlertPipeline:
         log.info("command.executed", account=command.account, reply=reply)
         return {"ok": True, "request_id": command.request_id, **reply}
 
-    def _refuse(self, reason: str, now: float, command: Command | None = None) -> dict[str, Any]:
+    def _refuse(
+        self, reason: str, now: float, command: Command | None = None, request_id: str = ""
+    ) -> dict[str, Any]:
         log.warning("command.refused", reason=reason)
         account = command.account if command and command.account else "*"
         self.store.audit(account, "command_refused", {"reason": reason}, now)
-        request_id = command.request_id if command else ""
+        request_id = command.request_id if command else request_id
         return {"ok": False, "request_id": request_id, "error": reason}
 
     def execute(self, command: Command, now: float) -> dict[str, Any]:
@@ -437,10 +465,18 @@ class AlertPipeline:
         if command.action == "resume":
             self.switches.resume(account)
             return {"action": "resume", "account": account}
-        return {"action": "status", "accounts": self.status(now)}
+        return {"action": "status", "accounts": self.status(now), "silences": self.silences()}
+
+    def silences(self) -> list[dict[str, Any]]:
+        """The active silences, for a `status` command (beside the accounts, never in them:
+        an account may be called `silences`, issue 14 §5)."""
+        return [
+            {"id": s.id, "account": s.account, "rule": s.rule, "until": s.until, "up_to": s.up_to}
+            for s in self.state.silences
+        ]
 
     def status(self, now: float) -> dict[str, Any]:
-        """Levels, silences and pauses per account, for a `status` command."""
+        """Level, firing rules and pause per account, for a `status` command."""
         accounts = sorted({a.account for a in self.state.alerts.values()} | set(self._reports))
         out: dict[str, Any] = {}
         for account in accounts:
@@ -452,8 +488,4 @@ class AlertPipeline:
                 ),
                 "actions_paused_until": None if until is None or math.isinf(until) else until,
             }
-        out["silences"] = [
-            {"id": s.id, "account": s.account, "rule": s.rule, "until": s.until, "up_to": s.up_to}
-            for s in self.state.silences
-        ]
         return out

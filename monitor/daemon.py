@@ -496,14 +496,18 @@ def build_sinks(
     `sources` maps account names to their sources: the order desks (sources/base.py
     `OrderDesk`) that protective actions trade through; empty for `check`.
     """
-    sinks: list[Sink] = [ConsoleSink(live=tui)]
+    console = ConsoleSink(live=tui, accounts=[a.name for a in settings.accounts
+                                              if sources is None or a.name in sources])
+    sinks: list[Sink] = [console]
     actions = build_actions_sink(settings, sources)  # issue 5: protective orders
     alerts = build_alerts_sink(settings.state_dir, settings.alerts.to_config(), settings.mqtt,
                                settings.notify, action_note=actions.note if actions else None)
-    sinks.append(alerts)
     if actions is not None:
         actions.attach(alerts)
+        # before the alerts: an alert then carries the action state of its own report
         sinks.append(actions)
+    sinks.append(alerts)
+    console.alerts = alerts  # the screen's headline is the worst active alert (issue 14)
     if settings.metrics.enabled or settings.heartbeat.url is not None:
         # issue 6: Prometheus /metrics and /healthz; the heartbeat pings only while the
         # metrics sink's freshness says every account is seen (it tracks it either way)

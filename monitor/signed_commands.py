@@ -41,7 +41,15 @@ FUTURE_SKEW = 5.0
 
 
 class CommandRefused(Exception):
-    """A command that must not be executed; the message says why (it is logged and replied)."""
+    """A command that must not be executed; the message says why (it is logged and replied).
+
+    `request_id`: the refused command's own id when its signed body could be read (a stale
+    or expired one), so the sender can match the refusal to its request (issue 14 §8).
+    """
+
+    def __init__(self, reason: str, request_id: str = "") -> None:
+        super().__init__(reason)
+        self.request_id = request_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,14 +124,20 @@ def verify(raw: bytes | str, secret: bytes, now: float, max_age: float = 60.0) -
         raise CommandRefused("command body is not JSON") from exc
     if not isinstance(data, dict):
         raise CommandRefused("command body must be a JSON object")
+    request_id = data.get("request_id")
+    request_id = request_id if isinstance(request_id, str) else ""
     expires_at = _field(data, "expires_at", float)
     if expires_at is not None:
         if now >= expires_at:
-            raise CommandRefused("token expired")
+            raise CommandRefused("token expired", request_id)
     elif now - ts > max_age:
-        raise CommandRefused(f"command is {now - ts:.0f} s old (limit {max_age:.0f} s): replay?")
+        raise CommandRefused(
+            f"command is {now - ts:.0f} s old (limit {max_age:.0f} s): replay?", request_id
+        )
     if ts - now > FUTURE_SKEW:
-        raise CommandRefused("command timestamp is in the future: check the sender's clock")
+        raise CommandRefused(
+            "command timestamp is in the future: check the sender's clock", request_id
+        )
     action = data.get("action")
     if action not in _ACTIONS:
         raise CommandRefused(f"unknown action {action!r}: use one of {sorted(_ACTIONS)}")

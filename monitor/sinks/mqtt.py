@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import re
 import secrets
@@ -217,6 +218,19 @@ class MqttSink:
             log.warning("mqtt.action_dropped", account=dropped[0])
         self._actions.put_nowait((account, body))
 
+    async def ready(self) -> None:
+        """Return once a broker session is up (alerting.PacedSink).
+
+        Alerts queued while the session is still connecting (the first alert after a start)
+        wait for it instead of failing: no "delivery failed" for a connection that is
+        merely not there yet; a lost broker is logged once, as `mqtt.disconnected`.
+        """
+        await self._connected.wait()
+
+    def drain_time(self, queued: int) -> float:
+        """Seconds `queued` alerts need at most: one publish round (PUBACK wait) per batch."""
+        return math.ceil(queued / 100) * self.settings.timeout
+
     @property
     def connected(self) -> bool:
         """True while a broker session is up."""
@@ -315,12 +329,16 @@ class MqttSink:
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         except asyncio.CancelledError:
-            # A clean shutdown sends DISCONNECT, which suppresses the will: say offline here.
+            # A clean shutdown sends DISCONNECT, which suppresses the will: say offline here,
+            # and only once the state and action tasks are gone, so nothing follows it.
+            self._client = None
+            self._connected.clear()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
-                await asyncio.wait_for(
-                    client.publish(self.status_topic, "offline", qos=1, retain=True),
-                    self.settings.timeout,
-                )
+                async with asyncio.timeout(self.settings.timeout):  # not wait_for: cpython#86296
+                    await client.publish(self.status_topic, "offline", qos=1, retain=True)
             raise
         finally:
             for task in tasks:

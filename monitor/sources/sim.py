@@ -209,6 +209,12 @@ class SimVenue:
             )  # fmt: skip
         self._collateral = {c.asset: c for c in book.collateral}
         self._reprice_collateral()
+        if self._replay:
+            # A replay starts where its file starts: the first snapshot already carries the
+            # first row's prices, or a restart with a replay beginning at critical would
+            # first report the built-in prices (a false resolve, then a new episode).
+            for symbol, price in self._replay[0].prices:
+                self._set_mark(symbol, price)
         self._orders: dict[str, dict[str, Any]] = {}
         self._by_client_id: dict[str, str] = {}
         self._ids = itertools.count(1)
