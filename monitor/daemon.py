@@ -489,7 +489,8 @@ def build_sinks(
     sinks: list[Sink] = [ConsoleSink(live=tui)]
     actions = build_actions_sink(settings, sources)  # issue 5: protective orders
     alerts = build_alerts_sink(settings.state_dir, settings.alerts.to_config(), settings.mqtt,
-                               settings.notify, action_note=actions.note if actions else None)
+                               settings.notify, action_note=actions.note if actions else None,
+                               accounts=[a.name for a in settings.accounts])
     sinks.append(alerts)
     if actions is not None:
         actions.attach(alerts)

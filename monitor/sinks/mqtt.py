@@ -137,6 +137,10 @@ def discovery_configs(
     return out
 
 
+#: Replies to refused commands per second; past it a refusal is audited but not answered.
+REFUSAL_REPLIES = 10
+
+
 class MqttSink:
     """Publishes alerts and state; receives commands. Run `run()` as task `mqtt`.
 
@@ -172,6 +176,8 @@ class MqttSink:
         self._announced: set[str] = set()
         self._state_wake = asyncio.Event()
         self._actions: asyncio.Queue[tuple[str, str]] = asyncio.Queue(maxsize=10_000)
+        self._refusal_second = 0
+        self._refusal_replies = 0
 
     # --- AlertSink / ReportObserver ---------------------------------------------------------
 
@@ -346,15 +352,27 @@ class MqttSink:
             await self._answer(client, bytes(raw))
 
     async def _answer(self, client: aiomqtt.Client, raw: bytes) -> None:
+        """Execute and reply. A refusal's reply is QoS 0 and at most `REFUSAL_REPLIES` a
+        second: awaiting a PUBACK per junk message made a 50 000-message flood take minutes,
+        and a valid command behind it went stale before its turn (issue 13)."""
         if self.command_handler is None:
             reply: Mapping[str, Any] = {"ok": False, "error": "commands are not enabled"}
         else:
             try:
                 reply = self.command_handler(raw)
             except Exception as exc:  # a bad command must never take the connection down
-                log.exception("mqtt.command_failed")
+                log.error("mqtt.command_failed", error=type(exc).__name__)
                 reply = {"ok": False, "error": f"internal error: {type(exc).__name__}"}
-        await client.publish(self.reply_topic, json.dumps(reply, default=str), qos=1)
+        body = json.dumps(reply, default=str)
+        if reply.get("ok"):
+            await client.publish(self.reply_topic, body, qos=1)
+            return
+        second = int(time.monotonic())
+        if second != self._refusal_second:
+            self._refusal_second, self._refusal_replies = second, 0
+        self._refusal_replies += 1
+        if self._refusal_replies <= REFUSAL_REPLIES:
+            await client.publish(self.reply_topic, body, qos=0)
 
     async def _publish_states(self, client: aiomqtt.Client) -> None:
         interval = self.settings.state_interval
