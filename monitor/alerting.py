@@ -463,6 +463,11 @@ class AlertPipeline:
         request_id = command.request_id if command else ""
         return {"ok": False, "request_id": request_id, "error": reason}
 
+    def flush(self, now: float | None = None) -> None:
+        """Write what is only counted in memory (refusal counts); before the store closes."""
+        now = self.clock() if now is None else now
+        self._flush_refusals(now + REFUSAL_WINDOW)  # every minute is over: log the summaries
+
     def _flush_refusals(self, now: float) -> None:
         """Write the counts that grew; close the tallies of minutes that are over."""
         minute = int(now // REFUSAL_WINDOW)

@@ -151,6 +151,7 @@ class AlertsSink:
             await self._runner.cleanup()
         if self.pipeline.store.pending():
             await self._drain()
+        self.pipeline.flush()
         self.pipeline.store.close()
 
     async def _drain(self) -> None:
