@@ -90,3 +90,34 @@ class TestMqttFlood:
         rows = db.execute("SELECT payload FROM audit WHERE kind = 'command_refused'").fetchall()
         assert 1 <= len(rows) <= 4  # one per source per minute
         assert sum(json.loads(p)["count"] for (p,) in rows) >= FLOOD * 0.99  # QoS 0: ~all
+
+
+class TestRetention:
+    """Every table of the state store is bounded (store.prune, run by the pipeline's tick)."""
+
+    def test_prune_bounds_every_table(self, tmp_path: Path) -> None:
+        """Test that old audit rows, rows past the cap, stale outbox rows, expired ids,
+        silences and pauses go, and what is current stays."""
+        from monitor import store as store_module
+
+        store = store_module.Store(tmp_path / "a.db")
+        db = store._db
+        now = 100 * 86400.0
+        cap = store_module.AUDIT_MAX_ROWS
+        db.executemany("INSERT INTO audit (at, account, kind, payload) VALUES (?, 'a', 'k', '{}')",
+                       [(now - 91 * 86400.0,)] + [(now,)] * (cap + 10))
+        db.executemany(
+            "INSERT INTO outbox (message_id, sink, account, payload, created_at, next_attempt_at)"
+            " VALUES (?, 's', 'a', '{}', ?, ?)", [("old", now - 8 * 86400, 0), ("new", now, 0)])
+        db.executemany("INSERT INTO seen_request (request_id, until) VALUES (?, ?)",
+                       [("gone", now - 1), ("kept", now + 60)])
+        db.executemany("INSERT INTO silence (id, until, body) VALUES (?, ?, '{}')",
+                       [("gone", now - 1), ("kept", now + 60)])
+        db.executemany("INSERT INTO action_pause (account, until) VALUES (?, ?)",
+                       [("gone", now - 1), ("kept", now + 60)])
+        store.prune(now)
+        assert db.execute("SELECT COUNT(*), MIN(at) FROM audit").fetchone() == (cap, now)
+        assert [r.message_id for r in store.pending()] == ["new"]
+        for table, key in (("seen_request", "request_id"), ("silence", "id"),
+                           ("action_pause", "account")):
+            assert db.execute(f"SELECT {key} FROM {table}").fetchall() == [("kept",)]
