@@ -31,6 +31,7 @@ import structlog
 
 from monitor import rules
 from monitor.alert_message import AlertMessage, build_message
+from monitor.logs import redact
 from monitor.metrics import record_alerts_sent
 from monitor.model import MarginReport, SourceDown, SourceStale, SourceUp
 from monitor.rules import AlertConfig, AlertEvent, RulesState, Silence
@@ -202,6 +203,9 @@ class AlertPipeline:
     ) -> tuple[AlertEvent, ...]:
         """Stale data, a source down, a source back."""
         now = self.clock() if now is None else now
+        if isinstance(event, SourceDown):
+            # foreign text (a venue's error) on its way to MQTT, phones and SQLite
+            event = dataclasses.replace(event, reason=redact(event.reason))
         self.state, events = rules.on_source_event(self.state, event, now, self.config)
         self._commit(events, now)
         return events
@@ -215,6 +219,7 @@ class AlertPipeline:
         once; raising it again in the same episode sends nothing new.
         """
         now = self.clock() if now is None else now
+        text = redact(text)  # it quotes the venue's answer
         self.state, events = rules.on_action_rejected(self.state, account, text, now, self.config)
         self._commit(events, now)
         return events

@@ -902,7 +902,7 @@ def check_command(args: argparse.Namespace) -> int:
             except UserError as exc:
                 failures += 1
                 line = f"{account.name}: FAILED: {exc}"
-            out.write(f"  check {line}\n")
+            out.write(f"  check {logs.redact(line)}\n")
     return 1 if failures else 0
 
 

@@ -23,7 +23,7 @@ import aiomqtt
 from monitor.signed_commands import Command, envelope
 from tests.mqtt_broker import Mosquitto, collecting, free_port
 
-__all__ = ["SECRET", "Daemon", "command", "running_daemon", "script"]
+__all__ = ["SECRET", "SIM_ACCOUNT", "Daemon", "command", "running_daemon", "script"]
 
 SECRET = "s3cr3t-command-key"
 
@@ -39,10 +39,8 @@ def command(action: str, **fields: Any) -> str:
     return envelope(Command(action, **fields), SECRET.encode(), time.time())  # type: ignore[arg-type]
 
 
-CONFIG = """
-state_dir = "{state}"
-shock_interval = 0.5
-
+#: The default account: the sim, calm (nothing fires on its own).
+SIM_ACCOUNT = """
 [[accounts]]
 name = "demo"
 exchange = "sim"
@@ -51,6 +49,12 @@ exchange = "sim"
 seed = 7
 tick_rate = 5
 scenario = "calm"
+"""
+
+CONFIG = """
+state_dir = "{state}"
+shock_interval = 0.5
+{accounts}
 
 [mqtt]
 host = "127.0.0.1"
@@ -74,7 +78,7 @@ class Daemon:
     """One `margin-monitor run` process; start, stop (SIGINT) and start again on one state."""
 
     def __init__(self, broker: Mosquitto, workdir: Path, extra: str = "",
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None, accounts: str = SIM_ACCOUNT) -> None:
         self.broker = broker
         self.prefix = f"mmsec-{secrets.token_hex(3)}"
         self.state = workdir / "state"
@@ -82,7 +86,7 @@ class Daemon:
         self.metrics_port = free_port()
         self.config = workdir / "config.toml"
         self.config.write_text(
-            CONFIG.format(state=self.state, port=broker.port, prefix=self.prefix,
+            CONFIG.format(state=self.state, port=broker.port, prefix=self.prefix, accounts=accounts,
                           command_port=self.command_port, metrics_port=self.metrics_port)
             + extra
         )
@@ -151,9 +155,10 @@ def _request_id(raw: str | bytes) -> str:
 
 @contextlib.asynccontextmanager
 async def running_daemon(broker: Mosquitto, workdir: Path, extra: str = "",
-                         env: Mapping[str, str] | None = None) -> AsyncIterator[Daemon]:
+                         env: Mapping[str, str] | None = None,
+                         accounts: str = SIM_ACCOUNT) -> AsyncIterator[Daemon]:
     """A started daemon, stopped at the end of the block."""
-    daemon = Daemon(broker, workdir, extra, env)
+    daemon = Daemon(broker, workdir, extra, env, accounts)
     await daemon.start()
     try:
         yield daemon
