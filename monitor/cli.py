@@ -106,7 +106,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _handler(args.command)(args)
     except UserError as exc:
-        print(f"margin-monitor: {exc}", file=sys.stderr)
+        # one line, and never a secret a venue or a file echoed into it (issue 13)
+        from monitor.logs import redact  # noqa: PLC0415 - pydantic: only on an error
+
+        text = " ".join(redact(str(exc)).split())
+        print(f"margin-monitor: {text}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

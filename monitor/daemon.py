@@ -501,7 +501,8 @@ def build_sinks(
     sinks: list[Sink] = [console]
     actions = build_actions_sink(settings, sources)  # issue 5: protective orders
     alerts = build_alerts_sink(settings.state_dir, settings.alerts.to_config(), settings.mqtt,
-                               settings.notify, action_note=actions.note if actions else None)
+                               settings.notify, action_note=actions.note if actions else None,
+                               accounts=[a.name for a in settings.accounts])
     if actions is not None:
         actions.attach(alerts)
         # before the alerts: an alert then carries the action state of its own report
@@ -917,7 +918,7 @@ def check_command(args: argparse.Namespace) -> int:
             except UserError as exc:
                 failures += 1
                 line = f"{account.name}: FAILED: {exc}"
-            out.write(f"  check {line}\n")
+            out.write(f"  check {logs.redact(line)}\n")
     return 1 if failures else 0
 
 

@@ -21,7 +21,7 @@ import asyncio
 import collections
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -128,6 +128,11 @@ class AlertsSink:
         if self._pipeline is not None:
             self._pipeline.action_note = note
 
+    def set_accounts(self, stale_after: Mapping[str, float], **_: object) -> None:
+        """A reload changed the accounts: commands may name exactly these from now on."""
+        if self._pipeline is not None and self._pipeline.accounts is not None:
+            self._pipeline.accounts = frozenset(stale_after)
+
     @property
     def pipeline(self) -> AlertPipeline:
         """The alert pipeline, built (and its store opened) on first use."""
@@ -146,7 +151,11 @@ class AlertsSink:
             # `run` never raises but CancelledError; `close` (always called) cancels it.
             self._mqtt_task = asyncio.create_task(self.mqtt.run(), name="mqtt")
         if self.command_listen is not None and self.pipeline.can_sign:
-            self._runner = await serve_commands(self.pipeline.handle_command, self.command_listen)
+            pipeline = self.pipeline
+            self._runner = await serve_commands(
+                lambda raw, source: pipeline.handle_command(raw, source=source),
+                self.command_listen,
+            )
 
     async def on_report(
         self, account: str, report: MarginReport, snapshot: AccountSnapshot, now: float
@@ -178,6 +187,7 @@ class AlertsSink:
             await self._stop_mqtt()
             if self._pipeline is not None:
                 self._report_left()
+                self.pipeline.flush()  # refusal counts kept in memory (issue 13)
                 self.pipeline.store.close()
 
     async def _stop_mqtt(self) -> None:
@@ -258,6 +268,7 @@ def build_alerts_sink(
     *,
     clock: Callable[[], float] = time.time,
     action_note: Callable[[str], str | None] | None = None,
+    accounts: Iterable[str] | None = None,
 ) -> AlertsSink:
     """Wire the store, the pipeline, MQTT and the phone channels from the settings."""
     notify = notify or NotifySettings.model_validate({})
@@ -291,6 +302,8 @@ def build_alerts_sink(
             clock=clock,
             action_note=action_note,
         )
+        if accounts is not None:
+            pipeline.accounts = frozenset(accounts)  # a command for another is refused
         if mqtt_sink is not None:
             mqtt_sink.command_handler = pipeline.handle_command
         if secret is not None and command_url:

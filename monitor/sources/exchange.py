@@ -39,7 +39,7 @@ import ccxt.pro as ccxtpro
 import structlog
 from ccxt.base import errors as ccxt_errors
 
-from monitor import margin
+from monitor import logs, margin
 from monitor.errors import UserError
 from monitor.model import (
     AccountSnapshot,
@@ -182,9 +182,32 @@ def build_exchange(settings: AccountConfig) -> Any:
     config = _merged(config, settings.ccxt)
     exchange = getattr(ccxtpro, venue)(config)
     _reject_non_json(exchange)
+    _redact_errors(exchange, logs.secrets_of(config))
     if settings.sandbox:
         exchange.set_sandbox_mode(True)
     return exchange
+
+
+def _redact_errors(exchange: Any, secrets: list[str]) -> None:
+    """Venue text enters here: scrub the account's credentials out of every REST error.
+
+    Every ccxt REST call goes through `exchange.fetch`, whose exceptions quote the venue's
+    answer; a venue that repeats the API key in an error would otherwise put it in
+    `/healthz`, alerts, SQLite, `check` and `snapshot` output (issue 13). Redacted by value
+    (raw, JSON, URL-encoded spellings: logs.Redactor), once, before anyone reads it.
+    """
+    redactor = logs.Redactor()
+    redactor.set(secrets)
+    original = exchange.fetch
+
+    async def fetch(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await original(*args, **kwargs)
+        except Exception as exc:
+            logs.scrub_exception(exc, redactor)
+            raise
+
+    exchange.fetch = fetch
 
 
 def _reject_non_json(exchange: Any) -> None:
