@@ -55,6 +55,7 @@ from monitor.model import (
 )
 from monitor.settings import ccxt_credentials, load_settings
 from monitor.snapshot import snapshot_to_dict
+from monitor.sources import budget
 from monitor.sources.backoff import Backoff, Freshness, FreshnessChange, Throttle
 from monitor.sources.collateral_rules import CollateralRulesReader
 from monitor.sources.normalize import (
@@ -87,6 +88,8 @@ _TIERS_IN_CONTRACTS = frozenset({"okx", "mexc"})
 #: Re-reads of a read whose positions and balance answers saw different books (a fill
 #: between them) before the reconciliation fails and backs off (normalize.torn_read).
 _TORN_RETRIES = 2
+
+_FUTURES_ONLY = frozenset({"binanceusdm", "binancecoinm"})
 
 
 class _Secret(Protocol):
@@ -179,10 +182,17 @@ def build_exchange(settings: AccountConfig) -> Any:
         # (0.01 % to ccxt's builder) and `setReferrer` on first use when a private key is
         # set. A monitor must not change the user's account: mark both as done.
         config["options"].update(builderFee=False, approvedBuilderFee=True, refSet=True)
+    if venue in _FUTURES_ONLY:
+        # load_markets with keys would also read the spot wallet's currencies, which a
+        # futures-only key may not read and the daemon never uses (notes/ccxt.md §0.2).
+        config["options"]["fetchCurrencies"] = False
     config = _merged(config, settings.ccxt)
     exchange = getattr(ccxtpro, venue)(config)
     _reject_non_json(exchange)
     _redact_errors(exchange, logs.secrets_of(config))
+    # the venue's request budget replaces ccxt's one-at-a-time throttle: a protective step
+    # is not queued behind polling (monitor/sources/budget.py, docs/rate-limits.md)
+    budget.install(exchange, settings.name)
     if settings.sandbox:
         exchange.set_sandbox_mode(True)
     return exchange

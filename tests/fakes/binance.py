@@ -206,6 +206,11 @@ class FakeBinanceUsdm(FakeVenue):
             "enableRateLimit": False,
         }
 
+    def urls_config(self) -> dict[str, Any]:
+        """Only the URLs: everything else (rate limiting included) stays the product's own
+        configuration, as benchmarks and as-shipped tests need (issue 16)."""
+        return {"urls": {"api": rewrite_urls(_template_urls(), self.http, self.ws)}}
+
     # --- auth ---------------------------------------------------------------------------
 
     def private(self, handler: Handler) -> Handler:
