@@ -799,7 +799,12 @@ async def _all_done(loops: Sequence[AccountLoop]) -> None:
 def run_command(args: argparse.Namespace) -> int:
     """`margin-monitor run`: the daemon (no --config: the embedded sim demo)."""
     settings = load_settings(args.config)
-    accounts = select_shard(settings.accounts, args.shard)
+    shard = args.shard
+    if shard == "auto":  # issue 18: a StatefulSet pod's ordinal (monitor/shards.py)
+        from monitor.shards import auto_shard  # noqa: PLC0415 - shards imports this module
+
+        shard = auto_shard()
+    accounts = select_shard(settings.accounts, shard)
     if args.duration is not None and not (math.isfinite(args.duration) and args.duration > 0):
         raise UserError(f"--duration {args.duration}: must be a positive number of seconds")
     replay = None
@@ -812,7 +817,7 @@ def run_command(args: argparse.Namespace) -> int:
     tui = not args.no_tui and sys.stdout.isatty()
     logs.configure(secrets=logs.secrets_of(settings))  # issue 6: redact every secret
     if not accounts:
-        log.warning("no account in this shard; nothing to run", shard=args.shard)
+        log.warning("no account in this shard; nothing to run", shard=shard)
         return 0
     sources = [open_source(a, replay) for a in accounts]
     sinks = build_sinks(settings, tui, {s.account: s for s in sources})
@@ -820,7 +825,7 @@ def run_command(args: argparse.Namespace) -> int:
     def reload_accounts() -> list[AccountSettings]:
         fresh = load_settings(args.config)
         logs.set_secrets(logs.secrets_of(fresh))
-        return select_shard(fresh.accounts, args.shard)
+        return select_shard(fresh.accounts, shard)
 
     async def main() -> None:
         failed = False
