@@ -604,6 +604,13 @@ async def run_daemon(
 
             for account_loop in loops:
                 launch(account_loop)
+
+            def recomputes_alive() -> str | None:
+                return next((r for p in list(probes.values()) if (r := p())), None)
+
+            for sink in sinks:  # the metrics sink's /livez (issue 18) asks the same
+                if hasattr(sink, "liveness"):
+                    sink.liveness = recomputes_alive
             tg.create_task(shocks.run(), name="shocks")
             tg.create_task(_watch(stop, loops, duration, finite), name="shutdown")
             if reload is not None:
@@ -620,10 +627,6 @@ async def run_daemon(
                 )  # fmt: skip
             if notifier is not None:
                 if interval is not None:
-
-                    def recomputes_alive() -> str | None:
-                        return next((r for p in list(probes.values()) if (r := p())), None)
-
                     tg.create_task(
                         watchdog_loop(notifier, interval, [recomputes_alive]), name="watchdog"
                     )
