@@ -202,6 +202,7 @@ class TestStatefulSet:
             assert account.secret.get_secret_value().startswith("value-of-accounts__")
         assert settings.mqtt is not None
         assert settings.mqtt.prefix == "margin-monitor/margin-monitor-0"
+        assert settings.mqtt.client_id == "margin-monitor-0"
         assert settings.state_dir == Path(env["STATE_DIRECTORY"])
         assert settings.metrics.enabled
         assert settings.metrics.host == "0.0.0.0"
@@ -273,7 +274,8 @@ class TestStatefulSet:
         prefix = next(e for e in container(rendered(BASE))["env"]
                       if e["name"] == "MARGIN_MONITOR__MQTT__PREFIX")  # fmt: skip
         assert prefix["value"] == "margin-monitor/$(POD_NAME)"
-        assert names.index("POD_NAME") < names.index("MARGIN_MONITOR__MQTT__PREFIX")
+        for user in ("MARGIN_MONITOR__MQTT__PREFIX", "MARGIN_MONITOR__MQTT__CLIENT_ID"):
+            assert names.index("POD_NAME") < names.index(user)
 
 
 class TestServiceMonitor:
