@@ -10,6 +10,7 @@ import copy
 import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +41,8 @@ def rendered(tree: Path) -> dict[tuple[str, str], Doc]:
     return {(d["kind"], d["metadata"]["name"]): d for d in build(tree)}
 
 
-def one(docs: dict[tuple[str, str], Doc], kind: str) -> Doc:
-    found = [d for (k, _), d in docs.items() if k == kind]
-    assert len(found) == 1, f"{len(found)} {kind}"
-    return found[0]
+def one(docs: dict[tuple[str, str], Doc], kind: str, name: str = "margin-monitor") -> Doc:
+    return docs[(kind, name)]
 
 
 def container(docs: dict[tuple[str, str], Doc]) -> Doc:
@@ -349,3 +348,25 @@ class TestProbeEndpoints:
         assert wedged.stuck_at is not None
         assert statuses[0][1] == 200  # alive while it recomputed
         assert statuses[-1][1] == 503
+
+
+class TestMosquittoComponent:
+    def test_pods_find_the_broker_and_it_finds_its_bridge(self) -> None:
+        """Test that config.toml names the broker Service and mosquitto reads the mounted files."""
+        docs = rendered(OVERLAY)
+        service = one(docs, "Service", "mosquitto")
+        volumes = {v["name"]: v for v in one(docs, "StatefulSet")["spec"]["template"]["spec"]
+                   ["volumes"]}  # fmt: skip
+        toml = tomllib.loads(config_map(docs, volumes["config"]["configMap"]["name"])["data"]
+                             ["config.toml"])  # fmt: skip
+        assert toml["mqtt"]["host"] == service["metadata"]["name"]
+        assert toml["mqtt"].get("port", 1883) == service["spec"]["ports"][0]["port"]
+        pod = one(docs, "Deployment", "mosquitto")["spec"]["template"]["spec"]
+        (broker,) = pod["containers"]
+        mounts = {m["name"]: m["mountPath"] for m in broker["volumeMounts"]}
+        assert broker["args"][-1] == f"{mounts['config']}/mosquitto.conf"
+        names = {v["name"]: v for v in pod["volumes"]}
+        conf = config_map(docs, names["config"]["configMap"]["name"])["data"]["mosquitto.conf"]
+        assert f"include_dir {mounts['bridge']}" in conf.splitlines()
+        assert f"persistence_location {mounts['data']}/" in conf.splitlines()
+        assert names["bridge"]["secret"] == {"secretName": "mosquitto-bridge", "optional": True}

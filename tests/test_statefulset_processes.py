@@ -198,3 +198,82 @@ class TestStatefulSetProcesses:
         assert codes == dict.fromkeys(range(SHARDS), 0), tmp_path / "margin-monitor-1.err"
         # the whole history: no account was ever published by two pods
         assert all(len(ps) == 1 for ps in owners(collector, root).values())
+
+
+COMPONENT = Path(__file__).resolve().parent.parent / "deploy/kubernetes/components/mosquitto"
+
+
+class BridgedBroker(Mosquitto):
+    """The component's mosquitto.conf and bridge.conf.example, pointed at loopback brokers:
+    the listener at a free 127.0.0.1 port, the bridge at `central`, no TLS or password."""
+
+    def __init__(self, workdir: Path, central: Mosquitto, cluster: str) -> None:
+        super().__init__(workdir)
+        self.central, self.cluster = central, cluster
+
+    def _config(self) -> Path:
+        bridge_dir = self.workdir / "bridge"
+        bridge_dir.mkdir(exist_ok=True)
+        bridge = (COMPONENT / "bridge.conf.example").read_text()
+        bridge = bridge.replace("central-mqtt.example.org:8883",
+                                f"{self.central.host}:{self.central.port}")  # fmt: skip
+        bridge = bridge.replace("clusters/eu-1/", f"clusters/{self.cluster}/")
+        skipped = ("remote_username", "remote_password", "bridge_cafile")
+        lines = [x for x in bridge.splitlines() if not x.startswith(skipped)]
+        (bridge_dir / "bridge.conf").write_text("\n".join(lines) + "\n")
+        conf = (COMPONENT / "mosquitto.conf").read_text()
+        conf = conf.replace("listener 1883 0.0.0.0", f"listener {self.port} {self.host}")
+        conf = conf.replace("/mosquitto/data/", f"{self.workdir}/")
+        conf = conf.replace("/mosquitto/bridge", str(bridge_dir))
+        conf = conf.replace("log_dest stdout", f"log_dest file {self.workdir}/mosquitto.log")
+        if os.geteuid() == 0:
+            conf += "user root\n"  # as in tests/mqtt_broker.py: pytest's temp dirs are 0700
+        path = self.workdir / "mosquitto.conf"
+        path.write_text(conf)
+        return path
+
+
+class TestMosquittoBridge:
+    @pytest.mark.timeout(60)
+    async def test_each_pod_has_its_status_topic_on_the_central_broker(
+        self, tmp_path: Path, mosquitto: Mosquitto
+    ) -> None:
+        """Test that the documented bridge carries each pod's status and state out, commands in."""
+        cluster = f"c{uuid.uuid4().hex[:8]}"
+        edge = BridgedBroker(tmp_path / "edge", mosquitto, cluster)
+        edge.start()
+        central = f"clusters/{cluster}/margin-monitor"
+        collector = TimedCollector(mosquitto, [f"{central}/#", f"clusters/{cluster}/bridge/#"])
+        task = asyncio.create_task(collector.run())
+        pods = Pods(tmp_path, write_config(tmp_path / "config.toml", edge), "margin-monitor")
+        try:
+            async with asyncio.timeout(10):
+                await collector.subscribed.wait()
+            await collector.wait_for(lambda: bool(collector.on(f"clusters/{cluster}/bridge/state")))
+            for k in range(SHARDS):
+                pods.start(k)
+
+            def all_online() -> bool:
+                return all(
+                    status(collector, central, f"margin-monitor-{k}")[-1:] == ["online"]
+                    for k in range(SHARDS)
+                )
+
+            await collector.wait_for(all_online, 25)
+            await collector.wait_for(lambda: set(owners(collector, central)) == set(ACCOUNTS), 20)
+            expected = {a: f"margin-monitor-{shard_of(a, SHARDS) - 1}" for a in ACCOUNTS}
+            assert {a: p for a, ps in owners(collector, central).items() for p in ps} == expected
+            # a command published centrally reaches pod 1, whose reply comes back out
+            async with aiomqtt.Client(mosquitto.host, mosquitto.port) as client:
+                await client.publish(f"{central}/margin-monitor-1/command", b"{}", qos=1)
+            reply = f"{central}/margin-monitor-1/reply"
+            await collector.wait_for(lambda: bool(collector.on(reply)), 10)
+            assert json.loads(payload(collector.on(reply)[0]))["ok"] is False  # unsigned
+            assert not collector.on(f"{central}/margin-monitor-0/reply")
+        finally:
+            codes = pods.stop_all()
+            collector.stopping = True
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            edge.stop()
+        assert codes == dict.fromkeys(range(SHARDS), 0)
