@@ -807,6 +807,7 @@ def run_command(args: argparse.Namespace) -> int:
         from monitor.shards import auto_shard  # noqa: PLC0415 - shards imports this module
 
         shard = auto_shard()
+        log.info("shard from the pod's ordinal", shard=shard)
     accounts = select_shard(settings.accounts, shard)
     if args.duration is not None and not (math.isfinite(args.duration) and args.duration > 0):
         raise UserError(f"--duration {args.duration}: must be a positive number of seconds")

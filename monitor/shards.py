@@ -20,12 +20,13 @@ import os
 import re
 import socket
 import sys
+import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from monitor.daemon import shard_of
 from monitor.errors import UserError
-from monitor.settings import load_settings
 
 __all__ = ["INDEX_ENV", "SHARDS_ENV", "Move", "auto_shard", "plan", "shard_plan_command"]
 
@@ -97,12 +98,39 @@ def plan(accounts: Iterable[str], before: int, after: int) -> list[Move]:
     return sorted(moves, key=lambda m: (m.target, m.source, m.account))
 
 
+def account_names(path: str) -> list[str]:
+    """The account names of a config file, without its credentials.
+
+    The plan is made where the secrets usually are not (a laptop, CI), and the split depends
+    on the names alone, so this reads the TOML instead of `load_settings`, which would
+    insist on every live account's keys.
+    """
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        reason = (exc.strerror or str(exc)).lower()
+        raise UserError(f"{path}: {reason}; pass the TOML file the pods read to --config") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{Path(path).name}: invalid TOML: {exc}") from None
+    tables = data.get("accounts")
+    tables = tables if isinstance(tables, list) else []
+    names = [t["name"] for t in tables if isinstance(t, dict) and isinstance(t.get("name"), str)]
+    if not names or len(names) != len(tables) or not all(names):
+        raise UserError(
+            f"{Path(path).name}: accounts: expected [[accounts]] tables, each with a name"
+        )
+    if len(set(names)) != len(names):
+        raise UserError(f"{Path(path).name}: accounts: a name is used twice; names must be unique")
+    return names
+
+
 def shard_plan_command(args: argparse.Namespace) -> int:
     """`margin-monitor shard-plan --config F --from N --to M`: who moves where."""
     for flag, value in (("--from", args.before), ("--to", args.after)):
         if value < 1:
             raise UserError(f"{flag} {value}: the number of shards must be 1 or more")
-    names = [a.name for a in load_settings(args.config).accounts]
+    names = account_names(args.config)
     rows = plan(names, args.before, args.after)
     moving = sum(m.moves for m in rows)
     out = sys.stdout

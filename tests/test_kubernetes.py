@@ -20,11 +20,12 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from monitor.cli import build_parser
+from monitor.cli import build_parser, main
 from monitor.daemon import run_daemon
+from monitor.errors import UserError
 from monitor.metrics import MetricsSettings, MetricsSink
 from monitor.settings import load_settings
-from monitor.shards import INDEX_ENV, SHARDS_ENV
+from monitor.shards import INDEX_ENV, SHARDS_ENV, auto_shard
 from tests.kustomize import Doc, Unsupported, build
 from tests.test_service import WedgedSink
 
@@ -370,3 +371,30 @@ class TestMosquittoComponent:
         assert f"include_dir {mounts['bridge']}" in conf.splitlines()
         assert f"persistence_location {mounts['data']}/" in conf.splitlines()
         assert names["bridge"]["secret"] == {"secretName": "mosquitto-bridge", "optional": True}
+
+
+class TestDocs:
+    DOC = ROOT / "docs" / "kubernetes.md"
+
+    def test_named_files_exist(self) -> None:
+        """Test that every deploy/kubernetes path the page names exists (but the user's copy)."""
+        text = self.DOC.read_text()
+        paths = set(re.findall(r"deploy/kubernetes/[\w./-]+\w", text))
+        assert "deploy/kubernetes/overlays/example" in paths
+        for path in paths:
+            if "/overlays/mine" not in path:
+                assert (ROOT / path).exists(), path
+
+    def test_quoted_errors_are_the_real_ones(self) -> None:
+        """Test that the --shard auto errors the page quotes are what the daemon prints."""
+        text = self.DOC.read_text()
+        for env, host in [({SHARDS_ENV: "5", INDEX_ENV: "5"}, "x"), ({SHARDS_ENV: "5"}, "laptop")]:
+            with pytest.raises(UserError) as caught:
+                auto_shard(env, host)
+            assert f"margin-monitor: {caught.value}\n" in text
+
+    def test_plan_output_is_the_real_one(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """Test that the shard-plan output on the page is the command's own for the overlay."""
+        config = OVERLAY / "config.toml"
+        assert main(["shard-plan", "--config", str(config), "--from", "3", "--to", "5"]) == 0
+        assert capsys.readouterr().out in self.DOC.read_text()

@@ -145,3 +145,36 @@ class TestShardPlanCommand:
         err = capsys.readouterr().err
         assert err.startswith(message)
         assert err.count("\n") == 1
+
+    def test_live_accounts_need_no_credentials(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Test that the plan of a live config is made without its secrets (names only)."""
+        monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+        config = tmp_path / "live.toml"
+        config.write_text('[[accounts]]\nname = "main"\nexchange = "binanceusdm"\n'
+                          '[[accounts]]\nname = "alt"\nexchange = "okx"\n')  # fmt: skip
+        assert main(["shard-plan", "--config", str(config), "--from", "1", "--to", "2"]) == 0
+        assert capsys.readouterr().out.startswith("shard plan 1 -> 2: 2 accounts,")
+
+    @pytest.mark.parametrize(
+        ("text", "message"),
+        [
+            (None, r"^margin-monitor: .*missing\.toml: no such file or directory; pass the TOML"),
+            ("accounts = [", r"^margin-monitor: c\.toml: invalid TOML: "),
+            ("[alerts]\nwarning = 0.5\n", r"c\.toml: accounts: expected \[\[accounts\]\] tables"),
+            ("[[accounts]]\nexchange = 'sim'\n", r"c\.toml: accounts: expected \[\[accounts\]\]"),
+            ("[[accounts]]\nname = 'a'\n[[accounts]]\nname = 'a'\n", r"a name is used twice"),
+        ],
+    )
+    def test_bad_config_is_one_line(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str | None, message: str
+    ) -> None:
+        """Test that a missing, broken or account-less config is one line on stderr, exit 2."""
+        config = tmp_path / ("missing.toml" if text is None else "c.toml")
+        if text is not None:
+            config.write_text(text)
+        assert main(["shard-plan", "--config", str(config), "--from", "1", "--to", "2"]) == 2
+        err = capsys.readouterr().err
+        assert re.search(message, err), err
+        assert err.count("\n") == 1
