@@ -620,6 +620,13 @@ async def run_daemon(
 
             for account_loop in loops:
                 launch(account_loop)
+
+            def recomputes_alive() -> str | None:
+                return next((r for p in list(probes.values()) if (r := p())), None)
+
+            for sink in sinks:  # the metrics sink's /livez (issue 18) asks the same
+                if hasattr(sink, "liveness"):
+                    sink.liveness = recomputes_alive
             tg.create_task(shocks.run(), name="shocks")
             tg.create_task(_watch(stop, loops, duration, finite), name="shutdown")
             if reload is not None:
@@ -637,10 +644,6 @@ async def run_daemon(
                 )  # fmt: skip
             if notifier is not None:
                 if interval is not None:
-
-                    def recomputes_alive() -> str | None:
-                        return next((r for p in list(probes.values()) if (r := p())), None)
-
                     tg.create_task(
                         watchdog_loop(notifier, interval, [recomputes_alive]), name="watchdog"
                     )
@@ -816,7 +819,13 @@ async def _all_done(loops: Sequence[AccountLoop]) -> None:
 def run_command(args: argparse.Namespace) -> int:
     """`margin-monitor run`: the daemon (no --config: the embedded sim demo)."""
     settings = load_settings(args.config)
-    accounts = select_shard(settings.accounts, args.shard)
+    shard = args.shard
+    if shard == "auto":  # issue 18: a StatefulSet pod's ordinal (monitor/shards.py)
+        from monitor.shards import auto_shard  # noqa: PLC0415 - shards imports this module
+
+        shard = auto_shard()
+        log.info("shard from the pod's ordinal", shard=shard)
+    accounts = select_shard(settings.accounts, shard)
     if args.duration is not None and not (math.isfinite(args.duration) and args.duration > 0):
         raise UserError(f"--duration {args.duration}: must be a positive number of seconds")
     replay = None
@@ -829,7 +838,7 @@ def run_command(args: argparse.Namespace) -> int:
     tui = not args.no_tui and sys.stdout.isatty()
     logs.configure(secrets=logs.secrets_of(settings))  # issue 6: redact every secret
     if not accounts:
-        log.warning("no account in this shard; nothing to run", shard=args.shard)
+        log.warning("no account in this shard; nothing to run", shard=shard)
         return 0
     sources = [open_source(a, replay, settings.state_dir) for a in accounts]
     sinks = build_sinks(settings, tui, {s.account: s for s in sources})
@@ -837,7 +846,7 @@ def run_command(args: argparse.Namespace) -> int:
     def reload_accounts() -> list[AccountSettings]:
         fresh = load_settings(args.config)
         logs.set_secrets(logs.secrets_of(fresh))
-        return select_shard(fresh.accounts, args.shard)
+        return select_shard(fresh.accounts, shard)
 
     async def main() -> None:
         failed = False
