@@ -537,6 +537,7 @@ async def run_daemon(
     handle_signals: bool = True,
     notifier: Notifier | None = None,
     reload: Callable[[], Sequence[AccountSettings]] | None = None,
+    received: list[int] | None = None,
 ) -> list[AccountLoop]:
     """Run until SIGINT/SIGTERM, `duration` seconds, or the end of every finite source.
 
@@ -547,7 +548,8 @@ async def run_daemon(
     Service lifecycle (issue 6): `notifier` gets READY=1 once the tasks run (not when the
     exchanges answer), WATCHDOG=1 only while the loop and every recompute make progress,
     STOPPING=1 at shutdown. `reload` (SIGHUP) re-reads the accounts: new ones start, removed
-    ones stop, changed ones restart; everything else keeps running.
+    ones stop, changed ones restart; everything else keeps running. `received` collects the
+    stopping signal, so `run` can exit 130 after Ctrl-C as a shell expects.
     """
     if sources is None:
         sources = [open_source(a, replay) for a in accounts]
@@ -569,8 +571,14 @@ async def run_daemon(
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
+
+    def on_signal(sig: int) -> None:
+        if received is not None:
+            received.append(sig)
+        stop.set()
+
     for sig in signals:
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     hup = asyncio.Event()
     if handle_signals and reload is not None:
         loop.add_signal_handler(signal.SIGHUP, hup.set)
@@ -822,13 +830,15 @@ def run_command(args: argparse.Namespace) -> int:
         logs.set_secrets(logs.secrets_of(fresh))
         return select_shard(fresh.accounts, args.shard)
 
+    received: list[int] = []
+
     async def main() -> None:
         failed = False
         try:
             await run_daemon(
                 settings, accounts, sinks, duration=args.duration, replay=replay,
                 sources=sources, notifier=Notifier(),
-                reload=reload_accounts if replay is None else None,
+                reload=reload_accounts if replay is None else None, received=received,
             )  # fmt: skip
         except BaseException:
             failed = True
@@ -841,7 +851,7 @@ def run_command(args: argparse.Namespace) -> int:
                 log.error("shutdown: tasks did not stop; exiting without them", tasks=stuck)
                 sys.stdout.flush()
                 sys.stderr.flush()
-                os._exit(1 if failed else 0)
+                os._exit(1 if failed else 130 if signal.SIGINT in received else 0)
 
     try:
         asyncio.run(main())
@@ -852,7 +862,8 @@ def run_command(args: argparse.Namespace) -> int:
         if error is None:
             raise
         raise error from None
-    return 0
+    # Ctrl-C is 128 + SIGINT like any shell tool; SIGTERM (systemd, docker stop) is a clean 0
+    return 130 if signal.SIGINT in received else 0
 
 
 def _first_user_error(group: BaseExceptionGroup[BaseException]) -> UserError | None:
@@ -879,13 +890,16 @@ def check_command(args: argparse.Namespace) -> int:
         ("critical", a.shock_critical),
         ("emergency", a.shock_emergency),
     )
-    shocks = ", ".join(f"{name} {v:.0%}" for name, v in shock_levels if v is not None)
+    shocks = ", ".join(f"{name} {v * 100:g} %" for name, v in shock_levels if v is not None)
     out.write(
         f"alert levels on margin ratio: warning {a.warning:g}, critical {a.critical:g}, "
         f"emergency {a.emergency:g} (hysteresis {a.band:g}); on shock to liquidation: "
         f"{shocks or 'off'}\n"
     )
-    out.write(f"sinks: {', '.join(s.name for s in build_sinks(settings, tui=False))}\n")
+    build_sinks(settings, tui=False)  # what cannot be built fails here, not at `run`
+    from monitor.notify_test import check_lines  # noqa: PLC0415 - Apprise only if configured
+
+    out.writelines(f"{line}\n" for line in check_lines(settings))
     out.write(f"accounts ({len(settings.accounts)}):\n")
     for account in settings.accounts:
         out.write(f"  - {_describe(account)}; actions: {actions_mode(settings, account)}\n")

@@ -45,7 +45,7 @@ from monitor.alerting import backoff, raise_if_cancelling
 from monitor.model import MarginReport
 from monitor.rules import shock_fraction
 
-__all__ = ["MqttSettings", "MqttSink", "discovery_configs", "state_payload"]
+__all__ = ["MqttSettings", "MqttSink", "discovery_configs", "make_client", "state_payload"]
 
 log = structlog.get_logger("monitor.sinks.mqtt")
 
@@ -229,27 +229,8 @@ class MqttSink:
     # --- connection loop --------------------------------------------------------------------
 
     def _make_client(self) -> aiomqtt.Client:
-        s = self.settings
-        tls_params = None
-        if s.tls:
-            tls_params = aiomqtt.TLSParameters(
-                ca_certs=str(s.tls_ca_file) if s.tls_ca_file else None,
-                certfile=str(s.tls_cert_file) if s.tls_cert_file else None,
-                keyfile=str(s.tls_key_file) if s.tls_key_file else None,
-            )
-        return aiomqtt.Client(
-            s.host,
-            s.port,
-            username=s.username,
-            password=s.password.get_secret_value() if s.password else None,
-            identifier=self.client_id,
-            will=aiomqtt.Will(self.status_topic, "offline", qos=1, retain=True),
-            clean_session=True,
-            keepalive=s.keepalive,
-            timeout=s.timeout,
-            tls_params=tls_params,
-            tls_insecure=s.tls_insecure if s.tls else None,
-        )
+        will = aiomqtt.Will(self.status_topic, "offline", qos=1, retain=True)
+        return make_client(self.settings, self.client_id, will)
 
     async def run(self) -> None:
         """Connect, serve, reconnect with backoff; forever (until cancelled)."""
@@ -394,3 +375,29 @@ class MqttSink:
             except aiomqtt.MqttError:
                 self._actions.put_nowait((account, body))  # try again after the reconnect
                 raise
+
+
+def make_client(
+    s: MqttSettings, identifier: str, will: aiomqtt.Will | None = None
+) -> aiomqtt.Client:
+    """A client for the `[mqtt]` section (the daemon's sink, and `notify-test` without a will)."""
+    tls_params = None
+    if s.tls:
+        tls_params = aiomqtt.TLSParameters(
+            ca_certs=str(s.tls_ca_file) if s.tls_ca_file else None,
+            certfile=str(s.tls_cert_file) if s.tls_cert_file else None,
+            keyfile=str(s.tls_key_file) if s.tls_key_file else None,
+        )
+    return aiomqtt.Client(
+        s.host,
+        s.port,
+        username=s.username,
+        password=s.password.get_secret_value() if s.password else None,
+        identifier=identifier,
+        will=will,
+        clean_session=True,
+        keepalive=s.keepalive,
+        timeout=s.timeout,
+        tls_params=tls_params,
+        tls_insecure=s.tls_insecure if s.tls else None,
+    )
