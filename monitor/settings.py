@@ -3,7 +3,7 @@
 Precedence, highest first: values passed in code > environment (`MARGIN_MONITOR__SECTION__KEY`)
 > credential files in `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential=`, one file per value,
 named `section__key`) > the TOML file > defaults. Both locations are read when settings are
-loaded, never at import time (notes/ecosystem.md §5, pitfall 3), so tests and a reload see
+loaded, never at import time (docs/development.md), so tests and a reload see
 the current environment.
 
 Accounts are a TOML array (`[[accounts]]`), which environment variables and credential files
@@ -231,7 +231,7 @@ class AccountSettings(Section):
 
 
 class AlertsSettings(Section):
-    """Alert thresholds (DESIGN.md "Alerts"); `to_config` hands them to `rules.py`.
+    """Alert thresholds (docs/notifications.md); `to_config` hands them to `rules.py`.
 
     Ratio thresholds are margin ratios (maintenance margin / margin balance, 1 = liquidation);
     shock thresholds are the size of the uniform price move that would liquidate (0.10 =
@@ -332,11 +332,11 @@ class Settings(BaseSettings):
     )
     accounts: list[AccountSettings] = Field(default_factory=_demo_accounts, min_length=1)
     alerts: AlertsSettings = Field(default_factory=_default_alerts)
-    metrics: MetricsSettings = Field(default_factory=MetricsSettings)  # issue 6: /metrics
-    heartbeat: HeartbeatSettings = Field(default_factory=HeartbeatSettings)  # issue 6
-    mqtt: MqttSettings | None = None  # issue 4: unset = no MQTT (sinks/mqtt.py)
-    notify: NotifySettings | None = None  # issue 4: unset = no phone channels
-    actions: ActionsSettings = Field(default_factory=ActionsSettings)  # issue 5: dry run
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)  # docs/monitoring.md
+    heartbeat: HeartbeatSettings = Field(default_factory=HeartbeatSettings)  # docs/monitoring.md
+    mqtt: MqttSettings | None = None  # docs/notifications.md: unset = no MQTT (sinks/mqtt.py)
+    notify: NotifySettings | None = None  # docs/notifications.md: unset = no phone channels
+    actions: ActionsSettings = Field(default_factory=ActionsSettings)  # docs/actions.md: dry run
 
     @field_validator("accounts")
     @classmethod

@@ -1,6 +1,6 @@
 """MQTT sink (aiomqtt 2.x): alerts, retained state, Home Assistant discovery, signed commands.
 
-Topics (prefix default `margin-monitor`, DESIGN.md "Alerts"):
+Topics (prefix default `margin-monitor`, docs/mqtt-and-commands.md):
 
 - `<prefix>/status`              `online`/`offline`, retained; `offline` is the last will.
 - `<prefix>/<account>/state`     the JSON report plus `level`, retained, published on change
@@ -17,7 +17,7 @@ Topics (prefix default `margin-monitor`, DESIGN.md "Alerts"):
 aiomqtt 2.x does not reconnect by itself; its documented pattern (docs/reconnection.md,
 issue #334) is re-entering `async with client` in a retry loop, which `run` does, with the
 jittered backoff of STYLE.md. A broker that vanishes is noticed by the publish `timeout`, not
-by an error (notes/ecosystem.md §1), so the timeout is set deliberately. After each reconnect
+by an error (docs/development.md), so the timeout is set deliberately. After each reconnect
 the status, discovery and every account's state are published again, and the pipeline is
 told to retry queued alerts at once.
 """
@@ -56,7 +56,7 @@ def _object_id(account: str) -> str:
 
 
 def state_payload(report: MarginReport, level: str) -> dict[str, Any]:
-    """The retained state: the DESIGN.md JSON report plus level and convenience fields."""
+    """The retained state: the JSON report (docs/margin-math.md), level and convenience fields."""
     from monitor.snapshot import report_to_dict  # noqa: PLC0415 - keeps import cost lazy
 
     data: dict[str, Any] = _strict_json(report_to_dict(report))
@@ -99,7 +99,7 @@ _SENSORS: tuple[tuple[str, str, str | None, str | None], ...] = (
 def discovery_configs(
     settings: MqttSettings, account: str, currency: str
 ) -> list[tuple[str, dict[str, Any]]]:
-    """Home Assistant MQTT discovery (notes/ecosystem.md §3): one device, five sensors."""
+    """Home Assistant MQTT discovery (docs/development.md): one device, five sensors."""
     oid = _object_id(account)
     state_topic = f"{settings.prefix}/{account}/state"
     device = {
