@@ -5,7 +5,8 @@ a thousand positions. The question a tick must answer at once is smaller: where 
 margin ratio now? A `Ledger` keeps each position's figures and the per-asset sums of the
 pool, so a tick only re-values the positions of its symbol (hedge mode: two) and re-sums a
 handful of assets. The daemon asks it on every tick and re-runs the full report (liquidation
-prices, shock to liquidation) coalesced, at its own pace (issue 7: 20 000 ticks/s a core).
+prices, shock to liquidation) coalesced, at its own pace (20 000 ticks/s a core: see
+docs/benchmarks.md).
 
 A tick never builds a `Position`: each position is turned once into its schedule-only form
 (`Position.scheduled`, venue figures become the rates they imply, exactly what
@@ -30,6 +31,7 @@ from monitor.valuation import (
     Figures,
     computed_initial_margin,
     computed_maintenance_margin,
+    margin_ratio,
     pnl_at,
     pool,
 )
@@ -55,8 +57,8 @@ class Summary:
 class Ledger:
     """Per-position figures and per-asset sums of one account, updated tick by tick."""
 
-    __slots__ = ("_books", "_by_symbol", "_figures", "_held", "_marks", "_moved", "_moving",
-                 "_scheduled", "_snapshot")
+    __slots__ = ("_books", "_by_symbol", "_exposed", "_figures", "_held", "_marks", "_moved",
+                 "_moving", "_scheduled", "_snapshot")
 
     def __init__(self, snapshot: AccountSnapshot, marks: Marks | None = None) -> None:
         """`marks`: the newest mark per symbol with its time (AccountState.marks), so a
@@ -67,6 +69,8 @@ class Ledger:
         self._books: dict[str, AssetBook] = books
         self._figures: list[Figures] = figures
         self._marks = [p.mark_price for p in snapshot.positions]
+        # positions never change between two reads: an empty cross pool stays empty
+        self._exposed = any(p.margin_mode == "cross" for p in snapshot.positions)
         # schedule-only twins, made on a position's first move (most accounts never move
         # every position between two full reads)
         self._scheduled: list[Position | None] = [None] * len(snapshot.positions)
@@ -150,7 +154,7 @@ class Ledger:
         for book in self._books.values():
             balance += book.surplus(book.pnl, 0.0)
             mm += book.mm * book.ask
-        return mm / balance if balance > 0 else math.inf
+        return margin_ratio(mm, balance, exposed=self._exposed)
 
     def summary(self) -> Summary:
         """Margin balance, IM, MM and ratio of the cross pool at the latest ticks."""
@@ -162,8 +166,7 @@ class Ledger:
             ask = book.ask
             im += book.im * ask
             mm += book.mm * ask
-        ratio = mm / balance if balance > 0 else math.inf
-        return Summary(balance, im, mm, ratio)
+        return Summary(balance, im, mm, margin_ratio(mm, balance, exposed=self._exposed))
 
     def snapshot(self) -> AccountSnapshot:
         """The account at the latest ticks, for a full report.

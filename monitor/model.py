@@ -103,7 +103,9 @@ class Position:
 
     Optional figures the venue reports (`unrealized_pnl`, `initial_margin`,
     `maintenance_margin`) win over computed ones at the current prices; any what-if
-    price recomputes them from `tiers`/`mmr`/`leverage`.
+    price recomputes them from `tiers`/`mmr`/`leverage`. `liquidation_fee` is the taker
+    fee rate this position pays when liquidated, where it differs from the venue's
+    default (`VenueRules.liquidation_fee`; a VIP fee tier, say).
     """
 
     symbol: str
@@ -124,6 +126,7 @@ class Position:
     tiers: tuple[Tier, ...] = ()
     isolated_margin: float | None = None
     beta: float = 1.0
+    liquidation_fee: float | None = None
 
     @property
     def sign(self) -> int:
@@ -156,7 +159,7 @@ class Position:
     def repriced(self, price: float) -> Position:
         """`replace(self, mark_price=price)`, field by field: `replace` re-reads the fields
         and goes through keyword arguments (~6 µs for 18 fields), and the Ledger re-prices
-        every moved position per report (issue 7 throughput). Figures are kept as they are:
+        every moved position per report (docs/benchmarks.md). Figures are kept as they are:
         for a what-if use `at_mark`."""
         values = list(_position_values(self))
         values[_MARK] = price
@@ -212,24 +215,35 @@ def quote_asset(symbol: str) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class VenueRules:
-    """Where venues differ on the same quantities (notes/margin-math.md §0 and §5).
+    """Where venues differ on the same quantities (docs/margin-math.md).
 
     - `isolated_mm_on_entry`: Bybit values an isolated position's MM on its entry value.
     - `tier_deduction`: cumulative tiers (Binance, Bybit, Hyperliquid) vs one rate for the
       whole position with no deduction (OKX).
     - `equality_liquidates`: Binance and Bybit liquidate when the ratio *reaches* 100 %;
       Hyperliquid and dYdX only when equity falls strictly *below* MM.
+    - `liquidation_fee`: the taker fee rate the venue charges at liquidation and counts in
+      its liquidation condition on top of the maintenance rate (issue 19). OKX: margin
+      ratio = equity / (maintenance margin + liquidation fees), isolated "(Margin balance
+      + PnL) / (Face value × |Contracts| × Mark price × (Tiered MMR + fee rate))"; Gate:
+      "Liquidation Price = (Entry Price ± Margin / Contract Multiplier / Size) /
+      [1 ± (Maintenance Margin Ratio + Taker Rate)]" (docs/margin-edges.md). The figure is
+      the venues' base-tier perpetual taker fee (ccxt 4.5.90 `fees.swap.taker`: 0.05 %);
+      a position's own `liquidation_fee` wins. Binance, Bybit, Hyperliquid: no such term.
     """
 
     isolated_mm_on_entry: bool = False
     tier_deduction: bool = True
     equality_liquidates: bool = True
+    liquidation_fee: float = 0.0
 
 
 _DEFAULT_RULES = VenueRules()
 _VENUE_RULES: dict[str, VenueRules] = {
     "bybit": VenueRules(isolated_mm_on_entry=True),
-    "okx": VenueRules(tier_deduction=False),
+    "okx": VenueRules(tier_deduction=False, liquidation_fee=0.0005),
+    "gate": VenueRules(liquidation_fee=0.0005),
+    "gateio": VenueRules(liquidation_fee=0.0005),
     "hyperliquid": VenueRules(equality_liquidates=False),
     "dydx": VenueRules(equality_liquidates=False),
     "deribit": VenueRules(equality_liquidates=False),
@@ -268,7 +282,7 @@ class PositionRisk(NamedTuple):
 
     A NamedTuple, not a frozen dataclass like the rest: a report builds one per position,
     and a frozen dataclass's `__init__` (one `object.__setattr__` per field) was 1.1 ms of
-    a 4 ms 1 000-position report (issue 7's 2 ms target). Just as immutable and typed.
+    a 4 ms 1 000-position report (the 2 ms goal, docs/benchmarks.md). Just as immutable and typed.
     """
 
     symbol: str
@@ -298,7 +312,8 @@ class MarginReport:
     """The state of an account's cross pool, plus every position's own figures.
 
     `margin_ratio` = maintenance_margin / margin_balance: 0 is no risk and ≥ 1 is
-    liquidation (Binance/Bybit convention); +inf when the margin balance is ≤ 0.
+    liquidation (Binance/Bybit convention); +inf when the margin balance is ≤ 0 under an
+    open cross position; 0 when nothing is open in the cross pool (`valuation.margin_ratio`).
     """
 
     account: str
@@ -438,8 +453,9 @@ class Reduction:
 class ReductionPlan:
     """The smallest reduce-only quantities that bring the ratio to `target_ratio`.
 
-    `reached` is False when even closing everything the policy allows cannot get there
-    (for example a margin balance already ≤ 0); the reductions are then the best effort.
+    `reached` is False when even closing everything the policy allows cannot get there; the
+    reductions are then the best effort. Closing every cross position leaves no MM, hence
+    ratio 0, so a wiped-out balance (ratio +inf) is reached only by closing it all.
     """
 
     policy: ReductionPolicy

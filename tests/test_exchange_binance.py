@@ -409,6 +409,8 @@ class TestMultiAssets:
         """Test that BTC collateral with no BTC position gets a mark read, then streamed ticks."""
         fake.account.positions.pop(("BTCUSDT", "BOTH"))
         fake.account.assets["BTC"] = 0.1
+        fake.account.multi_assets = True  # a BTC balance is margin only in Multi-Assets Mode
+        fake.account.buffers["BTC"] = (0.0, 0.0)
         async with started(fake) as (source, tap):
             balance = next(e for e in reversed(tap.seen) if isinstance(e, AccountUpdate))
             btc = next(c for c in balance.collateral if c.asset == "BTC")

@@ -290,6 +290,19 @@ class TestStream:
             (BTC, 59000.0),
         ]
 
+    async def test_replay_starts_at_the_first_row(self, tmp_path: Path) -> None:
+        """Test that the first snapshot of a replay has the file's first prices, not the book's."""
+        path = tmp_path / "prices.csv"
+        path.write_text(f"ts,symbol,price\n5,{BTC},41000\n6,{BTC},40000\n")
+        venue = SimVenue("demo", FAST, replay=load_replay(path, SYMBOLS))
+        first = await venue.fetch_snapshot()
+        book = SimVenue("demo", FAST).snapshot()
+        marks = {p.symbol: p.mark_price for p in first.positions}
+        assert marks[BTC] == 41000.0
+        assert {p.symbol: p.mark_price for p in book.positions}[BTC] != 41000.0
+        others = {p.symbol: p.mark_price for p in book.positions if p.symbol != BTC}
+        assert {s: m for s, m in marks.items() if s != BTC} == others
+
 
 class TestReplayFile:
     @pytest.mark.parametrize(

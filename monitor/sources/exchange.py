@@ -1,6 +1,6 @@
 """A live exchange account through one `ccxt.pro` instance, as a `Source` of model events.
 
-What is trusted for what (notes/ccxt.md §0, §6):
+What is trusted for what (docs/venues.md):
 - **mark prices** stream (`watch_mark_price` where `has` says so, else `watch_ticker`) and
   become a `PriceTick` on every frame; a symbol whose stream is quiet for `poll_interval`
   is read over REST instead, so prices keep flowing while the socket is dead;
@@ -32,13 +32,14 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import ccxt.pro as ccxtpro
 import structlog
 from ccxt.base import errors as ccxt_errors
 
-from monitor import margin
+from monitor import logs, margin
 from monitor.errors import UserError
 from monitor.model import (
     AccountSnapshot,
@@ -54,7 +55,9 @@ from monitor.model import (
 )
 from monitor.settings import ccxt_credentials, load_settings
 from monitor.snapshot import snapshot_to_dict
+from monitor.sources import budget
 from monitor.sources.backoff import Backoff, Freshness, FreshnessChange, Throttle
+from monitor.sources.collateral_rules import CollateralRulesReader
 from monitor.sources.normalize import (
     MalformedPayload,
     VenueFigures,
@@ -85,6 +88,8 @@ _TIERS_IN_CONTRACTS = frozenset({"okx", "mexc"})
 #: Re-reads of a read whose positions and balance answers saw different books (a fill
 #: between them) before the reconciliation fails and backs off (normalize.torn_read).
 _TORN_RETRIES = 2
+
+_FUTURES_ONLY = frozenset({"binanceusdm", "binancecoinm"})
 
 
 class _Secret(Protocol):
@@ -164,7 +169,7 @@ def build_exchange(settings: AccountConfig) -> Any:
         "options": {
             # The position stream is only a trigger for our own REST read, so ccxt's REST
             # snapshot on the first watch is a wasted call, and it delays opening the socket
-            # (updates between the first and second call are lost, notes/ccxt.md §0.3).
+            # (updates between the first and second call are lost, docs/venues.md).
             "watchPositions": {"fetchPositionsSnapshot": False, "awaitPositionsSnapshot": False},
         },
     }
@@ -177,12 +182,42 @@ def build_exchange(settings: AccountConfig) -> Any:
         # (0.01 % to ccxt's builder) and `setReferrer` on first use when a private key is
         # set. A monitor must not change the user's account: mark both as done.
         config["options"].update(builderFee=False, approvedBuilderFee=True, refSet=True)
+    if venue in _FUTURES_ONLY:
+        # load_markets with keys would also read the spot wallet's currencies, which a
+        # futures-only key may not read and the daemon never uses (notes/ccxt.md §0.2).
+        config["options"]["fetchCurrencies"] = False
     config = _merged(config, settings.ccxt)
     exchange = getattr(ccxtpro, venue)(config)
     _reject_non_json(exchange)
+    _redact_errors(exchange, logs.secrets_of(config))
+    # the venue's request budget replaces ccxt's one-at-a-time throttle: a protective step
+    # is not queued behind polling (monitor/sources/budget.py, docs/rate-limits.md)
+    budget.install(exchange, settings.name)
     if settings.sandbox:
         exchange.set_sandbox_mode(True)
     return exchange
+
+
+def _redact_errors(exchange: Any, secrets: list[str]) -> None:
+    """Venue text enters here: scrub the account's credentials out of every REST error.
+
+    Every ccxt REST call goes through `exchange.fetch`, whose exceptions quote the venue's
+    answer; a venue that repeats the API key in an error would otherwise put it in
+    `/healthz`, alerts, SQLite, `check` and `snapshot` output (issue 13). Redacted by value
+    (raw, JSON, URL-encoded spellings: logs.Redactor), once, before anyone reads it.
+    """
+    redactor = logs.Redactor()
+    redactor.set(secrets)
+    original = exchange.fetch
+
+    async def fetch(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await original(*args, **kwargs)
+        except Exception as exc:
+            logs.scrub_exception(exc, redactor)
+            raise
+
+    exchange.fetch = fetch
 
 
 def _reject_non_json(exchange: Any) -> None:
@@ -266,6 +301,8 @@ class ExchangeSource:
         tiers_every: float = 3600.0,
         backoff_cap: float = 30.0,
         currency: str | None = None,
+        state_dir: Path | None = None,
+        collateral_rules_every: float = 3600.0,
     ) -> None:
         self.settings = settings
         self.name = settings.name
@@ -307,6 +344,10 @@ class ExchangeSource:
         self._drifting = False
         self._collateral_symbols: set[str] = set()
         self._closed = False
+        # Venue haircuts for cross-collateral (issue 12), cached in the state directory.
+        self.collateral_rules = CollateralRulesReader(
+            self.name, self.venue, state_dir, every=collateral_rules_every, clock=clock
+        )
 
     # --- public surface (monitor.sources.base.Source) ---------------------------------------
 
@@ -479,7 +520,7 @@ class ExchangeSource:
             if not retry_now:
                 interval = self.reconcile_every if self._streams_healthy() else self.poll_interval
                 # Not asyncio.wait_for: on 3.11 it drops a cancel that lands as the trigger
-                # arrives (cpython#86296) and shutdown hung (fault matrix, issue 7).
+                # arrives (cpython#86296) and shutdown hung (fault matrix, docs/benchmarks.md).
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(interval * self._throttle.factor):
                         await self._dirty.wait()
@@ -528,11 +569,19 @@ class ExchangeSource:
         positions = positions_from_ccxt(
             self.venue, raw_positions, exchange.markets or {}, self.tiers, self.marks
         )
-        await self._price_collateral(raw_balance)
-        collateral = collateral_from_ccxt(
-            self.venue, raw_balance, self.currency, self._asset_prices()
-        )
+        collateral = await self.collateral_of(raw_balance)
         return positions, collateral, venue_figures(self.venue, raw_balance)
+
+    async def collateral_of(self, balance: object) -> tuple[Collateral, ...]:
+        """The wallet of a `fetch_balance()` valued in the report currency: the one
+        collateral-pricing rule of `run`, `snapshot` and `check` (issue 19). Volatile
+        collateral (Binance multi-assets BTC, say) is priced by its market, the linear
+        perpetual else spot (`_price_symbol`), and keeps streaming once priced."""
+        await self._price_collateral(balance)
+        collateral = collateral_from_ccxt(self.venue, balance, self.currency, self._asset_prices())
+        # The venue's own collateral rules (haircuts, Multi-Assets / UTA switches, issue 12).
+        await self.collateral_rules.refresh(self.exchange)
+        return self.collateral_rules.apply(collateral, self.currency)
 
     def _asset_prices(self) -> dict[str, float]:
         """Asset -> price in the report currency, from the marks of `ASSET/<currency>` pairs."""
@@ -867,11 +916,14 @@ async def check_account(settings: AccountConfig) -> str:
             exchange = await source.open()
             await exchange.load_markets()
             balance = await exchange.fetch_balance()
-            collateral = collateral_from_ccxt(source.venue, balance, source.currency)
+            collateral = await source.collateral_of(balance)
             permission = await _trade_permission(exchange, source.venue, balance)
     finally:
         await source.close()
-    wallet = ", ".join(f"{c.asset} {c.amount:g}" for c in collateral) or "empty"
+    wallet = ", ".join(
+        f"{c.asset} {c.amount:g}" + ("" if c.price == 1.0 else f" @ {c.price:g} {source.currency}")
+        for c in collateral
+    ) or "empty"
     return (f"{settings.name}: {settings.exchange} ok, {len(exchange.markets)} markets, "
             f"wallet {wallet}; keys {permission}")
 

@@ -1,11 +1,11 @@
 """The embedded simulated venue: one cross-margined USDT account that streams and trades.
 
 What `margin-monitor run` shows with no configuration, and what tests and the protective
-actions (issue 5) run against without a network:
+actions (docs/actions.md) run against without a network:
 
 - The book (`DEMO_BOOK`): BTC long, ETH short and SOL long on a USDT wallet, with BTC held
   as collateral at a 5 % haircut, each market with a Binance-style tier table (cumulative
-  deduction, as notes/margin-math.md describes).
+  deduction, as docs/margin-math.md describes).
 - Mark prices from `sim_prices.ScriptedPath`: a seeded sell-off whose keyframes are solved
   from the book itself so the margin ratio passes 0.35 → 0.6 → 0.78 → 0.88 and recovers,
   i.e. warning → critical → emergency → resolved at the default thresholds; or from a CSV
@@ -81,7 +81,7 @@ class SimBook:
     collateral: tuple[Collateral, ...]
 
 
-# Tier tables in the shape of Binance USDⓈ-M's leverage brackets (notes/margin-math.md §1);
+# Tier tables in the shape of Binance USDⓈ-M's leverage brackets (docs/margin-math.md);
 # the numbers are illustrative, the cumulative deductions keep MM continuous at each edge.
 DEMO_BOOK = SimBook(
     currency="USDT",
@@ -209,6 +209,12 @@ class SimVenue:
             )  # fmt: skip
         self._collateral = {c.asset: c for c in book.collateral}
         self._reprice_collateral()
+        if self._replay:
+            # A replay starts where its file starts: the first snapshot already carries the
+            # first row's prices, or a restart with a replay beginning at critical would
+            # first report the built-in prices (a false resolve, then a new episode).
+            for symbol, price in self._replay[0].prices:
+                self._set_mark(symbol, price)
         self._orders: dict[str, dict[str, Any]] = {}
         self._by_client_id: dict[str, str] = {}
         self._ids = itertools.count(1)
