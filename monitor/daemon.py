@@ -310,7 +310,8 @@ class AccountLoop:
                         await self._tell("on_event", drift)
             except Exception as exc:  # one account's failure never stops the others
                 attempt += 1
-                reason = _one_line(exc)
+                # a UserError is already the one line a person reads (a rejected key)
+                reason = str(exc) if isinstance(exc, UserError) else _one_line(exc)
                 log.error("source failed", account=self.account, error=reason, attempt=attempt)
                 await self._tell("on_event", SourceDown(self.account, reason, self.clock()))
                 await asyncio.sleep(random.uniform(0, 1.5 ** min(10, attempt)))  # noqa: S311

@@ -17,7 +17,15 @@ import pytest
 
 from monitor import margin
 from monitor.daemon import run_daemon
-from monitor.model import AccountSnapshot, AccountUpdate, Event, MarginReport, PriceTick
+from monitor.metrics import MetricsSettings, MetricsSink
+from monitor.model import (
+    AccountSnapshot,
+    AccountUpdate,
+    Event,
+    MarginReport,
+    PriceTick,
+    SourceDown,
+)
 from monitor.settings import load_settings
 from monitor.sources.exchange import ExchangeSource
 from monitor.sources.sim import SimVenue
@@ -322,3 +330,36 @@ class TestFillsMoveMoney:
             await fake.stop()
         assert fake.account.wallet == 1_000.0
         assert [p.contracts for p in after.positions] == [pytest.approx(1.0)]
+
+
+class TestBadKeyAtStartup:
+    async def test_rejected_key_is_one_line_in_alert_and_healthz(self) -> None:
+        """Test that a key the venue rejects from the start reaches the sinks (alert) and
+        /healthz as the one-line "rejected the API key" message, not the raw exception."""
+        fake = FakeBinanceUsdm()
+        recorder = Recorder()
+        metrics = MetricsSink(MetricsSettings(), {"binanceusdm-test": 60.0})
+        async with fake:
+            account = account_for(fake, "revoked-key", SECRET, poll_interval=5.0,
+                                  stale_after=60.0)
+            source = ExchangeSource(account, backoff_cap=0.2)
+            config = load_settings(None, shock_interval=3600.0)
+            task = asyncio.create_task(run_daemon(
+                config, [], [recorder, metrics], sources=[source], handle_signals=False,
+                duration=60))
+            try:
+                await recorder.until(lambda: any(isinstance(e, SourceDown)
+                                                 for e in recorder.events))
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                await source.close()
+        down = next(e for e in recorder.events if isinstance(e, SourceDown))
+        assert down.reason.startswith(
+            "binanceusdm rejected the API key during the start-up read (")
+        assert down.reason.endswith(
+            "check accounts.binanceusdm-test.api_key/secret and their permissions")
+        assert "\n" not in down.reason
+        assert "-2015" in down.reason  # the venue's own code, inside the one line
+        assert metrics.blind() == {"binanceusdm-test": f"source down: {down.reason}"}
