@@ -362,7 +362,10 @@ class MetricsSink:
             # Kubernetes liveness (issue 18): the watchdog's evidence of progress, not data
             # freshness: restarting cannot fix a venue outage and would blind the shard
             del request
-            wedged = self.liveness() if self.liveness is not None else None
+            try:
+                wedged = self.liveness() if self.liveness is not None else None
+            except Exception as exc:  # as in sdnotify.watchdog_loop: a broken probe is wedged
+                wedged = f"liveness probe failed: {type(exc).__name__}: {exc}"
             if wedged is None:
                 return web.Response(text="alive\n")
             return web.Response(status=503, text=f"wedged: {wedged}\n")

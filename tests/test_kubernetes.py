@@ -216,6 +216,7 @@ class TestStatefulSet:
         assert c["ports"] == [{"name": "metrics", "containerPort": port}]
         assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
         assert c["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "metrics"}
+        assert c["startupProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
         live = c["livenessProbe"]
         # the systemd unit's WatchdogSec=30s: a wedged daemon goes within the same time
         assert live["periodSeconds"] * live["failureThreshold"] <= 30
@@ -311,6 +312,10 @@ class TestProbeEndpoints:
                     assert await resp.text() == "ready: 1 accounts configured\n"
                 async with http.get(f"{base}/livez") as resp:
                     assert (resp.status, await resp.text()) == (200, "alive\n")
+                metrics.liveness = lambda: 1 / 0  # type: ignore[assignment,return-value]
+                async with http.get(f"{base}/livez") as resp:
+                    assert resp.status == 503
+                    assert (await resp.text()).startswith("wedged: liveness probe failed: ZeroDiv")
                 metrics.liveness = lambda: "recompute[main] has had work waiting for over 1 s"
                 async with http.get(f"{base}/livez") as resp:
                     assert resp.status == 503
