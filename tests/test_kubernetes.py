@@ -259,15 +259,17 @@ class TestStatefulSet:
                     if not m.get("readOnly")}  # fmt: skip
         assert writable == {"/var/lib/margin-monitor", "/tmp"}
 
-    def test_requests_cover_the_soak_figures(self) -> None:
-        """Test that the base requests are at least what bench/RESULTS.md's soak measured."""
+    def test_requests_cover_the_measured_figures(self) -> None:
+        """Test that requests and limits hold what bench/RESULTS.md measured for a pod."""
         results = (ROOT / "bench" / "RESULTS.md").read_text()
-        rss = max(float(x) for x in re.findall(r"RSS +(\d+\.\d) MB", results))
+        live = {int(n): float(mb) for n, mb in
+                re.findall(r"(\d+) live accounts: RSS max +(\d+\.\d) MB", results)}  # fmt: skip
         cpu = max(float(x) for x in re.findall(r"CPU share: median (\d+\.\d)%", results))
-        requests = container(rendered(BASE))["resources"]["requests"]
-        assert requests["memory"].endswith("Mi")
-        assert int(requests["memory"][:-2]) * 1.048576 >= rss + 97  # + ccxt for a live venue
-        assert int(requests["cpu"].removesuffix("m")) >= cpu * 10
+        resources = container(rendered(BASE))["resources"]
+        mib = 1.048576  # MB per MiB
+        assert int(resources["requests"]["memory"].removesuffix("Mi")) * mib >= live[10]
+        assert int(resources["limits"]["memory"].removesuffix("Mi")) * mib >= live[30]
+        assert int(resources["requests"]["cpu"].removesuffix("m")) >= cpu * 10
 
     def test_pod_name_is_defined_before_the_prefix_uses_it(self) -> None:
         """Test that $(POD_NAME) is expandable: Kubernetes only expands earlier variables."""
