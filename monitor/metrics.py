@@ -203,6 +203,8 @@ class MetricsSink:
         self.drift: dict[str, Drift] = {}
         #: the systemd watchdog's progress check (daemon.py), for `/livez` (issue 18)
         self.liveness: Callable[[], str | None] | None = None
+        #: (K, N) under `--shard K/N`: exported so a missing shard's process is noticed
+        self.shard: tuple[int, int] | None = None
         self.address: tuple[str, int] | None = None
         self._runner: Any = None
         self._collector = _AccountCollector(self)
@@ -453,6 +455,10 @@ class _AccountCollector(Collector):
                 g.add("outbox_depth", "Alert messages queued for delivery, per sink.",
                       ["sink"], [sink_name], float(depth[sink_name]))
         g.add("build_info", "Version of the running daemon.", ["version"], [__version__], 1.0)
+        if sink.shard is not None:
+            g.add("shards", "N of --shard K/N, labelled with this process's K: fewer series "
+                  "than the value means a shard runs nowhere.", ["shard"],
+                  [str(sink.shard[0])], float(sink.shard[1]))  # fmt: skip
         yield from g.families()
 
 

@@ -405,3 +405,17 @@ class TestDocs:
         config = OVERLAY / "config.toml"
         assert main(["shard-plan", "--config", str(config), "--from", "3", "--to", "5"]) == 0
         assert capsys.readouterr().out in self.DOC.read_text()
+
+
+class TestShardGauge:
+    async def test_exported_only_under_a_shard(self) -> None:
+        """Test that margin_monitor_shards{shard=K} = N appears only when the process is sharded."""
+        metrics = MetricsSink(MetricsSettings(), {"main": 30.0})
+        async with asyncio.TaskGroup() as tg:
+            await metrics.start(tg)
+        try:
+            assert b"margin_monitor_shards" not in metrics.exposition()
+            metrics.shard = (2, 3)
+            assert b'margin_monitor_shards{shard="2"} 3.0' in metrics.exposition()
+        finally:
+            await metrics.close()

@@ -15,12 +15,14 @@ import uuid
 from collections import defaultdict
 from pathlib import Path
 
+import aiohttp
 import aiomqtt
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.daemon import shard_of
 from monitor.shards import INDEX_ENV, SHARDS_ENV
-from tests.mqtt_broker import Collector, Mosquitto
+from tests.mqtt_broker import Collector, Mosquitto, free_port
 
 CONSOLE_SCRIPT = Path(sys.executable).with_name("margin-monitor")
 SHARDS = 3
@@ -48,6 +50,7 @@ class Pods:
     def __init__(self, tmp: Path, config: Path, root: str) -> None:
         self.tmp, self.config, self.root = tmp, config, root
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.ports = {k: free_port() for k in range(SHARDS)}  # each pod's metrics port
 
     def start(self, k: int, state: str | None = None) -> None:
         inherited = ("MARGIN_MONITOR", "WATCHDOG_", "NOTIFY_SOCKET", "CREDENTIALS_DIRECTORY")
@@ -59,6 +62,8 @@ class Pods:
             "STATE_DIRECTORY": str(self.tmp / (state or f"state-{pod}")),
             "MARGIN_MONITOR__MQTT__PREFIX": f"{self.root}/{pod}",
             "MARGIN_MONITOR__MQTT__CLIENT_ID": pod,
+            "MARGIN_MONITOR__METRICS__ENABLED": "true",
+            "MARGIN_MONITOR__METRICS__PORT": str(self.ports[k]),
         }
         with (self.tmp / f"{pod}.err").open("ab") as err:
             self.procs[k] = subprocess.Popen(
@@ -171,6 +176,24 @@ class TestStatefulSetProcesses:
             assert all(len(ids) == 1 for ids in before.values())
             for k in range(SHARDS):
                 assert status(collector, root, f"margin-monitor-{k}")[-1] == "online"
+            # each pod's probes and metrics: ready, alive, its shard of 3, its accounts only
+            async with aiohttp.ClientSession() as http:
+                for k, port in pods.ports.items():
+                    base = f"http://127.0.0.1:{port}"
+                    async with http.get(f"{base}/readyz") as resp:
+                        assert resp.status == 200
+                    async with http.get(f"{base}/livez") as resp:
+                        assert (resp.status, await resp.text()) == (200, "alive\n")
+                    async with http.get(f"{base}/metrics") as resp:
+                        samples = [
+                            x for f in text_string_to_metric_families(await resp.text())
+                            for x in f.samples
+                        ]  # fmt: skip
+                    shards = [x for x in samples if x.name == "margin_monitor_shards"]
+                    assert [(x.labels, x.value) for x in shards] == [({"shard": str(k + 1)}, 3)]
+                    fresh = {x.labels["account"] for x in samples
+                             if x.name == "margin_monitor_fresh"}  # fmt: skip
+                    assert fresh == {a for a, p in expected.items() if p == f"margin-monitor-{k}"}
 
             # SIGKILL pod 1; its last will says offline; it comes back with its volume
             pods.kill(1)
