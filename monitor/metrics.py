@@ -13,7 +13,7 @@ Two halves, both on one private `CollectorRegistry` (`REGISTRY`), never the glob
 
 `/healthz` answers 200 while every configured account has fresh data and 503 naming the
 blind ones: a monitor that cannot see an account must say so to its supervisor (container
-HEALTHCHECK, uptime checker), because silence would read as "all is well" (DESIGN.md: "a
+HEALTHCHECK, uptime checker), because silence would read as "all is well" (docs/monitoring.md: "a
 blind monitor is itself an alert"). The endpoint is off by default and binds loopback
 unless told otherwise: the figures describe someone's money.
 """
@@ -47,10 +47,9 @@ from monitor import __version__
 from monitor.errors import UserError
 from monitor.model import (
     AccountSnapshot,
-    BalanceUpdate,
+    AccountUpdate,
     Event,
     MarginReport,
-    PositionsUpdate,
     PriceTick,
     SourceDown,
     SourceStale,
@@ -76,11 +75,10 @@ __all__ = [
 log = structlog.get_logger("monitor.metrics")
 
 LEVELS = {"ok": 0, "warning": 1, "critical": 2, "emergency": 3}
-_KIND_OF: dict[type, str] = {
-    PriceTick: "prices",
-    PositionsUpdate: "positions",
-    BalanceUpdate: "balance",
-}
+_KIND_OF: dict[type, str] = {PriceTick: "prices", AccountUpdate: "account"}
+#: data kinds an event refreshes: one account read brings positions and balances at once
+_FRESHENS: dict[str, tuple[str, ...]] = {"prices": ("prices",),
+                                         "account": ("positions", "balance")}
 _SIGNAL_OF: dict[type, str] = {SourceStale: "stale", SourceDown: "down", SourceUp: "up"}
 
 
@@ -289,8 +287,9 @@ class MetricsSink:
             return
         mono = self.clock()
         if kind is not None:
-            health.seen[kind] = mono
-            health.stale.pop(kind, None)
+            for fresh in _FRESHENS[kind]:
+                health.seen[fresh] = mono
+                health.stale.pop(fresh, None)
             health.down = None
             if health.pending_since is None:
                 health.pending_since = mono
