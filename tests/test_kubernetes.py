@@ -7,9 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -419,3 +422,51 @@ class TestShardGauge:
             assert b'margin_monitor_shards{shard="2"} 3.0' in metrics.exposition()
         finally:
             await metrics.close()
+
+
+READ_ONLY_POD = r"""
+set -e
+mount --make-rprivate /
+for m in $(findmnt -rn -o TARGET | sort -r); do
+    mount -o remount,bind,ro "$m" 2>/dev/null || true
+done
+mount --bind "$STATE" /mnt && mount -o remount,bind,rw /mnt
+config=$(cat "$CONFIG")
+mount -t tmpfs -o mode=1777,size=16m tmpfs /tmp
+printf '%s\n' "$config" > /tmp/config.toml
+if touch /srv/.write-test 2>/dev/null; then echo "root filesystem is writable" >&2; exit 97; fi
+exec env STATE_DIRECTORY=/mnt "$EXE" run --no-tui --config /tmp/config.toml --duration 6
+"""
+
+
+class TestReadOnlyRoot:
+    @pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux unshare")
+    def test_daemon_writes_only_its_state_volume_and_tmp(self, tmp_path: Path) -> None:
+        """Test that the daemon runs on a read-only root with only the state dir and /tmp rw."""
+        probe = subprocess.run(["unshare", "-m", "true"], capture_output=True, check=False)
+        if probe.returncode != 0:
+            pytest.skip("no mount namespaces here (unshare -m needs CAP_SYS_ADMIN)")
+        state = tmp_path / "state"
+        state.mkdir()
+        config = tmp_path / "config.toml"
+        # the sim sell-off at 25x: alerts and simulated protective orders, so the alert
+        # store, the outbox, the audit and the executor's lock and records are all written
+        config.write_text('shock_interval = 0.2\n[[accounts]]\nname = "demo"\n'
+                          'exchange = "sim"\n[accounts.sim]\nspeed = 25\n')  # fmt: skip
+        exe = Path(sys.executable).with_name("margin-monitor")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MARGIN_MONITOR")}
+        env |= {"STATE": str(state), "CONFIG": str(config), "EXE": str(exe)}
+        result = subprocess.run(
+            ["unshare", "-m", "sh", "-c", READ_ONLY_POD],
+            env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        logs = result.stdout + result.stderr
+        assert result.returncode == 0, logs[-3000:]
+        assert "Read-only file system" not in logs
+        assert "store.degraded" not in logs
+        events = [
+            json.loads(x).get("event") for x in result.stdout.splitlines() if x.startswith("{")
+        ]
+        assert "daemon stopped" in events
+        assert (state / "alerts.sqlite3").exists()
+        assert any((state / "actions").iterdir())
