@@ -895,6 +895,9 @@ def run_command(args: argparse.Namespace) -> int:
         return 0
     sources = [open_source(a, replay, settings.state_dir) for a in accounts]
     sinks = build_sinks(settings, tui, {s.account: s for s in sources})
+    for sink in sinks:  # issue 18: margin_monitor_shards tells a missing shard
+        if shard is not None and hasattr(sink, "shard"):
+            sink.shard = parse_shard(shard)
 
     def reload_accounts() -> list[AccountSettings]:
         fresh = load_settings(args.config)

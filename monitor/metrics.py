@@ -203,6 +203,8 @@ class MetricsSink:
         self.drift: dict[str, Drift] = {}
         #: the systemd watchdog's progress check (daemon.py), for `/livez` (issue 18)
         self.liveness: Callable[[], str | None] | None = None
+        #: (K, N) under `--shard K/N`: exported so a missing shard's process is noticed
+        self.shard: tuple[int, int] | None = None
         self.address: tuple[str, int] | None = None
         self._runner: Any = None
         self._collector = _AccountCollector(self)
@@ -363,7 +365,10 @@ class MetricsSink:
             # Kubernetes liveness (issue 18): the watchdog's evidence of progress, not data
             # freshness: restarting cannot fix a venue outage and would blind the shard
             del request
-            wedged = self.liveness() if self.liveness is not None else None
+            try:
+                wedged = self.liveness() if self.liveness is not None else None
+            except Exception as exc:  # as in sdnotify.watchdog_loop: a broken probe is wedged
+                wedged = f"liveness probe failed: {type(exc).__name__}: {exc}"
             if wedged is None:
                 return web.Response(text="alive\n")
             return web.Response(status=503, text=f"wedged: {wedged}\n")
@@ -458,6 +463,10 @@ class _AccountCollector(Collector):
                 g.add("outbox_depth", "Alert messages queued for delivery, per sink.",
                       ["sink"], [sink_name], float(depth[sink_name]))
         g.add("build_info", "Version of the running daemon.", ["version"], [__version__], 1.0)
+        if sink.shard is not None:
+            g.add("shards", "N of --shard K/N, labelled with this process's K: fewer series "
+                  "than the value means a shard runs nowhere.", ["shard"],
+                  [str(sink.shard[0])], float(sink.shard[1]))  # fmt: skip
         yield from g.families()
 
 
