@@ -42,12 +42,13 @@ from tests.fakes.bybit import API_KEY as BYBIT_KEY
 from tests.fakes.bybit import SECRET as BYBIT_SECRET
 from tests.fakes.bybit import BybitPosition, FakeBybit
 from tests.fakes.bybit_orders import install_orders as install_bybit_orders
+from tests.sinks import QuietSink
 
 BTC = "BTC/USDT:USDT"
 SOL = "SOL/USDT:USDT"
 
 
-class Recorder:
+class Recorder(QuietSink):
     """A sink that keeps every report, level change and event it is told of."""
 
     name = "recorder"
@@ -57,9 +58,6 @@ class Recorder:
         self.levels: list[tuple[str, str]] = []
         self.events: list[Event] = []
         self.changed = asyncio.Event()
-
-    async def start(self, tg: asyncio.TaskGroup) -> None:
-        return None
 
     async def on_report(
         self, account: str, report: MarginReport, snapshot: AccountSnapshot, now: float
@@ -75,9 +73,6 @@ class Recorder:
         self, account: str, level: str, previous: str, report: MarginReport, now: float
     ) -> None:
         self.levels.append((previous, level))
-
-    async def close(self) -> None:
-        return None
 
     async def until(self, condition: Any, within: float = 10.0) -> None:
         async with asyncio.timeout(within):

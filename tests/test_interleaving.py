@@ -56,6 +56,7 @@ from monitor.model import (
 )
 from monitor.settings import load_settings
 from tests.fakes.binance import BTC_BRACKETS, ETH_BRACKETS
+from tests.sinks import QuietSink
 
 SYMBOLS = ("BTC/USDT:USDT", "ETH/USDT:USDT")
 BRACKETS = {SYMBOLS[0]: BTC_BRACKETS, SYMBOLS[1]: ETH_BRACKETS}
@@ -149,7 +150,7 @@ def same(a: float, b: float) -> bool:
     return abs(a - b) <= REL * max(abs(b), 1e-12)
 
 
-class Checker:
+class Checker(QuietSink):
     """A sink holding every report against the oracle at the moment it is sent."""
 
     name = "checker"
@@ -159,9 +160,6 @@ class Checker:
         self.reports = 0
         self.violations: list[str] = []
 
-    async def start(self, tg: asyncio.TaskGroup) -> None:
-        return None
-
     async def on_report(
         self, account: str, report: MarginReport, snapshot: AccountSnapshot, now: float
     ) -> None:
@@ -169,15 +167,6 @@ class Checker:
         want = self.oracle.ratio()
         if not same(report.margin_ratio, want):
             self.violations.append(f"reported {report.margin_ratio!r}, venue had {want!r}")
-
-    async def on_event(self, event: Event) -> None:
-        return None
-
-    async def on_level(self, *args: Any) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
 
 
 class ScriptedSource:
