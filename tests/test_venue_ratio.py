@@ -156,3 +156,35 @@ class TestDaemon:
             assert last.margin_ratio == pytest.approx(ours, rel=1e-9)
             assert recorder.levels == []
         assert margin.report(src.snapshot()).margin_ratio == pytest.approx(ours, rel=1e-9)
+
+
+class TestActionsUseTheVenueFigure:
+    async def test_step_aims_the_venues_ratio_at_the_target(self, tmp_path: Path) -> None:
+        """Test that when the venue's own ratio is above ours, the protective step sells
+        enough for the venue's figure (carried forward) to reach the target, not ours."""
+        from tests.fakes.binance_orders import install_orders
+        from tests.test_executor import Trail, _executor, _source
+
+        sold = {}
+        for bias in (False, True):
+            fake = FakeBinanceUsdm()
+            fake.account.wallet = 700.0  # 2 BTC long at 60k: MM 550, ours 0.786
+            fake.account.positions[("BTCUSDT", "BOTH")] = BinancePosition(
+                "BTCUSDT", 2.0, 60_000.0)
+            book = install_orders(fake)
+            async with fake:
+                src = await _source(fake)
+                try:
+                    ex = _executor(src, tmp_path / str(bias), Trail())
+                    rep = margin.report(await src.fetch_snapshot())
+                    anchor = VenueAnchor(rep.margin_ratio * (1.25 if bias else 1.0),
+                                         rep.margin_ratio, 1.0)
+                    used = with_venue(rep, anchor, "worst")
+                    assert await ex.on_report(used, 1_000.0) is not None
+                    sold[bias] = float(book.received[0]["quantity"])
+                    after = margin.report(await src.fetch_snapshot()).margin_ratio
+                finally:
+                    await src.close()
+            # ours after the step, carried by the venue's 25 % bias, is at the 0.4 target
+            assert after * (1.25 if bias else 1.0) <= 0.4 + 1e-9
+        assert sold[True] > sold[False]
