@@ -16,7 +16,7 @@ from typing import Literal, NamedTuple
 __all__ = [
     "STABLE_ASSETS",
     "AccountSnapshot",
-    "BalanceUpdate",
+    "AccountUpdate",
     "Collateral",
     "CollateralTier",
     "Event",
@@ -24,7 +24,6 @@ __all__ = [
     "MarginReport",
     "Position",
     "PositionRisk",
-    "PositionsUpdate",
     "PriceTick",
     "Reduction",
     "ReductionPlan",
@@ -159,7 +158,7 @@ class Position:
     def repriced(self, price: float) -> Position:
         """`replace(self, mark_price=price)`, field by field: `replace` re-reads the fields
         and goes through keyword arguments (~6 µs for 18 fields), and the Ledger re-prices
-        every moved position per report (issue 7 throughput). Figures are kept as they are:
+        every moved position per report (docs/benchmarks.md). Figures are kept as they are:
         for a what-if use `at_mark`."""
         values = list(_position_values(self))
         values[_MARK] = price
@@ -215,7 +214,7 @@ def quote_asset(symbol: str) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class VenueRules:
-    """Where venues differ on the same quantities (notes/margin-math.md §0 and §5).
+    """Where venues differ on the same quantities (docs/margin-math.md).
 
     - `isolated_mm_on_entry`: Bybit values an isolated position's MM on its entry value.
     - `tier_deduction`: cumulative tiers (Binance, Bybit, Hyperliquid) vs one rate for the
@@ -282,7 +281,7 @@ class PositionRisk(NamedTuple):
 
     A NamedTuple, not a frozen dataclass like the rest: a report builds one per position,
     and a frozen dataclass's `__init__` (one `object.__setattr__` per field) was 1.1 ms of
-    a 4 ms 1 000-position report (issue 7's 2 ms target). Just as immutable and typed.
+    a 4 ms 1 000-position report (the 2 ms goal, docs/benchmarks.md). Just as immutable and typed.
     """
 
     symbol: str
@@ -341,7 +340,11 @@ class MarginReport:
 
 @dataclass(frozen=True, slots=True)
 class PriceTick:
-    """A new mark price for one symbol (also moves collateral priced off the same asset)."""
+    """A new mark price for one symbol (also moves collateral priced off the same asset).
+
+    `ts` is the venue's timestamp of the price where the venue sends one, else its receive
+    time: an older tick never replaces a newer mark (state.apply, Ledger.tick).
+    """
 
     account: str
     symbol: str
@@ -350,21 +353,33 @@ class PriceTick:
 
 
 @dataclass(frozen=True, slots=True)
-class PositionsUpdate:
-    """The full set of open positions, as a reconciliation read them."""
+class AccountUpdate:
+    """One read of the whole account, applied as one: positions, balances and the marks
+    they were valued at (DESIGN.md, "The view is always one the venue could have had").
+
+    A REST reconciliation or a fill the sim announces. Never split into a positions event
+    and a balance event: a report between the two halves met new positions with the old
+    wallet (issue 11: 0.088 reported where the venue said 0.51).
+
+    - `ts`: when the read was *sent* (seconds, the source's clock). Every value in it is at
+      least that new, so a streamed mark stamped later than `ts` is kept over the read's
+      (`state.apply` holds the ordering rule; docs/account-view.md).
+    - `positions`, `collateral`: authoritative, they replace the held ones wholesale.
+      `collateral` carries each asset's amount, price and haircut as read: the place for
+      the venue's collateral rules (live haircut reads land here).
+    - `marks`: symbol -> price of every market the read priced something with (positions'
+      marks, the symbols that price collateral).
+    - `venue_ratio`: the venue's own account margin ratio from the same read, where the
+      venue reports one (Binance totalMaintMargin / totalMarginBalance, Bybit
+      accountMMRate, ...); None where it does not.
+    """
 
     account: str
     positions: tuple[Position, ...]
-    ts: float
-
-
-@dataclass(frozen=True, slots=True)
-class BalanceUpdate:
-    """The full set of collateral balances, with prices and haircuts."""
-
-    account: str
     collateral: tuple[Collateral, ...]
     ts: float
+    marks: tuple[tuple[str, float], ...] = ()
+    venue_ratio: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,7 +410,7 @@ class SourceUp:
     ts: float
 
 
-Event = PriceTick | PositionsUpdate | BalanceUpdate | SourceStale | SourceDown | SourceUp
+Event = PriceTick | AccountUpdate | SourceStale | SourceDown | SourceUp
 
 
 # --- what-if results: the minimal reduction the stress solver proposes ---------------------
