@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from monitor import margin
-from monitor.model import BalanceUpdate, Collateral, CollateralTier, PriceTick
+from monitor.model import AccountUpdate, Collateral, CollateralTier, PriceTick
 from monitor.sources.collateral_rules import (
     AssetRule,
     CollateralRules,
@@ -106,7 +106,7 @@ async def watching(
                             state_dir=state_dir)
     tap = EventTap(source.events())
     try:
-        await tap.wait_for(lambda e: isinstance(e, BalanceUpdate))
+        await tap.wait_for(lambda e: isinstance(e, AccountUpdate))
         yield source, tap
     finally:
         await tap.stop()
@@ -214,7 +214,7 @@ class TestBinanceMultiAssets:
             assert after == pytest.approx(fake.account.venue_margin_ratio(), rel=REL)
             # and the next REST reconciliation agrees too (no model drift)
             seen = len(tap.seen)
-            await tap.wait_for(lambda e: isinstance(e, BalanceUpdate), after=seen)
+            await tap.wait_for(lambda e: isinstance(e, AccountUpdate), after=seen)
             check = source.venue_check
             assert check is not None
             assert check.relative_drift is not None
@@ -298,7 +298,7 @@ class TestBybitUta:
             assert after == pytest.approx(fake.account.totals()["mm_rate"], rel=REL)
             assert after > 1.5 * venue
             seen = len(tap.seen)
-            await tap.wait_for(lambda e: isinstance(e, BalanceUpdate), after=seen)
+            await tap.wait_for(lambda e: isinstance(e, AccountUpdate), after=seen)
             check = source.venue_check
             assert check is not None
             assert check.relative_drift is not None
