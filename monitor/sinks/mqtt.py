@@ -385,6 +385,7 @@ class MqttSink:
             reply = await self._replies.get()
             qos = 1 if reply.get("ok") else 0
             await client.publish(self.reply_topic, json.dumps(reply, default=str), qos=qos)
+            raise_if_cancelling()  # as in _publish_states
 
     async def _publish_states(self, client: aiomqtt.Client) -> None:
         interval = self.settings.state_interval
@@ -410,6 +411,9 @@ class MqttSink:
                     f"{self.settings.prefix}/{account}/state", body, qos=1, retain=True
                 )
                 self._published[account] = (body, now)
+                # a shutdown's cancel lost in aiomqtt's ack wait (gh-86296) would leave this
+                # task parked on `_state_wake` and the daemon's stop hanging (issue 19's e2e)
+                raise_if_cancelling()
             if soonest is not None:
                 with contextlib.suppress(TimeoutError):  # not wait_for: cpython#86296
                     async with asyncio.timeout(soonest):
@@ -424,6 +428,7 @@ class MqttSink:
             except aiomqtt.MqttError:
                 self._actions.put_nowait((account, body))  # try again after the reconnect
                 raise
+            raise_if_cancelling()  # as in _publish_states
 
 
 def make_client(
