@@ -120,7 +120,11 @@ class Ledger:
         return changed
 
     def ratio(self) -> float:
-        """Margin ratio of the cross pool at the latest ticks (the per-tick threshold check)."""
+        """Margin ratio of the cross pool at the latest ticks (the per-tick threshold check);
+        for a portfolio-margin account the venue's figure, which ticks do not move."""
+        venue = self._snapshot.venue_margin
+        if venue is not None and venue.margin_ratio is not None:
+            return venue.margin_ratio
         balance = 0.0
         mm = 0.0
         for book in self._books.values():
@@ -139,6 +143,11 @@ class Ledger:
             im += book.im * ask
             mm += book.mm * ask
         ratio = mm / balance if balance > 0 else math.inf
+        venue = self._snapshot.venue_margin
+        if venue is not None and venue.margin_ratio is not None:
+            return Summary(venue.margin_balance if venue.margin_balance is not None else balance,
+                           im, venue.maintenance_margin if venue.maintenance_margin is not None
+                           else mm, venue.margin_ratio)
         return Summary(balance, im, mm, ratio)
 
     def snapshot(self) -> AccountSnapshot:
@@ -162,6 +171,7 @@ class Ledger:
             positions[i] = scheduled.repriced(self._marks[i])  # schedule-only already
         self._moved.clear()
         self._snapshot = AccountSnapshot(
-            base.account, base.currency, collateral, tuple(positions), base.venue
+            base.account, base.currency, collateral, tuple(positions), base.venue,
+            base.venue_margin,
         )
         return self._snapshot

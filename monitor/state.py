@@ -89,9 +89,11 @@ def apply(state: AccountState, event: Event) -> tuple[AccountState, bool]:
     if isinstance(event, BalanceUpdate):
         if state.balance_at is not None and event.ts < state.balance_at:
             return state, False
-        changed = event.collateral != state.snapshot.collateral
+        changed = (event.collateral != state.snapshot.collateral
+                   or event.venue_margin != state.snapshot.venue_margin)
         snapshot = (
-            replace(state.snapshot, collateral=event.collateral) if changed else state.snapshot
+            replace(state.snapshot, collateral=event.collateral,
+                    venue_margin=event.venue_margin) if changed else state.snapshot
         )
         return replace(state, snapshot=snapshot, balance_at=event.ts), changed
     return state, False

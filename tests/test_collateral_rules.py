@@ -7,12 +7,14 @@ import contextlib
 import json
 import math
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from monitor import margin
 from monitor.model import BalanceUpdate, Collateral, CollateralTier, PriceTick
+from monitor.snapshot import report_to_dict
 from monitor.sources.collateral_rules import (
     AssetRule,
     CollateralRules,
@@ -20,8 +22,10 @@ from monitor.sources.collateral_rules import (
     apply_rules,
     rules_from_dict,
     rules_to_dict,
+    venue_margin,
 )
 from monitor.sources.exchange import ExchangeSource
+from monitor.sources.normalize import VenueFigures
 from tests.fakes import bybit
 from tests.fakes.account import EventTap, account_for
 from tests.fakes.base import FakeVenue
@@ -303,6 +307,58 @@ class TestBybitUta:
             assert check is not None
             assert check.relative_drift is not None
             assert abs(check.relative_drift) < REL
+
+
+class TestPortfolioMargin:
+    async def test_bybit_portfolio_margin_ratio_is_the_venues(self) -> None:
+        """Test that a Bybit PORTFOLIO_MARGIN account reports accountMMRate as its live ratio,
+        labelled `model: venue`, and that a tick does not replace it with a cross ratio."""
+        account = uta_btc_eth()
+        account.margin_mode = "PORTFOLIO_MARGIN"
+        account.portfolio_mm = 4_321.0  # Bybit's scenario MM: no public formula gives it
+        async with (
+            bybit.FakeBybit(account) as fake,
+            watching(fake, bybit.API_KEY, bybit.SECRET) as (source, tap),
+        ):
+            assert source.collateral_rules.mode == "portfolio"
+            venue = fake.account.totals()["mm_rate"]
+            report = margin.report(source.snapshot())
+            assert report.model == "venue"
+            assert report.margin_ratio == pytest.approx(venue, rel=1e-12)
+            assert report.maintenance_margin == pytest.approx(4_321.0)
+            assert report_to_dict(report)["model"] == "venue"
+            balance = next(e for e in reversed(tap.seen) if isinstance(e, BalanceUpdate))
+            assert balance.venue_margin is not None
+            assert balance.venue_margin.margin_ratio == pytest.approx(venue)
+            # a cross-margin computation of the same account would say something else
+            cross = margin.report(replace(source.snapshot(), venue_margin=None)).margin_ratio
+            assert abs(cross / venue - 1) > 0.5
+
+            await fake.wait_for_client("/v5/public", "tickers.BTCUSDT")
+            seen = len(tap.seen)
+            await fake.push_mark("BTCUSDT", 48_000.0)
+            await tap.wait_for(
+                lambda e: isinstance(e, PriceTick) and e.mark_price == 48_000.0, after=seen
+            )
+            held = margin.report(source.snapshot())
+            assert held.model == "venue"
+            assert held.margin_ratio == report.margin_ratio  # carried until the next read
+            seen = len(tap.seen)
+            await tap.wait_for(lambda e: isinstance(e, BalanceUpdate), after=seen)
+            fresh = margin.report(source.snapshot())
+            assert fresh.margin_ratio == pytest.approx(fake.account.totals()["mm_rate"])
+            assert fresh.margin_ratio > report.margin_ratio
+
+    def test_no_venue_figure_means_estimate(self) -> None:
+        """Test that a portfolio account without a venue figure gets a ratio-less
+        VenueMargin (reported as an estimate), and other modes none."""
+        portfolio = CollateralRules("bybit", "portfolio", {}, 0.0)
+        vm = venue_margin(portfolio, None)
+        assert vm is not None
+        assert vm.margin_ratio is None
+        cross = CollateralRules("bybit", "multi_assets", {}, 0.0)
+        assert venue_margin(cross, VenueFigures("bybit", 0.1)) is None
+        assert venue_margin(None, VenueFigures("bybit", 0.1)) is None
 
 
 class TestReaderSchedule:

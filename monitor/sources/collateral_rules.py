@@ -27,6 +27,12 @@ engine already values haircuts (`Collateral.haircut`, `liability_markup`, banded
   `GET /v5/account/collateral-info` (`privateGetV5AccountCollateralInfo`) says per coin
   whether the platform (`marginCollateral`) and the user (`collateralSwitch`) let it count.
 
+- **OKX.** `GET /api/v5/account/config` (`privateGetAccountConfig`) `acctLv`: 2
+  single-currency, 3 multi-currency, 4 portfolio margin.
+- **Portfolio margin** (Binance PM through ccxt's `portfolioMargin` option, Bybit
+  PORTFOLIO_MARGIN, OKX acctLv 4) is scenario-based: no public formula reproduces it, so
+  the live ratio is the venue's own figure (`venue_margin`), read with every balance.
+
 Rules change rarely: they are re-read every `every` seconds (default an hour) and kept in
 `<state_dir>/collateral/<account>.json`, so a restart values the account at once from the
 last read. A failed read keeps the last rules (or the cached ones) and says so in the log;
@@ -48,8 +54,8 @@ from typing import Any, Literal
 import structlog
 from ccxt.base import errors as ccxt_errors
 
-from monitor.model import STABLE_ASSETS, Collateral, CollateralTier
-from monitor.sources.normalize import MalformedPayload
+from monitor.model import STABLE_ASSETS, Collateral, CollateralTier, VenueMargin
+from monitor.sources.normalize import MalformedPayload, VenueFigures
 
 __all__ = [
     "AssetRule",
@@ -58,6 +64,7 @@ __all__ = [
     "apply_rules",
     "rules_from_dict",
     "rules_to_dict",
+    "venue_margin",
 ]
 
 log = structlog.get_logger("monitor.sources.collateral_rules")
@@ -215,8 +222,48 @@ async def _bybit(exchange: Any, now: float) -> CollateralRules:
     return CollateralRules(exchange.id, "multi_assets", assets, now)
 
 
+#: OKX `acctLv` (GET /api/v5/account/config): 2 single-currency margin, 3 multi-currency
+#: margin, 4 portfolio margin (1 is spot only: no derivatives to margin).
+_OKX_MODES: dict[str, Mode] = {"2": "single_asset", "3": "multi_assets", "4": "portfolio"}
+
+
+async def _okx(exchange: Any, now: float) -> CollateralRules:
+    """OKX account level (`privateGetAccountConfig`); discount-rate tiers are not read yet,
+    so a multi-currency account keeps its balances at the prices OKX reports (`eqUsd`)."""
+    answer = await exchange.privateGetAccountConfig()
+    data = answer.get("data") if isinstance(answer, Mapping) else None
+    rows = _rows(data, "okx account config")
+    level = str(rows[0].get("acctLv")) if rows else ""
+    if level not in _OKX_MODES:
+        raise MalformedPayload(f"okx account config: acctLv {level!r} is not 2, 3 or 4")
+    return CollateralRules(exchange.id, _OKX_MODES[level], {}, now)
+
+
+async def _binance_usdm(exchange: Any, now: float) -> CollateralRules:
+    """A Binance Portfolio Margin account is configured in ccxt (`options.portfolioMargin`,
+    which routes every call to `papi`); its uniMMR is scenario-based (margin-math §1.6)."""
+    if exchange.options.get("portfolioMargin"):
+        return CollateralRules(exchange.id, "portfolio", {}, now)
+    return await _binance(exchange, now)
+
+
 Reader = Callable[[Any, float], Awaitable[CollateralRules]]
-_READERS: dict[str, Reader] = {"binanceusdm": _binance, "bybit": _bybit}
+_READERS: dict[str, Reader] = {"binanceusdm": _binance_usdm, "bybit": _bybit, "okx": _okx}
+
+
+def venue_margin(rules: CollateralRules | None, figures: VenueFigures | None) -> VenueMargin | None:
+    """The venue's own figures as the live ratio, for a portfolio-margin account only.
+
+    Pure. A portfolio account the venue gave no figure for still gets a `VenueMargin`
+    (ratio None), so the report says "estimate" instead of passing a cross-margin ratio
+    off as the venue's.
+    """
+    if rules is None or rules.mode != "portfolio":
+        return None
+    if figures is None or figures.margin_ratio is None:
+        return VenueMargin(None, source="none read")
+    return VenueMargin(figures.margin_ratio, figures.maintenance_margin,
+                       figures.margin_balance, figures.source_fields)
 
 
 # --- the cache file -----------------------------------------------------------------------
