@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from monitor import margin
-from monitor.model import BalanceUpdate, Collateral, CollateralTier, PriceTick
+from monitor.model import AccountUpdate, Collateral, CollateralTier, PriceTick
 from monitor.snapshot import report_to_dict
 from monitor.sources.collateral_rules import (
     AssetRule,
@@ -110,7 +110,7 @@ async def watching(
                             state_dir=state_dir)
     tap = EventTap(source.events())
     try:
-        await tap.wait_for(lambda e: isinstance(e, BalanceUpdate))
+        await tap.wait_for(lambda e: isinstance(e, AccountUpdate))
         yield source, tap
     finally:
         await tap.stop()
@@ -218,7 +218,7 @@ class TestBinanceMultiAssets:
             assert after == pytest.approx(fake.account.venue_margin_ratio(), rel=REL)
             # and the next REST reconciliation agrees too (no model drift)
             seen = len(tap.seen)
-            await tap.wait_for(lambda e: isinstance(e, BalanceUpdate), after=seen)
+            await tap.wait_for(lambda e: isinstance(e, AccountUpdate), after=seen)
             check = source.venue_check
             assert check is not None
             assert check.relative_drift is not None
@@ -302,7 +302,7 @@ class TestBybitUta:
             assert after == pytest.approx(fake.account.totals()["mm_rate"], rel=REL)
             assert after > 1.5 * venue
             seen = len(tap.seen)
-            await tap.wait_for(lambda e: isinstance(e, BalanceUpdate), after=seen)
+            await tap.wait_for(lambda e: isinstance(e, AccountUpdate), after=seen)
             check = source.venue_check
             assert check is not None
             assert check.relative_drift is not None
@@ -327,7 +327,7 @@ class TestPortfolioMargin:
             assert report.margin_ratio == pytest.approx(venue, rel=1e-12)
             assert report.maintenance_margin == pytest.approx(4_321.0)
             assert report_to_dict(report)["model"] == "venue"
-            balance = next(e for e in reversed(tap.seen) if isinstance(e, BalanceUpdate))
+            balance = next(e for e in reversed(tap.seen) if isinstance(e, AccountUpdate))
             assert balance.venue_margin is not None
             assert balance.venue_margin.margin_ratio == pytest.approx(venue)
             # a cross-margin computation of the same account would say something else
@@ -344,7 +344,7 @@ class TestPortfolioMargin:
             assert held.model == "venue"
             assert held.margin_ratio == report.margin_ratio  # carried until the next read
             seen = len(tap.seen)
-            await tap.wait_for(lambda e: isinstance(e, BalanceUpdate), after=seen)
+            await tap.wait_for(lambda e: isinstance(e, AccountUpdate), after=seen)
             fresh = margin.report(source.snapshot())
             assert fresh.margin_ratio == pytest.approx(fake.account.totals()["mm_rate"])
             assert fresh.margin_ratio > report.margin_ratio

@@ -186,6 +186,7 @@ class FakeBinanceUsdm(FakeVenue):
             ("GET", "/fapi/v1/leverageBracket"): self.private(self.leverage_bracket),
             ("GET", "/fapi/v3/positionRisk"): self.private(self.position_risk),
             ("GET", "/fapi/v3/account"): self.private(self.account_info),
+            ("GET", "/fapi/v1/accountConfig"): self.private(self.account_config),
             ("GET", "/fapi/v1/premiumIndex"): self.premium_index,
             ("GET", "/fapi/v1/multiAssetsMargin"): self.private(self.multi_assets_margin),
             ("GET", "/fapi/v1/assetIndex"): self.asset_index,
@@ -204,6 +205,11 @@ class FakeBinanceUsdm(FakeVenue):
             "options": {"fetchCurrencies": False},
             "enableRateLimit": False,
         }
+
+    def urls_config(self) -> dict[str, Any]:
+        """Only the URLs: everything else (rate limiting included) stays the product's own
+        configuration, as benchmarks and as-shipped tests need (issue 16)."""
+        return {"urls": {"api": rewrite_urls(_template_urls(), self.http, self.ws)}}
 
     # --- auth ---------------------------------------------------------------------------
 
@@ -300,6 +306,8 @@ class FakeBinanceUsdm(FakeVenue):
         return json_response(self.position_rows())
 
     async def account_info(self, request: web.Request) -> web.Response:
+        """Account Information V3 (USDⓈ-M docs, GET /fapi/v3/account): totals, assets and
+        every open position's amount and margins; no `canTrade` (that is accountConfig's)."""
         t = self.account.totals()
         available = t["margin_balance"] - t["im"]
         rows = self.account.per_asset()
@@ -343,9 +351,39 @@ class FakeBinanceUsdm(FakeVenue):
                 "totalCrossUnPnl": repr(t["upnl"]),
                 "availableBalance": repr(available),
                 "maxWithdrawAmount": repr(available),
-                "canTrade": self.account.can_trade,
                 "assets": [*assets, idle],
-                "positions": [],
+                "positions": [
+                    {
+                        "symbol": pos.symbol,
+                        "positionSide": pos.side,
+                        "positionAmt": repr(pos.amount),
+                        "unrealizedProfit": repr(f["upnl"]),
+                        "isolatedMargin": "0",
+                        "notional": repr(f["notional"]),
+                        "isolatedWallet": "0",
+                        "initialMargin": repr(f["im"]),
+                        "maintMargin": repr(f["mm"]),
+                        "updateTime": self.now_ms(),
+                    }
+                    for pos in self.account.positions.values()
+                    for f in (self.account.figures(pos),)
+                ],
+            }
+        )
+
+    async def account_config(self, request: web.Request) -> web.Response:
+        """Futures Account Configuration (USDⓈ-M docs, GET /fapi/v1/accountConfig): where
+        the v3 API states whether the key's account can trade."""
+        return json_response(
+            {
+                "feeTier": 0,
+                "canTrade": self.account.can_trade,
+                "canDeposit": True,
+                "canWithdraw": True,
+                "dualSidePosition": any(side != "BOTH" for _, side in self.account.positions),
+                "updateTime": 0,
+                "multiAssetsMargin": self.account.multi_assets,
+                "tradeGroupId": -1,
             }
         )
 
