@@ -26,6 +26,7 @@ from monitor.sources.collateral_rules import (
 )
 from monitor.sources.exchange import ExchangeSource
 from monitor.sources.normalize import VenueFigures
+from monitor.sources.sim import DEMO_BOOK, SimVenue
 from tests.fakes import bybit
 from tests.fakes.account import EventTap, account_for
 from tests.fakes.base import FakeVenue
@@ -359,6 +360,46 @@ class TestPortfolioMargin:
         cross = CollateralRules("bybit", "multi_assets", {}, 0.0)
         assert venue_margin(cross, VenueFigures("bybit", 0.1)) is None
         assert venue_margin(None, VenueFigures("bybit", 0.1)) is None
+
+
+class _SimAsExchange:
+    """The sim venue's published answers behind the names of ccxt's implicit API."""
+
+    id = "binanceusdm"
+
+    def __init__(self, sim: SimVenue) -> None:
+        self.sim = sim
+        self.options: dict[str, object] = {}
+
+    async def fapiPrivateGetMultiAssetsMargin(self) -> dict[str, bool]:
+        return self.sim.multi_assets_margin()
+
+    async def fapiPublicGetAssetIndex(self) -> list[dict[str, object]]:
+        return self.sim.asset_index()
+
+
+class TestSimPublishesRules:
+    async def test_demo_haircut_comes_from_the_published_rules(self) -> None:
+        """Test that the demo's BTC haircut is not in its book but in the rules it publishes,
+        which the live reader reads to the same rules the sim values its collateral with."""
+        assert all(c.haircut == 0.0 for c in DEMO_BOOK.collateral)
+        sim = SimVenue("demo", clock=lambda: 1_000.0)
+        btc = next(c for c in sim.snapshot().collateral if c.asset == "BTC")
+        assert (btc.haircut, btc.liability_markup) == (0.05, 0.05)
+        reader = CollateralRulesReader("demo", "binanceusdm", clock=lambda: 1_000.0)
+        live = await reader.refresh(_SimAsExchange(sim))
+        assert live == sim.collateral_rules
+        assert sim.asset_index()[1]["symbol"] == "BTCUSD"
+
+    def test_fills_carry_the_haircut(self) -> None:
+        """Test that the account update a fill announces values BTC by the rules too."""
+        sim = SimVenue("demo")
+        update = sim.read(1.0)
+        btc = next(c for c in update.collateral if c.asset == "BTC")
+        assert btc.haircut == 0.05
+        without = replace(sim.snapshot(),
+                          collateral=tuple(replace(c, haircut=0.0) for c in update.collateral))
+        assert margin.report(sim.snapshot()).margin_ratio > margin.report(without).margin_ratio
 
 
 class TestReaderSchedule:

@@ -52,7 +52,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import structlog
-from ccxt.base import errors as ccxt_errors
 
 from monitor.model import STABLE_ASSETS, Collateral, CollateralTier, VenueMargin
 from monitor.sources.normalize import MalformedPayload, VenueFigures
@@ -62,6 +61,7 @@ __all__ = [
     "CollateralRules",
     "CollateralRulesReader",
     "apply_rules",
+    "rules_from_binance",
     "rules_from_dict",
     "rules_to_dict",
     "venue_margin",
@@ -157,16 +157,19 @@ def _rows(answer: object, where: str) -> list[Mapping[str, Any]]:
     return list(answer)
 
 
-async def _binance(exchange: Any, now: float) -> CollateralRules:
-    """Multi-Assets Mode and the asset index buffers (module docstring)."""
-    mode = await exchange.fapiPrivateGetMultiAssetsMargin()
+def rules_from_binance(
+    venue: str, mode: object, asset_index: object, now: float
+) -> CollateralRules:
+    """Binance's two answers (`GET /fapi/v1/multiAssetsMargin`, `GET /fapi/v1/assetIndex`, in
+    their wire format) as rules. Pure: the live reader and the sim venue (which publishes
+    its rules in the same format) both go through it."""
     flag = mode.get("multiAssetsMargin") if isinstance(mode, Mapping) else None
     if flag not in (True, False, "true", "false"):
         raise MalformedPayload(f"binance multiAssetsMargin: {flag!r} is not true/false")
     if flag in (False, "false"):
-        return CollateralRules(exchange.id, "single_asset", {}, now)
+        return CollateralRules(venue, "single_asset", {}, now)
     assets: dict[str, AssetRule] = {}
-    for row in _rows(await exchange.fapiPublicGetAssetIndex(), "binance assetIndex"):
+    for row in _rows(asset_index, "binance assetIndex"):
         symbol = str(row.get("symbol", ""))
         if not symbol.endswith("USD") or len(symbol) <= 3:
             continue
@@ -178,7 +181,16 @@ async def _binance(exchange: Any, now: float) -> CollateralRules:
             haircut=min(_fraction(row, "bidBuffer", where), 1.0),
             liability_markup=_fraction(row, "askBuffer", where),
         )
-    return CollateralRules(exchange.id, "multi_assets", assets, now)
+    return CollateralRules(venue, "multi_assets", assets, now)
+
+
+async def _binance(exchange: Any, now: float) -> CollateralRules:
+    """Multi-Assets Mode and the asset index buffers (module docstring); the index is read
+    only in Multi-Assets Mode."""
+    mode = await exchange.fapiPrivateGetMultiAssetsMargin()
+    multi = isinstance(mode, Mapping) and mode.get("multiAssetsMargin") in (True, "true")
+    rows = await exchange.fapiPublicGetAssetIndex() if multi else []
+    return rules_from_binance(exchange.id, mode, rows, now)
 
 
 def _bybit_result(answer: object, where: str) -> Mapping[str, Any]:
@@ -369,6 +381,9 @@ class CollateralRulesReader:
         """Re-read the rules if due; on failure keep the previous ones (logged)."""
         if self._reader is None or not self.due():
             return self.rules
+        # here, not at import: the sim venue uses this module and never loads ccxt
+        from ccxt.base import errors as ccxt_errors  # noqa: PLC0415
+
         now = self._clock()
         try:
             rules = await self._reader(exchange, now)
