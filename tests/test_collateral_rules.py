@@ -350,6 +350,35 @@ class TestPortfolioMargin:
             assert fresh.margin_ratio == pytest.approx(fake.account.totals()["mm_rate"])
             assert fresh.margin_ratio > report.margin_ratio
 
+    async def test_binance_portfolio_margin_drives_the_ratio_by_uni_mmr(self) -> None:
+        """Test that a Binance PM account (ccxt `portfolioMargin`) reports 1 / uniMMR from
+        /papi/v1/account as its ratio, labelled venue, through real ccxt."""
+        account = btc_eth_collateral()
+        account.multi_assets = False
+        account.portfolio_mm = 2_500.0
+        async with FakeBinanceUsdm(account) as fake:
+            settings = account_for(fake, API_KEY, SECRET, poll_interval=0.2, stale_after=5.0)
+            config = dict(settings.ccxt)
+            config["options"] = {**config["options"], "portfolioMargin": True}
+            source = ExchangeSource(replace(settings, ccxt=config), backoff_cap=0.2,
+                                    reconcile_every=0.5, debounce=0.02)
+            tap = EventTap(source.events())
+            try:
+                update = await tap.wait_for(lambda e: isinstance(e, AccountUpdate))
+                assert isinstance(update, AccountUpdate)
+                assert source.collateral_rules.mode == "portfolio"
+                pm = fake.account.pm_figures()
+                assert update.venue_margin is not None
+                assert update.venue_margin.margin_ratio == pytest.approx(1 / pm["uni_mmr"])
+                report = margin.report(source.snapshot())
+                assert report.model == "venue"
+                assert report.margin_ratio == pytest.approx(2_500.0 / pm["equity"])
+                assert fake.count("/papi/v1/account") >= 1
+                assert fake.count("/fapi/v1/assetIndex") == 0
+            finally:
+                await tap.stop()
+                await source.close()
+
     def test_no_venue_figure_means_estimate(self) -> None:
         """Test that a portfolio account without a venue figure gets a ratio-less
         VenueMargin (reported as an estimate), and other modes none."""

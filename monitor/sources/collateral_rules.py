@@ -401,6 +401,27 @@ class CollateralRulesReader:
         self._save(rules)
         return rules
 
+    async def portfolio_figures(self, exchange: Any) -> VenueFigures | None:
+        """The venue's own figures of a portfolio-margin account where `fetch_balance` has
+        none: Binance PM `GET /papi/v1/account` (`papiGetAccount`, portfolio-margin
+        Account-Information): ratio = accountMaintMargin / accountEquity = 1 / uniMMR.
+        Bybit and OKX report theirs in the balance (`normalize.venue_figures`): None."""
+        if self.mode != "portfolio" or self.venue != "binanceusdm":
+            return None
+        answer = await exchange.papiGetAccount()
+        if not isinstance(answer, Mapping):
+            raise MalformedPayload("binance papi account: expected an object")
+        mm = _fraction(answer, "accountMaintMargin", "binance papi account")
+        try:
+            equity = float(answer["accountEquity"])
+        except (KeyError, TypeError, ValueError):
+            equity = math.nan
+        if not math.isfinite(equity):
+            raise MalformedPayload("binance papi account: field 'accountEquity' is not a number")
+        ratio = mm / equity if equity > 0 else math.inf
+        return VenueFigures(self.venue, ratio, mm, equity,
+                            "papi accountMaintMargin/accountEquity (1/uniMMR)")
+
     def apply(self, collateral: tuple[Collateral, ...], currency: str) -> tuple[Collateral, ...]:
         """Balances valued by the current rules (`apply_rules`)."""
         return apply_rules(collateral, self.rules, currency)

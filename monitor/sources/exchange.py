@@ -573,7 +573,9 @@ class ExchangeSource:
             self.venue, raw_positions, exchange.markets or {}, self.tiers, self.marks
         )
         collateral = await self.collateral_of(raw_balance)
-        return positions, collateral, venue_figures(self.venue, raw_balance)
+        # a portfolio-margin account's own figure where the balance carries none (issue 12)
+        figures = await self.collateral_rules.portfolio_figures(exchange)
+        return positions, collateral, figures or venue_figures(self.venue, raw_balance)
 
     async def collateral_of(self, balance: object) -> tuple[Collateral, ...]:
         """The wallet of a `fetch_balance()` valued in the report currency: the one
