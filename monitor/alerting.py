@@ -234,7 +234,7 @@ class AlertPipeline:
     def raise_action_alert(
         self, account: str, text: str, now: float | None = None
     ) -> tuple[AlertEvent, ...]:
-        """A venue rejected a protective order: fire `<account>/action_rejected` (issue 5 §4).
+        """A venue rejected a protective order: fire `<account>/action_rejected` (docs/actions.md).
 
         Through the outbox like every alert, so MQTT and the phone channels get it at least
         once; raising it again in the same episode sends nothing new.
@@ -401,7 +401,7 @@ class AlertPipeline:
             done = [mid for mid in by_id if mid in acked]
             if done:
                 self.store.delivered(sink.name, done)
-                record_alerts_sent(sink.name, len(done))  # issue 6: margin_monitor_alerts_sent
+                record_alerts_sent(sink.name, len(done))  # margin_monitor_alerts_sent
             now = self.clock()
             for mid, row in by_id.items():
                 if mid not in acked:

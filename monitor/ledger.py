@@ -5,7 +5,8 @@ a thousand positions. The question a tick must answer at once is smaller: where 
 margin ratio now? A `Ledger` keeps each position's figures and the per-asset sums of the
 pool, so a tick only re-values the positions of its symbol (hedge mode: two) and re-sums a
 handful of assets. The daemon asks it on every tick and re-runs the full report (liquidation
-prices, shock to liquidation) coalesced, at its own pace (issue 7: 20 000 ticks/s a core).
+prices, shock to liquidation) coalesced, at its own pace (20 000 ticks/s a core: see
+docs/benchmarks.md).
 
 A tick never builds a `Position`: each position is turned once into its schedule-only form
 (`Position.scheduled`, venue figures become the rates they imply, exactly what

@@ -165,7 +165,7 @@ def liquidation_prices(
     pool_total = sum(pool.values())
     several_assets = len(books) > 1
     # Symbols held twice (hedge mode) are solved together after the pass; found up front
-    # so the usual book, one position per symbol, takes one pass (issue 7: 2 ms at 1 000).
+    # so the usual book, one position per symbol, takes one pass (docs/benchmarks.md).
     shared = _shared_symbols(positions)
     # The common case, a lone linear position per symbol settling in a flat-haircut asset,
     # is the closed form; its per-asset terms are the same for every such symbol, so they

@@ -57,7 +57,7 @@ def report(snapshot: AccountSnapshot) -> MarginReport:
     rates = {a: (b.collateral.price, b.ask) for a, b in books.items()}
     currency = snapshot.currency
     # `tuple.__new__` is what PositionRisk(...) runs, minus its Python-level `__new__`:
-    # a report builds one per position (issue 7: 1 000 positions in 2 ms)
+    # a report builds one per position (docs/benchmarks.md: 1 000 positions in 2 ms)
     make = tuple.__new__
     risks = []
     exposed = False  # a cross position is open (an empty cross pool is no risk: issue 19)

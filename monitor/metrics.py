@@ -13,7 +13,7 @@ Two halves, both on one private `CollectorRegistry` (`REGISTRY`), never the glob
 
 `/healthz` answers 200 while every configured account has fresh data and 503 naming the
 blind ones: a monitor that cannot see an account must say so to its supervisor (container
-HEALTHCHECK, uptime checker), because silence would read as "all is well" (DESIGN.md: "a
+HEALTHCHECK, uptime checker), because silence would read as "all is well" (docs/monitoring.md: "a
 blind monitor is itself an alert"). The endpoint is off by default and binds loopback
 unless told otherwise: the figures describe someone's money.
 """

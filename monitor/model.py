@@ -161,7 +161,7 @@ class Position:
     def repriced(self, price: float) -> Position:
         """`replace(self, mark_price=price)`, field by field: `replace` re-reads the fields
         and goes through keyword arguments (~6 µs for 18 fields), and the Ledger re-prices
-        every moved position per report (issue 7 throughput). Figures are kept as they are:
+        every moved position per report (docs/benchmarks.md). Figures are kept as they are:
         for a what-if use `at_mark`."""
         values = list(_position_values(self))
         values[_MARK] = price
@@ -217,7 +217,7 @@ def quote_asset(symbol: str) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class VenueRules:
-    """Where venues differ on the same quantities (notes/margin-math.md §0 and §5).
+    """Where venues differ on the same quantities (docs/margin-math.md).
 
     - `isolated_mm_on_entry`: Bybit values an isolated position's MM on its entry value.
     - `tier_deduction`: cumulative tiers (Binance, Bybit, Hyperliquid) vs one rate for the
@@ -306,7 +306,7 @@ class PositionRisk(NamedTuple):
 
     A NamedTuple, not a frozen dataclass like the rest: a report builds one per position,
     and a frozen dataclass's `__init__` (one `object.__setattr__` per field) was 1.1 ms of
-    a 4 ms 1 000-position report (issue 7's 2 ms target). Just as immutable and typed.
+    a 4 ms 1 000-position report (the 2 ms goal, docs/benchmarks.md). Just as immutable and typed.
     """
 
     symbol: str

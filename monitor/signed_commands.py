@@ -1,7 +1,7 @@
 """Commands from a person (acknowledge, silence, pause/resume actions), signed with HMAC-SHA256.
 
 Commands change what protects someone's money, so reaching the broker must not be enough to
-send one (DESIGN.md "Alerts"). Every command is an envelope
+send one (docs/mqtt-and-commands.md). Every command is an envelope
 
     {"body": "<JSON text of the command>", "ts": <unix seconds>, "sig": "<hex>"}
 

@@ -1,4 +1,4 @@
-"""The snapshot file and JSON report contract (DESIGN.md), read strictly, written faithfully.
+"""The snapshot file and JSON report (docs/margin-math.md), read strictly, written faithfully.
 
 Snapshot files come from people (bug reports, hand-made what-ifs) and from
 `margin-monitor snapshot`; a wrong one must never produce a confident wrong number. So
@@ -331,7 +331,7 @@ def _position(r: _Reader) -> Position:
 
 
 def _num(value: float | None) -> float | str | None:
-    """JSON has no infinity: write it as the string "inf" (DESIGN.md report contract)."""
+    """JSON has no infinity: write it as the string "inf" (docs/margin-math.md, report JSON)."""
     if value is None:
         return None
     if math.isinf(value):
@@ -419,7 +419,7 @@ def _risk_dict(p: PositionRisk) -> dict[str, Any]:
 
 
 def report_to_dict(r: MarginReport) -> dict[str, Any]:
-    """The JSON report of DESIGN.md; infinite ratios become the string "inf"."""
+    """The JSON report (docs/margin-math.md); infinite ratios become the string "inf"."""
     return {
         "account": r.account,
         "currency": r.currency,

@@ -13,10 +13,11 @@ Rules, and why (the ordering rule; docs/account-view.md says it for users):
   warning). Equal times: the later arrival wins.
 - A `PriceTick` moves every position of that symbol (hedge mode holds a long and a short)
   through `Position.at_mark`, which drops the venue-reported PnL and margins: they were true
-  at the old price only, so the core recomputes them from the tiers (DESIGN.md, "a field the
-  venue reports wins ... what-if prices always recompute"). It also re-prices collateral in
-  the symbol's base asset when the symbol is quoted in the account currency (a BTC/USDT:USDT
-  tick moves BTC collateral of a USDT account), matching `stress.with_prices`.
+  at the old price only, so the core recomputes them from the tiers (docs/development.md: a
+  field the venue reports wins at its own price; what-if prices always recompute). It also
+  re-prices collateral in the symbol's base asset when the symbol is quoted in the account
+  currency (a BTC/USDT:USDT tick moves BTC collateral of a USDT account), matching
+  `stress.with_prices`.
 - A tick with the same price, or for a symbol the account neither holds nor uses as
   collateral, changes no figure; a same-price tick still counts as fresh price data.
 - An `AccountUpdate` (one whole read) is applied at once: its positions and balances are

@@ -1,6 +1,6 @@
 """Valuing one account at given prices: position figures and the cross pool, per asset.
 
-Formulas and their sources (details and worked examples in shared/notes/margin-math.md):
+Formulas and their sources (details and worked examples in docs/margin-math.md):
 
 - Maintenance margin of a position = notional × mmr(tier) − maintenance amount (Binance USDⓈ-M
   "Maintenance Margin = Position Notional × MMR − Maintenance Amount", FAQ b3c689c1…; Bybit
@@ -261,7 +261,7 @@ def pool(
             pnl, im, mm = figures_of(p, rules)
         else:
             # `figures_of` of a linear position valued from its schedule, inlined: this
-            # loop runs once per position per report (issue 7: 1 000 positions in 2 ms)
+            # loop runs once per position per report (docs/benchmarks.md: 1 000 positions in 2 ms)
             size = p.contracts * p.contract_size
             mark = p.mark_price
             notional = size * mark
@@ -303,7 +303,7 @@ def surplus_at(
 
     Equal to `surplus` of the same account re-priced with `Position.at_mark` once venue
     figures are turned into rates; the shock solver calls it dozens of times per account,
-    and building re-priced `Position` objects was most of its cost (issue 7's profile).
+    and building re-priced `Position` objects was most of its cost (docs/benchmarks.md).
     """
     rules = snapshot.rules
     currency = snapshot.currency

@@ -454,7 +454,7 @@ class TestCheckCommand:
         assert "main: binanceusdm (production" in out
         assert "practice: sim (scenario selloff, seed 42" in out
         assert "warning 0.5, critical 0.7, emergency 0.85" in out
-        assert "sinks: console" in out
+        assert "  - console: the live view on a terminal" in out
 
     @pytest.mark.parametrize(
         ("actions", "pause_file", "expected"),

@@ -261,7 +261,7 @@ class TestReportSpacing:
 
     def test_negative_spacing_is_refused(self) -> None:
         """Test that a negative spacing is a one-line settings error naming the field."""
-        with pytest.raises(UserError, match=r"report_spacing: Input should be greater than"):
+        with pytest.raises(UserError, match=r"report_spacing must be 0 or more"):
             load_settings(None, report_spacing=-1)
 
 

@@ -209,3 +209,35 @@ class TestCheckAccount:
         account = load_settings(config).accounts[0]
         with pytest.raises(UserError, match="api_key/secret"):
             await check_account(account)
+
+
+class TestCheckExitCodes:
+    """`check`: 0 all good, 1 valid configuration but a live check failed, 2 bad config."""
+
+    async def test_rejected_keys_exit_1(
+        self,
+        binance_fake: binance.FakeBinanceUsdm,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """Test that check exits 1 and prints FAILED for rejected keys, 0 with good ones."""
+        import os
+        import sys
+
+        config = write_config(tmp_path / "live.toml", "main", binance_fake)
+        exe = str(Path(sys.executable).parent / "margin-monitor")
+        results = {}
+        for key in ("wrong", binance.API_KEY):
+            set_keys(monkeypatch, "main", key, binance.SECRET)
+            proc = await asyncio.create_subprocess_exec(
+                exe, "check", "--config", str(config), env=dict(os.environ),
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            out, _ = await asyncio.wait_for(proc.communicate(), 60)
+            results[key] = (proc.returncode, out.decode())
+        code, out = results["wrong"]
+        assert code == 1, out
+        assert "  check main: FAILED: " in out
+        code, out = results[binance.API_KEY]
+        assert code == 0, out
+        assert "  check main: binanceusdm ok" in out

@@ -1,6 +1,6 @@
 """MQTT sink (aiomqtt 2.x): alerts, retained state, Home Assistant discovery, signed commands.
 
-Topics (prefix default `margin-monitor`, DESIGN.md "Alerts"):
+Topics (prefix default `margin-monitor`, docs/mqtt-and-commands.md):
 
 - `<prefix>/status`              `online`/`offline`, retained; `offline` is the last will.
 - `<prefix>/<account>/state`     the JSON report plus `level`, retained, published on change
@@ -17,7 +17,7 @@ Topics (prefix default `margin-monitor`, DESIGN.md "Alerts"):
 aiomqtt 2.x does not reconnect by itself; its documented pattern (docs/reconnection.md,
 issue #334) is re-entering `async with client` in a retry loop, which `run` does, with the
 jittered backoff of STYLE.md. A broker that vanishes is noticed by the publish `timeout`, not
-by an error (notes/ecosystem.md §1), so the timeout is set deliberately. After each reconnect
+by an error (docs/development.md), so the timeout is set deliberately. After each reconnect
 the status, discovery and every account's state are published again, and the pipeline is
 told to retry queued alerts at once.
 """
@@ -46,7 +46,7 @@ from monitor.alerting import backoff, raise_if_cancelling
 from monitor.model import MarginReport
 from monitor.rules import shock_fraction
 
-__all__ = ["MqttSettings", "MqttSink", "discovery_configs", "state_payload"]
+__all__ = ["MqttSettings", "MqttSink", "discovery_configs", "make_client", "state_payload"]
 
 log = structlog.get_logger("monitor.sinks.mqtt")
 
@@ -57,7 +57,7 @@ def _object_id(account: str) -> str:
 
 
 def state_payload(report: MarginReport, level: str) -> dict[str, Any]:
-    """The retained state: the DESIGN.md JSON report plus level and convenience fields."""
+    """The retained state: the JSON report (docs/margin-math.md), level and convenience fields."""
     from monitor.snapshot import report_to_dict  # noqa: PLC0415 - keeps import cost lazy
 
     data: dict[str, Any] = _strict_json(report_to_dict(report))
@@ -100,7 +100,7 @@ _SENSORS: tuple[tuple[str, str, str | None, str | None], ...] = (
 def discovery_configs(
     settings: MqttSettings, account: str, currency: str
 ) -> list[tuple[str, dict[str, Any]]]:
-    """Home Assistant MQTT discovery (notes/ecosystem.md §3): one device, five sensors."""
+    """Home Assistant MQTT discovery (docs/development.md): one device, five sensors."""
     oid = _object_id(account)
     state_topic = f"{settings.prefix}/{account}/state"
     device = {
@@ -251,27 +251,8 @@ class MqttSink:
     # --- connection loop --------------------------------------------------------------------
 
     def _make_client(self) -> aiomqtt.Client:
-        s = self.settings
-        tls_params = None
-        if s.tls:
-            tls_params = aiomqtt.TLSParameters(
-                ca_certs=str(s.tls_ca_file) if s.tls_ca_file else None,
-                certfile=str(s.tls_cert_file) if s.tls_cert_file else None,
-                keyfile=str(s.tls_key_file) if s.tls_key_file else None,
-            )
-        return aiomqtt.Client(
-            s.host,
-            s.port,
-            username=s.username,
-            password=s.password.get_secret_value() if s.password else None,
-            identifier=self.client_id,
-            will=aiomqtt.Will(self.status_topic, "offline", qos=1, retain=True),
-            clean_session=True,
-            keepalive=s.keepalive,
-            timeout=s.timeout,
-            tls_params=tls_params,
-            tls_insecure=s.tls_insecure if s.tls else None,
-        )
+        will = aiomqtt.Will(self.status_topic, "offline", qos=1, retain=True)
+        return make_client(self.settings, self.client_id, will)
 
     async def run(self) -> None:
         """Connect, serve, reconnect with backoff; forever (until cancelled)."""
@@ -443,3 +424,29 @@ class MqttSink:
             except aiomqtt.MqttError:
                 self._actions.put_nowait((account, body))  # try again after the reconnect
                 raise
+
+
+def make_client(
+    s: MqttSettings, identifier: str, will: aiomqtt.Will | None = None
+) -> aiomqtt.Client:
+    """A client for the `[mqtt]` section (the daemon's sink, and `notify-test` without a will)."""
+    tls_params = None
+    if s.tls:
+        tls_params = aiomqtt.TLSParameters(
+            ca_certs=str(s.tls_ca_file) if s.tls_ca_file else None,
+            certfile=str(s.tls_cert_file) if s.tls_cert_file else None,
+            keyfile=str(s.tls_key_file) if s.tls_key_file else None,
+        )
+    return aiomqtt.Client(
+        s.host,
+        s.port,
+        username=s.username,
+        password=s.password.get_secret_value() if s.password else None,
+        identifier=identifier,
+        will=will,
+        clean_session=True,
+        keepalive=s.keepalive,
+        timeout=s.timeout,
+        tls_params=tls_params,
+        tls_insecure=s.tls_insecure if s.tls else None,
+    )

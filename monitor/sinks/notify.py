@@ -13,7 +13,7 @@ service never re-sends to a phone that already got the message.
   single-use, names the alert's account and episode, and travels in the request body (ntfy's
   `body=`), not the URL, so proxies' access logs never hold a usable token (issue 13).
 - Bursts are merged, never dropped: Apprise waits ~5.5 s between two sends to one service
-  (`request_rate_per_sec`, notes/ecosystem.md §2), so each channel sends at most once per
+  (`request_rate_per_sec`, docs/development.md), so each channel sends at most once per
   `min_interval`, and everything that queued meanwhile goes out as one message.
 
 Apprise is used through `async_notify`, which runs the plugin's blocking HTTP in Apprise's own

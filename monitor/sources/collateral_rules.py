@@ -1,7 +1,7 @@
 """Each venue's collateral rules, read live: what a non-stable balance really counts for.
 
 A cross-collateral account is margined on haircut values, not on market values
-(notes/margin-math.md §1.5, §2.2): valuing BTC collateral at its full price overstates
+(docs/collateral.md, with the venues' pages): valuing BTC collateral at its full price overstates
 the margin balance by exactly the haircut, on the accounts this product exists for. The
 engine already values haircuts (`Collateral.haircut`, `liability_markup`, banded
 `haircut_tiers`); this module reads the venue's published parameters and hands them to it.
@@ -23,7 +23,7 @@ engine already values haircuts (`Collateral.haircut`, `liability_markup`, banded
   portfolio margin. `GET /v5/spot-margin-trade/collateral` (`publicGetV5SpotMarginTradeCollateral`,
   docs v5/spot-margin-uta/tier-collateral-ratio) publishes each coin's tiered collateral
   ratios in coin units ("" = infinity), applied marginally to a positive balance; a negative
-  balance counts in full (Help "Assets-Collateral-Value-Ratio-List-UTA", margin-math §2.2).
+  balance counts in full (Help "Assets-Collateral-Value-Ratio-List-UTA", docs/collateral.md).
   `GET /v5/account/collateral-info` (`privateGetV5AccountCollateralInfo`) says per coin
   whether the platform (`marginCollateral`) and the user (`collateralSwitch`) let it count.
 
@@ -253,7 +253,7 @@ async def _okx(exchange: Any, now: float) -> CollateralRules:
 
 async def _binance_usdm(exchange: Any, now: float) -> CollateralRules:
     """A Binance Portfolio Margin account is configured in ccxt (`options.portfolioMargin`,
-    which routes every call to `papi`); its uniMMR is scenario-based (margin-math §1.6)."""
+    which routes every call to `papi`); its uniMMR is scenario-based (Binance FAQ 4868b2f1…)."""
     if exchange.options.get("portfolioMargin"):
         return CollateralRules(exchange.id, "portfolio", {}, now)
     return await _binance(exchange, now)

@@ -1,6 +1,6 @@
 """A live exchange account through one `ccxt.pro` instance, as a `Source` of model events.
 
-What is trusted for what (notes/ccxt.md §0, §6):
+What is trusted for what (docs/venues.md):
 - **mark prices** stream (`watch_mark_price` where `has` says so, else `watch_ticker`) and
   become a `PriceTick` on every frame; a symbol whose stream is quiet for `poll_interval`
   is read over REST instead, so prices keep flowing while the socket is dead;
@@ -169,7 +169,7 @@ def build_exchange(settings: AccountConfig) -> Any:
         "options": {
             # The position stream is only a trigger for our own REST read, so ccxt's REST
             # snapshot on the first watch is a wasted call, and it delays opening the socket
-            # (updates between the first and second call are lost, notes/ccxt.md §0.3).
+            # (updates between the first and second call are lost, docs/venues.md).
             "watchPositions": {"fetchPositionsSnapshot": False, "awaitPositionsSnapshot": False},
         },
     }
@@ -523,7 +523,7 @@ class ExchangeSource:
                 if self.collateral_rules.mode == "portfolio":
                     interval = self.poll_interval  # the venue's figure is the live ratio
                 # Not asyncio.wait_for: on 3.11 it drops a cancel that lands as the trigger
-                # arrives (cpython#86296) and shutdown hung (fault matrix, issue 7).
+                # arrives (cpython#86296) and shutdown hung (fault matrix, docs/benchmarks.md).
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(interval * self._throttle.factor):
                         await self._dirty.wait()

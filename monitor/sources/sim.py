@@ -1,11 +1,11 @@
 """The embedded simulated venue: one cross-margined USDT account that streams and trades.
 
 What `margin-monitor run` shows with no configuration, and what tests and the protective
-actions (issue 5) run against without a network:
+actions (docs/actions.md) run against without a network:
 
 - The book (`DEMO_BOOK`): BTC long, ETH short and SOL long on a USDT wallet, with BTC held
   as collateral, each market with a Binance-style tier table (cumulative deduction, as
-  notes/margin-math.md describes). The sim publishes its collateral rules as Binance
+  docs/margin-math.md describes). The sim publishes its collateral rules as Binance
   Multi-Assets Mode does (`multi_assets_margin()`, `asset_index()`: a 5 % BTC bid buffer),
   and values collateral through the parser a live read uses
   (`collateral_rules.rules_from_binance`, then `apply_rules`), so `make demo` shows the
@@ -97,7 +97,7 @@ class SimBook:
     asset_buffers: tuple[tuple[str, float, float], ...] = ()
 
 
-# Tier tables in the shape of Binance USDⓈ-M's leverage brackets (notes/margin-math.md §1);
+# Tier tables in the shape of Binance USDⓈ-M's leverage brackets (docs/margin-math.md);
 # the numbers are illustrative, the cumulative deductions keep MM continuous at each edge.
 DEMO_BOOK = SimBook(
     currency="USDT",
