@@ -18,22 +18,26 @@ from monitor.errors import UserError
 from monitor.model import (
     AccountSnapshot,
     Collateral,
+    CollateralRisk,
     CollateralTier,
     MarginReport,
     Position,
     PositionRisk,
     ShockToLiquidation,
     Tier,
+    VenueMargin,
 )
 
 __all__ = [
+    "collateral_risk_to_dict",
     "load_snapshot",
     "parse_snapshot",
     "report_to_dict",
     "snapshot_to_dict",
 ]
 
-_TOP = ("account", "currency", "venue", "collateral", "positions")
+_TOP = ("account", "currency", "venue", "collateral", "positions", "venue_margin")
+_VENUE_MARGIN = ("margin_ratio", "maintenance_margin", "margin_balance", "source")
 _COLLATERAL = (
     "asset", "amount", "price", "haircut", "liability_markup", "haircut_tiers", "tier_basis",
     "beta",
@@ -227,6 +231,18 @@ def parse_snapshot(data: object, origin: str) -> AccountSnapshot:
         collateral=collateral,
         positions=positions,
         venue=top.text("venue") if top.has("venue") else None,
+        venue_margin=_venue_margin(top) if top.has("venue_margin") else None,
+    )
+
+
+def _venue_margin(top: _Reader) -> VenueMargin:
+    """A portfolio-margin account's own figures (issue 12); ratio null = none read."""
+    r = _Reader(top.origin, "venue_margin", top.obj["venue_margin"], _VENUE_MARGIN)
+    return VenueMargin(
+        margin_ratio=r.optional("margin_ratio", minimum=0.0, allow_inf=True),
+        maintenance_margin=r.optional("maintenance_margin"),
+        margin_balance=r.optional("margin_balance"),
+        source=r.text("source", ""),
     )
 
 
@@ -332,6 +348,13 @@ def snapshot_to_dict(s: AccountSnapshot) -> dict[str, Any]:
                          for c in s.collateral]
     out["positions"] = [_drop_defaults(_position_dict(p), _POSITION_DEFAULTS)
                         for p in s.positions]
+    if s.venue_margin is not None:
+        vm = s.venue_margin
+        out["venue_margin"] = {"margin_ratio": _num(vm.margin_ratio),
+                               "maintenance_margin": vm.maintenance_margin,
+                               "margin_balance": vm.margin_balance}
+        if vm.source:
+            out["venue_margin"]["source"] = vm.source
     return out
 
 
@@ -411,4 +434,18 @@ def report_to_dict(r: MarginReport) -> dict[str, Any]:
         "liquidated": r.liquidated,
         "shock_to_liquidation": shock_to_dict(r.shock_to_liquidation),
         "positions": [_risk_dict(p) for p in r.positions],
+        "model": r.model,
+        "collateral_risk": collateral_risk_to_dict(r.collateral_risk),
+    }
+
+
+def collateral_risk_to_dict(risk: CollateralRisk | None) -> dict[str, Any] | None:
+    """`{"non_stable_share": 0.6, "assets": [{"asset": "BTC", "value": …, "share": …,
+    "fall_to_liquidation": -0.41}]}`; None (null) when it was not computed this report."""
+    if risk is None:
+        return None
+    return {
+        "non_stable_share": risk.non_stable_share,
+        "assets": [{"asset": a.asset, "value": a.value, "share": a.share,
+                    "fall_to_liquidation": a.fall} for a in risk.assets],
     }
