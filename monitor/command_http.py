@@ -20,6 +20,8 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from monitor.errors import UserError
+
 __all__ = ["command_app", "decode_token", "serve_commands"]
 
 log = structlog.get_logger("monitor.command_http")
@@ -57,9 +59,18 @@ async def serve_commands(
 ) -> web.AppRunner:
     """Start listening on `host:port`; returns the runner (call `cleanup()` to stop)."""
     host, _, port = listen.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")  # "[::1]:8765": an IPv6 literal
     runner = web.AppRunner(command_app(handler), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host or "127.0.0.1", int(port))
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        reason = exc.strerror or type(exc).__name__
+        raise UserError(
+            f"notify.command_listen {listen!r}: cannot listen there ({reason.lower()}); "
+            "use a free host:port, e.g. 127.0.0.1:8765 or [::1]:8765"
+        ) from None
     log.info("commands.listening", listen=listen)
     return runner

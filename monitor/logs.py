@@ -20,8 +20,11 @@ so no renderer, traceback or foreign record can route around it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import signal
 import sys
 import threading
 from collections.abc import Iterable
@@ -216,7 +219,7 @@ def configure(
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
-    handler = logging.StreamHandler(out)
+    handler = _Handler(out)
     handler.set_name("margin-monitor")
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
@@ -244,6 +247,32 @@ def configure(
         cache_logger_on_first_use=False,
     )
     return chosen
+
+
+#: Set when the log stream's reader went away (`run --no-tui | head`): the CLI then exits 2.
+OUTPUT_CLOSED = threading.Event()
+
+
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    """stdout; a closed pipe stops the process (SIGTERM: a clean stop) instead of printing
+    a "--- Logging error ---" traceback per line (issue 13: `run --no-tui | head`)."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if isinstance(sys.exc_info()[1], BrokenPipeError):
+            if not OUTPUT_CLOSED.is_set():
+                OUTPUT_CLOSED.set()
+                discard_stdout()
+                os.kill(os.getpid(), signal.SIGTERM)
+            return
+        super().handleError(record)
+
+
+def discard_stdout() -> None:
+    """Point fd 1 at /dev/null: what is still buffered cannot raise at exit."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 class _CurrentStdout:
