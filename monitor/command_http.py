@@ -20,6 +20,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from monitor import http_guard
 from monitor.errors import UserError
 
 __all__ = ["command_app", "decode_token", "serve_commands"]
@@ -39,7 +40,7 @@ def command_app(handler: Callable[[bytes, str], Mapping[str, Any]]) -> web.Appli
 
     async def command(request: web.Request) -> web.Response:
         token = request.query.get("token")
-        body = await request.read()
+        body = await http_guard.read_body(request)
         raw = token.encode("utf-8", "surrogateescape") if token else body
         if token or body.lstrip()[:1] not in (b"{", b""):
             # a token (base64url); what does not decode goes on as is, refused as not JSON
@@ -60,13 +61,10 @@ async def serve_commands(
     """Start listening on `host:port`; returns the runner (call `cleanup()` to stop)."""
     host, _, port = listen.rpartition(":")
     host = host.removeprefix("[").removesuffix("]")  # "[::1]:8765": an IPv6 literal
-    runner = web.AppRunner(command_app(handler), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host or "127.0.0.1", int(port))
     try:
-        await site.start()
+        # timeouts and a connection cap against idle sockets (issue 13, http_guard.py)
+        runner = await http_guard.serve(command_app(handler), host or "127.0.0.1", int(port))
     except OSError as exc:
-        await runner.cleanup()
         reason = exc.strerror or type(exc).__name__
         raise UserError(
             f"notify.command_listen {listen!r}: cannot listen there ({reason.lower()}); "

@@ -38,6 +38,7 @@ __all__ = [
     "REDACTED",
     "Format",
     "Redactor",
+    "Throttle",
     "configure",
     "redact",
     "scrub_exception",
@@ -221,6 +222,7 @@ def configure(
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     handler = _Handler(out)
     handler.set_name("margin-monitor")
+    handler.addFilter(Throttle())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
@@ -247,6 +249,42 @@ def configure(
         cache_logger_on_first_use=False,
     )
     return chosen
+
+
+class Throttle(logging.Filter):
+    """At most `burst` records per library logger and message per `window` seconds.
+
+    A library logs per connection or per request (aiohttp's "Error handling request",
+    asyncio's accept errors): 300 hostile sockets made ~82 000 lines in 25 s (issue 13). The
+    first record after a quiet spell says how many similar ones were dropped. The daemon's
+    own `monitor.*` records pass untouched: they are already one per decision.
+    """
+
+    def __init__(self, burst: int = 10, window: float = 60.0) -> None:
+        super().__init__()
+        self.burst = burst
+        self.window = window
+        self._seen: dict[tuple[str, str], list[float]] = {}  # key -> [window start, count, dropped]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("monitor"):
+            return True
+        key = (record.name, str(record.msg)[:200])
+        now = record.created
+        entry = self._seen.get(key)
+        if entry is None or now - entry[0] >= self.window:
+            dropped = int(entry[2]) if entry is not None else 0
+            if len(self._seen) > 1000:
+                self._seen.clear()  # bounded: keys are message templates, few in practice
+            self._seen[key] = [now, 1.0, 0.0]
+            if dropped:
+                record.msg = f"{record.msg} ({dropped} similar dropped in the last minute)"
+            return True
+        if entry[1] < self.burst:
+            entry[1] += 1
+            return True
+        entry[2] += 1
+        return False
 
 
 #: Set when the log stream's reader went away (`run --no-tui | head`): the CLI then exits 2.
