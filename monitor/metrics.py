@@ -96,6 +96,9 @@ class MetricsSettings(BaseModel):
         "Use 0.0.0.0 in a container, behind its network",
     )
     port: int = Field(default=9464, ge=0, le=65535, description="0 picks a free port (tests)")
+    status_page: bool = Field(
+        default=True, description="serve the status page on / and its JSON on /api/status"
+    )
 
 
 # --- process-wide metrics: incremented where the thing happens -------------------------------
@@ -206,6 +209,8 @@ class MetricsSink:
         self._collector = _AccountCollector(self)
         self._registered = False
         self._event_counters: dict[tuple[str, str], Any] = {}
+        #: more routes for the same listener, each `install(app)` (the status page, web.py)
+        self.routes: list[Callable[[Any], None]] = []
         self.set_accounts(accounts)
 
     # --- configuration ---------------------------------------------------------------------
@@ -353,6 +358,8 @@ class MetricsSink:
         app = web.Application()
         app.router.add_get("/metrics", metrics)
         app.router.add_get("/healthz", healthz)
+        for install in self.routes:
+            install(app)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, self.settings.host, self.settings.port)
