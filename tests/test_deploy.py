@@ -170,8 +170,96 @@ class TestHomeAssistant:
         assert topics == {"margin-monitor/+/alert", "margin-monitor/status"}
         fields = {f.name for f in dataclasses.fields(AlertMessage)}
         used = set(re.findall(r"payload_json\.(\w+)", text))
+        used |= set(re.findall(r"\bp\.(\w+)", text))
         assert used
         assert used <= fields, used - fields
+
+    def test_push_text_says_what_happened(self) -> None:
+        """Test the push text for real alerts: margin and shock alerts (empty detail) too."""
+        automations = yaml.safe_load((DEPLOY / "home-assistant.yaml").read_text())["automation"]
+        data = automations[0]["action"][0]["data"]
+        texts = {}
+        for name, message in _messages().items():
+            trigger = {"payload_json": message.to_dict()}
+            texts[name] = _render(data["message"], trigger=trigger)
+            assert _render(data["title"], trigger=trigger).startswith("main: ")
+        assert texts["margin"].startswith("Margin ratio 75.2 % (liquidation at 100 %).")
+        assert "Margin balance 2731.9 USDT, free -912.4 USDT." in texts["margin"]
+        assert texts["shock"].startswith("A 4.1 % move of all prices liquidates.")
+        assert "Margin ratio 75.2 %." in texts["shock"]
+        assert texts["down"] == "binanceusdm rejected the API key"
+
+    def test_blueprint_filters_by_level_and_writes_the_text(self) -> None:
+        """Test the blueprint: inputs, trigger on the alert topic, level filter, push text."""
+        bp = yaml.load((DEPLOY / "home-assistant-blueprint.yaml").read_text(),
+                       Loader=_Blueprint)  # fmt: skip
+        assert bp["blueprint"]["domain"] == "automation"
+        assert set(bp["blueprint"]["input"]) == {"min_level", "notify_device", "send_resolved",
+                                                 "prefix"}  # fmt: skip
+        prefix = bp["blueprint"]["input"]["prefix"]["default"]
+        topic = _render(bp["trigger"][0]["topic"], prefix=prefix)
+        assert topic == "margin-monitor/+/alert"
+        variables = bp["variables"]
+        action = bp["action"][0]
+        messages = _messages()
+        for min_level, expected in (("warning", {"margin", "shock", "down", "resolved"}),
+                                    ("critical", {"margin", "down", "resolved"}),
+                                    ("emergency", set())):  # fmt: skip
+            wanted = {
+                name for name, m in messages.items()
+                if _render(variables["wanted"], p=m.to_dict(), ranks=variables["ranks"],
+                           min_level=min_level, send_resolved=True) == "True"
+            }  # fmt: skip
+            assert wanted == expected, min_level
+        margin = messages["margin"].to_dict()
+        assert _render(action["title"], p=margin) == "CRITICAL main"
+        assert _render(action["message"], p=margin).startswith("Margin ratio 75.2 %")
+        resolved = messages["resolved"].to_dict()
+        assert _render(action["title"], p=resolved) == "RESOLVED main"
+        assert _render(action["message"], p=resolved).startswith(
+            "margin ratio back to normal after 61"
+        )
+
+
+def _messages() -> dict[str, AlertMessage]:
+    """One real alert per kind of text: margin, shock, source down (with detail), resolved."""
+    base = {"episode": "e", "started_at": 1.0, "at": 2.0, "duration": 61.0,
+            "previous_value": None, "currency": "USDT", "margin_balance": 2731.9,
+            "free_collateral": -912.4, "margin_ratio": 0.7523}  # fmt: skip
+    return {
+        "margin": AlertMessage(id="e.1", fingerprint="main/margin_ratio", account="main",
+                               rule="margin_ratio", kind="firing", level="critical",
+                               previous_level="warning", value=0.7523, worst_value=0.7523,
+                               worst_level="critical", threshold=0.7, **base),
+        "shock": AlertMessage(id="e.2", fingerprint="main/shock_to_liquidation", account="main",
+                              rule="shock_to_liquidation", kind="firing", level="warning",
+                              previous_level="ok", value=0.0412, worst_value=0.0412,
+                              worst_level="warning", threshold=0.05, **base),
+        "down": AlertMessage(id="e.3", fingerprint="main/source_down", account="main",
+                             rule="source_down", kind="firing", level="critical",
+                             previous_level="ok", value=None, worst_value=None,
+                             worst_level="critical", detail="binanceusdm rejected the API key",
+                             episode="d", started_at=1.0, at=2.0, duration=0.0,
+                             previous_value=None),
+        "resolved": AlertMessage(id="e.4", fingerprint="main/margin_ratio", account="main",
+                                 rule="margin_ratio", kind="resolved", level="ok",
+                                 previous_level="critical", value=0.41, worst_value=0.7523,
+                                 worst_level="critical", **base),
+    }  # fmt: skip
+
+
+def _render(template: str, **context: Any) -> str:
+    import jinja2
+
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
+    return " ".join(env.from_string(template).render(**context).split())
+
+
+class _Blueprint(yaml.SafeLoader):
+    """Home Assistant's `!input` tag, kept as its name."""
+
+
+_Blueprint.add_constructor("!input", lambda loader, node: f"!input {loader.construct_scalar(node)}")
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
