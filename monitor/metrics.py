@@ -94,6 +94,9 @@ class MetricsSettings(BaseModel):
         "Use 0.0.0.0 in a container, behind its network",
     )
     port: int = Field(default=9464, ge=0, le=65535, description="0 picks a free port (tests)")
+    status_page: bool = Field(
+        default=True, description="serve the status page on / and its JSON on /api/status"
+    )
 
 
 # --- process-wide metrics: incremented where the thing happens -------------------------------
@@ -208,6 +211,8 @@ class MetricsSink:
         self._collector = _AccountCollector(self)
         self._registered = False
         self._event_counters: dict[tuple[str, str], Any] = {}
+        #: more routes for the same listener, each `install(app)` (the status page, web.py)
+        self.routes: list[Callable[[Any], None]] = []
         self.set_accounts(accounts)
 
     # --- configuration ---------------------------------------------------------------------
@@ -378,6 +383,8 @@ class MetricsSink:
         app.router.add_get("/healthz", healthz)
         app.router.add_get("/readyz", readyz)
         app.router.add_get("/livez", livez)
+        for install in self.routes:
+            install(app)
         try:
             # timeouts and a connection cap against idle sockets (issue 13, http_guard.py)
             runner = await http_guard.serve(app, self.settings.host, self.settings.port)
