@@ -126,14 +126,18 @@ class _Done(Exception):
     """Raised inside the TaskGroup when the measurements are complete."""
 
 
+def log_to_devnull() -> None:
+    """Log as the daemon would (`run`'s JSON logging), but to /dev/null, not the screen."""
+    devnull = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+    logs.configure(level="info", fmt="json", stream=devnull)
+
+
 def main() -> None:
     """Run and print p50/p90/p99/max."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--alerts", type=int, default=5000)
     args = parser.parse_args()
-    # Alerts are logged as they would be in the daemon (JSON), but to /dev/null, not the screen.
-    devnull = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
-    logs.configure(level="info", fmt="json", stream=devnull)  # as `run` does, off the screen
+    log_to_devnull()
     with tempfile.TemporaryDirectory() as tmp:
         latencies = asyncio.run(measure(args.alerts, Path(tmp)))
     print(f"python {platform.python_version()}, {platform.machine()}, mosquitto, aiomqtt QoS 1")
