@@ -569,6 +569,12 @@ def build_sinks(
                    if sources is None or a.name in sources}  # fmt: skip
         health = build_metrics_sink(settings.metrics, watched, sinks, sources)
         sinks.append(health)
+        if settings.metrics.status_page:
+            from monitor.web import StatusSink  # noqa: PLC0415 - docs/status-page.md
+
+            status = StatusSink(watched, health.blind, lambda: alerts.pipeline)
+            health.routes.append(status.install)
+            sinks.append(status)
         if settings.heartbeat.url is not None:
             sinks.append(HeartbeatSink(settings.heartbeat, health.blind))
     return sinks
