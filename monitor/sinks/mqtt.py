@@ -129,48 +129,37 @@ def discovery_configs(
         "manufacturer": "margin-monitor",
         "sw_version": __version__,
     }
-    out = []
-    for key, name, unit, template in _SENSORS:
+
+    def entity(component: str, key: str, name: str, template: str) -> tuple[str, dict[str, Any]]:
         uid = f"margin_monitor_{oid}_{key}"
-        config: dict[str, Any] = {
+        return f"{settings.discovery_prefix}/{component}/{uid}/config", {
             "name": name,
             "unique_id": uid,
-            "default_entity_id": f"sensor.{uid}",
+            "default_entity_id": f"{component}.{uid}",
             "state_topic": state_topic,
-            "value_template": template or f"{{{{ value_json.{key} }}}}",
+            "value_template": template,
             "availability_topic": f"{settings.prefix}/status",
-            "json_attributes_topic": state_topic if key == "level" else None,
             "device": device,
             "origin": {"name": "margin-monitor", "sw": __version__},
         }
-        if key != "level":
+
+    out = []
+    for key, name, unit, template in _SENSORS:
+        topic, config = entity("sensor", key, name, template or f"{{{{ value_json.{key} }}}}")
+        if key == "level":
+            config["json_attributes_topic"] = state_topic
+        else:
             config["state_class"] = "measurement"
             config["unit_of_measurement"] = unit or currency
             config["suggested_display_precision"] = 2
         if settings.expire_after:
             config["expire_after"] = settings.expire_after
-        out.append(
-            (
-                f"{settings.discovery_prefix}/sensor/{uid}/config",
-                {k: v for k, v in config.items() if v is not None},
-            )
-        )
+        out.append((topic, config))
     for key, name, device_class in _BINARY_SENSORS:
-        uid = f"margin_monitor_{oid}_{key}"
-        binary: dict[str, Any] = {
-            "name": name,
-            "unique_id": uid,
-            "default_entity_id": f"binary_sensor.{uid}",
-            "device_class": device_class,
-            "state_topic": state_topic,
-            "value_template": f"{{{{ 'ON' if value_json.{key} else 'OFF' }}}}",
-            "payload_on": "ON",
-            "payload_off": "OFF",
-            "availability_topic": f"{settings.prefix}/status",
-            "device": device,
-            "origin": {"name": "margin-monitor", "sw": __version__},
-        }
-        out.append((f"{settings.discovery_prefix}/binary_sensor/{uid}/config", binary))
+        topic, binary = entity("binary_sensor", key, name,
+                               f"{{{{ 'ON' if value_json.{key} else 'OFF' }}}}")
+        binary.update(device_class=device_class, payload_on="ON", payload_off="OFF")
+        out.append((topic, binary))
     return out
 
 
