@@ -118,17 +118,21 @@ async def measure(alerts: int, workdir: Path) -> list[float]:
         broker.stop()
 
 
-def main() -> None:
-    """Run and print p50/p90/p99/max."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--alerts", type=int, default=5000)
-    args = parser.parse_args()
-    # Alerts are logged as they would be in the daemon (JSON), but to /dev/null, not the screen.
+def log_to_devnull() -> None:
+    """Log as the daemon would (JSON), but to /dev/null, not the screen."""
     devnull = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
     structlog.configure(
         processors=[structlog.processors.add_log_level, structlog.processors.JSONRenderer()],
         logger_factory=structlog.PrintLoggerFactory(devnull),
     )
+
+
+def main() -> None:
+    """Run and print p50/p90/p99/max."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--alerts", type=int, default=5000)
+    args = parser.parse_args()
+    log_to_devnull()
     with tempfile.TemporaryDirectory() as tmp:
         latencies = asyncio.run(measure(args.alerts, Path(tmp)))
     print(f"python {platform.python_version()}, {platform.machine()}, mosquitto, aiomqtt QoS 1")

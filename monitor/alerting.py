@@ -31,6 +31,7 @@ import structlog
 
 from monitor import rules
 from monitor.alert_message import AlertMessage, build_message
+from monitor.logs import redact
 from monitor.metrics import record_alerts_sent
 from monitor.model import MarginReport, SourceDown, SourceStale, SourceUp
 from monitor.rules import AlertConfig, AlertEvent, RulesState, Silence
@@ -38,7 +39,14 @@ from monitor.signed_commands import Command, CommandRefused, envelope, verify
 from monitor.store import Store
 from monitor.switches import ActionSwitches
 
-__all__ = ["AlertPipeline", "AlertSink", "ReportObserver", "backoff", "raise_if_cancelling"]
+__all__ = [
+    "AlertPipeline",
+    "AlertSink",
+    "PacedSink",
+    "ReportObserver",
+    "backoff",
+    "raise_if_cancelling",
+]
 
 log = structlog.get_logger("monitor.alerting")
 
@@ -46,6 +54,13 @@ log = structlog.get_logger("monitor.alerting")
 BACKOFF_CAP = 60.0
 #: Pause length when a pause command names no duration: a pause must always end.
 DEFAULT_PAUSE = 3600.0
+#: Refused commands are audited and logged once per source per this many seconds, with a
+#: count (issue 13: a flood of 50 000 junk commands wrote 50 000 rows and log lines).
+REFUSAL_WINDOW = 60
+#: Sources tallied at once; more (an HTTP flood from many addresses) share one tally.
+REFUSAL_SOURCES = 256
+#: Seconds between two retention passes over the store (store.prune).
+PRUNE_EVERY = 3600.0
 #: structlog method per level, so a log-based alert rule can key on severity.
 _LOG_METHOD = {"ok": "info", "warning": "warning", "critical": "error", "emergency": "critical"}
 
@@ -87,12 +102,47 @@ class AlertSink(Protocol):
 
 
 @runtime_checkable
+class PacedSink(Protocol):
+    """A sink that can only take a batch at certain moments (a paced channel, a session).
+
+    `deliver_forever` awaits `ready()` BEFORE it picks the batch, so everything that became
+    due while the sink was not ready (an escalation during a phone channel's pacing wait)
+    leaves in the first batch the sink can take, not one round later (issue 14 §1).
+    """
+
+    async def ready(self) -> None:
+        """Return once a batch given now would be sent at once."""
+        ...
+
+
+@runtime_checkable
 class ReportObserver(Protocol):
     """A sink that also shows every report (MQTT's retained state topic)."""
 
     def observe_report(self, report: MarginReport, level: str) -> None:
         """Take the newest report of an account; must not block."""
         ...
+
+
+@dataclasses.dataclass(slots=True)
+class _RefusalTally:
+    """Refused commands of one source in one minute: one audit row, counted up."""
+
+    minute: int
+    reasons: dict[str, int]
+    count: int = 1
+    seq: int = 0
+    dirty: bool = False
+
+    def add(self, reason: str) -> None:
+        self.count += 1
+        self.dirty = True
+        if reason in self.reasons or len(self.reasons) < 16:
+            self.reasons[reason] = self.reasons.get(reason, 0) + 1
+
+    def payload(self, source: str) -> dict[str, Any]:
+        return {"source": source, "count": self.count, "reasons": self.reasons,
+                "minute": self.minute * REFUSAL_WINDOW}  # fmt: skip
 
 
 class AlertPipeline:
@@ -134,7 +184,10 @@ class AlertPipeline:
         self.state: RulesState = store.load_rules_state(clock())
         self._reports: dict[str, MarginReport] = {}
         self._wake = {sink.name: asyncio.Event() for sink in self.sinks}
-        self._seen_requests: dict[str, float] = {}
+        #: configured account names; a command naming another is refused (None: no check)
+        self.accounts: frozenset[str] | None = None
+        self._refusals: dict[str, _RefusalTally] = {}
+        self._next_prune = 0.0
         self._degraded_announced = False
         for sink in self.sinks:
             if hasattr(sink, "on_connected"):
@@ -171,6 +224,9 @@ class AlertPipeline:
     ) -> tuple[AlertEvent, ...]:
         """Stale data, a source down, a source back."""
         now = self.clock() if now is None else now
+        if isinstance(event, SourceDown):
+            # foreign text (a venue's error) on its way to MQTT, phones and SQLite
+            event = dataclasses.replace(event, reason=redact(event.reason))
         self.state, events = rules.on_source_event(self.state, event, now, self.config)
         self._commit(events, now)
         return events
@@ -184,6 +240,7 @@ class AlertPipeline:
         once; raising it again in the same episode sends nothing new.
         """
         now = self.clock() if now is None else now
+        text = redact(text)  # it quotes the venue's answer
         self.state, events = rules.on_action_rejected(self.state, account, text, now, self.config)
         self._commit(events, now)
         return events
@@ -205,6 +262,11 @@ class AlertPipeline:
         self.state, events = rules.tick(self.state, now, self.config)
         if events:
             self._commit(events, now)
+        if self._refusals:
+            self._flush_refusals(now)
+        if now >= self._next_prune:
+            self._next_prune = now + PRUNE_EVERY
+            self.store.prune(now)
         return events
 
     def level(self, account: str) -> str:
@@ -322,6 +384,11 @@ class AlertPipeline:
                     async with asyncio.timeout(timeout):
                         await wake.wait()
                 continue
+            if isinstance(sink, PacedSink):
+                await sink.ready()
+                rows = self.store.due(sink.name, self.clock())  # what queued while waiting
+                if not rows:
+                    continue
             by_id = {row.message_id: row for row in rows}
             messages = [AlertMessage.from_json(row.payload) for row in rows]
             try:
@@ -363,28 +430,29 @@ class AlertPipeline:
         """True when a command secret is configured."""
         return self._secret is not None
 
-    def handle_command(self, raw: bytes | str, now: float | None = None) -> dict[str, Any]:
-        """Verify and execute a signed command; the reply says what happened or why not."""
+    def handle_command(
+        self, raw: bytes | str, now: float | None = None, source: str = "mqtt"
+    ) -> dict[str, Any]:
+        """Verify and execute a signed command; the reply says what happened or why not.
+
+        `source` names the door (`mqtt`, `http:<address>`) for the aggregated refusal audit.
+        Replays are refused across restarts and doors: the request id is kept in the store
+        until the envelope could no longer verify anyway (issue 13).
+        """
         now = self.clock() if now is None else now
         if self._secret is None:
-            return self._refuse("commands are disabled: set mqtt.command_secret", now)
+            return self._refuse("commands are disabled: set mqtt.command_secret", now, source)
         try:
             command = verify(raw, self._secret, now)
         except CommandRefused as exc:
-            return self._refuse(str(exc), now)
-        for request_id, until in list(self._seen_requests.items()):
-            if until <= now:
-                del self._seen_requests[request_id]
-        if command.request_id:
-            if command.request_id in self._seen_requests:
-                return self._refuse("duplicate request_id (replay)", now, command)
-            self._seen_requests[command.request_id] = max(
-                command.expires_at or 0.0, command.issued_at + 120.0
-            )
+            return self._refuse(str(exc), now, source, request_id=exc.request_id)
+        if not self.store.remember_request(command.request_id, command.valid_until(), now):
+            return self._refuse("duplicate request_id (replay)", now, source, command)
         try:
+            self._check_target(command)
             reply = self.execute(command, now)
         except CommandRefused as exc:
-            return self._refuse(str(exc), now, command)
+            return self._refuse(str(exc), now, source, command)
         self.store.audit(
             command.account or "*",
             "command",
@@ -394,12 +462,60 @@ class AlertPipeline:
         log.info("command.executed", account=command.account, reply=reply)
         return {"ok": True, "request_id": command.request_id, **reply}
 
-    def _refuse(self, reason: str, now: float, command: Command | None = None) -> dict[str, Any]:
-        log.warning("command.refused", reason=reason)
-        account = command.account if command and command.account else "*"
-        self.store.audit(account, "command_refused", {"reason": reason}, now)
-        request_id = command.request_id if command else ""
+    def _check_target(self, command: Command) -> None:
+        """An account that is not configured, or a phone token of an episode that is over."""
+        account = command.account
+        if account is not None and self.accounts is not None and account not in self.accounts:
+            raise CommandRefused(f"unknown account {account[:64]!r}")
+        if command.episode is not None:
+            alert = self.state.alert(account or "", command.rule or "")
+            if alert.episode != command.episode:
+                raise CommandRefused("token is for an alert episode that is over")
+
+    def _refuse(
+        self,
+        reason: str,
+        now: float,
+        source: str,
+        command: Command | None = None,
+        request_id: str = "",
+    ) -> dict[str, Any]:
+        """Refuse; audit and log once per source per minute with a count (floods)."""
+        minute = int(now // REFUSAL_WINDOW)
+        reason = reason[:200]
+        if source not in self._refusals and len(self._refusals) >= REFUSAL_SOURCES:
+            source = "other"
+        tally = self._refusals.get(source)
+        if tally is not None and tally.minute != minute:
+            self._flush_refusals(now)
+            tally = self._refusals.get(source)
+        if tally is None:
+            log.warning("command.refused", reason=reason, source=source)
+            tally = _RefusalTally(minute, {reason: 1})
+            tally.seq = self.store.audit("*", "command_refused", tally.payload(source), now)
+            self._refusals[source] = tally
+        else:
+            tally.add(reason)
+        request_id = command.request_id if command else request_id
         return {"ok": False, "request_id": request_id, "error": reason}
+
+    def flush(self, now: float | None = None) -> None:
+        """Write what is only counted in memory (refusal counts); before the store closes."""
+        now = self.clock() if now is None else now
+        self._flush_refusals(now + REFUSAL_WINDOW)  # every minute is over: log the summaries
+
+    def _flush_refusals(self, now: float) -> None:
+        """Write the counts that grew; close the tallies of minutes that are over."""
+        minute = int(now // REFUSAL_WINDOW)
+        for source, tally in list(self._refusals.items()):
+            if tally.dirty:
+                tally.dirty = False
+                self.store.update_audit(tally.seq, tally.payload(source))
+            if tally.minute != minute:
+                del self._refusals[source]
+                if tally.count > 1:
+                    log.warning("command.refused_summary", source=source, count=tally.count,
+                                reasons=tally.reasons)  # fmt: skip
 
     def execute(self, command: Command, now: float) -> dict[str, Any]:
         """Apply a verified command to the alert state or the action switches."""
@@ -437,10 +553,18 @@ class AlertPipeline:
         if command.action == "resume":
             self.switches.resume(account)
             return {"action": "resume", "account": account}
-        return {"action": "status", "accounts": self.status(now)}
+        return {"action": "status", "accounts": self.status(now), "silences": self.silences()}
+
+    def silences(self) -> list[dict[str, Any]]:
+        """The active silences, for a `status` command (beside the accounts, never in them:
+        an account may be called `silences`, issue 14 §5)."""
+        return [
+            {"id": s.id, "account": s.account, "rule": s.rule, "until": s.until, "up_to": s.up_to}
+            for s in self.state.silences
+        ]
 
     def status(self, now: float) -> dict[str, Any]:
-        """Levels, silences and pauses per account, for a `status` command."""
+        """Level, firing rules and pause per account, for a `status` command."""
         accounts = sorted({a.account for a in self.state.alerts.values()} | set(self._reports))
         out: dict[str, Any] = {}
         for account in accounts:
@@ -452,8 +576,4 @@ class AlertPipeline:
                 ),
                 "actions_paused_until": None if until is None or math.isinf(until) else until,
             }
-        out["silences"] = [
-            {"id": s.id, "account": s.account, "rule": s.rule, "until": s.until, "up_to": s.up_to}
-            for s in self.state.silences
-        ]
         return out

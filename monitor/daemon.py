@@ -48,7 +48,7 @@ import structlog
 from monitor import logs, margin, stress
 from monitor.errors import UserError
 from monitor.ledger import Ledger
-from monitor.model import BalanceUpdate, Event, MarginReport, PositionsUpdate, PriceTick, SourceDown
+from monitor.model import AccountUpdate, Event, MarginReport, PriceTick, SourceDown
 from monitor.rules import Level, level_rank, ratio_level, shock_fraction
 from monitor.sdnotify import Notifier, ProgressProbe, watchdog_interval, watchdog_loop
 from monitor.settings import AccountSettings, AlertsSettings, Settings, load_settings
@@ -263,8 +263,9 @@ class AccountLoop:
         on_event = self._on_event
         while True:
             try:
+                sent = self.clock()  # the read's values are at least this new
                 snapshot = await self.source.fetch_snapshot()
-                if self._rebuild(initial_state(snapshot, self.clock())):
+                if self._rebuild(initial_state(snapshot, sent)):
                     await self._report_now()
                 attempt = 0
                 async for event in self.source.events():
@@ -280,7 +281,7 @@ class AccountLoop:
                         if (
                             ledger is not None
                             and event.account == self.account
-                            and ledger.tick(event.symbol, event.mark_price)
+                            and ledger.tick(event.symbol, event.mark_price, event.ts)
                             and self._changed()
                         ):
                             await self._report_now()
@@ -303,19 +304,23 @@ class AccountLoop:
             await asyncio.sleep(random.uniform(0, 1.5 ** min(10, attempt)))  # noqa: S311
 
     def _fold(self, event: Event) -> bool:
-        """A full read of positions or balances: fold it in, rebuild the ledger on a change.
+        """A whole read (positions, balances, their marks): fold it in at once, rebuild the
+        ledger on a change. Never half of it: a report between a read's positions and its
+        balance showed a ratio the venue never had (issue 11).
 
         True when the sinks must hear of it now (see `_changed`).
         """
         state = self.state
-        if state is None or not isinstance(event, PositionsUpdate | BalanceUpdate):
+        if state is None or not isinstance(event, AccountUpdate):
             return False
         if self.ledger is not None:
-            # the update replaces one kind wholesale; the other keeps the latest marks
-            state = replace(state, snapshot=self.ledger.snapshot())
+            # the latest ticks, with their times: newer marks than the read's are kept
+            state = replace(state, snapshot=self.ledger.snapshot(), marks=self.ledger.marks())
         state, changed = apply(state, event)
         if not changed:
             self.state = state
+            if self.ledger is not None:
+                self.ledger.hold(state.marks)
             return False
         return self._rebuild(state)
 
@@ -323,7 +328,7 @@ class AccountLoop:
         """A new base after a full read: the ledger starts over from it (no drift)."""
         self.state = state
         try:
-            self.ledger = Ledger(state.snapshot)
+            self.ledger = Ledger(state.snapshot, state.marks)
         except Exception as exc:  # a core bug on odd data must not stop the monitor
             self.ledger = None
             log.error("recompute failed", account=self.account, error=_one_line(exc))
@@ -465,8 +470,13 @@ def _log_level(account: str, level: str, previous: str, report: MarginReport) ->
 # --- wiring ----------------------------------------------------------------------------------
 
 
-def open_source(account: AccountSettings, replay: Sequence[ReplayStep] | None = None) -> Source:
-    """The source of one configured account (the sim, or a live ccxt account)."""
+def open_source(
+    account: AccountSettings,
+    replay: Sequence[ReplayStep] | None = None,
+    state_dir: Path | None = None,
+) -> Source:
+    """The source of one configured account (the sim, or a live ccxt account); `state_dir`
+    keeps the venue's collateral rules across restarts (issue 12)."""
     if account.is_sim:
         return SimVenue(account.name, account.sim, replay=replay)
     try:
@@ -475,7 +485,7 @@ def open_source(account: AccountSettings, replay: Sequence[ReplayStep] | None = 
         raise UserError(
             f"accounts.{account.name}: live exchanges are not available in this build ({exc})"
         ) from None
-    source: Source = ExchangeSource(account)
+    source: Source = ExchangeSource(account, state_dir=state_dir)
     return source
 
 
@@ -487,14 +497,19 @@ def build_sinks(
     `sources` maps account names to their sources: the order desks (sources/base.py
     `OrderDesk`) that protective actions trade through; empty for `check`.
     """
-    sinks: list[Sink] = [ConsoleSink(live=tui)]
+    console = ConsoleSink(live=tui, accounts=[a.name for a in settings.accounts
+                                              if sources is None or a.name in sources])
+    sinks: list[Sink] = [console]
     actions = build_actions_sink(settings, sources)  # docs/actions.md: protective orders
     alerts = build_alerts_sink(settings.state_dir, settings.alerts.to_config(), settings.mqtt,
-                               settings.notify, action_note=actions.note if actions else None)
-    sinks.append(alerts)
+                               settings.notify, action_note=actions.note if actions else None,
+                               accounts=[a.name for a in settings.accounts])
     if actions is not None:
         actions.attach(alerts)
+        # before the alerts: an alert then carries the action state of its own report
         sinks.append(actions)
+    sinks.append(alerts)
+    console.alerts = alerts  # the screen's headline is the worst active alert (issue 14)
     if settings.metrics.enabled or settings.heartbeat.url is not None:
         # docs/monitoring.md: Prometheus /metrics and /healthz; the heartbeat pings only while the
         # metrics sink's freshness says every account is seen (it tracks it either way)
@@ -559,9 +574,10 @@ async def run_daemon(
     stopping signal, so `run` can exit 130 after Ctrl-C as a shell expects.
     """
     if sources is None:
-        sources = [open_source(a, replay) for a in accounts]
+        sources = [open_source(a, replay, settings.state_dir) for a in accounts]
     if finite is None:
         finite = replay is not None
+    state_dir = settings.state_dir
     # one shock budget for every account of the process (monitor/shock_schedule.py)
     shocks = ShockSolver(
         ShockScheduler(settings.shock_interval, settings.alerts.to_config(),
@@ -619,12 +635,20 @@ async def run_daemon(
 
             for account_loop in loops:
                 launch(account_loop)
+
+            def recomputes_alive() -> str | None:
+                return next((r for p in list(probes.values()) if (r := p())), None)
+
+            for sink in sinks:  # the metrics sink's /livez (issue 18) asks the same
+                if hasattr(sink, "liveness"):
+                    sink.liveness = recomputes_alive
             tg.create_task(shocks.run(), name="shocks")
             tg.create_task(_watch(stop, loops, duration, finite), name="shutdown")
             if reload is not None:
                 tg.create_task(
                     _reload_on_hup(hup, reload, configured, loops, running, probes, launch,
-                                   lambda a: AccountLoop(open_source(a), sinks, settings.alerts,
+                                   lambda a: AccountLoop(open_source(a, None, state_dir),
+                                                         sinks, settings.alerts,
                                                          settings.shock_interval, clock=clock,
                                                          shocks=shocks,
                                                          urgent_ratios=_action_ratios(
@@ -635,10 +659,6 @@ async def run_daemon(
                 )  # fmt: skip
             if notifier is not None:
                 if interval is not None:
-
-                    def recomputes_alive() -> str | None:
-                        return next((r for p in list(probes.values()) if (r := p())), None)
-
                     tg.create_task(
                         watchdog_loop(notifier, interval, [recomputes_alive]), name="watchdog"
                     )
@@ -814,7 +834,13 @@ async def _all_done(loops: Sequence[AccountLoop]) -> None:
 def run_command(args: argparse.Namespace) -> int:
     """`margin-monitor run`: the daemon (no --config: the embedded sim demo)."""
     settings = load_settings(args.config)
-    accounts = select_shard(settings.accounts, args.shard)
+    shard = args.shard
+    if shard == "auto":  # issue 18: a StatefulSet pod's ordinal (monitor/shards.py)
+        from monitor.shards import auto_shard  # noqa: PLC0415 - shards imports this module
+
+        shard = auto_shard()
+        log.info("shard from the pod's ordinal", shard=shard)
+    accounts = select_shard(settings.accounts, shard)
     if args.duration is not None and not (math.isfinite(args.duration) and args.duration > 0):
         raise UserError(f"--duration {args.duration}: must be a positive number of seconds")
     replay = None
@@ -827,15 +853,18 @@ def run_command(args: argparse.Namespace) -> int:
     tui = not args.no_tui and sys.stdout.isatty()
     logs.configure(secrets=logs.secrets_of(settings))  # docs/service.md: redact every secret
     if not accounts:
-        log.warning("no account in this shard; nothing to run", shard=args.shard)
+        log.warning("no account in this shard; nothing to run", shard=shard)
         return 0
-    sources = [open_source(a, replay) for a in accounts]
+    sources = [open_source(a, replay, settings.state_dir) for a in accounts]
     sinks = build_sinks(settings, tui, {s.account: s for s in sources})
+    for sink in sinks:  # issue 18: margin_monitor_shards tells a missing shard
+        if shard is not None and hasattr(sink, "shard"):
+            sink.shard = parse_shard(shard)
 
     def reload_accounts() -> list[AccountSettings]:
         fresh = load_settings(args.config)
         logs.set_secrets(logs.secrets_of(fresh))
-        return select_shard(fresh.accounts, args.shard)
+        return select_shard(fresh.accounts, shard)
 
     received: list[int] = []
 
@@ -922,7 +951,7 @@ def check_command(args: argparse.Namespace) -> int:
             except UserError as exc:
                 failures += 1
                 line = f"{account.name}: FAILED: {exc}"
-            out.write(f"  check {line}\n")
+            out.write(f"  check {logs.redact(line)}\n")
     return 1 if failures else 0
 
 

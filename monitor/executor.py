@@ -57,6 +57,7 @@ from monitor.actions import (
 from monitor.margin import report
 from monitor.model import AccountSnapshot, MarginReport
 from monitor.sources.base import OrderDesk
+from monitor.sources.budget import urgent_requests
 from monitor.switches import ActionSwitches
 from monitor.venue_errors import catching
 
@@ -358,7 +359,10 @@ class Executor:
         if not self.wants(rep, now) or self.busy:
             return None
         async with self._busy:
-            return await self._step(now)
+            # the step's venue requests (fresh reads, order, lookups) go ahead of polling
+            # and may spend the budget's reserve (sources/budget.py)
+            with urgent_requests():
+                return await self._step(now)
 
     async def _step(self, now: float) -> ActionPlan | None:
         if not self.lock.acquire():

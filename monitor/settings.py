@@ -54,6 +54,7 @@ from monitor.action_settings import ActionsSettings
 from monitor.alert_settings import MqttSettings, NotifySettings
 from monitor.errors import UserError
 from monitor.heartbeat import HeartbeatSettings
+from monitor.logs import secrets_of, set_secrets
 from monitor.metrics import MetricsSettings
 from monitor.rules import AlertConfig
 
@@ -179,6 +180,16 @@ class AccountSettings(Section):
         close = difflib.get_close_matches(value.lower(), [*known, "sim"], n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else " (see ccxt.exchanges, or 'sim')"
         raise ValueError(f"'{value}' is not a ccxt exchange id{hint}")
+
+    @field_validator("ccxt")
+    @classmethod
+    def _not_verbose(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # ccxt's verbose mode print()s every request with its signed headers and the API
+        # key, past the log redaction (issue 13).
+        if value.get("verbose"):
+            msg = "ccxt verbose mode prints signed requests with the API key; remove 'verbose'"
+            raise ValueError(msg)
+        return value
 
     @model_validator(mode="after")
     def _sim_table(self) -> AccountSettings:
@@ -429,7 +440,7 @@ class _FileSource(PydanticBaseSettingsSource):
             entries = sorted(directory.iterdir()) if directory.is_dir() else []
             for entry in entries:
                 if entry.is_file() and entry.name.lower().startswith(prefix):
-                    value = entry.read_text(encoding="utf-8").rstrip("\r\n")
+                    value = _read_credential(entry)
                     _set_path(merged, entry.name[len(prefix) :].lower().split(_DELIMITER), value)
         env_prefix = f"{ENV_PREFIX}ACCOUNTS{_DELIMITER}{key.upper()}{_DELIMITER}"
         for name, value in sorted(os.environ.items()):
@@ -479,6 +490,12 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
             raise UserError(f"{path}: permission denied") from None
         except tomllib.TOMLDecodeError as exc:
             raise UserError(f"{origin}: invalid TOML: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise UserError(
+                f"{origin}: not UTF-8 text (byte {exc.start}); save the file as UTF-8"
+            ) from None
+        except RecursionError:
+            raise UserError(f"{origin}: tables or arrays nested too deeply") from None
     # a file without accounts would silently watch the sim demo: never what was meant; it is
     # refused after the rest is validated, so a typo elsewhere is named first
     no_accounts = path is not None and "accounts" not in data and "accounts" not in overrides
@@ -493,13 +510,36 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
                 f"{origin}: no [[accounts]] table: add one per account to watch (name = "
                 '"main", exchange = "binanceusdm"), or run without --config for the demo'
             )
-        return settings
     except ValidationError as exc:
         raise UserError(format_validation_error(exc, origin)) from None
     except SettingsError as exc:
         raise UserError(f"{origin}: {_first_line(str(exc))}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        # a credential file pydantic-settings reads ($CREDENTIALS_DIRECTORY)
+        name = getattr(exc, "filename", None) or "a credential file"
+        raise UserError(f"{name}: cannot read ({_reason(exc)}); fix its permissions or "
+                        "encoding (UTF-8)") from None  # fmt: skip
     finally:
         _FILE_DATA.reset(token)
+    # every secret it holds is redacted from logs and error lines from now on (issue 13)
+    set_secrets(secrets_of(settings))
+    return settings
+
+
+def _reason(exc: OSError | UnicodeDecodeError) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return "not UTF-8"
+    return (exc.strerror or type(exc).__name__).lower()
+
+
+def _read_credential(entry: Path) -> str:
+    """One credential file's value; unreadable is one line naming the file."""
+    try:
+        return entry.read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(
+            f"{entry}: cannot read ({_reason(exc)}); fix its permissions or encoding (UTF-8)"
+        ) from None
 
 
 def format_validation_error(exc: ValidationError, origin: str) -> str:

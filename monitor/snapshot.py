@@ -41,7 +41,7 @@ _COLLATERAL = (
 _POSITION = (
     "symbol", "side", "contracts", "contract_size", "entry_price", "mark_price", "margin_mode",
     "leverage", "settle", "inverse", "hedged", "unrealized_pnl", "initial_margin",
-    "maintenance_margin", "mmr", "tiers", "isolated_margin", "beta",
+    "maintenance_margin", "mmr", "tiers", "isolated_margin", "beta", "liquidation_fee",
 )
 _TIER = ("max_notional", "mmr", "maintenance_amount", "imr")
 _BAND = ("up_to", "ratio")
@@ -307,6 +307,7 @@ def _position(r: _Reader) -> Position:
         tiers=tiers,
         isolated_margin=r.optional("isolated_margin", minimum=0.0),
         beta=r.number("beta", 1.0),
+        liquidation_fee=r.optional("liquidation_fee", minimum=0.0, below=1.0),
     )
 
 
@@ -341,7 +342,7 @@ _COLLATERAL_DEFAULTS: Mapping[str, object] = {
 _POSITION_DEFAULTS: Mapping[str, object] = {
     "settle": None, "inverse": False, "hedged": False, "unrealized_pnl": None,
     "initial_margin": None, "maintenance_margin": None, "mmr": None, "tiers": [],
-    "isolated_margin": None, "beta": 1.0, "leverage": None,
+    "isolated_margin": None, "beta": 1.0, "leverage": None, "liquidation_fee": None,
 }
 
 
@@ -373,6 +374,7 @@ def _position_dict(p: Position) -> dict[str, Any]:
             for t in p.tiers
         ],
         "isolated_margin": p.isolated_margin, "beta": p.beta,
+        "liquidation_fee": p.liquidation_fee,
     }
 
 

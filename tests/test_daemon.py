@@ -146,8 +146,9 @@ class _Burst:
         return _book()
 
     async def events(self) -> AsyncIterator[Event]:
+        t0 = time.time()  # after the start-up read: an older tick would be dropped
         for i, price in enumerate(self.prices):
-            yield PriceTick("burst", BTC, price, 1.0 + i)
+            yield PriceTick("burst", BTC, price, t0 + i * 1e-3)
             if (i + 1) % self.chunk == 0:
                 await asyncio.sleep(0)
 

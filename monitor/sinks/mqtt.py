@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import re
 import secrets
@@ -163,6 +164,10 @@ def discovery_configs(
     return out
 
 
+#: Replies to refused commands per second; past it a refusal is audited but not answered.
+REFUSAL_REPLIES = 10
+
+
 class MqttSink:
     """Publishes alerts and state; receives commands. Run `run()` as task `mqtt`.
 
@@ -199,6 +204,10 @@ class MqttSink:
         self._state_wake = asyncio.Event()
         self._actions: asyncio.Queue[tuple[str, str]] = asyncio.Queue(maxsize=10_000)
         self._flags: dict[str, dict[str, bool]] = {}  # account -> binary sensor states
+        self._refusal_second = 0
+        self._refusal_replies = 0
+        # replies of executed commands, and at most REFUSAL_REPLIES refusals a second
+        self._replies: asyncio.Queue[Mapping[str, Any]] = asyncio.Queue()
 
     # --- AlertSink / ReportObserver ---------------------------------------------------------
 
@@ -249,6 +258,19 @@ class MqttSink:
             dropped = self._actions.get_nowait()
             log.warning("mqtt.action_dropped", account=dropped[0])
         self._actions.put_nowait((account, body))
+
+    async def ready(self) -> None:
+        """Return once a broker session is up (alerting.PacedSink).
+
+        Alerts queued while the session is still connecting (the first alert after a start)
+        wait for it instead of failing: no "delivery failed" for a connection that is
+        merely not there yet; a lost broker is logged once, as `mqtt.disconnected`.
+        """
+        await self._connected.wait()
+
+    def drain_time(self, queued: int) -> float:
+        """Seconds `queued` alerts need at most: one publish round (PUBACK wait) per batch."""
+        return math.ceil(queued / 100) * self.settings.timeout
 
     def _set_flag(self, account: str, name: str, value: bool) -> None:
         """A binary sensor's state; the retained state is republished when it changes."""
@@ -314,6 +336,13 @@ class MqttSink:
     async def _session(self, client: aiomqtt.Client) -> None:
         p = self.settings.prefix
         await client.publish(self.status_topic, "online", qos=1, retain=True)
+        # Commands are taken from paho's own callback, in the loop's reader callback, not
+        # through aiomqtt's message iterator: that costs a Message, a queue hop and a task
+        # per message (~30 us), and under a flood of 50 000 junk commands it, not the check
+        # (~5 us), set the pace; a valid command waited behind the backlog (issue 13).
+        paho = client._client  # aiomqtt 2.x (pinned <3) wraps paho
+        for topic in (f"{p}/command", f"{p}/+/command"):
+            paho.message_callback_add(topic, self._on_command)
         await client.subscribe([(f"{p}/command", 1), (f"{p}/+/command", 1)])
         if self.settings.discovery:
             await client.subscribe(f"{self.settings.discovery_prefix}/status", qos=1)
@@ -330,18 +359,23 @@ class MqttSink:
         # on a lost connection can leave this (reconnecting) task marked as cancelling.
         tasks = [
             asyncio.create_task(self._receive(client), name="mqtt.receive"),
+            asyncio.create_task(self._publish_replies(client), name="mqtt.reply"),
             asyncio.create_task(self._publish_states(client), name="mqtt.state"),
             asyncio.create_task(self._publish_actions(client), name="mqtt.action"),
         ]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         except asyncio.CancelledError:
-            # A clean shutdown sends DISCONNECT, which suppresses the will: say offline here.
+            # A clean shutdown sends DISCONNECT, which suppresses the will: say offline here,
+            # and only once the state and action tasks are gone, so nothing follows it.
+            self._client = None
+            self._connected.clear()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
-                await asyncio.wait_for(
-                    client.publish(self.status_topic, "offline", qos=1, retain=True),
-                    self.settings.timeout,
-                )
+                async with asyncio.timeout(self.settings.timeout):  # not wait_for: cpython#86296
+                    await client.publish(self.status_topic, "offline", qos=1, retain=True)
             raise
         finally:
             for task in tasks:
@@ -359,29 +393,44 @@ class MqttSink:
                 raise exc
 
     async def _receive(self, client: aiomqtt.Client) -> None:
+        """Everything but commands: Home Assistant's birth message."""
         async for message in client.messages:
             topic = message.topic.value
-            payload = message.payload
-            raw = payload if isinstance(payload, bytes | bytearray) else str(payload).encode()
-            if topic == f"{self.settings.discovery_prefix}/status":
-                if bytes(raw) == b"online":
-                    # Home Assistant restarted: re-send discovery and state (HA docs, birth).
-                    self._announced.clear()
-                    self._published.clear()
-                    self._state_wake.set()
-                continue
-            await self._answer(client, bytes(raw))
+            if topic == f"{self.settings.discovery_prefix}/status" and message.payload == b"online":
+                # Home Assistant restarted: re-send discovery and state (HA docs, birth).
+                self._announced.clear()
+                self._published.clear()
+                self._state_wake.set()
 
-    async def _answer(self, client: aiomqtt.Client, raw: bytes) -> None:
+    def _on_command(self, _client: object, _userdata: object, message: Any) -> None:
+        """paho's callback for the command topics: check, execute, queue the reply.
+
+        A refusal's reply is QoS 0 and at most `REFUSAL_REPLIES` a second (a reply per
+        junk message would be a flood of our own); an executed command's is QoS 1.
+        """
+        raw = bytes(message.payload)
         if self.command_handler is None:
             reply: Mapping[str, Any] = {"ok": False, "error": "commands are not enabled"}
         else:
             try:
                 reply = self.command_handler(raw)
             except Exception as exc:  # a bad command must never take the connection down
-                log.exception("mqtt.command_failed")
+                log.error("mqtt.command_failed", error=type(exc).__name__)
                 reply = {"ok": False, "error": f"internal error: {type(exc).__name__}"}
-        await client.publish(self.reply_topic, json.dumps(reply, default=str), qos=1)
+        if not reply.get("ok"):
+            second = int(time.monotonic())
+            if second != self._refusal_second:
+                self._refusal_second, self._refusal_replies = second, 0
+            self._refusal_replies += 1
+            if self._refusal_replies > REFUSAL_REPLIES:
+                return
+        self._replies.put_nowait(reply)
+
+    async def _publish_replies(self, client: aiomqtt.Client) -> None:
+        while True:
+            reply = await self._replies.get()
+            qos = 1 if reply.get("ok") else 0
+            await client.publish(self.reply_topic, json.dumps(reply, default=str), qos=qos)
 
     async def _publish_states(self, client: aiomqtt.Client) -> None:
         interval = self.settings.state_interval

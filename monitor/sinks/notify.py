@@ -9,7 +9,9 @@ service never re-sends to a phone that already got the message.
 - ntfy (`ntfy://`, `ntfys://`): priority by level (emergency = max, critical = high, warning =
   default, resolved = low) and action buttons "Acknowledge" and "Silence 1 h" that POST a
   signed, expiring token to the daemon's command endpoint (command_http.py). The token is the
-  same HMAC envelope as an MQTT command (signed_commands.py) with an `expires_at`.
+  same HMAC envelope as an MQTT command (signed_commands.py) with an `expires_at`; it is
+  single-use, names the alert's account and episode, and travels in the request body (ntfy's
+  `body=`), not the URL, so proxies' access logs never hold a usable token (issue 13).
 - Bursts are merged, never dropped: Apprise waits ~5.5 s between two sends to one service
   (`request_rate_per_sec`, docs/development.md), so each channel sends at most once per
   `min_interval`, and everything that queued meanwhile goes out as one message.
@@ -41,10 +43,14 @@ __all__ = [
     "NotifySink",
     "ntfy_priority",
     "render",
+    "token_of",
     "token_url",
 ]
 
 log = structlog.get_logger("monitor.sinks.notify")
+
+#: Messages per send: the outbox hands a sink at most this many due rows at once.
+BATCH = 100
 
 _NTFY_PRIORITY = {"emergency": "max", "critical": "high", "warning": "default", "ok": "low"}
 _NOTIFY_TYPE = {
@@ -60,14 +66,16 @@ def ntfy_priority(level: str) -> str:
     return _NTFY_PRIORITY.get(level, "default")
 
 
-def token_url(base: str, envelope_json: str) -> str:
-    """The button URL: the signed envelope as a base64url `token` query parameter.
+def token_of(envelope_json: str) -> str:
+    """The envelope as a base64url token: it has neither `,` nor `;`, the separators of
+    ntfy's `X-Actions` header format, nor quotes, so it is a safe `body=` value."""
+    return base64.urlsafe_b64encode(envelope_json.encode()).decode().rstrip("=")
 
-    base64url has neither `,` nor `;`, the separators of ntfy's `X-Actions` header format.
-    """
-    token = base64.urlsafe_b64encode(envelope_json.encode()).decode().rstrip("=")
+
+def token_url(base: str, envelope_json: str) -> str:
+    """A URL carrying the token as a `token` query parameter (channels without a body)."""
     sep = "&" if "?" in base else "?"
-    return f"{base}{sep}token={token}"
+    return f"{base}{sep}token={token_of(envelope_json)}"
 
 
 def _pct(value: float | None) -> str:
@@ -141,15 +149,56 @@ def _lines(m: AlertMessage) -> list[str]:
     return lines
 
 
+def _ordered(messages: Sequence[AlertMessage]) -> tuple[list[AlertMessage], bool]:
+    """The batch in reading order, and whether everything in it is already resolved.
+
+    News still true comes first, worst level first, newest first within a level; an
+    episode whose resolve is in the same batch follows, in the order it happened, so the
+    lock screen never leads with an emergency that is already over (issue 14 §1).
+    """
+    over = {(m.fingerprint, m.episode) for m in messages if m.kind == "resolved"}
+    live = [m for m in messages if (m.fingerprint, m.episode) not in over]
+    settled = [m for m in messages if (m.fingerprint, m.episode) in over]
+    live.sort(key=lambda m: (-level_rank(m.level), -m.at))
+    worst_of = {
+        key: max(level_rank(m.level) for m in settled if (m.fingerprint, m.episode) == key)
+        for key in over
+    }
+    settled.sort(key=lambda m: (-worst_of[(m.fingerprint, m.episode)], m.fingerprint, m.at))
+    return [*live, *settled], not live
+
+
+def _resolved_title(ordered: Sequence[AlertMessage]) -> str:
+    """`RESOLVED ... (was EMERGENCY: ...)`: the batch's worst news, already over."""
+    worst = max(ordered, key=lambda m: level_rank(m.level))
+    done = next(
+        m for m in ordered
+        if m.kind == "resolved" and (m.fingerprint, m.episode) == (worst.fingerprint, worst.episode)
+    )  # fmt: skip
+    if worst is done:
+        return _headline(done)
+    was = _headline(worst).split(": ", 1)[-1]
+    return f"{_headline(done)} (was {worst.level.upper()}: {was})"
+
+
 def render(messages: Sequence[AlertMessage]) -> tuple[str, str]:
-    """Title and body for one or several (merged) messages; the worst comes first."""
-    ordered = sorted(messages, key=lambda m: (-level_rank(m.level), -m.at))
+    """Title and body for one or several (merged) messages; the worst open news first."""
+    ordered, all_over = _ordered(messages)
     first = ordered[0]
+    title = _resolved_title(ordered) if all_over else _headline(first)
     if len(ordered) == 1:
-        return _headline(first), "\n".join(_lines(first))
-    title = f"{_headline(first)} (+{len(ordered) - 1} more)"
+        return title, "\n".join(_lines(first))
+    title = f"{title} (+{len(ordered) - 1} more)"
     blocks = ["\n".join([_headline(m), *_lines(m)]) for m in ordered]
     return title, "\n\n".join(blocks)
+
+
+def _lead(messages: Sequence[AlertMessage]) -> AlertMessage:
+    """The message a batch's priority and type follow: its worst news still true."""
+    ordered, all_over = _ordered(messages)
+    if all_over:
+        return next((m for m in ordered if m.kind == "resolved"), ordered[0])
+    return ordered[0]
 
 
 class NotifySink:
@@ -204,6 +253,7 @@ class NotifySink:
             rule=message.rule,
             request_id=f"{message.id}:ack",
             expires_at=expires,
+            episode=message.episode,
         )
         silence = Command(
             "silence",
@@ -214,22 +264,26 @@ class NotifySink:
             request_id=f"{message.id}:silence",
             silence_id=f"{message.fingerprint}:{message.episode}",
             expires_at=expires,
+            episode=message.episode,
         )
         hours = self.silence_for / 3600
         label = f"Silence {hours:g} h" if hours >= 1 else f"Silence {self.silence_for / 60:g} min"
         buttons = [
-            ("Acknowledge", token_url(self.command_url, self.sign(ack, now))),
-            (label, token_url(self.command_url, self.sign(silence, now))),
+            ("Acknowledge", token_of(self.sign(ack, now))),
+            (label, token_of(self.sign(silence, now))),
         ]
-        return "; ".join(f"http, {name}, {url}, method=POST, clear=true" for name, url in buttons)
+        url = self.command_url
+        return "; ".join(
+            f"http, {name}, {url}, method=POST, body={token}, clear=true" for name, token in buttons
+        )
 
     def _target(self, messages: Sequence[AlertMessage]) -> str:
         url = self.channel.url.get_secret_value()
         if not self._is_ntfy:
             return url
-        worst = max(messages, key=lambda m: level_rank(m.level))
-        extra = {"priority": ntfy_priority(worst.level)}
-        actions = self._actions(worst)
+        lead = _lead(messages)
+        extra = {"priority": ntfy_priority(lead.level)}
+        actions = self._actions(lead)
         if actions:
             extra["actions"] = actions
         parts = urllib.parse.urlsplit(url)
@@ -238,13 +292,31 @@ class NotifySink:
         encoded = urllib.parse.urlencode(query, quote_via=urllib.parse.quote)  # Apprise: no "+"
         return urllib.parse.urlunsplit(parts._replace(query=encoded))
 
-    async def deliver(self, messages: Sequence[AlertMessage]) -> Collection[str]:
-        """Send the batch as one notification (merged); all ids or none are acknowledged."""
-        wait = self._last_send + self.channel.min_interval - time.monotonic()
+    @property
+    def next_send_in(self) -> float:
+        """Seconds until the channel may send again (0: now)."""
+        return max(0.0, self._last_send + self.channel.min_interval - time.monotonic())
+
+    def drain_time(self, queued: int) -> float:
+        """Seconds `queued` messages need at most: the pacing wait, then one send per batch."""
+        rounds = math.ceil(queued / BATCH)
+        return (
+            self.next_send_in
+            + rounds * self.channel.timeout
+            + (rounds - 1) * self.channel.min_interval
+        )
+
+    async def ready(self) -> None:
+        """Sleep out the channel's pacing (the pipeline picks the batch after this)."""
+        wait = self.next_send_in
         if wait > 0:
             await asyncio.sleep(wait)
+
+    async def deliver(self, messages: Sequence[AlertMessage]) -> Collection[str]:
+        """Send the batch as one notification (merged); all ids or none are acknowledged."""
+        await self.ready()  # a no-op behind the pipeline, which waited before picking
         title, body = render(messages)
-        worst = max(messages, key=lambda m: level_rank(m.level))
+        worst = _lead(messages)
         notifier = apprise.Apprise()
         if not notifier.add(self._target(messages)):
             msg = f"channel {self.channel.name}: Apprise refused the URL"

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from monitor.model import STABLE_ASSETS, Collateral, MarginMode, Position, Side, Tier
+from monitor.valuation import margin_ratio
 
 __all__ = [
     "MalformedPayload",
@@ -33,6 +34,7 @@ __all__ = [
     "mark_from_ticker",
     "positions_from_ccxt",
     "tiers_from_ccxt",
+    "torn_read",
     "unpriced_assets",
     "venue_figures",
 ]
@@ -552,7 +554,8 @@ def collateral_from_ccxt(
         price = _asset_price(asset, currency, venue_price, prices or {})
         if price is None:
             raise MalformedPayload(f"{venue} balance: no price for {asset} in {currency}; "
-                                   f"it needs a {asset}/{currency} market")
+                                   f"it needs a {asset}/{currency}:{currency} or "
+                                   f"{asset}/{currency} market")
         prev = out.get(asset)
         out[asset] = Collateral(asset, amount + (prev.amount if prev else 0.0), price)
     return tuple(out.values())
@@ -580,7 +583,7 @@ def venue_figures(venue: str, balance: object) -> VenueFigures | None:
         if venue in {"binanceusdm", "binance"} and isinstance(info, Mapping):
             mm = _float(info["totalMaintMargin"], "totalMaintMargin")
             mb = _float(info["totalMarginBalance"], "totalMarginBalance")
-            return VenueFigures(venue, mm / mb if mb > 0 else math.inf, mm, mb,
+            return VenueFigures(venue, margin_ratio(mm, mb), mm, mb,
                                 "totalMaintMargin/totalMarginBalance")
         if venue == "bybit" and isinstance(info, Mapping):
             account = _rows(info["result"]["list"])[0]
@@ -605,7 +608,7 @@ def venue_figures(venue: str, balance: object) -> VenueFigures | None:
         if venue == "hyperliquid" and isinstance(info, Mapping):
             mm = _float(info["crossMaintenanceMarginUsed"], "crossMaintenanceMarginUsed")
             value = _float(info["crossMarginSummary"]["accountValue"], "accountValue")
-            return VenueFigures(venue, mm / value if value > 0 else math.inf, mm, value,
+            return VenueFigures(venue, margin_ratio(mm, value), mm, value,
                                 "crossMaintenanceMarginUsed/accountValue")
         if venue == "bitget" and isinstance(info, list) and info:
             rate = info[0].get("crossedRiskRate")
@@ -615,6 +618,38 @@ def venue_figures(venue: str, balance: object) -> VenueFigures | None:
     except (KeyError, IndexError, TypeError, MalformedPayload):
         return None
     return None
+
+
+def torn_read(venue: str, positions: object, balance: object) -> bool:
+    """True when a positions answer and a balance answer of one read saw different books.
+
+    The two are separate requests; a fill landing between them pairs new positions with the
+    old wallet (or the reverse): a state the venue never had (issue 11). Binance's
+    `GET /fapi/v3/account` lists every open position's `positionAmt` too (Account
+    Information V3, USDⓈ-M docs), so the two answers must agree on them. Venues whose
+    balance answer names no positions cannot be checked here (False).
+    """
+    if venue not in {"binanceusdm", "binance"} or not isinstance(balance, Mapping):
+        return False
+    info = balance.get("info")
+    if not isinstance(info, Mapping) or not isinstance(info.get("positions"), list):
+        return False
+    try:
+        in_balance = {
+            (str(r["symbol"]), str(r.get("positionSide", "BOTH"))): float(r["positionAmt"])
+            for r in info["positions"]
+            if isinstance(r, Mapping) and float(r.get("positionAmt") or 0.0) != 0.0
+        }
+        in_positions = {
+            (str(r["info"]["symbol"]), str(r["info"].get("positionSide", "BOTH"))):
+                float(r["info"]["positionAmt"])
+            for r in (positions if isinstance(positions, list) else [])
+            if isinstance(r, Mapping) and isinstance(r.get("info"), Mapping)
+            and float(r["info"].get("positionAmt") or 0.0) != 0.0
+        }
+    except (KeyError, TypeError, ValueError):
+        return False  # the normalisers name a malformed field; this check only compares
+    return in_balance != in_positions
 
 
 # --- prices ---------------------------------------------------------------------------------

@@ -19,8 +19,9 @@ actions (docs/actions.md) run against without a network:
   answers -2022 "ReduceOnly Order is rejected"); an amount off the market's step or below
   its minimum is rejected too; a resent `clientOrderId` returns the existing order instead
   of placing a second one (Binance -4015 dedups the same way). A fill realises PnL minus
-  the taker fee into the USDT wallet and is announced as a full `PositionsUpdate` and
-  `BalanceUpdate`, as a live venue's private stream would.
+  the taker fee into the USDT wallet and is announced as one `AccountUpdate` (positions,
+  wallet and marks together, the event a live account's REST reconciliation emits), so
+  the demo runs the same code path as a live account (issue 11).
 """
 
 from __future__ import annotations
@@ -39,11 +40,10 @@ from typing import Any
 from monitor import margin
 from monitor.model import (
     AccountSnapshot,
-    BalanceUpdate,
+    AccountUpdate,
     Collateral,
     Event,
     Position,
-    PositionsUpdate,
     PriceTick,
     Side,
     Tier,
@@ -209,6 +209,12 @@ class SimVenue:
             )  # fmt: skip
         self._collateral = {c.asset: c for c in book.collateral}
         self._reprice_collateral()
+        if self._replay:
+            # A replay starts where its file starts: the first snapshot already carries the
+            # first row's prices, or a restart with a replay beginning at critical would
+            # first report the built-in prices (a false resolve, then a new episode).
+            for symbol, price in self._replay[0].prices:
+                self._set_mark(symbol, price)
         self._orders: dict[str, dict[str, Any]] = {}
         self._by_client_id: dict[str, str] = {}
         self._ids = itertools.count(1)
@@ -523,9 +529,19 @@ class SimVenue:
             fee={"cost": fee, "currency": self._book.currency},
         )
         self.fills += 1
-        self._pending.append(PositionsUpdate(self._account, tuple(self._positions.values()), now))
-        self._pending.append(BalanceUpdate(self._account, tuple(self._collateral.values()), now))
+        self._pending.append(self.read(now))
         self._wake.set()
+
+    def read(self, ts: float) -> AccountUpdate:
+        """The whole account as one read stamped `ts`, as `ExchangeSource` emits one."""
+        return AccountUpdate(
+            self._account,
+            tuple(self._positions.values()),
+            tuple(self._collateral.values()),
+            ts,
+            tuple(sorted(self._marks.items())),
+            margin.report(self.snapshot()).margin_ratio,
+        )
 
 
 def _trigger_of(params: dict[str, Any]) -> float | None:
