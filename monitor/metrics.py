@@ -345,6 +345,8 @@ class MetricsSink:
     async def _listen(self) -> None:
         from aiohttp import web  # noqa: PLC0415 - only when the endpoint is enabled
 
+        from monitor import http_guard  # noqa: PLC0415 - aiohttp too
+
         async def metrics(request: web.Request) -> web.Response:
             del request
             body = self.exposition()
@@ -383,22 +385,17 @@ class MetricsSink:
         app.router.add_get("/livez", livez)
         for install in self.routes:
             install(app)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, self.settings.host, self.settings.port)
         try:
-            await site.start()
+            # timeouts and a connection cap against idle sockets (issue 13, http_guard.py)
+            runner = await http_guard.serve(app, self.settings.host, self.settings.port)
         except OSError as exc:
-            await runner.cleanup()
             raise UserError(
                 f"metrics: cannot listen on {self.settings.host}:{self.settings.port} "
                 f"({_reason(exc)}); pick another metrics.port or stop the other process"
             ) from None
         self._runner = runner
-        server = getattr(site, "_server", None)
-        sockets = getattr(server, "sockets", None) or []
-        if sockets:
-            host, port = sockets[0].getsockname()[:2]
+        if runner.addresses:
+            host, port = runner.addresses[0][:2]
             self.address = (str(host), int(port))
         else:  # pragma: no cover - aiohttp always has a server after start()
             self.address = (self.settings.host, self.settings.port)

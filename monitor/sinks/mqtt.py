@@ -203,11 +203,11 @@ class MqttSink:
         self._announced: set[str] = set()
         self._state_wake = asyncio.Event()
         self._actions: asyncio.Queue[tuple[str, str]] = asyncio.Queue(maxsize=10_000)
-        self._flags: dict[str, dict[str, bool]] = {}  # account -> binary sensor states
         self._refusal_second = 0
         self._refusal_replies = 0
         # replies of executed commands, and at most REFUSAL_REPLIES refusals a second
         self._replies: asyncio.Queue[Mapping[str, Any]] = asyncio.Queue()
+        self._flags: dict[str, dict[str, bool]] = {}  # account -> binary sensor states
 
     # --- AlertSink / ReportObserver ---------------------------------------------------------
 
@@ -271,7 +271,6 @@ class MqttSink:
     def drain_time(self, queued: int) -> float:
         """Seconds `queued` alerts need at most: one publish round (PUBACK wait) per batch."""
         return math.ceil(queued / 100) * self.settings.timeout
-
     def _set_flag(self, account: str, name: str, value: bool) -> None:
         """A binary sensor's state; the retained state is republished when it changes."""
         flags = self._flags.setdefault(account, {})
@@ -431,6 +430,7 @@ class MqttSink:
             reply = await self._replies.get()
             qos = 1 if reply.get("ok") else 0
             await client.publish(self.reply_topic, json.dumps(reply, default=str), qos=qos)
+            raise_if_cancelling()  # as in _publish_states
 
     async def _publish_states(self, client: aiomqtt.Client) -> None:
         interval = self.settings.state_interval
@@ -457,6 +457,9 @@ class MqttSink:
                     f"{self.settings.prefix}/{account}/state", body, qos=1, retain=True
                 )
                 self._published[account] = (body, now)
+                # a shutdown's cancel lost in aiomqtt's ack wait (gh-86296) would leave this
+                # task parked on `_state_wake` and the daemon's stop hanging (issue 19's e2e)
+                raise_if_cancelling()
             if soonest is not None:
                 with contextlib.suppress(TimeoutError):  # not wait_for: cpython#86296
                     async with asyncio.timeout(soonest):
@@ -471,6 +474,7 @@ class MqttSink:
             except aiomqtt.MqttError:
                 self._actions.put_nowait((account, body))  # try again after the reconnect
                 raise
+            raise_if_cancelling()  # as in _publish_states
 
 
 def make_client(
