@@ -108,3 +108,17 @@ class TestQuickPath:
         assert "1 of 1 channel(s) delivered the test push" in outputs[1]
         assert len(rec.requests) == 1
         assert b"my-margin-alerts-change-me" in rec.requests[0][2]
+
+
+class TestCommandsPage:
+    def test_every_subcommand_is_documented(self) -> None:
+        """Test that docs/commands.md has a row for every `margin-monitor` subcommand."""
+        from monitor.cli import build_parser
+
+        parser = build_parser()
+        sub = next(a for a in parser._actions if a.dest == "command")
+        names = set(sub.choices)  # type: ignore[arg-type]
+        assert {"run", "check", "notify-test"} <= names
+        page = (ROOT / "docs" / "commands.md").read_text()
+        missing = [n for n in sorted(names) if f"`margin-monitor {n}" not in page]
+        assert missing == []
