@@ -338,7 +338,7 @@ class MqttSink:
         # Commands are taken from paho's own callback, in the loop's reader callback, not
         # through aiomqtt's message iterator: that costs a Message, a queue hop and a task
         # per message (~30 us), and under a flood of 50 000 junk commands it, not the check
-        # (~5 us), set the pace; a valid command waited behind the backlog (issue 13).
+        # (~5 us), set the pace; a valid command waited behind the backlog (docs/hardening.md).
         paho = client._client  # aiomqtt 2.x (pinned <3) wraps paho
         for topic in (f"{p}/command", f"{p}/+/command"):
             paho.message_callback_add(topic, self._on_command)
@@ -458,7 +458,7 @@ class MqttSink:
                 )
                 self._published[account] = (body, now)
                 # a shutdown's cancel lost in aiomqtt's ack wait (gh-86296) would leave this
-                # task parked on `_state_wake` and the daemon's stop hanging (issue 19's e2e)
+                # task parked on `_state_wake` and the daemon's stop hanging (fault matrix)
                 raise_if_cancelling()
             if soonest is not None:
                 with contextlib.suppress(TimeoutError):  # not wait_for: cpython#86296
