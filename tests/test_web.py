@@ -181,7 +181,7 @@ class TestStatusPage:
                 assert await page.get_attribute("html", "lang") == "en"
                 label = await page.locator("svg.spark").get_attribute("aria-label")
                 assert label is not None
-                assert label.startswith("Margin ratio of demo over the last 60 minutes")
+                assert label.startswith("Margin ratio of demo over the last 1 minute(s): from ")
                 assert await page.locator("th[scope=col]").count() == 8
                 SHOTS.mkdir(parents=True, exist_ok=True)
                 await page.screenshot(path=str(SHOTS / "status-1280x800.png"), full_page=True)
