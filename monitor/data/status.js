@@ -63,7 +63,7 @@ function sparkline(history, span, now, name) {
   svg.setAttribute("viewBox", "0 0 600 64");
   svg.setAttribute("preserveAspectRatio", "none");
   svg.setAttribute("role", "img");
-  let label = "No ratio history yet.";
+  let label = history.length ? "The margin balance is gone: the ratio is infinite." : "No ratio history yet.";
   let minutes = Math.round(span / 60);
   if (points.length) {
     const ratios = points.map(([, r]) => r);
