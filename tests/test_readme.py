@@ -122,3 +122,19 @@ class TestCommandsPage:
         page = (ROOT / "docs" / "commands.md").read_text()
         missing = [n for n in sorted(names) if f"`margin-monitor {n}" not in page]
         assert missing == []
+
+
+class TestCodeCitations:
+    def test_comments_cite_pages_of_this_repository(self) -> None:
+        """Test that the code cites docs/ pages that exist, never notes or a design file
+        outside the repository."""
+        sources = sorted((ROOT / "monitor").rglob("*.py"))
+        assert sources
+        cited: set[str] = set()
+        for path in sources:
+            text = path.read_text()
+            assert not re.search(r"\bnotes/[\w-]+\.md|DESIGN\.md", text), path.name
+            cited |= set(re.findall(r"\bdocs/([\w-]+\.md)", text))
+        assert len(cited) >= 8
+        missing = sorted(c for c in cited if not (ROOT / "docs" / c).exists())
+        assert missing == []
