@@ -14,7 +14,7 @@ Topics (prefix default `margin-monitor`, docs/mqtt-and-commands.md):
 - `homeassistant/sensor/<id>/config`   discovery (retained), re-sent when Home Assistant
                                  announces `online` on `homeassistant/status`.
 
-aiomqtt 2.x does not reconnect by itself; its documented pattern (docs/reconnection.md,
+aiomqtt 2.x does not reconnect by itself; its documented pattern (its reconnection guide,
 issue #334) is re-entering `async with client` in a retry loop, which `run` does, with the
 jittered backoff of STYLE.md. A broker that vanishes is noticed by the publish `timeout`, not
 by an error (docs/development.md), so the timeout is set deliberately. After each reconnect
