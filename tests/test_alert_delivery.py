@@ -7,6 +7,9 @@ import asyncio
 import contextlib
 import json
 import re
+import signal
+import sqlite3
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -28,7 +31,15 @@ from monitor.sources.sim_prices import ReplayStep
 from monitor.store import Store
 from tests.mqtt_broker import Mosquitto, collecting
 from tests.test_mqtt import prefix, settings_for
-from tests.test_notify import MARGIN_ONLY, Receiver, channel, delivering, receiver, report
+from tests.test_notify import (
+    MARGIN_ONLY,
+    Receiver,
+    channel,
+    delivering,
+    receiver,
+    report,
+    until,
+)
 
 __all__ = ["prefix"]  # the fixture, shared with test_mqtt
 
@@ -284,3 +295,53 @@ class TestActionState:
         for sink in sinks:
             if isinstance(sink, ActionsSink):
                 await sink.close()
+
+
+class TestSigterm:
+    """`margin-monitor run` as a process, stopped by SIGTERM with phone alerts queued."""
+
+    async def test_sigterm_drains_phone_alerts_and_says_offline_last(
+        self, mosquitto: Mosquitto, prefix: str, tmp_path: Path
+    ) -> None:
+        """Test that SIGTERM sends the queued phone alerts, then offline, and exits 0."""
+        config = tmp_path / "config.toml"
+        async with receiver() as rec, collecting(mosquitto, [f"{prefix}/#"]) as sub:
+            config.write_text("\n".join([
+                f'state_dir = "{tmp_path / "state"}"',
+                "[mqtt]", f'host = "{mosquitto.host}"', f"port = {mosquitto.port}",
+                f'prefix = "{prefix}"', "discovery = false",
+                "[[notify.channels]]", 'name = "phone"',
+                f'url = "json://127.0.0.1:{rec.port}/hook"',  # min_interval: the 5.5 s default
+                "[[accounts]]", 'name = "demo"', 'exchange = "sim"', "sim = { speed = 20 }",
+            ]) + "\n")  # fmt: skip
+            proc = await asyncio.create_subprocess_exec(
+                str(Path(sys.executable).parent / "margin-monitor"), "run", "--config",
+                str(config), "--no-tui", stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
+            )  # fmt: skip
+            try:
+                await rec.wait(1, limit=30)
+                outbox = tmp_path / "state" / "alerts.sqlite3"
+
+                def queued() -> int:
+                    with contextlib.closing(sqlite3.connect(outbox)) as db:
+                        query = "SELECT COUNT(*) FROM outbox WHERE sink = 'notify[phone]'"
+                        return int(db.execute(query).fetchone()[0])
+
+                await until(lambda: queued() > 0, 10)  # waiting out the channel's pacing
+                proc.send_signal(signal.SIGTERM)
+                out, _ = await asyncio.wait_for(proc.communicate(), 30)
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+            status = f"{prefix}/status"
+            await sub.wait_for(lambda: b"offline" in [m.payload for m in sub.on(status)])
+            await asyncio.sleep(0.3)
+        logs = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
+        assert proc.returncode == 0, out.decode()[-3000:]
+        assert queued() == 0  # 0 phone alerts left queued at a clean stop
+        assert len(rec.requests) >= 2
+        assert "alerts.undelivered_at_shutdown" not in [e["event"] for e in logs]
+        assert [m.payload for m in sub.on(status)] == [b"online", b"offline"]
+        assert sub.messages[-1].topic.value == status
