@@ -11,6 +11,7 @@ from pathlib import Path
 
 import structlog
 from rich.console import Console
+from structlog.testing import capture_logs
 
 from monitor import logs, margin, stress
 from monitor.daemon import build_sinks, classify_level, run_daemon
@@ -129,6 +130,9 @@ class TestAlertSurface:
         assert "(+1 more active)" in text.splitlines()[0]
         assert "demo  EMERGENCY  source up" in text
         assert re.search(r"WARNING +demo: margin ratio 55\.2%, since ", text)
+        with capture_logs() as lines:
+            sink.summarise()  # the log-mode summary (no TTY) says the same
+        assert [x["alert_level"] for x in lines] == ["emergency"]
         await alerts.close()
 
     async def test_every_configured_account_has_a_row(self, tmp_path: Path) -> None:

@@ -194,7 +194,7 @@ class ConsoleSink:
             log.info(
                 "account summary",
                 account=account,
-                alert_level=view.level,
+                alert_level=self._level(account, view),
                 margin_ratio=_num(r.margin_ratio),
                 margin_balance=round(r.margin_balance, 2),
                 free_collateral=round(r.free_collateral, 2),
@@ -204,6 +204,10 @@ class ConsoleSink:
                 events=view.events,
                 reports=view.reports,
             )
+
+    def _level(self, account: str, view: _View) -> str:
+        """The account's worst alert level over all rules; the ratio level without alerts."""
+        return view.level if self.alerts is None else self.alerts.account_level(account)
 
     def headline(self) -> Text:
         """The worst active alert of any rule and account (or the ratio levels, no alerts)."""
@@ -229,8 +233,7 @@ class ConsoleSink:
         if not self._views:
             parts.append(Text("waiting for the first report ...", style="dim"))
         for account, view in sorted(self._views.items()):
-            if self.alerts is not None:
-                view.level = self.alerts.account_level(account)
+            view.level = self._level(account, view)
             r = view.report
             if r is None:
                 state, why = view.source_state()
