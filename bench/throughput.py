@@ -151,6 +151,9 @@ class TickSource:
         per_batch = max(1, round(len(self._symbols) * BATCH_PERIOD))
         loop = asyncio.get_running_loop()
         due = loop.time() + self.rng.uniform(0, BATCH_PERIOD)
+        # events carry wall-clock times (the daemon drops a tick older than its start-up
+        # read, issue 11); the probe keeps loop times
+        wall = time.time() - loop.time()
         i = 0
         while True:
             await asyncio.sleep(max(0.0, due - loop.time()))
@@ -162,7 +165,7 @@ class TickSource:
                 # stamped with when the venue sent it, so loop lag counts as latency
                 sent = due - BATCH_PERIOD
                 self.probe.made(self.account, sent)
-                yield PriceTick(self.account, self._symbols[k], self._marks[k], sent)
+                yield PriceTick(self.account, self._symbols[k], self._marks[k], sent + wall)
 
     async def close(self) -> None:
         return None

@@ -7,7 +7,7 @@ would do. It is built once, serialised into the outbox, and after a restart rebu
 outbox alone, so every sink renders the same facts whether the daemon restarted or not.
 
 JSON here is strict (RFC 8259): infinite ratios are the string "inf" as in the report
-contract (DESIGN.md), never the non-standard `Infinity` a phone app would choke on.
+contract (docs/margin-math.md), never the non-standard `Infinity` a phone app would choke on.
 """
 
 from __future__ import annotations
@@ -93,8 +93,8 @@ class AlertMessage:
         """Strict-JSON-ready dict (infinite values as strings).
 
         Field by field rather than `dataclasses.asdict`, whose deep copy of every value was
-        a third of an alert's cost on the tick -> alert path (issue 7: p99 <= 10 ms); every
-        field is a plain value or a tuple of flat `PositionLine`s.
+        a third of an alert's cost on the tick -> alert path (p99 <= 10 ms, docs/benchmarks.md);
+        every field is a plain value or a tuple of flat `PositionLine`s.
         """
         out: dict[str, Any] = {}
         for name in _FIELDS:

@@ -31,6 +31,7 @@ import structlog
 
 from monitor import rules
 from monitor.alert_message import AlertMessage, build_message
+from monitor.logs import redact
 from monitor.metrics import record_alerts_sent
 from monitor.model import MarginReport, SourceDown, SourceStale, SourceUp
 from monitor.rules import AlertConfig, AlertEvent, RulesState, Silence
@@ -53,6 +54,13 @@ log = structlog.get_logger("monitor.alerting")
 BACKOFF_CAP = 60.0
 #: Pause length when a pause command names no duration: a pause must always end.
 DEFAULT_PAUSE = 3600.0
+#: Refused commands are audited and logged once per source per this many seconds, with a
+#: count (issue 13: a flood of 50 000 junk commands wrote 50 000 rows and log lines).
+REFUSAL_WINDOW = 60
+#: Sources tallied at once; more (an HTTP flood from many addresses) share one tally.
+REFUSAL_SOURCES = 256
+#: Seconds between two retention passes over the store (store.prune).
+PRUNE_EVERY = 3600.0
 #: structlog method per level, so a log-based alert rule can key on severity.
 _LOG_METHOD = {"ok": "info", "warning": "warning", "critical": "error", "emergency": "critical"}
 
@@ -116,6 +124,27 @@ class ReportObserver(Protocol):
         ...
 
 
+@dataclasses.dataclass(slots=True)
+class _RefusalTally:
+    """Refused commands of one source in one minute: one audit row, counted up."""
+
+    minute: int
+    reasons: dict[str, int]
+    count: int = 1
+    seq: int = 0
+    dirty: bool = False
+
+    def add(self, reason: str) -> None:
+        self.count += 1
+        self.dirty = True
+        if reason in self.reasons or len(self.reasons) < 16:
+            self.reasons[reason] = self.reasons.get(reason, 0) + 1
+
+    def payload(self, source: str) -> dict[str, Any]:
+        return {"source": source, "count": self.count, "reasons": self.reasons,
+                "minute": self.minute * REFUSAL_WINDOW}  # fmt: skip
+
+
 class AlertPipeline:
     """Owns the alert state; turns reports into persisted, delivered messages.
 
@@ -155,7 +184,10 @@ class AlertPipeline:
         self.state: RulesState = store.load_rules_state(clock())
         self._reports: dict[str, MarginReport] = {}
         self._wake = {sink.name: asyncio.Event() for sink in self.sinks}
-        self._seen_requests: dict[str, float] = {}
+        #: configured account names; a command naming another is refused (None: no check)
+        self.accounts: frozenset[str] | None = None
+        self._refusals: dict[str, _RefusalTally] = {}
+        self._next_prune = 0.0
         self._degraded_announced = False
         for sink in self.sinks:
             if hasattr(sink, "on_connected"):
@@ -192,6 +224,9 @@ class AlertPipeline:
     ) -> tuple[AlertEvent, ...]:
         """Stale data, a source down, a source back."""
         now = self.clock() if now is None else now
+        if isinstance(event, SourceDown):
+            # foreign text (a venue's error) on its way to MQTT, phones and SQLite
+            event = dataclasses.replace(event, reason=redact(event.reason))
         self.state, events = rules.on_source_event(self.state, event, now, self.config)
         self._commit(events, now)
         return events
@@ -199,12 +234,13 @@ class AlertPipeline:
     def raise_action_alert(
         self, account: str, text: str, now: float | None = None
     ) -> tuple[AlertEvent, ...]:
-        """A venue rejected a protective order: fire `<account>/action_rejected` (issue 5 §4).
+        """A venue rejected a protective order: fire `<account>/action_rejected` (docs/actions.md).
 
         Through the outbox like every alert, so MQTT and the phone channels get it at least
         once; raising it again in the same episode sends nothing new.
         """
         now = self.clock() if now is None else now
+        text = redact(text)  # it quotes the venue's answer
         self.state, events = rules.on_action_rejected(self.state, account, text, now, self.config)
         self._commit(events, now)
         return events
@@ -226,6 +262,11 @@ class AlertPipeline:
         self.state, events = rules.tick(self.state, now, self.config)
         if events:
             self._commit(events, now)
+        if self._refusals:
+            self._flush_refusals(now)
+        if now >= self._next_prune:
+            self._next_prune = now + PRUNE_EVERY
+            self.store.prune(now)
         return events
 
     def level(self, account: str) -> str:
@@ -360,7 +401,7 @@ class AlertPipeline:
             done = [mid for mid in by_id if mid in acked]
             if done:
                 self.store.delivered(sink.name, done)
-                record_alerts_sent(sink.name, len(done))  # issue 6: margin_monitor_alerts_sent
+                record_alerts_sent(sink.name, len(done))  # margin_monitor_alerts_sent
             now = self.clock()
             for mid, row in by_id.items():
                 if mid not in acked:
@@ -389,28 +430,29 @@ class AlertPipeline:
         """True when a command secret is configured."""
         return self._secret is not None
 
-    def handle_command(self, raw: bytes | str, now: float | None = None) -> dict[str, Any]:
-        """Verify and execute a signed command; the reply says what happened or why not."""
+    def handle_command(
+        self, raw: bytes | str, now: float | None = None, source: str = "mqtt"
+    ) -> dict[str, Any]:
+        """Verify and execute a signed command; the reply says what happened or why not.
+
+        `source` names the door (`mqtt`, `http:<address>`) for the aggregated refusal audit.
+        Replays are refused across restarts and doors: the request id is kept in the store
+        until the envelope could no longer verify anyway (issue 13).
+        """
         now = self.clock() if now is None else now
         if self._secret is None:
-            return self._refuse("commands are disabled: set mqtt.command_secret", now)
+            return self._refuse("commands are disabled: set mqtt.command_secret", now, source)
         try:
             command = verify(raw, self._secret, now)
         except CommandRefused as exc:
-            return self._refuse(str(exc), now, request_id=exc.request_id)
-        for request_id, until in list(self._seen_requests.items()):
-            if until <= now:
-                del self._seen_requests[request_id]
-        if command.request_id:
-            if command.request_id in self._seen_requests:
-                return self._refuse("duplicate request_id (replay)", now, command)
-            self._seen_requests[command.request_id] = max(
-                command.expires_at or 0.0, command.issued_at + 120.0
-            )
+            return self._refuse(str(exc), now, source, request_id=exc.request_id)
+        if not self.store.remember_request(command.request_id, command.valid_until(), now):
+            return self._refuse("duplicate request_id (replay)", now, source, command)
         try:
+            self._check_target(command)
             reply = self.execute(command, now)
         except CommandRefused as exc:
-            return self._refuse(str(exc), now, command)
+            return self._refuse(str(exc), now, source, command)
         self.store.audit(
             command.account or "*",
             "command",
@@ -420,14 +462,60 @@ class AlertPipeline:
         log.info("command.executed", account=command.account, reply=reply)
         return {"ok": True, "request_id": command.request_id, **reply}
 
+    def _check_target(self, command: Command) -> None:
+        """An account that is not configured, or a phone token of an episode that is over."""
+        account = command.account
+        if account is not None and self.accounts is not None and account not in self.accounts:
+            raise CommandRefused(f"unknown account {account[:64]!r}")
+        if command.episode is not None:
+            alert = self.state.alert(account or "", command.rule or "")
+            if alert.episode != command.episode:
+                raise CommandRefused("token is for an alert episode that is over")
+
     def _refuse(
-        self, reason: str, now: float, command: Command | None = None, request_id: str = ""
+        self,
+        reason: str,
+        now: float,
+        source: str,
+        command: Command | None = None,
+        request_id: str = "",
     ) -> dict[str, Any]:
-        log.warning("command.refused", reason=reason)
-        account = command.account if command and command.account else "*"
-        self.store.audit(account, "command_refused", {"reason": reason}, now)
+        """Refuse; audit and log once per source per minute with a count (floods)."""
+        minute = int(now // REFUSAL_WINDOW)
+        reason = reason[:200]
+        if source not in self._refusals and len(self._refusals) >= REFUSAL_SOURCES:
+            source = "other"
+        tally = self._refusals.get(source)
+        if tally is not None and tally.minute != minute:
+            self._flush_refusals(now)
+            tally = self._refusals.get(source)
+        if tally is None:
+            log.warning("command.refused", reason=reason, source=source)
+            tally = _RefusalTally(minute, {reason: 1})
+            tally.seq = self.store.audit("*", "command_refused", tally.payload(source), now)
+            self._refusals[source] = tally
+        else:
+            tally.add(reason)
         request_id = command.request_id if command else request_id
         return {"ok": False, "request_id": request_id, "error": reason}
+
+    def flush(self, now: float | None = None) -> None:
+        """Write what is only counted in memory (refusal counts); before the store closes."""
+        now = self.clock() if now is None else now
+        self._flush_refusals(now + REFUSAL_WINDOW)  # every minute is over: log the summaries
+
+    def _flush_refusals(self, now: float) -> None:
+        """Write the counts that grew; close the tallies of minutes that are over."""
+        minute = int(now // REFUSAL_WINDOW)
+        for source, tally in list(self._refusals.items()):
+            if tally.dirty:
+                tally.dirty = False
+                self.store.update_audit(tally.seq, tally.payload(source))
+            if tally.minute != minute:
+                del self._refusals[source]
+                if tally.count > 1:
+                    log.warning("command.refused_summary", source=source, count=tally.count,
+                                reasons=tally.reasons)  # fmt: skip
 
     def execute(self, command: Command, now: float) -> dict[str, Any]:
         """Apply a verified command to the alert state or the action switches."""

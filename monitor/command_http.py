@@ -2,15 +2,18 @@
 
 ntfy's `http` action sends a request from the phone straight to a URL (ntfy docs, "Action
 buttons"), so the daemon listens on `notify.command_listen` (put it behind your reverse
-proxy or VPN) and accepts `POST /command?token=<base64url envelope>` or a raw envelope as
-the request body. The token is verified exactly like an MQTT command (HMAC, expiry, replay),
-so reaching this port is no more enough than reaching the broker.
+proxy or VPN) and accepts `POST /command` with the base64url token (what the buttons send,
+ntfy's `body=`) or a raw envelope as the request body, or `?token=` for older buttons. The
+token is verified exactly like an MQTT command (HMAC, expiry, replay), so reaching this port
+is no more enough than reaching the broker. Whatever the body holds, the answer is a 4xx
+with a reason, audited, never a 500.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -29,16 +32,19 @@ def decode_token(token: str) -> bytes:
     return base64.b64decode(padded.encode(), altchars=b"-_", validate=True)
 
 
-def command_app(handler: Callable[[bytes], Mapping[str, Any]]) -> web.Application:
+def command_app(handler: Callable[[bytes, str], Mapping[str, Any]]) -> web.Application:
     """An aiohttp app with `POST /command` calling `handler` (the pipeline's handle_command)."""
 
     async def command(request: web.Request) -> web.Response:
         token = request.query.get("token")
-        try:
-            raw = decode_token(token) if token else await request.read()
-        except (binascii.Error, ValueError):
-            return web.json_response({"ok": False, "error": "token is not base64url"}, status=400)
-        reply = handler(raw)
+        body = await request.read()
+        raw = token.encode("utf-8", "surrogateescape") if token else body
+        if token or body.lstrip()[:1] not in (b"{", b""):
+            # a token (base64url); what does not decode goes on as is, refused as not JSON
+            # by the handler, so it is audited like any other refusal
+            with contextlib.suppress(binascii.Error, ValueError):
+                raw = decode_token(raw.strip().decode("ascii"))
+        reply = handler(raw, f"http:{request.remote}")
         return web.json_response(dict(reply), status=200 if reply.get("ok") else 403)
 
     app = web.Application(client_max_size=16 * 1024)
@@ -47,7 +53,7 @@ def command_app(handler: Callable[[bytes], Mapping[str, Any]]) -> web.Applicatio
 
 
 async def serve_commands(
-    handler: Callable[[bytes], Mapping[str, Any]], listen: str
+    handler: Callable[[bytes, str], Mapping[str, Any]], listen: str
 ) -> web.AppRunner:
     """Start listening on `host:port`; returns the runner (call `cleanup()` to stop)."""
     host, _, port = listen.rpartition(":")

@@ -4,7 +4,7 @@ Under systemd or in a container, one JSON object per line on stdout is what jour
 log shippers index (structlog's best-practice doc: log to stdout, let the supervisor
 handle it). Tracebacks never include frame locals: `dict_tracebacks` and the rich console
 renderer both dump locals by default, which would print API keys held in local variables
-(notes/ecosystem.md §5, verified).
+(docs/development.md).
 
 Libraries log through the standard library (ccxt, aiomqtt's `mqtt` logger, Apprise,
 aiohttp); their records go through the same renderer via one stdout handler with
@@ -26,12 +26,21 @@ import sys
 import threading
 from collections.abc import Iterable
 from typing import Any, Literal, TextIO
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, quote, quote_plus, urlsplit
 
 import structlog
 from pydantic import BaseModel, SecretStr
 
-__all__ = ["REDACTED", "Format", "Redactor", "configure", "secrets_of", "set_secrets"]
+__all__ = [
+    "REDACTED",
+    "Format",
+    "Redactor",
+    "configure",
+    "redact",
+    "scrub_exception",
+    "secrets_of",
+    "set_secrets",
+]
 
 #: What a secret is replaced with in every log line.
 REDACTED = "[REDACTED]"
@@ -74,11 +83,15 @@ class Redactor:
 
 
 def _spellings(secret: str) -> Iterable[str]:
-    """The secret as it may appear in a line: raw, inside JSON, inside a repr, and the
-    credential parts of a URL secret (an Apprise URL's password, token path or query)."""
+    """The secret as it may appear in a line: raw, inside JSON, inside a repr, URL-encoded
+    (a venue echoing its query string, issue 13), and the credential parts of a URL secret
+    (an Apprise URL's password, token path or query)."""
     yield secret
     yield json.dumps(secret)[1:-1]
     yield repr(secret)[1:-1]
+    yield quote(secret, safe="")
+    yield quote_plus(secret, safe="")
+    yield quote(secret)  # '/' kept, as in a path
     if "://" in secret:
         parts = urlsplit(secret)
         if parts.password:
@@ -91,24 +104,41 @@ def _spellings(secret: str) -> Iterable[str]:
                 yield value
 
 
+#: Keys of a free-form table (an account's `ccxt` options) whose string values are
+#: credentials: ccxt's `requiredCredentials` names (ccxt 4.5.90 base Exchange), lowercased.
+_CREDENTIAL_KEYS = frozenset({"apikey", "secret", "uid", "accountid", "login", "password",
+                              "twofa", "privatekey", "walletaddress", "token",
+                              "passphrase"})  # fmt: skip
+
+
+def credential_key(key: object) -> bool:
+    """Whether a free-form option named `key` holds a credential (`apiKey`, `privateKey`...)."""
+    return str(key).lower() in _CREDENTIAL_KEYS
+
+
 def secrets_of(settings: object) -> list[str]:
-    """Every `SecretStr` value anywhere in a settings object (models, lists, dicts)."""
+    """Every `SecretStr` value anywhere in a settings object (models, lists, dicts), and
+    every string under a credential-like key of a plain dict (`[accounts.ccxt]`, where
+    ccxt options are passed through untyped: issue 13)."""
     found: list[str] = []
 
-    def walk(value: object) -> None:
+    def walk(value: object, credential: bool = False) -> None:
         if isinstance(value, SecretStr):
             secret = value.get_secret_value()
             if secret:
                 found.append(secret)
+        elif isinstance(value, str):
+            if credential and value:
+                found.append(value)
         elif isinstance(value, BaseModel):
             for name in type(value).model_fields:
                 walk(getattr(value, name))
         elif isinstance(value, dict):
-            for item in value.values():
-                walk(item)
+            for key, item in value.items():
+                walk(item, credential or credential_key(key))
         elif isinstance(value, list | tuple | set | frozenset):
             for item in value:
-                walk(item)
+                walk(item, credential)
 
     walk(settings)
     return found
@@ -120,6 +150,29 @@ _REDACTOR = Redactor()
 def set_secrets(secrets: Iterable[str]) -> None:
     """Replace the secrets being redacted (a config reload) without reconfiguring."""
     _REDACTOR.set(secrets)
+
+
+def redact(text: str) -> str:
+    """`text` with every configured secret (any spelling) replaced: the same redaction as
+    log lines, for text that leaves by another way (an error line, an alert)."""
+    return _REDACTOR.redact(text)
+
+
+def scrub_exception(exc: BaseException, redactor: Redactor | None = None) -> None:
+    """Redact an exception's text in place (its string args, and its cause's).
+
+    Used where foreign text enters: ccxt's exceptions quote the venue's answer, which may
+    repeat a credential (issue 13); scrubbed there, every surface that later shows the
+    error (`/healthz`, alerts, SQLite, `check`, `snapshot`) only ever has the clean text.
+    """
+    r = redactor or _REDACTOR
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if any(isinstance(a, str) for a in current.args):
+            current.args = tuple(r.redact(a) if isinstance(a, str) else a for a in current.args)
+        current = current.__cause__ or current.__context__
 
 Format = Literal["auto", "json", "console"]
 

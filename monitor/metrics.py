@@ -13,7 +13,7 @@ Two halves, both on one private `CollectorRegistry` (`REGISTRY`), never the glob
 
 `/healthz` answers 200 while every configured account has fresh data and 503 naming the
 blind ones: a monitor that cannot see an account must say so to its supervisor (container
-HEALTHCHECK, uptime checker), because silence would read as "all is well" (DESIGN.md: "a
+HEALTHCHECK, uptime checker), because silence would read as "all is well" (docs/monitoring.md: "a
 blind monitor is itself an alert"). The endpoint is off by default and binds loopback
 unless told otherwise: the figures describe someone's money.
 """
@@ -47,10 +47,9 @@ from monitor import __version__
 from monitor.errors import UserError
 from monitor.model import (
     AccountSnapshot,
-    BalanceUpdate,
+    AccountUpdate,
     Event,
     MarginReport,
-    PositionsUpdate,
     PriceTick,
     SourceDown,
     SourceStale,
@@ -76,11 +75,10 @@ __all__ = [
 log = structlog.get_logger("monitor.metrics")
 
 LEVELS = {"ok": 0, "warning": 1, "critical": 2, "emergency": 3}
-_KIND_OF: dict[type, str] = {
-    PriceTick: "prices",
-    PositionsUpdate: "positions",
-    BalanceUpdate: "balance",
-}
+_KIND_OF: dict[type, str] = {PriceTick: "prices", AccountUpdate: "account"}
+#: data kinds an event refreshes: one account read brings positions and balances at once
+_FRESHENS: dict[str, tuple[str, ...]] = {"prices": ("prices",),
+                                         "account": ("positions", "balance")}
 _SIGNAL_OF: dict[type, str] = {SourceStale: "stale", SourceDown: "down", SourceUp: "up"}
 
 
@@ -201,6 +199,8 @@ class MetricsSink:
         self.outbox_depth = outbox_depth
         self.accounts: dict[str, AccountHealth] = {}
         self.drift: dict[str, Drift] = {}
+        #: the systemd watchdog's progress check (daemon.py), for `/livez` (issue 18)
+        self.liveness: Callable[[], str | None] | None = None
         self.address: tuple[str, int] | None = None
         self._runner: Any = None
         self._collector = _AccountCollector(self)
@@ -285,8 +285,9 @@ class MetricsSink:
             return
         mono = self.clock()
         if kind is not None:
-            health.seen[kind] = mono
-            health.stale.pop(kind, None)
+            for fresh in _FRESHENS[kind]:
+                health.seen[fresh] = mono
+                health.stale.pop(fresh, None)
             health.down = None
             if health.pending_since is None:
                 health.pending_since = mono
@@ -350,9 +351,26 @@ class MetricsSink:
             lines = "".join(f"{name}: {reason}\n" for name, reason in blind.items())
             return web.Response(status=503, text=f"blind: {', '.join(blind)}\n{lines}")
 
+        async def readyz(request: web.Request) -> web.Response:
+            # Kubernetes readiness (issue 18): the configuration loaded and the sinks started,
+            # like systemd's READY=1; never the venues, or an exchange outage unreadies pods
+            del request
+            return web.Response(text=f"ready: {len(self.accounts)} accounts configured\n")
+
+        async def livez(request: web.Request) -> web.Response:
+            # Kubernetes liveness (issue 18): the watchdog's evidence of progress, not data
+            # freshness: restarting cannot fix a venue outage and would blind the shard
+            del request
+            wedged = self.liveness() if self.liveness is not None else None
+            if wedged is None:
+                return web.Response(text="alive\n")
+            return web.Response(status=503, text=f"wedged: {wedged}\n")
+
         app = web.Application()
         app.router.add_get("/metrics", metrics)
         app.router.add_get("/healthz", healthz)
+        app.router.add_get("/readyz", readyz)
+        app.router.add_get("/livez", livez)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, self.settings.host, self.settings.port)

@@ -16,7 +16,7 @@ from typing import Literal, NamedTuple
 __all__ = [
     "STABLE_ASSETS",
     "AccountSnapshot",
-    "BalanceUpdate",
+    "AccountUpdate",
     "Collateral",
     "CollateralTier",
     "Event",
@@ -24,7 +24,6 @@ __all__ = [
     "MarginReport",
     "Position",
     "PositionRisk",
-    "PositionsUpdate",
     "PriceTick",
     "Reduction",
     "ReductionPlan",
@@ -103,7 +102,9 @@ class Position:
 
     Optional figures the venue reports (`unrealized_pnl`, `initial_margin`,
     `maintenance_margin`) win over computed ones at the current prices; any what-if
-    price recomputes them from `tiers`/`mmr`/`leverage`.
+    price recomputes them from `tiers`/`mmr`/`leverage`. `liquidation_fee` is the taker
+    fee rate this position pays when liquidated, where it differs from the venue's
+    default (`VenueRules.liquidation_fee`; a VIP fee tier, say).
     """
 
     symbol: str
@@ -124,6 +125,7 @@ class Position:
     tiers: tuple[Tier, ...] = ()
     isolated_margin: float | None = None
     beta: float = 1.0
+    liquidation_fee: float | None = None
 
     @property
     def sign(self) -> int:
@@ -156,7 +158,7 @@ class Position:
     def repriced(self, price: float) -> Position:
         """`replace(self, mark_price=price)`, field by field: `replace` re-reads the fields
         and goes through keyword arguments (~6 µs for 18 fields), and the Ledger re-prices
-        every moved position per report (issue 7 throughput). Figures are kept as they are:
+        every moved position per report (docs/benchmarks.md). Figures are kept as they are:
         for a what-if use `at_mark`."""
         values = list(_position_values(self))
         values[_MARK] = price
@@ -212,24 +214,35 @@ def quote_asset(symbol: str) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class VenueRules:
-    """Where venues differ on the same quantities (notes/margin-math.md §0 and §5).
+    """Where venues differ on the same quantities (docs/margin-math.md).
 
     - `isolated_mm_on_entry`: Bybit values an isolated position's MM on its entry value.
     - `tier_deduction`: cumulative tiers (Binance, Bybit, Hyperliquid) vs one rate for the
       whole position with no deduction (OKX).
     - `equality_liquidates`: Binance and Bybit liquidate when the ratio *reaches* 100 %;
       Hyperliquid and dYdX only when equity falls strictly *below* MM.
+    - `liquidation_fee`: the taker fee rate the venue charges at liquidation and counts in
+      its liquidation condition on top of the maintenance rate (issue 19). OKX: margin
+      ratio = equity / (maintenance margin + liquidation fees), isolated "(Margin balance
+      + PnL) / (Face value × |Contracts| × Mark price × (Tiered MMR + fee rate))"; Gate:
+      "Liquidation Price = (Entry Price ± Margin / Contract Multiplier / Size) /
+      [1 ± (Maintenance Margin Ratio + Taker Rate)]" (docs/margin-edges.md). The figure is
+      the venues' base-tier perpetual taker fee (ccxt 4.5.90 `fees.swap.taker`: 0.05 %);
+      a position's own `liquidation_fee` wins. Binance, Bybit, Hyperliquid: no such term.
     """
 
     isolated_mm_on_entry: bool = False
     tier_deduction: bool = True
     equality_liquidates: bool = True
+    liquidation_fee: float = 0.0
 
 
 _DEFAULT_RULES = VenueRules()
 _VENUE_RULES: dict[str, VenueRules] = {
     "bybit": VenueRules(isolated_mm_on_entry=True),
-    "okx": VenueRules(tier_deduction=False),
+    "okx": VenueRules(tier_deduction=False, liquidation_fee=0.0005),
+    "gate": VenueRules(liquidation_fee=0.0005),
+    "gateio": VenueRules(liquidation_fee=0.0005),
     "hyperliquid": VenueRules(equality_liquidates=False),
     "dydx": VenueRules(equality_liquidates=False),
     "deribit": VenueRules(equality_liquidates=False),
@@ -268,7 +281,7 @@ class PositionRisk(NamedTuple):
 
     A NamedTuple, not a frozen dataclass like the rest: a report builds one per position,
     and a frozen dataclass's `__init__` (one `object.__setattr__` per field) was 1.1 ms of
-    a 4 ms 1 000-position report (issue 7's 2 ms target). Just as immutable and typed.
+    a 4 ms 1 000-position report (the 2 ms goal, docs/benchmarks.md). Just as immutable and typed.
     """
 
     symbol: str
@@ -298,7 +311,8 @@ class MarginReport:
     """The state of an account's cross pool, plus every position's own figures.
 
     `margin_ratio` = maintenance_margin / margin_balance: 0 is no risk and ≥ 1 is
-    liquidation (Binance/Bybit convention); +inf when the margin balance is ≤ 0.
+    liquidation (Binance/Bybit convention); +inf when the margin balance is ≤ 0 under an
+    open cross position; 0 when nothing is open in the cross pool (`valuation.margin_ratio`).
     """
 
     account: str
@@ -326,7 +340,11 @@ class MarginReport:
 
 @dataclass(frozen=True, slots=True)
 class PriceTick:
-    """A new mark price for one symbol (also moves collateral priced off the same asset)."""
+    """A new mark price for one symbol (also moves collateral priced off the same asset).
+
+    `ts` is the venue's timestamp of the price where the venue sends one, else its receive
+    time: an older tick never replaces a newer mark (state.apply, Ledger.tick).
+    """
 
     account: str
     symbol: str
@@ -335,21 +353,33 @@ class PriceTick:
 
 
 @dataclass(frozen=True, slots=True)
-class PositionsUpdate:
-    """The full set of open positions, as a reconciliation read them."""
+class AccountUpdate:
+    """One read of the whole account, applied as one: positions, balances and the marks
+    they were valued at (DESIGN.md, "The view is always one the venue could have had").
+
+    A REST reconciliation or a fill the sim announces. Never split into a positions event
+    and a balance event: a report between the two halves met new positions with the old
+    wallet (issue 11: 0.088 reported where the venue said 0.51).
+
+    - `ts`: when the read was *sent* (seconds, the source's clock). Every value in it is at
+      least that new, so a streamed mark stamped later than `ts` is kept over the read's
+      (`state.apply` holds the ordering rule; docs/account-view.md).
+    - `positions`, `collateral`: authoritative, they replace the held ones wholesale.
+      `collateral` carries each asset's amount, price and haircut as read: the place for
+      the venue's collateral rules (live haircut reads land here).
+    - `marks`: symbol -> price of every market the read priced something with (positions'
+      marks, the symbols that price collateral).
+    - `venue_ratio`: the venue's own account margin ratio from the same read, where the
+      venue reports one (Binance totalMaintMargin / totalMarginBalance, Bybit
+      accountMMRate, ...); None where it does not.
+    """
 
     account: str
     positions: tuple[Position, ...]
-    ts: float
-
-
-@dataclass(frozen=True, slots=True)
-class BalanceUpdate:
-    """The full set of collateral balances, with prices and haircuts."""
-
-    account: str
     collateral: tuple[Collateral, ...]
     ts: float
+    marks: tuple[tuple[str, float], ...] = ()
+    venue_ratio: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,7 +410,7 @@ class SourceUp:
     ts: float
 
 
-Event = PriceTick | PositionsUpdate | BalanceUpdate | SourceStale | SourceDown | SourceUp
+Event = PriceTick | AccountUpdate | SourceStale | SourceDown | SourceUp
 
 
 # --- what-if results: the minimal reduction the stress solver proposes ---------------------
@@ -403,8 +433,9 @@ class Reduction:
 class ReductionPlan:
     """The smallest reduce-only quantities that bring the ratio to `target_ratio`.
 
-    `reached` is False when even closing everything the policy allows cannot get there
-    (for example a margin balance already ≤ 0); the reductions are then the best effort.
+    `reached` is False when even closing everything the policy allows cannot get there; the
+    reductions are then the best effort. Closing every cross position leaves no MM, hence
+    ratio 0, so a wiped-out balance (ratio +inf) is reached only by closing it all.
     """
 
     policy: ReductionPolicy

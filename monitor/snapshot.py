@@ -1,4 +1,4 @@
-"""The snapshot file and JSON report contract (DESIGN.md), read strictly, written faithfully.
+"""The snapshot file and JSON report (docs/margin-math.md), read strictly, written faithfully.
 
 Snapshot files come from people (bug reports, hand-made what-ifs) and from
 `margin-monitor snapshot`; a wrong one must never produce a confident wrong number. So
@@ -41,7 +41,7 @@ _COLLATERAL = (
 _POSITION = (
     "symbol", "side", "contracts", "contract_size", "entry_price", "mark_price", "margin_mode",
     "leverage", "settle", "inverse", "hedged", "unrealized_pnl", "initial_margin",
-    "maintenance_margin", "mmr", "tiers", "isolated_margin", "beta",
+    "maintenance_margin", "mmr", "tiers", "isolated_margin", "beta", "liquidation_fee",
 )
 _TIER = ("max_notional", "mmr", "maintenance_amount", "imr")
 _BAND = ("up_to", "ratio")
@@ -307,6 +307,7 @@ def _position(r: _Reader) -> Position:
         tiers=tiers,
         isolated_margin=r.optional("isolated_margin", minimum=0.0),
         beta=r.number("beta", 1.0),
+        liquidation_fee=r.optional("liquidation_fee", minimum=0.0, below=1.0),
     )
 
 
@@ -314,7 +315,7 @@ def _position(r: _Reader) -> Position:
 
 
 def _num(value: float | None) -> float | str | None:
-    """JSON has no infinity: write it as the string "inf" (DESIGN.md report contract)."""
+    """JSON has no infinity: write it as the string "inf" (docs/margin-math.md, report JSON)."""
     if value is None:
         return None
     if math.isinf(value):
@@ -341,7 +342,7 @@ _COLLATERAL_DEFAULTS: Mapping[str, object] = {
 _POSITION_DEFAULTS: Mapping[str, object] = {
     "settle": None, "inverse": False, "hedged": False, "unrealized_pnl": None,
     "initial_margin": None, "maintenance_margin": None, "mmr": None, "tiers": [],
-    "isolated_margin": None, "beta": 1.0, "leverage": None,
+    "isolated_margin": None, "beta": 1.0, "leverage": None, "liquidation_fee": None,
 }
 
 
@@ -373,6 +374,7 @@ def _position_dict(p: Position) -> dict[str, Any]:
             for t in p.tiers
         ],
         "isolated_margin": p.isolated_margin, "beta": p.beta,
+        "liquidation_fee": p.liquidation_fee,
     }
 
 
@@ -394,7 +396,7 @@ def _risk_dict(p: PositionRisk) -> dict[str, Any]:
 
 
 def report_to_dict(r: MarginReport) -> dict[str, Any]:
-    """The JSON report of DESIGN.md; infinite ratios become the string "inf"."""
+    """The JSON report (docs/margin-math.md); infinite ratios become the string "inf"."""
     return {
         "account": r.account,
         "currency": r.currency,

@@ -1,7 +1,7 @@
 """Durable alert state, the outbox and the audit trail, in one SQLite file (WAL).
 
 Why a database at all: Alertmanager keeps alerts in memory and its users lose resolve
-notifications on restart (alertmanager #2370, notes/peers.md §2.8); freqtrade re-warns on
+notifications on restart (alertmanager #2370, docs/notifications.md); freqtrade re-warns on
 every start (§2.1). Here the alert state and the messages it produced are written in ONE
 transaction before any sink sees them, so after a restart
 
@@ -22,9 +22,11 @@ synchronous=NORMAL), cheaper than a thread hop, and it keeps the ordering obviou
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import operator
+import os
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,7 +37,7 @@ import structlog
 
 from monitor.rules import AlertState, RulesState, Silence
 
-__all__ = ["AuditRecord", "OutboxRow", "Store"]
+__all__ = ["AUDIT_RETENTION", "AuditRecord", "OutboxRow", "Store"]
 
 log = structlog.get_logger("monitor.store")
 
@@ -75,7 +77,21 @@ CREATE TABLE IF NOT EXISTS action_pause (
     account TEXT PRIMARY KEY,
     until REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS seen_request (
+    request_id TEXT PRIMARY KEY,
+    until REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS seen_request_until ON seen_request (until);
 """
+
+#: Audit rows older than this go (seconds): 90 days of decisions and commands.
+AUDIT_RETENTION = 90 * 86400.0
+#: ... and never more rows than this, whatever arrives (a flood of anything audited).
+AUDIT_MAX_ROWS = 200_000
+#: An outbox row this much older than the newest is dropped: a week-old alert helps nobody.
+OUTBOX_RETENTION = 7 * 86400.0
+#: Most request ids remembered at once; a command past it is refused, not forgotten.
+SEEN_MAX_ROWS = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,11 +126,11 @@ def _persisted_part(alert: AlertState) -> AlertState:
 
 
 # AlertState as JSON: every field is a plain value, so no `dataclasses.asdict` deep copy
-# (a tenth of a millisecond on the tick -> alert path, issue 7)
+# (a tenth of a millisecond on the tick -> alert path, docs/benchmarks.md)
 _STATE_FIELDS = tuple(f.name for f in dataclasses.fields(AlertState))
 
 # every field of `_persisted_part`, read at C speed: comparing these is how `commit` tells
-# that only the value moved without building the part (a replace per report, issue 7)
+# that only the value moved without building the part (a replace per report, docs/benchmarks.md)
 _persisted_fields = operator.attrgetter(
     *(f.name for f in dataclasses.fields(AlertState) if f.name != "value")
 )
@@ -144,7 +160,14 @@ class Store:
     @staticmethod
     def _open(path: Path | None) -> sqlite3.Connection:
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            # Owner only (issue 13): the audit trail and pauses are nobody else's business,
+            # and outside systemd (UMask=0077) the default umask would make them 0644.
+            # SQLite gives its -wal and -shm files the database file's mode (os_unix.c,
+            # findCreateFileMode), so creating this one 0600 covers all three.
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+            with contextlib.suppress(OSError):  # not ours to change: keep what it is
+                os.chmod(path, 0o600)
         db = sqlite3.connect(":memory:" if path is None else str(path), isolation_level=None)
         if path is not None:
             db.execute("PRAGMA journal_mode=WAL")
@@ -230,7 +253,7 @@ class Store:
         Only alerts whose persisted part changed are written, so per-tick value updates
         cost nothing. `accounts`: only these accounts' alerts can have changed (a report
         evaluates one account; looking at every account's alerts made each report cost
-        O(accounts), a whole core at 100 sim accounts in issue 7's soak).
+        O(accounts), a whole core at 100 sim accounts in the soak in docs/benchmarks.md).
         """
         statements: list[tuple[str, Sequence[object]]] = []
         saved, seen = self._saved, self._seen
@@ -366,14 +389,79 @@ class Store:
 
     # --- audit trail --------------------------------------------------------------------------
 
-    def audit(self, account: str, kind: str, payload: Mapping[str, Any], at: float) -> None:
-        """Append one decision to the audit trail (order plans, sends, fills, commands)."""
+    def audit(self, account: str, kind: str, payload: Mapping[str, Any], at: float) -> int:
+        """Append one decision to the audit trail (order plans, sends, fills, commands).
+
+        Returns the row's `seq` (see `update_audit`)."""
         body = json.dumps(payload, default=str, sort_keys=True)
         self._write(
             [
                 (
                     "INSERT INTO audit (at, account, kind, payload) VALUES (?, ?, ?, ?)",
                     (at, account, kind, body),
+                ),
+            ]
+        )
+        row = self._db.execute("SELECT last_insert_rowid()").fetchone()
+        return int(row[0])
+
+    def update_audit(self, seq: int, payload: Mapping[str, Any]) -> None:
+        """Rewrite one audit row's payload (the count of an aggregated refusal row)."""
+        body = json.dumps(payload, default=str, sort_keys=True)
+        self._write([("UPDATE audit SET payload = ? WHERE seq = ?", (body, seq))])
+
+    # --- replay memory ------------------------------------------------------------------------
+
+    def remember_request(self, request_id: str, until: float, now: float) -> bool:
+        """Record a command's id until its envelope expires; False when already recorded.
+
+        In the database, not in memory (issue 13): a restart must not make a used phone
+        token or a captured MQTT command good again. Full memory refuses (False) rather
+        than forgets: a flood of valid ids cannot push out the one being replayed.
+        """
+        db = self._db
+        if db.execute(
+            "SELECT 1 FROM seen_request WHERE request_id = ? AND until > ?", (request_id, now)
+        ).fetchone():
+            return False
+        count = db.execute("SELECT COUNT(*) FROM seen_request WHERE until > ?", (now,))
+        if count.fetchone()[0] >= SEEN_MAX_ROWS:
+            return False
+        self._write(
+            [
+                (
+                    "INSERT INTO seen_request (request_id, until) VALUES (?, ?) "
+                    "ON CONFLICT (request_id) DO UPDATE SET until = excluded.until",
+                    (request_id, until),
+                )
+            ]
+        )
+        return True
+
+    # --- retention ----------------------------------------------------------------------------
+
+    def prune(self, now: float) -> None:
+        """Bound every table (issue 13): expired ids, silences and pauses, old audit rows,
+        outbox rows a week older than the newest. Alert state is one row per configured
+        fingerprint and stays."""
+        self._write(
+            [
+                ("DELETE FROM seen_request WHERE until <= ?", (now,)),
+                ("DELETE FROM silence WHERE until <= ?", (now,)),
+                ("DELETE FROM action_pause WHERE until <= ?", (now,)),
+                # relative to the newest row, not `now`: a clock step never wipes the trail
+                (
+                    "DELETE FROM audit WHERE at < (SELECT MAX(at) FROM audit) - ?",
+                    (AUDIT_RETENTION,),
+                ),
+                (
+                    "DELETE FROM audit WHERE seq <= (SELECT MAX(seq) FROM audit) - ?",
+                    (AUDIT_MAX_ROWS,),
+                ),
+                (
+                    "DELETE FROM outbox WHERE created_at < "
+                    "(SELECT MAX(created_at) FROM outbox) - ?",
+                    (OUTBOX_RETENTION,),
                 ),
             ]
         )

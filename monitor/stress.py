@@ -164,6 +164,10 @@ def shock_to_liquidation(
     liquidates (a fully hedged or unlevered book).
     """
     base = _without_reported(snapshot)
+    if not any(p.margin_mode == "cross" for p in base.positions):
+        # nothing open in the cross pool: nothing liquidates (margin_ratio 0), even where a
+        # shock takes a balance (BTC debt, say) below zero (issue 19: empty cross pool)
+        return ShockToLiquidation(down=None, up=None)
     marks = [(p.mark_price, p.beta if beta_weighted else 1.0) for p in base.positions]
     moving = [
         (c.asset, c.price, _collateral_beta(c, base.currency))

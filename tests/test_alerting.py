@@ -220,7 +220,8 @@ class TestCommands:
         assert p.state.alert("acct", "margin_ratio").notified_level == "warning"
 
     def test_refusals(self, tmp_path: Path) -> None:
-        """Test that replays, missing fields and a missing key are refused and audited."""
+        """Test that replays, missing fields and a missing key are refused and audited (one
+        row per source and minute, with the count)."""
         p = self.pipeline(tmp_path)
         assert self.send(p, Command("ack", account="acct", request_id="r"))["ok"]
         assert self.send(p, Command("ack", account="acct", request_id="r"))["error"] == (
@@ -230,7 +231,15 @@ class TestCommands:
             "unsilence needs a 'silence_id'")
         keyless = AlertPipeline(Store(None), CONFIG, [])
         assert "disabled" in keyless.handle_command(b"{}")["error"]  # type: ignore[operator]
-        assert len(p.store.audit_trail(kind="command_refused")) == 3
+        [row] = p.store.audit_trail(kind="command_refused")
+        assert row.payload["source"] == "mqtt"
+        assert row.payload["count"] == 1  # the first refusal is written at once
+        p.tick()
+        [row] = p.store.audit_trail(kind="command_refused")
+        assert row.payload["count"] == 3  # the tick writes the count that grew
+        assert row.payload["reasons"] == {"duplicate request_id (replay)": 1,
+                                          "ack needs an 'account'": 1,
+                                          "unsilence needs a 'silence_id'": 1}
 
 
 class TestEndToEnd:

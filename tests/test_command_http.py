@@ -21,10 +21,12 @@ class TestCommandEndpoint:
 
     @pytest.mark.parametrize(("ok", "status"), [(True, 200), (False, 403)])
     async def test_token_and_body(self, ok: bool, status: int) -> None:
-        """Test that the handler gets the token's bytes or the body; the status follows ok."""
+        """Test that the handler gets the token's bytes (query or body) or a JSON body, and
+        undecodable tokens as they are; the status follows ok."""
         got: list[bytes] = []
 
-        def handler(raw: bytes) -> dict[str, object]:
+        def handler(raw: bytes, source: str) -> dict[str, object]:
+            assert source == "http:127.0.0.1"
             got.append(raw)
             return {"ok": ok}
 
@@ -36,12 +38,14 @@ class TestCommandEndpoint:
                 url = f"http://127.0.0.1:{port}/command"
                 async with http.post(f"{url}?token={token}") as resp:
                     assert resp.status == status
-                async with http.post(url, data=b"envelope-2") as resp:
+                async with http.post(url, data=token.encode()) as resp:
                     assert (await resp.json()) == {"ok": ok}
-                async with http.post(f"{url}?token=%%%") as resp:
-                    assert resp.status == 400
+                async with http.post(url, data=b'{"x": 1}') as resp:
+                    assert resp.status == status
+                async with http.post(f"{url}?token=%25%25") as resp:
+                    assert resp.status == status
                 async with http.get(url) as resp:
                     assert resp.status == 405
         finally:
             await runner.cleanup()
-        assert got == [b"envelope-1", b"envelope-2"]
+        assert got == [b"envelope-1", b"envelope-1", b'{"x": 1}', b"%%"]

@@ -223,7 +223,8 @@ class TestDelivery:
             pipeline = AlertPipeline(Store(tmp_path / "a.db"), MARGIN_ONLY, [sink],
                                      command_secret=SECRET)
             sink.sign = pipeline.sign
-            async with serving(command_app(pipeline.handle_command)) as base, \
+            app = command_app(lambda raw, src: pipeline.handle_command(raw, source=src))
+            async with serving(app) as base, \
                     delivering(pipeline):
                 sink.command_url = f"{base}/command"
                 pipeline.on_report(report(0.9))
@@ -235,18 +236,20 @@ class TestDelivery:
                 assert "• BTC/USDT:USDT long" in sent["message"]
                 assert headers["X-Priority"] == "max"
                 actions = [a.split(", ") for a in headers["X-Actions"].split("; ")]
-                assert [(a[0], a[1], a[3]) for a in actions] == [
-                    ("http", "Acknowledge", "method=POST"), ("http", "Silence 1 h", "method=POST")]
-                token = actions[0][2].split("token=")[1]
+                assert [(a[0], a[1], a[2], a[3]) for a in actions] == [
+                    ("http", "Acknowledge", f"{base}/command", "method=POST"),
+                    ("http", "Silence 1 h", f"{base}/command", "method=POST")]
+                assert "token" not in headers["X-Actions"]  # in the body, never the URL
+                token = actions[0][4].removeprefix("body=")
                 command = verify(decode_token(token), SECRET, now=pipeline.clock() + 1800)
                 assert (command.action, command.account) == ("ack", "main")
                 # Press both buttons, as the phone would, then the first one again.
                 async with aiohttp.ClientSession() as http:
                     for action in actions:
-                        async with http.post(action[2]) as resp:
+                        async with http.post(action[2], data=action[4][5:]) as resp:
                             assert resp.status == 200
                             assert (await resp.json())["ok"] is True
-                    async with http.post(actions[0][2]) as resp:
+                    async with http.post(actions[0][2], data=actions[0][4][5:]) as resp:
                         assert resp.status == 403  # replay refused
         assert pipeline.state.alert("main", "margin_ratio").acknowledged
         (silence,) = pipeline.state.silences
@@ -261,15 +264,16 @@ class TestDelivery:
         sink = NotifySink(channel("json://127.0.0.1:9/x"), command_url="http://h/command",
                           sign=pipeline.sign, clock=lambda: 100.0)
         pipeline.on_report(report(0.9), now=100.0)
-        header = sink._actions(message())
+        episode = pipeline.state.alert("main", "margin_ratio").episode
+        header = sink._actions(message(episode=episode))
         assert header is not None
-        token = header.split("; ")[0].split(", ")[2].split("token=")[1]
+        token = header.split("; ")[0].split(", ")[4].removeprefix("body=")
         assert pipeline.handle_command(decode_token(token), now=160.0)["ok"] is True
         assert pipeline.on_report(report(0.9), now=200.0)[0].suppressed == "acknowledged"
         # An hour later the token has expired.
-        again = sink._actions(message(id="e.2"))
+        again = sink._actions(message(id="e.2", episode=episode))
         assert again is not None
-        late = again.split("; ")[0].split(", ")[2].split("token=")[1]
+        late = again.split("; ")[0].split(", ")[4].removeprefix("body=")
         reply = pipeline.handle_command(decode_token(late), now=100.0 + 3601)
         assert reply == {"ok": False, "request_id": "e.2:ack", "error": "token expired"}
 

@@ -52,7 +52,7 @@ class TestVerify:
 
     def test_replay_window(self) -> None:
         """Test that a command older than 60 s, or from the future, is refused."""
-        raw = envelope(Command("resume"), KEY, 100.0)
+        raw = envelope(Command("resume", request_id="r"), KEY, 100.0)
         assert verify(raw, KEY, now=160.0).action == "resume"
         with pytest.raises(CommandRefused, match="61 s old"):
             verify(raw, KEY, now=161.0)
@@ -61,7 +61,7 @@ class TestVerify:
 
     def test_expiring_token(self) -> None:
         """Test that a token with expires_at works past a minute and stops at expiry."""
-        raw = envelope(Command("ack", account="a", expires_at=3700.0), KEY, 100.0)
+        raw = envelope(Command("ack", account="a", expires_at=3700.0, request_id="r"), KEY, 100.0)
         assert verify(raw, KEY, now=3000.0).action == "ack"
         with pytest.raises(CommandRefused, match="token expired"):
             verify(raw, KEY, now=3700.0)
@@ -78,7 +78,7 @@ class TestVerify:
     )
     def test_bad_fields(self, body: dict[str, object], reason: str) -> None:
         """Test that a signed but invalid body is refused with the field named."""
-        text = json.dumps(body)
+        text = json.dumps({"request_id": "r", **body})
         raw = json.dumps({"body": text, "ts": 100.0, "sig": signature(KEY, 100.0, text)})
         with pytest.raises(CommandRefused, match=reason):
             verify(raw, KEY, now=100.0)

@@ -9,7 +9,7 @@ import pytest
 
 from monitor import margin, venue_errors
 from monitor.errors import UserError
-from monitor.model import BalanceUpdate, Event, PositionsUpdate, PriceTick
+from monitor.model import AccountUpdate, Event, PriceTick
 from monitor.settings import SimSettings
 from monitor.sources.base import Source, TradingSource
 from monitor.sources.sim import DEMO_BOOK, SimVenue, selloff_keyframes
@@ -144,13 +144,16 @@ class TestOrders:
         assert order["fee"] == {"cost": pytest.approx(fee), "currency": "USDT"}
 
     async def test_fill_is_announced_on_the_stream(self) -> None:
-        """Test that a fill is streamed as a full PositionsUpdate and BalanceUpdate."""
+        """Test that a fill is streamed as ONE AccountUpdate: positions and wallet together."""
         venue = SimVenue("demo", FAST)
         await venue.create_order(SOL, "market", "sell", 400, None, {"reduceOnly": True})
+        wallet = venue.snapshot().collateral[0]
         events = await _collect(venue, 2)
-        assert isinstance(events[0], PositionsUpdate)
+        assert isinstance(events[0], AccountUpdate)
         assert [p.symbol for p in events[0].positions] == [BTC, ETH]
-        assert isinstance(events[1], BalanceUpdate)
+        assert events[0].collateral[0] == wallet  # the wallet after the fill, same event
+        assert dict(events[0].marks)[SOL] == pytest.approx(140.0, rel=0.05)
+        assert not isinstance(events[1], AccountUpdate)  # the next is a tick, not a half
 
     async def test_short_is_reduced_by_a_buy(self) -> None:
         """Test that a reduce-only buy reduces the short ETH position."""

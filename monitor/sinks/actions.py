@@ -68,7 +68,7 @@ class ActionsSink:
 
         `AlertsSink.record_action` writes the store's audit trail, publishes on
         `<prefix>/<account>/action` and counts `margin_monitor_actions_total` (engineer B).
-        A venue rejection becomes an `action_rejected` alert (issue 5 §4).
+        A venue rejection becomes an `action_rejected` alert (docs/actions.md).
         """
         if alerts is None:
             return
@@ -166,7 +166,7 @@ class ActionsSink:
     async def reload_accounts(
         self, accounts: Mapping[str, AccountSettings], sources: Mapping[str, Source]
     ) -> None:
-        """SIGHUP (issue 6 §5): follow the accounts the daemon now runs.
+        """SIGHUP (docs/service.md): follow the accounts the daemon now runs.
 
         An executor whose account is gone, or whose source was restarted (a changed
         account), stops and releases its writer lock; accounts without one get a fresh

@@ -1,6 +1,6 @@
 """The daemon's alert consumer: reports and source events in, the alert pipeline running.
 
-This is the one object `daemon.build_sinks` adds for issue 4. It owns the pipeline
+The one object `daemon.build_sinks` adds for alerts (docs/notifications.md). It owns the pipeline
 (alerting.py: rules -> SQLite outbox -> sinks), the MQTT connection, the phone channels and
 the HTTP command endpoint, and starts their tasks in the daemon's TaskGroup:
 `sink[mqtt]`, `sink[notify[<channel>]]`, `alerts.tick`; the MQTT session (`mqtt`) runs
@@ -21,7 +21,7 @@ import asyncio
 import collections
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -65,7 +65,7 @@ class AlertsSink:
         make_pipeline: builds the alert pipeline (its sinks are MQTT and phone channels).
         mqtt: the MQTT sink whose connection loop this starts (None: no MQTT).
         command_listen: host:port of the HTTP command endpoint (None: off).
-        switches: the pause switch the actions side reads (issue 5); the pipeline's
+        switches: the pause switch the actions side reads (docs/actions.md); the pipeline's
             pause/resume commands write it.
     """
 
@@ -94,12 +94,12 @@ class AlertsSink:
     def record_action(self, account: str, kind: str, payload: Mapping[str, Any], at: float) -> None:
         """Audit a protective-action decision and publish it on `<prefix>/<account>/action`.
 
-        For the actions side (issue 5): the SQLite audit trail is the durable record (query
+        For the actions side (docs/actions.md): the SQLite audit trail is the durable record (query
         it with `pipeline.store.audit_trail(...)`); the MQTT topic is the live feed.
         """
         self.pipeline.store.audit(account, kind, payload, at)
         self.recent_actions.append((at, account, kind, _action_text(payload)))
-        record_action_metric(account, kind)  # issue 6: margin_monitor_actions_total
+        record_action_metric(account, kind)  # docs/monitoring.md: margin_monitor_actions_total
         if self.mqtt is not None:
             self.mqtt.publish_action(account, {"kind": kind, "at": at, **payload})
 
@@ -115,7 +115,7 @@ class AlertsSink:
         return "ok" if self._pipeline is None else self._pipeline.level(account)
 
     def raise_action_alert(self, account: str, text: str, now: float | None = None) -> None:
-        """A venue rejected a protective order: an `action_rejected` alert (issue 5 §4)."""
+        """A venue rejected a protective order: an `action_rejected` alert (docs/actions.md)."""
         self.pipeline.raise_action_alert(account, text, now)
 
     def resolve_action_alert(self, account: str, now: float | None = None) -> bool:
@@ -127,6 +127,11 @@ class AlertsSink:
         self._action_note = note
         if self._pipeline is not None:
             self._pipeline.action_note = note
+
+    def set_accounts(self, stale_after: Mapping[str, float], **_: object) -> None:
+        """A reload changed the accounts: commands may name exactly these from now on."""
+        if self._pipeline is not None and self._pipeline.accounts is not None:
+            self._pipeline.accounts = frozenset(stale_after)
 
     @property
     def pipeline(self) -> AlertPipeline:
@@ -146,7 +151,11 @@ class AlertsSink:
             # `run` never raises but CancelledError; `close` (always called) cancels it.
             self._mqtt_task = asyncio.create_task(self.mqtt.run(), name="mqtt")
         if self.command_listen is not None and self.pipeline.can_sign:
-            self._runner = await serve_commands(self.pipeline.handle_command, self.command_listen)
+            pipeline = self.pipeline
+            self._runner = await serve_commands(
+                lambda raw, source: pipeline.handle_command(raw, source=source),
+                self.command_listen,
+            )
 
     async def on_report(
         self, account: str, report: MarginReport, snapshot: AccountSnapshot, now: float
@@ -178,6 +187,7 @@ class AlertsSink:
             await self._stop_mqtt()
             if self._pipeline is not None:
                 self._report_left()
+                self.pipeline.flush()  # refusal counts kept in memory (issue 13)
                 self.pipeline.store.close()
 
     async def _stop_mqtt(self) -> None:
@@ -258,6 +268,7 @@ def build_alerts_sink(
     *,
     clock: Callable[[], float] = time.time,
     action_note: Callable[[str], str | None] | None = None,
+    accounts: Iterable[str] | None = None,
 ) -> AlertsSink:
     """Wire the store, the pipeline, MQTT and the phone channels from the settings."""
     notify = notify or NotifySettings.model_validate({})
@@ -291,6 +302,8 @@ def build_alerts_sink(
             clock=clock,
             action_note=action_note,
         )
+        if accounts is not None:
+            pipeline.accounts = frozenset(accounts)  # a command for another is refused
         if mqtt_sink is not None:
             mqtt_sink.command_handler = pipeline.handle_command
         if secret is not None and command_url:

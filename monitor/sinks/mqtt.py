@@ -1,6 +1,6 @@
 """MQTT sink (aiomqtt 2.x): alerts, retained state, Home Assistant discovery, signed commands.
 
-Topics (prefix default `margin-monitor`, DESIGN.md "Alerts"):
+Topics (prefix default `margin-monitor`, docs/mqtt-and-commands.md):
 
 - `<prefix>/status`              `online`/`offline`, retained; `offline` is the last will.
 - `<prefix>/<account>/state`     the JSON report plus `level`, retained, published on change
@@ -17,7 +17,7 @@ Topics (prefix default `margin-monitor`, DESIGN.md "Alerts"):
 aiomqtt 2.x does not reconnect by itself; its documented pattern (docs/reconnection.md,
 issue #334) is re-entering `async with client` in a retry loop, which `run` does, with the
 jittered backoff of STYLE.md. A broker that vanishes is noticed by the publish `timeout`, not
-by an error (notes/ecosystem.md §1), so the timeout is set deliberately. After each reconnect
+by an error (docs/development.md), so the timeout is set deliberately. After each reconnect
 the status, discovery and every account's state are published again, and the pipeline is
 told to retry queued alerts at once.
 """
@@ -46,7 +46,7 @@ from monitor.alerting import backoff, raise_if_cancelling
 from monitor.model import MarginReport
 from monitor.rules import shock_fraction
 
-__all__ = ["MqttSettings", "MqttSink", "discovery_configs", "state_payload"]
+__all__ = ["MqttSettings", "MqttSink", "discovery_configs", "make_client", "state_payload"]
 
 log = structlog.get_logger("monitor.sinks.mqtt")
 
@@ -57,7 +57,7 @@ def _object_id(account: str) -> str:
 
 
 def state_payload(report: MarginReport, level: str) -> dict[str, Any]:
-    """The retained state: the DESIGN.md JSON report plus level and convenience fields."""
+    """The retained state: the JSON report (docs/margin-math.md), level and convenience fields."""
     from monitor.snapshot import report_to_dict  # noqa: PLC0415 - keeps import cost lazy
 
     data: dict[str, Any] = _strict_json(report_to_dict(report))
@@ -100,7 +100,7 @@ _SENSORS: tuple[tuple[str, str, str | None, str | None], ...] = (
 def discovery_configs(
     settings: MqttSettings, account: str, currency: str
 ) -> list[tuple[str, dict[str, Any]]]:
-    """Home Assistant MQTT discovery (notes/ecosystem.md §3): one device, five sensors."""
+    """Home Assistant MQTT discovery (docs/development.md): one device, five sensors."""
     oid = _object_id(account)
     state_topic = f"{settings.prefix}/{account}/state"
     device = {
@@ -138,6 +138,10 @@ def discovery_configs(
     return out
 
 
+#: Replies to refused commands per second; past it a refusal is audited but not answered.
+REFUSAL_REPLIES = 10
+
+
 class MqttSink:
     """Publishes alerts and state; receives commands. Run `run()` as task `mqtt`.
 
@@ -173,6 +177,10 @@ class MqttSink:
         self._announced: set[str] = set()
         self._state_wake = asyncio.Event()
         self._actions: asyncio.Queue[tuple[str, str]] = asyncio.Queue(maxsize=10_000)
+        self._refusal_second = 0
+        self._refusal_replies = 0
+        # replies of executed commands, and at most REFUSAL_REPLIES refusals a second
+        self._replies: asyncio.Queue[Mapping[str, Any]] = asyncio.Queue()
 
     # --- AlertSink / ReportObserver ---------------------------------------------------------
 
@@ -243,27 +251,8 @@ class MqttSink:
     # --- connection loop --------------------------------------------------------------------
 
     def _make_client(self) -> aiomqtt.Client:
-        s = self.settings
-        tls_params = None
-        if s.tls:
-            tls_params = aiomqtt.TLSParameters(
-                ca_certs=str(s.tls_ca_file) if s.tls_ca_file else None,
-                certfile=str(s.tls_cert_file) if s.tls_cert_file else None,
-                keyfile=str(s.tls_key_file) if s.tls_key_file else None,
-            )
-        return aiomqtt.Client(
-            s.host,
-            s.port,
-            username=s.username,
-            password=s.password.get_secret_value() if s.password else None,
-            identifier=self.client_id,
-            will=aiomqtt.Will(self.status_topic, "offline", qos=1, retain=True),
-            clean_session=True,
-            keepalive=s.keepalive,
-            timeout=s.timeout,
-            tls_params=tls_params,
-            tls_insecure=s.tls_insecure if s.tls else None,
-        )
+        will = aiomqtt.Will(self.status_topic, "offline", qos=1, retain=True)
+        return make_client(self.settings, self.client_id, will)
 
     async def run(self) -> None:
         """Connect, serve, reconnect with backoff; forever (until cancelled)."""
@@ -307,6 +296,13 @@ class MqttSink:
     async def _session(self, client: aiomqtt.Client) -> None:
         p = self.settings.prefix
         await client.publish(self.status_topic, "online", qos=1, retain=True)
+        # Commands are taken from paho's own callback, in the loop's reader callback, not
+        # through aiomqtt's message iterator: that costs a Message, a queue hop and a task
+        # per message (~30 us), and under a flood of 50 000 junk commands it, not the check
+        # (~5 us), set the pace; a valid command waited behind the backlog (issue 13).
+        paho = client._client  # aiomqtt 2.x (pinned <3) wraps paho
+        for topic in (f"{p}/command", f"{p}/+/command"):
+            paho.message_callback_add(topic, self._on_command)
         await client.subscribe([(f"{p}/command", 1), (f"{p}/+/command", 1)])
         if self.settings.discovery:
             await client.subscribe(f"{self.settings.discovery_prefix}/status", qos=1)
@@ -323,6 +319,7 @@ class MqttSink:
         # on a lost connection can leave this (reconnecting) task marked as cancelling.
         tasks = [
             asyncio.create_task(self._receive(client), name="mqtt.receive"),
+            asyncio.create_task(self._publish_replies(client), name="mqtt.reply"),
             asyncio.create_task(self._publish_states(client), name="mqtt.state"),
             asyncio.create_task(self._publish_actions(client), name="mqtt.action"),
         ]
@@ -350,29 +347,44 @@ class MqttSink:
                 raise exc
 
     async def _receive(self, client: aiomqtt.Client) -> None:
+        """Everything but commands: Home Assistant's birth message."""
         async for message in client.messages:
             topic = message.topic.value
-            payload = message.payload
-            raw = payload if isinstance(payload, bytes | bytearray) else str(payload).encode()
-            if topic == f"{self.settings.discovery_prefix}/status":
-                if bytes(raw) == b"online":
-                    # Home Assistant restarted: re-send discovery and state (HA docs, birth).
-                    self._announced.clear()
-                    self._published.clear()
-                    self._state_wake.set()
-                continue
-            await self._answer(client, bytes(raw))
+            if topic == f"{self.settings.discovery_prefix}/status" and message.payload == b"online":
+                # Home Assistant restarted: re-send discovery and state (HA docs, birth).
+                self._announced.clear()
+                self._published.clear()
+                self._state_wake.set()
 
-    async def _answer(self, client: aiomqtt.Client, raw: bytes) -> None:
+    def _on_command(self, _client: object, _userdata: object, message: Any) -> None:
+        """paho's callback for the command topics: check, execute, queue the reply.
+
+        A refusal's reply is QoS 0 and at most `REFUSAL_REPLIES` a second (a reply per
+        junk message would be a flood of our own); an executed command's is QoS 1.
+        """
+        raw = bytes(message.payload)
         if self.command_handler is None:
             reply: Mapping[str, Any] = {"ok": False, "error": "commands are not enabled"}
         else:
             try:
                 reply = self.command_handler(raw)
             except Exception as exc:  # a bad command must never take the connection down
-                log.exception("mqtt.command_failed")
+                log.error("mqtt.command_failed", error=type(exc).__name__)
                 reply = {"ok": False, "error": f"internal error: {type(exc).__name__}"}
-        await client.publish(self.reply_topic, json.dumps(reply, default=str), qos=1)
+        if not reply.get("ok"):
+            second = int(time.monotonic())
+            if second != self._refusal_second:
+                self._refusal_second, self._refusal_replies = second, 0
+            self._refusal_replies += 1
+            if self._refusal_replies > REFUSAL_REPLIES:
+                return
+        self._replies.put_nowait(reply)
+
+    async def _publish_replies(self, client: aiomqtt.Client) -> None:
+        while True:
+            reply = await self._replies.get()
+            qos = 1 if reply.get("ok") else 0
+            await client.publish(self.reply_topic, json.dumps(reply, default=str), qos=qos)
 
     async def _publish_states(self, client: aiomqtt.Client) -> None:
         interval = self.settings.state_interval
@@ -412,3 +424,29 @@ class MqttSink:
             except aiomqtt.MqttError:
                 self._actions.put_nowait((account, body))  # try again after the reconnect
                 raise
+
+
+def make_client(
+    s: MqttSettings, identifier: str, will: aiomqtt.Will | None = None
+) -> aiomqtt.Client:
+    """A client for the `[mqtt]` section (the daemon's sink, and `notify-test` without a will)."""
+    tls_params = None
+    if s.tls:
+        tls_params = aiomqtt.TLSParameters(
+            ca_certs=str(s.tls_ca_file) if s.tls_ca_file else None,
+            certfile=str(s.tls_cert_file) if s.tls_cert_file else None,
+            keyfile=str(s.tls_key_file) if s.tls_key_file else None,
+        )
+    return aiomqtt.Client(
+        s.host,
+        s.port,
+        username=s.username,
+        password=s.password.get_secret_value() if s.password else None,
+        identifier=identifier,
+        will=will,
+        clean_session=True,
+        keepalive=s.keepalive,
+        timeout=s.timeout,
+        tls_params=tls_params,
+        tls_insecure=s.tls_insecure if s.tls else None,
+    )

@@ -9,9 +9,11 @@ service never re-sends to a phone that already got the message.
 - ntfy (`ntfy://`, `ntfys://`): priority by level (emergency = max, critical = high, warning =
   default, resolved = low) and action buttons "Acknowledge" and "Silence 1 h" that POST a
   signed, expiring token to the daemon's command endpoint (command_http.py). The token is the
-  same HMAC envelope as an MQTT command (signed_commands.py) with an `expires_at`.
+  same HMAC envelope as an MQTT command (signed_commands.py) with an `expires_at`; it is
+  single-use, names the alert's account and episode, and travels in the request body (ntfy's
+  `body=`), not the URL, so proxies' access logs never hold a usable token (issue 13).
 - Bursts are merged, never dropped: Apprise waits ~5.5 s between two sends to one service
-  (`request_rate_per_sec`, notes/ecosystem.md §2), so each channel sends at most once per
+  (`request_rate_per_sec`, docs/development.md), so each channel sends at most once per
   `min_interval`, and everything that queued meanwhile goes out as one message.
 
 Apprise is used through `async_notify`, which runs the plugin's blocking HTTP in Apprise's own
@@ -41,6 +43,7 @@ __all__ = [
     "NotifySink",
     "ntfy_priority",
     "render",
+    "token_of",
     "token_url",
 ]
 
@@ -63,14 +66,16 @@ def ntfy_priority(level: str) -> str:
     return _NTFY_PRIORITY.get(level, "default")
 
 
-def token_url(base: str, envelope_json: str) -> str:
-    """The button URL: the signed envelope as a base64url `token` query parameter.
+def token_of(envelope_json: str) -> str:
+    """The envelope as a base64url token: it has neither `,` nor `;`, the separators of
+    ntfy's `X-Actions` header format, nor quotes, so it is a safe `body=` value."""
+    return base64.urlsafe_b64encode(envelope_json.encode()).decode().rstrip("=")
 
-    base64url has neither `,` nor `;`, the separators of ntfy's `X-Actions` header format.
-    """
-    token = base64.urlsafe_b64encode(envelope_json.encode()).decode().rstrip("=")
+
+def token_url(base: str, envelope_json: str) -> str:
+    """A URL carrying the token as a `token` query parameter (channels without a body)."""
     sep = "&" if "?" in base else "?"
-    return f"{base}{sep}token={token}"
+    return f"{base}{sep}token={token_of(envelope_json)}"
 
 
 def _pct(value: float | None) -> str:
@@ -248,6 +253,7 @@ class NotifySink:
             rule=message.rule,
             request_id=f"{message.id}:ack",
             expires_at=expires,
+            episode=message.episode,
         )
         silence = Command(
             "silence",
@@ -258,14 +264,18 @@ class NotifySink:
             request_id=f"{message.id}:silence",
             silence_id=f"{message.fingerprint}:{message.episode}",
             expires_at=expires,
+            episode=message.episode,
         )
         hours = self.silence_for / 3600
         label = f"Silence {hours:g} h" if hours >= 1 else f"Silence {self.silence_for / 60:g} min"
         buttons = [
-            ("Acknowledge", token_url(self.command_url, self.sign(ack, now))),
-            (label, token_url(self.command_url, self.sign(silence, now))),
+            ("Acknowledge", token_of(self.sign(ack, now))),
+            (label, token_of(self.sign(silence, now))),
         ]
-        return "; ".join(f"http, {name}, {url}, method=POST, clear=true" for name, url in buttons)
+        url = self.command_url
+        return "; ".join(
+            f"http, {name}, {url}, method=POST, body={token}, clear=true" for name, token in buttons
+        )
 
     def _target(self, messages: Sequence[AlertMessage]) -> str:
         url = self.channel.url.get_secret_value()

@@ -1,11 +1,11 @@
 """The embedded simulated venue: one cross-margined USDT account that streams and trades.
 
 What `margin-monitor run` shows with no configuration, and what tests and the protective
-actions (issue 5) run against without a network:
+actions (docs/actions.md) run against without a network:
 
 - The book (`DEMO_BOOK`): BTC long, ETH short and SOL long on a USDT wallet, with BTC held
   as collateral at a 5 % haircut, each market with a Binance-style tier table (cumulative
-  deduction, as notes/margin-math.md describes).
+  deduction, as docs/margin-math.md describes).
 - Mark prices from `sim_prices.ScriptedPath`: a seeded sell-off whose keyframes are solved
   from the book itself so the margin ratio passes 0.35 → 0.6 → 0.78 → 0.88 and recovers,
   i.e. warning → critical → emergency → resolved at the default thresholds; or from a CSV
@@ -19,8 +19,9 @@ actions (issue 5) run against without a network:
   answers -2022 "ReduceOnly Order is rejected"); an amount off the market's step or below
   its minimum is rejected too; a resent `clientOrderId` returns the existing order instead
   of placing a second one (Binance -4015 dedups the same way). A fill realises PnL minus
-  the taker fee into the USDT wallet and is announced as a full `PositionsUpdate` and
-  `BalanceUpdate`, as a live venue's private stream would.
+  the taker fee into the USDT wallet and is announced as one `AccountUpdate` (positions,
+  wallet and marks together, the event a live account's REST reconciliation emits), so
+  the demo runs the same code path as a live account (issue 11).
 """
 
 from __future__ import annotations
@@ -39,11 +40,10 @@ from typing import Any
 from monitor import margin
 from monitor.model import (
     AccountSnapshot,
-    BalanceUpdate,
+    AccountUpdate,
     Collateral,
     Event,
     Position,
-    PositionsUpdate,
     PriceTick,
     Side,
     Tier,
@@ -81,7 +81,7 @@ class SimBook:
     collateral: tuple[Collateral, ...]
 
 
-# Tier tables in the shape of Binance USDⓈ-M's leverage brackets (notes/margin-math.md §1);
+# Tier tables in the shape of Binance USDⓈ-M's leverage brackets (docs/margin-math.md);
 # the numbers are illustrative, the cumulative deductions keep MM continuous at each edge.
 DEMO_BOOK = SimBook(
     currency="USDT",
@@ -529,9 +529,19 @@ class SimVenue:
             fee={"cost": fee, "currency": self._book.currency},
         )
         self.fills += 1
-        self._pending.append(PositionsUpdate(self._account, tuple(self._positions.values()), now))
-        self._pending.append(BalanceUpdate(self._account, tuple(self._collateral.values()), now))
+        self._pending.append(self.read(now))
         self._wake.set()
+
+    def read(self, ts: float) -> AccountUpdate:
+        """The whole account as one read stamped `ts`, as `ExchangeSource` emits one."""
+        return AccountUpdate(
+            self._account,
+            tuple(self._positions.values()),
+            tuple(self._collateral.values()),
+            ts,
+            tuple(sorted(self._marks.items())),
+            margin.report(self.snapshot()).margin_ratio,
+        )
 
 
 def _trigger_of(params: dict[str, Any]) -> float | None:
