@@ -345,3 +345,32 @@ class TestSigterm:
         assert "alerts.undelivered_at_shutdown" not in [e["event"] for e in logs]
         assert [m.payload for m in sub.on(status)] == [b"online", b"offline"]
         assert sub.messages[-1].topic.value == status
+
+
+class TestReplayRestart:
+    """A restart into a replay that begins at critical (issue 14 §6)."""
+
+    async def test_restart_continues_the_episode(self, tmp_path: Path) -> None:
+        """Test that a second run of a replay starting at critical sends no resolve."""
+        settings = load_settings(
+            None, state_dir=tmp_path,
+            accounts=[{"name": "demo", "exchange": "sim", "sim": {"speed": 50}}],
+            actions={"simulated": False},
+            mqtt={"host": "127.0.0.1", "port": 9, "timeout": 0.5},  # no broker: rows stay queued
+        )  # fmt: skip
+        crash = tuple((m.symbol, m.price0 * 0.856**m.beta) for m in DEMO_BOOK.markets)
+        replay = [ReplayStep(0.0, crash), ReplayStep(1.0, crash)]
+        for _ in range(2):
+            sources = [SimVenue("demo", settings.accounts[0].sim, replay=replay)]
+            sinks = build_sinks(settings, tui=False, sources={"demo": sources[0]})
+            await asyncio.wait_for(
+                run_daemon(settings, settings.accounts, sinks, replay=replay, sources=sources,
+                           handle_signals=False),
+                30,
+            )  # fmt: skip
+        store = Store(tmp_path / "alerts.sqlite3")
+        margin_alerts = [m for m in map(AlertMessage.from_json,
+                                        (r.payload for r in store.pending("mqtt")))
+                         if m.rule == "margin_ratio"]  # fmt: skip
+        store.close()
+        assert [(m.kind, m.level) for m in margin_alerts] == [("firing", "critical")]
