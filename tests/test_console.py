@@ -160,6 +160,15 @@ class TestAlertSurface:
         assert "main  CRITICAL  source down" in text
         await alerts.close()
 
+    async def test_reload_follows_the_accounts(self, tmp_path: Path) -> None:
+        """Test that a SIGHUP reload adds a row for a new account and drops a removed one."""
+        sink = ConsoleSink(live=False, accounts=["demo", "old"])
+        sink.alerts = build_alerts_sink(tmp_path, AlertConfig(repeat_every=0), None, None)
+        sink.set_accounts({"demo": 30.0, "new": 30.0}, sources={})
+        text = _text(sink)
+        assert "new  OK  source waiting: no data yet" in text
+        assert "old  " not in text
+
     async def test_panel_lists_alerts_and_last_actions(self, tmp_path: Path) -> None:
         """Test that the panel shows each active alert and the newest action decisions."""
         alerts = build_alerts_sink(tmp_path, AlertConfig(repeat_every=0), None, None)

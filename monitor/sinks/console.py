@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -132,6 +132,14 @@ class ConsoleSink:
             tg.create_task(self._redraw_forever(), name="sink[console]")
         else:
             tg.create_task(self._summarise_forever(), name="sink[console]")
+
+    def set_accounts(self, accounts: Mapping[str, float], **_: object) -> None:
+        """A SIGHUP reload changed the accounts: a row for each new one, none for the gone."""
+        for name in list(self._views):
+            if name not in accounts:
+                del self._views[name]
+        for name in accounts:
+            self._views.setdefault(name, _View())
 
     async def on_report(
         self, account: str, report: MarginReport, snapshot: AccountSnapshot, now: float
