@@ -145,6 +145,28 @@ class TestShutdown:
         assert f"{prefix}/acct/state" in topics
         assert len(rec.requests) == 2  # the queued emergency went out during the drain
 
+    async def test_final_state_goes_before_offline(self, mosquitto: Mosquitto, prefix: str,
+                                                   tmp_path: Path) -> None:
+        """Test that a state held back by state_interval is published before offline."""
+        mqtt = settings_for(mosquitto, prefix, state_interval=60.0)
+        async with collecting(mosquitto, [f"{prefix}/#"]) as sub:
+            sink = build_alerts_sink(tmp_path, MARGIN_ONLY, mqtt, None)
+            async with started(sink):
+                assert sink.mqtt is not None
+                async with asyncio.timeout(10):
+                    await sink.mqtt.wait_connected()
+                sink.pipeline.on_report(report(0.2, account="acct"))
+                await sub.wait_for(lambda: len(sub.on(f"{prefix}/acct/state")) == 1)
+                sink.pipeline.on_report(report(0.3, account="acct"))  # held back: 60 s
+                await asyncio.sleep(0.2)
+                assert len(sub.on(f"{prefix}/acct/state")) == 1
+            await sink.close()
+            await sub.wait_for(lambda: sub.messages[-1].payload == b"offline")
+        states = [json.loads(m.payload) for m in sub.on(f"{prefix}/acct/state")]  # type: ignore[arg-type]
+        assert [s["margin_ratio"] for s in states] == [0.2, 0.3]
+        assert [m.topic.value for m in sub.messages][-2:] == [f"{prefix}/acct/state",
+                                                              f"{prefix}/status"]
+
     async def test_no_phone_alert_left_at_clean_stop(self, tmp_path: Path) -> None:
         """Test that the drain waits out the pacing so every queued phone alert is sent."""
         async with receiver() as rec:

@@ -335,6 +335,9 @@ class MqttSink:
             await asyncio.gather(*tasks, return_exceptions=True)
             with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
                 async with asyncio.timeout(self.settings.timeout):  # not wait_for: cpython#86296
+                    await self._states_round(client, interval=0.0)  # the final state, unthrottled
+            with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                async with asyncio.timeout(self.settings.timeout):
                     await client.publish(self.status_topic, "offline", qos=1, retain=True)
             raise
         finally:
@@ -387,34 +390,39 @@ class MqttSink:
             await client.publish(self.reply_topic, json.dumps(reply, default=str), qos=qos)
 
     async def _publish_states(self, client: aiomqtt.Client) -> None:
-        interval = self.settings.state_interval
         while True:
             await self._state_wake.wait()
             self._state_wake.clear()
-            soonest: float | None = None
-            for account, (report, level) in list(self._reports.items()):
-                if self.settings.discovery and account not in self._announced:
-                    for topic, config in discovery_configs(self.settings, account, report.currency):
-                        await client.publish(topic, json.dumps(config), qos=1, retain=True)
-                    self._announced.add(account)
-                body = json.dumps(state_payload(report, level), separators=(",", ":"))
-                last_body, last_at = self._published.get(account, ("", -1e18))
-                if body == last_body:
-                    continue
-                now = time.monotonic()
-                wait = last_at + interval - now
-                if wait > 0:
-                    soonest = wait if soonest is None else min(soonest, wait)
-                    continue
-                await client.publish(
-                    f"{self.settings.prefix}/{account}/state", body, qos=1, retain=True
-                )
-                self._published[account] = (body, now)
+            soonest = await self._states_round(client, self.settings.state_interval)
             if soonest is not None:
                 with contextlib.suppress(TimeoutError):  # not wait_for: cpython#86296
                     async with asyncio.timeout(soonest):
                         await self._state_wake.wait()
                 self._state_wake.set()
+
+    async def _states_round(self, client: aiomqtt.Client, interval: float) -> float | None:
+        """Publish each account's newest state that changed, at most once per `interval`;
+        returns the seconds until a held-back one may go (None: none held back)."""
+        soonest: float | None = None
+        for account, (report, level) in list(self._reports.items()):
+            if self.settings.discovery and account not in self._announced:
+                for topic, config in discovery_configs(self.settings, account, report.currency):
+                    await client.publish(topic, json.dumps(config), qos=1, retain=True)
+                self._announced.add(account)
+            body = json.dumps(state_payload(report, level), separators=(",", ":"))
+            last_body, last_at = self._published.get(account, ("", -1e18))
+            if body == last_body:
+                continue
+            now = time.monotonic()
+            wait = last_at + interval - now
+            if wait > 0:
+                soonest = wait if soonest is None else min(soonest, wait)
+                continue
+            await client.publish(
+                f"{self.settings.prefix}/{account}/state", body, qos=1, retain=True
+            )
+            self._published[account] = (body, now)
+        return soonest
 
     async def _publish_actions(self, client: aiomqtt.Client) -> None:
         while True:
