@@ -1,4 +1,4 @@
-"""The `[actions]` configuration section: protective reduce-only orders (issue 5).
+"""The `[actions]` configuration section: protective reduce-only orders (docs/actions.md).
 
 Kept apart from the planner (`actions.py`, pure) and the executor (`executor.py`, I/O) so that
 loading a configuration imports neither. Safe by default: `enabled = false` plans, logs and
@@ -21,7 +21,7 @@ class StopLossSettings(BaseModel):
     """`[actions.stop_loss]`: one exchange-resident reduce-only stop per position.
 
     It is the backstop that still protects the account while the daemon is down
-    (notes/peers.md §5): placed `distance` (a fraction of the mark) before the liquidation
+    (docs/actions.md): placed `distance` (a fraction of the mark) before the liquidation
     price, and replaced only when the liquidation price moves by more than `move_step`.
     """
 

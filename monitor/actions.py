@@ -16,10 +16,10 @@ solver (`stress.minimal_reduction`) for the exact quantities and then making the
 Before returning, `prove_reduce_only` checks every order against the snapshot it was planned
 on (and the executor checks it again against a fresh read): an order that could open or grow
 any position makes the planner raise `UnsafePlan` instead of returning it. Risk gates that
-blocked risk-reducing orders hurt users elsewhere (notes/peers.md §5, nautilus #4695), so
+blocked risk-reducing orders hurt users elsewhere (docs/actions.md, nautilus #4695), so
 nothing here refuses an order for being reduce-only; everything refuses one that is not.
 
-No clock, no I/O: `now` and the per-account history are passed in (DESIGN.md, pure core).
+No clock, no I/O: `now` and the per-account history are passed in (docs/development.md, pure core).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class MarketRules:
 
     `min_notional_reduce_only_exempt`: Binance USDⓈ-M waives MIN_NOTIONAL for reduce-only
     orders (error -4164 "…unless you choose reduce only"), so a small remainder can still be
-    closed there (notes/peers.md §5: respect per-exchange exemptions).
+    closed there (docs/actions.md: respect per-exchange exemptions).
     """
 
     amount_step: float
@@ -404,7 +404,7 @@ def prove_reduce_only(snapshot: AccountSnapshot, orders: Sequence[PlannedOrder])
 
 
 def order_params(order: PlannedOrder, venue: str | None, client_id: str) -> dict[str, Any]:
-    """ccxt `create_order` params for a reduce-only market order (notes/ccxt.md §7).
+    """ccxt `create_order` params for a reduce-only market order (docs/venues.md).
 
     One-way mode: `reduceOnly` (Binance/Bybit/OKX map it). Hedge mode: ccxt's unified
     `hedged=True` with `reduceOnly` sets Binance's `positionSide` / Bybit's `positionIdx` to
@@ -424,7 +424,7 @@ def client_order_id(account: str, episode: str, step: int, leg: int, venue: str 
 
     32 characters of [a-z0-9] fit every venue's rules (Binance ≤ 36 `[.A-Z:/a-z0-9_-]`,
     Bybit orderLinkId ≤ 36, OKX clOrdId ≤ 32 alphanumeric); Hyperliquid needs a 128-bit hex
-    cloid (`0x` + 32 hex, notes/ccxt.md §7).
+    cloid (`0x` + 32 hex, docs/venues.md).
     """
     digest = hashlib.sha256(f"{account}|{episode}|{step}|{leg}".encode()).hexdigest()
     if venue == "hyperliquid":

@@ -7,7 +7,7 @@ would do. It is built once, serialised into the outbox, and after a restart rebu
 outbox alone, so every sink renders the same facts whether the daemon restarted or not.
 
 JSON here is strict (RFC 8259): infinite ratios are the string "inf" as in the report
-contract (DESIGN.md), never the non-standard `Infinity` a phone app would choke on.
+contract (docs/margin-math.md), never the non-standard `Infinity` a phone app would choke on.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
+from monitor.collateral_risk import describe
 from monitor.model import MarginReport
 from monitor.rules import AlertEvent
 
@@ -82,6 +83,10 @@ class AlertMessage:
     shock_up: float | None = None
     positions: tuple[PositionLine, ...] = ()
     action: str | None = None
+    #: where the ratio comes from (MarginReport.model) and the collateral risk in words
+    #: (collateral_risk.describe), issue 12
+    model: str = "cross"
+    collateral: str = ""
 
     @property
     def shock(self) -> float | None:
@@ -93,8 +98,8 @@ class AlertMessage:
         """Strict-JSON-ready dict (infinite values as strings).
 
         Field by field rather than `dataclasses.asdict`, whose deep copy of every value was
-        a third of an alert's cost on the tick -> alert path (issue 7: p99 <= 10 ms); every
-        field is a plain value or a tuple of flat `PositionLine`s.
+        a third of an alert's cost on the tick -> alert path (p99 <= 10 ms, docs/benchmarks.md);
+        every field is a plain value or a tuple of flat `PositionLine`s.
         """
         out: dict[str, Any] = {}
         for name in _FIELDS:
@@ -162,6 +167,9 @@ def build_message(
         top = sorted(report.positions, key=lambda p: p.maintenance_margin, reverse=True)
         shock = report.shock_to_liquidation
         extra = {
+            "model": report.model,
+            "collateral": " ".join(describe(report.collateral_risk))
+            if report.collateral_risk is not None else "",
             "currency": report.currency,
             "margin_ratio": report.margin_ratio,
             "margin_balance": report.margin_balance,

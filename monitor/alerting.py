@@ -39,7 +39,14 @@ from monitor.signed_commands import Command, CommandRefused, envelope, verify
 from monitor.store import Store
 from monitor.switches import ActionSwitches
 
-__all__ = ["AlertPipeline", "AlertSink", "ReportObserver", "backoff", "raise_if_cancelling"]
+__all__ = [
+    "AlertPipeline",
+    "AlertSink",
+    "PacedSink",
+    "ReportObserver",
+    "backoff",
+    "raise_if_cancelling",
+]
 
 log = structlog.get_logger("monitor.alerting")
 
@@ -91,6 +98,20 @@ class AlertSink(Protocol):
 
     async def deliver(self, messages: Sequence[AlertMessage]) -> Collection[str]:
         """Deliver a batch; return the ids the far side acknowledged. Raise on total failure."""
+        ...
+
+
+@runtime_checkable
+class PacedSink(Protocol):
+    """A sink that can only take a batch at certain moments (a paced channel, a session).
+
+    `deliver_forever` awaits `ready()` BEFORE it picks the batch, so everything that became
+    due while the sink was not ready (an escalation during a phone channel's pacing wait)
+    leaves in the first batch the sink can take, not one round later (issue 14 §1).
+    """
+
+    async def ready(self) -> None:
+        """Return once a batch given now would be sent at once."""
         ...
 
 
@@ -214,7 +235,7 @@ class AlertPipeline:
     def raise_action_alert(
         self, account: str, text: str, now: float | None = None
     ) -> tuple[AlertEvent, ...]:
-        """A venue rejected a protective order: fire `<account>/action_rejected` (issue 5 §4).
+        """A venue rejected a protective order: fire `<account>/action_rejected` (docs/actions.md).
 
         Through the outbox like every alert, so MQTT and the phone channels get it at least
         once; raising it again in the same episode sends nothing new.
@@ -398,6 +419,11 @@ class AlertPipeline:
                     async with asyncio.timeout(timeout):
                         await wake.wait()
                 continue
+            if isinstance(sink, PacedSink):
+                await sink.ready()
+                rows = self.store.due(sink.name, self.clock())  # what queued while waiting
+                if not rows:
+                    continue
             by_id = {row.message_id: row for row in rows}
             messages = [AlertMessage.from_json(row.payload) for row in rows]
             try:
@@ -410,7 +436,7 @@ class AlertPipeline:
             done = [mid for mid in by_id if mid in acked]
             if done:
                 self.store.delivered(sink.name, done)
-                record_alerts_sent(sink.name, len(done))  # issue 6: margin_monitor_alerts_sent
+                record_alerts_sent(sink.name, len(done))  # margin_monitor_alerts_sent
             now = self.clock()
             for mid, row in by_id.items():
                 if mid not in acked:
@@ -454,7 +480,7 @@ class AlertPipeline:
         try:
             command = verify(raw, self._secret, now)
         except CommandRefused as exc:
-            return self._refuse(str(exc), now, source)
+            return self._refuse(str(exc), now, source, request_id=exc.request_id)
         if not self.store.remember_request(command.request_id, command.valid_until(), now):
             return self._refuse("duplicate request_id (replay)", now, source, command)
         try:
@@ -482,7 +508,12 @@ class AlertPipeline:
                 raise CommandRefused("token is for an alert episode that is over")
 
     def _refuse(
-        self, reason: str, now: float, source: str, command: Command | None = None
+        self,
+        reason: str,
+        now: float,
+        source: str,
+        command: Command | None = None,
+        request_id: str = "",
     ) -> dict[str, Any]:
         """Refuse; audit and log once per source per minute with a count (floods)."""
         minute = int(now // REFUSAL_WINDOW)
@@ -500,7 +531,7 @@ class AlertPipeline:
             self._refusals[source] = tally
         else:
             tally.add(reason)
-        request_id = command.request_id if command else ""
+        request_id = command.request_id if command else request_id
         return {"ok": False, "request_id": request_id, "error": reason}
 
     def flush(self, now: float | None = None) -> None:
@@ -557,10 +588,18 @@ class AlertPipeline:
         if command.action == "resume":
             self.switches.resume(account)
             return {"action": "resume", "account": account}
-        return {"action": "status", "accounts": self.status(now)}
+        return {"action": "status", "accounts": self.status(now), "silences": self.silences()}
+
+    def silences(self) -> list[dict[str, Any]]:
+        """The active silences, for a `status` command (beside the accounts, never in them:
+        an account may be called `silences`, issue 14 §5)."""
+        return [
+            {"id": s.id, "account": s.account, "rule": s.rule, "until": s.until, "up_to": s.up_to}
+            for s in self.state.silences
+        ]
 
     def status(self, now: float) -> dict[str, Any]:
-        """Levels, silences and pauses per account, for a `status` command."""
+        """Level, firing rules and pause per account, for a `status` command."""
         accounts = sorted({a.account for a in self.state.alerts.values()} | set(self._reports))
         out: dict[str, Any] = {}
         for account in accounts:
@@ -572,8 +611,4 @@ class AlertPipeline:
                 ),
                 "actions_paused_until": None if until is None or math.isinf(until) else until,
             }
-        out["silences"] = [
-            {"id": s.id, "account": s.account, "rule": s.rule, "until": s.until, "up_to": s.up_to}
-            for s in self.state.silences
-        ]
         return out

@@ -4,7 +4,7 @@ The daemon can only reduce while it runs; if the host dies during a sell-off not
 So, optionally per account (`[actions.stop_loss] enabled = true`), one reduce-only stop
 order per position rests AT THE VENUE, `distance` × mark before that position's liquidation
 price (`PositionRisk.liquidation_price` of the report), so the venue closes it before its
-own liquidation engine would (notes/peers.md §5: "keep an optional exchange-resident stop").
+own liquidation engine would (docs/actions.md: "keep an optional exchange-resident stop").
 
 Rules that keep it from doing harm:
 - exactly one stop per (symbol, side): a stop is *replaced* (cancel, then create) only when
@@ -14,7 +14,7 @@ Rules that keep it from doing harm:
   number, so after a restart the daemon recognises its own stops at the venue instead of
   placing duplicates, and never touches orders it did not place;
 - the stop is reduce-only and sized to the position (Binance USDⓈ-M conditional orders go to
-  `POST /fapi/v1/algoOrder` in ccxt 4.5.90, notes/ccxt.md §0.5; listed and cancelled with
+  `POST /fapi/v1/algoOrder` in ccxt 4.5.90, docs/venues.md; listed and cancelled with
   ccxt's unified `{'trigger': True}`);
 - it obeys the executor's switches and writer lock (dry run: audited as "would_have").
 """

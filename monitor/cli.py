@@ -2,7 +2,8 @@
 
 Handlers are imported lazily so `margin-monitor report` never pays for ccxt or aiomqtt.
 Every handler returns an exit code; a `UserError` becomes one line on stderr and exit 2,
-never a traceback (the brief: bad input gets a one-line error naming the field and the fix).
+never a traceback (bad input gets a one-line error naming the field and the fix); Ctrl-C is
+130. docs/commands.md lists every command's exit codes.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ _HANDLERS = {
     "run": "monitor.daemon:run_command",
     "check": "monitor.daemon:check_command",
     "snapshot": "monitor.sources.exchange:snapshot_command",
+    "shard-plan": "monitor.shards:shard_plan_command",
+    "notify-test": "monitor.notify_test:notify_test_command",
 }
 
 
@@ -65,16 +68,31 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--replay", metavar="FILE", help="replay a CSV of prices through the sim")
     run.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
     run.add_argument("--no-tui", action="store_true", help="log lines instead of the live view")
-    run.add_argument("--shard", metavar="K/N", help="run only the accounts of shard K of N")
+    run.add_argument("--shard", metavar="K/N|auto", help="run only the accounts of shard K of N "
+                     "(auto: a StatefulSet pod's, docs/kubernetes.md)")  # fmt: skip
 
-    chk = sub.add_parser("check", help="validate a configuration and say what it would run")
+    chk = sub.add_parser(
+        "check",
+        help="validate a configuration and say what it would run",
+        description="Validate a configuration, list its accounts and channels, and (without "
+        "--offline) try each live account's keys. Exit codes: 0 all good, 1 the configuration "
+        "is valid but a live check failed (keys rejected, venue unreachable), 2 invalid "
+        "configuration.",
+    )
     chk.add_argument("--config", metavar="FILE", help="TOML configuration file")
     chk.add_argument("--offline", action="store_true", help="do not connect to the exchanges")
+
+    nt = sub.add_parser("notify-test", help="send one test push to every channel and MQTT")
+    nt.add_argument("--config", metavar="FILE", help="TOML configuration file")
 
     snap = sub.add_parser("snapshot", help="write a live account as a snapshot file")
     snap.add_argument("--config", required=True, metavar="FILE", help="TOML configuration file")
     snap.add_argument("--account", required=True, metavar="NAME", help="account name")
     snap.add_argument("-o", "--output", metavar="FILE", help="output file (default: stdout)")
+    plan = sub.add_parser("shard-plan", help="which accounts move when N shards become M")
+    plan.add_argument("--config", required=True, metavar="FILE", help="TOML configuration file")
+    plan.add_argument("--from", dest="before", type=int, required=True, metavar="N")
+    plan.add_argument("--to", dest="after", type=int, required=True, metavar="M")
     return parser
 
 

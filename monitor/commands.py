@@ -17,8 +17,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from monitor.collateral_risk import describe
 from monitor.errors import UserError
 from monitor.model import AccountSnapshot, MarginReport, ShockToLiquidation
+from monitor.sinks.console import MODEL_LABELS
 from monitor.snapshot import load_snapshot, report_to_dict, shock_to_dict
 from monitor.stress import assess, shock_to_liquidation, shocked, with_prices
 
@@ -179,6 +181,10 @@ def _render(console: Console, r: MarginReport, title: str) -> None:
     summary.add_row("maintenance margin", _money(r.maintenance_margin))
     summary.add_row("free collateral", _money(r.free_collateral))
     summary.add_row("shock to liquidation", _shock_text(r.shock_to_liquidation))
+    summary.add_row("model", MODEL_LABELS[r.model])
+    if r.collateral_risk is not None:
+        for line in describe(r.collateral_risk):
+            summary.add_row("collateral risk", line)
     console.print(summary)
     if not r.positions:
         return

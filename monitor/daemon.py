@@ -8,13 +8,14 @@ thresholds on every tick: a threshold crossed toward danger, or a level left, re
 the sinks in the same callback, never after a coalescing delay. Everything else meets the
 recompute task at a dirty flag and an `asyncio.Event`, never a queue: when events come
 faster than reports can be computed, the report is taken from the newest figures, so a
-burst costs one recompute, not a backlog (DESIGN.md, "one event in, at most one recompute
+burst costs one recompute, not a backlog (docs/development.md, "one event in, at most one recompute
 out"). `AccountLoop.events` vs `.recomputes` shows it working. A coalesced report follows
 the account's previous report by at least `settings.report_spacing` seconds (default
 0.5; a threshold crossing reports at once, see `AccountLoop._changed`): without it, a thousand
 accounts whose ticks arrive a few at a time asked for a full report (every liquidation
 price, the alert rules, the store) per handful of ticks, more than a core at 20 000 ticks/s
-(issue 7), and a venue streaming each symbol's mark separately would ask for one per tick.
+(docs/benchmarks.md), and a venue streaming each symbol's mark separately would ask for one per
+tick.
 
 Reports go to `Sink`s (sinks/base.py) built in `build_sinks`; alerts, metrics and protective
 actions plug in there. The shock-to-liquidation solve costs ~30x a plain report, so the
@@ -22,7 +23,7 @@ solves of all accounts share one CPU budget (`SHOCK_CPU_SHARE` of a core, task `
 monitor/shock_schedule.py): an account is solved at most every `settings.shock_interval`
 seconds and only when its figures changed, nearest to danger first, never older than
 `SHOCK_MAX_AGE` (reports in between carry `shock_to_liquidation=None`), and always for the
-last state before the daemon stops (issue 7: 1 000 accounts x 20 positions on one core).
+last state before the daemon stops (docs/benchmarks.md: 1 000 accounts x 20 positions on one core).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ import structlog
 from monitor import logs, margin, stress
 from monitor.errors import UserError
 from monitor.ledger import Ledger
-from monitor.model import BalanceUpdate, Event, MarginReport, PositionsUpdate, PriceTick, SourceDown
+from monitor.model import AccountUpdate, Event, MarginReport, PriceTick, SourceDown
 from monitor.rules import Level, level_rank, ratio_level, shock_fraction
 from monitor.sdnotify import Notifier, ProgressProbe, watchdog_interval, watchdog_loop
 from monitor.settings import AccountSettings, AlertsSettings, Settings, load_settings
@@ -84,14 +85,14 @@ SETTLE_LIMIT = 5.0
 #: Seconds the process gives leftover tasks to end once the daemon has stopped.
 STOP_GRACE = 5.0
 #: Shock solves of all accounts together take at most this share of one core on average
-#: (issue 7: 1 000 accounts each solved every second needed more than a core).
+#: (docs/benchmarks.md: 1 000 accounts each solved every second needed more than a core).
 SHOCK_CPU_SHARE = 0.25
 #: ... but no changing account's shock figure gets older than this (seconds, or
 #: shock_interval if longer), budget or not.
 SHOCK_MAX_AGE = 60.0
 #: Seconds the shock task lets pass after a wake-up before it solves: the wake-up is a tick,
 #: whose urgent report may have queued I/O (an alert's MQTT publish, an order) that would
-#: otherwise wait behind the solve (issue 7: tick -> alert p99 <= 10 ms).
+#: otherwise wait behind the solve (docs/benchmarks.md: tick -> alert p99 <= 10 ms).
 SOLVE_AFTER_WAKE = 0.002
 
 
@@ -127,7 +128,7 @@ def select_shard(
 
 # --- levels ----------------------------------------------------------------------------------
 # The level the console shows comes from the rule engine's hysteresis (monitor.rules); the
-# alert lifecycle itself (issue 4) runs in the alert pipeline, one of the sinks.
+# alert lifecycle itself (docs/notifications.md) runs in the alert pipeline, one of the sinks.
 
 _LEVELS = ("ok", "warning", "critical", "emergency")
 
@@ -193,7 +194,7 @@ class ShockSolver:
 class AccountLoop:
     """One account's state, its latest report, and the two tasks that keep them current.
 
-    Per tick (issue 7): the mark goes into a `Ledger` (O(positions of that symbol)), whose
+    Per tick (docs/benchmarks.md): the mark goes into a `Ledger` (O(positions of the symbol)), whose
     margin ratio is checked against the alert thresholds at once; crossing one toward
     danger, or leaving the current level, reports to the sinks right there, in the same
     callback as the tick, never after a coalescing delay. Every other change only sets
@@ -262,8 +263,9 @@ class AccountLoop:
         on_event = self._on_event
         while True:
             try:
+                sent = self.clock()  # the read's values are at least this new
                 snapshot = await self.source.fetch_snapshot()
-                if self._rebuild(initial_state(snapshot, self.clock())):
+                if self._rebuild(initial_state(snapshot, sent)):
                     await self._report_now()
                 attempt = 0
                 async for event in self.source.events():
@@ -279,7 +281,7 @@ class AccountLoop:
                         if (
                             ledger is not None
                             and event.account == self.account
-                            and ledger.tick(event.symbol, event.mark_price)
+                            and ledger.tick(event.symbol, event.mark_price, event.ts)
                             and self._changed()
                         ):
                             await self._report_now()
@@ -302,19 +304,23 @@ class AccountLoop:
             await asyncio.sleep(random.uniform(0, 1.5 ** min(10, attempt)))  # noqa: S311
 
     def _fold(self, event: Event) -> bool:
-        """A full read of positions or balances: fold it in, rebuild the ledger on a change.
+        """A whole read (positions, balances, their marks): fold it in at once, rebuild the
+        ledger on a change. Never half of it: a report between a read's positions and its
+        balance showed a ratio the venue never had (issue 11).
 
         True when the sinks must hear of it now (see `_changed`).
         """
         state = self.state
-        if state is None or not isinstance(event, PositionsUpdate | BalanceUpdate):
+        if state is None or not isinstance(event, AccountUpdate):
             return False
         if self.ledger is not None:
-            # the update replaces one kind wholesale; the other keeps the latest marks
-            state = replace(state, snapshot=self.ledger.snapshot())
+            # the latest ticks, with their times: newer marks than the read's are kept
+            state = replace(state, snapshot=self.ledger.snapshot(), marks=self.ledger.marks())
         state, changed = apply(state, event)
         if not changed:
             self.state = state
+            if self.ledger is not None:
+                self.ledger.hold(state.marks)
             return False
         return self._rebuild(state)
 
@@ -322,7 +328,7 @@ class AccountLoop:
         """A new base after a full read: the ledger starts over from it (no drift)."""
         self.state = state
         try:
-            self.ledger = Ledger(state.snapshot)
+            self.ledger = Ledger(state.snapshot, state.marks)
         except Exception as exc:  # a core bug on odd data must not stop the monitor
             self.ledger = None
             log.error("recompute failed", account=self.account, error=_one_line(exc))
@@ -464,39 +470,48 @@ def _log_level(account: str, level: str, previous: str, report: MarginReport) ->
 # --- wiring ----------------------------------------------------------------------------------
 
 
-def open_source(account: AccountSettings, replay: Sequence[ReplayStep] | None = None) -> Source:
-    """The source of one configured account (the sim, or a live ccxt account)."""
+def open_source(
+    account: AccountSettings,
+    replay: Sequence[ReplayStep] | None = None,
+    state_dir: Path | None = None,
+) -> Source:
+    """The source of one configured account (the sim, or a live ccxt account); `state_dir`
+    keeps the venue's collateral rules across restarts (issue 12)."""
     if account.is_sim:
         return SimVenue(account.name, account.sim, replay=replay)
     try:
         from monitor.sources.exchange import ExchangeSource  # noqa: PLC0415 - ccxt.pro is heavy
-    except ImportError as exc:  # pragma: no cover - only before issue 3 lands
+    except ImportError as exc:  # pragma: no cover - a build without ccxt.pro
         raise UserError(
             f"accounts.{account.name}: live exchanges are not available in this build ({exc})"
         ) from None
-    source: Source = ExchangeSource(account)
+    source: Source = ExchangeSource(account, state_dir=state_dir)
     return source
 
 
 def build_sinks(
     settings: Settings, tui: bool, sources: Mapping[str, Source] | None = None
 ) -> list[Sink]:
-    """Every consumer of reports. Alerts (issue 4), metrics (6), actions (5) join here.
+    """Every consumer of reports: console, alerts, actions, metrics (docs/ has a page for each).
 
     `sources` maps account names to their sources: the order desks (sources/base.py
     `OrderDesk`) that protective actions trade through; empty for `check`.
     """
-    sinks: list[Sink] = [ConsoleSink(live=tui)]
-    actions = build_actions_sink(settings, sources)  # issue 5: protective orders
+    console = ConsoleSink(live=tui, accounts=[a.name for a in settings.accounts
+                                              if sources is None or a.name in sources])
+    sinks: list[Sink] = [console]
+    actions = build_actions_sink(settings, sources)  # docs/actions.md: protective orders
     alerts = build_alerts_sink(settings.state_dir, settings.alerts.to_config(), settings.mqtt,
                                settings.notify, action_note=actions.note if actions else None,
                                accounts=[a.name for a in settings.accounts])
-    sinks.append(alerts)
     if actions is not None:
         actions.attach(alerts)
+        # before the alerts: an alert then carries the action state of its own report
         sinks.append(actions)
+    sinks.append(alerts)
+    console.alerts = alerts  # the screen's headline is the worst active alert (issue 14)
     if settings.metrics.enabled or settings.heartbeat.url is not None:
-        # issue 6: Prometheus /metrics and /healthz; the heartbeat pings only while the
+        # docs/monitoring.md: Prometheus /metrics and /healthz; the heartbeat pings only while the
         # metrics sink's freshness says every account is seen (it tracks it either way)
         from monitor.heartbeat import HeartbeatSink  # noqa: PLC0415
         from monitor.metrics import build_metrics_sink  # noqa: PLC0415
@@ -505,6 +520,12 @@ def build_sinks(
                    if sources is None or a.name in sources}  # fmt: skip
         health = build_metrics_sink(settings.metrics, watched, sinks, sources)
         sinks.append(health)
+        if settings.metrics.status_page:
+            from monitor.web import StatusSink  # noqa: PLC0415 - docs/status-page.md
+
+            status = StatusSink(watched, health.blind, lambda: alerts.pipeline)
+            health.routes.append(status.install)
+            sinks.append(status)
         if settings.heartbeat.url is not None:
             sinks.append(HeartbeatSink(settings.heartbeat, health.blind))
     return sinks
@@ -512,7 +533,7 @@ def build_sinks(
 
 def _action_ratios(settings: Settings, account: str) -> tuple[float, ...]:
     """The ratio at which protective actions step in, if they cover `account`: crossing it
-    must reach the actions sink at once, like an alert threshold (tick→order, issue 7)."""
+    must reach the actions sink at once, like an alert threshold (docs/benchmarks.md)."""
     actions, alerts = settings.actions, settings.alerts
     if not actions.covers(account):
         return ()
@@ -538,6 +559,7 @@ async def run_daemon(
     handle_signals: bool = True,
     notifier: Notifier | None = None,
     reload: Callable[[], Sequence[AccountSettings]] | None = None,
+    received: list[int] | None = None,
 ) -> list[AccountLoop]:
     """Run until SIGINT/SIGTERM, `duration` seconds, or the end of every finite source.
 
@@ -545,15 +567,17 @@ async def run_daemon(
     by themselves (default: when replaying). Returns the account loops, whose counters say
     what happened.
 
-    Service lifecycle (issue 6): `notifier` gets READY=1 once the tasks run (not when the
+    Service lifecycle (docs/service.md): `notifier` gets READY=1 once the tasks run (not when the
     exchanges answer), WATCHDOG=1 only while the loop and every recompute make progress,
     STOPPING=1 at shutdown. `reload` (SIGHUP) re-reads the accounts: new ones start, removed
-    ones stop, changed ones restart; everything else keeps running.
+    ones stop, changed ones restart; everything else keeps running. `received` collects the
+    stopping signal, so `run` can exit 130 after Ctrl-C as a shell expects.
     """
     if sources is None:
-        sources = [open_source(a, replay) for a in accounts]
+        sources = [open_source(a, replay, settings.state_dir) for a in accounts]
     if finite is None:
         finite = replay is not None
+    state_dir = settings.state_dir
     # one shock budget for every account of the process (monitor/shock_schedule.py)
     shocks = ShockSolver(
         ShockScheduler(settings.shock_interval, settings.alerts.to_config(),
@@ -570,8 +594,14 @@ async def run_daemon(
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
+
+    def on_signal(sig: int) -> None:
+        if received is not None:
+            received.append(sig)
+        stop.set()
+
     for sig in signals:
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     hup = asyncio.Event()
     if handle_signals and reload is not None:
         loop.add_signal_handler(signal.SIGHUP, hup.set)
@@ -605,12 +635,20 @@ async def run_daemon(
 
             for account_loop in loops:
                 launch(account_loop)
+
+            def recomputes_alive() -> str | None:
+                return next((r for p in list(probes.values()) if (r := p())), None)
+
+            for sink in sinks:  # the metrics sink's /livez (issue 18) asks the same
+                if hasattr(sink, "liveness"):
+                    sink.liveness = recomputes_alive
             tg.create_task(shocks.run(), name="shocks")
             tg.create_task(_watch(stop, loops, duration, finite), name="shutdown")
             if reload is not None:
                 tg.create_task(
                     _reload_on_hup(hup, reload, configured, loops, running, probes, launch,
-                                   lambda a: AccountLoop(open_source(a), sinks, settings.alerts,
+                                   lambda a: AccountLoop(open_source(a, None, state_dir),
+                                                         sinks, settings.alerts,
                                                          settings.shock_interval, clock=clock,
                                                          shocks=shocks,
                                                          urgent_ratios=_action_ratios(
@@ -621,10 +659,6 @@ async def run_daemon(
                 )  # fmt: skip
             if notifier is not None:
                 if interval is not None:
-
-                    def recomputes_alive() -> str | None:
-                        return next((r for p in list(probes.values()) if (r := p())), None)
-
                     tg.create_task(
                         watchdog_loop(notifier, interval, [recomputes_alive]), name="watchdog"
                     )
@@ -800,7 +834,13 @@ async def _all_done(loops: Sequence[AccountLoop]) -> None:
 def run_command(args: argparse.Namespace) -> int:
     """`margin-monitor run`: the daemon (no --config: the embedded sim demo)."""
     settings = load_settings(args.config)
-    accounts = select_shard(settings.accounts, args.shard)
+    shard = args.shard
+    if shard == "auto":  # issue 18: a StatefulSet pod's ordinal (monitor/shards.py)
+        from monitor.shards import auto_shard  # noqa: PLC0415 - shards imports this module
+
+        shard = auto_shard()
+        log.info("shard from the pod's ordinal", shard=shard)
+    accounts = select_shard(settings.accounts, shard)
     if args.duration is not None and not (math.isfinite(args.duration) and args.duration > 0):
         raise UserError(f"--duration {args.duration}: must be a positive number of seconds")
     replay = None
@@ -811,17 +851,22 @@ def run_command(args: argparse.Namespace) -> int:
             raise UserError("--replay runs sim accounts only; remove the live accounts or --replay")
         replay = load_replay(args.replay, [m.symbol for m in DEMO_BOOK.markets])
     tui = not args.no_tui and sys.stdout.isatty()
-    logs.configure(secrets=logs.secrets_of(settings))  # issue 6: redact every secret
+    logs.configure(secrets=logs.secrets_of(settings))  # docs/service.md: redact every secret
     if not accounts:
-        log.warning("no account in this shard; nothing to run", shard=args.shard)
+        log.warning("no account in this shard; nothing to run", shard=shard)
         return 0
-    sources = [open_source(a, replay) for a in accounts]
+    sources = [open_source(a, replay, settings.state_dir) for a in accounts]
     sinks = build_sinks(settings, tui, {s.account: s for s in sources})
+    for sink in sinks:  # issue 18: margin_monitor_shards tells a missing shard
+        if shard is not None and hasattr(sink, "shard"):
+            sink.shard = parse_shard(shard)
 
     def reload_accounts() -> list[AccountSettings]:
         fresh = load_settings(args.config)
         logs.set_secrets(logs.secrets_of(fresh))
-        return select_shard(fresh.accounts, args.shard)
+        return select_shard(fresh.accounts, shard)
+
+    received: list[int] = []
 
     async def main() -> None:
         failed = False
@@ -829,7 +874,7 @@ def run_command(args: argparse.Namespace) -> int:
             await run_daemon(
                 settings, accounts, sinks, duration=args.duration, replay=replay,
                 sources=sources, notifier=Notifier(),
-                reload=reload_accounts if replay is None else None,
+                reload=reload_accounts if replay is None else None, received=received,
             )  # fmt: skip
         except BaseException:
             failed = True
@@ -842,7 +887,7 @@ def run_command(args: argparse.Namespace) -> int:
                 log.error("shutdown: tasks did not stop; exiting without them", tasks=stuck)
                 sys.stdout.flush()
                 sys.stderr.flush()
-                os._exit(1 if failed else 0)
+                os._exit(1 if failed else 130 if signal.SIGINT in received else 0)
 
     try:
         asyncio.run(main())
@@ -853,7 +898,8 @@ def run_command(args: argparse.Namespace) -> int:
         if error is None:
             raise
         raise error from None
-    return 0
+    # Ctrl-C is 128 + SIGINT like any shell tool; SIGTERM (systemd, docker stop) is a clean 0
+    return 130 if signal.SIGINT in received else 0
 
 
 def _first_user_error(group: BaseExceptionGroup[BaseException]) -> UserError | None:
@@ -880,20 +926,23 @@ def check_command(args: argparse.Namespace) -> int:
         ("critical", a.shock_critical),
         ("emergency", a.shock_emergency),
     )
-    shocks = ", ".join(f"{name} {v:.0%}" for name, v in shock_levels if v is not None)
+    shocks = ", ".join(f"{name} {v * 100:g} %" for name, v in shock_levels if v is not None)
     out.write(
         f"alert levels on margin ratio: warning {a.warning:g}, critical {a.critical:g}, "
         f"emergency {a.emergency:g} (hysteresis {a.band:g}); on shock to liquidation: "
         f"{shocks or 'off'}\n"
     )
-    out.write(f"sinks: {', '.join(s.name for s in build_sinks(settings, tui=False))}\n")
+    build_sinks(settings, tui=False)  # what cannot be built fails here, not at `run`
+    from monitor.notify_test import check_lines  # noqa: PLC0415 - Apprise only if configured
+
+    out.writelines(f"{line}\n" for line in check_lines(settings))
     out.write(f"accounts ({len(settings.accounts)}):\n")
     for account in settings.accounts:
         out.write(f"  - {_describe(account)}; actions: {actions_mode(settings, account)}\n")
     failures = 0
     live = [acct for acct in settings.accounts if not acct.is_sim]
     if live and not args.offline:
-        # issue 3's live check: connect, load markets, read balances, say what the keys can do
+        # the live check: connect, load markets, read balances, say what the keys can do
         from monitor.sources.exchange import check_account  # noqa: PLC0415 - heavy import
 
         for account in live:

@@ -9,7 +9,7 @@ working agreement lives here, in the order a step runs:
    enabled: the step is planned and audited as "would have", nothing is sent.
 2. One writer per account: an `fcntl.flock` on `<state_dir>/actions/<account>.lock`, held
    for the life of the executor; a second daemon on the same account plans nothing and
-   audits why (passivbot's concurrent-instance protection, notes/peers.md §5).
+   audits why (passivbot's concurrent-instance protection, docs/actions.md).
 3. A pending order from before a crash or timeout is looked up by its client id first;
    it is never re-sent blindly (StandX-CLI #200: "refuses to resubmit an unconfirmed exit").
 4. Positions are read FRESH from the venue, the step is planned on that read, and
@@ -58,6 +58,7 @@ from monitor.actions import (
 from monitor.margin import report
 from monitor.model import AccountSnapshot, MarginReport
 from monitor.sources.base import OrderDesk
+from monitor.sources.budget import urgent_requests
 from monitor.switches import ActionSwitches
 from monitor.venue_errors import catching
 
@@ -387,7 +388,10 @@ class Executor:
         if not self.wants(rep, now) or self.busy:
             return None
         async with self._busy:
-            return await self._step(now)
+            # the step's venue requests (fresh reads, order, lookups) go ahead of polling
+            # and may spend the budget's reserve (sources/budget.py)
+            with urgent_requests():
+                return await self._step(now)
 
     def _writable(self) -> bool:
         """Take the writer lock; an unwritable state directory disables protection, loudly.
@@ -640,7 +644,7 @@ class Executor:
                                            "filled": final.get("filled")}, now)  # fmt: skip
             elif (left := self._in_flight_left(pending)) > 0:
                 # Not at the venue YET: a request the client timed out on is still executed
-                # if it lands within its signature window (fault matrix, issue 7 §5). Look
+                # if it lands within its signature window (fault matrix, docs/benchmarks.md). Look
                 # again when the window closes, not a full quiet period later: protection
                 # waits on this answer.
                 self.skip(f"pending order {cid} not found yet; it may still reach the venue",

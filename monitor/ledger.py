@@ -5,7 +5,8 @@ a thousand positions. The question a tick must answer at once is smaller: where 
 margin ratio now? A `Ledger` keeps each position's figures and the per-asset sums of the
 pool, so a tick only re-values the positions of its symbol (hedge mode: two) and re-sums a
 handful of assets. The daemon asks it on every tick and re-runs the full report (liquidation
-prices, shock to liquidation) coalesced, at its own pace (issue 7: 20 000 ticks/s a core).
+prices, shock to liquidation) coalesced, at its own pace (20 000 ticks/s a core: see
+docs/benchmarks.md).
 
 A tick never builds a `Position`: each position is turned once into its schedule-only form
 (`Position.scheduled`, venue figures become the rates they imply, exactly what
@@ -24,11 +25,13 @@ import math
 from dataclasses import dataclass, replace
 
 from monitor.model import AccountSnapshot, Position, priced_collateral
+from monitor.state import Marks
 from monitor.valuation import (
     AssetBook,
     Figures,
     computed_initial_margin,
     computed_maintenance_margin,
+    margin_ratio,
     pnl_at,
     pool,
 )
@@ -54,15 +57,20 @@ class Summary:
 class Ledger:
     """Per-position figures and per-asset sums of one account, updated tick by tick."""
 
-    __slots__ = ("_books", "_by_symbol", "_figures", "_marks", "_moved", "_moving",
-                 "_scheduled", "_snapshot")
+    __slots__ = ("_books", "_by_symbol", "_exposed", "_figures", "_held", "_marks", "_moved",
+                 "_moving", "_scheduled", "_snapshot")
 
-    def __init__(self, snapshot: AccountSnapshot) -> None:
+    def __init__(self, snapshot: AccountSnapshot, marks: Marks | None = None) -> None:
+        """`marks`: the newest mark per symbol with its time (AccountState.marks), so a
+        tick older than one already held is dropped (state.py, the ordering rule)."""
         books, figures = pool(snapshot)
         self._snapshot = snapshot
+        self._held: dict[str, tuple[float, float]] = dict(marks or {})
         self._books: dict[str, AssetBook] = books
         self._figures: list[Figures] = figures
         self._marks = [p.mark_price for p in snapshot.positions]
+        # positions never change between two reads: an empty cross pool stays empty
+        self._exposed = any(p.margin_mode == "cross" for p in snapshot.positions)
         # schedule-only twins, made on a position's first move (most accounts never move
         # every position between two full reads)
         self._scheduled: list[Position | None] = [None] * len(snapshot.positions)
@@ -75,9 +83,16 @@ class Ledger:
         # prices collateral held in its base asset (state.apply's rule)
         self._moving: dict[str, str | None] = {}
 
-    def tick(self, symbol: str, price: float) -> bool:
-        """Move `symbol`'s mark to `price`; False when nothing the ledger holds changed."""
+    def tick(self, symbol: str, price: float, ts: float | None = None) -> bool:
+        """Move `symbol`'s mark to `price`; False when nothing the ledger holds changed.
+
+        `ts` is the price's time (PriceTick.ts); a tick older than the mark held for the
+        symbol changes nothing (state.py, the ordering rule). None: no time, taken as newest.
+        """
         if not (math.isfinite(price) and price > 0.0):
+            return False
+        held = self._held.get(symbol)
+        if ts is not None and held is not None and ts < held[1]:
             return False
         changed = False
         indices = self._by_symbol.get(symbol)
@@ -117,16 +132,33 @@ class Ledger:
             if book.collateral.price != price:
                 book.collateral = replace(book.collateral, price=price)
                 changed = True
+        if indices is not None or asset is not None:  # symbols it holds only: bounded
+            if ts is not None:
+                self._held[symbol] = (price, ts)
+            elif held is not None:
+                self._held[symbol] = (price, held[1])
         return changed
 
+    def hold(self, marks: Marks) -> None:
+        """Take `marks` (a read applied without changing a figure) as the newest held."""
+        self._held = dict(marks)
+
+    def marks(self) -> dict[str, tuple[float, float]]:
+        """The newest mark per symbol with its time, for the next `AccountUpdate`'s merge."""
+        return dict(self._held)
+
     def ratio(self) -> float:
-        """Margin ratio of the cross pool at the latest ticks (the per-tick threshold check)."""
+        """Margin ratio of the cross pool at the latest ticks (the per-tick threshold check);
+        for a portfolio-margin account the venue's figure, which ticks do not move."""
+        venue = self._snapshot.venue_margin
+        if venue is not None and venue.margin_ratio is not None:
+            return venue.margin_ratio
         balance = 0.0
         mm = 0.0
         for book in self._books.values():
             balance += book.surplus(book.pnl, 0.0)
             mm += book.mm * book.ask
-        return mm / balance if balance > 0 else math.inf
+        return margin_ratio(mm, balance, exposed=self._exposed)
 
     def summary(self) -> Summary:
         """Margin balance, IM, MM and ratio of the cross pool at the latest ticks."""
@@ -138,8 +170,12 @@ class Ledger:
             ask = book.ask
             im += book.im * ask
             mm += book.mm * ask
-        ratio = mm / balance if balance > 0 else math.inf
-        return Summary(balance, im, mm, ratio)
+        venue = self._snapshot.venue_margin
+        if venue is not None and venue.margin_ratio is not None:
+            return Summary(venue.margin_balance if venue.margin_balance is not None else balance,
+                           im, venue.maintenance_margin if venue.maintenance_margin is not None
+                           else mm, venue.margin_ratio)
+        return Summary(balance, im, mm, margin_ratio(mm, balance, exposed=self._exposed))
 
     def snapshot(self) -> AccountSnapshot:
         """The account at the latest ticks, for a full report.
@@ -162,6 +198,7 @@ class Ledger:
             positions[i] = scheduled.repriced(self._marks[i])  # schedule-only already
         self._moved.clear()
         self._snapshot = AccountSnapshot(
-            base.account, base.currency, collateral, tuple(positions), base.venue
+            base.account, base.currency, collateral, tuple(positions), base.venue,
+            base.venue_margin,
         )
         return self._snapshot

@@ -21,6 +21,7 @@ from monitor.valuation import (
     asset_breakpoints,
     computed_maintenance_margin,
     isolated_margin_of,
+    liquidation_fee_of,
     pnl_at,
 )
 
@@ -164,7 +165,7 @@ def liquidation_prices(
     pool_total = sum(pool.values())
     several_assets = len(books) > 1
     # Symbols held twice (hedge mode) are solved together after the pass; found up front
-    # so the usual book, one position per symbol, takes one pass (issue 7: 2 ms at 1 000).
+    # so the usual book, one position per symbol, takes one pass (docs/benchmarks.md).
     shared = _shared_symbols(positions)
     # The common case, a lone linear position per symbol settling in a flat-haircut asset,
     # is the closed form; its per-asset terms are the same for every such symbol, so they
@@ -330,9 +331,10 @@ def _walk_linear(  # noqa: PLR0917 - positional: it runs once per position per r
 ) -> float | None:
     """Closed-form LP of a lone linear position, walking tiers outward from the current one.
 
-    surplus(x) = k + rate·(equity + s·q·(x − entry)) − ask·(q·x·mmr_t − deduction_t): the
-    Binance formula, re-solved in the neighbouring tier when the answer falls outside the
-    tier it assumed (the FAQ's instruction). Monotone by construction, so the root is unique.
+    surplus(x) = k + rate·(equity + s·q·(x − entry)) − ask·(q·x·(mmr_t + fee) − deduction_t):
+    the Binance formula (with OKX's and Gate's liquidation fee), re-solved in the neighbouring
+    tier when the answer falls outside the tier it assumed (the FAQ's instruction). Monotone
+    by construction, so the root is unique.
     Returns NaN when the shortcut's assumptions fail (then the general solver runs).
     """
     q = p.contracts * p.contract_size
@@ -345,8 +347,10 @@ def _walk_linear(  # noqa: PLR0917 - positional: it runs once per position per r
     # (in the notional v = q·x: k0 + rate·s·v − ask·(v·mmr − d))
     k0 = k + rate * (equity - sign * q * p.entry_price)
     rate_s = rate * sign
+    # the fee charged at liquidation counts on top of the maintenance rate (OKX, Gate)
+    fee = liquidation_fee_of(p, rules)
     if not n:
-        slope = q * (rate_s - ask * (p.mmr or 0.0))
+        slope = q * (rate_s - ask * ((p.mmr or 0.0) + fee))
         if slope * sign <= 0.0:
             return _NAN
         x = -k0 / slope
@@ -360,7 +364,7 @@ def _walk_linear(  # noqa: PLR0917 - positional: it runs once per position per r
     # each tier's line is solved for the notional v = q·x, which its bracket (floor, ceiling]
     # bounds; from the current tier the walk only ever heads one way, so each way is a loop
     tier = tiers[i]
-    per_notional = rate_s - ask * tier.mmr
+    per_notional = rate_s - ask * (tier.mmr + fee)
     if per_notional * sign <= 0.0:
         return _NAN
     value = -(k0 + (ask * tier.maintenance_amount if deduct else 0.0)) / per_notional
@@ -372,7 +376,7 @@ def _walk_linear(  # noqa: PLR0917 - positional: it runs once per position per r
             ceiling = floor
             i -= 1
             tier = tiers[i]
-            per_notional = rate_s - ask * tier.mmr
+            per_notional = rate_s - ask * (tier.mmr + fee)
             if per_notional * sign <= 0.0:
                 return _NAN
             value = -(k0 + (ask * tier.maintenance_amount if deduct else 0.0)) / per_notional
@@ -387,7 +391,7 @@ def _walk_linear(  # noqa: PLR0917 - positional: it runs once per position per r
             floor = tier.max_notional
             i += 1
             tier = tiers[i]
-            per_notional = rate_s - ask * tier.mmr
+            per_notional = rate_s - ask * (tier.mmr + fee)
             if per_notional * sign <= 0.0:
                 return _NAN
             value = -(k0 + (ask * tier.maintenance_amount if deduct else 0.0)) / per_notional

@@ -4,7 +4,7 @@ Under systemd or in a container, one JSON object per line on stdout is what jour
 log shippers index (structlog's best-practice doc: log to stdout, let the supervisor
 handle it). Tracebacks never include frame locals: `dict_tracebacks` and the rich console
 renderer both dump locals by default, which would print API keys held in local variables
-(notes/ecosystem.md §5, verified).
+(docs/development.md).
 
 Libraries log through the standard library (ccxt, aiomqtt's `mqtt` logger, Apprise,
 aiohttp); their records go through the same renderer via one stdout handler with

@@ -5,7 +5,8 @@ The valuation (position figures, collateral haircuts, the cross pool per asset) 
 them together in the report the daemon, the CLI and every sink read:
 
 - margin ratio = maintenance margin / margin balance (Binance, Bybit: liquidation when it
-  reaches 100 %); +inf once the balance is gone, never a division error;
+  reaches 100 %); +inf once the balance is gone, never a division error; 0 when nothing
+  is open in the cross pool (an empty pool is no risk: `valuation.margin_ratio`);
 - margin level = its inverse; free collateral = margin balance − initial margin;
 - `liquidated` follows the venue: Binance/Bybit at equality, Hyperliquid/dYdX strictly above.
 """
@@ -13,6 +14,7 @@ them together in the report the daemon, the CLI and every sink read:
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 from monitor.liquidation import liquidation_prices
 from monitor.model import AccountSnapshot, MarginReport, PositionRisk, VenueRules
@@ -21,6 +23,7 @@ from monitor.valuation import (
     computed_initial_margin,
     computed_maintenance_margin,
     isolated_margin_of,
+    margin_ratio,
     pnl_at,
     pool,
     surplus,
@@ -49,19 +52,22 @@ def report(snapshot: AccountSnapshot) -> MarginReport:
     balance = sum(asset_value(b.collateral, b.collateral.amount + b.pnl) for b in books.values())
     total_im = sum(b.im * b.ask for b in books.values())
     total_mm = sum(b.mm * b.ask for b in books.values())
-    ratio = _ratio(total_mm, balance)
-
     liq = liquidation_prices(snapshot, books, figures)
     # settle asset -> (price, ask): what a figure in that asset is worth in the report
     rates = {a: (b.collateral.price, b.ask) for a, b in books.items()}
     currency = snapshot.currency
     # `tuple.__new__` is what PositionRisk(...) runs, minus its Python-level `__new__`:
-    # a report builds one per position (issue 7: 1 000 positions in 2 ms)
+    # a report builds one per position (docs/benchmarks.md: 1 000 positions in 2 ms)
     make = tuple.__new__
     risks = []
+    exposed = False  # a cross position is open (an empty cross pool is no risk: issue 19)
     for p, (pnl, im, mm), lp in zip(snapshot.positions, figures, liq, strict=True):
         price, ask = rates[p.settle or currency]
-        own = _ratio(mm, isolated_margin_of(p) + pnl) if p.margin_mode == "isolated" else None
+        if p.margin_mode == "isolated":
+            own = margin_ratio(mm, isolated_margin_of(p) + pnl, exposed=True)
+        else:
+            own = None
+            exposed = True
         mark = p.mark_price
         size = p.contracts * p.contract_size
         if p.inverse:  # Position.settle_notional, inlined
@@ -87,6 +93,23 @@ def report(snapshot: AccountSnapshot) -> MarginReport:
                 ),
             )
         )
+    ratio = margin_ratio(total_mm, balance, exposed=exposed)
+    level = INF if ratio == 0 else balance / total_mm if balance > 0 else 0.0
+    model: Literal["cross", "venue", "estimate"] = "cross"
+    venue = snapshot.venue_margin
+    if venue is not None:
+        # Portfolio margin (issue 12): the venue's figure is the live ratio, never ours.
+        model = "estimate"
+        if venue.margin_ratio is not None:
+            model = "venue"
+            ratio = venue.margin_ratio
+            if venue.margin_balance is not None:
+                balance = venue.margin_balance
+            if venue.maintenance_margin is not None:
+                total_mm = venue.maintenance_margin
+            elif math.isfinite(ratio):
+                total_mm = ratio * balance
+            level = (1.0 / ratio if ratio > 0 else INF) if math.isfinite(ratio) else 0.0
     return MarginReport(
         account=snapshot.account,
         currency=snapshot.currency,
@@ -96,18 +119,12 @@ def report(snapshot: AccountSnapshot) -> MarginReport:
         initial_margin=total_im,
         maintenance_margin=total_mm,
         margin_ratio=ratio,
-        margin_level=(balance / total_mm if total_mm > 0 else INF) if balance > 0 else 0.0,
+        margin_level=level,
         free_collateral=balance - total_im,
         liquidated=is_liquidated(ratio, rules),
         positions=tuple(risks),
+        model=model,
     )
-
-
-def _ratio(mm: float, balance: float) -> float:
-    """MM / balance; +inf once the balance is gone (never a division error)."""
-    if balance <= 0:
-        return INF
-    return mm / balance
 
 
 def is_liquidated(ratio: float, rules: VenueRules) -> bool:

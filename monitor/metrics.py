@@ -13,7 +13,7 @@ Two halves, both on one private `CollectorRegistry` (`REGISTRY`), never the glob
 
 `/healthz` answers 200 while every configured account has fresh data and 503 naming the
 blind ones: a monitor that cannot see an account must say so to its supervisor (container
-HEALTHCHECK, uptime checker), because silence would read as "all is well" (DESIGN.md: "a
+HEALTHCHECK, uptime checker), because silence would read as "all is well" (docs/monitoring.md: "a
 blind monitor is itself an alert"). The endpoint is off by default and binds loopback
 unless told otherwise: the figures describe someone's money.
 """
@@ -47,10 +47,9 @@ from monitor import __version__
 from monitor.errors import UserError
 from monitor.model import (
     AccountSnapshot,
-    BalanceUpdate,
+    AccountUpdate,
     Event,
     MarginReport,
-    PositionsUpdate,
     PriceTick,
     SourceDown,
     SourceStale,
@@ -76,11 +75,10 @@ __all__ = [
 log = structlog.get_logger("monitor.metrics")
 
 LEVELS = {"ok": 0, "warning": 1, "critical": 2, "emergency": 3}
-_KIND_OF: dict[type, str] = {
-    PriceTick: "prices",
-    PositionsUpdate: "positions",
-    BalanceUpdate: "balance",
-}
+_KIND_OF: dict[type, str] = {PriceTick: "prices", AccountUpdate: "account"}
+#: data kinds an event refreshes: one account read brings positions and balances at once
+_FRESHENS: dict[str, tuple[str, ...]] = {"prices": ("prices",),
+                                         "account": ("positions", "balance")}
 _SIGNAL_OF: dict[type, str] = {SourceStale: "stale", SourceDown: "down", SourceUp: "up"}
 
 
@@ -96,6 +94,9 @@ class MetricsSettings(BaseModel):
         "Use 0.0.0.0 in a container, behind its network",
     )
     port: int = Field(default=9464, ge=0, le=65535, description="0 picks a free port (tests)")
+    status_page: bool = Field(
+        default=True, description="serve the status page on / and its JSON on /api/status"
+    )
 
 
 # --- process-wide metrics: incremented where the thing happens -------------------------------
@@ -203,11 +204,17 @@ class MetricsSink:
         self.protection: Callable[[], Mapping[str, str]] | None = None
         self.accounts: dict[str, AccountHealth] = {}
         self.drift: dict[str, Drift] = {}
+        #: the systemd watchdog's progress check (daemon.py), for `/livez` (issue 18)
+        self.liveness: Callable[[], str | None] | None = None
+        #: (K, N) under `--shard K/N`: exported so a missing shard's process is noticed
+        self.shard: tuple[int, int] | None = None
         self.address: tuple[str, int] | None = None
         self._runner: Any = None
         self._collector = _AccountCollector(self)
         self._registered = False
         self._event_counters: dict[tuple[str, str], Any] = {}
+        #: more routes for the same listener, each `install(app)` (the status page, web.py)
+        self.routes: list[Callable[[Any], None]] = []
         self.set_accounts(accounts)
 
     # --- configuration ---------------------------------------------------------------------
@@ -287,8 +294,9 @@ class MetricsSink:
             return
         mono = self.clock()
         if kind is not None:
-            health.seen[kind] = mono
-            health.stale.pop(kind, None)
+            for fresh in _FRESHENS[kind]:
+                health.seen[fresh] = mono
+                health.stale.pop(fresh, None)
             health.down = None
             if health.pending_since is None:
                 health.pending_since = mono
@@ -362,9 +370,31 @@ class MetricsSink:
             lines = "".join(f"{name}: {reason}\n" for name, reason in blind.items())
             return web.Response(status=503, text=f"blind: {', '.join(blind)}\n{lines}")
 
+        async def readyz(request: web.Request) -> web.Response:
+            # Kubernetes readiness (issue 18): the configuration loaded and the sinks started,
+            # like systemd's READY=1; never the venues, or an exchange outage unreadies pods
+            del request
+            return web.Response(text=f"ready: {len(self.accounts)} accounts configured\n")
+
+        async def livez(request: web.Request) -> web.Response:
+            # Kubernetes liveness (issue 18): the watchdog's evidence of progress, not data
+            # freshness: restarting cannot fix a venue outage and would blind the shard
+            del request
+            try:
+                wedged = self.liveness() if self.liveness is not None else None
+            except Exception as exc:  # as in sdnotify.watchdog_loop: a broken probe is wedged
+                wedged = f"liveness probe failed: {type(exc).__name__}: {exc}"
+            if wedged is None:
+                return web.Response(text="alive\n")
+            return web.Response(status=503, text=f"wedged: {wedged}\n")
+
         app = web.Application()
         app.router.add_get("/metrics", metrics)
         app.router.add_get("/healthz", healthz)
+        app.router.add_get("/readyz", readyz)
+        app.router.add_get("/livez", livez)
+        for install in self.routes:
+            install(app)
         try:
             # timeouts and a connection cap against idle sockets (issue 13, http_guard.py)
             runner = await http_guard.serve(app, self.settings.host, self.settings.port)
@@ -438,6 +468,10 @@ class _AccountCollector(Collector):
                 g.add("outbox_depth", "Alert messages queued for delivery, per sink.",
                       ["sink"], [sink_name], float(depth[sink_name]))
         g.add("build_info", "Version of the running daemon.", ["version"], [__version__], 1.0)
+        if sink.shard is not None:
+            g.add("shards", "N of --shard K/N, labelled with this process's K: fewer series "
+                  "than the value means a shard runs nowhere.", ["shard"],
+                  [str(sink.shard[0])], float(sink.shard[1]))  # fmt: skip
         yield from g.families()
 
 

@@ -16,15 +16,16 @@ from typing import Literal, NamedTuple
 __all__ = [
     "STABLE_ASSETS",
     "AccountSnapshot",
-    "BalanceUpdate",
+    "AccountUpdate",
     "Collateral",
+    "CollateralFall",
+    "CollateralRisk",
     "CollateralTier",
     "Event",
     "MarginMode",
     "MarginReport",
     "Position",
     "PositionRisk",
-    "PositionsUpdate",
     "PriceTick",
     "Reduction",
     "ReductionPlan",
@@ -35,6 +36,7 @@ __all__ = [
     "SourceStale",
     "SourceUp",
     "Tier",
+    "VenueMargin",
     "VenueRules",
     "base_asset",
     "priced_collateral",
@@ -103,7 +105,9 @@ class Position:
 
     Optional figures the venue reports (`unrealized_pnl`, `initial_margin`,
     `maintenance_margin`) win over computed ones at the current prices; any what-if
-    price recomputes them from `tiers`/`mmr`/`leverage`.
+    price recomputes them from `tiers`/`mmr`/`leverage`. `liquidation_fee` is the taker
+    fee rate this position pays when liquidated, where it differs from the venue's
+    default (`VenueRules.liquidation_fee`; a VIP fee tier, say).
     """
 
     symbol: str
@@ -124,6 +128,7 @@ class Position:
     tiers: tuple[Tier, ...] = ()
     isolated_margin: float | None = None
     beta: float = 1.0
+    liquidation_fee: float | None = None
 
     @property
     def sign(self) -> int:
@@ -156,7 +161,7 @@ class Position:
     def repriced(self, price: float) -> Position:
         """`replace(self, mark_price=price)`, field by field: `replace` re-reads the fields
         and goes through keyword arguments (~6 µs for 18 fields), and the Ledger re-prices
-        every moved position per report (issue 7 throughput). Figures are kept as they are:
+        every moved position per report (docs/benchmarks.md). Figures are kept as they are:
         for a what-if use `at_mark`."""
         values = list(_position_values(self))
         values[_MARK] = price
@@ -212,24 +217,35 @@ def quote_asset(symbol: str) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class VenueRules:
-    """Where venues differ on the same quantities (notes/margin-math.md §0 and §5).
+    """Where venues differ on the same quantities (docs/margin-math.md).
 
     - `isolated_mm_on_entry`: Bybit values an isolated position's MM on its entry value.
     - `tier_deduction`: cumulative tiers (Binance, Bybit, Hyperliquid) vs one rate for the
       whole position with no deduction (OKX).
     - `equality_liquidates`: Binance and Bybit liquidate when the ratio *reaches* 100 %;
       Hyperliquid and dYdX only when equity falls strictly *below* MM.
+    - `liquidation_fee`: the taker fee rate the venue charges at liquidation and counts in
+      its liquidation condition on top of the maintenance rate (issue 19). OKX: margin
+      ratio = equity / (maintenance margin + liquidation fees), isolated "(Margin balance
+      + PnL) / (Face value × |Contracts| × Mark price × (Tiered MMR + fee rate))"; Gate:
+      "Liquidation Price = (Entry Price ± Margin / Contract Multiplier / Size) /
+      [1 ± (Maintenance Margin Ratio + Taker Rate)]" (docs/margin-edges.md). The figure is
+      the venues' base-tier perpetual taker fee (ccxt 4.5.90 `fees.swap.taker`: 0.05 %);
+      a position's own `liquidation_fee` wins. Binance, Bybit, Hyperliquid: no such term.
     """
 
     isolated_mm_on_entry: bool = False
     tier_deduction: bool = True
     equality_liquidates: bool = True
+    liquidation_fee: float = 0.0
 
 
 _DEFAULT_RULES = VenueRules()
 _VENUE_RULES: dict[str, VenueRules] = {
     "bybit": VenueRules(isolated_mm_on_entry=True),
-    "okx": VenueRules(tier_deduction=False),
+    "okx": VenueRules(tier_deduction=False, liquidation_fee=0.0005),
+    "gate": VenueRules(liquidation_fee=0.0005),
+    "gateio": VenueRules(liquidation_fee=0.0005),
     "hyperliquid": VenueRules(equality_liquidates=False),
     "dydx": VenueRules(equality_liquidates=False),
     "deribit": VenueRules(equality_liquidates=False),
@@ -248,14 +264,36 @@ _MARK = [f.name for f in fields(Position)].index("mark_price")
 
 
 @dataclass(frozen=True, slots=True)
+class VenueMargin:
+    """The venue's own account figures, for an account no public formula reproduces.
+
+    Portfolio-margin accounts (Binance PM `uniMMR`, Bybit PORTFOLIO_MARGIN, OKX portfolio
+    mode) are margined on scenario risk: their live ratio is the venue's figure, in the
+    Binance/Bybit direction (MM / equity, ≥ 1 is liquidation). `margin_ratio` None means the
+    account is portfolio-margined but the venue gave no figure: the report then says its
+    cross-margin ratio is only an estimate (`MarginReport.model = "estimate"`).
+    """
+
+    margin_ratio: float | None
+    maintenance_margin: float | None = None
+    margin_balance: float | None = None
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class AccountSnapshot:
-    """Everything needed to value one account at one instant."""
+    """Everything needed to value one account at one instant.
+
+    `venue_margin` is set only for accounts whose ratio is the venue's own figure; a
+    what-if (other prices) drops it, since the venue's figure holds at its prices only.
+    """
 
     account: str
     currency: str
     collateral: tuple[Collateral, ...]
     positions: tuple[Position, ...]
     venue: str | None = None
+    venue_margin: VenueMargin | None = None
 
     @property
     def rules(self) -> VenueRules:
@@ -268,7 +306,7 @@ class PositionRisk(NamedTuple):
 
     A NamedTuple, not a frozen dataclass like the rest: a report builds one per position,
     and a frozen dataclass's `__init__` (one `object.__setattr__` per field) was 1.1 ms of
-    a 4 ms 1 000-position report (issue 7's 2 ms target). Just as immutable and typed.
+    a 4 ms 1 000-position report (the 2 ms goal, docs/benchmarks.md). Just as immutable and typed.
     """
 
     symbol: str
@@ -294,11 +332,37 @@ class ShockToLiquidation:
 
 
 @dataclass(frozen=True, slots=True)
+class CollateralFall:
+    """One non-stable collateral asset: its margin value (after haircut), its share of the
+    margin balance, and the fall of its price alone that liquidates the account (in
+    (−1, 0]; None when even a fall to zero does not)."""
+
+    asset: str
+    value: float
+    share: float | None
+    fall: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class CollateralRisk:
+    """Collateral risk in the user's terms: how much of the margin balance is non-stable
+    collateral, and per asset the fall that liquidates (`monitor.collateral_risk`)."""
+
+    non_stable_share: float | None
+    assets: tuple[CollateralFall, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class MarginReport:
     """The state of an account's cross pool, plus every position's own figures.
 
     `margin_ratio` = maintenance_margin / margin_balance: 0 is no risk and ≥ 1 is
-    liquidation (Binance/Bybit convention); +inf when the margin balance is ≤ 0.
+    liquidation (Binance/Bybit convention); +inf when the margin balance is ≤ 0 under an
+    open cross position; 0 when nothing is open in the cross pool (`valuation.margin_ratio`).
+    `model` says where the ratio comes from: "cross" (our model of the venue's cross
+    margin), "venue" (the venue's own figure: portfolio margin; position figures, liquidation
+    prices and shocks are then cross-model estimates), "estimate" (portfolio margin without
+    a venue figure: the cross model is only an estimate).
     """
 
     account: str
@@ -314,6 +378,8 @@ class MarginReport:
     liquidated: bool
     positions: tuple[PositionRisk, ...]
     shock_to_liquidation: ShockToLiquidation | None = None
+    model: Literal["cross", "venue", "estimate"] = "cross"
+    collateral_risk: CollateralRisk | None = None
 
     @property
     def finite_ratio(self) -> bool:
@@ -326,7 +392,11 @@ class MarginReport:
 
 @dataclass(frozen=True, slots=True)
 class PriceTick:
-    """A new mark price for one symbol (also moves collateral priced off the same asset)."""
+    """A new mark price for one symbol (also moves collateral priced off the same asset).
+
+    `ts` is the venue's timestamp of the price where the venue sends one, else its receive
+    time: an older tick never replaces a newer mark (state.apply, Ledger.tick).
+    """
 
     account: str
     symbol: str
@@ -335,21 +405,36 @@ class PriceTick:
 
 
 @dataclass(frozen=True, slots=True)
-class PositionsUpdate:
-    """The full set of open positions, as a reconciliation read them."""
+class AccountUpdate:
+    """One read of the whole account, applied as one: positions, balances and the marks
+    they were valued at (DESIGN.md, "The view is always one the venue could have had").
+
+    A REST reconciliation or a fill the sim announces. Never split into a positions event
+    and a balance event: a report between the two halves met new positions with the old
+    wallet (issue 11: 0.088 reported where the venue said 0.51).
+
+    - `ts`: when the read was *sent* (seconds, the source's clock). Every value in it is at
+      least that new, so a streamed mark stamped later than `ts` is kept over the read's
+      (`state.apply` holds the ordering rule; docs/account-view.md).
+    - `positions`, `collateral`: authoritative, they replace the held ones wholesale.
+      `collateral` carries each asset's amount, price and haircut as read: the place for
+      the venue's collateral rules (live haircut reads land here).
+    - `marks`: symbol -> price of every market the read priced something with (positions'
+      marks, the symbols that price collateral).
+    - `venue_ratio`: the venue's own account margin ratio from the same read, where the
+      venue reports one (Binance totalMaintMargin / totalMarginBalance, Bybit
+      accountMMRate, ...); None where it does not.
+    - `venue_margin`: for a portfolio-margin account only, the venue's figures as the live
+      ratio (`VenueMargin`, issue 12); None for every other account.
+    """
 
     account: str
     positions: tuple[Position, ...]
-    ts: float
-
-
-@dataclass(frozen=True, slots=True)
-class BalanceUpdate:
-    """The full set of collateral balances, with prices and haircuts."""
-
-    account: str
     collateral: tuple[Collateral, ...]
     ts: float
+    marks: tuple[tuple[str, float], ...] = ()
+    venue_ratio: float | None = None
+    venue_margin: VenueMargin | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,7 +465,7 @@ class SourceUp:
     ts: float
 
 
-Event = PriceTick | PositionsUpdate | BalanceUpdate | SourceStale | SourceDown | SourceUp
+Event = PriceTick | AccountUpdate | SourceStale | SourceDown | SourceUp
 
 
 # --- what-if results: the minimal reduction the stress solver proposes ---------------------
@@ -403,8 +488,9 @@ class Reduction:
 class ReductionPlan:
     """The smallest reduce-only quantities that bring the ratio to `target_ratio`.
 
-    `reached` is False when even closing everything the policy allows cannot get there
-    (for example a margin balance already ≤ 0); the reductions are then the best effort.
+    `reached` is False when even closing everything the policy allows cannot get there; the
+    reductions are then the best effort. Closing every cross position leaves no MM, hence
+    ratio 0, so a wiped-out balance (ratio +inf) is reached only by closing it all.
     """
 
     policy: ReductionPolicy

@@ -4,7 +4,7 @@ Every function takes the current `RulesState` and the time and returns a new sta
 events to announce, like h11's sans-IO protocol objects (STYLE.md), so the whole lifecycle is
 testable with synthetic ratio paths and a restart is just "load the state, keep evaluating".
 
-The lifecycle follows Prometheus Alertmanager (notes/peers.md §2.8) with the gaps its users
+The lifecycle follows Prometheus Alertmanager (docs/notifications.md) with the gaps its users
 still hit closed here (§5):
 
 - Levels `ok < warning < critical < emergency` per rule. A rule is one of `margin_ratio`
@@ -79,7 +79,7 @@ AlertKind = Literal["firing", "escalated", "deescalated", "repeat", "resolved"]
 RULE_MARGIN = "margin_ratio"
 RULE_SHOCK = "shock_to_liquidation"
 RULE_SOURCE_DOWN = "source_down"
-#: A venue refused a protective order (issue 5 §4): an alert, never a retry loop.
+#: A venue refused a protective order (docs/actions.md): an alert, never a retry loop.
 RULE_ACTION_REJECTED = "action_rejected"
 _THRESHOLD_RULES = (RULE_MARGIN, RULE_SHOCK)
 
@@ -210,7 +210,7 @@ class RulesState:
 
     `index` lists each account's fingerprints. Every report evaluates one account, and
     scanning every account's alerts to find its own made a report cost O(accounts) (a
-    whole core at 100 sim accounts, issue 7's soak). Fingerprints are never removed, so
+    whole core at 100 sim accounts, docs/benchmarks.md). Fingerprints are never removed, so
     one index serves every later state until a new fingerprint appears; it is derived
     from `alerts` when not given, and never part of equality.
     """
@@ -622,7 +622,7 @@ def on_action_rejected(
 
     One episode per rejection stretch: raising it again while it fires only updates the
     detail (and repeats on `repeat_every` like any alert), so a person hears about a refused
-    protective order once, not once per report (issue 5 §4).
+    protective order once, not once per report (docs/actions.md).
     """
     alert = state.alert(account, RULE_ACTION_REJECTED)
     changed = {
@@ -673,7 +673,7 @@ def _quiet(alert: AlertState, config: AlertConfig) -> bool:
     below every entry threshold: stepping it again with that value changes nothing.
 
     Most of the daemon's alerts at any time (one margin and one shock alert per account,
-    issue 7: 1 000 accounts): `tick` skips them instead of rebuilding every one each second.
+    1 000 accounts, docs/benchmarks.md): `tick` skips them instead of rebuilding each every second.
     """
     value = alert.value
     if (

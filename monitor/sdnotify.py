@@ -4,7 +4,7 @@ The protocol is one datagram of `KEY=VALUE` lines to the unix socket named in
 `$NOTIFY_SOCKET` (a path, or `@name` for the abstract namespace); systemd calls it a stable
 interface (sd_notify(3), which since 2024 carries a standalone implementation and advises
 daemons not to link libsystemd for it). The PyPI options were an unmaintained package with a
-bare `except:` and an sdist needing libsystemd-dev (notes/ecosystem.md §4), so it is these
+bare `except:` and an sdist needing libsystemd-dev (docs/development.md), so it is these
 few lines instead. Without `$NOTIFY_SOCKET` (a terminal, a container) every call is a no-op.
 
 The watchdog is the part that matters: systemd kills and restarts the service when pings

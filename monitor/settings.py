@@ -3,7 +3,7 @@
 Precedence, highest first: values passed in code > environment (`MARGIN_MONITOR__SECTION__KEY`)
 > credential files in `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential=`, one file per value,
 named `section__key`) > the TOML file > defaults. Both locations are read when settings are
-loaded, never at import time (notes/ecosystem.md §5, pitfall 3), so tests and a reload see
+loaded, never at import time (docs/development.md), so tests and a reload see
 the current environment.
 
 Accounts are a TOML array (`[[accounts]]`), which environment variables and credential files
@@ -94,6 +94,41 @@ class SimSettings(Section):
     fee_rate: float = Field(default=0.0005, ge=0, le=0.01)  # taker fee on fills
 
 
+# What people write for a futures venue -> ccxt's id (spelling-distance guesses get these
+# wrong: "binance-futures" is closest to the spot-only "binanceus"). Keys: lowercase, letters
+# and digits only. Checked against ccxt 4.5.90's `ccxt.exchanges` in tests/test_settings.py.
+_BINANCE_USDM = ("binanceusdm", "ccxt's id for Binance USDⓈ-M futures")
+_BINANCE_COINM = ("binancecoinm", "ccxt's id for Binance COIN-M futures")
+_BYBIT = ("bybit", "one ccxt id for all of Bybit, futures included")
+_OKX = ("okx", "one ccxt id for all of OKX, swaps included")
+_MEXC = ("mexc", "one ccxt id for all of MEXC, futures included")
+_BITGET = ("bitget", "one ccxt id for all of Bitget, futures included")
+_KUCOIN = ("kucoinfutures", "ccxt's id for KuCoin futures")
+_GATE = ("gate", "one ccxt id for all of Gate, futures included")
+_KRAKEN = ("krakenfutures", "ccxt's id for Kraken futures")
+_HYPERLIQUID = ("hyperliquid", "ccxt's id for Hyperliquid perps")
+_BINGX = ("bingx", "one ccxt id for all of BingX, swaps included")
+_COMMON_NAMES: dict[str, tuple[str, str]] = {
+    **dict.fromkeys(
+        ["binancefutures", "binancefuture", "binanceusdmfutures", "binanceusdt", "binanceusds",
+         "binanceusdsm", "binanceperp", "binanceperpetual", "binancelinear", "binanceum",
+         "binancefapi", "fapi"], _BINANCE_USDM),
+    **dict.fromkeys(["binancecoin", "binancecoinfutures", "binanceinverse", "binancecm",
+                     "binancedapi", "dapi"], _BINANCE_COINM),
+    **dict.fromkeys(["bybitfutures", "bybitlinear", "bybitperp", "bybitperpetual", "bybitusdt",
+                     "bybitunified", "bybituta", "bybitv5", "bybitinverse"], _BYBIT),
+    **dict.fromkeys(["okex", "okxfutures", "okxswap", "okxperp", "okexfutures", "okex5",
+                     "okx5"], _OKX),
+    **dict.fromkeys(["mexcfutures", "mexccontract", "mexcswap", "mexcperp", "mexcglobal",
+                     "mxc"], _MEXC),
+    **dict.fromkeys(["bitgetfutures", "bitgetmix", "bitgetswap", "bitgetperp"], _BITGET),
+    **dict.fromkeys(["kucoinfuture", "kucoinperp", "kucoinswap"], _KUCOIN),
+    **dict.fromkeys(["gateio", "gatefutures", "gateiofutures", "gateswap"], _GATE),
+    **dict.fromkeys(["krakenfuture", "krakenperp"], _KRAKEN),
+    **dict.fromkeys(["hyperliquidperp", "hyperliquidperps", "hl"], _HYPERLIQUID),
+    **dict.fromkeys(["bingxfutures", "bingxswap", "bingxperp"], _BINGX),
+}
+
 #: ccxt credentials that sign orders only: reading positions works without them.
 _ORDER_ONLY_CREDENTIALS = frozenset({"privateKey"})
 
@@ -133,6 +168,15 @@ class AccountSettings(Section):
         known: list[str] = list(ccxt.exchanges)
         if value in known:
             return value
+        key = re.sub(r"[^a-z0-9]", "", value.lower())
+        common = _COMMON_NAMES.get(key)
+        if common is None and key in known:
+            common = (key, "ccxt ids are lowercase, without separators")
+        if common is not None:
+            ccxt_id, what = common
+            raise ValueError(
+                f"'{value}' is not a ccxt exchange id; write exchange = \"{ccxt_id}\" ({what})"
+            )
         close = difflib.get_close_matches(value.lower(), [*known, "sim"], n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else " (see ccxt.exchanges, or 'sim')"
         raise ValueError(f"'{value}' is not a ccxt exchange id{hint}")
@@ -198,7 +242,7 @@ class AccountSettings(Section):
 
 
 class AlertsSettings(Section):
-    """Alert thresholds (DESIGN.md "Alerts"); `to_config` hands them to `rules.py`.
+    """Alert thresholds (docs/notifications.md); `to_config` hands them to `rules.py`.
 
     Ratio thresholds are margin ratios (maintenance margin / margin balance, 1 = liquidation);
     shock thresholds are the size of the uniform price move that would liquidate (0.10 =
@@ -307,11 +351,11 @@ class Settings(BaseSettings):
             raise ValueError(msg)
         return value
     alerts: AlertsSettings = Field(default_factory=_default_alerts)
-    metrics: MetricsSettings = Field(default_factory=MetricsSettings)  # issue 6: /metrics
-    heartbeat: HeartbeatSettings = Field(default_factory=HeartbeatSettings)  # issue 6
-    mqtt: MqttSettings | None = None  # issue 4: unset = no MQTT (sinks/mqtt.py)
-    notify: NotifySettings | None = None  # issue 4: unset = no phone channels
-    actions: ActionsSettings = Field(default_factory=ActionsSettings)  # issue 5: dry run
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)  # docs/monitoring.md
+    heartbeat: HeartbeatSettings = Field(default_factory=HeartbeatSettings)  # docs/monitoring.md
+    mqtt: MqttSettings | None = None  # docs/notifications.md: unset = no MQTT (sinks/mqtt.py)
+    notify: NotifySettings | None = None  # docs/notifications.md: unset = no phone channels
+    actions: ActionsSettings = Field(default_factory=ActionsSettings)  # docs/actions.md: dry run
 
     @field_validator("accounts")
     @classmethod
@@ -467,9 +511,20 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
         for entry in sorted(Path(credentials).iterdir()):
             if entry.is_file():
                 _read_credential(entry)
+    # a file without accounts would silently watch the sim demo: never what was meant; it is
+    # refused after the rest is validated, so a typo elsewhere is named first
+    no_accounts = path is not None and "accounts" not in data and "accounts" not in overrides
+    if path is None or no_accounts:
+        # the demo as if written in a file, so MARGIN_MONITOR__ACCOUNTS__DEMO__... applies
+        data["accounts"] = [{"name": "demo", "exchange": "sim"}]
     token = _FILE_DATA.set(data)
     try:
         settings = Settings(**overrides)
+        if no_accounts:
+            raise UserError(
+                f"{origin}: no [[accounts]] table: add one per account to watch (name = "
+                '"main", exchange = "binanceusdm"), or run without --config for the demo'
+            )
     except ValidationError as exc:
         raise UserError(format_validation_error(exc, origin)) from None
     except SettingsError as exc:
@@ -514,6 +569,8 @@ def format_validation_error(exc: ValidationError, origin: str) -> str:
         message = f"{loc} is not a known setting ({hint})"
     elif first["type"] == "missing":
         message = f"{loc} is required"
+    elif (sentence := _sentence(first, loc)) is not None:
+        message = sentence
     else:
         # pydantic's `msg` never quotes the input, so a secret cannot leak through here
         msg = str(first["msg"]).removeprefix("Value error, ")
@@ -521,6 +578,57 @@ def format_validation_error(exc: ValidationError, origin: str) -> str:
     others = len(errors) - 1
     more = f" (and {others} more problem{'s' if others > 1 else ''})" if others else ""
     return f"{origin}: {_first_line(message)}{more}"
+
+
+# pydantic's own wording ("Input should be a valid list") names no fix; these say what to write.
+# Never quote the input: a mistyped secret (api_key = 1234) must not reach the terminal.
+_PATTERN_FIXES = {
+    "name": "use letters, digits, '_', '.' and '-' only (no spaces), e.g. name = \"main\"",
+    "prefix": "an MQTT topic prefix cannot hold the wildcards '#' or '+'",
+}
+_TYPE_FIXES = {
+    "string_type": "must be text: put the value in double quotes, e.g. {field} = \"...\"",
+    "float_type": "must be a number without quotes, e.g. {field} = 5",
+    "float_parsing": "must be a number without quotes, e.g. {field} = 5",
+    "int_type": "must be a whole number without quotes, e.g. {field} = 8",
+    "int_parsing": "must be a whole number without quotes, e.g. {field} = 8",
+    "int_from_float": "must be a whole number, e.g. {field} = 8",
+    "bool_type": "must be true or false (lowercase, no quotes)",
+    "bool_parsing": "must be true or false (lowercase, no quotes)",
+    "greater_than": "must be greater than {gt}",
+    "greater_than_equal": "must be {ge} or more",
+    "less_than": "must be less than {lt}",
+    "less_than_equal": "must be {le} or less",
+    "literal_error": "must be {expected}",
+    "model_type": "must be a table: write it as [{table}] on its own line, then its keys",
+    "dict_type": "must be a table: write it as [{table}] on its own line, then its keys",
+}
+
+
+def _sentence(error: Mapping[str, Any], loc: str) -> str | None:
+    """A sentence with the fix for pydantic's common error types, or None for its own."""
+    kind = str(error["type"])
+    names = [p for p in error["loc"] if isinstance(p, str)]
+    field = names[-1] if names else ""
+    table = ".".join(names)
+    if kind == "list_type":
+        return (
+            f"{loc} must be a list of tables: write each entry as [[{table}]] with double "
+            f"brackets (one [[{table}]] block per entry)"
+        )
+    if kind == "too_short" and table == "accounts":
+        return (
+            "accounts: no account to watch: add an [[accounts]] table with name and exchange "
+            "(e.g. exchange = \"binanceusdm\"), or run without --config for the demo"
+        )
+    if kind == "string_pattern_mismatch":
+        fix = _PATTERN_FIXES.get(field, f"does not match the pattern {error['ctx']['pattern']}")
+        return f"{loc}: {fix}"
+    template = _TYPE_FIXES.get(kind)
+    if template is None:
+        return None
+    ctx = {k: f"{v:g}" if isinstance(v, float) else v for k, v in error.get("ctx", {}).items()}
+    return f"{loc} " + template.format(field=field, table=table, **ctx)
 
 
 def _loc_text(loc: tuple[int | str, ...]) -> str:

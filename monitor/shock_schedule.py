@@ -2,7 +2,7 @@
 
 The shock solve (`stress.assess`) costs ~30 plain reports. Solving every account every
 `shock_interval` seconds costs accounts × solve time per interval: 1 000 accounts × 20
-positions at 1 s is more than a core, and the tick path starves (issue 7's profile). So the
+positions at 1 s is more than a core, and the tick path starves (docs/benchmarks.md). So the
 solves of every account share one budget, a token bucket of CPU seconds refilled at
 `share` of one core (at most `burst` seconds banked), and the scheduler hands it out:
 

@@ -1,7 +1,7 @@
 """Commands from a person (acknowledge, silence, pause/resume actions), signed with HMAC-SHA256.
 
 Commands change what protects someone's money, so reaching the broker must not be enough to
-send one (DESIGN.md "Alerts"). Every command is an envelope
+send one (docs/mqtt-and-commands.md). Every command is an envelope
 
     {"body": "<JSON text of the command>", "ts": <unix seconds>, "sig": "<hex>"}
 
@@ -60,7 +60,15 @@ _HEX = frozenset("0123456789abcdef")
 
 
 class CommandRefused(Exception):
-    """A command that must not be executed; the message says why (it is logged and replied)."""
+    """A command that must not be executed; the message says why (it is logged and replied).
+
+    `request_id`: the refused command's own id when its signed body could be read (a stale
+    or expired one), so the sender can match the refusal to its request (issue 14 §8).
+    """
+
+    def __init__(self, reason: str, request_id: str = "") -> None:
+        super().__init__(reason)
+        self.request_id = request_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,11 +174,15 @@ def verify(raw: bytes | str, secret: bytes, now: float, max_age: float = MAX_AGE
         if not math.isfinite(expires_at) or expires_at - ts > MAX_TOKEN_LIFE:
             raise CommandRefused("expires_at must be a time within 7 days of 'ts'")
         if now >= expires_at:
-            raise CommandRefused("token expired")
+            raise CommandRefused("token expired", request_id)
     elif now - ts > max_age:
-        raise CommandRefused(f"command is {now - ts:.0f} s old (limit {max_age:.0f} s): replay?")
+        raise CommandRefused(
+            f"command is {now - ts:.0f} s old (limit {max_age:.0f} s): replay?", request_id
+        )
     if ts - now > FUTURE_SKEW:
-        raise CommandRefused("command timestamp is in the future: check the sender's clock")
+        raise CommandRefused(
+            "command timestamp is in the future: check the sender's clock", request_id
+        )
     action = data.get("action")
     if action not in _ACTIONS:
         raise CommandRefused(f"unknown action {action!r}: use one of {sorted(_ACTIONS)}")

@@ -1,4 +1,4 @@
-"""The snapshot file and JSON report contract (DESIGN.md), read strictly, written faithfully.
+"""The snapshot file and JSON report (docs/margin-math.md), read strictly, written faithfully.
 
 Snapshot files come from people (bug reports, hand-made what-ifs) and from
 `margin-monitor snapshot`; a wrong one must never produce a confident wrong number. So
@@ -18,22 +18,26 @@ from monitor.errors import UserError
 from monitor.model import (
     AccountSnapshot,
     Collateral,
+    CollateralRisk,
     CollateralTier,
     MarginReport,
     Position,
     PositionRisk,
     ShockToLiquidation,
     Tier,
+    VenueMargin,
 )
 
 __all__ = [
+    "collateral_risk_to_dict",
     "load_snapshot",
     "parse_snapshot",
     "report_to_dict",
     "snapshot_to_dict",
 ]
 
-_TOP = ("account", "currency", "venue", "collateral", "positions")
+_TOP = ("account", "currency", "venue", "collateral", "positions", "venue_margin")
+_VENUE_MARGIN = ("margin_ratio", "maintenance_margin", "margin_balance", "source")
 _COLLATERAL = (
     "asset", "amount", "price", "haircut", "liability_markup", "haircut_tiers", "tier_basis",
     "beta",
@@ -41,7 +45,7 @@ _COLLATERAL = (
 _POSITION = (
     "symbol", "side", "contracts", "contract_size", "entry_price", "mark_price", "margin_mode",
     "leverage", "settle", "inverse", "hedged", "unrealized_pnl", "initial_margin",
-    "maintenance_margin", "mmr", "tiers", "isolated_margin", "beta",
+    "maintenance_margin", "mmr", "tiers", "isolated_margin", "beta", "liquidation_fee",
 )
 _TIER = ("max_notional", "mmr", "maintenance_amount", "imr")
 _BAND = ("up_to", "ratio")
@@ -244,6 +248,18 @@ def parse_snapshot(data: object, origin: str) -> AccountSnapshot:
         collateral=collateral,
         positions=positions,
         venue=top.text("venue") if top.has("venue") else None,
+        venue_margin=_venue_margin(top) if top.has("venue_margin") else None,
+    )
+
+
+def _venue_margin(top: _Reader) -> VenueMargin:
+    """A portfolio-margin account's own figures (issue 12); ratio null = none read."""
+    r = _Reader(top.origin, "venue_margin", top.obj["venue_margin"], _VENUE_MARGIN)
+    return VenueMargin(
+        margin_ratio=r.optional("margin_ratio", minimum=0.0, allow_inf=True),
+        maintenance_margin=r.optional("maintenance_margin"),
+        margin_balance=r.optional("margin_balance"),
+        source=r.text("source", ""),
     )
 
 
@@ -324,6 +340,7 @@ def _position(r: _Reader) -> Position:
         tiers=tiers,
         isolated_margin=r.optional("isolated_margin", minimum=0.0),
         beta=r.number("beta", 1.0),
+        liquidation_fee=r.optional("liquidation_fee", minimum=0.0, below=1.0),
     )
 
 
@@ -331,7 +348,7 @@ def _position(r: _Reader) -> Position:
 
 
 def _num(value: float | None) -> float | str | None:
-    """JSON has no infinity: write it as the string "inf" (DESIGN.md report contract)."""
+    """JSON has no infinity: write it as the string "inf" (docs/margin-math.md, report JSON)."""
     if value is None:
         return None
     if math.isinf(value):
@@ -348,6 +365,13 @@ def snapshot_to_dict(s: AccountSnapshot) -> dict[str, Any]:
                          for c in s.collateral]
     out["positions"] = [_drop_defaults(_position_dict(p), _POSITION_DEFAULTS)
                         for p in s.positions]
+    if s.venue_margin is not None:
+        vm = s.venue_margin
+        out["venue_margin"] = {"margin_ratio": _num(vm.margin_ratio),
+                               "maintenance_margin": vm.maintenance_margin,
+                               "margin_balance": vm.margin_balance}
+        if vm.source:
+            out["venue_margin"]["source"] = vm.source
     return out
 
 
@@ -358,7 +382,7 @@ _COLLATERAL_DEFAULTS: Mapping[str, object] = {
 _POSITION_DEFAULTS: Mapping[str, object] = {
     "settle": None, "inverse": False, "hedged": False, "unrealized_pnl": None,
     "initial_margin": None, "maintenance_margin": None, "mmr": None, "tiers": [],
-    "isolated_margin": None, "beta": 1.0, "leverage": None,
+    "isolated_margin": None, "beta": 1.0, "leverage": None, "liquidation_fee": None,
 }
 
 
@@ -390,6 +414,7 @@ def _position_dict(p: Position) -> dict[str, Any]:
             for t in p.tiers
         ],
         "isolated_margin": p.isolated_margin, "beta": p.beta,
+        "liquidation_fee": p.liquidation_fee,
     }
 
 
@@ -411,7 +436,7 @@ def _risk_dict(p: PositionRisk) -> dict[str, Any]:
 
 
 def report_to_dict(r: MarginReport) -> dict[str, Any]:
-    """The JSON report of DESIGN.md; infinite ratios become the string "inf"."""
+    """The JSON report (docs/margin-math.md); infinite ratios become the string "inf"."""
     return {
         "account": r.account,
         "currency": r.currency,
@@ -426,4 +451,18 @@ def report_to_dict(r: MarginReport) -> dict[str, Any]:
         "liquidated": r.liquidated,
         "shock_to_liquidation": shock_to_dict(r.shock_to_liquidation),
         "positions": [_risk_dict(p) for p in r.positions],
+        "model": r.model,
+        "collateral_risk": collateral_risk_to_dict(r.collateral_risk),
+    }
+
+
+def collateral_risk_to_dict(risk: CollateralRisk | None) -> dict[str, Any] | None:
+    """`{"non_stable_share": 0.6, "assets": [{"asset": "BTC", "value": …, "share": …,
+    "fall_to_liquidation": -0.41}]}`; None (null) when it was not computed this report."""
+    if risk is None:
+        return None
+    return {
+        "non_stable_share": risk.non_stable_share,
+        "assets": [{"asset": a.asset, "value": a.value, "share": a.share,
+                    "fall_to_liquidation": a.fall} for a in risk.assets],
     }

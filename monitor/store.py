@@ -1,7 +1,7 @@
 """Durable alert state, the outbox and the audit trail, in one SQLite file (WAL).
 
 Why a database at all: Alertmanager keeps alerts in memory and its users lose resolve
-notifications on restart (alertmanager #2370, notes/peers.md §2.8); freqtrade re-warns on
+notifications on restart (alertmanager #2370, docs/notifications.md); freqtrade re-warns on
 every start (§2.1). Here the alert state and the messages it produced are written in ONE
 transaction before any sink sees them, so after a restart
 
@@ -126,11 +126,11 @@ def _persisted_part(alert: AlertState) -> AlertState:
 
 
 # AlertState as JSON: every field is a plain value, so no `dataclasses.asdict` deep copy
-# (a tenth of a millisecond on the tick -> alert path, issue 7)
+# (a tenth of a millisecond on the tick -> alert path, docs/benchmarks.md)
 _STATE_FIELDS = tuple(f.name for f in dataclasses.fields(AlertState))
 
 # every field of `_persisted_part`, read at C speed: comparing these is how `commit` tells
-# that only the value moved without building the part (a replace per report, issue 7)
+# that only the value moved without building the part (a replace per report, docs/benchmarks.md)
 _persisted_fields = operator.attrgetter(
     *(f.name for f in dataclasses.fields(AlertState) if f.name != "value")
 )
@@ -253,7 +253,7 @@ class Store:
         Only alerts whose persisted part changed are written, so per-tick value updates
         cost nothing. `accounts`: only these accounts' alerts can have changed (a report
         evaluates one account; looking at every account's alerts made each report cost
-        O(accounts), a whole core at 100 sim accounts in issue 7's soak).
+        O(accounts), a whole core at 100 sim accounts in the soak in docs/benchmarks.md).
         """
         statements: list[tuple[str, Sequence[object]]] = []
         saved, seen = self._saved, self._seen

@@ -1,6 +1,6 @@
 """Valuing one account at given prices: position figures and the cross pool, per asset.
 
-Formulas and their sources (details and worked examples in shared/notes/margin-math.md):
+Formulas and their sources (details and worked examples in docs/margin-math.md):
 
 - Maintenance margin of a position = notional × mmr(tier) − maintenance amount (Binance USDⓈ-M
   "Maintenance Margin = Position Notional × MMR − Maintenance Amount", FAQ b3c689c1…; Bybit
@@ -42,6 +42,8 @@ __all__ = [
     "computed_maintenance_margin",
     "figures_of",
     "isolated_margin_of",
+    "liquidation_fee_of",
+    "margin_ratio",
     "pnl_at",
     "pool",
     "surplus",
@@ -55,6 +57,19 @@ INF = math.inf
 Figures = tuple[float, float, float]
 
 
+def margin_ratio(mm: float, balance: float, *, exposed: bool = False) -> float:
+    """Maintenance margin / margin balance, the one rule every surface reads (issue 19).
+
+    `exposed`: a position is open in this pool. A pool with nothing open and no MM owed has
+    nothing to liquidate, whatever its balance: ratio 0 (Binance multi-assets FAQ, example
+    M1: "No positions ... margin ratio 0"), so an empty cross pool (isolated positions only,
+    or nothing open) never reads as liquidated. A balance ≤ 0 under an open position or
+    owed MM is +inf (past liquidation; also when the position's MM schedule is unknown),
+    never a division error.
+    """
+    if balance > 0.0:
+        return mm / balance if mm > 0.0 else 0.0
+    return INF if exposed or mm > 0.0 else 0.0
 
 
 def tier_for(tiers: Sequence[Tier], notional: float) -> Tier:
@@ -82,15 +97,23 @@ def computed_maintenance_margin(p: Position, rules: VenueRules, price: float) ->
     return _maintenance_on(p, rules, p.settle_notional(price))
 
 
+def liquidation_fee_of(p: Position, rules: VenueRules) -> float:
+    """Taker fee rate the venue counts in `p`'s liquidation condition (OKX, Gate; else 0)."""
+    return p.liquidation_fee if p.liquidation_fee is not None else rules.liquidation_fee
+
+
 def _maintenance_on(p: Position, rules: VenueRules, notional: float) -> float:
-    """MM of the schedule for a position worth `notional` (settle asset)."""
+    """MM of the schedule for a position worth `notional` (settle asset), plus the fee the
+    venue charges at liquidation where its condition counts it (OKX "maintenance margin +
+    liquidation fees"): the whole requirement the margin balance is held against."""
+    fee = notional * liquidation_fee_of(p, rules)
     if p.tiers:
         tier = tier_for(p.tiers, notional)
         deduction = tier.maintenance_amount if rules.tier_deduction else 0.0
-        return notional * tier.mmr - deduction
+        return notional * tier.mmr - deduction + fee
     if p.mmr is not None:
-        return notional * p.mmr
-    return 0.0
+        return notional * p.mmr + fee
+    return fee
 
 
 def computed_initial_margin(p: Position, price: float) -> float:
@@ -131,11 +154,12 @@ def figures_of(p: Position, rules: VenueRules) -> Figures:
     pnl = p.unrealized_pnl if p.unrealized_pnl is not None else pnl_at(p, mark)
     im = p.initial_margin if p.initial_margin is not None else _initial_on(p, notional)
     mm = p.maintenance_margin
-    if mm is None:
-        if rules.isolated_mm_on_entry and p.margin_mode == "isolated":
-            mm = computed_maintenance_margin(p, rules, mark)
-        else:
-            mm = _maintenance_on(p, rules, notional)
+    if mm is not None:  # the venue's MM has no fee in it (OKX `mmr`)
+        mm += notional * liquidation_fee_of(p, rules)
+    elif rules.isolated_mm_on_entry and p.margin_mode == "isolated":
+        mm = computed_maintenance_margin(p, rules, mark)
+    else:
+        mm = _maintenance_on(p, rules, notional)
     return pnl, im, mm
 
 
@@ -223,6 +247,7 @@ def pool(
     currency = snapshot.currency
     deduct = rules.tier_deduction
     on_entry = rules.isolated_mm_on_entry
+    venue_fee = rules.liquidation_fee
     books = _books(snapshot)
     figures: list[Figures] = []
     for p in snapshot.positions:
@@ -236,20 +261,21 @@ def pool(
             pnl, im, mm = figures_of(p, rules)
         else:
             # `figures_of` of a linear position valued from its schedule, inlined: this
-            # loop runs once per position per report (issue 7: 1 000 positions in 2 ms)
+            # loop runs once per position per report (docs/benchmarks.md: 1 000 positions in 2 ms)
             size = p.contracts * p.contract_size
             mark = p.mark_price
             notional = size * mark
             pnl = (mark - p.entry_price) * size if p.side == "long" else (
                 p.entry_price - mark) * size  # fmt: skip
+            fee = notional * (venue_fee if p.liquidation_fee is None else p.liquidation_fee)
             tiers = p.tiers
             if tiers:
                 for tier in tiers:
                     if notional <= tier.max_notional:
                         break
-                mm = notional * tier.mmr - (tier.maintenance_amount if deduct else 0.0)
+                mm = notional * tier.mmr - (tier.maintenance_amount if deduct else 0.0) + fee
             else:
-                mm = notional * p.mmr if p.mmr is not None else 0.0
+                mm = notional * p.mmr + fee if p.mmr is not None else fee
             im = notional / p.leverage if p.leverage else _initial_on(p, notional)
         figures.append((pnl, im, mm))
         if p.margin_mode == "cross":
@@ -277,7 +303,7 @@ def surplus_at(
 
     Equal to `surplus` of the same account re-priced with `Position.at_mark` once venue
     figures are turned into rates; the shock solver calls it dozens of times per account,
-    and building re-priced `Position` objects was most of its cost (issue 7's profile).
+    and building re-priced `Position` objects was most of its cost (docs/benchmarks.md).
     """
     rules = snapshot.rules
     currency = snapshot.currency

@@ -1,7 +1,7 @@
 """Venue errors the shell catches, without making a sim-only daemon import ccxt.
 
 `import ccxt` loads every exchange class ccxt ships: about 65 MB of RSS and 0.3 s, before
-a single account is watched (issue 7's soak: RSS <= 100 MB on the sim). The built-in sim
+a single account is watched (RSS <= 100 MB on the sim, docs/benchmarks.md). The built-in sim
 venue only needs ccxt's error *vocabulary*, so it raises the look-alike classes below, and
 the executor and backstop catch `catching(...)`: the classes of that name here plus ccxt's
 own, when ccxt has been imported. An exception of a ccxt class cannot exist before ccxt is

@@ -180,10 +180,34 @@ class TestCommands:
         status = self.send(p, Command("status", request_id="4"))
         assert status["accounts"] == {  # type: ignore[comparison-overlap]
             "acct": {"level": "warning", "firing": ["margin_ratio"],
-                     "actions_paused_until": None},
-            "silences": []}
+                     "actions_paused_until": None}}
+        assert status["silences"] == []
         assert [r.payload["action"] for r in p.store.audit_trail(kind="command")] == [
             "ack", "pause", "resume", "status"]
+
+    def test_account_named_silences(self, tmp_path: Path) -> None:
+        """Test that an account called `silences` keeps its entry beside the silence list."""
+        p = self.pipeline(tmp_path)
+        p.on_report(report(0.6, account="silences"), now=1000.0)
+        self.send(p, Command("silence", account="acct", duration=600, silence_id="s",
+                             request_id="1"))
+        status = self.send(p, Command("status", request_id="2"))
+        accounts = status["accounts"]
+        assert isinstance(accounts, dict)
+        assert accounts["silences"] == {"level": "warning", "firing": ["margin_ratio"],
+                                        "actions_paused_until": None}
+        assert status["silences"] == [{"id": "s", "account": "acct", "rule": None,
+                                       "until": 1600.0, "up_to": "emergency"}]
+
+    def test_stale_refusal_echoes_request_id(self, tmp_path: Path) -> None:
+        """Test that a readable but stale command is refused with its own request_id."""
+        p = self.pipeline(tmp_path)
+        reply = self.send(p, Command("ack", account="acct", request_id="r-7"), ts=900.0)
+        assert reply == {"ok": False, "request_id": "r-7",
+                         "error": "command is 100 s old (limit 60 s): replay?"}
+        forged = json.dumps({"body": '{"action":"ack","request_id":"r-8"}', "ts": 1000,
+                             "sig": "0" * 64})
+        assert p.handle_command(forged)["request_id"] == ""  # unsigned: nothing echoed
 
     def test_unsilence_announces(self, tmp_path: Path) -> None:
         """Test that lifting a silence announces the level it was hiding."""

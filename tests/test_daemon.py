@@ -146,8 +146,9 @@ class _Burst:
         return _book()
 
     async def events(self) -> AsyncIterator[Event]:
+        t0 = time.time()  # after the start-up read: an older tick would be dropped
         for i, price in enumerate(self.prices):
-            yield PriceTick("burst", BTC, price, 1.0 + i)
+            yield PriceTick("burst", BTC, price, t0 + i * 1e-3)
             if (i + 1) % self.chunk == 0:
                 await asyncio.sleep(0)
 
@@ -453,7 +454,7 @@ class TestCheckCommand:
         assert "main: binanceusdm (production" in out
         assert "practice: sim (scenario selloff, seed 42" in out
         assert "warning 0.5, critical 0.7, emergency 0.85" in out
-        assert "sinks: console" in out
+        assert "  - console: the live view on a terminal" in out
 
     @pytest.mark.parametrize(
         ("actions", "pause_file", "expected"),

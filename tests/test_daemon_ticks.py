@@ -4,6 +4,7 @@ shock budget (issue 7: 20 000 ticks/s on one core without delaying an alert)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -17,10 +18,10 @@ from monitor.errors import UserError
 from monitor.ledger import Ledger
 from monitor.model import (
     AccountSnapshot,
+    AccountUpdate,
     Collateral,
     Event,
     Position,
-    PositionsUpdate,
     PriceTick,
 )
 from monitor.rules import AlertConfig
@@ -70,8 +71,13 @@ class _Script:
         return None
 
 
+_STAMPS = itertools.count(4_000_000_000)
+
+
 def _tick(price: float) -> PriceTick:
-    return PriceTick("burst", BTC, price, 1.0)
+    # stamped after the start-up read (initial_state stamps it with the wall clock), in
+    # order: an older tick would be dropped (state.py, the ordering rule)
+    return PriceTick("burst", BTC, price, float(next(_STAMPS)))
 
 
 async def _run(source: _Script, recorder: _Recorder, **overrides: object) -> AccountLoop:
@@ -128,8 +134,9 @@ class TestThresholdCrossing:
         book = _book()
         # 0.6 BTC at 58 650: margin balance 190, MM 140.76, ratio 0.74 (critical)
         bigger = replace(book.positions[0], contracts=0.6, mark_price=58_650.0)
-        later = 4e9  # after the start-up read (initial_state stamps it with the wall clock)
-        script: list[Event | None] = [_tick(59_000.0), PositionsUpdate("burst", (bigger,), later)]
+        later = 5e9  # sent after the start-up read and after the tick before it
+        read = AccountUpdate("burst", (bigger,), book.collateral, later)
+        script: list[Event | None] = [_tick(59_000.0), read]
         source = _Script(recorder, script, book)
         loop = await _run(source, recorder)
         assert source.seen == [(0, None), (1, 58_650.0)]
@@ -254,7 +261,7 @@ class TestReportSpacing:
 
     def test_negative_spacing_is_refused(self) -> None:
         """Test that a negative spacing is a one-line settings error naming the field."""
-        with pytest.raises(UserError, match=r"report_spacing: Input should be greater than"):
+        with pytest.raises(UserError, match=r"report_spacing must be 0 or more"):
             load_settings(None, report_spacing=-1)
 
 

@@ -10,9 +10,8 @@ import pytest
 
 from monitor import margin, stress
 from monitor.model import (
-    BalanceUpdate,
+    AccountUpdate,
     Event,
-    PositionsUpdate,
     PriceTick,
     SourceDown,
     SourceStale,
@@ -63,7 +62,7 @@ async def started(
     source = make_source(fake, **kw)
     tap = EventTap(source.events())
     try:
-        await tap.wait_for(lambda e: isinstance(e, BalanceUpdate))
+        await tap.wait_for(lambda e: isinstance(e, AccountUpdate))
         yield source, tap
     finally:
         await tap.stop()
@@ -84,7 +83,7 @@ async def quiet(fake: FakeBinanceUsdm) -> AsyncIterator[tuple[ExchangeSource, Ev
 
 
 def is_positions(event: Event) -> bool:
-    return isinstance(event, PositionsUpdate)
+    return isinstance(event, AccountUpdate)
 
 
 def close(a: float, b: float, rel: float = 1e-4) -> bool:
@@ -96,7 +95,7 @@ class TestInitialSnapshot:
         """Test that the first reconciliation yields both positions and the wallet balance."""
         _source, tap = running
         update = await tap.wait_for(is_positions)
-        assert isinstance(update, PositionsUpdate)
+        assert isinstance(update, AccountUpdate)
         by_symbol = {p.symbol: p for p in update.positions}
         assert by_symbol[BTC].side == "long"
         assert by_symbol[BTC].contracts == pytest.approx(0.8)
@@ -104,7 +103,7 @@ class TestInitialSnapshot:
         assert by_symbol[ETH].contracts == pytest.approx(4.0)
         # The venue's maintMargin (with cum), not ccxt's mmr × notional (notes/ccxt.md §0.7).
         assert by_symbol[ETH].maintenance_margin == pytest.approx(12_000 * 0.0065 - 15.0)
-        balance = next(e for e in tap.seen if isinstance(e, BalanceUpdate))
+        balance = next(e for e in tap.seen if isinstance(e, AccountUpdate))
         assert [(c.asset, c.amount) for c in balance.collateral] == [("USDT", 1_000.0)]
 
     async def test_tiers_keep_cum(self, running: tuple[ExchangeSource, EventTap]) -> None:
@@ -183,12 +182,12 @@ class TestPrivateStream:
         await fake.set_position("BTCUSDT", 1.5, 59_500.0)
         update = await tap.wait_for(
             lambda e: (
-                isinstance(e, PositionsUpdate)
+                isinstance(e, AccountUpdate)
                 and any(p.symbol == BTC and p.contracts == 1.5 for p in e.positions)
             ),
             after=mark,
         )
-        assert isinstance(update, PositionsUpdate)
+        assert isinstance(update, AccountUpdate)
         assert fake.count("/fapi/v3/positionRisk") > reads
         btc = next(p for p in update.positions if p.symbol == BTC)
         # Full REST fields, not the stream's stripped ones (notes/ccxt.md §0.3).
@@ -205,9 +204,9 @@ class TestPrivateStream:
         mark = len(tap.seen)
         await fake.set_position("ETHUSDT", 0.0, 0.0)
         update = await tap.wait_for(
-            lambda e: isinstance(e, PositionsUpdate) and len(e.positions) == 1, after=mark
+            lambda e: isinstance(e, AccountUpdate) and len(e.positions) == 1, after=mark
         )
-        assert isinstance(update, PositionsUpdate)
+        assert isinstance(update, AccountUpdate)
         assert [p.symbol for p in update.positions] == [BTC]
 
 
@@ -240,7 +239,7 @@ class TestFaults:
         tap = EventTap(source.events())
         try:
             update = await tap.wait_for(is_positions, within=10.0)
-            assert isinstance(update, PositionsUpdate)
+            assert isinstance(update, AccountUpdate)
             assert len(update.positions) == 2
             assert not any(isinstance(e, SourceDown) for e in tap.seen)
             assert fake.count("/fapi/v3/positionRisk") >= 4
@@ -300,7 +299,7 @@ class TestFaults:
             while fake.faults.get("/fapi/v3/positionRisk"):  # noqa: ASYNC110 - polls the fake
                 await asyncio.sleep(0.02)
         assert source.positions == good
-        assert all(len(e.positions) == 2 for e in tap.seen[mark:] if isinstance(e, PositionsUpdate))
+        assert all(len(e.positions) == 2 for e in tap.seen[mark:] if isinstance(e, AccountUpdate))
         # ... and it recovers on the next good read.
         await tap.wait_for(is_positions, after=mark)
 
@@ -377,7 +376,7 @@ class TestClockSkew:
         )
         tap = EventTap(source.events())
         try:
-            await tap.wait_for(lambda e: isinstance(e, BalanceUpdate), within=5.0)
+            await tap.wait_for(lambda e: isinstance(e, AccountUpdate), within=5.0)
             assert fake.count("/fapi/v1/time") >= 1
             assert exchange.options["timeDifference"] < -2_000  # the venue runs 2.5 s ahead
         finally:
@@ -410,8 +409,10 @@ class TestMultiAssets:
         """Test that BTC collateral with no BTC position gets a mark read, then streamed ticks."""
         fake.account.positions.pop(("BTCUSDT", "BOTH"))
         fake.account.assets["BTC"] = 0.1
+        fake.account.multi_assets = True  # a BTC balance is margin only in Multi-Assets Mode
+        fake.account.buffers["BTC"] = (0.0, 0.0)
         async with started(fake) as (source, tap):
-            balance = next(e for e in reversed(tap.seen) if isinstance(e, BalanceUpdate))
+            balance = next(e for e in reversed(tap.seen) if isinstance(e, AccountUpdate))
             btc = next(c for c in balance.collateral if c.asset == "BTC")
             assert (btc.amount, btc.price) == (0.1, 60_000.0)
             await fake.wait_for_client("/market/ws", "btcusdt@markPrice@1s")

@@ -10,9 +10,8 @@ import pytest
 
 from monitor import margin
 from monitor.model import (
-    BalanceUpdate,
+    AccountUpdate,
     Event,
-    PositionsUpdate,
     PriceTick,
     SourceDown,
     SourceStale,
@@ -53,12 +52,12 @@ async def started(
 @pytest.fixture
 async def running(fake: FakeBybit) -> AsyncIterator[tuple[ExchangeSource, EventTap]]:
     async with started(fake) as (source, tap):
-        await tap.wait_for(lambda e: isinstance(e, BalanceUpdate))
+        await tap.wait_for(lambda e: isinstance(e, AccountUpdate))
         yield source, tap
 
 
 def is_positions(event: Event) -> bool:
-    return isinstance(event, PositionsUpdate)
+    return isinstance(event, AccountUpdate)
 
 
 def close(a: float, b: float, rel: float = 1e-4) -> bool:
@@ -136,13 +135,13 @@ class TestPrivateStream:
             await fake.set_position("BTCUSDT", "Buy", 1.25, 58_400.0)
             update = await tap.wait_for(
                 lambda e: (
-                    isinstance(e, PositionsUpdate)
+                    isinstance(e, AccountUpdate)
                     and any(p.symbol == BTC and p.contracts == 1.25 for p in e.positions)
                 ),
                 after=mark,
                 within=3.0,
             )
-            assert isinstance(update, PositionsUpdate)
+            assert isinstance(update, AccountUpdate)
 
 
 class TestFaults:
@@ -207,7 +206,7 @@ class TestFaults:
             while fake.faults.get("/v5/account/wallet-balance"):  # noqa: ASYNC110 - polls the fake
                 await asyncio.sleep(0.02)
         assert source.collateral == good
-        await tap.wait_for(lambda e: isinstance(e, BalanceUpdate), after=mark)
+        await tap.wait_for(lambda e: isinstance(e, AccountUpdate), after=mark)
 
 
 class TestSilence:
@@ -258,7 +257,7 @@ class TestTiers:
                     await asyncio.sleep(0.05)
             await tap.wait_for(
                 lambda e: (
-                    isinstance(e, PositionsUpdate)
+                    isinstance(e, AccountUpdate)
                     and any(p.symbol == ETH and p.tiers[0].mmr == 0.012 for p in e.positions)
                 )
             )
@@ -274,8 +273,8 @@ class TestCollateral:
         fake.account.coins["BTC"] = (0.05, 61_000.0, True)
         fake.account.coins["DOGE"] = (1_000.0, 0.1, False)
         async with started(fake) as (_source, tap):
-            first = await tap.wait_for(lambda e: isinstance(e, BalanceUpdate))
-            assert isinstance(first, BalanceUpdate)
+            first = await tap.wait_for(lambda e: isinstance(e, AccountUpdate))
+            assert isinstance(first, AccountUpdate)
             by_asset = {c.asset: c for c in first.collateral}
         assert set(by_asset) == {"USDT", "BTC"}
         assert by_asset["BTC"].amount == 0.05

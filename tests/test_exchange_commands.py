@@ -19,7 +19,7 @@ from monitor.cli import main
 from monitor.errors import UserError
 from monitor.settings import load_settings
 from monitor.snapshot import parse_snapshot
-from monitor.sources.exchange import check_account
+from monitor.sources.exchange import ExchangeSource, check_account
 from tests.fakes import binance, bybit
 from tests.fakes.base import FakeVenue
 
@@ -66,6 +66,18 @@ async def binance_fake() -> AsyncIterator[binance.FakeBinanceUsdm]:
     fake.account.positions[("BTCUSDT", "BOTH")] = binance.BinancePosition("BTCUSDT", 0.5, 59_000.0)
     async with fake:
         yield fake
+
+
+@pytest.fixture
+def multi_assets(
+    binance_fake: binance.FakeBinanceUsdm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """The config of a Binance multi-assets account holding 0.1 BTC (mark 61,250)."""
+    binance_fake.account.multi_assets = True  # a BTC balance is margin only in this mode
+    binance_fake.account.assets["BTC"] = 0.1
+    binance_fake.account.marks["BTCUSDT"] = 61_250.0
+    set_keys(monkeypatch, "main", binance.API_KEY, binance.SECRET)
+    return write_config(tmp_path / "live.toml", "main", binance_fake)
 
 
 class TestSnapshotCommand:
@@ -150,6 +162,30 @@ class TestCheckAccount:
         binance_fake.account.can_trade = False
         assert "read-only" in await check_account(account)
 
+    async def test_multi_assets_collateral_is_priced_as_run_prices_it(
+        self, multi_assets: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Test that `check` prices BTC collateral by BTC/USDT:USDT (no spot market), as
+        `snapshot` and `run` do (issue 19: one collateral-pricing rule for all three)."""
+        config, tmp_path = multi_assets, multi_assets.parent
+        code = await asyncio.to_thread(main, ["check", "--config", str(config)])
+        out = capsys.readouterr().out
+        assert code == 0, out
+        assert "BTC 0.1 @ 61250 USDT" in out
+        snap = tmp_path / "snap.json"
+        args = ["snapshot", "--config", str(config), "--account", "main", "-o", str(snap)]
+        assert await asyncio.to_thread(main, args) == 0
+        data = json.loads(snap.read_text(encoding="utf-8"))
+        (btc,) = [c for c in parse_snapshot(data, str(snap)).collateral if c.asset == "BTC"]
+        assert (btc.amount, btc.price) == (0.1, 61_250.0)
+        source = ExchangeSource(load_settings(config).accounts[0])
+        try:
+            markets = await (await source.open()).load_markets()
+        finally:
+            await source.close()
+        assert "BTC/USDT:USDT" in markets
+        assert "BTC/USDT" not in markets
+
     async def test_bybit_read_only_key(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
@@ -174,3 +210,35 @@ class TestCheckAccount:
         account = load_settings(config).accounts[0]
         with pytest.raises(UserError, match="api_key/secret"):
             await check_account(account)
+
+
+class TestCheckExitCodes:
+    """`check`: 0 all good, 1 valid configuration but a live check failed, 2 bad config."""
+
+    async def test_rejected_keys_exit_1(
+        self,
+        binance_fake: binance.FakeBinanceUsdm,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """Test that check exits 1 and prints FAILED for rejected keys, 0 with good ones."""
+        import os
+        import sys
+
+        config = write_config(tmp_path / "live.toml", "main", binance_fake)
+        exe = str(Path(sys.executable).parent / "margin-monitor")
+        results = {}
+        for key in ("wrong", binance.API_KEY):
+            set_keys(monkeypatch, "main", key, binance.SECRET)
+            proc = await asyncio.create_subprocess_exec(
+                exe, "check", "--config", str(config), env=dict(os.environ),
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            out, _ = await asyncio.wait_for(proc.communicate(), 60)
+            results[key] = (proc.returncode, out.decode())
+        code, out = results["wrong"]
+        assert code == 1, out
+        assert "  check main: FAILED: " in out
+        code, out = results[binance.API_KEY]
+        assert code == 0, out
+        assert "  check main: binanceusdm ok" in out

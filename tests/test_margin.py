@@ -408,7 +408,8 @@ class TestEdges:
     def test_okx_whole_position_tiers(self) -> None:
         """Test OKX's rule: one tier rate on the whole position, no deduction."""
         tiers = (Tier(100_000, 0.004, 0), Tier(INF, 0.006, 200))
-        p = Position("BTC/USDT:USDT", "long", 2, 60_000, 60_000, tiers=tiers)
+        # no liquidation fee: the tier rule alone (the fee term: tests/test_liquidation_fee.py)
+        p = Position("BTC/USDT:USDT", "long", 2, 60_000, 60_000, tiers=tiers, liquidation_fee=0.0)
         assert report(account(p, wallet=50_000, venue="okx")).maintenance_margin == 720
         assert report(account(p, wallet=50_000, venue="binanceusdm")).maintenance_margin == 520
 

@@ -31,7 +31,7 @@ from monitor.metrics import (
 )
 from monitor.model import (
     AccountSnapshot,
-    BalanceUpdate,
+    AccountUpdate,
     Collateral,
     Position,
     PriceTick,
@@ -154,13 +154,14 @@ class TestExposition:
     async def test_data_age_per_kind(self, sink: tuple[MetricsSink, FakeClock]) -> None:
         """Test that each data kind's age is the time since it last arrived."""
         metrics, clock = sink
-        await metrics.on_event(BalanceUpdate("main", (Collateral("USDT", 1.0),), 0.0))
+        await metrics.on_event(AccountUpdate("main", (), (Collateral("USDT", 1.0),), 0.0))
         clock.now += 4.0
         await metrics.on_event(PriceTick("main", "BTC/USDT:USDT", 61000.0, 0.0))
         clock.now += 1.5
         got = samples(metrics.exposition().decode())
         age = "margin_monitor_data_age_seconds"
         assert got[(age, (("account", "main"), ("kind", "balance")))] == pytest.approx(5.5)
+        assert got[(age, (("account", "main"), ("kind", "positions")))] == pytest.approx(5.5)
         assert got[(age, (("account", "main"), ("kind", "prices")))] == pytest.approx(1.5)
 
     async def test_events_counter_and_latency(self, sink: tuple[MetricsSink, FakeClock]) -> None:

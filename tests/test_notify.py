@@ -175,6 +175,18 @@ class TestRender:
         assert body.index("EMERGENCY main") < body.index("CRITICAL alt") < body.index("WARNING")
 
 
+    def test_news_still_true_leads(self) -> None:
+        """Test that open alerts lead and an episode resolved in the same batch follows it."""
+        title, body = render([
+            message(id="e.1"),
+            message(id="e.2", kind="resolved", level="ok", value=0.3, at=610.0),
+            message(id="c", account="alt", fingerprint="alt/margin_ratio", level="critical",
+                    value=0.75)])
+        assert title == "CRITICAL alt: margin ratio 75.0 % (+2 more)"
+        assert body.index("CRITICAL alt") < body.index("EMERGENCY main") < body.index(
+            "RESOLVED main")
+
+
 class TestChannel:
     """Channel settings and routing by level."""
 
@@ -263,7 +275,7 @@ class TestDelivery:
         assert again is not None
         late = again.split("; ")[0].split(", ")[4].removeprefix("body=")
         reply = pipeline.handle_command(decode_token(late), now=100.0 + 3601)
-        assert reply == {"ok": False, "request_id": "", "error": "token expired"}
+        assert reply == {"ok": False, "request_id": "e.2:ack", "error": "token expired"}
 
     async def test_json_and_burst_merge(self, tmp_path: Path) -> None:
         """Test that a burst is merged into few sends and no alert is dropped."""

@@ -9,7 +9,7 @@ import pytest
 
 from monitor import margin, venue_errors
 from monitor.errors import UserError
-from monitor.model import BalanceUpdate, Event, PositionsUpdate, PriceTick
+from monitor.model import AccountUpdate, Event, PriceTick
 from monitor.settings import SimSettings
 from monitor.sources.base import Source, TradingSource
 from monitor.sources.sim import DEMO_BOOK, SimVenue, selloff_keyframes
@@ -144,13 +144,16 @@ class TestOrders:
         assert order["fee"] == {"cost": pytest.approx(fee), "currency": "USDT"}
 
     async def test_fill_is_announced_on_the_stream(self) -> None:
-        """Test that a fill is streamed as a full PositionsUpdate and BalanceUpdate."""
+        """Test that a fill is streamed as ONE AccountUpdate: positions and wallet together."""
         venue = SimVenue("demo", FAST)
         await venue.create_order(SOL, "market", "sell", 400, None, {"reduceOnly": True})
+        wallet = venue.snapshot().collateral[0]
         events = await _collect(venue, 2)
-        assert isinstance(events[0], PositionsUpdate)
+        assert isinstance(events[0], AccountUpdate)
         assert [p.symbol for p in events[0].positions] == [BTC, ETH]
-        assert isinstance(events[1], BalanceUpdate)
+        assert events[0].collateral[0] == wallet  # the wallet after the fill, same event
+        assert dict(events[0].marks)[SOL] == pytest.approx(140.0, rel=0.05)
+        assert not isinstance(events[1], AccountUpdate)  # the next is a tick, not a half
 
     async def test_short_is_reduced_by_a_buy(self) -> None:
         """Test that a reduce-only buy reduces the short ETH position."""
@@ -286,6 +289,19 @@ class TestStream:
             (ETH, 3000.0),
             (BTC, 59000.0),
         ]
+
+    async def test_replay_starts_at_the_first_row(self, tmp_path: Path) -> None:
+        """Test that the first snapshot of a replay has the file's first prices, not the book's."""
+        path = tmp_path / "prices.csv"
+        path.write_text(f"ts,symbol,price\n5,{BTC},41000\n6,{BTC},40000\n")
+        venue = SimVenue("demo", FAST, replay=load_replay(path, SYMBOLS))
+        first = await venue.fetch_snapshot()
+        book = SimVenue("demo", FAST).snapshot()
+        marks = {p.symbol: p.mark_price for p in first.positions}
+        assert marks[BTC] == 41000.0
+        assert {p.symbol: p.mark_price for p in book.positions}[BTC] != 41000.0
+        others = {p.symbol: p.mark_price for p in book.positions if p.symbol != BTC}
+        assert {s: m for s, m in marks.items() if s != BTC} == others
 
 
 class TestReplayFile:

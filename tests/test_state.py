@@ -10,10 +10,9 @@ from hypothesis import strategies as st
 
 from monitor.model import (
     AccountSnapshot,
-    BalanceUpdate,
+    AccountUpdate,
     Collateral,
     Position,
-    PositionsUpdate,
     PriceTick,
     SourceDown,
     SourceStale,
@@ -121,45 +120,99 @@ class TestPriceTick:
         assert state.snapshot.positions[2].mark_price == 3000.0
 
 
+def _read(ts: float, positions: tuple[Position, ...] | None = None,
+          collateral: tuple[Collateral, ...] | None = None) -> AccountUpdate:
+    account = _account()
+    return AccountUpdate(
+        "acct",
+        account.positions if positions is None else positions,
+        account.collateral if collateral is None else collateral,
+        ts,
+    )
+
+
 class TestFullReads:
-    def test_positions_replace_wholesale(self) -> None:
-        """Test that a PositionsUpdate replaces every position and stamps the time."""
+    def test_read_replaces_positions_and_balance_together(self) -> None:
+        """Test that one AccountUpdate replaces positions and collateral at once, stamped."""
         new = (Position(ETH, "long", 1.0, 3000.0, 3000.0),)
-        state, changed = apply(_state(), PositionsUpdate("acct", new, 110.0))
+        wallet = (Collateral("USDT", 5.0),)
+        state, changed = apply(_state(), _read(110.0, new, wallet))
         assert changed
         assert state.snapshot.positions == new
-        assert state.positions_at == 110.0
-        assert state.snapshot.collateral == _account().collateral
-
-    def test_balance_replaces_wholesale(self) -> None:
-        """Test that a BalanceUpdate replaces the collateral and keeps the positions."""
-        new = (Collateral("USDT", 5.0),)
-        state, changed = apply(_state(), BalanceUpdate("acct", new, 110.0))
-        assert changed
-        assert state.snapshot.collateral == new
-        assert state.snapshot.positions == _account().positions
-        assert state.balance_at == 110.0
+        assert state.snapshot.collateral == wallet
+        assert (state.positions_at, state.balance_at) == (110.0, 110.0)
 
     def test_equal_read_is_fresh_but_unchanged(self) -> None:
-        """Test that a read equal to the current view refreshes its timestamp only."""
-        state, changed = apply(
-            _state(), PositionsUpdate("acct", _account().positions, 120.0)
-        )
+        """Test that a read equal to the current view refreshes its timestamps only."""
+        state, changed = apply(_state(), _read(120.0))
         assert not changed
-        assert state.positions_at == 120.0
-        state, changed = apply(state, BalanceUpdate("acct", _account().collateral, 121.0))
-        assert not changed
-        assert state.balance_at == 121.0
+        assert (state.positions_at, state.balance_at) == (120.0, 120.0)
 
     def test_older_read_is_dropped(self) -> None:
-        """Test that a read older than the last of its kind cannot undo a newer one."""
+        """Test that a read sent before the last applied one cannot undo it."""
         newer = (Position(ETH, "long", 2.0, 3000.0, 3000.0),)
-        state, _ = apply(_state(), PositionsUpdate("acct", newer, 130.0))
-        after, changed = apply(state, PositionsUpdate("acct", (), 125.0))
+        state, _ = apply(_state(), _read(130.0, newer, (Collateral("USDT", 1.0),)))
+        after, changed = apply(state, _read(125.0, (), ()))
         assert (after, changed) == (state, False)
-        state, _ = apply(state, BalanceUpdate("acct", (Collateral("USDT", 1.0),), 130.0))
-        after, changed = apply(state, BalanceUpdate("acct", (), 129.0))
+
+
+class TestOrderingRule:
+    def test_newer_streamed_mark_survives_a_read_in_flight(self) -> None:
+        """Test that a read sent before a streamed mark keeps the streamed mark (issue 11)."""
+        state, _ = apply(_state(), PriceTick("acct", BTC, 58000.0, 105.0))
+        read = _read(104.0)  # sent at 104, answered after the 105 tick: its BTC is 61 000
+        state, _ = apply(state, read)
+        btc = [p for p in state.snapshot.positions if p.symbol == BTC]
+        assert all(p.mark_price == 58000.0 for p in btc)
+        # BTC collateral is priced off the same market: it keeps the newer price too
+        assert next(c for c in state.snapshot.collateral if c.asset == "BTC").price == 58000.0
+        eth = next(p for p in state.snapshot.positions if p.symbol == ETH)
+        assert eth.mark_price == 3100.0
+        assert state.marks[BTC] == (58000.0, 105.0)
+        assert state.marks[ETH] == (3100.0, 104.0)
+
+    def test_read_newer_than_the_mark_wins(self) -> None:
+        """Test that a read sent after the last tick replaces that tick's mark."""
+        state, _ = apply(_state(), PriceTick("acct", BTC, 58000.0, 103.0))
+        state, _ = apply(state, _read(104.0))
+        btc = [p for p in state.snapshot.positions if p.symbol == BTC]
+        assert all(p.mark_price == 61000.0 for p in btc)
+        assert state.marks[BTC] == (61000.0, 104.0)
+
+    def test_older_tick_is_dropped(self) -> None:
+        """Test that a tick older than the held mark of its symbol changes nothing."""
+        state, _ = apply(_state(), PriceTick("acct", BTC, 58000.0, 105.0))
+        after, changed = apply(state, PriceTick("acct", BTC, 57000.0, 104.9))
         assert (after, changed) == (state, False)
+        after, changed = apply(state, _read(104.0))
+        later, changed = apply(after, PriceTick("acct", BTC, 57000.0, 104.5))
+        assert not changed
+        assert all(p.mark_price == 58000.0 for p in later.snapshot.positions if p.symbol == BTC)
+
+    @given(st.lists(st.tuples(st.sampled_from(["tick", "read"]), st.floats(100.0, 200.0),
+                              st.floats(50_000.0, 70_000.0)), max_size=12))
+    def test_latest_wins_in_every_order(self, steps: list[tuple[str, float, float]]) -> None:
+        """Test that the BTC mark held is always the one with the latest time, ties to the
+        later arrival, whatever order ticks and reads arrive in."""
+        state = _state()
+        best = (61000.0, 100.0)
+        read_at = 100.0
+        for kind, ts, price in steps:
+            if kind == "tick":
+                state, _ = apply(state, PriceTick("acct", BTC, price, ts))
+                if ts >= best[1]:
+                    best = (price, ts)
+            else:
+                moved = tuple(p.at_mark(price) if p.symbol == BTC else p
+                              for p in _account().positions)
+                state, _ = apply(state, _read(ts, moved))
+                if ts >= read_at:
+                    read_at = ts
+                    if ts >= best[1]:
+                        best = (price, ts)
+            assert state.marks[BTC] == best
+            assert all(p.mark_price == best[0] for p in state.snapshot.positions
+                       if p.symbol == BTC)
 
 
 class TestHealthEvents:

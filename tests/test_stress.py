@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -157,11 +159,13 @@ class TestMinimalReduction:
         assert fractions["BTC/USDT:USDT"] == pytest.approx(fractions["ETH/USDT:USDT"])
         assert plan.ratio_after == pytest.approx(0.5, abs=1e-9)
 
-    def test_unreachable_target_is_flagged(self) -> None:
-        """Test that a wiped-out balance cannot be fixed by reducing (reached = False)."""
+    def test_wiped_out_balance_needs_the_whole_position(self) -> None:
+        """Test that a wiped-out balance is fixed only by closing everything (no MM: ratio 0)."""
         p = Position("BTC/USDT:USDT", "long", 1, 60_000, 50_000, mmr=0.005)
         plan = minimal_reduction(book(p, usdt=5_000), 0.5)
-        assert not plan.reached
+        assert plan.ratio_before == math.inf
+        assert [(r.symbol, r.contracts) for r in plan.reductions] == [("BTC/USDT:USDT", 1.0)]
+        assert (plan.ratio_after, plan.reached) == (0.0, True)
 
     def test_hedged_pair_keeps_sides(self) -> None:
         """Test that hedge-mode reductions name the side they reduce."""

@@ -139,3 +139,18 @@ class TestCredentials:
         assert account.secret is not None
         assert account.api_key.get_secret_value() == "value-of-accounts__main__api_key"
         assert account.secret.get_secret_value() == "value-of-accounts__main__secret"
+
+
+class TestInstallComment:
+    def test_unit_says_how_it_is_really_installed(self) -> None:
+        """Test that the unit's install comment matches docs/service.md, not a PyPI install."""
+        header = [ln for ln in (UNITS / "margin-monitor.service").read_text().splitlines()
+                  if ln.startswith("#")]  # fmt: skip
+        installs = [ln for ln in header if "pip install" in ln]
+        assert installs, "the unit's comment no longer says how to install"
+        assert not any(re.search(r"pip install margin-monitor\b", ln) for ln in installs)
+        docs = (UNITS.parent / "docs" / "service.md").read_text()
+        for line in installs:
+            target = line.split("pip install", 1)[1].split()[0]
+            assert f"pip install {target}" in docs
+            assert f"git clone <your copy of this repository> {target}" in docs

@@ -12,14 +12,16 @@ Audit records go to the alert store (engineer B's `Store.audit`) and the MQTT ac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from monitor.actions import ActionPlan, UnsafePlan, plan_step
 from monitor.backstop import StopBackstop
-from monitor.executor import Executor
+from monitor.executor import Executor, market_rules
 from monitor.model import AccountSnapshot, Event, MarginReport
 from monitor.sources.base import OrderDesk, Source
 
@@ -56,6 +58,7 @@ class ActionsSink:
         self._latest: dict[str, tuple[MarginReport, float]] = {}
         self._wake = {name: asyncio.Event() for name in self.executors}
         self._notes: dict[str, str] = {}
+        self._seen: dict[str, tuple[MarginReport, AccountSnapshot, float]] = {}
         self._alerts: AlertsSink | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -67,7 +70,7 @@ class ActionsSink:
 
         `AlertsSink.record_action` writes the store's audit trail, publishes on
         `<prefix>/<account>/action` and counts `margin_monitor_actions_total` (engineer B).
-        A venue rejection becomes an `action_rejected` alert (issue 5 §4).
+        A venue rejection becomes an `action_rejected` alert (docs/actions.md).
         """
         if alerts is None:
             return
@@ -96,18 +99,48 @@ class ActionsSink:
                 if ex.protection_disabled is not None}  # fmt: skip
 
     def note(self, account: str) -> str | None:
-        """What the actions side did or would do, for the alert message (alerting.py)."""
+        """The action state as of the alert being built now (alerting.py), None: unprotected.
+
+        Planned from the report the alert was evaluated on (the daemon tells this sink
+        before the alert sink, see `daemon.build_sinks`), not from the executor's last step,
+        which at an escalation has not run yet and at a resolve is an episode old (issue 14
+        §4). The plan is the pure planner's preview; the executor re-plans on a fresh read.
+        """
         ex = self.executors.get(account)
         if ex is None:
             return None
-        if account in self._notes:
-            return self._notes[account]
-        plan = ex.last_plan
-        if plan is None or not plan.orders:
-            return None
-        verb = "reducing" if ex.live else "would reduce (dry run)"
-        legs = ", ".join(f"{o.side} {o.amount:g} {o.symbol}" for o in plan.orders)
-        return f"{verb}: {legs}"
+        mode = "live" if ex.live else "dry run"
+        told = self._notes.get(account)
+        if told is not None and (ex.state.episode is not None or ex.state.halted is not None):
+            return told  # a rejection or a flag of the open episode says most
+        if ex.state.halted is not None:
+            return f"halted ({mode}): {ex.state.halted}"
+        seen = self._seen.get(account)
+        level = f"acts at margin ratio {ex.policy.action_ratio:.1%}"
+        if seen is None:
+            return f"armed ({mode}): {level}"
+        rep, snapshot, now = seen
+        if rep.margin_ratio < ex.policy.action_ratio and ex.state.episode is None:
+            return f"none needed ({mode}): {level}, now {rep.margin_ratio:.1%}"
+        plan = _preview(ex, snapshot, rep, now)
+        if plan is None:
+            return f"no plan ({mode}): the planner refused this state; see the log"
+        last = ex.last_plan
+        if not plan.orders:
+            if ex.state.episode is not None and last is not None and last.orders:
+                done = "reduced" if ex.live else "would have reduced"
+                return (
+                    f"episode open ({mode}): step {ex.state.step} {done} {_legs(last)}; "
+                    f"{plan.reason}, until back at {plan.target_ratio:.1%}"
+                )
+            return f"no order now ({mode}): {plan.reason}"
+        legs = _legs(plan)
+        target = f" (reduce-only, toward {plan.target_ratio:.1%})"
+        paused = ex.pause_reason(now)
+        if paused is not None:
+            return f"would reduce, but {paused}: {legs}{target}"
+        verb = "reducing (live)" if ex.live else "would reduce (dry run)"
+        return f"{verb}: {legs}{target}"
 
     def _alert(self, account: str, text: str) -> None:
         self._notes[account] = text
@@ -147,7 +180,7 @@ class ActionsSink:
     async def reload_accounts(
         self, accounts: Mapping[str, AccountSettings], sources: Mapping[str, Source]
     ) -> None:
-        """SIGHUP (issue 6 §5): follow the accounts the daemon now runs.
+        """SIGHUP (docs/service.md): follow the accounts the daemon now runs.
 
         An executor whose account is gone, or whose source was restarted (a changed
         account), stops and releases its writer lock; accounts without one get a fresh
@@ -166,6 +199,7 @@ class ActionsSink:
             del self.executors[name]
             self.backstops.pop(name, None)
             self._latest.pop(name, None)
+            self._seen.pop(name, None)
             self._wake.pop(name, None)
             log.info("actions.executor_stopped", account=name)
         if self._make is None or self._tg is None:
@@ -205,10 +239,11 @@ class ActionsSink:
         self, account: str, report: MarginReport, snapshot: AccountSnapshot, now: float
     ) -> None:
         """Hand the newest report to the account's task if it may call for a step."""
-        del snapshot  # the executor never acts on the streamed view: it re-reads
         ex = self.executors.get(account)
         if ex is None:
             return
+        # for `note` only: the executor never acts on the streamed view, it re-reads
+        self._seen[account] = (report, snapshot, now)
         wanted = ex.wants(report, now)  # may close the episode (back at the target)
         self._resolve_rejection(account, ex, report)
         if not (wanted or account in self.backstops):
@@ -230,6 +265,24 @@ class ActionsSink:
         """Release every writer lock."""
         for ex in self.executors.values():
             ex.close()
+
+
+def _legs(plan: ActionPlan) -> str:
+    return ", ".join(f"{o.side} {o.amount:g} {o.symbol}" for o in plan.orders)
+
+
+def _preview(
+    ex: Executor, snapshot: AccountSnapshot, rep: MarginReport, now: float
+) -> ActionPlan | None:
+    """What the executor's next step would be on `snapshot` (pure planner, no venue call)."""
+    markets = {}
+    for p in snapshot.positions:
+        with contextlib.suppress(Exception):  # an unknown market is flagged by the planner
+            markets[p.symbol] = market_rules(ex.desk, p.symbol, ex.venue)
+    try:
+        return plan_step(snapshot, ex.policy, markets, ex.state.history, now, current=rep)
+    except UnsafePlan:
+        return None
 
 
 def build_actions_sink(

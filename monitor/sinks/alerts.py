@@ -1,19 +1,25 @@
 """The daemon's alert consumer: reports and source events in, the alert pipeline running.
 
-This is the one object `daemon.build_sinks` adds for issue 4. It owns the pipeline
+The one object `daemon.build_sinks` adds for alerts (docs/notifications.md). It owns the pipeline
 (alerting.py: rules -> SQLite outbox -> sinks), the MQTT connection, the phone channels and
 the HTTP command endpoint, and starts their tasks in the daemon's TaskGroup:
-`sink[mqtt]`, `sink[notify[<channel>]]`, `mqtt` (connection), `alerts.tick`.
+`sink[mqtt]`, `sink[notify[<channel>]]`, `alerts.tick`; the MQTT session (`mqtt`) runs
+beside the TaskGroup, because it must outlive it.
 
-At shutdown the daemon's tasks are already cancelled when `close` runs, so `close` drains
-what is still queued (the final resolve of a demo run, for instance) over a short-lived
-connection, bounded by `DRAIN_LIMIT`, and only then closes the store; whatever does not make
-it stays in the outbox and goes out on the next start.
+At shutdown the daemon's tasks are already cancelled when `close` runs. `close` drains what
+is still queued (the final resolve of a demo run, queued phone alerts) over the MQTT session
+that is still up, so Home Assistant sees `online` ... `offline` once and nothing after it
+(issue 14 §2), and only then ends the session and closes the store. The drain is sized from
+the queue and the channels' pacing (`drain_budget`), capped by `DRAIN_CAP` so the whole stop
+stays inside systemd's `TimeoutStopSec`; what does not make it stays in the outbox, is named
+in the log, and goes out on the next start.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -27,7 +33,7 @@ from monitor.alerting import AlertPipeline, AlertSink
 from monitor.command_http import serve_commands
 from monitor.metrics import record_action as record_action_metric
 from monitor.model import AccountSnapshot, Event, MarginReport, SourceDown, SourceStale, SourceUp
-from monitor.rules import AlertConfig, Level
+from monitor.rules import AlertConfig, AlertState, Level, level_rank
 from monitor.store import Store
 from monitor.switches import ActionSwitches
 
@@ -35,12 +41,18 @@ if TYPE_CHECKING:
     from monitor.sinks.mqtt import MqttSink
     from monitor.sinks.notify import NotifySink
 
-__all__ = ["DRAIN_LIMIT", "AlertsSink", "build_alerts_sink"]
+__all__ = ["DRAIN_CAP", "DRAIN_LIMIT", "AlertsSink", "build_alerts_sink"]
 
 log = structlog.get_logger("monitor.sinks.alerts")
 
-#: Seconds `close` waits for the outbox to empty before leaving the rest for the next start.
-DRAIN_LIMIT = 5.0
+#: Longest drain at shutdown (seconds): the units' TimeoutStopSec=30s, minus the daemon's
+#: STOP_GRACE (5 s) for leftover tasks, minus 5 s for closing sources and the store
+#: (tests/test_sinks_alerts.py holds this against systemd/*.service).
+DRAIN_CAP = 20.0
+#: How many protective-action decisions the live screen lists.
+RECENT_ACTIONS = 5
+#: Shortest drain: an MQTT publish to a live broker, with room to spare.
+DRAIN_LIMIT = 2.0
 
 
 class AlertsSink:
@@ -53,7 +65,7 @@ class AlertsSink:
         make_pipeline: builds the alert pipeline (its sinks are MQTT and phone channels).
         mqtt: the MQTT sink whose connection loop this starts (None: no MQTT).
         command_listen: host:port of the HTTP command endpoint (None: off).
-        switches: the pause switch the actions side reads (issue 5); the pipeline's
+        switches: the pause switch the actions side reads (docs/actions.md); the pipeline's
             pause/resume commands write it.
     """
 
@@ -72,21 +84,38 @@ class AlertsSink:
         self.command_listen = command_listen
         self.switches = switches or ActionSwitches()
         self._runner: web.AppRunner | None = None
+        self._mqtt_task: asyncio.Task[None] | None = None
+        #: the newest protective-action decisions (at, account, kind, text), for the screen
+        self.recent_actions: collections.deque[tuple[float, str, str, str]] = (
+            collections.deque(maxlen=RECENT_ACTIONS)
+        )
         self._action_note: Callable[[str], str | None] | None = None
 
     def record_action(self, account: str, kind: str, payload: Mapping[str, Any], at: float) -> None:
         """Audit a protective-action decision and publish it on `<prefix>/<account>/action`.
 
-        For the actions side (issue 5): the SQLite audit trail is the durable record (query
+        For the actions side (docs/actions.md): the SQLite audit trail is the durable record (query
         it with `pipeline.store.audit_trail(...)`); the MQTT topic is the live feed.
         """
         self.pipeline.store.audit(account, kind, payload, at)
-        record_action_metric(account, kind)  # issue 6: margin_monitor_actions_total
+        self.recent_actions.append((at, account, kind, _action_text(payload)))
+        record_action_metric(account, kind)  # docs/monitoring.md: margin_monitor_actions_total
         if self.mqtt is not None:
             self.mqtt.publish_action(account, {"kind": kind, "at": at, **payload})
 
+    def active_alerts(self) -> list[AlertState]:
+        """Every firing alert, worst first (the level MQTT and Home Assistant show)."""
+        if self._pipeline is None:
+            return []
+        firing = [a for a in self._pipeline.state.alerts.values() if a.firing]
+        return sorted(firing, key=lambda a: (-level_rank(a.level), a.started_at))
+
+    def account_level(self, account: str) -> str:
+        """The account's worst alert level, all rules (what its MQTT state says)."""
+        return "ok" if self._pipeline is None else self._pipeline.level(account)
+
     def raise_action_alert(self, account: str, text: str, now: float | None = None) -> None:
-        """A venue rejected a protective order: an `action_rejected` alert (issue 5 §4)."""
+        """A venue rejected a protective order: an `action_rejected` alert (docs/actions.md)."""
         self.pipeline.raise_action_alert(account, text, now)
 
     def protection_disabled(self, account: str, reason: str | None, level: str) -> None:
@@ -124,7 +153,10 @@ class AlertsSink:
         """Start delivery, the clock, the MQTT connection and the command endpoint."""
         self.pipeline.start(tg)
         if self.mqtt is not None:
-            tg.create_task(self.mqtt.run(), name="mqtt")
+            # Outside the TaskGroup: the session must still be up while `close` drains the
+            # outbox, or a second session would say `online` after `offline` (issue 14 §2).
+            # `run` never raises but CancelledError; `close` (always called) cancels it.
+            self._mqtt_task = asyncio.create_task(self.mqtt.run(), name="mqtt")
         if self.command_listen is not None and self.pipeline.can_sign:
             pipeline = self.pipeline
             self._runner = await serve_commands(
@@ -151,37 +183,88 @@ class AlertsSink:
         del account, level, previous, report, now
 
     async def close(self) -> None:
-        """Drain the outbox (bounded), stop the command endpoint, close the store."""
-        if self._pipeline is None:
+        """Drain the outbox (bounded), end the MQTT session, close the store."""
+        try:
+            if self._pipeline is not None:
+                if self._runner is not None:
+                    await self._runner.cleanup()
+                if self.pipeline.store.pending():
+                    await self._drain()
+        finally:
+            await self._stop_mqtt()
+            if self._pipeline is not None:
+                self._report_left()
+                self.pipeline.flush()  # refusal counts kept in memory (issue 13)
+                self.pipeline.store.close()
+
+    async def _stop_mqtt(self) -> None:
+        task, self._mqtt_task = self._mqtt_task, None
+        if task is None:
             return
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self.pipeline.store.pending():
-            await self._drain()
-        self.pipeline.flush()
-        self.pipeline.store.close()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    def drain_budget(self) -> float:
+        """Seconds the queue needs at most: per sink, its pacing wait plus its send time.
+
+        Sinks drain in parallel, so the slowest one sets it; `DRAIN_LIMIT` at least and
+        `DRAIN_CAP` at most (the stop must fit in systemd's TimeoutStopSec).
+        """
+        need = DRAIN_LIMIT
+        for sink in self.pipeline.sinks:
+            queued = len(self.pipeline.store.pending(sink.name))
+            estimate = getattr(sink, "drain_time", None)
+            if queued and callable(estimate):
+                need = max(need, float(estimate(queued)))
+        return min(DRAIN_CAP, need)
 
     async def _drain(self) -> None:
+        budget = self.drain_budget()
         tasks = []
-        if self.mqtt is not None:
-            tasks.append(asyncio.create_task(self.mqtt.run(), name="mqtt.drain"))
         for sink in self.pipeline.sinks:
             self.pipeline.retry_now(sink.name)
             tasks.append(
                 asyncio.create_task(self.pipeline.deliver_forever(sink), name=f"drain[{sink.name}]")
             )
+        log.info("alerts.draining", messages=len(self.pipeline.store.pending()),
+                 limit=round(budget, 2))  # fmt: skip
         try:
-            for _ in range(int(DRAIN_LIMIT / 0.05)):
+            for _ in range(math.ceil(budget / 0.02)):
                 if not self.pipeline.store.pending():
                     break
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.02)
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        left = len(self.pipeline.store.pending())
-        if left:
-            log.warning("alerts.undelivered_at_shutdown", messages=left)
+
+    def _report_left(self) -> None:
+        """Say what stays queued for the next start, per sink, by id (issue 14 §3)."""
+        left = self.pipeline.store.pending()
+        if not left:
+            return
+        by_sink: dict[str, list[str]] = {}
+        for row in left:
+            by_sink.setdefault(row.sink, []).append(row.message_id)
+        log.warning(
+            "alerts.undelivered_at_shutdown",
+            messages=len(left),
+            sinks={name: len(ids) for name, ids in sorted(by_sink.items())},
+            ids={name: ids[:20] for name, ids in sorted(by_sink.items())},
+            note="kept in the outbox; delivered on the next start",
+        )
+
+
+def _action_text(payload: Mapping[str, Any]) -> str:
+    """One short line of an action audit record (order legs, or the reason)."""
+    orders = payload.get("orders")
+    legs = orders if isinstance(orders, list) else [payload]
+    if all(isinstance(o, Mapping) and "side" in o and "symbol" in o for o in legs) and legs:
+        return ", ".join(f"{o['side']} {o.get('amount', '')} {o['symbol']}" for o in legs)
+    for key in ("reason", "error", "status"):
+        if key in payload:
+            return str(payload[key])[:120]
+    return ""
 
 
 def build_alerts_sink(

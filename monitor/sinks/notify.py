@@ -13,7 +13,7 @@ service never re-sends to a phone that already got the message.
   single-use, names the alert's account and episode, and travels in the request body (ntfy's
   `body=`), not the URL, so proxies' access logs never hold a usable token (issue 13).
 - Bursts are merged, never dropped: Apprise waits ~5.5 s between two sends to one service
-  (`request_rate_per_sec`, notes/ecosystem.md §2), so each channel sends at most once per
+  (`request_rate_per_sec`, docs/development.md), so each channel sends at most once per
   `min_interval`, and everything that queued meanwhile goes out as one message.
 
 Apprise is used through `async_notify`, which runs the plugin's blocking HTTP in Apprise's own
@@ -48,6 +48,9 @@ __all__ = [
 ]
 
 log = structlog.get_logger("monitor.sinks.notify")
+
+#: Messages per send: the outbox hands a sink at most this many due rows at once.
+BATCH = 100
 
 _NTFY_PRIORITY = {"emergency": "max", "critical": "high", "warning": "default", "ok": "low"}
 _NOTIFY_TYPE = {
@@ -131,6 +134,12 @@ def _lines(m: AlertMessage) -> list[str]:
         )
         if m.rule != RULE_MARGIN and m.margin_ratio is not None:
             lines.append(f"Margin ratio {_pct(m.margin_ratio)}.")
+        if m.model == "venue":
+            lines.append("The ratio is the venue's own figure (portfolio margin).")
+        elif m.model == "estimate":
+            lines.append("ESTIMATE: portfolio margin, the venue gave no figure.")
+    if m.collateral:
+        lines.append(m.collateral)
     if m.shock_down is not None or m.shock_up is not None:
         down = "none" if m.shock_down is None else _pct(abs(m.shock_down))
         up = "none" if m.shock_up is None else _pct(m.shock_up)
@@ -146,15 +155,56 @@ def _lines(m: AlertMessage) -> list[str]:
     return lines
 
 
+def _ordered(messages: Sequence[AlertMessage]) -> tuple[list[AlertMessage], bool]:
+    """The batch in reading order, and whether everything in it is already resolved.
+
+    News still true comes first, worst level first, newest first within a level; an
+    episode whose resolve is in the same batch follows, in the order it happened, so the
+    lock screen never leads with an emergency that is already over (issue 14 §1).
+    """
+    over = {(m.fingerprint, m.episode) for m in messages if m.kind == "resolved"}
+    live = [m for m in messages if (m.fingerprint, m.episode) not in over]
+    settled = [m for m in messages if (m.fingerprint, m.episode) in over]
+    live.sort(key=lambda m: (-level_rank(m.level), -m.at))
+    worst_of = {
+        key: max(level_rank(m.level) for m in settled if (m.fingerprint, m.episode) == key)
+        for key in over
+    }
+    settled.sort(key=lambda m: (-worst_of[(m.fingerprint, m.episode)], m.fingerprint, m.at))
+    return [*live, *settled], not live
+
+
+def _resolved_title(ordered: Sequence[AlertMessage]) -> str:
+    """`RESOLVED ... (was EMERGENCY: ...)`: the batch's worst news, already over."""
+    worst = max(ordered, key=lambda m: level_rank(m.level))
+    done = next(
+        m for m in ordered
+        if m.kind == "resolved" and (m.fingerprint, m.episode) == (worst.fingerprint, worst.episode)
+    )  # fmt: skip
+    if worst is done:
+        return _headline(done)
+    was = _headline(worst).split(": ", 1)[-1]
+    return f"{_headline(done)} (was {worst.level.upper()}: {was})"
+
+
 def render(messages: Sequence[AlertMessage]) -> tuple[str, str]:
-    """Title and body for one or several (merged) messages; the worst comes first."""
-    ordered = sorted(messages, key=lambda m: (-level_rank(m.level), -m.at))
+    """Title and body for one or several (merged) messages; the worst open news first."""
+    ordered, all_over = _ordered(messages)
     first = ordered[0]
+    title = _resolved_title(ordered) if all_over else _headline(first)
     if len(ordered) == 1:
-        return _headline(first), "\n".join(_lines(first))
-    title = f"{_headline(first)} (+{len(ordered) - 1} more)"
+        return title, "\n".join(_lines(first))
+    title = f"{title} (+{len(ordered) - 1} more)"
     blocks = ["\n".join([_headline(m), *_lines(m)]) for m in ordered]
     return title, "\n\n".join(blocks)
+
+
+def _lead(messages: Sequence[AlertMessage]) -> AlertMessage:
+    """The message a batch's priority and type follow: its worst news still true."""
+    ordered, all_over = _ordered(messages)
+    if all_over:
+        return next((m for m in ordered if m.kind == "resolved"), ordered[0])
+    return ordered[0]
 
 
 class NotifySink:
@@ -237,9 +287,9 @@ class NotifySink:
         url = self.channel.url.get_secret_value()
         if not self._is_ntfy:
             return url
-        worst = max(messages, key=lambda m: level_rank(m.level))
-        extra = {"priority": ntfy_priority(worst.level)}
-        actions = self._actions(worst)
+        lead = _lead(messages)
+        extra = {"priority": ntfy_priority(lead.level)}
+        actions = self._actions(lead)
         if actions:
             extra["actions"] = actions
         parts = urllib.parse.urlsplit(url)
@@ -248,13 +298,31 @@ class NotifySink:
         encoded = urllib.parse.urlencode(query, quote_via=urllib.parse.quote)  # Apprise: no "+"
         return urllib.parse.urlunsplit(parts._replace(query=encoded))
 
-    async def deliver(self, messages: Sequence[AlertMessage]) -> Collection[str]:
-        """Send the batch as one notification (merged); all ids or none are acknowledged."""
-        wait = self._last_send + self.channel.min_interval - time.monotonic()
+    @property
+    def next_send_in(self) -> float:
+        """Seconds until the channel may send again (0: now)."""
+        return max(0.0, self._last_send + self.channel.min_interval - time.monotonic())
+
+    def drain_time(self, queued: int) -> float:
+        """Seconds `queued` messages need at most: the pacing wait, then one send per batch."""
+        rounds = math.ceil(queued / BATCH)
+        return (
+            self.next_send_in
+            + rounds * self.channel.timeout
+            + (rounds - 1) * self.channel.min_interval
+        )
+
+    async def ready(self) -> None:
+        """Sleep out the channel's pacing (the pipeline picks the batch after this)."""
+        wait = self.next_send_in
         if wait > 0:
             await asyncio.sleep(wait)
+
+    async def deliver(self, messages: Sequence[AlertMessage]) -> Collection[str]:
+        """Send the batch as one notification (merged); all ids or none are acknowledged."""
+        await self.ready()  # a no-op behind the pipeline, which waited before picking
         title, body = render(messages)
-        worst = max(messages, key=lambda m: level_rank(m.level))
+        worst = _lead(messages)
         notifier = apprise.Apprise()
         if not notifier.add(self._target(messages)):
             msg = f"channel {self.channel.name}: Apprise refused the URL"

@@ -40,7 +40,7 @@ class Backoff:
 class Throttle:
     """A polling slow-down factor: doubles on every rate-limit answer, halves on success.
 
-    Venues ban clients that keep hammering after a 429 (Binance 418, notes/ccxt.md §3);
+    Venues ban clients that keep hammering after a 429 (Binance 418, docs/venues.md);
     backing off the whole polling rate, not only the failed request, is what avoids it.
     """
 

@@ -6,7 +6,7 @@ live ccxt account (`sources/exchange.py`) share no code yet look the same to the
 - `Source` feeds the daemon: `events()` is the live stream (prices, full position and
   balance reads, health events); `fetch_snapshot()` is a fresh full read used at start-up
   and whenever a caller must not trust the streamed view.
-- `OrderDesk` is the order surface of the executor (issue 5). It is deliberately the
+- `OrderDesk` is the order surface of the executor (docs/actions.md). It is deliberately the
   subset of ccxt's unified async API the executor uses, with ccxt's names, arguments and
   return structures (order dicts as in the ccxt manual, "Order structure"; position dicts
   as in "Position structure"), so one executor talks to a real `ccxt.pro` exchange object

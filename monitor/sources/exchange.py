@@ -1,6 +1,6 @@
 """A live exchange account through one `ccxt.pro` instance, as a `Source` of model events.
 
-What is trusted for what (notes/ccxt.md §0, §6):
+What is trusted for what (docs/venues.md):
 - **mark prices** stream (`watch_mark_price` where `has` says so, else `watch_ticker`) and
   become a `PriceTick` on every frame; a symbol whose stream is quiet for `poll_interval`
   is read over REST instead, so prices keep flowing while the socket is dead;
@@ -31,7 +31,8 @@ import re
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Protocol
 
 import ccxt.pro as ccxtpro
@@ -42,11 +43,10 @@ from monitor import logs, margin
 from monitor.errors import UserError
 from monitor.model import (
     AccountSnapshot,
-    BalanceUpdate,
+    AccountUpdate,
     Collateral,
     Event,
     Position,
-    PositionsUpdate,
     PriceTick,
     SourceDown,
     SourceStale,
@@ -55,7 +55,9 @@ from monitor.model import (
 )
 from monitor.settings import ccxt_credentials, load_settings
 from monitor.snapshot import snapshot_to_dict
+from monitor.sources import budget
 from monitor.sources.backoff import Backoff, Freshness, FreshnessChange, Throttle
+from monitor.sources.collateral_rules import CollateralRulesReader, venue_margin
 from monitor.sources.normalize import (
     MalformedPayload,
     VenueFigures,
@@ -63,6 +65,7 @@ from monitor.sources.normalize import (
     mark_from_ticker,
     positions_from_ccxt,
     tiers_from_ccxt,
+    torn_read,
     unpriced_assets,
     venue_figures,
 )
@@ -82,6 +85,11 @@ log = structlog.get_logger("monitor.sources.exchange")
 #: Settlement currency of the account's report where it is not USDT.
 _VENUE_CURRENCY = {"hyperliquid": "USDC", "dydx": "USDC"}
 _TIERS_IN_CONTRACTS = frozenset({"okx", "mexc"})
+#: Re-reads of a read whose positions and balance answers saw different books (a fill
+#: between them) before the reconciliation fails and backs off (normalize.torn_read).
+_TORN_RETRIES = 2
+
+_FUTURES_ONLY = frozenset({"binanceusdm", "binancecoinm"})
 
 
 class _Secret(Protocol):
@@ -161,7 +169,7 @@ def build_exchange(settings: AccountConfig) -> Any:
         "options": {
             # The position stream is only a trigger for our own REST read, so ccxt's REST
             # snapshot on the first watch is a wasted call, and it delays opening the socket
-            # (updates between the first and second call are lost, notes/ccxt.md §0.3).
+            # (updates between the first and second call are lost, docs/venues.md).
             "watchPositions": {"fetchPositionsSnapshot": False, "awaitPositionsSnapshot": False},
         },
     }
@@ -174,10 +182,17 @@ def build_exchange(settings: AccountConfig) -> Any:
         # (0.01 % to ccxt's builder) and `setReferrer` on first use when a private key is
         # set. A monitor must not change the user's account: mark both as done.
         config["options"].update(builderFee=False, approvedBuilderFee=True, refSet=True)
+    if venue in _FUTURES_ONLY:
+        # load_markets with keys would also read the spot wallet's currencies, which a
+        # futures-only key may not read and the daemon never uses (notes/ccxt.md §0.2).
+        config["options"]["fetchCurrencies"] = False
     config = _merged(config, settings.ccxt)
     exchange = getattr(ccxtpro, venue)(config)
     _reject_non_json(exchange)
     _redact_errors(exchange, logs.secrets_of(config))
+    # the venue's request budget replaces ccxt's one-at-a-time throttle: a protective step
+    # is not queued behind polling (monitor/sources/budget.py, docs/rate-limits.md)
+    budget.install(exchange, settings.name)
     if settings.sandbox:
         exchange.set_sandbox_mode(True)
     return exchange
@@ -255,6 +270,17 @@ def _one_line(exc: BaseException, limit: int = 240) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def _venue_time(ticker: object, received: float) -> float:
+    """When the venue says the price was true (ccxt `timestamp`, ms), else when it arrived.
+
+    Never later than its arrival: a venue clock running ahead must not make one price
+    outrank every later one (docs/account-view.md)."""
+    stamp = ticker.get("timestamp") if isinstance(ticker, Mapping) else None
+    if isinstance(stamp, int | float) and math.isfinite(stamp) and stamp > 0:
+        return min(float(stamp) / 1000.0, received)
+    return received
+
+
 _AUTH_ERRORS = (ccxt_errors.AuthenticationError,)  # includes PermissionDenied, AccountSuspended
 
 
@@ -275,6 +301,8 @@ class ExchangeSource:
         tiers_every: float = 3600.0,
         backoff_cap: float = 30.0,
         currency: str | None = None,
+        state_dir: Path | None = None,
+        collateral_rules_every: float = 3600.0,
     ) -> None:
         self.settings = settings
         self.name = settings.name
@@ -299,6 +327,7 @@ class ExchangeSource:
         self.positions: tuple[Position, ...] = ()
         self.collateral: tuple[Collateral, ...] = ()
         self.marks: dict[str, float] = {}
+        self._mark_at: dict[str, float] = {}  # symbol -> time of `marks[symbol]`
         self.tiers: dict[str, tuple[Tier, ...]] = {}
         self.figures: VenueFigures | None = None
         self.venue_check: VenueCheck | None = None
@@ -315,6 +344,10 @@ class ExchangeSource:
         self._drifting = False
         self._collateral_symbols: set[str] = set()
         self._closed = False
+        # Venue haircuts for cross-collateral (issue 12), cached in the state directory.
+        self.collateral_rules = CollateralRulesReader(
+            self.name, self.venue, state_dir, every=collateral_rules_every, clock=clock
+        )
 
     # --- public surface (monitor.sources.base.Source) ---------------------------------------
 
@@ -346,13 +379,14 @@ class ExchangeSource:
         """A fresh REST read of the whole account (for `snapshot`, executors, tests)."""
         exchange = await self.open()
         await exchange.load_markets()
-        positions, collateral, _ = await self._read_account()
+        positions, collateral, self.figures = await self._read_account()
         return self._snapshot(positions, collateral)
 
     def snapshot(self) -> AccountSnapshot:
         """The last good state at the latest marks (what the daemon's state holds): marks
         move positions and collateral priced off the same asset (stress.with_prices)."""
-        return with_prices(self._snapshot(self.positions, self.collateral), self.marks)
+        live = self._snapshot(self.positions, self.collateral)
+        return replace(with_prices(live, self.marks), venue_margin=live.venue_margin)
 
     async def close(self) -> None:
         """Stop every loop and release the ccxt sessions (ccxt: close() is required)."""
@@ -486,8 +520,10 @@ class ExchangeSource:
         while True:
             if not retry_now:
                 interval = self.reconcile_every if self._streams_healthy() else self.poll_interval
+                if self.collateral_rules.mode == "portfolio":
+                    interval = self.poll_interval  # the venue's figure is the live ratio
                 # Not asyncio.wait_for: on 3.11 it drops a cancel that lands as the trigger
-                # arrives (cpython#86296) and shutdown hung (fault matrix, issue 7).
+                # arrives (cpython#86296) and shutdown hung (fault matrix, docs/benchmarks.md).
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(interval * self._throttle.factor):
                         await self._dirty.wait()
@@ -510,15 +546,25 @@ class ExchangeSource:
     ) -> tuple[tuple[Position, ...], tuple[Collateral, ...], VenueFigures | None]:
         """fetch_positions + fetch_balance, normalised; raises on any bad payload."""
         exchange = self.exchange
-        # Read together (less skew between the two), but never leave a failed half's
-        # sibling un-awaited: its own error would surface later as "never retrieved".
-        results: tuple[Any, ...] = await asyncio.gather(
-            exchange.fetch_positions(), exchange.fetch_balance(), return_exceptions=True
-        )
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-        raw_positions, raw_balance = results
+        for attempt in range(_TORN_RETRIES + 1):
+            # Read together (less skew between the two), but never leave a failed half's
+            # sibling un-awaited: its own error would surface later as "never retrieved".
+            results: tuple[Any, ...] = await asyncio.gather(
+                exchange.fetch_positions(), exchange.fetch_balance(), return_exceptions=True
+            )
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+            raw_positions, raw_balance = results
+            if not torn_read(self.venue, raw_positions, raw_balance):
+                break
+            # a fill landed between the two answers: that pair is no state the venue had
+            log.info("torn_read", account=self.name, attempt=attempt + 1)
+        else:
+            raise ccxt_errors.BadResponse(
+                f"{self.venue}: positions and balance disagreed on {_TORN_RETRIES + 1} reads "
+                "in a row (fills between the two requests); reading again later"
+            )
         symbols = sorted({str(r.get("symbol")) for r in raw_positions or []
                           if isinstance(r, dict) and r.get("symbol")})
         await self._ensure_tiers(symbols)
@@ -526,11 +572,21 @@ class ExchangeSource:
         positions = positions_from_ccxt(
             self.venue, raw_positions, exchange.markets or {}, self.tiers, self.marks
         )
-        await self._price_collateral(raw_balance)
-        collateral = collateral_from_ccxt(
-            self.venue, raw_balance, self.currency, self._asset_prices()
-        )
-        return positions, collateral, venue_figures(self.venue, raw_balance)
+        collateral = await self.collateral_of(raw_balance)
+        # a portfolio-margin account's own figure where the balance carries none (issue 12)
+        figures = await self.collateral_rules.portfolio_figures(exchange)
+        return positions, collateral, figures or venue_figures(self.venue, raw_balance)
+
+    async def collateral_of(self, balance: object) -> tuple[Collateral, ...]:
+        """The wallet of a `fetch_balance()` valued in the report currency: the one
+        collateral-pricing rule of `run`, `snapshot` and `check` (issue 19). Volatile
+        collateral (Binance multi-assets BTC, say) is priced by its market, the linear
+        perpetual else spot (`_price_symbol`), and keeps streaming once priced."""
+        await self._price_collateral(balance)
+        collateral = collateral_from_ccxt(self.venue, balance, self.currency, self._asset_prices())
+        # The venue's own collateral rules (haircuts, Multi-Assets / UTA switches, issue 12).
+        await self.collateral_rules.refresh(self.exchange)
+        return self.collateral_rules.apply(collateral, self.currency)
 
     def _asset_prices(self) -> dict[str, float]:
         """Asset -> price in the report currency, from the marks of `ASSET/<currency>` pairs."""
@@ -552,9 +608,8 @@ class ExchangeSource:
             symbol = self._price_symbol(asset)
             if symbol is None:
                 continue  # collateral_from_ccxt rejects it with the reason
-            mark = self._mark_of(symbol, await self._fetch_price(symbol))
-            if mark is not None:
-                self.marks[symbol] = mark
+            ticker = await self._fetch_price(symbol)
+            if self._hold_mark(symbol, ticker) is not None:
                 self._collateral_symbols.add(symbol)
 
     async def _fetch_price(self, symbol: str) -> object:
@@ -582,25 +637,47 @@ class ExchangeSource:
         missing = {str(r["symbol"]) for r in rows if isinstance(r, dict) and r.get("symbol")
                    and r.get("markPrice") is None and r["symbol"] not in self.marks}
         for symbol in sorted(missing):
-            mark = self._mark_of(symbol, await self._fetch_price(symbol))
-            if mark is not None:
-                self.marks[symbol] = mark
+            self._hold_mark(symbol, await self._fetch_price(symbol))
+
+    def _hold_mark(self, symbol: str, ticker: object) -> tuple[float, float] | None:
+        """The price of a ticker and its time (venue timestamp, else now), kept as the
+        symbol's mark unless a newer one is held; None when it has no usable price."""
+        mark = self._mark_of(symbol, ticker)
+        if mark is None:
+            return None
+        at = _venue_time(ticker, self._clock())
+        if at >= self._mark_at.get(symbol, -math.inf):
+            self.marks[symbol] = mark
+            self._mark_at[symbol] = at
+        return mark, at
 
     async def _reconcile(self) -> None:
+        """One REST read, emitted as ONE `AccountUpdate` stamped with the time it was sent:
+        positions, balances and their marks reach the daemon together (issue 11), and a
+        mark streamed while the read was in flight stays newer than the read's."""
+        sent = self._clock()
         positions, collateral, figures = await self._read_account()
-        ts = self._clock()
         now = self._monotonic()
         self.positions, self.collateral = positions, collateral
         for p in positions:
-            self.marks.setdefault(p.symbol, p.mark_price)
-        self._emit(PositionsUpdate(self.name, positions, ts))
-        self._emit(BalanceUpdate(self.name, collateral, ts))
+            if self._mark_at.get(p.symbol, -math.inf) <= sent:
+                self.marks[p.symbol] = p.mark_price
+                self._mark_at[p.symbol] = sent
+        # the prices this read valued things at: its own position marks, and the marks
+        # its collateral was priced with
+        priced = {s: self.marks[s] for s in self._collateral_symbols if s in self.marks}
+        priced.update((p.symbol, p.mark_price) for p in positions)
+        marks = tuple(sorted(priced.items()))
+        used = {p.symbol for p in positions} | self._collateral_symbols
+        venue_ratio = figures.margin_ratio if figures is not None else None
+        self._emit(AccountUpdate(self.name, positions, collateral, sent, marks, venue_ratio,
+                                 venue_margin(self.collateral_rules.rules, figures)))
         for kind in ("positions", "balance"):
             self._fresh(kind, now)
         self.figures = figures
         if figures is not None:
-            self._record_check(figures, self._snapshot(positions, collateral), ts)
-        self._sync_price_streams({p.symbol for p in positions} | self._collateral_symbols)
+            self._record_check(figures, self._snapshot(positions, collateral), sent)
+        self._sync_price_streams(used)
 
     def _record_check(self, figures: VenueFigures, snapshot: AccountSnapshot, ts: float) -> None:
         ours = margin.report(snapshot)
@@ -618,7 +695,8 @@ class ExchangeSource:
     def _snapshot(
         self, positions: tuple[Position, ...], collateral: tuple[Collateral, ...]
     ) -> AccountSnapshot:
-        return AccountSnapshot(self.name, self.currency, collateral, positions, self.venue)
+        return AccountSnapshot(self.name, self.currency, collateral, positions, self.venue,
+                               venue_margin(self.collateral_rules.rules, self.figures))
 
     async def _ensure_tiers(self, symbols: list[str]) -> None:
         """Load or refresh leverage tiers; a failure keeps the old ones (tiers only matter
@@ -716,16 +794,18 @@ class ExchangeSource:
                 self._on_mark(symbol, ticker)
 
     def _on_mark(self, symbol: str, ticker: object) -> None:
-        mark = self._mark_of(symbol, ticker)
-        if mark is None:
+        held = self._hold_mark(symbol, ticker)
+        if held is None:
             log.warning("bad_mark", account=self.name, symbol=symbol,
                         reason="ticker without a positive markPrice")
             return
+        mark, at = held
         now = self._monotonic()
-        self.marks[symbol] = mark
         if symbol in self._last_tick:
             self._last_tick[symbol] = now
-        self._emit(PriceTick(self.name, symbol, mark, self._clock()))
+        # the daemon applies the ordering rule too (state.apply, Ledger.tick): it holds
+        # marks from reads this source's cache never saw (the first snapshot)
+        self._emit(PriceTick(self.name, symbol, mark, at))
         # The prices clock is as old as the least recently priced symbol.
         if self._last_tick and "prices" in self._freshness.last:
             self._freshness.last["prices"] = min(self._last_tick.values())
@@ -803,8 +883,14 @@ class ExchangeSource:
 
 async def _trade_permission(exchange: Any, venue: str, balance: Mapping[str, Any]) -> str:
     """What the venue says about the key's rights, in words."""
+    if venue == "binanceusdm":
+        # v3 account answers no longer carry canTrade; Futures Account Configuration does
+        # (GET /fapi/v1/accountConfig, USDⓈ-M docs)
+        config = await exchange.fapiPrivateGetAccountConfig()
+        if isinstance(config, Mapping) and "canTrade" in config:
+            return "can trade" if config["canTrade"] else "read-only (canTrade is false)"
     info = balance.get("info")
-    if venue in {"binanceusdm", "binance"} and isinstance(info, Mapping) and "canTrade" in info:
+    if venue == "binance" and isinstance(info, Mapping) and "canTrade" in info:
         return "can trade" if info["canTrade"] else "read-only (canTrade is false)"
     if venue == "bybit":
         answer = await exchange.privateGetV5UserQueryApi()
@@ -837,11 +923,14 @@ async def check_account(settings: AccountConfig) -> str:
             exchange = await source.open()
             await exchange.load_markets()
             balance = await exchange.fetch_balance()
-            collateral = collateral_from_ccxt(source.venue, balance, source.currency)
+            collateral = await source.collateral_of(balance)
             permission = await _trade_permission(exchange, source.venue, balance)
     finally:
         await source.close()
-    wallet = ", ".join(f"{c.asset} {c.amount:g}" for c in collateral) or "empty"
+    wallet = ", ".join(
+        f"{c.asset} {c.amount:g}" + ("" if c.price == 1.0 else f" @ {c.price:g} {source.currency}")
+        for c in collateral
+    ) or "empty"
     return (f"{settings.name}: {settings.exchange} ok, {len(exchange.markets)} markets, "
             f"wallet {wallet}; keys {permission}")
 

@@ -1,7 +1,7 @@
 """ccxt structures -> monitor.model, with every venue quirk in one named function.
 
 ccxt's unified structures are close to what the margin core needs, but not close enough
-to trust blindly (notes/ccxt.md §0, notes/margin-math.md §6):
+to trust blindly (docs/venues.md, docs/margin-math.md):
 
 - ccxt's `maintenanceMargin` for Binance is bracket MMR × notional *without* the `cum`
   deduction, so the venue's own `maintMargin` is read from `info` instead;
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from monitor.model import STABLE_ASSETS, Collateral, MarginMode, Position, Side, Tier
+from monitor.valuation import margin_ratio
 
 __all__ = [
     "MalformedPayload",
@@ -33,6 +34,7 @@ __all__ = [
     "mark_from_ticker",
     "positions_from_ccxt",
     "tiers_from_ccxt",
+    "torn_read",
     "unpriced_assets",
     "venue_figures",
 ]
@@ -90,7 +92,7 @@ def _info_number(row: Json, key: str, where: str) -> float | None:
 
 def _dydx_signed_contracts(contracts: float, side: str | None) -> tuple[float, str | None]:
     """dYdX v4: ccxt's `contracts` is negative for shorts, unlike every other venue
-    (notes/margin-math.md §6.6; dydx indexer `size` is signed)."""
+    (docs/margin-math.md; dydx indexer `size` is signed)."""
     if contracts < 0:
         return -contracts, "short"
     return contracts, side
@@ -98,7 +100,7 @@ def _dydx_signed_contracts(contracts: float, side: str | None) -> tuple[float, s
 
 def _hedge_side_both(row: Json, where: str) -> str:
     """Binance one-way mode: the user stream (and ccxt's watch cache) reports side 'both'
-    (notes/ccxt.md §0.4); the direction is the sign of `positionAmt` / `pa`."""
+    (docs/venues.md); the direction is the sign of `positionAmt` / `pa`."""
     info = row.get("info")
     amount = None
     if isinstance(info, Mapping):
@@ -122,7 +124,7 @@ def _deribit_usd_size(contracts: float, contract_size: float) -> float:
 
 def _deribit_percent_units(rate: float | None) -> float | None:
     """Deribit: ccxt's margin percentages are × 100 (percent units), unlike the fractions
-    of Binance/OKX/Bybit (notes/margin-math.md §6.6)."""
+    of Binance/OKX/Bybit (docs/margin-math.md)."""
     return None if rate is None else rate / 100.0
 
 
@@ -138,7 +140,7 @@ def _bybit_margin_mode(row: Json) -> MarginMode:
 def _venue_maintenance_margin(venue: str, row: Json, where: str) -> float | None:
     """The venue's own per-position MM where ccxt's unified figure is not the venue's."""
     if venue in {"binanceusdm", "binance", "binancecoinm"}:
-        # ccxt: mmr × notional ignoring `cum` (notes/ccxt.md §0.7); positionRisk has the truth.
+        # ccxt: mmr × notional ignoring `cum` (docs/venues.md); positionRisk has the truth.
         return _info_number(row, "maintMargin", where)
     if venue == "hyperliquid":
         return None  # ccxt sets None; computed from the market's max leverage (below)
@@ -362,7 +364,7 @@ def _cumulative_deduction(rows: Sequence[tuple[float, float]]) -> list[float]:
 def tiers_from_ccxt(venue: str, rows: object) -> tuple[Tier, ...]:
     """ccxt LeverageTier list -> model tiers, keeping the venue's raw deduction.
 
-    Binance's `cum` and Bybit's `mmDeduction` exist only in `info` (notes/ccxt.md §2); where
+    Binance's `cum` and Bybit's `mmDeduction` exist only in `info` (docs/venues.md); where
     a venue sends none, the cumulative rule above reproduces it.
     """
     if not isinstance(rows, list) or not rows:
@@ -410,7 +412,7 @@ def _rows(value: object) -> list[Json]:
 def _binance_wallets(info: Json) -> Iterable[tuple[str, float, float | None]]:
     """Binance USDⓈ-M `/fapi/v3/account` `assets[].walletBalance` (excludes UPnL).
 
-    ccxt skips assets whose `updateTime == 0` (issue #27997, notes/ccxt.md §2); reading
+    ccxt skips assets whose `updateTime == 0` (issue #27997, docs/venues.md); reading
     `info` directly keeps a non-zero wallet even then, and zero ones are dropped anyway.
     """
     for row in _rows(info.get("assets")):
@@ -541,7 +543,7 @@ def collateral_from_ccxt(
     """Wallet balances (without unrealised PnL) valued in `currency`; raises MalformedPayload.
 
     Venues without a reader here fall back to ccxt's unified `total`, which is right where
-    the venue's total excludes PnL; the venue table in README-venues.md says which.
+    the venue's total excludes PnL; the venue table in docs/venues.md says which.
     A volatile asset with no price from the venue or from `prices` is rejected rather than
     valued at a guess.
     """
@@ -552,7 +554,8 @@ def collateral_from_ccxt(
         price = _asset_price(asset, currency, venue_price, prices or {})
         if price is None:
             raise MalformedPayload(f"{venue} balance: no price for {asset} in {currency}; "
-                                   f"it needs a {asset}/{currency} market")
+                                   f"it needs a {asset}/{currency}:{currency} or "
+                                   f"{asset}/{currency} market")
         prev = out.get(asset)
         out[asset] = Collateral(asset, amount + (prev.amount if prev else 0.0), price)
     return tuple(out.values())
@@ -580,7 +583,7 @@ def venue_figures(venue: str, balance: object) -> VenueFigures | None:
         if venue in {"binanceusdm", "binance"} and isinstance(info, Mapping):
             mm = _float(info["totalMaintMargin"], "totalMaintMargin")
             mb = _float(info["totalMarginBalance"], "totalMarginBalance")
-            return VenueFigures(venue, mm / mb if mb > 0 else math.inf, mm, mb,
+            return VenueFigures(venue, margin_ratio(mm, mb), mm, mb,
                                 "totalMaintMargin/totalMarginBalance")
         if venue == "bybit" and isinstance(info, Mapping):
             account = _rows(info["result"]["list"])[0]
@@ -605,7 +608,7 @@ def venue_figures(venue: str, balance: object) -> VenueFigures | None:
         if venue == "hyperliquid" and isinstance(info, Mapping):
             mm = _float(info["crossMaintenanceMarginUsed"], "crossMaintenanceMarginUsed")
             value = _float(info["crossMarginSummary"]["accountValue"], "accountValue")
-            return VenueFigures(venue, mm / value if value > 0 else math.inf, mm, value,
+            return VenueFigures(venue, margin_ratio(mm, value), mm, value,
                                 "crossMaintenanceMarginUsed/accountValue")
         if venue == "bitget" and isinstance(info, list) and info:
             rate = info[0].get("crossedRiskRate")
@@ -617,6 +620,38 @@ def venue_figures(venue: str, balance: object) -> VenueFigures | None:
     return None
 
 
+def torn_read(venue: str, positions: object, balance: object) -> bool:
+    """True when a positions answer and a balance answer of one read saw different books.
+
+    The two are separate requests; a fill landing between them pairs new positions with the
+    old wallet (or the reverse): a state the venue never had (issue 11). Binance's
+    `GET /fapi/v3/account` lists every open position's `positionAmt` too (Account
+    Information V3, USDⓈ-M docs), so the two answers must agree on them. Venues whose
+    balance answer names no positions cannot be checked here (False).
+    """
+    if venue not in {"binanceusdm", "binance"} or not isinstance(balance, Mapping):
+        return False
+    info = balance.get("info")
+    if not isinstance(info, Mapping) or not isinstance(info.get("positions"), list):
+        return False
+    try:
+        in_balance = {
+            (str(r["symbol"]), str(r.get("positionSide", "BOTH"))): float(r["positionAmt"])
+            for r in info["positions"]
+            if isinstance(r, Mapping) and float(r.get("positionAmt") or 0.0) != 0.0
+        }
+        in_positions = {
+            (str(r["info"]["symbol"]), str(r["info"].get("positionSide", "BOTH"))):
+                float(r["info"]["positionAmt"])
+            for r in (positions if isinstance(positions, list) else [])
+            if isinstance(r, Mapping) and isinstance(r.get("info"), Mapping)
+            and float(r["info"].get("positionAmt") or 0.0) != 0.0
+        }
+    except (KeyError, TypeError, ValueError):
+        return False  # the normalisers name a malformed field; this check only compares
+    return in_balance != in_positions
+
+
 # --- prices ---------------------------------------------------------------------------------
 
 
@@ -624,7 +659,7 @@ def mark_from_ticker(venue: str, ticker: object) -> float | None:
     """The mark price of a ccxt ticker or mark-price structure, or None if it has none.
 
     Hyperliquid's `parse_ticker` leaves `markPrice` unset (close = midPx, last = price);
-    the mark is `info.markPx` (notes/ccxt.md §1). MEXC's contract ticker calls the mark
+    the mark is `info.markPx` (docs/venues.md). MEXC's contract ticker calls the mark
     `fairPrice` ("fair price", contract ticker docs), which ccxt does not map either.
     """
     if not isinstance(ticker, Mapping):

@@ -3,7 +3,7 @@
 `ScriptedPath` is the demo's market: every symbol follows a common market factor `m(t)`
 raised to its beta (SOL falls harder than BTC), times a small mean-reverting noise of its
 own. The factor follows keyframes of a sell-off and recovery, chosen by the sim so that the
-account's margin ratio passes each alert level (DESIGN.md: 0.5 / 0.7 / 0.85) and comes back.
+account's margin ratio passes each default alert level (0.5 / 0.7 / 0.85) and comes back.
 The noise is an Ornstein-Uhlenbeck process rather than a free random walk because a free
 walk would wander off the script: with ratio = MM / margin balance the band between warning
 and emergency is only a few percent of price wide. Prices depend only on the seed and the

@@ -10,6 +10,8 @@ Scenario controls, shared by every venue (engineers D/E/F add order routes with
 - `fail(path, status, body, times)`: the next `times` requests to `path` get that response
   (429, 5xx, an auth error body, garbage or a truncated JSON document);
 - `stall(path, seconds, times)`: hold the next requests long enough for a client timeout;
+- `late(path, seconds, times)`: answer as of arrival, delivered late (a read in flight);
+- `after(path, action)`: change the venue right after the next answer on `path`;
 - `push(frame, path=...)`: send a websocket frame to every client on a path;
 - `drop_websockets()`: close every websocket (the client sees a dropped connection);
 - `silent = True`: stop pushing websocket frames without closing anything (a dead stream).
@@ -38,6 +40,7 @@ class Fault:
     times: int
     delay: float = 0.0
     content_type: str = "application/json"
+    late: bool = False  # answer computed on arrival, delivered `delay` seconds later
 
 
 @dataclass
@@ -63,6 +66,7 @@ class FakeVenue:
         self.silent = False
         self.ws_messages: list[tuple[str, Any]] = []
         self._routes: dict[tuple[str, str], Handler] = {}
+        self._after: dict[str, list[Callable[[], None]]] = {}
         self._runner: web.AppRunner | None = None
         self.port = 0
         for (method, path), handler in self.rest_routes().items():
@@ -143,6 +147,17 @@ class FakeVenue:
         """Hold the next `times` requests to `path` for `seconds` (a client timeout)."""
         self.faults.setdefault(path, []).append(Fault(200, "{}", times, seconds))
 
+    def late(self, path: str, seconds: float, times: int = 1) -> None:
+        """Answer the next `times` requests to `path` as the venue was when they arrived,
+        but `seconds` later (a slow network): the answer is older than what streams
+        meanwhile."""
+        self.faults.setdefault(path, []).append(Fault(200, "", times, seconds, late=True))
+
+    def after(self, path: str, action: Callable[[], None]) -> None:
+        """Run `action` once, right after the next answer on `path` is computed and before
+        any other request is served (a change landing between two requests of one read)."""
+        self._after.setdefault(path, []).append(action)
+
     def clear_faults(self) -> None:
         self.faults.clear()
 
@@ -198,7 +213,13 @@ class FakeVenue:
             fault.times -= 1
             if fault.times <= 0:
                 queue.pop(0)
-            if fault.delay:
+            if fault.late:
+                handler = self._routes.get((request.method, path))
+                if handler is not None:
+                    answer = await handler(request)
+                    await asyncio.sleep(fault.delay)
+                    return answer
+            elif fault.delay:
                 await asyncio.sleep(fault.delay)
             else:
                 return web.Response(
@@ -207,7 +228,10 @@ class FakeVenue:
         handler = self._routes.get((request.method, path))
         if handler is None:
             return web.json_response({"error": f"fake {self.venue}: no route {path}"}, status=404)
-        return await handler(request)
+        answer = await handler(request)
+        for action in self._after.pop(path, []):
+            action()
+        return answer
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
         socket = web.WebSocketResponse(autoping=True)

@@ -3,14 +3,26 @@
 Wire formats follow Binance's published USDⓈ-M API docs (developers.binance.com
 /docs/derivatives/usds-margined-futures): `GET /fapi/v1/exchangeInfo`, `GET /fapi/v1/time`,
 `GET /fapi/v1/leverageBracket`, `GET /fapi/v3/positionRisk`, `GET /fapi/v3/account`,
-`GET /fapi/v1/premiumIndex`, `POST|PUT /fapi/v1/listenKey`; websocket `<symbol>@markPrice@1s`
-(`markPriceUpdate`) on `/market/ws/<n>` and the user stream (`ACCOUNT_UPDATE`) on
-`/private/ws?listenKey=` (ccxt 4.5.90 rewrites `.../ws` to those, notes/ccxt.md §4).
+`GET /fapi/v1/premiumIndex`, `POST|PUT /fapi/v1/listenKey`; multi-assets mode:
+`GET /fapi/v1/multiAssetsMargin` (account/rest-api/Get-Current-Multi-Assets-Mode) and
+`GET /fapi/v1/assetIndex` (market-data/rest-api/Multi-Assets-Mode-Asset-Index); Portfolio
+Margin (derivatives/portfolio-margin/...): `GET /papi/v1/account` (account/Account-Information),
+`/papi/v1/balance` (account/Account-Balance), `/papi/v1/um/positionRisk`
+(account/Query-UM-Position-Information), `/papi/v1/um/leverageBracket`; websocket
+`<symbol>@markPrice@1s` (`markPriceUpdate`) on `/market/ws/<n>` and the user stream
+(`ACCOUNT_UPDATE`) on `/private/ws?listenKey=` (ccxt 4.5.90 rewrites `.../ws` to those,
+notes/ccxt.md §4).
 
 The account figures come from the fake's own state with Binance's formulas
 (notes/margin-math.md §1.1-1.2): MM = |notional| × MMR(bracket) − cum, margin balance =
 wallet balance + Σ unrealised PnL, and the venue's margin ratio is
 totalMaintMargin / totalMarginBalance.
+
+In multi-assets mode (margin-math §1.5, FAQ c983a926...) every total is in USD: Account Equity
+= Σ min(assetEquity × bidRate, assetEquity × askRate) with bidRate = index × (1 − bidBuffer)
+and askRate = index × (1 + askBuffer); margin owed in an asset counts at its ask rate
+(example M1: MM in USDT × 0.99495). An asset with a `<ASSET>USDT` market has index
+mark × USDTUSD index; the others (USDT, USDC) take theirs from `usd_index`.
 """
 
 from __future__ import annotations
@@ -69,6 +81,48 @@ class BinanceAccount:
     can_trade: bool = True
     #: Other wallet assets (multi-assets mode collateral), asset -> wallet balance.
     assets: dict[str, float] = field(default_factory=dict)
+    #: `GET /fapi/v1/multiAssetsMargin`: True is Multi-Assets Mode.
+    multi_assets: bool = False
+    #: USD index of assets without a `<ASSET>USDT` market (asset index `index`).
+    usd_index: dict[str, float] = field(default_factory=lambda: {"USDT": 1.0, "USDC": 1.0})
+    #: asset -> (bidBuffer, askBuffer) as `GET /fapi/v1/assetIndex` publishes them.
+    buffers: dict[str, tuple[float, float]] = field(
+        default_factory=lambda: {"USDT": (0.0, 0.0), "USDC": (0.0, 0.0),
+                                 "BTC": (0.05, 0.05), "ETH": (0.05, 0.05)}
+    )
+
+    #: A Portfolio Margin account: the account maintenance margin Binance's PM engine states
+    #: (scenario-based, no public formula; margin-math §1.6). None: not a PM account.
+    portfolio_mm: float | None = None
+
+    def pm_figures(self) -> dict[str, float]:
+        """uniMMR = accountEquity / accountMaintMargin; equity = Σ min(equity × index ×
+        collateral rate, equity × index), the collateral rate being 1 − bidBuffer here."""
+        equity = actual = 0.0
+        for asset, row in self.per_asset().items():
+            eq = (row["wallet"] + row["upnl"]) * self.index(asset)
+            actual += eq
+            equity += min(eq * (1.0 - self.buffers.get(asset, (0.0, 0.0))[0]), eq)
+        mm = self.portfolio_mm or 0.0
+        return {"equity": equity, "actual": actual, "mm": mm,
+                "uni_mmr": equity / mm if mm > 0 else 0.0}
+
+    def index(self, asset: str) -> float:
+        """USD index of an asset: its USDT market's mark × USDTUSD, else `usd_index`."""
+        mark = self.marks.get(f"{asset}USDT")
+        if mark is not None and asset not in self.usd_index:
+            return mark * self.usd_index["USDT"]
+        return self.usd_index[asset]
+
+    def rates(self, asset: str) -> tuple[float, float]:
+        """(bidRate, askRate) = index × (1 − bidBuffer), index × (1 + askBuffer)."""
+        bid, ask = self.buffers[asset]
+        index = self.index(asset)
+        return index * (1.0 - bid), index * (1.0 + ask)
+
+    def wallets(self) -> dict[str, float]:
+        """Wallet balance per asset: USDT is `wallet`, the others `assets`."""
+        return {"USDT": self.wallet, **self.assets}
 
     def bracket(self, symbol: str, notional: float) -> tuple[float, float, float, int]:
         for row in self.brackets[symbol]:
@@ -89,6 +143,8 @@ class BinanceAccount:
         }
 
     def totals(self) -> dict[str, float]:
+        if self.multi_assets:
+            return self.usd_totals()
         rows = [self.figures(p) for p in self.positions.values()]
         upnl = sum(r["upnl"] for r in rows)
         return {
@@ -96,7 +152,34 @@ class BinanceAccount:
             "mm": sum(r["mm"] for r in rows),
             "im": sum(r["im"] for r in rows),
             "margin_balance": self.wallet + upnl,
+            "wallet": self.wallet,
         }
+
+    def per_asset(self) -> dict[str, dict[str, float]]:
+        """Wallet, PnL, MM and IM per margin asset, in that asset's units."""
+        out = {a: {"wallet": w, "upnl": 0.0, "mm": 0.0, "im": 0.0}
+               for a, w in self.wallets().items()}
+        for pos in self.positions.values():
+            f = self.figures(pos)
+            row = out.setdefault(settle_of(pos.symbol),
+                                 {"wallet": 0.0, "upnl": 0.0, "mm": 0.0, "im": 0.0})
+            for key in ("upnl", "mm", "im"):
+                row[key] += f[key]
+        return out
+
+    def usd_totals(self) -> dict[str, float]:
+        """Multi-assets mode totals in USD (FAQ c983a926...: Account Equity = Σ min(equity ×
+        bidRate, equity × askRate); Account MM = Σ MM × askRate)."""
+        equity = mm = im = upnl = wallet = 0.0
+        for asset, row in self.per_asset().items():
+            bid, ask = self.rates(asset)
+            eq = row["wallet"] + row["upnl"]
+            equity += min(eq * bid, eq * ask)
+            wallet += min(row["wallet"] * bid, row["wallet"] * ask)
+            upnl += row["upnl"] * self.index(asset)
+            mm += row["mm"] * ask
+            im += row["im"] * ask
+        return {"upnl": upnl, "mm": mm, "im": im, "margin_balance": equity, "wallet": wallet}
 
     def venue_margin_ratio(self) -> float:
         """Binance's own figure: totalMaintMargin / totalMarginBalance (FAQ 25edcd7f...)."""
@@ -122,7 +205,14 @@ class FakeBinanceUsdm(FakeVenue):
             ("GET", "/fapi/v1/leverageBracket"): self.private(self.leverage_bracket),
             ("GET", "/fapi/v3/positionRisk"): self.private(self.position_risk),
             ("GET", "/fapi/v3/account"): self.private(self.account_info),
+            ("GET", "/fapi/v1/accountConfig"): self.private(self.account_config),
             ("GET", "/fapi/v1/premiumIndex"): self.premium_index,
+            ("GET", "/fapi/v1/multiAssetsMargin"): self.private(self.multi_assets_margin),
+            ("GET", "/fapi/v1/assetIndex"): self.asset_index,
+            ("GET", "/papi/v1/account"): self.private(self.pm_account),
+            ("GET", "/papi/v1/balance"): self.private(self.pm_balance),
+            ("GET", "/papi/v1/um/positionRisk"): self.private(self.pm_position_risk),
+            ("GET", "/papi/v1/um/leverageBracket"): self.private(self.leverage_bracket),
             ("POST", "/fapi/v1/listenKey"): self.private(self.new_listen_key),
             ("PUT", "/fapi/v1/listenKey"): self.private(self.new_listen_key),
         }
@@ -138,6 +228,11 @@ class FakeBinanceUsdm(FakeVenue):
             "options": {"fetchCurrencies": False},
             "enableRateLimit": False,
         }
+
+    def urls_config(self) -> dict[str, Any]:
+        """Only the URLs: everything else (rate limiting included) stays the product's own
+        configuration, as benchmarks and as-shipped tests need (issue 16)."""
+        return {"urls": {"api": rewrite_urls(_template_urls(), self.http, self.ws)}}
 
     # --- auth ---------------------------------------------------------------------------
 
@@ -171,7 +266,8 @@ class FakeBinanceUsdm(FakeVenue):
                 "futuresType": "U_MARGINED",
                 "rateLimits": [],
                 "exchangeFilters": [],
-                "assets": [{"asset": "USDT", "marginAvailable": True, "autoAssetExchange": "0"}],
+                "assets": [{"asset": a, "marginAvailable": True, "autoAssetExchange": "0"}
+                           for a in self.account.buffers],
                 "symbols": symbols,
             }
         )
@@ -215,7 +311,7 @@ class FakeBinanceUsdm(FakeVenue):
                     "liquidationPrice": "0",
                     "isolatedMargin": "0",
                     "notional": repr(f["notional"]),
-                    "marginAsset": "USDT",
+                    "marginAsset": settle_of(pos.symbol),
                     "isolatedWallet": "0",
                     "initialMargin": repr(f["im"]),
                     "maintMargin": repr(f["mm"]),
@@ -233,58 +329,156 @@ class FakeBinanceUsdm(FakeVenue):
         return json_response(self.position_rows())
 
     async def account_info(self, request: web.Request) -> web.Response:
+        """Account Information V3 (USDⓈ-M docs, GET /fapi/v3/account): totals, assets and
+        every open position's amount and margins; no `canTrade` (that is accountConfig's)."""
         t = self.account.totals()
-        wallet = self.account.wallet
         available = t["margin_balance"] - t["im"]
-        asset = {
-            "asset": "USDT",
-            "walletBalance": repr(wallet),
-            "unrealizedProfit": repr(t["upnl"]),
-            "marginBalance": repr(t["margin_balance"]),
-            "maintMargin": repr(t["mm"]),
-            "initialMargin": repr(t["im"]),
-            "positionInitialMargin": repr(t["im"]),
-            "openOrderInitialMargin": "0",
-            "crossWalletBalance": repr(wallet),
-            "crossUnPnl": repr(t["upnl"]),
-            "availableBalance": repr(available),
-            "maxWithdrawAmount": repr(available),
-            # ccxt skips assets with updateTime == 0 (notes/ccxt.md §2, issue #27997).
-            "updateTime": self.now_ms(),
-        }
-        idle = dict(asset, asset="BNB", walletBalance="0", marginBalance="0", updateTime=0)
-        extra = [
-            dict(
-                asset,
-                asset=name,
-                walletBalance=repr(amount),
-                marginBalance=repr(amount),
-                unrealizedProfit="0",
-                maintMargin="0",
-                initialMargin="0",
-                crossWalletBalance=repr(amount),
-                crossUnPnl="0",
-            )
-            for name, amount in self.account.assets.items()
-        ]
+        rows = self.account.per_asset()
+        assets = []
+        for name, row in rows.items():
+            margin_balance = row["wallet"] + row["upnl"]
+            asset = {
+                "asset": name,
+                "walletBalance": repr(row["wallet"]),
+                "unrealizedProfit": repr(row["upnl"]),
+                "marginBalance": repr(margin_balance),
+                "maintMargin": repr(row["mm"]),
+                "initialMargin": repr(row["im"]),
+                "positionInitialMargin": repr(row["im"]),
+                "openOrderInitialMargin": "0",
+                "crossWalletBalance": repr(row["wallet"]),
+                "crossUnPnl": repr(row["upnl"]),
+                "availableBalance": repr(margin_balance - row["im"]),
+                "maxWithdrawAmount": repr(max(0.0, margin_balance - row["im"])),
+                # ccxt skips assets with updateTime == 0 (notes/ccxt.md §2, issue #27997).
+                "updateTime": self.now_ms(),
+            }
+            if self.account.multi_assets:
+                # Account Information V3, Multi-Assets Mode sample: "whether the asset can
+                # be used as margin in Multi-Assets mode"
+                asset["marginAvailable"] = True
+            assets.append(asset)
+        idle = dict(assets[0], asset="BNB", walletBalance="0", marginBalance="0", updateTime=0)
+        # Single-Asset Mode: totals are "only for USDT asset"; Multi-Assets Mode: "in USD"
+        # (Account Information V3 response notes).
         return json_response(
             {
                 "totalInitialMargin": repr(t["im"]),
                 "totalMaintMargin": repr(t["mm"]),
-                "totalWalletBalance": repr(wallet),
+                "totalWalletBalance": repr(t["wallet"]),
                 "totalUnrealizedProfit": repr(t["upnl"]),
                 "totalMarginBalance": repr(t["margin_balance"]),
                 "totalPositionInitialMargin": repr(t["im"]),
                 "totalOpenOrderInitialMargin": "0",
-                "totalCrossWalletBalance": repr(wallet),
+                "totalCrossWalletBalance": repr(t["wallet"]),
                 "totalCrossUnPnl": repr(t["upnl"]),
                 "availableBalance": repr(available),
                 "maxWithdrawAmount": repr(available),
-                "canTrade": self.account.can_trade,
-                "assets": [asset, idle, *extra],
-                "positions": [],
+                "assets": [*assets, idle],
+                "positions": [
+                    {
+                        "symbol": pos.symbol,
+                        "positionSide": pos.side,
+                        "positionAmt": repr(pos.amount),
+                        "unrealizedProfit": repr(f["upnl"]),
+                        "isolatedMargin": "0",
+                        "notional": repr(f["notional"]),
+                        "isolatedWallet": "0",
+                        "initialMargin": repr(f["im"]),
+                        "maintMargin": repr(f["mm"]),
+                        "updateTime": self.now_ms(),
+                    }
+                    for pos in self.account.positions.values()
+                    for f in (self.account.figures(pos),)
+                ],
             }
         )
+
+    async def account_config(self, request: web.Request) -> web.Response:
+        """Futures Account Configuration (USDⓈ-M docs, GET /fapi/v1/accountConfig): where
+        the v3 API states whether the key's account can trade."""
+        return json_response(
+            {
+                "feeTier": 0,
+                "canTrade": self.account.can_trade,
+                "canDeposit": True,
+                "canWithdraw": True,
+                "dualSidePosition": any(side != "BOTH" for _, side in self.account.positions),
+                "updateTime": 0,
+                "multiAssetsMargin": self.account.multi_assets,
+                "tradeGroupId": -1,
+            }
+        )
+
+    async def pm_account(self, request: web.Request) -> web.Response:
+        """Portfolio Margin Account-Information: uniMMR and the USD figures behind it."""
+        f = self.account.pm_figures()
+        return json_response({
+            "uniMMR": repr(f["uni_mmr"]), "accountEquity": repr(f["equity"]),
+            "actualEquity": repr(f["actual"]), "accountInitialMargin": repr(f["mm"] * 1.5),
+            "accountMaintMargin": repr(f["mm"]), "accountStatus": "NORMAL",
+            "virtualMaxWithdrawAmount": repr(max(0.0, f["equity"] - f["mm"] * 1.5)),
+            "totalAvailableBalance": repr(max(0.0, f["equity"] - f["mm"] * 1.5)),
+            "totalMarginOpenLoss": "0", "updateTime": self.now_ms(),
+        })
+
+    async def pm_balance(self, request: web.Request) -> web.Response:
+        """Portfolio Margin Account-Balance: one row per asset (UM wallet and PnL)."""
+        rows = []
+        for asset, row in self.account.per_asset().items():
+            total = row["wallet"]
+            rows.append({
+                "asset": asset, "totalWalletBalance": repr(total),
+                "crossMarginAsset": "0", "crossMarginBorrowed": "0", "crossMarginFree": "0",
+                "crossMarginInterest": "0", "crossMarginLocked": "0",
+                "umWalletBalance": repr(row["wallet"]), "umUnrealizedPNL": repr(row["upnl"]),
+                "cmWalletBalance": "0", "cmUnrealizedPNL": "0", "updateTime": self.now_ms(),
+                "negativeBalance": "0",
+            })
+        return json_response(rows)
+
+    async def pm_position_risk(self, request: web.Request) -> web.Response:
+        """Query-UM-Position-Information rows (no margin fields: PM margins the account)."""
+        rows = []
+        for pos in self.account.positions.values():
+            f = self.account.figures(pos)
+            rows.append({
+                "entryPrice": repr(pos.entry), "leverage": str(pos.leverage),
+                "markPrice": repr(f["mark"]), "maxNotionalValue": "20000000",
+                "positionAmt": repr(pos.amount), "notional": repr(f["notional"]),
+                "symbol": pos.symbol, "unRealizedProfit": repr(f["upnl"]),
+                "liquidationPrice": "0", "positionSide": pos.side, "updateTime": self.now_ms(),
+            })
+        return json_response(rows)
+
+    async def multi_assets_margin(self, request: web.Request) -> web.Response:
+        """`{"multiAssetsMargin": true}` is Multi-Assets Mode (Get-Current-Multi-Assets-Mode)."""
+        return json_response({"multiAssetsMargin": self.account.multi_assets})
+
+    async def asset_index(self, request: web.Request) -> web.Response:
+        """Multi-Assets-Mode-Asset-Index: one row per `<ASSET>USD`, or one row for `symbol`.
+        The auto-exchange buffers are sent as Binance sends them; nothing here reads them."""
+        rows = []
+        for asset, (bid_buffer, ask_buffer) in self.account.buffers.items():
+            index = self.account.index(asset)
+            bid, ask = self.account.rates(asset)
+            rows.append({
+                "symbol": f"{asset}USD",
+                "time": self.now_ms(),
+                "index": f"{index:.8f}",
+                "bidBuffer": f"{bid_buffer:.8f}",
+                "askBuffer": f"{ask_buffer:.8f}",
+                "bidRate": f"{bid:.8f}",
+                "askRate": f"{ask:.8f}",
+                "autoExchangeBidBuffer": f"{bid_buffer / 2:.8f}",
+                "autoExchangeAskBuffer": f"{ask_buffer / 2:.8f}",
+                "autoExchangeBidRate": f"{index * (1 - bid_buffer / 2):.8f}",
+                "autoExchangeAskRate": f"{index * (1 + ask_buffer / 2):.8f}",
+            })
+        wanted = request.query.get("symbol")
+        if wanted:
+            return json_response(next(r for r in rows if r["symbol"] == wanted))
+        return json_response(rows)
 
     async def premium_index(self, request: web.Request) -> web.Response:
         rows = [
@@ -375,8 +569,14 @@ class FakeBinanceUsdm(FakeVenue):
         return await self.push(frame, path="/private/ws")
 
 
+def settle_of(symbol: str) -> str:
+    """The margin asset of a perpetual: `ETHUSDC` settles in USDC, `BTCUSDT` in USDT."""
+    return "USDC" if symbol.endswith("USDC") else "USDT"
+
+
 def _symbol_info(symbol: str) -> dict[str, Any]:
-    base = symbol.removesuffix("USDT")
+    quote = settle_of(symbol)
+    base = symbol.removesuffix(quote)
     return {
         "symbol": symbol,
         "pair": symbol,
@@ -387,8 +587,8 @@ def _symbol_info(symbol: str) -> dict[str, Any]:
         "maintMarginPercent": "2.5000",
         "requiredMarginPercent": "5.0000",
         "baseAsset": base,
-        "quoteAsset": "USDT",
-        "marginAsset": "USDT",
+        "quoteAsset": quote,
+        "marginAsset": quote,
         "pricePrecision": 2,
         "quantityPrecision": 3,
         "baseAssetPrecision": 8,

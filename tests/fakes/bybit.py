@@ -3,14 +3,19 @@
 Wire formats follow Bybit's published v5 API docs (bybit-exchange.github.io/docs/v5):
 `GET /v5/market/instruments-info`, `/v5/market/time`, `/v5/market/tickers`,
 `/v5/market/risk-limit`, `/v5/position/list`, `/v5/account/wallet-balance`,
-`/v5/user/query-api`, `/v5/account/info`; websockets `/v5/public/linear` (`tickers.<SYMBOL>`)
+`/v5/user/query-api`, `/v5/account/info`, `/v5/account/collateral-info` (v5/account/
+collateral-info) and `/v5/spot-margin-trade/collateral` (v5/spot-margin-uta/
+tier-collateral-ratio); websockets `/v5/public/linear` (`tickers.<SYMBOL>`)
 and `/v5/private` (`auth`, `position`, `wallet`). Errors travel as `retCode` in the body
 (10003 "API key is invalid", 10006 "Too many visits").
 
 Account figures follow Bybit's glossary (notes/margin-math.md §2.1, §2.3):
 position MM = position value × MMR(risk tier) − MM deduction; Margin Balance = wallet balance +
-perpetual UPL; Account MM Rate = Total Maintenance Margin / Margin Balance (no haircut loss or
-order loss in this fake: USDT collateral only, no open orders).
+perpetual UPL, after the collateral value ratio; Account MM Rate = Total Maintenance Margin /
+Margin Balance (no haircut loss or order loss in this fake: no spot or open orders). A coin's
+value is Σ over its tiers (in coin units, marginal) of part × USD price × collateralRatio for a
+positive equity, and equity × USD price for a negative one ("The Collateral Value Ratio only
+applies to assets with a positive balance", Assets-Collateral-Value-Ratio-List-UTA).
 """
 
 from __future__ import annotations
@@ -66,8 +71,39 @@ class BybitAccount:
         default_factory=lambda: {"BTCUSDT": BTC_TIERS, "ETHUSDT": ETH_TIERS}
     )
     read_only: bool = False
-    #: Other collateral coins: coin -> (wallet balance, USD price, collateral switch on).
-    coins: dict[str, tuple[float, float, bool]] = field(default_factory=dict)
+    #: Other collateral coins: coin -> (wallet balance, USD price, collateral switch on);
+    #: a price of None follows the coin's `<COIN>USDT` mark.
+    coins: dict[str, tuple[float, float | None, bool]] = field(default_factory=dict)
+    #: `/v5/account/info` marginMode: REGULAR_MARGIN (cross), PORTFOLIO_MARGIN, ISOLATED_MARGIN.
+    margin_mode: str = "REGULAR_MARGIN"
+    #: coin -> [(maxQty or None for "", collateralRatio)], tiers in coin units.
+    collateral_tiers: dict[str, list[tuple[float | None, float]]] = field(
+        default_factory=lambda: {"USDT": [(None, 1.0)]}
+    )
+    #: PORTFOLIO_MARGIN: the account MM from Bybit's scenario engine, which no public
+    #: formula gives; the fake just states it (None: the sum of position MMs).
+    portfolio_mm: float | None = None
+
+    def coin_price(self, coin: str) -> float:
+        if coin == "USDT":
+            return 1.0
+        price = self.coins[coin][1]
+        return self.marks[f"{coin}USDT"] if price is None else price
+
+    def coin_value(self, coin: str, equity: float) -> float:
+        """USD value after the tiered collateral value ratio (positive equity only)."""
+        price = self.coin_price(coin)
+        if equity <= 0:
+            return equity * price
+        value, floor = 0.0, 0.0
+        for cap, ratio in self.collateral_tiers.get(coin, [(None, 1.0)]):
+            top = equity if cap is None else min(equity, cap)
+            if top > floor:
+                value += (top - floor) * ratio
+            if cap is None or equity <= cap:
+                break
+            floor = cap
+        return value * price
 
     def tier(self, symbol: str, value: float) -> tuple[float, float, float, float]:
         for row in self.tiers[symbol]:
@@ -92,8 +128,12 @@ class BybitAccount:
         rows = [self.figures(p) for p in self.positions.values()]
         upnl = sum(r["upnl"] for r in rows)
         mm = sum(r["mm"] for r in rows)
+        if self.margin_mode == "PORTFOLIO_MARGIN" and self.portfolio_mm is not None:
+            mm = self.portfolio_mm
         im = sum(r["im"] for r in rows)
-        margin_balance = self.wallet + upnl
+        margin_balance = self.coin_value("USDT", self.wallet + upnl) + sum(
+            self.coin_value(c, amount) for c, (amount, _, on) in self.coins.items() if on
+        )
         return {
             "upnl": upnl,
             "mm": mm,
@@ -136,6 +176,8 @@ class FakeBybit(FakeVenue):
             ("GET", "/v5/user/query-api"): self.private(self.query_api),
             ("GET", "/v5/account/info"): self.private(self.account_info),
             ("GET", "/v5/asset/coin/query-info"): self.private(self.coin_info),
+            ("GET", "/v5/account/collateral-info"): self.private(self.collateral_info),
+            ("GET", "/v5/spot-margin-trade/collateral"): self.tiered_collateral,
         }
 
     def ws_paths(self) -> list[str]:
@@ -310,7 +352,7 @@ class FakeBybit(FakeVenue):
                 coin,
                 coin=name,
                 equity=repr(amount),
-                usdValue=repr(amount * price),
+                usdValue=repr(amount * self.account.coin_price(name)),
                 walletBalance=repr(amount),
                 unrealisedPnl="0",
                 totalPositionIM="0",
@@ -318,12 +360,16 @@ class FakeBybit(FakeVenue):
                 collateralSwitch=switch,
                 marginCollateral=switch,
             )
-            for name, (amount, price, switch) in self.account.coins.items()
+            for name, (amount, _, switch) in self.account.coins.items()
         ]
         account = {
             "accountType": "UNIFIED",
-            "totalEquity": repr(wallet + t["upnl"]),
-            "totalWalletBalance": repr(wallet),
+            "totalEquity": repr(wallet + t["upnl"] + sum(
+                amount * self.account.coin_price(c)
+                for c, (amount, _, _) in self.account.coins.items())),
+            "totalWalletBalance": repr(self.account.coin_value("USDT", wallet) + sum(
+                self.account.coin_value(c, amount)
+                for c, (amount, _, on) in self.account.coins.items() if on)),
             "totalMarginBalance": repr(t["margin_balance"]),
             "totalAvailableBalance": repr(t["margin_balance"] - t["im"]),
             "totalPerpUPL": repr(t["upnl"]),
@@ -375,7 +421,7 @@ class FakeBybit(FakeVenue):
     async def account_info(self, request: web.Request) -> web.Response:
         return ok(
             {
-                "marginMode": "REGULAR_MARGIN",
+                "marginMode": self.account.margin_mode,
                 "updatedTime": str(_ms()),
                 "unifiedMarginStatus": 5,
                 "dcpStatus": "OFF",
@@ -385,6 +431,37 @@ class FakeBybit(FakeVenue):
                 "spotHedgingStatus": "OFF",
             }
         )
+
+    async def collateral_info(self, request: web.Request) -> web.Response:
+        """Per coin: `marginCollateral` (the platform allows it) and `collateralSwitch` (the
+        user's switch), as v5/account/collateral-info sends them."""
+        rows = []
+        for coin in ["USDT", *self.account.coins]:
+            switch = True if coin == "USDT" else self.account.coins[coin][2]
+            rows.append({
+                "currency": coin, "hourlyBorrowRate": "0.0000015", "maxBorrowingAmount": "1000",
+                "freeBorrowingLimit": "0", "freeBorrowAmount": "0", "borrowAmount": "0",
+                "otherBorrowAmount": "0", "availableToBorrow": "1000", "borrowable": True,
+                "borrowUsageRate": "0", "marginCollateral": True, "collateralSwitch": switch,
+                "collateralRatio": repr(self.account.collateral_tiers.get(coin, [(None, 1.0)])
+                                        [0][1]),
+            })
+        wanted = request.query.get("currency")
+        return ok({"list": [r for r in rows if wanted in (None, r["currency"])]})
+
+    async def tiered_collateral(self, request: web.Request) -> web.Response:
+        """v5/spot-margin-uta/tier-collateral-ratio: maxQty "" means positive infinity."""
+        rows = []
+        for coin, tiers in self.account.collateral_tiers.items():
+            floor = 0.0
+            ratios = []
+            for cap, ratio in tiers:
+                ratios.append({"minQty": repr(floor), "maxQty": "" if cap is None else repr(cap),
+                               "collateralRatio": repr(ratio)})
+                floor = cap if cap is not None else floor
+            rows.append({"currency": coin, "collateralRatioList": ratios})
+        wanted = request.query.get("currency")
+        return ok({"list": [r for r in rows if wanted in (None, r["currency"])]})
 
     # --- websocket ----------------------------------------------------------------------
 

@@ -8,7 +8,10 @@ a bad key is code 50111.
 
 Figures follow OKX's documented rules (notes/margin-math.md §3.1): contracts × ctVal ×
 mark is the notional, one tier rate for the whole position (no deduction), adjusted
-equity = cash balance + UPL (USDT only, discount 1), `mgnRatio` = adjEq / MM.
+equity = cash balance + UPL (USDT only, discount 1), `mgnRatio` = adjEq / (MM + liquidation
+fees), the fees being notional × the account's taker rate (OKX: "Maintenance margin ratio =
+Adjusted equity / (Maintenance margin + Liquidation fees)"); a position's `mmr` is the MM
+alone.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ class OkxAccount:
         default_factory=lambda: {"BTC-USDT-SWAP": 60_000.0, "ETH-USDT-SWAP": 3_000.0}
     )
     perm: str = "read_only,trade"
+    #: the account's swap taker fee rate, charged at liquidation (base tier: 0.05 %)
+    taker_fee: float = 0.0005
 
     def figures(self, inst: str) -> dict[str, float]:
         ct_val, tiers = INSTRUMENTS[inst]
@@ -59,6 +64,7 @@ class OkxAccount:
             "upl": pos * ct_val * (mark - entry),
             "mmr": notional * mmr,
             "imr": notional / 10,
+            "liquidation_fee": notional * self.taker_fee,
         }
 
     def totals(self) -> dict[str, float]:
@@ -71,7 +77,7 @@ class OkxAccount:
             "mm": mm,
             "imr": sum(r["imr"] for r in rows),
             "adj_eq": adj,
-            "mgn_ratio": adj / mm,
+            "mgn_ratio": adj / (mm + sum(r["liquidation_fee"] for r in rows)),
         }
 
 

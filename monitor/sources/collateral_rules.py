@@ -1,0 +1,462 @@
+"""Each venue's collateral rules, read live: what a non-stable balance really counts for.
+
+A cross-collateral account is margined on haircut values, not on market values
+(docs/collateral.md, with the venues' pages): valuing BTC collateral at its full price overstates
+the margin balance by exactly the haircut, on the accounts this product exists for. The
+engine already values haircuts (`Collateral.haircut`, `liability_markup`, banded
+`haircut_tiers`); this module reads the venue's published parameters and hands them to it.
+
+- **Binance USDⓈ-M.** `GET /fapi/v1/multiAssetsMargin` (ccxt `fapiPrivateGetMultiAssetsMargin`,
+  developers.binance.com …/account/rest-api/Get-Current-Multi-Assets-Mode) says whether the
+  account is in Multi-Assets Mode. There, `GET /fapi/v1/assetIndex` (`fapiPublicGetAssetIndex`,
+  …/market-data/rest-api/Multi-Assets-Mode-Asset-Index) publishes per `<ASSET>USD`
+  `index`, `bidBuffer`, `askBuffer`, with bidRate = index × (1 − bidBuffer) and askRate =
+  index × (1 + askBuffer). Account Equity = Σ min(equity × bidRate, equity × askRate) and
+  margin owed in an asset counts at its ask rate (FAQ c983a926…, example M1), which is
+  `haircut = bidBuffer`, `liability_markup = askBuffer` at price index / index(report
+  currency): every figure is then the venue's USD figure divided by one constant, so the
+  ratio is the venue's own. In Single-Asset Mode only stablecoin margin assets (USDT, USDC,
+  …) back contracts, so a BTC balance is not margin at all and is dropped.
+
+- **Bybit UTA.** `GET /v5/account/info` (`privateGetV5AccountInfo`) `marginMode`:
+  REGULAR_MARGIN (cross) or ISOLATED_MARGIN value collateral by ratio, PORTFOLIO_MARGIN is
+  portfolio margin. `GET /v5/spot-margin-trade/collateral` (`publicGetV5SpotMarginTradeCollateral`,
+  docs v5/spot-margin-uta/tier-collateral-ratio) publishes each coin's tiered collateral
+  ratios in coin units ("" = infinity), applied marginally to a positive balance; a negative
+  balance counts in full (Help "Assets-Collateral-Value-Ratio-List-UTA", docs/collateral.md).
+  `GET /v5/account/collateral-info` (`privateGetV5AccountCollateralInfo`) says per coin
+  whether the platform (`marginCollateral`) and the user (`collateralSwitch`) let it count.
+
+- **OKX.** `GET /api/v5/account/config` (`privateGetAccountConfig`) `acctLv`: 2
+  single-currency, 3 multi-currency, 4 portfolio margin.
+- **Portfolio margin** (Binance PM through ccxt's `portfolioMargin` option, Bybit
+  PORTFOLIO_MARGIN, OKX acctLv 4) is scenario-based: no public formula reproduces it, so
+  the live ratio is the venue's own figure (`venue_margin`), read with every balance.
+
+Rules change rarely: they are re-read every `every` seconds (default an hour) and kept in
+`<state_dir>/collateral/<account>.json`, so a restart values the account at once from the
+last read. A failed read keeps the last rules (or the cached ones) and says so in the log;
+with no rules at all, balances are valued as before (price, no haircut).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import structlog
+
+from monitor.model import STABLE_ASSETS, Collateral, CollateralTier, VenueMargin
+from monitor.sources.normalize import MalformedPayload, VenueFigures
+
+__all__ = [
+    "AssetRule",
+    "CollateralRules",
+    "CollateralRulesReader",
+    "apply_rules",
+    "rules_from_binance",
+    "rules_from_dict",
+    "rules_to_dict",
+    "venue_margin",
+]
+
+log = structlog.get_logger("monitor.sources.collateral_rules")
+
+#: How a venue margins the account, as far as collateral is concerned.
+#: `single_asset`: only the settle asset is margin (Binance Single-Asset Mode);
+#: `multi_assets`: haircut cross-collateral (Binance Multi-Assets, Bybit UTA cross, OKX
+#: multi-currency); `portfolio`: scenario-based risk no public formula reproduces.
+Mode = Literal["single_asset", "multi_assets", "portfolio"]
+
+
+@dataclass(frozen=True, slots=True)
+class AssetRule:
+    """How one asset counts as margin: the venue's USD index (None: keep our price), the
+    haircut of a positive balance, the markup of a negative one, or haircut bands."""
+
+    asset: str
+    index: float | None = None
+    haircut: float = 0.0
+    liability_markup: float = 0.0
+    haircut_tiers: tuple[CollateralTier, ...] = ()
+    tier_basis: Literal["amount", "value"] = "amount"
+    collateral: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class CollateralRules:
+    """One venue read: the account's margin mode and every asset's rule, and when (wall
+    clock, so a cached read keeps its age across restarts)."""
+
+    venue: str
+    mode: Mode
+    assets: Mapping[str, AssetRule]
+    read_at: float
+
+
+# --- pure: rules applied to balances ------------------------------------------------------
+
+
+def apply_rules(
+    collateral: tuple[Collateral, ...], rules: CollateralRules | None, currency: str
+) -> tuple[Collateral, ...]:
+    """Balances valued as the venue values them. Pure.
+
+    A stablecoin's price becomes index / index(currency) where the venue publishes an
+    index, so USDC in a USDT report is worth what the venue says. A volatile asset keeps
+    its price from its market's mark: the index in the rules is as old as the last rules
+    read (an hour), while the mark streams; the venue's index follows the same market.
+    """
+    if rules is None or rules.mode == "portfolio":
+        return collateral
+    if rules.mode == "single_asset":
+        return tuple(c for c in collateral if c.asset == currency or c.asset in STABLE_ASSETS)
+    unit_rule = rules.assets.get(currency)
+    unit = unit_rule.index if unit_rule is not None and unit_rule.index else 1.0
+    out = []
+    for c in collateral:
+        rule = rules.assets.get(c.asset)
+        if rule is None:
+            out.append(c)
+            continue
+        if not rule.collateral:
+            continue  # switched off as collateral: not margin (Bybit collateralSwitch)
+        price = rule.index / unit if rule.index and c.asset in STABLE_ASSETS else c.price
+        out.append(replace(
+            c, price=price, haircut=rule.haircut, liability_markup=rule.liability_markup,
+            haircut_tiers=rule.haircut_tiers, tier_basis=rule.tier_basis,
+        ))
+    return tuple(out)
+
+
+# --- venue readers (ccxt implicit API only) -----------------------------------------------
+
+
+def _fraction(row: Mapping[str, Any], key: str, where: str) -> float:
+    try:
+        value = float(row[key])
+    except (KeyError, TypeError, ValueError):
+        raise MalformedPayload(f"{where}: field {key!r} is missing or not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise MalformedPayload(f"{where}: field {key!r} = {row[key]!r} is not a rate ≥ 0")
+    return value
+
+
+def _rows(answer: object, where: str) -> list[Mapping[str, Any]]:
+    if isinstance(answer, Mapping):
+        answer = [answer]
+    if not isinstance(answer, list) or not all(isinstance(r, Mapping) for r in answer):
+        raise MalformedPayload(f"{where}: expected a list of objects")
+    return list(answer)
+
+
+def rules_from_binance(
+    venue: str, mode: object, asset_index: object, now: float
+) -> CollateralRules:
+    """Binance's two answers (`GET /fapi/v1/multiAssetsMargin`, `GET /fapi/v1/assetIndex`, in
+    their wire format) as rules. Pure: the live reader and the sim venue (which publishes
+    its rules in the same format) both go through it."""
+    flag = mode.get("multiAssetsMargin") if isinstance(mode, Mapping) else None
+    if flag not in (True, False, "true", "false"):
+        raise MalformedPayload(f"binance multiAssetsMargin: {flag!r} is not true/false")
+    if flag in (False, "false"):
+        return CollateralRules(venue, "single_asset", {}, now)
+    assets: dict[str, AssetRule] = {}
+    for row in _rows(asset_index, "binance assetIndex"):
+        symbol = str(row.get("symbol", ""))
+        if not symbol.endswith("USD") or len(symbol) <= 3:
+            continue
+        where = f"binance assetIndex {symbol}"
+        asset = symbol[:-3]
+        index = _fraction(row, "index", where)
+        assets[asset] = AssetRule(
+            asset, index=index if index > 0 else None,
+            haircut=min(_fraction(row, "bidBuffer", where), 1.0),
+            liability_markup=_fraction(row, "askBuffer", where),
+        )
+    return CollateralRules(venue, "multi_assets", assets, now)
+
+
+async def _binance(exchange: Any, now: float) -> CollateralRules:
+    """Multi-Assets Mode and the asset index buffers (module docstring); the index is read
+    only in Multi-Assets Mode."""
+    mode = await exchange.fapiPrivateGetMultiAssetsMargin()
+    multi = isinstance(mode, Mapping) and mode.get("multiAssetsMargin") in (True, "true")
+    rows = await exchange.fapiPublicGetAssetIndex() if multi else []
+    return rules_from_binance(exchange.id, mode, rows, now)
+
+
+def _bybit_result(answer: object, where: str) -> Mapping[str, Any]:
+    result = answer.get("result") if isinstance(answer, Mapping) else None
+    if not isinstance(result, Mapping):
+        raise MalformedPayload(f"{where}: field 'result' is missing")
+    return result
+
+
+def _bybit_bands(row: Mapping[str, Any], where: str) -> tuple[CollateralTier, ...]:
+    bands = []
+    for band in _rows(row.get("collateralRatioList"), where):
+        cap = band.get("maxQty")
+        bands.append(CollateralTier(
+            math.inf if cap in ("", None) else _fraction(band, "maxQty", where),
+            min(_fraction(band, "collateralRatio", where), 1.0),
+        ))
+    return tuple(sorted(bands, key=lambda b: b.up_to))
+
+
+async def _bybit(exchange: Any, now: float) -> CollateralRules:
+    """UTA margin mode, per-coin switches and tiered collateral ratios (module docstring)."""
+    info = _bybit_result(await exchange.privateGetV5AccountInfo(), "bybit account info")
+    if info.get("marginMode") == "PORTFOLIO_MARGIN":
+        return CollateralRules(exchange.id, "portfolio", {}, now)
+    switches: dict[str, bool] = {}
+    answer = await exchange.privateGetV5AccountCollateralInfo()
+    for row in _rows(_bybit_result(answer, "bybit collateral-info").get("list"),
+                     "bybit collateral-info"):
+        on = all(row.get(k) in (True, "true") for k in ("marginCollateral", "collateralSwitch"))
+        switches[str(row.get("currency"))] = on
+    assets: dict[str, AssetRule] = {}
+    answer = await exchange.publicGetV5SpotMarginTradeCollateral()
+    for row in _rows(_bybit_result(answer, "bybit collateral").get("list"), "bybit collateral"):
+        coin = str(row.get("currency"))
+        assets[coin] = AssetRule(coin, haircut_tiers=_bybit_bands(row, f"bybit collateral {coin}"),
+                                 collateral=switches.get(coin, True))
+    for coin, on in switches.items():
+        if coin not in assets:
+            assets[coin] = AssetRule(coin, collateral=on)
+    return CollateralRules(exchange.id, "multi_assets", assets, now)
+
+
+#: OKX `acctLv` (GET /api/v5/account/config): 2 single-currency margin, 3 multi-currency
+#: margin, 4 portfolio margin (1 is spot only: no derivatives to margin).
+_OKX_MODES: dict[str, Mode] = {"2": "single_asset", "3": "multi_assets", "4": "portfolio"}
+
+
+async def _okx(exchange: Any, now: float) -> CollateralRules:
+    """OKX account level (`privateGetAccountConfig`); discount-rate tiers are not read yet,
+    so a multi-currency account keeps its balances at the prices OKX reports (`eqUsd`)."""
+    answer = await exchange.privateGetAccountConfig()
+    data = answer.get("data") if isinstance(answer, Mapping) else None
+    rows = _rows(data, "okx account config")
+    level = str(rows[0].get("acctLv")) if rows else ""
+    if level not in _OKX_MODES:
+        raise MalformedPayload(f"okx account config: acctLv {level!r} is not 2, 3 or 4")
+    return CollateralRules(exchange.id, _OKX_MODES[level], {}, now)
+
+
+async def _binance_usdm(exchange: Any, now: float) -> CollateralRules:
+    """A Binance Portfolio Margin account is configured in ccxt (`options.portfolioMargin`,
+    which routes every call to `papi`); its uniMMR is scenario-based (Binance FAQ 4868b2f1…)."""
+    if exchange.options.get("portfolioMargin"):
+        return CollateralRules(exchange.id, "portfolio", {}, now)
+    return await _binance(exchange, now)
+
+
+Reader = Callable[[Any, float], Awaitable[CollateralRules]]
+_READERS: dict[str, Reader] = {"binanceusdm": _binance_usdm, "bybit": _bybit, "okx": _okx}
+
+
+def venue_margin(rules: CollateralRules | None, figures: VenueFigures | None) -> VenueMargin | None:
+    """The venue's own figures as the live ratio, for a portfolio-margin account only.
+
+    Pure. A portfolio account the venue gave no figure for still gets a `VenueMargin`
+    (ratio None), so the report says "estimate" instead of passing a cross-margin ratio
+    off as the venue's.
+    """
+    if rules is None or rules.mode != "portfolio":
+        return None
+    if figures is None or figures.margin_ratio is None:
+        return VenueMargin(None, source="none read")
+    return VenueMargin(figures.margin_ratio, figures.maintenance_margin,
+                       figures.margin_balance, figures.source_fields)
+
+
+# --- the cache file -----------------------------------------------------------------------
+
+
+def rules_to_dict(rules: CollateralRules) -> dict[str, Any]:
+    """The cache file's JSON (also what `report --json` could show of the rules)."""
+    return {
+        "version": 1, "venue": rules.venue, "mode": rules.mode, "read_at": rules.read_at,
+        "assets": {
+            a.asset: {
+                "index": a.index, "haircut": a.haircut, "liability_markup": a.liability_markup,
+                "haircut_tiers": [[t.up_to if math.isfinite(t.up_to) else None, t.ratio]
+                                  for t in a.haircut_tiers],
+                "tier_basis": a.tier_basis, "collateral": a.collateral,
+            }
+            for a in rules.assets.values()
+        },
+    }
+
+
+def rules_from_dict(data: object) -> CollateralRules:
+    """Inverse of `rules_to_dict`; raises ValueError (with the field) on anything else."""
+    if not isinstance(data, dict) or data.get("version") != 1:
+        raise ValueError("not a version 1 collateral rules file")
+    mode = data.get("mode")
+    if mode not in ("single_asset", "multi_assets", "portfolio"):
+        raise ValueError(f"mode {mode!r} is unknown")
+    assets: dict[str, AssetRule] = {}
+    raw_assets = data.get("assets")
+    if not isinstance(raw_assets, dict):
+        raise ValueError("assets is not an object")
+    for name, row in raw_assets.items():
+        if not isinstance(row, dict):
+            raise ValueError(f"assets.{name} is not an object")
+        try:
+            tiers = tuple(CollateralTier(math.inf if up is None else float(up), float(ratio))
+                          for up, ratio in row.get("haircut_tiers", []))
+            basis = row.get("tier_basis", "amount")
+            assets[str(name)] = AssetRule(
+                str(name),
+                index=None if row.get("index") is None else float(row["index"]),
+                haircut=float(row.get("haircut", 0.0)),
+                liability_markup=float(row.get("liability_markup", 0.0)),
+                haircut_tiers=tiers,
+                tier_basis="value" if basis == "value" else "amount",
+                collateral=bool(row.get("collateral", True)),
+            )
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"assets.{name}: {exc}") from None
+    return CollateralRules(str(data.get("venue", "")), mode, assets, float(data["read_at"]))
+
+
+# --- the reader an exchange source holds --------------------------------------------------
+
+
+class CollateralRulesReader:
+    """The account's current rules: cached at start, re-read every `every` seconds.
+
+    `refresh` never raises for a venue fault: margin keeps being valued on the last rules
+    while the venue's rule endpoint is down, and the failure is retried after `retry`.
+    """
+
+    def __init__(
+        self,
+        account: str,
+        venue: str,
+        cache_dir: Path | None = None,
+        *,
+        every: float = 3600.0,
+        retry: float = 60.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.account = account
+        self.venue = venue
+        self.every = every
+        self.retry = retry
+        self._clock = clock
+        self._reader = _READERS.get(venue)
+        self._path = cache_dir / "collateral" / f"{account}.json" if cache_dir else None
+        self._next_try = -math.inf
+        self.rules: CollateralRules | None = self._load()
+
+    @property
+    def supported(self) -> bool:
+        """Whether this venue's collateral rules are read at all."""
+        return self._reader is not None
+
+    @property
+    def mode(self) -> Mode | None:
+        return self.rules.mode if self.rules is not None else None
+
+    def due(self) -> bool:
+        """A read is due: none yet, the last one is older than `every`, retry time passed."""
+        if self._reader is None:
+            return False
+        now = self._clock()
+        if now < self._next_try:
+            return False
+        return self.rules is None or now - self.rules.read_at >= self.every
+
+    async def refresh(self, exchange: Any) -> CollateralRules | None:
+        """Re-read the rules if due; on failure keep the previous ones (logged)."""
+        if self._reader is None or not self.due():
+            return self.rules
+        # here, not at import: the sim venue uses this module and never loads ccxt
+        from ccxt.base import errors as ccxt_errors  # noqa: PLC0415
+
+        now = self._clock()
+        try:
+            rules = await self._reader(exchange, now)
+        except (ccxt_errors.BaseError, MalformedPayload) as exc:
+            self._next_try = now + self.retry
+            kept = "cached rules" if self.rules is not None else "no haircuts"
+            log.warning("collateral_rules_unavailable", account=self.account,
+                        reason=f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}",
+                        using=kept)
+            return self.rules
+        if self.rules is None or self.rules.mode != rules.mode:
+            log.info("collateral_mode", account=self.account, mode=rules.mode,
+                     assets=len(rules.assets))
+        self.rules = rules
+        self._save(rules)
+        return rules
+
+    async def portfolio_figures(self, exchange: Any) -> VenueFigures | None:
+        """The venue's own figures of a portfolio-margin account where `fetch_balance` has
+        none: Binance PM `GET /papi/v1/account` (`papiGetAccount`, portfolio-margin
+        Account-Information): ratio = accountMaintMargin / accountEquity = 1 / uniMMR.
+        Bybit and OKX report theirs in the balance (`normalize.venue_figures`): None."""
+        if self.mode != "portfolio" or self.venue != "binanceusdm":
+            return None
+        answer = await exchange.papiGetAccount()
+        if not isinstance(answer, Mapping):
+            raise MalformedPayload("binance papi account: expected an object")
+        mm = _fraction(answer, "accountMaintMargin", "binance papi account")
+        try:
+            equity = float(answer["accountEquity"])
+        except (KeyError, TypeError, ValueError):
+            equity = math.nan
+        if not math.isfinite(equity):
+            raise MalformedPayload("binance papi account: field 'accountEquity' is not a number")
+        ratio = mm / equity if equity > 0 else math.inf
+        return VenueFigures(self.venue, ratio, mm, equity,
+                            "papi accountMaintMargin/accountEquity (1/uniMMR)")
+
+    def apply(self, collateral: tuple[Collateral, ...], currency: str) -> tuple[Collateral, ...]:
+        """Balances valued by the current rules (`apply_rules`)."""
+        return apply_rules(collateral, self.rules, currency)
+
+    def _load(self) -> CollateralRules | None:
+        if self._path is None or self._reader is None:
+            return None
+        try:
+            text = self._path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.warning("collateral_cache_unreadable", account=self.account,
+                        path=str(self._path), reason=exc.strerror)
+            return None
+        try:
+            rules = rules_from_dict(json.loads(text))
+        except ValueError as exc:  # JSONDecodeError is a ValueError
+            log.warning("collateral_cache_ignored", account=self.account, path=str(self._path),
+                        reason=str(exc).splitlines()[0])
+            return None
+        if rules.venue != self.venue and rules.venue:
+            return None
+        return rules
+
+    def _save(self, rules: CollateralRules) -> None:
+        if self._path is None:
+            return
+        tmp = self._path.with_suffix(".json.tmp")
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(rules_to_dict(rules), indent=1), encoding="utf-8")
+            os.replace(tmp, self._path)
+        except OSError as exc:
+            log.warning("collateral_cache_unwritable", account=self.account,
+                        path=str(self._path), reason=exc.strerror)
+            with contextlib.suppress(OSError):
+                tmp.unlink()

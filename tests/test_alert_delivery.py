@@ -1,0 +1,286 @@
+"""Alerts on time and truthful, end to end (issue 14): a real mosquitto, a local HTTP receiver
+behind a real Apprise `json://` URL, and the alert sink built by the same factory as `run`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from structlog.testing import capture_logs
+
+from monitor import daemon, margin
+from monitor.alert_message import AlertMessage
+from monitor.alert_settings import MqttSettings, NotifySettings
+from monitor.alerting import AlertPipeline
+from monitor.daemon import build_sinks, run_daemon
+from monitor.model import AccountSnapshot
+from monitor.settings import load_settings
+from monitor.sinks.actions import ActionsSink
+from monitor.sinks.alerts import DRAIN_CAP, AlertsSink, build_alerts_sink
+from monitor.sinks.notify import NotifySink
+from monitor.sources.sim import DEMO_BOOK, SimVenue
+from monitor.sources.sim_prices import ReplayStep
+from monitor.store import Store
+from tests.mqtt_broker import Mosquitto, collecting
+from tests.test_mqtt import prefix, settings_for
+from tests.test_notify import MARGIN_ONLY, Receiver, channel, delivering, receiver, report
+
+__all__ = ["prefix"]  # the fixture, shared with test_mqtt
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def titles(rec: Receiver) -> list[str]:
+    """The titles the receiver got, in arrival order."""
+    return [json.loads(body)["title"] for _, _, body in rec.requests]
+
+
+def notify_settings(port: int, **extra: object) -> NotifySettings:
+    """One `json://` channel at the local receiver."""
+    return NotifySettings.model_validate({"channels": [
+        {"name": "phone", "url": f"json://127.0.0.1:{port}/hook", "timeout": 2, **extra}]})
+
+
+class _Stop(Exception):
+    """Ends the TaskGroup the way the daemon's `_Shutdown` does."""
+
+
+@contextlib.asynccontextmanager
+async def started(sink: AlertsSink) -> AsyncIterator[None]:
+    """The sink's tasks in a TaskGroup, stopped at the end as the daemon stops them."""
+    try:
+        async with asyncio.TaskGroup() as tg:
+            await sink.start(tg)
+            yield
+            raise _Stop
+    except* _Stop:
+        pass
+
+
+class TestPacing:
+    """A phone channel that may send once per `min_interval`."""
+
+    async def test_escalation_leaves_at_first_allowed_moment(self, tmp_path: Path) -> None:
+        """Test that an escalation queued during the pacing wait goes in the next send."""
+        async with receiver() as rec:
+            sink = NotifySink(channel(f"json://127.0.0.1:{rec.port}/hook", min_interval=1.5))
+            pipeline = AlertPipeline(Store(tmp_path / "a.db"), MARGIN_ONLY, [sink])
+            async with delivering(pipeline):
+                pipeline.on_report(report(0.55))
+                await rec.wait(1)
+                sent = time.monotonic()
+                await asyncio.sleep(0.2)
+                pipeline.on_report(report(0.75))  # waits out the pacing
+                await asyncio.sleep(0.3)
+                pipeline.on_report(report(0.9))  # fired while the channel still waits
+                fired = time.monotonic()
+                await rec.wait(2)
+                arrived = time.monotonic()
+        assert arrived - fired <= 1.5  # one pacing interval at most, not two
+        assert arrived - sent >= 1.4  # the pacing still holds
+        assert titles(rec)[1] == "EMERGENCY main: margin ratio 90.0 % (+1 more)"
+        assert len(rec.requests) == 2
+
+    async def test_resolved_news_says_so_in_the_title(self, tmp_path: Path) -> None:
+        """Test that an emergency already resolved when it leaves is titled as resolved."""
+        async with receiver() as rec:
+            sink = NotifySink(channel(f"json://127.0.0.1:{rec.port}/hook", min_interval=1.0))
+            pipeline = AlertPipeline(Store(tmp_path / "a.db"), MARGIN_ONLY, [sink])
+            async with delivering(pipeline):
+                pipeline.on_report(report(0.55), now=1000.0)
+                await rec.wait(1)
+                pipeline.on_report(report(0.9), now=1000.2)
+                pipeline.on_report(report(0.3), now=1000.4)
+                await rec.wait(2)
+        body = json.loads(rec.requests[1][2])
+        assert body["title"] == (
+            "RESOLVED main: margin ratio back to normal "
+            "(was EMERGENCY: margin ratio 90.0 %) (+1 more)"
+        )
+        assert body["message"].index("EMERGENCY main") < body["message"].index("RESOLVED main")
+
+
+class TestShutdown:
+    """Stopping with alerts still queued, as `margin-monitor run` does on SIGTERM."""
+
+    async def test_status_online_then_offline_once(self, mosquitto: Mosquitto, prefix: str,
+                                                   tmp_path: Path) -> None:
+        """Test that the status topic reads online ... offline and nothing follows offline."""
+        async with receiver() as rec, collecting(mosquitto, [f"{prefix}/#"]) as sub:
+            sink = build_alerts_sink(tmp_path, MARGIN_ONLY, settings_for(mosquitto, prefix),
+                                     notify_settings(rec.port, min_interval=1.0))
+            async with started(sink):
+                assert sink.mqtt is not None
+                async with asyncio.timeout(10):
+                    await sink.mqtt.wait_connected()
+                sink.pipeline.on_report(report(0.55, account="acct"))
+                await rec.wait(1)
+                sink.pipeline.on_report(report(0.9, account="acct"))  # queued: pacing
+                await asyncio.sleep(0.05)
+            assert sink.pipeline.store.pending("notify[phone]")  # still queued at the stop
+            await sink.close()
+            await sub.wait_for(lambda: any(m.payload == b"offline"
+                                           for m in sub.on(f"{prefix}/status")))
+            await asyncio.sleep(0.3)  # anything published after offline would arrive now
+        status = [m.payload for m in sub.on(f"{prefix}/status")]
+        assert status == [b"online", b"offline"]
+        topics = [m.topic.value for m in sub.messages]
+        assert topics[-1] == f"{prefix}/status"  # offline is the last word
+        assert f"{prefix}/acct/state" in topics
+        assert len(rec.requests) == 2  # the queued emergency went out during the drain
+
+    async def test_no_phone_alert_left_at_clean_stop(self, tmp_path: Path) -> None:
+        """Test that the drain waits out the pacing so every queued phone alert is sent."""
+        async with receiver() as rec:
+            sink = build_alerts_sink(tmp_path, MARGIN_ONLY, None,
+                                     notify_settings(rec.port, min_interval=2.5))
+            async with started(sink):
+                sink.pipeline.on_report(report(0.55))
+                await rec.wait(1)
+                sink.pipeline.on_report(report(0.75))
+                sink.pipeline.on_report(report(0.9))
+                await asyncio.sleep(0.05)
+            assert len(sink.pipeline.store.pending()) == 2
+            budget = sink.drain_budget()
+            assert 2.0 < budget <= DRAIN_CAP
+            began = time.monotonic()
+            with capture_logs() as logs:
+                await sink.close()
+            took = time.monotonic() - began
+        assert len(rec.requests) == 2
+        assert titles(rec)[1] == "EMERGENCY main: margin ratio 90.0 % (+1 more)"
+        assert took < budget
+        assert not [e for e in logs if e["event"] == "alerts.undelivered_at_shutdown"]
+
+    async def test_says_what_stays_queued(self, tmp_path: Path) -> None:
+        """Test that alerts the drain cannot deliver are named in the log and kept."""
+        async with receiver() as rec:
+            rec.status = 500
+            sink = build_alerts_sink(tmp_path, MARGIN_ONLY, None, notify_settings(rec.port))
+            async with started(sink):
+                (event,) = sink.pipeline.on_report(report(0.9))
+                await rec.wait(1)
+            with capture_logs() as logs:
+                await sink.close()
+        (left,) = [e for e in logs if e["event"] == "alerts.undelivered_at_shutdown"]
+        assert left["sinks"] == {"notify[phone]": 1}
+        assert left["ids"] == {"notify[phone]": [event.id]}
+        again = Store(tmp_path / "alerts.sqlite3")
+        assert [r.message_id for r in again.pending()] == [event.id]
+        again.close()
+
+    def test_drain_cap_fits_systemd_stop_timeout(self) -> None:
+        """Test that the drain cap plus the leftover-task grace fits TimeoutStopSec."""
+        for unit in ("margin-monitor.service", "margin-monitor@.service"):
+            text = (ROOT / "systemd" / unit).read_text()
+            match = re.search(r"^TimeoutStopSec=(\d+)s?$", text, re.MULTILINE)
+            assert match is not None, unit
+            assert float(match.group(1)) >= DRAIN_CAP + daemon.STOP_GRACE + 5.0
+
+
+class TestConnecting:
+    """The first alert after a start, while the broker session is still connecting."""
+
+    async def test_first_alert_waits_for_the_session(self, mosquitto: Mosquitto, prefix: str,
+                                                     tmp_path: Path) -> None:
+        """Test that an alert raised before the session is up arrives with no failure logged."""
+        mqtt: MqttSettings = settings_for(mosquitto, prefix)
+        async with collecting(mosquitto, [f"{prefix}/+/alert"]) as sub:
+            sink = build_alerts_sink(tmp_path, MARGIN_ONLY, mqtt, None)
+            with capture_logs() as logs:
+                (event,) = sink.pipeline.on_report(report(0.9, account="acct"))
+                async with started(sink):
+                    await sub.wait_for(lambda: len(sub.messages) == 1)
+                await sink.close()
+        assert json.loads(sub.messages[0].payload)["id"] == event.id  # type: ignore[arg-type]
+        assert not [e for e in logs if e["event"] == "alert.delivery_failed"]
+
+
+class TestActionState:
+    """The `action` every alert carries, in the demo sell-off with actions in dry run."""
+
+    async def test_each_alert_tells_the_action_state_of_its_moment(
+        self, mosquitto: Mosquitto, prefix: str, tmp_path: Path
+    ) -> None:
+        """Test that escalations carry the dry-run plan and resolves no stale 'would reduce'."""
+        settings = load_settings(
+            None, state_dir=tmp_path,
+            accounts=[{"name": "demo", "exchange": "sim", "sim": {"speed": 20}}],
+            actions={"simulated": False},  # the sim account runs dry, like a live default
+            mqtt={"host": mosquitto.host, "port": mosquitto.port, "prefix": prefix,
+                  "timeout": 2.0},
+        )  # fmt: skip
+        sources = {a.name: SimVenue(a.name, a.sim) for a in settings.accounts}
+        sinks = build_sinks(settings, tui=False, sources=sources)
+        async with collecting(mosquitto, [f"{prefix}/demo/alert"]) as sub:
+            await asyncio.wait_for(
+                run_daemon(settings, settings.accounts, sinks, sources=list(sources.values()),
+                           duration=4.5, handle_signals=False),
+                30,
+            )
+            await sub.wait_for(lambda: any(json.loads(m.payload)["kind"] == "resolved"  # type: ignore[arg-type]
+                                           and json.loads(m.payload)["rule"] == "margin_ratio"  # type: ignore[arg-type]
+                                           for m in sub.messages))
+            alerts = [json.loads(m.payload) for m in sub.messages]  # type: ignore[arg-type]
+        action_ratio = 0.70  # actions.action_level "critical" of the default ladder
+        assert alerts
+        for a in alerts:
+            assert a["action"] is not None  # configured (dry run) is never "not configured"
+            assert "(dry run)" in a["action"]
+            if a["kind"] == "resolved":
+                assert "would reduce" not in a["action"]
+            if a["margin_ratio"] >= action_ratio and a["kind"] != "resolved":
+                assert a["action"].startswith(("would reduce (dry run): sell ",
+                                               "episode open (dry run): step 1 would have"))
+            if a["margin_ratio"] < action_ratio and a["kind"] == "firing":
+                assert a["action"].startswith("none needed (dry run)")
+        assert any(a["margin_ratio"] >= action_ratio for a in alerts)
+
+    async def test_escalation_plan_and_resolve_state(self, tmp_path: Path) -> None:
+        """Test that the escalation carries the dry-run plan and the resolve the state after."""
+        settings = load_settings(
+            None, state_dir=tmp_path,
+            accounts=[{"name": "demo", "exchange": "sim"}],
+            actions={"simulated": False},
+            mqtt={"host": "127.0.0.1", "port": 9, "timeout": 1.0},  # queues; never started
+        )  # fmt: skip
+        crash = [ReplayStep(0.0, tuple((m.symbol, m.price0 * 0.856**m.beta)
+                                       for m in DEMO_BOOK.markets))]  # fmt: skip
+        venue = SimVenue("demo", settings.accounts[0].sim, replay=crash)
+        calm = SimVenue("demo").snapshot()
+        sinks = build_sinks(settings, tui=False, sources={"demo": venue})
+        alerts = next(s for s in sinks if isinstance(s, AlertsSink))
+        actions = next(s for s in sinks if isinstance(s, ActionsSink))
+
+        async def tell(snapshot: AccountSnapshot, now: float) -> None:
+            rep = margin.report(snapshot)
+            for sink in sinks:  # in the daemon's order (AccountLoop._tell)
+                await sink.on_report("demo", rep, snapshot, now)
+
+        def actions_of_queue() -> list[tuple[str, str | None]]:
+            rows = alerts.pipeline.store.pending("mqtt")
+            return [(m.kind, m.action) for m in map(AlertMessage.from_json,
+                                                    (r.payload for r in rows))]
+
+        await tell(calm, 1000.0)
+        await tell(venue.snapshot(), 1001.0)
+        (fired,) = actions_of_queue()
+        assert fired[0] == "firing"
+        assert fired[1] is not None
+        assert fired[1].startswith("would reduce (dry run): sell ")
+        assert "reduce-only, toward 40.0%" in fired[1]
+        await actions.executors["demo"].on_report(margin.report(venue.snapshot()), 1001.5)
+        assert actions.executors["demo"].state.episode is not None  # the dry-run step ran
+        await tell(calm, 1002.0)
+        _, resolved = actions_of_queue()
+        assert resolved[0] == "resolved"
+        assert resolved[1] == "none needed (dry run): acts at margin ratio 70.0%, now 6.8%"
+        await alerts.close()
+        for sink in sinks:
+            if isinstance(sink, ActionsSink):
+                await sink.close()

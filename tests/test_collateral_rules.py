@@ -1,0 +1,458 @@
+"""Venue collateral rules read live (issue 12): real ccxt against loopback fakes, and the
+pure application of the rules to balances."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from monitor import margin
+from monitor.model import AccountUpdate, Collateral, CollateralTier, PriceTick
+from monitor.snapshot import report_to_dict
+from monitor.sources.collateral_rules import (
+    AssetRule,
+    CollateralRules,
+    CollateralRulesReader,
+    apply_rules,
+    rules_from_dict,
+    rules_to_dict,
+    venue_margin,
+)
+from monitor.sources.exchange import ExchangeSource
+from monitor.sources.normalize import VenueFigures
+from monitor.sources.sim import DEMO_BOOK, SimVenue
+from tests.fakes import bybit
+from tests.fakes.account import EventTap, account_for
+from tests.fakes.base import FakeVenue
+from tests.fakes.binance import API_KEY, SECRET, BinanceAccount, BinancePosition, FakeBinanceUsdm
+
+BTC = "BTC/USDT:USDT"
+#: Within 0.01 % of the venue's own figure (issue 12's bar).
+REL = 1e-4
+
+
+def multi_rules(**assets: AssetRule) -> CollateralRules:
+    return CollateralRules("binanceusdm", "multi_assets", assets, 0.0)
+
+
+class TestApplyRules:
+    def test_buffers_become_haircut_and_markup(self) -> None:
+        """Test that bid/ask buffers become haircut/markup and prices index / index(USDT)."""
+        rules = multi_rules(
+            USDT=AssetRule("USDT", index=0.99, haircut=0.01, liability_markup=0.005),
+            USDC=AssetRule("USDC", index=1.0),
+        )
+        out = apply_rules((Collateral("USDT", 200.0), Collateral("USDC", 220.0)), rules, "USDT")
+        usdt, usdc = out
+        assert (usdt.price, usdt.haircut, usdt.liability_markup) == (1.0, 0.01, 0.005)
+        assert usdc.price == pytest.approx(1 / 0.99)
+        assert usdc.haircut == 0.0
+
+    def test_single_asset_mode_drops_volatile_balances(self) -> None:
+        """Test that in Single-Asset Mode a BTC balance is not margin, USDC still is."""
+        rules = CollateralRules("binanceusdm", "single_asset", {}, 0.0)
+        held = (Collateral("USDT", 100.0), Collateral("BTC", 1.0, 60_000.0),
+                Collateral("USDC", 5.0))
+        assert [c.asset for c in apply_rules(held, rules, "USDT")] == ["USDT", "USDC"]
+
+    def test_no_rules_and_portfolio_leave_balances(self) -> None:
+        """Test that unknown rules or a portfolio-margin account leave balances untouched."""
+        held = (Collateral("USDT", 100.0), Collateral("BTC", 1.0, 60_000.0))
+        assert apply_rules(held, None, "USDT") == held
+        portfolio = CollateralRules("binanceusdm", "portfolio", {}, 0.0)
+        assert apply_rules(held, portfolio, "USDT") == held
+
+    def test_switched_off_asset_is_dropped_and_tiers_kept(self) -> None:
+        """Test that a coin switched off as collateral is dropped and bands are carried over."""
+        bands = (CollateralTier(10.0, 0.98), CollateralTier(math.inf, 0.9))
+        rules = multi_rules(
+            BTC=AssetRule("BTC", haircut_tiers=bands),
+            SOL=AssetRule("SOL", collateral=False),
+        )
+        out = apply_rules((Collateral("BTC", 12.0, 60_000.0), Collateral("SOL", 3.0, 150.0)),
+                          rules, "USDT")
+        assert len(out) == 1
+        assert out[0].haircut_tiers == bands
+        assert out[0].price == 60_000.0  # no index published: our price stays
+
+    def test_cache_round_trip(self) -> None:
+        """Test that the cache file's JSON reads back to the same rules, bands included."""
+        rules = multi_rules(
+            BTC=AssetRule("BTC", index=60_000.0, haircut=0.05, liability_markup=0.05,
+                          haircut_tiers=(CollateralTier(10.0, 0.98),
+                                         CollateralTier(math.inf, 0.0)), tier_basis="value"),
+        )
+        assert rules_from_dict(json.loads(json.dumps(rules_to_dict(rules)))) == rules
+
+    def test_bad_cache_is_refused_with_the_field(self) -> None:
+        """Test that a damaged cache file is refused with a reason naming the field."""
+        data = rules_to_dict(multi_rules(BTC=AssetRule("BTC", haircut=0.05)))
+        data["assets"]["BTC"]["haircut"] = "lots"
+        with pytest.raises(ValueError, match=r"assets\.BTC"):
+            rules_from_dict(data)
+
+
+# --- Binance Multi-Assets Mode through the fake venue and real ccxt ------------------------
+
+
+@contextlib.asynccontextmanager
+async def watching(
+    fake: FakeVenue, key: str, secret: str, state_dir: Path | None = None
+) -> AsyncIterator[tuple[ExchangeSource, EventTap]]:
+    """A source on a running fake venue, after its first full read."""
+    settings = account_for(fake, key, secret, poll_interval=0.2, stale_after=5.0)
+    source = ExchangeSource(settings, backoff_cap=0.2, reconcile_every=0.5, debounce=0.02,
+                            state_dir=state_dir)
+    tap = EventTap(source.events())
+    try:
+        await tap.wait_for(lambda e: isinstance(e, AccountUpdate))
+        yield source, tap
+    finally:
+        await tap.stop()
+        await source.close()
+
+
+@contextlib.asynccontextmanager
+async def running(
+    account: BinanceAccount, state_dir: Path | None = None, fake: FakeBinanceUsdm | None = None
+) -> AsyncIterator[tuple[FakeBinanceUsdm, ExchangeSource, EventTap]]:
+    """A fake Binance holding `account` (or `fake`, already running) and a source on it."""
+    async with contextlib.AsyncExitStack() as stack:
+        if fake is None:
+            fake = FakeBinanceUsdm(account)
+            await stack.enter_async_context(fake)
+        source, tap = await stack.enter_async_context(
+            watching(fake, API_KEY, SECRET, state_dir))
+        yield fake, source, tap
+
+
+def example_m1() -> BinanceAccount:
+    """margin-math §1.5 example M1: USDTUSD 0.99 (bid buffer 0.01, ask 0.005), USDC 1;
+    200 USDT + 220 USDC; BTCUSDT 0.5 @ 20,000 (100x, MMR 0.8 %), ETHUSDC 20 @ 600 (50x, 1 %)."""
+    account = BinanceAccount(
+        wallet=200.0,
+        assets={"USDC": 220.0},
+        marks={"BTCUSDT": 20_000.0, "ETHUSDC": 600.0},
+        brackets={"BTCUSDT": [(1e9, 0.008, 0.0, 100)], "ETHUSDC": [(1e9, 0.01, 0.0, 50)]},
+        multi_assets=True,
+        usd_index={"USDT": 0.99, "USDC": 1.0},
+        buffers={"USDT": (0.01, 0.005), "USDC": (0.0, 0.0)},
+    )
+    account.positions[("BTCUSDT", "BOTH")] = BinancePosition("BTCUSDT", 0.5, 20_000.0,
+                                                             leverage=100)
+    account.positions[("ETHUSDC", "BOTH")] = BinancePosition("ETHUSDC", 20.0, 600.0,
+                                                             leverage=50)
+    return account
+
+
+def btc_eth_collateral() -> BinanceAccount:
+    """20,000 USDT + 1 BTC + 10 ETH (5 % buffers both ways), long 4.5 BTCUSDT @ 60,000:
+    270,000 notional sits in bracket 3 (1 %, cum 1,300); USDTUSD 0.9999 (1 bp buffers)."""
+    account = BinanceAccount(
+        wallet=20_000.0,
+        assets={"BTC": 1.0, "ETH": 10.0},
+        multi_assets=True,
+        usd_index={"USDT": 0.9999, "USDC": 1.0},
+        buffers={"USDT": (0.0001, 0.0001), "BTC": (0.05, 0.05), "ETH": (0.05, 0.05)},
+    )
+    account.positions[("BTCUSDT", "BOTH")] = BinancePosition("BTCUSDT", 4.5, 60_000.0)
+    return account
+
+
+def ours(source: ExchangeSource) -> float:
+    return margin.report(source.snapshot()).margin_ratio
+
+
+class TestBinanceMultiAssets:
+    async def test_worked_example_m1_from_a_live_read(self) -> None:
+        """Test that example M1 (equity 416.02 USD, ratio 47.98 %) comes out of a live read."""
+        async with running(example_m1()) as (fake, source, _tap):
+            assert source.collateral_rules.mode == "multi_assets"
+            report = margin.report(source.snapshot())
+            # The report is in USDT; the venue's USD figures are ours × USDTUSD (0.99).
+            assert report.margin_balance * 0.99 == pytest.approx(416.02, abs=5e-3)
+            assert report.maintenance_margin * 0.99 == pytest.approx(199.596, abs=5e-4)
+            assert report.margin_ratio == pytest.approx(199.596 / 416.02, rel=1e-6)  # 47.98 %
+            assert report.free_collateral * 0.99 == pytest.approx(76.525, abs=5e-4)
+            assert report.margin_ratio == pytest.approx(fake.account.venue_margin_ratio(),
+                                                        rel=REL)
+
+    async def test_worked_example_m1_without_positions(self) -> None:
+        """Test that M1 with no positions gives Account Equity 416.02 USD and ratio 0."""
+        account = example_m1()
+        account.positions.clear()
+        async with running(account) as (_fake, source, _tap):
+            report = margin.report(source.snapshot())
+            assert report.margin_balance * 0.99 == pytest.approx(416.02, abs=5e-3)
+            assert report.margin_ratio == 0.0
+
+    async def test_btc_fall_across_a_boundary_matches_the_venue(self) -> None:
+        """Test that with BTC and ETH collateral our ratio is the venue's within 0.01 % before
+        and after BTC −20 %, which moves the position to a lower bracket and turns the USDT
+        equity negative (valued at the ask rate instead of the bid rate)."""
+        async with running(btc_eth_collateral()) as (fake, source, tap):
+            before = ours(source)
+            assert before == pytest.approx(fake.account.venue_margin_ratio(), rel=REL)
+            check = source.venue_check
+            assert check is not None
+            assert check.relative_drift is not None
+            assert abs(check.relative_drift) < REL
+            usdt = fake.account.per_asset()["USDT"]
+            assert usdt["wallet"] + usdt["upnl"] > 0
+
+            await fake.wait_for_client("/market/ws", "btcusdt@markPrice@1s")
+            seen = len(tap.seen)
+            await fake.push_mark("BTCUSDT", 48_000.0)
+            await tap.wait_for(
+                lambda e: isinstance(e, PriceTick) and e.mark_price == 48_000.0, after=seen
+            )
+            usdt = fake.account.per_asset()["USDT"]
+            assert usdt["wallet"] + usdt["upnl"] < 0  # crossed to the ask side
+            after = ours(source)
+            assert after > 1.5 * before
+            assert after == pytest.approx(fake.account.venue_margin_ratio(), rel=REL)
+            # and the next REST reconciliation agrees too (no model drift)
+            seen = len(tap.seen)
+            await tap.wait_for(lambda e: isinstance(e, AccountUpdate), after=seen)
+            check = source.venue_check
+            assert check is not None
+            assert check.relative_drift is not None
+            assert abs(check.relative_drift) < REL
+
+    async def test_without_haircuts_the_ratio_would_be_understated(self) -> None:
+        """Test that valuing BTC/ETH at full price (no rules) drifts > 1 % from the venue."""
+        async with FakeBinanceUsdm(btc_eth_collateral()) as fake:
+            fake.fail("/fapi/v1/assetIndex", status=503, times=100)
+            async with running(fake.account, fake=fake) as (_f, source, _tap):
+                assert source.collateral_rules.rules is None
+                drift = source.venue_check.relative_drift if source.venue_check else None
+                assert drift is not None
+                assert drift < -0.01
+
+    async def test_rules_are_cached_and_reused_after_a_restart(self, tmp_path: Path) -> None:
+        """Test that a restart values haircuts from the cache, without re-reading the venue,
+        even while the venue's rule endpoints fail."""
+        async with running(btc_eth_collateral(), tmp_path) as (_fake, source, _tap):
+            first = ours(source)
+        cache = tmp_path / "collateral" / "binanceusdm-test.json"
+        assert json.loads(cache.read_text())["mode"] == "multi_assets"
+        async with FakeBinanceUsdm(btc_eth_collateral()) as fake:
+            fake.fail("/fapi/v1/assetIndex", status=503, times=100)
+            fake.fail("/fapi/v1/multiAssetsMargin", status=503, times=100)
+            async with running(fake.account, tmp_path, fake) as (_f, source, _tap):
+                assert ours(source) == pytest.approx(first, rel=1e-9)
+                assert fake.count("/fapi/v1/assetIndex") == 0
+                assert fake.count("/fapi/v1/multiAssetsMargin") == 0
+
+    async def test_single_asset_mode_ignores_btc_balance(self) -> None:
+        """Test that in Single-Asset Mode a BTC wallet balance adds nothing to the margin."""
+        account = btc_eth_collateral()
+        account.multi_assets = False
+        async with running(account) as (fake, source, _tap):
+            assert source.collateral_rules.mode == "single_asset"
+            assert {c.asset for c in source.collateral} == {"USDT"}
+            assert fake.count("/fapi/v1/assetIndex") == 0
+            assert ours(source) == pytest.approx(fake.account.venue_margin_ratio(), rel=REL)
+
+
+def uta_btc_eth() -> bybit.BybitAccount:
+    """Bybit UTA cross: 10,000 USDT + 1.5 BTC (ratio 0.95 up to 1 BTC, 0.9 beyond) + 10 ETH
+    (0.9), long 4 BTCUSDT @ 60,000; coin prices follow their USDT marks."""
+    account = bybit.BybitAccount(
+        wallet=10_000.0,
+        coins={"BTC": (1.5, None, True), "ETH": (10.0, None, True), "DOGE": (5_000.0, 0.1, False)},
+        collateral_tiers={"USDT": [(None, 1.0)], "BTC": [(1.0, 0.95), (None, 0.9)],
+                          "ETH": [(None, 0.9)], "DOGE": [(None, 0.8)]},
+    )
+    account.positions[("BTCUSDT", 0)] = bybit.BybitPosition("BTCUSDT", "Buy", 4.0, 60_000.0)
+    return account
+
+
+class TestBybitUta:
+    async def test_tiered_ratios_match_account_mm_rate_across_a_fall(self) -> None:
+        """Test that with BTC and ETH collateral our ratio equals accountMMRate within 0.01 %
+        before and after BTC −20 % (USDT equity turns negative: no ratio applies to it)."""
+        async with (
+            bybit.FakeBybit(uta_btc_eth()) as fake,
+            watching(fake, bybit.API_KEY, bybit.SECRET) as (source, tap),
+        ):
+            assert source.collateral_rules.mode == "multi_assets"
+            btc = next(c for c in source.collateral if c.asset == "BTC")
+            assert [(t.up_to, t.ratio) for t in btc.haircut_tiers] == [(1.0, 0.95),
+                                                                       (math.inf, 0.9)]
+            assert "DOGE" not in {c.asset for c in source.collateral}  # switched off
+            venue = fake.account.totals()["mm_rate"]
+            assert ours(source) == pytest.approx(venue, rel=REL)
+            # 10,000 + (0.95 + 0.5 × 0.9) × 60,000 + 10 × 0.9 × 3,000 = 121,000 USD
+            assert margin.report(source.snapshot()).margin_balance == pytest.approx(121_000.0)
+
+            await fake.wait_for_client("/v5/public", "tickers.BTCUSDT")
+            seen = len(tap.seen)
+            await fake.push_mark("BTCUSDT", 48_000.0)
+            await tap.wait_for(
+                lambda e: isinstance(e, PriceTick) and e.mark_price == 48_000.0, after=seen
+            )
+            assert fake.account.wallet + fake.account.totals()["upnl"] < 0
+            after = ours(source)
+            assert after == pytest.approx(fake.account.totals()["mm_rate"], rel=REL)
+            assert after > 1.5 * venue
+            seen = len(tap.seen)
+            await tap.wait_for(lambda e: isinstance(e, AccountUpdate), after=seen)
+            check = source.venue_check
+            assert check is not None
+            assert check.relative_drift is not None
+            assert abs(check.relative_drift) < REL
+
+
+class TestPortfolioMargin:
+    async def test_bybit_portfolio_margin_ratio_is_the_venues(self) -> None:
+        """Test that a Bybit PORTFOLIO_MARGIN account reports accountMMRate as its live ratio,
+        labelled `model: venue`, and that a tick does not replace it with a cross ratio."""
+        account = uta_btc_eth()
+        account.margin_mode = "PORTFOLIO_MARGIN"
+        account.portfolio_mm = 4_321.0  # Bybit's scenario MM: no public formula gives it
+        async with (
+            bybit.FakeBybit(account) as fake,
+            watching(fake, bybit.API_KEY, bybit.SECRET) as (source, tap),
+        ):
+            assert source.collateral_rules.mode == "portfolio"
+            venue = fake.account.totals()["mm_rate"]
+            report = margin.report(source.snapshot())
+            assert report.model == "venue"
+            assert report.margin_ratio == pytest.approx(venue, rel=1e-12)
+            assert report.maintenance_margin == pytest.approx(4_321.0)
+            assert report_to_dict(report)["model"] == "venue"
+            balance = next(e for e in reversed(tap.seen) if isinstance(e, AccountUpdate))
+            assert balance.venue_margin is not None
+            assert balance.venue_margin.margin_ratio == pytest.approx(venue)
+            # a cross-margin computation of the same account would say something else
+            cross = margin.report(replace(source.snapshot(), venue_margin=None)).margin_ratio
+            assert abs(cross / venue - 1) > 0.5
+
+            await fake.wait_for_client("/v5/public", "tickers.BTCUSDT")
+            seen = len(tap.seen)
+            await fake.push_mark("BTCUSDT", 48_000.0)
+            await tap.wait_for(
+                lambda e: isinstance(e, PriceTick) and e.mark_price == 48_000.0, after=seen
+            )
+            held = margin.report(source.snapshot())
+            assert held.model == "venue"
+            assert held.margin_ratio == report.margin_ratio  # carried until the next read
+            seen = len(tap.seen)
+            await tap.wait_for(lambda e: isinstance(e, AccountUpdate), after=seen)
+            fresh = margin.report(source.snapshot())
+            assert fresh.margin_ratio == pytest.approx(fake.account.totals()["mm_rate"])
+            assert fresh.margin_ratio > report.margin_ratio
+
+    async def test_binance_portfolio_margin_drives_the_ratio_by_uni_mmr(self) -> None:
+        """Test that a Binance PM account (ccxt `portfolioMargin`) reports 1 / uniMMR from
+        /papi/v1/account as its ratio, labelled venue, through real ccxt."""
+        account = btc_eth_collateral()
+        account.multi_assets = False
+        account.portfolio_mm = 2_500.0
+        async with FakeBinanceUsdm(account) as fake:
+            settings = account_for(fake, API_KEY, SECRET, poll_interval=0.2, stale_after=5.0)
+            config = dict(settings.ccxt)
+            config["options"] = {**config["options"], "portfolioMargin": True}
+            source = ExchangeSource(replace(settings, ccxt=config), backoff_cap=0.2,
+                                    reconcile_every=0.5, debounce=0.02)
+            tap = EventTap(source.events())
+            try:
+                update = await tap.wait_for(lambda e: isinstance(e, AccountUpdate))
+                assert isinstance(update, AccountUpdate)
+                assert source.collateral_rules.mode == "portfolio"
+                pm = fake.account.pm_figures()
+                assert update.venue_margin is not None
+                assert update.venue_margin.margin_ratio == pytest.approx(1 / pm["uni_mmr"])
+                report = margin.report(source.snapshot())
+                assert report.model == "venue"
+                assert report.margin_ratio == pytest.approx(2_500.0 / pm["equity"])
+                assert fake.count("/papi/v1/account") >= 1
+                assert fake.count("/fapi/v1/assetIndex") == 0
+            finally:
+                await tap.stop()
+                await source.close()
+
+    def test_no_venue_figure_means_estimate(self) -> None:
+        """Test that a portfolio account without a venue figure gets a ratio-less
+        VenueMargin (reported as an estimate), and other modes none."""
+        portfolio = CollateralRules("bybit", "portfolio", {}, 0.0)
+        vm = venue_margin(portfolio, None)
+        assert vm is not None
+        assert vm.margin_ratio is None
+        cross = CollateralRules("bybit", "multi_assets", {}, 0.0)
+        assert venue_margin(cross, VenueFigures("bybit", 0.1)) is None
+        assert venue_margin(None, VenueFigures("bybit", 0.1)) is None
+
+
+class _SimAsExchange:
+    """The sim venue's published answers behind the names of ccxt's implicit API."""
+
+    id = "binanceusdm"
+
+    def __init__(self, sim: SimVenue) -> None:
+        self.sim = sim
+        self.options: dict[str, object] = {}
+
+    async def fapiPrivateGetMultiAssetsMargin(self) -> dict[str, bool]:
+        return self.sim.multi_assets_margin()
+
+    async def fapiPublicGetAssetIndex(self) -> list[dict[str, object]]:
+        return self.sim.asset_index()
+
+
+class TestSimPublishesRules:
+    async def test_demo_haircut_comes_from_the_published_rules(self) -> None:
+        """Test that the demo's BTC haircut is not in its book but in the rules it publishes,
+        which the live reader reads to the same rules the sim values its collateral with."""
+        assert all(c.haircut == 0.0 for c in DEMO_BOOK.collateral)
+        sim = SimVenue("demo", clock=lambda: 1_000.0)
+        btc = next(c for c in sim.snapshot().collateral if c.asset == "BTC")
+        assert (btc.haircut, btc.liability_markup) == (0.05, 0.05)
+        reader = CollateralRulesReader("demo", "binanceusdm", clock=lambda: 1_000.0)
+        live = await reader.refresh(_SimAsExchange(sim))
+        assert live == sim.collateral_rules
+        assert sim.asset_index()[1]["symbol"] == "BTCUSD"
+
+    def test_fills_carry_the_haircut(self) -> None:
+        """Test that the account update a fill announces values BTC by the rules too."""
+        sim = SimVenue("demo")
+        update = sim.read(1.0)
+        btc = next(c for c in update.collateral if c.asset == "BTC")
+        assert btc.haircut == 0.05
+        without = replace(sim.snapshot(),
+                          collateral=tuple(replace(c, haircut=0.0) for c in update.collateral))
+        assert margin.report(sim.snapshot()).margin_ratio > margin.report(without).margin_ratio
+
+
+class TestReaderSchedule:
+    async def test_reads_again_only_when_due(self) -> None:
+        """Test that rules are re-read after `every` seconds and a failure waits `retry`."""
+        now = [1_000.0]
+        async with FakeBinanceUsdm(btc_eth_collateral()) as fake:
+            settings = account_for(fake, API_KEY, SECRET)
+            source = ExchangeSource(settings)
+            try:
+                exchange = await source.open()
+                reader = CollateralRulesReader("a", "binanceusdm", every=600.0, retry=30.0,
+                                               clock=lambda: now[0])
+                await reader.refresh(exchange)
+                assert reader.mode == "multi_assets"
+                now[0] += 599.0
+                await reader.refresh(exchange)
+                assert fake.count("/fapi/v1/assetIndex") == 1
+                now[0] += 1.0
+                fake.fail("/fapi/v1/multiAssetsMargin", status=503, times=5)
+                await reader.refresh(exchange)
+                assert reader.mode == "multi_assets"  # kept after a failed read
+                now[0] += 29.0
+                await reader.refresh(exchange)
+                assert fake.count("/fapi/v1/multiAssetsMargin") == 2
+            finally:
+                await source.close()
