@@ -91,7 +91,7 @@ class ActionsSink:
         """Protection cannot run (or runs again): a `protection_disabled` alert at the
         action level's severity, and the MQTT state says so (issue 13)."""
         if self._alerts is not None:
-            self._alerts.protection_disabled(account, reason, self.severity)
+            self._alerts.disable_protection(account, reason, self.severity)
 
     def protection_disabled(self) -> dict[str, str]:
         """Account -> why its protective actions cannot run (`/healthz`, `check`)."""

@@ -118,7 +118,7 @@ class AlertsSink:
         """A venue rejected a protective order: an `action_rejected` alert (docs/actions.md)."""
         self.pipeline.raise_action_alert(account, text, now)
 
-    def protection_disabled(self, account: str, reason: str | None, level: str) -> None:
+    def disable_protection(self, account: str, reason: str | None, level: str) -> None:
         """Protective actions of `account` cannot run (reason) or run again (None): the
         `protection_disabled` alert, and the retained MQTT state carries the reason."""
         self.pipeline.protection_alert(account, reason, cast("Level", level))
