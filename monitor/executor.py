@@ -99,6 +99,15 @@ class LockHeld(Exception):
     """Another process holds the account's writer lock."""
 
 
+def private_dirs(path: Path) -> None:
+    """`mkdir -p` with every directory it creates 0700 (pathlib's `parents=True` gives the
+    intermediate ones the umask's mode): the state directory is its owner's alone."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            directory.mkdir(mode=0o700)
+
+
 def state_dir_problem(state_dir: Path) -> str | None:
     """Why protective actions could not write their state under `state_dir` (None: they can).
 
@@ -137,7 +146,7 @@ class AccountLock:
         """Take the lock if free; True when this process now holds it."""
         if self._fd is not None:
             return True
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dirs(self.path.parent)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -305,9 +314,12 @@ class Executor:
             return _State()
 
     def _save(self) -> None:
-        self._state_path.parent.mkdir(parents=True, exist_ok=True)
+        private_dirs(self._state_path.parent)
         tmp = self._state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self.state), sort_keys=True))
+        # 0600 whatever the umask (outside systemd's UMask=0077): order ids, the episode
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(asdict(self.state), sort_keys=True))
         os.replace(tmp, self._state_path)  # atomic: a crash leaves the old or the new file
 
     # --- reporting ----------------------------------------------------------------------------
