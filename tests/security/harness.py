@@ -87,6 +87,7 @@ class Daemon:
         self.command_port = free_port()
         self.metrics_port = free_port()
         self.config = workdir / "config.toml"
+        workdir.mkdir(parents=True, exist_ok=True)
         self.config.write_text(
             CONFIG.format(state=self.state, port=broker.port, prefix=self.prefix, accounts=accounts,
                           command_port=self.command_port, metrics_port=self.metrics_port)
