@@ -16,64 +16,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aiohttp
-import aiomqtt
 
-from tests.mqtt_broker import Mosquitto, collecting
+from tests.mqtt_broker import Mosquitto
 from tests.security.harness import Daemon, command, running_daemon
-from tests.security.test_flood import FLOOD, junk, request_id
+from tests.security.test_flood import FLOOD, flood_latencies
 from tests.security.test_idle import IDLE, healthz_latencies, open_idle
 
 
 async def one_flood(broker: Mosquitto, workdir: Path) -> tuple[float, float]:
     """(during, after) seconds from sending a signed command to its ok reply."""
-    daemon = Daemon(broker, workdir)
-    await daemon.start()
-    try:
-        topic = f"{daemon.prefix}/command"
-        during = command("pause", account="demo", duration=600)
-        after = command("resume", account="demo")
-        sent: dict[str, float] = {}
-        answered: dict[str, float] = {}
-        async with collecting(broker, [f"{daemon.prefix}/reply"]) as sub:
-
-            def done() -> bool:
-                for m in sub.on(f"{daemon.prefix}/reply"):
-                    reply = json.loads(m.payload)  # type: ignore[arg-type]
-                    rid = reply.get("request_id")
-                    if rid in sent and rid not in answered and reply["ok"]:
-                        answered[rid] = time.monotonic()
-                return len(answered) == 2
-
-            flood = await asyncio.create_subprocess_exec(
-                "mosquitto_pub", "-h", broker.host, "-p", str(broker.port), "-q", "0",
-                "-t", topic, "-l", stdin=asyncio.subprocess.PIPE)
-            assert flood.stdin is not None
-            lines = [junk(i) for i in range(FLOOD)]
-            flood.stdin.write(b"\n".join(lines[: FLOOD // 2]) + b"\n")
-            await flood.stdin.drain()
-            async with aiomqtt.Client(broker.host, broker.port) as client:
-                sent[request_id(during)] = time.monotonic()
-                await client.publish(topic, during, qos=1)
-                flood.stdin.write(b"\n".join(lines[FLOOD // 2 :]) + b"\n")
-                flood.stdin.close()
-                await flood.wait()
-                sent[request_id(after)] = time.monotonic()
-                await client.publish(topic, after, qos=1)
-            await sub.wait_for(done, limit=60)
-        return (answered[request_id(during)] - sent[request_id(during)],
-                answered[request_id(after)] - sent[request_id(after)])  # fmt: skip
-    finally:
-        await daemon.stop()
+    async with running_daemon(broker, workdir) as daemon:
+        return await flood_latencies(broker, daemon)
 
 
 async def idle(broker: Mosquitto, workdir: Path, probes: int) -> list[float]:
