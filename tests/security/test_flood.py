@@ -16,8 +16,10 @@ from tests.security.harness import Daemon, command, running_daemon
 
 #: Junk messages per flood (the issue's probe).
 FLOOD = 50_000
-#: A valid command must take effect this soon after it is sent (seconds).
-LIMIT = 2.0
+#: A valid command must take effect this soon after it is sent (seconds). Generous: the
+#: suite shares the machine (STYLE: timing goals live in bench/); bench/security.py holds
+#: the 2 s goal and prints the figures. Before issue 13 the command never took effect.
+LIMIT = 15.0
 
 
 def junk(i: int) -> bytes:
@@ -87,7 +89,7 @@ class TestMqttFlood:
         self, mosquitto: Mosquitto, tmp_path: Path
     ) -> None:
         """Test that a signed pause sent in the middle of the flood and one sent right after
-        it are each answered ok within 2 s, and that the refusals left a handful of audit rows
+        it are each answered ok (bound generous, goal 2 s: bench/security.py), and that the refusals left a handful of audit rows
         with the full count, not 50 000."""
         async with running_daemon(mosquitto, tmp_path) as daemon:
             during, after = await flood_latencies(mosquitto, daemon)
