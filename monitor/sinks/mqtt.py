@@ -205,11 +205,21 @@ class MqttSink:
         self._actions: asyncio.Queue[tuple[str, str]] = asyncio.Queue(maxsize=10_000)
         self._refusal_second = 0
         self._refusal_replies = 0
+        self._protection: dict[str, str] = {}  # account -> why its actions cannot run
         # replies of executed commands, and at most REFUSAL_REPLIES refusals a second
         self._replies: asyncio.Queue[Mapping[str, Any]] = asyncio.Queue()
         self._flags: dict[str, dict[str, bool]] = {}  # account -> binary sensor states
 
     # --- AlertSink / ReportObserver ---------------------------------------------------------
+
+    def set_protection(self, account: str, reason: str | None) -> None:
+        """The retained state of `account` says why its protective actions cannot run."""
+        if reason is None:
+            self._protection.pop(account, None)
+        else:
+            self._protection[account] = reason
+        self._published.pop(account, None)  # republish at once
+        self._state_wake.set()
 
     def wants(self, message: AlertMessage) -> bool:
         """MQTT gets every alert: it is the primary, cheap channel."""
@@ -459,6 +469,8 @@ class MqttSink:
                     await client.publish(topic, json.dumps(config), qos=1, retain=True)
                 self._announced.add(account)
             payload = state_payload(report, level, self._flags.get(account))
+            if account in self._protection:
+                payload["protection_disabled"] = self._protection[account]
             body = json.dumps(payload, separators=(",", ":"))
             last_body, last_at = self._published.get(account, ("", -1e18))
             if body == last_body:
