@@ -33,7 +33,7 @@ from monitor import rules
 from monitor.alert_message import AlertMessage, build_message
 from monitor.logs import redact
 from monitor.metrics import record_alerts_sent
-from monitor.model import MarginReport, SourceDown, SourceStale, SourceUp
+from monitor.model import MarginReport, ModelDrift, SourceDown, SourceStale, SourceUp
 from monitor.rules import AlertConfig, AlertEvent, AlertKind, Level, RulesState, Silence
 from monitor.signed_commands import Command, CommandRefused, envelope, verify
 from monitor.store import Store
@@ -229,6 +229,14 @@ class AlertPipeline:
             # foreign text (a venue's error) on its way to MQTT, phones and SQLite
             event = dataclasses.replace(event, reason=redact(event.reason))
         self.state, events = rules.on_source_event(self.state, event, now, self.config)
+        self._commit(events, now)
+        return events
+
+    def on_model_drift(self, event: ModelDrift, now: float | None = None) -> tuple[AlertEvent, ...]:
+        """Our ratio and the venue's drifted apart (or agree again): `model_drift`, through
+        the outbox like every alert."""
+        now = self.clock() if now is None else now
+        self.state, events = rules.on_model_drift(self.state, event, now, self.config)
         self._commit(events, now)
         return events
 

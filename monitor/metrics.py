@@ -50,6 +50,7 @@ from monitor.model import (
     AccountUpdate,
     Event,
     MarginReport,
+    ModelDrift,
     PriceTick,
     SourceDown,
     SourceStale,
@@ -79,7 +80,8 @@ _KIND_OF: dict[type, str] = {PriceTick: "prices", AccountUpdate: "account"}
 #: data kinds an event refreshes: one account read brings positions and balances at once
 _FRESHENS: dict[str, tuple[str, ...]] = {"prices": ("prices",),
                                          "account": ("positions", "balance")}
-_SIGNAL_OF: dict[type, str] = {SourceStale: "stale", SourceDown: "down", SourceUp: "up"}
+_SIGNAL_OF: dict[type, str] = {SourceStale: "stale", SourceDown: "down", SourceUp: "up",
+                               ModelDrift: "model_drift"}
 
 
 class MetricsSettings(BaseModel):
@@ -448,7 +450,14 @@ class _AccountCollector(Collector):
                 continue
             cur = [name, report.currency]
             g.add("margin_ratio", "Maintenance margin / margin balance (1 = liquidation; "
-                  "+Inf when the balance is gone).", ["account"], [name], report.margin_ratio)
+                  "+Inf when the balance is gone): the figure alerts and actions use "
+                  "(settings ratio_source).", ["account"], [name], report.margin_ratio)
+            model = report.margin_ratio if report.model_ratio is None else report.model_ratio
+            g.add("model_margin_ratio", "Our model's margin ratio.", ["account"], [name], model)
+            if report.venue_ratio is not None:
+                g.add("venue_margin_ratio", "The venue's own margin ratio from its last read, "
+                      "carried forward by our model's change since.", ["account"], [name],
+                      report.venue_ratio)
             g.add("margin_balance", "Collateral value plus unrealised PnL, in the report "
                   "currency.", ["account", "currency"], cur, report.margin_balance)
             g.add("maintenance_margin", "Maintenance margin of the cross pool.",

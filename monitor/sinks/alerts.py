@@ -32,7 +32,15 @@ from monitor.alert_settings import MqttSettings, NotifySettings
 from monitor.alerting import AlertPipeline, AlertSink
 from monitor.command_http import serve_commands
 from monitor.metrics import record_action as record_action_metric
-from monitor.model import AccountSnapshot, Event, MarginReport, SourceDown, SourceStale, SourceUp
+from monitor.model import (
+    AccountSnapshot,
+    Event,
+    MarginReport,
+    ModelDrift,
+    SourceDown,
+    SourceStale,
+    SourceUp,
+)
 from monitor.rules import AlertConfig, AlertState, Level, level_rank
 from monitor.store import Store
 from monitor.switches import ActionSwitches
@@ -172,9 +180,11 @@ class AlertsSink:
         self.pipeline.on_report(report, now)
 
     async def on_event(self, event: Event) -> None:
-        """Stale, down and up events have their own alerts; ticks are ignored here."""
+        """Stale, down, up and model drift have their own alerts; ticks are ignored here."""
         if isinstance(event, SourceStale | SourceDown | SourceUp):
             self.pipeline.on_source_event(event)
+        elif isinstance(event, ModelDrift):
+            self.pipeline.on_model_drift(event)
 
     async def on_level(
         self, account: str, level: str, previous: str, report: MarginReport, now: float

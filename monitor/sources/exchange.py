@@ -74,6 +74,7 @@ from monitor.stress import with_prices
 __all__ = [
     "AccountConfig",
     "ExchangeSource",
+    "KeyRejected",
     "VenueCheck",
     "build_exchange",
     "check_account",
@@ -284,6 +285,12 @@ def _venue_time(ticker: object, received: float) -> float:
 _AUTH_ERRORS = (ccxt_errors.AuthenticationError,)  # includes PermissionDenied, AccountSuspended
 
 
+class KeyRejected(UserError, ccxt_errors.AuthenticationError):  # type: ignore[misc]
+    """The venue refused the account's key: a person must fix it. A `UserError`, so the
+    daemon shows its one line as is; still ccxt's AuthenticationError for callers that
+    catch that."""
+
+
 # --- the source -------------------------------------------------------------------------------
 
 
@@ -378,8 +385,12 @@ class ExchangeSource:
     async def fetch_snapshot(self) -> AccountSnapshot:
         """A fresh REST read of the whole account (for `snapshot`, executors, tests)."""
         exchange = await self.open()
-        await exchange.load_markets()
-        positions, collateral, self.figures = await self._read_account()
+        try:
+            await exchange.load_markets()
+            positions, collateral, self.figures = await self._read_account()
+        except _AUTH_ERRORS as exc:
+            # the daemon's start-up read: the same one line as a key rejected later
+            raise KeyRejected(self._key_rejected("the start-up read", exc)) from exc
         return self._snapshot(positions, collateral)
 
     def snapshot(self) -> AccountSnapshot:
@@ -841,8 +852,7 @@ class ExchangeSource:
         """Log one line, wait as the fault deserves; False when the source must stop."""
         reason = _one_line(exc)
         if isinstance(exc, _AUTH_ERRORS):
-            self._go_down(f"{self.venue} rejected the API key during {where} ({reason}); "
-                          f"check accounts.{self.name}.api_key/secret and their permissions")
+            self._go_down(self._key_rejected(where, exc))
             return False
         if isinstance(exc, ccxt_errors.ExchangeClosedByUser) or self._closed:
             return False
@@ -866,6 +876,11 @@ class ExchangeSource:
             log.warning("source_error", account=self.name, where=where, reason=reason)
         await asyncio.sleep(min(delay, self.backoff_cap * self._throttle.factor))
         return True
+
+    def _key_rejected(self, where: str, exc: BaseException) -> str:
+        """The one line a person reads when the venue refuses the key (alert, /healthz)."""
+        return (f"{self.venue} rejected the API key during {where} ({_one_line(exc)}); "
+                f"check accounts.{self.name}.api_key/secret and their permissions")
 
     def _go_down(self, reason: str) -> None:
         if self.down_reason is not None:
@@ -909,8 +924,9 @@ def _as_user_error(settings: AccountConfig, failure: str) -> Iterator[None]:
     try:
         yield
     except ccxt_errors.AuthenticationError as exc:
+        venue_said = exc.__cause__ if isinstance(exc, KeyRejected) and exc.__cause__ else exc
         raise UserError(f"accounts.{settings.name}: {settings.exchange} rejected the keys "
-                        f"({_one_line(exc)}); check api_key/secret/password") from None
+                        f"({_one_line(venue_said)}); check api_key/secret/password") from None
     except (ccxt_errors.BaseError, MalformedPayload) as exc:
         raise UserError(f"accounts.{settings.name}: {failure} ({_one_line(exc)})") from None
 
