@@ -27,7 +27,7 @@ from monitor.sources.collateral_rules import (
 from monitor.sources.exchange import ExchangeSource
 from monitor.sources.normalize import VenueFigures
 from monitor.sources.sim import DEMO_BOOK, SimVenue
-from tests.fakes import bybit
+from tests.fakes import bybit, okx
 from tests.fakes.account import EventTap, account_for
 from tests.fakes.base import FakeVenue
 from tests.fakes.binance import API_KEY, SECRET, BinanceAccount, BinancePosition, FakeBinanceUsdm
@@ -304,6 +304,37 @@ class TestBybitUta:
             assert after > 1.5 * venue
             seen = len(tap.seen)
             await tap.wait_for(lambda e: isinstance(e, AccountUpdate), after=seen)
+            check = source.venue_check
+            assert check is not None
+            assert check.relative_drift is not None
+            assert abs(check.relative_drift) < REL
+
+
+class TestOkxMultiCurrency:
+    async def test_discount_tiers_match_mgn_ratio_across_a_fall(self) -> None:
+        """Test that an OKX multi-currency account (acctLv 3) holding 1.5 BTC under tiered
+        discount rates (0.98 up to 1 BTC, 0.95 beyond) matches 1/mgnRatio within 0.01 %
+        before and after BTC −20 %, read over REST through real ccxt."""
+        account = okx.OkxAccount(acct_lv="3", coins={"BTC": 1.5},
+                                 discount={"USDT": [(None, 1.0)],
+                                           "BTC": [(1.0, 0.98), (None, 0.95)]})
+        async with (
+            okx.FakeOkx(account) as fake,
+            watching(fake, okx.API_KEY, okx.SECRET) as (source, tap),
+        ):
+            assert source.collateral_rules.mode == "multi_assets"
+            btc = next(c for c in source.collateral if c.asset == "BTC")
+            assert [(t.up_to, t.ratio) for t in btc.haircut_tiers] == [(1.0, 0.98),
+                                                                       (math.inf, 0.95)]
+            before = ours(source)
+            assert before == pytest.approx(fake.margin_ratio(), rel=REL)
+            fake.account.marks["BTC-USDT-SWAP"] = 48_000.0
+            seen = len(tap.seen)
+            await tap.wait_for(lambda e: isinstance(e, AccountUpdate) and any(
+                p.mark_price == 48_000.0 for p in e.positions), after=seen)
+            after = ours(source)
+            assert after > before
+            assert after == pytest.approx(fake.margin_ratio(), rel=REL)
             check = source.venue_check
             assert check is not None
             assert check.relative_drift is not None

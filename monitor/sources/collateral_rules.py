@@ -28,7 +28,7 @@ engine already values haircuts (`Collateral.haircut`, `liability_markup`, banded
   whether the platform (`marginCollateral`) and the user (`collateralSwitch`) let it count.
 
 - **OKX.** `GET /api/v5/account/config` (`privateGetAccountConfig`) `acctLv`: 2
-  single-currency, 3 multi-currency, 4 portfolio margin.
+  single-currency, 3 multi-currency (discount-rate tiers read, `_okx`), 4 portfolio margin.
 - **Portfolio margin** (Binance PM through ccxt's `portfolioMargin` option, Bybit
   PORTFOLIO_MARGIN, OKX acctLv 4) is scenario-based: no public formula reproduces it, so
   the live ratio is the venue's own figure (`venue_margin`), read with every balance.
@@ -239,16 +239,36 @@ async def _bybit(exchange: Any, now: float) -> CollateralRules:
 _OKX_MODES: dict[str, Mode] = {"2": "single_asset", "3": "multi_assets", "4": "portfolio"}
 
 
+def _okx_data(answer: object, where: str) -> list[Mapping[str, Any]]:
+    return _rows(answer.get("data") if isinstance(answer, Mapping) else None, where)
+
+
 async def _okx(exchange: Any, now: float) -> CollateralRules:
-    """OKX account level (`privateGetAccountConfig`); discount-rate tiers are not read yet,
-    so a multi-currency account keeps its balances at the prices OKX reports (`eqUsd`)."""
-    answer = await exchange.privateGetAccountConfig()
-    data = answer.get("data") if isinstance(answer, Mapping) else None
-    rows = _rows(data, "okx account config")
+    """OKX account level (`privateGetAccountConfig`) and, in multi-currency margin, each
+    currency's discount-rate tiers (`publicGetPublicDiscountRateInterestFreeQuota`, GET
+    /api/v5/public/discount-rate-interest-free-quota: `details[].maxAmt` in coin units, ""
+    for no cap, `discountRate`), applied marginally per tier (OKX help 360054690531:
+    discounted equity = Σ currency equity × discount rate × USD price)."""
+    rows = _okx_data(await exchange.privateGetAccountConfig(), "okx account config")
     level = str(rows[0].get("acctLv")) if rows else ""
     if level not in _OKX_MODES:
         raise MalformedPayload(f"okx account config: acctLv {level!r} is not 2, 3 or 4")
-    return CollateralRules(exchange.id, _OKX_MODES[level], {}, now)
+    if _OKX_MODES[level] != "multi_assets":
+        return CollateralRules(exchange.id, _OKX_MODES[level], {}, now)
+    assets: dict[str, AssetRule] = {}
+    answer = await exchange.publicGetPublicDiscountRateInterestFreeQuota()
+    for row in _okx_data(answer, "okx discount rates"):
+        ccy = str(row.get("ccy"))
+        where = f"okx discount rates {ccy}"
+        bands = []
+        for tier in _rows(row.get("details"), where):
+            cap = tier.get("maxAmt")
+            bands.append(CollateralTier(
+                math.inf if cap in ("", None) else _fraction(tier, "maxAmt", where),
+                min(_fraction(tier, "discountRate", where), 1.0),
+            ))
+        assets[ccy] = AssetRule(ccy, haircut_tiers=tuple(sorted(bands, key=lambda b: b.up_to)))
+    return CollateralRules(exchange.id, "multi_assets", assets, now)
 
 
 async def _binance_usdm(exchange: Any, now: float) -> CollateralRules:
