@@ -31,6 +31,7 @@ from tests.fakes import bybit, okx
 from tests.fakes.account import EventTap, account_for
 from tests.fakes.base import FakeVenue
 from tests.fakes.binance import API_KEY, SECRET, BinanceAccount, BinancePosition, FakeBinanceUsdm
+from tests.test_account_view import Recorder, daemon
 
 BTC = "BTC/USDT:USDT"
 #: Within 0.01 % of the venue's own figure (issue 12's bar).
@@ -272,6 +273,27 @@ def uta_btc_eth() -> bybit.BybitAccount:
     )
     account.positions[("BTCUSDT", 0)] = bybit.BybitPosition("BTCUSDT", "Buy", 4.0, 60_000.0)
     return account
+
+
+class TestThroughTheDaemon:
+    async def test_daemon_reports_the_venues_ratio_before_and_after_a_fall(self) -> None:
+        """Test that the daemon loop (state, ledger, report) on a Multi-Assets account reports
+        the venue's ratio within 0.01 % at start and after BTC −20 % streamed as a tick."""
+        recorder = Recorder()
+        async with FakeBinanceUsdm(btc_eth_collateral()) as fake:
+            settings = account_for(fake, API_KEY, SECRET, poll_interval=5.0, stale_after=60.0)
+            source = ExchangeSource(settings, backoff_cap=0.2, reconcile_every=10.0,
+                                    debounce=0.02)
+            async with daemon(source, recorder):
+                before = fake.account.venue_margin_ratio()
+                await recorder.until(lambda: any(
+                    r.margin_ratio == pytest.approx(before, rel=REL) for r in recorder.reports))
+                await fake.wait_for_client("/market/ws", "btcusdt@markPrice@1s")
+                await fake.push_mark("BTCUSDT", 48_000.0)
+                after = fake.account.venue_margin_ratio()
+                assert after > 1.5 * before
+                await recorder.until(lambda: recorder.reports[-1].margin_ratio
+                                     == pytest.approx(after, rel=REL))
 
 
 class TestBybitUta:
