@@ -121,13 +121,29 @@ def stress_command(args: argparse.Namespace) -> int:
 
 
 def _console() -> Console:
-    """A terminal-sized console, or a wide one when piped (so nothing is cut to '…')."""
-    return Console() if sys.stdout.isatty() else Console(width=160)
+    """A terminal-sized console, or a wide one when piped (so nothing is cut to '…').
+
+    A closed pipe (`| head`) raises BrokenPipeError for the CLI's one line, where rich
+    would exit 1 without a word (its documented `on_broken_pipe` hook)."""
+    console = Console() if sys.stdout.isatty() else Console(width=160)
+    console.on_broken_pipe = _broken_pipe  # type: ignore[method-assign]
+    return console
+
+
+def _broken_pipe() -> None:
+    raise BrokenPipeError
 
 
 def _print_json(data: dict[str, Any]) -> None:
-    json.dump(data, sys.stdout, indent=2, allow_nan=False)
-    sys.stdout.write("\n")
+    try:
+        text = json.dumps(data, indent=2, allow_nan=False)
+    except ValueError:
+        # finite inputs whose products overflow (1e300 contracts at 1e300): no JSON number
+        raise UserError(
+            "the snapshot's figures overflow to infinity (a size or price near 1e308?); "
+            "check its numbers"
+        ) from None
+    sys.stdout.write(text + "\n")
 
 
 def _pct(value: float) -> str:

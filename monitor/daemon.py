@@ -520,6 +520,12 @@ def build_sinks(
                    if sources is None or a.name in sources}  # fmt: skip
         health = build_metrics_sink(settings.metrics, watched, sinks, sources)
         sinks.append(health)
+        if settings.metrics.status_page:
+            from monitor.web import StatusSink  # noqa: PLC0415 - docs/status-page.md
+
+            status = StatusSink(watched, health.blind, lambda: alerts.pipeline)
+            health.routes.append(status.install)
+            sinks.append(status)
         if settings.heartbeat.url is not None:
             sinks.append(HeartbeatSink(settings.heartbeat, health.blind))
     return sinks
@@ -851,6 +857,9 @@ def run_command(args: argparse.Namespace) -> int:
         return 0
     sources = [open_source(a, replay, settings.state_dir) for a in accounts]
     sinks = build_sinks(settings, tui, {s.account: s for s in sources})
+    for sink in sinks:  # issue 18: margin_monitor_shards tells a missing shard
+        if shard is not None and hasattr(sink, "shard"):
+            sink.shard = parse_shard(shard)
 
     def reload_accounts() -> list[AccountSettings]:
         fresh = load_settings(args.config)

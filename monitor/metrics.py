@@ -94,6 +94,9 @@ class MetricsSettings(BaseModel):
         "Use 0.0.0.0 in a container, behind its network",
     )
     port: int = Field(default=9464, ge=0, le=65535, description="0 picks a free port (tests)")
+    status_page: bool = Field(
+        default=True, description="serve the status page on / and its JSON on /api/status"
+    )
 
 
 # --- process-wide metrics: incremented where the thing happens -------------------------------
@@ -201,11 +204,15 @@ class MetricsSink:
         self.drift: dict[str, Drift] = {}
         #: the systemd watchdog's progress check (daemon.py), for `/livez` (issue 18)
         self.liveness: Callable[[], str | None] | None = None
+        #: (K, N) under `--shard K/N`: exported so a missing shard's process is noticed
+        self.shard: tuple[int, int] | None = None
         self.address: tuple[str, int] | None = None
         self._runner: Any = None
         self._collector = _AccountCollector(self)
         self._registered = False
         self._event_counters: dict[tuple[str, str], Any] = {}
+        #: more routes for the same listener, each `install(app)` (the status page, web.py)
+        self.routes: list[Callable[[Any], None]] = []
         self.set_accounts(accounts)
 
     # --- configuration ---------------------------------------------------------------------
@@ -338,6 +345,8 @@ class MetricsSink:
     async def _listen(self) -> None:
         from aiohttp import web  # noqa: PLC0415 - only when the endpoint is enabled
 
+        from monitor import http_guard  # noqa: PLC0415 - aiohttp too
+
         async def metrics(request: web.Request) -> web.Response:
             del request
             body = self.exposition()
@@ -361,7 +370,10 @@ class MetricsSink:
             # Kubernetes liveness (issue 18): the watchdog's evidence of progress, not data
             # freshness: restarting cannot fix a venue outage and would blind the shard
             del request
-            wedged = self.liveness() if self.liveness is not None else None
+            try:
+                wedged = self.liveness() if self.liveness is not None else None
+            except Exception as exc:  # as in sdnotify.watchdog_loop: a broken probe is wedged
+                wedged = f"liveness probe failed: {type(exc).__name__}: {exc}"
             if wedged is None:
                 return web.Response(text="alive\n")
             return web.Response(status=503, text=f"wedged: {wedged}\n")
@@ -371,22 +383,19 @@ class MetricsSink:
         app.router.add_get("/healthz", healthz)
         app.router.add_get("/readyz", readyz)
         app.router.add_get("/livez", livez)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, self.settings.host, self.settings.port)
+        for install in self.routes:
+            install(app)
         try:
-            await site.start()
+            # timeouts and a connection cap against idle sockets (issue 13, http_guard.py)
+            runner = await http_guard.serve(app, self.settings.host, self.settings.port)
         except OSError as exc:
-            await runner.cleanup()
             raise UserError(
                 f"metrics: cannot listen on {self.settings.host}:{self.settings.port} "
                 f"({_reason(exc)}); pick another metrics.port or stop the other process"
             ) from None
         self._runner = runner
-        server = getattr(site, "_server", None)
-        sockets = getattr(server, "sockets", None) or []
-        if sockets:
-            host, port = sockets[0].getsockname()[:2]
+        if runner.addresses:
+            host, port = runner.addresses[0][:2]
             self.address = (str(host), int(port))
         else:  # pragma: no cover - aiohttp always has a server after start()
             self.address = (self.settings.host, self.settings.port)
@@ -449,6 +458,10 @@ class _AccountCollector(Collector):
                 g.add("outbox_depth", "Alert messages queued for delivery, per sink.",
                       ["sink"], [sink_name], float(depth[sink_name]))
         g.add("build_info", "Version of the running daemon.", ["version"], [__version__], 1.0)
+        if sink.shard is not None:
+            g.add("shards", "N of --shard K/N, labelled with this process's K: fewer series "
+                  "than the value means a shard runs nowhere.", ["shard"],
+                  [str(sink.shard[0])], float(sink.shard[1]))  # fmt: skip
         yield from g.families()
 
 

@@ -194,7 +194,23 @@ def load_snapshot(path: str) -> AccountSnapshot:
         raise UserError(
             f"{path}: is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
         ) from None
+    except RecursionError:
+        raise UserError(f"{path}: JSON nested too deeply (a snapshot is 3 levels deep)") from None
+    except ValueError as exc:  # an integer over 4 300 digits (sys.int_info)
+        raise UserError(f"{path}: a number is too long ({_first_words(exc)})") from None
+    try:
+        # a lone surrogate ("\ud800") decodes, then fails wherever the text is printed
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UserError(
+            f"{path}: a string holds an invalid character ({exc.object[exc.start]!a}); "
+            "use valid UTF-8 text"
+        ) from None
     return parse_snapshot(data, path)
+
+
+def _first_words(exc: Exception) -> str:
+    return str(exc).split(";")[0][:120]
 
 
 def parse_snapshot(data: object, origin: str) -> AccountSnapshot:
@@ -205,10 +221,11 @@ def parse_snapshot(data: object, origin: str) -> AccountSnapshot:
         _collateral(_Reader(origin, f"collateral[{i}]", item, _COLLATERAL))
         for i, item in enumerate(top.items("collateral"))
     )
-    assets = [c.asset for c in collateral]
-    for asset in set(assets):
-        if assets.count(asset) > 1:
-            top.fail(f"lists asset '{asset}' twice (merge the balances)", "collateral")
+    listed: set[str] = set()
+    for c in collateral:  # one pass: counting each asset in the list was quadratic
+        if c.asset in listed:
+            top.fail(f"lists asset '{c.asset}' twice (merge the balances)", "collateral")
+        listed.add(c.asset)
     positions = tuple(
         _position(_Reader(origin, f"positions[{i}]", item, _POSITION))
         for i, item in enumerate(top.items("positions"))
@@ -220,7 +237,7 @@ def parse_snapshot(data: object, origin: str) -> AccountSnapshot:
             where.fail(f"repeats {p.symbol} {p.side} (one entry per symbol and side)")
         seen.add(p.key)
         settle = p.settle or currency
-        if settle != currency and settle not in assets:
+        if settle != currency and settle not in listed:
             where.fail(
                 f"settles in {settle}, which has no price: add a collateral entry for {settle}",
                 "settle",
