@@ -432,6 +432,19 @@ class TestPortfolioMargin:
                 await tap.stop()
                 await source.close()
 
+    async def test_okx_portfolio_mode_reports_mgn_ratio(self) -> None:
+        """Test that an OKX portfolio-margin account (acctLv 4) reports 1/mgnRatio as its
+        live ratio, labelled venue, and reads no discount tiers."""
+        async with (
+            okx.FakeOkx(okx.OkxAccount(acct_lv="4")) as fake,
+            watching(fake, okx.API_KEY, okx.SECRET) as (source, _tap),
+        ):
+            assert source.collateral_rules.mode == "portfolio"
+            report = margin.report(source.snapshot())
+            assert report.model == "venue"
+            assert report.margin_ratio == pytest.approx(fake.margin_ratio(), rel=1e-12)
+            assert fake.count("/api/v5/public/discount-rate-interest-free-quota") == 0
+
     def test_no_venue_figure_means_estimate(self) -> None:
         """Test that a portfolio account without a venue figure gets a ratio-less
         VenueMargin (reported as an estimate), and other modes none."""
