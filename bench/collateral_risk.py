@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -42,24 +43,32 @@ def collateralised(n: int) -> AccountSnapshot:
     return replace(base, collateral=collateral, positions=(*base.positions, btc))
 
 
+#: (column, what is timed) for an account and its margin balance
+COLUMNS: tuple[tuple[str, Callable[[AccountSnapshot, float], object]], ...] = (
+    ("shock→liq", lambda s, _b: shock_to_liquidation(s)),
+    ("collateral", collateral_risk),
+    ("assess", lambda s, _b: assess(s)),
+)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--sizes", default="10,100,1000")
+    parser.add_argument("--repeat", type=int, default=7)
     args = parser.parse_args()
-    print(f"# {platform.python_implementation()} {platform.python_version()} on "
-          f"{platform.machine()}, median of {args.repeat} runs; 3 non-stable collateral assets")
-    print(f"{'positions':>9} | {'shock→liq':>12} | {'collateral':>12} | {'assess':>12} | "
-          f"{'collateral / shock':>18}")
-    for n in (int(x) for x in args.sizes.split(",")):
-        s = collateralised(n)
-        balance = report(s).margin_balance
-        shock = median_time(lambda s=s: shock_to_liquidation(s), max(3, args.repeat // 2))
-        risk = median_time(lambda s=s, b=balance: collateral_risk(s, b),
-                           max(3, args.repeat // 2))
-        whole = median_time(lambda s=s: assess(s), max(3, args.repeat // 2))
-        print(f"{n + 1:>9} | {fmt(shock)} | {fmt(risk)} | {fmt(whole)} | "
-              f"{risk / shock:>17.2f}x")
+    runs = max(3, args.repeat // 2)
+    title = f"{platform.python_implementation()} {platform.python_version()}"
+    print(f"# {title} on {platform.machine()}, median of {runs} runs; "
+          "3 non-stable collateral assets")
+    print(" | ".join([f"{'positions':>9}", *(f"{name:>12}" for name, _ in COLUMNS),
+                      f"{'collateral / shock':>18}"]))
+    for size in map(int, args.sizes.split(",")):
+        account_ = collateralised(size)
+        balance = report(account_).margin_balance
+        times = [median_time(lambda f=f, a=account_, b=balance: f(a, b), runs)
+                 for _, f in COLUMNS]
+        print(" | ".join([f"{size + 1:>9}", *(fmt(t) for t in times),
+                          f"{times[1] / times[0]:>17.2f}x"]))
 
 
 if __name__ == "__main__":

@@ -200,13 +200,15 @@ def _bybit_result(answer: object, where: str) -> Mapping[str, Any]:
     return result
 
 
-def _bybit_bands(row: Mapping[str, Any], where: str) -> tuple[CollateralTier, ...]:
+def _bands(rows: object, cap: str, ratio: str, where: str) -> tuple[CollateralTier, ...]:
+    """A venue's tier list as marginal bands: `cap` is the tier's upper amount ("" or
+    absent: no cap), `ratio` the share of value that counts; sorted by cap."""
     bands = []
-    for band in _rows(row.get("collateralRatioList"), where):
-        cap = band.get("maxQty")
+    for row in _rows(rows, where):
+        top = row.get(cap)
         bands.append(CollateralTier(
-            math.inf if cap in ("", None) else _fraction(band, "maxQty", where),
-            min(_fraction(band, "collateralRatio", where), 1.0),
+            math.inf if top in ("", None) else _fraction(row, cap, where),
+            min(_fraction(row, ratio, where), 1.0),
         ))
     return tuple(sorted(bands, key=lambda b: b.up_to))
 
@@ -226,8 +228,9 @@ async def _bybit(exchange: Any, now: float) -> CollateralRules:
     answer = await exchange.publicGetV5SpotMarginTradeCollateral()
     for row in _rows(_bybit_result(answer, "bybit collateral").get("list"), "bybit collateral"):
         coin = str(row.get("currency"))
-        assets[coin] = AssetRule(coin, haircut_tiers=_bybit_bands(row, f"bybit collateral {coin}"),
-                                 collateral=switches.get(coin, True))
+        bands = _bands(row.get("collateralRatioList"), "maxQty", "collateralRatio",
+                       f"bybit collateral {coin}")
+        assets[coin] = AssetRule(coin, haircut_tiers=bands, collateral=switches.get(coin, True))
     for coin, on in switches.items():
         if coin not in assets:
             assets[coin] = AssetRule(coin, collateral=on)
@@ -259,15 +262,8 @@ async def _okx(exchange: Any, now: float) -> CollateralRules:
     answer = await exchange.publicGetPublicDiscountRateInterestFreeQuota()
     for row in _okx_data(answer, "okx discount rates"):
         ccy = str(row.get("ccy"))
-        where = f"okx discount rates {ccy}"
-        bands = []
-        for tier in _rows(row.get("details"), where):
-            cap = tier.get("maxAmt")
-            bands.append(CollateralTier(
-                math.inf if cap in ("", None) else _fraction(tier, "maxAmt", where),
-                min(_fraction(tier, "discountRate", where), 1.0),
-            ))
-        assets[ccy] = AssetRule(ccy, haircut_tiers=tuple(sorted(bands, key=lambda b: b.up_to)))
+        bands = _bands(row.get("details"), "maxAmt", "discountRate", f"okx discount rates {ccy}")
+        assets[ccy] = AssetRule(ccy, haircut_tiers=bands)
     return CollateralRules(exchange.id, "multi_assets", assets, now)
 
 

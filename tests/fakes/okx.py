@@ -26,7 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.base import FakeVenue, Handler, json_response, rewrite_urls
+from tests.fakes.base import FakeVenue, Handler, banded, json_response, rewrite_urls
 
 API_KEY = "fake-okx-key"
 SECRET = "fake-okx-secret"
@@ -72,15 +72,7 @@ class OkxAccount:
         """USD value after the tiered discount rate (a negative equity counts in full)."""
         if eq <= 0:
             return eq * self.price(ccy)
-        value, floor = 0.0, 0.0
-        for cap, rate in self.discount.get(ccy, [(None, 1.0)]):
-            top = eq if cap is None else min(eq, cap)
-            if top > floor:
-                value += (top - floor) * rate
-            if cap is None or eq <= cap:
-                break
-            floor = cap
-        return value * self.price(ccy)
+        return banded(eq, self.discount.get(ccy, [(None, 1.0)])) * self.price(ccy)
 
     def figures(self, inst: str) -> dict[str, float]:
         ct_val, tiers = INSTRUMENTS[inst]
