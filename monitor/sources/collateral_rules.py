@@ -352,7 +352,9 @@ class CollateralRulesReader:
     """The account's current rules: cached at start, re-read every `every` seconds.
 
     `refresh` never raises for a venue fault: margin keeps being valued on the last rules
-    while the venue's rule endpoint is down, and the failure is retried after `retry`.
+    while the venue's rule endpoint is down, and the failure is retried after `retry`
+    (5 minutes: a rule endpoint that times out delays one account read per retry by the
+    ccxt timeout, never every read).
     """
 
     def __init__(
@@ -362,7 +364,7 @@ class CollateralRulesReader:
         cache_dir: Path | None = None,
         *,
         every: float = 3600.0,
-        retry: float = 60.0,
+        retry: float = 300.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.account = account
