@@ -14,7 +14,7 @@ import pytest
 
 from monitor import margin
 from monitor.model import AccountUpdate, Collateral, CollateralTier, PriceTick
-from monitor.snapshot import report_to_dict
+from monitor.snapshot import parse_snapshot, report_to_dict, snapshot_to_dict
 from monitor.sources.collateral_rules import (
     AssetRule,
     CollateralRules,
@@ -183,6 +183,17 @@ class TestBinanceMultiAssets:
             assert report.free_collateral * 0.99 == pytest.approx(76.525, abs=5e-4)
             assert report.margin_ratio == pytest.approx(fake.account.venue_margin_ratio(),
                                                         rel=REL)
+
+    async def test_snapshot_file_keeps_the_venue_valuation(self) -> None:
+        """Test that a snapshot of the M1 account (what `margin-monitor snapshot` writes)
+        carries the haircuts and prices, so `report --snapshot` gives the same 47.98 %."""
+        async with running(example_m1()) as (_fake, source, _tap):
+            snap = await source.fetch_snapshot()
+        data = json.loads(json.dumps(snapshot_to_dict(snap)))
+        usdt = next(c for c in data["collateral"] if c["asset"] == "USDT")
+        assert (usdt["haircut"], usdt["liability_markup"]) == (0.01, 0.005)
+        again = margin.report(parse_snapshot(data, "snap.json"))
+        assert again.margin_ratio == pytest.approx(199.596 / 416.02, rel=1e-6)
 
     async def test_worked_example_m1_without_positions(self) -> None:
         """Test that M1 with no positions gives Account Equity 416.02 USD and ratio 0."""
