@@ -212,6 +212,10 @@ class AlertPipeline:
             report = dataclasses.replace(
                 report, shock_to_liquidation=previous.shock_to_liquidation
             )
+        if (report.collateral_risk is None and previous is not None
+                and previous.collateral_risk is not None):
+            # solved with the shock (issue 12): the last one too, not nothing
+            report = dataclasses.replace(report, collateral_risk=previous.collateral_risk)
         self._reports[report.account] = report
         self._commit(events, now, (report.account,))
         level = self.state.account_level(report.account)
