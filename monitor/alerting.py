@@ -214,7 +214,7 @@ class AlertPipeline:
             )
         if (report.collateral_risk is None and previous is not None
                 and previous.collateral_risk is not None):
-            # solved with the shock (issue 12): the last one too, not nothing
+            # solved with the shock (docs/collateral.md): the last one too, not nothing
             report = dataclasses.replace(report, collateral_risk=previous.collateral_risk)
         self._reports[report.account] = report
         self._commit(events, now, (report.account,))
