@@ -89,8 +89,8 @@ class TestMqttFlood:
         self, mosquitto: Mosquitto, tmp_path: Path
     ) -> None:
         """Test that a signed pause sent in the middle of the flood and one sent right after
-        it are each answered ok (bound generous, goal 2 s: bench/security.py), and that the refusals left a handful of audit rows
-        with the full count, not 50 000."""
+        it are each answered ok (bound generous, goal 2 s: bench/security.py), and that the
+        refusals left a handful of audit rows with the full count, not 50 000."""
         async with running_daemon(mosquitto, tmp_path) as daemon:
             during, after = await flood_latencies(mosquitto, daemon)
             print(f"valid command latency under a {FLOOD}-message flood: during "
