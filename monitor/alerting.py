@@ -33,7 +33,7 @@ from monitor import rules
 from monitor.alert_message import AlertMessage, build_message
 from monitor.logs import redact
 from monitor.metrics import record_alerts_sent
-from monitor.model import MarginReport, SourceDown, SourceStale, SourceUp
+from monitor.model import MarginReport, ModelDrift, SourceDown, SourceStale, SourceUp
 from monitor.rules import AlertConfig, AlertEvent, AlertKind, Level, RulesState, Silence
 from monitor.signed_commands import Command, CommandRefused, envelope, verify
 from monitor.store import Store
@@ -55,7 +55,7 @@ BACKOFF_CAP = 60.0
 #: Pause length when a pause command names no duration: a pause must always end.
 DEFAULT_PAUSE = 3600.0
 #: Refused commands are audited and logged once per source per this many seconds, with a
-#: count (issue 13: a flood of 50 000 junk commands wrote 50 000 rows and log lines).
+#: count (docs/hardening.md: a flood of 50 000 junk commands wrote 50 000 rows and log lines).
 REFUSAL_WINDOW = 60
 #: Sources tallied at once; more (an HTTP flood from many addresses) share one tally.
 REFUSAL_SOURCES = 256
@@ -107,7 +107,7 @@ class PacedSink(Protocol):
 
     `deliver_forever` awaits `ready()` BEFORE it picks the batch, so everything that became
     due while the sink was not ready (an escalation during a phone channel's pacing wait)
-    leaves in the first batch the sink can take, not one round later (issue 14 §1).
+    leaves in the first batch the sink can take, not one round later (docs/alerts.md).
     """
 
     async def ready(self) -> None:
@@ -212,6 +212,10 @@ class AlertPipeline:
             report = dataclasses.replace(
                 report, shock_to_liquidation=previous.shock_to_liquidation
             )
+        if (report.collateral_risk is None and previous is not None
+                and previous.collateral_risk is not None):
+            # solved with the shock (docs/collateral.md): the last one too, not nothing
+            report = dataclasses.replace(report, collateral_risk=previous.collateral_risk)
         self._reports[report.account] = report
         self._commit(events, now, (report.account,))
         level = self.state.account_level(report.account)
@@ -229,6 +233,14 @@ class AlertPipeline:
             # foreign text (a venue's error) on its way to MQTT, phones and SQLite
             event = dataclasses.replace(event, reason=redact(event.reason))
         self.state, events = rules.on_source_event(self.state, event, now, self.config)
+        self._commit(events, now)
+        return events
+
+    def on_model_drift(self, event: ModelDrift, now: float | None = None) -> tuple[AlertEvent, ...]:
+        """Our ratio and the venue's drifted apart (or agree again): `model_drift`, through
+        the outbox like every alert."""
+        now = self.clock() if now is None else now
+        self.state, events = rules.on_model_drift(self.state, event, now, self.config)
         self._commit(events, now)
         return events
 
@@ -472,7 +484,7 @@ class AlertPipeline:
 
         `source` names the door (`mqtt`, `http:<address>`) for the aggregated refusal audit.
         Replays are refused across restarts and doors: the request id is kept in the store
-        until the envelope could no longer verify anyway (issue 13).
+        until the envelope could no longer verify anyway (docs/hardening.md).
         """
         now = self.clock() if now is None else now
         if self._secret is None:
@@ -592,7 +604,7 @@ class AlertPipeline:
 
     def silences(self) -> list[dict[str, Any]]:
         """The active silences, for a `status` command (beside the accounts, never in them:
-        an account may be called `silences`, issue 14 §5)."""
+        an account may be called `silences`, docs/alerts.md)."""
         return [
             {"id": s.id, "account": s.account, "rule": s.rule, "until": s.until, "up_to": s.up_to}
             for s in self.state.silences

@@ -36,7 +36,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -296,6 +296,9 @@ class Executor:
         self._busy = asyncio.Lock()
         self.last_plan: ActionPlan | None = None
         self.orders_sent = 0
+        #: used ratio / our model's ratio on the latest report (venue_ratio.py): > 1 when
+        #: the venue's own figure is above ours, so a plan on our model aims lower
+        self.venue_bias = 1.0
 
     # --- persistence --------------------------------------------------------------------------
 
@@ -397,6 +400,10 @@ class Executor:
 
     async def on_report(self, rep: MarginReport, now: float) -> ActionPlan | None:
         """Take one protective step if `rep` calls for it; None when no step ran."""
+        model = rep.model_ratio
+        self.venue_bias = (rep.margin_ratio / model if model is not None and model > 0
+                           and math.isfinite(model) and math.isfinite(rep.margin_ratio)
+                           else 1.0)  # fmt: skip
         if not self.wants(rep, now) or self.busy:
             return None
         async with self._busy:
@@ -457,7 +464,12 @@ class Executor:
             except Exception as exc:  # an unknown market is flagged by the planner
                 log.warning("actions.no_market", symbol=p.symbol, error=str(exc))
         try:
-            plan = plan_step(fresh, self.policy, markets, self.state.history, now,
+            # the fresh read is valued by our model: aim its ratio where the used ratio
+            # (the venue's, carried forward, when that is worse) meets the target
+            policy = self.policy if self.venue_bias == 1.0 else replace(
+                self.policy, action_ratio=self.policy.action_ratio / self.venue_bias,
+                target_ratio=self.policy.target_ratio / self.venue_bias)
+            plan = plan_step(fresh, policy, markets, self.state.history, now,
                              current=fresh_report)  # fmt: skip
         except UnsafePlan as exc:
             self._raise_alert(f"protective plan refused (would increase exposure): {exc}")

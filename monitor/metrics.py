@@ -50,6 +50,7 @@ from monitor.model import (
     AccountUpdate,
     Event,
     MarginReport,
+    ModelDrift,
     PriceTick,
     SourceDown,
     SourceStale,
@@ -79,7 +80,8 @@ _KIND_OF: dict[type, str] = {PriceTick: "prices", AccountUpdate: "account"}
 #: data kinds an event refreshes: one account read brings positions and balances at once
 _FRESHENS: dict[str, tuple[str, ...]] = {"prices": ("prices",),
                                          "account": ("positions", "balance")}
-_SIGNAL_OF: dict[type, str] = {SourceStale: "stale", SourceDown: "down", SourceUp: "up"}
+_SIGNAL_OF: dict[type, str] = {SourceStale: "stale", SourceDown: "down", SourceUp: "up",
+                               ModelDrift: "model_drift"}
 
 
 class MetricsSettings(BaseModel):
@@ -204,7 +206,7 @@ class MetricsSink:
         self.protection: Callable[[], Mapping[str, str]] | None = None
         self.accounts: dict[str, AccountHealth] = {}
         self.drift: dict[str, Drift] = {}
-        #: the systemd watchdog's progress check (daemon.py), for `/livez` (issue 18)
+        #: the systemd watchdog's progress check (daemon.py), for `/livez` (docs/kubernetes.md)
         self.liveness: Callable[[], str | None] | None = None
         #: (K, N) under `--shard K/N`: exported so a missing shard's process is noticed
         self.shard: tuple[int, int] | None = None
@@ -373,14 +375,15 @@ class MetricsSink:
             return web.Response(status=503, text=f"blind: {', '.join(blind)}\n{lines}")
 
         async def readyz(request: web.Request) -> web.Response:
-            # Kubernetes readiness (issue 18): the configuration loaded and the sinks started,
-            # like systemd's READY=1; never the venues, or an exchange outage unreadies pods
+            # Kubernetes readiness (docs/kubernetes.md): the configuration loaded and the sinks
+            # started, like systemd's READY=1; never the venues, or an exchange outage unreadies
+            # pods
             del request
             return web.Response(text=f"ready: {len(self.accounts)} accounts configured\n")
 
         async def livez(request: web.Request) -> web.Response:
-            # Kubernetes liveness (issue 18): the watchdog's evidence of progress, not data
-            # freshness: restarting cannot fix a venue outage and would blind the shard
+            # Kubernetes liveness (docs/kubernetes.md): the watchdog's evidence of progress, not
+            # data freshness: restarting cannot fix a venue outage and would blind the shard
             del request
             try:
                 wedged = self.liveness() if self.liveness is not None else None
@@ -398,7 +401,7 @@ class MetricsSink:
         for install in self.routes:
             install(app)
         try:
-            # timeouts and a connection cap against idle sockets (issue 13, http_guard.py)
+            # timeouts and a connection cap against idle sockets (docs/hardening.md, http_guard.py)
             runner = await http_guard.serve(app, self.settings.host, self.settings.port)
         except OSError as exc:
             raise UserError(
@@ -449,7 +452,14 @@ class _AccountCollector(Collector):
                 continue
             cur = [name, report.currency]
             g.add("margin_ratio", "Maintenance margin / margin balance (1 = liquidation; "
-                  "+Inf when the balance is gone).", ["account"], [name], report.margin_ratio)
+                  "+Inf when the balance is gone): the figure alerts and actions use "
+                  "(settings ratio_source).", ["account"], [name], report.margin_ratio)
+            model = report.margin_ratio if report.model_ratio is None else report.model_ratio
+            g.add("model_margin_ratio", "Our model's margin ratio.", ["account"], [name], model)
+            if report.venue_ratio is not None:
+                g.add("venue_margin_ratio", "The venue's own margin ratio from its last read, "
+                      "carried forward by our model's change since.", ["account"], [name],
+                      report.venue_ratio)
             g.add("margin_balance", "Collateral value plus unrealised PnL, in the report "
                   "currency.", ["account", "currency"], cur, report.margin_balance)
             g.add("maintenance_margin", "Maintenance margin of the cross pool.",

@@ -185,7 +185,7 @@ class AccountSettings(Section):
     @classmethod
     def _not_verbose(cls, value: dict[str, Any]) -> dict[str, Any]:
         # ccxt's verbose mode print()s every request with its signed headers and the API
-        # key, past the log redaction (issue 13).
+        # key, past the log redaction (docs/hardening.md).
         if value.get("verbose"):
             msg = "ccxt verbose mode prints signed requests with the API key; remove 'verbose'"
             raise ValueError(msg)
@@ -340,6 +340,18 @@ class Settings(BaseSettings):
         ge=0,
         description="least seconds between an account's coalesced reports; a threshold "
         "crossing reports at once regardless, checked on every tick; 0 = a report per change",
+    )
+    ratio_source: Literal["worst", "model", "venue"] = Field(
+        "worst",
+        description="the margin ratio alerts and actions use where the venue reports its own: "
+        "worst = the larger of ours and the venue's carried forward (never understates the "
+        "venue), model = ours, venue = the venue's (docs/account-view.md)",
+    )
+    drift_tolerance: float = Field(
+        0.01,
+        gt=0,
+        description="relative gap between our ratio and the venue's on the same read above "
+        "which two reads in a row raise a model_drift warning",
     )
     accounts: list[AccountSettings] = Field(default_factory=_demo_accounts, min_length=1)
 
@@ -536,7 +548,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
                         "encoding (UTF-8)") from None  # fmt: skip
     finally:
         _FILE_DATA.reset(token)
-    # every secret it holds is redacted from logs and error lines from now on (issue 13)
+    # every secret it holds is redacted from logs and error lines from now on (docs/hardening.md)
     set_secrets(secrets_of(settings))
     return settings
 

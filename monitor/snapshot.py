@@ -253,7 +253,7 @@ def parse_snapshot(data: object, origin: str) -> AccountSnapshot:
 
 
 def _venue_margin(top: _Reader) -> VenueMargin:
-    """A portfolio-margin account's own figures (issue 12); ratio null = none read."""
+    """A portfolio-margin account's own figures (docs/collateral.md); ratio null = none read."""
     r = _Reader(top.origin, "venue_margin", top.obj["venue_margin"], _VENUE_MARGIN)
     return VenueMargin(
         margin_ratio=r.optional("margin_ratio", minimum=0.0, allow_inf=True),
@@ -446,6 +446,10 @@ def report_to_dict(r: MarginReport) -> dict[str, Any]:
         "initial_margin": r.initial_margin,
         "maintenance_margin": r.maintenance_margin,
         "margin_ratio": _num(r.margin_ratio),
+        # both figures behind margin_ratio (docs/account-view.md): ours, and the venue's
+        # own carried forward from its last read (null where the venue reports none)
+        "model_ratio": _num(r.margin_ratio if r.model_ratio is None else r.model_ratio),
+        "venue_ratio": _num(r.venue_ratio),
         "margin_level": _num(r.margin_level),
         "free_collateral": r.free_collateral,
         "liquidated": r.liquidated,

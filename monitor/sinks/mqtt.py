@@ -14,7 +14,7 @@ Topics (prefix default `margin-monitor`, docs/mqtt-and-commands.md):
 - `homeassistant/sensor/<id>/config`   discovery (retained), re-sent when Home Assistant
                                  announces `online` on `homeassistant/status`.
 
-aiomqtt 2.x does not reconnect by itself; its documented pattern (docs/reconnection.md,
+aiomqtt 2.x does not reconnect by itself; its documented pattern (its reconnection guide,
 issue #334) is re-entering `async with client` in a retry loop, which `run` does, with the
 jittered backoff of STYLE.md. A broker that vanishes is noticed by the publish `timeout`, not
 by an error (docs/development.md), so the timeout is set deliberately. After each reconnect
@@ -130,48 +130,37 @@ def discovery_configs(
         "manufacturer": "margin-monitor",
         "sw_version": __version__,
     }
-    out = []
-    for key, name, unit, template in _SENSORS:
+
+    def entity(component: str, key: str, name: str, template: str) -> tuple[str, dict[str, Any]]:
         uid = f"margin_monitor_{oid}_{key}"
-        config: dict[str, Any] = {
+        return f"{settings.discovery_prefix}/{component}/{uid}/config", {
             "name": name,
             "unique_id": uid,
-            "default_entity_id": f"sensor.{uid}",
+            "default_entity_id": f"{component}.{uid}",
             "state_topic": state_topic,
-            "value_template": template or f"{{{{ value_json.{key} }}}}",
+            "value_template": template,
             "availability_topic": f"{settings.prefix}/status",
-            "json_attributes_topic": state_topic if key == "level" else None,
             "device": device,
             "origin": {"name": "margin-monitor", "sw": __version__},
         }
-        if key != "level":
+
+    out = []
+    for key, name, unit, template in _SENSORS:
+        topic, config = entity("sensor", key, name, template or f"{{{{ value_json.{key} }}}}")
+        if key == "level":
+            config["json_attributes_topic"] = state_topic
+        else:
             config["state_class"] = "measurement"
             config["unit_of_measurement"] = unit or currency
             config["suggested_display_precision"] = 2
         if settings.expire_after:
             config["expire_after"] = settings.expire_after
-        out.append(
-            (
-                f"{settings.discovery_prefix}/sensor/{uid}/config",
-                {k: v for k, v in config.items() if v is not None},
-            )
-        )
+        out.append((topic, config))
     for key, name, device_class in _BINARY_SENSORS:
-        uid = f"margin_monitor_{oid}_{key}"
-        binary: dict[str, Any] = {
-            "name": name,
-            "unique_id": uid,
-            "default_entity_id": f"binary_sensor.{uid}",
-            "device_class": device_class,
-            "state_topic": state_topic,
-            "value_template": f"{{{{ 'ON' if value_json.{key} else 'OFF' }}}}",
-            "payload_on": "ON",
-            "payload_off": "OFF",
-            "availability_topic": f"{settings.prefix}/status",
-            "device": device,
-            "origin": {"name": "margin-monitor", "sw": __version__},
-        }
-        out.append((f"{settings.discovery_prefix}/binary_sensor/{uid}/config", binary))
+        topic, binary = entity("binary_sensor", key, name,
+                               f"{{{{ 'ON' if value_json.{key} else 'OFF' }}}}")
+        binary.update(device_class=device_class, payload_on="ON", payload_off="OFF")
+        out.append((topic, binary))
     return out
 
 
@@ -359,7 +348,7 @@ class MqttSink:
         # Commands are taken from paho's own callback, in the loop's reader callback, not
         # through aiomqtt's message iterator: that costs a Message, a queue hop and a task
         # per message (~30 us), and under a flood of 50 000 junk commands it, not the check
-        # (~5 us), set the pace; a valid command waited behind the backlog (issue 13).
+        # (~5 us), set the pace; a valid command waited behind the backlog (docs/hardening.md).
         paho = client._client  # aiomqtt 2.x (pinned <3) wraps paho
         for topic in (f"{p}/command", f"{p}/+/command"):
             paho.message_callback_add(topic, self._on_command)
@@ -395,6 +384,9 @@ class MqttSink:
             await asyncio.gather(*tasks, return_exceptions=True)
             with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
                 async with asyncio.timeout(self.settings.timeout):  # not wait_for: cpython#86296
+                    await self._states_round(client, interval=0.0)  # the final state, unthrottled
+            with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                async with asyncio.timeout(self.settings.timeout):
                     await client.publish(self.status_topic, "offline", qos=1, retain=True)
             raise
         finally:
@@ -454,40 +446,45 @@ class MqttSink:
             raise_if_cancelling()  # as in _publish_states
 
     async def _publish_states(self, client: aiomqtt.Client) -> None:
-        interval = self.settings.state_interval
         while True:
             await self._state_wake.wait()
             self._state_wake.clear()
-            soonest: float | None = None
-            for account, (report, level) in list(self._reports.items()):
-                if self.settings.discovery and account not in self._announced:
-                    for topic, config in discovery_configs(self.settings, account, report.currency):
-                        await client.publish(topic, json.dumps(config), qos=1, retain=True)
-                    self._announced.add(account)
-                payload = state_payload(report, level, self._flags.get(account))
-                if account in self._protection:
-                    payload["protection_disabled"] = self._protection[account]
-                body = json.dumps(payload, separators=(",", ":"))
-                last_body, last_at = self._published.get(account, ("", -1e18))
-                if body == last_body:
-                    continue
-                now = time.monotonic()
-                wait = last_at + interval - now
-                if wait > 0:
-                    soonest = wait if soonest is None else min(soonest, wait)
-                    continue
-                await client.publish(
-                    f"{self.settings.prefix}/{account}/state", body, qos=1, retain=True
-                )
-                self._published[account] = (body, now)
-                # a shutdown's cancel lost in aiomqtt's ack wait (gh-86296) would leave this
-                # task parked on `_state_wake` and the daemon's stop hanging (issue 19's e2e)
-                raise_if_cancelling()
+            soonest = await self._states_round(client, self.settings.state_interval)
+            # a shutdown's cancel lost in aiomqtt's ack wait (gh-86296) would leave this
+            # task parked on `_state_wake` and the daemon's stop hanging (fault matrix)
+            raise_if_cancelling()
             if soonest is not None:
                 with contextlib.suppress(TimeoutError):  # not wait_for: cpython#86296
                     async with asyncio.timeout(soonest):
                         await self._state_wake.wait()
                 self._state_wake.set()
+
+    async def _states_round(self, client: aiomqtt.Client, interval: float) -> float | None:
+        """Publish each account's newest state that changed, at most once per `interval`;
+        returns the seconds until a held-back one may go (None: none held back)."""
+        soonest: float | None = None
+        for account, (report, level) in list(self._reports.items()):
+            if self.settings.discovery and account not in self._announced:
+                for topic, config in discovery_configs(self.settings, account, report.currency):
+                    await client.publish(topic, json.dumps(config), qos=1, retain=True)
+                self._announced.add(account)
+            payload = state_payload(report, level, self._flags.get(account))
+            if account in self._protection:
+                payload["protection_disabled"] = self._protection[account]
+            body = json.dumps(payload, separators=(",", ":"))
+            last_body, last_at = self._published.get(account, ("", -1e18))
+            if body == last_body:
+                continue
+            now = time.monotonic()
+            wait = last_at + interval - now
+            if wait > 0:
+                soonest = wait if soonest is None else min(soonest, wait)
+                continue
+            await client.publish(
+                f"{self.settings.prefix}/{account}/state", body, qos=1, retain=True
+            )
+            self._published[account] = (body, now)
+        return soonest
 
     async def _publish_actions(self, client: aiomqtt.Client) -> None:
         while True:
