@@ -272,3 +272,35 @@ class TestHostileEnvelope:
             await runner.cleanup()
         [row] = pipeline.store.audit_trail(kind="command_refused")
         assert row.payload["source"] == "http:127.0.0.1"
+
+
+class TestLogStreamLost:
+    """Only a pipe's reader leaving stops the daemon; a lost journald socket does not."""
+
+    @pytest.mark.parametrize("piped", [True, False])
+    def test_broken_log_stream(self, piped: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Test that a broken pipe on stdout stops the process (SIGTERM, exit 2 later) only
+        when stdout is a pipe, and logging goes quietly to /dev/null either way."""
+        import logging
+
+        from monitor import logs
+
+        class Broken:
+            def write(self, text: str) -> int:
+                raise BrokenPipeError
+
+            def flush(self) -> None:
+                raise BrokenPipeError
+
+        kills: list[int] = []
+        discards: list[bool] = []
+        monkeypatch.setattr(logs, "_stdout_is_pipe", lambda: piped)
+        monkeypatch.setattr(logs, "discard_stdout", lambda: discards.append(True))
+        monkeypatch.setattr(logs.os, "kill", lambda pid, sig: kills.append(sig))
+        monkeypatch.setattr(logs, "OUTPUT_CLOSED", logs.threading.Event())
+        handler = logs._Handler(Broken())  # type: ignore[arg-type]
+        for _ in range(3):
+            handler.handle(logging.LogRecord("x", logging.ERROR, __file__, 1, "m", None, None))
+        assert discards == [True]
+        assert len(kills) == (1 if piped else 0)
+        assert logs.OUTPUT_CLOSED.is_set() is piped
