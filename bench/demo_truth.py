@@ -28,10 +28,10 @@ import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.product import build
 from monitor import margin
-from monitor.daemon import build_sinks, open_source, run_daemon
+from monitor.daemon import run_daemon
 from monitor.model import AccountSnapshot, MarginReport
-from monitor.settings import load_settings
 from monitor.sources.sim import SimVenue
 from tests.sinks import QuietSink
 
@@ -97,20 +97,19 @@ def watch(venue: SimVenue, judge: Judge) -> None:
 
 async def one_run(speed: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        settings = load_settings(None, state_dir=tmp)
+        # the built-in demo, written as a file and built as `margin-monitor run` builds it
+        product = build(Path(tmp), {"accounts": [
+            {"name": "demo", "exchange": "sim", "sim": {"speed": speed}}]})
+        settings = product.settings
         account = settings.accounts[0]
-        assert account.sim is not None
-        account = account.model_copy(update={"sim": account.sim.model_copy(
-            update={"speed": speed})})
-        settings = settings.model_copy(update={"accounts": [account]})
-        source = open_source(account, None, settings.state_dir)
+        source = product.source(account.name)
         assert isinstance(source, SimVenue)
         alerts = settings.alerts
         judge = Judge(source, alerts.band, {"warning": alerts.warning,
                                             "critical": alerts.critical,
                                             "emergency": alerts.emergency})
         watch(source, judge)
-        sinks = [*build_sinks(settings, False, {account.name: source}), judge]
+        sinks = [*product.sinks, judge]
         duration = source.keyframes_duration / speed + 1.0
         await run_daemon(settings, [account], sinks, duration=duration, sources=[source],
                          handle_signals=False)

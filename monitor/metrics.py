@@ -202,6 +202,8 @@ class MetricsSink:
         self.settings = settings
         self.clock = clock
         self.outbox_depth = outbox_depth
+        #: account -> why its protective actions cannot run (the actions sink's)
+        self.protection: Callable[[], Mapping[str, str]] | None = None
         self.accounts: dict[str, AccountHealth] = {}
         self.drift: dict[str, Drift] = {}
         #: the systemd watchdog's progress check (daemon.py), for `/livez` (docs/kubernetes.md)
@@ -338,6 +340,10 @@ class MetricsSink:
                 out[name] = reason
         return out
 
+    def protection_disabled(self) -> dict[str, str]:
+        """Account -> why its protective actions cannot run (from the actions sink)."""
+        return dict(self.protection()) if self.protection is not None else {}
+
     def exposition(self) -> bytes:
         """The Prometheus text format of everything in `REGISTRY`."""
         return generate_latest(REGISTRY)
@@ -348,6 +354,7 @@ class MetricsSink:
         from aiohttp import web  # noqa: PLC0415 - only when the endpoint is enabled
 
         from monitor import http_guard  # noqa: PLC0415 - aiohttp too
+        from monitor.logs import redact  # noqa: PLC0415
 
         async def metrics(request: web.Request) -> web.Response:
             del request
@@ -356,10 +363,15 @@ class MetricsSink:
 
         async def healthz(request: web.Request) -> web.Response:
             del request
+            disabled = self.protection_disabled()
+            if disabled:  # issue 13: protection off is not healthy, even with fresh data
+                lines = "".join(f"{name}: {reason}\n" for name, reason in disabled.items())
+                return web.Response(status=503, text=f"protection_disabled\n{lines}")
             blind = self.blind()
             if not blind:
                 return web.Response(text=f"ok: {len(self.accounts)} accounts fresh\n")
-            lines = "".join(f"{name}: {reason}\n" for name, reason in blind.items())
+            # a venue's words (a websocket error too): never a secret it repeated (issue 13)
+            lines = "".join(f"{name}: {redact(reason)}\n" for name, reason in blind.items())
             return web.Response(status=503, text=f"blind: {', '.join(blind)}\n{lines}")
 
         async def readyz(request: web.Request) -> web.Response:
@@ -545,6 +557,10 @@ def build_metrics_sink(
         if hasattr(type(sink), "pipeline"):
             depth = outbox_depth_of(_pending_of(sink))
     metrics = MetricsSink(settings, accounts, outbox_depth=depth)
+    for sink in sinks:
+        protection = getattr(sink, "protection_disabled", None)
+        if callable(protection):  # the actions sink (issue 13)
+            metrics.protection = protection
     metrics.set_accounts(accounts, sources)
     return metrics
 

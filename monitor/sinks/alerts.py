@@ -23,7 +23,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 from aiohttp import web
@@ -41,7 +41,7 @@ from monitor.model import (
     SourceStale,
     SourceUp,
 )
-from monitor.rules import AlertConfig, AlertState, level_rank
+from monitor.rules import AlertConfig, AlertState, Level, level_rank
 from monitor.store import Store
 from monitor.switches import ActionSwitches
 
@@ -125,6 +125,17 @@ class AlertsSink:
     def raise_action_alert(self, account: str, text: str, now: float | None = None) -> None:
         """A venue rejected a protective order: an `action_rejected` alert (docs/actions.md)."""
         self.pipeline.raise_action_alert(account, text, now)
+
+    def disable_protection(self, account: str, reason: str | None, level: str) -> None:
+        """Protective actions of `account` cannot run (reason) or run again (None): the
+        `protection_disabled` alert, the retained MQTT state carries the reason, and the
+        audit trail and the terminal's action list say it (`record_action`)."""
+        self.pipeline.protection_alert(account, reason, cast("Level", level))
+        if self.mqtt is not None:
+            self.mqtt.set_protection(account, reason)
+        kind = "protection_disabled" if reason is not None else "protection_enabled"
+        text = reason if reason is not None else "protective actions can run again"
+        self.record_action(account, kind, {"reason": text}, self.pipeline.clock())
 
     def resolve_action_alert(self, account: str, now: float | None = None) -> bool:
         """End the account's `action_rejected` alert; True when one was firing."""

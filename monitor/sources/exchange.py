@@ -264,8 +264,9 @@ def _merged(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]
 
 def _one_line(exc: BaseException, limit: int = 240) -> str:
     """An exception as one log-safe line (ccxt bodies can be long and multi-line)."""
-    # Signed URLs carry a signature and timestamp: keep logs to the path.
-    text = re.sub(r"\?\S*", "?…", " ".join(str(exc).split()))
+    # Signed URLs carry a signature and timestamp: keep logs to the path. Configured secrets
+    # go too: a websocket error does not pass exchange.fetch's scrub (_redact_errors).
+    text = re.sub(r"\?\S*", "?…", " ".join(logs.redact(str(exc)).split()))
     if len(text) > limit:
         text = text[: limit - 1] + "…"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -585,25 +586,33 @@ class ExchangeSource:
         positions = positions_from_ccxt(
             self.venue, raw_positions, exchange.markets or {}, self.tiers, self.marks
         )
-        collateral = await self.collateral_of(raw_balance)
+        # collateral at this read's own marks: BTC collateral and a BTC position of one read
+        # valued at one price (a REST-only venue otherwise mixed the new mark and the old)
+        read_marks = {p.symbol: p.mark_price for p in positions}
+        collateral = await self.collateral_of(raw_balance, read_marks)
         # a portfolio-margin account's own figure where the balance has none (docs/collateral.md)
         figures = await self.collateral_rules.portfolio_figures(exchange)
         return positions, collateral, figures or venue_figures(self.venue, raw_balance)
 
-    async def collateral_of(self, balance: object) -> tuple[Collateral, ...]:
+    async def collateral_of(
+        self, balance: object, read_marks: Mapping[str, float] | None = None
+    ) -> tuple[Collateral, ...]:
         """The wallet of a `fetch_balance()` valued in the report currency: the one
         collateral-pricing rule of `run`, `snapshot` and `check` (docs/margin-edges.md). Volatile
         collateral (Binance multi-assets BTC, say) is priced by its market, the linear
         perpetual else spot (`_price_symbol`), and keeps streaming once priced."""
         await self._price_collateral(balance)
-        collateral = collateral_from_ccxt(self.venue, balance, self.currency, self._asset_prices())
+        collateral = collateral_from_ccxt(self.venue, balance, self.currency,
+                                          self._asset_prices(read_marks))
         # The venue's own collateral rules (haircuts, Multi-Assets / UTA; docs/collateral.md).
         await self.collateral_rules.refresh(self.exchange)
         return self.collateral_rules.apply(collateral, self.currency)
 
-    def _asset_prices(self) -> dict[str, float]:
-        """Asset -> price in the report currency, from the marks of `ASSET/<currency>` pairs."""
-        return {k.split("/", 1)[0]: v for k, v in self.marks.items()
+    def _asset_prices(self, read_marks: Mapping[str, float] | None = None) -> dict[str, float]:
+        """Asset -> price in the report currency, from the marks of `ASSET/<currency>` pairs
+        (a read's own position marks over the held ones)."""
+        marks = {**self.marks, **(read_marks or {})}
+        return {k.split("/", 1)[0]: v for k, v in marks.items()
                 if k.split("/", 1)[-1].startswith(self.currency)}
 
     def _price_symbol(self, asset: str) -> str | None:
