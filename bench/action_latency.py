@@ -32,11 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import structlog
 
-from monitor import margin, stress
-from monitor.action_settings import ActionsSettings
-from monitor.executor import Executor
-from monitor.model import AccountSnapshot
-from monitor.sinks.actions import ActionsSink
+from monitor.config.actions import ActionsSettings
+from monitor.core import stress
+from monitor.core.margin import report as margin
+from monitor.core.model import AccountSnapshot
+from monitor.protect.executor import Executor
+from monitor.protect.sink import ActionsSink
 from monitor.sources.exchange import ExchangeSource
 from tests.fakes.account import account_for
 from tests.fakes.binance import API_KEY, SECRET, BinancePosition, FakeBinanceUsdm

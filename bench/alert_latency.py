@@ -30,12 +30,12 @@ import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from monitor.alert_settings import MqttSettings
-from monitor.alerting import AlertPipeline
-from monitor.margin import report
-from monitor.model import AccountSnapshot, Collateral, Position
-from monitor.rules import AlertConfig
-from monitor.sinks.mqtt import MqttSink
+from monitor.alerts.pipeline import AlertPipeline
+from monitor.channels.mqtt import MqttSink
+from monitor.config.alerts import MqttSettings
+from monitor.core.margin.report import report
+from monitor.core.model import AccountSnapshot, Collateral, Position
+from monitor.core.rules import AlertConfig
 from monitor.store import Store
 from tests.mqtt_broker import Mosquitto
 

@@ -30,8 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ccxt.pro as ccxtpro
 import structlog
 
-from monitor import margin, state
-from monitor.model import PriceTick
+from monitor.core import state
+from monitor.core.margin import report as margin
+from monitor.core.model import PriceTick
 from monitor.sources.exchange import ExchangeSource
 from tests.fakes.account import account_for
 from tests.fakes.binance import API_KEY, SECRET, BinancePosition, FakeBinanceUsdm

@@ -34,10 +34,10 @@ from aiohttp import web
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.alert_latency import ACCOUNT, log_to_devnull, percentile
-from monitor.margin import report
-from monitor.model import MarginReport
-from monitor.settings import load_settings
-from monitor.sinks.alerts import AlertsSink, build_alerts_sink
+from monitor.alerts.sink import AlertsSink, build_alerts_sink
+from monitor.config.settings import load_settings
+from monitor.core.margin.report import report
+from monitor.core.model import MarginReport
 from tests.mqtt_broker import Mosquitto
 from tests.test_notify import serving
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/soak.py [--minutes 30] [--accounts 100] [--sample 30]
 
-Runs the real `monitor.daemon.run_daemon` in this process with 100 `SimVenue` accounts (calm
+Runs the real `monitor.daemon.loop.run_daemon` in this process with 100 `SimVenue` accounts (calm
 scenario, 10 ticks/s each) and the real alerts sink (SQLite outbox/store in a temp state
 dir; no MQTT or phone channels). A monitor task samples every `--sample` seconds: RSS
 (/proc/self/status VmRSS), CPU share since the previous sample, asyncio task count, open
@@ -34,9 +34,9 @@ import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from monitor import daemon
-from monitor.settings import load_settings
-from monitor.sinks.alerts import build_alerts_sink
+from monitor.alerts.sink import build_alerts_sink
+from monitor.config.settings import load_settings
+from monitor.daemon import loop as daemon
 from monitor.sources.sim import SimVenue
 
 # A bounded reservoir (Algorithm R), not a list of every call: an unbounded list of 180 000

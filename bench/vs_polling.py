@@ -41,10 +41,10 @@ import ccxt.async_support as ccxt_async
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from monitor import logs
-from monitor.daemon import run_daemon
-from monitor.settings import load_settings
-from monitor.sinks.alerts import build_alerts_sink
+from monitor.alerts.sink import build_alerts_sink
+from monitor.config.settings import load_settings
+from monitor.daemon.loop import run_daemon
+from monitor.ops import logs
 from monitor.sources.exchange import ExchangeSource
 from tests.fakes.account import account_for
 from tests.fakes.binance import API_KEY, SECRET, BinancePosition, FakeBinanceUsdm
@@ -208,7 +208,7 @@ def main() -> None:
     parser.add_argument("--poll", type=float, default=5.0, help="REST poll period, s")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
-    # the daemon's own logging (monitor.logs: JSON lines, redaction), as `margin-monitor run`
+    # the daemon's own logging (monitor.ops.logs: JSON lines, redaction), as `margin-monitor run`
     # configures it, but to /dev/null rather than between the figures
     devnull = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
     logs.configure(level="info", fmt="json", stream=devnull)

@@ -14,8 +14,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, Literal, NoReturn, cast
 
-from monitor.errors import UserError
-from monitor.model import (
+from monitor.core.model import (
     AccountSnapshot,
     Collateral,
     CollateralTier,
@@ -25,6 +24,7 @@ from monitor.model import (
     ShockToLiquidation,
     Tier,
 )
+from monitor.errors import UserError
 
 __all__ = [
     "load_snapshot",

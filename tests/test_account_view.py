@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from monitor import margin
-from monitor.daemon import run_daemon
-from monitor.model import AccountSnapshot, AccountUpdate, Event, MarginReport, PriceTick
-from monitor.settings import load_settings
+from monitor.config.settings import load_settings
+from monitor.core.margin import report as margin
+from monitor.core.model import AccountSnapshot, AccountUpdate, Event, MarginReport, PriceTick
+from monitor.daemon.loop import run_daemon
 from monitor.sources.exchange import ExchangeSource
 from monitor.sources.sim import SimVenue
 from tests.fakes.account import account_for

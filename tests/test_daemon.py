@@ -1,4 +1,4 @@
-"""Tests for monitor/daemon.py: the loop, coalescing, sinks, signals, shards, commands."""
+"""Tests for monitor/daemon/loop.py: the loop, coalescing, sinks, signals, shards, commands."""
 
 from __future__ import annotations
 
@@ -17,8 +17,18 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from monitor import daemon
-from monitor.daemon import (
+from monitor.config.settings import AccountSettings, AlertsSettings, Settings, load_settings
+from monitor.core.model import (
+    AccountSnapshot,
+    Collateral,
+    Event,
+    MarginReport,
+    Position,
+    PriceTick,
+    SourceDown,
+)
+from monitor.daemon import loop as daemon
+from monitor.daemon.loop import (
     AccountLoop,
     build_sinks,
     check_command,
@@ -30,17 +40,7 @@ from monitor.daemon import (
     shard_of,
 )
 from monitor.errors import UserError
-from monitor.model import (
-    AccountSnapshot,
-    Collateral,
-    Event,
-    MarginReport,
-    Position,
-    PriceTick,
-    SourceDown,
-)
-from monitor.settings import AccountSettings, AlertsSettings, Settings, load_settings
-from monitor.sinks.actions import ActionsSink
+from monitor.protect.sink import ActionsSink
 from monitor.sources.sim import SimVenue
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,6 +1,6 @@
 """`margin-monitor snapshot` and the live part of `check`, against loopback fake venues.
 
-The configuration is a real TOML file read by monitor.settings, with the fake's URLs in the
+The configuration is a real TOML file read by monitor.config.settings, with the fake's URLs in the
 account's `ccxt` table and the keys in the environment (never in the file).
 """
 
@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from monitor import margin
-from monitor.cli import main
+from monitor.cli.app import main
+from monitor.config.settings import load_settings
+from monitor.core.margin import report as margin
 from monitor.errors import UserError
-from monitor.settings import load_settings
 from monitor.snapshot import parse_snapshot
 from monitor.sources.exchange import ExchangeSource, check_account
 from tests.fakes import binance, bybit

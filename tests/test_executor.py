@@ -1,4 +1,4 @@
-"""Tests for the protective-order executor (monitor/executor.py) and its daemon consumer.
+"""Tests for the protective-order executor (monitor/protect/executor.py) and its daemon consumer.
 
 Exchange cases go through the REAL ccxt `create_order` path: an `ExchangeSource` pointed at
 engineer C's fake Binance USDⓈ-M server with the order routes of tests/fakes/binance_orders.py.
@@ -18,22 +18,22 @@ from typing import Any
 
 import pytest
 
-from monitor.action_settings import ActionsSettings
-from monitor.alert_message import AlertMessage
-from monitor.alert_settings import MqttSettings
-from monitor.alerting import AlertPipeline
-from monitor.daemon import build_sinks, run_daemon
-from monitor.executor import AccountLock, Executor
-from monitor.margin import report
-from monitor.model import MarginReport
-from monitor.rules import AlertConfig
-from monitor.settings import SimSettings, load_settings
-from monitor.sinks.actions import ActionsSink
-from monitor.sinks.alerts import AlertsSink, build_alerts_sink
+from monitor.alerts.message import AlertMessage
+from monitor.alerts.pipeline import AlertPipeline
+from monitor.alerts.sink import AlertsSink, build_alerts_sink
+from monitor.config.actions import ActionsSettings
+from monitor.config.alerts import MqttSettings
+from monitor.config.settings import SimSettings, load_settings
+from monitor.core.margin.report import report
+from monitor.core.model import MarginReport
+from monitor.core.rules import AlertConfig
+from monitor.daemon.loop import build_sinks, run_daemon
+from monitor.protect.executor import AccountLock, Executor
+from monitor.protect.sink import ActionsSink
+from monitor.protect.switches import ActionSwitches
 from monitor.sources.exchange import ExchangeSource
 from monitor.sources.sim import DEMO_BOOK, SimVenue, selloff_keyframes
 from monitor.store import Store
-from monitor.switches import ActionSwitches
 from tests.fakes.account import account_for
 from tests.fakes.binance import (
     API_KEY,

@@ -7,14 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from monitor import margin, venue_errors
+from monitor.config.settings import SimSettings
+from monitor.core.margin import report as margin
+from monitor.core.model import AccountUpdate, Event, PriceTick
+from monitor.core.state import apply, initial_state
 from monitor.errors import UserError
-from monitor.model import AccountUpdate, Event, PriceTick
-from monitor.settings import SimSettings
 from monitor.sources.base import Source, TradingSource
 from monitor.sources.sim import DEMO_BOOK, SimVenue, selloff_keyframes
 from monitor.sources.sim_prices import Keyframe, ScriptedPath, load_replay
-from monitor.state import apply, initial_state
+from monitor.venues import errors as venue_errors
 
 BTC, ETH, SOL = (m.symbol for m in DEMO_BOOK.markets)
 SYMBOLS = [m.symbol for m in DEMO_BOOK.markets]

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, Protocol, runtime_checkable
 
-from monitor.model import AccountSnapshot, Event
+from monitor.core.model import AccountSnapshot, Event
 
 __all__ = ["OrderDesk", "Source", "TradingSource"]
 

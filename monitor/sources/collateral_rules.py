@@ -48,7 +48,7 @@ from typing import Any, Literal
 import structlog
 from ccxt.base import errors as ccxt_errors
 
-from monitor.model import STABLE_ASSETS, Collateral, CollateralTier
+from monitor.core.model import STABLE_ASSETS, Collateral, CollateralTier
 from monitor.sources.normalize import MalformedPayload
 
 __all__ = [

@@ -39,9 +39,9 @@ import ccxt.pro as ccxtpro
 import structlog
 from ccxt.base import errors as ccxt_errors
 
-from monitor import logs, margin
-from monitor.errors import UserError
-from monitor.model import (
+from monitor.config.settings import ccxt_credentials, load_settings
+from monitor.core.margin import report as margin
+from monitor.core.model import (
     AccountSnapshot,
     AccountUpdate,
     Collateral,
@@ -53,7 +53,9 @@ from monitor.model import (
     SourceUp,
     Tier,
 )
-from monitor.settings import ccxt_credentials, load_settings
+from monitor.core.stress import with_prices
+from monitor.errors import UserError
+from monitor.ops import logs
 from monitor.snapshot import snapshot_to_dict
 from monitor.sources import budget
 from monitor.sources.backoff import Backoff, Freshness, FreshnessChange, Throttle
@@ -69,7 +71,6 @@ from monitor.sources.normalize import (
     unpriced_assets,
     venue_figures,
 )
-from monitor.stress import with_prices
 
 __all__ = [
     "AccountConfig",
@@ -97,7 +98,7 @@ class _Secret(Protocol):
 
 
 class AccountConfig(Protocol):
-    """What the source reads from an account's settings (monitor.settings.AccountSettings)."""
+    """What the source reads from an account's settings (config.settings.AccountSettings)."""
 
     @property
     def name(self) -> str: ...

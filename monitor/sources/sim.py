@@ -15,7 +15,7 @@ actions (docs/actions.md) run against without a network:
   orders fill at the mark, limit and trigger (stop) orders rest until the mark crosses.
   Like a venue: an order without `reduceOnly`, one in the direction that would grow the
   position, or one larger than the position is rejected with `InvalidOrder` (ccxt's class name, from
-  monitor/venue_errors.py, so a sim-only daemon never imports ccxt; Binance
+  monitor/venues/errors.py, so a sim-only daemon never imports ccxt; Binance
   answers -2022 "ReduceOnly Order is rejected"); an amount off the market's step or below
   its minimum is rejected too; a resent `clientOrderId` returns the existing order instead
   of placing a second one (Binance -4015 dedups the same way). A fill realises PnL minus
@@ -37,8 +37,9 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from monitor import margin
-from monitor.model import (
+from monitor.config.settings import SimSettings
+from monitor.core.margin import report as margin
+from monitor.core.model import (
     AccountSnapshot,
     AccountUpdate,
     Collateral,
@@ -49,9 +50,8 @@ from monitor.model import (
     Tier,
     base_asset,
 )
-from monitor.settings import SimSettings
 from monitor.sources.sim_prices import Keyframe, ReplayStep, ScriptedPath
-from monitor.venue_errors import BadSymbol, InvalidOrder, OrderNotFound
+from monitor.venues.errors import BadSymbol, InvalidOrder, OrderNotFound
 
 __all__ = ["DEMO_BOOK", "SimBook", "SimMarket", "SimVenue", "selloff_keyframes"]
 

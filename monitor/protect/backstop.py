@@ -1,0 +1,202 @@
+"""The exchange-resident stop-loss backstop: protection that survives a daemon outage.
+
+The daemon can only reduce while it runs; if the host dies during a sell-off nothing does.
+So, optionally per account (`[actions.stop_loss] enabled = true`), one reduce-only stop
+order per position rests AT THE VENUE, `distance` × mark before that position's liquidation
+price (`PositionRisk.liquidation_price` of the report), so the venue closes it before its
+own liquidation engine would (docs/actions.md: "keep an optional exchange-resident stop").
+
+Rules that keep it from doing harm:
+- exactly one stop per (symbol, side): a stop is *replaced* (cancel, then create) only when
+  the wanted trigger moved by more than `move_step` (relative) or the position size changed,
+  never stacked;
+- client ids are deterministic: `ms` + a hash of (account, symbol, side) + a generation
+  number, so after a restart the daemon recognises its own stops at the venue instead of
+  placing duplicates, and never touches orders it did not place;
+- the stop is reduce-only and sized to the position (Binance USDⓈ-M conditional orders go to
+  `POST /fapi/v1/algoOrder` in ccxt 4.5.90, docs/venues.md; listed and cancelled with
+  ccxt's unified `{'trigger': True}`);
+- it obeys the executor's switches and writer lock (dry run: audited as "would_have").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from monitor.config.actions import StopLossSettings
+from monitor.core.model import MarginReport, PositionRisk, Side
+from monitor.core.plan import PlannedOrder, closing_side, stop_price
+from monitor.venues.errors import catching
+
+if TYPE_CHECKING:
+    from monitor.protect.executor import Executor
+
+__all__ = ["StopBackstop", "stop_client_id"]
+
+log = structlog.get_logger("monitor.backstop")
+
+
+def stop_client_id(account: str, symbol: str, side: Side, generation: int) -> str:
+    """`ms<12 hex of (account, symbol, side)><generation:08d>`: ours, per position, ordered."""
+    return "ms" + _stem(account, symbol, side) + f"{generation:08d}"
+
+
+def _stem(account: str, symbol: str, side: Side) -> str:
+    return hashlib.sha256(f"{account}|{symbol}|{side}".encode()).hexdigest()[:12]
+
+
+@dataclass
+class _Stop:
+    """A stop of ours resting at the venue."""
+
+    order_id: str
+    client_id: str
+    generation: int
+    trigger: float
+    amount: float
+
+
+class StopBackstop:
+    """Keeps one venue-side stop per position of one account, moved with the liquidation price."""
+
+    def __init__(self, executor: Executor, settings: StopLossSettings) -> None:
+        self.ex = executor
+        self.settings = settings
+        self.stops: dict[tuple[str, Side], _Stop] = {}
+        self._synced = False
+        self.placed = 0
+        self.cancelled = 0
+
+    # --- venue access: ccxt's trigger-order calls on a live account, the desk on the sim ------
+
+    async def _open_stops(self, symbol: str) -> list[dict[str, Any]]:
+        exchange = getattr(self.ex.desk, "exchange", None)
+        if exchange is not None:
+            rows: list[dict[str, Any]] = await exchange.fetch_open_orders(
+                symbol, None, None, {"trigger": True}
+            )
+            return rows
+        return [o for o in await self.ex.desk.fetch_open_orders(symbol) if o.get("triggerPrice")]
+
+    async def _cancel(self, order_id: str, symbol: str) -> None:
+        exchange = getattr(self.ex.desk, "exchange", None)
+        if exchange is not None:
+            await exchange.cancel_order(order_id, symbol, {"trigger": True})
+        else:
+            await self.ex.desk.cancel_order(order_id, symbol)
+
+    async def _sync(self, symbols: set[str]) -> None:
+        """Adopt the stops a previous run left at the venue (recognised by client id)."""
+        for symbol in sorted(symbols):
+            for o in await self._open_stops(symbol):
+                cid = str(o.get("clientOrderId") or "")
+                sides: tuple[Side, ...] = ("long", "short")
+                for side in sides:
+                    stem = "ms" + _stem(self.ex.account, symbol, side)
+                    if cid.startswith(stem) and cid[len(stem) :].isdigit():
+                        key = (symbol, side)
+                        gen = int(cid[len(stem) :])
+                        old = self.stops.get(key)
+                        if old is not None and old.generation >= gen:
+                            continue
+                        self.stops[key] = _Stop(str(o["id"]), cid, gen,
+                                                float(o.get("triggerPrice") or 0.0),
+                                                float(o.get("amount") or 0.0))  # fmt: skip
+        self._synced = True
+
+    # --- the maintenance step ----------------------------------------------------------------
+
+    def wanted(self, risk: PositionRisk) -> float | None:
+        """The trigger this position's stop should have (None: no liquidation price)."""
+        liq = risk.liquidation_price
+        if liq is None or not math.isfinite(liq) or liq <= 0 or risk.contracts <= 0:
+            return None
+        return stop_price(risk.side, liq, risk.mark_price, self.settings.distance)
+
+    def _moved(self, stop: _Stop, trigger: float, amount: float) -> bool:
+        far = abs(stop.trigger - trigger) > self.settings.move_step * trigger
+        return far or not math.isclose(stop.amount, amount, rel_tol=1e-9)
+
+    async def maintain(self, rep: MarginReport, now: float) -> int:
+        """Bring the venue's stops in line with `rep`; returns how many orders changed."""
+        if not self.ex.lock.acquire():
+            return 0
+        cross = [r for r in rep.positions if r.margin_mode == "cross" and r.contracts > 0]
+        if not self._synced:
+            await self._sync({r.symbol for r in cross} | {k[0] for k in self.stops})
+        changes = 0
+        live = {(r.symbol, r.side) for r in cross}
+        for key in [k for k in self.stops if k not in live]:
+            changes += await self._remove(key, "position closed", now)
+        for r in cross:
+            trigger = self.wanted(r)
+            if trigger is None:
+                continue
+            current = self.stops.get((r.symbol, r.side))
+            if current is not None and not self._moved(current, trigger, r.contracts):
+                continue
+            changes += await self._replace(r, trigger, current, now)
+        return changes
+
+    async def _remove(self, key: tuple[str, Side], why: str, now: float) -> int:
+        stop = self.stops.pop(key)
+        if self._blocked(now, "cancel_stop", {"symbol": key[0], "client_id": stop.client_id}):
+            return 0
+        with contextlib.suppress(*catching("OrderNotFound")):  # triggered or cancelled by hand
+            await self._cancel(stop.order_id, key[0])
+        self.cancelled += 1
+        body = {"symbol": key[0], "side": key[1], "client_id": stop.client_id, "reason": why}
+        self.ex.record("stop_cancelled", body, now)
+        return 1
+
+    def _blocked(self, now: float, what: str, payload: dict[str, Any]) -> bool:
+        """True (and audited as would_have) when the switches forbid touching the venue."""
+        paused = self.ex.pause_reason(now)
+        if self.ex.live and paused is None:
+            return False
+        why = paused or "dry run: actions.enabled = false"
+        self.ex.skip(f"{what} not sent: {why}", now, **payload)
+        return True
+
+    async def _replace(
+        self, r: PositionRisk, trigger: float, current: _Stop | None, now: float
+    ) -> int:
+        generation = 1 if current is None else current.generation + 1
+        cid = stop_client_id(self.ex.account, r.symbol, r.side, generation)
+        payload = {"symbol": r.symbol, "side": r.side, "trigger": trigger,
+                   "liquidation_price": r.liquidation_price, "amount": r.contracts,
+                   "client_id": cid}  # fmt: skip
+        if self._blocked(now, "stop", payload):
+            return 0
+        changes = 0
+        if current is not None:
+            changes += await self._remove((r.symbol, r.side), "liquidation price moved", now)
+        order = PlannedOrder(r.symbol, r.side, r.contracts, r.notional, r.hedged)
+        params: dict[str, Any] = {"reduceOnly": True, "clientOrderId": cid,
+                                  "stopLossPrice": trigger}  # fmt: skip
+        venue = self.ex.venue or ""
+        if venue.startswith("binance"):
+            params["workingType"] = self.settings.working_type  # trigger on mark, not last
+        if r.hedged:
+            params["hedged"] = True
+            if venue.startswith("binance") or venue == "sim":
+                params["positionSide"] = r.side.upper()
+        try:
+            placed = await self.ex.desk.create_order(
+                r.symbol, "market", closing_side(r.side), order.amount, None, params
+            )
+        except catching("BaseError") as exc:
+            self.ex.record("stop_rejected", {**payload, "error": f"{type(exc).__name__}: {exc}"},
+                            now)  # fmt: skip
+            return changes
+        self.stops[(r.symbol, r.side)] = _Stop(str(placed["id"]), cid, generation, trigger,
+                                               r.contracts)  # fmt: skip
+        self.placed += 1
+        self.ex.record("stop_placed", payload, now)
+        return changes + 1
