@@ -7,6 +7,11 @@ mosquitto this script starts on a free 127.0.0.1 port, and stops the clock when 
 aiomqtt subscriber (QoS 1) receives that alert id. One alert in flight at a time, so the
 figure is latency, not throughput. Goal (issue 4): p50 <= 2 ms, p99 <= 10 ms.
 
+Built as `margin-monitor run` builds it, from a TOML file this script writes
+(bench/product.py): `build_sinks` gives the console, the alerts sink (rules, the SQLite
+store and outbox, `MqttSink`) and the rest; each report goes through every sink in the
+daemon's order, and the daemon's JSON logging runs (to /dev/null).
+
     .venv/bin/python bench/alert_latency.py [--alerts 5000]
 """
 
@@ -26,17 +31,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import aiomqtt
-import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from monitor.alerts.pipeline import AlertPipeline
-from monitor.channels.mqtt import MqttSink
-from monitor.config.alerts import MqttSettings
+from bench.product import build
 from monitor.core.margin.report import report
 from monitor.core.model import AccountSnapshot, Collateral, Position
-from monitor.core.rules import AlertConfig
-from monitor.store import Store
+from monitor.ops import logs
 from tests.mqtt_broker import Mosquitto
 
 #: 10 BTC long on 10 000 USDT, mmr 1 %: ratio 0.91 at 9 100 (emergency), 0.055 at 11 000.
@@ -61,70 +62,74 @@ async def measure(alerts: int, workdir: Path) -> list[float]:
     broker = Mosquitto(workdir / "broker")
     broker.start()
     try:
-        settings = MqttSettings.model_validate(
-            {"host": broker.host, "port": broker.port, "prefix": "bench", "discovery": False}
-        )
-        sink = MqttSink(settings)
-        config = AlertConfig(
-            repeat_every=0, shock_warning=None, shock_critical=None, shock_emergency=None
-        )
-        pipeline = AlertPipeline(Store(workdir / "alerts.sqlite3"), config, [sink])
-        arrived: dict[str, float] = {}
-        waiting: dict[str, asyncio.Future[None]] = {}
+        # `run`'s wiring from a TOML file (bench/product.py): every sink build_sinks makes,
+        # in the daemon's order; the account is the sim venue's (never started: the bench
+        # moves the mark itself), and actions cover no account, so only alerts react.
+        product = build(workdir / "product", {
+            "accounts": [{"name": ACCOUNT.account, "exchange": "sim"}],
+            "alerts": {"repeat_every": 0},
+            "actions": {"accounts": []},
+            "mqtt": {"host": broker.host, "port": broker.port, "prefix": "bench",
+                     "discovery": False},
+        })  # fmt: skip
+        arrived: list[float] = []
+        next_alert: asyncio.Future[None] | None = None
 
         async def subscriber(ready: asyncio.Event) -> None:
+            nonlocal next_alert
             async with aiomqtt.Client(broker.host, broker.port, identifier="bench-sub") as sub:
                 await sub.subscribe("bench/+/alert", qos=1)
                 ready.set()
                 async for message in sub.messages:
                     t = time.perf_counter()
-                    mid = json.loads(message.payload)["id"]  # type: ignore[arg-type]
-                    arrived.setdefault(mid, t)
-                    fut = waiting.pop(mid, None)
-                    if fut is not None and not fut.done():
-                        fut.set_result(None)
+                    json.loads(message.payload)  # type: ignore[arg-type]
+                    if next_alert is not None and not next_alert.done():
+                        arrived.append(t)
+                        next_alert.set_result(None)
 
         ready = asyncio.Event()
-        tasks = [
-            asyncio.create_task(subscriber(ready), name="bench.subscriber"),
-            asyncio.create_task(sink.run(), name="mqtt"),
-            asyncio.create_task(pipeline.run(), name="pipeline"),
-        ]
+        alerts_sink = product.sink("alerts")
         try:
-            async with asyncio.timeout(30):
-                await ready.wait()
-                await sink.wait_connected()
-            latencies = []
-            loop = asyncio.get_running_loop()
-            async with asyncio.timeout(max(60.0, alerts * 0.02)):
-                for i in range(alerts):
-                    price = 9_100.0 if i % 2 == 0 else 11_000.0
-                    position = replace(ACCOUNT.positions[0], mark_price=price)
-                    t0 = time.perf_counter()
-                    snapshot = replace(ACCOUNT, positions=(position,))
-                    events = pipeline.on_report(report(snapshot), now=1_000.0 + i)
-                    (event,) = [e for e in events if e.delivered]
-                    fut: asyncio.Future[None] = loop.create_future()
-                    waiting[event.id] = fut
-                    await fut
-                    latencies.append((arrived[event.id] - t0) * 1000)
-            return latencies
+            async with asyncio.TaskGroup() as tg:
+                for sink in product.sinks:
+                    await sink.start(tg)
+                tg.create_task(subscriber(ready), name="bench.subscriber")
+                async with asyncio.timeout(30):
+                    await ready.wait()
+                    await alerts_sink.mqtt.wait_connected()
+                latencies = []
+                loop = asyncio.get_running_loop()
+                async with asyncio.timeout(max(60.0, alerts * 0.02)):
+                    for i in range(alerts):
+                        price = 9_100.0 if i % 2 == 0 else 11_000.0
+                        position = replace(ACCOUNT.positions[0], mark_price=price)
+                        next_alert = loop.create_future()
+                        t0 = time.perf_counter()
+                        snapshot = replace(ACCOUNT, positions=(position,))
+                        rep = report(snapshot)
+                        for sink in product.sinks:  # the daemon's fan-out, in its order
+                            await sink.on_report(ACCOUNT.account, rep, snapshot, 1_000.0 + i)
+                        await next_alert
+                        latencies.append((arrived[-1] - t0) * 1000)
+                raise _Done
+        except* _Done:
+            pass
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            pipeline.store.close()
+            for sink in product.sinks:
+                await sink.close()
+        return latencies
     finally:
         broker.stop()
 
 
+class _Done(Exception):
+    """Raised inside the TaskGroup when the measurements are complete."""
+
+
 def log_to_devnull() -> None:
-    """Log as the daemon would (JSON), but to /dev/null, not the screen."""
+    """Log as the daemon would (`run`'s JSON logging), but to /dev/null, not the screen."""
     devnull = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
-    structlog.configure(
-        processors=[structlog.processors.add_log_level, structlog.processors.JSONRenderer()],
-        logger_factory=structlog.PrintLoggerFactory(devnull),
-    )
+    logs.configure(level="info", fmt="json", stream=devnull)
 
 
 def main() -> None:

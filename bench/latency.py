@@ -5,7 +5,11 @@ server (tests/fakes/binance.py) through the real ccxt.pro parser:
 
 - **daemon**: `ExchangeSource.events()` -> `state.apply` -> `margin.report` (what the daemon
   does per tick, minus sinks);
-- **floor**: `while True: await exchange.watch_mark_price(symbol)`, nothing else.
+- **floor**: `while True: await exchange.watch_mark_price(symbol)`, nothing else, on the
+  same ccxt instance the product builds.
+
+Both build the account from a TOML file as `margin-monitor run` does (bench/product.py);
+only the URLs point at the fake.
 
 Closed loop: a frame is sent only after the previous one produced its result, so the
 figure is per-frame latency, not queueing. Time is `perf_counter` in one process, taken
@@ -21,20 +25,18 @@ import argparse
 import asyncio
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import ccxt.pro as ccxtpro
 import structlog
 
+from bench.product import Product, binance_account, build
 from monitor.core import state
 from monitor.core.margin import report as margin
 from monitor.core.model import PriceTick
-from monitor.sources.exchange import ExchangeSource
-from tests.fakes.account import account_for
 from tests.fakes.binance import API_KEY, SECRET, BinancePosition, FakeBinanceUsdm
 
 SYMBOL = "BTC/USDT:USDT"
@@ -51,12 +53,17 @@ def _price(i: int) -> float:
     return 60_000.0 + (i % 2000) * 0.5 + 0.25  # unique within any two consecutive frames
 
 
+def _product(fake: FakeBinanceUsdm, workdir: Path) -> Product:
+    """The account as `run` builds it; long intervals: only the price path runs meanwhile."""
+    account = binance_account(fake, API_KEY, SECRET, poll_interval=30.0, stale_after=600.0)
+    return build(workdir, {"accounts": [account]}, sinks=False)
+
+
 async def daemon_path(frames: int) -> list[float]:
     fake = _fake()
     async with fake:
-        # Long intervals: only the price path runs during the measurement.
-        account = account_for(fake, API_KEY, SECRET, poll_interval=30.0, stale_after=600.0)
-        source = ExchangeSource(account, reconcile_every=300.0)
+        with tempfile.TemporaryDirectory() as tmp:
+            source = _product(fake, Path(tmp)).source("main")
         try:
             snapshot = await source.fetch_snapshot()
             current = state.initial_state(snapshot, time.time())
@@ -95,8 +102,9 @@ async def daemon_path(frames: int) -> list[float]:
 async def floor_path(frames: int) -> list[float]:
     fake = _fake()
     async with fake:
-        config: dict[str, Any] = fake.ccxt_config()
-        exchange = ccxtpro.binanceusdm(config)
+        with tempfile.TemporaryDirectory() as tmp:
+            source = _product(fake, Path(tmp)).source("main")
+        exchange = await source.open()  # the product's own ccxt instance, used bare
         try:
             await exchange.load_markets()
             latencies: list[float] = []
@@ -123,7 +131,7 @@ async def floor_path(frames: int) -> list[float]:
             await asyncio.gather(consumer, return_exceptions=True)
             return latencies
         finally:
-            await exchange.close()
+            await source.close()
 
 
 def _pct(values: list[float], q: float) -> float:

@@ -1,9 +1,10 @@
 """Alert fired -> notification at a local Apprise receiver, for escalations (issue 14).
 
-The alert side is built exactly as `margin-monitor run` builds it: `load_settings` with a
-`[notify]` channel whose URL is a real Apprise `json://` URL at a local aiohttp receiver and an
-`[mqtt]` section at a mosquitto this script starts on a free 127.0.0.1 port, then
-`build_alerts_sink` (what `daemon.build_sinks` calls) started in a TaskGroup. The clock starts
+The alert side is built exactly as `margin-monitor run` builds it, from a TOML file
+(bench/product.py: `load_settings`, `build_sinks`) with a `[notify]` channel whose URL is a
+real Apprise `json://` URL at a local aiohttp receiver and an `[mqtt]` section at a
+mosquitto this script starts on a free 127.0.0.1 port; its alerts sink is started in a
+TaskGroup. The clock starts
 when the rules fire the alert (`on_report` returns it) and stops when the receiver's handler
 sees a notification naming it. Apprise's own per-service wait is inside the figure.
 
@@ -34,8 +35,8 @@ from aiohttp import web
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.alert_latency import ACCOUNT, log_to_devnull, percentile
-from monitor.alerts.sink import AlertsSink, build_alerts_sink
-from monitor.config.settings import load_settings
+from bench.product import build
+from monitor.alerts.sink import AlertsSink
 from monitor.core.margin.report import report
 from monitor.core.model import MarginReport
 from tests.mqtt_broker import Mosquitto
@@ -94,16 +95,15 @@ async def measure(samples: int, interval: float, workdir: Path) -> dict[str, lis
 async def _measure(  # noqa: PLR0917 - the scenario's own fixtures, passed once
     samples: int, interval: float, workdir: Path, broker: Mosquitto, receiver: Receiver, base: str
 ) -> dict[str, list[float]]:
-    settings = load_settings(
-        None,
-        state_dir=workdir / "state",
-        mqtt={"host": broker.host, "port": broker.port, "prefix": "bench"},
-        notify={"channels": [{"name": "phone", "url": f"{base.replace('http', 'json', 1)}/hook",
-                              "min_interval": interval}]},
-    )  # fmt: skip
-    sink: AlertsSink = build_alerts_sink(
-        settings.state_dir, settings.alerts.to_config(), settings.mqtt, settings.notify
-    )
+    # `run`'s wiring from a TOML file (bench/product.py); the alerts sink is the one used
+    product = build(workdir / "product", {
+        "accounts": [{"name": "bench", "exchange": "sim"}],
+        "actions": {"accounts": []},
+        "mqtt": {"host": broker.host, "port": broker.port, "prefix": "bench"},
+        "notify": {"channels": [{"name": "phone", "url": f"{base.replace('http', 'json', 1)}/hook",
+                                 "min_interval": interval}]},
+    })  # fmt: skip
+    sink: AlertsSink = product.sink("alerts")
     out: dict[str, list[float]] = {"idle": [], "busy": []}
 
     async def fire(account: str, price: float) -> float:

@@ -3,8 +3,10 @@
     .venv/bin/python bench/soak.py [--minutes 30] [--accounts 100] [--sample 30]
 
 Runs the real `monitor.daemon.loop.run_daemon` in this process with 100 `SimVenue` accounts (calm
-scenario, 10 ticks/s each) and the real alerts sink (SQLite outbox/store in a temp state
-dir; no MQTT or phone channels). A monitor task samples every `--sample` seconds: RSS
+scenario, 10 ticks/s each) and the sinks `margin-monitor run` builds from a TOML file this
+script writes (bench/product.py: console, the alerts sink with the SQLite outbox/store in a
+temp state dir, actions on the sim; no MQTT or phone channels). A monitor task samples
+every `--sample` seconds: RSS
 (/proc/self/status VmRSS), CPU share since the previous sample, asyncio task count, open
 file descriptors and sockets (/proc/self/fd). Recompute latency is the wall time of each
 `margin.report` / `stress.assess` call (timed by wrapping the functions the daemon calls;
@@ -34,10 +36,8 @@ import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from monitor.alerts.sink import build_alerts_sink
-from monitor.config.settings import load_settings
+from bench.product import build
 from monitor.daemon import loop as daemon
-from monitor.sources.sim import SimVenue
 
 # A bounded reservoir (Algorithm R), not a list of every call: an unbounded list of 180 000
 # floats in 5 minutes was itself the ~1.5 MB/min "growth" the first runs reported.
@@ -159,9 +159,10 @@ async def main_async(args: argparse.Namespace) -> None:
             }
             for i in range(args.accounts)
         ]
-        settings = load_settings(None, state_dir=tmp, accounts=accounts)
-        sinks = [build_alerts_sink(Path(tmp), settings.alerts.to_config(), None, None)]
-        sources = [SimVenue(a.name, a.sim) for a in settings.accounts]
+        # as `run` builds it from a TOML file (bench/product.py): sim sources from
+        # open_source, every sink from build_sinks (console, alerts, sim actions)
+        product = build(Path(tmp), {"accounts": accounts})
+        settings, sinks, sources = product.settings, product.sinks, product.sources
         rows: list[dict[str, float]] = []
         start = time.perf_counter()
         print(

@@ -46,7 +46,8 @@ import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from monitor.config.settings import Settings, load_settings
+from bench.product import build
+from monitor.config.settings import Settings
 from monitor.core.margin import report as margin
 from monitor.core.margin.ledger import Ledger
 from monitor.core.model import (
@@ -58,7 +59,7 @@ from monitor.core.model import (
     PriceTick,
     Tier,
 )
-from monitor.daemon.loop import build_sinks, run_daemon
+from monitor.daemon.loop import run_daemon
 from monitor.sink import Sink
 
 TIERS = (
@@ -284,12 +285,15 @@ async def main_async(args: argparse.Namespace) -> None:
     if args.path == "daemon":
         with tempfile.TemporaryDirectory() as tmp:
             spacing = {} if args.report_spacing is None else {"report_spacing": args.report_spacing}
-            settings = load_settings(
-                None, state_dir=tmp, shock_interval=args.shock_interval, **spacing
-            )
-            sinks: list[Sink] = []
-            if args.sinks == "real":
-                sinks = build_sinks(settings, False, {s.account: s for s in sources})
+            doc = {
+                "shock_interval": args.shock_interval, **spacing,
+                "accounts": [{"name": s.account, "exchange": "sim"} for s in sources],
+            }  # fmt: skip
+            # settings and sinks as `run` builds them, from a TOML file; the venue is the
+            # in-process tick generator (bench/product.py)
+            product = build(Path(tmp), doc, sinks=args.sinks == "real", sources=sources)
+            settings = product.settings
+            sinks: list[Sink] = list(product.sinks)
             sinks.append(ProbeSink(probe))  # last: a report is stamped after the real sinks
             await run_daemon(
                 settings,

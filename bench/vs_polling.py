@@ -11,11 +11,13 @@ the venue moves the BTC mark to 52 800 and pushes the `markPriceUpdate` frame: t
 becomes 0.70 (over warning 0.5 and critical 0.7). Measured from just before that frame to
 the first alert each path delivers to one MQTT subscriber:
 
-- daemon: `run_daemon` with C's `ExchangeSource` (ccxt.pro mark-price stream plus its REST
-  reconciliation every `--poll` s) and B's alerts sink (rules -> SQLite outbox -> `MqttSink`,
-  QoS 1) — the production wiring, minus the console;
+- daemon: `run_daemon` built from a TOML file as `margin-monitor run` builds it
+  (bench/product.py: `open_source` -> `ExchangeSource` with the shipped ccxt options and
+  request budget; `build_sinks` -> console, alerts: rules -> SQLite outbox -> `MqttSink`,
+  QoS 1); only the URLs point at the fakes;
 - poller: the way most bots watch positions: every `--poll` s ccxt `fetch_positions()` +
-  `fetch_balance()`, ratio = totalMaintMargin / totalMarginBalance, publish if >= 0.5.
+  `fetch_balance()`, ratio = totalMaintMargin / totalMarginBalance, publish if >= 0.5, on
+  the ccxt instance the product builds for the same account.
 
 Each distribution is printed with its median, p99 and max (nearest rank): at least 100
 trials (the default; ~10 minutes), since a p99 of 10 trials is only their maximum. Goal
@@ -35,18 +37,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
-import ccxt.async_support as ccxt_async
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from monitor.alerts.sink import build_alerts_sink
-from monitor.config.settings import load_settings
+from bench.product import binance_account, build
 from monitor.daemon.loop import run_daemon
 from monitor.ops import logs
-from monitor.sources.exchange import ExchangeSource
-from tests.fakes.account import account_for
 from tests.fakes.binance import API_KEY, SECRET, BinancePosition, FakeBinanceUsdm
 from tests.mqtt_broker import Mosquitto
 
@@ -54,11 +53,13 @@ CALM, CRASH = 60_000.0, 52_800.0
 
 
 async def poller(
-    fake: FakeBinanceUsdm, broker: Mosquitto, topic: str, every: float, ready: asyncio.Event
+    exchange: Any, broker: Mosquitto, topic: str, every: float, ready: asyncio.Event
 ) -> None:
-    """A plain REST polling loop over ccxt, publishing once when the ratio crosses 0.5."""
-    config = fake.ccxt_config()
-    exchange = ccxt_async.binanceusdm({**config, "apiKey": API_KEY, "secret": SECRET})
+    """A plain REST polling loop over ccxt, publishing once when the ratio crosses 0.5.
+
+    `exchange` is the ccxt instance the product builds for the same account (same options,
+    same request budget): the comparison is the watching strategy, nothing else.
+    """
     try:
         await exchange.load_markets()
         async with aiomqtt.Client(broker.host, broker.port) as client:
@@ -96,31 +97,23 @@ async def trial(
                     arrivals[path] = time.monotonic()
 
     with tempfile.TemporaryDirectory() as tmp:
-        settings = load_settings(
-            None,
-            state_dir=tmp,
-            mqtt={
-                "host": broker.host,
-                "port": broker.port,
-                "prefix": daemon_prefix,
-                "discovery": False,
-            },
-        )
-        assert settings.mqtt is not None
-        sink = build_alerts_sink(Path(tmp), settings.alerts.to_config(), settings.mqtt, None)
-        account = account_for(
-            fake, API_KEY, SECRET, name="main", poll_interval=every, stale_after=30.0
-        )
-        source = ExchangeSource(account, reconcile_every=every)  # type: ignore[arg-type]
+        account = binance_account(fake, API_KEY, SECRET, poll_interval=every, stale_after=30.0)
+        mqtt = {"host": broker.host, "port": broker.port, "prefix": daemon_prefix,
+                "discovery": False}  # fmt: skip
+        daemon = build(Path(tmp) / "daemon", {"accounts": [account], "mqtt": mqtt})
+        # the poller's ccxt instance: the product's, for the same account, used bare
+        polling = build(Path(tmp) / "poller", {"accounts": [account]}, sinks=False)
+        poll_exchange = await polling.source("main").open()
         poll_ready = asyncio.Event()
         tasks = [
             asyncio.create_task(subscriber()),
             asyncio.create_task(
                 run_daemon(
-                    settings, [], [sink], sources=[source], handle_signals=False, duration=60
+                    daemon.settings, daemon.accounts, daemon.sinks, sources=daemon.sources,
+                    handle_signals=False, duration=60,
                 )
             ),
-            asyncio.create_task(poller(fake, broker, poll_topic, every, poll_ready)),
+            asyncio.create_task(poller(poll_exchange, broker, poll_topic, every, poll_ready)),
         ]
         try:
             async with asyncio.timeout(20):

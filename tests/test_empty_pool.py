@@ -13,6 +13,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -241,8 +242,8 @@ class _IsolatedOnly:
 
     async def events(self) -> AsyncIterator[Event]:
         await self.gate.wait()
-        for i, price in enumerate(self.prices):
-            yield PriceTick("iso", BTC, price, 1.0 + i)
+        for price in self.prices:
+            yield PriceTick("iso", BTC, price, time.time())  # newer than the read
             await asyncio.sleep(0)
 
     async def close(self) -> None:

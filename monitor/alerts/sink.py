@@ -63,7 +63,7 @@ DRAIN_LIMIT = 2.0
 
 
 class AlertsSink:
-    """A `sinks.base.Sink` that feeds the alert pipeline.
+    """A `monitor.sink.Sink` that feeds the alert pipeline.
 
     The pipeline (and its SQLite store) is built on first use, so `margin-monitor check`,
     which only lists the sinks, never creates a state file.

@@ -29,8 +29,10 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from monitor.core.collateral_risk import describe
 from monitor.core.model import (
     AccountSnapshot,
+    CollateralRisk,
     Event,
     MarginReport,
     ShockToLiquidation,
@@ -49,6 +51,14 @@ _LEVEL_STYLE = {
     "warning": "yellow",
     "critical": "bold red",
     "emergency": "bold white on red",
+}
+
+
+#: Where the margin ratio comes from, in words (MarginReport.model, issue 12).
+MODEL_LABELS = {
+    "cross": "cross margin, computed",
+    "venue": "venue figure (portfolio margin; what-ifs are estimates)",
+    "estimate": "ESTIMATE: portfolio margin, no venue figure",
 }
 
 
@@ -75,6 +85,7 @@ class _View:
 
     report: MarginReport | None = None
     shock: ShockToLiquidation | None = None
+    collateral: CollateralRisk | None = None
     level: str = "ok"
     events: int = 0
     reports: int = 0
@@ -143,6 +154,8 @@ class ConsoleSink:
         view.updated = now
         if report.shock_to_liquidation is not None:
             view.shock = report.shock_to_liquidation
+        if report.collateral_risk is not None:
+            view.collateral = report.collateral_risk  # solved with the shock
 
     async def on_event(self, event: Event) -> None:
         """Count events per account (events vs reports shows the coalescing at work);
@@ -196,6 +209,7 @@ class ConsoleSink:
                 account=account,
                 alert_level=view.level,
                 margin_ratio=_num(r.margin_ratio),
+                model=r.model,
                 margin_balance=round(r.margin_balance, 2),
                 free_collateral=round(r.free_collateral, 2),
                 shock_down=None if view.shock is None else _num(view.shock.down),
@@ -295,6 +309,9 @@ def _summary_table(account: str, view: _View, r: MarginReport) -> Table:
         "margin ratio", Text(_pct(r.margin_ratio), style=style),
         f"margin balance ({r.currency})", _money(r.margin_balance),
     )  # fmt: skip
+    table.add_row("model", MODEL_LABELS[r.model], "", "")
+    for line in describe(view.collateral) if view.collateral is not None else []:
+        table.add_row("collateral", line, "", "")
     table.add_row(
         "maintenance margin", _money(r.maintenance_margin),
         "free collateral", _money(r.free_collateral),

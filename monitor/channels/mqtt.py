@@ -44,7 +44,7 @@ from monitor.alerts.message import AlertMessage, finite_or_str
 from monitor.alerts.pipeline import backoff, raise_if_cancelling
 from monitor.config.alerts import MqttSettings
 from monitor.core.model import MarginReport
-from monitor.core.rules import shock_fraction
+from monitor.core.rules import RULE_SOURCE_DOWN, shock_fraction
 
 __all__ = ["MqttSettings", "MqttSink", "discovery_configs", "make_client", "state_payload"]
 
@@ -56,11 +56,26 @@ def _object_id(account: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_-]", "_", account)
 
 
-def state_payload(report: MarginReport, level: str) -> dict[str, Any]:
-    """The retained state: the JSON report (docs/margin-math.md), level and convenience fields."""
+#: Protective-action decisions (the `kind` of `<prefix>/<account>/action`) that start and end
+#: "protection active": an episode runs from its first plan until the account is back under
+#: target, or the venue refused an order and actions halted for the account.
+_PROTECTION_ON = frozenset({"planned"})
+_PROTECTION_OFF = frozenset({"resolved", "rejected"})
+
+
+def state_payload(
+    report: MarginReport, level: str, flags: Mapping[str, bool] | None = None
+) -> dict[str, Any]:
+    """The retained state: the JSON report (docs/margin-math.md), level and convenience fields.
+
+    `flags` are the binary sensors' states (`source_down`, `protection_active`), false when
+    not given: both live in the retained state so Home Assistant has them after a restart.
+    """
     from monitor.snapshot import report_to_dict  # noqa: PLC0415 - keeps import cost lazy
 
     data: dict[str, Any] = _strict_json(report_to_dict(report))
+    for name, _, _ in _BINARY_SENSORS:
+        data[name] = bool((flags or {}).get(name, False))
     shock = shock_fraction(report)
     ratio = report.margin_ratio
     data["level"] = level
@@ -95,12 +110,18 @@ _SENSORS: tuple[tuple[str, str, str | None, str | None], ...] = (
     ),
     ("level", "Alert level", None, None),
 )
+_BINARY_SENSORS: tuple[tuple[str, str, str], ...] = (
+    # key in the state payload, name, Home Assistant device class
+    ("source_down", "Source down", "problem"),
+    ("protection_active", "Protection active", "running"),
+)
 
 
 def discovery_configs(
     settings: MqttSettings, account: str, currency: str
 ) -> list[tuple[str, dict[str, Any]]]:
-    """Home Assistant MQTT discovery (docs/development.md): one device, five sensors."""
+    """Home Assistant MQTT discovery (docs/development.md): one device, five sensors and two
+    binary sensors (source down, protection active)."""
     oid = _object_id(account)
     state_topic = f"{settings.prefix}/{account}/state"
     device = {
@@ -135,6 +156,22 @@ def discovery_configs(
                 {k: v for k, v in config.items() if v is not None},
             )
         )
+    for key, name, device_class in _BINARY_SENSORS:
+        uid = f"margin_monitor_{oid}_{key}"
+        binary: dict[str, Any] = {
+            "name": name,
+            "unique_id": uid,
+            "default_entity_id": f"binary_sensor.{uid}",
+            "device_class": device_class,
+            "state_topic": state_topic,
+            "value_template": f"{{{{ 'ON' if value_json.{key} else 'OFF' }}}}",
+            "payload_on": "ON",
+            "payload_off": "OFF",
+            "availability_topic": f"{settings.prefix}/status",
+            "device": device,
+            "origin": {"name": "margin-monitor", "sw": __version__},
+        }
+        out.append((f"{settings.discovery_prefix}/binary_sensor/{uid}/config", binary))
     return out
 
 
@@ -181,6 +218,7 @@ class MqttSink:
         self._refusal_replies = 0
         # replies of executed commands, and at most REFUSAL_REPLIES refusals a second
         self._replies: asyncio.Queue[Mapping[str, Any]] = asyncio.Queue()
+        self._flags: dict[str, dict[str, bool]] = {}  # account -> binary sensor states
 
     # --- AlertSink / ReportObserver ---------------------------------------------------------
 
@@ -191,6 +229,9 @@ class MqttSink:
 
     async def deliver(self, messages: Sequence[AlertMessage]) -> Collection[str]:
         """Publish a batch with QoS 1; return the ids whose PUBACK arrived."""
+        for m in messages:
+            if m.rule == RULE_SOURCE_DOWN:
+                self._set_flag(m.account, "source_down", m.kind != "resolved")
         client = self._client
         if client is None:
             msg = "not connected to the MQTT broker"
@@ -220,6 +261,9 @@ class MqttSink:
         The durable record is the store's audit trail; this topic is a live feed, so when the
         queue is full (broker gone for long) the oldest entry is dropped and logged.
         """
+        kind = payload.get("kind")
+        if kind in _PROTECTION_ON or kind in _PROTECTION_OFF:
+            self._set_flag(account, "protection_active", kind in _PROTECTION_ON)
         body = json.dumps(payload, default=str, sort_keys=True)
         if self._actions.full():
             dropped = self._actions.get_nowait()
@@ -238,6 +282,12 @@ class MqttSink:
     def drain_time(self, queued: int) -> float:
         """Seconds `queued` alerts need at most: one publish round (PUBACK wait) per batch."""
         return math.ceil(queued / 100) * self.settings.timeout
+    def _set_flag(self, account: str, name: str, value: bool) -> None:
+        """A binary sensor's state; the retained state is republished when it changes."""
+        flags = self._flags.setdefault(account, {})
+        if flags.get(name, False) != value:
+            flags[name] = value
+            self._state_wake.set()
 
     @property
     def connected(self) -> bool:
@@ -340,6 +390,12 @@ class MqttSink:
         finally:
             for task in tasks:
                 task.cancel()
+            # A cancel that lands while aiomqtt waits for a PUBACK can be swallowed, and the
+            # task goes on to wait for the next state forever: cancel again until all end.
+            while not all(task.done() for task in tasks):
+                await asyncio.wait(tasks, timeout=0.1)
+                for task in tasks:
+                    task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         for task in done:
             exc = task.exception()
@@ -385,6 +441,7 @@ class MqttSink:
             reply = await self._replies.get()
             qos = 1 if reply.get("ok") else 0
             await client.publish(self.reply_topic, json.dumps(reply, default=str), qos=qos)
+            raise_if_cancelling()  # as in _publish_states
 
     async def _publish_states(self, client: aiomqtt.Client) -> None:
         interval = self.settings.state_interval
@@ -397,7 +454,8 @@ class MqttSink:
                     for topic, config in discovery_configs(self.settings, account, report.currency):
                         await client.publish(topic, json.dumps(config), qos=1, retain=True)
                     self._announced.add(account)
-                body = json.dumps(state_payload(report, level), separators=(",", ":"))
+                payload = state_payload(report, level, self._flags.get(account))
+                body = json.dumps(payload, separators=(",", ":"))
                 last_body, last_at = self._published.get(account, ("", -1e18))
                 if body == last_body:
                     continue
@@ -410,6 +468,9 @@ class MqttSink:
                     f"{self.settings.prefix}/{account}/state", body, qos=1, retain=True
                 )
                 self._published[account] = (body, now)
+                # a shutdown's cancel lost in aiomqtt's ack wait (gh-86296) would leave this
+                # task parked on `_state_wake` and the daemon's stop hanging (issue 19's e2e)
+                raise_if_cancelling()
             if soonest is not None:
                 with contextlib.suppress(TimeoutError):  # not wait_for: cpython#86296
                     async with asyncio.timeout(soonest):
@@ -424,6 +485,7 @@ class MqttSink:
             except aiomqtt.MqttError:
                 self._actions.put_nowait((account, body))  # try again after the reconnect
                 raise
+            raise_if_cancelling()  # as in _publish_states
 
 
 def make_client(

@@ -134,6 +134,12 @@ def _lines(m: AlertMessage) -> list[str]:
         )
         if m.rule != RULE_MARGIN and m.margin_ratio is not None:
             lines.append(f"Margin ratio {_pct(m.margin_ratio)}.")
+        if m.model == "venue":
+            lines.append("The ratio is the venue's own figure (portfolio margin).")
+        elif m.model == "estimate":
+            lines.append("ESTIMATE: portfolio margin, the venue gave no figure.")
+    if m.collateral:
+        lines.append(m.collateral)
     if m.shock_down is not None or m.shock_up is not None:
         down = "none" if m.shock_down is None else _pct(abs(m.shock_down))
         up = "none" if m.shock_up is None else _pct(m.shock_up)

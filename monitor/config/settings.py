@@ -342,6 +342,14 @@ class Settings(BaseSettings):
         "crossing reports at once regardless, checked on every tick; 0 = a report per change",
     )
     accounts: list[AccountSettings] = Field(default_factory=_demo_accounts, min_length=1)
+
+    @field_validator("state_dir")
+    @classmethod
+    def _a_directory(cls, value: Path) -> Path:
+        if value.exists() and not value.is_dir():
+            msg = f"{value} is a file; point state_dir at a directory (it is created if missing)"
+            raise ValueError(msg)
+        return value
     alerts: AlertsSettings = Field(default_factory=_default_alerts)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)  # docs/monitoring.md
     heartbeat: HeartbeatSettings = Field(default_factory=HeartbeatSettings)  # docs/monitoring.md
@@ -496,6 +504,13 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
             ) from None
         except RecursionError:
             raise UserError(f"{origin}: tables or arrays nested too deeply") from None
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    if credentials and Path(credentials).is_dir():
+        # read each once here, so an unreadable or non-UTF-8 one is named (pydantic-settings'
+        # own reader raises without saying which)
+        for entry in sorted(Path(credentials).iterdir()):
+            if entry.is_file():
+                _read_credential(entry)
     # a file without accounts would silently watch the sim demo: never what was meant; it is
     # refused after the rest is validated, so a typo elsewhere is named first
     no_accounts = path is not None and "accounts" not in data and "accounts" not in overrides

@@ -144,9 +144,11 @@ def _apply_read(state: AccountState, read: AccountUpdate) -> tuple[AccountState,
         return state, False  # a read sent before the one already applied
     snapshot = state.snapshot
     positions, collateral, marks = merge_read(read, state.marks, snapshot.currency)
-    changed = positions != snapshot.positions or collateral != snapshot.collateral
+    changed = (positions != snapshot.positions or collateral != snapshot.collateral
+               or read.venue_margin != snapshot.venue_margin)
     if changed:
-        snapshot = replace(snapshot, positions=positions, collateral=collateral)
+        snapshot = replace(snapshot, positions=positions, collateral=collateral,
+                           venue_margin=read.venue_margin)
     return replace(
         state, snapshot=snapshot, positions_at=read.ts, balance_at=read.ts, marks=marks
     ), changed

@@ -31,6 +31,7 @@ from monitor.core.model import (
 __all__ = [
     "MAX_UP_SHOCK",
     "assess",
+    "first_crossing",
     "minimal_reduction",
     "reduced",
     "shock_to_liquidation",
@@ -72,7 +73,8 @@ def with_prices(snapshot: AccountSnapshot, prices: Mapping[str, float]) -> Accou
         else c
         for c in snapshot.collateral
     )
-    return replace(snapshot, positions=positions, collateral=collateral)
+    # the venue's own figure (portfolio margin) holds at its prices only (issue 12)
+    return replace(snapshot, positions=positions, collateral=collateral, venue_margin=None)
 
 
 def _collateral_beta(c: Collateral, currency: str) -> float:
@@ -99,7 +101,7 @@ def shocked(
         else c
         for c in snapshot.collateral
     )
-    return replace(snapshot, positions=positions, collateral=collateral)
+    return replace(snapshot, positions=positions, collateral=collateral, venue_margin=None)
 
 
 def _factor(beta: float, shock: float) -> float:
@@ -194,8 +196,17 @@ def _without_reported(snapshot: AccountSnapshot) -> AccountSnapshot:
 
 
 def assess(snapshot: AccountSnapshot) -> MarginReport:
-    """The report with its shock to liquidation filled in (what the daemon publishes)."""
-    return replace(report(snapshot), shock_to_liquidation=shock_to_liquidation(snapshot))
+    """The report with its shock to liquidation and its collateral risk (the fall of each
+    collateral asset alone that liquidates, issue 12) filled in: what the daemon publishes."""
+    from monitor.core.collateral_risk import collateral_risk  # noqa: PLC0415 - builds on this module
+
+    base = report(snapshot)
+    return replace(base, shock_to_liquidation=shock_to_liquidation(snapshot),
+                   collateral_risk=collateral_risk(snapshot, base.margin_balance))
+
+
+#: The bracketing root finder of the shock solve, for the other what-if solvers.
+first_crossing = _first_crossing
 
 
 # --- minimal reduction --------------------------------------------------------------------
@@ -246,7 +257,8 @@ def reduced(
                 break
         else:
             collateral.append(Collateral(asset=asset, amount=delta))
-    return replace(snapshot, positions=tuple(positions), collateral=tuple(collateral))
+    return replace(snapshot, positions=tuple(positions), collateral=tuple(collateral),
+                   venue_margin=None)
 
 
 def _order(

@@ -17,7 +17,7 @@ price, the alert rules, the store) per handful of ticks, more than a core at 20 
 (docs/benchmarks.md), and a venue streaming each symbol's mark separately would ask for one per
 tick.
 
-Reports go to `Sink`s (sinks/base.py) built in `build_sinks`; alerts, metrics and protective
+Reports go to `Sink`s (monitor/sink.py) built in `build_sinks`; alerts, metrics and protective
 actions plug in there. The shock-to-liquidation solve costs ~30x a plain report, so the
 solves of all accounts share one CPU budget (`SHOCK_CPU_SHARE` of a core, task `shocks`,
 monitor/core/shock_schedule.py): an account is solved at most every `settings.shock_interval`
@@ -522,6 +522,12 @@ def build_sinks(
                    if sources is None or a.name in sources}  # fmt: skip
         health = build_metrics_sink(settings.metrics, watched, sinks, sources)
         sinks.append(health)
+        if settings.metrics.status_page:
+            from monitor.channels.web import StatusSink  # noqa: PLC0415 - docs/status-page.md
+
+            status = StatusSink(watched, health.blind, lambda: alerts.pipeline)
+            health.routes.append(status.install)
+            sinks.append(status)
         if settings.heartbeat.url is not None:
             sinks.append(HeartbeatSink(settings.heartbeat, health.blind))
     return sinks

@@ -20,8 +20,11 @@ so no renderer, traceback or foreign record can route around it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import signal
 import sys
 import threading
 from collections.abc import Iterable
@@ -35,6 +38,7 @@ __all__ = [
     "REDACTED",
     "Format",
     "Redactor",
+    "Throttle",
     "configure",
     "redact",
     "scrub_exception",
@@ -216,8 +220,9 @@ def configure(
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
-    handler = logging.StreamHandler(out)
+    handler = _Handler(out)
     handler.set_name("margin-monitor")
+    handler.addFilter(Throttle())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
@@ -244,6 +249,68 @@ def configure(
         cache_logger_on_first_use=False,
     )
     return chosen
+
+
+class Throttle(logging.Filter):
+    """At most `burst` records per library logger and message per `window` seconds.
+
+    A library logs per connection or per request (aiohttp's "Error handling request",
+    asyncio's accept errors): 300 hostile sockets made ~82 000 lines in 25 s (issue 13). The
+    first record after a quiet spell says how many similar ones were dropped. The daemon's
+    own `monitor.*` records pass untouched: they are already one per decision.
+    """
+
+    def __init__(self, burst: int = 10, window: float = 60.0) -> None:
+        super().__init__()
+        self.burst = burst
+        self.window = window
+        self._seen: dict[tuple[str, str], list[float]] = {}  # key -> [window start, count, dropped]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("monitor"):
+            return True
+        key = (record.name, str(record.msg)[:200])
+        now = record.created
+        entry = self._seen.get(key)
+        if entry is None or now - entry[0] >= self.window:
+            dropped = int(entry[2]) if entry is not None else 0
+            if len(self._seen) > 1000:
+                self._seen.clear()  # bounded: keys are message templates, few in practice
+            self._seen[key] = [now, 1.0, 0.0]
+            if dropped:
+                record.msg = f"{record.msg} ({dropped} similar dropped in the last minute)"
+            return True
+        if entry[1] < self.burst:
+            entry[1] += 1
+            return True
+        entry[2] += 1
+        return False
+
+
+#: Set when the log stream's reader went away (`run --no-tui | head`): the CLI then exits 2.
+OUTPUT_CLOSED = threading.Event()
+
+
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    """stdout; a closed pipe stops the process (SIGTERM: a clean stop) instead of printing
+    a "--- Logging error ---" traceback per line (issue 13: `run --no-tui | head`)."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if isinstance(sys.exc_info()[1], BrokenPipeError):
+            if not OUTPUT_CLOSED.is_set():
+                OUTPUT_CLOSED.set()
+                discard_stdout()
+                os.kill(os.getpid(), signal.SIGTERM)
+            return
+        super().handleError(record)
+
+
+def discard_stdout() -> None:
+    """Point fd 1 at /dev/null: what is still buffered cannot raise at exit."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 class _CurrentStdout:

@@ -6,7 +6,7 @@ Two halves, both on one private `CollectorRegistry` (`REGISTRY`), never the glob
 - **process-wide counters** that other modules increment where the thing happens
   (`ALERTS_SENT` in the alert pipeline, `record_action` in the executor, `EVENTS` and
   `RECOMPUTE_LATENCY` here);
-- **per-account gauges**, produced at scrape time by `MetricsSink`, a `sinks.base.Sink` that
+- **per-account gauges**, produced at scrape time by `MetricsSink`, a `monitor.sink.Sink` that
   keeps each account's newest report and the arrival time of each data kind. Computing them
   on scrape means a removed account (SIGHUP reload) simply disappears, and "data age" is the
   age *now*, not when the last event happened to set a gauge.
@@ -94,6 +94,9 @@ class MetricsSettings(BaseModel):
         "Use 0.0.0.0 in a container, behind its network",
     )
     port: int = Field(default=9464, ge=0, le=65535, description="0 picks a free port (tests)")
+    status_page: bool = Field(
+        default=True, description="serve the status page on / and its JSON on /api/status"
+    )
 
 
 # --- process-wide metrics: incremented where the thing happens -------------------------------
@@ -208,6 +211,8 @@ class MetricsSink:
         self._collector = _AccountCollector(self)
         self._registered = False
         self._event_counters: dict[tuple[str, str], Any] = {}
+        #: more routes for the same listener, each `install(app)` (the status page, web.py)
+        self.routes: list[Callable[[Any], None]] = []
         self.set_accounts(accounts)
 
     # --- configuration ---------------------------------------------------------------------
@@ -340,6 +345,8 @@ class MetricsSink:
     async def _listen(self) -> None:
         from aiohttp import web  # noqa: PLC0415 - only when the endpoint is enabled
 
+        from monitor.ops import http_guard  # noqa: PLC0415 - aiohttp too
+
         async def metrics(request: web.Request) -> web.Response:
             del request
             body = self.exposition()
@@ -376,22 +383,19 @@ class MetricsSink:
         app.router.add_get("/healthz", healthz)
         app.router.add_get("/readyz", readyz)
         app.router.add_get("/livez", livez)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, self.settings.host, self.settings.port)
+        for install in self.routes:
+            install(app)
         try:
-            await site.start()
+            # timeouts and a connection cap against idle sockets (issue 13, http_guard.py)
+            runner = await http_guard.serve(app, self.settings.host, self.settings.port)
         except OSError as exc:
-            await runner.cleanup()
             raise UserError(
                 f"metrics: cannot listen on {self.settings.host}:{self.settings.port} "
                 f"({_reason(exc)}); pick another metrics.port or stop the other process"
             ) from None
         self._runner = runner
-        server = getattr(site, "_server", None)
-        sockets = getattr(server, "sockets", None) or []
-        if sockets:
-            host, port = sockets[0].getsockname()[:2]
+        if runner.addresses:
+            host, port = runner.addresses[0][:2]
             self.address = (str(host), int(port))
         else:  # pragma: no cover - aiohttp always has a server after start()
             self.address = (self.settings.host, self.settings.port)

@@ -40,7 +40,7 @@ log = structlog.get_logger("monitor.sinks.actions")
 
 
 class ActionsSink:
-    """A `sinks.base.Sink` running one `Executor` per protected account."""
+    """A `monitor.sink.Sink` running one `Executor` per protected account."""
 
     name = "actions"
 

@@ -31,7 +31,7 @@ import re
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -59,7 +59,7 @@ from monitor.ops import logs
 from monitor.snapshot import snapshot_to_dict
 from monitor.sources import budget
 from monitor.sources.backoff import Backoff, Freshness, FreshnessChange, Throttle
-from monitor.sources.collateral_rules import CollateralRulesReader
+from monitor.sources.collateral_rules import CollateralRulesReader, venue_margin
 from monitor.sources.normalize import (
     MalformedPayload,
     VenueFigures,
@@ -380,13 +380,14 @@ class ExchangeSource:
         """A fresh REST read of the whole account (for `snapshot`, executors, tests)."""
         exchange = await self.open()
         await exchange.load_markets()
-        positions, collateral, _ = await self._read_account()
+        positions, collateral, self.figures = await self._read_account()
         return self._snapshot(positions, collateral)
 
     def snapshot(self) -> AccountSnapshot:
         """The last good state at the latest marks (what the daemon's state holds): marks
         move positions and collateral priced off the same asset (stress.with_prices)."""
-        return with_prices(self._snapshot(self.positions, self.collateral), self.marks)
+        live = self._snapshot(self.positions, self.collateral)
+        return replace(with_prices(live, self.marks), venue_margin=live.venue_margin)
 
     async def close(self) -> None:
         """Stop every loop and release the ccxt sessions (ccxt: close() is required)."""
@@ -520,6 +521,8 @@ class ExchangeSource:
         while True:
             if not retry_now:
                 interval = self.reconcile_every if self._streams_healthy() else self.poll_interval
+                if self.collateral_rules.mode == "portfolio":
+                    interval = self.poll_interval  # the venue's figure is the live ratio
                 # Not asyncio.wait_for: on 3.11 it drops a cancel that lands as the trigger
                 # arrives (cpython#86296) and shutdown hung (fault matrix, docs/benchmarks.md).
                 with contextlib.suppress(TimeoutError):
@@ -571,7 +574,9 @@ class ExchangeSource:
             self.venue, raw_positions, exchange.markets or {}, self.tiers, self.marks
         )
         collateral = await self.collateral_of(raw_balance)
-        return positions, collateral, venue_figures(self.venue, raw_balance)
+        # a portfolio-margin account's own figure where the balance carries none (issue 12)
+        figures = await self.collateral_rules.portfolio_figures(exchange)
+        return positions, collateral, figures or venue_figures(self.venue, raw_balance)
 
     async def collateral_of(self, balance: object) -> tuple[Collateral, ...]:
         """The wallet of a `fetch_balance()` valued in the report currency: the one
@@ -666,7 +671,8 @@ class ExchangeSource:
         marks = tuple(sorted(priced.items()))
         used = {p.symbol for p in positions} | self._collateral_symbols
         venue_ratio = figures.margin_ratio if figures is not None else None
-        self._emit(AccountUpdate(self.name, positions, collateral, sent, marks, venue_ratio))
+        self._emit(AccountUpdate(self.name, positions, collateral, sent, marks, venue_ratio,
+                                 venue_margin(self.collateral_rules.rules, figures)))
         for kind in ("positions", "balance"):
             self._fresh(kind, now)
         self.figures = figures
@@ -690,7 +696,8 @@ class ExchangeSource:
     def _snapshot(
         self, positions: tuple[Position, ...], collateral: tuple[Collateral, ...]
     ) -> AccountSnapshot:
-        return AccountSnapshot(self.name, self.currency, collateral, positions, self.venue)
+        return AccountSnapshot(self.name, self.currency, collateral, positions, self.venue,
+                               venue_margin(self.collateral_rules.rules, self.figures))
 
     async def _ensure_tiers(self, symbols: list[str]) -> None:
         """Load or refresh leverage tiers; a failure keeps the old ones (tiers only matter

@@ -5,7 +5,10 @@ Wire formats follow Binance's published USDⓈ-M API docs (developers.binance.co
 `GET /fapi/v1/leverageBracket`, `GET /fapi/v3/positionRisk`, `GET /fapi/v3/account`,
 `GET /fapi/v1/premiumIndex`, `POST|PUT /fapi/v1/listenKey`; multi-assets mode:
 `GET /fapi/v1/multiAssetsMargin` (account/rest-api/Get-Current-Multi-Assets-Mode) and
-`GET /fapi/v1/assetIndex` (market-data/rest-api/Multi-Assets-Mode-Asset-Index); websocket
+`GET /fapi/v1/assetIndex` (market-data/rest-api/Multi-Assets-Mode-Asset-Index); Portfolio
+Margin (derivatives/portfolio-margin/...): `GET /papi/v1/account` (account/Account-Information),
+`/papi/v1/balance` (account/Account-Balance), `/papi/v1/um/positionRisk`
+(account/Query-UM-Position-Information), `/papi/v1/um/leverageBracket`; websocket
 `<symbol>@markPrice@1s` (`markPriceUpdate`) on `/market/ws/<n>` and the user stream
 (`ACCOUNT_UPDATE`) on `/private/ws?listenKey=` (ccxt 4.5.90 rewrites `.../ws` to those,
 notes/ccxt.md §4).
@@ -87,6 +90,22 @@ class BinanceAccount:
         default_factory=lambda: {"USDT": (0.0, 0.0), "USDC": (0.0, 0.0),
                                  "BTC": (0.05, 0.05), "ETH": (0.05, 0.05)}
     )
+
+    #: A Portfolio Margin account: the account maintenance margin Binance's PM engine states
+    #: (scenario-based, no public formula; margin-math §1.6). None: not a PM account.
+    portfolio_mm: float | None = None
+
+    def pm_figures(self) -> dict[str, float]:
+        """uniMMR = accountEquity / accountMaintMargin; equity = Σ min(equity × index ×
+        collateral rate, equity × index), the collateral rate being 1 − bidBuffer here."""
+        equity = actual = 0.0
+        for asset, row in self.per_asset().items():
+            eq = (row["wallet"] + row["upnl"]) * self.index(asset)
+            actual += eq
+            equity += min(eq * (1.0 - self.buffers.get(asset, (0.0, 0.0))[0]), eq)
+        mm = self.portfolio_mm or 0.0
+        return {"equity": equity, "actual": actual, "mm": mm,
+                "uni_mmr": equity / mm if mm > 0 else 0.0}
 
     def index(self, asset: str) -> float:
         """USD index of an asset: its USDT market's mark × USDTUSD, else `usd_index`."""
@@ -190,6 +209,10 @@ class FakeBinanceUsdm(FakeVenue):
             ("GET", "/fapi/v1/premiumIndex"): self.premium_index,
             ("GET", "/fapi/v1/multiAssetsMargin"): self.private(self.multi_assets_margin),
             ("GET", "/fapi/v1/assetIndex"): self.asset_index,
+            ("GET", "/papi/v1/account"): self.private(self.pm_account),
+            ("GET", "/papi/v1/balance"): self.private(self.pm_balance),
+            ("GET", "/papi/v1/um/positionRisk"): self.private(self.pm_position_risk),
+            ("GET", "/papi/v1/um/leverageBracket"): self.private(self.leverage_bracket),
             ("POST", "/fapi/v1/listenKey"): self.private(self.new_listen_key),
             ("PUT", "/fapi/v1/listenKey"): self.private(self.new_listen_key),
         }
@@ -386,6 +409,47 @@ class FakeBinanceUsdm(FakeVenue):
                 "tradeGroupId": -1,
             }
         )
+
+    async def pm_account(self, request: web.Request) -> web.Response:
+        """Portfolio Margin Account-Information: uniMMR and the USD figures behind it."""
+        f = self.account.pm_figures()
+        return json_response({
+            "uniMMR": repr(f["uni_mmr"]), "accountEquity": repr(f["equity"]),
+            "actualEquity": repr(f["actual"]), "accountInitialMargin": repr(f["mm"] * 1.5),
+            "accountMaintMargin": repr(f["mm"]), "accountStatus": "NORMAL",
+            "virtualMaxWithdrawAmount": repr(max(0.0, f["equity"] - f["mm"] * 1.5)),
+            "totalAvailableBalance": repr(max(0.0, f["equity"] - f["mm"] * 1.5)),
+            "totalMarginOpenLoss": "0", "updateTime": self.now_ms(),
+        })
+
+    async def pm_balance(self, request: web.Request) -> web.Response:
+        """Portfolio Margin Account-Balance: one row per asset (UM wallet and PnL)."""
+        rows = []
+        for asset, row in self.account.per_asset().items():
+            total = row["wallet"]
+            rows.append({
+                "asset": asset, "totalWalletBalance": repr(total),
+                "crossMarginAsset": "0", "crossMarginBorrowed": "0", "crossMarginFree": "0",
+                "crossMarginInterest": "0", "crossMarginLocked": "0",
+                "umWalletBalance": repr(row["wallet"]), "umUnrealizedPNL": repr(row["upnl"]),
+                "cmWalletBalance": "0", "cmUnrealizedPNL": "0", "updateTime": self.now_ms(),
+                "negativeBalance": "0",
+            })
+        return json_response(rows)
+
+    async def pm_position_risk(self, request: web.Request) -> web.Response:
+        """Query-UM-Position-Information rows (no margin fields: PM margins the account)."""
+        rows = []
+        for pos in self.account.positions.values():
+            f = self.account.figures(pos)
+            rows.append({
+                "entryPrice": repr(pos.entry), "leverage": str(pos.leverage),
+                "markPrice": repr(f["mark"]), "maxNotionalValue": "20000000",
+                "positionAmt": repr(pos.amount), "notional": repr(f["notional"]),
+                "symbol": pos.symbol, "unRealizedProfit": repr(f["upnl"]),
+                "liquidationPrice": "0", "positionSide": pos.side, "updateTime": self.now_ms(),
+            })
+        return json_response(rows)
 
     async def multi_assets_margin(self, request: web.Request) -> web.Response:
         """`{"multiAssetsMargin": true}` is Multi-Assets Mode (Get-Current-Multi-Assets-Mode)."""

@@ -80,6 +80,9 @@ class BybitAccount:
     collateral_tiers: dict[str, list[tuple[float | None, float]]] = field(
         default_factory=lambda: {"USDT": [(None, 1.0)]}
     )
+    #: PORTFOLIO_MARGIN: the account MM from Bybit's scenario engine, which no public
+    #: formula gives; the fake just states it (None: the sum of position MMs).
+    portfolio_mm: float | None = None
 
     def coin_price(self, coin: str) -> float:
         if coin == "USDT":
@@ -125,6 +128,8 @@ class BybitAccount:
         rows = [self.figures(p) for p in self.positions.values()]
         upnl = sum(r["upnl"] for r in rows)
         mm = sum(r["mm"] for r in rows)
+        if self.margin_mode == "PORTFOLIO_MARGIN" and self.portfolio_mm is not None:
+            mm = self.portfolio_mm
         im = sum(r["im"] for r in rows)
         margin_balance = self.coin_value("USDT", self.wallet + upnl) + sum(
             self.coin_value(c, amount) for c, (amount, _, on) in self.coins.items() if on

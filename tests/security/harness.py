@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import secrets
 import signal
 import sys
@@ -104,12 +105,18 @@ class Daemon:
         """The metrics port's base URL."""
         return f"http://127.0.0.1:{self.metrics_port}"
 
-    async def start(self) -> None:
-        """Start and wait until the broker says it is online and the ports answer."""
+    async def start(self, max_fds: int | None = None) -> None:
+        """Start (with at most `max_fds` descriptors) and wait until the broker says it is
+        online and the ports answer."""
+        def limit() -> None:
+            if max_fds is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (max_fds, max_fds))
+
         async with collecting(self.broker, [f"{self.prefix}/status"]) as sub:
             self.proc = await asyncio.create_subprocess_exec(
                 str(script()), "run", "--config", str(self.config), "--no-tui",
-                env=self.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+                env=self.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                preexec_fn=limit)
             await sub.wait_for(
                 lambda: any(m.payload == b"online" for m in sub.on(f"{self.prefix}/status")),
                 limit=30)

@@ -15,6 +15,7 @@ the CLI and every sink read:
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 from monitor.core.margin.liquidation import liquidation_prices
 from monitor.core.margin.valuation import (
@@ -94,6 +95,22 @@ def report(snapshot: AccountSnapshot) -> MarginReport:
             )
         )
     ratio = margin_ratio(total_mm, balance, exposed=exposed)
+    level = INF if ratio == 0 else balance / total_mm if balance > 0 else 0.0
+    model: Literal["cross", "venue", "estimate"] = "cross"
+    venue = snapshot.venue_margin
+    if venue is not None:
+        # Portfolio margin (issue 12): the venue's figure is the live ratio, never ours.
+        model = "estimate"
+        if venue.margin_ratio is not None:
+            model = "venue"
+            ratio = venue.margin_ratio
+            if venue.margin_balance is not None:
+                balance = venue.margin_balance
+            if venue.maintenance_margin is not None:
+                total_mm = venue.maintenance_margin
+            elif math.isfinite(ratio):
+                total_mm = ratio * balance
+            level = (1.0 / ratio if ratio > 0 else INF) if math.isfinite(ratio) else 0.0
     return MarginReport(
         account=snapshot.account,
         currency=snapshot.currency,
@@ -103,10 +120,11 @@ def report(snapshot: AccountSnapshot) -> MarginReport:
         initial_margin=total_im,
         maintenance_margin=total_mm,
         margin_ratio=ratio,
-        margin_level=INF if ratio == 0 else balance / total_mm if balance > 0 else 0.0,
+        margin_level=level,
         free_collateral=balance - total_im,
         liquidated=is_liquidated(ratio, rules),
         positions=tuple(risks),
+        model=model,
     )
 
 

@@ -1,0 +1,81 @@
+"""The product as `margin-monitor run` builds it, for benchmarks (issue 16).
+
+A benchmark that does not run what ships is not a measurement of the product: issue 16
+found the tick -> order figure measured with ccxt's rate limiter off while the daemon always
+turns it on. So every benchmark writes a TOML configuration, loads it with the same
+`load_settings` as `run`, and gets its sources (`daemon.open_source` -> `build_exchange`:
+ccxt options, request budget, credentials), sinks (`daemon.build_sinks`: console, alerts
+with the SQLite store and MQTT, actions with the executor, metrics) and settings from the
+same factories. Only URLs point at the loopback fakes (`FakeBinanceUsdm.urls_config`).
+`tests/test_bench_product.py` fails if a bench script constructs ccxt, a sink, a store or
+settings by hand.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from monitor.config.settings import AccountSettings, Settings, load_settings
+from monitor.daemon.loop import build_sinks, open_source
+from monitor.sink import Sink
+from monitor.sources.base import Source
+from tests.faults.fuzz_targets import to_toml
+
+__all__ = ["Product", "binance_account", "build"]
+
+
+class Product:
+    """Settings, sources and sinks of one configuration file, built as `run` builds them."""
+
+    def __init__(
+        self, path: Path, *, sinks: bool = True, sources: Sequence[Source] | None = None
+    ) -> None:
+        self.path = path
+        self.settings: Settings = load_settings(path)
+        # `sources` stands in for the venue of an in-process load generator (throughput):
+        # no ccxt there, the venue is the fake itself
+        self.sources: list[Source] = (
+            list(sources) if sources is not None
+            else [open_source(a) for a in self.settings.accounts]
+        )  # fmt: skip
+        self.sinks: list[Sink] = (
+            build_sinks(self.settings, False, {s.account: s for s in self.sources})
+            if sinks else []
+        )  # fmt: skip
+
+    @property
+    def accounts(self) -> list[AccountSettings]:
+        return list(self.settings.accounts)
+
+    def sink(self, name: str) -> Any:
+        """The sink called `name` (alerts, actions, console, metrics)."""
+        return next(s for s in self.sinks if s.name == name)
+
+    def source(self, account: str) -> Any:
+        return next(s for s in self.sources if s.account == account)
+
+
+def build(
+    directory: Path,
+    doc: Mapping[str, Any],
+    *,
+    sinks: bool = True,
+    sources: Sequence[Source] | None = None,
+) -> Product:
+    """Write `doc` as `<directory>/config.toml` and build the product from that file."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "config.toml"
+    path.write_text(to_toml({"state_dir": str(directory / "state"), **doc}))
+    return Product(path, sinks=sinks, sources=sources)
+
+
+def binance_account(fake: Any, key: str, secret: str, name: str = "main",
+                    **fields: Any) -> dict[str, Any]:  # fmt: skip
+    """An `[[accounts]]` entry for a running fake Binance: the URLs are all that differ."""
+    return {"name": name, "exchange": "binanceusdm", "api_key": key, "secret": secret,
+            "ccxt": fake.urls_config(), **fields}  # fmt: skip

@@ -1,0 +1,122 @@
+"""The daemon's HTTP ports (commands, metrics) against idle and slow clients.
+
+Issue 13 found that neither port ever timed out: 300 slow sockets stayed open, and with a
+256-fd limit the daemon ran out of descriptors, logged ~82 000 error lines in 25 s and
+`/metrics` and `/healthz` stopped answering. Every HTTP server of the daemon is started by
+`serve` here, which adds:
+
+- a header/idle timeout: aiohttp 3.14 arms its keep-alive timer in `connection_made`, so
+  `keepalive_timeout` also closes a connection that has not completed a request's headers
+  in time (a slowloris, an idle socket), and one idle between requests;
+- a body timeout, for handlers that read a body (`read_body`);
+- a connection cap per port, kept far below the process's descriptor limit: at the cap a
+  new connection first evicts the oldest idle one (no request in progress), so a probe
+  still gets through 500 idle sockets; only when none is idle is the newcomer closed;
+- error logging that cannot flood: aiohttp's and asyncio's per-connection errors are
+  throttled (logs.py `Throttle`).
+
+A new route goes on the `web.Application` as usual (`app.router.add_get(...)`); the
+application is then started with `serve(app, host, port)`, never with a bare
+`web.AppRunner`/`web.TCPSite`, so it gets all of the above.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+__all__ = [
+    "BODY_TIMEOUT",
+    "HEADER_TIMEOUT",
+    "MAX_CONNECTIONS",
+    "read_body",
+    "serve",
+]
+
+#: Seconds a connection may take to send a complete request head, or stay idle between
+#: requests (Prometheus scrapes every 15 s by default and reconnects when closed).
+HEADER_TIMEOUT = 10.0
+#: Seconds a request body may take to arrive.
+BODY_TIMEOUT = 10.0
+#: Open connections per port; two ports stay well under a 1 024-descriptor limit
+#: (systemd units: LimitNOFILE=1024) and under a 256 one.
+MAX_CONNECTIONS = 64
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The request body, or HTTP 408 when it does not arrive within `BODY_TIMEOUT` s."""
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT):
+            return await request.read()
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(text="request body too slow\n") from None
+
+
+class _Refused(asyncio.Protocol):
+    """The connection over the cap when nothing idle could make room: closed at once."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
+
+
+def _idle(handler: Any) -> bool:
+    """A connection waiting for its next request (aiohttp's RequestHandler `_waiter`)."""
+    waiter = getattr(handler, "_waiter", None)
+    return waiter is not None and not waiter.done()
+
+
+class _CappedFactory:
+    """Wraps aiohttp's `web.Server` (the protocol factory) to enforce the cap."""
+
+    def __init__(self, server: web.Server, cap: int) -> None:
+        self._server = server
+        self._cap = cap
+
+    def __call__(self) -> asyncio.Protocol:
+        connections = self._server.connections
+        if len(connections) >= self._cap:
+            oldest_idle = next((h for h in connections if _idle(h)), None)
+            if oldest_idle is None:
+                return _Refused()
+            oldest_idle.force_close()
+        protocol: asyncio.Protocol = self._server()
+        return protocol
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._server, name)
+
+
+async def serve(
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    header_timeout: float = HEADER_TIMEOUT,
+    max_connections: int = MAX_CONNECTIONS,
+) -> web.AppRunner:
+    """Start `app` on host:port with the guards above; `cleanup()` the runner to stop.
+
+    Raises OSError when the address cannot be bound (the caller words it for the user).
+    """
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        keepalive_timeout=header_timeout,
+        max_line_size=8190,
+        max_field_size=8190,
+    )
+    await runner.setup()
+    server = runner.server
+    assert server is not None
+    # aiohttp has no connection limit: the runner's protocol factory is wrapped instead
+    runner._server = _CappedFactory(server, max_connections)  # type: ignore[assignment]
+    site = web.TCPSite(runner, host, port, backlog=max_connections)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner
