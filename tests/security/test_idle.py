@@ -121,7 +121,7 @@ class TestGuard:
         later = record("aiohttp.server", 1061.0)
         assert throttle.filter(later)
         assert "97 similar dropped" in str(later.msg)
-        assert all(throttle.filter(record("monitor.daemon.loop", 1000.0)) for _ in range(100))
+        assert all(throttle.filter(record("monitor.daemon", 1000.0)) for _ in range(100))
 
 
 class TestDaemon:
