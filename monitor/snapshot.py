@@ -253,7 +253,7 @@ def parse_snapshot(data: object, origin: str) -> AccountSnapshot:
 
 
 def _venue_margin(top: _Reader) -> VenueMargin:
-    """A portfolio-margin account's own figures (issue 12); ratio null = none read."""
+    """A portfolio-margin account's own figures (docs/collateral.md); ratio null = none read."""
     r = _Reader(top.origin, "venue_margin", top.obj["venue_margin"], _VENUE_MARGIN)
     return VenueMargin(
         margin_ratio=r.optional("margin_ratio", minimum=0.0, allow_inf=True),

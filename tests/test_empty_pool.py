@@ -283,7 +283,10 @@ class TestDaemonSurfaces:
         assert state == state_payload(margin.report(
             stress.with_prices(isolated_only(), {BTC: 56_100.0})), "ok") | {
             "shock_to_liquidation": state["shock_to_liquidation"],
-            "shock_to_liquidation_pct": state["shock_to_liquidation_pct"]}
+            "shock_to_liquidation_pct": state["shock_to_liquidation_pct"],
+            "collateral_risk": state["collateral_risk"]}
+        # the shock solve's figures: no fall of any collateral liquidates an empty pool
+        assert state["collateral_risk"] == {"non_stable_share": None, "assets": []}
         console = next(s for s in sinks if isinstance(s, ConsoleSink))
         out = Console(record=True, width=140, file=io.StringIO())
         out.print(console.render())

@@ -1,7 +1,7 @@
 """monitor.core.margin.report against the venues' published worked examples and documented rules.
 
 Each example names its source; the numbers and their provenance are in
-shared/notes/margin-math.md. Tolerance: 0.01 % relative, as the issue asks.
+docs/margin-math.md. Tolerance: 0.01 % relative, as the issue asks.
 """
 
 from __future__ import annotations

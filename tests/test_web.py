@@ -46,7 +46,7 @@ def _report(ratio: float, shock: ShockToLiquidation | None = None) -> MarginRepo
 
 class TestAccountView:
     def test_history_is_downsampled_and_bounded(self) -> None:
-        """Test that history keeps one point per HISTORY_STEP, the newest value, one hour only."""
+        """Test that history keeps one point per HISTORY_STEP over one hour only."""
         view = AccountView()
         t = 1000.0
         for i in range(int(2 * HISTORY_SPAN)):  # a report per second for two hours
@@ -57,6 +57,13 @@ class TestAccountView:
         assert view.history[0][0] >= last_t - HISTORY_SPAN
         gaps = [b[0] - a[0] for a, b in zip(view.history, list(view.history)[1:], strict=False)]
         assert min(gaps) >= HISTORY_STEP
+
+    def test_a_spike_between_points_is_kept(self) -> None:
+        """Test that a step's point holds its worst ratio, not only its last one."""
+        view = AccountView()
+        for t, ratio in ((0.0, 0.2), (1.0, 0.6), (2.0, 0.3), (HISTORY_STEP, 0.25)):
+            view.observe(_report(ratio), t)
+        assert list(view.history) == [(0.0, 0.6), (HISTORY_STEP, 0.25)]
 
     def test_last_shock_survives_a_skipped_solve(self) -> None:
         """Test that a report without a shock solve keeps the last shock on the page."""
@@ -135,6 +142,7 @@ class TestStatusPage:
         settings = load_settings(
             None, state_dir=tmp_path, metrics={"enabled": True, "port": 0},
             actions={"simulated": False},
+            alerts={"warning": 0.12, "critical": 0.3, "emergency": 0.5, "band": 0.01},
         )  # fmt: skip
         feed = _Feed()
         sinks = build_sinks(settings, False, {"demo": feed})
@@ -175,13 +183,27 @@ class TestStatusPage:
                 shown = doc["accounts"][0]["report"]["margin_ratio"]
                 assert after == f"{shown * 100:.2f} %"
                 assert elapsed < 2.0
+                # a crash through the thresholds: the badge and the alert list follow
+                await feed.queue.put(PriceTick("demo", BTC, 55_000.0, time.time()))
+                alerts = page.locator('article[data-account="demo"] ul.alerts li')
+                await page.wait_for_function(
+                    "() => document.querySelector('article[data-account=\"demo\"] ul.alerts li')"
+                    ".textContent.includes('margin ratio since')", timeout=5_000,
+                )  # fmt: skip
+                doc = await _api(base)
+                level = doc["accounts"][0]["level"]
+                assert level in {"warning", "critical", "emergency"}
+                badge = page.locator('article[data-account="demo"] .badge')
+                assert await badge.text_content() == f"Level: {level}"
+                texts = await alerts.all_text_contents()
+                assert any(t.startswith(f"{level.upper()}: margin ratio since ") for t in texts)
                 liq = page.locator('article[data-account="demo"] td.liq')
                 assert await liq.count() == len(doc["accounts"][0]["report"]["positions"]) == 3
                 # accessible: language, labelled chart, header cells, no overflow on a phone
                 assert await page.get_attribute("html", "lang") == "en"
                 label = await page.locator("svg.spark").get_attribute("aria-label")
                 assert label is not None
-                assert label.startswith("Margin ratio of demo over the last 60 minutes")
+                assert label.startswith("Margin ratio of demo over the last 1 minute(s): from ")
                 assert await page.locator("th[scope=col]").count() == 8
                 SHOTS.mkdir(parents=True, exist_ok=True)
                 await page.screenshot(path=str(SHOTS / "status-1280x800.png"), full_page=True)

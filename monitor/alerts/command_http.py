@@ -62,7 +62,7 @@ async def serve_commands(
     host, _, port = listen.rpartition(":")
     host = host.removeprefix("[").removesuffix("]")  # "[::1]:8765": an IPv6 literal
     try:
-        # timeouts and a connection cap against idle sockets (issue 13, http_guard.py)
+        # timeouts and a connection cap against idle sockets (docs/hardening.md, http_guard.py)
         runner = await http_guard.serve(command_app(handler), host or "127.0.0.1", int(port))
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__

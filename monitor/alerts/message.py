@@ -84,7 +84,7 @@ class AlertMessage:
     positions: tuple[PositionLine, ...] = ()
     action: str | None = None
     #: where the ratio comes from (MarginReport.model) and the collateral risk in words
-    #: (collateral_risk.describe), issue 12
+    #: (collateral_risk.describe), docs/collateral.md
     model: str = "cross"
     collateral: str = ""
 

@@ -55,7 +55,7 @@ BACKOFF_CAP = 60.0
 #: Pause length when a pause command names no duration: a pause must always end.
 DEFAULT_PAUSE = 3600.0
 #: Refused commands are audited and logged once per source per this many seconds, with a
-#: count (issue 13: a flood of 50 000 junk commands wrote 50 000 rows and log lines).
+#: count (docs/hardening.md: a flood of 50 000 junk commands wrote 50 000 rows and log lines).
 REFUSAL_WINDOW = 60
 #: Sources tallied at once; more (an HTTP flood from many addresses) share one tally.
 REFUSAL_SOURCES = 256
@@ -107,7 +107,7 @@ class PacedSink(Protocol):
 
     `deliver_forever` awaits `ready()` BEFORE it picks the batch, so everything that became
     due while the sink was not ready (an escalation during a phone channel's pacing wait)
-    leaves in the first batch the sink can take, not one round later (issue 14 §1).
+    leaves in the first batch the sink can take, not one round later (docs/alerts.md).
     """
 
     async def ready(self) -> None:
@@ -437,7 +437,7 @@ class AlertPipeline:
 
         `source` names the door (`mqtt`, `http:<address>`) for the aggregated refusal audit.
         Replays are refused across restarts and doors: the request id is kept in the store
-        until the envelope could no longer verify anyway (issue 13).
+        until the envelope could no longer verify anyway (docs/hardening.md).
         """
         now = self.clock() if now is None else now
         if self._secret is None:
@@ -557,7 +557,7 @@ class AlertPipeline:
 
     def silences(self) -> list[dict[str, Any]]:
         """The active silences, for a `status` command (beside the accounts, never in them:
-        an account may be called `silences`, issue 14 §5)."""
+        an account may be called `silences`, docs/alerts.md)."""
         return [
             {"id": s.id, "account": s.account, "rule": s.rule, "until": s.until, "up_to": s.up_to}
             for s in self.state.silences

@@ -9,7 +9,7 @@ beside the TaskGroup, because it must outlive it.
 At shutdown the daemon's tasks are already cancelled when `close` runs. `close` drains what
 is still queued (the final resolve of a demo run, queued phone alerts) over the MQTT session
 that is still up, so Home Assistant sees `online` ... `offline` once and nothing after it
-(issue 14 §2), and only then ends the session and closes the store. The drain is sized from
+(docs/alerts.md), and only then ends the session and closes the store. The drain is sized from
 the queue and the channels' pacing (`drain_budget`), capped by `DRAIN_CAP` so the whole stop
 stays inside systemd's `TimeoutStopSec`; what does not make it stays in the outbox, is named
 in the log, and goes out on the next start.
@@ -154,7 +154,7 @@ class AlertsSink:
         self.pipeline.start(tg)
         if self.mqtt is not None:
             # Outside the TaskGroup: the session must still be up while `close` drains the
-            # outbox, or a second session would say `online` after `offline` (issue 14 §2).
+            # outbox, or a second session would say `online` after `offline` (docs/alerts.md).
             # `run` never raises but CancelledError; `close` (always called) cancels it.
             self._mqtt_task = asyncio.create_task(self.mqtt.run(), name="mqtt")
         if self.command_listen is not None and self.pipeline.can_sign:
@@ -194,7 +194,7 @@ class AlertsSink:
             await self._stop_mqtt()
             if self._pipeline is not None:
                 self._report_left()
-                self.pipeline.flush()  # refusal counts kept in memory (issue 13)
+                self.pipeline.flush()  # refusal counts kept in memory (docs/hardening.md)
                 self.pipeline.store.close()
 
     async def _stop_mqtt(self) -> None:
@@ -239,7 +239,7 @@ class AlertsSink:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     def _report_left(self) -> None:
-        """Say what stays queued for the next start, per sink, by id (issue 14 §3)."""
+        """Say what stays queued for the next start, per sink, by id (docs/alerts.md)."""
         left = self.pipeline.store.pending()
         if not left:
             return

@@ -6,7 +6,7 @@ second. Without a terminal (systemd, a pipe, `--no-tui`) the same facts go out a
 structured log line per account every `summary_every` seconds; level changes are logged by
 the daemon itself, in both modes.
 
-The screen tells the same story as the alerts (issue 14 §7): the headline is the worst
+The screen tells the same story as the alerts (docs/alerts.md): the headline is the worst
 ACTIVE alert of any rule (what MQTT and Home Assistant show), read from the alert sink at
 each frame, not the margin-ratio level alone; every configured account has a row even
 before its first report, with its source state (up, stale, down and why); a last panel
@@ -54,7 +54,7 @@ _LEVEL_STYLE = {
 }
 
 
-#: Where the margin ratio comes from, in words (MarginReport.model, issue 12).
+#: Where the margin ratio comes from, in words (MarginReport.model, docs/collateral.md).
 MODEL_LABELS = {
     "cross": "cross margin, computed",
     "venue": "venue figure (portfolio margin; what-ifs are estimates)",

@@ -14,7 +14,7 @@ Topics (prefix default `margin-monitor`, docs/mqtt-and-commands.md):
 - `homeassistant/sensor/<id>/config`   discovery (retained), re-sent when Home Assistant
                                  announces `online` on `homeassistant/status`.
 
-aiomqtt 2.x does not reconnect by itself; its documented pattern (docs/reconnection.md,
+aiomqtt 2.x does not reconnect by itself; its documented pattern (its reconnection guide,
 issue #334) is re-entering `async with client` in a retry loop, which `run` does, with the
 jittered backoff of STYLE.md. A broker that vanishes is noticed by the publish `timeout`, not
 by an error (docs/development.md), so the timeout is set deliberately. After each reconnect
@@ -130,48 +130,37 @@ def discovery_configs(
         "manufacturer": "margin-monitor",
         "sw_version": __version__,
     }
-    out = []
-    for key, name, unit, template in _SENSORS:
+
+    def entity(component: str, key: str, name: str, template: str) -> tuple[str, dict[str, Any]]:
         uid = f"margin_monitor_{oid}_{key}"
-        config: dict[str, Any] = {
+        return f"{settings.discovery_prefix}/{component}/{uid}/config", {
             "name": name,
             "unique_id": uid,
-            "default_entity_id": f"sensor.{uid}",
+            "default_entity_id": f"{component}.{uid}",
             "state_topic": state_topic,
-            "value_template": template or f"{{{{ value_json.{key} }}}}",
+            "value_template": template,
             "availability_topic": f"{settings.prefix}/status",
-            "json_attributes_topic": state_topic if key == "level" else None,
             "device": device,
             "origin": {"name": "margin-monitor", "sw": __version__},
         }
-        if key != "level":
+
+    out = []
+    for key, name, unit, template in _SENSORS:
+        topic, config = entity("sensor", key, name, template or f"{{{{ value_json.{key} }}}}")
+        if key == "level":
+            config["json_attributes_topic"] = state_topic
+        else:
             config["state_class"] = "measurement"
             config["unit_of_measurement"] = unit or currency
             config["suggested_display_precision"] = 2
         if settings.expire_after:
             config["expire_after"] = settings.expire_after
-        out.append(
-            (
-                f"{settings.discovery_prefix}/sensor/{uid}/config",
-                {k: v for k, v in config.items() if v is not None},
-            )
-        )
+        out.append((topic, config))
     for key, name, device_class in _BINARY_SENSORS:
-        uid = f"margin_monitor_{oid}_{key}"
-        binary: dict[str, Any] = {
-            "name": name,
-            "unique_id": uid,
-            "default_entity_id": f"binary_sensor.{uid}",
-            "device_class": device_class,
-            "state_topic": state_topic,
-            "value_template": f"{{{{ 'ON' if value_json.{key} else 'OFF' }}}}",
-            "payload_on": "ON",
-            "payload_off": "OFF",
-            "availability_topic": f"{settings.prefix}/status",
-            "device": device,
-            "origin": {"name": "margin-monitor", "sw": __version__},
-        }
-        out.append((f"{settings.discovery_prefix}/binary_sensor/{uid}/config", binary))
+        topic, binary = entity("binary_sensor", key, name,
+                               f"{{{{ 'ON' if value_json.{key} else 'OFF' }}}}")
+        binary.update(device_class=device_class, payload_on="ON", payload_off="OFF")
+        out.append((topic, binary))
     return out
 
 
@@ -349,7 +338,7 @@ class MqttSink:
         # Commands are taken from paho's own callback, in the loop's reader callback, not
         # through aiomqtt's message iterator: that costs a Message, a queue hop and a task
         # per message (~30 us), and under a flood of 50 000 junk commands it, not the check
-        # (~5 us), set the pace; a valid command waited behind the backlog (issue 13).
+        # (~5 us), set the pace; a valid command waited behind the backlog (docs/hardening.md).
         paho = client._client  # aiomqtt 2.x (pinned <3) wraps paho
         for topic in (f"{p}/command", f"{p}/+/command"):
             paho.message_callback_add(topic, self._on_command)
@@ -469,7 +458,7 @@ class MqttSink:
                 )
                 self._published[account] = (body, now)
                 # a shutdown's cancel lost in aiomqtt's ack wait (gh-86296) would leave this
-                # task parked on `_state_wake` and the daemon's stop hanging (issue 19's e2e)
+                # task parked on `_state_wake` and the daemon's stop hanging (fault matrix)
                 raise_if_cancelling()
             if soonest is not None:
                 with contextlib.suppress(TimeoutError):  # not wait_for: cpython#86296

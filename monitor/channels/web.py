@@ -78,7 +78,8 @@ class AccountView:
     history: deque[tuple[float, float]] = field(default_factory=deque)
 
     def observe(self, report: MarginReport, now: float) -> None:
-        """Keep the report; add a history point if the last is `HISTORY_STEP` old."""
+        """Keep the report; add a history point if the last is `HISTORY_STEP` old, else keep
+        the worse of the two in the last point."""
         self.report = report
         self.updated_at = now
         if report.shock_to_liquidation is not None:
@@ -86,7 +87,8 @@ class AccountView:
         if not self.history or now - self.history[-1][0] >= HISTORY_STEP:
             self.history.append((now, report.margin_ratio))
         else:
-            self.history[-1] = (self.history[-1][0], report.margin_ratio)  # newest value wins
+            # the worst ratio of the step: a spike between two points must not vanish
+            self.history[-1] = (self.history[-1][0], max(self.history[-1][1], report.margin_ratio))
         while self.history and self.history[0][0] < now - HISTORY_SPAN:
             self.history.popleft()
 

@@ -128,14 +128,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise BrokenPipeError  # the daemon stopped because its log reader went away
         return code
     except BrokenPipeError:
-        # `... | head`: the reader left; say so once instead of a traceback (issue 13)
+        # `... | head`: the reader left; say so once instead of a traceback (docs/hardening.md)
         from monitor.ops.logs import discard_stdout  # noqa: PLC0415 - pydantic: only here
 
         discard_stdout()  # the interpreter's final flush must not raise again
         print("margin-monitor: output closed before the end (broken pipe)", file=sys.stderr)
         return 2
     except UserError as exc:
-        # one line, and never a secret a venue or a file echoed into it (issue 13)
+        # one line, and never a secret a venue or a file echoed into it (docs/hardening.md)
         from monitor.ops.logs import redact  # noqa: PLC0415 - pydantic: only on an error
 
         text = " ".join(redact(str(exc)).split())

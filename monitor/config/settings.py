@@ -185,7 +185,7 @@ class AccountSettings(Section):
     @classmethod
     def _not_verbose(cls, value: dict[str, Any]) -> dict[str, Any]:
         # ccxt's verbose mode print()s every request with its signed headers and the API
-        # key, past the log redaction (issue 13).
+        # key, past the log redaction (docs/hardening.md).
         if value.get("verbose"):
             msg = "ccxt verbose mode prints signed requests with the API key; remove 'verbose'"
             raise ValueError(msg)
@@ -536,7 +536,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
                         "encoding (UTF-8)") from None  # fmt: skip
     finally:
         _FILE_DATA.reset(token)
-    # every secret it holds is redacted from logs and error lines from now on (issue 13)
+    # every secret it holds is redacted from logs and error lines from now on (docs/hardening.md)
     set_secrets(secrets_of(settings))
     return settings
 

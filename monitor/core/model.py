@@ -225,7 +225,7 @@ class VenueRules:
     - `equality_liquidates`: Binance and Bybit liquidate when the ratio *reaches* 100 %;
       Hyperliquid and dYdX only when equity falls strictly *below* MM.
     - `liquidation_fee`: the taker fee rate the venue charges at liquidation and counts in
-      its liquidation condition on top of the maintenance rate (issue 19). OKX: margin
+      its liquidation condition on top of the maintenance rate (docs/margin-edges.md). OKX: margin
       ratio = equity / (maintenance margin + liquidation fees), isolated "(Margin balance
       + PnL) / (Face value × |Contracts| × Mark price × (Tiered MMR + fee rate))"; Gate:
       "Liquidation Price = (Entry Price ± Margin / Contract Multiplier / Size) /
@@ -407,11 +407,11 @@ class PriceTick:
 @dataclass(frozen=True, slots=True)
 class AccountUpdate:
     """One read of the whole account, applied as one: positions, balances and the marks
-    they were valued at (DESIGN.md, "The view is always one the venue could have had").
+    they were valued at (docs/account-view.md: the view is always one the venue could have had).
 
     A REST reconciliation or a fill the sim announces. Never split into a positions event
     and a balance event: a report between the two halves met new positions with the old
-    wallet (issue 11: 0.088 reported where the venue said 0.51).
+    wallet (docs/account-view.md: 0.088 reported where the venue said 0.51).
 
     - `ts`: when the read was *sent* (seconds, the source's clock). Every value in it is at
       least that new, so a streamed mark stamped later than `ts` is kept over the read's
@@ -425,7 +425,7 @@ class AccountUpdate:
       venue reports one (Binance totalMaintMargin / totalMarginBalance, Bybit
       accountMMRate, ...); None where it does not.
     - `venue_margin`: for a portfolio-margin account only, the venue's figures as the live
-      ratio (`VenueMargin`, issue 12); None for every other account.
+      ratio (`VenueMargin`, docs/collateral.md); None for every other account.
     """
 
     account: str

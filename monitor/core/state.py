@@ -9,8 +9,8 @@ Rules, and why (the ordering rule; docs/account-view.md says it for users):
 - Every mark carries a time: a `PriceTick` its venue timestamp (else its receive time), an
   `AccountUpdate` the time its read was *sent*. Per symbol, a mark older than the one held
   is dropped, whichever path brought it: a REST read that was in flight while a newer mark
-  streamed in must not put the older price back (issue 11: a false resolved 55 ms after a
-  warning). Equal times: the later arrival wins.
+  streamed in must not put the older price back (docs/account-view.md: a false resolved 55 ms
+  after a warning). Equal times: the later arrival wins.
 - A `PriceTick` moves every position of that symbol (hedge mode holds a long and a short)
   through `Position.at_mark`, which drops the venue-reported PnL and margins: they were true
   at the old price only, so the core recomputes them from the tiers (docs/development.md: a

@@ -73,7 +73,7 @@ def with_prices(snapshot: AccountSnapshot, prices: Mapping[str, float]) -> Accou
         else c
         for c in snapshot.collateral
     )
-    # the venue's own figure (portfolio margin) holds at its prices only (issue 12)
+    # the venue's own figure (portfolio margin) holds at its prices only (docs/collateral.md)
     return replace(snapshot, positions=positions, collateral=collateral, venue_margin=None)
 
 
@@ -168,7 +168,7 @@ def shock_to_liquidation(
     base = _without_reported(snapshot)
     if not any(p.margin_mode == "cross" for p in base.positions):
         # nothing open in the cross pool: nothing liquidates (margin_ratio 0), even where a
-        # shock takes a balance (BTC debt, say) below zero (issue 19: empty cross pool)
+        # shock takes a balance (BTC debt, say) below zero (docs/margin-edges.md: empty cross pool)
         return ShockToLiquidation(down=None, up=None)
     marks = [(p.mark_price, p.beta if beta_weighted else 1.0) for p in base.positions]
     moving = [
@@ -197,7 +197,8 @@ def _without_reported(snapshot: AccountSnapshot) -> AccountSnapshot:
 
 def assess(snapshot: AccountSnapshot) -> MarginReport:
     """The report with its shock to liquidation and its collateral risk (the fall of each
-    collateral asset alone that liquidates, issue 12) filled in: what the daemon publishes."""
+    collateral asset alone that liquidates, docs/collateral.md) filled in: what the daemon
+    publishes."""
     from monitor.core.collateral_risk import collateral_risk  # noqa: PLC0415 - builds on this module
 
     base = report(snapshot)

@@ -308,7 +308,7 @@ class AccountLoop:
     def _fold(self, event: Event) -> bool:
         """A whole read (positions, balances, their marks): fold it in at once, rebuild the
         ledger on a change. Never half of it: a report between a read's positions and its
-        balance showed a ratio the venue never had (issue 11).
+        balance showed a ratio the venue never had (docs/account-view.md).
 
         True when the sinks must hear of it now (see `_changed`).
         """
@@ -478,7 +478,7 @@ def open_source(
     state_dir: Path | None = None,
 ) -> Source:
     """The source of one configured account (the sim, or a live ccxt account); `state_dir`
-    keeps the venue's collateral rules across restarts (issue 12)."""
+    keeps the venue's collateral rules across restarts (docs/collateral.md)."""
     if account.is_sim:
         return SimVenue(account.name, account.sim, replay=replay)
     try:
@@ -511,7 +511,7 @@ def build_sinks(
         # before the alerts: an alert then carries the action state of its own report
         sinks.append(actions)
     sinks.append(alerts)
-    console.alerts = alerts  # the screen's headline is the worst active alert (issue 14)
+    console.alerts = alerts  # the screen's headline is the worst active alert (docs/alerts.md)
     if settings.metrics.enabled or settings.heartbeat.url is not None:
         # docs/monitoring.md: Prometheus /metrics and /healthz; the heartbeat pings only while the
         # metrics sink's freshness says every account is seen (it tracks it either way)
@@ -641,7 +641,7 @@ async def run_daemon(
             def recomputes_alive() -> str | None:
                 return next((r for p in list(probes.values()) if (r := p())), None)
 
-            for sink in sinks:  # the metrics sink's /livez (issue 18) asks the same
+            for sink in sinks:  # the metrics sink's /livez (docs/kubernetes.md) asks the same
                 if hasattr(sink, "liveness"):
                     sink.liveness = recomputes_alive
             tg.create_task(shocks.run(), name="shocks")
@@ -837,7 +837,7 @@ def run_command(args: argparse.Namespace) -> int:
     """`margin-monitor run`: the daemon (no --config: the embedded sim demo)."""
     settings = load_settings(args.config)
     shard = args.shard
-    if shard == "auto":  # issue 18: a StatefulSet pod's ordinal (monitor/daemon/shards.py)
+    if shard == "auto":  # docs/kubernetes.md: a StatefulSet pod's ordinal (daemon/shards.py)
         from monitor.daemon.shards import auto_shard  # noqa: PLC0415 - shards imports this module
 
         shard = auto_shard()
@@ -859,7 +859,7 @@ def run_command(args: argparse.Namespace) -> int:
         return 0
     sources = [open_source(a, replay, settings.state_dir) for a in accounts]
     sinks = build_sinks(settings, tui, {s.account: s for s in sources})
-    for sink in sinks:  # issue 18: margin_monitor_shards tells a missing shard
+    for sink in sinks:  # docs/kubernetes.md: margin_monitor_shards tells a missing shard
         if shard is not None and hasattr(sink, "shard"):
             sink.shard = parse_shard(shard)
 

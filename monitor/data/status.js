@@ -63,12 +63,16 @@ function sparkline(history, span, now, name) {
   svg.setAttribute("viewBox", "0 0 600 64");
   svg.setAttribute("preserveAspectRatio", "none");
   svg.setAttribute("role", "img");
-  let label = "No ratio history yet.";
+  let label = history.length ? "The margin balance is gone: the ratio is infinite." : "No ratio history yet.";
+  let minutes = Math.round(span / 60);
   if (points.length) {
     const ratios = points.map(([, r]) => r);
     // scaled to the ratio's own range, so a calm 10 % account still shows its moves
     const top = Math.max(0.05, ...ratios) * 1.25;
-    const x = (t) => ((t - (now - span)) / span) * 600;
+    // the window is the last hour, or the history there is when the daemon started later
+    const start = Math.max(now - span, Math.min(points[0][0], now - 60));
+    const x = (t) => ((t - start) / (now - start)) * 600;
+    minutes = Math.max(1, Math.round((now - start) / 60));
     const y = (r) => 62 - (r / top) * 60;
     const line = document.createElementNS(SVG, "polyline");
     line.setAttribute("points", points.map(([t, r]) => x(t).toFixed(1) + "," + y(r).toFixed(1)).join(" "));
@@ -85,11 +89,11 @@ function sparkline(history, span, now, name) {
     dot.setAttribute("x", (x(lt) - 4).toFixed(1)); dot.setAttribute("y", (y(lr) - 3).toFixed(1));
     dot.setAttribute("width", "6"); dot.setAttribute("height", "6");
     svg.append(dot);
-    label = "Margin ratio of " + name + " over the last " + Math.round(span / 60) + " minutes: from " +
+    label = "Margin ratio of " + name + " over the last " + minutes + " minute(s): from " +
       pct(ratios[0]) + " to " + pct(ratios[ratios.length - 1]) + ", highest " + pct(Math.max(...ratios)) + ".";
   }
   svg.setAttribute("aria-label", label);
-  fig.append(svg, el("figcaption", {}, "Margin ratio, last " + Math.round(span / 60) +
+  fig.append(svg, el("figcaption", {}, "Margin ratio, last " + minutes +
     " min, scaled to its range (a dashed line marks 100 %, liquidation, once in range). " + label));
   return fig;
 }
@@ -148,6 +152,10 @@ function account(a, doc) {
   const paused = a.actions_paused_until ? [el("li", {}, "Paused until " + clock(a.actions_paused_until) + ".")] : [];
   box.append(el("ul", { class: "actions" }, ...paused, ...(a.actions.length ? a.actions.map((x) => el("li", {},
     clock(x.at) + " " + x.kind.replace(/_/g, " ") + (x.symbol ? ": " + x.side + " " + price(x.amount) + " " + x.symbol : "") +
+    (x.ratio_before !== undefined && x.ratio_after !== undefined
+      ? ": ratio " + pct(x.ratio_before) + " → " + pct(x.ratio_after) : "") +
+    (x.kind === "resolved" && x.ratio !== undefined ? ": ratio " + pct(x.ratio) : "") +
+    (x.live === false ? " (dry run)" : "") +
     (x.reason ? " (" + x.reason + ")" : "") + (x.error ? ": " + x.error : ""))) : [el("li", {}, "None.")])));
   return box;
 }

@@ -1,6 +1,6 @@
 """The daemon's HTTP ports (commands, metrics) against idle and slow clients.
 
-Issue 13 found that neither port ever timed out: 300 slow sockets stayed open, and with a
+Neither port used to time out (docs/hardening.md): 300 slow sockets stayed open, and with a
 256-fd limit the daemon ran out of descriptors, logged ~82 000 error lines in 25 s and
 `/metrics` and `/healthz` stopped answering. Every HTTP server of the daemon is started by
 `serve` here, which adds:

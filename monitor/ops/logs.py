@@ -88,7 +88,7 @@ class Redactor:
 
 def _spellings(secret: str) -> Iterable[str]:
     """The secret as it may appear in a line: raw, inside JSON, inside a repr, URL-encoded
-    (a venue echoing its query string, issue 13), and the credential parts of a URL secret
+    (a venue echoing its query string, docs/hardening.md), and the credential parts of a URL secret
     (an Apprise URL's password, token path or query)."""
     yield secret
     yield json.dumps(secret)[1:-1]
@@ -123,7 +123,7 @@ def credential_key(key: object) -> bool:
 def secrets_of(settings: object) -> list[str]:
     """Every `SecretStr` value anywhere in a settings object (models, lists, dicts), and
     every string under a credential-like key of a plain dict (`[accounts.ccxt]`, where
-    ccxt options are passed through untyped: issue 13)."""
+    ccxt options are passed through untyped: docs/hardening.md)."""
     found: list[str] = []
 
     def walk(value: object, credential: bool = False) -> None:
@@ -166,7 +166,7 @@ def scrub_exception(exc: BaseException, redactor: Redactor | None = None) -> Non
     """Redact an exception's text in place (its string args, and its cause's).
 
     Used where foreign text enters: ccxt's exceptions quote the venue's answer, which may
-    repeat a credential (issue 13); scrubbed there, every surface that later shows the
+    repeat a credential (docs/hardening.md); scrubbed there, every surface that later shows the
     error (`/healthz`, alerts, SQLite, `check`, `snapshot`) only ever has the clean text.
     """
     r = redactor or _REDACTOR
@@ -255,8 +255,8 @@ class Throttle(logging.Filter):
     """At most `burst` records per library logger and message per `window` seconds.
 
     A library logs per connection or per request (aiohttp's "Error handling request",
-    asyncio's accept errors): 300 hostile sockets made ~82 000 lines in 25 s (issue 13). The
-    first record after a quiet spell says how many similar ones were dropped. The daemon's
+    asyncio's accept errors): 300 hostile sockets made ~82 000 lines in 25 s (docs/hardening.md).
+    The first record after a quiet spell says how many similar ones were dropped. The daemon's
     own `monitor.*` records pass untouched: they are already one per decision.
     """
 
@@ -293,7 +293,7 @@ OUTPUT_CLOSED = threading.Event()
 
 class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
     """stdout; a closed pipe stops the process (SIGTERM: a clean stop) instead of printing
-    a "--- Logging error ---" traceback per line (issue 13: `run --no-tui | head`)."""
+    a "--- Logging error ---" traceback per line (docs/hardening.md: `run --no-tui | head`)."""
 
     def handleError(self, record: logging.LogRecord) -> None:
         if isinstance(sys.exc_info()[1], BrokenPipeError):

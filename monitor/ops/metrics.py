@@ -202,7 +202,7 @@ class MetricsSink:
         self.outbox_depth = outbox_depth
         self.accounts: dict[str, AccountHealth] = {}
         self.drift: dict[str, Drift] = {}
-        #: the systemd watchdog's progress check (daemon.py), for `/livez` (issue 18)
+        #: the systemd watchdog's progress check (daemon.py), for `/livez` (docs/kubernetes.md)
         self.liveness: Callable[[], str | None] | None = None
         #: (K, N) under `--shard K/N`: exported so a missing shard's process is noticed
         self.shard: tuple[int, int] | None = None
@@ -361,14 +361,15 @@ class MetricsSink:
             return web.Response(status=503, text=f"blind: {', '.join(blind)}\n{lines}")
 
         async def readyz(request: web.Request) -> web.Response:
-            # Kubernetes readiness (issue 18): the configuration loaded and the sinks started,
-            # like systemd's READY=1; never the venues, or an exchange outage unreadies pods
+            # Kubernetes readiness (docs/kubernetes.md): the configuration loaded and the sinks
+            # started, like systemd's READY=1; never the venues, or an exchange outage unreadies
+            # pods
             del request
             return web.Response(text=f"ready: {len(self.accounts)} accounts configured\n")
 
         async def livez(request: web.Request) -> web.Response:
-            # Kubernetes liveness (issue 18): the watchdog's evidence of progress, not data
-            # freshness: restarting cannot fix a venue outage and would blind the shard
+            # Kubernetes liveness (docs/kubernetes.md): the watchdog's evidence of progress, not
+            # data freshness: restarting cannot fix a venue outage and would blind the shard
             del request
             try:
                 wedged = self.liveness() if self.liveness is not None else None
@@ -386,7 +387,7 @@ class MetricsSink:
         for install in self.routes:
             install(app)
         try:
-            # timeouts and a connection cap against idle sockets (issue 13, http_guard.py)
+            # timeouts and a connection cap against idle sockets (docs/hardening.md, http_guard.py)
             runner = await http_guard.serve(app, self.settings.host, self.settings.port)
         except OSError as exc:
             raise UserError(

@@ -89,7 +89,7 @@ class ActionsSink:
 
         Planned from the report the alert was evaluated on (the daemon tells this sink
         before the alert sink, see `daemon.build_sinks`), not from the executor's last step,
-        which at an escalation has not run yet and at a resolve is an episode old (issue 14
+        which at an escalation has not run yet and at a resolve is an episode old (docs/alerts.md
         §4). The plan is the pure planner's preview; the executor re-plans on a fresh read.
         """
         ex = self.executors.get(account)

@@ -185,7 +185,7 @@ def build_exchange(settings: AccountConfig) -> Any:
         config["options"].update(builderFee=False, approvedBuilderFee=True, refSet=True)
     if venue in _FUTURES_ONLY:
         # load_markets with keys would also read the spot wallet's currencies, which a
-        # futures-only key may not read and the daemon never uses (notes/ccxt.md §0.2).
+        # futures-only key may not read and the daemon never uses (docs/venues.md).
         config["options"]["fetchCurrencies"] = False
     config = _merged(config, settings.ccxt)
     exchange = getattr(ccxtpro, venue)(config)
@@ -204,7 +204,7 @@ def _redact_errors(exchange: Any, secrets: list[str]) -> None:
 
     Every ccxt REST call goes through `exchange.fetch`, whose exceptions quote the venue's
     answer; a venue that repeats the API key in an error would otherwise put it in
-    `/healthz`, alerts, SQLite, `check` and `snapshot` output (issue 13). Redacted by value
+    `/healthz`, alerts, SQLite, `check` and `snapshot` output (docs/hardening.md). Redacted by value
     (raw, JSON, URL-encoded spellings: logs.Redactor), once, before anyone reads it.
     """
     redactor = logs.Redactor()
@@ -345,7 +345,7 @@ class ExchangeSource:
         self._drifting = False
         self._collateral_symbols: set[str] = set()
         self._closed = False
-        # Venue haircuts for cross-collateral (issue 12), cached in the state directory.
+        # Venue haircuts for cross-collateral (docs/collateral.md), cached in the state directory.
         self.collateral_rules = CollateralRulesReader(
             self.name, self.venue, state_dir, every=collateral_rules_every, clock=clock
         )
@@ -574,18 +574,18 @@ class ExchangeSource:
             self.venue, raw_positions, exchange.markets or {}, self.tiers, self.marks
         )
         collateral = await self.collateral_of(raw_balance)
-        # a portfolio-margin account's own figure where the balance carries none (issue 12)
+        # a portfolio-margin account's own figure where the balance has none (docs/collateral.md)
         figures = await self.collateral_rules.portfolio_figures(exchange)
         return positions, collateral, figures or venue_figures(self.venue, raw_balance)
 
     async def collateral_of(self, balance: object) -> tuple[Collateral, ...]:
         """The wallet of a `fetch_balance()` valued in the report currency: the one
-        collateral-pricing rule of `run`, `snapshot` and `check` (issue 19). Volatile
+        collateral-pricing rule of `run`, `snapshot` and `check` (docs/margin-edges.md). Volatile
         collateral (Binance multi-assets BTC, say) is priced by its market, the linear
         perpetual else spot (`_price_symbol`), and keeps streaming once priced."""
         await self._price_collateral(balance)
         collateral = collateral_from_ccxt(self.venue, balance, self.currency, self._asset_prices())
-        # The venue's own collateral rules (haircuts, Multi-Assets / UTA switches, issue 12).
+        # The venue's own collateral rules (haircuts, Multi-Assets / UTA; docs/collateral.md).
         await self.collateral_rules.refresh(self.exchange)
         return self.collateral_rules.apply(collateral, self.currency)
 
@@ -654,7 +654,7 @@ class ExchangeSource:
 
     async def _reconcile(self) -> None:
         """One REST read, emitted as ONE `AccountUpdate` stamped with the time it was sent:
-        positions, balances and their marks reach the daemon together (issue 11), and a
+        positions, balances and their marks reach the daemon together (docs/account-view.md), and a
         mark streamed while the read was in flight stays newer than the read's."""
         sent = self._clock()
         positions, collateral, figures = await self._read_account()

@@ -9,7 +9,7 @@ actions (docs/actions.md) run against without a network:
   Multi-Assets Mode does (`multi_assets_margin()`, `asset_index()`: a 5 % BTC bid buffer),
   and values collateral through the parser a live read uses
   (`collateral_rules.rules_from_binance`, then `apply_rules`), so `make demo` shows the
-  live haircut code path (issue 12).
+  live haircut code path (docs/collateral.md).
 - Mark prices from `sim_prices.ScriptedPath`: a seeded sell-off whose keyframes are solved
   from the book itself so the margin ratio passes 0.35 → 0.6 → 0.78 → 0.88 and recovers,
   i.e. warning → critical → emergency → resolved at the default thresholds; or from a CSV
@@ -25,7 +25,7 @@ actions (docs/actions.md) run against without a network:
   of placing a second one (Binance -4015 dedups the same way). A fill realises PnL minus
   the taker fee into the USDT wallet and is announced as one `AccountUpdate` (positions,
   wallet and marks together, the event a live account's REST reconciliation emits), so
-  the demo runs the same code path as a live account (issue 11).
+  the demo runs the same code path as a live account (docs/account-view.md).
 """
 
 from __future__ import annotations

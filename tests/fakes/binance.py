@@ -11,10 +11,10 @@ Margin (derivatives/portfolio-margin/...): `GET /papi/v1/account` (account/Accou
 (account/Query-UM-Position-Information), `/papi/v1/um/leverageBracket`; websocket
 `<symbol>@markPrice@1s` (`markPriceUpdate`) on `/market/ws/<n>` and the user stream
 (`ACCOUNT_UPDATE`) on `/private/ws?listenKey=` (ccxt 4.5.90 rewrites `.../ws` to those,
-notes/ccxt.md §4).
+docs/development.md).
 
 The account figures come from the fake's own state with Binance's formulas
-(notes/margin-math.md §1.1-1.2): MM = |notional| × MMR(bracket) − cum, margin balance =
+(docs/margin-math.md): MM = |notional| × MMR(bracket) − cum, margin balance =
 wallet balance + Σ unrealised PnL, and the venue's margin ratio is
 totalMaintMargin / totalMarginBalance.
 
@@ -224,7 +224,7 @@ class FakeBinanceUsdm(FakeVenue):
         urls = rewrite_urls(_template_urls(), self.http, self.ws)
         return {
             "urls": {"api": urls},
-            # notes/ccxt.md §0.2: futures-only keys have no spot wallet endpoint.
+            # docs/venues.md: futures-only keys have no spot wallet endpoint.
             "options": {"fetchCurrencies": False},
             "enableRateLimit": False,
         }
@@ -350,7 +350,7 @@ class FakeBinanceUsdm(FakeVenue):
                 "crossUnPnl": repr(row["upnl"]),
                 "availableBalance": repr(margin_balance - row["im"]),
                 "maxWithdrawAmount": repr(max(0.0, margin_balance - row["im"])),
-                # ccxt skips assets with updateTime == 0 (notes/ccxt.md §2, issue #27997).
+                # ccxt skips assets with updateTime == 0 (docs/venues.md, ccxt issue #27997).
                 "updateTime": self.now_ms(),
             }
             if self.account.multi_assets:
@@ -643,7 +643,7 @@ def _template_urls() -> dict[str, Any]:
 
 
 def use_production_errors(exchange: Any) -> None:
-    """Map Binance error codes as on fapi.binance.com (notes/ccxt.md §0.6).
+    """Map Binance error codes as on fapi.binance.com (docs/development.md).
 
     ccxt picks the code table by URL prefix, so on 127.0.0.1 `-2019` would arrive as a
     plain ExchangeError; order tests (engineer D) and the clock-skew test need the real map.

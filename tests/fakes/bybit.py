@@ -9,7 +9,7 @@ tier-collateral-ratio); websockets `/v5/public/linear` (`tickers.<SYMBOL>`)
 and `/v5/private` (`auth`, `position`, `wallet`). Errors travel as `retCode` in the body
 (10003 "API key is invalid", 10006 "Too many visits").
 
-Account figures follow Bybit's glossary (notes/margin-math.md §2.1, §2.3):
+Account figures follow Bybit's glossary (docs/margin-math.md):
 position MM = position value × MMR(risk tier) − MM deduction; Margin Balance = wallet balance +
 perpetual UPL, after the collateral value ratio; Account MM Rate = Total Maintenance Margin /
 Margin Balance (no haircut loss or order loss in this fake: no spot or open orders). A coin's

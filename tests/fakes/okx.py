@@ -6,7 +6,7 @@ Shapes follow OKX's published v5 API docs (www.okx.com/docs-v5): `GET
 `/api/v5/account/config`, `/api/v5/market/ticker`. Envelope `{"code": "0", "data": [...]}`;
 a bad key is code 50111.
 
-Figures follow OKX's documented rules (notes/margin-math.md §3.1): contracts × ctVal ×
+Figures follow OKX's documented rules (docs/margin-math.md): contracts × ctVal ×
 mark is the notional, one tier rate for the whole position (no deduction), adjusted
 equity = cash balance + UPL (USDT only, discount 1), `mgnRatio` = adjEq / (MM + liquidation
 fees), the fees being notional × the account's taker rate (OKX: "Maintenance margin ratio =

@@ -61,7 +61,7 @@ def report(snapshot: AccountSnapshot) -> MarginReport:
     # a report builds one per position (docs/benchmarks.md: 1 000 positions in 2 ms)
     make = tuple.__new__
     risks = []
-    exposed = False  # a cross position is open (an empty cross pool is no risk: issue 19)
+    exposed = False  # a cross position is open (empty cross pool: no risk, docs/margin-edges.md)
     for p, (pnl, im, mm), lp in zip(snapshot.positions, figures, liq, strict=True):
         price, ask = rates[p.settle or currency]
         if p.margin_mode == "isolated":
@@ -99,7 +99,7 @@ def report(snapshot: AccountSnapshot) -> MarginReport:
     model: Literal["cross", "venue", "estimate"] = "cross"
     venue = snapshot.venue_margin
     if venue is not None:
-        # Portfolio margin (issue 12): the venue's figure is the live ratio, never ours.
+        # Portfolio margin (docs/collateral.md): the venue's figure is the live ratio, never ours.
         model = "estimate"
         if venue.margin_ratio is not None:
             model = "venue"
