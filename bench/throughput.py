@@ -4,7 +4,7 @@
         [--seconds 20] [--warmup 3] [--shock-interval 1.0] [--path daemon|ledger]
         [--sinks real|probe]
 
-`--path daemon` (default) runs the real `monitor.daemon.loop.run_daemon` with these sources and
+`--path daemon` (default) runs the real `daemon.supervisor.run_daemon` with these sources and
 the sinks `margin-monitor run` builds (`daemon.build_sinks`: the console summary and the
 real alerts pipeline, rules -> SQLite store/outbox in a temporary state dir; no MQTT broker
 or phone channel is configured, as in the default settings), followed by one probe sink
@@ -59,7 +59,7 @@ from monitor.core.model import (
     PriceTick,
     Tier,
 )
-from monitor.daemon.loop import run_daemon
+from monitor.daemon.supervisor import run_daemon
 from monitor.sink import Sink
 
 TIERS = (

@@ -44,7 +44,7 @@ import aiomqtt
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.product import binance_account, build
-from monitor.daemon.loop import run_daemon
+from monitor.daemon.supervisor import run_daemon
 from monitor.ops import logs
 from tests.fakes.binance import API_KEY, SECRET, BinancePosition, FakeBinanceUsdm
 from tests.mqtt_broker import Mosquitto

@@ -17,7 +17,7 @@ import pytest
 from monitor.config.settings import load_settings
 from monitor.core.margin import report as margin
 from monitor.core.model import AccountSnapshot, AccountUpdate, Event, MarginReport, PriceTick
-from monitor.daemon.loop import run_daemon
+from monitor.daemon.supervisor import run_daemon
 from monitor.sources.exchange import ExchangeSource
 from monitor.sources.sim import SimVenue
 from tests.fakes.account import account_for

@@ -21,8 +21,9 @@ from monitor.config.alerts import MqttSettings, NotifySettings
 from monitor.config.settings import load_settings
 from monitor.core.margin import report as margin
 from monitor.core.model import AccountSnapshot
-from monitor.daemon import loop as daemon
-from monitor.daemon.loop import build_sinks, run_daemon
+from monitor.daemon import supervisor
+from monitor.daemon.supervisor import run_daemon
+from monitor.daemon.wiring import build_sinks
 from monitor.protect.sink import ActionsSink
 from monitor.sources.sim import DEMO_BOOK, SimVenue
 from monitor.sources.sim_prices import ReplayStep
@@ -181,7 +182,7 @@ class TestShutdown:
             text = (ROOT / "systemd" / unit).read_text()
             match = re.search(r"^TimeoutStopSec=(\d+)s?$", text, re.MULTILINE)
             assert match is not None, unit
-            assert float(match.group(1)) >= DRAIN_CAP + daemon.STOP_GRACE + 5.0
+            assert float(match.group(1)) >= DRAIN_CAP + supervisor.STOP_GRACE + 5.0
 
 
 class TestConnecting:

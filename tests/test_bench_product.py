@@ -31,7 +31,7 @@ FORBIDDEN = (
     "monitor.config.actions",
     "monitor.config.alerts",
     "monitor.config.settings",
-    "monitor.daemon.loop.ConsoleSink",
+    "monitor.daemon.wiring.ConsoleSink",
     "tests.fakes.account",  # FakeAccount / account_for: settings that are not `run`'s
 )
 #: The one way in: the factories `run` uses.

@@ -26,7 +26,9 @@ from monitor.core.model import (
     SourceUp,
 )
 from monitor.core.rules import AlertConfig
-from monitor.daemon.loop import build_sinks, classify_level, run_daemon
+from monitor.daemon.loop import classify_level
+from monitor.daemon.supervisor import run_daemon
+from monitor.daemon.wiring import build_sinks
 from monitor.ops import logs
 from monitor.sources.sim import DEMO_BOOK, SimVenue
 from monitor.sources.sim_prices import ReplayStep

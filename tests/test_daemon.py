@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from monitor.cli.check import check_command
 from monitor.config.settings import AccountSettings, AlertsSettings, Settings, load_settings
 from monitor.core.model import (
     AccountSnapshot,
@@ -27,18 +28,11 @@ from monitor.core.model import (
     PriceTick,
     SourceDown,
 )
-from monitor.daemon import loop as daemon
-from monitor.daemon.loop import (
-    AccountLoop,
-    build_sinks,
-    check_command,
-    classify_level,
-    open_source,
-    parse_shard,
-    run_daemon,
-    select_shard,
-    shard_of,
-)
+from monitor.daemon import supervisor
+from monitor.daemon.loop import AccountLoop, classify_level
+from monitor.daemon.shards import parse_shard, select_shard, shard_of
+from monitor.daemon.supervisor import run_daemon
+from monitor.daemon.wiring import build_sinks, open_source
 from monitor.errors import UserError
 from monitor.protect.sink import ActionsSink
 from monitor.sources.sim import SimVenue
@@ -217,7 +211,7 @@ class TestResilience:
             async def on_report(self, *args: Any) -> None:
                 await asyncio.Event().wait()  # never returns (until cancelled)
 
-        monkeypatch.setattr(daemon, "SETTLE_LIMIT", 0.3)
+        monkeypatch.setattr(supervisor, "SETTLE_LIMIT", 0.3)
         stuck = Stuck()
         with capture_logs() as logs:
             loops = await asyncio.wait_for(

@@ -26,7 +26,8 @@ from monitor.core.model import (
 from monitor.core.rules import AlertConfig
 from monitor.core.shock_schedule import ShockScheduler
 from monitor.core.state import apply, initial_state
-from monitor.daemon.loop import AccountLoop, ShockSolver, run_daemon, stop_leftover_tasks
+from monitor.daemon.loop import AccountLoop, ShockSolver
+from monitor.daemon.supervisor import run_daemon, stop_leftover_tasks
 from monitor.errors import UserError
 from tests.strategies import SYMBOLS, accounts
 from tests.test_daemon import BTC, _book, _Recorder, _until

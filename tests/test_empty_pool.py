@@ -34,7 +34,8 @@ from monitor.core.margin.valuation import margin_ratio
 from monitor.core.model import AccountSnapshot, Collateral, Event, Position, PriceTick
 from monitor.core.plan import ActionHistory, ActionPolicy, MarketRules, plan_step
 from monitor.core.rules import AlertConfig, RulesState, evaluate, shock_fraction
-from monitor.daemon.loop import build_sinks, run_daemon
+from monitor.daemon.supervisor import run_daemon
+from monitor.daemon.wiring import build_sinks
 from monitor.ops.metrics import MetricsSettings, MetricsSink
 from monitor.snapshot import report_to_dict
 from monitor.sources.normalize import venue_figures

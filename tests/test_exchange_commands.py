@@ -15,11 +15,12 @@ from typing import Any
 import pytest
 
 from monitor.cli.app import main
+from monitor.cli.live import check_account
 from monitor.config.settings import load_settings
 from monitor.core.margin import report as margin
 from monitor.errors import UserError
 from monitor.snapshot import parse_snapshot
-from monitor.sources.exchange import ExchangeSource, check_account
+from monitor.sources.exchange import ExchangeSource
 from tests.fakes import binance, bybit
 from tests.fakes.base import FakeVenue
 

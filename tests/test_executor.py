@@ -27,7 +27,8 @@ from monitor.config.settings import SimSettings, load_settings
 from monitor.core.margin.report import report
 from monitor.core.model import MarginReport
 from monitor.core.rules import AlertConfig
-from monitor.daemon.loop import build_sinks, run_daemon
+from monitor.daemon.supervisor import run_daemon
+from monitor.daemon.wiring import build_sinks
 from monitor.protect.executor import AccountLock, Executor
 from monitor.protect.sink import ActionsSink
 from monitor.protect.switches import ActionSwitches

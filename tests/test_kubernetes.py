@@ -25,8 +25,8 @@ import yaml
 
 from monitor.cli.app import build_parser, main
 from monitor.config.settings import load_settings
-from monitor.daemon.loop import run_daemon
 from monitor.daemon.shards import INDEX_ENV, SHARDS_ENV, auto_shard
+from monitor.daemon.supervisor import run_daemon
 from monitor.errors import UserError
 from monitor.ops.metrics import MetricsSettings, MetricsSink
 from tests.kustomize import Doc, Unsupported, build

@@ -29,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.config.settings import load_settings
 from monitor.core.model import AccountSnapshot, Event, MarginReport
-from monitor.daemon.loop import run_daemon
+from monitor.daemon.supervisor import run_daemon
 from monitor.ops.sdnotify import Notifier
 from tests.mqtt_broker import Mosquitto, free_port
 

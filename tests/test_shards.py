@@ -9,8 +9,7 @@ import pytest
 
 from monitor.cli.app import main
 from monitor.config.settings import AccountSettings
-from monitor.daemon.loop import select_shard
-from monitor.daemon.shards import INDEX_ENV, SHARDS_ENV, auto_shard, plan
+from monitor.daemon.shards import INDEX_ENV, SHARDS_ENV, auto_shard, plan, select_shard
 from monitor.errors import UserError
 
 NAMES = [f"acct-{i:02d}" for i in range(40)]

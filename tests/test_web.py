@@ -22,7 +22,8 @@ import pytest
 from monitor.channels.web import HISTORY_SPAN, HISTORY_STEP, AccountView, StatusSink, status_json
 from monitor.config.settings import load_settings
 from monitor.core.model import AccountSnapshot, Event, MarginReport, PriceTick, ShockToLiquidation
-from monitor.daemon.loop import build_sinks, run_daemon
+from monitor.daemon.supervisor import run_daemon
+from monitor.daemon.wiring import build_sinks
 from monitor.ops.metrics import MetricsSink
 from monitor.sources.sim import SimVenue
 

@@ -23,9 +23,9 @@ Handler = Callable[[argparse.Namespace], int]
 _HANDLERS = {
     "report": "monitor.cli.report:report_command",
     "stress": "monitor.cli.report:stress_command",
-    "run": "monitor.daemon.loop:run_command",
-    "check": "monitor.daemon.loop:check_command",
-    "snapshot": "monitor.sources.exchange:snapshot_command",
+    "run": "monitor.cli.run:run_command",
+    "check": "monitor.cli.check:check_command",
+    "snapshot": "monitor.cli.live:snapshot_command",
     "shard-plan": "monitor.daemon.shards:shard_plan_command",
     "notify-test": "monitor.cli.notify_test:notify_test_command",
 }

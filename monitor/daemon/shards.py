@@ -16,16 +16,17 @@ change, which accounts move to which pod; the plan is a pure function over names
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import re
 import socket
 import sys
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from monitor.daemon.loop import shard_of
+from monitor.config.settings import AccountSettings
 from monitor.errors import UserError
 
 __all__ = ["INDEX_ENV", "SHARDS_ENV", "Move", "auto_shard", "plan", "shard_plan_command"]
@@ -145,3 +146,30 @@ def shard_plan_command(args: argparse.Namespace) -> int:
             f"{m.source}/{args.before} -> {m.target}/{args.after}\n"
         )
     return 0
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """`K/N` (1 ≤ K ≤ N) from `--shard`; anything else is a one-line UserError."""
+    k_text, sep, n_text = text.partition("/")
+    try:
+        k, n = int(k_text), int(n_text)
+    except ValueError:
+        k = n = 0
+    if not sep or not 1 <= k <= n:
+        raise UserError(f"--shard {text!r}: expected K/N with 1 <= K <= N, e.g. --shard 1/3")
+    return k, n
+
+
+def shard_of(name: str, n: int) -> int:
+    """Stable 1-based shard of an account name: the same in every process and release."""
+    return int(hashlib.sha256(name.encode()).hexdigest(), 16) % n + 1
+
+
+def select_shard(
+    accounts: Sequence[AccountSettings], shard: str | None
+) -> list[AccountSettings]:
+    """The accounts this process runs under `--shard K/N` (all of them without it)."""
+    if shard is None:
+        return list(accounts)
+    k, n = parse_shard(shard)
+    return [a for a in accounts if shard_of(a.name, n) == k]
