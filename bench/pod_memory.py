@@ -68,7 +68,7 @@ def healthy(port: int) -> bool:
 
 async def measure(venue: FakeBinanceUsdm, accounts: int, seconds: float, work: Path) -> None:
     port = free_port()
-    ccxt = venue.ccxt_config() | {"timeout": 5000}
+    ccxt = venue.urls_config() | {"timeout": 5000}  # only URLs: the rest as shipped
     doc = {
         "state_dir": str(work / f"state-{accounts}"),
         "metrics": {"enabled": True, "port": port},

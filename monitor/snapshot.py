@@ -446,6 +446,10 @@ def report_to_dict(r: MarginReport) -> dict[str, Any]:
         "initial_margin": r.initial_margin,
         "maintenance_margin": r.maintenance_margin,
         "margin_ratio": _num(r.margin_ratio),
+        # both figures behind margin_ratio (docs/account-view.md): ours, and the venue's
+        # own carried forward from its last read (null where the venue reports none)
+        "model_ratio": _num(r.margin_ratio if r.model_ratio is None else r.model_ratio),
+        "venue_ratio": _num(r.venue_ratio),
         "margin_level": _num(r.margin_level),
         "free_collateral": r.free_collateral,
         "liquidated": r.liquidated,

@@ -14,7 +14,7 @@ import pytest
 
 from monitor.core.margin import report as margin
 from monitor.core.model import AccountUpdate, Collateral, CollateralTier, PriceTick
-from monitor.snapshot import report_to_dict
+from monitor.snapshot import parse_snapshot, report_to_dict, snapshot_to_dict
 from monitor.sources.collateral_rules import (
     AssetRule,
     CollateralRules,
@@ -27,10 +27,11 @@ from monitor.sources.collateral_rules import (
 from monitor.sources.exchange import ExchangeSource
 from monitor.sources.normalize import VenueFigures
 from monitor.sources.sim import DEMO_BOOK, SimVenue
-from tests.fakes import bybit
+from tests.fakes import bybit, okx
 from tests.fakes.account import EventTap, account_for
 from tests.fakes.base import FakeVenue
 from tests.fakes.binance import API_KEY, SECRET, BinanceAccount, BinancePosition, FakeBinanceUsdm
+from tests.test_account_view import Recorder, daemon
 
 BTC = "BTC/USDT:USDT"
 #: Within 0.01 % of the venue's own figure (issue 12's bar).
@@ -183,6 +184,17 @@ class TestBinanceMultiAssets:
             assert report.margin_ratio == pytest.approx(fake.account.venue_margin_ratio(),
                                                         rel=REL)
 
+    async def test_snapshot_file_keeps_the_venue_valuation(self) -> None:
+        """Test that a snapshot of the M1 account (what `margin-monitor snapshot` writes)
+        carries the haircuts and prices, so `report --snapshot` gives the same 47.98 %."""
+        async with running(example_m1()) as (_fake, source, _tap):
+            snap = await source.fetch_snapshot()
+        data = json.loads(json.dumps(snapshot_to_dict(snap)))
+        usdt = next(c for c in data["collateral"] if c["asset"] == "USDT")
+        assert (usdt["haircut"], usdt["liability_markup"]) == (0.01, 0.005)
+        again = margin.report(parse_snapshot(data, "snap.json"))
+        assert again.margin_ratio == pytest.approx(199.596 / 416.02, rel=1e-6)
+
     async def test_worked_example_m1_without_positions(self) -> None:
         """Test that M1 with no positions gives Account Equity 416.02 USD and ratio 0."""
         account = example_m1()
@@ -274,6 +286,27 @@ def uta_btc_eth() -> bybit.BybitAccount:
     return account
 
 
+class TestThroughTheDaemon:
+    async def test_daemon_reports_the_venues_ratio_before_and_after_a_fall(self) -> None:
+        """Test that the daemon loop (state, ledger, report) on a Multi-Assets account reports
+        the venue's ratio within 0.01 % at start and after BTC −20 % streamed as a tick."""
+        recorder = Recorder()
+        async with FakeBinanceUsdm(btc_eth_collateral()) as fake:
+            settings = account_for(fake, API_KEY, SECRET, poll_interval=5.0, stale_after=60.0)
+            source = ExchangeSource(settings, backoff_cap=0.2, reconcile_every=10.0,
+                                    debounce=0.02)
+            async with daemon(source, recorder):
+                before = fake.account.venue_margin_ratio()
+                await recorder.until(lambda: any(
+                    r.margin_ratio == pytest.approx(before, rel=REL) for r in recorder.reports))
+                await fake.wait_for_client("/market/ws", "btcusdt@markPrice@1s")
+                await fake.push_mark("BTCUSDT", 48_000.0)
+                after = fake.account.venue_margin_ratio()
+                assert after > 1.5 * before
+                await recorder.until(lambda: recorder.reports[-1].margin_ratio
+                                     == pytest.approx(after, rel=REL))
+
+
 class TestBybitUta:
     async def test_tiered_ratios_match_account_mm_rate_across_a_fall(self) -> None:
         """Test that with BTC and ETH collateral our ratio equals accountMMRate within 0.01 %
@@ -304,6 +337,37 @@ class TestBybitUta:
             assert after > 1.5 * venue
             seen = len(tap.seen)
             await tap.wait_for(lambda e: isinstance(e, AccountUpdate), after=seen)
+            check = source.venue_check
+            assert check is not None
+            assert check.relative_drift is not None
+            assert abs(check.relative_drift) < REL
+
+
+class TestOkxMultiCurrency:
+    async def test_discount_tiers_match_mgn_ratio_across_a_fall(self) -> None:
+        """Test that an OKX multi-currency account (acctLv 3) holding 1.5 BTC under tiered
+        discount rates (0.98 up to 1 BTC, 0.95 beyond) matches 1/mgnRatio within 0.01 %
+        before and after BTC −20 %, read over REST through real ccxt."""
+        account = okx.OkxAccount(acct_lv="3", coins={"BTC": 1.5},
+                                 discount={"USDT": [(None, 1.0)],
+                                           "BTC": [(1.0, 0.98), (None, 0.95)]})
+        async with (
+            okx.FakeOkx(account) as fake,
+            watching(fake, okx.API_KEY, okx.SECRET) as (source, tap),
+        ):
+            assert source.collateral_rules.mode == "multi_assets"
+            btc = next(c for c in source.collateral if c.asset == "BTC")
+            assert [(t.up_to, t.ratio) for t in btc.haircut_tiers] == [(1.0, 0.98),
+                                                                       (math.inf, 0.95)]
+            before = ours(source)
+            assert before == pytest.approx(fake.margin_ratio(), rel=REL)
+            fake.account.marks["BTC-USDT-SWAP"] = 48_000.0
+            seen = len(tap.seen)
+            await tap.wait_for(lambda e: isinstance(e, AccountUpdate) and any(
+                p.mark_price == 48_000.0 for p in e.positions), after=seen)
+            after = ours(source)
+            assert after > before
+            assert after == pytest.approx(fake.margin_ratio(), rel=REL)
             check = source.venue_check
             assert check is not None
             assert check.relative_drift is not None
@@ -378,6 +442,19 @@ class TestPortfolioMargin:
             finally:
                 await tap.stop()
                 await source.close()
+
+    async def test_okx_portfolio_mode_reports_mgn_ratio(self) -> None:
+        """Test that an OKX portfolio-margin account (acctLv 4) reports 1/mgnRatio as its
+        live ratio, labelled venue, and reads no discount tiers."""
+        async with (
+            okx.FakeOkx(okx.OkxAccount(acct_lv="4")) as fake,
+            watching(fake, okx.API_KEY, okx.SECRET) as (source, _tap),
+        ):
+            assert source.collateral_rules.mode == "portfolio"
+            report = margin.report(source.snapshot())
+            assert report.model == "venue"
+            assert report.margin_ratio == pytest.approx(fake.margin_ratio(), rel=1e-12)
+            assert fake.count("/api/v5/public/discount-rate-interest-free-quota") == 0
 
     def test_no_venue_figure_means_estimate(self) -> None:
         """Test that a portfolio account without a venue figure gets a ratio-less

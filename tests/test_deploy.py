@@ -137,7 +137,8 @@ class TestCompose:
         daemon = data["services"]["margin-monitor"]
         used = {name for svc in data["services"].values() for name in svc.get("secrets", [])}
         assert used == set(data["secrets"])
-        assert set(daemon["secrets"]) == {n for n in data["secrets"] if n.startswith("accounts__")}
+        assert set(daemon["secrets"]) == {n for n in data["secrets"]
+                                          if n.startswith(("accounts__", "mqtt__"))}
         creds = tmp_path / "run-secrets"
         creds.mkdir()
         for name in daemon["secrets"]:
@@ -154,6 +155,10 @@ class TestCompose:
         assert account.api_key.get_secret_value() == "value-of-accounts__main__api_key"
         assert settings.mqtt is not None
         assert (settings.mqtt.host, settings.mqtt.port) == ("mosquitto", 1883)
+        # the broker admits no anonymous client (issue 13): the daemon logs in
+        assert settings.mqtt.username == "margin-monitor"
+        assert settings.mqtt.password is not None
+        assert settings.mqtt.password.get_secret_value() == "value-of-mqtt__password"
         assert settings.metrics.enabled
         assert (settings.metrics.host, settings.metrics.port) == ("0.0.0.0", 9464)
         mounts = daemon["volumes"]

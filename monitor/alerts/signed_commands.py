@@ -164,6 +164,10 @@ def verify(raw: bytes | str, secret: bytes, now: float, max_age: float = MAX_AGE
     data = _loads(body, "command body")
     if not isinstance(data, dict):
         raise CommandRefused("command body must be a JSON object")
+    try:  # a lone surrogate ("\ud800") decodes, then fails in SQLite or on the wire
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise CommandRefused("command body holds an invalid character (a lone surrogate)") from None
     request_id = _field(data, "request_id", str, "")
     if not request_id:
         raise CommandRefused("command needs a 'request_id' (unique per command): replay guard")

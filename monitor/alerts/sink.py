@@ -23,7 +23,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 from aiohttp import web
@@ -35,11 +35,12 @@ from monitor.core.model import (
     AccountSnapshot,
     Event,
     MarginReport,
+    ModelDrift,
     SourceDown,
     SourceStale,
     SourceUp,
 )
-from monitor.core.rules import AlertConfig, AlertState, level_rank
+from monitor.core.rules import AlertConfig, AlertState, Level, level_rank
 from monitor.ops.metrics import record_action as record_action_metric
 from monitor.protect.switches import ActionSwitches
 from monitor.store import Store
@@ -125,6 +126,13 @@ class AlertsSink:
         """A venue rejected a protective order: an `action_rejected` alert (docs/actions.md)."""
         self.pipeline.raise_action_alert(account, text, now)
 
+    def disable_protection(self, account: str, reason: str | None, level: str) -> None:
+        """Protective actions of `account` cannot run (reason) or run again (None): the
+        `protection_disabled` alert, and the retained MQTT state carries the reason."""
+        self.pipeline.protection_alert(account, reason, cast("Level", level))
+        if self.mqtt is not None:
+            self.mqtt.set_protection(account, reason)
+
     def resolve_action_alert(self, account: str, now: float | None = None) -> bool:
         """End the account's `action_rejected` alert; True when one was firing."""
         return bool(self.pipeline.resolve_action_alert(account, now))
@@ -172,9 +180,11 @@ class AlertsSink:
         self.pipeline.on_report(report, now)
 
     async def on_event(self, event: Event) -> None:
-        """Stale, down and up events have their own alerts; ticks are ignored here."""
+        """Stale, down, up and model drift have their own alerts; ticks are ignored here."""
         if isinstance(event, SourceStale | SourceDown | SourceUp):
             self.pipeline.on_source_event(event)
+        elif isinstance(event, ModelDrift):
+            self.pipeline.on_model_drift(event)
 
     async def on_level(
         self, account: str, level: str, previous: str, report: MarginReport, now: float

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -144,6 +144,14 @@ class ConsoleSink:
         else:
             tg.create_task(self._summarise_forever(), name="sink[console]")
 
+    def set_accounts(self, accounts: Mapping[str, float], **_: object) -> None:
+        """A SIGHUP reload changed the accounts: a row for each new one, none for the gone."""
+        for name in list(self._views):
+            if name not in accounts:
+                del self._views[name]
+        for name in accounts:
+            self._views.setdefault(name, _View())
+
     async def on_report(
         self, account: str, report: MarginReport, snapshot: AccountSnapshot, now: float
     ) -> None:
@@ -207,7 +215,7 @@ class ConsoleSink:
             log.info(
                 "account summary",
                 account=account,
-                alert_level=view.level,
+                alert_level=self._level(account, view),
                 margin_ratio=_num(r.margin_ratio),
                 model=r.model,
                 margin_balance=round(r.margin_balance, 2),
@@ -218,6 +226,10 @@ class ConsoleSink:
                 events=view.events,
                 reports=view.reports,
             )
+
+    def _level(self, account: str, view: _View) -> str:
+        """The account's worst alert level over all rules; the ratio level without alerts."""
+        return view.level if self.alerts is None else self.alerts.account_level(account)
 
     def headline(self) -> Text:
         """The worst active alert of any rule and account (or the ratio levels, no alerts)."""
@@ -243,8 +255,7 @@ class ConsoleSink:
         if not self._views:
             parts.append(Text("waiting for the first report ...", style="dim"))
         for account, view in sorted(self._views.items()):
-            if self.alerts is not None:
-                view.level = self.alerts.account_level(account)
+            view.level = self._level(account, view)
             r = view.report
             if r is None:
                 state, why = view.source_state()

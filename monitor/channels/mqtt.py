@@ -205,11 +205,21 @@ class MqttSink:
         self._actions: asyncio.Queue[tuple[str, str]] = asyncio.Queue(maxsize=10_000)
         self._refusal_second = 0
         self._refusal_replies = 0
+        self._protection: dict[str, str] = {}  # account -> why its actions cannot run
         # replies of executed commands, and at most REFUSAL_REPLIES refusals a second
         self._replies: asyncio.Queue[Mapping[str, Any]] = asyncio.Queue()
         self._flags: dict[str, dict[str, bool]] = {}  # account -> binary sensor states
 
     # --- AlertSink / ReportObserver ---------------------------------------------------------
+
+    def set_protection(self, account: str, reason: str | None) -> None:
+        """The retained state of `account` says why its protective actions cannot run."""
+        if reason is None:
+            self._protection.pop(account, None)
+        else:
+            self._protection[account] = reason
+        self._published.pop(account, None)  # republish at once
+        self._state_wake.set()
 
     def wants(self, message: AlertMessage) -> bool:
         """MQTT gets every alert: it is the primary, cheap channel."""
@@ -374,6 +384,9 @@ class MqttSink:
             await asyncio.gather(*tasks, return_exceptions=True)
             with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
                 async with asyncio.timeout(self.settings.timeout):  # not wait_for: cpython#86296
+                    await self._states_round(client, interval=0.0)  # the final state, unthrottled
+            with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                async with asyncio.timeout(self.settings.timeout):
                     await client.publish(self.status_topic, "offline", qos=1, retain=True)
             raise
         finally:
@@ -433,38 +446,45 @@ class MqttSink:
             raise_if_cancelling()  # as in _publish_states
 
     async def _publish_states(self, client: aiomqtt.Client) -> None:
-        interval = self.settings.state_interval
         while True:
             await self._state_wake.wait()
             self._state_wake.clear()
-            soonest: float | None = None
-            for account, (report, level) in list(self._reports.items()):
-                if self.settings.discovery and account not in self._announced:
-                    for topic, config in discovery_configs(self.settings, account, report.currency):
-                        await client.publish(topic, json.dumps(config), qos=1, retain=True)
-                    self._announced.add(account)
-                payload = state_payload(report, level, self._flags.get(account))
-                body = json.dumps(payload, separators=(",", ":"))
-                last_body, last_at = self._published.get(account, ("", -1e18))
-                if body == last_body:
-                    continue
-                now = time.monotonic()
-                wait = last_at + interval - now
-                if wait > 0:
-                    soonest = wait if soonest is None else min(soonest, wait)
-                    continue
-                await client.publish(
-                    f"{self.settings.prefix}/{account}/state", body, qos=1, retain=True
-                )
-                self._published[account] = (body, now)
-                # a shutdown's cancel lost in aiomqtt's ack wait (gh-86296) would leave this
-                # task parked on `_state_wake` and the daemon's stop hanging (fault matrix)
-                raise_if_cancelling()
+            soonest = await self._states_round(client, self.settings.state_interval)
+            # a shutdown's cancel lost in aiomqtt's ack wait (gh-86296) would leave this
+            # task parked on `_state_wake` and the daemon's stop hanging (fault matrix)
+            raise_if_cancelling()
             if soonest is not None:
                 with contextlib.suppress(TimeoutError):  # not wait_for: cpython#86296
                     async with asyncio.timeout(soonest):
                         await self._state_wake.wait()
                 self._state_wake.set()
+
+    async def _states_round(self, client: aiomqtt.Client, interval: float) -> float | None:
+        """Publish each account's newest state that changed, at most once per `interval`;
+        returns the seconds until a held-back one may go (None: none held back)."""
+        soonest: float | None = None
+        for account, (report, level) in list(self._reports.items()):
+            if self.settings.discovery and account not in self._announced:
+                for topic, config in discovery_configs(self.settings, account, report.currency):
+                    await client.publish(topic, json.dumps(config), qos=1, retain=True)
+                self._announced.add(account)
+            payload = state_payload(report, level, self._flags.get(account))
+            if account in self._protection:
+                payload["protection_disabled"] = self._protection[account]
+            body = json.dumps(payload, separators=(",", ":"))
+            last_body, last_at = self._published.get(account, ("", -1e18))
+            if body == last_body:
+                continue
+            now = time.monotonic()
+            wait = last_at + interval - now
+            if wait > 0:
+                soonest = wait if soonest is None else min(soonest, wait)
+                continue
+            await client.publish(
+                f"{self.settings.prefix}/{account}/state", body, qos=1, retain=True
+            )
+            self._published[account] = (body, now)
+        return soonest
 
     async def _publish_actions(self, client: aiomqtt.Client) -> None:
         while True:

@@ -67,9 +67,13 @@ def actions_mode(settings: Settings, account: AccountSettings) -> str:
     actions = settings.actions
     if not actions.covers(account.name):
         return "off (not in actions.accounts)"
+    from monitor.protect.executor import kill_switch_file, state_dir_problem  # noqa: PLC0415 - ccxt
+
+    problem = state_dir_problem(settings.state_dir)
+    if problem is not None:
+        return f"DISABLED (protection_disabled: {problem}; no order can be sent)"
     if actions.paused:
         return "paused (actions.paused = true: plans and audits, sends nothing)"
-    from monitor.protect.executor import kill_switch_file  # noqa: PLC0415 - ccxt: heavy import
 
     pause_file = kill_switch_file(settings.state_dir, account.name)
     if pause_file is not None:

@@ -15,7 +15,7 @@ from ccxt.base import errors as ccxt_errors
 from monitor.config.settings import load_settings
 from monitor.errors import UserError
 from monitor.snapshot import snapshot_to_dict
-from monitor.sources.exchange import AccountConfig, ExchangeSource, _one_line
+from monitor.sources.exchange import AccountConfig, ExchangeSource, KeyRejected, _one_line
 from monitor.sources.normalize import MalformedPayload
 
 __all__ = ["check_account", "snapshot_command"]
@@ -49,8 +49,9 @@ def _as_user_error(settings: AccountConfig, failure: str) -> Iterator[None]:
     try:
         yield
     except ccxt_errors.AuthenticationError as exc:
+        venue_said = exc.__cause__ if isinstance(exc, KeyRejected) and exc.__cause__ else exc
         raise UserError(f"accounts.{settings.name}: {settings.exchange} rejected the keys "
-                        f"({_one_line(exc)}); check api_key/secret/password") from None
+                        f"({_one_line(venue_said)}); check api_key/secret/password") from None
     except (ccxt_errors.BaseError, MalformedPayload) as exc:
         raise UserError(f"accounts.{settings.name}: {failure} ({_one_line(exc)})") from None
 

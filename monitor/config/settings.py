@@ -341,6 +341,18 @@ class Settings(BaseSettings):
         description="least seconds between an account's coalesced reports; a threshold "
         "crossing reports at once regardless, checked on every tick; 0 = a report per change",
     )
+    ratio_source: Literal["worst", "model", "venue"] = Field(
+        "worst",
+        description="the margin ratio alerts and actions use where the venue reports its own: "
+        "worst = the larger of ours and the venue's carried forward (never understates the "
+        "venue), model = ours, venue = the venue's (docs/account-view.md)",
+    )
+    drift_tolerance: float = Field(
+        0.01,
+        gt=0,
+        description="relative gap between our ratio and the venue's on the same read above "
+        "which two reads in a row raise a model_drift warning",
+    )
     accounts: list[AccountSettings] = Field(default_factory=_demo_accounts, min_length=1)
 
     @field_validator("state_dir")

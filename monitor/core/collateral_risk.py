@@ -19,10 +19,16 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from monitor.core.margin.valuation import asset_value, surplus_at
+from monitor.core.margin.valuation import (
+    asset_value,
+    computed_maintenance_margin,
+    pnl_at,
+    surplus_at,
+)
 from monitor.core.model import (
     STABLE_ASSETS,
     AccountSnapshot,
+    Collateral,
     CollateralFall,
     CollateralRisk,
     base_asset,
@@ -44,19 +50,78 @@ def fall_to_liquidation(snapshot: AccountSnapshot, asset: str) -> float | None:
 
     0.0 means the account is already at or past liquidation.
     """
-    base = replace(snapshot, positions=tuple(p.scheduled() for p in snapshot.positions),
+    base = _scheduled(snapshot)
+    return _fall(base, _Pool(base), asset)
+
+
+def _scheduled(snapshot: AccountSnapshot) -> AccountSnapshot:
+    """Every figure from the schedule: a move recomputes what the venue reported."""
+    return replace(snapshot, positions=tuple(p.scheduled() for p in snapshot.positions),
                    venue_margin=None)
+
+
+class _Pool:
+    """Each cross position's (settle asset, PnL, MM) at its mark, and their sums per settle
+    asset: computed once for all the assets solved (the O(positions) part of the solve)."""
+
+    def __init__(self, base: AccountSnapshot) -> None:
+        rules, currency = base.rules, base.currency
+        self.rows: list[tuple[int, str, float, float]] = []
+        self.pnl: dict[str, float] = {}
+        self.owed: dict[str, float] = {}
+        for i, p in enumerate(base.positions):
+            if p.margin_mode != "cross":
+                continue
+            settle = p.settle or currency
+            pnl = pnl_at(p, p.mark_price)
+            mm = computed_maintenance_margin(p, rules, p.mark_price)
+            self.rows.append((i, settle, pnl, mm))
+            self.pnl[settle] = self.pnl.get(settle, 0.0) + pnl
+            self.owed[settle] = self.owed.get(settle, 0.0) + mm
+
+
+def _fall(base: AccountSnapshot, pool: _Pool, asset: str) -> float | None:
     price = next((c.price for c in base.collateral if c.asset == asset), None)
     if price is None:
         return None
-    marks = [(p.mark_price, base_asset(p.symbol) == asset) for p in base.positions]
+    reduced, fixed = _only_what_moves(base, pool, asset)
+    marks = [(p.mark_price, base_asset(p.symbol) == asset) for p in reduced.positions]
 
     def surplus(s: float) -> float:
         factor = max(1e-9, 1.0 + s)  # a price of 0 makes inverse contracts' value infinite
-        return surplus_at(base, [m * factor if moves else m for m, moves in marks],
-                          {asset: price * factor})
+        return fixed + surplus_at(reduced, [m * factor if moves else m for m, moves in marks],
+                                  {asset: price * factor})
 
     return first_crossing(surplus, -1.0)
+
+
+def _only_what_moves(
+    base: AccountSnapshot, pool: _Pool, asset: str
+) -> tuple[AccountSnapshot, float]:
+    """The account reduced to what `asset`'s price moves, and the surplus that stays fixed.
+
+    A position neither on nor settled in `asset` keeps its PnL and MM whatever `asset` does:
+    its PnL is folded into its settle asset's balance (a balance's value depends on the
+    asset's whole equity, so it cannot be split off) and its MM owed, linear in a price that
+    does not move, into a constant. Exact, and each solve step then costs O(moving
+    positions) instead of O(positions) (bench/collateral_risk.py).
+    """
+    pnl, owed = dict(pool.pnl), dict(pool.owed)
+    moving = []
+    for i, settle, p_pnl, p_mm in pool.rows:
+        p = base.positions[i]
+        if settle == asset or base_asset(p.symbol) == asset:
+            moving.append(p)
+            pnl[settle] -= p_pnl
+            owed[settle] -= p_mm
+    pnl.pop(asset, None)
+    owed.pop(asset, None)
+    collateral = [replace(c, amount=c.amount + pnl.pop(c.asset)) if c.asset in pnl else c
+                  for c in base.collateral]
+    collateral += [Collateral(a, amount) for a, amount in pnl.items()]  # no balance: price 1
+    rate = {c.asset: c.price * (1.0 + c.liability_markup) for c in collateral}
+    fixed = -sum(mm * rate.get(a, 1.0) for a, mm in owed.items())
+    return replace(base, positions=tuple(moving), collateral=tuple(collateral)), fixed
 
 
 def collateral_risk(snapshot: AccountSnapshot, margin_balance: float) -> CollateralRisk:
@@ -65,8 +130,10 @@ def collateral_risk(snapshot: AccountSnapshot, margin_balance: float) -> Collate
     falls = []
     total = 0.0
     moving = set(non_stable(snapshot))
+    base = _scheduled(snapshot) if moving else snapshot
+    pool = _Pool(base) if moving else None
     for c in snapshot.collateral:
-        if c.asset not in moving:
+        if c.asset not in moving or pool is None:
             continue
         value = asset_value(c, c.amount)
         total += value
@@ -74,7 +141,7 @@ def collateral_risk(snapshot: AccountSnapshot, margin_balance: float) -> Collate
             asset=c.asset,
             value=value,
             share=value / margin_balance if margin_balance > 0 else None,
-            fall=fall_to_liquidation(snapshot, c.asset),
+            fall=_fall(base, pool, c.asset),
         ))
     falls.sort(key=lambda f: f.value, reverse=True)
     return CollateralRisk(

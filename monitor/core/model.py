@@ -24,6 +24,7 @@ __all__ = [
     "Event",
     "MarginMode",
     "MarginReport",
+    "ModelDrift",
     "Position",
     "PositionRisk",
     "PriceTick",
@@ -380,6 +381,12 @@ class MarginReport:
     shock_to_liquidation: ShockToLiquidation | None = None
     model: Literal["cross", "venue", "estimate"] = "cross"
     collateral_risk: CollateralRisk | None = None
+    #: Our model's ratio, where `margin_ratio` is the used one (venue_ratio.with_venue);
+    #: None on a report nobody compared with a venue.
+    model_ratio: float | None = None
+    #: The venue's own ratio of the last read, carried forward by our model's change since;
+    #: None where the venue reports none.
+    venue_ratio: float | None = None
 
     @property
     def finite_ratio(self) -> bool:
@@ -465,7 +472,20 @@ class SourceUp:
     ts: float
 
 
-Event = PriceTick | AccountUpdate | SourceStale | SourceDown | SourceUp
+@dataclass(frozen=True, slots=True)
+class ModelDrift:
+    """Our ratio and the venue's own, from the same reads, disagree beyond the tolerance on
+    two reads in a row (`drifting`), or agree again (not `drifting`): the daemon's
+    `model_drift` signal (monitor/core/venue_ratio.py)."""
+
+    account: str
+    drifting: bool
+    model_ratio: float
+    venue_ratio: float
+    ts: float
+
+
+Event = PriceTick | AccountUpdate | SourceStale | SourceDown | SourceUp | ModelDrift
 
 
 # --- what-if results: the minimal reduction the stress solver proposes ---------------------

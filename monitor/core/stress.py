@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
-from monitor.core.margin.report import pnl_at, report
+from monitor.core.margin.report import pnl_at, ratio_of, report
 from monitor.core.margin.valuation import surplus_at
 from monitor.core.model import (
     STABLE_ASSETS,
@@ -295,10 +295,10 @@ def minimal_reduction(
     if policy not in _POLICIES:
         msg = f"policy {policy!r} is not one of {', '.join(_POLICIES)}"
         raise ValueError(msg)
-    before = report(snapshot).margin_ratio
+    before = ratio_of(snapshot)
 
     def ratio(cuts: Cuts) -> float:
-        return report(reduced(snapshot, cuts, fee_rate)).margin_ratio
+        return ratio_of(reduced(snapshot, cuts, fee_rate))
 
     cuts: dict[tuple[str, Side], float] = {}
     if before > target_ratio:

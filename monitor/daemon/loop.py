@@ -46,11 +46,20 @@ from monitor.config.settings import AlertsSettings
 from monitor.core import stress
 from monitor.core.margin import report as margin
 from monitor.core.margin.ledger import Ledger
-from monitor.core.model import AccountUpdate, Event, MarginReport, PriceTick, SourceDown
+from monitor.core.model import (
+    AccountSnapshot,
+    AccountUpdate,
+    Event,
+    MarginReport,
+    ModelDrift,
+    PriceTick,
+    SourceDown,
+)
 from monitor.core.rules import Level, level_rank, ratio_level, shock_fraction
 from monitor.core.shock_schedule import ShockClaim, ShockScheduler
 from monitor.core.state import AccountState, apply, initial_state
-from monitor.errors import one_line
+from monitor.core.venue_ratio import RatioSource, VenueAnchor, observe, used_ratio, with_venue
+from monitor.errors import UserError, one_line
 from monitor.sink import Sink
 from monitor.sources.base import Source
 
@@ -163,12 +172,16 @@ class AccountLoop:
         shocks: ShockSolver | None = None,
         urgent_ratios: Sequence[float] = (),
         report_spacing: float = 0.0,
+        ratio_source: RatioSource = "worst",
+        drift_tolerance: float = 0.01,
     ) -> None:
         """`finite`: the source ends by itself (a replay), and then the daemon may stop.
         `shocks`: the process's shared shock budget (a private one, never run, without).
         `urgent_ratios`: more ratios whose crossing reports at once (the action level).
         `report_spacing`: least seconds from a report to the next coalesced one
-        (`run_daemon` passes `settings.report_spacing`)."""
+        (`run_daemon` passes `settings.report_spacing`). `ratio_source`, `drift_tolerance`:
+        which ratio alerts and actions use where reads carry the venue's own, and when the
+        two disagree enough to alert (monitor/core/venue_ratio.py)."""
         self.account = source.account
         self.source = source
         self.sinks = tuple(sinks)
@@ -201,6 +214,11 @@ class AccountLoop:
         self._version = 0  # bumped by every change of the figures
         self._reported = -1  # the version the last report was computed from
         self.report_spacing = report_spacing
+        self.ratio_source: RatioSource = ratio_source
+        self.drift_tolerance = drift_tolerance
+        #: the venue's ratio and ours on the last read that carried one
+        self.anchor: VenueAnchor | None = None
+        self._drift: ModelDrift | None = None  # a drift change the sinks are yet to hear
         self._reported_at = -math.inf  # loop time of the last report
         self._lock = asyncio.Lock()
         # bound once: a getattr per sink per tick was measurable at 20 000 ticks/s
@@ -236,9 +254,13 @@ class AccountLoop:
                             await self._report_now()
                     elif self._fold(event):
                         await self._report_now()
+                    if self._drift is not None:
+                        drift, self._drift = self._drift, None
+                        await self._tell("on_event", drift)
             except Exception as exc:  # one account's failure never stops the others
                 attempt += 1
-                reason = one_line(exc)
+                # a UserError is already the one line a person reads (a rejected key)
+                reason = str(exc) if isinstance(exc, UserError) else one_line(exc)
                 log.error("source failed", account=self.account, error=reason, attempt=attempt)
                 await self._tell("on_event", SourceDown(self.account, reason, self.clock()))
                 await asyncio.sleep(random.uniform(0, 1.5 ** min(10, attempt)))  # noqa: S311
@@ -262,16 +284,42 @@ class AccountLoop:
         state = self.state
         if state is None or not isinstance(event, AccountUpdate):
             return False
+        before = self.anchor
+        if event.venue_ratio is not None:
+            self._check_venue(event, state.snapshot)
+        # a new venue figure moves the ratio alerts use even when no figure of ours moved
+        moved = self.anchor is not None and (
+            before is None or (before.venue_ratio, before.model_ratio)
+            != (self.anchor.venue_ratio, self.anchor.model_ratio)
+        )
         if self.ledger is not None:
             # the latest ticks, with their times: newer marks than the read's are kept
             state = replace(state, snapshot=self.ledger.snapshot(), marks=self.ledger.marks())
         state, changed = apply(state, event)
         if not changed:
             self.state = state
-            if self.ledger is not None:
-                self.ledger.hold(state.marks)
-            return False
+            if self.ledger is None:
+                return False
+            self.ledger.hold(state.marks)
+            return moved and self._changed()  # shown at once; urgent when a level moves
         return self._rebuild(state)
+
+    def _check_venue(self, read: AccountUpdate, held: AccountSnapshot) -> None:
+        """Our ratio on the read's own figures against the venue's from the same read."""
+        assert read.venue_ratio is not None
+        snapshot = AccountSnapshot(read.account, held.currency, read.collateral,
+                                   read.positions, held.venue)  # fmt: skip
+        try:
+            model = Ledger(snapshot).ratio()
+        except Exception as exc:  # a core bug on odd data must not stop the monitor
+            log.error("venue check failed", account=self.account, error=one_line(exc))
+            return
+        self.anchor, change = observe(self.anchor, model, read.venue_ratio, read.ts,
+                                      self.drift_tolerance)  # fmt: skip
+        if change is not None:
+            log.warning("model_drift" if change else "model_drift_gone", account=self.account,
+                        ours=_number(model), venue=_number(read.venue_ratio))  # fmt: skip
+            self._drift = ModelDrift(self.account, change, model, read.venue_ratio, read.ts)
 
     def _rebuild(self, state: AccountState) -> bool:
         """A new base after a full read: the ledger starts over from it (no drift)."""
@@ -299,7 +347,7 @@ class AccountLoop:
             claim.changed = True
             self.shocks.wake.set()
         assert self.ledger is not None
-        ratio = claim.ratio = self.ledger.ratio()
+        ratio = claim.ratio = used_ratio(self.ledger.ratio(), self.anchor, self.ratio_source)
         if ratio >= self._alarm_hi:
             claim.urgent = True  # fresh shock figures for an account heading into danger
             self.shocks.wake.set()
@@ -374,6 +422,7 @@ class AccountLoop:
             except Exception as exc:  # a core bug on odd data must not stop the monitor
                 log.error("recompute failed", account=self.account, error=one_line(exc))
                 return None
+            report = with_venue(report, self.anchor, self.ratio_source)
             self._reported = version
             self._reported_at = loop_now
             self.recomputes += 1

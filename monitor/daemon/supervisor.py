@@ -83,14 +83,15 @@ async def run_daemon(
         ShockScheduler(settings.shock_interval, settings.alerts.to_config(),
                        share=SHOCK_CPU_SHARE, max_age=SHOCK_MAX_AGE)
     )  # fmt: skip
-    loops = [
-        AccountLoop(
+    def make_loop(src: Source) -> AccountLoop:
+        return AccountLoop(
             src, sinks, settings.alerts, settings.shock_interval, clock=clock, finite=finite,
             shocks=shocks, urgent_ratios=action_ratios(settings, src.account),
-            report_spacing=settings.report_spacing,
-        )
-        for src in sources
-    ]  # fmt: skip
+            report_spacing=settings.report_spacing, ratio_source=settings.ratio_source,
+            drift_tolerance=settings.drift_tolerance,
+        )  # fmt: skip
+
+    loops = [make_loop(src) for src in sources]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
@@ -147,13 +148,7 @@ async def run_daemon(
             if reload is not None:
                 tg.create_task(
                     _reload_on_hup(hup, reload, configured, loops, running, probes, launch,
-                                   lambda a: AccountLoop(open_source(a, None, state_dir),
-                                                         sinks, settings.alerts,
-                                                         settings.shock_interval, clock=clock,
-                                                         shocks=shocks,
-                                                         urgent_ratios=action_ratios(
-                                                             settings, a.name),
-                                                         report_spacing=settings.report_spacing),
+                                   lambda a: make_loop(open_source(a, None, state_dir)),
                                    sinks, notifier),
                     name="reload",
                 )  # fmt: skip

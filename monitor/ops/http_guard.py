@@ -11,7 +11,8 @@ Neither port used to time out (docs/hardening.md): 300 slow sockets stayed open,
 - a body timeout, for handlers that read a body (`read_body`);
 - a connection cap per port, kept far below the process's descriptor limit: at the cap a
   new connection first evicts the oldest idle one (no request in progress), so a probe
-  still gets through 500 idle sockets; only when none is idle is the newcomer closed;
+  still gets through 500 idle sockets; only when none is idle is the newcomer closed (a
+  burst of accepts can pass the cap by at most `BACKLOG` for two loop turns);
 - error logging that cannot flood: aiohttp's and asyncio's per-connection errors are
   throttled (logs.py `Throttle`).
 
@@ -28,6 +29,7 @@ from typing import Any
 from aiohttp import web
 
 __all__ = [
+    "BACKLOG",
     "BODY_TIMEOUT",
     "HEADER_TIMEOUT",
     "MAX_CONNECTIONS",
@@ -42,7 +44,10 @@ HEADER_TIMEOUT = 10.0
 BODY_TIMEOUT = 10.0
 #: Open connections per port; two ports stay well under a 1 024-descriptor limit
 #: (systemd units: LimitNOFILE=1024) and under a 256 one.
-MAX_CONNECTIONS = 64
+MAX_CONNECTIONS = 48
+#: Listen backlog, which is also how many connections asyncio accepts in one go before
+#: the closes of evicted ones run: it bounds the descriptors in flight over the cap.
+BACKLOG = 16
 
 
 async def read_body(request: web.Request) -> bytes:
@@ -68,19 +73,39 @@ def _idle(handler: Any) -> bool:
 
 
 class _CappedFactory:
-    """Wraps aiohttp's `web.Server` (the protocol factory) to enforce the cap."""
+    """Wraps aiohttp's `web.Server` (the protocol factory) to enforce the cap.
+
+    asyncio accepts a burst of connections (up to the backlog) and calls the factory for
+    each before any of them registers with the server, so the count is checked twice: in
+    the factory (room, or evict the oldest idle, or refuse) and again once the burst has
+    registered (`_enforce`, two loop turns later: after `connection_made`).
+    """
 
     def __init__(self, server: web.Server, cap: int) -> None:
         self._server = server
         self._cap = cap
 
+    def _live(self) -> list[Any]:
+        # a force-closed handler stays listed until its task ends; its transport is gone
+        return [h for h in self._server.connections if h.transport is not None]
+
+    def _evict(self, count: int) -> int:
+        """Close up to `count` idle connections, oldest first; how many were closed."""
+        idle = [h for h in self._live() if _idle(h)][:count]
+        for handler in idle:
+            handler.force_close()
+        return len(idle)
+
+    def _enforce(self) -> None:
+        excess = len(self._live()) - self._cap
+        if excess > 0:
+            self._evict(excess)
+
     def __call__(self) -> asyncio.Protocol:
-        connections = self._server.connections
-        if len(connections) >= self._cap:
-            oldest_idle = next((h for h in connections if _idle(h)), None)
-            if oldest_idle is None:
-                return _Refused()
-            oldest_idle.force_close()
+        if len(self._live()) >= self._cap and not self._evict(1):
+            return _Refused()
+        loop = asyncio.get_running_loop()
+        loop.call_soon(loop.call_soon, self._enforce)
         protocol: asyncio.Protocol = self._server()
         return protocol
 
@@ -113,7 +138,7 @@ async def serve(
     assert server is not None
     # aiohttp has no connection limit: the runner's protocol factory is wrapped instead
     runner._server = _CappedFactory(server, max_connections)  # type: ignore[assignment]
-    site = web.TCPSite(runner, host, port, backlog=max_connections)
+    site = web.TCPSite(runner, host, port, backlog=BACKLOG)
     try:
         await site.start()
     except BaseException:

@@ -49,6 +49,7 @@ from monitor.core.model import (
     AccountUpdate,
     Event,
     MarginReport,
+    ModelDrift,
     PriceTick,
     SourceDown,
     SourceStale,
@@ -79,7 +80,8 @@ _KIND_OF: dict[type, str] = {PriceTick: "prices", AccountUpdate: "account"}
 #: data kinds an event refreshes: one account read brings positions and balances at once
 _FRESHENS: dict[str, tuple[str, ...]] = {"prices": ("prices",),
                                          "account": ("positions", "balance")}
-_SIGNAL_OF: dict[type, str] = {SourceStale: "stale", SourceDown: "down", SourceUp: "up"}
+_SIGNAL_OF: dict[type, str] = {SourceStale: "stale", SourceDown: "down", SourceUp: "up",
+                               ModelDrift: "model_drift"}
 
 
 class MetricsSettings(BaseModel):
@@ -200,6 +202,8 @@ class MetricsSink:
         self.settings = settings
         self.clock = clock
         self.outbox_depth = outbox_depth
+        #: account -> why its protective actions cannot run (the actions sink's)
+        self.protection: Callable[[], Mapping[str, str]] | None = None
         self.accounts: dict[str, AccountHealth] = {}
         self.drift: dict[str, Drift] = {}
         #: the systemd watchdog's progress check (daemon.py), for `/livez` (docs/kubernetes.md)
@@ -336,6 +340,10 @@ class MetricsSink:
                 out[name] = reason
         return out
 
+    def protection_disabled(self) -> dict[str, str]:
+        """Account -> why its protective actions cannot run (from the actions sink)."""
+        return dict(self.protection()) if self.protection is not None else {}
+
     def exposition(self) -> bytes:
         """The Prometheus text format of everything in `REGISTRY`."""
         return generate_latest(REGISTRY)
@@ -354,6 +362,10 @@ class MetricsSink:
 
         async def healthz(request: web.Request) -> web.Response:
             del request
+            disabled = self.protection_disabled()
+            if disabled:  # issue 13: protection off is not healthy, even with fresh data
+                lines = "".join(f"{name}: {reason}\n" for name, reason in disabled.items())
+                return web.Response(status=503, text=f"protection_disabled\n{lines}")
             blind = self.blind()
             if not blind:
                 return web.Response(text=f"ok: {len(self.accounts)} accounts fresh\n")
@@ -438,7 +450,14 @@ class _AccountCollector(Collector):
                 continue
             cur = [name, report.currency]
             g.add("margin_ratio", "Maintenance margin / margin balance (1 = liquidation; "
-                  "+Inf when the balance is gone).", ["account"], [name], report.margin_ratio)
+                  "+Inf when the balance is gone): the figure alerts and actions use "
+                  "(settings ratio_source).", ["account"], [name], report.margin_ratio)
+            model = report.margin_ratio if report.model_ratio is None else report.model_ratio
+            g.add("model_margin_ratio", "Our model's margin ratio.", ["account"], [name], model)
+            if report.venue_ratio is not None:
+                g.add("venue_margin_ratio", "The venue's own margin ratio from its last read, "
+                      "carried forward by our model's change since.", ["account"], [name],
+                      report.venue_ratio)
             g.add("margin_balance", "Collateral value plus unrealised PnL, in the report "
                   "currency.", ["account", "currency"], cur, report.margin_balance)
             g.add("maintenance_margin", "Maintenance margin of the cross pool.",
@@ -536,6 +555,10 @@ def build_metrics_sink(
         if hasattr(type(sink), "pipeline"):
             depth = outbox_depth_of(_pending_of(sink))
     metrics = MetricsSink(settings, accounts, outbox_depth=depth)
+    for sink in sinks:
+        protection = getattr(sink, "protection_disabled", None)
+        if callable(protection):  # the actions sink (issue 13)
+            metrics.protection = protection
     metrics.set_accounts(accounts, sources)
     return metrics
 

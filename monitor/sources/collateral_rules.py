@@ -28,7 +28,7 @@ engine already values haircuts (`Collateral.haircut`, `liability_markup`, banded
   whether the platform (`marginCollateral`) and the user (`collateralSwitch`) let it count.
 
 - **OKX.** `GET /api/v5/account/config` (`privateGetAccountConfig`) `acctLv`: 2
-  single-currency, 3 multi-currency, 4 portfolio margin.
+  single-currency, 3 multi-currency (discount-rate tiers read, `_okx`), 4 portfolio margin.
 - **Portfolio margin** (Binance PM through ccxt's `portfolioMargin` option, Bybit
   PORTFOLIO_MARGIN, OKX acctLv 4) is scenario-based: no public formula reproduces it, so
   the live ratio is the venue's own figure (`venue_margin`), read with every balance.
@@ -200,13 +200,15 @@ def _bybit_result(answer: object, where: str) -> Mapping[str, Any]:
     return result
 
 
-def _bybit_bands(row: Mapping[str, Any], where: str) -> tuple[CollateralTier, ...]:
+def _bands(rows: object, cap: str, ratio: str, where: str) -> tuple[CollateralTier, ...]:
+    """A venue's tier list as marginal bands: `cap` is the tier's upper amount ("" or
+    absent: no cap), `ratio` the share of value that counts; sorted by cap."""
     bands = []
-    for band in _rows(row.get("collateralRatioList"), where):
-        cap = band.get("maxQty")
+    for row in _rows(rows, where):
+        top = row.get(cap)
         bands.append(CollateralTier(
-            math.inf if cap in ("", None) else _fraction(band, "maxQty", where),
-            min(_fraction(band, "collateralRatio", where), 1.0),
+            math.inf if top in ("", None) else _fraction(row, cap, where),
+            min(_fraction(row, ratio, where), 1.0),
         ))
     return tuple(sorted(bands, key=lambda b: b.up_to))
 
@@ -226,8 +228,9 @@ async def _bybit(exchange: Any, now: float) -> CollateralRules:
     answer = await exchange.publicGetV5SpotMarginTradeCollateral()
     for row in _rows(_bybit_result(answer, "bybit collateral").get("list"), "bybit collateral"):
         coin = str(row.get("currency"))
-        assets[coin] = AssetRule(coin, haircut_tiers=_bybit_bands(row, f"bybit collateral {coin}"),
-                                 collateral=switches.get(coin, True))
+        bands = _bands(row.get("collateralRatioList"), "maxQty", "collateralRatio",
+                       f"bybit collateral {coin}")
+        assets[coin] = AssetRule(coin, haircut_tiers=bands, collateral=switches.get(coin, True))
     for coin, on in switches.items():
         if coin not in assets:
             assets[coin] = AssetRule(coin, collateral=on)
@@ -239,16 +242,29 @@ async def _bybit(exchange: Any, now: float) -> CollateralRules:
 _OKX_MODES: dict[str, Mode] = {"2": "single_asset", "3": "multi_assets", "4": "portfolio"}
 
 
+def _okx_data(answer: object, where: str) -> list[Mapping[str, Any]]:
+    return _rows(answer.get("data") if isinstance(answer, Mapping) else None, where)
+
+
 async def _okx(exchange: Any, now: float) -> CollateralRules:
-    """OKX account level (`privateGetAccountConfig`); discount-rate tiers are not read yet,
-    so a multi-currency account keeps its balances at the prices OKX reports (`eqUsd`)."""
-    answer = await exchange.privateGetAccountConfig()
-    data = answer.get("data") if isinstance(answer, Mapping) else None
-    rows = _rows(data, "okx account config")
+    """OKX account level (`privateGetAccountConfig`) and, in multi-currency margin, each
+    currency's discount-rate tiers (`publicGetPublicDiscountRateInterestFreeQuota`, GET
+    /api/v5/public/discount-rate-interest-free-quota: `details[].maxAmt` in coin units, ""
+    for no cap, `discountRate`), applied marginally per tier (OKX help 360054690531:
+    discounted equity = Σ currency equity × discount rate × USD price)."""
+    rows = _okx_data(await exchange.privateGetAccountConfig(), "okx account config")
     level = str(rows[0].get("acctLv")) if rows else ""
     if level not in _OKX_MODES:
         raise MalformedPayload(f"okx account config: acctLv {level!r} is not 2, 3 or 4")
-    return CollateralRules(exchange.id, _OKX_MODES[level], {}, now)
+    if _OKX_MODES[level] != "multi_assets":
+        return CollateralRules(exchange.id, _OKX_MODES[level], {}, now)
+    assets: dict[str, AssetRule] = {}
+    answer = await exchange.publicGetPublicDiscountRateInterestFreeQuota()
+    for row in _okx_data(answer, "okx discount rates"):
+        ccy = str(row.get("ccy"))
+        bands = _bands(row.get("details"), "maxAmt", "discountRate", f"okx discount rates {ccy}")
+        assets[ccy] = AssetRule(ccy, haircut_tiers=bands)
+    return CollateralRules(exchange.id, "multi_assets", assets, now)
 
 
 async def _binance_usdm(exchange: Any, now: float) -> CollateralRules:
@@ -336,7 +352,9 @@ class CollateralRulesReader:
     """The account's current rules: cached at start, re-read every `every` seconds.
 
     `refresh` never raises for a venue fault: margin keeps being valued on the last rules
-    while the venue's rule endpoint is down, and the failure is retried after `retry`.
+    while the venue's rule endpoint is down, and the failure is retried after `retry`
+    (5 minutes: a rule endpoint that times out delays one account read per retry by the
+    ccxt timeout, never every read).
     """
 
     def __init__(
@@ -346,7 +364,7 @@ class CollateralRulesReader:
         cache_dir: Path | None = None,
         *,
         every: float = 3600.0,
-        retry: float = 60.0,
+        retry: float = 300.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.account = account

@@ -71,6 +71,7 @@ from monitor.sources.normalize import (
 __all__ = [
     "AccountConfig",
     "ExchangeSource",
+    "KeyRejected",
     "VenueCheck",
     "build_exchange",
 ]
@@ -279,6 +280,12 @@ def _venue_time(ticker: object, received: float) -> float:
 _AUTH_ERRORS = (ccxt_errors.AuthenticationError,)  # includes PermissionDenied, AccountSuspended
 
 
+class KeyRejected(UserError, ccxt_errors.AuthenticationError):  # type: ignore[misc]
+    """The venue refused the account's key: a person must fix it. A `UserError`, so the
+    daemon shows its one line as is; still ccxt's AuthenticationError for callers that
+    catch that."""
+
+
 # --- the source -------------------------------------------------------------------------------
 
 
@@ -373,8 +380,12 @@ class ExchangeSource:
     async def fetch_snapshot(self) -> AccountSnapshot:
         """A fresh REST read of the whole account (for `snapshot`, executors, tests)."""
         exchange = await self.open()
-        await exchange.load_markets()
-        positions, collateral, self.figures = await self._read_account()
+        try:
+            await exchange.load_markets()
+            positions, collateral, self.figures = await self._read_account()
+        except _AUTH_ERRORS as exc:
+            # the daemon's start-up read: the same one line as a key rejected later
+            raise KeyRejected(self._key_rejected("the start-up read", exc)) from exc
         return self._snapshot(positions, collateral)
 
     def snapshot(self) -> AccountSnapshot:
@@ -567,25 +578,33 @@ class ExchangeSource:
         positions = positions_from_ccxt(
             self.venue, raw_positions, exchange.markets or {}, self.tiers, self.marks
         )
-        collateral = await self.collateral_of(raw_balance)
+        # collateral at this read's own marks: BTC collateral and a BTC position of one read
+        # valued at one price (a REST-only venue otherwise mixed the new mark and the old)
+        read_marks = {p.symbol: p.mark_price for p in positions}
+        collateral = await self.collateral_of(raw_balance, read_marks)
         # a portfolio-margin account's own figure where the balance has none (docs/collateral.md)
         figures = await self.collateral_rules.portfolio_figures(exchange)
         return positions, collateral, figures or venue_figures(self.venue, raw_balance)
 
-    async def collateral_of(self, balance: object) -> tuple[Collateral, ...]:
+    async def collateral_of(
+        self, balance: object, read_marks: Mapping[str, float] | None = None
+    ) -> tuple[Collateral, ...]:
         """The wallet of a `fetch_balance()` valued in the report currency: the one
         collateral-pricing rule of `run`, `snapshot` and `check` (docs/margin-edges.md). Volatile
         collateral (Binance multi-assets BTC, say) is priced by its market, the linear
         perpetual else spot (`_price_symbol`), and keeps streaming once priced."""
         await self._price_collateral(balance)
-        collateral = collateral_from_ccxt(self.venue, balance, self.currency, self._asset_prices())
+        collateral = collateral_from_ccxt(self.venue, balance, self.currency,
+                                          self._asset_prices(read_marks))
         # The venue's own collateral rules (haircuts, Multi-Assets / UTA; docs/collateral.md).
         await self.collateral_rules.refresh(self.exchange)
         return self.collateral_rules.apply(collateral, self.currency)
 
-    def _asset_prices(self) -> dict[str, float]:
-        """Asset -> price in the report currency, from the marks of `ASSET/<currency>` pairs."""
-        return {k.split("/", 1)[0]: v for k, v in self.marks.items()
+    def _asset_prices(self, read_marks: Mapping[str, float] | None = None) -> dict[str, float]:
+        """Asset -> price in the report currency, from the marks of `ASSET/<currency>` pairs
+        (a read's own position marks over the held ones)."""
+        marks = {**self.marks, **(read_marks or {})}
+        return {k.split("/", 1)[0]: v for k, v in marks.items()
                 if k.split("/", 1)[-1].startswith(self.currency)}
 
     def _price_symbol(self, asset: str) -> str | None:
@@ -836,8 +855,7 @@ class ExchangeSource:
         """Log one line, wait as the fault deserves; False when the source must stop."""
         reason = _one_line(exc)
         if isinstance(exc, _AUTH_ERRORS):
-            self._go_down(f"{self.venue} rejected the API key during {where} ({reason}); "
-                          f"check accounts.{self.name}.api_key/secret and their permissions")
+            self._go_down(self._key_rejected(where, exc))
             return False
         if isinstance(exc, ccxt_errors.ExchangeClosedByUser) or self._closed:
             return False
@@ -861,6 +879,11 @@ class ExchangeSource:
             log.warning("source_error", account=self.name, where=where, reason=reason)
         await asyncio.sleep(min(delay, self.backoff_cap * self._throttle.factor))
         return True
+
+    def _key_rejected(self, where: str, exc: BaseException) -> str:
+        """The one line a person reads when the venue refuses the key (alert, /healthz)."""
+        return (f"{self.venue} rejected the API key during {where} ({_one_line(exc)}); "
+                f"check accounts.{self.name}.api_key/secret and their permissions")
 
     def _go_down(self, reason: str) -> None:
         if self.down_reason is not None:

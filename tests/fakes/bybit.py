@@ -26,7 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.base import Client, FakeVenue, Handler, json_response, rewrite_urls
+from tests.fakes.base import Client, FakeVenue, Handler, banded, json_response, rewrite_urls
 
 API_KEY = "fake-bybit-key"
 SECRET = "fake-bybit-secret"  # a loopback fake's key, not a credential
@@ -95,15 +95,7 @@ class BybitAccount:
         price = self.coin_price(coin)
         if equity <= 0:
             return equity * price
-        value, floor = 0.0, 0.0
-        for cap, ratio in self.collateral_tiers.get(coin, [(None, 1.0)]):
-            top = equity if cap is None else min(equity, cap)
-            if top > floor:
-                value += (top - floor) * ratio
-            if cap is None or equity <= cap:
-                break
-            floor = cap
-        return value * price
+        return banded(equity, self.collateral_tiers.get(coin, [(None, 1.0)])) * price
 
     def tier(self, symbol: str, value: float) -> tuple[float, float, float, float]:
         for row in self.tiers[symbol]:

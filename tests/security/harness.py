@@ -78,14 +78,16 @@ port = {metrics_port}
 class Daemon:
     """One `margin-monitor run` process; start, stop (SIGINT) and start again on one state."""
 
-    def __init__(self, broker: Mosquitto, workdir: Path, extra: str = "",
-                 env: Mapping[str, str] | None = None, accounts: str = SIM_ACCOUNT) -> None:
+    def __init__(self, broker: Mosquitto, workdir: Path, extra: str = "", *,
+                 env: Mapping[str, str] | None = None, accounts: str = SIM_ACCOUNT,
+                 state: Path | None = None) -> None:
         self.broker = broker
         self.prefix = f"mmsec-{secrets.token_hex(3)}"
-        self.state = workdir / "state"
+        self.state = state or workdir / "state"
         self.command_port = free_port()
         self.metrics_port = free_port()
         self.config = workdir / "config.toml"
+        workdir.mkdir(parents=True, exist_ok=True)
         self.config.write_text(
             CONFIG.format(state=self.state, port=broker.port, prefix=self.prefix, accounts=accounts,
                           command_port=self.command_port, metrics_port=self.metrics_port)
@@ -165,7 +167,7 @@ async def running_daemon(broker: Mosquitto, workdir: Path, extra: str = "",
                          env: Mapping[str, str] | None = None,
                          accounts: str = SIM_ACCOUNT) -> AsyncIterator[Daemon]:
     """A started daemon, stopped at the end of the block."""
-    daemon = Daemon(broker, workdir, extra, env, accounts)
+    daemon = Daemon(broker, workdir, extra, env=env, accounts=accounts)
     await daemon.start()
     try:
         yield daemon

@@ -98,8 +98,13 @@ class TestGuard:
         gets through, and no more than the cap stay open."""
         async with guarded(header_timeout=30, cap=8) as (port, runner):
             socks = await open_idle(port, 40)
-            assert runner.server is not None
-            assert len(runner.server.connections) <= 8
+            server = runner.server
+            assert server is not None
+            for _ in range(200):  # evicted ones leave once their close has run
+                if len(server.connections) <= 8:
+                    break
+                await asyncio.sleep(0.05)
+            assert len(server.connections) <= 8
             [latency] = await healthz_latencies(f"http://127.0.0.1:{port}/ok", 1)
             assert latency < HEALTHZ_LIMIT
             for s in socks:
