@@ -20,8 +20,6 @@ from monitor.core.plan import (
     MarketRules,
     PlannedOrder,
     UnsafePlan,
-    client_order_id,
-    order_params,
     plan_step,
     prove_reduce_only,
     round_up,
@@ -29,6 +27,7 @@ from monitor.core.plan import (
 )
 from monitor.core.stress import minimal_reduction, reduced
 from monitor.errors import UserError
+from monitor.venues.orders import client_order_id, order_params
 from tests.strategies import accounts
 
 BTC = "BTC/USDT:USDT"

@@ -14,10 +14,11 @@ import pytest
 from monitor.config.actions import ActionsSettings, StopLossSettings
 from monitor.core.margin.report import report
 from monitor.core.model import MarginReport
-from monitor.protect.backstop import StopBackstop, stop_client_id
+from monitor.protect.backstop import StopBackstop
 from monitor.protect.executor import Executor
 from monitor.sources.exchange import ExchangeSource
 from monitor.sources.sim import SimVenue
+from monitor.venues.orders import stop_client_id
 from tests.fakes.account import account_for
 from tests.fakes.binance import API_KEY, SECRET, BinancePosition, FakeBinanceUsdm
 from tests.fakes.binance_orders import BinanceOrders, install_orders

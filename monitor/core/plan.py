@@ -24,7 +24,6 @@ No clock, no I/O: `now` and the per-account history are passed in (docs/developm
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -42,9 +41,7 @@ __all__ = [
     "MarketRules",
     "PlannedOrder",
     "UnsafePlan",
-    "client_order_id",
     "closing_side",
-    "order_params",
     "plan_step",
     "prove_reduce_only",
     "round_up",
@@ -401,35 +398,6 @@ def prove_reduce_only(snapshot: AccountSnapshot, orders: Sequence[PlannedOrder])
                 f"{o.symbol}: {total[p.key]:g} contracts exceed the {p.side} position of "
                 f"{p.contracts:g}"
             )
-
-
-def order_params(order: PlannedOrder, venue: str | None, client_id: str) -> dict[str, Any]:
-    """ccxt `create_order` params for a reduce-only market order (docs/venues.md).
-
-    One-way mode: `reduceOnly` (Binance/Bybit/OKX map it). Hedge mode: ccxt's unified
-    `hedged=True` with `reduceOnly` sets Binance's `positionSide` / Bybit's `positionIdx` to
-    the position being closed; Binance-family venues (and the sim, which follows Binance) also
-    get `positionSide` explicitly so the intent is in the request, not derived from `side`.
-    """
-    params: dict[str, Any] = {"reduceOnly": True, "clientOrderId": client_id}
-    if order.hedged:
-        params["hedged"] = True
-        if venue is None or venue.startswith("binance") or venue == "sim":
-            params["positionSide"] = order.position_side.upper()
-    return params
-
-
-def client_order_id(account: str, episode: str, step: int, leg: int, venue: str | None) -> str:
-    """Deterministic client id for (account, episode, step, leg): a resend is a duplicate.
-
-    32 characters of [a-z0-9] fit every venue's rules (Binance ≤ 36 `[.A-Z:/a-z0-9_-]`,
-    Bybit orderLinkId ≤ 36, OKX clOrdId ≤ 32 alphanumeric); Hyperliquid needs a 128-bit hex
-    cloid (`0x` + 32 hex, docs/venues.md).
-    """
-    digest = hashlib.sha256(f"{account}|{episode}|{step}|{leg}".encode()).hexdigest()
-    if venue == "hyperliquid":
-        return "0x" + digest[:32]
-    return "mm" + digest[:30]
 
 
 def stop_price(side: Side, liquidation_price: float, mark_price: float, distance: float) -> float:

@@ -46,7 +46,7 @@ def build_sinks(
 ) -> list[Sink]:
     """Every consumer of reports: console, alerts, actions, metrics (docs/ has a page for each).
 
-    `sources` maps account names to their sources: the order desks (sources/base.py
+    `sources` maps account names to their sources: the order desks (protect/desk.py
     `OrderDesk`) that protective actions trade through; empty for `check`.
     """
     console = ConsoleSink(live=tui, accounts=[a.name for a in settings.accounts

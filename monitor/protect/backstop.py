@@ -27,7 +27,6 @@ Rules that keep it from doing harm:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -38,22 +37,14 @@ from monitor.config.actions import StopLossSettings
 from monitor.core.model import MarginReport, PositionRisk, Side
 from monitor.core.plan import PlannedOrder, closing_side, stop_price
 from monitor.venues.errors import catching
+from monitor.venues.orders import stop_client_id, stop_params, stop_stem
 
 if TYPE_CHECKING:
     from monitor.protect.executor import Executor
 
-__all__ = ["StopBackstop", "stop_client_id"]
+__all__ = ["StopBackstop"]
 
 log = structlog.get_logger("monitor.backstop")
-
-
-def stop_client_id(account: str, symbol: str, side: Side, generation: int) -> str:
-    """`ms<12 hex of (account, symbol, side)><generation:08d>`: ours, per position, ordered."""
-    return "ms" + _stem(account, symbol, side) + f"{generation:08d}"
-
-
-def _stem(account: str, symbol: str, side: Side) -> str:
-    return hashlib.sha256(f"{account}|{symbol}|{side}".encode()).hexdigest()[:12]
 
 
 @dataclass
@@ -80,33 +71,15 @@ class StopBackstop:
         self.placed = 0
         self.cancelled = 0
 
-    # --- venue access: ccxt's trigger-order calls on a live account, the desk on the sim ------
-
-    async def _open_stops(self, symbol: str) -> list[dict[str, Any]]:
-        exchange = getattr(self.ex.desk, "exchange", None)
-        if exchange is not None:
-            rows: list[dict[str, Any]] = await exchange.fetch_open_orders(
-                symbol, None, None, {"trigger": True}
-            )
-            return rows
-        return [o for o in await self.ex.desk.fetch_open_orders(symbol) if o.get("triggerPrice")]
-
-    async def _cancel(self, order_id: str, symbol: str) -> None:
-        exchange = getattr(self.ex.desk, "exchange", None)
-        if exchange is not None:
-            await exchange.cancel_order(order_id, symbol, {"trigger": True})
-        else:
-            await self.ex.desk.cancel_order(order_id, symbol)
-
     async def _sync(self, symbols: set[str], now: float) -> None:
         """Reconcile with what rests at the venue, recognised by our client-id prefix."""
         found: dict[tuple[str, Side], list[_Stop]] = {}
         sides: tuple[Side, ...] = ("long", "short")
         for symbol in sorted(symbols):
-            for o in await self._open_stops(symbol):
+            for o in await self.ex.desk.open_stops(symbol):
                 cid = str(o.get("clientOrderId") or "")
                 for side in sides:
-                    stem = "ms" + _stem(self.ex.account, symbol, side)
+                    stem = "ms" + stop_stem(self.ex.account, symbol, side)
                     if cid.startswith(stem) and cid[len(stem) :].isdigit():
                         stop = _Stop(str(o["id"]), cid, int(cid[len(stem) :]),
                                      float(o.get("triggerPrice") or 0.0),
@@ -126,7 +99,7 @@ class StopBackstop:
                     complete = False
                     continue
                 with contextlib.suppress(*catching("OrderNotFound")):
-                    await self._cancel(extra.order_id, key[0])
+                    await self.ex.desk.cancel_stop(extra.order_id, key[0])
                 self.cancelled += 1
                 self.ex.record("stop_cancelled", {"symbol": key[0], "side": key[1],
                                                   "client_id": extra.client_id,
@@ -176,7 +149,7 @@ class StopBackstop:
         if self._blocked(now, "cancel_stop", {"symbol": key[0], "client_id": stop.client_id}):
             return 0  # still resting: kept, so the cancel is retried when allowed
         with contextlib.suppress(*catching("OrderNotFound")):  # triggered or cancelled by hand
-            await self._cancel(stop.order_id, key[0])
+            await self.ex.desk.cancel_stop(stop.order_id, key[0])
         del self.stops[key]
         self.cancelled += 1
         body = {"symbol": key[0], "side": key[1], "client_id": stop.client_id, "reason": why}
@@ -208,15 +181,8 @@ class StopBackstop:
         if current is not None:
             changes += await self._remove((r.symbol, r.side), "liquidation price moved", now)
         order = PlannedOrder(r.symbol, r.side, r.contracts, r.notional, r.hedged)
-        params: dict[str, Any] = {"reduceOnly": True, "clientOrderId": cid,
-                                  "stopLossPrice": trigger}  # fmt: skip
-        venue = self.ex.venue or ""
-        if venue.startswith("binance"):
-            params["workingType"] = self.settings.working_type  # trigger on mark, not last
-        if r.hedged:
-            params["hedged"] = True
-            if venue.startswith("binance") or venue == "sim":
-                params["positionSide"] = r.side.upper()
+        params = stop_params(self.ex.venue or "", r.side, hedged=r.hedged, client_id=cid,
+                             trigger=trigger, working_type=self.settings.working_type)
         try:
             placed = await self.ex.desk.create_order(
                 r.symbol, "market", closing_side(r.side), order.amount, None, params

@@ -52,15 +52,14 @@ from monitor.core.plan import (
     MarketRules,
     PlannedOrder,
     UnsafePlan,
-    client_order_id,
-    order_params,
     plan_step,
     prove_reduce_only,
 )
+from monitor.protect.desk import OrderDesk
 from monitor.protect.switches import ActionSwitches
-from monitor.sources.base import OrderDesk
 from monitor.sources.budget import urgent_requests
 from monitor.venues.errors import catching
+from monitor.venues.orders import amount_step, client_order_id, order_params
 
 __all__ = [
     "AccountLock",
@@ -77,9 +76,6 @@ Publish = Callable[[str, Mapping[str, Any]], None]
 Alert = Callable[[str, str], None]
 FreshRead = Callable[[], Any]  # async () -> AccountSnapshot
 
-#: ccxt's precisionMode values (ccxt/base/decimal_to_precision.py).
-_DECIMAL_PLACES = 2
-_SIGNIFICANT_DIGITS = 3
 #: Least seconds before re-reading the venue after a step that could send nothing.
 _QUIET = 5.0
 #: Seconds between two fetch_order polls while waiting for a fill.
@@ -179,19 +175,10 @@ def kill_switch_file(state_dir: Path, account: str) -> Path | None:
 
 
 def market_rules(desk: OrderDesk, symbol: str, venue: str | None) -> MarketRules:
-    """Step and minimums of `symbol` from ccxt's market structure.
-
-    ccxt reports `precision.amount` as a step (TICK_SIZE) on most venues but as a number of
-    decimals or significant digits on some (`precisionMode`), so it is converted here.
-    """
+    """Step and minimums of `symbol` from ccxt's market structure (the step as the desk's
+    `precision_mode` says to read it, venues/orders.py `amount_step`)."""
     market = desk.market(symbol)
-    raw = (market.get("precision") or {}).get("amount")
-    mode = getattr(getattr(desk, "exchange", None), "precisionMode", None)
-    step = float(raw) if raw is not None else 1.0
-    if mode == _DECIMAL_PLACES and raw is not None:
-        step = 10.0 ** -int(raw)
-    elif mode == _SIGNIFICANT_DIGITS:
-        step = 1.0  # rare on derivatives venues; whole contracts are always accepted
+    step = amount_step(market, desk.precision_mode)
     limits = market.get("limits") or {}
     min_amount = float((limits.get("amount") or {}).get("min") or 0.0)
     min_cost = float((limits.get("cost") or {}).get("min") or 0.0)
@@ -228,7 +215,7 @@ class Executor:
 
     Args:
         account: the configured account name.
-        desk: where orders go (the sim or a live `ExchangeSource`; sources/base.py).
+        desk: where orders go (the sim or a live `ExchangeSource`; protect/desk.py).
         fresh_read: an async callable returning a FRESH `AccountSnapshot` from the venue.
         settings: the `[actions]` section.
         action_ratio: the ratio at which a step is taken (the level resolved to a number).
@@ -607,31 +594,14 @@ class Executor:
                 with contextlib.suppress(*catching("OrderNotFound", "InvalidOrder")):
                     order = await self.desk.cancel_order(str(order["id"]), symbol)
                 with contextlib.suppress(*catching("BaseError")):
-                    order = await self._fetch_order(str(order["id"]), symbol)
+                    order = await self.desk.fetch_order(str(order["id"]), symbol)
                 break
             await asyncio.sleep(_POLL)
             try:
-                order = await self._fetch_order(str(order["id"]), symbol)
+                order = await self.desk.fetch_order(str(order["id"]), symbol)
             except catching("BaseError") as exc:
                 log.warning("actions.fetch_order_failed", error=str(exc))
         return order
-
-    def _query_params(self) -> dict[str, Any]:
-        """Extra ccxt params an order query needs on this venue.
-
-        Bybit UTA: ccxt's fetch_order refuses without `acknowledged` (it only sees the last
-        500 orders, `/v5/order/realtime`), which is fine for an order placed seconds ago.
-        """
-        return {"acknowledged": True} if self.venue == "bybit" else {}
-
-    async def _fetch_order(self, order_id: str, symbol: str) -> dict[str, Any]:
-        exchange = getattr(self.desk, "exchange", None)
-        if exchange is not None and self._query_params():
-            found: dict[str, Any] = await exchange.fetch_order(
-                order_id, symbol, self._query_params()
-            )
-            return found
-        return await self.desk.fetch_order(order_id, symbol)
 
     async def _lookup(self, cid: str, symbol: str) -> dict[str, Any] | None:
         """Find an order by client id: open orders first, then the venue's own lookup."""
@@ -639,17 +609,7 @@ class Executor:
             for o in await self.desk.fetch_open_orders(symbol):
                 if o.get("clientOrderId") == cid:
                     return o
-        exchange = getattr(self.desk, "exchange", None)
-        if exchange is not None:
-            # Binance: GET /fapi/v1/order?origClientOrderId= (ccxt maps `clientOrderId`);
-            # Bybit: GET /v5/order/realtime?orderLinkId= (passed through as is).
-            key = "orderLinkId" if self.venue == "bybit" else "clientOrderId"
-            with contextlib.suppress(*catching("OrderNotFound")):
-                found: dict[str, Any] = await exchange.fetch_order(
-                    "", symbol, {key: cid, **self._query_params()}
-                )
-                return found
-        return None
+        return await self.desk.find_order(cid, symbol)
 
     async def _settle_pending(self, now: float) -> bool:
         """Resolve orders left from a crash or timeout; True when none is still unknown."""
@@ -694,12 +654,8 @@ class Executor:
         success"), so "not found" proves nothing before that. Without a window, ccxt's
         timeout bounds the request's life. The sim answers in-process: no window.
         """
-        exchange = getattr(self.desk, "exchange", None)
-        if exchange is None:
-            return 0.0
-        options = getattr(exchange, "options", None) or {}
-        window_ms = options.get("recvWindow") or getattr(exchange, "timeout", 0) or 0
-        return float(window_ms) / 1000.0 + _SKEW
+        window = self.desk.in_flight_window()
+        return 0.0 if window is None else window + _SKEW
 
     async def _confirm(self, plan: ActionPlan) -> None:
         """Re-read and check the ratio really improved (a fill at a bad price may not)."""

@@ -22,8 +22,9 @@ import structlog
 from monitor.core.model import AccountSnapshot, Event, MarginReport
 from monitor.core.plan import ActionPlan, UnsafePlan, plan_step
 from monitor.protect.backstop import StopBackstop
+from monitor.protect.desk import OrderDesk
 from monitor.protect.executor import Executor, market_rules
-from monitor.sources.base import OrderDesk, Source
+from monitor.sources.base import Source
 
 if TYPE_CHECKING:
     from monitor.alerts.sink import AlertsSink

@@ -67,6 +67,7 @@ from monitor.sources.normalize import (
     unpriced_assets,
     venue_figures,
 )
+from monitor.venues.orders import TRIGGER, client_id_query, query_params
 
 __all__ = [
     "AccountConfig",
@@ -402,7 +403,7 @@ class ExchangeSource:
             with contextlib.suppress(Exception):
                 await self.exchange.close()
 
-    # --- the order desk (monitor.sources.base.OrderDesk): ccxt's own calls, unchanged ---------
+    # --- the order desk (protect/desk.py): ccxt's calls, the venue's params from venues/ --------
 
     async def _ready(self) -> Any:
         exchange = await self.open()
@@ -427,7 +428,28 @@ class ExchangeSource:
 
     async def fetch_order(self, id: str, symbol: str | None = None) -> dict[str, Any]:
         exchange = await self._ready()
-        order: dict[str, Any] = await exchange.fetch_order(id, symbol)
+        order: dict[str, Any] = await exchange.fetch_order(id, symbol, query_params(self.venue))
+        return order
+
+    async def find_order(self, client_id: str, symbol: str) -> dict[str, Any] | None:
+        exchange = await self._ready()
+        with contextlib.suppress(ccxt_errors.OrderNotFound):
+            found: dict[str, Any] = await exchange.fetch_order(
+                "", symbol, client_id_query(self.venue, client_id)
+            )
+            return found
+        return None
+
+    async def open_stops(self, symbol: str) -> list[dict[str, Any]]:
+        exchange = await self._ready()
+        rows: list[dict[str, Any]] = await exchange.fetch_open_orders(
+            symbol, None, None, dict(TRIGGER)
+        )
+        return rows
+
+    async def cancel_stop(self, id: str, symbol: str) -> dict[str, Any]:
+        exchange = await self._ready()
+        order: dict[str, Any] = await exchange.cancel_order(id, symbol, dict(TRIGGER))
         return order
 
     async def fetch_open_orders(self, symbol: str | None = None) -> list[dict[str, Any]]:
@@ -451,6 +473,18 @@ class ExchangeSource:
     def market(self, symbol: str) -> dict[str, Any]:
         found: dict[str, Any] = self.exchange.market(symbol)
         return found
+
+    @property
+    def precision_mode(self) -> int | None:
+        mode: int | None = None if self.exchange is None else self.exchange.precisionMode
+        return mode
+
+    def in_flight_window(self) -> float | None:
+        exchange = self.exchange
+        if exchange is None:
+            return None
+        window_ms = (exchange.options or {}).get("recvWindow") or exchange.timeout or 0
+        return float(window_ms) / 1000.0
 
     async def __aenter__(self) -> ExchangeSource:
         await self.open()
