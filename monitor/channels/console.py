@@ -117,16 +117,19 @@ class ConsoleSink:
         summary_every: float = 5.0,
         console: Console | None = None,
         accounts: Sequence[str] = (),
+        *,
+        alerts: AlertView | None = None,
     ) -> None:
         """`console` defaults to rich's stdout console (tests pass a recording one);
-        `accounts`: every configured account, shown before (or without) any report."""
+        `accounts`: every configured account, shown before (or without) any report;
+        `alerts`: the alert side, whose worst active alert heads the screen."""
         self.live = live
         self.refresh_per_second = refresh_per_second
         self.summary_every = summary_every
         self._console = console or Console()
         self._views: dict[str, _View] = {name: _View() for name in accounts}
         self._live: Live | None = None
-        self.alerts: AlertView | None = None
+        self.alerts = alerts
 
     async def start(self, tg: asyncio.TaskGroup) -> None:
         """Start the live view or the summary loop as task `sink[console]`."""

@@ -51,10 +51,9 @@ def run_command(args: argparse.Namespace) -> int:
         log.warning("no account in this shard; nothing to run", shard=shard)
         return 0
     sources = [open_source(a, replay, settings.state_dir) for a in accounts]
-    sinks = build_sinks(settings, tui, {s.account: s for s in sources})
-    for sink in sinks:  # docs/kubernetes.md: margin_monitor_shards tells a missing shard
-        if shard is not None and hasattr(sink, "shard"):
-            sink.shard = parse_shard(shard)
+    # docs/kubernetes.md: margin_monitor_shards tells a missing shard
+    sinks = build_sinks(settings, tui, {s.account: s for s in sources},
+                        shard=None if shard is None else parse_shard(shard))  # fmt: skip
 
     def reload_accounts() -> list[AccountSettings]:
         fresh = load_settings(args.config)

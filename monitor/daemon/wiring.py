@@ -42,26 +42,32 @@ def open_source(
 
 
 def build_sinks(
-    settings: Settings, tui: bool, sources: Mapping[str, Source] | None = None
+    settings: Settings,
+    tui: bool,
+    sources: Mapping[str, Source] | None = None,
+    *,
+    shard: tuple[int, int] | None = None,
 ) -> list[Sink]:
     """Every consumer of reports: console, alerts, actions, metrics (docs/ has a page for each).
 
     `sources` maps account names to their sources: the order desks (protect/desk.py
-    `OrderDesk`) that protective actions trade through; empty for `check`.
+    `OrderDesk`) that protective actions trade through; empty for `check`. `shard`: (K, N)
+    under `--shard K/N`, exported by the metrics sink (docs/kubernetes.md).
     """
-    console = ConsoleSink(live=tui, accounts=[a.name for a in settings.accounts
-                                              if sources is None or a.name in sources])
-    sinks: list[Sink] = [console]
     actions = build_actions_sink(settings, sources)  # docs/actions.md: protective orders
     alerts = build_alerts_sink(settings.state_dir, settings.alerts.to_config(), settings.mqtt,
                                settings.notify, action_note=actions.note if actions else None,
                                accounts=[a.name for a in settings.accounts])
+    # the screen's headline is the worst active alert (docs/alerts.md)
+    console = ConsoleSink(live=tui, accounts=[a.name for a in settings.accounts
+                                              if sources is None or a.name in sources],
+                          alerts=alerts)  # fmt: skip
+    sinks: list[Sink] = [console]
     if actions is not None:
         actions.attach(alerts)
         # before the alerts: an alert then carries the action state of its own report
         sinks.append(actions)
     sinks.append(alerts)
-    console.alerts = alerts  # the screen's headline is the worst active alert (docs/alerts.md)
     if settings.metrics.enabled or settings.heartbeat.url is not None:
         # docs/monitoring.md: Prometheus /metrics and /healthz; the heartbeat pings only while the
         # metrics sink's freshness says every account is seen (it tracks it either way)
@@ -70,7 +76,10 @@ def build_sinks(
 
         watched = {a.name: a.stale_after for a in settings.accounts
                    if sources is None or a.name in sources}  # fmt: skip
-        health = build_metrics_sink(settings.metrics, watched, sinks, sources)
+        health = build_metrics_sink(
+            settings.metrics, watched, sinks, sources, shard=shard,
+            protection=actions.protection_disabled if actions is not None else None,
+        )  # fmt: skip
         sinks.append(health)
         if settings.metrics.status_page:
             from monitor.channels.web import StatusSink  # noqa: PLC0415 - docs/status-page.md

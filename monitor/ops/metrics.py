@@ -197,19 +197,21 @@ class MetricsSink:
         accounts: Mapping[str, float],
         *,
         outbox_depth: Callable[[], Mapping[str, int]] | None = None,
+        protection: Callable[[], Mapping[str, str]] | None = None,
+        shard: tuple[int, int] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.clock = clock
         self.outbox_depth = outbox_depth
         #: account -> why its protective actions cannot run (the actions sink's)
-        self.protection: Callable[[], Mapping[str, str]] | None = None
+        self.protection = protection
         self.accounts: dict[str, AccountHealth] = {}
         self.drift: dict[str, Drift] = {}
         #: the systemd watchdog's progress check (daemon.py), for `/livez` (docs/kubernetes.md)
         self.liveness: Callable[[], str | None] | None = None
         #: (K, N) under `--shard K/N`: exported so a missing shard's process is noticed
-        self.shard: tuple[int, int] | None = None
+        self.shard = shard
         self.address: tuple[str, int] | None = None
         self._runner: Any = None
         self._collector = _AccountCollector(self)
@@ -541,6 +543,9 @@ def build_metrics_sink(
     accounts: Mapping[str, float],
     sinks: Iterable[object] = (),
     sources: Mapping[str, object] | None = None,
+    *,
+    protection: Callable[[], Mapping[str, str]] | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> MetricsSink:
     """The metrics sink wired to what the daemon built, found by what they expose.
 
@@ -554,11 +559,8 @@ def build_metrics_sink(
         # lazily on first use, and `check` must never open it (sinks/alerts.py)
         if hasattr(type(sink), "pipeline"):
             depth = outbox_depth_of(_pending_of(sink))
-    metrics = MetricsSink(settings, accounts, outbox_depth=depth)
-    for sink in sinks:
-        protection = getattr(sink, "protection_disabled", None)
-        if callable(protection):  # the actions sink (issue 13)
-            metrics.protection = protection
+    metrics = MetricsSink(settings, accounts, outbox_depth=depth, protection=protection,
+                          shard=shard)  # fmt: skip
     metrics.set_accounts(accounts, sources)
     return metrics
 
