@@ -128,10 +128,14 @@ class AlertsSink:
 
     def disable_protection(self, account: str, reason: str | None, level: str) -> None:
         """Protective actions of `account` cannot run (reason) or run again (None): the
-        `protection_disabled` alert, and the retained MQTT state carries the reason."""
+        `protection_disabled` alert, the retained MQTT state carries the reason, and the
+        audit trail and the terminal's action list say it (`record_action`)."""
         self.pipeline.protection_alert(account, reason, cast("Level", level))
         if self.mqtt is not None:
             self.mqtt.set_protection(account, reason)
+        kind = "protection_disabled" if reason is not None else "protection_enabled"
+        text = reason if reason is not None else "protective actions can run again"
+        self.record_action(account, kind, {"reason": text}, self.pipeline.clock())
 
     def resolve_action_alert(self, account: str, now: float | None = None) -> bool:
         """End the account's `action_rejected` alert; True when one was firing."""

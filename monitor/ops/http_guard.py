@@ -130,6 +130,9 @@ async def serve(
         access_log=None,
         handle_signals=False,
         keepalive_timeout=header_timeout,
+        # after an answer to an unread body aiohttp drains it for up to this long (default
+        # 10 s): a trickling client would keep its connection that long past the timeout
+        lingering_time=1.0,
         max_line_size=8190,
         max_field_size=8190,
     )

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import signal
+import stat
 import sys
 import threading
 from collections.abc import Iterable
@@ -287,7 +288,8 @@ class Throttle(logging.Filter):
         return False
 
 
-#: Set when the log stream's reader went away (`run --no-tui | head`): the CLI then exits 2.
+#: Set when the log stream's reader went away (`run --no-tui | head`): the CLI then exits 2
+#: (stdout a pipe); on any other stream the daemon keeps running, its log to /dev/null.
 OUTPUT_CLOSED = threading.Event()
 
 
@@ -295,14 +297,28 @@ class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
     """stdout; a closed pipe stops the process (SIGTERM: a clean stop) instead of printing
     a "--- Logging error ---" traceback per line (docs/hardening.md: `run --no-tui | head`)."""
 
+    _broken = False
+
     def handleError(self, record: logging.LogRecord) -> None:
         if isinstance(sys.exc_info()[1], BrokenPipeError):
-            if not OUTPUT_CLOSED.is_set():
-                OUTPUT_CLOSED.set()
+            if not self._broken:
+                self._broken = True
+                piped = _stdout_is_pipe()
                 discard_stdout()
-                os.kill(os.getpid(), signal.SIGTERM)
+                if piped:
+                    # `| head` left: the person is done with this run. Only a pipe: a
+                    # journald stream is a socket, and losing it must never stop protection
+                    OUTPUT_CLOSED.set()
+                    os.kill(os.getpid(), signal.SIGTERM)
             return
         super().handleError(record)
+
+
+def _stdout_is_pipe() -> bool:
+    try:
+        return stat.S_ISFIFO(os.fstat(sys.stdout.fileno()).st_mode)
+    except (OSError, ValueError):
+        return False
 
 
 def discard_stdout() -> None:

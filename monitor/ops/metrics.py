@@ -356,6 +356,7 @@ class MetricsSink:
         from aiohttp import web  # noqa: PLC0415 - only when the endpoint is enabled
 
         from monitor.ops import http_guard  # noqa: PLC0415 - aiohttp too
+        from monitor.ops.logs import redact  # noqa: PLC0415
 
         async def metrics(request: web.Request) -> web.Response:
             del request
@@ -371,7 +372,8 @@ class MetricsSink:
             blind = self.blind()
             if not blind:
                 return web.Response(text=f"ok: {len(self.accounts)} accounts fresh\n")
-            lines = "".join(f"{name}: {reason}\n" for name, reason in blind.items())
+            # a venue's words (a websocket error too): never a secret it repeated (issue 13)
+            lines = "".join(f"{name}: {redact(reason)}\n" for name, reason in blind.items())
             return web.Response(status=503, text=f"blind: {', '.join(blind)}\n{lines}")
 
         async def readyz(request: web.Request) -> web.Response:

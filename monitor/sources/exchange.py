@@ -260,8 +260,9 @@ def _merged(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]
 
 def _one_line(exc: BaseException, limit: int = 240) -> str:
     """An exception as one log-safe line (ccxt bodies can be long and multi-line)."""
-    # Signed URLs carry a signature and timestamp: keep logs to the path.
-    text = re.sub(r"\?\S*", "?…", " ".join(str(exc).split()))
+    # Signed URLs carry a signature and timestamp: keep logs to the path. Configured secrets
+    # go too: a websocket error does not pass exchange.fetch's scrub (_redact_errors).
+    text = re.sub(r"\?\S*", "?…", " ".join(logs.redact(str(exc)).split()))
     if len(text) > limit:
         text = text[: limit - 1] + "…"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -332,8 +332,12 @@ class SimVenue:
             step += 1
             now = self._clock()
             for symbol, price in prices:
+                # a fill announced meanwhile (an order placed while the daemon handled the
+                # previous tick) goes first: the later ticks move the book it left
+                while self._pending:
+                    yield self._pending.popleft()
                 self._set_mark(symbol, price)
-                yield PriceTick(self._account, symbol, price, now)
+                yield PriceTick(self._account, symbol, price, self._clock())
             self._trigger_resting(now)
 
     async def _sleep_until(self, loop: asyncio.AbstractEventLoop, due: float) -> None:

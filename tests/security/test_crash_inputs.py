@@ -147,7 +147,10 @@ class TestOneLine:
         """Test that command_listen = "[::1]:port" listens (the brackets were passed to
         getaddrinfo), and that a port already taken is one line, exit 2."""
         with socket.socket(socket.AF_INET6) as taken:
-            taken.bind(("::1", 0))
+            try:
+                taken.bind(("::1", 0))
+            except OSError:
+                pytest.skip("no IPv6 loopback on this machine")
             taken.listen()
             port = taken.getsockname()[1]
             assert_one_line(run(["run", "--config", str(listen_config(tmp_path, port)),
@@ -272,3 +275,35 @@ class TestHostileEnvelope:
             await runner.cleanup()
         [row] = pipeline.store.audit_trail(kind="command_refused")
         assert row.payload["source"] == "http:127.0.0.1"
+
+
+class TestLogStreamLost:
+    """Only a pipe's reader leaving stops the daemon; a lost journald socket does not."""
+
+    @pytest.mark.parametrize("piped", [True, False])
+    def test_broken_log_stream(self, piped: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Test that a broken pipe on stdout stops the process (SIGTERM, exit 2 later) only
+        when stdout is a pipe, and logging goes quietly to /dev/null either way."""
+        import logging
+
+        from monitor.ops import logs
+
+        class Broken:
+            def write(self, text: str) -> int:
+                raise BrokenPipeError
+
+            def flush(self) -> None:
+                raise BrokenPipeError
+
+        kills: list[int] = []
+        discards: list[bool] = []
+        monkeypatch.setattr(logs, "_stdout_is_pipe", lambda: piped)
+        monkeypatch.setattr(logs, "discard_stdout", lambda: discards.append(True))
+        monkeypatch.setattr(logs.os, "kill", lambda pid, sig: kills.append(sig))
+        monkeypatch.setattr(logs, "OUTPUT_CLOSED", logs.threading.Event())
+        handler = logs._Handler(Broken())  # type: ignore[arg-type]
+        for _ in range(3):
+            handler.handle(logging.LogRecord("x", logging.ERROR, __file__, 1, "m", None, None))
+        assert discards == [True]
+        assert len(kills) == (1 if piped else 0)
+        assert logs.OUTPUT_CLOSED.is_set() is piped

@@ -132,3 +132,41 @@ class TestRetention:
         for table, key in (("seen_request", "request_id"), ("silence", "id"),
                            ("action_pause", "account")):
             assert db.execute(f"SELECT {key} FROM {table}").fetchall() == [("kept",)]
+
+
+class TestHttpFlood:
+    """Bad requests on the command port (the probe sent ~1 800 a second)."""
+
+    async def test_refusals_aggregate_and_a_valid_command_applies(self, tmp_path: Path) -> None:
+        """Test that 2 000 forged commands over HTTP leave one audit row with their count,
+        and a signed pause sent after them is executed."""
+        import aiohttp
+
+        from monitor.alerts.command_http import serve_commands
+        from monitor.alerts.pipeline import AlertPipeline
+        from monitor.core.rules import AlertConfig
+        from monitor.store import Store
+        from tests.mqtt_broker import free_port
+        from tests.security.harness import SECRET
+
+        pipeline = AlertPipeline(Store(tmp_path / "a.db"), AlertConfig(),
+                                 command_secret=SECRET.encode())
+        port = free_port()
+        runner = await serve_commands(
+            lambda raw, source: pipeline.handle_command(raw, source=source), f"127.0.0.1:{port}")
+        url = f"http://127.0.0.1:{port}/command"
+        try:
+            async with aiohttp.ClientSession() as http:
+                for i in range(2000):
+                    async with http.post(url, data=junk(i)) as resp:
+                        assert resp.status == 403
+                pause = command("pause", account="demo", duration=600)
+                async with http.post(url, data=pause) as resp:
+                    assert resp.status == 200
+        finally:
+            await runner.cleanup()
+        pipeline.flush()
+        rows = pipeline.store.audit_trail(kind="command_refused")
+        assert len(rows) <= 2  # one per source per minute: two only across a minute's end
+        assert sum(r.payload["count"] for r in rows) == 2000
+        assert pipeline.switches.is_paused("demo", pipeline.clock() + 1)

@@ -166,3 +166,28 @@ class TestUnits:
         text = (Path(__file__).parent.parent.parent / "systemd" / unit).read_text()
         [line] = [ln for ln in text.splitlines() if ln.startswith("LimitNOFILE=")]
         assert int(line.split("=", 1)[1]) >= 4 * http_guard.MAX_CONNECTIONS
+
+
+class TestBodyTimeout:
+    """A command body that trickles in is cut off."""
+
+    async def test_slow_body_gets_408(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Test that a POST /command whose body does not arrive in time is answered 408 and
+        the handler never sees it."""
+        from monitor.alerts.command_http import serve_commands
+
+        monkeypatch.setattr(http_guard, "BODY_TIMEOUT", 0.3)
+        seen: list[bytes] = []
+        port = free_port()
+        runner = await serve_commands(lambda raw, source: seen.append(raw) or {"ok": True},
+                                      f"127.0.0.1:{port}")
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"POST /command HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"a\"")
+            await writer.drain()
+            status = await asyncio.wait_for(reader.readline(), 5)
+            writer.close()
+        finally:
+            await runner.cleanup()
+        assert status.split()[1] == b"408"
+        assert seen == []

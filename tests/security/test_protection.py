@@ -84,3 +84,29 @@ class TestProtectionDisabled:
         assert b"DISABLED" not in check.stdout
         assert b"actions: simulated" in check.stdout
         assert not state.exists()
+
+
+class TestTerminal:
+    """The TUI lists protection turning off and on among the protective-action decisions."""
+
+    def test_dashboard_shows_protection_disabled(self, tmp_path: Path) -> None:
+        """Test that the dashboard's action list names protection_disabled with its reason,
+        then protection_enabled, and the audit trail holds both."""
+        from rich.console import Console
+
+        from monitor.alerts.sink import build_alerts_sink
+        from monitor.channels.console import ConsoleSink
+        from monitor.core.rules import AlertConfig
+
+        alerts = build_alerts_sink(tmp_path, AlertConfig(), None, None)
+        alerts.disable_protection("demo", "state directory /x is not writable", "critical")
+        screen = Console(record=True, width=160)
+        console = ConsoleSink(live=False, console=screen, accounts=["demo"])
+        console.alerts = alerts
+        screen.print(console.render())
+        text = screen.export_text()
+        assert "action protection_disabled" in text
+        assert "demo: state directory /x is not writable" in text
+        alerts.disable_protection("demo", None, "critical")
+        kinds = [r.kind for r in alerts.pipeline.store.audit_trail(account="demo")]
+        assert kinds == ["protection_disabled", "protection_enabled"]
