@@ -43,6 +43,7 @@ from monitor.core.model import (
 from monitor.core.rules import AlertConfig, AlertState, Level, level_rank
 from monitor.ops.metrics import record_action as record_action_metric
 from monitor.protect.switches import ActionSwitches
+from monitor.sink import Sink
 from monitor.store import Store
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ RECENT_ACTIONS = 5
 DRAIN_LIMIT = 2.0
 
 
-class AlertsSink:
+class AlertsSink(Sink):
     """A `monitor.sink.Sink` that feeds the alert pipeline.
 
     The pipeline (and its SQLite store) is built on first use, so `margin-monitor check`,
@@ -189,12 +190,6 @@ class AlertsSink:
             self.pipeline.on_source_event(event)
         elif isinstance(event, ModelDrift):
             self.pipeline.on_model_drift(event)
-
-    async def on_level(
-        self, account: str, level: str, previous: str, report: MarginReport, now: float
-    ) -> None:
-        """Nothing: the pipeline runs the full lifecycle itself (it saw the same report)."""
-        del account, level, previous, report, now
 
     async def close(self) -> None:
         """Drain the outbox (bounded), end the MQTT session, close the store."""

@@ -41,6 +41,7 @@ from monitor.core.model import (
     SourceUp,
 )
 from monitor.core.rules import RULE_MARGIN, RULE_SHOCK, AlertState
+from monitor.sink import Sink
 
 __all__ = ["ConsoleSink"]
 
@@ -105,7 +106,7 @@ class _View:
         return "up", ""
 
 
-class ConsoleSink:
+class ConsoleSink(Sink):
     """Shows every account's margin state; `live` selects the dashboard over log lines."""
 
     name = "console"

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from monitor import __version__
-from monitor.core.model import AccountSnapshot, Event, MarginReport
+from monitor.core.model import AccountSnapshot, MarginReport
+from monitor.sink import Sink
 from monitor.snapshot import report_to_dict, shock_to_dict
 
 if TYPE_CHECKING:
@@ -135,7 +136,7 @@ def status_json(
     }
 
 
-class StatusSink:
+class StatusSink(Sink):
     """A `Sink` that serves the status page and `/api/status` on the metrics listener.
 
     Args:
@@ -163,10 +164,6 @@ class StatusSink:
 
     # --- Sink -------------------------------------------------------------------------------
 
-    async def start(self, tg: asyncio.TaskGroup) -> None:
-        """Nothing to run: the metrics listener serves the routes (`install`)."""
-        del tg
-
     async def on_report(
         self, account: str, report: MarginReport, snapshot: AccountSnapshot, now: float
     ) -> None:
@@ -174,19 +171,12 @@ class StatusSink:
         del snapshot
         self.views.setdefault(account, AccountView()).observe(report, now)
 
-    async def on_event(self, event: Event) -> None:
-        """Source health comes from the metrics sink; nothing to keep here."""
-        del event
-
     async def on_level(
         self, account: str, level: str, previous: str, report: MarginReport, now: float
     ) -> None:
         """Remember the level for the account's badge."""
         del previous, report, now
         self.views.setdefault(account, AccountView()).level = level
-
-    async def close(self) -> None:
-        """Nothing to release: the listener belongs to the metrics sink."""
 
     def set_accounts(self, names: Iterable[str], sources: object = None) -> None:
         """After a reload: drop removed accounts, list new ones before their first report."""

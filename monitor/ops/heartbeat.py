@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from monitor.core.model import AccountSnapshot, Event, MarginReport
+from monitor.sink import Sink
 
 if TYPE_CHECKING:
     import aiohttp
@@ -46,7 +46,7 @@ class HeartbeatSettings(BaseModel):
     timeout: float = Field(default=10.0, gt=0, le=120)
 
 
-class HeartbeatSink:
+class HeartbeatSink(Sink):
     """A `Sink` whose only work is its task `heartbeat`; reports are not its business.
 
     Args:
@@ -104,22 +104,3 @@ class HeartbeatSink:
             if status is not None:
                 log.warning("heartbeat refused", host=where, status=status)
         return ok
-
-    async def on_report(
-        self, account: str, report: MarginReport, snapshot: AccountSnapshot, now: float
-    ) -> None:
-        """Nothing: freshness comes from `blind`."""
-        del account, report, snapshot, now
-
-    async def on_event(self, event: Event) -> None:
-        """Nothing."""
-        del event
-
-    async def on_level(
-        self, account: str, level: str, previous: str, report: MarginReport, now: float
-    ) -> None:
-        """Nothing."""
-        del account, level, previous, report, now
-
-    async def close(self) -> None:
-        """Nothing to flush: a stopped daemon simply stops pinging, which is the point."""

@@ -56,6 +56,7 @@ from monitor.core.model import (
     SourceUp,
 )
 from monitor.errors import UserError
+from monitor.sink import Sink
 
 __all__ = [
     "ACTIONS",
@@ -178,7 +179,7 @@ class AccountHealth:
 Drift = Callable[[], float | None]
 
 
-class MetricsSink:
+class MetricsSink(Sink):
     """A `Sink` that exports per-account gauges and serves `/metrics` and `/healthz`.
 
     Args:

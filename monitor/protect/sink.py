@@ -19,11 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from monitor.core.model import AccountSnapshot, Event, MarginReport
+from monitor.core.model import AccountSnapshot, MarginReport
 from monitor.core.plan import ActionPlan, UnsafePlan, plan_step
 from monitor.protect.backstop import StopBackstop
 from monitor.protect.desk import OrderDesk
 from monitor.protect.executor import Executor, market_rules
+from monitor.sink import Sink
 from monitor.sources.base import Source
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ __all__ = ["ActionsSink", "build_actions_sink"]
 log = structlog.get_logger("monitor.sinks.actions")
 
 
-class ActionsSink:
+class ActionsSink(Sink):
     """A `monitor.sink.Sink` running one `Executor` per protected account."""
 
     name = "actions"
@@ -251,16 +252,6 @@ class ActionsSink:
             return
         self._latest[account] = (report, now)
         self._wake[account].set()
-
-    async def on_event(self, event: Event) -> None:
-        """Nothing: fills show up in the next report."""
-        del event
-
-    async def on_level(
-        self, account: str, level: str, previous: str, report: MarginReport, now: float
-    ) -> None:
-        """Nothing: the action level is a ratio, checked on every report."""
-        del account, level, previous, report, now
 
     async def close(self) -> None:
         """Release every writer lock."""
