@@ -35,9 +35,9 @@ import aiomqtt
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.product import build
-from monitor import logs
-from monitor.margin import report
-from monitor.model import AccountSnapshot, Collateral, Position
+from monitor.core.margin.report import report
+from monitor.core.model import AccountSnapshot, Collateral, Position
+from monitor.ops import logs
 from tests.mqtt_broker import Mosquitto
 
 #: 10 BTC long on 10 000 USDT, mmr 1 %: ratio 0.91 at 9 100 (emergency), 0.055 at 11 000.

@@ -15,10 +15,9 @@ from typing import Any
 import ccxt
 import pytest
 
-from monitor import margin
-from monitor.daemon import run_daemon
-from monitor.metrics import MetricsSettings, MetricsSink
-from monitor.model import (
+from monitor.config.settings import load_settings
+from monitor.core.margin import report as margin
+from monitor.core.model import (
     AccountSnapshot,
     AccountUpdate,
     Event,
@@ -26,7 +25,8 @@ from monitor.model import (
     PriceTick,
     SourceDown,
 )
-from monitor.settings import load_settings
+from monitor.daemon.supervisor import run_daemon
+from monitor.ops.metrics import MetricsSettings, MetricsSink
 from monitor.sources.exchange import ExchangeSource, _venue_time
 from monitor.sources.sim import SimVenue
 from tests.fakes.account import account_for

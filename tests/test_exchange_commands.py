@@ -1,6 +1,6 @@
 """`margin-monitor snapshot` and the live part of `check`, against loopback fake venues.
 
-The configuration is a real TOML file read by monitor.settings, with the fake's URLs in the
+The configuration is a real TOML file read by monitor.config.settings, with the fake's URLs in the
 account's `ccxt` table and the keys in the environment (never in the file).
 """
 
@@ -14,12 +14,13 @@ from typing import Any
 
 import pytest
 
-from monitor import margin
-from monitor.cli import main
+from monitor.cli.app import main
+from monitor.cli.live import check_account
+from monitor.config.settings import load_settings
+from monitor.core.margin import report as margin
 from monitor.errors import UserError
-from monitor.settings import load_settings
 from monitor.snapshot import parse_snapshot
-from monitor.sources.exchange import ExchangeSource, check_account
+from monitor.sources.exchange import ExchangeSource
 from tests.fakes import binance, bybit
 from tests.fakes.base import FakeVenue
 
