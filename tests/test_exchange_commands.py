@@ -21,7 +21,7 @@ from monitor.core.margin import report as margin
 from monitor.errors import UserError
 from monitor.snapshot import parse_snapshot
 from monitor.sources.exchange import ExchangeSource
-from tests.fakes import binance, bybit
+from tests.fakes import binance, bingx, bybit, hyperliquid, mexc, weex
 from tests.fakes.base import FakeVenue
 
 
@@ -264,3 +264,98 @@ class TestTradePermission:
             monkeypatch.setenv("MARGIN_MONITOR__ACCOUNTS__BG__PASSWORD", bitget.PASSWORD)
             line = await check_account(load_settings(config).accounts[0])
         assert says in line
+
+    @pytest.mark.parametrize(("agents", "says"), [
+        ({hyperliquid.AGENT: hyperliquid.API_KEY},
+         f"keys can trade (approved API wallet {hyperliquid.AGENT})"),
+        ({}, f"read-only (the private key's address {hyperliquid.AGENT} is not an approved "
+             f"API wallet of {hyperliquid.API_KEY}: userRole 'missing')"),
+        ({hyperliquid.AGENT: "0x" + "cd" * 20}, "userRole 'agent'"),
+    ])
+    async def test_hyperliquid_agent_role(
+        self, agents: dict[str, str], says: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """Test that check trusts a Hyperliquid key only as an agent the wallet approved."""
+        async with hyperliquid.FakeHyperliquid() as fake:
+            fake.account.agents = agents
+            config = write_config(tmp_path / "live.toml", "hl", fake)
+            set_keys(monkeypatch, "hl", hyperliquid.API_KEY, hyperliquid.SECRET)
+            line = await check_account(load_settings(config).accounts[0])
+        assert says in line
+
+    async def test_hyperliquid_wallet_own_key_and_no_key(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Test that the wallet's own key can trade and the address alone is read-only."""
+        async with hyperliquid.FakeHyperliquid() as fake:
+            config = write_config(tmp_path / "live.toml", "hl", fake)
+            set_keys(monkeypatch, "hl", hyperliquid.AGENT, hyperliquid.SECRET)
+            own = await check_account(load_settings(config).accounts[0])
+            monkeypatch.delenv("MARGIN_MONITOR__ACCOUNTS__HL__SECRET")
+            alone = await check_account(load_settings(config).accounts[0])
+        assert "keys can trade (the private key is the wallet's own)" in own
+        assert "keys read-only (no private key: the wallet address alone can only read)" in alone
+
+    async def test_hyperliquid_malformed_key_is_one_line(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Test that a Hyperliquid secret that is no private key is the one-line key error."""
+        async with hyperliquid.FakeHyperliquid() as fake:
+            config = write_config(tmp_path / "live.toml", "hl", fake)
+            set_keys(monkeypatch, "hl", hyperliquid.API_KEY, "0xnot-a-key")
+            with pytest.raises(UserError) as caught:
+                await check_account(load_settings(config).accounts[0])
+        text = str(caught.value)
+        assert len(text.splitlines()) == 1
+        assert "rejected the keys" in text
+        assert "secret is not a 0x-prefixed" in text
+        assert "not-a-key" not in text
+
+    @pytest.mark.parametrize(("codes", "says"), [
+        ([2, 3], "keys can trade"),
+        ([1, 2], "read-only (permissions [1, 2] lack 3, perpetual futures trading)"),
+    ])
+    async def test_bingx_api_permissions(
+        self, codes: list[int], says: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Test that check reads a BingX key's perpetual futures trading permission (3)."""
+        async with bingx.FakeBingx() as fake:
+            fake.account.permissions = codes
+            config = write_config(tmp_path / "live.toml", "bx", fake)
+            set_keys(monkeypatch, "bx", bingx.API_KEY, bingx.SECRET)
+            line = await check_account(load_settings(config).accounts[0])
+        assert says in line
+
+    @pytest.mark.parametrize("venue", ["mexc", "weex"])
+    async def test_unpublished_permission_is_said(
+        self, venue: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Test that MEXC and WEEX keys are said to have no published trade permission."""
+        module: Any = {"mexc": mexc, "weex": weex}[venue]
+        fake_class = {"mexc": mexc.FakeMexc, "weex": weex.FakeWeex}[venue]
+        async with fake_class() as fake:
+            config = write_config(tmp_path / "live.toml", "acct", fake)
+            set_keys(monkeypatch, "acct", module.API_KEY, module.SECRET)
+            if venue == "weex":
+                monkeypatch.setenv("MARGIN_MONITOR__ACCOUNTS__ACCT__PASSWORD", weex.PASSWORD)
+            line = await check_account(load_settings(config).accounts[0])
+        assert line.endswith(f"keys trade permission not published by {venue.upper()} "
+                             "(a read-only key is refused at order time)")
+
+    @pytest.mark.parametrize("venue", ["bingx", "mexc", "weex"])
+    async def test_revoked_key_is_one_line(
+        self, venue: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Test that a revoked BingX, MEXC or WEEX key is the one-line key error."""
+        fake_class = {"bingx": bingx.FakeBingx, "mexc": mexc.FakeMexc, "weex": weex.FakeWeex}
+        async with fake_class[venue]() as fake:
+            config = write_config(tmp_path / "live.toml", "acct", fake)
+            set_keys(monkeypatch, "acct", "revoked-key", "revoked-secret")
+            monkeypatch.setenv("MARGIN_MONITOR__ACCOUNTS__ACCT__PASSWORD", "whatever")
+            with pytest.raises(UserError) as caught:
+                await check_account(load_settings(config).accounts[0])
+        text = str(caught.value)
+        assert len(text.splitlines()) == 1
+        assert f"accounts.acct: {venue} rejected the keys" in text
+        assert "revoked-secret" not in text
