@@ -246,6 +246,18 @@ class TestCheckExitCodes:
         assert "  check main: binanceusdm ok" in out
 
 
+async def check_line(
+    fake: FakeVenue, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    key: str, secret: str, *, password: str | None = None,
+) -> str:
+    """`check`'s live line for an account `acct` on the running fake with these keys."""
+    config = write_config(tmp_path / "live.toml", "acct", fake)
+    set_keys(monkeypatch, "acct", key, secret)
+    if password is not None:
+        monkeypatch.setenv("MARGIN_MONITOR__ACCOUNTS__ACCT__PASSWORD", password)
+    return await check_account(load_settings(config).accounts[0])
+
+
 class TestTradePermission:
     @pytest.mark.parametrize(("rights", "says"), [
         (["coor", "coow", "stor"], "keys can trade"),
@@ -279,9 +291,9 @@ class TestTradePermission:
         """Test that check trusts a Hyperliquid key only as an agent the wallet approved."""
         async with hyperliquid.FakeHyperliquid() as fake:
             fake.account.agents = agents
-            config = write_config(tmp_path / "live.toml", "hl", fake)
-            set_keys(monkeypatch, "hl", hyperliquid.API_KEY, hyperliquid.SECRET)
-            line = await check_account(load_settings(config).accounts[0])
+            line = await check_line(
+                fake, tmp_path, monkeypatch, hyperliquid.API_KEY, hyperliquid.SECRET
+            )
         assert says in line
 
     async def test_hyperliquid_wallet_own_key_and_no_key(
@@ -289,11 +301,11 @@ class TestTradePermission:
     ) -> None:
         """Test that the wallet's own key can trade and the address alone is read-only."""
         async with hyperliquid.FakeHyperliquid() as fake:
-            config = write_config(tmp_path / "live.toml", "hl", fake)
-            set_keys(monkeypatch, "hl", hyperliquid.AGENT, hyperliquid.SECRET)
-            own = await check_account(load_settings(config).accounts[0])
-            monkeypatch.delenv("MARGIN_MONITOR__ACCOUNTS__HL__SECRET")
-            alone = await check_account(load_settings(config).accounts[0])
+            own = await check_line(
+                fake, tmp_path, monkeypatch, hyperliquid.AGENT, hyperliquid.SECRET
+            )
+            monkeypatch.delenv("MARGIN_MONITOR__ACCOUNTS__ACCT__SECRET")
+            alone = await check_account(load_settings(tmp_path / "live.toml").accounts[0])
         assert "keys can trade (the private key is the wallet's own)" in own
         assert "keys read-only (no private key: the wallet address alone can only read)" in alone
 
@@ -302,10 +314,8 @@ class TestTradePermission:
     ) -> None:
         """Test that a Hyperliquid secret that is no private key is the one-line key error."""
         async with hyperliquid.FakeHyperliquid() as fake:
-            config = write_config(tmp_path / "live.toml", "hl", fake)
-            set_keys(monkeypatch, "hl", hyperliquid.API_KEY, "0xnot-a-key")
             with pytest.raises(UserError) as caught:
-                await check_account(load_settings(config).accounts[0])
+                await check_line(fake, tmp_path, monkeypatch, hyperliquid.API_KEY, "0xnot-a-key")
         text = str(caught.value)
         assert len(text.splitlines()) == 1
         assert "rejected the keys" in text
@@ -322,9 +332,7 @@ class TestTradePermission:
         """Test that check reads a BingX key's perpetual futures trading permission (3)."""
         async with bingx.FakeBingx() as fake:
             fake.account.permissions = codes
-            config = write_config(tmp_path / "live.toml", "bx", fake)
-            set_keys(monkeypatch, "bx", bingx.API_KEY, bingx.SECRET)
-            line = await check_account(load_settings(config).accounts[0])
+            line = await check_line(fake, tmp_path, monkeypatch, bingx.API_KEY, bingx.SECRET)
         assert says in line
 
     @pytest.mark.parametrize("venue", ["mexc", "weex"])
@@ -332,14 +340,10 @@ class TestTradePermission:
         self, venue: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """Test that MEXC and WEEX keys are said to have no published trade permission."""
-        module: Any = {"mexc": mexc, "weex": weex}[venue]
-        fake_class = {"mexc": mexc.FakeMexc, "weex": weex.FakeWeex}[venue]
-        async with fake_class() as fake:
-            config = write_config(tmp_path / "live.toml", "acct", fake)
-            set_keys(monkeypatch, "acct", module.API_KEY, module.SECRET)
-            if venue == "weex":
-                monkeypatch.setenv("MARGIN_MONITOR__ACCOUNTS__ACCT__PASSWORD", weex.PASSWORD)
-            line = await check_account(load_settings(config).accounts[0])
+        fake: FakeVenue = mexc.FakeMexc() if venue == "mexc" else weex.FakeWeex()
+        keys = (mexc.API_KEY, mexc.SECRET) if venue == "mexc" else (weex.API_KEY, weex.SECRET)
+        async with fake:
+            line = await check_line(fake, tmp_path, monkeypatch, *keys, password=weex.PASSWORD)
         assert line.endswith(f"keys trade permission not published by {venue.upper()} "
                              "(a read-only key is refused at order time)")
 
@@ -350,11 +354,9 @@ class TestTradePermission:
         """Test that a revoked BingX, MEXC or WEEX key is the one-line key error."""
         fake_class = {"bingx": bingx.FakeBingx, "mexc": mexc.FakeMexc, "weex": weex.FakeWeex}
         async with fake_class[venue]() as fake:
-            config = write_config(tmp_path / "live.toml", "acct", fake)
-            set_keys(monkeypatch, "acct", "revoked-key", "revoked-secret")
-            monkeypatch.setenv("MARGIN_MONITOR__ACCOUNTS__ACCT__PASSWORD", "whatever")
             with pytest.raises(UserError) as caught:
-                await check_account(load_settings(config).accounts[0])
+                await check_line(fake, tmp_path, monkeypatch, "revoked-key", "revoked-secret",
+                                 password="whatever")
         text = str(caught.value)
         assert len(text.splitlines()) == 1
         assert f"accounts.acct: {venue} rejected the keys" in text
