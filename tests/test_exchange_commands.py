@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -291,6 +292,22 @@ class TestTradePermission:
         """Test that check trusts a Hyperliquid key only as an agent the wallet approved."""
         async with hyperliquid.FakeHyperliquid() as fake:
             fake.account.agents = agents
+            line = await check_line(
+                fake, tmp_path, monkeypatch, hyperliquid.API_KEY, hyperliquid.SECRET
+            )
+        assert says in line
+
+    @pytest.mark.parametrize(("hours", "says"), [
+        (24, f"keys can trade (approved API wallet {hyperliquid.AGENT})"),
+        (-1, f"read-only (API wallet {hyperliquid.AGENT} 'bot' expired "),
+    ])
+    async def test_hyperliquid_named_agent_expiry(
+        self, hours: int, says: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Test that an approved named Hyperliquid agent past its validUntil is read-only."""
+        async with hyperliquid.FakeHyperliquid() as fake:
+            valid_until = int((time.time() + hours * 3600) * 1000)
+            fake.account.named_agents = {hyperliquid.AGENT: ("bot", valid_until)}
             line = await check_line(
                 fake, tmp_path, monkeypatch, hyperliquid.API_KEY, hyperliquid.SECRET
             )

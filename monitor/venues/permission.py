@@ -7,7 +7,9 @@ gets a fixed sentence saying so, never a guess: the order itself is then the onl
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from ccxt.base import errors as ccxt_errors
@@ -102,9 +104,23 @@ async def _hyperliquid(exchange: Any, balance: Mapping[str, Any]) -> str:
     data = answer.get("data") if isinstance(answer, Mapping) else None
     principal = str(data.get("user", "")).lower() if isinstance(data, Mapping) else ""
     if role == "agent" and principal == wallet:
-        return f"{CAN_TRADE} (approved API wallet {signer})"
+        return await _hyperliquid_agent_validity(exchange, wallet, signer)
     return (f"read-only (the private key's address {signer} is not an approved API wallet "
             f"of {wallet}: userRole {role!r})")
+
+
+async def _hyperliquid_agent_validity(exchange: Any, wallet: str, signer: str) -> str:
+    """A named agent has an expiry (info `extraAgents`: name, address, validUntil in ms);
+    an unnamed one is not listed there and its `userRole` answer is all there is."""
+    listed = await exchange.publicPostInfo({"type": "extraAgents", "user": wallet})
+    for agent in listed if isinstance(listed, list) else []:
+        if not isinstance(agent, Mapping) or str(agent.get("address", "")).lower() != signer:
+            continue
+        valid_until = agent.get("validUntil")
+        if isinstance(valid_until, int) and valid_until <= time.time() * 1000:
+            expired = datetime.fromtimestamp(valid_until / 1000, UTC).isoformat(timespec="seconds")
+            return f"read-only (API wallet {signer} {agent.get('name')!r} expired {expired})"
+    return f"{CAN_TRADE} (approved API wallet {signer})"
 
 
 def _unpublished(venue: str) -> Reader:

@@ -39,6 +39,8 @@ class HyperliquidAccount:
     marks: dict[str, float] = field(default_factory=lambda: {"BTC": 60_000.0, "ETH": 3_000.0})
     #: approved agent (API wallet) address -> the user it signs for
     agents: dict[str, str] = field(default_factory=lambda: {AGENT: API_KEY})
+    #: named agents: address -> (name, validUntil in ms); unnamed agents are not listed
+    named_agents: dict[str, tuple[str, int]] = field(default_factory=dict)
 
     def figures(self, coin: str) -> dict[str, float]:
         size, entry = self.positions[coin]
@@ -147,6 +149,14 @@ class FakeHyperliquid(FakeVenue):
             return json_response(self.clearinghouse())
         if kind == "userRole":
             return json_response(self.user_role(str(body.get("user", "")).lower()))
+        if kind == "extraAgents":
+            # Info endpoint "extraAgents": the user's named API wallets, with their expiry
+            user = str(body.get("user", "")).lower()
+            return json_response([
+                {"name": name, "address": address, "validUntil": valid_until}
+                for address, (name, valid_until) in self.account.named_agents.items()
+                if self.account.agents.get(address) == user
+            ])
         return json_response({"error": f"fake hyperliquid: unknown info type {kind!r}"}, status=422)
 
     def user_role(self, address: str) -> dict[str, Any]:
