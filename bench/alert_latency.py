@@ -5,7 +5,8 @@ threshold (or back below it), computes the margin report, runs the rules, commit
 to the SQLite outbox (WAL, a real file), lets the `sink[mqtt]` task publish it with QoS 1 to a
 mosquitto this script starts on a free 127.0.0.1 port, and stops the clock when a separate
 aiomqtt subscriber (QoS 1, in its own process: bench/subscriber.py) receives that alert. One
-alert in flight at a time, so the figure is latency, not throughput. Goal (issue 4): p50 <= 2 ms, p99 <= 10 ms.
+alert in flight at a time, so the figure is latency, not throughput. Goal (issue 4): p50 <=
+2 ms, p99 <= 10 ms.
 
 Built as `margin-monitor run` builds it, from a TOML file this script writes
 (bench/product.py): `build_sinks` gives the console, the alerts sink (rules, the SQLite
