@@ -3,13 +3,22 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean lock
 
 $(BIN)/margin-monitor: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	# the application's dependencies exactly as locked (hashes checked), as in the image
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements.lock
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	@touch $@
+
+# After changing dependencies in pyproject.toml: `make lock` re-resolves requirements.lock
+# (hashes of every file; tests/security/test_supply_chain.py checks it covers pyproject).
+lock: $(BIN)/margin-monitor
+	$(BIN)/python -m pip install --quiet pip-tools
+	$(BIN)/pip-compile --quiet --generate-hashes --strip-extras --allow-unsafe \
+	  --no-emit-index-url --no-emit-find-links --output-file requirements.lock pyproject.toml
 
 demo: $(BIN)/margin-monitor
 	$(BIN)/margin-monitor run

@@ -1,6 +1,8 @@
 """Fuzz snapshot parsing, payload normalisation and config loading with >= 100 000 inputs.
 
     .venv/bin/python bench/fuzz.py                  # 30k snapshot + 50k normalize + 20k config
+                                                    # + 80k envelope + 20k http (issue 13)
+    .venv/bin/python bench/fuzz.py --only envelope --only http   # the security targets
     .venv/bin/python bench/fuzz.py --scale 0.1      # a quick 10k run
 
 Inputs come from tests/faults/fuzz_targets.py with the known crashers included (`harsh`).
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import logging
 import sys
 import time
 import traceback
@@ -21,19 +24,29 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import structlog
 from hypothesis import HealthCheck, Phase, given, settings
 
 from tests.faults.fuzz_targets import BadRejection, ConfigChecker, targets
+from tests.security.fuzz_targets import EnvelopeChecker, HttpChecker, envelope_inputs, http_inputs
 
-COUNTS = {"snapshot": 30_000, "normalize": 50_000, "config": 20_000}
+COUNTS = {"snapshot": 30_000, "normalize": 50_000, "config": 20_000,
+          "envelope": 80_000, "http": 20_000}  # fmt: skip
+#: issue 13: signed-command envelopes into the pipeline, raw HTTP into the command port
+SECURITY = {"envelope": (envelope_inputs(), EnvelopeChecker), "http": (http_inputs(), HttpChecker)}
 CHUNK = 2_000  # examples per Hypothesis run: one long run's bookkeeping grew past 900 MB
 
 
 def run(
     name: str, count: int
 ) -> tuple[collections.Counter[str], dict[str, tuple[int, str]], float]:
-    strategy, check = targets(harsh=True)[name]
-    checker = ConfigChecker() if name == "config" else None
+    checker: Any
+    if name in SECURITY:
+        strategy, make = SECURITY[name]
+        checker = check = make()
+    else:
+        strategy, check = targets(harsh=True)[name]
+        checker = ConfigChecker() if name == "config" else None
     outcomes: collections.Counter[str] = collections.Counter()
     crashes: dict[str, tuple[int, str]] = {}
 
@@ -73,6 +86,9 @@ def run(
 
 
 def main() -> int:
+    # the targets log every refusal and aiohttp every bad request: figures only here
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+    logging.getLogger("aiohttp").setLevel(logging.CRITICAL)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every count")
     parser.add_argument("--only", choices=sorted(COUNTS), action="append")

@@ -40,7 +40,6 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import structlog
 
@@ -61,6 +60,7 @@ from monitor.model import (
 )
 from monitor.settings import Settings
 from monitor.sinks.base import Sink
+from tests.sinks import QuietSink
 
 TIERS = (
     Tier(50_000, 0.004, 0),
@@ -172,7 +172,7 @@ class TickSource:
         return None
 
 
-class ProbeSink:
+class ProbeSink(QuietSink):
     """The only sink: marks every pending tick of the account as reported."""
 
     name = "probe"
@@ -180,22 +180,10 @@ class ProbeSink:
     def __init__(self, probe: Probe) -> None:
         self.probe = probe
 
-    async def start(self, tg: asyncio.TaskGroup) -> None:
-        return None
-
     async def on_report(
         self, account: str, report: MarginReport, snapshot: AccountSnapshot, now: float
     ) -> None:
         self.probe.reported(account, report.shock_to_liquidation is not None)
-
-    async def on_event(self, event: Event) -> None:
-        return None
-
-    async def on_level(self, *args: Any) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
 
 
 async def ledger_path(sources: list[TickSource], probe: Probe, seconds: float) -> int:

@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
+from monitor.collateral_risk import describe
 from monitor.model import MarginReport
 from monitor.rules import AlertEvent
 
@@ -82,6 +83,10 @@ class AlertMessage:
     shock_up: float | None = None
     positions: tuple[PositionLine, ...] = ()
     action: str | None = None
+    #: where the ratio comes from (MarginReport.model) and the collateral risk in words
+    #: (collateral_risk.describe), docs/collateral.md
+    model: str = "cross"
+    collateral: str = ""
 
     @property
     def shock(self) -> float | None:
@@ -162,6 +167,9 @@ def build_message(
         top = sorted(report.positions, key=lambda p: p.maintenance_margin, reverse=True)
         shock = report.shock_to_liquidation
         extra = {
+            "model": report.model,
+            "collateral": " ".join(describe(report.collateral_risk))
+            if report.collateral_risk is not None else "",
             "currency": report.currency,
             "margin_ratio": report.margin_ratio,
             "margin_balance": report.margin_balance,

@@ -33,8 +33,8 @@ from monitor import rules
 from monitor.alert_message import AlertMessage, build_message
 from monitor.logs import redact
 from monitor.metrics import record_alerts_sent
-from monitor.model import MarginReport, SourceDown, SourceStale, SourceUp
-from monitor.rules import AlertConfig, AlertEvent, RulesState, Silence
+from monitor.model import MarginReport, ModelDrift, SourceDown, SourceStale, SourceUp
+from monitor.rules import AlertConfig, AlertEvent, AlertKind, Level, RulesState, Silence
 from monitor.signed_commands import Command, CommandRefused, envelope, verify
 from monitor.store import Store
 from monitor.switches import ActionSwitches
@@ -55,7 +55,7 @@ BACKOFF_CAP = 60.0
 #: Pause length when a pause command names no duration: a pause must always end.
 DEFAULT_PAUSE = 3600.0
 #: Refused commands are audited and logged once per source per this many seconds, with a
-#: count (issue 13: a flood of 50 000 junk commands wrote 50 000 rows and log lines).
+#: count (docs/hardening.md: a flood of 50 000 junk commands wrote 50 000 rows and log lines).
 REFUSAL_WINDOW = 60
 #: Sources tallied at once; more (an HTTP flood from many addresses) share one tally.
 REFUSAL_SOURCES = 256
@@ -107,7 +107,7 @@ class PacedSink(Protocol):
 
     `deliver_forever` awaits `ready()` BEFORE it picks the batch, so everything that became
     due while the sink was not ready (an escalation during a phone channel's pacing wait)
-    leaves in the first batch the sink can take, not one round later (issue 14 §1).
+    leaves in the first batch the sink can take, not one round later (docs/alerts.md).
     """
 
     async def ready(self) -> None:
@@ -189,6 +189,7 @@ class AlertPipeline:
         self._refusals: dict[str, _RefusalTally] = {}
         self._next_prune = 0.0
         self._degraded_announced = False
+        self._direct: dict[str, tuple[float, Level]] = {}  # fingerprint -> (since, level)
         for sink in self.sinks:
             if hasattr(sink, "on_connected"):
                 # A sink that reconnects (MQTT) retries its backlog at once, not after backoff.
@@ -211,6 +212,10 @@ class AlertPipeline:
             report = dataclasses.replace(
                 report, shock_to_liquidation=previous.shock_to_liquidation
             )
+        if (report.collateral_risk is None and previous is not None
+                and previous.collateral_risk is not None):
+            # solved with the shock (docs/collateral.md): the last one too, not nothing
+            report = dataclasses.replace(report, collateral_risk=previous.collateral_risk)
         self._reports[report.account] = report
         self._commit(events, now, (report.account,))
         level = self.state.account_level(report.account)
@@ -228,6 +233,14 @@ class AlertPipeline:
             # foreign text (a venue's error) on its way to MQTT, phones and SQLite
             event = dataclasses.replace(event, reason=redact(event.reason))
         self.state, events = rules.on_source_event(self.state, event, now, self.config)
+        self._commit(events, now)
+        return events
+
+    def on_model_drift(self, event: ModelDrift, now: float | None = None) -> tuple[AlertEvent, ...]:
+        """Our ratio and the venue's drifted apart (or agree again): `model_drift`, through
+        the outbox like every alert."""
+        now = self.clock() if now is None else now
+        self.state, events = rules.on_model_drift(self.state, event, now, self.config)
         self._commit(events, now)
         return events
 
@@ -302,25 +315,59 @@ class AlertPipeline:
 
     def _store_alert(self, reason: str, now: float) -> tuple[str, str, str, Sequence[str]]:
         """A message about the state store itself: the daemon is running without memory."""
+        return self._direct_alert("daemon", "state_store", "firing", "critical", now, now, reason)
+
+    def protection_alert(
+        self, account: str, reason: str | None, level: Level, now: float | None = None
+    ) -> None:
+        """`<account>/protection_disabled` at `level` (the action level) while protective
+        actions cannot run (`reason`), resolved when they can again (None). Not a rule: the
+        actions side knows when it starts and ends (issue 13)."""
+        now = self.clock() if now is None else now
+        fingerprint = f"{account}/protection_disabled"
+        if reason is not None:
+            if fingerprint in self._direct:
+                return
+            self._direct[fingerprint] = (now, level)
+            row = self._direct_alert(account, "protection_disabled", "firing", level, now, now,
+                                     redact(reason))  # fmt: skip
+        else:
+            if fingerprint not in self._direct:
+                return
+            started, level = self._direct.pop(fingerprint)
+            row = self._direct_alert(account, "protection_disabled", "resolved", level, started,
+                                     now, "protective actions can run again")  # fmt: skip
+        self.store.commit(self.state, [row], now)
+        for wake in self._wake.values():
+            wake.set()
+
+    def _direct_alert(  # noqa: PLR0917 - one event's fields
+        self, account: str, rule: str, kind: AlertKind, level: Level, started: float,
+        now: float, detail: str,
+    ) -> tuple[str, str, str, Sequence[str]]:
+        """An alert raised directly, not by the rules (no hysteresis, no repeats)."""
+        fingerprint = f"{account}/{rule}"
+        episode = rules.episode_id(fingerprint, started)
+        resolved = kind == "resolved"
         event = AlertEvent(
-            id=f"store-{rules.episode_id('daemon/state_store', now)}.0",
-            fingerprint="daemon/state_store",
-            account="daemon",
-            rule="state_store",
-            kind="firing",
-            level="critical",
-            previous_level="ok",
-            episode=rules.episode_id("daemon/state_store", now),
-            started_at=now,
+            id=f"{rule.replace('_', '-')}-{episode}.{1 if resolved else 0}",
+            fingerprint=fingerprint,
+            account=account,
+            rule=rule,
+            kind=kind,
+            level="ok" if resolved else level,
+            previous_level=level if resolved else "ok",
+            episode=episode,
+            started_at=started,
             at=now,
             value=None,
             previous_value=None,
             worst_value=None,
-            worst_level="critical",
-            detail=reason,
+            worst_level=level,
+            detail=detail,
         )
         self._log(event)
-        message = build_message(event, None)
+        message = build_message(event, self._reports.get(account))
         targets = [sink.name for sink in self.sinks if sink.wants(message)]
         return (message.id, message.account, message.to_json(), targets)
 
@@ -437,7 +484,7 @@ class AlertPipeline:
 
         `source` names the door (`mqtt`, `http:<address>`) for the aggregated refusal audit.
         Replays are refused across restarts and doors: the request id is kept in the store
-        until the envelope could no longer verify anyway (issue 13).
+        until the envelope could no longer verify anyway (docs/hardening.md).
         """
         now = self.clock() if now is None else now
         if self._secret is None:
@@ -557,7 +604,7 @@ class AlertPipeline:
 
     def silences(self) -> list[dict[str, Any]]:
         """The active silences, for a `status` command (beside the accounts, never in them:
-        an account may be called `silences`, issue 14 §5)."""
+        an account may be called `silences`, docs/alerts.md)."""
         return [
             {"id": s.id, "account": s.account, "rule": s.rule, "until": s.until, "up_to": s.up_to}
             for s in self.state.silences

@@ -13,6 +13,11 @@ Rules that keep it from doing harm:
 - client ids are deterministic: `ms` + a hash of (account, symbol, side) + a generation
   number, so after a restart the daemon recognises its own stops at the venue instead of
   placing duplicates, and never touches orders it did not place;
+- what rests at the venue is reconciled by that client-id prefix at start and after every
+  pause (issue 13): the newest stop of ours per position is adopted, older ones of ours
+  are cancelled, one gone at the venue is forgotten, and a generation is never reused (a
+  stop whose removal a pause blocked used to be forgotten while it still rested, and the
+  next stop reused its client id; the leftover could close part of a new position);
 - the stop is reduce-only and sized to the position (Binance USDⓈ-M conditional orders go to
   `POST /fapi/v1/algoOrder` in ccxt 4.5.90, docs/venues.md; listed and cancelled with
   ccxt's unified `{'trigger': True}`);
@@ -69,7 +74,9 @@ class StopBackstop:
         self.ex = executor
         self.settings = settings
         self.stops: dict[tuple[str, Side], _Stop] = {}
+        self._generation: dict[tuple[str, Side], int] = {}  # highest ever seen or used
         self._synced = False
+        self._was_paused = False
         self.placed = 0
         self.cancelled = 0
 
@@ -91,24 +98,40 @@ class StopBackstop:
         else:
             await self.ex.desk.cancel_order(order_id, symbol)
 
-    async def _sync(self, symbols: set[str]) -> None:
-        """Adopt the stops a previous run left at the venue (recognised by client id)."""
+    async def _sync(self, symbols: set[str], now: float) -> None:
+        """Reconcile with what rests at the venue, recognised by our client-id prefix."""
+        found: dict[tuple[str, Side], list[_Stop]] = {}
+        sides: tuple[Side, ...] = ("long", "short")
         for symbol in sorted(symbols):
             for o in await self._open_stops(symbol):
                 cid = str(o.get("clientOrderId") or "")
-                sides: tuple[Side, ...] = ("long", "short")
                 for side in sides:
                     stem = "ms" + _stem(self.ex.account, symbol, side)
                     if cid.startswith(stem) and cid[len(stem) :].isdigit():
-                        key = (symbol, side)
-                        gen = int(cid[len(stem) :])
-                        old = self.stops.get(key)
-                        if old is not None and old.generation >= gen:
-                            continue
-                        self.stops[key] = _Stop(str(o["id"]), cid, gen,
-                                                float(o.get("triggerPrice") or 0.0),
-                                                float(o.get("amount") or 0.0))  # fmt: skip
-        self._synced = True
+                        stop = _Stop(str(o["id"]), cid, int(cid[len(stem) :]),
+                                     float(o.get("triggerPrice") or 0.0),
+                                     float(o.get("amount") or 0.0))  # fmt: skip
+                        found.setdefault((symbol, side), []).append(stop)
+        complete = True
+        for key in {k for k in self.stops if k[0] in symbols} | set(found):
+            mine = sorted(found.get(key, ()), key=lambda stop: stop.generation)
+            if not mine:
+                self.stops.pop(key, None)  # triggered or cancelled at the venue: place anew
+                continue
+            self._generation[key] = max(self._generation.get(key, 0), mine[-1].generation)
+            self.stops[key] = mine[-1]
+            for extra in mine[:-1]:  # a leftover of ours: exactly one stop per position
+                what = {"symbol": key[0], "client_id": extra.client_id}
+                if self._blocked(now, "cancel_stop", what):
+                    complete = False
+                    continue
+                with contextlib.suppress(*catching("OrderNotFound")):
+                    await self._cancel(extra.order_id, key[0])
+                self.cancelled += 1
+                self.ex.record("stop_cancelled", {"symbol": key[0], "side": key[1],
+                                                  "client_id": extra.client_id,
+                                                  "reason": "leftover of ours"}, now)  # fmt: skip
+        self._synced = complete
 
     # --- the maintenance step ----------------------------------------------------------------
 
@@ -128,8 +151,12 @@ class StopBackstop:
         if not self.ex.lock.acquire():
             return 0
         cross = [r for r in rep.positions if r.margin_mode == "cross" and r.contracts > 0]
+        paused = self.ex.pause_reason(now) is not None
+        if self._was_paused and not paused:
+            self._synced = False  # after every pause: the venue may have moved on without us
+        self._was_paused = paused
         if not self._synced:
-            await self._sync({r.symbol for r in cross} | {k[0] for k in self.stops})
+            await self._sync({r.symbol for r in cross} | {k[0] for k in self.stops}, now)
         changes = 0
         live = {(r.symbol, r.side) for r in cross}
         for key in [k for k in self.stops if k not in live]:
@@ -145,11 +172,12 @@ class StopBackstop:
         return changes
 
     async def _remove(self, key: tuple[str, Side], why: str, now: float) -> int:
-        stop = self.stops.pop(key)
+        stop = self.stops[key]
         if self._blocked(now, "cancel_stop", {"symbol": key[0], "client_id": stop.client_id}):
-            return 0
+            return 0  # still resting: kept, so the cancel is retried when allowed
         with contextlib.suppress(*catching("OrderNotFound")):  # triggered or cancelled by hand
             await self._cancel(stop.order_id, key[0])
+        del self.stops[key]
         self.cancelled += 1
         body = {"symbol": key[0], "side": key[1], "client_id": stop.client_id, "reason": why}
         self.ex.record("stop_cancelled", body, now)
@@ -167,7 +195,9 @@ class StopBackstop:
     async def _replace(
         self, r: PositionRisk, trigger: float, current: _Stop | None, now: float
     ) -> int:
-        generation = 1 if current is None else current.generation + 1
+        key = (r.symbol, r.side)
+        used = max(self._generation.get(key, 0), 0 if current is None else current.generation)
+        generation = used + 1  # never a client id used before, even for a new position
         cid = stop_client_id(self.ex.account, r.symbol, r.side, generation)
         payload = {"symbol": r.symbol, "side": r.side, "trigger": trigger,
                    "liquidation_price": r.liquidation_price, "amount": r.contracts,
@@ -195,8 +225,8 @@ class StopBackstop:
             self.ex.record("stop_rejected", {**payload, "error": f"{type(exc).__name__}: {exc}"},
                             now)  # fmt: skip
             return changes
-        self.stops[(r.symbol, r.side)] = _Stop(str(placed["id"]), cid, generation, trigger,
-                                               r.contracts)  # fmt: skip
+        self.stops[key] = _Stop(str(placed["id"]), cid, generation, trigger, r.contracts)
+        self._generation[key] = generation
         self.placed += 1
         self.ex.record("stop_placed", payload, now)
         return changes + 1

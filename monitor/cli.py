@@ -122,9 +122,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         args = parser.parse_args(["run", *argv])
     try:
-        return _handler(args.command)(args)
+        code = _handler(args.command)(args)
+        logs = sys.modules.get("monitor.logs")
+        if logs is not None and logs.OUTPUT_CLOSED.is_set():
+            raise BrokenPipeError  # the daemon stopped because its log reader went away
+        return code
+    except BrokenPipeError:
+        # `... | head`: the reader left; say so once instead of a traceback (docs/hardening.md)
+        from monitor.logs import discard_stdout  # noqa: PLC0415 - pydantic: only here
+
+        discard_stdout()  # the interpreter's final flush must not raise again
+        print("margin-monitor: output closed before the end (broken pipe)", file=sys.stderr)
+        return 2
     except UserError as exc:
-        # one line, and never a secret a venue or a file echoed into it (issue 13)
+        # one line, and never a secret a venue or a file echoed into it (docs/hardening.md)
         from monitor.logs import redact  # noqa: PLC0415 - pydantic: only on an error
 
         text = " ".join(redact(str(exc)).split())

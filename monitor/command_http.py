@@ -20,6 +20,9 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from monitor import http_guard
+from monitor.errors import UserError
+
 __all__ = ["command_app", "decode_token", "serve_commands"]
 
 log = structlog.get_logger("monitor.command_http")
@@ -37,7 +40,7 @@ def command_app(handler: Callable[[bytes, str], Mapping[str, Any]]) -> web.Appli
 
     async def command(request: web.Request) -> web.Response:
         token = request.query.get("token")
-        body = await request.read()
+        body = await http_guard.read_body(request)
         raw = token.encode("utf-8", "surrogateescape") if token else body
         if token or body.lstrip()[:1] not in (b"{", b""):
             # a token (base64url); what does not decode goes on as is, refused as not JSON
@@ -57,9 +60,15 @@ async def serve_commands(
 ) -> web.AppRunner:
     """Start listening on `host:port`; returns the runner (call `cleanup()` to stop)."""
     host, _, port = listen.rpartition(":")
-    runner = web.AppRunner(command_app(handler), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host or "127.0.0.1", int(port))
-    await site.start()
+    host = host.removeprefix("[").removesuffix("]")  # "[::1]:8765": an IPv6 literal
+    try:
+        # timeouts and a connection cap against idle sockets (docs/hardening.md, http_guard.py)
+        runner = await http_guard.serve(command_app(handler), host or "127.0.0.1", int(port))
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise UserError(
+            f"notify.command_listen {listen!r}: cannot listen there ({reason.lower()}); "
+            "use a free host:port, e.g. 127.0.0.1:8765 or [::1]:8765"
+        ) from None
     log.info("commands.listening", listen=listen)
     return runner

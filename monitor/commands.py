@@ -17,8 +17,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from monitor.collateral_risk import describe
 from monitor.errors import UserError
 from monitor.model import AccountSnapshot, MarginReport, ShockToLiquidation
+from monitor.sinks.console import MODEL_LABELS
 from monitor.snapshot import load_snapshot, report_to_dict, shock_to_dict
 from monitor.stress import assess, shock_to_liquidation, shocked, with_prices
 
@@ -119,13 +121,29 @@ def stress_command(args: argparse.Namespace) -> int:
 
 
 def _console() -> Console:
-    """A terminal-sized console, or a wide one when piped (so nothing is cut to '…')."""
-    return Console() if sys.stdout.isatty() else Console(width=160)
+    """A terminal-sized console, or a wide one when piped (so nothing is cut to '…').
+
+    A closed pipe (`| head`) raises BrokenPipeError for the CLI's one line, where rich
+    would exit 1 without a word (its documented `on_broken_pipe` hook)."""
+    console = Console() if sys.stdout.isatty() else Console(width=160)
+    console.on_broken_pipe = _broken_pipe  # type: ignore[method-assign]
+    return console
+
+
+def _broken_pipe() -> None:
+    raise BrokenPipeError
 
 
 def _print_json(data: dict[str, Any]) -> None:
-    json.dump(data, sys.stdout, indent=2, allow_nan=False)
-    sys.stdout.write("\n")
+    try:
+        text = json.dumps(data, indent=2, allow_nan=False)
+    except ValueError:
+        # finite inputs whose products overflow (1e300 contracts at 1e300): no JSON number
+        raise UserError(
+            "the snapshot's figures overflow to infinity (a size or price near 1e308?); "
+            "check its numbers"
+        ) from None
+    sys.stdout.write(text + "\n")
 
 
 def _pct(value: float) -> str:
@@ -163,6 +181,10 @@ def _render(console: Console, r: MarginReport, title: str) -> None:
     summary.add_row("maintenance margin", _money(r.maintenance_margin))
     summary.add_row("free collateral", _money(r.free_collateral))
     summary.add_row("shock to liquidation", _shock_text(r.shock_to_liquidation))
+    summary.add_row("model", MODEL_LABELS[r.model])
+    if r.collateral_risk is not None:
+        for line in describe(r.collateral_risk):
+            summary.add_row("collateral risk", line)
     console.print(summary)
     if not r.positions:
         return

@@ -48,7 +48,15 @@ import structlog
 from monitor import logs, margin, stress
 from monitor.errors import UserError
 from monitor.ledger import Ledger
-from monitor.model import AccountUpdate, Event, MarginReport, PriceTick, SourceDown
+from monitor.model import (
+    AccountSnapshot,
+    AccountUpdate,
+    Event,
+    MarginReport,
+    ModelDrift,
+    PriceTick,
+    SourceDown,
+)
 from monitor.rules import Level, level_rank, ratio_level, shock_fraction
 from monitor.sdnotify import Notifier, ProgressProbe, watchdog_interval, watchdog_loop
 from monitor.settings import AccountSettings, AlertsSettings, Settings, load_settings
@@ -61,6 +69,7 @@ from monitor.sources.base import Source
 from monitor.sources.sim import DEMO_BOOK, SimVenue
 from monitor.sources.sim_prices import ReplayStep, load_replay
 from monitor.state import AccountState, apply, initial_state
+from monitor.venue_ratio import RatioSource, VenueAnchor, observe, used_ratio, with_venue
 
 __all__ = [
     "AccountLoop",
@@ -214,12 +223,16 @@ class AccountLoop:
         shocks: ShockSolver | None = None,
         urgent_ratios: Sequence[float] = (),
         report_spacing: float = 0.0,
+        ratio_source: RatioSource = "worst",
+        drift_tolerance: float = 0.01,
     ) -> None:
         """`finite`: the source ends by itself (a replay), and then the daemon may stop.
         `shocks`: the process's shared shock budget (a private one, never run, without).
         `urgent_ratios`: more ratios whose crossing reports at once (the action level).
         `report_spacing`: least seconds from a report to the next coalesced one
-        (`run_daemon` passes `settings.report_spacing`)."""
+        (`run_daemon` passes `settings.report_spacing`). `ratio_source`, `drift_tolerance`:
+        which ratio alerts and actions use where reads carry the venue's own, and when the
+        two disagree enough to alert (monitor/venue_ratio.py)."""
         self.account = source.account
         self.source = source
         self.sinks = tuple(sinks)
@@ -252,6 +265,11 @@ class AccountLoop:
         self._version = 0  # bumped by every change of the figures
         self._reported = -1  # the version the last report was computed from
         self.report_spacing = report_spacing
+        self.ratio_source: RatioSource = ratio_source
+        self.drift_tolerance = drift_tolerance
+        #: the venue's ratio and ours on the last read that carried one
+        self.anchor: VenueAnchor | None = None
+        self._drift: ModelDrift | None = None  # a drift change the sinks are yet to hear
         self._reported_at = -math.inf  # loop time of the last report
         self._lock = asyncio.Lock()
         # bound once: a getattr per sink per tick was measurable at 20 000 ticks/s
@@ -287,9 +305,13 @@ class AccountLoop:
                             await self._report_now()
                     elif self._fold(event):
                         await self._report_now()
+                    if self._drift is not None:
+                        drift, self._drift = self._drift, None
+                        await self._tell("on_event", drift)
             except Exception as exc:  # one account's failure never stops the others
                 attempt += 1
-                reason = _one_line(exc)
+                # a UserError is already the one line a person reads (a rejected key)
+                reason = str(exc) if isinstance(exc, UserError) else _one_line(exc)
                 log.error("source failed", account=self.account, error=reason, attempt=attempt)
                 await self._tell("on_event", SourceDown(self.account, reason, self.clock()))
                 await asyncio.sleep(random.uniform(0, 1.5 ** min(10, attempt)))  # noqa: S311
@@ -306,23 +328,49 @@ class AccountLoop:
     def _fold(self, event: Event) -> bool:
         """A whole read (positions, balances, their marks): fold it in at once, rebuild the
         ledger on a change. Never half of it: a report between a read's positions and its
-        balance showed a ratio the venue never had (issue 11).
+        balance showed a ratio the venue never had (docs/account-view.md).
 
         True when the sinks must hear of it now (see `_changed`).
         """
         state = self.state
         if state is None or not isinstance(event, AccountUpdate):
             return False
+        before = self.anchor
+        if event.venue_ratio is not None:
+            self._check_venue(event, state.snapshot)
+        # a new venue figure moves the ratio alerts use even when no figure of ours moved
+        moved = self.anchor is not None and (
+            before is None or (before.venue_ratio, before.model_ratio)
+            != (self.anchor.venue_ratio, self.anchor.model_ratio)
+        )
         if self.ledger is not None:
             # the latest ticks, with their times: newer marks than the read's are kept
             state = replace(state, snapshot=self.ledger.snapshot(), marks=self.ledger.marks())
         state, changed = apply(state, event)
         if not changed:
             self.state = state
-            if self.ledger is not None:
-                self.ledger.hold(state.marks)
-            return False
+            if self.ledger is None:
+                return False
+            self.ledger.hold(state.marks)
+            return moved and self._changed()  # shown at once; urgent when a level moves
         return self._rebuild(state)
+
+    def _check_venue(self, read: AccountUpdate, held: AccountSnapshot) -> None:
+        """Our ratio on the read's own figures against the venue's from the same read."""
+        assert read.venue_ratio is not None
+        snapshot = AccountSnapshot(read.account, held.currency, read.collateral,
+                                   read.positions, held.venue)  # fmt: skip
+        try:
+            model = Ledger(snapshot).ratio()
+        except Exception as exc:  # a core bug on odd data must not stop the monitor
+            log.error("venue check failed", account=self.account, error=_one_line(exc))
+            return
+        self.anchor, change = observe(self.anchor, model, read.venue_ratio, read.ts,
+                                      self.drift_tolerance)  # fmt: skip
+        if change is not None:
+            log.warning("model_drift" if change else "model_drift_gone", account=self.account,
+                        ours=_number(model), venue=_number(read.venue_ratio))  # fmt: skip
+            self._drift = ModelDrift(self.account, change, model, read.venue_ratio, read.ts)
 
     def _rebuild(self, state: AccountState) -> bool:
         """A new base after a full read: the ledger starts over from it (no drift)."""
@@ -350,7 +398,7 @@ class AccountLoop:
             claim.changed = True
             self.shocks.wake.set()
         assert self.ledger is not None
-        ratio = claim.ratio = self.ledger.ratio()
+        ratio = claim.ratio = used_ratio(self.ledger.ratio(), self.anchor, self.ratio_source)
         if ratio >= self._alarm_hi:
             claim.urgent = True  # fresh shock figures for an account heading into danger
             self.shocks.wake.set()
@@ -425,6 +473,7 @@ class AccountLoop:
             except Exception as exc:  # a core bug on odd data must not stop the monitor
                 log.error("recompute failed", account=self.account, error=_one_line(exc))
                 return None
+            report = with_venue(report, self.anchor, self.ratio_source)
             self._reported = version
             self._reported_at = loop_now
             self.recomputes += 1
@@ -476,7 +525,7 @@ def open_source(
     state_dir: Path | None = None,
 ) -> Source:
     """The source of one configured account (the sim, or a live ccxt account); `state_dir`
-    keeps the venue's collateral rules across restarts (issue 12)."""
+    keeps the venue's collateral rules across restarts (docs/collateral.md)."""
     if account.is_sim:
         return SimVenue(account.name, account.sim, replay=replay)
     try:
@@ -509,7 +558,7 @@ def build_sinks(
         # before the alerts: an alert then carries the action state of its own report
         sinks.append(actions)
     sinks.append(alerts)
-    console.alerts = alerts  # the screen's headline is the worst active alert (issue 14)
+    console.alerts = alerts  # the screen's headline is the worst active alert (docs/alerts.md)
     if settings.metrics.enabled or settings.heartbeat.url is not None:
         # docs/monitoring.md: Prometheus /metrics and /healthz; the heartbeat pings only while the
         # metrics sink's freshness says every account is seen (it tracks it either way)
@@ -520,6 +569,12 @@ def build_sinks(
                    if sources is None or a.name in sources}  # fmt: skip
         health = build_metrics_sink(settings.metrics, watched, sinks, sources)
         sinks.append(health)
+        if settings.metrics.status_page:
+            from monitor.web import StatusSink  # noqa: PLC0415 - docs/status-page.md
+
+            status = StatusSink(watched, health.blind, lambda: alerts.pipeline)
+            health.routes.append(status.install)
+            sinks.append(status)
         if settings.heartbeat.url is not None:
             sinks.append(HeartbeatSink(settings.heartbeat, health.blind))
     return sinks
@@ -577,14 +632,15 @@ async def run_daemon(
         ShockScheduler(settings.shock_interval, settings.alerts.to_config(),
                        share=SHOCK_CPU_SHARE, max_age=SHOCK_MAX_AGE)
     )  # fmt: skip
-    loops = [
-        AccountLoop(
+    def make_loop(src: Source) -> AccountLoop:
+        return AccountLoop(
             src, sinks, settings.alerts, settings.shock_interval, clock=clock, finite=finite,
             shocks=shocks, urgent_ratios=_action_ratios(settings, src.account),
-            report_spacing=settings.report_spacing,
-        )
-        for src in sources
-    ]  # fmt: skip
+            report_spacing=settings.report_spacing, ratio_source=settings.ratio_source,
+            drift_tolerance=settings.drift_tolerance,
+        )  # fmt: skip
+
+    loops = [make_loop(src) for src in sources]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
@@ -633,7 +689,7 @@ async def run_daemon(
             def recomputes_alive() -> str | None:
                 return next((r for p in list(probes.values()) if (r := p())), None)
 
-            for sink in sinks:  # the metrics sink's /livez (issue 18) asks the same
+            for sink in sinks:  # the metrics sink's /livez (docs/kubernetes.md) asks the same
                 if hasattr(sink, "liveness"):
                     sink.liveness = recomputes_alive
             tg.create_task(shocks.run(), name="shocks")
@@ -641,13 +697,7 @@ async def run_daemon(
             if reload is not None:
                 tg.create_task(
                     _reload_on_hup(hup, reload, configured, loops, running, probes, launch,
-                                   lambda a: AccountLoop(open_source(a, None, state_dir),
-                                                         sinks, settings.alerts,
-                                                         settings.shock_interval, clock=clock,
-                                                         shocks=shocks,
-                                                         urgent_ratios=_action_ratios(
-                                                             settings, a.name),
-                                                         report_spacing=settings.report_spacing),
+                                   lambda a: make_loop(open_source(a, None, state_dir)),
                                    sinks, notifier),
                     name="reload",
                 )  # fmt: skip
@@ -829,7 +879,7 @@ def run_command(args: argparse.Namespace) -> int:
     """`margin-monitor run`: the daemon (no --config: the embedded sim demo)."""
     settings = load_settings(args.config)
     shard = args.shard
-    if shard == "auto":  # issue 18: a StatefulSet pod's ordinal (monitor/shards.py)
+    if shard == "auto":  # docs/kubernetes.md: a StatefulSet pod's ordinal (monitor/shards.py)
         from monitor.shards import auto_shard  # noqa: PLC0415 - shards imports this module
 
         shard = auto_shard()
@@ -851,6 +901,9 @@ def run_command(args: argparse.Namespace) -> int:
         return 0
     sources = [open_source(a, replay, settings.state_dir) for a in accounts]
     sinks = build_sinks(settings, tui, {s.account: s for s in sources})
+    for sink in sinks:  # docs/kubernetes.md: margin_monitor_shards tells a missing shard
+        if shard is not None and hasattr(sink, "shard"):
+            sink.shard = parse_shard(shard)
 
     def reload_accounts() -> list[AccountSettings]:
         fresh = load_settings(args.config)
@@ -956,9 +1009,13 @@ def actions_mode(settings: Settings, account: AccountSettings) -> str:
     actions = settings.actions
     if not actions.covers(account.name):
         return "off (not in actions.accounts)"
+    from monitor.executor import kill_switch_file, state_dir_problem  # noqa: PLC0415 - ccxt
+
+    problem = state_dir_problem(settings.state_dir)
+    if problem is not None:
+        return f"DISABLED (protection_disabled: {problem}; no order can be sent)"
     if actions.paused:
         return "paused (actions.paused = true: plans and audits, sends nothing)"
-    from monitor.executor import kill_switch_file  # noqa: PLC0415 - ccxt: heavy import
 
     pause_file = kill_switch_file(settings.state_dir, account.name)
     if pause_file is not None:

@@ -33,9 +33,10 @@ import fcntl
 import json
 import math
 import os
+import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,38 @@ class LockHeld(Exception):
     """Another process holds the account's writer lock."""
 
 
+def private_dirs(path: Path) -> None:
+    """`mkdir -p` with every directory it creates 0700 (pathlib's `parents=True` gives the
+    intermediate ones the umask's mode): the state directory is its owner's alone."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            directory.mkdir(mode=0o700)
+
+
+def state_dir_problem(state_dir: Path) -> str | None:
+    """Why protective actions could not write their state under `state_dir` (None: they can).
+
+    Tried for real (a directory and a file are created and removed): permission bits do
+    not tell about read-only mounts, /proc, or root (issue 13, `check`)."""
+    created: list[Path] = []
+    target = state_dir / "actions"
+    try:
+        for parent in reversed([target, *target.parents]):
+            if not parent.exists():
+                parent.mkdir(mode=0o700)
+                created.append(parent)
+        with tempfile.TemporaryFile(dir=target):
+            pass
+    except OSError as exc:
+        return f"{state_dir} is not writable ({(exc.strerror or type(exc).__name__).lower()})"
+    finally:
+        for path in reversed(created):
+            with contextlib.suppress(OSError):
+                path.rmdir()
+    return None
+
+
 class AccountLock:
     """One writer per account: an exclusive, non-blocking `flock` on a file.
 
@@ -113,7 +146,7 @@ class AccountLock:
         """Take the lock if free; True when this process now holds it."""
         if self._fd is not None:
             return True
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dirs(self.path.parent)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -236,6 +269,11 @@ class Executor:
         self.alert_hook = alert
         #: called once per venue rejection (account, text); the daemon raises an alert
         self.reject_hook: Alert | None = None
+        #: why protective actions cannot run at all (the state directory is not writable:
+        #: no write-ahead order id, no lock), None while they can (issue 13)
+        self.protection_disabled: str | None = None
+        #: called with (account, reason) when that starts and (account, None) when it ends
+        self.disabled_hook: Callable[[str, str | None], None] | None = None
         self.clock = clock
         self.policy = ActionPolicy(
             action_ratio=action_ratio,
@@ -258,6 +296,9 @@ class Executor:
         self._busy = asyncio.Lock()
         self.last_plan: ActionPlan | None = None
         self.orders_sent = 0
+        #: used ratio / our model's ratio on the latest report (venue_ratio.py): > 1 when
+        #: the venue's own figure is above ours, so a plan on our model aims lower
+        self.venue_bias = 1.0
 
     # --- persistence --------------------------------------------------------------------------
 
@@ -276,9 +317,12 @@ class Executor:
             return _State()
 
     def _save(self) -> None:
-        self._state_path.parent.mkdir(parents=True, exist_ok=True)
+        private_dirs(self._state_path.parent)
         tmp = self._state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self.state), sort_keys=True))
+        # 0600 whatever the umask (outside systemd's UMask=0077): order ids, the episode
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(asdict(self.state), sort_keys=True))
         os.replace(tmp, self._state_path)  # atomic: a crash leaves the old or the new file
 
     # --- reporting ----------------------------------------------------------------------------
@@ -356,6 +400,10 @@ class Executor:
 
     async def on_report(self, rep: MarginReport, now: float) -> ActionPlan | None:
         """Take one protective step if `rep` calls for it; None when no step ran."""
+        model = rep.model_ratio
+        self.venue_bias = (rep.margin_ratio / model if model is not None and model > 0
+                           and math.isfinite(model) and math.isfinite(rep.margin_ratio)
+                           else 1.0)  # fmt: skip
         if not self.wants(rep, now) or self.busy:
             return None
         async with self._busy:
@@ -364,7 +412,35 @@ class Executor:
             with urgent_requests():
                 return await self._step(now)
 
+    def _writable(self) -> bool:
+        """Take the writer lock; an unwritable state directory disables protection, loudly.
+
+        The order id is written ahead of every send and the lock is a file: without a
+        writable state directory no order may go out (safe), and a person must hear of it
+        rather than find out at emergency (issue 13: `protection_disabled`)."""
+        try:
+            self.lock.acquire()
+        except OSError as exc:
+            reason = (
+                f"state directory {self.state_dir} is not writable "
+                f"({(exc.strerror or type(exc).__name__).lower()}): protective orders are off"
+            )
+            if self.protection_disabled is None:
+                self.protection_disabled = reason
+                log.error("actions.protection_disabled", account=self.account, reason=reason)
+                if self.disabled_hook is not None:
+                    self.disabled_hook(self.account, reason)
+            return False
+        if self.protection_disabled is not None:
+            self.protection_disabled = None
+            log.warning("actions.protection_enabled", account=self.account)
+            if self.disabled_hook is not None:
+                self.disabled_hook(self.account, None)
+        return True
+
     async def _step(self, now: float) -> ActionPlan | None:
+        if not self._writable():
+            return None
         if not self.lock.acquire():
             self.skip("another instance holds the writer lock for this account", now,
                        lock=str(self.lock.path))  # fmt: skip
@@ -388,7 +464,12 @@ class Executor:
             except Exception as exc:  # an unknown market is flagged by the planner
                 log.warning("actions.no_market", symbol=p.symbol, error=str(exc))
         try:
-            plan = plan_step(fresh, self.policy, markets, self.state.history, now,
+            # the fresh read is valued by our model: aim its ratio where the used ratio
+            # (the venue's, carried forward, when that is worse) meets the target
+            policy = self.policy if self.venue_bias == 1.0 else replace(
+                self.policy, action_ratio=self.policy.action_ratio / self.venue_bias,
+                target_ratio=self.policy.target_ratio / self.venue_bias)
+            plan = plan_step(fresh, policy, markets, self.state.history, now,
                              current=fresh_report)  # fmt: skip
         except UnsafePlan as exc:
             self._raise_alert(f"protective plan refused (would increase exposure): {exc}")

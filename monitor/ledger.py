@@ -148,7 +148,11 @@ class Ledger:
         return dict(self._held)
 
     def ratio(self) -> float:
-        """Margin ratio of the cross pool at the latest ticks (the per-tick threshold check)."""
+        """Margin ratio of the cross pool at the latest ticks (the per-tick threshold check);
+        for a portfolio-margin account the venue's figure, which ticks do not move."""
+        venue = self._snapshot.venue_margin
+        if venue is not None and venue.margin_ratio is not None:
+            return venue.margin_ratio
         balance = 0.0
         mm = 0.0
         for book in self._books.values():
@@ -166,6 +170,11 @@ class Ledger:
             ask = book.ask
             im += book.im * ask
             mm += book.mm * ask
+        venue = self._snapshot.venue_margin
+        if venue is not None and venue.margin_ratio is not None:
+            return Summary(venue.margin_balance if venue.margin_balance is not None else balance,
+                           im, venue.maintenance_margin if venue.maintenance_margin is not None
+                           else mm, venue.margin_ratio)
         return Summary(balance, im, mm, margin_ratio(mm, balance, exposed=self._exposed))
 
     def snapshot(self) -> AccountSnapshot:
@@ -189,6 +198,7 @@ class Ledger:
             positions[i] = scheduled.repriced(self._marks[i])  # schedule-only already
         self._moved.clear()
         self._snapshot = AccountSnapshot(
-            base.account, base.currency, collateral, tuple(positions), base.venue
+            base.account, base.currency, collateral, tuple(positions), base.venue,
+            base.venue_margin,
         )
         return self._snapshot

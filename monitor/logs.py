@@ -20,8 +20,12 @@ so no renderer, traceback or foreign record can route around it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import signal
+import stat
 import sys
 import threading
 from collections.abc import Iterable
@@ -35,6 +39,7 @@ __all__ = [
     "REDACTED",
     "Format",
     "Redactor",
+    "Throttle",
     "configure",
     "redact",
     "scrub_exception",
@@ -84,7 +89,7 @@ class Redactor:
 
 def _spellings(secret: str) -> Iterable[str]:
     """The secret as it may appear in a line: raw, inside JSON, inside a repr, URL-encoded
-    (a venue echoing its query string, issue 13), and the credential parts of a URL secret
+    (a venue echoing its query string, docs/hardening.md), and the credential parts of a URL secret
     (an Apprise URL's password, token path or query)."""
     yield secret
     yield json.dumps(secret)[1:-1]
@@ -119,7 +124,7 @@ def credential_key(key: object) -> bool:
 def secrets_of(settings: object) -> list[str]:
     """Every `SecretStr` value anywhere in a settings object (models, lists, dicts), and
     every string under a credential-like key of a plain dict (`[accounts.ccxt]`, where
-    ccxt options are passed through untyped: issue 13)."""
+    ccxt options are passed through untyped: docs/hardening.md)."""
     found: list[str] = []
 
     def walk(value: object, credential: bool = False) -> None:
@@ -162,7 +167,7 @@ def scrub_exception(exc: BaseException, redactor: Redactor | None = None) -> Non
     """Redact an exception's text in place (its string args, and its cause's).
 
     Used where foreign text enters: ccxt's exceptions quote the venue's answer, which may
-    repeat a credential (issue 13); scrubbed there, every surface that later shows the
+    repeat a credential (docs/hardening.md); scrubbed there, every surface that later shows the
     error (`/healthz`, alerts, SQLite, `check`, `snapshot`) only ever has the clean text.
     """
     r = redactor or _REDACTOR
@@ -216,8 +221,9 @@ def configure(
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
-    handler = logging.StreamHandler(out)
+    handler = _Handler(out)
     handler.set_name("margin-monitor")
+    handler.addFilter(Throttle())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
@@ -244,6 +250,83 @@ def configure(
         cache_logger_on_first_use=False,
     )
     return chosen
+
+
+class Throttle(logging.Filter):
+    """At most `burst` records per library logger and message per `window` seconds.
+
+    A library logs per connection or per request (aiohttp's "Error handling request",
+    asyncio's accept errors): 300 hostile sockets made ~82 000 lines in 25 s (docs/hardening.md).
+    The first record after a quiet spell says how many similar ones were dropped. The daemon's
+    own `monitor.*` records pass untouched: they are already one per decision.
+    """
+
+    def __init__(self, burst: int = 10, window: float = 60.0) -> None:
+        super().__init__()
+        self.burst = burst
+        self.window = window
+        self._seen: dict[tuple[str, str], list[float]] = {}  # key -> [window start, count, dropped]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("monitor"):
+            return True
+        key = (record.name, str(record.msg)[:200])
+        now = record.created
+        entry = self._seen.get(key)
+        if entry is None or now - entry[0] >= self.window:
+            dropped = int(entry[2]) if entry is not None else 0
+            if len(self._seen) > 1000:
+                self._seen.clear()  # bounded: keys are message templates, few in practice
+            self._seen[key] = [now, 1.0, 0.0]
+            if dropped:
+                record.msg = f"{record.msg} ({dropped} similar dropped in the last minute)"
+            return True
+        if entry[1] < self.burst:
+            entry[1] += 1
+            return True
+        entry[2] += 1
+        return False
+
+
+#: Set when the log stream's reader went away (`run --no-tui | head`): the CLI then exits 2
+#: (stdout a pipe); on any other stream the daemon keeps running, its log to /dev/null.
+OUTPUT_CLOSED = threading.Event()
+
+
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    """stdout; a closed pipe stops the process (SIGTERM: a clean stop) instead of printing
+    a "--- Logging error ---" traceback per line (docs/hardening.md: `run --no-tui | head`)."""
+
+    _broken = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if isinstance(sys.exc_info()[1], BrokenPipeError):
+            if not self._broken:
+                self._broken = True
+                piped = _stdout_is_pipe()
+                discard_stdout()
+                if piped:
+                    # `| head` left: the person is done with this run. Only a pipe: a
+                    # journald stream is a socket, and losing it must never stop protection
+                    OUTPUT_CLOSED.set()
+                    os.kill(os.getpid(), signal.SIGTERM)
+            return
+        super().handleError(record)
+
+
+def _stdout_is_pipe() -> bool:
+    try:
+        return stat.S_ISFIFO(os.fstat(sys.stdout.fileno()).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def discard_stdout() -> None:
+    """Point fd 1 at /dev/null: what is still buffered cannot raise at exit."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 class _CurrentStdout:

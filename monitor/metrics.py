@@ -50,6 +50,7 @@ from monitor.model import (
     AccountUpdate,
     Event,
     MarginReport,
+    ModelDrift,
     PriceTick,
     SourceDown,
     SourceStale,
@@ -79,7 +80,8 @@ _KIND_OF: dict[type, str] = {PriceTick: "prices", AccountUpdate: "account"}
 #: data kinds an event refreshes: one account read brings positions and balances at once
 _FRESHENS: dict[str, tuple[str, ...]] = {"prices": ("prices",),
                                          "account": ("positions", "balance")}
-_SIGNAL_OF: dict[type, str] = {SourceStale: "stale", SourceDown: "down", SourceUp: "up"}
+_SIGNAL_OF: dict[type, str] = {SourceStale: "stale", SourceDown: "down", SourceUp: "up",
+                               ModelDrift: "model_drift"}
 
 
 class MetricsSettings(BaseModel):
@@ -94,6 +96,9 @@ class MetricsSettings(BaseModel):
         "Use 0.0.0.0 in a container, behind its network",
     )
     port: int = Field(default=9464, ge=0, le=65535, description="0 picks a free port (tests)")
+    status_page: bool = Field(
+        default=True, description="serve the status page on / and its JSON on /api/status"
+    )
 
 
 # --- process-wide metrics: incremented where the thing happens -------------------------------
@@ -197,15 +202,21 @@ class MetricsSink:
         self.settings = settings
         self.clock = clock
         self.outbox_depth = outbox_depth
+        #: account -> why its protective actions cannot run (the actions sink's)
+        self.protection: Callable[[], Mapping[str, str]] | None = None
         self.accounts: dict[str, AccountHealth] = {}
         self.drift: dict[str, Drift] = {}
-        #: the systemd watchdog's progress check (daemon.py), for `/livez` (issue 18)
+        #: the systemd watchdog's progress check (daemon.py), for `/livez` (docs/kubernetes.md)
         self.liveness: Callable[[], str | None] | None = None
+        #: (K, N) under `--shard K/N`: exported so a missing shard's process is noticed
+        self.shard: tuple[int, int] | None = None
         self.address: tuple[str, int] | None = None
         self._runner: Any = None
         self._collector = _AccountCollector(self)
         self._registered = False
         self._event_counters: dict[tuple[str, str], Any] = {}
+        #: more routes for the same listener, each `install(app)` (the status page, web.py)
+        self.routes: list[Callable[[Any], None]] = []
         self.set_accounts(accounts)
 
     # --- configuration ---------------------------------------------------------------------
@@ -329,6 +340,10 @@ class MetricsSink:
                 out[name] = reason
         return out
 
+    def protection_disabled(self) -> dict[str, str]:
+        """Account -> why its protective actions cannot run (from the actions sink)."""
+        return dict(self.protection()) if self.protection is not None else {}
+
     def exposition(self) -> bytes:
         """The Prometheus text format of everything in `REGISTRY`."""
         return generate_latest(REGISTRY)
@@ -338,6 +353,9 @@ class MetricsSink:
     async def _listen(self) -> None:
         from aiohttp import web  # noqa: PLC0415 - only when the endpoint is enabled
 
+        from monitor import http_guard  # noqa: PLC0415 - aiohttp too
+        from monitor.logs import redact  # noqa: PLC0415
+
         async def metrics(request: web.Request) -> web.Response:
             del request
             body = self.exposition()
@@ -345,23 +363,32 @@ class MetricsSink:
 
         async def healthz(request: web.Request) -> web.Response:
             del request
+            disabled = self.protection_disabled()
+            if disabled:  # issue 13: protection off is not healthy, even with fresh data
+                lines = "".join(f"{name}: {reason}\n" for name, reason in disabled.items())
+                return web.Response(status=503, text=f"protection_disabled\n{lines}")
             blind = self.blind()
             if not blind:
                 return web.Response(text=f"ok: {len(self.accounts)} accounts fresh\n")
-            lines = "".join(f"{name}: {reason}\n" for name, reason in blind.items())
+            # a venue's words (a websocket error too): never a secret it repeated (issue 13)
+            lines = "".join(f"{name}: {redact(reason)}\n" for name, reason in blind.items())
             return web.Response(status=503, text=f"blind: {', '.join(blind)}\n{lines}")
 
         async def readyz(request: web.Request) -> web.Response:
-            # Kubernetes readiness (issue 18): the configuration loaded and the sinks started,
-            # like systemd's READY=1; never the venues, or an exchange outage unreadies pods
+            # Kubernetes readiness (docs/kubernetes.md): the configuration loaded and the sinks
+            # started, like systemd's READY=1; never the venues, or an exchange outage unreadies
+            # pods
             del request
             return web.Response(text=f"ready: {len(self.accounts)} accounts configured\n")
 
         async def livez(request: web.Request) -> web.Response:
-            # Kubernetes liveness (issue 18): the watchdog's evidence of progress, not data
-            # freshness: restarting cannot fix a venue outage and would blind the shard
+            # Kubernetes liveness (docs/kubernetes.md): the watchdog's evidence of progress, not
+            # data freshness: restarting cannot fix a venue outage and would blind the shard
             del request
-            wedged = self.liveness() if self.liveness is not None else None
+            try:
+                wedged = self.liveness() if self.liveness is not None else None
+            except Exception as exc:  # as in sdnotify.watchdog_loop: a broken probe is wedged
+                wedged = f"liveness probe failed: {type(exc).__name__}: {exc}"
             if wedged is None:
                 return web.Response(text="alive\n")
             return web.Response(status=503, text=f"wedged: {wedged}\n")
@@ -371,22 +398,19 @@ class MetricsSink:
         app.router.add_get("/healthz", healthz)
         app.router.add_get("/readyz", readyz)
         app.router.add_get("/livez", livez)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, self.settings.host, self.settings.port)
+        for install in self.routes:
+            install(app)
         try:
-            await site.start()
+            # timeouts and a connection cap against idle sockets (docs/hardening.md, http_guard.py)
+            runner = await http_guard.serve(app, self.settings.host, self.settings.port)
         except OSError as exc:
-            await runner.cleanup()
             raise UserError(
                 f"metrics: cannot listen on {self.settings.host}:{self.settings.port} "
                 f"({_reason(exc)}); pick another metrics.port or stop the other process"
             ) from None
         self._runner = runner
-        server = getattr(site, "_server", None)
-        sockets = getattr(server, "sockets", None) or []
-        if sockets:
-            host, port = sockets[0].getsockname()[:2]
+        if runner.addresses:
+            host, port = runner.addresses[0][:2]
             self.address = (str(host), int(port))
         else:  # pragma: no cover - aiohttp always has a server after start()
             self.address = (self.settings.host, self.settings.port)
@@ -428,7 +452,14 @@ class _AccountCollector(Collector):
                 continue
             cur = [name, report.currency]
             g.add("margin_ratio", "Maintenance margin / margin balance (1 = liquidation; "
-                  "+Inf when the balance is gone).", ["account"], [name], report.margin_ratio)
+                  "+Inf when the balance is gone): the figure alerts and actions use "
+                  "(settings ratio_source).", ["account"], [name], report.margin_ratio)
+            model = report.margin_ratio if report.model_ratio is None else report.model_ratio
+            g.add("model_margin_ratio", "Our model's margin ratio.", ["account"], [name], model)
+            if report.venue_ratio is not None:
+                g.add("venue_margin_ratio", "The venue's own margin ratio from its last read, "
+                      "carried forward by our model's change since.", ["account"], [name],
+                      report.venue_ratio)
             g.add("margin_balance", "Collateral value plus unrealised PnL, in the report "
                   "currency.", ["account", "currency"], cur, report.margin_balance)
             g.add("maintenance_margin", "Maintenance margin of the cross pool.",
@@ -449,6 +480,10 @@ class _AccountCollector(Collector):
                 g.add("outbox_depth", "Alert messages queued for delivery, per sink.",
                       ["sink"], [sink_name], float(depth[sink_name]))
         g.add("build_info", "Version of the running daemon.", ["version"], [__version__], 1.0)
+        if sink.shard is not None:
+            g.add("shards", "N of --shard K/N, labelled with this process's K: fewer series "
+                  "than the value means a shard runs nowhere.", ["shard"],
+                  [str(sink.shard[0])], float(sink.shard[1]))  # fmt: skip
         yield from g.families()
 
 
@@ -522,6 +557,10 @@ def build_metrics_sink(
         if hasattr(type(sink), "pipeline"):
             depth = outbox_depth_of(_pending_of(sink))
     metrics = MetricsSink(settings, accounts, outbox_depth=depth)
+    for sink in sinks:
+        protection = getattr(sink, "protection_disabled", None)
+        if callable(protection):  # the actions sink (issue 13)
+            metrics.protection = protection
     metrics.set_accounts(accounts, sources)
     return metrics
 

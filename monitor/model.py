@@ -18,10 +18,13 @@ __all__ = [
     "AccountSnapshot",
     "AccountUpdate",
     "Collateral",
+    "CollateralFall",
+    "CollateralRisk",
     "CollateralTier",
     "Event",
     "MarginMode",
     "MarginReport",
+    "ModelDrift",
     "Position",
     "PositionRisk",
     "PriceTick",
@@ -34,6 +37,7 @@ __all__ = [
     "SourceStale",
     "SourceUp",
     "Tier",
+    "VenueMargin",
     "VenueRules",
     "base_asset",
     "priced_collateral",
@@ -222,7 +226,7 @@ class VenueRules:
     - `equality_liquidates`: Binance and Bybit liquidate when the ratio *reaches* 100 %;
       Hyperliquid and dYdX only when equity falls strictly *below* MM.
     - `liquidation_fee`: the taker fee rate the venue charges at liquidation and counts in
-      its liquidation condition on top of the maintenance rate (issue 19). OKX: margin
+      its liquidation condition on top of the maintenance rate (docs/margin-edges.md). OKX: margin
       ratio = equity / (maintenance margin + liquidation fees), isolated "(Margin balance
       + PnL) / (Face value × |Contracts| × Mark price × (Tiered MMR + fee rate))"; Gate:
       "Liquidation Price = (Entry Price ± Margin / Contract Multiplier / Size) /
@@ -261,14 +265,36 @@ _MARK = [f.name for f in fields(Position)].index("mark_price")
 
 
 @dataclass(frozen=True, slots=True)
+class VenueMargin:
+    """The venue's own account figures, for an account no public formula reproduces.
+
+    Portfolio-margin accounts (Binance PM `uniMMR`, Bybit PORTFOLIO_MARGIN, OKX portfolio
+    mode) are margined on scenario risk: their live ratio is the venue's figure, in the
+    Binance/Bybit direction (MM / equity, ≥ 1 is liquidation). `margin_ratio` None means the
+    account is portfolio-margined but the venue gave no figure: the report then says its
+    cross-margin ratio is only an estimate (`MarginReport.model = "estimate"`).
+    """
+
+    margin_ratio: float | None
+    maintenance_margin: float | None = None
+    margin_balance: float | None = None
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class AccountSnapshot:
-    """Everything needed to value one account at one instant."""
+    """Everything needed to value one account at one instant.
+
+    `venue_margin` is set only for accounts whose ratio is the venue's own figure; a
+    what-if (other prices) drops it, since the venue's figure holds at its prices only.
+    """
 
     account: str
     currency: str
     collateral: tuple[Collateral, ...]
     positions: tuple[Position, ...]
     venue: str | None = None
+    venue_margin: VenueMargin | None = None
 
     @property
     def rules(self) -> VenueRules:
@@ -307,12 +333,37 @@ class ShockToLiquidation:
 
 
 @dataclass(frozen=True, slots=True)
+class CollateralFall:
+    """One non-stable collateral asset: its margin value (after haircut), its share of the
+    margin balance, and the fall of its price alone that liquidates the account (in
+    (−1, 0]; None when even a fall to zero does not)."""
+
+    asset: str
+    value: float
+    share: float | None
+    fall: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class CollateralRisk:
+    """Collateral risk in the user's terms: how much of the margin balance is non-stable
+    collateral, and per asset the fall that liquidates (`monitor.collateral_risk`)."""
+
+    non_stable_share: float | None
+    assets: tuple[CollateralFall, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class MarginReport:
     """The state of an account's cross pool, plus every position's own figures.
 
     `margin_ratio` = maintenance_margin / margin_balance: 0 is no risk and ≥ 1 is
     liquidation (Binance/Bybit convention); +inf when the margin balance is ≤ 0 under an
     open cross position; 0 when nothing is open in the cross pool (`valuation.margin_ratio`).
+    `model` says where the ratio comes from: "cross" (our model of the venue's cross
+    margin), "venue" (the venue's own figure: portfolio margin; position figures, liquidation
+    prices and shocks are then cross-model estimates), "estimate" (portfolio margin without
+    a venue figure: the cross model is only an estimate).
     """
 
     account: str
@@ -328,6 +379,14 @@ class MarginReport:
     liquidated: bool
     positions: tuple[PositionRisk, ...]
     shock_to_liquidation: ShockToLiquidation | None = None
+    model: Literal["cross", "venue", "estimate"] = "cross"
+    collateral_risk: CollateralRisk | None = None
+    #: Our model's ratio, where `margin_ratio` is the used one (venue_ratio.with_venue);
+    #: None on a report nobody compared with a venue.
+    model_ratio: float | None = None
+    #: The venue's own ratio of the last read, carried forward by our model's change since;
+    #: None where the venue reports none.
+    venue_ratio: float | None = None
 
     @property
     def finite_ratio(self) -> bool:
@@ -355,11 +414,11 @@ class PriceTick:
 @dataclass(frozen=True, slots=True)
 class AccountUpdate:
     """One read of the whole account, applied as one: positions, balances and the marks
-    they were valued at (DESIGN.md, "The view is always one the venue could have had").
+    they were valued at (docs/account-view.md: the view is always one the venue could have had).
 
     A REST reconciliation or a fill the sim announces. Never split into a positions event
     and a balance event: a report between the two halves met new positions with the old
-    wallet (issue 11: 0.088 reported where the venue said 0.51).
+    wallet (docs/account-view.md: 0.088 reported where the venue said 0.51).
 
     - `ts`: when the read was *sent* (seconds, the source's clock). Every value in it is at
       least that new, so a streamed mark stamped later than `ts` is kept over the read's
@@ -372,6 +431,8 @@ class AccountUpdate:
     - `venue_ratio`: the venue's own account margin ratio from the same read, where the
       venue reports one (Binance totalMaintMargin / totalMarginBalance, Bybit
       accountMMRate, ...); None where it does not.
+    - `venue_margin`: for a portfolio-margin account only, the venue's figures as the live
+      ratio (`VenueMargin`, docs/collateral.md); None for every other account.
     """
 
     account: str
@@ -380,6 +441,7 @@ class AccountUpdate:
     ts: float
     marks: tuple[tuple[str, float], ...] = ()
     venue_ratio: float | None = None
+    venue_margin: VenueMargin | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -410,7 +472,20 @@ class SourceUp:
     ts: float
 
 
-Event = PriceTick | AccountUpdate | SourceStale | SourceDown | SourceUp
+@dataclass(frozen=True, slots=True)
+class ModelDrift:
+    """Our ratio and the venue's own, from the same reads, disagree beyond the tolerance on
+    two reads in a row (`drifting`), or agree again (not `drifting`): the daemon's
+    `model_drift` signal (monitor/venue_ratio.py)."""
+
+    account: str
+    drifting: bool
+    model_ratio: float
+    venue_ratio: float
+    ts: float
+
+
+Event = PriceTick | AccountUpdate | SourceStale | SourceDown | SourceUp | ModelDrift
 
 
 # --- what-if results: the minimal reduction the stress solver proposes ---------------------

@@ -92,7 +92,8 @@ def describe_channels(settings: Settings) -> list[str]:
     metrics = settings.metrics
     if metrics.enabled:
         base = f"http://{metrics.host}:{metrics.port}"
-        lines.append(f"metrics: {base}/metrics, {base}/healthz")
+        page = f"status page {base}/, " if metrics.status_page else ""
+        lines.append(f"metrics: {page}{base}/metrics, {base}/healthz")
     else:
         lines.append("metrics: off ([metrics] enabled = false)")
     beat = settings.heartbeat

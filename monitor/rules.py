@@ -39,12 +39,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from monitor.model import MarginReport, SourceDown, SourceStale, SourceUp
+from monitor.model import MarginReport, ModelDrift, SourceDown, SourceStale, SourceUp
 
 __all__ = [
     "LEVELS",
     "RULE_ACTION_REJECTED",
     "RULE_MARGIN",
+    "RULE_MODEL_DRIFT",
     "RULE_SHOCK",
     "RULE_SOURCE_DOWN",
     "AlertConfig",
@@ -81,6 +82,7 @@ RULE_SHOCK = "shock_to_liquidation"
 RULE_SOURCE_DOWN = "source_down"
 #: A venue refused a protective order (docs/actions.md): an alert, never a retry loop.
 RULE_ACTION_REJECTED = "action_rejected"
+RULE_MODEL_DRIFT = "model_drift"
 _THRESHOLD_RULES = (RULE_MARGIN, RULE_SHOCK)
 
 
@@ -641,6 +643,27 @@ def on_action_resolved(
     if not alert.firing:
         return state, ()
     changed = {alert.fingerprint: _advance(alert, "ok", None, now, config)}
+    return _finish(state, changed, now)
+
+
+def on_model_drift(
+    state: RulesState, event: ModelDrift, now: float, config: AlertConfig
+) -> tuple[RulesState, tuple[AlertEvent, ...]]:
+    """Our ratio and the venue's drifted apart on two reads in a row: `model_drift` fires
+    at warning (the ratio used then is the worse of the two, venue_ratio.py); it resolves
+    when a read agrees again."""
+    alert = state.alert(event.account, RULE_MODEL_DRIFT)
+    if not event.drifting:
+        if not alert.firing:
+            return state, ()
+        return _finish(state, {alert.fingerprint: _advance(alert, "ok", None, now, config)}, now)
+    gap = (event.model_ratio - event.venue_ratio) / event.venue_ratio if event.venue_ratio else 0
+    detail = (
+        f"our margin ratio {event.model_ratio:.4f} vs the venue's {event.venue_ratio:.4f} "
+        f"({gap:+.1%}) on consecutive reads; likely cause: a tier table, collateral haircut "
+        "or margin mode that differs from the venue's (alerts and actions use the worse figure)"
+    )
+    changed = {alert.fingerprint: _advance(alert, "warning", None, now, config, detail=detail)}
     return _finish(state, changed, now)
 
 

@@ -185,7 +185,7 @@ class AccountSettings(Section):
     @classmethod
     def _not_verbose(cls, value: dict[str, Any]) -> dict[str, Any]:
         # ccxt's verbose mode print()s every request with its signed headers and the API
-        # key, past the log redaction (issue 13).
+        # key, past the log redaction (docs/hardening.md).
         if value.get("verbose"):
             msg = "ccxt verbose mode prints signed requests with the API key; remove 'verbose'"
             raise ValueError(msg)
@@ -341,7 +341,27 @@ class Settings(BaseSettings):
         description="least seconds between an account's coalesced reports; a threshold "
         "crossing reports at once regardless, checked on every tick; 0 = a report per change",
     )
+    ratio_source: Literal["worst", "model", "venue"] = Field(
+        "worst",
+        description="the margin ratio alerts and actions use where the venue reports its own: "
+        "worst = the larger of ours and the venue's carried forward (never understates the "
+        "venue), model = ours, venue = the venue's (docs/account-view.md)",
+    )
+    drift_tolerance: float = Field(
+        0.01,
+        gt=0,
+        description="relative gap between our ratio and the venue's on the same read above "
+        "which two reads in a row raise a model_drift warning",
+    )
     accounts: list[AccountSettings] = Field(default_factory=_demo_accounts, min_length=1)
+
+    @field_validator("state_dir")
+    @classmethod
+    def _a_directory(cls, value: Path) -> Path:
+        if value.exists() and not value.is_dir():
+            msg = f"{value} is a file; point state_dir at a directory (it is created if missing)"
+            raise ValueError(msg)
+        return value
     alerts: AlertsSettings = Field(default_factory=_default_alerts)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)  # docs/monitoring.md
     heartbeat: HeartbeatSettings = Field(default_factory=HeartbeatSettings)  # docs/monitoring.md
@@ -496,6 +516,13 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
             ) from None
         except RecursionError:
             raise UserError(f"{origin}: tables or arrays nested too deeply") from None
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    if credentials and Path(credentials).is_dir():
+        # read each once here, so an unreadable or non-UTF-8 one is named (pydantic-settings'
+        # own reader raises without saying which)
+        for entry in sorted(Path(credentials).iterdir()):
+            if entry.is_file():
+                _read_credential(entry)
     # a file without accounts would silently watch the sim demo: never what was meant; it is
     # refused after the rest is validated, so a typo elsewhere is named first
     no_accounts = path is not None and "accounts" not in data and "accounts" not in overrides
@@ -521,7 +548,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
                         "encoding (UTF-8)") from None  # fmt: skip
     finally:
         _FILE_DATA.reset(token)
-    # every secret it holds is redacted from logs and error lines from now on (issue 13)
+    # every secret it holds is redacted from logs and error lines from now on (docs/hardening.md)
     set_secrets(secrets_of(settings))
     return settings
 

@@ -13,7 +13,7 @@ old or in the future (replay), or when its body has an `expires_at` that has pas
 last form is the token inside a phone notification's action button, valid for longer than a
 minute but still bounded. Pure: no clock, the caller passes `now`.
 
-Every command carries a `request_id` (issue 13): the receiver keeps the ids it executed for
+Every command carries a `request_id` (docs/hardening.md): the receiver keeps the ids it executed for
 as long as their envelope could verify (`valid_until`), in the state store, so neither a
 restart nor a second door (MQTT, HTTP) lets a captured command run twice. A phone token also
 names the alert `episode` it was minted for; it cannot act on a later episode.
@@ -63,7 +63,7 @@ class CommandRefused(Exception):
     """A command that must not be executed; the message says why (it is logged and replied).
 
     `request_id`: the refused command's own id when its signed body could be read (a stale
-    or expired one), so the sender can match the refusal to its request (issue 14 §8).
+    or expired one), so the sender can match the refusal to its request (docs/alerts.md).
     """
 
     def __init__(self, reason: str, request_id: str = "") -> None:
@@ -164,6 +164,10 @@ def verify(raw: bytes | str, secret: bytes, now: float, max_age: float = MAX_AGE
     data = _loads(body, "command body")
     if not isinstance(data, dict):
         raise CommandRefused("command body must be a JSON object")
+    try:  # a lone surrogate ("\ud800") decodes, then fails in SQLite or on the wire
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise CommandRefused("command body holds an invalid character (a lone surrogate)") from None
     request_id = _field(data, "request_id", str, "")
     if not request_id:
         raise CommandRefused("command needs a 'request_id' (unique per command): replay guard")

@@ -18,22 +18,26 @@ from monitor.errors import UserError
 from monitor.model import (
     AccountSnapshot,
     Collateral,
+    CollateralRisk,
     CollateralTier,
     MarginReport,
     Position,
     PositionRisk,
     ShockToLiquidation,
     Tier,
+    VenueMargin,
 )
 
 __all__ = [
+    "collateral_risk_to_dict",
     "load_snapshot",
     "parse_snapshot",
     "report_to_dict",
     "snapshot_to_dict",
 ]
 
-_TOP = ("account", "currency", "venue", "collateral", "positions")
+_TOP = ("account", "currency", "venue", "collateral", "positions", "venue_margin")
+_VENUE_MARGIN = ("margin_ratio", "maintenance_margin", "margin_balance", "source")
 _COLLATERAL = (
     "asset", "amount", "price", "haircut", "liability_markup", "haircut_tiers", "tier_basis",
     "beta",
@@ -190,7 +194,23 @@ def load_snapshot(path: str) -> AccountSnapshot:
         raise UserError(
             f"{path}: is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
         ) from None
+    except RecursionError:
+        raise UserError(f"{path}: JSON nested too deeply (a snapshot is 3 levels deep)") from None
+    except ValueError as exc:  # an integer over 4 300 digits (sys.int_info)
+        raise UserError(f"{path}: a number is too long ({_first_words(exc)})") from None
+    try:
+        # a lone surrogate ("\ud800") decodes, then fails wherever the text is printed
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UserError(
+            f"{path}: a string holds an invalid character ({exc.object[exc.start]!a}); "
+            "use valid UTF-8 text"
+        ) from None
     return parse_snapshot(data, path)
+
+
+def _first_words(exc: Exception) -> str:
+    return str(exc).split(";")[0][:120]
 
 
 def parse_snapshot(data: object, origin: str) -> AccountSnapshot:
@@ -201,10 +221,11 @@ def parse_snapshot(data: object, origin: str) -> AccountSnapshot:
         _collateral(_Reader(origin, f"collateral[{i}]", item, _COLLATERAL))
         for i, item in enumerate(top.items("collateral"))
     )
-    assets = [c.asset for c in collateral]
-    for asset in set(assets):
-        if assets.count(asset) > 1:
-            top.fail(f"lists asset '{asset}' twice (merge the balances)", "collateral")
+    listed: set[str] = set()
+    for c in collateral:  # one pass: counting each asset in the list was quadratic
+        if c.asset in listed:
+            top.fail(f"lists asset '{c.asset}' twice (merge the balances)", "collateral")
+        listed.add(c.asset)
     positions = tuple(
         _position(_Reader(origin, f"positions[{i}]", item, _POSITION))
         for i, item in enumerate(top.items("positions"))
@@ -216,7 +237,7 @@ def parse_snapshot(data: object, origin: str) -> AccountSnapshot:
             where.fail(f"repeats {p.symbol} {p.side} (one entry per symbol and side)")
         seen.add(p.key)
         settle = p.settle or currency
-        if settle != currency and settle not in assets:
+        if settle != currency and settle not in listed:
             where.fail(
                 f"settles in {settle}, which has no price: add a collateral entry for {settle}",
                 "settle",
@@ -227,6 +248,18 @@ def parse_snapshot(data: object, origin: str) -> AccountSnapshot:
         collateral=collateral,
         positions=positions,
         venue=top.text("venue") if top.has("venue") else None,
+        venue_margin=_venue_margin(top) if top.has("venue_margin") else None,
+    )
+
+
+def _venue_margin(top: _Reader) -> VenueMargin:
+    """A portfolio-margin account's own figures (docs/collateral.md); ratio null = none read."""
+    r = _Reader(top.origin, "venue_margin", top.obj["venue_margin"], _VENUE_MARGIN)
+    return VenueMargin(
+        margin_ratio=r.optional("margin_ratio", minimum=0.0, allow_inf=True),
+        maintenance_margin=r.optional("maintenance_margin"),
+        margin_balance=r.optional("margin_balance"),
+        source=r.text("source", ""),
     )
 
 
@@ -332,6 +365,13 @@ def snapshot_to_dict(s: AccountSnapshot) -> dict[str, Any]:
                          for c in s.collateral]
     out["positions"] = [_drop_defaults(_position_dict(p), _POSITION_DEFAULTS)
                         for p in s.positions]
+    if s.venue_margin is not None:
+        vm = s.venue_margin
+        out["venue_margin"] = {"margin_ratio": _num(vm.margin_ratio),
+                               "maintenance_margin": vm.maintenance_margin,
+                               "margin_balance": vm.margin_balance}
+        if vm.source:
+            out["venue_margin"]["source"] = vm.source
     return out
 
 
@@ -406,9 +446,27 @@ def report_to_dict(r: MarginReport) -> dict[str, Any]:
         "initial_margin": r.initial_margin,
         "maintenance_margin": r.maintenance_margin,
         "margin_ratio": _num(r.margin_ratio),
+        # both figures behind margin_ratio (docs/account-view.md): ours, and the venue's
+        # own carried forward from its last read (null where the venue reports none)
+        "model_ratio": _num(r.margin_ratio if r.model_ratio is None else r.model_ratio),
+        "venue_ratio": _num(r.venue_ratio),
         "margin_level": _num(r.margin_level),
         "free_collateral": r.free_collateral,
         "liquidated": r.liquidated,
         "shock_to_liquidation": shock_to_dict(r.shock_to_liquidation),
         "positions": [_risk_dict(p) for p in r.positions],
+        "model": r.model,
+        "collateral_risk": collateral_risk_to_dict(r.collateral_risk),
+    }
+
+
+def collateral_risk_to_dict(risk: CollateralRisk | None) -> dict[str, Any] | None:
+    """`{"non_stable_share": 0.6, "assets": [{"asset": "BTC", "value": …, "share": …,
+    "fall_to_liquidation": -0.41}]}`; None (null) when it was not computed this report."""
+    if risk is None:
+        return None
+    return {
+        "non_stable_share": risk.non_stable_share,
+        "assets": [{"asset": a.asset, "value": a.value, "share": a.share,
+                    "fall_to_liquidation": a.fall} for a in risk.assets],
     }

@@ -9,8 +9,8 @@ Rules, and why (the ordering rule; docs/account-view.md says it for users):
 - Every mark carries a time: a `PriceTick` its venue timestamp (else its receive time), an
   `AccountUpdate` the time its read was *sent*. Per symbol, a mark older than the one held
   is dropped, whichever path brought it: a REST read that was in flight while a newer mark
-  streamed in must not put the older price back (issue 11: a false resolved 55 ms after a
-  warning). Equal times: the later arrival wins.
+  streamed in must not put the older price back (docs/account-view.md: a false resolved 55 ms
+  after a warning). Equal times: the later arrival wins.
 - A `PriceTick` moves every position of that symbol (hedge mode holds a long and a short)
   through `Position.at_mark`, which drops the venue-reported PnL and margins: they were true
   at the old price only, so the core recomputes them from the tiers (docs/development.md: a
@@ -144,9 +144,11 @@ def _apply_read(state: AccountState, read: AccountUpdate) -> tuple[AccountState,
         return state, False  # a read sent before the one already applied
     snapshot = state.snapshot
     positions, collateral, marks = merge_read(read, state.marks, snapshot.currency)
-    changed = positions != snapshot.positions or collateral != snapshot.collateral
+    changed = (positions != snapshot.positions or collateral != snapshot.collateral
+               or read.venue_margin != snapshot.venue_margin)
     if changed:
-        snapshot = replace(snapshot, positions=positions, collateral=collateral)
+        snapshot = replace(snapshot, positions=positions, collateral=collateral,
+                           venue_margin=read.venue_margin)
     return replace(
         state, snapshot=snapshot, positions_at=read.ts, balance_at=read.ts, marks=marks
     ), changed

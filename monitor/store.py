@@ -160,7 +160,7 @@ class Store:
     @staticmethod
     def _open(path: Path | None) -> sqlite3.Connection:
         if path is not None:
-            # Owner only (issue 13): the audit trail and pauses are nobody else's business,
+            # Owner only (docs/hardening.md): the audit trail and pauses are nobody else's business,
             # and outside systemd (UMask=0077) the default umask would make them 0644.
             # SQLite gives its -wal and -shm files the database file's mode (os_unix.c,
             # findCreateFileMode), so creating this one 0600 covers all three.
@@ -415,7 +415,7 @@ class Store:
     def remember_request(self, request_id: str, until: float, now: float) -> bool:
         """Record a command's id until its envelope expires; False when already recorded.
 
-        In the database, not in memory (issue 13): a restart must not make a used phone
+        In the database, not in memory (docs/hardening.md): a restart must not make a used phone
         token or a captured MQTT command good again. Full memory refuses (False) rather
         than forgets: a flood of valid ids cannot push out the one being replayed.
         """
@@ -441,7 +441,7 @@ class Store:
     # --- retention ----------------------------------------------------------------------------
 
     def prune(self, now: float) -> None:
-        """Bound every table (issue 13): expired ids, silences and pauses, old audit rows,
+        """Bound every table (docs/hardening.md): expired ids, silences and pauses, old audit rows,
         outbox rows a week older than the newest. Alert state is one row per configured
         fingerprint and stays."""
         self._write(

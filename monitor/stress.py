@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
-from monitor.margin import pnl_at, report
+from monitor.margin import pnl_at, ratio_of, report
 from monitor.model import (
     STABLE_ASSETS,
     AccountSnapshot,
@@ -31,6 +31,7 @@ from monitor.valuation import surplus_at
 __all__ = [
     "MAX_UP_SHOCK",
     "assess",
+    "first_crossing",
     "minimal_reduction",
     "reduced",
     "shock_to_liquidation",
@@ -72,7 +73,8 @@ def with_prices(snapshot: AccountSnapshot, prices: Mapping[str, float]) -> Accou
         else c
         for c in snapshot.collateral
     )
-    return replace(snapshot, positions=positions, collateral=collateral)
+    # the venue's own figure (portfolio margin) holds at its prices only (docs/collateral.md)
+    return replace(snapshot, positions=positions, collateral=collateral, venue_margin=None)
 
 
 def _collateral_beta(c: Collateral, currency: str) -> float:
@@ -99,7 +101,7 @@ def shocked(
         else c
         for c in snapshot.collateral
     )
-    return replace(snapshot, positions=positions, collateral=collateral)
+    return replace(snapshot, positions=positions, collateral=collateral, venue_margin=None)
 
 
 def _factor(beta: float, shock: float) -> float:
@@ -166,7 +168,7 @@ def shock_to_liquidation(
     base = _without_reported(snapshot)
     if not any(p.margin_mode == "cross" for p in base.positions):
         # nothing open in the cross pool: nothing liquidates (margin_ratio 0), even where a
-        # shock takes a balance (BTC debt, say) below zero (issue 19: empty cross pool)
+        # shock takes a balance (BTC debt, say) below zero (docs/margin-edges.md: empty cross pool)
         return ShockToLiquidation(down=None, up=None)
     marks = [(p.mark_price, p.beta if beta_weighted else 1.0) for p in base.positions]
     moving = [
@@ -194,8 +196,18 @@ def _without_reported(snapshot: AccountSnapshot) -> AccountSnapshot:
 
 
 def assess(snapshot: AccountSnapshot) -> MarginReport:
-    """The report with its shock to liquidation filled in (what the daemon publishes)."""
-    return replace(report(snapshot), shock_to_liquidation=shock_to_liquidation(snapshot))
+    """The report with its shock to liquidation and its collateral risk (the fall of each
+    collateral asset alone that liquidates, docs/collateral.md) filled in: what the daemon
+    publishes."""
+    from monitor.collateral_risk import collateral_risk  # noqa: PLC0415 - builds on this module
+
+    base = report(snapshot)
+    return replace(base, shock_to_liquidation=shock_to_liquidation(snapshot),
+                   collateral_risk=collateral_risk(snapshot, base.margin_balance))
+
+
+#: The bracketing root finder of the shock solve, for the other what-if solvers.
+first_crossing = _first_crossing
 
 
 # --- minimal reduction --------------------------------------------------------------------
@@ -246,7 +258,8 @@ def reduced(
                 break
         else:
             collateral.append(Collateral(asset=asset, amount=delta))
-    return replace(snapshot, positions=tuple(positions), collateral=tuple(collateral))
+    return replace(snapshot, positions=tuple(positions), collateral=tuple(collateral),
+                   venue_margin=None)
 
 
 def _order(
@@ -282,10 +295,10 @@ def minimal_reduction(
     if policy not in _POLICIES:
         msg = f"policy {policy!r} is not one of {', '.join(_POLICIES)}"
         raise ValueError(msg)
-    before = report(snapshot).margin_ratio
+    before = ratio_of(snapshot)
 
     def ratio(cuts: Cuts) -> float:
-        return report(reduced(snapshot, cuts, fee_rate)).margin_ratio
+        return ratio_of(reduced(snapshot, cuts, fee_rate))
 
     cuts: dict[tuple[str, Side], float] = {}
     if before > target_ratio:

@@ -58,7 +58,7 @@ Figures = tuple[float, float, float]
 
 
 def margin_ratio(mm: float, balance: float, *, exposed: bool = False) -> float:
-    """Maintenance margin / margin balance, the one rule every surface reads (issue 19).
+    """Maintenance margin / margin balance, the one rule every surface reads (docs/margin-edges.md).
 
     `exposed`: a position is open in this pool. A pool with nothing open and no MM owed has
     nothing to liquidate, whatever its balance: ratio 0 (Binance multi-assets FAQ, example

@@ -12,23 +12,43 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import ccxt
 import pytest
 
 from monitor import margin
 from monitor.daemon import run_daemon
-from monitor.model import AccountSnapshot, AccountUpdate, Event, MarginReport, PriceTick
+from monitor.metrics import MetricsSettings, MetricsSink
+from monitor.model import (
+    AccountSnapshot,
+    AccountUpdate,
+    Event,
+    MarginReport,
+    PriceTick,
+    SourceDown,
+)
 from monitor.settings import load_settings
 from monitor.sources.exchange import ExchangeSource
 from monitor.sources.sim import SimVenue
 from tests.fakes.account import account_for
-from tests.fakes.binance import API_KEY, SECRET, BinancePosition, FakeBinanceUsdm
+from tests.fakes.binance import (
+    API_KEY,
+    SECRET,
+    BinancePosition,
+    FakeBinanceUsdm,
+    use_production_errors,
+)
 from tests.fakes.binance_orders import install_orders
+from tests.fakes.bybit import API_KEY as BYBIT_KEY
+from tests.fakes.bybit import SECRET as BYBIT_SECRET
+from tests.fakes.bybit import BybitPosition, FakeBybit
+from tests.fakes.bybit_orders import install_orders as install_bybit_orders
+from tests.sinks import QuietSink
 
 BTC = "BTC/USDT:USDT"
 SOL = "SOL/USDT:USDT"
 
 
-class Recorder:
+class Recorder(QuietSink):
     """A sink that keeps every report, level change and event it is told of."""
 
     name = "recorder"
@@ -38,9 +58,6 @@ class Recorder:
         self.levels: list[tuple[str, str]] = []
         self.events: list[Event] = []
         self.changed = asyncio.Event()
-
-    async def start(self, tg: asyncio.TaskGroup) -> None:
-        return None
 
     async def on_report(
         self, account: str, report: MarginReport, snapshot: AccountSnapshot, now: float
@@ -56,9 +73,6 @@ class Recorder:
         self, account: str, level: str, previous: str, report: MarginReport, now: float
     ) -> None:
         self.levels.append((previous, level))
-
-    async def close(self) -> None:
-        return None
 
     async def until(self, condition: Any, within: float = 10.0) -> None:
         async with asyncio.timeout(within):
@@ -241,3 +255,106 @@ class TestTornRead:
         assert fake.count("/fapi/v3/positionRisk") == 2  # the torn pair was read again
         (btc,) = snapshot.positions
         assert (btc.contracts, snapshot.collateral[0].amount) == books[-1]
+
+
+class TestFillsMoveMoney:
+    """A fill at a fake venue moves money as the venue does (issue 11 §3), through ccxt."""
+
+    @staticmethod
+    async def _venue(kind: str) -> tuple[Any, Any]:
+        if kind == "binance":
+            fake: Any = FakeBinanceUsdm()
+            fake.account.marks["BTCUSDT"] = 50_000.0
+            fake.account.positions[("BTCUSDT", "BOTH")] = BinancePosition(
+                "BTCUSDT", 1.0, 50_700.0)
+            install_orders(fake)
+            await fake.start()
+            source = source_for(fake)
+            use_production_errors(await source.open())  # -2022 as InvalidOrder (ccxt.md §0.6)
+            return fake, source
+        fake = FakeBybit()
+        fake.account.marks["BTCUSDT"] = 50_000.0
+        fake.account.positions[("BTCUSDT", 0)] = BybitPosition("BTCUSDT", "Buy", 1.0, 50_700.0)
+        install_bybit_orders(fake)
+        await fake.start()
+        account = account_for(fake, BYBIT_KEY, BYBIT_SECRET, poll_interval=5.0,
+                              stale_after=60.0)
+        return fake, ExchangeSource(account, backoff_cap=0.2, reconcile_every=10.0)
+
+    @pytest.mark.parametrize(("kind", "fee_rate"), [("binance", 0.0005), ("bybit", 0.00055)])
+    async def test_losing_fill_realises_pnl_and_fee(self, kind: str, fee_rate: float) -> None:
+        """Test that a reduce-only fill of a losing long moves realised PnL and the taker
+        fee into the wallet, keeps the entry price, and the venue's ratio after it is the
+        one our model computes from a fresh read."""
+        fake, source = await self._venue(kind)
+        fake.account.wallet = 1_000.0
+        try:
+            await source.fetch_snapshot()
+            await source.create_order(BTC, "market", "sell", 0.2, None, {"reduceOnly": True})
+            after = await source.fetch_snapshot()
+        finally:
+            await source.close()
+            await fake.stop()
+        expected = 1_000.0 + 0.2 * (50_000.0 - 50_700.0) - fee_rate * 0.2 * 50_000.0
+        assert fake.account.wallet == pytest.approx(expected, rel=1e-12)
+        (btc,) = after.positions
+        assert (btc.contracts, btc.entry_price) == (pytest.approx(0.8), 50_700.0)
+        assert after.collateral[0].amount == pytest.approx(expected, rel=1e-12)
+        venue = (fake.account.venue_margin_ratio() if kind == "binance"
+                 else fake.account.totals()["mm_rate"])
+        assert margin.report(after).margin_ratio == pytest.approx(venue, rel=1e-9)
+
+    @pytest.mark.parametrize(("kind", "code"), [("binance", "-2022"), ("bybit", "110017")])
+    @pytest.mark.parametrize(("side", "amount"), [("sell", 1.5), ("buy", 0.1)])
+    async def test_oversize_or_wrong_side_is_rejected(
+        self, kind: str, code: str, side: str, amount: float
+    ) -> None:
+        """Test that a reduce-only order larger than the long, or on the side that would
+        grow it, is rejected with the venue's code (Binance -2022, Bybit 110017) and moves
+        nothing."""
+        fake, source = await self._venue(kind)
+        fake.account.wallet = 1_000.0
+        try:
+            await source.fetch_snapshot()
+            with pytest.raises(ccxt.InvalidOrder, match=code):
+                await source.create_order(BTC, "market", side, amount, None,
+                                          {"reduceOnly": True})
+            after = await source.fetch_snapshot()
+        finally:
+            await source.close()
+            await fake.stop()
+        assert fake.account.wallet == 1_000.0
+        assert [p.contracts for p in after.positions] == [pytest.approx(1.0)]
+
+
+class TestBadKeyAtStartup:
+    async def test_rejected_key_is_one_line_in_alert_and_healthz(self) -> None:
+        """Test that a key the venue rejects from the start reaches the sinks (alert) and
+        /healthz as the one-line "rejected the API key" message, not the raw exception."""
+        fake = FakeBinanceUsdm()
+        recorder = Recorder()
+        metrics = MetricsSink(MetricsSettings(), {"binanceusdm-test": 60.0})
+        async with fake:
+            account = account_for(fake, "revoked-key", SECRET, poll_interval=5.0,
+                                  stale_after=60.0)
+            source = ExchangeSource(account, backoff_cap=0.2)
+            config = load_settings(None, shock_interval=3600.0)
+            task = asyncio.create_task(run_daemon(
+                config, [], [recorder, metrics], sources=[source], handle_signals=False,
+                duration=60))
+            try:
+                await recorder.until(lambda: any(isinstance(e, SourceDown)
+                                                 for e in recorder.events))
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                await source.close()
+        down = next(e for e in recorder.events if isinstance(e, SourceDown))
+        assert down.reason.startswith(
+            "binanceusdm rejected the API key during the start-up read (")
+        assert down.reason.endswith(
+            "check accounts.binanceusdm-test.api_key/secret and their permissions")
+        assert "\n" not in down.reason
+        assert "-2015" in down.reason  # the venue's own code, inside the one line
+        assert metrics.blind() == {"binanceusdm-test": f"source down: {down.reason}"}

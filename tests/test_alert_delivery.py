@@ -7,6 +7,9 @@ import asyncio
 import contextlib
 import json
 import re
+import signal
+import sqlite3
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -28,7 +31,15 @@ from monitor.sources.sim_prices import ReplayStep
 from monitor.store import Store
 from tests.mqtt_broker import Mosquitto, collecting
 from tests.test_mqtt import prefix, settings_for
-from tests.test_notify import MARGIN_ONLY, Receiver, channel, delivering, receiver, report
+from tests.test_notify import (
+    MARGIN_ONLY,
+    Receiver,
+    channel,
+    delivering,
+    receiver,
+    report,
+    until,
+)
 
 __all__ = ["prefix"]  # the fixture, shared with test_mqtt
 
@@ -133,6 +144,28 @@ class TestShutdown:
         assert topics[-1] == f"{prefix}/status"  # offline is the last word
         assert f"{prefix}/acct/state" in topics
         assert len(rec.requests) == 2  # the queued emergency went out during the drain
+
+    async def test_final_state_goes_before_offline(self, mosquitto: Mosquitto, prefix: str,
+                                                   tmp_path: Path) -> None:
+        """Test that a state held back by state_interval is published before offline."""
+        mqtt = settings_for(mosquitto, prefix, state_interval=60.0)
+        async with collecting(mosquitto, [f"{prefix}/#"]) as sub:
+            sink = build_alerts_sink(tmp_path, MARGIN_ONLY, mqtt, None)
+            async with started(sink):
+                assert sink.mqtt is not None
+                async with asyncio.timeout(10):
+                    await sink.mqtt.wait_connected()
+                sink.pipeline.on_report(report(0.2, account="acct"))
+                await sub.wait_for(lambda: len(sub.on(f"{prefix}/acct/state")) == 1)
+                sink.pipeline.on_report(report(0.3, account="acct"))  # held back: 60 s
+                await asyncio.sleep(0.2)
+                assert len(sub.on(f"{prefix}/acct/state")) == 1
+            await sink.close()
+            await sub.wait_for(lambda: sub.messages[-1].payload == b"offline")
+        states = [json.loads(m.payload) for m in sub.on(f"{prefix}/acct/state")]  # type: ignore[arg-type]
+        assert [s["margin_ratio"] for s in states] == [0.2, 0.3]
+        assert [m.topic.value for m in sub.messages][-2:] == [f"{prefix}/acct/state",
+                                                              f"{prefix}/status"]
 
     async def test_no_phone_alert_left_at_clean_stop(self, tmp_path: Path) -> None:
         """Test that the drain waits out the pacing so every queued phone alert is sent."""
@@ -284,3 +317,82 @@ class TestActionState:
         for sink in sinks:
             if isinstance(sink, ActionsSink):
                 await sink.close()
+
+
+class TestSigterm:
+    """`margin-monitor run` as a process, stopped by SIGTERM with phone alerts queued."""
+
+    async def test_sigterm_drains_phone_alerts_and_says_offline_last(
+        self, mosquitto: Mosquitto, prefix: str, tmp_path: Path
+    ) -> None:
+        """Test that SIGTERM sends the queued phone alerts, then offline, and exits 0."""
+        config = tmp_path / "config.toml"
+        async with receiver() as rec, collecting(mosquitto, [f"{prefix}/#"]) as sub:
+            config.write_text("\n".join([
+                f'state_dir = "{tmp_path / "state"}"',
+                "[mqtt]", f'host = "{mosquitto.host}"', f"port = {mosquitto.port}",
+                f'prefix = "{prefix}"', "discovery = false",
+                "[[notify.channels]]", 'name = "phone"',
+                f'url = "json://127.0.0.1:{rec.port}/hook"',  # min_interval: the 5.5 s default
+                "[[accounts]]", 'name = "demo"', 'exchange = "sim"', "sim = { speed = 20 }",
+            ]) + "\n")  # fmt: skip
+            proc = await asyncio.create_subprocess_exec(
+                str(Path(sys.executable).parent / "margin-monitor"), "run", "--config",
+                str(config), "--no-tui", stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
+            )  # fmt: skip
+            try:
+                await rec.wait(1, limit=30)
+                outbox = tmp_path / "state" / "alerts.sqlite3"
+
+                def queued() -> int:
+                    with contextlib.closing(sqlite3.connect(outbox)) as db:
+                        query = "SELECT COUNT(*) FROM outbox WHERE sink = 'notify[phone]'"
+                        return int(db.execute(query).fetchone()[0])
+
+                await until(lambda: queued() > 0, 10)  # waiting out the channel's pacing
+                proc.send_signal(signal.SIGTERM)
+                out, _ = await asyncio.wait_for(proc.communicate(), 30)
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+            status = f"{prefix}/status"
+            await sub.wait_for(lambda: b"offline" in [m.payload for m in sub.on(status)])
+            await asyncio.sleep(0.3)
+        logs = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
+        assert proc.returncode == 0, out.decode()[-3000:]
+        assert queued() == 0  # 0 phone alerts left queued at a clean stop
+        assert len(rec.requests) >= 2
+        assert "alerts.undelivered_at_shutdown" not in [e["event"] for e in logs]
+        assert [m.payload for m in sub.on(status)] == [b"online", b"offline"]
+        assert sub.messages[-1].topic.value == status
+
+
+class TestReplayRestart:
+    """A restart into a replay that begins at critical (issue 14 §6)."""
+
+    async def test_restart_continues_the_episode(self, tmp_path: Path) -> None:
+        """Test that a second run of a replay starting at critical sends no resolve."""
+        settings = load_settings(
+            None, state_dir=tmp_path,
+            accounts=[{"name": "demo", "exchange": "sim", "sim": {"speed": 50}}],
+            actions={"simulated": False},
+            mqtt={"host": "127.0.0.1", "port": 9, "timeout": 0.5},  # no broker: rows stay queued
+        )  # fmt: skip
+        crash = tuple((m.symbol, m.price0 * 0.856**m.beta) for m in DEMO_BOOK.markets)
+        replay = [ReplayStep(0.0, crash), ReplayStep(1.0, crash)]
+        for _ in range(2):
+            sources = [SimVenue("demo", settings.accounts[0].sim, replay=replay)]
+            sinks = build_sinks(settings, tui=False, sources={"demo": sources[0]})
+            await asyncio.wait_for(
+                run_daemon(settings, settings.accounts, sinks, replay=replay, sources=sources,
+                           handle_signals=False),
+                30,
+            )  # fmt: skip
+        store = Store(tmp_path / "alerts.sqlite3")
+        margin_alerts = [m for m in map(AlertMessage.from_json,
+                                        (r.payload for r in store.pending("mqtt")))
+                         if m.rule == "margin_ratio"]  # fmt: skip
+        store.close()
+        assert [(m.kind, m.level) for m in margin_alerts] == [("firing", "critical")]

@@ -17,7 +17,7 @@ from structlog.testing import capture_logs
 
 from monitor.alert_message import AlertMessage
 from monitor.alerting import BACKOFF_CAP, AlertPipeline, backoff
-from monitor.model import MarginReport, ShockToLiquidation
+from monitor.model import CollateralFall, CollateralRisk, MarginReport, ShockToLiquidation
 from monitor.rules import AlertConfig
 from monitor.signed_commands import Command, envelope
 from monitor.store import Store
@@ -150,6 +150,18 @@ class TestReports:
         (row,) = pipeline.store.pending()
         message = AlertMessage.from_json(row.payload)
         assert (message.margin_ratio, message.shock_down) == (0.6, -0.3)
+
+    def test_last_collateral_risk_is_kept(self, tmp_path: Path) -> None:
+        """Test that the phone text of an alert on a report without a shock solve still
+        says which collateral fall alone liquidates (the last one solved, issue 12)."""
+        pipeline = AlertPipeline(Store(tmp_path / "a.db"), CONFIG, [FlakySink()])
+        risk = CollateralRisk(0.5, (CollateralFall("BTC", 1_000.0, 0.5, -0.25),))
+        pipeline.on_report(dataclasses.replace(report(0.2), collateral_risk=risk), now=1.0)
+        pipeline.on_report(report(0.6), now=2.0)
+        (row,) = pipeline.store.pending()
+        message = AlertMessage.from_json(row.payload)
+        assert "a fall of 25.0% in BTC alone liquidates this account" in message.collateral
+        assert "50.0% of the margin balance is non-stable collateral" in message.collateral
 
 
 class TestCommands:

@@ -1,7 +1,7 @@
 """Tests for the exchange-resident stop-loss backstop (monitor/backstop.py).
 
 Through the real ccxt path: Binance USDⓈ-M stops go to `POST /fapi/v1/algoOrder` (ccxt 4.5.90,
-notes/ccxt.md §0.5), served by tests/fakes/binance_orders.py on engineer C's fake.
+docs/venues.md), served by tests/fakes/binance_orders.py on engineer C's fake.
 """
 
 from __future__ import annotations

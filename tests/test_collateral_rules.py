@@ -7,12 +7,14 @@ import contextlib
 import json
 import math
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from monitor import margin
 from monitor.model import AccountUpdate, Collateral, CollateralTier, PriceTick
+from monitor.snapshot import parse_snapshot, report_to_dict, snapshot_to_dict
 from monitor.sources.collateral_rules import (
     AssetRule,
     CollateralRules,
@@ -20,12 +22,16 @@ from monitor.sources.collateral_rules import (
     apply_rules,
     rules_from_dict,
     rules_to_dict,
+    venue_margin,
 )
 from monitor.sources.exchange import ExchangeSource
-from tests.fakes import bybit
+from monitor.sources.normalize import VenueFigures
+from monitor.sources.sim import DEMO_BOOK, SimVenue
+from tests.fakes import bybit, okx
 from tests.fakes.account import EventTap, account_for
 from tests.fakes.base import FakeVenue
 from tests.fakes.binance import API_KEY, SECRET, BinanceAccount, BinancePosition, FakeBinanceUsdm
+from tests.test_account_view import Recorder, daemon
 
 BTC = "BTC/USDT:USDT"
 #: Within 0.01 % of the venue's own figure (issue 12's bar).
@@ -178,6 +184,17 @@ class TestBinanceMultiAssets:
             assert report.margin_ratio == pytest.approx(fake.account.venue_margin_ratio(),
                                                         rel=REL)
 
+    async def test_snapshot_file_keeps_the_venue_valuation(self) -> None:
+        """Test that a snapshot of the M1 account (what `margin-monitor snapshot` writes)
+        carries the haircuts and prices, so `report --snapshot` gives the same 47.98 %."""
+        async with running(example_m1()) as (_fake, source, _tap):
+            snap = await source.fetch_snapshot()
+        data = json.loads(json.dumps(snapshot_to_dict(snap)))
+        usdt = next(c for c in data["collateral"] if c["asset"] == "USDT")
+        assert (usdt["haircut"], usdt["liability_markup"]) == (0.01, 0.005)
+        again = margin.report(parse_snapshot(data, "snap.json"))
+        assert again.margin_ratio == pytest.approx(199.596 / 416.02, rel=1e-6)
+
     async def test_worked_example_m1_without_positions(self) -> None:
         """Test that M1 with no positions gives Account Equity 416.02 USD and ratio 0."""
         account = example_m1()
@@ -269,6 +286,27 @@ def uta_btc_eth() -> bybit.BybitAccount:
     return account
 
 
+class TestThroughTheDaemon:
+    async def test_daemon_reports_the_venues_ratio_before_and_after_a_fall(self) -> None:
+        """Test that the daemon loop (state, ledger, report) on a Multi-Assets account reports
+        the venue's ratio within 0.01 % at start and after BTC −20 % streamed as a tick."""
+        recorder = Recorder()
+        async with FakeBinanceUsdm(btc_eth_collateral()) as fake:
+            settings = account_for(fake, API_KEY, SECRET, poll_interval=5.0, stale_after=60.0)
+            source = ExchangeSource(settings, backoff_cap=0.2, reconcile_every=10.0,
+                                    debounce=0.02)
+            async with daemon(source, recorder):
+                before = fake.account.venue_margin_ratio()
+                await recorder.until(lambda: any(
+                    r.margin_ratio == pytest.approx(before, rel=REL) for r in recorder.reports))
+                await fake.wait_for_client("/market/ws", "btcusdt@markPrice@1s")
+                await fake.push_mark("BTCUSDT", 48_000.0)
+                after = fake.account.venue_margin_ratio()
+                assert after > 1.5 * before
+                await recorder.until(lambda: recorder.reports[-1].margin_ratio
+                                     == pytest.approx(after, rel=REL))
+
+
 class TestBybitUta:
     async def test_tiered_ratios_match_account_mm_rate_across_a_fall(self) -> None:
         """Test that with BTC and ETH collateral our ratio equals accountMMRate within 0.01 %
@@ -303,6 +341,171 @@ class TestBybitUta:
             assert check is not None
             assert check.relative_drift is not None
             assert abs(check.relative_drift) < REL
+
+
+class TestOkxMultiCurrency:
+    async def test_discount_tiers_match_mgn_ratio_across_a_fall(self) -> None:
+        """Test that an OKX multi-currency account (acctLv 3) holding 1.5 BTC under tiered
+        discount rates (0.98 up to 1 BTC, 0.95 beyond) matches 1/mgnRatio within 0.01 %
+        before and after BTC −20 %, read over REST through real ccxt."""
+        account = okx.OkxAccount(acct_lv="3", coins={"BTC": 1.5},
+                                 discount={"USDT": [(None, 1.0)],
+                                           "BTC": [(1.0, 0.98), (None, 0.95)]})
+        async with (
+            okx.FakeOkx(account) as fake,
+            watching(fake, okx.API_KEY, okx.SECRET) as (source, tap),
+        ):
+            assert source.collateral_rules.mode == "multi_assets"
+            btc = next(c for c in source.collateral if c.asset == "BTC")
+            assert [(t.up_to, t.ratio) for t in btc.haircut_tiers] == [(1.0, 0.98),
+                                                                       (math.inf, 0.95)]
+            before = ours(source)
+            assert before == pytest.approx(fake.margin_ratio(), rel=REL)
+            fake.account.marks["BTC-USDT-SWAP"] = 48_000.0
+            seen = len(tap.seen)
+            await tap.wait_for(lambda e: isinstance(e, AccountUpdate) and any(
+                p.mark_price == 48_000.0 for p in e.positions), after=seen)
+            after = ours(source)
+            assert after > before
+            assert after == pytest.approx(fake.margin_ratio(), rel=REL)
+            check = source.venue_check
+            assert check is not None
+            assert check.relative_drift is not None
+            assert abs(check.relative_drift) < REL
+
+
+class TestPortfolioMargin:
+    async def test_bybit_portfolio_margin_ratio_is_the_venues(self) -> None:
+        """Test that a Bybit PORTFOLIO_MARGIN account reports accountMMRate as its live ratio,
+        labelled `model: venue`, and that a tick does not replace it with a cross ratio."""
+        account = uta_btc_eth()
+        account.margin_mode = "PORTFOLIO_MARGIN"
+        account.portfolio_mm = 4_321.0  # Bybit's scenario MM: no public formula gives it
+        async with (
+            bybit.FakeBybit(account) as fake,
+            watching(fake, bybit.API_KEY, bybit.SECRET) as (source, tap),
+        ):
+            assert source.collateral_rules.mode == "portfolio"
+            venue = fake.account.totals()["mm_rate"]
+            report = margin.report(source.snapshot())
+            assert report.model == "venue"
+            assert report.margin_ratio == pytest.approx(venue, rel=1e-12)
+            assert report.maintenance_margin == pytest.approx(4_321.0)
+            assert report_to_dict(report)["model"] == "venue"
+            balance = next(e for e in reversed(tap.seen) if isinstance(e, AccountUpdate))
+            assert balance.venue_margin is not None
+            assert balance.venue_margin.margin_ratio == pytest.approx(venue)
+            # a cross-margin computation of the same account would say something else
+            cross = margin.report(replace(source.snapshot(), venue_margin=None)).margin_ratio
+            assert abs(cross / venue - 1) > 0.5
+
+            await fake.wait_for_client("/v5/public", "tickers.BTCUSDT")
+            seen = len(tap.seen)
+            await fake.push_mark("BTCUSDT", 48_000.0)
+            await tap.wait_for(
+                lambda e: isinstance(e, PriceTick) and e.mark_price == 48_000.0, after=seen
+            )
+            held = margin.report(source.snapshot())
+            assert held.model == "venue"
+            assert held.margin_ratio == report.margin_ratio  # carried until the next read
+            seen = len(tap.seen)
+            await tap.wait_for(lambda e: isinstance(e, AccountUpdate), after=seen)
+            fresh = margin.report(source.snapshot())
+            assert fresh.margin_ratio == pytest.approx(fake.account.totals()["mm_rate"])
+            assert fresh.margin_ratio > report.margin_ratio
+
+    async def test_binance_portfolio_margin_drives_the_ratio_by_uni_mmr(self) -> None:
+        """Test that a Binance PM account (ccxt `portfolioMargin`) reports 1 / uniMMR from
+        /papi/v1/account as its ratio, labelled venue, through real ccxt."""
+        account = btc_eth_collateral()
+        account.multi_assets = False
+        account.portfolio_mm = 2_500.0
+        async with FakeBinanceUsdm(account) as fake:
+            settings = account_for(fake, API_KEY, SECRET, poll_interval=0.2, stale_after=5.0)
+            config = dict(settings.ccxt)
+            config["options"] = {**config["options"], "portfolioMargin": True}
+            source = ExchangeSource(replace(settings, ccxt=config), backoff_cap=0.2,
+                                    reconcile_every=0.5, debounce=0.02)
+            tap = EventTap(source.events())
+            try:
+                update = await tap.wait_for(lambda e: isinstance(e, AccountUpdate))
+                assert isinstance(update, AccountUpdate)
+                assert source.collateral_rules.mode == "portfolio"
+                pm = fake.account.pm_figures()
+                assert update.venue_margin is not None
+                assert update.venue_margin.margin_ratio == pytest.approx(1 / pm["uni_mmr"])
+                report = margin.report(source.snapshot())
+                assert report.model == "venue"
+                assert report.margin_ratio == pytest.approx(2_500.0 / pm["equity"])
+                assert fake.count("/papi/v1/account") >= 1
+                assert fake.count("/fapi/v1/assetIndex") == 0
+            finally:
+                await tap.stop()
+                await source.close()
+
+    async def test_okx_portfolio_mode_reports_mgn_ratio(self) -> None:
+        """Test that an OKX portfolio-margin account (acctLv 4) reports 1/mgnRatio as its
+        live ratio, labelled venue, and reads no discount tiers."""
+        async with (
+            okx.FakeOkx(okx.OkxAccount(acct_lv="4")) as fake,
+            watching(fake, okx.API_KEY, okx.SECRET) as (source, _tap),
+        ):
+            assert source.collateral_rules.mode == "portfolio"
+            report = margin.report(source.snapshot())
+            assert report.model == "venue"
+            assert report.margin_ratio == pytest.approx(fake.margin_ratio(), rel=1e-12)
+            assert fake.count("/api/v5/public/discount-rate-interest-free-quota") == 0
+
+    def test_no_venue_figure_means_estimate(self) -> None:
+        """Test that a portfolio account without a venue figure gets a ratio-less
+        VenueMargin (reported as an estimate), and other modes none."""
+        portfolio = CollateralRules("bybit", "portfolio", {}, 0.0)
+        vm = venue_margin(portfolio, None)
+        assert vm is not None
+        assert vm.margin_ratio is None
+        cross = CollateralRules("bybit", "multi_assets", {}, 0.0)
+        assert venue_margin(cross, VenueFigures("bybit", 0.1)) is None
+        assert venue_margin(None, VenueFigures("bybit", 0.1)) is None
+
+
+class _SimAsExchange:
+    """The sim venue's published answers behind the names of ccxt's implicit API."""
+
+    id = "binanceusdm"
+
+    def __init__(self, sim: SimVenue) -> None:
+        self.sim = sim
+        self.options: dict[str, object] = {}
+
+    async def fapiPrivateGetMultiAssetsMargin(self) -> dict[str, bool]:
+        return self.sim.multi_assets_margin()
+
+    async def fapiPublicGetAssetIndex(self) -> list[dict[str, object]]:
+        return self.sim.asset_index()
+
+
+class TestSimPublishesRules:
+    async def test_demo_haircut_comes_from_the_published_rules(self) -> None:
+        """Test that the demo's BTC haircut is not in its book but in the rules it publishes,
+        which the live reader reads to the same rules the sim values its collateral with."""
+        assert all(c.haircut == 0.0 for c in DEMO_BOOK.collateral)
+        sim = SimVenue("demo", clock=lambda: 1_000.0)
+        btc = next(c for c in sim.snapshot().collateral if c.asset == "BTC")
+        assert (btc.haircut, btc.liability_markup) == (0.05, 0.05)
+        reader = CollateralRulesReader("demo", "binanceusdm", clock=lambda: 1_000.0)
+        live = await reader.refresh(_SimAsExchange(sim))
+        assert live == sim.collateral_rules
+        assert sim.asset_index()[1]["symbol"] == "BTCUSD"
+
+    def test_fills_carry_the_haircut(self) -> None:
+        """Test that the account update a fill announces values BTC by the rules too."""
+        sim = SimVenue("demo")
+        update = sim.read(1.0)
+        btc = next(c for c in update.collateral if c.asset == "BTC")
+        assert btc.haircut == 0.05
+        without = replace(sim.snapshot(),
+                          collateral=tuple(replace(c, haircut=0.0) for c in update.collateral))
+        assert margin.report(sim.snapshot()).margin_ratio > margin.report(without).margin_ratio
 
 
 class TestReaderSchedule:

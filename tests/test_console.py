@@ -11,6 +11,7 @@ from pathlib import Path
 
 import structlog
 from rich.console import Console
+from structlog.testing import capture_logs
 
 from monitor import logs, margin, stress
 from monitor.daemon import build_sinks, classify_level, run_daemon
@@ -129,6 +130,9 @@ class TestAlertSurface:
         assert "(+1 more active)" in text.splitlines()[0]
         assert "demo  EMERGENCY  source up" in text
         assert re.search(r"WARNING +demo: margin ratio 55\.2%, since ", text)
+        with capture_logs() as lines:
+            sink.summarise()  # the log-mode summary (no TTY) says the same
+        assert [x["alert_level"] for x in lines] == ["emergency"]
         await alerts.close()
 
     async def test_every_configured_account_has_a_row(self, tmp_path: Path) -> None:
@@ -155,6 +159,15 @@ class TestAlertSurface:
         assert "demo  OK  source up" in text
         assert "main  CRITICAL  source down" in text
         await alerts.close()
+
+    async def test_reload_follows_the_accounts(self, tmp_path: Path) -> None:
+        """Test that a SIGHUP reload adds a row for a new account and drops a removed one."""
+        sink = ConsoleSink(live=False, accounts=["demo", "old"])
+        sink.alerts = build_alerts_sink(tmp_path, AlertConfig(repeat_every=0), None, None)
+        sink.set_accounts({"demo": 30.0, "new": 30.0}, sources={})
+        text = _text(sink)
+        assert "new  OK  source waiting: no data yet" in text
+        assert "old  " not in text
 
     async def test_panel_lists_alerts_and_last_actions(self, tmp_path: Path) -> None:
         """Test that the panel shows each active alert and the newest action decisions."""

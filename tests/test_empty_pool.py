@@ -13,6 +13,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -240,8 +241,8 @@ class _IsolatedOnly:
 
     async def events(self) -> AsyncIterator[Event]:
         await self.gate.wait()
-        for i, price in enumerate(self.prices):
-            yield PriceTick("iso", BTC, price, 1.0 + i)
+        for price in self.prices:
+            yield PriceTick("iso", BTC, price, time.time())  # newer than the read
             await asyncio.sleep(0)
 
     async def close(self) -> None:
@@ -281,7 +282,10 @@ class TestDaemonSurfaces:
         assert state == state_payload(margin.report(
             stress.with_prices(isolated_only(), {BTC: 56_100.0})), "ok") | {
             "shock_to_liquidation": state["shock_to_liquidation"],
-            "shock_to_liquidation_pct": state["shock_to_liquidation_pct"]}
+            "shock_to_liquidation_pct": state["shock_to_liquidation_pct"],
+            "collateral_risk": state["collateral_risk"]}
+        # the shock solve's figures: no fall of any collateral liquidates an empty pool
+        assert state["collateral_risk"] == {"non_stable_share": None, "assets": []}
         console = next(s for s in sinks if isinstance(s, ConsoleSink))
         out = Console(record=True, width=140, file=io.StringIO())
         out.print(console.render())

@@ -101,7 +101,7 @@ class TestInitialSnapshot:
         assert by_symbol[BTC].contracts == pytest.approx(0.8)
         assert by_symbol[ETH].side == "short"
         assert by_symbol[ETH].contracts == pytest.approx(4.0)
-        # The venue's maintMargin (with cum), not ccxt's mmr × notional (notes/ccxt.md §0.7).
+        # The venue's maintMargin (with cum), not ccxt's mmr × notional (docs/venues.md).
         assert by_symbol[ETH].maintenance_margin == pytest.approx(12_000 * 0.0065 - 15.0)
         balance = next(e for e in tap.seen if isinstance(e, AccountUpdate))
         assert [(c.asset, c.amount) for c in balance.collateral] == [("USDT", 1_000.0)]
@@ -190,7 +190,7 @@ class TestPrivateStream:
         assert isinstance(update, AccountUpdate)
         assert fake.count("/fapi/v3/positionRisk") > reads
         btc = next(p for p in update.positions if p.symbol == BTC)
-        # Full REST fields, not the stream's stripped ones (notes/ccxt.md §0.3).
+        # Full REST fields, not the stream's stripped ones (docs/venues.md).
         assert btc.maintenance_margin is not None
         assert btc.mark_price == 60_000.0
 

@@ -272,6 +272,8 @@ class TestCollateral:
         and that a coin switched off as collateral is skipped."""
         fake.account.coins["BTC"] = (0.05, 61_000.0, True)
         fake.account.coins["DOGE"] = (1_000.0, 0.1, False)
+        # no BTC position: its mark in the same read would price the coin (issue 12)
+        fake.account.positions.pop(("BTCUSDT", 0))
         async with started(fake) as (_source, tap):
             first = await tap.wait_for(lambda e: isinstance(e, AccountUpdate))
             assert isinstance(first, AccountUpdate)

@@ -73,7 +73,9 @@ def multi_assets(
     binance_fake: binance.FakeBinanceUsdm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Path:
     """The config of a Binance multi-assets account holding 0.1 BTC (mark 61,250)."""
+    binance_fake.account.multi_assets = True  # a BTC balance is margin only in this mode
     binance_fake.account.assets["BTC"] = 0.1
+    binance_fake.account.multi_assets = True  # BTC is margin only in Multi-Assets Mode
     binance_fake.account.marks["BTCUSDT"] = 61_250.0
     set_keys(monkeypatch, "main", binance.API_KEY, binance.SECRET)
     return write_config(tmp_path / "live.toml", "main", binance_fake)

@@ -122,7 +122,8 @@ class TestCheckChannels:
         assert "  - notify[oncall]: Pushover, from critical; url set (secret)\n" in out
         assert "  - command endpoint: listens on 127.0.0.1:8765, ntfy buttons off " \
                "(command_url not set)\n" in out
-        assert "  - metrics: http://127.0.0.1:9464/metrics" in out
+        base = "http://127.0.0.1:9464"
+        assert f"  - metrics: status page {base}/, {base}/metrics, {base}/healthz\n" in out
         assert "  - heartbeat: every 60 s to hc-ping.com; url set, fail_url not set\n" in out
 
     def test_nothing_configured_says_off(self, capsys: pytest.CaptureFixture[str]) -> None:

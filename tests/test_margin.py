@@ -1,7 +1,7 @@
 """monitor.margin against the venues' published worked examples and their documented rules.
 
 Each example names its source; the numbers and their provenance are in
-shared/notes/margin-math.md. Tolerance: 0.01 % relative, as the issue asks.
+docs/margin-math.md. Tolerance: 0.01 % relative, as the issue asks.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monitor.margin import computed_maintenance_margin, report, tier_for
+from monitor.margin import computed_maintenance_margin, ratio_of, report, tier_for
 from monitor.model import (
     AccountSnapshot,
     Collateral,
@@ -446,6 +446,14 @@ class TestProperties:
                 continue
             at = report(with_prices(s, {p.symbol: p.liquidation_price}))
             assert at.margin_ratio == pytest.approx(1.0, abs=1e-9)
+
+    @settings(max_examples=300, deadline=None)
+    @given(accounts(), st.sampled_from((None, "binanceusdm", "bybit", "okx", "hyperliquid")))
+    def test_ratio_of_is_the_reports_ratio(self, s: AccountSnapshot, venue: str | None) -> None:
+        """Test that the solver's ratio-only valuation equals the full report's ratio exactly."""
+        s = replace(s, venue=venue)
+        assert ratio_of(s) == report(s).margin_ratio or (
+            math.isnan(ratio_of(s)) and math.isnan(report(s).margin_ratio))
 
     @settings(max_examples=300, deadline=None)
     @given(accounts(), st.sampled_from((None, "binanceusdm", "bybit", "okx", "hyperliquid")))

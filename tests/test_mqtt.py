@@ -10,11 +10,13 @@ import secrets
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import pytest
 from pydantic import SecretStr
 
+from monitor.alert_message import AlertMessage
 from monitor.alerting import AlertPipeline
 from monitor.model import MarginReport, PositionRisk, ShockToLiquidation
 from monitor.rules import AlertConfig
@@ -95,6 +97,12 @@ class TestPayloads:
         assert data["shock_to_liquidation_pct"] == 30.0
         assert data["level"] == "warning"
 
+    def test_state_payload_flags(self) -> None:
+        """Test that the binary sensors' flags are in the state, false unless set."""
+        assert state_payload(report(0.3), "ok")["source_down"] is False
+        data = state_payload(report(0.3), "ok", {"protection_active": True})
+        assert (data["source_down"], data["protection_active"]) == (False, True)
+
     def test_state_payload_liquidated(self) -> None:
         """Test that an infinite ratio becomes "inf" and a null percentage, valid JSON."""
         data = state_payload(report(math.inf), "emergency")
@@ -103,13 +111,18 @@ class TestPayloads:
         json.dumps(data, allow_nan=False)
 
     def test_discovery(self) -> None:
-        """Test that discovery describes five sensors of one device with availability."""
+        """Test that discovery describes five sensors and two binary sensors of one device."""
         settings = MqttSettings(prefix="mm", expire_after=120)
         configs = dict(discovery_configs(settings, "binance main", "USDT"))
-        assert sorted(configs) == [
+        assert sorted(configs) == sorted([
             f"homeassistant/sensor/margin_monitor_binance_main_{k}/config"
-            for k in sorted(["free_collateral", "level", "margin_balance", "margin_ratio",
-                             "shock_to_liquidation"])]
+            for k in ["free_collateral", "level", "margin_balance", "margin_ratio",
+                      "shock_to_liquidation"]
+        ] + [f"homeassistant/binary_sensor/margin_monitor_binance_main_{k}/config"
+             for k in ["source_down", "protection_active"]])  # fmt: skip
+        down = configs["homeassistant/binary_sensor/margin_monitor_binance_main_source_down/config"]
+        assert (down["device_class"], down["state_topic"]) == ("problem", "mm/binance main/state")
+        assert down["value_template"] == "{{ 'ON' if value_json.source_down else 'OFF' }}"
         ratio = configs["homeassistant/sensor/margin_monitor_binance_main_margin_ratio/config"]
         assert ratio["state_topic"] == "mm/binance main/state"
         assert ratio["availability_topic"] == "mm/status"
@@ -196,17 +209,72 @@ class TestBroker:
         """Test that discovery is retained and re-sent when Home Assistant comes online."""
         sink = MqttSink(settings_for(mosquitto, prefix))
         ha = f"{prefix}-ha"
-        async with collecting(mosquitto, [f"{ha}/sensor/#"]) as sub, running(sink):
+        # five sensors and two binary sensors
+        async with collecting(mosquitto, [f"{ha}/sensor/#", f"{ha}/binary_sensor/#"]) as sub, \
+                running(sink):
+            sink.observe_report(report(0.3), "ok")
+            await sub.wait_for(lambda: len(sub.messages) == 7)
+            async with aiomqtt.Client(mosquitto.host, mosquitto.port) as ha_client:
+                await ha_client.publish(f"{ha}/status", "online", qos=1)
+            await sub.wait_for(lambda: len(sub.messages) == 14)
+        config = json.loads(sub.messages[0].payload)  # type: ignore[arg-type]
+        assert config["availability_topic"] == f"{prefix}/status"
+        async with collecting(mosquitto, [f"{ha}/sensor/#", f"{ha}/binary_sensor/#"]) as late:
+            await late.wait_for(lambda: len(late.messages) == 7)
+        assert all(m.retain for m in late.messages)
+
+    async def test_stop_during_a_publish_ends(self, mosquitto: Mosquitto, prefix: str) -> None:
+        """Test that cancelling the sink while discovery is still publishing ends its task.
+
+        The sensors' configs arrive first; the stop lands while the binary sensors' are in
+        flight. A cancel swallowed inside aiomqtt's publish once left the state task waiting
+        forever, and the sink (and a daemon's shutdown) with it."""
+        sink = MqttSink(settings_for(mosquitto, prefix))
+        ha = f"{prefix}-ha"
+        async with collecting(mosquitto, [f"{ha}/sensor/#"]) as sub:
+            task = asyncio.create_task(sink.run())
+            async with asyncio.timeout(10):
+                await sink.wait_connected()
             sink.observe_report(report(0.3), "ok")
             await sub.wait_for(lambda: len(sub.messages) == 5)
             async with aiomqtt.Client(mosquitto.host, mosquitto.port) as ha_client:
                 await ha_client.publish(f"{ha}/status", "online", qos=1)
             await sub.wait_for(lambda: len(sub.messages) == 10)
-        config = json.loads(sub.messages[0].payload)  # type: ignore[arg-type]
-        assert config["availability_topic"] == f"{prefix}/status"
-        async with collecting(mosquitto, [f"{ha}/sensor/#"]) as late:
-            await late.wait_for(lambda: len(late.messages) == 5)
-        assert all(m.retain for m in late.messages)
+            task.cancel()
+            done, _ = await asyncio.wait([task], timeout=10)
+        assert done == {task}
+        assert task.cancelled()
+
+    async def test_binary_sensor_states(self, mosquitto: Mosquitto, prefix: str) -> None:
+        """Test that source_down follows its alert and protection_active the action feed."""
+        sink = MqttSink(settings_for(mosquitto, prefix, discovery=False))
+        topic = f"{prefix}/acct/state"
+
+        def down(kind: str) -> AlertMessage:
+            return AlertMessage(
+                id=f"e.{kind}", fingerprint="acct/source_down", account="acct",
+                rule="source_down", kind=kind, level="ok" if kind == "resolved" else "critical",
+                previous_level="ok", episode="e", started_at=1.0, at=2.0, duration=1.0,
+                value=None, previous_value=None, worst_value=None, worst_level="critical",
+                detail="binanceusdm rejected the API key",
+            )  # fmt: skip
+
+        def flags(sub: Any) -> tuple[bool, bool]:
+            last = json.loads(sub.messages[-1].payload)
+            return last["source_down"], last["protection_active"]
+
+        async with collecting(mosquitto, [topic]) as sub, running(sink):
+            sink.observe_report(report(0.3), "ok")
+            await sub.wait_for(lambda: len(sub.messages) == 1)
+            assert flags(sub) == (False, False)
+            assert await sink.deliver([down("firing")]) == {"e.firing"}
+            await sub.wait_for(lambda: flags(sub) == (True, False))
+            sink.publish_action("acct", {"kind": "planned", "live": False})
+            await sub.wait_for(lambda: flags(sub) == (True, True))
+            await sink.deliver([down("resolved")])
+            sink.publish_action("acct", {"kind": "would_have", "live": False})
+            sink.publish_action("acct", {"kind": "resolved", "live": False})
+            await sub.wait_for(lambda: flags(sub) == (False, False))
 
     async def test_action_topic(self, mosquitto: Mosquitto, prefix: str) -> None:
         """Test that publish_action reaches <prefix>/<account>/action."""

@@ -72,7 +72,7 @@ class TestBinancePositions:
 
     def test_user_stream_rows(self, binance: Any) -> None:
         """Test that user-stream rows (no mark) take the last tick, and a close-out
-        (side 'both', size 0) leaves no ghost position (notes/ccxt.md §0.4)."""
+        (side 'both', size 0) leaves no ghost position (docs/venues.md)."""
         import ccxt.pro
 
         pro = ccxt.pro.binanceusdm()

@@ -108,3 +108,33 @@ class TestQuickPath:
         assert "1 of 1 channel(s) delivered the test push" in outputs[1]
         assert len(rec.requests) == 1
         assert b"my-margin-alerts-change-me" in rec.requests[0][2]
+
+
+class TestCommandsPage:
+    def test_every_subcommand_is_documented(self) -> None:
+        """Test that docs/commands.md has a row for every `margin-monitor` subcommand."""
+        from monitor.cli import build_parser
+
+        parser = build_parser()
+        sub = next(a for a in parser._actions if a.dest == "command")
+        names = set(sub.choices)  # type: ignore[arg-type]
+        assert {"run", "check", "notify-test"} <= names
+        page = (ROOT / "docs" / "commands.md").read_text()
+        missing = [n for n in sorted(names) if f"`margin-monitor {n}" not in page]
+        assert missing == []
+
+
+class TestCodeCitations:
+    def test_comments_cite_pages_of_this_repository(self) -> None:
+        """Test that the code cites docs/ pages that exist, never notes or a design file
+        outside the repository."""
+        sources = sorted((ROOT / "monitor").rglob("*.py"))
+        assert sources
+        cited: set[str] = set()
+        for path in sources:
+            text = path.read_text()
+            assert not re.search(r"\bnotes/[\w-]+\.md|DESIGN\.md", text), path.name
+            cited |= set(re.findall(r"\bdocs/([\w-]+\.md)", text))
+        assert len(cited) >= 8
+        missing = sorted(c for c in cited if not (ROOT / "docs" / c).exists())
+        assert missing == []

@@ -132,7 +132,7 @@ class TestReportJson:
         json.dumps(out, allow_nan=False)
 
     def test_fields_of_the_contract(self) -> None:
-        """Test that the report carries every field DESIGN.md promises."""
+        """Test that the report carries every field docs/margin-math.md promises."""
         out = report_to_dict(report(parse_snapshot(good(), "x")))
         for key in ("account", "currency", "wallet_balance", "unrealized_pnl", "margin_balance",
                     "initial_margin", "maintenance_margin", "margin_ratio", "margin_level",

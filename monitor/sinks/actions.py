@@ -62,6 +62,8 @@ class ActionsSink:
         self._alerts: AlertsSink | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        #: the alert level at which actions step in: `protection_disabled` is raised at it
+        self.severity = "critical"
 
     def attach(self, alerts: AlertsSink | None) -> None:
         """Use the alert side's audit trail + MQTT action topic, notes and pause switch.
@@ -83,13 +85,25 @@ class ActionsSink:
             ex.switches = self._alerts.switches
             ex.audit_hook = self._alerts.record_action
             ex.reject_hook = self._rejected
+            ex.disabled_hook = self._disabled
+
+    def _disabled(self, account: str, reason: str | None) -> None:
+        """Protection cannot run (or runs again): a `protection_disabled` alert at the
+        action level's severity, and the MQTT state says so (issue 13)."""
+        if self._alerts is not None:
+            self._alerts.disable_protection(account, reason, self.severity)
+
+    def protection_disabled(self) -> dict[str, str]:
+        """Account -> why its protective actions cannot run (`/healthz`, `check`)."""
+        return {name: ex.protection_disabled for name, ex in sorted(self.executors.items())
+                if ex.protection_disabled is not None}  # fmt: skip
 
     def note(self, account: str) -> str | None:
         """The action state as of the alert being built now (alerting.py), None: unprotected.
 
         Planned from the report the alert was evaluated on (the daemon tells this sink
         before the alert sink, see `daemon.build_sinks`), not from the executor's last step,
-        which at an escalation has not run yet and at a resolve is an episode old (issue 14
+        which at an escalation has not run yet and at a resolve is an episode old (docs/alerts.md
         §4). The plan is the pure planner's preview; the executor re-plans on a fresh read.
         """
         ex = self.executors.get(account)
@@ -323,4 +337,8 @@ def build_actions_sink(
             if backstop is not None:
                 backstops[account.name] = backstop
     # kept even with no executor yet: a SIGHUP reload may add a protected account
-    return ActionsSink(executors, backstops, make=make)
+    sink = ActionsSink(executors, backstops, make=make)
+    ratio = actions.action_ratio(thresholds)
+    reached = [name for name, at in thresholds.items() if at <= ratio]  # warning..emergency
+    sink.severity = reached[-1] if reached else "warning"
+    return sink

@@ -9,7 +9,7 @@ beside the TaskGroup, because it must outlive it.
 At shutdown the daemon's tasks are already cancelled when `close` runs. `close` drains what
 is still queued (the final resolve of a demo run, queued phone alerts) over the MQTT session
 that is still up, so Home Assistant sees `online` ... `offline` once and nothing after it
-(issue 14 §2), and only then ends the session and closes the store. The drain is sized from
+(docs/alerts.md), and only then ends the session and closes the store. The drain is sized from
 the queue and the channels' pacing (`drain_budget`), capped by `DRAIN_CAP` so the whole stop
 stays inside systemd's `TimeoutStopSec`; what does not make it stays in the outbox, is named
 in the log, and goes out on the next start.
@@ -23,7 +23,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 from aiohttp import web
@@ -32,8 +32,16 @@ from monitor.alert_settings import MqttSettings, NotifySettings
 from monitor.alerting import AlertPipeline, AlertSink
 from monitor.command_http import serve_commands
 from monitor.metrics import record_action as record_action_metric
-from monitor.model import AccountSnapshot, Event, MarginReport, SourceDown, SourceStale, SourceUp
-from monitor.rules import AlertConfig, AlertState, level_rank
+from monitor.model import (
+    AccountSnapshot,
+    Event,
+    MarginReport,
+    ModelDrift,
+    SourceDown,
+    SourceStale,
+    SourceUp,
+)
+from monitor.rules import AlertConfig, AlertState, Level, level_rank
 from monitor.store import Store
 from monitor.switches import ActionSwitches
 
@@ -118,6 +126,17 @@ class AlertsSink:
         """A venue rejected a protective order: an `action_rejected` alert (docs/actions.md)."""
         self.pipeline.raise_action_alert(account, text, now)
 
+    def disable_protection(self, account: str, reason: str | None, level: str) -> None:
+        """Protective actions of `account` cannot run (reason) or run again (None): the
+        `protection_disabled` alert, the retained MQTT state carries the reason, and the
+        audit trail and the terminal's action list say it (`record_action`)."""
+        self.pipeline.protection_alert(account, reason, cast("Level", level))
+        if self.mqtt is not None:
+            self.mqtt.set_protection(account, reason)
+        kind = "protection_disabled" if reason is not None else "protection_enabled"
+        text = reason if reason is not None else "protective actions can run again"
+        self.record_action(account, kind, {"reason": text}, self.pipeline.clock())
+
     def resolve_action_alert(self, account: str, now: float | None = None) -> bool:
         """End the account's `action_rejected` alert; True when one was firing."""
         return bool(self.pipeline.resolve_action_alert(account, now))
@@ -147,7 +166,7 @@ class AlertsSink:
         self.pipeline.start(tg)
         if self.mqtt is not None:
             # Outside the TaskGroup: the session must still be up while `close` drains the
-            # outbox, or a second session would say `online` after `offline` (issue 14 §2).
+            # outbox, or a second session would say `online` after `offline` (docs/alerts.md).
             # `run` never raises but CancelledError; `close` (always called) cancels it.
             self._mqtt_task = asyncio.create_task(self.mqtt.run(), name="mqtt")
         if self.command_listen is not None and self.pipeline.can_sign:
@@ -165,9 +184,11 @@ class AlertsSink:
         self.pipeline.on_report(report, now)
 
     async def on_event(self, event: Event) -> None:
-        """Stale, down and up events have their own alerts; ticks are ignored here."""
+        """Stale, down, up and model drift have their own alerts; ticks are ignored here."""
         if isinstance(event, SourceStale | SourceDown | SourceUp):
             self.pipeline.on_source_event(event)
+        elif isinstance(event, ModelDrift):
+            self.pipeline.on_model_drift(event)
 
     async def on_level(
         self, account: str, level: str, previous: str, report: MarginReport, now: float
@@ -187,7 +208,7 @@ class AlertsSink:
             await self._stop_mqtt()
             if self._pipeline is not None:
                 self._report_left()
-                self.pipeline.flush()  # refusal counts kept in memory (issue 13)
+                self.pipeline.flush()  # refusal counts kept in memory (docs/hardening.md)
                 self.pipeline.store.close()
 
     async def _stop_mqtt(self) -> None:
@@ -232,7 +253,7 @@ class AlertsSink:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     def _report_left(self) -> None:
-        """Say what stays queued for the next start, per sink, by id (issue 14 §3)."""
+        """Say what stays queued for the next start, per sink, by id (docs/alerts.md)."""
         left = self.pipeline.store.pending()
         if not left:
             return

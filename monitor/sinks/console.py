@@ -6,7 +6,7 @@ second. Without a terminal (systemd, a pipe, `--no-tui`) the same facts go out a
 structured log line per account every `summary_every` seconds; level changes are logged by
 the daemon itself, in both modes.
 
-The screen tells the same story as the alerts (issue 14 §7): the headline is the worst
+The screen tells the same story as the alerts (docs/alerts.md): the headline is the worst
 ACTIVE alert of any rule (what MQTT and Home Assistant show), read from the alert sink at
 each frame, not the margin-ratio level alone; every configured account has a row even
 before its first report, with its source state (up, stale, down and why); a last panel
@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -29,8 +29,10 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from monitor.collateral_risk import describe
 from monitor.model import (
     AccountSnapshot,
+    CollateralRisk,
     Event,
     MarginReport,
     ShockToLiquidation,
@@ -49,6 +51,14 @@ _LEVEL_STYLE = {
     "warning": "yellow",
     "critical": "bold red",
     "emergency": "bold white on red",
+}
+
+
+#: Where the margin ratio comes from, in words (MarginReport.model, docs/collateral.md).
+MODEL_LABELS = {
+    "cross": "cross margin, computed",
+    "venue": "venue figure (portfolio margin; what-ifs are estimates)",
+    "estimate": "ESTIMATE: portfolio margin, no venue figure",
 }
 
 
@@ -75,6 +85,7 @@ class _View:
 
     report: MarginReport | None = None
     shock: ShockToLiquidation | None = None
+    collateral: CollateralRisk | None = None
     level: str = "ok"
     events: int = 0
     reports: int = 0
@@ -133,6 +144,14 @@ class ConsoleSink:
         else:
             tg.create_task(self._summarise_forever(), name="sink[console]")
 
+    def set_accounts(self, accounts: Mapping[str, float], **_: object) -> None:
+        """A SIGHUP reload changed the accounts: a row for each new one, none for the gone."""
+        for name in list(self._views):
+            if name not in accounts:
+                del self._views[name]
+        for name in accounts:
+            self._views.setdefault(name, _View())
+
     async def on_report(
         self, account: str, report: MarginReport, snapshot: AccountSnapshot, now: float
     ) -> None:
@@ -143,6 +162,8 @@ class ConsoleSink:
         view.updated = now
         if report.shock_to_liquidation is not None:
             view.shock = report.shock_to_liquidation
+        if report.collateral_risk is not None:
+            view.collateral = report.collateral_risk  # solved with the shock
 
     async def on_event(self, event: Event) -> None:
         """Count events per account (events vs reports shows the coalescing at work);
@@ -194,8 +215,9 @@ class ConsoleSink:
             log.info(
                 "account summary",
                 account=account,
-                alert_level=view.level,
+                alert_level=self._level(account, view),
                 margin_ratio=_num(r.margin_ratio),
+                model=r.model,
                 margin_balance=round(r.margin_balance, 2),
                 free_collateral=round(r.free_collateral, 2),
                 shock_down=None if view.shock is None else _num(view.shock.down),
@@ -204,6 +226,10 @@ class ConsoleSink:
                 events=view.events,
                 reports=view.reports,
             )
+
+    def _level(self, account: str, view: _View) -> str:
+        """The account's worst alert level over all rules; the ratio level without alerts."""
+        return view.level if self.alerts is None else self.alerts.account_level(account)
 
     def headline(self) -> Text:
         """The worst active alert of any rule and account (or the ratio levels, no alerts)."""
@@ -229,8 +255,7 @@ class ConsoleSink:
         if not self._views:
             parts.append(Text("waiting for the first report ...", style="dim"))
         for account, view in sorted(self._views.items()):
-            if self.alerts is not None:
-                view.level = self.alerts.account_level(account)
+            view.level = self._level(account, view)
             r = view.report
             if r is None:
                 state, why = view.source_state()
@@ -295,6 +320,9 @@ def _summary_table(account: str, view: _View, r: MarginReport) -> Table:
         "margin ratio", Text(_pct(r.margin_ratio), style=style),
         f"margin balance ({r.currency})", _money(r.margin_balance),
     )  # fmt: skip
+    table.add_row("model", MODEL_LABELS[r.model], "", "")
+    for line in describe(view.collateral) if view.collateral is not None else []:
+        table.add_row("collateral", line, "", "")
     table.add_row(
         "maintenance margin", _money(r.maintenance_margin),
         "free collateral", _money(r.free_collateral),

@@ -14,7 +14,7 @@ Topics (prefix default `margin-monitor`, docs/mqtt-and-commands.md):
 - `homeassistant/sensor/<id>/config`   discovery (retained), re-sent when Home Assistant
                                  announces `online` on `homeassistant/status`.
 
-aiomqtt 2.x does not reconnect by itself; its documented pattern (docs/reconnection.md,
+aiomqtt 2.x does not reconnect by itself; its documented pattern (its reconnection guide,
 issue #334) is re-entering `async with client` in a retry loop, which `run` does, with the
 jittered backoff of STYLE.md. A broker that vanishes is noticed by the publish `timeout`, not
 by an error (docs/development.md), so the timeout is set deliberately. After each reconnect
@@ -44,7 +44,7 @@ from monitor.alert_message import AlertMessage, finite_or_str
 from monitor.alert_settings import MqttSettings
 from monitor.alerting import backoff, raise_if_cancelling
 from monitor.model import MarginReport
-from monitor.rules import shock_fraction
+from monitor.rules import RULE_SOURCE_DOWN, shock_fraction
 
 __all__ = ["MqttSettings", "MqttSink", "discovery_configs", "make_client", "state_payload"]
 
@@ -56,11 +56,26 @@ def _object_id(account: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_-]", "_", account)
 
 
-def state_payload(report: MarginReport, level: str) -> dict[str, Any]:
-    """The retained state: the JSON report (docs/margin-math.md), level and convenience fields."""
+#: Protective-action decisions (the `kind` of `<prefix>/<account>/action`) that start and end
+#: "protection active": an episode runs from its first plan until the account is back under
+#: target, or the venue refused an order and actions halted for the account.
+_PROTECTION_ON = frozenset({"planned"})
+_PROTECTION_OFF = frozenset({"resolved", "rejected"})
+
+
+def state_payload(
+    report: MarginReport, level: str, flags: Mapping[str, bool] | None = None
+) -> dict[str, Any]:
+    """The retained state: the JSON report (docs/margin-math.md), level and convenience fields.
+
+    `flags` are the binary sensors' states (`source_down`, `protection_active`), false when
+    not given: both live in the retained state so Home Assistant has them after a restart.
+    """
     from monitor.snapshot import report_to_dict  # noqa: PLC0415 - keeps import cost lazy
 
     data: dict[str, Any] = _strict_json(report_to_dict(report))
+    for name, _, _ in _BINARY_SENSORS:
+        data[name] = bool((flags or {}).get(name, False))
     shock = shock_fraction(report)
     ratio = report.margin_ratio
     data["level"] = level
@@ -95,12 +110,18 @@ _SENSORS: tuple[tuple[str, str, str | None, str | None], ...] = (
     ),
     ("level", "Alert level", None, None),
 )
+_BINARY_SENSORS: tuple[tuple[str, str, str], ...] = (
+    # key in the state payload, name, Home Assistant device class
+    ("source_down", "Source down", "problem"),
+    ("protection_active", "Protection active", "running"),
+)
 
 
 def discovery_configs(
     settings: MqttSettings, account: str, currency: str
 ) -> list[tuple[str, dict[str, Any]]]:
-    """Home Assistant MQTT discovery (docs/development.md): one device, five sensors."""
+    """Home Assistant MQTT discovery (docs/development.md): one device, five sensors and two
+    binary sensors (source down, protection active)."""
     oid = _object_id(account)
     state_topic = f"{settings.prefix}/{account}/state"
     device = {
@@ -109,32 +130,37 @@ def discovery_configs(
         "manufacturer": "margin-monitor",
         "sw_version": __version__,
     }
-    out = []
-    for key, name, unit, template in _SENSORS:
+
+    def entity(component: str, key: str, name: str, template: str) -> tuple[str, dict[str, Any]]:
         uid = f"margin_monitor_{oid}_{key}"
-        config: dict[str, Any] = {
+        return f"{settings.discovery_prefix}/{component}/{uid}/config", {
             "name": name,
             "unique_id": uid,
-            "default_entity_id": f"sensor.{uid}",
+            "default_entity_id": f"{component}.{uid}",
             "state_topic": state_topic,
-            "value_template": template or f"{{{{ value_json.{key} }}}}",
+            "value_template": template,
             "availability_topic": f"{settings.prefix}/status",
-            "json_attributes_topic": state_topic if key == "level" else None,
             "device": device,
             "origin": {"name": "margin-monitor", "sw": __version__},
         }
-        if key != "level":
+
+    out = []
+    for key, name, unit, template in _SENSORS:
+        topic, config = entity("sensor", key, name, template or f"{{{{ value_json.{key} }}}}")
+        if key == "level":
+            config["json_attributes_topic"] = state_topic
+        else:
             config["state_class"] = "measurement"
             config["unit_of_measurement"] = unit or currency
             config["suggested_display_precision"] = 2
         if settings.expire_after:
             config["expire_after"] = settings.expire_after
-        out.append(
-            (
-                f"{settings.discovery_prefix}/sensor/{uid}/config",
-                {k: v for k, v in config.items() if v is not None},
-            )
-        )
+        out.append((topic, config))
+    for key, name, device_class in _BINARY_SENSORS:
+        topic, binary = entity("binary_sensor", key, name,
+                               f"{{{{ 'ON' if value_json.{key} else 'OFF' }}}}")
+        binary.update(device_class=device_class, payload_on="ON", payload_off="OFF")
+        out.append((topic, binary))
     return out
 
 
@@ -179,10 +205,21 @@ class MqttSink:
         self._actions: asyncio.Queue[tuple[str, str]] = asyncio.Queue(maxsize=10_000)
         self._refusal_second = 0
         self._refusal_replies = 0
+        self._protection: dict[str, str] = {}  # account -> why its actions cannot run
         # replies of executed commands, and at most REFUSAL_REPLIES refusals a second
         self._replies: asyncio.Queue[Mapping[str, Any]] = asyncio.Queue()
+        self._flags: dict[str, dict[str, bool]] = {}  # account -> binary sensor states
 
     # --- AlertSink / ReportObserver ---------------------------------------------------------
+
+    def set_protection(self, account: str, reason: str | None) -> None:
+        """The retained state of `account` says why its protective actions cannot run."""
+        if reason is None:
+            self._protection.pop(account, None)
+        else:
+            self._protection[account] = reason
+        self._published.pop(account, None)  # republish at once
+        self._state_wake.set()
 
     def wants(self, message: AlertMessage) -> bool:
         """MQTT gets every alert: it is the primary, cheap channel."""
@@ -191,6 +228,9 @@ class MqttSink:
 
     async def deliver(self, messages: Sequence[AlertMessage]) -> Collection[str]:
         """Publish a batch with QoS 1; return the ids whose PUBACK arrived."""
+        for m in messages:
+            if m.rule == RULE_SOURCE_DOWN:
+                self._set_flag(m.account, "source_down", m.kind != "resolved")
         client = self._client
         if client is None:
             msg = "not connected to the MQTT broker"
@@ -220,6 +260,9 @@ class MqttSink:
         The durable record is the store's audit trail; this topic is a live feed, so when the
         queue is full (broker gone for long) the oldest entry is dropped and logged.
         """
+        kind = payload.get("kind")
+        if kind in _PROTECTION_ON or kind in _PROTECTION_OFF:
+            self._set_flag(account, "protection_active", kind in _PROTECTION_ON)
         body = json.dumps(payload, default=str, sort_keys=True)
         if self._actions.full():
             dropped = self._actions.get_nowait()
@@ -238,6 +281,12 @@ class MqttSink:
     def drain_time(self, queued: int) -> float:
         """Seconds `queued` alerts need at most: one publish round (PUBACK wait) per batch."""
         return math.ceil(queued / 100) * self.settings.timeout
+    def _set_flag(self, account: str, name: str, value: bool) -> None:
+        """A binary sensor's state; the retained state is republished when it changes."""
+        flags = self._flags.setdefault(account, {})
+        if flags.get(name, False) != value:
+            flags[name] = value
+            self._state_wake.set()
 
     @property
     def connected(self) -> bool:
@@ -299,7 +348,7 @@ class MqttSink:
         # Commands are taken from paho's own callback, in the loop's reader callback, not
         # through aiomqtt's message iterator: that costs a Message, a queue hop and a task
         # per message (~30 us), and under a flood of 50 000 junk commands it, not the check
-        # (~5 us), set the pace; a valid command waited behind the backlog (issue 13).
+        # (~5 us), set the pace; a valid command waited behind the backlog (docs/hardening.md).
         paho = client._client  # aiomqtt 2.x (pinned <3) wraps paho
         for topic in (f"{p}/command", f"{p}/+/command"):
             paho.message_callback_add(topic, self._on_command)
@@ -335,11 +384,20 @@ class MqttSink:
             await asyncio.gather(*tasks, return_exceptions=True)
             with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
                 async with asyncio.timeout(self.settings.timeout):  # not wait_for: cpython#86296
+                    await self._states_round(client, interval=0.0)  # the final state, unthrottled
+            with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                async with asyncio.timeout(self.settings.timeout):
                     await client.publish(self.status_topic, "offline", qos=1, retain=True)
             raise
         finally:
             for task in tasks:
                 task.cancel()
+            # A cancel that lands while aiomqtt waits for a PUBACK can be swallowed, and the
+            # task goes on to wait for the next state forever: cancel again until all end.
+            while not all(task.done() for task in tasks):
+                await asyncio.wait(tasks, timeout=0.1)
+                for task in tasks:
+                    task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         for task in done:
             exc = task.exception()
@@ -385,36 +443,48 @@ class MqttSink:
             reply = await self._replies.get()
             qos = 1 if reply.get("ok") else 0
             await client.publish(self.reply_topic, json.dumps(reply, default=str), qos=qos)
+            raise_if_cancelling()  # as in _publish_states
 
     async def _publish_states(self, client: aiomqtt.Client) -> None:
-        interval = self.settings.state_interval
         while True:
             await self._state_wake.wait()
             self._state_wake.clear()
-            soonest: float | None = None
-            for account, (report, level) in list(self._reports.items()):
-                if self.settings.discovery and account not in self._announced:
-                    for topic, config in discovery_configs(self.settings, account, report.currency):
-                        await client.publish(topic, json.dumps(config), qos=1, retain=True)
-                    self._announced.add(account)
-                body = json.dumps(state_payload(report, level), separators=(",", ":"))
-                last_body, last_at = self._published.get(account, ("", -1e18))
-                if body == last_body:
-                    continue
-                now = time.monotonic()
-                wait = last_at + interval - now
-                if wait > 0:
-                    soonest = wait if soonest is None else min(soonest, wait)
-                    continue
-                await client.publish(
-                    f"{self.settings.prefix}/{account}/state", body, qos=1, retain=True
-                )
-                self._published[account] = (body, now)
+            soonest = await self._states_round(client, self.settings.state_interval)
+            # a shutdown's cancel lost in aiomqtt's ack wait (gh-86296) would leave this
+            # task parked on `_state_wake` and the daemon's stop hanging (fault matrix)
+            raise_if_cancelling()
             if soonest is not None:
                 with contextlib.suppress(TimeoutError):  # not wait_for: cpython#86296
                     async with asyncio.timeout(soonest):
                         await self._state_wake.wait()
                 self._state_wake.set()
+
+    async def _states_round(self, client: aiomqtt.Client, interval: float) -> float | None:
+        """Publish each account's newest state that changed, at most once per `interval`;
+        returns the seconds until a held-back one may go (None: none held back)."""
+        soonest: float | None = None
+        for account, (report, level) in list(self._reports.items()):
+            if self.settings.discovery and account not in self._announced:
+                for topic, config in discovery_configs(self.settings, account, report.currency):
+                    await client.publish(topic, json.dumps(config), qos=1, retain=True)
+                self._announced.add(account)
+            payload = state_payload(report, level, self._flags.get(account))
+            if account in self._protection:
+                payload["protection_disabled"] = self._protection[account]
+            body = json.dumps(payload, separators=(",", ":"))
+            last_body, last_at = self._published.get(account, ("", -1e18))
+            if body == last_body:
+                continue
+            now = time.monotonic()
+            wait = last_at + interval - now
+            if wait > 0:
+                soonest = wait if soonest is None else min(soonest, wait)
+                continue
+            await client.publish(
+                f"{self.settings.prefix}/{account}/state", body, qos=1, retain=True
+            )
+            self._published[account] = (body, now)
+        return soonest
 
     async def _publish_actions(self, client: aiomqtt.Client) -> None:
         while True:
@@ -424,6 +494,7 @@ class MqttSink:
             except aiomqtt.MqttError:
                 self._actions.put_nowait((account, body))  # try again after the reconnect
                 raise
+            raise_if_cancelling()  # as in _publish_states
 
 
 def make_client(

@@ -11,7 +11,7 @@ service never re-sends to a phone that already got the message.
   signed, expiring token to the daemon's command endpoint (command_http.py). The token is the
   same HMAC envelope as an MQTT command (signed_commands.py) with an `expires_at`; it is
   single-use, names the alert's account and episode, and travels in the request body (ntfy's
-  `body=`), not the URL, so proxies' access logs never hold a usable token (issue 13).
+  `body=`), not the URL, so proxies' access logs never hold a usable token (docs/hardening.md).
 - Bursts are merged, never dropped: Apprise waits ~5.5 s between two sends to one service
   (`request_rate_per_sec`, docs/development.md), so each channel sends at most once per
   `min_interval`, and everything that queued meanwhile goes out as one message.
@@ -134,6 +134,12 @@ def _lines(m: AlertMessage) -> list[str]:
         )
         if m.rule != RULE_MARGIN and m.margin_ratio is not None:
             lines.append(f"Margin ratio {_pct(m.margin_ratio)}.")
+        if m.model == "venue":
+            lines.append("The ratio is the venue's own figure (portfolio margin).")
+        elif m.model == "estimate":
+            lines.append("ESTIMATE: portfolio margin, the venue gave no figure.")
+    if m.collateral:
+        lines.append(m.collateral)
     if m.shock_down is not None or m.shock_up is not None:
         down = "none" if m.shock_down is None else _pct(abs(m.shock_down))
         up = "none" if m.shock_up is None else _pct(m.shock_up)
@@ -154,7 +160,7 @@ def _ordered(messages: Sequence[AlertMessage]) -> tuple[list[AlertMessage], bool
 
     News still true comes first, worst level first, newest first within a level; an
     episode whose resolve is in the same batch follows, in the order it happened, so the
-    lock screen never leads with an emergency that is already over (issue 14 §1).
+    lock screen never leads with an emergency that is already over (docs/alerts.md).
     """
     over = {(m.fingerprint, m.episode) for m in messages if m.kind == "resolved"}
     live = [m for m in messages if (m.fingerprint, m.episode) not in over]

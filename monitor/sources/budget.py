@@ -3,8 +3,8 @@
 ccxt's own throttler (`async_support/base/throttler.py`) is a leaky bucket of capacity 1
 refilled every `rateLimit` ms: every request after the first waits its turn, one at a time,
 in arrival order. On Binance USDⓈ-M (`rateLimit` 50 ms) that spaced a protective step's
-position read, account read and order ~50 ms apart (~165 ms tick -> order, issue 16) while
-the venue's published limit (2 400 weight per minute) had room for all three at once, and a
+position read, account read and order ~50 ms apart (~165 ms tick -> order; docs/rate-limits.md)
+while the venue's published limit (2 400 weight per minute) had room for all three at once, and a
 burst of reconciliation reads queued ahead of an order delayed the order.
 
 `RequestBudget` replaces ccxt's `throttle` on the instance (ccxt calls it from `fetch2` with

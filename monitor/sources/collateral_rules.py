@@ -1,7 +1,7 @@
 """Each venue's collateral rules, read live: what a non-stable balance really counts for.
 
 A cross-collateral account is margined on haircut values, not on market values
-(notes/margin-math.md §1.5, §2.2): valuing BTC collateral at its full price overstates
+(docs/collateral.md, with the venues' pages): valuing BTC collateral at its full price overstates
 the margin balance by exactly the haircut, on the accounts this product exists for. The
 engine already values haircuts (`Collateral.haircut`, `liability_markup`, banded
 `haircut_tiers`); this module reads the venue's published parameters and hands them to it.
@@ -23,9 +23,15 @@ engine already values haircuts (`Collateral.haircut`, `liability_markup`, banded
   portfolio margin. `GET /v5/spot-margin-trade/collateral` (`publicGetV5SpotMarginTradeCollateral`,
   docs v5/spot-margin-uta/tier-collateral-ratio) publishes each coin's tiered collateral
   ratios in coin units ("" = infinity), applied marginally to a positive balance; a negative
-  balance counts in full (Help "Assets-Collateral-Value-Ratio-List-UTA", margin-math §2.2).
+  balance counts in full (Help "Assets-Collateral-Value-Ratio-List-UTA", docs/collateral.md).
   `GET /v5/account/collateral-info` (`privateGetV5AccountCollateralInfo`) says per coin
   whether the platform (`marginCollateral`) and the user (`collateralSwitch`) let it count.
+
+- **OKX.** `GET /api/v5/account/config` (`privateGetAccountConfig`) `acctLv`: 2
+  single-currency, 3 multi-currency (discount-rate tiers read, `_okx`), 4 portfolio margin.
+- **Portfolio margin** (Binance PM through ccxt's `portfolioMargin` option, Bybit
+  PORTFOLIO_MARGIN, OKX acctLv 4) is scenario-based: no public formula reproduces it, so
+  the live ratio is the venue's own figure (`venue_margin`), read with every balance.
 
 Rules change rarely: they are re-read every `every` seconds (default an hour) and kept in
 `<state_dir>/collateral/<account>.json`, so a restart values the account at once from the
@@ -46,18 +52,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import structlog
-from ccxt.base import errors as ccxt_errors
 
-from monitor.model import STABLE_ASSETS, Collateral, CollateralTier
-from monitor.sources.normalize import MalformedPayload
+from monitor.model import STABLE_ASSETS, Collateral, CollateralTier, VenueMargin
+from monitor.sources.normalize import MalformedPayload, VenueFigures
 
 __all__ = [
     "AssetRule",
     "CollateralRules",
     "CollateralRulesReader",
     "apply_rules",
+    "rules_from_binance",
     "rules_from_dict",
     "rules_to_dict",
+    "venue_margin",
 ]
 
 log = structlog.get_logger("monitor.sources.collateral_rules")
@@ -150,16 +157,19 @@ def _rows(answer: object, where: str) -> list[Mapping[str, Any]]:
     return list(answer)
 
 
-async def _binance(exchange: Any, now: float) -> CollateralRules:
-    """Multi-Assets Mode and the asset index buffers (module docstring)."""
-    mode = await exchange.fapiPrivateGetMultiAssetsMargin()
+def rules_from_binance(
+    venue: str, mode: object, asset_index: object, now: float
+) -> CollateralRules:
+    """Binance's two answers (`GET /fapi/v1/multiAssetsMargin`, `GET /fapi/v1/assetIndex`, in
+    their wire format) as rules. Pure: the live reader and the sim venue (which publishes
+    its rules in the same format) both go through it."""
     flag = mode.get("multiAssetsMargin") if isinstance(mode, Mapping) else None
     if flag not in (True, False, "true", "false"):
         raise MalformedPayload(f"binance multiAssetsMargin: {flag!r} is not true/false")
     if flag in (False, "false"):
-        return CollateralRules(exchange.id, "single_asset", {}, now)
+        return CollateralRules(venue, "single_asset", {}, now)
     assets: dict[str, AssetRule] = {}
-    for row in _rows(await exchange.fapiPublicGetAssetIndex(), "binance assetIndex"):
+    for row in _rows(asset_index, "binance assetIndex"):
         symbol = str(row.get("symbol", ""))
         if not symbol.endswith("USD") or len(symbol) <= 3:
             continue
@@ -171,7 +181,16 @@ async def _binance(exchange: Any, now: float) -> CollateralRules:
             haircut=min(_fraction(row, "bidBuffer", where), 1.0),
             liability_markup=_fraction(row, "askBuffer", where),
         )
-    return CollateralRules(exchange.id, "multi_assets", assets, now)
+    return CollateralRules(venue, "multi_assets", assets, now)
+
+
+async def _binance(exchange: Any, now: float) -> CollateralRules:
+    """Multi-Assets Mode and the asset index buffers (module docstring); the index is read
+    only in Multi-Assets Mode."""
+    mode = await exchange.fapiPrivateGetMultiAssetsMargin()
+    multi = isinstance(mode, Mapping) and mode.get("multiAssetsMargin") in (True, "true")
+    rows = await exchange.fapiPublicGetAssetIndex() if multi else []
+    return rules_from_binance(exchange.id, mode, rows, now)
 
 
 def _bybit_result(answer: object, where: str) -> Mapping[str, Any]:
@@ -181,13 +200,15 @@ def _bybit_result(answer: object, where: str) -> Mapping[str, Any]:
     return result
 
 
-def _bybit_bands(row: Mapping[str, Any], where: str) -> tuple[CollateralTier, ...]:
+def _bands(rows: object, cap: str, ratio: str, where: str) -> tuple[CollateralTier, ...]:
+    """A venue's tier list as marginal bands: `cap` is the tier's upper amount ("" or
+    absent: no cap), `ratio` the share of value that counts; sorted by cap."""
     bands = []
-    for band in _rows(row.get("collateralRatioList"), where):
-        cap = band.get("maxQty")
+    for row in _rows(rows, where):
+        top = row.get(cap)
         bands.append(CollateralTier(
-            math.inf if cap in ("", None) else _fraction(band, "maxQty", where),
-            min(_fraction(band, "collateralRatio", where), 1.0),
+            math.inf if top in ("", None) else _fraction(row, cap, where),
+            min(_fraction(row, ratio, where), 1.0),
         ))
     return tuple(sorted(bands, key=lambda b: b.up_to))
 
@@ -207,16 +228,70 @@ async def _bybit(exchange: Any, now: float) -> CollateralRules:
     answer = await exchange.publicGetV5SpotMarginTradeCollateral()
     for row in _rows(_bybit_result(answer, "bybit collateral").get("list"), "bybit collateral"):
         coin = str(row.get("currency"))
-        assets[coin] = AssetRule(coin, haircut_tiers=_bybit_bands(row, f"bybit collateral {coin}"),
-                                 collateral=switches.get(coin, True))
+        bands = _bands(row.get("collateralRatioList"), "maxQty", "collateralRatio",
+                       f"bybit collateral {coin}")
+        assets[coin] = AssetRule(coin, haircut_tiers=bands, collateral=switches.get(coin, True))
     for coin, on in switches.items():
         if coin not in assets:
             assets[coin] = AssetRule(coin, collateral=on)
     return CollateralRules(exchange.id, "multi_assets", assets, now)
 
 
+#: OKX `acctLv` (GET /api/v5/account/config): 2 single-currency margin, 3 multi-currency
+#: margin, 4 portfolio margin (1 is spot only: no derivatives to margin).
+_OKX_MODES: dict[str, Mode] = {"2": "single_asset", "3": "multi_assets", "4": "portfolio"}
+
+
+def _okx_data(answer: object, where: str) -> list[Mapping[str, Any]]:
+    return _rows(answer.get("data") if isinstance(answer, Mapping) else None, where)
+
+
+async def _okx(exchange: Any, now: float) -> CollateralRules:
+    """OKX account level (`privateGetAccountConfig`) and, in multi-currency margin, each
+    currency's discount-rate tiers (`publicGetPublicDiscountRateInterestFreeQuota`, GET
+    /api/v5/public/discount-rate-interest-free-quota: `details[].maxAmt` in coin units, ""
+    for no cap, `discountRate`), applied marginally per tier (OKX help 360054690531:
+    discounted equity = Σ currency equity × discount rate × USD price)."""
+    rows = _okx_data(await exchange.privateGetAccountConfig(), "okx account config")
+    level = str(rows[0].get("acctLv")) if rows else ""
+    if level not in _OKX_MODES:
+        raise MalformedPayload(f"okx account config: acctLv {level!r} is not 2, 3 or 4")
+    if _OKX_MODES[level] != "multi_assets":
+        return CollateralRules(exchange.id, _OKX_MODES[level], {}, now)
+    assets: dict[str, AssetRule] = {}
+    answer = await exchange.publicGetPublicDiscountRateInterestFreeQuota()
+    for row in _okx_data(answer, "okx discount rates"):
+        ccy = str(row.get("ccy"))
+        bands = _bands(row.get("details"), "maxAmt", "discountRate", f"okx discount rates {ccy}")
+        assets[ccy] = AssetRule(ccy, haircut_tiers=bands)
+    return CollateralRules(exchange.id, "multi_assets", assets, now)
+
+
+async def _binance_usdm(exchange: Any, now: float) -> CollateralRules:
+    """A Binance Portfolio Margin account is configured in ccxt (`options.portfolioMargin`,
+    which routes every call to `papi`); its uniMMR is scenario-based (Binance FAQ 4868b2f1…)."""
+    if exchange.options.get("portfolioMargin"):
+        return CollateralRules(exchange.id, "portfolio", {}, now)
+    return await _binance(exchange, now)
+
+
 Reader = Callable[[Any, float], Awaitable[CollateralRules]]
-_READERS: dict[str, Reader] = {"binanceusdm": _binance, "bybit": _bybit}
+_READERS: dict[str, Reader] = {"binanceusdm": _binance_usdm, "bybit": _bybit, "okx": _okx}
+
+
+def venue_margin(rules: CollateralRules | None, figures: VenueFigures | None) -> VenueMargin | None:
+    """The venue's own figures as the live ratio, for a portfolio-margin account only.
+
+    Pure. A portfolio account the venue gave no figure for still gets a `VenueMargin`
+    (ratio None), so the report says "estimate" instead of passing a cross-margin ratio
+    off as the venue's.
+    """
+    if rules is None or rules.mode != "portfolio":
+        return None
+    if figures is None or figures.margin_ratio is None:
+        return VenueMargin(None, source="none read")
+    return VenueMargin(figures.margin_ratio, figures.maintenance_margin,
+                       figures.margin_balance, figures.source_fields)
 
 
 # --- the cache file -----------------------------------------------------------------------
@@ -277,7 +352,9 @@ class CollateralRulesReader:
     """The account's current rules: cached at start, re-read every `every` seconds.
 
     `refresh` never raises for a venue fault: margin keeps being valued on the last rules
-    while the venue's rule endpoint is down, and the failure is retried after `retry`.
+    while the venue's rule endpoint is down, and the failure is retried after `retry`
+    (5 minutes: a rule endpoint that times out delays one account read per retry by the
+    ccxt timeout, never every read).
     """
 
     def __init__(
@@ -287,7 +364,7 @@ class CollateralRulesReader:
         cache_dir: Path | None = None,
         *,
         every: float = 3600.0,
-        retry: float = 60.0,
+        retry: float = 300.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.account = account
@@ -322,6 +399,9 @@ class CollateralRulesReader:
         """Re-read the rules if due; on failure keep the previous ones (logged)."""
         if self._reader is None or not self.due():
             return self.rules
+        # here, not at import: the sim venue uses this module and never loads ccxt
+        from ccxt.base import errors as ccxt_errors  # noqa: PLC0415
+
         now = self._clock()
         try:
             rules = await self._reader(exchange, now)
@@ -338,6 +418,27 @@ class CollateralRulesReader:
         self.rules = rules
         self._save(rules)
         return rules
+
+    async def portfolio_figures(self, exchange: Any) -> VenueFigures | None:
+        """The venue's own figures of a portfolio-margin account where `fetch_balance` has
+        none: Binance PM `GET /papi/v1/account` (`papiGetAccount`, portfolio-margin
+        Account-Information): ratio = accountMaintMargin / accountEquity = 1 / uniMMR.
+        Bybit and OKX report theirs in the balance (`normalize.venue_figures`): None."""
+        if self.mode != "portfolio" or self.venue != "binanceusdm":
+            return None
+        answer = await exchange.papiGetAccount()
+        if not isinstance(answer, Mapping):
+            raise MalformedPayload("binance papi account: expected an object")
+        mm = _fraction(answer, "accountMaintMargin", "binance papi account")
+        try:
+            equity = float(answer["accountEquity"])
+        except (KeyError, TypeError, ValueError):
+            equity = math.nan
+        if not math.isfinite(equity):
+            raise MalformedPayload("binance papi account: field 'accountEquity' is not a number")
+        ratio = mm / equity if equity > 0 else math.inf
+        return VenueFigures(self.venue, ratio, mm, equity,
+                            "papi accountMaintMargin/accountEquity (1/uniMMR)")
 
     def apply(self, collateral: tuple[Collateral, ...], currency: str) -> tuple[Collateral, ...]:
         """Balances valued by the current rules (`apply_rules`)."""

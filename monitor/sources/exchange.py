@@ -31,7 +31,7 @@ import re
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -57,7 +57,7 @@ from monitor.settings import ccxt_credentials, load_settings
 from monitor.snapshot import snapshot_to_dict
 from monitor.sources import budget
 from monitor.sources.backoff import Backoff, Freshness, FreshnessChange, Throttle
-from monitor.sources.collateral_rules import CollateralRulesReader
+from monitor.sources.collateral_rules import CollateralRulesReader, venue_margin
 from monitor.sources.normalize import (
     MalformedPayload,
     VenueFigures,
@@ -74,6 +74,7 @@ from monitor.stress import with_prices
 __all__ = [
     "AccountConfig",
     "ExchangeSource",
+    "KeyRejected",
     "VenueCheck",
     "build_exchange",
     "check_account",
@@ -184,7 +185,7 @@ def build_exchange(settings: AccountConfig) -> Any:
         config["options"].update(builderFee=False, approvedBuilderFee=True, refSet=True)
     if venue in _FUTURES_ONLY:
         # load_markets with keys would also read the spot wallet's currencies, which a
-        # futures-only key may not read and the daemon never uses (notes/ccxt.md §0.2).
+        # futures-only key may not read and the daemon never uses (docs/venues.md).
         config["options"]["fetchCurrencies"] = False
     config = _merged(config, settings.ccxt)
     exchange = getattr(ccxtpro, venue)(config)
@@ -203,7 +204,7 @@ def _redact_errors(exchange: Any, secrets: list[str]) -> None:
 
     Every ccxt REST call goes through `exchange.fetch`, whose exceptions quote the venue's
     answer; a venue that repeats the API key in an error would otherwise put it in
-    `/healthz`, alerts, SQLite, `check` and `snapshot` output (issue 13). Redacted by value
+    `/healthz`, alerts, SQLite, `check` and `snapshot` output (docs/hardening.md). Redacted by value
     (raw, JSON, URL-encoded spellings: logs.Redactor), once, before anyone reads it.
     """
     redactor = logs.Redactor()
@@ -263,8 +264,9 @@ def _merged(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]
 
 def _one_line(exc: BaseException, limit: int = 240) -> str:
     """An exception as one log-safe line (ccxt bodies can be long and multi-line)."""
-    # Signed URLs carry a signature and timestamp: keep logs to the path.
-    text = re.sub(r"\?\S*", "?…", " ".join(str(exc).split()))
+    # Signed URLs carry a signature and timestamp: keep logs to the path. Configured secrets
+    # go too: a websocket error does not pass exchange.fetch's scrub (_redact_errors).
+    text = re.sub(r"\?\S*", "?…", " ".join(logs.redact(str(exc)).split()))
     if len(text) > limit:
         text = text[: limit - 1] + "…"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -282,6 +284,12 @@ def _venue_time(ticker: object, received: float) -> float:
 
 
 _AUTH_ERRORS = (ccxt_errors.AuthenticationError,)  # includes PermissionDenied, AccountSuspended
+
+
+class KeyRejected(UserError, ccxt_errors.AuthenticationError):  # type: ignore[misc]
+    """The venue refused the account's key: a person must fix it. A `UserError`, so the
+    daemon shows its one line as is; still ccxt's AuthenticationError for callers that
+    catch that."""
 
 
 # --- the source -------------------------------------------------------------------------------
@@ -344,7 +352,7 @@ class ExchangeSource:
         self._drifting = False
         self._collateral_symbols: set[str] = set()
         self._closed = False
-        # Venue haircuts for cross-collateral (issue 12), cached in the state directory.
+        # Venue haircuts for cross-collateral (docs/collateral.md), cached in the state directory.
         self.collateral_rules = CollateralRulesReader(
             self.name, self.venue, state_dir, every=collateral_rules_every, clock=clock
         )
@@ -378,14 +386,19 @@ class ExchangeSource:
     async def fetch_snapshot(self) -> AccountSnapshot:
         """A fresh REST read of the whole account (for `snapshot`, executors, tests)."""
         exchange = await self.open()
-        await exchange.load_markets()
-        positions, collateral, _ = await self._read_account()
+        try:
+            await exchange.load_markets()
+            positions, collateral, self.figures = await self._read_account()
+        except _AUTH_ERRORS as exc:
+            # the daemon's start-up read: the same one line as a key rejected later
+            raise KeyRejected(self._key_rejected("the start-up read", exc)) from exc
         return self._snapshot(positions, collateral)
 
     def snapshot(self) -> AccountSnapshot:
         """The last good state at the latest marks (what the daemon's state holds): marks
         move positions and collateral priced off the same asset (stress.with_prices)."""
-        return with_prices(self._snapshot(self.positions, self.collateral), self.marks)
+        live = self._snapshot(self.positions, self.collateral)
+        return replace(with_prices(live, self.marks), venue_margin=live.venue_margin)
 
     async def close(self) -> None:
         """Stop every loop and release the ccxt sessions (ccxt: close() is required)."""
@@ -519,6 +532,8 @@ class ExchangeSource:
         while True:
             if not retry_now:
                 interval = self.reconcile_every if self._streams_healthy() else self.poll_interval
+                if self.collateral_rules.mode == "portfolio":
+                    interval = self.poll_interval  # the venue's figure is the live ratio
                 # Not asyncio.wait_for: on 3.11 it drops a cancel that lands as the trigger
                 # arrives (cpython#86296) and shutdown hung (fault matrix, docs/benchmarks.md).
                 with contextlib.suppress(TimeoutError):
@@ -569,23 +584,33 @@ class ExchangeSource:
         positions = positions_from_ccxt(
             self.venue, raw_positions, exchange.markets or {}, self.tiers, self.marks
         )
-        collateral = await self.collateral_of(raw_balance)
-        return positions, collateral, venue_figures(self.venue, raw_balance)
+        # collateral at this read's own marks: BTC collateral and a BTC position of one read
+        # valued at one price (a REST-only venue otherwise mixed the new mark and the old)
+        read_marks = {p.symbol: p.mark_price for p in positions}
+        collateral = await self.collateral_of(raw_balance, read_marks)
+        # a portfolio-margin account's own figure where the balance has none (docs/collateral.md)
+        figures = await self.collateral_rules.portfolio_figures(exchange)
+        return positions, collateral, figures or venue_figures(self.venue, raw_balance)
 
-    async def collateral_of(self, balance: object) -> tuple[Collateral, ...]:
+    async def collateral_of(
+        self, balance: object, read_marks: Mapping[str, float] | None = None
+    ) -> tuple[Collateral, ...]:
         """The wallet of a `fetch_balance()` valued in the report currency: the one
-        collateral-pricing rule of `run`, `snapshot` and `check` (issue 19). Volatile
+        collateral-pricing rule of `run`, `snapshot` and `check` (docs/margin-edges.md). Volatile
         collateral (Binance multi-assets BTC, say) is priced by its market, the linear
         perpetual else spot (`_price_symbol`), and keeps streaming once priced."""
         await self._price_collateral(balance)
-        collateral = collateral_from_ccxt(self.venue, balance, self.currency, self._asset_prices())
-        # The venue's own collateral rules (haircuts, Multi-Assets / UTA switches, issue 12).
+        collateral = collateral_from_ccxt(self.venue, balance, self.currency,
+                                          self._asset_prices(read_marks))
+        # The venue's own collateral rules (haircuts, Multi-Assets / UTA; docs/collateral.md).
         await self.collateral_rules.refresh(self.exchange)
         return self.collateral_rules.apply(collateral, self.currency)
 
-    def _asset_prices(self) -> dict[str, float]:
-        """Asset -> price in the report currency, from the marks of `ASSET/<currency>` pairs."""
-        return {k.split("/", 1)[0]: v for k, v in self.marks.items()
+    def _asset_prices(self, read_marks: Mapping[str, float] | None = None) -> dict[str, float]:
+        """Asset -> price in the report currency, from the marks of `ASSET/<currency>` pairs
+        (a read's own position marks over the held ones)."""
+        marks = {**self.marks, **(read_marks or {})}
+        return {k.split("/", 1)[0]: v for k, v in marks.items()
                 if k.split("/", 1)[-1].startswith(self.currency)}
 
     def _price_symbol(self, asset: str) -> str | None:
@@ -648,7 +673,7 @@ class ExchangeSource:
 
     async def _reconcile(self) -> None:
         """One REST read, emitted as ONE `AccountUpdate` stamped with the time it was sent:
-        positions, balances and their marks reach the daemon together (issue 11), and a
+        positions, balances and their marks reach the daemon together (docs/account-view.md), and a
         mark streamed while the read was in flight stays newer than the read's."""
         sent = self._clock()
         positions, collateral, figures = await self._read_account()
@@ -665,7 +690,8 @@ class ExchangeSource:
         marks = tuple(sorted(priced.items()))
         used = {p.symbol for p in positions} | self._collateral_symbols
         venue_ratio = figures.margin_ratio if figures is not None else None
-        self._emit(AccountUpdate(self.name, positions, collateral, sent, marks, venue_ratio))
+        self._emit(AccountUpdate(self.name, positions, collateral, sent, marks, venue_ratio,
+                                 venue_margin(self.collateral_rules.rules, figures)))
         for kind in ("positions", "balance"):
             self._fresh(kind, now)
         self.figures = figures
@@ -689,7 +715,8 @@ class ExchangeSource:
     def _snapshot(
         self, positions: tuple[Position, ...], collateral: tuple[Collateral, ...]
     ) -> AccountSnapshot:
-        return AccountSnapshot(self.name, self.currency, collateral, positions, self.venue)
+        return AccountSnapshot(self.name, self.currency, collateral, positions, self.venue,
+                               venue_margin(self.collateral_rules.rules, self.figures))
 
     async def _ensure_tiers(self, symbols: list[str]) -> None:
         """Load or refresh leverage tiers; a failure keeps the old ones (tiers only matter
@@ -834,8 +861,7 @@ class ExchangeSource:
         """Log one line, wait as the fault deserves; False when the source must stop."""
         reason = _one_line(exc)
         if isinstance(exc, _AUTH_ERRORS):
-            self._go_down(f"{self.venue} rejected the API key during {where} ({reason}); "
-                          f"check accounts.{self.name}.api_key/secret and their permissions")
+            self._go_down(self._key_rejected(where, exc))
             return False
         if isinstance(exc, ccxt_errors.ExchangeClosedByUser) or self._closed:
             return False
@@ -859,6 +885,11 @@ class ExchangeSource:
             log.warning("source_error", account=self.name, where=where, reason=reason)
         await asyncio.sleep(min(delay, self.backoff_cap * self._throttle.factor))
         return True
+
+    def _key_rejected(self, where: str, exc: BaseException) -> str:
+        """The one line a person reads when the venue refuses the key (alert, /healthz)."""
+        return (f"{self.venue} rejected the API key during {where} ({_one_line(exc)}); "
+                f"check accounts.{self.name}.api_key/secret and their permissions")
 
     def _go_down(self, reason: str) -> None:
         if self.down_reason is not None:
@@ -902,8 +933,9 @@ def _as_user_error(settings: AccountConfig, failure: str) -> Iterator[None]:
     try:
         yield
     except ccxt_errors.AuthenticationError as exc:
+        venue_said = exc.__cause__ if isinstance(exc, KeyRejected) and exc.__cause__ else exc
         raise UserError(f"accounts.{settings.name}: {settings.exchange} rejected the keys "
-                        f"({_one_line(exc)}); check api_key/secret/password") from None
+                        f"({_one_line(venue_said)}); check api_key/secret/password") from None
     except (ccxt_errors.BaseError, MalformedPayload) as exc:
         raise UserError(f"accounts.{settings.name}: {failure} ({_one_line(exc)})") from None
 

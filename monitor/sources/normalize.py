@@ -624,7 +624,7 @@ def torn_read(venue: str, positions: object, balance: object) -> bool:
     """True when a positions answer and a balance answer of one read saw different books.
 
     The two are separate requests; a fill landing between them pairs new positions with the
-    old wallet (or the reverse): a state the venue never had (issue 11). Binance's
+    old wallet (or the reverse): a state the venue never had (docs/account-view.md). Binance's
     `GET /fapi/v3/account` lists every open position's `positionAmt` too (Account
     Information V3, USDⓈ-M docs), so the two answers must agree on them. Venues whose
     balance answer names no positions cannot be checked here (False).

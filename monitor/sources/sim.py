@@ -4,8 +4,12 @@ What `margin-monitor run` shows with no configuration, and what tests and the pr
 actions (docs/actions.md) run against without a network:
 
 - The book (`DEMO_BOOK`): BTC long, ETH short and SOL long on a USDT wallet, with BTC held
-  as collateral at a 5 % haircut, each market with a Binance-style tier table (cumulative
-  deduction, as docs/margin-math.md describes).
+  as collateral, each market with a Binance-style tier table (cumulative deduction, as
+  docs/margin-math.md describes). The sim publishes its collateral rules as Binance
+  Multi-Assets Mode does (`multi_assets_margin()`, `asset_index()`: a 5 % BTC bid buffer),
+  and values collateral through the parser a live read uses
+  (`collateral_rules.rules_from_binance`, then `apply_rules`), so `make demo` shows the
+  live haircut code path (docs/collateral.md).
 - Mark prices from `sim_prices.ScriptedPath`: a seeded sell-off whose keyframes are solved
   from the book itself so the margin ratio passes 0.35 → 0.6 → 0.78 → 0.88 and recovers,
   i.e. warning → critical → emergency → resolved at the default thresholds; or from a CSV
@@ -21,7 +25,7 @@ actions (docs/actions.md) run against without a network:
   of placing a second one (Binance -4015 dedups the same way). A fill realises PnL minus
   the taker fee into the USDT wallet and is announced as one `AccountUpdate` (positions,
   wallet and marks together, the event a live account's REST reconciliation emits), so
-  the demo runs the same code path as a live account (issue 11).
+  the demo runs the same code path as a live account (docs/account-view.md).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import contextlib
 import itertools
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -50,10 +54,19 @@ from monitor.model import (
     base_asset,
 )
 from monitor.settings import SimSettings
+from monitor.sources.collateral_rules import CollateralRules, apply_rules, rules_from_binance
 from monitor.sources.sim_prices import Keyframe, ReplayStep, ScriptedPath
 from monitor.venue_errors import BadSymbol, InvalidOrder, OrderNotFound
 
-__all__ = ["DEMO_BOOK", "SimBook", "SimMarket", "SimVenue", "selloff_keyframes"]
+__all__ = [
+    "DEMO_BOOK",
+    "SimBook",
+    "SimMarket",
+    "SimVenue",
+    "asset_index",
+    "published_rules",
+    "selloff_keyframes",
+]
 
 _EPS = 1e-12
 
@@ -78,7 +91,10 @@ class SimBook:
     currency: str
     markets: tuple[SimMarket, ...]
     positions: tuple[tuple[str, Side, float, float], ...]  # symbol, side, contracts, entry
-    collateral: tuple[Collateral, ...]
+    collateral: tuple[Collateral, ...]  # balances as held; haircuts come from the rules
+    #: (asset, bidBuffer, askBuffer) the sim publishes in Binance's assetIndex format;
+    #: empty: Single-Asset Mode
+    asset_buffers: tuple[tuple[str, float, float], ...] = ()
 
 
 # Tier tables in the shape of Binance USDⓈ-M's leverage brackets (docs/margin-math.md);
@@ -112,9 +128,31 @@ DEMO_BOOK = SimBook(
     ),
     collateral=(
         Collateral("USDT", 10_000.0),
-        Collateral("BTC", 0.25, 64000.0, haircut=0.05),
+        Collateral("BTC", 0.25, 64000.0),
     ),
+    asset_buffers=(("USDT", 0.0, 0.0), ("BTC", 0.05, 0.05)),
 )
+
+
+def asset_index(book: SimBook, marks: Mapping[str, float], now: float) -> list[dict[str, Any]]:
+    """`GET /fapi/v1/assetIndex` as the sim publishes it (Multi-Assets-Mode-Asset-Index
+    format: index, buffers, rates as strings); an asset's index is its USDT market's mark
+    (the sim takes USDT as its USD)."""
+    rows = []
+    for asset, bid, ask in book.asset_buffers:
+        index = marks.get(f"{asset}/{book.currency}:{book.currency}", 1.0)
+        rows.append({
+            "symbol": f"{asset}USD", "time": int(now * 1000), "index": f"{index:.8f}",
+            "bidBuffer": f"{bid:.8f}", "askBuffer": f"{ask:.8f}",
+            "bidRate": f"{index * (1 - bid):.8f}", "askRate": f"{index * (1 + ask):.8f}",
+        })
+    return rows
+
+
+def published_rules(book: SimBook, marks: Mapping[str, float], now: float) -> CollateralRules:
+    """The sim's collateral rules, through the same parser as a live Binance read."""
+    mode = {"multiAssetsMargin": bool(book.asset_buffers)}
+    return rules_from_binance(SimVenue.venue, mode, asset_index(book, marks, now), now)
 
 # (sim seconds, target margin ratio or None for the calm start price): the sell-off script.
 _SELLOFF_SCRIPT: tuple[tuple[float, float | None], ...] = (
@@ -163,6 +201,7 @@ def _book_at(book: SimBook, m: float, venue: str | None) -> AccountSnapshot:
         else c
         for c in book.collateral
     )
+    collateral = apply_rules(collateral, published_rules(book, prices, 0.0), book.currency)
     return AccountSnapshot("sim", book.currency, collateral, positions, venue=venue)
 
 
@@ -209,6 +248,8 @@ class SimVenue:
             )  # fmt: skip
         self._collateral = {c.asset: c for c in book.collateral}
         self._reprice_collateral()
+        #: read once, like a live account's hourly read: buffers do not move with prices
+        self.collateral_rules = published_rules(book, self._marks, clock())
         if self._replay:
             # A replay starts where its file starts: the first snapshot already carries the
             # first row's prices, or a restart with a replay beginning at critical would
@@ -245,10 +286,23 @@ class SimVenue:
         return AccountSnapshot(
             self._account,
             self._book.currency,
-            tuple(self._collateral.values()),
+            self._valued_collateral(),
             tuple(self._positions.values()),
             venue=self.venue,
         )
+
+    def _valued_collateral(self) -> tuple[Collateral, ...]:
+        """Balances valued by the published rules, as `ExchangeSource` values a live read."""
+        held = tuple(self._collateral.values())
+        return apply_rules(held, self.collateral_rules, self._book.currency)
+
+    def multi_assets_margin(self) -> dict[str, bool]:
+        """`GET /fapi/v1/multiAssetsMargin` of the sim account (wire format)."""
+        return {"multiAssetsMargin": bool(self._book.asset_buffers)}
+
+    def asset_index(self) -> list[dict[str, Any]]:
+        """`GET /fapi/v1/assetIndex` of the sim venue (wire format), at the current marks."""
+        return asset_index(self._book, self._marks, self._clock())
 
     async def events(self) -> AsyncIterator[Event]:
         """Ticks on schedule; fill announcements as soon as they happen."""
@@ -277,8 +331,12 @@ class SimVenue:
             step += 1
             now = self._clock()
             for symbol, price in prices:
+                # a fill announced meanwhile (an order placed while the daemon handled the
+                # previous tick) goes first: the later ticks move the book it left
+                while self._pending:
+                    yield self._pending.popleft()
                 self._set_mark(symbol, price)
-                yield PriceTick(self._account, symbol, price, now)
+                yield PriceTick(self._account, symbol, price, self._clock())
             self._trigger_resting(now)
 
     async def _sleep_until(self, loop: asyncio.AbstractEventLoop, due: float) -> None:
@@ -537,7 +595,7 @@ class SimVenue:
         return AccountUpdate(
             self._account,
             tuple(self._positions.values()),
-            tuple(self._collateral.values()),
+            self._valued_collateral(),
             ts,
             tuple(sorted(self._marks.items())),
             margin.report(self.snapshot()).margin_ratio,

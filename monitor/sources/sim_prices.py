@@ -117,11 +117,16 @@ def load_replay(path: str | Path, symbols: Collection[str]) -> tuple[ReplayStep,
         raise UserError(f"{path}: no such file; pass an existing CSV to --replay") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: cannot read the replay file ({exc.__class__.__name__})") from None
-    rows = [
-        (n, row)
-        for n, row in enumerate(csv.reader(text.splitlines()), start=1)
-        if row and any(cell.strip() for cell in row) and not row[0].lstrip().startswith("#")
-    ]
+    try:
+        rows = [
+            (n, row)
+            for n, row in enumerate(csv.reader(text.splitlines()), start=1)
+            if row and any(cell.strip() for cell in row) and not row[0].lstrip().startswith("#")
+        ]
+    except csv.Error as exc:  # a field over csv.field_size_limit() (128 KiB), a NUL byte
+        raise UserError(
+            f"{name}: not a replay CSV ({exc}); expected rows 'ts,symbol,price'"
+        ) from None
     if not rows:
         raise UserError(f"{name}: empty replay file; expected a header 'ts,symbol,price'")
     header_line, header = rows[0]

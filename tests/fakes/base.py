@@ -265,6 +265,21 @@ def rewrite_urls(urls: Any, http: str, ws: str) -> Any:
     return urls
 
 
+def banded(amount: float, tiers: list[tuple[float | None, float]]) -> float:
+    """Σ over tiers of (part of a positive `amount` in the tier) × rate, tiers in units of
+    `amount` with None for no cap: the venues' marginal collateral tiers (Bybit collateral
+    value ratios, OKX discount rates), computed here on the fake's side of the wire."""
+    value, floor = 0.0, 0.0
+    for cap, rate in tiers:
+        top = amount if cap is None else min(amount, cap)
+        if top > floor:
+            value += (top - floor) * rate
+        if cap is None or amount <= cap:
+            break
+        floor = cap
+    return value
+
+
 def json_response(data: Any, status: int = 200) -> web.Response:
     """A JSON body exactly as the venue would send it."""
     return web.Response(status=status, text=json.dumps(data), content_type="application/json")

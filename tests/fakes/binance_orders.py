@@ -278,7 +278,7 @@ class BinanceOrders:
                 and (symbol is None or o["symbol"] == symbol)]  # fmt: skip
         return json_response(rows)
 
-    # --- algo (conditional) orders: stops live here since 2025 (notes/ccxt.md §0.5) ---------
+    # --- algo (conditional) orders: stops live here since 2025 (docs/venues.md) ---------
 
     async def new_algo_order(self, request: web.Request) -> web.Response:
         params = {k: str(v) for k, v in (await request.post()).items()}

@@ -9,7 +9,7 @@ tier-collateral-ratio); websockets `/v5/public/linear` (`tickers.<SYMBOL>`)
 and `/v5/private` (`auth`, `position`, `wallet`). Errors travel as `retCode` in the body
 (10003 "API key is invalid", 10006 "Too many visits").
 
-Account figures follow Bybit's glossary (notes/margin-math.md §2.1, §2.3):
+Account figures follow Bybit's glossary (docs/margin-math.md):
 position MM = position value × MMR(risk tier) − MM deduction; Margin Balance = wallet balance +
 perpetual UPL, after the collateral value ratio; Account MM Rate = Total Maintenance Margin /
 Margin Balance (no haircut loss or order loss in this fake: no spot or open orders). A coin's
@@ -26,7 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.base import Client, FakeVenue, Handler, json_response, rewrite_urls
+from tests.fakes.base import Client, FakeVenue, Handler, banded, json_response, rewrite_urls
 
 API_KEY = "fake-bybit-key"
 SECRET = "fake-bybit-secret"  # a loopback fake's key, not a credential
@@ -80,6 +80,9 @@ class BybitAccount:
     collateral_tiers: dict[str, list[tuple[float | None, float]]] = field(
         default_factory=lambda: {"USDT": [(None, 1.0)]}
     )
+    #: PORTFOLIO_MARGIN: the account MM from Bybit's scenario engine, which no public
+    #: formula gives; the fake just states it (None: the sum of position MMs).
+    portfolio_mm: float | None = None
 
     def coin_price(self, coin: str) -> float:
         if coin == "USDT":
@@ -92,15 +95,7 @@ class BybitAccount:
         price = self.coin_price(coin)
         if equity <= 0:
             return equity * price
-        value, floor = 0.0, 0.0
-        for cap, ratio in self.collateral_tiers.get(coin, [(None, 1.0)]):
-            top = equity if cap is None else min(equity, cap)
-            if top > floor:
-                value += (top - floor) * ratio
-            if cap is None or equity <= cap:
-                break
-            floor = cap
-        return value * price
+        return banded(equity, self.collateral_tiers.get(coin, [(None, 1.0)])) * price
 
     def tier(self, symbol: str, value: float) -> tuple[float, float, float, float]:
         for row in self.tiers[symbol]:
@@ -125,6 +120,8 @@ class BybitAccount:
         rows = [self.figures(p) for p in self.positions.values()]
         upnl = sum(r["upnl"] for r in rows)
         mm = sum(r["mm"] for r in rows)
+        if self.margin_mode == "PORTFOLIO_MARGIN" and self.portfolio_mm is not None:
+            mm = self.portfolio_mm
         im = sum(r["im"] for r in rows)
         margin_balance = self.coin_value("USDT", self.wallet + upnl) + sum(
             self.coin_value(c, amount) for c, (amount, _, on) in self.coins.items() if on

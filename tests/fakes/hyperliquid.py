@@ -4,7 +4,7 @@ Everything is `POST /info` with a `type` (Hyperliquid docs, "Info endpoint"):
 `metaAndAssetCtxs` (markets and marks), `clearinghouseState` (positions and margin
 summary), `userAbstraction`, `perpDexs`. Reads need only the user's address; no signature.
 
-Figures follow the "Margining" docs (notes/margin-math.md §4.1): maintenance margin is
+Figures follow the "Margining" docs (docs/margin-math.md): maintenance margin is
 half the initial margin at max leverage, MM = position value / (2 × max leverage);
 account value = raw USD + Σ unrealised PnL; `crossMaintenanceMarginUsed` = Σ MM.
 """

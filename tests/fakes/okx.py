@@ -3,15 +3,19 @@
 Shapes follow OKX's published v5 API docs (www.okx.com/docs-v5): `GET
 /api/v5/public/instruments`, `/api/v5/public/position-tiers`, `/api/v5/public/time`,
 `/api/v5/asset/currencies`, `/api/v5/account/positions`, `/api/v5/account/balance`,
-`/api/v5/account/config`, `/api/v5/market/ticker`. Envelope `{"code": "0", "data": [...]}`;
+`/api/v5/account/config`, `/api/v5/market/ticker`,
+`/api/v5/public/discount-rate-interest-free-quota` (public-data "Get discount rate and
+interest-free quota"). Envelope `{"code": "0", "data": [...]}`;
 a bad key is code 50111.
 
-Figures follow OKX's documented rules (notes/margin-math.md §3.1): contracts × ctVal ×
+Figures follow OKX's documented rules (docs/margin-math.md): contracts × ctVal ×
 mark is the notional, one tier rate for the whole position (no deduction), adjusted
 equity = cash balance + UPL (USDT only, discount 1), `mgnRatio` = adjEq / (MM + liquidation
 fees), the fees being notional × the account's taker rate (OKX: "Maintenance margin ratio =
 Adjusted equity / (Maintenance margin + Liquidation fees)"); a position's `mmr` is the MM
-alone.
+alone. In multi-currency margin (`acctLv` 3) other coins count too: discounted equity =
+Σ_ccy currency equity × discount rate × USD price (OKX help 360054690531), the rate applied
+marginally per tier of the coin amount.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.base import FakeVenue, Handler, json_response, rewrite_urls
+from tests.fakes.base import FakeVenue, Handler, banded, json_response, rewrite_urls
 
 API_KEY = "fake-okx-key"
 SECRET = "fake-okx-secret"
@@ -52,6 +56,23 @@ class OkxAccount:
     perm: str = "read_only,trade"
     #: the account's swap taker fee rate, charged at liquidation (base tier: 0.05 %)
     taker_fee: float = 0.0005
+    #: `acctLv`: 2 single-currency, 3 multi-currency, 4 portfolio margin
+    acct_lv: str = "2"
+    #: other currencies' cash balances (multi-currency margin), priced by `<CCY>-USDT-SWAP`
+    coins: dict[str, float] = field(default_factory=dict)
+    #: ccy -> [(maxAmt or None for "", discountRate)], tiers in coin units
+    discount: dict[str, list[tuple[float | None, float]]] = field(
+        default_factory=lambda: {"USDT": [(None, 1.0)]}
+    )
+
+    def price(self, ccy: str) -> float:
+        return 1.0 if ccy == "USDT" else self.marks[f"{ccy}-USDT-SWAP"]
+
+    def discounted(self, ccy: str, eq: float) -> float:
+        """USD value after the tiered discount rate (a negative equity counts in full)."""
+        if eq <= 0:
+            return eq * self.price(ccy)
+        return banded(eq, self.discount.get(ccy, [(None, 1.0)])) * self.price(ccy)
 
     def figures(self, inst: str) -> dict[str, float]:
         ct_val, tiers = INSTRUMENTS[inst]
@@ -71,7 +92,9 @@ class OkxAccount:
         rows = [self.figures(i) for i in self.positions]
         upl = sum(r["upl"] for r in rows)
         mm = sum(r["mmr"] for r in rows)
-        adj = self.cash + upl
+        adj = self.discounted("USDT", self.cash + upl)
+        if self.acct_lv in ("3", "4"):
+            adj += sum(self.discounted(c, amount) for c, amount in self.coins.items())
         return {
             "upl": upl,
             "mm": mm,
@@ -108,6 +131,7 @@ class FakeOkx(FakeVenue):
             ("GET", "/api/v5/account/positions"): self.private(self.positions),
             ("GET", "/api/v5/account/balance"): self.private(self.balance),
             ("GET", "/api/v5/account/config"): self.private(self.config),
+            ("GET", "/api/v5/public/discount-rate-interest-free-quota"): self.discount_rates,
         }
 
     def ccxt_config(self) -> dict[str, Any]:
@@ -332,6 +356,14 @@ class FakeOkx(FakeVenue):
             "upl": repr(t["upl"]),
             "uplLiab": "0",
         }
+        details = [detail]
+        for ccy, amount in self.account.coins.items():
+            price = self.account.price(ccy)
+            details.append(dict(
+                detail, ccy=ccy, cashBal=repr(amount), eq=repr(amount), availBal=repr(amount),
+                availEq=repr(amount), eqUsd=repr(amount * price), frozenBal="0", upl="0",
+                disEq=repr(self.account.discounted(ccy, amount)),
+            ))
         return ok(
             [
                 {
@@ -346,16 +378,33 @@ class FakeOkx(FakeVenue):
                     "ordFroz": "0",
                     "totalEq": repr(eq),
                     "uTime": _ms(),
-                    "details": [detail],
+                    "details": details,
                 }
             ]
         )
+
+    async def discount_rates(self, request: web.Request) -> web.Response:
+        """Per ccy its discount tiers (`details`: minAmt, maxAmt "" = no cap, discountRate)."""
+        rows = []
+        for ccy, tiers in self.account.discount.items():
+            floor, details = 0.0, []
+            for i, (cap, rate) in enumerate(tiers, start=1):
+                details.append({
+                    "discountRate": repr(rate), "maxAmt": "" if cap is None else repr(cap),
+                    "minAmt": repr(floor), "tier": str(i), "liqPenaltyRate": "0.02",
+                    "disCcyEq": "",
+                })
+                floor = cap if cap is not None else floor
+            rows.append({"ccy": ccy, "amt": "0", "discountLv": "1", "minDiscountRate": "0",
+                         "colRes": "0", "details": details})
+        wanted = request.query.get("ccy")
+        return ok([r for r in rows if wanted in (None, r["ccy"])])
 
     async def config(self, request: web.Request) -> web.Response:
         return ok(
             [
                 {
-                    "acctLv": "2",
+                    "acctLv": self.account.acct_lv,
                     "autoLoan": False,
                     "ctIsoMode": "automatic",
                     "greeksType": "PA",

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import secrets
 import signal
 import sys
@@ -77,14 +78,16 @@ port = {metrics_port}
 class Daemon:
     """One `margin-monitor run` process; start, stop (SIGINT) and start again on one state."""
 
-    def __init__(self, broker: Mosquitto, workdir: Path, extra: str = "",
-                 env: Mapping[str, str] | None = None, accounts: str = SIM_ACCOUNT) -> None:
+    def __init__(self, broker: Mosquitto, workdir: Path, extra: str = "", *,
+                 env: Mapping[str, str] | None = None, accounts: str = SIM_ACCOUNT,
+                 state: Path | None = None) -> None:
         self.broker = broker
         self.prefix = f"mmsec-{secrets.token_hex(3)}"
-        self.state = workdir / "state"
+        self.state = state or workdir / "state"
         self.command_port = free_port()
         self.metrics_port = free_port()
         self.config = workdir / "config.toml"
+        workdir.mkdir(parents=True, exist_ok=True)
         self.config.write_text(
             CONFIG.format(state=self.state, port=broker.port, prefix=self.prefix, accounts=accounts,
                           command_port=self.command_port, metrics_port=self.metrics_port)
@@ -104,12 +107,18 @@ class Daemon:
         """The metrics port's base URL."""
         return f"http://127.0.0.1:{self.metrics_port}"
 
-    async def start(self) -> None:
-        """Start and wait until the broker says it is online and the ports answer."""
+    async def start(self, max_fds: int | None = None) -> None:
+        """Start (with at most `max_fds` descriptors) and wait until the broker says it is
+        online and the ports answer."""
+        def limit() -> None:
+            if max_fds is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (max_fds, max_fds))
+
         async with collecting(self.broker, [f"{self.prefix}/status"]) as sub:
             self.proc = await asyncio.create_subprocess_exec(
                 str(script()), "run", "--config", str(self.config), "--no-tui",
-                env=self.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+                env=self.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                preexec_fn=limit)
             await sub.wait_for(
                 lambda: any(m.payload == b"online" for m in sub.on(f"{self.prefix}/status")),
                 limit=30)
@@ -158,7 +167,7 @@ async def running_daemon(broker: Mosquitto, workdir: Path, extra: str = "",
                          env: Mapping[str, str] | None = None,
                          accounts: str = SIM_ACCOUNT) -> AsyncIterator[Daemon]:
     """A started daemon, stopped at the end of the block."""
-    daemon = Daemon(broker, workdir, extra, env, accounts)
+    daemon = Daemon(broker, workdir, extra, env=env, accounts=accounts)
     await daemon.start()
     try:
         yield daemon

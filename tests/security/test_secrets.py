@@ -102,7 +102,7 @@ class TestSecretEcho:
                      f"min_interval = 0\n")
             env = {"MARGIN_MONITOR__ACCOUNTS__MAIN__API_KEY": KEY,
                    "MARGIN_MONITOR__ACCOUNTS__MAIN__SECRET": VENUE_SECRET}
-            daemon = Daemon(mosquitto, tmp_path, extra, env, account_toml(venue))
+            daemon = Daemon(mosquitto, tmp_path, extra, env=env, accounts=account_toml(venue))
             surfaces: dict[str, bytes] = {}
             async with collecting(mosquitto, [f"{daemon.prefix}/#"]) as sub:
                 await daemon.start()
