@@ -42,8 +42,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.product import Product, binance_account, build
-from monitor import logs
-from monitor.daemon import run_daemon
+from monitor.daemon.supervisor import run_daemon
+from monitor.ops import logs
 from monitor.sources.budget import budget_of
 from tests.fakes.binance import API_KEY, SECRET, FakeBinanceUsdm
 from tests.fakes.binance_orders import install_orders

@@ -35,10 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.product import binance_account, build
 from bench.subscriber import RemoteSubscriber
-from monitor import logs
-from monitor.daemon import run_daemon
-from monitor.margin import report
-from monitor.model import AccountSnapshot, Collateral, Position
+from monitor.core.margin.report import report
+from monitor.core.model import AccountSnapshot, Collateral, Position
+from monitor.daemon.supervisor import run_daemon
+from monitor.ops import logs
 from tests.fakes.binance import API_KEY, SECRET, BinancePosition, FakeBinanceUsdm
 from tests.mqtt_broker import Mosquitto
 

@@ -21,10 +21,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.engine import account, fmt, median_time
-from monitor.collateral_risk import collateral_risk
-from monitor.margin import report
-from monitor.model import AccountSnapshot, Collateral, CollateralTier, Position
-from monitor.stress import assess, shock_to_liquidation
+from monitor.core.collateral_risk import collateral_risk
+from monitor.core.margin.report import report
+from monitor.core.model import AccountSnapshot, Collateral, CollateralTier, Position
+from monitor.core.stress import assess, shock_to_liquidation
 
 
 def collateralised(n: int) -> AccountSnapshot:

@@ -29,9 +29,9 @@ import structlog
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.product import build
-from monitor import margin
-from monitor.daemon import run_daemon
-from monitor.model import AccountSnapshot, MarginReport
+from monitor.core.margin import report as margin
+from monitor.core.model import AccountSnapshot, MarginReport
+from monitor.daemon.supervisor import run_daemon
 from monitor.sources.sim import SimVenue
 from tests.sinks import QuietSink
 

@@ -19,10 +19,10 @@ import statistics
 import time
 from collections.abc import Callable
 
-from monitor.ledger import Ledger
-from monitor.margin import report, surplus
-from monitor.model import AccountSnapshot, Collateral, Position, Tier
-from monitor.stress import shock_to_liquidation, with_prices
+from monitor.core.margin.ledger import Ledger
+from monitor.core.margin.report import report, surplus
+from monitor.core.model import AccountSnapshot, Collateral, Position, Tier
+from monitor.core.stress import shock_to_liquidation, with_prices
 
 TIERS = (
     Tier(50_000, 0.004, 0), Tier(250_000, 0.005, 50), Tier(1_000_000, 0.01, 1_300),

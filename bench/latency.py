@@ -34,8 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import structlog
 
 from bench.product import Product, binance_account, build
-from monitor import margin, state
-from monitor.model import PriceTick
+from monitor.core import state
+from monitor.core.margin import report as margin
+from monitor.core.model import PriceTick
 from tests.fakes.binance import API_KEY, SECRET, BinancePosition, FakeBinanceUsdm
 
 SYMBOL = "BTC/USDT:USDT"

@@ -38,9 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.alert_latency import ACCOUNT, log_to_devnull, percentile
 from bench.product import build
-from monitor.margin import report
-from monitor.model import MarginReport
-from monitor.sinks.alerts import AlertsSink
+from monitor.alerts.sink import AlertsSink
+from monitor.core.margin.report import report
+from monitor.core.model import MarginReport
 from tests.mqtt_broker import Mosquitto
 from tests.test_notify import serving
 

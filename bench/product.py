@@ -20,9 +20,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from monitor.daemon import build_sinks, open_source
-from monitor.settings import AccountSettings, Settings, load_settings
-from monitor.sinks.base import Sink
+from monitor.config.settings import AccountSettings, Settings, load_settings
+from monitor.daemon.wiring import build_sinks, open_source
+from monitor.sink import Sink
 from monitor.sources.base import Source
 from tests.faults.fuzz_targets import to_toml
 

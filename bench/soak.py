@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/soak.py [--minutes 30] [--accounts 100] [--sample 30]
 
-Runs the real `monitor.daemon.run_daemon` in this process with 100 `SimVenue` accounts (calm
+Runs the real `daemon.supervisor.run_daemon` in this process with 100 `SimVenue` accounts (calm
 scenario, 10 ticks/s each) and the sinks `margin-monitor run` builds from a TOML file this
 script writes (bench/product.py: console, the alerts sink with the SQLite outbox/store in a
 temp state dir, actions on the sim; no MQTT or phone channels). A monitor task samples
@@ -37,7 +37,8 @@ import structlog
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.product import build
-from monitor import daemon
+from monitor.daemon import loop as daemon
+from monitor.daemon import supervisor
 
 # A bounded reservoir (Algorithm R), not a list of every call: an unbounded list of 180 000
 # floats in 5 minutes was itself the ~1.5 MB/min "growth" the first runs reported.
@@ -172,7 +173,7 @@ async def main_async(args: argparse.Namespace) -> None:
         )
         task = asyncio.create_task(sampler(args.sample, rows, start))
         traced = asyncio.create_task(trace_growth(args.trace)) if args.trace else None
-        await daemon.run_daemon(
+        await supervisor.run_daemon(
             settings,
             settings.accounts,
             sinks,

@@ -4,7 +4,7 @@
         [--seconds 20] [--warmup 3] [--shock-interval 1.0] [--path daemon|ledger]
         [--sinks real|probe]
 
-`--path daemon` (default) runs the real `monitor.daemon.run_daemon` with these sources and
+`--path daemon` (default) runs the real `daemon.supervisor.run_daemon` with these sources and
 the sinks `margin-monitor run` builds (`daemon.build_sinks`: the console summary and the
 real alerts pipeline, rules -> SQLite store/outbox in a temporary state dir; no MQTT broker
 or phone channel is configured, as in the default settings), followed by one probe sink
@@ -13,7 +13,7 @@ asked for the honest one). Per account the `source[..]` task puts every tick int
 `Ledger` and checks the ratio against the alert thresholds (an urgent report on a crossing;
 none happen in this book), the `recompute[..]` task takes a coalesced `margin.report` per
 wake-up, and the `shocks` task runs `stress.assess` for the accounts the shared shock
-budget picks (monitor/shock_schedule.py). `--path ledger` is the bare alternative the
+budget picks (monitor/core/shock_schedule.py). `--path ledger` is the bare alternative the
 daemon was measured against before it used the Ledger: `Ledger.tick` + `Ledger.summary`
 per tick and the full report coalesced, no shock solves, no sinks.
 
@@ -46,10 +46,10 @@ import structlog
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.product import build
-from monitor import margin
-from monitor.daemon import run_daemon
-from monitor.ledger import Ledger
-from monitor.model import (
+from monitor.config.settings import Settings
+from monitor.core.margin import report as margin
+from monitor.core.margin.ledger import Ledger
+from monitor.core.model import (
     AccountSnapshot,
     Collateral,
     Event,
@@ -58,8 +58,8 @@ from monitor.model import (
     PriceTick,
     Tier,
 )
-from monitor.settings import Settings
-from monitor.sinks.base import Sink
+from monitor.daemon.supervisor import run_daemon
+from monitor.sink import Sink
 from tests.sinks import QuietSink
 
 TIERS = (

@@ -45,8 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.product import binance_account, build
 from bench.subscriber import RemoteSubscriber
-from monitor import logs
-from monitor.daemon import run_daemon
+from monitor.daemon.supervisor import run_daemon
+from monitor.ops import logs
 from tests.fakes.binance import API_KEY, SECRET, BinancePosition, FakeBinanceUsdm
 from tests.mqtt_broker import Mosquitto
 
@@ -203,7 +203,7 @@ def main() -> None:
     parser.add_argument("--poll", type=float, default=5.0, help="REST poll period, s")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
-    # the daemon's own logging (monitor.logs: JSON lines, redaction), as `margin-monitor run`
+    # the daemon's own logging (monitor.ops.logs: JSON lines, redaction), as `margin-monitor run`
     # configures it, but to /dev/null rather than between the figures
     devnull = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
     logs.configure(level="info", fmt="json", stream=devnull)

@@ -14,8 +14,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, Literal, NoReturn, cast
 
-from monitor.errors import UserError
-from monitor.model import (
+from monitor.core.model import (
     AccountSnapshot,
     Collateral,
     CollateralRisk,
@@ -27,6 +26,7 @@ from monitor.model import (
     Tier,
     VenueMargin,
 )
+from monitor.errors import UserError
 
 __all__ = [
     "collateral_risk_to_dict",

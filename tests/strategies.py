@@ -6,7 +6,7 @@ import math
 
 from hypothesis import strategies as st
 
-from monitor.model import AccountSnapshot, Collateral, Position, Tier
+from monitor.core.model import AccountSnapshot, Collateral, Position, Tier
 
 SYMBOLS = ("BTC/USDT:USDT", "ETH/USDT:USDT", "SOL/USDT:USDT", "XRP/USDT:USDT")
 

@@ -1,4 +1,4 @@
-"""Tests for the pure protective-action planner (monitor/actions.py)."""
+"""Tests for the pure protective-action planner (monitor/core/plan.py)."""
 
 from __future__ import annotations
 
@@ -10,25 +10,24 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from monitor.action_settings import ActionsSettings
-from monitor.actions import (
+from monitor.config.actions import ActionsSettings
+from monitor.config.settings import load_settings
+from monitor.core.margin.report import report
+from monitor.core.model import AccountSnapshot, Collateral, Position, Tier
+from monitor.core.plan import (
     ActionHistory,
     ActionPolicy,
     MarketRules,
     PlannedOrder,
     UnsafePlan,
-    client_order_id,
-    order_params,
     plan_step,
     prove_reduce_only,
     round_up,
     stop_price,
 )
+from monitor.core.stress import minimal_reduction, reduced
 from monitor.errors import UserError
-from monitor.margin import report
-from monitor.model import AccountSnapshot, Collateral, Position, Tier
-from monitor.settings import load_settings
-from monitor.stress import minimal_reduction, reduced
+from monitor.venues.orders import client_order_id, order_params
 from tests.strategies import accounts
 
 BTC = "BTC/USDT:USDT"

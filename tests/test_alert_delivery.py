@@ -16,16 +16,18 @@ from pathlib import Path
 
 from structlog.testing import capture_logs
 
-from monitor import daemon, margin
-from monitor.alert_message import AlertMessage
-from monitor.alert_settings import MqttSettings, NotifySettings
-from monitor.alerting import AlertPipeline
-from monitor.daemon import build_sinks, run_daemon
-from monitor.model import AccountSnapshot
-from monitor.settings import load_settings
-from monitor.sinks.actions import ActionsSink
-from monitor.sinks.alerts import DRAIN_CAP, AlertsSink, build_alerts_sink
-from monitor.sinks.notify import NotifySink
+from monitor.alerts.message import AlertMessage
+from monitor.alerts.pipeline import AlertPipeline
+from monitor.alerts.sink import DRAIN_CAP, AlertsSink, build_alerts_sink
+from monitor.channels.notify import NotifySink
+from monitor.config.alerts import MqttSettings, NotifySettings
+from monitor.config.settings import load_settings
+from monitor.core.margin import report as margin
+from monitor.core.model import AccountSnapshot
+from monitor.daemon import supervisor
+from monitor.daemon.supervisor import run_daemon
+from monitor.daemon.wiring import build_sinks
+from monitor.protect.sink import ActionsSink
 from monitor.sources.sim import DEMO_BOOK, SimVenue
 from monitor.sources.sim_prices import ReplayStep
 from monitor.store import Store
@@ -213,7 +215,7 @@ class TestShutdown:
             text = (ROOT / "systemd" / unit).read_text()
             match = re.search(r"^TimeoutStopSec=(\d+)s?$", text, re.MULTILINE)
             assert match is not None, unit
-            assert float(match.group(1)) >= DRAIN_CAP + daemon.STOP_GRACE + 5.0
+            assert float(match.group(1)) >= DRAIN_CAP + supervisor.STOP_GRACE + 5.0
 
 
 class TestConnecting:

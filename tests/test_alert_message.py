@@ -1,13 +1,13 @@
-"""Tests for monitor/alert_message.py: the delivered message and its strict JSON form."""
+"""Tests for monitor/alerts/message.py: the delivered message and its strict JSON form."""
 
 from __future__ import annotations
 
 import json
 import math
 
-from monitor.alert_message import AlertMessage, build_message, finite_or_str
-from monitor.model import MarginReport, PositionRisk, ShockToLiquidation
-from monitor.rules import AlertEvent
+from monitor.alerts.message import AlertMessage, build_message, finite_or_str
+from monitor.core.model import MarginReport, PositionRisk, ShockToLiquidation
+from monitor.core.rules import AlertEvent
 
 
 def event(value: float | None = 0.9) -> AlertEvent:

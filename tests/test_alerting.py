@@ -1,4 +1,4 @@
-"""Tests for monitor/alerting.py: delivery, retries, commands, logs; and the demo end to end."""
+"""Tests for monitor/alerts/pipeline.py: delivery, retries, commands, logs; the demo end to end."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from monitor.alert_message import AlertMessage
-from monitor.alerting import BACKOFF_CAP, AlertPipeline, backoff
-from monitor.model import CollateralFall, CollateralRisk, MarginReport, ShockToLiquidation
-from monitor.rules import AlertConfig
-from monitor.signed_commands import Command, envelope
+from monitor.alerts.message import AlertMessage
+from monitor.alerts.pipeline import BACKOFF_CAP, AlertPipeline, backoff
+from monitor.alerts.signed_commands import Command, envelope
+from monitor.core.model import CollateralFall, CollateralRisk, MarginReport, ShockToLiquidation
+from monitor.core.rules import AlertConfig
 from monitor.store import Store
 from tests.mqtt_broker import Mosquitto, collecting
 

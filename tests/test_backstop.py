@@ -1,4 +1,4 @@
-"""Tests for the exchange-resident stop-loss backstop (monitor/backstop.py).
+"""Tests for the exchange-resident stop-loss backstop (monitor/protect/backstop.py).
 
 Through the real ccxt path: Binance USDⓈ-M stops go to `POST /fapi/v1/algoOrder` (ccxt 4.5.90,
 docs/venues.md), served by tests/fakes/binance_orders.py on engineer C's fake.
@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from monitor.action_settings import ActionsSettings, StopLossSettings
-from monitor.backstop import StopBackstop, stop_client_id
-from monitor.executor import Executor
-from monitor.margin import report
-from monitor.model import MarginReport
+from monitor.config.actions import ActionsSettings, StopLossSettings
+from monitor.core.margin.report import report
+from monitor.core.model import MarginReport
+from monitor.protect.backstop import StopBackstop
+from monitor.protect.executor import Executor
 from monitor.sources.exchange import ExchangeSource
 from monitor.sources.sim import SimVenue
+from monitor.venues.orders import stop_client_id
 from tests.fakes.account import account_for
 from tests.fakes.binance import API_KEY, SECRET, BinancePosition, FakeBinanceUsdm
 from tests.fakes.binance_orders import BinanceOrders, install_orders

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor.cli import main
+from monitor.cli.app import main
 
 BAD = Path(__file__).resolve().parent.parent / "config" / "bad"
 

@@ -19,20 +19,23 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 #: Calling anything from these modules builds by hand what the factories build.
 FORBIDDEN = (
     "ccxt",
-    "monitor.sinks",
+    "monitor.sink",
+    "monitor.channels",
+    "monitor.alerts.sink",
+    "monitor.protect.sink",
     "monitor.store",
-    "monitor.alerting",
-    "monitor.executor",
+    "monitor.alerts.pipeline",
+    "monitor.protect.executor",
     "monitor.sources.exchange",
     "monitor.sources.sim",
-    "monitor.action_settings",
-    "monitor.alert_settings",
-    "monitor.settings",
-    "monitor.daemon.ConsoleSink",
+    "monitor.config.actions",
+    "monitor.config.alerts",
+    "monitor.config.settings",
+    "monitor.daemon.wiring.ConsoleSink",
     "tests.fakes.account",  # FakeAccount / account_for: settings that are not `run`'s
 )
 #: The one way in: the factories `run` uses.
-ALLOWED = ("monitor.settings.load_settings",)
+ALLOWED = ("monitor.config.settings.load_settings",)
 
 
 def _aliases(tree: ast.Module) -> dict[str, str]:
@@ -105,11 +108,11 @@ class TestBenchmarksUseTheProduct:
         """Test that the scan flags hand-built ccxt, sinks, stores, executors and settings."""
         bad = (
             "import ccxt.pro as ccxtpro\n"
-            "from monitor.sinks.mqtt import MqttSink\n"
+            "from monitor.channels.mqtt import MqttSink\n"
             "from monitor.store import Store\n"
-            "from monitor import executor\n"
-            "from monitor.settings import load_settings\n"
-            "from monitor.action_settings import ActionsSettings\n"
+            "from monitor.protect import executor\n"
+            "from monitor.config.settings import load_settings\n"
+            "from monitor.config.actions import ActionsSettings\n"
             "ex = ccxtpro.binanceusdm({'enableRateLimit': False})\n"
             "MqttSink(settings)\n"
             "Store('x')\n"
@@ -122,10 +125,10 @@ class TestBenchmarksUseTheProduct:
         assert [line.split(": ", 1)[1] for line in found] == [
             "imports ccxt.pro",
             "ccxt.pro.binanceusdm(...)",
-            "monitor.sinks.mqtt.MqttSink(...)",
+            "monitor.channels.mqtt.MqttSink(...)",
             "monitor.store.Store(...)",
-            "monitor.executor.Executor(...)",
-            "monitor.settings.load_settings not from a file alone",
-            "monitor.action_settings.ActionsSettings(...)",
+            "monitor.protect.executor.Executor(...)",
+            "monitor.config.settings.load_settings not from a file alone",
+            "monitor.config.actions.ActionsSettings(...)",
             "a fake's ccxt_config()",
         ]

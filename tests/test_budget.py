@@ -18,9 +18,9 @@ import pytest
 from aiohttp import web
 from pydantic import SecretStr
 
-from monitor.action_settings import ActionsSettings
-from monitor.executor import Executor
-from monitor.margin import report
+from monitor.config.actions import ActionsSettings
+from monitor.core.margin.report import report
+from monitor.protect.executor import Executor
 from monitor.sources import budget
 from monitor.sources.budget import (
     VENUE_LIMITS,

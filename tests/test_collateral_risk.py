@@ -1,4 +1,4 @@
-"""Tests for monitor/collateral_risk.py: non-stable share and the fall of one collateral asset
+"""Tests for monitor/core/collateral_risk.py: non-stable share and the fall of one collateral asset
 alone that liquidates, and where they are shown (report JSON, TUI, MQTT state, phone text)."""
 
 from __future__ import annotations
@@ -11,14 +11,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
-from monitor import margin, stress
-from monitor.alert_message import build_message
-from monitor.collateral_risk import collateral_risk, describe, fall_to_liquidation
-from monitor.model import AccountSnapshot, Collateral, Position, VenueMargin, base_asset
-from monitor.rules import AlertEvent
-from monitor.sinks.console import ConsoleSink
-from monitor.sinks.mqtt import state_payload
-from monitor.sinks.notify import render
+from monitor.alerts.message import build_message
+from monitor.channels.console import ConsoleSink
+from monitor.channels.mqtt import state_payload
+from monitor.channels.notify import render
+from monitor.core import stress
+from monitor.core.collateral_risk import collateral_risk, describe, fall_to_liquidation
+from monitor.core.margin import report as margin
+from monitor.core.model import AccountSnapshot, Collateral, Position, VenueMargin, base_asset
+from monitor.core.rules import AlertEvent
 from monitor.snapshot import parse_snapshot, report_to_dict, snapshot_to_dict
 from tests.strategies import accounts
 

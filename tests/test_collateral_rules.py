@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from monitor import margin
-from monitor.model import AccountUpdate, Collateral, CollateralTier, PriceTick
+from monitor.core.margin import report as margin
+from monitor.core.model import AccountUpdate, Collateral, CollateralTier, PriceTick
 from monitor.snapshot import parse_snapshot, report_to_dict, snapshot_to_dict
 from monitor.sources.collateral_rules import (
     AssetRule,

@@ -1,4 +1,4 @@
-"""Tests for monitor/command_http.py: the endpoint a phone's button calls."""
+"""Tests for monitor/alerts/command_http.py: the endpoint a phone's button calls."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import base64
 import aiohttp
 import pytest
 
-from monitor.command_http import decode_token, serve_commands
+from monitor.alerts.command_http import decode_token, serve_commands
 from tests.mqtt_broker import free_port
 
 

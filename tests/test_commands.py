@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor.commands import parse_shock
+from monitor.cli.report import parse_shock
 from monitor.errors import UserError
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "config" / "examples"

@@ -1,4 +1,4 @@
-"""Tests for monitor/sinks/console.py: the live view and the summary lines."""
+"""Tests for monitor/channels/console.py: the live view and the summary lines."""
 
 from __future__ import annotations
 
@@ -13,9 +13,12 @@ import structlog
 from rich.console import Console
 from structlog.testing import capture_logs
 
-from monitor import logs, margin, stress
-from monitor.daemon import build_sinks, classify_level, run_daemon
-from monitor.model import (
+from monitor.alerts.sink import AlertsSink, build_alerts_sink
+from monitor.channels.console import ConsoleSink
+from monitor.config.settings import AlertsSettings, load_settings
+from monitor.core import stress
+from monitor.core.margin import report as margin
+from monitor.core.model import (
     AccountSnapshot,
     MarginReport,
     PriceTick,
@@ -23,10 +26,11 @@ from monitor.model import (
     SourceStale,
     SourceUp,
 )
-from monitor.rules import AlertConfig
-from monitor.settings import AlertsSettings, load_settings
-from monitor.sinks.alerts import AlertsSink, build_alerts_sink
-from monitor.sinks.console import ConsoleSink
+from monitor.core.rules import AlertConfig
+from monitor.daemon.loop import classify_level
+from monitor.daemon.supervisor import run_daemon
+from monitor.daemon.wiring import build_sinks
+from monitor.ops import logs
 from monitor.sources.sim import DEMO_BOOK, SimVenue
 from monitor.sources.sim_prices import ReplayStep
 

@@ -1,4 +1,4 @@
-"""Tests for monitor/daemon.py: the loop, coalescing, sinks, signals, shards, commands."""
+"""Tests for monitor/daemon/loop.py: the loop, coalescing, sinks, signals, shards, commands."""
 
 from __future__ import annotations
 
@@ -17,20 +17,9 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from monitor import daemon
-from monitor.daemon import (
-    AccountLoop,
-    build_sinks,
-    check_command,
-    classify_level,
-    open_source,
-    parse_shard,
-    run_daemon,
-    select_shard,
-    shard_of,
-)
-from monitor.errors import UserError
-from monitor.model import (
+from monitor.cli.check import check_command
+from monitor.config.settings import AccountSettings, AlertsSettings, Settings, load_settings
+from monitor.core.model import (
     AccountSnapshot,
     Collateral,
     Event,
@@ -39,8 +28,13 @@ from monitor.model import (
     PriceTick,
     SourceDown,
 )
-from monitor.settings import AccountSettings, AlertsSettings, Settings, load_settings
-from monitor.sinks.actions import ActionsSink
+from monitor.daemon import supervisor
+from monitor.daemon.loop import AccountLoop, classify_level
+from monitor.daemon.shards import parse_shard, select_shard, shard_of
+from monitor.daemon.supervisor import run_daemon
+from monitor.daemon.wiring import build_sinks, open_source
+from monitor.errors import UserError
+from monitor.protect.sink import ActionsSink
 from monitor.sources.sim import SimVenue
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -217,7 +211,7 @@ class TestResilience:
             async def on_report(self, *args: Any) -> None:
                 await asyncio.Event().wait()  # never returns (until cancelled)
 
-        monkeypatch.setattr(daemon, "SETTLE_LIMIT", 0.3)
+        monkeypatch.setattr(supervisor, "SETTLE_LIMIT", 0.3)
         stuck = Stuck()
         with capture_logs() as logs:
             loops = await asyncio.wait_for(

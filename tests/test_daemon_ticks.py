@@ -1,4 +1,4 @@
-"""Tests for monitor/daemon.py's tick path: the per-tick threshold check and the shared
+"""Tests for monitor/daemon/loop.py's tick path: the per-tick threshold check and the shared
 shock budget (issue 7: 20 000 ticks/s on one core without delaying an alert)."""
 
 from __future__ import annotations
@@ -12,11 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monitor import margin
-from monitor.daemon import AccountLoop, ShockSolver, run_daemon, stop_leftover_tasks
-from monitor.errors import UserError
-from monitor.ledger import Ledger
-from monitor.model import (
+from monitor.config.settings import AlertsSettings, load_settings
+from monitor.core.margin import report as margin
+from monitor.core.margin.ledger import Ledger
+from monitor.core.model import (
     AccountSnapshot,
     AccountUpdate,
     Collateral,
@@ -24,10 +23,12 @@ from monitor.model import (
     Position,
     PriceTick,
 )
-from monitor.rules import AlertConfig
-from monitor.settings import AlertsSettings, load_settings
-from monitor.shock_schedule import ShockScheduler
-from monitor.state import apply, initial_state
+from monitor.core.rules import AlertConfig
+from monitor.core.shock_schedule import ShockScheduler
+from monitor.core.state import apply, initial_state
+from monitor.daemon.loop import AccountLoop, ShockSolver
+from monitor.daemon.supervisor import run_daemon, stop_leftover_tasks
+from monitor.errors import UserError
 from tests.strategies import SYMBOLS, accounts
 from tests.test_daemon import BTC, _book, _Recorder, _until
 

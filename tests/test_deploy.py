@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
-from monitor.alert_message import AlertMessage
-from monitor.cli import build_parser
-from monitor.settings import load_settings
+from monitor.alerts.message import AlertMessage
+from monitor.cli.app import build_parser
+from monitor.config.settings import load_settings
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 
@@ -285,7 +285,7 @@ class TestPrometheus:
     def test_rules_use_exported_metric_names(self) -> None:
         """Test that every margin_monitor_* series in the rules is one metrics.py exports."""
         rules = (DEPLOY / "margin-monitor-rules.yml").read_text()
-        metrics_source = (DEPLOY.parent / "monitor" / "metrics.py").read_text()
+        metrics_source = (DEPLOY.parent / "monitor" / "ops" / "metrics.py").read_text()
         names = set(re.findall(r"margin_monitor_(\w+)", rules))
         assert names
         for name in names:
@@ -350,7 +350,7 @@ class TestGrafana:
 
     def test_queries_use_exported_metrics(self) -> None:
         """Test that every margin_monitor_* series a panel queries is one metrics.py exports."""
-        metrics_source = (DEPLOY.parent / "monitor" / "metrics.py").read_text()
+        metrics_source = (DEPLOY.parent / "monitor" / "ops" / "metrics.py").read_text()
         names = {n for e in _exprs(_dashboard()) for n in re.findall(r"margin_monitor_(\w+)", e)}
         assert len(names) >= 10
         for name in names:

@@ -24,19 +24,21 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
-from monitor import margin, stress
-from monitor.actions import ActionHistory, ActionPolicy, MarketRules, plan_step
-from monitor.daemon import build_sinks, run_daemon
-from monitor.ledger import Ledger
-from monitor.metrics import MetricsSettings, MetricsSink
-from monitor.model import AccountSnapshot, Collateral, Event, Position, PriceTick
-from monitor.rules import AlertConfig, RulesState, evaluate, shock_fraction
-from monitor.settings import load_settings
-from monitor.sinks.console import ConsoleSink
-from monitor.sinks.mqtt import state_payload
+from monitor.channels.console import ConsoleSink
+from monitor.channels.mqtt import state_payload
+from monitor.config.settings import load_settings
+from monitor.core import stress
+from monitor.core.margin import report as margin
+from monitor.core.margin.ledger import Ledger
+from monitor.core.margin.valuation import margin_ratio
+from monitor.core.model import AccountSnapshot, Collateral, Event, Position, PriceTick
+from monitor.core.plan import ActionHistory, ActionPolicy, MarketRules, plan_step
+from monitor.core.rules import AlertConfig, RulesState, evaluate, shock_fraction
+from monitor.daemon.supervisor import run_daemon
+from monitor.daemon.wiring import build_sinks
+from monitor.ops.metrics import MetricsSettings, MetricsSink
 from monitor.snapshot import report_to_dict
 from monitor.sources.normalize import venue_figures
-from monitor.valuation import margin_ratio
 from tests.mqtt_broker import Mosquitto, collecting
 from tests.strategies import accounts
 

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from monitor import margin
-from monitor.model import (
+from monitor.core.margin import report as margin
+from monitor.core.model import (
     AccountUpdate,
     Event,
     PriceTick,

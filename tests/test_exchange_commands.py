@@ -1,6 +1,6 @@
 """`margin-monitor snapshot` and the live part of `check`, against loopback fake venues.
 
-The configuration is a real TOML file read by monitor.settings, with the fake's URLs in the
+The configuration is a real TOML file read by monitor.config.settings, with the fake's URLs in the
 account's `ccxt` table and the keys in the environment (never in the file).
 """
 
@@ -14,12 +14,13 @@ from typing import Any
 
 import pytest
 
-from monitor import margin
-from monitor.cli import main
+from monitor.cli.app import main
+from monitor.cli.live import check_account
+from monitor.config.settings import load_settings
+from monitor.core.margin import report as margin
 from monitor.errors import UserError
-from monitor.settings import load_settings
 from monitor.snapshot import parse_snapshot
-from monitor.sources.exchange import ExchangeSource, check_account
+from monitor.sources.exchange import ExchangeSource
 from tests.fakes import binance, bybit
 from tests.fakes.base import FakeVenue
 
@@ -243,3 +244,23 @@ class TestCheckExitCodes:
         code, out = results[binance.API_KEY]
         assert code == 0, out
         assert "  check main: binanceusdm ok" in out
+
+
+class TestTradePermission:
+    @pytest.mark.parametrize(("rights", "says"), [
+        (["coor", "coow", "stor"], "keys can trade"),
+        (["coor", "stor"], "read-only (authorities ['coor', 'stor'] lack coow)"),
+    ])
+    async def test_bitget_authorities(
+        self, rights: list[str], says: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Test that check reads a Bitget key's futures order-write authority (coow)."""
+        from tests.fakes import bitget
+
+        async with bitget.FakeBitget() as fake:
+            fake.account.authorities = rights
+            config = write_config(tmp_path / "live.toml", "bg", fake)
+            set_keys(monkeypatch, "bg", bitget.API_KEY, bitget.SECRET)
+            monkeypatch.setenv("MARGIN_MONITOR__ACCOUNTS__BG__PASSWORD", bitget.PASSWORD)
+            line = await check_account(load_settings(config).accounts[0])
+        assert says in line

@@ -13,7 +13,7 @@ from typing import Any
 import ccxt
 import pytest
 
-from monitor import margin
+from monitor.core.margin import report as margin
 from monitor.sources.exchange import ExchangeSource
 from tests.fakes.account import account_for
 

@@ -1,4 +1,4 @@
-"""Tests for the protective-order executor (monitor/executor.py) and its daemon consumer.
+"""Tests for the protective-order executor (monitor/protect/executor.py) and its daemon consumer.
 
 Exchange cases go through the REAL ccxt `create_order` path: an `ExchangeSource` pointed at
 engineer C's fake Binance USDⓈ-M server with the order routes of tests/fakes/binance_orders.py.
@@ -18,22 +18,24 @@ from typing import Any
 
 import pytest
 
-from monitor.action_settings import ActionsSettings
-from monitor.alert_message import AlertMessage
-from monitor.alert_settings import MqttSettings
-from monitor.alerting import AlertPipeline
-from monitor.daemon import build_sinks, run_daemon
-from monitor.executor import AccountLock, Executor
-from monitor.margin import report
-from monitor.model import MarginReport
-from monitor.rules import AlertConfig
-from monitor.settings import SimSettings, load_settings
-from monitor.sinks.actions import ActionsSink
-from monitor.sinks.alerts import AlertsSink, build_alerts_sink
+from monitor.alerts.message import AlertMessage
+from monitor.alerts.pipeline import AlertPipeline
+from monitor.alerts.sink import AlertsSink, build_alerts_sink
+from monitor.config.actions import ActionsSettings
+from monitor.config.alerts import MqttSettings
+from monitor.config.settings import SimSettings, load_settings
+from monitor.core.margin.report import report
+from monitor.core.model import MarginReport
+from monitor.core.rules import AlertConfig
+from monitor.daemon.supervisor import run_daemon
+from monitor.daemon.wiring import build_sinks
+from monitor.protect.executor import AccountLock, Executor
+from monitor.protect.sink import ActionsSink
+from monitor.protect.switches import ActionSwitches
 from monitor.sources.exchange import ExchangeSource
 from monitor.sources.sim import DEMO_BOOK, SimVenue, selloff_keyframes
 from monitor.store import Store
-from monitor.switches import ActionSwitches
+from monitor.venues import errors as venue_errors
 from tests.fakes.account import account_for
 from tests.fakes.binance import (
     API_KEY,
@@ -564,6 +566,51 @@ class TestSim:
         assert "filled" in kinds
         assert report(sim.snapshot()).margin_ratio < rep.margin_ratio
         store.close()
+
+    async def test_lost_answer_is_found_by_client_id_not_resent(self, tmp_path: Path) -> None:
+        """Test that on the sim, as on a live venue, an order whose answer was lost is found
+        by its client id (OrderDesk.find_order) and followed, never sent a second time."""
+        m = selloff_keyframes(DEMO_BOOK)[4].m
+        book = replace(DEMO_BOOK, markets=tuple(replace(mk, price0=mk.price0 * m**mk.beta)
+                                                for mk in DEMO_BOOK.markets))  # fmt: skip
+        sim = _LosingSim("demo", SimSettings(scenario="calm"), book=book)
+        trail = Trail()
+        ex = Executor("demo", sim, sim.fetch_snapshot, settings=ActionsSettings(cooldown=0),
+                      action_ratio=0.5, state_dir=tmp_path, live=True, venue="sim",
+                      audit=trail.audit, alert=trail.alert)  # fmt: skip
+        try:
+            rep = report(sim.snapshot())
+            await ex.on_report(rep, 1_000.0)
+        finally:
+            ex.close()
+        assert sim.lost == 1
+        assert "unconfirmed" not in trail.kinds()
+        assert "filled" in trail.kinds()
+        sent = [r["client_id"] for r in trail.of("sent")]
+        assert len(sent) == len(set(sent))  # no client id went out twice
+        assert sim.fills == len(sent)
+        assert report(sim.snapshot()).margin_ratio < rep.margin_ratio
+
+
+class _LosingSim(SimVenue):
+    """The sim, losing the answer to its first order after executing it (a venue timeout)."""
+
+    lost = 0
+
+    async def create_order(  # noqa: PLR0917 - ccxt's positional signature
+        self,
+        symbol: str,
+        type: str,
+        side: str,
+        amount: float,
+        price: float | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        order = await super().create_order(symbol, type, side, amount, price, params)
+        if not self.lost:
+            self.lost += 1
+            raise venue_errors.RequestTimeout("sim: the answer was lost on the way back")
+        return order
 
 
 class TestDaemonDemo:

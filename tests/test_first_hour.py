@@ -1,6 +1,6 @@
 """A new user's first hour (issue 15 §2 and `notify-test`): what they type, what they get.
 
-Everything runs through the real command line (`monitor.cli.main` or the installed script);
+Everything runs through the real command line (`monitor.cli.app.main` or the installed script);
 phone channels go through Apprise to a local HTTP receiver, MQTT to the real mosquitto.
 """
 
@@ -20,10 +20,10 @@ import aiomqtt
 import ccxt
 import pytest
 
-from monitor.cli import main
+from monitor.cli.app import main
+from monitor.cli.notify_test import notify_test_command
+from monitor.config.settings import _COMMON_NAMES, load_settings
 from monitor.errors import UserError
-from monitor.notify_test import notify_test_command
-from monitor.settings import _COMMON_NAMES, load_settings
 from tests.mqtt_broker import Mosquitto
 from tests.test_notify import receiver
 

@@ -1,4 +1,4 @@
-"""Tests for monitor/heartbeat.py against a local HTTP receiver on 127.0.0.1."""
+"""Tests for monitor/ops/heartbeat.py against a local HTTP receiver on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 from pydantic import SecretStr, ValidationError
 
-from monitor.heartbeat import HeartbeatSettings, HeartbeatSink
+from monitor.ops.heartbeat import HeartbeatSettings, HeartbeatSink
 
 
 class Receiver:

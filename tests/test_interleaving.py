@@ -43,8 +43,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from monitor.daemon import AccountLoop
-from monitor.model import (
+from monitor.config.settings import load_settings
+from monitor.core.model import (
     AccountSnapshot,
     AccountUpdate,
     Collateral,
@@ -54,7 +54,7 @@ from monitor.model import (
     PriceTick,
     Tier,
 )
-from monitor.settings import load_settings
+from monitor.daemon.loop import AccountLoop
 from tests.fakes.binance import BTC_BRACKETS, ETH_BRACKETS
 from tests.sinks import QuietSink
 
@@ -333,7 +333,7 @@ async def test_wire_interleavings(seed: int) -> None:
     venue's ratio for one of its books at marks it held inside the report's data window."""
     import random
 
-    from monitor.daemon import run_daemon
+    from monitor.daemon.supervisor import run_daemon
     from monitor.sources.exchange import ExchangeSource
     from tests.fakes.account import account_for
     from tests.fakes.binance import API_KEY, SECRET, BinancePosition, FakeBinanceUsdm

@@ -23,12 +23,12 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from monitor.cli import build_parser, main
-from monitor.daemon import run_daemon
+from monitor.cli.app import build_parser, main
+from monitor.config.settings import load_settings
+from monitor.daemon.shards import INDEX_ENV, SHARDS_ENV, auto_shard
+from monitor.daemon.supervisor import run_daemon
 from monitor.errors import UserError
-from monitor.metrics import MetricsSettings, MetricsSink
-from monitor.settings import load_settings
-from monitor.shards import INDEX_ENV, SHARDS_ENV, auto_shard
+from monitor.ops.metrics import MetricsSettings, MetricsSink
 from tests.kustomize import Doc, Unsupported, build
 from tests.test_service import WedgedSink
 

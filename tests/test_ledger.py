@@ -1,4 +1,4 @@
-"""monitor.ledger: tick-by-tick totals agree with a full report at the same prices."""
+"""monitor.core.margin.ledger: tick-by-tick totals agree with a full report at the same prices."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monitor.ledger import Ledger
-from monitor.margin import report
-from monitor.model import AccountSnapshot, Collateral, Position
-from monitor.stress import with_prices
+from monitor.core.margin.ledger import Ledger
+from monitor.core.margin.report import report
+from monitor.core.model import AccountSnapshot, Collateral, Position
+from monitor.core.stress import with_prices
 from tests.strategies import accounts
 
 

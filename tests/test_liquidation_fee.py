@@ -21,11 +21,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from monitor.core.margin.report import report
+from monitor.core.model import AccountSnapshot, Collateral, Position, Side, Tier, rules_for_venue
+from monitor.core.stress import shock_to_liquidation, shocked, with_prices
 from monitor.errors import UserError
-from monitor.margin import report
-from monitor.model import AccountSnapshot, Collateral, Position, Side, Tier, rules_for_venue
 from monitor.snapshot import parse_snapshot, report_to_dict, snapshot_to_dict
-from monitor.stress import shock_to_liquidation, shocked, with_prices
 from tests.strategies import accounts
 
 ETH = "ETH/USDT:USDT"

@@ -1,4 +1,4 @@
-"""Tests for monitor/logs.py: JSON off a terminal, console on one, no frame locals."""
+"""Tests for monitor/ops/logs.py: JSON off a terminal, console on one, no frame locals."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import structlog
 
-from monitor import logs
-from monitor.settings import load_settings
+from monitor.config.settings import load_settings
+from monitor.ops import logs
 
 SECRET = "api-secret-in-a-local-variable"
 

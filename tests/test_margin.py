@@ -1,4 +1,4 @@
-"""monitor.margin against the venues' published worked examples and their documented rules.
+"""monitor.core.margin.report against the venues' published worked examples and documented rules.
 
 Each example names its source; the numbers and their provenance are in
 docs/margin-math.md. Tolerance: 0.01 % relative, as the issue asks.
@@ -14,8 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monitor.margin import computed_maintenance_margin, ratio_of, report, tier_for
-from monitor.model import (
+from monitor.core.margin.report import computed_maintenance_margin, ratio_of, report, tier_for
+from monitor.core.margin.valuation import figures_of, pool
+from monitor.core.model import (
     AccountSnapshot,
     Collateral,
     CollateralTier,
@@ -23,8 +24,7 @@ from monitor.model import (
     Tier,
     VenueRules,
 )
-from monitor.stress import with_prices
-from monitor.valuation import figures_of, pool
+from monitor.core.stress import with_prices
 from tests.strategies import accounts, positions
 
 REL = 1e-4  # 0.01 %

@@ -1,4 +1,4 @@
-"""Tests for monitor/metrics.py: exposition, per-account gauges, /healthz, the endpoint."""
+"""Tests for monitor/ops/metrics.py: exposition, per-account gauges, /healthz, the endpoint."""
 
 from __future__ import annotations
 
@@ -15,9 +15,22 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
-from monitor import margin, stress
+from monitor.alerts.sink import build_alerts_sink
+from monitor.config.settings import AlertsSettings
+from monitor.core import stress
+from monitor.core.margin import report as margin
+from monitor.core.model import (
+    AccountSnapshot,
+    AccountUpdate,
+    Collateral,
+    Position,
+    PriceTick,
+    SourceDown,
+    SourceStale,
+    SourceUp,
+)
 from monitor.errors import UserError
-from monitor.metrics import (
+from monitor.ops.metrics import (
     ACTIONS,
     ALERTS_SENT,
     EVENTS,
@@ -29,18 +42,6 @@ from monitor.metrics import (
     record_action,
     record_alerts_sent,
 )
-from monitor.model import (
-    AccountSnapshot,
-    AccountUpdate,
-    Collateral,
-    Position,
-    PriceTick,
-    SourceDown,
-    SourceStale,
-    SourceUp,
-)
-from monitor.settings import AlertsSettings
-from monitor.sinks.alerts import build_alerts_sink
 from monitor.store import OutboxRow
 
 SNAPSHOT = AccountSnapshot(

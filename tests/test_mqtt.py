@@ -1,4 +1,4 @@
-"""Tests for monitor/sinks/mqtt.py against a real mosquitto (tests/conftest.py `mosquitto`)."""
+"""Tests for monitor/channels/mqtt.py against a real mosquitto (tests/conftest.py `mosquitto`)."""
 
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ import aiomqtt
 import pytest
 from pydantic import SecretStr
 
-from monitor.alert_message import AlertMessage
-from monitor.alerting import AlertPipeline
-from monitor.model import MarginReport, PositionRisk, ShockToLiquidation
-from monitor.rules import AlertConfig
-from monitor.signed_commands import Command, envelope
-from monitor.sinks.mqtt import MqttSettings, MqttSink, discovery_configs, state_payload
+from monitor.alerts.message import AlertMessage
+from monitor.alerts.pipeline import AlertPipeline
+from monitor.alerts.signed_commands import Command, envelope
+from monitor.channels.mqtt import MqttSettings, MqttSink, discovery_configs, state_payload
+from monitor.core.model import MarginReport, PositionRisk, ShockToLiquidation
+from monitor.core.rules import AlertConfig
 from monitor.store import Store
 from tests.mqtt_broker import Mosquitto, collecting
 

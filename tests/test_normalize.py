@@ -14,7 +14,7 @@ from typing import Any
 import ccxt
 import pytest
 
-from monitor.model import Tier
+from monitor.core.model import Tier
 from monitor.sources.normalize import (
     MalformedPayload,
     collateral_from_ccxt,

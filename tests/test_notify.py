@@ -1,4 +1,4 @@
-"""Tests for monitor/sinks/notify.py: what the phone receives, through a local HTTP receiver."""
+"""Tests for monitor/channels/notify.py: what the phone receives, through a local HTTP receiver."""
 
 from __future__ import annotations
 
@@ -15,13 +15,13 @@ import pytest
 from aiohttp import web
 from pydantic import ValidationError
 
-from monitor.alert_message import AlertMessage, PositionLine
-from monitor.alerting import AlertPipeline
-from monitor.command_http import command_app, decode_token
-from monitor.model import MarginReport, PositionRisk, ShockToLiquidation
-from monitor.rules import AlertConfig
-from monitor.signed_commands import verify
-from monitor.sinks.notify import NotifyChannel, NotifySink, ntfy_priority, render
+from monitor.alerts.command_http import command_app, decode_token
+from monitor.alerts.message import AlertMessage, PositionLine
+from monitor.alerts.pipeline import AlertPipeline
+from monitor.alerts.signed_commands import verify
+from monitor.channels.notify import NotifyChannel, NotifySink, ntfy_priority, render
+from monitor.core.model import MarginReport, PositionRisk, ShockToLiquidation
+from monitor.core.rules import AlertConfig
 from monitor.store import Store
 
 SECRET = b"phone-secret"

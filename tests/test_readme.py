@@ -113,7 +113,7 @@ class TestQuickPath:
 class TestCommandsPage:
     def test_every_subcommand_is_documented(self) -> None:
         """Test that docs/commands.md has a row for every `margin-monitor` subcommand."""
-        from monitor.cli import build_parser
+        from monitor.cli.app import build_parser
 
         parser = build_parser()
         sub = next(a for a in parser._actions if a.dest == "command")

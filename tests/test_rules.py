@@ -1,4 +1,4 @@
-"""Tests for monitor/rules.py: the alert lifecycle on synthetic ratio paths."""
+"""Tests for monitor/core/rules.py: the alert lifecycle on synthetic ratio paths."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monitor import rules
-from monitor.model import MarginReport, ShockToLiquidation, SourceDown, SourceStale, SourceUp
-from monitor.rules import AlertConfig, AlertEvent, RulesState, Silence
+from monitor.core import rules
+from monitor.core.model import MarginReport, ShockToLiquidation, SourceDown, SourceStale, SourceUp
+from monitor.core.rules import AlertConfig, AlertEvent, RulesState, Silence
 
 NO_REPEAT = AlertConfig(repeat_every=0, shock_warning=None, shock_critical=None,
                         shock_emergency=None)

@@ -1,4 +1,4 @@
-"""Tests for monitor/sdnotify.py: the datagram protocol and the progress-gated watchdog."""
+"""Tests for monitor/ops/sdnotify.py: the datagram protocol and the progress-gated watchdog."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor.sdnotify import Notifier, ProgressProbe, watchdog_interval, watchdog_loop
+from monitor.ops.sdnotify import Notifier, ProgressProbe, watchdog_interval, watchdog_loop
 
 
 @pytest.fixture

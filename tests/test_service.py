@@ -27,10 +27,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitor.daemon import run_daemon
-from monitor.model import AccountSnapshot, Event, MarginReport
-from monitor.sdnotify import Notifier
-from monitor.settings import load_settings
+from monitor.config.settings import load_settings
+from monitor.core.model import AccountSnapshot, Event, MarginReport
+from monitor.daemon.supervisor import run_daemon
+from monitor.ops.sdnotify import Notifier
 from tests.mqtt_broker import Mosquitto, free_port
 
 CONSOLE_SCRIPT = Path(sys.executable).parent / "margin-monitor"

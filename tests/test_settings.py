@@ -1,4 +1,4 @@
-"""Tests for monitor/settings.py: TOML, env overrides, credentials, one-line errors."""
+"""Tests for monitor/config/settings.py: TOML, env overrides, credentials, one-line errors."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import structlog
 
+from monitor.config.settings import Settings, load_settings
+from monitor.core.rules import AlertConfig
 from monitor.errors import UserError
-from monitor.rules import AlertConfig
-from monitor.settings import Settings, load_settings
 
 SECRET = "s3cr3t-KEY-do-not-print"
 

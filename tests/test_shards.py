@@ -1,4 +1,4 @@
-"""Tests for monitor/shards.py: `--shard auto` from a pod's ordinal and `shard-plan`."""
+"""Tests for monitor/daemon/shards.py: `--shard auto` from a pod's ordinal and `shard-plan`."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from monitor.cli import main
-from monitor.daemon import select_shard
+from monitor.cli.app import main
+from monitor.config.settings import AccountSettings
+from monitor.daemon.shards import INDEX_ENV, SHARDS_ENV, auto_shard, plan, select_shard
 from monitor.errors import UserError
-from monitor.settings import AccountSettings
-from monitor.shards import INDEX_ENV, SHARDS_ENV, auto_shard, plan
 
 NAMES = [f"acct-{i:02d}" for i in range(40)]
 
@@ -65,7 +64,7 @@ class TestAutoShard:
         """Test that `run --shard auto` outside a pod stops with one line, exit 2."""
         monkeypatch.delenv(INDEX_ENV, raising=False)
         monkeypatch.setenv(SHARDS_ENV, "3")
-        monkeypatch.setattr("monitor.shards.socket.gethostname", lambda: "laptop")
+        monkeypatch.setattr("monitor.daemon.shards.socket.gethostname", lambda: "laptop")
         config = write_config(tmp_path / "c.toml", NAMES[:3])
         code = main(["run", "--config", str(config), "--no-tui", "--shard", "auto"])
         err = capsys.readouterr().err

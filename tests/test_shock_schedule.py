@@ -1,4 +1,4 @@
-"""Tests for monitor/shock_schedule.py: one CPU budget for every account's shock solve."""
+"""Tests for monitor/core/shock_schedule.py: one CPU budget for every account's shock solve."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from monitor.rules import AlertConfig
-from monitor.shock_schedule import ShockClaim, ShockScheduler
+from monitor.core.rules import AlertConfig
+from monitor.core.shock_schedule import ShockClaim, ShockScheduler
 
 COST = 0.004  # CPU seconds per solve: 20 positions, before the lead's faster solver
 

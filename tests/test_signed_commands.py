@@ -1,4 +1,4 @@
-"""Tests for monitor/signed_commands.py: HMAC envelopes, expiry and replay windows."""
+"""Tests for monitor/alerts/signed_commands.py: HMAC envelopes, expiry and replay windows."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from monitor.signed_commands import Command, CommandRefused, envelope, signature, verify
+from monitor.alerts.signed_commands import Command, CommandRefused, envelope, signature, verify
 
 KEY = b"secret"
 

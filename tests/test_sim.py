@@ -7,14 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from monitor import margin, venue_errors
+from monitor.config.settings import SimSettings
+from monitor.core.margin import report as margin
+from monitor.core.model import AccountUpdate, Event, PriceTick
+from monitor.core.state import apply, initial_state
 from monitor.errors import UserError
-from monitor.model import AccountUpdate, Event, PriceTick
-from monitor.settings import SimSettings
-from monitor.sources.base import Source, TradingSource
+from monitor.protect.desk import TradingSource
+from monitor.protect.executor import market_rules
+from monitor.sources.base import Source
 from monitor.sources.sim import DEMO_BOOK, SimVenue, selloff_keyframes
 from monitor.sources.sim_prices import Keyframe, ScriptedPath, load_replay
-from monitor.state import apply, initial_state
+from monitor.venues import errors as venue_errors
 
 BTC, ETH, SOL = (m.symbol for m in DEMO_BOOK.markets)
 SYMBOLS = [m.symbol for m in DEMO_BOOK.markets]
@@ -259,6 +262,47 @@ class TestOrders:
         market = venue.market(ETH)
         assert market["precision"]["amount"] == 0.01
         assert market["limits"]["amount"]["min"] == 0.01
+
+
+class TestOrderDesk:
+    """The rest of the order contract (protect/desk.py), as a live account answers it."""
+
+    async def test_find_order_by_client_id_open_or_filled(self) -> None:
+        """Test that a filled order is found by client id though no longer open, and that an
+        unknown client id or another symbol finds nothing."""
+        venue = SimVenue("demo", FAST)
+        params = {"reduceOnly": True, "clientOrderId": "mm-find-1"}
+        placed = await venue.create_order(BTC, "market", "sell", 0.5, None, params)
+        assert await venue.fetch_open_orders(BTC) == []
+        found = await venue.find_order("mm-find-1", BTC)
+        assert found is not None
+        assert (found["id"], found["status"], found["filled"]) == (placed["id"], "closed", 0.5)
+        assert await venue.find_order("mm-find-2", BTC) is None
+        assert await venue.find_order("mm-find-1", ETH) is None
+
+    async def test_stops_listed_and_cancelled_apart_from_limits(self) -> None:
+        """Test that open_stops lists resting stops only (not a resting limit) and that
+        cancel_stop cancels one, after which it is gone from the list."""
+        venue = SimVenue("demo", FAST)
+        mark = venue.snapshot().positions[0].mark_price
+        stop = await venue.create_order(
+            BTC, "market", "sell", 0.5, None, {"reduceOnly": True, "stopLossPrice": mark * 0.9}
+        )
+        await venue.create_order(BTC, "limit", "sell", 0.1, mark * 1.5, {"reduceOnly": True})
+        assert [o["id"] for o in await venue.open_stops(BTC)] == [stop["id"]]
+        cancelled = await venue.cancel_stop(stop["id"], BTC)
+        assert cancelled["status"] == "canceled"
+        assert await venue.open_stops(BTC) == []
+        assert len(await venue.fetch_open_orders(BTC)) == 1
+
+    def test_precision_and_in_flight_window(self) -> None:
+        """Test that the sim reads amount precision as a step (ccxt TICK_SIZE) and has no
+        in-flight window: it answers every order in-process."""
+        venue = SimVenue("demo", FAST)
+        assert venue.precision_mode == 4  # ccxt.base.decimal_to_precision.TICK_SIZE
+        rules = market_rules(venue, BTC, "sim")
+        assert rules.amount_step == venue.market(BTC)["precision"]["amount"]
+        assert venue.in_flight_window() is None
 
 
 class TestStream:

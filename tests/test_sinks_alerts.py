@@ -1,4 +1,4 @@
-"""Tests for monitor/sinks/alerts.py: the daemon's alert consumer and its wiring."""
+"""Tests for monitor/alerts/sink.py: the daemon's alert consumer and its wiring."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from monitor.alert_settings import MqttSettings, NotifySettings
-from monitor.model import SourceStale, SourceUp
-from monitor.rules import AlertConfig
-from monitor.sinks.alerts import build_alerts_sink
+from monitor.alerts.sink import build_alerts_sink
+from monitor.config.alerts import MqttSettings, NotifySettings
+from monitor.core.model import SourceStale, SourceUp
+from monitor.core.rules import AlertConfig
 
 
 class TestBuildAlertsSink:

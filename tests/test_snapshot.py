@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from monitor.core.margin.report import report
 from monitor.errors import UserError
-from monitor.margin import report
 from monitor.snapshot import load_snapshot, parse_snapshot, report_to_dict, snapshot_to_dict
 from tests.strategies import accounts
 

@@ -1,4 +1,4 @@
-"""Tests for monitor/state.py: folding source events into an account's latest view."""
+"""Tests for monitor/core/state.py: folding source events into an account's latest view."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import replace
 from hypothesis import given
 from hypothesis import strategies as st
 
-from monitor.model import (
+from monitor.core.model import (
     AccountSnapshot,
     AccountUpdate,
     Collateral,
@@ -18,7 +18,7 @@ from monitor.model import (
     SourceStale,
     SourceUp,
 )
-from monitor.state import AccountState, apply, initial_state
+from monitor.core.state import AccountState, apply, initial_state
 from tests.strategies import SYMBOLS, accounts
 
 BTC = "BTC/USDT:USDT"

@@ -20,8 +20,7 @@ import aiomqtt
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitor.daemon import shard_of
-from monitor.shards import INDEX_ENV, SHARDS_ENV
+from monitor.daemon.shards import INDEX_ENV, SHARDS_ENV, shard_of
 from tests.mqtt_broker import Collector, Mosquitto, free_port
 
 CONSOLE_SCRIPT = Path(sys.executable).with_name("margin-monitor")

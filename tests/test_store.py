@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from monitor.alert_message import AlertMessage
-from monitor.alerting import AlertPipeline
-from monitor.model import MarginReport
-from monitor.rules import AlertConfig, RulesState, Silence, add_silence
+from monitor.alerts.message import AlertMessage
+from monitor.alerts.pipeline import AlertPipeline
+from monitor.core.model import MarginReport
+from monitor.core.rules import AlertConfig, RulesState, Silence, add_silence
 from monitor.store import Store
 
 CONFIG = AlertConfig(repeat_every=0, shock_warning=None, shock_critical=None,

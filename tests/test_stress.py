@@ -1,4 +1,4 @@
-"""monitor.stress: what-if prices, shocks to liquidation and the minimal reduction."""
+"""monitor.core.stress: what-if prices, shocks to liquidation and the minimal reduction."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from monitor.margin import report
-from monitor.model import AccountSnapshot, Collateral, Position, Tier
-from monitor.stress import (
+from monitor.core.margin.report import report
+from monitor.core.model import AccountSnapshot, Collateral, Position, Tier
+from monitor.core.stress import (
     minimal_reduction,
     reduced,
     shock_to_liquidation,
@@ -208,9 +208,9 @@ class TestSurplusAt:
     def test_equals_the_surplus_of_the_shocked_account(self, s: AccountSnapshot, move: float,
                                                        weighted: bool) -> None:
         """Test that the shock solver's fast evaluation equals re-pricing the account."""
-        from monitor.margin import surplus
-        from monitor.stress import _factor, _without_reported
-        from monitor.valuation import surplus_at
+        from monitor.core.margin.report import surplus
+        from monitor.core.margin.valuation import surplus_at
+        from monitor.core.stress import _factor, _without_reported
 
         base = _without_reported(s)
         marks = [p.mark_price * _factor(p.beta if weighted else 1.0, move)

@@ -1,10 +1,10 @@
-"""Tests for monitor/switches.py: pausing protective actions, per account and globally."""
+"""Tests for monitor/protect/switches.py: pausing protective actions, per account and globally."""
 
 from __future__ import annotations
 
 import math
 
-from monitor.switches import ActionSwitches
+from monitor.protect.switches import ActionSwitches
 
 
 class TestActionSwitches:

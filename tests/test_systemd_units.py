@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from monitor.cli import build_parser
-from monitor.settings import load_settings
+from monitor.cli.app import build_parser
+from monitor.config.settings import load_settings
 
 UNITS = Path(__file__).resolve().parent.parent / "systemd"
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")

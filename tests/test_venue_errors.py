@@ -1,4 +1,4 @@
-"""Tests for monitor/venue_errors.py: ccxt's error vocabulary without importing ccxt."""
+"""Tests for monitor/venues/errors.py: ccxt's error vocabulary without importing ccxt."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import ccxt
 
-from monitor import venue_errors
-from monitor.venue_errors import catching
+from monitor.venues import errors as venue_errors
+from monitor.venues.errors import catching
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,7 +36,7 @@ class TestCatching:
                 raise exc
             except catching("InvalidOrder") as seen:
                 caught.append(seen)
-        assert [type(e).__module__ for e in caught] == ["ccxt.base.errors", "monitor.venue_errors"]
+        assert [type(e).__module__ for e in caught] == ["ccxt.base.errors", "monitor.venues.errors"]
 
     def test_other_families_pass_through(self) -> None:
         """Test that a transport error is not caught as a rejection."""
@@ -63,7 +63,7 @@ class TestSimOnlyDaemon:
             "import sys, runpy\n"
             "sys.argv = ['margin-monitor', 'run', '--config', sys.argv[1], '--no-tui',"
             " '--duration', '4']\n"
-            "from monitor.cli import main\n"
+            "from monitor.cli.app import main\n"
             "code = main(sys.argv[1:])\n"
             "print('CCXT_LOADED' if 'ccxt' in sys.modules else 'CCXT_ABSENT')\n"
             "sys.exit(code)\n"

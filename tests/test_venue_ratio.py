@@ -1,4 +1,4 @@
-"""Tests for monitor/venue_ratio.py and its use by the daemon: the venue's own ratio has
+"""Tests for monitor/core/venue_ratio.py and its use by the daemon: the venue's own ratio has
 teeth (issue 11 §4): drift alerts, and the ratio alerts and actions use never understates it."""
 
 from __future__ import annotations
@@ -11,15 +11,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from monitor import margin
-from monitor.alert_message import AlertMessage
-from monitor.alerting import AlertPipeline
-from monitor.model import AccountUpdate, MarginReport, ModelDrift
-from monitor.rules import AlertConfig
+from monitor.alerts.message import AlertMessage
+from monitor.alerts.pipeline import AlertPipeline
+from monitor.core.margin import report as margin
+from monitor.core.model import AccountUpdate, MarginReport, ModelDrift
+from monitor.core.rules import AlertConfig
+from monitor.core.venue_ratio import VenueAnchor, carried, observe, used_ratio, with_venue
 from monitor.snapshot import report_to_dict
 from monitor.sources.exchange import ExchangeSource
 from monitor.store import Store
-from monitor.venue_ratio import VenueAnchor, carried, observe, used_ratio, with_venue
 from tests.fakes.account import account_for
 from tests.fakes.binance import API_KEY, SECRET, BinancePosition, FakeBinanceUsdm
 from tests.test_account_view import Recorder, daemon

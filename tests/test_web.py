@@ -1,4 +1,4 @@
-"""Tests for monitor/web.py: the `/api/status` document, and the status page in a real browser.
+"""Tests for monitor/channels/web.py: the `/api/status` document, the status page in a browser.
 
 The browser is Debian's chromium driven by playwright (`executable_path`, nothing downloaded);
 the daemon runs in-process, wired by `daemon.build_sinks` exactly as `margin-monitor run`
@@ -19,12 +19,13 @@ from typing import Any
 import aiohttp
 import pytest
 
-from monitor.daemon import build_sinks, run_daemon
-from monitor.metrics import MetricsSink
-from monitor.model import AccountSnapshot, Event, MarginReport, PriceTick, ShockToLiquidation
-from monitor.settings import load_settings
+from monitor.channels.web import HISTORY_SPAN, HISTORY_STEP, AccountView, StatusSink, status_json
+from monitor.config.settings import load_settings
+from monitor.core.model import AccountSnapshot, Event, MarginReport, PriceTick, ShockToLiquidation
+from monitor.daemon.supervisor import run_daemon
+from monitor.daemon.wiring import build_sinks
+from monitor.ops.metrics import MetricsSink
 from monitor.sources.sim import SimVenue
-from monitor.web import HISTORY_SPAN, HISTORY_STEP, AccountView, StatusSink, status_json
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "build" / "screenshots"

@@ -53,7 +53,7 @@ from typing import Any, Literal
 
 import structlog
 
-from monitor.model import STABLE_ASSETS, Collateral, CollateralTier, VenueMargin
+from monitor.core.model import STABLE_ASSETS, Collateral, CollateralTier, VenueMargin
 from monitor.sources.normalize import MalformedPayload, VenueFigures
 
 __all__ = [

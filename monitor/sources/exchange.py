@@ -22,15 +22,12 @@ has a freshness clock; `SourceStale` when it passes `stale_after`, `SourceUp` wh
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import json
 import math
 import re
-import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -39,9 +36,9 @@ import ccxt.pro as ccxtpro
 import structlog
 from ccxt.base import errors as ccxt_errors
 
-from monitor import logs, margin
-from monitor.errors import UserError
-from monitor.model import (
+from monitor.config.settings import ccxt_credentials
+from monitor.core.margin import report as margin
+from monitor.core.model import (
     AccountSnapshot,
     AccountUpdate,
     Collateral,
@@ -53,8 +50,9 @@ from monitor.model import (
     SourceUp,
     Tier,
 )
-from monitor.settings import ccxt_credentials, load_settings
-from monitor.snapshot import snapshot_to_dict
+from monitor.core.stress import with_prices
+from monitor.errors import UserError
+from monitor.ops import logs
 from monitor.sources import budget
 from monitor.sources.backoff import Backoff, Freshness, FreshnessChange, Throttle
 from monitor.sources.collateral_rules import CollateralRulesReader, venue_margin
@@ -69,7 +67,7 @@ from monitor.sources.normalize import (
     unpriced_assets,
     venue_figures,
 )
-from monitor.stress import with_prices
+from monitor.venues.orders import TRIGGER, client_id_query, query_params
 
 __all__ = [
     "AccountConfig",
@@ -77,8 +75,6 @@ __all__ = [
     "KeyRejected",
     "VenueCheck",
     "build_exchange",
-    "check_account",
-    "snapshot_command",
 ]
 
 log = structlog.get_logger("monitor.sources.exchange")
@@ -98,7 +94,7 @@ class _Secret(Protocol):
 
 
 class AccountConfig(Protocol):
-    """What the source reads from an account's settings (monitor.settings.AccountSettings)."""
+    """What the source reads from an account's settings (config.settings.AccountSettings)."""
 
     @property
     def name(self) -> str: ...
@@ -272,14 +268,16 @@ def _one_line(exc: BaseException, limit: int = 240) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _venue_time(ticker: object, received: float) -> float:
+def _venue_time(ticker: object, received: float, offset: float = 0.0) -> float:
     """When the venue says the price was true (ccxt `timestamp`, ms), else when it arrived.
 
-    Never later than its arrival: a venue clock running ahead must not make one price
-    outrank every later one (docs/account-view.md)."""
+    `offset` (seconds, local − venue: ccxt's `options['timeDifference']` once
+    `load_time_difference` ran) puts the venue's clock on ours. Never later than its
+    arrival: a venue clock running ahead must not make one price outrank every later one
+    (docs/account-view.md)."""
     stamp = ticker.get("timestamp") if isinstance(ticker, Mapping) else None
     if isinstance(stamp, int | float) and math.isfinite(stamp) and stamp > 0:
-        return min(float(stamp) / 1000.0, received)
+        return min(float(stamp) / 1000.0 + offset, received)
     return received
 
 
@@ -408,7 +406,7 @@ class ExchangeSource:
             with contextlib.suppress(Exception):
                 await self.exchange.close()
 
-    # --- the order desk (monitor.sources.base.OrderDesk): ccxt's own calls, unchanged ---------
+    # --- the order desk (protect/desk.py): ccxt's calls, the venue's params from venues/ --------
 
     async def _ready(self) -> Any:
         exchange = await self.open()
@@ -433,7 +431,28 @@ class ExchangeSource:
 
     async def fetch_order(self, id: str, symbol: str | None = None) -> dict[str, Any]:
         exchange = await self._ready()
-        order: dict[str, Any] = await exchange.fetch_order(id, symbol)
+        order: dict[str, Any] = await exchange.fetch_order(id, symbol, query_params(self.venue))
+        return order
+
+    async def find_order(self, client_id: str, symbol: str) -> dict[str, Any] | None:
+        exchange = await self._ready()
+        with contextlib.suppress(ccxt_errors.OrderNotFound):
+            found: dict[str, Any] = await exchange.fetch_order(
+                "", symbol, client_id_query(self.venue, client_id)
+            )
+            return found
+        return None
+
+    async def open_stops(self, symbol: str) -> list[dict[str, Any]]:
+        exchange = await self._ready()
+        rows: list[dict[str, Any]] = await exchange.fetch_open_orders(
+            symbol, None, None, dict(TRIGGER)
+        )
+        return rows
+
+    async def cancel_stop(self, id: str, symbol: str) -> dict[str, Any]:
+        exchange = await self._ready()
+        order: dict[str, Any] = await exchange.cancel_order(id, symbol, dict(TRIGGER))
         return order
 
     async def fetch_open_orders(self, symbol: str | None = None) -> list[dict[str, Any]]:
@@ -457,6 +476,18 @@ class ExchangeSource:
     def market(self, symbol: str) -> dict[str, Any]:
         found: dict[str, Any] = self.exchange.market(symbol)
         return found
+
+    @property
+    def precision_mode(self) -> int | None:
+        mode: int | None = None if self.exchange is None else self.exchange.precisionMode
+        return mode
+
+    def in_flight_window(self) -> float | None:
+        exchange = self.exchange
+        if exchange is None:
+            return None
+        window_ms = (exchange.options or {}).get("recvWindow") or exchange.timeout or 0
+        return float(window_ms) / 1000.0
 
     async def __aenter__(self) -> ExchangeSource:
         await self.open()
@@ -665,7 +696,9 @@ class ExchangeSource:
         mark = self._mark_of(symbol, ticker)
         if mark is None:
             return None
-        at = _venue_time(ticker, self._clock())
+        offset = self.exchange.options.get("timeDifference") or 0
+        at = _venue_time(ticker, self._clock(),
+                         float(offset) / 1000.0 if isinstance(offset, int | float) else 0.0)
         if at >= self._mark_at.get(symbol, -math.inf):
             self.marks[symbol] = mark
             self._mark_at[symbol] = at
@@ -905,94 +938,3 @@ class ExchangeSource:
 # --- commands ---------------------------------------------------------------------------------
 
 
-async def _trade_permission(exchange: Any, venue: str, balance: Mapping[str, Any]) -> str:
-    """What the venue says about the key's rights, in words."""
-    if venue == "binanceusdm":
-        # v3 account answers no longer carry canTrade; Futures Account Configuration does
-        # (GET /fapi/v1/accountConfig, USDⓈ-M docs)
-        config = await exchange.fapiPrivateGetAccountConfig()
-        if isinstance(config, Mapping) and "canTrade" in config:
-            return "can trade" if config["canTrade"] else "read-only (canTrade is false)"
-    info = balance.get("info")
-    if venue == "binance" and isinstance(info, Mapping) and "canTrade" in info:
-        return "can trade" if info["canTrade"] else "read-only (canTrade is false)"
-    if venue == "bybit":
-        answer = await exchange.privateGetV5UserQueryApi()
-        read_only = str(answer.get("result", {}).get("readOnly"))
-        return "read-only (readOnly=1)" if read_only == "1" else "can trade"
-    if venue == "okx":
-        answer = await exchange.privateGetAccountConfig()
-        perm = str((answer.get("data") or [{}])[0].get("perm", ""))
-        return "can trade" if "trade" in perm else f"read-only (perm={perm!r})"
-    return "trade permission unknown (the venue's API does not report it)"
-
-
-@contextlib.contextmanager
-def _as_user_error(settings: AccountConfig, failure: str) -> Iterator[None]:
-    """Exchange errors of a one-shot CLI command as the one line a person reads."""
-    try:
-        yield
-    except ccxt_errors.AuthenticationError as exc:
-        venue_said = exc.__cause__ if isinstance(exc, KeyRejected) and exc.__cause__ else exc
-        raise UserError(f"accounts.{settings.name}: {settings.exchange} rejected the keys "
-                        f"({_one_line(venue_said)}); check api_key/secret/password") from None
-    except (ccxt_errors.BaseError, MalformedPayload) as exc:
-        raise UserError(f"accounts.{settings.name}: {failure} ({_one_line(exc)})") from None
-
-
-async def check_account(settings: AccountConfig) -> str:
-    """Connect, load markets, read balances; one line saying what the keys can do."""
-    source = ExchangeSource(settings)
-    try:
-        with _as_user_error(settings, f"{settings.exchange} check failed"):
-            exchange = await source.open()
-            await exchange.load_markets()
-            balance = await exchange.fetch_balance()
-            collateral = await source.collateral_of(balance)
-            permission = await _trade_permission(exchange, source.venue, balance)
-    finally:
-        await source.close()
-    wallet = ", ".join(
-        f"{c.asset} {c.amount:g}" + ("" if c.price == 1.0 else f" @ {c.price:g} {source.currency}")
-        for c in collateral
-    ) or "empty"
-    return (f"{settings.name}: {settings.exchange} ok, {len(exchange.markets)} markets, "
-            f"wallet {wallet}; keys {permission}")
-
-
-def _load_account(config: str, name: str) -> AccountConfig:
-    loaded = load_settings(config)
-    for account in loaded.accounts:
-        if account.name == name:
-            if account.exchange == "sim":
-                raise UserError(f"--account {name}: is a 'sim' account; snapshot reads "
-                                "live exchange accounts only")
-            return account
-    names = ", ".join(a.name for a in loaded.accounts) or "none"
-    raise UserError(f"--account {name!r} is not in {config} (accounts: {names})")
-
-
-async def _snapshot_json(settings: AccountConfig) -> dict[str, Any]:
-    source = ExchangeSource(settings)
-    try:
-        with _as_user_error(settings, "could not read the account"):
-            snap = await source.fetch_snapshot()
-    finally:
-        await source.close()
-    return snapshot_to_dict(snap)
-
-
-def snapshot_command(args: argparse.Namespace) -> int:
-    """`margin-monitor snapshot --config FILE --account NAME [-o FILE]`."""
-    account = _load_account(args.config, args.account)
-    data = asyncio.run(_snapshot_json(account))
-    text = json.dumps(data, indent=2) + "\n"
-    if args.output:
-        try:
-            with open(args.output, "w", encoding="utf-8") as fh:
-                fh.write(text)
-        except OSError as exc:
-            raise UserError(f"-o {args.output}: cannot write ({exc.strerror})") from None
-    else:
-        sys.stdout.write(text)
-    return 0

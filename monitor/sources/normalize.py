@@ -1,4 +1,4 @@
-"""ccxt structures -> monitor.model, with every venue quirk in one named function.
+"""ccxt structures -> monitor.core.model, with every venue quirk in one named function.
 
 ccxt's unified structures are close to what the margin core needs, but not close enough
 to trust blindly (docs/venues.md, docs/margin-math.md):
@@ -24,8 +24,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from monitor.model import STABLE_ASSETS, Collateral, MarginMode, Position, Side, Tier
-from monitor.valuation import margin_ratio
+from monitor.core.margin.valuation import margin_ratio
+from monitor.core.model import STABLE_ASSETS, Collateral, MarginMode, Position, Side, Tier
 
 __all__ = [
     "MalformedPayload",

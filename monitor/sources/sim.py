@@ -15,11 +15,11 @@ actions (docs/actions.md) run against without a network:
   i.e. warning → critical → emergency → resolved at the default thresholds; or from a CSV
   (`--replay`). Streamed as `PriceTick`s at `tick_rate` per sim second, `speed` sim seconds
   per wall second.
-- Orders through the ccxt-shaped `OrderDesk` surface (sources/base.py): reduce-only market
+- Orders through the ccxt-shaped `OrderDesk` contract (protect/desk.py): reduce-only market
   orders fill at the mark, limit and trigger (stop) orders rest until the mark crosses.
   Like a venue: an order without `reduceOnly`, one in the direction that would grow the
   position, or one larger than the position is rejected with `InvalidOrder` (ccxt's class name, from
-  monitor/venue_errors.py, so a sim-only daemon never imports ccxt; Binance
+  monitor/venues/errors.py, so a sim-only daemon never imports ccxt; Binance
   answers -2022 "ReduceOnly Order is rejected"); an amount off the market's step or below
   its minimum is rejected too; a resent `clientOrderId` returns the existing order instead
   of placing a second one (Binance -4015 dedups the same way). A fill realises PnL minus
@@ -41,8 +41,9 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from monitor import margin
-from monitor.model import (
+from monitor.config.settings import SimSettings
+from monitor.core.margin import report as margin
+from monitor.core.model import (
     AccountSnapshot,
     AccountUpdate,
     Collateral,
@@ -53,10 +54,10 @@ from monitor.model import (
     Tier,
     base_asset,
 )
-from monitor.settings import SimSettings
 from monitor.sources.collateral_rules import CollateralRules, apply_rules, rules_from_binance
 from monitor.sources.sim_prices import Keyframe, ReplayStep, ScriptedPath
-from monitor.venue_errors import BadSymbol, InvalidOrder, OrderNotFound
+from monitor.venues.errors import BadSymbol, InvalidOrder, OrderNotFound
+from monitor.venues.orders import TICK_SIZE
 
 __all__ = [
     "DEMO_BOOK",
@@ -355,7 +356,7 @@ class SimVenue:
         self._closed = True
         self._wake.set()
 
-    # --- OrderDesk (ccxt-shaped) ---------------------------------------------------------------
+    # --- OrderDesk (protect/desk.py): the whole order contract, as a live venue ------------
 
     def market(self, symbol: str) -> dict[str, Any]:
         """ccxt market structure of a sim market."""
@@ -513,6 +514,30 @@ class SimVenue:
             raise OrderNotFound(f"sim: order {id} is not open")
         order["status"] = "canceled"
         return dict(order)
+
+    @property
+    def precision_mode(self) -> int:
+        """ccxt's TICK_SIZE: `precision.amount` is the step itself."""
+        return TICK_SIZE
+
+    async def find_order(self, client_id: str, symbol: str) -> dict[str, Any] | None:
+        """Any order of ours by client id, open, filled or cancelled (None: none sent)."""
+        order_id = self._by_client_id.get(client_id)
+        if order_id is None or self._orders[order_id]["symbol"] != symbol:
+            return None
+        return dict(self._orders[order_id])
+
+    async def open_stops(self, symbol: str) -> list[dict[str, Any]]:
+        """Untriggered stop orders on `symbol`."""
+        return [o for o in await self.fetch_open_orders(symbol) if o.get("triggerPrice")]
+
+    async def cancel_stop(self, id: str, symbol: str) -> dict[str, Any]:
+        """Cancel a resting stop (the sim keeps stops with the other orders)."""
+        return await self.cancel_order(id, symbol)
+
+    def in_flight_window(self) -> float | None:
+        """None: the sim answers every order in-process, none is ever left in flight."""
+        return None
 
     # --- internals ---------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""A stand-in for one account's settings, shaped like monitor.settings.AccountSettings."""
+"""A stand-in for one account's settings, shaped like monitor.config.settings.AccountSettings."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from monitor.model import Event
+from monitor.core.model import Event
 
 
 @dataclass(frozen=True)

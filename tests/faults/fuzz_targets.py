@@ -6,7 +6,7 @@ one exception type per entry point whose message is a single non-empty line:
 
 - snapshot parsing (`monitor.snapshot.parse_snapshot`): `UserError`;
 - payload normalisation (`monitor.sources.normalize`): `MalformedPayload`;
-- config loading (`monitor.settings.load_settings` on a TOML file): `UserError`.
+- config loading (`monitor.config.settings.load_settings` on a TOML file): `UserError`.
 
 An accepted input must also be usable: a parsed snapshot gets a margin report and survives a
 round trip through `snapshot_to_dict`; normalised positions and collateral hold only finite
@@ -24,9 +24,9 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from monitor.config.settings import load_settings
+from monitor.core.margin.report import report
 from monitor.errors import UserError
-from monitor.margin import report
-from monitor.settings import load_settings
 from monitor.snapshot import parse_snapshot, snapshot_to_dict
 from monitor.sources.normalize import (
     MalformedPayload,

@@ -14,11 +14,11 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from monitor import http_guard
-from monitor.alerting import AlertPipeline
-from monitor.command_http import command_app
-from monitor.rules import AlertConfig
-from monitor.signed_commands import Command, envelope, signature
+from monitor.alerts.command_http import command_app
+from monitor.alerts.pipeline import AlertPipeline
+from monitor.alerts.signed_commands import Command, envelope, signature
+from monitor.core.rules import AlertConfig
+from monitor.ops import http_guard
 from monitor.store import Store
 
 __all__ = ["EnvelopeChecker", "HttpChecker", "envelope_inputs", "http_inputs"]

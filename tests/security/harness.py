@@ -21,7 +21,7 @@ from typing import Any
 
 import aiomqtt
 
-from monitor.signed_commands import Command, envelope
+from monitor.alerts.signed_commands import Command, envelope
 from tests.mqtt_broker import Mosquitto, collecting, free_port
 
 __all__ = ["SECRET", "SIM_ACCOUNT", "Daemon", "command", "running_daemon", "script"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from monitor.switches import ActionSwitches
+from monitor.protect.switches import ActionSwitches
 from tests.fakes.binance import BinancePosition, FakeBinanceUsdm
 from tests.fakes.binance_orders import BinanceOrders
 from tests.test_backstop import _backstop, _report, venue  # noqa: F401 - the fixture

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from monitor.alerts.signed_commands import signature
+from monitor.config.settings import load_settings
 from monitor.errors import UserError
-from monitor.settings import load_settings
-from monitor.signed_commands import signature
 from monitor.snapshot import parse_snapshot
 from tests.mqtt_broker import free_port
 from tests.security.harness import script
@@ -255,9 +255,9 @@ class TestHostileEnvelope:
         """Test that the endpoint answers 403 with the reason and the refusal is audited."""
         import aiohttp
 
-        from monitor.alerting import AlertPipeline
-        from monitor.command_http import serve_commands
-        from monitor.rules import AlertConfig
+        from monitor.alerts.command_http import serve_commands
+        from monitor.alerts.pipeline import AlertPipeline
+        from monitor.core.rules import AlertConfig
         from monitor.store import Store
 
         pipeline = AlertPipeline(Store(tmp_path / "a.db"), AlertConfig(), command_secret=b"k")
@@ -286,7 +286,7 @@ class TestLogStreamLost:
         when stdout is a pipe, and logging goes quietly to /dev/null either way."""
         import logging
 
-        from monitor import logs
+        from monitor.ops import logs
 
         class Broken:
             def write(self, text: str) -> int:

@@ -142,9 +142,9 @@ class TestHttpFlood:
         and a signed pause sent after them is executed."""
         import aiohttp
 
-        from monitor.alerting import AlertPipeline
-        from monitor.command_http import serve_commands
-        from monitor.rules import AlertConfig
+        from monitor.alerts.command_http import serve_commands
+        from monitor.alerts.pipeline import AlertPipeline
+        from monitor.core.rules import AlertConfig
         from monitor.store import Store
         from tests.mqtt_broker import free_port
         from tests.security.harness import SECRET

@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from monitor import http_guard
-from monitor.logs import Throttle
+from monitor.ops import http_guard
+from monitor.ops.logs import Throttle
 from tests.mqtt_broker import Mosquitto, free_port
 from tests.security.harness import Daemon
 
@@ -174,7 +174,7 @@ class TestBodyTimeout:
     async def test_slow_body_gets_408(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """Test that a POST /command whose body does not arrive in time is answered 408 and
         the handler never sees it."""
-        from monitor.command_http import serve_commands
+        from monitor.alerts.command_http import serve_commands
 
         monkeypatch.setattr(http_guard, "BODY_TIMEOUT", 0.3)
         seen: list[bytes] = []

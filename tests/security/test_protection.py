@@ -94,9 +94,9 @@ class TestTerminal:
         then protection_enabled, and the audit trail holds both."""
         from rich.console import Console
 
-        from monitor.rules import AlertConfig
-        from monitor.sinks.alerts import build_alerts_sink
-        from monitor.sinks.console import ConsoleSink
+        from monitor.alerts.sink import build_alerts_sink
+        from monitor.channels.console import ConsoleSink
+        from monitor.core.rules import AlertConfig
 
         alerts = build_alerts_sink(tmp_path, AlertConfig(), None, None)
         alerts.disable_protection("demo", "state directory /x is not writable", "critical")

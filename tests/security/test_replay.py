@@ -11,13 +11,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from monitor.alert_message import build_message
-from monitor.alert_settings import NotifyChannel
-from monitor.alerting import AlertPipeline
-from monitor.model import MarginReport
-from monitor.rules import AlertConfig
-from monitor.signed_commands import Command, CommandRefused, envelope, signature, verify
-from monitor.sinks.notify import NotifySink
+from monitor.alerts.message import build_message
+from monitor.alerts.pipeline import AlertPipeline
+from monitor.alerts.signed_commands import Command, CommandRefused, envelope, signature, verify
+from monitor.channels.notify import NotifySink
+from monitor.config.alerts import NotifyChannel
+from monitor.core.model import MarginReport
+from monitor.core.rules import AlertConfig
 from monitor.store import Store
 from tests.mqtt_broker import Mosquitto
 from tests.security.harness import SECRET, command, running_daemon

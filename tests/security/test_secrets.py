@@ -20,8 +20,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from monitor.logs import secrets_of
-from monitor.settings import load_settings
+from monitor.config.settings import load_settings
+from monitor.ops.logs import secrets_of
 from tests.fakes.binance import FakeBinanceUsdm
 from tests.faults.fuzz_targets import to_toml
 from tests.mqtt_broker import Mosquitto, collecting

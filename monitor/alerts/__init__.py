@@ -1,0 +1,1 @@
+"""The alert pipeline (rules -> outbox -> channels), messages, signed commands."""

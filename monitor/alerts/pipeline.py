@@ -1,0 +1,626 @@
+"""The alert pipeline: rules -> outbox -> sinks, at least once, with retries and backoff.
+
+    report / source event ──▶ rules.evaluate ──▶ store.commit(state + outbox rows) ──▶ wake
+                                                                                          │
+    sink[<name>] task: due rows ──▶ sink.deliver(batch) ──▶ delivered: delete rows        ▼
+                                                         └─ failed: attempts+1, jittered backoff
+
+The rules stay pure; this module is the asyncio shell around them (STYLE.md, sans-IO). A
+message is in SQLite before any sink sees it, so a crash between "decided" and "delivered"
+only ever produces a duplicate (receivers deduplicate on the stable message id), never a
+loss. Each sink drains its own rows, so a dead phone service never delays MQTT.
+
+Commands (acknowledge, silence, pause/resume) arrive signed (signed_commands.py) from the
+MQTT command topic or a phone's action button and are executed here, because this object
+owns the alert state; pauses go to the shared `ActionSwitches` the executor reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import math
+import random
+import time
+from collections.abc import Callable, Collection, Iterable, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import structlog
+
+from monitor.alerts.message import AlertMessage, build_message
+from monitor.alerts.signed_commands import Command, CommandRefused, envelope, verify
+from monitor.core import rules
+from monitor.core.model import MarginReport, ModelDrift, SourceDown, SourceStale, SourceUp
+from monitor.core.rules import AlertConfig, AlertEvent, AlertKind, Level, RulesState, Silence
+from monitor.ops.logs import redact
+from monitor.ops.metrics import record_alerts_sent
+from monitor.protect.switches import ActionSwitches
+from monitor.store import Store
+
+__all__ = [
+    "AlertPipeline",
+    "AlertSink",
+    "PacedSink",
+    "ReportObserver",
+    "backoff",
+    "raise_if_cancelling",
+]
+
+log = structlog.get_logger("monitor.alerting")
+
+#: Longest wait between two delivery attempts of one message (seconds).
+BACKOFF_CAP = 60.0
+#: Pause length when a pause command names no duration: a pause must always end.
+DEFAULT_PAUSE = 3600.0
+#: Refused commands are audited and logged once per source per this many seconds, with a
+#: count (docs/hardening.md: a flood of 50 000 junk commands wrote 50 000 rows and log lines).
+REFUSAL_WINDOW = 60
+#: Sources tallied at once; more (an HTTP flood from many addresses) share one tally.
+REFUSAL_SOURCES = 256
+#: Seconds between two retention passes over the store (store.prune).
+PRUNE_EVERY = 3600.0
+#: structlog method per level, so a log-based alert rule can key on severity.
+_LOG_METHOD = {"ok": "info", "warning": "warning", "critical": "error", "emergency": "critical"}
+
+
+def backoff(attempt: int) -> float:
+    """Seconds before retry number `attempt` (1-based): full jitter, exponential, capped.
+
+    The one-line form aiomqtt v3 uses for reconnects (STYLE.md); jitter keeps many queued
+    messages from retrying in lockstep against a recovering service.
+    """
+    return min(BACKOFF_CAP, random.uniform(0, 1.5 ** min(10, attempt)))  # noqa: S311
+
+
+def raise_if_cancelling() -> None:
+    """Re-raise a cancellation that was swallowed on the way here.
+
+    Python 3.11's `asyncio.wait_for` (aiomqtt 2.x uses it for every acknowledgement) loses
+    a cancellation that arrives as the awaited future completes (CPython gh-86296, fixed in
+    3.12); the request count stays set, so checking it at safe points restores shutdown.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+@runtime_checkable
+class AlertSink(Protocol):
+    """Something that delivers alert messages (MQTT, a phone channel, the console)."""
+
+    name: str
+
+    def wants(self, message: AlertMessage) -> bool:
+        """Whether this sink should get `message` at all (decided once, at enqueue time)."""
+        ...
+
+    async def deliver(self, messages: Sequence[AlertMessage]) -> Collection[str]:
+        """Deliver a batch; return the ids the far side acknowledged. Raise on total failure."""
+        ...
+
+
+@runtime_checkable
+class PacedSink(Protocol):
+    """A sink that can only take a batch at certain moments (a paced channel, a session).
+
+    `deliver_forever` awaits `ready()` BEFORE it picks the batch, so everything that became
+    due while the sink was not ready (an escalation during a phone channel's pacing wait)
+    leaves in the first batch the sink can take, not one round later (docs/alerts.md).
+    """
+
+    async def ready(self) -> None:
+        """Return once a batch given now would be sent at once."""
+        ...
+
+
+@runtime_checkable
+class ReportObserver(Protocol):
+    """A sink that also shows every report (MQTT's retained state topic)."""
+
+    def observe_report(self, report: MarginReport, level: str) -> None:
+        """Take the newest report of an account; must not block."""
+        ...
+
+
+@dataclasses.dataclass(slots=True)
+class _RefusalTally:
+    """Refused commands of one source in one minute: one audit row, counted up."""
+
+    minute: int
+    reasons: dict[str, int]
+    count: int = 1
+    seq: int = 0
+    dirty: bool = False
+
+    def add(self, reason: str) -> None:
+        self.count += 1
+        self.dirty = True
+        if reason in self.reasons or len(self.reasons) < 16:
+            self.reasons[reason] = self.reasons.get(reason, 0) + 1
+
+    def payload(self, source: str) -> dict[str, Any]:
+        return {"source": source, "count": self.count, "reasons": self.reasons,
+                "minute": self.minute * REFUSAL_WINDOW}  # fmt: skip
+
+
+class AlertPipeline:
+    """Owns the alert state; turns reports into persisted, delivered messages.
+
+    Args:
+        store: the SQLite store (alert state, outbox, audit).
+        config: thresholds and timing.
+        sinks: where messages go; each gets its own delivery task `sink[<name>]`.
+        switches: the pause switch shared with the actions side.
+        command_secret: HMAC key for commands; None refuses every command.
+        clock: wall-clock seconds (injectable for tests).
+        action_note: what the protective action did or would do for an account, shown in
+            the message (the actions side provides it; None: nothing to say).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        config: AlertConfig,
+        sinks: Sequence[AlertSink] = (),
+        *,
+        switches: ActionSwitches | None = None,
+        command_secret: bytes | None = None,
+        clock: Callable[[], float] = time.time,
+        action_note: Callable[[str], str | None] | None = None,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.sinks = tuple(sinks)
+        self.switches = switches or ActionSwitches()
+        # Pauses survive a restart: reload them, then persist every change.
+        for account, until in store.load_pauses(clock()).items():
+            self.switches.pause(account, until)
+        self.switches.on_change = store.save_pause
+        self.clock = clock
+        self.action_note = action_note
+        self._secret = command_secret
+        self.state: RulesState = store.load_rules_state(clock())
+        self._reports: dict[str, MarginReport] = {}
+        self._wake = {sink.name: asyncio.Event() for sink in self.sinks}
+        #: configured account names; a command naming another is refused (None: no check)
+        self.accounts: frozenset[str] | None = None
+        self._refusals: dict[str, _RefusalTally] = {}
+        self._next_prune = 0.0
+        self._degraded_announced = False
+        self._direct: dict[str, tuple[float, Level]] = {}  # fingerprint -> (since, level)
+        for sink in self.sinks:
+            if hasattr(sink, "on_connected"):
+                # A sink that reconnects (MQTT) retries its backlog at once, not after backoff.
+                sink.on_connected = functools.partial(self.retry_now, sink.name)
+
+    # --- inputs -----------------------------------------------------------------------------
+
+    def on_report(self, report: MarginReport, now: float | None = None) -> tuple[AlertEvent, ...]:
+        """Evaluate one report; persist and queue what it produced. Never blocks on a sink."""
+        now = self.clock() if now is None else now
+        self.state, events = rules.evaluate(self.state, report, now, self.config)
+        previous = self._reports.get(report.account)
+        if (
+            report.shock_to_liquidation is None
+            and previous is not None
+            and previous.shock_to_liquidation is not None
+        ):
+            # The shock solve is throttled (settings.shock_interval): messages and the
+            # retained state show the last one computed rather than nothing.
+            report = dataclasses.replace(
+                report, shock_to_liquidation=previous.shock_to_liquidation
+            )
+        if (report.collateral_risk is None and previous is not None
+                and previous.collateral_risk is not None):
+            # solved with the shock (docs/collateral.md): the last one too, not nothing
+            report = dataclasses.replace(report, collateral_risk=previous.collateral_risk)
+        self._reports[report.account] = report
+        self._commit(events, now, (report.account,))
+        level = self.state.account_level(report.account)
+        for sink in self.sinks:
+            if isinstance(sink, ReportObserver):
+                sink.observe_report(report, level)
+        return events
+
+    def on_source_event(
+        self, event: SourceStale | SourceDown | SourceUp, now: float | None = None
+    ) -> tuple[AlertEvent, ...]:
+        """Stale data, a source down, a source back."""
+        now = self.clock() if now is None else now
+        if isinstance(event, SourceDown):
+            # foreign text (a venue's error) on its way to MQTT, phones and SQLite
+            event = dataclasses.replace(event, reason=redact(event.reason))
+        self.state, events = rules.on_source_event(self.state, event, now, self.config)
+        self._commit(events, now)
+        return events
+
+    def on_model_drift(self, event: ModelDrift, now: float | None = None) -> tuple[AlertEvent, ...]:
+        """Our ratio and the venue's drifted apart (or agree again): `model_drift`, through
+        the outbox like every alert."""
+        now = self.clock() if now is None else now
+        self.state, events = rules.on_model_drift(self.state, event, now, self.config)
+        self._commit(events, now)
+        return events
+
+    def raise_action_alert(
+        self, account: str, text: str, now: float | None = None
+    ) -> tuple[AlertEvent, ...]:
+        """A venue rejected a protective order: fire `<account>/action_rejected` (docs/actions.md).
+
+        Through the outbox like every alert, so MQTT and the phone channels get it at least
+        once; raising it again in the same episode sends nothing new.
+        """
+        now = self.clock() if now is None else now
+        text = redact(text)  # it quotes the venue's answer
+        self.state, events = rules.on_action_rejected(self.state, account, text, now, self.config)
+        self._commit(events, now)
+        return events
+
+    def resolve_action_alert(
+        self, account: str, now: float | None = None
+    ) -> tuple[AlertEvent, ...]:
+        """The rejection episode is over (back at target): resolve it. Cheap when not firing."""
+        if not self.state.alert(account, rules.RULE_ACTION_REJECTED).firing:
+            return ()
+        now = self.clock() if now is None else now
+        self.state, events = rules.on_action_resolved(self.state, account, now, self.config)
+        self._commit(events, now)
+        return events
+
+    def tick(self, now: float | None = None) -> tuple[AlertEvent, ...]:
+        """Repeats, hold times and silence expiry while no data arrives."""
+        now = self.clock() if now is None else now
+        self.state, events = rules.tick(self.state, now, self.config)
+        if events:
+            self._commit(events, now)
+        if self._refusals:
+            self._flush_refusals(now)
+        if now >= self._next_prune:
+            self._next_prune = now + PRUNE_EVERY
+            self.store.prune(now)
+        return events
+
+    def level(self, account: str) -> str:
+        """The account's current highest alert level."""
+        return self.state.account_level(account)
+
+    # --- persistence and fan-out ------------------------------------------------------------
+
+    def _commit(
+        self, events: Iterable[AlertEvent], now: float, accounts: Iterable[str] | None = None
+    ) -> None:
+        """Persist and queue; `accounts`: the only accounts whose alerts changed (a report)."""
+        queued: list[tuple[str, str, str, Sequence[str]]] = []
+        for event in events:
+            self._log(event)
+            if not event.delivered:
+                continue
+            note = self.action_note(event.account) if self.action_note else None
+            message = build_message(event, self._reports.get(event.account), note)
+            targets = [sink.name for sink in self.sinks if sink.wants(message)]
+            queued.append((message.id, message.account, message.to_json(), targets))
+        if self.store.degraded and not self._degraded_announced:
+            self._degraded_announced = True
+            queued.append(self._store_alert(self.store.degraded, now))
+        self.store.commit(self.state, queued, now, accounts)
+        if self.store.degraded and not self._degraded_announced:
+            # The commit itself hit the disk error; announce it (now from memory).
+            self._degraded_announced = True
+            self.store.commit(self.state, [self._store_alert(self.store.degraded, now)], now)
+        if queued or self._degraded_announced:
+            for wake in self._wake.values():
+                wake.set()
+
+    def _store_alert(self, reason: str, now: float) -> tuple[str, str, str, Sequence[str]]:
+        """A message about the state store itself: the daemon is running without memory."""
+        return self._direct_alert("daemon", "state_store", "firing", "critical", now, now, reason)
+
+    def protection_alert(
+        self, account: str, reason: str | None, level: Level, now: float | None = None
+    ) -> None:
+        """`<account>/protection_disabled` at `level` (the action level) while protective
+        actions cannot run (`reason`), resolved when they can again (None). Not a rule: the
+        actions side knows when it starts and ends (issue 13)."""
+        now = self.clock() if now is None else now
+        fingerprint = f"{account}/protection_disabled"
+        if reason is not None:
+            if fingerprint in self._direct:
+                return
+            self._direct[fingerprint] = (now, level)
+            row = self._direct_alert(account, "protection_disabled", "firing", level, now, now,
+                                     redact(reason))  # fmt: skip
+        else:
+            if fingerprint not in self._direct:
+                return
+            started, level = self._direct.pop(fingerprint)
+            row = self._direct_alert(account, "protection_disabled", "resolved", level, started,
+                                     now, "protective actions can run again")  # fmt: skip
+        self.store.commit(self.state, [row], now)
+        for wake in self._wake.values():
+            wake.set()
+
+    def _direct_alert(  # noqa: PLR0917 - one event's fields
+        self, account: str, rule: str, kind: AlertKind, level: Level, started: float,
+        now: float, detail: str,
+    ) -> tuple[str, str, str, Sequence[str]]:
+        """An alert raised directly, not by the rules (no hysteresis, no repeats)."""
+        fingerprint = f"{account}/{rule}"
+        episode = rules.episode_id(fingerprint, started)
+        resolved = kind == "resolved"
+        event = AlertEvent(
+            id=f"{rule.replace('_', '-')}-{episode}.{1 if resolved else 0}",
+            fingerprint=fingerprint,
+            account=account,
+            rule=rule,
+            kind=kind,
+            level="ok" if resolved else level,
+            previous_level=level if resolved else "ok",
+            episode=episode,
+            started_at=started,
+            at=now,
+            value=None,
+            previous_value=None,
+            worst_value=None,
+            worst_level=level,
+            detail=detail,
+        )
+        self._log(event)
+        message = build_message(event, self._reports.get(account))
+        targets = [sink.name for sink in self.sinks if sink.wants(message)]
+        return (message.id, message.account, message.to_json(), targets)
+
+    @staticmethod
+    def _log(event: AlertEvent) -> None:
+        method = "info" if event.suppressed or event.kind == "resolved" else None
+        emit = getattr(log, method or _LOG_METHOD[event.level])
+        emit(
+            "alert",
+            id=event.id,
+            account=event.account,
+            rule=event.rule,
+            kind=event.kind,
+            alert_level=event.level,  # `level` is structlog's own key (log severity)
+            previous_level=event.previous_level,
+            value=event.value,
+            worst_value=event.worst_value,
+            duration=round(event.duration, 3),
+            detail=event.detail or None,
+            suppressed=event.suppressed,
+        )
+
+    # --- delivery ---------------------------------------------------------------------------
+
+    def retry_now(self, sink_name: str) -> None:
+        """Make `sink_name`'s queued messages due now and wake its delivery task."""
+        self.store.reschedule(sink_name, self.clock())
+        wake = self._wake.get(sink_name)
+        if wake is not None:
+            wake.set()
+
+    def start(self, tg: asyncio.TaskGroup) -> None:
+        """Start the delivery tasks (`sink[<name>]`) and the clock (`alerts.tick`) in `tg`."""
+        for sink in self.sinks:
+            tg.create_task(self.deliver_forever(sink), name=f"sink[{sink.name}]")
+        tg.create_task(self.tick_forever(), name="alerts.tick")
+
+    async def run(self) -> None:
+        """Run the delivery and tick tasks until cancelled (tests, bench)."""
+        async with asyncio.TaskGroup() as tg:
+            self.start(tg)
+
+    async def tick_forever(self, interval: float = 1.0) -> None:
+        """Call `tick` about every `interval` seconds."""
+        while True:
+            await asyncio.sleep(interval)
+            self.tick()
+
+    async def deliver_forever(self, sink: AlertSink) -> None:
+        """Drain `sink`'s outbox rows forever: deliver, acknowledge, or back off and retry."""
+        wake = self._wake[sink.name]
+        while True:
+            raise_if_cancelling()
+            wake.clear()
+            now = self.clock()
+            rows = self.store.due(sink.name, now)
+            if not rows:
+                next_at = self.store.next_due_at(sink.name)
+                timeout = None if next_at is None else max(0.0, next_at - now)
+                with contextlib.suppress(TimeoutError):  # not wait_for: cpython#86296
+                    async with asyncio.timeout(timeout):
+                        await wake.wait()
+                continue
+            if isinstance(sink, PacedSink):
+                await sink.ready()
+                rows = self.store.due(sink.name, self.clock())  # what queued while waiting
+                if not rows:
+                    continue
+            by_id = {row.message_id: row for row in rows}
+            messages = [AlertMessage.from_json(row.payload) for row in rows]
+            try:
+                acked: Collection[str] = await sink.deliver(messages)
+            except Exception as exc:  # a sink's failure is retried, never fatal
+                acked = ()
+                error = f"{type(exc).__name__}: {exc}"
+            else:
+                error = "not acknowledged"
+            done = [mid for mid in by_id if mid in acked]
+            if done:
+                self.store.delivered(sink.name, done)
+                record_alerts_sent(sink.name, len(done))  # margin_monitor_alerts_sent
+            now = self.clock()
+            for mid, row in by_id.items():
+                if mid not in acked:
+                    delay = backoff(row.attempts + 1)
+                    self.store.failed(sink.name, mid, now + delay, error)
+                    log.warning(
+                        "alert.delivery_failed",
+                        sink=sink.name,
+                        id=mid,
+                        attempt=row.attempts + 1,
+                        retry_in=round(delay, 2),
+                        error=error,
+                    )
+
+    # --- commands ---------------------------------------------------------------------------
+
+    def sign(self, command: Command, now: float) -> str:
+        """The signed envelope of `command` (for phone buttons); needs the command secret."""
+        if self._secret is None:
+            msg = "no command secret configured"
+            raise CommandRefused(msg)
+        return envelope(command, self._secret, now)
+
+    @property
+    def can_sign(self) -> bool:
+        """True when a command secret is configured."""
+        return self._secret is not None
+
+    def handle_command(
+        self, raw: bytes | str, now: float | None = None, source: str = "mqtt"
+    ) -> dict[str, Any]:
+        """Verify and execute a signed command; the reply says what happened or why not.
+
+        `source` names the door (`mqtt`, `http:<address>`) for the aggregated refusal audit.
+        Replays are refused across restarts and doors: the request id is kept in the store
+        until the envelope could no longer verify anyway (docs/hardening.md).
+        """
+        now = self.clock() if now is None else now
+        if self._secret is None:
+            return self._refuse("commands are disabled: set mqtt.command_secret", now, source)
+        try:
+            command = verify(raw, self._secret, now)
+        except CommandRefused as exc:
+            return self._refuse(str(exc), now, source, request_id=exc.request_id)
+        if not self.store.remember_request(command.request_id, command.valid_until(), now):
+            return self._refuse("duplicate request_id (replay)", now, source, command)
+        try:
+            self._check_target(command)
+            reply = self.execute(command, now)
+        except CommandRefused as exc:
+            return self._refuse(str(exc), now, source, command)
+        self.store.audit(
+            command.account or "*",
+            "command",
+            {"action": command.action, "request_id": command.request_id, **reply},
+            now,
+        )
+        log.info("command.executed", account=command.account, reply=reply)
+        return {"ok": True, "request_id": command.request_id, **reply}
+
+    def _check_target(self, command: Command) -> None:
+        """An account that is not configured, or a phone token of an episode that is over."""
+        account = command.account
+        if account is not None and self.accounts is not None and account not in self.accounts:
+            raise CommandRefused(f"unknown account {account[:64]!r}")
+        if command.episode is not None:
+            alert = self.state.alert(account or "", command.rule or "")
+            if alert.episode != command.episode:
+                raise CommandRefused("token is for an alert episode that is over")
+
+    def _refuse(
+        self,
+        reason: str,
+        now: float,
+        source: str,
+        command: Command | None = None,
+        request_id: str = "",
+    ) -> dict[str, Any]:
+        """Refuse; audit and log once per source per minute with a count (floods)."""
+        minute = int(now // REFUSAL_WINDOW)
+        reason = reason[:200]
+        if source not in self._refusals and len(self._refusals) >= REFUSAL_SOURCES:
+            source = "other"
+        tally = self._refusals.get(source)
+        if tally is not None and tally.minute != minute:
+            self._flush_refusals(now)
+            tally = self._refusals.get(source)
+        if tally is None:
+            log.warning("command.refused", reason=reason, source=source)
+            tally = _RefusalTally(minute, {reason: 1})
+            tally.seq = self.store.audit("*", "command_refused", tally.payload(source), now)
+            self._refusals[source] = tally
+        else:
+            tally.add(reason)
+        request_id = command.request_id if command else request_id
+        return {"ok": False, "request_id": request_id, "error": reason}
+
+    def flush(self, now: float | None = None) -> None:
+        """Write what is only counted in memory (refusal counts); before the store closes."""
+        now = self.clock() if now is None else now
+        self._flush_refusals(now + REFUSAL_WINDOW)  # every minute is over: log the summaries
+
+    def _flush_refusals(self, now: float) -> None:
+        """Write the counts that grew; close the tallies of minutes that are over."""
+        minute = int(now // REFUSAL_WINDOW)
+        for source, tally in list(self._refusals.items()):
+            if tally.dirty:
+                tally.dirty = False
+                self.store.update_audit(tally.seq, tally.payload(source))
+            if tally.minute != minute:
+                del self._refusals[source]
+                if tally.count > 1:
+                    log.warning("command.refused_summary", source=source, count=tally.count,
+                                reasons=tally.reasons)  # fmt: skip
+
+    def execute(self, command: Command, now: float) -> dict[str, Any]:
+        """Apply a verified command to the alert state or the action switches."""
+        account = command.account
+        if command.action == "ack":
+            if account is None:
+                raise CommandRefused("ack needs an 'account'")
+            self.state = rules.acknowledge(self.state, account, command.rule)
+            self.store.commit(self.state, (), now)
+            return {"action": "ack", "account": account, "rule": command.rule}
+        if command.action == "silence":
+            assert command.duration is not None  # verify() guarantees it
+            silence = Silence(
+                id=command.silence_id or command.request_id or f"silence-{now!r}",
+                until=now + command.duration,
+                account=account,
+                rule=command.rule,
+                up_to=command.up_to,  # type: ignore[arg-type] # verify() checked the name
+                created_by="command",
+            )
+            self.state = rules.add_silence(self.state, silence)
+            self.store.commit(self.state, (), now)
+            return {"action": "silence", "silence_id": silence.id, "until": silence.until}
+        if command.action == "unsilence":
+            if command.silence_id is None:
+                raise CommandRefused("unsilence needs a 'silence_id'")
+            self.state = rules.remove_silence(self.state, command.silence_id)
+            self.store.commit(self.state, (), now)
+            self.tick(now)  # announce what the silence was hiding
+            return {"action": "unsilence", "silence_id": command.silence_id}
+        if command.action == "pause":
+            until = now + (command.duration or DEFAULT_PAUSE)
+            self.switches.pause(account, until)
+            return {"action": "pause", "account": account, "until": until}
+        if command.action == "resume":
+            self.switches.resume(account)
+            return {"action": "resume", "account": account}
+        return {"action": "status", "accounts": self.status(now), "silences": self.silences()}
+
+    def silences(self) -> list[dict[str, Any]]:
+        """The active silences, for a `status` command (beside the accounts, never in them:
+        an account may be called `silences`, docs/alerts.md)."""
+        return [
+            {"id": s.id, "account": s.account, "rule": s.rule, "until": s.until, "up_to": s.up_to}
+            for s in self.state.silences
+        ]
+
+    def status(self, now: float) -> dict[str, Any]:
+        """Level, firing rules and pause per account, for a `status` command."""
+        accounts = sorted({a.account for a in self.state.alerts.values()} | set(self._reports))
+        out: dict[str, Any] = {}
+        for account in accounts:
+            until = self.switches.paused_until(account, now)
+            out[account] = {
+                "level": self.state.account_level(account),
+                "firing": sorted(
+                    a.rule for a in self.state.alerts.values() if a.account == account and a.firing
+                ),
+                "actions_paused_until": None if until is None or math.isinf(until) else until,
+            }
+        return out

@@ -1,0 +1,1 @@
+"""Where reports and alerts leave the process: MQTT, Apprise notifications, the console."""

@@ -1,0 +1,122 @@
+"""The one-shot commands that talk to a live venue: `check`'s live line and `snapshot`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import sys
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from ccxt.base import errors as ccxt_errors
+
+from monitor.config.settings import load_settings
+from monitor.errors import UserError
+from monitor.snapshot import snapshot_to_dict
+from monitor.sources.exchange import AccountConfig, ExchangeSource, KeyRejected, _one_line
+from monitor.sources.normalize import MalformedPayload
+
+__all__ = ["check_account", "snapshot_command"]
+
+
+async def _trade_permission(exchange: Any, venue: str, balance: Mapping[str, Any]) -> str:
+    """What the venue says about the key's rights, in words."""
+    if venue == "binanceusdm":
+        # v3 account answers no longer carry canTrade; Futures Account Configuration does
+        # (GET /fapi/v1/accountConfig, USDⓈ-M docs)
+        config = await exchange.fapiPrivateGetAccountConfig()
+        if isinstance(config, Mapping) and "canTrade" in config:
+            return "can trade" if config["canTrade"] else "read-only (canTrade is false)"
+    info = balance.get("info")
+    if venue == "binance" and isinstance(info, Mapping) and "canTrade" in info:
+        return "can trade" if info["canTrade"] else "read-only (canTrade is false)"
+    if venue == "bybit":
+        answer = await exchange.privateGetV5UserQueryApi()
+        read_only = str(answer.get("result", {}).get("readOnly"))
+        return "read-only (readOnly=1)" if read_only == "1" else "can trade"
+    if venue == "bitget":
+        # Get Account Information (v2): `coow` is the futures order-write authority
+        answer = await exchange.privateSpotGetV2SpotAccountInfo()
+        data = answer.get("data") if isinstance(answer, Mapping) else None
+        rights = data.get("authorities") if isinstance(data, Mapping) else None
+        if isinstance(rights, list):
+            return ("can trade" if "coow" in rights
+                    else f"read-only (authorities {sorted(map(str, rights))} lack coow)")
+    if venue == "okx":
+        answer = await exchange.privateGetAccountConfig()
+        perm = str((answer.get("data") or [{}])[0].get("perm", ""))
+        return "can trade" if "trade" in perm else f"read-only (perm={perm!r})"
+    return "trade permission unknown (the venue's API does not report it)"
+
+
+@contextlib.contextmanager
+def _as_user_error(settings: AccountConfig, failure: str) -> Iterator[None]:
+    """Exchange errors of a one-shot CLI command as the one line a person reads."""
+    try:
+        yield
+    except ccxt_errors.AuthenticationError as exc:
+        venue_said = exc.__cause__ if isinstance(exc, KeyRejected) and exc.__cause__ else exc
+        raise UserError(f"accounts.{settings.name}: {settings.exchange} rejected the keys "
+                        f"({_one_line(venue_said)}); check api_key/secret/password") from None
+    except (ccxt_errors.BaseError, MalformedPayload) as exc:
+        raise UserError(f"accounts.{settings.name}: {failure} ({_one_line(exc)})") from None
+
+
+async def check_account(settings: AccountConfig) -> str:
+    """Connect, load markets, read balances; one line saying what the keys can do."""
+    source = ExchangeSource(settings)
+    try:
+        with _as_user_error(settings, f"{settings.exchange} check failed"):
+            exchange = await source.open()
+            await exchange.load_markets()
+            balance = await exchange.fetch_balance()
+            collateral = await source.collateral_of(balance)
+            permission = await _trade_permission(exchange, source.venue, balance)
+    finally:
+        await source.close()
+    wallet = ", ".join(
+        f"{c.asset} {c.amount:g}" + ("" if c.price == 1.0 else f" @ {c.price:g} {source.currency}")
+        for c in collateral
+    ) or "empty"
+    return (f"{settings.name}: {settings.exchange} ok, {len(exchange.markets)} markets, "
+            f"wallet {wallet}; keys {permission}")
+
+
+def _load_account(config: str, name: str) -> AccountConfig:
+    loaded = load_settings(config)
+    for account in loaded.accounts:
+        if account.name == name:
+            if account.exchange == "sim":
+                raise UserError(f"--account {name}: is a 'sim' account; snapshot reads "
+                                "live exchange accounts only")
+            return account
+    names = ", ".join(a.name for a in loaded.accounts) or "none"
+    raise UserError(f"--account {name!r} is not in {config} (accounts: {names})")
+
+
+async def _snapshot_json(settings: AccountConfig) -> dict[str, Any]:
+    source = ExchangeSource(settings)
+    try:
+        with _as_user_error(settings, "could not read the account"):
+            snap = await source.fetch_snapshot()
+    finally:
+        await source.close()
+    return snapshot_to_dict(snap)
+
+
+def snapshot_command(args: argparse.Namespace) -> int:
+    """`margin-monitor snapshot --config FILE --account NAME [-o FILE]`."""
+    account = _load_account(args.config, args.account)
+    data = asyncio.run(_snapshot_json(account))
+    text = json.dumps(data, indent=2) + "\n"
+    if args.output:
+        try:
+            with open(args.output, "w", encoding="utf-8") as fh:
+                fh.write(text)
+        except OSError as exc:
+            raise UserError(f"-o {args.output}: cannot write ({exc.strerror})") from None
+    else:
+        sys.stdout.write(text)
+    return 0

@@ -1,0 +1,1 @@
+"""Settings: TOML, environment and $CREDENTIALS_DIRECTORY, validated by pydantic-settings."""

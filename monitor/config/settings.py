@@ -1,0 +1,683 @@
+"""Configuration: a TOML file, environment overrides and systemd credentials, validated once.
+
+Precedence, highest first: values passed in code > environment (`MARGIN_MONITOR__SECTION__KEY`)
+> credential files in `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential=`, one file per value,
+named `section__key`) > the TOML file > defaults. Both locations are read when settings are
+loaded, never at import time (docs/development.md), so tests and a reload see
+the current environment.
+
+Accounts are a TOML array (`[[accounts]]`), which environment variables and credential files
+cannot index; they address an account by its name instead:
+`MARGIN_MONITOR__ACCOUNTS__MAIN__API_KEY` or a credential file `accounts__main__api_key`
+overrides `api_key` of the account named `main` (matched case-insensitively, with every
+character other than a letter or digit written as `_`).
+
+Every section forbids unknown keys, so a typo is an error and not a silently ignored setting;
+every validation error becomes one `UserError` line naming the field ("config.toml:
+accounts[1].exchange: 'binanse' is not a ccxt exchange id (did you mean 'binance'?)").
+
+Other modules add their sections by adding one field to `Settings` (for example
+`mqtt: MqttSettings = Field(default_factory=MqttSettings)`, the model defined in their own
+module as a `Section`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    NestedSecretsSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
+
+from monitor.config.actions import ActionsSettings
+from monitor.config.alerts import MqttSettings, NotifySettings
+from monitor.core.rules import AlertConfig
+from monitor.errors import UserError
+from monitor.ops.heartbeat import HeartbeatSettings
+from monitor.ops.logs import secrets_of, set_secrets
+from monitor.ops.metrics import MetricsSettings
+
+__all__ = [
+    "ENV_PREFIX",
+    "AccountSettings",
+    "AlertsSettings",
+    "Section",
+    "Settings",
+    "SimSettings",
+    "default_state_dir",
+    "load_settings",
+]
+
+ENV_PREFIX = "MARGIN_MONITOR__"
+_DELIMITER = "__"
+Level = Literal["ok", "warning", "critical", "emergency"]
+
+# The parsed TOML of the load in progress: sources are built by pydantic-settings, not by
+# us, so this is how the file reaches them without a module-level global.
+_FILE_DATA: ContextVar[Mapping[str, Any] | None] = ContextVar("margin_file", default=None)
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors (a typo must not pass)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class SimSettings(Section):
+    """The embedded simulated venue (`sources/sim.py`)."""
+
+    seed: int = 7
+    tick_rate: float = Field(default=10.0, gt=0, le=10_000)  # price ticks per sim second
+    speed: float = Field(default=1.0, gt=0, le=10_000)  # sim seconds per wall second
+    scenario: Literal["selloff", "calm"] = "selloff"
+    fee_rate: float = Field(default=0.0005, ge=0, le=0.01)  # taker fee on fills
+
+
+# What people write for a futures venue -> ccxt's id (spelling-distance guesses get these
+# wrong: "binance-futures" is closest to the spot-only "binanceus"). Keys: lowercase, letters
+# and digits only. Checked against ccxt 4.5.90's `ccxt.exchanges` in tests/test_settings.py.
+_BINANCE_USDM = ("binanceusdm", "ccxt's id for Binance USDⓈ-M futures")
+_BINANCE_COINM = ("binancecoinm", "ccxt's id for Binance COIN-M futures")
+_BYBIT = ("bybit", "one ccxt id for all of Bybit, futures included")
+_OKX = ("okx", "one ccxt id for all of OKX, swaps included")
+_MEXC = ("mexc", "one ccxt id for all of MEXC, futures included")
+_BITGET = ("bitget", "one ccxt id for all of Bitget, futures included")
+_KUCOIN = ("kucoinfutures", "ccxt's id for KuCoin futures")
+_GATE = ("gate", "one ccxt id for all of Gate, futures included")
+_KRAKEN = ("krakenfutures", "ccxt's id for Kraken futures")
+_HYPERLIQUID = ("hyperliquid", "ccxt's id for Hyperliquid perps")
+_BINGX = ("bingx", "one ccxt id for all of BingX, swaps included")
+_COMMON_NAMES: dict[str, tuple[str, str]] = {
+    **dict.fromkeys(
+        ["binancefutures", "binancefuture", "binanceusdmfutures", "binanceusdt", "binanceusds",
+         "binanceusdsm", "binanceperp", "binanceperpetual", "binancelinear", "binanceum",
+         "binancefapi", "fapi"], _BINANCE_USDM),
+    **dict.fromkeys(["binancecoin", "binancecoinfutures", "binanceinverse", "binancecm",
+                     "binancedapi", "dapi"], _BINANCE_COINM),
+    **dict.fromkeys(["bybitfutures", "bybitlinear", "bybitperp", "bybitperpetual", "bybitusdt",
+                     "bybitunified", "bybituta", "bybitv5", "bybitinverse"], _BYBIT),
+    **dict.fromkeys(["okex", "okxfutures", "okxswap", "okxperp", "okexfutures", "okex5",
+                     "okx5"], _OKX),
+    **dict.fromkeys(["mexcfutures", "mexccontract", "mexcswap", "mexcperp", "mexcglobal",
+                     "mxc"], _MEXC),
+    **dict.fromkeys(["bitgetfutures", "bitgetmix", "bitgetswap", "bitgetperp"], _BITGET),
+    **dict.fromkeys(["kucoinfuture", "kucoinperp", "kucoinswap"], _KUCOIN),
+    **dict.fromkeys(["gateio", "gatefutures", "gateiofutures", "gateswap"], _GATE),
+    **dict.fromkeys(["krakenfuture", "krakenperp"], _KRAKEN),
+    **dict.fromkeys(["hyperliquidperp", "hyperliquidperps", "hl"], _HYPERLIQUID),
+    **dict.fromkeys(["bingxfutures", "bingxswap", "bingxperp"], _BINGX),
+}
+
+#: ccxt credentials that sign orders only: reading positions works without them.
+_ORDER_ONLY_CREDENTIALS = frozenset({"privateKey"})
+
+
+def ccxt_credentials(exchange: str) -> dict[str, str]:
+    """ccxt's name for each credential -> the account setting that fills it.
+
+    One place for both the ccxt instance (sources/exchange.py) and the load-time check:
+    a Hyperliquid account signs with a wallet, its address in `api_key` and the agent's
+    private key in `secret`."""
+    if exchange == "hyperliquid":
+        return {"walletAddress": "api_key", "privateKey": "secret"}
+    return {"apiKey": "api_key", "secret": "secret", "password": "password"}
+
+
+class AccountSettings(Section):
+    """One watched account: a ccxt exchange id with its keys, or `sim`."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    exchange: str = "sim"
+    api_key: SecretStr | None = None
+    secret: SecretStr | None = None
+    password: SecretStr | None = None
+    sandbox: bool = False
+    poll_interval: float = Field(default=5.0, gt=0)
+    stale_after: float = Field(default=30.0, gt=0)
+    ccxt: dict[str, Any] = Field(default_factory=dict)
+    sim: SimSettings | None = None
+
+    @field_validator("exchange")
+    @classmethod
+    def _known_exchange(cls, value: str) -> str:
+        if value == "sim":
+            return value
+        import ccxt  # noqa: PLC0415 - 0.3 s import, paid only by configs with real venues
+
+        known: list[str] = list(ccxt.exchanges)
+        if value in known:
+            return value
+        key = re.sub(r"[^a-z0-9]", "", value.lower())
+        common = _COMMON_NAMES.get(key)
+        if common is None and key in known:
+            common = (key, "ccxt ids are lowercase, without separators")
+        if common is not None:
+            ccxt_id, what = common
+            raise ValueError(
+                f"'{value}' is not a ccxt exchange id; write exchange = \"{ccxt_id}\" ({what})"
+            )
+        close = difflib.get_close_matches(value.lower(), [*known, "sim"], n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else " (see ccxt.exchanges, or 'sim')"
+        raise ValueError(f"'{value}' is not a ccxt exchange id{hint}")
+
+    @field_validator("ccxt")
+    @classmethod
+    def _not_verbose(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # ccxt's verbose mode print()s every request with its signed headers and the API
+        # key, past the log redaction (docs/hardening.md).
+        if value.get("verbose"):
+            msg = "ccxt verbose mode prints signed requests with the API key; remove 'verbose'"
+            raise ValueError(msg)
+        return value
+
+    @model_validator(mode="after")
+    def _sim_table(self) -> AccountSettings:
+        if self.exchange == "sim":
+            if self.sim is None:
+                self.sim = SimSettings()
+        elif self.sim is not None:
+            raise ValueError(
+                f"the sim table only applies to exchange = 'sim', not '{self.exchange}'"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _credentials(self) -> AccountSettings:
+        """A live account needs the keys its venue signs private reads with.
+
+        Without them the daemon starts, then every positions read fails: the user learns
+        it from a `source_down` alert after walking away, or never. ccxt's own
+        `requiredCredentials` says which; a Hyperliquid agent key (`secret`) is only for
+        orders, reading needs the wallet address alone. Keys may also come through the
+        account's `ccxt` table, the environment or $CREDENTIALS_DIRECTORY (all merged
+        before this runs).
+        """
+        if self.is_sim:
+            return self
+        import ccxt  # noqa: PLC0415 - already imported by _known_exchange for live venues
+
+        required = getattr(ccxt, self.exchange)().requiredCredentials
+        for credential, field_name in ccxt_credentials(self.exchange).items():
+            if not required.get(credential) or credential in _ORDER_ONLY_CREDENTIALS:
+                continue
+            value = getattr(self, field_name)
+            if (value is not None and value.get_secret_value()) or self.ccxt.get(credential):
+                continue
+            what = {"walletAddress": "wallet address", "password": "API passphrase"}.get(
+                credential, field_name
+            )
+            file = f"accounts__{_env_key(self.name)}__{field_name}"
+            raise ValueError(
+                f"{field_name} is not set: {self.exchange} needs its {what} to read positions; "
+                f"set {field_name} here, MARGIN_MONITOR__{file.upper()} in the environment, "
+                f"or the credential file {file} ($CREDENTIALS_DIRECTORY)"
+            )
+        return self
+
+    @property
+    def is_sim(self) -> bool:
+        """True for the embedded simulated venue."""
+        return self.exchange == "sim"
+
+
+class AlertsSettings(Section):
+    """Alert thresholds (docs/notifications.md); `to_config` hands them to `rules.py`.
+
+    Ratio thresholds are margin ratios (maintenance margin / margin balance, 1 = liquidation);
+    shock thresholds are the size of the uniform price move that would liquidate (0.10 =
+    "a 10 % move liquidates you"), None to disable that level.
+    """
+
+    warning: float = Field(default=0.5, gt=0)
+    critical: float = Field(default=0.7, gt=0)
+    emergency: float = Field(default=0.85, gt=0, le=1)
+    band: float = Field(default=0.05, ge=0)  # hysteresis: leave a level below threshold - band
+    repeat_every: float = Field(default=3600.0, ge=0)  # seconds; 0 never repeats
+    hold_for: float = Field(default=0.0, ge=0)  # seconds a higher level must hold first
+    shock_warning: float | None = Field(default=0.10, gt=0, lt=1)
+    shock_critical: float | None = Field(default=0.05, gt=0, lt=1)
+    shock_emergency: float | None = Field(default=0.02, gt=0, lt=1)
+    shock_band: float = Field(default=0.01, ge=0)
+    stale_level: Level = "warning"
+    source_down_level: Level = "critical"
+
+    @model_validator(mode="after")
+    def _in_order(self) -> AlertsSettings:
+        if not self.critical > self.warning:
+            raise ValueError(
+                f"alerts.critical ({self.critical:g}) must be greater than alerts.warning "
+                f"({self.warning:g})"
+            )
+        if not self.emergency > self.critical:
+            raise ValueError(
+                f"alerts.emergency ({self.emergency:g}) must be greater than alerts.critical "
+                f"({self.critical:g})"
+            )
+        if not self.band < self.warning:
+            raise ValueError(
+                f"alerts.band ({self.band:g}) must be smaller than alerts.warning "
+                f"({self.warning:g}), or a warning could never resolve"
+            )
+        shocks = [
+            (name, value)
+            for name, value in (
+                ("shock_warning", self.shock_warning),
+                ("shock_critical", self.shock_critical),
+                ("shock_emergency", self.shock_emergency),
+            )
+            if value is not None
+        ]
+        # a smaller move to liquidation is worse, so each higher level needs a smaller value
+        for (high_name, high), (low_name, low) in itertools.pairwise(shocks):
+            if not low < high:
+                raise ValueError(
+                    f"alerts.{low_name} ({low:g}) must be smaller than alerts.{high_name} "
+                    f"({high:g}): a smaller move to liquidation is the worse level"
+                )
+        return self
+
+    def to_config(self) -> AlertConfig:
+        """The rule engine's view of these thresholds."""
+        return AlertConfig(**self.model_dump())
+
+
+def default_state_dir() -> Path:
+    """`$STATE_DIRECTORY` (systemd `StateDirectory=`, first entry) or the XDG state dir."""
+    env = os.environ.get("STATE_DIRECTORY", "")
+    if env:
+        return Path(env.split(":", 1)[0])
+    return Path.home() / ".local" / "state" / "margin-monitor"
+
+
+def _default_alerts() -> AlertsSettings:
+    return AlertsSettings()
+
+
+def _demo_accounts() -> list[AccountSettings]:
+    return [AccountSettings(name="demo", exchange="sim")]
+
+
+class Settings(BaseSettings):
+    """The whole configuration. With no file: one simulated account named `demo`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=_DELIMITER,
+        extra="forbid",
+        validate_default=True,
+    )
+
+    state_dir: Path = Field(default_factory=default_state_dir)
+    shock_interval: float = Field(
+        1.0,
+        ge=0,
+        description="minimum seconds between shock-to-liquidation solves per account "
+        "(the solve costs ~30x a plain report); 0 = on every recompute",
+    )
+    report_spacing: float = Field(
+        0.5,
+        ge=0,
+        description="least seconds between an account's coalesced reports; a threshold "
+        "crossing reports at once regardless, checked on every tick; 0 = a report per change",
+    )
+    ratio_source: Literal["worst", "model", "venue"] = Field(
+        "worst",
+        description="the margin ratio alerts and actions use where the venue reports its own: "
+        "worst = the larger of ours and the venue's carried forward (never understates the "
+        "venue), model = ours, venue = the venue's (docs/account-view.md)",
+    )
+    drift_tolerance: float = Field(
+        0.01,
+        gt=0,
+        description="relative gap between our ratio and the venue's on the same read above "
+        "which two reads in a row raise a model_drift warning",
+    )
+    accounts: list[AccountSettings] = Field(default_factory=_demo_accounts, min_length=1)
+
+    @field_validator("state_dir")
+    @classmethod
+    def _a_directory(cls, value: Path) -> Path:
+        if value.exists() and not value.is_dir():
+            msg = f"{value} is a file; point state_dir at a directory (it is created if missing)"
+            raise ValueError(msg)
+        return value
+    alerts: AlertsSettings = Field(default_factory=_default_alerts)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)  # docs/monitoring.md
+    heartbeat: HeartbeatSettings = Field(default_factory=HeartbeatSettings)  # docs/monitoring.md
+    mqtt: MqttSettings | None = None  # docs/notifications.md: unset = no MQTT (sinks/mqtt.py)
+    notify: NotifySettings | None = None  # docs/notifications.md: unset = no phone channels
+    actions: ActionsSettings = Field(default_factory=ActionsSettings)  # docs/actions.md: dry run
+
+    @field_validator("accounts")
+    @classmethod
+    def _unique_names(cls, accounts: list[AccountSettings]) -> list[AccountSettings]:
+        seen: set[str] = set()
+        for account in accounts:
+            if account.name in seen:
+                raise ValueError(
+                    f"account name '{account.name}' is used twice; names must be unique"
+                )
+            seen.add(account.name)
+        return accounts
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """init > env > credentials > TOML; `accounts` is resolved by name in one place."""
+        credentials = os.environ.get("CREDENTIALS_DIRECTORY") or None
+        secrets: tuple[PydanticBaseSettingsSource, ...] = ()
+        if credentials is not None:
+            secrets = (
+                _WithoutAccounts(
+                    NestedSecretsSettingsSource(
+                        file_secret_settings,
+                        secrets_dir=credentials,
+                        secrets_prefix="",
+                        secrets_dir_missing="ok",
+                    )
+                ),
+            )
+        return (
+            init_settings,
+            _WithoutAccounts(env_settings),
+            *secrets,
+            _FileSource(settings_cls, credentials),
+        )
+
+
+class _WithoutAccounts(PydanticBaseSettingsSource):
+    """A source with `accounts` removed: that list is overlaid by name in `_FileSource`.
+
+    Without this, `MARGIN_MONITOR__ACCOUNTS__MAIN__API_KEY` would arrive as a mapping and
+    replace the file's whole account list.
+    """
+
+    def __init__(self, inner: PydanticBaseSettingsSource) -> None:
+        super().__init__(inner.settings_cls)
+        self._inner = inner
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        data = dict(self._inner())
+        data.pop("accounts", None)
+        return data
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    """The TOML data, with each account overlaid by its credential files, then its env vars."""
+
+    def __init__(self, settings_cls: type[BaseSettings], credentials: str | None) -> None:
+        super().__init__(settings_cls)
+        self._credentials = credentials
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        data = dict(_FILE_DATA.get() or {})
+        accounts = data.get("accounts")
+        if isinstance(accounts, list):
+            data["accounts"] = [self._overlay(a) for a in accounts]
+        return data
+
+    def _overlay(self, account: object) -> object:
+        if not isinstance(account, dict) or not isinstance(account.get("name"), str):
+            return account  # validation will name what is wrong with it
+        merged: dict[str, Any] = dict(account)
+        key = _env_key(account["name"])
+        if self._credentials is not None:
+            directory = Path(self._credentials)
+            prefix = f"accounts{_DELIMITER}{key}{_DELIMITER}"
+            entries = sorted(directory.iterdir()) if directory.is_dir() else []
+            for entry in entries:
+                if entry.is_file() and entry.name.lower().startswith(prefix):
+                    value = _read_credential(entry)
+                    _set_path(merged, entry.name[len(prefix) :].lower().split(_DELIMITER), value)
+        env_prefix = f"{ENV_PREFIX}ACCOUNTS{_DELIMITER}{key.upper()}{_DELIMITER}"
+        for name, value in sorted(os.environ.items()):
+            if name.upper().startswith(env_prefix):
+                _set_path(merged, name[len(env_prefix) :].lower().split(_DELIMITER), value)
+        return merged
+
+
+def _env_key(name: str) -> str:
+    """How an account name is spelled in env var and credential names."""
+    return re.sub(r"[^a-z0-9]", "_", name.lower())
+
+
+def _set_path(target: dict[str, Any], path: list[str], value: str) -> None:
+    node = target
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+        child = dict(child)
+        node[part] = child
+        node = child
+    node[path[-1]] = value
+
+
+# --- loading, with one-line errors ---------------------------------------------------------
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Read and validate the configuration; any problem is one `UserError` line.
+
+    `path` None gives the embedded default (the sim demo), still open to env overrides.
+    """
+    origin = "configuration" if path is None else Path(path).name
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise UserError(
+                f"{path}: no such file; pass an existing TOML file to --config"
+            ) from None
+        except IsADirectoryError:
+            raise UserError(f"{path}: is a directory; pass a TOML file to --config") from None
+        except PermissionError:
+            raise UserError(f"{path}: permission denied") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise UserError(f"{origin}: invalid TOML: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise UserError(
+                f"{origin}: not UTF-8 text (byte {exc.start}); save the file as UTF-8"
+            ) from None
+        except RecursionError:
+            raise UserError(f"{origin}: tables or arrays nested too deeply") from None
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    if credentials and Path(credentials).is_dir():
+        # read each once here, so an unreadable or non-UTF-8 one is named (pydantic-settings'
+        # own reader raises without saying which)
+        for entry in sorted(Path(credentials).iterdir()):
+            if entry.is_file():
+                _read_credential(entry)
+    # a file without accounts would silently watch the sim demo: never what was meant; it is
+    # refused after the rest is validated, so a typo elsewhere is named first
+    no_accounts = path is not None and "accounts" not in data and "accounts" not in overrides
+    if path is None or no_accounts:
+        # the demo as if written in a file, so MARGIN_MONITOR__ACCOUNTS__DEMO__... applies
+        data["accounts"] = [{"name": "demo", "exchange": "sim"}]
+    token = _FILE_DATA.set(data)
+    try:
+        settings = Settings(**overrides)
+        if no_accounts:
+            raise UserError(
+                f"{origin}: no [[accounts]] table: add one per account to watch (name = "
+                '"main", exchange = "binanceusdm"), or run without --config for the demo'
+            )
+    except ValidationError as exc:
+        raise UserError(format_validation_error(exc, origin)) from None
+    except SettingsError as exc:
+        raise UserError(f"{origin}: {_first_line(str(exc))}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        # a credential file pydantic-settings reads ($CREDENTIALS_DIRECTORY)
+        name = getattr(exc, "filename", None) or "a credential file"
+        raise UserError(f"{name}: cannot read ({_reason(exc)}); fix its permissions or "
+                        "encoding (UTF-8)") from None  # fmt: skip
+    finally:
+        _FILE_DATA.reset(token)
+    # every secret it holds is redacted from logs and error lines from now on (docs/hardening.md)
+    set_secrets(secrets_of(settings))
+    return settings
+
+
+def _reason(exc: OSError | UnicodeDecodeError) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return "not UTF-8"
+    return (exc.strerror or type(exc).__name__).lower()
+
+
+def _read_credential(entry: Path) -> str:
+    """One credential file's value; unreadable is one line naming the file."""
+    try:
+        return entry.read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(
+            f"{entry}: cannot read ({_reason(exc)}); fix its permissions or encoding (UTF-8)"
+        ) from None
+
+
+def format_validation_error(exc: ValidationError, origin: str) -> str:
+    """The first error as one line naming the field; a count of the others if any."""
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    loc = _loc_text(first["loc"])
+    if first["type"] == "extra_forbidden":
+        known = _known_fields(first["loc"][:-1])
+        close = difflib.get_close_matches(str(first["loc"][-1]), known, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else "known: " + ", ".join(known)
+        message = f"{loc} is not a known setting ({hint})"
+    elif first["type"] == "missing":
+        message = f"{loc} is required"
+    elif (sentence := _sentence(first, loc)) is not None:
+        message = sentence
+    else:
+        # pydantic's `msg` never quotes the input, so a secret cannot leak through here
+        msg = str(first["msg"]).removeprefix("Value error, ")
+        message = msg if not loc or msg.startswith(loc) else f"{loc}: {msg}"
+    others = len(errors) - 1
+    more = f" (and {others} more problem{'s' if others > 1 else ''})" if others else ""
+    return f"{origin}: {_first_line(message)}{more}"
+
+
+# pydantic's own wording ("Input should be a valid list") names no fix; these say what to write.
+# Never quote the input: a mistyped secret (api_key = 1234) must not reach the terminal.
+_PATTERN_FIXES = {
+    "name": "use letters, digits, '_', '.' and '-' only (no spaces), e.g. name = \"main\"",
+    "prefix": "an MQTT topic prefix cannot hold the wildcards '#' or '+'",
+}
+_TYPE_FIXES = {
+    "string_type": "must be text: put the value in double quotes, e.g. {field} = \"...\"",
+    "float_type": "must be a number without quotes, e.g. {field} = 5",
+    "float_parsing": "must be a number without quotes, e.g. {field} = 5",
+    "int_type": "must be a whole number without quotes, e.g. {field} = 8",
+    "int_parsing": "must be a whole number without quotes, e.g. {field} = 8",
+    "int_from_float": "must be a whole number, e.g. {field} = 8",
+    "bool_type": "must be true or false (lowercase, no quotes)",
+    "bool_parsing": "must be true or false (lowercase, no quotes)",
+    "greater_than": "must be greater than {gt}",
+    "greater_than_equal": "must be {ge} or more",
+    "less_than": "must be less than {lt}",
+    "less_than_equal": "must be {le} or less",
+    "literal_error": "must be {expected}",
+    "model_type": "must be a table: write it as [{table}] on its own line, then its keys",
+    "dict_type": "must be a table: write it as [{table}] on its own line, then its keys",
+}
+
+
+def _sentence(error: Mapping[str, Any], loc: str) -> str | None:
+    """A sentence with the fix for pydantic's common error types, or None for its own."""
+    kind = str(error["type"])
+    names = [p for p in error["loc"] if isinstance(p, str)]
+    field = names[-1] if names else ""
+    table = ".".join(names)
+    if kind == "list_type":
+        return (
+            f"{loc} must be a list of tables: write each entry as [[{table}]] with double "
+            f"brackets (one [[{table}]] block per entry)"
+        )
+    if kind == "too_short" and table == "accounts":
+        return (
+            "accounts: no account to watch: add an [[accounts]] table with name and exchange "
+            "(e.g. exchange = \"binanceusdm\"), or run without --config for the demo"
+        )
+    if kind == "string_pattern_mismatch":
+        fix = _PATTERN_FIXES.get(field, f"does not match the pattern {error['ctx']['pattern']}")
+        return f"{loc}: {fix}"
+    template = _TYPE_FIXES.get(kind)
+    if template is None:
+        return None
+    ctx = {k: f"{v:g}" if isinstance(v, float) else v for k, v in error.get("ctx", {}).items()}
+    return f"{loc} " + template.format(field=field, table=table, **ctx)
+
+
+def _loc_text(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def _known_fields(loc: tuple[int | str, ...]) -> list[str]:
+    """Field names of the section at `loc` (for did-you-mean on a typo)."""
+    model: type[BaseModel] = Settings
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        nested = _model_of(field.annotation)
+        if nested is None:
+            return []
+        model = nested
+    return sorted(model.model_fields)
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _first_line(text: str) -> str:
+    return " ".join(text.split())

@@ -1,0 +1,204 @@
+"""Running cross-pool totals that a mark-price tick updates in O(positions of that symbol).
+
+A full report re-values every position and solves every liquidation price: milliseconds for
+a thousand positions. The question a tick must answer at once is smaller: where is the
+margin ratio now? A `Ledger` keeps each position's figures and the per-asset sums of the
+pool, so a tick only re-values the positions of its symbol (hedge mode: two) and re-sums a
+handful of assets. The daemon asks it on every tick and re-runs the full report (liquidation
+prices, shock to liquidation) coalesced, at its own pace (20 000 ticks/s a core: see
+docs/benchmarks.md).
+
+A tick never builds a `Position`: each position is turned once into its schedule-only form
+(`Position.scheduled`, venue figures become the rates they imply, exactly what
+`Position.at_mark` does on the first move) and its figures at a new mark come from a price
+argument (`valuation.pnl_at` and friends). Building frozen dataclasses per tick was most of
+the tick's cost; `snapshot()` builds the moved positions once per full report instead.
+
+Pure like the rest of the core (no I/O, no clock), but deliberately mutable: it is owned by
+one account's task and never shared. Running sums drift by rounding, so a ledger is rebuilt
+from its snapshot whenever positions or balances are re-read (`Ledger(snapshot)`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from monitor.core.margin.valuation import (
+    AssetBook,
+    Figures,
+    computed_initial_margin,
+    computed_maintenance_margin,
+    margin_ratio,
+    pnl_at,
+    pool,
+)
+from monitor.core.model import AccountSnapshot, Position, priced_collateral
+from monitor.core.state import Marks
+
+__all__ = ["Ledger", "Summary"]
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """The cross-pool figures a threshold rule needs, without liquidation prices."""
+
+    margin_balance: float
+    initial_margin: float
+    maintenance_margin: float
+    margin_ratio: float
+
+    @property
+    def free_collateral(self) -> float:
+        """Margin balance − initial margin."""
+        return self.margin_balance - self.initial_margin
+
+
+class Ledger:
+    """Per-position figures and per-asset sums of one account, updated tick by tick."""
+
+    __slots__ = ("_books", "_by_symbol", "_exposed", "_figures", "_held", "_marks", "_moved",
+                 "_moving", "_scheduled", "_snapshot")
+
+    def __init__(self, snapshot: AccountSnapshot, marks: Marks | None = None) -> None:
+        """`marks`: the newest mark per symbol with its time (AccountState.marks), so a
+        tick older than one already held is dropped (state.py, the ordering rule)."""
+        books, figures = pool(snapshot)
+        self._snapshot = snapshot
+        self._held: dict[str, tuple[float, float]] = dict(marks or {})
+        self._books: dict[str, AssetBook] = books
+        self._figures: list[Figures] = figures
+        self._marks = [p.mark_price for p in snapshot.positions]
+        # positions never change between two reads: an empty cross pool stays empty
+        self._exposed = any(p.margin_mode == "cross" for p in snapshot.positions)
+        # schedule-only twins, made on a position's first move (most accounts never move
+        # every position between two full reads)
+        self._scheduled: list[Position | None] = [None] * len(snapshot.positions)
+        self._moved: set[int] = set()
+        self._by_symbol: dict[str, list[int]] = {}
+        for i, p in enumerate(snapshot.positions):
+            self._by_symbol.setdefault(p.symbol, []).append(i)
+        # symbol -> the collateral asset its mark re-prices (as `stress.with_prices` does),
+        # filled on first sight of a symbol: a market the account does not trade still
+        # prices collateral held in its base asset (state.apply's rule)
+        self._moving: dict[str, str | None] = {}
+
+    def tick(self, symbol: str, price: float, ts: float | None = None) -> bool:
+        """Move `symbol`'s mark to `price`; False when nothing the ledger holds changed.
+
+        `ts` is the price's time (PriceTick.ts); a tick older than the mark held for the
+        symbol changes nothing (state.py, the ordering rule). None: no time, taken as newest.
+        """
+        if not (math.isfinite(price) and price > 0.0):
+            return False
+        held = self._held.get(symbol)
+        if ts is not None and held is not None and ts < held[1]:
+            return False
+        changed = False
+        indices = self._by_symbol.get(symbol)
+        if indices is not None:
+            snapshot = self._snapshot
+            rules = snapshot.rules
+            for i in indices:
+                if self._marks[i] == price:
+                    continue
+                p = self._scheduled[i]
+                if p is None:
+                    p = self._scheduled[i] = snapshot.positions[i].scheduled()
+                figures = (
+                    pnl_at(p, price),
+                    computed_initial_margin(p, price),
+                    computed_maintenance_margin(p, rules, price),
+                )
+                if p.margin_mode == "cross":
+                    book = self._books[p.settle or snapshot.currency]
+                    before = self._figures[i]
+                    book.pnl += figures[0] - before[0]
+                    book.im += figures[1] - before[1]
+                    book.mm += figures[2] - before[2]
+                self._marks[i] = price
+                self._figures[i] = figures
+                self._moved.add(i)
+                changed = True
+        try:
+            asset = self._moving[symbol]
+        except KeyError:
+            asset = priced_collateral(symbol, self._snapshot.currency)
+            if asset not in self._books:
+                asset = None
+            self._moving[symbol] = asset
+        if asset is not None:
+            book = self._books[asset]
+            if book.collateral.price != price:
+                book.collateral = replace(book.collateral, price=price)
+                changed = True
+        if indices is not None or asset is not None:  # symbols it holds only: bounded
+            if ts is not None:
+                self._held[symbol] = (price, ts)
+            elif held is not None:
+                self._held[symbol] = (price, held[1])
+        return changed
+
+    def hold(self, marks: Marks) -> None:
+        """Take `marks` (a read applied without changing a figure) as the newest held."""
+        self._held = dict(marks)
+
+    def marks(self) -> dict[str, tuple[float, float]]:
+        """The newest mark per symbol with its time, for the next `AccountUpdate`'s merge."""
+        return dict(self._held)
+
+    def ratio(self) -> float:
+        """Margin ratio of the cross pool at the latest ticks (the per-tick threshold check);
+        for a portfolio-margin account the venue's figure, which ticks do not move."""
+        venue = self._snapshot.venue_margin
+        if venue is not None and venue.margin_ratio is not None:
+            return venue.margin_ratio
+        balance = 0.0
+        mm = 0.0
+        for book in self._books.values():
+            balance += book.surplus(book.pnl, 0.0)
+            mm += book.mm * book.ask
+        return margin_ratio(mm, balance, exposed=self._exposed)
+
+    def summary(self) -> Summary:
+        """Margin balance, IM, MM and ratio of the cross pool at the latest ticks."""
+        balance = 0.0
+        im = 0.0
+        mm = 0.0
+        for book in self._books.values():
+            balance += book.surplus(book.pnl, 0.0)
+            ask = book.ask
+            im += book.im * ask
+            mm += book.mm * ask
+        venue = self._snapshot.venue_margin
+        if venue is not None and venue.margin_ratio is not None:
+            return Summary(venue.margin_balance if venue.margin_balance is not None else balance,
+                           im, venue.maintenance_margin if venue.maintenance_margin is not None
+                           else mm, venue.margin_ratio)
+        return Summary(balance, im, mm, margin_ratio(mm, balance, exposed=self._exposed))
+
+    def snapshot(self) -> AccountSnapshot:
+        """The account at the latest ticks, for a full report.
+
+        Builds only the positions moved since the last call (a coalesced report follows a
+        handful of ticks), and makes the result the ledger's new base.
+        """
+        base = self._snapshot
+        books = self._books
+        collateral = tuple(
+            books[c.asset].collateral if c.asset in books else c for c in base.collateral
+        )
+        same = all(a is b for a, b in zip(collateral, base.collateral, strict=True))
+        if not self._moved and same:
+            return base
+        positions = list(base.positions)
+        for i in self._moved:
+            scheduled = self._scheduled[i]
+            assert scheduled is not None  # set by the tick that moved it
+            positions[i] = scheduled.repriced(self._marks[i])  # schedule-only already
+        self._moved.clear()
+        self._snapshot = AccountSnapshot(
+            base.account, base.currency, collateral, tuple(positions), base.venue,
+            base.venue_margin,
+        )
+        return self._snapshot

@@ -1,0 +1,417 @@
+"""Liquidation prices: the mark of one market at which the account's ratio reaches 1.
+
+A cross position's liquidation price is the mark of its symbol at which MM = margin balance
+with every other price held (Binance's LP formula is the one-tier, one-asset special case,
+FAQ b3c689c1f50a44cabb3a84e663b81d93); collateral in the same market's base asset moves with
+it (BTC collateral falls with BTC/USDT). An isolated position's is the mark at which its own
+margin + PnL = its MM (Bybit isolated formula when MM is on the entry value). Pure.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from monitor.core.margin.valuation import (
+    AssetBook,
+    Figures,
+    asset_breakpoints,
+    computed_maintenance_margin,
+    isolated_margin_of,
+    liquidation_fee_of,
+    pnl_at,
+)
+from monitor.core.model import AccountSnapshot, Position, VenueRules, priced_collateral
+
+__all__ = ["liquidation_prices"]
+
+INF = math.inf
+_NAN = math.nan
+_UNSEEN: tuple[float, float, float, float, float] = (_NAN,) * 5
+
+
+# A position's value is linear in x = price (linear contracts) or x = 1/price (inverse
+# contracts) between breakpoints; so is its PnL and, within a tier, its MM. Between the
+# breakpoints of one symbol (tier edges, the settle asset's equity crossing zero or a haircut
+# band) the account's surplus is therefore exactly linear in x and each segment is solved
+# in closed form. This is Binance's formula generalised to tiers, hedge mode and haircuts.
+
+
+@dataclass(frozen=True, slots=True)
+class _Group:
+    """The positions sharing one price (one symbol, or one isolated position)."""
+
+    positions: tuple[Position, ...]
+    inverse: bool
+
+
+def _x(price: float, inverse: bool) -> float:
+    return 1.0 / price if inverse else price
+
+
+def _price(x: float, inverse: bool) -> float:
+    return 1.0 / x if inverse else x
+
+
+def _tier_edges(group: _Group, rules: VenueRules) -> list[float]:
+    edges: list[float] = []
+    for p in group.positions:
+        if rules.isolated_mm_on_entry and p.margin_mode == "isolated":
+            continue
+        size = p.contracts * p.contract_size
+        if size <= 0:
+            continue
+        # notional = size × x in both cases (linear: size·price; inverse: size/price)
+        edges.extend(t.max_notional / size for t in p.tiers[:-1] if math.isfinite(t.max_notional))
+    return edges
+
+
+def _pnl_slope(group: _Group) -> float:
+    """d(PnL)/dx of the group, settle units: linear +size per long, inverse −size per long."""
+    slope = sum(p.sign * p.contracts * p.contract_size for p in group.positions)
+    return -slope if group.inverse else slope
+
+
+def _solve(
+    surplus: _Surplus,
+    group: _Group,
+    edges: Iterable[float],
+    x_now: float,
+) -> float | None:
+    """Root of the piecewise-linear surplus(x) on x > 0 nearest x_now, as a price."""
+    points = sorted({e for e in edges if e > 0 and math.isfinite(e)})
+    bounds = [0.0, *points, INF]
+    roots: list[float] = []
+    previous_end: float | None = None
+    for lo, hi in itertools.pairwise(bounds):
+        span = hi - lo if math.isfinite(hi) else max(lo, x_now, 1e-12)
+        x1 = lo + span / 3.0
+        x2 = lo + 2.0 * span / 3.0
+        if not x1 < x2:
+            continue  # two edges within rounding of each other: no room for a root between
+        f1, f2 = surplus(x1), surplus(x2)
+        slope = (f2 - f1) / (x2 - x1)
+        f_lo = f1 - slope * (x1 - lo)
+        if previous_end is not None and (previous_end > 0) != (f_lo > 0):
+            roots.append(lo)  # a jump across zero at an edge (OKX whole-position tiers)
+        if slope != 0.0:
+            root = x1 - f1 / slope
+            if lo <= root <= hi:
+                roots.append(root)
+        previous_end = f1 + slope * (hi - x1) if math.isfinite(hi) else None
+    # a root within rounding of x = 0 means "only at a price of zero" (or infinity): none
+    roots = [x for x in roots if x > x_now * 1e-9]
+    if not roots:
+        return None
+    best = min(roots, key=lambda x: abs(math.log(x / x_now)) if x > 0 else INF)
+    return _price(best, group.inverse)
+
+
+class _Surplus:
+    """margin balance − MM of the pool as a function of one group's x, all else held.
+
+    `moving` is the collateral asset priced by the same market (BTC collateral while
+    BTC/USDT moves), which a real move takes along; every other price is held.
+    """
+
+    __slots__ = ("base", "books", "group", "moving", "rules", "settle")
+
+    def __init__(
+        self,
+        group: _Group,
+        rules: VenueRules,
+        books: dict[str, AssetBook] | None,
+        settle: str,
+        *,
+        base: float,
+        moving: str | None = None,
+    ) -> None:
+        self.group = group
+        self.rules = rules
+        self.books = books
+        self.settle = settle
+        self.base = base
+        self.moving = moving
+
+    def __call__(self, x: float) -> float:
+        price = _price(x, self.group.inverse)
+        pnl = 0.0
+        mm = 0.0
+        for p in self.group.positions:
+            pnl += pnl_at(p, price)
+            mm += computed_maintenance_margin(p, self.rules, price)
+        if self.books is None:  # isolated: the position's own margin, in the settle asset
+            return self.base + pnl - mm
+        book = self.books[self.settle]
+        total = self.base + book.surplus(book.pnl + pnl, book.mm + mm)
+        if self.moving is not None:
+            moving = self.books[self.moving]
+            total += moving.surplus(moving.pnl, moving.mm, price)
+        return total
+
+
+def liquidation_prices(
+    snapshot: AccountSnapshot,
+    books: dict[str, AssetBook],
+    figures: Sequence[Figures],
+) -> list[float | None]:
+    """Liquidation price of every position (cross ones share one price per symbol)."""
+    rules = snapshot.rules
+    positions, currency = snapshot.positions, snapshot.currency
+    result: list[float | None] = [None] * len(positions)
+    pool = {a: b.surplus(b.pnl, b.mm) for a, b in books.items()}
+    pool_total = sum(pool.values())
+    several_assets = len(books) > 1
+    # Symbols held twice (hedge mode) are solved together after the pass; found up front
+    # so the usual book, one position per symbol, takes one pass (docs/benchmarks.md).
+    shared = _shared_symbols(positions)
+    # The common case, a lone linear position per symbol settling in a flat-haircut asset,
+    # is the closed form; its per-asset terms are the same for every such symbol, so they
+    # are computed once here rather than by moving each symbol out of the book and back.
+    closed: dict[str, tuple[float, float, float, float, float] | None] = {}
+    isnan = math.isnan
+    for i, (p, (own_pnl, _, own_mm)) in enumerate(zip(positions, figures, strict=True)):
+        if p.contracts <= 0 or p.mark_price <= 0:
+            continue
+        if p.margin_mode == "isolated":
+            result[i] = _isolated_price(p, rules)
+            continue
+        if shared and p.symbol in shared:
+            continue
+        settle = p.settle or currency
+        moving = _moving_asset(p, currency, books, settle) if several_assets else None
+        if not p.inverse and moving is None:
+            terms = closed.get(settle, _UNSEEN)
+            if terms is _UNSEEN:
+                terms = closed[settle] = _closed_terms(books[settle], pool_total - pool[settle])
+            if terms is not None:
+                k, equity, rate, ask, book_mm = terms
+                lp = _walk_linear(
+                    p, rules, k - ask * (book_mm - own_mm), equity - own_pnl, rate, ask
+                )
+                if lp is None or not isnan(lp):  # the closed form held
+                    result[i] = lp
+                    continue
+        result[i] = _group_price(snapshot, books, figures, [i], pool, moving)
+    for indices in shared.values():
+        first = positions[indices[0]]
+        settle = first.settle or currency
+        moving = _moving_asset(first, currency, books, settle) if several_assets else None
+        lp = _group_price(snapshot, books, figures, indices, pool, moving)
+        for i in indices:
+            result[i] = lp
+    return result
+
+
+def _shared_symbols(positions: Sequence[Position]) -> dict[str, list[int]]:
+    """Symbols with more than one open cross position (hedge mode), to their indices."""
+    if len({p.symbol for p in positions}) == len(positions):
+        return {}
+    by_symbol: dict[str, list[int]] = {}
+    for i, p in enumerate(positions):
+        if p.contracts > 0 and p.mark_price > 0 and p.margin_mode != "isolated":
+            by_symbol.setdefault(p.symbol, []).append(i)
+    return {symbol: indices for symbol, indices in by_symbol.items() if len(indices) > 1}
+
+
+def _isolated_price(p: Position, rules: VenueRules) -> float | None:
+    """LP of an isolated position: its own margin + PnL against its own MM."""
+    if not p.inverse and not rules.isolated_mm_on_entry:
+        fast = _walk_linear(p, rules, k=isolated_margin_of(p), equity=0.0, rate=1.0, ask=1.0)
+        if fast is None or not math.isnan(fast):
+            return fast
+    group = _Group((p,), p.inverse)
+    surplus = _Surplus(group, rules, None, "", base=isolated_margin_of(p))
+    return _solve(surplus, group, _tier_edges(group, rules), _x(p.mark_price, p.inverse))
+
+
+def _group_price(  # noqa: PLR0917 - liquidation_prices' locals, on its rare path
+    snapshot: AccountSnapshot,
+    books: dict[str, AssetBook],
+    figures: Sequence[Figures],
+    indices: Sequence[int],
+    pool: dict[str, float],
+    moving: str | None,
+) -> float | None:
+    """LP of one symbol's cross positions by the piecewise solver (no closed form)."""
+    first = snapshot.positions[indices[0]]
+    settle = first.settle or snapshot.currency
+    book = books[settle]
+    base = sum(pool.values()) - pool[settle] - (pool[moving] if moving else 0.0)
+    # take this symbol's current contribution out of its settle asset's book
+    own_pnl = sum(figures[i][0] for i in indices)
+    own_mm = sum(figures[i][2] for i in indices)
+    book.pnl -= own_pnl
+    book.mm -= own_mm
+    try:
+        return _cross_liquidation_price(
+            snapshot, snapshot.rules, indices, book, base=base, moving=moving
+        )
+    finally:
+        book.pnl += own_pnl
+        book.mm += own_mm
+
+
+def _closed_terms(
+    book: AssetBook, base: float
+) -> tuple[float, float, float, float, float] | None:
+    """(k, equity, rate, ask, mm) of `_walk_linear` for a settle asset, with the book's
+    whole PnL and MM still in; None when its haircut is banded (no single rate)."""
+    c = book.collateral
+    if c.haircut_tiers:
+        return None
+    return base, c.amount + book.pnl, c.price * (1.0 - c.haircut), book.ask, book.mm
+
+
+def _cross_liquidation_price(
+    snapshot: AccountSnapshot,
+    rules: VenueRules,
+    indices: Sequence[int],
+    book: AssetBook,
+    *,
+    base: float,
+    moving: str | None,
+) -> float | None:
+    """LP of one symbol's cross positions; `book` holds every other position's share.
+
+    The lone-linear closed form is tried by the caller (`liquidation_prices`); here the
+    group is solved piecewise."""
+    first = snapshot.positions[indices[0]]
+    group = _Group(tuple(snapshot.positions[i] for i in indices), first.inverse)
+    settle = first.settle or snapshot.currency
+    surplus = _Surplus(group, rules, {settle: book, **({moving: _book_of(snapshot, moving)}
+                                                       if moving else {})},
+                       settle, base=base, moving=moving)
+    x_now = _x(first.mark_price, group.inverse)
+    edges = _tier_edges(group, rules)
+    edges.extend(_equity_edges(book, group, x_now))
+    if moving is not None:
+        edges.extend(_value_edges(_book_of(snapshot, moving)))
+    return _solve(surplus, group, edges, x_now)
+
+
+def _book_of(snapshot: AccountSnapshot, asset: str) -> AssetBook:
+    """A collateral asset's book; only used for assets no cross position settles in."""
+    return AssetBook(next(c for c in snapshot.collateral if c.asset == asset))
+
+
+def _equity_edges(book: AssetBook, group: _Group, x_now: float) -> list[float]:
+    """x where the settle asset's equity crosses zero or a haircut band edge."""
+    slope = _pnl_slope(group)
+    if slope == 0.0:
+        return []
+    price = _price(x_now, group.inverse)
+    equity_now = book.collateral.amount + book.pnl + sum(pnl_at(p, price) for p in group.positions)
+    return [x_now + (level - equity_now) / slope for level in asset_breakpoints(book.collateral)]
+
+
+def _moving_asset(
+    p: Position, currency: str, books: dict[str, AssetBook], settle: str
+) -> str | None:
+    """The collateral asset a linear X/<currency> market re-prices (see `with_prices`)."""
+    asset = None if p.inverse else priced_collateral(p.symbol, currency)
+    if asset is None or asset == settle or asset not in books:
+        return None
+    return asset
+
+
+def _value_edges(book: AssetBook) -> list[float]:
+    """Prices where value-based haircut bands of a re-priced collateral asset change slope."""
+    c = book.collateral
+    equity = c.amount + book.pnl
+    if c.tier_basis != "value" or equity <= 0:
+        return []
+    return [band.up_to / equity for band in c.haircut_tiers if math.isfinite(band.up_to)]
+
+
+def _walk_linear(  # noqa: PLR0917 - positional: it runs once per position per report
+    p: Position, rules: VenueRules, k: float, equity: float, rate: float, ask: float
+) -> float | None:
+    """Closed-form LP of a lone linear position, walking tiers outward from the current one.
+
+    surplus(x) = k + rate·(equity + s·q·(x − entry)) − ask·(q·x·(mmr_t + fee) − deduction_t):
+    the Binance formula (with OKX's and Gate's liquidation fee), re-solved in the neighbouring
+    tier when the answer falls outside the tier it assumed (the FAQ's instruction). Monotone
+    by construction, so the root is unique.
+    Returns NaN when the shortcut's assumptions fail (then the general solver runs).
+    """
+    q = p.contracts * p.contract_size
+    if not 0.0 < q < INF:
+        return _NAN  # sizes that underflow to 0 (or overflow): the general solver copes
+    sign = 1 if p.side == "long" else -1
+    tiers = p.tiers
+    n = len(tiers)
+    # every tier's line shares these terms: surplus(x) = k0 + rate·s·q·x − ask·(q·x·mmr − d)
+    # (in the notional v = q·x: k0 + rate·s·v − ask·(v·mmr − d))
+    k0 = k + rate * (equity - sign * q * p.entry_price)
+    rate_s = rate * sign
+    # the fee charged at liquidation counts on top of the maintenance rate (OKX, Gate)
+    fee = liquidation_fee_of(p, rules)
+    if not n:
+        slope = q * (rate_s - ask * ((p.mmr or 0.0) + fee))
+        if slope * sign <= 0.0:
+            return _NAN
+        x = -k0 / slope
+        return None if x < 0.0 else _settled(x, p, q, sign, equity, rate, ask)
+    deduct = rules.tier_deduction
+    last = n - 1
+    notional = q * p.mark_price
+    i = 0
+    while i < last and notional > tiers[i].max_notional:
+        i += 1
+    # each tier's line is solved for the notional v = q·x, which its bracket (floor, ceiling]
+    # bounds; from the current tier the walk only ever heads one way, so each way is a loop
+    tier = tiers[i]
+    per_notional = rate_s - ask * (tier.mmr + fee)
+    if per_notional * sign <= 0.0:
+        return _NAN
+    value = -(k0 + (ask * tier.maintenance_amount if deduct else 0.0)) / per_notional
+    floor = tiers[i - 1].max_notional if i else 0.0
+    if value < floor:
+        while True:  # the root lies below tier i
+            if not i:
+                return None  # the root is at a price ≤ 0: nothing liquidates
+            ceiling = floor
+            i -= 1
+            tier = tiers[i]
+            per_notional = rate_s - ask * (tier.mmr + fee)
+            if per_notional * sign <= 0.0:
+                return _NAN
+            value = -(k0 + (ask * tier.maintenance_amount if deduct else 0.0)) / per_notional
+            floor = tiers[i - 1].max_notional if i else 0.0
+            if value < floor:
+                continue
+            if value > ceiling:  # surplus jumps across zero at this tier edge (OKX)
+                return ceiling / q
+            break
+    elif i < last and value > tier.max_notional:
+        while True:  # the root lies above tier i
+            floor = tier.max_notional
+            i += 1
+            tier = tiers[i]
+            per_notional = rate_s - ask * (tier.mmr + fee)
+            if per_notional * sign <= 0.0:
+                return _NAN
+            value = -(k0 + (ask * tier.maintenance_amount if deduct else 0.0)) / per_notional
+            if value < floor:  # surplus jumps across zero at this tier edge (OKX)
+                return floor / q
+            if i < last and value > tier.max_notional:
+                continue
+            break
+    # _settled, inlined (once per position per report)
+    x = value / q
+    if rate != ask and equity + sign * q * (x - p.entry_price) <= 0.0:
+        return _NAN
+    return x if x > p.mark_price * 1e-9 else None
+
+
+def _settled(  # noqa: PLR0917 - the walk's locals, passed on its hot path
+    x: float, p: Position, q: float, sign: int, equity: float, rate: float, ask: float
+) -> float | None:
+    """The walk's root, unless the settle asset went negative there (another valuation
+    rate applies: NaN sends the general solver) or it is ~0 (rounding: no price)."""
+    if rate != ask and equity + sign * q * (x - p.entry_price) <= 0.0:
+        return _NAN
+    return x if x > p.mark_price * 1e-9 else None

@@ -1,0 +1,738 @@
+"""The alert state machine: reports and source events in, alert events out. Pure; no clock.
+
+Every function takes the current `RulesState` and the time and returns a new state plus the
+events to announce, like h11's sans-IO protocol objects (STYLE.md), so the whole lifecycle is
+testable with synthetic ratio paths and a restart is just "load the state, keep evaluating".
+
+The lifecycle follows Prometheus Alertmanager (docs/notifications.md) with the gaps its users
+still hit closed here (§5):
+
+- Levels `ok < warning < critical < emergency` per rule. A rule is one of `margin_ratio`
+  (higher is worse), `shock_to_liquidation` (the smallest price move that liquidates; smaller
+  is worse), `stale_<kind>` and `source_down`. An alert's fingerprint is `<account>/<rule>`.
+- Dual-threshold hysteresis (prometheus #10536, still open there): a level is entered when
+  its threshold is crossed and left only once the value falls back past threshold − band, so
+  a ratio wobbling around a threshold never flaps.
+- Optional `hold_for` (Prometheus `for:`): a higher level must hold that long first.
+- Escalation sends at once; an unchanged level repeats every `repeat_every`; going back to ok
+  sends exactly one `resolved` with the episode's duration and worst value.
+- An episode is one stretch away from ok. Its id is derived from the fingerprint and its start
+  time, so a restarted daemon that reloads the state continues the same episode and event
+  ids, and receivers can deduplicate at-least-once deliveries.
+- Inhibition: an account whose margin or shock rule is at emergency mutes that account's
+  lesser margin/shock alerts. Stale and source-down alerts are never inhibited: a blind
+  monitor during an emergency is exactly what a person must hear about.
+- Silences (with expiry and a highest level they cover, so "silence this warning for an
+  hour" never hides the emergency that follows) and acknowledgement (stops repeats and
+  de-escalation chatter of the current episode; escalation breaks through).
+
+Suppressed events are still returned, with `suppressed` naming why, so the pipeline can log
+them; only unsuppressed ones go to the outbox. When the reason goes away and the level was
+never announced, the next evaluation announces it ("catch-up").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from monitor.core.model import MarginReport, ModelDrift, SourceDown, SourceStale, SourceUp
+
+__all__ = [
+    "LEVELS",
+    "RULE_ACTION_REJECTED",
+    "RULE_MARGIN",
+    "RULE_MODEL_DRIFT",
+    "RULE_SHOCK",
+    "RULE_SOURCE_DOWN",
+    "AlertConfig",
+    "AlertEvent",
+    "AlertKind",
+    "AlertState",
+    "Level",
+    "RulesState",
+    "Silence",
+    "acknowledge",
+    "add_silence",
+    "episode_id",
+    "evaluate",
+    "fingerprint",
+    "level_rank",
+    "on_action_rejected",
+    "on_action_resolved",
+    "on_source_event",
+    "ratio_level",
+    "remove_silence",
+    "shock_fraction",
+    "stale_rule",
+    "tick",
+]
+
+Level = Literal["ok", "warning", "critical", "emergency"]
+LEVELS: tuple[Level, ...] = ("ok", "warning", "critical", "emergency")
+_RANK: dict[str, int] = {name: i for i, name in enumerate(LEVELS)}
+
+AlertKind = Literal["firing", "escalated", "deescalated", "repeat", "resolved"]
+
+RULE_MARGIN = "margin_ratio"
+RULE_SHOCK = "shock_to_liquidation"
+RULE_SOURCE_DOWN = "source_down"
+#: A venue refused a protective order (docs/actions.md): an alert, never a retry loop.
+RULE_ACTION_REJECTED = "action_rejected"
+RULE_MODEL_DRIFT = "model_drift"
+_THRESHOLD_RULES = (RULE_MARGIN, RULE_SHOCK)
+
+
+def level_rank(level: str) -> int:
+    """Position of a level in `LEVELS` (ok = 0); unknown names rank as ok."""
+    return _RANK.get(level, 0)
+
+
+def stale_rule(kind: str) -> str:
+    """Rule name of the staleness alert for one data kind (`prices`, `positions`, ...)."""
+    return f"stale_{kind}"
+
+
+def fingerprint(account: str, rule: str) -> str:
+    """Stable identity of an alert across episodes and restarts."""
+    return f"{account}/{rule}"
+
+
+def episode_id(fp: str, started_at: float) -> str:
+    """Deterministic episode id: the same fingerprint and start time give the same id."""
+    digest = hashlib.sha256(f"{fp}|{started_at!r}".encode()).hexdigest()
+    return digest[:16]
+
+
+# --- configuration --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AlertConfig:
+    """Thresholds and timing; settings.py validates the user's values and builds this.
+
+    Ratio thresholds are margin ratios (0 safe, 1 liquidation). Shock thresholds are
+    fractions of a uniform price move that would liquidate (0.10 = "a 10 % move liquidates
+    you"); None disables that level. Times are seconds; `repeat_every` <= 0 never repeats.
+    """
+
+    warning: float = 0.5
+    critical: float = 0.7
+    emergency: float = 0.85
+    band: float = 0.05
+    repeat_every: float = 3600.0
+    hold_for: float = 0.0
+    shock_warning: float | None = 0.10
+    shock_critical: float | None = 0.05
+    shock_emergency: float | None = 0.02
+    shock_band: float = 0.01
+    stale_level: Level = "warning"
+    source_down_level: Level = "critical"
+    action_rejected_level: Level = "critical"
+
+    def ratio_thresholds(self) -> tuple[float | None, float | None, float | None]:
+        """Entry thresholds of warning, critical, emergency on the margin ratio."""
+        return (self.warning, self.critical, self.emergency)
+
+    def shock_thresholds(self) -> tuple[float | None, float | None, float | None]:
+        """Entry thresholds on the *negated* shock, so that higher is worse as for ratios."""
+        return tuple(  # type: ignore[return-value]
+            None if t is None else -t
+            for t in (self.shock_warning, self.shock_critical, self.shock_emergency)
+        )
+
+
+# --- state ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Silence:
+    """Mute alerts of `account` (None: all) and `rule` (None: all) up to level `up_to`."""
+
+    id: str
+    until: float
+    account: str | None = None
+    rule: str | None = None
+    up_to: Level = "emergency"
+    created_by: str = ""
+
+    def matches(self, account: str, rule: str, level: str, now: float) -> bool:
+        """True when this silence is active at `now` and covers the alert at `level`."""
+        return (
+            now < self.until
+            and (self.account is None or self.account == account)
+            and (self.rule is None or self.rule == rule)
+            and level_rank(level) <= level_rank(self.up_to)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AlertState:
+    """One fingerprint's lifecycle. `level` ok with `episode` "" means nothing is firing.
+
+    `value` is the rule's figure in its natural unit (ratio, or shock fraction), None for
+    stale/down alerts. `notified_level` is the level last announced to a person in this
+    episode ("ok" = nothing announced yet); the gap to `level` drives catch-up.
+    """
+
+    account: str
+    rule: str
+    level: Level = "ok"
+    episode: str = ""
+    started_at: float = 0.0
+    seq: int = 0
+    value: float | None = None
+    last_event_at: float = 0.0
+    last_sent_value: float | None = None
+    worst_value: float | None = None
+    worst_level: Level = "ok"
+    notified_level: Level = "ok"
+    acknowledged: bool = False
+    pending_level: Level = "ok"
+    pending_since: float | None = None
+    detail: str = ""
+
+    @property
+    def fingerprint(self) -> str:
+        """`<account>/<rule>`."""
+        return fingerprint(self.account, self.rule)
+
+    @property
+    def firing(self) -> bool:
+        """True inside an episode."""
+        return self.level != "ok"
+
+
+@dataclass(frozen=True, slots=True)
+class RulesState:
+    """All alerts and silences. Treat `alerts` as immutable: every change copies it.
+
+    `index` lists each account's fingerprints. Every report evaluates one account, and
+    scanning every account's alerts to find its own made a report cost O(accounts) (a
+    whole core at 100 sim accounts, docs/benchmarks.md). Fingerprints are never removed, so
+    one index serves every later state until a new fingerprint appears; it is derived
+    from `alerts` when not given, and never part of equality.
+    """
+
+    alerts: Mapping[str, AlertState] = field(default_factory=dict)
+    silences: tuple[Silence, ...] = ()
+    index: Mapping[str, tuple[str, ...]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def __post_init__(self) -> None:
+        if len(self.index) == 0 and len(self.alerts) != 0:
+            object.__setattr__(self, "index", _index_of(self.alerts))
+
+    def alert(self, account: str, rule: str) -> AlertState:
+        """The state of one fingerprint (a fresh ok state if never seen)."""
+        return self.alerts.get(fingerprint(account, rule)) or AlertState(account, rule)
+
+    def of_account(self, account: str) -> list[AlertState]:
+        """Every alert of one account, without looking at the others."""
+        alerts = self.alerts
+        return [alerts[fp] for fp in self.index.get(account, ())]
+
+    def account_level(self, account: str) -> Level:
+        """Highest level of any alert of the account."""
+        levels = [a.level for a in self.of_account(account)]
+        return max(levels, key=level_rank, default="ok")
+
+
+def _index_of(alerts: Mapping[str, AlertState]) -> dict[str, tuple[str, ...]]:
+    index: dict[str, list[str]] = {}
+    for fp, alert in alerts.items():
+        index.setdefault(alert.account, []).append(fp)
+    return {account: tuple(fps) for account, fps in index.items()}
+
+
+def _indexed(
+    index: Mapping[str, tuple[str, ...]], alerts: Mapping[str, AlertState], fps: Iterable[str]
+) -> Mapping[str, tuple[str, ...]]:
+    """`index` with any of `fps` it lacks added (copied only then: new fingerprints are rare)."""
+    grown: dict[str, tuple[str, ...]] | None = None
+    for fp in fps:
+        account = alerts[fp].account
+        known = (grown or index).get(account, ())
+        if fp not in known:
+            grown = dict(index) if grown is None else grown
+            grown[account] = (*known, fp)
+    return index if grown is None else grown
+
+
+@dataclass(frozen=True, slots=True)
+class AlertEvent:
+    """Something to tell a person about one alert, with what they need to judge it.
+
+    `id` is `<episode>.<seq>`: unique, stable across a restart, usable for deduplication.
+    `previous_value` is the value at the last event of the episode ("how it moved").
+    `suppressed` is None for events to deliver, else `silenced:<id>`, `inhibited`,
+    `acknowledged` or `unannounced` (a resolve of an episode nobody was told about).
+    """
+
+    id: str
+    fingerprint: str
+    account: str
+    rule: str
+    kind: AlertKind
+    level: Level
+    previous_level: Level
+    episode: str
+    started_at: float
+    at: float
+    value: float | None
+    previous_value: float | None
+    worst_value: float | None
+    worst_level: Level
+    threshold: float | None = None
+    detail: str = ""
+    suppressed: str | None = None
+
+    @property
+    def duration(self) -> float:
+        """Seconds since the episode started."""
+        return self.at - self.started_at
+
+    @property
+    def delivered(self) -> bool:
+        """True when this event should reach the sinks."""
+        return self.suppressed is None
+
+
+# --- the level function ---------------------------------------------------------------------
+
+
+def _target_level(
+    value: float, current: Level, thresholds: tuple[float | None, ...], band: float
+) -> Level:
+    """Hysteresis: the highest level entered (value ≥ threshold), or kept (≥ threshold − band).
+
+    A level at or below the current one is kept while the value stays above its threshold
+    minus the band; a level above the current one needs its threshold itself. NaN keeps the
+    current level (no information is not good news).
+    """
+    if math.isnan(value):
+        return current
+    best = 0
+    for i, threshold in enumerate(thresholds, start=1):
+        if threshold is None:
+            continue
+        limit = threshold - band if i <= level_rank(current) else threshold
+        if value >= limit:
+            best = i
+    return LEVELS[best]
+
+
+def _worse(rule: str, a: float | None, b: float | None) -> float | None:
+    """The worse of two values of `rule` (higher ratio, smaller shock)."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return min(a, b) if rule == RULE_SHOCK else max(a, b)
+
+
+def ratio_level(ratio: float, current: Level, config: AlertConfig) -> Level:
+    """The margin-ratio level after `ratio`, with hysteresis (no hold_for, no lifecycle).
+
+    For displays that only need "which level is this account at" (the console view).
+    """
+    return _target_level(ratio, current, config.ratio_thresholds(), config.band)
+
+
+def shock_fraction(report: MarginReport) -> float | None:
+    """The smallest |move| that liquidates; inf when none does; None when not assessed."""
+    shock = report.shock_to_liquidation
+    if shock is None:
+        return None
+    moves = [abs(m) for m in (shock.down, shock.up) if m is not None]
+    return min(moves) if moves else math.inf
+
+
+# --- one step of one alert ------------------------------------------------------------------
+
+
+def _advance(
+    alert: AlertState,
+    new_level: Level,
+    value: float | None,
+    now: float,
+    config: AlertConfig,
+    *,
+    threshold: float | None = None,
+    detail: str = "",
+) -> tuple[AlertState, AlertEvent | None]:
+    """Move `alert` to `new_level` and say what happened, before any suppression."""
+    old = alert.level
+    rule = alert.rule
+    if new_level == "ok" and old == "ok":
+        return replace(alert, value=value), None
+
+    if old == "ok":
+        started = now
+        episode = episode_id(alert.fingerprint, started)
+        alert = replace(
+            alert,
+            episode=episode,
+            started_at=started,
+            seq=0,
+            worst_value=value,
+            worst_level=new_level,
+            notified_level="ok",
+            acknowledged=False,
+            last_sent_value=None,
+        )
+        kind: AlertKind | None = "firing"
+    elif new_level == "ok":
+        kind = "resolved"
+    elif level_rank(new_level) > level_rank(old):
+        kind = "escalated"
+    elif level_rank(new_level) < level_rank(old):
+        kind = "deescalated"
+    elif config.repeat_every > 0 and now - alert.last_event_at >= config.repeat_every:
+        kind = "repeat"
+    else:
+        kind = None
+
+    worst_value = _worse(rule, alert.worst_value, value)
+    worst_level = max(alert.worst_level, new_level, key=level_rank)
+    alert = replace(
+        alert,
+        level=new_level,
+        value=value,
+        worst_value=worst_value,
+        worst_level=worst_level,
+        detail=detail or alert.detail,
+        acknowledged=alert.acknowledged and kind != "escalated",
+    )
+    if kind is None:
+        return alert, None
+    event = AlertEvent(
+        id=f"{alert.episode}.{alert.seq}",
+        fingerprint=alert.fingerprint,
+        account=alert.account,
+        rule=rule,
+        kind=kind,
+        level=new_level,
+        previous_level=old,
+        episode=alert.episode,
+        started_at=alert.started_at,
+        at=now,
+        value=value,
+        previous_value=alert.last_sent_value,
+        worst_value=worst_value,
+        worst_level=worst_level,
+        threshold=threshold,
+        detail=alert.detail,
+    )
+    alert = replace(alert, seq=alert.seq + 1, last_event_at=now)
+    return alert, event
+
+
+def _threshold_of(rule: str, level: Level, config: AlertConfig) -> float | None:
+    """The entry threshold of `level` in the rule's natural unit (None for ok/off)."""
+    rank = level_rank(level)
+    if rank == 0 or rule not in _THRESHOLD_RULES:
+        return None
+    if rule == RULE_MARGIN:
+        return config.ratio_thresholds()[rank - 1]
+    return (config.shock_warning, config.shock_critical, config.shock_emergency)[rank - 1]
+
+
+def _step_threshold(
+    alert: AlertState, value: float, now: float, config: AlertConfig
+) -> tuple[AlertState, AlertEvent | None]:
+    """Hysteresis plus hold_for on one threshold rule."""
+    if alert.rule == RULE_MARGIN:
+        scaled, thresholds, band = value, config.ratio_thresholds(), config.band
+    else:
+        scaled, thresholds, band = -value, config.shock_thresholds(), config.shock_band
+    target = _target_level(scaled, alert.level, thresholds, band)
+    if level_rank(target) > level_rank(alert.level) and config.hold_for > 0:
+        since = alert.pending_since if alert.pending_since is not None else now
+        if now - since < config.hold_for:
+            held = replace(alert, pending_level=target, pending_since=since)
+            # Not yet entered: the value still moves, the level and episode do not.
+            return _advance(held, alert.level, value, now, config)
+    if alert.pending_level != "ok" or alert.pending_since is not None:
+        alert = replace(alert, pending_level="ok", pending_since=None)
+    threshold = _threshold_of(alert.rule, target, config)
+    return _advance(alert, target, value, now, config, threshold=threshold)
+
+
+# --- suppression ----------------------------------------------------------------------------
+
+
+def _inhibited(state: RulesState, alert: AlertState) -> bool:
+    """An emergency on an account's threshold rule mutes its lesser threshold alerts."""
+    if alert.rule not in _THRESHOLD_RULES or alert.level == "emergency":
+        return False
+    return any(
+        other.rule in _THRESHOLD_RULES and other.level == "emergency"
+        for other in state.of_account(alert.account)
+    )
+
+
+def _suppression(state: RulesState, alert: AlertState, kind: AlertKind, now: float) -> str | None:
+    """Why an event of `alert` must not reach a person now, or None."""
+    if kind == "resolved":
+        # A resolve follows whatever was announced; an episode nobody heard of ends quietly.
+        return None if alert.notified_level != "ok" else "unannounced"
+    for silence in state.silences:
+        if silence.matches(alert.account, alert.rule, alert.level, now):
+            return f"silenced:{silence.id}"
+    if _inhibited(state, alert):
+        return "inhibited"
+    if alert.acknowledged and kind in ("repeat", "deescalated"):
+        return "acknowledged"
+    return None
+
+
+def _catch_up(alert: AlertState, now: float) -> tuple[AlertState, AlertEvent]:
+    """Announce a level that was reached while muted, now that nothing mutes it."""
+    kind: AlertKind
+    if alert.notified_level == "ok":
+        kind = "firing"
+    elif level_rank(alert.level) > level_rank(alert.notified_level):
+        kind = "escalated"
+    else:
+        kind = "deescalated"
+    event = AlertEvent(
+        id=f"{alert.episode}.{alert.seq}",
+        fingerprint=alert.fingerprint,
+        account=alert.account,
+        rule=alert.rule,
+        kind=kind,
+        level=alert.level,
+        previous_level=alert.notified_level,
+        episode=alert.episode,
+        started_at=alert.started_at,
+        at=now,
+        value=alert.value,
+        previous_value=alert.last_sent_value,
+        worst_value=alert.worst_value,
+        worst_level=alert.worst_level,
+        detail=alert.detail,
+    )
+    return replace(alert, seq=alert.seq + 1, last_event_at=now), event
+
+
+def _finish(
+    state: RulesState,
+    changed: Mapping[str, tuple[AlertState, AlertEvent | None]],
+    now: float,
+) -> tuple[RulesState, tuple[AlertEvent, ...]]:
+    """Store the stepped alerts, then decide suppression with the whole account in view."""
+    alerts = dict(state.alerts)
+    for fp, (alert, _event) in changed.items():
+        alerts[fp] = alert
+    silences = tuple(s for s in state.silences if now < s.until)
+    index = _indexed(state.index, alerts, changed)
+    state = RulesState(alerts=alerts, silences=silences, index=index)
+    events: list[AlertEvent] = []
+    accounts = {alert.account for alert, _ in changed.values()}
+    for fp in [fp for account in sorted(accounts) for fp in index.get(account, ())]:
+        alert = alerts[fp]
+        event = changed[fp][1] if fp in changed else None
+        if event is not None:
+            reason = _suppression(state, alert, event.kind, now)
+            event = replace(event, suppressed=reason)
+            if reason is None:
+                notified: Level = alert.level if event.kind != "resolved" else "ok"
+                alert = replace(alert, notified_level=notified, last_sent_value=event.value)
+            events.append(event)
+        elif (
+            alert.firing
+            and alert.notified_level != alert.level
+            and _suppression(state, alert, "firing", now) is None
+            and not (
+                # Acknowledged de-escalations stay quiet until something worse happens.
+                alert.acknowledged and level_rank(alert.level) < level_rank(alert.notified_level)
+            )
+        ):
+            alert, event = _catch_up(alert, now)
+            alert = replace(alert, notified_level=alert.level, last_sent_value=alert.value)
+            events.append(event)
+        if alert.level == "ok" and alert.episode:
+            # Episode over: keep only what the next episode needs (nothing but identity).
+            alert = AlertState(alert.account, alert.rule, value=alert.value)
+        alerts[fp] = alert
+    return RulesState(alerts=alerts, silences=silences, index=index), tuple(events)
+
+
+# --- public API -----------------------------------------------------------------------------
+
+
+def evaluate(
+    state: RulesState, report: MarginReport, now: float, config: AlertConfig
+) -> tuple[RulesState, tuple[AlertEvent, ...]]:
+    """Apply one margin report of one account; returns the new state and its events.
+
+    The shock rule is evaluated only when the report carries `shock_to_liquidation`
+    (`stress.assess`); a report without it leaves that alert as it was.
+    """
+    account = report.account
+    changed: dict[str, tuple[AlertState, AlertEvent | None]] = {}
+    margin = state.alert(account, RULE_MARGIN)
+    changed[margin.fingerprint] = _step_threshold(margin, report.margin_ratio, now, config)
+    shock = shock_fraction(report)
+    if shock is not None:
+        alert = state.alert(account, RULE_SHOCK)
+        changed[alert.fingerprint] = _step_threshold(alert, shock, now, config)
+    return _finish(state, changed, now)
+
+
+def on_source_event(
+    state: RulesState,
+    event: SourceStale | SourceDown | SourceUp,
+    now: float,
+    config: AlertConfig,
+) -> tuple[RulesState, tuple[AlertEvent, ...]]:
+    """Stale data, a source that gave up, and its recovery, each with its own lifecycle.
+
+    `SourceStale(kind)` fires `stale_<kind>`; `SourceDown` fires `source_down`;
+    `SourceUp(kind)` resolves `stale_<kind>` and `source_down` (fresh data flows again).
+    """
+    account = event.account
+    changed: dict[str, tuple[AlertState, AlertEvent | None]] = {}
+    if isinstance(event, SourceStale):
+        alert = state.alert(account, stale_rule(event.kind))
+        detail = f"no fresh {event.kind} for {event.age:.0f} s"
+        changed[alert.fingerprint] = _advance(
+            alert, config.stale_level, event.age, now, config, detail=detail
+        )
+    elif isinstance(event, SourceDown):
+        alert = state.alert(account, RULE_SOURCE_DOWN)
+        changed[alert.fingerprint] = _advance(
+            alert, config.source_down_level, None, now, config, detail=event.reason
+        )
+    else:
+        for rule in (stale_rule(event.kind), RULE_SOURCE_DOWN):
+            alert = state.alert(account, rule)
+            if alert.firing:
+                changed[alert.fingerprint] = _advance(alert, "ok", None, now, config)
+    return _finish(state, changed, now)
+
+
+def on_action_rejected(
+    state: RulesState, account: str, detail: str, now: float, config: AlertConfig
+) -> tuple[RulesState, tuple[AlertEvent, ...]]:
+    """A venue rejected a protective order: `<account>/action_rejected` fires.
+
+    One episode per rejection stretch: raising it again while it fires only updates the
+    detail (and repeats on `repeat_every` like any alert), so a person hears about a refused
+    protective order once, not once per report (docs/actions.md).
+    """
+    alert = state.alert(account, RULE_ACTION_REJECTED)
+    changed = {
+        alert.fingerprint: _advance(
+            alert, config.action_rejected_level, None, now, config, detail=detail
+        )
+    }
+    return _finish(state, changed, now)
+
+
+def on_action_resolved(
+    state: RulesState, account: str, now: float, config: AlertConfig
+) -> tuple[RulesState, tuple[AlertEvent, ...]]:
+    """The executor's episode ended (back at the target): resolve `action_rejected`."""
+    alert = state.alert(account, RULE_ACTION_REJECTED)
+    if not alert.firing:
+        return state, ()
+    changed = {alert.fingerprint: _advance(alert, "ok", None, now, config)}
+    return _finish(state, changed, now)
+
+
+def on_model_drift(
+    state: RulesState, event: ModelDrift, now: float, config: AlertConfig
+) -> tuple[RulesState, tuple[AlertEvent, ...]]:
+    """Our ratio and the venue's drifted apart on two reads in a row: `model_drift` fires
+    at warning (the ratio used then is the worse of the two, venue_ratio.py); it resolves
+    when a read agrees again."""
+    alert = state.alert(event.account, RULE_MODEL_DRIFT)
+    if not event.drifting:
+        if not alert.firing:
+            return state, ()
+        return _finish(state, {alert.fingerprint: _advance(alert, "ok", None, now, config)}, now)
+    gap = (event.model_ratio - event.venue_ratio) / event.venue_ratio if event.venue_ratio else 0
+    detail = (
+        f"our margin ratio {event.model_ratio:.4f} vs the venue's {event.venue_ratio:.4f} "
+        f"({gap:+.1%}) on consecutive reads; likely cause: a tier table, collateral haircut "
+        "or margin mode that differs from the venue's (alerts and actions use the worse figure)"
+    )
+    changed = {alert.fingerprint: _advance(alert, "warning", None, now, config, detail=detail)}
+    return _finish(state, changed, now)
+
+
+def tick(
+    state: RulesState, now: float, config: AlertConfig, accounts: Iterable[str] | None = None
+) -> tuple[RulesState, tuple[AlertEvent, ...]]:
+    """Time passing without new data: due repeats, ended hold times, expired silences.
+
+    The daemon calls this about once a second, because an unchanged account produces no new
+    report (state.apply skips no-ops) yet must still repeat on schedule.
+    """
+    wanted = None if accounts is None else set(accounts)
+    changed: dict[str, tuple[AlertState, AlertEvent | None]] = {}
+    for fp, alert in state.alerts.items():
+        if wanted is not None and alert.account not in wanted:
+            continue
+        if alert.rule in _THRESHOLD_RULES and alert.value is not None:
+            if _quiet(alert, config):
+                continue  # nothing to repeat or hold: stepping it again changes nothing
+            changed[fp] = _step_threshold(alert, alert.value, now, config)
+        elif alert.firing:
+            changed[fp] = _advance(alert, alert.level, alert.value, now, config)
+    if not changed and not any(now >= s.until for s in state.silences):
+        return state, ()
+    return _finish(state, changed, now)
+
+
+def _quiet(alert: AlertState, config: AlertConfig) -> bool:
+    """True for a threshold alert at ok, outside any episode and hold, whose last value sits
+    below every entry threshold: stepping it again with that value changes nothing.
+
+    Most of the daemon's alerts at any time (one margin and one shock alert per account,
+    1 000 accounts, docs/benchmarks.md): `tick` skips them instead of rebuilding each every second.
+    """
+    value = alert.value
+    if (
+        value is None
+        or alert.level != "ok"
+        or alert.episode
+        or alert.pending_level != "ok"
+        or alert.pending_since is not None
+    ):
+        return False
+    if alert.rule == RULE_MARGIN:
+        scaled, thresholds, band = value, config.ratio_thresholds(), config.band
+    else:
+        scaled, thresholds, band = -value, config.shock_thresholds(), config.shock_band
+    return _target_level(scaled, "ok", thresholds, band) == "ok"
+
+
+def add_silence(state: RulesState, silence: Silence) -> RulesState:
+    """Add (or replace, by id) a silence."""
+    others = tuple(s for s in state.silences if s.id != silence.id)
+    return replace(state, silences=(*others, silence))
+
+
+def remove_silence(state: RulesState, silence_id: str) -> RulesState:
+    """Lift a silence before it expires."""
+    return replace(state, silences=tuple(s for s in state.silences if s.id != silence_id))
+
+
+def acknowledge(state: RulesState, account: str, rule: str | None = None) -> RulesState:
+    """Acknowledge the current episode of one alert, or of every alert of the account.
+
+    Repeats and de-escalations of that episode stay quiet; an escalation re-arms the alert
+    and a new episode starts unacknowledged.
+    """
+    alerts = dict(state.alerts)
+    for fp, alert in state.alerts.items():
+        if alert.account == account and (rule is None or alert.rule == rule) and alert.firing:
+            alerts[fp] = replace(alert, acknowledged=True)
+    return replace(state, alerts=alerts)

@@ -1,0 +1,360 @@
+"""What-ifs over a snapshot: prices moved, every price shocked, positions reduced. Pure.
+
+The questions a trader asks before a sell-off: "what if BTC falls to support?" (`with_prices`),
+"how far can everything fall before I am liquidated?" (`shock_to_liquidation`), and "what is
+the least I must close to get back to a safe ratio?" (`minimal_reduction`). Each answers by
+re-valuing a modified snapshot with `margin.report`, so a what-if can never disagree with the
+report itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+
+from monitor.core.margin.report import pnl_at, ratio_of, report
+from monitor.core.margin.valuation import surplus_at
+from monitor.core.model import (
+    STABLE_ASSETS,
+    AccountSnapshot,
+    Collateral,
+    MarginReport,
+    Position,
+    Reduction,
+    ReductionPlan,
+    ReductionPolicy,
+    ShockToLiquidation,
+    Side,
+    priced_collateral,
+)
+
+__all__ = [
+    "MAX_UP_SHOCK",
+    "assess",
+    "first_crossing",
+    "minimal_reduction",
+    "reduced",
+    "shock_to_liquidation",
+    "shocked",
+    "with_prices",
+]
+
+#: Upward moves are searched up to +1000 %; beyond that "no move liquidates" is reported.
+MAX_UP_SHOCK = 10.0
+#: Relative precision of a solved shock or reduction.
+_TOLERANCE = 1e-12
+Cuts = Mapping[tuple[str, Side], float]
+_POLICIES: tuple[ReductionPolicy, ...] = ("largest_mm_contributor", "worst_pnl", "proportional")
+
+
+# --- prices -------------------------------------------------------------------------------
+
+
+def with_prices(snapshot: AccountSnapshot, prices: Mapping[str, float]) -> AccountSnapshot:
+    """The snapshot with some mark prices (by symbol) or collateral prices (by asset) set.
+
+    A symbol quoted in the report currency also re-prices collateral in its base asset
+    (BTC/USDT:USDT at 52,000 makes BTC collateral worth 52,000), unless that asset's price
+    is given explicitly.
+    """
+    if not prices:
+        return snapshot
+    asset_prices = {k: v for k, v in prices.items() if "/" not in k}
+    for symbol, price in prices.items():
+        asset = priced_collateral(symbol, snapshot.currency)
+        if asset is not None:
+            asset_prices.setdefault(asset, price)
+    positions = tuple(
+        p.at_mark(prices[p.symbol]) if p.symbol in prices else p for p in snapshot.positions
+    )
+    collateral = tuple(
+        replace(c, price=asset_prices[c.asset])
+        if c.asset in asset_prices and c.asset != snapshot.currency
+        else c
+        for c in snapshot.collateral
+    )
+    # the venue's own figure (portfolio margin) holds at its prices only (docs/collateral.md)
+    return replace(snapshot, positions=positions, collateral=collateral, venue_margin=None)
+
+
+def _collateral_beta(c: Collateral, currency: str) -> float:
+    if c.beta is not None:
+        return c.beta
+    return 0.0 if c.asset == currency or c.asset in STABLE_ASSETS else 1.0
+
+
+def shocked(
+    snapshot: AccountSnapshot, shock: float, beta_weighted: bool = False
+) -> AccountSnapshot:
+    """Every price moved by `shock` (−0.1 = −10 %), or by beta × shock per position.
+
+    Volatile collateral moves with the market (a BTC crash shrinks BTC collateral); the
+    report currency and stablecoins stay put. Prices are floored at zero.
+    """
+    positions = tuple(
+        p.at_mark(p.mark_price * _factor(p.beta if beta_weighted else 1.0, shock))
+        for p in snapshot.positions
+    )
+    collateral = tuple(
+        replace(c, price=c.price * _factor(_collateral_beta(c, snapshot.currency), shock))
+        if _collateral_beta(c, snapshot.currency) != 0.0
+        else c
+        for c in snapshot.collateral
+    )
+    return replace(snapshot, positions=positions, collateral=collateral, venue_margin=None)
+
+
+def _factor(beta: float, shock: float) -> float:
+    """Price multiplier of a `shock` for a `beta`; floored just above zero (a price of 0
+    would make inverse contracts' value infinite)."""
+    return max(1e-9, 1.0 + beta * shock)
+
+
+# --- shock to liquidation -----------------------------------------------------------------
+
+
+def _first_crossing(f: Callable[[float], float], end: float, grid: int = 13) -> float | None:
+    """Smallest |s| on the way from 0 to `end` where f(s) ≤ 0, to `_TOLERANCE`.
+
+    A geometric grid (fine near 0, where most accounts' answer lies) brackets the first
+    sign change; the Illinois variant of regula falsi then converges in a few steps on
+    these piecewise-linear curves, with bisection as a guard.
+    """
+    f_lo = f(0.0)
+    if f_lo <= 0.0:
+        return 0.0
+    lo = 0.0
+    for k in range(grid):
+        hi = end * (2.0 ** (k - grid + 1))
+        f_hi = f(hi)
+        if f_hi <= 0.0:
+            return _illinois(f, lo, f_lo, hi, f_hi)
+        lo, f_lo = hi, f_hi
+    return None
+
+
+def _illinois(f: Callable[[float], float], lo: float, f_lo: float, hi: float,
+              f_hi: float) -> float:
+    """Root in [lo, hi] with f(lo) > 0 ≥ f(hi); returns a point where f ≤ 0."""
+    side = 0
+    for _ in range(200):
+        if abs(hi - lo) <= _TOLERANCE * max(1.0, abs(hi)):
+            break
+        mid = hi - f_hi * (hi - lo) / (f_hi - f_lo) if f_hi != f_lo else 0.5 * (lo + hi)
+        if not min(lo, hi) < mid < max(lo, hi):
+            mid = 0.5 * (lo + hi)
+        f_mid = f(mid)
+        if f_mid <= 0.0:
+            hi, f_hi = mid, f_mid
+            if side == -1:
+                f_lo *= 0.5
+            side = -1
+        else:
+            lo, f_lo = mid, f_mid
+            if side == 1:
+                f_hi *= 0.5
+            side = 1
+    return hi
+
+
+def shock_to_liquidation(
+    snapshot: AccountSnapshot, beta_weighted: bool = False
+) -> ShockToLiquidation:
+    """Smallest uniform (or beta-weighted) move of all prices, down and up, reaching ratio 1.
+
+    `down` is in (−1, 0] and `up` in [0, MAX_UP_SHOCK]; None where no move in that range
+    liquidates (a fully hedged or unlevered book).
+    """
+    base = _without_reported(snapshot)
+    if not any(p.margin_mode == "cross" for p in base.positions):
+        # nothing open in the cross pool: nothing liquidates (margin_ratio 0), even where a
+        # shock takes a balance (BTC debt, say) below zero (docs/margin-edges.md: empty cross pool)
+        return ShockToLiquidation(down=None, up=None)
+    marks = [(p.mark_price, p.beta if beta_weighted else 1.0) for p in base.positions]
+    moving = [
+        (c.asset, c.price, _collateral_beta(c, base.currency))
+        for c in base.collateral
+        if _collateral_beta(c, base.currency) != 0.0
+    ]
+
+    def f(s: float) -> float:
+        # the same figures as surplus(shocked(base, s, beta_weighted)), without new objects
+        return surplus_at(
+            base,
+            [mark * _factor(beta, s) for mark, beta in marks],
+            {asset: price * _factor(beta, s) for asset, price, beta in moving},
+        )
+
+    down = _first_crossing(f, -1.0)
+    up = _first_crossing(f, MAX_UP_SHOCK)
+    return ShockToLiquidation(down=down, up=up)
+
+
+def _without_reported(snapshot: AccountSnapshot) -> AccountSnapshot:
+    """Venue figures hold at one price only; a move recomputes everything from schedules."""
+    return replace(snapshot, positions=tuple(p.scheduled() for p in snapshot.positions))
+
+
+def assess(snapshot: AccountSnapshot) -> MarginReport:
+    """The report with its shock to liquidation and its collateral risk (the fall of each
+    collateral asset alone that liquidates, docs/collateral.md) filled in: what the daemon
+    publishes."""
+    from monitor.core.collateral_risk import collateral_risk  # noqa: PLC0415 - builds on this module
+
+    base = report(snapshot)
+    return replace(base, shock_to_liquidation=shock_to_liquidation(snapshot),
+                   collateral_risk=collateral_risk(snapshot, base.margin_balance))
+
+
+#: The bracketing root finder of the shock solve, for the other what-if solvers.
+first_crossing = _first_crossing
+
+
+# --- minimal reduction --------------------------------------------------------------------
+
+
+def reduced(
+    snapshot: AccountSnapshot, cuts: Cuts, fee_rate: float = 0.0
+) -> AccountSnapshot:
+    """The snapshot after closing `cuts[(symbol, side)]` contracts of each position at mark.
+
+    Closing realises PnL into the settle asset's balance, so the margin balance is unchanged
+    except for the taker fee; margins shrink with the size (tier-aware, via the schedule).
+    """
+    if not cuts:
+        return snapshot
+    settle_delta: dict[str, float] = {}
+    positions: list[Position] = []
+    for p in snapshot.positions:
+        cut = min(cuts.get(p.key, 0.0), p.contracts)
+        if cut <= 0.0:
+            positions.append(p)
+            continue
+        settle = p.settle or snapshot.currency
+        kept = p.contracts - cut
+        fraction = kept / p.contracts
+        schedule = p.scheduled()
+        pnl_now = p.unrealized_pnl if p.unrealized_pnl is not None else pnl_at(p, p.mark_price)
+        fee = fee_rate * p.settle_notional(p.mark_price) * (cut / p.contracts)
+        settle_delta[settle] = settle_delta.get(settle, 0.0) + pnl_now * (1 - fraction) - fee
+        if kept > 0.0:
+            positions.append(
+                replace(
+                    schedule,
+                    contracts=kept,
+                    unrealized_pnl=None
+                    if p.unrealized_pnl is None
+                    else p.unrealized_pnl * fraction,
+                    isolated_margin=None
+                    if p.isolated_margin is None
+                    else p.isolated_margin * fraction,
+                )
+            )
+    collateral = list(snapshot.collateral)
+    for asset, delta in settle_delta.items():
+        for i, c in enumerate(collateral):
+            if c.asset == asset:
+                collateral[i] = replace(c, amount=c.amount + delta)
+                break
+        else:
+            collateral.append(Collateral(asset=asset, amount=delta))
+    return replace(snapshot, positions=tuple(positions), collateral=tuple(collateral),
+                   venue_margin=None)
+
+
+def _order(
+    snapshot: AccountSnapshot, policy: ReductionPolicy, priority: Sequence[str]
+) -> list[Position]:
+    rep = report(snapshot)
+    risks = {(r.symbol, r.side): r for r in rep.positions}
+    cross = [p for p in snapshot.positions if p.margin_mode == "cross" and p.contracts > 0]
+    if policy == "worst_pnl":
+        cross.sort(key=lambda p: risks[p.key].unrealized_pnl)
+    else:
+        cross.sort(key=lambda p: -risks[p.key].maintenance_margin)
+    if priority:
+        rank = {symbol: i for i, symbol in enumerate(priority)}
+        cross.sort(key=lambda p: rank.get(p.symbol, len(rank)))
+    return cross
+
+
+def minimal_reduction(
+    snapshot: AccountSnapshot,
+    target_ratio: float,
+    policy: ReductionPolicy = "largest_mm_contributor",
+    priority: Sequence[str] = (),
+    fee_rate: float = 0.0,
+) -> ReductionPlan:
+    """Smallest reduce-only quantities bringing the cross ratio down to `target_ratio`.
+
+    Policies: `largest_mm_contributor` and `worst_pnl` close positions one after the other in
+    that order (a user `priority` list of symbols goes first), each only as far as needed;
+    `proportional` cuts every cross position by the same, smallest sufficient fraction.
+    Quantities are exact (unrounded): the action planner rounds them to market precision.
+    """
+    if policy not in _POLICIES:
+        msg = f"policy {policy!r} is not one of {', '.join(_POLICIES)}"
+        raise ValueError(msg)
+    before = ratio_of(snapshot)
+
+    def ratio(cuts: Cuts) -> float:
+        return ratio_of(reduced(snapshot, cuts, fee_rate))
+
+    cuts: dict[tuple[str, Side], float] = {}
+    if before > target_ratio:
+        order = _order(snapshot, policy, priority)
+        if policy == "proportional" and not priority:
+            fraction = _smallest(
+                lambda k: ratio({p.key: p.contracts * k for p in order}), target_ratio
+            )
+            cuts = {p.key: p.contracts * fraction for p in order}
+        else:
+            for p in order:
+                full = {**cuts, p.key: p.contracts}
+                if ratio(full) > target_ratio:
+                    cuts = full
+                    continue
+                done = dict(cuts)
+
+                def partial(k: float, p: Position = p, done: Cuts = done) -> float:
+                    return ratio({**done, p.key: p.contracts * k})
+
+                cuts[p.key] = p.contracts * _smallest(partial, target_ratio)
+                break
+    after = ratio(cuts)
+    by_key = {p.key: p for p in snapshot.positions}
+    reductions = tuple(
+        Reduction(
+            symbol=key[0],
+            side=by_key[key].side,
+            contracts=qty,
+            notional=by_key[key].settle_notional(by_key[key].mark_price) * qty
+            / by_key[key].contracts,
+            hedged=by_key[key].hedged,
+        )
+        for key, qty in cuts.items()
+        if qty > 0
+    )
+    return ReductionPlan(
+        policy=policy,
+        target_ratio=target_ratio,
+        ratio_before=before,
+        ratio_after=after,
+        reached=after <= target_ratio,
+        reductions=reductions,
+    )
+
+
+def _smallest(ratio_at: Callable[[float], float], target: float) -> float:
+    """Smallest k in [0, 1] with ratio_at(k) ≤ target (ratio falls as k grows); 1 if none."""
+    if ratio_at(1.0) > target:
+        return 1.0
+    lo, hi = 0.0, 1.0
+    while hi - lo > _TOLERANCE:
+        mid = 0.5 * (lo + hi)
+        if ratio_at(mid) <= target:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+

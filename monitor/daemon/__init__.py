@@ -1,0 +1,1 @@
+"""The running daemon: per-account loops, supervision and reload, sharding."""

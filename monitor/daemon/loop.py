@@ -1,0 +1,476 @@
+"""The per-account loop: one source in, reports out to the sinks.
+
+The TaskGroup, signals and reload are in `daemon/supervisor.py`; what is built from the
+settings (sources, sinks) in `daemon/wiring.py`; the commands in `cli/`.
+
+Per account two named tasks (aiomqtt's habit, STYLE.md): `source[<account>]` folds every
+event into the account's view the moment it arrives, and `recompute[<account>]` turns the
+*latest* view into a report. A mark-price tick goes into a `Ledger` (O(positions of that
+symbol), no frozen copy of the snapshot), whose margin ratio is checked against the alert
+thresholds on every tick: a threshold crossed toward danger, or a level left, reports to
+the sinks in the same callback, never after a coalescing delay. Everything else meets the
+recompute task at a dirty flag and an `asyncio.Event`, never a queue: when events come
+faster than reports can be computed, the report is taken from the newest figures, so a
+burst costs one recompute, not a backlog (docs/development.md, "one event in, at most one recompute
+out"). `AccountLoop.events` vs `.recomputes` shows it working. A coalesced report follows
+the account's previous report by at least `settings.report_spacing` seconds (default
+0.5; a threshold crossing reports at once, see `AccountLoop._changed`): without it, a thousand
+accounts whose ticks arrive a few at a time asked for a full report (every liquidation
+price, the alert rules, the store) per handful of ticks, more than a core at 20 000 ticks/s
+(docs/benchmarks.md), and a venue streaming each symbol's mark separately would ask for one per
+tick.
+
+Reports go to `Sink`s (monitor/sink.py) built in `wiring.build_sinks`; alerts, metrics and
+protective actions plug in there. The shock-to-liquidation solve costs ~30x a plain report,
+so the solves of all accounts share one CPU budget (`SHOCK_CPU_SHARE` of a core, task `shocks`,
+monitor/core/shock_schedule.py): an account is solved at most every `settings.shock_interval`
+seconds and only when its figures changed, nearest to danger first, never older than
+`SHOCK_MAX_AGE` (reports in between carry `shock_to_liquidation=None`), and always for the
+last state before the daemon stops (docs/benchmarks.md: 1 000 accounts x 20 positions on one core).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
+from typing import Any, cast
+
+import structlog
+
+from monitor.config.settings import AlertsSettings
+from monitor.core import stress
+from monitor.core.margin import report as margin
+from monitor.core.margin.ledger import Ledger
+from monitor.core.model import (
+    AccountSnapshot,
+    AccountUpdate,
+    Event,
+    MarginReport,
+    ModelDrift,
+    PriceTick,
+    SourceDown,
+)
+from monitor.core.rules import Level, level_rank, ratio_level, shock_fraction
+from monitor.core.shock_schedule import ShockClaim, ShockScheduler
+from monitor.core.state import AccountState, apply, initial_state
+from monitor.core.venue_ratio import RatioSource, VenueAnchor, observe, used_ratio, with_venue
+from monitor.errors import UserError, one_line
+from monitor.sink import Sink
+from monitor.sources.base import Source
+
+__all__ = ["AccountLoop", "ShockSolver", "classify_level"]
+
+log = structlog.get_logger("monitor.daemon")
+
+Clock = Callable[[], float]
+
+#: Shock solves of all accounts together take at most this share of one core on average
+#: (docs/benchmarks.md: 1 000 accounts each solved every second needed more than a core).
+SHOCK_CPU_SHARE = 0.25
+#: ... but no changing account's shock figure gets older than this (seconds, or
+#: shock_interval if longer), budget or not.
+SHOCK_MAX_AGE = 60.0
+#: Seconds the shock task lets pass after a wake-up before it solves: the wake-up is a tick,
+#: whose urgent report may have queued I/O (an alert's MQTT publish, an order) that would
+#: otherwise wait behind the solve (docs/benchmarks.md: tick -> alert p99 <= 10 ms).
+SOLVE_AFTER_WAKE = 0.002
+
+
+# --- sharding --------------------------------------------------------------------------------
+
+
+# --- levels ----------------------------------------------------------------------------------
+# The level the console shows comes from the rule engine's hysteresis (monitor.core.rules); the
+# alert lifecycle itself (docs/notifications.md) runs in the alert pipeline, one of the sinks.
+
+_LEVELS = ("ok", "warning", "critical", "emergency")
+
+
+def classify_level(ratio: float, previous: str, alerts: AlertsSettings) -> str:
+    """The margin-ratio level with hysteresis (rules.ratio_level); the full alert lifecycle
+    (repeats, shock, stale, silences) runs in the alert pipeline (sinks/alerts.py)."""
+    return ratio_level(ratio, cast("Level", previous), alerts.to_config())
+
+
+# --- one account -----------------------------------------------------------------------------
+
+
+class ShockSolver:
+    """Task `shocks`: runs the shock solves `ShockScheduler.pick` hands out, one at a time.
+
+    A solve runs as the account's own recompute (`AccountLoop.recompute(shock=True)`), so
+    it also delivers the account's newest report; between solves the task yields, and it
+    sleeps while the budget is spent, so ticks always get through.
+    """
+
+    def __init__(self, scheduler: ShockScheduler) -> None:
+        self.scheduler = scheduler
+        self.wake = asyncio.Event()
+        self.loops: dict[str, AccountLoop] = {}
+
+    def add(self, account_loop: AccountLoop) -> ShockClaim:
+        """Serve `account_loop` (a restarted account replaces its predecessor)."""
+        self.loops[account_loop.account] = account_loop
+        return self.scheduler.register(account_loop.account)
+
+    def remove(self, account_loop: AccountLoop) -> None:
+        """Stop serving `account_loop` (removed by a reload)."""
+        if self.loops.get(account_loop.account) is account_loop:
+            del self.loops[account_loop.account]
+        self.scheduler.forget(account_loop.account, account_loop.claim)
+
+    async def run(self) -> None:
+        """Pick, solve, repeat; wait for a change, a due time or budget when there is none."""
+        loop = asyncio.get_running_loop()
+        while True:
+            claims, wait = self.scheduler.pick(loop.time())
+            if not claims:
+                if self.scheduler.tokens <= 0:
+                    await asyncio.sleep(wait or 0.0)  # budget spent: changes cannot help
+                    continue
+                self.wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await self.wake.wait()
+                # what woke us (a tick) may have queued an urgent report's deliveries (an
+                # MQTT publish, an order): their I/O goes out before the solve
+                await asyncio.sleep(SOLVE_AFTER_WAKE)
+                continue
+            for claim in claims:
+                account_loop = self.loops.get(claim.account)
+                # solved inline meanwhile, or removed by a reload: nothing to do
+                if account_loop is not None and account_loop.claim is claim and claim.changed:
+                    await account_loop.recompute(shock=True)
+                await asyncio.sleep(0)  # ticks first, then the next solve
+
+
+class AccountLoop:
+    """One account's state, its latest report, and the two tasks that keep them current.
+
+    Per tick (docs/benchmarks.md): the mark goes into a `Ledger` (O(positions of the symbol)), whose
+    margin ratio is checked against the alert thresholds at once; crossing one toward
+    danger, or leaving the current level, reports to the sinks right there, in the same
+    callback as the tick, never after a coalescing delay. Every other change only sets
+    `dirty`, and `recompute[<account>]` reports the latest state once per wake-up. Shock
+    solves come from the `ShockSolver`'s shared budget.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        sinks: Sequence[Sink],
+        alerts: AlertsSettings,
+        shock_interval: float,
+        *,
+        clock: Clock = time.time,
+        finite: bool = False,
+        shocks: ShockSolver | None = None,
+        urgent_ratios: Sequence[float] = (),
+        report_spacing: float = 0.0,
+        ratio_source: RatioSource = "worst",
+        drift_tolerance: float = 0.01,
+    ) -> None:
+        """`finite`: the source ends by itself (a replay), and then the daemon may stop.
+        `shocks`: the process's shared shock budget (a private one, never run, without).
+        `urgent_ratios`: more ratios whose crossing reports at once (the action level).
+        `report_spacing`: least seconds from a report to the next coalesced one
+        (`run_daemon` passes `settings.report_spacing`). `ratio_source`, `drift_tolerance`:
+        which ratio alerts and actions use where reads carry the venue's own, and when the
+        two disagree enough to alert (monitor/core/venue_ratio.py)."""
+        self.account = source.account
+        self.source = source
+        self.sinks = tuple(sinks)
+        self.alerts = alerts
+        self.shock_interval = shock_interval
+        self.clock = clock
+        self.finite = finite
+        #: positions and balances as of the last full read; the latest marks are in `ledger`
+        self.state: AccountState | None = None
+        self.ledger: Ledger | None = None
+        self.report: MarginReport | None = None
+        self.level = "ok"
+        self.events = 0
+        self.recomputes = 0
+        self.shock_solves = 0
+        self.urgent_reports = 0
+        self.dirty = asyncio.Event()
+        self.source_done = asyncio.Event()
+        self._config = alerts.to_config()
+        self._thresholds = sorted(
+            {t for t in (*self._config.ratio_thresholds(), *urgent_ratios) if t is not None}
+        )
+        if shocks is None:
+            shocks = ShockSolver(ShockScheduler(shock_interval, self._config))
+        self.shocks = shocks
+        self.claim = shocks.add(self)
+        # a tick whose ratio leaves [_alarm_lo, _alarm_hi) reports at once (see _alarm)
+        self._alarm_lo = -math.inf
+        self._alarm_hi = self._thresholds[0] if self._thresholds else math.inf
+        self._version = 0  # bumped by every change of the figures
+        self._reported = -1  # the version the last report was computed from
+        self.report_spacing = report_spacing
+        self.ratio_source: RatioSource = ratio_source
+        self.drift_tolerance = drift_tolerance
+        #: the venue's ratio and ours on the last read that carried one
+        self.anchor: VenueAnchor | None = None
+        self._drift: ModelDrift | None = None  # a drift change the sinks are yet to hear
+        self._reported_at = -math.inf  # loop time of the last report
+        self._lock = asyncio.Lock()
+        # bound once: a getattr per sink per tick was measurable at 20 000 ticks/s
+        self._on_event = tuple((sink.name, sink.on_event) for sink in self.sinks)
+
+    async def run_source(self) -> None:
+        """Task `source[<account>]`: fresh read, then fold events in; retry after failures."""
+        attempt = 0
+        on_event = self._on_event
+        while True:
+            try:
+                sent = self.clock()  # the read's values are at least this new
+                snapshot = await self.source.fetch_snapshot()
+                if self._rebuild(initial_state(snapshot, sent)):
+                    await self._report_now()
+                attempt = 0
+                async for event in self.source.events():
+                    self.events += 1
+                    for name, call in on_event:
+                        try:
+                            await call(event)
+                        except Exception as exc:  # a broken sink must not stop the loop
+                            log.error("sink failed", sink=name, call="on_event",
+                                      error=one_line(exc))  # fmt: skip
+                    if type(event) is PriceTick:
+                        ledger = self.ledger
+                        if (
+                            ledger is not None
+                            and event.account == self.account
+                            and ledger.tick(event.symbol, event.mark_price, event.ts)
+                            and self._changed()
+                        ):
+                            await self._report_now()
+                    elif self._fold(event):
+                        await self._report_now()
+                    if self._drift is not None:
+                        drift, self._drift = self._drift, None
+                        await self._tell("on_event", drift)
+            except Exception as exc:  # one account's failure never stops the others
+                attempt += 1
+                # a UserError is already the one line a person reads (a rejected key)
+                reason = str(exc) if isinstance(exc, UserError) else one_line(exc)
+                log.error("source failed", account=self.account, error=reason, attempt=attempt)
+                await self._tell("on_event", SourceDown(self.account, reason, self.clock()))
+                await asyncio.sleep(random.uniform(0, 1.5 ** min(10, attempt)))  # noqa: S311
+                continue
+            if self.finite:
+                log.info("source finished", account=self.account, events=self.events)
+                self.source_done.set()
+                return
+            # a live source only ends when it gave up (it has sent SourceDown); read again
+            attempt += 1
+            log.warning("source stream ended; reconnecting", account=self.account)
+            await asyncio.sleep(random.uniform(0, 1.5 ** min(10, attempt)))  # noqa: S311
+
+    def _fold(self, event: Event) -> bool:
+        """A whole read (positions, balances, their marks): fold it in at once, rebuild the
+        ledger on a change. Never half of it: a report between a read's positions and its
+        balance showed a ratio the venue never had (docs/account-view.md).
+
+        True when the sinks must hear of it now (see `_changed`).
+        """
+        state = self.state
+        if state is None or not isinstance(event, AccountUpdate):
+            return False
+        before = self.anchor
+        stale = state.positions_at is not None and event.ts < state.positions_at
+        if event.venue_ratio is not None and not stale:
+            self._check_venue(event, state.snapshot)
+        # a new venue figure moves the ratio alerts use even when no figure of ours moved
+        moved = self.anchor is not None and (
+            before is None or (before.venue_ratio, before.model_ratio)
+            != (self.anchor.venue_ratio, self.anchor.model_ratio)
+        )
+        if self.ledger is not None:
+            # the latest ticks, with their times: newer marks than the read's are kept
+            state = replace(state, snapshot=self.ledger.snapshot(), marks=self.ledger.marks())
+        state, changed = apply(state, event)
+        if not changed:
+            self.state = state
+            if self.ledger is None:
+                return False
+            self.ledger.hold(state.marks)
+            return moved and self._changed()  # shown at once; urgent when a level moves
+        return self._rebuild(state)
+
+    def _check_venue(self, read: AccountUpdate, held: AccountSnapshot) -> None:
+        """Our ratio on the read's own figures against the venue's from the same read."""
+        assert read.venue_ratio is not None
+        snapshot = AccountSnapshot(read.account, held.currency, read.collateral,
+                                   read.positions, held.venue, read.venue_margin)  # fmt: skip
+        try:
+            model = Ledger(snapshot).ratio()
+        except Exception as exc:  # a core bug on odd data must not stop the monitor
+            log.error("venue check failed", account=self.account, error=one_line(exc))
+            return
+        self.anchor, change = observe(self.anchor, model, read.venue_ratio, read.ts,
+                                      self.drift_tolerance)  # fmt: skip
+        if change is not None:
+            log.warning("model_drift" if change else "model_drift_gone", account=self.account,
+                        ours=_number(model), venue=_number(read.venue_ratio))  # fmt: skip
+            self._drift = ModelDrift(self.account, change, model, read.venue_ratio, read.ts)
+
+    def _rebuild(self, state: AccountState) -> bool:
+        """A new base after a full read: the ledger starts over from it (no drift)."""
+        self.state = state
+        try:
+            self.ledger = Ledger(state.snapshot, state.marks)
+        except Exception as exc:  # a core bug on odd data must not stop the monitor
+            self.ledger = None
+            log.error("recompute failed", account=self.account, error=one_line(exc))
+            return False
+        return self._changed()
+
+    def _changed(self) -> bool:
+        """Bookkeeping after the figures changed; True when the sinks must hear of it now.
+
+        The ledger's ratio (O(assets)) is held against the alert thresholds on every change:
+        at or past the next threshold above the last reported ratio (toward danger), or
+        below the exit of the current level (hysteresis), is news that cannot wait for the
+        coalesced report. Everything else only sets `dirty`.
+        """
+        self._version += 1
+        self.dirty.set()
+        claim = self.claim
+        if not claim.changed:
+            claim.changed = True
+            self.shocks.wake.set()
+        assert self.ledger is not None
+        ratio = claim.ratio = used_ratio(self.ledger.ratio(), self.anchor, self.ratio_source)
+        if ratio >= self._alarm_hi:
+            claim.urgent = True  # fresh shock figures for an account heading into danger
+            self.shocks.wake.set()
+            return True
+        return ratio < self._alarm_lo
+
+    async def _report_now(self) -> None:
+        self.urgent_reports += 1
+        await self.recompute(shock=False)  # the shock solve follows from the budget
+
+    def _alarm(self, ratio: float, level: str) -> None:
+        """The ratio band in which a change is not urgent, after a report of `ratio`.
+
+        Below: the exit of `level` (its threshold minus the band: rules.ratio_level). Above:
+        the first threshold above `ratio`, which is at most the entry of the next level.
+        """
+        rank = level_rank(level)
+        entry = self._config.ratio_thresholds()[rank - 1] if rank else None
+        self._alarm_lo = -math.inf if entry is None else entry - self._config.band
+        self._alarm_hi = next((t for t in self._thresholds if t > ratio), math.inf)
+
+    async def run_recompute(self) -> None:
+        """Task `recompute[<account>]`: one report per wake-up, on the latest state, at
+        most one per `report_spacing` seconds (changes meanwhile fold into the ledger)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await self.dirty.wait()
+            wait = self._reported_at + self.report_spacing - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self.dirty.clear()
+            await self.recompute()
+
+    async def recompute(
+        self, force_shock: bool = False, *, shock: bool | None = None
+    ) -> MarginReport | None:
+        """Report on the current state; tells the sinks. Never raises (logs instead).
+
+        `shock`: True solves the shock to liquidation, False does not, None (default) solves
+        when the shared budget grants it inline (`ShockScheduler.grant`). Without a shock
+        solve, a state already reported is not reported again.
+        """
+        if force_shock:
+            shock = True
+        async with self._lock:
+            ledger = self.ledger
+            if ledger is None:
+                return None
+            loop_now = asyncio.get_running_loop().time()
+            scheduler = self.shocks.scheduler
+            claim = self.claim
+            if shock is None:
+                shock = scheduler.grant(claim, loop_now)
+            version = self._version
+            if not shock and version == self._reported:
+                return self.report  # an urgent report or a shock solve already covered it
+            snapshot = ledger.snapshot()
+            try:
+                if shock:
+                    started = time.thread_time()
+                    try:
+                        report = stress.assess(snapshot)
+                    except Exception:
+                        # charged and marked done all the same: no retry storm on bad data
+                        scheduler.solved(claim, loop_now, None, time.thread_time() - started)
+                        raise
+                    cpu = time.thread_time() - started
+                    scheduler.solved(claim, loop_now, shock_fraction(report), cpu)
+                    self.shock_solves += 1
+                else:
+                    report = margin.report(snapshot)
+            except Exception as exc:  # a core bug on odd data must not stop the monitor
+                log.error("recompute failed", account=self.account, error=one_line(exc))
+                return None
+            report = with_venue(report, self.anchor, self.ratio_source)
+            self._reported = version
+            self._reported_at = loop_now
+            self.recomputes += 1
+            self.report = report
+            previous = self.level
+            level = ratio_level(report.margin_ratio, cast("Level", previous), self._config)
+            self.level = level
+            self._alarm(report.margin_ratio, level)
+            now = self.clock()
+            await self._tell("on_report", self.account, report, snapshot, now)
+            if level != previous:
+                _log_level(self.account, level, previous, report)
+                await self._tell("on_level", self.account, level, previous, report, now)
+            return report
+
+    async def settle(self) -> None:
+        """Bring the report up to the final state (shock included) before stopping."""
+        if self._version != self._reported or self.claim.changed:
+            self.dirty.clear()
+            await self.recompute(shock=True)
+
+    async def _tell(self, method: str, *args: Any) -> None:
+        for sink in self.sinks:
+            call: Callable[..., Awaitable[None]] = getattr(sink, method)
+            try:
+                await call(*args)
+            except Exception as exc:  # a broken sink must not stop the others or the loop
+                log.error("sink failed", sink=sink.name, call=method, error=one_line(exc))
+
+
+def _log_level(account: str, level: str, previous: str, report: MarginReport) -> None:
+    method = "info" if _LEVELS.index(level) < _LEVELS.index(previous) else "warning"
+    getattr(log, method)(
+        "level changed",
+        account=account,
+        alert_level=level,
+        previous_level=previous,
+        margin_ratio=_number(report.margin_ratio),
+        margin_balance=round(report.margin_balance, 2),
+    )
+
+
+# --- wiring ----------------------------------------------------------------------------------
+
+
+# --- commands --------------------------------------------------------------------------------
+
+
+def _number(value: float) -> float | str:
+    return "inf" if math.isinf(value) else round(value, 6)

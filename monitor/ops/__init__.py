@@ -1,0 +1,1 @@
+"""Running it: Prometheus metrics and health, heartbeat, sd_notify, structured logs."""

@@ -1,0 +1,585 @@
+"""Prometheus metrics and `/healthz`: what an operator's dashboards and probes read.
+
+Two halves, both on one private `CollectorRegistry` (`REGISTRY`), never the global default
+(so importing a library that registers there cannot collide with us):
+
+- **process-wide counters** that other modules increment where the thing happens
+  (`ALERTS_SENT` in the alert pipeline, `record_action` in the executor, `EVENTS` and
+  `RECOMPUTE_LATENCY` here);
+- **per-account gauges**, produced at scrape time by `MetricsSink`, a `monitor.sink.Sink` that
+  keeps each account's newest report and the arrival time of each data kind. Computing them
+  on scrape means a removed account (SIGHUP reload) simply disappears, and "data age" is the
+  age *now*, not when the last event happened to set a gauge.
+
+`/healthz` answers 200 while every configured account has fresh data and 503 naming the
+blind ones: a monitor that cannot see an account must say so to its supervisor (container
+HEALTHCHECK, uptime checker), because silence would read as "all is well" (docs/monitoring.md: "a
+blind monitor is itself an alert"). The endpoint is off by default and binds loopback
+unless told otherwise: the figures describe someone's money.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import time
+from collections import Counter as Tally
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from pydantic import BaseModel, ConfigDict, Field
+
+from monitor import __version__
+from monitor.core.model import (
+    AccountSnapshot,
+    AccountUpdate,
+    Event,
+    MarginReport,
+    ModelDrift,
+    PriceTick,
+    SourceDown,
+    SourceStale,
+    SourceUp,
+)
+from monitor.errors import UserError
+from monitor.sink import Sink
+
+__all__ = [
+    "ACTIONS",
+    "ALERTS_SENT",
+    "EVENTS",
+    "LEVELS",
+    "RECOMPUTE_LATENCY",
+    "REGISTRY",
+    "AccountHealth",
+    "MetricsSettings",
+    "MetricsSink",
+    "build_metrics_sink",
+    "outbox_depth_of",
+    "record_action",
+    "record_alerts_sent",
+]
+
+log = structlog.get_logger("monitor.metrics")
+
+LEVELS = {"ok": 0, "warning": 1, "critical": 2, "emergency": 3}
+_KIND_OF: dict[type, str] = {PriceTick: "prices", AccountUpdate: "account"}
+#: data kinds an event refreshes: one account read brings positions and balances at once
+_FRESHENS: dict[str, tuple[str, ...]] = {"prices": ("prices",),
+                                         "account": ("positions", "balance")}
+_SIGNAL_OF: dict[type, str] = {SourceStale: "stale", SourceDown: "down", SourceUp: "up",
+                               ModelDrift: "model_drift"}
+
+
+class MetricsSettings(BaseModel):
+    """The `[metrics]` section: the HTTP endpoint for Prometheus and health probes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = False
+    host: str = Field(
+        default="127.0.0.1",
+        description="bind address; loopback by default (the figures describe your money). "
+        "Use 0.0.0.0 in a container, behind its network",
+    )
+    port: int = Field(default=9464, ge=0, le=65535, description="0 picks a free port (tests)")
+    status_page: bool = Field(
+        default=True, description="serve the status page on / and its JSON on /api/status"
+    )
+
+
+# --- process-wide metrics: incremented where the thing happens -------------------------------
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=REGISTRY)  # cpu, memory, fds, start time: is the daemon itself ok
+
+EVENTS = Counter(
+    "margin_monitor_events",
+    "Source events folded into account state (rate() gives events per second).",
+    ["account", "kind"],
+    registry=REGISTRY,
+)
+RECOMPUTE_LATENCY = Histogram(
+    "margin_monitor_recompute_latency_seconds",
+    "From the first event after a report to the next report reaching the sinks: the delay a "
+    "price move takes to show in the margin ratio (coalescing included).",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+    registry=REGISTRY,
+)
+ALERTS_SENT = Counter(
+    "margin_monitor_alerts_sent",
+    "Alert messages a sink acknowledged (MQTT PUBACK, Apprise success).",
+    ["sink"],
+    registry=REGISTRY,
+)
+ACTIONS = Counter(
+    "margin_monitor_actions",
+    "Protective-action decisions by outcome (filled, rejected, dry_run, skipped, ...).",
+    ["account", "outcome"],
+    registry=REGISTRY,
+)
+
+
+def record_alerts_sent(sink: str, count: int) -> None:
+    """The alert pipeline calls this after `count` messages were acknowledged by `sink`."""
+    if count > 0:
+        ALERTS_SENT.labels(sink=sink).inc(count)
+
+
+def record_action(account: str, outcome: str) -> None:
+    """The executor calls this once per decision (`filled`, `dry_run`, `rejected`, ...)."""
+    ACTIONS.labels(account=account, outcome=outcome).inc()
+
+
+# --- per-account view --------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class AccountHealth:
+    """What the sink knows about one account; times are the sink's monotonic clock."""
+
+    stale_after: float
+    report: MarginReport | None = None
+    shock: tuple[float | None, float | None] | None = None
+    level: str = "ok"
+    seen: dict[str, float] = field(default_factory=dict)  # data kind -> last arrival
+    stale: dict[str, float] = field(default_factory=dict)  # kind -> age the source reported
+    down: str | None = None
+    pending_since: float | None = None  # first event not yet reflected in a report
+
+    def blind_reason(self, now: float) -> str | None:
+        """Why this account cannot be trusted right now, or None when its data is fresh."""
+        if self.down is not None:
+            return f"source down: {self.down}"
+        if self.stale:
+            kinds = ", ".join(f"{k} {age:.0f} s" for k, age in sorted(self.stale.items()))
+            return f"stale data ({kinds})"
+        if not self.seen:
+            return "no data yet"
+        age = now - max(self.seen.values())
+        if age > self.stale_after:
+            return f"no data for {age:.0f} s (stale_after {self.stale_after:g} s)"
+        return None
+
+
+Drift = Callable[[], float | None]
+
+
+class MetricsSink(Sink):
+    """A `Sink` that exports per-account gauges and serves `/metrics` and `/healthz`.
+
+    Args:
+        settings: the `[metrics]` section; when not enabled, nothing listens (the gauges are
+            still kept, which is cheap, so a reload can turn the endpoint on later).
+        accounts: account name -> its `stale_after` (the accounts `/healthz` must vouch for).
+        outbox_depth: returns the queued alert messages per sink (the store's outbox).
+        clock: monotonic seconds.
+    """
+
+    name = "metrics"
+
+    def __init__(
+        self,
+        settings: MetricsSettings,
+        accounts: Mapping[str, float],
+        *,
+        outbox_depth: Callable[[], Mapping[str, int]] | None = None,
+        protection: Callable[[], Mapping[str, str]] | None = None,
+        shard: tuple[int, int] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.outbox_depth = outbox_depth
+        #: account -> why its protective actions cannot run (the actions sink's)
+        self.protection = protection
+        self.accounts: dict[str, AccountHealth] = {}
+        self.drift: dict[str, Drift] = {}
+        #: the systemd watchdog's progress check (daemon.py), for `/livez` (docs/kubernetes.md)
+        self.liveness: Callable[[], str | None] | None = None
+        #: (K, N) under `--shard K/N`: exported so a missing shard's process is noticed
+        self.shard = shard
+        self.address: tuple[str, int] | None = None
+        self._runner: Any = None
+        self._collector = _AccountCollector(self)
+        self._registered = False
+        self._event_counters: dict[tuple[str, str], Any] = {}
+        #: more routes for the same listener, each `install(app)` (the status page, web.py)
+        self.routes: list[Callable[[Any], None]] = []
+        self.set_accounts(accounts)
+
+    # --- configuration ---------------------------------------------------------------------
+
+    def set_accounts(
+        self, accounts: Mapping[str, float], sources: Mapping[str, object] | None = None
+    ) -> None:
+        """The accounts to vouch for (start, SIGHUP reload): new ones start blind, removed
+        ones disappear from `/metrics` and `/healthz`. `sources` (name -> source) exports
+        the venue drift of those that keep a `venue_check`."""
+        for name in list(self.accounts):
+            if name not in accounts:
+                del self.accounts[name]
+                self.drift.pop(name, None)
+                for kind in (*_KIND_OF.values(), *_SIGNAL_OF.values()):
+                    self._event_counters.pop((name, kind), None)
+                    with contextlib.suppress(KeyError):  # that series never existed
+                        EVENTS.remove(name, kind)
+        for name, stale_after in accounts.items():
+            health = self.accounts.get(name)
+            if health is None:
+                self.accounts[name] = AccountHealth(stale_after)
+            else:
+                health.stale_after = stale_after
+        for name, source in (sources or {}).items():
+            if name in self.accounts and hasattr(source, "venue_check"):
+                self.watch_drift(name, _drift_of(source))
+
+    def watch_drift(self, account: str, drift: Drift) -> None:
+        """Export `drift()` (our ratio − the venue's) for `account` at each scrape."""
+        self.drift[account] = drift
+
+    # --- Sink protocol ---------------------------------------------------------------------
+
+    async def start(self, tg: asyncio.TaskGroup) -> None:
+        """Register the collector and, when enabled, listen on `host:port`."""
+        del tg  # aiohttp serves from its own callbacks; no long-running task of ours
+        if not self._registered:
+            REGISTRY.register(self._collector)
+            self._registered = True
+        if self.settings.enabled:
+            await self._listen()
+
+    async def on_report(
+        self, account: str, report: MarginReport, snapshot: AccountSnapshot, now: float
+    ) -> None:
+        """Keep the newest report; the first report of a fresh read counts as data."""
+        del snapshot, now
+        health = self.accounts.get(account)
+        if health is None:
+            return
+        mono = self.clock()
+        health.report = report
+        if report.shock_to_liquidation is not None:
+            health.shock = (report.shock_to_liquidation.down, report.shock_to_liquidation.up)
+        if health.pending_since is not None:
+            RECOMPUTE_LATENCY.observe(max(0.0, mono - health.pending_since))
+            health.pending_since = None
+        else:
+            # A report with no event before it comes from a fresh snapshot read (start,
+            # reconnect after a failure), or from the deferred shock solve that follows the
+            # last event by at most `shock_interval`: both are fresh enough to count as data.
+            health.seen["snapshot"] = mono
+            health.down = None
+
+    async def on_event(self, event: Event) -> None:
+        """Count the event; data kinds refresh their age, stale/down/up set health."""
+        health = self.accounts.get(event.account)
+        kind = _KIND_OF.get(type(event))
+        key = (event.account, kind or _SIGNAL_OF[type(event)])
+        counter = self._event_counters.get(key)
+        if counter is None:
+            # `labels()` costs ~2 µs (lock, label validation): once per series, not per tick
+            counter = self._event_counters[key] = EVENTS.labels(account=key[0], kind=key[1])
+        counter.inc()
+        if health is None:
+            return
+        mono = self.clock()
+        if kind is not None:
+            for fresh in _FRESHENS[kind]:
+                health.seen[fresh] = mono
+                health.stale.pop(fresh, None)
+            health.down = None
+            if health.pending_since is None:
+                health.pending_since = mono
+        elif isinstance(event, SourceStale):
+            health.stale[event.kind] = event.age
+        elif isinstance(event, SourceUp):
+            health.stale.pop(event.kind, None)
+            health.down = None
+        elif isinstance(event, SourceDown):
+            health.down = event.reason
+
+    async def on_level(
+        self, account: str, level: str, previous: str, report: MarginReport, now: float
+    ) -> None:
+        """Remember the level for the `margin_monitor_level` gauge."""
+        del previous, report, now
+        health = self.accounts.get(account)
+        if health is not None:
+            health.level = level
+
+    async def close(self) -> None:
+        """Stop listening and unregister the collector (a reload builds a new sink)."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._registered:
+            REGISTRY.unregister(self._collector)
+            self._registered = False
+
+    # --- health ----------------------------------------------------------------------------
+
+    def blind(self) -> dict[str, str]:
+        """Account -> why it is blind, for every account without fresh data."""
+        now = self.clock()
+        out = {}
+        for name, health in sorted(self.accounts.items()):
+            reason = health.blind_reason(now)
+            if reason is not None:
+                out[name] = reason
+        return out
+
+    def protection_disabled(self) -> dict[str, str]:
+        """Account -> why its protective actions cannot run (from the actions sink)."""
+        return dict(self.protection()) if self.protection is not None else {}
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format of everything in `REGISTRY`."""
+        return generate_latest(REGISTRY)
+
+    # --- HTTP ------------------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        from aiohttp import web  # noqa: PLC0415 - only when the endpoint is enabled
+
+        from monitor.ops import http_guard  # noqa: PLC0415 - aiohttp too
+        from monitor.ops.logs import redact  # noqa: PLC0415
+
+        async def metrics(request: web.Request) -> web.Response:
+            del request
+            body = self.exposition()
+            return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+        async def healthz(request: web.Request) -> web.Response:
+            del request
+            disabled = self.protection_disabled()
+            if disabled:  # issue 13: protection off is not healthy, even with fresh data
+                lines = "".join(f"{name}: {reason}\n" for name, reason in disabled.items())
+                return web.Response(status=503, text=f"protection_disabled\n{lines}")
+            blind = self.blind()
+            if not blind:
+                return web.Response(text=f"ok: {len(self.accounts)} accounts fresh\n")
+            # a venue's words (a websocket error too): never a secret it repeated (issue 13)
+            lines = "".join(f"{name}: {redact(reason)}\n" for name, reason in blind.items())
+            return web.Response(status=503, text=f"blind: {', '.join(blind)}\n{lines}")
+
+        async def readyz(request: web.Request) -> web.Response:
+            # Kubernetes readiness (docs/kubernetes.md): the configuration loaded and the sinks
+            # started, like systemd's READY=1; never the venues, or an exchange outage unreadies
+            # pods
+            del request
+            return web.Response(text=f"ready: {len(self.accounts)} accounts configured\n")
+
+        async def livez(request: web.Request) -> web.Response:
+            # Kubernetes liveness (docs/kubernetes.md): the watchdog's evidence of progress, not
+            # data freshness: restarting cannot fix a venue outage and would blind the shard
+            del request
+            try:
+                wedged = self.liveness() if self.liveness is not None else None
+            except Exception as exc:  # as in sdnotify.watchdog_loop: a broken probe is wedged
+                wedged = f"liveness probe failed: {type(exc).__name__}: {exc}"
+            if wedged is None:
+                return web.Response(text="alive\n")
+            return web.Response(status=503, text=f"wedged: {wedged}\n")
+
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        app.router.add_get("/healthz", healthz)
+        app.router.add_get("/readyz", readyz)
+        app.router.add_get("/livez", livez)
+        for install in self.routes:
+            install(app)
+        try:
+            # timeouts and a connection cap against idle sockets (docs/hardening.md, http_guard.py)
+            runner = await http_guard.serve(app, self.settings.host, self.settings.port)
+        except OSError as exc:
+            raise UserError(
+                f"metrics: cannot listen on {self.settings.host}:{self.settings.port} "
+                f"({_reason(exc)}); pick another metrics.port or stop the other process"
+            ) from None
+        self._runner = runner
+        if runner.addresses:
+            host, port = runner.addresses[0][:2]
+            self.address = (str(host), int(port))
+        else:  # pragma: no cover - aiohttp always has a server after start()
+            self.address = (self.settings.host, self.settings.port)
+        log.info("metrics listening", host=self.address[0], port=self.address[1])
+
+
+class _AccountCollector(Collector):
+    """Builds the per-account families from the sink's state at each scrape."""
+
+    def __init__(self, sink: MetricsSink) -> None:
+        self.sink = sink
+
+    def describe(self) -> Iterable[Metric]:
+        # Empty: names are only known per scrape; describing nothing skips the registry's
+        # duplicate check, which cannot collide because every name here is ours.
+        return ()
+
+    def collect(self) -> Iterator[Metric]:
+        sink = self.sink
+        now = sink.clock()
+        g = _Families()
+        for name, health in sorted(sink.accounts.items()):
+            reason = health.blind_reason(now)
+            g.add("fresh", "1 while the account's data is fresh, 0 while blind.",
+                  ["account"], [name], 0.0 if reason else 1.0)
+            for kind, at in sorted(health.seen.items()):
+                g.add("data_age_seconds", "Seconds since the last data of each kind arrived.",
+                      ["account", "kind"], [name, kind], max(0.0, now - at))
+            g.add("level", "Alert level on the margin ratio: 0 ok, 1 warning, 2 critical, "
+                  "3 emergency.", ["account"], [name], float(LEVELS.get(health.level, 0)))
+            drift = sink.drift.get(name)
+            value = _safe(drift)
+            if value is not None:
+                g.add("venue_drift_ratio", "Our margin ratio minus the venue's own figure from "
+                      "the same read (0 when our model of the venue is right).",
+                      ["account"], [name], value)
+            report = health.report
+            if report is None:
+                continue
+            cur = [name, report.currency]
+            g.add("margin_ratio", "Maintenance margin / margin balance (1 = liquidation; "
+                  "+Inf when the balance is gone): the figure alerts and actions use "
+                  "(settings ratio_source).", ["account"], [name], report.margin_ratio)
+            model = report.margin_ratio if report.model_ratio is None else report.model_ratio
+            g.add("model_margin_ratio", "Our model's margin ratio.", ["account"], [name], model)
+            if report.venue_ratio is not None:
+                g.add("venue_margin_ratio", "The venue's own margin ratio from its last read, "
+                      "carried forward by our model's change since.", ["account"], [name],
+                      report.venue_ratio)
+            g.add("margin_balance", "Collateral value plus unrealised PnL, in the report "
+                  "currency.", ["account", "currency"], cur, report.margin_balance)
+            g.add("maintenance_margin", "Maintenance margin of the cross pool.",
+                  ["account", "currency"], cur, report.maintenance_margin)
+            g.add("free_collateral", "Margin balance minus total initial margin.",
+                  ["account", "currency"], cur, report.free_collateral)
+            g.add("positions", "Open positions.", ["account"], [name],
+                  float(len(report.positions)))
+            if health.shock is not None:
+                for direction, move in zip(("down", "up"), health.shock, strict=True):
+                    if move is not None:
+                        g.add("shock_to_liquidation", "Smallest uniform relative move of all "
+                              "prices that liquidates (down < 0 < up); absent if none does.",
+                              ["account", "direction"], [name, direction], move)
+        if sink.outbox_depth is not None:
+            depth = _safe_depth(sink.outbox_depth)
+            for sink_name in sorted(depth):
+                g.add("outbox_depth", "Alert messages queued for delivery, per sink.",
+                      ["sink"], [sink_name], float(depth[sink_name]))
+        g.add("build_info", "Version of the running daemon.", ["version"], [__version__], 1.0)
+        if sink.shard is not None:
+            g.add("shards", "N of --shard K/N, labelled with this process's K: fewer series "
+                  "than the value means a shard runs nowhere.", ["shard"],
+                  [str(sink.shard[0])], float(sink.shard[1]))  # fmt: skip
+        yield from g.families()
+
+
+class _Families:
+    """Gauge families by name, created on first use so an empty one is never exported."""
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, GaugeMetricFamily] = {}
+
+    def add(
+        self, name: str, doc: str, labels: Sequence[str], values: Sequence[str], value: float
+    ) -> None:
+        family = self._by_name.get(name)
+        if family is None:
+            family = GaugeMetricFamily(f"margin_monitor_{name}", doc, labels=list(labels))
+            self._by_name[name] = family
+        family.add_metric(list(values), value)
+
+    def families(self) -> Iterator[GaugeMetricFamily]:
+        yield from self._by_name.values()
+
+
+def _reason(exc: OSError) -> str:
+    """`address already in use`, not asyncio's "error while attempting to bind on ..."."""
+    return os.strerror(exc.errno).lower() if exc.errno else str(exc)
+
+
+def _safe(drift: Drift | None) -> float | None:
+    if drift is None:
+        return None
+    try:
+        value = drift()
+    except Exception:  # a scrape must never fail because one source misbehaves
+        return None
+    return value if value is not None and not math.isnan(value) else None
+
+
+def _safe_depth(depth: Callable[[], Mapping[str, int]]) -> Mapping[str, int]:
+    try:
+        return depth()
+    except Exception as exc:  # the store may be closed during shutdown
+        log.warning("outbox depth unavailable", error=str(exc))
+        return {}
+
+
+def outbox_depth_of(pending: Callable[[], Iterable[Any]]) -> Callable[[], Mapping[str, int]]:
+    """Adapt `store.pending()` (rows with a `.sink`) to queued messages per sink."""
+
+    def depth() -> Mapping[str, int]:
+        return dict(Tally(row.sink for row in pending()))
+
+    return depth
+
+
+def build_metrics_sink(
+    settings: MetricsSettings,
+    accounts: Mapping[str, float],
+    sinks: Iterable[object] = (),
+    sources: Mapping[str, object] | None = None,
+    *,
+    protection: Callable[[], Mapping[str, str]] | None = None,
+    shard: tuple[int, int] | None = None,
+) -> MetricsSink:
+    """The metrics sink wired to what the daemon built, found by what they expose.
+
+    The outbox depth comes from the alert sink's store (`.pipeline.store.pending`), the venue
+    drift from every source that keeps a `venue_check` (sources/exchange.py), so this module
+    imports neither.
+    """
+    depth = None
+    for sink in sinks:
+        # looked up on the class: the alert sink builds its pipeline (and opens the store)
+        # lazily on first use, and `check` must never open it (sinks/alerts.py)
+        if hasattr(type(sink), "pipeline"):
+            depth = outbox_depth_of(_pending_of(sink))
+    metrics = MetricsSink(settings, accounts, outbox_depth=depth, protection=protection,
+                          shard=shard)  # fmt: skip
+    metrics.set_accounts(accounts, sources)
+    return metrics
+
+
+def _pending_of(sink: object) -> Callable[[], Iterable[Any]]:
+    def pending() -> Iterable[Any]:
+        rows: Iterable[Any] = sink.pipeline.store.pending()  # type: ignore[attr-defined]
+        return rows
+
+    return pending
+
+
+def _drift_of(source: object) -> Drift:
+    def drift() -> float | None:
+        check = getattr(source, "venue_check", None)
+        value = getattr(check, "drift", None)
+        return float(value) if isinstance(value, int | float) else None
+
+    return drift

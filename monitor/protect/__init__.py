@@ -1,0 +1,1 @@
+"""Protective orders: the order contract, the executor, the backstop, the kill switches."""

@@ -1,0 +1,53 @@
+"""What the daemon hands its consumers: every new report, every source event, level changes.
+
+The daemon loop knows nothing about MQTT, phones, metrics or orders; each of those is a
+`Sink` in the list the daemon builds (`daemon/wiring.py` `build_sinks`), so adding one never touches
+the loop. Calls are awaited inline on the account's recompute (reports) or source (events)
+task, so a sink must return quickly: anything slow (a network send) belongs in the sink's
+own task, started in `start` inside the daemon's TaskGroup and named `sink[<name>]`
+(aiomqtt's habit of naming long-running tasks, STYLE.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from monitor.core.model import AccountSnapshot, Event, MarginReport
+
+__all__ = ["Sink"]
+
+
+class Sink:
+    """A consumer of the daemon's output. Exceptions are logged and never stop the daemon.
+
+    Every call is a no-op here: a sink overrides the ones it listens to.
+    """
+
+    name: str = "sink"
+
+    async def start(self, tg: asyncio.TaskGroup) -> None:
+        """Open connections; spawn long-running work in `tg` (named `sink[<name>]`)."""
+        del tg
+
+    async def on_report(
+        self, account: str, report: MarginReport, snapshot: AccountSnapshot, now: float
+    ) -> None:
+        """The newest report of `account`, computed from `snapshot` at wall time `now`.
+
+        `report.shock_to_liquidation` is None when the (costly) shock solve was skipped for
+        this recompute (`settings.shock_interval`); keep the last one you saw if you show it.
+        """
+        del account, report, snapshot, now
+
+    async def on_event(self, event: Event) -> None:
+        """Every event a source produced (ticks included), before it is folded into state."""
+        del event
+
+    async def on_level(
+        self, account: str, level: str, previous: str, report: MarginReport, now: float
+    ) -> None:
+        """The account's alert level changed (`ok`, `warning`, `critical`, `emergency`)."""
+        del account, level, previous, report, now
+
+    async def close(self) -> None:
+        """Flush and release; called once at shutdown, after the sources are closed."""

@@ -1,0 +1,1 @@
+"""What is particular to each venue: errors, order parameters, quirks (doc cited)."""
