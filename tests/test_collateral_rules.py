@@ -414,12 +414,15 @@ class TestPortfolioMargin:
             assert fresh.margin_ratio == pytest.approx(fake.account.totals()["mm_rate"])
             assert fresh.margin_ratio > report.margin_ratio
 
-    async def test_binance_portfolio_margin_drives_the_ratio_by_uni_mmr(self) -> None:
-        """Test that a Binance PM account (ccxt `portfolioMargin`) reports 1 / uniMMR from
-        /papi/v1/account as its ratio, labelled venue, through real ccxt."""
+    @staticmethod
+    @contextlib.asynccontextmanager
+    async def binance_pm(uni_mmr: float) -> AsyncIterator[tuple[FakeBinanceUsdm, AccountUpdate,
+                                                               ExchangeSource]]:
+        """A Binance PM account (ccxt `portfolioMargin`) whose scenario MM puts its uniMMR
+        at `uni_mmr`, and a source after its first read."""
         account = btc_eth_collateral()
         account.multi_assets = False
-        account.portfolio_mm = 2_500.0
+        account.portfolio_mm = account.pm_figures()["equity"] / uni_mmr
         async with FakeBinanceUsdm(account) as fake:
             settings = account_for(fake, API_KEY, SECRET, poll_interval=0.2, stale_after=5.0)
             config = dict(settings.ccxt)
@@ -430,18 +433,43 @@ class TestPortfolioMargin:
             try:
                 update = await tap.wait_for(lambda e: isinstance(e, AccountUpdate))
                 assert isinstance(update, AccountUpdate)
-                assert source.collateral_rules.mode == "portfolio"
-                pm = fake.account.pm_figures()
-                assert update.venue_margin is not None
-                assert update.venue_margin.margin_ratio == pytest.approx(1 / pm["uni_mmr"])
-                report = margin.report(source.snapshot())
-                assert report.model == "venue"
-                assert report.margin_ratio == pytest.approx(2_500.0 / pm["equity"])
-                assert fake.count("/papi/v1/account") >= 1
-                assert fake.count("/fapi/v1/assetIndex") == 0
+                yield fake, update, source
             finally:
                 await tap.stop()
                 await source.close()
+
+    async def test_binance_portfolio_margin_drives_the_ratio_by_uni_mmr(self) -> None:
+        """Test that a Binance PM account reports 1.05 / uniMMR from /papi/v1/account as its
+        ratio, labelled venue, with the venue's MM and equity, through real ccxt."""
+        async with self.binance_pm(1.2) as (fake, update, source):
+            assert source.collateral_rules.mode == "portfolio"
+            pm = fake.account.pm_figures()
+            assert update.venue_margin is not None
+            assert update.venue_margin.margin_ratio == pytest.approx(0.875, rel=1e-12)
+            assert update.venue_ratio == pytest.approx(0.875, rel=1e-12)
+            report = margin.report(source.snapshot())
+            assert report.model == "venue"
+            assert report.margin_ratio == pytest.approx(0.875, rel=1e-12)
+            assert not report.liquidated
+            assert report.maintenance_margin == pytest.approx(pm["mm"], rel=1e-9)
+            assert report.margin_balance == pytest.approx(pm["equity"], rel=1e-9)
+            assert report_to_dict(report)["margin_ratio"] == pytest.approx(0.875, rel=1e-12)
+            assert fake.count("/papi/v1/account") >= 1
+            assert fake.count("/fapi/v1/assetIndex") == 0
+
+    async def test_binance_portfolio_margin_at_uni_mmr_1_05_is_liquidated(self) -> None:
+        """Test that a PM account at uniMMR 1.05 (Binance's liquidation line) reads ratio
+        1.0 and liquidated, as the venue ratio and in the report (JSON too)."""
+        async with self.binance_pm(1.05) as (fake, update, source):
+            assert fake.account.pm_figures()["uni_mmr"] == pytest.approx(1.05, rel=1e-12)
+            assert update.venue_ratio == 1.0
+            report = margin.report(source.snapshot())
+            assert report.model == "venue"
+            assert report.margin_ratio == 1.0
+            assert report.liquidated
+            assert report_to_dict(report)["liquidated"] is True
+            # a cross-margin computation of the same account would not see it
+            assert not margin.report(replace(source.snapshot(), venue_margin=None)).liquidated
 
     async def test_okx_portfolio_mode_reports_mgn_ratio(self) -> None:
         """Test that an OKX portfolio-margin account (acctLv 4) reports 1/mgnRatio as its

@@ -31,7 +31,9 @@ engine already values haircuts (`Collateral.haircut`, `liability_markup`, banded
   single-currency, 3 multi-currency (discount-rate tiers read, `_okx`), 4 portfolio margin.
 - **Portfolio margin** (Binance PM through ccxt's `portfolioMargin` option, Bybit
   PORTFOLIO_MARGIN, OKX acctLv 4) is scenario-based: no public formula reproduces it, so
-  the live ratio is the venue's own figure (`venue_margin`), read with every balance.
+  the live ratio is the venue's own figure (`venue_margin`), read with every balance, on
+  our scale (1.0 = the venue's liquidation line): Binance PM 1.05 / uniMMR (it liquidates at
+  uniMMR ≤ 1.05), Bybit `accountMMRate` (liquidates at 100 %), OKX 1 / `mgnRatio` (100 %).
 
 Rules change rarely: they are re-read every `every` seconds (default an hour) and kept in
 `<state_dir>/collateral/<account>.json`, so a restart values the account at once from the
@@ -57,6 +59,7 @@ from monitor.core.model import STABLE_ASSETS, Collateral, CollateralTier, VenueM
 from monitor.sources.normalize import MalformedPayload, VenueFigures
 
 __all__ = [
+    "PM_LIQUIDATION_UNI_MMR",
     "AssetRule",
     "CollateralRules",
     "CollateralRulesReader",
@@ -275,6 +278,11 @@ async def _binance_usdm(exchange: Any, now: float) -> CollateralRules:
     return await _binance(exchange, now)
 
 
+#: Binance Portfolio Margin's liquidation line: "100% < uniMMR ≤ 105%: Liquidation will take
+#: place" (Binance FAQ 5e33af8e… "Portfolio Margin Pro Maintenance Margin Ratio Calculation",
+#: and the PM trading rules 174861644e…: a uniMMR > 1.05 avoids liquidation).
+PM_LIQUIDATION_UNI_MMR = 1.05
+
 Reader = Callable[[Any, float], Awaitable[CollateralRules]]
 _READERS: dict[str, Reader] = {"binanceusdm": _binance_usdm, "bybit": _bybit, "okx": _okx}
 
@@ -422,23 +430,35 @@ class CollateralRulesReader:
     async def portfolio_figures(self, exchange: Any) -> VenueFigures | None:
         """The venue's own figures of a portfolio-margin account where `fetch_balance` has
         none: Binance PM `GET /papi/v1/account` (`papiGetAccount`, portfolio-margin
-        Account-Information): ratio = accountMaintMargin / accountEquity = 1 / uniMMR.
-        Bybit and OKX report theirs in the balance (`normalize.venue_figures`): None."""
+        Account-Information). Bybit and OKX report theirs in the balance
+        (`normalize.venue_figures`): None.
+
+        Binance liquidates a PM account at uniMMR ≤ 1.05, not 1 (PM trading rules, FAQ
+        5e33af8e…: "100% < uniMMR ≤ 105%: Liquidation will take place"), so the ratio is
+        `PM_LIQUIDATION_UNI_MMR / uniMMR`: 1.0 is the venue's liquidation line, as for every
+        other account (≥ 1 liquidates). uniMMR is taken as the venue sends it (its adjusted
+        equity counts the open loss of margin orders, which accountEquity does not); with no
+        maintenance margin there is no risk (ratio 0) whatever uniMMR says.
+        """
         if self.mode != "portfolio" or self.venue != "binanceusdm":
             return None
         answer = await exchange.papiGetAccount()
         if not isinstance(answer, Mapping):
             raise MalformedPayload("binance papi account: expected an object")
-        mm = _fraction(answer, "accountMaintMargin", "binance papi account")
+        where = "binance papi account"
+        mm = _fraction(answer, "accountMaintMargin", where)
         try:
             equity = float(answer["accountEquity"])
         except (KeyError, TypeError, ValueError):
             equity = math.nan
         if not math.isfinite(equity):
-            raise MalformedPayload("binance papi account: field 'accountEquity' is not a number")
-        ratio = mm / equity if equity > 0 else math.inf
-        return VenueFigures(self.venue, ratio, mm, equity,
-                            "papi accountMaintMargin/accountEquity (1/uniMMR)")
+            raise MalformedPayload(f"{where}: field 'accountEquity' is not a number")
+        if mm == 0:
+            ratio = 0.0
+        else:
+            uni_mmr = _fraction(answer, "uniMMR", where)
+            ratio = PM_LIQUIDATION_UNI_MMR / uni_mmr if uni_mmr > 0 else math.inf
+        return VenueFigures(self.venue, ratio, mm, equity, "papi 1.05/uniMMR")
 
     def apply(self, collateral: tuple[Collateral, ...], currency: str) -> tuple[Collateral, ...]:
         """Balances valued by the current rules (`apply_rules`)."""
