@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from monitor.sources.collateral_rules import (
 from monitor.sources.exchange import ExchangeSource
 from monitor.sources.normalize import VenueFigures
 from monitor.sources.sim import DEMO_BOOK, SimVenue
-from tests.fakes import bybit, okx
+from tests.fakes import bitget, bybit, okx
 from tests.fakes.account import EventTap, account_for
 from tests.fakes.base import FakeVenue
 from tests.fakes.binance import API_KEY, SECRET, BinanceAccount, BinancePosition, FakeBinanceUsdm
@@ -168,6 +168,27 @@ def btc_eth_collateral() -> BinanceAccount:
 
 def ours(source: ExchangeSource) -> float:
     return margin.report(source.snapshot()).margin_ratio
+
+
+async def fall_read_over_rest(
+    fake: okx.FakeOkx | bitget.FakeBitget, source: ExchangeSource, tap: EventTap,
+    fall: Callable[[], None],
+) -> tuple[float, float]:
+    """Our ratio against the fake venue's own (`margin_ratio`) before and after `fall` moves
+    a mark to 48,000 and a REST read brings it back; the read's drift check agrees too."""
+    before = ours(source)
+    assert before == pytest.approx(fake.margin_ratio(), rel=REL)
+    fall()
+    seen = len(tap.seen)
+    await tap.wait_for(lambda e: isinstance(e, AccountUpdate) and any(
+        p.mark_price == 48_000.0 for p in e.positions), after=seen)
+    after = ours(source)
+    assert after == pytest.approx(fake.margin_ratio(), rel=REL)
+    check = source.venue_check
+    assert check is not None
+    assert check.relative_drift is not None
+    assert abs(check.relative_drift) < REL
+    return before, after
 
 
 class TestBinanceMultiAssets:
@@ -359,19 +380,54 @@ class TestOkxMultiCurrency:
             btc = next(c for c in source.collateral if c.asset == "BTC")
             assert [(t.up_to, t.ratio) for t in btc.haircut_tiers] == [(1.0, 0.98),
                                                                        (math.inf, 0.95)]
-            before = ours(source)
-            assert before == pytest.approx(fake.margin_ratio(), rel=REL)
-            fake.account.marks["BTC-USDT-SWAP"] = 48_000.0
-            seen = len(tap.seen)
-            await tap.wait_for(lambda e: isinstance(e, AccountUpdate) and any(
-                p.mark_price == 48_000.0 for p in e.positions), after=seen)
-            after = ours(source)
+            before, after = await fall_read_over_rest(
+                fake, source, tap, lambda: fake.account.marks.update({"BTC-USDT-SWAP": 48_000.0}))
             assert after > before
-            assert after == pytest.approx(fake.margin_ratio(), rel=REL)
-            check = source.venue_check
-            assert check is not None
-            assert check.relative_drift is not None
-            assert abs(check.relative_drift) < REL
+
+
+class TestBitgetUnion:
+    async def test_discount_tiers_match_crossed_risk_rate_across_a_fall(self) -> None:
+        """Test that a Bitget union-mode account holding 2 BTC and 20 ETH under tiered USDT
+        value discount rates matches crossedRiskRate within 0.01 % before and after BTC
+        −20 %, which moves the BTC value below its 100,000 USDT tier boundary."""
+        account = bitget.BitgetAccount(
+            wallet=5_000.0, asset_mode="union", coins={"BTC": 2.0, "ETH": 20.0},
+            positions={"BTCUSDT": ("long", 3.0, 60_000.0)},
+            discounts={"BTC": [(0.0, 100_000.0, 0.95), (100_000.0, -1.0, 0.9)],
+                       "ETH": [(0.0, 50_000.0, 0.9), (50_000.0, -1.0, 0.8)]},
+        )
+        async with (
+            bitget.FakeBitget(account) as fake,
+            watching(fake, bitget.API_KEY, bitget.SECRET) as (source, tap),
+        ):
+            assert source.collateral_rules.mode == "multi_assets"
+            btc = next(c for c in source.collateral if c.asset == "BTC")
+            assert btc.tier_basis == "value"
+            assert [(t.up_to, t.ratio) for t in btc.haircut_tiers] == [(100_000.0, 0.95),
+                                                                       (math.inf, 0.9)]
+            # 5,000 + (100,000 × 0.95 + 20,000 × 0.9) + (50,000 × 0.9 + 10,000 × 0.8)
+            assert margin.report(source.snapshot()).margin_balance == pytest.approx(171_000.0)
+            assert fake.count("/api/v2/mix/market/discount-rate") == 1
+            before, after = await fall_read_over_rest(
+                fake, source, tap, lambda: fake.account.marks.update({"BTCUSDT": 48_000.0}))
+            assert fake.account.coin_value("BTC") < 100_000.0  # below the boundary now
+            # 5,000 − 36,000 + 96,000 × 0.95 + 53,000
+            assert margin.report(source.snapshot()).margin_balance == pytest.approx(113_200.0)
+            # MM: 180,000 × 0.5 % before, 144,000 × 0.4 % after (Bitget's tiers)
+            assert (before, after) == (pytest.approx(900.0 / 171_000.0, rel=REL),
+                                       pytest.approx(576.0 / 113_200.0, rel=REL))
+
+
+    async def test_single_asset_mode_reads_no_tiers(self) -> None:
+        """Test that a Bitget account in single-asset mode is read as such and its discount
+        tiers are never asked for."""
+        async with (
+            bitget.FakeBitget() as fake,
+            watching(fake, bitget.API_KEY, bitget.SECRET) as (source, _tap),
+        ):
+            assert source.collateral_rules.mode == "single_asset"
+            assert fake.count("/api/v2/mix/account/accounts") >= 1
+            assert fake.count("/api/v2/mix/market/discount-rate") == 0
 
 
 class TestPortfolioMargin:

@@ -29,6 +29,9 @@ engine already values haircuts (`Collateral.haircut`, `liability_markup`, banded
 
 - **OKX.** `GET /api/v5/account/config` (`privateGetAccountConfig`) `acctLv`: 2
   single-currency, 3 multi-currency (discount-rate tiers read, `_okx`), 4 portfolio margin.
+- **Bitget USDT-M.** `GET /api/v2/mix/account/accounts` `assetMode`: "single" (USDT only)
+  or "union" (multi-asset); in union mode `GET /api/v2/mix/market/discount-rate` publishes
+  each coin's discount-rate tiers in USDT value (`_bitget`).
 - **Portfolio margin** (Binance PM through ccxt's `portfolioMargin` option, Bybit
   PORTFOLIO_MARGIN, OKX acctLv 4) is scenario-based: no public formula reproduces it, so
   the live ratio is the venue's own figure (`venue_margin`), read with every balance, on
@@ -204,13 +207,13 @@ def _bybit_result(answer: object, where: str) -> Mapping[str, Any]:
 
 
 def _bands(rows: object, cap: str, ratio: str, where: str) -> tuple[CollateralTier, ...]:
-    """A venue's tier list as marginal bands: `cap` is the tier's upper amount ("" or
-    absent: no cap), `ratio` the share of value that counts; sorted by cap."""
+    """A venue's tier list as marginal bands: `cap` is the tier's upper amount ("",
+    absent or Bitget's "-1": no cap), `ratio` the share of value that counts; sorted by cap."""
     bands = []
     for row in _rows(rows, where):
         top = row.get(cap)
         bands.append(CollateralTier(
-            math.inf if top in ("", None) else _fraction(row, cap, where),
+            math.inf if top in ("", None, "-1") else _fraction(row, cap, where),
             min(_fraction(row, ratio, where), 1.0),
         ))
     return tuple(sorted(bands, key=lambda b: b.up_to))
@@ -270,6 +273,43 @@ async def _okx(exchange: Any, now: float) -> CollateralRules:
     return CollateralRules(exchange.id, "multi_assets", assets, now)
 
 
+#: Bitget USDT-M `assetMode` (Get Account List): "single" (USDT only) or "union" (multi-asset).
+_BITGET_MODES: dict[str, Mode] = {"single": "single_asset", "union": "multi_assets"}
+
+
+def _bitget_data(answer: object, where: str) -> list[Mapping[str, Any]]:
+    return _rows(answer.get("data") if isinstance(answer, Mapping) else None, where)
+
+
+async def _bitget(exchange: Any, now: float) -> CollateralRules:
+    """Bitget USDT-M futures: the account's `assetMode` (`privateMixGetV2MixAccountAccounts`,
+    GET /api/v2/mix/account/accounts, api-doc contract/account/Get-Account-List) and, in
+    union (multi-asset) mode, each coin's discount-rate tiers
+    (`publicMixGetV2MixMarketDiscountRate`, GET /api/v2/mix/market/discount-rate, api-doc
+    contract/market/Get-Discount-Rate: `discountRateList[].maxAmount`, "-1" for no cap, and
+    `discountRate`). The tiers are USDT value, applied marginally: Bitget help "Introduction
+    to USDT-M Futures in Multi-Asset Mode" counts 10 BTC at 60,000 as "the first 100,000
+    USDT" at 0.975, "the next 400,000 USDT" at 0.97, and so on; a coin with no tier list
+    (USDT) counts in full."""
+    rows = _bitget_data(
+        await exchange.privateMixGetV2MixAccountAccounts({"productType": "USDT-FUTURES"}),
+        "bitget accounts")
+    usdt = next((r for r in rows if r.get("marginCoin") == "USDT"), rows[0] if rows else {})
+    asset_mode = str(usdt.get("assetMode"))
+    if asset_mode not in _BITGET_MODES:
+        raise MalformedPayload(f"bitget accounts: assetMode {asset_mode!r} is not single/union")
+    if _BITGET_MODES[asset_mode] != "multi_assets":
+        return CollateralRules(exchange.id, _BITGET_MODES[asset_mode], {}, now)
+    assets: dict[str, AssetRule] = {}
+    for row in _bitget_data(await exchange.publicMixGetV2MixMarketDiscountRate(),
+                            "bitget discount-rate"):
+        coin = str(row.get("coin"))
+        bands = _bands(row.get("discountRateList"), "maxAmount", "discountRate",
+                       f"bitget discount-rate {coin}")
+        assets[coin] = AssetRule(coin, haircut_tiers=bands, tier_basis="value")
+    return CollateralRules(exchange.id, "multi_assets", assets, now)
+
+
 async def _binance_usdm(exchange: Any, now: float) -> CollateralRules:
     """A Binance Portfolio Margin account is configured in ccxt (`options.portfolioMargin`,
     which routes every call to `papi`); its uniMMR is scenario-based (Binance FAQ 4868b2f1…)."""
@@ -284,7 +324,9 @@ async def _binance_usdm(exchange: Any, now: float) -> CollateralRules:
 PM_LIQUIDATION_UNI_MMR = 1.05
 
 Reader = Callable[[Any, float], Awaitable[CollateralRules]]
-_READERS: dict[str, Reader] = {"binanceusdm": _binance_usdm, "bybit": _bybit, "okx": _okx}
+_READERS: dict[str, Reader] = {
+    "binanceusdm": _binance_usdm, "bybit": _bybit, "okx": _okx, "bitget": _bitget,
+}
 
 
 def venue_margin(rules: CollateralRules | None, figures: VenueFigures | None) -> VenueMargin | None:
