@@ -430,6 +430,23 @@ class TestBitgetUnion:
             assert fake.count("/api/v2/mix/market/discount-rate") == 0
 
 
+def pm_account(uni_mmr: float) -> BinanceAccount:
+    """The BTC/ETH account as a Binance PM account whose scenario MM puts uniMMR at `uni_mmr`."""
+    account = btc_eth_collateral()
+    account.multi_assets = False
+    account.portfolio_mm = account.pm_figures()["equity"] / uni_mmr
+    return account
+
+
+def pm_source(fake: FakeBinanceUsdm) -> ExchangeSource:
+    """A source on `fake` configured as ccxt configures Binance PM (`portfolioMargin`)."""
+    settings = account_for(fake, API_KEY, SECRET, poll_interval=0.2, stale_after=5.0)
+    config = dict(settings.ccxt)
+    config["options"] = {**config["options"], "portfolioMargin": True}
+    return ExchangeSource(replace(settings, ccxt=config), backoff_cap=0.2, reconcile_every=0.5,
+                          debounce=0.02)
+
+
 class TestPortfolioMargin:
     async def test_bybit_portfolio_margin_ratio_is_the_venues(self) -> None:
         """Test that a Bybit PORTFOLIO_MARGIN account reports accountMMRate as its live ratio,
@@ -476,15 +493,8 @@ class TestPortfolioMargin:
                                                                ExchangeSource]]:
         """A Binance PM account (ccxt `portfolioMargin`) whose scenario MM puts its uniMMR
         at `uni_mmr`, and a source after its first read."""
-        account = btc_eth_collateral()
-        account.multi_assets = False
-        account.portfolio_mm = account.pm_figures()["equity"] / uni_mmr
-        async with FakeBinanceUsdm(account) as fake:
-            settings = account_for(fake, API_KEY, SECRET, poll_interval=0.2, stale_after=5.0)
-            config = dict(settings.ccxt)
-            config["options"] = {**config["options"], "portfolioMargin": True}
-            source = ExchangeSource(replace(settings, ccxt=config), backoff_cap=0.2,
-                                    reconcile_every=0.5, debounce=0.02)
+        async with FakeBinanceUsdm(pm_account(uni_mmr)) as fake:
+            source = pm_source(fake)
             tap = EventTap(source.events())
             try:
                 update = await tap.wait_for(lambda e: isinstance(e, AccountUpdate))
@@ -526,6 +536,25 @@ class TestPortfolioMargin:
             assert report_to_dict(report)["liquidated"] is True
             # a cross-margin computation of the same account would not see it
             assert not margin.report(replace(source.snapshot(), venue_margin=None)).liquidated
+
+    @pytest.mark.parametrize(("uni_mmr", "ratio", "liquidated"),
+                             [(1.2, 0.875, False), (1.05, 1.0, True)])
+    async def test_daemon_alerts_on_the_venues_pm_liquidation_line(
+        self, uni_mmr: float, ratio: float, liquidated: bool
+    ) -> None:
+        """Test that through the daemon a PM account at uniMMR 1.2 reaches emergency (ratio
+        0.875 ≥ 0.85, where 1 / uniMMR = 0.833 is only critical) and one at uniMMR 1.05 is
+        reported liquidated."""
+        recorder = Recorder()
+        async with (
+            FakeBinanceUsdm(pm_account(uni_mmr)) as fake,
+            daemon(pm_source(fake), recorder),
+        ):
+            await recorder.until(lambda: any(r.model == "venue" for r in recorder.reports))
+            report = next(r for r in recorder.reports if r.model == "venue")
+            assert report.margin_ratio == pytest.approx(ratio, rel=1e-12)
+            assert report.liquidated is liquidated
+            await recorder.until(lambda: any(level == "emergency" for _, level in recorder.levels))
 
     async def test_okx_portfolio_mode_reports_mgn_ratio(self) -> None:
         """Test that an OKX portfolio-margin account (acctLv 4) reports 1/mgnRatio as its
