@@ -31,6 +31,7 @@ from monitor.daemon.loop import classify_level
 from monitor.daemon.supervisor import run_daemon
 from monitor.daemon.wiring import build_sinks
 from monitor.ops import logs
+from monitor.sink import Sink
 from monitor.sources.sim import DEMO_BOOK, SimVenue
 from monitor.sources.sim_prices import ReplayStep
 
@@ -199,7 +200,7 @@ class TestAlertSurface:
         alerts = next(s for s in sinks if isinstance(s, AlertsSink))
         frames: list[tuple[str, str]] = []
 
-        class Frames:
+        class Frames(Sink):
             """Renders a frame after every report, as the live view would show it."""
 
             name = "frames"

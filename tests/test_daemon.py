@@ -35,6 +35,7 @@ from monitor.daemon.supervisor import run_daemon
 from monitor.daemon.wiring import build_sinks, open_source
 from monitor.errors import UserError
 from monitor.protect.sink import ActionsSink
+from monitor.sink import Sink
 from monitor.sources.sim import SimVenue
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,7 +69,7 @@ def _json_lines(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
-class _Recorder:
+class _Recorder(Sink):
     """A sink that keeps everything it is told."""
 
     name = "recorder"
