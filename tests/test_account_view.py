@@ -27,7 +27,7 @@ from monitor.core.model import (
 )
 from monitor.daemon.supervisor import run_daemon
 from monitor.ops.metrics import MetricsSettings, MetricsSink
-from monitor.sources.exchange import ExchangeSource
+from monitor.sources.exchange import ExchangeSource, _venue_time
 from monitor.sources.sim import SimVenue
 from tests.fakes.account import account_for
 from tests.fakes.binance import (
@@ -182,6 +182,13 @@ class RecordingSim(SimVenue):
 
 
 class TestFreshness:
+    def test_venue_time_on_our_clock(self) -> None:
+        """Test that a frame's venue timestamp is moved onto our clock by ccxt's measured
+        time difference, is capped at its arrival, and falls back to the arrival."""
+        assert _venue_time({"timestamp": 1_000_500}, 2_000.0, 0.2) == pytest.approx(1_000.7)
+        assert _venue_time({"timestamp": 5_000_000}, 2_000.0) == 2_000.0  # venue ahead
+        assert _venue_time({"markPrice": 1.0}, 2_000.0) == 2_000.0
+
     async def test_mark_streamed_during_a_read_is_kept(self) -> None:
         """Test that a mark streamed while a positionRisk read is in flight is not replaced
         by the read's older mark when the read lands (issue 11: false resolved at +55 ms)."""

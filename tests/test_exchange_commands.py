@@ -244,3 +244,23 @@ class TestCheckExitCodes:
         code, out = results[binance.API_KEY]
         assert code == 0, out
         assert "  check main: binanceusdm ok" in out
+
+
+class TestTradePermission:
+    @pytest.mark.parametrize(("rights", "says"), [
+        (["coor", "coow", "stor"], "keys can trade"),
+        (["coor", "stor"], "read-only (authorities ['coor', 'stor'] lack coow)"),
+    ])
+    async def test_bitget_authorities(
+        self, rights: list[str], says: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Test that check reads a Bitget key's futures order-write authority (coow)."""
+        from tests.fakes import bitget
+
+        async with bitget.FakeBitget() as fake:
+            fake.account.authorities = rights
+            config = write_config(tmp_path / "live.toml", "bg", fake)
+            set_keys(monkeypatch, "bg", bitget.API_KEY, bitget.SECRET)
+            monkeypatch.setenv("MARGIN_MONITOR__ACCOUNTS__BG__PASSWORD", bitget.PASSWORD)
+            line = await check_account(load_settings(config).accounts[0])
+        assert says in line

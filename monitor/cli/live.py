@@ -36,6 +36,14 @@ async def _trade_permission(exchange: Any, venue: str, balance: Mapping[str, Any
         answer = await exchange.privateGetV5UserQueryApi()
         read_only = str(answer.get("result", {}).get("readOnly"))
         return "read-only (readOnly=1)" if read_only == "1" else "can trade"
+    if venue == "bitget":
+        # Get Account Information (v2): `coow` is the futures order-write authority
+        answer = await exchange.privateSpotGetV2SpotAccountInfo()
+        data = answer.get("data") if isinstance(answer, Mapping) else None
+        rights = data.get("authorities") if isinstance(data, Mapping) else None
+        if isinstance(rights, list):
+            return ("can trade" if "coow" in rights
+                    else f"read-only (authorities {sorted(map(str, rights))} lack coow)")
     if venue == "okx":
         answer = await exchange.privateGetAccountConfig()
         perm = str((answer.get("data") or [{}])[0].get("perm", ""))

@@ -285,7 +285,8 @@ class AccountLoop:
         if state is None or not isinstance(event, AccountUpdate):
             return False
         before = self.anchor
-        if event.venue_ratio is not None:
+        stale = state.positions_at is not None and event.ts < state.positions_at
+        if event.venue_ratio is not None and not stale:
             self._check_venue(event, state.snapshot)
         # a new venue figure moves the ratio alerts use even when no figure of ours moved
         moved = self.anchor is not None and (
@@ -308,7 +309,7 @@ class AccountLoop:
         """Our ratio on the read's own figures against the venue's from the same read."""
         assert read.venue_ratio is not None
         snapshot = AccountSnapshot(read.account, held.currency, read.collateral,
-                                   read.positions, held.venue)  # fmt: skip
+                                   read.positions, held.venue, read.venue_margin)  # fmt: skip
         try:
             model = Ledger(snapshot).ratio()
         except Exception as exc:  # a core bug on odd data must not stop the monitor

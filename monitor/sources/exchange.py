@@ -268,14 +268,16 @@ def _one_line(exc: BaseException, limit: int = 240) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _venue_time(ticker: object, received: float) -> float:
+def _venue_time(ticker: object, received: float, offset: float = 0.0) -> float:
     """When the venue says the price was true (ccxt `timestamp`, ms), else when it arrived.
 
-    Never later than its arrival: a venue clock running ahead must not make one price
-    outrank every later one (docs/account-view.md)."""
+    `offset` (seconds, local − venue: ccxt's `options['timeDifference']` once
+    `load_time_difference` ran) puts the venue's clock on ours. Never later than its
+    arrival: a venue clock running ahead must not make one price outrank every later one
+    (docs/account-view.md)."""
     stamp = ticker.get("timestamp") if isinstance(ticker, Mapping) else None
     if isinstance(stamp, int | float) and math.isfinite(stamp) and stamp > 0:
-        return min(float(stamp) / 1000.0, received)
+        return min(float(stamp) / 1000.0 + offset, received)
     return received
 
 
@@ -694,7 +696,9 @@ class ExchangeSource:
         mark = self._mark_of(symbol, ticker)
         if mark is None:
             return None
-        at = _venue_time(ticker, self._clock())
+        offset = self.exchange.options.get("timeDifference") or 0
+        at = _venue_time(ticker, self._clock(),
+                         float(offset) / 1000.0 if isinstance(offset, int | float) else 0.0)
         if at >= self._mark_at.get(symbol, -math.inf):
             self.marks[symbol] = mark
             self._mark_at[symbol] = at

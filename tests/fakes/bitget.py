@@ -3,7 +3,9 @@
 Shapes follow Bitget's published v2 API docs (www.bitget.com/api-doc/contract):
 `GET /api/v2/mix/market/contracts`, `/api/v2/spot/public/coins`,
 `/api/v2/mix/market/query-position-lever`, `/api/v2/mix/market/ticker`,
-`/api/v2/mix/position/all-position`, `/api/v2/mix/account/accounts`. Envelope
+`/api/v2/mix/position/all-position`, `/api/v2/mix/account/accounts`,
+`/api/v2/spot/account/info` (api-doc/spot/account/Get-Account-Info: the key's
+`authorities`, `coor` futures read and `coow` futures order write). Envelope
 `{"code": "00000", "data": ...}`; a bad key is HTTP 400 code 40006.
 
 Figures: position MM = notional × keepMarginRate of its tier; `crossedRiskRate` =
@@ -44,6 +46,8 @@ class BitgetAccount:
     marks: dict[str, float] = field(
         default_factory=lambda: {"BTCUSDT": 60_000.0, "ETHUSDT": 3_000.0}
     )
+    #: the key's permissions as Get-Account-Info lists them (`coow`: futures orders)
+    authorities: list[str] = field(default_factory=lambda: ["coor", "coow", "stor"])
 
     def figures(self, symbol: str) -> dict[str, float]:
         side, size, entry = self.positions[symbol]
@@ -95,6 +99,7 @@ class FakeBitget(FakeVenue):
             ("GET", "/api/v2/mix/position/all-position"): self.private(self.all_position),
             ("GET", "/api/v2/mix/account/accounts"): self.private(self.accounts),
             ("GET", "/api/v3/account/settings"): self.private(self.classic_account),
+            ("GET", "/api/v2/spot/account/info"): self.private(self.account_info),
         }
 
     def ccxt_config(self) -> dict[str, Any]:
@@ -132,6 +137,22 @@ class FakeBitget(FakeVenue):
             return await handler(request)
 
         return checked
+
+    async def account_info(self, request: web.Request) -> web.Response:
+        """Get Account Information (v2 spot account): who the key is and what it may do."""
+        return ok(
+            {
+                "userId": "1234567890",
+                "inviterId": "",
+                "ips": "",
+                "authorities": list(self.account.authorities),
+                "parentId": 0,
+                "traderType": "",
+                "channelCode": "",
+                "channel": "",
+                "regisTime": "1700000000000",
+            }
+        )
 
     async def classic_account(self, request: web.Request) -> web.Response:
         """A classic (non-UTA) account: ccxt probes this path to pick the v2 mix API."""
