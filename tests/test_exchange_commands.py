@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from monitor.core.margin import report as margin
 from monitor.errors import UserError
 from monitor.snapshot import parse_snapshot
 from monitor.sources.exchange import ExchangeSource
-from tests.fakes import binance, bybit
+from tests.fakes import binance, bingx, bybit, hyperliquid, mexc, weex
 from tests.fakes.base import FakeVenue
 
 
@@ -246,6 +247,18 @@ class TestCheckExitCodes:
         assert "  check main: binanceusdm ok" in out
 
 
+async def check_line(
+    fake: FakeVenue, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    key: str, secret: str, *, password: str | None = None,
+) -> str:
+    """`check`'s live line for an account `acct` on the running fake with these keys."""
+    config = write_config(tmp_path / "live.toml", "acct", fake)
+    set_keys(monkeypatch, "acct", key, secret)
+    if password is not None:
+        monkeypatch.setenv("MARGIN_MONITOR__ACCOUNTS__ACCT__PASSWORD", password)
+    return await check_account(load_settings(config).accounts[0])
+
+
 class TestTradePermission:
     @pytest.mark.parametrize(("rights", "says"), [
         (["coor", "coow", "stor"], "keys can trade"),
@@ -264,3 +277,104 @@ class TestTradePermission:
             monkeypatch.setenv("MARGIN_MONITOR__ACCOUNTS__BG__PASSWORD", bitget.PASSWORD)
             line = await check_account(load_settings(config).accounts[0])
         assert says in line
+
+    @pytest.mark.parametrize(("agents", "says"), [
+        ({hyperliquid.AGENT: hyperliquid.API_KEY},
+         f"keys can trade (approved API wallet {hyperliquid.AGENT})"),
+        ({}, f"read-only (the private key's address {hyperliquid.AGENT} is not an approved "
+             f"API wallet of {hyperliquid.API_KEY}: userRole 'missing')"),
+        ({hyperliquid.AGENT: "0x" + "cd" * 20}, "userRole 'agent'"),
+    ])
+    async def test_hyperliquid_agent_role(
+        self, agents: dict[str, str], says: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """Test that check trusts a Hyperliquid key only as an agent the wallet approved."""
+        async with hyperliquid.FakeHyperliquid() as fake:
+            fake.account.agents = agents
+            line = await check_line(
+                fake, tmp_path, monkeypatch, hyperliquid.API_KEY, hyperliquid.SECRET
+            )
+        assert says in line
+
+    @pytest.mark.parametrize(("hours", "says"), [
+        (24, f"keys can trade (approved API wallet {hyperliquid.AGENT})"),
+        (-1, f"read-only (API wallet {hyperliquid.AGENT} 'bot' expired "),
+    ])
+    async def test_hyperliquid_named_agent_expiry(
+        self, hours: int, says: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Test that an approved named Hyperliquid agent past its validUntil is read-only."""
+        async with hyperliquid.FakeHyperliquid() as fake:
+            valid_until = int((time.time() + hours * 3600) * 1000)
+            fake.account.named_agents = {hyperliquid.AGENT: ("bot", valid_until)}
+            line = await check_line(
+                fake, tmp_path, monkeypatch, hyperliquid.API_KEY, hyperliquid.SECRET
+            )
+        assert says in line
+
+    async def test_hyperliquid_wallet_own_key_and_no_key(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Test that the wallet's own key can trade and the address alone is read-only."""
+        async with hyperliquid.FakeHyperliquid() as fake:
+            own = await check_line(
+                fake, tmp_path, monkeypatch, hyperliquid.AGENT, hyperliquid.SECRET
+            )
+            monkeypatch.delenv("MARGIN_MONITOR__ACCOUNTS__ACCT__SECRET")
+            alone = await check_account(load_settings(tmp_path / "live.toml").accounts[0])
+        assert "keys can trade (the private key is the wallet's own)" in own
+        assert "keys read-only (no private key: the wallet address alone can only read)" in alone
+
+    async def test_hyperliquid_malformed_key_is_one_line(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Test that a Hyperliquid secret that is no private key is the one-line key error."""
+        async with hyperliquid.FakeHyperliquid() as fake:
+            with pytest.raises(UserError) as caught:
+                await check_line(fake, tmp_path, monkeypatch, hyperliquid.API_KEY, "0xnot-a-key")
+        text = str(caught.value)
+        assert len(text.splitlines()) == 1
+        assert "rejected the keys" in text
+        assert "secret is not a 0x-prefixed" in text
+        assert "not-a-key" not in text
+
+    @pytest.mark.parametrize(("codes", "says"), [
+        ([2, 3], "keys can trade"),
+        ([1, 2], "read-only (permissions [1, 2] lack 3, perpetual futures trading)"),
+    ])
+    async def test_bingx_api_permissions(
+        self, codes: list[int], says: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Test that check reads a BingX key's perpetual futures trading permission (3)."""
+        async with bingx.FakeBingx() as fake:
+            fake.account.permissions = codes
+            line = await check_line(fake, tmp_path, monkeypatch, bingx.API_KEY, bingx.SECRET)
+        assert says in line
+
+    @pytest.mark.parametrize("venue", ["mexc", "weex"])
+    async def test_unpublished_permission_is_said(
+        self, venue: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Test that MEXC and WEEX keys are said to have no published trade permission."""
+        fake: FakeVenue = mexc.FakeMexc() if venue == "mexc" else weex.FakeWeex()
+        keys = (mexc.API_KEY, mexc.SECRET) if venue == "mexc" else (weex.API_KEY, weex.SECRET)
+        async with fake:
+            line = await check_line(fake, tmp_path, monkeypatch, *keys, password=weex.PASSWORD)
+        assert line.endswith(f"keys trade permission not published by {venue.upper()} "
+                             "(a read-only key is refused at order time)")
+
+    @pytest.mark.parametrize("venue", ["bingx", "mexc", "weex"])
+    async def test_revoked_key_is_one_line(
+        self, venue: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Test that a revoked BingX, MEXC or WEEX key is the one-line key error."""
+        fake_class = {"bingx": bingx.FakeBingx, "mexc": mexc.FakeMexc, "weex": weex.FakeWeex}
+        async with fake_class[venue]() as fake:
+            with pytest.raises(UserError) as caught:
+                await check_line(fake, tmp_path, monkeypatch, "revoked-key", "revoked-secret",
+                                 password="whatever")
+        text = str(caught.value)
+        assert len(text.splitlines()) == 1
+        assert f"accounts.acct: {venue} rejected the keys" in text
+        assert "revoked-secret" not in text

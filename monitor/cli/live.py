@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import json
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 from ccxt.base import errors as ccxt_errors
@@ -17,38 +17,9 @@ from monitor.errors import UserError
 from monitor.snapshot import snapshot_to_dict
 from monitor.sources.exchange import AccountConfig, ExchangeSource, KeyRejected, _one_line
 from monitor.sources.normalize import MalformedPayload
+from monitor.venues.permission import trade_permission
 
 __all__ = ["check_account", "snapshot_command"]
-
-
-async def _trade_permission(exchange: Any, venue: str, balance: Mapping[str, Any]) -> str:
-    """What the venue says about the key's rights, in words."""
-    if venue == "binanceusdm":
-        # v3 account answers no longer carry canTrade; Futures Account Configuration does
-        # (GET /fapi/v1/accountConfig, USDⓈ-M docs)
-        config = await exchange.fapiPrivateGetAccountConfig()
-        if isinstance(config, Mapping) and "canTrade" in config:
-            return "can trade" if config["canTrade"] else "read-only (canTrade is false)"
-    info = balance.get("info")
-    if venue == "binance" and isinstance(info, Mapping) and "canTrade" in info:
-        return "can trade" if info["canTrade"] else "read-only (canTrade is false)"
-    if venue == "bybit":
-        answer = await exchange.privateGetV5UserQueryApi()
-        read_only = str(answer.get("result", {}).get("readOnly"))
-        return "read-only (readOnly=1)" if read_only == "1" else "can trade"
-    if venue == "bitget":
-        # Get Account Information (v2): `coow` is the futures order-write authority
-        answer = await exchange.privateSpotGetV2SpotAccountInfo()
-        data = answer.get("data") if isinstance(answer, Mapping) else None
-        rights = data.get("authorities") if isinstance(data, Mapping) else None
-        if isinstance(rights, list):
-            return ("can trade" if "coow" in rights
-                    else f"read-only (authorities {sorted(map(str, rights))} lack coow)")
-    if venue == "okx":
-        answer = await exchange.privateGetAccountConfig()
-        perm = str((answer.get("data") or [{}])[0].get("perm", ""))
-        return "can trade" if "trade" in perm else f"read-only (perm={perm!r})"
-    return "trade permission unknown (the venue's API does not report it)"
 
 
 @contextlib.contextmanager
@@ -73,7 +44,7 @@ async def check_account(settings: AccountConfig) -> str:
             await exchange.load_markets()
             balance = await exchange.fetch_balance()
             collateral = await source.collateral_of(balance)
-            permission = await _trade_permission(exchange, source.venue, balance)
+            permission = await trade_permission(exchange, source.venue, balance)
     finally:
         await source.close()
     wallet = ", ".join(

@@ -42,6 +42,8 @@ class BingxAccount:
     marks: dict[str, float] = field(
         default_factory=lambda: {"BTC-USDT": 60_000.0, "ETH-USDT": 3_000.0}
     )
+    #: the key's permission codes: 1 spot trading, 2 reading, 3 perpetual futures trading
+    permissions: list[int] = field(default_factory=lambda: [2, 3])
 
 
 def ok(data: Any) -> web.Response:
@@ -64,6 +66,7 @@ class FakeBingx(FakeVenue):
             ("GET", "/openApi/swap/v2/user/positions"): self.private(self.user_positions),
             ("GET", "/openApi/swap/v3/user/balance"): self.private(self.user_balance),
             ("GET", "/openApi/swap/v1/maintMarginRatio"): self.private(self.tiers),
+            ("GET", "/openApi/v1/account/apiPermissions"): self.private(self.api_permissions),
         }
 
     def ccxt_config(self) -> dict[str, Any]:
@@ -104,6 +107,19 @@ class FakeBingx(FakeVenue):
             return await handler(request)
 
         return checked
+
+    async def api_permissions(self, request: web.Request) -> web.Response:
+        """"Query user API Key permissions" (BingX docs, Account and Wallet -> Sub-account):
+        apiKey, permissions, ipAddresses, note at the top level, as clients of the live
+        endpoint read it (no code/data envelope)."""
+        return json_response(
+            {
+                "apiKey": API_KEY,
+                "permissions": self.account.permissions,
+                "ipAddresses": ["127.0.0.1"],
+                "note": "margin-monitor",
+            }
+        )
 
     async def empty(self, request: web.Request) -> web.Response:
         return ok([])

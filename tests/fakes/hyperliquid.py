@@ -23,6 +23,8 @@ from tests.fakes.base import FakeVenue, Handler, json_response, rewrite_urls
 #: ccxt signs with a wallet; reads need only the address (api_key maps to walletAddress).
 API_KEY = "0x" + "ab" * 20
 SECRET = "0x" + "01".rjust(64, "0")
+#: the address of SECRET (secp256k1 key 1), the account's approved agent by default
+AGENT = "0x7e5f4552091a69125d5dfcb7b8c2659029395bdf"
 
 MAX_LEVERAGE = {"BTC": 40, "ETH": 25}
 
@@ -35,6 +37,10 @@ class HyperliquidAccount:
         default_factory=lambda: {"BTC": (0.3, 58_000.0), "ETH": (-5.0, 3_100.0)}
     )
     marks: dict[str, float] = field(default_factory=lambda: {"BTC": 60_000.0, "ETH": 3_000.0})
+    #: approved agent (API wallet) address -> the user it signs for
+    agents: dict[str, str] = field(default_factory=lambda: {AGENT: API_KEY})
+    #: named agents: address -> (name, validUntil in ms); unnamed agents are not listed
+    named_agents: dict[str, tuple[str, int]] = field(default_factory=dict)
 
     def figures(self, coin: str) -> dict[str, float]:
         size, entry = self.positions[coin]
@@ -141,7 +147,27 @@ class FakeHyperliquid(FakeVenue):
             return json_response("default")
         if kind == "clearinghouseState":
             return json_response(self.clearinghouse())
+        if kind == "userRole":
+            return json_response(self.user_role(str(body.get("user", "")).lower()))
+        if kind == "extraAgents":
+            # Info endpoint "extraAgents": the user's named API wallets, with their expiry
+            user = str(body.get("user", "")).lower()
+            return json_response([
+                {"name": name, "address": address, "validUntil": valid_until}
+                for address, (name, valid_until) in self.account.named_agents.items()
+                if self.account.agents.get(address) == user
+            ])
         return json_response({"error": f"fake hyperliquid: unknown info type {kind!r}"}, status=422)
+
+    def user_role(self, address: str) -> dict[str, Any]:
+        """Info `userRole` (Hyperliquid docs, Info endpoint -> "Query a user's role"):
+        `{"role": "user"}`, `{"role": "agent", "data": {"user": ...}}` or `{"role": "missing"}`
+        (also "vault", "subAccount" with `data.master`, not served here)."""
+        if address in self.account.agents:
+            return {"role": "agent", "data": {"user": self.account.agents[address]}}
+        if address == API_KEY:
+            return {"role": "user"}
+        return {"role": "missing"}
 
     def clearinghouse(self) -> dict[str, Any]:
         t = self.account.totals()
