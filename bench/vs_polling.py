@@ -44,6 +44,7 @@ import aiomqtt
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.product import binance_account, build
+from bench.subscriber import RemoteSubscriber
 from monitor.daemon.supervisor import run_daemon
 from monitor.ops import logs
 from tests.fakes.binance import API_KEY, SECRET, BinancePosition, FakeBinanceUsdm
@@ -87,14 +88,15 @@ async def trial(
     subscribed = asyncio.Event()
 
     async def subscriber() -> None:
-        async with aiomqtt.Client(broker.host, broker.port) as client:
-            await client.subscribe(f"{daemon_prefix}/+/alert", qos=1)
-            await client.subscribe(poll_topic, qos=1)
+        # in its own process, as a phone or Home Assistant is (bench/subscriber.py)
+        topics = [f"{daemon_prefix}/+/alert", poll_topic]
+        async with RemoteSubscriber(broker.host, broker.port, topics) as remote:
             subscribed.set()
-            async for message in client.messages:
-                path = "poller" if str(message.topic) == poll_topic else "daemon"
+            while True:
+                at, topic, _ = await remote.messages.get()
+                path = "poller" if topic == poll_topic else "daemon"
                 if crashed_at and path not in arrivals:
-                    arrivals[path] = time.monotonic()
+                    arrivals[path] = at
 
     with tempfile.TemporaryDirectory() as tmp:
         account = binance_account(fake, API_KEY, SECRET, poll_interval=every, stale_after=30.0)
@@ -121,7 +123,7 @@ async def trial(
                 await poll_ready.wait()
                 await fake.wait_for_client("/market/ws", "btcusdt@markPrice@1s", within=15)
             await asyncio.sleep(1.0 + rng.uniform(0, every))  # first reports settle; random phase
-            crashed_at = time.monotonic()
+            crashed_at = time.perf_counter()
             await fake.push_mark("BTCUSDT", CRASH)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(every * 3 + 5):
