@@ -28,8 +28,9 @@ from monitor.core.model import (
     PriceTick,
     SourceDown,
 )
+from monitor.core.rules import ratio_level
 from monitor.daemon import supervisor
-from monitor.daemon.loop import AccountLoop, classify_level
+from monitor.daemon.loop import AccountLoop
 from monitor.daemon.shards import parse_shard, select_shard, shard_of
 from monitor.daemon.supervisor import run_daemon
 from monitor.daemon.wiring import build_sinks, open_source
@@ -310,7 +311,7 @@ class TestReloadActions:
         await driver  # re-raises an assertion of the driver
 
 
-class TestClassifyLevel:
+class TestLevelsFromSettings:
     @pytest.mark.parametrize(
         ("ratio", "previous", "expected"),
         [
@@ -330,7 +331,7 @@ class TestClassifyLevel:
     )
     def test_hysteresis(self, ratio: float, previous: str, expected: str) -> None:
         """Test that levels are entered at a threshold and left only below it minus the band."""
-        assert classify_level(ratio, previous, AlertsSettings()) == expected
+        assert ratio_level(ratio, previous, AlertsSettings().to_config()) == expected
 
 
 class TestShards:

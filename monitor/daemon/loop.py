@@ -63,7 +63,7 @@ from monitor.errors import UserError, one_line
 from monitor.sink import Sink
 from monitor.sources.base import Source
 
-__all__ = ["AccountLoop", "ShockSolver", "classify_level"]
+__all__ = ["AccountLoop", "ShockSolver"]
 
 log = structlog.get_logger("monitor.daemon")
 
@@ -81,20 +81,11 @@ SHOCK_MAX_AGE = 60.0
 SOLVE_AFTER_WAKE = 0.002
 
 
-# --- sharding --------------------------------------------------------------------------------
-
-
 # --- levels ----------------------------------------------------------------------------------
 # The level the console shows comes from the rule engine's hysteresis (monitor.core.rules); the
 # alert lifecycle itself (docs/notifications.md) runs in the alert pipeline, one of the sinks.
 
 _LEVELS = ("ok", "warning", "critical", "emergency")
-
-
-def classify_level(ratio: float, previous: str, alerts: AlertsSettings) -> str:
-    """The margin-ratio level with hysteresis (rules.ratio_level); the full alert lifecycle
-    (repeats, shock, stale, silences) runs in the alert pipeline (sinks/alerts.py)."""
-    return ratio_level(ratio, cast("Level", previous), alerts.to_config())
 
 
 # --- one account -----------------------------------------------------------------------------
