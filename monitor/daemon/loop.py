@@ -465,11 +465,5 @@ def _log_level(account: str, level: str, previous: str, report: MarginReport) ->
     )
 
 
-# --- wiring ----------------------------------------------------------------------------------
-
-
-# --- commands --------------------------------------------------------------------------------
-
-
 def _number(value: float) -> float | str:
     return "inf" if math.isinf(value) else round(value, 6)
