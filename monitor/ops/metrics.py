@@ -224,6 +224,10 @@ class MetricsSink(Sink):
 
     # --- configuration ---------------------------------------------------------------------
 
+    def watch_progress(self, alive: Callable[[], str | None]) -> None:
+        """`/livez` asks the daemon's progress check (docs/kubernetes.md)."""
+        self.liveness = alive
+
     def set_accounts(
         self, accounts: Mapping[str, float], sources: Mapping[str, object] | None = None
     ) -> None:
