@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import re
 import signal
@@ -13,7 +14,10 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import aiomqtt
+import pytest
 from structlog.testing import capture_logs
 
 from monitor.alerts.message import AlertMessage
@@ -23,11 +27,14 @@ from monitor.channels.notify import NotifySink
 from monitor.config.alerts import MqttSettings, NotifySettings
 from monitor.config.settings import load_settings
 from monitor.core.margin import report as margin
-from monitor.core.model import AccountSnapshot
+from monitor.core.model import AccountSnapshot, ShockToLiquidation
+from monitor.core.plan import plan_step
 from monitor.daemon import supervisor
 from monitor.daemon.supervisor import run_daemon
 from monitor.daemon.wiring import build_sinks
+from monitor.protect import sink as protect_sink
 from monitor.protect.sink import ActionsSink
+from monitor.sink import Sink
 from monitor.sources.sim import DEMO_BOOK, SimVenue
 from monitor.sources.sim_prices import ReplayStep
 from monitor.store import Store
@@ -236,6 +243,21 @@ class TestConnecting:
         assert not [e for e in logs if e["event"] == "alert.delivery_failed"]
 
 
+def crash_daemon_sinks(tmp_path: Path) -> tuple[SimVenue, list[Sink]]:
+    """The demo account (actions in dry run) whose next snapshot is a 14 % sell-off past the
+    action level, and the sinks `run` builds for it; MQTT only queues (never started)."""
+    settings = load_settings(
+        None, state_dir=tmp_path,
+        accounts=[{"name": "demo", "exchange": "sim"}],
+        actions={"simulated": False},
+        mqtt={"host": "127.0.0.1", "port": 9, "timeout": 1.0},
+    )  # fmt: skip
+    crash = [ReplayStep(0.0, tuple((m.symbol, m.price0 * 0.856**m.beta)
+                                   for m in DEMO_BOOK.markets))]  # fmt: skip
+    venue = SimVenue("demo", settings.accounts[0].sim, replay=crash)
+    return venue, build_sinks(settings, tui=False, sources={"demo": venue})
+
+
 class TestActionState:
     """The `action` every alert carries, in the demo sell-off with actions in dry run."""
 
@@ -278,17 +300,8 @@ class TestActionState:
 
     async def test_escalation_plan_and_resolve_state(self, tmp_path: Path) -> None:
         """Test that the escalation carries the dry-run plan and the resolve the state after."""
-        settings = load_settings(
-            None, state_dir=tmp_path,
-            accounts=[{"name": "demo", "exchange": "sim"}],
-            actions={"simulated": False},
-            mqtt={"host": "127.0.0.1", "port": 9, "timeout": 1.0},  # queues; never started
-        )  # fmt: skip
-        crash = [ReplayStep(0.0, tuple((m.symbol, m.price0 * 0.856**m.beta)
-                                       for m in DEMO_BOOK.markets))]  # fmt: skip
-        venue = SimVenue("demo", settings.accounts[0].sim, replay=crash)
+        venue, sinks = crash_daemon_sinks(tmp_path)
         calm = SimVenue("demo").snapshot()
-        sinks = build_sinks(settings, tui=False, sources={"demo": venue})
         alerts = next(s for s in sinks if isinstance(s, AlertsSink))
         actions = next(s for s in sinks if isinstance(s, ActionsSink))
 
@@ -319,6 +332,85 @@ class TestActionState:
         for sink in sinks:
             if isinstance(sink, ActionsSink):
                 await sink.close()
+
+
+    async def test_one_plan_preview_per_report(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Test that the alerts one crossing raises share one plan preview (issue 16)."""
+        venue, sinks = crash_daemon_sinks(tmp_path)
+        alerts = next(s for s in sinks if isinstance(s, AlertsSink))
+        plans: list[float] = []
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            plans.append(args[4])  # `now`: which report was planned
+            return plan_step(*args, **kwargs)
+
+        monkeypatch.setattr(protect_sink, "plan_step", counted)
+        calm, crashed = SimVenue("demo").snapshot(), venue.snapshot()
+        # the crash's shock solve: 3 % from liquidation raises the shock rule too
+        for snapshot, now, shock in ((calm, 1000.0, None),
+                                     (crashed, 1001.0, ShockToLiquidation(-0.03, None))):
+            rep = dataclasses.replace(margin.report(snapshot), shock_to_liquidation=shock)
+            for sink in sinks:  # in the daemon's order (AccountLoop._tell)
+                await sink.on_report("demo", rep, snapshot, now)
+        notes = [AlertMessage.from_json(r.payload).action
+                 for r in alerts.pipeline.store.pending("mqtt")]  # fmt: skip
+        assert len(notes) >= 2  # the crossing raised more than one alert
+        assert len(set(notes)) == 1
+        assert notes[0] is not None
+        assert notes[0].startswith("would reduce (dry run): sell ")
+        assert plans == [1001.0]  # the calm report needed no preview, the crash one
+        await alerts.close()
+
+    async def test_alert_is_on_the_socket_before_the_step_reads(
+        self, mosquitto: Mosquitto, prefix: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """Test that the alert of the report that wakes a step is sent before its fresh read."""
+        settings = load_settings(
+            None, state_dir=tmp_path,
+            accounts=[{"name": "demo", "exchange": "sim", "sim": {"speed": 20}}],
+            actions={"simulated": False},
+            # no shock alert: it would inhibit the margin alert of the crossing report
+            alerts={"shock_warning": 0.003, "shock_critical": 0.002, "shock_emergency": 0.001,
+                    "shock_band": 0.0005},
+            mqtt={"host": mosquitto.host, "port": mosquitto.port, "prefix": prefix,
+                  "timeout": 2.0},
+        )  # fmt: skip
+        sources = {a.name: SimVenue(a.name, a.sim) for a in settings.accounts}
+        sinks = build_sinks(settings, tui=False, sources=sources)
+        mqtt = next(s for s in sinks if isinstance(s, AlertsSink)).mqtt
+        executor = next(s for s in sinks if isinstance(s, ActionsSink)).executors["demo"]
+        published: list[dict[str, Any]] = []
+        seen_at_read: list[tuple[list[str], bool]] = []
+        publish = aiomqtt.Client.publish
+
+        async def recorded(client: aiomqtt.Client, topic: str, payload: Any = None,
+                           *args: Any, **kwargs: Any) -> None:  # fmt: skip
+            if topic.endswith("/alert"):
+                published.append(json.loads(payload))
+            await publish(client, topic, payload, *args, **kwargs)
+
+        async def fresh_read() -> AccountSnapshot:
+            assert mqtt is not None
+            assert mqtt._client is not None  # the live session: is paho still holding bytes?
+            unsent = mqtt._client._client.want_write()
+            seen_at_read.append(([f"{a['rule']} {a['level']}" for a in published], unsent))
+            return await sources["demo"].fetch_snapshot()
+
+        monkeypatch.setattr(aiomqtt.Client, "publish", recorded)
+        executor.fresh_read = fresh_read
+        await asyncio.wait_for(
+            run_daemon(settings, settings.accounts, sinks, sources=list(sources.values()),
+                       duration=3.0, handle_signals=False),
+            30,
+        )
+        assert seen_at_read  # the sell-off woke a dry-run step
+        levels, unsent = seen_at_read[0]
+        # the alert of the report that crossed the action level was handed to MQTT first
+        assert "margin_ratio critical" in levels, (levels, seen_at_read)
+        assert not unsent  # and written to the broker's socket, not queued in paho
 
 
 class TestSigterm:
