@@ -11,8 +11,14 @@ own task, started in `start` inside the daemon's TaskGroup and named `sink[<name
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from monitor.core.model import AccountSnapshot, Event, MarginReport
+
+if TYPE_CHECKING:
+    from monitor.config.settings import AccountSettings
+    from monitor.sources.base import Source
 
 __all__ = ["Sink"]
 
@@ -51,3 +57,21 @@ class Sink:
 
     async def close(self) -> None:
         """Flush and release; called once at shutdown, after the sources are closed."""
+
+    def watch_progress(self, alive: Callable[[], str | None]) -> None:
+        """The daemon's progress check (None: every recompute is keeping up; else why not),
+        handed over once the account tasks run; the metrics sink's `/livez` asks it."""
+        del alive
+
+    def set_accounts(
+        self, accounts: Mapping[str, float], sources: Mapping[str, Source] | None = None
+    ) -> None:
+        """A SIGHUP reload changed the accounts (name -> stale_after seconds; their sources)."""
+        del accounts, sources
+
+    async def reload_accounts(
+        self, accounts: Mapping[str, AccountSettings], sources: Mapping[str, Source]
+    ) -> None:
+        """After `set_accounts` on a reload: the accounts' full settings, for sinks that
+        build per-account machinery (the protective executors)."""
+        del accounts, sources

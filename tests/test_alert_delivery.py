@@ -444,7 +444,10 @@ class TestSigterm:
                         query = "SELECT COUNT(*) FROM outbox WHERE sink = 'notify[phone]'"
                         return int(db.execute(query).fetchone()[0])
 
-                await until(lambda: queued() > 0, 10)  # waiting out the channel's pacing
+                # the first send's row is marked delivered once Apprise returns: give it that
+                # moment, so the row counted next is one waiting out the channel's pacing
+                await asyncio.sleep(0.5)
+                await until(lambda: queued() > 0, 10)
                 proc.send_signal(signal.SIGTERM)
                 out, _ = await asyncio.wait_for(proc.communicate(), 30)
             finally:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from monitor.config.actions import ActionsSettings, StopLossSettings
+from monitor.config.settings import SimSettings
 from monitor.core.margin.report import report
 from monitor.core.model import MarginReport
 from monitor.protect.backstop import StopBackstop
@@ -141,3 +142,34 @@ class TestSimStops:
             side = "long" if o["side"] == "sell" else "short"
             assert o["amount"] == held[(o["symbol"], side)]
             assert o["reduceOnly"] is True
+
+    async def test_places_then_a_restart_adopts_instead_of_duplicating(
+        self, tmp_path: Path
+    ) -> None:
+        """Test that on the sim the backstop rests one reduce-only stop per cross position
+        with a liquidation price, an unchanged report changes nothing, and a restarted
+        backstop adopts the stops it finds (open_stops) instead of placing more."""
+        sim = SimVenue("demo", SimSettings(speed=10_000))
+        rep = report(sim.snapshot())
+        guarded = [r for r in rep.positions if r.margin_mode == "cross" and r.contracts > 0
+                   and r.liquidation_price is not None and r.liquidation_price > 0]  # fmt: skip
+        assert guarded
+        settings = ActionsSettings(stop_loss=StopLossSettings(enabled=True, distance=0.02))
+        first = Executor("demo", sim, sim.fetch_snapshot, settings=settings, action_ratio=0.7,
+                         state_dir=tmp_path, live=True, venue="sim")  # fmt: skip
+        try:
+            backstop = StopBackstop(first, settings.stop_loss)
+            assert await backstop.maintain(rep, 1.0) == len(guarded)
+            assert await backstop.maintain(report(sim.snapshot()), 2.0) == 0
+        finally:
+            first.close()
+        resting = [o for r in guarded for o in await sim.open_stops(r.symbol)]
+        assert len(resting) == len(guarded)
+        assert all(o["reduceOnly"] for o in resting)
+        again = Executor("demo", sim, sim.fetch_snapshot, settings=settings, action_ratio=0.7,
+                         state_dir=tmp_path, live=True, venue="sim")  # fmt: skip
+        try:
+            assert await StopBackstop(again, settings.stop_loss).maintain(rep, 3.0) == 0
+        finally:
+            again.close()
+        assert [o for r in guarded for o in await sim.open_stops(r.symbol)] == resting

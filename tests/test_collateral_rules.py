@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from monitor.sources.collateral_rules import (
 from monitor.sources.exchange import ExchangeSource
 from monitor.sources.normalize import VenueFigures
 from monitor.sources.sim import DEMO_BOOK, SimVenue
-from tests.fakes import bybit, okx
+from tests.fakes import bitget, bybit, okx
 from tests.fakes.account import EventTap, account_for
 from tests.fakes.base import FakeVenue
 from tests.fakes.binance import API_KEY, SECRET, BinanceAccount, BinancePosition, FakeBinanceUsdm
@@ -168,6 +168,27 @@ def btc_eth_collateral() -> BinanceAccount:
 
 def ours(source: ExchangeSource) -> float:
     return margin.report(source.snapshot()).margin_ratio
+
+
+async def fall_read_over_rest(
+    fake: okx.FakeOkx | bitget.FakeBitget, source: ExchangeSource, tap: EventTap,
+    fall: Callable[[], None],
+) -> tuple[float, float]:
+    """Our ratio against the fake venue's own (`margin_ratio`) before and after `fall` moves
+    a mark to 48,000 and a REST read brings it back; the read's drift check agrees too."""
+    before = ours(source)
+    assert before == pytest.approx(fake.margin_ratio(), rel=REL)
+    fall()
+    seen = len(tap.seen)
+    await tap.wait_for(lambda e: isinstance(e, AccountUpdate) and any(
+        p.mark_price == 48_000.0 for p in e.positions), after=seen)
+    after = ours(source)
+    assert after == pytest.approx(fake.margin_ratio(), rel=REL)
+    check = source.venue_check
+    assert check is not None
+    assert check.relative_drift is not None
+    assert abs(check.relative_drift) < REL
+    return before, after
 
 
 class TestBinanceMultiAssets:
@@ -359,19 +380,71 @@ class TestOkxMultiCurrency:
             btc = next(c for c in source.collateral if c.asset == "BTC")
             assert [(t.up_to, t.ratio) for t in btc.haircut_tiers] == [(1.0, 0.98),
                                                                        (math.inf, 0.95)]
-            before = ours(source)
-            assert before == pytest.approx(fake.margin_ratio(), rel=REL)
-            fake.account.marks["BTC-USDT-SWAP"] = 48_000.0
-            seen = len(tap.seen)
-            await tap.wait_for(lambda e: isinstance(e, AccountUpdate) and any(
-                p.mark_price == 48_000.0 for p in e.positions), after=seen)
-            after = ours(source)
+            before, after = await fall_read_over_rest(
+                fake, source, tap, lambda: fake.account.marks.update({"BTC-USDT-SWAP": 48_000.0}))
             assert after > before
-            assert after == pytest.approx(fake.margin_ratio(), rel=REL)
-            check = source.venue_check
-            assert check is not None
-            assert check.relative_drift is not None
-            assert abs(check.relative_drift) < REL
+
+
+class TestBitgetUnion:
+    async def test_discount_tiers_match_crossed_risk_rate_across_a_fall(self) -> None:
+        """Test that a Bitget union-mode account holding 2 BTC and 20 ETH under tiered USDT
+        value discount rates matches crossedRiskRate within 0.01 % before and after BTC
+        −20 %, which moves the BTC value below its 100,000 USDT tier boundary."""
+        account = bitget.BitgetAccount(
+            wallet=5_000.0, asset_mode="union", coins={"BTC": 2.0, "ETH": 20.0},
+            positions={"BTCUSDT": ("long", 3.0, 60_000.0)},
+            discounts={"BTC": [(0.0, 100_000.0, 0.95), (100_000.0, -1.0, 0.9)],
+                       "ETH": [(0.0, 50_000.0, 0.9), (50_000.0, -1.0, 0.8)]},
+        )
+        async with (
+            bitget.FakeBitget(account) as fake,
+            watching(fake, bitget.API_KEY, bitget.SECRET) as (source, tap),
+        ):
+            assert source.collateral_rules.mode == "multi_assets"
+            btc = next(c for c in source.collateral if c.asset == "BTC")
+            assert btc.tier_basis == "value"
+            assert [(t.up_to, t.ratio) for t in btc.haircut_tiers] == [(100_000.0, 0.95),
+                                                                       (math.inf, 0.9)]
+            # 5,000 + (100,000 × 0.95 + 20,000 × 0.9) + (50,000 × 0.9 + 10,000 × 0.8)
+            assert margin.report(source.snapshot()).margin_balance == pytest.approx(171_000.0)
+            assert fake.count("/api/v2/mix/market/discount-rate") == 1
+            before, after = await fall_read_over_rest(
+                fake, source, tap, lambda: fake.account.marks.update({"BTCUSDT": 48_000.0}))
+            assert fake.account.coin_value("BTC") < 100_000.0  # below the boundary now
+            # 5,000 − 36,000 + 96,000 × 0.95 + 53,000
+            assert margin.report(source.snapshot()).margin_balance == pytest.approx(113_200.0)
+            # MM: 180,000 × 0.5 % before, 144,000 × 0.4 % after (Bitget's tiers)
+            assert (before, after) == (pytest.approx(900.0 / 171_000.0, rel=REL),
+                                       pytest.approx(576.0 / 113_200.0, rel=REL))
+
+
+    async def test_single_asset_mode_reads_no_tiers(self) -> None:
+        """Test that a Bitget account in single-asset mode is read as such and its discount
+        tiers are never asked for."""
+        async with (
+            bitget.FakeBitget() as fake,
+            watching(fake, bitget.API_KEY, bitget.SECRET) as (source, _tap),
+        ):
+            assert source.collateral_rules.mode == "single_asset"
+            assert fake.count("/api/v2/mix/account/accounts") >= 1
+            assert fake.count("/api/v2/mix/market/discount-rate") == 0
+
+
+def pm_account(uni_mmr: float) -> BinanceAccount:
+    """The BTC/ETH account as a Binance PM account whose scenario MM puts uniMMR at `uni_mmr`."""
+    account = btc_eth_collateral()
+    account.multi_assets = False
+    account.portfolio_mm = account.pm_figures()["equity"] / uni_mmr
+    return account
+
+
+def pm_source(fake: FakeBinanceUsdm) -> ExchangeSource:
+    """A source on `fake` configured as ccxt configures Binance PM (`portfolioMargin`)."""
+    settings = account_for(fake, API_KEY, SECRET, poll_interval=0.2, stale_after=5.0)
+    config = dict(settings.ccxt)
+    config["options"] = {**config["options"], "portfolioMargin": True}
+    return ExchangeSource(replace(settings, ccxt=config), backoff_cap=0.2, reconcile_every=0.5,
+                          debounce=0.02)
 
 
 class TestPortfolioMargin:
@@ -414,34 +487,74 @@ class TestPortfolioMargin:
             assert fresh.margin_ratio == pytest.approx(fake.account.totals()["mm_rate"])
             assert fresh.margin_ratio > report.margin_ratio
 
-    async def test_binance_portfolio_margin_drives_the_ratio_by_uni_mmr(self) -> None:
-        """Test that a Binance PM account (ccxt `portfolioMargin`) reports 1 / uniMMR from
-        /papi/v1/account as its ratio, labelled venue, through real ccxt."""
-        account = btc_eth_collateral()
-        account.multi_assets = False
-        account.portfolio_mm = 2_500.0
-        async with FakeBinanceUsdm(account) as fake:
-            settings = account_for(fake, API_KEY, SECRET, poll_interval=0.2, stale_after=5.0)
-            config = dict(settings.ccxt)
-            config["options"] = {**config["options"], "portfolioMargin": True}
-            source = ExchangeSource(replace(settings, ccxt=config), backoff_cap=0.2,
-                                    reconcile_every=0.5, debounce=0.02)
+    @staticmethod
+    @contextlib.asynccontextmanager
+    async def binance_pm(uni_mmr: float) -> AsyncIterator[tuple[FakeBinanceUsdm, AccountUpdate,
+                                                               ExchangeSource]]:
+        """A Binance PM account (ccxt `portfolioMargin`) whose scenario MM puts its uniMMR
+        at `uni_mmr`, and a source after its first read."""
+        async with FakeBinanceUsdm(pm_account(uni_mmr)) as fake:
+            source = pm_source(fake)
             tap = EventTap(source.events())
             try:
                 update = await tap.wait_for(lambda e: isinstance(e, AccountUpdate))
                 assert isinstance(update, AccountUpdate)
-                assert source.collateral_rules.mode == "portfolio"
-                pm = fake.account.pm_figures()
-                assert update.venue_margin is not None
-                assert update.venue_margin.margin_ratio == pytest.approx(1 / pm["uni_mmr"])
-                report = margin.report(source.snapshot())
-                assert report.model == "venue"
-                assert report.margin_ratio == pytest.approx(2_500.0 / pm["equity"])
-                assert fake.count("/papi/v1/account") >= 1
-                assert fake.count("/fapi/v1/assetIndex") == 0
+                yield fake, update, source
             finally:
                 await tap.stop()
                 await source.close()
+
+    async def test_binance_portfolio_margin_drives_the_ratio_by_uni_mmr(self) -> None:
+        """Test that a Binance PM account reports 1.05 / uniMMR from /papi/v1/account as its
+        ratio, labelled venue, with the venue's MM and equity, through real ccxt."""
+        async with self.binance_pm(1.2) as (fake, update, source):
+            assert source.collateral_rules.mode == "portfolio"
+            pm = fake.account.pm_figures()
+            assert update.venue_margin is not None
+            assert update.venue_margin.margin_ratio == pytest.approx(0.875, rel=1e-12)
+            assert update.venue_ratio == pytest.approx(0.875, rel=1e-12)
+            report = margin.report(source.snapshot())
+            assert report.model == "venue"
+            assert report.margin_ratio == pytest.approx(0.875, rel=1e-12)
+            assert not report.liquidated
+            assert report.maintenance_margin == pytest.approx(pm["mm"], rel=1e-9)
+            assert report.margin_balance == pytest.approx(pm["equity"], rel=1e-9)
+            assert report_to_dict(report)["margin_ratio"] == pytest.approx(0.875, rel=1e-12)
+            assert fake.count("/papi/v1/account") >= 1
+            assert fake.count("/fapi/v1/assetIndex") == 0
+
+    async def test_binance_portfolio_margin_at_uni_mmr_1_05_is_liquidated(self) -> None:
+        """Test that a PM account at uniMMR 1.05 (Binance's liquidation line) reads ratio
+        1.0 and liquidated, as the venue ratio and in the report (JSON too)."""
+        async with self.binance_pm(1.05) as (fake, update, source):
+            assert fake.account.pm_figures()["uni_mmr"] == pytest.approx(1.05, rel=1e-12)
+            assert update.venue_ratio == 1.0
+            report = margin.report(source.snapshot())
+            assert report.model == "venue"
+            assert report.margin_ratio == 1.0
+            assert report.liquidated
+            assert report_to_dict(report)["liquidated"] is True
+            # a cross-margin computation of the same account would not see it
+            assert not margin.report(replace(source.snapshot(), venue_margin=None)).liquidated
+
+    @pytest.mark.parametrize(("uni_mmr", "ratio", "liquidated"),
+                             [(1.2, 0.875, False), (1.05, 1.0, True)])
+    async def test_daemon_alerts_on_the_venues_pm_liquidation_line(
+        self, uni_mmr: float, ratio: float, liquidated: bool
+    ) -> None:
+        """Test that through the daemon a PM account at uniMMR 1.2 reaches emergency (ratio
+        0.875 ≥ 0.85, where 1 / uniMMR = 0.833 is only critical) and one at uniMMR 1.05 is
+        reported liquidated."""
+        recorder = Recorder()
+        async with (
+            FakeBinanceUsdm(pm_account(uni_mmr)) as fake,
+            daemon(pm_source(fake), recorder),
+        ):
+            await recorder.until(lambda: any(r.model == "venue" for r in recorder.reports))
+            report = next(r for r in recorder.reports if r.model == "venue")
+            assert report.margin_ratio == pytest.approx(ratio, rel=1e-12)
+            assert report.liquidated is liquidated
+            await recorder.until(lambda: any(level == "emergency" for _, level in recorder.levels))
 
     async def test_okx_portfolio_mode_reports_mgn_ratio(self) -> None:
         """Test that an OKX portfolio-margin account (acctLv 4) reports 1/mgnRatio as its

@@ -26,11 +26,11 @@ from monitor.core.model import (
     SourceStale,
     SourceUp,
 )
-from monitor.core.rules import AlertConfig
-from monitor.daemon.loop import classify_level
+from monitor.core.rules import AlertConfig, ratio_level
 from monitor.daemon.supervisor import run_daemon
 from monitor.daemon.wiring import build_sinks
 from monitor.ops import logs
+from monitor.sink import Sink
 from monitor.sources.sim import DEMO_BOOK, SimVenue
 from monitor.sources.sim_prices import ReplayStep
 
@@ -125,7 +125,7 @@ class TestAlertSurface:
         sink = ConsoleSink(live=False, accounts=["demo"])
         sink.alerts = alerts
         report, snapshot = _crashed(0.86)  # ratio 55 %: warning; a 0.9 % drop liquidates
-        assert classify_level(report.margin_ratio, "ok", AlertsSettings()) == "warning"
+        assert ratio_level(report.margin_ratio, "ok", AlertsSettings().to_config()) == "warning"
         await alerts.on_report("demo", report, snapshot, 1000.0)
         await sink.on_report("demo", report, snapshot, 1000.0)
         await sink.on_level("demo", "warning", "ok", report, 1000.0)
@@ -199,7 +199,7 @@ class TestAlertSurface:
         alerts = next(s for s in sinks if isinstance(s, AlertsSink))
         frames: list[tuple[str, str]] = []
 
-        class Frames:
+        class Frames(Sink):
             """Renders a frame after every report, as the live view would show it."""
 
             name = "frames"

@@ -28,13 +28,15 @@ from monitor.core.model import (
     PriceTick,
     SourceDown,
 )
+from monitor.core.rules import ratio_level
 from monitor.daemon import supervisor
-from monitor.daemon.loop import AccountLoop, classify_level
+from monitor.daemon.loop import AccountLoop
 from monitor.daemon.shards import parse_shard, select_shard, shard_of
 from monitor.daemon.supervisor import run_daemon
 from monitor.daemon.wiring import build_sinks, open_source
 from monitor.errors import UserError
 from monitor.protect.sink import ActionsSink
+from monitor.sink import Sink
 from monitor.sources.sim import SimVenue
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,7 +70,7 @@ def _json_lines(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
-class _Recorder:
+class _Recorder(Sink):
     """A sink that keeps everything it is told."""
 
     name = "recorder"
@@ -309,7 +311,7 @@ class TestReloadActions:
         await driver  # re-raises an assertion of the driver
 
 
-class TestClassifyLevel:
+class TestLevelsFromSettings:
     @pytest.mark.parametrize(
         ("ratio", "previous", "expected"),
         [
@@ -329,7 +331,7 @@ class TestClassifyLevel:
     )
     def test_hysteresis(self, ratio: float, previous: str, expected: str) -> None:
         """Test that levels are entered at a threshold and left only below it minus the band."""
-        assert classify_level(ratio, previous, AlertsSettings()) == expected
+        assert ratio_level(ratio, previous, AlertsSettings().to_config()) == expected
 
 
 class TestShards:

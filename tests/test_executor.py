@@ -32,6 +32,7 @@ from monitor.daemon.wiring import build_sinks
 from monitor.protect.executor import AccountLock, Executor
 from monitor.protect.sink import ActionsSink
 from monitor.protect.switches import ActionSwitches
+from monitor.sink import Sink
 from monitor.sources.exchange import ExchangeSource
 from monitor.sources.sim import DEMO_BOOK, SimVenue, selloff_keyframes
 from monitor.store import Store
@@ -630,7 +631,7 @@ class TestDaemonDemo:
         sinks = build_sinks(settings, tui=False, sources=sources)
         levels: list[str] = []
 
-        class Levels:
+        class Levels(Sink):
             name = "levels"
 
             async def start(self, tg: asyncio.TaskGroup) -> None: ...

@@ -431,11 +431,12 @@ for m in $(findmnt -rn -o TARGET | sort -r); do
     mount -o remount,bind,ro "$m" 2>/dev/null || true
 done
 mount --bind "$STATE" /mnt && mount -o remount,bind,rw /mnt
-config=$(cat "$CONFIG")
-mount -t tmpfs -o mode=1777,size=16m tmpfs /tmp
-printf '%s\n' "$config" > /tmp/config.toml
+# /tmp stays writable, as the pod's emptyDir: a bind of itself, not a tmpfs over it, which
+# would hide a checkout (and its venv) that lives under /tmp, as CI's may
+mount --bind /tmp /tmp && mount -o remount,bind,rw /tmp
+probe=$(mktemp /tmp/mm-rw-XXXXXX) && rm -f "$probe"
 if touch /srv/.write-test 2>/dev/null; then echo "root filesystem is writable" >&2; exit 97; fi
-exec env STATE_DIRECTORY=/mnt "$EXE" run --no-tui --config /tmp/config.toml --duration 6
+exec env STATE_DIRECTORY=/mnt "$EXE" run --no-tui --config "$CONFIG" --duration 6
 """
 
 

@@ -254,8 +254,8 @@ class TestExposition:
 
         live, sim, alerts = Source(), object(), Alerts()
         metrics = build_metrics_sink(
-            MetricsSettings(), {"main": 30.0, "demo": 30.0}, [alerts],
-            {"main": live, "demo": sim},
+            MetricsSettings(), {"main": 30.0, "demo": 30.0}, {"main": live, "demo": sim},
+            outbox=lambda: alerts.pipeline.store.pending(),  # noqa: PLW0108 - store opens late
         )  # fmt: skip
         assert alerts.opened == 0  # building (e.g. for `check`) never opens the store
         async with asyncio.TaskGroup() as tg:

@@ -31,6 +31,7 @@ from monitor.config.settings import load_settings
 from monitor.core.model import AccountSnapshot, Event, MarginReport
 from monitor.daemon.supervisor import run_daemon
 from monitor.ops.sdnotify import Notifier
+from monitor.sink import Sink
 from tests.mqtt_broker import Mosquitto, free_port
 
 CONSOLE_SCRIPT = Path(sys.executable).parent / "margin-monitor"
@@ -308,7 +309,7 @@ class TestService:
         ]
 
 
-class WedgedSink:
+class WedgedSink(Sink):
     """A sink whose third report never returns: the recompute task is stuck inside it."""
 
     name = "wedged"

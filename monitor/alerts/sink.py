@@ -49,6 +49,7 @@ from monitor.store import Store
 if TYPE_CHECKING:
     from monitor.channels.mqtt import MqttSink
     from monitor.channels.notify import NotifySink
+    from monitor.sources.base import Source
 
 __all__ = ["DRAIN_CAP", "DRAIN_LIMIT", "AlertsSink", "build_alerts_sink"]
 
@@ -148,10 +149,13 @@ class AlertsSink(Sink):
         if self._pipeline is not None:
             self._pipeline.action_note = note
 
-    def set_accounts(self, stale_after: Mapping[str, float], **_: object) -> None:
+    def set_accounts(
+        self, accounts: Mapping[str, float], sources: Mapping[str, Source] | None = None
+    ) -> None:
         """A reload changed the accounts: commands may name exactly these from now on."""
+        del sources
         if self._pipeline is not None and self._pipeline.accounts is not None:
-            self._pipeline.accounts = frozenset(stale_after)
+            self._pipeline.accounts = frozenset(accounts)
 
     @property
     def pipeline(self) -> AlertPipeline:

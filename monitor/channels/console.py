@@ -20,7 +20,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 from rich.console import Console, Group
@@ -42,6 +42,9 @@ from monitor.core.model import (
 )
 from monitor.core.rules import RULE_MARGIN, RULE_SHOCK, AlertState
 from monitor.sink import Sink
+
+if TYPE_CHECKING:
+    from monitor.sources.base import Source
 
 __all__ = ["ConsoleSink"]
 
@@ -148,8 +151,11 @@ class ConsoleSink(Sink):
         else:
             tg.create_task(self._summarise_forever(), name="sink[console]")
 
-    def set_accounts(self, accounts: Mapping[str, float], **_: object) -> None:
+    def set_accounts(
+        self, accounts: Mapping[str, float], sources: Mapping[str, Source] | None = None
+    ) -> None:
         """A SIGHUP reload changed the accounts: a row for each new one, none for the gone."""
+        del sources
         for name in list(self._views):
             if name not in accounts:
                 del self._views[name]

@@ -270,9 +270,11 @@ class VenueMargin:
 
     Portfolio-margin accounts (Binance PM `uniMMR`, Bybit PORTFOLIO_MARGIN, OKX portfolio
     mode) are margined on scenario risk: their live ratio is the venue's figure, in the
-    Binance/Bybit direction (MM / equity, ≥ 1 is liquidation). `margin_ratio` None means the
-    account is portfolio-margined but the venue gave no figure: the report then says its
-    cross-margin ratio is only an estimate (`MarginReport.model = "estimate"`).
+    Binance/Bybit direction and scaled so that 1 is the venue's liquidation line (≥ 1 is
+    liquidation; Binance PM: 1.05 / uniMMR, as it liquidates at uniMMR ≤ 1.05).
+    `margin_ratio` None means the account is portfolio-margined but the venue gave no
+    figure: the report then says its cross-margin ratio is only an estimate
+    (`MarginReport.model = "estimate"`).
     """
 
     margin_ratio: float | None

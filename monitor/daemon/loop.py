@@ -38,7 +38,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
-from typing import Any, cast
+from typing import cast
 
 import structlog
 
@@ -63,7 +63,7 @@ from monitor.errors import UserError, one_line
 from monitor.sink import Sink
 from monitor.sources.base import Source
 
-__all__ = ["AccountLoop", "ShockSolver", "classify_level"]
+__all__ = ["AccountLoop", "ShockSolver"]
 
 log = structlog.get_logger("monitor.daemon")
 
@@ -81,20 +81,11 @@ SHOCK_MAX_AGE = 60.0
 SOLVE_AFTER_WAKE = 0.002
 
 
-# --- sharding --------------------------------------------------------------------------------
-
-
 # --- levels ----------------------------------------------------------------------------------
 # The level the console shows comes from the rule engine's hysteresis (monitor.core.rules); the
 # alert lifecycle itself (docs/notifications.md) runs in the alert pipeline, one of the sinks.
 
 _LEVELS = ("ok", "warning", "critical", "emergency")
-
-
-def classify_level(ratio: float, previous: str, alerts: AlertsSettings) -> str:
-    """The margin-ratio level with hysteresis (rules.ratio_level); the full alert lifecycle
-    (repeats, shock, stale, silences) runs in the alert pipeline (sinks/alerts.py)."""
-    return ratio_level(ratio, cast("Level", previous), alerts.to_config())
 
 
 # --- one account -----------------------------------------------------------------------------
@@ -256,13 +247,13 @@ class AccountLoop:
                         await self._report_now()
                     if self._drift is not None:
                         drift, self._drift = self._drift, None
-                        await self._tell("on_event", drift)
+                        await self._tell_event(drift)
             except Exception as exc:  # one account's failure never stops the others
                 attempt += 1
                 # a UserError is already the one line a person reads (a rejected key)
                 reason = str(exc) if isinstance(exc, UserError) else one_line(exc)
                 log.error("source failed", account=self.account, error=reason, attempt=attempt)
-                await self._tell("on_event", SourceDown(self.account, reason, self.clock()))
+                await self._tell_event(SourceDown(self.account, reason, self.clock()))
                 await asyncio.sleep(random.uniform(0, 1.5 ** min(10, attempt)))  # noqa: S311
                 continue
             if self.finite:
@@ -433,10 +424,15 @@ class AccountLoop:
             self.level = level
             self._alarm(report.margin_ratio, level)
             now = self.clock()
-            await self._tell("on_report", self.account, report, snapshot, now)
+            await self._tell(
+                "on_report", lambda sink: sink.on_report(self.account, report, snapshot, now)
+            )
             if level != previous:
                 _log_level(self.account, level, previous, report)
-                await self._tell("on_level", self.account, level, previous, report, now)
+                await self._tell(
+                    "on_level",
+                    lambda sink: sink.on_level(self.account, level, previous, report, now),
+                )
             return report
 
     async def settle(self) -> None:
@@ -445,11 +441,14 @@ class AccountLoop:
             self.dirty.clear()
             await self.recompute(shock=True)
 
-    async def _tell(self, method: str, *args: Any) -> None:
+    async def _tell_event(self, event: Event) -> None:
+        await self._tell("on_event", lambda sink: sink.on_event(event))
+
+    async def _tell(self, method: str, call: Callable[[Sink], Awaitable[None]]) -> None:
+        """`call` on every sink in turn; `method` names it in the log when a sink fails."""
         for sink in self.sinks:
-            call: Callable[..., Awaitable[None]] = getattr(sink, method)
             try:
-                await call(*args)
+                await call(sink)
             except Exception as exc:  # a broken sink must not stop the others or the loop
                 log.error("sink failed", sink=sink.name, call=method, error=one_line(exc))
 
@@ -464,12 +463,6 @@ def _log_level(account: str, level: str, previous: str, report: MarginReport) ->
         margin_ratio=_number(report.margin_ratio),
         margin_balance=round(report.margin_balance, 2),
     )
-
-
-# --- wiring ----------------------------------------------------------------------------------
-
-
-# --- commands --------------------------------------------------------------------------------
 
 
 def _number(value: float) -> float | str:

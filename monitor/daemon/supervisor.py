@@ -141,8 +141,7 @@ async def run_daemon(
                 return next((r for p in list(probes.values()) if (r := p())), None)
 
             for sink in sinks:  # the metrics sink's /livez (docs/kubernetes.md) asks the same
-                if hasattr(sink, "liveness"):
-                    sink.liveness = recomputes_alive
+                sink.watch_progress(recomputes_alive)
             tg.create_task(shocks.run(), name="shocks")
             tg.create_task(_watch(stop, loops, duration, finite), name="shutdown")
             if reload is not None:
@@ -279,17 +278,13 @@ async def _reload_on_hup(  # noqa: PLR0917 - the daemon's own state, passed once
                 launch(account_loop)
         current = {lp.account: lp.source for lp in loops}
         for sink in sinks:
-            set_accounts = getattr(sink, "set_accounts", None)
-            if set_accounts is not None:
-                set_accounts({name: a.stale_after for name, a in configured.items()},
-                             sources=current)  # fmt: skip
-            reload_accounts = getattr(sink, "reload_accounts", None)
-            if reload_accounts is not None:
-                # protective actions follow: executors for added/restarted accounts
-                try:
-                    await reload_accounts(dict(configured), current)
-                except Exception as exc:
-                    log.error("sink reload failed", sink=sink.name, error=one_line(exc))
+            sink.set_accounts({name: a.stale_after for name, a in configured.items()},
+                              sources=current)  # fmt: skip
+            # protective actions follow: executors for added/restarted accounts
+            try:
+                await sink.reload_accounts(dict(configured), current)
+            except Exception as exc:
+                log.error("sink reload failed", sink=sink.name, error=one_line(exc))
         log.info("configuration reloaded", accounts=sorted(configured),
                  restarted=sorted(n for n in gone if n in configured))  # fmt: skip
         if notifier is not None:

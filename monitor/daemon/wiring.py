@@ -77,7 +77,8 @@ def build_sinks(
         watched = {a.name: a.stale_after for a in settings.accounts
                    if sources is None or a.name in sources}  # fmt: skip
         health = build_metrics_sink(
-            settings.metrics, watched, sinks, sources, shard=shard,
+            settings.metrics, watched, sources, shard=shard,
+            outbox=lambda: alerts.pipeline.store.pending(),  # noqa: PLW0108 - store opens late
             protection=actions.protection_disabled if actions is not None else None,
         )  # fmt: skip
         sinks.append(health)

@@ -224,6 +224,10 @@ class MetricsSink(Sink):
 
     # --- configuration ---------------------------------------------------------------------
 
+    def watch_progress(self, alive: Callable[[], str | None]) -> None:
+        """`/livez` asks the daemon's progress check (docs/kubernetes.md)."""
+        self.liveness = alive
+
     def set_accounts(
         self, accounts: Mapping[str, float], sources: Mapping[str, object] | None = None
     ) -> None:
@@ -544,36 +548,24 @@ def outbox_depth_of(pending: Callable[[], Iterable[Any]]) -> Callable[[], Mappin
 def build_metrics_sink(
     settings: MetricsSettings,
     accounts: Mapping[str, float],
-    sinks: Iterable[object] = (),
     sources: Mapping[str, object] | None = None,
     *,
+    outbox: Callable[[], Iterable[Any]] | None = None,
     protection: Callable[[], Mapping[str, str]] | None = None,
     shard: tuple[int, int] | None = None,
 ) -> MetricsSink:
-    """The metrics sink wired to what the daemon built, found by what they expose.
+    """The metrics sink, given what it reports on (daemon/wiring.py builds the pieces).
 
-    The outbox depth comes from the alert sink's store (`.pipeline.store.pending`), the venue
-    drift from every source that keeps a `venue_check` (sources/exchange.py), so this module
+    `outbox`: the alert store's pending rows (`.sink` each), read at scrape time only: the
+    alert sink opens its store lazily and `check` must never open it. The venue drift comes
+    from every source that keeps a `venue_check` (sources/exchange.py), so this module
     imports neither.
     """
-    depth = None
-    for sink in sinks:
-        # looked up on the class: the alert sink builds its pipeline (and opens the store)
-        # lazily on first use, and `check` must never open it (sinks/alerts.py)
-        if hasattr(type(sink), "pipeline"):
-            depth = outbox_depth_of(_pending_of(sink))
+    depth = outbox_depth_of(outbox) if outbox is not None else None
     metrics = MetricsSink(settings, accounts, outbox_depth=depth, protection=protection,
                           shard=shard)  # fmt: skip
     metrics.set_accounts(accounts, sources)
     return metrics
-
-
-def _pending_of(sink: object) -> Callable[[], Iterable[Any]]:
-    def pending() -> Iterable[Any]:
-        rows: Iterable[Any] = sink.pipeline.store.pending()  # type: ignore[attr-defined]
-        return rows
-
-    return pending
 
 
 def _drift_of(source: object) -> Drift:

@@ -22,6 +22,9 @@ class OrderDesk(Protocol):
     """The whole order contract: ccxt-shaped calls (same names and arguments as ccxt's async
     API), and what a venue answers differently (stops, lookups, precision, in-flight time)."""
 
+    #: the ccxt id of the venue whose conventions the desk follows (`binanceusdm`, `bybit`)
+    venue: str
+
     async def create_order(  # noqa: PLR0917 - ccxt's positional signature
         self,
         symbol: str,

@@ -16,7 +16,7 @@ import contextlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -336,7 +336,6 @@ def build_actions_sink(
         if not isinstance(source, OrderDesk):
             log.info("actions.no_order_desk", account=account.name)
             return None
-        venue: Any = getattr(source, "venue", None)
         live = actions.enabled or (account.is_sim and actions.simulated)
         ex = Executor(
             account.name,
@@ -346,7 +345,7 @@ def build_actions_sink(
             action_ratio=actions.action_ratio(thresholds),
             state_dir=settings.state_dir,
             live=live,
-            venue="sim" if account.is_sim else (venue if isinstance(venue, str) else None),
+            venue="sim" if account.is_sim else source.venue,
             clock=clock,
         )
         return ex, StopBackstop(ex, actions.stop_loss) if actions.stop_loss.enabled else None

@@ -29,9 +29,14 @@ engine already values haircuts (`Collateral.haircut`, `liability_markup`, banded
 
 - **OKX.** `GET /api/v5/account/config` (`privateGetAccountConfig`) `acctLv`: 2
   single-currency, 3 multi-currency (discount-rate tiers read, `_okx`), 4 portfolio margin.
+- **Bitget USDT-M.** `GET /api/v2/mix/account/accounts` `assetMode`: "single" (USDT only)
+  or "union" (multi-asset); in union mode `GET /api/v2/mix/market/discount-rate` publishes
+  each coin's discount-rate tiers in USDT value (`_bitget`).
 - **Portfolio margin** (Binance PM through ccxt's `portfolioMargin` option, Bybit
   PORTFOLIO_MARGIN, OKX acctLv 4) is scenario-based: no public formula reproduces it, so
-  the live ratio is the venue's own figure (`venue_margin`), read with every balance.
+  the live ratio is the venue's own figure (`venue_margin`), read with every balance, on
+  our scale (1.0 = the venue's liquidation line): Binance PM 1.05 / uniMMR (it liquidates at
+  uniMMR ≤ 1.05), Bybit `accountMMRate` (liquidates at 100 %), OKX 1 / `mgnRatio` (100 %).
 
 Rules change rarely: they are re-read every `every` seconds (default an hour) and kept in
 `<state_dir>/collateral/<account>.json`, so a restart values the account at once from the
@@ -57,6 +62,7 @@ from monitor.core.model import STABLE_ASSETS, Collateral, CollateralTier, VenueM
 from monitor.sources.normalize import MalformedPayload, VenueFigures
 
 __all__ = [
+    "PM_LIQUIDATION_UNI_MMR",
     "AssetRule",
     "CollateralRules",
     "CollateralRulesReader",
@@ -201,13 +207,13 @@ def _bybit_result(answer: object, where: str) -> Mapping[str, Any]:
 
 
 def _bands(rows: object, cap: str, ratio: str, where: str) -> tuple[CollateralTier, ...]:
-    """A venue's tier list as marginal bands: `cap` is the tier's upper amount ("" or
-    absent: no cap), `ratio` the share of value that counts; sorted by cap."""
+    """A venue's tier list as marginal bands: `cap` is the tier's upper amount ("",
+    absent or Bitget's "-1": no cap), `ratio` the share of value that counts; sorted by cap."""
     bands = []
     for row in _rows(rows, where):
         top = row.get(cap)
         bands.append(CollateralTier(
-            math.inf if top in ("", None) else _fraction(row, cap, where),
+            math.inf if top in ("", None, "-1") else _fraction(row, cap, where),
             min(_fraction(row, ratio, where), 1.0),
         ))
     return tuple(sorted(bands, key=lambda b: b.up_to))
@@ -267,6 +273,43 @@ async def _okx(exchange: Any, now: float) -> CollateralRules:
     return CollateralRules(exchange.id, "multi_assets", assets, now)
 
 
+#: Bitget USDT-M `assetMode` (Get Account List): "single" (USDT only) or "union" (multi-asset).
+_BITGET_MODES: dict[str, Mode] = {"single": "single_asset", "union": "multi_assets"}
+
+
+def _bitget_data(answer: object, where: str) -> list[Mapping[str, Any]]:
+    return _rows(answer.get("data") if isinstance(answer, Mapping) else None, where)
+
+
+async def _bitget(exchange: Any, now: float) -> CollateralRules:
+    """Bitget USDT-M futures: the account's `assetMode` (`privateMixGetV2MixAccountAccounts`,
+    GET /api/v2/mix/account/accounts, api-doc contract/account/Get-Account-List) and, in
+    union (multi-asset) mode, each coin's discount-rate tiers
+    (`publicMixGetV2MixMarketDiscountRate`, GET /api/v2/mix/market/discount-rate, api-doc
+    contract/market/Get-Discount-Rate: `discountRateList[].maxAmount`, "-1" for no cap, and
+    `discountRate`). The tiers are USDT value, applied marginally: Bitget help "Introduction
+    to USDT-M Futures in Multi-Asset Mode" counts 10 BTC at 60,000 as "the first 100,000
+    USDT" at 0.975, "the next 400,000 USDT" at 0.97, and so on; a coin with no tier list
+    (USDT) counts in full."""
+    rows = _bitget_data(
+        await exchange.privateMixGetV2MixAccountAccounts({"productType": "USDT-FUTURES"}),
+        "bitget accounts")
+    usdt = next((r for r in rows if r.get("marginCoin") == "USDT"), rows[0] if rows else {})
+    asset_mode = str(usdt.get("assetMode"))
+    if asset_mode not in _BITGET_MODES:
+        raise MalformedPayload(f"bitget accounts: assetMode {asset_mode!r} is not single/union")
+    if _BITGET_MODES[asset_mode] != "multi_assets":
+        return CollateralRules(exchange.id, _BITGET_MODES[asset_mode], {}, now)
+    assets: dict[str, AssetRule] = {}
+    for row in _bitget_data(await exchange.publicMixGetV2MixMarketDiscountRate(),
+                            "bitget discount-rate"):
+        coin = str(row.get("coin"))
+        bands = _bands(row.get("discountRateList"), "maxAmount", "discountRate",
+                       f"bitget discount-rate {coin}")
+        assets[coin] = AssetRule(coin, haircut_tiers=bands, tier_basis="value")
+    return CollateralRules(exchange.id, "multi_assets", assets, now)
+
+
 async def _binance_usdm(exchange: Any, now: float) -> CollateralRules:
     """A Binance Portfolio Margin account is configured in ccxt (`options.portfolioMargin`,
     which routes every call to `papi`); its uniMMR is scenario-based (Binance FAQ 4868b2f1…)."""
@@ -275,8 +318,15 @@ async def _binance_usdm(exchange: Any, now: float) -> CollateralRules:
     return await _binance(exchange, now)
 
 
+#: Binance Portfolio Margin's liquidation line: "100% < uniMMR ≤ 105%: Liquidation will take
+#: place" (Binance FAQ 5e33af8e… "Portfolio Margin Pro Maintenance Margin Ratio Calculation",
+#: and the PM trading rules 174861644e…: a uniMMR > 1.05 avoids liquidation).
+PM_LIQUIDATION_UNI_MMR = 1.05
+
 Reader = Callable[[Any, float], Awaitable[CollateralRules]]
-_READERS: dict[str, Reader] = {"binanceusdm": _binance_usdm, "bybit": _bybit, "okx": _okx}
+_READERS: dict[str, Reader] = {
+    "binanceusdm": _binance_usdm, "bybit": _bybit, "okx": _okx, "bitget": _bitget,
+}
 
 
 def venue_margin(rules: CollateralRules | None, figures: VenueFigures | None) -> VenueMargin | None:
@@ -422,23 +472,35 @@ class CollateralRulesReader:
     async def portfolio_figures(self, exchange: Any) -> VenueFigures | None:
         """The venue's own figures of a portfolio-margin account where `fetch_balance` has
         none: Binance PM `GET /papi/v1/account` (`papiGetAccount`, portfolio-margin
-        Account-Information): ratio = accountMaintMargin / accountEquity = 1 / uniMMR.
-        Bybit and OKX report theirs in the balance (`normalize.venue_figures`): None."""
+        Account-Information). Bybit and OKX report theirs in the balance
+        (`normalize.venue_figures`): None.
+
+        Binance liquidates a PM account at uniMMR ≤ 1.05, not 1 (PM trading rules, FAQ
+        5e33af8e…: "100% < uniMMR ≤ 105%: Liquidation will take place"), so the ratio is
+        `PM_LIQUIDATION_UNI_MMR / uniMMR`: 1.0 is the venue's liquidation line, as for every
+        other account (≥ 1 liquidates). uniMMR is taken as the venue sends it (its adjusted
+        equity counts the open loss of margin orders, which accountEquity does not); with no
+        maintenance margin there is no risk (ratio 0) whatever uniMMR says.
+        """
         if self.mode != "portfolio" or self.venue != "binanceusdm":
             return None
         answer = await exchange.papiGetAccount()
         if not isinstance(answer, Mapping):
             raise MalformedPayload("binance papi account: expected an object")
-        mm = _fraction(answer, "accountMaintMargin", "binance papi account")
+        where = "binance papi account"
+        mm = _fraction(answer, "accountMaintMargin", where)
         try:
             equity = float(answer["accountEquity"])
         except (KeyError, TypeError, ValueError):
             equity = math.nan
         if not math.isfinite(equity):
-            raise MalformedPayload("binance papi account: field 'accountEquity' is not a number")
-        ratio = mm / equity if equity > 0 else math.inf
-        return VenueFigures(self.venue, ratio, mm, equity,
-                            "papi accountMaintMargin/accountEquity (1/uniMMR)")
+            raise MalformedPayload(f"{where}: field 'accountEquity' is not a number")
+        if mm == 0:
+            ratio = 0.0
+        else:
+            uni_mmr = _fraction(answer, "uniMMR", where)
+            ratio = PM_LIQUIDATION_UNI_MMR / uni_mmr if uni_mmr > 0 else math.inf
+        return VenueFigures(self.venue, ratio, mm, equity, "papi 1.05/uniMMR")
 
     def apply(self, collateral: tuple[Collateral, ...], currency: str) -> tuple[Collateral, ...]:
         """Balances valued by the current rules (`apply_rules`)."""

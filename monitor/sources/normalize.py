@@ -51,7 +51,8 @@ class VenueFigures:
     """The venue's own account figures, kept beside ours to measure drift.
 
     `margin_ratio` is always in the Binance/Bybit direction (MM / margin balance, ≥ 1 is
-    liquidation), converted where the venue uses the inverse (OKX `mgnRatio`).
+    liquidation), converted where the venue uses the inverse (OKX `mgnRatio`) or another
+    liquidation line (Binance PM: 1.05 / uniMMR, collateral_rules.portfolio_figures).
     """
 
     venue: str

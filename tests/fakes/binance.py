@@ -415,15 +415,16 @@ class FakeBinanceUsdm(FakeVenue):
         )
 
     async def pm_account(self, request: web.Request) -> web.Response:
-        """Portfolio Margin Account-Information: uniMMR and the USD figures behind it."""
+        """Portfolio Margin Account-Information: uniMMR and the USD figures behind it, with
+        8 decimals as in the doc's example ("uniMMR": "5167.92171923")."""
         f = self.account.pm_figures()
+        free = max(0.0, f["equity"] - f["mm"] * 1.5)
         return json_response({
-            "uniMMR": repr(f["uni_mmr"]), "accountEquity": repr(f["equity"]),
-            "actualEquity": repr(f["actual"]), "accountInitialMargin": repr(f["mm"] * 1.5),
-            "accountMaintMargin": repr(f["mm"]), "accountStatus": "NORMAL",
-            "virtualMaxWithdrawAmount": repr(max(0.0, f["equity"] - f["mm"] * 1.5)),
-            "totalAvailableBalance": repr(max(0.0, f["equity"] - f["mm"] * 1.5)),
-            "totalMarginOpenLoss": "0", "updateTime": self.now_ms(),
+            "uniMMR": f"{f['uni_mmr']:.8f}", "accountEquity": f"{f['equity']:.8f}",
+            "actualEquity": f"{f['actual']:.8f}", "accountInitialMargin": f"{f['mm'] * 1.5:.8f}",
+            "accountMaintMargin": f"{f['mm']:.8f}", "accountStatus": "NORMAL",
+            "virtualMaxWithdrawAmount": f"{free:.8f}", "totalAvailableBalance": f"{free:.8f}",
+            "totalMarginOpenLoss": "0.00000000", "updateTime": self.now_ms(),
         })
 
     async def pm_balance(self, request: web.Request) -> web.Response:

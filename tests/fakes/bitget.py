@@ -3,6 +3,7 @@
 Shapes follow Bitget's published v2 API docs (www.bitget.com/api-doc/contract):
 `GET /api/v2/mix/market/contracts`, `/api/v2/spot/public/coins`,
 `/api/v2/mix/market/query-position-lever`, `/api/v2/mix/market/ticker`,
+`/api/v2/mix/market/symbol-price`, `/api/v2/mix/market/discount-rate`,
 `/api/v2/mix/position/all-position`, `/api/v2/mix/account/accounts`,
 `/api/v2/spot/account/info` (api-doc/spot/account/Get-Account-Info: the key's
 `authorities`, `coor` futures read and `coow` futures order write). Envelope
@@ -10,6 +11,14 @@ Shapes follow Bitget's published v2 API docs (www.bitget.com/api-doc/contract):
 
 Figures: position MM = notional × keepMarginRate of its tier; `crossedRiskRate` =
 Σ MM / account equity, equity = wallet + unrealised PnL.
+
+Union (multi-asset) mode (`assetMode` "union", Get Account List): the account also holds
+coins other than USDT, one account row per margin coin, each coin valued at its USDT mark
+with the tiered discount rates `GET /api/v2/mix/market/discount-rate` publishes
+(api-doc contract/market/Get-Discount-Rate: tiers in USDT value, "-1" for no cap, applied
+marginally as in Bitget's help "Introduction to USDT-M Futures in Multi-Asset Mode"); the
+multi-asset margin (`unionTotalMargin`) = USDT equity + Σ discounted coin value, and
+`crossedRiskRate` = Σ MM / that margin.
 """
 
 from __future__ import annotations
@@ -48,6 +57,25 @@ class BitgetAccount:
     )
     #: the key's permissions as Get-Account-Info lists them (`coow`: futures orders)
     authorities: list[str] = field(default_factory=lambda: ["coor", "coow", "stor"])
+    #: "single" (USDT only) or "union" (multi-asset: `coins` count as margin)
+    asset_mode: str = "single"
+    #: coin -> amount held in the USDT-M account besides USDT (union mode)
+    coins: dict[str, float] = field(default_factory=dict)
+    #: coin -> discount tiers (min USDT value, max USDT value or -1, discountRate)
+    discounts: dict[str, list[tuple[float, float, float]]] = field(default_factory=dict)
+
+    def coin_value(self, coin: str) -> float:
+        """USDT value of a coin balance at its USDT market's mark."""
+        return self.coins[coin] * self.marks[f"{coin}USDT"]
+
+    def discounted(self, coin: str) -> float:
+        """The coin's value with its discount rates applied tier by tier (marginally)."""
+        value = self.coin_value(coin)
+        tiers = self.discounts.get(coin)
+        if not tiers:
+            return value
+        return sum(rate * max(0.0, min(value, top if top >= 0 else value) - low)
+                   for low, top, rate in tiers)
 
     def figures(self, symbol: str) -> dict[str, float]:
         side, size, entry = self.positions[symbol]
@@ -68,6 +96,8 @@ class BitgetAccount:
         upnl = sum(r["upnl"] for r in rows)
         mm = sum(r["mm"] for r in rows)
         equity = self.wallet + upnl
+        if self.asset_mode == "union":
+            equity += sum(self.discounted(c) for c in self.coins)
         return {
             "upnl": upnl,
             "mm": mm,
@@ -98,6 +128,8 @@ class FakeBitget(FakeVenue):
             ("GET", "/api/v2/mix/market/ticker"): self.ticker,
             ("GET", "/api/v2/mix/position/all-position"): self.private(self.all_position),
             ("GET", "/api/v2/mix/account/accounts"): self.private(self.accounts),
+            ("GET", "/api/v2/mix/market/discount-rate"): self.discount_rate,
+            ("GET", "/api/v2/mix/market/symbol-price"): self.symbol_price,
             ("GET", "/api/v3/account/settings"): self.private(self.classic_account),
             ("GET", "/api/v2/spot/account/info"): self.private(self.account_info),
         }
@@ -278,6 +310,14 @@ class FakeBitget(FakeVenue):
             ]
         )
 
+    async def symbol_price(self, request: web.Request) -> web.Response:
+        """Get Symbol Price (api-doc contract/market/Get-Symbol-Price): how a collateral
+        coin's USDT mark is read (ccxt `fetch_mark_price`)."""
+        symbol = request.query.get("symbol", "")
+        mark = repr(self.account.marks[symbol])
+        return ok([{"symbol": symbol, "price": mark, "indexPrice": mark, "markPrice": mark,
+                    "ts": str(int(time.time() * 1000))}])
+
     async def all_position(self, request: web.Request) -> web.Response:
         rows = []
         for symbol, (side, size, entry) in self.account.positions.items():
@@ -308,25 +348,55 @@ class FakeBitget(FakeVenue):
         return ok(rows)
 
     async def accounts(self, request: web.Request) -> web.Response:
+        """Get Account List: one row per margin coin (USDT first; other coins in union
+        mode), each in its own coin; the account-wide figures on every row."""
         t = self.account.totals()
+        free = repr(t["equity"] - t["im"])
+        usdt_equity = self.account.wallet + t["upnl"]
+        coins = [("USDT", usdt_equity, usdt_equity, t["upnl"])] + [
+            (c, amount, self.account.coin_value(c), 0.0)
+            for c, amount in self.account.coins.items()
+        ]
         return ok(
             [
                 {
-                    "marginCoin": "USDT",
+                    "marginCoin": coin,
                     "locked": "0",
-                    "available": repr(t["equity"] - t["im"]),
-                    "crossedMaxAvailable": repr(t["equity"] - t["im"]),
+                    "available": free if coin == "USDT" else repr(equity),
+                    "crossedMaxAvailable": free,
                     "isolatedMaxAvailable": "0",
-                    "maxTransferOut": repr(t["equity"] - t["im"]),
-                    "accountEquity": repr(t["equity"]),
-                    "usdtEquity": repr(t["equity"]),
+                    "maxTransferOut": free if coin == "USDT" else repr(equity),
+                    "accountEquity": repr(equity),
+                    "usdtEquity": repr(usdt),
                     "btcEquity": "0",
                     "crossedRiskRate": repr(t["risk_rate"]),
-                    "unrealizedPL": repr(t["upnl"]),
+                    "unrealizedPL": repr(upnl),
                     "coupon": "0",
-                    "crossedUnrealizedPL": repr(t["upnl"]),
+                    "crossedUnrealizedPL": repr(upnl),
                     "isolatedUnrealizedPL": "0",
-                    "assetMode": "single",
+                    "unionTotalMargin": repr(t["equity"]),
+                    "unionAvailable": free,
+                    "unionMm": repr(t["mm"]),
+                    "assetMode": self.account.asset_mode,
                 }
+                for coin, equity, usdt, upnl in coins
+            ]
+        )
+
+    async def discount_rate(self, request: web.Request) -> web.Response:
+        """Get Discount Rate (public): per coin its limits and tiered discount rates."""
+        return ok(
+            [
+                {
+                    "coin": coin,
+                    "userLimit": "1000000",
+                    "totalLimit": "100000000",
+                    "discountRateList": [
+                        {"tier": str(i), "minAmount": repr(low),
+                         "maxAmount": "-1" if top < 0 else repr(top), "discountRate": repr(rate)}
+                        for i, (low, top, rate) in enumerate(tiers, start=1)
+                    ],
+                }
+                for coin, tiers in self.account.discounts.items()
             ]
         )
