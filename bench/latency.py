@@ -3,8 +3,9 @@
 Both paths read the same `markPriceUpdate` frames from the loopback fake Binance USDⓈ-M
 server (tests/fakes/binance.py) through the real ccxt.pro parser:
 
-- **daemon**: `ExchangeSource.events()` -> `state.apply` -> `margin.report` (what the daemon
-  does per tick, minus sinks);
+- **daemon**: the shipped daemon (`run_daemon` with the sinks `run` builds: console, alerts
+  with its SQLite store, actions) and a probe sink; the clock stops when a report built on
+  the pushed mark reaches the sinks;
 - **floor**: `while True: await exchange.watch_mark_price(symbol)`, nothing else, on the
   same ccxt instance the product builds.
 
@@ -34,10 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import structlog
 
 from bench.product import Product, binance_account, build
-from monitor.core import state
-from monitor.core.margin import report as margin
-from monitor.core.model import PriceTick
+from monitor.core.model import AccountSnapshot, MarginReport
+from monitor.daemon.supervisor import run_daemon
 from tests.fakes.binance import API_KEY, SECRET, BinancePosition, FakeBinanceUsdm
+from tests.sinks import QuietSink
 
 SYMBOL = "BTC/USDT:USDT"
 
@@ -53,57 +54,64 @@ def _price(i: int) -> float:
     return 60_000.0 + (i % 2000) * 0.5 + 0.25  # unique within any two consecutive frames
 
 
-def _product(fake: FakeBinanceUsdm, workdir: Path) -> Product:
-    """The account as `run` builds it; long intervals: only the price path runs meanwhile."""
+def _product(fake: FakeBinanceUsdm, workdir: Path, sinks: bool) -> Product:
+    """The account as `run` builds it; long intervals: only the price path runs meanwhile.
+    `report_spacing = 0` is the documented setting for a report per change (the default
+    spaces routine reports 0.5 s apart, which would measure the spacing, not the path)."""
     account = binance_account(fake, API_KEY, SECRET, poll_interval=30.0, stale_after=600.0)
-    return build(workdir, {"accounts": [account]}, sinks=False)
+    return build(workdir, {"accounts": [account], "report_spacing": 0}, sinks=sinks)
+
+
+class _Probe(QuietSink):
+    """Stops the clock when a report built on the pushed mark reaches the sinks."""
+
+    name = "probe"
+
+    def __init__(self) -> None:
+        self.pending: dict[float, float] = {}
+        self.latencies: list[float] = []
+        self.ready = asyncio.Event()
+
+    async def on_report(
+        self, account: str, report: MarginReport, snapshot: AccountSnapshot, now: float
+    ) -> None:
+        for position in snapshot.positions:
+            sent = self.pending.pop(position.mark_price, None)
+            if sent is not None:
+                self.latencies.append(time.perf_counter() - sent)
+                self.ready.set()
 
 
 async def daemon_path(frames: int) -> list[float]:
+    """The shipped daemon (`run_daemon` with the product's sinks) plus a probe sink."""
     fake = _fake()
     async with fake:
         with tempfile.TemporaryDirectory() as tmp:
-            source = _product(fake, Path(tmp)).source("main")
-        try:
-            snapshot = await source.fetch_snapshot()
-            current = state.initial_state(snapshot, time.time())
-            events = source.events()
-            latencies: list[float] = []
-            pending: dict[float, float] = {}
-            ready = asyncio.Event()
-
-            async def consume() -> None:
-                nonlocal current
-                async for event in events:
-                    current, changed = state.apply(current, event)
-                    if isinstance(event, PriceTick) and changed:
-                        margin.report(current.snapshot)
-                        sent = pending.pop(event.mark_price, None)
-                        if sent is not None:
-                            latencies.append(time.perf_counter() - sent)
-                            ready.set()
-
-            consumer = asyncio.create_task(consume())
-            await fake.wait_for_client("/market/ws", "btcusdt@markPrice@1s", within=10.0)
-            await asyncio.sleep(0.2)  # let the first reconciliation's events drain
-            for i in range(frames):
-                price = _price(i)
-                ready.clear()
-                pending[price] = time.perf_counter()
-                await fake.push_mark("BTCUSDT", price)
-                await asyncio.wait_for(ready.wait(), 5.0)
-            consumer.cancel()
-            await asyncio.gather(consumer, return_exceptions=True)
-            return latencies
-        finally:
-            await source.close()
+            product = _product(fake, Path(tmp), sinks=True)
+            probe = _Probe()
+            daemon = asyncio.create_task(run_daemon(
+                product.settings, product.accounts, [*product.sinks, probe],
+                sources=product.sources, handle_signals=False))  # fmt: skip
+            try:
+                await fake.wait_for_client("/market/ws", "btcusdt@markPrice@1s", within=10.0)
+                await asyncio.sleep(0.5)  # let the start-up read's report go by
+                for i in range(frames):
+                    price = _price(i)
+                    probe.ready.clear()
+                    probe.pending[price] = time.perf_counter()
+                    await fake.push_mark("BTCUSDT", price)
+                    await asyncio.wait_for(probe.ready.wait(), 5.0)
+            finally:
+                daemon.cancel()
+                await asyncio.gather(daemon, return_exceptions=True)
+            return probe.latencies
 
 
 async def floor_path(frames: int) -> list[float]:
     fake = _fake()
     async with fake:
         with tempfile.TemporaryDirectory() as tmp:
-            source = _product(fake, Path(tmp)).source("main")
+            source = _product(fake, Path(tmp), sinks=False).source("main")
         exchange = await source.open()  # the product's own ccxt instance, used bare
         try:
             await exchange.load_markets()
