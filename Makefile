@@ -28,6 +28,7 @@ demo: $(BIN)/margin-monitor
 test: $(BIN)/margin-monitor
 	bash .ci/deps
 	$(BIN)/ruff check monitor tests bench
+	$(BIN)/ruff format --check monitor tests bench
 	$(BIN)/mypy monitor
 	$(BIN)/pytest
 

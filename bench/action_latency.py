@@ -59,19 +59,26 @@ def rank(ordered: list[float], q: float) -> float:
 
 def describe(name: str, values: list[float]) -> str:
     ms = sorted(v * 1000 for v in values)
-    return (f"{name:<28} n={len(ms):>4}  p50 {statistics.median(ms):7.2f}  p90 "
-            f"{rank(ms, 0.9):7.2f}  p99 {rank(ms, 0.99):7.2f}  max {ms[-1]:7.2f} ms")  # fmt: skip
+    return (
+        f"{name:<28} n={len(ms):>4}  p50 {statistics.median(ms):7.2f}  p90 "
+        f"{rank(ms, 0.9):7.2f}  p99 {rank(ms, 0.99):7.2f}  max {ms[-1]:7.2f} ms"
+    )
 
 
 def config(fake: FakeBinanceUsdm) -> dict[str, object]:
     return {
         "accounts": [binance_account(fake, API_KEY, SECRET, stale_after=30.0)],
         "actions": {
-            "enabled": True, "simulated": False, "action_level": 0.7, "target_ratio": 0.4,
-            "max_fraction_per_step": 1.0, "cooldown": 0.0, "order_timeout": 2.0,
+            "enabled": True,
+            "simulated": False,
+            "action_level": 0.7,
+            "target_ratio": 0.4,
+            "max_fraction_per_step": 1.0,
+            "cooldown": 0.0,
+            "order_timeout": 2.0,
             "min_order_interval": 0.0,
         },
-    }  # fmt: skip
+    }
 
 
 async def _reset(fake: FakeBinanceUsdm) -> None:
@@ -114,9 +121,15 @@ async def measure(steps: int, workdir: Path) -> tuple[list[float], list[float]]:
         finally:
             await baseline_product.source("main").close()
         product = build(workdir / "daemon", config(fake))
-        daemon = asyncio.create_task(run_daemon(
-            product.settings, product.accounts, product.sinks, sources=product.sources,
-            handle_signals=False))  # fmt: skip
+        daemon = asyncio.create_task(
+            run_daemon(
+                product.settings,
+                product.accounts,
+                product.sinks,
+                sources=product.sources,
+                handle_signals=False,
+            )
+        )
         samples: list[float] = []
         try:
             await fake.wait_for_client("/market/ws", "btcusdt@markPrice@1s", within=20)
@@ -151,15 +164,18 @@ def main() -> None:
     logs.configure(level="info", fmt="json", stream=out)  # as `run` does, off the screen
     with tempfile.TemporaryDirectory() as tmp:
         samples, baseline = asyncio.run(measure(args.steps, Path(tmp)))
-    print("mark frame crossing the action level -> reduce-only order at the venue "
-          "(shipped config: rate limiting on)")  # fmt: skip
+    print(
+        "mark frame crossing the action level -> reduce-only order at the venue "
+        "(shipped config: rate limiting on)"
+    )
     print(describe("daemon: frame -> order", samples))
     print(describe("baseline: bare watch_mark_price", baseline))
     p50, p99 = statistics.median(samples) * 1000, rank(sorted(samples), 0.99) * 1000
     print(f"ratio daemon/baseline p50: {p50 / (statistics.median(baseline) * 1000):.1f}x")
     ok = p50 <= 10 and p99 <= 25
-    print(f"goal p50 <= 10 ms, p99 <= 25 ms: {'met' if ok else 'NOT met'} "
-          f"({p50:.2f} / {p99:.2f} ms)")  # fmt: skip
+    print(
+        f"goal p50 <= 10 ms, p99 <= 25 ms: {'met' if ok else 'NOT met'} ({p50:.2f} / {p99:.2f} ms)"
+    )
 
 
 if __name__ == "__main__":

@@ -58,15 +58,28 @@ async def measure_frames(frames: int, workdir: Path) -> list[float]:
     fake.account.positions[("BTCUSDT", "BOTH")] = BinancePosition("BTCUSDT", 0.8, 60_000.0)
     try:
         async with fake:
-            product = build(workdir / "frames", {
-                "accounts": [binance_account(fake, API_KEY, SECRET, stale_after=30.0)],
-                "alerts": {"repeat_every": 0},
-                "mqtt": {"host": broker.host, "port": broker.port, "prefix": "bench",
-                         "discovery": False},
-            })  # fmt: skip
-            daemon = asyncio.create_task(run_daemon(
-                product.settings, product.accounts, product.sinks, sources=product.sources,
-                handle_signals=False))  # fmt: skip
+            product = build(
+                workdir / "frames",
+                {
+                    "accounts": [binance_account(fake, API_KEY, SECRET, stale_after=30.0)],
+                    "alerts": {"repeat_every": 0},
+                    "mqtt": {
+                        "host": broker.host,
+                        "port": broker.port,
+                        "prefix": "bench",
+                        "discovery": False,
+                    },
+                },
+            )
+            daemon = asyncio.create_task(
+                run_daemon(
+                    product.settings,
+                    product.accounts,
+                    product.sinks,
+                    sources=product.sources,
+                    handle_signals=False,
+                )
+            )
             latencies: list[float] = []
             try:
                 async with RemoteSubscriber(broker.host, broker.port, ["bench/+/alert"]) as sub:
@@ -79,8 +92,9 @@ async def measure_frames(frames: int, workdir: Path) -> list[float]:
         broker.stop()
 
 
-async def _crossings(fake: FakeBinanceUsdm, sub: RemoteSubscriber, frames: int,
-                     latencies: list[float]) -> None:  # fmt: skip
+async def _crossings(
+    fake: FakeBinanceUsdm, sub: RemoteSubscriber, frames: int, latencies: list[float]
+) -> None:
     got = sub.messages
     async with asyncio.timeout(30):
         await fake.wait_for_client("/market/ws", "btcusdt@markPrice@1s")
@@ -118,8 +132,12 @@ def log_to_devnull() -> None:
 def main() -> None:
     """Run and print p50/p90/p99/max."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, default=300,
-                        help="crossings, each from the venue's mark frame through the daemon")
+    parser.add_argument(
+        "--frames",
+        type=int,
+        default=300,
+        help="crossings, each from the venue's mark frame through the daemon",
+    )
     args = parser.parse_args()
     log_to_devnull()
     with tempfile.TemporaryDirectory() as tmp:

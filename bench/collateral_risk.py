@@ -31,14 +31,25 @@ def collateralised(n: int) -> AccountSnapshot:
     """The engine bench's account with a BTC position and BTC/ETH/SOL collateral."""
     base = account(n)
     wallet = base.collateral[0].amount
-    btc = Position("BTC/USDT:USDT", "long", wallet / 60_000, 62_000.0, 60_000.0, leverage=10,
-                   tiers=base.positions[0].tiers)
+    btc = Position(
+        "BTC/USDT:USDT",
+        "long",
+        wallet / 60_000,
+        62_000.0,
+        60_000.0,
+        leverage=10,
+        tiers=base.positions[0].tiers,
+    )
     collateral = (
         Collateral("USDT", wallet * 0.4),
         Collateral("BTC", wallet * 0.3 / 60_000, 60_000.0, haircut=0.05, liability_markup=0.05),
         Collateral("ETH", wallet * 0.2 / 3_000, 3_000.0, haircut=0.1),
-        Collateral("SOL", wallet * 0.1 / 150, 150.0, haircut_tiers=(
-            CollateralTier(1_000.0, 0.9), CollateralTier(float("inf"), 0.7))),
+        Collateral(
+            "SOL",
+            wallet * 0.1 / 150,
+            150.0,
+            haircut_tiers=(CollateralTier(1_000.0, 0.9), CollateralTier(float("inf"), 0.7)),
+        ),
     )
     return replace(base, collateral=collateral, positions=(*base.positions, btc))
 
@@ -58,17 +69,27 @@ def main() -> None:
     args = parser.parse_args()
     runs = max(3, args.repeat // 2)
     title = f"{platform.python_implementation()} {platform.python_version()}"
-    print(f"# {title} on {platform.machine()}, median of {runs} runs; "
-          "3 non-stable collateral assets")
-    print(" | ".join([f"{'positions':>9}", *(f"{name:>12}" for name, _ in COLUMNS),
-                      f"{'collateral / shock':>18}"]))
+    print(
+        f"# {title} on {platform.machine()}, median of {runs} runs; 3 non-stable collateral assets"
+    )
+    print(
+        " | ".join(
+            [
+                f"{'positions':>9}",
+                *(f"{name:>12}" for name, _ in COLUMNS),
+                f"{'collateral / shock':>18}",
+            ]
+        )
+    )
     for size in map(int, args.sizes.split(",")):
         account_ = collateralised(size)
         balance = report(account_).margin_balance
-        times = [median_time(lambda f=f, a=account_, b=balance: f(a, b), runs)
-                 for _, f in COLUMNS]
-        print(" | ".join([f"{size + 1:>9}", *(fmt(t) for t in times),
-                          f"{times[1] / times[0]:>17.2f}x"]))
+        times = [median_time(lambda f=f, a=account_, b=balance: f(a, b), runs) for _, f in COLUMNS]
+        print(
+            " | ".join(
+                [f"{size + 1:>9}", *(fmt(t) for t in times), f"{times[1] / times[0]:>17.2f}x"]
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -98,21 +98,25 @@ def watch(venue: SimVenue, judge: Judge) -> None:
 async def one_run(speed: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         # the built-in demo, written as a file and built as `margin-monitor run` builds it
-        product = build(Path(tmp), {"accounts": [
-            {"name": "demo", "exchange": "sim", "sim": {"speed": speed}}]})
+        product = build(
+            Path(tmp), {"accounts": [{"name": "demo", "exchange": "sim", "sim": {"speed": speed}}]}
+        )
         settings = product.settings
         account = settings.accounts[0]
         source = product.source(account.name)
         assert isinstance(source, SimVenue)
         alerts = settings.alerts
-        judge = Judge(source, alerts.band, {"warning": alerts.warning,
-                                            "critical": alerts.critical,
-                                            "emergency": alerts.emergency})
+        judge = Judge(
+            source,
+            alerts.band,
+            {"warning": alerts.warning, "critical": alerts.critical, "emergency": alerts.emergency},
+        )
         watch(source, judge)
         sinks = [*product.sinks, judge]
         duration = source.keyframes_duration / speed + 1.0
-        await run_daemon(settings, [account], sinks, duration=duration, sources=[source],
-                         handle_signals=False)
+        await run_daemon(
+            settings, [account], sinks, duration=duration, sources=[source], handle_signals=False
+        )
         return {
             "reports": judge.reports,
             "impossible": len(judge.impossible),
@@ -134,10 +138,12 @@ def main() -> None:
         result = asyncio.run(one_run(args.speed))
         for key in totals:
             totals[key] += result[key]
-        print(f"run {run:2d}: reports {result['reports']:4d}  impossible {result['impossible']}"
-              f"  false resolved {result['false_resolved']}  steps {result['steps']}"
-              f"  sim ratio after each step {[round(r, 4) for r in result['after']]}",
-              flush=True)
+        print(
+            f"run {run:2d}: reports {result['reports']:4d}  impossible {result['impossible']}"
+            f"  false resolved {result['false_resolved']}  steps {result['steps']}"
+            f"  sim ratio after each step {[round(r, 4) for r in result['after']]}",
+            flush=True,
+        )
     print(f"total over {args.runs} runs: {totals}")
 
 

@@ -25,8 +25,11 @@ from monitor.core.model import AccountSnapshot, Collateral, Position, Tier
 from monitor.core.stress import shock_to_liquidation, with_prices
 
 TIERS = (
-    Tier(50_000, 0.004, 0), Tier(250_000, 0.005, 50), Tier(1_000_000, 0.01, 1_300),
-    Tier(10_000_000, 0.025, 16_300), Tier(math.inf, 0.05, 266_300),
+    Tier(50_000, 0.004, 0),
+    Tier(250_000, 0.005, 50),
+    Tier(1_000_000, 0.01, 1_300),
+    Tier(10_000_000, 0.025, 16_300),
+    Tier(math.inf, 0.05, 266_300),
 )
 
 
@@ -39,13 +42,20 @@ def account(n: int, seed: int = 7) -> AccountSnapshot:
         price = rng.uniform(1, 50_000)
         size = rng.uniform(1_000, 200_000) / price
         notional += size * price
-        positions.append(Position(
-            symbol=f"S{i}/USDT:USDT", side=rng.choice(("long", "short")), contracts=size,
-            entry_price=price * rng.uniform(0.9, 1.1), mark_price=price, leverage=20,
-            tiers=TIERS,
-        ))
-    return AccountSnapshot("bench", "USDT", (Collateral("USDT", notional / 5),),
-                           tuple(positions), venue="binanceusdm")
+        positions.append(
+            Position(
+                symbol=f"S{i}/USDT:USDT",
+                side=rng.choice(("long", "short")),
+                contracts=size,
+                entry_price=price * rng.uniform(0.9, 1.1),
+                mark_price=price,
+                leverage=20,
+                tiers=TIERS,
+            )
+        )
+    return AccountSnapshot(
+        "bench", "USDT", (Collateral("USDT", notional / 5),), tuple(positions), venue="binanceusdm"
+    )
 
 
 def median_time(fn: Callable[[], object], repeat: int, min_seconds: float = 0.2) -> float:
@@ -78,10 +88,14 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--sizes", default="10,100,1000,10000")
     args = parser.parse_args()
-    print(f"# {platform.python_implementation()} {platform.python_version()} on "
-          f"{platform.machine()}, median of {args.repeat} runs")
-    print(f"{'positions':>9} | {'report':>12} | {'surplus only':>12} | {'liq. prices':>12} | "
-          f"{'shock→liq':>12} | {'tick+report':>12} | {'ledger tick':>12}")
+    print(
+        f"# {platform.python_implementation()} {platform.python_version()} on "
+        f"{platform.machine()}, median of {args.repeat} runs"
+    )
+    print(
+        f"{'positions':>9} | {'report':>12} | {'surplus only':>12} | {'liq. prices':>12} | "
+        f"{'shock→liq':>12} | {'tick+report':>12} | {'ledger tick':>12}"
+    )
     for n in (int(x) for x in args.sizes.split(",")):
         s = account(n)
         full = median_time(lambda s=s: report(s), args.repeat)
@@ -97,15 +111,18 @@ def main() -> None:
         ledger = Ledger(s)
         flip = [price * 1.0001, price]
 
-        def ledger_tick(ledger: Ledger = ledger, symbol: str = symbol,
-                        flip: list[float] = flip) -> object:
+        def ledger_tick(
+            ledger: Ledger = ledger, symbol: str = symbol, flip: list[float] = flip
+        ) -> object:
             flip.reverse()
             ledger.tick(symbol, flip[0])
             return ledger.summary()
 
         incremental = median_time(ledger_tick, args.repeat)
-        print(f"{n:>9} | {fmt(full)} | {fmt(base)} | {fmt(full - base)} | {fmt(shock)} | "
-              f"{fmt(update)} | {fmt(incremental)}")
+        print(
+            f"{n:>9} | {fmt(full)} | {fmt(base)} | {fmt(full - base)} | {fmt(shock)} | "
+            f"{fmt(update)} | {fmt(incremental)}"
+        )
 
 
 if __name__ == "__main__":

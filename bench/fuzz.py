@@ -30,8 +30,13 @@ from hypothesis import HealthCheck, Phase, given, settings
 from tests.faults.fuzz_targets import BadRejection, ConfigChecker, targets
 from tests.security.fuzz_targets import EnvelopeChecker, HttpChecker, envelope_inputs, http_inputs
 
-COUNTS = {"snapshot": 30_000, "normalize": 50_000, "config": 20_000,
-          "envelope": 80_000, "http": 20_000}  # fmt: skip
+COUNTS = {
+    "snapshot": 30_000,
+    "normalize": 50_000,
+    "config": 20_000,
+    "envelope": 80_000,
+    "http": 20_000,
+}
 #: issue 13: signed-command envelopes into the pipeline, raw HTTP into the command port
 SECURITY = {"envelope": (envelope_inputs(), EnvelopeChecker), "http": (http_inputs(), HttpChecker)}
 CHUNK = 2_000  # examples per Hypothesis run: one long run's bookkeeping grew past 900 MB

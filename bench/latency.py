@@ -89,9 +89,15 @@ async def daemon_path(frames: int) -> list[float]:
         with tempfile.TemporaryDirectory() as tmp:
             product = _product(fake, Path(tmp), sinks=True)
             probe = _Probe()
-            daemon = asyncio.create_task(run_daemon(
-                product.settings, product.accounts, [*product.sinks, probe],
-                sources=product.sources, handle_signals=False))  # fmt: skip
+            daemon = asyncio.create_task(
+                run_daemon(
+                    product.settings,
+                    product.accounts,
+                    [*product.sinks, probe],
+                    sources=product.sources,
+                    handle_signals=False,
+                )
+            )
             try:
                 await fake.wait_for_client("/market/ws", "btcusdt@markPrice@1s", within=10.0)
                 await asyncio.sleep(0.5)  # let the start-up read's report go by

@@ -98,13 +98,23 @@ async def _measure(  # noqa: PLR0917 - the scenario's own fixtures, passed once
     samples: int, interval: float, workdir: Path, broker: Mosquitto, receiver: Receiver, base: str
 ) -> dict[str, list[float]]:
     # `run`'s wiring from a TOML file (bench/product.py); the alerts sink is the one used
-    product = build(workdir / "product", {
-        "accounts": [{"name": "bench", "exchange": "sim"}],
-        "actions": {"accounts": []},
-        "mqtt": {"host": broker.host, "port": broker.port, "prefix": "bench"},
-        "notify": {"channels": [{"name": "phone", "url": f"{base.replace('http', 'json', 1)}/hook",
-                                 "min_interval": interval}]},
-    })  # fmt: skip
+    product = build(
+        workdir / "product",
+        {
+            "accounts": [{"name": "bench", "exchange": "sim"}],
+            "actions": {"accounts": []},
+            "mqtt": {"host": broker.host, "port": broker.port, "prefix": "bench"},
+            "notify": {
+                "channels": [
+                    {
+                        "name": "phone",
+                        "url": f"{base.replace('http', 'json', 1)}/hook",
+                        "min_interval": interval,
+                    }
+                ]
+            },
+        },
+    )
     sink: AlertsSink = product.sink("alerts")
     out: dict[str, list[float]] = {"idle": [], "busy": []}
 
@@ -153,8 +163,10 @@ def main() -> None:
     log_to_devnull()
     with tempfile.TemporaryDirectory() as tmp:
         result = asyncio.run(measure(args.samples, args.interval, Path(tmp)))
-    print(f"python {platform.python_version()}, {platform.machine()}, Apprise json:// to a local "
-          f"aiohttp receiver, mosquitto alongside, min_interval {args.interval} s")  # fmt: skip
+    print(
+        f"python {platform.python_version()}, {platform.machine()}, Apprise json:// to a local "
+        f"aiohttp receiver, mosquitto alongside, min_interval {args.interval} s"
+    )
     goals = {"idle": 1.0, "busy": args.interval}
     for name, values in result.items():
         p99 = percentile(values, 0.99)

@@ -73,20 +73,32 @@ async def measure(venue: FakeBinanceUsdm, accounts: int, seconds: float, work: P
         "state_dir": str(work / f"state-{accounts}"),
         "metrics": {"enabled": True, "port": port},
         "accounts": [
-            {"name": f"live-{i}", "exchange": "binanceusdm", "api_key": API_KEY,
-             "secret": SECRET, "ccxt": ccxt}
+            {
+                "name": f"live-{i}",
+                "exchange": "binanceusdm",
+                "api_key": API_KEY,
+                "secret": SECRET,
+                "ccxt": ccxt,
+            }
             for i in range(accounts)
         ],
-    }  # fmt: skip
+    }
     config = work / f"config-{accounts}.toml"
     config.write_text(to_toml(doc))
     env = {k: v for k, v in os.environ.items() if not k.startswith("MARGIN_MONITOR__")}
     errors = work / f"stderr-{accounts}.txt"
     with errors.open("wb") as err:
         proc = await asyncio.create_subprocess_exec(
-            str(EXE), "run", "--no-tui", "--config", str(config),
-            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-        )  # fmt: skip
+            str(EXE),
+            "run",
+            "--no-tui",
+            "--config",
+            str(config),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
     try:
         started = time.monotonic()
         while not await asyncio.to_thread(healthy, port):
@@ -101,8 +113,11 @@ async def measure(venue: FakeBinanceUsdm, accounts: int, seconds: float, work: P
             peak = max(peak, rss_mb(proc.pid))
             await asyncio.sleep(1.0)
         share = (cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - t0)
-        print(f"  {accounts:>3} live accounts: RSS max {peak:6.1f} MB  CPU {share:5.1%}  "
-              f"all fresh after {ready:4.1f} s", flush=True)  # fmt: skip
+        print(
+            f"  {accounts:>3} live accounts: RSS max {peak:6.1f} MB  CPU {share:5.1%}  "
+            f"all fresh after {ready:4.1f} s",
+            flush=True,
+        )
     finally:
         if proc.returncode is None:
             proc.terminate()
@@ -127,8 +142,10 @@ async def main() -> None:
     account.positions[("ETHUSDT", "BOTH")] = BinancePosition("ETHUSDT", -1.0, 3_000.0)
     venue = FakeBinanceUsdm(account)
     await venue.start()
-    print(f"pod memory: margin-monitor run, Binance USD-M fake with {len(account.marks)} "
-          f"markets, {args.seconds:g} s per row")  # fmt: skip
+    print(
+        f"pod memory: margin-monitor run, Binance USD-M fake with {len(account.marks)} "
+        f"markets, {args.seconds:g} s per row"
+    )
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for n in args.accounts:

@@ -40,13 +40,13 @@ class Product:
         # `sources` stands in for the venue of an in-process load generator (throughput):
         # no ccxt there, the venue is the fake itself
         self.sources: list[Source] = (
-            list(sources) if sources is not None
+            list(sources)
+            if sources is not None
             else [open_source(a) for a in self.settings.accounts]
-        )  # fmt: skip
+        )
         self.sinks: list[Sink] = (
-            build_sinks(self.settings, False, {s.account: s for s in self.sources})
-            if sinks else []
-        )  # fmt: skip
+            build_sinks(self.settings, False, {s.account: s for s in self.sources}) if sinks else []
+        )
 
     @property
     def accounts(self) -> list[AccountSettings]:
@@ -74,8 +74,15 @@ def build(
     return Product(path, sinks=sinks, sources=sources)
 
 
-def binance_account(fake: Any, key: str, secret: str, name: str = "main",
-                    **fields: Any) -> dict[str, Any]:  # fmt: skip
+def binance_account(
+    fake: Any, key: str, secret: str, name: str = "main", **fields: Any
+) -> dict[str, Any]:
     """An `[[accounts]]` entry for a running fake Binance: the URLs are all that differ."""
-    return {"name": name, "exchange": "binanceusdm", "api_key": key, "secret": secret,
-            "ccxt": fake.urls_config(), **fields}  # fmt: skip
+    return {
+        "name": name,
+        "exchange": "binanceusdm",
+        "api_key": key,
+        "secret": secret,
+        "ccxt": fake.urls_config(),
+        **fields,
+    }

@@ -56,8 +56,10 @@ async def idle(broker: Mosquitto, workdir: Path, probes: int) -> list[float]:
 async def replays(broker: Mosquitto, workdir: Path, count: int) -> tuple[int, int, int]:
     """(executed first, replays accepted over MQTT, replays accepted over HTTP)."""
     # valid for an hour (as a phone token): a replay is refused as a replay, not as stale
-    sent = [command("silence", account="demo", duration=60, expires_at=time.time() + 3600)
-            for _ in range(count)]
+    sent = [
+        command("silence", account="demo", duration=60, expires_at=time.time() + 3600)
+        for _ in range(count)
+    ]
     async with running_daemon(broker, workdir) as daemon:
         first = sum([(await daemon.send(raw))["ok"] for raw in sent])
     async with running_daemon(broker, workdir) as daemon:
@@ -93,17 +95,26 @@ async def main() -> int:
             floods = [await one_flood(broker, work / f"flood{i}") for i in range(args.floods)]
             during = [d for d, _ in floods]
             after = [a for _, a in floods]
-            print(f"flood of {FLOOD} junk commands, {args.floods} runs: valid command answered "
-                  f"during: median {statistics.median(during):.2f} s, max {max(during):.2f} s; "
-                  f"after: median {statistics.median(after):.2f} s, max {max(after):.2f} s "
-                  f"(goal < 2 s)", flush=True)
+            print(
+                f"flood of {FLOOD} junk commands, {args.floods} runs: valid command answered "
+                f"during: median {statistics.median(during):.2f} s, max {max(during):.2f} s; "
+                f"after: median {statistics.median(after):.2f} s, max {max(after):.2f} s "
+                f"(goal < 2 s)",
+                flush=True,
+            )
             lat = await idle(broker, work / "idle", args.probes)
-            print(f"/healthz with {IDLE} idle sockets per port, 256 fds, {len(lat)} probes: "
-                  f"median {statistics.median(lat) * 1000:.1f} ms, p99 {pct(lat, 0.99) * 1000:.1f}"
-                  f" ms, max {max(lat) * 1000:.1f} ms (goal < 100 ms)", flush=True)
+            print(
+                f"/healthz with {IDLE} idle sockets per port, 256 fds, {len(lat)} probes: "
+                f"median {statistics.median(lat) * 1000:.1f} ms, p99 {pct(lat, 0.99) * 1000:.1f}"
+                f" ms, max {max(lat) * 1000:.1f} ms (goal < 100 ms)",
+                flush=True,
+            )
             first, mqtt, http = await replays(broker, work / "replay", args.replays)
-            print(f"replay after restart: {first}/{args.replays} executed first; accepted again: "
-                  f"MQTT {mqtt}, HTTP {http} (goal 0)", flush=True)
+            print(
+                f"replay after restart: {first}/{args.replays} executed first; accepted again: "
+                f"MQTT {mqtt}, HTTP {http} (goal 0)",
+                flush=True,
+            )
         finally:
             broker.stop()
     return 0

@@ -36,9 +36,11 @@ class RemoteSubscriber:
 
     async def __aenter__(self) -> RemoteSubscriber:
         self._process = await asyncio.create_subprocess_exec(
-            sys.executable, _SCRIPT, *self.args,
+            sys.executable,
+            _SCRIPT,
+            *self.args,
             stdout=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+        )
         self._reader = asyncio.create_task(self._read())
         async with asyncio.timeout(20):
             await self._ready.wait()

@@ -274,9 +274,10 @@ async def main_async(args: argparse.Namespace) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             spacing = {} if args.report_spacing is None else {"report_spacing": args.report_spacing}
             doc = {
-                "shock_interval": args.shock_interval, **spacing,
+                "shock_interval": args.shock_interval,
+                **spacing,
                 "accounts": [{"name": s.account, "exchange": "sim"} for s in sources],
-            }  # fmt: skip
+            }
             # settings and sinks as `run` builds them, from a TOML file; the venue is the
             # in-process tick generator (bench/product.py)
             product = build(Path(tmp), doc, sinks=args.sinks == "real", sources=sources)
@@ -336,11 +337,15 @@ def main() -> None:
     parser.add_argument("--shock-interval", type=float, default=1.0)
     parser.add_argument("--path", choices=("daemon", "ledger"), default="daemon")
     parser.add_argument(
-        "--report-spacing", type=float, default=None,
+        "--report-spacing",
+        type=float,
+        default=None,
         help="daemon path: the report_spacing setting (0: a report per wake-up)",
     )
     parser.add_argument(
-        "--sinks", choices=("real", "probe"), default="real",
+        "--sinks",
+        choices=("real", "probe"),
+        default="real",
         help="daemon path: the real sinks (alerts pipeline) + probe, or the probe alone",
     )
     args = parser.parse_args()

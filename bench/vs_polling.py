@@ -100,8 +100,12 @@ async def trial(
 
     with tempfile.TemporaryDirectory() as tmp:
         account = binance_account(fake, API_KEY, SECRET, poll_interval=every, stale_after=30.0)
-        mqtt = {"host": broker.host, "port": broker.port, "prefix": daemon_prefix,
-                "discovery": False}  # fmt: skip
+        mqtt = {
+            "host": broker.host,
+            "port": broker.port,
+            "prefix": daemon_prefix,
+            "discovery": False,
+        }
         daemon = build(Path(tmp) / "daemon", {"accounts": [account], "mqtt": mqtt})
         # the poller's ccxt instance: the product's, for the same account, used bare
         polling = build(Path(tmp) / "poller", {"accounts": [account]}, sinks=False)
@@ -111,8 +115,12 @@ async def trial(
             asyncio.create_task(subscriber()),
             asyncio.create_task(
                 run_daemon(
-                    daemon.settings, daemon.accounts, daemon.sinks, sources=daemon.sources,
-                    handle_signals=False, duration=60,
+                    daemon.settings,
+                    daemon.accounts,
+                    daemon.sinks,
+                    sources=daemon.sources,
+                    handle_signals=False,
+                    duration=60,
                 )
             ),
             asyncio.create_task(poller(poll_exchange, broker, poll_topic, every, poll_ready)),

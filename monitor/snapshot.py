@@ -39,13 +39,35 @@ __all__ = [
 _TOP = ("account", "currency", "venue", "collateral", "positions", "venue_margin")
 _VENUE_MARGIN = ("margin_ratio", "maintenance_margin", "margin_balance", "source")
 _COLLATERAL = (
-    "asset", "amount", "price", "haircut", "liability_markup", "haircut_tiers", "tier_basis",
+    "asset",
+    "amount",
+    "price",
+    "haircut",
+    "liability_markup",
+    "haircut_tiers",
+    "tier_basis",
     "beta",
 )
 _POSITION = (
-    "symbol", "side", "contracts", "contract_size", "entry_price", "mark_price", "margin_mode",
-    "leverage", "settle", "inverse", "hedged", "unrealized_pnl", "initial_margin",
-    "maintenance_margin", "mmr", "tiers", "isolated_margin", "beta", "liquidation_fee",
+    "symbol",
+    "side",
+    "contracts",
+    "contract_size",
+    "entry_price",
+    "mark_price",
+    "margin_mode",
+    "leverage",
+    "settle",
+    "inverse",
+    "hedged",
+    "unrealized_pnl",
+    "initial_margin",
+    "maintenance_margin",
+    "mmr",
+    "tiers",
+    "isolated_margin",
+    "beta",
+    "liquidation_fee",
 )
 _TIER = ("max_notional", "mmr", "maintenance_amount", "imr")
 _BAND = ("up_to", "ratio")
@@ -361,28 +383,42 @@ def snapshot_to_dict(s: AccountSnapshot) -> dict[str, Any]:
     out: dict[str, Any] = {"account": s.account, "currency": s.currency}
     if s.venue:
         out["venue"] = s.venue
-    out["collateral"] = [_drop_defaults(_collateral_dict(c), _COLLATERAL_DEFAULTS)
-                         for c in s.collateral]
-    out["positions"] = [_drop_defaults(_position_dict(p), _POSITION_DEFAULTS)
-                        for p in s.positions]
+    out["collateral"] = [
+        _drop_defaults(_collateral_dict(c), _COLLATERAL_DEFAULTS) for c in s.collateral
+    ]
+    out["positions"] = [_drop_defaults(_position_dict(p), _POSITION_DEFAULTS) for p in s.positions]
     if s.venue_margin is not None:
         vm = s.venue_margin
-        out["venue_margin"] = {"margin_ratio": _num(vm.margin_ratio),
-                               "maintenance_margin": vm.maintenance_margin,
-                               "margin_balance": vm.margin_balance}
+        out["venue_margin"] = {
+            "margin_ratio": _num(vm.margin_ratio),
+            "maintenance_margin": vm.maintenance_margin,
+            "margin_balance": vm.margin_balance,
+        }
         if vm.source:
             out["venue_margin"]["source"] = vm.source
     return out
 
 
 _COLLATERAL_DEFAULTS: Mapping[str, object] = {
-    "haircut": 0.0, "liability_markup": 0.0, "haircut_tiers": [], "tier_basis": "amount",
+    "haircut": 0.0,
+    "liability_markup": 0.0,
+    "haircut_tiers": [],
+    "tier_basis": "amount",
     "beta": None,
 }
 _POSITION_DEFAULTS: Mapping[str, object] = {
-    "settle": None, "inverse": False, "hedged": False, "unrealized_pnl": None,
-    "initial_margin": None, "maintenance_margin": None, "mmr": None, "tiers": [],
-    "isolated_margin": None, "beta": 1.0, "leverage": None, "liquidation_fee": None,
+    "settle": None,
+    "inverse": False,
+    "hedged": False,
+    "unrealized_pnl": None,
+    "initial_margin": None,
+    "maintenance_margin": None,
+    "mmr": None,
+    "tiers": [],
+    "isolated_margin": None,
+    "beta": 1.0,
+    "leverage": None,
+    "liquidation_fee": None,
 }
 
 
@@ -392,28 +428,45 @@ def _drop_defaults(d: dict[str, Any], defaults: Mapping[str, object]) -> dict[st
 
 def _collateral_dict(c: Collateral) -> dict[str, Any]:
     return {
-        "asset": c.asset, "amount": c.amount, "price": c.price, "haircut": c.haircut,
+        "asset": c.asset,
+        "amount": c.amount,
+        "price": c.price,
+        "haircut": c.haircut,
         "liability_markup": c.liability_markup,
         "haircut_tiers": [{"up_to": _num(b.up_to), "ratio": b.ratio} for b in c.haircut_tiers],
-        "tier_basis": c.tier_basis, "beta": c.beta,
+        "tier_basis": c.tier_basis,
+        "beta": c.beta,
     }
 
 
 def _position_dict(p: Position) -> dict[str, Any]:
     return {
-        "symbol": p.symbol, "side": p.side, "contracts": p.contracts,
-        "contract_size": p.contract_size, "entry_price": p.entry_price,
-        "mark_price": p.mark_price, "margin_mode": p.margin_mode, "leverage": p.leverage,
-        "settle": p.settle, "inverse": p.inverse, "hedged": p.hedged,
-        "unrealized_pnl": p.unrealized_pnl, "initial_margin": p.initial_margin,
-        "maintenance_margin": p.maintenance_margin, "mmr": p.mmr,
+        "symbol": p.symbol,
+        "side": p.side,
+        "contracts": p.contracts,
+        "contract_size": p.contract_size,
+        "entry_price": p.entry_price,
+        "mark_price": p.mark_price,
+        "margin_mode": p.margin_mode,
+        "leverage": p.leverage,
+        "settle": p.settle,
+        "inverse": p.inverse,
+        "hedged": p.hedged,
+        "unrealized_pnl": p.unrealized_pnl,
+        "initial_margin": p.initial_margin,
+        "maintenance_margin": p.maintenance_margin,
+        "mmr": p.mmr,
         "tiers": [
-            {"max_notional": _num(t.max_notional), "mmr": t.mmr,
-             "maintenance_amount": t.maintenance_amount}
+            {
+                "max_notional": _num(t.max_notional),
+                "mmr": t.mmr,
+                "maintenance_amount": t.maintenance_amount,
+            }
             | ({"imr": t.imr} if t.imr is not None else {})
             for t in p.tiers
         ],
-        "isolated_margin": p.isolated_margin, "beta": p.beta,
+        "isolated_margin": p.isolated_margin,
+        "beta": p.beta,
         "liquidation_fee": p.liquidation_fee,
     }
 
@@ -427,11 +480,18 @@ def shock_to_dict(shock: ShockToLiquidation | None) -> dict[str, Any] | None:
 
 def _risk_dict(p: PositionRisk) -> dict[str, Any]:
     return {
-        "symbol": p.symbol, "side": p.side, "margin_mode": p.margin_mode,
-        "contracts": p.contracts, "mark_price": p.mark_price, "hedged": p.hedged,
-        "notional": p.notional, "unrealized_pnl": p.unrealized_pnl,
-        "initial_margin": p.initial_margin, "maintenance_margin": p.maintenance_margin,
-        "margin_ratio": _num(p.margin_ratio), "liquidation_price": _num(p.liquidation_price),
+        "symbol": p.symbol,
+        "side": p.side,
+        "margin_mode": p.margin_mode,
+        "contracts": p.contracts,
+        "mark_price": p.mark_price,
+        "hedged": p.hedged,
+        "notional": p.notional,
+        "unrealized_pnl": p.unrealized_pnl,
+        "initial_margin": p.initial_margin,
+        "maintenance_margin": p.maintenance_margin,
+        "margin_ratio": _num(p.margin_ratio),
+        "liquidation_price": _num(p.liquidation_price),
     }
 
 
@@ -467,6 +527,8 @@ def collateral_risk_to_dict(risk: CollateralRisk | None) -> dict[str, Any] | Non
         return None
     return {
         "non_stable_share": risk.non_stable_share,
-        "assets": [{"asset": a.asset, "value": a.value, "share": a.share,
-                    "fall_to_liquidation": a.fall} for a in risk.assets],
+        "assets": [
+            {"asset": a.asset, "value": a.value, "share": a.share, "fall_to_liquidation": a.fall}
+            for a in risk.assets
+        ],
     }

@@ -24,11 +24,25 @@ import yaml
 Doc = dict[str, Any]
 
 _KEYS = {
-    "apiVersion", "kind", "resources", "components", "configMapGenerator", "namespace",
-    "images", "replicas", "patches",
-}  # fmt: skip
-_CLUSTER_SCOPED = {"Namespace", "PersistentVolume", "StorageClass", "ClusterRole",
-                   "ClusterRoleBinding", "CustomResourceDefinition", "PriorityClass"}  # fmt: skip
+    "apiVersion",
+    "kind",
+    "resources",
+    "components",
+    "configMapGenerator",
+    "namespace",
+    "images",
+    "replicas",
+    "patches",
+}
+_CLUSTER_SCOPED = {
+    "Namespace",
+    "PersistentVolume",
+    "StorageClass",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "CustomResourceDefinition",
+    "PriorityClass",
+}
 #: strategic-merge lists whose items merge by `name` (k8s.io/api patchMergeKey)
 _BY_NAME = {"containers", "initContainers", "env", "volumes"}
 
@@ -61,8 +75,10 @@ def config_map_hash(doc: Doc) -> str:
     """
     encoded = json.dumps(
         {"data": doc.get("data", {}), "kind": "ConfigMap", "name": ""},
-        sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-    )  # fmt: skip
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
     for char, escape in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026")):  # Go's HTML-safe
         encoded = encoded.replace(char, escape)
     digest = hashlib.sha256(encoded.encode()).hexdigest()[:10]
@@ -152,8 +168,9 @@ def _generate(directory: Path, gen: Doc, docs: list[Doc], generated: set[str]) -
     if behavior == "create":
         if name in generated:
             raise Unsupported(f"{directory}: ConfigMap {name} is generated twice")
-        docs.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name},
-                     "data": data})  # fmt: skip
+        docs.append(
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": data}
+        )
         generated.add(name)
         return
     if name not in generated:

@@ -94,11 +94,27 @@ class Mosquitto:
             key = self.workdir / "server.key"
             if not self.ca_file.exists():
                 subprocess.run(
-                    ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                     "-keyout", str(key), "-out", str(self.ca_file), "-subj", "/CN=127.0.0.1",
-                     "-addext", "subjectAltName=IP:127.0.0.1"],
-                    check=True, capture_output=True,
-                )  # fmt: skip
+                    [
+                        "openssl",
+                        "req",
+                        "-x509",
+                        "-newkey",
+                        "rsa:2048",
+                        "-nodes",
+                        "-days",
+                        "2",
+                        "-keyout",
+                        str(key),
+                        "-out",
+                        str(self.ca_file),
+                        "-subj",
+                        "/CN=127.0.0.1",
+                        "-addext",
+                        "subjectAltName=IP:127.0.0.1",
+                    ],
+                    check=True,
+                    capture_output=True,
+                )
             lines += [f"certfile {self.ca_file}", f"keyfile {key}"]
         conf = self.workdir / "mosquitto.conf"
         conf.write_text("\n".join(lines) + "\n")
@@ -163,8 +179,14 @@ class Collector:
 
     async def run(self) -> None:
         """Receive forever, reconnecting after broker restarts."""
-        client = aiomqtt.Client(self.broker.host, self.broker.port, identifier=self.client_id,
-                                clean_session=False, timeout=2, keepalive=5)
+        client = aiomqtt.Client(
+            self.broker.host,
+            self.broker.port,
+            identifier=self.client_id,
+            clean_session=False,
+            timeout=2,
+            keepalive=5,
+        )
         while True:
             try:
                 async with client:

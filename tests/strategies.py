@@ -15,10 +15,16 @@ SYMBOLS = ("BTC/USDT:USDT", "ETH/USDT:USDT", "SOL/USDT:USDT", "XRP/USDT:USDT")
 def tier_tables(draw: st.DrawFn) -> tuple[Tier, ...]:
     """Cumulative tiers, the venues' way: cum(n) = cum(n−1) + floor(n) × Δmmr."""
     count = draw(st.integers(min_value=1, max_value=5))
-    bounds = sorted(draw(st.sets(st.integers(min_value=1, max_value=10_000), min_size=count,
-                                 max_size=count)))
-    rates = sorted(draw(st.lists(st.floats(min_value=0.002, max_value=0.2), min_size=count + 1,
-                                 max_size=count + 1)))
+    bounds = sorted(
+        draw(st.sets(st.integers(min_value=1, max_value=10_000), min_size=count, max_size=count))
+    )
+    rates = sorted(
+        draw(
+            st.lists(
+                st.floats(min_value=0.002, max_value=0.2), min_size=count + 1, max_size=count + 1
+            )
+        )
+    )
     tiers: list[Tier] = []
     cum = 0.0
     floor = 0.0
@@ -61,8 +67,12 @@ def accounts(draw: st.DrawFn, max_positions: int = 4) -> AccountSnapshot:
         # BTC collateral is priced by the BTC market when the account trades it
         btc = next((p.mark_price for p in held if p.symbol.startswith("BTC/")), 60_000.0)
         collateral.append(
-            Collateral("BTC", draw(st.floats(min_value=0.01, max_value=20)), price=btc,
-                       haircut=draw(st.sampled_from((0.0, 0.05, 0.1))))
+            Collateral(
+                "BTC",
+                draw(st.floats(min_value=0.01, max_value=20)),
+                price=btc,
+                haircut=draw(st.sampled_from((0.0, 0.05, 0.1))),
+            )
         )
     return AccountSnapshot(
         account="prop",

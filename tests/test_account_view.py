@@ -128,8 +128,9 @@ class TestAtomicReconciliation:
                 # wallet 1 000 - 140 realised - 5 fee; 0.8 BTC left, 560 unrealised loss
                 assert fake.account.wallet == pytest.approx(855.0)
                 assert after == pytest.approx(160 / 295)
-                await recorder.until(lambda: any(
-                    within(r.margin_ratio, [after]) for r in recorder.reports))
+                await recorder.until(
+                    lambda: any(within(r.margin_ratio, [after]) for r in recorder.reports)
+                )
                 await asyncio.sleep(0.2)  # anything a half-applied read would still report
         ratios = [r.margin_ratio for r in recorder.reports]
         assert ratios, "no report"
@@ -149,17 +150,16 @@ class TestAtomicReconciliation:
         async with daemon(venue, recorder):
             await recorder.until(lambda: len(recorder.reports) >= 1)
             await venue.create_order(SOL, "market", "sell", 200, None, {"reduceOnly": True})
-            await recorder.until(lambda: any(isinstance(e, AccountUpdate)
-                                             for e in recorder.events))
+            await recorder.until(lambda: any(isinstance(e, AccountUpdate) for e in recorder.events))
             seen = len(recorder.reports)
             await recorder.until(lambda: len(recorder.reports) > seen + 3)
         read = next(e for e in recorder.events if isinstance(e, AccountUpdate))
-        assert [p.contracts for p in read.positions if p.symbol == SOL] == [
-            pytest.approx(200.0)]
+        assert [p.contracts for p in read.positions if p.symbol == SOL] == [pytest.approx(200.0)]
         assert within(read.venue_ratio or 0.0, venue.history)
         ratios = [r.margin_ratio for r in recorder.reports]
         assert all(within(r, venue.history) for r in ratios), [
-            r for r in ratios if not within(r, venue.history)]
+            r for r in ratios if not within(r, venue.history)
+        ]
 
 
 class RecordingSim(SimVenue):
@@ -199,8 +199,9 @@ class TestFreshness:
         async with fake:
             source = source_for(fake)
             async with daemon(source, recorder):
-                await recorder.until(lambda: any(isinstance(e, AccountUpdate)
-                                                 for e in recorder.events))
+                await recorder.until(
+                    lambda: any(isinstance(e, AccountUpdate) for e in recorder.events)
+                )
                 await fake.wait_for_client("/market/ws", topic="btcusdt@markPrice@1s")
                 reads = fake.count("/fapi/v3/positionRisk")
                 fake.late("/fapi/v3/positionRisk", 0.4)
@@ -210,19 +211,27 @@ class TestFreshness:
                         await asyncio.sleep(0.005)
                 # the read has its answer (mark 60 000); the mark now moves on the stream
                 await fake.push_mark("BTCUSDT", 59_000.0)
-                await recorder.until(lambda: any(
-                    isinstance(e, PriceTick) and e.mark_price == 59_000.0
-                    for e in recorder.events))
+                await recorder.until(
+                    lambda: any(
+                        isinstance(e, PriceTick) and e.mark_price == 59_000.0
+                        for e in recorder.events
+                    )
+                )
                 n = len([e for e in recorder.events if isinstance(e, AccountUpdate)])
-                await recorder.until(lambda: len(
-                    [e for e in recorder.events if isinstance(e, AccountUpdate)]) > n)
+                await recorder.until(
+                    lambda: len([e for e in recorder.events if isinstance(e, AccountUpdate)]) > n
+                )
                 late = [e for e in recorder.events if isinstance(e, AccountUpdate)][-1]
                 assert dict(late.marks)[BTC] == 60_000.0  # the read carried the older mark
-                tick = next(e for e in recorder.events
-                            if isinstance(e, PriceTick) and e.mark_price == 59_000.0)
+                tick = next(
+                    e
+                    for e in recorder.events
+                    if isinstance(e, PriceTick) and e.mark_price == 59_000.0
+                )
                 assert tick.ts > late.ts  # venue time of the frame after the read was sent
-                await recorder.until(lambda: recorder.reports[-1].positions[0].mark_price
-                                     == 59_000.0)
+                await recorder.until(
+                    lambda: recorder.reports[-1].positions[0].mark_price == 59_000.0
+                )
                 await asyncio.sleep(0.1)
         last = recorder.reports[-1]
         assert last.positions[0].mark_price == 59_000.0
@@ -272,8 +281,7 @@ class TestFillsMoveMoney:
         if kind == "binance":
             fake: Any = FakeBinanceUsdm()
             fake.account.marks["BTCUSDT"] = 50_000.0
-            fake.account.positions[("BTCUSDT", "BOTH")] = BinancePosition(
-                "BTCUSDT", 1.0, 50_700.0)
+            fake.account.positions[("BTCUSDT", "BOTH")] = BinancePosition("BTCUSDT", 1.0, 50_700.0)
             install_orders(fake)
             await fake.start()
             source = source_for(fake)
@@ -284,8 +292,7 @@ class TestFillsMoveMoney:
         fake.account.positions[("BTCUSDT", 0)] = BybitPosition("BTCUSDT", "Buy", 1.0, 50_700.0)
         install_bybit_orders(fake)
         await fake.start()
-        account = account_for(fake, BYBIT_KEY, BYBIT_SECRET, poll_interval=5.0,
-                              stale_after=60.0)
+        account = account_for(fake, BYBIT_KEY, BYBIT_SECRET, poll_interval=5.0, stale_after=60.0)
         return fake, ExchangeSource(account, backoff_cap=0.2, reconcile_every=10.0)
 
     @pytest.mark.parametrize(("kind", "fee_rate"), [("binance", 0.0005), ("bybit", 0.00055)])
@@ -307,8 +314,11 @@ class TestFillsMoveMoney:
         (btc,) = after.positions
         assert (btc.contracts, btc.entry_price) == (pytest.approx(0.8), 50_700.0)
         assert after.collateral[0].amount == pytest.approx(expected, rel=1e-12)
-        venue = (fake.account.venue_margin_ratio() if kind == "binance"
-                 else fake.account.totals()["mm_rate"])
+        venue = (
+            fake.account.venue_margin_ratio()
+            if kind == "binance"
+            else fake.account.totals()["mm_rate"]
+        )
         assert margin.report(after).margin_ratio == pytest.approx(venue, rel=1e-9)
 
     @pytest.mark.parametrize(("kind", "code"), [("binance", "-2022"), ("bybit", "110017")])
@@ -324,8 +334,7 @@ class TestFillsMoveMoney:
         try:
             await source.fetch_snapshot()
             with pytest.raises(ccxt.InvalidOrder, match=code):
-                await source.create_order(BTC, "market", side, amount, None,
-                                          {"reduceOnly": True})
+                await source.create_order(BTC, "market", side, amount, None, {"reduceOnly": True})
             after = await source.fetch_snapshot()
         finally:
             await source.close()
@@ -342,26 +351,33 @@ class TestBadKeyAtStartup:
         recorder = Recorder()
         metrics = MetricsSink(MetricsSettings(), {"binanceusdm-test": 60.0})
         async with fake:
-            account = account_for(fake, "revoked-key", SECRET, poll_interval=5.0,
-                                  stale_after=60.0)
+            account = account_for(fake, "revoked-key", SECRET, poll_interval=5.0, stale_after=60.0)
             source = ExchangeSource(account, backoff_cap=0.2)
             config = load_settings(None, shock_interval=3600.0)
-            task = asyncio.create_task(run_daemon(
-                config, [], [recorder, metrics], sources=[source], handle_signals=False,
-                duration=60))
+            task = asyncio.create_task(
+                run_daemon(
+                    config,
+                    [],
+                    [recorder, metrics],
+                    sources=[source],
+                    handle_signals=False,
+                    duration=60,
+                )
+            )
             try:
-                await recorder.until(lambda: any(isinstance(e, SourceDown)
-                                                 for e in recorder.events))
+                await recorder.until(
+                    lambda: any(isinstance(e, SourceDown) for e in recorder.events)
+                )
             finally:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
                 await source.close()
         down = next(e for e in recorder.events if isinstance(e, SourceDown))
-        assert down.reason.startswith(
-            "binanceusdm rejected the API key during the start-up read (")
+        assert down.reason.startswith("binanceusdm rejected the API key during the start-up read (")
         assert down.reason.endswith(
-            "check accounts.binanceusdm-test.api_key/secret and their permissions")
+            "check accounts.binanceusdm-test.api_key/secret and their permissions"
+        )
         assert "\n" not in down.reason
         assert "-2015" in down.reason  # the venue's own code, inside the one line
         assert metrics.blind() == {"binanceusdm-test": f"source down: {down.reason}"}

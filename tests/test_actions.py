@@ -33,8 +33,12 @@ from tests.strategies import accounts
 BTC = "BTC/USDT:USDT"
 ETH = "ETH/USDT:USDT"
 BTC_INV = "BTC/USD:BTC"
-TIERS = (Tier(50_000, 0.004, 0), Tier(250_000, 0.005, 50), Tier(1_000_000, 0.01, 1_300),
-         Tier(10_000_000, 0.025, 16_300))  # fmt: skip
+TIERS = (
+    Tier(50_000, 0.004, 0),
+    Tier(250_000, 0.005, 50),
+    Tier(1_000_000, 0.01, 1_300),
+    Tier(10_000_000, 0.025, 16_300),
+)
 MARKETS = {
     BTC: MarketRules(0.001, 0.001, 5.0, min_notional_reduce_only_exempt=True),
     ETH: MarketRules(0.01, 0.01),
@@ -43,21 +47,31 @@ MARKETS = {
 
 
 def _policy(**kw: object) -> ActionPolicy:
-    base: dict[str, object] = {"action_ratio": 0.7, "target_ratio": 0.4,
-                               "max_fraction_per_step": 1.0, "cooldown": 0.0}  # fmt: skip
+    base: dict[str, object] = {
+        "action_ratio": 0.7,
+        "target_ratio": 0.4,
+        "max_fraction_per_step": 1.0,
+        "cooldown": 0.0,
+    }
     base.update(kw)
     return ActionPolicy(**base)  # type: ignore[arg-type]
 
 
-def _long_btc(contracts: float = 2.0, wallet: float = 4_000.0, mark: float = 60_000.0,
-              hedged: bool = False) -> Position:  # fmt: skip
+def _long_btc(
+    contracts: float = 2.0, wallet: float = 4_000.0, mark: float = 60_000.0, hedged: bool = False
+) -> Position:
     return Position(BTC, "long", contracts, mark, mark, leverage=20, tiers=TIERS, hedged=hedged)
 
 
-def _account(*positions: Position, wallet: float = 4_000.0, currency: str = "USDT",
-             extra: tuple[Collateral, ...] = ()) -> AccountSnapshot:  # fmt: skip
-    return AccountSnapshot("acct", currency, (Collateral(currency, wallet), *extra), positions,
-                           venue="binanceusdm")  # fmt: skip
+def _account(
+    *positions: Position,
+    wallet: float = 4_000.0,
+    currency: str = "USDT",
+    extra: tuple[Collateral, ...] = (),
+) -> AccountSnapshot:
+    return AccountSnapshot(
+        "acct", currency, (Collateral(currency, wallet), *extra), positions, venue="binanceusdm"
+    )
 
 
 def _ratio_after(
@@ -90,8 +104,9 @@ class TestPlanTable:
         long = _long_btc(2.0, hedged=True)
         short = Position(BTC, "short", 1.0, 60_000, 60_000, leverage=20, tiers=TIERS, hedged=True)
         snap = _account(long, short, wallet=1_000.0)
-        plan = plan_step(snap, _policy(action_ratio=0.3, target_ratio=0.2), MARKETS,
-                         ActionHistory(), 0.0)  # fmt: skip
+        plan = plan_step(
+            snap, _policy(action_ratio=0.3, target_ratio=0.2), MARKETS, ActionHistory(), 0.0
+        )
         assert plan.orders
         for o in plan.orders:
             params = order_params(o, "binanceusdm", "cid")
@@ -111,8 +126,13 @@ class TestPlanTable:
         big = _long_btc(20.0)  # 1.2 M notional: the 2.5 % tier
         snap = _account(big, wallet=30_000.0)
         ratio = report(snap).margin_ratio
-        plan = plan_step(snap, _policy(action_ratio=ratio * 0.9, target_ratio=ratio * 0.5),
-                         MARKETS, ActionHistory(), 0.0)  # fmt: skip
+        plan = plan_step(
+            snap,
+            _policy(action_ratio=ratio * 0.9, target_ratio=ratio * 0.5),
+            MARKETS,
+            ActionHistory(),
+            0.0,
+        )
         assert plan.reached
         assert _ratio_after(snap, plan.orders) <= ratio * 0.5
         # the cut moves the position down a tier, so less than a flat-rate half is needed
@@ -120,12 +140,27 @@ class TestPlanTable:
 
     def test_inverse_contracts_in_whole_contracts(self) -> None:
         """Test that an inverse (coin-settled) position is cut in whole contracts."""
-        inv = Position(BTC_INV, "long", 40_000, 60_000, 60_000, contract_size=100.0,
-                       leverage=20, inverse=True, settle="BTC", mmr=0.005)  # fmt: skip
+        inv = Position(
+            BTC_INV,
+            "long",
+            40_000,
+            60_000,
+            60_000,
+            contract_size=100.0,
+            leverage=20,
+            inverse=True,
+            settle="BTC",
+            mmr=0.005,
+        )
         snap = AccountSnapshot("inv", "BTC", (Collateral("BTC", 0.6),), (inv,), venue="binance")
         ratio = report(snap).margin_ratio
-        plan = plan_step(snap, _policy(action_ratio=ratio * 0.9, target_ratio=ratio * 0.5),
-                         MARKETS, ActionHistory(), 0.0)  # fmt: skip
+        plan = plan_step(
+            snap,
+            _policy(action_ratio=ratio * 0.9, target_ratio=ratio * 0.5),
+            MARKETS,
+            ActionHistory(),
+            0.0,
+        )
         (order,) = plan.orders
         assert order.amount == int(order.amount)
         assert plan.reached
@@ -192,8 +227,9 @@ class TestPlanTable:
         assert plan.orders[0].amount <= 0.5
         assert plan.capped
         assert not plan.reached
-        plan = plan_step(snap, _policy(max_notional_per_step=12_000.0), MARKETS,
-                         ActionHistory(), 0.0)  # fmt: skip
+        plan = plan_step(
+            snap, _policy(max_notional_per_step=12_000.0), MARKETS, ActionHistory(), 0.0
+        )
         assert plan.notional <= 12_000.0
         assert plan.capped
 
@@ -270,10 +306,13 @@ def cases(draw: st.DrawFn) -> tuple[AccountSnapshot, ActionPolicy, dict[str, Mar
     markets = {p.symbol: MarketRules(draw(STEPS)) for p in drawn.positions}
     # a venue only ever holds whole steps (it fills orders on the step), so positions do too
     held = tuple(
-        replace(p, contracts=max(1, round(p.contracts / markets[p.symbol].amount_step))
-                * markets[p.symbol].amount_step)
+        replace(
+            p,
+            contracts=max(1, round(p.contracts / markets[p.symbol].amount_step))
+            * markets[p.symbol].amount_step,
+        )
         for p in drawn.positions
-    )  # fmt: skip
+    )
     snap = replace(drawn, positions=held)
     ratio = report(snap).margin_ratio
     assume(math.isfinite(ratio) and ratio > 1e-6)

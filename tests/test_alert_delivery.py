@@ -62,8 +62,13 @@ def titles(rec: Receiver) -> list[str]:
 
 def notify_settings(port: int, **extra: object) -> NotifySettings:
     """One `json://` channel at the local receiver."""
-    return NotifySettings.model_validate({"channels": [
-        {"name": "phone", "url": f"json://127.0.0.1:{port}/hook", "timeout": 2, **extra}]})
+    return NotifySettings.model_validate(
+        {
+            "channels": [
+                {"name": "phone", "url": f"json://127.0.0.1:{port}/hook", "timeout": 2, **extra}
+            ]
+        }
+    )
 
 
 class _Stop(Exception):
@@ -128,12 +133,17 @@ class TestPacing:
 class TestShutdown:
     """Stopping with alerts still queued, as `margin-monitor run` does on SIGTERM."""
 
-    async def test_status_online_then_offline_once(self, mosquitto: Mosquitto, prefix: str,
-                                                   tmp_path: Path) -> None:
+    async def test_status_online_then_offline_once(
+        self, mosquitto: Mosquitto, prefix: str, tmp_path: Path
+    ) -> None:
         """Test that the status topic reads online ... offline and nothing follows offline."""
         async with receiver() as rec, collecting(mosquitto, [f"{prefix}/#"]) as sub:
-            sink = build_alerts_sink(tmp_path, MARGIN_ONLY, settings_for(mosquitto, prefix),
-                                     notify_settings(rec.port, min_interval=1.0))
+            sink = build_alerts_sink(
+                tmp_path,
+                MARGIN_ONLY,
+                settings_for(mosquitto, prefix),
+                notify_settings(rec.port, min_interval=1.0),
+            )
             async with started(sink):
                 assert sink.mqtt is not None
                 async with asyncio.timeout(10):
@@ -144,8 +154,9 @@ class TestShutdown:
                 await asyncio.sleep(0.05)
             assert sink.pipeline.store.pending("notify[phone]")  # still queued at the stop
             await sink.close()
-            await sub.wait_for(lambda: any(m.payload == b"offline"
-                                           for m in sub.on(f"{prefix}/status")))
+            await sub.wait_for(
+                lambda: any(m.payload == b"offline" for m in sub.on(f"{prefix}/status"))
+            )
             await asyncio.sleep(0.3)  # anything published after offline would arrive now
         status = [m.payload for m in sub.on(f"{prefix}/status")]
         assert status == [b"online", b"offline"]
@@ -154,8 +165,9 @@ class TestShutdown:
         assert f"{prefix}/acct/state" in topics
         assert len(rec.requests) == 2  # the queued emergency went out during the drain
 
-    async def test_final_state_goes_before_offline(self, mosquitto: Mosquitto, prefix: str,
-                                                   tmp_path: Path) -> None:
+    async def test_final_state_goes_before_offline(
+        self, mosquitto: Mosquitto, prefix: str, tmp_path: Path
+    ) -> None:
         """Test that a state held back by state_interval is published before offline."""
         mqtt = settings_for(mosquitto, prefix, state_interval=60.0)
         async with collecting(mosquitto, [f"{prefix}/#"]) as sub:
@@ -173,14 +185,17 @@ class TestShutdown:
             await sub.wait_for(lambda: sub.messages[-1].payload == b"offline")
         states = [json.loads(m.payload) for m in sub.on(f"{prefix}/acct/state")]  # type: ignore[arg-type]
         assert [s["margin_ratio"] for s in states] == [0.2, 0.3]
-        assert [m.topic.value for m in sub.messages][-2:] == [f"{prefix}/acct/state",
-                                                              f"{prefix}/status"]
+        assert [m.topic.value for m in sub.messages][-2:] == [
+            f"{prefix}/acct/state",
+            f"{prefix}/status",
+        ]
 
     async def test_no_phone_alert_left_at_clean_stop(self, tmp_path: Path) -> None:
         """Test that the drain waits out the pacing so every queued phone alert is sent."""
         async with receiver() as rec:
-            sink = build_alerts_sink(tmp_path, MARGIN_ONLY, None,
-                                     notify_settings(rec.port, min_interval=2.5))
+            sink = build_alerts_sink(
+                tmp_path, MARGIN_ONLY, None, notify_settings(rec.port, min_interval=2.5)
+            )
             async with started(sink):
                 sink.pipeline.on_report(report(0.55))
                 await rec.wait(1)
@@ -228,8 +243,9 @@ class TestShutdown:
 class TestConnecting:
     """The first alert after a start, while the broker session is still connecting."""
 
-    async def test_first_alert_waits_for_the_session(self, mosquitto: Mosquitto, prefix: str,
-                                                     tmp_path: Path) -> None:
+    async def test_first_alert_waits_for_the_session(
+        self, mosquitto: Mosquitto, prefix: str, tmp_path: Path
+    ) -> None:
         """Test that an alert raised before the session is up arrives with no failure logged."""
         mqtt: MqttSettings = settings_for(mosquitto, prefix)
         async with collecting(mosquitto, [f"{prefix}/+/alert"]) as sub:
@@ -247,13 +263,15 @@ def crash_daemon_sinks(tmp_path: Path) -> tuple[SimVenue, list[Sink]]:
     """The demo account (actions in dry run) whose next snapshot is a 14 % sell-off past the
     action level, and the sinks `run` builds for it; MQTT only queues (never started)."""
     settings = load_settings(
-        None, state_dir=tmp_path,
+        None,
+        state_dir=tmp_path,
         accounts=[{"name": "demo", "exchange": "sim"}],
         actions={"simulated": False},
         mqtt={"host": "127.0.0.1", "port": 9, "timeout": 1.0},
-    )  # fmt: skip
-    crash = [ReplayStep(0.0, tuple((m.symbol, m.price0 * 0.856**m.beta)
-                                   for m in DEMO_BOOK.markets))]  # fmt: skip
+    )
+    crash = [
+        ReplayStep(0.0, tuple((m.symbol, m.price0 * 0.856**m.beta) for m in DEMO_BOOK.markets))
+    ]
     venue = SimVenue("demo", settings.accounts[0].sim, replay=crash)
     return venue, build_sinks(settings, tui=False, sources={"demo": venue})
 
@@ -266,23 +284,33 @@ class TestActionState:
     ) -> None:
         """Test that escalations carry the dry-run plan and resolves no stale 'would reduce'."""
         settings = load_settings(
-            None, state_dir=tmp_path,
+            None,
+            state_dir=tmp_path,
             accounts=[{"name": "demo", "exchange": "sim", "sim": {"speed": 20}}],
             actions={"simulated": False},  # the sim account runs dry, like a live default
-            mqtt={"host": mosquitto.host, "port": mosquitto.port, "prefix": prefix,
-                  "timeout": 2.0},
-        )  # fmt: skip
+            mqtt={"host": mosquitto.host, "port": mosquitto.port, "prefix": prefix, "timeout": 2.0},
+        )
         sources = {a.name: SimVenue(a.name, a.sim) for a in settings.accounts}
         sinks = build_sinks(settings, tui=False, sources=sources)
         async with collecting(mosquitto, [f"{prefix}/demo/alert"]) as sub:
             await asyncio.wait_for(
-                run_daemon(settings, settings.accounts, sinks, sources=list(sources.values()),
-                           duration=4.5, handle_signals=False),
+                run_daemon(
+                    settings,
+                    settings.accounts,
+                    sinks,
+                    sources=list(sources.values()),
+                    duration=4.5,
+                    handle_signals=False,
+                ),
                 30,
             )
-            await sub.wait_for(lambda: any(json.loads(m.payload)["kind"] == "resolved"  # type: ignore[arg-type]
-                                           and json.loads(m.payload)["rule"] == "margin_ratio"  # type: ignore[arg-type]
-                                           for m in sub.messages))
+            await sub.wait_for(
+                lambda: any(
+                    json.loads(m.payload)["kind"] == "resolved"  # type: ignore[arg-type]
+                    and json.loads(m.payload)["rule"] == "margin_ratio"  # type: ignore[arg-type]
+                    for m in sub.messages
+                )
+            )
             alerts = [json.loads(m.payload) for m in sub.messages]  # type: ignore[arg-type]
         action_ratio = 0.70  # actions.action_level "critical" of the default ladder
         assert alerts
@@ -292,8 +320,9 @@ class TestActionState:
             if a["kind"] == "resolved":
                 assert "would reduce" not in a["action"]
             if a["margin_ratio"] >= action_ratio and a["kind"] != "resolved":
-                assert a["action"].startswith(("would reduce (dry run): sell ",
-                                               "episode open (dry run): step 1 would have"))
+                assert a["action"].startswith(
+                    ("would reduce (dry run): sell ", "episode open (dry run): step 1 would have")
+                )
             if a["margin_ratio"] < action_ratio and a["kind"] == "firing":
                 assert a["action"].startswith("none needed (dry run)")
         assert any(a["margin_ratio"] >= action_ratio for a in alerts)
@@ -312,8 +341,9 @@ class TestActionState:
 
         def actions_of_queue() -> list[tuple[str, str | None]]:
             rows = alerts.pipeline.store.pending("mqtt")
-            return [(m.kind, m.action) for m in map(AlertMessage.from_json,
-                                                    (r.payload for r in rows))]
+            return [
+                (m.kind, m.action) for m in map(AlertMessage.from_json, (r.payload for r in rows))
+            ]
 
         await tell(calm, 1000.0)
         await tell(venue.snapshot(), 1001.0)
@@ -333,7 +363,6 @@ class TestActionState:
             if isinstance(sink, ActionsSink):
                 await sink.close()
 
-
     async def test_one_plan_preview_per_report(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
@@ -349,13 +378,16 @@ class TestActionState:
         monkeypatch.setattr(protect_sink, "plan_step", counted)
         calm, crashed = SimVenue("demo").snapshot(), venue.snapshot()
         # the crash's shock solve: 3 % from liquidation raises the shock rule too
-        for snapshot, now, shock in ((calm, 1000.0, None),
-                                     (crashed, 1001.0, ShockToLiquidation(-0.03, None))):
+        for snapshot, now, shock in (
+            (calm, 1000.0, None),
+            (crashed, 1001.0, ShockToLiquidation(-0.03, None)),
+        ):
             rep = dataclasses.replace(margin.report(snapshot), shock_to_liquidation=shock)
             for sink in sinks:  # in the daemon's order (AccountLoop._tell)
                 await sink.on_report("demo", rep, snapshot, now)
-        notes = [AlertMessage.from_json(r.payload).action
-                 for r in alerts.pipeline.store.pending("mqtt")]  # fmt: skip
+        notes = [
+            AlertMessage.from_json(r.payload).action for r in alerts.pipeline.store.pending("mqtt")
+        ]
         assert len(notes) >= 2  # the crossing raised more than one alert
         assert len(set(notes)) == 1
         assert notes[0] is not None
@@ -364,20 +396,27 @@ class TestActionState:
         await alerts.close()
 
     async def test_alert_is_on_the_socket_before_the_step_reads(
-        self, mosquitto: Mosquitto, prefix: str, tmp_path: Path,
+        self,
+        mosquitto: Mosquitto,
+        prefix: str,
+        tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         """Test that the alert of the report that wakes a step is sent before its fresh read."""
         settings = load_settings(
-            None, state_dir=tmp_path,
+            None,
+            state_dir=tmp_path,
             accounts=[{"name": "demo", "exchange": "sim", "sim": {"speed": 20}}],
             actions={"simulated": False},
             # no shock alert: it would inhibit the margin alert of the crossing report
-            alerts={"shock_warning": 0.003, "shock_critical": 0.002, "shock_emergency": 0.001,
-                    "shock_band": 0.0005},
-            mqtt={"host": mosquitto.host, "port": mosquitto.port, "prefix": prefix,
-                  "timeout": 2.0},
-        )  # fmt: skip
+            alerts={
+                "shock_warning": 0.003,
+                "shock_critical": 0.002,
+                "shock_emergency": 0.001,
+                "shock_band": 0.0005,
+            },
+            mqtt={"host": mosquitto.host, "port": mosquitto.port, "prefix": prefix, "timeout": 2.0},
+        )
         sources = {a.name: SimVenue(a.name, a.sim) for a in settings.accounts}
         sinks = build_sinks(settings, tui=False, sources=sources)
         mqtt = next(s for s in sinks if isinstance(s, AlertsSink)).mqtt
@@ -386,8 +425,9 @@ class TestActionState:
         seen_at_read: list[tuple[list[str], bool]] = []
         publish = aiomqtt.Client.publish
 
-        async def recorded(client: aiomqtt.Client, topic: str, payload: Any = None,
-                           *args: Any, **kwargs: Any) -> None:  # fmt: skip
+        async def recorded(
+            client: aiomqtt.Client, topic: str, payload: Any = None, *args: Any, **kwargs: Any
+        ) -> None:
             if topic.endswith("/alert"):
                 published.append(json.loads(payload))
             await publish(client, topic, payload, *args, **kwargs)
@@ -402,8 +442,14 @@ class TestActionState:
         monkeypatch.setattr(aiomqtt.Client, "publish", recorded)
         executor.fresh_read = fresh_read
         await asyncio.wait_for(
-            run_daemon(settings, settings.accounts, sinks, sources=list(sources.values()),
-                       duration=3.0, handle_signals=False),
+            run_daemon(
+                settings,
+                settings.accounts,
+                sinks,
+                sources=list(sources.values()),
+                duration=3.0,
+                handle_signals=False,
+            ),
             30,
         )
         assert seen_at_read  # the sell-off woke a dry-run step
@@ -422,19 +468,37 @@ class TestSigterm:
         """Test that SIGTERM sends the queued phone alerts, then offline, and exits 0."""
         config = tmp_path / "config.toml"
         async with receiver() as rec, collecting(mosquitto, [f"{prefix}/#"]) as sub:
-            config.write_text("\n".join([
-                f'state_dir = "{tmp_path / "state"}"',
-                "[mqtt]", f'host = "{mosquitto.host}"', f"port = {mosquitto.port}",
-                f'prefix = "{prefix}"', "discovery = false",
-                "[[notify.channels]]", 'name = "phone"',
-                f'url = "json://127.0.0.1:{rec.port}/hook"',  # min_interval: the 5.5 s default
-                "[[accounts]]", 'name = "demo"', 'exchange = "sim"', "sim = { speed = 20 }",
-            ]) + "\n")  # fmt: skip
+            config.write_text(
+                "\n".join(
+                    [
+                        f'state_dir = "{tmp_path / "state"}"',
+                        "[mqtt]",
+                        f'host = "{mosquitto.host}"',
+                        f"port = {mosquitto.port}",
+                        f'prefix = "{prefix}"',
+                        "discovery = false",
+                        "[[notify.channels]]",
+                        'name = "phone"',
+                        # min_interval: the 5.5 s default
+                        f'url = "json://127.0.0.1:{rec.port}/hook"',
+                        "[[accounts]]",
+                        'name = "demo"',
+                        'exchange = "sim"',
+                        "sim = { speed = 20 }",
+                    ]
+                )
+                + "\n"
+            )
             proc = await asyncio.create_subprocess_exec(
-                str(Path(sys.executable).parent / "margin-monitor"), "run", "--config",
-                str(config), "--no-tui", stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
-            )  # fmt: skip
+                str(Path(sys.executable).parent / "margin-monitor"),
+                "run",
+                "--config",
+                str(config),
+                "--no-tui",
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                stdin=asyncio.subprocess.DEVNULL,
+            )
             try:
                 await rec.wait(1, limit=30)
                 outbox = tmp_path / "state" / "alerts.sqlite3"
@@ -472,24 +536,33 @@ class TestReplayRestart:
     async def test_restart_continues_the_episode(self, tmp_path: Path) -> None:
         """Test that a second run of a replay starting at critical sends no resolve."""
         settings = load_settings(
-            None, state_dir=tmp_path,
+            None,
+            state_dir=tmp_path,
             accounts=[{"name": "demo", "exchange": "sim", "sim": {"speed": 50}}],
             actions={"simulated": False},
             mqtt={"host": "127.0.0.1", "port": 9, "timeout": 0.5},  # no broker: rows stay queued
-        )  # fmt: skip
+        )
         crash = tuple((m.symbol, m.price0 * 0.856**m.beta) for m in DEMO_BOOK.markets)
         replay = [ReplayStep(0.0, crash), ReplayStep(1.0, crash)]
         for _ in range(2):
             sources = [SimVenue("demo", settings.accounts[0].sim, replay=replay)]
             sinks = build_sinks(settings, tui=False, sources={"demo": sources[0]})
             await asyncio.wait_for(
-                run_daemon(settings, settings.accounts, sinks, replay=replay, sources=sources,
-                           handle_signals=False),
+                run_daemon(
+                    settings,
+                    settings.accounts,
+                    sinks,
+                    replay=replay,
+                    sources=sources,
+                    handle_signals=False,
+                ),
                 30,
-            )  # fmt: skip
+            )
         store = Store(tmp_path / "alerts.sqlite3")
-        margin_alerts = [m for m in map(AlertMessage.from_json,
-                                        (r.payload for r in store.pending("mqtt")))
-                         if m.rule == "margin_ratio"]  # fmt: skip
+        margin_alerts = [
+            m
+            for m in map(AlertMessage.from_json, (r.payload for r in store.pending("mqtt")))
+            if m.rule == "margin_ratio"
+        ]
         store.close()
         assert [(m.kind, m.level) for m in margin_alerts] == [("firing", "critical")]

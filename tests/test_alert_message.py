@@ -12,21 +12,58 @@ from monitor.core.rules import AlertEvent
 
 def event(value: float | None = 0.9) -> AlertEvent:
     """An emergency firing event."""
-    return AlertEvent(id="e.0", fingerprint="a/margin_ratio", account="a", rule="margin_ratio",
-                      kind="firing", level="emergency", previous_level="ok", episode="e",
-                      started_at=10.0, at=12.5, value=value, previous_value=None,
-                      worst_value=value, worst_level="emergency", threshold=0.85)
+    return AlertEvent(
+        id="e.0",
+        fingerprint="a/margin_ratio",
+        account="a",
+        rule="margin_ratio",
+        kind="firing",
+        level="emergency",
+        previous_level="ok",
+        episode="e",
+        started_at=10.0,
+        at=12.5,
+        value=value,
+        previous_value=None,
+        worst_value=value,
+        worst_level="emergency",
+        threshold=0.85,
+    )
 
 
 def report(ratio: float) -> MarginReport:
     """A report with four positions of different maintenance margin."""
     positions = tuple(
-        PositionRisk(f"S{i}/USDT:USDT", "long", "cross", 1.0, 100.0, 100.0 * i, -1.0,
-                     10.0, float(i), None, None if i == 2 else 50.0)
+        PositionRisk(
+            f"S{i}/USDT:USDT",
+            "long",
+            "cross",
+            1.0,
+            100.0,
+            100.0 * i,
+            -1.0,
+            10.0,
+            float(i),
+            None,
+            None if i == 2 else 50.0,
+        )
         for i in (1, 4, 2, 3)
     )
-    return MarginReport("a", "USDT", 100.0, -4.0, 96.0, 40.0, 10.0, ratio, 1 / ratio,
-                        56.0, False, positions, ShockToLiquidation(-0.05, None))
+    return MarginReport(
+        "a",
+        "USDT",
+        100.0,
+        -4.0,
+        96.0,
+        40.0,
+        10.0,
+        ratio,
+        1 / ratio,
+        56.0,
+        False,
+        positions,
+        ShockToLiquidation(-0.05, None),
+    )
 
 
 class TestBuildMessage:
@@ -35,10 +72,13 @@ class TestBuildMessage:
     def test_top_positions_and_figures(self) -> None:
         """Test that the three biggest MM contributors are named, biggest first."""
         m = build_message(event(), report(0.9), action="would reduce S4 by 0.5")
-        assert [p.symbol for p in m.positions] == ["S4/USDT:USDT", "S3/USDT:USDT",
-                                                   "S2/USDT:USDT"]
+        assert [p.symbol for p in m.positions] == ["S4/USDT:USDT", "S3/USDT:USDT", "S2/USDT:USDT"]
         assert (m.margin_balance, m.free_collateral, m.shock_down, m.shock_up) == (
-            96.0, 56.0, -0.05, None)
+            96.0,
+            56.0,
+            -0.05,
+            None,
+        )
         assert m.duration == 2.5
         assert m.action == "would reduce S4 by 0.5"
         assert m.shock == 0.05
@@ -61,4 +101,8 @@ class TestBuildMessage:
     def test_finite_or_str(self) -> None:
         """Test the JSON spelling of non-finite numbers."""
         assert [finite_or_str(v) for v in (1.5, math.inf, -math.inf, None)] == [
-            1.5, "inf", "-inf", None]
+            1.5,
+            "inf",
+            "-inf",
+            None,
+        ]

@@ -24,17 +24,24 @@ from monitor.store import Store
 from tests.mqtt_broker import Mosquitto, collecting
 
 SECRET = b"k"
-CONFIG = AlertConfig(repeat_every=0, shock_warning=None, shock_critical=None,
-                     shock_emergency=None)
+CONFIG = AlertConfig(repeat_every=0, shock_warning=None, shock_critical=None, shock_emergency=None)
 
 
 def report(ratio: float, account: str = "acct") -> MarginReport:
     """A report whose only meaningful figure is the ratio."""
     return MarginReport(
-        account=account, currency="USDT", wallet_balance=1000.0, unrealized_pnl=0.0,
-        margin_balance=1000.0, initial_margin=0.0, maintenance_margin=ratio * 1000.0,
-        margin_ratio=ratio, margin_level=math.inf if ratio == 0 else 1 / ratio,
-        free_collateral=1000.0, liquidated=ratio >= 1, positions=(),
+        account=account,
+        currency="USDT",
+        wallet_balance=1000.0,
+        unrealized_pnl=0.0,
+        margin_balance=1000.0,
+        initial_margin=0.0,
+        maintenance_margin=ratio * 1000.0,
+        margin_ratio=ratio,
+        margin_level=math.inf if ratio == 0 else 1 / ratio,
+        free_collateral=1000.0,
+        liquidated=ratio >= 1,
+        positions=(),
     )
 
 
@@ -95,8 +102,9 @@ class TestDelivery:
         sink = FlakySink(failures=1)
         pipeline = AlertPipeline(Store(tmp_path / "a.db"), CONFIG, [sink])
         (event,) = pipeline.on_report(report(0.6))
-        await run_until(pipeline, lambda: pipeline.store.pending()
-                        and pipeline.store.pending()[0].attempts == 1)
+        await run_until(
+            pipeline, lambda: pipeline.store.pending() and pipeline.store.pending()[0].attempts == 1
+        )
         assert pipeline.store.pending()[0].last_error == "ConnectionError: service down"
         pipeline.retry_now("flaky")
         await run_until(pipeline, lambda: not pipeline.store.pending())
@@ -108,16 +116,24 @@ class TestDelivery:
         first = pipeline.on_report(report(0.6))[0].id
         second = pipeline.on_report(report(0.9))[0].id
         pipeline = AlertPipeline(pipeline.store, CONFIG, [FlakySink(ack_only={first})])
-        await run_until(pipeline, lambda: [r.message_id for r in pipeline.store.pending()]
-                        == [second] and pipeline.store.pending()[0].attempts >= 1)
+        await run_until(
+            pipeline,
+            lambda: (
+                [r.message_id for r in pipeline.store.pending()] == [second]
+                and pipeline.store.pending()[0].attempts >= 1
+            ),
+        )
 
     async def test_suppressed_events_are_not_queued(self, tmp_path: Path) -> None:
         """Test that a silenced alert is logged but never reaches the outbox."""
-        pipeline = AlertPipeline(Store(tmp_path / "a.db"), CONFIG, [FlakySink()],
-                                 command_secret=SECRET)
+        pipeline = AlertPipeline(
+            Store(tmp_path / "a.db"), CONFIG, [FlakySink()], command_secret=SECRET
+        )
         now = pipeline.clock()
-        reply = pipeline.handle_command(envelope(
-            Command("silence", account="acct", duration=60, request_id="s"), SECRET, now), now)
+        reply = pipeline.handle_command(
+            envelope(Command("silence", account="acct", duration=60, request_id="s"), SECRET, now),
+            now,
+        )
         assert reply["ok"]
         with capture_logs() as logs:
             events = pipeline.on_report(report(0.6), now)
@@ -133,8 +149,11 @@ class TestDelivery:
             for i, ratio in enumerate([0.6, 0.75, 0.9, 0.1]):
                 pipeline.on_report(report(ratio), now=float(i))
         assert [(e["log_level"], e["kind"], e["alert_level"]) for e in logs] == [
-            ("warning", "firing", "warning"), ("error", "escalated", "critical"),
-            ("critical", "escalated", "emergency"), ("info", "resolved", "ok")]
+            ("warning", "firing", "warning"),
+            ("error", "escalated", "critical"),
+            ("critical", "escalated", "emergency"),
+            ("info", "resolved", "ok"),
+        ]
 
 
 class TestReports:
@@ -143,8 +162,9 @@ class TestReports:
     def test_last_shock_is_kept(self, tmp_path: Path) -> None:
         """Test that a report without a shock solve is shown with the last one computed."""
         pipeline = AlertPipeline(Store(tmp_path / "a.db"), CONFIG, [FlakySink()])
-        with_shock = dataclasses.replace(report(0.2), shock_to_liquidation=ShockToLiquidation(
-            down=-0.3, up=None))
+        with_shock = dataclasses.replace(
+            report(0.2), shock_to_liquidation=ShockToLiquidation(down=-0.3, up=None)
+        )
         pipeline.on_report(with_shock, now=1.0)
         pipeline.on_report(report(0.6), now=2.0)
         (row,) = pipeline.store.pending()
@@ -169,11 +189,17 @@ class TestCommands:
 
     def pipeline(self, tmp_path: Path) -> AlertPipeline:
         """A pipeline with a command key and a clock at 1000."""
-        return AlertPipeline(Store(tmp_path / "a.db"), AlertConfig(repeat_every=10), [],
-                             command_secret=SECRET, clock=lambda: 1000.0)
+        return AlertPipeline(
+            Store(tmp_path / "a.db"),
+            AlertConfig(repeat_every=10),
+            [],
+            command_secret=SECRET,
+            clock=lambda: 1000.0,
+        )
 
-    def send(self, pipeline: AlertPipeline, command: Command, ts: float = 1000.0) -> dict[
-            str, object]:
+    def send(
+        self, pipeline: AlertPipeline, command: Command, ts: float = 1000.0
+    ) -> dict[str, object]:
         """Sign and handle a command."""
         return pipeline.handle_command(envelope(command, SECRET, ts))
 
@@ -191,41 +217,55 @@ class TestCommands:
         assert not p.switches.is_paused("acct", 1001.0)
         status = self.send(p, Command("status", request_id="4"))
         assert status["accounts"] == {  # type: ignore[comparison-overlap]
-            "acct": {"level": "warning", "firing": ["margin_ratio"],
-                     "actions_paused_until": None}}
+            "acct": {"level": "warning", "firing": ["margin_ratio"], "actions_paused_until": None}
+        }
         assert status["silences"] == []
         assert [r.payload["action"] for r in p.store.audit_trail(kind="command")] == [
-            "ack", "pause", "resume", "status"]
+            "ack",
+            "pause",
+            "resume",
+            "status",
+        ]
 
     def test_account_named_silences(self, tmp_path: Path) -> None:
         """Test that an account called `silences` keeps its entry beside the silence list."""
         p = self.pipeline(tmp_path)
         p.on_report(report(0.6, account="silences"), now=1000.0)
-        self.send(p, Command("silence", account="acct", duration=600, silence_id="s",
-                             request_id="1"))
+        self.send(
+            p, Command("silence", account="acct", duration=600, silence_id="s", request_id="1")
+        )
         status = self.send(p, Command("status", request_id="2"))
         accounts = status["accounts"]
         assert isinstance(accounts, dict)
-        assert accounts["silences"] == {"level": "warning", "firing": ["margin_ratio"],
-                                        "actions_paused_until": None}
-        assert status["silences"] == [{"id": "s", "account": "acct", "rule": None,
-                                       "until": 1600.0, "up_to": "emergency"}]
+        assert accounts["silences"] == {
+            "level": "warning",
+            "firing": ["margin_ratio"],
+            "actions_paused_until": None,
+        }
+        assert status["silences"] == [
+            {"id": "s", "account": "acct", "rule": None, "until": 1600.0, "up_to": "emergency"}
+        ]
 
     def test_stale_refusal_echoes_request_id(self, tmp_path: Path) -> None:
         """Test that a readable but stale command is refused with its own request_id."""
         p = self.pipeline(tmp_path)
         reply = self.send(p, Command("ack", account="acct", request_id="r-7"), ts=900.0)
-        assert reply == {"ok": False, "request_id": "r-7",
-                         "error": "command is 100 s old (limit 60 s): replay?"}
-        forged = json.dumps({"body": '{"action":"ack","request_id":"r-8"}', "ts": 1000,
-                             "sig": "0" * 64})
+        assert reply == {
+            "ok": False,
+            "request_id": "r-7",
+            "error": "command is 100 s old (limit 60 s): replay?",
+        }
+        forged = json.dumps(
+            {"body": '{"action":"ack","request_id":"r-8"}', "ts": 1000, "sig": "0" * 64}
+        )
         assert p.handle_command(forged)["request_id"] == ""  # unsigned: nothing echoed
 
     def test_unsilence_announces(self, tmp_path: Path) -> None:
         """Test that lifting a silence announces the level it was hiding."""
         p = self.pipeline(tmp_path)
-        self.send(p, Command("silence", account="acct", duration=600, silence_id="s",
-                             request_id="1"))
+        self.send(
+            p, Command("silence", account="acct", duration=600, silence_id="s", request_id="1")
+        )
         assert p.on_report(report(0.6), now=1000.0)[0].suppressed == "silenced:s"
         assert self.send(p, Command("unsilence", silence_id="s", request_id="2"))["ok"]
         assert [r.message_id for r in p.store.pending()] == []  # no sinks configured
@@ -237,10 +277,12 @@ class TestCommands:
         p = self.pipeline(tmp_path)
         assert self.send(p, Command("ack", account="acct", request_id="r"))["ok"]
         assert self.send(p, Command("ack", account="acct", request_id="r"))["error"] == (
-            "duplicate request_id (replay)")
+            "duplicate request_id (replay)"
+        )
         assert self.send(p, Command("ack", request_id="x"))["error"] == "ack needs an 'account'"
         assert self.send(p, Command("unsilence", request_id="y"))["error"] == (
-            "unsilence needs a 'silence_id'")
+            "unsilence needs a 'silence_id'"
+        )
         keyless = AlertPipeline(Store(None), CONFIG, [])
         assert "disabled" in keyless.handle_command(b"{}")["error"]  # type: ignore[operator]
         [row] = p.store.audit_trail(kind="command_refused")
@@ -249,9 +291,11 @@ class TestCommands:
         p.tick()
         [row] = p.store.audit_trail(kind="command_refused")
         assert row.payload["count"] == 3  # the tick writes the count that grew
-        assert row.payload["reasons"] == {"duplicate request_id (replay)": 1,
-                                          "ack needs an 'account'": 1,
-                                          "unsilence needs a 'silence_id'": 1}
+        assert row.payload["reasons"] == {
+            "duplicate request_id (replay)": 1,
+            "ack needs an 'account'": 1,
+            "unsilence needs a 'silence_id'": 1,
+        }
 
 
 class TestEndToEnd:
@@ -273,16 +317,29 @@ class TestEndToEnd:
         }
         async with collecting(mosquitto, [f"{prefix}/#"]) as sub:
             proc = await asyncio.create_subprocess_exec(
-                str(script), "run", "--config", str(config), "--no-tui", "--duration", "12",
-                env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+                str(script),
+                "run",
+                "--config",
+                str(config),
+                "--no-tui",
+                "--duration",
+                "12",
+                env=env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
             output, _ = await asyncio.wait_for(proc.communicate(), 60)
             assert proc.returncode == 0, output.decode()[-3000:]
-            await sub.wait_for(lambda: any(m.payload == b"offline"
-                                           for m in sub.on(f"{prefix}/status")))
+            await sub.wait_for(
+                lambda: any(m.payload == b"offline" for m in sub.on(f"{prefix}/status"))
+            )
         alerts = [json.loads(m.payload) for m in sub.on(f"{prefix}/demo/alert")]  # type: ignore[arg-type]
         margin = [(a["kind"], a["level"]) for a in alerts if a["rule"] == "margin_ratio"]
-        assert margin[:3] == [("firing", "warning"), ("escalated", "critical"),
-                              ("escalated", "emergency")]
+        assert margin[:3] == [
+            ("firing", "warning"),
+            ("escalated", "critical"),
+            ("escalated", "emergency"),
+        ]
         assert margin[-1] == ("resolved", "ok")
         assert all(m.qos == 1 for m in sub.on(f"{prefix}/demo/alert"))
         assert sub.on(f"{prefix}/status")[0].payload == b"online"

@@ -45,8 +45,16 @@ async def venue() -> AsyncIterator[tuple[FakeBinanceUsdm, BinanceOrders, Exchang
 
 def _backstop(src: object, tmp_path: Path, *, live: bool = True, **kw: float) -> StopBackstop:
     settings = ActionsSettings(stop_loss=StopLossSettings(enabled=True, **kw))
-    ex = Executor("acct", src, src.fetch_snapshot, settings=settings,  # type: ignore[arg-type, attr-defined]
-                  action_ratio=0.7, state_dir=tmp_path, live=live, venue="binanceusdm")  # fmt: skip
+    ex = Executor(
+        "acct",
+        src,
+        src.fetch_snapshot,
+        settings=settings,  # type: ignore[arg-type, attr-defined]
+        action_ratio=0.7,
+        state_dir=tmp_path,
+        live=live,
+        venue="binanceusdm",
+    )
     return StopBackstop(ex, settings.stop_loss)
 
 
@@ -151,12 +159,26 @@ class TestSimStops:
         backstop adopts the stops it finds (open_stops) instead of placing more."""
         sim = SimVenue("demo", SimSettings(speed=10_000))
         rep = report(sim.snapshot())
-        guarded = [r for r in rep.positions if r.margin_mode == "cross" and r.contracts > 0
-                   and r.liquidation_price is not None and r.liquidation_price > 0]  # fmt: skip
+        guarded = [
+            r
+            for r in rep.positions
+            if r.margin_mode == "cross"
+            and r.contracts > 0
+            and r.liquidation_price is not None
+            and r.liquidation_price > 0
+        ]
         assert guarded
         settings = ActionsSettings(stop_loss=StopLossSettings(enabled=True, distance=0.02))
-        first = Executor("demo", sim, sim.fetch_snapshot, settings=settings, action_ratio=0.7,
-                         state_dir=tmp_path, live=True, venue="sim")  # fmt: skip
+        first = Executor(
+            "demo",
+            sim,
+            sim.fetch_snapshot,
+            settings=settings,
+            action_ratio=0.7,
+            state_dir=tmp_path,
+            live=True,
+            venue="sim",
+        )
         try:
             backstop = StopBackstop(first, settings.stop_loss)
             assert await backstop.maintain(rep, 1.0) == len(guarded)
@@ -166,8 +188,16 @@ class TestSimStops:
         resting = [o for r in guarded for o in await sim.open_stops(r.symbol)]
         assert len(resting) == len(guarded)
         assert all(o["reduceOnly"] for o in resting)
-        again = Executor("demo", sim, sim.fetch_snapshot, settings=settings, action_ratio=0.7,
-                         state_dir=tmp_path, live=True, venue="sim")  # fmt: skip
+        again = Executor(
+            "demo",
+            sim,
+            sim.fetch_snapshot,
+            settings=settings,
+            action_ratio=0.7,
+            state_dir=tmp_path,
+            live=True,
+            venue="sim",
+        )
         try:
             assert await StopBackstop(again, settings.stop_loss).maintain(rep, 3.0) == 0
         finally:

@@ -82,8 +82,9 @@ def hand_built(source: str, filename: str) -> list[str]:
             continue
         name = _qualified(node.func, names)
         if name is None or name in ALLOWED:
-            if name in ALLOWED and (node.args[1:] or node.keywords or not node.args
-                                    or _is_none(node.args[0])):  # fmt: skip
+            if name in ALLOWED and (
+                node.args[1:] or node.keywords or not node.args or _is_none(node.args[0])
+            ):
                 found.append(f"{filename}:{node.lineno}: {name} not from a file alone")
             continue
         if any(name == f or name.startswith(f + ".") for f in FORBIDDEN):

@@ -150,15 +150,29 @@ async def venue() -> AsyncIterator[tuple[FakeBinanceUsdm, BinanceOrders]]:
 
 def _shipped_account(fake: FakeBinanceUsdm) -> FakeAccount:
     """The account as a user configures it: only the URLs point elsewhere (no ccxt knobs)."""
-    return FakeAccount(name="main", exchange=fake.venue, api_key=SecretStr(API_KEY),
-                       secret=SecretStr(SECRET), ccxt=fake.urls_config())  # fmt: skip
+    return FakeAccount(
+        name="main",
+        exchange=fake.venue,
+        api_key=SecretStr(API_KEY),
+        secret=SecretStr(SECRET),
+        ccxt=fake.urls_config(),
+    )
 
 
 def _executor(src: ExchangeSource, state_dir: Path) -> Executor:
-    settings = ActionsSettings(max_fraction_per_step=1.0, cooldown=0.0, order_timeout=2.0,
-                               min_order_interval=0.0)  # fmt: skip
-    return Executor("main", src, src.fetch_snapshot, settings=settings, action_ratio=0.7,
-                    state_dir=state_dir, live=True, venue="binanceusdm")  # fmt: skip
+    settings = ActionsSettings(
+        max_fraction_per_step=1.0, cooldown=0.0, order_timeout=2.0, min_order_interval=0.0
+    )
+    return Executor(
+        "main",
+        src,
+        src.fetch_snapshot,
+        settings=settings,
+        action_ratio=0.7,
+        state_dir=state_dir,
+        live=True,
+        venue="binanceusdm",
+    )
 
 
 def _paths(fake: FakeBinanceUsdm) -> list[str]:
@@ -199,9 +213,15 @@ class TestProtectiveStepThroughCcxt:
             assert plan.orders
             assert len(book.orders) == 1
             step = _paths(fake)[start:]
-            assert step[:3] == ["GET /fapi/v3/positionRisk", "GET /fapi/v3/account",
-                                "POST /fapi/v1/order"] or step[:3] == [
-                "GET /fapi/v3/account", "GET /fapi/v3/positionRisk", "POST /fapi/v1/order"]
+            assert step[:3] == [
+                "GET /fapi/v3/positionRisk",
+                "GET /fapi/v3/account",
+                "POST /fapi/v1/order",
+            ] or step[:3] == [
+                "GET /fapi/v3/account",
+                "GET /fapi/v3/positionRisk",
+                "POST /fapi/v1/order",
+            ]
             granted = budget_of(src.exchange).granted
             assert granted.get((True, False), 0) >= 3  # reads, order, follow-up, re-read
             assert granted.get((True, True), 0) == 0  # none of them waited for tokens
@@ -238,7 +258,7 @@ class TestProtectiveStepThroughCcxt:
             await asyncio.wait_for(asyncio.gather(*polls), 10)
             assert bucket.waiting == 0
             order_at = _paths(fake).index("POST /fapi/v1/order")
-            assert _paths(fake)[order_at + 1:].count("GET /fapi/v3/positionRisk") >= queued
+            assert _paths(fake)[order_at + 1 :].count("GET /fapi/v3/positionRisk") >= queued
         finally:
             await src.close()
 

@@ -29,9 +29,13 @@ BTC = "BTC/USDT:USDT"
 def btc_backed(usdt: float = 1_000.0) -> AccountSnapshot:
     """USDT + 0.2 BTC (5 % haircut) + 2 ETH (10 %), long 1 BTCUSDT @ 50,000 (MMR 0.5 %)."""
     return AccountSnapshot(
-        "a", "USDT",
-        (Collateral("USDT", usdt), Collateral("BTC", 0.2, 50_000.0, haircut=0.05),
-         Collateral("ETH", 2.0, 3_000.0, haircut=0.1)),
+        "a",
+        "USDT",
+        (
+            Collateral("USDT", usdt),
+            Collateral("BTC", 0.2, 50_000.0, haircut=0.05),
+            Collateral("ETH", 2.0, 3_000.0, haircut=0.1),
+        ),
         (Position(BTC, "long", 1.0, 50_000.0, 50_000.0, mmr=0.005, leverage=10.0),),
         venue="binanceusdm",
     )
@@ -78,23 +82,27 @@ class TestFallToLiquidation:
 
     def test_stable_only_account_has_none(self) -> None:
         """Test that an account with only stablecoins has no collateral risk lines."""
-        snap = AccountSnapshot("a", "USDT", (Collateral("USDT", 100.0), Collateral("USDC", 5.0)),
-                               ())
+        snap = AccountSnapshot(
+            "a", "USDT", (Collateral("USDT", 100.0), Collateral("USDC", 5.0)), ()
+        )
         risk = collateral_risk(snap, 105.0)
         assert risk.assets == ()
         assert risk.non_stable_share == 0.0
         assert describe(risk) == []
 
 
-def _with_volatile_collateral(snap: AccountSnapshot, data: st.DataObject) -> tuple[
-        AccountSnapshot, str, float]:
+def _with_volatile_collateral(
+    snap: AccountSnapshot, data: st.DataObject
+) -> tuple[AccountSnapshot, str, float]:
     """The account (given BTC collateral if it holds none) and one volatile asset it holds."""
     held = [c for c in snap.collateral if c.amount > 0 and c.asset != snap.currency]
     if not held:
-        btc = Collateral("BTC", data.draw(st.floats(min_value=0.01, max_value=20)), 60_000.0,
-                         haircut=0.05)
-        snap = AccountSnapshot(snap.account, snap.currency, (*snap.collateral, btc),
-                               snap.positions, snap.venue)
+        btc = Collateral(
+            "BTC", data.draw(st.floats(min_value=0.01, max_value=20)), 60_000.0, haircut=0.05
+        )
+        snap = AccountSnapshot(
+            snap.account, snap.currency, (*snap.collateral, btc), snap.positions, snap.venue
+        )
         held = [btc]
     c = data.draw(st.sampled_from(held))
     return snap, c.asset, c.price
@@ -113,13 +121,17 @@ class TestProperties:
         collateral = list(snap.collateral)
         for i, c in enumerate(collateral):
             if c.asset == asset:
-                collateral[i] = Collateral(c.asset, c.amount + extra, c.price, c.haircut,
-                                           c.liability_markup)
+                collateral[i] = Collateral(
+                    c.asset, c.amount + extra, c.price, c.haircut, c.liability_markup
+                )
                 break
         else:
             collateral.append(Collateral("ETH", extra, 3_000.0, haircut=0.1))
-        after = margin.report(AccountSnapshot(snap.account, snap.currency, tuple(collateral),
-                                              snap.positions, snap.venue)).margin_ratio
+        after = margin.report(
+            AccountSnapshot(
+                snap.account, snap.currency, tuple(collateral), snap.positions, snap.venue
+            )
+        ).margin_ratio
         assert after <= before * (1 + 1e-9) or math.isinf(before)
 
     @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -156,10 +168,23 @@ class TestProperties:
 
 
 def alert() -> AlertEvent:
-    return AlertEvent(id="e.0", fingerprint="a/margin_ratio", account="a", rule="margin_ratio",
-                      kind="firing", level="critical", previous_level="ok", episode="e",
-                      started_at=10.0, at=12.5, value=0.7, previous_value=None,
-                      worst_value=0.7, worst_level="critical", threshold=0.7)
+    return AlertEvent(
+        id="e.0",
+        fingerprint="a/margin_ratio",
+        account="a",
+        rule="margin_ratio",
+        kind="firing",
+        level="critical",
+        previous_level="ok",
+        episode="e",
+        started_at=10.0,
+        at=12.5,
+        value=0.7,
+        previous_value=None,
+        worst_value=0.7,
+        worst_level="critical",
+        threshold=0.7,
+    )
 
 
 class TestShownEverywhere:
@@ -208,8 +233,14 @@ class TestShownEverywhere:
 class TestVenueModel:
     def venue_backed(self, ratio: float | None) -> AccountSnapshot:
         snap = btc_backed()
-        return AccountSnapshot(snap.account, snap.currency, snap.collateral, snap.positions,
-                               snap.venue, VenueMargin(ratio, 900.0, 30_000.0, "accountMMRate"))
+        return AccountSnapshot(
+            snap.account,
+            snap.currency,
+            snap.collateral,
+            snap.positions,
+            snap.venue,
+            VenueMargin(ratio, 900.0, 30_000.0, "accountMMRate"),
+        )
 
     def test_the_venue_figure_is_the_ratio(self) -> None:
         """Test that a portfolio-margin snapshot reports the venue's ratio, labelled venue."""

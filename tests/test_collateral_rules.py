@@ -58,8 +58,11 @@ class TestApplyRules:
     def test_single_asset_mode_drops_volatile_balances(self) -> None:
         """Test that in Single-Asset Mode a BTC balance is not margin, USDC still is."""
         rules = CollateralRules("binanceusdm", "single_asset", {}, 0.0)
-        held = (Collateral("USDT", 100.0), Collateral("BTC", 1.0, 60_000.0),
-                Collateral("USDC", 5.0))
+        held = (
+            Collateral("USDT", 100.0),
+            Collateral("BTC", 1.0, 60_000.0),
+            Collateral("USDC", 5.0),
+        )
         assert [c.asset for c in apply_rules(held, rules, "USDT")] == ["USDT", "USDC"]
 
     def test_no_rules_and_portfolio_leave_balances(self) -> None:
@@ -76,8 +79,9 @@ class TestApplyRules:
             BTC=AssetRule("BTC", haircut_tiers=bands),
             SOL=AssetRule("SOL", collateral=False),
         )
-        out = apply_rules((Collateral("BTC", 12.0, 60_000.0), Collateral("SOL", 3.0, 150.0)),
-                          rules, "USDT")
+        out = apply_rules(
+            (Collateral("BTC", 12.0, 60_000.0), Collateral("SOL", 3.0, 150.0)), rules, "USDT"
+        )
         assert len(out) == 1
         assert out[0].haircut_tiers == bands
         assert out[0].price == 60_000.0  # no index published: our price stays
@@ -85,9 +89,14 @@ class TestApplyRules:
     def test_cache_round_trip(self) -> None:
         """Test that the cache file's JSON reads back to the same rules, bands included."""
         rules = multi_rules(
-            BTC=AssetRule("BTC", index=60_000.0, haircut=0.05, liability_markup=0.05,
-                          haircut_tiers=(CollateralTier(10.0, 0.98),
-                                         CollateralTier(math.inf, 0.0)), tier_basis="value"),
+            BTC=AssetRule(
+                "BTC",
+                index=60_000.0,
+                haircut=0.05,
+                liability_markup=0.05,
+                haircut_tiers=(CollateralTier(10.0, 0.98), CollateralTier(math.inf, 0.0)),
+                tier_basis="value",
+            ),
         )
         assert rules_from_dict(json.loads(json.dumps(rules_to_dict(rules)))) == rules
 
@@ -108,8 +117,9 @@ async def watching(
 ) -> AsyncIterator[tuple[ExchangeSource, EventTap]]:
     """A source on a running fake venue, after its first full read."""
     settings = account_for(fake, key, secret, poll_interval=0.2, stale_after=5.0)
-    source = ExchangeSource(settings, backoff_cap=0.2, reconcile_every=0.5, debounce=0.02,
-                            state_dir=state_dir)
+    source = ExchangeSource(
+        settings, backoff_cap=0.2, reconcile_every=0.5, debounce=0.02, state_dir=state_dir
+    )
     tap = EventTap(source.events())
     try:
         await tap.wait_for(lambda e: isinstance(e, AccountUpdate))
@@ -128,8 +138,7 @@ async def running(
         if fake is None:
             fake = FakeBinanceUsdm(account)
             await stack.enter_async_context(fake)
-        source, tap = await stack.enter_async_context(
-            watching(fake, API_KEY, SECRET, state_dir))
+        source, tap = await stack.enter_async_context(watching(fake, API_KEY, SECRET, state_dir))
         yield fake, source, tap
 
 
@@ -145,10 +154,8 @@ def example_m1() -> BinanceAccount:
         usd_index={"USDT": 0.99, "USDC": 1.0},
         buffers={"USDT": (0.01, 0.005), "USDC": (0.0, 0.0)},
     )
-    account.positions[("BTCUSDT", "BOTH")] = BinancePosition("BTCUSDT", 0.5, 20_000.0,
-                                                             leverage=100)
-    account.positions[("ETHUSDC", "BOTH")] = BinancePosition("ETHUSDC", 20.0, 600.0,
-                                                             leverage=50)
+    account.positions[("BTCUSDT", "BOTH")] = BinancePosition("BTCUSDT", 0.5, 20_000.0, leverage=100)
+    account.positions[("ETHUSDC", "BOTH")] = BinancePosition("ETHUSDC", 20.0, 600.0, leverage=50)
     return account
 
 
@@ -171,7 +178,9 @@ def ours(source: ExchangeSource) -> float:
 
 
 async def fall_read_over_rest(
-    fake: okx.FakeOkx | bitget.FakeBitget, source: ExchangeSource, tap: EventTap,
+    fake: okx.FakeOkx | bitget.FakeBitget,
+    source: ExchangeSource,
+    tap: EventTap,
     fall: Callable[[], None],
 ) -> tuple[float, float]:
     """Our ratio against the fake venue's own (`margin_ratio`) before and after `fall` moves
@@ -180,8 +189,12 @@ async def fall_read_over_rest(
     assert before == pytest.approx(fake.margin_ratio(), rel=REL)
     fall()
     seen = len(tap.seen)
-    await tap.wait_for(lambda e: isinstance(e, AccountUpdate) and any(
-        p.mark_price == 48_000.0 for p in e.positions), after=seen)
+    await tap.wait_for(
+        lambda e: (
+            isinstance(e, AccountUpdate) and any(p.mark_price == 48_000.0 for p in e.positions)
+        ),
+        after=seen,
+    )
     after = ours(source)
     assert after == pytest.approx(fake.margin_ratio(), rel=REL)
     check = source.venue_check
@@ -202,8 +215,7 @@ class TestBinanceMultiAssets:
             assert report.maintenance_margin * 0.99 == pytest.approx(199.596, abs=5e-4)
             assert report.margin_ratio == pytest.approx(199.596 / 416.02, rel=1e-6)  # 47.98 %
             assert report.free_collateral * 0.99 == pytest.approx(76.525, abs=5e-4)
-            assert report.margin_ratio == pytest.approx(fake.account.venue_margin_ratio(),
-                                                        rel=REL)
+            assert report.margin_ratio == pytest.approx(fake.account.venue_margin_ratio(), rel=REL)
 
     async def test_snapshot_file_keeps_the_venue_valuation(self) -> None:
         """Test that a snapshot of the M1 account (what `margin-monitor snapshot` writes)
@@ -300,8 +312,12 @@ def uta_btc_eth() -> bybit.BybitAccount:
     account = bybit.BybitAccount(
         wallet=10_000.0,
         coins={"BTC": (1.5, None, True), "ETH": (10.0, None, True), "DOGE": (5_000.0, 0.1, False)},
-        collateral_tiers={"USDT": [(None, 1.0)], "BTC": [(1.0, 0.95), (None, 0.9)],
-                          "ETH": [(None, 0.9)], "DOGE": [(None, 0.8)]},
+        collateral_tiers={
+            "USDT": [(None, 1.0)],
+            "BTC": [(1.0, 0.95), (None, 0.9)],
+            "ETH": [(None, 0.9)],
+            "DOGE": [(None, 0.8)],
+        },
     )
     account.positions[("BTCUSDT", 0)] = bybit.BybitPosition("BTCUSDT", "Buy", 4.0, 60_000.0)
     return account
@@ -314,18 +330,21 @@ class TestThroughTheDaemon:
         recorder = Recorder()
         async with FakeBinanceUsdm(btc_eth_collateral()) as fake:
             settings = account_for(fake, API_KEY, SECRET, poll_interval=5.0, stale_after=60.0)
-            source = ExchangeSource(settings, backoff_cap=0.2, reconcile_every=10.0,
-                                    debounce=0.02)
+            source = ExchangeSource(settings, backoff_cap=0.2, reconcile_every=10.0, debounce=0.02)
             async with daemon(source, recorder):
                 before = fake.account.venue_margin_ratio()
-                await recorder.until(lambda: any(
-                    r.margin_ratio == pytest.approx(before, rel=REL) for r in recorder.reports))
+                await recorder.until(
+                    lambda: any(
+                        r.margin_ratio == pytest.approx(before, rel=REL) for r in recorder.reports
+                    )
+                )
                 await fake.wait_for_client("/market/ws", "btcusdt@markPrice@1s")
                 await fake.push_mark("BTCUSDT", 48_000.0)
                 after = fake.account.venue_margin_ratio()
                 assert after > 1.5 * before
-                await recorder.until(lambda: recorder.reports[-1].margin_ratio
-                                     == pytest.approx(after, rel=REL))
+                await recorder.until(
+                    lambda: recorder.reports[-1].margin_ratio == pytest.approx(after, rel=REL)
+                )
 
 
 class TestBybitUta:
@@ -338,8 +357,7 @@ class TestBybitUta:
         ):
             assert source.collateral_rules.mode == "multi_assets"
             btc = next(c for c in source.collateral if c.asset == "BTC")
-            assert [(t.up_to, t.ratio) for t in btc.haircut_tiers] == [(1.0, 0.95),
-                                                                       (math.inf, 0.9)]
+            assert [(t.up_to, t.ratio) for t in btc.haircut_tiers] == [(1.0, 0.95), (math.inf, 0.9)]
             assert "DOGE" not in {c.asset for c in source.collateral}  # switched off
             venue = fake.account.totals()["mm_rate"]
             assert ours(source) == pytest.approx(venue, rel=REL)
@@ -369,19 +387,24 @@ class TestOkxMultiCurrency:
         """Test that an OKX multi-currency account (acctLv 3) holding 1.5 BTC under tiered
         discount rates (0.98 up to 1 BTC, 0.95 beyond) matches 1/mgnRatio within 0.01 %
         before and after BTC −20 %, read over REST through real ccxt."""
-        account = okx.OkxAccount(acct_lv="3", coins={"BTC": 1.5},
-                                 discount={"USDT": [(None, 1.0)],
-                                           "BTC": [(1.0, 0.98), (None, 0.95)]})
+        account = okx.OkxAccount(
+            acct_lv="3",
+            coins={"BTC": 1.5},
+            discount={"USDT": [(None, 1.0)], "BTC": [(1.0, 0.98), (None, 0.95)]},
+        )
         async with (
             okx.FakeOkx(account) as fake,
             watching(fake, okx.API_KEY, okx.SECRET) as (source, tap),
         ):
             assert source.collateral_rules.mode == "multi_assets"
             btc = next(c for c in source.collateral if c.asset == "BTC")
-            assert [(t.up_to, t.ratio) for t in btc.haircut_tiers] == [(1.0, 0.98),
-                                                                       (math.inf, 0.95)]
+            assert [(t.up_to, t.ratio) for t in btc.haircut_tiers] == [
+                (1.0, 0.98),
+                (math.inf, 0.95),
+            ]
             before, after = await fall_read_over_rest(
-                fake, source, tap, lambda: fake.account.marks.update({"BTC-USDT-SWAP": 48_000.0}))
+                fake, source, tap, lambda: fake.account.marks.update({"BTC-USDT-SWAP": 48_000.0})
+            )
             assert after > before
 
 
@@ -391,10 +414,14 @@ class TestBitgetUnion:
         value discount rates matches crossedRiskRate within 0.01 % before and after BTC
         −20 %, which moves the BTC value below its 100,000 USDT tier boundary."""
         account = bitget.BitgetAccount(
-            wallet=5_000.0, asset_mode="union", coins={"BTC": 2.0, "ETH": 20.0},
+            wallet=5_000.0,
+            asset_mode="union",
+            coins={"BTC": 2.0, "ETH": 20.0},
             positions={"BTCUSDT": ("long", 3.0, 60_000.0)},
-            discounts={"BTC": [(0.0, 100_000.0, 0.95), (100_000.0, -1.0, 0.9)],
-                       "ETH": [(0.0, 50_000.0, 0.9), (50_000.0, -1.0, 0.8)]},
+            discounts={
+                "BTC": [(0.0, 100_000.0, 0.95), (100_000.0, -1.0, 0.9)],
+                "ETH": [(0.0, 50_000.0, 0.9), (50_000.0, -1.0, 0.8)],
+            },
         )
         async with (
             bitget.FakeBitget(account) as fake,
@@ -403,20 +430,24 @@ class TestBitgetUnion:
             assert source.collateral_rules.mode == "multi_assets"
             btc = next(c for c in source.collateral if c.asset == "BTC")
             assert btc.tier_basis == "value"
-            assert [(t.up_to, t.ratio) for t in btc.haircut_tiers] == [(100_000.0, 0.95),
-                                                                       (math.inf, 0.9)]
+            assert [(t.up_to, t.ratio) for t in btc.haircut_tiers] == [
+                (100_000.0, 0.95),
+                (math.inf, 0.9),
+            ]
             # 5,000 + (100,000 × 0.95 + 20,000 × 0.9) + (50,000 × 0.9 + 10,000 × 0.8)
             assert margin.report(source.snapshot()).margin_balance == pytest.approx(171_000.0)
             assert fake.count("/api/v2/mix/market/discount-rate") == 1
             before, after = await fall_read_over_rest(
-                fake, source, tap, lambda: fake.account.marks.update({"BTCUSDT": 48_000.0}))
+                fake, source, tap, lambda: fake.account.marks.update({"BTCUSDT": 48_000.0})
+            )
             assert fake.account.coin_value("BTC") < 100_000.0  # below the boundary now
             # 5,000 − 36,000 + 96,000 × 0.95 + 53,000
             assert margin.report(source.snapshot()).margin_balance == pytest.approx(113_200.0)
             # MM: 180,000 × 0.5 % before, 144,000 × 0.4 % after (Bitget's tiers)
-            assert (before, after) == (pytest.approx(900.0 / 171_000.0, rel=REL),
-                                       pytest.approx(576.0 / 113_200.0, rel=REL))
-
+            assert (before, after) == (
+                pytest.approx(900.0 / 171_000.0, rel=REL),
+                pytest.approx(576.0 / 113_200.0, rel=REL),
+            )
 
     async def test_single_asset_mode_reads_no_tiers(self) -> None:
         """Test that a Bitget account in single-asset mode is read as such and its discount
@@ -443,8 +474,9 @@ def pm_source(fake: FakeBinanceUsdm) -> ExchangeSource:
     settings = account_for(fake, API_KEY, SECRET, poll_interval=0.2, stale_after=5.0)
     config = dict(settings.ccxt)
     config["options"] = {**config["options"], "portfolioMargin": True}
-    return ExchangeSource(replace(settings, ccxt=config), backoff_cap=0.2, reconcile_every=0.5,
-                          debounce=0.02)
+    return ExchangeSource(
+        replace(settings, ccxt=config), backoff_cap=0.2, reconcile_every=0.5, debounce=0.02
+    )
 
 
 class TestPortfolioMargin:
@@ -489,8 +521,9 @@ class TestPortfolioMargin:
 
     @staticmethod
     @contextlib.asynccontextmanager
-    async def binance_pm(uni_mmr: float) -> AsyncIterator[tuple[FakeBinanceUsdm, AccountUpdate,
-                                                               ExchangeSource]]:
+    async def binance_pm(
+        uni_mmr: float,
+    ) -> AsyncIterator[tuple[FakeBinanceUsdm, AccountUpdate, ExchangeSource]]:
         """A Binance PM account (ccxt `portfolioMargin`) whose scenario MM puts its uniMMR
         at `uni_mmr`, and a source after its first read."""
         async with FakeBinanceUsdm(pm_account(uni_mmr)) as fake:
@@ -537,8 +570,9 @@ class TestPortfolioMargin:
             # a cross-margin computation of the same account would not see it
             assert not margin.report(replace(source.snapshot(), venue_margin=None)).liquidated
 
-    @pytest.mark.parametrize(("uni_mmr", "ratio", "liquidated"),
-                             [(1.2, 0.875, False), (1.05, 1.0, True)])
+    @pytest.mark.parametrize(
+        ("uni_mmr", "ratio", "liquidated"), [(1.2, 0.875, False), (1.05, 1.0, True)]
+    )
     async def test_daemon_alerts_on_the_venues_pm_liquidation_line(
         self, uni_mmr: float, ratio: float, liquidated: bool
     ) -> None:
@@ -616,8 +650,9 @@ class TestSimPublishesRules:
         update = sim.read(1.0)
         btc = next(c for c in update.collateral if c.asset == "BTC")
         assert btc.haircut == 0.05
-        without = replace(sim.snapshot(),
-                          collateral=tuple(replace(c, haircut=0.0) for c in update.collateral))
+        without = replace(
+            sim.snapshot(), collateral=tuple(replace(c, haircut=0.0) for c in update.collateral)
+        )
         assert margin.report(sim.snapshot()).margin_ratio > margin.report(without).margin_ratio
 
 
@@ -630,8 +665,9 @@ class TestReaderSchedule:
             source = ExchangeSource(settings)
             try:
                 exchange = await source.open()
-                reader = CollateralRulesReader("a", "binanceusdm", every=600.0, retry=30.0,
-                                               clock=lambda: now[0])
+                reader = CollateralRulesReader(
+                    "a", "binanceusdm", every=600.0, retry=30.0, clock=lambda: now[0]
+                )
                 await reader.refresh(exchange)
                 assert reader.mode == "multi_assets"
                 now[0] += 599.0

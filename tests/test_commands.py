@@ -19,15 +19,15 @@ SCRIPT = shutil.which("margin-monitor", path=str(Path(sys.executable).parent))
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     assert SCRIPT, "the margin-monitor console script is not installed in this venv"
-    return subprocess.run([SCRIPT, *args], capture_output=True, text=True, timeout=60,
-                          check=False)
+    return subprocess.run([SCRIPT, *args], capture_output=True, text=True, timeout=60, check=False)
 
 
 class TestReport:
     def test_json_report_of_the_faq_example(self) -> None:
         """Test that report --json prints the contract with the FAQ's liquidation prices."""
-        out = run("report", "--snapshot", str(EXAMPLES / "binance-cross-two-positions.json"),
-                  "--json")
+        out = run(
+            "report", "--snapshot", str(EXAMPLES / "binance-cross-two-positions.json"), "--json"
+        )
         assert out.returncode == 0, out.stderr
         data = json.loads(out.stdout)
         prices = [p["liquidation_price"] for p in data["positions"]]
@@ -46,13 +46,17 @@ class TestReport:
         ("content", "message"),
         [
             ('{"account": "a"', "is not valid JSON"),
-            ('{"account": "a", "currency": "USDT", "collateral": [], "positions": '
-             '[{"symbol": "X", "side": "long", "contracts": -1, "entry_price": 1, '
-             '"mark_price": 1}]}', "positions[0].contracts is -1"),
+            (
+                '{"account": "a", "currency": "USDT", "collateral": [], "positions": '
+                '[{"symbol": "X", "side": "long", "contracts": -1, "entry_price": 1, '
+                '"mark_price": 1}]}',
+                "positions[0].contracts is -1",
+            ),
         ],
     )
-    def test_bad_file_is_one_line_and_exit_2(self, tmp_path: Path, content: str,
-                                             message: str) -> None:
+    def test_bad_file_is_one_line_and_exit_2(
+        self, tmp_path: Path, content: str, message: str
+    ) -> None:
         """Test that a bad snapshot gives exit code 2 and one line, never a traceback."""
         path = tmp_path / "bad.json"
         path.write_text(content)
@@ -66,8 +70,16 @@ class TestReport:
 class TestStress:
     def test_shock_and_price_scenarios(self) -> None:
         """Test that stress reports each scenario; a BTC fall to its LP reaches ratio 1."""
-        out = run("stress", "--snapshot", str(EXAMPLES / "binance-cross-two-positions.json"),
-                  "--shock", "-5%", "--price", "BTC/USDT:USDT=26316.8933", "--json")
+        out = run(
+            "stress",
+            "--snapshot",
+            str(EXAMPLES / "binance-cross-two-positions.json"),
+            "--shock",
+            "-5%",
+            "--price",
+            "BTC/USDT:USDT=26316.8933",
+            "--json",
+        )
         assert out.returncode == 0, out.stderr
         data = json.loads(out.stdout)
         shock, prices = data["scenarios"]
@@ -77,8 +89,15 @@ class TestStress:
 
     def test_beta_weighted(self) -> None:
         """Test that --beta adds the beta-weighted shock to liquidation."""
-        out = run("stress", "--snapshot", str(EXAMPLES / "btc-collateral-demo.json"), "--beta",
-                  "--shock", "-10%", "--json")
+        out = run(
+            "stress",
+            "--snapshot",
+            str(EXAMPLES / "btc-collateral-demo.json"),
+            "--beta",
+            "--shock",
+            "-10%",
+            "--json",
+        )
         assert out.returncode == 0, out.stderr
         data = json.loads(out.stdout)
         assert data["beta_weighted_shock_to_liquidation"]["down"] is not None
@@ -102,8 +121,9 @@ class TestStress:
 
 
 class TestParseShock:
-    @pytest.mark.parametrize(("text", "value"),
-                             [("-10%", -0.1), ("-0.1", -0.1), ("+25%", 0.25), ("5", 5.0)])
+    @pytest.mark.parametrize(
+        ("text", "value"), [("-10%", -0.1), ("-0.1", -0.1), ("+25%", 0.25), ("5", 5.0)]
+    )
     def test_forms(self, text: str, value: float) -> None:
         """Test the accepted spellings of a shock."""
         assert parse_shock(text) == pytest.approx(value)

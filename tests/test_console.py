@@ -104,8 +104,7 @@ class TestConsoleSink:
 
 def _crashed(factor: float) -> tuple[MarginReport, AccountSnapshot]:
     """The demo book after every price moved by `factor` (beta-weighted), shock solved."""
-    step = ReplayStep(0.0, tuple((m.symbol, m.price0 * factor**m.beta)
-                                 for m in DEMO_BOOK.markets))  # fmt: skip
+    step = ReplayStep(0.0, tuple((m.symbol, m.price0 * factor**m.beta) for m in DEMO_BOOK.markets))
     snapshot = SimVenue("demo", replay=[step]).snapshot()
     return stress.assess(snapshot), snapshot
 
@@ -190,9 +189,11 @@ class TestAlertSurface:
 
     async def test_demo_headline_is_the_worst_alert_in_every_frame(self, tmp_path: Path) -> None:
         """Test that in the demo sell-off every frame's headline is the worst alert level."""
-        settings = load_settings(None, state_dir=tmp_path,
-                                 accounts=[{"name": "demo", "exchange": "sim",
-                                            "sim": {"speed": 20}}])  # fmt: skip
+        settings = load_settings(
+            None,
+            state_dir=tmp_path,
+            accounts=[{"name": "demo", "exchange": "sim", "sim": {"speed": 20}}],
+        )
         sources = {a.name: SimVenue(a.name, a.sim) for a in settings.accounts}
         sinks = build_sinks(settings, tui=False, sources=sources)
         console = next(s for s in sinks if isinstance(s, ConsoleSink))
@@ -210,15 +211,23 @@ class TestAlertSurface:
             async def close(self) -> None: ...
 
             async def on_report(self, *a: object) -> None:
-                worst = max((alerts.account_level(n) for n in sources),
-                            key=("ok", "warning", "critical", "emergency").index)
+                worst = max(
+                    (alerts.account_level(n) for n in sources),
+                    key=("ok", "warning", "critical", "emergency").index,
+                )
                 frames.append((_text(console).splitlines()[0], worst))
 
         await asyncio.wait_for(
-            run_daemon(settings, settings.accounts, [*sinks, Frames()],
-                       sources=list(sources.values()), duration=4.0, handle_signals=False),
+            run_daemon(
+                settings,
+                settings.accounts,
+                [*sinks, Frames()],
+                sources=list(sources.values()),
+                duration=4.0,
+                handle_signals=False,
+            ),
             30,
-        )  # fmt: skip
+        )
         assert len(frames) >= 10
         for headline, worst in frames:
             assert headline.split()[0] == worst.upper(), (headline, worst)

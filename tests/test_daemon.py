@@ -162,9 +162,14 @@ class TestCoalescing:
         source = _Burst(10_000, chunk=500)
         recorder = _Recorder()
         loops = await run_daemon(
-            _settings(shock_interval=0.0), [], [recorder],
-            sources=[source], finite=True, handle_signals=False, duration=30,
-        )  # fmt: skip
+            _settings(shock_interval=0.0),
+            [],
+            [recorder],
+            sources=[source],
+            finite=True,
+            handle_signals=False,
+            duration=30,
+        )
         loop = loops[0]
         assert loop.events == 10_000
         assert loop.recomputes <= 25
@@ -181,9 +186,14 @@ class TestCoalescing:
         source = _Burst(2_000, chunk=1)
         recorder = _Recorder()
         loops = await run_daemon(
-            _settings(shock_interval=3600.0), [], [recorder],
-            sources=[source], finite=True, handle_signals=False, duration=30,
-        )  # fmt: skip
+            _settings(shock_interval=3600.0),
+            [],
+            [recorder],
+            sources=[source],
+            finite=True,
+            handle_signals=False,
+            duration=30,
+        )
         assert loops[0].shock_solves == 2  # the first report and the final settle
         assert recorder.reports[-1].shock_to_liquidation is not None
         skipped = [r for r in recorder.reports if r.shock_to_liquidation is None]
@@ -195,9 +205,14 @@ class TestResilience:
         """Test that a sink raising on every call is logged while the others still get reports."""
         recorder = _Recorder()
         loops = await run_daemon(
-            _settings(), [], [_Broken(), recorder],
-            sources=[_Burst(100, chunk=10)], finite=True, handle_signals=False, duration=30,
-        )  # fmt: skip
+            _settings(),
+            [],
+            [_Broken(), recorder],
+            sources=[_Burst(100, chunk=10)],
+            finite=True,
+            handle_signals=False,
+            duration=30,
+        )
         assert loops[0].events == 100
         assert recorder.reports
         assert len(recorder.events) == 100
@@ -217,10 +232,17 @@ class TestResilience:
         stuck = Stuck()
         with capture_logs() as logs:
             loops = await asyncio.wait_for(
-                run_daemon(_settings(), [], [stuck], sources=[_Burst(20, chunk=5)],
-                           finite=True, handle_signals=False, duration=30),
+                run_daemon(
+                    _settings(),
+                    [],
+                    [stuck],
+                    sources=[_Burst(20, chunk=5)],
+                    finite=True,
+                    handle_signals=False,
+                    duration=30,
+                ),
                 20,
-            )  # fmt: skip
+            )
         assert loops[0].events == 20
         (timed_out,) = [e for e in logs if e["event"].startswith("settle timed out")]
         assert timed_out["accounts"] == ["burst"]
@@ -230,10 +252,14 @@ class TestResilience:
         """Test that a source failure becomes a SourceDown event, then the source is read again."""
         recorder = _Recorder()
         loops = await run_daemon(
-            _settings(), [], [recorder],
-            sources=[_Burst(50, chunk=10, fail_first=True)], finite=True,
-            handle_signals=False, duration=30,
-        )  # fmt: skip
+            _settings(),
+            [],
+            [recorder],
+            sources=[_Burst(50, chunk=10, fail_first=True)],
+            finite=True,
+            handle_signals=False,
+            duration=30,
+        )
         down = [e for e in recorder.events if isinstance(e, SourceDown)]
         assert len(down) == 1
         assert "venue unreachable" in down[0].reason
@@ -376,8 +402,11 @@ class TestRunCommand:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MARGIN_MONITOR__")}
         proc = subprocess.Popen(
             [str(EXE), "run", "--no-tui"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        )  # fmt: skip
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         try:
             assert proc.stdout is not None
             first = proc.stdout.readline()
@@ -438,8 +467,10 @@ class TestCheckCommand:
         environment; without them `check` refuses it (tests/test_bad_configs.py).
         """
         example = str(ROOT / "config" / "example.toml")
-        keys = {"MARGIN_MONITOR__ACCOUNTS__MAIN__API_KEY": "key-do-not-print",
-                "MARGIN_MONITOR__ACCOUNTS__MAIN__SECRET": "secret-do-not-print"}  # fmt: skip
+        keys = {
+            "MARGIN_MONITOR__ACCOUNTS__MAIN__API_KEY": "key-do-not-print",
+            "MARGIN_MONITOR__ACCOUNTS__MAIN__SECRET": "secret-do-not-print",
+        }
         result = _cli("check", "--config", example, "--offline", keys=keys)
         assert result.returncode == 0, result.stderr
         assert "do-not-print" not in result.stdout + result.stderr
@@ -457,18 +488,31 @@ class TestCheckCommand:
         [
             ("", None, {"practice": "simulated", "main": "dry-run", "other": "off"}),
             ("enabled = true", None, {"practice": "simulated", "main": "live", "other": "off"}),
-            ("enabled = true", "PAUSE.main",
-             {"practice": "simulated", "main": "paused", "other": "off"}),
-            ("enabled = true\npaused = true", None,
-             {"practice": "paused", "main": "paused", "other": "off"}),
-            ("simulated = false", "PAUSE",
-             {"practice": "paused", "main": "paused", "other": "off"}),
+            (
+                "enabled = true",
+                "PAUSE.main",
+                {"practice": "simulated", "main": "paused", "other": "off"},
+            ),
+            (
+                "enabled = true\npaused = true",
+                None,
+                {"practice": "paused", "main": "paused", "other": "off"},
+            ),
+            (
+                "simulated = false",
+                "PAUSE",
+                {"practice": "paused", "main": "paused", "other": "off"},
+            ),
             ("simulated = false", None, {"practice": "dry-run", "main": "dry-run", "other": "off"}),
         ],
-    )  # fmt: skip
+    )
     def test_prints_each_accounts_action_mode(
-        self, tmp_path: Path, capsys: pytest.CaptureFixture[str], actions: str,
-        pause_file: str | None, expected: dict[str, str],
+        self,
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+        actions: str,
+        pause_file: str | None,
+        expected: dict[str, str],
     ) -> None:
         """Test that `check` says per account whether actions are live/dry-run/paused/simulated."""
         config = tmp_path / "c.toml"
@@ -488,8 +532,9 @@ class TestCheckCommand:
         out = capsys.readouterr().out
         modes = {
             line.split(":", 1)[0].removeprefix("  - "): line.rsplit("; actions: ", 1)[1].split()[0]
-            for line in out.splitlines() if "; actions: " in line
-        }  # fmt: skip
+            for line in out.splitlines()
+            if "; actions: " in line
+        }
         assert modes == expected
         assert "do-not-print" not in out
         if pause_file is not None:

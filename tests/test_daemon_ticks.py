@@ -84,9 +84,14 @@ def _tick(price: float) -> PriceTick:
 async def _run(source: _Script, recorder: _Recorder, **overrides: object) -> AccountLoop:
     settings = load_settings(None, shock_interval=3600.0, **overrides)
     (loop,) = await run_daemon(
-        settings, [], [recorder], sources=[source], finite=True, handle_signals=False,
+        settings,
+        [],
+        [recorder],
+        sources=[source],
+        finite=True,
+        handle_signals=False,
         duration=30,
-    )  # fmt: skip
+    )
     return loop
 
 
@@ -175,8 +180,12 @@ class TestLedgerAgreesWithTheState:
     def test_collateral_only_market_moves_the_ratio(self) -> None:
         """Test that a tick of a market the account does not trade re-prices collateral held
         in its base asset, as state.apply does."""
-        s = AccountSnapshot("a", "USDT", (Collateral("USDT", 1_000), Collateral("ETH", 1, 3_000)),
-                            (Position(BTC, "long", 1, 60_000, 60_000, mmr=0.01),))  # fmt: skip
+        s = AccountSnapshot(
+            "a",
+            "USDT",
+            (Collateral("USDT", 1_000), Collateral("ETH", 1, 3_000)),
+            (Position(BTC, "long", 1, 60_000, 60_000, mmr=0.01),),
+        )
         ledger = Ledger(s)
         assert ledger.tick("ETH/USDT:USDT", 2_000)
         moved = apply(initial_state(s, 0.0), PriceTick("a", "ETH/USDT:USDT", 2_000, 1.0))[0]
@@ -216,8 +225,7 @@ class TestSharedShockBudget:
         danger = replace(danger, positions=(replace(danger.positions[0], mark_price=50_300.0),))
         books.insert(17, danger)
         loops = [
-            AccountLoop(_Parked(b), [recorder], AlertsSettings(), 1.0, shocks=solver)
-            for b in books
+            AccountLoop(_Parked(b), [recorder], AlertsSettings(), 1.0, shocks=solver) for b in books
         ]
         tasks = [asyncio.create_task(lp.run_source()) for lp in loops]
         await _until(lambda: all(lp.ledger is not None for lp in loops))
@@ -283,8 +291,10 @@ class TestStopLeftoverTasks:
         async def polite() -> None:
             await asyncio.sleep(10)
 
-        tasks = [asyncio.create_task(stubborn(), name="stubborn"),
-                 asyncio.create_task(polite(), name="polite")]  # fmt: skip
+        tasks = [
+            asyncio.create_task(stubborn(), name="stubborn"),
+            asyncio.create_task(polite(), name="polite"),
+        ]
         await asyncio.sleep(0)
         try:
             stuck = await stop_leftover_tasks(0.2)

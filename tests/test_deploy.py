@@ -74,8 +74,10 @@ class TestContainerfile:
         assert argv[0] == "margin-monitor"
         args = build_parser().parse_args(argv[1:])
         assert (args.command, args.no_tui, args.config) == (
-            "run", True, "/etc/margin-monitor/config.toml",
-        )  # fmt: skip
+            "run",
+            True,
+            "/etc/margin-monitor/config.toml",
+        )
 
 
 def _json_list(text: str) -> list[str]:
@@ -91,8 +93,11 @@ def check_compose_schema(path: Path) -> subprocess.CompletedProcess[str]:
     """check-jsonschema with the compose-spec schema it ships (no network)."""
     return subprocess.run(
         [str(CHECK_JSONSCHEMA), "--builtin-schema", "vendor.compose-spec", str(path)],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 class TestCompose:
@@ -114,8 +119,13 @@ class TestCompose:
     def test_services_and_ordering(self) -> None:
         """Test that the daemon waits for a healthy broker and restarts on its own."""
         services = compose()["services"]
-        assert set(services) == {"mosquitto", "margin-monitor", "prometheus", "alertmanager",
-                                 "grafana"}  # fmt: skip
+        assert set(services) == {
+            "mosquitto",
+            "margin-monitor",
+            "prometheus",
+            "alertmanager",
+            "grafana",
+        }
         daemon = services["margin-monitor"]
         assert daemon["depends_on"] == {"mosquitto": {"condition": "service_healthy"}}
         assert "healthcheck" in services["mosquitto"]
@@ -137,8 +147,9 @@ class TestCompose:
         daemon = data["services"]["margin-monitor"]
         used = {name for svc in data["services"].values() for name in svc.get("secrets", [])}
         assert used == set(data["secrets"])
-        assert set(daemon["secrets"]) == {n for n in data["secrets"]
-                                          if n.startswith(("accounts__", "mqtt__"))}
+        assert set(daemon["secrets"]) == {
+            n for n in data["secrets"] if n.startswith(("accounts__", "mqtt__"))
+        }
         creds = tmp_path / "run-secrets"
         creds.mkdir()
         for name in daemon["secrets"]:
@@ -196,25 +207,37 @@ class TestHomeAssistant:
 
     def test_blueprint_filters_by_level_and_writes_the_text(self) -> None:
         """Test the blueprint: inputs, trigger on the alert topic, level filter, push text."""
-        bp = yaml.load((DEPLOY / "home-assistant-blueprint.yaml").read_text(),
-                       Loader=_Blueprint)  # fmt: skip
+        bp = yaml.load((DEPLOY / "home-assistant-blueprint.yaml").read_text(), Loader=_Blueprint)
         assert bp["blueprint"]["domain"] == "automation"
-        assert set(bp["blueprint"]["input"]) == {"min_level", "notify_device", "send_resolved",
-                                                 "prefix"}  # fmt: skip
+        assert set(bp["blueprint"]["input"]) == {
+            "min_level",
+            "notify_device",
+            "send_resolved",
+            "prefix",
+        }
         prefix = bp["blueprint"]["input"]["prefix"]["default"]
         topic = _render(bp["trigger"][0]["topic"], prefix=prefix)
         assert topic == "margin-monitor/+/alert"
         variables = bp["variables"]
         action = bp["action"][0]
         messages = _messages()
-        for min_level, expected in (("warning", {"margin", "shock", "down", "resolved"}),
-                                    ("critical", {"margin", "down", "resolved"}),
-                                    ("emergency", set())):  # fmt: skip
+        for min_level, expected in (
+            ("warning", {"margin", "shock", "down", "resolved"}),
+            ("critical", {"margin", "down", "resolved"}),
+            ("emergency", set()),
+        ):
             wanted = {
-                name for name, m in messages.items()
-                if _render(variables["wanted"], p=m.to_dict(), ranks=variables["ranks"],
-                           min_level=min_level, send_resolved=True) == "True"
-            }  # fmt: skip
+                name
+                for name, m in messages.items()
+                if _render(
+                    variables["wanted"],
+                    p=m.to_dict(),
+                    ranks=variables["ranks"],
+                    min_level=min_level,
+                    send_resolved=True,
+                )
+                == "True"
+            }
             assert wanted == expected, min_level
         margin = messages["margin"].to_dict()
         assert _render(action["title"], p=margin) == "CRITICAL main"
@@ -228,29 +251,78 @@ class TestHomeAssistant:
 
 def _messages() -> dict[str, AlertMessage]:
     """One real alert per kind of text: margin, shock, source down (with detail), resolved."""
-    base = {"episode": "e", "started_at": 1.0, "at": 2.0, "duration": 61.0,
-            "previous_value": None, "currency": "USDT", "margin_balance": 2731.9,
-            "free_collateral": -912.4, "margin_ratio": 0.7523}  # fmt: skip
+    base = {
+        "episode": "e",
+        "started_at": 1.0,
+        "at": 2.0,
+        "duration": 61.0,
+        "previous_value": None,
+        "currency": "USDT",
+        "margin_balance": 2731.9,
+        "free_collateral": -912.4,
+        "margin_ratio": 0.7523,
+    }
     return {
-        "margin": AlertMessage(id="e.1", fingerprint="main/margin_ratio", account="main",
-                               rule="margin_ratio", kind="firing", level="critical",
-                               previous_level="warning", value=0.7523, worst_value=0.7523,
-                               worst_level="critical", threshold=0.7, **base),
-        "shock": AlertMessage(id="e.2", fingerprint="main/shock_to_liquidation", account="main",
-                              rule="shock_to_liquidation", kind="firing", level="warning",
-                              previous_level="ok", value=0.0412, worst_value=0.0412,
-                              worst_level="warning", threshold=0.05, **base),
-        "down": AlertMessage(id="e.3", fingerprint="main/source_down", account="main",
-                             rule="source_down", kind="firing", level="critical",
-                             previous_level="ok", value=None, worst_value=None,
-                             worst_level="critical", detail="binanceusdm rejected the API key",
-                             episode="d", started_at=1.0, at=2.0, duration=0.0,
-                             previous_value=None),
-        "resolved": AlertMessage(id="e.4", fingerprint="main/margin_ratio", account="main",
-                                 rule="margin_ratio", kind="resolved", level="ok",
-                                 previous_level="critical", value=0.41, worst_value=0.7523,
-                                 worst_level="critical", **base),
-    }  # fmt: skip
+        "margin": AlertMessage(
+            id="e.1",
+            fingerprint="main/margin_ratio",
+            account="main",
+            rule="margin_ratio",
+            kind="firing",
+            level="critical",
+            previous_level="warning",
+            value=0.7523,
+            worst_value=0.7523,
+            worst_level="critical",
+            threshold=0.7,
+            **base,
+        ),
+        "shock": AlertMessage(
+            id="e.2",
+            fingerprint="main/shock_to_liquidation",
+            account="main",
+            rule="shock_to_liquidation",
+            kind="firing",
+            level="warning",
+            previous_level="ok",
+            value=0.0412,
+            worst_value=0.0412,
+            worst_level="warning",
+            threshold=0.05,
+            **base,
+        ),
+        "down": AlertMessage(
+            id="e.3",
+            fingerprint="main/source_down",
+            account="main",
+            rule="source_down",
+            kind="firing",
+            level="critical",
+            previous_level="ok",
+            value=None,
+            worst_value=None,
+            worst_level="critical",
+            detail="binanceusdm rejected the API key",
+            episode="d",
+            started_at=1.0,
+            at=2.0,
+            duration=0.0,
+            previous_value=None,
+        ),
+        "resolved": AlertMessage(
+            id="e.4",
+            fingerprint="main/margin_ratio",
+            account="main",
+            rule="margin_ratio",
+            kind="resolved",
+            level="ok",
+            previous_level="critical",
+            value=0.41,
+            worst_value=0.7523,
+            worst_level="critical",
+            **base,
+        ),
+    }
 
 
 def _render(template: str, **context: Any) -> str:
@@ -271,15 +343,22 @@ _Blueprint.add_constructor("!input", lambda loader, node: f"!input {loader.const
 class TestPrometheus:
     @pytest.mark.parametrize(
         ("what", "file"),
-        [("config", "prometheus.yml"), ("config", "prometheus-compose.yml"),
-         ("rules", "margin-monitor-rules.yml")],
-    )  # fmt: skip
+        [
+            ("config", "prometheus.yml"),
+            ("config", "prometheus-compose.yml"),
+            ("rules", "margin-monitor-rules.yml"),
+        ],
+    )
     def test_promtool_accepts(self, what: str, file: str) -> None:
         """Test that promtool validates the scrape config and the alerting rules."""
         result = subprocess.run(
-            ["promtool", "check", what, file], cwd=DEPLOY, capture_output=True, text=True,
-            timeout=30, check=False,
-        )  # fmt: skip
+            ["promtool", "check", what, file],
+            cwd=DEPLOY,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
         assert result.returncode == 0, result.stdout + result.stderr
 
     def test_rules_use_exported_metric_names(self) -> None:
@@ -315,16 +394,24 @@ class TestGrafana:
         for p in d["panels"]:
             g = p["gridPos"]
             assert g["x"] + g["w"] <= 24, p["title"]
-            mine = {(x, y) for x in range(g["x"], g["x"] + g["w"])
-                    for y in range(g["y"], g["y"] + g["h"])}  # fmt: skip
+            mine = {
+                (x, y)
+                for x in range(g["x"], g["x"] + g["w"])
+                for y in range(g["y"], g["y"] + g["h"])
+            }
             assert not mine & cells, f"{p['title']} overlaps another panel"
             cells |= mine
             assert p["targets"], p["title"]
             assert all(t["refId"] for t in p["targets"])
         titles = {p["title"] for p in d["panels"]}
-        for wanted in ("Margin ratio", "Distance to liquidation (move of all prices)",
-                       "Alert level", "Source health", "Tick → report latency",
-                       "Alerts sent and queued"):
+        for wanted in (
+            "Margin ratio",
+            "Distance to liquidation (move of all prices)",
+            "Alert level",
+            "Source health",
+            "Tick → report latency",
+            "Alerts sent and queued",
+        ):
             assert wanted in titles
         assert [v["name"] for v in d["templating"]["list"]] == ["account"]
 
@@ -362,19 +449,31 @@ class TestGrafana:
     def test_queries_are_valid_promql(self, tmp_path: Path) -> None:
         """Test every panel query with promtool, as recording rules (Grafana variables filled)."""
         rules = [
-            {"record": f"panel:query{i}", "expr": e.replace("$__rate_interval", "1m")
-             .replace("$account", "demo")}
+            {
+                "record": f"panel:query{i}",
+                "expr": e.replace("$__rate_interval", "1m").replace("$account", "demo"),
+            }
             for i, e in enumerate(_exprs(_dashboard()))
-        ]  # fmt: skip
+        ]
         path = tmp_path / "panels.yml"
         path.write_text(yaml.safe_dump({"groups": [{"name": "panels", "rules": rules}]}))
-        result = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True,
-                                text=True, timeout=30, check=False)  # fmt: skip
+        result = subprocess.run(
+            ["promtool", "check", "rules", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
         assert result.returncode == 0, result.stdout + result.stderr
         broken = tmp_path / "broken.yml"
         broken.write_text(path.read_text().replace("sum by (le)", "sum by (le", 1))
-        failed = subprocess.run(["promtool", "check", "rules", str(broken)], capture_output=True,
-                                text=True, timeout=30, check=False)  # fmt: skip
+        failed = subprocess.run(
+            ["promtool", "check", "rules", str(broken)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
         assert failed.returncode != 0
 
 
@@ -398,7 +497,11 @@ class TestAlertmanager:
     def test_amtool_accepts(self) -> None:
         """Test that amtool validates the Alertmanager example."""
         result = subprocess.run(
-            ["amtool", "check-config", "alertmanager.yml"], cwd=DEPLOY, capture_output=True,
-            text=True, timeout=30, check=False,
-        )  # fmt: skip
+            ["amtool", "check-config", "alertmanager.yml"],
+            cwd=DEPLOY,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
         assert result.returncode == 0, result.stdout + result.stderr

@@ -45,21 +45,38 @@ from tests.strategies import accounts
 BTC = "BTC/USDT:USDT"
 EXE = Path(sys.executable).with_name("margin-monitor")
 #: an isolated long: 600 USDT of its own margin, liquidated near 54,240
-ISO = Position(BTC, "long", 0.1, 60_000.0, 60_000.0, margin_mode="isolated", leverage=10,
-               mmr=0.004, isolated_margin=600.0)
+ISO = Position(
+    BTC,
+    "long",
+    0.1,
+    60_000.0,
+    60_000.0,
+    margin_mode="isolated",
+    leverage=10,
+    mmr=0.004,
+    isolated_margin=600.0,
+)
 
 
 def isolated_only(wallet: float = 0.0, *positions: Position) -> AccountSnapshot:
     """An account whose cross wallet holds `wallet` USDT and whose positions are isolated."""
-    return AccountSnapshot("iso", "USDT", (Collateral("USDT", wallet),), positions or (ISO,),
-                           "binanceusdm")
+    return AccountSnapshot(
+        "iso", "USDT", (Collateral("USDT", wallet),), positions or (ISO,), "binanceusdm"
+    )
 
 
 class TestMarginRatio:
-    @pytest.mark.parametrize(("mm", "balance", "expected"), [
-        (0.0, 0.0, 0.0), (0.0, -50.0, 0.0), (0.0, 100.0, 0.0), (10.0, 100.0, 0.1),
-        (10.0, 0.0, math.inf), (10.0, -1.0, math.inf),
-    ])
+    @pytest.mark.parametrize(
+        ("mm", "balance", "expected"),
+        [
+            (0.0, 0.0, 0.0),
+            (0.0, -50.0, 0.0),
+            (0.0, 100.0, 0.0),
+            (10.0, 100.0, 0.1),
+            (10.0, 0.0, math.inf),
+            (10.0, -1.0, math.inf),
+        ],
+    )
     def test_rule(self, mm: float, balance: float, expected: float) -> None:
         """Test that no MM is ratio 0 whatever the balance, and MM with no balance is inf."""
         assert margin_ratio(mm, balance) == expected
@@ -102,15 +119,36 @@ class TestReport:
     def test_report_command(self, tmp_path: Path) -> None:
         """Test that `margin-monitor report --json` on an isolated-only snapshot file is safe."""
         path = tmp_path / "iso.json"
-        path.write_text(json.dumps({
-            "account": "iso", "currency": "USDT", "venue": "binanceusdm",
-            "collateral": [{"asset": "USDT", "amount": 0.0, "price": 1.0}],
-            "positions": [{"symbol": BTC, "side": "long", "contracts": 0.1,
-                           "entry_price": 60_000.0, "mark_price": 60_000.0,
-                           "margin_mode": "isolated", "leverage": 10, "mmr": 0.004,
-                           "isolated_margin": 600.0}]}))
-        done = subprocess.run([str(EXE), "report", "--snapshot", str(path), "--json"],
-                              capture_output=True, text=True, timeout=60, check=False)
+        path.write_text(
+            json.dumps(
+                {
+                    "account": "iso",
+                    "currency": "USDT",
+                    "venue": "binanceusdm",
+                    "collateral": [{"asset": "USDT", "amount": 0.0, "price": 1.0}],
+                    "positions": [
+                        {
+                            "symbol": BTC,
+                            "side": "long",
+                            "contracts": 0.1,
+                            "entry_price": 60_000.0,
+                            "mark_price": 60_000.0,
+                            "margin_mode": "isolated",
+                            "leverage": 10,
+                            "mmr": 0.004,
+                            "isolated_margin": 600.0,
+                        }
+                    ],
+                }
+            )
+        )
+        done = subprocess.run(
+            [str(EXE), "report", "--snapshot", str(path), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert done.returncode == 0, done.stderr
         out = json.loads(done.stdout)
         assert (out["margin_ratio"], out["liquidated"]) == (0.0, False)
@@ -137,8 +175,9 @@ class TestShock:
 
     def test_debt_without_positions_is_not_liquidation(self) -> None:
         """Test that BTC debt with no position, driven under water by a rise, never liquidates."""
-        s = AccountSnapshot("debt", "USDT", (Collateral("USDT", 1_000.0),
-                                             Collateral("BTC", -0.01, 60_000.0)), ())
+        s = AccountSnapshot(
+            "debt", "USDT", (Collateral("USDT", 1_000.0), Collateral("BTC", -0.01, 60_000.0)), ()
+        )
         shock = stress.shock_to_liquidation(s)
         assert (shock.down, shock.up) == (None, None)
 
@@ -159,8 +198,9 @@ class TestActions:
     def test_planner_stays_idle(self) -> None:
         """Test that the protective planner does nothing for an empty cross pool."""
         policy = ActionPolicy(action_ratio=0.85, target_ratio=0.6)
-        step = plan_step(isolated_only(), policy, {BTC: MarketRules(amount_step=0.001)},
-                         ActionHistory(), 0.0)
+        step = plan_step(
+            isolated_only(), policy, {BTC: MarketRules(amount_step=0.001)}, ActionHistory(), 0.0
+        )
         assert step.decision == "below_level"
         assert step.orders == ()
 
@@ -174,14 +214,18 @@ class TestMetrics:
         try:
             s = isolated_only()
             await metrics.on_report("iso", stress.assess(s), s, 0.0)
-            got = {(x.name, tuple(sorted(x.labels.items()))): x.value
-                   for family in text_string_to_metric_families(metrics.exposition().decode())
-                   for x in family.samples}
+            got = {
+                (x.name, tuple(sorted(x.labels.items()))): x.value
+                for family in text_string_to_metric_families(metrics.exposition().decode())
+                for x in family.samples
+            }
         finally:
             await metrics.close()
         assert got[("margin_monitor_margin_ratio", (("account", "iso"),))] == 0.0
-        assert got[("margin_monitor_maintenance_margin",
-                    (("account", "iso"), ("currency", "USDT")))] == 0.0
+        assert (
+            got[("margin_monitor_maintenance_margin", (("account", "iso"), ("currency", "USDT")))]
+            == 0.0
+        )
 
 
 class TestVenueFigures:
@@ -206,14 +250,20 @@ def _isolated(p: Position) -> Position:
 
 class TestProperties:
     @settings(max_examples=150, deadline=None)
-    @given(accounts(), st.floats(min_value=-1e6, max_value=1e6),
-           st.lists(st.floats(min_value=0.05, max_value=5.0), min_size=1, max_size=4))
+    @given(
+        accounts(),
+        st.floats(min_value=-1e6, max_value=1e6),
+        st.lists(st.floats(min_value=0.05, max_value=5.0), min_size=1, max_size=4),
+    )
     def test_zero_cross_mm_never_liquidates_nor_alerts(
         self, s: AccountSnapshot, wallet: float, moves: list[float]
     ) -> None:
         """Test that any account with zero cross MM is never liquidated and never alerts."""
-        s = replace(s, collateral=(Collateral("USDT", wallet), *s.collateral[1:]),
-                    positions=tuple(_isolated(p) for p in s.positions))
+        s = replace(
+            s,
+            collateral=(Collateral("USDT", wallet), *s.collateral[1:]),
+            positions=tuple(_isolated(p) for p in s.positions),
+        )
         ledger = Ledger(s)
         state = RulesState()
         for i, move in enumerate(moves):
@@ -252,14 +302,23 @@ class _IsolatedOnly:
 
 
 class TestDaemonSurfaces:
-    async def test_state_alerts_metrics_and_console(self, mosquitto: Mosquitto,
-                                                    tmp_path: Path) -> None:
+    async def test_state_alerts_metrics_and_console(
+        self, mosquitto: Mosquitto, tmp_path: Path
+    ) -> None:
         """Test that the running daemon publishes ratio 0, level ok, no alert, gauge 0."""
         prefix = f"mm-i19-{tmp_path.name}"
         settings = load_settings(
-            None, state_dir=str(tmp_path), shock_interval=0.0,
-            mqtt={"host": mosquitto.host, "port": mosquitto.port, "prefix": prefix,
-                  "timeout": 2.0, "state_interval": 0.0, "discovery": False},
+            None,
+            state_dir=str(tmp_path),
+            shock_interval=0.0,
+            mqtt={
+                "host": mosquitto.host,
+                "port": mosquitto.port,
+                "prefix": prefix,
+                "timeout": 2.0,
+                "state_interval": 0.0,
+                "discovery": False,
+            },
         )
         sinks = build_sinks(settings, tui=False)
         async with collecting(mosquitto, [f"{prefix}/#"]) as sub:
@@ -270,8 +329,15 @@ class TestDaemonSurfaces:
                 source.gate.set()
 
             loops, _ = await asyncio.gather(
-                run_daemon(settings, [], sinks, sources=[source], finite=True,
-                           handle_signals=False, duration=30),
+                run_daemon(
+                    settings,
+                    [],
+                    sinks,
+                    sources=[source],
+                    finite=True,
+                    handle_signals=False,
+                    duration=30,
+                ),
                 open_when_online(),
             )
             await sub.wait_for(lambda: len(sub.on(f"{prefix}/iso/state")) >= 1)
@@ -281,11 +347,13 @@ class TestDaemonSurfaces:
         state = json.loads(sub.on(f"{prefix}/iso/state")[-1].payload)  # type: ignore[arg-type]
         assert (state["margin_ratio"], state["liquidated"], state["level"]) == (0.0, False, "ok")
         assert state["margin_ratio_pct"] == 0.0
-        assert state == state_payload(margin.report(
-            stress.with_prices(isolated_only(), {BTC: 56_100.0})), "ok") | {
+        assert state == state_payload(
+            margin.report(stress.with_prices(isolated_only(), {BTC: 56_100.0})), "ok"
+        ) | {
             "shock_to_liquidation": state["shock_to_liquidation"],
             "shock_to_liquidation_pct": state["shock_to_liquidation_pct"],
-            "collateral_risk": state["collateral_risk"]}
+            "collateral_risk": state["collateral_risk"],
+        }
         # the shock solve's figures: no fall of any collateral liquidates an empty pool
         assert state["collateral_risk"] == {"non_stable_share": None, "assets": []}
         console = next(s for s in sinks if isinstance(s, ConsoleSink))

@@ -234,9 +234,14 @@ class TestCheckExitCodes:
         for key in ("wrong", binance.API_KEY):
             set_keys(monkeypatch, "main", key, binance.SECRET)
             proc = await asyncio.create_subprocess_exec(
-                exe, "check", "--config", str(config), env=dict(os.environ),
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            )  # fmt: skip
+                exe,
+                "check",
+                "--config",
+                str(config),
+                env=dict(os.environ),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
             out, _ = await asyncio.wait_for(proc.communicate(), 60)
             results[key] = (proc.returncode, out.decode())
         code, out = results["wrong"]
@@ -248,8 +253,13 @@ class TestCheckExitCodes:
 
 
 async def check_line(
-    fake: FakeVenue, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-    key: str, secret: str, *, password: str | None = None,
+    fake: FakeVenue,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    key: str,
+    secret: str,
+    *,
+    password: str | None = None,
 ) -> str:
     """`check`'s live line for an account `acct` on the running fake with these keys."""
     config = write_config(tmp_path / "live.toml", "acct", fake)
@@ -260,10 +270,13 @@ async def check_line(
 
 
 class TestTradePermission:
-    @pytest.mark.parametrize(("rights", "says"), [
-        (["coor", "coow", "stor"], "keys can trade"),
-        (["coor", "stor"], "read-only (authorities ['coor', 'stor'] lack coow)"),
-    ])
+    @pytest.mark.parametrize(
+        ("rights", "says"),
+        [
+            (["coor", "coow", "stor"], "keys can trade"),
+            (["coor", "stor"], "read-only (authorities ['coor', 'stor'] lack coow)"),
+        ],
+    )
     async def test_bitget_authorities(
         self, rights: list[str], says: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
@@ -278,15 +291,26 @@ class TestTradePermission:
             line = await check_account(load_settings(config).accounts[0])
         assert says in line
 
-    @pytest.mark.parametrize(("agents", "says"), [
-        ({hyperliquid.AGENT: hyperliquid.API_KEY},
-         f"keys can trade (approved API wallet {hyperliquid.AGENT})"),
-        ({}, f"read-only (the private key's address {hyperliquid.AGENT} is not an approved "
-             f"API wallet of {hyperliquid.API_KEY}: userRole 'missing')"),
-        ({hyperliquid.AGENT: "0x" + "cd" * 20}, "userRole 'agent'"),
-    ])
+    @pytest.mark.parametrize(
+        ("agents", "says"),
+        [
+            (
+                {hyperliquid.AGENT: hyperliquid.API_KEY},
+                f"keys can trade (approved API wallet {hyperliquid.AGENT})",
+            ),
+            (
+                {},
+                f"read-only (the private key's address {hyperliquid.AGENT} is not an approved "
+                f"API wallet of {hyperliquid.API_KEY}: userRole 'missing')",
+            ),
+            ({hyperliquid.AGENT: "0x" + "cd" * 20}, "userRole 'agent'"),
+        ],
+    )
     async def test_hyperliquid_agent_role(
-        self, agents: dict[str, str], says: str, tmp_path: Path,
+        self,
+        agents: dict[str, str],
+        says: str,
+        tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         """Test that check trusts a Hyperliquid key only as an agent the wallet approved."""
@@ -297,10 +321,13 @@ class TestTradePermission:
             )
         assert says in line
 
-    @pytest.mark.parametrize(("hours", "says"), [
-        (24, f"keys can trade (approved API wallet {hyperliquid.AGENT})"),
-        (-1, f"read-only (API wallet {hyperliquid.AGENT} 'bot' expired "),
-    ])
+    @pytest.mark.parametrize(
+        ("hours", "says"),
+        [
+            (24, f"keys can trade (approved API wallet {hyperliquid.AGENT})"),
+            (-1, f"read-only (API wallet {hyperliquid.AGENT} 'bot' expired "),
+        ],
+    )
     async def test_hyperliquid_named_agent_expiry(
         self, hours: int, says: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
@@ -339,10 +366,13 @@ class TestTradePermission:
         assert "secret is not a 0x-prefixed" in text
         assert "not-a-key" not in text
 
-    @pytest.mark.parametrize(("codes", "says"), [
-        ([2, 3], "keys can trade"),
-        ([1, 2], "read-only (permissions [1, 2] lack 3, perpetual futures trading)"),
-    ])
+    @pytest.mark.parametrize(
+        ("codes", "says"),
+        [
+            ([2, 3], "keys can trade"),
+            ([1, 2], "read-only (permissions [1, 2] lack 3, perpetual futures trading)"),
+        ],
+    )
     async def test_bingx_api_permissions(
         self, codes: list[int], says: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
@@ -361,8 +391,10 @@ class TestTradePermission:
         keys = (mexc.API_KEY, mexc.SECRET) if venue == "mexc" else (weex.API_KEY, weex.SECRET)
         async with fake:
             line = await check_line(fake, tmp_path, monkeypatch, *keys, password=weex.PASSWORD)
-        assert line.endswith(f"keys trade permission not published by {venue.upper()} "
-                             "(a read-only key is refused at order time)")
+        assert line.endswith(
+            f"keys trade permission not published by {venue.upper()} "
+            "(a read-only key is refused at order time)"
+        )
 
     @pytest.mark.parametrize("venue", ["bingx", "mexc", "weex"])
     async def test_revoked_key_is_one_line(
@@ -372,8 +404,14 @@ class TestTradePermission:
         fake_class = {"bingx": bingx.FakeBingx, "mexc": mexc.FakeMexc, "weex": weex.FakeWeex}
         async with fake_class[venue]() as fake:
             with pytest.raises(UserError) as caught:
-                await check_line(fake, tmp_path, monkeypatch, "revoked-key", "revoked-secret",
-                                 password="whatever")
+                await check_line(
+                    fake,
+                    tmp_path,
+                    monkeypatch,
+                    "revoked-key",
+                    "revoked-secret",
+                    password="whatever",
+                )
         text = str(caught.value)
         assert len(text.splitlines()) == 1
         assert f"accounts.acct: {venue} rejected the keys" in text

@@ -108,14 +108,26 @@ def _executor(
     switches: ActionSwitches | None = None,
     **settings: Any,
 ) -> Executor:
-    base: dict[str, Any] = {"max_fraction_per_step": 1.0, "cooldown": 0.0, "order_timeout": 0.5,
-                            "min_order_interval": 0.0}  # fmt: skip
+    base: dict[str, Any] = {
+        "max_fraction_per_step": 1.0,
+        "cooldown": 0.0,
+        "order_timeout": 0.5,
+        "min_order_interval": 0.0,
+    }
     base.update(settings)
     return Executor(
-        "acct", src, src.fetch_snapshot, settings=ActionsSettings(**base), action_ratio=0.7,
-        state_dir=state_dir, live=live, venue=venue, switches=switches,
-        audit=trail.audit, alert=trail.alert,
-    )  # fmt: skip
+        "acct",
+        src,
+        src.fetch_snapshot,
+        settings=ActionsSettings(**base),
+        action_ratio=0.7,
+        state_dir=state_dir,
+        live=live,
+        venue=venue,
+        switches=switches,
+        audit=trail.audit,
+        alert=trail.alert,
+    )
 
 
 async def _report(src: Any) -> MarginReport:
@@ -323,10 +335,12 @@ class TestBinanceHedgeMode:
         """Test that hedge mode sends positionSide LONG (ccxt drops reduceOnly, -1106)."""
         fake = FakeBinanceUsdm()
         fake.account.wallet = 800.0
-        fake.account.positions[("BTCUSDT", "LONG")] = BinancePosition("BTCUSDT", 2.0, 60_000.0,
-                                                                      side="LONG")  # fmt: skip
-        fake.account.positions[("BTCUSDT", "SHORT")] = BinancePosition("BTCUSDT", -0.3, 60_000.0,
-                                                                       side="SHORT")  # fmt: skip
+        fake.account.positions[("BTCUSDT", "LONG")] = BinancePosition(
+            "BTCUSDT", 2.0, 60_000.0, side="LONG"
+        )
+        fake.account.positions[("BTCUSDT", "SHORT")] = BinancePosition(
+            "BTCUSDT", -0.3, 60_000.0, side="SHORT"
+        )
         book = install_orders(fake)
         trail = Trail()
         async with fake:
@@ -410,12 +424,17 @@ class TestSwitchesAndLock:
         path = tmp_path / "actions" / "acct.lock"
         path.parent.mkdir()
         holder = subprocess.Popen(
-            [sys.executable, "-c",
-             "import fcntl,os,sys,time;fd=os.open(sys.argv[1],os.O_RDWR|os.O_CREAT);"
-             "fcntl.flock(fd,fcntl.LOCK_EX);print('held',flush=True);sys.stdin.read()",
-             str(path)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-c",
+                "import fcntl,os,sys,time;fd=os.open(sys.argv[1],os.O_RDWR|os.O_CREAT);"
+                "fcntl.flock(fd,fcntl.LOCK_EX);print('held',flush=True);sys.stdin.read()",
+                str(path),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         try:
             assert holder.stdout is not None
             assert holder.stdout.readline().strip() == "held"
@@ -489,8 +508,13 @@ class TestRejectionAlert:
             await _until(lambda: store.audit_trail(kind="rejected"))
             for i in range(3):  # more critical reports: halted, skipped, never re-sent
                 await self._feed(actions, src, 1_010.0 + i)
-                await _until(lambda: ex.state.last_step_at == 1_000.0 and not ex.busy
-                             and not actions._wake["acct"].is_set())  # fmt: skip
+                await _until(
+                    lambda: (
+                        ex.state.last_step_at == 1_000.0
+                        and not ex.busy
+                        and not actions._wake["acct"].is_set()
+                    )
+                )
             assert store.audit_trail(kind="skipped")[-1].payload["reason"].startswith("halted")
             assert len(book.received) == 1
             ((rule, kind, detail),) = queued()
@@ -500,7 +524,9 @@ class TestRejectionAlert:
             fake.account.wallet = 10_000.0  # a person added margin: back under the target
             await self._feed(actions, src, 1_100.0)
             assert [(r, k) for r, k, _ in queued()] == [
-                ("action_rejected", "firing"), ("action_rejected", "resolved")]
+                ("action_rejected", "firing"),
+                ("action_rejected", "resolved"),
+            ]
             assert len(book.received) == 1
         finally:
             runner.cancel()
@@ -510,7 +536,9 @@ class TestRejectionAlert:
             await src.close()
 
     async def test_rejection_alert_reaches_mqtt(
-        self, venue: tuple[FakeBinanceUsdm, BinanceOrders], tmp_path: Path,
+        self,
+        venue: tuple[FakeBinanceUsdm, BinanceOrders],
+        tmp_path: Path,
         mosquitto: Mosquitto,
     ) -> None:
         """Test that the action_rejected alert is published on the alert topic (real broker)."""
@@ -518,8 +546,9 @@ class TestRejectionAlert:
         book.reject = (-2022, "ReduceOnly Order is rejected.")
         src = await _source(fake)
         prefix = f"mmtest-rejected-{os.getpid()}"
-        mqtt = MqttSettings.model_validate({"host": mosquitto.host, "port": mosquitto.port,
-                                            "prefix": prefix, "timeout": 2.0})  # fmt: skip
+        mqtt = MqttSettings.model_validate(
+            {"host": mosquitto.host, "port": mosquitto.port, "prefix": prefix, "timeout": 2.0}
+        )
         alerts = build_alerts_sink(tmp_path, AlertConfig(), mqtt, None)
         actions = ActionsSink({"acct": _executor(src, tmp_path, Trail())})
         actions.attach(alerts)
@@ -537,7 +566,8 @@ class TestRejectionAlert:
                     await asyncio.gather(runner, return_exceptions=True)
                 got = [json.loads(m.payload) for m in sub.messages]  # type: ignore[arg-type]
             assert {(g["rule"], g["kind"], g["level"]) for g in got} == {
-                ("action_rejected", "firing", "critical")}
+                ("action_rejected", "firing", "critical")
+            }
             assert len({g["id"] for g in got}) == 1
             assert "InvalidOrder" in got[0]["detail"]
             assert len(book.received) == 1
@@ -551,13 +581,23 @@ class TestSim:
     async def test_sim_fills_and_audits_to_the_store(self, tmp_path: Path) -> None:
         """Test that the sim venue fills the reduce-only order and the store keeps the trail."""
         m = selloff_keyframes(DEMO_BOOK)[4].m  # the sell-off's critical keyframe
-        book = replace(DEMO_BOOK, markets=tuple(replace(mk, price0=mk.price0 * m**mk.beta)
-                                                for mk in DEMO_BOOK.markets))  # fmt: skip
+        book = replace(
+            DEMO_BOOK,
+            markets=tuple(replace(mk, price0=mk.price0 * m**mk.beta) for mk in DEMO_BOOK.markets),
+        )
         sim = SimVenue("demo", SimSettings(scenario="calm"), book=book)
         store = Store(tmp_path / "audit.sqlite3")
-        ex = Executor("demo", sim, sim.fetch_snapshot, settings=ActionsSettings(cooldown=0),
-                      action_ratio=0.5, state_dir=tmp_path, live=True, venue="sim",
-                      audit=store.audit)  # fmt: skip
+        ex = Executor(
+            "demo",
+            sim,
+            sim.fetch_snapshot,
+            settings=ActionsSettings(cooldown=0),
+            action_ratio=0.5,
+            state_dir=tmp_path,
+            live=True,
+            venue="sim",
+            audit=store.audit,
+        )
         rep = report(sim.snapshot())
         assert rep.margin_ratio >= 0.5
         await ex.on_report(rep, 1_000.0)
@@ -572,13 +612,24 @@ class TestSim:
         """Test that on the sim, as on a live venue, an order whose answer was lost is found
         by its client id (OrderDesk.find_order) and followed, never sent a second time."""
         m = selloff_keyframes(DEMO_BOOK)[4].m
-        book = replace(DEMO_BOOK, markets=tuple(replace(mk, price0=mk.price0 * m**mk.beta)
-                                                for mk in DEMO_BOOK.markets))  # fmt: skip
+        book = replace(
+            DEMO_BOOK,
+            markets=tuple(replace(mk, price0=mk.price0 * m**mk.beta) for mk in DEMO_BOOK.markets),
+        )
         sim = _LosingSim("demo", SimSettings(scenario="calm"), book=book)
         trail = Trail()
-        ex = Executor("demo", sim, sim.fetch_snapshot, settings=ActionsSettings(cooldown=0),
-                      action_ratio=0.5, state_dir=tmp_path, live=True, venue="sim",
-                      audit=trail.audit, alert=trail.alert)  # fmt: skip
+        ex = Executor(
+            "demo",
+            sim,
+            sim.fetch_snapshot,
+            settings=ActionsSettings(cooldown=0),
+            action_ratio=0.5,
+            state_dir=tmp_path,
+            live=True,
+            venue="sim",
+            audit=trail.audit,
+            alert=trail.alert,
+        )
         try:
             rep = report(sim.snapshot())
             await ex.on_report(rep, 1_000.0)
@@ -621,11 +672,11 @@ class TestDaemonDemo:
         """Test that the demo with actions on goes critical, reduces, resolves, on MQTT too."""
         prefix = f"mmtest-actions-{os.getpid()}"
         settings = load_settings(
-            None, state_dir=tmp_path,
+            None,
+            state_dir=tmp_path,
             accounts=[{"name": "demo", "exchange": "sim", "sim": {"speed": 20}}],
-            mqtt={"host": mosquitto.host, "port": mosquitto.port, "prefix": prefix,
-                  "timeout": 2.0},
-        )  # fmt: skip
+            mqtt={"host": mosquitto.host, "port": mosquitto.port, "prefix": prefix, "timeout": 2.0},
+        )
         assert settings.actions.enabled is False  # live venues stay dry by default
         sources = {a.name: SimVenue(a.name, a.sim) for a in settings.accounts}
         sinks = build_sinks(settings, tui=False, sources=sources)
@@ -644,11 +695,16 @@ class TestDaemonDemo:
 
         async with collecting(mosquitto, [f"{prefix}/demo/action"]) as mqtt:
             await asyncio.wait_for(
-                run_daemon(settings, settings.accounts, [*sinks, Levels()],
-                           sources=list(sources.values()), duration=4.5,
-                           handle_signals=False),
+                run_daemon(
+                    settings,
+                    settings.accounts,
+                    [*sinks, Levels()],
+                    sources=list(sources.values()),
+                    duration=4.5,
+                    handle_signals=False,
+                ),
                 30,
-            )  # fmt: skip
+            )
             published = [json.loads(m.payload) for m in mqtt.messages]  # type: ignore[arg-type]
         assert [p["kind"] for p in published][:3] == ["planned", "sent", "filled"]
         store = Store(tmp_path / "alerts.sqlite3")
@@ -733,8 +789,9 @@ class TestBybit:
         """Test that a hedge-mode long is closed with positionIdx 1 and no reduceOnly flag."""
         fake = FakeBybit()
         fake.account.wallet = 1_000.0
-        fake.account.positions[("BTCUSDT", 1)] = BybitPosition("BTCUSDT", "Buy", 2.0, 60_000.0,
-                                                               idx=1)  # fmt: skip
+        fake.account.positions[("BTCUSDT", 1)] = BybitPosition(
+            "BTCUSDT", "Buy", 2.0, 60_000.0, idx=1
+        )
         book = install_bybit_orders(fake)
         trail = Trail()
         async with fake:

@@ -56,8 +56,9 @@ class TestDemoOverrides:
         assert sim is not None
         assert (sim.speed, sim.scenario) == (10.0, "calm")
 
-    def test_check_shows_the_override(self, capsys: pytest.CaptureFixture[str],
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_check_shows_the_override(
+        self, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         """Test that `check` without --config prints the overridden demo speed."""
         monkeypatch.setenv("MARGIN_MONITOR__ACCOUNTS__DEMO__SIM__SPEED", "10")
         assert main(["check"]) == 0
@@ -65,8 +66,9 @@ class TestDemoOverrides:
             capsys.readouterr().out
         )
 
-    def test_bad_override_is_one_line(self, capsys: pytest.CaptureFixture[str],
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_bad_override_is_one_line(
+        self, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         """Test that a wrong demo override is refused like a wrong file value."""
         monkeypatch.setenv("MARGIN_MONITOR__ACCOUNTS__DEMO__SIM__SPEED", "fast")
         assert main(["check"]) == 2
@@ -77,8 +79,9 @@ class TestDemoOverrides:
 
 
 class TestNoAccounts:
-    def test_file_without_accounts_is_refused(self, tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+    def test_file_without_accounts_is_refused(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
         """Test that a config with no [[accounts]] exits 2 instead of running the demo."""
         config = tmp_path / "mine.toml"
         config.write_text("[alerts]\nwarning = 0.4\ncritical = 0.6\n")
@@ -89,24 +92,33 @@ class TestNoAccounts:
 
 
 class TestCheckChannels:
-    def test_every_channel_with_its_target(self, tmp_path: Path,
-                                           capsys: pytest.CaptureFixture[str],
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_every_channel_with_its_target(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         """Test that `check` names every channel's target and its secrets only as set/not set."""
         config = tmp_path / "c.toml"
         config.write_text(
             f'state_dir = "{tmp_path}"\n[[accounts]]\nname = "demo"\nexchange = "sim"\n'
             '[mqtt]\nhost = "broker.lan"\nport = 8883\ntls = true\nusername = "mm"\n'
             '[notify]\ncommand_listen = "127.0.0.1:8765"\n'
-            '[metrics]\nenabled = true\nport = 9464\n'
+            "[metrics]\nenabled = true\nport = 9464\n"
         )
         topic, token = "topic-never-printed", "tok-never-printed-1234567890123"
         monkeypatch.setenv("MARGIN_MONITOR__MQTT__PASSWORD", "pw-never-printed")
-        monkeypatch.setenv("MARGIN_MONITOR__NOTIFY__CHANNELS", json.dumps([
-            {"name": "phone", "url": f"ntfys://ntfy.example.org/{topic}"},
-            {"name": "oncall", "url": f"pover://{token}@{token}", "min_level": "critical",
-             "send_resolved": False},
-        ]))
+        monkeypatch.setenv(
+            "MARGIN_MONITOR__NOTIFY__CHANNELS",
+            json.dumps(
+                [
+                    {"name": "phone", "url": f"ntfys://ntfy.example.org/{topic}"},
+                    {
+                        "name": "oncall",
+                        "url": f"pover://{token}@{token}",
+                        "min_level": "critical",
+                        "send_resolved": False,
+                    },
+                ]
+            ),
+        )
         monkeypatch.setenv("MARGIN_MONITOR__HEARTBEAT__URL", f"https://hc-ping.com/{token}")
         assert main(["check", "--config", str(config), "--offline"]) == 0
         out = capsys.readouterr().out
@@ -117,11 +129,15 @@ class TestCheckChannels:
             "discovery on (homeassistant/...); username set, password set, command_secret "
             "not set\n"
         ) in out
-        assert "  - notify[phone]: ntfy at ntfy.example.org, from warning (and resolves); " \
-               "url set (secret)\n" in out
+        assert (
+            "  - notify[phone]: ntfy at ntfy.example.org, from warning (and resolves); "
+            "url set (secret)\n" in out
+        )
         assert "  - notify[oncall]: Pushover, from critical; url set (secret)\n" in out
-        assert "  - command endpoint: listens on 127.0.0.1:8765, ntfy buttons off " \
-               "(command_url not set)\n" in out
+        assert (
+            "  - command endpoint: listens on 127.0.0.1:8765, ntfy buttons off "
+            "(command_url not set)\n" in out
+        )
         base = "http://127.0.0.1:9464"
         assert f"  - metrics: status page {base}/, {base}/metrics, {base}/healthz\n" in out
         assert "  - heartbeat: every 60 s to hc-ping.com; url set, fail_url not set\n" in out
@@ -130,8 +146,12 @@ class TestCheckChannels:
         """Test that the demo's check says each channel is off and why."""
         assert main(["check"]) == 0
         out = capsys.readouterr().out
-        for line in ("mqtt: off (no [mqtt] section)", "notify: off (no [[notify.channels]])",
-                     "metrics: off", "heartbeat: off"):
+        for line in (
+            "mqtt: off (no [mqtt] section)",
+            "notify: off (no [[notify.channels]])",
+            "metrics: off",
+            "heartbeat: off",
+        ):
             assert f"  - {line}" in out
 
 
@@ -140,8 +160,11 @@ class TestCtrlC:
         """Test that Ctrl-C (SIGINT) stops `run` cleanly with exit code 130, SIGTERM with 0."""
         for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 0)):
             proc = subprocess.Popen(
-                [str(EXE), "run", "--no-tui"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                text=True, env=_env(STATE_DIRECTORY=os.environ.get("TMPDIR", "/tmp")),
+                [str(EXE), "run", "--no-tui"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=_env(STATE_DIRECTORY=os.environ.get("TMPDIR", "/tmp")),
             )
             try:
                 assert proc.stdout is not None
@@ -161,12 +184,19 @@ class TestCtrlC:
 class TestExchangeNames:
     @pytest.mark.parametrize(
         ("written", "ccxt_id"),
-        [("binance-futures", "binanceusdm"), ("bybit-futures", "bybit"),
-         ("mexc-futures", "mexc"), ("Binance_COINM", "binancecoinm"), ("okex", "okx"),
-         ("kucoin futures", "kucoinfutures"), ("gateio", "gate")],
-    )  # fmt: skip
-    def test_common_names_point_to_the_ccxt_id(self, tmp_path: Path, written: str,
-                                               ccxt_id: str) -> None:
+        [
+            ("binance-futures", "binanceusdm"),
+            ("bybit-futures", "bybit"),
+            ("mexc-futures", "mexc"),
+            ("Binance_COINM", "binancecoinm"),
+            ("okex", "okx"),
+            ("kucoin futures", "kucoinfutures"),
+            ("gateio", "gate"),
+        ],
+    )
+    def test_common_names_point_to_the_ccxt_id(
+        self, tmp_path: Path, written: str, ccxt_id: str
+    ) -> None:
         """Test that a common futures name is answered with the right ccxt id, not a lookalike."""
         config = tmp_path / "c.toml"
         config.write_text(f'[[accounts]]\nname = "m"\nexchange = "{written}"\n')
@@ -185,7 +215,10 @@ class TestExchangeNames:
 
 class TestNotifyTest:
     async def test_push_to_every_channel_and_mqtt(
-        self, tmp_path: Path, mosquitto: Mosquitto, capsys: pytest.CaptureFixture[str],
+        self,
+        tmp_path: Path,
+        mosquitto: Mosquitto,
+        capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         """Test that notify-test reaches an ntfy and a JSON receiver and the broker, per channel."""
@@ -198,10 +231,15 @@ class TestNotifyTest:
                 f'[mqtt]\nhost = "{mosquitto.host}"\nport = {mosquitto.port}\n'
                 f'prefix = "{prefix}"\n'
             )
-            monkeypatch.setenv("MARGIN_MONITOR__NOTIFY__CHANNELS", json.dumps([
-                {"name": "phone", "url": f"ntfy://127.0.0.1:{rec.port}/my-topic"},
-                {"name": "hook", "url": f"json://127.0.0.1:{rec.port}/hook"},
-            ]))
+            monkeypatch.setenv(
+                "MARGIN_MONITOR__NOTIFY__CHANNELS",
+                json.dumps(
+                    [
+                        {"name": "phone", "url": f"ntfy://127.0.0.1:{rec.port}/my-topic"},
+                        {"name": "hook", "url": f"json://127.0.0.1:{rec.port}/hook"},
+                    ]
+                ),
+            )
             code = await asyncio.to_thread(
                 notify_test_command, argparse.Namespace(config=str(config))
             )
@@ -217,14 +255,20 @@ class TestNotifyTest:
         assert ntfy["topic"] == "my-topic"
         assert "channel 'phone' works" in ntfy["message"]
         lines = out.splitlines()
-        assert f"mqtt (mqtt://127.0.0.1:{mosquitto.port}): ok: published on {prefix}/test, " \
-               "the broker acknowledged it (QoS 1)" in lines
-        assert f"notify[phone] (ntfy at 127.0.0.1:{rec.port}): ok: delivered (the service " \
-               "accepted it; check the phone)" in lines
+        assert (
+            f"mqtt (mqtt://127.0.0.1:{mosquitto.port}): ok: published on {prefix}/test, "
+            "the broker acknowledged it (QoS 1)" in lines
+        )
+        assert (
+            f"notify[phone] (ntfy at 127.0.0.1:{rec.port}): ok: delivered (the service "
+            "accepted it; check the phone)" in lines
+        )
         assert lines[-1] == "3 of 3 channel(s) delivered the test push"
 
     async def test_failures_are_said_per_channel(
-        self, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        self,
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         """Test that a refusing service and an absent broker are each FAILED, exit code 1."""
@@ -235,17 +279,22 @@ class TestNotifyTest:
                 '[[accounts]]\nname = "demo"\nexchange = "sim"\n'
                 '[mqtt]\nhost = "127.0.0.1"\nport = 9\ntimeout = 1\n'
             )
-            monkeypatch.setenv("MARGIN_MONITOR__NOTIFY__CHANNELS", json.dumps(
-                [{"name": "phone", "url": f"ntfy://127.0.0.1:{rec.port}/t", "timeout": 5}]
-            ))
+            monkeypatch.setenv(
+                "MARGIN_MONITOR__NOTIFY__CHANNELS",
+                json.dumps(
+                    [{"name": "phone", "url": f"ntfy://127.0.0.1:{rec.port}/t", "timeout": 5}]
+                ),
+            )
             code = await asyncio.to_thread(
                 notify_test_command, argparse.Namespace(config=str(config))
             )
         lines = capsys.readouterr().out.splitlines()
         assert code == 1
         assert any(ln.startswith("mqtt (mqtt://127.0.0.1:9): FAILED: ") for ln in lines)
-        assert any(ln.startswith(f"notify[phone] (ntfy at 127.0.0.1:{rec.port}): FAILED: not "
-                                 "delivered") for ln in lines)  # fmt: skip
+        assert any(
+            ln.startswith(f"notify[phone] (ntfy at 127.0.0.1:{rec.port}): FAILED: not delivered")
+            for ln in lines
+        )
         assert lines[-1] == "0 of 2 channel(s) delivered the test push"
 
     def test_no_channel_is_one_line(self, capsys: pytest.CaptureFixture[str]) -> None:

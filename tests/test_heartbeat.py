@@ -75,9 +75,7 @@ class TestHeartbeat:
             assert not await sink.beat(http)
         assert receiver.paths == []
 
-    async def test_refusal_and_unreachable_are_counted_not_raised(
-        self, receiver: Receiver
-    ) -> None:
+    async def test_refusal_and_unreachable_are_counted_not_raised(self, receiver: Receiver) -> None:
         """Test that a 5xx answer or a dead service is logged and counted, never fatal."""
         sink = HeartbeatSink(settings(receiver), dict)
         receiver.status = 503
@@ -93,4 +91,3 @@ class TestHeartbeat:
         assert HeartbeatSettings().url is None
         with pytest.raises(ValidationError, match="intervall"):
             HeartbeatSettings.model_validate({"intervall": 5})
-

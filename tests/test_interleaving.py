@@ -60,8 +60,7 @@ from tests.sinks import QuietSink
 
 SYMBOLS = ("BTC/USDT:USDT", "ETH/USDT:USDT")
 BRACKETS = {SYMBOLS[0]: BTC_BRACKETS, SYMBOLS[1]: ETH_BRACKETS}
-TIERS = {s: tuple(Tier(cap, mmr, cum) for cap, mmr, cum, _ in rows)
-         for s, rows in BRACKETS.items()}  # fmt: skip
+TIERS = {s: tuple(Tier(cap, mmr, cum) for cap, mmr, cum, _ in rows) for s, rows in BRACKETS.items()}
 FEE = 0.0005
 ACCOUNT = "acct"
 REL = 1e-9
@@ -75,8 +74,7 @@ def venue_ratio(book: Book, marks: dict[str, float]) -> float:
     mm = upnl = 0.0
     for symbol, amount, entry in positions:
         notional = abs(amount) * marks[symbol]
-        cap_mmr_cum = next((r for r in BRACKETS[symbol] if notional <= r[0]),
-                           BRACKETS[symbol][-1])  # fmt: skip
+        cap_mmr_cum = next((r for r in BRACKETS[symbol] if notional <= r[0]), BRACKETS[symbol][-1])
         mm += notional * cap_mmr_cum[1] - cap_mmr_cum[2]
         upnl += amount * (marks[symbol] - entry)
     balance = wallet + upnl
@@ -88,10 +86,12 @@ class Venue:
     """The fake venue's truth and its history (time, book, marks) of every change."""
 
     wallet: float = 1_300.0
-    positions: dict[str, tuple[float, float]] = field(default_factory=lambda: {
-        SYMBOLS[0]: (0.5, 61_000.0), SYMBOLS[1]: (-6.0, 2_950.0)})
-    marks: dict[str, float] = field(default_factory=lambda: {
-        SYMBOLS[0]: 60_000.0, SYMBOLS[1]: 3_000.0})
+    positions: dict[str, tuple[float, float]] = field(
+        default_factory=lambda: {SYMBOLS[0]: (0.5, 61_000.0), SYMBOLS[1]: (-6.0, 2_950.0)}
+    )
+    marks: dict[str, float] = field(
+        default_factory=lambda: {SYMBOLS[0]: 60_000.0, SYMBOLS[1]: 3_000.0}
+    )
     t: float = 0.0
     history: list[tuple[float, Book, dict[str, float]]] = field(default_factory=list)
 
@@ -108,13 +108,25 @@ class Venue:
     def read(self, sent: float) -> AccountUpdate:
         """The account as the venue holds it now, as one read sent at `sent`."""
         positions = tuple(
-            Position(s, "long" if a > 0 else "short", abs(a), e, self.marks[s],
-                     tiers=TIERS[s], leverage=20.0)
+            Position(
+                s,
+                "long" if a > 0 else "short",
+                abs(a),
+                e,
+                self.marks[s],
+                tiers=TIERS[s],
+                leverage=20.0,
+            )
             for s, (a, e) in sorted(self.positions.items())
-        )  # fmt: skip
-        return AccountUpdate(ACCOUNT, positions, (Collateral("USDT", self.wallet),), sent,
-                             tuple(sorted(self.marks.items())),
-                             venue_ratio(self.book(), self.marks))  # fmt: skip
+        )
+        return AccountUpdate(
+            ACCOUNT,
+            positions,
+            (Collateral("USDT", self.wallet),),
+            sent,
+            tuple(sorted(self.marks.items())),
+            venue_ratio(self.book(), self.marks),
+        )
 
 
 @dataclass
@@ -134,9 +146,10 @@ class Oracle:
         if update.ts < self.book_sent:
             return
         self.book_sent = update.ts
-        self.book = (update.collateral[0].amount,
-                     tuple((p.symbol, p.contracts * p.sign, p.entry_price)
-                           for p in update.positions))  # fmt: skip
+        self.book = (
+            update.collateral[0].amount,
+            tuple((p.symbol, p.contracts * p.sign, p.entry_price) for p in update.positions),
+        )
         for symbol, price in update.marks:
             self.tick(symbol, price, update.ts)
 
@@ -173,8 +186,9 @@ class ScriptedSource:
     """One connection's life: the start-up read, then the schedule's events. The loop has
     handled an event completely when the generator resumes (it never yields meanwhile)."""
 
-    def __init__(self, venue: Venue, ops: list[tuple[Any, ...]], oracle: Oracle,
-                 old_path: bool) -> None:
+    def __init__(
+        self, venue: Venue, ops: list[tuple[Any, ...]], oracle: Oracle, old_path: bool
+    ) -> None:
         self.account = ACCOUNT
         self.venue = venue
         self.ops = ops
@@ -185,8 +199,7 @@ class ScriptedSource:
 
     async def fetch_snapshot(self) -> AccountSnapshot:
         update = self.venue.read(self.venue.t)
-        return AccountSnapshot(ACCOUNT, "USDT", update.collateral, update.positions,
-                               "binanceusdm")
+        return AccountSnapshot(ACCOUNT, "USDT", update.collateral, update.positions, "binanceusdm")
 
     async def close(self) -> None:
         return None
@@ -202,8 +215,10 @@ class ScriptedSource:
         held = self.loop.state.snapshot.collateral
         arrival = self.venue.step()
         # (26de929 had no venue figure either: with it, "worst" would mask the half)
-        return [replace(update, collateral=held, ts=arrival, marks=(), venue_ratio=None),
-                replace(update, ts=arrival, marks=(), venue_ratio=None)]
+        return [
+            replace(update, collateral=held, ts=arrival, marks=(), venue_ratio=None),
+            replace(update, ts=arrival, marks=(), venue_ratio=None),
+        ]
 
     async def events(self) -> AsyncIterator[Event]:
         venue, oracle = self.venue, self.oracle
@@ -264,8 +279,13 @@ _ARGS: dict[str, st.SearchStrategy[tuple[Any, ...]]] = {
 }
 #: weighted by repetition: moves, frames, read steps and reports often; fills, transfers,
 #: lost frames and restarts now and then
-_KINDS = (["move"] * 4 + ["frame"] * 5 + ["send", "process", "deliver"] * 3 + ["report"] * 3
-          + ["lose", "fill", "fill", "transfer", "restart"])  # fmt: skip
+_KINDS = (
+    ["move"] * 4
+    + ["frame"] * 5
+    + ["send", "process", "deliver"] * 3
+    + ["report"] * 3
+    + ["lose", "fill", "fill", "transfer", "restart"]
+)
 OP = st.sampled_from(_KINDS).flatmap(
     lambda kind: _ARGS.get(kind, st.just(())).map(lambda args: (kind, *args))
 )
@@ -290,8 +310,7 @@ async def run_schedule(ops: list[tuple[Any, ...]], old_path: bool = False) -> Ch
         oracle.book, oracle.book_sent = venue.book(), venue.t
         oracle.marks = {s: (p, venue.t) for s, p in start.marks}
         source = ScriptedSource(venue, segment, oracle, old_path)
-        loop = AccountLoop(source, [checker], alerts, 3600.0, clock=lambda: venue.t,
-                           finite=True)  # type: ignore[arg-type]  # fmt: skip
+        loop = AccountLoop(source, [checker], alerts, 3600.0, clock=lambda: venue.t, finite=True)  # type: ignore[arg-type]
         source.loop = loop
         await loop.run_source()
         await loop.recompute(shock=False)
@@ -316,8 +335,16 @@ class TestTheCheckerBites:
         """Test that the checker finds violations when reads arrive as two halves stamped
         with their arrival (26de929's event path): the losing fill and the in-flight read."""
         losing_fill = [("report",), ("fill", 0, 0.5), ("send",), ("process",), ("deliver",)]
-        in_flight = [("send",), ("move", 0, -0.01), ("process",), ("move", 0, 0.015),
-                     ("frame", 0), ("frame", 0), ("deliver",), ("report",)]  # fmt: skip
+        in_flight = [
+            ("send",),
+            ("move", 0, -0.01),
+            ("process",),
+            ("move", 0, 0.015),
+            ("frame", 0),
+            ("frame", 0),
+            ("deliver",),
+            ("report",),
+        ]
         for ops in (losing_fill, in_flight):
             assert asyncio.run(run_schedule(ops)).violations == [], ops
             assert asyncio.run(run_schedule(ops, old_path=True)).violations, ops
@@ -351,11 +378,20 @@ async def test_wire_interleavings(seed: int) -> None:
     marks: list[dict[str, float]] = []
 
     def record() -> None:
-        books.append((fake.account.wallet, tuple(sorted(
-            (f"{p.symbol.removesuffix('USDT')}/USDT:USDT", p.amount, p.entry)
-            for p in fake.account.positions.values()))))
-        marks.append({f"{s.removesuffix('USDT')}/USDT:USDT": m
-                      for s, m in fake.account.marks.items()})
+        books.append(
+            (
+                fake.account.wallet,
+                tuple(
+                    sorted(
+                        (f"{p.symbol.removesuffix('USDT')}/USDT:USDT", p.amount, p.entry)
+                        for p in fake.account.positions.values()
+                    )
+                ),
+            )
+        )
+        marks.append(
+            {f"{s.removesuffix('USDT')}/USDT:USDT": m for s, m in fake.account.marks.items()}
+        )
 
     wire = Recorder()
     async with fake:
@@ -363,8 +399,9 @@ async def test_wire_interleavings(seed: int) -> None:
         account = account_for(fake, API_KEY, SECRET, poll_interval=0.3, stale_after=60.0)
         source = ExchangeSource(account, backoff_cap=0.2, reconcile_every=0.3, debounce=0.01)
         config = load_settings(None, shock_interval=3600.0, report_spacing=0.0)
-        task = asyncio.create_task(run_daemon(config, [], [wire], sources=[source],
-                                              handle_signals=False, duration=60))
+        task = asyncio.create_task(
+            run_daemon(config, [], [wire], sources=[source], handle_signals=False, duration=60)
+        )
         try:
             await fake.wait_for_client("/market/ws", topic="btcusdt@markPrice@1s", within=10)
             await fake.wait_for_client("/market/ws", topic="ethusdt@markPrice@1s", within=10)
@@ -373,18 +410,26 @@ async def test_wire_interleavings(seed: int) -> None:
                 if action in ("mark", "late_mark"):
                     if action == "late_mark":
                         fake.late("/fapi/v3/positionRisk", 0.15)
-                        await fake.set_position("ETHUSDT", fake.account.positions[
-                            ("ETHUSDT", "BOTH")].amount, 2_950.0)  # trigger a read
+                        await fake.set_position(
+                            "ETHUSDT", fake.account.positions[("ETHUSDT", "BOTH")].amount, 2_950.0
+                        )  # trigger a read
                         await asyncio.sleep(0.05)
                     symbol = rng.choice(["BTCUSDT", "ETHUSDT"])
-                    await fake.push_mark(symbol, fake.account.marks[symbol]
-                                         * (1 + rng.uniform(-0.01, 0.01)))
+                    await fake.push_mark(
+                        symbol, fake.account.marks[symbol] * (1 + rng.uniform(-0.01, 0.01))
+                    )
                     record()
                 elif action == "fill":
                     symbol, side = rng.choice([("BTCUSDT", "sell"), ("ETHUSDT", "buy")])
                     qty = 0.1 if symbol == "BTCUSDT" else 1.0
-                    await source.create_order(f"{symbol.removesuffix('USDT')}/USDT:USDT",
-                                              "market", side, qty, None, {"reduceOnly": True})
+                    await source.create_order(
+                        f"{symbol.removesuffix('USDT')}/USDT:USDT",
+                        "market",
+                        side,
+                        qty,
+                        None,
+                        {"reduceOnly": True},
+                    )
                     record()
                 else:
                     # a transfer: the wallet moves and ACCOUNT_UPDATE announces it

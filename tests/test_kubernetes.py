@@ -119,8 +119,13 @@ class TestRenderer:
     @pytest.mark.parametrize("tree", TREES, ids=lambda t: t.name)
     def test_same_output_as_kubectl_kustomize(self, tree: Path) -> None:
         """Test that the offline renderer gives kustomize's own output, hash suffixes too."""
-        out = subprocess.run(["kubectl", "kustomize", str(tree)], capture_output=True,
-                             text=True, check=True, timeout=60).stdout  # fmt: skip
+        out = subprocess.run(
+            ["kubectl", "kustomize", str(tree)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout
         real = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(out) if d}
         assert rendered(tree) == real
 
@@ -190,8 +195,11 @@ class TestStatefulSet:
         # the credentials the docs name, in a directory laid out like a mounted Secret
         (tmp_path / "config.toml").write_text(toml)
         accounts = re.findall(r'^name = "([^"]+)"', toml, flags=re.MULTILINE)
-        names = [f"accounts__{a.replace('-', '_')}__{f}" for a in accounts
-                 for f in ("api_key", "secret", "password")]  # fmt: skip
+        names = [
+            f"accounts__{a.replace('-', '_')}__{f}"
+            for a in accounts
+            for f in ("api_key", "secret", "password")
+        ]
         secret_dir = k8s_secret_dir(tmp_path / "credentials", [*names, "mqtt__password"])
         for name, value in env.items():
             if isinstance(value, str) and name.startswith("MARGIN_MONITOR__"):
@@ -236,9 +244,11 @@ class TestStatefulSet:
         docs = rendered(tree)
         sts = one(docs, "StatefulSet")
         labels = sts["spec"]["template"]["metadata"]["labels"]
-        for selector in (sts["spec"]["selector"]["matchLabels"],
-                         one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
-                         one(docs, "Service")["spec"]["selector"]):  # fmt: skip
+        for selector in (
+            sts["spec"]["selector"]["matchLabels"],
+            one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
+            one(docs, "Service")["spec"]["selector"],
+        ):
             assert selector.items() <= labels.items()
         assert one(docs, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
 
@@ -247,8 +257,11 @@ class TestStatefulSet:
         """Test that the pod runs as the image's non-root uid on a read-only root filesystem."""
         docs = rendered(tree)
         pod = one(docs, "StatefulSet")["spec"]["template"]["spec"]
-        image_user = re.search(r"^USER (\d+):(\d+)$", (ROOT / "deploy" / "Containerfile")
-                               .read_text(), flags=re.MULTILINE)  # fmt: skip
+        image_user = re.search(
+            r"^USER (\d+):(\d+)$",
+            (ROOT / "deploy" / "Containerfile").read_text(),
+            flags=re.MULTILINE,
+        )
         assert image_user is not None
         sc = pod["securityContext"]
         assert sc["runAsNonRoot"] is True
@@ -256,17 +269,23 @@ class TestStatefulSet:
         assert sc["fsGroup"] == sc["runAsGroup"]
         assert pod["automountServiceAccountToken"] is False
         csc = container(docs)["securityContext"]
-        assert csc == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                       "capabilities": {"drop": ["ALL"]}}  # fmt: skip
-        writable = {m["mountPath"] for m in container(docs)["volumeMounts"]
-                    if not m.get("readOnly")}  # fmt: skip
+        assert csc == {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        }
+        writable = {
+            m["mountPath"] for m in container(docs)["volumeMounts"] if not m.get("readOnly")
+        }
         assert writable == {"/var/lib/margin-monitor", "/tmp"}
 
     def test_requests_cover_the_measured_figures(self) -> None:
         """Test that requests and limits hold what bench/RESULTS.md measured for a pod."""
         results = (ROOT / "bench" / "RESULTS.md").read_text()
-        live = {int(n): float(mb) for n, mb in
-                re.findall(r"(\d+) live accounts: RSS max +(\d+\.\d) MB", results)}  # fmt: skip
+        live = {
+            int(n): float(mb)
+            for n, mb in re.findall(r"(\d+) live accounts: RSS max +(\d+\.\d) MB", results)
+        }
         cpu = max(float(x) for x in re.findall(r"CPU share: median (\d+\.\d)%", results))
         resources = container(rendered(BASE))["resources"]
         mib = 1.048576  # MB per MiB
@@ -277,8 +296,11 @@ class TestStatefulSet:
     def test_pod_name_is_defined_before_the_prefix_uses_it(self) -> None:
         """Test that $(POD_NAME) is expandable: Kubernetes only expands earlier variables."""
         names = [e["name"] for e in container(rendered(BASE))["env"]]
-        prefix = next(e for e in container(rendered(BASE))["env"]
-                      if e["name"] == "MARGIN_MONITOR__MQTT__PREFIX")  # fmt: skip
+        prefix = next(
+            e
+            for e in container(rendered(BASE))["env"]
+            if e["name"] == "MARGIN_MONITOR__MQTT__PREFIX"
+        )
         assert prefix["value"] == "margin-monitor/$(POD_NAME)"
         for user in ("MARGIN_MONITOR__MQTT__PREFIX", "MARGIN_MONITOR__MQTT__CLIENT_ID"):
             assert names.index("POD_NAME") < names.index(user)
@@ -366,10 +388,12 @@ class TestMosquittoComponent:
         """Test that config.toml names the broker Service and mosquitto reads the mounted files."""
         docs = rendered(OVERLAY)
         service = one(docs, "Service", "mosquitto")
-        volumes = {v["name"]: v for v in one(docs, "StatefulSet")["spec"]["template"]["spec"]
-                   ["volumes"]}  # fmt: skip
-        toml = tomllib.loads(config_map(docs, volumes["config"]["configMap"]["name"])["data"]
-                             ["config.toml"])  # fmt: skip
+        volumes = {
+            v["name"]: v for v in one(docs, "StatefulSet")["spec"]["template"]["spec"]["volumes"]
+        }
+        toml = tomllib.loads(
+            config_map(docs, volumes["config"]["configMap"]["name"])["data"]["config.toml"]
+        )
         assert toml["mqtt"]["host"] == service["metadata"]["name"]
         assert toml["mqtt"].get("port", 1883) == service["spec"]["ports"][0]["port"]
         pod = one(docs, "Deployment", "mosquitto")["spec"]["template"]["spec"]
@@ -452,15 +476,21 @@ class TestReadOnlyRoot:
         config = tmp_path / "config.toml"
         # the sim sell-off at 25x: alerts and simulated protective orders, so the alert
         # store, the outbox, the audit and the executor's lock and records are all written
-        config.write_text('shock_interval = 0.2\n[[accounts]]\nname = "demo"\n'
-                          'exchange = "sim"\n[accounts.sim]\nspeed = 25\n')  # fmt: skip
+        config.write_text(
+            'shock_interval = 0.2\n[[accounts]]\nname = "demo"\n'
+            'exchange = "sim"\n[accounts.sim]\nspeed = 25\n'
+        )
         exe = Path(sys.executable).with_name("margin-monitor")
         env = {k: v for k, v in os.environ.items() if not k.startswith("MARGIN_MONITOR")}
         env |= {"STATE": str(state), "CONFIG": str(config), "EXE": str(exe)}
         result = subprocess.run(
             ["unshare", "-m", "sh", "-c", READ_ONLY_POD],
-            env=env, capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         logs = result.stdout + result.stderr
         assert result.returncode == 0, logs[-3000:]
         assert "Read-only file system" not in logs

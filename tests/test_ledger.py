@@ -30,17 +30,23 @@ class TestLedger:
         expected = report(with_prices(s, prices))
         got = ledger.summary()
         assert got.margin_balance == pytest.approx(expected.margin_balance, rel=1e-9, abs=1e-6)
-        assert got.maintenance_margin == pytest.approx(expected.maintenance_margin, rel=1e-9,
-                                                       abs=1e-6)
+        assert got.maintenance_margin == pytest.approx(
+            expected.maintenance_margin, rel=1e-9, abs=1e-6
+        )
         if math.isfinite(expected.margin_ratio):
             assert got.margin_ratio == pytest.approx(expected.margin_ratio, rel=1e-6)
         assert report(ledger.snapshot()).margin_balance == pytest.approx(
-            expected.margin_balance, rel=1e-9, abs=1e-6)
+            expected.margin_balance, rel=1e-9, abs=1e-6
+        )
 
     def test_irrelevant_and_bad_ticks_change_nothing(self) -> None:
         """Test that unknown symbols, same prices and non-positive prices are no-ops."""
-        s = AccountSnapshot("a", "USDT", (Collateral("USDT", 1_000),),
-                            (Position("BTC/USDT:USDT", "long", 1, 60_000, 60_000, mmr=0.01),))
+        s = AccountSnapshot(
+            "a",
+            "USDT",
+            (Collateral("USDT", 1_000),),
+            (Position("BTC/USDT:USDT", "long", 1, 60_000, 60_000, mmr=0.01),),
+        )
         ledger = Ledger(s)
         assert not ledger.tick("ETH/USDT:USDT", 3_000)
         assert not ledger.tick("BTC/USDT:USDT", 60_000)
@@ -52,9 +58,12 @@ class TestLedger:
 
     def test_collateral_follows_its_market(self) -> None:
         """Test that a BTC/USDT tick re-prices BTC collateral, as a full report would."""
-        s = AccountSnapshot("a", "USDT", (Collateral("USDT", 0), Collateral("BTC", 1, 60_000,
-                                                                           haircut=0.1)),
-                            (Position("BTC/USDT:USDT", "short", 1, 60_000, 60_000, mmr=0.01),))
+        s = AccountSnapshot(
+            "a",
+            "USDT",
+            (Collateral("USDT", 0), Collateral("BTC", 1, 60_000, haircut=0.1)),
+            (Position("BTC/USDT:USDT", "short", 1, 60_000, 60_000, mmr=0.01),),
+        )
         ledger = Ledger(s)
         ledger.tick("BTC/USDT:USDT", 50_000)
         assert ledger.summary().margin_balance == pytest.approx(50_000 * 0.9 + 10_000)

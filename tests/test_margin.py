@@ -33,19 +33,34 @@ INF = math.inf
 # Binance BTCUSDT / ETHUSDT brackets as used by the official cross example (freqtrade's copy of
 # the Binance FAQ example, tests/exchange/test_binance.py; margin-math.md §1.4).
 BTC_BRACKETS = (
-    Tier(50_000, 0.004, 0), Tier(250_000, 0.005, 50), Tier(1_000_000, 0.01, 1_300),
-    Tier(5_000_000, 0.025, 16_300), Tier(20_000_000, 0.05, 141_300),
-    Tier(50_000_000, 0.10, 1_141_300), Tier(INF, 0.125, 2_391_300),
+    Tier(50_000, 0.004, 0),
+    Tier(250_000, 0.005, 50),
+    Tier(1_000_000, 0.01, 1_300),
+    Tier(5_000_000, 0.025, 16_300),
+    Tier(20_000_000, 0.05, 141_300),
+    Tier(50_000_000, 0.10, 1_141_300),
+    Tier(INF, 0.125, 2_391_300),
 )
 ETH_BRACKETS = (
-    Tier(10_000, 0.005, 0), Tier(100_000, 0.0065, 15), Tier(500_000, 0.01, 365),
-    Tier(1_000_000, 0.02, 5_365), Tier(2_000_000, 0.05, 35_365), Tier(5_000_000, 0.10, 135_365),
-    Tier(10_000_000, 0.125, 260_365), Tier(20_000_000, 0.15, 510_365), Tier(INF, 0.25, 2_510_365),
+    Tier(10_000, 0.005, 0),
+    Tier(100_000, 0.0065, 15),
+    Tier(500_000, 0.01, 365),
+    Tier(1_000_000, 0.02, 5_365),
+    Tier(2_000_000, 0.05, 35_365),
+    Tier(5_000_000, 0.10, 135_365),
+    Tier(10_000_000, 0.125, 260_365),
+    Tier(20_000_000, 0.15, 510_365),
+    Tier(INF, 0.25, 2_510_365),
 )
 
 
-def account(*positions: Position, wallet: float, venue: str | None = None,
-            currency: str = "USDT", collateral: tuple[Collateral, ...] = ()) -> AccountSnapshot:
+def account(
+    *positions: Position,
+    wallet: float,
+    venue: str | None = None,
+    currency: str = "USDT",
+    collateral: tuple[Collateral, ...] = (),
+) -> AccountSnapshot:
     return AccountSnapshot(
         account="t",
         currency=currency,
@@ -63,10 +78,24 @@ class TestBinanceUsdm:
         freqtrade test_liquidation_price_binance).
         """
         s = account(
-            Position("BTC/USDT:USDT", "long", 109.488, 32_481.98, 31_967.27, leverage=20,
-                     tiers=BTC_BRACKETS),
-            Position("ETH/USDT:USDT", "long", 3_683.979, 1_456.84, 1_335.18, leverage=10,
-                     tiers=ETH_BRACKETS),
+            Position(
+                "BTC/USDT:USDT",
+                "long",
+                109.488,
+                32_481.98,
+                31_967.27,
+                leverage=20,
+                tiers=BTC_BRACKETS,
+            ),
+            Position(
+                "ETH/USDT:USDT",
+                "long",
+                3_683.979,
+                1_456.84,
+                1_335.18,
+                leverage=10,
+                tiers=ETH_BRACKETS,
+            ),
             wallet=1_535_443.01,
             venue="binanceusdm",
         )
@@ -85,8 +114,9 @@ class TestBinanceUsdm:
         Source: Binance FAQ 25edcd7fe0e544839d0847b8cbb2e400.
         """
         s = account(
-            Position("BTC/USDT:USDT", "long", 0.02, 50_000, 50_000, leverage=20,
-                     tiers=BTC_BRACKETS),
+            Position(
+                "BTC/USDT:USDT", "long", 0.02, 50_000, 50_000, leverage=20, tiers=BTC_BRACKETS
+            ),
             wallet=500,
             venue="binanceusdm",
         )
@@ -99,10 +129,10 @@ class TestBinanceUsdm:
         bid buffer 0.01 → bid rate 0.9801, ask buffer 0.005 → ask rate 0.99495).
         """
         s = account(
-            Position("BTC/USDT:USDT", "long", 0.5, 20_000, 20_000, leverage=100, mmr=0.008,
-                     settle="USDT"),
-            Position("ETH/USDC:USDC", "long", 20, 600, 600, leverage=50, mmr=0.01,
-                     settle="USDC"),
+            Position(
+                "BTC/USDT:USDT", "long", 0.5, 20_000, 20_000, leverage=100, mmr=0.008, settle="USDT"
+            ),
+            Position("ETH/USDC:USDC", "long", 20, 600, 600, leverage=50, mmr=0.01, settle="USDC"),
             wallet=0,
             currency="USD",
             venue="binanceusdm",
@@ -139,8 +169,15 @@ class TestBinanceUsdm:
         figures, which win over computed ones.
         """
         s = account(
-            Position("BTC/USDT:USDT", "long", 10, 40_000, 38_255.59, unrealized_pnl=-17_444.086776,
-                     maintenance_margin=8_501.442188),
+            Position(
+                "BTC/USDT:USDT",
+                "long",
+                10,
+                40_000,
+                38_255.59,
+                unrealized_pnl=-17_444.086776,
+                maintenance_margin=8_501.442188,
+            ),
             wallet=25_923.05553202,
             venue="binanceusdm",
         )
@@ -171,8 +208,9 @@ class TestBinanceUsdm:
         solved with that bracket's MMR and cum (FAQ: "recompute with that tier").
         """
         s = account(
-            Position("BTC/USDT:USDT", "short", 4.0, 60_000, 60_000, leverage=20,
-                     tiers=BTC_BRACKETS),
+            Position(
+                "BTC/USDT:USDT", "short", 4.0, 60_000, 60_000, leverage=20, tiers=BTC_BRACKETS
+            ),
             wallet=40_000,
             venue="binanceusdm",
         )
@@ -188,8 +226,7 @@ class TestBinanceUsdm:
         """Test that in hedge mode both sides of a symbol share one liquidation price."""
         s = account(
             Position("BTC/USDT:USDT", "long", 2, 60_000, 60_000, hedged=True, tiers=BTC_BRACKETS),
-            Position("BTC/USDT:USDT", "short", 1, 61_000, 60_000, hedged=True,
-                     tiers=BTC_BRACKETS),
+            Position("BTC/USDT:USDT", "short", 1, 61_000, 60_000, hedged=True, tiers=BTC_BRACKETS),
             wallet=10_000,
         )
         long_lp, short_lp = (p.liquidation_price for p in report(s).positions)
@@ -208,8 +245,17 @@ class TestBinanceUsdm:
             currency="BTC",
             collateral=(Collateral("BTC", 0.5),),
             positions=(
-                Position("BTC/USD:BTC", "long", 100, 50_000, 48_000, contract_size=100,
-                         inverse=True, settle="BTC", mmr=0.004),
+                Position(
+                    "BTC/USD:BTC",
+                    "long",
+                    100,
+                    50_000,
+                    48_000,
+                    contract_size=100,
+                    inverse=True,
+                    settle="BTC",
+                    mmr=0.004,
+                ),
             ),
             venue="binancecoinm",
         )
@@ -229,8 +275,16 @@ class TestBybit:
         """
         for side, expected in (("long", 8_000 - (160 - 40)), ("short", 8_000 + (160 - 40))):
             s = account(
-                Position("BTC/USDT:USDT", side, 1, 8_000, 7_950, margin_mode="isolated",  # type: ignore[arg-type]
-                         leverage=50, mmr=0.005),
+                Position(
+                    "BTC/USDT:USDT",
+                    side,
+                    1,
+                    8_000,
+                    7_950,
+                    margin_mode="isolated",  # type: ignore[arg-type]
+                    leverage=50,
+                    mmr=0.005,
+                ),
                 wallet=1_000,
                 venue="bybit",
             )
@@ -240,8 +294,17 @@ class TestBybit:
         """Test that extra margin and the MM deduction enter the isolated LP as documented."""
         tiers = (Tier(2_000_000, 0.005, 0), Tier(2_600_000, 0.0056, 1_200))
         s = account(
-            Position("BTC/USDT:USDT", "long", 50, 50_000, 50_000, margin_mode="isolated",
-                     leverage=10, tiers=tiers, isolated_margin=250_000 + 10_000),
+            Position(
+                "BTC/USDT:USDT",
+                "long",
+                50,
+                50_000,
+                50_000,
+                margin_mode="isolated",
+                leverage=10,
+                tiers=tiers,
+                isolated_margin=250_000 + 10_000,
+            ),
             wallet=0,
             venue="bybit",
         )
@@ -312,10 +375,26 @@ class TestHyperliquidAndDydx:
 class TestSeedArticle:
     def test_equity_700_against_mm_375_is_safe(self) -> None:
         """Test the seed's example: wallet 1,000, PnL +100 and −400, MM 150 + 225: safe."""
-        btc = Position("BTC/USDT:USDT", "long", 0.1, 60_000, 61_000, unrealized_pnl=100,
-                       initial_margin=200, maintenance_margin=150)
-        eth = Position("ETH/USDT:USDT", "short", 2, 3_000, 3_200, unrealized_pnl=-400,
-                       initial_margin=300, maintenance_margin=225)
+        btc = Position(
+            "BTC/USDT:USDT",
+            "long",
+            0.1,
+            60_000,
+            61_000,
+            unrealized_pnl=100,
+            initial_margin=200,
+            maintenance_margin=150,
+        )
+        eth = Position(
+            "ETH/USDT:USDT",
+            "short",
+            2,
+            3_000,
+            3_200,
+            unrealized_pnl=-400,
+            initial_margin=300,
+            maintenance_margin=225,
+        )
         r = report(account(btc, eth, wallet=1_000))
         assert r.margin_balance == 700
         assert r.maintenance_margin == 375
@@ -325,10 +404,12 @@ class TestSeedArticle:
 
     def test_eth_loss_of_700_liquidates(self) -> None:
         """Test the seed's second case: ETH PnL −700 leaves equity 300 < MM 375: liquidated."""
-        btc = Position("BTC/USDT:USDT", "long", 0.1, 60_000, 60_000, unrealized_pnl=0,
-                       maintenance_margin=150)
-        eth = Position("ETH/USDT:USDT", "short", 2, 3_000, 3_350, unrealized_pnl=-700,
-                       maintenance_margin=225)
+        btc = Position(
+            "BTC/USDT:USDT", "long", 0.1, 60_000, 60_000, unrealized_pnl=0, maintenance_margin=150
+        )
+        eth = Position(
+            "ETH/USDT:USDT", "short", 2, 3_000, 3_350, unrealized_pnl=-700, maintenance_margin=225
+        )
         r = report(account(btc, eth, wallet=1_000))
         assert r.margin_balance == 300
         assert r.margin_ratio == pytest.approx(1.25)
@@ -347,19 +428,28 @@ class TestCollateral:
             currency="USD",
             collateral=(
                 Collateral("BTC", 1, price=50_000),
-                Collateral("APT", 60_000, price=1.0,
-                           haircut_tiers=(CollateralTier(50_000, 0.8), CollateralTier(INF, 0.0))),
+                Collateral(
+                    "APT",
+                    60_000,
+                    price=1.0,
+                    haircut_tiers=(CollateralTier(50_000, 0.8), CollateralTier(INF, 0.0)),
+                ),
             ),
         )
         assert report(s).margin_balance == pytest.approx(90_000)
 
     def test_tiered_collateral_by_value(self) -> None:
         """Test value bands: 11,000,000 USDT → 5M×1 + 5M×0.98 + 1M×0.975 = 10,875,000."""
-        bands = (CollateralTier(5_000_000, 1.0), CollateralTier(10_000_000, 0.98),
-                 CollateralTier(INF, 0.975))
-        s = account(wallet=0, currency="USD",
-                    collateral=(Collateral("USDT", 11_000_000, haircut_tiers=bands,
-                                           tier_basis="value"),))
+        bands = (
+            CollateralTier(5_000_000, 1.0),
+            CollateralTier(10_000_000, 0.98),
+            CollateralTier(INF, 0.975),
+        )
+        s = account(
+            wallet=0,
+            currency="USD",
+            collateral=(Collateral("USDT", 11_000_000, haircut_tiers=bands, tier_basis="value"),),
+        )
         assert report(s).margin_balance == pytest.approx(10_875_000)
 
     def test_negative_balance_has_no_haircut(self) -> None:
@@ -367,8 +457,10 @@ class TestCollateral:
         s = account(
             wallet=0,
             currency="USDT",
-            collateral=(Collateral("USDT", 10_000), Collateral("ETH", -1, price=3_000,
-                                                               haircut=0.1)),
+            collateral=(
+                Collateral("USDT", 10_000),
+                Collateral("ETH", -1, price=3_000, haircut=0.1),
+            ),
         )
         assert report(s).margin_balance == pytest.approx(10_000 - 3_000)
 
@@ -377,8 +469,10 @@ class TestCollateral:
         s = account(
             Position("BTC/USDT:USDT", "long", 1, 60_000, 60_000, mmr=0.005),
             wallet=0,
-            collateral=(Collateral("USDT", 5_000), Collateral("BTC", 0.2, price=60_000,
-                                                              haircut=0.05)),
+            collateral=(
+                Collateral("USDT", 5_000),
+                Collateral("BTC", 0.2, price=60_000, haircut=0.05),
+            ),
         )
         lp = report(s).positions[0].liquidation_price
         assert lp is not None
@@ -422,14 +516,22 @@ class TestEdges:
         # at 50,000 the balance is 10,000 > MM 1,000; one tick above, MM is 50,000
         assert lp == pytest.approx(50_000)
 
-
     def test_degenerate_sizes_and_edges_do_not_crash(self) -> None:
         """Test that a size underflowing to 0 and tier edges within rounding give a report."""
-        tiny = Position("X/USDT:USDT", "long", 1e-300, 1.0, 1.0, contract_size=1e-300,
-                        tiers=(Tier(10, 0.01), Tier(INF, 0.02, 0.1)))
+        tiny = Position(
+            "X/USDT:USDT",
+            "long",
+            1e-300,
+            1.0,
+            1.0,
+            contract_size=1e-300,
+            tiers=(Tier(10, 0.01), Tier(INF, 0.02, 0.1)),
+        )
         close = (Tier(1e300, 0.01), Tier(1.0000000000000002e300, 0.02, 0.1), Tier(INF, 0.03, 0.2))
-        pair = (Position("Y/USDT:USDT", "long", 1.0, 1.0, 1.0, hedged=True, tiers=close),
-                Position("Y/USDT:USDT", "short", 1.0, 1.0, 1.0, hedged=True, tiers=close))
+        pair = (
+            Position("Y/USDT:USDT", "long", 1.0, 1.0, 1.0, hedged=True, tiers=close),
+            Position("Y/USDT:USDT", "short", 1.0, 1.0, 1.0, hedged=True, tiers=close),
+        )
         for held in ((tiny,), pair):
             r = report(account(*held, wallet=100))
             assert r.margin_ratio >= 0
@@ -453,7 +555,8 @@ class TestProperties:
         """Test that the solver's ratio-only valuation equals the full report's ratio exactly."""
         s = replace(s, venue=venue)
         assert ratio_of(s) == report(s).margin_ratio or (
-            math.isnan(ratio_of(s)) and math.isnan(report(s).margin_ratio))
+            math.isnan(ratio_of(s)) and math.isnan(report(s).margin_ratio)
+        )
 
     @settings(max_examples=300, deadline=None)
     @given(accounts(), st.sampled_from((None, "binanceusdm", "bybit", "okx", "hyperliquid")))
@@ -471,12 +574,15 @@ class TestProperties:
 
     @settings(max_examples=300, deadline=None)
     @given(accounts(), st.floats(min_value=0.0, max_value=0.5))
-    def test_adverse_move_never_improves_the_distance(self, s: AccountSnapshot,
-                                                      move: float) -> None:
+    def test_adverse_move_never_improves_the_distance(
+        self, s: AccountSnapshot, move: float
+    ) -> None:
         """Test that moving every price against its position never increases balance − MM."""
         r = report(s)
-        adverse = {p.symbol: p.mark_price * (1 - move if p.side == "long" else 1 + move)
-                   for p in s.positions}
+        adverse = {
+            p.symbol: p.mark_price * (1 - move if p.side == "long" else 1 + move)
+            for p in s.positions
+        }
         # collateral held at its price: a BTC short moving up would lift BTC collateral
         adverse.update({c.asset: c.price for c in s.collateral if c.asset != s.currency})
         after = report(with_prices(s, adverse))
@@ -487,13 +593,18 @@ class TestProperties:
             assert after.liquidated
 
     @settings(max_examples=200, deadline=None)
-    @given(accounts(max_positions=2), positions("DOGE/USDT:USDT", "isolated"),
-           st.floats(min_value=0.01, max_value=100))
-    def test_isolated_losses_never_touch_the_cross_pool(self, s: AccountSnapshot,
-                                                        iso: Position, factor: float) -> None:
+    @given(
+        accounts(max_positions=2),
+        positions("DOGE/USDT:USDT", "isolated"),
+        st.floats(min_value=0.01, max_value=100),
+    )
+    def test_isolated_losses_never_touch_the_cross_pool(
+        self, s: AccountSnapshot, iso: Position, factor: float
+    ) -> None:
         """Test that any price of an isolated position leaves the cross figures unchanged."""
-        with_iso = AccountSnapshot(s.account, s.currency, s.collateral, (*s.positions, iso),
-                                   s.venue)
+        with_iso = AccountSnapshot(
+            s.account, s.currency, s.collateral, (*s.positions, iso), s.venue
+        )
         moved = report(with_prices(with_iso, {iso.symbol: iso.mark_price * factor}))
         base = report(s)
         assert moved.margin_balance == pytest.approx(base.margin_balance, rel=1e-12)

@@ -114,9 +114,7 @@ class TestExposition:
         assert got[("margin_monitor_maintenance_margin", cur)] == pytest.approx(
             report.maintenance_margin
         )
-        assert got[("margin_monitor_free_collateral", cur)] == pytest.approx(
-            report.free_collateral
-        )
+        assert got[("margin_monitor_free_collateral", cur)] == pytest.approx(report.free_collateral)
         assert report.shock_to_liquidation is not None
         assert report.shock_to_liquidation.down is not None
         down = (("account", "main"), ("direction", "down"))
@@ -145,9 +143,11 @@ class TestExposition:
         """Test that an infinite margin ratio is exported as +Inf and parses back."""
         metrics, _clock = sink
         broke = AccountSnapshot(
-            "main", "USDT", (Collateral("USDT", 10.0),),
+            "main",
+            "USDT",
+            (Collateral("USDT", 10.0),),
             (Position("BTC/USDT:USDT", "long", 1.0, 60000.0, 50000.0, mmr=0.004, leverage=20),),
-        )  # fmt: skip
+        )
         await metrics.on_report("main", margin.report(broke), broke, 0.0)
         got = samples(metrics.exposition().decode())
         assert math.isinf(got[("margin_monitor_margin_ratio", (("account", "main"),))])
@@ -254,9 +254,11 @@ class TestExposition:
 
         live, sim, alerts = Source(), object(), Alerts()
         metrics = build_metrics_sink(
-            MetricsSettings(), {"main": 30.0, "demo": 30.0}, {"main": live, "demo": sim},
+            MetricsSettings(),
+            {"main": 30.0, "demo": 30.0},
+            {"main": live, "demo": sim},
             outbox=lambda: alerts.pipeline.store.pending(),  # noqa: PLW0108 - store opens late
-        )  # fmt: skip
+        )
         assert alerts.opened == 0  # building (e.g. for `check`) never opens the store
         async with asyncio.TaskGroup() as tg:
             await metrics.start(tg)

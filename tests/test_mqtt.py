@@ -32,15 +32,31 @@ CONFIG = AlertConfig(repeat_every=0)
 def report(ratio: float, account: str = "acct", balance: float = 1000.0) -> MarginReport:
     """A report with one position and a shock to liquidation."""
     pos = PositionRisk(
-        symbol="BTC/USDT:USDT", side="long", margin_mode="cross", contracts=1.0,
-        mark_price=60000.0, notional=60000.0, unrealized_pnl=-150.0, initial_margin=600.0,
-        maintenance_margin=ratio * balance, margin_ratio=None, liquidation_price=52000.0,
+        symbol="BTC/USDT:USDT",
+        side="long",
+        margin_mode="cross",
+        contracts=1.0,
+        mark_price=60000.0,
+        notional=60000.0,
+        unrealized_pnl=-150.0,
+        initial_margin=600.0,
+        maintenance_margin=ratio * balance,
+        margin_ratio=None,
+        liquidation_price=52000.0,
     )
     return MarginReport(
-        account=account, currency="USDT", wallet_balance=balance, unrealized_pnl=-150.0,
-        margin_balance=balance, initial_margin=600.0, maintenance_margin=ratio * balance,
-        margin_ratio=ratio, margin_level=math.inf if ratio == 0 else 1 / ratio,
-        free_collateral=balance - 600.0, liquidated=ratio >= 1, positions=(pos,),
+        account=account,
+        currency="USDT",
+        wallet_balance=balance,
+        unrealized_pnl=-150.0,
+        margin_balance=balance,
+        initial_margin=600.0,
+        maintenance_margin=ratio * balance,
+        margin_ratio=ratio,
+        margin_level=math.inf if ratio == 0 else 1 / ratio,
+        free_collateral=balance - 600.0,
+        liquidated=ratio >= 1,
+        positions=(pos,),
         shock_to_liquidation=ShockToLiquidation(down=-0.3, up=None),
     )
 
@@ -53,10 +69,17 @@ def prefix(request: pytest.FixtureRequest) -> str:
 
 def settings_for(broker: Mosquitto, prefix: str, **extra: object) -> MqttSettings:
     """Sink settings pointing at the fixture broker."""
-    return MqttSettings.model_validate({
-        "host": broker.host, "port": broker.port, "prefix": prefix, "timeout": 2.0,
-        "state_interval": 0.0, "discovery_prefix": f"{prefix}-ha", **extra,
-    })
+    return MqttSettings.model_validate(
+        {
+            "host": broker.host,
+            "port": broker.port,
+            "prefix": prefix,
+            "timeout": 2.0,
+            "state_interval": 0.0,
+            "discovery_prefix": f"{prefix}-ha",
+            **extra,
+        }
+    )
 
 
 @contextlib.asynccontextmanager
@@ -114,12 +137,22 @@ class TestPayloads:
         """Test that discovery describes five sensors and two binary sensors of one device."""
         settings = MqttSettings(prefix="mm", expire_after=120)
         configs = dict(discovery_configs(settings, "binance main", "USDT"))
-        assert sorted(configs) == sorted([
-            f"homeassistant/sensor/margin_monitor_binance_main_{k}/config"
-            for k in ["free_collateral", "level", "margin_balance", "margin_ratio",
-                      "shock_to_liquidation"]
-        ] + [f"homeassistant/binary_sensor/margin_monitor_binance_main_{k}/config"
-             for k in ["source_down", "protection_active"]])  # fmt: skip
+        assert sorted(configs) == sorted(
+            [
+                f"homeassistant/sensor/margin_monitor_binance_main_{k}/config"
+                for k in [
+                    "free_collateral",
+                    "level",
+                    "margin_balance",
+                    "margin_ratio",
+                    "shock_to_liquidation",
+                ]
+            ]
+            + [
+                f"homeassistant/binary_sensor/margin_monitor_binance_main_{k}/config"
+                for k in ["source_down", "protection_active"]
+            ]
+        )
         down = configs["homeassistant/binary_sensor/margin_monitor_binance_main_source_down/config"]
         assert (down["device_class"], down["state_topic"]) == ("problem", "mm/binance main/state")
         assert down["value_template"] == "{{ 'ON' if value_json.source_down else 'OFF' }}"
@@ -144,17 +177,25 @@ class TestPayloads:
 class TestBroker:
     """Topics, payloads, retain and QoS seen by a real subscriber."""
 
-    async def test_alerts_state_status(self, mosquitto: Mosquitto, prefix: str,
-                                       tmp_path: Path) -> None:
+    async def test_alerts_state_status(
+        self, mosquitto: Mosquitto, prefix: str, tmp_path: Path
+    ) -> None:
         """Test that alerts arrive QoS 1 not retained, state and status arrive retained."""
         sink = MqttSink(settings_for(mosquitto, prefix, discovery=False))
         pipeline = AlertPipeline(Store(tmp_path / "a.db"), CONFIG, [sink])
-        async with collecting(mosquitto, [f"{prefix}/#"]) as sub, running(sink), \
-                delivering(pipeline):
+        async with (
+            collecting(mosquitto, [f"{prefix}/#"]) as sub,
+            running(sink),
+            delivering(pipeline),
+        ):
             pipeline.on_report(report(0.2))
             pipeline.on_report(report(0.75))
-            await sub.wait_for(lambda: len(sub.on(f"{prefix}/acct/alert")) == 1
-                               and len(sub.on(f"{prefix}/acct/state")) >= 1)
+            await sub.wait_for(
+                lambda: (
+                    len(sub.on(f"{prefix}/acct/alert")) == 1
+                    and len(sub.on(f"{prefix}/acct/state")) >= 1
+                )
+            )
         (alert,) = sub.on(f"{prefix}/acct/alert")
         assert alert.qos == 1
         assert not alert.retain
@@ -165,8 +206,12 @@ class TestBroker:
 
         # A subscriber arriving later gets the retained state and status.
         async with collecting(mosquitto, [f"{prefix}/#"]) as late:
-            await late.wait_for(lambda: len(late.on(f"{prefix}/acct/state")) == 1
-                                and len(late.on(f"{prefix}/status")) == 1)
+            await late.wait_for(
+                lambda: (
+                    len(late.on(f"{prefix}/acct/state")) == 1
+                    and len(late.on(f"{prefix}/status")) == 1
+                )
+            )
         (state,) = late.on(f"{prefix}/acct/state")
         assert state.retain
         assert json.loads(state.payload)["level"] == "critical"  # type: ignore[arg-type]
@@ -174,8 +219,9 @@ class TestBroker:
         assert late.on(f"{prefix}/status")[0].payload == b"offline"
         assert late.on(f"{prefix}/acct/alert") == []
 
-    async def test_state_only_on_change_and_rate_limited(self, mosquitto: Mosquitto,
-                                                         prefix: str) -> None:
+    async def test_state_only_on_change_and_rate_limited(
+        self, mosquitto: Mosquitto, prefix: str
+    ) -> None:
         """Test that an unchanged report is not republished and bursts are thinned."""
         sink = MqttSink(settings_for(mosquitto, prefix, discovery=False, state_interval=0.5))
         topic = f"{prefix}/acct/state"
@@ -210,8 +256,10 @@ class TestBroker:
         sink = MqttSink(settings_for(mosquitto, prefix))
         ha = f"{prefix}-ha"
         # five sensors and two binary sensors
-        async with collecting(mosquitto, [f"{ha}/sensor/#", f"{ha}/binary_sensor/#"]) as sub, \
-                running(sink):
+        async with (
+            collecting(mosquitto, [f"{ha}/sensor/#", f"{ha}/binary_sensor/#"]) as sub,
+            running(sink),
+        ):
             sink.observe_report(report(0.3), "ok")
             await sub.wait_for(lambda: len(sub.messages) == 7)
             async with aiomqtt.Client(mosquitto.host, mosquitto.port) as ha_client:
@@ -252,12 +300,23 @@ class TestBroker:
 
         def down(kind: str) -> AlertMessage:
             return AlertMessage(
-                id=f"e.{kind}", fingerprint="acct/source_down", account="acct",
-                rule="source_down", kind=kind, level="ok" if kind == "resolved" else "critical",
-                previous_level="ok", episode="e", started_at=1.0, at=2.0, duration=1.0,
-                value=None, previous_value=None, worst_value=None, worst_level="critical",
+                id=f"e.{kind}",
+                fingerprint="acct/source_down",
+                account="acct",
+                rule="source_down",
+                kind=kind,
+                level="ok" if kind == "resolved" else "critical",
+                previous_level="ok",
+                episode="e",
+                started_at=1.0,
+                at=2.0,
+                duration=1.0,
+                value=None,
+                previous_value=None,
+                worst_value=None,
+                worst_level="critical",
                 detail="binanceusdm rejected the API key",
-            )  # fmt: skip
+            )
 
         def flags(sub: Any) -> tuple[bool, bool]:
             last = json.loads(sub.messages[-1].payload)
@@ -284,19 +343,23 @@ class TestBroker:
             sink.publish_action("acct", {"decision": "would_reduce", "qty": 0.1})
             await sub.wait_for(lambda: len(sub.on(topic)) == 1)
         assert json.loads(sub.on(topic)[0].payload) == {  # type: ignore[arg-type]
-            "decision": "would_reduce", "qty": 0.1}
+            "decision": "would_reduce",
+            "qty": 0.1,
+        }
 
     async def test_username_password(self, tmp_path: Path, prefix: str) -> None:
         """Test that credentials from the settings authenticate and wrong ones do not."""
         broker = Mosquitto(tmp_path / "auth", users={"monitor": "s3cret"})
         broker.start()
         try:
-            good = MqttSink(settings_for(broker, prefix, username="monitor",
-                                         password="s3cret", discovery=False))
+            good = MqttSink(
+                settings_for(broker, prefix, username="monitor", password="s3cret", discovery=False)
+            )
             async with running(good):
                 assert good.connected
-            bad = MqttSink(settings_for(broker, prefix, username="monitor",
-                                        password="wrong", discovery=False))
+            bad = MqttSink(
+                settings_for(broker, prefix, username="monitor", password="wrong", discovery=False)
+            )
             task = asyncio.create_task(bad.run())
             await asyncio.sleep(1.0)
             assert not bad.connected
@@ -315,8 +378,9 @@ class TestTls:
         broker = Mosquitto(tmp_path / "tls", tls=True)
         broker.start()
         try:
-            good = MqttSink(settings_for(broker, prefix, tls=True, tls_ca_file=broker.ca_file,
-                                         discovery=False))
+            good = MqttSink(
+                settings_for(broker, prefix, tls=True, tls_ca_file=broker.ca_file, discovery=False)
+            )
             async with running(good):
                 assert good.connected
             untrusted = MqttSink(settings_for(broker, prefix, tls=True, discovery=False))
@@ -338,19 +402,21 @@ class TestCommands:
         async with aiomqtt.Client(broker.host, broker.port) as client:
             await client.publish(topic, payload, qos=1)
 
-    async def test_signed_commands(self, mosquitto: Mosquitto, prefix: str,
-                                   tmp_path: Path) -> None:
+    async def test_signed_commands(self, mosquitto: Mosquitto, prefix: str, tmp_path: Path) -> None:
         """Test that signed pause/silence work and bad or stale commands are refused."""
         pipeline = AlertPipeline(Store(tmp_path / "a.db"), CONFIG, [], command_secret=SECRET)
-        sink = MqttSink(settings_for(mosquitto, prefix, discovery=False),
-                        command_handler=pipeline.handle_command)
+        sink = MqttSink(
+            settings_for(mosquitto, prefix, discovery=False),
+            command_handler=pipeline.handle_command,
+        )
         reply = f"{prefix}/reply"
         now = pipeline.clock()
         async with collecting(mosquitto, [reply]) as sub, running(sink):
             pause = Command("pause", account="acct", duration=600, request_id="r1")
             await self.send(mosquitto, f"{prefix}/acct/command", envelope(pause, SECRET, now))
-            silence = Command("silence", account="acct", duration=3600, up_to="warning",
-                              request_id="r2")
+            silence = Command(
+                "silence", account="acct", duration=3600, up_to="warning", request_id="r2"
+            )
             await self.send(mosquitto, f"{prefix}/command", envelope(silence, SECRET, now))
             forged = Command("resume", account="acct", request_id="r3")
             await self.send(mosquitto, f"{prefix}/command", envelope(forged, b"guess", now))
@@ -379,8 +445,9 @@ class TestBrokerRestart:
     """At least once across a broker restart."""
 
     @pytest.mark.timeout(60)
-    async def test_every_alert_arrives_across_restart(self, mosquitto: Mosquitto, prefix: str,
-                                                       tmp_path: Path) -> None:
+    async def test_every_alert_arrives_across_restart(
+        self, mosquitto: Mosquitto, prefix: str, tmp_path: Path
+    ) -> None:
         """Test that every alert id of a burst arrives although the broker restarts midway."""
         sink = MqttSink(settings_for(mosquitto, prefix, discovery=False))
         pipeline = AlertPipeline(Store(tmp_path / "a.db"), CONFIG, [sink])
@@ -389,8 +456,10 @@ class TestBrokerRestart:
         async with collecting(mosquitto, [topic]) as sub, running(sink), delivering(pipeline):
             for i in range(400):
                 ratio = 0.9 if i % 2 == 0 else 0.1
-                sent.update(e.id for e in pipeline.on_report(report(ratio, f"a{(i // 2) % 4}"),
-                                                             now=1000.0 + i))
+                sent.update(
+                    e.id
+                    for e in pipeline.on_report(report(ratio, f"a{(i // 2) % 4}"), now=1000.0 + i)
+                )
                 if i == 200:
                     mosquitto.restart()
                 if i % 20 == 0:

@@ -26,21 +26,42 @@ from monitor.store import Store
 
 SECRET = b"phone-secret"
 CONFIG = AlertConfig(repeat_every=0)
-MARGIN_ONLY = AlertConfig(repeat_every=0, shock_warning=None, shock_critical=None,
-                          shock_emergency=None)
+MARGIN_ONLY = AlertConfig(
+    repeat_every=0, shock_warning=None, shock_critical=None, shock_emergency=None
+)
 
 
 def report(ratio: float, account: str = "main") -> MarginReport:
     """A report with two positions, the bigger MM contributor second."""
-    small = PositionRisk("ETH/USDT:USDT", "short", "cross", 2.0, 3000.0, 6000.0, 50.0, 300.0,
-                         30.0, None, 3600.0)
-    big = PositionRisk("BTC/USDT:USDT", "long", "cross", 1.0, 60000.0, 60000.0, -900.0, 6000.0,
-                       ratio * 1000 - 30.0, None, 55123.0)
+    small = PositionRisk(
+        "ETH/USDT:USDT", "short", "cross", 2.0, 3000.0, 6000.0, 50.0, 300.0, 30.0, None, 3600.0
+    )
+    big = PositionRisk(
+        "BTC/USDT:USDT",
+        "long",
+        "cross",
+        1.0,
+        60000.0,
+        60000.0,
+        -900.0,
+        6000.0,
+        ratio * 1000 - 30.0,
+        None,
+        55123.0,
+    )
     return MarginReport(
-        account=account, currency="USDT", wallet_balance=1900.0, unrealized_pnl=-850.0,
-        margin_balance=1000.0, initial_margin=6300.0, maintenance_margin=ratio * 1000,
-        margin_ratio=ratio, margin_level=1 / ratio, free_collateral=-5300.0,
-        liquidated=False, positions=(small, big),
+        account=account,
+        currency="USDT",
+        wallet_balance=1900.0,
+        unrealized_pnl=-850.0,
+        margin_balance=1000.0,
+        initial_margin=6300.0,
+        maintenance_margin=ratio * 1000,
+        margin_ratio=ratio,
+        margin_level=1 / ratio,
+        free_collateral=-5300.0,
+        liquidated=False,
+        positions=(small, big),
         shock_to_liquidation=ShockToLiquidation(down=-0.041, up=0.25),
     )
 
@@ -121,20 +142,36 @@ async def until(condition: Callable[[], bool], limit: float) -> None:
 
 def channel(url: str, **extra: object) -> NotifyChannel:
     """A channel with no send spacing unless asked."""
-    return NotifyChannel.model_validate({"name": "phone", "url": url, "min_interval": 0,
-                                         "timeout": 5, **extra})
+    return NotifyChannel.model_validate(
+        {"name": "phone", "url": url, "min_interval": 0, "timeout": 5, **extra}
+    )
 
 
 def message(**fields: object) -> AlertMessage:
     """A margin alert message with lock-screen figures."""
     base: dict[str, object] = {
-        "id": "e.1", "fingerprint": "main/margin_ratio", "account": "main",
-        "rule": "margin_ratio", "kind": "escalated", "level": "emergency",
-        "previous_level": "critical", "episode": "e", "started_at": 0.0, "at": 600.0,
-        "duration": 600.0, "value": 0.872, "previous_value": 0.71, "worst_value": 0.872,
-        "worst_level": "emergency", "threshold": 0.85, "currency": "USDT",
-        "margin_ratio": 0.872, "margin_balance": 1234.5, "free_collateral": -120.0,
-        "shock_down": -0.041, "shock_up": None,
+        "id": "e.1",
+        "fingerprint": "main/margin_ratio",
+        "account": "main",
+        "rule": "margin_ratio",
+        "kind": "escalated",
+        "level": "emergency",
+        "previous_level": "critical",
+        "episode": "e",
+        "started_at": 0.0,
+        "at": 600.0,
+        "duration": 600.0,
+        "value": 0.872,
+        "previous_value": 0.71,
+        "worst_value": 0.872,
+        "worst_level": "emergency",
+        "threshold": 0.85,
+        "currency": "USDT",
+        "margin_ratio": 0.872,
+        "margin_balance": 1234.5,
+        "free_collateral": -120.0,
+        "shock_down": -0.041,
+        "shock_up": None,
         "positions": (PositionLine("BTC/USDT:USDT", "long", 60000.0, -1500.0, 240.0, 52000.0),),
         "action": "would reduce BTC/USDT:USDT long by 0.05 (dry run)",
     }
@@ -169,22 +206,35 @@ class TestRender:
 
     def test_merge_worst_first(self) -> None:
         """Test that a merged burst keeps every alert, the worst first."""
-        title, body = render([message(id="a", level="warning", value=0.55),
-                              message(id="b"), message(id="c", account="alt", level="critical")])
+        title, body = render(
+            [
+                message(id="a", level="warning", value=0.55),
+                message(id="b"),
+                message(id="c", account="alt", level="critical"),
+            ]
+        )
         assert title == "EMERGENCY main: margin ratio 87.2 % (+2 more)"
         assert body.index("EMERGENCY main") < body.index("CRITICAL alt") < body.index("WARNING")
 
-
     def test_news_still_true_leads(self) -> None:
         """Test that open alerts lead and an episode resolved in the same batch follows it."""
-        title, body = render([
-            message(id="e.1"),
-            message(id="e.2", kind="resolved", level="ok", value=0.3, at=610.0),
-            message(id="c", account="alt", fingerprint="alt/margin_ratio", level="critical",
-                    value=0.75)])
+        title, body = render(
+            [
+                message(id="e.1"),
+                message(id="e.2", kind="resolved", level="ok", value=0.3, at=610.0),
+                message(
+                    id="c",
+                    account="alt",
+                    fingerprint="alt/margin_ratio",
+                    level="critical",
+                    value=0.75,
+                ),
+            ]
+        )
         assert title == "CRITICAL alt: margin ratio 75.0 % (+2 more)"
-        assert body.index("CRITICAL alt") < body.index("EMERGENCY main") < body.index(
-            "RESOLVED main")
+        assert (
+            body.index("CRITICAL alt") < body.index("EMERGENCY main") < body.index("RESOLVED main")
+        )
 
 
 class TestChannel:
@@ -210,7 +260,11 @@ class TestChannel:
     def test_priority_by_level(self) -> None:
         """Test the ntfy priority of each level."""
         assert [ntfy_priority(lv) for lv in ("ok", "warning", "critical", "emergency")] == [
-            "low", "default", "high", "max"]
+            "low",
+            "default",
+            "high",
+            "max",
+        ]
 
 
 class TestDelivery:
@@ -220,12 +274,12 @@ class TestDelivery:
         """Test that ntfy gets max priority and buttons whose tokens acknowledge and silence."""
         async with receiver() as rec:
             sink = NotifySink(channel(f"ntfy://127.0.0.1:{rec.port}/alerts"))
-            pipeline = AlertPipeline(Store(tmp_path / "a.db"), MARGIN_ONLY, [sink],
-                                     command_secret=SECRET)
+            pipeline = AlertPipeline(
+                Store(tmp_path / "a.db"), MARGIN_ONLY, [sink], command_secret=SECRET
+            )
             sink.sign = pipeline.sign
             app = command_app(lambda raw, src: pipeline.handle_command(raw, source=src))
-            async with serving(app) as base, \
-                    delivering(pipeline):
+            async with serving(app) as base, delivering(pipeline):
                 sink.command_url = f"{base}/command"
                 pipeline.on_report(report(0.9))
                 await rec.wait(1)
@@ -238,7 +292,8 @@ class TestDelivery:
                 actions = [a.split(", ") for a in headers["X-Actions"].split("; ")]
                 assert [(a[0], a[1], a[2], a[3]) for a in actions] == [
                     ("http", "Acknowledge", f"{base}/command", "method=POST"),
-                    ("http", "Silence 1 h", f"{base}/command", "method=POST")]
+                    ("http", "Silence 1 h", f"{base}/command", "method=POST"),
+                ]
                 assert "token" not in headers["X-Actions"]  # in the body, never the URL
                 token = actions[0][4].removeprefix("body=")
                 command = verify(decode_token(token), SECRET, now=pipeline.clock() + 1800)
@@ -253,16 +308,23 @@ class TestDelivery:
                         assert resp.status == 403  # replay refused
         assert pipeline.state.alert("main", "margin_ratio").acknowledged
         (silence,) = pipeline.state.silences
-        assert (silence.account, silence.rule, silence.up_to) == ("main", "margin_ratio",
-                                                                  "emergency")
+        assert (silence.account, silence.rule, silence.up_to) == (
+            "main",
+            "margin_ratio",
+            "emergency",
+        )
         assert len(pipeline.store.audit_trail(kind="command")) == 2
 
     async def test_button_acknowledges_alert(self, tmp_path: Path) -> None:
         """Test that the Acknowledge token stops repeats of that alert."""
         config = AlertConfig(repeat_every=10)
         pipeline = AlertPipeline(Store(tmp_path / "a.db"), config, [], command_secret=SECRET)
-        sink = NotifySink(channel("json://127.0.0.1:9/x"), command_url="http://h/command",
-                          sign=pipeline.sign, clock=lambda: 100.0)
+        sink = NotifySink(
+            channel("json://127.0.0.1:9/x"),
+            command_url="http://h/command",
+            sign=pipeline.sign,
+            clock=lambda: 100.0,
+        )
         pipeline.on_report(report(0.9), now=100.0)
         episode = pipeline.state.alert("main", "margin_ratio").episode
         header = sink._actions(message(episode=episode))
@@ -292,9 +354,14 @@ class TestDelivery:
         assert 2 <= len(rec.requests) <= 4
         bodies = [json.loads(b) for _, _, b in rec.requests]
         text = "\n".join(b["title"] + "\n" + b["message"] for b in bodies)
-        for headline in ("WARNING main: margin ratio 55.0 %", "CRITICAL main: margin ratio 75.0 %",
-                         "EMERGENCY main: margin ratio 90.0 %", "RESOLVED main",
-                         "WARNING main: margin ratio 60.0 %", "CRITICAL main: margin ratio 72.0 %"):
+        for headline in (
+            "WARNING main: margin ratio 55.0 %",
+            "CRITICAL main: margin ratio 75.0 %",
+            "EMERGENCY main: margin ratio 90.0 %",
+            "RESOLVED main",
+            "WARNING main: margin ratio 60.0 %",
+            "CRITICAL main: margin ratio 72.0 %",
+        ):
             assert headline in text
 
     async def test_failure_is_retried(self, tmp_path: Path) -> None:

@@ -31,8 +31,9 @@ def _slug(heading: str) -> str:
 
 
 def _anchors(path: Path) -> set[str]:
-    return {_slug(line.lstrip("#")) for line in path.read_text().splitlines()
-            if line.startswith("#")}  # fmt: skip
+    return {
+        _slug(line.lstrip("#")) for line in path.read_text().splitlines() if line.startswith("#")
+    }
 
 
 def _links(path: Path) -> list[str]:
@@ -83,8 +84,10 @@ class TestQuickPath:
         toml = re.search(r"```toml\n(.*?)```", quick, re.S)
         assert toml is not None
         exports = dict(re.findall(r"export (MARGIN_MONITOR__\w+)='([^']*)'", quick))
-        assert set(exports) == {"MARGIN_MONITOR__ACCOUNTS__MAIN__API_KEY",
-                                "MARGIN_MONITOR__ACCOUNTS__MAIN__SECRET"}  # fmt: skip
+        assert set(exports) == {
+            "MARGIN_MONITOR__ACCOUNTS__MAIN__API_KEY",
+            "MARGIN_MONITOR__ACCOUNTS__MAIN__SECRET",
+        }
         env = {k: v for k, v in os.environ.items() if not k.startswith("MARGIN_MONITOR__")}
         env |= exports
         async with receiver() as rec:
@@ -96,9 +99,15 @@ class TestQuickPath:
             for command in ("check", "notify-test"):
                 extra = ["--offline"] if command == "check" else []
                 proc = await asyncio.create_subprocess_exec(
-                    str(EXE), command, "--config", str(config), *extra, env=env,
-                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                )  # fmt: skip
+                    str(EXE),
+                    command,
+                    "--config",
+                    str(config),
+                    *extra,
+                    env=env,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
+                )
                 out, err = await asyncio.wait_for(proc.communicate(), 60)
                 assert proc.returncode == 0, err.decode()
                 outputs.append(out.decode())

@@ -14,24 +14,37 @@ from monitor.core import rules
 from monitor.core.model import MarginReport, ShockToLiquidation, SourceDown, SourceStale, SourceUp
 from monitor.core.rules import AlertConfig, AlertEvent, RulesState, Silence
 
-NO_REPEAT = AlertConfig(repeat_every=0, shock_warning=None, shock_critical=None,
-                        shock_emergency=None)
+NO_REPEAT = AlertConfig(
+    repeat_every=0, shock_warning=None, shock_critical=None, shock_emergency=None
+)
 
 
 def report(ratio: float, account: str = "acct", shock: float | None = None) -> MarginReport:
     """A report whose only meaningful figures are the ratio and the shock."""
     stl = None if shock is None else ShockToLiquidation(down=-shock, up=None)
     return MarginReport(
-        account=account, currency="USDT", wallet_balance=1000.0, unrealized_pnl=0.0,
-        margin_balance=1000.0, initial_margin=0.0, maintenance_margin=ratio * 1000.0,
-        margin_ratio=ratio, margin_level=math.inf if ratio == 0 else 1 / ratio,
-        free_collateral=1000.0, liquidated=ratio >= 1, positions=(), shock_to_liquidation=stl,
+        account=account,
+        currency="USDT",
+        wallet_balance=1000.0,
+        unrealized_pnl=0.0,
+        margin_balance=1000.0,
+        initial_margin=0.0,
+        maintenance_margin=ratio * 1000.0,
+        margin_ratio=ratio,
+        margin_level=math.inf if ratio == 0 else 1 / ratio,
+        free_collateral=1000.0,
+        liquidated=ratio >= 1,
+        positions=(),
+        shock_to_liquidation=stl,
     )
 
 
 def run_path(
-    ratios: Sequence[float], config: AlertConfig = NO_REPEAT, dt: float = 1.0,
-    state: RulesState | None = None, start: float = 0.0,
+    ratios: Sequence[float],
+    config: AlertConfig = NO_REPEAT,
+    dt: float = 1.0,
+    state: RulesState | None = None,
+    start: float = 0.0,
 ) -> tuple[RulesState, list[AlertEvent]]:
     """Feed a ratio path at `dt` intervals; return the final state and every event."""
     state = state or RulesState()
@@ -60,12 +73,16 @@ class TestLevels:
             ([0.1, math.inf], [("firing", "emergency")]),
             ([0.5, 0.46, 0.54, 0.47], [("firing", "warning")]),
             ([0.5, 0.44], [("firing", "warning"), ("resolved", "ok")]),
-            ([0.5, 0.7, 0.85], [("firing", "warning"), ("escalated", "critical"),
-                                ("escalated", "emergency")]),
+            (
+                [0.5, 0.7, 0.85],
+                [("firing", "warning"), ("escalated", "critical"), ("escalated", "emergency")],
+            ),
             ([0.86, 0.81, 0.79], [("firing", "emergency"), ("deescalated", "critical")]),
             ([0.86, 0.3], [("firing", "emergency"), ("resolved", "ok")]),
-            ([0.86, 0.66, 0.6], [("firing", "emergency"), ("deescalated", "critical"),
-                                 ("deescalated", "warning")]),
+            (
+                [0.86, 0.66, 0.6],
+                [("firing", "emergency"), ("deescalated", "critical"), ("deescalated", "warning")],
+            ),
             ([0.5, float("nan"), 0.5], [("firing", "warning")]),
         ],
     )
@@ -136,7 +153,11 @@ class TestRepeat:
         config = AlertConfig(repeat_every=10.0)
         _, events = run_path([0.6] * 35, config)
         assert [(e.kind, e.at) for e in events] == [
-            ("firing", 0.0), ("repeat", 10.0), ("repeat", 20.0), ("repeat", 30.0)]
+            ("firing", 0.0),
+            ("repeat", 10.0),
+            ("repeat", 20.0),
+            ("repeat", 30.0),
+        ]
 
     def test_tick_repeats_without_reports(self) -> None:
         """Test that tick() produces due repeats when no report arrives."""
@@ -153,7 +174,10 @@ class TestRepeat:
         config = AlertConfig(repeat_every=10.0)
         _, events = run_path([0.6] * 5 + [0.75] * 12, config)
         assert [(e.kind, e.at) for e in events] == [
-            ("firing", 0.0), ("escalated", 5.0), ("repeat", 15.0)]
+            ("firing", 0.0),
+            ("escalated", 5.0),
+            ("repeat", 15.0),
+        ]
 
 
 class TestShock:
@@ -206,12 +230,14 @@ class TestSourceAlerts:
     def test_stale_lifecycle(self) -> None:
         """Test that stale fires once, repeats, and resolves on SourceUp of the same kind."""
         config = AlertConfig(repeat_every=60.0)
-        state, ev = rules.on_source_event(RulesState(), SourceStale("a", "prices", 30.0, 0.0),
-                                          0.0, config)
+        state, ev = rules.on_source_event(
+            RulesState(), SourceStale("a", "prices", 30.0, 0.0), 0.0, config
+        )
         assert [(e.rule, e.kind, e.level) for e in ev] == [("stale_prices", "firing", "warning")]
         assert "30 s" in ev[0].detail
-        state, ev = rules.on_source_event(state, SourceStale("a", "prices", 40.0, 10.0),
-                                          10.0, config)
+        state, ev = rules.on_source_event(
+            state, SourceStale("a", "prices", 40.0, 10.0), 10.0, config
+        )
         assert ev == ()
         state, ev = rules.on_source_event(state, SourceUp("a", "positions", 20.0), 20.0, config)
         assert ev == ()
@@ -222,10 +248,12 @@ class TestSourceAlerts:
     def test_source_down_lifecycle(self) -> None:
         """Test that source_down fires critical with its reason and resolves on SourceUp."""
         config = AlertConfig()
-        state, ev = rules.on_source_event(RulesState(), SourceDown("a", "bad api key", 0.0),
-                                          0.0, config)
+        state, ev = rules.on_source_event(
+            RulesState(), SourceDown("a", "bad api key", 0.0), 0.0, config
+        )
         assert [(e.rule, e.level, e.detail) for e in ev] == [
-            ("source_down", "critical", "bad api key")]
+            ("source_down", "critical", "bad api key")
+        ]
         _, ev = rules.on_source_event(state, SourceUp("a", "balance", 5.0), 5.0, config)
         assert [(e.rule, e.kind) for e in ev] == [("source_down", "resolved")]
 
@@ -238,7 +266,8 @@ class TestActionRejected:
         config = AlertConfig(repeat_every=0)
         state, ev = rules.on_action_rejected(RulesState(), "a", "InsufficientFunds", 0.0, config)
         assert [(e.fingerprint, e.kind, e.level, e.detail) for e in ev] == [
-            ("a/action_rejected", "firing", "critical", "InsufficientFunds")]
+            ("a/action_rejected", "firing", "critical", "InsufficientFunds")
+        ]
         state, ev = rules.on_action_rejected(state, "a", "InsufficientFunds again", 5.0, config)
         assert ev == ()
         state, ev = rules.on_action_resolved(state, "a", 9.0, config)
@@ -261,11 +290,14 @@ class TestSuppression:
         config = AlertConfig(repeat_every=0)
         state, ev = rules.evaluate(RulesState(), report(0.9, shock=0.09), 0.0, config)
         assert {(e.rule, e.level, e.suppressed) for e in ev} == {
-            ("margin_ratio", "emergency", None), ("shock_to_liquidation", "warning", "inhibited")}
+            ("margin_ratio", "emergency", None),
+            ("shock_to_liquidation", "warning", "inhibited"),
+        }
         state, ev = rules.evaluate(state, report(0.2, shock=0.09), 1.0, config)
         assert {(e.rule, e.kind, e.level, e.suppressed) for e in ev} == {
             ("margin_ratio", "resolved", "ok", None),
-            ("shock_to_liquidation", "firing", "warning", None)}
+            ("shock_to_liquidation", "firing", "warning", None),
+        }
 
     def test_stale_is_never_inhibited(self) -> None:
         """Test that a stale alert reaches a person during an emergency."""
@@ -286,17 +318,22 @@ class TestSuppression:
     def test_silence_does_not_hide_a_higher_level(self) -> None:
         """Test that a silence up to warning lets the emergency through."""
         state = rules.add_silence(
-            RulesState(), Silence(id="s", until=100.0, account="acct", up_to="warning"))
+            RulesState(), Silence(id="s", until=100.0, account="acct", up_to="warning")
+        )
         _, ev = run_path([0.6, 0.9], state=state)
         assert [(e.level, e.suppressed) for e in ev] == [
-            ("warning", "silenced:s"), ("emergency", None)]
+            ("warning", "silenced:s"),
+            ("emergency", None),
+        ]
 
     def test_silenced_episode_resolves_quietly(self) -> None:
         """Test that an episode nobody was told about ends without a resolved message."""
         state = rules.add_silence(RulesState(), Silence(id="s", until=100.0))
         _, ev = run_path([0.6, 0.1], state=state)
         assert [(e.kind, e.suppressed) for e in ev] == [
-            ("firing", "silenced:s"), ("resolved", "unannounced")]
+            ("firing", "silenced:s"),
+            ("resolved", "unannounced"),
+        ]
 
     def test_remove_silence(self) -> None:
         """Test that a lifted silence stops muting."""
@@ -326,8 +363,7 @@ class TestSuppression:
 
 # --- properties on random paths ---------------------------------------------------------------
 
-ratios = st.lists(st.floats(min_value=0.0, max_value=1.2, allow_nan=False), min_size=1,
-                  max_size=60)
+ratios = st.lists(st.floats(min_value=0.0, max_value=1.2, allow_nan=False), min_size=1, max_size=60)
 
 
 class TestProperties:
@@ -370,8 +406,10 @@ class TestProperties:
             if raw > rules.level_rank(before):
                 assert [e.level for e in events] == [rules.LEVELS[raw]]
 
-    @given(st.floats(min_value=0.5, max_value=0.699), st.lists(
-        st.floats(min_value=0.451, max_value=0.69), min_size=1, max_size=50))
+    @given(
+        st.floats(min_value=0.5, max_value=0.699),
+        st.lists(st.floats(min_value=0.451, max_value=0.69), min_size=1, max_size=50),
+    )
     @settings(max_examples=200, deadline=None)
     def test_no_flapping_inside_band(self, first: float, wobble: list[float]) -> None:
         """Test that after entering warning, values inside [0.45, 0.7) never produce an event."""

@@ -82,9 +82,7 @@ class TestNotifier:
         assert notifier.enabled
         assert not notifier.status("still here")
 
-    def test_full_queue_does_not_block(
-        self, notify_socket: tuple[str, socket.socket]
-    ) -> None:
+    def test_full_queue_does_not_block(self, notify_socket: tuple[str, socket.socket]) -> None:
         """Test that a supervisor that stopped reading makes sends fail fast, not hang."""
         path, _sock = notify_socket
         notifier = Notifier(path)
@@ -119,9 +117,7 @@ class TestWatchdogInterval:
 
 
 class TestWatchdogLoop:
-    async def test_pings_while_probes_pass(
-        self, notify_socket: tuple[str, socket.socket]
-    ) -> None:
+    async def test_pings_while_probes_pass(self, notify_socket: tuple[str, socket.socket]) -> None:
         """Test that the loop pings repeatedly while every probe reports progress."""
         path, sock = notify_socket
         task = asyncio.create_task(watchdog_loop(Notifier(path), 0.01, [lambda: None]))
@@ -175,9 +171,7 @@ class TestWatchdogLoop:
             now["t"] += 2.5  # every reading is 2.5 s later: each 0.01 s sleep "took" 2.5 s
             return now["t"]
 
-        task = asyncio.create_task(
-            watchdog_loop(Notifier(path), 0.01, lag_limit=1.0, clock=clock)
-        )
+        task = asyncio.create_task(watchdog_loop(Notifier(path), 0.01, lag_limit=1.0, clock=clock))
         await asyncio.sleep(0.1)
         task.cancel()
         assert now["t"] > 10  # the loop did run several rounds

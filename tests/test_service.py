@@ -99,10 +99,26 @@ def http_get(url: str) -> tuple[int, str]:
 def retained(broker: Mosquitto, topic: str) -> str:
     """The retained message on `topic` (mosquitto_sub returns it at once)."""
     result = subprocess.run(
-        [MOSQUITTO_SUB, "-h", broker.host, "-p", str(broker.port), "-t", topic,
-         "-C", "1", "-W", "5", "-q", "1"],
-        capture_output=True, text=True, timeout=10, check=False,
-    )  # fmt: skip
+        [
+            MOSQUITTO_SUB,
+            "-h",
+            broker.host,
+            "-p",
+            str(broker.port),
+            "-t",
+            topic,
+            "-C",
+            "1",
+            "-W",
+            "5",
+            "-q",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
     return result.stdout.strip()
 
 
@@ -131,8 +147,12 @@ def write_config(
     if heartbeat is not None:
         lines += ["[heartbeat]", f'url = "{heartbeat}"', "interval = 0.3"]
     for name in accounts:
-        lines += ["[[accounts]]", f'name = "{name}"', 'exchange = "sim"',
-                  'sim = { scenario = "calm" }']  # fmt: skip
+        lines += [
+            "[[accounts]]",
+            f'name = "{name}"',
+            'exchange = "sim"',
+            'sim = { scenario = "calm" }',
+        ]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -185,8 +205,14 @@ class TestService:
         config = tmp_path / "config.toml"
         ping_base, pings = ping_service
         heartbeat = f"{ping_base}/ping/{PING_TOKEN}"
-        write_config(config, mosquitto, prefix=prefix, metrics_port=port, accounts=["demo"],
-                     heartbeat=heartbeat)  # fmt: skip
+        write_config(
+            config,
+            mosquitto,
+            prefix=prefix,
+            metrics_port=port,
+            accounts=["demo"],
+            heartbeat=heartbeat,
+        )
         creds = tmp_path / "credentials"
         creds.mkdir()
         for name, value in SECRETS.items():
@@ -201,8 +227,11 @@ class TestService:
         )
         proc = subprocess.Popen(
             [str(CONSOLE_SCRIPT), "run", "--config", str(config)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+        )
         try:
             wait_for("READY=1", lambda: notify.count("READY=1") >= 1)
             assert proc.poll() is None
@@ -216,8 +245,15 @@ class TestService:
                 for family in text_string_to_metric_families(text)
                 for s in family.samples
             }
-            for metric in ("margin_ratio", "margin_balance", "maintenance_margin",
-                           "free_collateral", "fresh", "data_age_seconds", "level"):  # fmt: skip
+            for metric in (
+                "margin_ratio",
+                "margin_balance",
+                "maintenance_margin",
+                "free_collateral",
+                "fresh",
+                "data_age_seconds",
+                "level",
+            ):
                 assert (f"margin_monitor_{metric}", "demo") in names
             assert ("margin_monitor_events_total", "demo") in names
             wait_for("status online", lambda: retained(mosquitto, f"{prefix}/status") == "online")
@@ -225,8 +261,14 @@ class TestService:
             assert set(pings) == {f"/ping/{PING_TOKEN}"}
 
             # SIGHUP: a second account joins without a restart, and is vouched for
-            write_config(config, mosquitto, prefix=prefix, metrics_port=port,
-                         accounts=["demo", "second"], heartbeat=heartbeat)  # fmt: skip
+            write_config(
+                config,
+                mosquitto,
+                prefix=prefix,
+                metrics_port=port,
+                accounts=["demo", "second"],
+                heartbeat=heartbeat,
+            )
             proc.send_signal(signal.SIGHUP)
             wait_for("READY after reload", lambda: notify.count("READY=1") >= 2)
             wait_for(
@@ -262,14 +304,22 @@ class TestService:
         """Test that SIGHUP with a broken config logs one error and keeps the accounts running."""
         port = free_port()
         config = tmp_path / "config.toml"
-        write_config(config, mosquitto, prefix=f"mm-{uuid.uuid4().hex[:8]}", metrics_port=port,
-                     accounts=["demo"])  # fmt: skip
+        write_config(
+            config,
+            mosquitto,
+            prefix=f"mm-{uuid.uuid4().hex[:8]}",
+            metrics_port=port,
+            accounts=["demo"],
+        )
         env = {k: v for k, v in os.environ.items() if not k.startswith("MARGIN_MONITOR")}
         env["NOTIFY_SOCKET"] = str(notify.path)
         proc = subprocess.Popen(
             [str(CONSOLE_SCRIPT), "run", "--config", str(config)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+        )
         try:
             wait_for("READY=1", lambda: notify.count("READY=1") >= 1)
             config.write_text(config.read_text().replace('exchange = "sim"', 'exchange = "simm"'))
@@ -295,13 +345,15 @@ class TestService:
             busy.listen()
             taken = busy.getsockname()[1]
             config = tmp_path / "config.toml"
-            write_config(config, mosquitto, prefix="mm-busy", metrics_port=taken,
-                         accounts=["demo"])  # fmt: skip
+            write_config(config, mosquitto, prefix="mm-busy", metrics_port=taken, accounts=["demo"])
             result = subprocess.run(
                 [str(CONSOLE_SCRIPT), "run", "--config", str(config)],
-                capture_output=True, text=True, timeout=60, check=False,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
                 stdin=subprocess.DEVNULL,
-            )  # fmt: skip
+            )
         assert result.returncode == 2, result.stderr[-2000:]
         assert result.stderr.splitlines() == [
             f"margin-monitor: metrics: cannot listen on 127.0.0.1:{taken} "
@@ -352,9 +404,14 @@ class TestWatchdog:
         settings = load_settings(None, state_dir=tmp_path)
         sink = WedgedSink()
         daemon = asyncio.create_task(
-            run_daemon(settings, settings.accounts, [sink], handle_signals=False,
-                       notifier=Notifier(str(notify.path)))
-        )  # fmt: skip
+            run_daemon(
+                settings,
+                settings.accounts,
+                [sink],
+                handle_signals=False,
+                notifier=Notifier(str(notify.path)),
+            )
+        )
         await asyncio.sleep(3.5)
         daemon.cancel()  # what systemd's SIGABRT would do; not a clean stop (it is stuck)
         with contextlib.suppress(asyncio.CancelledError):

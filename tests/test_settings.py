@@ -230,7 +230,6 @@ class TestErrors:
             load_settings(path)
 
 
-
 class TestCredentials:
     """A live account is refused at load time when its venue's signing keys are missing."""
 
@@ -244,7 +243,7 @@ class TestCredentials:
             ("bitget", {"api_key": "k", "secret": SECRET, "password": ""}, "password"),
             ("hyperliquid", {"secret": SECRET}, "api_key"),
         ],
-    )  # fmt: skip
+    )
     def test_missing_key_is_named(
         self, tmp_path: Path, exchange: str, keys: dict[str, str], missing: str
     ) -> None:
@@ -262,8 +261,11 @@ class TestCredentials:
 
     def test_hyperliquid_reads_with_the_wallet_address_alone(self, tmp_path: Path) -> None:
         """Test that a Hyperliquid account without an agent key (read-only) is accepted."""
-        path = _write(tmp_path, '[[accounts]]\nname = "hl"\nexchange = "hyperliquid"\n'
-                      'api_key = "0x0000000000000000000000000000000000000001"\n')  # fmt: skip
+        path = _write(
+            tmp_path,
+            '[[accounts]]\nname = "hl"\nexchange = "hyperliquid"\n'
+            'api_key = "0x0000000000000000000000000000000000000001"\n',
+        )
         assert load_settings(path).accounts[0].secret is None
 
     def test_keys_from_every_source_are_accepted(
@@ -289,6 +291,7 @@ class TestCredentials:
         """Test that the embedded simulated venue is never asked for keys."""
         path = _write(tmp_path, '[[accounts]]\nname = "s"\nexchange = "sim"\n')
         assert load_settings(path).accounts[0].api_key is None
+
 
 class TestSecrets:
     def test_secret_not_in_repr_or_dump(

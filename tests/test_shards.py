@@ -94,10 +94,16 @@ class TestPlan:
     def test_moves_are_the_accounts_whose_owner_changes(self) -> None:
         """Test that an account moves exactly when the daemon's owner of it changes."""
         for n, m in [(1, 2), (3, 5), (5, 3), (4, 4), (8, 1)]:
-            owner_before = {a.name: k for k in range(1, n + 1)
-                            for a in select_shard(accounts(NAMES), f"{k}/{n}")}  # fmt: skip
-            owner_after = {a.name: k for k in range(1, m + 1)
-                           for a in select_shard(accounts(NAMES), f"{k}/{m}")}  # fmt: skip
+            owner_before = {
+                a.name: k
+                for k in range(1, n + 1)
+                for a in select_shard(accounts(NAMES), f"{k}/{n}")
+            }
+            owner_after = {
+                a.name: k
+                for k in range(1, m + 1)
+                for a in select_shard(accounts(NAMES), f"{k}/{m}")
+            }
             moved = {r.account for r in plan(NAMES, n, m) if r.moves}
             assert moved == {a for a in NAMES if owner_before[a] != owner_after[a]}
         assert not any(r.moves for r in plan(NAMES, 4, 4))
@@ -151,8 +157,10 @@ class TestShardPlanCommand:
         """Test that the plan of a live config is made without its secrets (names only)."""
         monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
         config = tmp_path / "live.toml"
-        config.write_text('[[accounts]]\nname = "main"\nexchange = "binanceusdm"\n'
-                          '[[accounts]]\nname = "alt"\nexchange = "okx"\n')  # fmt: skip
+        config.write_text(
+            '[[accounts]]\nname = "main"\nexchange = "binanceusdm"\n'
+            '[[accounts]]\nname = "alt"\nexchange = "okx"\n'
+        )
         assert main(["shard-plan", "--config", str(config), "--from", "1", "--to", "2"]) == 0
         assert capsys.readouterr().out.startswith("shard plan 1 -> 2: 2 accounts,")
 

@@ -18,12 +18,26 @@ class TestVerify:
 
     def test_round_trip(self) -> None:
         """Test that a fresh signed command comes back field for field."""
-        cmd = Command("silence", account="a", rule="margin_ratio", duration=600.0,
-                      up_to="critical", silence_id="s", request_id="r")
+        cmd = Command(
+            "silence",
+            account="a",
+            rule="margin_ratio",
+            duration=600.0,
+            up_to="critical",
+            silence_id="s",
+            request_id="r",
+        )
         got = verify(envelope(cmd, KEY, 100.0), KEY, now=130.0)
-        assert got == Command("silence", account="a", rule="margin_ratio", duration=600.0,
-                              up_to="critical", silence_id="s", request_id="r",
-                              issued_at=100.0)
+        assert got == Command(
+            "silence",
+            account="a",
+            rule="margin_ratio",
+            duration=600.0,
+            up_to="critical",
+            silence_id="s",
+            request_id="r",
+            issued_at=100.0,
+        )
 
     @pytest.mark.parametrize(
         ("raw", "reason"),
@@ -92,7 +106,9 @@ class TestInterop:
         body = '{"action":"status","request_id":"sh"}'
         out = subprocess.run(
             ["openssl", "dgst", "-sha256", "-hmac", KEY.decode(), "-hex"],
-            input=f"100\n{body}".encode(), capture_output=True, check=True,
+            input=f"100\n{body}".encode(),
+            capture_output=True,
+            check=True,
         ).stdout.decode()
         sig = out.strip().split()[-1]
         raw = json.dumps({"body": body, "ts": 100, "sig": sig})

@@ -101,8 +101,11 @@ class TestScriptedPath:
         bottom = min(frames, key=lambda k: k.m)
         path = ScriptedPath(
             [(m.symbol, m.price0, m.beta) for m in DEMO_BOOK.markets],
-            [Keyframe(0, bottom.m)], tick_rate=10, seed=1, noise=0.0,
-        )  # fmt: skip
+            [Keyframe(0, bottom.m)],
+            tick_rate=10,
+            seed=1,
+            noise=0.0,
+        )
         venue = SimVenue("x")
         _, prices = path.next_prices()
         for symbol, price in prices:

@@ -25,9 +25,12 @@ class TestBuildAlertsSink:
 
     def test_buttons_need_key_and_url(self, tmp_path: Path) -> None:
         """Test that phone buttons are wired only with a command key and a command URL."""
-        notify = NotifySettings.model_validate({
-            "command_url": "https://m.example/command",
-            "channels": [{"name": "p", "url": "ntfy://127.0.0.1:9/t"}]})
+        notify = NotifySettings.model_validate(
+            {
+                "command_url": "https://m.example/command",
+                "channels": [{"name": "p", "url": "ntfy://127.0.0.1:9/t"}],
+            }
+        )
         mqtt = MqttSettings.model_validate({"command_secret": "k", "port": 1})
         signed = build_alerts_sink(tmp_path, AlertConfig(), mqtt, notify)
         channel = signed.pipeline.sinks[1]

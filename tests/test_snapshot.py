@@ -25,8 +25,14 @@ def good() -> dict[str, Any]:
         "currency": "USDT",
         "collateral": [{"asset": "USDT", "amount": 1000.0}],
         "positions": [
-            {"symbol": "BTC/USDT:USDT", "side": "long", "contracts": 0.1,
-             "entry_price": 60000.0, "mark_price": 61000.0, "leverage": 10}
+            {
+                "symbol": "BTC/USDT:USDT",
+                "side": "long",
+                "contracts": 0.1,
+                "entry_price": 60000.0,
+                "mark_price": 61000.0,
+                "leverage": 10,
+            }
         ],
     }
 
@@ -51,30 +57,53 @@ class TestParse:
         ("mutate", "expected"),
         [
             (lambda d: d.pop("currency"), "snap.json: currency is missing"),
-            (lambda d: d["positions"][0].update(contracts=-1),
-             "positions[0].contracts is -1, expected a number ≥ 0"),
-            (lambda d: d["positions"][0].update(side="buy"),
-             "positions[0].side is 'buy', expected one of: long, short"),
-            (lambda d: d["positions"][0].update(mark_price=float("nan")),
-             "positions[0].mark_price is nan, expected a finite number"),
-            (lambda d: d["positions"][0].update(entry_price="60000"),
-             "positions[0].entry_price is the string '60000', expected a number"),
-            (lambda d: d["positions"][0].update(leverage=True),
-             "positions[0].leverage is the boolean true, expected a number"),
-            (lambda d: d["positions"][0].update(mark_prise=1),
-             "positions[0] has unknown field 'mark_prise' (did you mean 'mark_price'?)"),
-            (lambda d: d["collateral"][0].update(price=0),
-             "collateral[0].price is 0, expected a number > 0"),
+            (
+                lambda d: d["positions"][0].update(contracts=-1),
+                "positions[0].contracts is -1, expected a number ≥ 0",
+            ),
+            (
+                lambda d: d["positions"][0].update(side="buy"),
+                "positions[0].side is 'buy', expected one of: long, short",
+            ),
+            (
+                lambda d: d["positions"][0].update(mark_price=float("nan")),
+                "positions[0].mark_price is nan, expected a finite number",
+            ),
+            (
+                lambda d: d["positions"][0].update(entry_price="60000"),
+                "positions[0].entry_price is the string '60000', expected a number",
+            ),
+            (
+                lambda d: d["positions"][0].update(leverage=True),
+                "positions[0].leverage is the boolean true, expected a number",
+            ),
+            (
+                lambda d: d["positions"][0].update(mark_prise=1),
+                "positions[0] has unknown field 'mark_prise' (did you mean 'mark_price'?)",
+            ),
+            (
+                lambda d: d["collateral"][0].update(price=0),
+                "collateral[0].price is 0, expected a number > 0",
+            ),
             (lambda d: d.update(positions={}), "positions is an object, expected a list"),
-            (lambda d: d["positions"][0].update(settle="BTC"),
-             "positions[0].settle settles in BTC, which has no price"),
-            (lambda d: d["positions"].append(dict(d["positions"][0])),
-             "positions[1] repeats BTC/USDT:USDT long"),
-            (lambda d: d["positions"][0].update(tiers=[{"max_notional": 100, "mmr": 0.01},
-                                                       {"max_notional": 50, "mmr": 0.02}]),
-             "positions[0].tiers[1].max_notional must be greater than the tier before it"),
-            (lambda d: d["positions"][0].update(margin_mode="portfolio"),
-             "positions[0].margin_mode is 'portfolio', expected one of: cross, isolated"),
+            (
+                lambda d: d["positions"][0].update(settle="BTC"),
+                "positions[0].settle settles in BTC, which has no price",
+            ),
+            (
+                lambda d: d["positions"].append(dict(d["positions"][0])),
+                "positions[1] repeats BTC/USDT:USDT long",
+            ),
+            (
+                lambda d: d["positions"][0].update(
+                    tiers=[{"max_notional": 100, "mmr": 0.01}, {"max_notional": 50, "mmr": 0.02}]
+                ),
+                "positions[0].tiers[1].max_notional must be greater than the tier before it",
+            ),
+            (
+                lambda d: d["positions"][0].update(margin_mode="portfolio"),
+                "positions[0].margin_mode is 'portfolio', expected one of: cross, isolated",
+            ),
         ],
     )
     def test_bad_fields_name_the_field(self, mutate: Any, expected: str) -> None:
@@ -104,13 +133,33 @@ class TestParse:
         assert parse_snapshot(json.loads(text), "rt") == s
 
     @settings(max_examples=300, deadline=None)
-    @given(st.recursive(
-        st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=5),
-        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
-            st.sampled_from(["account", "currency", "collateral", "positions", "asset",
-                             "amount", "symbol", "side", "contracts", "x"]), inner, max_size=5),
-        max_leaves=20,
-    ))
+    @given(
+        st.recursive(
+            st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=5),
+            lambda inner: (
+                st.lists(inner, max_size=3)
+                | st.dictionaries(
+                    st.sampled_from(
+                        [
+                            "account",
+                            "currency",
+                            "collateral",
+                            "positions",
+                            "asset",
+                            "amount",
+                            "symbol",
+                            "side",
+                            "contracts",
+                            "x",
+                        ]
+                    ),
+                    inner,
+                    max_size=5,
+                )
+            ),
+            max_leaves=20,
+        )
+    )
     def test_garbage_never_crashes(self, data: object) -> None:
         """Test that arbitrary JSON-like input is either a snapshot or a one-line UserError."""
         message = ""
@@ -134,11 +183,32 @@ class TestReportJson:
     def test_fields_of_the_contract(self) -> None:
         """Test that the report carries every field docs/margin-math.md promises."""
         out = report_to_dict(report(parse_snapshot(good(), "x")))
-        for key in ("account", "currency", "wallet_balance", "unrealized_pnl", "margin_balance",
-                    "initial_margin", "maintenance_margin", "margin_ratio", "margin_level",
-                    "free_collateral", "liquidated", "shock_to_liquidation", "positions"):
+        for key in (
+            "account",
+            "currency",
+            "wallet_balance",
+            "unrealized_pnl",
+            "margin_balance",
+            "initial_margin",
+            "maintenance_margin",
+            "margin_ratio",
+            "margin_level",
+            "free_collateral",
+            "liquidated",
+            "shock_to_liquidation",
+            "positions",
+        ):
             assert key in out
-        for key in ("symbol", "side", "margin_mode", "notional", "unrealized_pnl",
-                    "initial_margin", "maintenance_margin", "margin_ratio", "liquidation_price"):
+        for key in (
+            "symbol",
+            "side",
+            "margin_mode",
+            "notional",
+            "unrealized_pnl",
+            "initial_margin",
+            "maintenance_margin",
+            "margin_ratio",
+            "liquidation_price",
+        ):
             assert key in out["positions"][0]
         assert math.isclose(out["unrealized_pnl"], 100.0)

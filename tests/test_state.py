@@ -27,11 +27,20 @@ ETH = "ETH/USDT:USDT"
 
 def _account(**kw: object) -> AccountSnapshot:
     positions = (
-        Position(BTC, "long", 1.0, 60000.0, 61000.0, unrealized_pnl=1000.0,
-                 maintenance_margin=244.0, initial_margin=6100.0, mmr=0.004),
+        Position(
+            BTC,
+            "long",
+            1.0,
+            60000.0,
+            61000.0,
+            unrealized_pnl=1000.0,
+            maintenance_margin=244.0,
+            initial_margin=6100.0,
+            mmr=0.004,
+        ),
         Position(BTC, "short", 0.5, 62000.0, 61000.0, hedged=True, mmr=0.004),
         Position(ETH, "short", 10.0, 3000.0, 3100.0, mmr=0.005),
-    )  # fmt: skip
+    )
     snapshot = AccountSnapshot(
         "acct",
         "USDT",
@@ -120,8 +129,11 @@ class TestPriceTick:
         assert state.snapshot.positions[2].mark_price == 3000.0
 
 
-def _read(ts: float, positions: tuple[Position, ...] | None = None,
-          collateral: tuple[Collateral, ...] | None = None) -> AccountUpdate:
+def _read(
+    ts: float,
+    positions: tuple[Position, ...] | None = None,
+    collateral: tuple[Collateral, ...] | None = None,
+) -> AccountUpdate:
     account = _account()
     return AccountUpdate(
         "acct",
@@ -189,8 +201,16 @@ class TestOrderingRule:
         assert not changed
         assert all(p.mark_price == 58000.0 for p in later.snapshot.positions if p.symbol == BTC)
 
-    @given(st.lists(st.tuples(st.sampled_from(["tick", "read"]), st.floats(100.0, 200.0),
-                              st.floats(50_000.0, 70_000.0)), max_size=12))
+    @given(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["tick", "read"]),
+                st.floats(100.0, 200.0),
+                st.floats(50_000.0, 70_000.0),
+            ),
+            max_size=12,
+        )
+    )
     def test_latest_wins_in_every_order(self, steps: list[tuple[str, float, float]]) -> None:
         """Test that the BTC mark held is always the one with the latest time, ties to the
         later arrival, whatever order ticks and reads arrive in."""
@@ -203,16 +223,16 @@ class TestOrderingRule:
                 if ts >= best[1]:
                     best = (price, ts)
             else:
-                moved = tuple(p.at_mark(price) if p.symbol == BTC else p
-                              for p in _account().positions)
+                moved = tuple(
+                    p.at_mark(price) if p.symbol == BTC else p for p in _account().positions
+                )
                 state, _ = apply(state, _read(ts, moved))
                 if ts >= read_at:
                     read_at = ts
                     if ts >= best[1]:
                         best = (price, ts)
             assert state.marks[BTC] == best
-            assert all(p.mark_price == best[0] for p in state.snapshot.positions
-                       if p.symbol == BTC)
+            assert all(p.mark_price == best[0] for p in state.snapshot.positions if p.symbol == BTC)
 
 
 class TestHealthEvents:

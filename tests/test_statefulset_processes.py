@@ -32,13 +32,24 @@ def write_config(path: Path, broker: Mosquitto) -> Path:
     """Calm sim accounts whose margin ratio (~0.07) sits above a low warning: one steady
     `firing` per account, nothing else (no shock level is near, repeats are an hour away)."""
     lines = [
-        "[alerts]", "warning = 0.03", "band = 0.01", "critical = 0.5", "emergency = 0.8",
-        "[mqtt]", f'host = "{broker.host}"', f"port = {broker.port}", "discovery = false",
+        "[alerts]",
+        "warning = 0.03",
+        "band = 0.01",
+        "critical = 0.5",
+        "emergency = 0.8",
+        "[mqtt]",
+        f'host = "{broker.host}"',
+        f"port = {broker.port}",
+        "discovery = false",
         "keepalive = 5",
-    ]  # fmt: skip
+    ]
     for name in ACCOUNTS:
-        lines += ["[[accounts]]", f'name = "{name}"', 'exchange = "sim"',
-                  'sim = { scenario = "calm" }']  # fmt: skip
+        lines += [
+            "[[accounts]]",
+            f'name = "{name}"',
+            'exchange = "sim"',
+            'sim = { scenario = "calm" }',
+        ]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -66,10 +77,20 @@ class Pods:
         }
         with (self.tmp / f"{pod}.err").open("ab") as err:
             self.procs[k] = subprocess.Popen(
-                [str(CONSOLE_SCRIPT), "run", "--no-tui", "--config", str(self.config),
-                 "--shard", "auto"],
-                env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-            )  # fmt: skip
+                [
+                    str(CONSOLE_SCRIPT),
+                    "run",
+                    "--no-tui",
+                    "--config",
+                    str(self.config),
+                    "--shard",
+                    "auto",
+                ],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
 
     def errors(self) -> dict[str, str]:
         """The end of each pod's stderr, for a failure message."""
@@ -185,13 +206,15 @@ class TestStatefulSetProcesses:
                         assert (resp.status, await resp.text()) == (200, "alive\n")
                     async with http.get(f"{base}/metrics") as resp:
                         samples = [
-                            x for f in text_string_to_metric_families(await resp.text())
+                            x
+                            for f in text_string_to_metric_families(await resp.text())
                             for x in f.samples
-                        ]  # fmt: skip
+                        ]
                     shards = [x for x in samples if x.name == "margin_monitor_shards"]
                     assert [(x.labels, x.value) for x in shards] == [({"shard": str(k + 1)}, 3)]
-                    fresh = {x.labels["account"] for x in samples
-                             if x.name == "margin_monitor_fresh"}  # fmt: skip
+                    fresh = {
+                        x.labels["account"] for x in samples if x.name == "margin_monitor_fresh"
+                    }
                     assert fresh == {a for a, p in expected.items() if p == f"margin-monitor-{k}"}
 
             # SIGKILL pod 1; its last will says offline; it comes back with its volume
@@ -243,8 +266,9 @@ class BridgedBroker(Mosquitto):
         bridge_dir = self.workdir / "bridge"
         bridge_dir.mkdir(exist_ok=True)
         bridge = (COMPONENT / "bridge.conf.example").read_text()
-        bridge = bridge.replace("central-mqtt.example.org:8883",
-                                f"{self.central.host}:{self.central.port}")  # fmt: skip
+        bridge = bridge.replace(
+            "central-mqtt.example.org:8883", f"{self.central.host}:{self.central.port}"
+        )
         bridge = bridge.replace("clusters/eu-1/", f"clusters/{self.cluster}/")
         skipped = ("remote_username", "remote_password", "bridge_cafile")
         lines = [x for x in bridge.splitlines() if not x.startswith(skipped)]

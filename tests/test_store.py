@@ -16,17 +16,24 @@ from monitor.core.model import MarginReport
 from monitor.core.rules import AlertConfig, RulesState, Silence, add_silence
 from monitor.store import Store
 
-CONFIG = AlertConfig(repeat_every=0, shock_warning=None, shock_critical=None,
-                     shock_emergency=None)
+CONFIG = AlertConfig(repeat_every=0, shock_warning=None, shock_critical=None, shock_emergency=None)
 
 
 def report(ratio: float, account: str = "acct") -> MarginReport:
     """A report whose only meaningful figure is the ratio."""
     return MarginReport(
-        account=account, currency="USDT", wallet_balance=1000.0, unrealized_pnl=0.0,
-        margin_balance=1000.0, initial_margin=0.0, maintenance_margin=ratio * 1000.0,
-        margin_ratio=ratio, margin_level=math.inf if ratio == 0 else 1 / ratio,
-        free_collateral=1000.0, liquidated=ratio >= 1, positions=(),
+        account=account,
+        currency="USDT",
+        wallet_balance=1000.0,
+        unrealized_pnl=0.0,
+        margin_balance=1000.0,
+        initial_margin=0.0,
+        maintenance_margin=ratio * 1000.0,
+        margin_ratio=ratio,
+        margin_level=math.inf if ratio == 0 else 1 / ratio,
+        free_collateral=1000.0,
+        liquidated=ratio >= 1,
+        positions=(),
     )
 
 
@@ -54,8 +61,7 @@ def pipeline(path: Path, clock: list[float]) -> AlertPipeline:
 
 def queued_kinds(store: Store) -> list[tuple[str, str]]:
     """(kind, level) of every message still in the outbox."""
-    return [(m.kind, m.level) for m in
-            (AlertMessage.from_json(r.payload) for r in store.pending())]
+    return [(m.kind, m.level) for m in (AlertMessage.from_json(r.payload) for r in store.pending())]
 
 
 class TestRestart:
@@ -96,7 +102,8 @@ class TestRestart:
         second = pipeline(db, clock)
         events = second.on_report(report(0.1))
         assert [(e.kind, e.episode, e.duration, e.worst_value) for e in events] == [
-            ("resolved", episode, 300.0, 0.9)]
+            ("resolved", episode, 300.0, 0.9)
+        ]
         assert queued_kinds(second.store) == [("resolved", "ok")]
 
     async def test_undelivered_alerts_are_delivered(self, tmp_path: Path) -> None:
@@ -129,7 +136,6 @@ class TestRestart:
         assert Store(db).load_rules_state(100.0).silences == state.silences
         assert Store(db).load_rules_state(600.0).silences == ()
 
-
     def test_many_accounts_each_persisted(self, tmp_path: Path) -> None:
         """Test that with reports of many accounts interleaved (each committing only its own
         alerts) the file holds every account's latest persisted state after a restart."""
@@ -145,7 +151,10 @@ class TestRestart:
         for fp, alert in expected.items():
             stored = second.state.alerts[fp]
             assert (stored.level, stored.episode, stored.worst_value) == (
-                alert.level, alert.episode, alert.worst_value), fp
+                alert.level,
+                alert.episode,
+                alert.worst_value,
+            ), fp
         assert {second.level(f"acct{i}") for i in range(12)} == {"ok", "warning"}
 
 
@@ -157,7 +166,9 @@ class TestOutbox:
         store = Store(tmp_path / "a.db")
         store.commit(RulesState(), [("m1", "acct", "{}", ["mqtt", "phone"])], now=1.0)
         assert [(r.sink, r.message_id) for r in store.pending()] == [
-            ("mqtt", "m1"), ("phone", "m1")]
+            ("mqtt", "m1"),
+            ("phone", "m1"),
+        ]
         store.delivered("mqtt", ["m1"])
         assert [r.sink for r in store.pending()] == ["phone"]
         store.delivered("phone", ["m1"])
@@ -236,8 +247,10 @@ class TestDegraded:
         assert "full" in pipe.store.degraded
         clock[0] = 101.0
         pipe.on_report(report(0.9))
-        kinds = [(m.rule, m.kind, m.level) for m in
-                 (AlertMessage.from_json(r.payload) for r in pipe.store.pending())]
+        kinds = [
+            (m.rule, m.kind, m.level)
+            for m in (AlertMessage.from_json(r.payload) for r in pipe.store.pending())
+        ]
         assert ("margin_ratio", "firing", "warning") in kinds
         assert ("margin_ratio", "escalated", "emergency") in kinds
         assert ("state_store", "firing", "critical") in kinds

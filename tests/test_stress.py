@@ -30,8 +30,7 @@ def book(*positions: Position, usdt: float = 10_000, btc: float = 0.0) -> Accoun
 
 
 BTC_LONG = Position("BTC/USDT:USDT", "long", 1, 58_000, 60_000, leverage=10, tiers=TIERS)
-ETH_SHORT = Position("ETH/USDT:USDT", "short", 10, 3_000, 3_100, leverage=10, mmr=0.005,
-                     beta=1.5)
+ETH_SHORT = Position("ETH/USDT:USDT", "short", 10, 3_000, 3_100, leverage=10, mmr=0.005, beta=1.5)
 
 
 class TestWithPrices:
@@ -48,8 +47,7 @@ class TestWithPrices:
 
     def test_reported_figures_are_recomputed_at_a_new_price(self) -> None:
         """Test that venue-reported PnL/MM are dropped at another price, keeping their rate."""
-        p = Position("X/USDT:USDT", "long", 10, 100, 100, unrealized_pnl=0,
-                     maintenance_margin=20)
+        p = Position("X/USDT:USDT", "long", 10, 100, 100, unrealized_pnl=0, maintenance_margin=20)
         r = report(with_prices(book(p), {"X/USDT:USDT": 90}))
         assert r.unrealized_pnl == pytest.approx(-100)
         assert r.maintenance_margin == pytest.approx(18)  # the implied 2 % of 900
@@ -145,8 +143,7 @@ class TestMinimalReduction:
         """Test that a user's priority list overrides the policy's order."""
         big = Position("BTC/USDT:USDT", "long", 5, 60_000, 60_000, tiers=TIERS)
         small = Position("ETH/USDT:USDT", "long", 100, 3_000, 3_000, mmr=0.005)
-        plan = minimal_reduction(book(big, small, usdt=4_000), 0.5,
-                                 priority=("ETH/USDT:USDT",))
+        plan = minimal_reduction(book(big, small, usdt=4_000), 0.5, priority=("ETH/USDT:USDT",))
         assert plan.reductions[0].symbol == "ETH/USDT:USDT"
 
     def test_proportional_cuts_the_same_fraction(self) -> None:
@@ -154,8 +151,10 @@ class TestMinimalReduction:
         a = Position("BTC/USDT:USDT", "long", 5, 60_000, 60_000, tiers=TIERS)
         b = Position("ETH/USDT:USDT", "short", 100, 3_000, 3_000, mmr=0.005)
         plan = minimal_reduction(book(a, b, usdt=3_000), 0.5, "proportional")
-        fractions = {r.symbol: r.contracts / {"BTC/USDT:USDT": 5, "ETH/USDT:USDT": 100}[r.symbol]
-                     for r in plan.reductions}
+        fractions = {
+            r.symbol: r.contracts / {"BTC/USDT:USDT": 5, "ETH/USDT:USDT": 100}[r.symbol]
+            for r in plan.reductions
+        }
         assert fractions["BTC/USDT:USDT"] == pytest.approx(fractions["ETH/USDT:USDT"])
         assert plan.ratio_after == pytest.approx(0.5, abs=1e-9)
 
@@ -176,10 +175,12 @@ class TestMinimalReduction:
         assert plan.reductions[0].hedged
 
     @settings(max_examples=100, deadline=None)
-    @given(accounts(), st.sampled_from(("largest_mm_contributor", "worst_pnl", "proportional")),
-           st.floats(min_value=0.2, max_value=0.95))
-    def test_minimal_and_sufficient(self, s: AccountSnapshot, policy: str,
-                                    fraction: float) -> None:
+    @given(
+        accounts(),
+        st.sampled_from(("largest_mm_contributor", "worst_pnl", "proportional")),
+        st.floats(min_value=0.2, max_value=0.95),
+    )
+    def test_minimal_and_sufficient(self, s: AccountSnapshot, policy: str, fraction: float) -> None:
         """Test that the reduction reaches the target and one 1 % smaller does not."""
         r = report(s)
         assume(r.margin_balance > 0 and r.margin_ratio > 1e-6)
@@ -205,16 +206,16 @@ class TestMinimalReduction:
 class TestSurplusAt:
     @settings(max_examples=200, deadline=None)
     @given(accounts(), st.floats(min_value=-0.99, max_value=3.0), st.booleans())
-    def test_equals_the_surplus_of_the_shocked_account(self, s: AccountSnapshot, move: float,
-                                                       weighted: bool) -> None:
+    def test_equals_the_surplus_of_the_shocked_account(
+        self, s: AccountSnapshot, move: float, weighted: bool
+    ) -> None:
         """Test that the shock solver's fast evaluation equals re-pricing the account."""
         from monitor.core.margin.report import surplus
         from monitor.core.margin.valuation import surplus_at
         from monitor.core.stress import _factor, _without_reported
 
         base = _without_reported(s)
-        marks = [p.mark_price * _factor(p.beta if weighted else 1.0, move)
-                 for p in base.positions]
+        marks = [p.mark_price * _factor(p.beta if weighted else 1.0, move) for p in base.positions]
         moved = shocked(base, move, beta_weighted=weighted)
         prices = {c.asset: c.price for c in moved.collateral}
         expected = surplus(moved)

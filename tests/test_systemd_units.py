@@ -48,9 +48,13 @@ def instance_name(unit: str) -> str:
 def analyze(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     assert SYSTEMD_ANALYZE is not None
     return subprocess.run(
-        [SYSTEMD_ANALYZE, *args], capture_output=True, text=True, timeout=60, cwd=cwd,
+        [SYSTEMD_ANALYZE, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
         check=False,
-    )  # fmt: skip
+    )
 
 
 def directives(unit: str) -> dict[str, list[str]]:
@@ -89,9 +93,12 @@ class TestAnalyze:
         assert found, result.stdout + result.stderr
         assert float(found.group(1)) <= MAX_EXPOSURE, result.stdout
         threshold = analyze(
-            "security", "--offline=true", f"--threshold={int(MAX_EXPOSURE * 10)}", path,
+            "security",
+            "--offline=true",
+            f"--threshold={int(MAX_EXPOSURE * 10)}",
+            path,
             cwd=tmp_path,
-        )  # fmt: skip
+        )
         assert threshold.returncode == 0
 
     def test_service_contract(self, unit: str) -> None:
@@ -114,8 +121,8 @@ class TestAnalyze:
         args = build_parser().parse_args(argv[1:])
         assert args.command == "run"
         assert args.no_tui
-        expected = "/etc/margin-monitor/%i.toml" if "@" in unit else (
-            "/etc/margin-monitor/config.toml"
+        expected = (
+            "/etc/margin-monitor/%i.toml" if "@" in unit else ("/etc/margin-monitor/config.toml")
         )
         assert args.config == expected
 
@@ -144,8 +151,11 @@ class TestCredentials:
 class TestInstallComment:
     def test_unit_says_how_it_is_really_installed(self) -> None:
         """Test that the unit's install comment matches docs/service.md, not a PyPI install."""
-        header = [ln for ln in (UNITS / "margin-monitor.service").read_text().splitlines()
-                  if ln.startswith("#")]  # fmt: skip
+        header = [
+            ln
+            for ln in (UNITS / "margin-monitor.service").read_text().splitlines()
+            if ln.startswith("#")
+        ]
         installs = [ln for ln in header if "pip install" in ln]
         assert installs, "the unit's comment no longer says how to install"
         assert not any(re.search(r"pip install margin-monitor\b", ln) for ln in installs)

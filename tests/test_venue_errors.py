@@ -22,7 +22,11 @@ class TestCatching:
                 continue
             ours, theirs = getattr(venue_errors, name), getattr(ccxt, name)
             for parent in (
-                "BaseError", "ExchangeError", "BadRequest", "InvalidOrder", "NetworkError",
+                "BaseError",
+                "ExchangeError",
+                "BadRequest",
+                "InvalidOrder",
+                "NetworkError",
             ):
                 assert issubclass(ours, getattr(venue_errors, parent)) == issubclass(
                     theirs, getattr(ccxt, parent)

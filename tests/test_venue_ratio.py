@@ -28,11 +28,19 @@ from tests.test_alerting import FlakySink
 
 def _report(ratio: float) -> MarginReport:
     return MarginReport(
-        account="acct", currency="USDT", wallet_balance=1000.0, unrealized_pnl=0.0,
-        margin_balance=1000.0, initial_margin=0.0, maintenance_margin=ratio * 1000.0,
-        margin_ratio=ratio, margin_level=math.inf if ratio == 0 else 1 / ratio,
-        free_collateral=1000.0, liquidated=ratio >= 1, positions=(),
-    )  # fmt: skip
+        account="acct",
+        currency="USDT",
+        wallet_balance=1000.0,
+        unrealized_pnl=0.0,
+        margin_balance=1000.0,
+        initial_margin=0.0,
+        maintenance_margin=ratio * 1000.0,
+        margin_ratio=ratio,
+        margin_level=math.inf if ratio == 0 else 1 / ratio,
+        free_collateral=1000.0,
+        liquidated=ratio >= 1,
+        positions=(),
+    )
 
 
 class TestObserve:
@@ -76,8 +84,7 @@ class TestUsedRatio:
         assert used_ratio(0.55, None, "venue") == 0.55
 
     @given(st.floats(0.0, 5.0), st.floats(1e-6, 5.0), st.floats(0.0, 5.0))
-    def test_worst_never_understates_either(self, venue: float, at_read: float,
-                                            now: float) -> None:
+    def test_worst_never_understates_either(self, venue: float, at_read: float, now: float) -> None:
         """Test that the worst ratio is at least ours and at least the venue's carried."""
         anchor = VenueAnchor(venue, at_read, 0.0)
         used = used_ratio(now, anchor, "worst")
@@ -90,11 +97,17 @@ class TestUsedRatio:
         anchor = VenueAnchor(venue_ratio=0.6, model_ratio=0.5, ts=1.0)
         rep = with_venue(_report(0.5), anchor, "worst")
         assert (rep.margin_ratio, rep.model_ratio, rep.venue_ratio) == (
-            pytest.approx(0.6), 0.5, pytest.approx(0.6))
+            pytest.approx(0.6),
+            0.5,
+            pytest.approx(0.6),
+        )
         assert rep.margin_level == pytest.approx(1 / 0.6)
         data = report_to_dict(rep)
         assert (data["margin_ratio"], data["model_ratio"], data["venue_ratio"]) == (
-            pytest.approx(0.6), 0.5, pytest.approx(0.6))
+            pytest.approx(0.6),
+            0.5,
+            pytest.approx(0.6),
+        )
         plain = report_to_dict(_report(0.5))
         assert (plain["model_ratio"], plain["venue_ratio"]) == (0.5, None)
 
@@ -103,13 +116,13 @@ class TestModelDriftAlert:
     def test_drift_goes_through_the_outbox(self, tmp_path: Path) -> None:
         """Test that model_drift fires a warning into the outbox naming both figures, and
         resolves when the figures agree again."""
-        pipeline = AlertPipeline(Store(tmp_path / "a.db"), AlertConfig(repeat_every=0),
-                                 [FlakySink()])
+        pipeline = AlertPipeline(
+            Store(tmp_path / "a.db"), AlertConfig(repeat_every=0), [FlakySink()]
+        )
         pipeline.on_model_drift(ModelDrift("acct", True, 0.41, 0.5, 1.0), now=1.0)
         (row,) = pipeline.store.pending()
         message = AlertMessage.from_json(row.payload)
-        assert (message.rule, message.level, message.kind) == ("model_drift", "warning",
-                                                               "firing")
+        assert (message.rule, message.level, message.kind) == ("model_drift", "warning", "firing")
         assert "0.4100" in message.detail
         assert "0.5000" in message.detail
         pipeline.on_model_drift(ModelDrift("acct", False, 0.5, 0.5, 2.0), now=2.0)
@@ -131,14 +144,18 @@ class TestDaemon:
         fake.account.unmodelled_mm = 710.0
         recorder = Recorder()
         async with fake:
-            src = ExchangeSource(account_for(fake, API_KEY, SECRET, poll_interval=0.2,
-                                             stale_after=60.0), debounce=0.02)
+            src = ExchangeSource(
+                account_for(fake, API_KEY, SECRET, poll_interval=0.2, stale_after=60.0),
+                debounce=0.02,
+            )
             async with daemon(src, recorder, ratio_source=source):
-                await recorder.until(lambda: any(isinstance(e, ModelDrift)
-                                                 for e in recorder.events))
+                await recorder.until(
+                    lambda: any(isinstance(e, ModelDrift) for e in recorder.events)
+                )
                 reads = [e for e in recorder.events if isinstance(e, AccountUpdate)]
-                await recorder.until(lambda: recorder.reports and
-                                     recorder.reports[-1].venue_ratio is not None)
+                await recorder.until(
+                    lambda: recorder.reports and recorder.reports[-1].venue_ratio is not None
+                )
                 await asyncio.sleep(0.05)
         drift = next(e for e in recorder.events if isinstance(e, ModelDrift))
         assert drift.drifting
@@ -169,16 +186,16 @@ class TestActionsUseTheVenueFigure:
         for bias in (False, True):
             fake = FakeBinanceUsdm()
             fake.account.wallet = 700.0  # 2 BTC long at 60k: MM 550, ours 0.786
-            fake.account.positions[("BTCUSDT", "BOTH")] = BinancePosition(
-                "BTCUSDT", 2.0, 60_000.0)
+            fake.account.positions[("BTCUSDT", "BOTH")] = BinancePosition("BTCUSDT", 2.0, 60_000.0)
             book = install_orders(fake)
             async with fake:
                 src = await _source(fake)
                 try:
                     ex = _executor(src, tmp_path / str(bias), Trail())
                     rep = margin.report(await src.fetch_snapshot())
-                    anchor = VenueAnchor(rep.margin_ratio * (1.25 if bias else 1.0),
-                                         rep.margin_ratio, 1.0)
+                    anchor = VenueAnchor(
+                        rep.margin_ratio * (1.25 if bias else 1.0), rep.margin_ratio, 1.0
+                    )
                     used = with_venue(rep, anchor, "worst")
                     assert await ex.on_report(used, 1_000.0) is not None
                     sold[bias] = float(book.received[0]["quantity"])

@@ -30,19 +30,35 @@ from monitor.sources.sim import SimVenue
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "build" / "screenshots"
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 BTC = "BTC/USDT:USDT"
 
 
 def _report(ratio: float, shock: ShockToLiquidation | None = None) -> MarginReport:
     balance = 100.0 / ratio if math.isfinite(ratio) else -5.0  # a wiped-out pool: ratio inf
     return MarginReport(
-        account="a", currency="USDT", wallet_balance=balance, unrealized_pnl=0.0,
-        margin_balance=balance, initial_margin=200.0, maintenance_margin=100.0,
-        margin_ratio=ratio, margin_level=1 / ratio, free_collateral=balance - 200.0,
-        liquidated=not math.isfinite(ratio), positions=(), shock_to_liquidation=shock,
-    )  # fmt: skip
+        account="a",
+        currency="USDT",
+        wallet_balance=balance,
+        unrealized_pnl=0.0,
+        margin_balance=balance,
+        initial_margin=200.0,
+        maintenance_margin=100.0,
+        margin_ratio=ratio,
+        margin_level=1 / ratio,
+        free_collateral=balance - 200.0,
+        liquidated=not math.isfinite(ratio),
+        positions=(),
+        shock_to_liquidation=shock,
+    )
 
 
 class TestAccountView:
@@ -82,12 +98,25 @@ class TestStatusJson:
         gone, fine = AccountView(), AccountView()
         gone.observe(_report(math.inf), 5.0)
         fine.observe(_report(0.25), 5.0)
-        alerts = [{"account": "gone", "rule": "margin_ratio", "level": "emergency",
-                   "since": 4.0, "value": "inf", "acknowledged": False}]  # fmt: skip
-        doc = status_json({"gone": gone, "fine": fine, "new": AccountView()}, 6.0,
-                          {"gone": "source down: bad key"}, alerts=alerts,
-                          silences=[{"id": "s1", "account": None, "rule": None, "until": 99.0,
-                                     "up_to": "warning"}])  # fmt: skip
+        alerts = [
+            {
+                "account": "gone",
+                "rule": "margin_ratio",
+                "level": "emergency",
+                "since": 4.0,
+                "value": "inf",
+                "acknowledged": False,
+            }
+        ]
+        doc = status_json(
+            {"gone": gone, "fine": fine, "new": AccountView()},
+            6.0,
+            {"gone": "source down: bad key"},
+            alerts=alerts,
+            silences=[
+                {"id": "s1", "account": None, "rule": None, "until": 99.0, "up_to": "warning"}
+            ],
+        )
         text = json.dumps(doc, allow_nan=False)  # strict JSON or this raises
         by_name = {a["name"]: a for a in json.loads(text)["accounts"]}
         assert list(by_name) == ["fine", "gone", "new"]
@@ -141,25 +170,35 @@ class TestStatusPage:
         from playwright.async_api import async_playwright
 
         settings = load_settings(
-            None, state_dir=tmp_path, metrics={"enabled": True, "port": 0},
+            None,
+            state_dir=tmp_path,
+            metrics={"enabled": True, "port": 0},
             actions={"simulated": False},
             alerts={"warning": 0.12, "critical": 0.3, "emergency": 0.5, "band": 0.01},
-        )  # fmt: skip
+        )
         feed = _Feed()
         sinks = build_sinks(settings, False, {"demo": feed})
         assert any(isinstance(s, StatusSink) for s in sinks)
         metrics = next(s for s in sinks if isinstance(s, MetricsSink))
-        daemon = asyncio.create_task(run_daemon(
-            settings, settings.accounts, sinks, sources=[feed], finite=True, handle_signals=False,
-        ))  # fmt: skip
+        daemon = asyncio.create_task(
+            run_daemon(
+                settings,
+                settings.accounts,
+                sinks,
+                sources=[feed],
+                finite=True,
+                handle_signals=False,
+            )
+        )
         try:
             async with asyncio.timeout(10):
                 while metrics.address is None:  # noqa: ASYNC110 - set once, no event to await
                     await asyncio.sleep(0.05)
             base = f"http://127.0.0.1:{metrics.address[1]}"
             async with async_playwright() as pw:
-                browser = await pw.chromium.launch(executable_path=str(chromium),
-                                                   args=CHROMIUM_ARGS)  # fmt: skip
+                browser = await pw.chromium.launch(
+                    executable_path=str(chromium), args=CHROMIUM_ARGS
+                )
                 page = await browser.new_page(viewport={"width": 1280, "height": 800})
                 requests: list[str] = []
                 page.on("request", lambda r: requests.append(r.url))
@@ -169,15 +208,18 @@ class TestStatusPage:
                 before = await ratio.text_content()
                 assert before is not None
                 assert before.endswith(" %")
-                assert await page.locator('article[data-account="demo"] h2').text_content() \
-                    == "demo"
+                assert (
+                    await page.locator('article[data-account="demo"] h2').text_content() == "demo"
+                )
                 # the tick: BTC (the book's largest long) drops 8 %
                 sent = time.monotonic()
                 await feed.queue.put(PriceTick("demo", BTC, 58_880.0, time.time()))
                 await page.wait_for_function(
                     "old => document.querySelector('article[data-account=\"demo\"] dd.ratio')"
-                    ".textContent !== old", arg=before, timeout=2_000,
-                )  # fmt: skip
+                    ".textContent !== old",
+                    arg=before,
+                    timeout=2_000,
+                )
                 elapsed = time.monotonic() - sent
                 after = await ratio.text_content()
                 doc = await _api(base)
@@ -189,8 +231,9 @@ class TestStatusPage:
                 alerts = page.locator('article[data-account="demo"] ul.alerts li')
                 await page.wait_for_function(
                     "() => document.querySelector('article[data-account=\"demo\"] ul.alerts li')"
-                    ".textContent.includes('margin ratio since')", timeout=5_000,
-                )  # fmt: skip
+                    ".textContent.includes('margin ratio since')",
+                    timeout=5_000,
+                )
                 doc = await _api(base)
                 level = doc["accounts"][0]["level"]
                 assert level in {"warning", "critical", "emergency"}

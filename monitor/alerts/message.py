@@ -169,7 +169,8 @@ def build_message(
         extra = {
             "model": report.model,
             "collateral": " ".join(describe(report.collateral_risk))
-            if report.collateral_risk is not None else "",
+            if report.collateral_risk is not None
+            else "",
             "currency": report.currency,
             "margin_ratio": report.margin_ratio,
             "margin_balance": report.margin_balance,

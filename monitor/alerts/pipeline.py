@@ -141,8 +141,12 @@ class _RefusalTally:
             self.reasons[reason] = self.reasons.get(reason, 0) + 1
 
     def payload(self, source: str) -> dict[str, Any]:
-        return {"source": source, "count": self.count, "reasons": self.reasons,
-                "minute": self.minute * REFUSAL_WINDOW}  # fmt: skip
+        return {
+            "source": source,
+            "count": self.count,
+            "reasons": self.reasons,
+            "minute": self.minute * REFUSAL_WINDOW,
+        }
 
 
 class AlertPipeline:
@@ -209,11 +213,12 @@ class AlertPipeline:
         ):
             # The shock solve is throttled (settings.shock_interval): messages and the
             # retained state show the last one computed rather than nothing.
-            report = dataclasses.replace(
-                report, shock_to_liquidation=previous.shock_to_liquidation
-            )
-        if (report.collateral_risk is None and previous is not None
-                and previous.collateral_risk is not None):
+            report = dataclasses.replace(report, shock_to_liquidation=previous.shock_to_liquidation)
+        if (
+            report.collateral_risk is None
+            and previous is not None
+            and previous.collateral_risk is not None
+        ):
             # solved with the shock (docs/collateral.md): the last one too, not nothing
             report = dataclasses.replace(report, collateral_risk=previous.collateral_risk)
         self._reports[report.account] = report
@@ -329,21 +334,35 @@ class AlertPipeline:
             if fingerprint in self._direct:
                 return
             self._direct[fingerprint] = (now, level)
-            row = self._direct_alert(account, "protection_disabled", "firing", level, now, now,
-                                     redact(reason))  # fmt: skip
+            row = self._direct_alert(
+                account, "protection_disabled", "firing", level, now, now, redact(reason)
+            )
         else:
             if fingerprint not in self._direct:
                 return
             started, level = self._direct.pop(fingerprint)
-            row = self._direct_alert(account, "protection_disabled", "resolved", level, started,
-                                     now, "protective actions can run again")  # fmt: skip
+            row = self._direct_alert(
+                account,
+                "protection_disabled",
+                "resolved",
+                level,
+                started,
+                now,
+                "protective actions can run again",
+            )
         self.store.commit(self.state, [row], now)
         for wake in self._wake.values():
             wake.set()
 
     def _direct_alert(  # noqa: PLR0917 - one event's fields
-        self, account: str, rule: str, kind: AlertKind, level: Level, started: float,
-        now: float, detail: str,
+        self,
+        account: str,
+        rule: str,
+        kind: AlertKind,
+        level: Level,
+        started: float,
+        now: float,
+        detail: str,
     ) -> tuple[str, str, str, Sequence[str]]:
         """An alert raised directly, not by the rules (no hysteresis, no repeats)."""
         fingerprint = f"{account}/{rule}"
@@ -561,8 +580,12 @@ class AlertPipeline:
             if tally.minute != minute:
                 del self._refusals[source]
                 if tally.count > 1:
-                    log.warning("command.refused_summary", source=source, count=tally.count,
-                                reasons=tally.reasons)  # fmt: skip
+                    log.warning(
+                        "command.refused_summary",
+                        source=source,
+                        count=tally.count,
+                        reasons=tally.reasons,
+                    )
 
     def execute(self, command: Command, now: float) -> dict[str, Any]:
         """Apply a verified command to the alert state or the action switches."""

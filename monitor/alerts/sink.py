@@ -96,8 +96,8 @@ class AlertsSink(Sink):
         self._runner: web.AppRunner | None = None
         self._mqtt_task: asyncio.Task[None] | None = None
         #: the newest protective-action decisions (at, account, kind, text), for the screen
-        self.recent_actions: collections.deque[tuple[float, str, str, str]] = (
-            collections.deque(maxlen=RECENT_ACTIONS)
+        self.recent_actions: collections.deque[tuple[float, str, str, str]] = collections.deque(
+            maxlen=RECENT_ACTIONS
         )
         self._action_note: Callable[[str], str | None] | None = None
 
@@ -239,8 +239,9 @@ class AlertsSink(Sink):
             tasks.append(
                 asyncio.create_task(self.pipeline.deliver_forever(sink), name=f"drain[{sink.name}]")
             )
-        log.info("alerts.draining", messages=len(self.pipeline.store.pending()),
-                 limit=round(budget, 2))  # fmt: skip
+        log.info(
+            "alerts.draining", messages=len(self.pipeline.store.pending()), limit=round(budget, 2)
+        )
         try:
             for _ in range(math.ceil(budget / 0.02)):
                 if not self.pipeline.store.pending():

@@ -249,15 +249,19 @@ class ConsoleSink(Sink):
                 return Text("OK  no active alert", style=_LEVEL_STYLE["ok"])
             worst = active[0]
             more = f"  (+{len(active) - 1} more active)" if len(active) > 1 else ""
-            return Text(f"{worst.level.upper()}  {_alert_line(worst)}{more}",
-                        style=_LEVEL_STYLE.get(worst.level, ""))  # fmt: skip
-        worst_view = max(self._views.items(), key=lambda kv: _LEVELS.index(kv[1].level),
-                         default=None)  # fmt: skip
+            return Text(
+                f"{worst.level.upper()}  {_alert_line(worst)}{more}",
+                style=_LEVEL_STYLE.get(worst.level, ""),
+            )
+        worst_view = max(
+            self._views.items(), key=lambda kv: _LEVELS.index(kv[1].level), default=None
+        )
         if worst_view is None or worst_view[1].level == "ok":
             return Text("OK", style=_LEVEL_STYLE["ok"])
         account, view = worst_view
-        return Text(f"{view.level.upper()}  {account}: margin ratio",
-                    style=_LEVEL_STYLE.get(view.level, ""))  # fmt: skip
+        return Text(
+            f"{view.level.upper()}  {account}: margin ratio", style=_LEVEL_STYLE.get(view.level, "")
+        )
 
     def render(self) -> Group:
         """The dashboard: headline, one panel per account, active alerts and actions."""
@@ -269,8 +273,12 @@ class ConsoleSink(Sink):
             r = view.report
             if r is None:
                 state, why = view.source_state()
-                parts.append(Text(f"{account}  {view.level.upper()}  source {state}: {why}",
-                                  style=_LEVEL_STYLE.get(view.level, "")))  # fmt: skip
+                parts.append(
+                    Text(
+                        f"{account}  {view.level.upper()}  source {state}: {why}",
+                        style=_LEVEL_STYLE.get(view.level, ""),
+                    )
+                )
                 continue
             parts.append(_summary_table(account, view, r))
             parts.append(_positions_table(r))
@@ -299,8 +307,10 @@ def _alerts_panel(alerts: AlertView) -> Panel:
     active = alerts.active_alerts()
     for a in active:
         since = time.strftime("%H:%M:%S", time.localtime(a.started_at))
-        table.add_row(Text(a.level.upper(), style=_LEVEL_STYLE.get(a.level, "")),
-                      f"{_alert_line(a)}, since {since}")  # fmt: skip
+        table.add_row(
+            Text(a.level.upper(), style=_LEVEL_STYLE.get(a.level, "")),
+            f"{_alert_line(a)}, since {since}",
+        )
     if not active:
         table.add_row(Text("OK", style=_LEVEL_STYLE["ok"]), "no active alert")
     actions = list(alerts.recent_actions)
@@ -327,20 +337,26 @@ def _summary_table(account: str, view: _View, r: MarginReport) -> Table:
     table.add_column(style="bold")
     table.add_column(justify="right")
     table.add_row(
-        "margin ratio", Text(_pct(r.margin_ratio), style=style),
-        f"margin balance ({r.currency})", _money(r.margin_balance),
-    )  # fmt: skip
+        "margin ratio",
+        Text(_pct(r.margin_ratio), style=style),
+        f"margin balance ({r.currency})",
+        _money(r.margin_balance),
+    )
     table.add_row("model", MODEL_LABELS[r.model], "", "")
     for line in describe(view.collateral) if view.collateral is not None else []:
         table.add_row("collateral", line, "", "")
     table.add_row(
-        "maintenance margin", _money(r.maintenance_margin),
-        "free collateral", _money(r.free_collateral),
-    )  # fmt: skip
+        "maintenance margin",
+        _money(r.maintenance_margin),
+        "free collateral",
+        _money(r.free_collateral),
+    )
     table.add_row(
-        "shock to liq. down", _shock(None if view.shock is None else view.shock.down),
-        "shock to liq. up", _shock(None if view.shock is None else view.shock.up),
-    )  # fmt: skip
+        "shock to liq. down",
+        _shock(None if view.shock is None else view.shock.down),
+        "shock to liq. up",
+        _shock(None if view.shock is None else view.shock.up),
+    )
     table.add_row("events", str(view.events), "recomputes", str(view.reports))
     return table
 

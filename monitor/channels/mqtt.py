@@ -157,8 +157,9 @@ def discovery_configs(
             config["expire_after"] = settings.expire_after
         out.append((topic, config))
     for key, name, device_class in _BINARY_SENSORS:
-        topic, binary = entity("binary_sensor", key, name,
-                               f"{{{{ 'ON' if value_json.{key} else 'OFF' }}}}")
+        topic, binary = entity(
+            "binary_sensor", key, name, f"{{{{ 'ON' if value_json.{key} else 'OFF' }}}}"
+        )
         binary.update(device_class=device_class, payload_on="ON", payload_off="OFF")
         out.append((topic, binary))
     return out
@@ -281,6 +282,7 @@ class MqttSink:
     def drain_time(self, queued: int) -> float:
         """Seconds `queued` alerts need at most: one publish round (PUBACK wait) per batch."""
         return math.ceil(queued / 100) * self.settings.timeout
+
     def _set_flag(self, account: str, name: str, value: bool) -> None:
         """A binary sensor's state; the retained state is republished when it changes."""
         flags = self._flags.setdefault(account, {})

@@ -178,9 +178,10 @@ def _resolved_title(ordered: Sequence[AlertMessage]) -> str:
     """`RESOLVED ... (was EMERGENCY: ...)`: the batch's worst news, already over."""
     worst = max(ordered, key=lambda m: level_rank(m.level))
     done = next(
-        m for m in ordered
+        m
+        for m in ordered
         if m.kind == "resolved" and (m.fingerprint, m.episode) == (worst.fingerprint, worst.episode)
-    )  # fmt: skip
+    )
     if worst is done:
         return _headline(done)
     was = _headline(worst).split(": ", 1)[-1]

@@ -201,16 +201,27 @@ class StatusSink(Sink):
         if pipeline is not None:
             for a in pipeline.state.alerts.values():
                 if a.firing and a.account in self.views:
-                    alerts.append({
-                        "account": a.account, "rule": a.rule, "level": a.level,
-                        "since": a.started_at, "value": _num(a.value),
-                        "acknowledged": a.acknowledged,
-                    })  # fmt: skip
+                    alerts.append(
+                        {
+                            "account": a.account,
+                            "rule": a.rule,
+                            "level": a.level,
+                            "since": a.started_at,
+                            "value": _num(a.value),
+                            "acknowledged": a.acknowledged,
+                        }
+                    )
             silences = [
-                {"id": s.id, "account": s.account, "rule": s.rule, "until": s.until,
-                 "up_to": s.up_to}
-                for s in pipeline.state.silences if s.until > now
-            ]  # fmt: skip
+                {
+                    "id": s.id,
+                    "account": s.account,
+                    "rule": s.rule,
+                    "until": s.until,
+                    "up_to": s.up_to,
+                }
+                for s in pipeline.state.silences
+                if s.until > now
+            ]
             for record in pipeline.store.audit_trail(since=now - 86_400, limit=10_000):
                 if record.kind not in _COMMAND_KINDS and record.account in self.views:
                     actions.setdefault(record.account, []).append(
@@ -221,8 +232,15 @@ class StatusSink(Sink):
                 until = pipeline.switches.paused_until(name, now)
                 paused[name] = None if until is None or math.isinf(until) else until
         alerts.sort(key=lambda a: (a["account"], a["rule"]))
-        return status_json(self.views, now, self.blind(), alerts=alerts, silences=silences,
-                           actions=actions, paused=paused)
+        return status_json(
+            self.views,
+            now,
+            self.blind(),
+            alerts=alerts,
+            silences=silences,
+            actions=actions,
+            paused=paused,
+        )
 
     # --- HTTP ---------------------------------------------------------------------------------
 
@@ -237,15 +255,15 @@ class StatusSink(Sink):
 
             async def handler(request: web.Request) -> web.Response:
                 del request
-                return web.Response(body=body, content_type=content_type, charset="utf-8",
-                                    headers=_HEADERS)  # fmt: skip
+                return web.Response(
+                    body=body, content_type=content_type, charset="utf-8", headers=_HEADERS
+                )
 
             return handler
 
         async def api(request: web.Request) -> web.Response:
             del request
-            return web.json_response(self.status(), headers=_HEADERS,
-                                     dumps=_strict_dumps)  # fmt: skip
+            return web.json_response(self.status(), headers=_HEADERS, dumps=_strict_dumps)
 
         for path, (filename, content_type) in _FILES.items():
             app.router.add_get(path, static(filename, content_type))
@@ -260,6 +278,18 @@ def _strict_dumps(value: Any) -> str:
 
 def _action_summary(payload: Mapping[str, Any]) -> dict[str, Any]:
     """The few fields of an audit payload a person reads at a glance."""
-    keep = ("live", "symbol", "side", "amount", "notional", "reason", "ratio", "ratio_before",
-            "ratio_after", "ratio_after_planned", "target", "error")
+    keep = (
+        "live",
+        "symbol",
+        "side",
+        "amount",
+        "notional",
+        "reason",
+        "ratio",
+        "ratio_before",
+        "ratio_after",
+        "ratio_after_planned",
+        "target",
+        "error",
+    )
     return {k: payload[k] for k in keep if k in payload}

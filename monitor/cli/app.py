@@ -68,8 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--replay", metavar="FILE", help="replay a CSV of prices through the sim")
     run.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
     run.add_argument("--no-tui", action="store_true", help="log lines instead of the live view")
-    run.add_argument("--shard", metavar="K/N|auto", help="run only the accounts of shard K of N "
-                     "(auto: a StatefulSet pod's, docs/kubernetes.md)")  # fmt: skip
+    run.add_argument(
+        "--shard",
+        metavar="K/N|auto",
+        help="run only the accounts of shard K of N "
+        "(auto: a StatefulSet pod's, docs/kubernetes.md)",
+    )
 
     chk = sub.add_parser(
         "check",

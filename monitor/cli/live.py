@@ -29,8 +29,10 @@ def _as_user_error(settings: AccountConfig, failure: str) -> Iterator[None]:
         yield
     except ccxt_errors.AuthenticationError as exc:
         venue_said = exc.__cause__ if isinstance(exc, KeyRejected) and exc.__cause__ else exc
-        raise UserError(f"accounts.{settings.name}: {settings.exchange} rejected the keys "
-                        f"({_one_line(venue_said)}); check api_key/secret/password") from None
+        raise UserError(
+            f"accounts.{settings.name}: {settings.exchange} rejected the keys "
+            f"({_one_line(venue_said)}); check api_key/secret/password"
+        ) from None
     except (ccxt_errors.BaseError, MalformedPayload) as exc:
         raise UserError(f"accounts.{settings.name}: {failure} ({_one_line(exc)})") from None
 
@@ -47,12 +49,18 @@ async def check_account(settings: AccountConfig) -> str:
             permission = await trade_permission(exchange, source.venue, balance)
     finally:
         await source.close()
-    wallet = ", ".join(
-        f"{c.asset} {c.amount:g}" + ("" if c.price == 1.0 else f" @ {c.price:g} {source.currency}")
-        for c in collateral
-    ) or "empty"
-    return (f"{settings.name}: {settings.exchange} ok, {len(exchange.markets)} markets, "
-            f"wallet {wallet}; keys {permission}")
+    wallet = (
+        ", ".join(
+            f"{c.asset} {c.amount:g}"
+            + ("" if c.price == 1.0 else f" @ {c.price:g} {source.currency}")
+            for c in collateral
+        )
+        or "empty"
+    )
+    return (
+        f"{settings.name}: {settings.exchange} ok, {len(exchange.markets)} markets, "
+        f"wallet {wallet}; keys {permission}"
+    )
 
 
 def _load_account(config: str, name: str) -> AccountConfig:
@@ -60,8 +68,10 @@ def _load_account(config: str, name: str) -> AccountConfig:
     for account in loaded.accounts:
         if account.name == name:
             if account.exchange == "sim":
-                raise UserError(f"--account {name}: is a 'sim' account; snapshot reads "
-                                "live exchange accounts only")
+                raise UserError(
+                    f"--account {name}: is a 'sim' account; snapshot reads "
+                    "live exchange accounts only"
+                )
             return account
     names = ", ".join(a.name for a in loaded.accounts) or "none"
     raise UserError(f"--account {name!r} is not in {config} (accounts: {names})")

@@ -36,9 +36,12 @@ _HOSTNAME = re.compile(r"^(localhost|[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+)$")
 
 
 def _set(value: SecretStr | str | None) -> str:
-    return "set" if value is not None and (
-        value.get_secret_value() if isinstance(value, SecretStr) else value
-    ) else "not set"
+    return (
+        "set"
+        if value is not None
+        and (value.get_secret_value() if isinstance(value, SecretStr) else value)
+        else "not set"
+    )
 
 
 def channel_target(channel: NotifyChannel) -> str:
@@ -178,8 +181,8 @@ def notify_test_command(args: argparse.Namespace) -> int:
     logs.configure(secrets=logs.secrets_of(settings))  # Apprise logs its errors: redacted
     if settings.mqtt is None and not (settings.notify and settings.notify.channels):
         raise UserError(
-            "no channel to test: add [[notify.channels]] (e.g. url = \"ntfy://ntfy.sh/<your "
-            "topic>\") or an [mqtt] section to the configuration given with --config"
+            'no channel to test: add [[notify.channels]] (e.g. url = "ntfy://ntfy.sh/<your '
+            'topic>") or an [mqtt] section to the configuration given with --config'
         )
     results = asyncio.run(_run_all(settings))
     out = sys.stdout

@@ -52,8 +52,12 @@ def run_command(args: argparse.Namespace) -> int:
         return 0
     sources = [open_source(a, replay, settings.state_dir) for a in accounts]
     # docs/kubernetes.md: margin_monitor_shards tells a missing shard
-    sinks = build_sinks(settings, tui, {s.account: s for s in sources},
-                        shard=None if shard is None else parse_shard(shard))  # fmt: skip
+    sinks = build_sinks(
+        settings,
+        tui,
+        {s.account: s for s in sources},
+        shard=None if shard is None else parse_shard(shard),
+    )
 
     def reload_accounts() -> list[AccountSettings]:
         fresh = load_settings(args.config)
@@ -66,10 +70,16 @@ def run_command(args: argparse.Namespace) -> int:
         failed = False
         try:
             await run_daemon(
-                settings, accounts, sinks, duration=args.duration, replay=replay,
-                sources=sources, notifier=Notifier(),
-                reload=reload_accounts if replay is None else None, received=received,
-            )  # fmt: skip
+                settings,
+                accounts,
+                sinks,
+                duration=args.duration,
+                replay=replay,
+                sources=sources,
+                notifier=Notifier(),
+                reload=reload_accounts if replay is None else None,
+                received=received,
+            )
         except BaseException:
             failed = True
             raise

@@ -110,17 +110,46 @@ _HYPERLIQUID = ("hyperliquid", "ccxt's id for Hyperliquid perps")
 _BINGX = ("bingx", "one ccxt id for all of BingX, swaps included")
 _COMMON_NAMES: dict[str, tuple[str, str]] = {
     **dict.fromkeys(
-        ["binancefutures", "binancefuture", "binanceusdmfutures", "binanceusdt", "binanceusds",
-         "binanceusdsm", "binanceperp", "binanceperpetual", "binancelinear", "binanceum",
-         "binancefapi", "fapi"], _BINANCE_USDM),
-    **dict.fromkeys(["binancecoin", "binancecoinfutures", "binanceinverse", "binancecm",
-                     "binancedapi", "dapi"], _BINANCE_COINM),
-    **dict.fromkeys(["bybitfutures", "bybitlinear", "bybitperp", "bybitperpetual", "bybitusdt",
-                     "bybitunified", "bybituta", "bybitv5", "bybitinverse"], _BYBIT),
-    **dict.fromkeys(["okex", "okxfutures", "okxswap", "okxperp", "okexfutures", "okex5",
-                     "okx5"], _OKX),
-    **dict.fromkeys(["mexcfutures", "mexccontract", "mexcswap", "mexcperp", "mexcglobal",
-                     "mxc"], _MEXC),
+        [
+            "binancefutures",
+            "binancefuture",
+            "binanceusdmfutures",
+            "binanceusdt",
+            "binanceusds",
+            "binanceusdsm",
+            "binanceperp",
+            "binanceperpetual",
+            "binancelinear",
+            "binanceum",
+            "binancefapi",
+            "fapi",
+        ],
+        _BINANCE_USDM,
+    ),
+    **dict.fromkeys(
+        ["binancecoin", "binancecoinfutures", "binanceinverse", "binancecm", "binancedapi", "dapi"],
+        _BINANCE_COINM,
+    ),
+    **dict.fromkeys(
+        [
+            "bybitfutures",
+            "bybitlinear",
+            "bybitperp",
+            "bybitperpetual",
+            "bybitusdt",
+            "bybitunified",
+            "bybituta",
+            "bybitv5",
+            "bybitinverse",
+        ],
+        _BYBIT,
+    ),
+    **dict.fromkeys(
+        ["okex", "okxfutures", "okxswap", "okxperp", "okexfutures", "okex5", "okx5"], _OKX
+    ),
+    **dict.fromkeys(
+        ["mexcfutures", "mexccontract", "mexcswap", "mexcperp", "mexcglobal", "mxc"], _MEXC
+    ),
     **dict.fromkeys(["bitgetfutures", "bitgetmix", "bitgetswap", "bitgetperp"], _BITGET),
     **dict.fromkeys(["kucoinfuture", "kucoinperp", "kucoinswap"], _KUCOIN),
     **dict.fromkeys(["gateio", "gatefutures", "gateiofutures", "gateswap"], _GATE),
@@ -362,6 +391,7 @@ class Settings(BaseSettings):
             msg = f"{value} is a file; point state_dir at a directory (it is created if missing)"
             raise ValueError(msg)
         return value
+
     alerts: AlertsSettings = Field(default_factory=_default_alerts)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)  # docs/monitoring.md
     heartbeat: HeartbeatSettings = Field(default_factory=HeartbeatSettings)  # docs/monitoring.md
@@ -544,8 +574,9 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
     except (OSError, UnicodeDecodeError) as exc:
         # a credential file pydantic-settings reads ($CREDENTIALS_DIRECTORY)
         name = getattr(exc, "filename", None) or "a credential file"
-        raise UserError(f"{name}: cannot read ({_reason(exc)}); fix its permissions or "
-                        "encoding (UTF-8)") from None  # fmt: skip
+        raise UserError(
+            f"{name}: cannot read ({_reason(exc)}); fix its permissions or encoding (UTF-8)"
+        ) from None
     finally:
         _FILE_DATA.reset(token)
     # every secret it holds is redacted from logs and error lines from now on (docs/hardening.md)
@@ -599,7 +630,7 @@ _PATTERN_FIXES = {
     "prefix": "an MQTT topic prefix cannot hold the wildcards '#' or '+'",
 }
 _TYPE_FIXES = {
-    "string_type": "must be text: put the value in double quotes, e.g. {field} = \"...\"",
+    "string_type": 'must be text: put the value in double quotes, e.g. {field} = "..."',
     "float_type": "must be a number without quotes, e.g. {field} = 5",
     "float_parsing": "must be a number without quotes, e.g. {field} = 5",
     "int_type": "must be a whole number without quotes, e.g. {field} = 8",
@@ -631,7 +662,7 @@ def _sentence(error: Mapping[str, Any], loc: str) -> str | None:
     if kind == "too_short" and table == "accounts":
         return (
             "accounts: no account to watch: add an [[accounts]] table with name and exchange "
-            "(e.g. exchange = \"binanceusdm\"), or run without --config for the demo"
+            '(e.g. exchange = "binanceusdm"), or run without --config for the demo'
         )
     if kind == "string_pattern_mismatch":
         fix = _PATTERN_FIXES.get(field, f"does not match the pattern {error['ctx']['pattern']}")

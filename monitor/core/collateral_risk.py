@@ -41,8 +41,11 @@ __all__ = ["collateral_risk", "describe", "fall_to_liquidation", "non_stable"]
 def non_stable(snapshot: AccountSnapshot) -> list[str]:
     """Assets held (positive balance) whose price moves: not the report currency, not a
     stablecoin."""
-    return [c.asset for c in snapshot.collateral
-            if c.amount > 0 and c.asset != snapshot.currency and c.asset not in STABLE_ASSETS]
+    return [
+        c.asset
+        for c in snapshot.collateral
+        if c.amount > 0 and c.asset != snapshot.currency and c.asset not in STABLE_ASSETS
+    ]
 
 
 def fall_to_liquidation(snapshot: AccountSnapshot, asset: str) -> float | None:
@@ -56,8 +59,9 @@ def fall_to_liquidation(snapshot: AccountSnapshot, asset: str) -> float | None:
 
 def _scheduled(snapshot: AccountSnapshot) -> AccountSnapshot:
     """Every figure from the schedule: a move recomputes what the venue reported."""
-    return replace(snapshot, positions=tuple(p.scheduled() for p in snapshot.positions),
-                   venue_margin=None)
+    return replace(
+        snapshot, positions=tuple(p.scheduled() for p in snapshot.positions), venue_margin=None
+    )
 
 
 class _Pool:
@@ -89,8 +93,9 @@ def _fall(base: AccountSnapshot, pool: _Pool, asset: str) -> float | None:
 
     def surplus(s: float) -> float:
         factor = max(1e-9, 1.0 + s)  # a price of 0 makes inverse contracts' value infinite
-        return fixed + surplus_at(reduced, [m * factor if moves else m for m, moves in marks],
-                                  {asset: price * factor})
+        return fixed + surplus_at(
+            reduced, [m * factor if moves else m for m, moves in marks], {asset: price * factor}
+        )
 
     return first_crossing(surplus, -1.0)
 
@@ -116,8 +121,10 @@ def _only_what_moves(
             owed[settle] -= p_mm
     pnl.pop(asset, None)
     owed.pop(asset, None)
-    collateral = [replace(c, amount=c.amount + pnl.pop(c.asset)) if c.asset in pnl else c
-                  for c in base.collateral]
+    collateral = [
+        replace(c, amount=c.amount + pnl.pop(c.asset)) if c.asset in pnl else c
+        for c in base.collateral
+    ]
     collateral += [Collateral(a, amount) for a, amount in pnl.items()]  # no balance: price 1
     rate = {c.asset: c.price * (1.0 + c.liability_markup) for c in collateral}
     fixed = -sum(mm * rate.get(a, 1.0) for a, mm in owed.items())
@@ -137,12 +144,14 @@ def collateral_risk(snapshot: AccountSnapshot, margin_balance: float) -> Collate
             continue
         value = asset_value(c, c.amount)
         total += value
-        falls.append(CollateralFall(
-            asset=c.asset,
-            value=value,
-            share=value / margin_balance if margin_balance > 0 else None,
-            fall=_fall(base, pool, c.asset),
-        ))
+        falls.append(
+            CollateralFall(
+                asset=c.asset,
+                value=value,
+                share=value / margin_balance if margin_balance > 0 else None,
+                fall=_fall(base, pool, c.asset),
+            )
+        )
     falls.sort(key=lambda f: f.value, reverse=True)
     return CollateralRisk(
         non_stable_share=total / margin_balance if margin_balance > 0 else None,
@@ -156,14 +165,14 @@ def describe(risk: CollateralRisk) -> list[str]:
         return []
     lines = []
     if risk.non_stable_share is not None:
-        lines.append(f"{risk.non_stable_share:.1%} of the margin balance is non-stable "
-                     f"collateral.")
+        lines.append(f"{risk.non_stable_share:.1%} of the margin balance is non-stable collateral.")
     for a in risk.assets:
         if a.fall is None:
             lines.append(f"{a.asset}: no fall of {a.asset} alone liquidates.")
         elif a.fall == 0.0:
             lines.append(f"{a.asset}: the account is already at liquidation.")
         else:
-            lines.append(f"{a.asset}: a fall of {-a.fall:.1%} in {a.asset} alone liquidates "
-                         f"this account.")
+            lines.append(
+                f"{a.asset}: a fall of {-a.fall:.1%} in {a.asset} alone liquidates this account."
+            )
     return lines

@@ -206,8 +206,15 @@ def plan_step(
     ratio = rep.margin_ratio
 
     def idle(decision: Decision, reason: str) -> ActionPlan:
-        return ActionPlan(snapshot.account, decision, reason, ratio, ratio,
-                          policy.target_ratio, ratio <= policy.target_ratio)  # fmt: skip
+        return ActionPlan(
+            snapshot.account,
+            decision,
+            reason,
+            ratio,
+            ratio,
+            policy.target_ratio,
+            ratio <= policy.target_ratio,
+        )
 
     if ratio < policy.action_ratio and not history.in_episode:
         return idle(
@@ -255,8 +262,9 @@ def plan_step(
         for key, amt in amounts.items()
     )
     prove_reduce_only(snapshot, orders)
-    after = report(reduced(snapshot, {(o.symbol, o.position_side): o.amount for o in orders},
-                           policy.fee_rate)).margin_ratio  # fmt: skip
+    after = report(
+        reduced(snapshot, {(o.symbol, o.position_side): o.amount for o in orders}, policy.fee_rate)
+    ).margin_ratio
     reached = _meets(after, policy.target_ratio)
     if orders:
         reason = f"{len(orders)} reduce-only order(s) take the ratio {ratio:.4f} -> {after:.4f}"
@@ -265,8 +273,9 @@ def plan_step(
                 "capped)" if capped else "positions too small or margin gone)"
             )
     else:
-        reason = "no sendable order: " + "; ".join(f"{f.symbol} {f.side}: {f.reason}"
-                                                     for f in flags)  # fmt: skip
+        reason = "no sendable order: " + "; ".join(
+            f"{f.symbol} {f.side}: {f.reason}" for f in flags
+        )
     return ActionPlan(
         account=snapshot.account,
         decision="act" if orders else "nothing",

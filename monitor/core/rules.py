@@ -219,9 +219,7 @@ class RulesState:
 
     alerts: Mapping[str, AlertState] = field(default_factory=dict)
     silences: tuple[Silence, ...] = ()
-    index: Mapping[str, tuple[str, ...]] = field(
-        default_factory=dict, compare=False, repr=False
-    )
+    index: Mapping[str, tuple[str, ...]] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if len(self.index) == 0 and len(self.alerts) != 0:

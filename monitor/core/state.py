@@ -102,9 +102,9 @@ def apply(state: AccountState, event: Event) -> tuple[AccountState, bool]:
     return state, False
 
 
-def merge_read(read: AccountUpdate, held: Marks, currency: str) -> tuple[
-    tuple[Position, ...], tuple[Collateral, ...], dict[str, tuple[float, float]]
-]:
+def merge_read(
+    read: AccountUpdate, held: Marks, currency: str
+) -> tuple[tuple[Position, ...], tuple[Collateral, ...], dict[str, tuple[float, float]]]:
     """The read's positions and collateral with every mark newer than the read kept.
 
     Returns them and the merged marks. Positions and balances come from the read (they are
@@ -131,9 +131,7 @@ def merge_read(read: AccountUpdate, held: Marks, currency: str) -> tuple[
         if asset is not None:
             prices[asset] = price
     collateral = tuple(
-        replace(c, price=prices[c.asset])
-        if c.asset in prices and c.price != prices[c.asset]
-        else c
+        replace(c, price=prices[c.asset]) if c.asset in prices and c.price != prices[c.asset] else c
         for c in read.collateral
     )
     return positions, collateral, marks
@@ -144,11 +142,15 @@ def _apply_read(state: AccountState, read: AccountUpdate) -> tuple[AccountState,
         return state, False  # a read sent before the one already applied
     snapshot = state.snapshot
     positions, collateral, marks = merge_read(read, state.marks, snapshot.currency)
-    changed = (positions != snapshot.positions or collateral != snapshot.collateral
-               or read.venue_margin != snapshot.venue_margin)
+    changed = (
+        positions != snapshot.positions
+        or collateral != snapshot.collateral
+        or read.venue_margin != snapshot.venue_margin
+    )
     if changed:
-        snapshot = replace(snapshot, positions=positions, collateral=collateral,
-                           venue_margin=read.venue_margin)
+        snapshot = replace(
+            snapshot, positions=positions, collateral=collateral, venue_margin=read.venue_margin
+        )
     return replace(
         state, snapshot=snapshot, positions_at=read.ts, balance_at=read.ts, marks=marks
     ), changed

@@ -133,8 +133,7 @@ def _first_crossing(f: Callable[[float], float], end: float, grid: int = 13) -> 
     return None
 
 
-def _illinois(f: Callable[[float], float], lo: float, f_lo: float, hi: float,
-              f_hi: float) -> float:
+def _illinois(f: Callable[[float], float], lo: float, f_lo: float, hi: float, f_hi: float) -> float:
     """Root in [lo, hi] with f(lo) > 0 ≥ f(hi); returns a point where f ≤ 0."""
     side = 0
     for _ in range(200):
@@ -202,8 +201,11 @@ def assess(snapshot: AccountSnapshot) -> MarginReport:
     from monitor.core.collateral_risk import collateral_risk  # noqa: PLC0415 - builds on this module
 
     base = report(snapshot)
-    return replace(base, shock_to_liquidation=shock_to_liquidation(snapshot),
-                   collateral_risk=collateral_risk(snapshot, base.margin_balance))
+    return replace(
+        base,
+        shock_to_liquidation=shock_to_liquidation(snapshot),
+        collateral_risk=collateral_risk(snapshot, base.margin_balance),
+    )
 
 
 #: The bracketing root finder of the shock solve, for the other what-if solvers.
@@ -213,9 +215,7 @@ first_crossing = _first_crossing
 # --- minimal reduction --------------------------------------------------------------------
 
 
-def reduced(
-    snapshot: AccountSnapshot, cuts: Cuts, fee_rate: float = 0.0
-) -> AccountSnapshot:
+def reduced(snapshot: AccountSnapshot, cuts: Cuts, fee_rate: float = 0.0) -> AccountSnapshot:
     """The snapshot after closing `cuts[(symbol, side)]` contracts of each position at mark.
 
     Closing realises PnL into the settle asset's balance, so the margin balance is unchanged
@@ -258,8 +258,9 @@ def reduced(
                 break
         else:
             collateral.append(Collateral(asset=asset, amount=delta))
-    return replace(snapshot, positions=tuple(positions), collateral=tuple(collateral),
-                   venue_margin=None)
+    return replace(
+        snapshot, positions=tuple(positions), collateral=tuple(collateral), venue_margin=None
+    )
 
 
 def _order(
@@ -328,7 +329,8 @@ def minimal_reduction(
             symbol=key[0],
             side=by_key[key].side,
             contracts=qty,
-            notional=by_key[key].settle_notional(by_key[key].mark_price) * qty
+            notional=by_key[key].settle_notional(by_key[key].mark_price)
+            * qty
             / by_key[key].contracts,
             hedged=by_key[key].hedged,
         )
@@ -357,4 +359,3 @@ def _smallest(ratio_at: Callable[[float], float], target: float) -> float:
         else:
             lo = mid
     return hi
-

@@ -105,5 +105,6 @@ def with_venue(
     venue = carried(anchor, model) if anchor is not None else None
     used = used_ratio(model, anchor, source)
     level = report.margin_level if used == model else math.inf if used == 0.0 else 1.0 / used
-    return replace(report, margin_ratio=used, margin_level=level, model_ratio=model,
-                   venue_ratio=venue)
+    return replace(
+        report, margin_ratio=used, margin_level=level, model_ratio=model, venue_ratio=venue
+    )

@@ -232,8 +232,9 @@ class AccountLoop:
                         try:
                             await call(event)
                         except Exception as exc:  # a broken sink must not stop the loop
-                            log.error("sink failed", sink=name, call="on_event",
-                                      error=one_line(exc))  # fmt: skip
+                            log.error(
+                                "sink failed", sink=name, call="on_event", error=one_line(exc)
+                            )
                     if type(event) is PriceTick:
                         ledger = self.ledger
                         if (
@@ -281,7 +282,8 @@ class AccountLoop:
             self._check_venue(event, state.snapshot)
         # a new venue figure moves the ratio alerts use even when no figure of ours moved
         moved = self.anchor is not None and (
-            before is None or (before.venue_ratio, before.model_ratio)
+            before is None
+            or (before.venue_ratio, before.model_ratio)
             != (self.anchor.venue_ratio, self.anchor.model_ratio)
         )
         if self.ledger is not None:
@@ -299,18 +301,29 @@ class AccountLoop:
     def _check_venue(self, read: AccountUpdate, held: AccountSnapshot) -> None:
         """Our ratio on the read's own figures against the venue's from the same read."""
         assert read.venue_ratio is not None
-        snapshot = AccountSnapshot(read.account, held.currency, read.collateral,
-                                   read.positions, held.venue, read.venue_margin)  # fmt: skip
+        snapshot = AccountSnapshot(
+            read.account,
+            held.currency,
+            read.collateral,
+            read.positions,
+            held.venue,
+            read.venue_margin,
+        )
         try:
             model = Ledger(snapshot).ratio()
         except Exception as exc:  # a core bug on odd data must not stop the monitor
             log.error("venue check failed", account=self.account, error=one_line(exc))
             return
-        self.anchor, change = observe(self.anchor, model, read.venue_ratio, read.ts,
-                                      self.drift_tolerance)  # fmt: skip
+        self.anchor, change = observe(
+            self.anchor, model, read.venue_ratio, read.ts, self.drift_tolerance
+        )
         if change is not None:
-            log.warning("model_drift" if change else "model_drift_gone", account=self.account,
-                        ours=_number(model), venue=_number(read.venue_ratio))  # fmt: skip
+            log.warning(
+                "model_drift" if change else "model_drift_gone",
+                account=self.account,
+                ours=_number(model),
+                venue=_number(read.venue_ratio),
+            )
             self._drift = ModelDrift(self.account, change, model, read.venue_ratio, read.ts)
 
     def _rebuild(self, state: AccountState) -> bool:

@@ -165,9 +165,7 @@ def shard_of(name: str, n: int) -> int:
     return int(hashlib.sha256(name.encode()).hexdigest(), 16) % n + 1
 
 
-def select_shard(
-    accounts: Sequence[AccountSettings], shard: str | None
-) -> list[AccountSettings]:
+def select_shard(accounts: Sequence[AccountSettings], shard: str | None) -> list[AccountSettings]:
     """The accounts this process runs under `--shard K/N` (all of them without it)."""
     if shard is None:
         return list(accounts)

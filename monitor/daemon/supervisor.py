@@ -80,16 +80,28 @@ async def run_daemon(
     state_dir = settings.state_dir
     # one shock budget for every account of the process (monitor/core/shock_schedule.py)
     shocks = ShockSolver(
-        ShockScheduler(settings.shock_interval, settings.alerts.to_config(),
-                       share=SHOCK_CPU_SHARE, max_age=SHOCK_MAX_AGE)
-    )  # fmt: skip
+        ShockScheduler(
+            settings.shock_interval,
+            settings.alerts.to_config(),
+            share=SHOCK_CPU_SHARE,
+            max_age=SHOCK_MAX_AGE,
+        )
+    )
+
     def make_loop(src: Source) -> AccountLoop:
         return AccountLoop(
-            src, sinks, settings.alerts, settings.shock_interval, clock=clock, finite=finite,
-            shocks=shocks, urgent_ratios=action_ratios(settings, src.account),
-            report_spacing=settings.report_spacing, ratio_source=settings.ratio_source,
+            src,
+            sinks,
+            settings.alerts,
+            settings.shock_interval,
+            clock=clock,
+            finite=finite,
+            shocks=shocks,
+            urgent_ratios=action_ratios(settings, src.account),
+            report_spacing=settings.report_spacing,
+            ratio_source=settings.ratio_source,
             drift_tolerance=settings.drift_tolerance,
-        )  # fmt: skip
+        )
 
     loops = [make_loop(src) for src in sources]
     stop = asyncio.Event()
@@ -130,9 +142,11 @@ async def run_daemon(
                     tg.create_task(account_loop.run_recompute(), name=f"recompute[{name}]"),
                 )
                 probes[name] = ProgressProbe(
-                    f"recompute[{name}]", account_loop.dirty.is_set,
-                    lambda: account_loop.recomputes, max(1.0, interval or 0.0),
-                )  # fmt: skip
+                    f"recompute[{name}]",
+                    account_loop.dirty.is_set,
+                    lambda: account_loop.recomputes,
+                    max(1.0, interval or 0.0),
+                )
 
             for account_loop in loops:
                 launch(account_loop)
@@ -146,11 +160,20 @@ async def run_daemon(
             tg.create_task(_watch(stop, loops, duration, finite), name="shutdown")
             if reload is not None:
                 tg.create_task(
-                    _reload_on_hup(hup, reload, configured, loops, running, probes, launch,
-                                   lambda a: make_loop(open_source(a, None, state_dir)),
-                                   sinks, notifier),
+                    _reload_on_hup(
+                        hup,
+                        reload,
+                        configured,
+                        loops,
+                        running,
+                        probes,
+                        launch,
+                        lambda a: make_loop(open_source(a, None, state_dir)),
+                        sinks,
+                        notifier,
+                    ),
                     name="reload",
-                )  # fmt: skip
+                )
             if notifier is not None:
                 if interval is not None:
                     tg.create_task(
@@ -216,8 +239,11 @@ async def _settle_all(loops: Sequence[AccountLoop]) -> None:
     for task in pending:
         task.cancel()
     if pending:
-        log.warning("settle timed out; stopping without the final report",
-                    accounts=sorted(tasks[t] for t in pending), limit=SETTLE_LIMIT)  # fmt: skip
+        log.warning(
+            "settle timed out; stopping without the final report",
+            accounts=sorted(tasks[t] for t in pending),
+            limit=SETTLE_LIMIT,
+        )
 
 
 def _status(loops: Sequence[AccountLoop]) -> str:
@@ -278,15 +304,19 @@ async def _reload_on_hup(  # noqa: PLR0917 - the daemon's own state, passed once
                 launch(account_loop)
         current = {lp.account: lp.source for lp in loops}
         for sink in sinks:
-            sink.set_accounts({name: a.stale_after for name, a in configured.items()},
-                              sources=current)  # fmt: skip
+            sink.set_accounts(
+                {name: a.stale_after for name, a in configured.items()}, sources=current
+            )
             # protective actions follow: executors for added/restarted accounts
             try:
                 await sink.reload_accounts(dict(configured), current)
             except Exception as exc:
                 log.error("sink reload failed", sink=sink.name, error=one_line(exc))
-        log.info("configuration reloaded", accounts=sorted(configured),
-                 restarted=sorted(n for n in gone if n in configured))  # fmt: skip
+        log.info(
+            "configuration reloaded",
+            accounts=sorted(configured),
+            restarted=sorted(n for n in gone if n in configured),
+        )
         if notifier is not None:
             notifier.ready(_status(loops))
 

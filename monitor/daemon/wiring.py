@@ -55,13 +55,20 @@ def build_sinks(
     under `--shard K/N`, exported by the metrics sink (docs/kubernetes.md).
     """
     actions = build_actions_sink(settings, sources)  # docs/actions.md: protective orders
-    alerts = build_alerts_sink(settings.state_dir, settings.alerts.to_config(), settings.mqtt,
-                               settings.notify, action_note=actions.note if actions else None,
-                               accounts=[a.name for a in settings.accounts])
+    alerts = build_alerts_sink(
+        settings.state_dir,
+        settings.alerts.to_config(),
+        settings.mqtt,
+        settings.notify,
+        action_note=actions.note if actions else None,
+        accounts=[a.name for a in settings.accounts],
+    )
     # the screen's headline is the worst active alert (docs/alerts.md)
-    console = ConsoleSink(live=tui, accounts=[a.name for a in settings.accounts
-                                              if sources is None or a.name in sources],
-                          alerts=alerts)  # fmt: skip
+    console = ConsoleSink(
+        live=tui,
+        accounts=[a.name for a in settings.accounts if sources is None or a.name in sources],
+        alerts=alerts,
+    )
     sinks: list[Sink] = [console]
     if actions is not None:
         actions.attach(alerts)
@@ -74,13 +81,17 @@ def build_sinks(
         from monitor.ops.heartbeat import HeartbeatSink  # noqa: PLC0415
         from monitor.ops.metrics import build_metrics_sink  # noqa: PLC0415
 
-        watched = {a.name: a.stale_after for a in settings.accounts
-                   if sources is None or a.name in sources}  # fmt: skip
+        watched = {
+            a.name: a.stale_after for a in settings.accounts if sources is None or a.name in sources
+        }
         health = build_metrics_sink(
-            settings.metrics, watched, sources, shard=shard,
+            settings.metrics,
+            watched,
+            sources,
+            shard=shard,
             outbox=lambda: alerts.pipeline.store.pending(),  # noqa: PLW0108 - store opens late
             protection=actions.protection_disabled if actions is not None else None,
-        )  # fmt: skip
+        )
         sinks.append(health)
         if settings.metrics.status_page:
             from monitor.channels.web import StatusSink  # noqa: PLC0415 - docs/status-page.md
@@ -99,6 +110,9 @@ def action_ratios(settings: Settings, account: str) -> tuple[float, ...]:
     actions, alerts = settings.actions, settings.alerts
     if not actions.covers(account):
         return ()
-    thresholds = {"warning": alerts.warning, "critical": alerts.critical,
-                  "emergency": alerts.emergency}  # fmt: skip
+    thresholds = {
+        "warning": alerts.warning,
+        "critical": alerts.critical,
+        "emergency": alerts.emergency,
+    }
     return (actions.action_ratio(thresholds),)

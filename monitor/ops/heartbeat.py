@@ -57,9 +57,7 @@ class HeartbeatSink(Sink):
 
     name = "heartbeat"
 
-    def __init__(
-        self, settings: HeartbeatSettings, blind: Callable[[], Mapping[str, str]]
-    ) -> None:
+    def __init__(self, settings: HeartbeatSettings, blind: Callable[[], Mapping[str, str]]) -> None:
         self.settings = settings
         self.blind = blind
         self.sent = 0
@@ -83,6 +81,7 @@ class HeartbeatSink(Sink):
     async def beat(self, http: aiohttp.ClientSession) -> bool:
         """One ping (or a fail ping while blind); True when the service answered 2xx."""
         import aiohttp  # noqa: PLC0415
+
         blind = dict(self.blind())
         secret = self.settings.fail_url if blind else self.settings.url
         if secret is None:

@@ -111,9 +111,21 @@ def _spellings(secret: str) -> Iterable[str]:
 
 #: Keys of a free-form table (an account's `ccxt` options) whose string values are
 #: credentials: ccxt's `requiredCredentials` names (ccxt 4.5.90 base Exchange), lowercased.
-_CREDENTIAL_KEYS = frozenset({"apikey", "secret", "uid", "accountid", "login", "password",
-                              "twofa", "privatekey", "walletaddress", "token",
-                              "passphrase"})  # fmt: skip
+_CREDENTIAL_KEYS = frozenset(
+    {
+        "apikey",
+        "secret",
+        "uid",
+        "accountid",
+        "login",
+        "password",
+        "twofa",
+        "privatekey",
+        "walletaddress",
+        "token",
+        "passphrase",
+    }
+)
 
 
 def credential_key(key: object) -> bool:
@@ -178,6 +190,7 @@ def scrub_exception(exc: BaseException, redactor: Redactor | None = None) -> Non
         if any(isinstance(a, str) for a in current.args):
             current.args = tuple(r.redact(a) if isinstance(a, str) else a for a in current.args)
         current = current.__cause__ or current.__context__
+
 
 Format = Literal["auto", "json", "console"]
 

@@ -79,10 +79,13 @@ log = structlog.get_logger("monitor.metrics")
 LEVELS = {"ok": 0, "warning": 1, "critical": 2, "emergency": 3}
 _KIND_OF: dict[type, str] = {PriceTick: "prices", AccountUpdate: "account"}
 #: data kinds an event refreshes: one account read brings positions and balances at once
-_FRESHENS: dict[str, tuple[str, ...]] = {"prices": ("prices",),
-                                         "account": ("positions", "balance")}
-_SIGNAL_OF: dict[type, str] = {SourceStale: "stale", SourceDown: "down", SourceUp: "up",
-                               ModelDrift: "model_drift"}
+_FRESHENS: dict[str, tuple[str, ...]] = {"prices": ("prices",), "account": ("positions", "balance")}
+_SIGNAL_OF: dict[type, str] = {
+    SourceStale: "stale",
+    SourceDown: "down",
+    SourceUp: "up",
+    ModelDrift: "model_drift",
+}
 
 
 class MetricsSettings(BaseModel):
@@ -441,56 +444,116 @@ class _AccountCollector(Collector):
         g = _Families()
         for name, health in sorted(sink.accounts.items()):
             reason = health.blind_reason(now)
-            g.add("fresh", "1 while the account's data is fresh, 0 while blind.",
-                  ["account"], [name], 0.0 if reason else 1.0)
+            g.add(
+                "fresh",
+                "1 while the account's data is fresh, 0 while blind.",
+                ["account"],
+                [name],
+                0.0 if reason else 1.0,
+            )
             for kind, at in sorted(health.seen.items()):
-                g.add("data_age_seconds", "Seconds since the last data of each kind arrived.",
-                      ["account", "kind"], [name, kind], max(0.0, now - at))
-            g.add("level", "Alert level on the margin ratio: 0 ok, 1 warning, 2 critical, "
-                  "3 emergency.", ["account"], [name], float(LEVELS.get(health.level, 0)))
+                g.add(
+                    "data_age_seconds",
+                    "Seconds since the last data of each kind arrived.",
+                    ["account", "kind"],
+                    [name, kind],
+                    max(0.0, now - at),
+                )
+            g.add(
+                "level",
+                "Alert level on the margin ratio: 0 ok, 1 warning, 2 critical, 3 emergency.",
+                ["account"],
+                [name],
+                float(LEVELS.get(health.level, 0)),
+            )
             drift = sink.drift.get(name)
             value = _safe(drift)
             if value is not None:
-                g.add("venue_drift_ratio", "Our margin ratio minus the venue's own figure from "
-                      "the same read (0 when our model of the venue is right).",
-                      ["account"], [name], value)
+                g.add(
+                    "venue_drift_ratio",
+                    "Our margin ratio minus the venue's own figure from "
+                    "the same read (0 when our model of the venue is right).",
+                    ["account"],
+                    [name],
+                    value,
+                )
             report = health.report
             if report is None:
                 continue
             cur = [name, report.currency]
-            g.add("margin_ratio", "Maintenance margin / margin balance (1 = liquidation; "
-                  "+Inf when the balance is gone): the figure alerts and actions use "
-                  "(settings ratio_source).", ["account"], [name], report.margin_ratio)
+            g.add(
+                "margin_ratio",
+                "Maintenance margin / margin balance (1 = liquidation; "
+                "+Inf when the balance is gone): the figure alerts and actions use "
+                "(settings ratio_source).",
+                ["account"],
+                [name],
+                report.margin_ratio,
+            )
             model = report.margin_ratio if report.model_ratio is None else report.model_ratio
             g.add("model_margin_ratio", "Our model's margin ratio.", ["account"], [name], model)
             if report.venue_ratio is not None:
-                g.add("venue_margin_ratio", "The venue's own margin ratio from its last read, "
-                      "carried forward by our model's change since.", ["account"], [name],
-                      report.venue_ratio)
-            g.add("margin_balance", "Collateral value plus unrealised PnL, in the report "
-                  "currency.", ["account", "currency"], cur, report.margin_balance)
-            g.add("maintenance_margin", "Maintenance margin of the cross pool.",
-                  ["account", "currency"], cur, report.maintenance_margin)
-            g.add("free_collateral", "Margin balance minus total initial margin.",
-                  ["account", "currency"], cur, report.free_collateral)
-            g.add("positions", "Open positions.", ["account"], [name],
-                  float(len(report.positions)))
+                g.add(
+                    "venue_margin_ratio",
+                    "The venue's own margin ratio from its last read, "
+                    "carried forward by our model's change since.",
+                    ["account"],
+                    [name],
+                    report.venue_ratio,
+                )
+            g.add(
+                "margin_balance",
+                "Collateral value plus unrealised PnL, in the report currency.",
+                ["account", "currency"],
+                cur,
+                report.margin_balance,
+            )
+            g.add(
+                "maintenance_margin",
+                "Maintenance margin of the cross pool.",
+                ["account", "currency"],
+                cur,
+                report.maintenance_margin,
+            )
+            g.add(
+                "free_collateral",
+                "Margin balance minus total initial margin.",
+                ["account", "currency"],
+                cur,
+                report.free_collateral,
+            )
+            g.add("positions", "Open positions.", ["account"], [name], float(len(report.positions)))
             if health.shock is not None:
                 for direction, move in zip(("down", "up"), health.shock, strict=True):
                     if move is not None:
-                        g.add("shock_to_liquidation", "Smallest uniform relative move of all "
-                              "prices that liquidates (down < 0 < up); absent if none does.",
-                              ["account", "direction"], [name, direction], move)
+                        g.add(
+                            "shock_to_liquidation",
+                            "Smallest uniform relative move of all "
+                            "prices that liquidates (down < 0 < up); absent if none does.",
+                            ["account", "direction"],
+                            [name, direction],
+                            move,
+                        )
         if sink.outbox_depth is not None:
             depth = _safe_depth(sink.outbox_depth)
             for sink_name in sorted(depth):
-                g.add("outbox_depth", "Alert messages queued for delivery, per sink.",
-                      ["sink"], [sink_name], float(depth[sink_name]))
+                g.add(
+                    "outbox_depth",
+                    "Alert messages queued for delivery, per sink.",
+                    ["sink"],
+                    [sink_name],
+                    float(depth[sink_name]),
+                )
         g.add("build_info", "Version of the running daemon.", ["version"], [__version__], 1.0)
         if sink.shard is not None:
-            g.add("shards", "N of --shard K/N, labelled with this process's K: fewer series "
-                  "than the value means a shard runs nowhere.", ["shard"],
-                  [str(sink.shard[0])], float(sink.shard[1]))  # fmt: skip
+            g.add(
+                "shards",
+                "N of --shard K/N, labelled with this process's K: fewer series "
+                "than the value means a shard runs nowhere.",
+                ["shard"],
+                [str(sink.shard[0])],
+                float(sink.shard[1]),
+            )
         yield from g.families()
 
 
@@ -562,8 +625,9 @@ def build_metrics_sink(
     imports neither.
     """
     depth = outbox_depth_of(outbox) if outbox is not None else None
-    metrics = MetricsSink(settings, accounts, outbox_depth=depth, protection=protection,
-                          shard=shard)  # fmt: skip
+    metrics = MetricsSink(
+        settings, accounts, outbox_depth=depth, protection=protection, shard=shard
+    )
     metrics.set_accounts(accounts, sources)
     return metrics
 

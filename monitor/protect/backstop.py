@@ -81,9 +81,13 @@ class StopBackstop:
                 for side in sides:
                     stem = "ms" + stop_stem(self.ex.account, symbol, side)
                     if cid.startswith(stem) and cid[len(stem) :].isdigit():
-                        stop = _Stop(str(o["id"]), cid, int(cid[len(stem) :]),
-                                     float(o.get("triggerPrice") or 0.0),
-                                     float(o.get("amount") or 0.0))  # fmt: skip
+                        stop = _Stop(
+                            str(o["id"]),
+                            cid,
+                            int(cid[len(stem) :]),
+                            float(o.get("triggerPrice") or 0.0),
+                            float(o.get("amount") or 0.0),
+                        )
                         found.setdefault((symbol, side), []).append(stop)
         complete = True
         for key in {k for k in self.stops if k[0] in symbols} | set(found):
@@ -101,9 +105,16 @@ class StopBackstop:
                 with contextlib.suppress(*catching("OrderNotFound")):
                     await self.ex.desk.cancel_stop(extra.order_id, key[0])
                 self.cancelled += 1
-                self.ex.record("stop_cancelled", {"symbol": key[0], "side": key[1],
-                                                  "client_id": extra.client_id,
-                                                  "reason": "leftover of ours"}, now)  # fmt: skip
+                self.ex.record(
+                    "stop_cancelled",
+                    {
+                        "symbol": key[0],
+                        "side": key[1],
+                        "client_id": extra.client_id,
+                        "reason": "leftover of ours",
+                    },
+                    now,
+                )
         self._synced = complete
 
     # --- the maintenance step ----------------------------------------------------------------
@@ -172,24 +183,36 @@ class StopBackstop:
         used = max(self._generation.get(key, 0), 0 if current is None else current.generation)
         generation = used + 1  # never a client id used before, even for a new position
         cid = stop_client_id(self.ex.account, r.symbol, r.side, generation)
-        payload = {"symbol": r.symbol, "side": r.side, "trigger": trigger,
-                   "liquidation_price": r.liquidation_price, "amount": r.contracts,
-                   "client_id": cid}  # fmt: skip
+        payload = {
+            "symbol": r.symbol,
+            "side": r.side,
+            "trigger": trigger,
+            "liquidation_price": r.liquidation_price,
+            "amount": r.contracts,
+            "client_id": cid,
+        }
         if self._blocked(now, "stop", payload):
             return 0
         changes = 0
         if current is not None:
             changes += await self._remove((r.symbol, r.side), "liquidation price moved", now)
         order = PlannedOrder(r.symbol, r.side, r.contracts, r.notional, r.hedged)
-        params = stop_params(self.ex.venue or "", r.side, hedged=r.hedged, client_id=cid,
-                             trigger=trigger, working_type=self.settings.working_type)
+        params = stop_params(
+            self.ex.venue or "",
+            r.side,
+            hedged=r.hedged,
+            client_id=cid,
+            trigger=trigger,
+            working_type=self.settings.working_type,
+        )
         try:
             placed = await self.ex.desk.create_order(
                 r.symbol, "market", closing_side(r.side), order.amount, None, params
             )
         except catching("BaseError") as exc:
-            self.ex.record("stop_rejected", {**payload, "error": f"{type(exc).__name__}: {exc}"},
-                            now)  # fmt: skip
+            self.ex.record(
+                "stop_rejected", {**payload, "error": f"{type(exc).__name__}: {exc}"}, now
+            )
             return changes
         self.stops[key] = _Stop(str(placed["id"]), cid, generation, trigger, r.contracts)
         self._generation[key] = generation

@@ -388,9 +388,14 @@ class Executor:
     async def on_report(self, rep: MarginReport, now: float) -> ActionPlan | None:
         """Take one protective step if `rep` calls for it; None when no step ran."""
         model = rep.model_ratio
-        self.venue_bias = (rep.margin_ratio / model if model is not None and model > 0
-                           and math.isfinite(model) and math.isfinite(rep.margin_ratio)
-                           else 1.0)  # fmt: skip
+        self.venue_bias = (
+            rep.margin_ratio / model
+            if model is not None
+            and model > 0
+            and math.isfinite(model)
+            and math.isfinite(rep.margin_ratio)
+            else 1.0
+        )
         if not self.wants(rep, now) or self.busy:
             return None
         async with self._busy:
@@ -429,8 +434,11 @@ class Executor:
         if not self._writable():
             return None
         if not self.lock.acquire():
-            self.skip("another instance holds the writer lock for this account", now,
-                       lock=str(self.lock.path))  # fmt: skip
+            self.skip(
+                "another instance holds the writer lock for this account",
+                now,
+                lock=str(self.lock.path),
+            )
             return None
         if self.state.halted is not None:
             self.skip(f"halted: {self.state.halted}", now)
@@ -453,19 +461,29 @@ class Executor:
         try:
             # the fresh read is valued by our model: aim its ratio where the used ratio
             # (the venue's, carried forward, when that is worse) meets the target
-            policy = self.policy if self.venue_bias == 1.0 else replace(
-                self.policy, action_ratio=self.policy.action_ratio / self.venue_bias,
-                target_ratio=self.policy.target_ratio / self.venue_bias)
-            plan = plan_step(fresh, policy, markets, self.state.history, now,
-                             current=fresh_report)  # fmt: skip
+            policy = (
+                self.policy
+                if self.venue_bias == 1.0
+                else replace(
+                    self.policy,
+                    action_ratio=self.policy.action_ratio / self.venue_bias,
+                    target_ratio=self.policy.target_ratio / self.venue_bias,
+                )
+            )
+            plan = plan_step(fresh, policy, markets, self.state.history, now, current=fresh_report)
         except UnsafePlan as exc:
             self._raise_alert(f"protective plan refused (would increase exposure): {exc}")
             self.record("refused", {"reason": str(exc)}, now)
             return None
         self.last_plan = plan
         if not plan.orders:
-            self.skip(plan.reason, now, decision=plan.decision, ratio=plan.ratio_before,
-                       flags=[asdict(f) for f in plan.flags])  # fmt: skip
+            self.skip(
+                plan.reason,
+                now,
+                decision=plan.decision,
+                ratio=plan.ratio_before,
+                flags=[asdict(f) for f in plan.flags],
+            )
             if plan.flags:
                 self._raise_alert(plan.reason)
             if plan.decision in ("nothing", "daily_cap"):
@@ -483,8 +501,11 @@ class Executor:
         if not self.live or paused is not None:
             why = paused or "dry run: actions.enabled = false"
             for leg, order in enumerate(plan.orders):
-                self.record("would_have", {**_order_payload(order), "reason": why,
-                                            "leg": leg, "step": self.state.step}, now)  # fmt: skip
+                self.record(
+                    "would_have",
+                    {**_order_payload(order), "reason": why, "leg": leg, "step": self.state.step},
+                    now,
+                )
             self._advance(plan, now, sent=False)
             return plan
         prove_reduce_only(fresh, plan.orders)  # the plan's own check, once more, explicitly
@@ -501,8 +522,9 @@ class Executor:
 
     def _quiet(self, now: float, seconds: float | None = None) -> None:
         """No new fresh read for a while: the venue must not be polled on every tick."""
-        self._quiet_until = now + (max(self.policy.cooldown, _QUIET) if seconds is None
-                                   else seconds)  # fmt: skip
+        self._quiet_until = now + (
+            max(self.policy.cooldown, _QUIET) if seconds is None else seconds
+        )
 
     def _advance(self, plan: ActionPlan, now: float, *, sent: bool = True) -> None:
         """Start the cooldown; only orders really sent count against the daily cap."""
@@ -524,12 +546,21 @@ class Executor:
         cid = client_order_id(self.account, self.state.episode, self.state.step, leg, self.venue)
         params = order_params(order, self.venue, cid)
         await self._rate_limit()
-        pending = {"client_id": cid, "symbol": order.symbol, "amount": order.amount,
-                   "sent_at": self.clock()}  # fmt: skip
+        pending = {
+            "client_id": cid,
+            "symbol": order.symbol,
+            "amount": order.amount,
+            "sent_at": self.clock(),
+        }
         self.state.pending.append(pending)
         self._save()  # write-ahead: a crash after the send still knows the id
-        payload = {**_order_payload(order), "client_id": cid, "leg": leg,
-                   "step": self.state.step, "params": params}  # fmt: skip
+        payload = {
+            **_order_payload(order),
+            "client_id": cid,
+            "leg": leg,
+            "step": self.state.step,
+            "params": params,
+        }
         self.record("sent", payload)
         try:
             placed = await self.desk.create_order(
@@ -570,12 +601,18 @@ class Executor:
         self._save()
         return self._outcome(final, order, payload)
 
-    def _outcome(self, final: Mapping[str, Any], order: PlannedOrder,
-                 payload: Mapping[str, Any]) -> str:  # fmt: skip
+    def _outcome(
+        self, final: Mapping[str, Any], order: PlannedOrder, payload: Mapping[str, Any]
+    ) -> str:
         filled = float(final.get("filled") or 0.0)
         status = str(final.get("status"))
-        body = {**payload, "order_id": final.get("id"), "status": status, "filled": filled,
-                "average": final.get("average")}  # fmt: skip
+        body = {
+            **payload,
+            "order_id": final.get("id"),
+            "status": status,
+            "filled": filled,
+            "average": final.get("average"),
+        }
         if filled >= order.amount * (1 - 1e-9):
             self.record("filled", body)
             return "filled"
@@ -623,16 +660,26 @@ class Executor:
                 return False
             if found is not None:
                 final = await self._follow(found, symbol)
-                self.record("recovered", {"client_id": cid, "symbol": symbol,
-                                           "status": final.get("status"),
-                                           "filled": final.get("filled")}, now)  # fmt: skip
+                self.record(
+                    "recovered",
+                    {
+                        "client_id": cid,
+                        "symbol": symbol,
+                        "status": final.get("status"),
+                        "filled": final.get("filled"),
+                    },
+                    now,
+                )
             elif (left := self._in_flight_left(pending)) > 0:
                 # Not at the venue YET: a request the client timed out on is still executed
                 # if it lands within its signature window (fault matrix, docs/benchmarks.md). Look
                 # again when the window closes, not a full quiet period later: protection
                 # waits on this answer.
-                self.skip(f"pending order {cid} not found yet; it may still reach the venue",
-                          now, client_id=cid)  # fmt: skip
+                self.skip(
+                    f"pending order {cid} not found yet; it may still reach the venue",
+                    now,
+                    client_id=cid,
+                )
                 self._quiet(now, min(left, max(self.policy.cooldown, _QUIET)))
                 return False
             else:
@@ -665,9 +712,16 @@ class Executor:
             self.record("unverified", {"error": str(exc)})
             return
         improved = after < plan.ratio_before
-        self.record("result", {"ratio_before": plan.ratio_before, "ratio_after": after,
-                                "improved": improved, "target": plan.target_ratio,
-                                "reached": after <= plan.target_ratio})  # fmt: skip
+        self.record(
+            "result",
+            {
+                "ratio_before": plan.ratio_before,
+                "ratio_after": after,
+                "improved": improved,
+                "target": plan.target_ratio,
+                "reached": after <= plan.target_ratio,
+            },
+        )
         if not improved:
             self._raise_alert(
                 f"protective step did not improve the ratio ({plan.ratio_before:.4f} -> "
@@ -680,8 +734,14 @@ class Executor:
 
 
 def _order_payload(order: PlannedOrder) -> dict[str, Any]:
-    return {"symbol": order.symbol, "position_side": order.position_side, "side": order.side,
-            "amount": order.amount, "notional": order.notional, "hedged": order.hedged}  # fmt: skip
+    return {
+        "symbol": order.symbol,
+        "position_side": order.position_side,
+        "side": order.side,
+        "amount": order.amount,
+        "notional": order.notional,
+        "hedged": order.hedged,
+    }
 
 
 def _plan_payload(plan: ActionPlan, step: int) -> dict[str, Any]:

@@ -33,9 +33,7 @@ if TYPE_CHECKING:
     from monitor.config.settings import AccountSettings, Settings
 
 #: Builds the executor (and stop backstop) of one account, None when it is not protected.
-MakeExecutor = Callable[
-    ["AccountSettings", Source], "tuple[Executor, StopBackstop | None] | None"
-]
+MakeExecutor = Callable[["AccountSettings", Source], "tuple[Executor, StopBackstop | None] | None"]
 
 __all__ = ["HANDOVER_PASSES", "ActionsSink", "build_actions_sink"]
 
@@ -127,8 +125,11 @@ class ActionsSink(Sink):
 
     def protection_disabled(self) -> dict[str, str]:
         """Account -> why its protective actions cannot run (`/healthz`, `check`)."""
-        return {name: ex.protection_disabled for name, ex in sorted(self.executors.items())
-                if ex.protection_disabled is not None}  # fmt: skip
+        return {
+            name: ex.protection_disabled
+            for name, ex in sorted(self.executors.items())
+            if ex.protection_disabled is not None
+        }
 
     def note(self, account: str) -> str | None:
         """The action state as of the alert being built now (alerting.py), None: unprotected.
@@ -325,8 +326,11 @@ def build_actions_sink(
         return None
     actions = settings.actions
     alerts = settings.alerts
-    thresholds = {"warning": alerts.warning, "critical": alerts.critical,
-                  "emergency": alerts.emergency}  # fmt: skip
+    thresholds = {
+        "warning": alerts.warning,
+        "critical": alerts.critical,
+        "emergency": alerts.emergency,
+    }
 
     def make(
         account: AccountSettings, source: Source

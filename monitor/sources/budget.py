@@ -92,8 +92,9 @@ class VenueLimits:
 
     def spec(self) -> BudgetSpec:
         budgeted = self.allowed * self.share
-        return BudgetSpec(budgeted * self.burst, budgeted * (1 - self.burst) / self.window,
-                          self.reserve)  # fmt: skip
+        return BudgetSpec(
+            budgeted * self.burst, budgeted * (1 - self.burst) / self.window, self.reserve
+        )
 
 
 #: Published limits (docs/rate-limits.md has the citations and the arithmetic).
@@ -101,19 +102,34 @@ VENUE_LIMITS: dict[str, VenueLimits] = {
     # REQUEST_WEIGHT 2 400 / minute per IP. ccxt's fapi costs are the published weights,
     # except the v3 reads ccxt prices at 1 (Binance: weight 5 each).
     "binanceusdm": VenueLimits(
-        window=60.0, allowed=2400.0, share=0.5, burst=0.25, reserve=40.0, per_ip=True,
+        window=60.0,
+        allowed=2400.0,
+        share=0.5,
+        burst=0.25,
+        reserve=40.0,
+        per_ip=True,
         source="developers.binance.com/docs/derivatives/usds-margined-futures/general-info",
         weights={"fapiPrivateV3:GET:positionRisk": 5.0, "fapiPrivateV3:GET:account": 5.0},
     ),
     # Per UID and endpoint, per rolling second; ccxt's costs are 50 / (the endpoint's
     # requests per second), so 50 units a second is every endpoint's own limit.
     "bybit": VenueLimits(
-        window=1.0, allowed=50.0, share=0.8, burst=0.5, reserve=10.0, per_ip=False,
+        window=1.0,
+        allowed=50.0,
+        share=0.8,
+        burst=0.5,
+        reserve=10.0,
+        per_ip=False,
         source="bybit-exchange.github.io/docs/v5/rate-limit",
     ),
     # Per UID and endpoint, per 2 s; ccxt's costs are 20 / (the endpoint's requests per 2 s).
     "okx": VenueLimits(
-        window=2.0, allowed=20.0, share=0.8, burst=0.5, reserve=5.0, per_ip=False,
+        window=2.0,
+        allowed=20.0,
+        share=0.8,
+        burst=0.5,
+        reserve=5.0,
+        per_ip=False,
         source="www.okx.com/docs-v5/en/#overview-rate-limits",
     ),
 }
@@ -174,8 +190,7 @@ class RequestBudget:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (urgent, units, future)
         if urgent:  # behind the urgent ones already waiting, ahead of every background one
-            at = next((i for i, (u, _, _) in enumerate(self._waiting) if not u),
-                      len(self._waiting))  # fmt: skip
+            at = next((i for i, (u, _, _) in enumerate(self._waiting) if not u), len(self._waiting))
             self._waiting.insert(at, entry)
         else:
             self._waiting.append(entry)
@@ -200,8 +215,12 @@ class RequestBudget:
                 self._waiting.pop(0)
                 continue
             if not self._fits(urgent, units):
-                floor = 0.0 if urgent else self.spec.reserve + min(
-                    units, max(self.spec.capacity - self.spec.reserve, 0.0))
+                floor = (
+                    0.0
+                    if urgent
+                    else self.spec.reserve
+                    + min(units, max(self.spec.capacity - self.spec.reserve, 0.0))
+                )
                 delay = (floor - self.level) / self.spec.rate if self.spec.rate > 0 else 1.0
                 self._timer = asyncio.get_running_loop().call_later(
                     min(max(delay, 0.001), 1.0), self._pump
@@ -254,8 +273,11 @@ def install(exchange: Any, account: str) -> None:
         def cost(api: Any, method: Any, path: Any, params: Any, config: Any = None) -> Any:
             name = f"{api if isinstance(api, str) else '/'.join(map(str, api))}:{method}:{path}"
             published = weights.get(name)
-            return published if published is not None else ccxt_cost(
-                api, method, path, params, config or {})  # fmt: skip
+            return (
+                published
+                if published is not None
+                else ccxt_cost(api, method, path, params, config or {})
+            )
 
         exchange.calculate_rate_limiter_cost = cost
 

@@ -135,10 +135,16 @@ def apply_rules(
         if not rule.collateral:
             continue  # switched off as collateral: not margin (Bybit collateralSwitch)
         price = rule.index / unit if rule.index and c.asset in STABLE_ASSETS else c.price
-        out.append(replace(
-            c, price=price, haircut=rule.haircut, liability_markup=rule.liability_markup,
-            haircut_tiers=rule.haircut_tiers, tier_basis=rule.tier_basis,
-        ))
+        out.append(
+            replace(
+                c,
+                price=price,
+                haircut=rule.haircut,
+                liability_markup=rule.liability_markup,
+                haircut_tiers=rule.haircut_tiers,
+                tier_basis=rule.tier_basis,
+            )
+        )
     return tuple(out)
 
 
@@ -183,7 +189,8 @@ def rules_from_binance(
         asset = symbol[:-3]
         index = _fraction(row, "index", where)
         assets[asset] = AssetRule(
-            asset, index=index if index > 0 else None,
+            asset,
+            index=index if index > 0 else None,
             haircut=min(_fraction(row, "bidBuffer", where), 1.0),
             liability_markup=_fraction(row, "askBuffer", where),
         )
@@ -212,10 +219,12 @@ def _bands(rows: object, cap: str, ratio: str, where: str) -> tuple[CollateralTi
     bands = []
     for row in _rows(rows, where):
         top = row.get(cap)
-        bands.append(CollateralTier(
-            math.inf if top in ("", None, "-1") else _fraction(row, cap, where),
-            min(_fraction(row, ratio, where), 1.0),
-        ))
+        bands.append(
+            CollateralTier(
+                math.inf if top in ("", None, "-1") else _fraction(row, cap, where),
+                min(_fraction(row, ratio, where), 1.0),
+            )
+        )
     return tuple(sorted(bands, key=lambda b: b.up_to))
 
 
@@ -226,16 +235,18 @@ async def _bybit(exchange: Any, now: float) -> CollateralRules:
         return CollateralRules(exchange.id, "portfolio", {}, now)
     switches: dict[str, bool] = {}
     answer = await exchange.privateGetV5AccountCollateralInfo()
-    for row in _rows(_bybit_result(answer, "bybit collateral-info").get("list"),
-                     "bybit collateral-info"):
+    for row in _rows(
+        _bybit_result(answer, "bybit collateral-info").get("list"), "bybit collateral-info"
+    ):
         on = all(row.get(k) in (True, "true") for k in ("marginCollateral", "collateralSwitch"))
         switches[str(row.get("currency"))] = on
     assets: dict[str, AssetRule] = {}
     answer = await exchange.publicGetV5SpotMarginTradeCollateral()
     for row in _rows(_bybit_result(answer, "bybit collateral").get("list"), "bybit collateral"):
         coin = str(row.get("currency"))
-        bands = _bands(row.get("collateralRatioList"), "maxQty", "collateralRatio",
-                       f"bybit collateral {coin}")
+        bands = _bands(
+            row.get("collateralRatioList"), "maxQty", "collateralRatio", f"bybit collateral {coin}"
+        )
         assets[coin] = AssetRule(coin, haircut_tiers=bands, collateral=switches.get(coin, True))
     for coin, on in switches.items():
         if coin not in assets:
@@ -293,7 +304,8 @@ async def _bitget(exchange: Any, now: float) -> CollateralRules:
     (USDT) counts in full."""
     rows = _bitget_data(
         await exchange.privateMixGetV2MixAccountAccounts({"productType": "USDT-FUTURES"}),
-        "bitget accounts")
+        "bitget accounts",
+    )
     usdt = next((r for r in rows if r.get("marginCoin") == "USDT"), rows[0] if rows else {})
     asset_mode = str(usdt.get("assetMode"))
     if asset_mode not in _BITGET_MODES:
@@ -301,11 +313,13 @@ async def _bitget(exchange: Any, now: float) -> CollateralRules:
     if _BITGET_MODES[asset_mode] != "multi_assets":
         return CollateralRules(exchange.id, _BITGET_MODES[asset_mode], {}, now)
     assets: dict[str, AssetRule] = {}
-    for row in _bitget_data(await exchange.publicMixGetV2MixMarketDiscountRate(),
-                            "bitget discount-rate"):
+    for row in _bitget_data(
+        await exchange.publicMixGetV2MixMarketDiscountRate(), "bitget discount-rate"
+    ):
         coin = str(row.get("coin"))
-        bands = _bands(row.get("discountRateList"), "maxAmount", "discountRate",
-                       f"bitget discount-rate {coin}")
+        bands = _bands(
+            row.get("discountRateList"), "maxAmount", "discountRate", f"bitget discount-rate {coin}"
+        )
         assets[coin] = AssetRule(coin, haircut_tiers=bands, tier_basis="value")
     return CollateralRules(exchange.id, "multi_assets", assets, now)
 
@@ -325,7 +339,10 @@ PM_LIQUIDATION_UNI_MMR = 1.05
 
 Reader = Callable[[Any, float], Awaitable[CollateralRules]]
 _READERS: dict[str, Reader] = {
-    "binanceusdm": _binance_usdm, "bybit": _bybit, "okx": _okx, "bitget": _bitget,
+    "binanceusdm": _binance_usdm,
+    "bybit": _bybit,
+    "okx": _okx,
+    "bitget": _bitget,
 }
 
 
@@ -340,8 +357,12 @@ def venue_margin(rules: CollateralRules | None, figures: VenueFigures | None) ->
         return None
     if figures is None or figures.margin_ratio is None:
         return VenueMargin(None, source="none read")
-    return VenueMargin(figures.margin_ratio, figures.maintenance_margin,
-                       figures.margin_balance, figures.source_fields)
+    return VenueMargin(
+        figures.margin_ratio,
+        figures.maintenance_margin,
+        figures.margin_balance,
+        figures.source_fields,
+    )
 
 
 # --- the cache file -----------------------------------------------------------------------
@@ -350,13 +371,20 @@ def venue_margin(rules: CollateralRules | None, figures: VenueFigures | None) ->
 def rules_to_dict(rules: CollateralRules) -> dict[str, Any]:
     """The cache file's JSON (also what `report --json` could show of the rules)."""
     return {
-        "version": 1, "venue": rules.venue, "mode": rules.mode, "read_at": rules.read_at,
+        "version": 1,
+        "venue": rules.venue,
+        "mode": rules.mode,
+        "read_at": rules.read_at,
         "assets": {
             a.asset: {
-                "index": a.index, "haircut": a.haircut, "liability_markup": a.liability_markup,
-                "haircut_tiers": [[t.up_to if math.isfinite(t.up_to) else None, t.ratio]
-                                  for t in a.haircut_tiers],
-                "tier_basis": a.tier_basis, "collateral": a.collateral,
+                "index": a.index,
+                "haircut": a.haircut,
+                "liability_markup": a.liability_markup,
+                "haircut_tiers": [
+                    [t.up_to if math.isfinite(t.up_to) else None, t.ratio] for t in a.haircut_tiers
+                ],
+                "tier_basis": a.tier_basis,
+                "collateral": a.collateral,
             }
             for a in rules.assets.values()
         },
@@ -378,8 +406,10 @@ def rules_from_dict(data: object) -> CollateralRules:
         if not isinstance(row, dict):
             raise ValueError(f"assets.{name} is not an object")
         try:
-            tiers = tuple(CollateralTier(math.inf if up is None else float(up), float(ratio))
-                          for up, ratio in row.get("haircut_tiers", []))
+            tiers = tuple(
+                CollateralTier(math.inf if up is None else float(up), float(ratio))
+                for up, ratio in row.get("haircut_tiers", [])
+            )
             basis = row.get("tier_basis", "amount")
             assets[str(name)] = AssetRule(
                 str(name),
@@ -458,13 +488,17 @@ class CollateralRulesReader:
         except (ccxt_errors.BaseError, MalformedPayload) as exc:
             self._next_try = now + self.retry
             kept = "cached rules" if self.rules is not None else "no haircuts"
-            log.warning("collateral_rules_unavailable", account=self.account,
-                        reason=f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}",
-                        using=kept)
+            log.warning(
+                "collateral_rules_unavailable",
+                account=self.account,
+                reason=f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}",
+                using=kept,
+            )
             return self.rules
         if self.rules is None or self.rules.mode != rules.mode:
-            log.info("collateral_mode", account=self.account, mode=rules.mode,
-                     assets=len(rules.assets))
+            log.info(
+                "collateral_mode", account=self.account, mode=rules.mode, assets=len(rules.assets)
+            )
         self.rules = rules
         self._save(rules)
         return rules
@@ -514,14 +548,22 @@ class CollateralRulesReader:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            log.warning("collateral_cache_unreadable", account=self.account,
-                        path=str(self._path), reason=exc.strerror)
+            log.warning(
+                "collateral_cache_unreadable",
+                account=self.account,
+                path=str(self._path),
+                reason=exc.strerror,
+            )
             return None
         try:
             rules = rules_from_dict(json.loads(text))
         except ValueError as exc:  # JSONDecodeError is a ValueError
-            log.warning("collateral_cache_ignored", account=self.account, path=str(self._path),
-                        reason=str(exc).splitlines()[0])
+            log.warning(
+                "collateral_cache_ignored",
+                account=self.account,
+                path=str(self._path),
+                reason=str(exc).splitlines()[0],
+            )
             return None
         if rules.venue != self.venue and rules.venue:
             return None
@@ -536,7 +578,11 @@ class CollateralRulesReader:
             tmp.write_text(json.dumps(rules_to_dict(rules), indent=1), encoding="utf-8")
             os.replace(tmp, self._path)
         except OSError as exc:
-            log.warning("collateral_cache_unwritable", account=self.account,
-                        path=str(self._path), reason=exc.strerror)
+            log.warning(
+                "collateral_cache_unwritable",
+                account=self.account,
+                path=str(self._path),
+                reason=exc.strerror,
+            )
             with contextlib.suppress(OSError):
                 tmp.unlink()

@@ -227,8 +227,14 @@ def _reject_non_json(exchange: Any) -> None:
     original = exchange.on_rest_response
 
     def on_rest_response(  # noqa: PLR0917 - ccxt's hook signature
-        code: Any, reason: Any, url: str, method: str, headers: Any, body: Any,
-        request_headers: Any, request_body: Any,
+        code: Any,
+        reason: Any,
+        url: str,
+        method: str,
+        headers: Any,
+        body: Any,
+        request_headers: Any,
+        request_body: Any,
     ) -> Any:
         body = original(code, reason, url, method, headers, body, request_headers, request_body)
         if (
@@ -313,8 +319,10 @@ class ExchangeSource:
         self.settings = settings
         self.name = settings.name
         self.venue = settings.exchange
-        self.currency = currency or getattr(settings, "currency", None) or _VENUE_CURRENCY.get(
-            self.venue, "USDT"
+        self.currency = (
+            currency
+            or getattr(settings, "currency", None)
+            or _VENUE_CURRENCY.get(self.venue, "USDT")
         )
         self.poll_interval = float(settings.poll_interval)
         self.stale_after = float(settings.stale_after)
@@ -542,20 +550,20 @@ class ExchangeSource:
         has = self.exchange.has
         private = bool(self.exchange.apiKey or getattr(self.exchange, "walletAddress", None))
         if private and has.get("watchPositions") is True:
-            self._spawn(self._trigger_stream("positions", self.exchange.watch_positions),
-                        "positions_stream")
+            self._spawn(
+                self._trigger_stream("positions", self.exchange.watch_positions), "positions_stream"
+            )
         if private and has.get("watchBalance") is True:
-            self._spawn(self._trigger_stream("balance", self.exchange.watch_balance),
-                        "balance_stream")
+            self._spawn(
+                self._trigger_stream("balance", self.exchange.watch_balance), "balance_stream"
+            )
         self._spawn(self._price_poll(), "price_poll")
         await self._reconcile_loop()
 
     # --- reconciliation -------------------------------------------------------------------
 
     def _streams_healthy(self) -> bool:
-        return bool(self._stream_ok) and all(self._stream_ok.values()) and len(
-            self._stream_ok
-        ) == 2
+        return bool(self._stream_ok) and all(self._stream_ok.values()) and len(self._stream_ok) == 2
 
     async def _reconcile_loop(self) -> None:
         backoff = Backoff(cap=self.backoff_cap)
@@ -608,8 +616,13 @@ class ExchangeSource:
                 f"{self.venue}: positions and balance disagreed on {_TORN_RETRIES + 1} reads "
                 "in a row (fills between the two requests); reading again later"
             )
-        symbols = sorted({str(r.get("symbol")) for r in raw_positions or []
-                          if isinstance(r, dict) and r.get("symbol")})
+        symbols = sorted(
+            {
+                str(r.get("symbol"))
+                for r in raw_positions or []
+                if isinstance(r, dict) and r.get("symbol")
+            }
+        )
         await self._ensure_tiers(symbols)
         await self._fill_marks(raw_positions)
         positions = positions_from_ccxt(
@@ -631,8 +644,9 @@ class ExchangeSource:
         collateral (Binance multi-assets BTC, say) is priced by its market, the linear
         perpetual else spot (`_price_symbol`), and keeps streaming once priced."""
         await self._price_collateral(balance)
-        collateral = collateral_from_ccxt(self.venue, balance, self.currency,
-                                          self._asset_prices(read_marks))
+        collateral = collateral_from_ccxt(
+            self.venue, balance, self.currency, self._asset_prices(read_marks)
+        )
         # The venue's own collateral rules (haircuts, Multi-Assets / UTA; docs/collateral.md).
         await self.collateral_rules.refresh(self.exchange)
         return self.collateral_rules.apply(collateral, self.currency)
@@ -641,8 +655,11 @@ class ExchangeSource:
         """Asset -> price in the report currency, from the marks of `ASSET/<currency>` pairs
         (a read's own position marks over the held ones)."""
         marks = {**self.marks, **(read_marks or {})}
-        return {k.split("/", 1)[0]: v for k, v in marks.items()
-                if k.split("/", 1)[-1].startswith(self.currency)}
+        return {
+            k.split("/", 1)[0]: v
+            for k, v in marks.items()
+            if k.split("/", 1)[-1].startswith(self.currency)
+        }
 
     def _price_symbol(self, asset: str) -> str | None:
         """The market that prices a collateral asset: the linear perpetual, else spot."""
@@ -674,8 +691,10 @@ class ExchangeSource:
         """The mark of a contract; a spot pair (collateral pricing) has none, so its last."""
         mark = mark_from_ticker(self.venue, ticker)
         markets = self.exchange.markets or {}
-        if mark is None and isinstance(ticker, dict) and not markets.get(symbol, {}).get(
-            "contract", True
+        if (
+            mark is None
+            and isinstance(ticker, dict)
+            and not markets.get(symbol, {}).get("contract", True)
         ):
             mark = mark_from_ticker(self.venue, {"markPrice": ticker.get("last")})
         return mark
@@ -685,8 +704,14 @@ class ExchangeSource:
         stream has priced yet: a position without a mark cannot be valued."""
         if not isinstance(rows, list):
             return
-        missing = {str(r["symbol"]) for r in rows if isinstance(r, dict) and r.get("symbol")
-                   and r.get("markPrice") is None and r["symbol"] not in self.marks}
+        missing = {
+            str(r["symbol"])
+            for r in rows
+            if isinstance(r, dict)
+            and r.get("symbol")
+            and r.get("markPrice") is None
+            and r["symbol"] not in self.marks
+        }
         for symbol in sorted(missing):
             self._hold_mark(symbol, await self._fetch_price(symbol))
 
@@ -697,8 +722,11 @@ class ExchangeSource:
         if mark is None:
             return None
         offset = self.exchange.options.get("timeDifference") or 0
-        at = _venue_time(ticker, self._clock(),
-                         float(offset) / 1000.0 if isinstance(offset, int | float) else 0.0)
+        at = _venue_time(
+            ticker,
+            self._clock(),
+            float(offset) / 1000.0 if isinstance(offset, int | float) else 0.0,
+        )
         if at >= self._mark_at.get(symbol, -math.inf):
             self.marks[symbol] = mark
             self._mark_at[symbol] = at
@@ -723,8 +751,17 @@ class ExchangeSource:
         marks = tuple(sorted(priced.items()))
         used = {p.symbol for p in positions} | self._collateral_symbols
         venue_ratio = figures.margin_ratio if figures is not None else None
-        self._emit(AccountUpdate(self.name, positions, collateral, sent, marks, venue_ratio,
-                                 venue_margin(self.collateral_rules.rules, figures)))
+        self._emit(
+            AccountUpdate(
+                self.name,
+                positions,
+                collateral,
+                sent,
+                marks,
+                venue_ratio,
+                venue_margin(self.collateral_rules.rules, figures),
+            )
+        )
         for kind in ("positions", "balance"):
             self._fresh(kind, now)
         self.figures = figures
@@ -741,22 +778,31 @@ class ExchangeSource:
         drifting = drift is not None and math.isfinite(drift) and abs(drift) > 0.01
         if drifting != self._drifting:  # log the transitions, not every reconciliation
             self._drifting = drifting
-            log.warning("venue_drift" if drifting else "venue_drift_gone", account=self.name,
-                        ours=ours.margin_ratio, venue=figures.margin_ratio,
-                        fields=figures.source_fields)
+            log.warning(
+                "venue_drift" if drifting else "venue_drift_gone",
+                account=self.name,
+                ours=ours.margin_ratio,
+                venue=figures.margin_ratio,
+                fields=figures.source_fields,
+            )
 
     def _snapshot(
         self, positions: tuple[Position, ...], collateral: tuple[Collateral, ...]
     ) -> AccountSnapshot:
-        return AccountSnapshot(self.name, self.currency, collateral, positions, self.venue,
-                               venue_margin(self.collateral_rules.rules, self.figures))
+        return AccountSnapshot(
+            self.name,
+            self.currency,
+            collateral,
+            positions,
+            self.venue,
+            venue_margin(self.collateral_rules.rules, self.figures),
+        )
 
     async def _ensure_tiers(self, symbols: list[str]) -> None:
         """Load or refresh leverage tiers; a failure keeps the old ones (tiers only matter
         for what-ifs: the venue's reported MM still drives the live ratio)."""
         now = self._monotonic()
-        wanted = [s for s in symbols
-                  if now - self._tiers_at.get(s, -math.inf) >= self.tiers_every]
+        wanted = [s for s in symbols if now - self._tiers_at.get(s, -math.inf) >= self.tiers_every]
         # OKX and MEXC tiers are in contracts, not notional (margin-math §3.1; MEXC
         # riskIncrVol): the reported MM (OKX) or the base rate (MEXC) is used instead.
         if not wanted or self.venue in _TIERS_IN_CONTRACTS:
@@ -815,9 +861,11 @@ class ExchangeSource:
     async def _price_stream(self, symbol: str) -> None:
         exchange = self.exchange
         contract = bool((exchange.markets or {}).get(symbol, {}).get("contract", True))
-        watch = (exchange.watch_mark_price
-                 if contract and exchange.has.get("watchMarkPrice") is True
-                 else exchange.watch_ticker)
+        watch = (
+            exchange.watch_mark_price
+            if contract and exchange.has.get("watchMarkPrice") is True
+            else exchange.watch_ticker
+        )
         backoff = Backoff(cap=self.backoff_cap)
         while True:
             try:
@@ -849,8 +897,12 @@ class ExchangeSource:
     def _on_mark(self, symbol: str, ticker: object) -> None:
         held = self._hold_mark(symbol, ticker)
         if held is None:
-            log.warning("bad_mark", account=self.name, symbol=symbol,
-                        reason="ticker without a positive markPrice")
+            log.warning(
+                "bad_mark",
+                account=self.name,
+                symbol=symbol,
+                reason="ticker without a positive markPrice",
+            )
             return
         mark, at = held
         now = self._monotonic()
@@ -906,11 +958,21 @@ class ExchangeSource:
         elif isinstance(exc, ccxt_errors.RateLimitExceeded | ccxt_errors.DDoSProtection):
             self._throttle.penalise()
             delay *= self._throttle.factor
-            log.warning("rate_limited", account=self.name, where=where, reason=reason,
-                        slowdown=self._throttle.factor)
+            log.warning(
+                "rate_limited",
+                account=self.name,
+                where=where,
+                reason=reason,
+                slowdown=self._throttle.factor,
+            )
         elif isinstance(exc, ccxt_errors.NetworkError | ccxt_errors.BadResponse):
-            log.warning("network_error", account=self.name, where=where, reason=reason,
-                        retry_in=round(delay, 3))
+            log.warning(
+                "network_error",
+                account=self.name,
+                where=where,
+                reason=reason,
+                retry_in=round(delay, 3),
+            )
         elif isinstance(exc, MalformedPayload):
             log.warning("rejected_update", account=self.name, where=where, reason=str(exc))
         else:
@@ -921,8 +983,10 @@ class ExchangeSource:
 
     def _key_rejected(self, where: str, exc: BaseException) -> str:
         """The one line a person reads when the venue refuses the key (alert, /healthz)."""
-        return (f"{self.venue} rejected the API key during {where} ({_one_line(exc)}); "
-                f"check accounts.{self.name}.api_key/secret and their permissions")
+        return (
+            f"{self.venue} rejected the API key during {where} ({_one_line(exc)}); "
+            f"check accounts.{self.name}.api_key/secret and their permissions"
+        )
 
     def _go_down(self, reason: str) -> None:
         if self.down_reason is not None:
@@ -936,5 +1000,3 @@ class ExchangeSource:
 
 
 # --- commands ---------------------------------------------------------------------------------
-
-

@@ -284,8 +284,9 @@ def _position(
     mm = _venue_maintenance_margin(venue, row, where)
     mmr = None
     if venue == "deribit":
-        mmr = _deribit_percent_units(_number(row, "maintenanceMarginPercentage", where,
-                                             required=False))
+        mmr = _deribit_percent_units(
+            _number(row, "maintenanceMarginPercentage", where, required=False)
+        )
     elif venue == "hyperliquid":
         mmr = _hyperliquid_mmr(market)
     elif venue == "mexc" and mm is None:
@@ -343,8 +344,9 @@ def positions_from_ccxt(
         if position is None:
             continue
         if position.key in out:
-            raise MalformedPayload(f"{venue} position {position.symbol!r}: listed twice "
-                                   f"on side {position.side!r}")
+            raise MalformedPayload(
+                f"{venue} position {position.symbol!r}: listed twice on side {position.side!r}"
+            )
         out[position.key] = position
     return tuple(out.values())
 
@@ -441,8 +443,10 @@ def _okx_wallets(info: Json) -> Iterable[tuple[str, float, float | None]]:
         for row in _rows(account.get("details")):
             eq = _float(row.get("eq") or 0, "eq")
             eq_usd = _float(row.get("eqUsd") or 0, "eqUsd")
-            yield str(row.get("ccy")), _float(row.get("cashBal"), "cashBal"), (
-                eq_usd / eq if eq else None
+            yield (
+                str(row.get("ccy")),
+                _float(row.get("cashBal"), "cashBal"),
+                (eq_usd / eq if eq else None),
             )
 
 
@@ -475,8 +479,13 @@ def _bitget_wallets(info: object) -> Iterable[tuple[str, float, float | None]]:
 def _bingx_wallets(info: Json) -> Iterable[tuple[str, float, float | None]]:
     """BingX swap `/openApi/swap/v3/user/balance`: `balance` is the wallet (excl. UPnL)."""
     data = info.get("data")
-    rows = _rows(data) if isinstance(data, list) else _rows([data.get("balance")]) \
-        if isinstance(data, Mapping) else []
+    rows = (
+        _rows(data)
+        if isinstance(data, list)
+        else _rows([data.get("balance")])
+        if isinstance(data, Mapping)
+        else []
+    )
     for row in rows:
         yield str(row.get("asset")), _float(row.get("balance"), "balance"), None
 
@@ -530,8 +539,11 @@ def unpriced_assets(
     """Volatile collateral assets that neither the venue nor `prices` values yet (Binance
     multi-assets BTC, say): the source must read a price for them before valuing."""
     return sorted(
-        {asset for asset, amount, venue_price in _wallets(venue, balance)
-         if amount != 0 and _asset_price(asset, currency, venue_price, prices or {}) is None}
+        {
+            asset
+            for asset, amount, venue_price in _wallets(venue, balance)
+            if amount != 0 and _asset_price(asset, currency, venue_price, prices or {}) is None
+        }
     )
 
 
@@ -554,9 +566,11 @@ def collateral_from_ccxt(
             continue
         price = _asset_price(asset, currency, venue_price, prices or {})
         if price is None:
-            raise MalformedPayload(f"{venue} balance: no price for {asset} in {currency}; "
-                                   f"it needs a {asset}/{currency}:{currency} or "
-                                   f"{asset}/{currency} market")
+            raise MalformedPayload(
+                f"{venue} balance: no price for {asset} in {currency}; "
+                f"it needs a {asset}/{currency}:{currency} or "
+                f"{asset}/{currency} market"
+            )
         prev = out.get(asset)
         out[asset] = Collateral(asset, amount + (prev.amount if prev else 0.0), price)
     return tuple(out.values())
@@ -584,8 +598,9 @@ def venue_figures(venue: str, balance: object) -> VenueFigures | None:
         if venue in {"binanceusdm", "binance"} and isinstance(info, Mapping):
             mm = _float(info["totalMaintMargin"], "totalMaintMargin")
             mb = _float(info["totalMarginBalance"], "totalMarginBalance")
-            return VenueFigures(venue, margin_ratio(mm, mb), mm, mb,
-                                "totalMaintMargin/totalMarginBalance")
+            return VenueFigures(
+                venue, margin_ratio(mm, mb), mm, mb, "totalMaintMargin/totalMarginBalance"
+            )
         if venue == "bybit" and isinstance(info, Mapping):
             account = _rows(info["result"]["list"])[0]
             return VenueFigures(
@@ -609,13 +624,15 @@ def venue_figures(venue: str, balance: object) -> VenueFigures | None:
         if venue == "hyperliquid" and isinstance(info, Mapping):
             mm = _float(info["crossMaintenanceMarginUsed"], "crossMaintenanceMarginUsed")
             value = _float(info["crossMarginSummary"]["accountValue"], "accountValue")
-            return VenueFigures(venue, margin_ratio(mm, value), mm, value,
-                                "crossMaintenanceMarginUsed/accountValue")
+            return VenueFigures(
+                venue, margin_ratio(mm, value), mm, value, "crossMaintenanceMarginUsed/accountValue"
+            )
         if venue == "bitget" and isinstance(info, list) and info:
             rate = info[0].get("crossedRiskRate")
             if rate not in (None, ""):
-                return VenueFigures(venue, _float(rate, "crossedRiskRate"),
-                                    source_fields="crossedRiskRate")
+                return VenueFigures(
+                    venue, _float(rate, "crossedRiskRate"), source_fields="crossedRiskRate"
+                )
     except (KeyError, IndexError, TypeError, MalformedPayload):
         return None
     return None
@@ -642,10 +659,12 @@ def torn_read(venue: str, positions: object, balance: object) -> bool:
             if isinstance(r, Mapping) and float(r.get("positionAmt") or 0.0) != 0.0
         }
         in_positions = {
-            (str(r["info"]["symbol"]), str(r["info"].get("positionSide", "BOTH"))):
-                float(r["info"]["positionAmt"])
+            (str(r["info"]["symbol"]), str(r["info"].get("positionSide", "BOTH"))): float(
+                r["info"]["positionAmt"]
+            )
             for r in (positions if isinstance(positions, list) else [])
-            if isinstance(r, Mapping) and isinstance(r.get("info"), Mapping)
+            if isinstance(r, Mapping)
+            and isinstance(r.get("info"), Mapping)
             and float(r["info"].get("positionAmt") or 0.0) != 0.0
         }
     except (KeyError, TypeError, ValueError):

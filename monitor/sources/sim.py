@@ -104,22 +104,46 @@ DEMO_BOOK = SimBook(
     currency="USDT",
     markets=(
         SimMarket(
-            "BTC/USDT:USDT", 64000.0, 1.0,
-            (Tier(50_000, 0.004, 0), Tier(250_000, 0.005, 50),
-             Tier(1_000_000, 0.01, 1_300), Tier(10_000_000, 0.025, 16_300)),
-            leverage=20, amount_step=0.001, min_amount=0.001,
+            "BTC/USDT:USDT",
+            64000.0,
+            1.0,
+            (
+                Tier(50_000, 0.004, 0),
+                Tier(250_000, 0.005, 50),
+                Tier(1_000_000, 0.01, 1_300),
+                Tier(10_000_000, 0.025, 16_300),
+            ),
+            leverage=20,
+            amount_step=0.001,
+            min_amount=0.001,
         ),
         SimMarket(
-            "ETH/USDT:USDT", 3400.0, 1.2,
-            (Tier(10_000, 0.005, 0), Tier(100_000, 0.0065, 15),
-             Tier(500_000, 0.01, 365), Tier(5_000_000, 0.02, 5_365)),
-            leverage=20, amount_step=0.01, min_amount=0.01,
+            "ETH/USDT:USDT",
+            3400.0,
+            1.2,
+            (
+                Tier(10_000, 0.005, 0),
+                Tier(100_000, 0.0065, 15),
+                Tier(500_000, 0.01, 365),
+                Tier(5_000_000, 0.02, 5_365),
+            ),
+            leverage=20,
+            amount_step=0.01,
+            min_amount=0.01,
         ),
         SimMarket(
-            "SOL/USDT:USDT", 140.0, 1.6,
-            (Tier(5_000, 0.01, 0), Tier(50_000, 0.015, 25),
-             Tier(250_000, 0.025, 525), Tier(2_000_000, 0.05, 6_775)),
-            leverage=10, amount_step=0.1, min_amount=0.1,
+            "SOL/USDT:USDT",
+            140.0,
+            1.6,
+            (
+                Tier(5_000, 0.01, 0),
+                Tier(50_000, 0.015, 25),
+                Tier(250_000, 0.025, 525),
+                Tier(2_000_000, 0.05, 6_775),
+            ),
+            leverage=10,
+            amount_step=0.1,
+            min_amount=0.1,
         ),
     ),
     positions=(
@@ -142,11 +166,17 @@ def asset_index(book: SimBook, marks: Mapping[str, float], now: float) -> list[d
     rows = []
     for asset, bid, ask in book.asset_buffers:
         index = marks.get(f"{asset}/{book.currency}:{book.currency}", 1.0)
-        rows.append({
-            "symbol": f"{asset}USD", "time": int(now * 1000), "index": f"{index:.8f}",
-            "bidBuffer": f"{bid:.8f}", "askBuffer": f"{ask:.8f}",
-            "bidRate": f"{index * (1 - bid):.8f}", "askRate": f"{index * (1 + ask):.8f}",
-        })
+        rows.append(
+            {
+                "symbol": f"{asset}USD",
+                "time": int(now * 1000),
+                "index": f"{index:.8f}",
+                "bidBuffer": f"{bid:.8f}",
+                "askBuffer": f"{ask:.8f}",
+                "bidRate": f"{index * (1 - bid):.8f}",
+                "askRate": f"{index * (1 + ask):.8f}",
+            }
+        )
     return rows
 
 
@@ -155,11 +185,19 @@ def published_rules(book: SimBook, marks: Mapping[str, float], now: float) -> Co
     mode = {"multiAssetsMargin": bool(book.asset_buffers)}
     return rules_from_binance(SimVenue.venue, mode, asset_index(book, marks, now), now)
 
+
 # (sim seconds, target margin ratio or None for the calm start price): the sell-off script.
 _SELLOFF_SCRIPT: tuple[tuple[float, float | None], ...] = (
-    (0.0, None), (8.0, None), (20.0, 0.35), (28.0, 0.6), (36.0, 0.78),
-    (44.0, 0.88), (52.0, 0.88), (64.0, 0.3), (80.0, None),
-)  # fmt: skip
+    (0.0, None),
+    (8.0, None),
+    (20.0, 0.35),
+    (28.0, 0.6),
+    (36.0, 0.78),
+    (44.0, 0.88),
+    (52.0, 0.88),
+    (64.0, 0.3),
+    (80.0, None),
+)
 
 
 def selloff_keyframes(book: SimBook, venue: str | None = None) -> tuple[Keyframe, ...]:
@@ -190,12 +228,17 @@ def _book_at(book: SimBook, m: float, venue: str | None) -> AccountSnapshot:
     markets = {mk.symbol: mk for mk in book.markets}
     positions = tuple(
         Position(
-            symbol, side, contracts, entry, prices[symbol],
-            leverage=markets[symbol].leverage, tiers=markets[symbol].tiers,
+            symbol,
+            side,
+            contracts,
+            entry,
+            prices[symbol],
+            leverage=markets[symbol].leverage,
+            tiers=markets[symbol].tiers,
             beta=markets[symbol].beta,
         )
         for symbol, side, contracts, entry in book.positions
-    )  # fmt: skip
+    )
     collateral = tuple(
         replace(c, price=prices[f"{c.asset}/{book.currency}:{book.currency}"])
         if f"{c.asset}/{book.currency}:{book.currency}" in prices
@@ -244,9 +287,15 @@ class SimVenue:
         for symbol, side, contracts, entry in book.positions:
             mk = self._markets[symbol]
             self._positions[(symbol, side)] = Position(
-                symbol, side, contracts, entry, mk.price0,
-                leverage=mk.leverage, tiers=mk.tiers, beta=mk.beta,
-            )  # fmt: skip
+                symbol,
+                side,
+                contracts,
+                entry,
+                mk.price0,
+                leverage=mk.leverage,
+                tiers=mk.tiers,
+                beta=mk.beta,
+            )
         self._collateral = {c.asset: c for c in book.collateral}
         self._reprice_collateral()
         #: read once, like a live account's hourly read: buffers do not move with prices

@@ -66,8 +66,11 @@ def stop_params(
     venue: str, side: Side, *, hedged: bool, client_id: str, trigger: float, working_type: str
 ) -> dict[str, Any]:
     """ccxt params of a reduce-only stop-market order (the backstop, docs/actions.md)."""
-    params: dict[str, Any] = {"reduceOnly": True, "clientOrderId": client_id,
-                              "stopLossPrice": trigger}  # fmt: skip
+    params: dict[str, Any] = {
+        "reduceOnly": True,
+        "clientOrderId": client_id,
+        "stopLossPrice": trigger,
+    }
     if venue.startswith("binance"):
         params["workingType"] = working_type  # trigger on mark, not last
     if hedged:

@@ -55,8 +55,11 @@ async def _bitget(exchange: Any, balance: Mapping[str, Any]) -> str:
     data = _data(await exchange.privateSpotGetV2SpotAccountInfo())
     rights = data.get("authorities") if isinstance(data, Mapping) else None
     if isinstance(rights, list):
-        return (CAN_TRADE if "coow" in rights
-                else f"read-only (authorities {sorted(map(str, rights))} lack coow)")
+        return (
+            CAN_TRADE
+            if "coow" in rights
+            else f"read-only (authorities {sorted(map(str, rights))} lack coow)"
+        )
     return _UNKNOWN
 
 
@@ -96,7 +99,8 @@ async def _hyperliquid(exchange: Any, balance: Mapping[str, Any]) -> str:
     except ValueError:
         # surfaces through check's one-line "rejected the keys" path, naming `secret`
         raise ccxt_errors.AuthenticationError(
-            "hyperliquid: secret is not a 0x-prefixed 32-byte hex private key") from None
+            "hyperliquid: secret is not a 0x-prefixed 32-byte hex private key"
+        ) from None
     if signer == wallet:
         return f"{CAN_TRADE} (the private key is the wallet's own)"
     answer = await exchange.publicPostInfo({"type": "userRole", "user": signer})
@@ -105,8 +109,10 @@ async def _hyperliquid(exchange: Any, balance: Mapping[str, Any]) -> str:
     principal = str(data.get("user", "")).lower() if isinstance(data, Mapping) else ""
     if role == "agent" and principal == wallet:
         return await _hyperliquid_agent_validity(exchange, wallet, signer)
-    return (f"read-only (the private key's address {signer} is not an approved API wallet "
-            f"of {wallet}: userRole {role!r})")
+    return (
+        f"read-only (the private key's address {signer} is not an approved API wallet "
+        f"of {wallet}: userRole {role!r})"
+    )
 
 
 async def _hyperliquid_agent_validity(exchange: Any, wallet: str, signer: str) -> str:
@@ -125,8 +131,9 @@ async def _hyperliquid_agent_validity(exchange: Any, wallet: str, signer: str) -
 
 def _unpublished(venue: str) -> Reader:
     """A venue with no endpoint for a key's futures rights: say so, ask nothing."""
-    sentence = (f"trade permission not published by {venue} "
-                "(a read-only key is refused at order time)")
+    sentence = (
+        f"trade permission not published by {venue} (a read-only key is refused at order time)"
+    )
 
     async def reader(exchange: Any, balance: Mapping[str, Any]) -> str:
         return sentence

@@ -91,8 +91,12 @@ class BinanceAccount:
     usd_index: dict[str, float] = field(default_factory=lambda: {"USDT": 1.0, "USDC": 1.0})
     #: asset -> (bidBuffer, askBuffer) as `GET /fapi/v1/assetIndex` publishes them.
     buffers: dict[str, tuple[float, float]] = field(
-        default_factory=lambda: {"USDT": (0.0, 0.0), "USDC": (0.0, 0.0),
-                                 "BTC": (0.05, 0.05), "ETH": (0.05, 0.05)}
+        default_factory=lambda: {
+            "USDT": (0.0, 0.0),
+            "USDC": (0.0, 0.0),
+            "BTC": (0.05, 0.05),
+            "ETH": (0.05, 0.05),
+        }
     )
 
     #: A Portfolio Margin account: the account maintenance margin Binance's PM engine states
@@ -108,8 +112,12 @@ class BinanceAccount:
             actual += eq
             equity += min(eq * (1.0 - self.buffers.get(asset, (0.0, 0.0))[0]), eq)
         mm = self.portfolio_mm or 0.0
-        return {"equity": equity, "actual": actual, "mm": mm,
-                "uni_mmr": equity / mm if mm > 0 else 0.0}
+        return {
+            "equity": equity,
+            "actual": actual,
+            "mm": mm,
+            "uni_mmr": equity / mm if mm > 0 else 0.0,
+        }
 
     def index(self, asset: str) -> float:
         """USD index of an asset: its USDT market's mark × USDTUSD, else `usd_index`."""
@@ -161,12 +169,14 @@ class BinanceAccount:
 
     def per_asset(self) -> dict[str, dict[str, float]]:
         """Wallet, PnL, MM and IM per margin asset, in that asset's units."""
-        out = {a: {"wallet": w, "upnl": 0.0, "mm": 0.0, "im": 0.0}
-               for a, w in self.wallets().items()}
+        out = {
+            a: {"wallet": w, "upnl": 0.0, "mm": 0.0, "im": 0.0} for a, w in self.wallets().items()
+        }
         for pos in self.positions.values():
             f = self.figures(pos)
-            row = out.setdefault(settle_of(pos.symbol),
-                                 {"wallet": 0.0, "upnl": 0.0, "mm": 0.0, "im": 0.0})
+            row = out.setdefault(
+                settle_of(pos.symbol), {"wallet": 0.0, "upnl": 0.0, "mm": 0.0, "im": 0.0}
+            )
             for key in ("upnl", "mm", "im"):
                 row[key] += f[key]
         return out
@@ -270,8 +280,10 @@ class FakeBinanceUsdm(FakeVenue):
                 "futuresType": "U_MARGINED",
                 "rateLimits": [],
                 "exchangeFilters": [],
-                "assets": [{"asset": a, "marginAvailable": True, "autoAssetExchange": "0"}
-                           for a in self.account.buffers],
+                "assets": [
+                    {"asset": a, "marginAvailable": True, "autoAssetExchange": "0"}
+                    for a in self.account.buffers
+                ],
                 "symbols": symbols,
             }
         )
@@ -419,27 +431,43 @@ class FakeBinanceUsdm(FakeVenue):
         8 decimals as in the doc's example ("uniMMR": "5167.92171923")."""
         f = self.account.pm_figures()
         free = max(0.0, f["equity"] - f["mm"] * 1.5)
-        return json_response({
-            "uniMMR": f"{f['uni_mmr']:.8f}", "accountEquity": f"{f['equity']:.8f}",
-            "actualEquity": f"{f['actual']:.8f}", "accountInitialMargin": f"{f['mm'] * 1.5:.8f}",
-            "accountMaintMargin": f"{f['mm']:.8f}", "accountStatus": "NORMAL",
-            "virtualMaxWithdrawAmount": f"{free:.8f}", "totalAvailableBalance": f"{free:.8f}",
-            "totalMarginOpenLoss": "0.00000000", "updateTime": self.now_ms(),
-        })
+        return json_response(
+            {
+                "uniMMR": f"{f['uni_mmr']:.8f}",
+                "accountEquity": f"{f['equity']:.8f}",
+                "actualEquity": f"{f['actual']:.8f}",
+                "accountInitialMargin": f"{f['mm'] * 1.5:.8f}",
+                "accountMaintMargin": f"{f['mm']:.8f}",
+                "accountStatus": "NORMAL",
+                "virtualMaxWithdrawAmount": f"{free:.8f}",
+                "totalAvailableBalance": f"{free:.8f}",
+                "totalMarginOpenLoss": "0.00000000",
+                "updateTime": self.now_ms(),
+            }
+        )
 
     async def pm_balance(self, request: web.Request) -> web.Response:
         """Portfolio Margin Account-Balance: one row per asset (UM wallet and PnL)."""
         rows = []
         for asset, row in self.account.per_asset().items():
             total = row["wallet"]
-            rows.append({
-                "asset": asset, "totalWalletBalance": repr(total),
-                "crossMarginAsset": "0", "crossMarginBorrowed": "0", "crossMarginFree": "0",
-                "crossMarginInterest": "0", "crossMarginLocked": "0",
-                "umWalletBalance": repr(row["wallet"]), "umUnrealizedPNL": repr(row["upnl"]),
-                "cmWalletBalance": "0", "cmUnrealizedPNL": "0", "updateTime": self.now_ms(),
-                "negativeBalance": "0",
-            })
+            rows.append(
+                {
+                    "asset": asset,
+                    "totalWalletBalance": repr(total),
+                    "crossMarginAsset": "0",
+                    "crossMarginBorrowed": "0",
+                    "crossMarginFree": "0",
+                    "crossMarginInterest": "0",
+                    "crossMarginLocked": "0",
+                    "umWalletBalance": repr(row["wallet"]),
+                    "umUnrealizedPNL": repr(row["upnl"]),
+                    "cmWalletBalance": "0",
+                    "cmUnrealizedPNL": "0",
+                    "updateTime": self.now_ms(),
+                    "negativeBalance": "0",
+                }
+            )
         return json_response(rows)
 
     async def pm_position_risk(self, request: web.Request) -> web.Response:
@@ -447,13 +475,21 @@ class FakeBinanceUsdm(FakeVenue):
         rows = []
         for pos in self.account.positions.values():
             f = self.account.figures(pos)
-            rows.append({
-                "entryPrice": repr(pos.entry), "leverage": str(pos.leverage),
-                "markPrice": repr(f["mark"]), "maxNotionalValue": "20000000",
-                "positionAmt": repr(pos.amount), "notional": repr(f["notional"]),
-                "symbol": pos.symbol, "unRealizedProfit": repr(f["upnl"]),
-                "liquidationPrice": "0", "positionSide": pos.side, "updateTime": self.now_ms(),
-            })
+            rows.append(
+                {
+                    "entryPrice": repr(pos.entry),
+                    "leverage": str(pos.leverage),
+                    "markPrice": repr(f["mark"]),
+                    "maxNotionalValue": "20000000",
+                    "positionAmt": repr(pos.amount),
+                    "notional": repr(f["notional"]),
+                    "symbol": pos.symbol,
+                    "unRealizedProfit": repr(f["upnl"]),
+                    "liquidationPrice": "0",
+                    "positionSide": pos.side,
+                    "updateTime": self.now_ms(),
+                }
+            )
         return json_response(rows)
 
     async def multi_assets_margin(self, request: web.Request) -> web.Response:
@@ -467,19 +503,21 @@ class FakeBinanceUsdm(FakeVenue):
         for asset, (bid_buffer, ask_buffer) in self.account.buffers.items():
             index = self.account.index(asset)
             bid, ask = self.account.rates(asset)
-            rows.append({
-                "symbol": f"{asset}USD",
-                "time": self.now_ms(),
-                "index": f"{index:.8f}",
-                "bidBuffer": f"{bid_buffer:.8f}",
-                "askBuffer": f"{ask_buffer:.8f}",
-                "bidRate": f"{bid:.8f}",
-                "askRate": f"{ask:.8f}",
-                "autoExchangeBidBuffer": f"{bid_buffer / 2:.8f}",
-                "autoExchangeAskBuffer": f"{ask_buffer / 2:.8f}",
-                "autoExchangeBidRate": f"{index * (1 - bid_buffer / 2):.8f}",
-                "autoExchangeAskRate": f"{index * (1 + ask_buffer / 2):.8f}",
-            })
+            rows.append(
+                {
+                    "symbol": f"{asset}USD",
+                    "time": self.now_ms(),
+                    "index": f"{index:.8f}",
+                    "bidBuffer": f"{bid_buffer:.8f}",
+                    "askBuffer": f"{ask_buffer:.8f}",
+                    "bidRate": f"{bid:.8f}",
+                    "askRate": f"{ask:.8f}",
+                    "autoExchangeBidBuffer": f"{bid_buffer / 2:.8f}",
+                    "autoExchangeAskBuffer": f"{ask_buffer / 2:.8f}",
+                    "autoExchangeBidRate": f"{index * (1 - bid_buffer / 2):.8f}",
+                    "autoExchangeAskRate": f"{index * (1 + ask_buffer / 2):.8f}",
+                }
+            )
         wanted = request.query.get("symbol")
         if wanted:
             return json_response(next(r for r in rows if r["symbol"] == wanted))

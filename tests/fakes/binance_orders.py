@@ -273,9 +273,12 @@ class BinanceOrders:
 
     async def open_orders(self, request: web.Request) -> web.Response:
         symbol = request.query.get("symbol")
-        rows = [o for o in self.orders.values()
-                if o["status"] in ("NEW", "PARTIALLY_FILLED")
-                and (symbol is None or o["symbol"] == symbol)]  # fmt: skip
+        rows = [
+            o
+            for o in self.orders.values()
+            if o["status"] in ("NEW", "PARTIALLY_FILLED")
+            and (symbol is None or o["symbol"] == symbol)
+        ]
         return json_response(rows)
 
     # --- algo (conditional) orders: stops live here since 2025 (docs/venues.md) ---------
@@ -319,14 +322,22 @@ class BinanceOrders:
         if row is None or row["algoStatus"] != "NEW":
             return _error(-2011, "Unknown order sent.")
         row["algoStatus"] = "CANCELED"
-        return json_response({"algoId": algo_id, "clientAlgoId": row["clientAlgoId"],
-                              "code": "200", "msg": "success"})  # fmt: skip
+        return json_response(
+            {
+                "algoId": algo_id,
+                "clientAlgoId": row["clientAlgoId"],
+                "code": "200",
+                "msg": "success",
+            }
+        )
 
     async def open_algo_orders(self, request: web.Request) -> web.Response:
         symbol = request.query.get("symbol")
-        rows = [o for o in self.algo_orders.values()
-                if o["algoStatus"] == "NEW"
-                and (symbol is None or o["symbol"] == symbol)]  # fmt: skip
+        rows = [
+            o
+            for o in self.algo_orders.values()
+            if o["algoStatus"] == "NEW" and (symbol is None or o["symbol"] == symbol)
+        ]
         return json_response(rows)
 
     # --- ground truth for the fault matrix -------------------------------------------------

@@ -109,7 +109,7 @@ class FakeBingx(FakeVenue):
         return checked
 
     async def api_permissions(self, request: web.Request) -> web.Response:
-        """"Query user API Key permissions" (BingX docs, Account and Wallet -> Sub-account):
+        """ "Query user API Key permissions" (BingX docs, Account and Wallet -> Sub-account):
         apiKey, permissions, ipAddresses, note at the top level, as clients of the live
         endpoint read it (no code/data envelope)."""
         return json_response(

@@ -74,8 +74,10 @@ class BitgetAccount:
         tiers = self.discounts.get(coin)
         if not tiers:
             return value
-        return sum(rate * max(0.0, min(value, top if top >= 0 else value) - low)
-                   for low, top, rate in tiers)
+        return sum(
+            rate * max(0.0, min(value, top if top >= 0 else value) - low)
+            for low, top, rate in tiers
+        )
 
     def figures(self, symbol: str) -> dict[str, float]:
         side, size, entry = self.positions[symbol]
@@ -315,8 +317,17 @@ class FakeBitget(FakeVenue):
         coin's USDT mark is read (ccxt `fetch_mark_price`)."""
         symbol = request.query.get("symbol", "")
         mark = repr(self.account.marks[symbol])
-        return ok([{"symbol": symbol, "price": mark, "indexPrice": mark, "markPrice": mark,
-                    "ts": str(int(time.time() * 1000))}])
+        return ok(
+            [
+                {
+                    "symbol": symbol,
+                    "price": mark,
+                    "indexPrice": mark,
+                    "markPrice": mark,
+                    "ts": str(int(time.time() * 1000)),
+                }
+            ]
+        )
 
     async def all_position(self, request: web.Request) -> web.Response:
         rows = []
@@ -354,8 +365,7 @@ class FakeBitget(FakeVenue):
         free = repr(t["equity"] - t["im"])
         usdt_equity = self.account.wallet + t["upnl"]
         coins = [("USDT", usdt_equity, usdt_equity, t["upnl"])] + [
-            (c, amount, self.account.coin_value(c), 0.0)
-            for c, amount in self.account.coins.items()
+            (c, amount, self.account.coin_value(c), 0.0) for c, amount in self.account.coins.items()
         ]
         return ok(
             [
@@ -392,8 +402,12 @@ class FakeBitget(FakeVenue):
                     "userLimit": "1000000",
                     "totalLimit": "100000000",
                     "discountRateList": [
-                        {"tier": str(i), "minAmount": repr(low),
-                         "maxAmount": "-1" if top < 0 else repr(top), "discountRate": repr(rate)}
+                        {
+                            "tier": str(i),
+                            "minAmount": repr(low),
+                            "maxAmount": "-1" if top < 0 else repr(top),
+                            "discountRate": repr(rate),
+                        }
                         for i, (low, top, rate) in enumerate(tiers, start=1)
                     ],
                 }

@@ -356,12 +356,22 @@ class FakeBybit(FakeVenue):
         ]
         account = {
             "accountType": "UNIFIED",
-            "totalEquity": repr(wallet + t["upnl"] + sum(
-                amount * self.account.coin_price(c)
-                for c, (amount, _, _) in self.account.coins.items())),
-            "totalWalletBalance": repr(self.account.coin_value("USDT", wallet) + sum(
-                self.account.coin_value(c, amount)
-                for c, (amount, _, on) in self.account.coins.items() if on)),
+            "totalEquity": repr(
+                wallet
+                + t["upnl"]
+                + sum(
+                    amount * self.account.coin_price(c)
+                    for c, (amount, _, _) in self.account.coins.items()
+                )
+            ),
+            "totalWalletBalance": repr(
+                self.account.coin_value("USDT", wallet)
+                + sum(
+                    self.account.coin_value(c, amount)
+                    for c, (amount, _, on) in self.account.coins.items()
+                    if on
+                )
+            ),
             "totalMarginBalance": repr(t["margin_balance"]),
             "totalAvailableBalance": repr(t["margin_balance"] - t["im"]),
             "totalPerpUPL": repr(t["upnl"]),
@@ -430,14 +440,25 @@ class FakeBybit(FakeVenue):
         rows = []
         for coin in ["USDT", *self.account.coins]:
             switch = True if coin == "USDT" else self.account.coins[coin][2]
-            rows.append({
-                "currency": coin, "hourlyBorrowRate": "0.0000015", "maxBorrowingAmount": "1000",
-                "freeBorrowingLimit": "0", "freeBorrowAmount": "0", "borrowAmount": "0",
-                "otherBorrowAmount": "0", "availableToBorrow": "1000", "borrowable": True,
-                "borrowUsageRate": "0", "marginCollateral": True, "collateralSwitch": switch,
-                "collateralRatio": repr(self.account.collateral_tiers.get(coin, [(None, 1.0)])
-                                        [0][1]),
-            })
+            rows.append(
+                {
+                    "currency": coin,
+                    "hourlyBorrowRate": "0.0000015",
+                    "maxBorrowingAmount": "1000",
+                    "freeBorrowingLimit": "0",
+                    "freeBorrowAmount": "0",
+                    "borrowAmount": "0",
+                    "otherBorrowAmount": "0",
+                    "availableToBorrow": "1000",
+                    "borrowable": True,
+                    "borrowUsageRate": "0",
+                    "marginCollateral": True,
+                    "collateralSwitch": switch,
+                    "collateralRatio": repr(
+                        self.account.collateral_tiers.get(coin, [(None, 1.0)])[0][1]
+                    ),
+                }
+            )
         wanted = request.query.get("currency")
         return ok({"list": [r for r in rows if wanted in (None, r["currency"])]})
 
@@ -448,8 +469,13 @@ class FakeBybit(FakeVenue):
             floor = 0.0
             ratios = []
             for cap, ratio in tiers:
-                ratios.append({"minQty": repr(floor), "maxQty": "" if cap is None else repr(cap),
-                               "collateralRatio": repr(ratio)})
+                ratios.append(
+                    {
+                        "minQty": repr(floor),
+                        "maxQty": "" if cap is None else repr(cap),
+                        "collateralRatio": repr(ratio),
+                    }
+                )
                 floor = cap if cap is not None else floor
             rows.append({"currency": coin, "collateralRatioList": ratios})
         wanted = request.query.get("currency")

@@ -32,8 +32,9 @@ __all__ = ["BybitOrders", "install_orders"]
 
 
 def _error(code: int, msg: str) -> web.Response:
-    return json_response({"retCode": code, "retMsg": msg, "result": {}, "retExtInfo": {},
-                          "time": _ms()})  # fmt: skip
+    return json_response(
+        {"retCode": code, "retMsg": msg, "result": {}, "retExtInfo": {}, "time": _ms()}
+    )
 
 
 @dataclass

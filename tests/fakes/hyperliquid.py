@@ -152,11 +152,13 @@ class FakeHyperliquid(FakeVenue):
         if kind == "extraAgents":
             # Info endpoint "extraAgents": the user's named API wallets, with their expiry
             user = str(body.get("user", "")).lower()
-            return json_response([
-                {"name": name, "address": address, "validUntil": valid_until}
-                for address, (name, valid_until) in self.account.named_agents.items()
-                if self.account.agents.get(address) == user
-            ])
+            return json_response(
+                [
+                    {"name": name, "address": address, "validUntil": valid_until}
+                    for address, (name, valid_until) in self.account.named_agents.items()
+                    if self.account.agents.get(address) == user
+                ]
+            )
         return json_response({"error": f"fake hyperliquid: unknown info type {kind!r}"}, status=422)
 
     def user_role(self, address: str) -> dict[str, Any]:

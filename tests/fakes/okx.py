@@ -359,11 +359,20 @@ class FakeOkx(FakeVenue):
         details = [detail]
         for ccy, amount in self.account.coins.items():
             price = self.account.price(ccy)
-            details.append(dict(
-                detail, ccy=ccy, cashBal=repr(amount), eq=repr(amount), availBal=repr(amount),
-                availEq=repr(amount), eqUsd=repr(amount * price), frozenBal="0", upl="0",
-                disEq=repr(self.account.discounted(ccy, amount)),
-            ))
+            details.append(
+                dict(
+                    detail,
+                    ccy=ccy,
+                    cashBal=repr(amount),
+                    eq=repr(amount),
+                    availBal=repr(amount),
+                    availEq=repr(amount),
+                    eqUsd=repr(amount * price),
+                    frozenBal="0",
+                    upl="0",
+                    disEq=repr(self.account.discounted(ccy, amount)),
+                )
+            )
         return ok(
             [
                 {
@@ -389,14 +398,27 @@ class FakeOkx(FakeVenue):
         for ccy, tiers in self.account.discount.items():
             floor, details = 0.0, []
             for i, (cap, rate) in enumerate(tiers, start=1):
-                details.append({
-                    "discountRate": repr(rate), "maxAmt": "" if cap is None else repr(cap),
-                    "minAmt": repr(floor), "tier": str(i), "liqPenaltyRate": "0.02",
-                    "disCcyEq": "",
-                })
+                details.append(
+                    {
+                        "discountRate": repr(rate),
+                        "maxAmt": "" if cap is None else repr(cap),
+                        "minAmt": repr(floor),
+                        "tier": str(i),
+                        "liqPenaltyRate": "0.02",
+                        "disCcyEq": "",
+                    }
+                )
                 floor = cap if cap is not None else floor
-            rows.append({"ccy": ccy, "amt": "0", "discountLv": "1", "minDiscountRate": "0",
-                         "colRes": "0", "details": details})
+            rows.append(
+                {
+                    "ccy": ccy,
+                    "amt": "0",
+                    "discountLv": "1",
+                    "minDiscountRate": "0",
+                    "colRes": "0",
+                    "details": details,
+                }
+            )
         wanted = request.query.get("ccy")
         return ok([r for r in rows if wanted in (None, r["ccy"])])
 

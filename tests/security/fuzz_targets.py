@@ -28,13 +28,21 @@ NOW = 1_000_000.0
 ACTIONS = ["ack", "silence", "unsilence", "pause", "resume", "status", "liquidate", ""]
 
 _scalar = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(10**400), max_value=10**400),
-    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=40),
-    st.just("\ud800"), st.just("é" * 70),
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**400), max_value=10**400),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=40),
+    st.just("\ud800"),
+    st.just("é" * 70),
 )
-_json = st.recursive(_scalar, lambda inner: st.one_of(
-    st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=10), inner, max_size=4)),
-    max_leaves=12)
+_json = st.recursive(
+    _scalar,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
 
 
 @st.composite
@@ -60,8 +68,13 @@ def envelope_inputs(draw: st.DrawFn) -> bytes:
     """Raw command messages: signed mutations of valid ones, forged and broken envelopes."""
     kind = draw(st.integers(0, 5))
     if kind == 0:  # a valid command, fresh request id
-        cmd = Command(draw(st.sampled_from(ACTIONS[:6])), account="acct",  # type: ignore[arg-type]
-                      duration=60.0, silence_id="s", request_id=draw(st.uuids()).hex)
+        cmd = Command(
+            draw(st.sampled_from(ACTIONS[:6])),
+            account="acct",  # type: ignore[arg-type]
+            duration=60.0,
+            silence_id="s",
+            request_id=draw(st.uuids()).hex,
+        )
         return envelope(cmd, KEY, NOW).encode()
     if kind == 1:  # a signed body of anything
         text = json.dumps(draw(_body() | _json), allow_nan=True)
@@ -75,8 +88,10 @@ def envelope_inputs(draw: st.DrawFn) -> bytes:
         return b"[" * depth + b"]" * depth
     if kind == 4:  # signature edge cases
         text = json.dumps({"action": "status", "request_id": "r"})
-        sig = draw(st.sampled_from(["é" * 64, "0" * 63, "G" * 64, "", "\ud800" * 64])
-                   | st.text(max_size=70))
+        sig = draw(
+            st.sampled_from(["é" * 64, "0" * 63, "G" * 64, "", "\ud800" * 64])
+            | st.text(max_size=70)
+        )
         raw = json.dumps({"body": text, "ts": NOW, "sig": sig})
         return raw.encode("utf-8", "surrogatepass")
     return draw(st.binary(max_size=300))
@@ -86,8 +101,9 @@ class EnvelopeChecker:
     """One pipeline (in-memory store) takes every input, as the daemon's would."""
 
     def __init__(self) -> None:
-        self.pipeline = AlertPipeline(Store(None), AlertConfig(), command_secret=KEY,
-                                      clock=lambda: NOW)
+        self.pipeline = AlertPipeline(
+            Store(None), AlertConfig(), command_secret=KEY, clock=lambda: NOW
+        )
         self.pipeline.accounts = frozenset({"acct"})
 
     def __call__(self, raw: bytes) -> str:
@@ -111,15 +127,36 @@ _TOKEN = st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), ma
 @st.composite
 def http_inputs(draw: st.DrawFn) -> bytes:
     """Raw HTTP/1.1 requests: methods, paths, headers and bodies, well- and ill-formed."""
-    method = draw(st.sampled_from(["GET", "POST", "PUT", "HEAD", "OPTIONS", "TRACE", "\x00"])
-                  | _TOKEN)
-    path = draw(st.sampled_from(["/command", "/metrics", "/healthz", "/command?token=%%",
-                                 "/command?token=" + "A" * 5000, "//", "*"]) | _TOKEN)
+    method = draw(
+        st.sampled_from(["GET", "POST", "PUT", "HEAD", "OPTIONS", "TRACE", "\x00"]) | _TOKEN
+    )
+    path = draw(
+        st.sampled_from(
+            [
+                "/command",
+                "/metrics",
+                "/healthz",
+                "/command?token=%%",
+                "/command?token=" + "A" * 5000,
+                "//",
+                "*",
+            ]
+        )
+        | _TOKEN
+    )
     headers = [("Host", "127.0.0.1")]
     body = draw(st.binary(max_size=200) | envelope_inputs())
     if draw(st.booleans()):
-        headers.append(("Content-Length", draw(st.sampled_from(
-            [str(len(body)), "-1", "99999999999999999999", "abc", str(len(body) + 5)]))))
+        headers.append(
+            (
+                "Content-Length",
+                draw(
+                    st.sampled_from(
+                        [str(len(body)), "-1", "99999999999999999999", "abc", str(len(body) + 5)]
+                    )
+                ),
+            )
+        )
     if draw(st.booleans()):
         headers.append(("Transfer-Encoding", draw(st.sampled_from(["chunked", "gzip", "x"]))))
     for _ in range(draw(st.integers(0, 3))):
@@ -139,17 +176,20 @@ class HttpChecker:
 
         async def start() -> None:
             # built in the server's thread: SQLite objects stay in their thread
-            self.pipeline = AlertPipeline(Store(None), AlertConfig(), command_secret=KEY,
-                                          clock=lambda: NOW)
-            app = command_app(lambda raw, source: self.pipeline.handle_command(
-                raw, now=NOW, source=source))
+            self.pipeline = AlertPipeline(
+                Store(None), AlertConfig(), command_secret=KEY, clock=lambda: NOW
+            )
+            app = command_app(
+                lambda raw, source: self.pipeline.handle_command(raw, now=NOW, source=source)
+            )
             self.runner = await http_guard.serve(app, "127.0.0.1", 0)
             self.port = self.runner.addresses[0][1]
             ready.set()
 
         self.thread = threading.Thread(
             target=lambda: (self.loop.run_until_complete(start()), self.loop.run_forever()),
-            daemon=True)
+            daemon=True,
+        )
         self.thread.start()
         ready.wait(10)
 
@@ -183,4 +223,3 @@ class HttpChecker:
         asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
-

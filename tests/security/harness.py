@@ -78,9 +78,16 @@ port = {metrics_port}
 class Daemon:
     """One `margin-monitor run` process; start, stop (SIGINT) and start again on one state."""
 
-    def __init__(self, broker: Mosquitto, workdir: Path, extra: str = "", *,
-                 env: Mapping[str, str] | None = None, accounts: str = SIM_ACCOUNT,
-                 state: Path | None = None) -> None:
+    def __init__(
+        self,
+        broker: Mosquitto,
+        workdir: Path,
+        extra: str = "",
+        *,
+        env: Mapping[str, str] | None = None,
+        accounts: str = SIM_ACCOUNT,
+        state: Path | None = None,
+    ) -> None:
         self.broker = broker
         self.prefix = f"mmsec-{secrets.token_hex(3)}"
         self.state = state or workdir / "state"
@@ -89,8 +96,14 @@ class Daemon:
         self.config = workdir / "config.toml"
         workdir.mkdir(parents=True, exist_ok=True)
         self.config.write_text(
-            CONFIG.format(state=self.state, port=broker.port, prefix=self.prefix, accounts=accounts,
-                          command_port=self.command_port, metrics_port=self.metrics_port)
+            CONFIG.format(
+                state=self.state,
+                port=broker.port,
+                prefix=self.prefix,
+                accounts=accounts,
+                command_port=self.command_port,
+                metrics_port=self.metrics_port,
+            )
             + extra
         )
         self.env = {**os.environ, "MARGIN_MONITOR__MQTT__COMMAND_SECRET": SECRET, **(env or {})}
@@ -110,18 +123,27 @@ class Daemon:
     async def start(self, max_fds: int | None = None) -> None:
         """Start (with at most `max_fds` descriptors) and wait until the broker says it is
         online and the ports answer."""
+
         def limit() -> None:
             if max_fds is not None:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (max_fds, max_fds))
 
         async with collecting(self.broker, [f"{self.prefix}/status"]) as sub:
             self.proc = await asyncio.create_subprocess_exec(
-                str(script()), "run", "--config", str(self.config), "--no-tui",
-                env=self.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-                preexec_fn=limit)
+                str(script()),
+                "run",
+                "--config",
+                str(self.config),
+                "--no-tui",
+                env=self.env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                preexec_fn=limit,
+            )
             await sub.wait_for(
                 lambda: any(m.payload == b"online" for m in sub.on(f"{self.prefix}/status")),
-                limit=30)
+                limit=30,
+            )
         for port in (self.command_port, self.metrics_port):
             async with asyncio.timeout(10):
                 while True:
@@ -163,9 +185,13 @@ def _request_id(raw: str | bytes) -> str:
 
 
 @contextlib.asynccontextmanager
-async def running_daemon(broker: Mosquitto, workdir: Path, extra: str = "",
-                         env: Mapping[str, str] | None = None,
-                         accounts: str = SIM_ACCOUNT) -> AsyncIterator[Daemon]:
+async def running_daemon(
+    broker: Mosquitto,
+    workdir: Path,
+    extra: str = "",
+    env: Mapping[str, str] | None = None,
+    accounts: str = SIM_ACCOUNT,
+) -> AsyncIterator[Daemon]:
     """A started daemon, stopped at the end of the block."""
     daemon = Daemon(broker, workdir, extra, env=env, accounts=accounts)
     await daemon.start()

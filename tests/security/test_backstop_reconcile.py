@@ -20,7 +20,9 @@ class TestReconcile:
     """Stops are reconciled by client-id prefix at start and after every pause."""
 
     async def test_stop_kept_through_a_pause_is_cancelled_after_it(
-        self, venue: Venue, tmp_path: Path  # noqa: F811
+        self,
+        venue: Venue,  # noqa: F811
+        tmp_path: Path,
     ) -> None:
         """Test that a position closed while actions were paused keeps its stop in memory
         (it still rests), and once the pause ends and the position is back, one stop rests
@@ -43,7 +45,9 @@ class TestReconcile:
         assert float(stop["quantity"]) == 0.5  # sized to the new position
 
     async def test_leftovers_of_ours_are_cancelled_at_start(
-        self, venue: Venue, tmp_path: Path  # noqa: F811
+        self,
+        venue: Venue,  # noqa: F811
+        tmp_path: Path,
     ) -> None:
         """Test that a restart finding two stops of ours for one position keeps the newest,
         cancels the other, and a stop cancelled by hand is replaced after a pause."""

@@ -34,8 +34,12 @@ def snapshot_with(**changes: object) -> str:
 
 def overflowing() -> str:
     """Finite inputs whose figures overflow to infinity (contracts x price > 1.8e308)."""
-    position = {**SNAPSHOT["positions"][0], "contracts": 1e300, "mark_price": 1e300,
-                "entry_price": 1e300}
+    position = {
+        **SNAPSHOT["positions"][0],
+        "contracts": 1e300,
+        "mark_price": 1e300,
+        "entry_price": 1e300,
+    }
     return snapshot_with(positions=[position])
 
 
@@ -53,7 +57,8 @@ def big_int() -> str:
 def surrogate() -> str:
     """A lone surrogate escaped in an asset name."""
     return snapshot_with(collateral=[{"asset": "USD\\ud800T", "amount": 1.0}]).replace(
-        "\\\\ud800", "\\ud800")
+        "\\\\ud800", "\\ud800"
+    )
 
 
 Case = Callable[[Path], list[str]]
@@ -61,19 +66,23 @@ Case = Callable[[Path], list[str]]
 
 def snap(text: str, *args: str, command: str = "report") -> Case:
     """`report` or `stress` on a snapshot file holding `text`."""
+
     def make(tmp: Path) -> list[str]:
         path = tmp / "snap.json"
         path.write_text(text, encoding="utf-8", errors="surrogatepass")
         return [command, "--snapshot", str(path), *args]
+
     return make
 
 
 def config(body: bytes, *args: str, command: str = "check") -> Case:
     """A command on a configuration file holding `body`."""
+
     def make(tmp: Path) -> list[str]:
         path = tmp / "c.toml"
         path.write_bytes(body)
         return [command, "--config", str(path), *args]
+
     return make
 
 
@@ -108,11 +117,18 @@ CASES: dict[str, Case] = {
 }
 
 
-def run(args: list[str], env: dict[str, str] | None = None,
-        stdin: int | None = None) -> subprocess.CompletedProcess[bytes]:
+def run(
+    args: list[str], env: dict[str, str] | None = None, stdin: int | None = None
+) -> subprocess.CompletedProcess[bytes]:
     """The console script, bounded."""
-    return subprocess.run([str(script()), *args], capture_output=True, timeout=60,
-                          env={**os.environ, **(env or {})}, stdin=stdin, check=False)
+    return subprocess.run(
+        [str(script()), *args],
+        capture_output=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+        stdin=stdin,
+        check=False,
+    )
 
 
 def assert_one_line(proc: subprocess.CompletedProcess[bytes]) -> None:
@@ -128,9 +144,12 @@ def assert_one_line(proc: subprocess.CompletedProcess[bytes]) -> None:
 def listen_config(tmp: Path, port: int) -> Path:
     """A sim config with the command endpoint on [::1]:port."""
     path = tmp / "c.toml"
-    path.write_text(f'state_dir = "{tmp / "state"}"\n' + SIM.decode()
-                    + '[mqtt]\ncommand_secret = "k3y-k3y-k3y"\n'
-                    + f'[notify]\ncommand_listen = "[::1]:{port}"\n')
+    path.write_text(
+        f'state_dir = "{tmp / "state"}"\n'
+        + SIM.decode()
+        + '[mqtt]\ncommand_secret = "k3y-k3y-k3y"\n'
+        + f'[notify]\ncommand_listen = "[::1]:{port}"\n'
+    )
     return path
 
 
@@ -153,10 +172,28 @@ class TestOneLine:
                 pytest.skip("no IPv6 loopback on this machine")
             taken.listen()
             port = taken.getsockname()[1]
-            assert_one_line(run(["run", "--config", str(listen_config(tmp_path, port)),
-                                 "--no-tui", "--duration", "1"]))
-        ok = run(["run", "--config", str(listen_config(tmp_path, free_port())), "--no-tui",
-                  "--duration", "1"])
+            assert_one_line(
+                run(
+                    [
+                        "run",
+                        "--config",
+                        str(listen_config(tmp_path, port)),
+                        "--no-tui",
+                        "--duration",
+                        "1",
+                    ]
+                )
+            )
+        ok = run(
+            [
+                "run",
+                "--config",
+                str(listen_config(tmp_path, free_port())),
+                "--no-tui",
+                "--duration",
+                "1",
+            ]
+        )
         assert ok.returncode == 0, ok.stderr.decode()[-2000:]
 
     def test_credential_file_not_utf8(self, tmp_path: Path) -> None:
@@ -166,13 +203,15 @@ class TestOneLine:
         (creds / "accounts__main__api_key").write_bytes(b"\xff\xfe")
         cfg = tmp_path / "c.toml"
         cfg.write_text('[[accounts]]\nname = "main"\nexchange = "binanceusdm"\nsecret = "s"\n')
-        proc = run(["check", "--offline", "--config", str(cfg)],
-                   env={"CREDENTIALS_DIRECTORY": str(creds)})
+        proc = run(
+            ["check", "--offline", "--config", str(cfg)], env={"CREDENTIALS_DIRECTORY": str(creds)}
+        )
         assert_one_line(proc)
         assert b"accounts__main__api_key" in proc.stderr
 
-    def test_credential_file_unreadable(self, tmp_path: Path,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_credential_file_unreadable(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         """Test that an unreadable credential file (PermissionError) is one UserError line
         naming the file (in process: root, which runs these tests here, reads a 0000 file)."""
         creds = tmp_path / "creds"
@@ -227,8 +266,10 @@ class TestLinearChecks:
     def test_duplicate_collateral_check_is_linear(self) -> None:
         """Test that 40 000 distinct collateral entries parse in well under a second
         (41 s when each asset was counted in the whole list)."""
-        data = {**SNAPSHOT, "collateral": [{"asset": f"A{i}", "amount": 1.0}
-                                           for i in range(40_000)]}
+        data = {
+            **SNAPSHOT,
+            "collateral": [{"asset": f"A{i}", "amount": 1.0} for i in range(40_000)],
+        }
         started = time.process_time()
         snapshot = parse_snapshot(data, "big.json")
         assert len(snapshot.collateral) == 40_000
@@ -244,8 +285,10 @@ class TestHostileEnvelope:
     @pytest.mark.parametrize(
         ("raw", "reason"),
         [
-            (json.dumps({"body": DEEP, "ts": 100, "sig": signature(b"k", 100, DEEP)}),
-             "body is nested too deeply"),
+            (
+                json.dumps({"body": DEEP, "ts": 100, "sig": signature(b"k", 100, DEEP)}),
+                "body is nested too deeply",
+            ),
             ('{"body": "{}", "ts": 1' + "0" * 400 + ', "sig": "00"}', "numeric 'ts'"),
             ("[" * 5000 + "]" * 5000, "nested too deeply"),
             ('{"body": "{}", "ts": 100, "sig": "\u00e9' + "0" * 63 + '"}', "bad signature"),
@@ -264,11 +307,13 @@ class TestHostileEnvelope:
         port = free_port()
         runner = await serve_commands(
             lambda body, source: pipeline.handle_command(body, now=100.0, source=source),
-            f"127.0.0.1:{port}")
+            f"127.0.0.1:{port}",
+        )
         try:
-            async with aiohttp.ClientSession() as http, http.post(
-                f"http://127.0.0.1:{port}/command", data=raw.encode("utf-8")
-            ) as resp:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(f"http://127.0.0.1:{port}/command", data=raw.encode("utf-8")) as resp,
+            ):
                 assert resp.status == 403
                 assert reason in (await resp.json())["error"]
         finally:

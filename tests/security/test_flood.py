@@ -62,8 +62,18 @@ async def flood_latencies(broker: Mosquitto, daemon: Daemon) -> tuple[float, flo
             return len(answered) == 2
 
         flood = await asyncio.create_subprocess_exec(
-            "mosquitto_pub", "-h", broker.host, "-p", str(broker.port), "-q", "0",
-            "-t", topic, "-l", stdin=asyncio.subprocess.PIPE)
+            "mosquitto_pub",
+            "-h",
+            broker.host,
+            "-p",
+            str(broker.port),
+            "-q",
+            "0",
+            "-t",
+            topic,
+            "-l",
+            stdin=asyncio.subprocess.PIPE,
+        )
         assert flood.stdin is not None
         lines = [junk(i) for i in range(FLOOD)]
         flood.stdin.write(b"\n".join(lines[: FLOOD // 2]) + b"\n")
@@ -77,8 +87,10 @@ async def flood_latencies(broker: Mosquitto, daemon: Daemon) -> tuple[float, flo
             sent[request_id(after)] = time.monotonic()
             await client.publish(topic, after, qos=1)
         await sub.wait_for(done, limit=60)
-    return (answered[request_id(during)] - sent[request_id(during)],
-            answered[request_id(after)] - sent[request_id(after)])  # fmt: skip
+    return (
+        answered[request_id(during)] - sent[request_id(during)],
+        answered[request_id(after)] - sent[request_id(after)],
+    )
 
 
 class TestMqttFlood:
@@ -93,8 +105,10 @@ class TestMqttFlood:
         refusals left a handful of audit rows with the full count, not 50 000."""
         async with running_daemon(mosquitto, tmp_path) as daemon:
             during, after = await flood_latencies(mosquitto, daemon)
-            print(f"valid command latency under a {FLOOD}-message flood: during "
-                  f"{during * 1000:.0f} ms, after {after * 1000:.0f} ms")
+            print(
+                f"valid command latency under a {FLOOD}-message flood: during "
+                f"{during * 1000:.0f} ms, after {after * 1000:.0f} ms"
+            )
             assert during < LIMIT
             assert after < LIMIT
         db = sqlite3.connect(daemon.state / "alerts.sqlite3")
@@ -115,22 +129,35 @@ class TestRetention:
         db = store._db
         now = 100 * 86400.0
         cap = store_module.AUDIT_MAX_ROWS
-        db.executemany("INSERT INTO audit (at, account, kind, payload) VALUES (?, 'a', 'k', '{}')",
-                       [(now - 91 * 86400.0,)] + [(now,)] * (cap + 10))
+        db.executemany(
+            "INSERT INTO audit (at, account, kind, payload) VALUES (?, 'a', 'k', '{}')",
+            [(now - 91 * 86400.0,)] + [(now,)] * (cap + 10),
+        )
         db.executemany(
             "INSERT INTO outbox (message_id, sink, account, payload, created_at, next_attempt_at)"
-            " VALUES (?, 's', 'a', '{}', ?, ?)", [("old", now - 8 * 86400, 0), ("new", now, 0)])
-        db.executemany("INSERT INTO seen_request (request_id, until) VALUES (?, ?)",
-                       [("gone", now - 1), ("kept", now + 60)])
-        db.executemany("INSERT INTO silence (id, until, body) VALUES (?, ?, '{}')",
-                       [("gone", now - 1), ("kept", now + 60)])
-        db.executemany("INSERT INTO action_pause (account, until) VALUES (?, ?)",
-                       [("gone", now - 1), ("kept", now + 60)])
+            " VALUES (?, 's', 'a', '{}', ?, ?)",
+            [("old", now - 8 * 86400, 0), ("new", now, 0)],
+        )
+        db.executemany(
+            "INSERT INTO seen_request (request_id, until) VALUES (?, ?)",
+            [("gone", now - 1), ("kept", now + 60)],
+        )
+        db.executemany(
+            "INSERT INTO silence (id, until, body) VALUES (?, ?, '{}')",
+            [("gone", now - 1), ("kept", now + 60)],
+        )
+        db.executemany(
+            "INSERT INTO action_pause (account, until) VALUES (?, ?)",
+            [("gone", now - 1), ("kept", now + 60)],
+        )
         store.prune(now)
         assert db.execute("SELECT COUNT(*), MIN(at) FROM audit").fetchone() == (cap, now)
         assert [r.message_id for r in store.pending()] == ["new"]
-        for table, key in (("seen_request", "request_id"), ("silence", "id"),
-                           ("action_pause", "account")):
+        for table, key in (
+            ("seen_request", "request_id"),
+            ("silence", "id"),
+            ("action_pause", "account"),
+        ):
             assert db.execute(f"SELECT {key} FROM {table}").fetchall() == [("kept",)]
 
 
@@ -149,11 +176,13 @@ class TestHttpFlood:
         from tests.mqtt_broker import free_port
         from tests.security.harness import SECRET
 
-        pipeline = AlertPipeline(Store(tmp_path / "a.db"), AlertConfig(),
-                                 command_secret=SECRET.encode())
+        pipeline = AlertPipeline(
+            Store(tmp_path / "a.db"), AlertConfig(), command_secret=SECRET.encode()
+        )
         port = free_port()
         runner = await serve_commands(
-            lambda raw, source: pipeline.handle_command(raw, source=source), f"127.0.0.1:{port}")
+            lambda raw, source: pipeline.handle_command(raw, source=source), f"127.0.0.1:{port}"
+        )
         url = f"http://127.0.0.1:{port}/command"
         try:
             async with aiohttp.ClientSession() as http:

@@ -27,15 +27,17 @@ def http() -> Iterator[HttpChecker]:
 class TestFuzz:
     """Hostile envelopes and HTTP requests are answered, never raised."""
 
-    @settings(max_examples=500, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=500, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
     @given(raw=envelope_inputs())
     def test_envelopes(self, envelopes: EnvelopeChecker, raw: bytes) -> None:
         """Test that any command message is accepted or refused with one line."""
         assert envelopes(raw) in ("accepted", "rejected")
 
-    @settings(max_examples=200, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=200, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
     @given(request=http_inputs())
     def test_http(self, http: HttpChecker, request: bytes) -> None:
         """Test that any request to the command port gets an HTTP answer below 500."""

@@ -64,14 +64,16 @@ async def healthz_latencies(url: str, n: int = 20) -> list[float]:
 @contextlib.asynccontextmanager
 async def guarded(header_timeout: float, cap: int):  # type: ignore[no-untyped-def]
     """A guarded app with GET /ok on a free port."""
+
     async def ok(request: web.Request) -> web.Response:
         return web.Response(text="ok")
 
     app = web.Application()
     app.router.add_get("/ok", ok)
     port = free_port()
-    runner = await http_guard.serve(app, "127.0.0.1", port, header_timeout=header_timeout,
-                                    max_connections=cap)
+    runner = await http_guard.serve(
+        app, "127.0.0.1", port, header_timeout=header_timeout, max_connections=cap
+    )
     try:
         yield port, runner
     finally:
@@ -116,8 +118,9 @@ class TestGuard:
         throttle = Throttle(burst=3, window=60.0)
 
         def record(name: str, at: float) -> logging.LogRecord:
-            rec = logging.LogRecord(name, logging.ERROR, __file__, 1, "Error handling request",
-                                    None, None)
+            rec = logging.LogRecord(
+                name, logging.ERROR, __file__, 1, "Error handling request", None, None
+            )
             rec.created = at
             return rec
 
@@ -145,8 +148,10 @@ class TestDaemon:
             socks += await open_idle(daemon.command_port, IDLE)
             latencies = await healthz_latencies(f"{daemon.metrics_url}/healthz")
             median = statistics.median(latencies)
-            print(f"/healthz with {IDLE} idle sockets per port, 256 fds: median "
-                  f"{median * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms")
+            print(
+                f"/healthz with {IDLE} idle sockets per port, 256 fds: median "
+                f"{median * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms"
+            )
             assert max(latencies) < HEALTHZ_LIMIT, latencies
             for s in socks:
                 s.close()
@@ -179,11 +184,12 @@ class TestBodyTimeout:
         monkeypatch.setattr(http_guard, "BODY_TIMEOUT", 0.3)
         seen: list[bytes] = []
         port = free_port()
-        runner = await serve_commands(lambda raw, source: seen.append(raw) or {"ok": True},
-                                      f"127.0.0.1:{port}")
+        runner = await serve_commands(
+            lambda raw, source: seen.append(raw) or {"ok": True}, f"127.0.0.1:{port}"
+        )
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(b"POST /command HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"a\"")
+            writer.write(b'POST /command HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"a"')
             await writer.drain()
             status = await asyncio.wait_for(reader.readline(), 5)
             writer.close()

@@ -44,11 +44,13 @@ class TestProtectionDisabled:
         async with collecting(mosquitto, [f"{daemon.prefix}/#"]) as sub:
             await daemon.start()
             try:
+
                 def alerts() -> list[dict[str, object]]:
                     return [json.loads(m.payload) for m in sub.on(f"{daemon.prefix}/demo/alert")]  # type: ignore[arg-type]
 
                 await sub.wait_for(
-                    lambda: any(a["rule"] == "protection_disabled" for a in alerts()), limit=60)
+                    lambda: any(a["rule"] == "protection_disabled" for a in alerts()), limit=60
+                )
                 [alert] = [a for a in alerts() if a["rule"] == "protection_disabled"]
                 assert alert["kind"] == "firing"
                 assert alert["level"] == "critical"  # actions step in at critical by default
@@ -58,17 +60,23 @@ class TestProtectionDisabled:
                     return [json.loads(m.payload) for m in sub.on(f"{daemon.prefix}/demo/state")]  # type: ignore[arg-type]
 
                 await sub.wait_for(lambda: any("protection_disabled" in s for s in states()))
-                async with aiohttp.ClientSession() as http, http.get(
-                    f"{daemon.metrics_url}/healthz"
-                ) as resp:
+                async with (
+                    aiohttp.ClientSession() as http,
+                    http.get(f"{daemon.metrics_url}/healthz") as resp,
+                ):
                     assert resp.status == 503
                     text = await resp.text()
                 assert text.startswith("protection_disabled\ndemo: state directory")
             finally:
                 await daemon.stop()
         check = await asyncio.to_thread(
-            subprocess.run, [str(script()), "check", "--offline", "--config", str(daemon.config)],
-            capture_output=True, timeout=60, env=dict(os.environ), check=False)
+            subprocess.run,
+            [str(script()), "check", "--offline", "--config", str(daemon.config)],
+            capture_output=True,
+            timeout=60,
+            env=dict(os.environ),
+            check=False,
+        )
         assert check.returncode == 0, check.stderr
         assert b"actions: DISABLED (protection_disabled" in check.stdout, check.stdout
 
@@ -78,8 +86,12 @@ class TestProtectionDisabled:
         config = tmp_path / "c.toml"
         state = tmp_path / "state"
         config.write_text(f'state_dir = "{state}"\n' + SELLOFF)
-        check = subprocess.run([str(script()), "check", "--offline", "--config", str(config)],
-                               capture_output=True, timeout=60, check=False)
+        check = subprocess.run(
+            [str(script()), "check", "--offline", "--config", str(config)],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
         assert check.returncode == 0, check.stderr
         assert b"DISABLED" not in check.stdout
         assert b"actions: simulated" in check.stdout

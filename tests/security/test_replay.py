@@ -23,17 +23,24 @@ from tests.mqtt_broker import Mosquitto
 from tests.security.harness import SECRET, command, running_daemon
 
 KEY = SECRET.encode()
-CONFIG = AlertConfig(repeat_every=0, shock_warning=None, shock_critical=None,
-                     shock_emergency=None)
+CONFIG = AlertConfig(repeat_every=0, shock_warning=None, shock_critical=None, shock_emergency=None)
 
 
 def report(ratio: float, account: str = "acct") -> MarginReport:
     """A report whose only meaningful figure is the ratio."""
     return MarginReport(
-        account=account, currency="USDT", wallet_balance=1000.0, unrealized_pnl=0.0,
-        margin_balance=1000.0, initial_margin=0.0, maintenance_margin=ratio * 1000.0,
-        margin_ratio=ratio, margin_level=math.inf if ratio == 0 else 1 / ratio,
-        free_collateral=1000.0, liquidated=ratio >= 1, positions=(),
+        account=account,
+        currency="USDT",
+        wallet_balance=1000.0,
+        unrealized_pnl=0.0,
+        margin_balance=1000.0,
+        initial_margin=0.0,
+        maintenance_margin=ratio * 1000.0,
+        margin_ratio=ratio,
+        margin_level=math.inf if ratio == 0 else 1 / ratio,
+        free_collateral=1000.0,
+        liquidated=ratio >= 1,
+        positions=(),
     )
 
 
@@ -76,8 +83,9 @@ class TestReplayMemory:
     @pytest.mark.parametrize("expires_at", [math.nan, 1e300, 100.0 + 8 * 86400])
     def test_expires_at_bounded(self, expires_at: float) -> None:
         """Test that a NaN or far-future expires_at is refused (it would never expire)."""
-        raw = signed_body({"action": "ack", "account": "a", "request_id": "r",
-                           "expires_at": expires_at}, 100.0)
+        raw = signed_body(
+            {"action": "ack", "account": "a", "request_id": "r", "expires_at": expires_at}, 100.0
+        )
         with pytest.raises(CommandRefused, match="expires_at"):
             verify(raw, KEY, now=100.0)
 
@@ -96,11 +104,13 @@ class TestPhoneToken:
 
     def buttons(self, tmp_path: Path) -> tuple[AlertPipeline, list[str]]:
         """A pipeline with a firing alert and the body tokens of its two buttons."""
-        pipeline = AlertPipeline(Store(tmp_path / "a.db"), CONFIG, command_secret=KEY,
-                                 clock=lambda: 100.0)
+        pipeline = AlertPipeline(
+            Store(tmp_path / "a.db"), CONFIG, command_secret=KEY, clock=lambda: 100.0
+        )
         channel = NotifyChannel.model_validate({"name": "phone", "url": "ntfys://h/topic"})
-        sink = NotifySink(channel, command_url="https://me/command", sign=pipeline.sign,
-                          clock=lambda: 100.0)
+        sink = NotifySink(
+            channel, command_url="https://me/command", sign=pipeline.sign, clock=lambda: 100.0
+        )
         (event,) = pipeline.on_report(report(0.9), now=100.0)
         header = sink._actions(build_message(event, None))
         assert header is not None
@@ -143,8 +153,11 @@ class TestDaemon:
             assert (await daemon.send(pause))["ok"] is True
         async with running_daemon(mosquitto, tmp_path) as daemon:
             reply = await daemon.send(pause)
-            assert reply == {"ok": False, "request_id": reply["request_id"],
-                             "error": "duplicate request_id (replay)"}
+            assert reply == {
+                "ok": False,
+                "request_id": reply["request_id"],
+                "error": "duplicate request_id (replay)",
+            }
             token = base64.urlsafe_b64encode(pause.encode()).decode().rstrip("=")
             async with aiohttp.ClientSession() as http:
                 async with http.post(daemon.command_url, data=token) as resp:

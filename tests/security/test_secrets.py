@@ -72,8 +72,10 @@ async def phone() -> AsyncIterator[Phone]:
 def account_toml(venue: FakeBinanceUsdm) -> str:
     """The live account, pointed at the fake, with a credential in its ccxt table."""
     ccxt = {**venue.ccxt_config(), "timeout": 2000, "uid": UID}
-    return ("\n[[accounts]]\nname = \"main\"\nexchange = \"binanceusdm\"\npoll_interval = 0.5\n"
-            "stale_after = 2.0\n" + to_toml({"ccxt": ccxt}))
+    return (
+        '\n[[accounts]]\nname = "main"\nexchange = "binanceusdm"\npoll_interval = 0.5\n'
+        "stale_after = 2.0\n" + to_toml({"ccxt": ccxt})
+    )
 
 
 class TestSecretEcho:
@@ -82,9 +84,11 @@ class TestSecretEcho:
     def test_ccxt_table_credentials_are_secrets(self, tmp_path: Path) -> None:
         """Test that a credential in [accounts.ccxt] is among the redacted secrets."""
         config = tmp_path / "c.toml"
-        config.write_text('[[accounts]]\nname = "a"\nexchange = "binanceusdm"\n'
-                          'api_key = "k"\nsecret = "s"\n[accounts.ccxt]\n'
-                          f'uid = "{UID}"\ntimeout = 5000\n')
+        config.write_text(
+            '[[accounts]]\nname = "a"\nexchange = "binanceusdm"\n'
+            'api_key = "k"\nsecret = "s"\n[accounts.ccxt]\n'
+            f'uid = "{UID}"\ntimeout = 5000\n'
+        )
         assert UID in secrets_of(load_settings(config))
 
     @pytest.mark.timeout(120)
@@ -93,15 +97,22 @@ class TestSecretEcho:
         `snapshot` never show the key (raw or URL-encoded) or the ccxt-table credential,
         while each of them did report the venue's error."""
         async with FakeBinanceUsdm() as venue, phone() as rec:
-            echo = {"code": -2015, "msg": f"Invalid API-key {KEY} (key={quote(KEY, safe='')}, "
-                                          f"uid {UID}, secret {VENUE_SECRET})"}
+            echo = {
+                "code": -2015,
+                "msg": f"Invalid API-key {KEY} (key={quote(KEY, safe='')}, "
+                f"uid {UID}, secret {VENUE_SECRET})",
+            }
             for path in ("/fapi/v3/account", "/fapi/v3/positionRisk", "/fapi/v1/leverageBracket"):
                 venue.fail(path, status=401, body=echo, times=10**6)
-            extra = (f'\n[[notify.channels]]\nname = "phone"\n'
-                     f'url = "json://127.0.0.1:{rec.port}/hook"\nmin_level = "warning"\n'
-                     f"min_interval = 0\n")
-            env = {"MARGIN_MONITOR__ACCOUNTS__MAIN__API_KEY": KEY,
-                   "MARGIN_MONITOR__ACCOUNTS__MAIN__SECRET": VENUE_SECRET}
+            extra = (
+                f'\n[[notify.channels]]\nname = "phone"\n'
+                f'url = "json://127.0.0.1:{rec.port}/hook"\nmin_level = "warning"\n'
+                f"min_interval = 0\n"
+            )
+            env = {
+                "MARGIN_MONITOR__ACCOUNTS__MAIN__API_KEY": KEY,
+                "MARGIN_MONITOR__ACCOUNTS__MAIN__SECRET": VENUE_SECRET,
+            }
             daemon = Daemon(mosquitto, tmp_path, extra, env=env, accounts=account_toml(venue))
             surfaces: dict[str, bytes] = {}
             async with collecting(mosquitto, [f"{daemon.prefix}/#"]) as sub:
@@ -120,9 +131,14 @@ class TestSecretEcho:
             surfaces["sqlite"] = b"".join(p.read_bytes() for p in daemon.state.iterdir())
             for command in (["check"], ["snapshot", "--account", "main"]):
                 proc = await asyncio.create_subprocess_exec(
-                    str(script()), *command, "--config", str(daemon.config),
-                    env={**os.environ, **env}, stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.STDOUT)
+                    str(script()),
+                    *command,
+                    "--config",
+                    str(daemon.config),
+                    env={**os.environ, **env},
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.STDOUT,
+                )
                 out, _ = await asyncio.wait_for(proc.communicate(), 60)
                 surfaces[command[0]] = out
         # each surface carried the venue's error (the test is not vacuous) ...

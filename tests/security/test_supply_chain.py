@@ -82,8 +82,10 @@ class TestImage:
         """The FROM arguments, ARG defaults substituted."""
         text = (DEPLOY / "Containerfile").read_text()
         args = dict(re.findall(r"^ARG (\w+)=(\S+)", text, re.M))
-        return [re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], f.split()[0])
-                for f in re.findall(r"^FROM (.+)$", text, re.M)]
+        return [
+            re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], f.split()[0])
+            for f in re.findall(r"^FROM (.+)$", text, re.M)
+        ]
 
     def test_python_of_ci_and_hash_checked_install(self) -> None:
         """Test that both stages are Python 3.11 and the build installs the lock with
@@ -93,8 +95,11 @@ class TestImage:
         assert re.search(r"--require-hashes\s+-r requirements\.lock", text)
         assert "--no-deps ." in text
 
-    @pytest.mark.xfail(strict=True, reason="DIGEST-PIN-PLACEHOLDER: no registry access to "
-                       "learn the digest here; pin it (deploy/Containerfile) and remove this")
+    @pytest.mark.xfail(
+        strict=True,
+        reason="DIGEST-PIN-PLACEHOLDER: no registry access to "
+        "learn the digest here; pin it (deploy/Containerfile) and remove this",
+    )
     def test_base_images_pinned_by_digest(self) -> None:
         """Test that every base image is pinned by digest (name@sha256:<64 hex>)."""
         assert all(re.search(r"@sha256:[0-9a-f]{64}$", s) for s in self.stages())
@@ -108,17 +113,22 @@ def deploy_broker(tmp_path: Path):  # type: ignore[no-untyped-def]
     """deploy/mosquitto.conf with its ACL files, on free loopback ports."""
     passwd = tmp_path / "passwd"
     for i, (user, password) in enumerate(BROKER_USERS.items()):
-        subprocess.run(["mosquitto_passwd", *(["-c"] if i == 0 else []), "-b", str(passwd),
-                        user, password], check=True, capture_output=True)
+        subprocess.run(
+            ["mosquitto_passwd", *(["-c"] if i == 0 else []), "-b", str(passwd), user, password],
+            check=True,
+            capture_output=True,
+        )
     port, health = free_port(), free_port()
     conf = (DEPLOY / "mosquitto.conf").read_text()
-    conf = (conf.replace("listener 1883 0.0.0.0", f"listener {port} 127.0.0.1")
-            .replace("listener 1884 127.0.0.1", f"listener {health} 127.0.0.1")
-            .replace("/mosquitto/config/passwd", str(passwd))
-            .replace("/mosquitto/config/acl-health", str(DEPLOY / "mosquitto-health.acl"))
-            .replace("/mosquitto/config/acl", str(DEPLOY / "mosquitto.acl"))
-            .replace("/mosquitto/data/", f"{tmp_path}/")
-            .replace("log_dest stdout", f"log_dest file {tmp_path}/log"))
+    conf = (
+        conf.replace("listener 1883 0.0.0.0", f"listener {port} 127.0.0.1")
+        .replace("listener 1884 127.0.0.1", f"listener {health} 127.0.0.1")
+        .replace("/mosquitto/config/passwd", str(passwd))
+        .replace("/mosquitto/config/acl-health", str(DEPLOY / "mosquitto-health.acl"))
+        .replace("/mosquitto/config/acl", str(DEPLOY / "mosquitto.acl"))
+        .replace("/mosquitto/data/", f"{tmp_path}/")
+        .replace("log_dest stdout", f"log_dest file {tmp_path}/log")
+    )
     if os.geteuid() == 0:
         conf += "user root\n"
     path = tmp_path / "mosquitto.conf"
@@ -155,14 +165,20 @@ class TestBroker:
         retained `online` on the status topic but can send a command, and the daemon's user
         publishes what everyone reads."""
         port, _ = deploy_broker
-        daemon = await _connect_until_up(port, username="margin-monitor",
-                                         password=BROKER_USERS["margin-monitor"])
+        daemon = await _connect_until_up(
+            port, username="margin-monitor", password=BROKER_USERS["margin-monitor"]
+        )
         try:
             with pytest.raises(aiomqtt.MqttError):
                 await _connect_until_up(port)  # anonymous
             await daemon.subscribe("margin-monitor/#", qos=1)
-            ha = aiomqtt.Client("127.0.0.1", port, username="homeassistant",
-                                password=BROKER_USERS["homeassistant"], timeout=2)
+            ha = aiomqtt.Client(
+                "127.0.0.1",
+                port,
+                username="homeassistant",
+                password=BROKER_USERS["homeassistant"],
+                timeout=2,
+            )
             async with ha:
                 await ha.subscribe("margin-monitor/demo/state", qos=1)
                 await ha.publish("margin-monitor/status", "online", qos=1, retain=True)
@@ -191,15 +207,24 @@ class TestStateFiles:
         directories, though the process umask is 022 (outside systemd's UMask=0077)."""
         state = tmp_path / "state"
         config = tmp_path / "c.toml"
-        config.write_text(f'state_dir = "{state}"\n[[accounts]]\nname = "demo"\n'
-                          'exchange = "sim"\n[accounts.sim]\nspeed = 8.0\ntick_rate = 10\n')
-        proc = subprocess.run([str(script()), "run", "--config", str(config), "--no-tui",
-                               "--duration", "12"], capture_output=True, timeout=50,
-                              preexec_fn=lambda: os.umask(0o022), check=False)
+        config.write_text(
+            f'state_dir = "{state}"\n[[accounts]]\nname = "demo"\n'
+            'exchange = "sim"\n[accounts.sim]\nspeed = 8.0\ntick_rate = 10\n'
+        )
+        proc = subprocess.run(
+            [str(script()), "run", "--config", str(config), "--no-tui", "--duration", "12"],
+            capture_output=True,
+            timeout=50,
+            preexec_fn=lambda: os.umask(0o022),
+            check=False,
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
         paths = [state, *state.rglob("*")]
         assert any(p.name.endswith(".json") for p in paths), paths  # the actions wrote state
         modes = {str(p.relative_to(tmp_path)): stat.S_IMODE(p.stat().st_mode) for p in paths}
-        wrong = {p: oct(m) for p, m in modes.items()
-                 if m != (0o700 if (tmp_path / p).is_dir() else 0o600)}
+        wrong = {
+            p: oct(m)
+            for p, m in modes.items()
+            if m != (0o700 if (tmp_path / p).is_dir() else 0o600)
+        }
         assert wrong == {}

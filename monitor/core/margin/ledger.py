@@ -57,8 +57,18 @@ class Summary:
 class Ledger:
     """Per-position figures and per-asset sums of one account, updated tick by tick."""
 
-    __slots__ = ("_books", "_by_symbol", "_exposed", "_figures", "_held", "_marks", "_moved",
-                 "_moving", "_scheduled", "_snapshot")
+    __slots__ = (
+        "_books",
+        "_by_symbol",
+        "_exposed",
+        "_figures",
+        "_held",
+        "_marks",
+        "_moved",
+        "_moving",
+        "_scheduled",
+        "_snapshot",
+    )
 
     def __init__(self, snapshot: AccountSnapshot, marks: Marks | None = None) -> None:
         """`marks`: the newest mark per symbol with its time (AccountState.marks), so a
@@ -172,9 +182,12 @@ class Ledger:
             mm += book.mm * ask
         venue = self._snapshot.venue_margin
         if venue is not None and venue.margin_ratio is not None:
-            return Summary(venue.margin_balance if venue.margin_balance is not None else balance,
-                           im, venue.maintenance_margin if venue.maintenance_margin is not None
-                           else mm, venue.margin_ratio)
+            return Summary(
+                venue.margin_balance if venue.margin_balance is not None else balance,
+                im,
+                venue.maintenance_margin if venue.maintenance_margin is not None else mm,
+                venue.margin_ratio,
+            )
         return Summary(balance, im, mm, margin_ratio(mm, balance, exposed=self._exposed))
 
     def snapshot(self) -> AccountSnapshot:
@@ -198,7 +211,11 @@ class Ledger:
             positions[i] = scheduled.repriced(self._marks[i])  # schedule-only already
         self._moved.clear()
         self._snapshot = AccountSnapshot(
-            base.account, base.currency, collateral, tuple(positions), base.venue,
+            base.account,
+            base.currency,
+            collateral,
+            tuple(positions),
+            base.venue,
             base.venue_margin,
         )
         return self._snapshot

@@ -254,9 +254,7 @@ def _group_price(  # noqa: PLR0917 - liquidation_prices' locals, on its rare pat
         book.mm += own_mm
 
 
-def _closed_terms(
-    book: AssetBook, base: float
-) -> tuple[float, float, float, float, float] | None:
+def _closed_terms(book: AssetBook, base: float) -> tuple[float, float, float, float, float] | None:
     """(k, equity, rate, ask, mm) of `_walk_linear` for a settle asset, with the book's
     whole PnL and MM still in; None when its haircut is banded (no single rate)."""
     c = book.collateral
@@ -281,9 +279,14 @@ def _cross_liquidation_price(
     first = snapshot.positions[indices[0]]
     group = _Group(tuple(snapshot.positions[i] for i in indices), first.inverse)
     settle = first.settle or snapshot.currency
-    surplus = _Surplus(group, rules, {settle: book, **({moving: _book_of(snapshot, moving)}
-                                                       if moving else {})},
-                       settle, base=base, moving=moving)
+    surplus = _Surplus(
+        group,
+        rules,
+        {settle: book, **({moving: _book_of(snapshot, moving)} if moving else {})},
+        settle,
+        base=base,
+        moving=moving,
+    )
     x_now = _x(first.mark_price, group.inverse)
     edges = _tier_edges(group, rules)
     edges.extend(_equity_edges(book, group, x_now))

@@ -238,7 +238,6 @@ def _books(snapshot: AccountSnapshot) -> dict[str, AssetBook]:
     return books
 
 
-
 def pool(
     snapshot: AccountSnapshot,
 ) -> tuple[dict[str, AssetBook], list[Figures]]:
@@ -265,8 +264,9 @@ def pool(
             size = p.contracts * p.contract_size
             mark = p.mark_price
             notional = size * mark
-            pnl = (mark - p.entry_price) * size if p.side == "long" else (
-                p.entry_price - mark) * size  # fmt: skip
+            pnl = (
+                (mark - p.entry_price) * size if p.side == "long" else (p.entry_price - mark) * size
+            )
             fee = notional * (venue_fee if p.liquidation_fee is None else p.liquidation_fee)
             tiers = p.tiers
             if tiers:
