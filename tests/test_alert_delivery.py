@@ -352,7 +352,7 @@ class TestActionState:
         assert fired[1] is not None
         assert fired[1].startswith("would reduce (dry run): sell ")
         assert "reduce-only, toward 40.0%" in fired[1]
-        await actions.executors["demo"].on_report(margin.report(venue.snapshot()), 1001.5)
+        await actions.executors["demo"].step(margin.report(venue.snapshot()), 1001.5)
         assert actions.executors["demo"].state.episode is not None  # the dry-run step ran
         await tell(calm, 1002.0)
         _, resolved = actions_of_queue()

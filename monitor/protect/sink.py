@@ -265,7 +265,7 @@ class ActionsSink(Sink):
             wake.clear()
             rep, now = self._latest[account]
             try:
-                await ex.on_report(rep, now)
+                await ex.step(rep, now)
             except Exception:  # a broken step must not end protection for good
                 log.exception("actions.step_failed", account=account)
             backstop = self.backstops.get(account)
