@@ -12,20 +12,18 @@ Audit records go to the alert store (engineer B's `Store.audit`) and the MQTT ac
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import structlog
 
 from monitor.core.model import AccountSnapshot, MarginReport
-from monitor.core.plan import ActionHistory, ActionPlan, UnsafePlan, plan_step
 from monitor.protect.audit import ActionHooks
 from monitor.protect.backstop import StopBackstop
-from monitor.protect.desk import OrderDesk, market_rules
+from monitor.protect.desk import OrderDesk
 from monitor.protect.executor import Executor
+from monitor.protect.notes import _legs, _Seen
 from monitor.sink import Sink
 from monitor.sources.base import Source
 
@@ -46,28 +44,6 @@ log = structlog.get_logger("monitor.sinks.actions")
 #: Without them the step's REST requests went out first and the alert waited ~1.5-2.5 ms.
 #: Four idle passes cost a live order some microseconds, never a wait on the broker.
 HANDOVER_PASSES = 4
-
-
-@dataclass(slots=True)
-class _Seen:
-    """The newest report of an account and the plan preview of it.
-
-    The preview is computed at most once per report and step history: every alert that one
-    report raises (a crossing raises two) shows the same plan, and a report no alert needs
-    costs no preview at all (issue 16: two previews were 2.5-3.7 ms of a crossing's alert).
-    """
-
-    report: MarginReport
-    snapshot: AccountSnapshot
-    now: float
-    preview: tuple[ActionHistory, ActionPlan | None] | None = None
-
-    def plan(self, ex: Executor) -> ActionPlan | None:
-        """The executor's next step on this report, planned once per history."""
-        history = ex.state.history
-        if self.preview is None or self.preview[0] != history:
-            self.preview = (history, _preview(ex, self.snapshot, self.report, self.now))
-        return self.preview[1]
 
 
 class ActionsSink(Sink):
@@ -295,24 +271,6 @@ class ActionsSink(Sink):
         """Release every writer lock."""
         for ex in self.executors.values():
             ex.close()
-
-
-def _legs(plan: ActionPlan) -> str:
-    return ", ".join(f"{o.side} {o.amount:g} {o.symbol}" for o in plan.orders)
-
-
-def _preview(
-    ex: Executor, snapshot: AccountSnapshot, rep: MarginReport, now: float
-) -> ActionPlan | None:
-    """What the executor's next step would be on `snapshot` (pure planner, no venue call)."""
-    markets = {}
-    for p in snapshot.positions:
-        with contextlib.suppress(Exception):  # an unknown market is flagged by the planner
-            markets[p.symbol] = market_rules(ex.desk, p.symbol, ex.venue)
-    try:
-        return plan_step(snapshot, ex.policy, markets, ex.state.history, now, current=rep)
-    except UnsafePlan:
-        return None
 
 
 def build_actions_sink(
