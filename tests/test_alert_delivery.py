@@ -32,7 +32,7 @@ from monitor.core.plan import plan_step
 from monitor.daemon import supervisor
 from monitor.daemon.supervisor import run_daemon
 from monitor.daemon.wiring import build_sinks
-from monitor.protect import sink as protect_sink
+from monitor.protect import notes as protect_notes
 from monitor.protect.sink import ActionsSink
 from monitor.sink import Sink
 from monitor.sources.sim import DEMO_BOOK, SimVenue
@@ -375,7 +375,7 @@ class TestActionState:
             plans.append(args[4])  # `now`: which report was planned
             return plan_step(*args, **kwargs)
 
-        monkeypatch.setattr(protect_sink, "plan_step", counted)
+        monkeypatch.setattr(protect_notes, "plan_step", counted)
         calm, crashed = SimVenue("demo").snapshot(), venue.snapshot()
         # the crash's shock solve: 3 % from liquidation raises the shock rule too
         for snapshot, now, shock in (

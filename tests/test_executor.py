@@ -31,7 +31,8 @@ from monitor.daemon.supervisor import run_daemon
 from monitor.daemon.wiring import build_sinks
 from monitor.protect.audit import ActionHooks
 from monitor.protect.executor import Executor
-from monitor.protect.sink import ActionsSink
+from monitor.protect.notes import ActionNotes
+from monitor.protect.sink import ActionsSink, action_hooks
 from monitor.protect.state import AccountLock
 from monitor.protect.switches import ActionSwitches
 from monitor.sink import Sink
@@ -108,6 +109,7 @@ def _executor(
     live: bool = True,
     venue: str | None = "binanceusdm",
     switches: ActionSwitches | None = None,
+    hooks: ActionHooks | None = None,
     **settings: Any,
 ) -> Executor:
     base: dict[str, Any] = {
@@ -127,7 +129,7 @@ def _executor(
         live=live,
         venue=venue,
         switches=switches,
-        hooks=ActionHooks(audit=trail.audit, alert=trail.alert),
+        hooks=hooks or ActionHooks(audit=trail.audit, alert=trail.alert),
     )
 
 
@@ -479,6 +481,19 @@ async def _until(condition: Any, limit: float = 10.0) -> None:
     raise AssertionError("condition not reached")
 
 
+def _wired(src: ExchangeSource, state_dir: Path, alerts: AlertsSink) -> ActionsSink:
+    """The actions sink of one executor, connected to `alerts` as build_actions_sink does."""
+    notes = ActionNotes()
+    ex = _executor(
+        src,
+        state_dir,
+        Trail(),
+        switches=alerts.switches,
+        hooks=action_hooks(alerts, notes, "critical"),
+    )
+    return ActionsSink({"acct": ex}, alerts=alerts, notes=notes)
+
+
 class TestRejectionAlert:
     """A venue rejection through the daemon's sinks: an alert via the outbox, no retry."""
 
@@ -495,9 +510,8 @@ class TestRejectionAlert:
         src = await _source(fake)
         store = Store(tmp_path / "alerts.sqlite3")
         alerts = AlertsSink(lambda: AlertPipeline(store, AlertConfig(), [_Held()]))
-        ex = _executor(src, tmp_path, Trail())
-        actions = ActionsSink({"acct": ex})
-        actions.attach(alerts)
+        actions = _wired(src, tmp_path, alerts)
+        ex = actions.executors["acct"]
         runner = asyncio.create_task(_serve(actions))
 
         def queued() -> list[tuple[str, str, str]]:
@@ -521,7 +535,7 @@ class TestRejectionAlert:
             ((rule, kind, detail),) = queued()
             assert (rule, kind) == ("action_rejected", "firing")
             assert "InsufficientFunds" in detail
-            assert actions.note("acct") == detail  # the action line of other alerts says so
+            assert actions.notes.note("acct") == detail  # the action line of other alerts says so
             fake.account.wallet = 10_000.0  # a person added margin: back under the target
             await self._feed(actions, src, 1_100.0)
             assert [(r, k) for r, k, _ in queued()] == [
@@ -551,8 +565,7 @@ class TestRejectionAlert:
             {"host": mosquitto.host, "port": mosquitto.port, "prefix": prefix, "timeout": 2.0}
         )
         alerts = build_alerts_sink(tmp_path, AlertConfig(), mqtt, None)
-        actions = ActionsSink({"acct": _executor(src, tmp_path, Trail())})
-        actions.attach(alerts)
+        actions = _wired(src, tmp_path, alerts)
         try:
             async with collecting(mosquitto, [f"{prefix}/acct/alert"]) as sub:
                 runner = asyncio.create_task(_serve(alerts, actions))
