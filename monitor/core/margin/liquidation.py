@@ -23,7 +23,8 @@ from monitor.core.margin.valuation import (
     liquidation_fee_of,
     pnl_at,
 )
-from monitor.core.model import AccountSnapshot, Position, VenueRules, priced_collateral
+from monitor.core.model import AccountSnapshot, Position, priced_collateral
+from monitor.core.venue_rules import VenueRules
 
 __all__ = ["liquidation_prices"]
 
