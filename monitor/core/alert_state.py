@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from monitor.core.levels import Level, level_rank
@@ -19,6 +19,7 @@ __all__ = [
     "AlertState",
     "RulesState",
     "Silence",
+    "announce",
     "episode_id",
     "fingerprint",
     "indexed",
@@ -188,3 +189,33 @@ class AlertEvent:
     def delivered(self) -> bool:
         """True when this event should reach the sinks."""
         return self.suppressed is None
+
+
+def announce(
+    alert: AlertState,
+    kind: AlertKind,
+    previous_level: Level,
+    now: float,
+    threshold: float | None = None,
+) -> tuple[AlertState, AlertEvent]:
+    """The event telling a person about `alert` as it stands now, and the alert with its
+    sequence moved on, so the episode's next event gets the next id."""
+    event = AlertEvent(
+        id=f"{alert.episode}.{alert.seq}",
+        fingerprint=alert.fingerprint,
+        account=alert.account,
+        rule=alert.rule,
+        kind=kind,
+        level=alert.level,
+        previous_level=previous_level,
+        episode=alert.episode,
+        started_at=alert.started_at,
+        at=now,
+        value=alert.value,
+        previous_value=alert.last_sent_value,
+        worst_value=alert.worst_value,
+        worst_level=alert.worst_level,
+        threshold=threshold,
+        detail=alert.detail,
+    )
+    return replace(alert, seq=alert.seq + 1, last_event_at=now), event

@@ -43,6 +43,7 @@ from monitor.core.alert_state import (
     AlertState,
     RulesState,
     Silence,
+    announce,
     episode_id,
     indexed,
 )
@@ -142,6 +143,14 @@ def ratio_level(ratio: float, current: Level, config: AlertConfig) -> Level:
     return target_level(ratio, current, config.ratio_thresholds(), config.band)
 
 
+def _rule_level(rule: str, value: float, current: Level, config: AlertConfig) -> Level:
+    """The level of a threshold rule's `value` coming from `current`: the margin ratio as it
+    is, the shock negated (smaller is worse) against its own thresholds and band."""
+    if rule == RULE_MARGIN:
+        return target_level(value, current, config.ratio_thresholds(), config.band)
+    return target_level(-value, current, config.shock_thresholds(), config.shock_band)
+
+
 def shock_fraction(report: MarginReport) -> float | None:
     """The smallest |move| that liquidates; inf when none does; None when not assessed."""
     shock = report.shock_to_liquidation
@@ -209,26 +218,7 @@ def _advance(
     )
     if kind is None:
         return alert, None
-    event = AlertEvent(
-        id=f"{alert.episode}.{alert.seq}",
-        fingerprint=alert.fingerprint,
-        account=alert.account,
-        rule=rule,
-        kind=kind,
-        level=new_level,
-        previous_level=old,
-        episode=alert.episode,
-        started_at=alert.started_at,
-        at=now,
-        value=value,
-        previous_value=alert.last_sent_value,
-        worst_value=worst_value,
-        worst_level=worst_level,
-        threshold=threshold,
-        detail=alert.detail,
-    )
-    alert = replace(alert, seq=alert.seq + 1, last_event_at=now)
-    return alert, event
+    return announce(alert, kind, old, now, threshold)
 
 
 def _threshold_of(rule: str, level: Level, config: AlertConfig) -> float | None:
@@ -245,11 +235,7 @@ def _step_threshold(
     alert: AlertState, value: float, now: float, config: AlertConfig
 ) -> tuple[AlertState, AlertEvent | None]:
     """Hysteresis plus hold_for on one threshold rule."""
-    if alert.rule == RULE_MARGIN:
-        scaled, thresholds, band = value, config.ratio_thresholds(), config.band
-    else:
-        scaled, thresholds, band = -value, config.shock_thresholds(), config.shock_band
-    target = target_level(scaled, alert.level, thresholds, band)
+    target = _rule_level(alert.rule, value, alert.level, config)
     if level_rank(target) > level_rank(alert.level) and config.hold_for > 0:
         since = alert.pending_since if alert.pending_since is not None else now
         if now - since < config.hold_for:
@@ -299,24 +285,7 @@ def _catch_up(alert: AlertState, now: float) -> tuple[AlertState, AlertEvent]:
         kind = "escalated"
     else:
         kind = "deescalated"
-    event = AlertEvent(
-        id=f"{alert.episode}.{alert.seq}",
-        fingerprint=alert.fingerprint,
-        account=alert.account,
-        rule=alert.rule,
-        kind=kind,
-        level=alert.level,
-        previous_level=alert.notified_level,
-        episode=alert.episode,
-        started_at=alert.started_at,
-        at=now,
-        value=alert.value,
-        previous_value=alert.last_sent_value,
-        worst_value=alert.worst_value,
-        worst_level=alert.worst_level,
-        detail=alert.detail,
-    )
-    return replace(alert, seq=alert.seq + 1, last_event_at=now), event
+    return announce(alert, kind, alert.notified_level, now)
 
 
 def _finish(
@@ -506,11 +475,7 @@ def _quiet(alert: AlertState, config: AlertConfig) -> bool:
         or alert.pending_since is not None
     ):
         return False
-    if alert.rule == RULE_MARGIN:
-        scaled, thresholds, band = value, config.ratio_thresholds(), config.band
-    else:
-        scaled, thresholds, band = -value, config.shock_thresholds(), config.shock_band
-    return target_level(scaled, "ok", thresholds, band) == "ok"
+    return _rule_level(alert.rule, value, "ok", config) == "ok"
 
 
 def add_silence(state: RulesState, silence: Silence) -> RulesState:
