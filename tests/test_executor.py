@@ -29,8 +29,9 @@ from monitor.core.model import MarginReport
 from monitor.core.rules import AlertConfig
 from monitor.daemon.supervisor import run_daemon
 from monitor.daemon.wiring import build_sinks
-from monitor.protect.executor import AccountLock, Executor
+from monitor.protect.executor import Executor
 from monitor.protect.sink import ActionsSink
+from monitor.protect.state import AccountLock
 from monitor.protect.switches import ActionSwitches
 from monitor.sink import Sink
 from monitor.sources.exchange import ExchangeSource

@@ -29,14 +29,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,28 +44,21 @@ from monitor.config.actions import ActionsSettings
 from monitor.core.margin.report import report
 from monitor.core.model import AccountSnapshot, MarginReport
 from monitor.core.plan import (
-    ActionHistory,
     ActionPlan,
     ActionPolicy,
-    MarketRules,
     PlannedOrder,
     UnsafePlan,
     plan_step,
     prove_reduce_only,
 )
-from monitor.protect.desk import OrderDesk
+from monitor.protect.desk import OrderDesk, market_rules
+from monitor.protect.state import AccountLock, _State, kill_switch_file, private_dirs
 from monitor.protect.switches import ActionSwitches
 from monitor.sources.budget import urgent_requests
 from monitor.venues.errors import catching
-from monitor.venues.orders import amount_step, client_order_id, order_params
+from monitor.venues.orders import client_order_id, order_params
 
-__all__ = [
-    "AccountLock",
-    "Executor",
-    "LockHeld",
-    "kill_switch_file",
-    "market_rules",
-]
+__all__ = ["Executor"]
 
 log = structlog.get_logger("monitor.executor")
 
@@ -89,125 +80,6 @@ _REJECTIONS = ("InsufficientFunds", "InvalidOrder", "BadRequest", "ExchangeError
 def _transport() -> tuple[type[BaseException], ...]:
     """Errors that leave an order's fate unknown (timeout, lost answer): look it up."""
     return (*catching("RequestTimeout", "NetworkError"), TimeoutError)
-
-
-class LockHeld(Exception):
-    """Another process holds the account's writer lock."""
-
-
-def private_dirs(path: Path) -> None:
-    """`mkdir -p` with every directory it creates 0700 (pathlib's `parents=True` gives the
-    intermediate ones the umask's mode): the state directory is its owner's alone."""
-    missing = [p for p in (path, *path.parents) if not p.exists()]
-    for directory in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            directory.mkdir(mode=0o700)
-
-
-def state_dir_problem(state_dir: Path) -> str | None:
-    """Why protective actions could not write their state under `state_dir` (None: they can).
-
-    Tried for real (a directory and a file are created and removed): permission bits do
-    not tell about read-only mounts, /proc, or root (issue 13, `check`)."""
-    created: list[Path] = []
-    target = state_dir / "actions"
-    try:
-        for parent in reversed([target, *target.parents]):
-            if not parent.exists():
-                parent.mkdir(mode=0o700)
-                created.append(parent)
-        with tempfile.TemporaryFile(dir=target):
-            pass
-    except OSError as exc:
-        return f"{state_dir} is not writable ({(exc.strerror or type(exc).__name__).lower()})"
-    finally:
-        for path in reversed(created):
-            with contextlib.suppress(OSError):
-                path.rmdir()
-    return None
-
-
-class AccountLock:
-    """One writer per account: an exclusive, non-blocking `flock` on a file.
-
-    The kernel drops the lock when the process dies, so a crashed daemon never leaves a stale
-    lock behind (unlike a PID file); a second instance simply fails to take it.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None
-
-    def acquire(self) -> bool:
-        """Take the lock if free; True when this process now holds it."""
-        if self._fd is not None:
-            return True
-        private_dirs(self.path.parent)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return False
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-        return True
-
-    @property
-    def held(self) -> bool:
-        """True while this process holds the lock."""
-        return self._fd is not None
-
-    def release(self) -> None:
-        """Let another instance take over (closing the descriptor drops the flock)."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-
-def kill_switch_file(state_dir: Path, account: str) -> Path | None:
-    """The PAUSE file that stops `account` (global first), or None if there is none."""
-    for path in (state_dir / "PAUSE", state_dir / f"PAUSE.{account}"):
-        if path.exists():
-            return path
-    return None
-
-
-def market_rules(desk: OrderDesk, symbol: str, venue: str | None) -> MarketRules:
-    """Step and minimums of `symbol` from ccxt's market structure (the step as the desk's
-    `precision_mode` says to read it, venues/orders.py `amount_step`)."""
-    market = desk.market(symbol)
-    step = amount_step(market, desk.precision_mode)
-    limits = market.get("limits") or {}
-    min_amount = float((limits.get("amount") or {}).get("min") or 0.0)
-    min_cost = float((limits.get("cost") or {}).get("min") or 0.0)
-    return MarketRules(
-        amount_step=step,
-        min_amount=min_amount,
-        min_notional=min_cost,
-        # Binance -4164: "notional must be no smaller than 5 (unless you choose reduce only)"
-        min_notional_reduce_only_exempt=bool(venue and venue.startswith("binance")),
-    )
-
-
-@dataclass
-class _State:
-    """What survives a restart, per account (`<state_dir>/actions/<account>.json`)."""
-
-    episode: str | None = None
-    step: int = 0
-    last_step_at: float | None = None
-    day: int = 0
-    spent_today: float = 0.0
-    halted: str | None = None  # why the episode stopped acting (a venue rejection)
-    pending: list[dict[str, Any]] = field(default_factory=list)  # {client_id, symbol, amount}
-
-    @property
-    def history(self) -> ActionHistory:
-        return ActionHistory(
-            self.last_step_at, self.day, self.spent_today, in_episode=self.episode is not None
-        )
 
 
 class Executor:

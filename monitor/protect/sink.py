@@ -23,8 +23,8 @@ import structlog
 from monitor.core.model import AccountSnapshot, MarginReport
 from monitor.core.plan import ActionHistory, ActionPlan, UnsafePlan, plan_step
 from monitor.protect.backstop import StopBackstop
-from monitor.protect.desk import OrderDesk
-from monitor.protect.executor import Executor, market_rules
+from monitor.protect.desk import OrderDesk, market_rules
+from monitor.protect.executor import Executor
 from monitor.sink import Sink
 from monitor.sources.base import Source
 
