@@ -10,21 +10,28 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import structlog
 
 from monitor.core.plan import ActionHistory
 
 __all__ = [
     "AccountLock",
+    "ActionState",
     "LockHeld",
+    "StateFile",
     "kill_switch_file",
     "private_dirs",
     "state_dir_problem",
 ]
+
+log = structlog.get_logger("monitor.executor")
 
 
 class LockHeld(Exception):
@@ -111,7 +118,7 @@ def kill_switch_file(state_dir: Path, account: str) -> Path | None:
 
 
 @dataclass
-class _State:
+class ActionState:
     """What survives a restart, per account (`<state_dir>/actions/<account>.json`)."""
 
     episode: str | None = None
@@ -127,3 +134,39 @@ class _State:
         return ActionHistory(
             self.last_step_at, self.day, self.spent_today, in_episode=self.episode is not None
         )
+
+
+class StateFile:
+    """`<state_dir>/actions/<account>.json`: the account's `ActionState`, written atomically.
+
+    Order ids are written here BEFORE an order is sent, so a restart asks the venue about
+    them instead of sending again (docs/actions.md)."""
+
+    def __init__(self, path: Path, account: str) -> None:
+        self.path = path
+        self.account = account
+
+    def load(self) -> ActionState:
+        """The state a previous run left, or a fresh one."""
+        try:
+            data = json.loads(self.path.read_text())
+            # A halt is a decision about this run; restarting the daemon is how a person
+            # clears it after fixing the cause (the rejection is in the audit trail).
+            return ActionState(**{**data, "halted": None})
+        except FileNotFoundError:
+            return ActionState()
+        except (ValueError, TypeError) as exc:
+            # A corrupt state file must not stop protection; the venue lookups below make a
+            # lost pending id harmless (a fresh read sees what any order did).
+            log.warning("actions.state_unreadable", account=self.account, error=str(exc))
+            return ActionState()
+
+    def save(self, state: ActionState) -> None:
+        """Replace the file with `state` (a crash leaves the old or the new one)."""
+        private_dirs(self.path.parent)
+        tmp = self.path.with_suffix(".tmp")
+        # 0600 whatever the umask (outside systemd's UMask=0077): order ids, the episode
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(asdict(state), sort_keys=True))
+        os.replace(tmp, self.path)  # atomic: a crash leaves the old or the new file
