@@ -3,13 +3,13 @@
 What `margin-monitor run` shows with no configuration, and what tests and the protective
 actions (docs/actions.md) run against without a network:
 
-- The book (`DEMO_BOOK`, in sim_book.py with the sell-off script): BTC long, ETH short and SOL long on a USDT wallet, with BTC held
-  as collateral, each market with a Binance-style tier table (cumulative deduction, as
-  docs/margin-math.md describes). The sim publishes its collateral rules as Binance
-  Multi-Assets Mode does (`multi_assets_margin()`, `asset_index()`: a 5 % BTC bid buffer),
-  and values collateral through the parser a live read uses
-  (`collateral_rules.rules_from_binance`, then `apply_rules`), so `make demo` shows the
-  live haircut code path (docs/collateral.md).
+- The book (`DEMO_BOOK`, in sim_book.py with the sell-off script): BTC long, ETH short and
+  SOL long on a USDT wallet, with BTC held as collateral, each market with a Binance-style
+  tier table (cumulative deduction, as docs/margin-math.md describes). The sim publishes its
+  collateral rules as Binance Multi-Assets Mode does (`multi_assets_margin()`,
+  `asset_index()`: a 5 % BTC bid buffer), and values collateral through the parser a live
+  read uses (`collateral_rules.rules_from_binance`, then `apply_rules`), so `make demo`
+  shows the live haircut code path (docs/collateral.md).
 - Mark prices from `sim_prices.ScriptedPath`: a seeded sell-off whose keyframes are solved
   from the book itself so the margin ratio passes 0.35 → 0.6 → 0.78 → 0.88 and recovers,
   i.e. warning → critical → emergency → resolved at the default thresholds; or from a CSV
