@@ -37,7 +37,8 @@ from monitor.protect.state import AccountLock
 from monitor.protect.switches import ActionSwitches
 from monitor.sink import Sink
 from monitor.sources.exchange import ExchangeSource
-from monitor.sources.sim import DEMO_BOOK, SimVenue, selloff_keyframes
+from monitor.sources.sim import SimVenue
+from monitor.sources.sim_book import DEMO_BOOK, selloff_keyframes
 from monitor.store import Store
 from monitor.venues import errors as venue_errors
 from tests.fakes.account import account_for
