@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from monitor.core.model import AccountSnapshot, MarginReport
+from monitor.core.rules import ratio_level
 from monitor.protect.audit import ActionHooks
 from monitor.protect.backstop import StopBackstop
 from monitor.protect.desk import OrderDesk
@@ -59,11 +60,13 @@ class ActionsSink(Sink):
         alerts: AlertsSink | None = None,
         notes: ActionNotes | None = None,
         make: MakeExecutor | None = None,
+        severity: str = "critical",
     ) -> None:
         """`executors` were built with `action_hooks(alerts, notes, ...)` and `alerts.switches`
         (build_actions_sink does); `alerts` ends a rejection's alert once its episode is over;
         `notes` is what the alert messages read (protect/notes.py); `make` builds the executor
-        of an account a SIGHUP reload adds or restarts."""
+        of an account a SIGHUP reload adds or restarts; `severity` is the alert level the
+        executors' `protection_disabled` alert is raised at (`action_hooks`)."""
         self.notes = notes if notes is not None else ActionNotes()
         self.notes.executors.update(executors)
         #: the protected accounts' executors (the same mapping the notes read)
@@ -75,6 +78,7 @@ class ActionsSink(Sink):
         self._wake = {name: asyncio.Event() for name in self.executors}
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.severity = severity
 
     def protection_disabled(self) -> dict[str, str]:
         """Account -> why its protective actions cannot run (`/healthz`, `check`)."""
@@ -214,8 +218,8 @@ def action_hooks(alerts: AlertsSink | None, notes: ActionNotes, severity: str) -
 def build_actions_sink(
     settings: Settings,
     sources: Mapping[str, Source] | None,
-    alerts: AlertsSink | None,
-    notes: ActionNotes,
+    alerts: AlertsSink | None = None,
+    notes: ActionNotes | None = None,
     *,
     clock: Callable[[], float] = time.time,
 ) -> ActionsSink | None:
@@ -236,8 +240,10 @@ def build_actions_sink(
         "emergency": levels.emergency,
     }
     ratio = actions.action_ratio(thresholds)
-    reached = [name for name, at in thresholds.items() if at <= ratio]  # warning..emergency
-    hooks = action_hooks(alerts, notes, reached[-1] if reached else "warning")
+    level = ratio_level(ratio, "ok", levels.to_config())  # the alert level actions act at
+    severity = "warning" if level == "ok" else level
+    notes = notes if notes is not None else ActionNotes()
+    hooks = action_hooks(alerts, notes, severity)
 
     def make(
         account: AccountSettings, source: Source
@@ -273,4 +279,6 @@ def build_actions_sink(
             if backstop is not None:
                 backstops[account.name] = backstop
     # kept even with no executor yet: a SIGHUP reload may add a protected account
-    return ActionsSink(executors, backstops, alerts=alerts, notes=notes, make=make)
+    return ActionsSink(
+        executors, backstops, alerts=alerts, notes=notes, make=make, severity=severity
+    )
