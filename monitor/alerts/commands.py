@@ -17,8 +17,8 @@ import structlog
 
 from monitor.alerts.signed_commands import Command, CommandRefused, envelope, verify
 from monitor.core import rules
+from monitor.core.alert_state import RulesState, Silence
 from monitor.core.model import MarginReport
-from monitor.core.rules import RulesState, Silence
 from monitor.protect.switches import ActionSwitches
 from monitor.store import Store
 

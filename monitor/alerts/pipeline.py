@@ -32,8 +32,10 @@ import structlog
 from monitor.alerts.commands import CommandHandling, _RefusalTally
 from monitor.alerts.message import AlertMessage, build_message
 from monitor.core import rules
+from monitor.core.alert_state import AlertEvent, AlertKind, RulesState, episode_id
+from monitor.core.levels import Level
 from monitor.core.model import MarginReport, ModelDrift, SourceDown, SourceStale, SourceUp
-from monitor.core.rules import AlertConfig, AlertEvent, AlertKind, Level, RulesState
+from monitor.core.rules import AlertConfig
 from monitor.ops.logs import redact
 from monitor.ops.metrics import record_alerts_sent
 from monitor.protect.switches import ActionSwitches
@@ -334,7 +336,7 @@ class AlertPipeline(CommandHandling):
     ) -> tuple[str, str, str, Sequence[str]]:
         """An alert raised directly, not by the rules (no hysteresis, no repeats)."""
         fingerprint = f"{account}/{rule}"
-        episode = rules.episode_id(fingerprint, started)
+        episode = episode_id(fingerprint, started)
         resolved = kind == "resolved"
         event = AlertEvent(
             id=f"{rule.replace('_', '-')}-{episode}.{1 if resolved else 0}",
