@@ -22,6 +22,7 @@ import structlog
 
 from monitor.core.model import AccountSnapshot, MarginReport
 from monitor.core.plan import ActionHistory, ActionPlan, UnsafePlan, plan_step
+from monitor.core.rules import ratio_level
 from monitor.protect.audit import ActionHooks
 from monitor.protect.backstop import StopBackstop
 from monitor.protect.desk import OrderDesk, market_rules
@@ -370,7 +371,6 @@ def build_actions_sink(
                 backstops[account.name] = backstop
     # kept even with no executor yet: a SIGHUP reload may add a protected account
     sink = ActionsSink(executors, backstops, make=make)
-    ratio = actions.action_ratio(thresholds)
-    reached = [name for name, at in thresholds.items() if at <= ratio]  # warning..emergency
-    sink.severity = reached[-1] if reached else "warning"
+    level = ratio_level(actions.action_ratio(thresholds), "ok", alerts.to_config())
+    sink.severity = "warning" if level == "ok" else level
     return sink
