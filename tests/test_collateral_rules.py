@@ -26,7 +26,8 @@ from monitor.sources.collateral_rules import (
 )
 from monitor.sources.exchange import ExchangeSource
 from monitor.sources.normalize import VenueFigures
-from monitor.sources.sim import DEMO_BOOK, SimVenue
+from monitor.sources.sim import SimVenue
+from monitor.sources.sim_book import DEMO_BOOK
 from tests.fakes import bitget, bybit, okx
 from tests.fakes.account import EventTap, account_for
 from tests.fakes.base import FakeVenue
