@@ -163,7 +163,6 @@ class TestLedger:
         for price in (59_000.0, 55_000.0, 40_000.0):
             assert ledger.tick(BTC, price)
             assert ledger.ratio() == 0.0
-            assert ledger.summary().margin_ratio == 0.0
 
 
 class TestShock:
