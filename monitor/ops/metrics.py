@@ -26,7 +26,7 @@ import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from prometheus_client import (
@@ -52,6 +52,9 @@ from monitor.core.model import (
 from monitor.ops.gauges import AccountCollector
 from monitor.ops.metrics_server import serve
 from monitor.sink import Sink
+
+if TYPE_CHECKING:
+    from monitor.sources.base import Source
 
 __all__ = [
     "ACTIONS",
@@ -225,11 +228,11 @@ class MetricsSink(Sink):
         self.liveness = alive
 
     def set_accounts(
-        self, accounts: Mapping[str, float], sources: Mapping[str, object] | None = None
+        self, accounts: Mapping[str, float], sources: Mapping[str, Source] | None = None
     ) -> None:
         """The accounts to vouch for (start, SIGHUP reload): new ones start blind, removed
         ones disappear from `/metrics` and `/healthz`. `sources` (name -> source) exports
-        the venue drift of those that keep a `venue_check`."""
+        each one's `venue_drift` (none while the source has no venue figure)."""
         for name in list(self.accounts):
             if name not in accounts:
                 del self.accounts[name]
@@ -245,8 +248,8 @@ class MetricsSink(Sink):
             else:
                 health.stale_after = stale_after
         for name, source in (sources or {}).items():
-            if name in self.accounts and hasattr(source, "venue_check"):
-                self.watch_drift(name, _drift_of(source))
+            if name in self.accounts:
+                self.watch_drift(name, source.venue_drift)
 
     def watch_drift(self, account: str, drift: Drift) -> None:
         """Export `drift()` (our ratio − the venue's) for `account` at each scrape."""
@@ -366,7 +369,7 @@ def outbox_depth_of(pending: Callable[[], Iterable[Any]]) -> Callable[[], Mappin
 def build_metrics_sink(
     settings: MetricsSettings,
     accounts: Mapping[str, float],
-    sources: Mapping[str, object] | None = None,
+    sources: Mapping[str, Source] | None = None,
     *,
     outbox: Callable[[], Iterable[Any]] | None = None,
     protection: Callable[[], Mapping[str, str]] | None = None,
@@ -375,9 +378,8 @@ def build_metrics_sink(
     """The metrics sink, given what it reports on (daemon/wiring.py builds the pieces).
 
     `outbox`: the alert store's pending rows (`.sink` each), read at scrape time only: the
-    alert sink opens its store lazily and `check` must never open it. The venue drift comes
-    from every source that keeps a `venue_check` (sources/exchange.py), so this module
-    imports neither.
+    alert sink opens its store lazily and `check` must never open it. The venue drift is
+    each source's `venue_drift` (the `Source` protocol, sources/base.py).
     """
     depth = outbox_depth_of(outbox) if outbox is not None else None
     metrics = MetricsSink(
@@ -385,12 +387,3 @@ def build_metrics_sink(
     )
     metrics.set_accounts(accounts, sources)
     return metrics
-
-
-def _drift_of(source: object) -> Drift:
-    def drift() -> float | None:
-        check = getattr(source, "venue_check", None)
-        value = getattr(check, "drift", None)
-        return float(value) if isinstance(value, int | float) else None
-
-    return drift

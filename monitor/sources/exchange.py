@@ -389,6 +389,10 @@ class ExchangeSource:
         finally:
             await self._stop_tasks()
 
+    def venue_drift(self) -> float | None:
+        """Our ratio minus the venue's on the last reconciliation (`venue_check.drift`)."""
+        return self.venue_check.drift if self.venue_check is not None else None
+
     async def fetch_snapshot(self) -> AccountSnapshot:
         """A fresh REST read of the whole account (for `snapshot`, executors, tests)."""
         exchange = await self.open()

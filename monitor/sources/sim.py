@@ -150,6 +150,10 @@ class SimVenue:
         """Sim seconds the scripted scenario lasts."""
         return self._path.duration
 
+    def venue_drift(self) -> float | None:
+        """None: the sim's figures are our own model's, there is nothing to compare."""
+        return None
+
     async def fetch_snapshot(self) -> AccountSnapshot:
         """The account as it is now (marks, positions, balances)."""
         return self.snapshot()
