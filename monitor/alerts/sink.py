@@ -21,15 +21,15 @@ import asyncio
 import collections
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import structlog
 from aiohttp import web
 
 from monitor.alerts.command_http import serve_commands
-from monitor.alerts.pipeline import AlertPipeline, AlertSink
+from monitor.alerts.pipeline import AlertPipeline
 from monitor.config.alerts import MqttSettings, NotifySettings
 from monitor.core.model import (
     AccountSnapshot,
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from monitor.channels.notify import NotifySink
     from monitor.sources.base import Source
 
-__all__ = ["DRAIN_CAP", "DRAIN_LIMIT", "AlertsSink", "build_alerts_sink"]
+__all__ = ["DRAIN_CAP", "DRAIN_LIMIT", "AlertsSink", "Draining", "build_alerts_sink"]
 
 log = structlog.get_logger("monitor.sinks.alerts")
 
@@ -63,6 +63,20 @@ DRAIN_CAP = 20.0
 RECENT_ACTIONS = 5
 #: Shortest drain: an MQTT publish to a live broker, with room to spare.
 DRAIN_LIMIT = 2.0
+
+
+class Draining(Protocol):
+    """A delivery channel that knows how long its queue takes to go out (MQTT, a phone
+    channel): what sizes the drain at shutdown."""
+
+    @property
+    def name(self) -> str:
+        """The pipeline's sink name, which its outbox rows carry."""
+        ...
+
+    def drain_time(self, queued: int) -> float:
+        """Seconds `queued` messages need at most, pacing included."""
+        ...
 
 
 class AlertsSink(Sink):
@@ -77,6 +91,8 @@ class AlertsSink(Sink):
         command_listen: host:port of the HTTP command endpoint (None: off).
         switches: the pause switch the actions side reads (docs/actions.md); the pipeline's
             pause/resume commands write it.
+        drains: the pipeline's channels whose queue `close` drains, each with its own
+            drain-time estimate (`drain_budget`).
     """
 
     name = "alerts"
@@ -87,8 +103,10 @@ class AlertsSink(Sink):
         mqtt: MqttSink | None = None,
         command_listen: str | None = None,
         switches: ActionSwitches | None = None,
+        drains: Sequence[Draining] = (),
     ) -> None:
         self._make_pipeline = make_pipeline
+        self._drains = tuple(drains)
         self._pipeline: AlertPipeline | None = None
         self.mqtt = mqtt
         self.command_listen = command_listen
@@ -224,11 +242,10 @@ class AlertsSink(Sink):
         `DRAIN_CAP` at most (the stop must fit in systemd's TimeoutStopSec).
         """
         need = DRAIN_LIMIT
-        for sink in self.pipeline.sinks:
-            queued = len(self.pipeline.store.pending(sink.name))
-            estimate = getattr(sink, "drain_time", None)
-            if queued and callable(estimate):
-                need = max(need, float(estimate(queued)))
+        for channel in self._drains:
+            queued = len(self.pipeline.store.pending(channel.name))
+            if queued:
+                need = max(need, channel.drain_time(queued))
         return min(DRAIN_CAP, need)
 
     async def _drain(self) -> None:
@@ -311,13 +328,16 @@ def build_alerts_sink(
             for c in notify.channels
         ]
     command_url = notify.command_url
+    channels: tuple[MqttSink | NotifySink, ...] = (
+        *([mqtt_sink] if mqtt_sink else []),
+        *channel_sinks,
+    )
 
     def make_pipeline() -> AlertPipeline:
-        sinks: list[AlertSink] = [*([mqtt_sink] if mqtt_sink else []), *channel_sinks]
         pipeline = AlertPipeline(
             Store(state_dir / "alerts.sqlite3"),
             alerts,
-            sinks,
+            channels,
             switches=switches,
             command_secret=secret,
             clock=clock,
@@ -334,4 +354,4 @@ def build_alerts_sink(
                 channel_sink.sign = pipeline.sign
         return pipeline
 
-    return AlertsSink(make_pipeline, mqtt_sink, notify.command_listen, switches)
+    return AlertsSink(make_pipeline, mqtt_sink, notify.command_listen, switches, channels)
