@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import cast
 
 from monitor import __version__
-from monitor.errors import UserError
+from monitor.errors import UserError, fold
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -142,8 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # one line, and never a secret a venue or a file echoed into it (docs/hardening.md)
         from monitor.ops.logs import redact  # noqa: PLC0415 - pydantic: only on an error
 
-        text = " ".join(redact(str(exc)).split())
-        print(f"margin-monitor: {text}", file=sys.stderr)
+        print(f"margin-monitor: {fold(redact(str(exc)))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
