@@ -12,8 +12,7 @@ from monitor.core.margin import report as margin
 from monitor.core.model import AccountUpdate, Event, PriceTick
 from monitor.core.state import apply, initial_state
 from monitor.errors import UserError
-from monitor.protect.desk import TradingSource
-from monitor.protect.executor import market_rules
+from monitor.protect.desk import TradingSource, market_rules
 from monitor.sources.base import Source
 from monitor.sources.sim import SimVenue
 from monitor.sources.sim_book import DEMO_BOOK, selloff_keyframes

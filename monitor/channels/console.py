@@ -29,7 +29,9 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from monitor.core.alert_state import AlertState
 from monitor.core.collateral_risk import describe
+from monitor.core.levels import level_rank
 from monitor.core.model import (
     AccountSnapshot,
     CollateralRisk,
@@ -40,7 +42,7 @@ from monitor.core.model import (
     SourceStale,
     SourceUp,
 )
-from monitor.core.rules import RULE_MARGIN, RULE_SHOCK, AlertState, level_rank
+from monitor.core.rules import RULE_MARGIN, RULE_SHOCK
 from monitor.sink import Sink
 
 if TYPE_CHECKING:

@@ -16,7 +16,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from monitor import __version__
-from monitor.core.rules import level_rank
+from monitor.core.levels import level_rank
 
 if TYPE_CHECKING:
     from monitor.ops.metrics import Drift, MetricsSink
