@@ -1,10 +1,11 @@
-"""Retry pacing and freshness clocks (monitor/sources/backoff.py): exact, no clock needed."""
+"""Retry pacing and freshness clocks (monitor/backoff.py, sources/backoff.py): exact, no clock."""
 
 from __future__ import annotations
 
 import random
 
-from monitor.sources.backoff import Backoff, Freshness, FreshnessChange, Throttle
+from monitor.backoff import Backoff
+from monitor.sources.backoff import Freshness, FreshnessChange, Throttle
 
 
 class TestBackoff:

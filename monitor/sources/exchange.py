@@ -36,6 +36,7 @@ import ccxt.pro as ccxtpro
 import structlog
 from ccxt.base import errors as ccxt_errors
 
+from monitor.backoff import Backoff
 from monitor.config.settings import ccxt_credentials
 from monitor.core.margin import report as margin
 from monitor.core.model import (
@@ -54,7 +55,7 @@ from monitor.core.stress import with_prices
 from monitor.errors import UserError, one_line
 from monitor.ops import logs
 from monitor.sources import budget
-from monitor.sources.backoff import Backoff, Freshness, FreshnessChange, Throttle
+from monitor.sources.backoff import Freshness, FreshnessChange, Throttle
 from monitor.sources.collateral_rules import CollateralRulesReader, venue_margin
 from monitor.sources.normalize import (
     MalformedPayload,
