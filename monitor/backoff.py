@@ -1,7 +1,8 @@
-"""Retry pacing: full-jitter exponential backoff, capped; a plain object, no clock.
+"""Retry pacing: exponential backoff with jitter, capped; plain code, no clock.
 
-One policy for every retry loop (a live source's reads and streams, alert delivery, the MQTT
-session), so they are tested once, exactly; the caller sleeps for what it says.
+One policy for the retry loops (`retry_delay`, and `Backoff` that counts the attempts for a
+loop that keeps no count of its own), so it is tested once, exactly; the caller sleeps for
+what it says. A live source's reads and streams use `Backoff` (sources/exchange.py).
 """
 
 from __future__ import annotations
@@ -9,16 +10,34 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-__all__ = ["Backoff"]
+__all__ = ["Backoff", "retry_delay"]
+
+
+def retry_delay(
+    attempt: int,
+    *,
+    base: float,
+    cap: float,
+    factor: float = 2.0,
+    floor: float = 0.5,
+    rng: random.Random | None = None,
+) -> float:
+    """Seconds before retry `attempt` (0: the first): a ceiling of `base × factor^attempt`,
+    at most `cap`, and a uniform draw from `floor × ceiling` up to the ceiling.
+
+    Jitter spreads the retries of many accounts (or queued messages) after an outage, so
+    they do not arrive as one burst and earn a rate-limit ban on top of it; `floor` 0 is
+    full jitter (aiomqtt's one honest line, STYLE.md), 0.5 keeps a retry from coming at once.
+    """
+    ceiling = min(cap, base * factor ** min(attempt, 30))
+    uniform = rng.uniform if rng is not None else random.uniform
+    return uniform(floor * ceiling, ceiling)
 
 
 @dataclass
 class Backoff:
-    """Full-jitter exponential backoff, capped (aiomqtt's one honest line, STYLE.md).
-
-    Jitter spreads the reconnects of many accounts after a venue-wide outage so they do
-    not arrive as one burst and earn a rate-limit ban on top of the outage.
-    """
+    """`retry_delay` with its attempt count: each failure doubles the ceiling up to `cap`,
+    a success (`reset`) starts over from `base`."""
 
     base: float = 0.5
     cap: float = 30.0
@@ -27,9 +46,9 @@ class Backoff:
 
     def next_delay(self) -> float:
         """The delay before the next try; each call doubles the ceiling up to `cap`."""
-        ceiling = min(self.cap, self.base * 2.0 ** min(self.attempt, 30))
+        delay = retry_delay(self.attempt, base=self.base, cap=self.cap, rng=self.rng)
         self.attempt += 1
-        return self.rng.uniform(ceiling / 2, ceiling)
+        return delay
 
     def reset(self) -> None:
         """A success: the next failure starts from `base` again."""
