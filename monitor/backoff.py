@@ -2,7 +2,9 @@
 
 One policy for the retry loops (`retry_delay`, and `Backoff` that counts the attempts for a
 loop that keeps no count of its own), so it is tested once, exactly; the caller sleeps for
-what it says. A live source's reads and streams use `Backoff` (sources/exchange.py).
+what it says. A live source's reads and streams use `Backoff` (sources/exchange.py); a loop
+that counts its own tries (alert delivery, the MQTT session, an account's source task)
+`retry_after`.
 """
 
 from __future__ import annotations
@@ -10,7 +12,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-__all__ = ["Backoff", "retry_delay"]
+__all__ = ["RETRY_CAP", "Backoff", "retry_after", "retry_delay"]
+
+#: Longest wait of `retry_after` (seconds): the ceiling stops growing at 1.5^10 ≈ 58 s.
+RETRY_CAP = 60.0
 
 
 def retry_delay(
@@ -32,6 +37,13 @@ def retry_delay(
     ceiling = min(cap, base * factor ** min(attempt, 30))
     uniform = rng.uniform if rng is not None else random.uniform
     return uniform(floor * ceiling, ceiling)
+
+
+def retry_after(attempt: int) -> float:
+    """Seconds before retry number `attempt` (1-based) of a loop that counts its own tries (a
+    queued alert's persisted count, a broker session, an account's source task): full jitter
+    up to 1.5^attempt seconds, the ceiling growing until the tenth."""
+    return retry_delay(min(10, attempt), base=1.0, factor=1.5, cap=RETRY_CAP, floor=0.0)
 
 
 @dataclass

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from monitor.backoff import Backoff, retry_delay
+from monitor.backoff import RETRY_CAP, Backoff, retry_after, retry_delay
 from monitor.sources.backoff import Freshness, FreshnessChange, Throttle
 
 
@@ -66,6 +66,27 @@ class TestRetryDelay:
         rng = random.Random(7)
         expected = [retry_delay(n, base=0.5, cap=4.0, rng=rng) for n in range(6)]
         assert [backoff.next_delay() for _ in range(6)] == expected
+
+
+class TestRetryAfter:
+    @pytest.mark.parametrize("attempt", [1, 2, 5, 10, 11, 50])
+    def test_bounds(self, attempt: int) -> None:
+        """Test that the delay is jittered within [0, 1.5**min(10, attempt)] and capped."""
+        delays = [retry_after(attempt) for _ in range(200)]
+        assert min(delays) >= 0
+        assert max(delays) <= min(RETRY_CAP, 1.5 ** min(10, attempt))
+        assert len(set(delays)) > 100  # jittered, not a constant
+
+    def test_draws_from_the_shared_generator(self) -> None:
+        """Test that a seeded `random` gives the same delays as `random.uniform` did."""
+        state = random.getstate()
+        try:
+            random.seed(11)
+            first = [retry_after(4) for _ in range(5)]
+            random.seed(11)
+            assert first == [random.uniform(0, 1.5**4) for _ in range(5)]
+        finally:
+            random.setstate(state)
 
 
 class TestThrottle:
