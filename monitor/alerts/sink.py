@@ -49,6 +49,7 @@ from monitor.sink import Sink
 from monitor.store import Store
 
 if TYPE_CHECKING:
+    from monitor.alerts.signed_commands import Command
     from monitor.channels.mqtt import MqttSink
     from monitor.channels.notify import NotifySink
     from monitor.sources.base import Source
@@ -316,20 +317,38 @@ def build_alerts_sink(
     if mqtt is not None and mqtt.command_secret is not None:
         secret = mqtt.command_secret.get_secret_value().encode()
     switches = ActionSwitches()
+
+    # The channels need the pipeline's command handler and signer, and the pipeline needs
+    # the channels: they call through the sink, whose pipeline exists before any command or
+    # button (AlertsSink.start builds it before MQTT connects, a message before it is sent).
+    def handle_command(raw: bytes) -> Mapping[str, Any]:
+        return sink.pipeline.handle_command(raw)
+
+    def sign(command: Command, now: float) -> str:
+        return sink.pipeline.sign(command, now)
+
     mqtt_sink = None
     if mqtt is not None:
         from monitor.channels.mqtt import MqttSink  # noqa: PLC0415 - aiomqtt only when configured
 
-        mqtt_sink = MqttSink(mqtt, clock=clock)
+        mqtt_sink = MqttSink(mqtt, clock=clock, command_handler=handle_command)
+    # Buttons only when the daemon can sign them and the phone can reach them.
+    buttons = secret is not None and bool(notify.command_url)
     channel_sinks: list[NotifySink] = []
     if notify.channels:
         from monitor.channels.notify import NotifySink  # noqa: PLC0415 - Apprise: ~150 ms import
 
         channel_sinks = [
-            NotifySink(c, token_ttl=notify.token_ttl, silence_for=notify.silence_for, clock=clock)
+            NotifySink(
+                c,
+                token_ttl=notify.token_ttl,
+                silence_for=notify.silence_for,
+                clock=clock,
+                command_url=notify.command_url if buttons else None,
+                sign=sign if buttons else None,
+            )
             for c in notify.channels
         ]
-    command_url = notify.command_url
     channels: tuple[MqttSink | NotifySink, ...] = (
         *([mqtt_sink] if mqtt_sink else []),
         *channel_sinks,
@@ -347,13 +366,7 @@ def build_alerts_sink(
         )
         if accounts is not None:
             pipeline.accounts = frozenset(accounts)  # a command for another is refused
-        if mqtt_sink is not None:
-            mqtt_sink.command_handler = pipeline.handle_command
-        if secret is not None and command_url:
-            for channel_sink in channel_sinks:
-                # Buttons only when the daemon can sign them and the phone can reach them.
-                channel_sink.command_url = command_url
-                channel_sink.sign = pipeline.sign
         return pipeline
 
-    return AlertsSink(make_pipeline, mqtt_sink, notify.command_listen, switches, channels)
+    sink = AlertsSink(make_pipeline, mqtt_sink, notify.command_listen, switches, channels)
+    return sink
