@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -186,6 +186,9 @@ class MetricsSink(Sink):
             still kept, which is cheap, so a reload can turn the endpoint on later).
         accounts: account name -> its `stale_after` (the accounts `/healthz` must vouch for).
         outbox_depth: returns the queued alert messages per sink (the store's outbox).
+        protection: account -> why its protective actions cannot run (the actions sink's).
+        shard: (K, N) under `--shard K/N`, exported so a missing shard's process is noticed.
+        routes: more routes for the same listener, each `install(app)` (the status page).
         clock: monotonic seconds.
     """
 
@@ -199,6 +202,7 @@ class MetricsSink(Sink):
         outbox_depth: Callable[[], Mapping[str, int]] | None = None,
         protection: Callable[[], Mapping[str, str]] | None = None,
         shard: tuple[int, int] | None = None,
+        routes: Sequence[Callable[[Any], None]] = (),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
@@ -218,7 +222,7 @@ class MetricsSink(Sink):
         self._registered = False
         self._event_counters: dict[tuple[str, str], Any] = {}
         #: more routes for the same listener, each `install(app)` (the status page, web.py)
-        self.routes: list[Callable[[Any], None]] = []
+        self.routes = tuple(routes)
         self.set_accounts(accounts)
 
     # --- configuration ---------------------------------------------------------------------
@@ -374,6 +378,7 @@ def build_metrics_sink(
     outbox: Callable[[], Iterable[Any]] | None = None,
     protection: Callable[[], Mapping[str, str]] | None = None,
     shard: tuple[int, int] | None = None,
+    routes: Sequence[Callable[[Any], None]] = (),
 ) -> MetricsSink:
     """The metrics sink, given what it reports on (daemon/wiring.py builds the pieces).
 
@@ -383,7 +388,7 @@ def build_metrics_sink(
     """
     depth = outbox_depth_of(outbox) if outbox is not None else None
     metrics = MetricsSink(
-        settings, accounts, outbox_depth=depth, protection=protection, shard=shard
+        settings, accounts, outbox_depth=depth, protection=protection, shard=shard, routes=routes
     )
     metrics.set_accounts(accounts, sources)
     return metrics
