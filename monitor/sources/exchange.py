@@ -36,6 +36,7 @@ import ccxt.pro as ccxtpro
 import structlog
 from ccxt.base import errors as ccxt_errors
 
+from monitor.backoff import Backoff
 from monitor.config.settings import ccxt_credentials
 from monitor.core.margin import report as margin
 from monitor.core.model import (
@@ -51,10 +52,10 @@ from monitor.core.model import (
     Tier,
 )
 from monitor.core.stress import with_prices
-from monitor.errors import UserError
+from monitor.errors import UserError, one_line
 from monitor.ops import logs
 from monitor.sources import budget
-from monitor.sources.backoff import Backoff, Freshness, FreshnessChange, Throttle
+from monitor.sources.backoff import Freshness, FreshnessChange, Throttle
 from monitor.sources.collateral_rules import CollateralRulesReader, venue_margin
 from monitor.sources.normalize import (
     MalformedPayload,
@@ -266,12 +267,13 @@ def _merged(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]
 
 def _one_line(exc: BaseException, limit: int = 240) -> str:
     """An exception as one log-safe line (ccxt bodies can be long and multi-line)."""
+    return one_line(exc, limit, _scrub)
+
+
+def _scrub(text: str) -> str:
     # Signed URLs carry a signature and timestamp: keep logs to the path. Configured secrets
     # go too: a websocket error does not pass exchange.fetch's scrub (_redact_errors).
-    text = re.sub(r"\?\S*", "?…", " ".join(logs.redact(str(exc)).split()))
-    if len(text) > limit:
-        text = text[: limit - 1] + "…"
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return re.sub(r"\?\S*", "?…", logs.redact(text))
 
 
 def _venue_time(ticker: object, received: float, offset: float = 0.0) -> float:
@@ -388,6 +390,10 @@ class ExchangeSource:
                     return
         finally:
             await self._stop_tasks()
+
+    def venue_drift(self) -> float | None:
+        """Our ratio minus the venue's on the last reconciliation (`venue_check.drift`)."""
+        return self.venue_check.drift if self.venue_check is not None else None
 
     async def fetch_snapshot(self) -> AccountSnapshot:
         """A fresh REST read of the whole account (for `snapshot`, executors, tests)."""
