@@ -52,59 +52,32 @@ import math
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import structlog
 
 from monitor.core.model import STABLE_ASSETS, Collateral, CollateralTier, VenueMargin
-from monitor.sources.normalize import MalformedPayload, VenueFigures
+from monitor.venues import binance, bitget, bybit, okx
+from monitor.venues.base import (
+    AssetRule,
+    CollateralRules,
+    MalformedPayload,
+    Mode,
+    VenueFigures,
+    fraction,
+)
 
 __all__ = [
-    "PM_LIQUIDATION_UNI_MMR",
-    "AssetRule",
-    "CollateralRules",
     "CollateralRulesReader",
     "apply_rules",
-    "rules_from_binance",
     "rules_from_dict",
     "rules_to_dict",
     "venue_margin",
 ]
 
 log = structlog.get_logger("monitor.sources.collateral_rules")
-
-#: How a venue margins the account, as far as collateral is concerned.
-#: `single_asset`: only the settle asset is margin (Binance Single-Asset Mode);
-#: `multi_assets`: haircut cross-collateral (Binance Multi-Assets, Bybit UTA cross, OKX
-#: multi-currency); `portfolio`: scenario-based risk no public formula reproduces.
-Mode = Literal["single_asset", "multi_assets", "portfolio"]
-
-
-@dataclass(frozen=True, slots=True)
-class AssetRule:
-    """How one asset counts as margin: the venue's USD index (None: keep our price), the
-    haircut of a positive balance, the markup of a negative one, or haircut bands."""
-
-    asset: str
-    index: float | None = None
-    haircut: float = 0.0
-    liability_markup: float = 0.0
-    haircut_tiers: tuple[CollateralTier, ...] = ()
-    tier_basis: Literal["amount", "value"] = "amount"
-    collateral: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class CollateralRules:
-    """One venue read: the account's margin mode and every asset's rule, and when (wall
-    clock, so a cached read keeps its age across restarts)."""
-
-    venue: str
-    mode: Mode
-    assets: Mapping[str, AssetRule]
-    read_at: float
 
 
 # --- pure: rules applied to balances ------------------------------------------------------
@@ -151,198 +124,12 @@ def apply_rules(
 # --- venue readers (ccxt implicit API only) -----------------------------------------------
 
 
-def _fraction(row: Mapping[str, Any], key: str, where: str) -> float:
-    try:
-        value = float(row[key])
-    except (KeyError, TypeError, ValueError):
-        raise MalformedPayload(f"{where}: field {key!r} is missing or not a number") from None
-    if not math.isfinite(value) or value < 0:
-        raise MalformedPayload(f"{where}: field {key!r} = {row[key]!r} is not a rate ≥ 0")
-    return value
-
-
-def _rows(answer: object, where: str) -> list[Mapping[str, Any]]:
-    if isinstance(answer, Mapping):
-        answer = [answer]
-    if not isinstance(answer, list) or not all(isinstance(r, Mapping) for r in answer):
-        raise MalformedPayload(f"{where}: expected a list of objects")
-    return list(answer)
-
-
-def rules_from_binance(
-    venue: str, mode: object, asset_index: object, now: float
-) -> CollateralRules:
-    """Binance's two answers (`GET /fapi/v1/multiAssetsMargin`, `GET /fapi/v1/assetIndex`, in
-    their wire format) as rules. Pure: the live reader and the sim venue (which publishes
-    its rules in the same format) both go through it."""
-    flag = mode.get("multiAssetsMargin") if isinstance(mode, Mapping) else None
-    if flag not in (True, False, "true", "false"):
-        raise MalformedPayload(f"binance multiAssetsMargin: {flag!r} is not true/false")
-    if flag in (False, "false"):
-        return CollateralRules(venue, "single_asset", {}, now)
-    assets: dict[str, AssetRule] = {}
-    for row in _rows(asset_index, "binance assetIndex"):
-        symbol = str(row.get("symbol", ""))
-        if not symbol.endswith("USD") or len(symbol) <= 3:
-            continue
-        where = f"binance assetIndex {symbol}"
-        asset = symbol[:-3]
-        index = _fraction(row, "index", where)
-        assets[asset] = AssetRule(
-            asset,
-            index=index if index > 0 else None,
-            haircut=min(_fraction(row, "bidBuffer", where), 1.0),
-            liability_markup=_fraction(row, "askBuffer", where),
-        )
-    return CollateralRules(venue, "multi_assets", assets, now)
-
-
-async def _binance(exchange: Any, now: float) -> CollateralRules:
-    """Multi-Assets Mode and the asset index buffers (module docstring); the index is read
-    only in Multi-Assets Mode."""
-    mode = await exchange.fapiPrivateGetMultiAssetsMargin()
-    multi = isinstance(mode, Mapping) and mode.get("multiAssetsMargin") in (True, "true")
-    rows = await exchange.fapiPublicGetAssetIndex() if multi else []
-    return rules_from_binance(exchange.id, mode, rows, now)
-
-
-def _bybit_result(answer: object, where: str) -> Mapping[str, Any]:
-    result = answer.get("result") if isinstance(answer, Mapping) else None
-    if not isinstance(result, Mapping):
-        raise MalformedPayload(f"{where}: field 'result' is missing")
-    return result
-
-
-def _bands(rows: object, cap: str, ratio: str, where: str) -> tuple[CollateralTier, ...]:
-    """A venue's tier list as marginal bands: `cap` is the tier's upper amount ("",
-    absent or Bitget's "-1": no cap), `ratio` the share of value that counts; sorted by cap."""
-    bands = []
-    for row in _rows(rows, where):
-        top = row.get(cap)
-        bands.append(
-            CollateralTier(
-                math.inf if top in ("", None, "-1") else _fraction(row, cap, where),
-                min(_fraction(row, ratio, where), 1.0),
-            )
-        )
-    return tuple(sorted(bands, key=lambda b: b.up_to))
-
-
-async def _bybit(exchange: Any, now: float) -> CollateralRules:
-    """UTA margin mode, per-coin switches and tiered collateral ratios (module docstring)."""
-    info = _bybit_result(await exchange.privateGetV5AccountInfo(), "bybit account info")
-    if info.get("marginMode") == "PORTFOLIO_MARGIN":
-        return CollateralRules(exchange.id, "portfolio", {}, now)
-    switches: dict[str, bool] = {}
-    answer = await exchange.privateGetV5AccountCollateralInfo()
-    for row in _rows(
-        _bybit_result(answer, "bybit collateral-info").get("list"), "bybit collateral-info"
-    ):
-        on = all(row.get(k) in (True, "true") for k in ("marginCollateral", "collateralSwitch"))
-        switches[str(row.get("currency"))] = on
-    assets: dict[str, AssetRule] = {}
-    answer = await exchange.publicGetV5SpotMarginTradeCollateral()
-    for row in _rows(_bybit_result(answer, "bybit collateral").get("list"), "bybit collateral"):
-        coin = str(row.get("currency"))
-        bands = _bands(
-            row.get("collateralRatioList"), "maxQty", "collateralRatio", f"bybit collateral {coin}"
-        )
-        assets[coin] = AssetRule(coin, haircut_tiers=bands, collateral=switches.get(coin, True))
-    for coin, on in switches.items():
-        if coin not in assets:
-            assets[coin] = AssetRule(coin, collateral=on)
-    return CollateralRules(exchange.id, "multi_assets", assets, now)
-
-
-#: OKX `acctLv` (GET /api/v5/account/config): 2 single-currency margin, 3 multi-currency
-#: margin, 4 portfolio margin (1 is spot only: no derivatives to margin).
-_OKX_MODES: dict[str, Mode] = {"2": "single_asset", "3": "multi_assets", "4": "portfolio"}
-
-
-def _okx_data(answer: object, where: str) -> list[Mapping[str, Any]]:
-    return _rows(answer.get("data") if isinstance(answer, Mapping) else None, where)
-
-
-async def _okx(exchange: Any, now: float) -> CollateralRules:
-    """OKX account level (`privateGetAccountConfig`) and, in multi-currency margin, each
-    currency's discount-rate tiers (`publicGetPublicDiscountRateInterestFreeQuota`, GET
-    /api/v5/public/discount-rate-interest-free-quota: `details[].maxAmt` in coin units, ""
-    for no cap, `discountRate`), applied marginally per tier (OKX help 360054690531:
-    discounted equity = Σ currency equity × discount rate × USD price)."""
-    rows = _okx_data(await exchange.privateGetAccountConfig(), "okx account config")
-    level = str(rows[0].get("acctLv")) if rows else ""
-    if level not in _OKX_MODES:
-        raise MalformedPayload(f"okx account config: acctLv {level!r} is not 2, 3 or 4")
-    if _OKX_MODES[level] != "multi_assets":
-        return CollateralRules(exchange.id, _OKX_MODES[level], {}, now)
-    assets: dict[str, AssetRule] = {}
-    answer = await exchange.publicGetPublicDiscountRateInterestFreeQuota()
-    for row in _okx_data(answer, "okx discount rates"):
-        ccy = str(row.get("ccy"))
-        bands = _bands(row.get("details"), "maxAmt", "discountRate", f"okx discount rates {ccy}")
-        assets[ccy] = AssetRule(ccy, haircut_tiers=bands)
-    return CollateralRules(exchange.id, "multi_assets", assets, now)
-
-
-#: Bitget USDT-M `assetMode` (Get Account List): "single" (USDT only) or "union" (multi-asset).
-_BITGET_MODES: dict[str, Mode] = {"single": "single_asset", "union": "multi_assets"}
-
-
-def _bitget_data(answer: object, where: str) -> list[Mapping[str, Any]]:
-    return _rows(answer.get("data") if isinstance(answer, Mapping) else None, where)
-
-
-async def _bitget(exchange: Any, now: float) -> CollateralRules:
-    """Bitget USDT-M futures: the account's `assetMode` (`privateMixGetV2MixAccountAccounts`,
-    GET /api/v2/mix/account/accounts, api-doc contract/account/Get-Account-List) and, in
-    union (multi-asset) mode, each coin's discount-rate tiers
-    (`publicMixGetV2MixMarketDiscountRate`, GET /api/v2/mix/market/discount-rate, api-doc
-    contract/market/Get-Discount-Rate: `discountRateList[].maxAmount`, "-1" for no cap, and
-    `discountRate`). The tiers are USDT value, applied marginally: Bitget help "Introduction
-    to USDT-M Futures in Multi-Asset Mode" counts 10 BTC at 60,000 as "the first 100,000
-    USDT" at 0.975, "the next 400,000 USDT" at 0.97, and so on; a coin with no tier list
-    (USDT) counts in full."""
-    rows = _bitget_data(
-        await exchange.privateMixGetV2MixAccountAccounts({"productType": "USDT-FUTURES"}),
-        "bitget accounts",
-    )
-    usdt = next((r for r in rows if r.get("marginCoin") == "USDT"), rows[0] if rows else {})
-    asset_mode = str(usdt.get("assetMode"))
-    if asset_mode not in _BITGET_MODES:
-        raise MalformedPayload(f"bitget accounts: assetMode {asset_mode!r} is not single/union")
-    if _BITGET_MODES[asset_mode] != "multi_assets":
-        return CollateralRules(exchange.id, _BITGET_MODES[asset_mode], {}, now)
-    assets: dict[str, AssetRule] = {}
-    for row in _bitget_data(
-        await exchange.publicMixGetV2MixMarketDiscountRate(), "bitget discount-rate"
-    ):
-        coin = str(row.get("coin"))
-        bands = _bands(
-            row.get("discountRateList"), "maxAmount", "discountRate", f"bitget discount-rate {coin}"
-        )
-        assets[coin] = AssetRule(coin, haircut_tiers=bands, tier_basis="value")
-    return CollateralRules(exchange.id, "multi_assets", assets, now)
-
-
-async def _binance_usdm(exchange: Any, now: float) -> CollateralRules:
-    """A Binance Portfolio Margin account is configured in ccxt (`options.portfolioMargin`,
-    which routes every call to `papi`); its uniMMR is scenario-based (Binance FAQ 4868b2f1…)."""
-    if exchange.options.get("portfolioMargin"):
-        return CollateralRules(exchange.id, "portfolio", {}, now)
-    return await _binance(exchange, now)
-
-
-#: Binance Portfolio Margin's liquidation line: "100% < uniMMR ≤ 105%: Liquidation will take
-#: place" (Binance FAQ 5e33af8e… "Portfolio Margin Pro Maintenance Margin Ratio Calculation",
-#: and the PM trading rules 174861644e…: a uniMMR > 1.05 avoids liquidation).
-PM_LIQUIDATION_UNI_MMR = 1.05
-
 Reader = Callable[[Any, float], Awaitable[CollateralRules]]
 _READERS: dict[str, Reader] = {
-    "binanceusdm": _binance_usdm,
-    "bybit": _bybit,
-    "okx": _okx,
-    "bitget": _bitget,
+    "binanceusdm": binance.collateral_rules,
+    "bybit": bybit.collateral_rules,
+    "okx": okx.collateral_rules,
+    "bitget": bitget.collateral_rules,
 }
 
 
@@ -522,7 +309,7 @@ class CollateralRulesReader:
         if not isinstance(answer, Mapping):
             raise MalformedPayload("binance papi account: expected an object")
         where = "binance papi account"
-        mm = _fraction(answer, "accountMaintMargin", where)
+        mm = fraction(answer, "accountMaintMargin", where)
         try:
             equity = float(answer["accountEquity"])
         except (KeyError, TypeError, ValueError):
@@ -532,8 +319,8 @@ class CollateralRulesReader:
         if mm == 0:
             ratio = 0.0
         else:
-            uni_mmr = _fraction(answer, "uniMMR", where)
-            ratio = PM_LIQUIDATION_UNI_MMR / uni_mmr if uni_mmr > 0 else math.inf
+            uni_mmr = fraction(answer, "uniMMR", where)
+            ratio = binance.PM_LIQUIDATION_UNI_MMR / uni_mmr if uni_mmr > 0 else math.inf
         return VenueFigures(self.venue, ratio, mm, equity, "papi 1.05/uniMMR")
 
     def apply(self, collateral: tuple[Collateral, ...], currency: str) -> tuple[Collateral, ...]:

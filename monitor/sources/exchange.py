@@ -57,16 +57,15 @@ from monitor.sources import budget
 from monitor.sources.backoff import Backoff, Freshness, FreshnessChange, Throttle
 from monitor.sources.collateral_rules import CollateralRulesReader, venue_margin
 from monitor.sources.normalize import (
-    MalformedPayload,
-    VenueFigures,
     collateral_from_ccxt,
     mark_from_ticker,
     positions_from_ccxt,
     tiers_from_ccxt,
-    torn_read,
     unpriced_assets,
     venue_figures,
 )
+from monitor.venues.base import MalformedPayload, VenueFigures
+from monitor.venues.binance import torn_read
 from monitor.venues.orders import TRIGGER, client_id_query, query_params
 
 __all__ = [

@@ -54,8 +54,10 @@ from monitor.core.model import (
     Tier,
     base_asset,
 )
-from monitor.sources.collateral_rules import CollateralRules, apply_rules, rules_from_binance
+from monitor.sources.collateral_rules import apply_rules
 from monitor.sources.sim_prices import Keyframe, ReplayStep, ScriptedPath
+from monitor.venues.base import CollateralRules
+from monitor.venues.binance import rules_from_binance
 from monitor.venues.errors import BadSymbol, InvalidOrder, OrderNotFound
 from monitor.venues.orders import TICK_SIZE
 

@@ -1,0 +1,168 @@
+"""Binance (USDⓈ-M `binanceusdm`, and the `binance` / `binancecoinm` ids where they share it).
+
+Sources: developers.binance.com derivatives/usds-margined-futures (Position Information V3,
+Account Information V3, Notional and Leverage Brackets, Get Current Multi-Assets Mode,
+Multi-Assets Mode Asset Index, Futures Account Configuration), Binance FAQ pages cited per
+quirk, docs/venues.md and docs/collateral.md.
+
+- **Multi-Assets Mode.** `GET /fapi/v1/multiAssetsMargin` (ccxt `fapiPrivateGetMultiAssetsMargin`,
+  developers.binance.com …/account/rest-api/Get-Current-Multi-Assets-Mode) says whether the
+  account is in Multi-Assets Mode. There, `GET /fapi/v1/assetIndex` (`fapiPublicGetAssetIndex`,
+  …/market-data/rest-api/Multi-Assets-Mode-Asset-Index) publishes per `<ASSET>USD`
+  `index`, `bidBuffer`, `askBuffer`, with bidRate = index × (1 − bidBuffer) and askRate =
+  index × (1 + askBuffer). Account Equity = Σ min(equity × bidRate, equity × askRate) and
+  margin owed in an asset counts at its ask rate (FAQ c983a926…, example M1), which is
+  `haircut = bidBuffer`, `liability_markup = askBuffer` at price index / index(report
+  currency): every figure is then the venue's USD figure divided by one constant, so the
+  ratio is the venue's own. In Single-Asset Mode only stablecoin margin assets (USDT, USDC,
+  …) back contracts, so a BTC balance is not margin at all and is dropped.
+- **Portfolio Margin** (ccxt's `portfolioMargin` option) is scenario-based: the live ratio is
+  the venue's own, 1.05 / uniMMR (it liquidates at uniMMR ≤ 1.05).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from monitor.venues.base import (
+    CAN_TRADE,
+    UNKNOWN,
+    AssetRule,
+    CollateralRules,
+    Json,
+    MalformedPayload,
+    answer_rows,
+    as_float,
+    fraction,
+    number,
+    rows,
+)
+
+
+def side_of_both(row: Json, where: str) -> str:
+    """Binance one-way mode: the user stream (and ccxt's watch cache) reports side 'both'
+    (docs/venues.md); the direction is the sign of `positionAmt` / `pa`."""
+    info = row.get("info")
+    amount = None
+    if isinstance(info, Mapping):
+        amount = number(info, "positionAmt", where, required=False)
+        if amount is None:
+            amount = number(info, "pa", where, required=False)
+    if amount is None:
+        notional = number(row, "notional", where, required=False)
+        amount = notional
+    if amount is None or amount == 0:
+        raise MalformedPayload(f"{where}: side 'both' with no signed amount to tell its direction")
+    return "long" if amount > 0 else "short"
+
+
+def wallets(info: Json) -> Iterable[tuple[str, float, float | None]]:
+    """Binance USDⓈ-M `/fapi/v3/account` `assets[].walletBalance` (excludes UPnL).
+
+    ccxt skips assets whose `updateTime == 0` (issue #27997, docs/venues.md); reading
+    `info` directly keeps a non-zero wallet even then, and zero ones are dropped anyway.
+    """
+    for row in rows(info.get("assets")):
+        yield str(row.get("asset")), as_float(row.get("walletBalance"), "walletBalance"), None
+
+
+def torn_read(venue: str, positions: object, balance: object) -> bool:
+    """True when a positions answer and a balance answer of one read saw different books.
+
+    The two are separate requests; a fill landing between them pairs new positions with the
+    old wallet (or the reverse): a state the venue never had (docs/account-view.md). Binance's
+    `GET /fapi/v3/account` lists every open position's `positionAmt` too (Account
+    Information V3, USDⓈ-M docs), so the two answers must agree on them. Venues whose
+    balance answer names no positions cannot be checked here (False).
+    """
+    if venue not in {"binanceusdm", "binance"} or not isinstance(balance, Mapping):
+        return False
+    info = balance.get("info")
+    if not isinstance(info, Mapping) or not isinstance(info.get("positions"), list):
+        return False
+    try:
+        in_balance = {
+            (str(r["symbol"]), str(r.get("positionSide", "BOTH"))): float(r["positionAmt"])
+            for r in info["positions"]
+            if isinstance(r, Mapping) and float(r.get("positionAmt") or 0.0) != 0.0
+        }
+        in_positions = {
+            (str(r["info"]["symbol"]), str(r["info"].get("positionSide", "BOTH"))): float(
+                r["info"]["positionAmt"]
+            )
+            for r in (positions if isinstance(positions, list) else [])
+            if isinstance(r, Mapping)
+            and isinstance(r.get("info"), Mapping)
+            and float(r["info"].get("positionAmt") or 0.0) != 0.0
+        }
+    except (KeyError, TypeError, ValueError):
+        return False  # the normalisers name a malformed field; this check only compares
+    return in_balance != in_positions
+
+
+#: Binance Portfolio Margin's liquidation line: "100% < uniMMR ≤ 105%: Liquidation will take
+#: place" (Binance FAQ 5e33af8e… "Portfolio Margin Pro Maintenance Margin Ratio Calculation",
+#: and the PM trading rules 174861644e…: a uniMMR > 1.05 avoids liquidation).
+PM_LIQUIDATION_UNI_MMR = 1.05
+
+
+def rules_from_binance(
+    venue: str, mode: object, asset_index: object, now: float
+) -> CollateralRules:
+    """Binance's two answers (`GET /fapi/v1/multiAssetsMargin`, `GET /fapi/v1/assetIndex`, in
+    their wire format) as rules. Pure: the live reader and the sim venue (which publishes
+    its rules in the same format) both go through it."""
+    flag = mode.get("multiAssetsMargin") if isinstance(mode, Mapping) else None
+    if flag not in (True, False, "true", "false"):
+        raise MalformedPayload(f"binance multiAssetsMargin: {flag!r} is not true/false")
+    if flag in (False, "false"):
+        return CollateralRules(venue, "single_asset", {}, now)
+    assets: dict[str, AssetRule] = {}
+    for row in answer_rows(asset_index, "binance assetIndex"):
+        symbol = str(row.get("symbol", ""))
+        if not symbol.endswith("USD") or len(symbol) <= 3:
+            continue
+        where = f"binance assetIndex {symbol}"
+        asset = symbol[:-3]
+        index = fraction(row, "index", where)
+        assets[asset] = AssetRule(
+            asset,
+            index=index if index > 0 else None,
+            haircut=min(fraction(row, "bidBuffer", where), 1.0),
+            liability_markup=fraction(row, "askBuffer", where),
+        )
+    return CollateralRules(venue, "multi_assets", assets, now)
+
+
+async def _multi_assets_rules(exchange: Any, now: float) -> CollateralRules:
+    """Multi-Assets Mode and the asset index buffers (module docstring); the index is read
+    only in Multi-Assets Mode."""
+    mode = await exchange.fapiPrivateGetMultiAssetsMargin()
+    multi = isinstance(mode, Mapping) and mode.get("multiAssetsMargin") in (True, "true")
+    rows = await exchange.fapiPublicGetAssetIndex() if multi else []
+    return rules_from_binance(exchange.id, mode, rows, now)
+
+
+async def collateral_rules(exchange: Any, now: float) -> CollateralRules:
+    """A Binance Portfolio Margin account is configured in ccxt (`options.portfolioMargin`,
+    which routes every call to `papi`); its uniMMR is scenario-based (Binance FAQ 4868b2f1…)."""
+    if exchange.options.get("portfolioMargin"):
+        return CollateralRules(exchange.id, "portfolio", {}, now)
+    return await _multi_assets_rules(exchange, now)
+
+
+async def usdm_trade_permission(exchange: Any, balance: Mapping[str, Any]) -> str:
+    # v3 account answers no longer carry canTrade; Futures Account Configuration does
+    # (GET /fapi/v1/accountConfig, USDⓈ-M docs)
+    config = await exchange.fapiPrivateGetAccountConfig()
+    if isinstance(config, Mapping) and "canTrade" in config:
+        return CAN_TRADE if config["canTrade"] else "read-only (canTrade is false)"
+    return UNKNOWN
+
+
+async def trade_permission(exchange: Any, balance: Mapping[str, Any]) -> str:
+    info = balance.get("info")
+    if isinstance(info, Mapping) and "canTrade" in info:
+        return CAN_TRADE if info["canTrade"] else "read-only (canTrade is false)"
+    return UNKNOWN

@@ -1,0 +1,16 @@
+"""Deribit (`deribit`): units differ (docs/margin-math.md; Deribit API get_positions)."""
+
+from __future__ import annotations
+
+
+def usd_size(contracts: float, contract_size: float) -> float:
+    """Deribit futures: `size` (ccxt `contracts`) is in USD, signed ("Position size for
+    futures size in quote currency", get_positions docs), while the market's contract size
+    is 10 USD (BTC) or 1 USD (ETH); the count of contracts is |size| / contract size."""
+    return abs(contracts) / contract_size
+
+
+def percent_units(rate: float | None) -> float | None:
+    """Deribit: ccxt's margin percentages are × 100 (percent units), unlike the fractions
+    of Binance/OKX/Bybit (docs/margin-math.md)."""
+    return None if rate is None else rate / 100.0

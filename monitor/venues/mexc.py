@@ -1,0 +1,46 @@
+"""MEXC futures (`mexc`).
+
+Sources: mexcdevelop.github.io/apidocs/contract_v1_en (contract/detail, contract/ticker,
+private/account/assets, private/position/open_positions), docs/venues.md.
+
+- Positions carry no mark (read from the contract ticker, `fairPrice`) and no maintenance
+  figure; the risk tiers are in contracts (not attached).
+- No endpoint states a key's futures rights (contract API v1; spot `GET /api/v3/account`'s
+  `canTrade` / `permissions: ["SPOT"]` describe the spot account only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from monitor.venues.base import (
+    Json,
+    as_float,
+    rows,
+    unpublished,
+)
+
+
+def base_mmr(market: Json) -> float | None:
+    """MEXC: positions carry no maintenance figure and the risk tiers are in contracts;
+    the contract's base `maintenanceMarginRate` (contract/detail docs) is the rate of the
+    first risk level, which is where all but very large positions sit."""
+    info = market.get("info")
+    if not isinstance(info, Mapping):
+        return None
+    try:
+        rate = float(info.get("maintenanceMarginRate"))  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return rate if 0 < rate < 1 else None
+
+
+def wallets(info: Json) -> Iterable[tuple[str, float, float | None]]:
+    """MEXC contract `/api/v1/private/account/assets`: `cashBalance` (excl. unrealized)."""
+    for row in rows(info.get("data")):
+        yield str(row.get("currency")), as_float(row.get("cashBalance"), "cashBalance"), None
+
+
+# MEXC: contract API v1 (account/assets, position endpoints) carries no key rights;
+# spot GET /api/v3/account's canTrade/permissions ["SPOT"] describe the spot account only
+trade_permission = unpublished("MEXC")

@@ -1,0 +1,81 @@
+"""OKX v5 (`okx`).
+
+Sources: www.okx.com/docs-v5 (account/positions, account/balance, account/config,
+public/discount-rate-interest-free-quota), OKX help 360054690531, docs/venues.md and
+docs/collateral.md.
+
+- **Collateral.** `GET /api/v5/account/config` (`privateGetAccountConfig`) `acctLv`: 2
+  single-currency, 3 multi-currency (discount-rate tiers read), 4 portfolio margin.
+- **Ratio direction.** `mgnRatio` is equity / MM (a margin level): stored inverted.
+- **Tiers** are in contracts, not notional (margin-math §3.1): the reported `mmr` drives
+  the live ratio and its implied rate the what-ifs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from monitor.venues.base import (
+    CAN_TRADE,
+    AssetRule,
+    CollateralRules,
+    Json,
+    MalformedPayload,
+    Mode,
+    answer_rows,
+    as_float,
+    haircut_bands,
+    rows,
+)
+
+
+def wallets(info: Json) -> Iterable[tuple[str, float, float | None]]:
+    """OKX `/api/v5/account/balance` details: `cashBal` (excludes UPL), price `eqUsd / eq`."""
+    for account in rows(info.get("data")):
+        for row in rows(account.get("details")):
+            eq = as_float(row.get("eq") or 0, "eq")
+            eq_usd = as_float(row.get("eqUsd") or 0, "eqUsd")
+            yield (
+                str(row.get("ccy")),
+                as_float(row.get("cashBal"), "cashBal"),
+                (eq_usd / eq if eq else None),
+            )
+
+
+#: OKX `acctLv` (GET /api/v5/account/config): 2 single-currency margin, 3 multi-currency
+#: margin, 4 portfolio margin (1 is spot only: no derivatives to margin).
+_MODES: dict[str, Mode] = {"2": "single_asset", "3": "multi_assets", "4": "portfolio"}
+
+
+def _data(answer: object, where: str) -> list[Mapping[str, Any]]:
+    return answer_rows(answer.get("data") if isinstance(answer, Mapping) else None, where)
+
+
+async def collateral_rules(exchange: Any, now: float) -> CollateralRules:
+    """OKX account level (`privateGetAccountConfig`) and, in multi-currency margin, each
+    currency's discount-rate tiers (`publicGetPublicDiscountRateInterestFreeQuota`, GET
+    /api/v5/public/discount-rate-interest-free-quota: `details[].maxAmt` in coin units, ""
+    for no cap, `discountRate`), applied marginally per tier (OKX help 360054690531:
+    discounted equity = Σ currency equity × discount rate × USD price)."""
+    rows = _data(await exchange.privateGetAccountConfig(), "okx account config")
+    level = str(rows[0].get("acctLv")) if rows else ""
+    if level not in _MODES:
+        raise MalformedPayload(f"okx account config: acctLv {level!r} is not 2, 3 or 4")
+    if _MODES[level] != "multi_assets":
+        return CollateralRules(exchange.id, _MODES[level], {}, now)
+    assets: dict[str, AssetRule] = {}
+    answer = await exchange.publicGetPublicDiscountRateInterestFreeQuota()
+    for row in _data(answer, "okx discount rates"):
+        ccy = str(row.get("ccy"))
+        bands = haircut_bands(
+            row.get("details"), "maxAmt", "discountRate", f"okx discount rates {ccy}"
+        )
+        assets[ccy] = AssetRule(ccy, haircut_tiers=bands)
+    return CollateralRules(exchange.id, "multi_assets", assets, now)
+
+
+async def trade_permission(exchange: Any, balance: Mapping[str, Any]) -> str:
+    answer = await exchange.privateGetAccountConfig()
+    perm = str((answer.get("data") or [{}])[0].get("perm", ""))
+    return CAN_TRADE if "trade" in perm else f"read-only (perm={perm!r})"
