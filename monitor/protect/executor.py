@@ -59,7 +59,7 @@ from monitor.protect.desk import OrderDesk
 from monitor.protect.switches import ActionSwitches
 from monitor.sources.budget import urgent_requests
 from monitor.venues.errors import catching
-from monitor.venues.orders import amount_step, client_order_id, order_params
+from monitor.venues.orders import amount_step, client_order_id, min_notional_exempt, order_params
 
 __all__ = [
     "AccountLock",
@@ -186,8 +186,7 @@ def market_rules(desk: OrderDesk, symbol: str, venue: str | None) -> MarketRules
         amount_step=step,
         min_amount=min_amount,
         min_notional=min_cost,
-        # Binance -4164: "notional must be no smaller than 5 (unless you choose reduce only)"
-        min_notional_reduce_only_exempt=bool(venue and venue.startswith("binance")),
+        min_notional_reduce_only_exempt=min_notional_exempt(venue),
     )
 
 

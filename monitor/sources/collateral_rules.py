@@ -6,32 +6,11 @@ the margin balance by exactly the haircut, on the accounts this product exists f
 engine already values haircuts (`Collateral.haircut`, `liability_markup`, banded
 `haircut_tiers`); this module reads the venue's published parameters and hands them to it.
 
-- **Binance USDⓈ-M.** `GET /fapi/v1/multiAssetsMargin` (ccxt `fapiPrivateGetMultiAssetsMargin`,
-  developers.binance.com …/account/rest-api/Get-Current-Multi-Assets-Mode) says whether the
-  account is in Multi-Assets Mode. There, `GET /fapi/v1/assetIndex` (`fapiPublicGetAssetIndex`,
-  …/market-data/rest-api/Multi-Assets-Mode-Asset-Index) publishes per `<ASSET>USD`
-  `index`, `bidBuffer`, `askBuffer`, with bidRate = index × (1 − bidBuffer) and askRate =
-  index × (1 + askBuffer). Account Equity = Σ min(equity × bidRate, equity × askRate) and
-  margin owed in an asset counts at its ask rate (FAQ c983a926…, example M1), which is
-  `haircut = bidBuffer`, `liability_markup = askBuffer` at price index / index(report
-  currency): every figure is then the venue's USD figure divided by one constant, so the
-  ratio is the venue's own. In Single-Asset Mode only stablecoin margin assets (USDT, USDC,
-  …) back contracts, so a BTC balance is not margin at all and is dropped.
+Each venue's reader (`collateral_rules`) lives in its module, with the venue's docs: Binance
+USDⓈ-M Multi-Assets Mode asset index (venues/binance.py), Bybit UTA tiered collateral ratios
+(venues/bybit.py), OKX multi-currency discount-rate tiers (venues/okx.py), Bitget USDT-M
+union-mode discount rates (venues/bitget.py).
 
-- **Bybit UTA.** `GET /v5/account/info` (`privateGetV5AccountInfo`) `marginMode`:
-  REGULAR_MARGIN (cross) or ISOLATED_MARGIN value collateral by ratio, PORTFOLIO_MARGIN is
-  portfolio margin. `GET /v5/spot-margin-trade/collateral` (`publicGetV5SpotMarginTradeCollateral`,
-  docs v5/spot-margin-uta/tier-collateral-ratio) publishes each coin's tiered collateral
-  ratios in coin units ("" = infinity), applied marginally to a positive balance; a negative
-  balance counts in full (Help "Assets-Collateral-Value-Ratio-List-UTA", docs/collateral.md).
-  `GET /v5/account/collateral-info` (`privateGetV5AccountCollateralInfo`) says per coin
-  whether the platform (`marginCollateral`) and the user (`collateralSwitch`) let it count.
-
-- **OKX.** `GET /api/v5/account/config` (`privateGetAccountConfig`) `acctLv`: 2
-  single-currency, 3 multi-currency (discount-rate tiers read, `_okx`), 4 portfolio margin.
-- **Bitget USDT-M.** `GET /api/v2/mix/account/accounts` `assetMode`: "single" (USDT only)
-  or "union" (multi-asset); in union mode `GET /api/v2/mix/market/discount-rate` publishes
-  each coin's discount-rate tiers in USDT value (`_bitget`).
 - **Portfolio margin** (Binance PM through ccxt's `portfolioMargin` option, Bybit
   PORTFOLIO_MARGIN, OKX acctLv 4) is scenario-based: no public formula reproduces it, so
   the live ratio is the venue's own figure (`venue_margin`), read with every balance, on
@@ -51,7 +30,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -59,15 +38,14 @@ from typing import Any
 import structlog
 
 from monitor.core.model import STABLE_ASSETS, Collateral, CollateralTier, VenueMargin
-from monitor.venues import binance, bitget, bybit, okx
 from monitor.venues.base import (
     AssetRule,
     CollateralRules,
     MalformedPayload,
     Mode,
     VenueFigures,
-    fraction,
 )
+from monitor.venues.registry import venue_for
 
 __all__ = [
     "CollateralRulesReader",
@@ -122,15 +100,6 @@ def apply_rules(
 
 
 # --- venue readers (ccxt implicit API only) -----------------------------------------------
-
-
-Reader = Callable[[Any, float], Awaitable[CollateralRules]]
-_READERS: dict[str, Reader] = {
-    "binanceusdm": binance.collateral_rules,
-    "bybit": bybit.collateral_rules,
-    "okx": okx.collateral_rules,
-    "bitget": bitget.collateral_rules,
-}
 
 
 def venue_margin(rules: CollateralRules | None, figures: VenueFigures | None) -> VenueMargin | None:
@@ -239,7 +208,9 @@ class CollateralRulesReader:
         self.every = every
         self.retry = retry
         self._clock = clock
-        self._reader = _READERS.get(venue)
+        quirks = venue_for(venue)
+        self._reader = quirks.collateral_rules
+        self._portfolio_figures = quirks.portfolio_figures
         self._path = cache_dir / "collateral" / f"{account}.json" if cache_dir else None
         self._next_try = -math.inf
         self.rules: CollateralRules | None = self._load()
@@ -292,36 +263,11 @@ class CollateralRulesReader:
 
     async def portfolio_figures(self, exchange: Any) -> VenueFigures | None:
         """The venue's own figures of a portfolio-margin account where `fetch_balance` has
-        none: Binance PM `GET /papi/v1/account` (`papiGetAccount`, portfolio-margin
-        Account-Information). Bybit and OKX report theirs in the balance
-        (`normalize.venue_figures`): None.
-
-        Binance liquidates a PM account at uniMMR ≤ 1.05, not 1 (PM trading rules, FAQ
-        5e33af8e…: "100% < uniMMR ≤ 105%: Liquidation will take place"), so the ratio is
-        `PM_LIQUIDATION_UNI_MMR / uniMMR`: 1.0 is the venue's liquidation line, as for every
-        other account (≥ 1 liquidates). uniMMR is taken as the venue sends it (its adjusted
-        equity counts the open loss of margin orders, which accountEquity does not); with no
-        maintenance margin there is no risk (ratio 0) whatever uniMMR says.
-        """
-        if self.mode != "portfolio" or self.venue != "binanceusdm":
+        none (Binance PM: venues/binance.py `portfolio_figures`). Bybit and OKX report
+        theirs in the balance (`normalize.venue_figures`): None."""
+        if self.mode != "portfolio" or self._portfolio_figures is None:
             return None
-        answer = await exchange.papiGetAccount()
-        if not isinstance(answer, Mapping):
-            raise MalformedPayload("binance papi account: expected an object")
-        where = "binance papi account"
-        mm = fraction(answer, "accountMaintMargin", where)
-        try:
-            equity = float(answer["accountEquity"])
-        except (KeyError, TypeError, ValueError):
-            equity = math.nan
-        if not math.isfinite(equity):
-            raise MalformedPayload(f"{where}: field 'accountEquity' is not a number")
-        if mm == 0:
-            ratio = 0.0
-        else:
-            uni_mmr = fraction(answer, "uniMMR", where)
-            ratio = binance.PM_LIQUIDATION_UNI_MMR / uni_mmr if uni_mmr > 0 else math.inf
-        return VenueFigures(self.venue, ratio, mm, equity, "papi 1.05/uniMMR")
+        return await self._portfolio_figures(exchange)
 
     def apply(self, collateral: tuple[Collateral, ...], currency: str) -> tuple[Collateral, ...]:
         """Balances valued by the current rules (`apply_rules`)."""

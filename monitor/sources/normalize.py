@@ -22,35 +22,25 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from monitor.core.margin.valuation import margin_ratio
 from monitor.core.model import STABLE_ASSETS, Collateral, MarginMode, Position, Side, Tier
-from monitor.venues import (
-    binance,
-    bingx,
-    bitget,
-    bybit,
-    deribit,
-    dydx,
-    hyperliquid,
-    mexc,
-    okx,
-    weex,
-)
+from monitor.venues import binance
 from monitor.venues.base import (
     Json,
     MalformedPayload,
+    Venue,
     VenueFigures,
+    Wallet,
     as_float,
-    info_number,
     number,
-    rows,
 )
+from monitor.venues.registry import venue_for
 
 __all__ = [
     "collateral_from_ccxt",
     "mark_from_ticker",
     "positions_from_ccxt",
     "tiers_from_ccxt",
+    "torn_read",
     "unpriced_assets",
     "venue_figures",
 ]
@@ -62,15 +52,10 @@ __all__ = [
 # --- positions ------------------------------------------------------------------------------
 
 
-def _venue_maintenance_margin(venue: str, row: Json, where: str) -> float | None:
+def _maintenance_margin(quirks: Venue, row: Json, where: str) -> float | None:
     """The venue's own per-position MM where ccxt's unified figure is not the venue's."""
-    if venue in {"binanceusdm", "binance", "binancecoinm"}:
-        # ccxt: mmr × notional ignoring `cum` (docs/venues.md); positionRisk has the truth.
-        return info_number(row, "maintMargin", where)
-    if venue == "hyperliquid":
-        return None  # ccxt sets None; computed from the market's max leverage (below)
-    if venue == "bitget":
-        return bitget.keep_margin(row, where)
+    if quirks.maintenance_margin is not None:
+        return quirks.maintenance_margin(row, where)
     return number(row, "maintenanceMargin", where, required=False)
 
 
@@ -91,9 +76,9 @@ def _max_leverage_mmr(market: Json) -> float | None:
     return 1.0 / (2.0 * lev_f) if lev_f > 0 else None
 
 
-def _margin_mode(venue: str, row: Json, where: str) -> MarginMode:
-    if venue == "bybit":
-        return bybit.margin_mode(row)
+def _margin_mode(quirks: Venue, row: Json, where: str) -> MarginMode:
+    if quirks.margin_mode is not None:
+        return quirks.margin_mode(row)
     mode = row.get("marginMode")
     if mode is None:
         return "cross"
@@ -109,6 +94,7 @@ def _position(
     tiers: Mapping[str, tuple[Tier, ...]],
     marks: Mapping[str, float],
 ) -> Position | None:
+    quirks = venue_for(venue)
     symbol = row.get("symbol")
     where = f"{venue} position {symbol!r}"
     if not isinstance(symbol, str) or not symbol:
@@ -119,15 +105,13 @@ def _position(
     contracts = number(row, "contracts", where)
     assert contracts is not None
     side = row.get("side")
-    if venue == "dydx":
-        contracts, side = dydx.signed_contracts(contracts, side)
-    if venue == "deribit":
-        contracts = abs(contracts)  # signed USD size; the side is ccxt's `direction`
+    if quirks.contracts is not None:
+        contracts, side = quirks.contracts(contracts, side)
     if contracts == 0:
         return None  # a closed position (Binance reports them with positionAmt 0)
     if contracts < 0:
         raise MalformedPayload(f"{where}: contracts {contracts} is negative")
-    if side == "both":
+    if side == "both":  # only Binance sends it (one-way mode); its rule reads the sign
         side = binance.side_of_both(row, where)
     if side not in ("long", "short"):
         raise MalformedPayload(f"{where}: side {side!r} is neither 'long' nor 'short'")
@@ -147,23 +131,13 @@ def _position(
             raise MalformedPayload(f"{where}: market contractSize is not a number") from None
     if size <= 0:
         raise MalformedPayload(f"{where}: contractSize {size} is not positive")
-    if venue == "deribit" and market.get("inverse"):
-        contracts = deribit.usd_size(contracts, size)
-    if venue == "weex":
-        size = weex.size_in_base(size)
-    mode = _margin_mode(venue, row, where)
+    if quirks.units is not None:
+        contracts, size = quirks.units(contracts, size, market)
+    mode = _margin_mode(quirks, row, where)
     inverse = bool(market.get("inverse"))
     settle = market.get("settle") or (market.get("base") if inverse else market.get("quote"))
-    mm = _venue_maintenance_margin(venue, row, where)
-    mmr = None
-    if venue == "deribit":
-        mmr = deribit.percent_units(
-            number(row, "maintenanceMarginPercentage", where, required=False)
-        )
-    elif venue == "hyperliquid":
-        mmr = hyperliquid.mmr(market)
-    elif venue == "mexc" and mm is None:
-        mmr = mexc.base_mmr(market)
+    mm = _maintenance_margin(quirks, row, where)
+    mmr = None if quirks.mmr is None else quirks.mmr(row, market, mm, where)
     if mm is None and mmr is None and not tiers.get(symbol):
         mmr = _max_leverage_mmr(market)
     isolated_margin = None
@@ -281,27 +255,14 @@ def tiers_from_ccxt(venue: str, rows: object) -> tuple[Tier, ...]:
 # --- balances -------------------------------------------------------------------------------
 
 
-_WALLETS = {
-    "binanceusdm": binance.wallets,
-    "binance": binance.wallets,
-    "bybit": bybit.wallets,
-    "okx": okx.wallets,
-    "hyperliquid": hyperliquid.wallets,
-    "bingx": bingx.wallets,
-    "mexc": mexc.wallets,
-}
-
-
-def _wallets(venue: str, balance: object) -> list[tuple[str, float, float | None]]:
+def _wallets(venue: str, balance: object) -> list[Wallet]:
     """(asset, wallet amount, price the venue implies or None) of a fetch_balance() result."""
     if not isinstance(balance, Mapping):
         raise MalformedPayload(f"{venue} balance: expected a dict, got {type(balance).__name__}")
-    info = balance.get("info")
-    reader = _WALLETS.get(venue)
-    if venue == "bitget":
-        return list(bitget.wallets(info))
-    if reader is not None and isinstance(info, Mapping):
-        return list(reader(info))
+    read = venue_for(venue).wallets
+    wallets = None if read is None else read(balance.get("info"))
+    if wallets is not None:
+        return wallets
     total = balance.get("total")
     if not isinstance(total, Mapping):
         raise MalformedPayload(f"{venue} balance: field 'total' is missing")
@@ -368,49 +329,13 @@ def venue_figures(venue: str, balance: object) -> VenueFigures | None:
     """The venue's own margin figures from a `fetch_balance()` result, where it has any."""
     if not isinstance(balance, Mapping):
         return None
-    info = balance.get("info")
-    try:
-        if venue in {"binanceusdm", "binance"} and isinstance(info, Mapping):
-            mm = as_float(info["totalMaintMargin"], "totalMaintMargin")
-            mb = as_float(info["totalMarginBalance"], "totalMarginBalance")
-            return VenueFigures(
-                venue, margin_ratio(mm, mb), mm, mb, "totalMaintMargin/totalMarginBalance"
-            )
-        if venue == "bybit" and isinstance(info, Mapping):
-            account = rows(info["result"]["list"])[0]
-            return VenueFigures(
-                venue,
-                as_float(account["accountMMRate"], "accountMMRate"),
-                as_float(account["totalMaintenanceMargin"], "totalMaintenanceMargin"),
-                as_float(account["totalMarginBalance"], "totalMarginBalance"),
-                "accountMMRate",
-            )
-        if venue == "okx" and isinstance(info, Mapping):
-            account = rows(info["data"])[0]
-            level = as_float(account["mgnRatio"], "mgnRatio") if account.get("mgnRatio") else None
-            # OKX mgnRatio = adjEq / (MM + fees): the inverse direction (margin-math §0).
-            return VenueFigures(
-                venue,
-                (1.0 / level) if level else None,
-                as_float(account["mmr"], "mmr") if account.get("mmr") else None,
-                as_float(account["adjEq"], "adjEq") if account.get("adjEq") else None,
-                "1/mgnRatio",
-            )
-        if venue == "hyperliquid" and isinstance(info, Mapping):
-            mm = as_float(info["crossMaintenanceMarginUsed"], "crossMaintenanceMarginUsed")
-            value = as_float(info["crossMarginSummary"]["accountValue"], "accountValue")
-            return VenueFigures(
-                venue, margin_ratio(mm, value), mm, value, "crossMaintenanceMarginUsed/accountValue"
-            )
-        if venue == "bitget" and isinstance(info, list) and info:
-            rate = info[0].get("crossedRiskRate")
-            if rate not in (None, ""):
-                return VenueFigures(
-                    venue, as_float(rate, "crossedRiskRate"), source_fields="crossedRiskRate"
-                )
-    except (KeyError, IndexError, TypeError, MalformedPayload):
+    read = venue_for(venue).figures
+    if read is None:
         return None
-    return None
+    try:
+        return read(venue, balance.get("info"))
+    except (KeyError, IndexError, TypeError, MalformedPayload):
+        return None  # a figure missing or malformed: ours stand alone
 
 
 # --- prices ---------------------------------------------------------------------------------
@@ -439,3 +364,11 @@ def mark_from_ticker(venue: str, ticker: object) -> float | None:
     if mark is None or not math.isfinite(mark) or mark <= 0:
         return None
     return mark
+
+
+def torn_read(venue: str, positions: object, balance: object) -> bool:
+    """True when a positions answer and a balance answer of one read saw different books
+    (a fill between the two requests: a state the venue never had, docs/account-view.md).
+    Only a venue whose balance answer lists positions can tell (Binance); others: False."""
+    check = venue_for(venue).torn_read
+    return check is not None and check(positions, balance)

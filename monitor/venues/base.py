@@ -8,11 +8,11 @@ one `MalformedPayload` line naming it (normalisation policy: sources/normalize.p
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from monitor.core.model import CollateralTier
+from monitor.core.model import CollateralTier, MarginMode
 
 __all__ = [
     "CAN_TRADE",
@@ -23,19 +23,24 @@ __all__ = [
     "MalformedPayload",
     "Mode",
     "Reader",
+    "Venue",
     "VenueFigures",
+    "Wallet",
     "answer_rows",
     "as_float",
     "envelope_data",
     "fraction",
     "haircut_bands",
     "info_number",
+    "mapping_wallets",
     "number",
     "rows",
     "unpublished",
 ]
 
 Json = Mapping[str, Any]
+#: (asset, wallet amount without unrealised PnL, price the venue implies or None)
+Wallet = tuple[str, float, float | None]
 
 
 class MalformedPayload(ValueError):
@@ -165,7 +170,7 @@ def haircut_bands(rows: object, cap: str, ratio: str, where: str) -> tuple[Colla
     return tuple(sorted(out, key=lambda b: b.up_to))
 
 
-# --- what a venue says about a key's right to trade (venues/permission.py) ------------------
+# --- what a venue says about a key's right to trade (registry.trade_permission) ------------------
 
 #: A venue's answer to "may this key trade?", in words, from its own endpoint.
 Reader = Callable[[Any, Mapping[str, Any]], Awaitable[str]]
@@ -193,3 +198,78 @@ def unpublished(venue: str) -> Reader:
         return sentence
 
     return reader
+
+
+# --- the venue: every quirk as a hook of the generic path -----------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Venue:
+    """What is particular to one venue, as hooks the generic path in sources/ calls.
+
+    One instance per venue module (monitor/venues/<venue>.py), found by ccxt id through
+    `registry.venue_for`; a venue not in the registry gets `GENERIC`, where every hook is
+    None and every flag off: ccxt's unified structures are taken as they are. Each hook
+    holds exactly one venue's rule, with the venue's doc cited where it is defined.
+    """
+
+    #: ccxt ids this venue answers for (one module can hold several: the Binance family).
+    ids: tuple[str, ...]
+    #: the venue's API documentation, the source of every quirk in its module
+    doc: str = ""
+    #: what the report is valued in when the account does not say (Hyperliquid: USDC)
+    currency: str = "USDT"
+    #: ccxt `options` merged under the user's own (sources/ccxt_client.py)
+    ccxt_options: Mapping[str, Any] = field(default_factory=dict)
+    #: leverage tiers in contracts, not notional: not fetched (the venue's MM or rate is used)
+    tiers_in_contracts: bool = False
+
+    # positions (sources/normalize.py)
+    #: (contracts, side) as ccxt gives them -> unsigned contracts and side
+    contracts: Callable[[float, str | None], tuple[float, str | None]] | None = None
+    #: (contracts, contract size, market) -> the count and size the core values
+    units: Callable[[float, float, Json], tuple[float, float]] | None = None
+    margin_mode: Callable[[Json], MarginMode] | None = None
+    #: the venue's own MM of a position (row, where) instead of ccxt's `maintenanceMargin`
+    maintenance_margin: Callable[[Json, str], float | None] | None = None
+    #: a maintenance rate (row, market, the MM read, where) where the venue gives no tiers
+    mmr: Callable[[Json, Json, float | None, str], float | None] | None = None
+
+    # balances (sources/normalize.py)
+    #: wallets of `fetch_balance()['info']`; None: ccxt's unified `total` is right
+    wallets: Callable[[object], list[Wallet] | None] | None = None
+    #: the venue's own account figures (venue id, `fetch_balance()['info']`)
+    figures: Callable[[str, object], VenueFigures | None] | None = None
+    #: positions and balance answers of one read saw different books (raw answers)
+    torn_read: Callable[[object, object], bool] | None = None
+
+    # collateral (sources/collateral_rules.py) and keys (registry.trade_permission)
+    collateral_rules: Callable[[Any, float], Awaitable[CollateralRules]] | None = None
+    #: a portfolio-margin account's own figures where `fetch_balance` has none
+    portfolio_figures: Callable[[Any], Awaitable[VenueFigures]] | None = None
+    trade_permission: Reader | None = None
+
+    # orders (venues/orders.py)
+    #: hedge mode sends `positionSide` explicitly (ccxt's `hedged` alone derives it)
+    hedge_position_side: bool = False
+    #: stops carry `workingType` (trigger on mark, not last)
+    stop_working_type: bool = False
+    #: reduce-only orders are exempt from the market's minimum notional
+    reduce_only_min_notional_exempt: bool = False
+    #: our deterministic client id's digest (hex) -> the venue's client id format
+    client_id: Callable[[str], str] | None = None
+    #: extra params of an order query (fetch_order)
+    order_query: Mapping[str, Any] = field(default_factory=dict)
+    #: the ccxt param that finds an order by client id
+    client_id_param: str = "clientOrderId"
+
+
+def mapping_wallets(
+    read: Callable[[Json], Iterable[Wallet]],
+) -> Callable[[object], list[Wallet] | None]:
+    """A wallet reader of a dict `info`; any other `info` falls back to ccxt's `total`."""
+
+    def wallets(info: object) -> list[Wallet] | None:
+        return list(read(info)) if isinstance(info, Mapping) else None
+
+    return wallets

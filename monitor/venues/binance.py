@@ -22,9 +22,12 @@ quirk, docs/venues.md and docs/collateral.md.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
+from monitor.core.margin.valuation import margin_ratio
 from monitor.venues.base import (
     CAN_TRADE,
     UNKNOWN,
@@ -32,12 +35,26 @@ from monitor.venues.base import (
     CollateralRules,
     Json,
     MalformedPayload,
+    Venue,
+    VenueFigures,
     answer_rows,
     as_float,
     fraction,
+    info_number,
+    mapping_wallets,
     number,
     rows,
 )
+
+__all__ = ["COINM", "PM_LIQUIDATION_UNI_MMR", "SPOT", "USDM", "rules_from_binance"]
+
+DOC = "developers.binance.com/docs/derivatives/usds-margined-futures"
+
+
+def maintenance_margin(row: Json, where: str) -> float | None:
+    """ccxt's `maintenanceMargin` is the bracket's mmr × notional ignoring its deduction
+    (`cum`, docs/venues.md); positionRisk's own `maintMargin` is the venue's figure."""
+    return info_number(row, "maintMargin", where)
 
 
 def side_of_both(row: Json, where: str) -> str:
@@ -67,16 +84,16 @@ def wallets(info: Json) -> Iterable[tuple[str, float, float | None]]:
         yield str(row.get("asset")), as_float(row.get("walletBalance"), "walletBalance"), None
 
 
-def torn_read(venue: str, positions: object, balance: object) -> bool:
+def torn_read(positions: object, balance: object) -> bool:
     """True when a positions answer and a balance answer of one read saw different books.
 
     The two are separate requests; a fill landing between them pairs new positions with the
     old wallet (or the reverse): a state the venue never had (docs/account-view.md). Binance's
     `GET /fapi/v3/account` lists every open position's `positionAmt` too (Account
     Information V3, USDⓈ-M docs), so the two answers must agree on them. Venues whose
-    balance answer names no positions cannot be checked here (False).
+    balance answer names no positions have no such hook.
     """
-    if venue not in {"binanceusdm", "binance"} or not isinstance(balance, Mapping):
+    if not isinstance(balance, Mapping):
         return False
     info = balance.get("info")
     if not isinstance(info, Mapping) or not isinstance(info.get("positions"), list):
@@ -99,6 +116,15 @@ def torn_read(venue: str, positions: object, balance: object) -> bool:
     except (KeyError, TypeError, ValueError):
         return False  # the normalisers name a malformed field; this check only compares
     return in_balance != in_positions
+
+
+def figures(venue: str, info: object) -> VenueFigures | None:
+    """Account Information V3: `totalMaintMargin / totalMarginBalance` (the venue's ratio)."""
+    if not isinstance(info, Mapping):
+        return None
+    mm = as_float(info["totalMaintMargin"], "totalMaintMargin")
+    mb = as_float(info["totalMarginBalance"], "totalMarginBalance")
+    return VenueFigures(venue, margin_ratio(mm, mb), mm, mb, "totalMaintMargin/totalMarginBalance")
 
 
 #: Binance Portfolio Margin's liquidation line: "100% < uniMMR ≤ 105%: Liquidation will take
@@ -152,6 +178,36 @@ async def collateral_rules(exchange: Any, now: float) -> CollateralRules:
     return await _multi_assets_rules(exchange, now)
 
 
+async def portfolio_figures(exchange: Any) -> VenueFigures:
+    """The figures of a Portfolio Margin account, which `fetch_balance` lacks: `GET
+    /papi/v1/account` (`papiGetAccount`, portfolio-margin Account-Information).
+
+    Binance liquidates a PM account at uniMMR ≤ 1.05, not 1 (PM trading rules, FAQ
+    5e33af8e…: "100% < uniMMR ≤ 105%: Liquidation will take place"), so the ratio is
+    `PM_LIQUIDATION_UNI_MMR / uniMMR`: 1.0 is the venue's liquidation line, as for every
+    other account (≥ 1 liquidates). uniMMR is taken as the venue sends it (its adjusted
+    equity counts the open loss of margin orders, which accountEquity does not); with no
+    maintenance margin there is no risk (ratio 0) whatever uniMMR says.
+    """
+    answer = await exchange.papiGetAccount()
+    if not isinstance(answer, Mapping):
+        raise MalformedPayload("binance papi account: expected an object")
+    where = "binance papi account"
+    mm = fraction(answer, "accountMaintMargin", where)
+    try:
+        equity = float(answer["accountEquity"])
+    except (KeyError, TypeError, ValueError):
+        equity = math.nan
+    if not math.isfinite(equity):
+        raise MalformedPayload(f"{where}: field 'accountEquity' is not a number")
+    if mm == 0:
+        ratio = 0.0
+    else:
+        uni_mmr = fraction(answer, "uniMMR", where)
+        ratio = PM_LIQUIDATION_UNI_MMR / uni_mmr if uni_mmr > 0 else math.inf
+    return VenueFigures(exchange.id, ratio, mm, equity, "papi 1.05/uniMMR")
+
+
 async def usdm_trade_permission(exchange: Any, balance: Mapping[str, Any]) -> str:
     # v3 account answers no longer carry canTrade; Futures Account Configuration does
     # (GET /fapi/v1/accountConfig, USDⓈ-M docs)
@@ -166,3 +222,42 @@ async def trade_permission(exchange: Any, balance: Mapping[str, Any]) -> str:
     if isinstance(info, Mapping) and "canTrade" in info:
         return CAN_TRADE if info["canTrade"] else "read-only (canTrade is false)"
     return UNKNOWN
+
+
+#: The `binancecoinm` id: what the family shares (the venue's MM, order parameters), and
+#: ccxt's spot currency list switched off (`fetchCurrencies`: with keys, load_markets would
+#: read the spot wallet's currencies, which a futures-only key may not read; docs/venues.md).
+COINM = Venue(
+    ids=("binancecoinm",),
+    doc="developers.binance.com/docs/derivatives/coin-margined-futures",
+    ccxt_options={"fetchCurrencies": False},
+    maintenance_margin=maintenance_margin,
+    # hedge mode: `positionSide` explicitly, so the intent is in the request
+    hedge_position_side=True,
+    # stops trigger on the mark, not the last price
+    stop_working_type=True,
+    # -4164: "notional must be no smaller than 5 (unless you choose reduce only)"
+    reduce_only_min_notional_exempt=True,
+)
+#: The `binance` id (ccxt's all-markets class): wallets, figures, torn reads and the
+#: `canTrade` of its account answer; its spot currency list stays on.
+SPOT = replace(
+    COINM,
+    ids=("binance",),
+    doc=DOC,
+    ccxt_options={},
+    wallets=mapping_wallets(wallets),
+    figures=figures,
+    torn_read=torn_read,
+    trade_permission=trade_permission,
+)
+#: USDⓈ-M futures (`binanceusdm`): everything above, plus collateral rules, Portfolio
+#: Margin figures and Futures Account Configuration's `canTrade`.
+USDM = replace(
+    SPOT,
+    ids=("binanceusdm",),
+    ccxt_options={"fetchCurrencies": False},
+    collateral_rules=collateral_rules,
+    portfolio_figures=portfolio_figures,
+    trade_permission=usdm_trade_permission,
+)

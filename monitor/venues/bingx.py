@@ -14,8 +14,10 @@ from monitor.venues.base import (
     CAN_TRADE,
     UNKNOWN,
     Json,
+    Venue,
     as_float,
     envelope_data,
+    mapping_wallets,
     rows,
 )
 
@@ -50,3 +52,11 @@ async def trade_permission(exchange: Any, balance: Mapping[str, Any]) -> str:
     if _FUTURES_TRADING in codes:
         return CAN_TRADE
     return f"read-only (permissions {codes} lack 3, perpetual futures trading)"
+
+
+VENUE = Venue(
+    ids=("bingx",),
+    doc="bingx-api.github.io/docs",
+    wallets=mapping_wallets(wallets),
+    trade_permission=trade_permission,
+)

@@ -23,6 +23,9 @@ from monitor.venues.base import (
     Json,
     MalformedPayload,
     Mode,
+    Venue,
+    VenueFigures,
+    Wallet,
     answer_rows,
     as_float,
     envelope_data,
@@ -103,3 +106,28 @@ async def trade_permission(exchange: Any, balance: Mapping[str, Any]) -> str:
             else f"read-only (authorities {sorted(map(str, rights))} lack coow)"
         )
     return UNKNOWN
+
+
+def figures(venue: str, info: object) -> VenueFigures | None:
+    """mix accounts `crossedRiskRate`: the cross account's risk rate (liquidation at 1)."""
+    if not isinstance(info, list) or not info:
+        return None
+    rate = info[0].get("crossedRiskRate")
+    if rate in (None, ""):
+        return None
+    return VenueFigures(venue, as_float(rate, "crossedRiskRate"), source_fields="crossedRiskRate")
+
+
+def _wallet_list(info: object) -> list[Wallet]:
+    return list(wallets(info))  # the accounts answer is a list: always read, never `total`
+
+
+VENUE = Venue(
+    ids=("bitget",),
+    doc="www.bitget.com/api-doc",
+    maintenance_margin=keep_margin,
+    wallets=_wallet_list,
+    figures=figures,
+    collateral_rules=collateral_rules,
+    trade_permission=trade_permission,
+)

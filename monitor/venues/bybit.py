@@ -27,9 +27,12 @@ from monitor.venues.base import (
     CollateralRules,
     Json,
     MalformedPayload,
+    Venue,
+    VenueFigures,
     answer_rows,
     as_float,
     haircut_bands,
+    mapping_wallets,
     rows,
 )
 
@@ -95,3 +98,34 @@ async def trade_permission(exchange: Any, balance: Mapping[str, Any]) -> str:
     answer = await exchange.privateGetV5UserQueryApi()
     read_only = str(answer.get("result", {}).get("readOnly"))
     return "read-only (readOnly=1)" if read_only == "1" else CAN_TRADE
+
+
+def figures(venue: str, info: object) -> VenueFigures | None:
+    """wallet-balance's account `accountMMRate` (its liquidation line is 100 %), with
+    `totalMaintenanceMargin` and `totalMarginBalance`."""
+    if not isinstance(info, Mapping):
+        return None
+    account = rows(info["result"]["list"])[0]
+    return VenueFigures(
+        venue,
+        as_float(account["accountMMRate"], "accountMMRate"),
+        as_float(account["totalMaintenanceMargin"], "totalMaintenanceMargin"),
+        as_float(account["totalMarginBalance"], "totalMarginBalance"),
+        "accountMMRate",
+    )
+
+
+VENUE = Venue(
+    ids=("bybit",),
+    doc="bybit-exchange.github.io/docs/v5",
+    margin_mode=margin_mode,
+    wallets=mapping_wallets(wallets),
+    figures=figures,
+    collateral_rules=collateral_rules,
+    trade_permission=trade_permission,
+    # ccxt's fetch_order refuses without `acknowledged`: it only sees the last 500 orders
+    # (`/v5/order/realtime`), which is fine for an order placed seconds ago
+    order_query={"acknowledged": True},
+    # GET /v5/order/realtime?orderLinkId= (passed through as is)
+    client_id_param="orderLinkId",
+)

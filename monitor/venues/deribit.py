@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from monitor.venues.base import Json, Venue, number
+
 
 def usd_size(contracts: float, contract_size: float) -> float:
     """Deribit futures: `size` (ccxt `contracts`) is in USD, signed ("Position size for
@@ -14,3 +16,28 @@ def percent_units(rate: float | None) -> float | None:
     """Deribit: ccxt's margin percentages are × 100 (percent units), unlike the fractions
     of Binance/OKX/Bybit (docs/margin-math.md)."""
     return None if rate is None else rate / 100.0
+
+
+def unsigned(contracts: float, side: str | None) -> tuple[float, str | None]:
+    """`size` is signed; the side is ccxt's `direction`."""
+    return abs(contracts), side
+
+
+def units(contracts: float, contract_size: float, market: Json) -> tuple[float, float]:
+    if market.get("inverse"):
+        return usd_size(contracts, contract_size), contract_size
+    return contracts, contract_size
+
+
+def position_mmr(row: Json, market: Json, mm: float | None, where: str) -> float | None:
+    del market, mm
+    return percent_units(number(row, "maintenanceMarginPercentage", where, required=False))
+
+
+VENUE = Venue(
+    ids=("deribit",),
+    doc="docs.deribit.com",
+    contracts=unsigned,
+    units=units,
+    mmr=position_mmr,
+)

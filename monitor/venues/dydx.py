@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from monitor.venues.base import Venue
+
 
 def signed_contracts(contracts: float, side: str | None) -> tuple[float, str | None]:
     """dYdX v4: ccxt's `contracts` is negative for shorts, unlike every other venue
@@ -9,3 +11,11 @@ def signed_contracts(contracts: float, side: str | None) -> tuple[float, str | N
     if contracts < 0:
         return -contracts, "short"
     return contracts, side
+
+
+VENUE = Venue(
+    ids=("dydx",),
+    doc="docs.dydx.exchange",
+    currency="USDC",
+    contracts=signed_contracts,
+)

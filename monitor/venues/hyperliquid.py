@@ -15,10 +15,14 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from monitor.core.margin.valuation import margin_ratio
 from monitor.venues.base import (
     CAN_TRADE,
     Json,
+    Venue,
+    VenueFigures,
     as_float,
+    mapping_wallets,
     rows,
 )
 
@@ -100,3 +104,48 @@ async def _agent_validity(exchange: Any, wallet: str, signer: str) -> str:
             expired = datetime.fromtimestamp(valid_until / 1000, UTC).isoformat(timespec="seconds")
             return f"read-only (API wallet {signer} {agent.get('name')!r} expired {expired})"
     return f"{CAN_TRADE} (approved API wallet {signer})"
+
+
+def maintenance_margin(row: Json, where: str) -> None:
+    """ccxt sets no MM on a Hyperliquid position: computed from the market's max leverage
+    (`mmr`), as the venue does."""
+    del row, where
+
+
+def position_mmr(row: Json, market: Json, mm: float | None, where: str) -> float | None:
+    del row, mm, where
+    return mmr(market)
+
+
+def figures(venue: str, info: object) -> VenueFigures | None:
+    """clearinghouseState `crossMaintenanceMarginUsed / crossMarginSummary.accountValue`."""
+    if not isinstance(info, Mapping):
+        return None
+    mm = as_float(info["crossMaintenanceMarginUsed"], "crossMaintenanceMarginUsed")
+    value = as_float(info["crossMarginSummary"]["accountValue"], "accountValue")
+    return VenueFigures(
+        venue, margin_ratio(mm, value), mm, value, "crossMaintenanceMarginUsed/accountValue"
+    )
+
+
+def client_id(digest: str) -> str:
+    """A client order id is a 128-bit hex `cloid`: `0x` + 32 hex digits (exchange endpoint,
+    "place an order", docs/venues.md)."""
+    return "0x" + digest[:32]
+
+
+VENUE = Venue(
+    ids=("hyperliquid",),
+    doc="hyperliquid.gitbook.io/hyperliquid-docs",
+    currency="USDC",
+    # ccxt 4.5.90 hyperliquid.initialize_client() signs and sends `approveBuilderFee`
+    # (0.01 % to ccxt's builder) and `setReferrer` on first use when a private key is
+    # set. A monitor must not change the user's account: mark both as done.
+    ccxt_options={"builderFee": False, "approvedBuilderFee": True, "refSet": True},
+    maintenance_margin=maintenance_margin,
+    mmr=position_mmr,
+    wallets=mapping_wallets(wallets),
+    figures=figures,
+    trade_permission=trade_permission,
+    client_id=client_id,
+)

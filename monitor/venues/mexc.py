@@ -15,7 +15,9 @@ from collections.abc import Iterable, Mapping
 
 from monitor.venues.base import (
     Json,
+    Venue,
     as_float,
+    mapping_wallets,
     rows,
     unpublished,
 )
@@ -44,3 +46,19 @@ def wallets(info: Json) -> Iterable[tuple[str, float, float | None]]:
 # MEXC: contract API v1 (account/assets, position endpoints) carries no key rights;
 # spot GET /api/v3/account's canTrade/permissions ["SPOT"] describe the spot account only
 trade_permission = unpublished("MEXC")
+
+
+def position_mmr(row: Json, market: Json, mm: float | None, where: str) -> float | None:
+    del row, where
+    return base_mmr(market) if mm is None else None
+
+
+VENUE = Venue(
+    ids=("mexc",),
+    doc="mexcdevelop.github.io/apidocs/contract_v1_en",
+    # risk tiers are in contracts (`riskIncrVol`), not notional: the base rate is used
+    tiers_in_contracts=True,
+    mmr=position_mmr,
+    wallets=mapping_wallets(wallets),
+    trade_permission=trade_permission,
+)

@@ -23,9 +23,12 @@ from monitor.venues.base import (
     Json,
     MalformedPayload,
     Mode,
+    Venue,
+    VenueFigures,
     answer_rows,
     as_float,
     haircut_bands,
+    mapping_wallets,
     rows,
 )
 
@@ -79,3 +82,32 @@ async def trade_permission(exchange: Any, balance: Mapping[str, Any]) -> str:
     answer = await exchange.privateGetAccountConfig()
     perm = str((answer.get("data") or [{}])[0].get("perm", ""))
     return CAN_TRADE if "trade" in perm else f"read-only (perm={perm!r})"
+
+
+def figures(venue: str, info: object) -> VenueFigures | None:
+    """account/balance `mgnRatio` = adjEq / (MM + fees), the inverse direction (a margin
+    level, margin-math §0): stored inverted; `mmr` is the MM, `adjEq` the equity."""
+    if not isinstance(info, Mapping):
+        return None
+    account = rows(info["data"])[0]
+    level = as_float(account["mgnRatio"], "mgnRatio") if account.get("mgnRatio") else None
+    return VenueFigures(
+        venue,
+        (1.0 / level) if level else None,
+        as_float(account["mmr"], "mmr") if account.get("mmr") else None,
+        as_float(account["adjEq"], "adjEq") if account.get("adjEq") else None,
+        "1/mgnRatio",
+    )
+
+
+VENUE = Venue(
+    ids=("okx",),
+    doc="www.okx.com/docs-v5/en",
+    # position tiers are in contracts, not notional (margin-math §3.1): the reported `mmr`
+    # drives the live ratio and its implied rate the what-ifs
+    tiers_in_contracts=True,
+    wallets=mapping_wallets(wallets),
+    figures=figures,
+    collateral_rules=collateral_rules,
+    trade_permission=trade_permission,
+)

@@ -8,6 +8,8 @@ an estimate (1 / (2 × max leverage), sources/normalize.py `_max_leverage_mmr`).
 from __future__ import annotations
 
 from monitor.venues.base import (
+    Json,
+    Venue,
     unpublished,
 )
 
@@ -24,3 +26,16 @@ def size_in_base(contract_size: float) -> float:
 # them; spot GET /api/v3/account/ lists spot rights (e.g. SPOT_TRADING) only; a key
 # without Futures gets -1052 "Insufficient permissions" when it places an order
 trade_permission = unpublished("WEEX")
+
+
+def units(contracts: float, contract_size: float, market: Json) -> tuple[float, float]:
+    del market
+    return contracts, size_in_base(contract_size)
+
+
+VENUE = Venue(
+    ids=("weex",),
+    doc="www.weex.com/api-doc",
+    units=units,
+    trade_permission=trade_permission,
+)
