@@ -24,9 +24,9 @@ from monitor.core.model import (
     Position,
     PositionRisk,
     ShockToLiquidation,
-    VenueRules,
 )
 from monitor.core.stress import assess, shock_to_liquidation, with_prices
+from monitor.core.venue_rules import VenueRules
 from monitor.errors import UserError
 from monitor.snapshot import load_snapshot, report_to_dict
 

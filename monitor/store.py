@@ -35,7 +35,7 @@ from typing import Any
 
 import structlog
 
-from monitor.core.rules import AlertState, RulesState, Silence
+from monitor.core.alert_state import AlertState, RulesState, Silence
 
 __all__ = ["AUDIT_RETENTION", "AuditRecord", "OutboxRow", "Store"]
 

@@ -35,7 +35,8 @@ from monitor.daemon.wiring import build_sinks
 from monitor.protect import sink as protect_sink
 from monitor.protect.sink import ActionsSink
 from monitor.sink import Sink
-from monitor.sources.sim import DEMO_BOOK, SimVenue
+from monitor.sources.sim import SimVenue
+from monitor.sources.sim_book import DEMO_BOOK
 from monitor.sources.sim_prices import ReplayStep
 from monitor.store import Store
 from tests.mqtt_broker import Mosquitto, collecting

@@ -6,8 +6,8 @@ import json
 import math
 
 from monitor.alerts.message import AlertMessage, build_message, finite_or_str
+from monitor.core.alert_state import AlertEvent
 from monitor.core.model import MarginReport, PositionRisk, ShockToLiquidation
-from monitor.core.rules import AlertEvent
 
 
 def event(value: float | None = 0.9) -> AlertEvent:

@@ -16,10 +16,10 @@ from monitor.channels.console import ConsoleSink
 from monitor.channels.mqtt import state_payload
 from monitor.channels.notify import render
 from monitor.core import stress
+from monitor.core.alert_state import AlertEvent
 from monitor.core.collateral_risk import collateral_risk, describe, fall_to_liquidation
 from monitor.core.margin import report as margin
 from monitor.core.model import AccountSnapshot, Collateral, Position, VenueMargin, base_asset
-from monitor.core.rules import AlertEvent
 from monitor.snapshot import parse_snapshot, report_to_dict, snapshot_to_dict
 from tests.strategies import accounts
 

@@ -23,7 +23,8 @@ from monitor.sources.collateral_rules import (
     venue_margin,
 )
 from monitor.sources.exchange import ExchangeSource
-from monitor.sources.sim import DEMO_BOOK, SimVenue
+from monitor.sources.sim import SimVenue
+from monitor.sources.sim_book import DEMO_BOOK
 from monitor.venues.base import AssetRule, CollateralRules, VenueFigures
 from tests.fakes import bitget, bybit, okx
 from tests.fakes.account import EventTap, account_for

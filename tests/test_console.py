@@ -31,7 +31,8 @@ from monitor.daemon.supervisor import run_daemon
 from monitor.daemon.wiring import build_sinks
 from monitor.ops import logs
 from monitor.sink import Sink
-from monitor.sources.sim import DEMO_BOOK, SimVenue
+from monitor.sources.sim import SimVenue
+from monitor.sources.sim_book import DEMO_BOOK
 from monitor.sources.sim_prices import ReplayStep
 
 

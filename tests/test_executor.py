@@ -29,12 +29,15 @@ from monitor.core.model import MarginReport
 from monitor.core.rules import AlertConfig
 from monitor.daemon.supervisor import run_daemon
 from monitor.daemon.wiring import build_sinks
-from monitor.protect.executor import AccountLock, Executor
+from monitor.protect.audit import ActionHooks
+from monitor.protect.executor import Executor
 from monitor.protect.sink import ActionsSink
+from monitor.protect.state import AccountLock
 from monitor.protect.switches import ActionSwitches
 from monitor.sink import Sink
 from monitor.sources.exchange import ExchangeSource
-from monitor.sources.sim import DEMO_BOOK, SimVenue, selloff_keyframes
+from monitor.sources.sim import SimVenue
+from monitor.sources.sim_book import DEMO_BOOK, selloff_keyframes
 from monitor.store import Store
 from monitor.venues import errors as venue_errors
 from tests.fakes.account import account_for
@@ -125,8 +128,7 @@ def _executor(
         live=live,
         venue=venue,
         switches=switches,
-        audit=trail.audit,
-        alert=trail.alert,
+        hooks=ActionHooks(audit=trail.audit, alert=trail.alert),
     )
 
 
@@ -596,7 +598,7 @@ class TestSim:
             state_dir=tmp_path,
             live=True,
             venue="sim",
-            audit=store.audit,
+            hooks=ActionHooks(audit=store.audit),
         )
         rep = report(sim.snapshot())
         assert rep.margin_ratio >= 0.5
@@ -627,8 +629,7 @@ class TestSim:
             state_dir=tmp_path,
             live=True,
             venue="sim",
-            audit=trail.audit,
-            alert=trail.alert,
+            hooks=ActionHooks(audit=trail.audit, alert=trail.alert),
         )
         try:
             rep = report(sim.snapshot())

@@ -22,7 +22,8 @@ import pytest
 
 from monitor.cli.app import main
 from monitor.cli.notify_test import notify_test_command
-from monitor.config.settings import _COMMON_NAMES, load_settings
+from monitor.config.exchange_ids import COMMON_NAMES
+from monitor.config.settings import load_settings
 from monitor.errors import UserError
 from tests.mqtt_broker import Mosquitto
 from tests.test_notify import receiver
@@ -209,8 +210,8 @@ class TestExchangeNames:
     def test_table_names_real_ids_only(self) -> None:
         """Test that every suggestion is a ccxt id and no key is itself a ccxt id."""
         known = set(ccxt.exchanges)
-        assert {ccxt_id for ccxt_id, _ in _COMMON_NAMES.values()} <= known
-        assert not set(_COMMON_NAMES) & known
+        assert {ccxt_id for ccxt_id, _ in COMMON_NAMES.values()} <= known
+        assert not set(COMMON_NAMES) & known
 
 
 class TestNotifyTest:

@@ -22,8 +22,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from monitor.core.margin.report import report
-from monitor.core.model import AccountSnapshot, Collateral, Position, Side, Tier, rules_for_venue
+from monitor.core.model import AccountSnapshot, Collateral, Position, Side, Tier
 from monitor.core.stress import shock_to_liquidation, shocked, with_prices
+from monitor.core.venue_rules import rules_for_venue
 from monitor.errors import UserError
 from monitor.snapshot import parse_snapshot, report_to_dict, snapshot_to_dict
 from tests.strategies import accounts

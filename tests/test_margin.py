@@ -22,9 +22,9 @@ from monitor.core.model import (
     CollateralTier,
     Position,
     Tier,
-    VenueRules,
 )
 from monitor.core.stress import with_prices
+from monitor.core.venue_rules import VenueRules
 from tests.strategies import accounts, positions
 
 REL = 1e-4  # 0.01 %

@@ -42,6 +42,7 @@ from monitor.ops.metrics import (
     record_action,
     record_alerts_sent,
 )
+from monitor.ops.metrics_server import serve
 from monitor.store import OutboxRow
 
 SNAPSHOT = AccountSnapshot(
@@ -407,5 +408,5 @@ class TestEndpoint:
             port = busy.getsockname()[1]
             metrics = MetricsSink(MetricsSettings(enabled=True, port=port), {"main": 30.0})
             with pytest.raises(UserError, match=r"metrics: cannot listen on 127\.0\.0\.1:\d+"):
-                await metrics._listen()
+                await serve(metrics)
             await metrics.close()

@@ -11,8 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from monitor.core import rules
+from monitor.core.alert_state import AlertEvent, RulesState, Silence
+from monitor.core.levels import LEVELS, level_rank
 from monitor.core.model import MarginReport, ShockToLiquidation, SourceDown, SourceStale, SourceUp
-from monitor.core.rules import AlertConfig, AlertEvent, RulesState, Silence
+from monitor.core.rules import AlertConfig
 
 NO_REPEAT = AlertConfig(
     repeat_every=0, shock_warning=None, shock_critical=None, shock_emergency=None
@@ -384,7 +386,7 @@ class TestProperties:
     def test_transitions_respect_thresholds_and_band(self, path: list[float]) -> None:
         """Test that a level is entered only at its threshold and left only below it − band."""
         config = NO_REPEAT
-        thresholds = dict(zip(rules.LEVELS[1:], config.ratio_thresholds(), strict=True))
+        thresholds = dict(zip(LEVELS[1:], config.ratio_thresholds(), strict=True))
         _, events = run_path(path, config)
         for e in events:
             assert e.value is not None
@@ -403,8 +405,8 @@ class TestProperties:
             before = state.alert("acct", rules.RULE_MARGIN).level
             state, events = rules.evaluate(state, report(ratio), float(i), NO_REPEAT)
             raw = sum(1 for t in NO_REPEAT.ratio_thresholds() if t is not None and ratio >= t)
-            if raw > rules.level_rank(before):
-                assert [e.level for e in events] == [rules.LEVELS[raw]]
+            if raw > level_rank(before):
+                assert [e.level for e in events] == [LEVELS[raw]]
 
     @given(
         st.floats(min_value=0.5, max_value=0.699),
@@ -471,7 +473,7 @@ class TestAccountIndex:
             assert {a: set(fps) for a, fps in state.index.items()} == scanned
             for name in ("a", "b", "c"):
                 brute = [a.level for a in state.alerts.values() if a.account == name]
-                assert state.account_level(name) == max(brute, key=rules.level_rank, default="ok")
+                assert state.account_level(name) == max(brute, key=level_rank, default="ok")
 
     def test_rebuilt_when_not_given(self) -> None:
         """Test that a state built from stored alerts (no index) indexes them itself."""

@@ -12,10 +12,10 @@ from monitor.core.margin import report as margin
 from monitor.core.model import AccountUpdate, Event, PriceTick
 from monitor.core.state import apply, initial_state
 from monitor.errors import UserError
-from monitor.protect.desk import TradingSource
-from monitor.protect.executor import market_rules
+from monitor.protect.desk import TradingSource, market_rules
 from monitor.sources.base import Source
-from monitor.sources.sim import DEMO_BOOK, SimVenue, selloff_keyframes
+from monitor.sources.sim import SimVenue
+from monitor.sources.sim_book import DEMO_BOOK, selloff_keyframes
 from monitor.sources.sim_prices import Keyframe, ScriptedPath, load_replay
 from monitor.venues import errors as venue_errors
 

@@ -12,8 +12,9 @@ import pytest
 
 from monitor.alerts.message import AlertMessage
 from monitor.alerts.pipeline import AlertPipeline
+from monitor.core.alert_state import RulesState, Silence
 from monitor.core.model import MarginReport
-from monitor.core.rules import AlertConfig, RulesState, Silence, add_silence
+from monitor.core.rules import AlertConfig, add_silence
 from monitor.store import Store
 
 CONFIG = AlertConfig(repeat_every=0, shock_warning=None, shock_critical=None, shock_emergency=None)

@@ -17,9 +17,9 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
+from monitor.core.alert_state import AlertEvent
 from monitor.core.collateral_risk import describe
 from monitor.core.model import MarginReport
-from monitor.core.rules import AlertEvent
 
 __all__ = ["AlertMessage", "PositionLine", "build_message", "finite_or_str"]
 

@@ -32,8 +32,10 @@ import structlog
 from monitor.alerts.message import AlertMessage, build_message
 from monitor.alerts.signed_commands import Command, CommandRefused, envelope, verify
 from monitor.core import rules
+from monitor.core.alert_state import AlertEvent, AlertKind, RulesState, Silence, episode_id
+from monitor.core.levels import Level
 from monitor.core.model import MarginReport, ModelDrift, SourceDown, SourceStale, SourceUp
-from monitor.core.rules import AlertConfig, AlertEvent, AlertKind, Level, RulesState, Silence
+from monitor.core.rules import AlertConfig
 from monitor.ops.logs import redact
 from monitor.ops.metrics import record_alerts_sent
 from monitor.protect.switches import ActionSwitches
@@ -366,7 +368,7 @@ class AlertPipeline:
     ) -> tuple[str, str, str, Sequence[str]]:
         """An alert raised directly, not by the rules (no hysteresis, no repeats)."""
         fingerprint = f"{account}/{rule}"
-        episode = rules.episode_id(fingerprint, started)
+        episode = episode_id(fingerprint, started)
         resolved = kind == "resolved"
         event = AlertEvent(
             id=f"{rule.replace('_', '-')}-{episode}.{1 if resolved else 0}",

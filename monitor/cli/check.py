@@ -67,7 +67,7 @@ def actions_mode(settings: Settings, account: AccountSettings) -> str:
     actions = settings.actions
     if not actions.covers(account.name):
         return "off (not in actions.accounts)"
-    from monitor.protect.executor import kill_switch_file, state_dir_problem  # noqa: PLC0415 - ccxt
+    from monitor.protect.state import kill_switch_file, state_dir_problem  # noqa: PLC0415
 
     problem = state_dir_problem(settings.state_dir)
     if problem is not None:

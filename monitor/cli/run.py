@@ -18,7 +18,7 @@ from monitor.daemon.wiring import build_sinks, open_source
 from monitor.errors import UserError
 from monitor.ops import logs
 from monitor.ops.sdnotify import Notifier
-from monitor.sources.sim import DEMO_BOOK
+from monitor.sources.sim_book import DEMO_BOOK
 from monitor.sources.sim_prices import load_replay
 
 __all__ = ["run_command"]

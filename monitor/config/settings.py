@@ -23,13 +23,9 @@ module as a `Section`).
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import os
-import re
 import tomllib
-from collections.abc import Mapping
-from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,7 +40,6 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
-    NestedSecretsSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     SettingsError,
@@ -52,6 +47,17 @@ from pydantic_settings import (
 
 from monitor.config.actions import ActionsSettings
 from monitor.config.alerts import MqttSettings, NotifySettings
+from monitor.config.credentials import (
+    DELIMITER,
+    ENV_PREFIX,
+    FILE_DATA,
+    env_key,
+    layered_sources,
+    read_credential,
+    why_unreadable,
+)
+from monitor.config.exchange_ids import known_exchange
+from monitor.config.messages import first_line, format_validation_error
 from monitor.core.rules import AlertConfig
 from monitor.errors import UserError
 from monitor.ops.heartbeat import HeartbeatSettings
@@ -59,7 +65,6 @@ from monitor.ops.logs import secrets_of, set_secrets
 from monitor.ops.metrics import MetricsSettings
 
 __all__ = [
-    "ENV_PREFIX",
     "AccountSettings",
     "AlertsSettings",
     "Section",
@@ -69,13 +74,7 @@ __all__ = [
     "load_settings",
 ]
 
-ENV_PREFIX = "MARGIN_MONITOR__"
-_DELIMITER = "__"
 Level = Literal["ok", "warning", "critical", "emergency"]
-
-# The parsed TOML of the load in progress: sources are built by pydantic-settings, not by
-# us, so this is how the file reaches them without a module-level global.
-_FILE_DATA: ContextVar[Mapping[str, Any] | None] = ContextVar("margin_file", default=None)
 
 
 class Section(BaseModel):
@@ -93,70 +92,6 @@ class SimSettings(Section):
     scenario: Literal["selloff", "calm"] = "selloff"
     fee_rate: float = Field(default=0.0005, ge=0, le=0.01)  # taker fee on fills
 
-
-# What people write for a futures venue -> ccxt's id (spelling-distance guesses get these
-# wrong: "binance-futures" is closest to the spot-only "binanceus"). Keys: lowercase, letters
-# and digits only. Checked against ccxt 4.5.90's `ccxt.exchanges` in tests/test_settings.py.
-_BINANCE_USDM = ("binanceusdm", "ccxt's id for Binance USDⓈ-M futures")
-_BINANCE_COINM = ("binancecoinm", "ccxt's id for Binance COIN-M futures")
-_BYBIT = ("bybit", "one ccxt id for all of Bybit, futures included")
-_OKX = ("okx", "one ccxt id for all of OKX, swaps included")
-_MEXC = ("mexc", "one ccxt id for all of MEXC, futures included")
-_BITGET = ("bitget", "one ccxt id for all of Bitget, futures included")
-_KUCOIN = ("kucoinfutures", "ccxt's id for KuCoin futures")
-_GATE = ("gate", "one ccxt id for all of Gate, futures included")
-_KRAKEN = ("krakenfutures", "ccxt's id for Kraken futures")
-_HYPERLIQUID = ("hyperliquid", "ccxt's id for Hyperliquid perps")
-_BINGX = ("bingx", "one ccxt id for all of BingX, swaps included")
-_COMMON_NAMES: dict[str, tuple[str, str]] = {
-    **dict.fromkeys(
-        [
-            "binancefutures",
-            "binancefuture",
-            "binanceusdmfutures",
-            "binanceusdt",
-            "binanceusds",
-            "binanceusdsm",
-            "binanceperp",
-            "binanceperpetual",
-            "binancelinear",
-            "binanceum",
-            "binancefapi",
-            "fapi",
-        ],
-        _BINANCE_USDM,
-    ),
-    **dict.fromkeys(
-        ["binancecoin", "binancecoinfutures", "binanceinverse", "binancecm", "binancedapi", "dapi"],
-        _BINANCE_COINM,
-    ),
-    **dict.fromkeys(
-        [
-            "bybitfutures",
-            "bybitlinear",
-            "bybitperp",
-            "bybitperpetual",
-            "bybitusdt",
-            "bybitunified",
-            "bybituta",
-            "bybitv5",
-            "bybitinverse",
-        ],
-        _BYBIT,
-    ),
-    **dict.fromkeys(
-        ["okex", "okxfutures", "okxswap", "okxperp", "okexfutures", "okex5", "okx5"], _OKX
-    ),
-    **dict.fromkeys(
-        ["mexcfutures", "mexccontract", "mexcswap", "mexcperp", "mexcglobal", "mxc"], _MEXC
-    ),
-    **dict.fromkeys(["bitgetfutures", "bitgetmix", "bitgetswap", "bitgetperp"], _BITGET),
-    **dict.fromkeys(["kucoinfuture", "kucoinperp", "kucoinswap"], _KUCOIN),
-    **dict.fromkeys(["gateio", "gatefutures", "gateiofutures", "gateswap"], _GATE),
-    **dict.fromkeys(["krakenfuture", "krakenperp"], _KRAKEN),
-    **dict.fromkeys(["hyperliquidperp", "hyperliquidperps", "hl"], _HYPERLIQUID),
-    **dict.fromkeys(["bingxfutures", "bingxswap", "bingxperp"], _BINGX),
-}
 
 #: ccxt credentials that sign orders only: reading positions works without them.
 _ORDER_ONLY_CREDENTIALS = frozenset({"privateKey"})
@@ -190,25 +125,7 @@ class AccountSettings(Section):
     @field_validator("exchange")
     @classmethod
     def _known_exchange(cls, value: str) -> str:
-        if value == "sim":
-            return value
-        import ccxt  # noqa: PLC0415 - 0.3 s import, paid only by configs with real venues
-
-        known: list[str] = list(ccxt.exchanges)
-        if value in known:
-            return value
-        key = re.sub(r"[^a-z0-9]", "", value.lower())
-        common = _COMMON_NAMES.get(key)
-        if common is None and key in known:
-            common = (key, "ccxt ids are lowercase, without separators")
-        if common is not None:
-            ccxt_id, what = common
-            raise ValueError(
-                f"'{value}' is not a ccxt exchange id; write exchange = \"{ccxt_id}\" ({what})"
-            )
-        close = difflib.get_close_matches(value.lower(), [*known, "sim"], n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else " (see ccxt.exchanges, or 'sim')"
-        raise ValueError(f"'{value}' is not a ccxt exchange id{hint}")
+        return known_exchange(value)
 
     @field_validator("ccxt")
     @classmethod
@@ -256,7 +173,7 @@ class AccountSettings(Section):
             what = {"walletAddress": "wallet address", "password": "API passphrase"}.get(
                 credential, field_name
             )
-            file = f"accounts__{_env_key(self.name)}__{field_name}"
+            file = f"accounts__{env_key(self.name)}__{field_name}"
             raise ValueError(
                 f"{field_name} is not set: {self.exchange} needs its {what} to read positions; "
                 f"set {field_name} here, MARGIN_MONITOR__{file.upper()} in the environment, "
@@ -352,7 +269,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
-        env_nested_delimiter=_DELIMITER,
+        env_nested_delimiter=DELIMITER,
         extra="forbid",
         validate_default=True,
     )
@@ -421,99 +338,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """init > env > credentials > TOML; `accounts` is resolved by name in one place."""
-        credentials = os.environ.get("CREDENTIALS_DIRECTORY") or None
-        secrets: tuple[PydanticBaseSettingsSource, ...] = ()
-        if credentials is not None:
-            secrets = (
-                _WithoutAccounts(
-                    NestedSecretsSettingsSource(
-                        file_secret_settings,
-                        secrets_dir=credentials,
-                        secrets_prefix="",
-                        secrets_dir_missing="ok",
-                    )
-                ),
-            )
-        return (
-            init_settings,
-            _WithoutAccounts(env_settings),
-            *secrets,
-            _FileSource(settings_cls, credentials),
-        )
-
-
-class _WithoutAccounts(PydanticBaseSettingsSource):
-    """A source with `accounts` removed: that list is overlaid by name in `_FileSource`.
-
-    Without this, `MARGIN_MONITOR__ACCOUNTS__MAIN__API_KEY` would arrive as a mapping and
-    replace the file's whole account list.
-    """
-
-    def __init__(self, inner: PydanticBaseSettingsSource) -> None:
-        super().__init__(inner.settings_cls)
-        self._inner = inner
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        data = dict(self._inner())
-        data.pop("accounts", None)
-        return data
-
-
-class _FileSource(PydanticBaseSettingsSource):
-    """The TOML data, with each account overlaid by its credential files, then its env vars."""
-
-    def __init__(self, settings_cls: type[BaseSettings], credentials: str | None) -> None:
-        super().__init__(settings_cls)
-        self._credentials = credentials
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        data = dict(_FILE_DATA.get() or {})
-        accounts = data.get("accounts")
-        if isinstance(accounts, list):
-            data["accounts"] = [self._overlay(a) for a in accounts]
-        return data
-
-    def _overlay(self, account: object) -> object:
-        if not isinstance(account, dict) or not isinstance(account.get("name"), str):
-            return account  # validation will name what is wrong with it
-        merged: dict[str, Any] = dict(account)
-        key = _env_key(account["name"])
-        if self._credentials is not None:
-            directory = Path(self._credentials)
-            prefix = f"accounts{_DELIMITER}{key}{_DELIMITER}"
-            entries = sorted(directory.iterdir()) if directory.is_dir() else []
-            for entry in entries:
-                if entry.is_file() and entry.name.lower().startswith(prefix):
-                    value = _read_credential(entry)
-                    _set_path(merged, entry.name[len(prefix) :].lower().split(_DELIMITER), value)
-        env_prefix = f"{ENV_PREFIX}ACCOUNTS{_DELIMITER}{key.upper()}{_DELIMITER}"
-        for name, value in sorted(os.environ.items()):
-            if name.upper().startswith(env_prefix):
-                _set_path(merged, name[len(env_prefix) :].lower().split(_DELIMITER), value)
-        return merged
-
-
-def _env_key(name: str) -> str:
-    """How an account name is spelled in env var and credential names."""
-    return re.sub(r"[^a-z0-9]", "_", name.lower())
-
-
-def _set_path(target: dict[str, Any], path: list[str], value: str) -> None:
-    node = target
-    for part in path[:-1]:
-        child = node.get(part)
-        if not isinstance(child, dict):
-            child = {}
-        child = dict(child)
-        node[part] = child
-        node = child
-    node[path[-1]] = value
+        return layered_sources(settings_cls, init_settings, env_settings, file_secret_settings)
 
 
 # --- loading, with one-line errors ---------------------------------------------------------
@@ -548,18 +373,18 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
             raise UserError(f"{origin}: tables or arrays nested too deeply") from None
     credentials = os.environ.get("CREDENTIALS_DIRECTORY")
     if credentials and Path(credentials).is_dir():
-        # read each once here, so an unreadable or non-UTF-8 one is named (pydantic-settings'
+        # read each once here, so an why_unreadable or non-UTF-8 one is named (pydantic-settings'
         # own reader raises without saying which)
         for entry in sorted(Path(credentials).iterdir()):
             if entry.is_file():
-                _read_credential(entry)
+                read_credential(entry)
     # a file without accounts would silently watch the sim demo: never what was meant; it is
     # refused after the rest is validated, so a typo elsewhere is named first
     no_accounts = path is not None and "accounts" not in data and "accounts" not in overrides
     if path is None or no_accounts:
         # the demo as if written in a file, so MARGIN_MONITOR__ACCOUNTS__DEMO__... applies
         data["accounts"] = [{"name": "demo", "exchange": "sim"}]
-    token = _FILE_DATA.set(data)
+    token = FILE_DATA.set(data)
     try:
         settings = Settings(**overrides)
         if no_accounts:
@@ -568,147 +393,17 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
                 '"main", exchange = "binanceusdm"), or run without --config for the demo'
             )
     except ValidationError as exc:
-        raise UserError(format_validation_error(exc, origin)) from None
+        raise UserError(format_validation_error(exc, origin, Settings)) from None
     except SettingsError as exc:
-        raise UserError(f"{origin}: {_first_line(str(exc))}") from None
+        raise UserError(f"{origin}: {first_line(str(exc))}") from None
     except (OSError, UnicodeDecodeError) as exc:
         # a credential file pydantic-settings reads ($CREDENTIALS_DIRECTORY)
         name = getattr(exc, "filename", None) or "a credential file"
         raise UserError(
-            f"{name}: cannot read ({_reason(exc)}); fix its permissions or encoding (UTF-8)"
+            f"{name}: cannot read ({why_unreadable(exc)}); fix its permissions or encoding (UTF-8)"
         ) from None
     finally:
-        _FILE_DATA.reset(token)
+        FILE_DATA.reset(token)
     # every secret it holds is redacted from logs and error lines from now on (docs/hardening.md)
     set_secrets(secrets_of(settings))
     return settings
-
-
-def _reason(exc: OSError | UnicodeDecodeError) -> str:
-    if isinstance(exc, UnicodeDecodeError):
-        return "not UTF-8"
-    return (exc.strerror or type(exc).__name__).lower()
-
-
-def _read_credential(entry: Path) -> str:
-    """One credential file's value; unreadable is one line naming the file."""
-    try:
-        return entry.read_text(encoding="utf-8").rstrip("\r\n")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(
-            f"{entry}: cannot read ({_reason(exc)}); fix its permissions or encoding (UTF-8)"
-        ) from None
-
-
-def format_validation_error(exc: ValidationError, origin: str) -> str:
-    """The first error as one line naming the field; a count of the others if any."""
-    errors = exc.errors(include_url=False)
-    first = errors[0]
-    loc = _loc_text(first["loc"])
-    if first["type"] == "extra_forbidden":
-        known = _known_fields(first["loc"][:-1])
-        close = difflib.get_close_matches(str(first["loc"][-1]), known, n=1)
-        hint = f"did you mean '{close[0]}'?" if close else "known: " + ", ".join(known)
-        message = f"{loc} is not a known setting ({hint})"
-    elif first["type"] == "missing":
-        message = f"{loc} is required"
-    elif (sentence := _sentence(first, loc)) is not None:
-        message = sentence
-    else:
-        # pydantic's `msg` never quotes the input, so a secret cannot leak through here
-        msg = str(first["msg"]).removeprefix("Value error, ")
-        message = msg if not loc or msg.startswith(loc) else f"{loc}: {msg}"
-    others = len(errors) - 1
-    more = f" (and {others} more problem{'s' if others > 1 else ''})" if others else ""
-    return f"{origin}: {_first_line(message)}{more}"
-
-
-# pydantic's own wording ("Input should be a valid list") names no fix; these say what to write.
-# Never quote the input: a mistyped secret (api_key = 1234) must not reach the terminal.
-_PATTERN_FIXES = {
-    "name": "use letters, digits, '_', '.' and '-' only (no spaces), e.g. name = \"main\"",
-    "prefix": "an MQTT topic prefix cannot hold the wildcards '#' or '+'",
-}
-_TYPE_FIXES = {
-    "string_type": 'must be text: put the value in double quotes, e.g. {field} = "..."',
-    "float_type": "must be a number without quotes, e.g. {field} = 5",
-    "float_parsing": "must be a number without quotes, e.g. {field} = 5",
-    "int_type": "must be a whole number without quotes, e.g. {field} = 8",
-    "int_parsing": "must be a whole number without quotes, e.g. {field} = 8",
-    "int_from_float": "must be a whole number, e.g. {field} = 8",
-    "bool_type": "must be true or false (lowercase, no quotes)",
-    "bool_parsing": "must be true or false (lowercase, no quotes)",
-    "greater_than": "must be greater than {gt}",
-    "greater_than_equal": "must be {ge} or more",
-    "less_than": "must be less than {lt}",
-    "less_than_equal": "must be {le} or less",
-    "literal_error": "must be {expected}",
-    "model_type": "must be a table: write it as [{table}] on its own line, then its keys",
-    "dict_type": "must be a table: write it as [{table}] on its own line, then its keys",
-}
-
-
-def _sentence(error: Mapping[str, Any], loc: str) -> str | None:
-    """A sentence with the fix for pydantic's common error types, or None for its own."""
-    kind = str(error["type"])
-    names = [p for p in error["loc"] if isinstance(p, str)]
-    field = names[-1] if names else ""
-    table = ".".join(names)
-    if kind == "list_type":
-        return (
-            f"{loc} must be a list of tables: write each entry as [[{table}]] with double "
-            f"brackets (one [[{table}]] block per entry)"
-        )
-    if kind == "too_short" and table == "accounts":
-        return (
-            "accounts: no account to watch: add an [[accounts]] table with name and exchange "
-            '(e.g. exchange = "binanceusdm"), or run without --config for the demo'
-        )
-    if kind == "string_pattern_mismatch":
-        fix = _PATTERN_FIXES.get(field, f"does not match the pattern {error['ctx']['pattern']}")
-        return f"{loc}: {fix}"
-    template = _TYPE_FIXES.get(kind)
-    if template is None:
-        return None
-    ctx = {k: f"{v:g}" if isinstance(v, float) else v for k, v in error.get("ctx", {}).items()}
-    return f"{loc} " + template.format(field=field, table=table, **ctx)
-
-
-def _loc_text(loc: tuple[int | str, ...]) -> str:
-    text = ""
-    for part in loc:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        else:
-            text += f".{part}" if text else str(part)
-    return text
-
-
-def _known_fields(loc: tuple[int | str, ...]) -> list[str]:
-    """Field names of the section at `loc` (for did-you-mean on a typo)."""
-    model: type[BaseModel] = Settings
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        field = model.model_fields.get(part)
-        if field is None:
-            return []
-        nested = _model_of(field.annotation)
-        if nested is None:
-            return []
-        model = nested
-    return sorted(model.model_fields)
-
-
-def _model_of(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()):
-        found = _model_of(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def _first_line(text: str) -> str:
-    return " ".join(text.split())

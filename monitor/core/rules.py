@@ -33,34 +33,33 @@ never announced, the next evaluation announces it ("catch-up").
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Literal
+from dataclasses import dataclass, replace
 
+from monitor.core.alert_state import (
+    AlertEvent,
+    AlertKind,
+    AlertState,
+    RulesState,
+    Silence,
+    announce,
+    episode_id,
+    indexed,
+)
+from monitor.core.levels import Level, level_rank, target_level
 from monitor.core.model import MarginReport, ModelDrift, SourceDown, SourceStale, SourceUp
 
 __all__ = [
-    "LEVELS",
     "RULE_ACTION_REJECTED",
     "RULE_MARGIN",
     "RULE_MODEL_DRIFT",
     "RULE_SHOCK",
     "RULE_SOURCE_DOWN",
     "AlertConfig",
-    "AlertEvent",
-    "AlertKind",
-    "AlertState",
-    "Level",
-    "RulesState",
-    "Silence",
     "acknowledge",
     "add_silence",
-    "episode_id",
     "evaluate",
-    "fingerprint",
-    "level_rank",
     "on_action_rejected",
     "on_action_resolved",
     "on_source_event",
@@ -71,11 +70,6 @@ __all__ = [
     "tick",
 ]
 
-Level = Literal["ok", "warning", "critical", "emergency"]
-LEVELS: tuple[Level, ...] = ("ok", "warning", "critical", "emergency")
-_RANK: dict[str, int] = {name: i for i, name in enumerate(LEVELS)}
-
-AlertKind = Literal["firing", "escalated", "deescalated", "repeat", "resolved"]
 
 RULE_MARGIN = "margin_ratio"
 RULE_SHOCK = "shock_to_liquidation"
@@ -86,25 +80,9 @@ RULE_MODEL_DRIFT = "model_drift"
 _THRESHOLD_RULES = (RULE_MARGIN, RULE_SHOCK)
 
 
-def level_rank(level: str) -> int:
-    """Position of a level in `LEVELS` (ok = 0); unknown names rank as ok."""
-    return _RANK.get(level, 0)
-
-
 def stale_rule(kind: str) -> str:
     """Rule name of the staleness alert for one data kind (`prices`, `positions`, ...)."""
     return f"stale_{kind}"
-
-
-def fingerprint(account: str, rule: str) -> str:
-    """Stable identity of an alert across episodes and restarts."""
-    return f"{account}/{rule}"
-
-
-def episode_id(fp: str, started_at: float) -> str:
-    """Deterministic episode id: the same fingerprint and start time give the same id."""
-    digest = hashlib.sha256(f"{fp}|{started_at!r}".encode()).hexdigest()
-    return digest[:16]
 
 
 # --- configuration --------------------------------------------------------------------------
@@ -145,183 +123,7 @@ class AlertConfig:
         )
 
 
-# --- state ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Silence:
-    """Mute alerts of `account` (None: all) and `rule` (None: all) up to level `up_to`."""
-
-    id: str
-    until: float
-    account: str | None = None
-    rule: str | None = None
-    up_to: Level = "emergency"
-    created_by: str = ""
-
-    def matches(self, account: str, rule: str, level: str, now: float) -> bool:
-        """True when this silence is active at `now` and covers the alert at `level`."""
-        return (
-            now < self.until
-            and (self.account is None or self.account == account)
-            and (self.rule is None or self.rule == rule)
-            and level_rank(level) <= level_rank(self.up_to)
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class AlertState:
-    """One fingerprint's lifecycle. `level` ok with `episode` "" means nothing is firing.
-
-    `value` is the rule's figure in its natural unit (ratio, or shock fraction), None for
-    stale/down alerts. `notified_level` is the level last announced to a person in this
-    episode ("ok" = nothing announced yet); the gap to `level` drives catch-up.
-    """
-
-    account: str
-    rule: str
-    level: Level = "ok"
-    episode: str = ""
-    started_at: float = 0.0
-    seq: int = 0
-    value: float | None = None
-    last_event_at: float = 0.0
-    last_sent_value: float | None = None
-    worst_value: float | None = None
-    worst_level: Level = "ok"
-    notified_level: Level = "ok"
-    acknowledged: bool = False
-    pending_level: Level = "ok"
-    pending_since: float | None = None
-    detail: str = ""
-
-    @property
-    def fingerprint(self) -> str:
-        """`<account>/<rule>`."""
-        return fingerprint(self.account, self.rule)
-
-    @property
-    def firing(self) -> bool:
-        """True inside an episode."""
-        return self.level != "ok"
-
-
-@dataclass(frozen=True, slots=True)
-class RulesState:
-    """All alerts and silences. Treat `alerts` as immutable: every change copies it.
-
-    `index` lists each account's fingerprints. Every report evaluates one account, and
-    scanning every account's alerts to find its own made a report cost O(accounts) (a
-    whole core at 100 sim accounts, docs/benchmarks.md). Fingerprints are never removed, so
-    one index serves every later state until a new fingerprint appears; it is derived
-    from `alerts` when not given, and never part of equality.
-    """
-
-    alerts: Mapping[str, AlertState] = field(default_factory=dict)
-    silences: tuple[Silence, ...] = ()
-    index: Mapping[str, tuple[str, ...]] = field(default_factory=dict, compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        if len(self.index) == 0 and len(self.alerts) != 0:
-            object.__setattr__(self, "index", _index_of(self.alerts))
-
-    def alert(self, account: str, rule: str) -> AlertState:
-        """The state of one fingerprint (a fresh ok state if never seen)."""
-        return self.alerts.get(fingerprint(account, rule)) or AlertState(account, rule)
-
-    def of_account(self, account: str) -> list[AlertState]:
-        """Every alert of one account, without looking at the others."""
-        alerts = self.alerts
-        return [alerts[fp] for fp in self.index.get(account, ())]
-
-    def account_level(self, account: str) -> Level:
-        """Highest level of any alert of the account."""
-        levels = [a.level for a in self.of_account(account)]
-        return max(levels, key=level_rank, default="ok")
-
-
-def _index_of(alerts: Mapping[str, AlertState]) -> dict[str, tuple[str, ...]]:
-    index: dict[str, list[str]] = {}
-    for fp, alert in alerts.items():
-        index.setdefault(alert.account, []).append(fp)
-    return {account: tuple(fps) for account, fps in index.items()}
-
-
-def _indexed(
-    index: Mapping[str, tuple[str, ...]], alerts: Mapping[str, AlertState], fps: Iterable[str]
-) -> Mapping[str, tuple[str, ...]]:
-    """`index` with any of `fps` it lacks added (copied only then: new fingerprints are rare)."""
-    grown: dict[str, tuple[str, ...]] | None = None
-    for fp in fps:
-        account = alerts[fp].account
-        known = (grown or index).get(account, ())
-        if fp not in known:
-            grown = dict(index) if grown is None else grown
-            grown[account] = (*known, fp)
-    return index if grown is None else grown
-
-
-@dataclass(frozen=True, slots=True)
-class AlertEvent:
-    """Something to tell a person about one alert, with what they need to judge it.
-
-    `id` is `<episode>.<seq>`: unique, stable across a restart, usable for deduplication.
-    `previous_value` is the value at the last event of the episode ("how it moved").
-    `suppressed` is None for events to deliver, else `silenced:<id>`, `inhibited`,
-    `acknowledged` or `unannounced` (a resolve of an episode nobody was told about).
-    """
-
-    id: str
-    fingerprint: str
-    account: str
-    rule: str
-    kind: AlertKind
-    level: Level
-    previous_level: Level
-    episode: str
-    started_at: float
-    at: float
-    value: float | None
-    previous_value: float | None
-    worst_value: float | None
-    worst_level: Level
-    threshold: float | None = None
-    detail: str = ""
-    suppressed: str | None = None
-
-    @property
-    def duration(self) -> float:
-        """Seconds since the episode started."""
-        return self.at - self.started_at
-
-    @property
-    def delivered(self) -> bool:
-        """True when this event should reach the sinks."""
-        return self.suppressed is None
-
-
-# --- the level function ---------------------------------------------------------------------
-
-
-def _target_level(
-    value: float, current: Level, thresholds: tuple[float | None, ...], band: float
-) -> Level:
-    """Hysteresis: the highest level entered (value ≥ threshold), or kept (≥ threshold − band).
-
-    A level at or below the current one is kept while the value stays above its threshold
-    minus the band; a level above the current one needs its threshold itself. NaN keeps the
-    current level (no information is not good news).
-    """
-    if math.isnan(value):
-        return current
-    best = 0
-    for i, threshold in enumerate(thresholds, start=1):
-        if threshold is None:
-            continue
-        limit = threshold - band if i <= level_rank(current) else threshold
-        if value >= limit:
-            best = i
-    return LEVELS[best]
+# --- the threshold rules' levels (the level function itself: monitor.core.levels) ----------
 
 
 def _worse(rule: str, a: float | None, b: float | None) -> float | None:
@@ -338,7 +140,15 @@ def ratio_level(ratio: float, current: Level, config: AlertConfig) -> Level:
 
     For displays that only need "which level is this account at" (the console view).
     """
-    return _target_level(ratio, current, config.ratio_thresholds(), config.band)
+    return target_level(ratio, current, config.ratio_thresholds(), config.band)
+
+
+def _rule_level(rule: str, value: float, current: Level, config: AlertConfig) -> Level:
+    """The level of a threshold rule's `value` coming from `current`: the margin ratio as it
+    is, the shock negated (smaller is worse) against its own thresholds and band."""
+    if rule == RULE_MARGIN:
+        return target_level(value, current, config.ratio_thresholds(), config.band)
+    return target_level(-value, current, config.shock_thresholds(), config.shock_band)
 
 
 def shock_fraction(report: MarginReport) -> float | None:
@@ -408,26 +218,7 @@ def _advance(
     )
     if kind is None:
         return alert, None
-    event = AlertEvent(
-        id=f"{alert.episode}.{alert.seq}",
-        fingerprint=alert.fingerprint,
-        account=alert.account,
-        rule=rule,
-        kind=kind,
-        level=new_level,
-        previous_level=old,
-        episode=alert.episode,
-        started_at=alert.started_at,
-        at=now,
-        value=value,
-        previous_value=alert.last_sent_value,
-        worst_value=worst_value,
-        worst_level=worst_level,
-        threshold=threshold,
-        detail=alert.detail,
-    )
-    alert = replace(alert, seq=alert.seq + 1, last_event_at=now)
-    return alert, event
+    return announce(alert, kind, old, now, threshold)
 
 
 def _threshold_of(rule: str, level: Level, config: AlertConfig) -> float | None:
@@ -444,11 +235,7 @@ def _step_threshold(
     alert: AlertState, value: float, now: float, config: AlertConfig
 ) -> tuple[AlertState, AlertEvent | None]:
     """Hysteresis plus hold_for on one threshold rule."""
-    if alert.rule == RULE_MARGIN:
-        scaled, thresholds, band = value, config.ratio_thresholds(), config.band
-    else:
-        scaled, thresholds, band = -value, config.shock_thresholds(), config.shock_band
-    target = _target_level(scaled, alert.level, thresholds, band)
+    target = _rule_level(alert.rule, value, alert.level, config)
     if level_rank(target) > level_rank(alert.level) and config.hold_for > 0:
         since = alert.pending_since if alert.pending_since is not None else now
         if now - since < config.hold_for:
@@ -498,24 +285,7 @@ def _catch_up(alert: AlertState, now: float) -> tuple[AlertState, AlertEvent]:
         kind = "escalated"
     else:
         kind = "deescalated"
-    event = AlertEvent(
-        id=f"{alert.episode}.{alert.seq}",
-        fingerprint=alert.fingerprint,
-        account=alert.account,
-        rule=alert.rule,
-        kind=kind,
-        level=alert.level,
-        previous_level=alert.notified_level,
-        episode=alert.episode,
-        started_at=alert.started_at,
-        at=now,
-        value=alert.value,
-        previous_value=alert.last_sent_value,
-        worst_value=alert.worst_value,
-        worst_level=alert.worst_level,
-        detail=alert.detail,
-    )
-    return replace(alert, seq=alert.seq + 1, last_event_at=now), event
+    return announce(alert, kind, alert.notified_level, now)
 
 
 def _finish(
@@ -528,7 +298,7 @@ def _finish(
     for fp, (alert, _event) in changed.items():
         alerts[fp] = alert
     silences = tuple(s for s in state.silences if now < s.until)
-    index = _indexed(state.index, alerts, changed)
+    index = indexed(state.index, alerts, changed)
     state = RulesState(alerts=alerts, silences=silences, index=index)
     events: list[AlertEvent] = []
     accounts = {alert.account for alert, _ in changed.values()}
@@ -705,11 +475,7 @@ def _quiet(alert: AlertState, config: AlertConfig) -> bool:
         or alert.pending_since is not None
     ):
         return False
-    if alert.rule == RULE_MARGIN:
-        scaled, thresholds, band = value, config.ratio_thresholds(), config.band
-    else:
-        scaled, thresholds, band = -value, config.shock_thresholds(), config.shock_band
-    return _target_level(scaled, "ok", thresholds, band) == "ok"
+    return _rule_level(alert.rule, value, "ok", config) == "ok"
 
 
 def add_silence(state: RulesState, silence: Silence) -> RulesState:

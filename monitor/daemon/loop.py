@@ -44,6 +44,7 @@ import structlog
 
 from monitor.config.settings import AlertsSettings
 from monitor.core import stress
+from monitor.core.levels import Level, level_rank
 from monitor.core.margin import report as margin
 from monitor.core.margin.ledger import Ledger
 from monitor.core.model import (
@@ -55,7 +56,7 @@ from monitor.core.model import (
     PriceTick,
     SourceDown,
 )
-from monitor.core.rules import Level, level_rank, ratio_level, shock_fraction
+from monitor.core.rules import ratio_level, shock_fraction
 from monitor.core.shock_schedule import ShockClaim, ShockScheduler
 from monitor.core.state import AccountState, apply, initial_state
 from monitor.core.venue_ratio import RatioSource, VenueAnchor, observe, used_ratio, with_venue

@@ -6,44 +6,38 @@ Two halves, both on one private `CollectorRegistry` (`REGISTRY`), never the glob
 - **process-wide counters** that other modules increment where the thing happens
   (`ALERTS_SENT` in the alert pipeline, `record_action` in the executor, `EVENTS` and
   `RECOMPUTE_LATENCY` here);
-- **per-account gauges**, produced at scrape time by `MetricsSink`, a `monitor.sink.Sink` that
-  keeps each account's newest report and the arrival time of each data kind. Computing them
-  on scrape means a removed account (SIGHUP reload) simply disappears, and "data age" is the
-  age *now*, not when the last event happened to set a gauge.
+- **per-account gauges**, produced at scrape time (`ops/gauges.py`) from `MetricsSink`, a
+  `monitor.sink.Sink` that keeps each account's newest report and the arrival time of each
+  data kind. Computing them on scrape means a removed account (SIGHUP reload) simply
+  disappears, and "data age" is the age *now*, not when the last event happened to set a gauge.
 
 `/healthz` answers 200 while every configured account has fresh data and 503 naming the
 blind ones: a monitor that cannot see an account must say so to its supervisor (container
 HEALTHCHECK, uptime checker), because silence would read as "all is well" (docs/monitoring.md: "a
-blind monitor is itself an alert"). The endpoint is off by default and binds loopback
-unless told otherwise: the figures describe someone's money.
+blind monitor is itself an alert"). The endpoint (`ops/metrics_server.py`) is off by default
+and binds loopback unless told otherwise: the figures describe someone's money.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
-import os
 import time
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Histogram,
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 from pydantic import BaseModel, ConfigDict, Field
 
-from monitor import __version__
 from monitor.core.model import (
     AccountSnapshot,
     AccountUpdate,
@@ -55,14 +49,14 @@ from monitor.core.model import (
     SourceStale,
     SourceUp,
 )
-from monitor.errors import UserError
+from monitor.ops.gauges import AccountCollector
+from monitor.ops.metrics_server import serve
 from monitor.sink import Sink
 
 __all__ = [
     "ACTIONS",
     "ALERTS_SENT",
     "EVENTS",
-    "LEVELS",
     "RECOMPUTE_LATENCY",
     "REGISTRY",
     "AccountHealth",
@@ -76,7 +70,6 @@ __all__ = [
 
 log = structlog.get_logger("monitor.metrics")
 
-LEVELS = {"ok": 0, "warning": 1, "critical": 2, "emergency": 3}
 _KIND_OF: dict[type, str] = {PriceTick: "prices", AccountUpdate: "account"}
 #: data kinds an event refreshes: one account read brings positions and balances at once
 _FRESHENS: dict[str, tuple[str, ...]] = {"prices": ("prices",), "account": ("positions", "balance")}
@@ -218,7 +211,7 @@ class MetricsSink(Sink):
         self.shard = shard
         self.address: tuple[str, int] | None = None
         self._runner: Any = None
-        self._collector = _AccountCollector(self)
+        self._collector = AccountCollector(self)
         self._registered = False
         self._event_counters: dict[tuple[str, str], Any] = {}
         #: more routes for the same listener, each `install(app)` (the status page, web.py)
@@ -268,7 +261,7 @@ class MetricsSink(Sink):
             REGISTRY.register(self._collector)
             self._registered = True
         if self.settings.enabled:
-            await self._listen()
+            self._runner, self.address = await serve(self)
 
     async def on_report(
         self, account: str, report: MarginReport, snapshot: AccountSnapshot, now: float
@@ -359,244 +352,6 @@ class MetricsSink(Sink):
         return generate_latest(REGISTRY)
 
     # --- HTTP ------------------------------------------------------------------------------
-
-    async def _listen(self) -> None:
-        from aiohttp import web  # noqa: PLC0415 - only when the endpoint is enabled
-
-        from monitor.ops import http_guard  # noqa: PLC0415 - aiohttp too
-        from monitor.ops.logs import redact  # noqa: PLC0415
-
-        async def metrics(request: web.Request) -> web.Response:
-            del request
-            body = self.exposition()
-            return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-        async def healthz(request: web.Request) -> web.Response:
-            del request
-            disabled = self.protection_disabled()
-            if disabled:  # issue 13: protection off is not healthy, even with fresh data
-                lines = "".join(f"{name}: {reason}\n" for name, reason in disabled.items())
-                return web.Response(status=503, text=f"protection_disabled\n{lines}")
-            blind = self.blind()
-            if not blind:
-                return web.Response(text=f"ok: {len(self.accounts)} accounts fresh\n")
-            # a venue's words (a websocket error too): never a secret it repeated (issue 13)
-            lines = "".join(f"{name}: {redact(reason)}\n" for name, reason in blind.items())
-            return web.Response(status=503, text=f"blind: {', '.join(blind)}\n{lines}")
-
-        async def readyz(request: web.Request) -> web.Response:
-            # Kubernetes readiness (docs/kubernetes.md): the configuration loaded and the sinks
-            # started, like systemd's READY=1; never the venues, or an exchange outage unreadies
-            # pods
-            del request
-            return web.Response(text=f"ready: {len(self.accounts)} accounts configured\n")
-
-        async def livez(request: web.Request) -> web.Response:
-            # Kubernetes liveness (docs/kubernetes.md): the watchdog's evidence of progress, not
-            # data freshness: restarting cannot fix a venue outage and would blind the shard
-            del request
-            try:
-                wedged = self.liveness() if self.liveness is not None else None
-            except Exception as exc:  # as in sdnotify.watchdog_loop: a broken probe is wedged
-                wedged = f"liveness probe failed: {type(exc).__name__}: {exc}"
-            if wedged is None:
-                return web.Response(text="alive\n")
-            return web.Response(status=503, text=f"wedged: {wedged}\n")
-
-        app = web.Application()
-        app.router.add_get("/metrics", metrics)
-        app.router.add_get("/healthz", healthz)
-        app.router.add_get("/readyz", readyz)
-        app.router.add_get("/livez", livez)
-        for install in self.routes:
-            install(app)
-        try:
-            # timeouts and a connection cap against idle sockets (docs/hardening.md, http_guard.py)
-            runner = await http_guard.serve(app, self.settings.host, self.settings.port)
-        except OSError as exc:
-            raise UserError(
-                f"metrics: cannot listen on {self.settings.host}:{self.settings.port} "
-                f"({_reason(exc)}); pick another metrics.port or stop the other process"
-            ) from None
-        self._runner = runner
-        if runner.addresses:
-            host, port = runner.addresses[0][:2]
-            self.address = (str(host), int(port))
-        else:  # pragma: no cover - aiohttp always has a server after start()
-            self.address = (self.settings.host, self.settings.port)
-        log.info("metrics listening", host=self.address[0], port=self.address[1])
-
-
-class _AccountCollector(Collector):
-    """Builds the per-account families from the sink's state at each scrape."""
-
-    def __init__(self, sink: MetricsSink) -> None:
-        self.sink = sink
-
-    def describe(self) -> Iterable[Metric]:
-        # Empty: names are only known per scrape; describing nothing skips the registry's
-        # duplicate check, which cannot collide because every name here is ours.
-        return ()
-
-    def collect(self) -> Iterator[Metric]:
-        sink = self.sink
-        now = sink.clock()
-        g = _Families()
-        for name, health in sorted(sink.accounts.items()):
-            reason = health.blind_reason(now)
-            g.add(
-                "fresh",
-                "1 while the account's data is fresh, 0 while blind.",
-                ["account"],
-                [name],
-                0.0 if reason else 1.0,
-            )
-            for kind, at in sorted(health.seen.items()):
-                g.add(
-                    "data_age_seconds",
-                    "Seconds since the last data of each kind arrived.",
-                    ["account", "kind"],
-                    [name, kind],
-                    max(0.0, now - at),
-                )
-            g.add(
-                "level",
-                "Alert level on the margin ratio: 0 ok, 1 warning, 2 critical, 3 emergency.",
-                ["account"],
-                [name],
-                float(LEVELS.get(health.level, 0)),
-            )
-            drift = sink.drift.get(name)
-            value = _safe(drift)
-            if value is not None:
-                g.add(
-                    "venue_drift_ratio",
-                    "Our margin ratio minus the venue's own figure from "
-                    "the same read (0 when our model of the venue is right).",
-                    ["account"],
-                    [name],
-                    value,
-                )
-            report = health.report
-            if report is None:
-                continue
-            cur = [name, report.currency]
-            g.add(
-                "margin_ratio",
-                "Maintenance margin / margin balance (1 = liquidation; "
-                "+Inf when the balance is gone): the figure alerts and actions use "
-                "(settings ratio_source).",
-                ["account"],
-                [name],
-                report.margin_ratio,
-            )
-            model = report.margin_ratio if report.model_ratio is None else report.model_ratio
-            g.add("model_margin_ratio", "Our model's margin ratio.", ["account"], [name], model)
-            if report.venue_ratio is not None:
-                g.add(
-                    "venue_margin_ratio",
-                    "The venue's own margin ratio from its last read, "
-                    "carried forward by our model's change since.",
-                    ["account"],
-                    [name],
-                    report.venue_ratio,
-                )
-            g.add(
-                "margin_balance",
-                "Collateral value plus unrealised PnL, in the report currency.",
-                ["account", "currency"],
-                cur,
-                report.margin_balance,
-            )
-            g.add(
-                "maintenance_margin",
-                "Maintenance margin of the cross pool.",
-                ["account", "currency"],
-                cur,
-                report.maintenance_margin,
-            )
-            g.add(
-                "free_collateral",
-                "Margin balance minus total initial margin.",
-                ["account", "currency"],
-                cur,
-                report.free_collateral,
-            )
-            g.add("positions", "Open positions.", ["account"], [name], float(len(report.positions)))
-            if health.shock is not None:
-                for direction, move in zip(("down", "up"), health.shock, strict=True):
-                    if move is not None:
-                        g.add(
-                            "shock_to_liquidation",
-                            "Smallest uniform relative move of all "
-                            "prices that liquidates (down < 0 < up); absent if none does.",
-                            ["account", "direction"],
-                            [name, direction],
-                            move,
-                        )
-        if sink.outbox_depth is not None:
-            depth = _safe_depth(sink.outbox_depth)
-            for sink_name in sorted(depth):
-                g.add(
-                    "outbox_depth",
-                    "Alert messages queued for delivery, per sink.",
-                    ["sink"],
-                    [sink_name],
-                    float(depth[sink_name]),
-                )
-        g.add("build_info", "Version of the running daemon.", ["version"], [__version__], 1.0)
-        if sink.shard is not None:
-            g.add(
-                "shards",
-                "N of --shard K/N, labelled with this process's K: fewer series "
-                "than the value means a shard runs nowhere.",
-                ["shard"],
-                [str(sink.shard[0])],
-                float(sink.shard[1]),
-            )
-        yield from g.families()
-
-
-class _Families:
-    """Gauge families by name, created on first use so an empty one is never exported."""
-
-    def __init__(self) -> None:
-        self._by_name: dict[str, GaugeMetricFamily] = {}
-
-    def add(
-        self, name: str, doc: str, labels: Sequence[str], values: Sequence[str], value: float
-    ) -> None:
-        family = self._by_name.get(name)
-        if family is None:
-            family = GaugeMetricFamily(f"margin_monitor_{name}", doc, labels=list(labels))
-            self._by_name[name] = family
-        family.add_metric(list(values), value)
-
-    def families(self) -> Iterator[GaugeMetricFamily]:
-        yield from self._by_name.values()
-
-
-def _reason(exc: OSError) -> str:
-    """`address already in use`, not asyncio's "error while attempting to bind on ..."."""
-    return os.strerror(exc.errno).lower() if exc.errno else str(exc)
-
-
-def _safe(drift: Drift | None) -> float | None:
-    if drift is None:
-        return None
-    try:
-        value = drift()
-    except Exception:  # a scrape must never fail because one source misbehaves
-        return None
-    return value if value is not None and not math.isnan(value) else None
-
-
-def _safe_depth(depth: Callable[[], Mapping[str, int]]) -> Mapping[str, int]:
-    try:
-        return depth()
-    except Exception as exc:  # the store may be closed during shutdown
-        log.warning("outbox depth unavailable", error=str(exc))
-        return {}
 
 
 def outbox_depth_of(pending: Callable[[], Iterable[Any]]) -> Callable[[], Mapping[str, int]]:

@@ -105,7 +105,7 @@ class StopBackstop:
                 with contextlib.suppress(*catching("OrderNotFound")):
                     await self.ex.desk.cancel_stop(extra.order_id, key[0])
                 self.cancelled += 1
-                self.ex.record(
+                self.ex.audit.record(
                     "stop_cancelled",
                     {
                         "symbol": key[0],
@@ -164,7 +164,7 @@ class StopBackstop:
         del self.stops[key]
         self.cancelled += 1
         body = {"symbol": key[0], "side": key[1], "client_id": stop.client_id, "reason": why}
-        self.ex.record("stop_cancelled", body, now)
+        self.ex.audit.record("stop_cancelled", body, now)
         return 1
 
     def _blocked(self, now: float, what: str, payload: dict[str, Any]) -> bool:
@@ -173,7 +173,7 @@ class StopBackstop:
         if self.ex.live and paused is None:
             return False
         why = paused or "dry run: actions.enabled = false"
-        self.ex.skip(f"{what} not sent: {why}", now, **payload)
+        self.ex.audit.skip(f"{what} not sent: {why}", now, **payload)
         return True
 
     async def _replace(
@@ -210,12 +210,12 @@ class StopBackstop:
                 r.symbol, "market", closing_side(r.side), order.amount, None, params
             )
         except catching("BaseError") as exc:
-            self.ex.record(
+            self.ex.audit.record(
                 "stop_rejected", {**payload, "error": f"{type(exc).__name__}: {exc}"}, now
             )
             return changes
         self.stops[key] = _Stop(str(placed["id"]), cid, generation, trigger, r.contracts)
         self._generation[key] = generation
         self.placed += 1
-        self.ex.record("stop_placed", payload, now)
+        self.ex.audit.record("stop_placed", payload, now)
         return changes + 1

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
+from monitor.core.plan import MarketRules
 from monitor.sources.base import Source
+from monitor.venues.orders import amount_step, min_notional_exempt
 
-__all__ = ["OrderDesk", "TradingSource"]
+__all__ = ["OrderDesk", "TradingSource", "market_rules"]
 
 
 @runtime_checkable
@@ -88,3 +90,19 @@ class OrderDesk(Protocol):
 @runtime_checkable
 class TradingSource(Source, OrderDesk, Protocol):
     """A source that can also take orders (the sim; a live account with trading keys)."""
+
+
+def market_rules(desk: OrderDesk, symbol: str, venue: str | None) -> MarketRules:
+    """Step and minimums of `symbol` from ccxt's market structure (the step as the desk's
+    `precision_mode` says to read it, venues/orders.py `amount_step`)."""
+    market = desk.market(symbol)
+    step = amount_step(market, desk.precision_mode)
+    limits = market.get("limits") or {}
+    min_amount = float((limits.get("amount") or {}).get("min") or 0.0)
+    min_cost = float((limits.get("cost") or {}).get("min") or 0.0)
+    return MarketRules(
+        amount_step=step,
+        min_amount=min_amount,
+        min_notional=min_cost,
+        min_notional_reduce_only_exempt=min_notional_exempt(venue),
+    )

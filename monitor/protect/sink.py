@@ -22,9 +22,10 @@ import structlog
 
 from monitor.core.model import AccountSnapshot, MarginReport
 from monitor.core.plan import ActionHistory, ActionPlan, UnsafePlan, plan_step
+from monitor.protect.audit import ActionHooks
 from monitor.protect.backstop import StopBackstop
-from monitor.protect.desk import OrderDesk
-from monitor.protect.executor import Executor, market_rules
+from monitor.protect.desk import OrderDesk, market_rules
+from monitor.protect.executor import Executor
 from monitor.sink import Sink
 from monitor.sources.base import Source
 
@@ -110,12 +111,16 @@ class ActionsSink(Sink):
             self._wire(ex)
 
     def _wire(self, ex: Executor) -> None:
-        ex.alert_hook = self._alert
-        if self._alerts is not None:
-            ex.switches = self._alerts.switches
-            ex.audit_hook = self._alerts.record_action
-            ex.reject_hook = self._rejected
-            ex.disabled_hook = self._disabled
+        if self._alerts is None:
+            ex.audit.hooks = ActionHooks(alert=self._alert)
+            return
+        ex.switches = self._alerts.switches
+        ex.audit.hooks = ActionHooks(
+            audit=self._alerts.record_action,
+            alert=self._alert,
+            reject=self._rejected,
+            disabled=self._disabled,
+        )
 
     def _disabled(self, account: str, reason: str | None) -> None:
         """Protection cannot run (or runs again): a `protection_disabled` alert at the
@@ -204,7 +209,7 @@ class ActionsSink(Sink):
 
     def _launch(self, account: str, ex: Executor) -> None:
         assert self._tg is not None
-        ex.alert_hook = self._alert
+        self._wire(ex)
         self._wake.setdefault(account, asyncio.Event())
         self._tasks[account] = self._tg.create_task(
             self._run(account, ex), name=f"sink[actions[{account}]]"

@@ -23,7 +23,8 @@ from monitor.core.margin.valuation import (
     liquidation_fee_of,
     pnl_at,
 )
-from monitor.core.model import AccountSnapshot, Position, VenueRules, priced_collateral
+from monitor.core.model import AccountSnapshot, Position, priced_collateral
+from monitor.core.venue_rules import VenueRules
 
 __all__ = ["liquidation_prices"]
 
@@ -365,44 +366,28 @@ def _walk_linear(  # noqa: PLR0917 - positional: it runs once per position per r
     while i < last and notional > tiers[i].max_notional:
         i += 1
     # each tier's line is solved for the notional v = q·x, which its bracket (floor, ceiling]
-    # bounds; from the current tier the walk only ever heads one way, so each way is a loop
-    tier = tiers[i]
-    per_notional = rate_s - ask * (tier.mmr + fee)
-    if per_notional * sign <= 0.0:
-        return _NAN
-    value = -(k0 + (ask * tier.maintenance_amount if deduct else 0.0)) / per_notional
-    floor = tiers[i - 1].max_notional if i else 0.0
-    if value < floor:
-        while True:  # the root lies below tier i
-            if not i:
-                return None  # the root is at a price ≤ 0: nothing liquidates
-            ceiling = floor
+    # bounds; from the current tier the walk only ever heads one way (`step`, once it moved)
+    step = 0
+    while True:
+        tier = tiers[i]
+        per_notional = rate_s - ask * (tier.mmr + fee)
+        if per_notional * sign <= 0.0:
+            return _NAN
+        value = -(k0 + (ask * tier.maintenance_amount if deduct else 0.0)) / per_notional
+        if i and value < tiers[i - 1].max_notional:  # the root lies below tier i
+            if step > 0:  # surplus jumps across zero at this tier edge (OKX)
+                return tiers[i - 1].max_notional / q
+            step = -1
             i -= 1
-            tier = tiers[i]
-            per_notional = rate_s - ask * (tier.mmr + fee)
-            if per_notional * sign <= 0.0:
-                return _NAN
-            value = -(k0 + (ask * tier.maintenance_amount if deduct else 0.0)) / per_notional
-            floor = tiers[i - 1].max_notional if i else 0.0
-            if value < floor:
-                continue
-            if value > ceiling:  # surplus jumps across zero at this tier edge (OKX)
-                return ceiling / q
-            break
-    elif i < last and value > tier.max_notional:
-        while True:  # the root lies above tier i
-            floor = tier.max_notional
+        elif i < last and value > tier.max_notional:  # the root lies above tier i
+            if step < 0:  # surplus jumps across zero at this tier edge (OKX)
+                return tier.max_notional / q
+            step = 1
             i += 1
-            tier = tiers[i]
-            per_notional = rate_s - ask * (tier.mmr + fee)
-            if per_notional * sign <= 0.0:
-                return _NAN
-            value = -(k0 + (ask * tier.maintenance_amount if deduct else 0.0)) / per_notional
-            if value < floor:  # surplus jumps across zero at this tier edge (OKX)
-                return floor / q
-            if i < last and value > tier.max_notional:
-                continue
+        else:
             break
+    if value < 0.0:
+        return None  # the root is at a price ≤ 0: nothing liquidates
     # _settled, inlined (once per position per report)
     x = value / q
     if rate != ask and equity + sign * q * (x - p.entry_price) <= 0.0:

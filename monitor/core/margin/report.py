@@ -31,7 +31,8 @@ from monitor.core.margin.valuation import (
     surplus,
     tier_for,
 )
-from monitor.core.model import AccountSnapshot, MarginReport, PositionRisk, VenueRules
+from monitor.core.model import AccountSnapshot, MarginReport, PositionRisk
+from monitor.core.venue_rules import VenueRules
 
 __all__ = [
     "computed_initial_margin",

@@ -30,8 +30,8 @@ from monitor.core.model import (
     CollateralTier,
     Position,
     Tier,
-    VenueRules,
 )
+from monitor.core.venue_rules import VenueRules
 
 __all__ = [
     "AssetBook",

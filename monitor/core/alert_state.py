@@ -1,0 +1,221 @@
+"""The alert lifecycle's data: each fingerprint's state, silences, and the events to send.
+
+Frozen values the rules (`monitor.core.rules`) step from one state to the next; the store
+keeps them across restarts and the sinks read them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from monitor.core.levels import Level, level_rank
+
+__all__ = [
+    "AlertEvent",
+    "AlertKind",
+    "AlertState",
+    "RulesState",
+    "Silence",
+    "announce",
+    "episode_id",
+    "fingerprint",
+    "indexed",
+]
+
+AlertKind = Literal["firing", "escalated", "deescalated", "repeat", "resolved"]
+
+
+def fingerprint(account: str, rule: str) -> str:
+    """Stable identity of an alert across episodes and restarts."""
+    return f"{account}/{rule}"
+
+
+def episode_id(fp: str, started_at: float) -> str:
+    """Deterministic episode id: the same fingerprint and start time give the same id."""
+    digest = hashlib.sha256(f"{fp}|{started_at!r}".encode()).hexdigest()
+    return digest[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class Silence:
+    """Mute alerts of `account` (None: all) and `rule` (None: all) up to level `up_to`."""
+
+    id: str
+    until: float
+    account: str | None = None
+    rule: str | None = None
+    up_to: Level = "emergency"
+    created_by: str = ""
+
+    def matches(self, account: str, rule: str, level: str, now: float) -> bool:
+        """True when this silence is active at `now` and covers the alert at `level`."""
+        return (
+            now < self.until
+            and (self.account is None or self.account == account)
+            and (self.rule is None or self.rule == rule)
+            and level_rank(level) <= level_rank(self.up_to)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AlertState:
+    """One fingerprint's lifecycle. `level` ok with `episode` "" means nothing is firing.
+
+    `value` is the rule's figure in its natural unit (ratio, or shock fraction), None for
+    stale/down alerts. `notified_level` is the level last announced to a person in this
+    episode ("ok" = nothing announced yet); the gap to `level` drives catch-up.
+    """
+
+    account: str
+    rule: str
+    level: Level = "ok"
+    episode: str = ""
+    started_at: float = 0.0
+    seq: int = 0
+    value: float | None = None
+    last_event_at: float = 0.0
+    last_sent_value: float | None = None
+    worst_value: float | None = None
+    worst_level: Level = "ok"
+    notified_level: Level = "ok"
+    acknowledged: bool = False
+    pending_level: Level = "ok"
+    pending_since: float | None = None
+    detail: str = ""
+
+    @property
+    def fingerprint(self) -> str:
+        """`<account>/<rule>`."""
+        return fingerprint(self.account, self.rule)
+
+    @property
+    def firing(self) -> bool:
+        """True inside an episode."""
+        return self.level != "ok"
+
+
+@dataclass(frozen=True, slots=True)
+class RulesState:
+    """All alerts and silences. Treat `alerts` as immutable: every change copies it.
+
+    `index` lists each account's fingerprints. Every report evaluates one account, and
+    scanning every account's alerts to find its own made a report cost O(accounts) (a
+    whole core at 100 sim accounts, docs/benchmarks.md). Fingerprints are never removed, so
+    one index serves every later state until a new fingerprint appears; it is derived
+    from `alerts` when not given, and never part of equality.
+    """
+
+    alerts: Mapping[str, AlertState] = field(default_factory=dict)
+    silences: tuple[Silence, ...] = ()
+    index: Mapping[str, tuple[str, ...]] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if len(self.index) == 0 and len(self.alerts) != 0:
+            object.__setattr__(self, "index", _index_of(self.alerts))
+
+    def alert(self, account: str, rule: str) -> AlertState:
+        """The state of one fingerprint (a fresh ok state if never seen)."""
+        return self.alerts.get(fingerprint(account, rule)) or AlertState(account, rule)
+
+    def of_account(self, account: str) -> list[AlertState]:
+        """Every alert of one account, without looking at the others."""
+        alerts = self.alerts
+        return [alerts[fp] for fp in self.index.get(account, ())]
+
+    def account_level(self, account: str) -> Level:
+        """Highest level of any alert of the account."""
+        levels = [a.level for a in self.of_account(account)]
+        return max(levels, key=level_rank, default="ok")
+
+
+def _index_of(alerts: Mapping[str, AlertState]) -> dict[str, tuple[str, ...]]:
+    index: dict[str, list[str]] = {}
+    for fp, alert in alerts.items():
+        index.setdefault(alert.account, []).append(fp)
+    return {account: tuple(fps) for account, fps in index.items()}
+
+
+def indexed(
+    index: Mapping[str, tuple[str, ...]], alerts: Mapping[str, AlertState], fps: Iterable[str]
+) -> Mapping[str, tuple[str, ...]]:
+    """`index` with any of `fps` it lacks added (copied only then: new fingerprints are rare)."""
+    grown: dict[str, tuple[str, ...]] | None = None
+    for fp in fps:
+        account = alerts[fp].account
+        known = (grown or index).get(account, ())
+        if fp not in known:
+            grown = dict(index) if grown is None else grown
+            grown[account] = (*known, fp)
+    return index if grown is None else grown
+
+
+@dataclass(frozen=True, slots=True)
+class AlertEvent:
+    """Something to tell a person about one alert, with what they need to judge it.
+
+    `id` is `<episode>.<seq>`: unique, stable across a restart, usable for deduplication.
+    `previous_value` is the value at the last event of the episode ("how it moved").
+    `suppressed` is None for events to deliver, else `silenced:<id>`, `inhibited`,
+    `acknowledged` or `unannounced` (a resolve of an episode nobody was told about).
+    """
+
+    id: str
+    fingerprint: str
+    account: str
+    rule: str
+    kind: AlertKind
+    level: Level
+    previous_level: Level
+    episode: str
+    started_at: float
+    at: float
+    value: float | None
+    previous_value: float | None
+    worst_value: float | None
+    worst_level: Level
+    threshold: float | None = None
+    detail: str = ""
+    suppressed: str | None = None
+
+    @property
+    def duration(self) -> float:
+        """Seconds since the episode started."""
+        return self.at - self.started_at
+
+    @property
+    def delivered(self) -> bool:
+        """True when this event should reach the sinks."""
+        return self.suppressed is None
+
+
+def announce(
+    alert: AlertState,
+    kind: AlertKind,
+    previous_level: Level,
+    now: float,
+    threshold: float | None = None,
+) -> tuple[AlertState, AlertEvent]:
+    """The event telling a person about `alert` as it stands now, and the alert with its
+    sequence moved on, so the episode's next event gets the next id."""
+    event = AlertEvent(
+        id=f"{alert.episode}.{alert.seq}",
+        fingerprint=alert.fingerprint,
+        account=alert.account,
+        rule=alert.rule,
+        kind=kind,
+        level=alert.level,
+        previous_level=previous_level,
+        episode=alert.episode,
+        started_at=alert.started_at,
+        at=now,
+        value=alert.value,
+        previous_value=alert.last_sent_value,
+        worst_value=alert.worst_value,
+        worst_level=alert.worst_level,
+        threshold=threshold,
+        detail=alert.detail,
+    )
+    return replace(alert, seq=alert.seq + 1, last_event_at=now), event

@@ -1,0 +1,43 @@
+"""The alert levels and the one function that turns a value into a level.
+
+Levels `ok < warning < critical < emergency`. The alert rules' levels and the ratio level the
+daemon and the console show (`rules.ratio_level`) all come from `target_level`, so the
+hysteresis is written once (docs/alerts.md).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+__all__ = ["LEVELS", "Level", "level_rank", "target_level"]
+
+Level = Literal["ok", "warning", "critical", "emergency"]
+LEVELS: tuple[Level, ...] = ("ok", "warning", "critical", "emergency")
+_RANK: dict[str, int] = {name: i for i, name in enumerate(LEVELS)}
+
+
+def level_rank(level: str) -> int:
+    """Position of a level in `LEVELS` (ok = 0); unknown names rank as ok."""
+    return _RANK.get(level, 0)
+
+
+def target_level(
+    value: float, current: Level, thresholds: tuple[float | None, ...], band: float
+) -> Level:
+    """Hysteresis: the highest level entered (value ≥ threshold), or kept (≥ threshold − band).
+
+    A level at or below the current one is kept while the value stays above its threshold
+    minus the band; a level above the current one needs its threshold itself. NaN keeps the
+    current level (no information is not good news).
+    """
+    if math.isnan(value):
+        return current
+    best = 0
+    for i, threshold in enumerate(thresholds, start=1):
+        if threshold is None:
+            continue
+        limit = threshold - band if i <= level_rank(current) else threshold
+        if value >= limit:
+            best = i
+    return LEVELS[best]

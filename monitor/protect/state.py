@@ -1,0 +1,172 @@
+"""The executor's files under the state directory: the writer lock, the state file, PAUSE.
+
+What must survive a restart or keep a second daemon off an account lives here (docs/actions.md):
+the `flock` writer lock (`<state_dir>/actions/<account>.lock`), the per-account state file
+(`<state_dir>/actions/<account>.json`: episode, step, pending client ids, the daily cap), the
+PAUSE kill-switch files, and the check that the directory is writable at all (issue 13).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from monitor.core.plan import ActionHistory
+
+__all__ = [
+    "AccountLock",
+    "ActionState",
+    "LockHeld",
+    "StateFile",
+    "kill_switch_file",
+    "private_dirs",
+    "state_dir_problem",
+]
+
+log = structlog.get_logger("monitor.executor")
+
+
+class LockHeld(Exception):
+    """Another process holds the account's writer lock."""
+
+
+def private_dirs(path: Path) -> None:
+    """`mkdir -p` with every directory it creates 0700 (pathlib's `parents=True` gives the
+    intermediate ones the umask's mode): the state directory is its owner's alone."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            directory.mkdir(mode=0o700)
+
+
+def state_dir_problem(state_dir: Path) -> str | None:
+    """Why protective actions could not write their state under `state_dir` (None: they can).
+
+    Tried for real (a directory and a file are created and removed): permission bits do
+    not tell about read-only mounts, /proc, or root (issue 13, `check`)."""
+    created: list[Path] = []
+    target = state_dir / "actions"
+    try:
+        for parent in reversed([target, *target.parents]):
+            if not parent.exists():
+                parent.mkdir(mode=0o700)
+                created.append(parent)
+        with tempfile.TemporaryFile(dir=target):
+            pass
+    except OSError as exc:
+        return f"{state_dir} is not writable ({(exc.strerror or type(exc).__name__).lower()})"
+    finally:
+        for path in reversed(created):
+            with contextlib.suppress(OSError):
+                path.rmdir()
+    return None
+
+
+class AccountLock:
+    """One writer per account: an exclusive, non-blocking `flock` on a file.
+
+    The kernel drops the lock when the process dies, so a crashed daemon never leaves a stale
+    lock behind (unlike a PID file); a second instance simply fails to take it.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        """Take the lock if free; True when this process now holds it."""
+        if self._fd is not None:
+            return True
+        private_dirs(self.path.parent)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return True
+
+    @property
+    def held(self) -> bool:
+        """True while this process holds the lock."""
+        return self._fd is not None
+
+    def release(self) -> None:
+        """Let another instance take over (closing the descriptor drops the flock)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def kill_switch_file(state_dir: Path, account: str) -> Path | None:
+    """The PAUSE file that stops `account` (global first), or None if there is none."""
+    for path in (state_dir / "PAUSE", state_dir / f"PAUSE.{account}"):
+        if path.exists():
+            return path
+    return None
+
+
+@dataclass
+class ActionState:
+    """What survives a restart, per account (`<state_dir>/actions/<account>.json`)."""
+
+    episode: str | None = None
+    step: int = 0
+    last_step_at: float | None = None
+    day: int = 0
+    spent_today: float = 0.0
+    halted: str | None = None  # why the episode stopped acting (a venue rejection)
+    pending: list[dict[str, Any]] = field(default_factory=list)  # {client_id, symbol, amount}
+
+    @property
+    def history(self) -> ActionHistory:
+        return ActionHistory(
+            self.last_step_at, self.day, self.spent_today, in_episode=self.episode is not None
+        )
+
+
+class StateFile:
+    """`<state_dir>/actions/<account>.json`: the account's `ActionState`, written atomically.
+
+    Order ids are written here BEFORE an order is sent, so a restart asks the venue about
+    them instead of sending again (docs/actions.md)."""
+
+    def __init__(self, path: Path, account: str) -> None:
+        self.path = path
+        self.account = account
+
+    def load(self) -> ActionState:
+        """The state a previous run left, or a fresh one."""
+        try:
+            data = json.loads(self.path.read_text())
+            # A halt is a decision about this run; restarting the daemon is how a person
+            # clears it after fixing the cause (the rejection is in the audit trail).
+            return ActionState(**{**data, "halted": None})
+        except FileNotFoundError:
+            return ActionState()
+        except (ValueError, TypeError) as exc:
+            # A corrupt state file must not stop protection; the venue lookups below make a
+            # lost pending id harmless (a fresh read sees what any order did).
+            log.warning("actions.state_unreadable", account=self.account, error=str(exc))
+            return ActionState()
+
+    def save(self, state: ActionState) -> None:
+        """Replace the file with `state` (a crash leaves the old or the new one)."""
+        private_dirs(self.path.parent)
+        tmp = self.path.with_suffix(".tmp")
+        # 0600 whatever the umask (outside systemd's UMask=0077): order ids, the episode
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(asdict(state), sort_keys=True))
+        os.replace(tmp, self.path)  # atomic: a crash leaves the old or the new file
