@@ -208,7 +208,7 @@ class CollateralRulesReader:
         self.every = every
         self.retry = retry
         self._clock = clock
-        quirks = venue_for(venue)
+        quirks = venue_for(venue).account
         self._reader = quirks.collateral_rules
         self._portfolio_figures = quirks.portfolio_figures
         self._path = cache_dir / "collateral" / f"{account}.json" if cache_dir else None

@@ -27,7 +27,7 @@ from monitor.venues import binance
 from monitor.venues.base import (
     Json,
     MalformedPayload,
-    Venue,
+    PositionQuirks,
     VenueFigures,
     Wallet,
     as_float,
@@ -52,7 +52,7 @@ __all__ = [
 # --- positions ------------------------------------------------------------------------------
 
 
-def _maintenance_margin(quirks: Venue, row: Json, where: str) -> float | None:
+def _maintenance_margin(quirks: PositionQuirks, row: Json, where: str) -> float | None:
     """The venue's own per-position MM where ccxt's unified figure is not the venue's."""
     if quirks.maintenance_margin is not None:
         return quirks.maintenance_margin(row, where)
@@ -76,7 +76,7 @@ def _max_leverage_mmr(market: Json) -> float | None:
     return 1.0 / (2.0 * lev_f) if lev_f > 0 else None
 
 
-def _margin_mode(quirks: Venue, row: Json, where: str) -> MarginMode:
+def _margin_mode(quirks: PositionQuirks, row: Json, where: str) -> MarginMode:
     if quirks.margin_mode is not None:
         return quirks.margin_mode(row)
     mode = row.get("marginMode")
@@ -94,7 +94,7 @@ def _position(
     tiers: Mapping[str, tuple[Tier, ...]],
     marks: Mapping[str, float],
 ) -> Position | None:
-    quirks = venue_for(venue)
+    quirks = venue_for(venue).positions
     symbol = row.get("symbol")
     where = f"{venue} position {symbol!r}"
     if not isinstance(symbol, str) or not symbol:
@@ -259,7 +259,7 @@ def _wallets(venue: str, balance: object) -> list[Wallet]:
     """(asset, wallet amount, price the venue implies or None) of a fetch_balance() result."""
     if not isinstance(balance, Mapping):
         raise MalformedPayload(f"{venue} balance: expected a dict, got {type(balance).__name__}")
-    read = venue_for(venue).wallets
+    read = venue_for(venue).balance.wallets
     wallets = None if read is None else read(balance.get("info"))
     if wallets is not None:
         return wallets
@@ -329,7 +329,7 @@ def venue_figures(venue: str, balance: object) -> VenueFigures | None:
     """The venue's own margin figures from a `fetch_balance()` result, where it has any."""
     if not isinstance(balance, Mapping):
         return None
-    read = venue_for(venue).figures
+    read = venue_for(venue).balance.figures
     if read is None:
         return None
     try:
@@ -370,5 +370,5 @@ def torn_read(venue: str, positions: object, balance: object) -> bool:
     """True when a positions answer and a balance answer of one read saw different books
     (a fill between the two requests: a state the venue never had, docs/account-view.md).
     Only a venue whose balance answer lists positions can tell (Binance); others: False."""
-    check = venue_for(venue).torn_read
+    check = venue_for(venue).balance.torn_read
     return check is not None and check(positions, balance)

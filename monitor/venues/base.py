@@ -17,11 +17,15 @@ from monitor.core.model import CollateralTier, MarginMode
 __all__ = [
     "CAN_TRADE",
     "UNKNOWN",
+    "AccountQuirks",
     "AssetRule",
+    "BalanceQuirks",
     "CollateralRules",
     "Json",
     "MalformedPayload",
     "Mode",
+    "OrderQuirks",
+    "PositionQuirks",
     "Reader",
     "Venue",
     "VenueFigures",
@@ -204,27 +208,9 @@ def unpublished(venue: str) -> Reader:
 
 
 @dataclass(frozen=True, slots=True)
-class Venue:
-    """What is particular to one venue, as hooks the generic path in sources/ calls.
+class PositionQuirks:
+    """How a venue's position rows differ from ccxt's unified ones (sources/normalize.py)."""
 
-    One instance per venue module (monitor/venues/<venue>.py), found by ccxt id through
-    `registry.venue_for`; a venue not in the registry gets `GENERIC`, where every hook is
-    None and every flag off: ccxt's unified structures are taken as they are. Each hook
-    holds exactly one venue's rule, with the venue's doc cited where it is defined.
-    """
-
-    #: ccxt ids this venue answers for (one module can hold several: the Binance family).
-    ids: tuple[str, ...]
-    #: the venue's API documentation, the source of every quirk in its module
-    doc: str = ""
-    #: what the report is valued in when the account does not say (Hyperliquid: USDC)
-    currency: str = "USDT"
-    #: ccxt `options` merged under the user's own (sources/ccxt_client.py)
-    ccxt_options: Mapping[str, Any] = field(default_factory=dict)
-    #: leverage tiers in contracts, not notional: not fetched (the venue's MM or rate is used)
-    tiers_in_contracts: bool = False
-
-    # positions (sources/normalize.py)
     #: (contracts, side) as ccxt gives them -> unsigned contracts and side
     contracts: Callable[[float, str | None], tuple[float, str | None]] | None = None
     #: (contracts, contract size, market) -> the count and size the core values
@@ -235,7 +221,11 @@ class Venue:
     #: a maintenance rate (row, market, the MM read, where) where the venue gives no tiers
     mmr: Callable[[Json, Json, float | None, str], float | None] | None = None
 
-    # balances (sources/normalize.py)
+
+@dataclass(frozen=True, slots=True)
+class BalanceQuirks:
+    """How a venue's `fetch_balance()` is read (sources/normalize.py)."""
+
     #: wallets of `fetch_balance()['info']`; None: ccxt's unified `total` is right
     wallets: Callable[[object], list[Wallet] | None] | None = None
     #: the venue's own account figures (venue id, `fetch_balance()['info']`)
@@ -243,13 +233,22 @@ class Venue:
     #: positions and balance answers of one read saw different books (raw answers)
     torn_read: Callable[[object, object], bool] | None = None
 
-    # collateral (sources/collateral_rules.py) and keys (registry.trade_permission)
+
+@dataclass(frozen=True, slots=True)
+class AccountQuirks:
+    """What a venue says about the account beyond the balance: collateral rules
+    (sources/collateral_rules.py) and the key's rights (registry.trade_permission)."""
+
     collateral_rules: Callable[[Any, float], Awaitable[CollateralRules]] | None = None
     #: a portfolio-margin account's own figures where `fetch_balance` has none
     portfolio_figures: Callable[[Any], Awaitable[VenueFigures]] | None = None
     trade_permission: Reader | None = None
 
-    # orders (venues/orders.py)
+
+@dataclass(frozen=True, slots=True)
+class OrderQuirks:
+    """The venue's order parameters beyond ccxt's unified ones (venues/orders.py)."""
+
     #: hedge mode sends `positionSide` explicitly (ccxt's `hedged` alone derives it)
     hedge_position_side: bool = False
     #: stops carry `workingType` (trigger on mark, not last)
@@ -259,9 +258,36 @@ class Venue:
     #: our deterministic client id's digest (hex) -> the venue's client id format
     client_id: Callable[[str], str] | None = None
     #: extra params of an order query (fetch_order)
-    order_query: Mapping[str, Any] = field(default_factory=dict)
+    query: Mapping[str, Any] = field(default_factory=dict)
     #: the ccxt param that finds an order by client id
     client_id_param: str = "clientOrderId"
+
+
+@dataclass(frozen=True, slots=True)
+class Venue:
+    """What is particular to one venue, as hooks the generic path in sources/ calls.
+
+    One instance per venue module (monitor/venues/<venue>.py), found by ccxt id through
+    `registry.venue_for`; a venue not in the registry gets `GENERIC`, where every hook is
+    None and every flag off: ccxt's unified structures are taken as they are. Each hook
+    holds exactly one venue's rule, with the venue's doc cited where it is defined; hooks
+    are grouped by the module that calls them.
+    """
+
+    #: ccxt ids this venue answers for (one module can hold several: the Binance family).
+    ids: tuple[str, ...]
+    #: the venue's API documentation, the source of every quirk in its module
+    doc: str = ""
+    #: what the report is valued in when the account does not say (Hyperliquid: USDC)
+    currency: str = "USDT"
+    #: ccxt `options` merged under the user's own (sources/exchange.py build_exchange)
+    ccxt_options: Mapping[str, Any] = field(default_factory=dict)
+    #: leverage tiers in contracts, not notional: not fetched (the venue's MM or rate is used)
+    tiers_in_contracts: bool = False
+    positions: PositionQuirks = PositionQuirks()
+    balance: BalanceQuirks = BalanceQuirks()
+    account: AccountQuirks = AccountQuirks()
+    orders: OrderQuirks = OrderQuirks()
 
 
 def mapping_wallets(

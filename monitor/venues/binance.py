@@ -28,60 +28,46 @@ from dataclasses import replace
 from typing import Any
 
 from monitor.core.margin.valuation import margin_ratio
-from monitor.venues.base import (
-    CAN_TRADE,
-    UNKNOWN,
-    AssetRule,
-    CollateralRules,
-    Json,
-    MalformedPayload,
-    Venue,
-    VenueFigures,
-    answer_rows,
-    as_float,
-    fraction,
-    info_number,
-    mapping_wallets,
-    number,
-    rows,
-)
+from monitor.venues import base
 
 __all__ = ["COINM", "PM_LIQUIDATION_UNI_MMR", "SPOT", "USDM", "rules_from_binance"]
 
 DOC = "developers.binance.com/docs/derivatives/usds-margined-futures"
 
 
-def maintenance_margin(row: Json, where: str) -> float | None:
+def maintenance_margin(row: base.Json, where: str) -> float | None:
     """ccxt's `maintenanceMargin` is the bracket's mmr × notional ignoring its deduction
     (`cum`, docs/venues.md); positionRisk's own `maintMargin` is the venue's figure."""
-    return info_number(row, "maintMargin", where)
+    return base.info_number(row, "maintMargin", where)
 
 
-def side_of_both(row: Json, where: str) -> str:
+def side_of_both(row: base.Json, where: str) -> str:
     """Binance one-way mode: the user stream (and ccxt's watch cache) reports side 'both'
     (docs/venues.md); the direction is the sign of `positionAmt` / `pa`."""
     info = row.get("info")
     amount = None
     if isinstance(info, Mapping):
-        amount = number(info, "positionAmt", where, required=False)
+        amount = base.number(info, "positionAmt", where, required=False)
         if amount is None:
-            amount = number(info, "pa", where, required=False)
+            amount = base.number(info, "pa", where, required=False)
     if amount is None:
-        notional = number(row, "notional", where, required=False)
+        notional = base.number(row, "notional", where, required=False)
         amount = notional
     if amount is None or amount == 0:
-        raise MalformedPayload(f"{where}: side 'both' with no signed amount to tell its direction")
+        raise base.MalformedPayload(
+            f"{where}: side 'both' with no signed amount to tell its direction"
+        )
     return "long" if amount > 0 else "short"
 
 
-def wallets(info: Json) -> Iterable[tuple[str, float, float | None]]:
+def wallets(info: base.Json) -> Iterable[tuple[str, float, float | None]]:
     """Binance USDⓈ-M `/fapi/v3/account` `assets[].walletBalance` (excludes UPnL).
 
     ccxt skips assets whose `updateTime == 0` (issue #27997, docs/venues.md); reading
     `info` directly keeps a non-zero wallet even then, and zero ones are dropped anyway.
     """
-    for row in rows(info.get("assets")):
-        yield str(row.get("asset")), as_float(row.get("walletBalance"), "walletBalance"), None
+    for row in base.rows(info.get("assets")):
+        yield str(row.get("asset")), base.as_float(row.get("walletBalance"), "walletBalance"), None
 
 
 def torn_read(positions: object, balance: object) -> bool:
@@ -118,13 +104,15 @@ def torn_read(positions: object, balance: object) -> bool:
     return in_balance != in_positions
 
 
-def figures(venue: str, info: object) -> VenueFigures | None:
+def figures(venue: str, info: object) -> base.VenueFigures | None:
     """Account Information V3: `totalMaintMargin / totalMarginBalance` (the venue's ratio)."""
     if not isinstance(info, Mapping):
         return None
-    mm = as_float(info["totalMaintMargin"], "totalMaintMargin")
-    mb = as_float(info["totalMarginBalance"], "totalMarginBalance")
-    return VenueFigures(venue, margin_ratio(mm, mb), mm, mb, "totalMaintMargin/totalMarginBalance")
+    mm = base.as_float(info["totalMaintMargin"], "totalMaintMargin")
+    mb = base.as_float(info["totalMarginBalance"], "totalMarginBalance")
+    return base.VenueFigures(
+        venue, margin_ratio(mm, mb), mm, mb, "totalMaintMargin/totalMarginBalance"
+    )
 
 
 #: Binance Portfolio Margin's liquidation line: "100% < uniMMR ≤ 105%: Liquidation will take
@@ -135,50 +123,50 @@ PM_LIQUIDATION_UNI_MMR = 1.05
 
 def rules_from_binance(
     venue: str, mode: object, asset_index: object, now: float
-) -> CollateralRules:
+) -> base.CollateralRules:
     """Binance's two answers (`GET /fapi/v1/multiAssetsMargin`, `GET /fapi/v1/assetIndex`, in
     their wire format) as rules. Pure: the live reader and the sim venue (which publishes
     its rules in the same format) both go through it."""
     flag = mode.get("multiAssetsMargin") if isinstance(mode, Mapping) else None
     if flag not in (True, False, "true", "false"):
-        raise MalformedPayload(f"binance multiAssetsMargin: {flag!r} is not true/false")
+        raise base.MalformedPayload(f"binance multiAssetsMargin: {flag!r} is not true/false")
     if flag in (False, "false"):
-        return CollateralRules(venue, "single_asset", {}, now)
-    assets: dict[str, AssetRule] = {}
-    for row in answer_rows(asset_index, "binance assetIndex"):
+        return base.CollateralRules(venue, "single_asset", {}, now)
+    assets: dict[str, base.AssetRule] = {}
+    for row in base.answer_rows(asset_index, "binance assetIndex"):
         symbol = str(row.get("symbol", ""))
         if not symbol.endswith("USD") or len(symbol) <= 3:
             continue
         where = f"binance assetIndex {symbol}"
         asset = symbol[:-3]
-        index = fraction(row, "index", where)
-        assets[asset] = AssetRule(
+        index = base.fraction(row, "index", where)
+        assets[asset] = base.AssetRule(
             asset,
             index=index if index > 0 else None,
-            haircut=min(fraction(row, "bidBuffer", where), 1.0),
-            liability_markup=fraction(row, "askBuffer", where),
+            haircut=min(base.fraction(row, "bidBuffer", where), 1.0),
+            liability_markup=base.fraction(row, "askBuffer", where),
         )
-    return CollateralRules(venue, "multi_assets", assets, now)
+    return base.CollateralRules(venue, "multi_assets", assets, now)
 
 
-async def _multi_assets_rules(exchange: Any, now: float) -> CollateralRules:
+async def _multi_assets_rules(exchange: Any, now: float) -> base.CollateralRules:
     """Multi-Assets Mode and the asset index buffers (module docstring); the index is read
     only in Multi-Assets Mode."""
     mode = await exchange.fapiPrivateGetMultiAssetsMargin()
     multi = isinstance(mode, Mapping) and mode.get("multiAssetsMargin") in (True, "true")
-    rows = await exchange.fapiPublicGetAssetIndex() if multi else []
-    return rules_from_binance(exchange.id, mode, rows, now)
+    index_rows = await exchange.fapiPublicGetAssetIndex() if multi else []
+    return rules_from_binance(exchange.id, mode, index_rows, now)
 
 
-async def collateral_rules(exchange: Any, now: float) -> CollateralRules:
+async def collateral_rules(exchange: Any, now: float) -> base.CollateralRules:
     """A Binance Portfolio Margin account is configured in ccxt (`options.portfolioMargin`,
     which routes every call to `papi`); its uniMMR is scenario-based (Binance FAQ 4868b2f1…)."""
     if exchange.options.get("portfolioMargin"):
-        return CollateralRules(exchange.id, "portfolio", {}, now)
+        return base.CollateralRules(exchange.id, "portfolio", {}, now)
     return await _multi_assets_rules(exchange, now)
 
 
-async def portfolio_figures(exchange: Any) -> VenueFigures:
+async def portfolio_figures(exchange: Any) -> base.VenueFigures:
     """The figures of a Portfolio Margin account, which `fetch_balance` lacks: `GET
     /papi/v1/account` (`papiGetAccount`, portfolio-margin Account-Information).
 
@@ -191,21 +179,21 @@ async def portfolio_figures(exchange: Any) -> VenueFigures:
     """
     answer = await exchange.papiGetAccount()
     if not isinstance(answer, Mapping):
-        raise MalformedPayload("binance papi account: expected an object")
+        raise base.MalformedPayload("binance papi account: expected an object")
     where = "binance papi account"
-    mm = fraction(answer, "accountMaintMargin", where)
+    mm = base.fraction(answer, "accountMaintMargin", where)
     try:
         equity = float(answer["accountEquity"])
     except (KeyError, TypeError, ValueError):
         equity = math.nan
     if not math.isfinite(equity):
-        raise MalformedPayload(f"{where}: field 'accountEquity' is not a number")
+        raise base.MalformedPayload(f"{where}: field 'accountEquity' is not a number")
     if mm == 0:
         ratio = 0.0
     else:
-        uni_mmr = fraction(answer, "uniMMR", where)
+        uni_mmr = base.fraction(answer, "uniMMR", where)
         ratio = PM_LIQUIDATION_UNI_MMR / uni_mmr if uni_mmr > 0 else math.inf
-    return VenueFigures(exchange.id, ratio, mm, equity, "papi 1.05/uniMMR")
+    return base.VenueFigures(exchange.id, ratio, mm, equity, "papi 1.05/uniMMR")
 
 
 async def usdm_trade_permission(exchange: Any, balance: Mapping[str, Any]) -> str:
@@ -213,25 +201,23 @@ async def usdm_trade_permission(exchange: Any, balance: Mapping[str, Any]) -> st
     # (GET /fapi/v1/accountConfig, USDⓈ-M docs)
     config = await exchange.fapiPrivateGetAccountConfig()
     if isinstance(config, Mapping) and "canTrade" in config:
-        return CAN_TRADE if config["canTrade"] else "read-only (canTrade is false)"
-    return UNKNOWN
+        return base.CAN_TRADE if config["canTrade"] else "read-only (canTrade is false)"
+    return base.UNKNOWN
 
 
 async def trade_permission(exchange: Any, balance: Mapping[str, Any]) -> str:
     info = balance.get("info")
     if isinstance(info, Mapping) and "canTrade" in info:
-        return CAN_TRADE if info["canTrade"] else "read-only (canTrade is false)"
-    return UNKNOWN
+        return base.CAN_TRADE if info["canTrade"] else "read-only (canTrade is false)"
+    return base.UNKNOWN
 
 
-#: The `binancecoinm` id: what the family shares (the venue's MM, order parameters), and
-#: ccxt's spot currency list switched off (`fetchCurrencies`: with keys, load_markets would
-#: read the spot wallet's currencies, which a futures-only key may not read; docs/venues.md).
-COINM = Venue(
-    ids=("binancecoinm",),
-    doc="developers.binance.com/docs/derivatives/coin-margined-futures",
-    ccxt_options={"fetchCurrencies": False},
-    maintenance_margin=maintenance_margin,
+#: What the futures ids share: the venue's MM, and ccxt's spot currency list switched off
+#: (`fetchCurrencies`: with keys, load_markets would read the spot wallet's currencies, which a
+#: futures-only key may not read and the daemon never uses; docs/venues.md).
+_FUTURES_OPTIONS = {"fetchCurrencies": False}
+_POSITIONS = base.PositionQuirks(maintenance_margin=maintenance_margin)
+_ORDERS = base.OrderQuirks(
     # hedge mode: `positionSide` explicitly, so the intent is in the request
     hedge_position_side=True,
     # stops trigger on the mark, not the last price
@@ -239,25 +225,30 @@ COINM = Venue(
     # -4164: "notional must be no smaller than 5 (unless you choose reduce only)"
     reduce_only_min_notional_exempt=True,
 )
-#: The `binance` id (ccxt's all-markets class): wallets, figures, torn reads and the
-#: `canTrade` of its account answer; its spot currency list stays on.
-SPOT = replace(
-    COINM,
-    ids=("binance",),
-    doc=DOC,
-    ccxt_options={},
-    wallets=mapping_wallets(wallets),
-    figures=figures,
-    torn_read=torn_read,
-    trade_permission=trade_permission,
+#: Account Information answers: raw wallets, the venue's ratio, the positions it lists
+_BALANCE = base.BalanceQuirks(base.mapping_wallets(wallets), figures, torn_read)
+
+COINM = base.Venue(
+    ("binancecoinm",),
+    "developers.binance.com/docs/derivatives/coin-margined-futures",
+    ccxt_options=_FUTURES_OPTIONS,
+    positions=_POSITIONS,
+    orders=_ORDERS,
 )
-#: USDⓈ-M futures (`binanceusdm`): everything above, plus collateral rules, Portfolio
-#: Margin figures and Futures Account Configuration's `canTrade`.
+#: The `binance` id (ccxt's all-markets class): its account answer's `canTrade`.
+SPOT = base.Venue(
+    ("binance",),
+    DOC,
+    positions=_POSITIONS,
+    balance=_BALANCE,
+    account=base.AccountQuirks(trade_permission=trade_permission),
+    orders=_ORDERS,
+)
+#: USDⓈ-M futures: the `binance` id's reads, plus collateral rules, Portfolio Margin
+#: figures and Futures Account Configuration's `canTrade`.
 USDM = replace(
     SPOT,
     ids=("binanceusdm",),
-    ccxt_options={"fetchCurrencies": False},
-    collateral_rules=collateral_rules,
-    portfolio_figures=portfolio_figures,
-    trade_permission=usdm_trade_permission,
+    ccxt_options=_FUTURES_OPTIONS,
+    account=base.AccountQuirks(collateral_rules, portfolio_figures, usdm_trade_permission),
 )

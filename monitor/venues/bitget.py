@@ -15,35 +15,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from monitor.venues.base import (
-    CAN_TRADE,
-    UNKNOWN,
-    AssetRule,
-    CollateralRules,
-    Json,
-    MalformedPayload,
-    Mode,
-    Venue,
-    VenueFigures,
-    Wallet,
-    answer_rows,
-    as_float,
-    envelope_data,
-    haircut_bands,
-    info_number,
-    number,
-    rows,
-)
+from monitor.venues import base
 
 
-def keep_margin(row: Json, where: str) -> float | None:
+def keep_margin(row: base.Json, where: str) -> float | None:
     """Bitget: MM = position value × `keepMarginRate` (v2 all-position docs); ccxt's
     `maintenanceMargin` adds the taker fee to the rate (closing cost), which Bitget's
     account risk rate does not count."""
-    rate = info_number(row, "keepMarginRate", where)
-    contracts = number(row, "contracts", where, required=False)
-    size = number(row, "contractSize", where, required=False) or 1.0
-    mark = number(row, "markPrice", where, required=False)
+    rate = base.info_number(row, "keepMarginRate", where)
+    contracts = base.number(row, "contracts", where, required=False)
+    size = base.number(row, "contractSize", where, required=False) or 1.0
+    mark = base.number(row, "markPrice", where, required=False)
     if rate is None or contracts is None or mark is None:
         return None
     return abs(contracts) * size * mark * rate
@@ -51,21 +33,21 @@ def keep_margin(row: Json, where: str) -> float | None:
 
 def wallets(info: object) -> Iterable[tuple[str, float, float | None]]:
     """Bitget mix `/api/v2/mix/account/accounts`: `accountEquity − unrealizedPL`."""
-    for row in rows(info):
-        equity = as_float(row.get("accountEquity"), "accountEquity")
-        upnl = as_float(row.get("unrealizedPL") or 0, "unrealizedPL")
+    for row in base.rows(info):
+        equity = base.as_float(row.get("accountEquity"), "accountEquity")
+        upnl = base.as_float(row.get("unrealizedPL") or 0, "unrealizedPL")
         yield str(row.get("marginCoin")), equity - upnl, None
 
 
 #: Bitget USDT-M `assetMode` (Get Account List): "single" (USDT only) or "union" (multi-asset).
-_MODES: dict[str, Mode] = {"single": "single_asset", "union": "multi_assets"}
+_MODES: dict[str, base.Mode] = {"single": "single_asset", "union": "multi_assets"}
 
 
 def _data(answer: object, where: str) -> list[Mapping[str, Any]]:
-    return answer_rows(answer.get("data") if isinstance(answer, Mapping) else None, where)
+    return base.answer_rows(answer.get("data") if isinstance(answer, Mapping) else None, where)
 
 
-async def collateral_rules(exchange: Any, now: float) -> CollateralRules:
+async def collateral_rules(exchange: Any, now: float) -> base.CollateralRules:
     """Bitget USDT-M futures: the account's `assetMode` (`privateMixGetV2MixAccountAccounts`,
     GET /api/v2/mix/account/accounts, api-doc contract/account/Get-Account-List) and, in
     union (multi-asset) mode, each coin's discount-rate tiers
@@ -75,59 +57,63 @@ async def collateral_rules(exchange: Any, now: float) -> CollateralRules:
     to USDT-M Futures in Multi-Asset Mode" counts 10 BTC at 60,000 as "the first 100,000
     USDT" at 0.975, "the next 400,000 USDT" at 0.97, and so on; a coin with no tier list
     (USDT) counts in full."""
-    rows = _data(
+    accounts = _data(
         await exchange.privateMixGetV2MixAccountAccounts({"productType": "USDT-FUTURES"}),
         "bitget accounts",
     )
-    usdt = next((r for r in rows if r.get("marginCoin") == "USDT"), rows[0] if rows else {})
+    usdt = next(
+        (r for r in accounts if r.get("marginCoin") == "USDT"), accounts[0] if accounts else {}
+    )
     asset_mode = str(usdt.get("assetMode"))
     if asset_mode not in _MODES:
-        raise MalformedPayload(f"bitget accounts: assetMode {asset_mode!r} is not single/union")
+        raise base.MalformedPayload(
+            f"bitget accounts: assetMode {asset_mode!r} is not single/union"
+        )
     if _MODES[asset_mode] != "multi_assets":
-        return CollateralRules(exchange.id, _MODES[asset_mode], {}, now)
-    assets: dict[str, AssetRule] = {}
+        return base.CollateralRules(exchange.id, _MODES[asset_mode], {}, now)
+    assets: dict[str, base.AssetRule] = {}
     for row in _data(await exchange.publicMixGetV2MixMarketDiscountRate(), "bitget discount-rate"):
         coin = str(row.get("coin"))
-        bands = haircut_bands(
+        bands = base.haircut_bands(
             row.get("discountRateList"), "maxAmount", "discountRate", f"bitget discount-rate {coin}"
         )
-        assets[coin] = AssetRule(coin, haircut_tiers=bands, tier_basis="value")
-    return CollateralRules(exchange.id, "multi_assets", assets, now)
+        assets[coin] = base.AssetRule(coin, haircut_tiers=bands, tier_basis="value")
+    return base.CollateralRules(exchange.id, "multi_assets", assets, now)
 
 
 async def trade_permission(exchange: Any, balance: Mapping[str, Any]) -> str:
     # Get Account Information (v2): `coow` is the futures order-write authority
-    data = envelope_data(await exchange.privateSpotGetV2SpotAccountInfo())
+    data = base.envelope_data(await exchange.privateSpotGetV2SpotAccountInfo())
     rights = data.get("authorities") if isinstance(data, Mapping) else None
     if isinstance(rights, list):
         return (
-            CAN_TRADE
+            base.CAN_TRADE
             if "coow" in rights
             else f"read-only (authorities {sorted(map(str, rights))} lack coow)"
         )
-    return UNKNOWN
+    return base.UNKNOWN
 
 
-def figures(venue: str, info: object) -> VenueFigures | None:
+def figures(venue: str, info: object) -> base.VenueFigures | None:
     """mix accounts `crossedRiskRate`: the cross account's risk rate (liquidation at 1)."""
     if not isinstance(info, list) or not info:
         return None
     rate = info[0].get("crossedRiskRate")
     if rate in (None, ""):
         return None
-    return VenueFigures(venue, as_float(rate, "crossedRiskRate"), source_fields="crossedRiskRate")
+    return base.VenueFigures(
+        venue, base.as_float(rate, "crossedRiskRate"), source_fields="crossedRiskRate"
+    )
 
 
-def _wallet_list(info: object) -> list[Wallet]:
+def _wallet_list(info: object) -> list[base.Wallet]:
     return list(wallets(info))  # the accounts answer is a list: always read, never `total`
 
 
-VENUE = Venue(
-    ids=("bitget",),
-    doc="www.bitget.com/api-doc",
-    maintenance_margin=keep_margin,
-    wallets=_wallet_list,
-    figures=figures,
-    collateral_rules=collateral_rules,
-    trade_permission=trade_permission,
+VENUE = base.Venue(
+    ("bitget",),
+    "www.bitget.com/api-doc",
+    positions=base.PositionQuirks(maintenance_margin=keep_margin),
+    balance=base.BalanceQuirks(_wallet_list, figures),
+    account=base.AccountQuirks(collateral_rules, trade_permission=trade_permission),
 )

@@ -21,23 +21,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from monitor.core.model import MarginMode
-from monitor.venues.base import (
-    CAN_TRADE,
-    AssetRule,
-    CollateralRules,
-    Json,
-    MalformedPayload,
-    Venue,
-    VenueFigures,
-    answer_rows,
-    as_float,
-    haircut_bands,
-    mapping_wallets,
-    rows,
-)
+from monitor.venues import base
 
 
-def margin_mode(row: Json) -> MarginMode:
+def margin_mode(row: base.Json) -> MarginMode:
     """Bybit v5: ccxt leaves marginMode None ("tradeMode was deprecated"); UTA reports
     `tradeMode` 1 only for isolated positions (v5 position/list docs)."""
     info = row.get("info")
@@ -46,86 +33,91 @@ def margin_mode(row: Json) -> MarginMode:
     return "cross"
 
 
-def wallets(info: Json) -> Iterable[tuple[str, float, float | None]]:
+def wallets(info: base.Json) -> Iterable[tuple[str, float, float | None]]:
     """Bybit UTA `/v5/account/wallet-balance` coins: `walletBalance` with the USD price
     implied by `usdValue / equity`; coins switched off as collateral are not margin."""
     result = info.get("result")
-    accounts = rows(result.get("list")) if isinstance(result, Mapping) else []
+    accounts = base.rows(result.get("list")) if isinstance(result, Mapping) else []
     for account in accounts:
-        for row in rows(account.get("coin")):
+        for row in base.rows(account.get("coin")):
             if row.get("marginCollateral") is False or row.get("collateralSwitch") is False:
                 continue
-            equity = as_float(row.get("equity") or 0, "equity")
-            usd = as_float(row.get("usdValue") or 0, "usdValue")
+            equity = base.as_float(row.get("equity") or 0, "equity")
+            usd = base.as_float(row.get("usdValue") or 0, "usdValue")
             price = usd / equity if equity else None
-            yield str(row.get("coin")), as_float(row.get("walletBalance"), "walletBalance"), price
+            yield (
+                str(row.get("coin")),
+                base.as_float(row.get("walletBalance"), "walletBalance"),
+                price,
+            )
 
 
 def _result(answer: object, where: str) -> Mapping[str, Any]:
     result = answer.get("result") if isinstance(answer, Mapping) else None
     if not isinstance(result, Mapping):
-        raise MalformedPayload(f"{where}: field 'result' is missing")
+        raise base.MalformedPayload(f"{where}: field 'result' is missing")
     return result
 
 
-async def collateral_rules(exchange: Any, now: float) -> CollateralRules:
+async def collateral_rules(exchange: Any, now: float) -> base.CollateralRules:
     """UTA margin mode, per-coin switches and tiered collateral ratios (module docstring)."""
     info = _result(await exchange.privateGetV5AccountInfo(), "bybit account info")
     if info.get("marginMode") == "PORTFOLIO_MARGIN":
-        return CollateralRules(exchange.id, "portfolio", {}, now)
+        return base.CollateralRules(exchange.id, "portfolio", {}, now)
     switches: dict[str, bool] = {}
     answer = await exchange.privateGetV5AccountCollateralInfo()
-    for row in answer_rows(
+    for row in base.answer_rows(
         _result(answer, "bybit collateral-info").get("list"), "bybit collateral-info"
     ):
         on = all(row.get(k) in (True, "true") for k in ("marginCollateral", "collateralSwitch"))
         switches[str(row.get("currency"))] = on
-    assets: dict[str, AssetRule] = {}
+    assets: dict[str, base.AssetRule] = {}
     answer = await exchange.publicGetV5SpotMarginTradeCollateral()
-    for row in answer_rows(_result(answer, "bybit collateral").get("list"), "bybit collateral"):
+    for row in base.answer_rows(
+        _result(answer, "bybit collateral").get("list"), "bybit collateral"
+    ):
         coin = str(row.get("currency"))
-        bands = haircut_bands(
+        bands = base.haircut_bands(
             row.get("collateralRatioList"), "maxQty", "collateralRatio", f"bybit collateral {coin}"
         )
-        assets[coin] = AssetRule(coin, haircut_tiers=bands, collateral=switches.get(coin, True))
+        assets[coin] = base.AssetRule(
+            coin, haircut_tiers=bands, collateral=switches.get(coin, True)
+        )
     for coin, on in switches.items():
         if coin not in assets:
-            assets[coin] = AssetRule(coin, collateral=on)
-    return CollateralRules(exchange.id, "multi_assets", assets, now)
+            assets[coin] = base.AssetRule(coin, collateral=on)
+    return base.CollateralRules(exchange.id, "multi_assets", assets, now)
 
 
 async def trade_permission(exchange: Any, balance: Mapping[str, Any]) -> str:
     answer = await exchange.privateGetV5UserQueryApi()
     read_only = str(answer.get("result", {}).get("readOnly"))
-    return "read-only (readOnly=1)" if read_only == "1" else CAN_TRADE
+    return "read-only (readOnly=1)" if read_only == "1" else base.CAN_TRADE
 
 
-def figures(venue: str, info: object) -> VenueFigures | None:
+def figures(venue: str, info: object) -> base.VenueFigures | None:
     """wallet-balance's account `accountMMRate` (its liquidation line is 100 %), with
     `totalMaintenanceMargin` and `totalMarginBalance`."""
     if not isinstance(info, Mapping):
         return None
-    account = rows(info["result"]["list"])[0]
-    return VenueFigures(
+    account = base.rows(info["result"]["list"])[0]
+    return base.VenueFigures(
         venue,
-        as_float(account["accountMMRate"], "accountMMRate"),
-        as_float(account["totalMaintenanceMargin"], "totalMaintenanceMargin"),
-        as_float(account["totalMarginBalance"], "totalMarginBalance"),
+        base.as_float(account["accountMMRate"], "accountMMRate"),
+        base.as_float(account["totalMaintenanceMargin"], "totalMaintenanceMargin"),
+        base.as_float(account["totalMarginBalance"], "totalMarginBalance"),
         "accountMMRate",
     )
 
 
-VENUE = Venue(
-    ids=("bybit",),
-    doc="bybit-exchange.github.io/docs/v5",
-    margin_mode=margin_mode,
-    wallets=mapping_wallets(wallets),
-    figures=figures,
-    collateral_rules=collateral_rules,
-    trade_permission=trade_permission,
+VENUE = base.Venue(
+    ("bybit",),
+    "bybit-exchange.github.io/docs/v5",
+    positions=base.PositionQuirks(margin_mode=margin_mode),
+    balance=base.BalanceQuirks(base.mapping_wallets(wallets), figures),
+    account=base.AccountQuirks(collateral_rules, trade_permission=trade_permission),
     # ccxt's fetch_order refuses without `acknowledged`: it only sees the last 500 orders
-    # (`/v5/order/realtime`), which is fine for an order placed seconds ago
-    order_query={"acknowledged": True},
+    # (`/v5/order/realtime`), fine for an order placed seconds ago; a lookup by client id is
     # GET /v5/order/realtime?orderLinkId= (passed through as is)
-    client_id_param="orderLinkId",
+    orders=base.OrderQuirks(query={"acknowledged": True}, client_id_param="orderLinkId"),
 )

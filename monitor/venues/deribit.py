@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from monitor.venues.base import Json, Venue, number
+from monitor.venues import base
 
 
 def usd_size(contracts: float, contract_size: float) -> float:
@@ -23,21 +23,19 @@ def unsigned(contracts: float, side: str | None) -> tuple[float, str | None]:
     return abs(contracts), side
 
 
-def units(contracts: float, contract_size: float, market: Json) -> tuple[float, float]:
+def units(contracts: float, contract_size: float, market: base.Json) -> tuple[float, float]:
     if market.get("inverse"):
         return usd_size(contracts, contract_size), contract_size
     return contracts, contract_size
 
 
-def position_mmr(row: Json, market: Json, mm: float | None, where: str) -> float | None:
+def position_mmr(row: base.Json, market: base.Json, mm: float | None, where: str) -> float | None:
     del market, mm
-    return percent_units(number(row, "maintenanceMarginPercentage", where, required=False))
+    return percent_units(base.number(row, "maintenanceMarginPercentage", where, required=False))
 
 
-VENUE = Venue(
-    ids=("deribit",),
-    doc="docs.deribit.com",
-    contracts=unsigned,
-    units=units,
-    mmr=position_mmr,
+VENUE = base.Venue(
+    ("deribit",),
+    "docs.deribit.com",
+    positions=base.PositionQuirks(contracts=unsigned, units=units, mmr=position_mmr),
 )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from monitor.venues.base import Venue
+from monitor.venues import base
 
 
 def signed_contracts(contracts: float, side: str | None) -> tuple[float, str | None]:
@@ -13,9 +13,9 @@ def signed_contracts(contracts: float, side: str | None) -> tuple[float, str | N
     return contracts, side
 
 
-VENUE = Venue(
-    ids=("dydx",),
-    doc="docs.dydx.exchange",
+VENUE = base.Venue(
+    ("dydx",),
+    "docs.dydx.exchange",
     currency="USDC",
-    contracts=signed_contracts,
+    positions=base.PositionQuirks(contracts=signed_contracts),
 )

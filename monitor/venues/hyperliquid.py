@@ -16,18 +16,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from monitor.core.margin.valuation import margin_ratio
-from monitor.venues.base import (
-    CAN_TRADE,
-    Json,
-    Venue,
-    VenueFigures,
-    as_float,
-    mapping_wallets,
-    rows,
-)
+from monitor.venues import base
 
 
-def mmr(market: Json) -> float | None:
+def mmr(market: base.Json) -> float | None:
     """Hyperliquid: MM rate = 1 / (2 × max leverage) ("margining" docs; margin-math §4.1)."""
     limits = market.get("limits")
     lev = None
@@ -43,21 +35,21 @@ def mmr(market: Json) -> float | None:
     return 1.0 / (2.0 * lev_f) if lev_f > 0 else None
 
 
-def wallets(info: Json) -> Iterable[tuple[str, float, float | None]]:
+def wallets(info: base.Json) -> Iterable[tuple[str, float, float | None]]:
     """Hyperliquid clearinghouseState: cross account value minus the positions' UPnL
     (accountValue includes it; "margining" docs)."""
     summary = info.get("crossMarginSummary") or info.get("marginSummary")
     if not isinstance(summary, Mapping):
         return
-    value = as_float(summary.get("accountValue"), "accountValue")
+    value = base.as_float(summary.get("accountValue"), "accountValue")
     upnl = 0.0
-    for row in rows(info.get("assetPositions")):
+    for row in base.rows(info.get("assetPositions")):
         pos = row.get("position")
         if isinstance(pos, Mapping):
             lev = pos.get("leverage")
             if isinstance(lev, Mapping) and lev.get("type") == "isolated":
                 continue
-            upnl += as_float(pos.get("unrealizedPnl") or 0, "unrealizedPnl")
+            upnl += base.as_float(pos.get("unrealizedPnl") or 0, "unrealizedPnl")
     yield "USDC", value - upnl, 1.0
 
 
@@ -79,7 +71,7 @@ async def trade_permission(exchange: Any, balance: Mapping[str, Any]) -> str:
             "hyperliquid: secret is not a 0x-prefixed 32-byte hex private key"
         ) from None
     if signer == wallet:
-        return f"{CAN_TRADE} (the private key is the wallet's own)"
+        return f"{base.CAN_TRADE} (the private key is the wallet's own)"
     answer = await exchange.publicPostInfo({"type": "userRole", "user": signer})
     role = str(answer.get("role")) if isinstance(answer, Mapping) else "?"
     data = answer.get("data") if isinstance(answer, Mapping) else None
@@ -103,27 +95,27 @@ async def _agent_validity(exchange: Any, wallet: str, signer: str) -> str:
         if isinstance(valid_until, int) and valid_until <= time.time() * 1000:
             expired = datetime.fromtimestamp(valid_until / 1000, UTC).isoformat(timespec="seconds")
             return f"read-only (API wallet {signer} {agent.get('name')!r} expired {expired})"
-    return f"{CAN_TRADE} (approved API wallet {signer})"
+    return f"{base.CAN_TRADE} (approved API wallet {signer})"
 
 
-def maintenance_margin(row: Json, where: str) -> None:
+def maintenance_margin(row: base.Json, where: str) -> None:
     """ccxt sets no MM on a Hyperliquid position: computed from the market's max leverage
     (`mmr`), as the venue does."""
     del row, where
 
 
-def position_mmr(row: Json, market: Json, mm: float | None, where: str) -> float | None:
+def position_mmr(row: base.Json, market: base.Json, mm: float | None, where: str) -> float | None:
     del row, mm, where
     return mmr(market)
 
 
-def figures(venue: str, info: object) -> VenueFigures | None:
+def figures(venue: str, info: object) -> base.VenueFigures | None:
     """clearinghouseState `crossMaintenanceMarginUsed / crossMarginSummary.accountValue`."""
     if not isinstance(info, Mapping):
         return None
-    mm = as_float(info["crossMaintenanceMarginUsed"], "crossMaintenanceMarginUsed")
-    value = as_float(info["crossMarginSummary"]["accountValue"], "accountValue")
-    return VenueFigures(
+    mm = base.as_float(info["crossMaintenanceMarginUsed"], "crossMaintenanceMarginUsed")
+    value = base.as_float(info["crossMarginSummary"]["accountValue"], "accountValue")
+    return base.VenueFigures(
         venue, margin_ratio(mm, value), mm, value, "crossMaintenanceMarginUsed/accountValue"
     )
 
@@ -134,18 +126,16 @@ def client_id(digest: str) -> str:
     return "0x" + digest[:32]
 
 
-VENUE = Venue(
-    ids=("hyperliquid",),
-    doc="hyperliquid.gitbook.io/hyperliquid-docs",
+VENUE = base.Venue(
+    ("hyperliquid",),
+    "hyperliquid.gitbook.io/hyperliquid-docs",
     currency="USDC",
     # ccxt 4.5.90 hyperliquid.initialize_client() signs and sends `approveBuilderFee`
     # (0.01 % to ccxt's builder) and `setReferrer` on first use when a private key is
     # set. A monitor must not change the user's account: mark both as done.
     ccxt_options={"builderFee": False, "approvedBuilderFee": True, "refSet": True},
-    maintenance_margin=maintenance_margin,
-    mmr=position_mmr,
-    wallets=mapping_wallets(wallets),
-    figures=figures,
-    trade_permission=trade_permission,
-    client_id=client_id,
+    positions=base.PositionQuirks(maintenance_margin=maintenance_margin, mmr=position_mmr),
+    balance=base.BalanceQuirks(base.mapping_wallets(wallets), figures),
+    account=base.AccountQuirks(trade_permission=trade_permission),
+    orders=base.OrderQuirks(client_id=client_id),
 )

@@ -13,17 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from monitor.venues.base import (
-    Json,
-    Venue,
-    as_float,
-    mapping_wallets,
-    rows,
-    unpublished,
-)
+from monitor.venues import base
 
 
-def base_mmr(market: Json) -> float | None:
+def base_mmr(market: base.Json) -> float | None:
     """MEXC: positions carry no maintenance figure and the risk tiers are in contracts;
     the contract's base `maintenanceMarginRate` (contract/detail docs) is the rate of the
     first risk level, which is where all but very large positions sit."""
@@ -37,28 +30,28 @@ def base_mmr(market: Json) -> float | None:
     return rate if 0 < rate < 1 else None
 
 
-def wallets(info: Json) -> Iterable[tuple[str, float, float | None]]:
+def wallets(info: base.Json) -> Iterable[tuple[str, float, float | None]]:
     """MEXC contract `/api/v1/private/account/assets`: `cashBalance` (excl. unrealized)."""
-    for row in rows(info.get("data")):
-        yield str(row.get("currency")), as_float(row.get("cashBalance"), "cashBalance"), None
+    for row in base.rows(info.get("data")):
+        yield str(row.get("currency")), base.as_float(row.get("cashBalance"), "cashBalance"), None
 
 
 # MEXC: contract API v1 (account/assets, position endpoints) carries no key rights;
 # spot GET /api/v3/account's canTrade/permissions ["SPOT"] describe the spot account only
-trade_permission = unpublished("MEXC")
+trade_permission = base.unpublished("MEXC")
 
 
-def position_mmr(row: Json, market: Json, mm: float | None, where: str) -> float | None:
+def position_mmr(row: base.Json, market: base.Json, mm: float | None, where: str) -> float | None:
     del row, where
     return base_mmr(market) if mm is None else None
 
 
-VENUE = Venue(
-    ids=("mexc",),
-    doc="mexcdevelop.github.io/apidocs/contract_v1_en",
+VENUE = base.Venue(
+    ("mexc",),
+    "mexcdevelop.github.io/apidocs/contract_v1_en",
     # risk tiers are in contracts (`riskIncrVol`), not notional: the base rate is used
     tiers_in_contracts=True,
-    mmr=position_mmr,
-    wallets=mapping_wallets(wallets),
-    trade_permission=trade_permission,
+    positions=base.PositionQuirks(mmr=position_mmr),
+    balance=base.BalanceQuirks(base.mapping_wallets(wallets)),
+    account=base.AccountQuirks(trade_permission=trade_permission),
 )

@@ -47,7 +47,7 @@ def hedge_params(venue: str | None, position_side: Side) -> dict[str, Any]:
     (and the sim, which follows Binance) also get `positionSide` explicitly, so the intent is
     in the request, not derived from `side`."""
     params: dict[str, Any] = {"hedged": True}
-    if venue in (None, "sim") or venue_for(venue).hedge_position_side:
+    if venue in (None, "sim") or venue_for(venue).orders.hedge_position_side:
         params["positionSide"] = position_side.upper()
     return params
 
@@ -72,7 +72,7 @@ def stop_params(
         "clientOrderId": client_id,
         "stopLossPrice": trigger,
     }
-    if venue_for(venue).stop_working_type:
+    if venue_for(venue).orders.stop_working_type:
         params["workingType"] = working_type  # trigger on mark, not last
     if hedged:
         params.update(hedge_params(venue, side))
@@ -87,7 +87,7 @@ def client_order_id(account: str, episode: str, step: int, leg: int, venue: str 
     (Hyperliquid's hex cloid) shapes the digest itself.
     """
     digest = hashlib.sha256(f"{account}|{episode}|{step}|{leg}".encode()).hexdigest()
-    shape = venue_for(venue).client_id
+    shape = venue_for(venue).orders.client_id
     return shape(digest) if shape is not None else "mm" + digest[:30]
 
 
@@ -103,7 +103,7 @@ def stop_stem(account: str, symbol: str, side: Side) -> str:
 
 def query_params(venue: str | None) -> dict[str, Any]:
     """Extra ccxt params an order query needs on this venue (Bybit's `acknowledged`)."""
-    return dict(venue_for(venue).order_query)
+    return dict(venue_for(venue).orders.query)
 
 
 def client_id_query(venue: str | None, client_id: str) -> dict[str, Any]:
@@ -112,13 +112,13 @@ def client_id_query(venue: str | None, client_id: str) -> dict[str, Any]:
     Binance: GET /fapi/v1/order?origClientOrderId= (ccxt maps `clientOrderId`); a venue
     with its own parameter names it (Bybit's `orderLinkId`).
     """
-    return {venue_for(venue).client_id_param: client_id, **query_params(venue)}
+    return {venue_for(venue).orders.client_id_param: client_id, **query_params(venue)}
 
 
 def min_notional_exempt(venue: str | None) -> bool:
     """Whether the venue waives the market's minimum notional for reduce-only orders
     (Binance -4164: "notional must be no smaller than 5 (unless you choose reduce only)")."""
-    return venue_for(venue).reduce_only_min_notional_exempt
+    return venue_for(venue).orders.reduce_only_min_notional_exempt
 
 
 def amount_step(market: Mapping[str, Any], precision_mode: int | None) -> float:

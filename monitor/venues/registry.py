@@ -59,7 +59,7 @@ async def trade_permission(exchange: Any, venue_id: str, balance: Mapping[str, A
     """What the venue says about the key's right to trade, in words (`margin-monitor
     check`): each venue asks the endpoint where it states the key's rights (docs/venues.md,
     "What check says about the key"); a venue that publishes none says so, never a guess."""
-    read = venue_for(venue_id).trade_permission
+    read = venue_for(venue_id).account.trade_permission
     if read is None:
         return "trade permission unknown (margin-monitor does not read it on this venue)"
     return await read(exchange, balance)

@@ -7,11 +7,7 @@ an estimate (1 / (2 × max leverage), sources/normalize.py `_max_leverage_mmr`).
 
 from __future__ import annotations
 
-from monitor.venues.base import (
-    Json,
-    Venue,
-    unpublished,
-)
+from monitor.venues import base
 
 
 def size_in_base(contract_size: float) -> float:
@@ -25,17 +21,17 @@ def size_in_base(contract_size: float) -> float:
 # WEEX: the API FAQ names Readonly/Spot/Futures key permissions but no endpoint returns
 # them; spot GET /api/v3/account/ lists spot rights (e.g. SPOT_TRADING) only; a key
 # without Futures gets -1052 "Insufficient permissions" when it places an order
-trade_permission = unpublished("WEEX")
+trade_permission = base.unpublished("WEEX")
 
 
-def units(contracts: float, contract_size: float, market: Json) -> tuple[float, float]:
+def units(contracts: float, contract_size: float, market: base.Json) -> tuple[float, float]:
     del market
     return contracts, size_in_base(contract_size)
 
 
-VENUE = Venue(
-    ids=("weex",),
-    doc="www.weex.com/api-doc",
-    units=units,
-    trade_permission=trade_permission,
+VENUE = base.Venue(
+    ("weex",),
+    "www.weex.com/api-doc",
+    positions=base.PositionQuirks(units=units),
+    account=base.AccountQuirks(trade_permission=trade_permission),
 )
