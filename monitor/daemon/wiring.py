@@ -87,6 +87,12 @@ def build_sinks(
         watched = {
             a.name: a.stale_after for a in settings.accounts if sources is None or a.name in sources
         }
+        status = None
+        if settings.metrics.status_page:
+            from monitor.channels.web import StatusSink  # noqa: PLC0415 - docs/status-page.md
+
+            # on the metrics listener, with the metrics sink's freshness (built next)
+            status = StatusSink(watched, lambda: health.blind(), lambda: alerts.pipeline)  # noqa: PLW0108
         health = build_metrics_sink(
             settings.metrics,
             watched,
@@ -94,13 +100,10 @@ def build_sinks(
             shard=shard,
             outbox=lambda: alerts.pipeline.store.pending(),  # noqa: PLW0108 - store opens late
             protection=actions.protection_disabled if actions is not None else None,
+            routes=[status.install] if status is not None else [],
         )
         sinks.append(health)
-        if settings.metrics.status_page:
-            from monitor.channels.web import StatusSink  # noqa: PLC0415 - docs/status-page.md
-
-            status = StatusSink(watched, health.blind, lambda: alerts.pipeline)
-            health.routes.append(status.install)
+        if status is not None:
             sinks.append(status)
         if settings.heartbeat.url is not None:
             sinks.append(HeartbeatSink(settings.heartbeat, health.blind))

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from monitor.core.levels import Level
 from monitor.core.model import AccountSnapshot, MarginReport
 from monitor.core.rules import ratio_level
 from monitor.protect.audit import ActionHooks
@@ -60,13 +61,11 @@ class ActionsSink(Sink):
         alerts: AlertsSink | None = None,
         notes: ActionNotes | None = None,
         make: MakeExecutor | None = None,
-        severity: str = "critical",
     ) -> None:
         """`executors` were built with `action_hooks(alerts, notes, ...)` and `alerts.switches`
         (build_actions_sink does); `alerts` ends a rejection's alert once its episode is over;
         `notes` is what the alert messages read (protect/notes.py); `make` builds the executor
-        of an account a SIGHUP reload adds or restarts; `severity` is the alert level the
-        executors' `protection_disabled` alert is raised at (`action_hooks`)."""
+        of an account a SIGHUP reload adds or restarts."""
         self.notes = notes if notes is not None else ActionNotes()
         self.notes.executors.update(executors)
         #: the protected accounts' executors (the same mapping the notes read)
@@ -78,7 +77,6 @@ class ActionsSink(Sink):
         self._wake = {name: asyncio.Event() for name in self.executors}
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self.severity = severity
 
     def protection_disabled(self) -> dict[str, str]:
         """Account -> why its protective actions cannot run (`/healthz`, `check`)."""
@@ -215,11 +213,26 @@ def action_hooks(alerts: AlertsSink | None, notes: ActionNotes, severity: str) -
     )
 
 
+def action_ratio(settings: Settings) -> float:
+    """The margin ratio at which actions step in (`action_level` may name an alert level)."""
+    levels = settings.alerts
+    return settings.actions.action_ratio(
+        {"warning": levels.warning, "critical": levels.critical, "emergency": levels.emergency}
+    )
+
+
+def action_severity(settings: Settings) -> Level:
+    """The alert level at which actions step in, `warning` at least: a disabled protection
+    is raised at it, so it pages as loudly as the situation it was meant to handle."""
+    level = ratio_level(action_ratio(settings), "ok", settings.alerts.to_config())
+    return "warning" if level == "ok" else level
+
+
 def build_actions_sink(
     settings: Settings,
     sources: Mapping[str, Source] | None,
-    alerts: AlertsSink | None = None,
-    notes: ActionNotes | None = None,
+    alerts: AlertsSink | None,
+    notes: ActionNotes,
     *,
     clock: Callable[[], float] = time.time,
 ) -> ActionsSink | None:
@@ -233,17 +246,8 @@ def build_actions_sink(
     if not sources:
         return None
     actions = settings.actions
-    levels = settings.alerts
-    thresholds = {
-        "warning": levels.warning,
-        "critical": levels.critical,
-        "emergency": levels.emergency,
-    }
-    ratio = actions.action_ratio(thresholds)
-    level = ratio_level(ratio, "ok", levels.to_config())  # the alert level actions act at
-    severity = "warning" if level == "ok" else level
-    notes = notes if notes is not None else ActionNotes()
-    hooks = action_hooks(alerts, notes, severity)
+    ratio = action_ratio(settings)
+    hooks = action_hooks(alerts, notes, action_severity(settings))
 
     def make(
         account: AccountSettings, source: Source
@@ -279,6 +283,4 @@ def build_actions_sink(
             if backstop is not None:
                 backstops[account.name] = backstop
     # kept even with no executor yet: a SIGHUP reload may add a protected account
-    return ActionsSink(
-        executors, backstops, alerts=alerts, notes=notes, make=make, severity=severity
-    )
+    return ActionsSink(executors, backstops, alerts=alerts, notes=notes, make=make)
