@@ -111,6 +111,7 @@ def _executor(
     switches: ActionSwitches | None = None,
     hooks: ActionHooks | None = None,
     fresh_read: Any = None,
+    action_ratio: float = 0.7,
     **settings: Any,
 ) -> Executor:
     base: dict[str, Any] = {
@@ -125,7 +126,7 @@ def _executor(
         src,
         fresh_read or src.fetch_snapshot,
         settings=ActionsSettings(**base),
-        action_ratio=0.7,
+        action_ratio=action_ratio,
         state_dir=state_dir,
         live=live,
         venue=venue,
@@ -713,8 +714,8 @@ class TestBybit:
         """Test that Bybit gets reduceOnly + orderLinkId and the fill is followed to 'closed'."""
         _, book, src = bybit
         trail = Trail()
-        ex = _executor(src, tmp_path, trail, venue="bybit", fee_rate=0.00055)  # Bybit's taker fee
-        ex.policy = replace(ex.policy, action_ratio=0.5)
+        fee = 0.00055  # Bybit's taker fee
+        ex = _executor(src, tmp_path, trail, venue="bybit", fee_rate=fee, action_ratio=0.5)
         await ex.step(await _report(src), 1_000.0)
         (sent,) = book.received
         assert sent["reduceOnly"] is True
@@ -731,8 +732,7 @@ class TestBybit:
         _, book, src = bybit
         book.reject = (110017, "current position is zero, cannot fix reduce-only order qty")
         trail = Trail()
-        ex = _executor(src, tmp_path, trail, venue="bybit")
-        ex.policy = replace(ex.policy, action_ratio=0.5)
+        ex = _executor(src, tmp_path, trail, venue="bybit", action_ratio=0.5)
         await ex.step(await _report(src), 1_000.0)
         await ex.step(await _report(src), 1_010.0)
         assert len(book.received) == 1
@@ -747,8 +747,7 @@ class TestBybit:
         book.lose_response = True  # filled at the venue, the answer comes after the timeout
         src.exchange.timeout = 300
         trail = Trail()
-        ex = _executor(src, tmp_path, trail, venue="bybit")
-        ex.policy = replace(ex.policy, action_ratio=0.5)
+        ex = _executor(src, tmp_path, trail, venue="bybit", action_ratio=0.5)
         await ex.step(await _report(src), 1_000.0)
         assert len(book.received) == 1
         assert trail.kinds() == ["planned", "sent", "filled", "result"]
@@ -769,8 +768,7 @@ class TestBybit:
             try:
                 snap = await src.fetch_snapshot()
                 assert snap.positions[0].hedged
-                ex = _executor(src, tmp_path, trail, venue="bybit")
-                ex.policy = replace(ex.policy, action_ratio=0.5)
+                ex = _executor(src, tmp_path, trail, venue="bybit", action_ratio=0.5)
                 await ex.step(report(snap), 1_000.0)
             finally:
                 await src.close()
