@@ -283,7 +283,7 @@ class AccountLoop:
         if state is None or not isinstance(event, AccountUpdate):
             return False
         before = self.anchor
-        stale = state.positions_at is not None and event.ts < state.positions_at
+        stale = state.read_at is not None and event.ts < state.read_at
         if event.venue_ratio is not None and not stale:
             self._check_venue(event, state.snapshot)
         # a new venue figure moves the ratio alerts use even when no figure of ours moved
