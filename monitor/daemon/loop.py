@@ -86,8 +86,6 @@ SOLVE_AFTER_WAKE = 0.002
 # The level the console shows comes from the rule engine's hysteresis (monitor.core.rules); the
 # alert lifecycle itself (docs/notifications.md) runs in the alert pipeline, one of the sinks.
 
-_LEVELS = ("ok", "warning", "critical", "emergency")
-
 
 # --- one account -----------------------------------------------------------------------------
 
@@ -487,7 +485,7 @@ class AccountLoop:
 
 
 def _log_level(account: str, level: str, previous: str, report: MarginReport) -> None:
-    method = "info" if _LEVELS.index(level) < _LEVELS.index(previous) else "warning"
+    method = "info" if level_rank(level) < level_rank(previous) else "warning"
     getattr(log, method)(
         "level changed",
         account=account,
