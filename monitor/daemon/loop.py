@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
@@ -42,6 +41,7 @@ from typing import cast
 
 import structlog
 
+from monitor.backoff import retry_after
 from monitor.config.settings import AlertsSettings
 from monitor.core import stress
 from monitor.core.levels import Level, level_rank
@@ -259,7 +259,7 @@ class AccountLoop:
                 reason = str(exc) if isinstance(exc, UserError) else one_line(exc)
                 log.error("source failed", account=self.account, error=reason, attempt=attempt)
                 await self._tell_event(SourceDown(self.account, reason, self.clock()))
-                await asyncio.sleep(random.uniform(0, 1.5 ** min(10, attempt)))  # noqa: S311
+                await asyncio.sleep(retry_after(attempt))
                 continue
             if self.finite:
                 log.info("source finished", account=self.account, events=self.events)
@@ -268,7 +268,7 @@ class AccountLoop:
             # a live source only ends when it gave up (it has sent SourceDown); read again
             attempt += 1
             log.warning("source stream ended; reconnecting", account=self.account)
-            await asyncio.sleep(random.uniform(0, 1.5 ** min(10, attempt)))  # noqa: S311
+            await asyncio.sleep(retry_after(attempt))
 
     def _fold(self, event: Event) -> bool:
         """A whole read (positions, balances, their marks): fold it in at once, rebuild the
