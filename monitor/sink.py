@@ -30,6 +30,9 @@ class Sink:
     """
 
     name: str = "sink"
+    #: False: `on_event` has nothing to do with a `PriceTick`, and the daemon's tick path
+    #: (20 000 ticks/s, docs/benchmarks.md) does not call it with one
+    ticks: bool = True
 
     async def start(self, tg: asyncio.TaskGroup) -> None:
         """Open connections; spawn long-running work in `tg` (named `sink[<name>]`)."""

@@ -274,6 +274,37 @@ class TestReportSpacing:
             load_settings(None, report_spacing=-1)
 
 
+class _NoTicks(_Recorder):
+    """A recorder that declares it has nothing to do with ticks."""
+
+    name = "no-ticks"
+    ticks = False
+
+
+class TestSinkEvents:
+    async def test_a_sink_without_ticks_hears_every_other_event(self) -> None:
+        """Test that `ticks = False` keeps PriceTicks from a sink's on_event, and only them:
+        reads, and the reports built on the ticks, still reach it."""
+        every, no_ticks = _Recorder(), _NoTicks()
+        book = _book()
+        read = AccountUpdate("burst", book.positions, book.collateral, 5e9)
+        script: list[Event | None] = [_tick(59_000.0), _tick(58_000.0), read]
+        source = _Script(every, script, book)
+        settings = load_settings(None, shock_interval=3600.0)
+        await run_daemon(
+            settings,
+            [],
+            [every, no_ticks],
+            sources=[source],
+            finite=True,
+            handle_signals=False,
+            duration=30,
+        )
+        assert [type(e) for e in every.events] == [PriceTick, PriceTick, AccountUpdate]
+        assert no_ticks.events == [read]
+        assert [r.margin_ratio for r in no_ticks.reports] == [r.margin_ratio for r in every.reports]
+
+
 class TestStopLeftoverTasks:
     async def test_a_task_that_swallows_its_cancel_is_named_not_waited_for(self) -> None:
         """Test that shutdown cancels leftovers, waits `grace`, and names the stubborn one."""

@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
@@ -42,6 +41,7 @@ from typing import cast
 
 import structlog
 
+from monitor.backoff import retry_after
 from monitor.config.settings import AlertsSettings
 from monitor.core import stress
 from monitor.core.levels import Level, level_rank
@@ -213,17 +213,15 @@ class AccountLoop:
         self._lock = asyncio.Lock()
         # bound once, and only the sinks that listen: a getattr, or an awaited no-op, per
         # sink per tick was measurable at 20 000 ticks/s (docs/benchmarks.md)
-        self._on_event = tuple(
-            (sink.name, sink.on_event)
-            for sink in self.sinks
-            if type(sink).on_event is not Sink.on_event
-        )
+        listening = [sink for sink in self.sinks if type(sink).on_event is not Sink.on_event]
+        self._on_event = tuple((sink.name, sink.on_event) for sink in listening)
+        self._on_tick = tuple((sink.name, sink.on_event) for sink in listening if sink.ticks)
         self._on_report = tuple((sink.name, sink.on_report) for sink in self.sinks)
 
     async def run_source(self) -> None:
         """Task `source[<account>]`: fresh read, then fold events in; retry after failures."""
         attempt = 0
-        on_event = self._on_event
+        on_event, on_tick = self._on_event, self._on_tick
         while True:
             try:
                 sent = self.clock()  # the read's values are at least this new
@@ -234,7 +232,7 @@ class AccountLoop:
                 account = self.account
                 async for event in self.source.events():
                     self.events += 1
-                    for name, call in on_event:
+                    for name, call in on_tick if type(event) is PriceTick else on_event:
                         try:
                             await call(event)
                         except Exception as exc:  # a broken sink must not stop the loop
@@ -261,7 +259,7 @@ class AccountLoop:
                 reason = str(exc) if isinstance(exc, UserError) else one_line(exc)
                 log.error("source failed", account=self.account, error=reason, attempt=attempt)
                 await self._tell_event(SourceDown(self.account, reason, self.clock()))
-                await asyncio.sleep(random.uniform(0, 1.5 ** min(10, attempt)))  # noqa: S311
+                await asyncio.sleep(retry_after(attempt))
                 continue
             if self.finite:
                 log.info("source finished", account=self.account, events=self.events)
@@ -270,7 +268,7 @@ class AccountLoop:
             # a live source only ends when it gave up (it has sent SourceDown); read again
             attempt += 1
             log.warning("source stream ended; reconnecting", account=self.account)
-            await asyncio.sleep(random.uniform(0, 1.5 ** min(10, attempt)))  # noqa: S311
+            await asyncio.sleep(retry_after(attempt))
 
     def _fold(self, event: Event) -> bool:
         """A whole read (positions, balances, their marks): fold it in at once, rebuild the
@@ -283,7 +281,7 @@ class AccountLoop:
         if state is None or not isinstance(event, AccountUpdate):
             return False
         before = self.anchor
-        stale = state.positions_at is not None and event.ts < state.positions_at
+        stale = state.read_at is not None and event.ts < state.read_at
         if event.venue_ratio is not None and not stale:
             self._check_venue(event, state.snapshot)
         # a new venue figure moves the ratio alerts use even when no figure of ours moved
