@@ -39,10 +39,7 @@ from prometheus_client import (
 from pydantic import BaseModel, ConfigDict, Field
 
 from monitor.core.model import (
-    AccountSnapshot,
     AccountUpdate,
-    Event,
-    MarginReport,
     ModelDrift,
     PriceTick,
     SourceDown,
@@ -54,6 +51,7 @@ from monitor.ops.metrics_server import serve
 from monitor.sink import Sink
 
 if TYPE_CHECKING:
+    from monitor.core.model import AccountSnapshot, Event, MarginReport
     from monitor.sources.base import Source
 
 __all__ = [

@@ -34,19 +34,11 @@ import itertools
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from monitor.config.settings import SimSettings
 from monitor.core.margin import report as margin
-from monitor.core.model import (
-    AccountSnapshot,
-    AccountUpdate,
-    Collateral,
-    Event,
-    Position,
-    PriceTick,
-    Side,
-)
+from monitor.core.model import AccountSnapshot, AccountUpdate, Position, PriceTick
 from monitor.sources.collateral_rules import apply_rules
 from monitor.sources.sim_book import (
     DEMO_BOOK,
@@ -72,6 +64,9 @@ from monitor.sources.sim_orders import (
 from monitor.sources.sim_prices import Keyframe, ReplayStep, ScriptedPath
 from monitor.venues.errors import BadSymbol, OrderNotFound
 from monitor.venues.orders import TICK_SIZE
+
+if TYPE_CHECKING:
+    from monitor.core.model import Collateral, Event, Side
 
 __all__ = ["SimVenue"]
 
