@@ -120,7 +120,6 @@ class AlertsSink(Sink):
         self.recent_actions: collections.deque[tuple[float, str, str, str]] = collections.deque(
             maxlen=RECENT_ACTIONS
         )
-        self._action_note: Callable[[str], str | None] | None = None
 
     def record_action(self, account: str, kind: str, payload: Mapping[str, Any], at: float) -> None:
         """Audit a protective-action decision and publish it on `<prefix>/<account>/action`.
@@ -164,12 +163,6 @@ class AlertsSink(Sink):
         """End the account's `action_rejected` alert; True when one was firing."""
         return bool(self.pipeline.resolve_action_alert(account, now))
 
-    def set_action_note(self, note: Callable[[str], str | None]) -> None:
-        """What the protective action did or would do for an account, shown in alerts."""
-        self._action_note = note
-        if self._pipeline is not None:
-            self._pipeline.action_note = note
-
     def set_accounts(
         self, accounts: Mapping[str, float], sources: Mapping[str, Source] | None = None
     ) -> None:
@@ -183,8 +176,6 @@ class AlertsSink(Sink):
         """The alert pipeline, built (and its store opened) on first use."""
         if self._pipeline is None:
             self._pipeline = self._make_pipeline()
-            if self._action_note is not None:
-                self._pipeline.action_note = self._action_note
         return self._pipeline
 
     async def start(self, tg: asyncio.TaskGroup) -> None:

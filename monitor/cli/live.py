@@ -16,8 +16,8 @@ from monitor.config.settings import load_settings
 from monitor.errors import UserError, os_reason
 from monitor.snapshot import snapshot_to_dict
 from monitor.sources.exchange import AccountConfig, ExchangeSource, KeyRejected, _one_line
-from monitor.sources.normalize import MalformedPayload
-from monitor.venues.permission import trade_permission
+from monitor.venues.base import MalformedPayload
+from monitor.venues.registry import trade_permission
 
 __all__ = ["check_account", "snapshot_command"]
 

@@ -58,8 +58,6 @@ from monitor.sources import budget
 from monitor.sources.backoff import Freshness, FreshnessChange, Throttle
 from monitor.sources.collateral_rules import CollateralRulesReader, venue_margin
 from monitor.sources.normalize import (
-    MalformedPayload,
-    VenueFigures,
     collateral_from_ccxt,
     mark_from_ticker,
     positions_from_ccxt,
@@ -68,7 +66,9 @@ from monitor.sources.normalize import (
     unpriced_assets,
     venue_figures,
 )
+from monitor.venues.base import MalformedPayload, VenueFigures
 from monitor.venues.orders import TRIGGER, client_id_query, query_params
+from monitor.venues.registry import venue_for
 
 __all__ = [
     "AccountConfig",
@@ -80,14 +80,9 @@ __all__ = [
 
 log = structlog.get_logger("monitor.sources.exchange")
 
-#: Settlement currency of the account's report where it is not USDT.
-_VENUE_CURRENCY = {"hyperliquid": "USDC", "dydx": "USDC"}
-_TIERS_IN_CONTRACTS = frozenset({"okx", "mexc"})
 #: Re-reads of a read whose positions and balance answers saw different books (a fill
 #: between them) before the reconciliation fails and backs off (normalize.torn_read).
 _TORN_RETRIES = 2
-
-_FUTURES_ONLY = frozenset({"binanceusdm", "binancecoinm"})
 
 
 class _Secret(Protocol):
@@ -175,15 +170,9 @@ def build_exchange(settings: AccountConfig) -> Any:
         value = _secret(getattr(settings, field_name))
         if value:
             config[credential] = value
-    if venue == "hyperliquid":
-        # ccxt 4.5.90 hyperliquid.initialize_client() signs and sends `approveBuilderFee`
-        # (0.01 % to ccxt's builder) and `setReferrer` on first use when a private key is
-        # set. A monitor must not change the user's account: mark both as done.
-        config["options"].update(builderFee=False, approvedBuilderFee=True, refSet=True)
-    if venue in _FUTURES_ONLY:
-        # load_markets with keys would also read the spot wallet's currencies, which a
-        # futures-only key may not read and the daemon never uses (docs/venues.md).
-        config["options"]["fetchCurrencies"] = False
+    # the venue's own options (venues/<venue>.py: Hyperliquid's builder fee and referrer
+    # switched off, Binance futures' spot currency list), under the user's
+    config["options"].update(venue_for(venue).ccxt_options)
     config = _merged(config, settings.ccxt)
     exchange = getattr(ccxtpro, venue)(config)
     _reject_non_json(exchange)
@@ -321,11 +310,7 @@ class ExchangeSource:
         self.settings = settings
         self.name = settings.name
         self.venue = settings.exchange
-        self.currency = (
-            currency
-            or getattr(settings, "currency", None)
-            or _VENUE_CURRENCY.get(self.venue, "USDT")
-        )
+        self.currency = currency or venue_for(self.venue).currency
         self.poll_interval = float(settings.poll_interval)
         self.stale_after = float(settings.stale_after)
         # A healthy stream still gets a REST read at least twice per `stale_after`, so the
@@ -809,9 +794,9 @@ class ExchangeSource:
         for what-ifs: the venue's reported MM still drives the live ratio)."""
         now = self._monotonic()
         wanted = [s for s in symbols if now - self._tiers_at.get(s, -math.inf) >= self.tiers_every]
-        # OKX and MEXC tiers are in contracts, not notional (margin-math §3.1; MEXC
-        # riskIncrVol): the reported MM (OKX) or the base rate (MEXC) is used instead.
-        if not wanted or self.venue in _TIERS_IN_CONTRACTS:
+        # tiers in contracts, not notional (OKX, MEXC: venues/okx.py, venues/mexc.py): the
+        # reported MM or the base rate is used instead
+        if not wanted or venue_for(self.venue).tiers_in_contracts:
             return
         has = self.exchange.has
         try:

@@ -8,7 +8,7 @@ actions (docs/actions.md) run against without a network:
   tier table (cumulative deduction, as docs/margin-math.md describes). The sim publishes its
   collateral rules as Binance Multi-Assets Mode does (`multi_assets_margin()`,
   `asset_index()`: a 5 % BTC bid buffer), and values collateral through the parser a live
-  read uses (`collateral_rules.rules_from_binance`, then `apply_rules`), so `make demo`
+  read uses (`venues/binance.py rules_from_binance`, then `apply_rules`), so `make demo`
   shows the live haircut code path (docs/collateral.md).
 - Mark prices from `sim_prices.ScriptedPath`: a seeded sell-off whose keyframes are solved
   from the book itself so the margin ratio passes 0.35 → 0.6 → 0.78 → 0.88 and recovers,

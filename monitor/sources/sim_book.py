@@ -4,7 +4,7 @@
   as collateral, each market with a Binance-style tier table (cumulative deduction, as
   docs/margin-math.md describes). The sim publishes its collateral rules as Binance
   Multi-Assets Mode does (`asset_index()`: a 5 % BTC bid buffer), parsed by the same
-  `collateral_rules.rules_from_binance` as a live read (docs/collateral.md).
+  `venues/binance.py rules_from_binance` as a live read (docs/collateral.md).
 - The sell-off (`selloff_keyframes`): keyframes of the market factor solved from the book
   itself, so the margin ratio passes 0.35 → 0.6 → 0.78 → 0.88 and recovers, i.e. warning →
   critical → emergency → resolved at the default thresholds (prices: `sim_prices.py`).
@@ -18,8 +18,10 @@ from typing import Any
 
 from monitor.core.margin import report as margin
 from monitor.core.model import AccountSnapshot, Collateral, Position, Side, Tier
-from monitor.sources.collateral_rules import CollateralRules, apply_rules, rules_from_binance
+from monitor.sources.collateral_rules import apply_rules
 from monitor.sources.sim_prices import Keyframe
+from monitor.venues.base import CollateralRules
+from monitor.venues.binance import rules_from_binance
 
 __all__ = [
     "DEMO_BOOK",

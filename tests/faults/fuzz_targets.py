@@ -29,12 +29,12 @@ from monitor.core.margin.report import report
 from monitor.errors import UserError
 from monitor.snapshot import parse_snapshot, snapshot_to_dict
 from monitor.sources.normalize import (
-    MalformedPayload,
     collateral_from_ccxt,
     mark_from_ticker,
     positions_from_ccxt,
     tiers_from_ccxt,
 )
+from monitor.venues.base import MalformedPayload
 from tests.strategies import accounts
 
 __all__ = [
