@@ -165,7 +165,7 @@ class AccountSettings(Section):
         for credential, field_name in ccxt_credentials(self.exchange).items():
             if not required.get(credential) or credential in _ORDER_ONLY_CREDENTIALS:
                 continue
-            value = getattr(self, field_name)
+            value = self.credentials()[field_name]
             if (value is not None and value.get_secret_value()) or self.ccxt.get(credential):
                 continue
             what = {"walletAddress": "wallet address", "password": "API passphrase"}.get(
@@ -178,6 +178,10 @@ class AccountSettings(Section):
                 f"or the credential file {file} ($CREDENTIALS_DIRECTORY)"
             )
         return self
+
+    def credentials(self) -> dict[str, SecretStr | None]:
+        """The account's keys by setting name (the names `ccxt_credentials` maps to)."""
+        return {"api_key": self.api_key, "secret": self.secret, "password": self.password}
 
     @property
     def is_sim(self) -> bool:
