@@ -16,9 +16,10 @@ Every section forbids unknown keys, so a typo is an error and not a silently ign
 every validation error becomes one `UserError` line naming the field ("config.toml:
 accounts[1].exchange: 'binanse' is not a ccxt exchange id (did you mean 'binance'?)").
 
-Other modules add their sections by adding one field to `Settings` (for example
-`mqtt: MqttSettings = Field(default_factory=MqttSettings)`, the model defined in their own
-module as a `Section`).
+A section is added as one field of `Settings` (for example `mqtt: MqttSettings | None = None`),
+its model in its own module under config/ (`alerts.py`, `actions.py`, `monitoring.py`), which
+forbids unknown keys like every `Section`; where values come from is `credentials.py`, the
+one-line errors `messages.py`.
 """
 
 from __future__ import annotations
