@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
 from monitor.alerts.sink import build_alerts_sink
+from monitor.config.monitoring import MetricsSettings
 from monitor.config.settings import AlertsSettings
 from monitor.core import stress
 from monitor.core.margin import report as margin
@@ -35,7 +36,6 @@ from monitor.ops.metrics import (
     ALERTS_SENT,
     EVENTS,
     REGISTRY,
-    MetricsSettings,
     MetricsSink,
     build_metrics_sink,
     outbox_depth_of,
