@@ -25,18 +25,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import ccxt.pro as ccxtpro
 import structlog
 from ccxt.base import errors as ccxt_errors
 
-from monitor.config.settings import ccxt_credentials
 from monitor.core.margin import report as margin
 from monitor.core.model import (
     AccountSnapshot,
@@ -51,10 +48,14 @@ from monitor.core.model import (
     Tier,
 )
 from monitor.core.stress import with_prices
-from monitor.errors import UserError
-from monitor.ops import logs
-from monitor.sources import budget
 from monitor.sources.backoff import Backoff, Freshness, FreshnessChange, Throttle
+from monitor.sources.ccxt_client import (
+    AUTH_ERRORS,
+    AccountConfig,
+    KeyRejected,
+    _one_line,
+    build_exchange,
+)
 from monitor.sources.collateral_rules import CollateralRulesReader, venue_margin
 from monitor.sources.normalize import (
     collateral_from_ccxt,
@@ -82,33 +83,6 @@ log = structlog.get_logger("monitor.sources.exchange")
 #: Re-reads of a read whose positions and balance answers saw different books (a fill
 #: between them) before the reconciliation fails and backs off (normalize.torn_read).
 _TORN_RETRIES = 2
-
-
-class _Secret(Protocol):
-    def get_secret_value(self) -> str: ...
-
-
-class AccountConfig(Protocol):
-    """What the source reads from an account's settings (config.settings.AccountSettings)."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def exchange(self) -> str: ...
-    @property
-    def api_key(self) -> _Secret | None: ...
-    @property
-    def secret(self) -> _Secret | None: ...
-    @property
-    def password(self) -> _Secret | None: ...
-    @property
-    def sandbox(self) -> bool: ...
-    @property
-    def poll_interval(self) -> float: ...
-    @property
-    def stale_after(self) -> float: ...
-    @property
-    def ccxt(self) -> Mapping[str, Any]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,126 +117,6 @@ class VenueCheck:
 # --- construction -----------------------------------------------------------------------------
 
 
-def _secret(value: _Secret | None) -> str | None:
-    return value.get_secret_value() if value is not None else None
-
-
-def build_exchange(settings: AccountConfig) -> Any:
-    """One ccxt.pro instance for the account; `settings.ccxt` is passed straight through
-    (urls, options, timeout, proxies), so testnets and local fakes need no code change."""
-    venue = settings.exchange
-    if venue not in ccxtpro.exchanges:
-        raise UserError(
-            f"accounts.{settings.name}.exchange: {venue!r} has no ccxt.pro class "
-            f"(ccxt 4.5.90); use one of ccxt.pro.exchanges, e.g. 'binanceusdm'"
-        )
-    config: dict[str, Any] = {
-        "enableRateLimit": True,
-        "options": {
-            # The position stream is only a trigger for our own REST read, so ccxt's REST
-            # snapshot on the first watch is a wasted call, and it delays opening the socket
-            # (updates between the first and second call are lost, docs/venues.md).
-            "watchPositions": {"fetchPositionsSnapshot": False, "awaitPositionsSnapshot": False},
-        },
-    }
-    for credential, field_name in ccxt_credentials(venue).items():
-        value = _secret(getattr(settings, field_name))
-        if value:
-            config[credential] = value
-    # the venue's own options (venues/<venue>.py: Hyperliquid's builder fee and referrer
-    # switched off, Binance futures' spot currency list), under the user's
-    config["options"].update(venue_for(venue).ccxt_options)
-    config = _merged(config, settings.ccxt)
-    exchange = getattr(ccxtpro, venue)(config)
-    _reject_non_json(exchange)
-    _redact_errors(exchange, logs.secrets_of(config))
-    # the venue's request budget replaces ccxt's one-at-a-time throttle: a protective step
-    # is not queued behind polling (monitor/sources/budget.py, docs/rate-limits.md)
-    budget.install(exchange, settings.name)
-    if settings.sandbox:
-        exchange.set_sandbox_mode(True)
-    return exchange
-
-
-def _redact_errors(exchange: Any, secrets: list[str]) -> None:
-    """Venue text enters here: scrub the account's credentials out of every REST error.
-
-    Every ccxt REST call goes through `exchange.fetch`, whose exceptions quote the venue's
-    answer; a venue that repeats the API key in an error would otherwise put it in
-    `/healthz`, alerts, SQLite, `check` and `snapshot` output (docs/hardening.md). Redacted by value
-    (raw, JSON, URL-encoded spellings: logs.Redactor), once, before anyone reads it.
-    """
-    redactor = logs.Redactor()
-    redactor.set(secrets)
-    original = exchange.fetch
-
-    async def fetch(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return await original(*args, **kwargs)
-        except Exception as exc:
-            logs.scrub_exception(exc, redactor)
-            raise
-
-    exchange.fetch = fetch
-
-
-def _reject_non_json(exchange: Any) -> None:
-    """Make a 2xx answer whose body is not JSON an error (BadResponse, retried).
-
-    ccxt passes a non-JSON body (a proxy's HTML page, a truncated document) on as a string,
-    and e.g. binance `fetch_positions` then returns `[]`: garbage would read as "no
-    positions". `on_rest_response` is ccxt's own per-response hook (async exchange.fetch).
-    """
-    original = exchange.on_rest_response
-
-    def on_rest_response(  # noqa: PLR0917 - ccxt's hook signature
-        code: Any,
-        reason: Any,
-        url: str,
-        method: str,
-        headers: Any,
-        body: Any,
-        request_headers: Any,
-        request_body: Any,
-    ) -> Any:
-        body = original(code, reason, url, method, headers, body, request_headers, request_body)
-        if (
-            200 <= int(code) < 300
-            and isinstance(body, str)
-            and body.strip()
-            and exchange.parse_json(body) is None
-        ):
-            snippet = " ".join(body[:60].split())
-            raise ccxt_errors.BadResponse(
-                f"{exchange.id} {method} {url.split('?', 1)[0]}: HTTP {code} with a body "
-                f"that is not JSON ({snippet!r})"
-            )
-        return body
-
-    exchange.on_rest_response = on_rest_response
-
-
-def _merged(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    """`extra` over `base`, merging nested tables (a user's `options` keeps our defaults)."""
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merged(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def _one_line(exc: BaseException, limit: int = 240) -> str:
-    """An exception as one log-safe line (ccxt bodies can be long and multi-line)."""
-    # Signed URLs carry a signature and timestamp: keep logs to the path. Configured secrets
-    # go too: a websocket error does not pass exchange.fetch's scrub (_redact_errors).
-    text = re.sub(r"\?\S*", "?…", " ".join(logs.redact(str(exc)).split()))
-    if len(text) > limit:
-        text = text[: limit - 1] + "…"
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def _venue_time(ticker: object, received: float, offset: float = 0.0) -> float:
     """When the venue says the price was true (ccxt `timestamp`, ms), else when it arrived.
 
@@ -274,15 +128,6 @@ def _venue_time(ticker: object, received: float, offset: float = 0.0) -> float:
     if isinstance(stamp, int | float) and math.isfinite(stamp) and stamp > 0:
         return min(float(stamp) / 1000.0 + offset, received)
     return received
-
-
-_AUTH_ERRORS = (ccxt_errors.AuthenticationError,)  # includes PermissionDenied, AccountSuspended
-
-
-class KeyRejected(UserError, ccxt_errors.AuthenticationError):  # type: ignore[misc]
-    """The venue refused the account's key: a person must fix it. A `UserError`, so the
-    daemon shows its one line as is; still ccxt's AuthenticationError for callers that
-    catch that."""
 
 
 # --- the source -------------------------------------------------------------------------------
@@ -380,7 +225,7 @@ class ExchangeSource:
         try:
             await exchange.load_markets()
             positions, collateral, self.figures = await self._read_account()
-        except _AUTH_ERRORS as exc:
+        except AUTH_ERRORS as exc:
             # the daemon's start-up read: the same one line as a key rejected later
             raise KeyRejected(self._key_rejected("the start-up read", exc)) from exc
         return self._snapshot(positions, collateral)
@@ -930,7 +775,7 @@ class ExchangeSource:
     async def _fault(self, exc: Exception, where: str, backoff: Backoff) -> bool:
         """Log one line, wait as the fault deserves; False when the source must stop."""
         reason = _one_line(exc)
-        if isinstance(exc, _AUTH_ERRORS):
+        if isinstance(exc, AUTH_ERRORS):
             self._go_down(self._key_rejected(where, exc))
             return False
         if isinstance(exc, ccxt_errors.ExchangeClosedByUser) or self._closed:

@@ -280,7 +280,7 @@ class Venue:
     doc: str = ""
     #: what the report is valued in when the account does not say (Hyperliquid: USDC)
     currency: str = "USDT"
-    #: ccxt `options` merged under the user's own (sources/exchange.py build_exchange)
+    #: ccxt `options` merged under the user's own (sources/ccxt_client.py build_exchange)
     ccxt_options: Mapping[str, Any] = field(default_factory=dict)
     #: leverage tiers in contracts, not notional: not fetched (the venue's MM or rate is used)
     tiers_in_contracts: bool = False
