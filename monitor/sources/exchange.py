@@ -57,6 +57,7 @@ from monitor.sources.ccxt_client import (
     build_exchange,
 )
 from monitor.sources.collateral_rules import CollateralRulesReader, venue_margin
+from monitor.sources.exchange_desk import LiveDesk
 from monitor.sources.normalize import (
     collateral_from_ccxt,
     mark_from_ticker,
@@ -67,7 +68,6 @@ from monitor.sources.normalize import (
     venue_figures,
 )
 from monitor.venues.base import MalformedPayload, VenueFigures
-from monitor.venues.orders import TRIGGER, client_id_query, query_params
 from monitor.venues.registry import venue_for
 
 __all__ = [
@@ -133,7 +133,7 @@ def _venue_time(ticker: object, received: float, offset: float = 0.0) -> float:
 # --- the source -------------------------------------------------------------------------------
 
 
-class ExchangeSource:
+class ExchangeSource(LiveDesk):
     """A live account: `events()` yields model events until `close()` or a `SourceDown`."""
 
     def __init__(
@@ -243,89 +243,6 @@ class ExchangeSource:
         if self.exchange is not None:
             with contextlib.suppress(Exception):
                 await self.exchange.close()
-
-    # --- the order desk (protect/desk.py): ccxt's calls, the venue's params from venues/ --------
-
-    async def _ready(self) -> Any:
-        exchange = await self.open()
-        await exchange.load_markets()
-        return exchange
-
-    async def create_order(  # noqa: PLR0917 - ccxt's positional signature, kept for drop-in use
-        self,
-        symbol: str,
-        type: str,  # ccxt's parameter name
-        side: str,
-        amount: float,
-        price: float | None = None,
-        params: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """Place an order through ccxt (the executor owns the money-safety checks)."""
-        exchange = await self._ready()
-        order: dict[str, Any] = await exchange.create_order(
-            symbol, type, side, amount, price, params or {}
-        )
-        return order
-
-    async def fetch_order(self, id: str, symbol: str | None = None) -> dict[str, Any]:
-        exchange = await self._ready()
-        order: dict[str, Any] = await exchange.fetch_order(id, symbol, query_params(self.venue))
-        return order
-
-    async def find_order(self, client_id: str, symbol: str) -> dict[str, Any] | None:
-        exchange = await self._ready()
-        with contextlib.suppress(ccxt_errors.OrderNotFound):
-            found: dict[str, Any] = await exchange.fetch_order(
-                "", symbol, client_id_query(self.venue, client_id)
-            )
-            return found
-        return None
-
-    async def open_stops(self, symbol: str) -> list[dict[str, Any]]:
-        exchange = await self._ready()
-        rows: list[dict[str, Any]] = await exchange.fetch_open_orders(
-            symbol, None, None, dict(TRIGGER)
-        )
-        return rows
-
-    async def cancel_stop(self, id: str, symbol: str) -> dict[str, Any]:
-        exchange = await self._ready()
-        order: dict[str, Any] = await exchange.cancel_order(id, symbol, dict(TRIGGER))
-        return order
-
-    async def fetch_open_orders(self, symbol: str | None = None) -> list[dict[str, Any]]:
-        exchange = await self._ready()
-        orders: list[dict[str, Any]] = await exchange.fetch_open_orders(symbol)
-        return orders
-
-    async def cancel_order(self, id: str, symbol: str | None = None) -> dict[str, Any]:
-        exchange = await self._ready()
-        order: dict[str, Any] = await exchange.cancel_order(id, symbol)
-        return order
-
-    async def fetch_positions(self, symbols: list[str] | None = None) -> list[dict[str, Any]]:
-        exchange = await self._ready()
-        rows: list[dict[str, Any]] = await exchange.fetch_positions(symbols)
-        return rows
-
-    def amount_to_precision(self, symbol: str, amount: float) -> str:
-        return str(self.exchange.amount_to_precision(symbol, amount))
-
-    def market(self, symbol: str) -> dict[str, Any]:
-        found: dict[str, Any] = self.exchange.market(symbol)
-        return found
-
-    @property
-    def precision_mode(self) -> int | None:
-        mode: int | None = None if self.exchange is None else self.exchange.precisionMode
-        return mode
-
-    def in_flight_window(self) -> float | None:
-        exchange = self.exchange
-        if exchange is None:
-            return None
-        window_ms = (exchange.options or {}).get("recvWindow") or exchange.timeout or 0
-        return float(window_ms) / 1000.0
 
     async def __aenter__(self) -> ExchangeSource:
         await self.open()
