@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -34,18 +34,8 @@ from typing import Any
 import structlog
 from ccxt.base import errors as ccxt_errors
 
-from monitor.core.model import (
-    AccountSnapshot,
-    AccountUpdate,
-    Collateral,
-    Event,
-    Position,
-    PriceTick,
-    SourceDown,
-    SourceStale,
-    SourceUp,
-    Tier,
-)
+from monitor.core import model
+from monitor.core.model import AccountUpdate, Event, PriceTick, SourceDown, SourceStale, SourceUp
 from monitor.core.stress import with_prices
 from monitor.sources.backoff import Backoff, Freshness, FreshnessChange, Throttle
 from monitor.sources.ccxt_client import (
@@ -104,11 +94,11 @@ class ExchangeSource(AccountReads, LiveDesk):
         self._monotonic = monotonic
         self.exchange: Any = None
         # Last good state: a rejected update never replaces these (normalize.py policy).
-        self.positions: tuple[Position, ...] = ()
-        self.collateral: tuple[Collateral, ...] = ()
+        self.positions: tuple[model.Position, ...] = ()
+        self.collateral: tuple[model.Collateral, ...] = ()
         self.marks: dict[str, float] = {}
         self._mark_at: dict[str, float] = {}  # symbol -> time of `marks[symbol]`
-        self.tiers: dict[str, tuple[Tier, ...]] = {}
+        self.tiers: dict[str, tuple[model.Tier, ...]] = {}
         self.figures: VenueFigures | None = None
         self.venue_check: VenueCheck | None = None
         self.down_reason: str | None = None
@@ -155,7 +145,7 @@ class ExchangeSource(AccountReads, LiveDesk):
         finally:
             await self._stop_tasks()
 
-    async def fetch_snapshot(self) -> AccountSnapshot:
+    async def fetch_snapshot(self) -> model.AccountSnapshot:
         """A fresh REST read of the whole account (for `snapshot`, executors, tests)."""
         exchange = await self.open()
         try:
@@ -166,7 +156,7 @@ class ExchangeSource(AccountReads, LiveDesk):
             raise KeyRejected(self._key_rejected("the start-up read", exc)) from exc
         return self._snapshot(positions, collateral)
 
-    def snapshot(self) -> AccountSnapshot:
+    def snapshot(self) -> model.AccountSnapshot:
         """The last good state at the latest marks (what the daemon's state holds): marks
         move positions and collateral priced off the same asset (stress.with_prices)."""
         live = self._snapshot(self.positions, self.collateral)
@@ -355,15 +345,8 @@ class ExchangeSource(AccountReads, LiveDesk):
             else exchange.watch_ticker
         )
         backoff = Backoff(cap=self.backoff_cap)
-        while True:
-            try:
-                ticker = await watch(symbol)
-            except Exception as exc:
-                if not await self._fault(exc, f"price_stream[{symbol}]", backoff):
-                    return
-                continue
-            backoff.reset()
-            self._on_mark(symbol, ticker)
+        while await self._price_read(symbol, watch, f"price_stream[{symbol}]", backoff) is not None:
+            pass
 
     async def _price_poll(self) -> None:
         """REST takes over for symbols whose stream has been quiet for `poll_interval`."""
@@ -373,14 +356,30 @@ class ExchangeSource(AccountReads, LiveDesk):
             now = self._monotonic()
             quiet = [s for s, t in self._last_tick.items() if now - t >= self.poll_interval]
             for symbol in quiet:
-                try:
-                    ticker = await self._fetch_price(symbol)
-                except Exception as exc:
-                    if not await self._fault(exc, f"price_poll[{symbol}]", backoff):
-                        return
-                    break
-                backoff.reset()
-                self._on_mark(symbol, ticker)
+                read = await self._price_read(
+                    symbol, self._fetch_price, f"price_poll[{symbol}]", backoff
+                )
+                if read is None:
+                    return
+                if not read:
+                    break  # a fault: the backoff slept; the next round tries again
+
+    async def _price_read(
+        self,
+        symbol: str,
+        read: Callable[[str], Awaitable[object]],
+        where: str,
+        backoff: Backoff,
+    ) -> bool | None:
+        """One price read (stream frame or REST) into `_on_mark`: True when it came, False
+        after a fault the source survives (backoff slept), None when the source must stop."""
+        try:
+            ticker = await read(symbol)
+        except Exception as exc:
+            return False if await self._fault(exc, where, backoff) else None
+        backoff.reset()
+        self._on_mark(symbol, ticker)
+        return True
 
     def _on_mark(self, symbol: str, ticker: object) -> None:
         held = self._hold_mark(symbol, ticker)
