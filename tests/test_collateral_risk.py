@@ -13,7 +13,7 @@ from rich.console import Console
 
 from monitor.alerts.message import build_message
 from monitor.channels.console import ConsoleSink
-from monitor.channels.mqtt import state_payload
+from monitor.channels.mqtt_payloads import state_payload
 from monitor.channels.notify import render
 from monitor.core import stress
 from monitor.core.alert_state import AlertEvent

@@ -31,7 +31,8 @@ from monitor.daemon.supervisor import run_daemon
 from monitor.daemon.wiring import build_sinks
 from monitor.protect.audit import ActionHooks
 from monitor.protect.executor import Executor
-from monitor.protect.sink import ActionsSink
+from monitor.protect.notes import ActionNotes
+from monitor.protect.sink import ActionsSink, action_hooks
 from monitor.protect.state import AccountLock
 from monitor.protect.switches import ActionSwitches
 from monitor.sink import Sink
@@ -109,6 +110,7 @@ def _executor(
     live: bool = True,
     venue: str | None = "binanceusdm",
     switches: ActionSwitches | None = None,
+    hooks: ActionHooks | None = None,
     **settings: Any,
 ) -> Executor:
     base: dict[str, Any] = {
@@ -128,7 +130,7 @@ def _executor(
         live=live,
         venue=venue,
         switches=switches,
-        hooks=ActionHooks(audit=trail.audit, alert=trail.alert),
+        hooks=hooks or ActionHooks(audit=trail.audit, alert=trail.alert),
     )
 
 
@@ -148,7 +150,7 @@ class TestBinanceOneWay:
         trail = Trail()
         try:
             ex = _executor(src, tmp_path, trail)
-            plan = await ex.on_report(await _report(src), 1_000.0)
+            plan = await ex.step(await _report(src), 1_000.0)
             assert plan is not None
             (sent,) = book.received
             assert sent["reduceOnly"] == "true"
@@ -175,12 +177,12 @@ class TestBinanceOneWay:
         try:
             ex = _executor(src, tmp_path, trail, max_fraction_per_step=0.25, cooldown=10.0)
             now = 1_000.0
-            await ex.on_report(await _report(src), now)
+            await ex.step(await _report(src), now)
             assert 0.4 < (await _report(src)).margin_ratio < 0.7  # under the level, over target
-            assert await ex.on_report(await _report(src), now + 5) is None  # cooldown
+            assert await ex.step(await _report(src), now + 5) is None  # cooldown
             for _ in range(6):
                 now += 10
-                await ex.on_report(await _report(src), now)
+                await ex.step(await _report(src), now)
             assert (await _report(src)).margin_ratio <= 0.4
             assert 2 <= len(book.received) <= 6
             assert trail.kinds()[-1] == "resolved"
@@ -202,7 +204,7 @@ class TestBinanceOneWay:
             stale = await _report(src)
             fake.account.positions[("BTCUSDT", "BOTH")].amount = 0.5  # closed by hand meanwhile
             fake.account.wallet = 120.0  # still critical on the fresh read
-            await _executor(src, tmp_path, trail).on_report(stale, 1_000.0)
+            await _executor(src, tmp_path, trail).step(stale, 1_000.0)
             (sent,) = book.received
             assert float(sent["quantity"]) <= 0.5
         finally:
@@ -217,7 +219,7 @@ class TestBinanceOneWay:
         src = await _source(fake)
         trail = Trail()
         try:
-            await _executor(src, tmp_path, trail, order_timeout=0.3).on_report(
+            await _executor(src, tmp_path, trail, order_timeout=0.3).step(
                 await _report(src), 1_000.0
             )
             (partial,) = trail.of("partial")
@@ -239,16 +241,16 @@ class TestBinanceOneWay:
         trail = Trail()
         try:
             ex = _executor(src, tmp_path, trail)
-            await ex.on_report(await _report(src), 1_000.0)
+            await ex.step(await _report(src), 1_000.0)
             (rejected,) = trail.of("rejected")
             assert "InsufficientFunds" in rejected["error"]
             assert any("rejected by the venue" in a for a in trail.alerts)
-            await ex.on_report(await _report(src), 1_010.0)
+            await ex.step(await _report(src), 1_010.0)
             assert len(book.received) == 1
             assert trail.of("skipped")[-1]["reason"].startswith("halted")
             ex.close()
             restarted = _executor(src, tmp_path, Trail())  # a person fixed it and restarted
-            await restarted.on_report(await _report(src), 1_020.0)
+            await restarted.step(await _report(src), 1_020.0)
             assert len(book.received) == 2
             restarted.close()
         finally:
@@ -263,7 +265,7 @@ class TestBinanceOneWay:
         src = await _source(fake)
         trail = Trail()
         try:
-            await _executor(src, tmp_path, trail).on_report(await _report(src), 1_000.0)
+            await _executor(src, tmp_path, trail).step(await _report(src), 1_000.0)
             assert "InvalidOrder" in trail.of("rejected")[0]["error"]
         finally:
             await src.close()
@@ -279,7 +281,7 @@ class TestBinanceOneWay:
         trail = Trail()
         first = _executor(src, tmp_path, trail)
         try:
-            step = asyncio.create_task(first.on_report(await _report(src), 1_000.0))
+            step = asyncio.create_task(first.step(await _report(src), 1_000.0))
             await book.arrived.wait()
             fake.fail(ORDER, 500, "", times=5)  # and every lookup by client id fails as well
             fake.fail("/fapi/v1/openOrders", 500, "", times=5)
@@ -293,7 +295,7 @@ class TestBinanceOneWay:
         trail2 = Trail()
         try:
             restarted = _executor(src, tmp_path, trail2)
-            await restarted.on_report(await _report(src), 2_000.0)
+            await restarted.step(await _report(src), 2_000.0)
             restarted.close()
             posts = [r for r in book.received if "newClientOrderId" in r]
             cids = [r["newClientOrderId"] for r in posts]
@@ -318,10 +320,10 @@ class TestBinanceOneWay:
             rep = await _report(src)
             assert rep.margin_ratio >= 0.7
             reads = fake.count("/fapi/v3/positionRisk")
-            plan = await ex.on_report(rep, 1_000.0)
+            plan = await ex.step(rep, 1_000.0)
             assert plan is not None
             assert plan.flags
-            assert await ex.on_report(rep, 1_001.0) is None  # quiet: no second fresh read
+            assert await ex.step(rep, 1_001.0) is None  # quiet: no second fresh read
             assert fake.count("/fapi/v3/positionRisk") == reads + 1
             assert book.received == []
             assert len(trail.alerts) == 1
@@ -348,7 +350,7 @@ class TestBinanceHedgeMode:
         async with fake:
             src = await _source(fake)
             try:
-                await _executor(src, tmp_path, trail).on_report(await _report(src), 1_000.0)
+                await _executor(src, tmp_path, trail).step(await _report(src), 1_000.0)
             finally:
                 await src.close()
         assert book.received
@@ -367,7 +369,7 @@ class TestSwitchesAndLock:
         src = await _source(fake)
         trail = Trail()
         try:
-            await _executor(src, tmp_path, trail, live=False).on_report(await _report(src), 1_000.0)
+            await _executor(src, tmp_path, trail, live=False).step(await _report(src), 1_000.0)
         finally:
             await src.close()
         assert book.received == []
@@ -393,7 +395,7 @@ class TestSwitchesAndLock:
         src = await _source(fake)
         trail = Trail()
         try:
-            await _executor(src, tmp_path, trail, switches=switches, **extra).on_report(
+            await _executor(src, tmp_path, trail, switches=switches, **extra).step(
                 await _report(src), 1_000.0
             )
         finally:
@@ -413,7 +415,7 @@ class TestSwitchesAndLock:
             assert first.lock.acquire()
             second = _executor(src, tmp_path, two)
             rep = await _report(src)
-            await asyncio.gather(second.on_report(rep, 1_000.0), first.on_report(rep, 1_000.0))
+            await asyncio.gather(second.step(rep, 1_000.0), first.step(rep, 1_000.0))
             assert len(book.received) == 1
             assert "writer lock" in two.of("skipped")[0]["reason"]
             first.close()
@@ -480,6 +482,19 @@ async def _until(condition: Any, limit: float = 10.0) -> None:
     raise AssertionError("condition not reached")
 
 
+def _wired(src: ExchangeSource, state_dir: Path, alerts: AlertsSink) -> ActionsSink:
+    """The actions sink of one executor, connected to `alerts` as build_actions_sink does."""
+    notes = ActionNotes()
+    ex = _executor(
+        src,
+        state_dir,
+        Trail(),
+        switches=alerts.switches,
+        hooks=action_hooks(alerts, notes, "critical"),
+    )
+    return ActionsSink({"acct": ex}, alerts=alerts, notes=notes)
+
+
 class TestRejectionAlert:
     """A venue rejection through the daemon's sinks: an alert via the outbox, no retry."""
 
@@ -496,9 +511,8 @@ class TestRejectionAlert:
         src = await _source(fake)
         store = Store(tmp_path / "alerts.sqlite3")
         alerts = AlertsSink(lambda: AlertPipeline(store, AlertConfig(), [_Held()]))
-        ex = _executor(src, tmp_path, Trail())
-        actions = ActionsSink({"acct": ex})
-        actions.attach(alerts)
+        actions = _wired(src, tmp_path, alerts)
+        ex = actions.executors["acct"]
         runner = asyncio.create_task(_serve(actions))
 
         def queued() -> list[tuple[str, str, str]]:
@@ -522,7 +536,7 @@ class TestRejectionAlert:
             ((rule, kind, detail),) = queued()
             assert (rule, kind) == ("action_rejected", "firing")
             assert "InsufficientFunds" in detail
-            assert actions.note("acct") == detail  # the action line of other alerts says so
+            assert actions.notes.note("acct") == detail  # the action line of other alerts says so
             fake.account.wallet = 10_000.0  # a person added margin: back under the target
             await self._feed(actions, src, 1_100.0)
             assert [(r, k) for r, k, _ in queued()] == [
@@ -552,8 +566,7 @@ class TestRejectionAlert:
             {"host": mosquitto.host, "port": mosquitto.port, "prefix": prefix, "timeout": 2.0}
         )
         alerts = build_alerts_sink(tmp_path, AlertConfig(), mqtt, None)
-        actions = ActionsSink({"acct": _executor(src, tmp_path, Trail())})
-        actions.attach(alerts)
+        actions = _wired(src, tmp_path, alerts)
         try:
             async with collecting(mosquitto, [f"{prefix}/acct/alert"]) as sub:
                 runner = asyncio.create_task(_serve(alerts, actions))
@@ -602,7 +615,7 @@ class TestSim:
         )
         rep = report(sim.snapshot())
         assert rep.margin_ratio >= 0.5
-        await ex.on_report(rep, 1_000.0)
+        await ex.step(rep, 1_000.0)
         assert sim.fills >= 1
         kinds = [r.kind for r in store.audit_trail("demo")]
         assert kinds[:2] == ["planned", "sent"]
@@ -633,7 +646,7 @@ class TestSim:
         )
         try:
             rep = report(sim.snapshot())
-            await ex.on_report(rep, 1_000.0)
+            await ex.step(rep, 1_000.0)
         finally:
             ex.close()
         assert sim.lost == 1
@@ -746,7 +759,7 @@ class TestBybit:
         trail = Trail()
         ex = _executor(src, tmp_path, trail, venue="bybit", fee_rate=0.00055)  # Bybit's taker fee
         ex.policy = replace(ex.policy, action_ratio=0.5)
-        await ex.on_report(await _report(src), 1_000.0)
+        await ex.step(await _report(src), 1_000.0)
         (sent,) = book.received
         assert sent["reduceOnly"] is True
         assert sent["side"] == "Sell"
@@ -764,8 +777,8 @@ class TestBybit:
         trail = Trail()
         ex = _executor(src, tmp_path, trail, venue="bybit")
         ex.policy = replace(ex.policy, action_ratio=0.5)
-        await ex.on_report(await _report(src), 1_000.0)
-        await ex.on_report(await _report(src), 1_010.0)
+        await ex.step(await _report(src), 1_000.0)
+        await ex.step(await _report(src), 1_010.0)
         assert len(book.received) == 1
         assert trail.of("rejected")
         assert trail.alerts
@@ -780,7 +793,7 @@ class TestBybit:
         trail = Trail()
         ex = _executor(src, tmp_path, trail, venue="bybit")
         ex.policy = replace(ex.policy, action_ratio=0.5)
-        await ex.on_report(await _report(src), 1_000.0)
+        await ex.step(await _report(src), 1_000.0)
         assert len(book.received) == 1
         assert trail.kinds() == ["planned", "sent", "filled", "result"]
         assert trail.of("filled")[0]["order_id"] == next(iter(book.orders))
@@ -802,7 +815,7 @@ class TestBybit:
                 assert snap.positions[0].hedged
                 ex = _executor(src, tmp_path, trail, venue="bybit")
                 ex.policy = replace(ex.policy, action_ratio=0.5)
-                await ex.on_report(report(snap), 1_000.0)
+                await ex.step(report(snap), 1_000.0)
             finally:
                 await src.close()
         (sent,) = book.received

@@ -37,15 +37,15 @@ class TestOrderInFlight:
         trail = Trail()
         ex = _executor(src, tmp_path, trail)
         try:
-            await ex.on_report(await _report(src), 1_000.0)
+            await ex.step(await _report(src), 1_000.0)
             assert trail.kinds() == ["planned", "sent", "unconfirmed"]
             # The next report comes before the late order has landed: the lookup finds
             # nothing, but the request is still valid at the venue (recvWindow).
-            await ex.on_report(await _report(src), 1_000.5)
+            await ex.step(await _report(src), 1_000.5)
             assert "pending_absent" not in trail.kinds()
             await asyncio.sleep(1.2)  # the late order lands and fills
             assert len(book.received) == 1
-            await ex.on_report(await _report(src), 1_010.0)
+            await ex.step(await _report(src), 1_010.0)
             assert trail.of("recovered")[0]["status"] == "closed"
             posts = [o.client_id for o in book.seen]
             assert posts == [trail.of("sent")[0]["client_id"]]  # one order, never a second
@@ -64,11 +64,11 @@ class TestOrderInFlight:
         trail = Trail()
         ex = _executor(src, tmp_path, trail)
         try:
-            await ex.on_report(await _report(src), 1_000.0)
+            await ex.step(await _report(src), 1_000.0)
             assert trail.kinds() == ["planned", "sent", "unconfirmed"]
             assert book.seen == []
             await asyncio.sleep(2.0)  # past the 0.5 s window and the 1 s clock-skew allowance
-            await ex.on_report(await _report(src), 1_010.0)
+            await ex.step(await _report(src), 1_010.0)
             assert "pending_absent" in trail.kinds()
             (order,) = book.seen  # protection goes on with the next step's order
             assert order.client_id != trail.of("sent")[0]["client_id"]
@@ -90,14 +90,14 @@ class TestOrderInFlight:
         trail = Trail()
         ex = _executor(src, tmp_path, trail)
         try:
-            await ex.on_report(await _report(src), 1_000.0)
+            await ex.step(await _report(src), 1_000.0)
             assert trail.kinds() == ["planned", "sent", "unconfirmed"]
-            await ex.on_report(await _report(src), 1_000.1)  # not found yet: wait ~1.9 s
+            await ex.step(await _report(src), 1_000.1)  # not found yet: wait ~1.9 s
             assert trail.kinds()[-1] == "skipped"
-            assert await ex.on_report(await _report(src), 1_001.0) is None  # still waiting
+            assert await ex.step(await _report(src), 1_001.0) is None  # still waiting
             assert len(trail.kinds()) == 4
             await asyncio.sleep(2.5)  # the window has closed
-            await ex.on_report(await _report(src), 1_002.3)  # < 1 000.1 + 5 s of quiet
+            await ex.step(await _report(src), 1_002.3)  # < 1 000.1 + 5 s of quiet
             assert "pending_absent" in trail.kinds()
             (order,) = book.seen  # the next step's order went out at once
             assert order.client_id != trail.of("sent")[0]["client_id"]

@@ -43,6 +43,7 @@ from monitor.ops.metrics import (
     record_alerts_sent,
 )
 from monitor.ops.metrics_server import serve
+from monitor.sources.sim import SimVenue
 from monitor.store import OutboxRow
 
 SNAPSHOT = AccountSnapshot(
@@ -190,11 +191,9 @@ class TestExposition:
         """Test that an account added by a reload exports its source's venue drift."""
         metrics, _clock = sink
 
-        class Check:
-            drift = 0.004
-
         class Source:
-            venue_check = Check()
+            def venue_drift(self) -> float | None:
+                return 0.004
 
         metrics.set_accounts({"main": 30.0, "added": 30.0}, sources={"added": Source()})
         got = samples(metrics.exposition().decode())
@@ -229,14 +228,14 @@ class TestExposition:
         assert got[("margin_monitor_outbox_depth", (("sink", "mqtt"),))] == 2
         assert got[("margin_monitor_outbox_depth", (("sink", "phone"),))] == 1
 
-    async def test_builder_finds_outbox_and_venue_checks(self) -> None:
-        """Test that the builder wires the alert sink's outbox and each source's venue check."""
-
-        class Check:
-            drift = -0.002
+    async def test_builder_wires_outbox_and_venue_drift(self) -> None:
+        """Test that the builder wires the alert sink's outbox and each source's venue drift."""
 
         class Source:
-            venue_check: Check | None = None
+            drift: float | None = None
+
+            def venue_drift(self) -> float | None:
+                return self.drift
 
         class Store:
             def pending(self) -> list[OutboxRow]:
@@ -253,7 +252,7 @@ class TestExposition:
                 self.opened += 1
                 return Pipeline
 
-        live, sim, alerts = Source(), object(), Alerts()
+        live, sim, alerts = Source(), SimVenue("demo"), Alerts()
         metrics = build_metrics_sink(
             MetricsSettings(),
             {"main": 30.0, "demo": 30.0},
@@ -265,7 +264,7 @@ class TestExposition:
             await metrics.start(tg)
         try:
             before = samples(metrics.exposition().decode())
-            live.venue_check = Check()
+            live.drift = -0.002
             after = samples(metrics.exposition().decode())
         finally:
             await metrics.close()

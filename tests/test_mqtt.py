@@ -19,7 +19,8 @@ from pydantic import SecretStr
 from monitor.alerts.message import AlertMessage
 from monitor.alerts.pipeline import AlertPipeline
 from monitor.alerts.signed_commands import Command, envelope
-from monitor.channels.mqtt import MqttSettings, MqttSink, discovery_configs, state_payload
+from monitor.channels.mqtt import MqttSettings, MqttSink
+from monitor.channels.mqtt_payloads import discovery_configs, state_payload
 from monitor.core.model import MarginReport, PositionRisk, ShockToLiquidation
 from monitor.core.rules import AlertConfig
 from monitor.store import Store

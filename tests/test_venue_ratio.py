@@ -197,7 +197,7 @@ class TestActionsUseTheVenueFigure:
                         rep.margin_ratio * (1.25 if bias else 1.0), rep.margin_ratio, 1.0
                     )
                     used = with_venue(rep, anchor, "worst")
-                    assert await ex.on_report(used, 1_000.0) is not None
+                    assert await ex.step(used, 1_000.0) is not None
                     sold[bias] = float(book.received[0]["quantity"])
                     after = margin.report(await src.fetch_snapshot()).margin_ratio
                 finally:

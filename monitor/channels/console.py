@@ -31,6 +31,7 @@ from rich.text import Text
 
 from monitor.core.alert_state import AlertState
 from monitor.core.collateral_risk import describe
+from monitor.core.levels import level_rank
 from monitor.core.model import (
     AccountSnapshot,
     CollateralRisk,
@@ -254,9 +255,7 @@ class ConsoleSink(Sink):
                 f"{worst.level.upper()}  {_alert_line(worst)}{more}",
                 style=_LEVEL_STYLE.get(worst.level, ""),
             )
-        worst_view = max(
-            self._views.items(), key=lambda kv: _LEVELS.index(kv[1].level), default=None
-        )
+        worst_view = max(self._views.items(), key=lambda kv: level_rank(kv[1].level), default=None)
         if worst_view is None or worst_view[1].level == "ok":
             return Text("OK", style=_LEVEL_STYLE["ok"])
         account, view = worst_view
@@ -286,9 +285,6 @@ class ConsoleSink(Sink):
         if self.alerts is not None:
             parts.append(_alerts_panel(self.alerts))
         return Group(*parts)
-
-
-_LEVELS = ("ok", "warning", "critical", "emergency")
 
 
 def _alert_line(a: AlertState) -> str:

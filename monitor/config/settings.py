@@ -54,12 +54,13 @@ from monitor.config.credentials import (
     env_key,
     layered_sources,
     read_credential,
-    why_unreadable,
+    unreadable,
 )
 from monitor.config.exchange_ids import known_exchange
-from monitor.config.messages import first_line, format_validation_error
+from monitor.config.messages import format_validation_error
+from monitor.core.levels import Level
 from monitor.core.rules import AlertConfig
-from monitor.errors import UserError
+from monitor.errors import UserError, fold
 from monitor.ops.heartbeat import HeartbeatSettings
 from monitor.ops.logs import secrets_of, set_secrets
 from monitor.ops.metrics import MetricsSettings
@@ -73,8 +74,6 @@ __all__ = [
     "default_state_dir",
     "load_settings",
 ]
-
-Level = Literal["ok", "warning", "critical", "emergency"]
 
 
 class Section(BaseModel):
@@ -373,7 +372,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
             raise UserError(f"{origin}: tables or arrays nested too deeply") from None
     credentials = os.environ.get("CREDENTIALS_DIRECTORY")
     if credentials and Path(credentials).is_dir():
-        # read each once here, so an why_unreadable or non-UTF-8 one is named (pydantic-settings'
+        # read each once here, so an unreadable or non-UTF-8 one is named (pydantic-settings'
         # own reader raises without saying which)
         for entry in sorted(Path(credentials).iterdir()):
             if entry.is_file():
@@ -395,13 +394,10 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
     except ValidationError as exc:
         raise UserError(format_validation_error(exc, origin, Settings)) from None
     except SettingsError as exc:
-        raise UserError(f"{origin}: {first_line(str(exc))}") from None
+        raise UserError(f"{origin}: {fold(str(exc))}") from None
     except (OSError, UnicodeDecodeError) as exc:
         # a credential file pydantic-settings reads ($CREDENTIALS_DIRECTORY)
-        name = getattr(exc, "filename", None) or "a credential file"
-        raise UserError(
-            f"{name}: cannot read ({why_unreadable(exc)}); fix its permissions or encoding (UTF-8)"
-        ) from None
+        raise unreadable(getattr(exc, "filename", None) or "a credential file", exc) from None
     finally:
         FILE_DATA.reset(token)
     # every secret it holds is redacted from logs and error lines from now on (docs/hardening.md)

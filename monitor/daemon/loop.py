@@ -86,8 +86,6 @@ SOLVE_AFTER_WAKE = 0.002
 # The level the console shows comes from the rule engine's hysteresis (monitor.core.rules); the
 # alert lifecycle itself (docs/notifications.md) runs in the alert pipeline, one of the sinks.
 
-_LEVELS = ("ok", "warning", "critical", "emergency")
-
 
 # --- one account -----------------------------------------------------------------------------
 
@@ -213,8 +211,14 @@ class AccountLoop:
         self._drift: ModelDrift | None = None  # a drift change the sinks are yet to hear
         self._reported_at = -math.inf  # loop time of the last report
         self._lock = asyncio.Lock()
-        # bound once: a getattr per sink per tick was measurable at 20 000 ticks/s
-        self._on_event = tuple((sink.name, sink.on_event) for sink in self.sinks)
+        # bound once, and only the sinks that listen: a getattr, or an awaited no-op, per
+        # sink per tick was measurable at 20 000 ticks/s (docs/benchmarks.md)
+        self._on_event = tuple(
+            (sink.name, sink.on_event)
+            for sink in self.sinks
+            if type(sink).on_event is not Sink.on_event
+        )
+        self._on_report = tuple((sink.name, sink.on_report) for sink in self.sinks)
 
     async def run_source(self) -> None:
         """Task `source[<account>]`: fresh read, then fold events in; retry after failures."""
@@ -227,6 +231,7 @@ class AccountLoop:
                 if self._rebuild(initial_state(snapshot, sent)):
                     await self._report_now()
                 attempt = 0
+                account = self.account
                 async for event in self.source.events():
                     self.events += 1
                     for name, call in on_event:
@@ -240,7 +245,7 @@ class AccountLoop:
                         ledger = self.ledger
                         if (
                             ledger is not None
-                            and event.account == self.account
+                            and event.account == account
                             and ledger.tick(event.symbol, event.mark_price, event.ts)
                             and self._changed()
                         ):
@@ -353,7 +358,10 @@ class AccountLoop:
             claim.changed = True
             self.shocks.wake.set()
         assert self.ledger is not None
-        ratio = claim.ratio = used_ratio(self.ledger.ratio(), self.anchor, self.ratio_source)
+        ratio = self.ledger.ratio()
+        if self.anchor is not None:
+            ratio = used_ratio(ratio, self.anchor, self.ratio_source)
+        claim.ratio = ratio
         if ratio >= self._alarm_hi:
             claim.urgent = True  # fresh shock figures for an account heading into danger
             self.shocks.wake.set()
@@ -379,12 +387,20 @@ class AccountLoop:
         """Task `recompute[<account>]`: one report per wake-up, on the latest state, at
         most one per `report_spacing` seconds (changes meanwhile fold into the ledger)."""
         loop = asyncio.get_running_loop()
+        dirty = self.dirty
         while True:
-            await self.dirty.wait()
-            wait = self._reported_at + self.report_spacing - loop.time()
+            # spacing first, then the flag: under a steady stream the flag is already set
+            # when the spacing ends, so a report costs one wake-up of this task, not two
+            # (docs/benchmarks.md); re-checked after the sleep, since an urgent report or a
+            # shock solve meanwhile restarts the spacing
+            reported_at = self._reported_at
+            wait = reported_at + self.report_spacing - loop.time()
             if wait > 0:
                 await asyncio.sleep(wait)
-            self.dirty.clear()
+            await dirty.wait()  # at once when set
+            if self._reported_at != reported_at:
+                continue  # reported meanwhile (urgent or shock): space from that report
+            dirty.clear()
             await self.recompute()
 
     async def recompute(
@@ -438,9 +454,12 @@ class AccountLoop:
             self.level = level
             self._alarm(report.margin_ratio, level)
             now = self.clock()
-            await self._tell(
-                "on_report", lambda sink: sink.on_report(self.account, report, snapshot, now)
-            )
+            account = self.account
+            for name, on_report in self._on_report:
+                try:
+                    await on_report(account, report, snapshot, now)
+                except Exception as exc:  # a broken sink must not stop the others or the loop
+                    log.error("sink failed", sink=name, call="on_report", error=one_line(exc))
             if level != previous:
                 _log_level(self.account, level, previous, report)
                 await self._tell(
@@ -468,7 +487,7 @@ class AccountLoop:
 
 
 def _log_level(account: str, level: str, previous: str, report: MarginReport) -> None:
-    method = "info" if _LEVELS.index(level) < _LEVELS.index(previous) else "warning"
+    method = "info" if level_rank(level) < level_rank(previous) else "warning"
     getattr(log, method)(
         "level changed",
         account=account,

@@ -7,13 +7,12 @@ installed from `MetricsSink.routes`.
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any
 
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from monitor.errors import UserError
+from monitor.errors import UserError, os_reason
 
 if TYPE_CHECKING:
     from monitor.ops.metrics import MetricsSink
@@ -80,7 +79,7 @@ async def serve(sink: MetricsSink) -> tuple[Any, tuple[str, int]]:
     except OSError as exc:
         raise UserError(
             f"metrics: cannot listen on {sink.settings.host}:{sink.settings.port} "
-            f"({_reason(exc)}); pick another metrics.port or stop the other process"
+            f"({os_reason(exc)}); pick another metrics.port or stop the other process"
         ) from None
     if runner.addresses:
         host, port = runner.addresses[0][:2]
@@ -89,8 +88,3 @@ async def serve(sink: MetricsSink) -> tuple[Any, tuple[str, int]]:
         address = (sink.settings.host, sink.settings.port)
     log.info("metrics listening", host=address[0], port=address[1])
     return runner, address
-
-
-def _reason(exc: OSError) -> str:
-    """`address already in use`, not asyncio's "error while attempting to bind on ..."."""
-    return os.strerror(exc.errno).lower() if exc.errno else str(exc)

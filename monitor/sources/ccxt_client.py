@@ -16,7 +16,7 @@ import ccxt.pro as ccxtpro
 from ccxt.base import errors as ccxt_errors
 
 from monitor.config.settings import ccxt_credentials
-from monitor.errors import UserError
+from monitor.errors import UserError, one_line
 from monitor.ops import logs
 from monitor.sources import budget
 from monitor.venues.registry import venue_for
@@ -172,9 +172,10 @@ def _merged(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]
 
 def _one_line(exc: BaseException, limit: int = 240) -> str:
     """An exception as one log-safe line (ccxt bodies can be long and multi-line)."""
+    return one_line(exc, limit, _scrub)
+
+
+def _scrub(text: str) -> str:
     # Signed URLs carry a signature and timestamp: keep logs to the path. Configured secrets
     # go too: a websocket error does not pass exchange.fetch's scrub (_redact_errors).
-    text = re.sub(r"\?\S*", "?…", " ".join(logs.redact(str(exc)).split()))
-    if len(text) > limit:
-        text = text[: limit - 1] + "…"
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return re.sub(r"\?\S*", "?…", logs.redact(text))

@@ -38,6 +38,7 @@ from typing import Any
 import structlog
 
 from monitor.core.model import STABLE_ASSETS, Collateral, CollateralTier, VenueMargin
+from monitor.errors import one_line
 from monitor.venues.base import (
     AssetRule,
     CollateralRules,
@@ -249,7 +250,7 @@ class CollateralRulesReader:
             log.warning(
                 "collateral_rules_unavailable",
                 account=self.account,
-                reason=f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}",
+                reason=one_line(exc, 200),
                 using=kept,
             )
             return self.rules

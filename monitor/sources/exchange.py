@@ -34,10 +34,11 @@ from typing import Any
 import structlog
 from ccxt.base import errors as ccxt_errors
 
+from monitor.backoff import Backoff
 from monitor.core import model
 from monitor.core.model import AccountUpdate, Event, PriceTick, SourceDown, SourceStale, SourceUp
 from monitor.core.stress import with_prices
-from monitor.sources.backoff import Backoff, Freshness, FreshnessChange, Throttle
+from monitor.sources.backoff import Freshness, FreshnessChange, Throttle
 from monitor.sources.ccxt_client import (
     AUTH_ERRORS,
     AccountConfig,
@@ -144,6 +145,10 @@ class ExchangeSource(AccountReads, LiveDesk):
                     return
         finally:
             await self._stop_tasks()
+
+    def venue_drift(self) -> float | None:
+        """Our ratio minus the venue's on the last reconciliation (`venue_check.drift`)."""
+        return self.venue_check.drift if self.venue_check is not None else None
 
     async def fetch_snapshot(self) -> model.AccountSnapshot:
         """A fresh REST read of the whole account (for `snapshot`, executors, tests)."""
