@@ -82,8 +82,9 @@ def build_exchange(settings: AccountConfig) -> Any:
             "watchPositions": {"fetchPositionsSnapshot": False, "awaitPositionsSnapshot": False},
         },
     }
+    keys = {"api_key": settings.api_key, "secret": settings.secret, "password": settings.password}
     for credential, field_name in ccxt_credentials(venue).items():
-        value = _secret(getattr(settings, field_name))
+        value = _secret(keys[field_name])
         if value:
             config[credential] = value
     # the venue's own options (venues/<venue>.py: Hyperliquid's builder fee and referrer
