@@ -31,6 +31,8 @@ from monitor.venues.base import (
     VenueFigures,
     Wallet,
     as_float,
+    half_initial_rate,
+    max_leverage,
     number,
 )
 from monitor.venues.registry import venue_for
@@ -65,15 +67,7 @@ def _max_leverage_mmr(market: Json) -> float | None:
     This is Hyperliquid's documented rule and matches the first tier of Binance (125x,
     0.4 %), Bybit (100x, 0.5 %) and Bitget (125x, 0.4 %); without it the ratio would read
     0, a false all-clear."""
-    limits = market.get("limits")
-    lev = None
-    if isinstance(limits, Mapping) and isinstance(limits.get("leverage"), Mapping):
-        lev = limits["leverage"].get("max")
-    try:
-        lev_f = float(lev) if lev is not None else 0.0
-    except (TypeError, ValueError, OverflowError):
-        return None
-    return 1.0 / (2.0 * lev_f) if lev_f > 0 else None
+    return half_initial_rate(max_leverage(market))
 
 
 def _margin_mode(quirks: PositionQuirks, row: Json, where: str) -> MarginMode:

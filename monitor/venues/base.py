@@ -35,8 +35,10 @@ __all__ = [
     "envelope_data",
     "fraction",
     "haircut_bands",
+    "half_initial_rate",
     "info_number",
     "mapping_wallets",
+    "max_leverage",
     "number",
     "rows",
     "unpublished",
@@ -91,6 +93,24 @@ def info_number(row: Json, key: str, where: str) -> float | None:
     if not isinstance(info, Mapping):
         return None
     return number(info, key, f"{where} info", required=False)
+
+
+def max_leverage(market: Json) -> object:
+    """ccxt's `limits.leverage.max` of a market structure (None where it has none)."""
+    limits = market.get("limits")
+    if isinstance(limits, Mapping) and isinstance(limits.get("leverage"), Mapping):
+        return limits["leverage"].get("max")
+    return None
+
+
+def half_initial_rate(leverage: object) -> float | None:
+    """1 / (2 × max leverage): half the initial margin rate at max leverage, Hyperliquid's
+    maintenance rate ("margining" docs; margin-math §4.1); None without a usable leverage."""
+    try:
+        lev = float(leverage) if leverage is not None else 0.0  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return 1.0 / (2.0 * lev) if lev > 0 else None
 
 
 def rows(value: object) -> list[Json]:
