@@ -1,7 +1,8 @@
-"""ccxt structures -> monitor.core.model, with every venue quirk in one named function.
+"""ccxt structures -> monitor.core.model: the generic path, with each venue's quirks as
+hooks of its module (monitor/venues/<venue>.py, found by `registry.venue_for`).
 
 ccxt's unified structures are close to what the margin core needs, but not close enough
-to trust blindly (docs/venues.md, docs/margin-math.md):
+to trust blindly (docs/venues.md, docs/margin-math.md), e.g.:
 
 - ccxt's `maintenanceMargin` for Binance is bracket MMR × notional *without* the `cum`
   deduction, so the venue's own `maintMargin` is read from `info` instead;
@@ -9,6 +10,8 @@ to trust blindly (docs/venues.md, docs/margin-math.md):
   the core adds again from the positions, so wallet balances are read from `info`;
 - sides, signs and units differ by venue (dYdX negative contracts, Deribit percent
   units, Binance websocket `side='both'`).
+
+A venue with no module takes ccxt's unified fields as they are.
 
 Policy for bad data: a malformed position or balance raises `MalformedPayload` with a
 one-line reason, and the caller rejects the *whole* update and keeps the previous good
@@ -46,9 +49,6 @@ __all__ = [
     "unpriced_assets",
     "venue_figures",
 ]
-
-
-# --- small validated readers ----------------------------------------------------------------
 
 
 # --- positions ------------------------------------------------------------------------------
