@@ -233,30 +233,26 @@ class TestSourceAlerts:
         """Test that stale fires once, repeats, and resolves on SourceUp of the same kind."""
         config = AlertConfig(repeat_every=60.0)
         state, ev = rules.on_source_event(
-            RulesState(), SourceStale("a", "prices", 30.0, 0.0), 0.0, config
+            RulesState(), SourceStale("a", "prices", 30.0), 0.0, config
         )
         assert [(e.rule, e.kind, e.level) for e in ev] == [("stale_prices", "firing", "warning")]
         assert "30 s" in ev[0].detail
-        state, ev = rules.on_source_event(
-            state, SourceStale("a", "prices", 40.0, 10.0), 10.0, config
-        )
+        state, ev = rules.on_source_event(state, SourceStale("a", "prices", 40.0), 10.0, config)
         assert ev == ()
-        state, ev = rules.on_source_event(state, SourceUp("a", "positions", 20.0), 20.0, config)
+        state, ev = rules.on_source_event(state, SourceUp("a", "positions"), 20.0, config)
         assert ev == ()
-        state, ev = rules.on_source_event(state, SourceUp("a", "prices", 30.0), 30.0, config)
+        state, ev = rules.on_source_event(state, SourceUp("a", "prices"), 30.0, config)
         assert [(e.rule, e.kind, e.duration) for e in ev] == [("stale_prices", "resolved", 30.0)]
         assert not state.alert("a", "stale_prices").firing
 
     def test_source_down_lifecycle(self) -> None:
         """Test that source_down fires critical with its reason and resolves on SourceUp."""
         config = AlertConfig()
-        state, ev = rules.on_source_event(
-            RulesState(), SourceDown("a", "bad api key", 0.0), 0.0, config
-        )
+        state, ev = rules.on_source_event(RulesState(), SourceDown("a", "bad api key"), 0.0, config)
         assert [(e.rule, e.level, e.detail) for e in ev] == [
             ("source_down", "critical", "bad api key")
         ]
-        _, ev = rules.on_source_event(state, SourceUp("a", "balance", 5.0), 5.0, config)
+        _, ev = rules.on_source_event(state, SourceUp("a", "balance"), 5.0, config)
         assert [(e.rule, e.kind) for e in ev] == [("source_down", "resolved")]
 
 
@@ -305,7 +301,7 @@ class TestSuppression:
         """Test that a stale alert reaches a person during an emergency."""
         config = AlertConfig(repeat_every=0)
         state, _ = rules.evaluate(RulesState(), report(0.9), 0.0, config)
-        _, ev = rules.on_source_event(state, SourceStale("acct", "prices", 30, 1.0), 1.0, config)
+        _, ev = rules.on_source_event(state, SourceStale("acct", "prices", 30), 1.0, config)
         assert [e.suppressed for e in ev] == [None]
 
     def test_silence_mutes_and_expires(self) -> None:
@@ -453,14 +449,12 @@ class TestAccountIndex:
                 state, _ = rules.evaluate(state, report(x, account, shock=x / 10), now, config)
             elif op == "stale":
                 state, _ = rules.on_source_event(
-                    state, SourceStale(account, "prices", 30.0, now), now, config
+                    state, SourceStale(account, "prices", 30.0), now, config
                 )
             elif op == "down":
-                state, _ = rules.on_source_event(state, SourceDown(account, "x", now), now, config)
+                state, _ = rules.on_source_event(state, SourceDown(account, "x"), now, config)
             elif op == "up":
-                state, _ = rules.on_source_event(
-                    state, SourceUp(account, "prices", now), now, config
-                )
+                state, _ = rules.on_source_event(state, SourceUp(account, "prices"), now, config)
             elif op == "tick":
                 state, _ = rules.tick(state, now, config)
             elif op == "ack":

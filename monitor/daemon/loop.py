@@ -260,7 +260,7 @@ class AccountLoop:
                 # a UserError is already the one line a person reads (a rejected key)
                 reason = str(exc) if isinstance(exc, UserError) else one_line(exc)
                 log.error("source failed", account=self.account, error=reason, attempt=attempt)
-                await self._tell_event(SourceDown(self.account, reason, self.clock()))
+                await self._tell_event(SourceDown(self.account, reason))
                 await asyncio.sleep(random.uniform(0, 1.5 ** min(10, attempt)))  # noqa: S311
                 continue
             if self.finite:
@@ -320,9 +320,7 @@ class AccountLoop:
         except Exception as exc:  # a core bug on odd data must not stop the monitor
             log.error("venue check failed", account=self.account, error=one_line(exc))
             return
-        self.anchor, change = observe(
-            self.anchor, model, read.venue_ratio, read.ts, self.drift_tolerance
-        )
+        self.anchor, change = observe(self.anchor, model, read.venue_ratio, self.drift_tolerance)
         if change is not None:
             log.warning(
                 "model_drift" if change else "model_drift_gone",
@@ -330,7 +328,7 @@ class AccountLoop:
                 ours=_number(model),
                 venue=_number(read.venue_ratio),
             )
-            self._drift = ModelDrift(self.account, change, model, read.venue_ratio, read.ts)
+            self._drift = ModelDrift(self.account, change, model, read.venue_ratio)
 
     def _rebuild(self, state: AccountState) -> bool:
         """A new base after a full read: the ledger starts over from it (no drift)."""
