@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from monitor.core import rules
 from monitor.core.alert_state import AlertEvent, RulesState, Silence
-from monitor.core.levels import LEVELS, level_rank
+from monitor.core.levels import LEVELS, level_exit, level_rank, target_level
 from monitor.core.model import MarginReport, ShockToLiquidation, SourceDown, SourceStale, SourceUp
 from monitor.core.rules import AlertConfig
 
@@ -118,6 +118,37 @@ class TestLevels:
         assert events[1].threshold == 0.7
         assert events[1].previous_value == 0.55
         assert events[1].value == 0.72
+
+    @given(
+        st.lists(st.floats(0.01, 1.0), min_size=3, max_size=3, unique=True).map(sorted),
+        st.integers(0, 3),
+        st.floats(0.0, 0.2),
+        st.sampled_from(LEVELS),
+        st.integers(0, 2),
+        st.one_of(st.floats(-0.3, 0.3), st.just(math.inf), st.just(math.nan)),
+    )
+    @settings(max_examples=300, deadline=None)
+    def test_level_exit_is_where_target_level_leaves(  # noqa: PLR0917 - drawn values
+        self,
+        ascending: list[float],
+        off: int,
+        band: float,
+        level: str,
+        near: int,
+        offset: float,
+    ) -> None:
+        """Test that target_level drops below a level exactly for values below level_exit,
+        and never keeps a level whose threshold is off (the daemon's tick check relies on it)."""
+        value = ascending[near] + offset  # near a threshold, where hysteresis decides
+        thresholds = tuple(None if i == off else t for i, t in enumerate(ascending, start=1))
+        current = LEVELS[level_rank(level)]
+        after = target_level(value, current, thresholds, band)
+        edge = level_exit(current, thresholds, band)
+        if current != "ok" and thresholds[level_rank(current) - 1] is None:
+            assert edge == math.inf
+            assert after != current or math.isnan(value)
+        else:
+            assert (level_rank(after) < level_rank(current)) == (value < edge)
 
 
 class TestHoldFor:

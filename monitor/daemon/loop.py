@@ -44,7 +44,7 @@ import structlog
 
 from monitor.config.settings import AlertsSettings
 from monitor.core import stress
-from monitor.core.levels import Level, level_rank
+from monitor.core.levels import Level, level_exit, level_rank
 from monitor.core.margin import report as margin
 from monitor.core.margin.ledger import Ledger
 from monitor.core.model import (
@@ -370,15 +370,14 @@ class AccountLoop:
         self.urgent_reports += 1
         await self.recompute(shock=False)  # the shock solve follows from the budget
 
-    def _alarm(self, ratio: float, level: str) -> None:
+    def _alarm(self, ratio: float, level: Level) -> None:
         """The ratio band in which a change is not urgent, after a report of `ratio`.
 
-        Below: the exit of `level` (its threshold minus the band: rules.ratio_level). Above:
-        the first threshold above `ratio`, which is at most the entry of the next level.
+        Below: the exit of `level` (levels.level_exit, where `target_level` leaves it). Above:
+        the first threshold above `ratio`, which is at most the entry of the next level. Two
+        float compares per tick instead of a `target_level` call (docs/benchmarks.md).
         """
-        rank = level_rank(level)
-        entry = self._config.ratio_thresholds()[rank - 1] if rank else None
-        self._alarm_lo = -math.inf if entry is None else entry - self._config.band
+        self._alarm_lo = level_exit(level, self._config.ratio_thresholds(), self._config.band)
         self._alarm_hi = next((t for t in self._thresholds if t > ratio), math.inf)
 
     async def run_recompute(self) -> None:
