@@ -38,7 +38,6 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
-from typing import cast
 
 import structlog
 
@@ -83,8 +82,14 @@ SOLVE_AFTER_WAKE = 0.002
 
 
 # --- levels ----------------------------------------------------------------------------------
-# The level the console shows comes from the rule engine's hysteresis (monitor.core.rules); the
-# alert lifecycle itself (docs/notifications.md) runs in the alert pipeline, one of the sinks.
+# Two levels, on purpose. The loop keeps the *ratio level*: where the reported margin ratio
+# sits on the ladder, with the band's hysteresis (rules.ratio_level), computed once per report.
+# It decides which tick reports at once (`_alarm`) and is what `Sink.on_level` shows (the
+# metrics gauge, the status page badge, the console colour). The *alert level* of the margin
+# rule is the alert pipeline's (rules.evaluate, one of the sinks): it also waits `hold_for`
+# before entering a higher level and is kept in the store across restarts, so the two differ
+# while a hold runs, or after a restart with the ratio inside a band. The tick check must not
+# wait for a hold: the report at the crossing is what starts the hold's clock.
 
 
 # --- one account -----------------------------------------------------------------------------
@@ -183,7 +188,8 @@ class AccountLoop:
         self.state: AccountState | None = None
         self.ledger: Ledger | None = None
         self.report: MarginReport | None = None
-        self.level = "ok"
+        #: the ratio level of the last report (see "levels" above), not the alert level
+        self.ratio_level: Level = "ok"
         self.events = 0
         self.recomputes = 0
         self.shock_solves = 0
@@ -446,9 +452,9 @@ class AccountLoop:
             self._reported_at = loop_now
             self.recomputes += 1
             self.report = report
-            previous = self.level
-            level = ratio_level(report.margin_ratio, cast("Level", previous), self._config)
-            self.level = level
+            previous = self.ratio_level
+            level = ratio_level(report.margin_ratio, previous, self._config)
+            self.ratio_level = level
             self._alarm(report.margin_ratio, level)
             now = self.clock()
             account = self.account
