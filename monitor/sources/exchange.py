@@ -417,13 +417,12 @@ class ExchangeSource(AccountReads, LiveDesk):
             self._announce(change)
 
     def _announce(self, change: FreshnessChange) -> None:
-        ts = self._clock()
         if change.stale:
             log.warning("stale", account=self.name, kind=change.kind, age=round(change.age, 3))
-            self._emit(SourceStale(self.name, change.kind, change.age, ts))
+            self._emit(SourceStale(self.name, change.kind, change.age))
         else:
             log.info("fresh", account=self.name, kind=change.kind)
-            self._emit(SourceUp(self.name, change.kind, ts))
+            self._emit(SourceUp(self.name, change.kind))
 
     async def _watchdog(self) -> None:
         step = max(0.01, min(1.0, self.stale_after / 4))
@@ -485,7 +484,7 @@ class ExchangeSource(AccountReads, LiveDesk):
             return
         self.down_reason = reason
         log.error("source_down", account=self.name, reason=reason)
-        self._emit(SourceDown(self.name, reason, self._clock()))
+        self._emit(SourceDown(self.name, reason))
         for task in list(self._tasks) + list(self._price_tasks.values()):
             if task is not asyncio.current_task():
                 task.cancel()
