@@ -13,9 +13,10 @@ from typing import Any
 from ccxt.base import errors as ccxt_errors
 
 from monitor.config.settings import load_settings
-from monitor.errors import UserError
+from monitor.errors import UserError, os_reason
 from monitor.snapshot import snapshot_to_dict
-from monitor.sources.exchange import AccountConfig, ExchangeSource, KeyRejected, _one_line
+from monitor.sources.ccxt_client import AccountConfig, KeyRejected, _one_line
+from monitor.sources.exchange import ExchangeSource
 from monitor.venues.base import MalformedPayload
 from monitor.venues.registry import trade_permission
 
@@ -97,7 +98,7 @@ def snapshot_command(args: argparse.Namespace) -> int:
             with open(args.output, "w", encoding="utf-8") as fh:
                 fh.write(text)
         except OSError as exc:
-            raise UserError(f"-o {args.output}: cannot write ({exc.strerror})") from None
+            raise UserError(f"-o {args.output}: cannot write ({os_reason(exc)})") from None
     else:
         sys.stdout.write(text)
     return 0
