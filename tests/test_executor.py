@@ -204,6 +204,18 @@ class TestOrderPath:
             held -= order.amount
         _safe(desk)
 
+    async def test_amount_is_truncated_to_the_market_step(self, desk: Desk, tmp_path: Path) -> None:
+        """Test that a capped amount off the market's step (a third of 2 BTC) goes out
+        truncated to the step the desk reports (0.001), never rounded up past the cap."""
+        trail = Trail()
+        ex = _on(desk, tmp_path, trail, max_fraction_per_step=1 / 3)
+        await ex.step(await _report(desk.desk), 1_000.0)
+        (order,) = desk.arrived()
+        assert order.amount == pytest.approx(0.666, abs=1e-12)
+        assert desk.desk.amount_to_precision(BTC, order.amount) == "0.666"
+        assert trail.of("filled")[0]["filled"] == pytest.approx(0.666, abs=1e-12)
+        _safe(desk)
+
     async def test_acts_on_the_fresh_read_not_the_stale_report(
         self, desk: Desk, tmp_path: Path
     ) -> None:
