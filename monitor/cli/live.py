@@ -14,7 +14,7 @@ from ccxt.base import errors as ccxt_errors
 
 from monitor.config.settings import load_settings
 from monitor.errors import UserError, os_reason
-from monitor.snapshot import snapshot_to_dict
+from monitor.report_json import snapshot_to_dict
 from monitor.sources.ccxt_client import AccountConfig, KeyRejected, _one_line
 from monitor.sources.exchange import ExchangeSource
 from monitor.venues.base import MalformedPayload
