@@ -2,6 +2,7 @@
 
     taskset -c 0 .venv/bin/python bench/throughput.py [--accounts 1000] [--positions 20]
         [--seconds 20] [--warmup 3] [--shock-interval 1.0] [--sinks real|probe]
+        [--generator-only]
 
 It runs the real `daemon.supervisor.run_daemon` with these sources and the sinks
 `margin-monitor run` builds (`daemon.build_sinks`: the console summary and the real alerts
@@ -193,19 +194,23 @@ async def lag_monitor(probe: Probe) -> None:
 
 
 async def window(
-    probe: Probe, warmup: float, seconds: float, marks: dict[str, float], shocks: ShockSolver
+    probe: Probe,
+    warmup: float,
+    seconds: float,
+    marks: dict[str, float],
+    shocks: ShockSolver | None,
 ) -> None:
     """Measure from the end of the warm-up for `seconds`; freeze the figures then (the
     daemon's final settle, a shock solve of every account, is not the steady state)."""
     await asyncio.sleep(warmup)
     probe.reset()
     start, cpu = time.perf_counter(), time.process_time()
-    shock_cpu = shocks.scheduler.cpu
+    shock_cpu = shocks.scheduler.cpu if shocks else 0.0
     await asyncio.sleep(seconds)
     probe.recording = False
     marks["wall"] = time.perf_counter() - start
     marks["cpu"] = time.process_time() - cpu
-    marks["shock_cpu"] = shocks.scheduler.cpu - shock_cpu
+    marks["shock_cpu"] = shocks.scheduler.cpu - shock_cpu if shocks else 0.0
     marks["generated"] = probe.generated
     marks["reports"] = probe.reports
     marks["shocks"] = probe.shock_reports
@@ -223,6 +228,28 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+async def generator_only(sources: list[TickSource], probe: Probe, args: argparse.Namespace) -> None:
+    """The tick generator drained by a loop that does nothing else: the part of the CPU
+    figure that is this bench's venue, not the daemon."""
+
+    async def drain(source: TickSource) -> None:
+        async for _ in source.events():
+            pass
+
+    marks: dict[str, float] = {}
+    window_task = asyncio.create_task(window(probe, args.warmup, args.seconds, marks, None))
+    tasks = [asyncio.create_task(drain(s)) for s in sources]
+    await window_task
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    print(
+        f"generator only: {marks['generated'] / marks['wall']:,.0f} ticks/s made and drained; "
+        f"CPU {marks['cpu'] / marks['wall']:.0%} of one core, "
+        f"{marks['cpu'] / max(1, marks['generated']) * 1e6:.2f} us per tick"
+    )
+
+
 async def main_async(args: argparse.Namespace) -> None:
     rng = random.Random(7)
     probe = Probe()
@@ -230,6 +257,9 @@ async def main_async(args: argparse.Namespace) -> None:
         TickSource(book(f"acct{i:04d}", args.positions, rng), probe, rng)
         for i in range(args.accounts)
     ]
+    if args.generator_only:
+        await generator_only(sources, probe, args)
+        return
     marks: dict[str, float] = {}
     total = args.seconds + args.warmup + 0.5
     with tempfile.TemporaryDirectory() as tmp:
@@ -318,6 +348,11 @@ def main() -> None:
         choices=("real", "probe"),
         default="real",
         help="the real sinks (alerts pipeline) + probe, or the probe alone",
+    )
+    parser.add_argument(
+        "--generator-only",
+        action="store_true",
+        help="no daemon: the tick generator's own CPU share (the bench's venue, not the daemon)",
     )
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))

@@ -28,7 +28,8 @@ from monitor.core.model import (
 )
 from monitor.daemon.supervisor import run_daemon
 from monitor.ops.metrics import MetricsSink
-from monitor.sources.exchange import ExchangeSource, _venue_time
+from monitor.sources.exchange import ExchangeSource
+from monitor.sources.exchange_read import _venue_time
 from monitor.sources.sim import SimVenue
 from tests.fakes.account import account_for
 from tests.fakes.binance import (

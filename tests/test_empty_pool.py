@@ -343,7 +343,7 @@ class TestDaemonSurfaces:
             )
             await sub.wait_for(lambda: len(sub.on(f"{prefix}/iso/state")) >= 1)
         assert loops[0].events == 40
-        assert loops[0].level == "ok"
+        assert loops[0].ratio_level == "ok"
         assert sub.on(f"{prefix}/iso/alert") == []
         state = json.loads(sub.on(f"{prefix}/iso/state")[-1].payload)  # type: ignore[arg-type]
         assert (state["margin_ratio"], state["liquidated"], state["level"]) == (0.0, False, "ok")

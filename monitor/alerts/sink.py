@@ -99,6 +99,7 @@ class AlertsSink(Sink):
     """
 
     name = "alerts"
+    ticks = False  # ticks move no alert of their own: the reports do
 
     def __init__(
         self,

@@ -180,7 +180,9 @@ class ConsoleSink(Sink):
     async def on_event(self, event: Event) -> None:
         """Count events per account (events vs reports shows the coalescing at work);
         follow the source state from stale, down and up events."""
-        view = self._views.setdefault(event.account, _View())
+        view = self._views.get(event.account)
+        if view is None:  # not setdefault: that builds a _View per tick (20 000/s)
+            view = self._views[event.account] = _View()
         view.events += 1
         if isinstance(event, SourceStale):
             view.stale[event.kind] = event.age

@@ -15,7 +15,8 @@ from ccxt.base import errors as ccxt_errors
 from monitor.config.settings import load_settings
 from monitor.errors import UserError, os_reason
 from monitor.snapshot import snapshot_to_dict
-from monitor.sources.exchange import AccountConfig, ExchangeSource, KeyRejected, _one_line
+from monitor.sources.ccxt_client import AccountConfig, KeyRejected, _one_line
+from monitor.sources.exchange import ExchangeSource
 from monitor.venues.base import MalformedPayload
 from monitor.venues.registry import trade_permission
 

@@ -99,7 +99,7 @@ _ORDER_ONLY_CREDENTIALS = frozenset({"privateKey"})
 def ccxt_credentials(exchange: str) -> dict[str, str]:
     """ccxt's name for each credential -> the account setting that fills it.
 
-    One place for both the ccxt instance (sources/exchange.py) and the load-time check:
+    One place for both the ccxt instance (sources/ccxt_client.py) and the load-time check:
     a Hyperliquid account signs with a wallet, its address in `api_key` and the agent's
     private key in `secret`."""
     if exchange == "hyperliquid":

@@ -34,17 +34,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
-from typing import cast
 
 import structlog
 
+from monitor.backoff import retry_after
 from monitor.config.settings import AlertsSettings
 from monitor.core import stress
-from monitor.core.levels import Level, level_rank
+from monitor.core.levels import Level, level_exit, level_rank
 from monitor.core.margin import report as margin
 from monitor.core.margin.ledger import Ledger
 from monitor.core.model import (
@@ -83,8 +82,14 @@ SOLVE_AFTER_WAKE = 0.002
 
 
 # --- levels ----------------------------------------------------------------------------------
-# The level the console shows comes from the rule engine's hysteresis (monitor.core.rules); the
-# alert lifecycle itself (docs/notifications.md) runs in the alert pipeline, one of the sinks.
+# Two levels, on purpose. The loop keeps the *ratio level*: where the reported margin ratio
+# sits on the ladder, with the band's hysteresis (rules.ratio_level), computed once per report.
+# It decides which tick reports at once (`_alarm`) and is what `Sink.on_level` shows (the
+# metrics gauge, the status page badge, the console colour). The *alert level* of the margin
+# rule is the alert pipeline's (rules.evaluate, one of the sinks): it also waits `hold_for`
+# before entering a higher level and is kept in the store across restarts, so the two differ
+# while a hold runs, or after a restart with the ratio inside a band. The tick check must not
+# wait for a hold: the report at the crossing is what starts the hold's clock.
 
 
 # --- one account -----------------------------------------------------------------------------
@@ -183,7 +188,8 @@ class AccountLoop:
         self.state: AccountState | None = None
         self.ledger: Ledger | None = None
         self.report: MarginReport | None = None
-        self.level = "ok"
+        #: the ratio level of the last report (see "levels" above), not the alert level
+        self.ratio_level: Level = "ok"
         self.events = 0
         self.recomputes = 0
         self.shock_solves = 0
@@ -213,17 +219,15 @@ class AccountLoop:
         self._lock = asyncio.Lock()
         # bound once, and only the sinks that listen: a getattr, or an awaited no-op, per
         # sink per tick was measurable at 20 000 ticks/s (docs/benchmarks.md)
-        self._on_event = tuple(
-            (sink.name, sink.on_event)
-            for sink in self.sinks
-            if type(sink).on_event is not Sink.on_event
-        )
+        listening = [sink for sink in self.sinks if type(sink).on_event is not Sink.on_event]
+        self._on_event = tuple((sink.name, sink.on_event) for sink in listening)
+        self._on_tick = tuple((sink.name, sink.on_event) for sink in listening if sink.ticks)
         self._on_report = tuple((sink.name, sink.on_report) for sink in self.sinks)
 
     async def run_source(self) -> None:
         """Task `source[<account>]`: fresh read, then fold events in; retry after failures."""
         attempt = 0
-        on_event = self._on_event
+        on_event, on_tick = self._on_event, self._on_tick
         while True:
             try:
                 sent = self.clock()  # the read's values are at least this new
@@ -234,7 +238,7 @@ class AccountLoop:
                 account = self.account
                 async for event in self.source.events():
                     self.events += 1
-                    for name, call in on_event:
+                    for name, call in on_tick if type(event) is PriceTick else on_event:
                         try:
                             await call(event)
                         except Exception as exc:  # a broken sink must not stop the loop
@@ -260,8 +264,8 @@ class AccountLoop:
                 # a UserError is already the one line a person reads (a rejected key)
                 reason = str(exc) if isinstance(exc, UserError) else one_line(exc)
                 log.error("source failed", account=self.account, error=reason, attempt=attempt)
-                await self._tell_event(SourceDown(self.account, reason, self.clock()))
-                await asyncio.sleep(random.uniform(0, 1.5 ** min(10, attempt)))  # noqa: S311
+                await self._tell_event(SourceDown(self.account, reason))
+                await asyncio.sleep(retry_after(attempt))
                 continue
             if self.finite:
                 log.info("source finished", account=self.account, events=self.events)
@@ -270,7 +274,7 @@ class AccountLoop:
             # a live source only ends when it gave up (it has sent SourceDown); read again
             attempt += 1
             log.warning("source stream ended; reconnecting", account=self.account)
-            await asyncio.sleep(random.uniform(0, 1.5 ** min(10, attempt)))  # noqa: S311
+            await asyncio.sleep(retry_after(attempt))
 
     def _fold(self, event: Event) -> bool:
         """A whole read (positions, balances, their marks): fold it in at once, rebuild the
@@ -283,7 +287,7 @@ class AccountLoop:
         if state is None or not isinstance(event, AccountUpdate):
             return False
         before = self.anchor
-        stale = state.positions_at is not None and event.ts < state.positions_at
+        stale = state.read_at is not None and event.ts < state.read_at
         if event.venue_ratio is not None and not stale:
             self._check_venue(event, state.snapshot)
         # a new venue figure moves the ratio alerts use even when no figure of ours moved
@@ -320,9 +324,7 @@ class AccountLoop:
         except Exception as exc:  # a core bug on odd data must not stop the monitor
             log.error("venue check failed", account=self.account, error=one_line(exc))
             return
-        self.anchor, change = observe(
-            self.anchor, model, read.venue_ratio, read.ts, self.drift_tolerance
-        )
+        self.anchor, change = observe(self.anchor, model, read.venue_ratio, self.drift_tolerance)
         if change is not None:
             log.warning(
                 "model_drift" if change else "model_drift_gone",
@@ -330,7 +332,7 @@ class AccountLoop:
                 ours=_number(model),
                 venue=_number(read.venue_ratio),
             )
-            self._drift = ModelDrift(self.account, change, model, read.venue_ratio, read.ts)
+            self._drift = ModelDrift(self.account, change, model, read.venue_ratio)
 
     def _rebuild(self, state: AccountState) -> bool:
         """A new base after a full read: the ledger starts over from it (no drift)."""
@@ -372,15 +374,14 @@ class AccountLoop:
         self.urgent_reports += 1
         await self.recompute(shock=False)  # the shock solve follows from the budget
 
-    def _alarm(self, ratio: float, level: str) -> None:
+    def _alarm(self, ratio: float, level: Level) -> None:
         """The ratio band in which a change is not urgent, after a report of `ratio`.
 
-        Below: the exit of `level` (its threshold minus the band: rules.ratio_level). Above:
-        the first threshold above `ratio`, which is at most the entry of the next level.
+        Below: the exit of `level` (levels.level_exit, where `target_level` leaves it). Above:
+        the first threshold above `ratio`, which is at most the entry of the next level. Two
+        float compares per tick instead of a `target_level` call (docs/benchmarks.md).
         """
-        rank = level_rank(level)
-        entry = self._config.ratio_thresholds()[rank - 1] if rank else None
-        self._alarm_lo = -math.inf if entry is None else entry - self._config.band
+        self._alarm_lo = level_exit(level, self._config.ratio_thresholds(), self._config.band)
         self._alarm_hi = next((t for t in self._thresholds if t > ratio), math.inf)
 
     async def run_recompute(self) -> None:
@@ -449,9 +450,9 @@ class AccountLoop:
             self._reported_at = loop_now
             self.recomputes += 1
             self.report = report
-            previous = self.level
-            level = ratio_level(report.margin_ratio, cast("Level", previous), self._config)
-            self.level = level
+            previous = self.ratio_level
+            level = ratio_level(report.margin_ratio, previous, self._config)
+            self.ratio_level = level
             self._alarm(report.margin_ratio, level)
             now = self.clock()
             account = self.account
