@@ -39,7 +39,7 @@ from monitor.core.rules import AlertConfig, evaluate, shock_fraction
 from monitor.daemon.supervisor import run_daemon
 from monitor.daemon.wiring import build_sinks
 from monitor.ops.metrics import MetricsSink
-from monitor.snapshot import report_to_dict
+from monitor.report_json import report_to_dict
 from monitor.sources.normalize import venue_figures
 from tests.mqtt_broker import Mosquitto, collecting
 from tests.strategies import accounts

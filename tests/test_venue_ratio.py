@@ -17,7 +17,7 @@ from monitor.core.margin import report as margin
 from monitor.core.model import AccountUpdate, MarginReport, ModelDrift
 from monitor.core.rules import AlertConfig
 from monitor.core.venue_ratio import VenueAnchor, carried, observe, used_ratio, with_venue
-from monitor.snapshot import report_to_dict
+from monitor.report_json import report_to_dict
 from monitor.sources.exchange import ExchangeSource
 from monitor.store import Store
 from tests.fakes.account import account_for

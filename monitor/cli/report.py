@@ -22,7 +22,8 @@ from monitor.core.collateral_risk import describe
 from monitor.core.model import AccountSnapshot, MarginReport, ShockToLiquidation
 from monitor.core.stress import assess, shock_to_liquidation, shocked, with_prices
 from monitor.errors import UserError
-from monitor.snapshot import load_snapshot, report_to_dict, shock_to_dict
+from monitor.report_json import report_to_dict, shock_to_dict
+from monitor.snapshot import load_snapshot
 
 __all__ = ["parse_price", "parse_shock", "report_command", "stress_command"]
 

@@ -21,7 +21,7 @@ from monitor.ops import logs
 from monitor.sources import budget
 from monitor.venues.registry import venue_for
 
-__all__ = ["AUTH_ERRORS", "AccountConfig", "KeyRejected", "build_exchange"]
+__all__ = ["AUTH_ERRORS", "AccountConfig", "KeyRejected", "build_exchange", "error_line"]
 
 
 class _Secret(Protocol):
@@ -171,7 +171,7 @@ def _merged(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]
     return out
 
 
-def _one_line(exc: BaseException, limit: int = 240) -> str:
+def error_line(exc: BaseException, limit: int = 240) -> str:
     """An exception as one log-safe line (ccxt bodies can be long and multi-line)."""
     return one_line(exc, limit, _scrub)
 

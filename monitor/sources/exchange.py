@@ -43,8 +43,8 @@ from monitor.sources.ccxt_client import (
     AUTH_ERRORS,
     AccountConfig,
     KeyRejected,
-    _one_line,
     build_exchange,
+    error_line,
 )
 from monitor.sources.collateral_rules import CollateralRulesReader, venue_margin
 from monitor.sources.exchange_desk import LiveDesk
@@ -435,7 +435,7 @@ class ExchangeSource(AccountReads, LiveDesk):
 
     async def _fault(self, exc: Exception, where: str, backoff: Backoff) -> bool:
         """Log one line, wait as the fault deserves; False when the source must stop."""
-        reason = _one_line(exc)
+        reason = error_line(exc)
         if isinstance(exc, AUTH_ERRORS):
             self._go_down(self._key_rejected(where, exc))
             return False
@@ -475,7 +475,7 @@ class ExchangeSource(AccountReads, LiveDesk):
     def _key_rejected(self, where: str, exc: BaseException) -> str:
         """The one line a person reads when the venue refuses the key (alert, /healthz)."""
         return (
-            f"{self.venue} rejected the API key during {where} ({_one_line(exc)}); "
+            f"{self.venue} rejected the API key during {where} ({error_line(exc)}); "
             f"check accounts.{self.name}.api_key/secret and their permissions"
         )
 

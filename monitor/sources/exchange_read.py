@@ -20,7 +20,7 @@ from ccxt.base import errors as ccxt_errors
 
 from monitor.core.margin import report as margin
 from monitor.core.model import AccountSnapshot, Collateral, Position, Tier
-from monitor.sources.ccxt_client import _one_line
+from monitor.sources.ccxt_client import error_line
 from monitor.sources.collateral_rules import CollateralRulesReader, venue_margin
 from monitor.sources.normalize import (
     collateral_from_ccxt,
@@ -297,6 +297,6 @@ class AccountReads:
                     self.tiers[symbol] = tiers_from_ccxt(self.venue, table[symbol])
                     self._tiers_at[symbol] = now
         except (ccxt_errors.BaseError, MalformedPayload) as exc:
-            log.warning("tiers_unavailable", account=self.name, reason=_one_line(exc))
+            log.warning("tiers_unavailable", account=self.name, reason=error_line(exc))
             for symbol in wanted:  # do not retry on every reconciliation
                 self._tiers_at[symbol] = now - self.tiers_every + self.reconcile_every

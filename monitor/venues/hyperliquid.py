@@ -114,8 +114,9 @@ def figures(venue: str, info: object) -> base.VenueFigures | None:
 
 
 def client_id(digest: str) -> str:
-    """A client order id is a 128-bit hex `cloid`: `0x` + 32 hex digits (exchange endpoint,
-    "place an order", docs/venues.md)."""
+    """A client order id is a 128-bit hex `cloid`: `0x` + 32 hex digits (Hyperliquid docs,
+    for-developers/api/exchange-endpoint, "Place an order" and "Cancel order(s) by cloid";
+    docs/venues.md)."""
     return "0x" + digest[:32]
 
 
