@@ -184,6 +184,27 @@ class TestOrderPath:
         assert (await _report(desk.desk)).margin_ratio <= 0.4
         _safe(desk)
 
+    async def test_step_is_audited_once_the_order_has_left(
+        self, desk: Desk, tmp_path: Path
+    ) -> None:
+        """Test that `planned` and `sent` are audited after the venue has the order (only the
+        write-ahead client id precedes it), in decision order, under the order's client id."""
+        trail = Trail()
+        venue_had: dict[str, int] = {}
+        state_file = tmp_path / "actions" / "acct.json"
+
+        def audit(account: str, kind: str, payload: Mapping[str, Any], at: float) -> None:
+            venue_had.setdefault(kind, len(desk.arrived()))
+            trail.audit(account, kind, payload, at)
+
+        ex = _on(desk, tmp_path, trail, hooks=ActionHooks(audit=audit, alert=trail.alert))
+        await ex.step(await _report(desk.desk), 1_000.0)
+        (order,) = desk.arrived()
+        assert trail.kinds() == ["planned", "sent", "filled", "result"]
+        assert venue_had["planned"] == venue_had["sent"] == 1
+        assert trail.of("sent")[0]["client_id"] == order.client_id
+        assert json.loads(state_file.read_text())["pending"] == []  # settled after the fill
+
     async def test_capped_steps_continue_until_the_target(self, desk: Desk, tmp_path: Path) -> None:
         """Test that capped steps go on below the action level until the target, then stop."""
         trail = Trail()

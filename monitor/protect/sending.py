@@ -107,11 +107,14 @@ class OrderSender:
             "step": self.state.step,
             "params": params,
         }
-        self.audit.record("sent", payload)
+        self.audit.hold("sent", payload, log_now=True)
         try:
-            placed = await self.desk.create_order(
-                order.symbol, "market", order.side, order.amount, None, params
-            )
+            try:
+                placed = await self.desk.create_order(
+                    order.symbol, "market", order.side, order.amount, None, params
+                )
+            finally:
+                self.audit.flush()  # `planned`, `sent`: audited once the order has left
         except _transport() as exc:
             try:
                 found = await self._lookup(cid, order.symbol)
