@@ -2,7 +2,7 @@
 
     taskset -c 0 .venv/bin/python bench/throughput.py [--accounts 1000] [--positions 20]
         [--seconds 20] [--warmup 3] [--shock-interval 1.0] [--sinks real|probe]
-        [--generator-only]
+        [--report-spacing S] [--shock-share F] [--generator-only]
 
 It runs the real `daemon.supervisor.run_daemon` with these sources and the sinks
 `margin-monitor run` builds (`daemon.build_sinks`: the console summary and the real alerts
@@ -276,6 +276,8 @@ async def main_async(args: argparse.Namespace) -> None:
         sinks: list[Sink] = list(product.sinks)
         sinks.append(ProbeSink(probe))  # last: a report is stamped after the real sinks
         shocks = shock_solver(settings)  # the daemon's own, passed in to read its spending
+        if args.shock_share is not None:  # a trade-off to measure, not a setting
+            shocks.scheduler.share = args.shock_share
         aux = [
             asyncio.create_task(lag_monitor(probe)),
             asyncio.create_task(backlog_monitor(probe)),
@@ -300,6 +302,7 @@ async def main_async(args: argparse.Namespace) -> None:
         f"sinks={args.sinks} "
         f"accounts={args.accounts} positions={args.positions} "
         f"seconds={args.seconds:g} shock_interval={args.shock_interval:g} "
+        f"shock_share={'-' if args.shock_share is None else args.shock_share} "
         f"report_spacing={'-' if args.report_spacing is None else args.report_spacing} "
         f"(default {Settings.model_fields['report_spacing'].default:g})"
     )
@@ -348,6 +351,12 @@ def main() -> None:
         choices=("real", "probe"),
         default="real",
         help="the real sinks (alerts pipeline) + probe, or the probe alone",
+    )
+    parser.add_argument(
+        "--shock-share",
+        type=float,
+        default=None,
+        help="the shock budget's share of a core instead of the daemon's SHOCK_CPU_SHARE",
     )
     parser.add_argument(
         "--generator-only",
