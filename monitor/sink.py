@@ -55,7 +55,13 @@ class Sink:
     async def on_level(
         self, account: str, level: str, previous: str, report: MarginReport, now: float
     ) -> None:
-        """The account's alert level changed (`ok`, `warning`, `critical`, `emergency`)."""
+        """The account's *ratio level* changed (`ok`, `warning`, `critical`, `emergency`).
+
+        Where the margin ratio sits on the ladder, with the band's hysteresis
+        (rules.ratio_level), at once: not the margin alert's level, which waits `hold_for`
+        and survives restarts (rules.py; `AlertPipeline.level`). The two differ while a hold
+        runs; alerts, their messages and MQTT's state carry the alert level.
+        """
         del account, level, previous, report, now
 
     async def close(self) -> None:

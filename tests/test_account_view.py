@@ -15,6 +15,7 @@ from typing import Any
 import ccxt
 import pytest
 
+from monitor.config.monitoring import MetricsSettings
 from monitor.config.settings import load_settings
 from monitor.core.margin import report as margin
 from monitor.core.model import (
@@ -26,8 +27,9 @@ from monitor.core.model import (
     SourceDown,
 )
 from monitor.daemon.supervisor import run_daemon
-from monitor.ops.metrics import MetricsSettings, MetricsSink
-from monitor.sources.exchange import ExchangeSource, _venue_time
+from monitor.ops.metrics import MetricsSink
+from monitor.sources.exchange import ExchangeSource
+from monitor.sources.exchange_read import _venue_time
 from monitor.sources.sim import SimVenue
 from tests.fakes.account import account_for
 from tests.fakes.binance import (

@@ -29,6 +29,7 @@ FORBIDDEN = (
     "monitor.alerts.pipeline",
     "monitor.protect.executor",
     "monitor.sources.exchange",
+    "monitor.sources.ccxt_client",
     "monitor.sources.sim",
     "monitor.config.actions",
     "monitor.config.alerts",

@@ -14,7 +14,8 @@ import pytest
 
 from monitor.core.margin import report as margin
 from monitor.core.model import AccountUpdate, Collateral, CollateralTier, PriceTick
-from monitor.snapshot import parse_snapshot, report_to_dict, snapshot_to_dict
+from monitor.report_json import report_to_dict, snapshot_to_dict
+from monitor.snapshot import parse_snapshot
 from monitor.sources.collateral_rules import (
     CollateralRulesReader,
     apply_rules,

@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
 from monitor.alerts.sink import build_alerts_sink
+from monitor.config.monitoring import MetricsSettings
 from monitor.config.settings import AlertsSettings
 from monitor.core import stress
 from monitor.core.margin import report as margin
@@ -35,7 +36,6 @@ from monitor.ops.metrics import (
     ALERTS_SENT,
     EVENTS,
     REGISTRY,
-    MetricsSettings,
     MetricsSink,
     build_metrics_sink,
     outbox_depth_of,
@@ -347,12 +347,12 @@ class TestHealth:
         """Test that a source's stale and down signals blind the account until data returns."""
         metrics, _clock = sink
         await metrics.on_event(PriceTick("main", "BTC/USDT:USDT", 61000.0, 0.0))
-        await metrics.on_event(SourceStale("main", "positions", 45.0, 0.0))
+        await metrics.on_event(SourceStale("main", "positions", 45.0))
         assert metrics.blind()["main"] == "stale data (positions 45 s)"
-        await metrics.on_event(SourceUp("main", "positions", 0.0))
+        await metrics.on_event(SourceUp("main", "positions"))
         assert "main" not in metrics.blind()
         await metrics.on_report("main", margin.report(SNAPSHOT), SNAPSHOT, 0.0)
-        await metrics.on_event(SourceDown("main", "bad API key", 0.0))
+        await metrics.on_event(SourceDown("main", "bad API key"))
         assert metrics.blind()["main"] == "source down: bad API key"
         # the daemon reads a fresh snapshot after a failure: that report clears "down"
         await metrics.on_report("main", margin.report(SNAPSHOT), SNAPSHOT, 0.0)

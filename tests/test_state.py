@@ -243,9 +243,9 @@ class TestHealthEvents:
         """Test that stale/down/up events leave the account's figures and times alone."""
         state = _state()
         for event in (
-            SourceStale("acct", "prices", 40.0, 200.0),
-            SourceDown("acct", "bad keys", 200.0),
-            SourceUp("acct", "prices", 201.0),
+            SourceStale("acct", "prices", 40.0),
+            SourceDown("acct", "bad keys"),
+            SourceUp("acct", "prices"),
         ):
             assert apply(state, event) == (state, False)
 

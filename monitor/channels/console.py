@@ -48,7 +48,7 @@ from monitor.sink import Sink
 if TYPE_CHECKING:
     from monitor.sources.base import Source
 
-__all__ = ["ConsoleSink"]
+__all__ = ["MODEL_LABELS", "ConsoleSink", "fmt_money", "fmt_move", "fmt_pct", "fmt_price"]
 
 log = structlog.get_logger("monitor.console")
 
@@ -337,24 +337,24 @@ def _summary_table(account: str, view: _View, r: MarginReport) -> Table:
     table.add_column(justify="right")
     table.add_row(
         "margin ratio",
-        Text(_pct(r.margin_ratio), style=style),
+        Text(fmt_pct(r.margin_ratio), style=style),
         f"margin balance ({r.currency})",
-        _money(r.margin_balance),
+        fmt_money(r.margin_balance),
     )
     table.add_row("model", MODEL_LABELS[r.model], "", "")
     for line in describe(view.collateral) if view.collateral is not None else []:
         table.add_row("collateral", line, "", "")
     table.add_row(
         "maintenance margin",
-        _money(r.maintenance_margin),
+        fmt_money(r.maintenance_margin),
         "free collateral",
-        _money(r.free_collateral),
+        fmt_money(r.free_collateral),
     )
     table.add_row(
         "shock to liq. down",
-        _shock(None if view.shock is None else view.shock.down),
+        fmt_move(None if view.shock is None else view.shock.down),
         "shock to liq. up",
-        _shock(None if view.shock is None else view.shock.up),
+        fmt_move(None if view.shock is None else view.shock.up),
     )
     table.add_row("events", str(view.events), "recomputes", str(view.reports))
     return table
@@ -369,10 +369,10 @@ def _positions_table(r: MarginReport) -> Table:
             p.symbol,
             p.side if p.margin_mode == "cross" else f"{p.side} (isolated)",
             f"{p.contracts:g}",
-            _price(p.mark_price),
-            _price(p.liquidation_price),
-            _money(p.unrealized_pnl),
-            _money(p.maintenance_margin),
+            fmt_price(p.mark_price),
+            fmt_price(p.liquidation_price),
+            fmt_money(p.unrealized_pnl),
+            fmt_money(p.maintenance_margin),
         )
     return table
 
@@ -383,19 +383,23 @@ def _num(value: float | None) -> float | str | None:
     return "inf" if math.isinf(value) else round(value, 6)
 
 
-def _pct(value: float) -> str:
+def fmt_pct(value: float) -> str:
+    """A ratio as a percentage, `inf` when the balance is gone (the console and `report`)."""
     return "inf" if math.isinf(value) else f"{value:.2%}"
 
 
-def _shock(value: float | None) -> str:
+def fmt_move(value: float | None) -> str:
+    """A signed relative price move, `none` where no move liquidates."""
     return "none" if value is None else f"{value:+.2%}"
 
 
-def _money(value: float) -> str:
+def fmt_money(value: float) -> str:
+    """A money figure with thousands separators and cents."""
     return f"{value:,.2f}"
 
 
-def _price(value: float | None) -> str:
+def fmt_price(value: float | None) -> str:
+    """A price: six significant digits below 1, cents above; `none` / `inf` where none is."""
     if value is None:
         return "none"
     if math.isinf(value):

@@ -16,9 +16,10 @@ Every section forbids unknown keys, so a typo is an error and not a silently ign
 every validation error becomes one `UserError` line naming the field ("config.toml:
 accounts[1].exchange: 'binanse' is not a ccxt exchange id (did you mean 'binance'?)").
 
-Other modules add their sections by adding one field to `Settings` (for example
-`mqtt: MqttSettings = Field(default_factory=MqttSettings)`, the model defined in their own
-module as a `Section`).
+A section is added as one field of `Settings` (for example `mqtt: MqttSettings | None = None`),
+its model in its own module under config/ (`alerts.py`, `actions.py`, `monitoring.py`), which
+forbids unknown keys like every `Section`; where values come from is `credentials.py`, the
+one-line errors `messages.py`.
 """
 
 from __future__ import annotations
@@ -58,12 +59,11 @@ from monitor.config.credentials import (
 )
 from monitor.config.exchange_ids import known_exchange
 from monitor.config.messages import format_validation_error
+from monitor.config.monitoring import HeartbeatSettings, MetricsSettings
 from monitor.core.levels import Level
 from monitor.core.rules import AlertConfig
 from monitor.errors import UserError, fold
-from monitor.ops.heartbeat import HeartbeatSettings
 from monitor.ops.logs import secrets_of, set_secrets
-from monitor.ops.metrics import MetricsSettings
 
 __all__ = [
     "AccountSettings",
@@ -99,7 +99,7 @@ _ORDER_ONLY_CREDENTIALS = frozenset({"privateKey"})
 def ccxt_credentials(exchange: str) -> dict[str, str]:
     """ccxt's name for each credential -> the account setting that fills it.
 
-    One place for both the ccxt instance (sources/exchange.py) and the load-time check:
+    One place for both the ccxt instance (sources/ccxt_client.py) and the load-time check:
     a Hyperliquid account signs with a wallet, its address in `api_key` and the agent's
     private key in `secret`."""
     if exchange == "hyperliquid":
@@ -166,7 +166,7 @@ class AccountSettings(Section):
         for credential, field_name in ccxt_credentials(self.exchange).items():
             if not required.get(credential) or credential in _ORDER_ONLY_CREDENTIALS:
                 continue
-            value = getattr(self, field_name)
+            value = self.credentials()[field_name]
             if (value is not None and value.get_secret_value()) or self.ccxt.get(credential):
                 continue
             what = {"walletAddress": "wallet address", "password": "API passphrase"}.get(
@@ -179,6 +179,10 @@ class AccountSettings(Section):
                 f"or the credential file {file} ($CREDENTIALS_DIRECTORY)"
             )
         return self
+
+    def credentials(self) -> dict[str, SecretStr | None]:
+        """The account's keys by setting name (the names `ccxt_credentials` maps to)."""
+        return {"api_key": self.api_key, "secret": self.secret, "password": self.password}
 
     @property
     def is_sim(self) -> bool:

@@ -37,14 +37,13 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
-from typing import cast
 
 import structlog
 
 from monitor.backoff import retry_after
 from monitor.config.settings import AlertsSettings
 from monitor.core import stress
-from monitor.core.levels import Level, level_rank
+from monitor.core.levels import Level, level_exit, level_rank
 from monitor.core.margin import report as margin
 from monitor.core.margin.ledger import Ledger
 from monitor.core.model import (
@@ -83,8 +82,14 @@ SOLVE_AFTER_WAKE = 0.002
 
 
 # --- levels ----------------------------------------------------------------------------------
-# The level the console shows comes from the rule engine's hysteresis (monitor.core.rules); the
-# alert lifecycle itself (docs/notifications.md) runs in the alert pipeline, one of the sinks.
+# Two levels, on purpose. The loop keeps the *ratio level*: where the reported margin ratio
+# sits on the ladder, with the band's hysteresis (rules.ratio_level), computed once per report.
+# It decides which tick reports at once (`_alarm`) and is what `Sink.on_level` shows (the
+# metrics gauge, the status page badge, the console colour). The *alert level* of the margin
+# rule is the alert pipeline's (rules.evaluate, one of the sinks): it also waits `hold_for`
+# before entering a higher level and is kept in the store across restarts, so the two differ
+# while a hold runs, or after a restart with the ratio inside a band. The tick check must not
+# wait for a hold: the report at the crossing is what starts the hold's clock.
 
 
 # --- one account -----------------------------------------------------------------------------
@@ -183,7 +188,8 @@ class AccountLoop:
         self.state: AccountState | None = None
         self.ledger: Ledger | None = None
         self.report: MarginReport | None = None
-        self.level = "ok"
+        #: the ratio level of the last report (see "levels" above), not the alert level
+        self.ratio_level: Level = "ok"
         self.events = 0
         self.recomputes = 0
         self.shock_solves = 0
@@ -258,7 +264,7 @@ class AccountLoop:
                 # a UserError is already the one line a person reads (a rejected key)
                 reason = str(exc) if isinstance(exc, UserError) else one_line(exc)
                 log.error("source failed", account=self.account, error=reason, attempt=attempt)
-                await self._tell_event(SourceDown(self.account, reason, self.clock()))
+                await self._tell_event(SourceDown(self.account, reason))
                 await asyncio.sleep(retry_after(attempt))
                 continue
             if self.finite:
@@ -318,9 +324,7 @@ class AccountLoop:
         except Exception as exc:  # a core bug on odd data must not stop the monitor
             log.error("venue check failed", account=self.account, error=one_line(exc))
             return
-        self.anchor, change = observe(
-            self.anchor, model, read.venue_ratio, read.ts, self.drift_tolerance
-        )
+        self.anchor, change = observe(self.anchor, model, read.venue_ratio, self.drift_tolerance)
         if change is not None:
             log.warning(
                 "model_drift" if change else "model_drift_gone",
@@ -328,7 +332,7 @@ class AccountLoop:
                 ours=_number(model),
                 venue=_number(read.venue_ratio),
             )
-            self._drift = ModelDrift(self.account, change, model, read.venue_ratio, read.ts)
+            self._drift = ModelDrift(self.account, change, model, read.venue_ratio)
 
     def _rebuild(self, state: AccountState) -> bool:
         """A new base after a full read: the ledger starts over from it (no drift)."""
@@ -370,15 +374,14 @@ class AccountLoop:
         self.urgent_reports += 1
         await self.recompute(shock=False)  # the shock solve follows from the budget
 
-    def _alarm(self, ratio: float, level: str) -> None:
+    def _alarm(self, ratio: float, level: Level) -> None:
         """The ratio band in which a change is not urgent, after a report of `ratio`.
 
-        Below: the exit of `level` (its threshold minus the band: rules.ratio_level). Above:
-        the first threshold above `ratio`, which is at most the entry of the next level.
+        Below: the exit of `level` (levels.level_exit, where `target_level` leaves it). Above:
+        the first threshold above `ratio`, which is at most the entry of the next level. Two
+        float compares per tick instead of a `target_level` call (docs/benchmarks.md).
         """
-        rank = level_rank(level)
-        entry = self._config.ratio_thresholds()[rank - 1] if rank else None
-        self._alarm_lo = -math.inf if entry is None else entry - self._config.band
+        self._alarm_lo = level_exit(level, self._config.ratio_thresholds(), self._config.band)
         self._alarm_hi = next((t for t in self._thresholds if t > ratio), math.inf)
 
     async def run_recompute(self) -> None:
@@ -447,9 +450,9 @@ class AccountLoop:
             self._reported_at = loop_now
             self.recomputes += 1
             self.report = report
-            previous = self.level
-            level = ratio_level(report.margin_ratio, cast("Level", previous), self._config)
-            self.level = level
+            previous = self.ratio_level
+            level = ratio_level(report.margin_ratio, previous, self._config)
+            self.ratio_level = level
             self._alarm(report.margin_ratio, level)
             now = self.clock()
             account = self.account

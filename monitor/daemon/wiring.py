@@ -14,7 +14,7 @@ from monitor.channels.console import ConsoleSink
 from monitor.config.settings import AccountSettings, Settings
 from monitor.errors import UserError
 from monitor.protect.notes import ActionNotes
-from monitor.protect.sink import build_actions_sink
+from monitor.protect.sink import action_ratio, build_actions_sink
 from monitor.sink import Sink
 from monitor.sources.base import Source
 from monitor.sources.sim import SimVenue
@@ -113,12 +113,6 @@ def build_sinks(
 def action_ratios(settings: Settings, account: str) -> tuple[float, ...]:
     """The ratio at which protective actions step in, if they cover `account`: crossing it
     must reach the actions sink at once, like an alert threshold (docs/benchmarks.md)."""
-    actions, alerts = settings.actions, settings.alerts
-    if not actions.covers(account):
+    if not settings.actions.covers(account):
         return ()
-    thresholds = {
-        "warning": alerts.warning,
-        "critical": alerts.critical,
-        "emergency": alerts.emergency,
-    }
-    return (actions.action_ratio(thresholds),)
+    return (action_ratio(settings),)

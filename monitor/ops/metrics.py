@@ -36,13 +36,10 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from pydantic import BaseModel, ConfigDict, Field
 
+from monitor.config.monitoring import MetricsSettings
 from monitor.core.model import (
-    AccountSnapshot,
     AccountUpdate,
-    Event,
-    MarginReport,
     ModelDrift,
     PriceTick,
     SourceDown,
@@ -54,6 +51,7 @@ from monitor.ops.metrics_server import serve
 from monitor.sink import Sink
 
 if TYPE_CHECKING:
+    from monitor.core.model import AccountSnapshot, Event, MarginReport
     from monitor.sources.base import Source
 
 __all__ = [
@@ -63,7 +61,6 @@ __all__ = [
     "RECOMPUTE_LATENCY",
     "REGISTRY",
     "AccountHealth",
-    "MetricsSettings",
     "MetricsSink",
     "build_metrics_sink",
     "outbox_depth_of",
@@ -82,23 +79,6 @@ _SIGNAL_OF: dict[type, str] = {
     SourceUp: "up",
     ModelDrift: "model_drift",
 }
-
-
-class MetricsSettings(BaseModel):
-    """The `[metrics]` section: the HTTP endpoint for Prometheus and health probes."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    enabled: bool = False
-    host: str = Field(
-        default="127.0.0.1",
-        description="bind address; loopback by default (the figures describe your money). "
-        "Use 0.0.0.0 in a container, behind its network",
-    )
-    port: int = Field(default=9464, ge=0, le=65535, description="0 picks a free port (tests)")
-    status_page: bool = Field(
-        default=True, description="serve the status page on / and its JSON on /api/status"
-    )
 
 
 # --- process-wide metrics: incremented where the thing happens -------------------------------

@@ -13,6 +13,7 @@ import structlog
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from monitor.errors import UserError, os_reason
+from monitor.ops.sdnotify import ask
 
 if TYPE_CHECKING:
     from monitor.ops.metrics import MetricsSink
@@ -58,10 +59,7 @@ async def serve(sink: MetricsSink) -> tuple[Any, tuple[str, int]]:
         # Kubernetes liveness (docs/kubernetes.md): the watchdog's evidence of progress, not
         # data freshness: restarting cannot fix a venue outage and would blind the shard
         del request
-        try:
-            wedged = sink.liveness() if sink.liveness is not None else None
-        except Exception as exc:  # as in sdnotify.watchdog_loop: a broken probe is wedged
-            wedged = f"liveness probe failed: {type(exc).__name__}: {exc}"
+        wedged = ask(sink.liveness) if sink.liveness is not None else None
         if wedged is None:
             return web.Response(text="alive\n")
         return web.Response(status=503, text=f"wedged: {wedged}\n")

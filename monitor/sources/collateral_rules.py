@@ -38,6 +38,7 @@ from typing import Any
 import structlog
 
 from monitor.core.model import STABLE_ASSETS, Collateral, CollateralTier, VenueMargin
+from monitor.errors import one_line
 from monitor.venues.base import (
     AssetRule,
     CollateralRules,
@@ -249,7 +250,7 @@ class CollateralRulesReader:
             log.warning(
                 "collateral_rules_unavailable",
                 account=self.account,
-                reason=f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}",
+                reason=one_line(exc, 200),
                 using=kept,
             )
             return self.rules
@@ -281,22 +282,12 @@ class CollateralRulesReader:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            log.warning(
-                "collateral_cache_unreadable",
-                account=self.account,
-                path=str(self._path),
-                reason=exc.strerror,
-            )
+            self._cache_problem("collateral_cache_unreadable", exc.strerror)
             return None
         try:
             rules = rules_from_dict(json.loads(text))
         except ValueError as exc:  # JSONDecodeError is a ValueError
-            log.warning(
-                "collateral_cache_ignored",
-                account=self.account,
-                path=str(self._path),
-                reason=str(exc).splitlines()[0],
-            )
+            self._cache_problem("collateral_cache_ignored", str(exc).splitlines()[0])
             return None
         if rules.venue != self.venue and rules.venue:
             return None
@@ -311,11 +302,10 @@ class CollateralRulesReader:
             tmp.write_text(json.dumps(rules_to_dict(rules), indent=1), encoding="utf-8")
             os.replace(tmp, self._path)
         except OSError as exc:
-            log.warning(
-                "collateral_cache_unwritable",
-                account=self.account,
-                path=str(self._path),
-                reason=exc.strerror,
-            )
+            self._cache_problem("collateral_cache_unwritable", exc.strerror)
             with contextlib.suppress(OSError):
                 tmp.unlink()
+
+    def _cache_problem(self, event: str, reason: str | None) -> None:
+        """The cache file could not be used: said once per event, the daemon carries on."""
+        log.warning(event, account=self.account, path=str(self._path), reason=reason)

@@ -1,7 +1,8 @@
-"""ccxt structures -> monitor.core.model, with every venue quirk in one named function.
+"""ccxt structures -> monitor.core.model: the generic path, with each venue's quirks as
+hooks of its module (monitor/venues/<venue>.py, found by `registry.venue_for`).
 
 ccxt's unified structures are close to what the margin core needs, but not close enough
-to trust blindly (docs/venues.md, docs/margin-math.md):
+to trust blindly (docs/venues.md, docs/margin-math.md), e.g.:
 
 - ccxt's `maintenanceMargin` for Binance is bracket MMR × notional *without* the `cum`
   deduction, so the venue's own `maintMargin` is read from `info` instead;
@@ -9,6 +10,8 @@ to trust blindly (docs/venues.md, docs/margin-math.md):
   the core adds again from the positions, so wallet balances are read from `info`;
 - sides, signs and units differ by venue (dYdX negative contracts, Deribit percent
   units, Binance websocket `side='both'`).
+
+A venue with no module takes ccxt's unified fields as they are.
 
 Policy for bad data: a malformed position or balance raises `MalformedPayload` with a
 one-line reason, and the caller rejects the *whole* update and keeps the previous good
@@ -31,6 +34,8 @@ from monitor.venues.base import (
     VenueFigures,
     Wallet,
     as_float,
+    half_initial_rate,
+    max_leverage,
     number,
 )
 from monitor.venues.registry import venue_for
@@ -44,9 +49,6 @@ __all__ = [
     "unpriced_assets",
     "venue_figures",
 ]
-
-
-# --- small validated readers ----------------------------------------------------------------
 
 
 # --- positions ------------------------------------------------------------------------------
@@ -65,15 +67,7 @@ def _max_leverage_mmr(market: Json) -> float | None:
     This is Hyperliquid's documented rule and matches the first tier of Binance (125x,
     0.4 %), Bybit (100x, 0.5 %) and Bitget (125x, 0.4 %); without it the ratio would read
     0, a false all-clear."""
-    limits = market.get("limits")
-    lev = None
-    if isinstance(limits, Mapping) and isinstance(limits.get("leverage"), Mapping):
-        lev = limits["leverage"].get("max")
-    try:
-        lev_f = float(lev) if lev is not None else 0.0
-    except (TypeError, ValueError, OverflowError):
-        return None
-    return 1.0 / (2.0 * lev_f) if lev_f > 0 else None
+    return half_initial_rate(max_leverage(market))
 
 
 def _margin_mode(quirks: PositionQuirks, row: Json, where: str) -> MarginMode:

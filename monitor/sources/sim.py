@@ -34,18 +34,16 @@ import itertools
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from monitor.config.settings import SimSettings
 from monitor.core.margin import report as margin
 from monitor.core.model import (
     AccountSnapshot,
     AccountUpdate,
-    Collateral,
-    Event,
     Position,
     PriceTick,
-    Side,
+    priced_collateral,
 )
 from monitor.sources.collateral_rules import apply_rules
 from monitor.sources.sim_book import (
@@ -54,6 +52,8 @@ from monitor.sources.sim_book import (
     SimBook,
     SimMarket,
     asset_index,
+    book_positions,
+    marked_collateral,
     published_rules,
     selloff_keyframes,
 )
@@ -72,6 +72,9 @@ from monitor.sources.sim_orders import (
 from monitor.sources.sim_prices import Keyframe, ReplayStep, ScriptedPath
 from monitor.venues.errors import BadSymbol, OrderNotFound
 from monitor.venues.orders import TICK_SIZE
+
+if TYPE_CHECKING:
+    from monitor.core.model import Collateral, Event, Side
 
 __all__ = ["SimVenue"]
 
@@ -110,21 +113,11 @@ class SimVenue:
             noise=0.0002,
         )
         self._marks = {m.symbol: m.price0 for m in book.markets}
-        self._positions: dict[tuple[str, Side], Position] = {}
-        for symbol, side, contracts, entry in book.positions:
-            mk = self._markets[symbol]
-            self._positions[(symbol, side)] = Position(
-                symbol,
-                side,
-                contracts,
-                entry,
-                mk.price0,
-                leverage=mk.leverage,
-                tiers=mk.tiers,
-                beta=mk.beta,
-            )
-        self._collateral = {c.asset: c for c in book.collateral}
-        self._reprice_collateral()
+        self._positions: dict[tuple[str, Side], Position] = {
+            (p.symbol, p.side): p for p in book_positions(book, self._marks)
+        }
+        held = marked_collateral(book.collateral, self._marks, book.currency)
+        self._collateral = {c.asset: c for c in held}
         #: read once, like a live account's hourly read: buffers do not move with prices
         self.collateral_rules = published_rules(book, self._marks, clock())
         if self._replay:
@@ -363,14 +356,10 @@ class SimVenue:
         for key, p in self._positions.items():
             if p.symbol == symbol:
                 self._positions[key] = replace(p, mark_price=price)
-        self._reprice_collateral()
-
-    def _reprice_collateral(self) -> None:
-        currency = self._book.currency
-        for asset, c in self._collateral.items():
-            symbol = f"{asset}/{currency}:{currency}"
-            if asset != currency and symbol in self._marks:
-                self._collateral[asset] = replace(c, price=self._marks[symbol])
+        asset = priced_collateral(symbol, self._book.currency)
+        held = self._collateral.get(asset) if asset is not None else None
+        if held is not None:
+            self._collateral[held.asset] = replace(held, price=price)
 
     def _trigger_resting(self, now: float) -> None:
         for order in list(self._orders.values()):

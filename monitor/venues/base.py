@@ -35,8 +35,10 @@ __all__ = [
     "envelope_data",
     "fraction",
     "haircut_bands",
+    "half_initial_rate",
     "info_number",
     "mapping_wallets",
+    "max_leverage",
     "number",
     "rows",
     "unpublished",
@@ -91,6 +93,24 @@ def info_number(row: Json, key: str, where: str) -> float | None:
     if not isinstance(info, Mapping):
         return None
     return number(info, key, f"{where} info", required=False)
+
+
+def max_leverage(market: Json) -> object:
+    """ccxt's `limits.leverage.max` of a market structure (None where it has none)."""
+    limits = market.get("limits")
+    if isinstance(limits, Mapping) and isinstance(limits.get("leverage"), Mapping):
+        return limits["leverage"].get("max")
+    return None
+
+
+def half_initial_rate(leverage: object) -> float | None:
+    """1 / (2 × max leverage): half the initial margin rate at max leverage, Hyperliquid's
+    maintenance rate ("margining" docs; margin-math §4.1); None without a usable leverage."""
+    try:
+        lev = float(leverage) if leverage is not None else 0.0  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return 1.0 / (2.0 * lev) if lev > 0 else None
 
 
 def rows(value: object) -> list[Json]:
@@ -280,7 +300,7 @@ class Venue:
     doc: str = ""
     #: what the report is valued in when the account does not say (Hyperliquid: USDC)
     currency: str = "USDT"
-    #: ccxt `options` merged under the user's own (sources/exchange.py build_exchange)
+    #: ccxt `options` merged under the user's own (sources/ccxt_client.py build_exchange)
     ccxt_options: Mapping[str, Any] = field(default_factory=dict)
     #: leverage tiers in contracts, not notional: not fetched (the venue's MM or rate is used)
     tiers_in_contracts: bool = False

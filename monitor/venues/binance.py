@@ -30,7 +30,7 @@ from typing import Any
 from monitor.core.margin.valuation import margin_ratio
 from monitor.venues import base
 
-__all__ = ["COINM", "PM_LIQUIDATION_UNI_MMR", "SPOT", "USDM", "rules_from_binance"]
+__all__ = ["COINM", "PM_LIQUIDATION_UNI_MMR", "SPOT", "USDM", "rules_from_binance", "side_of_both"]
 
 DOC = "developers.binance.com/docs/derivatives/usds-margined-futures"
 

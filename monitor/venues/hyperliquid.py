@@ -21,18 +21,11 @@ from monitor.venues import base
 
 def mmr(market: base.Json) -> float | None:
     """Hyperliquid: MM rate = 1 / (2 × max leverage) ("margining" docs; margin-math §4.1)."""
-    limits = market.get("limits")
-    lev = None
-    if isinstance(limits, Mapping) and isinstance(limits.get("leverage"), Mapping):
-        lev = limits["leverage"].get("max")
+    lev = base.max_leverage(market)
     info = market.get("info")
     if lev is None and isinstance(info, Mapping):
-        lev = info.get("maxLeverage")
-    try:
-        lev_f = float(lev) if lev is not None else 0.0
-    except (TypeError, ValueError, OverflowError):
-        return None
-    return 1.0 / (2.0 * lev_f) if lev_f > 0 else None
+        lev = info.get("maxLeverage")  # the venue's meta, where ccxt's limits have none
+    return base.half_initial_rate(lev)
 
 
 def wallets(info: base.Json) -> Iterable[tuple[str, float, float | None]]:
@@ -121,8 +114,9 @@ def figures(venue: str, info: object) -> base.VenueFigures | None:
 
 
 def client_id(digest: str) -> str:
-    """A client order id is a 128-bit hex `cloid`: `0x` + 32 hex digits (exchange endpoint,
-    "place an order", docs/venues.md)."""
+    """A client order id is a 128-bit hex `cloid`: `0x` + 32 hex digits (Hyperliquid docs,
+    for-developers/api/exchange-endpoint, "Place an order" and "Cancel order(s) by cloid";
+    docs/venues.md)."""
     return "0x" + digest[:32]
 
 

@@ -27,7 +27,8 @@ from hypothesis import strategies as st
 from monitor.config.settings import load_settings
 from monitor.core.margin.report import report
 from monitor.errors import UserError
-from monitor.snapshot import parse_snapshot, snapshot_to_dict
+from monitor.report_json import snapshot_to_dict
+from monitor.snapshot import parse_snapshot
 from monitor.sources.normalize import (
     collateral_from_ccxt,
     mark_from_ticker,
