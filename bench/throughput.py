@@ -129,16 +129,11 @@ class Probe:
         pending.clear()
 
 
-class TickSource:
-    """A `Source` that emits `positions` ticks/s on a fixed schedule (random walk)."""
+class BookSource:
+    """A `Source` of one fixed book: the start-up read; `events` is the subclass's."""
 
-    def __init__(self, snapshot: AccountSnapshot, probe: Probe, rng: random.Random) -> None:
+    def __init__(self, snapshot: AccountSnapshot) -> None:
         self.snapshot = snapshot
-        self.probe = probe
-        self.rng = rng
-        self._marks = [p.mark_price for p in snapshot.positions]
-        self._symbols = [p.symbol for p in snapshot.positions]
-        probe.pending[snapshot.account] = []
 
     @property
     def account(self) -> str:
@@ -146,6 +141,21 @@ class TickSource:
 
     async def fetch_snapshot(self) -> AccountSnapshot:
         return self.snapshot
+
+    async def close(self) -> None:
+        return None
+
+
+class TickSource(BookSource):
+    """A `Source` that emits `positions` ticks/s on a fixed schedule (random walk)."""
+
+    def __init__(self, snapshot: AccountSnapshot, probe: Probe, rng: random.Random) -> None:
+        super().__init__(snapshot)
+        self.probe = probe
+        self.rng = rng
+        self._marks = [p.mark_price for p in snapshot.positions]
+        self._symbols = [p.symbol for p in snapshot.positions]
+        probe.pending[snapshot.account] = []
 
     async def events(self) -> AsyncIterator[Event]:
         per_batch = max(1, round(len(self._symbols) * BATCH_PERIOD))
@@ -166,9 +176,6 @@ class TickSource:
                 sent = due - BATCH_PERIOD
                 self.probe.made(self.account, sent)
                 yield PriceTick(self.account, self._symbols[k], self._marks[k], sent + wall)
-
-    async def close(self) -> None:
-        return None
 
 
 class ProbeSink(QuietSink):
@@ -229,27 +236,17 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-class ScriptedTicks:
+class ScriptedTicks(BookSource):
     """A `Source` that yields prepared ticks back to back, never waiting: the tick path's
     own cost, without the generator's or the event loop's."""
 
     def __init__(self, snapshot: AccountSnapshot, ticks: list[PriceTick]) -> None:
-        self.snapshot = snapshot
+        super().__init__(snapshot)
         self.ticks = ticks
-
-    @property
-    def account(self) -> str:
-        return self.snapshot.account
-
-    async def fetch_snapshot(self) -> AccountSnapshot:
-        return self.snapshot
 
     async def events(self) -> AsyncIterator[Event]:
         for tick in self.ticks:
             yield tick
-
-    async def close(self) -> None:
-        return None
 
 
 def tick_path(args: argparse.Namespace) -> None:
