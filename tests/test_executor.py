@@ -111,6 +111,7 @@ def _executor(
     switches: ActionSwitches | None = None,
     hooks: ActionHooks | None = None,
     fresh_read: Any = None,
+    action_ratio: float = 0.7,
     **settings: Any,
 ) -> Executor:
     base: dict[str, Any] = {
@@ -125,7 +126,7 @@ def _executor(
         src,
         fresh_read or src.fetch_snapshot,
         settings=ActionsSettings(**base),
-        action_ratio=0.7,
+        action_ratio=action_ratio,
         state_dir=state_dir,
         live=live,
         venue=venue,
@@ -201,6 +202,18 @@ class TestOrderPath:
         for order in desk.arrived():
             assert order.amount <= 0.25 * held + 1e-9
             held -= order.amount
+        _safe(desk)
+
+    async def test_amount_is_truncated_to_the_market_step(self, desk: Desk, tmp_path: Path) -> None:
+        """Test that a capped amount off the market's step (a third of 2 BTC) goes out
+        truncated to the step the desk reports (0.001), never rounded up past the cap."""
+        trail = Trail()
+        ex = _on(desk, tmp_path, trail, max_fraction_per_step=1 / 3)
+        await ex.step(await _report(desk.desk), 1_000.0)
+        (order,) = desk.arrived()
+        assert order.amount == pytest.approx(0.666, abs=1e-12)
+        assert desk.desk.amount_to_precision(BTC, order.amount) == "0.666"
+        assert trail.of("filled")[0]["filled"] == pytest.approx(0.666, abs=1e-12)
         _safe(desk)
 
     async def test_acts_on_the_fresh_read_not_the_stale_report(
@@ -713,8 +726,8 @@ class TestBybit:
         """Test that Bybit gets reduceOnly + orderLinkId and the fill is followed to 'closed'."""
         _, book, src = bybit
         trail = Trail()
-        ex = _executor(src, tmp_path, trail, venue="bybit", fee_rate=0.00055)  # Bybit's taker fee
-        ex.policy = replace(ex.policy, action_ratio=0.5)
+        fee = 0.00055  # Bybit's taker fee
+        ex = _executor(src, tmp_path, trail, venue="bybit", fee_rate=fee, action_ratio=0.5)
         await ex.step(await _report(src), 1_000.0)
         (sent,) = book.received
         assert sent["reduceOnly"] is True
@@ -731,8 +744,7 @@ class TestBybit:
         _, book, src = bybit
         book.reject = (110017, "current position is zero, cannot fix reduce-only order qty")
         trail = Trail()
-        ex = _executor(src, tmp_path, trail, venue="bybit")
-        ex.policy = replace(ex.policy, action_ratio=0.5)
+        ex = _executor(src, tmp_path, trail, venue="bybit", action_ratio=0.5)
         await ex.step(await _report(src), 1_000.0)
         await ex.step(await _report(src), 1_010.0)
         assert len(book.received) == 1
@@ -747,8 +759,7 @@ class TestBybit:
         book.lose_response = True  # filled at the venue, the answer comes after the timeout
         src.exchange.timeout = 300
         trail = Trail()
-        ex = _executor(src, tmp_path, trail, venue="bybit")
-        ex.policy = replace(ex.policy, action_ratio=0.5)
+        ex = _executor(src, tmp_path, trail, venue="bybit", action_ratio=0.5)
         await ex.step(await _report(src), 1_000.0)
         assert len(book.received) == 1
         assert trail.kinds() == ["planned", "sent", "filled", "result"]
@@ -769,8 +780,7 @@ class TestBybit:
             try:
                 snap = await src.fetch_snapshot()
                 assert snap.positions[0].hedged
-                ex = _executor(src, tmp_path, trail, venue="bybit")
-                ex.policy = replace(ex.policy, action_ratio=0.5)
+                ex = _executor(src, tmp_path, trail, venue="bybit", action_ratio=0.5)
                 await ex.step(report(snap), 1_000.0)
             finally:
                 await src.close()

@@ -43,8 +43,11 @@ from monitor.ops.metrics import (
     record_alerts_sent,
 )
 from monitor.ops.metrics_server import serve
+from monitor.sources.exchange import ExchangeSource
 from monitor.sources.sim import SimVenue
 from monitor.store import OutboxRow
+from tests.fakes.account import EventTap, account_for
+from tests.fakes.binance import API_KEY, SECRET, BinancePosition, FakeBinanceUsdm
 
 SNAPSHOT = AccountSnapshot(
     "main",
@@ -273,6 +276,34 @@ class TestExposition:
         assert after[drift] == -0.002
         assert ("margin_monitor_venue_drift_ratio", (("account", "demo"),)) not in after
         assert after[("margin_monitor_outbox_depth", (("sink", "mqtt"),))] == 1
+
+    async def test_live_source_drift_reaches_the_gauge(self) -> None:
+        """Test that a live source's venue drift (ours minus the venue's) is the gauge's value."""
+        fake = FakeBinanceUsdm()
+        fake.account.wallet = 1_000.0
+        fake.account.positions[("BTCUSDT", "BOTH")] = BinancePosition("BTCUSDT", 0.8, 59_000.0)
+        async with fake:
+            account = account_for(fake, API_KEY, SECRET, poll_interval=0.2, stale_after=1.0)
+            source = ExchangeSource(account, backoff_cap=0.2, reconcile_every=0.5)
+            tap = EventTap(source.events())
+            metrics = build_metrics_sink(
+                MetricsSettings(), {source.account: 30.0}, {source.account: source}
+            )
+            async with asyncio.TaskGroup() as tg:
+                await metrics.start(tg)
+            try:
+                await tap.wait_for(lambda e: isinstance(e, AccountUpdate))
+                got = samples(metrics.exposition().decode())
+            finally:
+                await metrics.close()
+                await tap.stop()
+                await source.close()
+        check = source.venue_check
+        assert check is not None
+        assert check.drift is not None
+        key = ("margin_monitor_venue_drift_ratio", (("account", source.account),))
+        assert got[key] == pytest.approx(check.drift)
+        assert abs(got[key]) < 1e-4  # the fake's own figures: our model agrees with the venue
 
     async def test_closed_sink_is_unregistered(self) -> None:
         """Test that after close the sink's account gauges leave the registry."""

@@ -1,4 +1,4 @@
-"""Sending protective orders: fresh read, proof, one writer, idempotent ids, audit. (I/O.)
+"""One protective step: switches, one writer, fresh read, plan, proof, orders, audit. (I/O.)
 
 The planner (`core/plan.py`) decides; this module is where money moves, so every rule of the
 working agreement is applied here, in the order a step runs (each order's path from send to
