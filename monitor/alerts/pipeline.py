@@ -8,7 +8,8 @@
 The rules stay pure; this module is the asyncio shell around them (STYLE.md, sans-IO). A
 message is in SQLite before any sink sees it, so a crash between "decided" and "delivered"
 only ever produces a duplicate (receivers deduplicate on the stable message id), never a
-loss. Each sink drains its own rows, so a dead phone service never delays MQTT.
+loss. Each sink drains its own rows (delivery.py, `OutboxDelivery`), so a dead phone service
+never delays MQTT.
 
 Commands (acknowledge, silence, pause/resume) arrive signed (signed_commands.py) from the
 MQTT command topic or a phone's action button and are executed by this object's command
@@ -19,107 +20,36 @@ shared `ActionSwitches` the executor reads.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
-import random
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Iterable, Sequence
 
 import structlog
 
 from monitor.alerts.commands import CommandHandling, _RefusalTally
-from monitor.alerts.message import AlertMessage, build_message
+from monitor.alerts.delivery import AlertSink, OutboxDelivery, ReportObserver
+from monitor.alerts.message import build_message
 from monitor.core import rules
 from monitor.core.alert_state import AlertEvent, AlertKind, RulesState, episode_id
 from monitor.core.levels import Level
 from monitor.core.model import MarginReport, ModelDrift, SourceDown, SourceStale, SourceUp
 from monitor.core.rules import AlertConfig
 from monitor.ops.logs import redact
-from monitor.ops.metrics import record_alerts_sent
 from monitor.protect.switches import ActionSwitches
 from monitor.store import Store
 
-__all__ = [
-    "AlertPipeline",
-    "AlertSink",
-    "PacedSink",
-    "ReportObserver",
-    "backoff",
-    "raise_if_cancelling",
-]
+__all__ = ["AlertPipeline"]
 
 log = structlog.get_logger("monitor.alerting")
 
-#: Longest wait between two delivery attempts of one message (seconds).
-BACKOFF_CAP = 60.0
 #: Seconds between two retention passes over the store (store.prune).
 PRUNE_EVERY = 3600.0
 #: structlog method per level, so a log-based alert rule can key on severity.
 _LOG_METHOD = {"ok": "info", "warning": "warning", "critical": "error", "emergency": "critical"}
 
 
-def backoff(attempt: int) -> float:
-    """Seconds before retry number `attempt` (1-based): full jitter, exponential, capped.
-
-    The one-line form aiomqtt v3 uses for reconnects (STYLE.md); jitter keeps many queued
-    messages from retrying in lockstep against a recovering service.
-    """
-    return min(BACKOFF_CAP, random.uniform(0, 1.5 ** min(10, attempt)))  # noqa: S311
-
-
-def raise_if_cancelling() -> None:
-    """Re-raise a cancellation that was swallowed on the way here.
-
-    Python 3.11's `asyncio.wait_for` (aiomqtt 2.x uses it for every acknowledgement) loses
-    a cancellation that arrives as the awaited future completes (CPython gh-86296, fixed in
-    3.12); the request count stays set, so checking it at safe points restores shutdown.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
-
-
-@runtime_checkable
-class AlertSink(Protocol):
-    """Something that delivers alert messages (MQTT, a phone channel, the console)."""
-
-    name: str
-
-    def wants(self, message: AlertMessage) -> bool:
-        """Whether this sink should get `message` at all (decided once, at enqueue time)."""
-        ...
-
-    async def deliver(self, messages: Sequence[AlertMessage]) -> Collection[str]:
-        """Deliver a batch; return the ids the far side acknowledged. Raise on total failure."""
-        ...
-
-
-@runtime_checkable
-class PacedSink(Protocol):
-    """A sink that can only take a batch at certain moments (a paced channel, a session).
-
-    `deliver_forever` awaits `ready()` BEFORE it picks the batch, so everything that became
-    due while the sink was not ready (an escalation during a phone channel's pacing wait)
-    leaves in the first batch the sink can take, not one round later (docs/alerts.md).
-    """
-
-    async def ready(self) -> None:
-        """Return once a batch given now would be sent at once."""
-        ...
-
-
-@runtime_checkable
-class ReportObserver(Protocol):
-    """A sink that also shows every report (MQTT's retained state topic)."""
-
-    def observe_report(self, report: MarginReport, level: str) -> None:
-        """Take the newest report of an account; must not block."""
-        ...
-
-
-class AlertPipeline(CommandHandling):
+class AlertPipeline(CommandHandling, OutboxDelivery):
     """Owns the alert state; turns reports into persisted, delivered messages.
 
     Args:
@@ -379,14 +309,7 @@ class AlertPipeline(CommandHandling):
             suppressed=event.suppressed,
         )
 
-    # --- delivery ---------------------------------------------------------------------------
-
-    def retry_now(self, sink_name: str) -> None:
-        """Make `sink_name`'s queued messages due now and wake its delivery task."""
-        self.store.reschedule(sink_name, self.clock())
-        wake = self._wake.get(sink_name)
-        if wake is not None:
-            wake.set()
+    # --- delivery (the tasks' loop is delivery.py's) ---------------------------------------
 
     def start(self, tg: asyncio.TaskGroup) -> None:
         """Start the delivery tasks (`sink[<name>]`) and the clock (`alerts.tick`) in `tg`."""
@@ -404,50 +327,3 @@ class AlertPipeline(CommandHandling):
         while True:
             await asyncio.sleep(interval)
             self.tick()
-
-    async def deliver_forever(self, sink: AlertSink) -> None:
-        """Drain `sink`'s outbox rows forever: deliver, acknowledge, or back off and retry."""
-        wake = self._wake[sink.name]
-        while True:
-            raise_if_cancelling()
-            wake.clear()
-            now = self.clock()
-            rows = self.store.due(sink.name, now)
-            if not rows:
-                next_at = self.store.next_due_at(sink.name)
-                timeout = None if next_at is None else max(0.0, next_at - now)
-                with contextlib.suppress(TimeoutError):  # not wait_for: cpython#86296
-                    async with asyncio.timeout(timeout):
-                        await wake.wait()
-                continue
-            if isinstance(sink, PacedSink):
-                await sink.ready()
-                rows = self.store.due(sink.name, self.clock())  # what queued while waiting
-                if not rows:
-                    continue
-            by_id = {row.message_id: row for row in rows}
-            messages = [AlertMessage.from_json(row.payload) for row in rows]
-            try:
-                acked: Collection[str] = await sink.deliver(messages)
-            except Exception as exc:  # a sink's failure is retried, never fatal
-                acked = ()
-                error = f"{type(exc).__name__}: {exc}"
-            else:
-                error = "not acknowledged"
-            done = [mid for mid in by_id if mid in acked]
-            if done:
-                self.store.delivered(sink.name, done)
-                record_alerts_sent(sink.name, len(done))  # margin_monitor_alerts_sent
-            now = self.clock()
-            for mid, row in by_id.items():
-                if mid not in acked:
-                    delay = backoff(row.attempts + 1)
-                    self.store.failed(sink.name, mid, now + delay, error)
-                    log.warning(
-                        "alert.delivery_failed",
-                        sink=sink.name,
-                        id=mid,
-                        attempt=row.attempts + 1,
-                        retry_in=round(delay, 2),
-                        error=error,
-                    )

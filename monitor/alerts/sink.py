@@ -29,7 +29,8 @@ import structlog
 from aiohttp import web
 
 from monitor.alerts.command_http import serve_commands
-from monitor.alerts.pipeline import AlertPipeline, AlertSink
+from monitor.alerts.delivery import AlertSink
+from monitor.alerts.pipeline import AlertPipeline
 from monitor.config.alerts import MqttSettings, NotifySettings
 from monitor.core.alert_state import AlertState
 from monitor.core.levels import Level, level_rank

@@ -38,8 +38,8 @@ from typing import Any
 import aiomqtt
 import structlog
 
+from monitor.alerts.delivery import backoff, raise_if_cancelling
 from monitor.alerts.message import AlertMessage
-from monitor.alerts.pipeline import backoff, raise_if_cancelling
 from monitor.channels.mqtt_payloads import discovery_configs, state_payload
 from monitor.config.alerts import MqttSettings
 from monitor.core.model import MarginReport
