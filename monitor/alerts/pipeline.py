@@ -1,6 +1,6 @@
 """The alert pipeline: rules -> outbox -> sinks, at least once, with retries and backoff.
 
-    report / source event ──▶ rules.evaluate ──▶ store.commit(state + outbox rows) ──▶ wake
+    report / source event ──▶ rules.evaluate ──▶ store.commit(state + outbox rows) ──▶ hand / wake
                                                                                           │
     sink[<name>] task: due rows ──▶ sink.deliver(batch) ──▶ delivered: delete rows        ▼
                                                          └─ failed: attempts+1, jittered backoff
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import time
 from collections.abc import Callable, Iterable, Sequence
 
@@ -29,7 +28,7 @@ import structlog
 
 from monitor.alerts.commands import CommandHandling, _RefusalTally
 from monitor.alerts.delivery import AlertSink, OutboxDelivery, ReportObserver
-from monitor.alerts.message import build_message
+from monitor.alerts.message import AlertMessage, build_message
 from monitor.core import rules
 from monitor.core.alert_state import AlertEvent, AlertKind, RulesState, episode_id
 from monitor.core.levels import Level
@@ -47,6 +46,9 @@ log = structlog.get_logger("monitor.alerting")
 PRUNE_EVERY = 3600.0
 #: structlog method per level, so a log-based alert rule can key on severity.
 _LOG_METHOD = {"ok": "info", "warning": "warning", "critical": "error", "emergency": "critical"}
+
+#: A message and the sinks that want it.
+_Entry = tuple[AlertMessage, Sequence[str]]
 
 
 class AlertPipeline(CommandHandling, OutboxDelivery):
@@ -87,17 +89,13 @@ class AlertPipeline(CommandHandling, OutboxDelivery):
         self._secret = command_secret
         self.state: RulesState = store.load_rules_state(clock())
         self._reports: dict[str, MarginReport] = {}
-        self._wake = {sink.name: asyncio.Event() for sink in self.sinks}
         #: configured account names; a command naming another is refused (None: no check)
         self.accounts: frozenset[str] | None = None
         self._refusals: dict[str, _RefusalTally] = {}
         self._next_prune = 0.0
         self._degraded_announced = False
         self._direct: dict[str, tuple[float, Level]] = {}  # fingerprint -> (since, level)
-        for sink in self.sinks:
-            if hasattr(sink, "on_connected"):
-                # A sink that reconnects (MQTT) retries its backlog at once, not after backoff.
-                sink.on_connected = functools.partial(self.retry_now, sink.name)
+        self._init_delivery()
 
     # --- inputs -----------------------------------------------------------------------------
 
@@ -196,29 +194,44 @@ class AlertPipeline(CommandHandling, OutboxDelivery):
     def _commit(
         self, events: Iterable[AlertEvent], now: float, accounts: Iterable[str] | None = None
     ) -> None:
-        """Persist and queue; `accounts`: the only accounts whose alerts changed (a report)."""
-        queued: list[tuple[str, str, str, Sequence[str]]] = []
+        """Persist and queue; `accounts`: the only accounts whose alerts changed (a report).
+
+        The log lines come after the hand-over: the alert leaves first (issue 16).
+        """
+        events = tuple(events)
+        entries: list[_Entry] = []
         for event in events:
-            self._log(event)
             if not event.delivered:
                 continue
             note = self.action_note(event.account) if self.action_note else None
-            message = build_message(event, self._reports.get(event.account), note)
-            targets = [sink.name for sink in self.sinks if sink.wants(message)]
-            queued.append((message.id, message.account, message.to_json(), targets))
+            entries.append(
+                self._entry(build_message(event, self._reports.get(event.account), note))
+            )
         if self.store.degraded and not self._degraded_announced:
             self._degraded_announced = True
-            queued.append(self._store_alert(self.store.degraded, now))
-        self.store.commit(self.state, queued, now, accounts)
+            entries.append(self._store_alert(self.store.degraded, now))
+        self._queue(entries, now, accounts)
         if self.store.degraded and not self._degraded_announced:
             # The commit itself hit the disk error; announce it (now from memory).
             self._degraded_announced = True
-            self.store.commit(self.state, [self._store_alert(self.store.degraded, now)], now)
-        if queued or self._degraded_announced:
-            for wake in self._wake.values():
-                wake.set()
+            self._queue([self._store_alert(self.store.degraded, now)], now)
+        for event in events:
+            self._log(event)
 
-    def _store_alert(self, reason: str, now: float) -> tuple[str, str, str, Sequence[str]]:
+    def _entry(self, message: AlertMessage) -> _Entry:
+        return message, [sink.name for sink in self.sinks if sink.wants(message)]
+
+    def _queue(
+        self, entries: Sequence[_Entry], now: float, accounts: Iterable[str] | None = None
+    ) -> None:
+        """Store the alert state and `entries` in one transaction, then hand them out: stored
+        before any sink sees them."""
+        rows = [(m.id, m.account, m.to_json(), targets) for m, targets in entries]
+        self.store.commit(self.state, rows, now, accounts)
+        if entries:
+            self._fan_out(entries)
+
+    def _store_alert(self, reason: str, now: float) -> _Entry:
         """A message about the state store itself: the daemon is running without memory."""
         return self._direct_alert("daemon", "state_store", "firing", "critical", now, now, reason)
 
@@ -250,9 +263,7 @@ class AlertPipeline(CommandHandling, OutboxDelivery):
                 now,
                 "protective actions can run again",
             )
-        self.store.commit(self.state, [row], now)
-        for wake in self._wake.values():
-            wake.set()
+        self._queue([row], now)
 
     def _direct_alert(  # noqa: PLR0917 - one event's fields
         self,
@@ -263,7 +274,7 @@ class AlertPipeline(CommandHandling, OutboxDelivery):
         started: float,
         now: float,
         detail: str,
-    ) -> tuple[str, str, str, Sequence[str]]:
+    ) -> _Entry:
         """An alert raised directly, not by the rules (no hysteresis, no repeats)."""
         fingerprint = f"{account}/{rule}"
         episode = episode_id(fingerprint, started)
@@ -286,9 +297,7 @@ class AlertPipeline(CommandHandling, OutboxDelivery):
             detail=detail,
         )
         self._log(event)
-        message = build_message(event, self._reports.get(account))
-        targets = [sink.name for sink in self.sinks if sink.wants(message)]
-        return (message.id, message.account, message.to_json(), targets)
+        return self._entry(build_message(event, self._reports.get(account)))
 
     @staticmethod
     def _log(event: AlertEvent) -> None:
