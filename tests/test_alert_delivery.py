@@ -25,7 +25,7 @@ from monitor.alerts.pipeline import AlertPipeline
 from monitor.alerts.sink import DRAIN_CAP, AlertsSink, build_alerts_sink
 from monitor.channels.notify import NotifySink
 from monitor.config.alerts import MqttSettings, NotifySettings
-from monitor.config.settings import load_settings
+from monitor.config.settings import Settings, load_settings
 from monitor.core.margin import report as margin
 from monitor.core.model import AccountSnapshot, ShockToLiquidation
 from monitor.core.plan import plan_step
@@ -294,17 +294,7 @@ class TestActionState:
         sources = {a.name: SimVenue(a.name, a.sim) for a in settings.accounts}
         sinks = build_sinks(settings, tui=False, sources=sources)
         async with collecting(mosquitto, [f"{prefix}/demo/alert"]) as sub:
-            await asyncio.wait_for(
-                run_daemon(
-                    settings,
-                    settings.accounts,
-                    sinks,
-                    sources=list(sources.values()),
-                    duration=4.5,
-                    handle_signals=False,
-                ),
-                30,
-            )
+            await _run_sim(settings, sinks, sources, 4.5)
             await sub.wait_for(
                 lambda: any(
                     json.loads(m.payload)["kind"] == "resolved"  # type: ignore[arg-type]
@@ -431,6 +421,23 @@ class TestActionState:
         assert waited < HANDOVER_TIMEOUT + 0.5, waited
 
 
+async def _run_sim(
+    settings: Settings, sinks: list[Sink], sources: dict[str, SimVenue], duration: float
+) -> None:
+    """The daemon on the sim accounts for `duration` s (30 s at most)."""
+    await asyncio.wait_for(
+        run_daemon(
+            settings,
+            settings.accounts,
+            sinks,
+            sources=list(sources.values()),
+            duration=duration,
+            handle_signals=False,
+        ),
+        30,
+    )
+
+
 async def _step_reads(
     broker: Mosquitto,
     prefix: str,
@@ -500,17 +507,7 @@ async def _step_reads(
     monkeypatch.setattr(actions, "on_report", told)
     executor.fresh_read = fresh_read
     jammer = asyncio.create_task(jam()) if stuck else None
-    await asyncio.wait_for(
-        run_daemon(
-            settings,
-            settings.accounts,
-            sinks,
-            sources=list(sources.values()),
-            duration=3.0,
-            handle_signals=False,
-        ),
-        30,
-    )
+    await _run_sim(settings, sinks, sources, 3.0)
     if jammer is not None:
         await jammer
     return seen

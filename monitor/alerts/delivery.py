@@ -14,6 +14,7 @@ import contextlib
 import functools
 import math
 import random
+import sqlite3
 from collections.abc import Callable, Collection, Sequence
 from typing import Protocol, runtime_checkable
 
@@ -203,7 +204,10 @@ class OutboxDelivery:
         self._wake[name].set()  # the task re-plans its wait (and takes a held-back batch)
         if acked.cancelled():
             return  # shutdown: the rows stay due, the next start sends them
-        self._settled(name, ids, acked.result(), "not acknowledged")
+        try:
+            self._settled(name, ids, acked.result(), "not acknowledged")
+        except sqlite3.ProgrammingError:  # settled after the store closed (a stop): rows stay
+            log.info("alert.settled_after_close", sink=name, ids=sorted(ids))
 
     def _settled(
         self, name: str, attempts: dict[str, int], acked: Collection[str], error: str
