@@ -3,8 +3,8 @@
 Prints the median of several runs for 10 / 100 / 1 000 / 10 000 positions: a full report
 (with every liquidation price), the pool totals alone, the liquidation prices (difference),
 shock to liquidation, a tick followed by a full report, and the incremental path the daemon
-takes on every tick (`Ledger.tick` + `Ledger.summary`). Targets (issue 2): a 1 000-position
-report ≤ 2 ms; a single-tick incremental update ≤ 50 µs.
+takes on every tick (`Ledger.tick` + `Ledger.ratio`, the threshold check). Targets (issue 2):
+a 1 000-position report ≤ 2 ms; a single-tick incremental update ≤ 50 µs.
 
     .venv/bin/python bench/engine.py [--repeat 7] [--sizes 10,100,1000,10000]
 """
@@ -116,7 +116,7 @@ def main() -> None:
         ) -> object:
             flip.reverse()
             ledger.tick(symbol, flip[0])
-            return ledger.summary()
+            return ledger.ratio()
 
         incremental = median_time(ledger_tick, args.repeat)
         print(

@@ -36,15 +36,23 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.alert_latency import ACCOUNT, log_to_devnull, percentile
+from bench.alert_latency import log_to_devnull, percentile
 from bench.product import build
 from monitor.alerts.sink import AlertsSink
 from monitor.core.margin.report import report
-from monitor.core.model import MarginReport
+from monitor.core.model import AccountSnapshot, Collateral, MarginReport, Position
 from tests.mqtt_broker import Mosquitto
 from tests.test_notify import serving
 
-#: Mark prices of the bench account (10 BTC long on 10 000 USDT, mmr 1 %).
+#: 10 BTC long on 10 000 USDT, mmr 1 %: ratio 0.91 at 9 100 (emergency), 0.055 at 11 000.
+ACCOUNT = AccountSnapshot(
+    account="bench",
+    currency="USDT",
+    collateral=(Collateral("USDT", 10_000.0),),
+    positions=(Position("BTC/USDT:USDT", "long", 10.0, 10_000.0, 10_000.0, leverage=10, mmr=0.01),),
+)
+
+#: Mark prices of the bench account.
 WARNING_PRICE = 9_170.0  # ratio 0.54
 EMERGENCY_PRICE = 9_100.0  # ratio 0.91
 

@@ -1,28 +1,27 @@
 """Throughput of the daemon's tick path: 1 000 accounts x 20 positions x 1 tick/s each, one core.
 
     taskset -c 0 .venv/bin/python bench/throughput.py [--accounts 1000] [--positions 20]
-        [--seconds 20] [--warmup 3] [--shock-interval 1.0] [--path daemon|ledger]
-        [--sinks real|probe]
+        [--seconds 20] [--warmup 3] [--shock-interval 1.0] [--sinks real|probe]
+        [--generator-only]
 
-`--path daemon` (default) runs the real `daemon.supervisor.run_daemon` with these sources and
-the sinks `margin-monitor run` builds (`daemon.build_sinks`: the console summary and the
-real alerts pipeline, rules -> SQLite store/outbox in a temporary state dir; no MQTT broker
-or phone channel is configured, as in the default settings), followed by one probe sink
-that stamps the report; `--sinks probe` leaves the real sinks out (the figure before issue 7
-asked for the honest one). Per account the `source[..]` task puts every tick into the account's
+It runs the real `daemon.supervisor.run_daemon` with these sources and the sinks
+`margin-monitor run` builds (`daemon.build_sinks`: the console summary and the real alerts
+pipeline, rules -> SQLite store/outbox in a temporary state dir; no MQTT broker or phone
+channel is configured, as in the default settings), followed by one probe sink that stamps
+the report; `--sinks probe` leaves the real sinks out (the figure before issue 7 asked for
+the honest one). Per account the `source[..]` task puts every tick into the account's
 `Ledger` and checks the ratio against the alert thresholds (an urgent report on a crossing;
 none happen in this book), the `recompute[..]` task takes a coalesced `margin.report` per
 wake-up, and the `shocks` task runs `stress.assess` for the accounts the shared shock
-budget picks (monitor/core/shock_schedule.py). `--path ledger` is the bare alternative the
-daemon was measured against before it used the Ledger: `Ledger.tick` + `Ledger.summary`
-per tick and the full report coalesced, no shock solves, no sinks.
+budget picks (monitor/core/shock_schedule.py).
 
 Each fake source emits its account's ticks in small batches on a schedule (so offered load is
 exactly accounts x positions ticks/s); the process is pinned to one CPU. Figures cover the
 measured window only (after `--warmup`, before the daemon's final settle): offered and
 absorbed events/s, reports/s, shock solves/s, backlog (ticks generated but not yet in a
 report; bounded if coalescing works), tick->report latency percentiles over every tick,
-loop lag.
+loop lag, and the process CPU time per absorbed tick, split into what the shock solves
+were charged (their budget, `SHOCK_CPU_SHARE` of a core at most on average) and the rest.
 """
 
 from __future__ import annotations
@@ -47,8 +46,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.product import build
 from monitor.config.settings import Settings
-from monitor.core.margin import report as margin
-from monitor.core.margin.ledger import Ledger
 from monitor.core.model import (
     AccountSnapshot,
     Collateral,
@@ -58,7 +55,8 @@ from monitor.core.model import (
     PriceTick,
     Tier,
 )
-from monitor.daemon.supervisor import run_daemon
+from monitor.daemon.loop import ShockSolver
+from monitor.daemon.supervisor import run_daemon, shock_solver
 from monitor.sink import Sink
 from tests.sinks import QuietSink
 
@@ -186,40 +184,6 @@ class ProbeSink(QuietSink):
         self.probe.reported(account, report.shock_to_liquidation is not None)
 
 
-async def ledger_path(sources: list[TickSource], probe: Probe, seconds: float) -> int:
-    """Ledger.tick + summary per tick, full report coalesced; same task structure."""
-    recomputes = 0
-
-    async def account(src: TickSource) -> None:
-        nonlocal recomputes
-        ledger = Ledger(src.snapshot)
-        dirty = asyncio.Event()
-
-        async def recompute() -> None:
-            nonlocal recomputes
-            while True:
-                await dirty.wait()
-                dirty.clear()
-                margin.report(ledger.snapshot())
-                recomputes += 1
-                probe.reported(src.account)
-
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(recompute(), name=f"recompute[{src.account}]")
-            async for event in src.events():
-                assert isinstance(event, PriceTick)
-                if ledger.tick(event.symbol, event.mark_price):
-                    ledger.summary()  # what a threshold rule reads at once
-                    dirty.set()
-
-    tasks = [asyncio.create_task(account(s), name=f"source[{s.account}]") for s in sources]
-    await asyncio.sleep(seconds)
-    for t in tasks:
-        t.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    return recomputes
-
-
 async def lag_monitor(probe: Probe) -> None:
     loop = asyncio.get_running_loop()
     while True:
@@ -229,16 +193,24 @@ async def lag_monitor(probe: Probe) -> None:
             probe.lags.append(loop.time() - t - 0.1)
 
 
-async def window(probe: Probe, warmup: float, seconds: float, marks: dict[str, float]) -> None:
+async def window(
+    probe: Probe,
+    warmup: float,
+    seconds: float,
+    marks: dict[str, float],
+    shocks: ShockSolver | None,
+) -> None:
     """Measure from the end of the warm-up for `seconds`; freeze the figures then (the
     daemon's final settle, a shock solve of every account, is not the steady state)."""
     await asyncio.sleep(warmup)
     probe.reset()
     start, cpu = time.perf_counter(), time.process_time()
+    shock_cpu = shocks.scheduler.cpu if shocks else 0.0
     await asyncio.sleep(seconds)
     probe.recording = False
     marks["wall"] = time.perf_counter() - start
     marks["cpu"] = time.process_time() - cpu
+    marks["shock_cpu"] = shocks.scheduler.cpu - shock_cpu if shocks else 0.0
     marks["generated"] = probe.generated
     marks["reports"] = probe.reports
     marks["shocks"] = probe.shock_reports
@@ -256,6 +228,28 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+async def generator_only(sources: list[TickSource], probe: Probe, args: argparse.Namespace) -> None:
+    """The tick generator drained by a loop that does nothing else: the part of the CPU
+    figure that is this bench's venue, not the daemon."""
+
+    async def drain(source: TickSource) -> None:
+        async for _ in source.events():
+            pass
+
+    marks: dict[str, float] = {}
+    window_task = asyncio.create_task(window(probe, args.warmup, args.seconds, marks, None))
+    tasks = [asyncio.create_task(drain(s)) for s in sources]
+    await window_task
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    print(
+        f"generator only: {marks['generated'] / marks['wall']:,.0f} ticks/s made and drained; "
+        f"CPU {marks['cpu'] / marks['wall']:.0%} of one core, "
+        f"{marks['cpu'] / max(1, marks['generated']) * 1e6:.2f} us per tick"
+    )
+
+
 async def main_async(args: argparse.Namespace) -> None:
     rng = random.Random(7)
     probe = Probe()
@@ -263,37 +257,39 @@ async def main_async(args: argparse.Namespace) -> None:
         TickSource(book(f"acct{i:04d}", args.positions, rng), probe, rng)
         for i in range(args.accounts)
     ]
+    if args.generator_only:
+        await generator_only(sources, probe, args)
+        return
     marks: dict[str, float] = {}
-    aux = [
-        asyncio.create_task(lag_monitor(probe)),
-        asyncio.create_task(backlog_monitor(probe)),
-        asyncio.create_task(window(probe, args.warmup, args.seconds, marks)),
-    ]
     total = args.seconds + args.warmup + 0.5
-    if args.path == "daemon":
-        with tempfile.TemporaryDirectory() as tmp:
-            spacing = {} if args.report_spacing is None else {"report_spacing": args.report_spacing}
-            doc = {
-                "shock_interval": args.shock_interval,
-                **spacing,
-                "accounts": [{"name": s.account, "exchange": "sim"} for s in sources],
-            }
-            # settings and sinks as `run` builds them, from a TOML file; the venue is the
-            # in-process tick generator (bench/product.py)
-            product = build(Path(tmp), doc, sinks=args.sinks == "real", sources=sources)
-            settings = product.settings
-            sinks: list[Sink] = list(product.sinks)
-            sinks.append(ProbeSink(probe))  # last: a report is stamped after the real sinks
-            await run_daemon(
-                settings,
-                settings.accounts,
-                sinks,
-                duration=total,
-                sources=sources,
-                handle_signals=False,
-            )
-    else:
-        await ledger_path(sources, probe, total)
+    with tempfile.TemporaryDirectory() as tmp:
+        spacing = {} if args.report_spacing is None else {"report_spacing": args.report_spacing}
+        doc = {
+            "shock_interval": args.shock_interval,
+            **spacing,
+            "accounts": [{"name": s.account, "exchange": "sim"} for s in sources],
+        }
+        # settings and sinks as `run` builds them, from a TOML file; the venue is the
+        # in-process tick generator (bench/product.py)
+        product = build(Path(tmp), doc, sinks=args.sinks == "real", sources=sources)
+        settings = product.settings
+        sinks: list[Sink] = list(product.sinks)
+        sinks.append(ProbeSink(probe))  # last: a report is stamped after the real sinks
+        shocks = shock_solver(settings)  # the daemon's own, passed in to read its spending
+        aux = [
+            asyncio.create_task(lag_monitor(probe)),
+            asyncio.create_task(backlog_monitor(probe)),
+            asyncio.create_task(window(probe, args.warmup, args.seconds, marks, shocks)),
+        ]
+        await run_daemon(
+            settings,
+            settings.accounts,
+            sinks,
+            duration=total,
+            sources=sources,
+            handle_signals=False,
+            shocks=shocks,
+        )
     wall, cpu = marks["wall"], marks["cpu"]
     lags = probe.lags
     for t in aux:
@@ -301,7 +297,7 @@ async def main_async(args: argparse.Namespace) -> None:
     lat = [x * 1000 for x in probe.latencies]
     offered = args.accounts * args.positions
     print(
-        f"path={args.path} sinks={args.sinks if args.path == 'daemon' else '-'} "
+        f"sinks={args.sinks} "
         f"accounts={args.accounts} positions={args.positions} "
         f"seconds={args.seconds:g} shock_interval={args.shock_interval:g} "
         f"report_spacing={'-' if args.report_spacing is None else args.report_spacing} "
@@ -312,6 +308,12 @@ async def main_async(args: argparse.Namespace) -> None:
         f"{marks['generated'] / wall:,.0f}/s; reports {marks['reports'] / wall:,.0f}/s "
         f"(coalescing {marks['generated'] / max(1, marks['reports']):.1f} ticks/report); "
         f"shock solves {marks['shocks'] / wall:,.0f}/s; CPU {cpu / wall:.0%} of one core"
+    )
+    absorbed, shock_cpu = max(1.0, marks["generated"]), marks["shock_cpu"]
+    print(
+        f"CPU per absorbed tick {cpu / absorbed * 1e6:.2f} us: shock solves "
+        f"{shock_cpu / absorbed * 1e6:.2f} us ({shock_cpu / wall:.0%} of a core), the rest "
+        f"{(cpu - shock_cpu) / absorbed * 1e6:.2f} us ({(cpu - shock_cpu) / wall:.0%} of a core)"
     )
     print(
         f"backlog (ticks not yet in a report), sampled every 0.5 s: "
@@ -335,18 +337,22 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds not measured")
     parser.add_argument("--shock-interval", type=float, default=1.0)
-    parser.add_argument("--path", choices=("daemon", "ledger"), default="daemon")
     parser.add_argument(
         "--report-spacing",
         type=float,
         default=None,
-        help="daemon path: the report_spacing setting (0: a report per wake-up)",
+        help="the report_spacing setting (0: a report per wake-up)",
     )
     parser.add_argument(
         "--sinks",
         choices=("real", "probe"),
         default="real",
-        help="daemon path: the real sinks (alerts pipeline) + probe, or the probe alone",
+        help="the real sinks (alerts pipeline) + probe, or the probe alone",
+    )
+    parser.add_argument(
+        "--generator-only",
+        action="store_true",
+        help="no daemon: the tick generator's own CPU share (the bench's venue, not the daemon)",
     )
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))

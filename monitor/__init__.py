@@ -28,7 +28,8 @@ from monitor.core.model import (
 from monitor.core.stress import assess, shock_to_liquidation, with_prices
 from monitor.core.venue_rules import VenueRules
 from monitor.errors import UserError
-from monitor.snapshot import load_snapshot, report_to_dict
+from monitor.report_json import report_to_dict
+from monitor.snapshot import load_snapshot
 
 __all__ = [
     "AccountSnapshot",

@@ -30,6 +30,9 @@ class Sink:
     """
 
     name: str = "sink"
+    #: False: `on_event` has nothing to do with a `PriceTick`, and the daemon's tick path
+    #: (20 000 ticks/s, docs/benchmarks.md) does not call it with one
+    ticks: bool = True
 
     async def start(self, tg: asyncio.TaskGroup) -> None:
         """Open connections; spawn long-running work in `tg` (named `sink[<name>]`)."""
@@ -52,7 +55,13 @@ class Sink:
     async def on_level(
         self, account: str, level: str, previous: str, report: MarginReport, now: float
     ) -> None:
-        """The account's alert level changed (`ok`, `warning`, `critical`, `emergency`)."""
+        """The account's *ratio level* changed (`ok`, `warning`, `critical`, `emergency`).
+
+        Where the margin ratio sits on the ladder, with the band's hysteresis
+        (rules.ratio_level), at once: not the margin alert's level, which waits `hold_for`
+        and survives restarts (rules.py; `AlertPipeline.level`). The two differ while a hold
+        runs; alerts, their messages and MQTT's state carry the alert level.
+        """
         del account, level, previous, report, now
 
     async def close(self) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import ccxt
 import pytest
 
+from monitor.config.monitoring import MetricsSettings
 from monitor.config.settings import load_settings
 from monitor.core.margin import report as margin
 from monitor.core.model import (
@@ -26,8 +27,9 @@ from monitor.core.model import (
     SourceDown,
 )
 from monitor.daemon.supervisor import run_daemon
-from monitor.ops.metrics import MetricsSettings, MetricsSink
-from monitor.sources.exchange import ExchangeSource, _venue_time
+from monitor.ops.metrics import MetricsSink
+from monitor.sources.exchange import ExchangeSource
+from monitor.sources.exchange_read import _venue_time
 from monitor.sources.sim import SimVenue
 from tests.fakes.account import account_for
 from tests.fakes.binance import (
@@ -204,30 +206,27 @@ class TestFreshness:
                 )
                 await fake.wait_for_client("/market/ws", topic="btcusdt@markPrice@1s")
                 reads = fake.count("/fapi/v3/positionRisk")
-                fake.late("/fapi/v3/positionRisk", 0.4)
+                # long enough that the frame below lands first even on a loaded machine
+                fake.late("/fapi/v3/positionRisk", 1.5)
                 await fake.set_position("BTCUSDT", 1.0, 60_000.0)  # a trigger: re-read
                 async with asyncio.timeout(5):
                     while fake.count("/fapi/v3/positionRisk") == reads:  # noqa: ASYNC110
                         await asyncio.sleep(0.005)
+                n = len([e for e in recorder.events if isinstance(e, AccountUpdate)])
                 # the read has its answer (mark 60 000); the mark now moves on the stream
                 await fake.push_mark("BTCUSDT", 59_000.0)
                 await recorder.until(
-                    lambda: any(
-                        isinstance(e, PriceTick) and e.mark_price == 59_000.0
-                        for e in recorder.events
-                    )
-                )
-                n = len([e for e in recorder.events if isinstance(e, AccountUpdate)])
-                await recorder.until(
                     lambda: len([e for e in recorder.events if isinstance(e, AccountUpdate)]) > n
                 )
-                late = [e for e in recorder.events if isinstance(e, AccountUpdate)][-1]
+                late = [e for e in recorder.events if isinstance(e, AccountUpdate)][n]
                 assert dict(late.marks)[BTC] == 60_000.0  # the read carried the older mark
                 tick = next(
                     e
                     for e in recorder.events
                     if isinstance(e, PriceTick) and e.mark_price == 59_000.0
                 )
+                # the frame was taken in while the read was still out
+                assert recorder.events.index(tick) < recorder.events.index(late)
                 assert tick.ts > late.ts  # venue time of the frame after the read was sent
                 await recorder.until(
                     lambda: recorder.reports[-1].positions[0].mark_price == 59_000.0

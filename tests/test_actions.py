@@ -27,6 +27,7 @@ from monitor.core.plan import (
 )
 from monitor.core.stress import minimal_reduction, reduced
 from monitor.errors import UserError
+from monitor.protect.sink import action_severity
 from monitor.venues.orders import client_order_id, order_params
 from tests.strategies import accounts
 
@@ -407,3 +408,32 @@ class TestSettingsSection:
         assert actions.enabled is False
         assert actions.simulated is True
         assert actions.stop_loss.enabled is False
+
+
+class TestActionSeverity:
+    """The alert level the actions sink reports a disabled protection at (protect/sink.py)."""
+
+    @pytest.mark.parametrize(
+        ("action_level", "severity"),
+        [
+            ('"warning"', "warning"),
+            ('"critical"', "critical"),
+            ('"emergency"', "emergency"),
+            ("0.3", "warning"),
+            ("0.5", "warning"),
+            ("0.69", "warning"),
+            ("0.7", "critical"),
+            ("0.9", "emergency"),
+        ],
+    )
+    def test_severity_is_the_level_of_the_action_ratio(
+        self, tmp_path: Path, action_level: str, severity: str
+    ) -> None:
+        """Test that the severity is the alert level the action ratio sits at, warning at least."""
+        path = tmp_path / "actions.toml"
+        path.write_text(
+            '[[accounts]]\nname = "demo"\nexchange = "sim"\n'
+            "[alerts]\nwarning = 0.5\ncritical = 0.7\nemergency = 0.85\n"
+            f"[actions]\naction_level = {action_level}\ntarget_ratio = 0.2\n"
+        )
+        assert action_severity(load_settings(path)) == severity

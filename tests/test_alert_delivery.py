@@ -32,7 +32,7 @@ from monitor.core.plan import plan_step
 from monitor.daemon import supervisor
 from monitor.daemon.supervisor import run_daemon
 from monitor.daemon.wiring import build_sinks
-from monitor.protect import sink as protect_sink
+from monitor.protect import notes as protect_notes
 from monitor.protect.sink import HANDOVER_TIMEOUT, ActionsSink
 from monitor.sink import Sink
 from monitor.sources.sim import SimVenue
@@ -343,7 +343,7 @@ class TestActionState:
         assert fired[1] is not None
         assert fired[1].startswith("would reduce (dry run): sell ")
         assert "reduce-only, toward 40.0%" in fired[1]
-        await actions.executors["demo"].on_report(margin.report(venue.snapshot()), 1001.5)
+        await actions.executors["demo"].step(margin.report(venue.snapshot()), 1001.5)
         assert actions.executors["demo"].state.episode is not None  # the dry-run step ran
         await tell(calm, 1002.0)
         _, resolved = actions_of_queue()
@@ -366,7 +366,7 @@ class TestActionState:
             plans.append(args[4])  # `now`: which report was planned
             return plan_step(*args, **kwargs)
 
-        monkeypatch.setattr(protect_sink, "plan_step", counted)
+        monkeypatch.setattr(protect_notes, "plan_step", counted)
         calm, crashed = SimVenue("demo").snapshot(), venue.snapshot()
         # the crash's shock solve: 3 % from liquidation raises the shock rule too
         for snapshot, now, shock in (

@@ -81,7 +81,6 @@ class TestBuildMessage:
         )
         assert m.duration == 2.5
         assert m.action == "would reduce S4 by 0.5"
-        assert m.shock == 0.05
 
     def test_json_round_trip_with_infinity(self) -> None:
         """Test that an infinite ratio survives the outbox as the string "inf", strict JSON."""

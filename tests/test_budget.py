@@ -208,7 +208,7 @@ class TestProtectiveStepThroughCcxt:
             fake.add_route("GET", "/fapi/v3/account", fake.private(seen_account))
             ex = _executor(src, tmp_path)
             start = len(fake.requests)
-            plan = await asyncio.wait_for(ex.on_report(report(before), 0.0), 10)
+            plan = await asyncio.wait_for(ex.step(report(before), 0.0), 10)
             assert plan is not None
             assert plan.orders
             assert len(book.orders) == 1
@@ -248,7 +248,7 @@ class TestProtectiveStepThroughCcxt:
                     await asyncio.sleep(0.01)
             queued = bucket.waiting
             ex = _executor(src, tmp_path)
-            plan = await asyncio.wait_for(ex.on_report(report(before), 0.0), 10)
+            plan = await asyncio.wait_for(ex.step(report(before), 0.0), 10)
             assert plan is not None
             assert len(book.orders) == 1
             # the polls queued before the step are still queued: the order went ahead of them

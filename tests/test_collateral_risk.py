@@ -20,7 +20,8 @@ from monitor.core.alert_state import AlertEvent
 from monitor.core.collateral_risk import collateral_risk, describe, fall_to_liquidation
 from monitor.core.margin import report as margin
 from monitor.core.model import AccountSnapshot, Collateral, Position, VenueMargin, base_asset
-from monitor.snapshot import parse_snapshot, report_to_dict, snapshot_to_dict
+from monitor.report_json import report_to_dict, snapshot_to_dict
+from monitor.snapshot import parse_snapshot
 from tests.strategies import accounts
 
 BTC = "BTC/USDT:USDT"

@@ -14,10 +14,9 @@ import pytest
 
 from monitor.core.margin import report as margin
 from monitor.core.model import AccountUpdate, Collateral, CollateralTier, PriceTick
-from monitor.snapshot import parse_snapshot, report_to_dict, snapshot_to_dict
+from monitor.report_json import report_to_dict, snapshot_to_dict
+from monitor.snapshot import parse_snapshot
 from monitor.sources.collateral_rules import (
-    AssetRule,
-    CollateralRules,
     CollateralRulesReader,
     apply_rules,
     rules_from_dict,
@@ -25,9 +24,9 @@ from monitor.sources.collateral_rules import (
     venue_margin,
 )
 from monitor.sources.exchange import ExchangeSource
-from monitor.sources.normalize import VenueFigures
 from monitor.sources.sim import SimVenue
 from monitor.sources.sim_book import DEMO_BOOK
+from monitor.venues.base import AssetRule, CollateralRules, VenueFigures
 from tests.fakes import bitget, bybit, okx
 from tests.fakes.account import EventTap, account_for
 from tests.fakes.base import FakeVenue

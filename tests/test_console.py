@@ -146,8 +146,8 @@ class TestAlertSurface:
         sink.alerts = alerts
         report, snapshot = _report_of_sim()
         await sink.on_report("demo", report, snapshot, 1000.0)
-        down = SourceDown("main", "AuthenticationError: invalid API key", 1000.0)
-        stale = SourceStale("demo", "prices", 34.0, 1000.0)
+        down = SourceDown("main", "AuthenticationError: invalid API key")
+        stale = SourceStale("demo", "prices", 34.0)
         for event in (down, stale):
             await alerts.on_event(event)
             await sink.on_event(event)
@@ -156,7 +156,7 @@ class TestAlertSurface:
         assert "main  CRITICAL  source down: AuthenticationError: invalid API key" in text
         assert "spare  OK  source waiting: no data yet" in text
         assert text.splitlines()[0].startswith("CRITICAL  main: source down (Authentication")
-        up = SourceUp("demo", "prices", 1001.0)
+        up = SourceUp("demo", "prices")
         await alerts.on_event(up)
         await sink.on_event(up)
         text = _text(sink)

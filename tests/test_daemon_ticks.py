@@ -7,12 +7,15 @@ import asyncio
 import itertools
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from monitor.alerts.sink import build_alerts_sink
 from monitor.config.settings import AlertsSettings, load_settings
+from monitor.core import rules
 from monitor.core.margin import report as margin
 from monitor.core.margin.ledger import Ledger
 from monitor.core.model import (
@@ -23,7 +26,7 @@ from monitor.core.model import (
     Position,
     PriceTick,
 )
-from monitor.core.rules import AlertConfig
+from monitor.core.rules import RULE_MARGIN, AlertConfig
 from monitor.core.shock_schedule import ShockScheduler
 from monitor.core.state import apply, initial_state
 from monitor.daemon.loop import AccountLoop, ShockSolver
@@ -150,6 +153,40 @@ class TestThresholdCrossing:
         assert loop.urgent_reports == 1
 
 
+class TestRatioLevelAndAlertLevel:
+    async def test_hold_for_delays_the_alert_not_the_ratio_level(self, tmp_path: Path) -> None:
+        """Test that with hold_for > 0 a crossing tick still reports at once and moves the
+        ratio level (on_level), while the margin alert, on the same reports, stays at ok and
+        fires only once the hold has passed."""
+        recorder = _Recorder()
+        settings = load_settings(None, shock_interval=3600.0, alerts={"hold_for": 600.0})
+        config = settings.alerts.to_config()
+        alerts = build_alerts_sink(tmp_path, config, None, None)
+        source = _Script(recorder, [_tick(50_300.0)], _book())  # ratio 0.67: warning
+        (loop,) = await run_daemon(
+            settings,
+            [],
+            [recorder, alerts],
+            sources=[source],
+            finite=True,
+            handle_signals=False,
+            duration=30,
+        )
+        assert source.seen == [(1, 50_300.0)]  # reported while the tick was handled
+        assert recorder.levels == [("ok", "warning")]
+        assert loop.ratio_level == "warning"
+        state = alerts.pipeline.state
+        held = state.alert("burst", RULE_MARGIN)
+        assert (held.level, held.pending_level) == ("ok", "warning")
+        assert alerts.pipeline.level("burst") == "ok"
+        assert held.pending_since is not None
+        _, events = rules.tick(state, held.pending_since + 599.0, config)
+        assert [e for e in events if e.rule == RULE_MARGIN] == []
+        _, events = rules.tick(state, held.pending_since + 600.0, config)
+        fired = [(e.kind, e.level) for e in events if e.rule == RULE_MARGIN]
+        assert fired == [("firing", "warning")]
+
+
 class TestLedgerAgreesWithTheState:
     @settings(max_examples=150, deadline=None)
     @given(accounts(), st.data())
@@ -272,6 +309,37 @@ class TestReportSpacing:
         """Test that a negative spacing is a one-line settings error naming the field."""
         with pytest.raises(UserError, match=r"report_spacing must be 0 or more"):
             load_settings(None, report_spacing=-1)
+
+
+class _NoTicks(_Recorder):
+    """A recorder that declares it has nothing to do with ticks."""
+
+    name = "no-ticks"
+    ticks = False
+
+
+class TestSinkEvents:
+    async def test_a_sink_without_ticks_hears_every_other_event(self) -> None:
+        """Test that `ticks = False` keeps PriceTicks from a sink's on_event, and only them:
+        reads, and the reports built on the ticks, still reach it."""
+        every, no_ticks = _Recorder(), _NoTicks()
+        book = _book()
+        read = AccountUpdate("burst", book.positions, book.collateral, 5e9)
+        script: list[Event | None] = [_tick(59_000.0), _tick(58_000.0), read]
+        source = _Script(every, script, book)
+        settings = load_settings(None, shock_interval=3600.0)
+        await run_daemon(
+            settings,
+            [],
+            [every, no_ticks],
+            sources=[source],
+            finite=True,
+            handle_signals=False,
+            duration=30,
+        )
+        assert [type(e) for e in every.events] == [PriceTick, PriceTick, AccountUpdate]
+        assert no_ticks.events == [read]
+        assert [r.margin_ratio for r in no_ticks.reports] == [r.margin_ratio for r in every.reports]
 
 
 class TestStopLeftoverTasks:

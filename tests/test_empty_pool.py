@@ -26,6 +26,7 @@ from rich.console import Console
 
 from monitor.channels.console import ConsoleSink
 from monitor.channels.mqtt_payloads import state_payload
+from monitor.config.monitoring import MetricsSettings
 from monitor.config.settings import load_settings
 from monitor.core import stress
 from monitor.core.alert_state import RulesState
@@ -37,8 +38,8 @@ from monitor.core.plan import ActionHistory, ActionPolicy, MarketRules, plan_ste
 from monitor.core.rules import AlertConfig, evaluate, shock_fraction
 from monitor.daemon.supervisor import run_daemon
 from monitor.daemon.wiring import build_sinks
-from monitor.ops.metrics import MetricsSettings, MetricsSink
-from monitor.snapshot import report_to_dict
+from monitor.ops.metrics import MetricsSink
+from monitor.report_json import report_to_dict
 from monitor.sources.normalize import venue_figures
 from tests.mqtt_broker import Mosquitto, collecting
 from tests.strategies import accounts
@@ -163,7 +164,6 @@ class TestLedger:
         for price in (59_000.0, 55_000.0, 40_000.0):
             assert ledger.tick(BTC, price)
             assert ledger.ratio() == 0.0
-            assert ledger.summary().margin_ratio == 0.0
 
 
 class TestShock:
@@ -343,7 +343,7 @@ class TestDaemonSurfaces:
             )
             await sub.wait_for(lambda: len(sub.on(f"{prefix}/iso/state")) >= 1)
         assert loops[0].events == 40
-        assert loops[0].level == "ok"
+        assert loops[0].ratio_level == "ok"
         assert sub.on(f"{prefix}/iso/alert") == []
         state = json.loads(sub.on(f"{prefix}/iso/state")[-1].payload)  # type: ignore[arg-type]
         assert (state["margin_ratio"], state["liquidated"], state["level"]) == (0.0, False, "ok")

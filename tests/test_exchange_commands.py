@@ -111,6 +111,24 @@ class TestSnapshotCommand:
         )
         assert binance.SECRET not in out.read_text(encoding="utf-8")
 
+    async def test_unwritable_output_is_one_line(
+        self,
+        binance_fake: binance.FakeBinanceUsdm,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """Test that an -o path that cannot be written is one line naming it and why."""
+        config = write_config(tmp_path / "live.toml", "main", binance_fake)
+        set_keys(monkeypatch, "main", binance.API_KEY, binance.SECRET)
+        out = tmp_path / "a-directory"
+        out.mkdir()
+        args = ["snapshot", "--config", str(config), "--account", "main", "-o", str(out)]
+        code = await asyncio.to_thread(main, args)
+        assert code == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"margin-monitor: -o {out}: cannot write (is a directory)"
+
     async def test_unknown_account_is_one_line(
         self,
         binance_fake: binance.FakeBinanceUsdm,

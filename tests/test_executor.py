@@ -31,7 +31,8 @@ from monitor.daemon.supervisor import run_daemon
 from monitor.daemon.wiring import build_sinks
 from monitor.protect.audit import ActionHooks
 from monitor.protect.executor import Executor
-from monitor.protect.sink import ActionsSink
+from monitor.protect.notes import ActionNotes
+from monitor.protect.sink import ActionsSink, action_hooks
 from monitor.protect.state import AccountLock
 from monitor.protect.switches import ActionSwitches
 from monitor.sink import Sink
@@ -39,7 +40,7 @@ from monitor.sources.exchange import ExchangeSource
 from monitor.sources.sim import SimVenue
 from monitor.sources.sim_book import DEMO_BOOK, selloff_keyframes
 from monitor.store import Store
-from monitor.venues import errors as venue_errors
+from tests.desks import BTC, DESKS, Desk, open_desk
 from tests.fakes.account import account_for
 from tests.fakes.binance import (
     API_KEY,
@@ -56,7 +57,6 @@ from tests.fakes.bybit_orders import BybitOrders
 from tests.fakes.bybit_orders import install_orders as install_bybit_orders
 from tests.mqtt_broker import Mosquitto, collecting
 
-BTC = "BTC/USDT:USDT"
 ORDER = "/fapi/v1/order"
 
 
@@ -109,6 +109,9 @@ def _executor(
     live: bool = True,
     venue: str | None = "binanceusdm",
     switches: ActionSwitches | None = None,
+    hooks: ActionHooks | None = None,
+    fresh_read: Any = None,
+    action_ratio: float = 0.7,
     **settings: Any,
 ) -> Executor:
     base: dict[str, Any] = {
@@ -121,14 +124,14 @@ def _executor(
     return Executor(
         "acct",
         src,
-        src.fetch_snapshot,
+        fresh_read or src.fetch_snapshot,
         settings=ActionsSettings(**base),
-        action_ratio=0.7,
+        action_ratio=action_ratio,
         state_dir=state_dir,
         live=live,
         venue=venue,
         switches=switches,
-        hooks=ActionHooks(audit=trail.audit, alert=trail.alert),
+        hooks=hooks or ActionHooks(audit=trail.audit, alert=trail.alert),
     )
 
 
@@ -136,88 +139,233 @@ async def _report(src: Any) -> MarginReport:
     return report(await src.fetch_snapshot())
 
 
-class TestBinanceOneWay:
-    """Binance USDⓈ-M one-way mode through ccxt's create_order."""
+@pytest.fixture(params=DESKS)
+async def desk(request: pytest.FixtureRequest) -> AsyncIterator[Desk]:
+    """The account of the order-path tests on each desk: 2 BTC long at 60k, ratio 0.786."""
+    async with open_desk(request.param, wallet=700.0, btc=2.0) as opened:
+        yield opened
 
-    async def test_fill_brings_the_ratio_to_target(
+
+def _on(desk: Desk, state_dir: Path, trail: Trail, **kw: Any) -> Executor:
+    """An executor trading on `desk`, reading fresh through it (counted)."""
+    return _executor(
+        desk.desk, state_dir, trail, venue=desk.venue, fresh_read=desk.fresh_read, **kw
+    )
+
+
+def _safe(desk: Desk) -> None:
+    """Every order the venue executed closed part of a position, never more than it held
+    when the order arrived (a refused one did not move money)."""
+    for order in (o for o in desk.arrived() if o.accepted):
+        assert not order.increases, order
+        assert not order.oversize, order
+
+
+class TestOrderPath:
+    """The executor's order paths, the same on the ccxt venue and on the sim (OrderDesk)."""
+
+    async def test_fill_brings_the_ratio_to_target(self, desk: Desk, tmp_path: Path) -> None:
+        """Test that a critical account gets one reduce-only order on the market's step,
+        under its client id, and ends at the target."""
+        trail = Trail()
+        plan = await _on(desk, tmp_path, trail).step(await _report(desk.desk), 1_000.0)
+        assert plan is not None
+        (order,) = desk.arrived()
+        assert order.accepted
+        assert order.reduce_only
+        assert (order.symbol, order.side) == (BTC, "sell")
+        assert order.amount <= 2.0
+        assert float(desk.desk.amount_to_precision(BTC, order.amount)) == order.amount
+        assert order.client_id == trail.of("sent")[0]["client_id"]
+        assert trail.kinds() == ["planned", "sent", "filled", "result"]
+        result = trail.of("result")[0]
+        assert result["improved"] is True
+        assert result["reached"] is True
+        assert (await _report(desk.desk)).margin_ratio <= 0.4
+        _safe(desk)
+
+    async def test_capped_steps_continue_until_the_target(self, desk: Desk, tmp_path: Path) -> None:
+        """Test that capped steps go on below the action level until the target, then stop."""
+        trail = Trail()
+        ex = _on(desk, tmp_path, trail, max_fraction_per_step=0.25, cooldown=10.0)
+        now = 1_000.0
+        await ex.step(await _report(desk.desk), now)
+        assert 0.4 < (await _report(desk.desk)).margin_ratio < 0.7  # under the level
+        assert await ex.step(await _report(desk.desk), now + 5) is None  # cooldown
+        for _ in range(6):
+            now += 10
+            await ex.step(await _report(desk.desk), now)
+        assert (await _report(desk.desk)).margin_ratio <= 0.4
+        assert 2 <= len(desk.arrived()) <= 6
+        assert trail.kinds()[-1] == "resolved"
+        held = 2.0
+        for order in desk.arrived():
+            assert order.amount <= 0.25 * held + 1e-9
+            held -= order.amount
+        _safe(desk)
+
+    async def test_amount_is_truncated_to_the_market_step(self, desk: Desk, tmp_path: Path) -> None:
+        """Test that a capped amount off the market's step (a third of 2 BTC) goes out
+        truncated to the step the desk reports (0.001), never rounded up past the cap."""
+        trail = Trail()
+        ex = _on(desk, tmp_path, trail, max_fraction_per_step=1 / 3)
+        await ex.step(await _report(desk.desk), 1_000.0)
+        (order,) = desk.arrived()
+        assert order.amount == pytest.approx(0.666, abs=1e-12)
+        assert desk.desk.amount_to_precision(BTC, order.amount) == "0.666"
+        assert trail.of("filled")[0]["filled"] == pytest.approx(0.666, abs=1e-12)
+        _safe(desk)
+
+    async def test_acts_on_the_fresh_read_not_the_stale_report(
+        self, desk: Desk, tmp_path: Path
+    ) -> None:
+        """Test that a position shrunk since the report is re-read and never over-sold."""
+        stale = await _report(desk.desk)
+        desk.hand_position(0.5)  # closed by hand meanwhile
+        desk.hand_wallet(120.0)  # still critical on the fresh read
+        await _on(desk, tmp_path, Trail()).step(stale, 1_000.0)
+        (order,) = desk.arrived()
+        assert order.amount <= 0.5
+        _safe(desk)
+
+    async def test_rejection_alerts_and_halts_without_retry(
+        self, desk: Desk, tmp_path: Path
+    ) -> None:
+        """Test that a rejection alerts, halts the next reports, and a restart clears it."""
+        desk.refuse_next("margin")
+        trail = Trail()
+        ex = _on(desk, tmp_path, trail)
+        await ex.step(await _report(desk.desk), 1_000.0)
+        (rejected,) = trail.of("rejected")
+        assert "InsufficientFunds" in rejected["error"]
+        assert any("rejected by the venue" in a for a in trail.alerts)
+        await ex.step(await _report(desk.desk), 1_010.0)
+        assert len(desk.arrived()) == 1
+        assert trail.of("skipped")[-1]["reason"].startswith("halted")
+        ex.close()
+        restarted = _on(desk, tmp_path, Trail())  # a person fixed it and restarted
+        await restarted.step(await _report(desk.desk), 1_020.0)
+        assert len(desk.arrived()) == 2
+        restarted.close()
+        _safe(desk)
+
+    async def test_reduce_only_refusal_is_an_invalid_order(
+        self, desk: Desk, tmp_path: Path
+    ) -> None:
+        """Test that the venue's reduce-only refusal (Binance -2022; on the sim, the position
+        closed by hand as the order lands) is audited as InvalidOrder and never retried."""
+        desk.refuse_next("reduce_only")
+        trail = Trail()
+        ex = _on(desk, tmp_path, trail)
+        await ex.step(await _report(desk.desk), 1_000.0)
+        assert "InvalidOrder" in trail.of("rejected")[0]["error"]
+        await ex.step(await _report(desk.desk), 1_010.0)
+        assert [o.accepted for o in desk.arrived()] == [False]
+        _safe(desk)
+
+    async def test_lost_answer_is_found_by_client_id_not_resent(
+        self, desk: Desk, tmp_path: Path
+    ) -> None:
+        """Test that an order whose answer was lost is found by its client id in the same
+        step and followed, never sent a second time."""
+        desk.set_timeout(0.3)
+        desk.lose_next_answer()
+        trail = Trail()
+        ex = _on(desk, tmp_path, trail)
+        try:
+            await ex.step(await _report(desk.desk), 1_000.0)
+        finally:
+            ex.close()
+        assert trail.kinds() == ["planned", "sent", "filled", "result"]
+        assert desk.lookups() >= 1  # found by its client id, after the answer was lost
+        (order,) = desk.arrived()
+        assert trail.of("filled")[0]["client_id"] == order.client_id
+        _safe(desk)
+
+    async def test_timeout_after_accept_then_restart_sends_no_second_order(
+        self, desk: Desk, tmp_path: Path
+    ) -> None:
+        """Test that a lost answer is found by client id on restart and never re-sent."""
+        desk.set_timeout(0.3)
+        desk.lose_next_answer()  # the venue fills, the answer never comes back in time
+        trail = Trail()
+        first = _on(desk, tmp_path, trail)
+        try:
+            step = asyncio.create_task(first.step(await _report(desk.desk), 1_000.0))
+            await desk.order_arrived()
+            desk.fail_lookups(5)  # and every lookup by client id fails as well
+            await step
+        finally:
+            first.close()
+        assert trail.kinds() == ["planned", "sent", "unconfirmed"]
+        assert any("not re-sent" in a for a in trail.alerts)
+        desk.link_ok()
+        trail2 = Trail()
+        restarted = _on(desk, tmp_path, trail2)
+        try:
+            await restarted.step(await _report(desk.desk), 2_000.0)
+        finally:
+            restarted.close()
+        cids = [o.client_id for o in desk.arrived()]
+        assert len(cids) == len(set(cids)) == 1  # the same client id never went out twice
+        assert trail2.of("recovered")[0]["status"] == "closed"
+        assert (await _report(desk.desk)).margin_ratio <= 0.4
+        _safe(desk)
+
+    async def test_position_below_minimum_is_flagged_once_not_polled(
+        self, desk: Desk, tmp_path: Path
+    ) -> None:
+        """Test that an unreducible position raises one alert and is not re-read every tick."""
+        desk.hand_position(0.0005)  # below the minimum amount 0.001
+        desk.hand_wallet(0.15)
+        trail = Trail()
+        ex = _on(desk, tmp_path, trail)
+        rep = await _report(desk.desk)
+        assert rep.margin_ratio >= 0.7
+        reads = desk.reads
+        plan = await ex.step(rep, 1_000.0)
+        assert plan is not None
+        assert plan.flags
+        assert await ex.step(rep, 1_001.0) is None  # quiet: no second fresh read
+        assert desk.reads == reads + 1
+        assert desk.arrived() == []
+        assert len(trail.alerts) == 1
+        assert "minimum" in trail.alerts[0]
+
+
+class TestBinanceWire:
+    """What ccxt puts on the wire to Binance USDⓈ-M, and what only a ccxt venue does."""
+
+    async def test_one_way_order_is_a_reduce_only_market_order_with_client_id(
         self, venue: tuple[FakeBinanceUsdm, BinanceOrders], tmp_path: Path
     ) -> None:
-        """Test that a critical account gets one reduce-only market order and ends at target."""
+        """Test that one-way mode sends MARKET, SELL, reduceOnly, no positionSide, the id."""
         fake, book = venue
         src = await _source(fake)
         trail = Trail()
         try:
-            ex = _executor(src, tmp_path, trail)
-            plan = await ex.on_report(await _report(src), 1_000.0)
-            assert plan is not None
+            await _executor(src, tmp_path, trail).step(await _report(src), 1_000.0)
             (sent,) = book.received
             assert sent["reduceOnly"] == "true"
             assert sent["side"] == "SELL"
             assert sent["type"] == "MARKET"
             assert "positionSide" not in sent
-            assert float(sent["quantity"]) <= 2.0
             assert sent["newClientOrderId"] == trail.of("sent")[0]["client_id"]
-            assert trail.kinds() == ["planned", "sent", "filled", "result"]
-            result = trail.of("result")[0]
-            assert result["improved"] is True
-            assert result["reached"] is True
-            assert (await _report(src)).margin_ratio <= 0.4
-        finally:
-            await src.close()
-
-    async def test_capped_steps_continue_until_the_target(
-        self, venue: tuple[FakeBinanceUsdm, BinanceOrders], tmp_path: Path
-    ) -> None:
-        """Test that capped steps go on below the action level until the target, then stop."""
-        fake, book = venue
-        src = await _source(fake)
-        trail = Trail()
-        try:
-            ex = _executor(src, tmp_path, trail, max_fraction_per_step=0.25, cooldown=10.0)
-            now = 1_000.0
-            await ex.on_report(await _report(src), now)
-            assert 0.4 < (await _report(src)).margin_ratio < 0.7  # under the level, over target
-            assert await ex.on_report(await _report(src), now + 5) is None  # cooldown
-            for _ in range(6):
-                now += 10
-                await ex.on_report(await _report(src), now)
-            assert (await _report(src)).margin_ratio <= 0.4
-            assert 2 <= len(book.received) <= 6
-            assert trail.kinds()[-1] == "resolved"
-            held = 2.0
-            for sent in book.received:
-                assert float(sent["quantity"]) <= 0.25 * held + 1e-9
-                held -= float(sent["quantity"])
-        finally:
-            await src.close()
-
-    async def test_acts_on_the_fresh_read_not_the_stale_report(
-        self, venue: tuple[FakeBinanceUsdm, BinanceOrders], tmp_path: Path
-    ) -> None:
-        """Test that a position shrunk since the report is re-read and never over-sold."""
-        fake, book = venue
-        src = await _source(fake)
-        trail = Trail()
-        try:
-            stale = await _report(src)
-            fake.account.positions[("BTCUSDT", "BOTH")].amount = 0.5  # closed by hand meanwhile
-            fake.account.wallet = 120.0  # still critical on the fresh read
-            await _executor(src, tmp_path, trail).on_report(stale, 1_000.0)
-            (sent,) = book.received
-            assert float(sent["quantity"]) <= 0.5
         finally:
             await src.close()
 
     async def test_partial_fill_is_cancelled_after_the_timeout(
         self, venue: tuple[FakeBinanceUsdm, BinanceOrders], tmp_path: Path
     ) -> None:
-        """Test that a half-filled order is cancelled at order_timeout and audited as partial."""
+        """Test that a half-filled order is cancelled at order_timeout and audited as partial.
+
+        ccxt only: the sim fills a market order in full or refuses it."""
         fake, book = venue
         book.fill_fraction = 0.5
         src = await _source(fake)
         trail = Trail()
         try:
-            await _executor(src, tmp_path, trail, order_timeout=0.3).on_report(
+            await _executor(src, tmp_path, trail, order_timeout=0.3).step(
                 await _report(src), 1_000.0
             )
             (partial,) = trail.of("partial")
@@ -226,106 +374,6 @@ class TestBinanceOneWay:
             assert fake.count(ORDER) >= 1
             assert [o["status"] for o in book.orders.values()] == ["CANCELED"]
             assert len(book.received) == 1  # never topped up by a second order in the step
-        finally:
-            await src.close()
-
-    async def test_rejection_alerts_and_halts_without_retry(
-        self, venue: tuple[FakeBinanceUsdm, BinanceOrders], tmp_path: Path
-    ) -> None:
-        """Test that a rejection alerts, halts the next reports, and a restart clears it."""
-        fake, book = venue
-        book.reject = (-2019, "Margin is insufficient.")
-        src = await _source(fake)
-        trail = Trail()
-        try:
-            ex = _executor(src, tmp_path, trail)
-            await ex.on_report(await _report(src), 1_000.0)
-            (rejected,) = trail.of("rejected")
-            assert "InsufficientFunds" in rejected["error"]
-            assert any("rejected by the venue" in a for a in trail.alerts)
-            await ex.on_report(await _report(src), 1_010.0)
-            assert len(book.received) == 1
-            assert trail.of("skipped")[-1]["reason"].startswith("halted")
-            ex.close()
-            restarted = _executor(src, tmp_path, Trail())  # a person fixed it and restarted
-            await restarted.on_report(await _report(src), 1_020.0)
-            assert len(book.received) == 2
-            restarted.close()
-        finally:
-            await src.close()
-
-    async def test_reduce_only_rejection_maps_to_invalid_order(
-        self, venue: tuple[FakeBinanceUsdm, BinanceOrders], tmp_path: Path
-    ) -> None:
-        """Test that Binance -2022 (reduce-only rejected) is audited as InvalidOrder."""
-        fake, book = venue
-        book.reject = (-2022, "ReduceOnly Order is rejected.")
-        src = await _source(fake)
-        trail = Trail()
-        try:
-            await _executor(src, tmp_path, trail).on_report(await _report(src), 1_000.0)
-            assert "InvalidOrder" in trail.of("rejected")[0]["error"]
-        finally:
-            await src.close()
-
-    async def test_timeout_after_accept_then_restart_sends_no_second_order(
-        self, venue: tuple[FakeBinanceUsdm, BinanceOrders], tmp_path: Path
-    ) -> None:
-        """Test that a lost answer is found by client id on restart and never re-sent."""
-        fake, book = venue
-        book.lose_response = True  # the venue fills, the answer never comes back in time
-        book.lose_for = 1.5
-        src = await _source(fake, timeout_ms=300)
-        trail = Trail()
-        first = _executor(src, tmp_path, trail)
-        try:
-            step = asyncio.create_task(first.on_report(await _report(src), 1_000.0))
-            await book.arrived.wait()
-            fake.fail(ORDER, 500, "", times=5)  # and every lookup by client id fails as well
-            fake.fail("/fapi/v1/openOrders", 500, "", times=5)
-            await step
-        finally:
-            first.close()
-        assert trail.kinds() == ["planned", "sent", "unconfirmed"]
-        assert any("not re-sent" in a for a in trail.alerts)
-        book.lose_response = False
-        fake.clear_faults()
-        trail2 = Trail()
-        try:
-            restarted = _executor(src, tmp_path, trail2)
-            await restarted.on_report(await _report(src), 2_000.0)
-            restarted.close()
-            posts = [r for r in book.received if "newClientOrderId" in r]
-            cids = [r["newClientOrderId"] for r in posts]
-            assert len(cids) == len(set(cids))  # the same client id never went out twice
-            assert len(posts) == 1
-            assert trail2.of("recovered")[0]["status"] == "closed"
-            assert (await _report(src)).margin_ratio <= 0.4
-        finally:
-            await src.close()
-
-    async def test_position_below_minimum_is_flagged_once_not_polled(
-        self, venue: tuple[FakeBinanceUsdm, BinanceOrders], tmp_path: Path
-    ) -> None:
-        """Test that an unreducible position raises one alert and is not re-read every tick."""
-        fake, book = venue
-        fake.account.positions[("BTCUSDT", "BOTH")].amount = 0.0005  # below minQty 0.001
-        fake.account.wallet = 0.15
-        src = await _source(fake)
-        trail = Trail()
-        try:
-            ex = _executor(src, tmp_path, trail)
-            rep = await _report(src)
-            assert rep.margin_ratio >= 0.7
-            reads = fake.count("/fapi/v3/positionRisk")
-            plan = await ex.on_report(rep, 1_000.0)
-            assert plan is not None
-            assert plan.flags
-            assert await ex.on_report(rep, 1_001.0) is None  # quiet: no second fresh read
-            assert fake.count("/fapi/v3/positionRisk") == reads + 1
-            assert book.received == []
-            assert len(trail.alerts) == 1
-            assert "minimum" in trail.alerts[0]
         finally:
             await src.close()
 
@@ -348,7 +396,7 @@ class TestBinanceHedgeMode:
         async with fake:
             src = await _source(fake)
             try:
-                await _executor(src, tmp_path, trail).on_report(await _report(src), 1_000.0)
+                await _executor(src, tmp_path, trail).step(await _report(src), 1_000.0)
             finally:
                 await src.close()
         assert book.received
@@ -359,27 +407,17 @@ class TestBinanceHedgeMode:
 
 
 class TestSwitchesAndLock:
-    async def test_dry_run_sends_nothing(
-        self, venue: tuple[FakeBinanceUsdm, BinanceOrders], tmp_path: Path
-    ) -> None:
+    async def test_dry_run_sends_nothing(self, desk: Desk, tmp_path: Path) -> None:
         """Test that actions.enabled = false audits 'would_have' and sends no order."""
-        fake, book = venue
-        src = await _source(fake)
         trail = Trail()
-        try:
-            await _executor(src, tmp_path, trail, live=False).on_report(await _report(src), 1_000.0)
-        finally:
-            await src.close()
-        assert book.received == []
+        await _on(desk, tmp_path, trail, live=False).step(await _report(desk.desk), 1_000.0)
+        assert desk.arrived() == []
         (would,) = trail.of("would_have")
         assert "dry run" in would["reason"]
 
     @pytest.mark.parametrize("how", ["file", "account_file", "command", "config"])
-    async def test_kill_switches_stop_orders(
-        self, venue: tuple[FakeBinanceUsdm, BinanceOrders], tmp_path: Path, how: str
-    ) -> None:
+    async def test_kill_switches_stop_orders(self, desk: Desk, tmp_path: Path, how: str) -> None:
         """Test that the PAUSE file, the pause command and the config switch each stop orders."""
-        fake, book = venue
         switches = ActionSwitches()
         extra: dict[str, Any] = {}
         if how == "file":
@@ -390,36 +428,24 @@ class TestSwitchesAndLock:
             switches.pause("acct", until=5_000.0)
         else:
             extra["paused"] = True
-        src = await _source(fake)
         trail = Trail()
-        try:
-            await _executor(src, tmp_path, trail, switches=switches, **extra).on_report(
-                await _report(src), 1_000.0
-            )
-        finally:
-            await src.close()
-        assert book.received == []
+        ex = _on(desk, tmp_path, trail, switches=switches, **extra)
+        await ex.step(await _report(desk.desk), 1_000.0)
+        assert desk.arrived() == []
         assert trail.of("would_have")[0]["reason"].startswith(("kill switch", "paused"))
 
-    async def test_two_instances_only_one_acts(
-        self, venue: tuple[FakeBinanceUsdm, BinanceOrders], tmp_path: Path
-    ) -> None:
+    async def test_two_instances_only_one_acts(self, desk: Desk, tmp_path: Path) -> None:
         """Test that a second executor on the same account and state dir sends nothing."""
-        fake, book = venue
-        src = await _source(fake)
         one, two = Trail(), Trail()
-        try:
-            first = _executor(src, tmp_path, one)
-            assert first.lock.acquire()
-            second = _executor(src, tmp_path, two)
-            rep = await _report(src)
-            await asyncio.gather(second.on_report(rep, 1_000.0), first.on_report(rep, 1_000.0))
-            assert len(book.received) == 1
-            assert "writer lock" in two.of("skipped")[0]["reason"]
-            first.close()
-            second.close()
-        finally:
-            await src.close()
+        first = _on(desk, tmp_path, one)
+        assert first.lock.acquire()
+        second = _on(desk, tmp_path, two)
+        rep = await _report(desk.desk)
+        await asyncio.gather(second.step(rep, 1_000.0), first.step(rep, 1_000.0))
+        assert len(desk.arrived()) == 1
+        assert "writer lock" in two.of("skipped")[0]["reason"]
+        first.close()
+        second.close()
 
     def test_lock_is_respected_across_processes(self, tmp_path: Path) -> None:
         """Test that a lock held by another process makes acquire() fail, and frees on exit."""
@@ -480,6 +506,19 @@ async def _until(condition: Any, limit: float = 10.0) -> None:
     raise AssertionError("condition not reached")
 
 
+def _wired(src: ExchangeSource, state_dir: Path, alerts: AlertsSink) -> ActionsSink:
+    """The actions sink of one executor, connected to `alerts` as build_actions_sink does."""
+    notes = ActionNotes()
+    ex = _executor(
+        src,
+        state_dir,
+        Trail(),
+        switches=alerts.switches,
+        hooks=action_hooks(alerts, notes, "critical"),
+    )
+    return ActionsSink({"acct": ex}, alerts=alerts, notes=notes)
+
+
 class TestRejectionAlert:
     """A venue rejection through the daemon's sinks: an alert via the outbox, no retry."""
 
@@ -496,9 +535,8 @@ class TestRejectionAlert:
         src = await _source(fake)
         store = Store(tmp_path / "alerts.sqlite3")
         alerts = AlertsSink(lambda: AlertPipeline(store, AlertConfig(), [_Held()]))
-        ex = _executor(src, tmp_path, Trail())
-        actions = ActionsSink({"acct": ex})
-        actions.attach(alerts)
+        actions = _wired(src, tmp_path, alerts)
+        ex = actions.executors["acct"]
         runner = asyncio.create_task(_serve(actions))
 
         def queued() -> list[tuple[str, str, str]]:
@@ -522,7 +560,7 @@ class TestRejectionAlert:
             ((rule, kind, detail),) = queued()
             assert (rule, kind) == ("action_rejected", "firing")
             assert "InsufficientFunds" in detail
-            assert actions.note("acct") == detail  # the action line of other alerts says so
+            assert actions.notes.note("acct") == detail  # the action line of other alerts says so
             fake.account.wallet = 10_000.0  # a person added margin: back under the target
             await self._feed(actions, src, 1_100.0)
             assert [(r, k) for r, k, _ in queued()] == [
@@ -552,8 +590,7 @@ class TestRejectionAlert:
             {"host": mosquitto.host, "port": mosquitto.port, "prefix": prefix, "timeout": 2.0}
         )
         alerts = build_alerts_sink(tmp_path, AlertConfig(), mqtt, None)
-        actions = ActionsSink({"acct": _executor(src, tmp_path, Trail())})
-        actions.attach(alerts)
+        actions = _wired(src, tmp_path, alerts)
         try:
             async with collecting(mosquitto, [f"{prefix}/acct/alert"]) as sub:
                 runner = asyncio.create_task(_serve(alerts, actions))
@@ -602,68 +639,13 @@ class TestSim:
         )
         rep = report(sim.snapshot())
         assert rep.margin_ratio >= 0.5
-        await ex.on_report(rep, 1_000.0)
+        await ex.step(rep, 1_000.0)
         assert sim.fills >= 1
         kinds = [r.kind for r in store.audit_trail("demo")]
         assert kinds[:2] == ["planned", "sent"]
         assert "filled" in kinds
         assert report(sim.snapshot()).margin_ratio < rep.margin_ratio
         store.close()
-
-    async def test_lost_answer_is_found_by_client_id_not_resent(self, tmp_path: Path) -> None:
-        """Test that on the sim, as on a live venue, an order whose answer was lost is found
-        by its client id (OrderDesk.find_order) and followed, never sent a second time."""
-        m = selloff_keyframes(DEMO_BOOK)[4].m
-        book = replace(
-            DEMO_BOOK,
-            markets=tuple(replace(mk, price0=mk.price0 * m**mk.beta) for mk in DEMO_BOOK.markets),
-        )
-        sim = _LosingSim("demo", SimSettings(scenario="calm"), book=book)
-        trail = Trail()
-        ex = Executor(
-            "demo",
-            sim,
-            sim.fetch_snapshot,
-            settings=ActionsSettings(cooldown=0),
-            action_ratio=0.5,
-            state_dir=tmp_path,
-            live=True,
-            venue="sim",
-            hooks=ActionHooks(audit=trail.audit, alert=trail.alert),
-        )
-        try:
-            rep = report(sim.snapshot())
-            await ex.on_report(rep, 1_000.0)
-        finally:
-            ex.close()
-        assert sim.lost == 1
-        assert "unconfirmed" not in trail.kinds()
-        assert "filled" in trail.kinds()
-        sent = [r["client_id"] for r in trail.of("sent")]
-        assert len(sent) == len(set(sent))  # no client id went out twice
-        assert sim.fills == len(sent)
-        assert report(sim.snapshot()).margin_ratio < rep.margin_ratio
-
-
-class _LosingSim(SimVenue):
-    """The sim, losing the answer to its first order after executing it (a venue timeout)."""
-
-    lost = 0
-
-    async def create_order(  # noqa: PLR0917 - ccxt's positional signature
-        self,
-        symbol: str,
-        type: str,
-        side: str,
-        amount: float,
-        price: float | None = None,
-        params: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        order = await super().create_order(symbol, type, side, amount, price, params)
-        if not self.lost:
-            self.lost += 1
-            raise venue_errors.RequestTimeout("sim: the answer was lost on the way back")
-        return order
 
 
 class TestDaemonDemo:
@@ -744,9 +726,9 @@ class TestBybit:
         """Test that Bybit gets reduceOnly + orderLinkId and the fill is followed to 'closed'."""
         _, book, src = bybit
         trail = Trail()
-        ex = _executor(src, tmp_path, trail, venue="bybit", fee_rate=0.00055)  # Bybit's taker fee
-        ex.policy = replace(ex.policy, action_ratio=0.5)
-        await ex.on_report(await _report(src), 1_000.0)
+        fee = 0.00055  # Bybit's taker fee
+        ex = _executor(src, tmp_path, trail, venue="bybit", fee_rate=fee, action_ratio=0.5)
+        await ex.step(await _report(src), 1_000.0)
         (sent,) = book.received
         assert sent["reduceOnly"] is True
         assert sent["side"] == "Sell"
@@ -762,10 +744,9 @@ class TestBybit:
         _, book, src = bybit
         book.reject = (110017, "current position is zero, cannot fix reduce-only order qty")
         trail = Trail()
-        ex = _executor(src, tmp_path, trail, venue="bybit")
-        ex.policy = replace(ex.policy, action_ratio=0.5)
-        await ex.on_report(await _report(src), 1_000.0)
-        await ex.on_report(await _report(src), 1_010.0)
+        ex = _executor(src, tmp_path, trail, venue="bybit", action_ratio=0.5)
+        await ex.step(await _report(src), 1_000.0)
+        await ex.step(await _report(src), 1_010.0)
         assert len(book.received) == 1
         assert trail.of("rejected")
         assert trail.alerts
@@ -778,9 +759,8 @@ class TestBybit:
         book.lose_response = True  # filled at the venue, the answer comes after the timeout
         src.exchange.timeout = 300
         trail = Trail()
-        ex = _executor(src, tmp_path, trail, venue="bybit")
-        ex.policy = replace(ex.policy, action_ratio=0.5)
-        await ex.on_report(await _report(src), 1_000.0)
+        ex = _executor(src, tmp_path, trail, venue="bybit", action_ratio=0.5)
+        await ex.step(await _report(src), 1_000.0)
         assert len(book.received) == 1
         assert trail.kinds() == ["planned", "sent", "filled", "result"]
         assert trail.of("filled")[0]["order_id"] == next(iter(book.orders))
@@ -800,9 +780,8 @@ class TestBybit:
             try:
                 snap = await src.fetch_snapshot()
                 assert snap.positions[0].hedged
-                ex = _executor(src, tmp_path, trail, venue="bybit")
-                ex.policy = replace(ex.policy, action_ratio=0.5)
-                await ex.on_report(report(snap), 1_000.0)
+                ex = _executor(src, tmp_path, trail, venue="bybit", action_ratio=0.5)
+                await ex.step(report(snap), 1_000.0)
             finally:
                 await src.close()
         (sent,) = book.received

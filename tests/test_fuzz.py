@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, given, settings
 
 from monitor.errors import UserError
 from monitor.snapshot import parse_snapshot
-from monitor.sources.normalize import MalformedPayload, positions_from_ccxt, tiers_from_ccxt
+from monitor.sources.normalize import positions_from_ccxt, tiers_from_ccxt
+from monitor.venues.base import MalformedPayload
 from tests.faults.fuzz_targets import (
     MARKETS,
     ConfigChecker,

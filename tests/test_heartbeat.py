@@ -10,7 +10,8 @@ import pytest
 from aiohttp import web
 from pydantic import SecretStr, ValidationError
 
-from monitor.ops.heartbeat import HeartbeatSettings, HeartbeatSink
+from monitor.config.monitoring import HeartbeatSettings
+from monitor.ops.heartbeat import HeartbeatSink
 
 
 class Receiver:

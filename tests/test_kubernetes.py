@@ -24,11 +24,12 @@ import pytest
 import yaml
 
 from monitor.cli.app import build_parser, main
+from monitor.config.monitoring import MetricsSettings
 from monitor.config.settings import load_settings
 from monitor.daemon.shards import INDEX_ENV, SHARDS_ENV, auto_shard
 from monitor.daemon.supervisor import run_daemon
 from monitor.errors import UserError
-from monitor.ops.metrics import MetricsSettings, MetricsSink
+from monitor.ops.metrics import MetricsSink
 from tests.kustomize import Doc, Unsupported, build
 from tests.test_service import WedgedSink
 

@@ -28,15 +28,13 @@ class TestLedger:
             ledger.tick(p.symbol, price)
             prices[p.symbol] = price
         expected = report(with_prices(s, prices))
-        got = ledger.summary()
+        if math.isfinite(expected.margin_ratio):
+            assert ledger.ratio() == pytest.approx(expected.margin_ratio, rel=1e-6)
+        got = report(ledger.snapshot())
         assert got.margin_balance == pytest.approx(expected.margin_balance, rel=1e-9, abs=1e-6)
+        assert got.initial_margin == pytest.approx(expected.initial_margin, rel=1e-9, abs=1e-6)
         assert got.maintenance_margin == pytest.approx(
             expected.maintenance_margin, rel=1e-9, abs=1e-6
-        )
-        if math.isfinite(expected.margin_ratio):
-            assert got.margin_ratio == pytest.approx(expected.margin_ratio, rel=1e-6)
-        assert report(ledger.snapshot()).margin_balance == pytest.approx(
-            expected.margin_balance, rel=1e-9, abs=1e-6
         )
 
     def test_irrelevant_and_bad_ticks_change_nothing(self) -> None:
@@ -53,8 +51,8 @@ class TestLedger:
         assert not ledger.tick("BTC/USDT:USDT", float("nan"))
         assert not ledger.tick("BTC/USDT:USDT", -1)
         assert ledger.tick("BTC/USDT:USDT", 59_000)
-        assert ledger.summary().margin_balance == pytest.approx(0.0)
-        assert ledger.summary().margin_ratio == math.inf
+        assert ledger.ratio() == math.inf
+        assert report(ledger.snapshot()).margin_balance == pytest.approx(0.0)
 
     def test_collateral_follows_its_market(self) -> None:
         """Test that a BTC/USDT tick re-prices BTC collateral, as a full report would."""
@@ -66,4 +64,6 @@ class TestLedger:
         )
         ledger = Ledger(s)
         ledger.tick("BTC/USDT:USDT", 50_000)
-        assert ledger.summary().margin_balance == pytest.approx(50_000 * 0.9 + 10_000)
+        balance = 50_000 * 0.9 + 10_000
+        assert ledger.ratio() == pytest.approx(50_000 * 0.01 / balance)
+        assert report(ledger.snapshot()).margin_balance == pytest.approx(balance)

@@ -26,7 +26,8 @@ from monitor.core.model import AccountSnapshot, Collateral, Position, Side, Tier
 from monitor.core.stress import shock_to_liquidation, shocked, with_prices
 from monitor.core.venue_rules import rules_for_venue
 from monitor.errors import UserError
-from monitor.snapshot import parse_snapshot, report_to_dict, snapshot_to_dict
+from monitor.report_json import report_to_dict, snapshot_to_dict
+from monitor.snapshot import parse_snapshot
 from tests.strategies import accounts
 
 ETH = "ETH/USDT:USDT"

@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
 from monitor.alerts.sink import build_alerts_sink
+from monitor.config.monitoring import MetricsSettings
 from monitor.config.settings import AlertsSettings
 from monitor.core import stress
 from monitor.core.margin import report as margin
@@ -35,7 +36,6 @@ from monitor.ops.metrics import (
     ALERTS_SENT,
     EVENTS,
     REGISTRY,
-    MetricsSettings,
     MetricsSink,
     build_metrics_sink,
     outbox_depth_of,
@@ -43,7 +43,11 @@ from monitor.ops.metrics import (
     record_alerts_sent,
 )
 from monitor.ops.metrics_server import serve
+from monitor.sources.exchange import ExchangeSource
+from monitor.sources.sim import SimVenue
 from monitor.store import OutboxRow
+from tests.fakes.account import EventTap, account_for
+from tests.fakes.binance import API_KEY, SECRET, BinancePosition, FakeBinanceUsdm
 
 SNAPSHOT = AccountSnapshot(
     "main",
@@ -190,11 +194,9 @@ class TestExposition:
         """Test that an account added by a reload exports its source's venue drift."""
         metrics, _clock = sink
 
-        class Check:
-            drift = 0.004
-
         class Source:
-            venue_check = Check()
+            def venue_drift(self) -> float | None:
+                return 0.004
 
         metrics.set_accounts({"main": 30.0, "added": 30.0}, sources={"added": Source()})
         got = samples(metrics.exposition().decode())
@@ -229,14 +231,14 @@ class TestExposition:
         assert got[("margin_monitor_outbox_depth", (("sink", "mqtt"),))] == 2
         assert got[("margin_monitor_outbox_depth", (("sink", "phone"),))] == 1
 
-    async def test_builder_finds_outbox_and_venue_checks(self) -> None:
-        """Test that the builder wires the alert sink's outbox and each source's venue check."""
-
-        class Check:
-            drift = -0.002
+    async def test_builder_wires_outbox_and_venue_drift(self) -> None:
+        """Test that the builder wires the alert sink's outbox and each source's venue drift."""
 
         class Source:
-            venue_check: Check | None = None
+            drift: float | None = None
+
+            def venue_drift(self) -> float | None:
+                return self.drift
 
         class Store:
             def pending(self) -> list[OutboxRow]:
@@ -253,7 +255,7 @@ class TestExposition:
                 self.opened += 1
                 return Pipeline
 
-        live, sim, alerts = Source(), object(), Alerts()
+        live, sim, alerts = Source(), SimVenue("demo"), Alerts()
         metrics = build_metrics_sink(
             MetricsSettings(),
             {"main": 30.0, "demo": 30.0},
@@ -265,7 +267,7 @@ class TestExposition:
             await metrics.start(tg)
         try:
             before = samples(metrics.exposition().decode())
-            live.venue_check = Check()
+            live.drift = -0.002
             after = samples(metrics.exposition().decode())
         finally:
             await metrics.close()
@@ -274,6 +276,34 @@ class TestExposition:
         assert after[drift] == -0.002
         assert ("margin_monitor_venue_drift_ratio", (("account", "demo"),)) not in after
         assert after[("margin_monitor_outbox_depth", (("sink", "mqtt"),))] == 1
+
+    async def test_live_source_drift_reaches_the_gauge(self) -> None:
+        """Test that a live source's venue drift (ours minus the venue's) is the gauge's value."""
+        fake = FakeBinanceUsdm()
+        fake.account.wallet = 1_000.0
+        fake.account.positions[("BTCUSDT", "BOTH")] = BinancePosition("BTCUSDT", 0.8, 59_000.0)
+        async with fake:
+            account = account_for(fake, API_KEY, SECRET, poll_interval=0.2, stale_after=1.0)
+            source = ExchangeSource(account, backoff_cap=0.2, reconcile_every=0.5)
+            tap = EventTap(source.events())
+            metrics = build_metrics_sink(
+                MetricsSettings(), {source.account: 30.0}, {source.account: source}
+            )
+            async with asyncio.TaskGroup() as tg:
+                await metrics.start(tg)
+            try:
+                await tap.wait_for(lambda e: isinstance(e, AccountUpdate))
+                got = samples(metrics.exposition().decode())
+            finally:
+                await metrics.close()
+                await tap.stop()
+                await source.close()
+        check = source.venue_check
+        assert check is not None
+        assert check.drift is not None
+        key = ("margin_monitor_venue_drift_ratio", (("account", source.account),))
+        assert got[key] == pytest.approx(check.drift)
+        assert abs(got[key]) < 1e-4  # the fake's own figures: our model agrees with the venue
 
     async def test_closed_sink_is_unregistered(self) -> None:
         """Test that after close the sink's account gauges leave the registry."""
@@ -348,12 +378,12 @@ class TestHealth:
         """Test that a source's stale and down signals blind the account until data returns."""
         metrics, _clock = sink
         await metrics.on_event(PriceTick("main", "BTC/USDT:USDT", 61000.0, 0.0))
-        await metrics.on_event(SourceStale("main", "positions", 45.0, 0.0))
+        await metrics.on_event(SourceStale("main", "positions", 45.0))
         assert metrics.blind()["main"] == "stale data (positions 45 s)"
-        await metrics.on_event(SourceUp("main", "positions", 0.0))
+        await metrics.on_event(SourceUp("main", "positions"))
         assert "main" not in metrics.blind()
         await metrics.on_report("main", margin.report(SNAPSHOT), SNAPSHOT, 0.0)
-        await metrics.on_event(SourceDown("main", "bad API key", 0.0))
+        await metrics.on_event(SourceDown("main", "bad API key"))
         assert metrics.blind()["main"] == "source down: bad API key"
         # the daemon reads a fresh snapshot after a failure: that report clears "down"
         await metrics.on_report("main", margin.report(SNAPSHOT), SNAPSHOT, 0.0)

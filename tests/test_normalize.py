@@ -16,13 +16,13 @@ import pytest
 
 from monitor.core.model import Tier
 from monitor.sources.normalize import (
-    MalformedPayload,
     collateral_from_ccxt,
     mark_from_ticker,
     positions_from_ccxt,
     tiers_from_ccxt,
     venue_figures,
 )
+from monitor.venues.base import MalformedPayload
 from tests.fakes.binance import _symbol_info
 
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from monitor.core import rules
 from monitor.core.alert_state import AlertEvent, RulesState, Silence
-from monitor.core.levels import LEVELS, level_rank
+from monitor.core.levels import LEVELS, level_exit, level_rank, target_level
 from monitor.core.model import MarginReport, ShockToLiquidation, SourceDown, SourceStale, SourceUp
 from monitor.core.rules import AlertConfig
 
@@ -118,6 +118,37 @@ class TestLevels:
         assert events[1].threshold == 0.7
         assert events[1].previous_value == 0.55
         assert events[1].value == 0.72
+
+    @given(
+        st.lists(st.floats(0.01, 1.0), min_size=3, max_size=3, unique=True).map(sorted),
+        st.integers(0, 3),
+        st.floats(0.0, 0.2),
+        st.sampled_from(LEVELS),
+        st.integers(0, 2),
+        st.one_of(st.floats(-0.3, 0.3), st.just(math.inf), st.just(math.nan)),
+    )
+    @settings(max_examples=300, deadline=None)
+    def test_level_exit_is_where_target_level_leaves(  # noqa: PLR0917 - drawn values
+        self,
+        ascending: list[float],
+        off: int,
+        band: float,
+        level: str,
+        near: int,
+        offset: float,
+    ) -> None:
+        """Test that target_level drops below a level exactly for values below level_exit,
+        and never keeps a level whose threshold is off (the daemon's tick check relies on it)."""
+        value = ascending[near] + offset  # near a threshold, where hysteresis decides
+        thresholds = tuple(None if i == off else t for i, t in enumerate(ascending, start=1))
+        current = LEVELS[level_rank(level)]
+        after = target_level(value, current, thresholds, band)
+        edge = level_exit(current, thresholds, band)
+        if current != "ok" and thresholds[level_rank(current) - 1] is None:
+            assert edge == math.inf
+            assert after != current or math.isnan(value)
+        else:
+            assert (level_rank(after) < level_rank(current)) == (value < edge)
 
 
 class TestHoldFor:
@@ -233,30 +264,26 @@ class TestSourceAlerts:
         """Test that stale fires once, repeats, and resolves on SourceUp of the same kind."""
         config = AlertConfig(repeat_every=60.0)
         state, ev = rules.on_source_event(
-            RulesState(), SourceStale("a", "prices", 30.0, 0.0), 0.0, config
+            RulesState(), SourceStale("a", "prices", 30.0), 0.0, config
         )
         assert [(e.rule, e.kind, e.level) for e in ev] == [("stale_prices", "firing", "warning")]
         assert "30 s" in ev[0].detail
-        state, ev = rules.on_source_event(
-            state, SourceStale("a", "prices", 40.0, 10.0), 10.0, config
-        )
+        state, ev = rules.on_source_event(state, SourceStale("a", "prices", 40.0), 10.0, config)
         assert ev == ()
-        state, ev = rules.on_source_event(state, SourceUp("a", "positions", 20.0), 20.0, config)
+        state, ev = rules.on_source_event(state, SourceUp("a", "positions"), 20.0, config)
         assert ev == ()
-        state, ev = rules.on_source_event(state, SourceUp("a", "prices", 30.0), 30.0, config)
+        state, ev = rules.on_source_event(state, SourceUp("a", "prices"), 30.0, config)
         assert [(e.rule, e.kind, e.duration) for e in ev] == [("stale_prices", "resolved", 30.0)]
         assert not state.alert("a", "stale_prices").firing
 
     def test_source_down_lifecycle(self) -> None:
         """Test that source_down fires critical with its reason and resolves on SourceUp."""
         config = AlertConfig()
-        state, ev = rules.on_source_event(
-            RulesState(), SourceDown("a", "bad api key", 0.0), 0.0, config
-        )
+        state, ev = rules.on_source_event(RulesState(), SourceDown("a", "bad api key"), 0.0, config)
         assert [(e.rule, e.level, e.detail) for e in ev] == [
             ("source_down", "critical", "bad api key")
         ]
-        _, ev = rules.on_source_event(state, SourceUp("a", "balance", 5.0), 5.0, config)
+        _, ev = rules.on_source_event(state, SourceUp("a", "balance"), 5.0, config)
         assert [(e.rule, e.kind) for e in ev] == [("source_down", "resolved")]
 
 
@@ -305,7 +332,7 @@ class TestSuppression:
         """Test that a stale alert reaches a person during an emergency."""
         config = AlertConfig(repeat_every=0)
         state, _ = rules.evaluate(RulesState(), report(0.9), 0.0, config)
-        _, ev = rules.on_source_event(state, SourceStale("acct", "prices", 30, 1.0), 1.0, config)
+        _, ev = rules.on_source_event(state, SourceStale("acct", "prices", 30), 1.0, config)
         assert [e.suppressed for e in ev] == [None]
 
     def test_silence_mutes_and_expires(self) -> None:
@@ -453,14 +480,12 @@ class TestAccountIndex:
                 state, _ = rules.evaluate(state, report(x, account, shock=x / 10), now, config)
             elif op == "stale":
                 state, _ = rules.on_source_event(
-                    state, SourceStale(account, "prices", 30.0, now), now, config
+                    state, SourceStale(account, "prices", 30.0), now, config
                 )
             elif op == "down":
-                state, _ = rules.on_source_event(state, SourceDown(account, "x", now), now, config)
+                state, _ = rules.on_source_event(state, SourceDown(account, "x"), now, config)
             elif op == "up":
-                state, _ = rules.on_source_event(
-                    state, SourceUp(account, "prices", now), now, config
-                )
+                state, _ = rules.on_source_event(state, SourceUp(account, "prices"), now, config)
             elif op == "tick":
                 state, _ = rules.tick(state, now, config)
             elif op == "ack":

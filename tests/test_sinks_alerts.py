@@ -46,11 +46,12 @@ class TestAlertsSink:
 
     async def test_events_actions_and_notes(self, tmp_path: Path) -> None:
         """Test that stale events alert, actions are audited and the action note is shown."""
-        sink = build_alerts_sink(tmp_path, AlertConfig(), None, None)
-        sink.set_action_note(lambda account: f"paused for {account}")
-        await sink.on_event(SourceStale("a", "prices", 30.0, 1.0))
+        sink = build_alerts_sink(
+            tmp_path, AlertConfig(), None, None, action_note=lambda account: f"paused for {account}"
+        )
+        await sink.on_event(SourceStale("a", "prices", 30.0))
         assert sink.pipeline.state.alert("a", "stale_prices").firing
-        await sink.on_event(SourceUp("a", "prices", 2.0))
+        await sink.on_event(SourceUp("a", "prices"))
         assert not sink.pipeline.state.alert("a", "stale_prices").firing
         sink.record_action("a", "order_planned", {"qty": 0.1}, at=5.0)
         (entry,) = sink.pipeline.store.audit_trail(kind="order_planned")

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from monitor.core.margin.report import report
 from monitor.errors import UserError
-from monitor.snapshot import load_snapshot, parse_snapshot, report_to_dict, snapshot_to_dict
+from monitor.report_json import report_to_dict, snapshot_to_dict
+from monitor.snapshot import load_snapshot, parse_snapshot
 from tests.strategies import accounts
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "config" / "examples"

@@ -93,12 +93,12 @@ class TestPriceTick:
         assert state == _state()
 
     def test_same_price_is_no_change_but_fresh(self) -> None:
-        """Test that a repeated price changes no figure yet refreshes the price timestamp."""
+        """Test that a repeated price changes no figure yet refreshes the mark's time."""
         first, _ = apply(_state(), PriceTick("acct", ETH, 3200.0, 101.0))
         second, changed = apply(first, PriceTick("acct", ETH, 3200.0, 105.0))
         assert not changed
         assert second.snapshot == first.snapshot
-        assert second.prices_at == 105.0
+        assert second.marks[ETH] == (3200.0, 105.0)
 
     def test_unknown_symbol_is_a_no_op(self) -> None:
         """Test that a tick for a symbol the account does not touch leaves the state equal."""
@@ -121,11 +121,13 @@ class TestPriceTick:
         after, changed = apply(state, PriceTick("other", BTC, 1.0, 101.0))
         assert (after, changed) == (state, False)
 
-    def test_older_tick_keeps_newest_timestamp(self) -> None:
-        """Test that the price timestamp never goes backwards on an older tick."""
+    def test_marks_keep_their_own_times(self) -> None:
+        """Test that a tick stamps its own symbol's mark only: an older tick of another
+        symbol still applies, and the newer mark keeps its time."""
         state, _ = apply(_state(), PriceTick("acct", BTC, 59000.0, 150.0))
         state, _ = apply(state, PriceTick("acct", ETH, 3000.0, 120.0))
-        assert state.prices_at == 150.0
+        assert state.marks[BTC] == (59000.0, 150.0)
+        assert state.marks[ETH] == (3000.0, 120.0)
         assert state.snapshot.positions[2].mark_price == 3000.0
 
 
@@ -152,13 +154,14 @@ class TestFullReads:
         assert changed
         assert state.snapshot.positions == new
         assert state.snapshot.collateral == wallet
-        assert (state.positions_at, state.balance_at) == (110.0, 110.0)
+        assert state.read_at == 110.0
 
     def test_equal_read_is_fresh_but_unchanged(self) -> None:
-        """Test that a read equal to the current view refreshes its timestamps only."""
+        """Test that a read equal to the current view refreshes its times only."""
         state, changed = apply(_state(), _read(120.0))
         assert not changed
-        assert (state.positions_at, state.balance_at) == (120.0, 120.0)
+        assert state.read_at == 120.0
+        assert state.marks[BTC] == (61000.0, 120.0)
 
     def test_older_read_is_dropped(self) -> None:
         """Test that a read sent before the last applied one cannot undo it."""
@@ -237,19 +240,20 @@ class TestOrderingRule:
 
 class TestHealthEvents:
     def test_health_events_change_nothing(self) -> None:
-        """Test that stale/down/up events leave the account's figures and clocks alone."""
+        """Test that stale/down/up events leave the account's figures and times alone."""
         state = _state()
         for event in (
-            SourceStale("acct", "prices", 40.0, 200.0),
-            SourceDown("acct", "bad keys", 200.0),
-            SourceUp("acct", "prices", 201.0),
+            SourceStale("acct", "prices", 40.0),
+            SourceDown("acct", "bad keys"),
+            SourceUp("acct", "prices"),
         ):
             assert apply(state, event) == (state, False)
 
-    def test_initial_state_is_fresh_everywhere(self) -> None:
-        """Test that a full read stamps every data kind."""
+    def test_initial_state_is_stamped_with_its_read(self) -> None:
+        """Test that a full read stamps the state and every mark it carries."""
         state = _state()
-        assert [state.updated_at(k) for k in ("prices", "positions", "balance")] == [100.0] * 3
+        assert state.read_at == 100.0
+        assert dict(state.marks) == {BTC: (61000.0, 100.0), ETH: (3100.0, 100.0)}
 
 
 prices = st.floats(min_value=0.01, max_value=1e6, allow_nan=False)

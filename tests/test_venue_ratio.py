@@ -17,7 +17,7 @@ from monitor.core.margin import report as margin
 from monitor.core.model import AccountUpdate, MarginReport, ModelDrift
 from monitor.core.rules import AlertConfig
 from monitor.core.venue_ratio import VenueAnchor, carried, observe, used_ratio, with_venue
-from monitor.snapshot import report_to_dict
+from monitor.report_json import report_to_dict
 from monitor.sources.exchange import ExchangeSource
 from monitor.store import Store
 from tests.fakes.account import account_for
@@ -47,26 +47,26 @@ class TestObserve:
     def test_two_reads_in_a_row_start_an_episode(self) -> None:
         """Test that one drifting read is noise, the second in a row starts model_drift,
         and one agreeing read ends it."""
-        anchor, change = observe(None, 0.40, 0.50, 1.0, 0.01)
+        anchor, change = observe(None, 0.40, 0.50, 0.01)
         assert (anchor.strikes, anchor.drifting, change) == (1, False, None)
-        anchor, change = observe(anchor, 0.40, 0.50, 2.0, 0.01)
+        anchor, change = observe(anchor, 0.40, 0.50, 0.01)
         assert (anchor.drifting, change) == (True, True)
-        anchor, change = observe(anchor, 0.41, 0.50, 3.0, 0.01)
+        anchor, change = observe(anchor, 0.41, 0.50, 0.01)
         assert (anchor.drifting, change) == (True, None)
-        anchor, change = observe(anchor, 0.500, 0.501, 4.0, 0.01)
+        anchor, change = observe(anchor, 0.500, 0.501, 0.01)
         assert (anchor.drifting, change) == (False, False)
 
     def test_an_agreeing_read_between_resets_the_count(self) -> None:
         """Test that drifting, agreeing, drifting reads never alert."""
-        anchor, _ = observe(None, 0.40, 0.50, 1.0, 0.01)
-        anchor, _ = observe(anchor, 0.50, 0.50, 2.0, 0.01)
-        anchor, change = observe(anchor, 0.40, 0.50, 3.0, 0.01)
+        anchor, _ = observe(None, 0.40, 0.50, 0.01)
+        anchor, _ = observe(anchor, 0.50, 0.50, 0.01)
+        anchor, change = observe(anchor, 0.40, 0.50, 0.01)
         assert (anchor.strikes, change) == (1, None)
 
     def test_one_side_liquidated_is_drift(self) -> None:
         """Test that ours finite while the venue says liquidated (inf) counts as drift."""
-        anchor, _ = observe(None, 0.9, math.inf, 1.0, 0.01)
-        anchor, change = observe(anchor, 0.9, math.inf, 2.0, 0.01)
+        anchor, _ = observe(None, 0.9, math.inf, 0.01)
+        anchor, change = observe(anchor, 0.9, math.inf, 0.01)
         assert change is True
 
 
@@ -74,19 +74,19 @@ class TestUsedRatio:
     def test_sources(self) -> None:
         """Test that worst is the larger of ours and the venue's carried forward, model is
         ours, venue is the venue's moved by our model's relative change since the read."""
-        anchor = VenueAnchor(venue_ratio=0.6, model_ratio=0.5, ts=1.0)
+        anchor = VenueAnchor(venue_ratio=0.6, model_ratio=0.5)
         assert carried(anchor, 0.55) == pytest.approx(0.66)
         assert used_ratio(0.55, anchor, "worst") == pytest.approx(0.66)
         assert used_ratio(0.55, anchor, "model") == 0.55
         assert used_ratio(0.55, anchor, "venue") == pytest.approx(0.66)
-        low = VenueAnchor(venue_ratio=0.4, model_ratio=0.5, ts=1.0)
+        low = VenueAnchor(venue_ratio=0.4, model_ratio=0.5)
         assert used_ratio(0.55, low, "worst") == 0.55
         assert used_ratio(0.55, None, "venue") == 0.55
 
     @given(st.floats(0.0, 5.0), st.floats(1e-6, 5.0), st.floats(0.0, 5.0))
     def test_worst_never_understates_either(self, venue: float, at_read: float, now: float) -> None:
         """Test that the worst ratio is at least ours and at least the venue's carried."""
-        anchor = VenueAnchor(venue, at_read, 0.0)
+        anchor = VenueAnchor(venue, at_read)
         used = used_ratio(now, anchor, "worst")
         assert used >= now
         assert used >= carried(anchor, now)
@@ -94,7 +94,7 @@ class TestUsedRatio:
     def test_report_shows_both_figures(self) -> None:
         """Test that the report's margin_ratio (and level) is the used ratio, with our
         figure and the venue's beside it in the JSON report (MQTT state, report --json)."""
-        anchor = VenueAnchor(venue_ratio=0.6, model_ratio=0.5, ts=1.0)
+        anchor = VenueAnchor(venue_ratio=0.6, model_ratio=0.5)
         rep = with_venue(_report(0.5), anchor, "worst")
         assert (rep.margin_ratio, rep.model_ratio, rep.venue_ratio) == (
             pytest.approx(0.6),
@@ -119,13 +119,13 @@ class TestModelDriftAlert:
         pipeline = AlertPipeline(
             Store(tmp_path / "a.db"), AlertConfig(repeat_every=0), [FlakySink()]
         )
-        pipeline.on_model_drift(ModelDrift("acct", True, 0.41, 0.5, 1.0), now=1.0)
+        pipeline.on_model_drift(ModelDrift("acct", True, 0.41, 0.5), now=1.0)
         (row,) = pipeline.store.pending()
         message = AlertMessage.from_json(row.payload)
         assert (message.rule, message.level, message.kind) == ("model_drift", "warning", "firing")
         assert "0.4100" in message.detail
         assert "0.5000" in message.detail
-        pipeline.on_model_drift(ModelDrift("acct", False, 0.5, 0.5, 2.0), now=2.0)
+        pipeline.on_model_drift(ModelDrift("acct", False, 0.5, 0.5), now=2.0)
         last = AlertMessage.from_json(pipeline.store.pending()[-1].payload)
         assert (last.rule, last.kind) == ("model_drift", "resolved")
 
@@ -194,10 +194,10 @@ class TestActionsUseTheVenueFigure:
                     ex = _executor(src, tmp_path / str(bias), Trail())
                     rep = margin.report(await src.fetch_snapshot())
                     anchor = VenueAnchor(
-                        rep.margin_ratio * (1.25 if bias else 1.0), rep.margin_ratio, 1.0
+                        rep.margin_ratio * (1.25 if bias else 1.0), rep.margin_ratio
                     )
                     used = with_venue(rep, anchor, "worst")
-                    assert await ex.on_report(used, 1_000.0) is not None
+                    assert await ex.step(used, 1_000.0) is not None
                     sold[bias] = float(book.received[0]["quantity"])
                     after = margin.report(await src.fetch_snapshot()).margin_ratio
                 finally:

@@ -140,6 +140,9 @@ class _Feed:
     async def fetch_snapshot(self) -> AccountSnapshot:
         return await self._sim.fetch_snapshot()
 
+    def venue_drift(self) -> float | None:
+        return None
+
     async def events(self) -> AsyncIterator[Event]:
         while (event := await self.queue.get()) is not None:
             yield event

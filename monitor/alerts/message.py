@@ -88,12 +88,6 @@ class AlertMessage:
     model: str = "cross"
     collateral: str = ""
 
-    @property
-    def shock(self) -> float | None:
-        """The smallest move that liquidates (fraction), None when unknown or none does."""
-        moves = [abs(m) for m in (self.shock_down, self.shock_up) if m is not None]
-        return min(moves) if moves else None
-
     def to_dict(self) -> dict[str, Any]:
         """Strict-JSON-ready dict (infinite values as strings).
 

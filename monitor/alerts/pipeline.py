@@ -30,7 +30,7 @@ from monitor.alerts.commands import CommandHandling, _RefusalTally
 from monitor.alerts.delivery import AlertSink, OutboxDelivery, ReportObserver
 from monitor.alerts.message import AlertMessage, build_message
 from monitor.core import rules
-from monitor.core.alert_state import AlertEvent, AlertKind, RulesState, episode_id
+from monitor.core.alert_state import AlertEvent, AlertKind, RulesState, episode_id, fingerprint
 from monitor.core.levels import Level
 from monitor.core.model import MarginReport, ModelDrift, SourceDown, SourceStale, SourceUp
 from monitor.core.rules import AlertConfig
@@ -242,18 +242,18 @@ class AlertPipeline(CommandHandling, OutboxDelivery):
         actions cannot run (`reason`), resolved when they can again (None). Not a rule: the
         actions side knows when it starts and ends (issue 13)."""
         now = self.clock() if now is None else now
-        fingerprint = f"{account}/protection_disabled"
+        key = fingerprint(account, "protection_disabled")
         if reason is not None:
-            if fingerprint in self._direct:
+            if key in self._direct:
                 return
-            self._direct[fingerprint] = (now, level)
+            self._direct[key] = (now, level)
             row = self._direct_alert(
                 account, "protection_disabled", "firing", level, now, now, redact(reason)
             )
         else:
-            if fingerprint not in self._direct:
+            if key not in self._direct:
                 return
-            started, level = self._direct.pop(fingerprint)
+            started, level = self._direct.pop(key)
             row = self._direct_alert(
                 account,
                 "protection_disabled",
@@ -276,12 +276,12 @@ class AlertPipeline(CommandHandling, OutboxDelivery):
         detail: str,
     ) -> _Entry:
         """An alert raised directly, not by the rules (no hysteresis, no repeats)."""
-        fingerprint = f"{account}/{rule}"
-        episode = episode_id(fingerprint, started)
+        key = fingerprint(account, rule)
+        episode = episode_id(key, started)
         resolved = kind == "resolved"
         event = AlertEvent(
             id=f"{rule.replace('_', '-')}-{episode}.{1 if resolved else 0}",
-            fingerprint=fingerprint,
+            fingerprint=key,
             account=account,
             rule=rule,
             kind=kind,

@@ -32,6 +32,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal, cast, get_args
 
+from monitor.core.levels import LEVELS
+
 __all__ = [
     "Command",
     "CommandAction",
@@ -43,7 +45,7 @@ __all__ = [
 
 CommandAction = Literal["ack", "silence", "unsilence", "pause", "resume", "status"]
 _ACTIONS = frozenset(get_args(CommandAction))
-_LEVELS = ("warning", "critical", "emergency")
+_LEVELS = LEVELS[1:]  # what a silence may cover: every level but ok
 
 #: Clock skew tolerated for a timestamp in the future.
 FUTURE_SKEW = 5.0

@@ -21,15 +21,14 @@ import asyncio
 import collections
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import structlog
 from aiohttp import web
 
 from monitor.alerts.command_http import serve_commands
-from monitor.alerts.delivery import AlertSink
 from monitor.alerts.pipeline import AlertPipeline
 from monitor.config.alerts import MqttSettings, NotifySettings
 from monitor.core.alert_state import AlertState
@@ -50,11 +49,12 @@ from monitor.sink import Sink
 from monitor.store import Store
 
 if TYPE_CHECKING:
+    from monitor.alerts.signed_commands import Command
     from monitor.channels.mqtt import MqttSink
     from monitor.channels.notify import NotifySink
     from monitor.sources.base import Source
 
-__all__ = ["DRAIN_CAP", "DRAIN_LIMIT", "AlertsSink", "build_alerts_sink"]
+__all__ = ["DRAIN_CAP", "DRAIN_LIMIT", "AlertsSink", "Draining", "build_alerts_sink"]
 
 log = structlog.get_logger("monitor.sinks.alerts")
 
@@ -66,6 +66,20 @@ DRAIN_CAP = 20.0
 RECENT_ACTIONS = 5
 #: Shortest drain: an MQTT publish to a live broker, with room to spare.
 DRAIN_LIMIT = 2.0
+
+
+class Draining(Protocol):
+    """A delivery channel that knows how long its queue takes to go out (MQTT, a phone
+    channel): what sizes the drain at shutdown."""
+
+    @property
+    def name(self) -> str:
+        """The pipeline's sink name, which its outbox rows carry."""
+        ...
+
+    def drain_time(self, queued: int) -> float:
+        """Seconds `queued` messages need at most, pacing included."""
+        ...
 
 
 class AlertsSink(Sink):
@@ -80,9 +94,12 @@ class AlertsSink(Sink):
         command_listen: host:port of the HTTP command endpoint (None: off).
         switches: the pause switch the actions side reads (docs/actions.md); the pipeline's
             pause/resume commands write it.
+        drains: the pipeline's channels whose queue `close` drains, each with its own
+            drain-time estimate (`drain_budget`).
     """
 
     name = "alerts"
+    ticks = False  # ticks move no alert of their own: the reports do
 
     def __init__(
         self,
@@ -90,8 +107,10 @@ class AlertsSink(Sink):
         mqtt: MqttSink | None = None,
         command_listen: str | None = None,
         switches: ActionSwitches | None = None,
+        drains: Sequence[Draining] = (),
     ) -> None:
         self._make_pipeline = make_pipeline
+        self._drains = tuple(drains)
         self._pipeline: AlertPipeline | None = None
         self.mqtt = mqtt
         self.command_listen = command_listen
@@ -102,7 +121,6 @@ class AlertsSink(Sink):
         self.recent_actions: collections.deque[tuple[float, str, str, str]] = collections.deque(
             maxlen=RECENT_ACTIONS
         )
-        self._action_note: Callable[[str], str | None] | None = None
 
     def record_action(self, account: str, kind: str, payload: Mapping[str, Any], at: float) -> None:
         """Audit a protective-action decision and publish it on `<prefix>/<account>/action`.
@@ -146,12 +164,6 @@ class AlertsSink(Sink):
         """End the account's `action_rejected` alert; True when one was firing."""
         return bool(self.pipeline.resolve_action_alert(account, now))
 
-    def set_action_note(self, note: Callable[[str], str | None]) -> None:
-        """What the protective action did or would do for an account, shown in alerts."""
-        self._action_note = note
-        if self._pipeline is not None:
-            self._pipeline.action_note = note
-
     def set_accounts(
         self, accounts: Mapping[str, float], sources: Mapping[str, Source] | None = None
     ) -> None:
@@ -165,8 +177,6 @@ class AlertsSink(Sink):
         """The alert pipeline, built (and its store opened) on first use."""
         if self._pipeline is None:
             self._pipeline = self._make_pipeline()
-            if self._action_note is not None:
-                self._pipeline.action_note = self._action_note
         return self._pipeline
 
     async def start(self, tg: asyncio.TaskGroup) -> None:
@@ -227,11 +237,10 @@ class AlertsSink(Sink):
         `DRAIN_CAP` at most (the stop must fit in systemd's TimeoutStopSec).
         """
         need = DRAIN_LIMIT
-        for sink in self.pipeline.sinks:
-            queued = len(self.pipeline.store.pending(sink.name))
-            estimate = getattr(sink, "drain_time", None)
-            if queued and callable(estimate):
-                need = max(need, float(estimate(queued)))
+        for channel in self._drains:
+            queued = len(self.pipeline.store.pending(channel.name))
+            if queued:
+                need = max(need, channel.drain_time(queued))
         return min(DRAIN_CAP, need)
 
     async def _drain(self) -> None:
@@ -300,27 +309,48 @@ def build_alerts_sink(
     if mqtt is not None and mqtt.command_secret is not None:
         secret = mqtt.command_secret.get_secret_value().encode()
     switches = ActionSwitches()
+
+    # The channels need the pipeline's command handler and signer, and the pipeline needs
+    # the channels: they call through the sink, whose pipeline exists before any command or
+    # button (AlertsSink.start builds it before MQTT connects, a message before it is sent).
+    def handle_command(raw: bytes) -> Mapping[str, Any]:
+        return sink.pipeline.handle_command(raw)
+
+    def sign(command: Command, now: float) -> str:
+        return sink.pipeline.sign(command, now)
+
     mqtt_sink = None
     if mqtt is not None:
         from monitor.channels.mqtt import MqttSink  # noqa: PLC0415 - aiomqtt only when configured
 
-        mqtt_sink = MqttSink(mqtt, clock=clock)
+        mqtt_sink = MqttSink(mqtt, clock=clock, command_handler=handle_command)
+    # Buttons only when the daemon can sign them and the phone can reach them.
+    buttons = secret is not None and bool(notify.command_url)
     channel_sinks: list[NotifySink] = []
     if notify.channels:
         from monitor.channels.notify import NotifySink  # noqa: PLC0415 - Apprise: ~150 ms import
 
         channel_sinks = [
-            NotifySink(c, token_ttl=notify.token_ttl, silence_for=notify.silence_for, clock=clock)
+            NotifySink(
+                c,
+                token_ttl=notify.token_ttl,
+                silence_for=notify.silence_for,
+                clock=clock,
+                command_url=notify.command_url if buttons else None,
+                sign=sign if buttons else None,
+            )
             for c in notify.channels
         ]
-    command_url = notify.command_url
+    channels: tuple[MqttSink | NotifySink, ...] = (
+        *([mqtt_sink] if mqtt_sink else []),
+        *channel_sinks,
+    )
 
     def make_pipeline() -> AlertPipeline:
-        sinks: list[AlertSink] = [*([mqtt_sink] if mqtt_sink else []), *channel_sinks]
         pipeline = AlertPipeline(
             Store(state_dir / "alerts.sqlite3"),
             alerts,
-            sinks,
+            channels,
             switches=switches,
             command_secret=secret,
             clock=clock,
@@ -328,13 +358,7 @@ def build_alerts_sink(
         )
         if accounts is not None:
             pipeline.accounts = frozenset(accounts)  # a command for another is refused
-        if mqtt_sink is not None:
-            mqtt_sink.command_handler = pipeline.handle_command
-        if secret is not None and command_url:
-            for channel_sink in channel_sinks:
-                # Buttons only when the daemon can sign them and the phone can reach them.
-                channel_sink.command_url = command_url
-                channel_sink.sign = pipeline.sign
         return pipeline
 
-    return AlertsSink(make_pipeline, mqtt_sink, notify.command_listen, switches)
+    sink = AlertsSink(make_pipeline, mqtt_sink, notify.command_listen, switches, channels)
+    return sink

@@ -31,6 +31,7 @@ from rich.text import Text
 
 from monitor.core.alert_state import AlertState
 from monitor.core.collateral_risk import describe
+from monitor.core.levels import level_rank
 from monitor.core.model import (
     AccountSnapshot,
     CollateralRisk,
@@ -47,7 +48,7 @@ from monitor.sink import Sink
 if TYPE_CHECKING:
     from monitor.sources.base import Source
 
-__all__ = ["ConsoleSink"]
+__all__ = ["MODEL_LABELS", "ConsoleSink", "fmt_money", "fmt_move", "fmt_pct", "fmt_price"]
 
 log = structlog.get_logger("monitor.console")
 
@@ -179,7 +180,9 @@ class ConsoleSink(Sink):
     async def on_event(self, event: Event) -> None:
         """Count events per account (events vs reports shows the coalescing at work);
         follow the source state from stale, down and up events."""
-        view = self._views.setdefault(event.account, _View())
+        view = self._views.get(event.account)
+        if view is None:  # not setdefault: that builds a _View per tick (20 000/s)
+            view = self._views[event.account] = _View()
         view.events += 1
         if isinstance(event, SourceStale):
             view.stale[event.kind] = event.age
@@ -254,9 +257,7 @@ class ConsoleSink(Sink):
                 f"{worst.level.upper()}  {_alert_line(worst)}{more}",
                 style=_LEVEL_STYLE.get(worst.level, ""),
             )
-        worst_view = max(
-            self._views.items(), key=lambda kv: _LEVELS.index(kv[1].level), default=None
-        )
+        worst_view = max(self._views.items(), key=lambda kv: level_rank(kv[1].level), default=None)
         if worst_view is None or worst_view[1].level == "ok":
             return Text("OK", style=_LEVEL_STYLE["ok"])
         account, view = worst_view
@@ -286,9 +287,6 @@ class ConsoleSink(Sink):
         if self.alerts is not None:
             parts.append(_alerts_panel(self.alerts))
         return Group(*parts)
-
-
-_LEVELS = ("ok", "warning", "critical", "emergency")
 
 
 def _alert_line(a: AlertState) -> str:
@@ -339,24 +337,24 @@ def _summary_table(account: str, view: _View, r: MarginReport) -> Table:
     table.add_column(justify="right")
     table.add_row(
         "margin ratio",
-        Text(_pct(r.margin_ratio), style=style),
+        Text(fmt_pct(r.margin_ratio), style=style),
         f"margin balance ({r.currency})",
-        _money(r.margin_balance),
+        fmt_money(r.margin_balance),
     )
     table.add_row("model", MODEL_LABELS[r.model], "", "")
     for line in describe(view.collateral) if view.collateral is not None else []:
         table.add_row("collateral", line, "", "")
     table.add_row(
         "maintenance margin",
-        _money(r.maintenance_margin),
+        fmt_money(r.maintenance_margin),
         "free collateral",
-        _money(r.free_collateral),
+        fmt_money(r.free_collateral),
     )
     table.add_row(
         "shock to liq. down",
-        _shock(None if view.shock is None else view.shock.down),
+        fmt_move(None if view.shock is None else view.shock.down),
         "shock to liq. up",
-        _shock(None if view.shock is None else view.shock.up),
+        fmt_move(None if view.shock is None else view.shock.up),
     )
     table.add_row("events", str(view.events), "recomputes", str(view.reports))
     return table
@@ -371,10 +369,10 @@ def _positions_table(r: MarginReport) -> Table:
             p.symbol,
             p.side if p.margin_mode == "cross" else f"{p.side} (isolated)",
             f"{p.contracts:g}",
-            _price(p.mark_price),
-            _price(p.liquidation_price),
-            _money(p.unrealized_pnl),
-            _money(p.maintenance_margin),
+            fmt_price(p.mark_price),
+            fmt_price(p.liquidation_price),
+            fmt_money(p.unrealized_pnl),
+            fmt_money(p.maintenance_margin),
         )
     return table
 
@@ -385,19 +383,23 @@ def _num(value: float | None) -> float | str | None:
     return "inf" if math.isinf(value) else round(value, 6)
 
 
-def _pct(value: float) -> str:
+def fmt_pct(value: float) -> str:
+    """A ratio as a percentage, `inf` when the balance is gone (the console and `report`)."""
     return "inf" if math.isinf(value) else f"{value:.2%}"
 
 
-def _shock(value: float | None) -> str:
+def fmt_move(value: float | None) -> str:
+    """A signed relative price move, `none` where no move liquidates."""
     return "none" if value is None else f"{value:+.2%}"
 
 
-def _money(value: float) -> str:
+def fmt_money(value: float) -> str:
+    """A money figure with thousands separators and cents."""
     return f"{value:,.2f}"
 
 
-def _price(value: float | None) -> str:
+def fmt_price(value: float | None) -> str:
+    """A price: six significant digits below 1, cents above; `none` / `inf` where none is."""
     if value is None:
         return "none"
     if math.isinf(value):

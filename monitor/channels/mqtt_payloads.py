@@ -32,7 +32,7 @@ def state_payload(
     `flags` are the binary sensors' states (`source_down`, `protection_active`), false when
     not given: both live in the retained state so Home Assistant has them after a restart.
     """
-    from monitor.snapshot import report_to_dict  # noqa: PLC0415 - keeps import cost lazy
+    from monitor.report_json import report_to_dict  # noqa: PLC0415 - keeps import cost lazy
 
     data: dict[str, Any] = _strict_json(report_to_dict(report))
     for name, _, _ in _BINARY_SENSORS:

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 from monitor import __version__
 from monitor.core.model import AccountSnapshot, MarginReport
+from monitor.report_json import report_to_dict, shock_to_dict
 from monitor.sink import Sink
-from monitor.snapshot import report_to_dict, shock_to_dict
 
 if TYPE_CHECKING:
     from aiohttp import web

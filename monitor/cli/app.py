@@ -9,26 +9,13 @@ never a traceback (bad input gets a one-line error naming the field and the fix)
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Callable, Sequence
-from typing import cast
 
 from monitor import __version__
-from monitor.errors import UserError
+from monitor.errors import UserError, fold
 
 Handler = Callable[[argparse.Namespace], int]
-
-# subcommand -> "module:function"; the module owns the behaviour, this file only the words.
-_HANDLERS = {
-    "report": "monitor.cli.report:report_command",
-    "stress": "monitor.cli.report:stress_command",
-    "run": "monitor.cli.run:run_command",
-    "check": "monitor.cli.check:check_command",
-    "snapshot": "monitor.cli.live:snapshot_command",
-    "shard-plan": "monitor.daemon.shards:shard_plan_command",
-    "notify-test": "monitor.cli.notify_test:notify_test_command",
-}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,8 +88,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _handler(command: str) -> Handler:
-    module_name, _, attr = _HANDLERS[command].partition(":")
-    return cast("Handler", getattr(importlib.import_module(module_name), attr))
+    """The subcommand's handler, imported only now: the module owns the behaviour, this file
+    only the words, and `report` never pays for ccxt or aiomqtt."""
+    match command:
+        case "report":
+            from monitor.cli.report import report_command  # noqa: PLC0415
+
+            return report_command
+        case "stress":
+            from monitor.cli.report import stress_command  # noqa: PLC0415
+
+            return stress_command
+        case "run":
+            from monitor.cli.run import run_command  # noqa: PLC0415
+
+            return run_command
+        case "check":
+            from monitor.cli.check import check_command  # noqa: PLC0415
+
+            return check_command
+        case "snapshot":
+            from monitor.cli.live import snapshot_command  # noqa: PLC0415
+
+            return snapshot_command
+        case "shard-plan":
+            from monitor.daemon.shards import shard_plan_command  # noqa: PLC0415
+
+            return shard_plan_command
+        case "notify-test":
+            from monitor.cli.notify_test import notify_test_command  # noqa: PLC0415
+
+            return notify_test_command
+    raise AssertionError(f"no handler for {command!r}")  # argparse only accepts the above
 
 
 def _glue_negative_values(argv: Sequence[str]) -> list[str]:
@@ -142,8 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # one line, and never a secret a venue or a file echoed into it (docs/hardening.md)
         from monitor.ops.logs import redact  # noqa: PLC0415 - pydantic: only on an error
 
-        text = " ".join(redact(str(exc)).split())
-        print(f"margin-monitor: {text}", file=sys.stderr)
+        print(f"margin-monitor: {fold(redact(str(exc)))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

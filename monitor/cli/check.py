@@ -94,8 +94,8 @@ def _describe(account: AccountSettings) -> str:
             f"{s.tick_rate:g} ticks/s, speed x{s.speed:g})"
         )
     keys = ", ".join(
-        f"{field} {'set' if getattr(account, field) is not None else 'not set'}"
-        for field in ("api_key", "secret", "password")
+        f"{field} {'set' if value is not None else 'not set'}"
+        for field, value in account.credentials().items()
     )
     mode = "sandbox" if account.sandbox else "production"
     return (

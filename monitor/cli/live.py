@@ -13,11 +13,12 @@ from typing import Any
 from ccxt.base import errors as ccxt_errors
 
 from monitor.config.settings import load_settings
-from monitor.errors import UserError
-from monitor.snapshot import snapshot_to_dict
-from monitor.sources.exchange import AccountConfig, ExchangeSource, KeyRejected, _one_line
-from monitor.sources.normalize import MalformedPayload
-from monitor.venues.permission import trade_permission
+from monitor.errors import UserError, os_reason
+from monitor.report_json import snapshot_to_dict
+from monitor.sources.ccxt_client import AccountConfig, KeyRejected, error_line
+from monitor.sources.exchange import ExchangeSource
+from monitor.venues.base import MalformedPayload
+from monitor.venues.registry import trade_permission
 
 __all__ = ["check_account", "snapshot_command"]
 
@@ -31,10 +32,10 @@ def _as_user_error(settings: AccountConfig, failure: str) -> Iterator[None]:
         venue_said = exc.__cause__ if isinstance(exc, KeyRejected) and exc.__cause__ else exc
         raise UserError(
             f"accounts.{settings.name}: {settings.exchange} rejected the keys "
-            f"({_one_line(venue_said)}); check api_key/secret/password"
+            f"({error_line(venue_said)}); check api_key/secret/password"
         ) from None
     except (ccxt_errors.BaseError, MalformedPayload) as exc:
-        raise UserError(f"accounts.{settings.name}: {failure} ({_one_line(exc)})") from None
+        raise UserError(f"accounts.{settings.name}: {failure} ({error_line(exc)})") from None
 
 
 async def check_account(settings: AccountConfig) -> str:
@@ -97,7 +98,7 @@ def snapshot_command(args: argparse.Namespace) -> int:
             with open(args.output, "w", encoding="utf-8") as fh:
                 fh.write(text)
         except OSError as exc:
-            raise UserError(f"-o {args.output}: cannot write ({exc.strerror})") from None
+            raise UserError(f"-o {args.output}: cannot write ({os_reason(exc)})") from None
     else:
         sys.stdout.write(text)
     return 0

@@ -24,7 +24,7 @@ from pydantic import SecretStr
 
 from monitor.config.alerts import MqttSettings, NotifyChannel
 from monitor.config.settings import Settings, load_settings
-from monitor.errors import UserError
+from monitor.errors import UserError, fold
 
 __all__ = ["describe_channels", "notify_test_command", "push_channel", "push_mqtt"]
 
@@ -155,7 +155,7 @@ async def push_mqtt(settings: MqttSettings) -> str:
             async with client:
                 await client.publish(topic, payload, qos=1, timeout=settings.timeout)
     except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
-        reason = " ".join(str(exc).split()) or type(exc).__name__
+        reason = fold(str(exc)) or type(exc).__name__
         return f"FAILED: {reason}"
     return f"ok: published on {topic}, the broker acknowledged it (QoS 1)"
 

@@ -17,12 +17,13 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from monitor.channels.console import MODEL_LABELS
+from monitor.channels.console import MODEL_LABELS, fmt_money, fmt_move, fmt_pct, fmt_price
 from monitor.core.collateral_risk import describe
 from monitor.core.model import AccountSnapshot, MarginReport, ShockToLiquidation
 from monitor.core.stress import assess, shock_to_liquidation, shocked, with_prices
 from monitor.errors import UserError
-from monitor.snapshot import load_snapshot, report_to_dict, shock_to_dict
+from monitor.report_json import report_to_dict, shock_to_dict
+from monitor.snapshot import load_snapshot
 
 __all__ = ["parse_price", "parse_shock", "report_command", "stress_command"]
 
@@ -146,26 +147,10 @@ def _print_json(data: dict[str, Any]) -> None:
     sys.stdout.write(text + "\n")
 
 
-def _pct(value: float) -> str:
-    return "inf" if math.isinf(value) else f"{value:.2%}"
-
-
-def _money(value: float) -> str:
-    return f"{value:,.2f}"
-
-
-def _price(value: float | None) -> str:
-    if value is None:
-        return "none"
-    return "inf" if math.isinf(value) else f"{value:,.6g}" if value < 1 else f"{value:,.2f}"
-
-
 def _shock_text(shock: ShockToLiquidation | None) -> str:
     if shock is None:
         return "not computed"
-    down = "none" if shock.down is None else f"{shock.down:+.2%}"
-    up = "none" if shock.up is None else f"{shock.up:+.2%}"
-    return f"down {down}, up {up}"
+    return f"down {fmt_move(shock.down)}, up {fmt_move(shock.up)}"
 
 
 def _render(console: Console, r: MarginReport, title: str) -> None:
@@ -173,13 +158,13 @@ def _render(console: Console, r: MarginReport, title: str) -> None:
     summary = Table(title=title, show_header=False, box=None)
     summary.add_column(style="bold")
     summary.add_column(justify="right")
-    summary.add_row("margin ratio", f"{_pct(r.margin_ratio)} ({state})")
-    summary.add_row(f"margin balance ({r.currency})", _money(r.margin_balance))
-    summary.add_row("wallet balance", _money(r.wallet_balance))
-    summary.add_row("unrealized PnL", _money(r.unrealized_pnl))
-    summary.add_row("initial margin", _money(r.initial_margin))
-    summary.add_row("maintenance margin", _money(r.maintenance_margin))
-    summary.add_row("free collateral", _money(r.free_collateral))
+    summary.add_row("margin ratio", f"{fmt_pct(r.margin_ratio)} ({state})")
+    summary.add_row(f"margin balance ({r.currency})", fmt_money(r.margin_balance))
+    summary.add_row("wallet balance", fmt_money(r.wallet_balance))
+    summary.add_row("unrealized PnL", fmt_money(r.unrealized_pnl))
+    summary.add_row("initial margin", fmt_money(r.initial_margin))
+    summary.add_row("maintenance margin", fmt_money(r.maintenance_margin))
+    summary.add_row("free collateral", fmt_money(r.free_collateral))
     summary.add_row("shock to liquidation", _shock_text(r.shock_to_liquidation))
     summary.add_row("model", MODEL_LABELS[r.model])
     if r.collateral_risk is not None:
@@ -195,12 +180,12 @@ def _render(console: Console, r: MarginReport, title: str) -> None:
         table.add_row(
             p.symbol,
             p.side + (" (hedge)" if p.hedged else ""),
-            p.margin_mode if p.margin_ratio is None else f"isolated {_pct(p.margin_ratio)}",
+            p.margin_mode if p.margin_ratio is None else f"isolated {fmt_pct(p.margin_ratio)}",
             f"{p.contracts:g}",
-            _price(p.mark_price),
-            _money(p.notional),
-            _money(p.unrealized_pnl),
-            _money(p.maintenance_margin),
-            _price(p.liquidation_price),
+            fmt_price(p.mark_price),
+            fmt_money(p.notional),
+            fmt_money(p.unrealized_pnl),
+            fmt_money(p.maintenance_margin),
+            fmt_price(p.liquidation_price),
         )
     console.print(table)

@@ -60,9 +60,8 @@ def run_command(args: argparse.Namespace) -> int:
     )
 
     def reload_accounts() -> list[AccountSettings]:
-        fresh = load_settings(args.config)
-        logs.set_secrets(logs.secrets_of(fresh))
-        return select_shard(fresh.accounts, shard)
+        # load_settings registers the reloaded secrets for redaction itself
+        return select_shard(load_settings(args.config).accounts, shard)
 
     received: list[int] = []
 

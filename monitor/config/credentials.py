@@ -21,7 +21,7 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
 )
 
-from monitor.errors import UserError
+from monitor.errors import UserError, os_reason
 
 __all__ = [
     "DELIMITER",
@@ -30,7 +30,7 @@ __all__ = [
     "env_key",
     "layered_sources",
     "read_credential",
-    "why_unreadable",
+    "unreadable",
 ]
 
 ENV_PREFIX = "MARGIN_MONITOR__"
@@ -143,11 +143,11 @@ def _set_path(target: dict[str, Any], path: list[str], value: str) -> None:
     node[path[-1]] = value
 
 
-def why_unreadable(exc: OSError | UnicodeDecodeError) -> str:
-    """`permission denied`, `not UTF-8`: what stopped a credential file being read."""
-    if isinstance(exc, UnicodeDecodeError):
-        return "not UTF-8"
-    return (exc.strerror or type(exc).__name__).lower()
+def unreadable(name: object, exc: OSError | UnicodeDecodeError) -> UserError:
+    """The one line for a credential file that cannot be read, naming it."""
+    return UserError(
+        f"{name}: cannot read ({os_reason(exc)}); fix its permissions or encoding (UTF-8)"
+    )
 
 
 def read_credential(entry: Path) -> str:
@@ -155,6 +155,4 @@ def read_credential(entry: Path) -> str:
     try:
         return entry.read_text(encoding="utf-8").rstrip("\r\n")
     except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(
-            f"{entry}: cannot read ({why_unreadable(exc)}); fix its permissions or encoding (UTF-8)"
-        ) from None
+        raise unreadable(entry, exc) from None

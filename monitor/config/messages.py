@@ -12,7 +12,9 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-__all__ = ["first_line", "format_validation_error"]
+from monitor.errors import fold
+
+__all__ = ["format_validation_error"]
 
 
 def format_validation_error(exc: ValidationError, origin: str, root: type[BaseModel]) -> str:
@@ -35,7 +37,7 @@ def format_validation_error(exc: ValidationError, origin: str, root: type[BaseMo
         message = msg if not loc or msg.startswith(loc) else f"{loc}: {msg}"
     others = len(errors) - 1
     more = f" (and {others} more problem{'s' if others > 1 else ''})" if others else ""
-    return f"{origin}: {first_line(message)}{more}"
+    return f"{origin}: {fold(message)}{more}"
 
 
 # pydantic's own wording ("Input should be a valid list") names no fix; these say what to write.
@@ -123,7 +125,3 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
         if found is not None:
             return found
     return None
-
-
-def first_line(text: str) -> str:
-    return " ".join(text.split())

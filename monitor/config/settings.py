@@ -16,9 +16,10 @@ Every section forbids unknown keys, so a typo is an error and not a silently ign
 every validation error becomes one `UserError` line naming the field ("config.toml:
 accounts[1].exchange: 'binanse' is not a ccxt exchange id (did you mean 'binance'?)").
 
-Other modules add their sections by adding one field to `Settings` (for example
-`mqtt: MqttSettings = Field(default_factory=MqttSettings)`, the model defined in their own
-module as a `Section`).
+A section is added as one field of `Settings` (for example `mqtt: MqttSettings | None = None`),
+its model in its own module under config/ (`alerts.py`, `actions.py`, `monitoring.py`), which
+forbids unknown keys like every `Section`; where values come from is `credentials.py`, the
+one-line errors `messages.py`.
 """
 
 from __future__ import annotations
@@ -54,15 +55,15 @@ from monitor.config.credentials import (
     env_key,
     layered_sources,
     read_credential,
-    why_unreadable,
+    unreadable,
 )
 from monitor.config.exchange_ids import known_exchange
-from monitor.config.messages import first_line, format_validation_error
+from monitor.config.messages import format_validation_error
+from monitor.config.monitoring import HeartbeatSettings, MetricsSettings
+from monitor.core.levels import Level
 from monitor.core.rules import AlertConfig
-from monitor.errors import UserError
-from monitor.ops.heartbeat import HeartbeatSettings
+from monitor.errors import UserError, fold
 from monitor.ops.logs import secrets_of, set_secrets
-from monitor.ops.metrics import MetricsSettings
 
 __all__ = [
     "AccountSettings",
@@ -73,8 +74,6 @@ __all__ = [
     "default_state_dir",
     "load_settings",
 ]
-
-Level = Literal["ok", "warning", "critical", "emergency"]
 
 
 class Section(BaseModel):
@@ -100,7 +99,7 @@ _ORDER_ONLY_CREDENTIALS = frozenset({"privateKey"})
 def ccxt_credentials(exchange: str) -> dict[str, str]:
     """ccxt's name for each credential -> the account setting that fills it.
 
-    One place for both the ccxt instance (sources/exchange.py) and the load-time check:
+    One place for both the ccxt instance (sources/ccxt_client.py) and the load-time check:
     a Hyperliquid account signs with a wallet, its address in `api_key` and the agent's
     private key in `secret`."""
     if exchange == "hyperliquid":
@@ -167,7 +166,7 @@ class AccountSettings(Section):
         for credential, field_name in ccxt_credentials(self.exchange).items():
             if not required.get(credential) or credential in _ORDER_ONLY_CREDENTIALS:
                 continue
-            value = getattr(self, field_name)
+            value = self.credentials()[field_name]
             if (value is not None and value.get_secret_value()) or self.ccxt.get(credential):
                 continue
             what = {"walletAddress": "wallet address", "password": "API passphrase"}.get(
@@ -180,6 +179,10 @@ class AccountSettings(Section):
                 f"or the credential file {file} ($CREDENTIALS_DIRECTORY)"
             )
         return self
+
+    def credentials(self) -> dict[str, SecretStr | None]:
+        """The account's keys by setting name (the names `ccxt_credentials` maps to)."""
+        return {"api_key": self.api_key, "secret": self.secret, "password": self.password}
 
     @property
     def is_sim(self) -> bool:
@@ -373,7 +376,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
             raise UserError(f"{origin}: tables or arrays nested too deeply") from None
     credentials = os.environ.get("CREDENTIALS_DIRECTORY")
     if credentials and Path(credentials).is_dir():
-        # read each once here, so an why_unreadable or non-UTF-8 one is named (pydantic-settings'
+        # read each once here, so an unreadable or non-UTF-8 one is named (pydantic-settings'
         # own reader raises without saying which)
         for entry in sorted(Path(credentials).iterdir()):
             if entry.is_file():
@@ -395,13 +398,10 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
     except ValidationError as exc:
         raise UserError(format_validation_error(exc, origin, Settings)) from None
     except SettingsError as exc:
-        raise UserError(f"{origin}: {first_line(str(exc))}") from None
+        raise UserError(f"{origin}: {fold(str(exc))}") from None
     except (OSError, UnicodeDecodeError) as exc:
         # a credential file pydantic-settings reads ($CREDENTIALS_DIRECTORY)
-        name = getattr(exc, "filename", None) or "a credential file"
-        raise UserError(
-            f"{name}: cannot read ({why_unreadable(exc)}); fix its permissions or encoding (UTF-8)"
-        ) from None
+        raise unreadable(getattr(exc, "filename", None) or "a credential file", exc) from None
     finally:
         FILE_DATA.reset(token)
     # every secret it holds is redacted from logs and error lines from now on (docs/hardening.md)

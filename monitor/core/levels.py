@@ -2,7 +2,7 @@
 
 Levels `ok < warning < critical < emergency`. The alert rules' levels and the ratio level the
 daemon and the console show (`rules.ratio_level`) all come from `target_level`, so the
-hysteresis is written once (docs/alerts.md).
+hysteresis is written once (docs/alerts.md); `level_exit` is its lower edge as one number.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-__all__ = ["LEVELS", "Level", "level_rank", "target_level"]
+__all__ = ["LEVELS", "Level", "level_exit", "level_rank", "target_level"]
 
 Level = Literal["ok", "warning", "critical", "emergency"]
 LEVELS: tuple[Level, ...] = ("ok", "warning", "critical", "emergency")
@@ -41,3 +41,19 @@ def target_level(
         if value >= limit:
             best = i
     return LEVELS[best]
+
+
+def level_exit(level: Level, thresholds: tuple[float | None, ...], band: float) -> float:
+    """The value below which `target_level` leaves `level` for a lower one.
+
+    Its threshold minus the band (thresholds ascending, as settings.py validates them); -inf
+    for ok, which nothing lies below, and +inf for a level whose threshold is off, which
+    `target_level` never keeps. For a caller that must test many values against one level
+    with a float compare (the daemon's per-tick check, daemon/loop.py `_alarm`);
+    tests/test_rules.py holds the two to the same answer.
+    """
+    rank = level_rank(level)
+    if rank == 0:
+        return -math.inf
+    threshold = thresholds[rank - 1]
+    return math.inf if threshold is None else threshold - band

@@ -409,7 +409,6 @@ class SourceStale:
     account: str
     kind: str
     age: float
-    ts: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -418,7 +417,6 @@ class SourceDown:
 
     account: str
     reason: str
-    ts: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -427,7 +425,6 @@ class SourceUp:
 
     account: str
     kind: str
-    ts: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -440,7 +437,6 @@ class ModelDrift:
     drifting: bool
     model_ratio: float
     venue_ratio: float
-    ts: float
 
 
 Event = PriceTick | AccountUpdate | SourceStale | SourceDown | SourceUp | ModelDrift

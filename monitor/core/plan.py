@@ -421,13 +421,6 @@ def stop_price(side: Side, liquidation_price: float, mark_price: float, distance
     return max(liquidation_price - gap, mark_price * (1 + 1e-4))
 
 
-def history_after(history: ActionHistory, plan: ActionPlan, now: float) -> ActionHistory:
-    """The history once `plan`'s orders were sent at `now` (cooldown and daily cap start)."""
-    if not plan.orders:
-        return history
-    return history.after(plan.notional, now)
-
-
 def without(plan: ActionPlan, symbols: Sequence[str]) -> ActionPlan:
     """`plan` with the orders on `symbols` removed (the executor drops what a re-read voids)."""
     return replace(plan, orders=tuple(o for o in plan.orders if o.symbol not in symbols))

@@ -136,9 +136,13 @@ def _worse(rule: str, a: float | None, b: float | None) -> float | None:
 
 
 def ratio_level(ratio: float, current: Level, config: AlertConfig) -> Level:
-    """The margin-ratio level after `ratio`, with hysteresis (no hold_for, no lifecycle).
+    """The ratio level after `ratio`: hysteresis only (no hold_for, no lifecycle, no state
+    kept across restarts).
 
-    For displays that only need "which level is this account at" (the console view).
+    Not the margin alert's level (`_step_threshold`), which enters a higher level only after
+    `hold_for` and continues from the stored state: the daemon needs the ratio level at
+    once, to report a crossing tick before any hold starts and to show where the ratio sits
+    (daemon/loop.py, "levels"); with `hold_for` = 0 and no restart the two agree.
     """
     return target_level(ratio, current, config.ratio_thresholds(), config.band)
 

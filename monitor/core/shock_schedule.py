@@ -69,6 +69,9 @@ class ShockScheduler:
         self.claims: dict[str, ShockClaim] = {}
         self.solves = 0
         self.overdue_solves = 0
+        #: CPU seconds charged by every solve so far (the budget's own spending, which a
+        #: throughput figure separates from the tick path's: docs/benchmarks.md)
+        self.cpu = 0.0
         self._warning = config.warning
         self._shock_warning = config.shock_warning
         self._refilled_at: float | None = None
@@ -141,6 +144,7 @@ class ShockScheduler:
         """A solve of `claim` finished at `now`, taking `cpu` seconds; `shock` its figure."""
         self._refill(now)
         self.tokens -= cpu
+        self.cpu += cpu
         self.solves += 1
         claim.solved_at = now
         claim.changed = False

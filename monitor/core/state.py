@@ -1,9 +1,12 @@
 """The latest view of one account, and how each source event changes it. Pure; no clock.
 
 A source streams small events (one mark price, the full position list, the full balance
-list); the daemon folds them into an `AccountState` with `apply` and recomputes the margin
-report only when `apply` says something that matters for the money changed. Like h11's
-sans-IO protocol objects (STYLE.md), this never does I/O: the event carries its own time.
+list); the daemon folds each read into an `AccountState` with `apply` and recomputes the
+margin report only when `apply` says something that matters for the money changed. Like
+h11's sans-IO protocol objects (STYLE.md), this never does I/O: the event carries its own
+time. The daemon's ticks take the O(1) path, the `Ledger` (core/margin/ledger.py); `apply`
+on a tick is the plain, whole-snapshot statement of the same rules, which the Ledger is
+held to (tests/test_daemon_ticks.py) and which tests use to fold a stream.
 
 Rules, and why (the ordering rule; docs/account-view.md says it for users):
 - Every mark carries a time: a `PriceTick` its venue timestamp (else its receive time), an
@@ -34,7 +37,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Literal
 
 from monitor.core.model import (
     AccountSnapshot,
@@ -46,44 +48,31 @@ from monitor.core.model import (
     priced_collateral,
 )
 
-__all__ = ["KINDS", "AccountState", "DataKind", "Marks", "apply", "initial_state", "merge_read"]
+__all__ = ["AccountState", "Marks", "apply", "initial_state", "merge_read"]
 
 #: symbol -> (price, time the price was true: venue timestamp, else receive or send time)
 Marks = Mapping[str, tuple[float, float]]
 
-DataKind = Literal["prices", "positions", "balance"]
-KINDS: tuple[DataKind, ...] = ("prices", "positions", "balance")
-
 
 @dataclass(frozen=True, slots=True)
 class AccountState:
-    """An account's snapshot plus when each kind of data was last seen fresh.
+    """An account's snapshot, when its last applied read was sent, and its newest marks.
 
-    The timestamps are the events' own `ts` (seconds, the source's clock); None means that
-    kind has not arrived yet. The daemon's staleness check reads them. `marks` holds the
-    newest mark per symbol with its time, for the ordering rule (never mutated: each
-    change makes a new dict).
+    `read_at` is the read's own `ts` (seconds, the source's clock; None: no read yet): a
+    read sent before it is dropped whole. `marks` holds the newest mark per symbol with its
+    time, for the ordering rule (never mutated: each change makes a new dict). Staleness
+    is the sources' and the metrics sink's business (their own clocks), not this view's.
     """
 
     snapshot: AccountSnapshot
-    prices_at: float | None = None
-    positions_at: float | None = None
-    balance_at: float | None = None
+    read_at: float | None = None
     marks: Marks = field(default_factory=dict)
-
-    def updated_at(self, kind: DataKind) -> float | None:
-        """When data of `kind` last arrived (None: never)."""
-        if kind == "prices":
-            return self.prices_at
-        if kind == "positions":
-            return self.positions_at
-        return self.balance_at
 
 
 def initial_state(snapshot: AccountSnapshot, ts: float) -> AccountState:
-    """A state from a full read (`Source.fetch_snapshot`): every kind is fresh at `ts`."""
+    """A state from a full read (`Source.fetch_snapshot`) sent at `ts`."""
     marks = {p.symbol: (p.mark_price, ts) for p in snapshot.positions}
-    return AccountState(snapshot, prices_at=ts, positions_at=ts, balance_at=ts, marks=marks)
+    return AccountState(snapshot, read_at=ts, marks=marks)
 
 
 def apply(state: AccountState, event: Event) -> tuple[AccountState, bool]:
@@ -138,7 +127,7 @@ def merge_read(
 
 
 def _apply_read(state: AccountState, read: AccountUpdate) -> tuple[AccountState, bool]:
-    if state.positions_at is not None and read.ts < state.positions_at:
+    if state.read_at is not None and read.ts < state.read_at:
         return state, False  # a read sent before the one already applied
     snapshot = state.snapshot
     positions, collateral, marks = merge_read(read, state.marks, snapshot.currency)
@@ -151,9 +140,7 @@ def _apply_read(state: AccountState, read: AccountUpdate) -> tuple[AccountState,
         snapshot = replace(
             snapshot, positions=positions, collateral=collateral, venue_margin=read.venue_margin
         )
-    return replace(
-        state, snapshot=snapshot, positions_at=read.ts, balance_at=read.ts, marks=marks
-    ), changed
+    return replace(state, snapshot=snapshot, read_at=read.ts, marks=marks), changed
 
 
 def _apply_tick(state: AccountState, tick: PriceTick) -> tuple[AccountState, bool]:
@@ -187,7 +174,6 @@ def _apply_tick(state: AccountState, tick: PriceTick) -> tuple[AccountState, boo
     if not relevant:
         return state, False  # not held: the next read's marks set it (bounded memory)
     changed = positions != snapshot.positions or collateral != snapshot.collateral
-    prices_at = tick.ts if state.prices_at is None else max(state.prices_at, tick.ts)
     if changed:
         snapshot = replace(snapshot, positions=positions, collateral=collateral)
-    return replace(state, snapshot=snapshot, prices_at=prices_at, marks=marks), changed
+    return replace(state, snapshot=snapshot, marks=marks), changed

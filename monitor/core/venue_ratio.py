@@ -49,7 +49,6 @@ class VenueAnchor:
 
     venue_ratio: float
     model_ratio: float
-    ts: float
     strikes: int = 0
     drifting: bool = False
 
@@ -62,7 +61,7 @@ def relative_drift(model: float, venue: float) -> float | None:
 
 
 def observe(
-    anchor: VenueAnchor | None, model: float, venue: float, ts: float, tolerance: float
+    anchor: VenueAnchor | None, model: float, venue: float, tolerance: float
 ) -> tuple[VenueAnchor, bool | None]:
     """Take one read's pair of figures; the flag says a drift episode started (True) or
     ended (False), None when nothing changed."""
@@ -74,7 +73,7 @@ def observe(
     was = anchor.drifting if anchor is not None else False
     drifting = strikes >= STRIKES or (was and off)
     change = None if drifting == was else drifting
-    return VenueAnchor(venue, model, ts, strikes, drifting), change
+    return VenueAnchor(venue, model, strikes, drifting), change
 
 
 def carried(anchor: VenueAnchor, model_now: float) -> float:

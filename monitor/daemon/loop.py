@@ -34,17 +34,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
-from typing import cast
 
 import structlog
 
+from monitor.backoff import retry_after
 from monitor.config.settings import AlertsSettings
 from monitor.core import stress
-from monitor.core.levels import Level, level_rank
+from monitor.core.levels import Level, level_exit, level_rank
 from monitor.core.margin import report as margin
 from monitor.core.margin.ledger import Ledger
 from monitor.core.model import (
@@ -83,10 +82,14 @@ SOLVE_AFTER_WAKE = 0.002
 
 
 # --- levels ----------------------------------------------------------------------------------
-# The level the console shows comes from the rule engine's hysteresis (monitor.core.rules); the
-# alert lifecycle itself (docs/notifications.md) runs in the alert pipeline, one of the sinks.
-
-_LEVELS = ("ok", "warning", "critical", "emergency")
+# Two levels, on purpose. The loop keeps the *ratio level*: where the reported margin ratio
+# sits on the ladder, with the band's hysteresis (rules.ratio_level), computed once per report.
+# It decides which tick reports at once (`_alarm`) and is what `Sink.on_level` shows (the
+# metrics gauge, the status page badge, the console colour). The *alert level* of the margin
+# rule is the alert pipeline's (rules.evaluate, one of the sinks): it also waits `hold_for`
+# before entering a higher level and is kept in the store across restarts, so the two differ
+# while a hold runs, or after a restart with the ratio inside a band. The tick check must not
+# wait for a hold: the report at the crossing is what starts the hold's clock.
 
 
 # --- one account -----------------------------------------------------------------------------
@@ -185,7 +188,8 @@ class AccountLoop:
         self.state: AccountState | None = None
         self.ledger: Ledger | None = None
         self.report: MarginReport | None = None
-        self.level = "ok"
+        #: the ratio level of the last report (see "levels" above), not the alert level
+        self.ratio_level: Level = "ok"
         self.events = 0
         self.recomputes = 0
         self.shock_solves = 0
@@ -213,13 +217,17 @@ class AccountLoop:
         self._drift: ModelDrift | None = None  # a drift change the sinks are yet to hear
         self._reported_at = -math.inf  # loop time of the last report
         self._lock = asyncio.Lock()
-        # bound once: a getattr per sink per tick was measurable at 20 000 ticks/s
-        self._on_event = tuple((sink.name, sink.on_event) for sink in self.sinks)
+        # bound once, and only the sinks that listen: a getattr, or an awaited no-op, per
+        # sink per tick was measurable at 20 000 ticks/s (docs/benchmarks.md)
+        listening = [sink for sink in self.sinks if type(sink).on_event is not Sink.on_event]
+        self._on_event = tuple((sink.name, sink.on_event) for sink in listening)
+        self._on_tick = tuple((sink.name, sink.on_event) for sink in listening if sink.ticks)
+        self._on_report = tuple((sink.name, sink.on_report) for sink in self.sinks)
 
     async def run_source(self) -> None:
         """Task `source[<account>]`: fresh read, then fold events in; retry after failures."""
         attempt = 0
-        on_event = self._on_event
+        on_event, on_tick = self._on_event, self._on_tick
         while True:
             try:
                 sent = self.clock()  # the read's values are at least this new
@@ -227,9 +235,10 @@ class AccountLoop:
                 if self._rebuild(initial_state(snapshot, sent)):
                     await self._report_now()
                 attempt = 0
+                account = self.account
                 async for event in self.source.events():
                     self.events += 1
-                    for name, call in on_event:
+                    for name, call in on_tick if type(event) is PriceTick else on_event:
                         try:
                             await call(event)
                         except Exception as exc:  # a broken sink must not stop the loop
@@ -240,7 +249,7 @@ class AccountLoop:
                         ledger = self.ledger
                         if (
                             ledger is not None
-                            and event.account == self.account
+                            and event.account == account
                             and ledger.tick(event.symbol, event.mark_price, event.ts)
                             and self._changed()
                         ):
@@ -255,8 +264,8 @@ class AccountLoop:
                 # a UserError is already the one line a person reads (a rejected key)
                 reason = str(exc) if isinstance(exc, UserError) else one_line(exc)
                 log.error("source failed", account=self.account, error=reason, attempt=attempt)
-                await self._tell_event(SourceDown(self.account, reason, self.clock()))
-                await asyncio.sleep(random.uniform(0, 1.5 ** min(10, attempt)))  # noqa: S311
+                await self._tell_event(SourceDown(self.account, reason))
+                await asyncio.sleep(retry_after(attempt))
                 continue
             if self.finite:
                 log.info("source finished", account=self.account, events=self.events)
@@ -265,7 +274,7 @@ class AccountLoop:
             # a live source only ends when it gave up (it has sent SourceDown); read again
             attempt += 1
             log.warning("source stream ended; reconnecting", account=self.account)
-            await asyncio.sleep(random.uniform(0, 1.5 ** min(10, attempt)))  # noqa: S311
+            await asyncio.sleep(retry_after(attempt))
 
     def _fold(self, event: Event) -> bool:
         """A whole read (positions, balances, their marks): fold it in at once, rebuild the
@@ -278,7 +287,7 @@ class AccountLoop:
         if state is None or not isinstance(event, AccountUpdate):
             return False
         before = self.anchor
-        stale = state.positions_at is not None and event.ts < state.positions_at
+        stale = state.read_at is not None and event.ts < state.read_at
         if event.venue_ratio is not None and not stale:
             self._check_venue(event, state.snapshot)
         # a new venue figure moves the ratio alerts use even when no figure of ours moved
@@ -315,9 +324,7 @@ class AccountLoop:
         except Exception as exc:  # a core bug on odd data must not stop the monitor
             log.error("venue check failed", account=self.account, error=one_line(exc))
             return
-        self.anchor, change = observe(
-            self.anchor, model, read.venue_ratio, read.ts, self.drift_tolerance
-        )
+        self.anchor, change = observe(self.anchor, model, read.venue_ratio, self.drift_tolerance)
         if change is not None:
             log.warning(
                 "model_drift" if change else "model_drift_gone",
@@ -325,7 +332,7 @@ class AccountLoop:
                 ours=_number(model),
                 venue=_number(read.venue_ratio),
             )
-            self._drift = ModelDrift(self.account, change, model, read.venue_ratio, read.ts)
+            self._drift = ModelDrift(self.account, change, model, read.venue_ratio)
 
     def _rebuild(self, state: AccountState) -> bool:
         """A new base after a full read: the ledger starts over from it (no drift)."""
@@ -353,7 +360,10 @@ class AccountLoop:
             claim.changed = True
             self.shocks.wake.set()
         assert self.ledger is not None
-        ratio = claim.ratio = used_ratio(self.ledger.ratio(), self.anchor, self.ratio_source)
+        ratio = self.ledger.ratio()
+        if self.anchor is not None:
+            ratio = used_ratio(ratio, self.anchor, self.ratio_source)
+        claim.ratio = ratio
         if ratio >= self._alarm_hi:
             claim.urgent = True  # fresh shock figures for an account heading into danger
             self.shocks.wake.set()
@@ -364,27 +374,34 @@ class AccountLoop:
         self.urgent_reports += 1
         await self.recompute(shock=False)  # the shock solve follows from the budget
 
-    def _alarm(self, ratio: float, level: str) -> None:
+    def _alarm(self, ratio: float, level: Level) -> None:
         """The ratio band in which a change is not urgent, after a report of `ratio`.
 
-        Below: the exit of `level` (its threshold minus the band: rules.ratio_level). Above:
-        the first threshold above `ratio`, which is at most the entry of the next level.
+        Below: the exit of `level` (levels.level_exit, where `target_level` leaves it). Above:
+        the first threshold above `ratio`, which is at most the entry of the next level. Two
+        float compares per tick instead of a `target_level` call (docs/benchmarks.md).
         """
-        rank = level_rank(level)
-        entry = self._config.ratio_thresholds()[rank - 1] if rank else None
-        self._alarm_lo = -math.inf if entry is None else entry - self._config.band
+        self._alarm_lo = level_exit(level, self._config.ratio_thresholds(), self._config.band)
         self._alarm_hi = next((t for t in self._thresholds if t > ratio), math.inf)
 
     async def run_recompute(self) -> None:
         """Task `recompute[<account>]`: one report per wake-up, on the latest state, at
         most one per `report_spacing` seconds (changes meanwhile fold into the ledger)."""
         loop = asyncio.get_running_loop()
+        dirty = self.dirty
         while True:
-            await self.dirty.wait()
-            wait = self._reported_at + self.report_spacing - loop.time()
+            # spacing first, then the flag: under a steady stream the flag is already set
+            # when the spacing ends, so a report costs one wake-up of this task, not two
+            # (docs/benchmarks.md); re-checked after the sleep, since an urgent report or a
+            # shock solve meanwhile restarts the spacing
+            reported_at = self._reported_at
+            wait = reported_at + self.report_spacing - loop.time()
             if wait > 0:
                 await asyncio.sleep(wait)
-            self.dirty.clear()
+            await dirty.wait()  # at once when set
+            if self._reported_at != reported_at:
+                continue  # reported meanwhile (urgent or shock): space from that report
+            dirty.clear()
             await self.recompute()
 
     async def recompute(
@@ -433,14 +450,17 @@ class AccountLoop:
             self._reported_at = loop_now
             self.recomputes += 1
             self.report = report
-            previous = self.level
-            level = ratio_level(report.margin_ratio, cast("Level", previous), self._config)
-            self.level = level
+            previous = self.ratio_level
+            level = ratio_level(report.margin_ratio, previous, self._config)
+            self.ratio_level = level
             self._alarm(report.margin_ratio, level)
             now = self.clock()
-            await self._tell(
-                "on_report", lambda sink: sink.on_report(self.account, report, snapshot, now)
-            )
+            account = self.account
+            for name, on_report in self._on_report:
+                try:
+                    await on_report(account, report, snapshot, now)
+                except Exception as exc:  # a broken sink must not stop the others or the loop
+                    log.error("sink failed", sink=name, call="on_report", error=one_line(exc))
             if level != previous:
                 _log_level(self.account, level, previous, report)
                 await self._tell(
@@ -468,7 +488,7 @@ class AccountLoop:
 
 
 def _log_level(account: str, level: str, previous: str, report: MarginReport) -> None:
-    method = "info" if _LEVELS.index(level) < _LEVELS.index(previous) else "warning"
+    method = "info" if level_rank(level) < level_rank(previous) else "warning"
     getattr(log, method)(
         "level changed",
         account=account,

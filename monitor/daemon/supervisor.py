@@ -31,7 +31,7 @@ from monitor.sink import Sink
 from monitor.sources.base import Source
 from monitor.sources.sim_prices import ReplayStep
 
-__all__ = ["STOP_GRACE", "run_daemon", "stop_leftover_tasks"]
+__all__ = ["STOP_GRACE", "run_daemon", "shock_solver", "stop_leftover_tasks"]
 
 log = structlog.get_logger("monitor.daemon")
 
@@ -44,6 +44,18 @@ STOP_GRACE = 5.0
 
 class _Shutdown(Exception):
     """Raised inside the TaskGroup to stop every task (the TaskGroup way to cancel all)."""
+
+
+def shock_solver(settings: Settings) -> ShockSolver:
+    """One shock budget for every account of the process (monitor/core/shock_schedule.py)."""
+    return ShockSolver(
+        ShockScheduler(
+            settings.shock_interval,
+            settings.alerts.to_config(),
+            share=SHOCK_CPU_SHARE,
+            max_age=SHOCK_MAX_AGE,
+        )
+    )
 
 
 async def run_daemon(
@@ -60,6 +72,7 @@ async def run_daemon(
     notifier: Notifier | None = None,
     reload: Callable[[], Sequence[AccountSettings]] | None = None,
     received: list[int] | None = None,
+    shocks: ShockSolver | None = None,
 ) -> list[AccountLoop]:
     """Run until SIGINT/SIGTERM, `duration` seconds, or the end of every finite source.
 
@@ -71,22 +84,17 @@ async def run_daemon(
     exchanges answer), WATCHDOG=1 only while the loop and every recompute make progress,
     STOPPING=1 at shutdown. `reload` (SIGHUP) re-reads the accounts: new ones start, removed
     ones stop, changed ones restart; everything else keeps running. `received` collects the
-    stopping signal, so `run` can exit 130 after Ctrl-C as a shell expects.
+    stopping signal, so `run` can exit 130 after Ctrl-C as a shell expects. `shocks`: the
+    shared shock budget, `shock_solver(settings)` without (a benchmark passes its own to
+    read what the solves spent).
     """
     if sources is None:
         sources = [open_source(a, replay, settings.state_dir) for a in accounts]
     if finite is None:
         finite = replay is not None
     state_dir = settings.state_dir
-    # one shock budget for every account of the process (monitor/core/shock_schedule.py)
-    shocks = ShockSolver(
-        ShockScheduler(
-            settings.shock_interval,
-            settings.alerts.to_config(),
-            share=SHOCK_CPU_SHARE,
-            max_age=SHOCK_MAX_AGE,
-        )
-    )
+    if shocks is None:
+        shocks = shock_solver(settings)
 
     def make_loop(src: Source) -> AccountLoop:
         return AccountLoop(

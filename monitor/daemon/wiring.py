@@ -13,7 +13,8 @@ from monitor.alerts.sink import build_alerts_sink
 from monitor.channels.console import ConsoleSink
 from monitor.config.settings import AccountSettings, Settings
 from monitor.errors import UserError
-from monitor.protect.sink import build_actions_sink
+from monitor.protect.notes import ActionNotes
+from monitor.protect.sink import action_ratio, build_actions_sink
 from monitor.sink import Sink
 from monitor.sources.base import Source
 from monitor.sources.sim import SimVenue
@@ -54,15 +55,18 @@ def build_sinks(
     `OrderDesk`) that protective actions trade through; empty for `check`. `shard`: (K, N)
     under `--shard K/N`, exported by the metrics sink (docs/kubernetes.md).
     """
-    actions = build_actions_sink(settings, sources)  # docs/actions.md: protective orders
+    # Alerts show the action state (`notes.note`) and protective actions audit and alert
+    # through the alert side: the notes are built first and handed to both (protect/notes.py).
+    notes = ActionNotes()
     alerts = build_alerts_sink(
         settings.state_dir,
         settings.alerts.to_config(),
         settings.mqtt,
         settings.notify,
-        action_note=actions.note if actions else None,
+        action_note=notes.note,
         accounts=[a.name for a in settings.accounts],
     )
+    actions = build_actions_sink(settings, sources, alerts, notes)  # docs/actions.md
     # the screen's headline is the worst active alert (docs/alerts.md)
     console = ConsoleSink(
         live=tui,
@@ -71,7 +75,6 @@ def build_sinks(
     )
     sinks: list[Sink] = [console]
     if actions is not None:
-        actions.attach(alerts)
         # before the alerts: an alert then carries the action state of its own report
         sinks.append(actions)
     sinks.append(alerts)
@@ -84,6 +87,12 @@ def build_sinks(
         watched = {
             a.name: a.stale_after for a in settings.accounts if sources is None or a.name in sources
         }
+        status = None
+        if settings.metrics.status_page:
+            from monitor.channels.web import StatusSink  # noqa: PLC0415 - docs/status-page.md
+
+            # on the metrics listener, with the metrics sink's freshness (built next)
+            status = StatusSink(watched, lambda: health.blind(), lambda: alerts.pipeline)  # noqa: PLW0108
         health = build_metrics_sink(
             settings.metrics,
             watched,
@@ -91,13 +100,10 @@ def build_sinks(
             shard=shard,
             outbox=lambda: alerts.pipeline.store.pending(),  # noqa: PLW0108 - store opens late
             protection=actions.protection_disabled if actions is not None else None,
+            routes=[status.install] if status is not None else [],
         )
         sinks.append(health)
-        if settings.metrics.status_page:
-            from monitor.channels.web import StatusSink  # noqa: PLC0415 - docs/status-page.md
-
-            status = StatusSink(watched, health.blind, lambda: alerts.pipeline)
-            health.routes.append(status.install)
+        if status is not None:
             sinks.append(status)
         if settings.heartbeat.url is not None:
             sinks.append(HeartbeatSink(settings.heartbeat, health.blind))
@@ -107,12 +113,6 @@ def build_sinks(
 def action_ratios(settings: Settings, account: str) -> tuple[float, ...]:
     """The ratio at which protective actions step in, if they cover `account`: crossing it
     must reach the actions sink at once, like an alert threshold (docs/benchmarks.md)."""
-    actions, alerts = settings.actions, settings.alerts
-    if not actions.covers(account):
+    if not settings.actions.covers(account):
         return ()
-    thresholds = {
-        "warning": alerts.warning,
-        "critical": alerts.critical,
-        "emergency": alerts.emergency,
-    }
-    return (actions.action_ratio(thresholds),)
+    return (action_ratio(settings),)

@@ -16,15 +16,14 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from monitor import __version__
+from monitor.core.levels import level_rank
 
 if TYPE_CHECKING:
     from monitor.ops.metrics import Drift, MetricsSink
 
-__all__ = ["LEVELS", "AccountCollector"]
+__all__ = ["AccountCollector"]
 
 log = structlog.get_logger("monitor.metrics")
-
-LEVELS = {"ok": 0, "warning": 1, "critical": 2, "emergency": 3}
 
 
 class AccountCollector(Collector):
@@ -64,7 +63,7 @@ class AccountCollector(Collector):
                 "Alert level on the margin ratio: 0 ok, 1 warning, 2 critical, 3 emergency.",
                 ["account"],
                 [name],
-                float(LEVELS.get(health.level, 0)),
+                float(level_rank(health.level)),
             )
             drift = sink.drift.get(name)
             value = _safe(drift)

@@ -19,31 +19,16 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from monitor.config.monitoring import HeartbeatSettings
 from monitor.sink import Sink
 
 if TYPE_CHECKING:
     import aiohttp
 
-__all__ = ["HeartbeatSettings", "HeartbeatSink"]
+__all__ = ["HeartbeatSink"]
 
 log = structlog.get_logger("monitor.heartbeat")
-
-
-class HeartbeatSettings(BaseModel):
-    """The `[heartbeat]` section: off unless `url` is set."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    url: SecretStr | None = Field(
-        default=None, description="pinged (GET) every `interval` s while every account is fresh"
-    )
-    fail_url: SecretStr | None = Field(
-        default=None, description="pinged instead while an account is blind (optional)"
-    )
-    interval: float = Field(default=60.0, gt=0, le=86_400)
-    timeout: float = Field(default=10.0, gt=0, le=120)
 
 
 class HeartbeatSink(Sink):

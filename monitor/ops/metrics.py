@@ -24,9 +24,9 @@ import asyncio
 import contextlib
 import time
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from prometheus_client import (
@@ -36,13 +36,10 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from pydantic import BaseModel, ConfigDict, Field
 
+from monitor.config.monitoring import MetricsSettings
 from monitor.core.model import (
-    AccountSnapshot,
     AccountUpdate,
-    Event,
-    MarginReport,
     ModelDrift,
     PriceTick,
     SourceDown,
@@ -53,6 +50,10 @@ from monitor.ops.gauges import AccountCollector
 from monitor.ops.metrics_server import serve
 from monitor.sink import Sink
 
+if TYPE_CHECKING:
+    from monitor.core.model import AccountSnapshot, Event, MarginReport
+    from monitor.sources.base import Source
+
 __all__ = [
     "ACTIONS",
     "ALERTS_SENT",
@@ -60,7 +61,6 @@ __all__ = [
     "RECOMPUTE_LATENCY",
     "REGISTRY",
     "AccountHealth",
-    "MetricsSettings",
     "MetricsSink",
     "build_metrics_sink",
     "outbox_depth_of",
@@ -79,23 +79,6 @@ _SIGNAL_OF: dict[type, str] = {
     SourceUp: "up",
     ModelDrift: "model_drift",
 }
-
-
-class MetricsSettings(BaseModel):
-    """The `[metrics]` section: the HTTP endpoint for Prometheus and health probes."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    enabled: bool = False
-    host: str = Field(
-        default="127.0.0.1",
-        description="bind address; loopback by default (the figures describe your money). "
-        "Use 0.0.0.0 in a container, behind its network",
-    )
-    port: int = Field(default=9464, ge=0, le=65535, description="0 picks a free port (tests)")
-    status_page: bool = Field(
-        default=True, description="serve the status page on / and its JSON on /api/status"
-    )
 
 
 # --- process-wide metrics: incremented where the thing happens -------------------------------
@@ -183,6 +166,9 @@ class MetricsSink(Sink):
             still kept, which is cheap, so a reload can turn the endpoint on later).
         accounts: account name -> its `stale_after` (the accounts `/healthz` must vouch for).
         outbox_depth: returns the queued alert messages per sink (the store's outbox).
+        protection: account -> why its protective actions cannot run (the actions sink's).
+        shard: (K, N) under `--shard K/N`, exported so a missing shard's process is noticed.
+        routes: more routes for the same listener, each `install(app)` (the status page).
         clock: monotonic seconds.
     """
 
@@ -196,6 +182,7 @@ class MetricsSink(Sink):
         outbox_depth: Callable[[], Mapping[str, int]] | None = None,
         protection: Callable[[], Mapping[str, str]] | None = None,
         shard: tuple[int, int] | None = None,
+        routes: Sequence[Callable[[Any], None]] = (),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
@@ -215,7 +202,7 @@ class MetricsSink(Sink):
         self._registered = False
         self._event_counters: dict[tuple[str, str], Any] = {}
         #: more routes for the same listener, each `install(app)` (the status page, web.py)
-        self.routes: list[Callable[[Any], None]] = []
+        self.routes = tuple(routes)
         self.set_accounts(accounts)
 
     # --- configuration ---------------------------------------------------------------------
@@ -225,11 +212,11 @@ class MetricsSink(Sink):
         self.liveness = alive
 
     def set_accounts(
-        self, accounts: Mapping[str, float], sources: Mapping[str, object] | None = None
+        self, accounts: Mapping[str, float], sources: Mapping[str, Source] | None = None
     ) -> None:
         """The accounts to vouch for (start, SIGHUP reload): new ones start blind, removed
         ones disappear from `/metrics` and `/healthz`. `sources` (name -> source) exports
-        the venue drift of those that keep a `venue_check`."""
+        each one's `venue_drift` (none while the source has no venue figure)."""
         for name in list(self.accounts):
             if name not in accounts:
                 del self.accounts[name]
@@ -245,8 +232,8 @@ class MetricsSink(Sink):
             else:
                 health.stale_after = stale_after
         for name, source in (sources or {}).items():
-            if name in self.accounts and hasattr(source, "venue_check"):
-                self.watch_drift(name, _drift_of(source))
+            if name in self.accounts:
+                self.watch_drift(name, source.venue_drift)
 
     def watch_drift(self, account: str, drift: Drift) -> None:
         """Export `drift()` (our ratio − the venue's) for `account` at each scrape."""
@@ -366,31 +353,22 @@ def outbox_depth_of(pending: Callable[[], Iterable[Any]]) -> Callable[[], Mappin
 def build_metrics_sink(
     settings: MetricsSettings,
     accounts: Mapping[str, float],
-    sources: Mapping[str, object] | None = None,
+    sources: Mapping[str, Source] | None = None,
     *,
     outbox: Callable[[], Iterable[Any]] | None = None,
     protection: Callable[[], Mapping[str, str]] | None = None,
     shard: tuple[int, int] | None = None,
+    routes: Sequence[Callable[[Any], None]] = (),
 ) -> MetricsSink:
     """The metrics sink, given what it reports on (daemon/wiring.py builds the pieces).
 
     `outbox`: the alert store's pending rows (`.sink` each), read at scrape time only: the
-    alert sink opens its store lazily and `check` must never open it. The venue drift comes
-    from every source that keeps a `venue_check` (sources/exchange.py), so this module
-    imports neither.
+    alert sink opens its store lazily and `check` must never open it. The venue drift is
+    each source's `venue_drift` (the `Source` protocol, sources/base.py).
     """
     depth = outbox_depth_of(outbox) if outbox is not None else None
     metrics = MetricsSink(
-        settings, accounts, outbox_depth=depth, protection=protection, shard=shard
+        settings, accounts, outbox_depth=depth, protection=protection, shard=shard, routes=routes
     )
     metrics.set_accounts(accounts, sources)
     return metrics
-
-
-def _drift_of(source: object) -> Drift:
-    def drift() -> float | None:
-        check = getattr(source, "venue_check", None)
-        value = getattr(check, "drift", None)
-        return float(value) if isinstance(value, int | float) else None
-
-    return drift

@@ -7,13 +7,13 @@ installed from `MetricsSink.routes`.
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any
 
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from monitor.errors import UserError
+from monitor.errors import UserError, os_reason
+from monitor.ops.sdnotify import ask
 
 if TYPE_CHECKING:
     from monitor.ops.metrics import MetricsSink
@@ -59,10 +59,7 @@ async def serve(sink: MetricsSink) -> tuple[Any, tuple[str, int]]:
         # Kubernetes liveness (docs/kubernetes.md): the watchdog's evidence of progress, not
         # data freshness: restarting cannot fix a venue outage and would blind the shard
         del request
-        try:
-            wedged = sink.liveness() if sink.liveness is not None else None
-        except Exception as exc:  # as in sdnotify.watchdog_loop: a broken probe is wedged
-            wedged = f"liveness probe failed: {type(exc).__name__}: {exc}"
+        wedged = ask(sink.liveness) if sink.liveness is not None else None
         if wedged is None:
             return web.Response(text="alive\n")
         return web.Response(status=503, text=f"wedged: {wedged}\n")
@@ -80,7 +77,7 @@ async def serve(sink: MetricsSink) -> tuple[Any, tuple[str, int]]:
     except OSError as exc:
         raise UserError(
             f"metrics: cannot listen on {sink.settings.host}:{sink.settings.port} "
-            f"({_reason(exc)}); pick another metrics.port or stop the other process"
+            f"({os_reason(exc)}); pick another metrics.port or stop the other process"
         ) from None
     if runner.addresses:
         host, port = runner.addresses[0][:2]
@@ -89,8 +86,3 @@ async def serve(sink: MetricsSink) -> tuple[Any, tuple[str, int]]:
         address = (sink.settings.host, sink.settings.port)
     log.info("metrics listening", host=address[0], port=address[1])
     return runner, address
-
-
-def _reason(exc: OSError) -> str:
-    """`address already in use`, not asyncio's "error while attempting to bind on ..."."""
-    return os.strerror(exc.errno).lower() if exc.errno else str(exc)

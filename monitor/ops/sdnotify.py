@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import structlog
 
-__all__ = ["Notifier", "ProgressProbe", "watchdog_interval", "watchdog_loop"]
+__all__ = ["Notifier", "ProgressProbe", "ask", "watchdog_interval", "watchdog_loop"]
 
 log = structlog.get_logger("monitor.sdnotify")
 
@@ -115,6 +115,15 @@ def _status(text: str | None) -> Sequence[str]:
 Probe = Callable[[], str | None]
 
 
+def ask(probe: Probe) -> str | None:
+    """The probe's answer: None while its part progresses, else why not. A probe that
+    raises counts as wedged, its error the reason (the watchdog and `/livez` alike)."""
+    try:
+        return probe()
+    except Exception as exc:
+        return f"liveness probe failed: {type(exc).__name__}: {exc}"
+
+
 class ProgressProbe:
     """Liveness of a worker loop: wedged when it has work but does none for `limit` s.
 
@@ -185,10 +194,7 @@ async def watchdog_loop(
         reason = f"event loop lag {lag:.3f} s" if lag > limit else None
         if reason is None:
             for probe in probes:
-                try:
-                    reason = probe()
-                except Exception as exc:  # a broken probe counts as "wedged"
-                    reason = f"liveness probe failed: {type(exc).__name__}: {exc}"
+                reason = ask(probe)
                 if reason is not None:
                     break
         if reason is None:

@@ -14,7 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from monitor.core.plan import MarketRules
 from monitor.sources.base import Source
-from monitor.venues.orders import amount_step
+from monitor.venues.orders import amount_step, min_notional_exempt
 
 __all__ = ["OrderDesk", "TradingSource", "market_rules"]
 
@@ -104,6 +104,5 @@ def market_rules(desk: OrderDesk, symbol: str, venue: str | None) -> MarketRules
         amount_step=step,
         min_amount=min_amount,
         min_notional=min_cost,
-        # Binance -4164: "notional must be no smaller than 5 (unless you choose reduce only)"
-        min_notional_reduce_only_exempt=bool(venue and venue.startswith("binance")),
+        min_notional_reduce_only_exempt=min_notional_exempt(venue),
     )

@@ -1,4 +1,4 @@
-"""Sending protective orders: fresh read, proof, one writer, idempotent ids, audit. (I/O.)
+"""One protective step: switches, one writer, fresh read, plan, proof, orders, audit. (I/O.)
 
 The planner (`core/plan.py`) decides; this module is where money moves, so every rule of the
 working agreement is applied here, in the order a step runs (each order's path from send to
@@ -183,8 +183,12 @@ class Executor:
         """True while a step runs (a report arriving now is dropped, not queued)."""
         return self._busy.locked()
 
-    async def on_report(self, rep: MarginReport, now: float) -> ActionPlan | None:
-        """Take one protective step if `rep` calls for it; None when no step ran."""
+    async def step(self, rep: MarginReport, now: float) -> ActionPlan | None:
+        """Take one protective step if `rep` calls for it; None when no step ran.
+
+        Not a sink's `on_report` (monitor/sink.py): the executor is driven by the actions
+        sink's task of its account, takes no snapshot because it acts only on a fresh read,
+        and returns the plan it took."""
         model = rep.model_ratio
         self.venue_bias = (
             rep.margin_ratio / model
@@ -200,7 +204,7 @@ class Executor:
             # the step's venue requests (fresh reads, order, lookups) go ahead of polling
             # and may spend the budget's reserve (sources/budget.py)
             with urgent_requests():
-                return await self._step(now)
+                return await self._take_step(now)
 
     def _writable(self) -> bool:
         """Take the writer lock; an unwritable state directory disables protection, loudly.
@@ -226,7 +230,7 @@ class Executor:
             self.audit.disabled(None)
         return True
 
-    async def _step(self, now: float) -> ActionPlan | None:
+    async def _take_step(self, now: float) -> ActionPlan | None:
         if not self._writable():
             return None
         if not self.lock.acquire():

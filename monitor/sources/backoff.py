@@ -1,39 +1,15 @@
-"""Retry pacing and freshness clocks for a live source: plain objects, time passed in.
+"""Polling slow-down and freshness clocks for a live source: plain objects, time passed in.
 
 Kept free of asyncio and of the clock so the policies can be tested exactly; the
-exchange source feeds them `time.monotonic()` and sleeps for what they say.
+exchange source feeds them `time.monotonic()` and sleeps for what they say. The retry
+pacing itself is `monitor/backoff.py`, shared with the alert delivery.
 """
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 
-__all__ = ["Backoff", "Freshness", "FreshnessChange", "Throttle"]
-
-
-@dataclass
-class Backoff:
-    """Full-jitter exponential backoff, capped (aiomqtt's one honest line, STYLE.md).
-
-    Jitter spreads the reconnects of many accounts after a venue-wide outage so they do
-    not arrive as one burst and earn a rate-limit ban on top of the outage.
-    """
-
-    base: float = 0.5
-    cap: float = 30.0
-    attempt: int = 0
-    rng: random.Random = field(default_factory=random.Random)
-
-    def next_delay(self) -> float:
-        """The delay before the next try; each call doubles the ceiling up to `cap`."""
-        ceiling = min(self.cap, self.base * 2.0 ** min(self.attempt, 30))
-        self.attempt += 1
-        return self.rng.uniform(ceiling / 2, ceiling)
-
-    def reset(self) -> None:
-        """A success: the next failure starts from `base` again."""
-        self.attempt = 0
+__all__ = ["Freshness", "FreshnessChange", "Throttle"]
 
 
 @dataclass

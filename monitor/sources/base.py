@@ -3,7 +3,8 @@
 The sim (`sources/sim.py`) and a live ccxt account (`sources/exchange.py`) share no code yet
 look the same to the daemon: `events()` is the live stream (prices, full position and
 balance reads, health events); `fetch_snapshot()` is a fresh full read used at start-up and
-whenever a caller must not trust the streamed view. Their order side is the `OrderDesk` of
+whenever a caller must not trust the streamed view; `venue_drift()` says how far our ratio is
+from the venue's own figure. Their order side is the `OrderDesk` of
 `protect/desk.py`.
 """
 
@@ -32,6 +33,11 @@ class Source(Protocol):
 
     async def fetch_snapshot(self) -> AccountSnapshot:
         """A fresh full read of balances, positions and marks."""
+        ...
+
+    def venue_drift(self) -> float | None:
+        """Our margin ratio minus the venue's own from the last read that carried one (None:
+        the venue reports none, or no read yet); the metrics sink exports it."""
         ...
 
     async def close(self) -> None:

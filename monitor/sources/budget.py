@@ -167,12 +167,15 @@ class RequestBudget:
         """Requests queued for tokens."""
         return len(self._waiting)
 
+    def _need(self, cost: float) -> float:
+        """What a background request needs above the reserve: its cost, but never more than
+        the bucket can hold above the reserve."""
+        return min(cost, max(self.spec.capacity - self.spec.reserve, 0.0))
+
     def _fits(self, urgent: bool, cost: float) -> bool:
         if urgent:
             return self.level >= -_EPSILON
-        # never ask for more than the bucket can hold above the reserve
-        need = min(cost, max(self.spec.capacity - self.spec.reserve, 0.0))
-        return self.level - need >= self.spec.reserve - _EPSILON
+        return self.level - self._need(cost) >= self.spec.reserve - _EPSILON
 
     def _grant(self, urgent: bool, cost: float, waited: bool) -> None:
         self._level -= cost
@@ -215,12 +218,7 @@ class RequestBudget:
                 self._waiting.pop(0)
                 continue
             if not self._fits(urgent, units):
-                floor = (
-                    0.0
-                    if urgent
-                    else self.spec.reserve
-                    + min(units, max(self.spec.capacity - self.spec.reserve, 0.0))
-                )
+                floor = 0.0 if urgent else self.spec.reserve + self._need(units)
                 delay = (floor - self.level) / self.spec.rate if self.spec.rate > 0 else 1.0
                 self._timer = asyncio.get_running_loop().call_later(
                     min(max(delay, 0.001), 1.0), self._pump

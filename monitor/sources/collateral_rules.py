@@ -6,32 +6,11 @@ the margin balance by exactly the haircut, on the accounts this product exists f
 engine already values haircuts (`Collateral.haircut`, `liability_markup`, banded
 `haircut_tiers`); this module reads the venue's published parameters and hands them to it.
 
-- **Binance USDⓈ-M.** `GET /fapi/v1/multiAssetsMargin` (ccxt `fapiPrivateGetMultiAssetsMargin`,
-  developers.binance.com …/account/rest-api/Get-Current-Multi-Assets-Mode) says whether the
-  account is in Multi-Assets Mode. There, `GET /fapi/v1/assetIndex` (`fapiPublicGetAssetIndex`,
-  …/market-data/rest-api/Multi-Assets-Mode-Asset-Index) publishes per `<ASSET>USD`
-  `index`, `bidBuffer`, `askBuffer`, with bidRate = index × (1 − bidBuffer) and askRate =
-  index × (1 + askBuffer). Account Equity = Σ min(equity × bidRate, equity × askRate) and
-  margin owed in an asset counts at its ask rate (FAQ c983a926…, example M1), which is
-  `haircut = bidBuffer`, `liability_markup = askBuffer` at price index / index(report
-  currency): every figure is then the venue's USD figure divided by one constant, so the
-  ratio is the venue's own. In Single-Asset Mode only stablecoin margin assets (USDT, USDC,
-  …) back contracts, so a BTC balance is not margin at all and is dropped.
+Each venue's reader (`collateral_rules`) lives in its module, with the venue's docs: Binance
+USDⓈ-M Multi-Assets Mode asset index (venues/binance.py), Bybit UTA tiered collateral ratios
+(venues/bybit.py), OKX multi-currency discount-rate tiers (venues/okx.py), Bitget USDT-M
+union-mode discount rates (venues/bitget.py).
 
-- **Bybit UTA.** `GET /v5/account/info` (`privateGetV5AccountInfo`) `marginMode`:
-  REGULAR_MARGIN (cross) or ISOLATED_MARGIN value collateral by ratio, PORTFOLIO_MARGIN is
-  portfolio margin. `GET /v5/spot-margin-trade/collateral` (`publicGetV5SpotMarginTradeCollateral`,
-  docs v5/spot-margin-uta/tier-collateral-ratio) publishes each coin's tiered collateral
-  ratios in coin units ("" = infinity), applied marginally to a positive balance; a negative
-  balance counts in full (Help "Assets-Collateral-Value-Ratio-List-UTA", docs/collateral.md).
-  `GET /v5/account/collateral-info` (`privateGetV5AccountCollateralInfo`) says per coin
-  whether the platform (`marginCollateral`) and the user (`collateralSwitch`) let it count.
-
-- **OKX.** `GET /api/v5/account/config` (`privateGetAccountConfig`) `acctLv`: 2
-  single-currency, 3 multi-currency (discount-rate tiers read, `_okx`), 4 portfolio margin.
-- **Bitget USDT-M.** `GET /api/v2/mix/account/accounts` `assetMode`: "single" (USDT only)
-  or "union" (multi-asset); in union mode `GET /api/v2/mix/market/discount-rate` publishes
-  each coin's discount-rate tiers in USDT value (`_bitget`).
 - **Portfolio margin** (Binance PM through ccxt's `portfolioMargin` option, Bybit
   PORTFOLIO_MARGIN, OKX acctLv 4) is scenario-based: no public formula reproduces it, so
   the live ratio is the venue's own figure (`venue_margin`), read with every balance, on
@@ -51,60 +30,33 @@ import json
 import math
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import structlog
 
 from monitor.core.model import STABLE_ASSETS, Collateral, CollateralTier, VenueMargin
-from monitor.sources.normalize import MalformedPayload, VenueFigures
+from monitor.errors import one_line
+from monitor.venues.base import (
+    AssetRule,
+    CollateralRules,
+    MalformedPayload,
+    Mode,
+    VenueFigures,
+)
+from monitor.venues.registry import venue_for
 
 __all__ = [
-    "PM_LIQUIDATION_UNI_MMR",
-    "AssetRule",
-    "CollateralRules",
     "CollateralRulesReader",
     "apply_rules",
-    "rules_from_binance",
     "rules_from_dict",
     "rules_to_dict",
     "venue_margin",
 ]
 
 log = structlog.get_logger("monitor.sources.collateral_rules")
-
-#: How a venue margins the account, as far as collateral is concerned.
-#: `single_asset`: only the settle asset is margin (Binance Single-Asset Mode);
-#: `multi_assets`: haircut cross-collateral (Binance Multi-Assets, Bybit UTA cross, OKX
-#: multi-currency); `portfolio`: scenario-based risk no public formula reproduces.
-Mode = Literal["single_asset", "multi_assets", "portfolio"]
-
-
-@dataclass(frozen=True, slots=True)
-class AssetRule:
-    """How one asset counts as margin: the venue's USD index (None: keep our price), the
-    haircut of a positive balance, the markup of a negative one, or haircut bands."""
-
-    asset: str
-    index: float | None = None
-    haircut: float = 0.0
-    liability_markup: float = 0.0
-    haircut_tiers: tuple[CollateralTier, ...] = ()
-    tier_basis: Literal["amount", "value"] = "amount"
-    collateral: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class CollateralRules:
-    """One venue read: the account's margin mode and every asset's rule, and when (wall
-    clock, so a cached read keeps its age across restarts)."""
-
-    venue: str
-    mode: Mode
-    assets: Mapping[str, AssetRule]
-    read_at: float
 
 
 # --- pure: rules applied to balances ------------------------------------------------------
@@ -149,201 +101,6 @@ def apply_rules(
 
 
 # --- venue readers (ccxt implicit API only) -----------------------------------------------
-
-
-def _fraction(row: Mapping[str, Any], key: str, where: str) -> float:
-    try:
-        value = float(row[key])
-    except (KeyError, TypeError, ValueError):
-        raise MalformedPayload(f"{where}: field {key!r} is missing or not a number") from None
-    if not math.isfinite(value) or value < 0:
-        raise MalformedPayload(f"{where}: field {key!r} = {row[key]!r} is not a rate ≥ 0")
-    return value
-
-
-def _rows(answer: object, where: str) -> list[Mapping[str, Any]]:
-    if isinstance(answer, Mapping):
-        answer = [answer]
-    if not isinstance(answer, list) or not all(isinstance(r, Mapping) for r in answer):
-        raise MalformedPayload(f"{where}: expected a list of objects")
-    return list(answer)
-
-
-def rules_from_binance(
-    venue: str, mode: object, asset_index: object, now: float
-) -> CollateralRules:
-    """Binance's two answers (`GET /fapi/v1/multiAssetsMargin`, `GET /fapi/v1/assetIndex`, in
-    their wire format) as rules. Pure: the live reader and the sim venue (which publishes
-    its rules in the same format) both go through it."""
-    flag = mode.get("multiAssetsMargin") if isinstance(mode, Mapping) else None
-    if flag not in (True, False, "true", "false"):
-        raise MalformedPayload(f"binance multiAssetsMargin: {flag!r} is not true/false")
-    if flag in (False, "false"):
-        return CollateralRules(venue, "single_asset", {}, now)
-    assets: dict[str, AssetRule] = {}
-    for row in _rows(asset_index, "binance assetIndex"):
-        symbol = str(row.get("symbol", ""))
-        if not symbol.endswith("USD") or len(symbol) <= 3:
-            continue
-        where = f"binance assetIndex {symbol}"
-        asset = symbol[:-3]
-        index = _fraction(row, "index", where)
-        assets[asset] = AssetRule(
-            asset,
-            index=index if index > 0 else None,
-            haircut=min(_fraction(row, "bidBuffer", where), 1.0),
-            liability_markup=_fraction(row, "askBuffer", where),
-        )
-    return CollateralRules(venue, "multi_assets", assets, now)
-
-
-async def _binance(exchange: Any, now: float) -> CollateralRules:
-    """Multi-Assets Mode and the asset index buffers (module docstring); the index is read
-    only in Multi-Assets Mode."""
-    mode = await exchange.fapiPrivateGetMultiAssetsMargin()
-    multi = isinstance(mode, Mapping) and mode.get("multiAssetsMargin") in (True, "true")
-    rows = await exchange.fapiPublicGetAssetIndex() if multi else []
-    return rules_from_binance(exchange.id, mode, rows, now)
-
-
-def _bybit_result(answer: object, where: str) -> Mapping[str, Any]:
-    result = answer.get("result") if isinstance(answer, Mapping) else None
-    if not isinstance(result, Mapping):
-        raise MalformedPayload(f"{where}: field 'result' is missing")
-    return result
-
-
-def _bands(rows: object, cap: str, ratio: str, where: str) -> tuple[CollateralTier, ...]:
-    """A venue's tier list as marginal bands: `cap` is the tier's upper amount ("",
-    absent or Bitget's "-1": no cap), `ratio` the share of value that counts; sorted by cap."""
-    bands = []
-    for row in _rows(rows, where):
-        top = row.get(cap)
-        bands.append(
-            CollateralTier(
-                math.inf if top in ("", None, "-1") else _fraction(row, cap, where),
-                min(_fraction(row, ratio, where), 1.0),
-            )
-        )
-    return tuple(sorted(bands, key=lambda b: b.up_to))
-
-
-async def _bybit(exchange: Any, now: float) -> CollateralRules:
-    """UTA margin mode, per-coin switches and tiered collateral ratios (module docstring)."""
-    info = _bybit_result(await exchange.privateGetV5AccountInfo(), "bybit account info")
-    if info.get("marginMode") == "PORTFOLIO_MARGIN":
-        return CollateralRules(exchange.id, "portfolio", {}, now)
-    switches: dict[str, bool] = {}
-    answer = await exchange.privateGetV5AccountCollateralInfo()
-    for row in _rows(
-        _bybit_result(answer, "bybit collateral-info").get("list"), "bybit collateral-info"
-    ):
-        on = all(row.get(k) in (True, "true") for k in ("marginCollateral", "collateralSwitch"))
-        switches[str(row.get("currency"))] = on
-    assets: dict[str, AssetRule] = {}
-    answer = await exchange.publicGetV5SpotMarginTradeCollateral()
-    for row in _rows(_bybit_result(answer, "bybit collateral").get("list"), "bybit collateral"):
-        coin = str(row.get("currency"))
-        bands = _bands(
-            row.get("collateralRatioList"), "maxQty", "collateralRatio", f"bybit collateral {coin}"
-        )
-        assets[coin] = AssetRule(coin, haircut_tiers=bands, collateral=switches.get(coin, True))
-    for coin, on in switches.items():
-        if coin not in assets:
-            assets[coin] = AssetRule(coin, collateral=on)
-    return CollateralRules(exchange.id, "multi_assets", assets, now)
-
-
-#: OKX `acctLv` (GET /api/v5/account/config): 2 single-currency margin, 3 multi-currency
-#: margin, 4 portfolio margin (1 is spot only: no derivatives to margin).
-_OKX_MODES: dict[str, Mode] = {"2": "single_asset", "3": "multi_assets", "4": "portfolio"}
-
-
-def _okx_data(answer: object, where: str) -> list[Mapping[str, Any]]:
-    return _rows(answer.get("data") if isinstance(answer, Mapping) else None, where)
-
-
-async def _okx(exchange: Any, now: float) -> CollateralRules:
-    """OKX account level (`privateGetAccountConfig`) and, in multi-currency margin, each
-    currency's discount-rate tiers (`publicGetPublicDiscountRateInterestFreeQuota`, GET
-    /api/v5/public/discount-rate-interest-free-quota: `details[].maxAmt` in coin units, ""
-    for no cap, `discountRate`), applied marginally per tier (OKX help 360054690531:
-    discounted equity = Σ currency equity × discount rate × USD price)."""
-    rows = _okx_data(await exchange.privateGetAccountConfig(), "okx account config")
-    level = str(rows[0].get("acctLv")) if rows else ""
-    if level not in _OKX_MODES:
-        raise MalformedPayload(f"okx account config: acctLv {level!r} is not 2, 3 or 4")
-    if _OKX_MODES[level] != "multi_assets":
-        return CollateralRules(exchange.id, _OKX_MODES[level], {}, now)
-    assets: dict[str, AssetRule] = {}
-    answer = await exchange.publicGetPublicDiscountRateInterestFreeQuota()
-    for row in _okx_data(answer, "okx discount rates"):
-        ccy = str(row.get("ccy"))
-        bands = _bands(row.get("details"), "maxAmt", "discountRate", f"okx discount rates {ccy}")
-        assets[ccy] = AssetRule(ccy, haircut_tiers=bands)
-    return CollateralRules(exchange.id, "multi_assets", assets, now)
-
-
-#: Bitget USDT-M `assetMode` (Get Account List): "single" (USDT only) or "union" (multi-asset).
-_BITGET_MODES: dict[str, Mode] = {"single": "single_asset", "union": "multi_assets"}
-
-
-def _bitget_data(answer: object, where: str) -> list[Mapping[str, Any]]:
-    return _rows(answer.get("data") if isinstance(answer, Mapping) else None, where)
-
-
-async def _bitget(exchange: Any, now: float) -> CollateralRules:
-    """Bitget USDT-M futures: the account's `assetMode` (`privateMixGetV2MixAccountAccounts`,
-    GET /api/v2/mix/account/accounts, api-doc contract/account/Get-Account-List) and, in
-    union (multi-asset) mode, each coin's discount-rate tiers
-    (`publicMixGetV2MixMarketDiscountRate`, GET /api/v2/mix/market/discount-rate, api-doc
-    contract/market/Get-Discount-Rate: `discountRateList[].maxAmount`, "-1" for no cap, and
-    `discountRate`). The tiers are USDT value, applied marginally: Bitget help "Introduction
-    to USDT-M Futures in Multi-Asset Mode" counts 10 BTC at 60,000 as "the first 100,000
-    USDT" at 0.975, "the next 400,000 USDT" at 0.97, and so on; a coin with no tier list
-    (USDT) counts in full."""
-    rows = _bitget_data(
-        await exchange.privateMixGetV2MixAccountAccounts({"productType": "USDT-FUTURES"}),
-        "bitget accounts",
-    )
-    usdt = next((r for r in rows if r.get("marginCoin") == "USDT"), rows[0] if rows else {})
-    asset_mode = str(usdt.get("assetMode"))
-    if asset_mode not in _BITGET_MODES:
-        raise MalformedPayload(f"bitget accounts: assetMode {asset_mode!r} is not single/union")
-    if _BITGET_MODES[asset_mode] != "multi_assets":
-        return CollateralRules(exchange.id, _BITGET_MODES[asset_mode], {}, now)
-    assets: dict[str, AssetRule] = {}
-    for row in _bitget_data(
-        await exchange.publicMixGetV2MixMarketDiscountRate(), "bitget discount-rate"
-    ):
-        coin = str(row.get("coin"))
-        bands = _bands(
-            row.get("discountRateList"), "maxAmount", "discountRate", f"bitget discount-rate {coin}"
-        )
-        assets[coin] = AssetRule(coin, haircut_tiers=bands, tier_basis="value")
-    return CollateralRules(exchange.id, "multi_assets", assets, now)
-
-
-async def _binance_usdm(exchange: Any, now: float) -> CollateralRules:
-    """A Binance Portfolio Margin account is configured in ccxt (`options.portfolioMargin`,
-    which routes every call to `papi`); its uniMMR is scenario-based (Binance FAQ 4868b2f1…)."""
-    if exchange.options.get("portfolioMargin"):
-        return CollateralRules(exchange.id, "portfolio", {}, now)
-    return await _binance(exchange, now)
-
-
-#: Binance Portfolio Margin's liquidation line: "100% < uniMMR ≤ 105%: Liquidation will take
-#: place" (Binance FAQ 5e33af8e… "Portfolio Margin Pro Maintenance Margin Ratio Calculation",
-#: and the PM trading rules 174861644e…: a uniMMR > 1.05 avoids liquidation).
-PM_LIQUIDATION_UNI_MMR = 1.05
-
-Reader = Callable[[Any, float], Awaitable[CollateralRules]]
-_READERS: dict[str, Reader] = {
-    "binanceusdm": _binance_usdm,
-    "bybit": _bybit,
-    "okx": _okx,
-    "bitget": _bitget,
-}
 
 
 def venue_margin(rules: CollateralRules | None, figures: VenueFigures | None) -> VenueMargin | None:
@@ -452,7 +209,9 @@ class CollateralRulesReader:
         self.every = every
         self.retry = retry
         self._clock = clock
-        self._reader = _READERS.get(venue)
+        quirks = venue_for(venue).account
+        self._reader = quirks.collateral_rules
+        self._portfolio_figures = quirks.portfolio_figures
         self._path = cache_dir / "collateral" / f"{account}.json" if cache_dir else None
         self._next_try = -math.inf
         self.rules: CollateralRules | None = self._load()
@@ -491,7 +250,7 @@ class CollateralRulesReader:
             log.warning(
                 "collateral_rules_unavailable",
                 account=self.account,
-                reason=f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}",
+                reason=one_line(exc, 200),
                 using=kept,
             )
             return self.rules
@@ -505,36 +264,11 @@ class CollateralRulesReader:
 
     async def portfolio_figures(self, exchange: Any) -> VenueFigures | None:
         """The venue's own figures of a portfolio-margin account where `fetch_balance` has
-        none: Binance PM `GET /papi/v1/account` (`papiGetAccount`, portfolio-margin
-        Account-Information). Bybit and OKX report theirs in the balance
-        (`normalize.venue_figures`): None.
-
-        Binance liquidates a PM account at uniMMR ≤ 1.05, not 1 (PM trading rules, FAQ
-        5e33af8e…: "100% < uniMMR ≤ 105%: Liquidation will take place"), so the ratio is
-        `PM_LIQUIDATION_UNI_MMR / uniMMR`: 1.0 is the venue's liquidation line, as for every
-        other account (≥ 1 liquidates). uniMMR is taken as the venue sends it (its adjusted
-        equity counts the open loss of margin orders, which accountEquity does not); with no
-        maintenance margin there is no risk (ratio 0) whatever uniMMR says.
-        """
-        if self.mode != "portfolio" or self.venue != "binanceusdm":
+        none (Binance PM: venues/binance.py `portfolio_figures`). Bybit and OKX report
+        theirs in the balance (`normalize.venue_figures`): None."""
+        if self.mode != "portfolio" or self._portfolio_figures is None:
             return None
-        answer = await exchange.papiGetAccount()
-        if not isinstance(answer, Mapping):
-            raise MalformedPayload("binance papi account: expected an object")
-        where = "binance papi account"
-        mm = _fraction(answer, "accountMaintMargin", where)
-        try:
-            equity = float(answer["accountEquity"])
-        except (KeyError, TypeError, ValueError):
-            equity = math.nan
-        if not math.isfinite(equity):
-            raise MalformedPayload(f"{where}: field 'accountEquity' is not a number")
-        if mm == 0:
-            ratio = 0.0
-        else:
-            uni_mmr = _fraction(answer, "uniMMR", where)
-            ratio = PM_LIQUIDATION_UNI_MMR / uni_mmr if uni_mmr > 0 else math.inf
-        return VenueFigures(self.venue, ratio, mm, equity, "papi 1.05/uniMMR")
+        return await self._portfolio_figures(exchange)
 
     def apply(self, collateral: tuple[Collateral, ...], currency: str) -> tuple[Collateral, ...]:
         """Balances valued by the current rules (`apply_rules`)."""
@@ -548,22 +282,12 @@ class CollateralRulesReader:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            log.warning(
-                "collateral_cache_unreadable",
-                account=self.account,
-                path=str(self._path),
-                reason=exc.strerror,
-            )
+            self._cache_problem("collateral_cache_unreadable", exc.strerror)
             return None
         try:
             rules = rules_from_dict(json.loads(text))
         except ValueError as exc:  # JSONDecodeError is a ValueError
-            log.warning(
-                "collateral_cache_ignored",
-                account=self.account,
-                path=str(self._path),
-                reason=str(exc).splitlines()[0],
-            )
+            self._cache_problem("collateral_cache_ignored", str(exc).splitlines()[0])
             return None
         if rules.venue != self.venue and rules.venue:
             return None
@@ -578,11 +302,10 @@ class CollateralRulesReader:
             tmp.write_text(json.dumps(rules_to_dict(rules), indent=1), encoding="utf-8")
             os.replace(tmp, self._path)
         except OSError as exc:
-            log.warning(
-                "collateral_cache_unwritable",
-                account=self.account,
-                path=str(self._path),
-                reason=exc.strerror,
-            )
+            self._cache_problem("collateral_cache_unwritable", exc.strerror)
             with contextlib.suppress(OSError):
                 tmp.unlink()
+
+    def _cache_problem(self, event: str, reason: str | None) -> None:
+        """The cache file could not be used: said once per event, the daemon carries on."""
+        log.warning(event, account=self.account, path=str(self._path), reason=reason)

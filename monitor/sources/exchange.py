@@ -25,281 +25,42 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import re
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import ccxt.pro as ccxtpro
 import structlog
 from ccxt.base import errors as ccxt_errors
 
-from monitor.config.settings import ccxt_credentials
-from monitor.core.margin import report as margin
-from monitor.core.model import (
-    AccountSnapshot,
-    AccountUpdate,
-    Collateral,
-    Event,
-    Position,
-    PriceTick,
-    SourceDown,
-    SourceStale,
-    SourceUp,
-    Tier,
-)
+from monitor.backoff import Backoff
+from monitor.core import model
+from monitor.core.model import AccountUpdate, Event, PriceTick, SourceDown, SourceStale, SourceUp
 from monitor.core.stress import with_prices
-from monitor.errors import UserError
-from monitor.ops import logs
-from monitor.sources import budget
-from monitor.sources.backoff import Backoff, Freshness, FreshnessChange, Throttle
-from monitor.sources.collateral_rules import CollateralRulesReader, venue_margin
-from monitor.sources.normalize import (
-    MalformedPayload,
-    VenueFigures,
-    collateral_from_ccxt,
-    mark_from_ticker,
-    positions_from_ccxt,
-    tiers_from_ccxt,
-    torn_read,
-    unpriced_assets,
-    venue_figures,
+from monitor.sources.backoff import Freshness, FreshnessChange, Throttle
+from monitor.sources.ccxt_client import (
+    AUTH_ERRORS,
+    AccountConfig,
+    KeyRejected,
+    build_exchange,
+    error_line,
 )
-from monitor.venues.orders import TRIGGER, client_id_query, query_params
+from monitor.sources.collateral_rules import CollateralRulesReader, venue_margin
+from monitor.sources.exchange_desk import LiveDesk
+from monitor.sources.exchange_read import AccountReads, VenueCheck
+from monitor.venues.base import MalformedPayload, VenueFigures
+from monitor.venues.registry import venue_for
 
-__all__ = [
-    "AccountConfig",
-    "ExchangeSource",
-    "KeyRejected",
-    "VenueCheck",
-    "build_exchange",
-]
+__all__ = ["ExchangeSource"]
 
 log = structlog.get_logger("monitor.sources.exchange")
-
-#: Settlement currency of the account's report where it is not USDT.
-_VENUE_CURRENCY = {"hyperliquid": "USDC", "dydx": "USDC"}
-_TIERS_IN_CONTRACTS = frozenset({"okx", "mexc"})
-#: Re-reads of a read whose positions and balance answers saw different books (a fill
-#: between them) before the reconciliation fails and backs off (normalize.torn_read).
-_TORN_RETRIES = 2
-
-_FUTURES_ONLY = frozenset({"binanceusdm", "binancecoinm"})
-
-
-class _Secret(Protocol):
-    def get_secret_value(self) -> str: ...
-
-
-class AccountConfig(Protocol):
-    """What the source reads from an account's settings (config.settings.AccountSettings)."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def exchange(self) -> str: ...
-    @property
-    def api_key(self) -> _Secret | None: ...
-    @property
-    def secret(self) -> _Secret | None: ...
-    @property
-    def password(self) -> _Secret | None: ...
-    @property
-    def sandbox(self) -> bool: ...
-    @property
-    def poll_interval(self) -> float: ...
-    @property
-    def stale_after(self) -> float: ...
-    @property
-    def ccxt(self) -> Mapping[str, Any]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class VenueCheck:
-    """Our margin ratio and the venue's, read from the same REST reconciliation.
-
-    `drift` = ours − venue's (absolute, in ratio units); `relative_drift` = drift / venue's.
-    A drift well above rounding means our model of the venue is wrong (tiers, haircuts,
-    mode) and the alerts built on it should not be trusted blindly: metrics export it.
-    """
-
-    ts: float
-    venue: VenueFigures
-    our_ratio: float
-    our_maintenance_margin: float
-    our_margin_balance: float
-
-    @property
-    def drift(self) -> float | None:
-        if self.venue.margin_ratio is None:
-            return None
-        return self.our_ratio - self.venue.margin_ratio
-
-    @property
-    def relative_drift(self) -> float | None:
-        drift = self.drift
-        if drift is None or not self.venue.margin_ratio:
-            return None
-        return drift / self.venue.margin_ratio
-
-
-# --- construction -----------------------------------------------------------------------------
-
-
-def _secret(value: _Secret | None) -> str | None:
-    return value.get_secret_value() if value is not None else None
-
-
-def build_exchange(settings: AccountConfig) -> Any:
-    """One ccxt.pro instance for the account; `settings.ccxt` is passed straight through
-    (urls, options, timeout, proxies), so testnets and local fakes need no code change."""
-    venue = settings.exchange
-    if venue not in ccxtpro.exchanges:
-        raise UserError(
-            f"accounts.{settings.name}.exchange: {venue!r} has no ccxt.pro class "
-            f"(ccxt 4.5.90); use one of ccxt.pro.exchanges, e.g. 'binanceusdm'"
-        )
-    config: dict[str, Any] = {
-        "enableRateLimit": True,
-        "options": {
-            # The position stream is only a trigger for our own REST read, so ccxt's REST
-            # snapshot on the first watch is a wasted call, and it delays opening the socket
-            # (updates between the first and second call are lost, docs/venues.md).
-            "watchPositions": {"fetchPositionsSnapshot": False, "awaitPositionsSnapshot": False},
-        },
-    }
-    for credential, field_name in ccxt_credentials(venue).items():
-        value = _secret(getattr(settings, field_name))
-        if value:
-            config[credential] = value
-    if venue == "hyperliquid":
-        # ccxt 4.5.90 hyperliquid.initialize_client() signs and sends `approveBuilderFee`
-        # (0.01 % to ccxt's builder) and `setReferrer` on first use when a private key is
-        # set. A monitor must not change the user's account: mark both as done.
-        config["options"].update(builderFee=False, approvedBuilderFee=True, refSet=True)
-    if venue in _FUTURES_ONLY:
-        # load_markets with keys would also read the spot wallet's currencies, which a
-        # futures-only key may not read and the daemon never uses (docs/venues.md).
-        config["options"]["fetchCurrencies"] = False
-    config = _merged(config, settings.ccxt)
-    exchange = getattr(ccxtpro, venue)(config)
-    _reject_non_json(exchange)
-    _redact_errors(exchange, logs.secrets_of(config))
-    # the venue's request budget replaces ccxt's one-at-a-time throttle: a protective step
-    # is not queued behind polling (monitor/sources/budget.py, docs/rate-limits.md)
-    budget.install(exchange, settings.name)
-    if settings.sandbox:
-        exchange.set_sandbox_mode(True)
-    return exchange
-
-
-def _redact_errors(exchange: Any, secrets: list[str]) -> None:
-    """Venue text enters here: scrub the account's credentials out of every REST error.
-
-    Every ccxt REST call goes through `exchange.fetch`, whose exceptions quote the venue's
-    answer; a venue that repeats the API key in an error would otherwise put it in
-    `/healthz`, alerts, SQLite, `check` and `snapshot` output (docs/hardening.md). Redacted by value
-    (raw, JSON, URL-encoded spellings: logs.Redactor), once, before anyone reads it.
-    """
-    redactor = logs.Redactor()
-    redactor.set(secrets)
-    original = exchange.fetch
-
-    async def fetch(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return await original(*args, **kwargs)
-        except Exception as exc:
-            logs.scrub_exception(exc, redactor)
-            raise
-
-    exchange.fetch = fetch
-
-
-def _reject_non_json(exchange: Any) -> None:
-    """Make a 2xx answer whose body is not JSON an error (BadResponse, retried).
-
-    ccxt passes a non-JSON body (a proxy's HTML page, a truncated document) on as a string,
-    and e.g. binance `fetch_positions` then returns `[]`: garbage would read as "no
-    positions". `on_rest_response` is ccxt's own per-response hook (async exchange.fetch).
-    """
-    original = exchange.on_rest_response
-
-    def on_rest_response(  # noqa: PLR0917 - ccxt's hook signature
-        code: Any,
-        reason: Any,
-        url: str,
-        method: str,
-        headers: Any,
-        body: Any,
-        request_headers: Any,
-        request_body: Any,
-    ) -> Any:
-        body = original(code, reason, url, method, headers, body, request_headers, request_body)
-        if (
-            200 <= int(code) < 300
-            and isinstance(body, str)
-            and body.strip()
-            and exchange.parse_json(body) is None
-        ):
-            snippet = " ".join(body[:60].split())
-            raise ccxt_errors.BadResponse(
-                f"{exchange.id} {method} {url.split('?', 1)[0]}: HTTP {code} with a body "
-                f"that is not JSON ({snippet!r})"
-            )
-        return body
-
-    exchange.on_rest_response = on_rest_response
-
-
-def _merged(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    """`extra` over `base`, merging nested tables (a user's `options` keeps our defaults)."""
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merged(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def _one_line(exc: BaseException, limit: int = 240) -> str:
-    """An exception as one log-safe line (ccxt bodies can be long and multi-line)."""
-    # Signed URLs carry a signature and timestamp: keep logs to the path. Configured secrets
-    # go too: a websocket error does not pass exchange.fetch's scrub (_redact_errors).
-    text = re.sub(r"\?\S*", "?…", " ".join(logs.redact(str(exc)).split()))
-    if len(text) > limit:
-        text = text[: limit - 1] + "…"
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _venue_time(ticker: object, received: float, offset: float = 0.0) -> float:
-    """When the venue says the price was true (ccxt `timestamp`, ms), else when it arrived.
-
-    `offset` (seconds, local − venue: ccxt's `options['timeDifference']` once
-    `load_time_difference` ran) puts the venue's clock on ours. Never later than its
-    arrival: a venue clock running ahead must not make one price outrank every later one
-    (docs/account-view.md)."""
-    stamp = ticker.get("timestamp") if isinstance(ticker, Mapping) else None
-    if isinstance(stamp, int | float) and math.isfinite(stamp) and stamp > 0:
-        return min(float(stamp) / 1000.0 + offset, received)
-    return received
-
-
-_AUTH_ERRORS = (ccxt_errors.AuthenticationError,)  # includes PermissionDenied, AccountSuspended
-
-
-class KeyRejected(UserError, ccxt_errors.AuthenticationError):  # type: ignore[misc]
-    """The venue refused the account's key: a person must fix it. A `UserError`, so the
-    daemon shows its one line as is; still ccxt's AuthenticationError for callers that
-    catch that."""
 
 
 # --- the source -------------------------------------------------------------------------------
 
 
-class ExchangeSource:
+class ExchangeSource(AccountReads, LiveDesk):
     """A live account: `events()` yields model events until `close()` or a `SourceDown`."""
 
     def __init__(
@@ -319,11 +80,7 @@ class ExchangeSource:
         self.settings = settings
         self.name = settings.name
         self.venue = settings.exchange
-        self.currency = (
-            currency
-            or getattr(settings, "currency", None)
-            or _VENUE_CURRENCY.get(self.venue, "USDT")
-        )
+        self.currency = currency or venue_for(self.venue).currency
         self.poll_interval = float(settings.poll_interval)
         self.stale_after = float(settings.stale_after)
         # A healthy stream still gets a REST read at least twice per `stale_after`, so the
@@ -338,11 +95,11 @@ class ExchangeSource:
         self._monotonic = monotonic
         self.exchange: Any = None
         # Last good state: a rejected update never replaces these (normalize.py policy).
-        self.positions: tuple[Position, ...] = ()
-        self.collateral: tuple[Collateral, ...] = ()
+        self.positions: tuple[model.Position, ...] = ()
+        self.collateral: tuple[model.Collateral, ...] = ()
         self.marks: dict[str, float] = {}
         self._mark_at: dict[str, float] = {}  # symbol -> time of `marks[symbol]`
-        self.tiers: dict[str, tuple[Tier, ...]] = {}
+        self.tiers: dict[str, tuple[model.Tier, ...]] = {}
         self.figures: VenueFigures | None = None
         self.venue_check: VenueCheck | None = None
         self.down_reason: str | None = None
@@ -389,18 +146,22 @@ class ExchangeSource:
         finally:
             await self._stop_tasks()
 
-    async def fetch_snapshot(self) -> AccountSnapshot:
+    def venue_drift(self) -> float | None:
+        """Our ratio minus the venue's on the last reconciliation (`venue_check.drift`)."""
+        return self.venue_check.drift if self.venue_check is not None else None
+
+    async def fetch_snapshot(self) -> model.AccountSnapshot:
         """A fresh REST read of the whole account (for `snapshot`, executors, tests)."""
         exchange = await self.open()
         try:
             await exchange.load_markets()
             positions, collateral, self.figures = await self._read_account()
-        except _AUTH_ERRORS as exc:
+        except AUTH_ERRORS as exc:
             # the daemon's start-up read: the same one line as a key rejected later
             raise KeyRejected(self._key_rejected("the start-up read", exc)) from exc
         return self._snapshot(positions, collateral)
 
-    def snapshot(self) -> AccountSnapshot:
+    def snapshot(self) -> model.AccountSnapshot:
         """The last good state at the latest marks (what the daemon's state holds): marks
         move positions and collateral priced off the same asset (stress.with_prices)."""
         live = self._snapshot(self.positions, self.collateral)
@@ -413,89 +174,6 @@ class ExchangeSource:
         if self.exchange is not None:
             with contextlib.suppress(Exception):
                 await self.exchange.close()
-
-    # --- the order desk (protect/desk.py): ccxt's calls, the venue's params from venues/ --------
-
-    async def _ready(self) -> Any:
-        exchange = await self.open()
-        await exchange.load_markets()
-        return exchange
-
-    async def create_order(  # noqa: PLR0917 - ccxt's positional signature, kept for drop-in use
-        self,
-        symbol: str,
-        type: str,  # ccxt's parameter name
-        side: str,
-        amount: float,
-        price: float | None = None,
-        params: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """Place an order through ccxt (the executor owns the money-safety checks)."""
-        exchange = await self._ready()
-        order: dict[str, Any] = await exchange.create_order(
-            symbol, type, side, amount, price, params or {}
-        )
-        return order
-
-    async def fetch_order(self, id: str, symbol: str | None = None) -> dict[str, Any]:
-        exchange = await self._ready()
-        order: dict[str, Any] = await exchange.fetch_order(id, symbol, query_params(self.venue))
-        return order
-
-    async def find_order(self, client_id: str, symbol: str) -> dict[str, Any] | None:
-        exchange = await self._ready()
-        with contextlib.suppress(ccxt_errors.OrderNotFound):
-            found: dict[str, Any] = await exchange.fetch_order(
-                "", symbol, client_id_query(self.venue, client_id)
-            )
-            return found
-        return None
-
-    async def open_stops(self, symbol: str) -> list[dict[str, Any]]:
-        exchange = await self._ready()
-        rows: list[dict[str, Any]] = await exchange.fetch_open_orders(
-            symbol, None, None, dict(TRIGGER)
-        )
-        return rows
-
-    async def cancel_stop(self, id: str, symbol: str) -> dict[str, Any]:
-        exchange = await self._ready()
-        order: dict[str, Any] = await exchange.cancel_order(id, symbol, dict(TRIGGER))
-        return order
-
-    async def fetch_open_orders(self, symbol: str | None = None) -> list[dict[str, Any]]:
-        exchange = await self._ready()
-        orders: list[dict[str, Any]] = await exchange.fetch_open_orders(symbol)
-        return orders
-
-    async def cancel_order(self, id: str, symbol: str | None = None) -> dict[str, Any]:
-        exchange = await self._ready()
-        order: dict[str, Any] = await exchange.cancel_order(id, symbol)
-        return order
-
-    async def fetch_positions(self, symbols: list[str] | None = None) -> list[dict[str, Any]]:
-        exchange = await self._ready()
-        rows: list[dict[str, Any]] = await exchange.fetch_positions(symbols)
-        return rows
-
-    def amount_to_precision(self, symbol: str, amount: float) -> str:
-        return str(self.exchange.amount_to_precision(symbol, amount))
-
-    def market(self, symbol: str) -> dict[str, Any]:
-        found: dict[str, Any] = self.exchange.market(symbol)
-        return found
-
-    @property
-    def precision_mode(self) -> int | None:
-        mode: int | None = None if self.exchange is None else self.exchange.precisionMode
-        return mode
-
-    def in_flight_window(self) -> float | None:
-        exchange = self.exchange
-        if exchange is None:
-            return None
-        window_ms = (exchange.options or {}).get("recvWindow") or exchange.timeout or 0
-        return float(window_ms) / 1000.0
 
     async def __aenter__(self) -> ExchangeSource:
         await self.open()
@@ -592,146 +270,6 @@ class ExchangeSource:
                 backoff.reset()
                 self._throttle.relax()
 
-    async def _read_account(
-        self,
-    ) -> tuple[tuple[Position, ...], tuple[Collateral, ...], VenueFigures | None]:
-        """fetch_positions + fetch_balance, normalised; raises on any bad payload."""
-        exchange = self.exchange
-        for attempt in range(_TORN_RETRIES + 1):
-            # Read together (less skew between the two), but never leave a failed half's
-            # sibling un-awaited: its own error would surface later as "never retrieved".
-            results: tuple[Any, ...] = await asyncio.gather(
-                exchange.fetch_positions(), exchange.fetch_balance(), return_exceptions=True
-            )
-            for result in results:
-                if isinstance(result, BaseException):
-                    raise result
-            raw_positions, raw_balance = results
-            if not torn_read(self.venue, raw_positions, raw_balance):
-                break
-            # a fill landed between the two answers: that pair is no state the venue had
-            log.info("torn_read", account=self.name, attempt=attempt + 1)
-        else:
-            raise ccxt_errors.BadResponse(
-                f"{self.venue}: positions and balance disagreed on {_TORN_RETRIES + 1} reads "
-                "in a row (fills between the two requests); reading again later"
-            )
-        symbols = sorted(
-            {
-                str(r.get("symbol"))
-                for r in raw_positions or []
-                if isinstance(r, dict) and r.get("symbol")
-            }
-        )
-        await self._ensure_tiers(symbols)
-        await self._fill_marks(raw_positions)
-        positions = positions_from_ccxt(
-            self.venue, raw_positions, exchange.markets or {}, self.tiers, self.marks
-        )
-        # collateral at this read's own marks: BTC collateral and a BTC position of one read
-        # valued at one price (a REST-only venue otherwise mixed the new mark and the old)
-        read_marks = {p.symbol: p.mark_price for p in positions}
-        collateral = await self.collateral_of(raw_balance, read_marks)
-        # a portfolio-margin account's own figure where the balance has none (docs/collateral.md)
-        figures = await self.collateral_rules.portfolio_figures(exchange)
-        return positions, collateral, figures or venue_figures(self.venue, raw_balance)
-
-    async def collateral_of(
-        self, balance: object, read_marks: Mapping[str, float] | None = None
-    ) -> tuple[Collateral, ...]:
-        """The wallet of a `fetch_balance()` valued in the report currency: the one
-        collateral-pricing rule of `run`, `snapshot` and `check` (docs/margin-edges.md). Volatile
-        collateral (Binance multi-assets BTC, say) is priced by its market, the linear
-        perpetual else spot (`_price_symbol`), and keeps streaming once priced."""
-        await self._price_collateral(balance)
-        collateral = collateral_from_ccxt(
-            self.venue, balance, self.currency, self._asset_prices(read_marks)
-        )
-        # The venue's own collateral rules (haircuts, Multi-Assets / UTA; docs/collateral.md).
-        await self.collateral_rules.refresh(self.exchange)
-        return self.collateral_rules.apply(collateral, self.currency)
-
-    def _asset_prices(self, read_marks: Mapping[str, float] | None = None) -> dict[str, float]:
-        """Asset -> price in the report currency, from the marks of `ASSET/<currency>` pairs
-        (a read's own position marks over the held ones)."""
-        marks = {**self.marks, **(read_marks or {})}
-        return {
-            k.split("/", 1)[0]: v
-            for k, v in marks.items()
-            if k.split("/", 1)[-1].startswith(self.currency)
-        }
-
-    def _price_symbol(self, asset: str) -> str | None:
-        """The market that prices a collateral asset: the linear perpetual, else spot."""
-        markets = self.exchange.markets or {}
-        for symbol in (f"{asset}/{self.currency}:{self.currency}", f"{asset}/{self.currency}"):
-            if symbol in markets:
-                return symbol
-        return None
-
-    async def _price_collateral(self, balance: object) -> None:
-        """Read a price for volatile collateral (Binance multi-assets BTC, say) and keep it
-        streaming, so its value moves with the market like a position's mark does."""
-        for asset in unpriced_assets(self.venue, balance, self.currency, self._asset_prices()):
-            symbol = self._price_symbol(asset)
-            if symbol is None:
-                continue  # collateral_from_ccxt rejects it with the reason
-            ticker = await self._fetch_price(symbol)
-            if self._hold_mark(symbol, ticker) is not None:
-                self._collateral_symbols.add(symbol)
-
-    async def _fetch_price(self, symbol: str) -> object:
-        """One REST price read: the mark price endpoint where the venue has one."""
-        exchange = self.exchange
-        if exchange.has.get("fetchMarkPrice") is True and exchange.market(symbol).get("contract"):
-            return await exchange.fetch_mark_price(symbol)
-        return await exchange.fetch_ticker(symbol)
-
-    def _mark_of(self, symbol: str, ticker: object) -> float | None:
-        """The mark of a contract; a spot pair (collateral pricing) has none, so its last."""
-        mark = mark_from_ticker(self.venue, ticker)
-        markets = self.exchange.markets or {}
-        if (
-            mark is None
-            and isinstance(ticker, dict)
-            and not markets.get(symbol, {}).get("contract", True)
-        ):
-            mark = mark_from_ticker(self.venue, {"markPrice": ticker.get("last")})
-        return mark
-
-    async def _fill_marks(self, rows: object) -> None:
-        """Read the mark of positions whose rows carry none (MEXC, dYdX) and that no
-        stream has priced yet: a position without a mark cannot be valued."""
-        if not isinstance(rows, list):
-            return
-        missing = {
-            str(r["symbol"])
-            for r in rows
-            if isinstance(r, dict)
-            and r.get("symbol")
-            and r.get("markPrice") is None
-            and r["symbol"] not in self.marks
-        }
-        for symbol in sorted(missing):
-            self._hold_mark(symbol, await self._fetch_price(symbol))
-
-    def _hold_mark(self, symbol: str, ticker: object) -> tuple[float, float] | None:
-        """The price of a ticker and its time (venue timestamp, else now), kept as the
-        symbol's mark unless a newer one is held; None when it has no usable price."""
-        mark = self._mark_of(symbol, ticker)
-        if mark is None:
-            return None
-        offset = self.exchange.options.get("timeDifference") or 0
-        at = _venue_time(
-            ticker,
-            self._clock(),
-            float(offset) / 1000.0 if isinstance(offset, int | float) else 0.0,
-        )
-        if at >= self._mark_at.get(symbol, -math.inf):
-            self.marks[symbol] = mark
-            self._mark_at[symbol] = at
-        return mark, at
-
     async def _reconcile(self) -> None:
         """One REST read, emitted as ONE `AccountUpdate` stamped with the time it was sent:
         positions, balances and their marks reach the daemon together (docs/account-view.md), and a
@@ -768,61 +306,6 @@ class ExchangeSource:
         if figures is not None:
             self._record_check(figures, self._snapshot(positions, collateral), sent)
         self._sync_price_streams(used)
-
-    def _record_check(self, figures: VenueFigures, snapshot: AccountSnapshot, ts: float) -> None:
-        ours = margin.report(snapshot)
-        self.venue_check = VenueCheck(
-            ts, figures, ours.margin_ratio, ours.maintenance_margin, ours.margin_balance
-        )
-        drift = self.venue_check.relative_drift
-        drifting = drift is not None and math.isfinite(drift) and abs(drift) > 0.01
-        if drifting != self._drifting:  # log the transitions, not every reconciliation
-            self._drifting = drifting
-            log.warning(
-                "venue_drift" if drifting else "venue_drift_gone",
-                account=self.name,
-                ours=ours.margin_ratio,
-                venue=figures.margin_ratio,
-                fields=figures.source_fields,
-            )
-
-    def _snapshot(
-        self, positions: tuple[Position, ...], collateral: tuple[Collateral, ...]
-    ) -> AccountSnapshot:
-        return AccountSnapshot(
-            self.name,
-            self.currency,
-            collateral,
-            positions,
-            self.venue,
-            venue_margin(self.collateral_rules.rules, self.figures),
-        )
-
-    async def _ensure_tiers(self, symbols: list[str]) -> None:
-        """Load or refresh leverage tiers; a failure keeps the old ones (tiers only matter
-        for what-ifs: the venue's reported MM still drives the live ratio)."""
-        now = self._monotonic()
-        wanted = [s for s in symbols if now - self._tiers_at.get(s, -math.inf) >= self.tiers_every]
-        # OKX and MEXC tiers are in contracts, not notional (margin-math §3.1; MEXC
-        # riskIncrVol): the reported MM (OKX) or the base rate (MEXC) is used instead.
-        if not wanted or self.venue in _TIERS_IN_CONTRACTS:
-            return
-        has = self.exchange.has
-        try:
-            if has.get("fetchLeverageTiers") is True:
-                table = await self.exchange.fetch_leverage_tiers(wanted)
-            elif has.get("fetchMarketLeverageTiers"):
-                table = {s: await self.exchange.fetch_market_leverage_tiers(s) for s in wanted}
-            else:
-                return
-            for symbol in wanted:
-                if symbol in table:
-                    self.tiers[symbol] = tiers_from_ccxt(self.venue, table[symbol])
-                    self._tiers_at[symbol] = now
-        except (ccxt_errors.BaseError, MalformedPayload) as exc:
-            log.warning("tiers_unavailable", account=self.name, reason=_one_line(exc))
-            for symbol in wanted:  # do not retry on every reconciliation
-                self._tiers_at[symbol] = now - self.tiers_every + self.reconcile_every
 
     # --- streams --------------------------------------------------------------------------
 
@@ -867,15 +350,8 @@ class ExchangeSource:
             else exchange.watch_ticker
         )
         backoff = Backoff(cap=self.backoff_cap)
-        while True:
-            try:
-                ticker = await watch(symbol)
-            except Exception as exc:
-                if not await self._fault(exc, f"price_stream[{symbol}]", backoff):
-                    return
-                continue
-            backoff.reset()
-            self._on_mark(symbol, ticker)
+        while await self._price_read(symbol, watch, f"price_stream[{symbol}]", backoff) is not None:
+            pass
 
     async def _price_poll(self) -> None:
         """REST takes over for symbols whose stream has been quiet for `poll_interval`."""
@@ -885,14 +361,30 @@ class ExchangeSource:
             now = self._monotonic()
             quiet = [s for s, t in self._last_tick.items() if now - t >= self.poll_interval]
             for symbol in quiet:
-                try:
-                    ticker = await self._fetch_price(symbol)
-                except Exception as exc:
-                    if not await self._fault(exc, f"price_poll[{symbol}]", backoff):
-                        return
-                    break
-                backoff.reset()
-                self._on_mark(symbol, ticker)
+                read = await self._price_read(
+                    symbol, self._fetch_price, f"price_poll[{symbol}]", backoff
+                )
+                if read is None:
+                    return
+                if not read:
+                    break  # a fault: the backoff slept; the next round tries again
+
+    async def _price_read(
+        self,
+        symbol: str,
+        read: Callable[[str], Awaitable[object]],
+        where: str,
+        backoff: Backoff,
+    ) -> bool | None:
+        """One price read (stream frame or REST) into `_on_mark`: True when it came, False
+        after a fault the source survives (backoff slept), None when the source must stop."""
+        try:
+            ticker = await read(symbol)
+        except Exception as exc:
+            return False if await self._fault(exc, where, backoff) else None
+        backoff.reset()
+        self._on_mark(symbol, ticker)
+        return True
 
     def _on_mark(self, symbol: str, ticker: object) -> None:
         held = self._hold_mark(symbol, ticker)
@@ -925,13 +417,12 @@ class ExchangeSource:
             self._announce(change)
 
     def _announce(self, change: FreshnessChange) -> None:
-        ts = self._clock()
         if change.stale:
             log.warning("stale", account=self.name, kind=change.kind, age=round(change.age, 3))
-            self._emit(SourceStale(self.name, change.kind, change.age, ts))
+            self._emit(SourceStale(self.name, change.kind, change.age))
         else:
             log.info("fresh", account=self.name, kind=change.kind)
-            self._emit(SourceUp(self.name, change.kind, ts))
+            self._emit(SourceUp(self.name, change.kind))
 
     async def _watchdog(self) -> None:
         step = max(0.01, min(1.0, self.stale_after / 4))
@@ -944,8 +435,8 @@ class ExchangeSource:
 
     async def _fault(self, exc: Exception, where: str, backoff: Backoff) -> bool:
         """Log one line, wait as the fault deserves; False when the source must stop."""
-        reason = _one_line(exc)
-        if isinstance(exc, _AUTH_ERRORS):
+        reason = error_line(exc)
+        if isinstance(exc, AUTH_ERRORS):
             self._go_down(self._key_rejected(where, exc))
             return False
         if isinstance(exc, ccxt_errors.ExchangeClosedByUser) or self._closed:
@@ -984,7 +475,7 @@ class ExchangeSource:
     def _key_rejected(self, where: str, exc: BaseException) -> str:
         """The one line a person reads when the venue refuses the key (alert, /healthz)."""
         return (
-            f"{self.venue} rejected the API key during {where} ({_one_line(exc)}); "
+            f"{self.venue} rejected the API key during {where} ({error_line(exc)}); "
             f"check accounts.{self.name}.api_key/secret and their permissions"
         )
 
@@ -993,7 +484,7 @@ class ExchangeSource:
             return
         self.down_reason = reason
         log.error("source_down", account=self.name, reason=reason)
-        self._emit(SourceDown(self.name, reason, self._clock()))
+        self._emit(SourceDown(self.name, reason))
         for task in list(self._tasks) + list(self._price_tasks.values()):
             if task is not asyncio.current_task():
                 task.cancel()

@@ -8,7 +8,7 @@ actions (docs/actions.md) run against without a network:
   tier table (cumulative deduction, as docs/margin-math.md describes). The sim publishes its
   collateral rules as Binance Multi-Assets Mode does (`multi_assets_margin()`,
   `asset_index()`: a 5 % BTC bid buffer), and values collateral through the parser a live
-  read uses (`collateral_rules.rules_from_binance`, then `apply_rules`), so `make demo`
+  read uses (`venues/binance.py rules_from_binance`, then `apply_rules`), so `make demo`
   shows the live haircut code path (docs/collateral.md).
 - Mark prices from `sim_prices.ScriptedPath`: a seeded sell-off whose keyframes are solved
   from the book itself so the margin ratio passes 0.35 → 0.6 → 0.78 → 0.88 and recovers,
@@ -16,16 +16,13 @@ actions (docs/actions.md) run against without a network:
   (`--replay`). Streamed as `PriceTick`s at `tick_rate` per sim second, `speed` sim seconds
   per wall second.
 - Orders through the ccxt-shaped `OrderDesk` contract (protect/desk.py): reduce-only market
-  orders fill at the mark, limit and trigger (stop) orders rest until the mark crosses.
-  Like a venue: an order without `reduceOnly`, one in the direction that would grow the
-  position, or one larger than the position is rejected with `InvalidOrder` (ccxt's class name, from
-  monitor/venues/errors.py, so a sim-only daemon never imports ccxt; Binance
-  answers -2022 "ReduceOnly Order is rejected"); an amount off the market's step or below
-  its minimum is rejected too; a resent `clientOrderId` returns the existing order instead
-  of placing a second one (Binance -4015 dedups the same way). A fill realises PnL minus
-  the taker fee into the USDT wallet and is announced as one `AccountUpdate` (positions,
-  wallet and marks together, the event a live account's REST reconciliation emits), so
-  the demo runs the same code path as a live account (docs/account-view.md).
+  orders fill at the mark, limit and trigger (stop) orders rest until the mark crosses; the
+  sim rejects what a venue rejects (sim_orders.py, with the ccxt structures it answers in).
+  A resent `clientOrderId` returns the existing order instead of placing a second one
+  (Binance -4015 dedups the same way). A fill realises PnL minus the taker fee into the USDT
+  wallet and is announced as one `AccountUpdate` (positions, wallet and marks together, the
+  event a live account's REST reconciliation emits), so the demo runs the same code path as
+  a live account (docs/account-view.md).
 """
 
 from __future__ import annotations
@@ -34,24 +31,19 @@ import asyncio
 import collections
 import contextlib
 import itertools
-import math
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from monitor.config.settings import SimSettings
 from monitor.core.margin import report as margin
 from monitor.core.model import (
     AccountSnapshot,
     AccountUpdate,
-    Collateral,
-    Event,
     Position,
     PriceTick,
-    Side,
-    base_asset,
+    priced_collateral,
 )
 from monitor.sources.collateral_rules import apply_rules
 from monitor.sources.sim_book import (
@@ -60,16 +52,31 @@ from monitor.sources.sim_book import (
     SimBook,
     SimMarket,
     asset_index,
+    book_positions,
+    marked_collateral,
     published_rules,
     selloff_keyframes,
 )
+from monitor.sources.sim_orders import (
+    EPS,
+    amount_to_precision,
+    ccxt_market,
+    ccxt_position,
+    check_order,
+    check_reduces,
+    crossed,
+    new_order,
+    reduced_side,
+    trigger_of,
+)
 from monitor.sources.sim_prices import Keyframe, ReplayStep, ScriptedPath
-from monitor.venues.errors import BadSymbol, InvalidOrder, OrderNotFound
+from monitor.venues.errors import BadSymbol, OrderNotFound
 from monitor.venues.orders import TICK_SIZE
 
-__all__ = ["SimVenue"]
+if TYPE_CHECKING:
+    from monitor.core.model import Collateral, Event, Side
 
-_EPS = 1e-12
+__all__ = ["SimVenue"]
 
 
 class SimVenue:
@@ -106,21 +113,11 @@ class SimVenue:
             noise=0.0002,
         )
         self._marks = {m.symbol: m.price0 for m in book.markets}
-        self._positions: dict[tuple[str, Side], Position] = {}
-        for symbol, side, contracts, entry in book.positions:
-            mk = self._markets[symbol]
-            self._positions[(symbol, side)] = Position(
-                symbol,
-                side,
-                contracts,
-                entry,
-                mk.price0,
-                leverage=mk.leverage,
-                tiers=mk.tiers,
-                beta=mk.beta,
-            )
-        self._collateral = {c.asset: c for c in book.collateral}
-        self._reprice_collateral()
+        self._positions: dict[tuple[str, Side], Position] = {
+            (p.symbol, p.side): p for p in book_positions(book, self._marks)
+        }
+        held = marked_collateral(book.collateral, self._marks, book.currency)
+        self._collateral = {c.asset: c for c in held}
         #: read once, like a live account's hourly read: buffers do not move with prices
         self.collateral_rules = published_rules(book, self._marks, clock())
         if self._replay:
@@ -149,6 +146,10 @@ class SimVenue:
     def keyframes_duration(self) -> float:
         """Sim seconds the scripted scenario lasts."""
         return self._path.duration
+
+    def venue_drift(self) -> float | None:
+        """None: the sim's figures are our own model's, there is nothing to compare."""
+        return None
 
     async def fetch_snapshot(self) -> AccountSnapshot:
         """The account as it is now (marks, positions, balances)."""
@@ -232,58 +233,20 @@ class SimVenue:
 
     def market(self, symbol: str) -> dict[str, Any]:
         """ccxt market structure of a sim market."""
-        mk = self._market(symbol)
-        base = base_asset(symbol)
-        return {
-            "id": symbol.split(":", 1)[0].replace("/", ""),
-            "symbol": symbol,
-            "base": base,
-            "quote": self._book.currency,
-            "settle": self._book.currency,
-            "type": "swap",
-            "swap": True,
-            "linear": True,
-            "inverse": False,
-            "contract": True,
-            "contractSize": 1.0,
-            "precision": {"amount": mk.amount_step, "price": None},
-            "limits": {"amount": {"min": mk.min_amount, "max": None}},
-            "info": {},
-        }
+        return ccxt_market(self._market(symbol), self._book.currency)
 
     def amount_to_precision(self, symbol: str, amount: float) -> str:
         """Truncate to the market's step (ccxt's TRUNCATE mode), as a string like ccxt."""
-        step = self._market(symbol).amount_step
-        steps = math.floor(amount / step + 1e-9)
-        decimals = max(0, -math.floor(math.log10(step)))
-        return f"{steps * step:.{decimals}f}"
+        return amount_to_precision(self._market(symbol).amount_step, amount)
 
     async def fetch_positions(self, symbols: list[str] | None = None) -> list[dict[str, Any]]:
         """Positions as ccxt position structures, read from the venue's live book."""
-        out = []
         now = self._clock()
-        for p in self._positions.values():
-            if symbols is not None and p.symbol not in symbols:
-                continue
-            out.append(
-                {
-                    "symbol": p.symbol,
-                    "side": p.side,
-                    "contracts": p.contracts,
-                    "contractSize": p.contract_size,
-                    "entryPrice": p.entry_price,
-                    "markPrice": p.mark_price,
-                    "notional": p.contracts * p.contract_size * p.mark_price,
-                    "unrealizedPnl": margin.pnl_at(p, p.mark_price),
-                    "leverage": p.leverage,
-                    "marginMode": p.margin_mode,
-                    "hedged": p.hedged,
-                    "timestamp": int(now * 1000),
-                    "datetime": _iso(now),
-                    "info": {},
-                }
-            )
-        return out
+        return [
+            ccxt_position(p, now)
+            for p in self._positions.values()
+            if symbols is None or p.symbol in symbols
+        ]
 
     async def create_order(  # noqa: PLR0917 - ccxt's positional signature
         self,
@@ -299,68 +262,29 @@ class SimVenue:
         client_id = params.get("clientOrderId")
         if client_id is not None and str(client_id) in self._by_client_id:
             return dict(self._orders[self._by_client_id[str(client_id)]])
-        mk = self._market(symbol)
-        if type not in ("market", "limit"):
-            raise InvalidOrder(f"sim: order type '{type}' is not supported (market, limit)")
-        if side not in ("buy", "sell"):
-            raise InvalidOrder(f"sim: side must be 'buy' or 'sell', not '{side}'")
-        if not (isinstance(amount, int | float) and math.isfinite(amount) and amount > 0):
-            raise InvalidOrder(f"sim: amount must be a positive number, not {amount!r}")
-        if amount < mk.min_amount - _EPS:
-            raise InvalidOrder(f"sim: amount {amount} is below the minimum {mk.min_amount}")
-        if abs(amount / mk.amount_step - round(amount / mk.amount_step)) > 1e-6:
-            raise InvalidOrder(
-                f"sim: amount {amount} is not a multiple of the step {mk.amount_step}"
-            )
-        if type == "limit" and (price is None or not math.isfinite(price) or price <= 0):
-            raise InvalidOrder("sim: a limit order needs a positive price")
-        if not params.get("reduceOnly", False):
-            raise InvalidOrder(
-                "sim: only reduce-only orders are accepted (params={'reduceOnly': True})"
-            )
-        target = self._reduced_position(symbol, side, params.get("positionSide"))
-        if target is None:
-            raise InvalidOrder(
-                f"sim: ReduceOnly Order is rejected: a {side} order would increase or open a "
-                f"position in {symbol}"
-            )
-        if amount > target.contracts + _EPS:
-            raise InvalidOrder(
-                f"sim: ReduceOnly Order is rejected: amount {amount} exceeds the {target.side} "
-                f"position of {target.contracts} {symbol}"
-            )
-        trigger = _trigger_of(params)
+        check_order(self._market(symbol), type, side, amount, price, params)
+        target = check_reduces(
+            self._reduced_position(symbol, side, params.get("positionSide")), symbol, side, amount
+        )
+        trigger = trigger_of(params)
         now = self._clock()
         order_id = str(next(self._ids))
-        order: dict[str, Any] = {
-            "id": order_id,
-            "clientOrderId": None if client_id is None else str(client_id),
-            "timestamp": int(now * 1000),
-            "datetime": _iso(now),
-            "lastTradeTimestamp": None,
-            "status": "open",
-            "symbol": symbol,
-            "type": type,
-            "timeInForce": "GTC" if type == "limit" else "IOC",
-            "side": side,
-            "price": price,
-            "average": None,
-            "amount": float(amount),
-            "filled": 0.0,
-            "remaining": float(amount),
-            "cost": 0.0,
-            "triggerPrice": trigger,
-            "stopPrice": trigger,
-            "reduceOnly": True,
-            "positionSide": target.side,
-            "fee": None,
-            "trades": [],
-            "info": {"positionSide": target.side.upper()},
-        }
+        order = new_order(
+            order_id,
+            client_id=client_id,
+            now=now,
+            symbol=symbol,
+            type=type,
+            side=side,
+            amount=amount,
+            price=price,
+            trigger=trigger,
+            position_side=target.side,
+        )
         self._orders[order_id] = order
         if order["clientOrderId"] is not None:
             self._by_client_id[order["clientOrderId"]] = order_id
-        if trigger is None and (type == "market" or self._crossed(order)):
+        if trigger is None and (type == "market" or crossed(order, self._marks[symbol])):
             self._fill(order, now)
         return dict(order)
 
@@ -421,45 +345,31 @@ class SimVenue:
 
     def _reduced_position(self, symbol: str, side: str, position_side: object) -> Position | None:
         """The position an order on `side` would reduce, or None if it would grow one."""
-        reduces: Side = "long" if side == "sell" else "short"
+        reduces = reduced_side(side)
         if position_side is not None and str(position_side).lower() not in (reduces, "both"):
             return None
         p = self._positions.get((symbol, reduces))
-        return p if p is not None and p.contracts > _EPS else None
+        return p if p is not None and p.contracts > EPS else None
 
     def _set_mark(self, symbol: str, price: float) -> None:
         self._marks[symbol] = price
         for key, p in self._positions.items():
             if p.symbol == symbol:
                 self._positions[key] = replace(p, mark_price=price)
-        self._reprice_collateral()
-
-    def _reprice_collateral(self) -> None:
-        currency = self._book.currency
-        for asset, c in self._collateral.items():
-            symbol = f"{asset}/{currency}:{currency}"
-            if asset != currency and symbol in self._marks:
-                self._collateral[asset] = replace(c, price=self._marks[symbol])
-
-    def _crossed(self, order: dict[str, Any]) -> bool:
-        mark = self._marks[order["symbol"]]
-        trigger = order["triggerPrice"]
-        if trigger is not None:
-            # a stop-loss fires when the mark moves through it against the position
-            return bool(mark <= trigger if order["side"] == "sell" else mark >= trigger)
-        limit = order["price"]
-        return bool(mark >= limit if order["side"] == "sell" else mark <= limit)
+        asset = priced_collateral(symbol, self._book.currency)
+        held = self._collateral.get(asset) if asset is not None else None
+        if held is not None:
+            self._collateral[held.asset] = replace(held, price=price)
 
     def _trigger_resting(self, now: float) -> None:
         for order in list(self._orders.values()):
-            if order["status"] == "open" and self._crossed(order):
+            if order["status"] == "open" and crossed(order, self._marks[order["symbol"]]):
                 self._fill(order, now)
 
     def _fill(self, order: dict[str, Any], now: float) -> None:
-        reduces: Side = "long" if order["side"] == "sell" else "short"
-        key = (order["symbol"], reduces)
+        key = (order["symbol"], reduced_side(order["side"]))
         p = self._positions.get(key)
-        if p is None or p.contracts <= _EPS:
+        if p is None or p.contracts <= EPS:
             order["status"] = "canceled"  # reduce-only with nothing left to reduce
             return
         qty = min(order["amount"], p.contracts)
@@ -468,7 +378,7 @@ class SimVenue:
         pnl = p.sign * size * (fill - p.entry_price)
         fee = self._settings.fee_rate * size * fill
         remaining = p.contracts - qty
-        if remaining <= _EPS:
+        if remaining <= EPS:
             del self._positions[key]
         else:
             self._positions[key] = replace(p, contracts=remaining)
@@ -497,18 +407,3 @@ class SimVenue:
             tuple(sorted(self._marks.items())),
             margin.report(self.snapshot()).margin_ratio,
         )
-
-
-def _trigger_of(params: dict[str, Any]) -> float | None:
-    for key in ("triggerPrice", "stopPrice", "stopLossPrice"):
-        value = params.get(key)
-        if value is not None:
-            price = float(value)
-            if not (math.isfinite(price) and price > 0):
-                raise InvalidOrder(f"sim: {key} must be a positive price, not {value!r}")
-            return price
-    return None
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -4,7 +4,7 @@
   as collateral, each market with a Binance-style tier table (cumulative deduction, as
   docs/margin-math.md describes). The sim publishes its collateral rules as Binance
   Multi-Assets Mode does (`asset_index()`: a 5 % BTC bid buffer), parsed by the same
-  `collateral_rules.rules_from_binance` as a live read (docs/collateral.md).
+  `venues/binance.py rules_from_binance` as a live read (docs/collateral.md).
 - The sell-off (`selloff_keyframes`): keyframes of the market factor solved from the book
   itself, so the margin ratio passes 0.35 → 0.6 → 0.78 → 0.88 and recovers, i.e. warning →
   critical → emergency → resolved at the default thresholds (prices: `sim_prices.py`).
@@ -12,14 +12,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from monitor.core.margin import report as margin
-from monitor.core.model import AccountSnapshot, Collateral, Position, Side, Tier
-from monitor.sources.collateral_rules import CollateralRules, apply_rules, rules_from_binance
+from monitor.core.model import AccountSnapshot, Collateral, Position, Side, Tier, priced_collateral
+from monitor.sources.collateral_rules import apply_rules
 from monitor.sources.sim_prices import Keyframe
+from monitor.venues.base import CollateralRules
+from monitor.venues.binance import rules_from_binance
 
 __all__ = [
     "DEMO_BOOK",
@@ -27,6 +29,8 @@ __all__ = [
     "SimBook",
     "SimMarket",
     "asset_index",
+    "book_positions",
+    "marked_collateral",
     "published_rules",
     "selloff_keyframes",
 ]
@@ -188,25 +192,38 @@ def _factor_for(book: SimBook, target: float, venue: str | None) -> float:
 
 def _book_at(book: SimBook, m: float, venue: str | None) -> AccountSnapshot:
     prices = {mk.symbol: mk.price0 * m**mk.beta for mk in book.markets}
+    positions = book_positions(book, prices)
+    collateral = marked_collateral(book.collateral, prices, book.currency)
+    collateral = apply_rules(collateral, published_rules(book, prices, 0.0), book.currency)
+    return AccountSnapshot("sim", book.currency, collateral, positions, venue=venue)
+
+
+def book_positions(book: SimBook, marks: Mapping[str, float]) -> tuple[Position, ...]:
+    """The book's positions at `marks`, each with its market's leverage, tiers and beta."""
     markets = {mk.symbol: mk for mk in book.markets}
-    positions = tuple(
+    return tuple(
         Position(
             symbol,
             side,
             contracts,
             entry,
-            prices[symbol],
+            marks[symbol],
             leverage=markets[symbol].leverage,
             tiers=markets[symbol].tiers,
             beta=markets[symbol].beta,
         )
         for symbol, side, contracts, entry in book.positions
     )
-    collateral = tuple(
-        replace(c, price=prices[f"{c.asset}/{book.currency}:{book.currency}"])
-        if f"{c.asset}/{book.currency}:{book.currency}" in prices
-        else c
-        for c in book.collateral
-    )
-    collateral = apply_rules(collateral, published_rules(book, prices, 0.0), book.currency)
-    return AccountSnapshot("sim", book.currency, collateral, positions, venue=venue)
+
+
+def marked_collateral(
+    held: Iterable[Collateral], marks: Mapping[str, float], currency: str
+) -> tuple[Collateral, ...]:
+    """Balances priced at the marks that price them (BTC at BTC/USDT:USDT's mark, as
+    `core.model.priced_collateral` says); the others as they are."""
+    prices = {}
+    for symbol, price in marks.items():
+        asset = priced_collateral(symbol, currency)
+        if asset is not None:
+            prices[asset] = price
+    return tuple(replace(c, price=prices[c.asset]) if c.asset in prices else c for c in held)

@@ -1,10 +1,11 @@
 """Order parameters as each venue wants them: reduce-only orders, stops, client ids, queries.
 
 Everything the protective side sends goes through ccxt's unified `create_order`; what differs
-per venue is in the params: hedge mode's `positionSide` (Binance family and the sim, which
-follows Binance), Binance's `workingType` for stops, Bybit's `acknowledged` for order queries
-and its `orderLinkId` for a lookup by client id, Hyperliquid's hex `cloid`
-(docs/venues.md, docs/actions.md).
+per venue is in the params, read from the venue's module (registry.venue_for): hedge mode's
+`positionSide` (Binance family; the sim follows Binance), Binance's `workingType` for stops
+and its reduce-only minimum-notional waiver, Bybit's `acknowledged` for order queries and its
+`orderLinkId` for a lookup by client id, Hyperliquid's hex `cloid` (docs/venues.md,
+docs/actions.md).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from monitor.core.model import Side
 from monitor.core.plan import PlannedOrder
+from monitor.venues.registry import venue_for
 
 __all__ = [
     "TRIGGER",
@@ -22,6 +24,7 @@ __all__ = [
     "client_id_query",
     "client_order_id",
     "hedge_params",
+    "min_notional_exempt",
     "order_params",
     "query_params",
     "stop_client_id",
@@ -41,9 +44,10 @@ TRIGGER: Mapping[str, Any] = {"trigger": True}
 def hedge_params(venue: str | None, position_side: Side) -> dict[str, Any]:
     """Hedge mode: ccxt's unified `hedged=True` with `reduceOnly` sets Binance's
     `positionSide` / Bybit's `positionIdx` to the position being closed; Binance-family venues
-    (and the sim) also get `positionSide` explicitly, so the intent is in the request."""
+    (and the sim, which follows Binance) also get `positionSide` explicitly, so the intent is
+    in the request, not derived from `side`."""
     params: dict[str, Any] = {"hedged": True}
-    if venue is None or venue.startswith("binance") or venue == "sim":
+    if venue in (None, "sim") or venue_for(venue).orders.hedge_position_side:
         params["positionSide"] = position_side.upper()
     return params
 
@@ -51,10 +55,7 @@ def hedge_params(venue: str | None, position_side: Side) -> dict[str, Any]:
 def order_params(order: PlannedOrder, venue: str | None, client_id: str) -> dict[str, Any]:
     """ccxt `create_order` params for a reduce-only market order (docs/venues.md).
 
-    One-way mode: `reduceOnly` (Binance/Bybit/OKX map it). Hedge mode: ccxt's unified
-    `hedged=True` with `reduceOnly` sets Binance's `positionSide` / Bybit's `positionIdx` to
-    the position being closed; Binance-family venues (and the sim, which follows Binance) also
-    get `positionSide` explicitly so the intent is in the request, not derived from `side`.
+    One-way mode: `reduceOnly` (Binance/Bybit/OKX map it); hedge mode: `hedge_params`.
     """
     params: dict[str, Any] = {"reduceOnly": True, "clientOrderId": client_id}
     if order.hedged:
@@ -71,7 +72,7 @@ def stop_params(
         "clientOrderId": client_id,
         "stopLossPrice": trigger,
     }
-    if venue.startswith("binance"):
+    if venue_for(venue).orders.stop_working_type:
         params["workingType"] = working_type  # trigger on mark, not last
     if hedged:
         params.update(hedge_params(venue, side))
@@ -81,14 +82,13 @@ def stop_params(
 def client_order_id(account: str, episode: str, step: int, leg: int, venue: str | None) -> str:
     """Deterministic client id for (account, episode, step, leg): a resend is a duplicate.
 
-    32 characters of [a-z0-9] fit every venue's rules (Binance ≤ 36 `[.A-Z:/a-z0-9_-]`,
-    Bybit orderLinkId ≤ 36, OKX clOrdId ≤ 32 alphanumeric); Hyperliquid needs a 128-bit hex
-    cloid (`0x` + 32 hex, docs/venues.md).
+    32 characters of [a-z0-9] fit most venues' rules (Binance ≤ 36 `[.A-Z:/a-z0-9_-]`,
+    Bybit orderLinkId ≤ 36, OKX clOrdId ≤ 32 alphanumeric); a venue with its own format
+    (Hyperliquid's hex cloid) shapes the digest itself.
     """
     digest = hashlib.sha256(f"{account}|{episode}|{step}|{leg}".encode()).hexdigest()
-    if venue == "hyperliquid":
-        return "0x" + digest[:32]
-    return "mm" + digest[:30]
+    shape = venue_for(venue).orders.client_id
+    return shape(digest) if shape is not None else "mm" + digest[:30]
 
 
 def stop_client_id(account: str, symbol: str, side: Side, generation: int) -> str:
@@ -102,22 +102,23 @@ def stop_stem(account: str, symbol: str, side: Side) -> str:
 
 
 def query_params(venue: str | None) -> dict[str, Any]:
-    """Extra ccxt params an order query needs on this venue.
-
-    Bybit UTA: ccxt's fetch_order refuses without `acknowledged` (it only sees the last
-    500 orders, `/v5/order/realtime`), which is fine for an order placed seconds ago.
-    """
-    return {"acknowledged": True} if venue == "bybit" else {}
+    """Extra ccxt params an order query needs on this venue (Bybit's `acknowledged`)."""
+    return dict(venue_for(venue).orders.query)
 
 
 def client_id_query(venue: str | None, client_id: str) -> dict[str, Any]:
     """ccxt `fetch_order` params that find an order by our client id.
 
-    Binance: GET /fapi/v1/order?origClientOrderId= (ccxt maps `clientOrderId`);
-    Bybit: GET /v5/order/realtime?orderLinkId= (passed through as is).
+    Binance: GET /fapi/v1/order?origClientOrderId= (ccxt maps `clientOrderId`); a venue
+    with its own parameter names it (Bybit's `orderLinkId`).
     """
-    key = "orderLinkId" if venue == "bybit" else "clientOrderId"
-    return {key: client_id, **query_params(venue)}
+    return {venue_for(venue).orders.client_id_param: client_id, **query_params(venue)}
+
+
+def min_notional_exempt(venue: str | None) -> bool:
+    """Whether the venue waives the market's minimum notional for reduce-only orders
+    (Binance -4164: "notional must be no smaller than 5 (unless you choose reduce only)")."""
+    return venue_for(venue).orders.reduce_only_min_notional_exempt
 
 
 def amount_step(market: Mapping[str, Any], precision_mode: int | None) -> float:

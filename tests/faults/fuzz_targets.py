@@ -27,14 +27,15 @@ from hypothesis import strategies as st
 from monitor.config.settings import load_settings
 from monitor.core.margin.report import report
 from monitor.errors import UserError
-from monitor.snapshot import parse_snapshot, snapshot_to_dict
+from monitor.report_json import snapshot_to_dict
+from monitor.snapshot import parse_snapshot
 from monitor.sources.normalize import (
-    MalformedPayload,
     collateral_from_ccxt,
     mark_from_ticker,
     positions_from_ccxt,
     tiers_from_ccxt,
 )
+from monitor.venues.base import MalformedPayload
 from tests.strategies import accounts
 
 __all__ = [

@@ -64,7 +64,7 @@ ACTIONS: dict[str, Any] = {
     "order_timeout": 2.0,
     "min_order_interval": 0.2,
 }
-#: Audit kinds that end the daemon's wait for an order it sent (monitor/protect/executor.py).
+#: Audit kinds that end the daemon's wait for an order it sent (monitor/protect/sending.py).
 SEEN = {"filled", "partial", "not_filled", "unconfirmed", "rejected", "recovered", "pending_absent"}
 
 

@@ -22,12 +22,10 @@ from its snapshot whenever positions or balances are re-read (`Ledger(snapshot)`
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from monitor.core.margin.valuation import (
     AssetBook,
-    Figures,
-    computed_initial_margin,
     computed_maintenance_margin,
     margin_ratio,
     pnl_at,
@@ -36,22 +34,7 @@ from monitor.core.margin.valuation import (
 from monitor.core.model import AccountSnapshot, Position, priced_collateral
 from monitor.core.state import Marks
 
-__all__ = ["Ledger", "Summary"]
-
-
-@dataclass(frozen=True, slots=True)
-class Summary:
-    """The cross-pool figures a threshold rule needs, without liquidation prices."""
-
-    margin_balance: float
-    initial_margin: float
-    maintenance_margin: float
-    margin_ratio: float
-
-    @property
-    def free_collateral(self) -> float:
-        """Margin balance − initial margin."""
-        return self.margin_balance - self.initial_margin
+__all__ = ["Ledger"]
 
 
 class Ledger:
@@ -60,13 +43,17 @@ class Ledger:
     __slots__ = (
         "_books",
         "_by_symbol",
+        "_collateral_moved",
         "_exposed",
-        "_figures",
         "_held",
         "_marks",
+        "_mm",
         "_moved",
         "_moving",
+        "_pnl",
+        "_rules",
         "_scheduled",
+        "_settles",
         "_snapshot",
     )
 
@@ -76,9 +63,18 @@ class Ledger:
         books, figures = pool(snapshot)
         self._snapshot = snapshot
         self._held: dict[str, tuple[float, float]] = dict(marks or {})
+        # the books' PnL and MM sums move tick by tick (the ratio needs nothing else); their
+        # IM stays at the read's prices: nothing reads IM between two full reports
         self._books: dict[str, AssetBook] = books
-        self._figures: list[Figures] = figures
+        self._pnl = [f[0] for f in figures]
+        self._mm = [f[2] for f in figures]
         self._marks = [p.mark_price for p in snapshot.positions]
+        self._rules = snapshot.rules  # a property that builds; once, not per tick
+        # the book a position's figures sum into (None: isolated, outside the pool)
+        self._settles: list[AssetBook | None] = [
+            books[p.settle or snapshot.currency] if p.margin_mode == "cross" else None
+            for p in snapshot.positions
+        ]
         # positions never change between two reads: an empty cross pool stays empty
         self._exposed = any(p.margin_mode == "cross" for p in snapshot.positions)
         # schedule-only twins, made on a position's first move (most accounts never move
@@ -92,6 +88,7 @@ class Ledger:
         # filled on first sight of a symbol: a market the account does not trade still
         # prices collateral held in its base asset (state.apply's rule)
         self._moving: dict[str, str | None] = {}
+        self._collateral_moved = False  # a tick re-priced collateral since the last snapshot
 
     def tick(self, symbol: str, price: float, ts: float | None = None) -> bool:
         """Move `symbol`'s mark to `price`; False when nothing the ledger holds changed.
@@ -107,27 +104,22 @@ class Ledger:
         changed = False
         indices = self._by_symbol.get(symbol)
         if indices is not None:
-            snapshot = self._snapshot
-            rules = snapshot.rules
+            marks = self._marks
             for i in indices:
-                if self._marks[i] == price:
+                if marks[i] == price:
                     continue
                 p = self._scheduled[i]
                 if p is None:
-                    p = self._scheduled[i] = snapshot.positions[i].scheduled()
-                figures = (
-                    pnl_at(p, price),
-                    computed_initial_margin(p, price),
-                    computed_maintenance_margin(p, rules, price),
-                )
-                if p.margin_mode == "cross":
-                    book = self._books[p.settle or snapshot.currency]
-                    before = self._figures[i]
-                    book.pnl += figures[0] - before[0]
-                    book.im += figures[1] - before[1]
-                    book.mm += figures[2] - before[2]
-                self._marks[i] = price
-                self._figures[i] = figures
+                    p = self._scheduled[i] = self._snapshot.positions[i].scheduled()
+                pnl = pnl_at(p, price)
+                mm = computed_maintenance_margin(p, self._rules, price)
+                book = self._settles[i]
+                if book is not None:
+                    book.pnl += pnl - self._pnl[i]
+                    book.mm += mm - self._mm[i]
+                marks[i] = price
+                self._pnl[i] = pnl
+                self._mm[i] = mm
                 self._moved.add(i)
                 changed = True
         try:
@@ -141,7 +133,7 @@ class Ledger:
             book = self._books[asset]
             if book.collateral.price != price:
                 book.collateral = replace(book.collateral, price=price)
-                changed = True
+                self._collateral_moved = changed = True
         if indices is not None or asset is not None:  # symbols it holds only: bounded
             if ts is not None:
                 self._held[symbol] = (price, ts)
@@ -170,26 +162,6 @@ class Ledger:
             mm += book.mm * book.ask
         return margin_ratio(mm, balance, exposed=self._exposed)
 
-    def summary(self) -> Summary:
-        """Margin balance, IM, MM and ratio of the cross pool at the latest ticks."""
-        balance = 0.0
-        im = 0.0
-        mm = 0.0
-        for book in self._books.values():
-            balance += book.surplus(book.pnl, 0.0)
-            ask = book.ask
-            im += book.im * ask
-            mm += book.mm * ask
-        venue = self._snapshot.venue_margin
-        if venue is not None and venue.margin_ratio is not None:
-            return Summary(
-                venue.margin_balance if venue.margin_balance is not None else balance,
-                im,
-                venue.maintenance_margin if venue.maintenance_margin is not None else mm,
-                venue.margin_ratio,
-            )
-        return Summary(balance, im, mm, margin_ratio(mm, balance, exposed=self._exposed))
-
     def snapshot(self) -> AccountSnapshot:
         """The account at the latest ticks, for a full report.
 
@@ -197,24 +169,29 @@ class Ledger:
         handful of ticks), and makes the result the ledger's new base.
         """
         base = self._snapshot
-        books = self._books
-        collateral = tuple(
-            books[c.asset].collateral if c.asset in books else c for c in base.collateral
-        )
-        same = all(a is b for a, b in zip(collateral, base.collateral, strict=True))
-        if not self._moved and same:
+        if not self._moved and not self._collateral_moved:
             return base
-        positions = list(base.positions)
-        for i in self._moved:
-            scheduled = self._scheduled[i]
-            assert scheduled is not None  # set by the tick that moved it
-            positions[i] = scheduled.repriced(self._marks[i])  # schedule-only already
-        self._moved.clear()
+        collateral = base.collateral
+        if self._collateral_moved:
+            books = self._books
+            collateral = tuple(
+                books[c.asset].collateral if c.asset in books else c for c in collateral
+            )
+            self._collateral_moved = False
+        positions = base.positions
+        if self._moved:
+            moved = list(positions)
+            for i in self._moved:
+                scheduled = self._scheduled[i]
+                assert scheduled is not None  # set by the tick that moved it
+                moved[i] = scheduled.repriced(self._marks[i])  # schedule-only already
+            self._moved.clear()
+            positions = tuple(moved)
         self._snapshot = AccountSnapshot(
             base.account,
             base.currency,
             collateral,
-            tuple(positions),
+            positions,
             base.venue,
             base.venue_margin,
         )

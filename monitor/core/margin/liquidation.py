@@ -366,28 +366,31 @@ def _walk_linear(  # noqa: PLR0917 - positional: it runs once per position per r
     while i < last and notional > tiers[i].max_notional:
         i += 1
     # each tier's line is solved for the notional v = q·x, which its bracket (floor, ceiling]
-    # bounds; from the current tier the walk only ever heads one way (`step`, once it moved)
-    step = 0
+    # bounds; from the current tier the walk only ever heads one way, down or up
+    down = up = False
+    floor = tiers[i - 1].max_notional if i else 0.0
     while True:
         tier = tiers[i]
         per_notional = rate_s - ask * (tier.mmr + fee)
         if per_notional * sign <= 0.0:
             return _NAN
         value = -(k0 + (ask * tier.maintenance_amount if deduct else 0.0)) / per_notional
-        if i and value < tiers[i - 1].max_notional:  # the root lies below tier i
-            if step > 0:  # surplus jumps across zero at this tier edge (OKX)
-                return tiers[i - 1].max_notional / q
-            step = -1
+        if value < floor:  # the root lies below tier i
+            if up:  # surplus jumps across zero at this tier edge (OKX)
+                return floor / q
+            if not i:
+                return None  # the root is at a price ≤ 0: nothing liquidates
+            down = True
             i -= 1
+            floor = tiers[i - 1].max_notional if i else 0.0
         elif i < last and value > tier.max_notional:  # the root lies above tier i
-            if step < 0:  # surplus jumps across zero at this tier edge (OKX)
+            if down:  # surplus jumps across zero at this tier edge (OKX)
                 return tier.max_notional / q
-            step = 1
+            up = True
             i += 1
+            floor = tier.max_notional
         else:
             break
-    if value < 0.0:
-        return None  # the root is at a price ≤ 0: nothing liquidates
     # _settled, inlined (once per position per report)
     x = value / q
     if rate != ask and equity + sign * q * (x - p.entry_price) <= 0.0:
