@@ -159,6 +159,16 @@ class Mosquitto:
         self.stop()
         self.start()
 
+    def pause(self) -> None:
+        """SIGSTOP: connections stay open but nothing is read (a broker that takes no bytes)."""
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after `pause` (harmless otherwise)."""
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGCONT)
+
     @property
     def running(self) -> bool:
         """True while the process is alive."""

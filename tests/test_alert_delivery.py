@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
+import paho.mqtt.client as paho
 import pytest
 from structlog.testing import capture_logs
 
@@ -25,7 +25,7 @@ from monitor.alerts.pipeline import AlertPipeline
 from monitor.alerts.sink import DRAIN_CAP, AlertsSink, build_alerts_sink
 from monitor.channels.notify import NotifySink
 from monitor.config.alerts import MqttSettings, NotifySettings
-from monitor.config.settings import load_settings
+from monitor.config.settings import Settings, load_settings
 from monitor.core.margin import report as margin
 from monitor.core.model import AccountSnapshot, ShockToLiquidation
 from monitor.core.plan import plan_step
@@ -33,7 +33,7 @@ from monitor.daemon import supervisor
 from monitor.daemon.supervisor import run_daemon
 from monitor.daemon.wiring import build_sinks
 from monitor.protect import notes as protect_notes
-from monitor.protect.sink import ActionsSink
+from monitor.protect.sink import HANDOVER_TIMEOUT, ActionsSink
 from monitor.sink import Sink
 from monitor.sources.sim import SimVenue
 from monitor.sources.sim_book import DEMO_BOOK
@@ -294,17 +294,7 @@ class TestActionState:
         sources = {a.name: SimVenue(a.name, a.sim) for a in settings.accounts}
         sinks = build_sinks(settings, tui=False, sources=sources)
         async with collecting(mosquitto, [f"{prefix}/demo/alert"]) as sub:
-            await asyncio.wait_for(
-                run_daemon(
-                    settings,
-                    settings.accounts,
-                    sinks,
-                    sources=list(sources.values()),
-                    duration=4.5,
-                    handle_signals=False,
-                ),
-                30,
-            )
+            await _run_sim(settings, sinks, sources, 4.5)
             await sub.wait_for(
                 lambda: any(
                     json.loads(m.payload)["kind"] == "resolved"  # type: ignore[arg-type]
@@ -404,60 +394,123 @@ class TestActionState:
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         """Test that the alert of the report that wakes a step is sent before its fresh read."""
-        settings = load_settings(
-            None,
-            state_dir=tmp_path,
-            accounts=[{"name": "demo", "exchange": "sim", "sim": {"speed": 20}}],
-            actions={"simulated": False},
-            # no shock alert: it would inhibit the margin alert of the crossing report
-            alerts={
-                "shock_warning": 0.003,
-                "shock_critical": 0.002,
-                "shock_emergency": 0.001,
-                "shock_band": 0.0005,
-            },
-            mqtt={"host": mosquitto.host, "port": mosquitto.port, "prefix": prefix, "timeout": 2.0},
-        )
-        sources = {a.name: SimVenue(a.name, a.sim) for a in settings.accounts}
-        sinks = build_sinks(settings, tui=False, sources=sources)
-        mqtt = next(s for s in sinks if isinstance(s, AlertsSink)).mqtt
-        executor = next(s for s in sinks if isinstance(s, ActionsSink)).executors["demo"]
-        published: list[dict[str, Any]] = []
-        seen_at_read: list[tuple[list[str], bool]] = []
-        publish = aiomqtt.Client.publish
-
-        async def recorded(
-            client: aiomqtt.Client, topic: str, payload: Any = None, *args: Any, **kwargs: Any
-        ) -> None:
-            if topic.endswith("/alert"):
-                published.append(json.loads(payload))
-            await publish(client, topic, payload, *args, **kwargs)
-
-        async def fresh_read() -> AccountSnapshot:
-            assert mqtt is not None
-            assert mqtt._client is not None  # the live session: is paho still holding bytes?
-            unsent = mqtt._client._client.want_write()
-            seen_at_read.append(([f"{a['rule']} {a['level']}" for a in published], unsent))
-            return await sources["demo"].fetch_snapshot()
-
-        monkeypatch.setattr(aiomqtt.Client, "publish", recorded)
-        executor.fresh_read = fresh_read
-        await asyncio.wait_for(
-            run_daemon(
-                settings,
-                settings.accounts,
-                sinks,
-                sources=list(sources.values()),
-                duration=3.0,
-                handle_signals=False,
-            ),
-            30,
-        )
-        assert seen_at_read  # the sell-off woke a dry-run step
-        levels, unsent = seen_at_read[0]
-        # the alert of the report that crossed the action level was handed to MQTT first
-        assert "margin_ratio critical" in levels, (levels, seen_at_read)
+        seen = await _step_reads(mosquitto, prefix, tmp_path, monkeypatch)
+        assert seen  # the sell-off woke a dry-run step
+        levels, unsent, _ = seen[0]
+        # the alert of the report that crossed the action level was handed to paho first
+        assert "margin_ratio critical" in levels, (levels, seen)
         assert not unsent  # and written to the broker's socket, not queued in paho
+
+    async def test_a_stuck_broker_delays_the_step_by_the_bound_only(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Test that a broker that takes no bytes holds a step back HANDOVER_TIMEOUT at most."""
+        broker = Mosquitto(tmp_path / "stuck")
+        broker.start()
+        try:
+            seen = await _step_reads(broker, "stuck", tmp_path / "daemon", monkeypatch, stuck=True)
+        finally:
+            broker.resume()
+            broker.stop()
+        assert seen
+        levels, unsent, waited = seen[0]
+        assert "margin_ratio critical" in levels, (levels, seen)
+        assert unsent  # the alert is still in paho: the step did not wait for the socket
+        # ~HANDOVER_TIMEOUT (5 ms); the slack is for a shared CI machine, still far below
+        # the publish timeout (2 s) a step would wait if it waited for the broker
+        assert waited < HANDOVER_TIMEOUT + 0.5, waited
+
+
+async def _run_sim(
+    settings: Settings, sinks: list[Sink], sources: dict[str, SimVenue], duration: float
+) -> None:
+    """The daemon on the sim accounts for `duration` s (30 s at most)."""
+    await asyncio.wait_for(
+        run_daemon(
+            settings,
+            settings.accounts,
+            sinks,
+            sources=list(sources.values()),
+            duration=duration,
+            handle_signals=False,
+        ),
+        30,
+    )
+
+
+async def _step_reads(
+    broker: Mosquitto,
+    prefix: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    stuck: bool = False,
+) -> list[tuple[list[str], bool, float]]:
+    """Run the demo sell-off with actions in dry run; at each fresh read of a step, record
+    the alerts handed to paho so far, whether paho still holds unsent bytes, and how long
+    the step waited since the report that woke it. `stuck`: once connected, the broker is
+    SIGSTOPped and paho's queue filled, so nothing more reaches the socket."""
+    settings = load_settings(
+        None,
+        state_dir=tmp_path,
+        accounts=[{"name": "demo", "exchange": "sim", "sim": {"speed": 20}}],
+        actions={"simulated": False},
+        # no shock alert: it would inhibit the margin alert of the crossing report
+        alerts={
+            "shock_warning": 0.003,
+            "shock_critical": 0.002,
+            "shock_emergency": 0.001,
+            "shock_band": 0.0005,
+        },
+        mqtt={"host": broker.host, "port": broker.port, "prefix": prefix, "timeout": 2.0},
+    )
+    sources = {a.name: SimVenue(a.name, a.sim) for a in settings.accounts}
+    sinks = build_sinks(settings, tui=False, sources=sources)
+    mqtt = next(s for s in sinks if isinstance(s, AlertsSink)).mqtt
+    assert mqtt is not None
+    actions = next(s for s in sinks if isinstance(s, ActionsSink))
+    executor = actions.executors["demo"]
+    published: list[dict[str, Any]] = []
+    seen: list[tuple[list[str], bool, float]] = []
+    woken: list[float] = []
+    publish = paho.Client.publish
+
+    def recorded(
+        client: paho.Client, topic: str, payload: Any = None, *args: Any, **kwargs: Any
+    ) -> Any:
+        if topic.endswith("/alert"):
+            published.append(json.loads(payload))
+        return publish(client, topic, payload, *args, **kwargs)
+
+    on_report = actions.on_report
+
+    async def told(account: str, rep: Any, snapshot: Any, now: float) -> None:
+        woken.append(time.perf_counter())
+        await on_report(account, rep, snapshot, now)
+
+    async def fresh_read() -> AccountSnapshot:
+        assert mqtt._client is not None  # the live session: is paho still holding bytes?
+        unsent = mqtt._client._client.want_write()
+        waited = time.perf_counter() - woken[-1]
+        seen.append(([f"{a['rule']} {a['level']}" for a in published], unsent, waited))
+        if stuck:
+            broker.resume()
+        return await sources["demo"].fetch_snapshot()
+
+    async def jam() -> None:
+        await mqtt.wait_connected()
+        broker.pause()
+        assert mqtt._client is not None
+        mqtt._client._client.publish(f"{prefix}/jam", b"0" * 32_000_000)  # fills the socket
+
+    monkeypatch.setattr(paho.Client, "publish", recorded)
+    monkeypatch.setattr(actions, "on_report", told)
+    executor.fresh_read = fresh_read
+    jammer = asyncio.create_task(jam()) if stuck else None
+    await _run_sim(settings, sinks, sources, 3.0)
+    if jammer is not None:
+        await jammer
+    return seen
 
 
 class TestSigterm:

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+from monitor.alerts.delivery import BACKOFF_CAP, backoff
 from monitor.alerts.message import AlertMessage
-from monitor.alerts.pipeline import BACKOFF_CAP, AlertPipeline, backoff
+from monitor.alerts.pipeline import AlertPipeline
 from monitor.alerts.signed_commands import Command, envelope
 from monitor.core.model import CollateralFall, CollateralRisk, MarginReport, ShockToLiquidation
 from monitor.core.rules import AlertConfig

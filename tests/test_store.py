@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import sqlite3
+import time
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from monitor.core.alert_state import RulesState, Silence
 from monitor.core.model import MarginReport
 from monitor.core.rules import AlertConfig, add_silence
 from monitor.store import Store
+from monitor.store_checkpoint import EVERY_WRITES
 
 CONFIG = AlertConfig(repeat_every=0, shock_warning=None, shock_critical=None, shock_emergency=None)
 
@@ -280,3 +282,55 @@ class TestDegraded:
         store = Store(None)
         with pytest.raises(sqlite3.Error):
             store._write([("INSERT INTO nowhere VALUES (1)", ())])
+
+
+class TestCheckpoints:
+    """The WAL is checkpointed by the store's own thread, never inside a commit (issue 16)."""
+
+    def test_commits_leave_the_checkpoint_to_the_thread(self, tmp_path: Path) -> None:
+        """Test that commits never checkpoint and the thread moves their pages into the file."""
+        db = tmp_path / "alerts.sqlite3"
+        store = Store(db)
+        assert store._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        checkpoints = store._checkpoints
+        assert checkpoints is not None
+        body = "x" * 4000  # a page per row at least
+
+        def commit(first: int, count: int) -> None:
+            for n in range(first, first + count):
+                store.commit(RulesState(), [(f"m{n}", "acct", body, ["mqtt"])], now=float(n))
+
+        commit(0, EVERY_WRITES)
+        deadline = time.monotonic() + 10
+        while checkpoints.passes < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert checkpoints.passes >= 1
+        store._stop_checkpoints()  # from here on only a commit could checkpoint
+        in_file = _rows_in_main_file(db)
+        assert in_file == EVERY_WRITES  # what the thread moved into the database file
+        commit(EVERY_WRITES, 1200)  # past SQLite's own 1 000-page checkpoint mark
+        assert _rows_in_main_file(db) == in_file  # no commit checkpointed
+        assert len(store.pending()) == EVERY_WRITES + 1200  # and every row is committed
+        store.close()
+
+    def test_close_stops_the_thread(self, tmp_path: Path) -> None:
+        """Test that closing the store ends its checkpoint thread."""
+        store = Store(tmp_path / "alerts.sqlite3")
+        checkpoints = store._checkpoints
+        assert checkpoints is not None
+        assert checkpoints.running
+        store.close()
+        assert not checkpoints.running
+
+    def test_memory_store_has_no_thread(self) -> None:
+        """Test that an in-memory store (tests, --no-state) starts no checkpoint thread."""
+        assert Store(None)._checkpoints is None
+
+
+def _rows_in_main_file(db: Path) -> int:
+    """Outbox rows in the database file alone (immutable: SQLite ignores the WAL)."""
+    main_file = sqlite3.connect(f"file:{db}?immutable=1", uri=True)
+    try:
+        return int(main_file.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+    finally:
+        main_file.close()

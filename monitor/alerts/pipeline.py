@@ -1,6 +1,6 @@
 """The alert pipeline: rules -> outbox -> sinks, at least once, with retries and backoff.
 
-    report / source event ──▶ rules.evaluate ──▶ store.commit(state + outbox rows) ──▶ wake
+    report / source event ──▶ rules.evaluate ──▶ store.commit(state + outbox rows) ──▶ hand / wake
                                                                                           │
     sink[<name>] task: due rows ──▶ sink.deliver(batch) ──▶ delivered: delete rows        ▼
                                                          └─ failed: attempts+1, jittered backoff
@@ -8,7 +8,8 @@
 The rules stay pure; this module is the asyncio shell around them (STYLE.md, sans-IO). A
 message is in SQLite before any sink sees it, so a crash between "decided" and "delivered"
 only ever produces a duplicate (receivers deduplicate on the stable message id), never a
-loss. Each sink drains its own rows, so a dead phone service never delays MQTT.
+loss. Each sink drains its own rows (delivery.py, `OutboxDelivery`), so a dead phone service
+never delays MQTT.
 
 Commands (acknowledge, silence, pause/resume) arrive signed (signed_commands.py) from the
 MQTT command topic or a phone's action button and are executed by this object's command
@@ -19,17 +20,14 @@ shared `ActionSwitches` the executor reads.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-import functools
-import random
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Iterable, Sequence
 
 import structlog
 
 from monitor.alerts.commands import CommandHandling, _RefusalTally
+from monitor.alerts.delivery import AlertSink, OutboxDelivery, ReportObserver
 from monitor.alerts.message import AlertMessage, build_message
 from monitor.core import rules
 from monitor.core.alert_state import AlertEvent, AlertKind, RulesState, episode_id, fingerprint
@@ -37,89 +35,23 @@ from monitor.core.levels import Level
 from monitor.core.model import MarginReport, ModelDrift, SourceDown, SourceStale, SourceUp
 from monitor.core.rules import AlertConfig
 from monitor.ops.logs import redact
-from monitor.ops.metrics import record_alerts_sent
 from monitor.protect.switches import ActionSwitches
 from monitor.store import Store
 
-__all__ = [
-    "AlertPipeline",
-    "AlertSink",
-    "PacedSink",
-    "ReportObserver",
-    "backoff",
-    "raise_if_cancelling",
-]
+__all__ = ["AlertPipeline"]
 
 log = structlog.get_logger("monitor.alerting")
 
-#: Longest wait between two delivery attempts of one message (seconds).
-BACKOFF_CAP = 60.0
 #: Seconds between two retention passes over the store (store.prune).
 PRUNE_EVERY = 3600.0
 #: structlog method per level, so a log-based alert rule can key on severity.
 _LOG_METHOD = {"ok": "info", "warning": "warning", "critical": "error", "emergency": "critical"}
 
-
-def backoff(attempt: int) -> float:
-    """Seconds before retry number `attempt` (1-based): full jitter, exponential, capped.
-
-    The one-line form aiomqtt v3 uses for reconnects (STYLE.md); jitter keeps many queued
-    messages from retrying in lockstep against a recovering service.
-    """
-    return min(BACKOFF_CAP, random.uniform(0, 1.5 ** min(10, attempt)))  # noqa: S311
+#: A message and the sinks that want it.
+_Entry = tuple[AlertMessage, Sequence[str]]
 
 
-def raise_if_cancelling() -> None:
-    """Re-raise a cancellation that was swallowed on the way here.
-
-    Python 3.11's `asyncio.wait_for` (aiomqtt 2.x uses it for every acknowledgement) loses
-    a cancellation that arrives as the awaited future completes (CPython gh-86296, fixed in
-    3.12); the request count stays set, so checking it at safe points restores shutdown.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
-
-
-@runtime_checkable
-class AlertSink(Protocol):
-    """Something that delivers alert messages (MQTT, a phone channel, the console)."""
-
-    name: str
-
-    def wants(self, message: AlertMessage) -> bool:
-        """Whether this sink should get `message` at all (decided once, at enqueue time)."""
-        ...
-
-    async def deliver(self, messages: Sequence[AlertMessage]) -> Collection[str]:
-        """Deliver a batch; return the ids the far side acknowledged. Raise on total failure."""
-        ...
-
-
-@runtime_checkable
-class PacedSink(Protocol):
-    """A sink that can only take a batch at certain moments (a paced channel, a session).
-
-    `deliver_forever` awaits `ready()` BEFORE it picks the batch, so everything that became
-    due while the sink was not ready (an escalation during a phone channel's pacing wait)
-    leaves in the first batch the sink can take, not one round later (docs/alerts.md).
-    """
-
-    async def ready(self) -> None:
-        """Return once a batch given now would be sent at once."""
-        ...
-
-
-@runtime_checkable
-class ReportObserver(Protocol):
-    """A sink that also shows every report (MQTT's retained state topic)."""
-
-    def observe_report(self, report: MarginReport, level: str) -> None:
-        """Take the newest report of an account; must not block."""
-        ...
-
-
-class AlertPipeline(CommandHandling):
+class AlertPipeline(CommandHandling, OutboxDelivery):
     """Owns the alert state; turns reports into persisted, delivered messages.
 
     Args:
@@ -157,17 +89,13 @@ class AlertPipeline(CommandHandling):
         self._secret = command_secret
         self.state: RulesState = store.load_rules_state(clock())
         self._reports: dict[str, MarginReport] = {}
-        self._wake = {sink.name: asyncio.Event() for sink in self.sinks}
         #: configured account names; a command naming another is refused (None: no check)
         self.accounts: frozenset[str] | None = None
         self._refusals: dict[str, _RefusalTally] = {}
         self._next_prune = 0.0
         self._degraded_announced = False
         self._direct: dict[str, tuple[float, Level]] = {}  # fingerprint -> (since, level)
-        for sink in self.sinks:
-            if hasattr(sink, "on_connected"):
-                # A sink that reconnects (MQTT) retries its backlog at once, not after backoff.
-                sink.on_connected = functools.partial(self.retry_now, sink.name)
+        self._init_delivery()
 
     # --- inputs -----------------------------------------------------------------------------
 
@@ -266,29 +194,44 @@ class AlertPipeline(CommandHandling):
     def _commit(
         self, events: Iterable[AlertEvent], now: float, accounts: Iterable[str] | None = None
     ) -> None:
-        """Persist and queue; `accounts`: the only accounts whose alerts changed (a report)."""
-        queued: list[tuple[str, str, str, Sequence[str]]] = []
+        """Persist and queue; `accounts`: the only accounts whose alerts changed (a report).
+
+        The log lines come after the hand-over: the alert leaves first (issue 16).
+        """
+        events = tuple(events)
+        entries: list[_Entry] = []
         for event in events:
-            self._log(event)
             if not event.delivered:
                 continue
             note = self.action_note(event.account) if self.action_note else None
-            message = build_message(event, self._reports.get(event.account), note)
-            targets = [sink.name for sink in self.sinks if sink.wants(message)]
-            queued.append((message.id, message.account, message.to_json(), targets))
+            entries.append(
+                self._entry(build_message(event, self._reports.get(event.account), note))
+            )
         if self.store.degraded and not self._degraded_announced:
             self._degraded_announced = True
-            queued.append(self._store_alert(self.store.degraded, now))
-        self.store.commit(self.state, queued, now, accounts)
+            entries.append(self._store_alert(self.store.degraded, now))
+        self._queue(entries, now, accounts)
         if self.store.degraded and not self._degraded_announced:
             # The commit itself hit the disk error; announce it (now from memory).
             self._degraded_announced = True
-            self.store.commit(self.state, [self._store_alert(self.store.degraded, now)], now)
-        if queued or self._degraded_announced:
-            for wake in self._wake.values():
-                wake.set()
+            self._queue([self._store_alert(self.store.degraded, now)], now)
+        for event in events:
+            self._log(event)
 
-    def _store_alert(self, reason: str, now: float) -> tuple[str, str, str, Sequence[str]]:
+    def _entry(self, message: AlertMessage) -> _Entry:
+        return message, [sink.name for sink in self.sinks if sink.wants(message)]
+
+    def _queue(
+        self, entries: Sequence[_Entry], now: float, accounts: Iterable[str] | None = None
+    ) -> None:
+        """Store the alert state and `entries` in one transaction, then hand them out: stored
+        before any sink sees them."""
+        rows = [(m.id, m.account, m.to_json(), targets) for m, targets in entries]
+        self.store.commit(self.state, rows, now, accounts)
+        if entries:
+            self._fan_out(entries)
+
+    def _store_alert(self, reason: str, now: float) -> _Entry:
         """A message about the state store itself: the daemon is running without memory."""
         return self._direct_alert("daemon", "state_store", "firing", "critical", now, now, reason)
 
@@ -320,9 +263,7 @@ class AlertPipeline(CommandHandling):
                 now,
                 "protective actions can run again",
             )
-        self.store.commit(self.state, [row], now)
-        for wake in self._wake.values():
-            wake.set()
+        self._queue([row], now)
 
     def _direct_alert(  # noqa: PLR0917 - one event's fields
         self,
@@ -333,7 +274,7 @@ class AlertPipeline(CommandHandling):
         started: float,
         now: float,
         detail: str,
-    ) -> tuple[str, str, str, Sequence[str]]:
+    ) -> _Entry:
         """An alert raised directly, not by the rules (no hysteresis, no repeats)."""
         key = fingerprint(account, rule)
         episode = episode_id(key, started)
@@ -356,9 +297,7 @@ class AlertPipeline(CommandHandling):
             detail=detail,
         )
         self._log(event)
-        message = build_message(event, self._reports.get(account))
-        targets = [sink.name for sink in self.sinks if sink.wants(message)]
-        return (message.id, message.account, message.to_json(), targets)
+        return self._entry(build_message(event, self._reports.get(account)))
 
     @staticmethod
     def _log(event: AlertEvent) -> None:
@@ -379,14 +318,7 @@ class AlertPipeline(CommandHandling):
             suppressed=event.suppressed,
         )
 
-    # --- delivery ---------------------------------------------------------------------------
-
-    def retry_now(self, sink_name: str) -> None:
-        """Make `sink_name`'s queued messages due now and wake its delivery task."""
-        self.store.reschedule(sink_name, self.clock())
-        wake = self._wake.get(sink_name)
-        if wake is not None:
-            wake.set()
+    # --- delivery (the tasks' loop is delivery.py's) ---------------------------------------
 
     def start(self, tg: asyncio.TaskGroup) -> None:
         """Start the delivery tasks (`sink[<name>]`) and the clock (`alerts.tick`) in `tg`."""
@@ -404,50 +336,3 @@ class AlertPipeline(CommandHandling):
         while True:
             await asyncio.sleep(interval)
             self.tick()
-
-    async def deliver_forever(self, sink: AlertSink) -> None:
-        """Drain `sink`'s outbox rows forever: deliver, acknowledge, or back off and retry."""
-        wake = self._wake[sink.name]
-        while True:
-            raise_if_cancelling()
-            wake.clear()
-            now = self.clock()
-            rows = self.store.due(sink.name, now)
-            if not rows:
-                next_at = self.store.next_due_at(sink.name)
-                timeout = None if next_at is None else max(0.0, next_at - now)
-                with contextlib.suppress(TimeoutError):  # not wait_for: cpython#86296
-                    async with asyncio.timeout(timeout):
-                        await wake.wait()
-                continue
-            if isinstance(sink, PacedSink):
-                await sink.ready()
-                rows = self.store.due(sink.name, self.clock())  # what queued while waiting
-                if not rows:
-                    continue
-            by_id = {row.message_id: row for row in rows}
-            messages = [AlertMessage.from_json(row.payload) for row in rows]
-            try:
-                acked: Collection[str] = await sink.deliver(messages)
-            except Exception as exc:  # a sink's failure is retried, never fatal
-                acked = ()
-                error = f"{type(exc).__name__}: {exc}"
-            else:
-                error = "not acknowledged"
-            done = [mid for mid in by_id if mid in acked]
-            if done:
-                self.store.delivered(sink.name, done)
-                record_alerts_sent(sink.name, len(done))  # margin_monitor_alerts_sent
-            now = self.clock()
-            for mid, row in by_id.items():
-                if mid not in acked:
-                    delay = backoff(row.attempts + 1)
-                    self.store.failed(sink.name, mid, now + delay, error)
-                    log.warning(
-                        "alert.delivery_failed",
-                        sink=sink.name,
-                        id=mid,
-                        attempt=row.attempts + 1,
-                        retry_in=round(delay, 2),
-                        error=error,
-                    )

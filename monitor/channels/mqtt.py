@@ -38,9 +38,10 @@ from typing import Any
 import aiomqtt
 import structlog
 
+from monitor.alerts.delivery import backoff, raise_if_cancelling
 from monitor.alerts.message import AlertMessage
-from monitor.alerts.pipeline import backoff, raise_if_cancelling
 from monitor.channels.mqtt_payloads import discovery_configs, state_payload
+from monitor.channels.mqtt_wire import AlertWire
 from monitor.config.alerts import MqttSettings
 from monitor.core.model import MarginReport
 from monitor.core.rules import RULE_SOURCE_DOWN
@@ -87,7 +88,8 @@ class MqttSink:
         )
         self.status_topic = f"{settings.prefix}/status"
         self.reply_topic = f"{settings.prefix}/reply"
-        self.on_connected: Callable[[], None] | None = None
+        self._on_connected: Callable[[], None] | None = None
+        self._wire = AlertWire()
         self._client: aiomqtt.Client | None = None
         self._stopping = False
         self._connected = asyncio.Event()
@@ -119,28 +121,34 @@ class MqttSink:
         del message
         return True
 
-    async def deliver(self, messages: Sequence[AlertMessage]) -> Collection[str]:
-        """Publish a batch with QoS 1; return the ids whose PUBACK arrived."""
+    def set_on_connected(self, callback: Callable[[], None]) -> None:
+        """`callback` runs each time a session is up (delivery.ReconnectingSink: the pipeline
+        retries the queued alerts at once)."""
+        self._on_connected = callback
+
+    def send_now(self, messages: Sequence[AlertMessage]) -> asyncio.Future[Collection[str]] | None:
+        """Queue the alerts as QoS 1 publishes now (delivery.ImmediateSink, mqtt_wire.py); the
+        future gives the ids whose PUBACK came within `timeout`. None: no session."""
         for m in messages:
             if m.rule == RULE_SOURCE_DOWN:
                 self._set_flag(m.account, "source_down", m.kind != "resolved")
-        client = self._client
-        if client is None:
+        prefix = self.settings.prefix
+        return self._wire.send(
+            [(m.id, f"{prefix}/{m.account}/alert", m.to_json()) for m in messages],
+            self.settings.timeout,
+        )
+
+    def written(self) -> asyncio.Future[None]:
+        """Done once the alerts handed so far are on the socket (or there is no session)."""
+        return self._wire.written()
+
+    async def deliver(self, messages: Sequence[AlertMessage]) -> Collection[str]:
+        """Publish a batch with QoS 1; return the ids whose PUBACK arrived."""
+        acked = self.send_now(messages)
+        if acked is None:
             msg = "not connected to the MQTT broker"
             raise ConnectionError(msg)
-        results = await asyncio.gather(
-            *(
-                client.publish(
-                    f"{self.settings.prefix}/{m.account}/alert",
-                    m.to_json(),
-                    qos=1,
-                    timeout=self.settings.timeout,
-                )
-                for m in messages
-            ),
-            return_exceptions=True,
-        )
-        return {m.id for m, r in zip(messages, results, strict=True) if r is None}
+        return await acked
 
     def observe_report(self, report: MarginReport, level: str) -> None:
         """Keep the newest report; the state task publishes it (on change, rate-limited)."""
@@ -200,6 +208,7 @@ class MqttSink:
     async def run(self) -> None:
         """Connect, serve, reconnect with backoff; forever (until cancelled)."""
         client = self._make_client()  # inside the loop: aiomqtt #335
+        self._wire.attach(client)
         attempt = 0
         self._stopping = False
         while True:
@@ -220,6 +229,7 @@ class MqttSink:
             finally:
                 self._client = None
                 self._connected.clear()
+                self._wire.down()
             if self._stopping:
                 # aiomqtt's __aexit__ can turn our cancellation into "Operation timed out"
                 # while it waits for the DISCONNECT ack: never swallow a shutdown.
@@ -238,7 +248,6 @@ class MqttSink:
 
     async def _session(self, client: aiomqtt.Client) -> None:
         p = self.settings.prefix
-        await client.publish(self.status_topic, "online", qos=1, retain=True)
         # Commands are taken from paho's own callback, in the loop's reader callback, not
         # through aiomqtt's message iterator: that costs a Message, a queue hop and a task
         # per message (~30 us), and under a flood of 50 000 junk commands it, not the check
@@ -249,13 +258,17 @@ class MqttSink:
         await client.subscribe([(f"{p}/command", 1), (f"{p}/+/command", 1)])
         if self.settings.discovery:
             await client.subscribe(f"{self.settings.discovery_prefix}/status", qos=1)
+        # `online` only once the command topics are subscribed: an automation that answers
+        # `online` with a command (a pause after a restart) must not publish into the void
+        await client.publish(self.status_topic, "online", qos=1, retain=True)
         self._announced.clear()
         self._published.clear()
         self._client = client
+        self._wire.up()
         self._connected.set()
         log.info("mqtt.connected", host=self.settings.host, client_id=self.client_id)
-        if self.on_connected is not None:
-            self.on_connected()
+        if self._on_connected is not None:
+            self._on_connected()
         self._state_wake.set()
         raise_if_cancelling()
         # Plain tasks rather than a nested TaskGroup: on Python 3.11 a TaskGroup that aborts

@@ -12,6 +12,7 @@ Audit records go to the alert store (engineer B's `Store.audit`) and the MQTT ac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
@@ -36,16 +37,16 @@ if TYPE_CHECKING:
 #: Builds the executor (and stop backstop) of one account, None when it is not protected.
 MakeExecutor = Callable[["AccountSettings", Source], "tuple[Executor, StopBackstop | None] | None"]
 
-__all__ = ["HANDOVER_PASSES", "ActionsSink", "action_hooks", "build_actions_sink"]
+__all__ = ["HANDOVER_TIMEOUT", "ActionsSink", "action_hooks", "build_actions_sink"]
 
 log = structlog.get_logger("monitor.sinks.actions")
 
-#: Loop passes a woken step waits before its fresh read, so the alert raised by the same
-#: report is on the MQTT socket first (issue 16): the delivery task wakes (1), its publish
-#: task runs (2), aiomqtt registers the socket writer (3), the writer callback sends (4).
-#: Without them the step's REST requests went out first and the alert waited ~1.5-2.5 ms.
-#: Four idle passes cost a live order some microseconds, never a wait on the broker.
-HANDOVER_PASSES = 4
+#: Longest a woken step waits (seconds) for the alerts of the same report to be written to
+#: the MQTT socket before its fresh read (issue 16): without the wait its REST requests went
+#: out first and the alert waited ~1.5-2.5 ms. The alert is handed to paho in the report's
+#: own call (alerts/delivery.py) and written ~0.1-0.5 ms later; a broker that takes no bytes
+#: delays protection by this much at most, one without a session not at all.
+HANDOVER_TIMEOUT = 0.005
 
 
 class ActionsSink(Sink):
@@ -154,8 +155,7 @@ class ActionsSink(Sink):
         wake = self._wake[account]
         while True:
             await wake.wait()
-            for _ in range(HANDOVER_PASSES):  # the same report's alert leaves first
-                await asyncio.sleep(0)
+            await self._alert_first()
             wake.clear()
             rep, now = self._latest[account]
             try:
@@ -168,6 +168,16 @@ class ActionsSink(Sink):
                     await backstop.maintain(rep, now)
                 except Exception:  # the venue refused or vanished: retried on the next report
                     log.exception("actions.backstop_failed", account=account)
+
+    async def _alert_first(self) -> None:
+        """Let the alerts of the report that woke the step reach the MQTT socket first
+        (bounded by HANDOVER_TIMEOUT). They are already handed over: the daemon tells the
+        alerts sink right after this one, before this task can run (`daemon.build_sinks`)."""
+        if self._alerts is None:
+            return
+        with contextlib.suppress(TimeoutError):  # not wait_for: cpython#86296
+            async with asyncio.timeout(HANDOVER_TIMEOUT):
+                await self._alerts.pipeline.handover()
 
     async def on_report(
         self, account: str, report: MarginReport, snapshot: AccountSnapshot, now: float

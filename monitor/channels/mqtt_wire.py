@@ -1,0 +1,160 @@
+"""QoS 1 alerts handed to paho in the committing call, with a future per PUBACK and per flush.
+
+aiomqtt 2.x's `publish` is a coroutine: its packet reaches paho only when its task first
+runs, and nothing says when the bytes are on the socket. Issue 16 measured what that costs
+an alert: the delivery task's wake-up, a task per publish, then aiomqtt's writer registration
+and the write, ~0.7 ms of a 2.4 ms tick -> alert, and a protective step woken by the same
+report sent its REST requests first unless it yielded a guessed number of loop passes.
+
+So alerts go through the session's paho client directly (aiomqtt 2.x, pinned <3, wraps
+one; the command topics already use it): `paho.publish` queues the packet and it is
+written in the same call (`_write_now`). Two paho callbacks aiomqtt installed are wrapped,
+never replaced (aiomqtt's run first): `on_publish` resolves the PUBACK future of a message
+id, and `on_socket_unregister_write` (paho calls it when its outgoing queue is empty, i.e.
+all of it is on the socket) resolves the `written()` futures. aiomqtt's publish,
+subscribe and reconnect are untouched: state, discovery, replies and actions still use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection, Sequence
+from typing import Any
+
+import aiomqtt
+import paho.mqtt.client as paho
+
+__all__ = ["AlertWire"]
+
+
+class AlertWire:
+    """The alert publishes of one `aiomqtt.Client` (all its sessions)."""
+
+    def __init__(self) -> None:
+        self._paho: paho.Client | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._up = False
+        self._acks: dict[int, asyncio.Future[None]] = {}
+        self._flushed: list[asyncio.Future[None]] = []
+
+    def attach(self, client: aiomqtt.Client) -> None:
+        """Wrap the paho callbacks of `client` (once: they outlive its sessions)."""
+        inner = client._client  # aiomqtt 2.x (pinned <3) wraps paho
+        their_publish = inner.on_publish
+        their_unregister = inner.on_socket_unregister_write
+
+        def on_publish(c: paho.Client, userdata: Any, mid: int, *rest: Any) -> None:
+            if their_publish is not None:
+                their_publish(c, userdata, mid, *rest)
+            ack = self._acks.pop(mid, None)
+            if ack is not None and not ack.done():
+                ack.set_result(None)
+
+        def on_unregister_write(c: paho.Client, userdata: Any, sock: Any) -> None:
+            if their_unregister is not None:
+                their_unregister(c, userdata, sock)
+            self._wake_flushed()
+
+        inner.on_publish = on_publish
+        inner.on_socket_unregister_write = on_unregister_write
+        self._paho = inner
+        self._loop = asyncio.get_running_loop()
+
+    def up(self) -> None:
+        """A session is connected: publishes may go."""
+        self._up = True
+
+    def down(self) -> None:
+        """The session ended: pending acknowledgements fail now (not after the timeout), and
+        nothing waits for a flush that cannot come."""
+        self._up = False
+        acks, self._acks = self._acks, {}
+        for ack in acks.values():
+            if not ack.done():
+                ack.set_exception(ConnectionError("MQTT session ended"))
+        self._wake_flushed()
+
+    def send(
+        self, messages: Sequence[tuple[str, str, str]], timeout: float
+    ) -> asyncio.Future[Collection[str]] | None:
+        """Queue `(key, topic, payload)` QoS 1 publishes in paho now; the future gives the keys
+        whose PUBACK came within `timeout` s. None: no session."""
+        inner = self._paho
+        if inner is None or not self._up:
+            return None
+        loop = asyncio.get_running_loop()
+        pending: dict[str, tuple[int, asyncio.Future[None]]] = {}
+        for key, topic, payload in messages:
+            info = inner.publish(topic, payload, qos=1)
+            if info.rc != paho.MQTT_ERR_SUCCESS:
+                continue  # not acknowledged: the outbox retries it
+            ack = loop.create_future()
+            self._acks[info.mid] = ack
+            pending[key] = (info.mid, ack)
+        if pending:
+            self._write_now(inner)
+        return asyncio.ensure_future(self._acked(pending, timeout))
+
+    def _write_now(self, inner: paho.Client) -> None:
+        """Write what paho holds, in this call (paho's `loop_write`, its API for external
+        loops). Left to aiomqtt's socket writer, the bytes wait for the selector's next turn,
+        behind everything else the report woke: a shock solve held an alert 4 ms (issue 16)."""
+        try:
+            inner.loop_write()
+        except Exception:  # aiomqtt's own writer meets it and ends the session
+            return
+        assert self._loop is not None
+        # paho asked aiomqtt to watch the socket while queueing (call_soon_threadsafe, so
+        # it is still to come); with the queue written here, paho will not ask to stop
+        self._loop.call_soon(self._drop_idle_writer)
+
+    def _drop_idle_writer(self) -> None:
+        """Stop watching the socket for writing when paho has nothing to write (an idle
+        writer would be called on every loop pass)."""
+        inner, loop = self._paho, self._loop
+        if inner is None or loop is None or inner.want_write():
+            return  # more was queued since: paho and aiomqtt's writer agree again
+        sock = inner.socket()
+        if sock is not None and sock.fileno() >= 0:
+            loop.remove_writer(sock.fileno())
+
+    async def _acked(
+        self, pending: dict[str, tuple[int, asyncio.Future[None]]], within: float
+    ) -> Collection[str]:
+        if pending:
+            await asyncio.wait([ack for _, ack in pending.values()], timeout=within)
+        acked = set()
+        for key, (mid, ack) in pending.items():
+            if ack.done() and ack.exception() is None:
+                acked.add(key)
+            elif self._acks.get(mid) is ack:
+                del self._acks[mid]  # timed out: a late PUBACK finds nothing
+        return acked
+
+    def written(self) -> asyncio.Future[None]:
+        """Done once paho's outgoing queue is empty: everything handed so far is on the
+        socket (at once when it already is, or when there is no session)."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        inner = self._paho
+        if inner is None or not self._up or not inner.want_write():
+            done.set_result(None)
+        else:
+            self._flushed.append(done)
+        return done
+
+    def _wake_flushed(self) -> None:
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        loop = self._loop
+        if running is not loop:
+            # paho can close the socket from aiomqtt's connect thread: resolve on the loop
+            if loop is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(self._wake_flushed)
+            return
+        waiters, self._flushed = self._flushed, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
