@@ -99,7 +99,7 @@ class OrderSender:
             "sent_at": self.clock(),
         }
         self.state.pending.append(pending)
-        self._save()  # write-ahead: a crash after the send still knows the id
+        self.state_file.write_ahead(self.state)  # a crash after the send still knows the id
         payload = {
             **order_payload(order),
             "client_id": cid,
