@@ -153,6 +153,17 @@ def _on(desk: Desk, state_dir: Path, trail: Trail, **kw: Any) -> Executor:
     )
 
 
+async def _one_step(desk: Desk, state_dir: Path, now: float) -> Trail:
+    """One step of a new executor on `state_dir` (after another's: a restart), its trail."""
+    trail = Trail()
+    ex = _on(desk, state_dir, trail)
+    try:
+        await ex.step(await _report(desk.desk), now)
+    finally:
+        ex.close()
+    return trail
+
+
 def _safe(desk: Desk) -> None:
     """Every order the venue executed closed part of a position, never more than it held
     when the order arrived (a refused one did not move money)."""
@@ -291,12 +302,7 @@ class TestOrderPath:
         step and followed, never sent a second time."""
         desk.set_timeout(0.3)
         desk.lose_next_answer()
-        trail = Trail()
-        ex = _on(desk, tmp_path, trail)
-        try:
-            await ex.step(await _report(desk.desk), 1_000.0)
-        finally:
-            ex.close()
+        trail = await _one_step(desk, tmp_path, 1_000.0)
         assert trail.kinds() == ["planned", "sent", "filled", "result"]
         assert desk.lookups() >= 1  # found by its client id, after the answer was lost
         (order,) = desk.arrived()
@@ -321,12 +327,7 @@ class TestOrderPath:
         assert trail.kinds() == ["planned", "sent", "unconfirmed"]
         assert any("not re-sent" in a for a in trail.alerts)
         desk.link_ok()
-        trail2 = Trail()
-        restarted = _on(desk, tmp_path, trail2)
-        try:
-            await restarted.step(await _report(desk.desk), 2_000.0)
-        finally:
-            restarted.close()
+        trail2 = await _one_step(desk, tmp_path, 2_000.0)
         cids = [o.client_id for o in desk.arrived()]
         assert len(cids) == len(set(cids)) == 1  # the same client id never went out twice
         assert trail2.of("recovered")[0]["status"] == "closed"
@@ -353,12 +354,7 @@ class TestOrderPath:
         pending = StateFile(tmp_path / "actions" / "acct.json", "acct").load().pending
         assert [p["client_id"] for p in pending] == [order.client_id]
         desk.link_ok()
-        trail2 = Trail()
-        restarted = _on(desk, tmp_path, trail2)
-        try:
-            await restarted.step(await _report(desk.desk), 2_000.0)
-        finally:
-            restarted.close()
+        trail2 = await _one_step(desk, tmp_path, 2_000.0)
         assert trail2.of("recovered")[0]["client_id"] == order.client_id
         cids = [o.client_id for o in desk.arrived()]
         assert len(cids) == len(set(cids)) == 1  # never sent a second time
