@@ -79,6 +79,8 @@ class AlertPipeline(CommandHandling, OutboxDelivery):
         self.store = store
         self.config = config
         self.sinks = tuple(sinks)
+        # found once: a runtime Protocol check per sink per report costs microseconds
+        self._observers = tuple(s for s in self.sinks if isinstance(s, ReportObserver))
         self.switches = switches or ActionSwitches()
         # Pauses survive a restart: reload them, then persist every change.
         for account, until in store.load_pauses(clock()).items():
@@ -121,10 +123,10 @@ class AlertPipeline(CommandHandling, OutboxDelivery):
             report = dataclasses.replace(report, collateral_risk=previous.collateral_risk)
         self._reports[report.account] = report
         self._commit(events, now, (report.account,))
-        level = self.state.account_level(report.account)
-        for sink in self.sinks:
-            if isinstance(sink, ReportObserver):
-                sink.observe_report(report, level)
+        if self._observers:
+            level = self.state.account_level(report.account)
+            for observer in self._observers:
+                observer.observe_report(report, level)
         return events
 
     def on_source_event(
