@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from monitor.core import rules
-from monitor.core.alert_state import AlertEvent, RulesState, Silence
+from monitor.core.alert_state import AlertEvent, AlertMap, AlertState, RulesState, Silence, updated
 from monitor.core.levels import LEVELS, level_exit, level_rank, target_level
 from monitor.core.model import MarginReport, ShockToLiquidation, SourceDown, SourceStale, SourceUp
 from monitor.core.rules import AlertConfig
@@ -556,3 +556,40 @@ class TestQuietReport:
         assert after.alert("acct", rules.RULE_MARGIN).value == 0.25
         assert after.index is other.index
         assert after.alerts["b/margin_ratio"] is other.alerts["b/margin_ratio"]
+
+
+class TestAlertMap:
+    """The immutable alert map whose copies share what did not change."""
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        st.lists(
+            st.lists(st.tuples(st.integers(0, 150), st.floats(0.0, 1.0)), max_size=8),
+            max_size=60,
+        )
+    )
+    def test_behaves_as_dict_copies(self, batches: list[list[tuple[int, float]]]) -> None:
+        """Test that every map in a chain of updates equals the dict the same updates give,
+        order and length included, and that no update changes an earlier map."""
+        current, plain = AlertMap(), dict[str, AlertState]()
+        history: list[tuple[AlertMap, dict[str, AlertState]]] = []
+        for batch in batches:
+            changes = {f"a{k}/r": AlertState(f"a{k}", "r", value=v) for k, v in batch}
+            current, plain = updated(current, changes), {**plain, **changes}
+            history.append((current, plain))
+        for mapping, expected in history:
+            assert list(mapping) == list(expected)
+            assert list(mapping.items()) == list(expected.items())
+            assert len(mapping) == len(expected)
+            assert mapping == expected
+            assert all(mapping[fp] is alert and fp in mapping for fp, alert in expected.items())
+            assert mapping.get("missing/r") is None
+            assert "missing/r" not in mapping
+
+    def test_with_value_is_replace(self) -> None:
+        """Test that `with_value` changes the value and keeps every other field."""
+        lifecycle = ("warning", "ep", 1.0, 3, 0.5, 2.0, 0.4, 0.6, "critical", "warning")
+        alert = AlertState("a", "r", *lifecycle, True, "critical", 1.5, "detail")
+        assert [getattr(alert, f.name) == f.default for f in fields(AlertState)] == [False] * 16
+        assert alert.with_value(0.7) == replace(alert, value=0.7)
+        assert alert.with_value(None) == replace(alert, value=None)

@@ -183,7 +183,7 @@ def _advance(
     old = alert.level
     rule = alert.rule
     if new_level == "ok" and old == "ok":
-        return replace(alert, value=value), None
+        return alert.with_value(value), None
 
     if old == "ok":
         started = now
@@ -407,7 +407,7 @@ def _quiet_report(
     silences = state.silences
     if silences and any(now >= s.until for s in silences):
         return None  # `_finish` drops expired silences
-    changes = {fp: replace(margin, value=report.margin_ratio)}
+    changes = {fp: margin.with_value(report.margin_ratio)}
     return RulesState(alerts=updated(alerts, changes), silences=silences, index=state.index)
 
 
