@@ -2,7 +2,10 @@
 
     taskset -c 0 .venv/bin/python bench/throughput.py [--accounts 1000] [--positions 20]
         [--seconds 20] [--warmup 3] [--shock-interval 1.0] [--sinks real|probe]
-        [--generator-only]
+        [--report-spacing S] [--shock-share F] [--generator-only]
+    .venv/bin/python bench/throughput.py --tick-path [--positions 20] [--ticks 200000]
+    .venv/bin/python bench/throughput.py --report-path [--accounts 1000] [--positions 20]
+        [--reports 20000]
 
 It runs the real `daemon.supervisor.run_daemon` with these sources and the sinks
 `margin-monitor run` builds (`daemon.build_sinks`: the console summary and the real alerts
@@ -55,7 +58,7 @@ from monitor.core.model import (
     PriceTick,
     Tier,
 )
-from monitor.daemon.loop import ShockSolver
+from monitor.daemon.loop import AccountLoop, ShockSolver
 from monitor.daemon.supervisor import run_daemon, shock_solver
 from monitor.sink import Sink
 from tests.sinks import QuietSink
@@ -128,16 +131,11 @@ class Probe:
         pending.clear()
 
 
-class TickSource:
-    """A `Source` that emits `positions` ticks/s on a fixed schedule (random walk)."""
+class BookSource:
+    """A `Source` of one fixed book: the start-up read; `events` is the subclass's."""
 
-    def __init__(self, snapshot: AccountSnapshot, probe: Probe, rng: random.Random) -> None:
+    def __init__(self, snapshot: AccountSnapshot) -> None:
         self.snapshot = snapshot
-        self.probe = probe
-        self.rng = rng
-        self._marks = [p.mark_price for p in snapshot.positions]
-        self._symbols = [p.symbol for p in snapshot.positions]
-        probe.pending[snapshot.account] = []
 
     @property
     def account(self) -> str:
@@ -145,6 +143,21 @@ class TickSource:
 
     async def fetch_snapshot(self) -> AccountSnapshot:
         return self.snapshot
+
+    async def close(self) -> None:
+        return None
+
+
+class TickSource(BookSource):
+    """A `Source` that emits `positions` ticks/s on a fixed schedule (random walk)."""
+
+    def __init__(self, snapshot: AccountSnapshot, probe: Probe, rng: random.Random) -> None:
+        super().__init__(snapshot)
+        self.probe = probe
+        self.rng = rng
+        self._marks = [p.mark_price for p in snapshot.positions]
+        self._symbols = [p.symbol for p in snapshot.positions]
+        probe.pending[snapshot.account] = []
 
     async def events(self) -> AsyncIterator[Event]:
         per_batch = max(1, round(len(self._symbols) * BATCH_PERIOD))
@@ -165,9 +178,6 @@ class TickSource:
                 sent = due - BATCH_PERIOD
                 self.probe.made(self.account, sent)
                 yield PriceTick(self.account, self._symbols[k], self._marks[k], sent + wall)
-
-    async def close(self) -> None:
-        return None
 
 
 class ProbeSink(QuietSink):
@@ -228,6 +238,114 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+class ScriptedTicks(BookSource):
+    """A `Source` that yields prepared ticks back to back, never waiting: the tick path's
+    own cost, without the generator's or the event loop's."""
+
+    def __init__(self, snapshot: AccountSnapshot, ticks: list[PriceTick]) -> None:
+        super().__init__(snapshot)
+        self.ticks = ticks
+
+    async def events(self) -> AsyncIterator[Event]:
+        for tick in self.ticks:
+            yield tick
+
+
+class ReportedTicks(ScriptedTicks):
+    """`ScriptedTicks` that, after the source task took each tick, runs one coalesced
+    report (`AccountLoop.recompute`, no shock solve) and charges only that call's CPU."""
+
+    def __init__(self, snapshot: AccountSnapshot, ticks: list[PriceTick]) -> None:
+        super().__init__(snapshot, ticks)
+        self.loop: AccountLoop | None = None
+        self.cpu = 0.0
+        self.reports = 0
+
+    async def events(self) -> AsyncIterator[Event]:
+        assert self.loop is not None
+        for tick in self.ticks:
+            yield tick
+            before = self.loop.recomputes
+            cpu = time.thread_time()
+            await self.loop.recompute(shock=False)
+            self.cpu += time.thread_time() - cpu
+            self.reports += self.loop.recomputes - before
+
+
+def tick_path(args: argparse.Namespace) -> None:
+    """CPU per tick of one account's `source[..]` task (`AccountLoop.run_source`: the sinks'
+    `on_event`, `Ledger.tick`, the threshold check) with the product's sinks; no recompute
+    task runs, and no tick of this book crosses a threshold. Median of 5 runs.
+
+    `--report-path`: CPU per routine report instead (`AccountLoop.recompute` without a shock
+    solve: `Ledger.snapshot`, `margin.report`, the venue figures, every sink's `on_report`),
+    one tick before each report, `--accounts` accounts in the alert state."""
+    per_report = args.report_path
+    count = args.reports if per_report else args.ticks
+    rng = random.Random(1)
+    snapshot = book("acct0000", args.positions, rng)
+    marks = [p.mark_price for p in snapshot.positions]
+    start = time.time() + 60  # after the start-up read: no tick is dropped as older
+    ticks = []
+    for i in range(count):
+        k = i % len(marks)
+        marks[k] *= 1 + rng.gauss(0, 0.0005)
+        ticks.append(PriceTick("acct0000", snapshot.positions[k].symbol, marks[k], start + i))
+
+    # --report-path: the other accounts report once first, so the alert state holds as
+    # many accounts as the daemon's (its cost per report grew with them, docs/benchmarks.md)
+    others = [
+        ScriptedTicks(book(f"acct{i:04d}", args.positions, rng), [])
+        for i in range(1, args.accounts if per_report else 1)
+    ]
+
+    async def once(directory: Path) -> float:
+        source = ReportedTicks(snapshot, ticks) if per_report else ScriptedTicks(snapshot, ticks)
+        sources = [source, *others]
+        doc = {"accounts": [{"name": s.account, "exchange": "sim"} for s in sources]}
+        product = build(directory, doc, sources=sources)
+        settings = product.settings
+
+        def loop_of(source: BookSource) -> AccountLoop:
+            return AccountLoop(
+                source,
+                product.sinks,
+                settings.alerts,
+                settings.shock_interval,
+                finite=True,
+                report_spacing=settings.report_spacing,
+            )
+
+        for other in others:
+            await loop_of(other).run_source()  # the start-up read's report, nothing else
+        account = loop_of(source)
+        cpu = time.process_time()
+        if isinstance(source, ReportedTicks):
+            source.loop = account
+            await account.run_source()
+            assert source.reports == count, "a tick moved nothing: no report to measure"
+            result = source.cpu / count
+        else:
+            await account.run_source()
+            result = (time.process_time() - cpu) / count
+        for sink in product.sinks:  # the store's checkpoint thread, before the directory goes
+            await sink.close()
+        return result
+
+    runs = []
+    for _ in range(5):
+        with tempfile.TemporaryDirectory() as tmp:
+            runs.append(asyncio.run(once(Path(tmp))))
+    what = "report path (recompute" if per_report else "tick path (source task"
+    unit = "report" if per_report else "tick"
+    print(
+        f"{what}, {args.positions} positions, {count:,} {unit}s"
+        f"{f', {args.accounts:,} accounts' if per_report else ''}): "
+        f"{statistics.median(runs) * 1e6:.2f} us CPU per {unit}, median of 5 "
+        f"({', '.join(f'{r * 1e6:.2f}' for r in runs)})"
+    )
+
+
 async def generator_only(sources: list[TickSource], probe: Probe, args: argparse.Namespace) -> None:
     """The tick generator drained by a loop that does nothing else: the part of the CPU
     figure that is this bench's venue, not the daemon."""
@@ -276,6 +394,8 @@ async def main_async(args: argparse.Namespace) -> None:
         sinks: list[Sink] = list(product.sinks)
         sinks.append(ProbeSink(probe))  # last: a report is stamped after the real sinks
         shocks = shock_solver(settings)  # the daemon's own, passed in to read its spending
+        if args.shock_share is not None:  # a trade-off to measure, not a setting
+            shocks.scheduler.share = args.shock_share
         aux = [
             asyncio.create_task(lag_monitor(probe)),
             asyncio.create_task(backlog_monitor(probe)),
@@ -300,6 +420,7 @@ async def main_async(args: argparse.Namespace) -> None:
         f"sinks={args.sinks} "
         f"accounts={args.accounts} positions={args.positions} "
         f"seconds={args.seconds:g} shock_interval={args.shock_interval:g} "
+        f"shock_share={'-' if args.shock_share is None else args.shock_share} "
         f"report_spacing={'-' if args.report_spacing is None else args.report_spacing} "
         f"(default {Settings.model_fields['report_spacing'].default:g})"
     )
@@ -350,12 +471,35 @@ def main() -> None:
         help="the real sinks (alerts pipeline) + probe, or the probe alone",
     )
     parser.add_argument(
+        "--shock-share",
+        type=float,
+        default=None,
+        help="the shock budget's share of a core instead of the daemon's SHOCK_CPU_SHARE",
+    )
+    parser.add_argument(
         "--generator-only",
         action="store_true",
         help="no daemon: the tick generator's own CPU share (the bench's venue, not the daemon)",
     )
+    parser.add_argument(
+        "--tick-path",
+        action="store_true",
+        help="no daemon: CPU per tick of one account's source task, ticks back to back",
+    )
+    parser.add_argument("--ticks", type=int, default=200_000, help="--tick-path: ticks per run")
+    parser.add_argument(
+        "--report-path",
+        action="store_true",
+        help="no daemon: CPU per routine report of one account, product sinks",
+    )
+    parser.add_argument(
+        "--reports", type=int, default=20_000, help="--report-path: reports per run"
+    )
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    if args.tick_path or args.report_path:
+        tick_path(args)
+        return
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     print(

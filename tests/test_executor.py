@@ -33,7 +33,7 @@ from monitor.protect.audit import ActionHooks
 from monitor.protect.executor import Executor
 from monitor.protect.notes import ActionNotes
 from monitor.protect.sink import ActionsSink, action_hooks
-from monitor.protect.state import AccountLock
+from monitor.protect.state import AccountLock, ActionState, StateFile
 from monitor.protect.switches import ActionSwitches
 from monitor.sink import Sink
 from monitor.sources.exchange import ExchangeSource
@@ -153,6 +153,17 @@ def _on(desk: Desk, state_dir: Path, trail: Trail, **kw: Any) -> Executor:
     )
 
 
+async def _one_step(desk: Desk, state_dir: Path, now: float) -> Trail:
+    """One step of a new executor on `state_dir` (after another's: a restart), its trail."""
+    trail = Trail()
+    ex = _on(desk, state_dir, trail)
+    try:
+        await ex.step(await _report(desk.desk), now)
+    finally:
+        ex.close()
+    return trail
+
+
 def _safe(desk: Desk) -> None:
     """Every order the venue executed closed part of a position, never more than it held
     when the order arrived (a refused one did not move money)."""
@@ -183,6 +194,27 @@ class TestOrderPath:
         assert result["reached"] is True
         assert (await _report(desk.desk)).margin_ratio <= 0.4
         _safe(desk)
+
+    async def test_step_is_audited_once_the_order_has_left(
+        self, desk: Desk, tmp_path: Path
+    ) -> None:
+        """Test that `planned` and `sent` are audited after the venue has the order (only the
+        write-ahead client id precedes it), in decision order, under the order's client id."""
+        trail = Trail()
+        venue_had: dict[str, int] = {}
+        state_file = tmp_path / "actions" / "acct.json"
+
+        def audit(account: str, kind: str, payload: Mapping[str, Any], at: float) -> None:
+            venue_had.setdefault(kind, len(desk.arrived()))
+            trail.audit(account, kind, payload, at)
+
+        ex = _on(desk, tmp_path, trail, hooks=ActionHooks(audit=audit, alert=trail.alert))
+        await ex.step(await _report(desk.desk), 1_000.0)
+        (order,) = desk.arrived()
+        assert trail.kinds() == ["planned", "sent", "filled", "result"]
+        assert venue_had["planned"] == venue_had["sent"] == 1
+        assert trail.of("sent")[0]["client_id"] == order.client_id
+        assert json.loads(state_file.read_text())["pending"] == []  # settled after the fill
 
     async def test_capped_steps_continue_until_the_target(self, desk: Desk, tmp_path: Path) -> None:
         """Test that capped steps go on below the action level until the target, then stop."""
@@ -270,12 +302,7 @@ class TestOrderPath:
         step and followed, never sent a second time."""
         desk.set_timeout(0.3)
         desk.lose_next_answer()
-        trail = Trail()
-        ex = _on(desk, tmp_path, trail)
-        try:
-            await ex.step(await _report(desk.desk), 1_000.0)
-        finally:
-            ex.close()
+        trail = await _one_step(desk, tmp_path, 1_000.0)
         assert trail.kinds() == ["planned", "sent", "filled", "result"]
         assert desk.lookups() >= 1  # found by its client id, after the answer was lost
         (order,) = desk.arrived()
@@ -300,16 +327,37 @@ class TestOrderPath:
         assert trail.kinds() == ["planned", "sent", "unconfirmed"]
         assert any("not re-sent" in a for a in trail.alerts)
         desk.link_ok()
-        trail2 = Trail()
-        restarted = _on(desk, tmp_path, trail2)
-        try:
-            await restarted.step(await _report(desk.desk), 2_000.0)
-        finally:
-            restarted.close()
+        trail2 = await _one_step(desk, tmp_path, 2_000.0)
         cids = [o.client_id for o in desk.arrived()]
         assert len(cids) == len(set(cids)) == 1  # the same client id never went out twice
         assert trail2.of("recovered")[0]["status"] == "closed"
         assert (await _report(desk.desk)).margin_ratio <= 0.4
+        _safe(desk)
+
+    async def test_killed_mid_send_restart_finds_the_order_written_ahead(
+        self, desk: Desk, tmp_path: Path
+    ) -> None:
+        """Test that a step stopped while its order is in flight (nothing saved after the
+        journal's write-ahead) leaves the client id a restart looks up instead of re-sending."""
+        desk.set_timeout(0.3)
+        desk.lose_next_answer()
+        trail = Trail()
+        first = _on(desk, tmp_path, trail)
+        step = asyncio.create_task(first.step(await _report(desk.desk), 1_000.0))
+        await desk.order_arrived()
+        step.cancel()  # the process dies with the order at the venue, its answer unseen
+        with pytest.raises(asyncio.CancelledError):
+            await step
+        first.close()
+        assert not (tmp_path / "actions" / "acct.json").exists()  # only the journal has it
+        (order,) = desk.arrived()
+        pending = StateFile(tmp_path / "actions" / "acct.json", "acct").load().pending
+        assert [p["client_id"] for p in pending] == [order.client_id]
+        desk.link_ok()
+        trail2 = await _one_step(desk, tmp_path, 2_000.0)
+        assert trail2.of("recovered")[0]["client_id"] == order.client_id
+        cids = [o.client_id for o in desk.arrived()]
+        assert len(cids) == len(set(cids)) == 1  # never sent a second time
         _safe(desk)
 
     async def test_position_below_minimum_is_flagged_once_not_polled(
@@ -331,6 +379,44 @@ class TestOrderPath:
         assert desk.arrived() == []
         assert len(trail.alerts) == 1
         assert "minimum" in trail.alerts[0]
+
+
+class TestStateFile:
+    """The state file and its write-ahead journal (monitor/protect/state.py)."""
+
+    def test_write_ahead_is_loaded_and_save_drops_the_journal(self, tmp_path: Path) -> None:
+        """Test that a state appended to the journal is what a restart loads, and that a save
+        rewrites the file and removes the journal."""
+        path = tmp_path / "actions" / "acct.json"
+        files = StateFile(path, "acct")
+        files.save(ActionState(episode="e1", step=1))
+        files.write_ahead(ActionState(episode="e1", step=2, seq=1, pending=[{"client_id": "c"}]))
+        loaded = StateFile(path, "acct").load()
+        assert (loaded.step, loaded.pending) == (2, [{"client_id": "c"}])
+        files.save(replace(loaded, pending=[]))
+        assert not files.journal.exists()
+        assert StateFile(path, "acct").load().pending == []
+        assert oct(files.path.stat().st_mode & 0o777) == "0o600"
+
+    def test_newer_state_file_outranks_a_journal_left_by_a_crash(self, tmp_path: Path) -> None:
+        """Test that a journal older than the state file (a crash between the replace and the
+        journal's removal) does not bring back a settled pending order."""
+        files = StateFile(tmp_path / "acct.json", "acct")
+        state = ActionState(episode="e1", step=1, pending=[{"client_id": "c"}])
+        files.write_ahead(state)
+        old_journal = files.journal.read_bytes()
+        state.pending.clear()
+        files.save(state)
+        files.journal.write_bytes(old_journal)  # as if the unlink never happened
+        assert StateFile(tmp_path / "acct.json", "acct").load().pending == []
+
+    def test_torn_last_line_falls_back_to_the_line_before(self, tmp_path: Path) -> None:
+        """Test that a journal whose last line was cut off loads its last whole line."""
+        files = StateFile(tmp_path / "acct.json", "acct")
+        files.write_ahead(ActionState(episode="e1", step=1, pending=[{"client_id": "a"}]))
+        with files.journal.open("a") as fh:
+            fh.write('{"episode": "e1", "step": 2, "pend')
+        assert StateFile(tmp_path / "acct.json", "acct").load().pending == [{"client_id": "a"}]
 
 
 class TestBinanceWire:

@@ -248,7 +248,6 @@ class MqttSink:
 
     async def _session(self, client: aiomqtt.Client) -> None:
         p = self.settings.prefix
-        await client.publish(self.status_topic, "online", qos=1, retain=True)
         # Commands are taken from paho's own callback, in the loop's reader callback, not
         # through aiomqtt's message iterator: that costs a Message, a queue hop and a task
         # per message (~30 us), and under a flood of 50 000 junk commands it, not the check
@@ -259,6 +258,9 @@ class MqttSink:
         await client.subscribe([(f"{p}/command", 1), (f"{p}/+/command", 1)])
         if self.settings.discovery:
             await client.subscribe(f"{self.settings.discovery_prefix}/status", qos=1)
+        # `online` only once the command topics are subscribed: an automation that answers
+        # `online` with a command (a pause after a restart) must not publish into the void
+        await client.publish(self.status_topic, "online", qos=1, retain=True)
         self._announced.clear()
         self._published.clear()
         self._client = client

@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from monitor.core.margin.report import report
+from monitor.core.margin.report import ratio_of, report
 from monitor.core.model import AccountSnapshot, MarginReport, Position, ReductionPolicy, Side
 from monitor.core.stress import minimal_reduction, reduced
 
@@ -262,9 +262,9 @@ def plan_step(
         for key, amt in amounts.items()
     )
     prove_reduce_only(snapshot, orders)
-    after = report(
+    after = _ratio(
         reduced(snapshot, {(o.symbol, o.position_side): o.amount for o in orders}, policy.fee_rate)
-    ).margin_ratio
+    )
     reached = _meets(after, policy.target_ratio)
     if orders:
         reason = f"{len(orders)} reduce-only order(s) take the ratio {ratio:.4f} -> {after:.4f}"
@@ -350,7 +350,7 @@ def _trim_last(
             step: float = step,
         ) -> float:
             cuts = {**others, key: n * step} if n > 0 else dict(others)
-            return report(reduced(snapshot, cuts, policy.fee_rate)).margin_ratio
+            return _ratio(reduced(snapshot, cuts, policy.fee_rate))
 
         full = amounts[key]
         hi = math.ceil(full / step - _SLACK)
@@ -360,6 +360,8 @@ def _trim_last(
             del amounts[key]  # the earlier legs already reach the target
             continue
         lo = 0  # ratio_with(lo) > target >= ratio_with(hi)
+        if hi > 1 and not _meets(ratio_with(hi - 1), policy.target_ratio):
+            lo = hi - 1  # the usual case: rounding up added less than a step (one valuation)
         while hi - lo > 1:
             mid = (lo + hi) // 2
             if _meets(ratio_with(mid), policy.target_ratio):
@@ -371,6 +373,13 @@ def _trim_last(
             amounts[key] = trimmed
         return amounts
     return amounts
+
+
+def _ratio(snapshot: AccountSnapshot) -> float:
+    """`report(snapshot).margin_ratio` without the liquidation prices a plan never reads
+    (a step values ~15 reduced books; issue 16). A book `reduced` left untouched keeps the
+    venue's own figure, which only the full report applies."""
+    return ratio_of(snapshot) if snapshot.venue_margin is None else report(snapshot).margin_ratio
 
 
 def _floor_amount(p: Position, rules: MarketRules) -> float:

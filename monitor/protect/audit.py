@@ -67,18 +67,56 @@ class ActionAudit:
         self.clock = clock
         self._last_skip: str | None = None
         self._last_alert: str | None = None
+        #: records held until the order they describe has left (`hold`): kind, body, at,
+        #: and whether the log line still has to be written
+        self._held: list[tuple[str, dict[str, Any], float, bool]] = []
 
-    def record(self, kind: str, payload: Mapping[str, Any], now: float | None = None) -> None:
-        """One decision, stamped with the account, the mode and the open episode."""
-        at = self.clock() if now is None else now
+    def _body(self, kind: str, payload: Mapping[str, Any]) -> dict[str, Any]:
         body = {"kind": kind, "account": self.account, "live": self.live, **payload}
         if self.state.episode is not None:
             body.setdefault("episode", self.state.episode)
+        return body
+
+    def _log(self, kind: str, body: Mapping[str, Any]) -> None:
         log.info(f"actions.{kind}", **{k: v for k, v in body.items() if k != "kind"})
+
+    def _emit(self, kind: str, body: Mapping[str, Any], at: float) -> None:
         if self.hooks.audit is not None:
             self.hooks.audit(self.account, kind, body, at)
         if self.hooks.publish is not None:
             self.hooks.publish(self.account, body)
+
+    def record(self, kind: str, payload: Mapping[str, Any], now: float | None = None) -> None:
+        """One decision, stamped with the account, the mode and the open episode (after
+        any held ones: the trail keeps the order in which things were decided)."""
+        at = self.clock() if now is None else now
+        self.flush()
+        body = self._body(kind, payload)
+        self._log(kind, body)
+        self._emit(kind, body, at)
+
+    def hold(
+        self, kind: str, payload: Mapping[str, Any], now: float | None = None, *, log_now: bool
+    ) -> None:
+        """A record written by the next `flush` or `record`, stamped with the time of now.
+
+        The step's `planned` and `sent` records are held until `create_order` has returned
+        or raised (issue 16: their SQLite rows, log lines and MQTT publishes were ~0.7 ms
+        between the crossing frame and the order). What must precede an order is only the
+        client id written ahead in the state file; `log_now` also writes the log line now,
+        so the journal of a process killed mid-send still names the order it sent."""
+        body = self._body(kind, payload)
+        if log_now:
+            self._log(kind, body)
+        self._held.append((kind, body, self.clock() if now is None else now, not log_now))
+
+    def flush(self) -> None:
+        """Write the held records, oldest first."""
+        held, self._held = self._held, []
+        for kind, body, at, unlogged in held:
+            if unlogged:
+                self._log(kind, body)
+            self._emit(kind, body, at)
 
     def skip(self, reason: str, now: float, **extra: Any) -> None:
         """Audit a skipped step once per distinct reason (not on every tick)."""

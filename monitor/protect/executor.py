@@ -25,6 +25,8 @@ audit trail and the alerts are `audit.py`):
    episode and raises an alert; it is never retried in a loop.
 8. A second fresh read confirms the ratio improved. Every decision goes to the audit trail
    and the MQTT action topic: planned, sent, filled, partial, rejected, skipped, would_have.
+   `planned` and `sent` are written once `create_order` has returned or raised (only the
+   write-ahead client id and the `sent` log line precede the order: issue 16, audit.py).
 """
 
 from __future__ import annotations
@@ -203,8 +205,11 @@ class Executor:
         async with self._busy:
             # the step's venue requests (fresh reads, order, lookups) go ahead of polling
             # and may spend the budget's reserve (sources/budget.py)
-            with urgent_requests():
-                return await self._take_step(now)
+            try:
+                with urgent_requests():
+                    return await self._take_step(now)
+            finally:
+                self.audit.flush()  # nothing held beyond its step (a plan that raised)
 
     def _writable(self) -> bool:
         """Take the writer lock; an unwritable state directory disables protection, loudly.
@@ -297,7 +302,8 @@ class Executor:
             self.state.step = 0
         self.state.step += 1
         self.audit.acted()
-        self.audit.record("planned", plan_payload(plan, self.state.step), now)
+        # written once the first order has left (sending.py), or by the next record
+        self.audit.hold("planned", plan_payload(plan, self.state.step), now, log_now=False)
         if plan.flags:
             self.audit.alert("; ".join(f"{f.symbol} {f.side}: {f.reason}" for f in plan.flags))
         paused = self.pause_reason(now)

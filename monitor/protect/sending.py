@@ -99,7 +99,7 @@ class OrderSender:
             "sent_at": self.clock(),
         }
         self.state.pending.append(pending)
-        self._save()  # write-ahead: a crash after the send still knows the id
+        self.state_file.write_ahead(self.state)  # a crash after the send still knows the id
         payload = {
             **order_payload(order),
             "client_id": cid,
@@ -107,11 +107,14 @@ class OrderSender:
             "step": self.state.step,
             "params": params,
         }
-        self.audit.record("sent", payload)
+        self.audit.hold("sent", payload, log_now=True)
         try:
-            placed = await self.desk.create_order(
-                order.symbol, "market", order.side, order.amount, None, params
-            )
+            try:
+                placed = await self.desk.create_order(
+                    order.symbol, "market", order.side, order.amount, None, params
+                )
+            finally:
+                self.audit.flush()  # `planned`, `sent`: audited once the order has left
         except _transport() as exc:
             try:
                 found = await self._lookup(cid, order.symbol)

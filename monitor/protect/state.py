@@ -128,6 +128,7 @@ class ActionState:
     spent_today: float = 0.0
     halted: str | None = None  # why the episode stopped acting (a venue rejection)
     pending: list[dict[str, Any]] = field(default_factory=list)  # {client_id, symbol, amount}
+    seq: int = 0  # bumped at each write: the newer of the state file and its journal wins
 
     @property
     def history(self) -> ActionHistory:
@@ -137,32 +138,63 @@ class ActionState:
 
 
 class StateFile:
-    """`<state_dir>/actions/<account>.json`: the account's `ActionState`, written atomically.
+    """`<state_dir>/actions/<account>.json`: the account's `ActionState`, written atomically,
+    and its write-ahead journal `<account>.json.wal`.
 
-    Order ids are written here BEFORE an order is sent, so a restart asks the venue about
-    them instead of sending again (docs/actions.md)."""
+    Order ids are written BEFORE an order is sent, so a restart asks the venue about them
+    instead of sending again (docs/actions.md). That write is on the path from the crossing
+    tick to the order, so it appends the state as one line to the journal (`write_ahead`,
+    ~10 µs) instead of replacing the file (~0.2-3 ms on ext4, whose rename over an existing
+    file starts its writeback: issue 16). `save` rewrites the state file and drops the
+    journal; `load` takes whichever of the two was written last (`seq`)."""
 
     def __init__(self, path: Path, account: str) -> None:
         self.path = path
         self.account = account
+        self.journal = path.with_name(path.name + ".wal")
 
     def load(self) -> ActionState:
         """The state a previous run left, or a fresh one."""
-        try:
-            data = json.loads(self.path.read_text())
-            # A halt is a decision about this run; restarting the daemon is how a person
-            # clears it after fixing the cause (the rejection is in the audit trail).
-            return ActionState(**{**data, "halted": None})
-        except FileNotFoundError:
+        found = [s for s in (self._read_file(), self._read_journal()) if s is not None]
+        if not found:
             return ActionState()
+        newest = max(found, key=lambda s: s.seq)  # the state file on a tie: written later
+        # A halt is a decision about this run; restarting the daemon is how a person
+        # clears it after fixing the cause (the rejection is in the audit trail).
+        newest.halted = None
+        return newest
+
+    def _parse(self, text: str) -> ActionState | None:
+        try:
+            return ActionState(**json.loads(text))
         except (ValueError, TypeError) as exc:
-            # A corrupt state file must not stop protection; the venue lookups below make a
+            # A corrupt state file must not stop protection; the venue lookups make a
             # lost pending id harmless (a fresh read sees what any order did).
             log.warning("actions.state_unreadable", account=self.account, error=str(exc))
-            return ActionState()
+            return None
+
+    def _read_file(self) -> ActionState | None:
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return None
+        return self._parse(text)
+
+    def _read_journal(self) -> ActionState | None:
+        """The journal's last whole line (a torn last line is the one a crash cut off)."""
+        try:
+            lines = self.journal.read_text().splitlines()
+        except FileNotFoundError:
+            return None
+        for line in reversed(lines):
+            state = self._parse(line) if line.strip() else None
+            if state is not None:
+                return state
+        return None
 
     def save(self, state: ActionState) -> None:
         """Replace the file with `state` (a crash leaves the old or the new one)."""
+        state.seq += 1
         private_dirs(self.path.parent)
         tmp = self.path.with_suffix(".tmp")
         # 0600 whatever the umask (outside systemd's UMask=0077): order ids, the episode
@@ -170,3 +202,25 @@ class StateFile:
         with os.fdopen(fd, "w") as fh:
             fh.write(json.dumps(asdict(state), sort_keys=True))
         os.replace(tmp, self.path)  # atomic: a crash leaves the old or the new file
+        # after the replace: a crash in between leaves an older journal, which `seq` outranks
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.journal)
+
+    def write_ahead(self, state: ActionState) -> None:
+        """Append `state` to the journal before an order it names is sent.
+
+        One `write` of one line: a killed process leaves it whole or not at all (an
+        OSError, a full disk say, stops the order: nothing is sent unrecorded)."""
+        state.seq += 1
+        line = (json.dumps(asdict(state), sort_keys=True) + "\n").encode()
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        try:
+            fd = os.open(self.journal, flags, 0o600)
+        except FileNotFoundError:
+            private_dirs(self.path.parent)
+            fd = os.open(self.journal, flags, 0o600)
+        try:
+            if os.write(fd, line) != len(line):
+                raise OSError(f"short write to {self.journal}")
+        finally:
+            os.close(fd)

@@ -26,6 +26,7 @@ from dataclasses import replace
 
 from monitor.core.margin.valuation import (
     AssetBook,
+    asset_value,
     computed_maintenance_margin,
     margin_ratio,
     pnl_at,
@@ -158,7 +159,8 @@ class Ledger:
         balance = 0.0
         mm = 0.0
         for book in self._books.values():
-            balance += book.surplus(book.pnl, 0.0)
+            # book.surplus(pnl, 0) + book.mm * book.ask, without two calls: once per tick
+            balance += asset_value(book.collateral, book.collateral.amount + book.pnl)
             mm += book.mm * book.ask
         return margin_ratio(mm, balance, exposed=self._exposed)
 
