@@ -384,9 +384,9 @@ class TestOrderPath:
 class TestStateFile:
     """The state file and its write-ahead journal (monitor/protect/state.py)."""
 
-    def test_write_ahead_is_loaded_and_save_drops_the_journal(self, tmp_path: Path) -> None:
-        """Test that a state appended to the journal is what a restart loads, and that a save
-        rewrites the file and removes the journal."""
+    def test_write_ahead_is_loaded_and_a_save_outranks_it(self, tmp_path: Path) -> None:
+        """Test that a state appended to the journal is what a restart loads, and that a later
+        save is what loads after it."""
         path = tmp_path / "actions" / "acct.json"
         files = StateFile(path, "acct")
         files.save(ActionState(episode="e1", step=1))
@@ -394,8 +394,11 @@ class TestStateFile:
         loaded = StateFile(path, "acct").load()
         assert (loaded.step, loaded.pending) == (2, [{"client_id": "c"}])
         files.save(replace(loaded, pending=[]))
-        assert not files.journal.exists()
         assert StateFile(path, "acct").load().pending == []
+        files.write_ahead(ActionState(episode="e1", step=3, seq=5, pending=[{"client_id": "d"}]))
+        assert StateFile(path, "acct").load().pending == [{"client_id": "d"}]
+        files.close()
+        assert oct(files.journal.stat().st_mode & 0o777) == "0o600"
         assert oct(files.path.stat().st_mode & 0o777) == "0o600"
 
     def test_newer_state_file_outranks_a_journal_left_by_a_crash(self, tmp_path: Path) -> None:
@@ -407,13 +410,24 @@ class TestStateFile:
         old_journal = files.journal.read_bytes()
         state.pending.clear()
         files.save(state)
-        files.journal.write_bytes(old_journal)  # as if the unlink never happened
+        files.close()
+        files.journal.write_bytes(old_journal)  # the journal's own line, older than the save
         assert StateFile(tmp_path / "acct.json", "acct").load().pending == []
+
+    def test_a_removed_journal_is_opened_again(self, tmp_path: Path) -> None:
+        """Test that a journal deleted while open is recreated, not written into the void."""
+        files = StateFile(tmp_path / "actions" / "acct.json", "acct")
+        files.write_ahead(ActionState(step=1))
+        files.journal.unlink()
+        files.write_ahead(ActionState(step=2, pending=[{"client_id": "e"}]))
+        files.close()
+        assert StateFile(files.path, "acct").load().pending == [{"client_id": "e"}]
 
     def test_torn_last_line_falls_back_to_the_line_before(self, tmp_path: Path) -> None:
         """Test that a journal whose last line was cut off loads its last whole line."""
         files = StateFile(tmp_path / "acct.json", "acct")
         files.write_ahead(ActionState(episode="e1", step=1, pending=[{"client_id": "a"}]))
+        files.close()
         with files.journal.open("a") as fh:
             fh.write('{"episode": "e1", "step": 2, "pend')
         assert StateFile(tmp_path / "acct.json", "acct").load().pending == [{"client_id": "a"}]

@@ -368,5 +368,6 @@ class Executor:
             )
 
     def close(self) -> None:
-        """Release the writer lock."""
+        """Release the writer lock and the state journal."""
+        self.state_file.close()
         self.lock.release()
