@@ -18,8 +18,8 @@ from structlog.testing import capture_logs
 from monitor.alerts.message import AlertMessage
 from monitor.alerts.pipeline import AlertPipeline
 from monitor.alerts.signed_commands import Command, envelope
+from monitor.core.alert_config import AlertConfig
 from monitor.core.model import CollateralFall, CollateralRisk, MarginReport, ShockToLiquidation
-from monitor.core.rules import AlertConfig
 from monitor.store import Store
 from tests.mqtt_broker import Mosquitto, collecting
 

@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monitor.core import rules
+from monitor.core import alert_config, rules
+from monitor.core.alert_config import AlertConfig
 from monitor.core.alert_state import AlertEvent, AlertMap, AlertState, RulesState, Silence, updated
 from monitor.core.levels import LEVELS, level_exit, level_rank, target_level
 from monitor.core.model import MarginReport, ShockToLiquidation, SourceDown, SourceStale, SourceUp
-from monitor.core.rules import AlertConfig
 
 NO_REPEAT = AlertConfig(
     repeat_every=0, shock_warning=None, shock_critical=None, shock_emergency=None
@@ -270,12 +270,12 @@ class TestShock:
         state, _ = rules.evaluate(RulesState(), report(0.1, shock=0.04), 0.0, config)
         state, events = rules.evaluate(state, report(0.1), 1.0, config)
         assert events == ()
-        assert state.alert("acct", rules.RULE_SHOCK).level == "critical"
+        assert state.alert("acct", alert_config.RULE_SHOCK).level == "critical"
 
     def test_no_liquidating_move_is_ok(self) -> None:
         """Test that a report where no move liquidates is level ok."""
         r = replace(report(0.1), shock_to_liquidation=ShockToLiquidation(None, None))
-        assert rules.shock_fraction(r) == math.inf
+        assert alert_config.shock_fraction(r) == math.inf
         _, events = rules.evaluate(RulesState(), r, 0.0, AlertConfig())
         assert events == ()
 
@@ -324,7 +324,7 @@ class TestActionRejected:
         assert ev == ()
         state, ev = rules.on_action_resolved(state, "a", 9.0, config)
         assert [(e.kind, e.duration) for e in ev] == [("resolved", 9.0)]
-        assert not state.alert("a", rules.RULE_ACTION_REJECTED).firing
+        assert not state.alert("a", alert_config.RULE_ACTION_REJECTED).firing
         assert rules.on_action_resolved(state, "a", 10.0, config) == (state, ())
 
     def test_not_inhibited_by_a_margin_emergency(self) -> None:
@@ -408,7 +408,7 @@ class TestSuppression:
     def test_acknowledge_ends_with_episode(self) -> None:
         """Test that the next episode after an acknowledged one is not acknowledged."""
         state, _ = run_path([0.6])
-        state = rules.acknowledge(state, "acct", rules.RULE_MARGIN)
+        state = rules.acknowledge(state, "acct", alert_config.RULE_MARGIN)
         state, ev = run_path([0.6, 0.1, 0.6], state=state, start=1.0)
         assert delivered(ev) == [("resolved", "ok"), ("firing", "warning")]
 
@@ -452,7 +452,7 @@ class TestProperties:
         """Test that the evaluation whose ratio crosses a higher threshold announces it."""
         state = RulesState()
         for i, ratio in enumerate(path):
-            before = state.alert("acct", rules.RULE_MARGIN).level
+            before = state.alert("acct", alert_config.RULE_MARGIN).level
             state, events = rules.evaluate(state, report(ratio), float(i), NO_REPEAT)
             raw = sum(1 for t in NO_REPEAT.ratio_thresholds() if t is not None and ratio >= t)
             if raw > level_rank(before):
@@ -553,7 +553,7 @@ class TestQuietReport:
         other, _ = rules.evaluate(state, report(0.3, "b"), 2.0, NO_REPEAT)
         after, events = rules.evaluate(other, report(0.25), 3.0, NO_REPEAT)
         assert events == ()
-        assert after.alert("acct", rules.RULE_MARGIN).value == 0.25
+        assert after.alert("acct", alert_config.RULE_MARGIN).value == 0.25
         assert after.index is other.index
         assert after.alerts["b/margin_ratio"] is other.alerts["b/margin_ratio"]
 

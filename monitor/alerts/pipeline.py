@@ -31,10 +31,10 @@ from monitor.alerts.commands import CommandHandling, _RefusalTally
 from monitor.alerts.delivery import AlertSink, OutboxDelivery, ReportObserver
 from monitor.alerts.message import AlertMessage, build_message
 from monitor.core import rules
+from monitor.core.alert_config import RULE_ACTION_REJECTED, AlertConfig
 from monitor.core.alert_state import AlertEvent, AlertKind, RulesState, episode_id, fingerprint
 from monitor.core.levels import Level
 from monitor.core.model import MarginReport, ModelDrift, SourceDown, SourceStale, SourceUp
-from monitor.core.rules import AlertConfig
 from monitor.ops.logs import redact
 from monitor.protect.switches import ActionSwitches
 from monitor.store import Store
@@ -164,7 +164,7 @@ class AlertPipeline(CommandHandling, OutboxDelivery):
         self, account: str, now: float | None = None
     ) -> tuple[AlertEvent, ...]:
         """The rejection episode is over (back at target): resolve it. Cheap when not firing."""
-        if not self.state.alert(account, rules.RULE_ACTION_REJECTED).firing:
+        if not self.state.alert(account, RULE_ACTION_REJECTED).firing:
             return ()
         now = self.clock() if now is None else now
         self.state, events = rules.on_action_resolved(self.state, account, now, self.config)

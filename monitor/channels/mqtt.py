@@ -44,8 +44,8 @@ from monitor.backoff import retry_after
 from monitor.channels.mqtt_payloads import discovery_configs, state_payload
 from monitor.channels.mqtt_wire import AlertWire
 from monitor.config.alerts import MqttSettings
+from monitor.core.alert_config import RULE_SOURCE_DOWN
 from monitor.core.model import MarginReport
-from monitor.core.rules import RULE_SOURCE_DOWN
 
 __all__ = ["MqttSettings", "MqttSink", "make_client"]
 

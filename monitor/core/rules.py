@@ -33,10 +33,19 @@ never announced, the next evaluation announces it ("catch-up").
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
+from monitor.core.alert_config import (
+    RULE_ACTION_REJECTED,
+    RULE_MARGIN,
+    RULE_MODEL_DRIFT,
+    RULE_SHOCK,
+    RULE_SOURCE_DOWN,
+    AlertConfig,
+    shock_fraction,
+    stale_rule,
+)
 from monitor.core.alert_state import (
     AlertEvent,
     AlertKind,
@@ -53,76 +62,18 @@ from monitor.core.levels import Level, level_rank, target_level
 from monitor.core.model import MarginReport, ModelDrift, SourceDown, SourceStale, SourceUp
 
 __all__ = [
-    "RULE_ACTION_REJECTED",
-    "RULE_MARGIN",
-    "RULE_MODEL_DRIFT",
-    "RULE_SHOCK",
-    "RULE_SOURCE_DOWN",
-    "AlertConfig",
     "acknowledge",
     "add_silence",
     "evaluate",
     "on_action_rejected",
     "on_action_resolved",
     "on_source_event",
-    "ratio_level",
     "remove_silence",
-    "shock_fraction",
-    "stale_rule",
     "tick",
 ]
 
 
-RULE_MARGIN = "margin_ratio"
-RULE_SHOCK = "shock_to_liquidation"
-RULE_SOURCE_DOWN = "source_down"
-#: A venue refused a protective order (docs/actions.md): an alert, never a retry loop.
-RULE_ACTION_REJECTED = "action_rejected"
-RULE_MODEL_DRIFT = "model_drift"
 _THRESHOLD_RULES = (RULE_MARGIN, RULE_SHOCK)
-
-
-def stale_rule(kind: str) -> str:
-    """Rule name of the staleness alert for one data kind (`prices`, `positions`, ...)."""
-    return f"stale_{kind}"
-
-
-# --- configuration --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class AlertConfig:
-    """Thresholds and timing; settings.py validates the user's values and builds this.
-
-    Ratio thresholds are margin ratios (0 safe, 1 liquidation). Shock thresholds are
-    fractions of a uniform price move that would liquidate (0.10 = "a 10 % move liquidates
-    you"); None disables that level. Times are seconds; `repeat_every` <= 0 never repeats.
-    """
-
-    warning: float = 0.5
-    critical: float = 0.7
-    emergency: float = 0.85
-    band: float = 0.05
-    repeat_every: float = 3600.0
-    hold_for: float = 0.0
-    shock_warning: float | None = 0.10
-    shock_critical: float | None = 0.05
-    shock_emergency: float | None = 0.02
-    shock_band: float = 0.01
-    stale_level: Level = "warning"
-    source_down_level: Level = "critical"
-    action_rejected_level: Level = "critical"
-
-    def ratio_thresholds(self) -> tuple[float | None, float | None, float | None]:
-        """Entry thresholds of warning, critical, emergency on the margin ratio."""
-        return (self.warning, self.critical, self.emergency)
-
-    def shock_thresholds(self) -> tuple[float | None, float | None, float | None]:
-        """Entry thresholds on the *negated* shock, so that higher is worse as for ratios."""
-        return tuple(  # type: ignore[return-value]
-            None if t is None else -t
-            for t in (self.shock_warning, self.shock_critical, self.shock_emergency)
-        )
 
 
 # --- the threshold rules' levels (the level function itself: monitor.core.levels) ----------
@@ -137,33 +88,12 @@ def _worse(rule: str, a: float | None, b: float | None) -> float | None:
     return min(a, b) if rule == RULE_SHOCK else max(a, b)
 
 
-def ratio_level(ratio: float, current: Level, config: AlertConfig) -> Level:
-    """The ratio level after `ratio`: hysteresis only (no hold_for, no lifecycle, no state
-    kept across restarts).
-
-    Not the margin alert's level (`_step_threshold`), which enters a higher level only after
-    `hold_for` and continues from the stored state: the daemon needs the ratio level at
-    once, to report a crossing tick before any hold starts and to show where the ratio sits
-    (daemon/loop.py, "levels"); with `hold_for` = 0 and no restart the two agree.
-    """
-    return target_level(ratio, current, config.ratio_thresholds(), config.band)
-
-
 def _rule_level(rule: str, value: float, current: Level, config: AlertConfig) -> Level:
     """The level of a threshold rule's `value` coming from `current`: the margin ratio as it
     is, the shock negated (smaller is worse) against its own thresholds and band."""
     if rule == RULE_MARGIN:
         return target_level(value, current, config.ratio_thresholds(), config.band)
     return target_level(-value, current, config.shock_thresholds(), config.shock_band)
-
-
-def shock_fraction(report: MarginReport) -> float | None:
-    """The smallest |move| that liquidates; inf when none does; None when not assessed."""
-    shock = report.shock_to_liquidation
-    if shock is None:
-        return None
-    moves = [abs(m) for m in (shock.down, shock.up) if m is not None]
-    return min(moves) if moves else math.inf
 
 
 # --- one step of one alert ------------------------------------------------------------------
