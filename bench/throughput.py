@@ -4,6 +4,8 @@
         [--seconds 20] [--warmup 3] [--shock-interval 1.0] [--sinks real|probe]
         [--report-spacing S] [--shock-share F] [--generator-only]
     .venv/bin/python bench/throughput.py --tick-path [--positions 20] [--ticks 200000]
+    .venv/bin/python bench/throughput.py --report-path [--accounts 1000] [--positions 20]
+        [--reports 20000]
 
 It runs the real `daemon.supervisor.run_daemon` with these sources and the sinks
 `margin-monitor run` builds (`daemon.build_sinks`: the console summary and the real alerts
@@ -249,44 +251,97 @@ class ScriptedTicks(BookSource):
             yield tick
 
 
+class ReportedTicks(ScriptedTicks):
+    """`ScriptedTicks` that, after the source task took each tick, runs one coalesced
+    report (`AccountLoop.recompute`, no shock solve) and charges only that call's CPU."""
+
+    def __init__(self, snapshot: AccountSnapshot, ticks: list[PriceTick]) -> None:
+        super().__init__(snapshot, ticks)
+        self.loop: AccountLoop | None = None
+        self.cpu = 0.0
+        self.reports = 0
+
+    async def events(self) -> AsyncIterator[Event]:
+        assert self.loop is not None
+        for tick in self.ticks:
+            yield tick
+            before = self.loop.recomputes
+            cpu = time.thread_time()
+            await self.loop.recompute(shock=False)
+            self.cpu += time.thread_time() - cpu
+            self.reports += self.loop.recomputes - before
+
+
 def tick_path(args: argparse.Namespace) -> None:
     """CPU per tick of one account's `source[..]` task (`AccountLoop.run_source`: the sinks'
     `on_event`, `Ledger.tick`, the threshold check) with the product's sinks; no recompute
-    task runs, and no tick of this book crosses a threshold. Median of 5 runs."""
+    task runs, and no tick of this book crosses a threshold. Median of 5 runs.
+
+    `--report-path`: CPU per routine report instead (`AccountLoop.recompute` without a shock
+    solve: `Ledger.snapshot`, `margin.report`, the venue figures, every sink's `on_report`),
+    one tick before each report, `--accounts` accounts in the alert state."""
+    per_report = args.report_path
+    count = args.reports if per_report else args.ticks
     rng = random.Random(1)
     snapshot = book("acct0000", args.positions, rng)
     marks = [p.mark_price for p in snapshot.positions]
     start = time.time() + 60  # after the start-up read: no tick is dropped as older
     ticks = []
-    for i in range(args.ticks):
+    for i in range(count):
         k = i % len(marks)
         marks[k] *= 1 + rng.gauss(0, 0.0005)
         ticks.append(PriceTick("acct0000", snapshot.positions[k].symbol, marks[k], start + i))
 
+    # --report-path: the other accounts report once first, so the alert state holds as
+    # many accounts as the daemon's (its cost per report grew with them, docs/benchmarks.md)
+    others = [
+        ScriptedTicks(book(f"acct{i:04d}", args.positions, rng), [])
+        for i in range(1, args.accounts if per_report else 1)
+    ]
+
     async def once(directory: Path) -> float:
-        source = ScriptedTicks(snapshot, ticks)
-        doc = {"accounts": [{"name": source.account, "exchange": "sim"}]}
-        product = build(directory, doc, sources=[source])
+        source = ReportedTicks(snapshot, ticks) if per_report else ScriptedTicks(snapshot, ticks)
+        sources = [source, *others]
+        doc = {"accounts": [{"name": s.account, "exchange": "sim"} for s in sources]}
+        product = build(directory, doc, sources=sources)
         settings = product.settings
-        account = AccountLoop(
-            source,
-            product.sinks,
-            settings.alerts,
-            settings.shock_interval,
-            finite=True,
-            report_spacing=settings.report_spacing,
-        )
+
+        def loop_of(source: BookSource) -> AccountLoop:
+            return AccountLoop(
+                source,
+                product.sinks,
+                settings.alerts,
+                settings.shock_interval,
+                finite=True,
+                report_spacing=settings.report_spacing,
+            )
+
+        for other in others:
+            await loop_of(other).run_source()  # the start-up read's report, nothing else
+        account = loop_of(source)
         cpu = time.process_time()
-        await account.run_source()
-        return (time.process_time() - cpu) / len(ticks)
+        if isinstance(source, ReportedTicks):
+            source.loop = account
+            await account.run_source()
+            assert source.reports == count, "a tick moved nothing: no report to measure"
+            result = source.cpu / count
+        else:
+            await account.run_source()
+            result = (time.process_time() - cpu) / count
+        for sink in product.sinks:  # the store's checkpoint thread, before the directory goes
+            await sink.close()
+        return result
 
     runs = []
     for _ in range(5):
         with tempfile.TemporaryDirectory() as tmp:
             runs.append(asyncio.run(once(Path(tmp))))
+    what = "report path (recompute" if per_report else "tick path (source task"
+    unit = "report" if per_report else "tick"
     print(
-        f"tick path (source task, {args.positions} positions, {args.ticks:,} ticks): "
-        f"{statistics.median(runs) * 1e6:.2f} us CPU per tick, median of 5 "
+        f"{what}, {args.positions} positions, {count:,} {unit}s"
+        f"{f', {args.accounts:,} accounts' if per_report else ''}): "
+        f"{statistics.median(runs) * 1e6:.2f} us CPU per {unit}, median of 5 "
         f"({', '.join(f'{r * 1e6:.2f}' for r in runs)})"
     )
 
@@ -432,9 +487,17 @@ def main() -> None:
         help="no daemon: CPU per tick of one account's source task, ticks back to back",
     )
     parser.add_argument("--ticks", type=int, default=200_000, help="--tick-path: ticks per run")
+    parser.add_argument(
+        "--report-path",
+        action="store_true",
+        help="no daemon: CPU per routine report of one account, product sinks",
+    )
+    parser.add_argument(
+        "--reports", type=int, default=20_000, help="--report-path: reports per run"
+    )
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    if args.tick_path:
+    if args.tick_path or args.report_path:
         tick_path(args)
         return
     if hasattr(os, "sched_setaffinity"):

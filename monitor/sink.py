@@ -58,7 +58,7 @@ class Sink:
         """The account's *ratio level* changed (`ok`, `warning`, `critical`, `emergency`).
 
         Where the margin ratio sits on the ladder, with the band's hysteresis
-        (rules.ratio_level), at once: not the margin alert's level, which waits `hold_for`
+        (alert_config.ratio_level), at once: not the margin alert's level, which waits `hold_for`
         and survives restarts (rules.py; `AlertPipeline.level`). The two differ while a hold
         runs; alerts, their messages and MQTT's state carry the alert level.
         """

@@ -43,6 +43,7 @@ class Checkpointer:
         #: completed checkpoint passes (tests; `PRAGMA wal_checkpoint` ran and returned)
         self.passes = 0
         self._writes = 0
+        self._dirty = False  # written since the last pass
         self._due = threading.Event()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="store.checkpoint", daemon=True)
@@ -50,6 +51,7 @@ class Checkpointer:
 
     def wrote(self) -> None:
         """The store committed a write (called on the loop: a counter and, rarely, a set)."""
+        self._dirty = True
         self._writes += 1
         if self._writes >= EVERY_WRITES:
             self._writes = 0
@@ -75,16 +77,23 @@ class Checkpointer:
         try:
             db.execute("PRAGMA busy_timeout=2000")
             db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
+            failed = ""
             while True:
                 self._due.wait(PERIOD)
                 self._due.clear()
                 if self._stopping:
                     return
+                if not self._dirty:
+                    continue  # an idle store: nothing to move, no fsync
+                self._dirty = False
                 try:
                     db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                 except sqlite3.Error as exc:  # a full disk: the store degrades on its own
-                    log.warning("store.checkpoint_failed", error=str(exc), path=str(self.path))
+                    if str(exc) != failed:  # once per error, not every pass
+                        failed = str(exc)
+                        log.warning("store.checkpoint_failed", error=failed, path=str(self.path))
                     continue
+                failed = ""
                 self.passes += 1
         finally:
             db.close()

@@ -15,12 +15,11 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from monitor.alerts.delivery import BACKOFF_CAP, backoff
 from monitor.alerts.message import AlertMessage
 from monitor.alerts.pipeline import AlertPipeline
 from monitor.alerts.signed_commands import Command, envelope
+from monitor.core.alert_config import AlertConfig
 from monitor.core.model import CollateralFall, CollateralRisk, MarginReport, ShockToLiquidation
-from monitor.core.rules import AlertConfig
 from monitor.store import Store
 from tests.mqtt_broker import Mosquitto, collecting
 
@@ -81,18 +80,6 @@ async def run_until(pipeline: AlertPipeline, condition: object, limit: float = 5
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-
-
-class TestBackoff:
-    """The retry pacing."""
-
-    @pytest.mark.parametrize("attempt", [1, 2, 5, 10, 11, 50])
-    def test_bounds(self, attempt: int) -> None:
-        """Test that the delay is jittered within [0, 1.5**min(10, attempt)] and capped."""
-        delays = [backoff(attempt) for _ in range(200)]
-        assert min(delays) >= 0
-        assert max(delays) <= min(BACKOFF_CAP, 1.5 ** min(10, attempt))
-        assert len(set(delays)) > 100  # jittered, not a constant
 
 
 class TestDelivery:

@@ -17,6 +17,7 @@ from monitor.alerts.sink import AlertsSink, build_alerts_sink
 from monitor.channels.console import ConsoleSink
 from monitor.config.settings import AlertsSettings, load_settings
 from monitor.core import stress
+from monitor.core.alert_config import AlertConfig, ratio_level
 from monitor.core.margin import report as margin
 from monitor.core.model import (
     AccountSnapshot,
@@ -26,7 +27,6 @@ from monitor.core.model import (
     SourceStale,
     SourceUp,
 )
-from monitor.core.rules import AlertConfig, ratio_level
 from monitor.daemon.supervisor import run_daemon
 from monitor.daemon.wiring import build_sinks
 from monitor.ops import logs

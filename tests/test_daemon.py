@@ -19,6 +19,7 @@ from structlog.testing import capture_logs
 
 from monitor.cli.check import check_command
 from monitor.config.settings import AccountSettings, AlertsSettings, Settings, load_settings
+from monitor.core.alert_config import ratio_level
 from monitor.core.model import (
     AccountSnapshot,
     Collateral,
@@ -28,7 +29,6 @@ from monitor.core.model import (
     PriceTick,
     SourceDown,
 )
-from monitor.core.rules import ratio_level
 from monitor.daemon import supervisor
 from monitor.daemon.loop import AccountLoop
 from monitor.daemon.shards import parse_shard, select_shard, shard_of

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from monitor.alerts.sink import build_alerts_sink
 from monitor.config.settings import AlertsSettings, load_settings
 from monitor.core import rules
+from monitor.core.alert_config import RULE_MARGIN, AlertConfig
 from monitor.core.margin import report as margin
 from monitor.core.margin.ledger import Ledger
 from monitor.core.model import (
@@ -26,7 +27,6 @@ from monitor.core.model import (
     Position,
     PriceTick,
 )
-from monitor.core.rules import RULE_MARGIN, AlertConfig
 from monitor.core.shock_schedule import ShockScheduler
 from monitor.core.state import apply, initial_state
 from monitor.daemon.loop import AccountLoop, ShockSolver

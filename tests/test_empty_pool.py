@@ -29,13 +29,14 @@ from monitor.channels.mqtt_payloads import state_payload
 from monitor.config.monitoring import MetricsSettings
 from monitor.config.settings import load_settings
 from monitor.core import stress
+from monitor.core.alert_config import AlertConfig, shock_fraction
 from monitor.core.alert_state import RulesState
 from monitor.core.margin import report as margin
 from monitor.core.margin.ledger import Ledger
 from monitor.core.margin.valuation import margin_ratio
 from monitor.core.model import AccountSnapshot, Collateral, Event, Position, PriceTick
 from monitor.core.plan import ActionHistory, ActionPolicy, MarketRules, plan_step
-from monitor.core.rules import AlertConfig, evaluate, shock_fraction
+from monitor.core.rules import evaluate
 from monitor.daemon.supervisor import run_daemon
 from monitor.daemon.wiring import build_sinks
 from monitor.ops.metrics import MetricsSink

@@ -24,9 +24,9 @@ from monitor.alerts.sink import AlertsSink, build_alerts_sink
 from monitor.config.actions import ActionsSettings
 from monitor.config.alerts import MqttSettings
 from monitor.config.settings import SimSettings, load_settings
+from monitor.core.alert_config import AlertConfig
 from monitor.core.margin.report import report
 from monitor.core.model import MarginReport
-from monitor.core.rules import AlertConfig
 from monitor.daemon.supervisor import run_daemon
 from monitor.daemon.wiring import build_sinks
 from monitor.protect.audit import ActionHooks

@@ -21,8 +21,8 @@ from monitor.alerts.pipeline import AlertPipeline
 from monitor.alerts.signed_commands import Command, envelope
 from monitor.channels.mqtt import MqttSettings, MqttSink
 from monitor.channels.mqtt_payloads import discovery_configs, state_payload
+from monitor.core.alert_config import AlertConfig
 from monitor.core.model import MarginReport, PositionRisk, ShockToLiquidation
-from monitor.core.rules import AlertConfig
 from monitor.store import Store
 from tests.mqtt_broker import Mosquitto, collecting
 

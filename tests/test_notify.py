@@ -20,8 +20,8 @@ from monitor.alerts.message import AlertMessage, PositionLine
 from monitor.alerts.pipeline import AlertPipeline
 from monitor.alerts.signed_commands import verify
 from monitor.channels.notify import NotifyChannel, NotifySink, ntfy_priority, render
+from monitor.core.alert_config import AlertConfig
 from monitor.core.model import MarginReport, PositionRisk, ShockToLiquidation
-from monitor.core.rules import AlertConfig
 from monitor.store import Store
 
 SECRET = b"phone-secret"

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monitor.core import rules
-from monitor.core.alert_state import AlertEvent, RulesState, Silence
+from monitor.core import alert_config, rules
+from monitor.core.alert_config import AlertConfig
+from monitor.core.alert_state import AlertEvent, AlertMap, AlertState, RulesState, Silence, updated
 from monitor.core.levels import LEVELS, level_exit, level_rank, target_level
 from monitor.core.model import MarginReport, ShockToLiquidation, SourceDown, SourceStale, SourceUp
-from monitor.core.rules import AlertConfig
 
 NO_REPEAT = AlertConfig(
     repeat_every=0, shock_warning=None, shock_critical=None, shock_emergency=None
@@ -55,6 +55,29 @@ def run_path(
         state, events = rules.evaluate(state, report(ratio), start + i * dt, config)
         out.extend(events)
     return state, out
+
+
+def apply_op(
+    state: RulesState, account: str, op: str, x: float, now: float, *, config: AlertConfig
+) -> RulesState:
+    """One step of a generated history: a report (with a shock figure for `shock`), a source
+    event, the clock, an acknowledgement, a rejected order or a silence."""
+    if op in ("report", "shock"):
+        shock = x / 10 if op == "shock" else None
+        return rules.evaluate(state, report(x, account, shock), now, config)[0]
+    if op == "stale":
+        return rules.on_source_event(state, SourceStale(account, "prices", 30.0), now, config)[0]
+    if op == "down":
+        return rules.on_source_event(state, SourceDown(account, "x"), now, config)[0]
+    if op == "up":
+        return rules.on_source_event(state, SourceUp(account, "prices"), now, config)[0]
+    if op == "tick":
+        return rules.tick(state, now, config)[0]
+    if op == "ack":
+        return rules.acknowledge(state, account)
+    if op == "silence":
+        return rules.add_silence(state, Silence(f"s{now}", until=now + 3 * x, account=account))
+    return rules.on_action_rejected(state, account, "InvalidOrder", now, config)[0]
 
 
 def delivered(events: Sequence[AlertEvent]) -> list[tuple[str, str]]:
@@ -247,12 +270,12 @@ class TestShock:
         state, _ = rules.evaluate(RulesState(), report(0.1, shock=0.04), 0.0, config)
         state, events = rules.evaluate(state, report(0.1), 1.0, config)
         assert events == ()
-        assert state.alert("acct", rules.RULE_SHOCK).level == "critical"
+        assert state.alert("acct", alert_config.RULE_SHOCK).level == "critical"
 
     def test_no_liquidating_move_is_ok(self) -> None:
         """Test that a report where no move liquidates is level ok."""
         r = replace(report(0.1), shock_to_liquidation=ShockToLiquidation(None, None))
-        assert rules.shock_fraction(r) == math.inf
+        assert alert_config.shock_fraction(r) == math.inf
         _, events = rules.evaluate(RulesState(), r, 0.0, AlertConfig())
         assert events == ()
 
@@ -301,7 +324,7 @@ class TestActionRejected:
         assert ev == ()
         state, ev = rules.on_action_resolved(state, "a", 9.0, config)
         assert [(e.kind, e.duration) for e in ev] == [("resolved", 9.0)]
-        assert not state.alert("a", rules.RULE_ACTION_REJECTED).firing
+        assert not state.alert("a", alert_config.RULE_ACTION_REJECTED).firing
         assert rules.on_action_resolved(state, "a", 10.0, config) == (state, ())
 
     def test_not_inhibited_by_a_margin_emergency(self) -> None:
@@ -385,7 +408,7 @@ class TestSuppression:
     def test_acknowledge_ends_with_episode(self) -> None:
         """Test that the next episode after an acknowledged one is not acknowledged."""
         state, _ = run_path([0.6])
-        state = rules.acknowledge(state, "acct", rules.RULE_MARGIN)
+        state = rules.acknowledge(state, "acct", alert_config.RULE_MARGIN)
         state, ev = run_path([0.6, 0.1, 0.6], state=state, start=1.0)
         assert delivered(ev) == [("resolved", "ok"), ("firing", "warning")]
 
@@ -429,7 +452,7 @@ class TestProperties:
         """Test that the evaluation whose ratio crosses a higher threshold announces it."""
         state = RulesState()
         for i, ratio in enumerate(path):
-            before = state.alert("acct", rules.RULE_MARGIN).level
+            before = state.alert("acct", alert_config.RULE_MARGIN).level
             state, events = rules.evaluate(state, report(ratio), float(i), NO_REPEAT)
             raw = sum(1 for t in NO_REPEAT.ratio_thresholds() if t is not None and ratio >= t)
             if raw > level_rank(before):
@@ -475,23 +498,10 @@ class TestAccountIndex:
         config = AlertConfig(repeat_every=5.0)
         state = RulesState()
         for i, (account, op, x) in enumerate(steps):
-            now = float(i)
-            if op == "report":
-                state, _ = rules.evaluate(state, report(x, account, shock=x / 10), now, config)
-            elif op == "stale":
-                state, _ = rules.on_source_event(
-                    state, SourceStale(account, "prices", 30.0), now, config
-                )
-            elif op == "down":
-                state, _ = rules.on_source_event(state, SourceDown(account, "x"), now, config)
-            elif op == "up":
-                state, _ = rules.on_source_event(state, SourceUp(account, "prices"), now, config)
-            elif op == "tick":
-                state, _ = rules.tick(state, now, config)
-            elif op == "ack":
-                state = rules.acknowledge(state, account)
-            else:
-                state, _ = rules.on_action_rejected(state, account, "InvalidOrder", now, config)
+            # "shock": the report with a shock figure this test has always sent
+            state = apply_op(
+                state, account, "shock" if op == "report" else op, x, float(i), config=config
+            )
             scanned: dict[str, set[str]] = {}
             for fp, alert in state.alerts.items():
                 scanned.setdefault(alert.account, set()).add(fp)
@@ -507,3 +517,79 @@ class TestAccountIndex:
         loaded = RulesState(alerts=dict(state.alerts))
         assert dict(loaded.index) == {"a": state.index["a"], "b": state.index["b"]}
         assert loaded == state  # the index is not part of equality
+
+
+class TestQuietReport:
+    """The shortcut for a report that only moves a quiet margin alert's value."""
+
+    _steps = st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b"]),
+            st.sampled_from(["report", "shock", "stale", "up", "tick", "ack", "silence"]),
+            st.floats(0.0, 1.2),
+        ),
+        max_size=30,
+    )
+
+    @settings(max_examples=300, deadline=None)
+    @given(_steps, st.sampled_from(["a", "b"]), st.floats(0.0, 1.2))
+    def test_same_as_the_long_way(
+        self, steps: list[tuple[str, str, float]], account: str, ratio: float
+    ) -> None:
+        """Test that after any history a report gives the state and events the full step gives."""
+        config = AlertConfig(repeat_every=5.0, hold_for=2.0)
+        state = RulesState()
+        for i, (name, op, x) in enumerate(steps):
+            state = apply_op(state, name, op, x, float(i), config=config)
+            later = float(len(steps))
+            quick = rules.evaluate(state, report(ratio, account), later, config)
+            full = rules._evaluate_stepped(state, report(ratio, account), later, config)
+            assert quick == full
+            assert dict(quick[0].index) == dict(full[0].index)
+
+    def test_taken_when_quiet(self) -> None:
+        """Test that a calm account's report leaves every other alert object as it was."""
+        state, _ = run_path([0.1, 0.2])
+        other, _ = rules.evaluate(state, report(0.3, "b"), 2.0, NO_REPEAT)
+        after, events = rules.evaluate(other, report(0.25), 3.0, NO_REPEAT)
+        assert events == ()
+        assert after.alert("acct", alert_config.RULE_MARGIN).value == 0.25
+        assert after.index is other.index
+        assert after.alerts["b/margin_ratio"] is other.alerts["b/margin_ratio"]
+
+
+class TestAlertMap:
+    """The immutable alert map whose copies share what did not change."""
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        st.lists(
+            st.lists(st.tuples(st.integers(0, 150), st.floats(0.0, 1.0)), max_size=8),
+            max_size=60,
+        )
+    )
+    def test_behaves_as_dict_copies(self, batches: list[list[tuple[int, float]]]) -> None:
+        """Test that every map in a chain of updates equals the dict the same updates give,
+        order and length included, and that no update changes an earlier map."""
+        current, plain = AlertMap(), dict[str, AlertState]()
+        history: list[tuple[AlertMap, dict[str, AlertState]]] = []
+        for batch in batches:
+            changes = {f"a{k}/r": AlertState(f"a{k}", "r", value=v) for k, v in batch}
+            current, plain = updated(current, changes), {**plain, **changes}
+            history.append((current, plain))
+        for mapping, expected in history:
+            assert list(mapping) == list(expected)
+            assert list(mapping.items()) == list(expected.items())
+            assert len(mapping) == len(expected)
+            assert mapping == expected
+            assert all(mapping[fp] is alert and fp in mapping for fp, alert in expected.items())
+            assert mapping.get("missing/r") is None
+            assert "missing/r" not in mapping
+
+    def test_with_value_is_replace(self) -> None:
+        """Test that `with_value` changes the value and keeps every other field."""
+        lifecycle = ("warning", "ep", 1.0, 3, 0.5, 2.0, 0.4, 0.6, "critical", "warning")
+        alert = AlertState("a", "r", *lifecycle, True, "critical", 1.5, "detail")
+        assert [getattr(alert, f.name) == f.default for f in fields(AlertState)] == [False] * 16
+        assert alert.with_value(0.7) == replace(alert, value=0.7)
+        assert alert.with_value(None) == replace(alert, value=None)

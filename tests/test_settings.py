@@ -10,7 +10,7 @@ import pytest
 import structlog
 
 from monitor.config.settings import Settings, load_settings
-from monitor.core.rules import AlertConfig
+from monitor.core.alert_config import AlertConfig
 from monitor.errors import UserError
 
 SECRET = "s3cr3t-KEY-do-not-print"
@@ -75,7 +75,7 @@ class TestDefaults:
         assert load_settings(None).state_dir == Path("/var/lib/mm")
 
     def test_alerts_feed_the_rule_engine(self, tmp_path: Path) -> None:
-        """Test that the alerts section becomes the rules.AlertConfig with the same values."""
+        """Test that the alerts section becomes the AlertConfig with the same values."""
         path = _write(tmp_path, SIM + "[alerts]\nwarning = 0.4\nshock_emergency = 0.01\n")
         config = load_settings(path).alerts.to_config()
         assert isinstance(config, AlertConfig)

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from monitor.core.rules import AlertConfig
+from monitor.core.alert_config import AlertConfig
 from monitor.core.shock_schedule import ShockClaim, ShockScheduler
 
 COST = 0.004  # CPU seconds per solve: 20 positions, before the lead's faster solver

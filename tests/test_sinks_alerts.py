@@ -9,8 +9,8 @@ from pydantic import SecretStr
 
 from monitor.alerts.sink import build_alerts_sink
 from monitor.config.alerts import MqttSettings, NotifySettings
+from monitor.core.alert_config import AlertConfig
 from monitor.core.model import SourceStale, SourceUp
-from monitor.core.rules import AlertConfig
 
 
 class TestBuildAlertsSink:

@@ -13,9 +13,10 @@ import pytest
 
 from monitor.alerts.message import AlertMessage
 from monitor.alerts.pipeline import AlertPipeline
+from monitor.core.alert_config import AlertConfig
 from monitor.core.alert_state import RulesState, Silence
 from monitor.core.model import MarginReport
-from monitor.core.rules import AlertConfig, add_silence
+from monitor.core.rules import add_silence
 from monitor.store import Store
 from monitor.store_checkpoint import EVERY_WRITES
 

@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 
 from monitor.alerts.message import AlertMessage
 from monitor.alerts.pipeline import AlertPipeline
+from monitor.core.alert_config import AlertConfig
 from monitor.core.margin import report as margin
 from monitor.core.model import AccountUpdate, MarginReport, ModelDrift
-from monitor.core.rules import AlertConfig
 from monitor.core.venue_ratio import VenueAnchor, carried, observe, used_ratio, with_venue
 from monitor.report_json import report_to_dict
 from monitor.sources.exchange import ExchangeSource

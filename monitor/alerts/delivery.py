@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import functools
 import math
-import random
 import sqlite3
 from collections.abc import Callable, Collection, Sequence
 from typing import Protocol, runtime_checkable
@@ -21,12 +20,12 @@ from typing import Protocol, runtime_checkable
 import structlog
 
 from monitor.alerts.message import AlertMessage
+from monitor.backoff import retry_after
 from monitor.core.model import MarginReport
 from monitor.ops.metrics import record_alerts_sent
 from monitor.store import Store
 
 __all__ = [
-    "BACKOFF_CAP",
     "MAX_IN_FLIGHT",
     "AlertSink",
     "ImmediateSink",
@@ -34,7 +33,6 @@ __all__ = [
     "PacedSink",
     "ReconnectingSink",
     "ReportObserver",
-    "backoff",
     "raise_if_cancelling",
 ]
 
@@ -43,18 +41,6 @@ log = structlog.get_logger("monitor.alerting")
 #: Most messages handed to one immediate sink and not yet acknowledged; past it the task
 #: waits for acknowledgements before it hands the next batch (paho keeps 20 in flight).
 MAX_IN_FLIGHT = 200
-
-#: Longest wait between two delivery attempts of one message (seconds).
-BACKOFF_CAP = 60.0
-
-
-def backoff(attempt: int) -> float:
-    """Seconds before retry number `attempt` (1-based): full jitter, exponential, capped.
-
-    The one-line form aiomqtt v3 uses for reconnects (STYLE.md); jitter keeps many queued
-    messages from retrying in lockstep against a recovering service.
-    """
-    return min(BACKOFF_CAP, random.uniform(0, 1.5 ** min(10, attempt)))  # noqa: S311
 
 
 def raise_if_cancelling() -> None:
@@ -219,7 +205,7 @@ class OutboxDelivery:
         now = self.clock()
         for mid, tried in attempts.items():
             if mid not in acked:
-                delay = backoff(tried + 1)
+                delay = retry_after(tried + 1)
                 self.store.failed(name, mid, now + delay, error)
                 log.warning(
                     "alert.delivery_failed",

@@ -23,6 +23,7 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import structlog
 
@@ -30,10 +31,10 @@ from monitor.alerts.commands import CommandHandling, _RefusalTally
 from monitor.alerts.delivery import AlertSink, OutboxDelivery, ReportObserver
 from monitor.alerts.message import AlertMessage, build_message
 from monitor.core import rules
+from monitor.core.alert_config import RULE_ACTION_REJECTED, AlertConfig
 from monitor.core.alert_state import AlertEvent, AlertKind, RulesState, episode_id, fingerprint
 from monitor.core.levels import Level
 from monitor.core.model import MarginReport, ModelDrift, SourceDown, SourceStale, SourceUp
-from monitor.core.rules import AlertConfig
 from monitor.ops.logs import redact
 from monitor.protect.switches import ActionSwitches
 from monitor.store import Store
@@ -79,6 +80,8 @@ class AlertPipeline(CommandHandling, OutboxDelivery):
         self.store = store
         self.config = config
         self.sinks = tuple(sinks)
+        # found once: a runtime Protocol check per sink per report costs microseconds
+        self._observers = tuple(s for s in self.sinks if isinstance(s, ReportObserver))
         self.switches = switches or ActionSwitches()
         # Pauses survive a restart: reload them, then persist every change.
         for account, until in store.load_pauses(clock()).items():
@@ -104,27 +107,23 @@ class AlertPipeline(CommandHandling, OutboxDelivery):
         now = self.clock() if now is None else now
         self.state, events = rules.evaluate(self.state, report, now, self.config)
         previous = self._reports.get(report.account)
-        if (
-            report.shock_to_liquidation is None
-            and previous is not None
-            and previous.shock_to_liquidation is not None
-        ):
-            # The shock solve is throttled (settings.shock_interval): messages and the
-            # retained state show the last one computed rather than nothing.
-            report = dataclasses.replace(report, shock_to_liquidation=previous.shock_to_liquidation)
-        if (
-            report.collateral_risk is None
-            and previous is not None
-            and previous.collateral_risk is not None
-        ):
-            # solved with the shock (docs/collateral.md): the last one too, not nothing
-            report = dataclasses.replace(report, collateral_risk=previous.collateral_risk)
+        if previous is not None:
+            carried: dict[str, Any] = {}
+            if report.shock_to_liquidation is None and previous.shock_to_liquidation is not None:
+                # The shock solve is throttled (settings.shock_interval): messages and the
+                # retained state show the last one computed rather than nothing.
+                carried["shock_to_liquidation"] = previous.shock_to_liquidation
+            if report.collateral_risk is None and previous.collateral_risk is not None:
+                # solved with the shock (docs/collateral.md): the last one too, not nothing
+                carried["collateral_risk"] = previous.collateral_risk
+            if carried:  # one copy per report, not one per carried figure
+                report = dataclasses.replace(report, **carried)
         self._reports[report.account] = report
         self._commit(events, now, (report.account,))
-        level = self.state.account_level(report.account)
-        for sink in self.sinks:
-            if isinstance(sink, ReportObserver):
-                sink.observe_report(report, level)
+        if self._observers:
+            level = self.state.account_level(report.account)
+            for observer in self._observers:
+                observer.observe_report(report, level)
         return events
 
     def on_source_event(
@@ -165,7 +164,7 @@ class AlertPipeline(CommandHandling, OutboxDelivery):
         self, account: str, now: float | None = None
     ) -> tuple[AlertEvent, ...]:
         """The rejection episode is over (back at target): resolve it. Cheap when not firing."""
-        if not self.state.alert(account, rules.RULE_ACTION_REJECTED).firing:
+        if not self.state.alert(account, RULE_ACTION_REJECTED).firing:
             return ()
         now = self.clock() if now is None else now
         self.state, events = rules.on_action_resolved(self.state, account, now, self.config)

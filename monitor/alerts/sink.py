@@ -31,6 +31,7 @@ from aiohttp import web
 from monitor.alerts.command_http import serve_commands
 from monitor.alerts.pipeline import AlertPipeline
 from monitor.config.alerts import MqttSettings, NotifySettings
+from monitor.core.alert_config import AlertConfig
 from monitor.core.alert_state import AlertState
 from monitor.core.levels import Level, level_rank
 from monitor.core.model import (
@@ -42,7 +43,6 @@ from monitor.core.model import (
     SourceStale,
     SourceUp,
 )
-from monitor.core.rules import AlertConfig
 from monitor.ops.metrics import record_action as record_action_metric
 from monitor.protect.switches import ActionSwitches
 from monitor.sink import Sink

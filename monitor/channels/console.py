@@ -29,6 +29,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from monitor.core.alert_config import RULE_MARGIN, RULE_SHOCK
 from monitor.core.alert_state import AlertState
 from monitor.core.collateral_risk import describe
 from monitor.core.levels import level_rank
@@ -42,7 +43,6 @@ from monitor.core.model import (
     SourceStale,
     SourceUp,
 )
-from monitor.core.rules import RULE_MARGIN, RULE_SHOCK
 from monitor.sink import Sink
 
 if TYPE_CHECKING:

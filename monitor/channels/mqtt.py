@@ -38,13 +38,14 @@ from typing import Any
 import aiomqtt
 import structlog
 
-from monitor.alerts.delivery import backoff, raise_if_cancelling
+from monitor.alerts.delivery import raise_if_cancelling
 from monitor.alerts.message import AlertMessage
+from monitor.backoff import retry_after
 from monitor.channels.mqtt_payloads import discovery_configs, state_payload
 from monitor.channels.mqtt_wire import AlertWire
 from monitor.config.alerts import MqttSettings
+from monitor.core.alert_config import RULE_SOURCE_DOWN
 from monitor.core.model import MarginReport
-from monitor.core.rules import RULE_SOURCE_DOWN
 
 __all__ = ["MqttSettings", "MqttSink", "make_client"]
 
@@ -236,7 +237,7 @@ class MqttSink:
                 raise asyncio.CancelledError
             raise_if_cancelling()
             attempt += 1
-            delay = backoff(attempt)
+            delay = retry_after(attempt)
             log.warning(
                 "mqtt.disconnected",
                 host=self.settings.host,

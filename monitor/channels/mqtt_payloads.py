@@ -13,8 +13,8 @@ from typing import Any
 from monitor import __version__
 from monitor.alerts.message import finite_or_str
 from monitor.config.alerts import MqttSettings
+from monitor.core.alert_config import shock_fraction
 from monitor.core.model import MarginReport
-from monitor.core.rules import shock_fraction
 
 __all__ = ["discovery_configs", "state_payload"]
 

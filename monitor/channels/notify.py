@@ -35,8 +35,8 @@ import structlog
 from monitor.alerts.message import AlertMessage
 from monitor.alerts.signed_commands import Command
 from monitor.config.alerts import NotifyChannel, NotifySettings
+from monitor.core.alert_config import RULE_MARGIN, RULE_SHOCK, RULE_SOURCE_DOWN
 from monitor.core.levels import level_rank
-from monitor.core.rules import RULE_MARGIN, RULE_SHOCK, RULE_SOURCE_DOWN
 
 __all__ = [
     "NotifyChannel",

@@ -60,8 +60,8 @@ from monitor.config.credentials import (
 from monitor.config.exchange_ids import known_exchange
 from monitor.config.messages import format_validation_error
 from monitor.config.monitoring import HeartbeatSettings, MetricsSettings
+from monitor.core.alert_config import AlertConfig
 from monitor.core.levels import Level
-from monitor.core.rules import AlertConfig
 from monitor.errors import UserError, fold
 from monitor.ops.logs import secrets_of, set_secrets
 

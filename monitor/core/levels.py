@@ -1,7 +1,7 @@
 """The alert levels and the one function that turns a value into a level.
 
 Levels `ok < warning < critical < emergency`. The alert rules' levels and the ratio level the
-daemon and the console show (`rules.ratio_level`) all come from `target_level`, so the
+daemon and the console show (`alert_config.ratio_level`) all come from `target_level`, so the
 hysteresis is written once (docs/alerts.md); `level_exit` is its lower edge as one number.
 """
 

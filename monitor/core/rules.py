@@ -33,10 +33,19 @@ never announced, the next evaluation announces it ("catch-up").
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
+from monitor.core.alert_config import (
+    RULE_ACTION_REJECTED,
+    RULE_MARGIN,
+    RULE_MODEL_DRIFT,
+    RULE_SHOCK,
+    RULE_SOURCE_DOWN,
+    AlertConfig,
+    shock_fraction,
+    stale_rule,
+)
 from monitor.core.alert_state import (
     AlertEvent,
     AlertKind,
@@ -45,82 +54,26 @@ from monitor.core.alert_state import (
     Silence,
     announce,
     episode_id,
+    fingerprint,
     indexed,
+    updated,
 )
 from monitor.core.levels import Level, level_rank, target_level
 from monitor.core.model import MarginReport, ModelDrift, SourceDown, SourceStale, SourceUp
 
 __all__ = [
-    "RULE_ACTION_REJECTED",
-    "RULE_MARGIN",
-    "RULE_MODEL_DRIFT",
-    "RULE_SHOCK",
-    "RULE_SOURCE_DOWN",
-    "AlertConfig",
     "acknowledge",
     "add_silence",
     "evaluate",
     "on_action_rejected",
     "on_action_resolved",
     "on_source_event",
-    "ratio_level",
     "remove_silence",
-    "shock_fraction",
-    "stale_rule",
     "tick",
 ]
 
 
-RULE_MARGIN = "margin_ratio"
-RULE_SHOCK = "shock_to_liquidation"
-RULE_SOURCE_DOWN = "source_down"
-#: A venue refused a protective order (docs/actions.md): an alert, never a retry loop.
-RULE_ACTION_REJECTED = "action_rejected"
-RULE_MODEL_DRIFT = "model_drift"
 _THRESHOLD_RULES = (RULE_MARGIN, RULE_SHOCK)
-
-
-def stale_rule(kind: str) -> str:
-    """Rule name of the staleness alert for one data kind (`prices`, `positions`, ...)."""
-    return f"stale_{kind}"
-
-
-# --- configuration --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class AlertConfig:
-    """Thresholds and timing; settings.py validates the user's values and builds this.
-
-    Ratio thresholds are margin ratios (0 safe, 1 liquidation). Shock thresholds are
-    fractions of a uniform price move that would liquidate (0.10 = "a 10 % move liquidates
-    you"); None disables that level. Times are seconds; `repeat_every` <= 0 never repeats.
-    """
-
-    warning: float = 0.5
-    critical: float = 0.7
-    emergency: float = 0.85
-    band: float = 0.05
-    repeat_every: float = 3600.0
-    hold_for: float = 0.0
-    shock_warning: float | None = 0.10
-    shock_critical: float | None = 0.05
-    shock_emergency: float | None = 0.02
-    shock_band: float = 0.01
-    stale_level: Level = "warning"
-    source_down_level: Level = "critical"
-    action_rejected_level: Level = "critical"
-
-    def ratio_thresholds(self) -> tuple[float | None, float | None, float | None]:
-        """Entry thresholds of warning, critical, emergency on the margin ratio."""
-        return (self.warning, self.critical, self.emergency)
-
-    def shock_thresholds(self) -> tuple[float | None, float | None, float | None]:
-        """Entry thresholds on the *negated* shock, so that higher is worse as for ratios."""
-        return tuple(  # type: ignore[return-value]
-            None if t is None else -t
-            for t in (self.shock_warning, self.shock_critical, self.shock_emergency)
-        )
 
 
 # --- the threshold rules' levels (the level function itself: monitor.core.levels) ----------
@@ -135,33 +88,12 @@ def _worse(rule: str, a: float | None, b: float | None) -> float | None:
     return min(a, b) if rule == RULE_SHOCK else max(a, b)
 
 
-def ratio_level(ratio: float, current: Level, config: AlertConfig) -> Level:
-    """The ratio level after `ratio`: hysteresis only (no hold_for, no lifecycle, no state
-    kept across restarts).
-
-    Not the margin alert's level (`_step_threshold`), which enters a higher level only after
-    `hold_for` and continues from the stored state: the daemon needs the ratio level at
-    once, to report a crossing tick before any hold starts and to show where the ratio sits
-    (daemon/loop.py, "levels"); with `hold_for` = 0 and no restart the two agree.
-    """
-    return target_level(ratio, current, config.ratio_thresholds(), config.band)
-
-
 def _rule_level(rule: str, value: float, current: Level, config: AlertConfig) -> Level:
     """The level of a threshold rule's `value` coming from `current`: the margin ratio as it
     is, the shock negated (smaller is worse) against its own thresholds and band."""
     if rule == RULE_MARGIN:
         return target_level(value, current, config.ratio_thresholds(), config.band)
     return target_level(-value, current, config.shock_thresholds(), config.shock_band)
-
-
-def shock_fraction(report: MarginReport) -> float | None:
-    """The smallest |move| that liquidates; inf when none does; None when not assessed."""
-    shock = report.shock_to_liquidation
-    if shock is None:
-        return None
-    moves = [abs(m) for m in (shock.down, shock.up) if m is not None]
-    return min(moves) if moves else math.inf
 
 
 # --- one step of one alert ------------------------------------------------------------------
@@ -181,7 +113,7 @@ def _advance(
     old = alert.level
     rule = alert.rule
     if new_level == "ok" and old == "ok":
-        return replace(alert, value=value), None
+        return alert.with_value(value), None
 
     if old == "ok":
         started = now
@@ -298,13 +230,14 @@ def _finish(
     now: float,
 ) -> tuple[RulesState, tuple[AlertEvent, ...]]:
     """Store the stepped alerts, then decide suppression with the whole account in view."""
-    alerts = dict(state.alerts)
-    for fp, (alert, _event) in changed.items():
-        alerts[fp] = alert
+    alerts = updated(state.alerts, {fp: alert for fp, (alert, _event) in changed.items()})
     silences = tuple(s for s in state.silences if now < s.until)
     index = indexed(state.index, alerts, changed)
     state = RulesState(alerts=alerts, silences=silences, index=index)
     events: list[AlertEvent] = []
+    # what the pass below decides, applied at its end (an alert's level, all that the
+    # suppression of the others reads, does not change in it)
+    final: dict[str, AlertState] = {}
     accounts = {alert.account for alert, _ in changed.values()}
     for fp in [fp for account in sorted(accounts) for fp in index.get(account, ())]:
         alert = alerts[fp]
@@ -331,8 +264,8 @@ def _finish(
         if alert.level == "ok" and alert.episode:
             # Episode over: keep only what the next episode needs (nothing but identity).
             alert = AlertState(alert.account, alert.rule, value=alert.value)
-        alerts[fp] = alert
-    return RulesState(alerts=alerts, silences=silences, index=index), tuple(events)
+        final[fp] = alert
+    return RulesState(alerts=alerts.updated(final), silences=silences, index=index), tuple(events)
 
 
 # --- public API -----------------------------------------------------------------------------
@@ -346,6 +279,16 @@ def evaluate(
     The shock rule is evaluated only when the report carries `shock_to_liquidation`
     (`stress.assess`); a report without it leaves that alert as it was.
     """
+    quiet = _quiet_report(state, report, now, config)
+    if quiet is not None:
+        return quiet, ()
+    return _evaluate_stepped(state, report, now, config)
+
+
+def _evaluate_stepped(
+    state: RulesState, report: MarginReport, now: float, config: AlertConfig
+) -> tuple[RulesState, tuple[AlertEvent, ...]]:
+    """`evaluate` the long way: step the rules, then `_finish` with the account in view."""
     account = report.account
     changed: dict[str, tuple[AlertState, AlertEvent | None]] = {}
     margin = state.alert(account, RULE_MARGIN)
@@ -355,6 +298,47 @@ def evaluate(
         alert = state.alert(account, RULE_SHOCK)
         changed[alert.fingerprint] = _step_threshold(alert, shock, now, config)
     return _finish(state, changed, now)
+
+
+def _quiet_report(
+    state: RulesState, report: MarginReport, now: float, config: AlertConfig
+) -> RulesState | None:
+    """The state `_evaluate_stepped` returns for a report that changes nothing but the
+    margin alert's value, or None when the report may do more.
+
+    Most reports of a running daemon (1 000 accounts, two a second each, docs/benchmarks.md):
+    no shock figure, the margin alert quiet and staying at ok, and no alert of the account
+    in an episode (so no catch-up, reset or inhibition to decide), no silence expiring.
+    Then the long way only replaces the margin alert's value; this does just that, and
+    skips its per-alert `replace` chain and the account's suppression pass.
+    """
+    if report.shock_to_liquidation is not None:
+        return None
+    account = report.account
+    fp = fingerprint(account, RULE_MARGIN)
+    alerts = state.alerts
+    margin = alerts.get(fp)
+    if (
+        margin is None  # the account's first report: the index grows (the long way)
+        or margin.level != "ok"
+        or margin.episode
+        or margin.pending_level != "ok"
+        or margin.pending_since is not None
+        or target_level(report.margin_ratio, "ok", config.ratio_thresholds(), config.band) != "ok"
+    ):
+        return None
+    fps = state.index.get(account, ())
+    if fp not in fps:
+        return None
+    for other in fps:
+        alert = alerts[other]
+        if alert.level != "ok" or alert.episode:
+            return None
+    silences = state.silences
+    if silences and any(now >= s.until for s in silences):
+        return None  # `_finish` drops expired silences
+    changes = {fp: margin.with_value(report.margin_ratio)}
+    return RulesState(alerts=updated(alerts, changes), silences=silences, index=state.index)
 
 
 def on_source_event(
@@ -499,8 +483,9 @@ def acknowledge(state: RulesState, account: str, rule: str | None = None) -> Rul
     Repeats and de-escalations of that episode stay quiet; an escalation re-arms the alert
     and a new episode starts unacknowledged.
     """
-    alerts = dict(state.alerts)
-    for fp, alert in state.alerts.items():
-        if alert.account == account and (rule is None or alert.rule == rule) and alert.firing:
-            alerts[fp] = replace(alert, acknowledged=True)
-    return replace(state, alerts=alerts)
+    changes = {
+        fp: replace(alert, acknowledged=True)
+        for fp, alert in state.alerts.items()
+        if alert.account == account and (rule is None or alert.rule == rule) and alert.firing
+    }
+    return replace(state, alerts=updated(state.alerts, changes))

@@ -28,7 +28,7 @@ import heapq
 import math
 from dataclasses import dataclass
 
-from monitor.core.rules import AlertConfig
+from monitor.core.alert_config import AlertConfig
 
 __all__ = ["ShockClaim", "ShockScheduler"]
 

@@ -101,6 +101,8 @@ def with_venue(
     """The report with `margin_ratio` (and its inverse `margin_level`) the used ratio, and
     both figures beside it: `model_ratio` ours, `venue_ratio` the venue's carried forward."""
     model = report.margin_ratio
+    if anchor is None and report.model_ratio == model and report.venue_ratio is None:
+        return report  # already so (margin.report's own): no copy per report
     venue = carried(anchor, model) if anchor is not None else None
     used = used_ratio(model, anchor, source)
     level = report.margin_level if used == model else math.inf if used == 0.0 else 1.0 / used

@@ -43,6 +43,7 @@ import structlog
 from monitor.backoff import retry_after
 from monitor.config.settings import AlertsSettings
 from monitor.core import stress
+from monitor.core.alert_config import ratio_level, shock_fraction
 from monitor.core.levels import Level, level_exit, level_rank
 from monitor.core.margin import report as margin
 from monitor.core.margin.ledger import Ledger
@@ -55,7 +56,6 @@ from monitor.core.model import (
     PriceTick,
     SourceDown,
 )
-from monitor.core.rules import ratio_level, shock_fraction
 from monitor.core.shock_schedule import ShockClaim, ShockScheduler
 from monitor.core.state import AccountState, apply, initial_state
 from monitor.core.venue_ratio import RatioSource, VenueAnchor, observe, used_ratio, with_venue
@@ -83,7 +83,7 @@ SOLVE_AFTER_WAKE = 0.002
 
 # --- levels ----------------------------------------------------------------------------------
 # Two levels, on purpose. The loop keeps the *ratio level*: where the reported margin ratio
-# sits on the ladder, with the band's hysteresis (rules.ratio_level), computed once per report.
+# sits on the ladder, with the band's hysteresis (`ratio_level`), computed once per report.
 # It decides which tick reports at once (`_alarm`) and is what `Sink.on_level` shows (the
 # metrics gauge, the status page badge, the console colour). The *alert level* of the margin
 # rule is the alert pipeline's (rules.evaluate, one of the sinks): it also waits `hold_for`

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from monitor.core.alert_config import ratio_level
 from monitor.core.levels import Level
 from monitor.core.model import AccountSnapshot, MarginReport
-from monitor.core.rules import ratio_level
 from monitor.protect.audit import ActionHooks
 from monitor.protect.backstop import StopBackstop
 from monitor.protect.desk import OrderDesk

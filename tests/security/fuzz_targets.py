@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from monitor.alerts.command_http import command_app
 from monitor.alerts.pipeline import AlertPipeline
 from monitor.alerts.signed_commands import Command, envelope, signature
-from monitor.core.rules import AlertConfig
+from monitor.core.alert_config import AlertConfig
 from monitor.ops import http_guard
 from monitor.store import Store
 

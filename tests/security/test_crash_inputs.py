@@ -300,7 +300,7 @@ class TestHostileEnvelope:
 
         from monitor.alerts.command_http import serve_commands
         from monitor.alerts.pipeline import AlertPipeline
-        from monitor.core.rules import AlertConfig
+        from monitor.core.alert_config import AlertConfig
         from monitor.store import Store
 
         pipeline = AlertPipeline(Store(tmp_path / "a.db"), AlertConfig(), command_secret=b"k")

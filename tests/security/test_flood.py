@@ -171,7 +171,7 @@ class TestHttpFlood:
 
         from monitor.alerts.command_http import serve_commands
         from monitor.alerts.pipeline import AlertPipeline
-        from monitor.core.rules import AlertConfig
+        from monitor.core.alert_config import AlertConfig
         from monitor.store import Store
         from tests.mqtt_broker import free_port
         from tests.security.harness import SECRET

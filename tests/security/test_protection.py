@@ -108,7 +108,7 @@ class TestTerminal:
 
         from monitor.alerts.sink import build_alerts_sink
         from monitor.channels.console import ConsoleSink
-        from monitor.core.rules import AlertConfig
+        from monitor.core.alert_config import AlertConfig
 
         alerts = build_alerts_sink(tmp_path, AlertConfig(), None, None)
         alerts.disable_protection("demo", "state directory /x is not writable", "critical")

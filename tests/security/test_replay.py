@@ -16,8 +16,8 @@ from monitor.alerts.pipeline import AlertPipeline
 from monitor.alerts.signed_commands import Command, CommandRefused, envelope, signature, verify
 from monitor.channels.notify import NotifySink
 from monitor.config.alerts import NotifyChannel
+from monitor.core.alert_config import AlertConfig
 from monitor.core.model import MarginReport
-from monitor.core.rules import AlertConfig
 from monitor.store import Store
 from tests.mqtt_broker import Mosquitto
 from tests.security.harness import SECRET, command, running_daemon

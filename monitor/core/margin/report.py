@@ -128,6 +128,9 @@ def report(snapshot: AccountSnapshot) -> MarginReport:
         liquidated=is_liquidated(ratio, rules),
         positions=tuple(risks),
         model=model,
+        # ours is the used ratio until a venue figure says otherwise (venue_ratio.with_venue,
+        # which then has nothing to copy for the usual account: no venue ratio read)
+        model_ratio=ratio,
     )
 
 
