@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import math
 import os
 import secrets
 import sys
@@ -19,30 +18,13 @@ from monitor.alerts.message import AlertMessage
 from monitor.alerts.pipeline import AlertPipeline
 from monitor.alerts.signed_commands import Command, envelope
 from monitor.core.alert_config import AlertConfig
-from monitor.core.model import CollateralFall, CollateralRisk, MarginReport, ShockToLiquidation
+from monitor.core.model import CollateralFall, CollateralRisk, ShockToLiquidation
 from monitor.store import Store
 from tests.mqtt_broker import Mosquitto, collecting
+from tests.reports import ratio_report as report
 
 SECRET = b"k"
 CONFIG = AlertConfig(repeat_every=0, shock_warning=None, shock_critical=None, shock_emergency=None)
-
-
-def report(ratio: float, account: str = "acct") -> MarginReport:
-    """A report whose only meaningful figure is the ratio."""
-    return MarginReport(
-        account=account,
-        currency="USDT",
-        wallet_balance=1000.0,
-        unrealized_pnl=0.0,
-        margin_balance=1000.0,
-        initial_margin=0.0,
-        maintenance_margin=ratio * 1000.0,
-        margin_ratio=ratio,
-        margin_level=math.inf if ratio == 0 else 1 / ratio,
-        free_collateral=1000.0,
-        liquidated=ratio >= 1,
-        positions=(),
-    )
 
 
 class FlakySink:

@@ -14,31 +14,12 @@ from monitor.core import alert_config, rules
 from monitor.core.alert_config import AlertConfig
 from monitor.core.alert_state import AlertEvent, AlertMap, AlertState, RulesState, Silence, updated
 from monitor.core.levels import LEVELS, level_exit, level_rank, target_level
-from monitor.core.model import MarginReport, ShockToLiquidation, SourceDown, SourceStale, SourceUp
+from monitor.core.model import ShockToLiquidation, SourceDown, SourceStale, SourceUp
+from tests.reports import ratio_report as report
 
 NO_REPEAT = AlertConfig(
     repeat_every=0, shock_warning=None, shock_critical=None, shock_emergency=None
 )
-
-
-def report(ratio: float, account: str = "acct", shock: float | None = None) -> MarginReport:
-    """A report whose only meaningful figures are the ratio and the shock."""
-    stl = None if shock is None else ShockToLiquidation(down=-shock, up=None)
-    return MarginReport(
-        account=account,
-        currency="USDT",
-        wallet_balance=1000.0,
-        unrealized_pnl=0.0,
-        margin_balance=1000.0,
-        initial_margin=0.0,
-        maintenance_margin=ratio * 1000.0,
-        margin_ratio=ratio,
-        margin_level=math.inf if ratio == 0 else 1 / ratio,
-        free_collateral=1000.0,
-        liquidated=ratio >= 1,
-        positions=(),
-        shock_to_liquidation=stl,
-    )
 
 
 def run_path(

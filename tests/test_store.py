@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import math
 import sqlite3
 import time
 from collections.abc import Collection, Sequence
@@ -15,30 +14,12 @@ from monitor.alerts.message import AlertMessage
 from monitor.alerts.pipeline import AlertPipeline
 from monitor.core.alert_config import AlertConfig
 from monitor.core.alert_state import RulesState, Silence
-from monitor.core.model import MarginReport
 from monitor.core.rules import add_silence
 from monitor.store import Store
 from monitor.store_checkpoint import EVERY_WRITES
+from tests.reports import ratio_report as report
 
 CONFIG = AlertConfig(repeat_every=0, shock_warning=None, shock_critical=None, shock_emergency=None)
-
-
-def report(ratio: float, account: str = "acct") -> MarginReport:
-    """A report whose only meaningful figure is the ratio."""
-    return MarginReport(
-        account=account,
-        currency="USDT",
-        wallet_balance=1000.0,
-        unrealized_pnl=0.0,
-        margin_balance=1000.0,
-        initial_margin=0.0,
-        maintenance_margin=ratio * 1000.0,
-        margin_ratio=ratio,
-        margin_level=math.inf if ratio == 0 else 1 / ratio,
-        free_collateral=1000.0,
-        liquidated=ratio >= 1,
-        positions=(),
-    )
 
 
 class RecordingSink:

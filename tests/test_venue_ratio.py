@@ -15,32 +15,16 @@ from monitor.alerts.message import AlertMessage
 from monitor.alerts.pipeline import AlertPipeline
 from monitor.core.alert_config import AlertConfig
 from monitor.core.margin import report as margin
-from monitor.core.model import AccountUpdate, MarginReport, ModelDrift
+from monitor.core.model import AccountUpdate, ModelDrift
 from monitor.core.venue_ratio import VenueAnchor, carried, observe, used_ratio, with_venue
 from monitor.report_json import report_to_dict
 from monitor.sources.exchange import ExchangeSource
 from monitor.store import Store
 from tests.fakes.account import account_for
 from tests.fakes.binance import API_KEY, SECRET, BinancePosition, FakeBinanceUsdm
+from tests.reports import ratio_report as _report
 from tests.test_account_view import Recorder, daemon
 from tests.test_alerting import FlakySink
-
-
-def _report(ratio: float) -> MarginReport:
-    return MarginReport(
-        account="acct",
-        currency="USDT",
-        wallet_balance=1000.0,
-        unrealized_pnl=0.0,
-        margin_balance=1000.0,
-        initial_margin=0.0,
-        maintenance_margin=ratio * 1000.0,
-        margin_ratio=ratio,
-        margin_level=math.inf if ratio == 0 else 1 / ratio,
-        free_collateral=1000.0,
-        liquidated=ratio >= 1,
-        positions=(),
-    )
 
 
 class TestObserve:

@@ -17,31 +17,13 @@ from monitor.alerts.signed_commands import Command, CommandRefused, envelope, si
 from monitor.channels.notify import NotifySink
 from monitor.config.alerts import NotifyChannel
 from monitor.core.alert_config import AlertConfig
-from monitor.core.model import MarginReport
 from monitor.store import Store
 from tests.mqtt_broker import Mosquitto
+from tests.reports import ratio_report as report
 from tests.security.harness import SECRET, command, running_daemon
 
 KEY = SECRET.encode()
 CONFIG = AlertConfig(repeat_every=0, shock_warning=None, shock_critical=None, shock_emergency=None)
-
-
-def report(ratio: float, account: str = "acct") -> MarginReport:
-    """A report whose only meaningful figure is the ratio."""
-    return MarginReport(
-        account=account,
-        currency="USDT",
-        wallet_balance=1000.0,
-        unrealized_pnl=0.0,
-        margin_balance=1000.0,
-        initial_margin=0.0,
-        maintenance_margin=ratio * 1000.0,
-        margin_ratio=ratio,
-        margin_level=math.inf if ratio == 0 else 1 / ratio,
-        free_collateral=1000.0,
-        liquidated=ratio >= 1,
-        positions=(),
-    )
 
 
 def signed_body(body: dict[str, object], ts: float) -> str:
