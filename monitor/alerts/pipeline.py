@@ -76,6 +76,7 @@ class AlertPipeline(CommandHandling, OutboxDelivery):
         command_secret: bytes | None = None,
         clock: Callable[[], float] = time.time,
         action_note: Callable[[str], str | None] | None = None,
+        accounts: Iterable[str] | None = None,
     ) -> None:
         self.store = store
         self.config = config
@@ -92,8 +93,9 @@ class AlertPipeline(CommandHandling, OutboxDelivery):
         self._secret = command_secret
         self.state: RulesState = store.load_rules_state(clock())
         self._reports: dict[str, MarginReport] = {}
-        #: configured account names; a command naming another is refused (None: no check)
-        self.accounts: frozenset[str] | None = None
+        #: configured account names; a command naming another is refused (None: no check);
+        #: a reload replaces them (`AlertsSink.set_accounts`)
+        self.accounts: frozenset[str] | None = None if accounts is None else frozenset(accounts)
         self._refusals: dict[str, _RefusalTally] = {}
         self._next_prune = 0.0
         self._degraded_announced = False

@@ -347,7 +347,7 @@ def build_alerts_sink(
     )
 
     def make_pipeline() -> AlertPipeline:
-        pipeline = AlertPipeline(
+        return AlertPipeline(
             Store(state_dir / "alerts.sqlite3"),
             alerts,
             channels,
@@ -355,10 +355,8 @@ def build_alerts_sink(
             command_secret=secret,
             clock=clock,
             action_note=action_note,
+            accounts=accounts,  # a command for another account is refused
         )
-        if accounts is not None:
-            pipeline.accounts = frozenset(accounts)  # a command for another is refused
-        return pipeline
 
     sink = AlertsSink(make_pipeline, mqtt_sink, notify.command_listen, switches, channels)
     return sink

@@ -102,9 +102,8 @@ class EnvelopeChecker:
 
     def __init__(self) -> None:
         self.pipeline = AlertPipeline(
-            Store(None), AlertConfig(), command_secret=KEY, clock=lambda: NOW
+            Store(None), AlertConfig(), command_secret=KEY, clock=lambda: NOW, accounts=["acct"]
         )
-        self.pipeline.accounts = frozenset({"acct"})
 
     def __call__(self, raw: bytes) -> str:
         reply = self.pipeline.handle_command(raw, now=NOW)

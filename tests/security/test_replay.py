@@ -73,8 +73,7 @@ class TestReplayMemory:
 
     def test_unknown_account_refused(self, tmp_path: Path) -> None:
         """Test that a signed command for an account that is not configured is refused."""
-        pipeline = AlertPipeline(Store(None), CONFIG, command_secret=KEY)
-        pipeline.accounts = frozenset({"acct"})
+        pipeline = AlertPipeline(Store(None), CONFIG, command_secret=KEY, accounts=["acct"])
         raw = envelope(Command("pause", account="nope", request_id="u1"), KEY, 100.0)
         reply = pipeline.handle_command(raw, now=100.0)
         assert reply == {"ok": False, "request_id": "u1", "error": "unknown account 'nope'"}
