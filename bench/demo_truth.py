@@ -32,13 +32,13 @@ from bench.product import build
 from monitor.core.margin import report as margin
 from monitor.core.model import AccountSnapshot, MarginReport
 from monitor.daemon.supervisor import run_daemon
+from monitor.sink import Sink
 from monitor.sources.sim import SimVenue
-from tests.sinks import QuietSink
 
 REL = 1e-9
 
 
-class Judge(QuietSink):
+class Judge(Sink):
     """A sink holding each report and level change against the sim's history."""
 
     name = "judge"

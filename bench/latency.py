@@ -37,8 +37,8 @@ import structlog
 from bench.product import Product, binance_account, build
 from monitor.core.model import AccountSnapshot, MarginReport
 from monitor.daemon.supervisor import run_daemon
+from monitor.sink import Sink
 from tests.fakes.binance import API_KEY, SECRET, BinancePosition, FakeBinanceUsdm
-from tests.sinks import QuietSink
 
 SYMBOL = "BTC/USDT:USDT"
 
@@ -62,7 +62,7 @@ def _product(fake: FakeBinanceUsdm, workdir: Path, sinks: bool) -> Product:
     return build(workdir, {"accounts": [account], "report_spacing": 0}, sinks=sinks)
 
 
-class _Probe(QuietSink):
+class _Probe(Sink):
     """Stops the clock when a report built on the pushed mark reaches the sinks."""
 
     name = "probe"

@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.product import binance_account, write_config
 from tests.fakes.binance import (
     API_KEY,
     ETH_BRACKETS,
@@ -35,7 +36,6 @@ from tests.fakes.binance import (
     BinancePosition,
     FakeBinanceUsdm,
 )
-from tests.faults.fuzz_targets import to_toml
 
 EXE = Path(sys.executable).with_name("margin-monitor")
 
@@ -68,23 +68,15 @@ def healthy(port: int) -> bool:
 
 async def measure(venue: FakeBinanceUsdm, accounts: int, seconds: float, work: Path) -> None:
     port = free_port()
-    ccxt = venue.urls_config() | {"timeout": 5000}  # only URLs: the rest as shipped
     doc = {
         "state_dir": str(work / f"state-{accounts}"),
         "metrics": {"enabled": True, "port": port},
+        # only the URLs point at the fake; ccxt's options are the shipped ones
         "accounts": [
-            {
-                "name": f"live-{i}",
-                "exchange": "binanceusdm",
-                "api_key": API_KEY,
-                "secret": SECRET,
-                "ccxt": ccxt,
-            }
-            for i in range(accounts)
+            binance_account(venue, API_KEY, SECRET, name=f"live-{i}") for i in range(accounts)
         ],
     }
-    config = work / f"config-{accounts}.toml"
-    config.write_text(to_toml(doc))
+    config = write_config(work / f"config-{accounts}.toml", doc)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MARGIN_MONITOR__")}
     errors = work / f"stderr-{accounts}.txt"
     with errors.open("wb") as err:

@@ -26,7 +26,7 @@ from monitor.sink import Sink
 from monitor.sources.base import Source
 from tests.faults.fuzz_targets import to_toml
 
-__all__ = ["Product", "binance_account", "build"]
+__all__ = ["Product", "binance_account", "build", "write_config"]
 
 
 class Product:
@@ -69,9 +69,15 @@ def build(
 ) -> Product:
     """Write `doc` as `<directory>/config.toml` and build the product from that file."""
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "config.toml"
-    path.write_text(to_toml({"state_dir": str(directory / "state"), **doc}))
+    path = write_config(directory / "config.toml", {"state_dir": str(directory / "state"), **doc})
     return Product(path, sinks=sinks, sources=sources)
+
+
+def write_config(path: Path, doc: Mapping[str, Any]) -> Path:
+    """Write `doc` as the TOML file `margin-monitor run --config` reads (for a bench that runs
+    the real process, not the in-process product)."""
+    path.write_text(to_toml(dict(doc)))
+    return path
 
 
 def binance_account(

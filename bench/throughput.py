@@ -61,7 +61,6 @@ from monitor.core.model import (
 from monitor.daemon.loop import AccountLoop, ShockSolver
 from monitor.daemon.supervisor import run_daemon, shock_solver
 from monitor.sink import Sink
-from tests.sinks import QuietSink
 
 TIERS = (
     Tier(50_000, 0.004, 0),
@@ -180,7 +179,7 @@ class TickSource(BookSource):
                 yield PriceTick(self.account, self._symbols[k], self._marks[k], sent + wall)
 
 
-class ProbeSink(QuietSink):
+class ProbeSink(Sink):
     """The only sink: marks every pending tick of the account as reported."""
 
     name = "probe"
