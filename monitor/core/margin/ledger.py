@@ -24,15 +24,17 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+from monitor.core.margin.report import assemble
 from monitor.core.margin.valuation import (
     AssetBook,
     asset_value,
+    computed_initial_margin,
     computed_maintenance_margin,
     margin_ratio,
     pnl_at,
     pool,
 )
-from monitor.core.model import AccountSnapshot, Position, priced_collateral
+from monitor.core.model import AccountSnapshot, MarginReport, Position, priced_collateral
 from monitor.core.state import Marks
 
 __all__ = ["Ledger"]
@@ -47,6 +49,7 @@ class Ledger:
         "_collateral_moved",
         "_exposed",
         "_held",
+        "_im",
         "_marks",
         "_mm",
         "_moved",
@@ -61,14 +64,15 @@ class Ledger:
     def __init__(self, snapshot: AccountSnapshot, marks: Marks | None = None) -> None:
         """`marks`: the newest mark per symbol with its time (AccountState.marks), so a
         tick older than one already held is dropped (state.py, the ordering rule)."""
-        books, figures = pool(snapshot)
+        books, pnl, im, mm = pool(snapshot)
         self._snapshot = snapshot
         self._held: dict[str, tuple[float, float]] = dict(marks or {})
         # the books' PnL and MM sums move tick by tick (the ratio needs nothing else); their
-        # IM stays at the read's prices: nothing reads IM between two full reports
+        # IM moves with `snapshot()`: nothing reads IM between two reports
         self._books: dict[str, AssetBook] = books
-        self._pnl = [f[0] for f in figures]
-        self._mm = [f[2] for f in figures]
+        self._pnl = pnl
+        self._im = im
+        self._mm = mm
         self._marks = [p.mark_price for p in snapshot.positions]
         self._rules = snapshot.rules  # a property that builds; once, not per tick
         # the book a position's figures sum into (None: isolated, outside the pool)
@@ -164,6 +168,12 @@ class Ledger:
             mm += book.mm * book.ask
         return margin_ratio(mm, balance, exposed=self._exposed)
 
+    def report(self) -> MarginReport:
+        """The full report at the latest ticks: `report(self.snapshot())`, from the pool the
+        ledger keeps instead of one pooled from scratch (totals equal up to the running sums'
+        rounding; every per-position figure exactly)."""
+        return assemble(self.snapshot(), self._books, self._pnl, self._im, self._mm)
+
     def snapshot(self) -> AccountSnapshot:
         """The account at the latest ticks, for a full report.
 
@@ -183,10 +193,16 @@ class Ledger:
         positions = base.positions
         if self._moved:
             moved = list(positions)
+            ims = self._im
             for i in self._moved:
                 scheduled = self._scheduled[i]
                 assert scheduled is not None  # set by the tick that moved it
-                moved[i] = scheduled.repriced(self._marks[i])  # schedule-only already
+                p = moved[i] = scheduled.repriced(self._marks[i])  # schedule-only already
+                im = computed_initial_margin(p, p.mark_price)
+                book = self._settles[i]
+                if book is not None:
+                    book.im += im - ims[i]
+                ims[i] = im
             self._moved.clear()
             positions = tuple(moved)
         self._snapshot = AccountSnapshot(
