@@ -22,7 +22,9 @@ from its snapshot whenever positions or balances are re-read (`Ledger(snapshot)`
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import replace
+from operator import itemgetter
 
 from monitor.core.margin.report import assemble
 from monitor.core.margin.valuation import (
@@ -51,6 +53,7 @@ class Ledger:
         "_held",
         "_im",
         "_marks",
+        "_members",
         "_mm",
         "_moved",
         "_moving",
@@ -79,6 +82,14 @@ class Ledger:
         self._settles: list[AssetBook | None] = [
             books[p.settle or snapshot.currency] if p.margin_mode == "cross" else None
             for p in snapshot.positions
+        ]
+        # per book, what picks its positions' figures out of a list (`report` re-sums them)
+        members: dict[int, list[int]] = {}
+        for i, book in enumerate(self._settles):
+            if book is not None:
+                members.setdefault(id(book), []).append(i)
+        self._members = [
+            (book, _picker(members[id(book)])) for book in books.values() if id(book) in members
         ]
         # positions never change between two reads: an empty cross pool stays empty
         self._exposed = any(p.margin_mode == "cross" for p in snapshot.positions)
@@ -169,10 +180,22 @@ class Ledger:
         return margin_ratio(mm, balance, exposed=self._exposed)
 
     def report(self) -> MarginReport:
-        """The full report at the latest ticks: `report(self.snapshot())`, from the pool the
-        ledger keeps instead of one pooled from scratch (totals equal up to the running sums'
-        rounding; every per-position figure exactly)."""
-        return assemble(self.snapshot(), self._books, self._pnl, self._im, self._mm)
+        """The full report at the latest ticks: exactly `report(self.snapshot())`, from the
+        figures the ledger keeps instead of re-valuing every position.
+
+        The books' sums are taken afresh from the per-position figures, in position order as
+        `valuation.pool` adds them (the built-in `sum` adds floats in order on CPython 3.11),
+        rather than from the running sums the ticks keep: the report is then the reference
+        one to the last bit (tests/test_ledger_report.py), and the running sums' rounding
+        drift goes back to zero at every report. C-speed: ~10 ns a position.
+        """
+        snapshot = self.snapshot()
+        pnl, im, mm = self._pnl, self._im, self._mm
+        for book, pick in self._members:
+            book.pnl = sum(pick(pnl))
+            book.im = sum(pick(im))
+            book.mm = sum(pick(mm))
+        return assemble(snapshot, self._books, pnl, im, mm)
 
     def snapshot(self) -> AccountSnapshot:
         """The account at the latest ticks, for a full report.
@@ -198,11 +221,7 @@ class Ledger:
                 scheduled = self._scheduled[i]
                 assert scheduled is not None  # set by the tick that moved it
                 p = moved[i] = scheduled.repriced(self._marks[i])  # schedule-only already
-                im = computed_initial_margin(p, p.mark_price)
-                book = self._settles[i]
-                if book is not None:
-                    book.im += im - ims[i]
-                ims[i] = im
+                ims[i] = computed_initial_margin(p, p.mark_price)  # books' IM: `report`
             self._moved.clear()
             positions = tuple(moved)
         self._snapshot = AccountSnapshot(
@@ -214,3 +233,11 @@ class Ledger:
             base.venue_margin,
         )
         return self._snapshot
+
+
+def _picker(indices: list[int]) -> Callable[[list[float]], Iterable[float]]:
+    """A function taking these entries of a list, in order (C-speed: `itemgetter`)."""
+    if len(indices) == 1:
+        (i,) = indices
+        return lambda values: (values[i],)
+    return itemgetter(*indices)
