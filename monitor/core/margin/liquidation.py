@@ -19,7 +19,6 @@ from monitor.core.margin.valuation import (
     asset_breakpoints,
     computed_maintenance_margin,
     isolated_margin_of,
-    liquidation_fee_of,
     pnl_at,
 )
 from monitor.core.model import AccountSnapshot, Position, priced_collateral
@@ -177,33 +176,113 @@ def liquidation_prices(
     # are computed once here rather than by moving each symbol out of the book and back.
     closed: dict[str, tuple[float, float, float, float] | None] = {}
     isnan = math.isnan
+    deduct = rules.tier_deduction
+    venue_fee = rules.liquidation_fee
+    on_entry = rules.isolated_mm_on_entry
     for i, p in enumerate(positions):
-        if p.contracts <= 0 or p.mark_price <= 0:
+        contracts, mark = p.contracts, p.mark_price
+        if contracts <= 0 or mark <= 0:
             continue
+        # the closed form's terms (`_walk_linear`): k (the pool with this position's own
+        # PnL and MM still in), the settle asset's equity, its bid and ask rates
         if p.margin_mode == "isolated":
+            if p.inverse or on_entry:
+                result[i] = _isolated_price(p, rules)
+                continue
+            # its own margin against its own MM, nothing else in
+            k, equity, rate, ask = isolated_margin_of(p), 0.0, 1.0, 1.0
+            own_pnl = own_mm = 0.0
+        else:
+            if shared and p.symbol in shared:
+                continue
+            settle = p.settle or currency
+            moving = _moving_asset(p, currency, books, settle) if several_assets else None
+            terms = None
+            if not p.inverse and moving is None:
+                terms = closed.get(settle, _UNSEEN)
+                if terms is _UNSEEN:
+                    terms = closed[settle] = _closed_terms(books[settle], pool_total - pool[settle])
+            if terms is None:
+                result[i] = _group_price(snapshot, books, pnl, mm, [i], pool, moving)
+                continue
+            k, equity, rate, ask = terms
+            own_pnl, own_mm = pnl[i], mm[i]
+        # the closed form of a lone linear position (docstring of `_closed_terms`), walking
+        # tiers outward from the current one; NaN where its assumptions fail
+        q = contracts * p.contract_size
+        lp: float | None = _NAN
+        if 0.0 < q < INF:  # sizes that underflow to 0 (or overflow): the general solver
+            long = p.side == "long"
+            # the pool's surplus with this position's own PnL and MM taken out, at the
+            # price where its own PnL is zero (its PnL there is −s·q·entry)
+            entry = p.entry_price
+            k0 = k + (ask * own_mm - rate * (own_pnl + (q * entry if long else -q * entry)))
+            # per unit of notional, the surplus moves by rate·s − ask·(mmr + fee) (OKX and
+            # Gate charge the liquidation fee on top of the maintenance rate)
+            rate_s = rate if long else -rate
+            fee = venue_fee if p.liquidation_fee is None else p.liquidation_fee
+            tiers = p.tiers
+            inside = False  # `value`, the notional q·x at the root, is inside a tier
+            value = 0.0
+            if not tiers:
+                per_notional = rate_s - ask * ((p.mmr or 0.0) + fee)
+                if (per_notional > 0.0) if long else (per_notional < 0.0):
+                    value = -k0 / per_notional
+                    inside = value >= 0.0
+                    if not inside:
+                        lp = None  # the root is at a price ≤ 0: nothing liquidates
+            else:
+                last = len(tiers) - 1
+                notional = q * mark
+                t = 0
+                while t < last and notional > tiers[t].max_notional:
+                    t += 1
+                # each tier's line is solved for the notional, which its bracket
+                # (floor, ceiling] bounds; from the current tier the walk heads one way only
+                down = up = False
+                floor = tiers[t - 1].max_notional if t else 0.0
+                while True:
+                    tier = tiers[t]
+                    per_notional = rate_s - ask * (tier.mmr + fee)
+                    if (per_notional <= 0.0) if long else (per_notional >= 0.0):
+                        break  # not monotone: NaN, the general solver
+                    value = (
+                        -(k0 + (ask * tier.maintenance_amount if deduct else 0.0)) / per_notional
+                    )
+                    if value < floor:  # the root lies below tier t
+                        if up:  # surplus jumps across zero at this tier edge (OKX)
+                            lp = floor / q
+                            break
+                        if not t:
+                            lp = None  # the root is at a price ≤ 0: nothing liquidates
+                            break
+                        down = True
+                        t -= 1
+                        floor = tiers[t - 1].max_notional if t else 0.0
+                    elif t < last and value > tier.max_notional:  # the root is above tier t
+                        if down:  # surplus jumps across zero at this tier edge (OKX)
+                            lp = tier.max_notional / q
+                            break
+                        up = True
+                        t += 1
+                        floor = tier.max_notional
+                    else:
+                        inside = True
+                        break
+            if inside:
+                x = value / q
+                # the settle asset went negative there: another valuation rate applies
+                # (the general solver); ~0 is rounding: no price
+                if rate != ask and (equity - own_pnl) + (q if long else -q) * (x - entry) <= 0.0:
+                    lp = _NAN
+                else:
+                    lp = x if x > mark * 1e-9 else None
+        if lp is None or not isnan(lp):  # the closed form held
+            result[i] = lp
+        elif p.margin_mode == "isolated":
             result[i] = _isolated_price(p, rules)
-            continue
-        if shared and p.symbol in shared:
-            continue
-        settle = p.settle or currency
-        moving = _moving_asset(p, currency, books, settle) if several_assets else None
-        if not p.inverse and moving is None:
-            terms = closed.get(settle, _UNSEEN)
-            if terms is _UNSEEN:
-                terms = closed[settle] = _closed_terms(books[settle], pool_total - pool[settle])
-            if terms is not None:
-                k, equity, rate, ask = terms
-                own_pnl = pnl[i]
-                # the pool's surplus with this position's own PnL and MM taken out, at the
-                # price where its own PnL is zero (−s·q·entry is its PnL at price 0)
-                size = p.contracts * p.contract_size
-                at_zero = size * p.entry_price if p.side == "long" else -size * p.entry_price
-                k0 = k + (ask * mm[i] - rate * (own_pnl + at_zero))
-                lp = _walk_linear(p, rules, k0, equity - own_pnl, rate, ask)
-                if lp is None or not isnan(lp):  # the closed form held
-                    result[i] = lp
-                    continue
-        result[i] = _group_price(snapshot, books, pnl, mm, [i], pool, moving)
+        else:
+            result[i] = _group_price(snapshot, books, pnl, mm, [i], pool, None)
     for indices in shared.values():
         first = positions[indices[0]]
         settle = first.settle or currency
@@ -226,12 +305,8 @@ def _shared_symbols(positions: Sequence[Position]) -> dict[str, list[int]]:
 
 
 def _isolated_price(p: Position, rules: VenueRules) -> float | None:
-    """LP of an isolated position: its own margin + PnL against its own MM."""
-    if not p.inverse and not rules.isolated_mm_on_entry:
-        k0 = isolated_margin_of(p) - p.sign * p.contracts * p.contract_size * p.entry_price
-        fast = _walk_linear(p, rules, k0, equity=0.0, rate=1.0, ask=1.0)
-        if fast is None or not math.isnan(fast):
-            return fast
+    """LP of an isolated position, its own margin + PnL against its own MM, by the
+    piecewise solver (where `liquidation_prices`' closed form does not hold)."""
     group = _Group((p,), p.inverse)
     surplus = _Surplus(group, rules, None, "", base=isolated_margin_of(p))
     return _solve(surplus, group, _tier_edges(group, rules), _x(p.mark_price, p.inverse))
@@ -345,81 +420,3 @@ def _value_edges(book: AssetBook) -> list[float]:
     if c.tier_basis != "value" or equity <= 0:
         return []
     return [band.up_to / equity for band in c.haircut_tiers if math.isfinite(band.up_to)]
-
-
-def _walk_linear(  # noqa: PLR0917 - positional: it runs once per position per report
-    p: Position, rules: VenueRules, k0: float, equity: float, rate: float, ask: float
-) -> float | None:
-    """Closed-form LP of a lone linear position, walking tiers outward from the current one.
-
-    surplus(x) = k0 + rate·s·q·x − ask·(q·x·(mmr_t + fee) − deduction_t), where
-    k0 = k + rate·(equity − s·q·entry) holds everything but the position's move from price 0:
-    the Binance formula (with OKX's and Gate's liquidation fee), re-solved in the neighbouring
-    tier when the answer falls outside the tier it assumed (the FAQ's instruction). Monotone
-    by construction, so the root is unique.
-    Returns NaN when the shortcut's assumptions fail (then the general solver runs).
-    """
-    q = p.contracts * p.contract_size
-    if not 0.0 < q < INF:
-        return _NAN  # sizes that underflow to 0 (or overflow): the general solver copes
-    sign = 1 if p.side == "long" else -1
-    tiers = p.tiers
-    n = len(tiers)
-    # every tier's line shares k0: in the notional v = q·x, k0 + rate·s·v − ask·(v·mmr − d);
-    # `equity` (the settle asset's without this position) only checks the valuation rate
-    rate_s = rate * sign
-    # the fee charged at liquidation counts on top of the maintenance rate (OKX, Gate)
-    fee = liquidation_fee_of(p, rules)
-    if not n:
-        slope = q * (rate_s - ask * ((p.mmr or 0.0) + fee))
-        if slope * sign <= 0.0:
-            return _NAN
-        x = -k0 / slope
-        return None if x < 0.0 else _settled(x, p, q, sign, equity, rate, ask)
-    deduct = rules.tier_deduction
-    last = n - 1
-    notional = q * p.mark_price
-    i = 0
-    while i < last and notional > tiers[i].max_notional:
-        i += 1
-    # each tier's line is solved for the notional v = q·x, which its bracket (floor, ceiling]
-    # bounds; from the current tier the walk only ever heads one way, down or up
-    down = up = False
-    floor = tiers[i - 1].max_notional if i else 0.0
-    while True:
-        tier = tiers[i]
-        per_notional = rate_s - ask * (tier.mmr + fee)
-        if per_notional * sign <= 0.0:
-            return _NAN
-        value = -(k0 + (ask * tier.maintenance_amount if deduct else 0.0)) / per_notional
-        if value < floor:  # the root lies below tier i
-            if up:  # surplus jumps across zero at this tier edge (OKX)
-                return floor / q
-            if not i:
-                return None  # the root is at a price ≤ 0: nothing liquidates
-            down = True
-            i -= 1
-            floor = tiers[i - 1].max_notional if i else 0.0
-        elif i < last and value > tier.max_notional:  # the root lies above tier i
-            if down:  # surplus jumps across zero at this tier edge (OKX)
-                return tier.max_notional / q
-            up = True
-            i += 1
-            floor = tier.max_notional
-        else:
-            break
-    # _settled, inlined (once per position per report)
-    x = value / q
-    if rate != ask and equity + sign * q * (x - p.entry_price) <= 0.0:
-        return _NAN
-    return x if x > p.mark_price * 1e-9 else None
-
-
-def _settled(  # noqa: PLR0917 - the walk's locals, passed on its hot path
-    x: float, p: Position, q: float, sign: int, equity: float, rate: float, ask: float
-) -> float | None:
-    """The walk's root, unless the settle asset went negative there (another valuation
-    rate applies: NaN sends the general solver) or it is ~0 (rounding: no price)."""
-    if rate != ask and equity + sign * q * (x - p.entry_price) <= 0.0:
-        return _NAN
-    return x if x > p.mark_price * 1e-9 else None
