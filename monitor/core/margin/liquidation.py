@@ -183,7 +183,7 @@ def liquidation_prices(
         contracts, mark = p.contracts, p.mark_price
         if contracts <= 0 or mark <= 0:
             continue
-        # the closed form's terms (`_walk_linear`): k (the pool with this position's own
+        # the closed form's terms (`_closed_terms`): k (the pool with this position's own
         # PnL and MM still in), the settle asset's equity, its bid and ask rates
         if p.margin_mode == "isolated":
             if p.inverse or on_entry:
@@ -341,12 +341,18 @@ def _group_price(  # noqa: PLR0917 - liquidation_prices' locals, on its rare pat
 
 
 def _closed_terms(book: AssetBook, base: float) -> tuple[float, float, float, float] | None:
-    """(k, equity, rate, ask) of a settle asset for `_walk_linear`, with the book's whole
+    """(k, equity, rate, ask) of a settle asset for the closed form, with the book's whole
     PnL and MM still in (each position takes its own out); None when its haircut is banded
     (no single rate). `base`: the surplus of every other asset.
 
     k = base + rate·equity − ask·mm: the pool's surplus as a line through the settle
-    asset's equity at the bid rate (the walk checks that the equity stays positive)."""
+    asset's equity at the bid rate. With a lone linear position's own PnL and MM taken out
+    and its move from price 0 put back (k0), the surplus at its mark x is, tier by tier,
+    k0 + rate·s·q·x − ask·(q·x·(mmr_t + fee) − deduction_t): the Binance formula (with OKX's
+    and Gate's liquidation fee), re-solved in the neighbouring tier when the answer falls
+    outside the tier it assumed (the FAQ's instruction); monotone, so the root is unique.
+    `liquidation_prices` walks it; NaN there (the settle asset negative at the root, a
+    tier where the surplus does not rise toward safety) sends the general solver."""
     c = book.collateral
     if c.haircut_tiers:
         return None
