@@ -2,9 +2,11 @@
 
 Prints the median of several runs for 10 / 100 / 1 000 / 10 000 positions: a full report
 (with every liquidation price), the pool totals alone, the liquidation prices (difference),
-shock to liquidation, a tick followed by a full report, and the incremental path the daemon
-takes on every tick (`Ledger.tick` + `Ledger.ratio`, the threshold check). Targets (issue 2):
-a 1 000-position report ≤ 2 ms; a single-tick incremental update ≤ 50 µs.
+shock to liquidation, a tick followed by a full report, the incremental path the daemon
+takes on every tick (`Ledger.tick` + `Ledger.ratio`, the threshold check), and the daemon's
+routine report (a tick, then `Ledger.report`: the same report from the figures the ledger
+keeps). Targets (issue 2, 16): a 1 000-position report ≤ 2 ms (aim 1.5 ms); a single-tick
+incremental update ≤ 50 µs.
 
     .venv/bin/python bench/engine.py [--repeat 7] [--sizes 10,100,1000,10000]
 """
@@ -94,7 +96,7 @@ def main() -> None:
     )
     print(
         f"{'positions':>9} | {'report':>12} | {'surplus only':>12} | {'liq. prices':>12} | "
-        f"{'shock→liq':>12} | {'tick+report':>12} | {'ledger tick':>12}"
+        f"{'shock→liq':>12} | {'tick+report':>12} | {'ledger tick':>12} | {'ledger report':>13}"
     )
     for n in (int(x) for x in args.sizes.split(",")):
         s = account(n)
@@ -119,9 +121,18 @@ def main() -> None:
             return ledger.ratio()
 
         incremental = median_time(ledger_tick, args.repeat)
+
+        def routine(
+            ledger: Ledger = ledger, symbol: str = symbol, flip: list[float] = flip
+        ) -> object:
+            flip.reverse()
+            ledger.tick(symbol, flip[0])
+            return ledger.report()
+
+        routine_report = median_time(routine, args.repeat)
         print(
             f"{n:>9} | {fmt(full)} | {fmt(base)} | {fmt(full - base)} | {fmt(shock)} | "
-            f"{fmt(update)} | {fmt(incremental)}"
+            f"{fmt(update)} | {fmt(incremental)} | {fmt(routine_report):>13}"
         )
 
 
