@@ -15,7 +15,6 @@ from dataclasses import replace
 from monitor.core.margin.report import pnl_at, ratio_of, report
 from monitor.core.margin.valuation import surplus_at
 from monitor.core.model import (
-    STABLE_ASSETS,
     AccountSnapshot,
     Collateral,
     MarginReport,
@@ -27,6 +26,9 @@ from monitor.core.model import (
     Side,
     priced_collateral,
 )
+from monitor.core.shock_curve import ShockCurve
+from monitor.core.shock_curve import collateral_beta as _collateral_beta
+from monitor.core.shock_curve import factor as _factor
 
 __all__ = [
     "MAX_UP_SHOCK",
@@ -77,12 +79,6 @@ def with_prices(snapshot: AccountSnapshot, prices: Mapping[str, float]) -> Accou
     return replace(snapshot, positions=positions, collateral=collateral, venue_margin=None)
 
 
-def _collateral_beta(c: Collateral, currency: str) -> float:
-    if c.beta is not None:
-        return c.beta
-    return 0.0 if c.asset == currency or c.asset in STABLE_ASSETS else 1.0
-
-
 def shocked(
     snapshot: AccountSnapshot, shock: float, beta_weighted: bool = False
 ) -> AccountSnapshot:
@@ -102,12 +98,6 @@ def shocked(
         for c in snapshot.collateral
     )
     return replace(snapshot, positions=positions, collateral=collateral, venue_margin=None)
-
-
-def _factor(beta: float, shock: float) -> float:
-    """Price multiplier of a `shock` for a `beta`; floored just above zero (a price of 0
-    would make inverse contracts' value infinite)."""
-    return max(1e-9, 1.0 + beta * shock)
 
 
 # --- shock to liquidation -----------------------------------------------------------------
@@ -169,6 +159,16 @@ def shock_to_liquidation(
         # nothing open in the cross pool: nothing liquidates (margin_ratio 0), even where a
         # shock takes a balance (BTC debt, say) below zero (docs/margin-edges.md: empty cross pool)
         return ShockToLiquidation(down=None, up=None)
+    # the surplus of shocked(base, s, beta_weighted) at each trial s, from lines summed once
+    # (monitor/core/shock_curve.py); the position-by-position valuation where they do not hold
+    f = ShockCurve.of(base, beta_weighted) or _surplus_by_position(base, beta_weighted)
+    down = _first_crossing(f, -1.0)
+    up = _first_crossing(f, MAX_UP_SHOCK)
+    return ShockToLiquidation(down=down, up=up)
+
+
+def _surplus_by_position(base: AccountSnapshot, beta_weighted: bool) -> Callable[[float], float]:
+    """The reference valuation of a shock: every position re-valued at every trial."""
     marks = [(p.mark_price, p.beta if beta_weighted else 1.0) for p in base.positions]
     moving = [
         (c.asset, c.price, _collateral_beta(c, base.currency))
@@ -184,13 +184,19 @@ def shock_to_liquidation(
             {asset: price * _factor(beta, s) for asset, price, beta in moving},
         )
 
-    down = _first_crossing(f, -1.0)
-    up = _first_crossing(f, MAX_UP_SHOCK)
-    return ShockToLiquidation(down=down, up=up)
+    return f
 
 
 def _without_reported(snapshot: AccountSnapshot) -> AccountSnapshot:
-    """Venue figures hold at one price only; a move recomputes everything from schedules."""
+    """Venue figures hold at one price only; a move recomputes everything from schedules.
+
+    A position with no venue figure is already valued from its schedule and is kept as it
+    is (`Position.scheduled` would copy it unchanged: ~3 µs a position per solve)."""
+    if all(
+        p.unrealized_pnl is None and p.maintenance_margin is None and p.initial_margin is None
+        for p in snapshot.positions
+    ):
+        return snapshot
     return replace(snapshot, positions=tuple(p.scheduled() for p in snapshot.positions))
 
 

@@ -78,6 +78,13 @@ SHOCK_MAX_AGE = 60.0
 #: whose urgent report may have queued I/O (an alert's MQTT publish, an order) that would
 #: otherwise wait behind the solve (docs/benchmarks.md: tick -> alert p99 <= 10 ms).
 SOLVE_AFTER_WAKE = 0.002
+#: Most claims the `shocks` task takes per scan of every account (`ShockScheduler.pick`):
+#: the scan costs ~0.3 ms at 1 000 accounts, so it is shared by up to this many solves; an
+#: urgent claim arriving meanwhile cuts the batch short (docs/benchmarks.md).
+PICK_LIMIT = 32
+#: ... and, idle, it waits at least this long (seconds) for the next claims to fall due, so
+#: that a scan finds a batch of them, not one (`shock_interval` is a least spacing anyway).
+PICK_GAP = 0.025
 
 
 # --- levels ----------------------------------------------------------------------------------
@@ -99,13 +106,31 @@ class ShockSolver:
 
     A solve runs as the account's own recompute (`AccountLoop.recompute(shock=True)`), so
     it also delivers the account's newest report; between solves the task yields, and it
-    sleeps while the budget is spent, so ticks always get through.
+    sleeps while the budget is spent, so ticks always get through. While idle it sleeps
+    until the next claim falls due, and an account's change wakes it only when that account
+    is due sooner (`changed`) or urgent (`urgent`): at 1 000 changing accounts, waking on
+    every first change after a solve meant a scan of every account per change.
     """
 
     def __init__(self, scheduler: ShockScheduler) -> None:
         self.scheduler = scheduler
         self.wake = asyncio.Event()
         self.loops: dict[str, AccountLoop] = {}
+        #: loop time by which the idle task wakes by itself (-inf while it is not idle)
+        self._wakes_at = -math.inf
+        self._urgent = False  # an urgent claim came in since the last pick
+
+    def changed(self, claim: ShockClaim) -> None:
+        """`claim`'s account changed since its last solve: wake the task if that makes the
+        account due before the task wakes anyway."""
+        if claim.solved_at + self.scheduler.interval < self._wakes_at:
+            self.wake.set()
+
+    def urgent(self, claim: ShockClaim) -> None:
+        """`claim`'s account is heading into danger: it goes first, at once."""
+        claim.urgent = True
+        self._urgent = True
+        self.wake.set()
 
     def add(self, account_loop: AccountLoop) -> ShockClaim:
         """Serve `account_loop` (a restarted account replaces its predecessor)."""
@@ -122,15 +147,23 @@ class ShockSolver:
         """Pick, solve, repeat; wait for a change, a due time or budget when there is none."""
         loop = asyncio.get_running_loop()
         while True:
-            claims, wait = self.scheduler.pick(loop.time())
+            now = loop.time()
+            claims, wait = self.scheduler.pick(now, PICK_LIMIT)
+            self._urgent = False
             if not claims:
                 if self.scheduler.tokens <= 0:
                     await asyncio.sleep(wait or 0.0)  # budget spent: changes cannot help
                     continue
                 self.wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(wait):
-                        await self.wake.wait()
+                if wait is not None:
+                    wait = max(wait, PICK_GAP)
+                self._wakes_at = math.inf if wait is None else now + wait
+                try:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(wait):
+                            await self.wake.wait()
+                finally:
+                    self._wakes_at = -math.inf
                 # what woke us (a tick) may have queued an urgent report's deliveries (an
                 # MQTT publish, an order): their I/O goes out before the solve
                 await asyncio.sleep(SOLVE_AFTER_WAKE)
@@ -141,6 +174,8 @@ class ShockSolver:
                 if account_loop is not None and account_loop.claim is claim and claim.changed:
                     await account_loop.recompute(shock=True)
                 await asyncio.sleep(0)  # ticks first, then the next solve
+                if self._urgent:
+                    break  # picked again: the urgent claim goes first
 
 
 class AccountLoop:
@@ -357,15 +392,14 @@ class AccountLoop:
         claim = self.claim
         if not claim.changed:
             claim.changed = True
-            self.shocks.wake.set()
+            self.shocks.changed(claim)
         assert self.ledger is not None
         ratio = self.ledger.ratio()
         if self.anchor is not None:
             ratio = used_ratio(ratio, self.anchor, self.ratio_source)
         claim.ratio = ratio
         if ratio >= self._alarm_hi:
-            claim.urgent = True  # fresh shock figures for an account heading into danger
-            self.shocks.wake.set()
+            self.shocks.urgent(claim)  # fresh shock figures for an account heading into danger
             return True
         return ratio < self._alarm_lo
 
