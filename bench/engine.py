@@ -79,6 +79,20 @@ def median_time(fn: Callable[[], object], repeat: int, min_seconds: float = 0.2)
     return statistics.median(samples)
 
 
+def ticking(
+    ledger: Ledger, symbol: str, price: float, then: Callable[[Ledger], object]
+) -> Callable[[], object]:
+    """A step that moves `symbol`'s mark between `price` and a hair above, then `then`."""
+    flip = [price * 1.0001, price]
+
+    def step() -> object:
+        flip.reverse()
+        ledger.tick(symbol, flip[0])
+        return then(ledger)
+
+    return step
+
+
 def fmt(seconds: float) -> str:
     if seconds < 1e-3:
         return f"{seconds * 1e6:9.1f} µs"
@@ -110,29 +124,13 @@ def main() -> None:
             return report(with_prices(s, {symbol: price * 1.0001}))
 
         update = median_time(tick, args.repeat)
-        ledger = Ledger(s)
-        flip = [price * 1.0001, price]
-
-        def ledger_tick(
-            ledger: Ledger = ledger, symbol: str = symbol, flip: list[float] = flip
-        ) -> object:
-            flip.reverse()
-            ledger.tick(symbol, flip[0])
-            return ledger.ratio()
-
-        incremental = median_time(ledger_tick, args.repeat)
-
-        def routine(
-            ledger: Ledger = ledger, symbol: str = symbol, flip: list[float] = flip
-        ) -> object:
-            flip.reverse()
-            ledger.tick(symbol, flip[0])
-            return ledger.report()
-
-        routine_report = median_time(routine, args.repeat)
+        # the same tick flipping one mark back and forth, then the threshold check (the
+        # daemon's every tick) or the full report from the ledger (its routine report)
+        incremental = median_time(ticking(Ledger(s), symbol, price, Ledger.ratio), args.repeat)
+        routine = median_time(ticking(Ledger(s), symbol, price, Ledger.report), args.repeat)
         print(
             f"{n:>9} | {fmt(full)} | {fmt(base)} | {fmt(full - base)} | {fmt(shock)} | "
-            f"{fmt(update)} | {fmt(incremental)} | {fmt(routine_report):>13}"
+            f"{fmt(update)} | {fmt(incremental)} | {fmt(routine):>13}"
         )
 
 
