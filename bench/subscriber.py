@@ -53,7 +53,12 @@ class RemoteSubscriber:
     async def __aexit__(self, *exc: object) -> None:
         if self._process is not None and self._process.returncode is None:
             self._process.terminate()
-            await self._process.wait()
+            try:
+                async with asyncio.timeout(5):
+                    await self._process.wait()
+            except TimeoutError:  # a bench must stop by itself
+                self._process.kill()
+                await self._process.wait()
         if self._reader is not None:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
