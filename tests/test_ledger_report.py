@@ -184,5 +184,5 @@ class TestResumedWalks:
         for step, price in enumerate((10_500, 9_000, 11_000, 8_000, 12_000, 9_500, 7_000)):
             ledger.tick(f"S{step % 2}/USDT:USDT", float(price))
             assert ledger.report() == report(ledger.snapshot())
-            walked += sum(w is not None for w in ledger._walks)
+            walked += sum(w is not None for w in ledger._kept.walks)
         assert walked  # the walks were kept, so the later reports resumed some

@@ -25,11 +25,11 @@ from monitor.core.margin.valuation import (
 from monitor.core.model import AccountSnapshot, Position, PositionRisk, priced_collateral
 from monitor.core.venue_rules import VenueRules
 
-__all__ = ["Walk", "position_risks"]
+__all__ = ["Kept", "Walk", "position_risks"]
 
 INF = math.inf
 _NAN = math.nan
-_UNSEEN: tuple[float, float, float, float] = (_NAN,) * 4
+_UNSEEN: tuple[float, float, float, float, float] = (_NAN,) * 5
 
 
 # A position's value is linear in x = price (linear contracts) or x = 1/price (inverse
@@ -57,6 +57,31 @@ class _Group:
 #: takes no further step keeps the k0 it was first taken at (the bound is the one its steps
 #: were checked against), so a k0 that goes back and forth keeps resuming.
 Walk = tuple[float, int, float, bool, bool]
+
+
+@dataclass(slots=True)
+class Kept:
+    """What a `Ledger` keeps of its last report's per-position work, entry i valid while
+    position i does not move and no collateral price does (the ledger drops it then).
+
+    `walks`: where each closed-form walk stopped (`Walk`; tier −1: no root above price 0).
+    `lines`: a report line that holds as it was: an isolated position's (nothing outside
+    it moves it: bound unused), or a cross position's with no liquidation price, which
+    holds while its k0 stays on the safe side of the bound its walk was checked at.
+    """
+
+    walks: list[Walk | None]
+    lines: list[tuple[float, PositionRisk] | None]
+
+    @classmethod
+    def empty(cls, n: int) -> Kept:
+        """Nothing kept for `n` positions."""
+        return cls([None] * n, [None] * n)
+
+    def forget(self, i: int) -> None:
+        """Position i moved: what was kept of it no longer holds."""
+        self.walks[i] = None
+        self.lines[i] = None
 
 
 def _x(price: float, inverse: bool) -> float:
@@ -171,7 +196,7 @@ def position_risks(
     im: Sequence[float],
     mm: Sequence[float],
     *,
-    walks: list[Walk | None] | None = None,
+    kept: Kept | None = None,
 ) -> tuple[list[PositionRisk], bool]:
     """Every position's line of the report, liquidation price included (cross positions of
     one symbol share one), and whether a cross position is open (`margin_ratio`'s exposed).
@@ -180,10 +205,8 @@ def position_risks(
     (`valuation.pool`, or the `Ledger`'s). One pass builds each line and solves its price:
     this loop is the report's per-position cost (docs/benchmarks.md).
 
-    `walks`: per position, where its last closed-form walk stopped (`Walk`), kept by the
-    `Ledger` between reports and updated here; an entry stays valid while the position,
-    its size and the prices of the collateral do not change (the ledger drops it then).
-    None: every walk starts at the mark's tier.
+    `kept`: what the `Ledger` keeps of the previous report's work (`Kept`), used where it
+    still holds and updated; None: everything from scratch. The result is the same.
     """
     rules = snapshot.rules
     positions, currency = snapshot.positions, snapshot.currency
@@ -198,40 +221,37 @@ def position_risks(
     # The common case, a lone linear position per symbol settling in a flat-haircut asset,
     # is the closed form; its per-asset terms are the same for every such symbol, so they
     # are computed once here rather than by moving each symbol out of the book and back.
-    closed: dict[str, tuple[float, float, float, float] | None] = {}
+    closed: dict[str, tuple[float, float, float, float, float] | None] = {}
     isnan = math.isnan
     deduct = rules.tier_deduction
     venue_fee = rules.liquidation_fee
     on_entry = rules.isolated_mm_on_entry
+    walks = kept.walks if kept is not None else None
+    lines = kept.lines if kept is not None else None
     # `tuple.__new__` is what PositionRisk(...) runs, minus its Python-level `__new__`
     make = tuple.__new__
     risks: list[PositionRisk] = []
     exposed = False  # a cross position is open (empty cross pool: no risk, docs/margin-edges.md)
     for i, p in enumerate(positions):
+        isolated = p.margin_mode == "isolated"
+        if not isolated:
+            exposed = True
+        elif lines is not None and (line := lines[i]) is not None:
+            risks.append(line[1])  # its own margin against its own MM: as it was
+            continue
         contracts, mark = p.contracts, p.mark_price
         own_pnl, own_mm = pnl[i], mm[i]
         settle = p.settle or currency
-        price, to_report = rates[settle]
         q = contracts * p.contract_size
-        isolated = p.margin_mode == "isolated"
-        if isolated:
-            own = margin_ratio(own_mm, isolated_margin_of(p) + own_pnl, exposed=True)
-        else:
-            own = None
-            exposed = True
-        if p.inverse:  # Position.settle_notional, inlined
-            notional = q / mark if mark > 0 else INF
-        else:
-            notional = q * mark
         lp: float | None = None
-        terms = None  # the closed form's (k, equity, rate, ask): see `_closed_terms`
+        terms = None  # the closed form's (base, equity, rate, ask, mm): `_closed_terms`
         moving = None
         if contracts <= 0 or mark <= 0:
             pass  # nothing to liquidate
         elif isolated:
             if not p.inverse and not on_entry:
                 # its own margin against its own MM, nothing else in
-                terms = (isolated_margin_of(p), 0.0, 1.0, 1.0)
+                terms = (isolated_margin_of(p), 0.0, 1.0, 1.0, 0.0)
                 own_pnl = own_mm = 0.0
             else:
                 lp = _isolated_price(p, rules)
@@ -247,31 +267,62 @@ def position_risks(
             if terms is None:
                 lp = _group_price(snapshot, books, pnl, mm, [i], pool, moving)
         if terms is not None:
-            lp = _closed_form(p, terms, own_pnl, own_mm, q, deduct, venue_fee, walks, i)
+            base, equity, rate, ask, book_mm = terms
+            long = p.side == "long"
+            entry = p.entry_price
+            # the pool's surplus with this position's own PnL and MM taken out (grouped so
+            # that a position alone in its asset cancels exactly), at the price where its
+            # own PnL is zero (its PnL there is −s·q·entry)
+            equity -= own_pnl
+            k0 = (base - ask * (book_mm - own_mm)) + rate * (
+                equity - (q * entry if long else -q * entry)
+            )
+            if lines is not None and (line := lines[i]) is not None:
+                # no root above price 0 at a k0 on this side of the one checked (`Walk`)
+                bound = line[0]
+                if (k0 >= bound) if long else (k0 <= bound):
+                    risks.append(line[1])
+                    continue
+            lp = _closed_form(p, k0, equity, rate, ask, q, deduct, venue_fee, walks, i)
             if lp is not None and isnan(lp):  # its assumptions failed: the general solver
                 if isolated:
                     lp = _isolated_price(p, rules)
                 else:
                     lp = _group_price(snapshot, books, pnl, mm, [i], pool, None)
-        risks.append(
-            make(
-                PositionRisk,
-                (
-                    p.symbol,
-                    p.side,
-                    p.margin_mode,
-                    contracts,
-                    mark,
-                    notional * price,
-                    pnl[i] * price,
-                    im[i] * to_report,
-                    mm[i] * to_report,
-                    own,
-                    lp,
-                    p.hedged,
-                ),
-            )
+        if isolated:
+            own = margin_ratio(mm[i], isolated_margin_of(p) + pnl[i], exposed=True)
+        else:
+            own = None
+        if p.inverse:  # Position.settle_notional, inlined
+            notional = q / mark if mark > 0 else INF
+        else:
+            notional = q * mark
+        price, to_report = rates[settle]
+        risk = make(
+            PositionRisk,
+            (
+                p.symbol,
+                p.side,
+                p.margin_mode,
+                contracts,
+                mark,
+                notional * price,
+                pnl[i] * price,
+                im[i] * to_report,
+                mm[i] * to_report,
+                own,
+                lp,
+                p.hedged,
+            ),
         )
+        risks.append(risk)
+        if lines is not None:
+            if isolated:
+                lines[i] = (0.0, risk)
+            elif (
+                lp is None and walks is not None and (walk := walks[i]) is not None and walk[1] < 0
+            ):
+                lines[i] = (walk[0], risk)
     for indices in shared.values():
         first = positions[indices[0]]
         settle = first.settle or currency
@@ -284,9 +335,10 @@ def position_risks(
 
 def _closed_form(  # noqa: PLR0917 - positional: runs once per position per report
     p: Position,
-    terms: tuple[float, float, float, float],
-    own_pnl: float,
-    own_mm: float,
+    k0: float,
+    equity: float,
+    rate: float,
+    ask: float,
     q: float,
     deduct: bool,
     venue_fee: float,
@@ -296,19 +348,29 @@ def _closed_form(  # noqa: PLR0917 - positional: runs once per position per repo
     """LP of a lone linear position by the closed form (`_closed_terms`), walking tiers
     outward from the current one; NaN where its assumptions fail (the general solver runs).
 
-    `terms`: its settle asset's (k, equity, rate, ask), with this position's own PnL and
-    MM (`own_pnl`, `own_mm`) still in, which it takes out; `q`: its size. `walks[i]`: where
-    this position's previous walk stopped (`position_risks`), resumed when still valid.
+    `k0`: the pool's surplus without this position, its PnL at price 0 put in
+    (`_closed_terms`); `equity`: the settle asset's without this position; `rate`, `ask`:
+    the asset's rates; `q`: its size. `walks[i]`: where this position's previous walk
+    stopped (`Walk`), resumed when still valid, and where this one stops.
     """
     if not 0.0 < q < INF:
         return _NAN  # sizes that underflow to 0 (or overflow): the general solver copes
-    k, equity, rate, ask = terms
     long = p.side == "long"
     mark = p.mark_price
-    # the pool's surplus with this position's own PnL and MM taken out, at the price where
-    # its own PnL is zero (its PnL there is −s·q·entry)
-    entry = p.entry_price
-    k0 = k + (ask * own_mm - rate * (own_pnl + (q * entry if long else -q * entry)))
+    held = walks[i] if walks is not None else None
+    if held is not None:
+        if (
+            (k0 >= held[0] if long else k0 <= held[0])
+            if held[3]
+            else (k0 <= held[0] if long else k0 >= held[0])
+        ):
+            # every step the walk took holds at this k0 too (`Walk`): resume it
+            if held[1] < 0:
+                return None  # still no root above price 0
+        else:
+            held = None
+    if walks is not None:
+        walks[i] = None  # none where the walk fails (NaN)
     # per unit of notional, the surplus moves by rate·s − ask·(mmr + fee) (OKX and Gate
     # charge the liquidation fee on top of the maintenance rate)
     rate_s = rate if long else -rate
@@ -320,19 +382,14 @@ def _closed_form(  # noqa: PLR0917 - positional: runs once per position per repo
             return _NAN  # not monotone
         value = -k0 / per_notional
         if value < 0.0:
+            if walks is not None:
+                walks[i] = (k0, -1, 0.0, True, False)  # a decision like a step down
             return None  # the root is at a price ≤ 0: nothing liquidates
     else:
         last = len(tiers) - 1
-        held = walks[i] if walks is not None else None
-        if held is not None and (
-            (k0 >= held[0] if long else k0 <= held[0])
-            if held[3]
-            else (k0 <= held[0] if long else k0 >= held[0])
-        ):
-            # every step the walk took holds at this k0 too (`Walk`): resume it
+        if held is not None:
             _, t, floor, down, up = held
         else:
-            held = None
             notional = q * mark
             t = 0
             while t < last and notional > tiers[t].max_notional:
@@ -341,8 +398,6 @@ def _closed_form(  # noqa: PLR0917 - positional: runs once per position per repo
             # bounds; from the current tier the walk only ever heads one way, down or up
             down = up = False
             floor = tiers[t - 1].max_notional if t else 0.0
-        if walks is not None:
-            walks[i] = None  # none where the walk fails (NaN)
         inside = False
         lp: float | None = None
         while True:
@@ -355,8 +410,9 @@ def _closed_form(  # noqa: PLR0917 - positional: runs once per position per repo
                 if up:  # surplus jumps across zero at this tier edge (OKX)
                     lp = floor / q
                     break
-                if not t:
-                    break  # the root is at a price ≤ 0: nothing liquidates
+                if not t:  # the root is at a price ≤ 0: nothing liquidates
+                    t, down = -1, True  # a decision like a step down
+                    break
                 down = True
                 t -= 1
                 floor = tiers[t - 1].max_notional if t else 0.0
@@ -378,7 +434,8 @@ def _closed_form(  # noqa: PLR0917 - positional: runs once per position per repo
     x = value / q
     # the settle asset went negative at the root: another valuation rate applies (the
     # general solver); ~0 is rounding: no price
-    if rate != ask and (equity - own_pnl) + (q if long else -q) * (x - entry) <= 0.0:
+    entry = p.entry_price
+    if rate != ask and equity + (q if long else -q) * (x - entry) <= 0.0:
         return _NAN
     return x if x > mark * 1e-9 else None
 
@@ -430,26 +487,23 @@ def _group_price(  # noqa: PLR0917 - liquidation_prices' locals, on its rare pat
         book.mm += own_mm
 
 
-def _closed_terms(book: AssetBook, base: float) -> tuple[float, float, float, float] | None:
-    """(k, equity, rate, ask) of a settle asset for the closed form, with the book's whole
-    PnL and MM still in (each position takes its own out); None when its haircut is banded
-    (no single rate). `base`: the surplus of every other asset.
+def _closed_terms(book: AssetBook, base: float) -> tuple[float, float, float, float, float] | None:
+    """(base, equity, rate, ask, mm) of a settle asset for the closed form, with the book's
+    whole PnL and MM still in (each position takes its own out); None when its haircut is
+    banded (no single rate). `base`: the surplus of every other asset.
 
-    k = base + rate·equity − ask·mm: the pool's surplus as a line through the settle
-    asset's equity at the bid rate. With a lone linear position's own PnL and MM taken out
-    and its move from price 0 put back (k0), the surplus at its mark x is, tier by tier,
-    k0 + rate·s·q·x − ask·(q·x·(mmr_t + fee) − deduction_t): the Binance formula (with OKX's
-    and Gate's liquidation fee), re-solved in the neighbouring tier when the answer falls
+    With a lone linear position's own PnL and MM taken out, k = base − ask·(mm − own MM),
+    and its move from price 0 put back, k0 = k + rate·(equity − own PnL − s·q·entry), the
+    surplus at its mark x is, tier by tier, k0 + rate·s·q·x − ask·(q·x·(mmr_t + fee) − d_t):
+    the Binance formula (with OKX's and Gate's liquidation fee; the settle asset's equity
+    valued at the bid rate), re-solved in the neighbouring tier when the answer falls
     outside the tier it assumed (the FAQ's instruction); monotone, so the root is unique.
-    `liquidation_prices` walks it; NaN there (the settle asset negative at the root, a
-    tier where the surplus does not rise toward safety) sends the general solver."""
+    `_closed_form` walks it; NaN there (the settle asset negative at the root, a tier where
+    the surplus does not rise toward safety) sends the general solver."""
     c = book.collateral
     if c.haircut_tiers:
         return None
-    rate = c.price * (1.0 - c.haircut)
-    ask = book.ask
-    equity = c.amount + book.pnl
-    return base + rate * equity - ask * book.mm, equity, rate, ask
+    return base, c.amount + book.pnl, c.price * (1.0 - c.haircut), book.ask, book.mm
 
 
 def _cross_liquidation_price(

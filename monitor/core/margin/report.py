@@ -18,7 +18,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
-from monitor.core.margin.liquidation import Walk, position_risks
+from monitor.core.margin.liquidation import Kept, position_risks
 from monitor.core.margin.valuation import (
     AssetBook,
     asset_value,
@@ -60,15 +60,16 @@ def assemble(
     im: Sequence[float],
     mm: Sequence[float],
     *,
-    walks: list[Walk | None] | None = None,
+    kept: Kept | None = None,
 ) -> MarginReport:
     """The report of `snapshot` from its pool: the per-asset books and each position's
     pnl, im and mm in its settle asset (`valuation.pool`).
 
     The one place a report is put together: `report` pools the snapshot from scratch, the
     `Ledger` hands over the pool it keeps tick by tick (`Ledger.report`), so a routine
-    report skips re-valuing the positions that did not move, and the liquidation walks it
-    keeps (`walks`, see `liquidation.position_risks`), so a walk resumes where it stopped.
+    report skips re-valuing the positions that did not move, and what it keeps of the last
+    report's liquidation work (`kept`: `liquidation.Kept`), so a walk resumes where it
+    stopped and a line that still holds is taken as it was.
     """
     rules = snapshot.rules
     # one pass over the books, each sum in the order `sum` and `_balance_and_mm` take
@@ -81,7 +82,7 @@ def assemble(
         balance += asset_value(c, c.amount + b.pnl)
         total_mm += b.mm * ask
         total_im += b.im * ask
-    risks, exposed = position_risks(snapshot, books, pnl, im, mm, walks=walks)
+    risks, exposed = position_risks(snapshot, books, pnl, im, mm, kept=kept)
     ratio = margin_ratio(total_mm, balance, exposed=exposed)
     level = INF if ratio == 0 else balance / total_mm if balance > 0 else 0.0
     model: Literal["cross", "venue", "estimate"] = "cross"
