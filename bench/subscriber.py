@@ -2,10 +2,14 @@
 
 A subscriber inside the benchmark's own event loop waits whenever the daemon's loop is busy
 (a shock solve, a REST answer being parsed), so its receive time measured the daemon's
-other work, not the alert's delivery. Run as a script it subscribes (QoS 1) to the topics
-given and prints one line per message: `perf_counter() topic payload`; `perf_counter` is
-CLOCK_MONOTONIC on Linux, one clock for every process, so the parent compares it with its
-own stamps. `RemoteSubscriber` starts it and hands the lines over as `(time, topic, body)`.
+other work, not the alert's delivery. The process is paho's plain blocking loop (the MQTT
+client under aiomqtt), stamping in `on_message`: an asyncio subscriber added its own queue
+hop and a loop wake-up to every figure (~0.5 ms in the running design of vs_polling.py,
+issue 16), which is the subscriber's cost, not the delivery's. Run as a script it
+subscribes (QoS 1) to the topics given and prints one line per message:
+`perf_counter() topic payload`; `perf_counter` is CLOCK_MONOTONIC on Linux, one clock for
+every process, so the parent compares it with its own stamps. `RemoteSubscriber` starts it
+and hands the lines over as `(time, topic, body)`.
 
     python bench/subscriber.py HOST PORT TOPIC [TOPIC ...]
 """
@@ -66,18 +70,36 @@ class RemoteSubscriber:
             self.messages.put_nowait((float(stamp), topic, json.loads(body)))
 
 
-async def _subscribe(host: str, port: int, topics: list[str]) -> None:
-    import aiomqtt  # noqa: PLC0415 - only the child process needs it
+def _subscribe(host: str, port: int, topics: list[str]) -> None:
+    """paho's own blocking loop, stamping in its `on_message`: the moment this process has
+    the message, with no event loop of the subscriber's own between the socket and the stamp.
+    """
+    import paho.mqtt.client as paho  # noqa: PLC0415 - only the child process needs it
 
-    async with aiomqtt.Client(host, port) as client:
+    out = sys.stdout
+    acked: list[int] = []
+
+    def on_connect(client: paho.Client, *_: object) -> None:
         for topic in topics:
-            await client.subscribe(topic, qos=1)
-        print("subscribed", flush=True)
-        async for message in client.messages:
-            stamp = time.perf_counter()
-            body = json.dumps(json.loads(message.payload))  # type: ignore[arg-type]
-            print(f"{stamp!r} {message.topic} {body}", flush=True)
+            client.subscribe(topic, qos=1)
+
+    def on_subscribe(*_: object) -> None:
+        acked.append(1)
+        if len(acked) == len(topics):
+            out.write("subscribed\n")
+            out.flush()
+
+    def on_message(_client: paho.Client, _userdata: object, message: paho.MQTTMessage) -> None:
+        stamp = time.perf_counter()
+        body = json.dumps(json.loads(message.payload))
+        out.write(f"{stamp!r} {message.topic} {body}\n")
+        out.flush()
+
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2)
+    client.on_connect, client.on_subscribe, client.on_message = on_connect, on_subscribe, on_message
+    client.connect(host, port)
+    client.loop_forever()
 
 
 if __name__ == "__main__":
-    asyncio.run(_subscribe(sys.argv[1], int(sys.argv[2]), sys.argv[3:]))
+    _subscribe(sys.argv[1], int(sys.argv[2]), sys.argv[3:])

@@ -1,7 +1,8 @@
 """Where the time of a mark frame -> alert goes: stage stamps through the shipped daemon.
 
-Runs `alert_latency.py` (a warm daemon, one crossing after another) or `vs_polling.py`'s
-trial (the first crossing of a fresh daemon) with the product's own classes wrapped so that
+Runs `alert_latency.py` (a warm daemon, one crossing after another), `vs_polling.py`'s
+trial (the first crossing of a fresh daemon) or its running design (one daemon, crossings
+seconds apart) with the product's own classes wrapped so that
 each stage stamps `perf_counter` on entry (`>`) and exit (`<`), then prints, per stage, the
 median and p90 of its first stamp after the crash frame was pushed (ms). Wrapping costs a
 few microseconds per stamp, so figures run ~10 % above the plain benches; use them to see
@@ -9,6 +10,7 @@ the order and the gaps, the plain benches for the figure itself (issue 16).
 
     .venv/bin/python bench/trace_alert.py alert --count 60
     .venv/bin/python bench/trace_alert.py first --count 12 [--poll 5]
+    .venv/bin/python bench/trace_alert.py running --count 12 [--poll 5]
     ... --show 3        # also print the whole stamp sequence of the first 3 samples
 """
 
@@ -132,7 +134,6 @@ def instrument() -> None:
 
 async def first_crossings(count: int, poll: float) -> list[float]:
     """`vs_polling.trial` `count` times: the first crossing of a fresh daemon (ms)."""
-    rng = random.Random(1)
     venue = FakeBinanceUsdm()
     venue.account.wallet = 6_000.0
     venue.account.positions[("BTCUSDT", "BOTH")] = BinancePosition("BTCUSDT", 0.8, 60_000.0)
@@ -141,9 +142,29 @@ async def first_crossings(count: int, poll: float) -> list[float]:
         broker = Mosquitto(Path(tmp))
         broker.start()
         try:
-            async with venue:
+            async with venue, vs_polling.subscriber(broker) as watch:
+                rig = vs_polling.Rig(venue, broker, watch, poll, random.Random(1))
                 for n in range(count):
-                    daemon, _ = await vs_polling.trial(n, venue, broker, poll, rng)
+                    daemon, _ = await vs_polling.trial(n, rig)
+                    out.append(float("nan") if daemon is None else daemon * 1000)
+        finally:
+            broker.stop()
+    return out
+
+
+async def running_crossings(count: int, poll: float) -> list[float]:
+    """`vs_polling.running`: `count` crossings of one running daemon, seconds apart (ms)."""
+    venue = FakeBinanceUsdm()
+    venue.account.wallet = 6_000.0
+    venue.account.positions[("BTCUSDT", "BOTH")] = BinancePosition("BTCUSDT", 0.8, 60_000.0)
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        broker = Mosquitto(Path(tmp))
+        broker.start()
+        try:
+            async with venue, vs_polling.subscriber(broker) as watch:
+                rig = vs_polling.Rig(venue, broker, watch, poll, random.Random(1))
+                async for daemon, _ in vs_polling.running(count, rig):
                     out.append(float("nan") if daemon is None else daemon * 1000)
         finally:
             broker.stop()
@@ -176,7 +197,7 @@ def summary(latencies: list[float], samples: list[list[tuple[str, float]]]) -> N
 def main() -> None:
     """Run one bench with the stages wrapped and print where the time goes."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=["alert", "first"])
+    parser.add_argument("mode", choices=["alert", "first", "running"])
     parser.add_argument("--count", type=int, default=60)
     parser.add_argument("--poll", type=float, default=5.0, help="first: the poller's period")
     parser.add_argument("--show", type=int, default=0, help="print the stamps of N samples")
@@ -187,6 +208,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             latencies = asyncio.run(alert_latency.measure_frames(args.count, Path(tmp)))
         samples = SAMPLES[5:]  # alert_latency's 5 warm-up crossings are not measured
+    elif args.mode == "running":
+        latencies = asyncio.run(running_crossings(args.count, args.poll))
+        samples = SAMPLES
     else:
         latencies = asyncio.run(first_crossings(args.count, args.poll))
         samples = SAMPLES

@@ -566,8 +566,8 @@ class TestProperties:
         """Test that the hot loops' inlined copies (valuation.pool's schedule-only figures,
         report's notional) equal `figures_of` and `Position.settle_notional` exactly."""
         s = replace(s, venue=venue)
-        _, figures = pool(s)
-        assert figures == [figures_of(p, s.rules) for p in s.positions]
+        _, pnl, im, mm = pool(s)
+        assert list(zip(pnl, im, mm, strict=True)) == [figures_of(p, s.rules) for p in s.positions]
         for p, risk in zip(s.positions, report(s).positions, strict=True):
             if (p.settle or s.currency) == s.currency:
                 assert risk.notional == p.settle_notional(p.mark_price)

@@ -45,7 +45,6 @@ from monitor.config.settings import AlertsSettings
 from monitor.core import stress
 from monitor.core.alert_config import ratio_level, shock_fraction
 from monitor.core.levels import Level, level_exit, level_rank
-from monitor.core.margin import report as margin
 from monitor.core.margin.ledger import Ledger
 from monitor.core.model import (
     AccountSnapshot,
@@ -475,7 +474,7 @@ class AccountLoop:
                     scheduler.solved(claim, loop_now, shock_fraction(report), cpu)
                     self.shock_solves += 1
                 else:
-                    report = margin.report(snapshot)
+                    report = ledger.report()  # = margin.report(snapshot), from the ledger's pool
             except Exception as exc:  # a core bug on odd data must not stop the monitor
                 log.error("recompute failed", account=self.account, error=one_line(exc))
                 return None

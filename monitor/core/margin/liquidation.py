@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 from monitor.core.margin.valuation import (
     AssetBook,
-    Figures,
     asset_breakpoints,
     computed_maintenance_margin,
     isolated_margin_of,
@@ -30,7 +29,7 @@ __all__ = ["liquidation_prices"]
 
 INF = math.inf
 _NAN = math.nan
-_UNSEEN: tuple[float, float, float, float, float] = (_NAN,) * 5
+_UNSEEN: tuple[float, float, float, float] = (_NAN,) * 4
 
 
 # A position's value is linear in x = price (linear contracts) or x = 1/price (inverse
@@ -156,9 +155,14 @@ class _Surplus:
 def liquidation_prices(
     snapshot: AccountSnapshot,
     books: dict[str, AssetBook],
-    figures: Sequence[Figures],
+    pnl: Sequence[float],
+    mm: Sequence[float],
 ) -> list[float | None]:
-    """Liquidation price of every position (cross ones share one price per symbol)."""
+    """Liquidation price of every position (cross ones share one price per symbol).
+
+    `books`, `pnl`, `mm`: the pool and each position's figures (`valuation.pool`, or the
+    `Ledger`'s running ones).
+    """
     rules = snapshot.rules
     positions, currency = snapshot.positions, snapshot.currency
     result: list[float | None] = [None] * len(positions)
@@ -171,9 +175,9 @@ def liquidation_prices(
     # The common case, a lone linear position per symbol settling in a flat-haircut asset,
     # is the closed form; its per-asset terms are the same for every such symbol, so they
     # are computed once here rather than by moving each symbol out of the book and back.
-    closed: dict[str, tuple[float, float, float, float, float] | None] = {}
+    closed: dict[str, tuple[float, float, float, float] | None] = {}
     isnan = math.isnan
-    for i, (p, (own_pnl, _, own_mm)) in enumerate(zip(positions, figures, strict=True)):
+    for i, p in enumerate(positions):
         if p.contracts <= 0 or p.mark_price <= 0:
             continue
         if p.margin_mode == "isolated":
@@ -188,19 +192,23 @@ def liquidation_prices(
             if terms is _UNSEEN:
                 terms = closed[settle] = _closed_terms(books[settle], pool_total - pool[settle])
             if terms is not None:
-                k, equity, rate, ask, book_mm = terms
-                lp = _walk_linear(
-                    p, rules, k - ask * (book_mm - own_mm), equity - own_pnl, rate, ask
-                )
+                k, equity, rate, ask = terms
+                own_pnl = pnl[i]
+                # the pool's surplus with this position's own PnL and MM taken out, at the
+                # price where its own PnL is zero (−s·q·entry is its PnL at price 0)
+                size = p.contracts * p.contract_size
+                at_zero = size * p.entry_price if p.side == "long" else -size * p.entry_price
+                k0 = k + (ask * mm[i] - rate * (own_pnl + at_zero))
+                lp = _walk_linear(p, rules, k0, equity - own_pnl, rate, ask)
                 if lp is None or not isnan(lp):  # the closed form held
                     result[i] = lp
                     continue
-        result[i] = _group_price(snapshot, books, figures, [i], pool, moving)
+        result[i] = _group_price(snapshot, books, pnl, mm, [i], pool, moving)
     for indices in shared.values():
         first = positions[indices[0]]
         settle = first.settle or currency
         moving = _moving_asset(first, currency, books, settle) if several_assets else None
-        lp = _group_price(snapshot, books, figures, indices, pool, moving)
+        lp = _group_price(snapshot, books, pnl, mm, indices, pool, moving)
         for i in indices:
             result[i] = lp
     return result
@@ -220,7 +228,8 @@ def _shared_symbols(positions: Sequence[Position]) -> dict[str, list[int]]:
 def _isolated_price(p: Position, rules: VenueRules) -> float | None:
     """LP of an isolated position: its own margin + PnL against its own MM."""
     if not p.inverse and not rules.isolated_mm_on_entry:
-        fast = _walk_linear(p, rules, k=isolated_margin_of(p), equity=0.0, rate=1.0, ask=1.0)
+        k0 = isolated_margin_of(p) - p.sign * p.contracts * p.contract_size * p.entry_price
+        fast = _walk_linear(p, rules, k0, equity=0.0, rate=1.0, ask=1.0)
         if fast is None or not math.isnan(fast):
             return fast
     group = _Group((p,), p.inverse)
@@ -231,7 +240,8 @@ def _isolated_price(p: Position, rules: VenueRules) -> float | None:
 def _group_price(  # noqa: PLR0917 - liquidation_prices' locals, on its rare path
     snapshot: AccountSnapshot,
     books: dict[str, AssetBook],
-    figures: Sequence[Figures],
+    pnl: Sequence[float],
+    mm: Sequence[float],
     indices: Sequence[int],
     pool: dict[str, float],
     moving: str | None,
@@ -242,8 +252,8 @@ def _group_price(  # noqa: PLR0917 - liquidation_prices' locals, on its rare pat
     book = books[settle]
     base = sum(pool.values()) - pool[settle] - (pool[moving] if moving else 0.0)
     # take this symbol's current contribution out of its settle asset's book
-    own_pnl = sum(figures[i][0] for i in indices)
-    own_mm = sum(figures[i][2] for i in indices)
+    own_pnl = sum(pnl[i] for i in indices)
+    own_mm = sum(mm[i] for i in indices)
     book.pnl -= own_pnl
     book.mm -= own_mm
     try:
@@ -255,13 +265,20 @@ def _group_price(  # noqa: PLR0917 - liquidation_prices' locals, on its rare pat
         book.mm += own_mm
 
 
-def _closed_terms(book: AssetBook, base: float) -> tuple[float, float, float, float, float] | None:
-    """(k, equity, rate, ask, mm) of `_walk_linear` for a settle asset, with the book's
-    whole PnL and MM still in; None when its haircut is banded (no single rate)."""
+def _closed_terms(book: AssetBook, base: float) -> tuple[float, float, float, float] | None:
+    """(k, equity, rate, ask) of a settle asset for `_walk_linear`, with the book's whole
+    PnL and MM still in (each position takes its own out); None when its haircut is banded
+    (no single rate). `base`: the surplus of every other asset.
+
+    k = base + rate·equity − ask·mm: the pool's surplus as a line through the settle
+    asset's equity at the bid rate (the walk checks that the equity stays positive)."""
     c = book.collateral
     if c.haircut_tiers:
         return None
-    return base, c.amount + book.pnl, c.price * (1.0 - c.haircut), book.ask, book.mm
+    rate = c.price * (1.0 - c.haircut)
+    ask = book.ask
+    equity = c.amount + book.pnl
+    return base + rate * equity - ask * book.mm, equity, rate, ask
 
 
 def _cross_liquidation_price(
@@ -331,11 +348,12 @@ def _value_edges(book: AssetBook) -> list[float]:
 
 
 def _walk_linear(  # noqa: PLR0917 - positional: it runs once per position per report
-    p: Position, rules: VenueRules, k: float, equity: float, rate: float, ask: float
+    p: Position, rules: VenueRules, k0: float, equity: float, rate: float, ask: float
 ) -> float | None:
     """Closed-form LP of a lone linear position, walking tiers outward from the current one.
 
-    surplus(x) = k + rate·(equity + s·q·(x − entry)) − ask·(q·x·(mmr_t + fee) − deduction_t):
+    surplus(x) = k0 + rate·s·q·x − ask·(q·x·(mmr_t + fee) − deduction_t), where
+    k0 = k + rate·(equity − s·q·entry) holds everything but the position's move from price 0:
     the Binance formula (with OKX's and Gate's liquidation fee), re-solved in the neighbouring
     tier when the answer falls outside the tier it assumed (the FAQ's instruction). Monotone
     by construction, so the root is unique.
@@ -347,9 +365,8 @@ def _walk_linear(  # noqa: PLR0917 - positional: it runs once per position per r
     sign = 1 if p.side == "long" else -1
     tiers = p.tiers
     n = len(tiers)
-    # every tier's line shares these terms: surplus(x) = k0 + rate·s·q·x − ask·(q·x·mmr − d)
-    # (in the notional v = q·x: k0 + rate·s·v − ask·(v·mmr − d))
-    k0 = k + rate * (equity - sign * q * p.entry_price)
+    # every tier's line shares k0: in the notional v = q·x, k0 + rate·s·v − ask·(v·mmr − d);
+    # `equity` (the settle asset's without this position) only checks the valuation rate
     rate_s = rate * sign
     # the fee charged at liquidation counts on top of the maintenance rate (OKX, Gate)
     fee = liquidation_fee_of(p, rules)

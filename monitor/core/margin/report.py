@@ -15,7 +15,7 @@ the CLI and every sink read:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 from monitor.core.margin.liquidation import liquidation_prices
@@ -35,6 +35,7 @@ from monitor.core.model import AccountSnapshot, MarginReport, PositionRisk
 from monitor.core.venue_rules import VenueRules
 
 __all__ = [
+    "assemble",
     "computed_initial_margin",
     "computed_maintenance_margin",
     "is_liquidated",
@@ -50,13 +51,29 @@ INF = math.inf
 
 def report(snapshot: AccountSnapshot) -> MarginReport:
     """Value the account at its current prices: totals, ratios and liquidation prices."""
+    return assemble(snapshot, *pool(snapshot))
+
+
+def assemble(
+    snapshot: AccountSnapshot,
+    books: dict[str, AssetBook],
+    pnl: Sequence[float],
+    im: Sequence[float],
+    mm: Sequence[float],
+) -> MarginReport:
+    """The report of `snapshot` from its pool: the per-asset books and each position's
+    pnl, im and mm in its settle asset (`valuation.pool`).
+
+    The one place a report is put together: `report` pools the snapshot from scratch, the
+    `Ledger` hands over the pool it keeps tick by tick (`Ledger.report`), so a routine
+    report skips re-valuing the positions that did not move.
+    """
     rules = snapshot.rules
-    books, figures = pool(snapshot)
     wallet = sum(asset_value(b.collateral, b.collateral.amount) for b in books.values())
     upnl = sum(b.pnl * b.collateral.price for b in books.values())
     balance, total_mm = _balance_and_mm(books)
     total_im = sum(b.im * b.ask for b in books.values())
-    liq = liquidation_prices(snapshot, books, figures)
+    liq = liquidation_prices(snapshot, books, pnl, mm)
     # settle asset -> (price, ask): what a figure in that asset is worth in the report
     rates = {a: (b.collateral.price, b.ask) for a, b in books.items()}
     currency = snapshot.currency
@@ -65,10 +82,10 @@ def report(snapshot: AccountSnapshot) -> MarginReport:
     make = tuple.__new__
     risks = []
     exposed = False  # a cross position is open (empty cross pool: no risk, docs/margin-edges.md)
-    for p, (pnl, im, mm), lp in zip(snapshot.positions, figures, liq, strict=True):
+    for p, own_pnl, own_im, own_mm, lp in zip(snapshot.positions, pnl, im, mm, liq, strict=True):
         price, ask = rates[p.settle or currency]
         if p.margin_mode == "isolated":
-            own = margin_ratio(mm, isolated_margin_of(p) + pnl, exposed=True)
+            own = margin_ratio(own_mm, isolated_margin_of(p) + own_pnl, exposed=True)
         else:
             own = None
             exposed = True
@@ -88,9 +105,9 @@ def report(snapshot: AccountSnapshot) -> MarginReport:
                     p.contracts,
                     mark,
                     notional * price,
-                    pnl * price,
-                    im * ask,
-                    mm * ask,
+                    own_pnl * price,
+                    own_im * ask,
+                    own_mm * ask,
                     own,
                     lp,
                     p.hedged,
@@ -141,7 +158,7 @@ def ratio_of(snapshot: AccountSnapshot) -> float:
     the liquidation prices were 70 % of each evaluation, and a plan is also previewed for the
     alert at the action level (issue 14), on the tick -> alert path.
     """
-    books, _ = pool(snapshot)
+    books = pool(snapshot)[0]
     balance, total_mm = _balance_and_mm(books)
     exposed = any(p.margin_mode == "cross" for p in snapshot.positions)
     return margin_ratio(total_mm, balance, exposed=exposed)
