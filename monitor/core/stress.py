@@ -208,13 +208,15 @@ def _without_reported(snapshot: AccountSnapshot) -> AccountSnapshot:
     return replace(snapshot, positions=tuple(p.scheduled() for p in snapshot.positions))
 
 
-def assess(snapshot: AccountSnapshot) -> MarginReport:
+def assess(snapshot: AccountSnapshot, base: MarginReport | None = None) -> MarginReport:
     """The report with its shock to liquidation and its collateral risk (the fall of each
     collateral asset alone that liquidates, docs/collateral.md) filled in: what the daemon
-    publishes."""
+    publishes. `base`: `report(snapshot)` where the caller has it already (the daemon's
+    `Ledger.report`, exactly that report from the figures it keeps, at a fraction of the cost)."""
     from monitor.core.collateral_risk import collateral_risk  # noqa: PLC0415 - builds on this module
 
-    base = report(snapshot)
+    if base is None:
+        base = report(snapshot)
     return replace(
         base,
         shock_to_liquidation=shock_to_liquidation(snapshot),

@@ -465,7 +465,7 @@ class AccountLoop:
                 if shock:
                     started = time.thread_time()
                     try:
-                        report = stress.assess(snapshot)
+                        report = stress.assess(snapshot, ledger.report())
                     except Exception:
                         # charged and marked done all the same: no retry storm on bad data
                         scheduler.solved(claim, loop_now, None, time.thread_time() - started)
