@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -23,6 +24,7 @@ from tests.strategies import tier_tables
 ASSETS = ("BTC", "ETH", "USDC")
 PRICES = {"BTC": 60_000.0, "ETH": 3_000.0, "USDC": 1.0}
 VENUES = (None, "binanceusdm", "bybit", "hyperliquid", "okx", "gate")
+TIERS = (Tier(50_000, 0.004, 0), Tier(250_000, 0.005, 50), Tier(1_000_000, 0.01, 1_300))
 
 
 @st.composite
@@ -41,10 +43,10 @@ def schedules(draw: st.DrawFn) -> dict[str, object]:
 
 
 @st.composite
-def any_position(draw: st.DrawFn, n: int) -> Position:
+def any_position(draw: st.DrawFn, n: int, linear: bool = False) -> Position:
     """A position of any kind the daemon values: linear or inverse, cross or isolated,
     settled in the report currency or another asset, with venue figures or without."""
-    inverse = draw(st.booleans())
+    inverse = False if linear else draw(st.booleans())
     entry = draw(st.floats(min_value=0.5, max_value=100_000))
     mark = entry * draw(st.floats(min_value=0.5, max_value=1.5))
     notional = draw(st.floats(min_value=0.0, max_value=3_000_000))
@@ -76,11 +78,12 @@ def any_position(draw: st.DrawFn, n: int) -> Position:
 
 
 @st.composite
-def any_account(draw: st.DrawFn) -> AccountSnapshot:
+def any_account(draw: st.DrawFn, linear: bool = False) -> AccountSnapshot:
     """An account with up to 8 positions and USDT plus some of BTC, ETH and USDC as
-    collateral (haircuts, banded haircuts, liability mark-ups, betas), or none of them."""
+    collateral (haircuts, banded haircuts, liability mark-ups, betas), or none of them.
+    `linear`: linear contracts only (most books, and the ones whose surplus can be concave)."""
     count = draw(st.integers(min_value=1, max_value=8))
-    positions = tuple(draw(any_position(n)) for n in range(count))
+    positions = tuple(draw(any_position(n, linear)) for n in range(count))
     collateral = []
     if draw(st.booleans()):
         collateral.append(Collateral("USDT", draw(st.floats(min_value=-1e5, max_value=5e6))))
@@ -160,9 +163,43 @@ class TestShockCurve:
         assert ShockCurve.of(base) is None
 
 
+class TestConcave:
+    def test_a_cumulative_tier_table_in_usdt_is_concave(self) -> None:
+        """Test that linear positions under cumulative tiers, USDT and BTC collateral make a
+        concave surplus, even with a broken tier past the reach of the solve."""
+        # the last tier's deduction does not match (MM falls at 1M), out of reach: 11 x 60k
+        broken = (*TIERS, Tier(math.inf, 0.05, 266_300))
+        p = Position("BTC/USDT:USDT", "long", 1.0, 60_000, 60_000, tiers=broken)
+        q = Position("ETH/USDT:USDT", "short", 10.0, 3_000, 3_000, mmr=0.01)
+        btc = Collateral("BTC", 0.5, price=60_000, haircut=0.05)
+        base = AccountSnapshot("a", "USDT", (Collateral("USDT", 10_000), btc), (p, q))
+        curve = ShockCurve.of(base, reach=MAX_UP_SHOCK)
+        assert curve is not None
+        assert curve.concave
+
+    @pytest.mark.parametrize(
+        "change",
+        [
+            pytest.param({"venue": "okx"}, id="one rate, no deduction: MM jumps at each edge"),
+            pytest.param({"inverse": True}, id="inverse: PnL not affine in the shock"),
+            pytest.param({"settle": "BTC"}, id="settled in an asset whose price moves"),
+        ],
+    )
+    def test_what_breaks_concavity(self, change: dict[str, object]) -> None:
+        """Test that a jumping MM, an inverse contract or PnL in a moving asset is not
+        taken as concave (the solver then walks its whole grid)."""
+        venue = change.pop("venue", "binanceusdm")
+        p = replace(Position("BTC/USDT:USDT", "long", 1.0, 60_000, 60_000, tiers=TIERS), **change)
+        held = (Collateral("USDT", 10_000), Collateral("BTC", 0.5, price=60_000))
+        base = AccountSnapshot("a", "USDT", held, (p,), venue=str(venue))
+        curve = ShockCurve.of(base, reach=MAX_UP_SHOCK)
+        assert curve is not None
+        assert not curve.concave
+
+
 class TestShockSolve:
     @settings(max_examples=300, deadline=None)
-    @given(any_account(), st.booleans())
+    @given(st.one_of(any_account(), any_account(linear=True)), st.booleans())
     def test_finds_the_shock_the_reference_finds(self, s: AccountSnapshot, weighted: bool) -> None:
         """Test that the solve on the curve finds the reference solve's shocks to 1e-9."""
         base = _without_reported(s)

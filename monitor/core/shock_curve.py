@@ -18,12 +18,13 @@ that is not finite, a collateral asset listed twice); the solver values those th
 
 from __future__ import annotations
 
+import itertools
 import math
 from bisect import bisect_left
 from dataclasses import dataclass
 
-from monitor.core.margin.valuation import asset_value, liquidation_fee_of
-from monitor.core.model import STABLE_ASSETS, AccountSnapshot, Collateral, Position, Tier
+from monitor.core.margin.valuation import asset_value
+from monitor.core.model import STABLE_ASSETS, AccountSnapshot, Collateral, Position
 
 __all__ = ["MIN_FACTOR", "ShockCurve", "collateral_beta", "factor"]
 
@@ -58,15 +59,20 @@ class _Group:
     edges: tuple[float, ...] = ()
     mm0: tuple[float, ...] = (0.0,)
     mm1: tuple[float, ...] = (0.0,)
+    #: MM is convex in x over the edges kept: continuous at each (a cumulative tier table,
+    #: to 1e-9 of the MM there) and never less steep past one. One rate for the whole
+    #: position (OKX, no deduction) jumps at each edge instead.
+    convex: bool = True
 
 
 class _Sums:
     """A group's lines while the positions are added: MM starts at x -> 0 (the first tier
     of every position) and each tier edge adds its change of intercept and slope."""
 
-    __slots__ = ("cut", "edges", "pnl0", "pnl1", "slope")
+    __slots__ = ("cut", "edges", "pnl0", "pnl1", "slope", "x_max")
 
-    def __init__(self) -> None:
+    def __init__(self, x_max: float) -> None:
+        self.x_max = x_max  # the largest x asked about: tier edges past it are left out
         self.pnl0 = 0.0
         self.pnl1 = 0.0
         self.cut = 0.0
@@ -79,20 +85,27 @@ class _Sums:
         self.edges.sort()
         cut, slope = self.cut, self.slope
         mm0, mm1 = [cut], [slope]
-        for _, d_cut, d_slope in self.edges:
+        convex = True
+        for edge, d_cut, d_slope in self.edges:
+            below = cut + slope * edge
             cut += d_cut
             slope += d_slope
             mm0.append(cut)
             mm1.append(slope)
-        # an edge may be +inf (a tiny notional's next tier is never reached): no harm
+            if d_slope < 0.0 or abs(d_cut + d_slope * edge) > 1e-9 * (abs(below) + 1.0):
+                convex = False
         if not all(map(math.isfinite, (self.pnl0, self.pnl1, sum(mm0), sum(mm1)))):
             return None
         edges = tuple(e[0] for e in self.edges)
-        return _Group(asset, beta, inverse, self.pnl0, self.pnl1, edges, tuple(mm0), tuple(mm1))
+        return _Group(
+            asset, beta, inverse, self.pnl0, self.pnl1, edges, tuple(mm0), tuple(mm1), convex
+        )
 
 
-def _maintenance(acc: _Sums, p: Position, notional: float, fee: float, deduct: bool) -> None:
-    """Adds `p`'s MM at notional `notional`·x (`valuation._maintenance_on`) to `acc`.
+def _maintenance(acc: _Sums, p: Position, notional: float, fee: float, deduct: bool) -> bool:
+    """Adds `p`'s MM at notional `notional`·x (`valuation._maintenance_on`) to `acc`, with
+    the tier edges up to `acc.x_max`; False for a table it does not model (a bound that is
+    not a number).
 
     `tier_for` takes the first tier whose bound holds the notional, else the last: only a
     bound above every earlier one starts a stretch of its own, and past the highest bound
@@ -100,52 +113,95 @@ def _maintenance(acc: _Sums, p: Position, notional: float, fee: float, deduct: b
     tiers = p.tiers
     if not tiers:
         acc.slope += notional * ((p.mmr or 0.0) + fee)
-        return
+        return True
     if notional == 0.0:  # nothing open: the tier that holds a notional of 0
         tier = next((t for t in tiers if t.max_notional >= 0.0), tiers[-1])
         acc.cut -= tier.maintenance_amount if deduct else 0.0
-        return
-    stretches: list[tuple[float, Tier]] = []  # (notional where it starts, its tier)
-    top = -math.inf
-    for tier in tiers:
-        if tier.max_notional > top:
-            stretches.append((top, tier))
-            top = tier.max_notional
-    if top < math.inf:
-        stretches.append((top, tiers[-1]))
-    rate = cut = 0.0
-    for n, (start, tier) in enumerate(stretches):
+        return True
+    first = tiers[0]
+    rate = first.mmr + fee
+    cut = -first.maintenance_amount if deduct else 0.0
+    acc.cut += cut
+    acc.slope += notional * rate
+    top = first.max_notional
+    if top != top:  # noqa: PLR0124 - NaN
+        return False
+    edges, x_max = acc.edges, acc.x_max
+    for tier in tiers[1:]:
+        if top == math.inf or top / notional > x_max:
+            return True
+        bound = tier.max_notional
+        if bound != bound:  # noqa: PLR0124 - NaN
+            return False
+        if bound <= top:
+            continue  # never reached: an earlier bound already holds its notionals
         next_rate = tier.mmr + fee
         next_cut = -tier.maintenance_amount if deduct else 0.0
-        if n == 0:
-            acc.cut += next_cut
-            acc.slope += notional * next_rate
-        else:
-            acc.edges.append((start / notional, next_cut - cut, notional * (next_rate - rate)))
-        rate, cut = next_rate, next_cut
+        edges.append((top / notional, next_cut - cut, notional * (next_rate - rate)))
+        rate, cut, top = next_rate, next_cut, bound
+    if top < math.inf and top / notional <= x_max:  # past the highest bound: the last tier
+        last = tiers[-1]
+        next_cut = -last.maintenance_amount if deduct else 0.0
+        edges.append((top / notional, next_cut - cut, notional * (last.mmr + fee - rate)))
+    return True
+
+
+def _concave(groups: list[_Group], assets: list[tuple[Collateral, float]]) -> bool:
+    """Whether the surplus is concave in the shock s over [−1, reach], by its make-up.
+
+    Every position moves with the market (beta 1, linear contract: its x is 1 + s, affine)
+    and its MM is convex in x; the assets the positions settle in keep their price (beta 0),
+    so their value is a concave valuation of an equity affine in s minus a convex MM; the
+    other assets either keep their price or move with the market (beta 1) on a fixed
+    balance, which is linear in s (concave with banded haircuts on value). A valuation is
+    concave when its slope never grows with the equity: liabilities count at least at the
+    rate of the first band, and the bands' ratios never rise. At s = −1 every moving price
+    is floored at once, so the surplus is flat on [−1, −1 + 1e-9] and concave after.
+    """
+    settled = {g.asset for g in groups}
+    if not all(g.beta == 1.0 and not g.inverse and g.convex for g in groups):
+        return False
+    for i, (c, beta) in enumerate(assets):
+        if beta != 0.0 and (i in settled or beta != 1.0):
+            return False
+        owed = 1.0 + c.liability_markup
+        if not c.haircut_tiers:
+            if 1.0 - c.haircut > owed:
+                return False
+            continue
+        bounds = [band.up_to for band in c.haircut_tiers]
+        ratios = [owed] + [band.ratio for band in c.haircut_tiers]
+        if bounds[0] <= 0.0 or any(a >= b for a, b in itertools.pairwise(bounds)):
+            return False
+        if any(a < b for a, b in itertools.pairwise(ratios)):
+            return False
+    return True
 
 
 class ShockCurve:
     """Surplus (margin balance − MM of the cross pool) at a shock `s`, from pre-summed lines."""
 
-    __slots__ = ("_assets", "_groups", "_zeros")
+    __slots__ = ("_assets", "_groups", "_zeros", "concave")
 
-    def __init__(
-        self,
-        groups: list[_Group],
-        assets: list[tuple[Collateral, float]],
-    ) -> None:
+    def __init__(self, groups: list[_Group], assets: list[tuple[Collateral, float]]) -> None:
         self._groups = groups
         self._assets = assets
         self._zeros = [0.0] * len(assets)
+        #: the surplus is concave in the shock on [−1, reach] (`_concave`): positive at both
+        #: ends of a range there, it is positive everywhere in between
+        self.concave = _concave(groups, assets)
 
     @classmethod
-    def of(cls, base: AccountSnapshot, beta_weighted: bool = False) -> ShockCurve | None:
+    def of(
+        cls, base: AccountSnapshot, beta_weighted: bool = False, reach: float = math.inf
+    ) -> ShockCurve | None:
         """The curve of `base`, whose positions are valued from their schedules only
-        (`Position.scheduled`); None where a price or figure is outside what it models."""
+        (`Position.scheduled`); None where a price or figure is outside what it models.
+        `reach`: the largest shock it is asked about (exact for every s in [−1, reach];
+        its tier edges beyond are left out)."""
         currency = base.currency
         rules = base.rules
-        deduct = rules.tier_deduction
+        deduct, venue_fee = rules.tier_deduction, rules.liquidation_fee
         assets: list[tuple[Collateral, float]] = []
         index: dict[str, int] = {}
         for c in base.collateral:
@@ -171,7 +227,11 @@ class ShockCurve:
             key = (index[settle], beta, p.inverse)
             acc = groups.get(key)
             if acc is None:
-                acc = groups[key] = _Sums()
+                # the largest x a shock in [−1, reach] gives these positions (x: the factor
+                # or, inverse, its reciprocal)
+                low = max(MIN_FACTOR, min(1.0 - beta, 1.0 + beta * reach))
+                high = max(MIN_FACTOR, 1.0 - beta, 1.0 + beta * reach)
+                acc = groups[key] = _Sums(1.0 / low if p.inverse else high)
             sized = size if p.side == "long" else -size
             if p.inverse:  # pnl = ±size·(1/entry − 1/(mark·f)), notional = size/(mark·f)
                 acc.pnl0 += sized / entry
@@ -181,7 +241,9 @@ class ShockCurve:
                 acc.pnl0 -= sized * entry
                 acc.pnl1 += sized * mark
                 notional = size * mark
-            _maintenance(acc, p, notional, liquidation_fee_of(p, rules), deduct)
+            fee = venue_fee if p.liquidation_fee is None else p.liquidation_fee
+            if not _maintenance(acc, p, notional, fee, deduct):
+                return None
         built = [acc.group(*key) for key, acc in groups.items()]
         if not all(g is not None for g in built):
             return None

@@ -103,16 +103,22 @@ def shocked(
 # --- shock to liquidation -----------------------------------------------------------------
 
 
-def _first_crossing(f: Callable[[float], float], end: float, grid: int = 13) -> float | None:
+def _first_crossing(
+    f: Callable[[float], float], end: float, grid: int = 13, *, concave: bool = False
+) -> float | None:
     """Smallest |s| on the way from 0 to `end` where f(s) ≤ 0, to `_TOLERANCE`.
 
     A geometric grid (fine near 0, where most accounts' answer lies) brackets the first
     sign change; the Illinois variant of regula falsi then converges in a few steps on
-    these piecewise-linear curves, with bisection as a guard.
+    these piecewise-linear curves, with bisection as a guard. `concave`: f is concave on
+    the way, so f > 0 at both ends means f > 0 at every grid point, and the grid is skipped
+    (the direction in which a book does not liquidate, or both for a hedged one).
     """
     f_lo = f(0.0)
     if f_lo <= 0.0:
         return 0.0
+    if concave and f(end) > 0.0:
+        return None
     lo = 0.0
     for k in range(grid):
         hi = end * (2.0 ** (k - grid + 1))
@@ -161,9 +167,11 @@ def shock_to_liquidation(
         return ShockToLiquidation(down=None, up=None)
     # the surplus of shocked(base, s, beta_weighted) at each trial s, from lines summed once
     # (monitor/core/shock_curve.py); the position-by-position valuation where they do not hold
-    f = ShockCurve.of(base, beta_weighted) or _surplus_by_position(base, beta_weighted)
-    down = _first_crossing(f, -1.0)
-    up = _first_crossing(f, MAX_UP_SHOCK)
+    curve = ShockCurve.of(base, beta_weighted, reach=MAX_UP_SHOCK)
+    f = curve or _surplus_by_position(base, beta_weighted)
+    concave = curve is not None and curve.concave
+    down = _first_crossing(f, -1.0, concave=concave)
+    up = _first_crossing(f, MAX_UP_SHOCK, concave=concave)
     return ShockToLiquidation(down=down, up=up)
 
 
@@ -200,13 +208,15 @@ def _without_reported(snapshot: AccountSnapshot) -> AccountSnapshot:
     return replace(snapshot, positions=tuple(p.scheduled() for p in snapshot.positions))
 
 
-def assess(snapshot: AccountSnapshot) -> MarginReport:
+def assess(snapshot: AccountSnapshot, base: MarginReport | None = None) -> MarginReport:
     """The report with its shock to liquidation and its collateral risk (the fall of each
     collateral asset alone that liquidates, docs/collateral.md) filled in: what the daemon
-    publishes."""
+    publishes. `base`: `report(snapshot)` where the caller has it already (the daemon's
+    `Ledger.report`, exactly that report from the figures it keeps, at a fraction of the cost)."""
     from monitor.core.collateral_risk import collateral_risk  # noqa: PLC0415 - builds on this module
 
-    base = report(snapshot)
+    if base is None:
+        base = report(snapshot)
     return replace(
         base,
         shock_to_liquidation=shock_to_liquidation(snapshot),

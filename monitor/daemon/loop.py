@@ -21,7 +21,7 @@ price, the alert rules, the store) per handful of ticks, more than a core at 20 
 tick.
 
 Reports go to `Sink`s (monitor/sink.py) built in `wiring.build_sinks`; alerts, metrics and
-protective actions plug in there. The shock-to-liquidation solve costs ~30x a plain report,
+protective actions plug in there. The shock-to-liquidation solve costs a few plain reports,
 so the solves of all accounts share one CPU budget (`SHOCK_CPU_SHARE` of a core, task `shocks`,
 monitor/core/shock_schedule.py): an account is solved at most every `settings.shock_interval`
 seconds and only when its figures changed, nearest to danger first, never older than
@@ -70,6 +70,9 @@ Clock = Callable[[], float]
 
 #: Shock solves of all accounts together take at most this share of one core on average
 #: (docs/benchmarks.md: 1 000 accounts each solved every second needed more than a core).
+#: Since the pre-summed solve they take ~17 % at 1 000 × 20 positions, under this ceiling; a
+#: lower share made them no cheaper (solves out of the report spacing are extra reports) and
+#: calm accounts' figures older (bench/RESULTS.md, "CPU lane").
 SHOCK_CPU_SHARE = 0.25
 #: ... but no changing account's shock figure gets older than this (seconds, or
 #: shock_interval if longer), budget or not.
@@ -465,7 +468,7 @@ class AccountLoop:
                 if shock:
                     started = time.thread_time()
                     try:
-                        report = stress.assess(snapshot)
+                        report = stress.assess(snapshot, ledger.report())
                     except Exception:
                         # charged and marked done all the same: no retry storm on bad data
                         scheduler.solved(claim, loop_now, None, time.thread_time() - started)
