@@ -4,9 +4,10 @@ A full report re-values every position and solves every liquidation price: milli
 a thousand positions. The question a tick must answer at once is smaller: where is the
 margin ratio now? A `Ledger` keeps each position's figures and the per-asset sums of the
 pool, so a tick only re-values the positions of its symbol (hedge mode: two) and re-sums a
-handful of assets. The daemon asks it on every tick and re-runs the full report (liquidation
-prices, shock to liquidation) coalesced, at its own pace (20 000 ticks/s a core: see
-docs/benchmarks.md).
+handful of assets. The daemon asks it on every tick, and takes the coalesced full report
+from it too (`report()`: the same report as `report(snapshot)`, to the bit, from the figures
+kept here rather than re-valued, with the liquidation work of the last report that still
+holds, `liquidation.Kept`), at its own pace (20 000 ticks/s a core: see docs/benchmarks.md).
 
 A tick never builds a `Position`: each position is turned once into its schedule-only form
 (`Position.scheduled`, venue figures become the rates they imply, exactly what
@@ -15,8 +16,9 @@ argument (`valuation.pnl_at` and friends). Building frozen dataclasses per tick 
 the tick's cost; `snapshot()` builds the moved positions once per full report instead.
 
 Pure like the rest of the core (no I/O, no clock), but deliberately mutable: it is owned by
-one account's task and never shared. Running sums drift by rounding, so a ledger is rebuilt
-from its snapshot whenever positions or balances are re-read (`Ledger(snapshot)`).
+one account's task and never shared. Running sums drift by rounding: `report()` re-sums
+them from the per-position figures, and a ledger is rebuilt from its snapshot whenever
+positions or balances are re-read (`Ledger(snapshot)`).
 """
 
 from __future__ import annotations
