@@ -85,6 +85,10 @@ CREATE TABLE IF NOT EXISTS seen_request (
     until REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS seen_request_until ON seen_request (until);
+CREATE TABLE IF NOT EXISTS wal_restart (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    at REAL NOT NULL
+);
 """
 
 #: Audit rows older than this go (seconds): 90 days of decisions and commands.

@@ -27,8 +27,10 @@ from monitor.config.settings import SimSettings, load_settings
 from monitor.core.alert_config import AlertConfig
 from monitor.core.margin.report import report
 from monitor.core.model import MarginReport
+from monitor.core.plan import ActionHistory, ActionPlan
 from monitor.daemon.supervisor import run_daemon
 from monitor.daemon.wiring import build_sinks
+from monitor.protect import notes as notes_module
 from monitor.protect.audit import ActionHooks
 from monitor.protect.executor import Executor
 from monitor.protect.notes import ActionNotes
@@ -617,6 +619,60 @@ def _wired(src: ExchangeSource, state_dir: Path, alerts: AlertsSink) -> ActionsS
         hooks=action_hooks(alerts, notes, "critical"),
     )
     return ActionsSink({"acct": ex}, alerts=alerts, notes=notes)
+
+
+def _files(root: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+class TestNotesWarmUp:
+    """ActionNotes runs the planner once at start-up, on the real snapshot (issue 16)."""
+
+    async def test_first_report_solves_once_and_changes_nothing(
+        self,
+        venue: tuple[FakeBinanceUsdm, BinanceOrders],
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """Test that the first report runs one throw-away solve and leaves every state alone."""
+        _, book = venue
+        src = await _source(venue[0])
+        notes = ActionNotes()
+        ex = _executor(src, tmp_path, Trail(), live=False, hooks=ActionHooks(alert=notes.tell))
+        notes.executors["acct"] = ex
+        plans: list[tuple[ActionHistory, ActionPlan]] = []
+        real = notes_module.plan_step
+
+        def spy(*args: Any, **kwargs: Any) -> ActionPlan:
+            plan = real(*args, **kwargs)
+            plans.append((args[3], plan))
+            return plan
+
+        monkeypatch.setattr(notes_module, "plan_step", spy)
+        try:
+            snapshot = await src.fetch_snapshot()
+            rep = report(snapshot)
+            state = replace(ex.state)
+            files = _files(tmp_path)
+            notes.saw("acct", rep, snapshot, 1_000.0)
+            assert notes.warmed
+            assert len(plans) == 1
+            history, plan = plans[0]
+            assert history == ActionHistory()  # not the executor's
+            assert plan.orders  # the solve and the rounding ran
+            assert ex.state == state
+            assert _files(tmp_path) == files  # the state file and journal as they were
+            assert notes.seen["acct"].preview is None  # nothing kept for the note
+            assert notes.told == {}
+            assert book.received == []
+            notes.saw("acct", rep, snapshot, 1_001.0)
+            assert len(plans) == 1  # once per process
+            unwarmed = ActionNotes(executors={"acct": ex}, warmed=True)
+            unwarmed.saw("acct", rep, snapshot, 1_001.0)
+            assert notes.note("acct") == unwarmed.note("acct")
+        finally:
+            ex.close()
+            await src.close()
 
 
 class TestRejectionAlert:

@@ -22,6 +22,7 @@ from monitor.core.model import (
     Collateral,
     CollateralTier,
     Position,
+    Tier,
     VenueMargin,
 )
 from tests.strategies import tier_tables
@@ -156,3 +157,32 @@ class TestLedgerReport:
         assert got.unrealized_pnl == pytest.approx(-5_000)
         assert got.margin_ratio == pytest.approx(550 / 5_000)
         assert got.positions[0].liquidation_price == pytest.approx(50_000 / 0.99)
+
+
+class TestResumedWalks:
+    def test_walks_resume_only_where_they_hold(self) -> None:
+        """Test that a ledger's liquidation walks, kept between reports and resumed, give
+        the reference prices to the bit while the pool's surplus moves both ways."""
+        tiers = tuple(
+            Tier(upper, rate, cum)
+            for upper, rate, cum in (
+                (10_000.0, 0.01, 0.0),
+                (50_000.0, 0.02, 100.0),
+                (200_000.0, 0.05, 1_600.0),
+                (math.inf, 0.1, 11_600.0),
+            )
+        )
+        positions = tuple(
+            Position(f"S{i}/USDT:USDT", side, 3.0 + i, 10_000.0, 10_000.0, leverage=10, tiers=tiers)
+            for i, side in enumerate(("long", "short", "long", "short"))
+        )
+        s = AccountSnapshot(
+            "a", "USDT", (Collateral("USDT", 30_000),), positions, venue="binanceusdm"
+        )
+        ledger = Ledger(s)
+        walked = 0
+        for step, price in enumerate((10_500, 9_000, 11_000, 8_000, 12_000, 9_500, 7_000)):
+            ledger.tick(f"S{step % 2}/USDT:USDT", float(price))
+            assert ledger.report() == report(ledger.snapshot())
+            walked += sum(w is not None for w in ledger._walks)
+        assert walked  # the walks were kept, so the later reports resumed some

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 import pytest
@@ -295,6 +295,36 @@ class TestCheckpoints:
         assert len(store.pending()) == EVERY_WRITES + 1200  # and every row is committed
         store.close()
 
+    def test_the_thread_begins_the_wal_after_a_pass(self, tmp_path: Path) -> None:
+        """Test that the commit after a checkpoint pass appends to a WAL the thread restarted."""
+        db = tmp_path / "alerts.sqlite3"
+        store = Store(db)
+        checkpoints = store._checkpoints
+        assert checkpoints is not None
+        _until(lambda: checkpoints.restarts >= 1)  # the one at start
+        store.commit(RulesState(), [("m1", "acct", "{}", ["mqtt"])], now=1.0)
+        before = _wal_header(db)
+        checkpoints._due.set()  # the pass `EVERY_WRITES` or `PERIOD` would start
+        _until(lambda: checkpoints.passes >= 1 and checkpoints.restarts >= 2)
+        restarted = _wal_header(db)
+        assert restarted != before  # a new log (salt, checkpoint sequence) ...
+        store.commit(RulesState(), [("m2", "acct", "{}", ["mqtt"])], now=2.0)
+        assert _wal_header(db) == restarted  # ... that the commit only appended to
+        assert [row.message_id for row in store.pending()] == ["m1", "m2"]
+        store.close()
+
+    def test_the_thread_begins_the_first_wal(self, tmp_path: Path) -> None:
+        """Test that the first commit after opening appends to a WAL the thread began."""
+        db = tmp_path / "alerts.sqlite3"
+        store = Store(db)
+        checkpoints = store._checkpoints
+        assert checkpoints is not None
+        _until(lambda: checkpoints.restarts >= 1)
+        begun = _wal_header(db)
+        store.commit(RulesState(), [("m1", "acct", "{}", ["mqtt"])], now=1.0)
+        assert _wal_header(db) == begun
+        store.close()
+
     def test_close_stops_the_thread(self, tmp_path: Path) -> None:
         """Test that closing the store ends its checkpoint thread."""
         store = Store(tmp_path / "alerts.sqlite3")
@@ -307,6 +337,18 @@ class TestCheckpoints:
     def test_memory_store_has_no_thread(self) -> None:
         """Test that an in-memory store (tests, --no-state) starts no checkpoint thread."""
         assert Store(None)._checkpoints is None
+
+
+def _until(condition: Callable[[], bool], within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.005)
+
+
+def _wal_header(db: Path) -> bytes:
+    """The WAL header (magic .. checkpoint sequence, salts, checksums): new on each restart."""
+    return (db.parent / f"{db.name}-wal").read_bytes()[:32]
 
 
 def _rows_in_main_file(db: Path) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -17,7 +18,7 @@ from monitor.core.stress import (
     shocked,
     with_prices,
 )
-from tests.strategies import accounts
+from tests.strategies import accounts, positions
 
 TIERS = (Tier(50_000, 0.004, 0), Tier(250_000, 0.005, 50), Tier(float("inf"), 0.01, 1_300))
 
@@ -220,3 +221,57 @@ class TestSurplusAt:
         prices = {c.asset: c.price for c in moved.collateral}
         expected = surplus(moved)
         assert surplus_at(base, marks, prices) == pytest.approx(expected, rel=1e-9, abs=1e-6)
+
+
+@st.composite
+def reported_positions(draw: st.DrawFn) -> Position:
+    """A position with or without each figure a venue may report (PnL, margins, rates)."""
+    p = draw(positions("BTC/USDT:USDT", draw(st.sampled_from(("cross", "isolated")))))
+    maybe = st.none() | st.floats(min_value=-1e6, max_value=1e6)
+    return dataclasses.replace(
+        p,
+        unrealized_pnl=draw(maybe),
+        maintenance_margin=draw(st.none() | st.floats(min_value=0.0, max_value=1e6)),
+        initial_margin=draw(st.none() | st.floats(min_value=0.0, max_value=1e6)),
+        mmr=draw(st.none() | st.floats(min_value=0.0, max_value=0.5)),
+        leverage=draw(st.none() | st.floats(min_value=1.0, max_value=125.0)),
+        tiers=p.tiers if draw(st.booleans()) else (),
+    )
+
+
+class TestFieldByFieldCopies:
+    """Position.scheduled and Position.resized build field by field (issue 16): as replace."""
+
+    @settings(max_examples=300, deadline=None)
+    @given(reported_positions())
+    def test_scheduled_is_replace_of_the_implied_rates(self, p: Position) -> None:
+        """Test that scheduled() equals replace() dropping the figures for the rates they imply."""
+        mmr, leverage = p.mmr, p.leverage
+        notional = p.settle_notional(p.mark_price)
+        if notional > 0 and math.isfinite(notional):
+            if p.maintenance_margin is not None and not p.tiers and mmr is None:
+                mmr = p.maintenance_margin / notional
+            if p.initial_margin is not None and leverage is None and p.initial_margin > 0:
+                leverage = notional / p.initial_margin
+        expected = dataclasses.replace(
+            p,
+            unrealized_pnl=None,
+            maintenance_margin=None,
+            initial_margin=None,
+            mmr=mmr,
+            leverage=leverage,
+        )
+        assert p.scheduled() == expected
+
+    @settings(max_examples=300, deadline=None)
+    @given(reported_positions(), st.floats(min_value=0.0, max_value=1.0), st.booleans())
+    def test_resized_is_replace_of_the_three_fields(
+        self, p: Position, keep: float, figures: bool
+    ) -> None:
+        """Test that resized() equals replace() of contracts, PnL and isolated margin only."""
+        pnl = p.unrealized_pnl if figures else None
+        iso = p.isolated_margin if figures else None
+        expected = dataclasses.replace(
+            p, contracts=p.contracts * keep, unrealized_pnl=pnl, isolated_margin=iso
+        )
+        assert p.resized(p.contracts * keep, pnl, iso) == expected

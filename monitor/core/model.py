@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import operator
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from typing import Literal, NamedTuple
 
 from monitor.core.venue_rules import VenueRules, rules_for_venue
@@ -181,14 +181,24 @@ class Position:
                 mmr = self.maintenance_margin / notional
             if self.initial_margin is not None and leverage is None and self.initial_margin > 0:
                 leverage = notional / self.initial_margin
-        return replace(
-            self,
-            unrealized_pnl=None,
-            maintenance_margin=None,
-            initial_margin=None,
-            mmr=mmr,
-            leverage=leverage,
+        values = list(_position_values(self))  # field by field, as `repriced` says why
+        values[_UPNL] = values[_MM] = values[_IM] = None
+        values[_MMR], values[_LEVERAGE] = mmr, leverage
+        return Position(*values)
+
+    def resized(
+        self, contracts: float, unrealized_pnl: float | None, isolated_margin: float | None
+    ) -> Position:
+        """`replace(self, contracts=..., unrealized_pnl=..., isolated_margin=...)`, field by
+        field as in `repriced`: the reduction solve builds two per trial size, ~30 per plan
+        preview, and the preview is on the crash -> alert path (issue 16)."""
+        values = list(_position_values(self))
+        values[_CONTRACTS], values[_UPNL], values[_ISOLATED] = (
+            contracts,
+            unrealized_pnl,
+            isolated_margin,
         )
+        return Position(*values)
 
 
 def base_asset(symbol: str) -> str:
@@ -217,7 +227,15 @@ def quote_asset(symbol: str) -> str | None:
 
 
 _position_values = operator.attrgetter(*(f.name for f in fields(Position)))
-_MARK = [f.name for f in fields(Position)].index("mark_price")
+_POSITION_FIELDS = [f.name for f in fields(Position)]
+_MARK = _POSITION_FIELDS.index("mark_price")
+_CONTRACTS = _POSITION_FIELDS.index("contracts")
+_UPNL = _POSITION_FIELDS.index("unrealized_pnl")
+_MM = _POSITION_FIELDS.index("maintenance_margin")
+_IM = _POSITION_FIELDS.index("initial_margin")
+_MMR = _POSITION_FIELDS.index("mmr")
+_LEVERAGE = _POSITION_FIELDS.index("leverage")
+_ISOLATED = _POSITION_FIELDS.index("isolated_margin")
 
 
 @dataclass(frozen=True, slots=True)

@@ -255,15 +255,10 @@ def reduced(snapshot: AccountSnapshot, cuts: Cuts, fee_rate: float = 0.0) -> Acc
         settle_delta[settle] = settle_delta.get(settle, 0.0) + pnl_now * (1 - fraction) - fee
         if kept > 0.0:
             positions.append(
-                replace(
-                    schedule,
-                    contracts=kept,
-                    unrealized_pnl=None
-                    if p.unrealized_pnl is None
-                    else p.unrealized_pnl * fraction,
-                    isolated_margin=None
-                    if p.isolated_margin is None
-                    else p.isolated_margin * fraction,
+                schedule.resized(
+                    kept,
+                    None if p.unrealized_pnl is None else p.unrealized_pnl * fraction,
+                    None if p.isolated_margin is None else p.isolated_margin * fraction,
                 )
             )
     collateral = list(snapshot.collateral)

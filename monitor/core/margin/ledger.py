@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from operator import itemgetter
 
+from monitor.core.margin.liquidation import Walk
 from monitor.core.margin.report import assemble
 from monitor.core.margin.valuation import (
     AssetBook,
@@ -62,6 +63,7 @@ class Ledger:
         "_scheduled",
         "_settles",
         "_snapshot",
+        "_walks",
     )
 
     def __init__(self, snapshot: AccountSnapshot, marks: Marks | None = None) -> None:
@@ -105,6 +107,9 @@ class Ledger:
         # prices collateral held in its base asset (state.apply's rule)
         self._moving: dict[str, str | None] = {}
         self._collateral_moved = False  # a tick re-priced collateral since the last snapshot
+        # where each position's last liquidation walk stopped (`liquidation.Walk`): valid
+        # while the position does not move and no collateral price does
+        self._walks: list[Walk | None] = [None] * len(snapshot.positions)
 
     def tick(self, symbol: str, price: float, ts: float | None = None) -> bool:
         """Move `symbol`'s mark to `price`; False when nothing the ledger holds changed.
@@ -195,7 +200,7 @@ class Ledger:
             book.pnl = sum(pick(pnl))
             book.im = sum(pick(im))
             book.mm = sum(pick(mm))
-        return assemble(snapshot, self._books, pnl, im, mm)
+        return assemble(snapshot, self._books, pnl, im, mm, walks=self._walks)
 
     def snapshot(self) -> AccountSnapshot:
         """The account at the latest ticks, for a full report.
@@ -213,11 +218,14 @@ class Ledger:
                 books[c.asset].collateral if c.asset in books else c for c in collateral
             )
             self._collateral_moved = False
+            self._walks = [None] * len(base.positions)  # the rates of the walks moved
         positions = base.positions
         if self._moved:
             moved = list(positions)
             ims = self._im
+            walks = self._walks
             for i in self._moved:
+                walks[i] = None
                 scheduled = self._scheduled[i]
                 assert scheduled is not None  # set by the tick that moved it
                 p = moved[i] = scheduled.repriced(self._marks[i])  # schedule-only already

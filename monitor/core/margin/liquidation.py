@@ -19,13 +19,13 @@ from monitor.core.margin.valuation import (
     asset_breakpoints,
     computed_maintenance_margin,
     isolated_margin_of,
-    liquidation_fee_of,
+    margin_ratio,
     pnl_at,
 )
-from monitor.core.model import AccountSnapshot, Position, priced_collateral
+from monitor.core.model import AccountSnapshot, Position, PositionRisk, priced_collateral
 from monitor.core.venue_rules import VenueRules
 
-__all__ = ["liquidation_prices"]
+__all__ = ["Walk", "position_risks"]
 
 INF = math.inf
 _NAN = math.nan
@@ -45,6 +45,18 @@ class _Group:
 
     positions: tuple[Position, ...]
     inverse: bool
+
+
+#: Where a closed-form walk over the tiers stopped: (k0, tier, its floor, went down, went up).
+#: Each step it took compared one tier's root with that tier's bracket; the root of every
+#: tier, -(k0 + deduction)/per_notional, moves monotonically with k0 (float arithmetic is
+#: monotone too), down as k0 rises for a long and up for a short. So while the position and
+#: the rates are the same, a walk that went down holds again for a k0 on the side that
+#: lowers every tier's root (up: raises), and the next walk resumes where this one stopped,
+#: with the result a walk from the mark's tier would give, to the bit. A resumed walk that
+#: takes no further step keeps the k0 it was first taken at (the bound is the one its steps
+#: were checked against), so a k0 that goes back and forth keeps resuming.
+Walk = tuple[float, int, float, bool, bool]
 
 
 def _x(price: float, inverse: bool) -> float:
@@ -152,23 +164,34 @@ class _Surplus:
         return total
 
 
-def liquidation_prices(
+def position_risks(
     snapshot: AccountSnapshot,
     books: dict[str, AssetBook],
     pnl: Sequence[float],
+    im: Sequence[float],
     mm: Sequence[float],
-) -> list[float | None]:
-    """Liquidation price of every position (cross ones share one price per symbol).
+    *,
+    walks: list[Walk | None] | None = None,
+) -> tuple[list[PositionRisk], bool]:
+    """Every position's line of the report, liquidation price included (cross positions of
+    one symbol share one), and whether a cross position is open (`margin_ratio`'s exposed).
 
-    `books`, `pnl`, `mm`: the pool and each position's figures (`valuation.pool`, or the
-    `Ledger`'s running ones).
+    `books`, `pnl`, `im`, `mm`: the pool and each position's figures in its settle asset
+    (`valuation.pool`, or the `Ledger`'s). One pass builds each line and solves its price:
+    this loop is the report's per-position cost (docs/benchmarks.md).
+
+    `walks`: per position, where its last closed-form walk stopped (`Walk`), kept by the
+    `Ledger` between reports and updated here; an entry stays valid while the position,
+    its size and the prices of the collateral do not change (the ledger drops it then).
+    None: every walk starts at the mark's tier.
     """
     rules = snapshot.rules
     positions, currency = snapshot.positions, snapshot.currency
-    result: list[float | None] = [None] * len(positions)
     pool = {a: b.surplus(b.pnl, b.mm) for a, b in books.items()}
     pool_total = sum(pool.values())
     several_assets = len(books) > 1
+    # settle asset -> (price, ask): what a figure in that asset is worth in the report
+    rates = {a: (b.collateral.price, b.ask) for a, b in books.items()}
     # Symbols held twice (hedge mode) are solved together after the pass; found up front
     # so the usual book, one position per symbol, takes one pass (docs/benchmarks.md).
     shared = _shared_symbols(positions)
@@ -177,41 +200,187 @@ def liquidation_prices(
     # are computed once here rather than by moving each symbol out of the book and back.
     closed: dict[str, tuple[float, float, float, float] | None] = {}
     isnan = math.isnan
+    deduct = rules.tier_deduction
+    venue_fee = rules.liquidation_fee
+    on_entry = rules.isolated_mm_on_entry
+    # `tuple.__new__` is what PositionRisk(...) runs, minus its Python-level `__new__`
+    make = tuple.__new__
+    risks: list[PositionRisk] = []
+    exposed = False  # a cross position is open (empty cross pool: no risk, docs/margin-edges.md)
     for i, p in enumerate(positions):
-        if p.contracts <= 0 or p.mark_price <= 0:
-            continue
-        if p.margin_mode == "isolated":
-            result[i] = _isolated_price(p, rules)
-            continue
-        if shared and p.symbol in shared:
-            continue
+        contracts, mark = p.contracts, p.mark_price
+        own_pnl, own_mm = pnl[i], mm[i]
         settle = p.settle or currency
-        moving = _moving_asset(p, currency, books, settle) if several_assets else None
-        if not p.inverse and moving is None:
-            terms = closed.get(settle, _UNSEEN)
-            if terms is _UNSEEN:
-                terms = closed[settle] = _closed_terms(books[settle], pool_total - pool[settle])
-            if terms is not None:
-                k, equity, rate, ask = terms
-                own_pnl = pnl[i]
-                # the pool's surplus with this position's own PnL and MM taken out, at the
-                # price where its own PnL is zero (−s·q·entry is its PnL at price 0)
-                size = p.contracts * p.contract_size
-                at_zero = size * p.entry_price if p.side == "long" else -size * p.entry_price
-                k0 = k + (ask * mm[i] - rate * (own_pnl + at_zero))
-                lp = _walk_linear(p, rules, k0, equity - own_pnl, rate, ask)
-                if lp is None or not isnan(lp):  # the closed form held
-                    result[i] = lp
-                    continue
-        result[i] = _group_price(snapshot, books, pnl, mm, [i], pool, moving)
+        price, to_report = rates[settle]
+        q = contracts * p.contract_size
+        isolated = p.margin_mode == "isolated"
+        if isolated:
+            own = margin_ratio(own_mm, isolated_margin_of(p) + own_pnl, exposed=True)
+        else:
+            own = None
+            exposed = True
+        if p.inverse:  # Position.settle_notional, inlined
+            notional = q / mark if mark > 0 else INF
+        else:
+            notional = q * mark
+        lp: float | None = None
+        terms = None  # the closed form's (k, equity, rate, ask): see `_closed_terms`
+        moving = None
+        if contracts <= 0 or mark <= 0:
+            pass  # nothing to liquidate
+        elif isolated:
+            if not p.inverse and not on_entry:
+                # its own margin against its own MM, nothing else in
+                terms = (isolated_margin_of(p), 0.0, 1.0, 1.0)
+                own_pnl = own_mm = 0.0
+            else:
+                lp = _isolated_price(p, rules)
+        elif shared and p.symbol in shared:
+            pass  # solved with the other side after the pass
+        else:
+            if several_assets:
+                moving = _moving_asset(p, currency, books, settle)
+            if not p.inverse and moving is None:
+                terms = closed.get(settle, _UNSEEN)
+                if terms is _UNSEEN:
+                    terms = closed[settle] = _closed_terms(books[settle], pool_total - pool[settle])
+            if terms is None:
+                lp = _group_price(snapshot, books, pnl, mm, [i], pool, moving)
+        if terms is not None:
+            lp = _closed_form(p, terms, own_pnl, own_mm, q, deduct, venue_fee, walks, i)
+            if lp is not None and isnan(lp):  # its assumptions failed: the general solver
+                if isolated:
+                    lp = _isolated_price(p, rules)
+                else:
+                    lp = _group_price(snapshot, books, pnl, mm, [i], pool, None)
+        risks.append(
+            make(
+                PositionRisk,
+                (
+                    p.symbol,
+                    p.side,
+                    p.margin_mode,
+                    contracts,
+                    mark,
+                    notional * price,
+                    pnl[i] * price,
+                    im[i] * to_report,
+                    mm[i] * to_report,
+                    own,
+                    lp,
+                    p.hedged,
+                ),
+            )
+        )
     for indices in shared.values():
         first = positions[indices[0]]
         settle = first.settle or currency
         moving = _moving_asset(first, currency, books, settle) if several_assets else None
         lp = _group_price(snapshot, books, pnl, mm, indices, pool, moving)
         for i in indices:
-            result[i] = lp
-    return result
+            risks[i] = risks[i]._replace(liquidation_price=lp)
+    return risks, exposed
+
+
+def _closed_form(  # noqa: PLR0917 - positional: runs once per position per report
+    p: Position,
+    terms: tuple[float, float, float, float],
+    own_pnl: float,
+    own_mm: float,
+    q: float,
+    deduct: bool,
+    venue_fee: float,
+    walks: list[Walk | None] | None,
+    i: int,
+) -> float | None:
+    """LP of a lone linear position by the closed form (`_closed_terms`), walking tiers
+    outward from the current one; NaN where its assumptions fail (the general solver runs).
+
+    `terms`: its settle asset's (k, equity, rate, ask), with this position's own PnL and
+    MM (`own_pnl`, `own_mm`) still in, which it takes out; `q`: its size. `walks[i]`: where
+    this position's previous walk stopped (`position_risks`), resumed when still valid.
+    """
+    if not 0.0 < q < INF:
+        return _NAN  # sizes that underflow to 0 (or overflow): the general solver copes
+    k, equity, rate, ask = terms
+    long = p.side == "long"
+    mark = p.mark_price
+    # the pool's surplus with this position's own PnL and MM taken out, at the price where
+    # its own PnL is zero (its PnL there is −s·q·entry)
+    entry = p.entry_price
+    k0 = k + (ask * own_mm - rate * (own_pnl + (q * entry if long else -q * entry)))
+    # per unit of notional, the surplus moves by rate·s − ask·(mmr + fee) (OKX and Gate
+    # charge the liquidation fee on top of the maintenance rate)
+    rate_s = rate if long else -rate
+    fee = venue_fee if p.liquidation_fee is None else p.liquidation_fee
+    tiers = p.tiers
+    if not tiers:
+        per_notional = rate_s - ask * ((p.mmr or 0.0) + fee)
+        if (per_notional <= 0.0) if long else (per_notional >= 0.0):
+            return _NAN  # not monotone
+        value = -k0 / per_notional
+        if value < 0.0:
+            return None  # the root is at a price ≤ 0: nothing liquidates
+    else:
+        last = len(tiers) - 1
+        held = walks[i] if walks is not None else None
+        if held is not None and (
+            (k0 >= held[0] if long else k0 <= held[0])
+            if held[3]
+            else (k0 <= held[0] if long else k0 >= held[0])
+        ):
+            # every step the walk took holds at this k0 too (`Walk`): resume it
+            _, t, floor, down, up = held
+        else:
+            held = None
+            notional = q * mark
+            t = 0
+            while t < last and notional > tiers[t].max_notional:
+                t += 1
+            # each tier's line is solved for the notional, which its bracket (floor, ceiling]
+            # bounds; from the current tier the walk only ever heads one way, down or up
+            down = up = False
+            floor = tiers[t - 1].max_notional if t else 0.0
+        if walks is not None:
+            walks[i] = None  # none where the walk fails (NaN)
+        inside = False
+        lp: float | None = None
+        while True:
+            tier = tiers[t]
+            per_notional = rate_s - ask * (tier.mmr + fee)
+            if (per_notional <= 0.0) if long else (per_notional >= 0.0):
+                return _NAN  # not monotone
+            value = -(k0 + (ask * tier.maintenance_amount if deduct else 0.0)) / per_notional
+            if value < floor:  # the root lies below tier t
+                if up:  # surplus jumps across zero at this tier edge (OKX)
+                    lp = floor / q
+                    break
+                if not t:
+                    break  # the root is at a price ≤ 0: nothing liquidates
+                down = True
+                t -= 1
+                floor = tiers[t - 1].max_notional if t else 0.0
+            elif t < last and value > tier.max_notional:  # the root lies above tier t
+                if down:  # surplus jumps across zero at this tier edge (OKX)
+                    lp = tier.max_notional / q
+                    break
+                up = True
+                t += 1
+                floor = tier.max_notional
+            else:
+                inside = True
+                break
+        if walks is not None and (down or up):
+            # a resumed walk that took no step holds wherever the held one does
+            walks[i] = held if held is not None and held[1] == t else (k0, t, floor, down, up)
+        if not inside:
+            return lp
+    x = value / q
+    # the settle asset went negative at the root: another valuation rate applies (the
+    # general solver); ~0 is rounding: no price
+    if rate != ask and (equity - own_pnl) + (q if long else -q) * (x - entry) <= 0.0:
+        return _NAN
+    return x if x > mark * 1e-9 else None
 
 
 def _shared_symbols(positions: Sequence[Position]) -> dict[str, list[int]]:
@@ -226,12 +395,8 @@ def _shared_symbols(positions: Sequence[Position]) -> dict[str, list[int]]:
 
 
 def _isolated_price(p: Position, rules: VenueRules) -> float | None:
-    """LP of an isolated position: its own margin + PnL against its own MM."""
-    if not p.inverse and not rules.isolated_mm_on_entry:
-        k0 = isolated_margin_of(p) - p.sign * p.contracts * p.contract_size * p.entry_price
-        fast = _walk_linear(p, rules, k0, equity=0.0, rate=1.0, ask=1.0)
-        if fast is None or not math.isnan(fast):
-            return fast
+    """LP of an isolated position, its own margin + PnL against its own MM, by the
+    piecewise solver (where `liquidation_prices`' closed form does not hold)."""
     group = _Group((p,), p.inverse)
     surplus = _Surplus(group, rules, None, "", base=isolated_margin_of(p))
     return _solve(surplus, group, _tier_edges(group, rules), _x(p.mark_price, p.inverse))
@@ -266,12 +431,18 @@ def _group_price(  # noqa: PLR0917 - liquidation_prices' locals, on its rare pat
 
 
 def _closed_terms(book: AssetBook, base: float) -> tuple[float, float, float, float] | None:
-    """(k, equity, rate, ask) of a settle asset for `_walk_linear`, with the book's whole
+    """(k, equity, rate, ask) of a settle asset for the closed form, with the book's whole
     PnL and MM still in (each position takes its own out); None when its haircut is banded
     (no single rate). `base`: the surplus of every other asset.
 
     k = base + rate·equity − ask·mm: the pool's surplus as a line through the settle
-    asset's equity at the bid rate (the walk checks that the equity stays positive)."""
+    asset's equity at the bid rate. With a lone linear position's own PnL and MM taken out
+    and its move from price 0 put back (k0), the surplus at its mark x is, tier by tier,
+    k0 + rate·s·q·x − ask·(q·x·(mmr_t + fee) − deduction_t): the Binance formula (with OKX's
+    and Gate's liquidation fee), re-solved in the neighbouring tier when the answer falls
+    outside the tier it assumed (the FAQ's instruction); monotone, so the root is unique.
+    `liquidation_prices` walks it; NaN there (the settle asset negative at the root, a
+    tier where the surplus does not rise toward safety) sends the general solver."""
     c = book.collateral
     if c.haircut_tiers:
         return None
@@ -345,81 +516,3 @@ def _value_edges(book: AssetBook) -> list[float]:
     if c.tier_basis != "value" or equity <= 0:
         return []
     return [band.up_to / equity for band in c.haircut_tiers if math.isfinite(band.up_to)]
-
-
-def _walk_linear(  # noqa: PLR0917 - positional: it runs once per position per report
-    p: Position, rules: VenueRules, k0: float, equity: float, rate: float, ask: float
-) -> float | None:
-    """Closed-form LP of a lone linear position, walking tiers outward from the current one.
-
-    surplus(x) = k0 + rate·s·q·x − ask·(q·x·(mmr_t + fee) − deduction_t), where
-    k0 = k + rate·(equity − s·q·entry) holds everything but the position's move from price 0:
-    the Binance formula (with OKX's and Gate's liquidation fee), re-solved in the neighbouring
-    tier when the answer falls outside the tier it assumed (the FAQ's instruction). Monotone
-    by construction, so the root is unique.
-    Returns NaN when the shortcut's assumptions fail (then the general solver runs).
-    """
-    q = p.contracts * p.contract_size
-    if not 0.0 < q < INF:
-        return _NAN  # sizes that underflow to 0 (or overflow): the general solver copes
-    sign = 1 if p.side == "long" else -1
-    tiers = p.tiers
-    n = len(tiers)
-    # every tier's line shares k0: in the notional v = q·x, k0 + rate·s·v − ask·(v·mmr − d);
-    # `equity` (the settle asset's without this position) only checks the valuation rate
-    rate_s = rate * sign
-    # the fee charged at liquidation counts on top of the maintenance rate (OKX, Gate)
-    fee = liquidation_fee_of(p, rules)
-    if not n:
-        slope = q * (rate_s - ask * ((p.mmr or 0.0) + fee))
-        if slope * sign <= 0.0:
-            return _NAN
-        x = -k0 / slope
-        return None if x < 0.0 else _settled(x, p, q, sign, equity, rate, ask)
-    deduct = rules.tier_deduction
-    last = n - 1
-    notional = q * p.mark_price
-    i = 0
-    while i < last and notional > tiers[i].max_notional:
-        i += 1
-    # each tier's line is solved for the notional v = q·x, which its bracket (floor, ceiling]
-    # bounds; from the current tier the walk only ever heads one way, down or up
-    down = up = False
-    floor = tiers[i - 1].max_notional if i else 0.0
-    while True:
-        tier = tiers[i]
-        per_notional = rate_s - ask * (tier.mmr + fee)
-        if per_notional * sign <= 0.0:
-            return _NAN
-        value = -(k0 + (ask * tier.maintenance_amount if deduct else 0.0)) / per_notional
-        if value < floor:  # the root lies below tier i
-            if up:  # surplus jumps across zero at this tier edge (OKX)
-                return floor / q
-            if not i:
-                return None  # the root is at a price ≤ 0: nothing liquidates
-            down = True
-            i -= 1
-            floor = tiers[i - 1].max_notional if i else 0.0
-        elif i < last and value > tier.max_notional:  # the root lies above tier i
-            if down:  # surplus jumps across zero at this tier edge (OKX)
-                return tier.max_notional / q
-            up = True
-            i += 1
-            floor = tier.max_notional
-        else:
-            break
-    # _settled, inlined (once per position per report)
-    x = value / q
-    if rate != ask and equity + sign * q * (x - p.entry_price) <= 0.0:
-        return _NAN
-    return x if x > p.mark_price * 1e-9 else None
-
-
-def _settled(  # noqa: PLR0917 - the walk's locals, passed on its hot path
-    x: float, p: Position, q: float, sign: int, equity: float, rate: float, ask: float
-) -> float | None:
-    """The walk's root, unless the settle asset went negative there (another valuation
-    rate applies: NaN sends the general solver) or it is ~0 (rounding: no price)."""
-    if rate != ask and equity + sign * q * (x - p.entry_price) <= 0.0:
-        return _NAN
-    return x if x > p.mark_price * 1e-9 else None
