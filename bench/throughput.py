@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import math
 import os
@@ -115,6 +116,8 @@ class Probe:
         self.lags: list[float] = []
         #: ages (s) of every account's shock figure, sampled with the backlog
         self.ages: list[float] = []
+        #: wall seconds of each garbage collection, by generation (`GcPauses`)
+        self.gc_pauses: dict[int, list[float]] = {}
         #: CPU seconds the tick generator (the bench's venue) took, all accounts
         self.generator_cpu = 0.0
         self.recording = True
@@ -125,6 +128,7 @@ class Probe:
         self.backlog.clear()
         self.lags.clear()
         self.ages.clear()
+        self.gc_pauses.clear()
         self.generated = 0
         self.reports = 0
 
@@ -224,6 +228,29 @@ async def lag_monitor(probe: Probe) -> None:
         await asyncio.sleep(0.1)
         if probe.recording:
             probe.lags.append(loop.time() - t - 0.1)
+
+
+class GcPauses:
+    """Wall time of each garbage collection while the probe records, by generation: a loop
+    lag of tens of ms is often one of these (the loop cannot run during a collection)."""
+
+    def __init__(self, probe: Probe) -> None:
+        self.probe = probe
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        elif self.probe.recording and self._started:
+            pauses = self.probe.gc_pauses.setdefault(info["generation"], [])
+            pauses.append(time.perf_counter() - self._started)
+
+
+def gc_summary(probe: Probe) -> str:
+    return "; ".join(
+        f"gen{g} {len(p)} x, max {max(p) * 1000:.1f} ms, total {sum(p) * 1000:.0f} ms"
+        for g, p in sorted(probe.gc_pauses.items())
+    )
 
 
 async def window(
@@ -429,6 +456,7 @@ async def main_async(args: argparse.Namespace) -> None:
         shocks = shock_solver(settings)  # the daemon's own, passed in to read its spending
         if args.shock_share is not None:  # a trade-off to measure, not a setting
             shocks.scheduler.share = args.shock_share
+        gc.callbacks.append(GcPauses(probe))
         aux = [
             asyncio.create_task(lag_monitor(probe)),
             asyncio.create_task(backlog_monitor(probe, shocks)),
@@ -494,7 +522,8 @@ async def main_async(args: argparse.Namespace) -> None:
     )
     print(
         f"event-loop lag: p50 {pct(lags, 0.5) * 1000:.1f} ms, "
-        f"p99 {pct(lags, 0.99) * 1000:.1f} ms, max {max(lags) * 1000:.1f} ms"
+        f"p99 {pct(lags, 0.99) * 1000:.1f} ms, max {max(lags) * 1000:.1f} ms; "
+        f"garbage collections meanwhile: {gc_summary(probe)}"
     )
 
 
