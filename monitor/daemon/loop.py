@@ -14,7 +14,7 @@ faster than reports can be computed, the report is taken from the newest figures
 burst costs one recompute, not a backlog (docs/development.md, "one event in, at most one recompute
 out"). `AccountLoop.events` vs `.recomputes` shows it working. A coalesced report follows
 the account's previous report by at least `settings.report_spacing` seconds (default
-0.5; a threshold crossing reports at once, see `AccountLoop._changed`): without it, a thousand
+1; a threshold crossing reports at once, see `AccountLoop._changed`): without it, a thousand
 accounts whose ticks arrive a few at a time asked for a full report (every liquidation
 price, the alert rules, the store) per handful of ticks, more than a core at 20 000 ticks/s
 (docs/benchmarks.md), and a venue streaming each symbol's mark separately would ask for one per
