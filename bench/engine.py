@@ -2,9 +2,11 @@
 
 Prints the median of several runs for 10 / 100 / 1 000 / 10 000 positions: a full report
 (with every liquidation price), the pool totals alone, the liquidation prices (difference),
-shock to liquidation, a tick followed by a full report, and the incremental path the daemon
-takes on every tick (`Ledger.tick` + `Ledger.ratio`, the threshold check). Targets (issue 2):
-a 1 000-position report ≤ 2 ms; a single-tick incremental update ≤ 50 µs.
+shock to liquidation, a tick followed by a full report, the incremental path the daemon
+takes on every tick (`Ledger.tick` + `Ledger.ratio`, the threshold check), and the daemon's
+routine report (a tick, then `Ledger.report`: the same report from the figures the ledger
+keeps). Targets (issue 2, 16): a 1 000-position report ≤ 2 ms (aim 1.5 ms); a single-tick
+incremental update ≤ 50 µs.
 
     .venv/bin/python bench/engine.py [--repeat 7] [--sizes 10,100,1000,10000]
 """
@@ -77,6 +79,20 @@ def median_time(fn: Callable[[], object], repeat: int, min_seconds: float = 0.2)
     return statistics.median(samples)
 
 
+def ticking(
+    ledger: Ledger, symbol: str, price: float, then: Callable[[Ledger], object]
+) -> Callable[[], object]:
+    """A step that moves `symbol`'s mark between `price` and a hair above, then `then`."""
+    flip = [price * 1.0001, price]
+
+    def step() -> object:
+        flip.reverse()
+        ledger.tick(symbol, flip[0])
+        return then(ledger)
+
+    return step
+
+
 def fmt(seconds: float) -> str:
     if seconds < 1e-3:
         return f"{seconds * 1e6:9.1f} µs"
@@ -94,7 +110,7 @@ def main() -> None:
     )
     print(
         f"{'positions':>9} | {'report':>12} | {'surplus only':>12} | {'liq. prices':>12} | "
-        f"{'shock→liq':>12} | {'tick+report':>12} | {'ledger tick':>12}"
+        f"{'shock→liq':>12} | {'tick+report':>12} | {'ledger tick':>12} | {'ledger report':>13}"
     )
     for n in (int(x) for x in args.sizes.split(",")):
         s = account(n)
@@ -108,20 +124,13 @@ def main() -> None:
             return report(with_prices(s, {symbol: price * 1.0001}))
 
         update = median_time(tick, args.repeat)
-        ledger = Ledger(s)
-        flip = [price * 1.0001, price]
-
-        def ledger_tick(
-            ledger: Ledger = ledger, symbol: str = symbol, flip: list[float] = flip
-        ) -> object:
-            flip.reverse()
-            ledger.tick(symbol, flip[0])
-            return ledger.ratio()
-
-        incremental = median_time(ledger_tick, args.repeat)
+        # the same tick flipping one mark back and forth, then the threshold check (the
+        # daemon's every tick) or the full report from the ledger (its routine report)
+        incremental = median_time(ticking(Ledger(s), symbol, price, Ledger.ratio), args.repeat)
+        routine = median_time(ticking(Ledger(s), symbol, price, Ledger.report), args.repeat)
         print(
             f"{n:>9} | {fmt(full)} | {fmt(base)} | {fmt(full - base)} | {fmt(shock)} | "
-            f"{fmt(update)} | {fmt(incremental)}"
+            f"{fmt(update)} | {fmt(incremental)} | {fmt(routine):>13}"
         )
 
 

@@ -363,7 +363,8 @@ class TestActionState:
         plans: list[float] = []
 
         def counted(*args: Any, **kwargs: Any) -> Any:
-            plans.append(args[4])  # `now`: which report was planned
+            if args[1].action_ratio > 0:  # a preview (the start-up warm-up plans at ratio 0)
+                plans.append(args[4])  # `now`: which report was planned
             return plan_step(*args, **kwargs)
 
         monkeypatch.setattr(protect_notes, "plan_step", counted)

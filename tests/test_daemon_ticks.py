@@ -24,6 +24,7 @@ from monitor.core.model import (
     AccountUpdate,
     Collateral,
     Event,
+    MarginReport,
     Position,
     PriceTick,
 )
@@ -278,6 +279,75 @@ class TestSharedShockBudget:
         solved = [r.account for r in recorder.reports if r.shock_to_liquidation is not None]
         assert solved[0] == "danger"
         assert sorted(solved) == sorted(b.account for b in books)  # each once: nothing moved
+
+
+class _UrgentOnFirst(_Recorder):
+    """A recorder that, on the first shock report, makes another account urgent (as a
+    tick crossing toward danger does in its `source[..]` task)."""
+
+    def __init__(self, solver: ShockSolver, account: str) -> None:
+        super().__init__()
+        self.solver = solver
+        self.account = account
+        self.solved: list[str] = []  # accounts in the order of their shock reports
+
+    async def on_report(
+        self, account: str, report: MarginReport, snapshot: AccountSnapshot, now: float
+    ) -> None:
+        await super().on_report(account, report, snapshot, now)
+        if report.shock_to_liquidation is not None:
+            self.solved.append(account)
+            if len(self.solved) == 1:
+                self.solver.urgent(self.solver.scheduler.claims[self.account])
+
+
+class TestShockSolverWakes:
+    async def test_an_urgent_claim_cuts_a_batch_short(self) -> None:
+        """Test that an account turning urgent while a batch of solves runs is solved next,
+        ahead of the rest of the batch it was not in."""
+        config = AlertConfig()
+        solver = ShockSolver(ShockScheduler(1.0, config, share=0.25, burst=1.0))
+        books = [replace(_book(), account=f"calm{i:02d}") for i in range(40)]
+        recorder = _UrgentOnFirst(solver, "calm39")
+        loops = [
+            AccountLoop(_Parked(b), [recorder], AlertsSettings(), 1.0, shocks=solver) for b in books
+        ]
+        tasks = [asyncio.create_task(lp.run_source()) for lp in loops]
+        await _until(lambda: all(lp.ledger is not None for lp in loops))
+        recorder.reports.clear()
+        runner = asyncio.create_task(solver.run())
+        try:
+            await _until(lambda: len(recorder.solved) >= 3)
+        finally:
+            runner.cancel()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(runner, *tasks, return_exceptions=True)
+        # the first batch holds the first 32 claims (calm00..calm31), calm39 is not one:
+        # without the cut it would wait for the other 31
+        assert recorder.solved[:3] == ["calm00", "calm39", "calm01"]
+
+    def test_a_change_wakes_the_idle_task_only_for_an_account_due_sooner(self) -> None:
+        """Test that while the task sleeps until a claim falls due, a change wakes it for an
+        account due before then (or never solved), and not for one due later."""
+        solver = ShockSolver(ShockScheduler(1.0, AlertConfig()))
+        later = solver.scheduler.register("later")
+        later.solved_at = 100.0  # due at 101.0
+        sooner = solver.scheduler.register("sooner")
+        sooner.solved_at = 99.2  # due at 100.2
+        fresh = solver.scheduler.register("fresh")  # never solved
+        solver._wakes_at = 100.5  # what `run` sets while it waits for the next due claim
+        solver.changed(later)
+        assert not solver.wake.is_set()
+        solver.changed(sooner)
+        assert solver.wake.is_set()
+        solver.wake.clear()
+        solver.changed(fresh)
+        assert solver.wake.is_set()
+        solver.wake.clear()
+        solver._wakes_at = -float("inf")  # busy solving: it picks again by itself
+        solver.changed(fresh)
+        assert not solver.wake.is_set()
 
 
 class _Paced(_Script):

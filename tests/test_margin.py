@@ -541,13 +541,19 @@ class TestProperties:
     @settings(max_examples=300, deadline=None)
     @given(accounts())
     def test_ratio_is_one_at_every_liquidation_price(self, s: AccountSnapshot) -> None:
-        """Test that the report at a computed cross liquidation price has ratio 1 (± 1e-9)."""
+        """Test that the report at a computed cross liquidation price has ratio 1 (± 1e-9),
+        or, where the ratio is too steep in the price for that (the balance a small
+        difference of large terms), crosses 1 within 1e-9 of the price either side."""
         r = report(s)
         for p in r.positions:
-            if p.liquidation_price is None:
+            lp = p.liquidation_price
+            if lp is None:
                 continue
-            at = report(with_prices(s, {p.symbol: p.liquidation_price}))
-            assert at.margin_ratio == pytest.approx(1.0, abs=1e-9)
+            at = report(with_prices(s, {p.symbol: lp})).margin_ratio
+            if at != pytest.approx(1.0, abs=1e-9):
+                below = report(with_prices(s, {p.symbol: lp * (1 - 1e-9)})).margin_ratio
+                above = report(with_prices(s, {p.symbol: lp * (1 + 1e-9)})).margin_ratio
+                assert min(below, above) <= 1.0 <= max(below, above), (lp, at, below, above)
 
     @settings(max_examples=300, deadline=None)
     @given(accounts(), st.sampled_from((None, "binanceusdm", "bybit", "okx", "hyperliquid")))
@@ -566,8 +572,8 @@ class TestProperties:
         """Test that the hot loops' inlined copies (valuation.pool's schedule-only figures,
         report's notional) equal `figures_of` and `Position.settle_notional` exactly."""
         s = replace(s, venue=venue)
-        _, figures = pool(s)
-        assert figures == [figures_of(p, s.rules) for p in s.positions]
+        _, pnl, im, mm = pool(s)
+        assert list(zip(pnl, im, mm, strict=True)) == [figures_of(p, s.rules) for p in s.positions]
         for p, risk in zip(s.positions, report(s).positions, strict=True):
             if (p.settle or s.currency) == s.currency:
                 assert risk.notional == p.settle_notional(p.mark_price)

@@ -285,10 +285,12 @@ class Settings(BaseSettings):
         "(the solve costs ~30x a plain report); 0 = on every recompute",
     )
     report_spacing: float = Field(
-        0.5,
+        1.0,
         ge=0,
         description="least seconds between an account's coalesced reports; a threshold "
-        "crossing reports at once regardless, checked on every tick; 0 = a report per change",
+        "crossing reports at once regardless, checked on every tick; 0 = a report per change "
+        "(1 s: the venues' own mark streams are 1 s; at 1 000 accounts a routine report per "
+        "0.5 s took ~15 % of a core more, docs/benchmarks.md)",
     )
     ratio_source: Literal["worst", "model", "venue"] = Field(
         "worst",

@@ -1,10 +1,12 @@
 """Which account's shock-to-liquidation solve runs next, within one CPU budget for all.
 
-The shock solve (`stress.assess`) costs ~30 plain reports. Solving every account every
-`shock_interval` seconds costs accounts × solve time per interval: 1 000 accounts × 20
-positions at 1 s is more than a core, and the tick path starves (docs/benchmarks.md). So the
-solves of every account share one budget, a token bucket of CPU seconds refilled at
-`share` of one core (at most `burst` seconds banked), and the scheduler hands it out:
+The shock solve (`stress.assess`) costs a few plain reports (~165 µs at 20 positions since
+the pre-summed curve, `core/shock_curve.py`; ~30 reports before it). Solving every account
+every `shock_interval` seconds costs accounts × solve time per interval: 1 000 accounts × 20
+positions at 1 s is ~17 % of a core, and more accounts or positions would starve the tick
+path (docs/benchmarks.md). So the solves of every account share one budget, a token bucket
+of CPU seconds refilled at `share` of one core (at most `burst` seconds banked), and the
+scheduler hands it out:
 
 - An account is a candidate once its state changed since its last solve (an unchanged
   account's figures are still exact) and its last solve is at least `interval` old, or it

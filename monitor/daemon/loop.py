@@ -14,14 +14,14 @@ faster than reports can be computed, the report is taken from the newest figures
 burst costs one recompute, not a backlog (docs/development.md, "one event in, at most one recompute
 out"). `AccountLoop.events` vs `.recomputes` shows it working. A coalesced report follows
 the account's previous report by at least `settings.report_spacing` seconds (default
-0.5; a threshold crossing reports at once, see `AccountLoop._changed`): without it, a thousand
+1; a threshold crossing reports at once, see `AccountLoop._changed`): without it, a thousand
 accounts whose ticks arrive a few at a time asked for a full report (every liquidation
 price, the alert rules, the store) per handful of ticks, more than a core at 20 000 ticks/s
 (docs/benchmarks.md), and a venue streaming each symbol's mark separately would ask for one per
 tick.
 
 Reports go to `Sink`s (monitor/sink.py) built in `wiring.build_sinks`; alerts, metrics and
-protective actions plug in there. The shock-to-liquidation solve costs ~30x a plain report,
+protective actions plug in there. The shock-to-liquidation solve costs a few plain reports,
 so the solves of all accounts share one CPU budget (`SHOCK_CPU_SHARE` of a core, task `shocks`,
 monitor/core/shock_schedule.py): an account is solved at most every `settings.shock_interval`
 seconds and only when its figures changed, nearest to danger first, never older than
@@ -45,7 +45,6 @@ from monitor.config.settings import AlertsSettings
 from monitor.core import stress
 from monitor.core.alert_config import ratio_level, shock_fraction
 from monitor.core.levels import Level, level_exit, level_rank
-from monitor.core.margin import report as margin
 from monitor.core.margin.ledger import Ledger
 from monitor.core.model import (
     AccountSnapshot,
@@ -71,6 +70,9 @@ Clock = Callable[[], float]
 
 #: Shock solves of all accounts together take at most this share of one core on average
 #: (docs/benchmarks.md: 1 000 accounts each solved every second needed more than a core).
+#: Since the pre-summed solve they take ~17 % at 1 000 × 20 positions, under this ceiling; a
+#: lower share made them no cheaper (solves out of the report spacing are extra reports) and
+#: calm accounts' figures older (bench/RESULTS.md, "CPU lane").
 SHOCK_CPU_SHARE = 0.25
 #: ... but no changing account's shock figure gets older than this (seconds, or
 #: shock_interval if longer), budget or not.
@@ -79,6 +81,13 @@ SHOCK_MAX_AGE = 60.0
 #: whose urgent report may have queued I/O (an alert's MQTT publish, an order) that would
 #: otherwise wait behind the solve (docs/benchmarks.md: tick -> alert p99 <= 10 ms).
 SOLVE_AFTER_WAKE = 0.002
+#: Most claims the `shocks` task takes per scan of every account (`ShockScheduler.pick`):
+#: the scan costs ~0.3 ms at 1 000 accounts, so it is shared by up to this many solves; an
+#: urgent claim arriving meanwhile cuts the batch short (docs/benchmarks.md).
+PICK_LIMIT = 32
+#: ... and, idle, it waits at least this long (seconds) for the next claims to fall due, so
+#: that a scan finds a batch of them, not one (`shock_interval` is a least spacing anyway).
+PICK_GAP = 0.025
 
 
 # --- levels ----------------------------------------------------------------------------------
@@ -100,13 +109,31 @@ class ShockSolver:
 
     A solve runs as the account's own recompute (`AccountLoop.recompute(shock=True)`), so
     it also delivers the account's newest report; between solves the task yields, and it
-    sleeps while the budget is spent, so ticks always get through.
+    sleeps while the budget is spent, so ticks always get through. While idle it sleeps
+    until the next claim falls due, and an account's change wakes it only when that account
+    is due sooner (`changed`) or urgent (`urgent`): at 1 000 changing accounts, waking on
+    every first change after a solve meant a scan of every account per change.
     """
 
     def __init__(self, scheduler: ShockScheduler) -> None:
         self.scheduler = scheduler
         self.wake = asyncio.Event()
         self.loops: dict[str, AccountLoop] = {}
+        #: loop time by which the idle task wakes by itself (-inf while it is not idle)
+        self._wakes_at = -math.inf
+        self._urgent = False  # an urgent claim came in since the last pick
+
+    def changed(self, claim: ShockClaim) -> None:
+        """`claim`'s account changed since its last solve: wake the task if that makes the
+        account due before the task wakes anyway."""
+        if claim.solved_at + self.scheduler.interval < self._wakes_at:
+            self.wake.set()
+
+    def urgent(self, claim: ShockClaim) -> None:
+        """`claim`'s account is heading into danger: it goes first, at once."""
+        claim.urgent = True
+        self._urgent = True
+        self.wake.set()
 
     def add(self, account_loop: AccountLoop) -> ShockClaim:
         """Serve `account_loop` (a restarted account replaces its predecessor)."""
@@ -123,15 +150,23 @@ class ShockSolver:
         """Pick, solve, repeat; wait for a change, a due time or budget when there is none."""
         loop = asyncio.get_running_loop()
         while True:
-            claims, wait = self.scheduler.pick(loop.time())
+            now = loop.time()
+            claims, wait = self.scheduler.pick(now, PICK_LIMIT)
+            self._urgent = False
             if not claims:
                 if self.scheduler.tokens <= 0:
                     await asyncio.sleep(wait or 0.0)  # budget spent: changes cannot help
                     continue
                 self.wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(wait):
-                        await self.wake.wait()
+                if wait is not None:
+                    wait = max(wait, PICK_GAP)
+                self._wakes_at = math.inf if wait is None else now + wait
+                try:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(wait):
+                            await self.wake.wait()
+                finally:
+                    self._wakes_at = -math.inf
                 # what woke us (a tick) may have queued an urgent report's deliveries (an
                 # MQTT publish, an order): their I/O goes out before the solve
                 await asyncio.sleep(SOLVE_AFTER_WAKE)
@@ -142,6 +177,8 @@ class ShockSolver:
                 if account_loop is not None and account_loop.claim is claim and claim.changed:
                     await account_loop.recompute(shock=True)
                 await asyncio.sleep(0)  # ticks first, then the next solve
+                if self._urgent:
+                    break  # picked again: the urgent claim goes first
 
 
 class AccountLoop:
@@ -358,15 +395,14 @@ class AccountLoop:
         claim = self.claim
         if not claim.changed:
             claim.changed = True
-            self.shocks.wake.set()
+            self.shocks.changed(claim)
         assert self.ledger is not None
         ratio = self.ledger.ratio()
         if self.anchor is not None:
             ratio = used_ratio(ratio, self.anchor, self.ratio_source)
         claim.ratio = ratio
         if ratio >= self._alarm_hi:
-            claim.urgent = True  # fresh shock figures for an account heading into danger
-            self.shocks.wake.set()
+            self.shocks.urgent(claim)  # fresh shock figures for an account heading into danger
             return True
         return ratio < self._alarm_lo
 
@@ -432,7 +468,7 @@ class AccountLoop:
                 if shock:
                     started = time.thread_time()
                     try:
-                        report = stress.assess(snapshot)
+                        report = stress.assess(snapshot, ledger.report())
                     except Exception:
                         # charged and marked done all the same: no retry storm on bad data
                         scheduler.solved(claim, loop_now, None, time.thread_time() - started)
@@ -441,7 +477,7 @@ class AccountLoop:
                     scheduler.solved(claim, loop_now, shock_fraction(report), cpu)
                     self.shock_solves += 1
                 else:
-                    report = margin.report(snapshot)
+                    report = ledger.report()  # = margin.report(snapshot), from the ledger's pool
             except Exception as exc:  # a core bug on odd data must not stop the monitor
                 log.error("recompute failed", account=self.account, error=one_line(exc))
                 return None

@@ -4,9 +4,10 @@ A full report re-values every position and solves every liquidation price: milli
 a thousand positions. The question a tick must answer at once is smaller: where is the
 margin ratio now? A `Ledger` keeps each position's figures and the per-asset sums of the
 pool, so a tick only re-values the positions of its symbol (hedge mode: two) and re-sums a
-handful of assets. The daemon asks it on every tick and re-runs the full report (liquidation
-prices, shock to liquidation) coalesced, at its own pace (20 000 ticks/s a core: see
-docs/benchmarks.md).
+handful of assets. The daemon asks it on every tick, and takes the coalesced full report
+from it too (`report()`: the same report as `report(snapshot)`, to the bit, from the figures
+kept here rather than re-valued, with the liquidation work of the last report that still
+holds, `liquidation.Kept`), at its own pace (20 000 ticks/s a core: see docs/benchmarks.md).
 
 A tick never builds a `Position`: each position is turned once into its schedule-only form
 (`Position.scheduled`, venue figures become the rates they imply, exactly what
@@ -15,24 +16,30 @@ argument (`valuation.pnl_at` and friends). Building frozen dataclasses per tick 
 the tick's cost; `snapshot()` builds the moved positions once per full report instead.
 
 Pure like the rest of the core (no I/O, no clock), but deliberately mutable: it is owned by
-one account's task and never shared. Running sums drift by rounding, so a ledger is rebuilt
-from its snapshot whenever positions or balances are re-read (`Ledger(snapshot)`).
+one account's task and never shared. Running sums drift by rounding: `report()` re-sums
+them from the per-position figures, and a ledger is rebuilt from its snapshot whenever
+positions or balances are re-read (`Ledger(snapshot)`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import replace
+from operator import itemgetter
 
+from monitor.core.margin.liquidation import Kept
+from monitor.core.margin.report import assemble
 from monitor.core.margin.valuation import (
     AssetBook,
     asset_value,
+    computed_initial_margin,
     computed_maintenance_margin,
     margin_ratio,
     pnl_at,
     pool,
 )
-from monitor.core.model import AccountSnapshot, Position, priced_collateral
+from monitor.core.model import AccountSnapshot, MarginReport, Position, priced_collateral
 from monitor.core.state import Marks
 
 __all__ = ["Ledger"]
@@ -47,7 +54,10 @@ class Ledger:
         "_collateral_moved",
         "_exposed",
         "_held",
+        "_im",
+        "_kept",
         "_marks",
+        "_members",
         "_mm",
         "_moved",
         "_moving",
@@ -61,20 +71,29 @@ class Ledger:
     def __init__(self, snapshot: AccountSnapshot, marks: Marks | None = None) -> None:
         """`marks`: the newest mark per symbol with its time (AccountState.marks), so a
         tick older than one already held is dropped (state.py, the ordering rule)."""
-        books, figures = pool(snapshot)
+        books, pnl, im, mm = pool(snapshot)
         self._snapshot = snapshot
         self._held: dict[str, tuple[float, float]] = dict(marks or {})
         # the books' PnL and MM sums move tick by tick (the ratio needs nothing else); their
-        # IM stays at the read's prices: nothing reads IM between two full reports
+        # IM moves with `snapshot()`: nothing reads IM between two reports
         self._books: dict[str, AssetBook] = books
-        self._pnl = [f[0] for f in figures]
-        self._mm = [f[2] for f in figures]
+        self._pnl = pnl
+        self._im = im
+        self._mm = mm
         self._marks = [p.mark_price for p in snapshot.positions]
         self._rules = snapshot.rules  # a property that builds; once, not per tick
         # the book a position's figures sum into (None: isolated, outside the pool)
         self._settles: list[AssetBook | None] = [
             books[p.settle or snapshot.currency] if p.margin_mode == "cross" else None
             for p in snapshot.positions
+        ]
+        # per book, what picks its positions' figures out of a list (`report` re-sums them)
+        members: dict[int, list[int]] = {}
+        for i, book in enumerate(self._settles):
+            if book is not None:
+                members.setdefault(id(book), []).append(i)
+        self._members = [
+            (book, _picker(members[id(book)])) for book in books.values() if id(book) in members
         ]
         # positions never change between two reads: an empty cross pool stays empty
         self._exposed = any(p.margin_mode == "cross" for p in snapshot.positions)
@@ -90,6 +109,8 @@ class Ledger:
         # prices collateral held in its base asset (state.apply's rule)
         self._moving: dict[str, str | None] = {}
         self._collateral_moved = False  # a tick re-priced collateral since the last snapshot
+        # what the last report's liquidation work left that still holds (`liquidation.Kept`)
+        self._kept = Kept.empty(len(snapshot.positions))
 
     def tick(self, symbol: str, price: float, ts: float | None = None) -> bool:
         """Move `symbol`'s mark to `price`; False when nothing the ledger holds changed.
@@ -164,6 +185,24 @@ class Ledger:
             mm += book.mm * book.ask
         return margin_ratio(mm, balance, exposed=self._exposed)
 
+    def report(self) -> MarginReport:
+        """The full report at the latest ticks: exactly `report(self.snapshot())`, from the
+        figures the ledger keeps instead of re-valuing every position.
+
+        The books' sums are taken afresh from the per-position figures, in position order as
+        `valuation.pool` adds them (the built-in `sum` adds floats in order on CPython 3.11),
+        rather than from the running sums the ticks keep: the report is then the reference
+        one to the last bit (tests/test_ledger_report.py), and the running sums' rounding
+        drift goes back to zero at every report. C-speed: ~10 ns a position.
+        """
+        snapshot = self.snapshot()
+        pnl, im, mm = self._pnl, self._im, self._mm
+        for book, pick in self._members:
+            book.pnl = sum(pick(pnl))
+            book.im = sum(pick(im))
+            book.mm = sum(pick(mm))
+        return assemble(snapshot, self._books, pnl, im, mm, kept=self._kept)
+
     def snapshot(self) -> AccountSnapshot:
         """The account at the latest ticks, for a full report.
 
@@ -180,13 +219,18 @@ class Ledger:
                 books[c.asset].collateral if c.asset in books else c for c in collateral
             )
             self._collateral_moved = False
+            self._kept = Kept.empty(len(base.positions))  # the rates it was done at moved
         positions = base.positions
         if self._moved:
             moved = list(positions)
+            ims = self._im
+            kept = self._kept
             for i in self._moved:
+                kept.forget(i)
                 scheduled = self._scheduled[i]
                 assert scheduled is not None  # set by the tick that moved it
-                moved[i] = scheduled.repriced(self._marks[i])  # schedule-only already
+                p = moved[i] = scheduled.repriced(self._marks[i])  # schedule-only already
+                ims[i] = computed_initial_margin(p, p.mark_price)  # books' IM: `report`
             self._moved.clear()
             positions = tuple(moved)
         self._snapshot = AccountSnapshot(
@@ -198,3 +242,11 @@ class Ledger:
             base.venue_margin,
         )
         return self._snapshot
+
+
+def _picker(indices: list[int]) -> Callable[[list[float]], Iterable[float]]:
+    """A function taking these entries of a list, in order (C-speed: `itemgetter`)."""
+    if len(indices) == 1:
+        (i,) = indices
+        return lambda values: (values[i],)
+    return itemgetter(*indices)

@@ -16,17 +16,16 @@ from dataclasses import dataclass
 
 from monitor.core.margin.valuation import (
     AssetBook,
-    Figures,
     asset_breakpoints,
     computed_maintenance_margin,
     isolated_margin_of,
-    liquidation_fee_of,
+    margin_ratio,
     pnl_at,
 )
-from monitor.core.model import AccountSnapshot, Position, priced_collateral
+from monitor.core.model import AccountSnapshot, Position, PositionRisk, priced_collateral
 from monitor.core.venue_rules import VenueRules
 
-__all__ = ["liquidation_prices"]
+__all__ = ["Kept", "Walk", "position_risks"]
 
 INF = math.inf
 _NAN = math.nan
@@ -46,6 +45,43 @@ class _Group:
 
     positions: tuple[Position, ...]
     inverse: bool
+
+
+#: Where a closed-form walk over the tiers stopped: (k0, tier, its floor, went down, went up).
+#: Each step it took compared one tier's root with that tier's bracket; the root of every
+#: tier, -(k0 + deduction)/per_notional, moves monotonically with k0 (float arithmetic is
+#: monotone too), down as k0 rises for a long and up for a short. So while the position and
+#: the rates are the same, a walk that went down holds again for a k0 on the side that
+#: lowers every tier's root (up: raises), and the next walk resumes where this one stopped,
+#: with the result a walk from the mark's tier would give, to the bit. A resumed walk that
+#: takes no further step keeps the k0 it was first taken at (the bound is the one its steps
+#: were checked against), so a k0 that goes back and forth keeps resuming.
+Walk = tuple[float, int, float, bool, bool]
+
+
+@dataclass(slots=True)
+class Kept:
+    """What a `Ledger` keeps of its last report's per-position work, entry i valid while
+    position i does not move and no collateral price does (the ledger drops it then).
+
+    `walks`: where each closed-form walk stopped (`Walk`; tier −1: no root above price 0).
+    `lines`: a report line that holds as it was: an isolated position's (nothing outside
+    it moves it: bound unused), or a cross position's with no liquidation price, which
+    holds while its k0 stays on the safe side of the bound its walk was checked at.
+    """
+
+    walks: list[Walk | None]
+    lines: list[tuple[float, PositionRisk] | None]
+
+    @classmethod
+    def empty(cls, n: int) -> Kept:
+        """Nothing kept for `n` positions."""
+        return cls([None] * n, [None] * n)
+
+    def forget(self, i: int) -> None:
+        """Position i moved: what was kept of it no longer holds."""
+        self.walks[i] = None
+        self.lines[i] = None
 
 
 def _x(price: float, inverse: bool) -> float:
@@ -153,18 +189,32 @@ class _Surplus:
         return total
 
 
-def liquidation_prices(
+def position_risks(
     snapshot: AccountSnapshot,
     books: dict[str, AssetBook],
-    figures: Sequence[Figures],
-) -> list[float | None]:
-    """Liquidation price of every position (cross ones share one price per symbol)."""
+    pnl: Sequence[float],
+    im: Sequence[float],
+    mm: Sequence[float],
+    *,
+    kept: Kept | None = None,
+) -> tuple[list[PositionRisk], bool]:
+    """Every position's line of the report, liquidation price included (cross positions of
+    one symbol share one), and whether a cross position is open (`margin_ratio`'s exposed).
+
+    `books`, `pnl`, `im`, `mm`: the pool and each position's figures in its settle asset
+    (`valuation.pool`, or the `Ledger`'s). One pass builds each line and solves its price:
+    this loop is the report's per-position cost (docs/benchmarks.md).
+
+    `kept`: what the `Ledger` keeps of the previous report's work (`Kept`), used where it
+    still holds and updated; None: everything from scratch. The result is the same.
+    """
     rules = snapshot.rules
     positions, currency = snapshot.positions, snapshot.currency
-    result: list[float | None] = [None] * len(positions)
     pool = {a: b.surplus(b.pnl, b.mm) for a, b in books.items()}
     pool_total = sum(pool.values())
     several_assets = len(books) > 1
+    # settle asset -> (price, ask): what a figure in that asset is worth in the report
+    rates = {a: (b.collateral.price, b.ask) for a, b in books.items()}
     # Symbols held twice (hedge mode) are solved together after the pass; found up front
     # so the usual book, one position per symbol, takes one pass (docs/benchmarks.md).
     shared = _shared_symbols(positions)
@@ -173,37 +223,221 @@ def liquidation_prices(
     # are computed once here rather than by moving each symbol out of the book and back.
     closed: dict[str, tuple[float, float, float, float, float] | None] = {}
     isnan = math.isnan
-    for i, (p, (own_pnl, _, own_mm)) in enumerate(zip(positions, figures, strict=True)):
-        if p.contracts <= 0 or p.mark_price <= 0:
+    deduct = rules.tier_deduction
+    venue_fee = rules.liquidation_fee
+    on_entry = rules.isolated_mm_on_entry
+    walks = kept.walks if kept is not None else None
+    lines = kept.lines if kept is not None else None
+    # `tuple.__new__` is what PositionRisk(...) runs, minus its Python-level `__new__`
+    make = tuple.__new__
+    risks: list[PositionRisk] = []
+    exposed = False  # a cross position is open (empty cross pool: no risk, docs/margin-edges.md)
+    for i, p in enumerate(positions):
+        isolated = p.margin_mode == "isolated"
+        if not isolated:
+            exposed = True
+        elif lines is not None and (line := lines[i]) is not None:
+            risks.append(line[1])  # its own margin against its own MM: as it was
             continue
-        if p.margin_mode == "isolated":
-            result[i] = _isolated_price(p, rules)
-            continue
-        if shared and p.symbol in shared:
-            continue
+        contracts, mark = p.contracts, p.mark_price
+        own_pnl, own_mm = pnl[i], mm[i]
         settle = p.settle or currency
-        moving = _moving_asset(p, currency, books, settle) if several_assets else None
-        if not p.inverse and moving is None:
-            terms = closed.get(settle, _UNSEEN)
-            if terms is _UNSEEN:
-                terms = closed[settle] = _closed_terms(books[settle], pool_total - pool[settle])
-            if terms is not None:
-                k, equity, rate, ask, book_mm = terms
-                lp = _walk_linear(
-                    p, rules, k - ask * (book_mm - own_mm), equity - own_pnl, rate, ask
-                )
-                if lp is None or not isnan(lp):  # the closed form held
-                    result[i] = lp
+        q = contracts * p.contract_size
+        lp: float | None = None
+        terms = None  # the closed form's (base, equity, rate, ask, mm): `_closed_terms`
+        moving = None
+        if contracts <= 0 or mark <= 0:
+            pass  # nothing to liquidate
+        elif isolated:
+            if not p.inverse and not on_entry:
+                # its own margin against its own MM, nothing else in
+                terms = (isolated_margin_of(p), 0.0, 1.0, 1.0, 0.0)
+                own_pnl = own_mm = 0.0
+            else:
+                lp = _isolated_price(p, rules)
+        elif shared and p.symbol in shared:
+            pass  # solved with the other side after the pass
+        else:
+            if several_assets:
+                moving = _moving_asset(p, currency, books, settle)
+            if not p.inverse and moving is None:
+                terms = closed.get(settle, _UNSEEN)
+                if terms is _UNSEEN:
+                    terms = closed[settle] = _closed_terms(books[settle], pool_total - pool[settle])
+            if terms is None:
+                lp = _group_price(snapshot, books, pnl, mm, [i], pool, moving)
+        if terms is not None:
+            base, equity, rate, ask, book_mm = terms
+            long = p.side == "long"
+            entry = p.entry_price
+            # the pool's surplus with this position's own PnL and MM taken out (grouped so
+            # that a position alone in its asset cancels exactly), at the price where its
+            # own PnL is zero (its PnL there is −s·q·entry)
+            equity -= own_pnl
+            k0 = (base - ask * (book_mm - own_mm)) + rate * (
+                equity - (q * entry if long else -q * entry)
+            )
+            if lines is not None and (line := lines[i]) is not None:
+                # no root above price 0 at a k0 on this side of the one checked (`Walk`)
+                bound = line[0]
+                if (k0 >= bound) if long else (k0 <= bound):
+                    risks.append(line[1])
                     continue
-        result[i] = _group_price(snapshot, books, figures, [i], pool, moving)
+            lp = _closed_form(p, k0, equity, rate, ask, q, deduct, venue_fee, walks, i)
+            if lp is not None and isnan(lp):  # its assumptions failed: the general solver
+                if isolated:
+                    lp = _isolated_price(p, rules)
+                else:
+                    lp = _group_price(snapshot, books, pnl, mm, [i], pool, None)
+        if isolated:
+            own = margin_ratio(mm[i], isolated_margin_of(p) + pnl[i], exposed=True)
+        else:
+            own = None
+        if p.inverse:  # Position.settle_notional, inlined
+            notional = q / mark if mark > 0 else INF
+        else:
+            notional = q * mark
+        price, to_report = rates[settle]
+        risk = make(
+            PositionRisk,
+            (
+                p.symbol,
+                p.side,
+                p.margin_mode,
+                contracts,
+                mark,
+                notional * price,
+                pnl[i] * price,
+                im[i] * to_report,
+                mm[i] * to_report,
+                own,
+                lp,
+                p.hedged,
+            ),
+        )
+        risks.append(risk)
+        if lines is not None:
+            if isolated:
+                lines[i] = (0.0, risk)
+            elif (
+                lp is None and walks is not None and (walk := walks[i]) is not None and walk[1] < 0
+            ):
+                lines[i] = (walk[0], risk)
     for indices in shared.values():
         first = positions[indices[0]]
         settle = first.settle or currency
         moving = _moving_asset(first, currency, books, settle) if several_assets else None
-        lp = _group_price(snapshot, books, figures, indices, pool, moving)
+        lp = _group_price(snapshot, books, pnl, mm, indices, pool, moving)
         for i in indices:
-            result[i] = lp
-    return result
+            risks[i] = risks[i]._replace(liquidation_price=lp)
+    return risks, exposed
+
+
+def _closed_form(  # noqa: PLR0917 - positional: runs once per position per report
+    p: Position,
+    k0: float,
+    equity: float,
+    rate: float,
+    ask: float,
+    q: float,
+    deduct: bool,
+    venue_fee: float,
+    walks: list[Walk | None] | None,
+    i: int,
+) -> float | None:
+    """LP of a lone linear position by the closed form (`_closed_terms`), walking tiers
+    outward from the current one; NaN where its assumptions fail (the general solver runs).
+
+    `k0`: the pool's surplus without this position, its PnL at price 0 put in
+    (`_closed_terms`); `equity`: the settle asset's without this position; `rate`, `ask`:
+    the asset's rates; `q`: its size. `walks[i]`: where this position's previous walk
+    stopped (`Walk`), resumed when still valid, and where this one stops.
+    """
+    if not 0.0 < q < INF:
+        return _NAN  # sizes that underflow to 0 (or overflow): the general solver copes
+    long = p.side == "long"
+    mark = p.mark_price
+    held = walks[i] if walks is not None else None
+    if held is not None:
+        if (
+            (k0 >= held[0] if long else k0 <= held[0])
+            if held[3]
+            else (k0 <= held[0] if long else k0 >= held[0])
+        ):
+            # every step the walk took holds at this k0 too (`Walk`): resume it
+            if held[1] < 0:
+                return None  # still no root above price 0
+        else:
+            held = None
+    if walks is not None:
+        walks[i] = None  # none where the walk fails (NaN)
+    # per unit of notional, the surplus moves by rate·s − ask·(mmr + fee) (OKX and Gate
+    # charge the liquidation fee on top of the maintenance rate)
+    rate_s = rate if long else -rate
+    fee = venue_fee if p.liquidation_fee is None else p.liquidation_fee
+    tiers = p.tiers
+    if not tiers:
+        per_notional = rate_s - ask * ((p.mmr or 0.0) + fee)
+        if (per_notional <= 0.0) if long else (per_notional >= 0.0):
+            return _NAN  # not monotone
+        value = -k0 / per_notional
+        if value < 0.0:
+            if walks is not None:
+                walks[i] = (k0, -1, 0.0, True, False)  # a decision like a step down
+            return None  # the root is at a price ≤ 0: nothing liquidates
+    else:
+        last = len(tiers) - 1
+        if held is not None:
+            _, t, floor, down, up = held
+        else:
+            notional = q * mark
+            t = 0
+            while t < last and notional > tiers[t].max_notional:
+                t += 1
+            # each tier's line is solved for the notional, which its bracket (floor, ceiling]
+            # bounds; from the current tier the walk only ever heads one way, down or up
+            down = up = False
+            floor = tiers[t - 1].max_notional if t else 0.0
+        inside = False
+        lp: float | None = None
+        while True:
+            tier = tiers[t]
+            per_notional = rate_s - ask * (tier.mmr + fee)
+            if (per_notional <= 0.0) if long else (per_notional >= 0.0):
+                return _NAN  # not monotone
+            value = -(k0 + (ask * tier.maintenance_amount if deduct else 0.0)) / per_notional
+            if value < floor:  # the root lies below tier t
+                if up:  # surplus jumps across zero at this tier edge (OKX)
+                    lp = floor / q
+                    break
+                if not t:  # the root is at a price ≤ 0: nothing liquidates
+                    t, down = -1, True  # a decision like a step down
+                    break
+                down = True
+                t -= 1
+                floor = tiers[t - 1].max_notional if t else 0.0
+            elif t < last and value > tier.max_notional:  # the root lies above tier t
+                if down:  # surplus jumps across zero at this tier edge (OKX)
+                    lp = tier.max_notional / q
+                    break
+                up = True
+                t += 1
+                floor = tier.max_notional
+            else:
+                inside = True
+                break
+        if walks is not None and (down or up):
+            # a resumed walk that took no step holds wherever the held one does
+            walks[i] = held if held is not None and held[1] == t else (k0, t, floor, down, up)
+        if not inside:
+            return lp
+    x = value / q
+    # the settle asset went negative at the root: another valuation rate applies (the
+    # general solver); ~0 is rounding: no price
+    entry = p.entry_price
+    if rate != ask and equity + (q if long else -q) * (x - entry) <= 0.0:
+        return _NAN
+    return x if x > mark * 1e-9 else None
 
 
 def _shared_symbols(positions: Sequence[Position]) -> dict[str, list[int]]:
@@ -218,11 +452,8 @@ def _shared_symbols(positions: Sequence[Position]) -> dict[str, list[int]]:
 
 
 def _isolated_price(p: Position, rules: VenueRules) -> float | None:
-    """LP of an isolated position: its own margin + PnL against its own MM."""
-    if not p.inverse and not rules.isolated_mm_on_entry:
-        fast = _walk_linear(p, rules, k=isolated_margin_of(p), equity=0.0, rate=1.0, ask=1.0)
-        if fast is None or not math.isnan(fast):
-            return fast
+    """LP of an isolated position, its own margin + PnL against its own MM, by the
+    piecewise solver (where `liquidation_prices`' closed form does not hold)."""
     group = _Group((p,), p.inverse)
     surplus = _Surplus(group, rules, None, "", base=isolated_margin_of(p))
     return _solve(surplus, group, _tier_edges(group, rules), _x(p.mark_price, p.inverse))
@@ -231,7 +462,8 @@ def _isolated_price(p: Position, rules: VenueRules) -> float | None:
 def _group_price(  # noqa: PLR0917 - liquidation_prices' locals, on its rare path
     snapshot: AccountSnapshot,
     books: dict[str, AssetBook],
-    figures: Sequence[Figures],
+    pnl: Sequence[float],
+    mm: Sequence[float],
     indices: Sequence[int],
     pool: dict[str, float],
     moving: str | None,
@@ -242,8 +474,8 @@ def _group_price(  # noqa: PLR0917 - liquidation_prices' locals, on its rare pat
     book = books[settle]
     base = sum(pool.values()) - pool[settle] - (pool[moving] if moving else 0.0)
     # take this symbol's current contribution out of its settle asset's book
-    own_pnl = sum(figures[i][0] for i in indices)
-    own_mm = sum(figures[i][2] for i in indices)
+    own_pnl = sum(pnl[i] for i in indices)
+    own_mm = sum(mm[i] for i in indices)
     book.pnl -= own_pnl
     book.mm -= own_mm
     try:
@@ -256,8 +488,18 @@ def _group_price(  # noqa: PLR0917 - liquidation_prices' locals, on its rare pat
 
 
 def _closed_terms(book: AssetBook, base: float) -> tuple[float, float, float, float, float] | None:
-    """(k, equity, rate, ask, mm) of `_walk_linear` for a settle asset, with the book's
-    whole PnL and MM still in; None when its haircut is banded (no single rate)."""
+    """(base, equity, rate, ask, mm) of a settle asset for the closed form, with the book's
+    whole PnL and MM still in (each position takes its own out); None when its haircut is
+    banded (no single rate). `base`: the surplus of every other asset.
+
+    With a lone linear position's own PnL and MM taken out, k = base − ask·(mm − own MM),
+    and its move from price 0 put back, k0 = k + rate·(equity − own PnL − s·q·entry), the
+    surplus at its mark x is, tier by tier, k0 + rate·s·q·x − ask·(q·x·(mmr_t + fee) − d_t):
+    the Binance formula (with OKX's and Gate's liquidation fee; the settle asset's equity
+    valued at the bid rate), re-solved in the neighbouring tier when the answer falls
+    outside the tier it assumed (the FAQ's instruction); monotone, so the root is unique.
+    `_closed_form` walks it; NaN there (the settle asset negative at the root, a tier where
+    the surplus does not rise toward safety) sends the general solver."""
     c = book.collateral
     if c.haircut_tiers:
         return None
@@ -328,81 +570,3 @@ def _value_edges(book: AssetBook) -> list[float]:
     if c.tier_basis != "value" or equity <= 0:
         return []
     return [band.up_to / equity for band in c.haircut_tiers if math.isfinite(band.up_to)]
-
-
-def _walk_linear(  # noqa: PLR0917 - positional: it runs once per position per report
-    p: Position, rules: VenueRules, k: float, equity: float, rate: float, ask: float
-) -> float | None:
-    """Closed-form LP of a lone linear position, walking tiers outward from the current one.
-
-    surplus(x) = k + rate·(equity + s·q·(x − entry)) − ask·(q·x·(mmr_t + fee) − deduction_t):
-    the Binance formula (with OKX's and Gate's liquidation fee), re-solved in the neighbouring
-    tier when the answer falls outside the tier it assumed (the FAQ's instruction). Monotone
-    by construction, so the root is unique.
-    Returns NaN when the shortcut's assumptions fail (then the general solver runs).
-    """
-    q = p.contracts * p.contract_size
-    if not 0.0 < q < INF:
-        return _NAN  # sizes that underflow to 0 (or overflow): the general solver copes
-    sign = 1 if p.side == "long" else -1
-    tiers = p.tiers
-    n = len(tiers)
-    # every tier's line shares these terms: surplus(x) = k0 + rate·s·q·x − ask·(q·x·mmr − d)
-    # (in the notional v = q·x: k0 + rate·s·v − ask·(v·mmr − d))
-    k0 = k + rate * (equity - sign * q * p.entry_price)
-    rate_s = rate * sign
-    # the fee charged at liquidation counts on top of the maintenance rate (OKX, Gate)
-    fee = liquidation_fee_of(p, rules)
-    if not n:
-        slope = q * (rate_s - ask * ((p.mmr or 0.0) + fee))
-        if slope * sign <= 0.0:
-            return _NAN
-        x = -k0 / slope
-        return None if x < 0.0 else _settled(x, p, q, sign, equity, rate, ask)
-    deduct = rules.tier_deduction
-    last = n - 1
-    notional = q * p.mark_price
-    i = 0
-    while i < last and notional > tiers[i].max_notional:
-        i += 1
-    # each tier's line is solved for the notional v = q·x, which its bracket (floor, ceiling]
-    # bounds; from the current tier the walk only ever heads one way, down or up
-    down = up = False
-    floor = tiers[i - 1].max_notional if i else 0.0
-    while True:
-        tier = tiers[i]
-        per_notional = rate_s - ask * (tier.mmr + fee)
-        if per_notional * sign <= 0.0:
-            return _NAN
-        value = -(k0 + (ask * tier.maintenance_amount if deduct else 0.0)) / per_notional
-        if value < floor:  # the root lies below tier i
-            if up:  # surplus jumps across zero at this tier edge (OKX)
-                return floor / q
-            if not i:
-                return None  # the root is at a price ≤ 0: nothing liquidates
-            down = True
-            i -= 1
-            floor = tiers[i - 1].max_notional if i else 0.0
-        elif i < last and value > tier.max_notional:  # the root lies above tier i
-            if down:  # surplus jumps across zero at this tier edge (OKX)
-                return tier.max_notional / q
-            up = True
-            i += 1
-            floor = tier.max_notional
-        else:
-            break
-    # _settled, inlined (once per position per report)
-    x = value / q
-    if rate != ask and equity + sign * q * (x - p.entry_price) <= 0.0:
-        return _NAN
-    return x if x > p.mark_price * 1e-9 else None
-
-
-def _settled(  # noqa: PLR0917 - the walk's locals, passed on its hot path
-    x: float, p: Position, q: float, sign: int, equity: float, rate: float, ask: float
-) -> float | None:
-    """The walk's root, unless the settle asset went negative there (another valuation
-    rate applies: NaN sends the general solver) or it is ~0 (rounding: no price)."""
-    if rate != ask and equity + sign * q * (x - p.entry_price) <= 0.0:
-        return _NAN
-    return x if x > p.mark_price * 1e-9 else None

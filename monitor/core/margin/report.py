@@ -15,26 +15,26 @@ the CLI and every sink read:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
-from monitor.core.margin.liquidation import liquidation_prices
+from monitor.core.margin.liquidation import Kept, position_risks
 from monitor.core.margin.valuation import (
     AssetBook,
     asset_value,
     computed_initial_margin,
     computed_maintenance_margin,
-    isolated_margin_of,
     margin_ratio,
     pnl_at,
     pool,
     surplus,
     tier_for,
 )
-from monitor.core.model import AccountSnapshot, MarginReport, PositionRisk
+from monitor.core.model import AccountSnapshot, MarginReport
 from monitor.core.venue_rules import VenueRules
 
 __all__ = [
+    "assemble",
     "computed_initial_margin",
     "computed_maintenance_margin",
     "is_liquidated",
@@ -50,53 +50,39 @@ INF = math.inf
 
 def report(snapshot: AccountSnapshot) -> MarginReport:
     """Value the account at its current prices: totals, ratios and liquidation prices."""
+    return assemble(snapshot, *pool(snapshot))
+
+
+def assemble(
+    snapshot: AccountSnapshot,
+    books: dict[str, AssetBook],
+    pnl: Sequence[float],
+    im: Sequence[float],
+    mm: Sequence[float],
+    *,
+    kept: Kept | None = None,
+) -> MarginReport:
+    """The report of `snapshot` from its pool: the per-asset books and each position's
+    pnl, im and mm in its settle asset (`valuation.pool`).
+
+    The one place a report is put together: `report` pools the snapshot from scratch, the
+    `Ledger` hands over the pool it keeps tick by tick (`Ledger.report`), so a routine
+    report skips re-valuing the positions that did not move, and what it keeps of the last
+    report's liquidation work (`kept`: `liquidation.Kept`), so a walk resumes where it
+    stopped and a line that still holds is taken as it was.
+    """
     rules = snapshot.rules
-    books, figures = pool(snapshot)
-    wallet = sum(asset_value(b.collateral, b.collateral.amount) for b in books.values())
-    upnl = sum(b.pnl * b.collateral.price for b in books.values())
-    balance, total_mm = _balance_and_mm(books)
-    total_im = sum(b.im * b.ask for b in books.values())
-    liq = liquidation_prices(snapshot, books, figures)
-    # settle asset -> (price, ask): what a figure in that asset is worth in the report
-    rates = {a: (b.collateral.price, b.ask) for a, b in books.items()}
-    currency = snapshot.currency
-    # `tuple.__new__` is what PositionRisk(...) runs, minus its Python-level `__new__`:
-    # a report builds one per position (docs/benchmarks.md: 1 000 positions in 2 ms)
-    make = tuple.__new__
-    risks = []
-    exposed = False  # a cross position is open (empty cross pool: no risk, docs/margin-edges.md)
-    for p, (pnl, im, mm), lp in zip(snapshot.positions, figures, liq, strict=True):
-        price, ask = rates[p.settle or currency]
-        if p.margin_mode == "isolated":
-            own = margin_ratio(mm, isolated_margin_of(p) + pnl, exposed=True)
-        else:
-            own = None
-            exposed = True
-        mark = p.mark_price
-        size = p.contracts * p.contract_size
-        if p.inverse:  # Position.settle_notional, inlined
-            notional = size / mark if mark > 0 else INF
-        else:
-            notional = size * mark
-        risks.append(
-            make(
-                PositionRisk,
-                (
-                    p.symbol,
-                    p.side,
-                    p.margin_mode,
-                    p.contracts,
-                    mark,
-                    notional * price,
-                    pnl * price,
-                    im * ask,
-                    mm * ask,
-                    own,
-                    lp,
-                    p.hedged,
-                ),
-            )
-        )
+    # one pass over the books, each sum in the order `sum` and `_balance_and_mm` take
+    wallet = upnl = balance = total_mm = total_im = 0.0
+    for b in books.values():
+        c = b.collateral
+        ask = b.ask
+        wallet += asset_value(c, c.amount)
+        upnl += b.pnl * c.price
+        balance += asset_value(c, c.amount + b.pnl)
+        total_mm += b.mm * ask
+        total_im += b.im * ask
+    risks, exposed = position_risks(snapshot, books, pnl, im, mm, kept=kept)
     ratio = margin_ratio(total_mm, balance, exposed=exposed)
     level = INF if ratio == 0 else balance / total_mm if balance > 0 else 0.0
     model: Literal["cross", "venue", "estimate"] = "cross"
@@ -141,7 +127,7 @@ def ratio_of(snapshot: AccountSnapshot) -> float:
     the liquidation prices were 70 % of each evaluation, and a plan is also previewed for the
     alert at the action level (issue 14), on the tick -> alert path.
     """
-    books, _ = pool(snapshot)
+    books = pool(snapshot)[0]
     balance, total_mm = _balance_and_mm(books)
     exposed = any(p.margin_mode == "cross" for p in snapshot.positions)
     return margin_ratio(total_mm, balance, exposed=exposed)

@@ -240,15 +240,18 @@ def _books(snapshot: AccountSnapshot) -> dict[str, AssetBook]:
 
 def pool(
     snapshot: AccountSnapshot,
-) -> tuple[dict[str, AssetBook], list[Figures]]:
-    """Per-asset books of the cross pool and every position's (pnl, im, mm)."""
+) -> tuple[dict[str, AssetBook], list[float], list[float], list[float]]:
+    """Per-asset books of the cross pool and every position's pnl, im and mm (three lists:
+    the `Ledger` keeps them as they are and moves one entry per tick)."""
     rules = snapshot.rules
     currency = snapshot.currency
     deduct = rules.tier_deduction
     on_entry = rules.isolated_mm_on_entry
     venue_fee = rules.liquidation_fee
     books = _books(snapshot)
-    figures: list[Figures] = []
+    pnls: list[float] = []
+    ims: list[float] = []
+    mms: list[float] = []
     for p in snapshot.positions:
         if (
             p.inverse
@@ -277,13 +280,15 @@ def pool(
             else:
                 mm = notional * p.mmr + fee if p.mmr is not None else fee
             im = notional / p.leverage if p.leverage else _initial_on(p, notional)
-        figures.append((pnl, im, mm))
+        pnls.append(pnl)
+        ims.append(im)
+        mms.append(mm)
         if p.margin_mode == "cross":
             book = books[p.settle or currency]
             book.pnl += pnl
             book.im += im
             book.mm += mm
-    return books, figures
+    return books, pnls, ims, mms
 
 
 def surplus(snapshot: AccountSnapshot) -> float:
@@ -291,7 +296,7 @@ def surplus(snapshot: AccountSnapshot) -> float:
 
     The quantity every solver drives to zero; cheaper than a report (no liquidation prices).
     """
-    books, _ = pool(snapshot)
+    books = pool(snapshot)[0]
     return sum(b.surplus(b.pnl, b.mm) for b in books.values())
 
 
