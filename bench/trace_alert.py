@@ -134,26 +134,16 @@ def instrument() -> None:
 
 async def first_crossings(count: int, poll: float) -> list[float]:
     """`vs_polling.trial` `count` times: the first crossing of a fresh daemon (ms)."""
-    venue = FakeBinanceUsdm()
-    venue.account.wallet = 6_000.0
-    venue.account.positions[("BTCUSDT", "BOTH")] = BinancePosition("BTCUSDT", 0.8, 60_000.0)
-    out = []
-    with tempfile.TemporaryDirectory() as tmp:
-        broker = Mosquitto(Path(tmp))
-        broker.start()
-        try:
-            async with venue, vs_polling.subscriber(broker) as watch:
-                rig = vs_polling.Rig(venue, broker, watch, poll, random.Random(1))
-                for n in range(count):
-                    daemon, _ = await vs_polling.trial(n, rig)
-                    out.append(float("nan") if daemon is None else daemon * 1000)
-        finally:
-            broker.stop()
-    return out
+    return await _crossings(count, poll, running=False)
 
 
 async def running_crossings(count: int, poll: float) -> list[float]:
     """`vs_polling.running`: `count` crossings of one running daemon, seconds apart (ms)."""
+    return await _crossings(count, poll, running=True)
+
+
+async def _crossings(count: int, poll: float, *, running: bool) -> list[float]:
+    """vs_polling's venue (wallet 6 000, long 0.8 BTC at 60 000), broker and subscriber."""
     venue = FakeBinanceUsdm()
     venue.account.wallet = 6_000.0
     venue.account.positions[("BTCUSDT", "BOTH")] = BinancePosition("BTCUSDT", 0.8, 60_000.0)
@@ -164,8 +154,13 @@ async def running_crossings(count: int, poll: float) -> list[float]:
         try:
             async with venue, vs_polling.subscriber(broker) as watch:
                 rig = vs_polling.Rig(venue, broker, watch, poll, random.Random(1))
-                async for daemon, _ in vs_polling.running(count, rig):
-                    out.append(float("nan") if daemon is None else daemon * 1000)
+                if running:
+                    async for daemon, _ in vs_polling.running(count, rig):
+                        out.append(float("nan") if daemon is None else daemon * 1000)
+                else:
+                    for n in range(count):
+                        daemon, _ = await vs_polling.trial(n, rig)
+                        out.append(float("nan") if daemon is None else daemon * 1000)
         finally:
             broker.stop()
     return out
