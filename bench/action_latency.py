@@ -42,7 +42,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.product import Product, binance_account, build
-from monitor.daemon.supervisor import run_daemon
 from monitor.ops import logs
 from monitor.sources.budget import budget_of
 from tests.fakes.binance import API_KEY, SECRET, FakeBinanceUsdm
@@ -121,15 +120,7 @@ async def measure(steps: int, workdir: Path) -> tuple[list[float], list[float]]:
         finally:
             await baseline_product.source("main").close()
         product = build(workdir / "daemon", config(fake))
-        daemon = asyncio.create_task(
-            run_daemon(
-                product.settings,
-                product.accounts,
-                product.sinks,
-                sources=product.sources,
-                handle_signals=False,
-            )
-        )
+        daemon = asyncio.create_task(product.run())
         samples: list[float] = []
         try:
             await fake.wait_for_client("/market/ws", "btcusdt@markPrice@1s", within=20)

@@ -29,7 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.product import binance_account, build
 from bench.subscriber import RemoteSubscriber
-from monitor.daemon.supervisor import run_daemon
 from monitor.ops import logs
 from tests.fakes.binance import API_KEY, SECRET, BinancePosition, FakeBinanceUsdm
 from tests.mqtt_broker import Mosquitto
@@ -71,15 +70,7 @@ async def measure_frames(frames: int, workdir: Path) -> list[float]:
                     },
                 },
             )
-            daemon = asyncio.create_task(
-                run_daemon(
-                    product.settings,
-                    product.accounts,
-                    product.sinks,
-                    sources=product.sources,
-                    handle_signals=False,
-                )
-            )
+            daemon = asyncio.create_task(product.run())
             latencies: list[float] = []
             try:
                 async with RemoteSubscriber(broker.host, broker.port, ["bench/+/alert"]) as sub:

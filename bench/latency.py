@@ -36,7 +36,6 @@ import structlog
 
 from bench.product import Product, binance_account, build
 from monitor.core.model import AccountSnapshot, MarginReport
-from monitor.daemon.supervisor import run_daemon
 from monitor.sink import Sink
 from tests.fakes.binance import API_KEY, SECRET, BinancePosition, FakeBinanceUsdm
 
@@ -89,15 +88,7 @@ async def daemon_path(frames: int) -> list[float]:
         with tempfile.TemporaryDirectory() as tmp:
             product = _product(fake, Path(tmp), sinks=True)
             probe = _Probe()
-            daemon = asyncio.create_task(
-                run_daemon(
-                    product.settings,
-                    product.accounts,
-                    [*product.sinks, probe],
-                    sources=product.sources,
-                    handle_signals=False,
-                )
-            )
+            daemon = asyncio.create_task(product.run(extra_sinks=[probe]))
             try:
                 await fake.wait_for_client("/market/ws", "btcusdt@markPrice@1s", within=10.0)
                 await asyncio.sleep(0.5)  # let the start-up read's report go by

@@ -3,10 +3,11 @@
 A benchmark that does not run what ships is not a measurement of the product: issue 16
 found the tick -> order figure measured with ccxt's rate limiter off while the daemon always
 turns it on. So every benchmark writes a TOML configuration, loads it with the same
-`load_settings` as `run`, and gets its sources (`daemon.open_source` -> `build_exchange`:
-ccxt options, request budget, credentials), sinks (`daemon.build_sinks`: console, alerts
-with the SQLite store and MQTT, actions with the executor, metrics) and settings from the
-same factories. Only URLs point at the loopback fakes (`FakeBinanceUsdm.urls_config`).
+`load_settings` as `run`, and gets its sources (`open_source` -> `build_exchange`: ccxt
+options, request budget, credentials, the state directory) and sinks (`build_sinks`:
+console, alerts with the SQLite store and MQTT, actions with the executor, metrics) from
+`monitor.daemon.assembly.assemble`, the function `run` calls, and runs them through its
+`Daemon.run`. Only URLs point at the loopback fakes (`FakeBinanceUsdm.urls_config`).
 `tests/test_bench_product.py` fails if a bench script constructs ccxt, a sink, a store or
 settings by hand.
 """
@@ -21,7 +22,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from monitor.config.settings import AccountSettings, Settings, load_settings
-from monitor.daemon.wiring import build_sinks, open_source
+from monitor.daemon.assembly import Daemon, assemble
+from monitor.daemon.loop import AccountLoop
+from monitor.daemon.wiring import open_source
 from monitor.sink import Sink
 from monitor.sources.base import Source
 from tests.faults.fuzz_targets import to_toml
@@ -30,7 +33,8 @@ __all__ = ["Product", "binance_account", "build", "write_config"]
 
 
 class Product:
-    """Settings, sources and sinks of one configuration file, built as `run` builds them."""
+    """Settings, sources and sinks of one configuration file, built by `run`'s own
+    `assemble` (monitor/daemon/assembly.py); `run` runs them as `margin-monitor run` does."""
 
     def __init__(
         self, path: Path, *, sinks: bool = True, sources: Sequence[Source] | None = None
@@ -39,18 +43,31 @@ class Product:
         self.settings: Settings = load_settings(path)
         # `sources` stands in for the venue of an in-process load generator (throughput):
         # no ccxt there, the venue is the fake itself
-        self.sources: list[Source] = (
-            list(sources)
-            if sources is not None
-            else [open_source(a) for a in self.settings.accounts]
-        )
-        self.sinks: list[Sink] = (
-            build_sinks(self.settings, False, {s.account: s for s in self.sources}) if sinks else []
-        )
+        self.daemon: Daemon | None = None
+        if sinks:
+            self.daemon = assemble(self.settings, sources=sources)
+            self.sources: list[Source] = list(self.daemon.sources)
+        else:  # the product's own sources, used bare (a poller's or a floor's ccxt instance)
+            self.sources = (
+                list(sources)
+                if sources is not None
+                else [open_source(a, None, self.settings.state_dir) for a in self.accounts]
+            )
 
     @property
     def accounts(self) -> list[AccountSettings]:
         return list(self.settings.accounts)
+
+    @property
+    def sinks(self) -> list[Sink]:
+        return [] if self.daemon is None else list(self.daemon.sinks)
+
+    async def run(self, *, extra_sinks: Sequence[Sink] = (), **options: Any) -> list[AccountLoop]:
+        """The daemon as `run` runs it, without taking the process's signals; `extra_sinks`
+        (a probe) come after the product's."""
+        assert self.daemon is not None, "built with sinks=False: nothing to run"
+        options.setdefault("handle_signals", False)
+        return await self.daemon.run(extra_sinks=extra_sinks, **options)
 
     def sink(self, name: str) -> Any:
         """The sink called `name` (alerts, actions, console, metrics)."""

@@ -67,7 +67,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.product import Product, binance_account, build
 from bench.subscriber import RemoteSubscriber
-from monitor.daemon.supervisor import run_daemon
 from monitor.ops import logs
 from tests.fakes.binance import API_KEY, SECRET, BinancePosition, FakeBinanceUsdm
 from tests.mqtt_broker import Mosquitto
@@ -222,13 +221,7 @@ class Watchers:
         daemon = self.daemon
         self.tasks = [
             asyncio.create_task(
-                run_daemon(
-                    daemon.settings,
-                    daemon.accounts,
-                    daemon.sinks,
-                    sources=daemon.sources,
-                    handle_signals=False,
-                ),
+                daemon.run(),
                 name=f"daemon {self.daemon_prefix}",
             ),
             asyncio.create_task(poller.run(), name=f"poller {self.poll_topic}"),

@@ -12,9 +12,9 @@ import sys
 import structlog
 
 from monitor.config.settings import AccountSettings, load_settings
+from monitor.daemon.assembly import assemble
 from monitor.daemon.shards import parse_shard, select_shard
-from monitor.daemon.supervisor import STOP_GRACE, run_daemon, stop_leftover_tasks
-from monitor.daemon.wiring import build_sinks, open_source
+from monitor.daemon.supervisor import STOP_GRACE, stop_leftover_tasks
 from monitor.errors import UserError
 from monitor.ops import logs
 from monitor.ops.sdnotify import Notifier
@@ -50,12 +50,12 @@ def run_command(args: argparse.Namespace) -> int:
     if not accounts:
         log.warning("no account in this shard; nothing to run", shard=shard)
         return 0
-    sources = [open_source(a, replay, settings.state_dir) for a in accounts]
     # docs/kubernetes.md: margin_monitor_shards tells a missing shard
-    sinks = build_sinks(
+    daemon = assemble(
         settings,
-        tui,
-        {s.account: s for s in sources},
+        accounts,
+        replay=replay,
+        tui=tui,
         shard=None if shard is None else parse_shard(shard),
     )
 
@@ -68,16 +68,11 @@ def run_command(args: argparse.Namespace) -> int:
     async def main() -> None:
         failed = False
         try:
-            await run_daemon(
-                settings,
-                accounts,
-                sinks,
-                duration=args.duration,
-                replay=replay,
-                sources=sources,
+            await daemon.run(
                 notifier=Notifier(),
                 reload=reload_accounts if replay is None else None,
                 received=received,
+                duration=args.duration,
             )
         except BaseException:
             failed = True
