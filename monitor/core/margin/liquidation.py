@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from monitor.core.margin.valuation import (
@@ -22,14 +22,13 @@ from monitor.core.margin.valuation import (
     margin_ratio,
     pnl_at,
 )
-from monitor.core.model import AccountSnapshot, Position, PositionRisk, priced_collateral
+from monitor.core.model import AccountSnapshot, Position, PositionRisk, Tier, priced_collateral
 from monitor.core.venue_rules import VenueRules
 
 __all__ = ["Kept", "Walk", "position_risks"]
 
 INF = math.inf
 _NAN = math.nan
-_UNSEEN: tuple[float, float, float, float, float] = (_NAN,) * 5
 
 
 # A position's value is linear in x = price (linear contracts) or x = 1/price (inverse
@@ -82,6 +81,117 @@ class Kept:
         """Position i moved: what was kept of it no longer holds."""
         self.walks[i] = None
         self.lines[i] = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Clearance:
+    """Where a closed-form walk over one tier table ends for any k0 past a bound, at one
+    settle asset's rates and one fee rate: a report from scratch takes the end, not the walk.
+
+    Each tier's root -(k0 + offset)/slope only moves one way as k0 rises (`Walk`: float
+    addition and division are monotone too), so a comparison that holds at one k0 holds at
+    every larger one. `long` is a k0 at which every tier's root lies below its floor (tier 0:
+    below price 0), checked with the walk's own float operations: from there on a long's walk,
+    from whichever tier, steps down to "no root above price 0". `short`: every tier's root but
+    the last lies at or above its floor and above its cap, the last tier's at or above its
+    floor: a short's walk steps up to the last tier and ends inside it, at -(k0 + `offset`) /
+    `slope` (that tier's terms). NaN where no such k0 was found (a tier that does not rise
+    toward safety, infinite caps): k0 ≥ NaN never holds, so the walk runs.
+    `rate`, `ask`, `fee`, `deduct`: what it was computed at (`_clearance` checks them).
+    """
+
+    tiers: tuple[Tier, ...]
+    rate: float
+    ask: float
+    fee: float
+    deduct: bool
+    long: float
+    short: float
+    offset: float
+    slope: float
+
+
+#: `_clearance`'s results by id of the tiers tuple. A cache of values computed from immutable
+#: inputs, not state: an entry holds its tiers tuple, so no other tuple can take that id
+#: while the entry lives, and a hit (same rates, fee and rule) returns what a miss computes.
+#: Tier tables live as long as a market's (sources cache them per symbol, ~1 h), so each
+#: report from scratch finds its tables here; bounded by clearing when full.
+_CLEARANCES: dict[int, _Clearance] = {}
+_CLEARANCES_MAX = 4096
+
+
+def _clearance(
+    tiers: tuple[Tier, ...], rate: float, ask: float, fee: float, deduct: bool
+) -> _Clearance:
+    """`tiers`' `_Clearance` at these rates, fee and deduction rule, cached (`_CLEARANCES`)."""
+    held = _CLEARANCES.get(id(tiers))
+    if (
+        held is not None
+        and held.rate == rate
+        and held.ask == ask
+        and held.fee == fee
+        and held.deduct is deduct
+    ):
+        return held
+    # each tier's terms as `_closed_form`'s walk computes them, float for float
+    floors = [0.0, *(t.max_notional for t in tiers[:-1])]
+    caps = [t.max_notional for t in tiers]
+    offsets = [ask * t.maintenance_amount if deduct else 0.0 for t in tiers]
+    longs = [rate - ask * (t.mmr + fee) for t in tiers]
+    shorts = [-rate - ask * (t.mmr + fee) for t in tiers]
+    lines = list(zip(offsets, longs, shorts, floors, caps, strict=True))
+
+    def long_clear(k0: float) -> bool:
+        return all(up > 0.0 and -(k0 + off) / up < floor for off, up, _, floor, _ in lines)
+
+    def short_clear(k0: float) -> bool:
+        *below, top = lines
+        off, _, down, floor, _ = top
+        return (
+            down < 0.0
+            and -(k0 + off) / down >= floor
+            and all(
+                down < 0.0 and (v := -(k0 + off) / down) >= floor and v > cap
+                for off, _, down, floor, cap in below
+            )
+        )
+
+    # the bound in exact arithmetic (each tier's comparison solved for k0), nudged up until
+    # the float comparisons hold
+    long_guess = max(-floor * up - off for off, up, _, floor, _ in lines)
+    short_guess = max(
+        [-floor * down - off for off, _, down, floor, _ in lines]
+        + [-cap * down - off for off, _, down, _, cap in lines[:-1]]
+    )
+    clear = _Clearance(
+        tiers,
+        rate,
+        ask,
+        fee,
+        deduct,
+        _bound(long_clear, long_guess),
+        _bound(short_clear, short_guess),
+        offsets[-1],
+        shorts[-1],
+    )
+    if len(_CLEARANCES) >= _CLEARANCES_MAX:
+        _CLEARANCES.clear()
+    _CLEARANCES[id(tiers)] = clear
+    return clear
+
+
+def _bound(holds: Callable[[float], bool], guess: float) -> float:
+    """A k0 at or a hair above `guess` at which `holds`, else NaN (see `_Clearance`)."""
+    for nudge in (0.0, 1e-12, 1e-9, 1e-6):
+        k0 = guess + (abs(guess) + 1.0) * nudge
+        if math.isfinite(k0) and holds(k0):
+            return k0
+    return _NAN
+
+
+#: A settle asset's closed-form terms (`_closed_terms`).
+_Terms = tuple[float, float, float, float, float, dict[int, _Clearance]]
+_UNSEEN: _Terms = (_NAN, _NAN, _NAN, _NAN, _NAN, {})  # `closed`'s "not looked at yet"
 
 
 def _x(price: float, inverse: bool) -> float:
@@ -221,7 +331,8 @@ def position_risks(
     # The common case, a lone linear position per symbol settling in a flat-haircut asset,
     # is the closed form; its per-asset terms are the same for every such symbol, so they
     # are computed once here rather than by moving each symbol out of the book and back.
-    closed: dict[str, tuple[float, float, float, float, float] | None] = {}
+    closed: dict[str, _Terms | None] = {}
+    isolated_memo: dict[int, _Clearance] = {}  # `_closed_form`'s memo at rate 1, ask 1
     isnan = math.isnan
     deduct = rules.tier_deduction
     venue_fee = rules.liquidation_fee
@@ -244,14 +355,14 @@ def position_risks(
         settle = p.settle or currency
         q = contracts * p.contract_size
         lp: float | None = None
-        terms = None  # the closed form's (base, equity, rate, ask, mm): `_closed_terms`
+        terms = None  # the closed form's (base, equity, rate, ask, mm, memo): `_closed_terms`
         moving = None
         if contracts <= 0 or mark <= 0:
             pass  # nothing to liquidate
         elif isolated:
             if not p.inverse and not on_entry:
                 # its own margin against its own MM, nothing else in
-                terms = (isolated_margin_of(p), 0.0, 1.0, 1.0, 0.0)
+                terms = (isolated_margin_of(p), 0.0, 1.0, 1.0, 0.0, isolated_memo)
                 own_pnl = own_mm = 0.0
             else:
                 lp = _isolated_price(p, rules)
@@ -267,7 +378,7 @@ def position_risks(
             if terms is None:
                 lp = _group_price(snapshot, books, pnl, mm, [i], pool, moving)
         if terms is not None:
-            base, equity, rate, ask, book_mm = terms
+            base, equity, rate, ask, book_mm, memo = terms
             long = p.side == "long"
             entry = p.entry_price
             # the pool's surplus with this position's own PnL and MM taken out (grouped so
@@ -283,7 +394,7 @@ def position_risks(
                 if (k0 >= bound) if long else (k0 <= bound):
                     risks.append(line[1])
                     continue
-            lp = _closed_form(p, k0, equity, rate, ask, q, deduct, venue_fee, walks, i)
+            lp = _closed_form(p, k0, equity, rate, ask, q, deduct, venue_fee, memo, walks, i)
             if lp is not None and isnan(lp):  # its assumptions failed: the general solver
                 if isolated:
                     lp = _isolated_price(p, rules)
@@ -342,6 +453,7 @@ def _closed_form(  # noqa: PLR0917 - positional: runs once per position per repo
     q: float,
     deduct: bool,
     venue_fee: float,
+    memo: dict[int, _Clearance],
     walks: list[Walk | None] | None,
     i: int,
 ) -> float | None:
@@ -350,33 +462,52 @@ def _closed_form(  # noqa: PLR0917 - positional: runs once per position per repo
 
     `k0`: the pool's surplus without this position, its PnL at price 0 put in
     (`_closed_terms`); `equity`: the settle asset's without this position; `rate`, `ask`:
-    the asset's rates; `q`: its size. `walks[i]`: where this position's previous walk
-    stopped (`Walk`), resumed when still valid, and where this one stops.
+    the asset's rates; `q`: its size; `memo`: this report's `_Clearance`s at these rates, by
+    id of the tiers tuple (the snapshot holds the tuples, so the ids are theirs for the
+    report's length). `walks[i]`: where this position's previous walk stopped (`Walk`),
+    resumed when still valid, and where this one stops; None (a report from scratch): no
+    walk to keep, so where k0 clears the table the walk's end is taken, not walked.
     """
     if not 0.0 < q < INF:
         return _NAN  # sizes that underflow to 0 (or overflow): the general solver copes
     long = p.side == "long"
     mark = p.mark_price
-    held = walks[i] if walks is not None else None
-    if held is not None:
-        if (
-            (k0 >= held[0] if long else k0 <= held[0])
-            if held[3]
-            else (k0 <= held[0] if long else k0 >= held[0])
-        ):
-            # every step the walk took holds at this k0 too (`Walk`): resume it
-            if held[1] < 0:
-                return None  # still no root above price 0
-        else:
-            held = None
-    if walks is not None:
-        walks[i] = None  # none where the walk fails (NaN)
     # per unit of notional, the surplus moves by rate·s − ask·(mmr + fee) (OKX and Gate
     # charge the liquidation fee on top of the maintenance rate)
     rate_s = rate if long else -rate
     fee = venue_fee if p.liquidation_fee is None else p.liquidation_fee
     tiers = p.tiers
-    if not tiers:
+    held = None
+    top: float | None = None  # the root in the last tier, when the walk is known to end there
+    if walks is None:
+        # a report from scratch (no walk to keep): where k0 clears the whole table, the
+        # walk's end is known without taking it (`_Clearance`)
+        if tiers:
+            clear = memo.get(id(tiers))
+            if clear is None or clear.fee != fee:
+                clear = memo[id(tiers)] = _clearance(tiers, rate, ask, fee, deduct)
+            if long:
+                if k0 >= clear.long:
+                    return None  # every tier's root lies below its floor: none above price 0
+            elif k0 >= clear.short:
+                top = -(k0 + clear.offset) / clear.slope
+    else:
+        held = walks[i]
+        if held is not None:
+            if (
+                (k0 >= held[0] if long else k0 <= held[0])
+                if held[3]
+                else (k0 <= held[0] if long else k0 >= held[0])
+            ):
+                # every step the walk took holds at this k0 too (`Walk`): resume it
+                if held[1] < 0:
+                    return None  # still no root above price 0
+            else:
+                held = None
+        walks[i] = None  # none where the walk fails (NaN)
+    if top is not None:
+        value = top
+    elif not tiers:
         per_notional = rate_s - ask * ((p.mmr or 0.0) + fee)
         if (per_notional <= 0.0) if long else (per_notional >= 0.0):
             return _NAN  # not monotone
@@ -487,10 +618,11 @@ def _group_price(  # noqa: PLR0917 - liquidation_prices' locals, on its rare pat
         book.mm += own_mm
 
 
-def _closed_terms(book: AssetBook, base: float) -> tuple[float, float, float, float, float] | None:
-    """(base, equity, rate, ask, mm) of a settle asset for the closed form, with the book's
-    whole PnL and MM still in (each position takes its own out); None when its haircut is
-    banded (no single rate). `base`: the surplus of every other asset.
+def _closed_terms(book: AssetBook, base: float) -> _Terms | None:
+    """(base, equity, rate, ask, mm, memo) of a settle asset for the closed form, with the
+    book's whole PnL and MM still in (each position takes its own out); None when its haircut
+    is banded (no single rate). `base`: the surplus of every other asset; `memo`: the
+    `_Clearance`s found at its rates in this report (`_closed_form`).
 
     With a lone linear position's own PnL and MM taken out, k = base − ask·(mm − own MM),
     and its move from price 0 put back, k0 = k + rate·(equity − own PnL − s·q·entry), the
@@ -503,7 +635,7 @@ def _closed_terms(book: AssetBook, base: float) -> tuple[float, float, float, fl
     c = book.collateral
     if c.haircut_tiers:
         return None
-    return base, c.amount + book.pnl, c.price * (1.0 - c.haircut), book.ask, book.mm
+    return base, c.amount + book.pnl, c.price * (1.0 - c.haircut), book.ask, book.mm, {}
 
 
 def _cross_liquidation_price(
