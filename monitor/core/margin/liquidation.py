@@ -408,7 +408,16 @@ def position_risks(
             notional = q / mark if mark > 0 else INF
         else:
             notional = q * mark
+        # in the report currency; x × 1.0 is x, so the usual settle asset (the report
+        # currency itself) skips the products
+        line_pnl, line_im, line_mm = pnl[i], im[i], mm[i]
         price, to_report = rates[settle]
+        if price != 1.0:
+            notional *= price
+            line_pnl *= price
+        if to_report != 1.0:
+            line_im *= to_report
+            line_mm *= to_report
         risk = make(
             PositionRisk,
             (
@@ -417,10 +426,10 @@ def position_risks(
                 p.margin_mode,
                 contracts,
                 mark,
-                notional * price,
-                pnl[i] * price,
-                im[i] * to_report,
-                mm[i] * to_report,
+                notional,
+                line_pnl,
+                line_im,
+                line_mm,
                 own,
                 lp,
                 p.hedged,
