@@ -43,7 +43,7 @@ def closed_form(p: Position, k0: float, r: Rates, *, walk: bool) -> float | None
     """`_closed_form` walking the tiers (a walk list given: the `Ledger`'s way), or as a
     report from scratch calls it (no walk list: the shortcut)."""
     walks: list[Walk | None] | None = [None] if walk else None
-    return _closed_form(p, k0, 1e6, r.rate, r.ask, p.contracts, r.deduct, r.fee, {}, walks, 0)
+    return _closed_form(p, k0, 1e6, r.rate, r.ask, p.contracts, r.deduct, r.fee, walks, 0)
 
 
 def same(a: float | None, b: float | None) -> bool:
