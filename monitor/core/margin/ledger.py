@@ -24,9 +24,7 @@ positions or balances are re-read (`Ledger(snapshot)`).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
 from dataclasses import replace
-from operator import itemgetter
 
 from monitor.core.margin.liquidation import Kept
 from monitor.core.margin.report import assemble
@@ -36,6 +34,7 @@ from monitor.core.margin.valuation import (
     computed_initial_margin,
     computed_maintenance_margin,
     margin_ratio,
+    picker,
     pnl_at,
     pool,
 )
@@ -93,7 +92,7 @@ class Ledger:
             if book is not None:
                 members.setdefault(id(book), []).append(i)
         self._members = [
-            (book, _picker(members[id(book)])) for book in books.values() if id(book) in members
+            (book, picker(members[id(book)])) for book in books.values() if id(book) in members
         ]
         # positions never change between two reads: an empty cross pool stays empty
         self._exposed = any(p.margin_mode == "cross" for p in snapshot.positions)
@@ -242,11 +241,3 @@ class Ledger:
             base.venue_margin,
         )
         return self._snapshot
-
-
-def _picker(indices: list[int]) -> Callable[[list[float]], Iterable[float]]:
-    """A function taking these entries of a list, in order (C-speed: `itemgetter`)."""
-    if len(indices) == 1:
-        (i,) = indices
-        return lambda values: (values[i],)
-    return itemgetter(*indices)

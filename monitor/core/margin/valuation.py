@@ -21,8 +21,9 @@ Pure: no I/O, no clock. `AssetBook` is mutable scratch space private to one comp
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 
 from monitor.core.model import (
     AccountSnapshot,
@@ -44,6 +45,7 @@ __all__ = [
     "isolated_margin_of",
     "liquidation_fee_of",
     "margin_ratio",
+    "picker",
     "pnl_at",
     "pool",
     "surplus",
@@ -328,3 +330,11 @@ def surplus_at(
     for asset, owed in mm.items():  # the report currency with no balance entry: price 1
         total += asset_value(Collateral(asset, 0.0), pnl[asset]) - owed
     return total
+
+
+def picker(indices: list[int]) -> Callable[[list[float]], Iterable[float]]:
+    """A function taking these entries of a list, in order (C-speed: `itemgetter`)."""
+    if len(indices) == 1:
+        (i,) = indices
+        return lambda values: (values[i],)
+    return itemgetter(*indices)
