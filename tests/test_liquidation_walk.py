@@ -123,3 +123,30 @@ class TestClearance:
         # k0 = 5e6 + 10 000 (the short's PnL at price 0) − 40 (the long's MM): the last tier
         assert short_line.liquidation_price == -(5_009_960 + 1_300) / -1.01 / 10
         assert Ledger(s).report() == got  # the walk, to the bit
+
+    def test_one_table_at_two_rates(self) -> None:
+        """Test that one tiers tuple used at two settle rates (a haircut on the settle asset,
+        an isolated position at rate 1 beside it) gets each rate's bounds, never the other's:
+        every report from scratch equals the walked one."""
+        tiers = (Tier(50_000, 0.004, 0), Tier(250_000, 0.005, 50), Tier(math.inf, 0.01, 1_300))
+        held = (
+            Position("A/USDT:USDT", "short", 200, 1_000, 1_000, leverage=10, tiers=tiers),
+            Position("B/USDT:USDT", "long", 10, 1_000, 1_000, leverage=10, tiers=tiers),
+            Position(
+                "C/USDT:USDT",
+                "short",
+                200,
+                1_000,
+                1_000,
+                margin_mode="isolated",
+                isolated_margin=300_000,
+                tiers=tiers,
+            ),
+        )
+        for haircut in (0.0, 0.3, 0.0, 0.6):
+            s = AccountSnapshot(
+                "a", "USDT", (Collateral("USDT", 400_000, haircut=haircut),), held, venue="gate"
+            )
+            got = report(s)
+            assert got == Ledger(s).report()
+            assert got.positions[0].liquidation_price is not None

@@ -114,7 +114,8 @@ class _Clearance:
 
 #: `_clearance`'s results by id of the tiers tuple. A cache of values computed from immutable
 #: inputs, not state: an entry holds its tiers tuple, so no other tuple can take that id
-#: while the entry lives, and a hit (same rates, fee and rule) returns what a miss computes.
+#: while the entry lives, and an entry taken at the same rates, fee and rule is what
+#: `_clearance` would compute again.
 #: Tier tables live as long as a market's (sources cache them per symbol, ~1 h), so each
 #: report from scratch finds its tables here; bounded by clearing when full (a table costs
 #: ~10 µs to compute, a report from scratch of 1 000 positions ~1 ms).
@@ -125,16 +126,8 @@ _CLEARANCES_MAX = 4096
 def _clearance(
     tiers: tuple[Tier, ...], rate: float, ask: float, fee: float, deduct: bool
 ) -> _Clearance:
-    """`tiers`' `_Clearance` at these rates, fee and deduction rule, cached (`_CLEARANCES`)."""
-    held = _CLEARANCES.get(id(tiers))
-    if (
-        held is not None
-        and held.rate == rate
-        and held.ask == ask
-        and held.fee == fee
-        and held.deduct is deduct
-    ):
-        return held
+    """`tiers`' `_Clearance` at these rates, fee and deduction rule, computed and cached
+    (`_CLEARANCES`, where `_closed_form` looks first: inline, it runs per position)."""
     # each tier's terms as `_closed_form`'s walk computes them, float for float
     floors = [0.0, *(t.max_notional for t in tiers[:-1])]
     caps = [t.max_notional for t in tiers]
