@@ -235,7 +235,7 @@ def plan_step(
         budget = min(budget, left)
 
     solved = minimal_reduction(
-        snapshot, policy.target_ratio, policy.policy, policy.priority, policy.fee_rate
+        snapshot, policy.target_ratio, policy.policy, policy.priority, policy.fee_rate, current=rep
     )
     positions = {p.key: p for p in snapshot.positions}
     amounts: dict[tuple[str, Side], float] = {}

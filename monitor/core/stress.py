@@ -275,9 +275,9 @@ def reduced(snapshot: AccountSnapshot, cuts: Cuts, fee_rate: float = 0.0) -> Acc
 
 
 def _order(
-    snapshot: AccountSnapshot, policy: ReductionPolicy, priority: Sequence[str]
+    snapshot: AccountSnapshot, policy: ReductionPolicy, priority: Sequence[str], rep: MarginReport
 ) -> list[Position]:
-    rep = report(snapshot)
+    """The cross positions in the order the policy closes them, ranked on `rep`'s figures."""
     risks = {(r.symbol, r.side): r for r in rep.positions}
     cross = [p for p in snapshot.positions if p.margin_mode == "cross" and p.contracts > 0]
     if policy == "worst_pnl":
@@ -296,6 +296,8 @@ def minimal_reduction(
     policy: ReductionPolicy = "largest_mm_contributor",
     priority: Sequence[str] = (),
     fee_rate: float = 0.0,
+    *,
+    current: MarginReport | None = None,
 ) -> ReductionPlan:
     """Smallest reduce-only quantities bringing the cross ratio down to `target_ratio`.
 
@@ -303,6 +305,9 @@ def minimal_reduction(
     that order (a user `priority` list of symbols goes first), each only as far as needed;
     `proportional` cuts every cross position by the same, smallest sufficient fraction.
     Quantities are exact (unrounded): the action planner rounds them to market precision.
+    `current`: `report(snapshot)` where the caller has it (the planner does: the report the
+    alert was raised on), so the ranking costs no report of its own (issue 16: ~10 % of a
+    plan preview, on the crash -> alert path).
     """
     if policy not in _POLICIES:
         msg = f"policy {policy!r} is not one of {', '.join(_POLICIES)}"
@@ -314,7 +319,9 @@ def minimal_reduction(
 
     cuts: dict[tuple[str, Side], float] = {}
     if before > target_ratio:
-        order = _order(snapshot, policy, priority)
+        order = _order(
+            snapshot, policy, priority, current if current is not None else report(snapshot)
+        )
         if policy == "proportional" and not priority:
             fraction = _smallest(
                 lambda k: ratio({p.key: p.contracts * k for p in order}), target_ratio
