@@ -30,7 +30,7 @@ from monitor.core.model import (
 )
 from monitor.core.shock_schedule import ShockScheduler
 from monitor.core.state import apply, initial_state
-from monitor.daemon.loop import AccountLoop, ShockSolver
+from monitor.daemon.loop import AMPLE_GAP, PICK_GAP, AccountLoop, ShockSolver
 from monitor.daemon.supervisor import run_daemon, stop_leftover_tasks
 from monitor.errors import UserError
 from tests.strategies import SYMBOLS, accounts
@@ -348,6 +348,31 @@ class TestShockSolverWakes:
         solver._wakes_at = -float("inf")  # busy solving: it picks again by itself
         solver.changed(fresh)
         assert not solver.wake.is_set()
+
+    @pytest.mark.parametrize(("tokens", "gap"), [(0.25, AMPLE_GAP), (0.1, PICK_GAP)])
+    async def test_idle_waits_longer_while_accounts_solve_inline(
+        self, tokens: float, gap: float
+    ) -> None:
+        """Test that the idle task, with a claim due in 10 ms, sleeps `AMPLE_GAP` while the
+        budget is ample (the account's own report takes that solve) and `PICK_GAP` when not."""
+        scheduler = ShockScheduler(1.0, AlertConfig(), share=0.25, burst=0.25)
+        solver = ShockSolver(scheduler)
+        loop = asyncio.get_running_loop()
+        claim = scheduler.register("acct")
+        claim.changed = True
+        claim.solved_at = loop.time() - 0.99
+        scheduler.tokens = tokens
+        started = loop.time()
+        runner = asyncio.create_task(solver.run())
+        try:
+            for _ in range(100):  # until the task waits (it picks nothing due yet first)
+                await asyncio.sleep(0)
+                if solver._wakes_at > 0:
+                    break
+            assert solver._wakes_at - started == pytest.approx(gap, abs=0.01)
+        finally:
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
 
 
 class _Paced(_Script):

@@ -62,7 +62,7 @@ from monitor.errors import UserError, one_line
 from monitor.sink import Sink
 from monitor.sources.base import Source
 
-__all__ = ["AccountLoop", "ShockSolver"]
+__all__ = ["AMPLE_GAP", "PICK_GAP", "AccountLoop", "ShockSolver"]
 
 log = structlog.get_logger("monitor.daemon")
 
@@ -88,6 +88,12 @@ PICK_LIMIT = 32
 #: ... and, idle, it waits at least this long (seconds) for the next claims to fall due, so
 #: that a scan finds a batch of them, not one (`shock_interval` is a least spacing anyway).
 PICK_GAP = 0.025
+#: ... or this long while the budget is ample (`ShockScheduler.ample`): then every due
+#: account takes its solve with its own next report (`grant`), and the task only catches
+#: what those miss (an urgent claim still wakes it at once). Scanning every 25 ms for
+#: claims the accounts' own reports were about to take cost ~1.5 % of a core at 1 000
+#: accounts (bench/RESULTS.md, "CPU lane, second round").
+AMPLE_GAP = 0.25
 
 
 # --- levels ----------------------------------------------------------------------------------
@@ -159,7 +165,7 @@ class ShockSolver:
                     continue
                 self.wake.clear()
                 if wait is not None:
-                    wait = max(wait, PICK_GAP)
+                    wait = max(wait, AMPLE_GAP if self.scheduler.ample(now) else PICK_GAP)
                 self._wakes_at = math.inf if wait is None else now + wait
                 try:
                     with contextlib.suppress(TimeoutError):
