@@ -499,6 +499,18 @@ class TestEdges:
         p = Position("BTC/USDT:USDT", "long", 1, 60_000, 60_000, mmr=0.005)
         assert report(account(p, wallet=100_000)).positions[0].liquidation_price is None
 
+    def test_settle_asset_without_a_price_is_named(self) -> None:
+        """Test that the first position settling in an asset the account holds no balance
+        of (so no price) is named in the error, the report currency alone being allowed."""
+        held = (
+            Position("X/USDT:USDT", "long", 1, 1, 1, settle="USDT"),
+            Position("B/USD:BTC", "long", 1, 1, 1, settle="BTC", inverse=True),
+            Position("E/USD:ETH", "long", 1, 1, 1, settle="ETH", inverse=True),
+        )
+        with pytest.raises(ValueError, match=r"^position B/USD:BTC settles in BTC, which has no"):
+            report(account(*held, wallet=100))
+        assert report(account(held[0], wallet=100)).positions[0].symbol == "X/USDT:USDT"
+
     def test_okx_whole_position_tiers(self) -> None:
         """Test OKX's rule: one tier rate on the whole position, no deduction."""
         tiers = (Tier(100_000, 0.004, 0), Tier(INF, 0.006, 200))

@@ -24,9 +24,7 @@ positions or balances are re-read (`Ledger(snapshot)`).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
 from dataclasses import replace
-from operator import itemgetter
 
 from monitor.core.margin.liquidation import Kept
 from monitor.core.margin.report import assemble
@@ -36,8 +34,10 @@ from monitor.core.margin.valuation import (
     computed_initial_margin,
     computed_maintenance_margin,
     margin_ratio,
+    members,
     pnl_at,
     pool,
+    resum,
 )
 from monitor.core.model import AccountSnapshot, MarginReport, Position, priced_collateral
 from monitor.core.state import Marks
@@ -83,18 +83,15 @@ class Ledger:
         self._marks = [p.mark_price for p in snapshot.positions]
         self._rules = snapshot.rules  # a property that builds; once, not per tick
         # the book a position's figures sum into (None: isolated, outside the pool)
-        self._settles: list[AssetBook | None] = [
-            books[p.settle or snapshot.currency] if p.margin_mode == "cross" else None
+        owners = [
+            p.settle or snapshot.currency if p.margin_mode == "cross" else None
             for p in snapshot.positions
         ]
-        # per book, what picks its positions' figures out of a list (`report` re-sums them)
-        members: dict[int, list[int]] = {}
-        for i, book in enumerate(self._settles):
-            if book is not None:
-                members.setdefault(id(book), []).append(i)
-        self._members = [
-            (book, _picker(members[id(book)])) for book in books.values() if id(book) in members
+        self._settles: list[AssetBook | None] = [
+            None if owner is None else books[owner] for owner in owners
         ]
+        # per book, what picks its positions' figures out of a list (`report` re-sums them)
+        self._members = members(books, owners)
         # positions never change between two reads: an empty cross pool stays empty
         self._exposed = any(p.margin_mode == "cross" for p in snapshot.positions)
         # schedule-only twins, made on a position's first move (most accounts never move
@@ -189,18 +186,15 @@ class Ledger:
         """The full report at the latest ticks: exactly `report(self.snapshot())`, from the
         figures the ledger keeps instead of re-valuing every position.
 
-        The books' sums are taken afresh from the per-position figures, in position order as
-        `valuation.pool` adds them (the built-in `sum` adds floats in order on CPython 3.11),
-        rather than from the running sums the ticks keep: the report is then the reference
-        one to the last bit (tests/test_ledger_report.py), and the running sums' rounding
-        drift goes back to zero at every report. C-speed: ~10 ns a position.
+        The books' sums are taken afresh from the per-position figures by `valuation.resum`,
+        the very additions `valuation.pool` makes, rather than from the running sums the
+        ticks keep: the report is then the reference one to the last bit
+        (tests/test_ledger_report.py), and the running sums' rounding drift goes back to
+        zero at every report. C-speed: ~10 ns a position.
         """
         snapshot = self.snapshot()
         pnl, im, mm = self._pnl, self._im, self._mm
-        for book, pick in self._members:
-            book.pnl = sum(pick(pnl))
-            book.im = sum(pick(im))
-            book.mm = sum(pick(mm))
+        resum(self._members, pnl, im, mm)
         return assemble(snapshot, self._books, pnl, im, mm, kept=self._kept)
 
     def snapshot(self) -> AccountSnapshot:
@@ -242,11 +236,3 @@ class Ledger:
             base.venue_margin,
         )
         return self._snapshot
-
-
-def _picker(indices: list[int]) -> Callable[[list[float]], Iterable[float]]:
-    """A function taking these entries of a list, in order (C-speed: `itemgetter`)."""
-    if len(indices) == 1:
-        (i,) = indices
-        return lambda values: (values[i],)
-    return itemgetter(*indices)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from monitor.core.margin.valuation import (
@@ -22,7 +22,7 @@ from monitor.core.margin.valuation import (
     margin_ratio,
     pnl_at,
 )
-from monitor.core.model import AccountSnapshot, Position, PositionRisk, priced_collateral
+from monitor.core.model import AccountSnapshot, Position, PositionRisk, Tier, priced_collateral
 from monitor.core.venue_rules import VenueRules
 
 __all__ = ["Kept", "Walk", "position_risks"]
@@ -82,6 +82,106 @@ class Kept:
         """Position i moved: what was kept of it no longer holds."""
         self.walks[i] = None
         self.lines[i] = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Clearance:
+    """Where a closed-form walk over one tier table ends for any k0 past a bound, at one
+    settle asset's rates and one fee rate: a report from scratch takes the end, not the walk.
+
+    Each tier's root -(k0 + offset)/slope only moves one way as k0 rises (`Walk`: float
+    addition and division are monotone too), so a comparison that holds at one k0 holds at
+    every larger one. `long` is a k0 at which every tier's root lies below its floor (tier 0:
+    below price 0), checked with the walk's own float operations: from there on a long's walk,
+    from whichever tier, steps down to "no root above price 0". `short`: every tier's root but
+    the last lies at or above its floor and above its cap, the last tier's at or above its
+    floor: a short's walk steps up to the last tier and ends inside it, at -(k0 + `offset`) /
+    `slope` (that tier's terms). NaN where no such k0 was found (a tier that does not rise
+    toward safety, infinite caps): k0 ≥ NaN never holds, so the walk runs.
+    `rate`, `ask`, `fee`, `deduct`: what it was computed at (`_clearance` checks them).
+    """
+
+    tiers: tuple[Tier, ...]
+    rate: float
+    ask: float
+    fee: float
+    deduct: bool
+    long: float
+    short: float
+    offset: float
+    slope: float
+
+
+#: `_clearance`'s results by id of the tiers tuple. A cache of values computed from immutable
+#: inputs, not state: an entry holds its tiers tuple, so no other tuple can take that id
+#: while the entry lives, and an entry taken at the same rates, fee and rule is what
+#: `_clearance` would compute again.
+#: Tier tables live as long as a market's (sources cache them per symbol, ~1 h), so each
+#: report from scratch finds its tables here; bounded by clearing when full (a table costs
+#: ~10 µs to compute, a report from scratch of 1 000 positions ~1 ms).
+_CLEARANCES: dict[int, _Clearance] = {}
+_CLEARANCES_MAX = 4096
+
+
+def _clearance(
+    tiers: tuple[Tier, ...], rate: float, ask: float, fee: float, deduct: bool
+) -> _Clearance:
+    """`tiers`' `_Clearance` at these rates, fee and deduction rule, computed and cached
+    (`_CLEARANCES`, where `_closed_form` looks first: inline, it runs per position)."""
+    # each tier's terms as `_closed_form`'s walk computes them, float for float
+    floors = [0.0, *(t.max_notional for t in tiers[:-1])]
+    caps = [t.max_notional for t in tiers]
+    offsets = [ask * t.maintenance_amount if deduct else 0.0 for t in tiers]
+    longs = [rate - ask * (t.mmr + fee) for t in tiers]
+    shorts = [-rate - ask * (t.mmr + fee) for t in tiers]
+    lines = list(zip(offsets, longs, shorts, floors, caps, strict=True))
+
+    def long_clear(k0: float) -> bool:
+        return all(up > 0.0 and -(k0 + off) / up < floor for off, up, _, floor, _ in lines)
+
+    def short_clear(k0: float) -> bool:
+        *below, top = lines
+        off, _, down, floor, _ = top
+        return (
+            down < 0.0
+            and -(k0 + off) / down >= floor
+            and all(
+                down < 0.0 and (v := -(k0 + off) / down) >= floor and v > cap
+                for off, _, down, floor, cap in below
+            )
+        )
+
+    # the bound in exact arithmetic (each tier's comparison solved for k0), nudged up until
+    # the float comparisons hold
+    long_guess = max(-floor * up - off for off, up, _, floor, _ in lines)
+    short_guess = max(
+        [-floor * down - off for off, _, down, floor, _ in lines]
+        + [-cap * down - off for off, _, down, _, cap in lines[:-1]]
+    )
+    clear = _Clearance(
+        tiers,
+        rate,
+        ask,
+        fee,
+        deduct,
+        _bound(long_clear, long_guess),
+        _bound(short_clear, short_guess),
+        offsets[-1],
+        shorts[-1],
+    )
+    if len(_CLEARANCES) >= _CLEARANCES_MAX:
+        _CLEARANCES.clear()
+    _CLEARANCES[id(tiers)] = clear
+    return clear
+
+
+def _bound(holds: Callable[[float], bool], guess: float) -> float:
+    """A k0 at or a hair above `guess` at which `holds`, else NaN (see `_Clearance`)."""
+    for nudge in (0.0, 1e-12, 1e-9, 1e-6):
+        k0 = guess + (abs(guess) + 1.0) * nudge
+        if math.isfinite(k0) and holds(k0):
+            return k0
+    return _NAN
 
 
 def _x(price: float, inverse: bool) -> float:
@@ -297,7 +397,16 @@ def position_risks(
             notional = q / mark if mark > 0 else INF
         else:
             notional = q * mark
+        # in the report currency; x × 1.0 is x, so the usual settle asset (the report
+        # currency itself) skips the products
+        line_pnl, line_im, line_mm = pnl[i], im[i], mm[i]
         price, to_report = rates[settle]
+        if price != 1.0:
+            notional *= price
+            line_pnl *= price
+        if to_report != 1.0:
+            line_im *= to_report
+            line_mm *= to_report
         risk = make(
             PositionRisk,
             (
@@ -306,10 +415,10 @@ def position_risks(
                 p.margin_mode,
                 contracts,
                 mark,
-                notional * price,
-                pnl[i] * price,
-                im[i] * to_report,
-                mm[i] * to_report,
+                notional,
+                line_pnl,
+                line_im,
+                line_mm,
                 own,
                 lp,
                 p.hedged,
@@ -351,32 +460,56 @@ def _closed_form(  # noqa: PLR0917 - positional: runs once per position per repo
     `k0`: the pool's surplus without this position, its PnL at price 0 put in
     (`_closed_terms`); `equity`: the settle asset's without this position; `rate`, `ask`:
     the asset's rates; `q`: its size. `walks[i]`: where this position's previous walk
-    stopped (`Walk`), resumed when still valid, and where this one stops.
+    stopped (`Walk`), resumed when still valid, and where this one stops; None (a report
+    from scratch): no walk to keep, so where k0 clears the table the end is taken, not walked.
     """
     if not 0.0 < q < INF:
         return _NAN  # sizes that underflow to 0 (or overflow): the general solver copes
     long = p.side == "long"
     mark = p.mark_price
-    held = walks[i] if walks is not None else None
-    if held is not None:
-        if (
-            (k0 >= held[0] if long else k0 <= held[0])
-            if held[3]
-            else (k0 <= held[0] if long else k0 >= held[0])
-        ):
-            # every step the walk took holds at this k0 too (`Walk`): resume it
-            if held[1] < 0:
-                return None  # still no root above price 0
-        else:
-            held = None
-    if walks is not None:
-        walks[i] = None  # none where the walk fails (NaN)
     # per unit of notional, the surplus moves by rate·s − ask·(mmr + fee) (OKX and Gate
     # charge the liquidation fee on top of the maintenance rate)
     rate_s = rate if long else -rate
     fee = venue_fee if p.liquidation_fee is None else p.liquidation_fee
     tiers = p.tiers
-    if not tiers:
+    held = None
+    top: float | None = None  # the root in the last tier, when the walk is known to end there
+    if walks is None:
+        # a report from scratch (no walk to keep): where k0 clears the whole table the walk's
+        # end is known without taking it (`_Clearance`). First what the bounds take of a
+        # usual table (rates and deductions ≥ 0), so a position that walks anyway does not
+        # look them up: a long's k0 above 0, a short's above the last tier's floor at `rate`
+        if tiers and (k0 > 0.0 if long else len(tiers) < 2 or k0 > tiers[-2].max_notional * rate):
+            clear = _CLEARANCES.get(id(tiers))  # valid when taken at these rates, fee, rule
+            if clear is None or not (
+                clear.rate == rate
+                and clear.ask == ask
+                and clear.fee == fee
+                and clear.deduct is deduct
+            ):
+                clear = _clearance(tiers, rate, ask, fee, deduct)
+            if long:
+                if k0 >= clear.long:
+                    return None  # every tier's root lies below its floor: none above price 0
+            elif k0 >= clear.short:
+                top = -(k0 + clear.offset) / clear.slope
+    else:
+        held = walks[i]
+        if held is not None:
+            if (
+                (k0 >= held[0] if long else k0 <= held[0])
+                if held[3]
+                else (k0 <= held[0] if long else k0 >= held[0])
+            ):
+                # every step the walk took holds at this k0 too (`Walk`): resume it
+                if held[1] < 0:
+                    return None  # still no root above price 0
+            else:
+                held = None
+        walks[i] = None  # none where the walk fails (NaN)
+    if top is not None:
+        value = top
+    elif not tiers:
         per_notional = rate_s - ask * ((p.mmr or 0.0) + fee)
         if (per_notional <= 0.0) if long else (per_notional >= 0.0):
             return _NAN  # not monotone
