@@ -264,13 +264,20 @@ class AccountLoop:
         # sink per tick was measurable at 20 000 ticks/s (docs/benchmarks.md)
         listening = [sink for sink in self.sinks if type(sink).on_event is not Sink.on_event]
         self._on_event = tuple((sink.name, sink.on_event) for sink in listening)
-        self._on_tick = tuple((sink.name, sink.on_event) for sink in listening if sink.ticks)
+        # a sink with its own synchronous `on_tick` gets ticks there, without a coroutine
+        counting = [sink for sink in self.sinks if type(sink).on_tick is not Sink.on_tick]
+        self._count_tick = tuple((sink.name, sink.on_tick) for sink in counting if sink.ticks)
+        self._on_tick = tuple(
+            (sink.name, sink.on_event)
+            for sink in listening
+            if sink.ticks and type(sink).on_tick is Sink.on_tick
+        )
         self._on_report = tuple((sink.name, sink.on_report) for sink in self.sinks)
 
     async def run_source(self) -> None:
         """Task `source[<account>]`: fresh read, then fold events in; retry after failures."""
         attempt = 0
-        on_event, on_tick = self._on_event, self._on_tick
+        on_event, on_tick, count_tick = self._on_event, self._on_tick, self._count_tick
         while True:
             try:
                 sent = self.clock()  # the read's values are at least this new
@@ -281,6 +288,14 @@ class AccountLoop:
                 account = self.account
                 async for event in self.source.events():
                     self.events += 1
+                    if type(event) is PriceTick:
+                        for name, count in count_tick:
+                            try:
+                                count(event)
+                            except Exception as exc:  # a broken sink must not stop the loop
+                                log.error(
+                                    "sink failed", sink=name, call="on_tick", error=one_line(exc)
+                                )
                     for name, call in on_tick if type(event) is PriceTick else on_event:
                         try:
                             await call(event)
