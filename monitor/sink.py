@@ -14,7 +14,7 @@ import asyncio
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from monitor.core.model import AccountSnapshot, Event, MarginReport
+from monitor.core.model import AccountSnapshot, Event, MarginReport, PriceTick
 
 if TYPE_CHECKING:
     from monitor.config.settings import AccountSettings
@@ -51,6 +51,13 @@ class Sink:
     async def on_event(self, event: Event) -> None:
         """Every event a source produced (ticks included), before it is folded into state."""
         del event
+
+    def on_tick(self, tick: PriceTick) -> None:
+        """A tick, in place of `on_event`, for a sink that overrides this: synchronous, for
+        tick handling that is bookkeeping and never waits (the console's count). The tick
+        path then makes no coroutine per tick for the sink (~0.4 µs each, 20 000 ticks/s:
+        docs/benchmarks.md); `on_event` still gets every other event."""
+        del tick
 
     async def on_level(
         self, account: str, level: str, previous: str, report: MarginReport, now: float

@@ -81,8 +81,12 @@ class TestConsoleSink:
         try:
             report, snapshot = _report_of_sim()
             sink = ConsoleSink(live=False, summary_every=0.01)
-            for i in range(5):
-                await sink.on_event(PriceTick("demo", "BTC/USDT:USDT", 64000.0 + i, float(i)))
+            for i in range(5):  # the tick path's synchronous count and on_event count alike
+                tick = PriceTick("demo", "BTC/USDT:USDT", 64000.0 + i, float(i))
+                if i % 2:
+                    sink.on_tick(tick)
+                else:
+                    await sink.on_event(tick)
             await sink.on_report("demo", report, snapshot, 0.0)
 
             async def run() -> None:

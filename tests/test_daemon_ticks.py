@@ -30,9 +30,10 @@ from monitor.core.model import (
 )
 from monitor.core.shock_schedule import ShockScheduler
 from monitor.core.state import apply, initial_state
-from monitor.daemon.loop import AccountLoop, ShockSolver
+from monitor.daemon.loop import AMPLE_GAP, PICK_GAP, AccountLoop, ShockSolver
 from monitor.daemon.supervisor import run_daemon, stop_leftover_tasks
 from monitor.errors import UserError
+from monitor.sink import Sink
 from tests.strategies import SYMBOLS, accounts
 from tests.test_daemon import BTC, _book, _Recorder, _until
 
@@ -349,6 +350,31 @@ class TestShockSolverWakes:
         solver.changed(fresh)
         assert not solver.wake.is_set()
 
+    @pytest.mark.parametrize(("tokens", "gap"), [(0.25, AMPLE_GAP), (0.1, PICK_GAP)])
+    async def test_idle_waits_longer_while_accounts_solve_inline(
+        self, tokens: float, gap: float
+    ) -> None:
+        """Test that the idle task, with a claim due in 10 ms, sleeps `AMPLE_GAP` while the
+        budget is ample (the account's own report takes that solve) and `PICK_GAP` when not."""
+        scheduler = ShockScheduler(1.0, AlertConfig(), share=0.25, burst=0.25)
+        solver = ShockSolver(scheduler)
+        loop = asyncio.get_running_loop()
+        claim = scheduler.register("acct")
+        claim.changed = True
+        claim.solved_at = loop.time() - 0.99
+        scheduler.tokens = tokens
+        started = loop.time()
+        runner = asyncio.create_task(solver.run())
+        try:
+            for _ in range(100):  # until the task waits (it picks nothing due yet first)
+                await asyncio.sleep(0)
+                if solver._wakes_at > 0:
+                    break
+            assert solver._wakes_at - started == pytest.approx(gap, abs=0.01)
+        finally:
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+
 
 class _Paced(_Script):
     """Ticks 10 ms apart that cross nothing: only the coalesced report can carry them."""
@@ -388,7 +414,45 @@ class _NoTicks(_Recorder):
     ticks = False
 
 
+async def _run_script(source: _Script, sinks: list[Sink]) -> None:
+    """The daemon on one scripted account with `sinks`, until the script ends."""
+    settings = load_settings(None, shock_interval=3600.0)
+    await run_daemon(
+        settings, [], sinks, sources=[source], finite=True, handle_signals=False, duration=30
+    )
+
+
+class _Counting(_Recorder):
+    """A recorder that takes ticks in its synchronous `on_tick` (the console's way)."""
+
+    name = "counting"
+
+    def __init__(self, broken: bool = False) -> None:
+        super().__init__()
+        self.ticked: list[PriceTick] = []
+        self.broken = broken
+
+    def on_tick(self, tick: PriceTick) -> None:
+        self.ticked.append(tick)
+        if self.broken:
+            raise RuntimeError("boom")
+
+
 class TestSinkEvents:
+    @pytest.mark.parametrize("broken", [False, True])
+    async def test_a_sink_with_on_tick_takes_ticks_there(self, broken: bool) -> None:
+        """Test that a sink overriding `on_tick` gets every tick there and no tick in
+        `on_event` (which still gets the read), and that one raising in it stops nothing."""
+        every, counting = _Recorder(), _Counting(broken)
+        book = _book()
+        read = AccountUpdate("burst", book.positions, book.collateral, 5e9)
+        ticks = [_tick(59_000.0), _tick(58_000.0)]
+        await _run_script(_Script(every, [*ticks, read], book), [counting, every])
+        assert counting.ticked == ticks
+        assert counting.events == [read]
+        assert [type(e) for e in every.events] == [PriceTick, PriceTick, AccountUpdate]
+        assert [r.margin_ratio for r in counting.reports] == [r.margin_ratio for r in every.reports]
+
     async def test_a_sink_without_ticks_hears_every_other_event(self) -> None:
         """Test that `ticks = False` keeps PriceTicks from a sink's on_event, and only them:
         reads, and the reports built on the ticks, still reach it."""
@@ -396,17 +460,7 @@ class TestSinkEvents:
         book = _book()
         read = AccountUpdate("burst", book.positions, book.collateral, 5e9)
         script: list[Event | None] = [_tick(59_000.0), _tick(58_000.0), read]
-        source = _Script(every, script, book)
-        settings = load_settings(None, shock_interval=3600.0)
-        await run_daemon(
-            settings,
-            [],
-            [every, no_ticks],
-            sources=[source],
-            finite=True,
-            handle_signals=False,
-            duration=30,
-        )
+        await _run_script(_Script(every, script, book), [every, no_ticks])
         assert [type(e) for e in every.events] == [PriceTick, PriceTick, AccountUpdate]
         assert no_ticks.events == [read]
         assert [r.margin_ratio for r in no_ticks.reports] == [r.margin_ratio for r in every.reports]

@@ -513,18 +513,28 @@ class TestQuietReport:
     )
 
     @settings(max_examples=300, deadline=None)
-    @given(_steps, st.sampled_from(["a", "b"]), st.floats(0.0, 1.2))
+    @given(
+        _steps,
+        st.sampled_from(["a", "b"]),
+        st.floats(0.0, 1.2),
+        st.one_of(st.none(), st.floats(0.0, 0.12), st.just(math.inf)),
+    )
     def test_same_as_the_long_way(
-        self, steps: list[tuple[str, str, float]], account: str, ratio: float
+        self,
+        steps: list[tuple[str, str, float]],
+        account: str,
+        ratio: float,
+        shock: float | None,
     ) -> None:
-        """Test that after any history a report gives the state and events the full step gives."""
+        """Test that after any history a report, with or without a shock figure, gives the
+        state and events the full step gives."""
         config = AlertConfig(repeat_every=5.0, hold_for=2.0)
         state = RulesState()
         for i, (name, op, x) in enumerate(steps):
             state = apply_op(state, name, op, x, float(i), config=config)
             later = float(len(steps))
-            quick = rules.evaluate(state, report(ratio, account), later, config)
-            full = rules._evaluate_stepped(state, report(ratio, account), later, config)
+            quick = rules.evaluate(state, report(ratio, account, shock), later, config)
+            full = rules._evaluate_stepped(state, report(ratio, account, shock), later, config)
             assert quick == full
             assert dict(quick[0].index) == dict(full[0].index)
 
@@ -537,6 +547,27 @@ class TestQuietReport:
         assert after.alert("acct", alert_config.RULE_MARGIN).value == 0.25
         assert after.index is other.index
         assert after.alerts["b/margin_ratio"] is other.alerts["b/margin_ratio"]
+
+    def test_taken_for_a_quiet_shock_figure(self) -> None:
+        """Test that a calm account's report with a calm shock figure takes the shortcut
+        (the index and the other account's alerts are the same objects) and sets both values."""
+        state, _ = rules.evaluate(RulesState(), report(0.1, "acct", 0.5), 0.0, AlertConfig())
+        state, _ = rules.evaluate(state, report(0.3, "b", 0.4), 1.0, AlertConfig())
+        after, events = rules.evaluate(state, report(0.2, "acct", 0.45), 2.0, AlertConfig())
+        assert events == ()
+        assert after.index is state.index
+        assert after.alerts["b/shock_to_liquidation"] is state.alerts["b/shock_to_liquidation"]
+        assert after.alert("acct", alert_config.RULE_MARGIN).value == 0.2
+        assert after.alert("acct", alert_config.RULE_SHOCK).value == 0.45
+
+    def test_not_taken_for_a_shock_figure_in_the_warning_zone(self) -> None:
+        """Test that a shock figure inside the shock warning fires through the long way."""
+        config = AlertConfig(hold_for=0.0)
+        state, _ = rules.evaluate(RulesState(), report(0.1, "acct", 0.5), 0.0, config)
+        assert config.shock_warning is not None
+        near = config.shock_warning / 2
+        _, events = rules.evaluate(state, report(0.1, "acct", near), 1.0, config)
+        assert [(e.rule, e.kind) for e in events] == [(alert_config.RULE_SHOCK, "firing")]
 
 
 class TestAlertMap:

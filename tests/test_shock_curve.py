@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import replace
 
@@ -212,3 +213,70 @@ class TestShockSolve:
             assert (got is None) == (want is None)
             if got is not None and want is not None:
                 assert got == pytest.approx(want, abs=1e-9)
+
+
+@st.composite
+def concave_books(draw: st.DrawFn) -> AccountSnapshot:
+    """Linear USDT positions under cumulative tiers on USDT (and BTC) collateral: the
+    books whose surplus is concave, with a balance anywhere from a crossing near 0 to none."""
+    positions = tuple(
+        Position(
+            f"S{i}/USDT:USDT",
+            draw(st.sampled_from(("long", "short"))),
+            draw(st.floats(min_value=0.01, max_value=100.0)),
+            entry,
+            entry * draw(st.floats(min_value=0.5, max_value=1.5)),
+            tiers=draw(tier_tables()),
+        )
+        for i, entry in enumerate(
+            draw(st.lists(st.floats(min_value=1.0, max_value=50_000), min_size=1, max_size=6))
+        )
+    )
+    collateral = [Collateral("USDT", draw(st.floats(min_value=0.0, max_value=2e6)))]
+    if draw(st.booleans()):
+        collateral.append(
+            Collateral("BTC", draw(st.floats(min_value=0.0, max_value=20.0)), price=60_000.0)
+        )
+    return AccountSnapshot("acct", "USDT", tuple(collateral), positions, venue="binanceusdm")
+
+
+class TestConcaveCrossing:
+    @settings(max_examples=400, deadline=None)
+    @given(concave_books())
+    def test_bisecting_the_grid_finds_what_walking_it_finds(self, s: AccountSnapshot) -> None:
+        """Test that on a concave surplus the bisected grid gives the walked grid's shock to
+        the bit, in both directions (the same bracket, the same Illinois steps)."""
+        curve = ShockCurve.of(s, reach=MAX_UP_SHOCK)
+        assert curve is not None
+        assert curve.concave
+        for end in (-1.0, MAX_UP_SHOCK):
+            assert first_crossing(curve, end, concave=True) == first_crossing(curve, end)
+
+    @pytest.mark.parametrize("usdt", [0.0, 300.0, 1_000.0, 3_000.0, 10_000.0, 30_000.0, 1e6])
+    def test_every_cell_of_the_grid(self, usdt: float) -> None:
+        """Test that crossings in different cells of the grid (near 0, mid-way, at the end,
+        none) come out of the bisection as out of the walk, down to the points valued."""
+        p = Position("BTC/USDT:USDT", "long", 1.0, 60_000, 60_000, tiers=TIERS)
+        q = Position("ETH/USDT:USDT", "short", 4.0, 3_000, 3_000, tiers=TIERS)
+        base = AccountSnapshot("a", "USDT", (Collateral("USDT", usdt),), (p, q))
+        curve = ShockCurve.of(base, reach=MAX_UP_SHOCK)
+        assert curve is not None
+        assert curve.concave
+        for end in (-1.0, MAX_UP_SHOCK):
+            walk: list[float] = []
+            bisect: list[float] = []
+            calls = (walk, bisect)
+
+            def counted(s: float, into: list[float]) -> float:
+                into.append(s)
+                assert curve is not None
+                return curve(s)
+
+            walked = first_crossing(functools.partial(counted, into=walk), end)
+            bisected = first_crossing(functools.partial(counted, into=bisect), end, concave=True)
+            assert bisected == walked
+            if walked is not None and walked != 0.0:  # the same Illinois steps from the bracket
+                hi = next(i for i, s in enumerate(calls[0]) if curve(s) <= 0)
+                steps = calls[0][hi + 1 :]
+                assert steps
+                assert calls[1][-len(steps) :] == steps

@@ -281,6 +281,22 @@ class TestFieldByFieldCopies:
         )
         assert p.resized(p.contracts * keep, pnl, iso) == expected
 
+    @settings(max_examples=300, deadline=None)
+    @given(reported_positions(), st.floats(min_value=0.01, max_value=1e6))
+    def test_repriced_is_replace_of_the_mark(self, p: Position, price: float) -> None:
+        """Test that repriced(), filled slot by slot, equals replace() of the mark, field for
+        field, and is as frozen and hashable as a Position built the usual way."""
+        expected = dataclasses.replace(p, mark_price=price)
+        got = p.repriced(price)
+        assert type(got) is Position
+        assert got == expected
+        assert [getattr(got, f.name) for f in dataclasses.fields(Position)] == [
+            getattr(expected, f.name) for f in dataclasses.fields(Position)
+        ]
+        assert hash(got) == hash(expected)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            got.mark_price = 1.0  # type: ignore[misc]
+
 
 @st.composite
 def varied_books(draw: st.DrawFn) -> AccountSnapshot:

@@ -38,6 +38,7 @@ from monitor.core.model import (
     CollateralRisk,
     Event,
     MarginReport,
+    PriceTick,
     ShockToLiquidation,
     SourceDown,
     SourceStale,
@@ -191,6 +192,13 @@ class ConsoleSink(Sink):
         elif isinstance(event, SourceUp):
             view.stale.pop(event.kind, None)
             view.down = None
+
+    def on_tick(self, tick: PriceTick) -> None:
+        """Count a tick as `on_event` would, without a coroutine per tick (monitor/sink.py)."""
+        view = self._views.get(tick.account)
+        if view is None:
+            view = self._views[tick.account] = _View()
+        view.events += 1
 
     async def on_level(
         self, account: str, level: str, previous: str, report: MarginReport, now: float

@@ -304,32 +304,35 @@ def _quiet_report(
     state: RulesState, report: MarginReport, now: float, config: AlertConfig
 ) -> RulesState | None:
     """The state `_evaluate_stepped` returns for a report that changes nothing but the
-    margin alert's value, or None when the report may do more.
+    threshold alerts' values, or None when the report may do more.
 
-    Most reports of a running daemon (1 000 accounts, two a second each, docs/benchmarks.md):
-    no shock figure, the margin alert quiet and staying at ok, and no alert of the account
-    in an episode (so no catch-up, reset or inhibition to decide), no silence expiring.
-    Then the long way only replaces the margin alert's value; this does just that, and
-    skips its per-alert `replace` chain and the account's suppression pass.
+    Most reports of a running daemon (1 000 accounts, one a second each, nearly every one
+    with its shock solve since the pre-summed solve made them cheap; docs/benchmarks.md):
+    the margin alert (and the shock alert, for a report with a shock figure) quiet and
+    staying at ok, and no alert of the account in an episode (so no catch-up, reset or
+    inhibition to decide), no silence expiring. Then the long way only replaces those
+    alerts' values; this does just that, and skips its per-alert `replace` chain and the
+    account's suppression pass.
     """
-    if report.shock_to_liquidation is not None:
-        return None
     account = report.account
-    fp = fingerprint(account, RULE_MARGIN)
     alerts = state.alerts
+    fps = state.index.get(account, ())
+    fp = fingerprint(account, RULE_MARGIN)
     margin = alerts.get(fp)
     if (
         margin is None  # the account's first report: the index grows (the long way)
-        or margin.level != "ok"
-        or margin.episode
-        or margin.pending_level != "ok"
-        or margin.pending_since is not None
-        or target_level(report.margin_ratio, "ok", config.ratio_thresholds(), config.band) != "ok"
+        or fp not in fps
+        or not _stays_quiet(margin, report.margin_ratio, config)
     ):
         return None
-    fps = state.index.get(account, ())
-    if fp not in fps:
-        return None
+    changes = {fp: margin.with_value(report.margin_ratio)}
+    shock = shock_fraction(report)
+    if shock is not None:
+        shock_fp = fingerprint(account, RULE_SHOCK)
+        alert = alerts.get(shock_fp)
+        if alert is None or shock_fp not in fps or not _stays_quiet(alert, shock, config):
+            return None  # the first shock figure grows the index: the long way too
+        changes[shock_fp] = alert.with_value(shock)
     for other in fps:
         alert = alerts[other]
         if alert.level != "ok" or alert.episode:
@@ -337,8 +340,19 @@ def _quiet_report(
     silences = state.silences
     if silences and any(now >= s.until for s in silences):
         return None  # `_finish` drops expired silences
-    changes = {fp: margin.with_value(report.margin_ratio)}
     return RulesState(alerts=updated(alerts, changes), silences=silences, index=state.index)
+
+
+def _stays_quiet(alert: AlertState, value: float, config: AlertConfig) -> bool:
+    """A threshold alert at ok, outside any episode or hold, that `value` leaves at ok:
+    `_step_threshold` then only sets its value."""
+    return (
+        alert.level == "ok"
+        and not alert.episode
+        and alert.pending_level == "ok"
+        and alert.pending_since is None
+        and _rule_level(alert.rule, value, "ok", config) == "ok"
+    )
 
 
 def on_source_event(

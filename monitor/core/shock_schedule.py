@@ -139,6 +139,11 @@ class ShockScheduler:
         """
         if not claim.changed or not (claim.urgent or now - claim.solved_at >= self.interval):
             return False
+        return self.ample(now)
+
+    def ample(self, now: float) -> bool:
+        """Whether more than half the bucket is banked: due accounts then solve inline
+        (`grant`), and the picking task may scan less often (daemon/loop.py `AMPLE_GAP`)."""
         self._refill(now)
         return self.tokens >= self.burst / 2
 

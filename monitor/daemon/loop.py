@@ -62,7 +62,7 @@ from monitor.errors import UserError, one_line
 from monitor.sink import Sink
 from monitor.sources.base import Source
 
-__all__ = ["AccountLoop", "ShockSolver"]
+__all__ = ["AMPLE_GAP", "PICK_GAP", "AccountLoop", "ShockSolver"]
 
 log = structlog.get_logger("monitor.daemon")
 
@@ -88,6 +88,12 @@ PICK_LIMIT = 32
 #: ... and, idle, it waits at least this long (seconds) for the next claims to fall due, so
 #: that a scan finds a batch of them, not one (`shock_interval` is a least spacing anyway).
 PICK_GAP = 0.025
+#: ... or this long while the budget is ample (`ShockScheduler.ample`): then every due
+#: account takes its solve with its own next report (`grant`), and the task only catches
+#: what those miss (an urgent claim still wakes it at once). Scanning every 25 ms for
+#: claims the accounts' own reports were about to take cost ~1.5 % of a core at 1 000
+#: accounts (bench/RESULTS.md, "CPU lane, second round").
+AMPLE_GAP = 0.25
 
 
 # --- levels ----------------------------------------------------------------------------------
@@ -159,7 +165,7 @@ class ShockSolver:
                     continue
                 self.wake.clear()
                 if wait is not None:
-                    wait = max(wait, PICK_GAP)
+                    wait = max(wait, AMPLE_GAP if self.scheduler.ample(now) else PICK_GAP)
                 self._wakes_at = math.inf if wait is None else now + wait
                 try:
                     with contextlib.suppress(TimeoutError):
@@ -258,13 +264,20 @@ class AccountLoop:
         # sink per tick was measurable at 20 000 ticks/s (docs/benchmarks.md)
         listening = [sink for sink in self.sinks if type(sink).on_event is not Sink.on_event]
         self._on_event = tuple((sink.name, sink.on_event) for sink in listening)
-        self._on_tick = tuple((sink.name, sink.on_event) for sink in listening if sink.ticks)
+        # a sink with its own synchronous `on_tick` gets ticks there, without a coroutine
+        counting = [sink for sink in self.sinks if type(sink).on_tick is not Sink.on_tick]
+        self._count_tick = tuple((sink.name, sink.on_tick) for sink in counting if sink.ticks)
+        self._on_tick = tuple(
+            (sink.name, sink.on_event)
+            for sink in listening
+            if sink.ticks and type(sink).on_tick is Sink.on_tick
+        )
         self._on_report = tuple((sink.name, sink.on_report) for sink in self.sinks)
 
     async def run_source(self) -> None:
         """Task `source[<account>]`: fresh read, then fold events in; retry after failures."""
         attempt = 0
-        on_event, on_tick = self._on_event, self._on_tick
+        on_event, on_tick, count_tick = self._on_event, self._on_tick, self._count_tick
         while True:
             try:
                 sent = self.clock()  # the read's values are at least this new
@@ -275,6 +288,14 @@ class AccountLoop:
                 account = self.account
                 async for event in self.source.events():
                     self.events += 1
+                    if type(event) is PriceTick:
+                        for name, count in count_tick:
+                            try:
+                                count(event)
+                            except Exception as exc:  # a broken sink must not stop the loop
+                                log.error(
+                                    "sink failed", sink=name, call="on_tick", error=one_line(exc)
+                                )
                     for name, call in on_tick if type(event) is PriceTick else on_event:
                         try:
                             await call(event)
