@@ -336,9 +336,10 @@ class ReducedRatios:
         "_mm",
         "_pnl",
         "_reference",
-        "_schedules",
+        "_rules",
         "_seen",
         "_snapshot",
+        "_terms",
     )
 
     def __init__(self, snapshot: AccountSnapshot, fee_rate: float = 0.0) -> None:
@@ -356,7 +357,8 @@ class ReducedRatios:
             (asset, book.collateral, book.ask, picks.get(id(book))) for asset, book in books.items()
         ]
         self._cross = len(positions) - owners.count(None)
-        self._schedules: dict[int, Position] = {}
+        self._rules = snapshot.rules
+        self._terms: dict[int, tuple[Position, str, float, float, Position]] = {}
         self._seen: dict[tuple[tuple[int, float], ...], float] = {}
 
     def ratio(self, cuts: Cuts) -> float:
@@ -381,32 +383,29 @@ class ReducedRatios:
 
     def _value(self, trial: list[tuple[int, float]]) -> float:
         """`ratio_of` of the reduced book, from the pooled figures (see the class)."""
-        snapshot = self._snapshot
-        rules = snapshot.rules
         pnl, mm = self._pnl, self._mm
         settle_delta: dict[str, float] = {}
         closed = 0
         if trial:
             pnl, mm = pnl[:], mm[:]
+        fee_rate = self._fee_rate
         for i, cut in trial:
-            # `reduced`'s arithmetic, step for step
-            p = snapshot.positions[i]
-            settle = p.settle or snapshot.currency
+            # `reduced`'s arithmetic, step for step, on what it computes alike for every trial
+            terms = self._terms.get(i)
+            if terms is None:
+                terms = self._terms[i] = self._terms_of(i)
+            p, settle, pnl_now, notional, schedule = terms
             kept = p.contracts - cut
             fraction = kept / p.contracts
-            pnl_now = p.unrealized_pnl if p.unrealized_pnl is not None else pnl_at(p, p.mark_price)
-            fee = self._fee_rate * p.settle_notional(p.mark_price) * (cut / p.contracts)
+            fee = fee_rate * notional * (cut / p.contracts)
             settle_delta[settle] = settle_delta.get(settle, 0.0) + pnl_now * (1 - fraction) - fee
             if kept > 0.0:
-                schedule = self._schedules.get(i)
-                if schedule is None:
-                    schedule = self._schedules[i] = p.scheduled()
                 left = schedule.resized(
                     kept,
                     None if p.unrealized_pnl is None else p.unrealized_pnl * fraction,
                     None if p.isolated_margin is None else p.isolated_margin * fraction,
                 )
-                pnl[i], _, mm[i] = figures_of(left, rules)
+                pnl[i], _, mm[i] = figures_of(left, self._rules)
             else:
                 pnl[i] = mm[i] = 0.0
                 if p.margin_mode == "cross":
@@ -421,6 +420,15 @@ class ReducedRatios:
             balances.append(asset_value(c, amount + book_pnl))
             owed.append(book_mm * ask)
         return margin_ratio(sum(owed), sum(balances), exposed=self._cross > closed)
+
+    def _terms_of(self, i: int) -> tuple[Position, str, float, float, Position]:
+        """What `reduced` computes for position `i` whatever the cut: the position, its settle
+        asset, its PnL and notional at mark, and its schedule (venue figures as rates)."""
+        snapshot = self._snapshot
+        p = snapshot.positions[i]
+        pnl_now = p.unrealized_pnl if p.unrealized_pnl is not None else pnl_at(p, p.mark_price)
+        settle = p.settle or snapshot.currency
+        return p, settle, pnl_now, p.settle_notional(p.mark_price), p.scheduled()
 
 
 def _order(
