@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import operator
 from dataclasses import dataclass, fields
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from monitor.core.venue_rules import VenueRules, rules_for_venue
 
@@ -168,10 +168,7 @@ class Position:
         are kept as they are: for a what-if use `at_mark`."""
         values = list(_position_values(self))
         values[_MARK] = price
-        new = _bare_position(Position)
-        for set_slot, value in zip(_SLOT_SETTERS, values, strict=True):
-            set_slot(new, value)
-        return new
+        return _filled(values)
 
     def scheduled(self) -> Position:
         """The same position valued only from its schedule (tiers, mmr, leverage).
@@ -194,16 +191,16 @@ class Position:
     def resized(
         self, contracts: float, unrealized_pnl: float | None, isolated_margin: float | None
     ) -> Position:
-        """`replace(self, contracts=..., unrealized_pnl=..., isolated_margin=...)`, field by
-        field as in `repriced`: the reduction solve builds two per trial size, ~30 per plan
-        preview, and the preview is on the crash -> alert path (issue 16)."""
+        """`replace(self, contracts=..., unrealized_pnl=..., isolated_margin=...)`, slot by
+        slot as in `repriced`: the planner builds one per trial size (~10 per plan preview,
+        `stress.ReducedRatios`), and the preview is on the crash -> alert path (issue 16)."""
         values = list(_position_values(self))
         values[_CONTRACTS], values[_UPNL], values[_ISOLATED] = (
             contracts,
             unrealized_pnl,
             isolated_margin,
         )
-        return Position(*values)
+        return _filled(values)
 
 
 def base_asset(symbol: str) -> str:
@@ -238,6 +235,16 @@ _MARK = _POSITION_FIELDS.index("mark_price")
 #: `__setattr__` guard does not see) and a bare instance: `Position.repriced`
 _SLOT_SETTERS = tuple(getattr(Position, name).__set__ for name in _POSITION_FIELDS)
 _bare_position = object.__new__
+
+
+def _filled(values: list[Any]) -> Position:
+    """A Position of these field values, through the slots' setters (`Position.repriced`)."""
+    new = _bare_position(Position)
+    for set_slot, value in zip(_SLOT_SETTERS, values, strict=True):
+        set_slot(new, value)
+    return new
+
+
 _CONTRACTS = _POSITION_FIELDS.index("contracts")
 _UPNL = _POSITION_FIELDS.index("unrealized_pnl")
 _MM = _POSITION_FIELDS.index("maintenance_margin")
