@@ -380,6 +380,19 @@ class TestProperties:
                 less = (*plan.orders[:-1], replace(last, amount=last.amount - step))
                 assert _ratio_after(snap, less) > policy.target_ratio * (1 + 1e-9)
 
+    @settings(
+        max_examples=60,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    )
+    @given(cases(), st.sampled_from((0.0, 0.0005)))
+    def test_ratio_after_is_the_report_of_the_reduced_book(self, case: tuple, fee: float) -> None:  # type: ignore[type-arg]
+        """Test that the plan's ratio after is, to the bit, the full report's of the cut book."""
+        snap, policy, markets = case
+        policy = replace(policy, fee_rate=fee)
+        plan = plan_step(snap, policy, markets, ActionHistory(), 0.0)
+        assert plan.ratio_after == _ratio_after(snap, plan.orders, fee)
+
 
 class TestSettingsSection:
     """The `[actions]` section through the real loader: one-line errors naming the field."""

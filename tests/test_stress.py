@@ -9,9 +9,10 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from monitor.core.margin.report import report
-from monitor.core.model import AccountSnapshot, Collateral, Position, Tier
+from monitor.core.margin.report import ratio_of, report
+from monitor.core.model import AccountSnapshot, Collateral, Position, Side, Tier
 from monitor.core.stress import (
+    ReducedRatios,
     minimal_reduction,
     reduced,
     shock_to_liquidation,
@@ -295,3 +296,83 @@ class TestFieldByFieldCopies:
         assert hash(got) == hash(expected)
         with pytest.raises(dataclasses.FrozenInstanceError):
             got.mark_price = 1.0  # type: ignore[misc]
+
+
+@st.composite
+def varied_books(draw: st.DrawFn) -> AccountSnapshot:
+    """`accounts()` with what a venue may add: reported figures, isolated and inverse
+    positions, an explicit settle asset, no balance entry for the report currency."""
+    s = draw(accounts())
+    held = []
+    for p in s.positions:
+        mode = draw(st.sampled_from(("cross", "cross", "isolated")))
+        maybe = st.none() | st.floats(min_value=-1e5, max_value=1e5)
+        held.append(
+            dataclasses.replace(
+                p,
+                margin_mode=mode,
+                settle=draw(st.sampled_from((None, "USDT"))),
+                unrealized_pnl=draw(maybe),
+                maintenance_margin=draw(st.none() | st.floats(min_value=0.0, max_value=1e5)),
+                initial_margin=draw(st.none() | st.floats(min_value=0.0, max_value=1e5)),
+                isolated_margin=p.contracts * p.entry_price / 10 if mode == "isolated" else None,
+                tiers=p.tiers if draw(st.booleans()) else (),
+                mmr=draw(st.none() | st.floats(min_value=0.001, max_value=0.2)),
+            )
+        )
+    collateral = s.collateral
+    if draw(st.booleans()):
+        held.append(
+            Position(
+                "BTC/USD:BTC",
+                draw(st.sampled_from(("long", "short"))),
+                draw(st.floats(min_value=1.0, max_value=5_000.0)),
+                60_000.0,
+                draw(st.floats(min_value=40_000.0, max_value=80_000.0)),
+                contract_size=100.0,
+                settle="BTC",
+                inverse=True,
+                leverage=20.0,
+                mmr=0.005,
+            )
+        )
+        if all(c.asset != "BTC" for c in collateral):
+            collateral = (*collateral, Collateral("BTC", 1.0, price=60_000.0, haircut=0.05))
+    if draw(st.booleans()):
+        collateral = tuple(c for c in collateral if c.asset != s.currency)
+    return dataclasses.replace(s, positions=tuple(held), collateral=collateral)
+
+
+@st.composite
+def trial_cuts(draw: st.DrawFn, s: AccountSnapshot) -> dict[tuple[str, Side], float]:
+    """Cuts the solver tries: none, part of, all of or more than some positions."""
+    cuts: dict[tuple[str, Side], float] = {}
+    # in any order: `reduced` moves each settle balance in position order
+    for p in draw(st.permutations(s.positions))[: draw(st.integers(0, len(s.positions)))]:
+        share = draw(st.sampled_from((0.0, 1.0, 1.5)) | st.floats(min_value=-0.1, max_value=1.0))
+        cuts[p.key] = p.contracts * share
+    return cuts
+
+
+class TestReducedRatios:
+    """The planner's evaluator of trial cuts: exactly `ratio_of(reduced(...))` (issue 16)."""
+
+    @settings(max_examples=400, deadline=None)
+    @given(varied_books(), st.sampled_from((0.0, 0.0004, 0.0005, 0.001)), st.data())
+    def test_equals_the_ratio_of_the_reduced_book(
+        self, s: AccountSnapshot, fee: float, data: st.DataObject
+    ) -> None:
+        """Test that every trial, asked once or again, is the reference ratio to the bit."""
+        ratios = ReducedRatios(s, fee)
+        trials = data.draw(st.lists(trial_cuts(s), min_size=1, max_size=6))
+        for cuts in [*trials, *trials]:
+            expected = ratio_of(reduced(s, cuts, fee))
+            got = ratios.ratio(cuts)
+            assert got == expected or (math.isnan(got) and math.isnan(expected))
+
+    def test_a_position_held_twice_takes_the_reference_path(self) -> None:
+        """Test that a symbol and side listed twice is cut in both places, as `reduced` does."""
+        s = book(BTC_LONG, dataclasses.replace(BTC_LONG, contracts=3.0), usdt=5_000)
+        cuts = {BTC_LONG.key: 2.0}
+        assert ReducedRatios(s, 0.001).ratio(cuts) == ratio_of(reduced(s, cuts, 0.001))
+        assert ReducedRatios(s).ratio(cuts) != ReducedRatios(book(BTC_LONG, usdt=5_000)).ratio(cuts)

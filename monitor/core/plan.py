@@ -29,9 +29,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from monitor.core.margin.report import ratio_of, report
+from monitor.core.margin.report import report
 from monitor.core.model import AccountSnapshot, MarginReport, Position, ReductionPolicy, Side
-from monitor.core.stress import minimal_reduction, reduced
+from monitor.core.stress import Cuts, ReducedRatios, minimal_reduction
 
 __all__ = [
     "ActionHistory",
@@ -234,8 +234,15 @@ def plan_step(
             return idle("daily_cap", f"daily notional cap {policy.max_notional_per_day:g} reached")
         budget = min(budget, left)
 
+    ratios = ReducedRatios(snapshot, policy.fee_rate)
     solved = minimal_reduction(
-        snapshot, policy.target_ratio, policy.policy, policy.priority, policy.fee_rate
+        snapshot,
+        policy.target_ratio,
+        policy.policy,
+        policy.priority,
+        policy.fee_rate,
+        current=rep,
+        ratios=ratios,
     )
     positions = {p.key: p for p in snapshot.positions}
     amounts: dict[tuple[str, Side], float] = {}
@@ -256,15 +263,13 @@ def plan_step(
         budget -= _notional(p, amount)
 
     if policy.policy != "proportional" or policy.priority:
-        amounts = _trim_last(snapshot, amounts, markets, policy)
+        amounts = _trim_last(snapshot, ratios, amounts, markets, policy)
     orders = tuple(
         PlannedOrder(key[0], key[1], amt, _notional(positions[key], amt), positions[key].hedged)
         for key, amt in amounts.items()
     )
     prove_reduce_only(snapshot, orders)
-    after = _ratio(
-        reduced(snapshot, {(o.symbol, o.position_side): o.amount for o in orders}, policy.fee_rate)
-    )
+    after = _ratio(snapshot, ratios, {(o.symbol, o.position_side): o.amount for o in orders})
     reached = _meets(after, policy.target_ratio)
     if orders:
         reason = f"{len(orders)} reduce-only order(s) take the ratio {ratio:.4f} -> {after:.4f}"
@@ -325,6 +330,7 @@ def _sendable(
 
 def _trim_last(
     snapshot: AccountSnapshot,
+    ratios: ReducedRatios,
     amounts: dict[tuple[str, Side], float],
     markets: Mapping[str, MarketRules],
     policy: ActionPolicy,
@@ -350,7 +356,7 @@ def _trim_last(
             step: float = step,
         ) -> float:
             cuts = {**others, key: n * step} if n > 0 else dict(others)
-            return _ratio(reduced(snapshot, cuts, policy.fee_rate))
+            return _ratio(snapshot, ratios, cuts)
 
         full = amounts[key]
         hi = math.ceil(full / step - _SLACK)
@@ -375,11 +381,14 @@ def _trim_last(
     return amounts
 
 
-def _ratio(snapshot: AccountSnapshot) -> float:
-    """`report(snapshot).margin_ratio` without the liquidation prices a plan never reads
-    (a step values ~15 reduced books; issue 16). A book `reduced` left untouched keeps the
-    venue's own figure, which only the full report applies."""
-    return ratio_of(snapshot) if snapshot.venue_margin is None else report(snapshot).margin_ratio
+def _ratio(snapshot: AccountSnapshot, ratios: ReducedRatios, cuts: Cuts) -> float:
+    """`report(reduced(snapshot, cuts, fee)).margin_ratio` without the liquidation prices a
+    plan never reads and without a copy of the book per trial (a step values ~15 reduced
+    books; issue 16). A book `reduced` leaves untouched (no cuts) keeps the venue's own
+    figure, which only the full report applies."""
+    if not cuts and snapshot.venue_margin is not None:
+        return report(snapshot).margin_ratio
+    return ratios.ratio(cuts)
 
 
 def _floor_amount(p: Position, rules: MarketRules) -> float:

@@ -13,7 +13,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 from monitor.core.margin.report import pnl_at, ratio_of, report
-from monitor.core.margin.valuation import surplus_at
+from monitor.core.margin.valuation import (
+    asset_value,
+    figures_of,
+    margin_ratio,
+    members,
+    pool,
+    surplus_at,
+)
 from monitor.core.model import (
     AccountSnapshot,
     Collateral,
@@ -32,6 +39,7 @@ from monitor.core.shock_curve import factor as _factor
 
 __all__ = [
     "MAX_UP_SHOCK",
+    "ReducedRatios",
     "assess",
     "first_crossing",
     "minimal_reduction",
@@ -302,10 +310,131 @@ def reduced(snapshot: AccountSnapshot, cuts: Cuts, fee_rate: float = 0.0) -> Acc
     )
 
 
+class ReducedRatios:
+    """`ratio_of(reduced(snapshot, cuts, fee_rate))` for many trial `cuts` of one snapshot.
+
+    The reduction solve and the planner's rounding value ~15 reduced books per plan, and the
+    plan preview is on the crash -> alert path (issue 16). Each `reduced` copied the snapshot,
+    its collateral and every cut position, and `ratio_of` pooled every position again, while
+    a trial only changes the cut positions' figures and the settle balances. Here the book is
+    pooled once; a trial re-values the cut positions alone (their `reduced` form, with
+    `figures_of`, which is what `pool` computes for them) and re-adds the per-asset sums from
+    the same figures in the same order with the same `sum`, so each ratio is the one
+    `ratio_of(reduced(...))` gives, to the bit: a plan is the same plan, only sooner. A closed
+    position counts 0.0 in the sums instead of leaving them (the same totals; only the sign of
+    a zero may differ, which no ratio reads). Books the shortcut does not cover (a symbol and
+    side held twice, an asset listed twice as collateral: never from a venue) take the
+    reference path. Trials are remembered: the solve and the rounding ask for some twice.
+    Scratch space private to one plan, like `valuation.AssetBook`.
+    """
+
+    __slots__ = (
+        "_books",
+        "_cross",
+        "_fee_rate",
+        "_index",
+        "_mm",
+        "_pnl",
+        "_reference",
+        "_rules",
+        "_seen",
+        "_snapshot",
+        "_terms",
+    )
+
+    def __init__(self, snapshot: AccountSnapshot, fee_rate: float = 0.0) -> None:
+        self._snapshot = snapshot
+        self._fee_rate = fee_rate
+        positions = snapshot.positions
+        books, self._pnl, _, self._mm = pool(snapshot)
+        self._index = {p.key: i for i, p in enumerate(positions)}
+        self._reference = len(self._index) < len(positions) or len(books) < len(snapshot.collateral)
+        currency = snapshot.currency
+        owners = [p.settle or currency if p.margin_mode == "cross" else None for p in positions]
+        picks = {id(book): pick for book, pick in members(books, owners)}
+        #: per book, in pool order: its asset, collateral, ask rate and what picks its figures
+        self._books = [
+            (asset, book.collateral, book.ask, picks.get(id(book))) for asset, book in books.items()
+        ]
+        self._cross = len(positions) - owners.count(None)
+        self._rules = snapshot.rules
+        self._terms: dict[int, tuple[Position, str, float, float, Position]] = {}
+        self._seen: dict[tuple[tuple[int, float], ...], float] = {}
+
+    def ratio(self, cuts: Cuts) -> float:
+        """The margin ratio once `cuts[(symbol, side)]` contracts are closed at mark."""
+        snapshot = self._snapshot
+        if self._reference:
+            return ratio_of(reduced(snapshot, cuts, self._fee_rate))
+        positions = snapshot.positions
+        trial: list[tuple[int, float]] = []
+        for key, wanted in cuts.items():
+            i = self._index.get(key)
+            if i is not None:
+                cut = min(wanted, positions[i].contracts)
+                if not cut <= 0.0:  # as `reduced` skips a cut (a NaN is not skipped there)
+                    trial.append((i, cut))
+        trial.sort()  # `reduced` moves the settle balances in position order
+        seen = tuple(trial)
+        ratio = self._seen.get(seen)
+        if ratio is None:
+            ratio = self._seen[seen] = self._value(trial)
+        return ratio
+
+    def _value(self, trial: list[tuple[int, float]]) -> float:
+        """`ratio_of` of the reduced book, from the pooled figures (see the class)."""
+        pnl, mm = self._pnl, self._mm
+        settle_delta: dict[str, float] = {}
+        closed = 0
+        if trial:
+            pnl, mm = pnl[:], mm[:]
+        fee_rate = self._fee_rate
+        for i, cut in trial:
+            # `reduced`'s arithmetic, step for step, on what it computes alike for every trial
+            terms = self._terms.get(i)
+            if terms is None:
+                terms = self._terms[i] = self._terms_of(i)
+            p, settle, pnl_now, notional, schedule = terms
+            kept = p.contracts - cut
+            fraction = kept / p.contracts
+            fee = fee_rate * notional * (cut / p.contracts)
+            settle_delta[settle] = settle_delta.get(settle, 0.0) + pnl_now * (1 - fraction) - fee
+            if kept > 0.0:
+                left = schedule.resized(
+                    kept,
+                    None if p.unrealized_pnl is None else p.unrealized_pnl * fraction,
+                    None if p.isolated_margin is None else p.isolated_margin * fraction,
+                )
+                pnl[i], _, mm[i] = figures_of(left, self._rules)
+            else:
+                pnl[i] = mm[i] = 0.0
+                if p.margin_mode == "cross":
+                    closed += 1
+        balances: list[float] = []
+        owed: list[float] = []
+        for asset, c, ask, pick in self._books:
+            book_pnl = book_mm = 0.0
+            if pick is not None:
+                book_pnl, book_mm = sum(pick(pnl)), sum(pick(mm))
+            amount = c.amount + settle_delta[asset] if asset in settle_delta else c.amount
+            balances.append(asset_value(c, amount + book_pnl))
+            owed.append(book_mm * ask)
+        return margin_ratio(sum(owed), sum(balances), exposed=self._cross > closed)
+
+    def _terms_of(self, i: int) -> tuple[Position, str, float, float, Position]:
+        """What `reduced` computes for position `i` whatever the cut: the position, its settle
+        asset, its PnL and notional at mark, and its schedule (venue figures as rates)."""
+        snapshot = self._snapshot
+        p = snapshot.positions[i]
+        pnl_now = p.unrealized_pnl if p.unrealized_pnl is not None else pnl_at(p, p.mark_price)
+        settle = p.settle or snapshot.currency
+        return p, settle, pnl_now, p.settle_notional(p.mark_price), p.scheduled()
+
+
 def _order(
-    snapshot: AccountSnapshot, policy: ReductionPolicy, priority: Sequence[str]
+    snapshot: AccountSnapshot, policy: ReductionPolicy, priority: Sequence[str], rep: MarginReport
 ) -> list[Position]:
-    rep = report(snapshot)
+    """The cross positions in the order the policy closes them, ranked on `rep`'s figures."""
     risks = {(r.symbol, r.side): r for r in rep.positions}
     cross = [p for p in snapshot.positions if p.margin_mode == "cross" and p.contracts > 0]
     if policy == "worst_pnl":
@@ -324,6 +453,9 @@ def minimal_reduction(
     policy: ReductionPolicy = "largest_mm_contributor",
     priority: Sequence[str] = (),
     fee_rate: float = 0.0,
+    *,
+    current: MarginReport | None = None,
+    ratios: ReducedRatios | None = None,
 ) -> ReductionPlan:
     """Smallest reduce-only quantities bringing the cross ratio down to `target_ratio`.
 
@@ -331,18 +463,25 @@ def minimal_reduction(
     that order (a user `priority` list of symbols goes first), each only as far as needed;
     `proportional` cuts every cross position by the same, smallest sufficient fraction.
     Quantities are exact (unrounded): the action planner rounds them to market precision.
+    `current`: `report(snapshot)` where the caller has it (the planner does: the report the
+    alert was raised on), so the ranking costs no report of its own (issue 16: ~10 % of a
+    plan preview, on the crash -> alert path). `ratios`: the evaluator of this snapshot and
+    `fee_rate` where the caller values more reduced books after the solve (the planner's
+    rounding), so the trials both ask for are valued once.
     """
     if policy not in _POLICIES:
         msg = f"policy {policy!r} is not one of {', '.join(_POLICIES)}"
         raise ValueError(msg)
-    before = ratio_of(snapshot)
-
-    def ratio(cuts: Cuts) -> float:
-        return ratio_of(reduced(snapshot, cuts, fee_rate))
+    if ratios is None:
+        ratios = ReducedRatios(snapshot, fee_rate)
+    ratio = ratios.ratio
+    before = ratio({})
 
     cuts: dict[tuple[str, Side], float] = {}
     if before > target_ratio:
-        order = _order(snapshot, policy, priority)
+        order = _order(
+            snapshot, policy, priority, current if current is not None else report(snapshot)
+        )
         if policy == "proportional" and not priority:
             fraction = _smallest(
                 lambda k: ratio({p.key: p.contracts * k for p in order}), target_ratio
