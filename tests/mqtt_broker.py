@@ -73,6 +73,8 @@ class Mosquitto:
             "log_type warning",
             "log_type notice",
             "max_queued_messages 100000",
+            # as the brokers deploy/ ships (docs/mqtt-and-commands.md, "Broker settings")
+            "set_tcp_nodelay true",
         ]
         if os.geteuid() == 0:
             # As root mosquitto drops to user `mosquitto`, which cannot read pytest's 0700

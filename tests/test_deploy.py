@@ -184,6 +184,19 @@ class TestCompose:
         assert f"state:{image_env()['STATE_DIRECTORY']}" in mounts
 
 
+class TestBrokerConfigs:
+    """The mosquitto configurations deploy/ ships (docs/mqtt-and-commands.md, "Broker settings")."""
+
+    @pytest.mark.parametrize(
+        "conf", ["mosquitto.conf", "kubernetes/components/mosquitto/mosquitto.conf"]
+    )
+    def test_small_messages_are_not_held_for_an_ack(self, conf: str) -> None:
+        """Test that the broker sets TCP_NODELAY: without it an alert forwarded right after a
+        subscriber's PINGRESP waited ~40 ms for a delayed ACK (bench/alert_latency.py)."""
+        lines = [line.strip() for line in (DEPLOY / conf).read_text().splitlines()]
+        assert "set_tcp_nodelay true" in lines
+
+
 class TestHomeAssistant:
     def test_topics_and_fields_exist(self) -> None:
         """Test that the automations use the daemon's topics and real alert message fields."""
