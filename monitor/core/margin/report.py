@@ -123,9 +123,10 @@ def assemble(
 def ratio_of(snapshot: AccountSnapshot) -> float:
     """`report(snapshot).margin_ratio`, without the liquidation prices and position lines.
 
-    The reduction solver (stress.minimal_reduction) evaluates ~40 reduced books per plan;
-    the liquidation prices were 70 % of each evaluation, and a plan is also previewed for the
-    alert at the action level (issue 14), on the tick -> alert path.
+    The planner values ~15 reduced books per plan and previews a plan for the alert at the
+    action level (issue 14), on the tick -> alert path; the liquidation prices were 70 % of
+    each valuation. `stress.ReducedRatios` is the planner's fast path and the reference it
+    is tested against is this function of `stress.reduced`'s book.
     """
     books = pool(snapshot)[0]
     balance, total_mm = _balance_and_mm(books)
