@@ -53,9 +53,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import json
 import os
 import random
+import signal
 import statistics
 import sys
 import tempfile
@@ -85,6 +87,12 @@ TOPICS = ["+/+/alert", "+/alert"]
 STOP_WITHIN = 30.0
 #: The watchers that did not end: the process exits without waiting for them
 LEFT_BEHIND: list[str] = []
+
+
+def _die_with_parent() -> None:
+    """In the daemon's child: SIGTERM it when this bench dies (Linux `PR_SET_PDEATHSIG`), so
+    a bench stopped by a signal leaves no daemon behind."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
 
 
 @dataclass
@@ -248,6 +256,7 @@ class Watchers:
                 "--no-tui",
                 stdout=log,
                 stderr=asyncio.subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
             )
             await self.proc.wait()
         finally:
