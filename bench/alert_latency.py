@@ -2,7 +2,7 @@
 
 Each crossing is a `markPriceUpdate` frame from the loopback fake Binance USDⓈ-M (real
 ccxt.pro parsing) that moves a one-position account across the emergency threshold (or back
-below it). The daemon is `run_daemon` with the sources and sinks `margin-monitor run` builds
+below it). The daemon is `Daemon.run` with the sources and sinks `margin-monitor run` builds
 from a TOML file this script writes (bench/product.py): the rules, the SQLite outbox (WAL, a
 real file), `MqttSink` publishing with QoS 1 to a mosquitto this script starts on a free
 127.0.0.1 port. The clock stops when a separate aiomqtt subscriber (QoS 1, in its own
@@ -43,7 +43,7 @@ def percentile(values: list[float], q: float) -> float:
 async def measure_frames(frames: int, workdir: Path) -> list[float]:
     """Latencies in ms from the venue's mark frame to the alert at the subscriber.
 
-    The whole daemon (`run_daemon`, sources and sinks from the TOML file, actions in their
+    The whole daemon (`Daemon.run`, sources and sinks from the TOML file, actions in their
     default dry run) watches the fake Binance USDⓈ-M through real ccxt.pro; each sample
     pushes the `markPriceUpdate` that takes 0.8 BTC on 6 000 USDT from ratio 0.03 to 0.70
     (warning and critical crossed), then the frame that brings it back, and waits for every

@@ -4,9 +4,10 @@
 
 Each run plays the built-in sell-off (`margin-monitor run` with no configuration: the sim
 account `demo`, actions simulated on the sim) through the same factories as `run`
-(`load_settings`, `open_source`, `build_sinks`, `run_daemon`), in a temporary state directory,
-at `--speed` sim seconds per wall second. The sim instance records its own margin ratio after
-every change of its book (each mark, each fill). Printed per run and in total:
+(`load_settings`, then `assemble` and `Daemon.run`: bench/product.py), in a temporary
+state directory, at `--speed` sim seconds per wall second. The sim instance records its
+own margin ratio after every change of its book (each mark, each fill). Printed per run and
+in total:
 
 - impossible: reports whose margin ratio is no ratio the sim's book ever had (1e-9 relative);
 - false resolved: level changes down to a lower level while the sim's ratio at that moment was
@@ -31,7 +32,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.product import build
 from monitor.core.margin import report as margin
 from monitor.core.model import AccountSnapshot, MarginReport
-from monitor.daemon.supervisor import run_daemon
 from monitor.sink import Sink
 from monitor.sources.sim import SimVenue
 
@@ -112,11 +112,8 @@ async def one_run(speed: float) -> dict[str, Any]:
             {"warning": alerts.warning, "critical": alerts.critical, "emergency": alerts.emergency},
         )
         watch(source, judge)
-        sinks = [*product.sinks, judge]
         duration = source.keyframes_duration / speed + 1.0
-        await run_daemon(
-            settings, [account], sinks, duration=duration, sources=[source], handle_signals=False
-        )
+        await product.run(extra_sinks=[judge], duration=duration)
         return {
             "reports": judge.reports,
             "impossible": len(judge.impossible),

@@ -3,7 +3,7 @@
 Both paths read the same `markPriceUpdate` frames from the loopback fake Binance USDⓈ-M
 server (tests/fakes/binance.py) through the real ccxt.pro parser:
 
-- **daemon**: the shipped daemon (`run_daemon` with the sinks `run` builds: console, alerts
+- **daemon**: the shipped daemon (`Daemon.run` with the sinks `run` builds: console, alerts
   with its SQLite store, actions) and a probe sink; the clock stops when a report built on
   the pushed mark reaches the sinks;
 - **floor**: `while True: await exchange.watch_mark_price(symbol)`, nothing else, on the
@@ -82,7 +82,7 @@ class _Probe(Sink):
 
 
 async def daemon_path(frames: int) -> list[float]:
-    """The shipped daemon (`run_daemon` with the product's sinks) plus a probe sink."""
+    """The shipped daemon (`Daemon.run` with the product's sinks) plus a probe sink."""
     fake = _fake()
     async with fake:
         with tempfile.TemporaryDirectory() as tmp:

@@ -2,14 +2,15 @@
 
     .venv/bin/python bench/soak.py [--minutes 30] [--accounts 100] [--sample 30]
 
-Runs the real `daemon.supervisor.run_daemon` in this process with 100 `SimVenue` accounts (calm
+Runs the daemon as `run` does (`Daemon.run`, bench/product.py) in this process with 100
+`SimVenue` accounts (calm
 scenario, 10 ticks/s each) and the sinks `margin-monitor run` builds from a TOML file this
 script writes (bench/product.py: console, the alerts sink with the SQLite outbox/store in a
 temp state dir, actions on the sim; no MQTT or phone channels). A monitor task samples
 every `--sample` seconds: RSS
 (/proc/self/status VmRSS), CPU share since the previous sample, asyncio task count, open
 file descriptors and sockets (/proc/self/fd). Recompute latency is the wall time of each
-`margin.report` / `stress.assess` call (timed by wrapping the functions the daemon calls;
+`Ledger.report` / `stress.assess` call (timed by wrapping the functions the daemon calls;
 tick->report latency under load is bench/throughput.py's figure).
 
 Prints RSS at start (after a 10 s warm-up), at 5 and at 30 minutes (when run that long),
@@ -37,8 +38,8 @@ import structlog
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.product import build
+from monitor.core.margin.ledger import Ledger
 from monitor.daemon import loop as daemon
-from monitor.daemon import supervisor
 
 # A bounded reservoir (Algorithm R), not a list of every call: an unbounded list of 180 000
 # floats in 5 minutes was itself the ~1.5 MB/min "growth" the first runs reported.
@@ -149,7 +150,7 @@ def slope_mb_per_hour(rows: list[dict[str, float]]) -> float:
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    daemon.margin.report = timed(daemon.margin.report)  # type: ignore[method-assign]
+    Ledger.report = timed(Ledger.report)  # type: ignore[method-assign]
     daemon.stress.assess = timed(daemon.stress.assess)  # type: ignore[method-assign]
     with tempfile.TemporaryDirectory() as tmp:
         accounts = [
@@ -163,7 +164,6 @@ async def main_async(args: argparse.Namespace) -> None:
         # as `run` builds it from a TOML file (bench/product.py): sim sources from
         # open_source, every sink from build_sinks (console, alerts, sim actions)
         product = build(Path(tmp), {"accounts": accounts})
-        settings, sinks, sources = product.settings, product.sinks, product.sources
         rows: list[dict[str, float]] = []
         start = time.perf_counter()
         print(
@@ -173,14 +173,7 @@ async def main_async(args: argparse.Namespace) -> None:
         )
         task = asyncio.create_task(sampler(args.sample, rows, start))
         traced = asyncio.create_task(trace_growth(args.trace)) if args.trace else None
-        await supervisor.run_daemon(
-            settings,
-            settings.accounts,
-            sinks,
-            sources=sources,
-            duration=args.minutes * 60,
-            handle_signals=False,
-        )
+        await product.run(duration=args.minutes * 60)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         if traced is not None:
@@ -204,7 +197,7 @@ async def main_async(args: argparse.Namespace) -> None:
     cpu = [r["cpu"] for r in rows]
     print(f"CPU share: median {statistics.median(cpu):.1%}, max {max(cpu):.1%}")
     print(
-        f"recompute (margin.report / stress.assess wall time) over {RECOMPUTES[0]:,} "
+        f"recompute (Ledger.report / stress.assess wall time) over {RECOMPUTES[0]:,} "
         f"(reservoir of {len(RECOMPUTE_MS):,}): "
         f"p50 {pct(RECOMPUTE_MS, 0.5):.3f} ms, p99 {pct(RECOMPUTE_MS, 0.99):.3f} ms, "
         f"max {max(RECOMPUTE_MS):.3f} ms"
