@@ -31,6 +31,7 @@ from monitor.core.plan import ActionHistory, ActionPlan
 from monitor.daemon.supervisor import run_daemon
 from monitor.daemon.wiring import build_sinks
 from monitor.protect import notes as notes_module
+from monitor.protect import sink as sink_module
 from monitor.protect.audit import ActionHooks
 from monitor.protect.executor import Executor
 from monitor.protect.notes import ActionNotes
@@ -535,6 +536,44 @@ class TestSwitchesAndLock:
         await ex.step(await _report(desk.desk), 1_000.0)
         assert desk.arrived() == []
         assert trail.of("would_have")[0]["reason"].startswith(("kill switch", "paused"))
+
+    async def test_note_reads_the_kill_switch_off_path_the_order_path_at_once(
+        self, desk: Desk, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Test that an alert's note takes the PAUSE file from the sink's periodic look (not
+        on the tick -> alert path), while the step that would send checks the disk itself."""
+        monkeypatch.setattr(sink_module, "KILL_SWITCH_LOOK", 0.05)
+        notes = ActionNotes()
+        ex = _on(desk, tmp_path, Trail(), hooks=ActionHooks(alert=notes.tell))
+        actions = ActionsSink({"acct": ex}, notes=notes)
+        snapshot = await desk.desk.fetch_snapshot()
+        rep = report(snapshot)
+        notes.saw("acct", rep, snapshot, 1_000.0)
+        before = notes.note("acct")
+        assert before is not None
+        assert before.startswith("reducing (live)")
+        (tmp_path / "PAUSE.acct").touch()
+        assert notes.note("acct") == before  # no file lookup while an alert is built
+        assert ex.pause_reason(1_000.0) == f"kill switch: {tmp_path / 'PAUSE.acct'} exists"
+        runner = asyncio.create_task(_serve(actions))
+        try:
+            (tmp_path / "PAUSE.acct").unlink()
+            ex.kill_switch_seen = None
+            (tmp_path / "PAUSE").touch()
+            await _until(lambda: ex.kill_switch_seen is not None, 5.0)
+            paused = notes.note("acct")
+            assert paused is not None
+            assert paused.startswith(f"would reduce, but kill switch: {tmp_path / 'PAUSE'}")
+            ex.kill_switch_seen = None  # what the last look found: not what an order reads
+            await ex.step(rep, 1_000.0)  # the order path looks for itself
+            assert desk.arrived() == []
+            (tmp_path / "PAUSE").unlink()
+            await _until(lambda: ex.kill_switch_seen is None, 5.0)
+            assert notes.note("acct") != paused
+        finally:
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+            ex.close()
 
     async def test_two_instances_only_one_acts(self, desk: Desk, tmp_path: Path) -> None:
         """Test that a second executor on the same account and state dir sends nothing."""

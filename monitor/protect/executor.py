@@ -136,19 +136,33 @@ class Executor:
         #: used ratio / our model's ratio on the latest report (venue_ratio.py): > 1 when
         #: the venue's own figure is above ours, so a plan on our model aims lower
         self.venue_bias = 1.0
+        #: the PAUSE file found by the last look (`pause_reason`, `look_for_kill_switch`),
+        #: for what an alert says (`pause_reason(now, looked=True)`), never for an order
+        self.kill_switch_seen = kill_switch_file(state_dir, account)
 
     # --- switches -----------------------------------------------------------------------------
 
-    def pause_reason(self, now: float) -> str | None:
-        """Why orders must not be sent now (None: they may)."""
+    def pause_reason(self, now: float, *, looked: bool = False) -> str | None:
+        """Why orders must not be sent now (None: they may).
+
+        `looked`: take the PAUSE files as the last look found them (at most
+        `KILL_SWITCH_LOOK` s old, protect/sink.py) instead of looking now. For an alert's
+        words only (protect/notes.py): the first file lookup after an idle second cost an
+        alert ~0.1 ms of its path (issue 16); an order is always checked against the disk.
+        """
         if self.settings.paused:
             return "kill switch: actions.paused = true in the configuration"
-        path = kill_switch_file(self.state_dir, self.account)
+        path = self.kill_switch_seen if looked else self.look_for_kill_switch()
         if path is not None:
             return f"kill switch: {path} exists"
         if self.switches is not None and self.switches.is_paused(self.account, now):
             return "paused by command (MQTT/HTTP pause)"
         return None
+
+    def look_for_kill_switch(self) -> Path | None:
+        """The PAUSE file that stops this account now (a file lookup), remembered."""
+        self.kill_switch_seen = kill_switch_file(self.state_dir, self.account)
+        return self.kill_switch_seen
 
     # --- the step -------------------------------------------------------------------------------
 

@@ -161,7 +161,7 @@ class ActionNotes:
             return f"no order now ({mode}): {plan.reason}"
         legs = _legs(plan)
         target = f" (reduce-only, toward {plan.target_ratio:.1%})"
-        paused = ex.pause_reason(now)
+        paused = ex.pause_reason(now, looked=True)  # the PAUSE files as of <= 1 s ago
         if paused is not None:
             return f"would reduce, but {paused}: {legs}{target}"
         verb = "reducing (live)" if ex.live else "would reduce (dry run)"

@@ -37,7 +37,13 @@ if TYPE_CHECKING:
 #: Builds the executor (and stop backstop) of one account, None when it is not protected.
 MakeExecutor = Callable[["AccountSettings", Source], "tuple[Executor, StopBackstop | None] | None"]
 
-__all__ = ["HANDOVER_TIMEOUT", "ActionsSink", "action_hooks", "build_actions_sink"]
+__all__ = [
+    "HANDOVER_TIMEOUT",
+    "KILL_SWITCH_LOOK",
+    "ActionsSink",
+    "action_hooks",
+    "build_actions_sink",
+]
 
 log = structlog.get_logger("monitor.sinks.actions")
 
@@ -47,6 +53,9 @@ log = structlog.get_logger("monitor.sinks.actions")
 #: own call (alerts/delivery.py) and written ~0.1-0.5 ms later; a broker that takes no bytes
 #: delays protection by this much at most, one without a session not at all.
 HANDOVER_TIMEOUT = 0.005
+#: Seconds between two looks for the PAUSE files on behalf of the alerts' words (an order is
+#: always checked against the disk): `pause_reason(now, looked=True)`, protect/notes.py
+KILL_SWITCH_LOOK = 1.0
 
 
 class ActionsSink(Sink):
@@ -104,6 +113,8 @@ class ActionsSink(Sink):
         self._tg = tg
         for account, ex in self.executors.items():
             self._launch(account, ex)
+        if self.executors or self._make is not None:
+            tg.create_task(self._look_for_kill_switches(), name="actions.kill_switches")
 
     def _launch(self, account: str, ex: Executor) -> None:
         assert self._tg is not None
@@ -168,6 +179,14 @@ class ActionsSink(Sink):
                     await backstop.maintain(rep, now)
                 except Exception:  # the venue refused or vanished: retried on the next report
                     log.exception("actions.backstop_failed", account=account)
+
+    async def _look_for_kill_switches(self) -> None:
+        """Task `actions.kill_switches`: the PAUSE files as the alerts describe them, looked
+        for off the tick -> alert path (the step itself looks again before any order)."""
+        while True:
+            for ex in list(self.executors.values()):
+                ex.look_for_kill_switch()
+            await asyncio.sleep(KILL_SWITCH_LOOK)
 
     async def _alert_first(self) -> None:
         """Let the alerts of the report that woke the step reach the MQTT socket first
