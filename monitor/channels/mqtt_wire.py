@@ -8,17 +8,23 @@ report sent its REST requests first unless it yielded a guessed number of loop p
 
 So alerts go through the session's paho client directly (aiomqtt 2.x, pinned <3, wraps
 one; the command topics already use it): `paho.publish` queues the packet and it is
-written in the same call (`_write_now`). Two paho callbacks aiomqtt installed are wrapped,
+written in the same call (`_write_now`). Three paho callbacks aiomqtt installed are wrapped,
 never replaced (aiomqtt's run first): `on_publish` resolves the PUBACK future of a message
-id, and `on_socket_unregister_write` (paho calls it when its outgoing queue is empty, i.e.
-all of it is on the socket) resolves the `written()` futures. aiomqtt's publish,
-subscribe and reconnect are untouched: state, discovery, replies and actions still use it.
+id, `on_socket_unregister_write` (paho calls it when its outgoing queue is empty, i.e.
+all of it is on the socket) resolves the `written()` futures, and
+`on_socket_register_write` is held back while `send` queues and writes: aiomqtt answers it
+with `call_soon_threadsafe`, a write to the loop's self-pipe before the alert's own bytes
+(the first one after an idle second ~0.05 ms, issue 16), and a socket writer this call
+makes useless; aiomqtt gets it only when bytes are left after the write. aiomqtt's
+publish, subscribe and reconnect are untouched: state, discovery, replies and actions
+still use it.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Sequence
+import contextlib
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import aiomqtt
@@ -36,12 +42,16 @@ class AlertWire:
         self._up = False
         self._acks: dict[int, asyncio.Future[None]] = {}
         self._flushed: list[asyncio.Future[None]] = []
+        #: inside `send`: paho's requests to watch the socket for writing wait here
+        self._sending = False
+        self._held_register: Callable[[], None] | None = None
 
     def attach(self, client: aiomqtt.Client) -> None:
         """Wrap the paho callbacks of `client` (once: they outlive its sessions)."""
         inner = client._client  # aiomqtt 2.x (pinned <3) wraps paho
         their_publish = inner.on_publish
         their_unregister = inner.on_socket_unregister_write
+        their_register = inner.on_socket_register_write
 
         def on_publish(c: paho.Client, userdata: Any, mid: int, *rest: Any) -> None:
             if their_publish is not None:
@@ -55,8 +65,17 @@ class AlertWire:
                 their_unregister(c, userdata, sock)
             self._wake_flushed()
 
+        def on_register_write(c: paho.Client, userdata: Any, sock: Any) -> None:
+            if their_register is None:
+                return
+            if self._sending:  # `send` writes now; aiomqtt's writer only for what is left
+                self._held_register = lambda: their_register(c, userdata, sock)
+                return
+            their_register(c, userdata, sock)
+
         inner.on_publish = on_publish
         inner.on_socket_unregister_write = on_unregister_write
+        inner.on_socket_register_write = on_register_write
         self._paho = inner
         self._loop = asyncio.get_running_loop()
 
@@ -84,39 +103,23 @@ class AlertWire:
             return None
         loop = asyncio.get_running_loop()
         pending: dict[str, tuple[int, asyncio.Future[None]]] = {}
-        for key, topic, payload in messages:
-            info = inner.publish(topic, payload, qos=1)
-            if info.rc != paho.MQTT_ERR_SUCCESS:
-                continue  # not acknowledged: the outbox retries it
-            ack = loop.create_future()
-            self._acks[info.mid] = ack
-            pending[key] = (info.mid, ack)
-        if pending:
-            self._write_now(inner)
-        return asyncio.ensure_future(self._acked(pending, timeout))
-
-    def _write_now(self, inner: paho.Client) -> None:
-        """Write what paho holds, in this call (paho's `loop_write`, its API for external
-        loops). Left to aiomqtt's socket writer, the bytes wait for the selector's next turn,
-        behind everything else the report woke: a shock solve held an alert 4 ms (issue 16)."""
+        self._sending = True
         try:
-            inner.loop_write()
-        except Exception:  # aiomqtt's own writer meets it and ends the session
-            return
-        assert self._loop is not None
-        # paho asked aiomqtt to watch the socket while queueing (call_soon_threadsafe, so
-        # it is still to come); with the queue written here, paho will not ask to stop
-        self._loop.call_soon(self._drop_idle_writer)
-
-    def _drop_idle_writer(self) -> None:
-        """Stop watching the socket for writing when paho has nothing to write (an idle
-        writer would be called on every loop pass)."""
-        inner, loop = self._paho, self._loop
-        if inner is None or loop is None or inner.want_write():
-            return  # more was queued since: paho and aiomqtt's writer agree again
-        sock = inner.socket()
-        if sock is not None and sock.fileno() >= 0:
-            loop.remove_writer(sock.fileno())
+            for key, topic, payload in messages:
+                info = inner.publish(topic, payload, qos=1)
+                if info.rc != paho.MQTT_ERR_SUCCESS:
+                    continue  # not acknowledged: the outbox retries it
+                ack = loop.create_future()
+                self._acks[info.mid] = ack
+                pending[key] = (info.mid, ack)
+            if pending:
+                _write_now(inner)
+        finally:
+            self._sending = False
+            held, self._held_register = self._held_register, None
+            if held is not None and inner.want_write():
+                held()  # bytes left (a full socket buffer, an error): aiomqtt's writer
+        return asyncio.ensure_future(self._acked(pending, timeout))
 
     async def _acked(
         self, pending: dict[str, tuple[int, asyncio.Future[None]]], within: float
@@ -158,3 +161,11 @@ class AlertWire:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+
+
+def _write_now(inner: paho.Client) -> None:
+    """Write what paho holds, in this call (paho's `loop_write`, its API for external
+    loops). Left to aiomqtt's socket writer, the bytes wait for the selector's next turn,
+    behind everything else the report woke: a shock solve held an alert 4 ms (issue 16)."""
+    with contextlib.suppress(Exception):  # aiomqtt's own writer meets it and ends the session
+        inner.loop_write()
