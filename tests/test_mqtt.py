@@ -220,6 +220,48 @@ class TestBroker:
         assert late.on(f"{prefix}/status")[0].payload == b"offline"
         assert late.on(f"{prefix}/acct/alert") == []
 
+    async def test_alert_larger_than_the_socket_buffer(
+        self, mosquitto: Mosquitto, prefix: str
+    ) -> None:
+        """Test that an alert whose bytes do not all fit the socket in `send_now`'s own write
+        is finished by aiomqtt's writer: acknowledged, flushed and delivered whole."""
+        sink = MqttSink(settings_for(mosquitto, prefix, discovery=False))
+        big = AlertMessage(
+            id="big.0",
+            fingerprint="acct/margin_ratio",
+            account="acct",
+            rule="margin_ratio",
+            kind="firing",
+            level="critical",
+            previous_level="ok",
+            episode="big",
+            started_at=1.0,
+            at=1.0,
+            duration=0.0,
+            value=0.9,
+            previous_value=None,
+            worst_value=0.9,
+            worst_level="critical",
+            detail="x" * 16_000_000,  # past any loopback socket buffer
+        )
+        async with collecting(mosquitto, [f"{prefix}/acct/alert"]) as sub, running(sink):
+            mosquitto.pause()  # a broker that takes no bytes: the socket buffer fills up
+            try:
+                acked = sink.send_now([big])
+                assert acked is not None
+                assert sink._wire._paho is not None
+                assert sink._wire._paho.want_write()  # left over after the call's own write
+                flushed = sink.written()
+                await asyncio.sleep(0.2)
+                assert not flushed.done()
+            finally:
+                mosquitto.resume()
+            async with asyncio.timeout(30):
+                assert await acked == {"big.0"}
+                await flushed
+            await sub.wait_for(lambda: len(sub.messages) == 1, 30)
+        assert json.loads(sub.messages[0].payload)["detail"] == big.detail  # type: ignore[arg-type]
+
     async def test_state_only_on_change_and_rate_limited(
         self, mosquitto: Mosquitto, prefix: str
     ) -> None:
