@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -89,6 +90,21 @@ class TestBuildMessage:
         assert json.loads(text)["value"] == "inf"
         json.loads(text, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
         assert AlertMessage.from_json(text) == m
+
+    def test_json_is_made_once_and_follows_a_replace(self) -> None:
+        """Test that the outbox and MQTT get the same text from one serialisation, that a
+        replaced message serialises its own fields, and the cache is no field of the wire."""
+        m = build_message(event(0.8), report(0.8))
+        text = m.to_json()
+        assert m.to_json() is text
+        assert "_json" not in json.loads(text)
+        changed = dataclasses.replace(m, detail="other")
+        assert json.loads(changed.to_json())["detail"] == "other"
+        assert json.loads(m.to_json())["detail"] != "other"
+        again = AlertMessage.from_json(text)
+        assert again == m
+        assert hash(again) == hash(m)
+        assert again.to_json() == text
 
     def test_source_alert_without_report(self) -> None:
         """Test that a stale alert without a report has no account figures."""

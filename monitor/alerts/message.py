@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from monitor.core.alert_state import AlertEvent
@@ -87,6 +87,9 @@ class AlertMessage:
     #: (collateral_risk.describe), docs/collateral.md
     model: str = "cross"
     collateral: str = ""
+    #: the wire form, made once (`to_json`): the outbox row and the MQTT publish of an alert
+    #: are the same text, serialised once on the tick -> alert path (issue 16)
+    _json: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """Strict-JSON-ready dict (infinite values as strings).
@@ -109,8 +112,12 @@ class AlertMessage:
         return out
 
     def to_json(self) -> str:
-        """The outbox and wire form."""
-        return json.dumps(self.to_dict(), allow_nan=False, separators=(",", ":"))
+        """The outbox and wire form (made on the first call; the message is immutable)."""
+        text = self._json
+        if text is None:
+            text = json.dumps(self.to_dict(), allow_nan=False, separators=(",", ":"))
+            object.__setattr__(self, "_json", text)  # a cache, not a change: frozen holds
+        return text
 
     @classmethod
     def from_json(cls, text: str) -> AlertMessage:
@@ -148,7 +155,7 @@ _FLOAT_FIELDS = (
 )
 
 
-_FIELDS = tuple(f.name for f in fields(AlertMessage))
+_FIELDS = tuple(f.name for f in fields(AlertMessage) if f.init)  # not the `_json` cache
 _LINE_FIELDS = tuple(f.name for f in fields(PositionLine))
 
 
