@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -424,3 +424,52 @@ class TestMultiAssets:
             )
             moved = next(c for c in source.snapshot().collateral if c.asset == "BTC")
             assert moved.price == 50_000.0
+
+
+class TestTickBeforeRearm:
+    async def test_a_streamed_mark_is_taken_before_the_watch_is_armed_again(
+        self, fake: FakeBinanceUsdm
+    ) -> None:
+        """Test that the account's loop takes a streamed mark before the price task calls
+        ccxt's watch again: the re-arm's synchronous work (~0.1 ms) is not on the path from
+        the frame to the report (issue 16)."""
+        source = make_source(fake, poll_interval=30.0, stale_after=60.0)
+        exchange = await source.open()
+        order: list[str] = []
+        noted = asyncio.Event()
+        real = exchange.watch_mark_price
+
+        def note(what: str) -> None:
+            order.append(what)
+            noted.set()
+
+        async def until(done: Callable[[], bool]) -> None:
+            async with asyncio.timeout(10):
+                while not done():
+                    noted.clear()
+                    await noted.wait()
+
+        async def watch(symbol: str, params: dict[str, object] | None = None) -> object:
+            note("watch")
+            return await real(symbol, params or {})
+
+        exchange.watch_mark_price = watch
+
+        async def consume() -> None:
+            async for event in source.events():
+                if isinstance(event, PriceTick) and event.mark_price == 61_234.5:
+                    note("tick")
+
+        task = asyncio.create_task(consume())
+        try:
+            await fake.wait_for_client("/market/ws", "btcusdt@markPrice@1s", within=10)
+            await until(lambda: order.count("watch") >= 2)  # BTC and ETH armed
+            await asyncio.sleep(0.1)
+            order.clear()
+            await fake.push_mark("BTCUSDT", 61_234.5)
+            await until(lambda: len(order) >= 2)
+            assert order[:2] == ["tick", "watch"]
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await source.close()

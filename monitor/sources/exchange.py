@@ -350,8 +350,13 @@ class ExchangeSource(AccountReads, LiveDesk):
             else exchange.watch_ticker
         )
         backoff = Backoff(cap=self.backoff_cap)
-        while await self._price_read(symbol, watch, f"price_stream[{symbol}]", backoff) is not None:
-            pass
+        while True:
+            if await self._price_read(symbol, watch, f"price_stream[{symbol}]", backoff) is None:
+                return
+            # the account's loop first: it reports on the tick just queued before this task
+            # re-arms the watch, whose synchronous part (ccxt's market lookups and
+            # subscription arguments, ~0.1 ms) ran ahead of the report (issue 16)
+            await asyncio.sleep(0)
 
     async def _price_poll(self) -> None:
         """REST takes over for symbols whose stream has been quiet for `poll_interval`."""
