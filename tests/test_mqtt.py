@@ -220,6 +220,16 @@ class TestBroker:
         assert late.on(f"{prefix}/status")[0].payload == b"offline"
         assert late.on(f"{prefix}/acct/alert") == []
 
+    async def test_no_nagle_on_the_daemons_socket(self, mosquitto: Mosquitto, prefix: str) -> None:
+        """Test that the sink's connection has TCP_NODELAY: an alert is not held on the socket
+        until the broker acknowledges the packet before it."""
+        sink = MqttSink(settings_for(mosquitto, prefix, discovery=False))
+        async with running(sink):
+            assert sink._wire._paho is not None
+            sock = sink._wire._paho.socket()
+            assert isinstance(sock, socket.socket)
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
     async def test_alert_larger_than_the_socket_buffer(
         self, mosquitto: Mosquitto, prefix: str
     ) -> None:

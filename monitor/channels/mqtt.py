@@ -436,4 +436,7 @@ def make_client(
         timeout=s.timeout,
         tls_params=tls_params,
         tls_insecure=s.tls_insecure if s.tls else None,
+        # paho leaves Nagle on: an alert right after another publish (a state, the first
+        # alert of two) waited on the socket for the broker's TCP ack of the one before
+        socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
     )
