@@ -137,6 +137,7 @@ class OutboxDelivery:
     #: sink -> when its parked delivery task wakes by itself (inf: only when woken)
     _parked: dict[str, float]
     _immediate: tuple[ImmediateSink, ...]
+    _immediate_named: dict[str, ImmediateSink]
 
     def _init_delivery(self) -> None:
         """Delivery bookkeeping, and the reconnect hook of every sink that has sessions."""
@@ -144,6 +145,7 @@ class OutboxDelivery:
         self._in_flight = {sink.name: set() for sink in self.sinks}
         self._parked = {}
         self._immediate = tuple(s for s in self.sinks if isinstance(s, ImmediateSink))
+        self._immediate_named = {s.name: s for s in self._immediate}
         for sink in self.sinks:
             if isinstance(sink, ReconnectingSink):
                 sink.set_on_connected(functools.partial(self.retry_now, sink.name))
@@ -162,7 +164,10 @@ class OutboxDelivery:
                 continue
             wake = self._wake[sink.name]
             idle = not wake.is_set() and self._parked.get(sink.name, now) > now
-            if not (idle and isinstance(sink, ImmediateSink) and self._hand(sink, batch, {})):
+            # found once, not isinstance here: a runtime Protocol check walks the protocol's
+            # members, per sink per alert, on the tick -> alert path (issue 16)
+            immediate = self._immediate_named.get(sink.name)
+            if not (idle and immediate is not None and self._hand(immediate, batch, {})):
                 wake.set()
 
     def _hand(
