@@ -36,7 +36,13 @@ from monitor.protect.audit import ActionHooks
 from monitor.protect.executor import Executor
 from monitor.protect.notes import ActionNotes
 from monitor.protect.sink import ActionsSink, action_hooks
-from monitor.protect.state import AccountLock, ActionState, StateFile
+from monitor.protect.state import (
+    AccountLock,
+    ActionState,
+    StateFile,
+    kill_switch_file,
+    kill_switch_files,
+)
 from monitor.protect.switches import ActionSwitches
 from monitor.sink import Sink
 from monitor.sources.exchange import ExchangeSource
@@ -574,6 +580,25 @@ class TestSwitchesAndLock:
             runner.cancel()
             await asyncio.gather(runner, return_exceptions=True)
             ex.close()
+
+    def test_kill_switch_files_agree_with_one_lookup_per_account(self, tmp_path: Path) -> None:
+        """Test that one listing finds what `kill_switch_file` finds per account: the global
+        file first, an account's own, nothing for the others, no dangling link."""
+        accounts = ["a", "b", "c"]
+
+        def each() -> dict[str, Path | None]:
+            return {account: kill_switch_file(tmp_path, account) for account in accounts}
+
+        assert kill_switch_files(tmp_path, accounts) == each() == dict.fromkeys(accounts)
+        (tmp_path / "PAUSE.b").touch()
+        (tmp_path / "PAUSE.c").symlink_to(tmp_path / "nowhere")
+        assert kill_switch_files(tmp_path, accounts) == each()
+        assert each() == {"a": None, "b": tmp_path / "PAUSE.b", "c": None}
+        (tmp_path / "PAUSE").touch()
+        assert kill_switch_files(tmp_path, accounts) == each()
+        assert set(each().values()) == {tmp_path / "PAUSE"}
+        missing = tmp_path / "gone"
+        assert kill_switch_files(missing, accounts) == dict.fromkeys(accounts)
 
     async def test_two_instances_only_one_acts(self, desk: Desk, tmp_path: Path) -> None:
         """Test that a second executor on the same account and state dir sends nothing."""

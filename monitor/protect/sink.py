@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import structlog
@@ -27,6 +28,7 @@ from monitor.protect.backstop import StopBackstop
 from monitor.protect.desk import OrderDesk
 from monitor.protect.executor import Executor
 from monitor.protect.notes import ActionNotes
+from monitor.protect.state import kill_switch_files
 from monitor.sink import Sink
 from monitor.sources.base import Source
 
@@ -184,8 +186,13 @@ class ActionsSink(Sink):
         """Task `actions.kill_switches`: the PAUSE files as the alerts describe them, looked
         for off the tick -> alert path (the step itself looks again before any order)."""
         while True:
-            for ex in list(self.executors.values()):
-                ex.look_for_kill_switch()
+            by_dir: dict[Path, list[Executor]] = {}
+            for ex in self.executors.values():
+                by_dir.setdefault(ex.state_dir, []).append(ex)
+            for state_dir, executors in by_dir.items():
+                found = kill_switch_files(state_dir, [ex.account for ex in executors])
+                for ex in executors:
+                    ex.kill_switch_seen = found[ex.account]
             await asyncio.sleep(KILL_SWITCH_LOOK)
 
     async def _alert_first(self) -> None:

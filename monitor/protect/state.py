@@ -13,6 +13,7 @@ import fcntl
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,24 @@ def kill_switch_file(state_dir: Path, account: str) -> Path | None:
         if path.exists():
             return path
     return None
+
+
+def kill_switch_files(state_dir: Path, accounts: Iterable[str]) -> dict[str, Path | None]:
+    """`kill_switch_file` of many accounts from one listing of `state_dir` (a thousand
+    accounts looked for every second cost ~1 % of a core as two lookups each); a name the
+    listing shows is confirmed as `kill_switch_file` would (a dangling link is no file)."""
+    try:
+        names = set(os.listdir(state_dir))
+    except OSError:
+        return {account: kill_switch_file(state_dir, account) for account in accounts}
+    found: dict[str, Path | None] = {}
+    for account in accounts:
+        found[account] = None
+        for name in ("PAUSE", f"PAUSE.{account}"):
+            if name in names and (state_dir / name).exists():
+                found[account] = state_dir / name
+                break
+    return found
 
 
 @dataclass
