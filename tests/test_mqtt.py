@@ -68,6 +68,28 @@ def prefix(request: pytest.FixtureRequest) -> str:
     return f"mmtest-{request.node.name.replace('[', '-').rstrip(']')}-{secrets.token_hex(3)}"
 
 
+def alert(rule: str, kind: str, detail: str, value: float | None = None) -> AlertMessage:
+    """An alert of `acct`: firing at critical, or resolved."""
+    return AlertMessage(
+        id=f"{rule}.{kind}",
+        fingerprint=f"acct/{rule}",
+        account="acct",
+        rule=rule,
+        kind=kind,
+        level="ok" if kind == "resolved" else "critical",
+        previous_level="ok",
+        episode="e",
+        started_at=1.0,
+        at=2.0,
+        duration=1.0,
+        value=value,
+        previous_value=None,
+        worst_value=value,
+        worst_level="critical",
+        detail=detail,
+    )
+
+
 def settings_for(broker: Mosquitto, prefix: str, **extra: object) -> MqttSettings:
     """Sink settings pointing at the fixture broker."""
     return MqttSettings.model_validate(
@@ -236,24 +258,8 @@ class TestBroker:
         """Test that an alert whose bytes do not all fit the socket in `send_now`'s own write
         is finished by aiomqtt's writer: acknowledged, flushed and delivered whole."""
         sink = MqttSink(settings_for(mosquitto, prefix, discovery=False))
-        big = AlertMessage(
-            id="big.0",
-            fingerprint="acct/margin_ratio",
-            account="acct",
-            rule="margin_ratio",
-            kind="firing",
-            level="critical",
-            previous_level="ok",
-            episode="big",
-            started_at=1.0,
-            at=1.0,
-            duration=0.0,
-            value=0.9,
-            previous_value=None,
-            worst_value=0.9,
-            worst_level="critical",
-            detail="x" * 16_000_000,  # past any loopback socket buffer
-        )
+        # past any loopback socket buffer
+        big = alert("margin_ratio", "firing", "x" * 16_000_000, value=0.9)
         async with collecting(mosquitto, [f"{prefix}/acct/alert"]) as sub, running(sink):
             mosquitto.pause()  # a broker that takes no bytes: the socket buffer fills up
             try:
@@ -267,7 +273,7 @@ class TestBroker:
             finally:
                 mosquitto.resume()
             async with asyncio.timeout(30):
-                assert await acked == {"big.0"}
+                assert await acked == {big.id}
                 await flushed
             await sub.wait_for(lambda: len(sub.messages) == 1, 30)
         assert json.loads(sub.messages[0].payload)["detail"] == big.detail  # type: ignore[arg-type]
@@ -352,24 +358,7 @@ class TestBroker:
         topic = f"{prefix}/acct/state"
 
         def down(kind: str) -> AlertMessage:
-            return AlertMessage(
-                id=f"e.{kind}",
-                fingerprint="acct/source_down",
-                account="acct",
-                rule="source_down",
-                kind=kind,
-                level="ok" if kind == "resolved" else "critical",
-                previous_level="ok",
-                episode="e",
-                started_at=1.0,
-                at=2.0,
-                duration=1.0,
-                value=None,
-                previous_value=None,
-                worst_value=None,
-                worst_level="critical",
-                detail="binanceusdm rejected the API key",
-            )
+            return alert("source_down", kind, "binanceusdm rejected the API key")
 
         def flags(sub: Any) -> tuple[bool, bool]:
             last = json.loads(sub.messages[-1].payload)
@@ -379,7 +368,7 @@ class TestBroker:
             sink.observe_report(report(0.3), "ok")
             await sub.wait_for(lambda: len(sub.messages) == 1)
             assert flags(sub) == (False, False)
-            assert await sink.deliver([down("firing")]) == {"e.firing"}
+            assert await sink.deliver([down("firing")]) == {"source_down.firing"}
             await sub.wait_for(lambda: flags(sub) == (True, False))
             sink.publish_action("acct", {"kind": "planned", "live": False})
             await sub.wait_for(lambda: flags(sub) == (True, True))

@@ -136,16 +136,15 @@ class OutboxDelivery:
     _in_flight: dict[str, set[str]]
     #: sink -> when its parked delivery task wakes by itself (inf: only when woken)
     _parked: dict[str, float]
-    _immediate: tuple[ImmediateSink, ...]
-    _immediate_named: dict[str, ImmediateSink]
+    _immediate: dict[str, ImmediateSink]
 
     def _init_delivery(self) -> None:
         """Delivery bookkeeping, and the reconnect hook of every sink that has sessions."""
         self._wake = {sink.name: asyncio.Event() for sink in self.sinks}
         self._in_flight = {sink.name: set() for sink in self.sinks}
         self._parked = {}
-        self._immediate = tuple(s for s in self.sinks if isinstance(s, ImmediateSink))
-        self._immediate_named = {s.name: s for s in self._immediate}
+        # by name, found once: a runtime Protocol isinstance walks the protocol's members
+        self._immediate = {s.name: s for s in self.sinks if isinstance(s, ImmediateSink)}
         for sink in self.sinks:
             if isinstance(sink, ReconnectingSink):
                 sink.set_on_connected(functools.partial(self.retry_now, sink.name))
@@ -164,9 +163,7 @@ class OutboxDelivery:
                 continue
             wake = self._wake[sink.name]
             idle = not wake.is_set() and self._parked.get(sink.name, now) > now
-            # found once, not isinstance here: a runtime Protocol check walks the protocol's
-            # members, per sink per alert, on the tick -> alert path (issue 16)
-            immediate = self._immediate_named.get(sink.name)
+            immediate = self._immediate.get(sink.name)  # not isinstance per alert (issue 16)
             if not (idle and immediate is not None and self._hand(immediate, batch, {})):
                 wake.set()
 
@@ -224,7 +221,7 @@ class OutboxDelivery:
     async def handover(self) -> None:
         """Return once the alerts handed so far are written to every immediate sink's
         transport (a protective step waits for this, bounded: protect/sink.py)."""
-        for sink in self._immediate:
+        for sink in self._immediate.values():
             await sink.written()
 
     def retry_now(self, sink_name: str) -> None:

@@ -113,11 +113,16 @@ class AccountLock:
             self._fd = None
 
 
+def _pause_names(account: str) -> tuple[str, str]:
+    """The PAUSE files that stop `account`, global first."""
+    return "PAUSE", f"PAUSE.{account}"
+
+
 def kill_switch_file(state_dir: Path, account: str) -> Path | None:
     """The PAUSE file that stops `account` (global first), or None if there is none."""
-    for path in (state_dir / "PAUSE", state_dir / f"PAUSE.{account}"):
-        if path.exists():
-            return path
+    for name in _pause_names(account):
+        if (state_dir / name).exists():
+            return state_dir / name
     return None
 
 
@@ -132,7 +137,7 @@ def kill_switch_files(state_dir: Path, accounts: Iterable[str]) -> dict[str, Pat
     found: dict[str, Path | None] = {}
     for account in accounts:
         found[account] = None
-        for name in ("PAUSE", f"PAUSE.{account}"):
+        for name in _pause_names(account):
             if name in names and (state_dir / name).exists():
                 found[account] = state_dir / name
                 break
