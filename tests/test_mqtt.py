@@ -8,6 +8,7 @@ import json
 import math
 import secrets
 import socket
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -277,6 +278,37 @@ class TestBroker:
                 await flushed
             await sub.wait_for(lambda: len(sub.messages) == 1, 30)
         assert json.loads(sub.messages[0].payload)["detail"] == big.detail  # type: ignore[arg-type]
+
+    async def test_write_request_for_a_socket_closed_before_the_loop_runs_it(
+        self, mosquitto: Mosquitto, prefix: str
+    ) -> None:
+        """Test that paho asking, from another thread, to watch a socket it then closes before
+        the loop gets to it adds no writer: no EBADF "Exception in callback" (a stopping
+        daemon's last alert did this, issue 16's fault matrix) and no watch on a dead fd."""
+        sink = MqttSink(settings_for(mosquitto, prefix, discovery=False))
+        loop = asyncio.get_running_loop()
+        failures: list[dict[str, Any]] = []
+        loop.set_exception_handler(lambda _loop, context: failures.append(context))
+        try:
+            async with running(sink):
+                inner = sink._wire._paho
+                assert inner is not None
+                sock = inner.socket()
+                assert isinstance(sock, socket.socket)
+                fd = sock.fileno()
+                asking = threading.Thread(  # as paho's connect thread does
+                    target=inner.on_socket_register_write, args=(inner, None, sock)
+                )
+                asking.start()
+                asking.join()  # the loop has not run: the request waits in its queue
+                inner._sock_close()
+                for _ in range(5):
+                    await asyncio.sleep(0)
+                selector = loop._selector  # type: ignore[attr-defined]
+                assert fd not in selector.get_map()
+        finally:
+            loop.set_exception_handler(None)
+        assert failures == []
 
     async def test_state_only_on_change_and_rate_limited(
         self, mosquitto: Mosquitto, prefix: str

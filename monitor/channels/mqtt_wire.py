@@ -15,9 +15,16 @@ all of it is on the socket) resolves the `written()` futures, and
 `on_socket_register_write` is held back while `send` queues and writes: aiomqtt answers it
 with `call_soon_threadsafe`, a write to the loop's self-pipe before the alert's own bytes
 (the first one after an idle second ~0.05 ms, issue 16), and a socket writer this call
-makes useless; aiomqtt gets it only when bytes are left after the write. aiomqtt's
+makes useless; the writer is added only when bytes are left after the write. aiomqtt's
 publish, subscribe and reconnect are untouched: state, discovery, replies and actions
 still use it.
+
+The register-write itself is ours, not aiomqtt's: aiomqtt answers every one with
+`call_soon_threadsafe(add_writer, sock.fileno(), ...)`, so a publish just before the
+session closes (a stopping daemon's last alert) left a callback that added a writer on a
+closed descriptor (an `EBADF` "Exception in callback" in the log; on a reused number, a
+writer on someone else's socket). Here the writer is added at once on the loop's thread,
+and from paho's connect thread only if that socket is still paho's when the loop runs it.
 """
 
 from __future__ import annotations
@@ -68,16 +75,46 @@ class AlertWire:
         def on_register_write(c: paho.Client, userdata: Any, sock: Any) -> None:
             if their_register is None:
                 return
-            if self._sending:  # `send` writes now; aiomqtt's writer only for what is left
-                self._held_register = lambda: their_register(c, userdata, sock)
+            if self._sending:  # `send` writes now; a socket writer only for what is left
+                self._held_register = lambda: self._watch_writable(client, c, sock)
                 return
-            their_register(c, userdata, sock)
+            self._watch_writable(client, c, sock)
 
         inner.on_publish = on_publish
         inner.on_socket_unregister_write = on_unregister_write
         inner.on_socket_register_write = on_register_write
         self._paho = inner
         self._loop = asyncio.get_running_loop()
+
+    def _watch_writable(self, client: aiomqtt.Client, c: paho.Client, sock: Any) -> None:
+        """aiomqtt's register-write without its race with a closing socket (module doc)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            on_loop = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop:
+            self._add_writer(client, c, sock)
+        else:
+            loop.call_soon_threadsafe(self._add_writer, client, c, sock)
+
+    def _add_writer(self, client: aiomqtt.Client, c: paho.Client, sock: Any) -> None:
+        fd = sock.fileno()
+        if fd < 0 or c.socket() is not sock or self._loop is None:
+            return  # closed (paho forgets its socket before closing it) or replaced since
+
+        def write() -> None:
+            # as aiomqtt's writer: a failed write (a broken pipe) ends the session now
+            try:
+                c.loop_write()
+            except Exception as exc:
+                disconnected = client._disconnected  # aiomqtt 2.x (pinned <3)
+                if not disconnected.done():
+                    disconnected.set_exception(exc)
+
+        self._loop.add_writer(fd, write)
 
     def up(self) -> None:
         """A session is connected: publishes may go."""
@@ -118,7 +155,7 @@ class AlertWire:
             self._sending = False
             held, self._held_register = self._held_register, None
             if held is not None and inner.want_write():
-                held()  # bytes left (a full socket buffer, an error): aiomqtt's writer
+                held()  # bytes left (a full socket buffer, an error): a socket writer
         return asyncio.ensure_future(self._acked(pending, timeout))
 
     async def _acked(
