@@ -370,6 +370,43 @@ class TestReducedRatios:
             got = ratios.ratio(cuts)
             assert got == expected or (math.isnan(got) and math.isnan(expected))
 
+    @settings(max_examples=400, deadline=None)
+    @given(
+        varied_books(),
+        st.sampled_from((0.0, 0.0005)),
+        st.floats(min_value=0.01, max_value=2.0),
+        st.data(),
+    )
+    def test_excess_has_the_sign_of_ratio_minus_target(
+        self, s: AccountSnapshot, fee: float, target: float, data: st.DataObject
+    ) -> None:
+        """Test that the solve's function accepts exactly the cuts the ratio accepts: its
+        sign is that of `ratio - target`, on the shortcut and the reference path alike."""
+        ratios = ReducedRatios(s, fee)
+        for cuts in data.draw(st.lists(trial_cuts(s), min_size=1, max_size=4)):
+            over = ratio_of(reduced(s, cuts, fee)) - target
+            excess = ratios.excess(cuts, target)
+            assert (excess > 0.0) == (over > 0.0), (cuts, over, excess)
+
+    def test_a_one_tier_solve_is_a_secant_step(self) -> None:
+        """Test that cutting one position inside one MM tier takes the solve a few valuations,
+        not the ~8 a root of the (curved) ratio took: the alert's plan preview (issue 16)."""
+        p = Position("BTC/USDT:USDT", "long", 0.8, 60_000, 52_800, leverage=20, tiers=TIERS)
+        s = book(p, usdt=6_000)
+        calls: list[list[tuple[int, float]]] = []
+
+        class Counting(ReducedRatios):
+            def _value(self, trial: list[tuple[int, float]]) -> tuple[float, float, bool]:
+                calls.append(trial)
+                return super()._value(trial)
+
+        target = report(s).margin_ratio / 2
+        plan = minimal_reduction(s, target, fee_rate=0.0005, ratios=Counting(s, 0.0005))
+        (cut,) = plan.reductions
+        assert ratio_of(reduced(s, {p.key: cut.contracts}, 0.0005)) <= target
+        assert ratio_of(reduced(s, {p.key: cut.contracts * (1 - 1e-9)}, 0.0005)) > target
+        assert len(calls) <= 5, calls  # no cut, the whole position, then the secant steps
+
     def test_a_position_held_twice_takes_the_reference_path(self) -> None:
         """Test that a symbol and side listed twice is cut in both places, as `reduced` does."""
         s = book(BTC_LONG, dataclasses.replace(BTC_LONG, contracts=3.0), usdt=5_000)

@@ -359,14 +359,38 @@ class ReducedRatios:
         self._cross = len(positions) - owners.count(None)
         self._rules = snapshot.rules
         self._terms: dict[int, tuple[Position, str, float, float, Position]] = {}
-        self._seen: dict[tuple[tuple[int, float], ...], float] = {}
+        self._seen: dict[tuple[tuple[int, float], ...], tuple[float, float, bool]] = {}
 
     def ratio(self, cuts: Cuts) -> float:
         """The margin ratio once `cuts[(symbol, side)]` contracts are closed at mark."""
-        snapshot = self._snapshot
+        figures = self._figures(cuts)
+        if figures is None:
+            return ratio_of(reduced(self._snapshot, cuts, self._fee_rate))
+        owed, balance, exposed = figures
+        return margin_ratio(owed, balance, exposed=exposed)
+
+    def excess(self, cuts: Cuts, target: float) -> float:
+        """A number with the sign of `ratio(cuts) - target` that is linear in the cuts
+        wherever the MM tiers and the collateral's value are (the ratio is not: MM over a
+        balance that shrinks by the fees): `(ratio - target) * balance`, ≈ MM owed minus
+        `target` x balance. Its root is the ratio's, and a secant solve lands on it in a
+        step or two instead of ~8 (issue 16: the plan preview is on the crash -> alert
+        path). The sign is the ratio's own comparison, so a solve on it accepts exactly
+        the cuts the ratio accepts."""
+        figures = self._figures(cuts)
+        if figures is None:
+            return self.ratio(cuts) - target
+        owed, balance, exposed = figures
+        over = margin_ratio(owed, balance, exposed=exposed) - target
+        if balance > 0.0:
+            return over * balance
+        return 1.0 if over > 0.0 else -1.0  # past liquidation (+inf), or an empty pool (0)
+
+    def _figures(self, cuts: Cuts) -> tuple[float, float, bool] | None:
+        """(MM owed, margin balance, exposed) of the reduced book; None: the reference path."""
         if self._reference:
-            return ratio_of(reduced(snapshot, cuts, self._fee_rate))
-        positions = snapshot.positions
+            return None
+        positions = self._snapshot.positions
         trial: list[tuple[int, float]] = []
         for key, wanted in cuts.items():
             i = self._index.get(key)
@@ -376,13 +400,13 @@ class ReducedRatios:
                     trial.append((i, cut))
         trial.sort()  # `reduced` moves the settle balances in position order
         seen = tuple(trial)
-        ratio = self._seen.get(seen)
-        if ratio is None:
-            ratio = self._seen[seen] = self._value(trial)
-        return ratio
+        figures = self._seen.get(seen)
+        if figures is None:
+            figures = self._seen[seen] = self._value(trial)
+        return figures
 
-    def _value(self, trial: list[tuple[int, float]]) -> float:
-        """`ratio_of` of the reduced book, from the pooled figures (see the class)."""
+    def _value(self, trial: list[tuple[int, float]]) -> tuple[float, float, bool]:
+        """`ratio_of`'s figures of the reduced book, from the pooled ones (see the class)."""
         pnl, mm = self._pnl, self._mm
         settle_delta: dict[str, float] = {}
         closed = 0
@@ -419,7 +443,7 @@ class ReducedRatios:
             amount = c.amount + settle_delta[asset] if asset in settle_delta else c.amount
             balances.append(asset_value(c, amount + book_pnl))
             owed.append(book_mm * ask)
-        return margin_ratio(sum(owed), sum(balances), exposed=self._cross > closed)
+        return sum(owed), sum(balances), self._cross > closed
 
     def _terms_of(self, i: int) -> tuple[Position, str, float, float, Position]:
         """What `reduced` computes for position `i` whatever the cut: the position, its settle
@@ -484,7 +508,7 @@ def minimal_reduction(
         )
         if policy == "proportional" and not priority:
             fraction = _smallest(
-                lambda k: ratio({p.key: p.contracts * k for p in order}), target_ratio
+                lambda k: ratios.excess({p.key: p.contracts * k for p in order}, target_ratio)
             )
             cuts = {p.key: p.contracts * fraction for p in order}
         else:
@@ -496,9 +520,9 @@ def minimal_reduction(
                 done = dict(cuts)
 
                 def partial(k: float, p: Position = p, done: Cuts = done) -> float:
-                    return ratio({**done, p.key: p.contracts * k})
+                    return ratios.excess({**done, p.key: p.contracts * k}, target_ratio)
 
-                cuts[p.key] = p.contracts * _smallest(partial, target_ratio)
+                cuts[p.key] = p.contracts * _smallest(partial)
                 break
     after = ratio(cuts)
     by_key = {p.key: p for p in snapshot.positions}
@@ -525,16 +549,41 @@ def minimal_reduction(
     )
 
 
-def _smallest(ratio_at: Callable[[float], float], target: float) -> float:
-    """Smallest k in [0, 1] with ratio_at(k) ≤ target (ratio falls as k grows); 1 if none.
+def _smallest(excess_at: Callable[[float], float]) -> float:
+    """Smallest k in [0, 1] with excess_at(k) ≤ 0 (it falls as k grows); 1 if none.
 
-    Illinois, as for shocks: ~8 valuations instead of bisection's ~42 (issue 16: the
-    executor plans on its fresh read between the crossing frame and the order, and the
-    alert's plan preview runs before it; bisection was ~1.3 ms of each)."""
-    at_one = ratio_at(1.0) - target
+    Illinois, as for shocks, on `ReducedRatios.excess`, which is linear between MM tier
+    bounds: the first secant step lands on the root (issue 16: the executor plans on its
+    fresh read between the crossing frame and the order, and the alert's plan preview runs
+    before it; bisection was ~1.3 ms of each, Illinois on the ratio itself ~8 valuations).
+    A step that lands within the tolerance of an end is put half the tolerance inside it,
+    so the bracket then closes from the other side in one valuation (`_illinois` would
+    bisect there: ~40 valuations once the root is exact).
+    """
+    at_one = excess_at(1.0)
     if at_one > 0.0:
         return 1.0
-    at_zero = ratio_at(0.0) - target
-    if at_zero <= 0.0:
+    lo, f_lo = 0.0, excess_at(0.0)
+    if f_lo <= 0.0:
         return 0.0
-    return _illinois(lambda k: ratio_at(k) - target, 0.0, at_zero, 1.0, at_one)
+    hi, f_hi = 1.0, at_one
+    near = 0.5 * _TOLERANCE
+    side = 0
+    for _ in range(200):
+        if hi - lo <= _TOLERANCE:
+            break
+        mid = min(max(hi - f_hi * (hi - lo) / (f_hi - f_lo), lo + near), hi - near)
+        if not lo < mid < hi:  # a NaN from an infinite excess
+            mid = 0.5 * (lo + hi)
+        f_mid = excess_at(mid)
+        if f_mid <= 0.0:
+            hi, f_hi = mid, f_mid
+            if side == -1:
+                f_lo *= 0.5
+            side = -1
+        else:
+            lo, f_lo = mid, f_mid
+            if side == 1:
+                f_hi *= 0.5
+            side = 1
+    return hi
