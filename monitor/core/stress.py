@@ -166,13 +166,22 @@ def _concave_crossing(
 
 
 def _illinois(f: Callable[[float], float], lo: float, f_lo: float, hi: float, f_hi: float) -> float:
-    """Root in [lo, hi] with f(lo) > 0 ≥ f(hi); returns a point where f ≤ 0."""
+    """Root in [lo, hi] with f(lo) > 0 ≥ f(hi); returns a point where f ≤ 0.
+
+    The functions solved here (a shocked surplus, a reduced book's excess) are linear
+    between MM tier bounds, so a secant step often lands on the root itself; the next one
+    then lands on (or within the tolerance of) that end. It is put half the tolerance
+    inside it, so the bracket closes from the other side in one valuation; bisecting there
+    instead took ~40 more (issue 16: the reduction solve of a crash's plan preview)."""
     side = 0
     for _ in range(200):
-        if abs(hi - lo) <= _TOLERANCE * max(1.0, abs(hi)):
+        near = 0.5 * _TOLERANCE * max(1.0, abs(hi))
+        if abs(hi - lo) <= 2.0 * near:
             break
+        low, high = min(lo, hi), max(lo, hi)
         mid = hi - f_hi * (hi - lo) / (f_hi - f_lo) if f_hi != f_lo else 0.5 * (lo + hi)
-        if not min(lo, hi) < mid < max(lo, hi):
+        mid = min(max(mid, low + near), high - near)
+        if not low < mid < high:  # a NaN from an infinite value
             mid = 0.5 * (lo + hi)
         f_mid = f(mid)
         if f_mid <= 0.0:
@@ -553,37 +562,14 @@ def _smallest(excess_at: Callable[[float], float]) -> float:
     """Smallest k in [0, 1] with excess_at(k) ≤ 0 (it falls as k grows); 1 if none.
 
     Illinois, as for shocks, on `ReducedRatios.excess`, which is linear between MM tier
-    bounds: the first secant step lands on the root (issue 16: the executor plans on its
+    bounds, so the first secant step lands on the root (issue 16: the executor plans on its
     fresh read between the crossing frame and the order, and the alert's plan preview runs
     before it; bisection was ~1.3 ms of each, Illinois on the ratio itself ~8 valuations).
-    A step that lands within the tolerance of an end is put half the tolerance inside it,
-    so the bracket then closes from the other side in one valuation (`_illinois` would
-    bisect there: ~40 valuations once the root is exact).
     """
     at_one = excess_at(1.0)
     if at_one > 0.0:
         return 1.0
-    lo, f_lo = 0.0, excess_at(0.0)
-    if f_lo <= 0.0:
+    at_zero = excess_at(0.0)
+    if at_zero <= 0.0:
         return 0.0
-    hi, f_hi = 1.0, at_one
-    near = 0.5 * _TOLERANCE
-    side = 0
-    for _ in range(200):
-        if hi - lo <= _TOLERANCE:
-            break
-        mid = min(max(hi - f_hi * (hi - lo) / (f_hi - f_lo), lo + near), hi - near)
-        if not lo < mid < hi:  # a NaN from an infinite excess
-            mid = 0.5 * (lo + hi)
-        f_mid = excess_at(mid)
-        if f_mid <= 0.0:
-            hi, f_hi = mid, f_mid
-            if side == -1:
-                f_lo *= 0.5
-            side = -1
-        else:
-            lo, f_lo = mid, f_mid
-            if side == 1:
-                f_hi *= 0.5
-            side = 1
-    return hi
+    return _illinois(excess_at, 0.0, at_zero, 1.0, at_one)
