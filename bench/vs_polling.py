@@ -381,9 +381,9 @@ def describe(name: str, values: list[float]) -> str:
     if not ms:
         return f"{name:<7} no alert arrived"
     return (
-        f"{name:<7} n={len(ms):>3}  min {ms[0]:8.1f}  p10 {rank(ms, 0.1):8.1f}  median "
-        f"{statistics.median(ms):8.1f}  p90 {rank(ms, 0.9):8.1f}  p99 {rank(ms, 0.99):8.1f}  "
-        f"max {ms[-1]:8.1f}  (ms)"
+        f"{name:<7} n={len(ms):>3}  min {ms[0]:8.2f}  p10 {rank(ms, 0.1):8.2f}  median "
+        f"{statistics.median(ms):8.2f}  p90 {rank(ms, 0.9):8.2f}  p99 {rank(ms, 0.99):8.2f}  "
+        f"max {ms[-1]:8.2f}  (ms)"
     )
 
 
@@ -436,8 +436,8 @@ async def main_async(args: argparse.Namespace) -> None:
                         n += 1
                         print(
                             f"{design} {n:>3}: daemon "
-                            f"{'lost' if d is None else f'{d * 1000:8.1f} ms'}, poller "
-                            f"{'lost' if p is None else f'{p * 1000:8.1f} ms'}",
+                            f"{'lost' if d is None else f'{d * 1000:8.2f} ms'}, poller "
+                            f"{'lost' if p is None else f'{p * 1000:8.2f} ms'}",
                             flush=True,
                         )
                         if d is not None:
