@@ -8,23 +8,20 @@ report sent its REST requests first unless it yielded a guessed number of loop p
 
 So alerts go through the session's paho client directly (aiomqtt 2.x, pinned <3, wraps
 one; the command topics already use it): `paho.publish` queues the packet and it is
-written in the same call (`_write_now`). Three paho callbacks aiomqtt installed are wrapped,
-never replaced (aiomqtt's run first): `on_publish` resolves the PUBACK future of a message
-id, `on_socket_unregister_write` (paho calls it when its outgoing queue is empty, i.e.
-all of it is on the socket) resolves the `written()` futures, and
-`on_socket_register_write` is held back while `send` queues and writes: aiomqtt answers it
-with `call_soon_threadsafe`, a write to the loop's self-pipe before the alert's own bytes
-(the first one after an idle second ~0.05 ms, issue 16), and a socket writer this call
-makes useless; the writer is added only when bytes are left after the write. aiomqtt's
+written in the same call (`_write_now`). Of the paho callbacks aiomqtt installed, two are
+wrapped (aiomqtt's run first): `on_publish` resolves the PUBACK future of a message id,
+`on_socket_unregister_write` (paho calls it when its outgoing queue is empty, i.e. all of
+it is on the socket) resolves the `written()` futures. The third, `on_socket_register_write`,
+is replaced. aiomqtt answers it with `call_soon_threadsafe(add_writer, sock.fileno(), ...)`:
+a write to the loop's self-pipe before an alert's own bytes (the first one after an idle
+second ~0.05 ms, issue 16) for a writer `send` makes useless, and a callback that, when the
+session closed the socket first (a stopping daemon's last alert), added a writer on a
+closed descriptor (an `EBADF` "Exception in callback"; on a reused number, a writer on
+someone else's socket). Here the request is held while `send` writes and a writer is added
+only when bytes are left; otherwise it is added at once on the loop's thread, and from
+paho's connect thread only if that socket is still paho's when the loop runs it. aiomqtt's
 publish, subscribe and reconnect are untouched: state, discovery, replies and actions
 still use it.
-
-The register-write itself is ours, not aiomqtt's: aiomqtt answers every one with
-`call_soon_threadsafe(add_writer, sock.fileno(), ...)`, so a publish just before the
-session closes (a stopping daemon's last alert) left a callback that added a writer on a
-closed descriptor (an `EBADF` "Exception in callback" in the log; on a reused number, a
-writer on someone else's socket). Here the writer is added at once on the loop's thread,
-and from paho's connect thread only if that socket is still paho's when the loop runs it.
 """
 
 from __future__ import annotations
@@ -58,7 +55,6 @@ class AlertWire:
         inner = client._client  # aiomqtt 2.x (pinned <3) wraps paho
         their_publish = inner.on_publish
         their_unregister = inner.on_socket_unregister_write
-        their_register = inner.on_socket_register_write
 
         def on_publish(c: paho.Client, userdata: Any, mid: int, *rest: Any) -> None:
             if their_publish is not None:
@@ -73,8 +69,7 @@ class AlertWire:
             self._wake_flushed()
 
         def on_register_write(c: paho.Client, userdata: Any, sock: Any) -> None:
-            if their_register is None:
-                return
+            del userdata
             if self._sending:  # `send` writes now; a socket writer only for what is left
                 self._held_register = lambda: self._watch_writable(client, c, sock)
                 return
@@ -101,8 +96,9 @@ class AlertWire:
             loop.call_soon_threadsafe(self._add_writer, client, c, sock)
 
     def _add_writer(self, client: aiomqtt.Client, c: paho.Client, sock: Any) -> None:
+        loop = self._loop
         fd = sock.fileno()
-        if fd < 0 or c.socket() is not sock or self._loop is None:
+        if loop is None or fd < 0 or c.socket() is not sock:
             return  # closed (paho forgets its socket before closing it) or replaced since
 
         def write() -> None:
@@ -114,7 +110,7 @@ class AlertWire:
                 if not disconnected.done():
                     disconnected.set_exception(exc)
 
-        self._loop.add_writer(fd, write)
+        loop.add_writer(fd, write)
 
     def up(self) -> None:
         """A session is connected: publishes may go."""
