@@ -154,7 +154,8 @@ async def _crossings(count: int, poll: float, *, running: bool) -> list[float]:
         try:
             async with venue, vs_polling.subscriber(broker) as watch:
                 # in this process: the stamps wrap the daemon's classes here
-                rig = vs_polling.Rig(venue, broker, watch, poll, random.Random(1), process=False)
+                phases = vs_polling.Phases(random.Random(1), poll, count, stratified=True)
+                rig = vs_polling.Rig(venue, broker, watch, poll, phases, process=False)
                 if running:
                     async for daemon, _ in vs_polling.running(count, rig):
                         out.append(float("nan") if daemon is None else daemon * 1000)

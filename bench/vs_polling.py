@@ -175,6 +175,9 @@ class Poller:
         self.exchange, self.broker, self.topic, self.every = exchange, broker, topic, every
         #: set while the last poll saw the calm ratio: the next crossing will be published
         self.armed = asyncio.Event()
+        #: set when a poll has read the account (the bench clears it to wait for the next):
+        #: the stratified phases count from it
+        self.polled = asyncio.Event()
 
     async def run(self) -> None:
         try:
@@ -185,6 +188,7 @@ class Poller:
                     balance = await self.exchange.fetch_balance()
                     info = balance["info"]
                     ratio = float(info["totalMaintMargin"]) / float(info["totalMarginBalance"])
+                    self.polled.set()
                     if ratio < 0.5:
                         self.armed.set()
                     elif self.armed.is_set():
@@ -195,6 +199,33 @@ class Poller:
             await self.exchange.close()
 
 
+class Phases:
+    """Where in the poller's cycle each crash comes: uniform over 0-`every` s.
+
+    `stratified` (the default): trial k's phase is drawn uniformly inside its own 1/n of the
+    cycle, the n strata in a random order. Each phase is as random as an independent draw,
+    but the n together cover the cycle evenly, so the poller's median is its distribution's
+    and not the luck of the draw: with n = 100 independent phases its median is itself
+    random, +-250 ms (1 s.d.) around ~2.5 s, i.e. +-10 % of the ratio the goal is about
+    (seeds 1-5 drew 2 345 and 2 395 ms). `random`: independent draws (the design until
+    2026-12-04). The crash is placed `phase` s after a poll read the account (stratified)
+    or after a uniform wait from whatever came before (random).
+    """
+
+    def __init__(self, rng: random.Random, every: float, trials: int, *, stratified: bool):
+        self.rng, self.every, self.stratified = rng, every, stratified
+        self._strata = rng.sample(range(trials), trials) if stratified else []
+        self._n = trials
+
+    def next(self) -> float:
+        """The next crash's phase (s after the poller's last read, when stratified)."""
+        if not self.stratified:
+            return self.rng.uniform(0, self.every)
+        if not self._strata:  # more crashes than strata (a bench run to its end): a new round
+            self._strata = self.rng.sample(range(self._n), self._n)
+        return (self._strata.pop() + self.rng.random()) / self._n * self.every
+
+
 @dataclass
 class Rig:
     """The run's venue, broker and subscriber, the poll period and the phase generator."""
@@ -203,10 +234,19 @@ class Rig:
     broker: Mosquitto
     watch: Watch
     every: float
-    rng: random.Random
+    phases: Phases
     #: the daemon is its own `margin-monitor run` process, as systemd runs it (the default;
     #: `--in-process`: a task in this process, sharing its loop with the venue and poller)
     process: bool = True
+
+    async def to_phase(self, poller: Poller, settle: float) -> None:
+        """Stream the calm mark for `settle` s, then until the crash's phase (`Phases`)."""
+        if not self.phases.stratified:
+            await calm_stream(self.fake, settle + self.phases.next())
+            return
+        await calm_stream(self.fake, settle)
+        await calm_until(self.fake, poller.polled)
+        await calm_stream(self.fake, self.phases.next())
 
 
 class Watchers:
@@ -320,9 +360,8 @@ async def trial(n: int, rig: Rig) -> tuple[float | None, float | None]:
     with tempfile.TemporaryDirectory() as tmp:
         watchers = Watchers(Path(tmp), rig, n)
         try:
-            await watchers.start()
-            # first reports settle; random phase
-            await asyncio.sleep(1.0 + rig.rng.uniform(0, rig.every))
+            poller = await watchers.start()
+            await rig.to_phase(poller, 1.0)  # first reports settle, then the crash's phase
             return await crash(rig)
         finally:
             await watchers.stop()
@@ -343,6 +382,18 @@ async def calm_stream(fake: FakeBinanceUsdm, seconds: float) -> None:
             await fake.push_mark("BTCUSDT", CALM)
 
 
+async def calm_until(fake: FakeBinanceUsdm, event: asyncio.Event) -> None:
+    """The calm mark every second until `event` is set anew (cleared here first)."""
+    event.clear()
+    while True:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                await event.wait()
+        if event.is_set():
+            return
+        await fake.push_mark("BTCUSDT", CALM)
+
+
 async def running(trials: int, rig: Rig) -> AsyncIterator[tuple[float | None, float | None]]:
     """One daemon and one poller for all `trials`: crash, calm, both re-arm, random phase."""
     rig.fake.account.marks["BTCUSDT"] = CALM
@@ -355,7 +406,7 @@ async def running(trials: int, rig: Rig) -> AsyncIterator[tuple[float | None, fl
             # find a plan preview that stops at "cooldown" (no solve): wait it out, so every
             # crash costs what a user's first crash in hours does
             cooldown = watchers.cooldown
-            await calm_stream(rig.fake, 1.0 + rig.rng.uniform(0, every))
+            await rig.to_phase(poller, 1.0)
             for _ in range(trials):
                 crashed = time.perf_counter()
                 yield await crash(rig)
@@ -365,8 +416,7 @@ async def running(trials: int, rig: Rig) -> AsyncIterator[tuple[float | None, fl
                     await watch.until(lambda: not watch.active, every * 3 + 10)
                     await poller.armed.wait()
                 rest = crashed + cooldown + 0.5 - time.perf_counter()
-                # any start plus a uniform 0-`every` s: the poller's phase stays uniform
-                await calm_stream(rig.fake, max(0.0, rest) + rig.rng.uniform(0, every))
+                await rig.to_phase(poller, max(0.0, rest))
         finally:
             await watchers.stop()
 
@@ -423,9 +473,13 @@ async def main_async(args: argparse.Namespace) -> None:
         broker.start()
         try:
             async with venue, subscriber(broker) as watch:
-                rig = Rig(
-                    venue, broker, watch, args.poll, random.Random(args.seed), not args.in_process
+                phases = Phases(
+                    random.Random(args.seed),
+                    args.poll,
+                    args.trials,
+                    stratified=args.phases == "stratified",
                 )
+                rig = Rig(venue, broker, watch, args.poll, phases, not args.in_process)
                 for design in designs:
                     daemon_s: list[float] = []
                     poller_s: list[float] = []
@@ -462,6 +516,13 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=100)
     parser.add_argument("--poll", type=float, default=5.0, help="REST poll period, s")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--phases",
+        choices=["stratified", "random"],
+        default="stratified",
+        help="the crashes' places in the poller's cycle: one per 1/trials of it, in random "
+        "order (the default), or independent uniform draws (the design until 2026-12-04)",
+    )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument(
         "--fresh", action="store_true", help="a new daemon and poller per trial (start-up)"
