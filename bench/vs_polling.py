@@ -35,16 +35,18 @@ Two designs, one crash script:
   episode, not a repeat), the poller sees the calm ratio (re-armed) and the dry-run
   executor's cooldown since the last crash passes (else the alert's plan preview stops at
   "cooldown" and skips the solve a user's first crash in hours pays); the venue streams the
-  calm mark every second (`<symbol>@markPrice@1s`), then, after a random 0-`poll` s (the
-  poller's phase stays unknown), the crash frame. Trial 1 is the running daemon's first
-  alert.
-- `--fresh`: a new daemon and a new poller per trial, the crash ~1 + 0-`poll` s after both
-  are up: the first crossing after a start-up (a crash right after a restart). Its figure is
-  reported too: it is the daemon's worst honest case, not what a user who runs it sees.
+  calm mark every second (`<symbol>@markPrice@1s`), then the crash frame at the trial's
+  phase in the poller's cycle (`Phases`: by default each trial its own 1/`trials` of the
+  cycle, in random order). Trial 1 is the running daemon's first alert.
+- `--fresh`: a new daemon and a new poller per trial, the crash ≥ 1 s after both are up,
+  at the trial's phase: the first crossing after a start-up (a crash right after a
+  restart). Its figure is reported too: it is the daemon's worst honest case, not what a
+  user who runs it sees.
 
 `--both` runs the two designs one after the other and prints both. Each distribution is
 printed with its median, p99 and max (nearest rank): at least 100 trials (the default;
-~22 minutes running, ~12 fresh), since a p99 of 10 trials is only their maximum. Goals:
+~27 minutes running with stratified phases, ~22 with random ones), since a p99 of 10
+trials is only their maximum. Goals:
 daemon tick -> alert p99 <= 10 ms (issue 7), poller/daemon median >= 1 000x (issue 16).
 """
 
